@@ -1,0 +1,112 @@
+"""Block-causal attention: the masks and the backends that compute it.
+
+SDAR's attention (paper §2.3, §3.2): inside a block of `block_size` tokens every token sees every other;
+across blocks attention is strictly causal. `block_size` 1 is plain causal attention. Block boundaries
+fall at key/query *indices* that are multiples of the block size (absolute positions, as in training).
+
+Backends, chosen per call:
+- "sdpa": torch's scaled_dot_product_attention with a boolean mask (default, CPU and GPU);
+- "flex": flex_attention with a BlockMask (CUDA; what training uses for the [x_t ; x_0] mask);
+- "flash": flash-attn when installed, for calls where no mask is needed (all keys visible, or causal);
+- "eager": a plain softmax(QK^T)V reference, used by the tests.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional: flash-attn only helps on CUDA and is never required
+    from flash_attn import flash_attn_func as _flash_attn_func  # type: ignore
+except Exception:  # ImportError, or a build that does not match the installed torch
+    _flash_attn_func = None
+
+try:
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+except Exception:  # very old torch
+    BlockMask, create_block_mask, flex_attention = None, None, None
+
+BACKENDS = ("sdpa", "flex", "flash", "eager")
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """The backends that can run on `device` in this installation."""
+    device = torch.device(device)
+    out = ["sdpa", "eager"]
+    if flex_attention is not None and device.type == "cuda":
+        out.append("flex")
+    if _flash_attn_func is not None and device.type == "cuda":
+        out.append("flash")
+    return out
+
+
+def block_causal_mask(
+    q_index: torch.Tensor, k_len: int, block_size: int, k_start: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Boolean mask [B, 1, Q, K]: True where query i may attend to key j.
+
+    q_index: [Q] or [B, Q] key-space indices of the queries (a chunk at the end of a cache has
+    indices start .. start+Q-1). Key j is visible when block(j) <= block(q), block(i) = i // block_size.
+    k_start: [B] first valid key of each row (left padding); keys before it are hidden. A query that
+    would see no key at all (a padding query) is allowed to see itself so that softmax stays finite.
+    """
+    if q_index.dim() == 1:
+        q_index = q_index[None]
+    k_index = torch.arange(k_len, device=q_index.device)
+    allowed = (k_index[None, None, :] // block_size) <= (q_index[:, :, None] // block_size)  # [B, Q, K]
+    if k_start is not None:
+        valid = k_index[None, :] >= k_start[:, None]  # [B, K]
+        allowed = allowed & valid[:, None, :]
+        allowed = allowed | (k_index[None, None, :] == q_index[:, :, None])
+    return allowed[:, None]
+
+
+def attention(
+    q: torch.Tensor,  # [B, H, Q, D]
+    k: torch.Tensor,  # [B, H_kv, K, D]
+    v: torch.Tensor,  # [B, H_kv, K, D]
+    mask: "torch.Tensor | BlockMask | None",
+    *,
+    is_causal: bool = False,
+    backend: str = "sdpa",
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D) + mask) v with grouped-query heads; returns [B, H, Q, D].
+
+    mask: None (every query sees every key, or causal when `is_causal`), a boolean tensor broadcastable
+    to [B, H, Q, K], or a flex_attention BlockMask (backend "flex").
+    """
+    if backend == "flex" or (BlockMask is not None and isinstance(mask, BlockMask)):
+        if flex_attention is None:
+            raise RuntimeError("flex_attention needs torch >= 2.5")
+        return flex_attention(q, k, v, block_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+    if backend == "flash" and _flash_attn_func is not None and mask is None and q.is_cuda:
+        # flash-attn wants [B, T, H, D]; causal alignment is bottom-right, as ours for a cache chunk.
+        out = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=is_causal)
+        return out.transpose(1, 2)
+    if backend == "eager":
+        return eager_attention(q, k, v, mask, is_causal=is_causal)
+    gqa = q.shape[1] != k.shape[1]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+                                          enable_gqa=gqa)
+
+
+def eager_attention(q, k, v, mask, *, is_causal: bool = False) -> torch.Tensor:
+    """The textbook computation, in float32: the reference every other backend is tested against."""
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)
+    v = v.repeat_interleave(groups, dim=1)
+    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])  # [B, H, Q, K]
+    if is_causal and mask is None:
+        Q, K = scores.shape[-2:]
+        mask = torch.ones(Q, K, dtype=torch.bool, device=q.device).tril(K - Q)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(-1) @ v.float()).to(q.dtype)
+
+
+def flex_block_mask(mask_mod, batch: int | None, q_len: int, k_len: int, device) -> "BlockMask":
+    """Compile a flex_attention BlockMask from a mask_mod(b, h, q_idx, kv_idx) -> bool."""
+    if create_block_mask is None:
+        raise RuntimeError("flex_attention needs torch >= 2.5")
+    return create_block_mask(mask_mod, B=batch, H=None, Q_LEN=q_len, KV_LEN=k_len, device=device)

@@ -1,0 +1,201 @@
+"""The Qwen3 transformer (dense and MoE) with block-causal attention: SDAR's network.
+
+The parameter names are those of the public SDAR / Qwen3 checkpoints (`model.layers.N.self_attn.q_proj`,
+`model.norm`, `lm_head`, ...); `loading.py` maps files onto them one to one. The numerics follow
+transformers' Qwen3 (RMSNorm in float32, RoPE with rotate-half, per-head q/k RMSNorm before RoPE).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import attention, block_causal_mask
+from .config import ModelConfig
+from .kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype):
+    """cos, sin: [B, 1, Q, D] for RoPE at integer `positions` [B, Q] (computed in float32)."""
+    freqs = positions[..., None].float() * inv_freq.float()  # [B, Q, D/2]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        h, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(h, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=bias)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, *, is_causal, cache: KVCache | None, cache_start: int, backend: str):
+        B, Q, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, Q, self.n_heads, self.head_dim)).transpose(1, 2)  # [B, H, Q, D]
+        k = self.k_norm(self.k_proj(x).view(B, Q, self.n_kv, self.head_dim)).transpose(1, 2)  # [B, H_kv, Q, D]
+        v = self.v_proj(x).view(B, Q, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.write(self.layer, cache_start, k, v)  # [B, H_kv, cache_start+Q, D]
+        out = attention(q, k, v, mask, is_causal=is_causal, backend=backend)  # [B, H, Q, D]
+        return self.o_proj(out.transpose(1, 2).reshape(B, Q, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class SparseMoE(nn.Module):
+    """Top-k routed experts (Qwen3-MoE): softmax router in float32, optional renormalised top-k."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.top_k, self.norm_topk_prob = config.num_experts_per_tok, config.norm_topk_prob
+        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.experts = nn.ModuleList(
+            MLP(config.hidden_size, config.moe_intermediate_size) for _ in range(config.num_experts)
+        )
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # [N, h]
+        probs = self.gate(x).float().softmax(-1)  # [N, E]
+        weights, chosen = probs.topk(self.top_k, dim=-1)  # [N, k]
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(-1, keepdim=True)
+        weights = weights.to(x.dtype)
+        out = torch.zeros_like(x)
+        # Loop over the experts that got tokens (the dense formulation would run every expert on every token).
+        for e in chosen.unique().tolist():
+            token, slot = (chosen == e).nonzero(as_tuple=True)
+            out.index_add_(0, token, self.experts[e](x[token]) * weights[token, slot, None])
+        return out.view(shape)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.self_attn = Attention(config, layer)
+        self.mlp = SparseMoE(config) if config.layer_is_sparse(layer) else MLP(config.hidden_size, config.intermediate_size)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, **kw):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, **kw)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """`model.*` in the checkpoints: embeddings, layers, final norm."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class SDARForCausalLM(nn.Module):
+    """Qwen3 / SDAR language model. `model(input_ids)` -> logits [B, T, V] under block-causal attention."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.attn_backend = "sdpa"
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+
+    def _inv_freq(self, device=None) -> torch.Tensor:
+        d = self.config.head_dim
+        return 1.0 / (self.config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
+
+    def reset_rope(self, device) -> None:
+        """Recompute the RoPE buffer (after meta-device initialisation)."""
+        self.inv_freq = self._inv_freq(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, Q]
+        positions: torch.Tensor | None = None,  # [B, Q] RoPE positions; default cache_start + arange(Q)
+        *,
+        mask: "torch.Tensor | object | None" = None,
+        cache: KVCache | None = None,
+        cache_start: int = 0,
+        logits_from: int = 0,
+        block_size: int | None = None,
+        backend: str | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, Q - logits_from, V] for the chunk `input_ids`.
+
+        Without a cache the chunk is the whole sequence. With a cache the chunk's keys and values are
+        written at cache positions cache_start .. cache_start+Q and attention reads keys 0 .. cache_start+Q
+        (see kv_cache.py). `mask` is a boolean [B, 1, Q, K] mask or a flex BlockMask; None means
+        block-causal over key indices with `block_size` (default: the config's), which the code turns
+        into no mask at all when every query may see every key. `logits_from` skips the lm_head for the
+        first positions of the chunk (the decoder only reads the block in flight).
+        """
+        B, Q = input_ids.shape
+        backend = backend or self.attn_backend
+        if positions is None:
+            positions = torch.arange(cache_start, cache_start + Q, device=input_ids.device).expand(B, Q)
+        is_causal = False
+        if mask is None:
+            bs = block_size or self.config.block_size
+            k_len = cache_start + Q
+            if cache_start % bs == 0 and Q <= bs:
+                pass  # one block attending to whole blocks before it: every key is visible
+            elif bs == 1 and cache_start == 0:
+                is_causal = True
+            else:
+                mask = block_causal_mask(torch.arange(cache_start, k_len, device=input_ids.device), k_len, bs)
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, mask, is_causal=is_causal, cache=cache, cache_start=cache_start, backend=backend)
+        x = self.model.norm(x[:, logits_from:])
+        return self.lm_head(x)
