@@ -6,3 +6,6 @@ from .trace import Generation, Stats, StepEvent
 
 __all__ = ["ModelConfig", "ConfigError", "CheckpointError", "SDARForCausalLM", "load_pretrained",
            "save_pretrained", "Generation", "Stats", "StepEvent"]
+from .decoding import GenerationError, generate  # noqa: E402
+
+__all__ += ["generate", "GenerationError"]

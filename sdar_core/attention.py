@@ -87,6 +87,10 @@ def attention(
     if backend == "eager":
         return eager_attention(q, k, v, mask, is_causal=is_causal)
     gqa = q.shape[1] != k.shape[1]
+    q_len, k_len = q.shape[-2], k.shape[-2]
+    if is_causal and mask is None and q_len != k_len:
+        # SDPA's is_causal is top-left aligned; a chunk at the end of a cache needs bottom-right (as eager, flash).
+        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
                                           enable_gqa=gqa)
 

@@ -167,17 +167,18 @@ class SDARForCausalLM(nn.Module):
         cache: KVCache | None = None,
         cache_start: int = 0,
         logits_from: int = 0,
+        logits_to: int | None = None,
         block_size: int | None = None,
         backend: str | None = None,
     ) -> torch.Tensor:
-        """Logits [B, Q - logits_from, V] for the chunk `input_ids`.
+        """Logits [B, logits_from:logits_to, V] for the chunk `input_ids` (default: every position).
 
         Without a cache the chunk is the whole sequence. With a cache the chunk's keys and values are
         written at cache positions cache_start .. cache_start+Q and attention reads keys 0 .. cache_start+Q
         (see kv_cache.py). `mask` is a boolean [B, 1, Q, K] mask or a flex BlockMask; None means
         block-causal over key indices with `block_size` (default: the config's), which the code turns
-        into no mask at all when every query may see every key. `logits_from` skips the lm_head for the
-        first positions of the chunk (the decoder only reads the block in flight).
+        into no mask at all when every query may see every key. `logits_from` / `logits_to` run the lm_head
+        on a slice of the chunk only (the decoder reads the block in flight; training the noisy half).
         """
         B, Q = input_ids.shape
         backend = backend or self.attn_backend
@@ -197,5 +198,5 @@ class SDARForCausalLM(nn.Module):
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, is_causal=is_causal, cache=cache, cache_start=cache_start, backend=backend)
-        x = self.model.norm(x[:, logits_from:])
+        x = self.model.norm(x[:, logits_from:logits_to])
         return self.lm_head(x)

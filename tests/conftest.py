@@ -29,8 +29,9 @@ def tiny_config(model_type: str = "sdar", *, block_size: int = 4, vocab_size: in
     return ModelConfig(**fields)
 
 
-def random_model(config: ModelConfig, seed: int = 0, std: float = 0.5) -> SDARForCausalLM:
-    """A model with random weights large enough that logits are far from uniform (clear argmax)."""
+def random_model(config: ModelConfig, seed: int = 0, std: float = 0.5, proj_std: float = 0.2) -> SDARForCausalLM:
+    """A model with random weights large enough that logits are far from uniform (clear argmax) and
+    that its greedy outputs vary from position to position (confidences spread over (0, 1))."""
     torch.manual_seed(seed)
     model = SDARForCausalLM(config)
     with torch.no_grad():
@@ -38,7 +39,7 @@ def random_model(config: ModelConfig, seed: int = 0, std: float = 0.5) -> SDARFo
             if name.endswith("norm.weight"):
                 p.uniform_(0.8, 1.2)
             else:
-                p.normal_(0.0, std if "embed" in name or "lm_head" in name else 0.08)
+                p.normal_(0.0, std if "embed" in name or "lm_head" in name else proj_std)
     return model.eval()
 
 

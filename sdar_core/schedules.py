@@ -1,0 +1,53 @@
+"""Unmasking schedules (paper §3.2): which masked positions of the block in flight become final at a step.
+
+Each schedule is a function of the step's confidences, the mask of still-masked positions and the
+static count for the step, and returns a boolean [B, L] selection. All of them run on the device with no
+host synchronisation.
+"""
+from __future__ import annotations
+
+import torch
+
+STRATEGIES = ("static", "dynamic", "sequential", "entropy", "ar")
+
+
+def static_counts(n_masked: torch.Tensor, steps: int, step: int) -> torch.Tensor:
+    """How many positions step `step` commits for blocks with `n_masked` [B] masked positions over `steps`.
+
+    The paper's static schedule: ceil(L'/T) per step, the remainder L' mod T spread over the first
+    steps (e.g. L'=4, T=3 gives 2, 1, 1), so a block is done in exactly min(T, L') forwards.
+    """
+    return n_masked // steps + (step < n_masked % steps).long()
+
+
+def _rank(score: torch.Tensor, descending: bool) -> torch.Tensor:
+    """Rank [B, L] of every position by score (0 = best), ties broken by position."""
+    order = score.argsort(dim=-1, descending=descending, stable=True)
+    return order.argsort(dim=-1, stable=True)
+
+
+def select_static(confidence, masked, count) -> torch.Tensor:
+    """The `count` [B] masked positions of highest confidence."""
+    conf = confidence.masked_fill(~masked, float("-inf"))
+    return (_rank(conf, descending=True) < count[:, None]) & masked
+
+
+def select_dynamic(confidence, masked, count, threshold: float) -> torch.Tensor:
+    """Every masked position with confidence > threshold, and never fewer than `count` (the static count)."""
+    return (masked & (confidence > threshold)) | select_static(confidence, masked, count)
+
+
+def select_sequential(masked, count) -> torch.Tensor:
+    """The `count` leftmost masked positions."""
+    return masked & ((masked.long().cumsum(-1) - 1) < count[:, None])
+
+
+def select_entropy(entropy, masked, count, bound: float) -> torch.Tensor:
+    """Lowest-entropy masked positions while their summed entropy stays <= bound; at least `count`
+    (and at least one)."""
+    ent = entropy.masked_fill(~masked, float("inf"))
+    rank = _rank(ent, descending=False)
+    cum = ent.sort(dim=-1).values.cumsum(-1)  # [B, L] summed entropy of the i+1 best positions
+    n_under = (cum <= bound).sum(-1)
+    n = torch.maximum(n_under, count.clamp_min(1))
+    return (rank < n[:, None]) & masked

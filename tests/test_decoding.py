@@ -1,0 +1,237 @@
+"""The block-diffusion decoder against an independent brute-force decoder, and its schedule properties."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import random_model, tiny_config
+from sdar_core import GenerationError, generate
+
+MASK = 95  # tiny_config's mask id (vocab 96)
+
+
+# --- an independent decoder: no cache, the whole sequence recomputed with a hand-built mask -----------
+
+def hand_mask(n: int, block: int) -> torch.Tensor:
+    """[1, 1, n, n]: query i sees key j iff j's block <= i's block (written with loops on purpose)."""
+    m = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        for j in range(n):
+            m[i, j] = (j // block) <= (i // block)
+    return m[None, None]
+
+
+def brute_force(model, prompt: list[int], max_new: int, L: int, T: int, strategy: str, threshold=0.9,
+                entropy_bound=1.0) -> list[int]:
+    P = len(prompt)
+    total = math.ceil((P + max_new) / L) * L
+    x = prompt + [MASK] * (total - P)
+    for b in range(P // L, total // L):
+        lo, hi = b * L, (b + 1) * L
+        masked0 = [i for i in range(lo, hi) if i >= P]
+        M = len(masked0)
+        for step in range(T):
+            masked = [i for i in range(lo, hi) if i >= P and x[i] == MASK]
+            if not masked:
+                break
+            with torch.no_grad():
+                logits = model(torch.tensor([x[:hi]]), mask=hand_mask(hi, L))[0].double()
+            logits[:, MASK] = float("-inf")
+            probs = logits.softmax(-1)
+            count = min(M // T + (1 if step < M % T else 0), len(masked))
+            conf = {i: probs[i].max().item() for i in masked}
+            token = {i: int(probs[i].argmax()) for i in masked}
+            by_conf = sorted(masked, key=lambda i: (-conf[i], i))
+            if strategy == "static":
+                chosen = by_conf[:count]
+            elif strategy == "dynamic":
+                chosen = sorted(set(by_conf[:count]) | {i for i in masked if conf[i] > threshold})
+            elif strategy == "sequential":
+                chosen = masked[:count]
+            elif strategy == "entropy":
+                ent = {i: float(-(probs[i] * probs[i].clamp_min(1e-30).log()).sum()) for i in masked}
+                by_ent = sorted(masked, key=lambda i: (ent[i], i))
+                n, acc = 0, 0.0
+                for i in by_ent:
+                    acc += ent[i]
+                    if acc > entropy_bound:
+                        break
+                    n += 1
+                chosen = by_ent[: max(n, count, 1)]
+            for i in chosen:
+                x[i] = token[i]
+    return x[P: P + max_new]
+
+
+@pytest.fixture(scope="module")
+def sdar():
+    return random_model(tiny_config("sdar", block_size=4, layers=2))
+
+
+@pytest.mark.parametrize("strategy", ["static", "dynamic", "sequential", "entropy"])
+@pytest.mark.parametrize("L,T", [(1, 1), (2, 1), (2, 2), (4, 2), (4, 4), (8, 3), (8, 8)])
+@pytest.mark.parametrize("prompt_len", [4, 7])
+def test_greedy_equals_brute_force_decoder(sdar, strategy, L, T, prompt_len):
+    torch.manual_seed(prompt_len)
+    prompt = torch.randint(0, 90, (prompt_len,)).tolist()
+    gen = generate(sdar, [prompt], max_new_tokens=13, block_length=L, steps=T, strategy=strategy,
+                   threshold=0.5, entropy_bound=1.5)
+    expected = brute_force(sdar, prompt, 13, L, T, strategy, threshold=0.5, entropy_bound=1.5)
+    assert gen.row_tokens(0) == expected
+
+
+def test_fused_cache_write_saves_one_forward_per_block_with_identical_tokens(sdar):
+    prompt = [[5, 17, 33, 2, 9, 60]]
+    fused = generate(sdar, prompt, max_new_tokens=16, block_length=4, steps=4, strategy="static")
+    unfused = generate(sdar, prompt, max_new_tokens=16, block_length=4, steps=4, strategy="static",
+                       fuse_cache_write=False)
+    assert fused.tokens.tolist() == unfused.tokens.tolist()
+    n_blocks = len(fused.stats.steps_per_block[0])
+    assert n_blocks == math.ceil((6 + 16) / 4) - 6 // 4
+    assert unfused.stats.forwards == fused.stats.forwards + n_blocks
+    assert fused.stats.forwards == sum(fused.stats.steps_per_block[0])
+
+
+def test_static_commits_exactly_the_static_count_per_step(sdar):
+    gen = generate(sdar, [[3, 4, 5, 6, 7, 8, 9, 10]], max_new_tokens=24, block_length=8, steps=3,
+                   strategy="static", trace=True)
+    for e in gen.trace:
+        assert len(e.committed) == [3, 3, 2][e.step]  # ceil(8/3), the remainder spread over the first steps
+    assert all(s == [3] * len(s) for s in gen.stats.steps_per_block)
+
+
+def test_dynamic_never_commits_below_threshold_except_minimum(sdar):
+    thr = 0.6
+    gen = generate(sdar, [[3, 4, 5, 6]], max_new_tokens=32, block_length=8, steps=4, strategy="dynamic",
+                   threshold=thr, trace=True)
+    seen_parallel = False
+    for e in gen.trace:
+        minimum = 8 // 4
+        above = [o for o, c in e.masked_confidence.items() if c > thr]
+        assert set(above) <= set(e.committed)  # every confident position is taken
+        below = [c for c in e.committed_confidence if c <= thr]
+        if below:
+            assert len(e.committed) == min(minimum, len(e.masked_confidence))
+        seen_parallel |= len(e.committed) > minimum
+    assert gen.stats.forwards <= 4 * len(gen.stats.steps_per_block[0])
+
+
+def test_mask_token_never_appears_in_the_output(sdar):
+    for strategy in ["static", "dynamic", "entropy", "ar"]:
+        gen = generate(sdar, [[MASK, 3, MASK]], max_new_tokens=20, block_length=4, steps=2, strategy=strategy,
+                       temperature=1.5, seed=1)
+        assert MASK not in gen.tokens.tolist()[0]
+
+
+def test_stop_token_ends_the_row_mid_block_and_is_counted_last(sdar):
+    prompt = [[11, 12, 13, 14, 15]]
+    free = generate(sdar, prompt, max_new_tokens=24, block_length=4, steps=4, strategy="static").row_tokens(0)
+    # a token whose first occurrence is not the last position of its block
+    stop = next(t for i, t in enumerate(free) if (5 + i) % 4 != 3 and t not in free[:i])
+    cut = free.index(stop) + 1
+    gen = generate(sdar, prompt, max_new_tokens=24, block_length=4, steps=4, strategy="static",
+                   stop_token_ids=[stop], trace=True)
+    assert gen.row_tokens(0) == free[:cut]
+    assert gen.stats.new_tokens == cut
+    assert gen.trace[-1].stopped and gen.trace[-1].final
+    assert len(gen.stats.steps_per_block[0]) == math.ceil((5 + cut) / 4) - 1  # no block after the stop
+
+
+def test_batch_rows_equal_single_row_runs(sdar):
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30]]
+    for strategy, stop in [("dynamic", None), ("static", [17]), ("sequential", None), ("ar", None)]:
+        kw = dict(max_new_tokens=12, block_length=4, steps=2, strategy=strategy, threshold=0.5,
+                  stop_token_ids=stop)
+        batch = generate(sdar, prompts, **kw)
+        for r, p in enumerate(prompts):
+            alone = generate(sdar, [p], **kw)
+            assert batch.row_tokens(r) == alone.row_tokens(0), (strategy, r)
+
+
+def test_seeded_sampling_is_reproducible(sdar):
+    kw = dict(max_new_tokens=16, block_length=4, steps=4, strategy="dynamic", temperature=1.0, top_p=0.9,
+              top_k=20)
+    a = generate(sdar, [[1, 2, 3]], seed=7, **kw).tokens.tolist()
+    b = generate(sdar, [[1, 2, 3]], seed=7, **kw).tokens.tolist()
+    c = generate(sdar, [[1, 2, 3]], seed=8, **kw).tokens.tolist()
+    assert a == b and a != c
+
+
+def test_trace_events_reach_on_step_as_they_happen_and_replay_the_block(sdar):
+    seen = []
+    gen = generate(sdar, [[1, 2, 3, 4, 5]], max_new_tokens=8, block_length=4, steps=2, strategy="static",
+                   trace=True, on_step=seen.append)
+    assert seen == gen.trace
+    first = gen.trace[0]
+    assert first.prompt_positions == [0]  # position 4 of the prompt sits in the first block in flight
+    assert first.block_start == 4
+    assert sum(MASK == t for t in first.block_state) == 3 - len(first.committed)
+    assert gen.trace_json().startswith("{") and "confidence" in gen.trace_csv().splitlines()[0]
+
+
+def test_no_trace_means_no_events(sdar):
+    assert generate(sdar, [[1, 2]], max_new_tokens=4, block_length=4, steps=4).trace is None
+
+
+def test_tpf_counts_tokens_per_decoding_forward(sdar):
+    gen = generate(sdar, [[1, 2, 3, 4]], max_new_tokens=16, block_length=4, steps=2, strategy="static")
+    assert gen.stats.forwards == 8 and gen.stats.prefill_forwards == 1
+    assert gen.stats.tpf == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(block_length=0), "block_length"),
+    (dict(block_length=4, steps=5), "steps"),
+    (dict(block_length=4, steps=0), "steps"),
+    (dict(strategy="dynamic", threshold=0.0), "threshold"),
+    (dict(strategy="dynamic", threshold=1.5), "threshold"),
+    (dict(max_new_tokens=10_000), "context"),
+    (dict(strategy="beam"), "strategy"),
+    (dict(temperature=-1.0), "temperature"),
+    (dict(top_p=0.0), "top_p"),
+])
+def test_bad_arguments_give_clear_errors(sdar, kwargs, match):
+    args = dict(max_new_tokens=8, block_length=4, steps=4)
+    args.update(kwargs)
+    with pytest.raises(GenerationError, match=match):
+        generate(sdar, [[1, 2, 3]], **args)
+
+
+def test_empty_prompt_is_rejected(sdar):
+    with pytest.raises(GenerationError, match="empty"):
+        generate(sdar, [[]], max_new_tokens=4)
+
+
+def test_block_diffusion_on_an_ar_model_is_refused():
+    ar = random_model(tiny_config("qwen3"))
+    with pytest.raises(GenerationError, match="autoregressive"):
+        generate(ar, [[1, 2]], max_new_tokens=4, strategy="static")
+
+
+def test_ar_mode_equals_transformers_greedy_generate(tmp_path):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from sdar_core import load_pretrained
+
+    torch.manual_seed(0)
+    hf = Qwen3ForCausalLM(Qwen3Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                      max_position_embeddings=256)).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.3)
+    hf.save_pretrained(tmp_path)
+    ours, _ = load_pretrained(tmp_path, device="cpu", with_tokenizer=False)
+    prompts = [[5, 6, 7, 8, 9], [40, 41]]
+    for prompt in prompts:
+        ids = torch.tensor([prompt])
+        expected = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, min_new_tokens=20,
+                               do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+        gen = generate(ours, ids, max_new_tokens=20, strategy="ar")
+        assert gen.row_tokens(0) == expected
+        assert gen.stats.forwards == 20 and gen.stats.tpf == 1.0
+    batch = generate(ours, prompts, max_new_tokens=20, strategy="ar")
+    for r, prompt in enumerate(prompts):
+        assert batch.row_tokens(r) == generate(ours, [prompt], max_new_tokens=20, strategy="ar").row_tokens(0)
