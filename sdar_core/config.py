@@ -59,7 +59,10 @@ class ModelConfig:
             )
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "head_dim", "block_size"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"config field {name!r} must be an integer, got {value!r}")
+            if value < 1:
                 raise ConfigError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
@@ -102,6 +105,8 @@ class ModelConfig:
         """Parameter count computed from the shapes (no model needed)."""
         h, d = self.hidden_size, self.head_dim
         attn = h * d * (self.num_attention_heads * 2 + self.num_key_value_heads * 2) + 2 * d + 2 * h
+        if self.attention_bias:  # q, k, v and o projections each carry a bias
+            attn += d * (self.num_attention_heads + 2 * self.num_key_value_heads) + h
         total = self.vocab_size * h * (1 if self.tie_word_embeddings else 2) + h
         for layer in range(self.num_hidden_layers):
             if self.layer_is_sparse(layer):
@@ -134,7 +139,12 @@ class ModelConfig:
         is_moe = model_type in MOE_TYPES or raw.get("num_experts", 0)
         required = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"]
         required += ["moe_intermediate_size", "num_experts", "num_experts_per_tok"] if is_moe else []
-        if not is_moe or any(i in raw.get("mlp_only_layers", []) for i in range(raw.get("num_hidden_layers", 0))):
+        n_layers, step = raw.get("num_hidden_layers"), raw.get("decoder_sparse_step")
+        n_layers = n_layers if isinstance(n_layers, int) else 0  # a wrong type is reported by __post_init__
+        step = step if isinstance(step, int) and step >= 1 else 1
+        mlp_only = raw.get("mlp_only_layers") or []
+        has_dense_layer = any(i in mlp_only or (i + 1) % step for i in range(n_layers))
+        if not is_moe or has_dense_layer:  # a dense MLP layer (layer_is_sparse's rule) needs intermediate_size
             required.append("intermediate_size")
         for name in required:
             if name not in raw:

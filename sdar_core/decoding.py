@@ -22,8 +22,7 @@ from typing import Callable
 
 import torch
 
-from .kv_cache import KVCache
-from .attention import block_causal_mask
+from .runner import ChunkRunner, default_mode
 from .sampling import SamplingError, SamplingParams, sample_tokens
 from .schedules import (STRATEGIES, select_dynamic, select_entropy, select_sequential, select_static,
                         static_counts)
@@ -103,6 +102,8 @@ def generate(
     on_step: Callable[[StepEvent], None] | None = None,
     entropy_bound: float = 1.0,
     fuse_cache_write: bool = True,
+    runner_mode: str | None = None,
+    compile: bool = False,
 ) -> Generation:
     """Decode `max_new_tokens` per row; returns a Generation (tokens [B, <=max_new_tokens], stats, trace).
 
@@ -113,6 +114,8 @@ def generate(
     causal attention: next-token prediction for an AR model, a block of one masked token for SDAR).
     stop_token_ids end a row at its first stop token (kept; nothing after it is returned or counted).
     trace=True records a StepEvent per row and step; on_step receives them as they happen.
+    runner_mode: "plain", "static" or "graph" (CUDA graphs; default on CUDA), see runner.py; all three
+    give the same tokens. compile=True also torch.compile's the graphed forward.
     """
     config = model.config
     block_length = max(config.block_size, 1) if block_length is None else block_length
@@ -136,7 +139,7 @@ def generate(
             if on_step is not None:
                 on_step(e)
     args = dict(max_new_tokens=max_new_tokens, sampling=sampling, stop_ids=stop_ids, generator=generator,
-                emit=emit, pad_id=pad_id)
+                emit=emit, pad_id=pad_id, mode=runner_mode or default_mode(model), compile=compile)
     if strategy == "ar" and not config.is_sdar:
         gen = _generate_next_token(model, rows, **args)
     else:
@@ -166,7 +169,7 @@ def _cut_at_stop(tokens: list[int], stop_ids: list[int], limit: int) -> tuple[li
 
 
 def _generate_blocks(model, rows, *, max_new_tokens, block_length, steps, schedule, threshold, entropy_bound,
-                     fuse, sampling, stop_ids, generator, emit, pad_id) -> Generation:
+                     fuse, sampling, stop_ids, generator, emit, pad_id, mode, compile) -> Generation:
     device, L, B = model.device, block_length, len(rows)
     mask_id = model.config.mask_token_id
     t0 = time.perf_counter()
@@ -183,27 +186,21 @@ def _generate_blocks(model, rows, *, max_new_tokens, block_length, steps, schedu
         seq[r, : pad[r]] = pad_id
         seq[r, pad[r]: pad[r] + len(ids)] = torch.tensor(ids)
     seq = seq.to(device)
-    pad_t = torch.tensor(pad, device=device)
-    padded = any(pad)
     fixed = torch.zeros(B, total, dtype=torch.bool)  # prompt positions inside the blocks in flight
     for r in range(B):
         fixed[r, : pad[r] + prompt_len[r]] = True
     fixed = fixed.to(device)
 
-    cache = KVCache.allocate(model.config, B, total, dtype=model.dtype,
-                             devices=[layer.self_attn.q_proj.weight.device for layer in model.model.layers])
+    run = ChunkRunner.get(model, B, total, L, mode, compile)
+    run.set_padding(pad)
 
     def forward(chunk_start: int, chunk_len: int, logits_from: int):
-        idx = torch.arange(chunk_start, chunk_start + chunk_len, device=device)
-        positions = (idx[None] - pad_t[:, None]).clamp_min(0)  # [B, Q]
-        mask = block_causal_mask(idx, chunk_start + chunk_len, L, k_start=pad_t) if padded else None
-        return model(seq[:, chunk_start: chunk_start + chunk_len], positions, mask=mask, cache=cache,
-                     cache_start=chunk_start, logits_from=logits_from, block_size=L)
+        return run(seq, chunk_start, chunk_len, logits_from)
 
     prefill_forwards = 0
     if start > 0:  # the prompt's complete blocks, in one forward, straight into the cache
         forward(0, start, logits_from=start)  # logits of nothing: only the cache write matters
-        cache.commit(start)
+        run.cache.commit(start)
         prefill_forwards = 1
     _sync(device)
     prefill_seconds = time.perf_counter() - t0
@@ -231,7 +228,7 @@ def _generate_blocks(model, rows, *, max_new_tokens, block_length, steps, schedu
                 break  # the schedule needs this one host sync: the block may be done early
             if pending:  # fused: write block b-1 and denoise block b in one forward
                 logits = forward(s - L, 2 * L, logits_from=L)
-                cache.commit(L)
+                run.cache.commit(L)
                 pending = False
             else:
                 logits = forward(s, L, logits_from=0)
@@ -275,7 +272,7 @@ def _generate_blocks(model, rows, *, max_new_tokens, block_length, steps, schedu
             pending = True
         else:  # the paper's engine: one extra forward to write the finished block into the cache
             forward(s, L, logits_from=L)
-            cache.commit(L)
+            run.cache.commit(L)
             forwards += 1
     _sync(device)
     seconds = time.perf_counter() - t0
@@ -326,7 +323,8 @@ def _finish(seq_rows, rows, pad, max_new_tokens, stop_ids, pad_id, device, stats
     return Generation(tokens=tokens, lengths=lengths, stats=stats)
 
 
-def _generate_next_token(model, rows, *, max_new_tokens, sampling, stop_ids, generator, emit, pad_id) -> Generation:
+def _generate_next_token(model, rows, *, max_new_tokens, sampling, stop_ids, generator, emit, pad_id, mode,
+                         compile) -> Generation:
     """Plain AR decoding for an AR model: one token per forward, next-token prediction, causal attention.
 
     The prefill writes prompt[:-1]; the decode loop starts from the last prompt token, so that every
@@ -341,17 +339,11 @@ def _generate_next_token(model, rows, *, max_new_tokens, sampling, stop_ids, gen
     for r, ids in enumerate(rows):
         seq[r, pad[r]: longest] = torch.tensor(ids)
     seq = seq.to(device)
-    pad_t = torch.tensor(pad, device=device)
-    padded = any(pad)
-    cache = KVCache.allocate(model.config, B, total, dtype=model.dtype,
-                             devices=[layer.self_attn.q_proj.weight.device for layer in model.model.layers])
+    run = ChunkRunner.get(model, B, total, 1, mode, compile)
+    run.set_padding(pad)
 
     def forward(chunk_start: int, chunk_len: int, logits_from: int):
-        idx = torch.arange(chunk_start, chunk_start + chunk_len, device=device)
-        positions = (idx[None] - pad_t[:, None]).clamp_min(0)
-        mask = block_causal_mask(idx, chunk_start + chunk_len, 1, k_start=pad_t) if padded else None
-        return model(seq[:, chunk_start: chunk_start + chunk_len], positions, mask=mask, cache=cache,
-                     cache_start=chunk_start, logits_from=logits_from, block_size=1)
+        return run(seq, chunk_start, chunk_len, logits_from)
 
     prefill_forwards = 0
     if longest > 1:

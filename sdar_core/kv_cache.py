@@ -40,6 +40,13 @@ class KVCache:
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def write_at(self, layer: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v [B, H_kv, Q, D] at the cache positions `index` [Q] (a device tensor, so that a CUDA
+        graph can replay the write anywhere); return the whole buffers [B, H_kv, T_max, D]."""
+        self.k[layer].index_copy_(2, index, k)
+        self.v[layer].index_copy_(2, index, v)
+        return self.k[layer], self.v[layer]
+
     def commit(self, n: int) -> None:
         """The next n positions after the committed length become final."""
         if self.length + n > self.max_len:

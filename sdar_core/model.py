@@ -54,13 +54,16 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, *, is_causal, cache: KVCache | None, cache_start: int, backend: str):
+    def forward(self, x, cos, sin, mask, *, is_causal, cache: KVCache | None, cache_start: int, backend: str,
+                cache_index: torch.Tensor | None = None):
         B, Q, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, Q, self.n_heads, self.head_dim)).transpose(1, 2)  # [B, H, Q, D]
         k = self.k_norm(self.k_proj(x).view(B, Q, self.n_kv, self.head_dim)).transpose(1, 2)  # [B, H_kv, Q, D]
         v = self.v_proj(x).view(B, Q, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
+        if cache_index is not None:  # static shapes (CUDA graphs): write at device indices, read the whole buffer
+            k, v = cache.write_at(self.layer, cache_index, k, v)  # [B, H_kv, T_max, D]
+        elif cache is not None:
             k, v = cache.write(self.layer, cache_start, k, v)  # [B, H_kv, cache_start+Q, D]
         out = attention(q, k, v, mask, is_causal=is_causal, backend=backend)  # [B, H, Q, D]
         return self.o_proj(out.transpose(1, 2).reshape(B, Q, -1))
@@ -170,6 +173,7 @@ class SDARForCausalLM(nn.Module):
         logits_to: int | None = None,
         block_size: int | None = None,
         backend: str | None = None,
+        cache_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, logits_from:logits_to, V] for the chunk `input_ids` (default: every position).
 
@@ -179,13 +183,16 @@ class SDARForCausalLM(nn.Module):
         block-causal over key indices with `block_size` (default: the config's), which the code turns
         into no mask at all when every query may see every key. `logits_from` / `logits_to` run the lm_head
         on a slice of the chunk only (the decoder reads the block in flight; training the noisy half).
+        `cache_index` [Q] (a device tensor) is the static-shape variant used under CUDA graphs: the chunk is
+        written at those cache positions and attention reads the whole cache buffer under `mask`
+        [B, 1, Q, T_max], so no shape depends on how far decoding has gone.
         """
         B, Q = input_ids.shape
         backend = backend or self.attn_backend
         if positions is None:
             positions = torch.arange(cache_start, cache_start + Q, device=input_ids.device).expand(B, Q)
         is_causal = False
-        if mask is None:
+        if mask is None and cache_index is None:
             bs = block_size or self.config.block_size
             k_len = cache_start + Q
             if cache_start % bs == 0 and Q <= bs:
@@ -197,6 +204,7 @@ class SDARForCausalLM(nn.Module):
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, mask, is_causal=is_causal, cache=cache, cache_start=cache_start, backend=backend)
+            x = layer(x, cos, sin, mask, is_causal=is_causal, cache=cache, cache_start=cache_start, backend=backend,
+                      cache_index=cache_index)
         x = self.model.norm(x[:, logits_from:logits_to])
         return self.lm_head(x)

@@ -235,3 +235,36 @@ def test_ar_mode_equals_transformers_greedy_generate(tmp_path):
     batch = generate(ours, prompts, max_new_tokens=20, strategy="ar")
     for r, prompt in enumerate(prompts):
         assert batch.row_tokens(r) == generate(ours, [prompt], max_new_tokens=20, strategy="ar").row_tokens(0)
+
+
+@pytest.mark.parametrize("strategy", ["static", "dynamic", "ar"])
+def test_static_shape_runner_gives_the_plain_path_tokens(sdar, strategy):
+    """The CUDA-graph path reads the whole cache buffer under a mask; on CPU its 'static' mode is the same
+    computation without the graph, and must decode exactly what the plain path decodes."""
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
+    kw = dict(max_new_tokens=12, block_length=4, steps=2, strategy=strategy, threshold=0.5)
+    plain = generate(sdar, prompts, runner_mode="plain", **kw)
+    static = generate(sdar, prompts, runner_mode="static", **kw)
+    assert static.tokens.tolist() == plain.tokens.tolist()
+    again = generate(sdar, prompts, runner_mode="static", **kw)  # pooled runner, stale cache contents
+    assert again.tokens.tolist() == plain.tokens.tolist()
+
+
+def test_static_shape_runner_for_an_ar_model():
+    ar = random_model(tiny_config("qwen3"))
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    plain = generate(ar, prompts, max_new_tokens=10, strategy="ar", runner_mode="plain")
+    static = generate(ar, prompts, max_new_tokens=10, strategy="ar", runner_mode="static")
+    assert static.tokens.tolist() == plain.tokens.tolist()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("strategy", ["static", "dynamic", "ar"])
+def test_cuda_graph_path_equals_plain_path(strategy):
+    model = random_model(tiny_config("sdar", block_size=4, layers=2)).cuda()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
+    kw = dict(max_new_tokens=24, block_length=4, steps=2, strategy=strategy, threshold=0.5)
+    plain = generate(model, prompts, runner_mode="plain", **kw)
+    graph = generate(model, prompts, runner_mode="graph", **kw)
+    assert graph.tokens.tolist() == plain.tokens.tolist()

@@ -1,0 +1,112 @@
+"""Chunk forwards for the decoder: the model run on [start, start+Q) of a batch against its KV cache.
+
+Three modes compute the same thing:
+- "plain": attention reads the cache slice [0, start+Q); shapes change every block (CPU default);
+- "static": every forward reads the whole preallocated buffer under a block-causal mask and writes its
+  keys/values at device indices, so shapes depend only on (B, Q) (runs anywhere; tested on CPU);
+- "graph": "static" captured once per (Q, logits_from) as a CUDA graph and replayed (the GPU fast path:
+  no kernel-launch overhead, no host synchronisation). Optionally the forward is torch.compile'd first
+  (fused elementwise kernels).
+Graph runners are kept on the model and reused across generate calls of the same batch shape.
+"""
+from __future__ import annotations
+
+import torch
+
+from .attention import block_causal_mask
+from .kv_cache import KVCache
+
+MODES = ("plain", "static", "graph")
+_BUCKET = 256  # static buffers are sized in multiples of this, so close prompt lengths share graphs
+
+
+def default_mode(model) -> str:
+    """CUDA graphs on CUDA for dense models (MoE routing is data-dependent), plain otherwise."""
+    if model.device.type == "cuda" and not model.config.is_moe:
+        return "graph"
+    return "plain"
+
+
+class ChunkRunner:
+    def __init__(self, model, batch: int, total: int, block_size: int, mode: str, compile: bool = False) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown runner mode {mode!r}; choose one of {MODES}")
+        self.model, self.batch, self.block_size, self.mode = model, batch, block_size, mode
+        if mode != "plain":
+            total = -(-total // _BUCKET) * _BUCKET
+        self.total = total
+        self.device = model.device
+        devices = [layer.self_attn.q_proj.weight.device for layer in model.model.layers]
+        self.cache = KVCache.allocate(model.config, batch, total, dtype=model.dtype, devices=devices)
+        self.pad = torch.zeros(batch, dtype=torch.long, device=self.device)
+        self.padded = False
+        self.graphs: dict[tuple[int, int], tuple] = {}
+        self.forward_fn = torch.compile(model.forward, dynamic=True) if compile else model.forward
+
+    @classmethod
+    def get(cls, model, batch: int, total: int, block_size: int, mode: str, compile: bool = False) -> "ChunkRunner":
+        """A runner for this shape: a new one in plain mode, a pooled one (graphs kept) otherwise."""
+        if mode == "plain":
+            return cls(model, batch, total, block_size, mode)
+        pool = model.__dict__.setdefault("_runner_pool", {})
+        key = (batch, -(-total // _BUCKET) * _BUCKET, block_size, mode, compile, model.dtype)
+        if key not in pool:
+            if len(pool) >= 8:  # bound the memory held by cached buffers and graphs
+                pool.pop(next(iter(pool)))
+            pool[key] = cls(model, batch, total, block_size, mode, compile)
+        runner = pool[key]
+        runner.cache.length = 0
+        return runner
+
+    def set_padding(self, pad: list[int]) -> None:
+        self.pad.copy_(torch.tensor(pad))
+        self.padded = any(pad)
+
+    def _inputs(self, seq: torch.Tensor, start: int, length: int):
+        idx = torch.arange(start, start + length, device=self.device)
+        positions = (idx[None] - self.pad[:, None]).clamp_min(0)  # [B, Q] RoPE positions of each row
+        return seq[:, start: start + length], positions, idx
+
+    def __call__(self, seq: torch.Tensor, start: int, length: int, logits_from: int) -> torch.Tensor:
+        """Logits [B, length - logits_from, V] of chunk seq[:, start:start+length]; its K/V go to the cache."""
+        ids, positions, idx = self._inputs(seq, start, length)
+        L = self.block_size
+        if self.mode == "plain":
+            mask = block_causal_mask(idx, start + length, L, k_start=self.pad) if self.padded else None
+            return self.model(ids, positions, mask=mask, cache=self.cache, cache_start=start,
+                              logits_from=logits_from, block_size=L)
+        mask = block_causal_mask(idx, self.total, L, k_start=self.pad if self.padded else None)
+        if mask.shape[0] != self.batch:
+            mask = mask.expand(self.batch, -1, -1, -1)
+        if self.mode == "static" or length > 4 * max(L, 16):  # prefill-sized chunks run once: no graph
+            return self.model(ids, positions, mask=mask, cache=self.cache, cache_index=idx,
+                              logits_from=logits_from, block_size=L)
+        return self._replay(ids, positions, idx, mask, logits_from)
+
+    def _replay(self, ids, positions, idx, mask, logits_from: int) -> torch.Tensor:
+        key = (ids.shape[1], logits_from)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(ids, positions, idx, mask, logits_from)
+        graph, bufs, out = self.graphs[key]
+        for buf, value in zip(bufs, (ids, positions, idx, mask)):
+            buf.copy_(value, non_blocking=True)
+        graph.replay()
+        return out
+
+    def _capture(self, ids, positions, idx, mask, logits_from: int):
+        bufs = [t.clone() for t in (ids, positions, idx, mask)]
+
+        def run():
+            return self.forward_fn(bufs[0], bufs[1], mask=bufs[3], cache=self.cache, cache_index=bufs[2],
+                                   logits_from=logits_from, block_size=self.block_size)
+
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):  # warm-up (and compilation) outside the capture
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = run()
+        return graph, bufs, out
