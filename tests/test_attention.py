@@ -1,0 +1,155 @@
+"""Attention backends against the textbook reference, and the block-causal mask against a loop-built one.
+
+`eager_attention` is softmax(q k^T / sqrt(D) + mask) v written out in float32; every backend that
+`available_backends` reports for the device must agree with it on random inputs with grouped-query heads.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sdar_core.attention import attention, available_backends, block_causal_mask, eager_attention
+from tests.conftest import random_model, tiny_config
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BACKENDS = available_backends(DEVICE)
+B, H, H_KV, D = 2, 4, 2, 16
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def qkv(q_len: int, k_len: int, seed: int = 0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, q_len, D, generator=g)
+    k = torch.randn(B, H_KV, k_len, D, generator=g)
+    v = torch.randn(B, H_KV, k_len, D, generator=g)
+    return (t.to(DEVICE, dtype) for t in (q, k, v))
+
+
+def hand_mask(q_index: list[int], k_len: int, block_size: int, k_start: list[int] | None = None) -> torch.Tensor:
+    """[B, 1, Q, K] with loops: key j visible to query i iff j // bs <= i // bs and j >= k_start[b];
+    a padding query (i < k_start[b]) also sees itself, so that its softmax has a key."""
+    starts = k_start if k_start is not None else [0] * B
+    out = torch.zeros(len(starts), 1, len(q_index), k_len, dtype=torch.bool)
+    for b, start in enumerate(starts):
+        for qi, i in enumerate(q_index):
+            for j in range(k_len):
+                visible = j // block_size <= i // block_size and j >= start
+                out[b, 0, qi, j] = visible or (k_start is not None and j == i)
+    return out
+
+
+def textbook(q, k, v, allowed: torch.Tensor | None) -> torch.Tensor:
+    """An independent reference for `eager_attention` itself: loops over heads, explicit exp / sum."""
+    out = torch.empty_like(q, dtype=torch.float64)
+    groups = q.shape[1] // k.shape[1]
+    for b in range(q.shape[0]):
+        for h in range(q.shape[1]):
+            s = q[b, h].double() @ k[b, h // groups].double().T / math.sqrt(q.shape[-1])  # [Q, K]
+            if allowed is not None:
+                s = s.masked_fill(~allowed[b, 0], float("-inf"))
+            p = (s - s.max(-1, keepdim=True).values).exp()
+            out[b, h] = (p / p.sum(-1, keepdim=True)) @ v[b, h // groups].double()
+    return out
+
+
+# --- the mask ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("length", [8, 13])
+def test_block_causal_mask_equals_loop_built_mask(block_size, length):
+    mask = block_causal_mask(torch.arange(length), length, block_size)
+    assert mask.dtype == torch.bool and mask.shape == (1, 1, length, length)
+    assert torch.equal(mask[0], hand_mask(list(range(length)), length, block_size)[0])
+
+
+@pytest.mark.parametrize("block_size", [1, 4])
+def test_block_causal_mask_for_a_chunk_at_the_end_of_the_cache_uses_key_space_indices(block_size):
+    q_index = list(range(8, 14))  # a chunk written at cache positions 8..13
+    mask = block_causal_mask(torch.tensor(q_index), 14, block_size)
+    assert torch.equal(mask[0], hand_mask(q_index, 14, block_size)[0])
+
+
+def test_block_causal_mask_hides_left_padding_and_lets_padding_queries_see_themselves():
+    k_start = [0, 5]
+    mask = block_causal_mask(torch.arange(12), 12, 4, k_start=torch.tensor(k_start))
+    assert torch.equal(mask, hand_mask(list(range(12)), 12, 4, k_start))
+    assert not mask[1, 0, 5:, :5].any()  # no real token of row 1 sees its padding
+    assert mask.any(-1).all()  # every query sees at least one key
+
+
+# --- the backends --------------------------------------------------------------------------------------
+
+
+def test_eager_attention_equals_per_head_textbook_computation():
+    q, k, v = qkv(7, 7)
+    allowed = hand_mask(list(range(7)), 7, 2).to(DEVICE)
+    assert rel_err(eager_attention(q, k, v, allowed), textbook(q, k, v, allowed)) < 1e-6
+    assert rel_err(eager_attention(q, k, v, None), textbook(q, k, v, None)) < 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("block_size", [1, 4])
+def test_backend_agrees_with_eager_under_block_causal_mask(backend, block_size):
+    q, k, v = qkv(11, 11, seed=block_size)
+    mask = block_causal_mask(torch.arange(11, device=DEVICE), 11, block_size)
+    out = attention(q, k, v, mask, backend=backend)
+    assert out.shape == (B, H, 11, D)
+    assert rel_err(out, eager_attention(q, k, v, mask)) < 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_agrees_with_eager_without_mask(backend):
+    q, k, v = qkv(5, 9)  # a block attending to every cached key and itself
+    out = attention(q, k, v, None, backend=backend)
+    assert rel_err(out, eager_attention(q, k, v, None)) < 1e-5
+    assert rel_err(out, textbook(q, k, v, None)) < 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("q_len, k_len", [(9, 9), (3, 9)], ids=["prefill", "chunk-after-cache"])
+def test_backend_is_causal_equals_bottom_right_causal_mask(backend, q_len, k_len):
+    """is_causal: query i of a chunk at the end of the keys sees keys <= k_len - q_len + i."""
+    q, k, v = qkv(q_len, k_len, seed=2)
+    q_index = list(range(k_len - q_len, k_len))
+    out = attention(q, k, v, None, is_causal=True, backend=backend)
+    assert rel_err(out, textbook(q, k, v, hand_mask(q_index, k_len, 1))) < 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_agrees_with_eager_with_left_padding(backend):
+    q, k, v = qkv(12, 12, seed=3)
+    mask = block_causal_mask(torch.arange(12, device=DEVICE), 12, 4, k_start=torch.tensor([0, 5], device=DEVICE))
+    out = attention(q, k, v, mask, backend=backend)
+    assert rel_err(out, eager_attention(q, k, v, mask)) < 1e-5
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_agrees_with_eager_in_bfloat16_to_bfloat16_rounding(backend):
+    q, k, v = qkv(11, 11, seed=4, dtype=torch.bfloat16)
+    mask = block_causal_mask(torch.arange(11, device=DEVICE), 11, 4)
+    out = attention(q, k, v, mask, backend=backend)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, eager_attention(q, k, v, mask)) < 2e-2
+
+
+# --- the whole model -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_type, block_size", [("sdar", 4), ("qwen3", 1), ("sdar_moe", 2)])
+def test_whole_model_eager_backend_equals_sdpa_backend(model_type, block_size):
+    model = random_model(tiny_config(model_type, block_size=block_size))
+    ids = torch.randint(0, 95, (2, 13), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.attn_backend = "eager"
+        eager = model(ids)
+        model.attn_backend = "sdpa"
+        sdpa = model(ids)
+    assert rel_err(sdpa, eager) < 1e-5
