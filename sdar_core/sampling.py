@@ -56,6 +56,15 @@ def sample_tokens(
 
     `forbid_token` (the mask token) gets probability zero, so it is never proposed.
     """
+    if params.temperature == 0 and not want_entropy:
+        # Greedy: argmax and p(argmax) = exp(max - logsumexp) in two passes over the logits, without
+        # materialising the softmax (at batch 64 x block 64 the logits of one step are GBs).
+        if forbid_token is not None:
+            logits = logits.clone() if not logits.is_contiguous() else logits
+            logits[..., forbid_token] = float("-inf")
+        best, x0 = logits.max(-1)
+        confidence = (best.float() - torch.logsumexp(logits.float(), -1)).exp()
+        return x0, confidence, None
     logits = logits.float()
     if forbid_token is not None:
         logits[..., forbid_token] = float("-inf")
