@@ -91,6 +91,11 @@ def attention(
     if is_causal and mask is None and q_len != k_len:
         # SDPA's is_causal is top-left aligned; a chunk at the end of a cache needs bottom-right (as eager, flash).
         mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
+    if gqa and mask is not None and q.is_cuda:
+        # With an explicit mask only the math kernel takes enable_gqa; repeating the (short) decode
+        # keys/values lets the memory-efficient kernel run instead.
+        groups = q.shape[1] // k.shape[1]
+        k, v, gqa = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), False
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
                                           enable_gqa=gqa)
 

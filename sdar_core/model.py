@@ -53,13 +53,31 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=bias)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.qkv_weight: torch.Tensor | None = None  # set by fuse_projections()
+
+    def fuse_projections(self) -> None:
+        """One [q; k; v] weight and q/k/v_proj.weight as views into it: one matmul instead of three, no
+        extra memory, the same parameter names."""
+        if self.q_proj.bias is not None or self.qkv_weight is not None:
+            return
+        fused = torch.cat([self.q_proj.weight.data, self.k_proj.weight.data, self.v_proj.weight.data])
+        nq, nk = self.q_proj.weight.shape[0], self.k_proj.weight.shape[0]
+        self.q_proj.weight = nn.Parameter(fused[:nq], requires_grad=False)
+        self.k_proj.weight = nn.Parameter(fused[nq: nq + nk], requires_grad=False)
+        self.v_proj.weight = nn.Parameter(fused[nq + nk:], requires_grad=False)
+        self.qkv_weight = fused
 
     def forward(self, x, cos, sin, mask, *, is_causal, cache: KVCache | None, cache_start: int, backend: str,
                 cache_index: torch.Tensor | None = None):
         B, Q, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, Q, self.n_heads, self.head_dim)).transpose(1, 2)  # [B, H, Q, D]
-        k = self.k_norm(self.k_proj(x).view(B, Q, self.n_kv, self.head_dim)).transpose(1, 2)  # [B, H_kv, Q, D]
-        v = self.v_proj(x).view(B, Q, self.n_kv, self.head_dim).transpose(1, 2)
+        if self.qkv_weight is not None:
+            q, k, v = F.linear(x, self.qkv_weight).split(
+                [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = self.q_norm(q.view(B, Q, self.n_heads, self.head_dim)).transpose(1, 2)  # [B, H, Q, D]
+        k = self.k_norm(k.view(B, Q, self.n_kv, self.head_dim)).transpose(1, 2)  # [B, H_kv, Q, D]
+        v = v.view(B, Q, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache_index is not None:  # static shapes (CUDA graphs): write at device indices, read the whole buffer
             k, v = cache.write_at(self.layer, cache_index, k, v)  # [B, H_kv, T_max, D]
@@ -77,8 +95,22 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.gate_up_weight: torch.Tensor | None = None  # set by fuse_projections()
+
+    def fuse_projections(self) -> None:
+        """One [gate; up] weight, gate/up_proj.weight as views into it (see Attention.fuse_projections)."""
+        if self.gate_up_weight is not None:
+            return
+        fused = torch.cat([self.gate_proj.weight.data, self.up_proj.weight.data])
+        n = self.gate_proj.weight.shape[0]
+        self.gate_proj.weight = nn.Parameter(fused[:n], requires_grad=False)
+        self.up_proj.weight = nn.Parameter(fused[n:], requires_grad=False)
+        self.gate_up_weight = fused
 
     def forward(self, x):
+        if self.gate_up_weight is not None:
+            gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -148,6 +180,15 @@ class SDARForCausalLM(nn.Module):
     def _inv_freq(self, device=None) -> torch.Tensor:
         d = self.config.head_dim
         return 1.0 / (self.config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
+
+    def fuse_projections(self) -> "SDARForCausalLM":
+        """Inference only: fuse q/k/v and gate/up matmuls (fewer, larger kernels; same numbers up to
+        matmul rounding, same parameter names). Training keeps the separate weights."""
+        for module in self.modules():
+            if isinstance(module, (Attention, MLP)):
+                module.fuse_projections()
+        self.model.__dict__.pop("_runner_pool", None)  # captured graphs point at the old weights
+        return self
 
     def reset_rope(self, device) -> None:
         """Recompute the RoPE buffer (after meta-device initialisation)."""

@@ -41,15 +41,23 @@ class ChunkRunner:
         self.pad = torch.zeros(batch, dtype=torch.long, device=self.device)
         self.padded = False
         self.graphs: dict[tuple[int, int], tuple] = {}
-        self.forward_fn = torch.compile(model.forward, dynamic=True) if compile else model.forward
+        self.forward_fn = model.forward
+        if compile:
+            # "dynamic" (or True): one compilation for every batch and chunk size; "static": one per shape.
+            self.forward_fn = torch.compile(model.forward, dynamic=compile != "static", fullgraph=True)
 
     @classmethod
     def get(cls, model, batch: int, total: int, block_size: int, mode: str, compile: bool = False) -> "ChunkRunner":
         """A runner for this shape: a new one in plain mode, a pooled one (graphs kept) otherwise."""
         if mode == "plain":
             return cls(model, batch, total, block_size, mode)
-        pool = model.__dict__.setdefault("_runner_pool", {})
-        key = (batch, -(-total // _BUCKET) * _BUCKET, block_size, mode, compile, model.dtype)
+        # The pool lives on the shared backbone, keyed by the weights' storage: graphs replay raw device
+        # pointers, so a graph must never outlive (or miss a change of) the weights it was captured with.
+        pool = model.model.__dict__.setdefault("_runner_pool", {})
+        weights = tuple(p.data_ptr() for p in (model.model.embed_tokens.weight, model.lm_head.weight,
+                                               model.model.layers[0].self_attn.q_proj.weight))
+        key = (batch, -(-total // _BUCKET) * _BUCKET, block_size, mode, compile, model.dtype, weights,
+               model.config.model_type)
         if key not in pool:
             if len(pool) >= 8:  # bound the memory held by cached buffers and graphs
                 pool.pop(next(iter(pool)))

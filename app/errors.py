@@ -1,0 +1,55 @@
+"""The UI boundary: every exception a handler raises becomes a readable gr.Error, never a traceback."""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+
+import gradio as gr
+import torch
+
+log = logging.getLogger("sdar.app")
+
+
+def user_message(exc: BaseException) -> str:
+    """What the person in front of the browser reads for `exc`."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return ("The device ran out of memory for this request. Try fewer new tokens, a shorter prompt or "
+                "conversation, or a smaller model.")
+    if isinstance(exc, (ValueError, KeyError, FileNotFoundError)):  # CheckpointError, GenerationError, ...
+        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        return text[0].upper() + text[1:] if text else type(exc).__name__
+    log.error("unexpected error in a handler", exc_info=exc)
+    return f"Something went wrong ({type(exc).__name__}: {exc}). The app is still running; try again."
+
+
+def to_gr_error(exc: BaseException) -> gr.Error:
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return gr.Error(user_message(exc), title="SDAR Studio")
+
+
+def shows_errors(fn):
+    """Decorate a handler (plain or generator) so that its exceptions reach the UI as gr.Error."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as e:
+                raise to_gr_error(e) from None
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as e:
+            raise to_gr_error(e) from None
+    return wrapper

@@ -1,0 +1,57 @@
+"""What a session keeps of its last generation (in gr.State): the row's step events, the stats, the text
+of every token that appears, and the trace files for download. Plain data, no model, no tokenizer."""
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdar_core.trace import Generation, Stats, StepEvent
+
+from .render import answer_start
+
+TRACE_DIR = Path(tempfile.gettempdir()) / "sdar-studio-traces"
+
+
+@dataclass
+class Recording:
+    label: str  # e.g. the prompt, shortened
+    events: list[StepEvent]
+    stats: Stats | None  # None when the run was stopped
+    pieces: dict[int, str]
+    answer_end: int | None  # absolute position after the kept answer (None: unknown, stopped)
+    answer: str
+    json_path: str | None = None
+    csv_path: str | None = None
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.events)
+
+
+def token_ids_in(events: list[StepEvent]) -> set[int]:
+    ids: set[int] = set()
+    for e in events:
+        ids.update(e.block_state)
+        ids.update(e.candidates.values())
+    return ids
+
+
+def record(label: str, events: list[StepEvent], gen: Generation | None, pieces: dict[int, str],
+           answer: str) -> Recording:
+    """A Recording of row 0, with its trace written as JSON and CSV files (for gr.File downloads)."""
+    events = [e for e in events if e.row == 0]
+    end = answer_start(events) + gen.lengths[0] if gen is not None and events else None
+    trace = gen if gen is not None else Generation(tokens=None, lengths=[], stats=None, trace=events)
+    TRACE_DIR.mkdir(parents=True, exist_ok=True)
+    stem = TRACE_DIR / f"sdar-trace-{uuid.uuid4().hex[:8]}"
+    if gen is not None:
+        text_json = gen.trace_json()
+    else:  # stopped: no stats, the steps that happened
+        text_json = json.dumps({"stats": None, "stopped": True, "steps": [e.to_dict() for e in events]}, indent=1)
+    Path(f"{stem}.json").write_text(text_json)
+    Path(f"{stem}.csv").write_text(trace.trace_csv())
+    return Recording(label=label, events=events, stats=gen.stats if gen else None, pieces=pieces,
+                     answer_end=end, answer=answer, json_path=f"{stem}.json", csv_path=f"{stem}.csv")

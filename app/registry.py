@@ -1,0 +1,164 @@
+"""The models the studio can use: found under assets/models/, typed as a path or a hub id, loaded lazily
+and kept in a small thread-safe LRU cache (one device, a couple of models at most in memory)."""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from sdar_core import CheckpointError, ConfigError, load_pretrained
+from sdar_core.loading import checkpoint_summary
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS_DIR = REPO / "assets" / "models"
+DEFAULT_MODEL = "assets/models/sdar-tiny"
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+class ModelUnavailable(ValueError):
+    """A model name that does not lead to a loadable checkpoint, with what to do about it."""
+
+
+@dataclass
+class LoadedModel:
+    name: str  # as the user picked or typed it
+    path: str  # resolved local folder, or the hub id
+    model: object
+    tokenizer: object
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def display_name(self) -> str:
+        """The folder's own name for a local checkpoint, the hub id otherwise."""
+        p = Path(self.path)
+        return p.name if p.is_dir() else self.name
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def is_sdar(self) -> bool:
+        return self.config.is_sdar
+
+    @property
+    def context(self) -> int:
+        return self.config.max_position_embeddings
+
+    @cached_property
+    def stop_token_ids(self) -> list[int]:
+        """The tokenizer's eos, <|im_end|>, <|endoftext|> and the config's eos ids that exist in the vocab."""
+        tok, ids = self.tokenizer, set(self.config.eos_token_ids)
+        if tok is not None:
+            if tok.eos_token_id is not None:
+                ids.add(tok.eos_token_id)
+            vocab = tok.get_vocab()
+            ids.update(vocab[t] for t in STOP_TOKENS if t in vocab)
+        return sorted(i for i in ids if isinstance(i, int) and 0 <= i < self.config.vocab_size)
+
+    @cached_property
+    def stop_token_names(self) -> list[str]:
+        if self.tokenizer is None:
+            return [str(i) for i in self.stop_token_ids]
+        return self.tokenizer.convert_ids_to_tokens(self.stop_token_ids)
+
+    def pieces(self, ids) -> dict[int, str]:
+        """Token id -> printed text, for the ids given (decoded one by one, special tokens kept)."""
+        out = {}
+        for i in set(int(t) for t in ids):
+            if i in self._piece_cache:
+                out[i] = self._piece_cache[i]
+                continue
+            if self.tokenizer is None:
+                text = f"<{i}>"
+            else:
+                text = self.tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            self._piece_cache[i] = out[i] = text
+        return out
+
+    @cached_property
+    def _piece_cache(self) -> dict[int, str]:
+        return {}
+
+
+def resolve_name(name: str) -> str:
+    """A name relative to the repository (assets/models/x) when it exists there, else the name as typed."""
+    name = (name or "").strip()
+    if not name:
+        raise ModelUnavailable("no model chosen: pick one from the list or type a folder path or a hub id")
+    p = Path(name).expanduser()
+    if not p.is_absolute() and not p.exists() and (REPO / p).exists():
+        return str(REPO / p)
+    return str(p) if p.exists() else name
+
+
+def missing_default_message(name: str = DEFAULT_MODEL) -> str:
+    return (f"The embedded model `{name}` is not here yet (our training pipeline writes it). Type the path of a "
+            "local SDAR or Qwen3 checkpoint folder, or a Hugging Face hub id such as `JetLM/SDAR-1.7B-Chat`, in "
+            "the model box.")
+
+
+def ar_twin_name(name: str) -> str | None:
+    """The AR twin of an SDAR folder when it exists next to it: `sdar-X` -> `ar-X` (e.g. sdar-tiny, ar-tiny)."""
+    p = Path(resolve_name(name)) if name else None
+    if p is None or not p.is_dir() or not p.name.startswith("sdar-"):
+        return None
+    twin = p.with_name("ar-" + p.name[len("sdar-"):])
+    return str(twin) if (twin / "config.json").is_file() else None
+
+
+class ModelRegistry:
+    """Load-once cache of (model, tokenizer), safe to share between Gradio's worker threads."""
+
+    def __init__(self, models_dir: Path | str = MODELS_DIR, capacity: int = 3, device=None, dtype=None) -> None:
+        self.models_dir = Path(models_dir)
+        self.capacity = capacity
+        self.device, self.dtype = device, dtype
+        self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def available(self) -> list[str]:
+        """The checkpoint folders under models_dir, as names relative to the repository when possible."""
+        if not self.models_dir.is_dir():
+            return []
+        found = sorted(p for p in self.models_dir.iterdir() if (p / "config.json").is_file())
+        out = []
+        for p in found:
+            try:
+                out.append(str(p.resolve().relative_to(REPO)))
+            except ValueError:
+                out.append(str(p))
+        return out
+
+    def get(self, name: str) -> LoadedModel:
+        """The loaded model for `name` (a folder or a hub id), loading it on first use."""
+        key = resolve_name(name)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            if name.strip() == DEFAULT_MODEL and not Path(key).exists():
+                raise ModelUnavailable(missing_default_message())
+            try:
+                model, tokenizer = load_pretrained(key, device=self.device, dtype=self.dtype)
+            except (CheckpointError, ConfigError) as e:
+                raise ModelUnavailable(f"cannot load model {name!r}: {e}") from None
+            except OSError as e:
+                raise ModelUnavailable(f"cannot load model {name!r}: {e}") from None
+            loaded = LoadedModel(name=name.strip(), path=key, model=model, tokenizer=tokenizer,
+                                 summary=checkpoint_summary(model))
+            self._cache[key] = loaded
+            while len(self._cache) > self.capacity:
+                self._cache.popitem(last=False)
+            return loaded
+
+    def cached(self, name: str) -> LoadedModel | None:
+        """The model for `name` if it is already loaded (never loads)."""
+        try:
+            key = resolve_name(name)
+        except ModelUnavailable:
+            return None
+        with self._lock:
+            return self._cache.get(key)

@@ -1,0 +1,327 @@
+"""Trace -> what the studio shows: HTML frames, the confidence heatmap, the per-block table, stats lines.
+
+Pure functions of StepEvents (sdar_core/trace.py) and of `pieces`, a map from token id to the text it
+prints as. Nothing here runs a model or needs a tokenizer, so every function is tested on events built
+by hand (tests/test_app_render.py).
+
+A *frame* is the decoder's state after one global step: the answer committed in finished blocks, plus
+the block in flight with its still-masked positions, the positions committed at this very step and the
+confidence each committed token had when it was chosen.
+"""
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from sdar_core.trace import Stats, StepEvent
+
+MASK_GLYPH = "▒"
+
+
+@dataclass
+class Cell:
+    """One position of the answer as a frame shows it."""
+
+    position: int  # absolute position in the row (prompt included)
+    token: int | None  # None while masked
+    confidence: float | None  # at commit time; for a masked cell, its best candidate's confidence now
+    step: int | None  # global step index that committed it
+    fresh: bool = False  # committed by the frame's own step
+    candidate: int | None = None  # best candidate of a masked cell at this step
+    discarded: bool = False  # after the row's first stop token (not part of the answer)
+
+
+@dataclass
+class Frame:
+    step: int  # global step index (index into the row's events), -1 before any step
+    done: list[Cell] = field(default_factory=list)  # answer tokens of finished blocks
+    block: list[Cell] = field(default_factory=list)  # the block in flight (prompt positions left out)
+    block_index: int | None = None
+    block_step: int | None = None
+    final: bool = False  # the block in flight is complete after this step
+
+
+def answer_start(events: list[StepEvent]) -> int:
+    """Absolute position of the first generated token: the first block's start plus its prompt tail."""
+    if not events:
+        return 0
+    first = events[0]
+    return first.block_start + len(first.prompt_positions)
+
+
+class FrameBuilder:
+    """Replays events one at a time (the live view pushes as they arrive; the replay pushes a prefix)."""
+
+    def __init__(self, answer_end: int | None = None) -> None:
+        self.answer_end = answer_end  # absolute end of the kept answer; positions >= it are discarded
+        self.done: list[Cell] = []
+        self.block: list[Cell] = []
+        self.committed: dict[int, Cell] = {}  # offset -> cell, in the block in flight
+        self.current: tuple[int, int] | None = None  # (block, block_start) in flight
+        self.last: StepEvent | None = None
+        self.n = 0
+
+    def push(self, e: StepEvent) -> Frame:
+        if self.current is not None and self.current != (e.block, e.block_start):
+            self.done.extend(c for c in self._block_cells(self.last, fresh_step=None) if c.token is not None)
+            self.committed = {}
+        self.current = (e.block, e.block_start)
+        for off, conf in zip(e.committed, e.committed_confidence):
+            self.committed[off] = Cell(e.block_start + off, e.block_state[off], conf, self.n)
+        self.last = e
+        frame = Frame(step=self.n, done=list(self.done), block=self._block_cells(e, fresh_step=self.n),
+                      block_index=e.block, block_step=e.step, final=e.final)
+        self.n += 1
+        return frame
+
+    def _block_cells(self, e: StepEvent, fresh_step: int | None) -> list[Cell]:
+        prompt = set(e.prompt_positions)
+        cells = []
+        for off, tok in enumerate(e.block_state):
+            if off in prompt:
+                continue
+            pos = e.block_start + off
+            if off in self.committed:
+                c = self.committed[off]
+                cell = Cell(pos, c.token, c.confidence, c.step, fresh=c.step == fresh_step)
+            else:  # still masked after this step
+                cell = Cell(pos, None, e.masked_confidence.get(off), None, candidate=e.candidates.get(off))
+            cell.discarded = self.answer_end is not None and pos >= self.answer_end
+            cells.append(cell)
+        return cells
+
+
+def frames(events: list[StepEvent], answer_end: int | None = None) -> list[Frame]:
+    """Every frame of a row's trace, in order (frame i is the state after global step i)."""
+    builder = FrameBuilder(answer_end)
+    return [builder.push(e) for e in events]
+
+
+def frame_at(events: list[StepEvent], step: int, answer_end: int | None = None) -> Frame:
+    """The frame after global step `step` (clamped to the trace)."""
+    if not events:
+        return Frame(step=-1)
+    step = max(0, min(int(step), len(events) - 1))
+    builder = FrameBuilder(answer_end)
+    for e in events[: step + 1]:
+        frame = builder.push(e)
+    return frame
+
+
+# --- HTML ----------------------------------------------------------------------------------------------
+
+def confidence_colour(conf: float | None) -> str:
+    """Background colour of a token: red (0) through yellow to green (1), light enough to read on."""
+    if conf is None or math.isnan(conf):
+        return "#e5e7eb"
+    c = max(0.0, min(1.0, float(conf)))
+    return f"hsl({round(120 * c)}, 75%, 82%)"
+
+
+def piece_text(pieces: Mapping[int, str], token: int) -> str:
+    return pieces.get(token, f"<{token}>")
+
+
+def _cell_html(cell: Cell, pieces: Mapping[int, str]) -> str:
+    if cell.token is None:
+        cand = "" if cell.candidate is None else f" · best guess {piece_text(pieces, cell.candidate)!r}"
+        conf = "" if cell.confidence is None else f" ({cell.confidence:.2f})"
+        title = f"position {cell.position}: masked{cand}{conf}"
+        return f'<span class="sdar-tok sdar-mask" title="{html.escape(title)}">{MASK_GLYPH}</span>'
+    text = piece_text(pieces, cell.token)
+    classes = ["sdar-tok"] + (["sdar-fresh"] if cell.fresh else []) + (["sdar-discarded"] if cell.discarded else [])
+    style = f"background:{confidence_colour(cell.confidence)}"
+    if cell.fresh:
+        style += ";outline:2px solid #2563eb;font-weight:600"
+    if cell.discarded:
+        style += ";opacity:0.35;text-decoration:line-through"
+    conf = "?" if cell.confidence is None else f"{cell.confidence:.2f}"
+    title = f"position {cell.position} · confidence {conf} · committed at step {cell.step}"
+    shown = html.escape(text).replace("\n", "↵<br>") or "&nbsp;"
+    return f'<span class="{" ".join(classes)}" style="{style}" title="{html.escape(title)}">{shown}</span>'
+
+
+TOKEN_CSS = """
+<style>
+.sdar-frame{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:14px;line-height:2.0;
+  white-space:pre-wrap;word-break:break-word;padding:8px;border-radius:8px;border:1px solid #d1d5db;min-height:3em}
+.sdar-tok{border-radius:3px;padding:1px 1px;margin:0 1px;color:#111827}
+.sdar-mask{background:#374151;color:#9ca3af;padding:1px 3px}
+.sdar-block{border:1px dashed #2563eb;border-radius:5px;padding:3px 2px;margin-left:2px;background:#eff6ff}
+.sdar-legend{font-size:12px;color:#6b7280;margin-top:4px}
+.sdar-legend .sdar-tok{font-size:12px}
+</style>"""
+
+
+def legend_html() -> str:
+    swatches = "".join(
+        f'<span class="sdar-tok" style="background:{confidence_colour(c)}">{c:.1f}</span>' for c in (0.1, 0.3, 0.5, 0.7, 0.9)
+    )
+    return (f'<div class="sdar-legend">confidence {swatches} &nbsp; <span class="sdar-tok sdar-mask">{MASK_GLYPH}</span>'
+            ' still masked &nbsp; <span class="sdar-tok" style="outline:2px solid #2563eb">new</span> committed at '
+            'this step &nbsp; <span class="sdar-block">&nbsp;…&nbsp;</span> block in flight</div>')
+
+
+def frame_html(frame: Frame, pieces: Mapping[int, str], *, title: str = "", legend: bool = True) -> str:
+    """The answer so far (finished blocks) followed by the block in flight, boxed, as one HTML fragment."""
+    head = ""
+    if title or frame.block_index is not None:
+        where = "" if frame.block_index is None else (
+            f"step {frame.step} · block {frame.block_index}, denoising step {frame.block_step}"
+            + (" (block final)" if frame.final else ""))
+        head = (f'<div style="font-size:12px;color:#6b7280;margin-bottom:4px">'
+                f'{html.escape(title)}{" — " if title and where else ""}{where}</div>')
+    done = "".join(_cell_html(c, pieces) for c in frame.done)
+    block = "".join(_cell_html(c, pieces) for c in frame.block)
+    block = f'<span class="sdar-block">{block}</span>' if frame.block else ""
+    body = done + block or '<span style="color:#9ca3af">(nothing generated yet)</span>'
+    return f'{TOKEN_CSS}{head}<div class="sdar-frame">{body}</div>{legend_html() if legend else ""}'
+
+
+def frame_text(frame: Frame, pieces: Mapping[int, str], hidden: Iterable[int] = ()) -> str:
+    """The frame as plain text for the chat bubble: masked positions as the mask glyph, `hidden` tokens
+    (stop tokens) and discarded positions left out."""
+    hidden = set(hidden)
+    out = []
+    for c in frame.done + frame.block:
+        if c.discarded or c.token in hidden:
+            continue
+        out.append(MASK_GLYPH if c.token is None else piece_text(pieces, c.token))
+    return "".join(out)
+
+
+def placeholder_html(message: str) -> str:
+    return f'{TOKEN_CSS}<div class="sdar-frame" style="color:#6b7280">{html.escape(message)}</div>'
+
+
+# --- heatmap -------------------------------------------------------------------------------------------
+
+def heatmap_data(events: list[StepEvent]) -> tuple[list[int], list[int], list[list[float | None]]]:
+    """(x, y, z) of the confidence heatmap: x the answer's token indices (position - answer start),
+    y the global step indices, z[y][x] the confidence of position x at step y if x was masked before the
+    step (None elsewhere)."""
+    if not events:
+        return [], [], []
+    start = answer_start(events)
+    end = max(e.block_start + len(e.block_state) for e in events)
+    xs = list(range(end - start))
+    z: list[list[float | None]] = []
+    for e in events:
+        row: list[float | None] = [None] * len(xs)
+        for off, conf in e.masked_confidence.items():
+            x = e.block_start + off - start
+            if 0 <= x < len(xs):
+                row[x] = float(conf)
+        z.append(row)
+    return xs, list(range(len(events))), z
+
+
+def commit_points(events: list[StepEvent]) -> tuple[list[int], list[int], list[float]]:
+    """(x, y, confidence) of every commit: the token index it filled and the global step that chose it."""
+    start = answer_start(events)
+    xs, ys, cs = [], [], []
+    for i, e in enumerate(events):
+        for off, conf in zip(e.committed, e.committed_confidence):
+            xs.append(e.block_start + off - start)
+            ys.append(i)
+            cs.append(float(conf))
+    return xs, ys, cs
+
+
+def confidence_heatmap(events: list[StepEvent], pieces: Mapping[int, str] | None = None,
+                       title: str = "Confidence of masked positions at each step") -> go.Figure:
+    """Plotly heatmap: x = answer token index, y = global step, colour = confidence while masked;
+    an x marks the step at which each position was committed."""
+    fig = go.Figure()
+    xs, ys, z = heatmap_data(events)
+    if not events:
+        fig.add_annotation(text="No trace yet: chat or run a prompt to see its denoising.", showarrow=False,
+                           x=0.5, y=0.5, xref="paper", yref="paper")
+        fig.update_layout(height=320, xaxis_visible=False, yaxis_visible=False, template="plotly_white")
+        return fig
+    fig.add_trace(go.Heatmap(x=xs, y=ys, z=z, zmin=0, zmax=1, colorscale="RdYlGn", hoverongaps=False,
+                             colorbar=dict(title="conf."), name="confidence",
+                             hovertemplate="token %{x} · step %{y}<br>confidence %{z:.3f}<extra></extra>"))
+    cx, cy, cc = commit_points(events)
+    text = None
+    if pieces is not None:
+        start = answer_start(events)
+        text = [piece_text(pieces, events[y].block_state[x + start - events[y].block_start]) for x, y in zip(cx, cy)]
+    fig.add_trace(go.Scatter(x=cx, y=cy, mode="markers", name="committed",
+                             marker=dict(symbol="x-thin", size=9, line=dict(width=2, color="#111827")),
+                             text=text, customdata=cc,
+                             hovertemplate="token %{x} committed at step %{y}<br>%{text} (%{customdata:.3f})"
+                                           "<extra></extra>"))
+    n_steps = len(ys)
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=14)), template="plotly_white", showlegend=False,
+        height=max(320, min(720, 60 + 14 * n_steps)), margin=dict(l=50, r=20, t=40, b=40),
+        xaxis=dict(title="answer token", zeroline=False), yaxis=dict(title="step", autorange="reversed"),
+    )
+    return fig
+
+
+# --- per-block table -----------------------------------------------------------------------------------
+
+BLOCK_COLUMNS = ["block", "start", "tokens", "steps", "tokens per step", "tokens/step", "min confidence"]
+
+
+def block_table(events: list[StepEvent]) -> pd.DataFrame:
+    """One row per block: where it starts, how many tokens it produced, the denoising steps it used and
+    how many tokens each step committed (a static schedule shows ceil(L/T) per step)."""
+    rows: dict[tuple[int, int], dict] = {}
+    for e in events:
+        key = (e.block, e.block_start)
+        r = rows.setdefault(key, {"block": e.block, "start": e.block_start, "per_step": [], "confs": []})
+        r["per_step"].append(len(e.committed))
+        r["confs"].extend(e.committed_confidence)
+    out = []
+    for r in rows.values():
+        tokens = sum(r["per_step"])
+        out.append({
+            "block": r["block"], "start": r["start"], "tokens": tokens, "steps": len(r["per_step"]),
+            "tokens per step": " · ".join(map(str, r["per_step"])),
+            "tokens/step": round(tokens / len(r["per_step"]), 2),
+            "min confidence": round(min(r["confs"]), 3) if r["confs"] else None,
+        })
+    return pd.DataFrame(out, columns=BLOCK_COLUMNS)
+
+
+# --- stats ---------------------------------------------------------------------------------------------
+
+def stats_markdown(stats: Stats | None, note: str = "") -> str:
+    """The line under an answer: NFE, TPF, tokens/s, latency."""
+    if stats is None:
+        return note
+    line = (f"**NFE** {stats.forwards} (+{stats.prefill_forwards} prefill) · **TPF** {stats.tpf:.2f} · "
+            f"**{stats.tokens_per_second:.1f}** tokens/s · **latency** {stats.seconds * 1000:.0f} ms · "
+            f"{stats.new_tokens} tokens · `{stats.strategy}`, block {stats.block_length}, steps {stats.steps}")
+    return f"{line}  \n{note}" if note else line
+
+
+def stats_row(label: str, stats: Stats) -> dict:
+    """A row of the race's table."""
+    return {"run": label, "strategy": stats.strategy, "block": stats.block_length, "tokens": stats.new_tokens,
+            "forwards (NFE)": stats.forwards, "TPF": round(stats.tpf, 2),
+            "tokens/s": round(stats.tokens_per_second, 1), "latency (ms)": round(stats.seconds * 1000)}
+
+
+def model_markdown(summary: Mapping, *, name: str, context: int, stop_tokens: Iterable[str] = ()) -> str:
+    """The loaded model's card: family, size, block size, device, dtype."""
+    params = summary.get("parameters", 0)
+    size = (f"{params / 1e9:.2f} B" if params >= 1e9 else f"{params / 1e6:.1f} M" if params >= 1e6
+            else f"{params / 1e3:.0f} K")
+    kind = "SDAR (block diffusion)" if str(summary.get("model_type", "")).startswith("sdar") else "autoregressive"
+    experts = f" · {summary['experts']} experts" if summary.get("experts") else ""
+    stops = ", ".join(f"`{s}`" for s in stop_tokens)
+    return (f"**{html.escape(name)}** — {kind}  \n"
+            f"`{summary.get('model_type')}` · {size} parameters · {summary.get('layers')} layers × "
+            f"{summary.get('hidden_size')}{experts}  \n"
+            f"block size **{summary.get('block_size')}** · context {context} · mask id {summary.get('mask_token_id')}  \n"
+            f"device **{summary.get('device')}** · dtype {summary.get('dtype')}"
+            + (f"  \nstops at {stops}" if stops else ""))

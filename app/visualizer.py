@@ -1,0 +1,95 @@
+"""The Denoising visualizer tab: replay a generation's trajectory frame by frame (step slider, play with a
+gr.Timer), its confidence heatmap, the per-block table, and the trace as JSON / CSV downloads."""
+from __future__ import annotations
+
+import gradio as gr
+
+from .chat import prepare, stream_answer
+from .errors import shows_errors
+from .prompting import conversation
+from .recording import Recording, record, token_ids_in
+from .render import block_table, confidence_heatmap, frame_at, frame_html, placeholder_html, stats_markdown
+from .settings import DecodeSettings
+from .studio import Studio
+
+EMPTY = "No generation yet in this session: chat in the Chat tab, or run a prompt here."
+
+
+def replay_frame(recording: Recording | None, step) -> str:
+    """HTML of the frame after global step `step` of the recording (clamped to its range)."""
+    if recording is None or not recording.events:
+        return placeholder_html(EMPTY)
+    try:
+        step = int(step)
+    except (TypeError, ValueError):
+        step = recording.n_steps - 1
+    step = max(0, min(step, recording.n_steps - 1))
+    return frame_html(frame_at(recording.events, step, recording.answer_end), recording.pieces,
+                      title=f"{recording.label!r} — frame {step + 1}/{recording.n_steps}")
+
+
+def show(recording: Recording | None):
+    """Everything the tab shows for a recording. Outputs: title, frame, slider, heatmap, table, files."""
+    if recording is None or not recording.events:
+        return (EMPTY, placeholder_html(EMPTY), gr.Slider(minimum=0, maximum=1, value=0, step=1),
+                confidence_heatmap([]), block_table([]), None)
+    last = recording.n_steps - 1
+    title = f"**{recording.label}**  \n{stats_markdown(recording.stats, '' if recording.stats else '_stopped_')}"
+    files = [p for p in (recording.json_path, recording.csv_path) if p]
+    return (title, replay_frame(recording, last), gr.Slider(minimum=0, maximum=max(last, 1), value=last, step=1),
+            confidence_heatmap(recording.events, recording.pieces), block_table(recording.events), files)
+
+
+class Visualizer:
+    def __init__(self, studio: Studio) -> None:
+        self.studio = studio
+
+    @shows_errors
+    def run(self, prompt, model_name, block_length, steps, strategy, threshold, temperature, top_p,
+            max_new_tokens, seed, pace_ms, request: gr.Request):
+        """Decode a prompt (one user turn) and show it. Outputs: recording, then show()'s six."""
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise gr.Error("Type a prompt first.", title="Empty prompt")
+        settings = DecodeSettings.from_ui(block_length, steps, strategy, threshold, temperature, top_p,
+                                          max_new_tokens, seed)
+        loaded, ids, settings, notes = prepare(self.studio, model_name, settings, conversation("", [], prompt))
+        for n in notes:
+            gr.Warning(n)
+        for kind, *rest in stream_answer(self.studio, loaded, ids, settings, request, pace_ms=float(pace_ms or 0)):
+            if kind == "frame":
+                frame, pieces = rest
+                yield (gr.skip(), "Decoding…", frame_html(frame, pieces, title="Live"),
+                       gr.skip(), gr.skip(), gr.skip(), gr.skip())
+                continue
+            gen, events, pieces = rest
+            pieces.update(loaded.pieces(token_ids_in(events)))
+            answer = loaded.tokenizer.decode(gen.row_tokens(0), skip_special_tokens=True) if gen else ""
+            rec = record(prompt[:80], events, gen, pieces, answer)
+            yield (rec, *show(rec))
+
+    @staticmethod
+    def frame(step, recording):
+        return replay_frame(recording, step)
+
+    @staticmethod
+    def play(step, recording):
+        """Start the replay (from the beginning when at the end). Outputs: slider, frame, timer."""
+        if recording is None or not recording.events:
+            return gr.skip(), placeholder_html(EMPTY), gr.Timer(active=False)
+        step = int(step or 0)
+        if step >= recording.n_steps - 1:
+            step = 0
+        return step, replay_frame(recording, step), gr.Timer(active=True)
+
+    @staticmethod
+    def tick(step, recording):
+        """One timer tick: the next frame; the timer stops on the last one. Outputs: slider, frame, timer."""
+        if recording is None or not recording.events:
+            return gr.skip(), gr.skip(), gr.Timer(active=False)
+        step = min(int(step or 0) + 1, recording.n_steps - 1)
+        return step, replay_frame(recording, step), gr.Timer(active=step < recording.n_steps - 1)
+
+    @staticmethod
+    def pause():
+        return gr.Timer(active=False)

@@ -1,0 +1,118 @@
+"""Where does a decode forward's time go? GPU time of one graphed forward vs wall time per token.
+
+    python benchmarks/profile_decode.py --arch sdar-1.7b --out OUT
+
+For each variant (CUDA graph of the eager forward; + fused q/k/v and gate/up; + torch.compile) it times
+graph replays alone with CUDA events (GPU time per forward, Q = 1 and Q = 16 tokens), then whole
+generate() calls (wall time per forward, which adds the host-side work of the decode loop), and profiles
+one forward to count kernels. Prints a table and writes profile.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from sdar_core import bench  # noqa: E402
+from sdar_core.decoding import generate  # noqa: E402
+from sdar_core.runner import ChunkRunner  # noqa: E402
+
+
+def replay_ms(model, q: int, compile: bool, total: int = 512, iters: int = 50) -> float:
+    runner = ChunkRunner(model, 1, total, max(q, 1), "graph", compile)
+    seq = torch.randint(0, 1000, (1, total), device="cuda")
+    runner(seq, 256, q, 0)  # capture
+    graph = runner.graphs[(q, 0)][0]
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(5):
+        graph.replay()
+    start.record()
+    for _ in range(iters):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def kernels_per_forward(model, q: int, compile) -> tuple[int, list]:
+    """Kernels launched by one forward (the same kernels a graph replays), and the costliest ones."""
+    from torch.profiler import ProfilerActivity, profile
+
+    runner = ChunkRunner(model, 1, 512, max(q, 1), "static", compile)
+    seq = torch.randint(0, 1000, (1, 512), device="cuda")
+    ids, positions, idx = runner._inputs(seq, 256, q)
+    from sdar_core.attention import block_causal_mask
+    mask = block_causal_mask(idx, runner.total, max(q, 1))
+
+    def fwd():
+        return runner.forward_fn(ids, positions, mask=mask, cache=runner.cache, cache_index=idx, block_size=max(q, 1))
+
+    for _ in range(3):
+        fwd()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fwd()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    n = sum(e.count for e in events)
+    top = sorted(events, key=lambda e: -e.device_time_total)[:10]
+    return n, [(e.key[:60], e.count, round(e.device_time_total / 1000, 3)) for e in top]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--arch", default="sdar-1.7b")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    config = bench.arch_config(args.arch)
+    results = {"arch": args.arch, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    model = bench.random_model(config, torch.device("cuda"), torch.bfloat16)
+    wb = bench.weight_bytes(model)
+    bw = bench.measure_bandwidth("cuda")
+    results["floor_ms"] = 1000 * wb / bw
+    ar = bench.as_ar(model)
+    rows = []
+    model.fuse_projections()
+    for name, comp in [("graph+fused", False), ("graph+fused+compile-dynamic", "dynamic"),
+                       ("graph+fused+compile-static", "static")]:
+        row = {"variant": name}
+        try:
+            row["kernels_q1"], row["top_q1"] = kernels_per_forward(model, 1, comp)
+            row["replay_ms_q1"] = replay_ms(model, 1, comp)
+            row["replay_ms_q16"] = replay_ms(model, 16, comp)
+            row["replay_ms_q32"] = replay_ms(model, 32, comp)
+        except Exception as e:
+            print(name, "failed:", type(e).__name__, str(e)[:2000], flush=True)
+            continue
+        ids = [torch.randint(10, 1000, (64,)).tolist()]
+        for label, call in [
+            ("ar", lambda: generate(ar, ids, max_new_tokens=256, strategy="ar", compile=comp)),
+            ("sdar16x4", lambda: generate(model, ids, max_new_tokens=256, strategy="static", block_length=16,
+                                          steps=4, compile=comp)),
+        ]:
+            call()
+            g = min((call() for _ in range(3)), key=lambda g: g.stats.seconds)
+            row[f"{label}_wall_ms_per_forward"] = 1000 * (g.stats.seconds - g.stats.prefill_seconds) / g.stats.forwards
+            row[f"{label}_tokens_per_s"] = g.stats.new_tokens / g.stats.seconds
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "top_q1"}), flush=True)
+        for t in row["top_q1"]:
+            print("   ", t)
+    results["rows"] = rows
+    print(f"floor {results['floor_ms']:.3f} ms/forward")
+    print(f"{'variant':<22}{'kern':>6}{'gpu q1':>8}{'gpu q16':>8}{'gpu q32':>8}{'AR wall':>9}{'SDAR wall':>10}{'AR t/s':>8}{'SDAR t/s':>9}")
+    for r in rows:
+        print(f"{r['variant']:<22}{str(r['kernels_q1']):>6}{r['replay_ms_q1']:>8.3f}{r['replay_ms_q16']:>8.3f}"
+              f"{r['replay_ms_q32']:>8.3f}{r['ar_wall_ms_per_forward']:>9.3f}{r['sdar16x4_wall_ms_per_forward']:>10.3f}"
+              f"{r['ar_tokens_per_s']:>8.1f}{r['sdar16x4_tokens_per_s']:>9.1f}")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "profile.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

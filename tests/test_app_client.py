@@ -1,0 +1,160 @@
+"""The studio through its API (gradio_client against a launched app): every endpoint returns what the UI
+shows, bad input comes back as a readable error, and the app keeps working afterwards."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from test_app_checkpoint import write_checkpoints
+
+SYSTEM = "You are a helpful assistant."
+FAST = dict(block_length=4, steps=4, strategy="static", threshold=0.9, temperature=0.0, top_p=1.0,
+            max_new_tokens=12, seed=0, pace_ms=0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from gradio_client import Client
+
+    from app.registry import ModelRegistry
+    from app.ui import LAUNCH_KWARGS, build_app
+
+    sdar, ar = write_checkpoints(tmp_path_factory.mktemp("models"))
+    demo = build_app(default_model=str(sdar), registry=ModelRegistry(models_dir=sdar.parent))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False), sdar
+    finally:
+        demo.close()
+
+
+def chat(client, model, message, **over):
+    s = {**FAST, **over}
+    return client.predict(message, SYSTEM, str(model), s["block_length"], s["steps"], s["strategy"], s["threshold"],
+                          s["temperature"], s["top_p"], s["max_new_tokens"], s["seed"], s["pace_ms"], api_name="/chat")
+
+
+def text_of(message: dict) -> str:
+    return "".join(part["text"] for part in message["content"] if part.get("type") == "text")
+
+
+def test_chat_returns_the_answer_the_live_block_and_the_stats(served):
+    client, model = served
+    client.predict(api_name="/clear")
+    chatbot, box, live, stats = chat(client, model, "Why is the sky blue?")
+    assert [m["role"] for m in chatbot] == ["user", "assistant"]
+    assert text_of(chatbot[0]) == "Why is the sky blue?" and text_of(chatbot[1])
+    assert "▒" not in text_of(chatbot[1])  # the final answer has no mask left
+    assert 'class="sdar-frame"' in live and "sdar-tok" in live
+    assert "**NFE** " in stats and "TPF" in stats and "tokens/s" in stats and "latency" in stats
+    assert "12 tokens" in stats and "`static`" in stats
+    # The conversation is per session: a second turn sees the first.
+    chatbot, *_ = chat(client, model, "And at sunset?", strategy="dynamic", threshold=0.5)
+    assert [m["role"] for m in chatbot] == ["user", "assistant", "user", "assistant"]
+    assert client.predict(api_name="/clear")[0] == []
+    info = client.predict(str(model), api_name="/describe_model")
+    assert "block size **4**" in info and "device **cpu**" in info and "float32" in info
+
+
+def test_visualizer_shows_trace_heatmap_table_and_downloads(served):
+    client, model = served
+    s = {**FAST, "strategy": "dynamic", "threshold": 0.5, "max_new_tokens": 16}
+    title, frame, slider, heatmap, table, files = client.predict(
+        "Tell me a story.", str(model), s["block_length"], s["steps"], s["strategy"], s["threshold"],
+        s["temperature"], s["top_p"], s["max_new_tokens"], s["seed"], s["pace_ms"], api_name="/visualize")
+    assert "**NFE**" in title and 'class="sdar-frame"' in frame
+    fig = json.loads(heatmap["plot"])
+    heat, marks = fig["data"]
+    assert heat["type"] == "heatmap" and marks["mode"] == "markers"
+    n_steps = len(heat["z"])
+    assert slider["maximum"] == n_steps - 1 and slider["value"] == n_steps - 1
+    assert table["headers"][:4] == ["block", "start", "tokens", "steps"]
+    assert sum(row[3] for row in table["data"]) == n_steps  # steps per block add up to the trace
+    assert all(0 <= v <= 1 for row in heat["z"] for v in row if v is not None)
+    paths = sorted(files, key=lambda p: p.rsplit(".", 1)[-1])
+    assert paths[0].endswith(".csv") and paths[1].endswith(".json")
+    trace = json.loads(open(paths[1]).read())
+    assert len(trace["steps"]) == n_steps and trace["stats"]["forwards"] >= 1
+    assert open(paths[0]).readline().startswith("row,block,step")
+    first = client.predict(0, api_name="/replay_frame")
+    assert "frame 1/" in first and "▒" in first  # the first step leaves positions masked
+
+
+def test_race_streams_ar_sdar_and_the_twin_with_speedup(served):
+    client, model = served
+    lane_ar, lane_sdar, lane_twin, table, speedup = client.predict(
+        "Explain SDAR.", str(model), 4, 4, "dynamic", 0.5, 0.0, 1.0, 12, 0, "one after the other (fair timings)", True,
+        api_name="/race")
+    for lane in (lane_ar, lane_sdar, lane_twin):
+        assert "done: 12 tokens" in lane
+    assert "AR twin (" in lane_twin
+    rows = {r[0].split(" (")[0]: r for r in table["data"]}
+    assert len(table["data"]) == 3
+    ar_row = next(r for r in table["data"] if r[1] == "ar")
+    assert ar_row[4] == 12 and ar_row[5] == 1.0  # AR: one forward per token, TPF 1
+    assert "SDAR vs AR" in speedup and "vs the AR twin" in speedup
+    assert rows
+
+
+def test_sweep_tabulates_every_block_length_and_threshold(served):
+    client, model = served
+    tpf, speed, table = client.predict("Hi", str(model), [2, 4], [0.5, 1.0], 8, api_name="/sweep")
+    assert len(table["data"]) == 1 + 4  # AR once, then each (block length, threshold)
+    assert [r[:2] for r in table["data"][1:]] == [[2, 0.5], [2, 1.0], [4, 0.5], [4, 1.0]]
+    fig = json.loads(tpf["plot"])
+    assert [t["name"] for t in fig["data"]] == ["threshold 0.5", "threshold 1"]
+    assert fig["data"][0]["x"] == [2, 4]
+    fig, table, note = client.predict(api_name="/gpu_results")
+    assert "plot" in fig and isinstance(note, str)
+
+
+def test_bad_input_gives_a_readable_error_and_the_app_keeps_working(served):
+    from gradio_client.exceptions import AppError
+
+    client, model = served
+    cases = [
+        (dict(message=""), "Type a message"),
+        (dict(steps=8), "between 1 and the block length"),
+        (dict(threshold=0.0), "threshold|minimum"),
+        (dict(max_new_tokens=5000), "maximum"),
+        (dict(strategy="magic"), "strategy|magic"),
+        (dict(model="/no/such/checkpoint"), "no checkpoint folder"),
+        (dict(message="word " * 600), "beyond this model's context"),
+    ]
+    for over, match in cases:
+        over = dict(over)
+        message = over.pop("message", "Hello")
+        m = over.pop("model", model)
+        with pytest.raises(AppError) as err:
+            chat(client, m, message, **over)
+        text = str(err.value)
+        assert "Traceback" not in text
+        assert any(word in text for word in match.split("|")), text
+    with pytest.raises(AppError, match="no checkpoint folder"):
+        client.predict("/no/such/checkpoint", api_name="/load_model")
+    chatbot, *_ = chat(client, model, "Still there?")
+    assert text_of(chatbot[-1])
+
+
+def test_stop_ends_a_long_answer_early_and_keeps_what_was_committed(served):
+    client, model = served
+    client.predict(api_name="/clear")
+    s = {**FAST, "max_new_tokens": 400, "pace_ms": 20}
+    job = client.submit("Count to a thousand.", SYSTEM, str(model), *[s[k] for k in list(FAST)], api_name="/chat")
+    deadline = time.time() + 60
+    while len(job.outputs()) < 3 and time.time() < deadline:
+        time.sleep(0.1)
+    client.predict(api_name="/stop")
+    chatbot, box, live, stats = job.result(timeout=60)
+    assert "Stopped" in stats
+    assert text_of(chatbot[-1])

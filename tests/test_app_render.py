@@ -1,0 +1,157 @@
+"""app/render.py on StepEvents built by hand: frames, HTML, heatmap data, per-block table, benchmark files."""
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+
+from app.render import (MASK_GLYPH, answer_start, block_table, commit_points, confidence_colour, confidence_heatmap,
+                        frame_at, frame_html, frame_text, frames, heatmap_data)
+from sdar_core.trace import StepEvent
+
+M = 99  # mask id
+PIECES = {10: "A", 11: "B", 12: "C", 13: "D", 14: "E", 15: "F", 16: "<|im_end|>", 1: "p", 2: "q"}
+
+
+def ev(block, step, start, state, committed, confs, masked_conf, prompt=(), final=False, stopped=False):
+    return StepEvent(row=0, block=block, step=step, block_start=start, block_state=list(state),
+                     committed=list(committed), committed_confidence=list(confs),
+                     masked_confidence=dict(masked_conf), candidates={o: state[o] if state[o] != M else 10 for o in masked_conf},
+                     prompt_positions=list(prompt), final=final, stopped=stopped)
+
+
+@pytest.fixture
+def trace():
+    """Prompt of 6 tokens, block length 4: block 0 at 4 holds 2 prompt tokens (offsets 0, 1) and 2 masked;
+    block 1 at 8 has 4 masked positions, decoded 2 + 1 + 1; the stop token lands at position 11."""
+    return [
+        ev(0, 0, 4, [1, 2, 10, M], [2], [0.95], {2: 0.95, 3: 0.40}, prompt=[0, 1]),
+        ev(0, 1, 4, [1, 2, 10, 11], [3], [0.60], {3: 0.60}, prompt=[0, 1], final=True),
+        ev(1, 0, 8, [12, M, 13, M], [0, 2], [0.92, 0.91], {0: 0.92, 1: 0.30, 2: 0.91, 3: 0.20}),
+        ev(1, 1, 8, [12, 14, 13, M], [1], [0.50], {1: 0.50, 3: 0.10}),
+        ev(1, 2, 8, [12, 14, 13, 16], [3], [0.70], {3: 0.70}, final=True, stopped=True),
+    ]
+
+
+def test_answer_starts_after_the_prompt_tail_of_the_first_block(trace):
+    assert answer_start(trace) == 6
+
+
+def test_frame_shows_mask_glyphs_exactly_where_positions_are_still_masked(trace):
+    f = frame_at(trace, 3)
+    assert [c.position for c in f.done] == [6, 7]  # block 0 is finished, prompt offsets left out
+    assert [c.token for c in f.block] == [12, 14, 13, None]
+    html = frame_html(f, PIECES)
+    body = html.split('class="sdar-frame"')[1].split('class="sdar-legend"')[0]
+    assert body.count(MASK_GLYPH) == 1
+    assert frame_text(f, PIECES) == "AB" + "CED" + MASK_GLYPH
+
+
+def test_frame_highlights_only_the_positions_committed_at_its_step(trace):
+    f = frame_at(trace, 2)
+    assert [c.fresh for c in f.block] == [True, False, True, False]
+    html = frame_html(f, PIECES)
+    fresh = re.findall(r'class="sdar-tok sdar-fresh"[^>]*>([^<]*)<', html)
+    assert fresh == ["C", "D"]
+    assert not any(c.fresh for c in f.done)
+
+
+def test_each_token_is_coloured_by_the_confidence_it_was_committed_with(trace):
+    f = frame_at(trace, 4)
+    confs = {c.position: c.confidence for c in f.done + f.block}
+    assert confs == {6: 0.95, 7: 0.60, 8: 0.92, 9: 0.50, 10: 0.91, 11: 0.70}
+    html = frame_html(f, PIECES)
+    assert f"background:{confidence_colour(0.92)}" in html and f"background:{confidence_colour(0.5)}" in html
+    assert confidence_colour(0.0) != confidence_colour(1.0)
+
+
+def test_positions_after_the_kept_answer_are_marked_discarded(trace):
+    f = frame_at(trace, 4, answer_end=10)  # the answer was cut after position 9
+    assert [c.discarded for c in f.block] == [False, False, True, True]
+    assert frame_text(f, PIECES) == "ABCE"
+    assert frame_text(frame_at(trace, 4), PIECES, hidden=[16]) == "ABCED"
+
+
+def test_frames_replay_every_step_and_frame_at_clamps(trace):
+    all_frames = frames(trace)
+    assert [f.step for f in all_frames] == [0, 1, 2, 3, 4]
+    assert frame_at(trace, 99).step == 4 and frame_at(trace, -5).step == 0
+    assert frame_at([], 0).step == -1
+
+
+def test_heatmap_data_is_the_masked_confidences_at_each_step(trace):
+    xs, ys, z = heatmap_data(trace)
+    assert xs == list(range(6)) and ys == list(range(5))  # answer positions 6..11, five steps
+    expected = [[None] * 6 for _ in range(5)]
+    for y, e in enumerate(trace):
+        for off, c in e.masked_confidence.items():
+            expected[y][e.block_start + off - 6] = c
+    assert z == expected
+    fig = confidence_heatmap(trace, PIECES)
+    heat, marks = fig.data
+    assert [list(r) for r in heat.z] == expected
+    assert list(marks.x) == [0, 1, 2, 4, 3, 5] and list(marks.y) == [0, 1, 2, 2, 3, 4]  # commit step marked
+    assert list(marks.text) == ["A", "B", "C", "D", "E", "<|im_end|>"]
+    assert commit_points(trace)[2] == [0.95, 0.60, 0.92, 0.91, 0.50, 0.70]
+
+
+def test_empty_trace_gives_an_explanatory_figure_and_empty_table():
+    fig = confidence_heatmap([])
+    assert not fig.data and "No trace yet" in fig.layout.annotations[0].text
+    assert block_table([]).empty
+
+
+def test_block_table_rows_are_steps_used_and_tokens_per_step(trace):
+    df = block_table(trace)
+    assert df["block"].tolist() == [0, 1]
+    assert df["steps"].tolist() == [2, 3]
+    assert df["tokens"].tolist() == [2, 4]
+    assert df["tokens per step"].tolist() == ["1 · 1", "2 · 1 · 1"]
+    assert df["min confidence"].tolist() == [0.6, 0.5]
+
+
+def test_ar_trace_of_one_token_blocks_renders_each_token_as_its_own_block():
+    ar = [ev(i, 0, 5 + i, [10 + i], [0], [0.5 + i / 10], {0: 0.5 + i / 10}, final=True) for i in range(3)]
+    f = frame_at(ar, 2)
+    assert [c.token for c in f.done] == [10, 11] and [c.token for c in f.block] == [12]
+    assert block_table(ar)["steps"].tolist() == [1, 1, 1]
+    xs, ys, z = heatmap_data(ar)
+    assert [[v for v in row if v is not None] for row in z] == [[0.5], [0.6], [0.7]]
+
+
+def test_benchmark_reader_keeps_good_records_and_skips_unknown_files(tmp_path):
+    from app.benchmarks import read_results
+    from app.charts import gpu_figure
+
+    good = [{"gpu": "H100", "torch": "2.13", "date": "2025-01-01", "model": "sdar-1.7b", "mode": "sdar",
+             "strategy": "dynamic", "block_length": 4, "steps": 4, "threshold": 0.9, "batch_size": b,
+             "tokens_per_second": 100.0 * b, "tpf": 2.5} for b in (1, 2, 4)]
+    good.append({"gpu": "H100", "model": "sdar-1.7b", "mode": "ar", "batch_size": 1, "tokens_per_second": 50})
+    (tmp_path / "h100.json").write_text(json.dumps(good + [{"unrelated": 1}]))
+    (tmp_path / "notes.json").write_text(json.dumps({"hello": "world"}))
+    (tmp_path / "broken.json").write_text("{not json")
+    records, notes = read_results(tmp_path)
+    assert len(records) == 4 and {r["mode"] for r in records} == {"sdar", "ar"}
+    assert len(notes) == 3
+    fig = gpu_figure(records)
+    assert len(fig.data) == 2 and "H100" in fig.layout.title.text
+    sdar = next(t for t in fig.data if "SDAR" in t.name)
+    assert list(sdar.x) == [1, 2, 4] and list(sdar.y) == [100, 200, 400]
+    assert read_results(tmp_path / "missing")[0] == []
+
+
+def test_settings_reject_out_of_range_values_with_the_value_named():
+    from app.settings import DecodeSettings, SettingsError
+
+    ok = DecodeSettings.from_ui(8, 8, "dynamic", 0.9, 0.0, 1.0, 64, 0)
+    assert ok.generate_kwargs()["block_length"] == 8
+    for bad, match in [((4, 5, "dynamic", 0.9, 0, 1, 8, 0), "between 1 and the block length"),
+                       ((0, 1, "dynamic", 0.9, 0, 1, 8, 0), "block length"),
+                       ((4, 4, "dynamic", 0.0, 0, 1, 8, 0), "threshold"),
+                       ((4, 4, "magic", 0.9, 0, 1, 8, 0), "strategy"),
+                       ((4, 4, "static", 0.9, 0, 1, math.nan, 0), "max new tokens"),
+                       ((4, 4, "static", 0.9, 0, 1, 8.5, 0), "whole number")]:
+        with pytest.raises(SettingsError, match=match):
+            DecodeSettings.from_ui(*bad)

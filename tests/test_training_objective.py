@@ -1,0 +1,195 @@
+"""The SDAR training objective (paper §2.3 Eq. 7, §3.1) against independent computations: a mask built with explicit
+loops from the paper's three-part definition, and a loss computed block by block with plain forward passes."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import random_model, tiny_config
+from training.objective import (PackedBatch, ar_loss, block_ids, dense_mask, document_causal_mask_mod,
+                                sample_noise, sdar_loss, sdar_mask_mod)
+
+MASK_ID = 95  # tiny_config: the last id of the vocabulary
+
+
+def packed(lengths_per_row: list[list[int]], T: int, seed: int = 0, prompt: int = 0) -> PackedBatch:
+    """Rows packed with samples of the given lengths (the rest of a row is one padding segment); the first `prompt`
+    tokens of every sample are not trainable (an SFT prompt), padding is not trainable."""
+    g = torch.Generator().manual_seed(seed)
+    B = len(lengths_per_row)
+    ids = torch.randint(0, MASK_ID, (B, T), generator=g)
+    seg = torch.zeros(B, T, dtype=torch.long)
+    pos = torch.zeros(B, T, dtype=torch.long)
+    loss = torch.zeros(B, T, dtype=torch.bool)
+    for b, lengths in enumerate(lengths_per_row):
+        start = 0
+        for s, n in enumerate(lengths + ([T - sum(lengths)] if sum(lengths) < T else [])):
+            seg[b, start:start + n] = s
+            pos[b, start:start + n] = torch.arange(n)
+            if s < len(lengths):
+                loss[b, start + prompt:start + n] = True
+            start += n
+    return PackedBatch(ids, seg, pos, loss)
+
+
+def hand_mask(seg: torch.Tensor, pos: torch.Tensor, block_size: int) -> torch.Tensor:
+    """The paper's mask over [x_t ; x_0] for one row, written out with loops: a noisy token sees its own noisy block
+    and the clean copies of earlier blocks; a clean token sees clean tokens of its own and earlier blocks; nothing
+    crosses samples."""
+    T = len(seg)
+    out = torch.zeros(2 * T, 2 * T, dtype=torch.bool)
+    for i in range(2 * T):
+        for j in range(2 * T):
+            qi, kj = i % T, j % T
+            if seg[qi] != seg[kj]:
+                continue
+            bq, bk = int(pos[qi]) // block_size, int(pos[kj]) // block_size
+            q_noisy, k_noisy = i < T, j < T
+            if q_noisy and k_noisy:
+                out[i, j] = bq == bk
+            elif q_noisy and not k_noisy:
+                out[i, j] = bk < bq
+            elif not q_noisy and not k_noisy:
+                out[i, j] = bk <= bq
+    return out
+
+
+@pytest.mark.parametrize("block_size", [2, 4])
+def test_sdar_mask_equals_hand_built_three_part_mask(block_size):
+    batch = packed([[5, 7], [9]], T=12)  # row 0: two samples; row 1: one sample + 3 padding tokens
+    mod = sdar_mask_mod(batch.segment_ids, block_ids(batch.segment_ids, batch.positions, block_size))
+    got = dense_mask(mod, 2, 24, 24, "cpu")
+    assert got.shape == (2, 1, 24, 24)
+    for b in range(2):
+        want = hand_mask(batch.segment_ids[b], batch.positions[b], block_size)
+        assert torch.equal(got[b, 0], want), f"row {b}"
+
+
+def test_block_ids_restart_at_each_sample_start():
+    batch = packed([[5, 7]], T=12)
+    # blocks of 4 counted from each sample's start: [0..3] [4] | [0..3] [4..6]
+    assert block_ids(batch.segment_ids, batch.positions, 4).tolist() == [[1, 1, 1, 1, 2, 3, 3, 3, 3, 4, 4, 4]]
+
+
+def brute_force_sdar_loss(model, batch: PackedBatch, noise, block_size: int) -> torch.Tensor:
+    """Eq. (7) block by block: for each sample and each of its blocks, run the model on the clean prefix plus that
+    noisy block alone (its own block-causal mask) and sum the 1/t-weighted cross-entropies at masked positions."""
+    total = torch.zeros(())
+    B, T = batch.input_ids.shape
+    for b in range(B):
+        for s in batch.segment_ids[b].unique().tolist():
+            idx = (batch.segment_ids[b] == s).nonzero().flatten()
+            x0 = batch.input_ids[b, idx]
+            masked, t = noise.masked[b, idx], noise.t[b, idx]
+            xt = torch.where(masked, torch.full_like(x0, MASK_ID), x0)
+            for start in range(0, len(idx), block_size):
+                end = min(start + block_size, len(idx))
+                if not masked[start:end].any():
+                    continue
+                inp = torch.cat([x0[:start], xt[start:end]])[None]
+                logits = model(inp)[0, start:end]  # predicted at the same position
+                ce = F.cross_entropy(logits.float(), x0[start:end], reduction="none")
+                total = total + (ce / t[start:end])[masked[start:end]].sum()
+    return total / batch.loss_mask.sum()
+
+
+@pytest.mark.parametrize("block_size,prompt", [(4, 0), (2, 3)])
+def test_sdar_loss_equals_block_by_block_brute_force(block_size, prompt):
+    model = random_model(tiny_config("sdar", block_size=block_size))
+    batch = packed([[6, 10], [16]], T=16, prompt=prompt)
+    noise = sample_noise(batch, 1e-3, torch.Generator().manual_seed(1))
+    assert noise.masked.any()
+    with torch.no_grad():
+        got = sdar_loss(model, batch, noise, block_size=block_size, mask_token_id=MASK_ID).loss
+        want = brute_force_sdar_loss(model, batch, noise, block_size)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_t_near_zero_still_masks_one_token_per_sample():
+    batch = packed([[5, 7], [9]], T=12, prompt=2)
+    for seed in range(5):
+        noise = sample_noise(batch, 1e-3, torch.Generator().manual_seed(seed), t=torch.tensor(1e-9))
+        for b in range(2):
+            for s in batch.segment_ids[b].unique().tolist():
+                in_seg = batch.segment_ids[b] == s
+                expected = 1 if batch.loss_mask[b, in_seg].any() else 0  # padding has nothing to mask
+                assert int(noise.masked[b, in_seg].sum()) == expected
+
+
+def test_sampled_t_lies_in_eps_one_and_is_shared_by_a_sample():
+    batch = packed([[5, 7], [12]], T=12)
+    noise = sample_noise(batch, 0.25, torch.Generator().manual_seed(0))
+    assert ((noise.t > 0.25) & (noise.t <= 1)).all()
+    for b in range(2):
+        for s in batch.segment_ids[b].unique().tolist():
+            assert noise.t[b, batch.segment_ids[b] == s].unique().numel() == 1
+
+
+def test_prompt_and_padding_tokens_are_never_masked():
+    batch = packed([[6, 5], [9]], T=12, prompt=3)
+    for seed in range(20):
+        noise = sample_noise(batch, 1e-3, torch.Generator().manual_seed(seed))
+        assert not (noise.masked & ~batch.loss_mask).any()
+    full = sample_noise(batch, 1e-3, torch.Generator().manual_seed(0), t=torch.tensor(1.0))
+    assert torch.equal(full.masked, batch.loss_mask)  # at t = 1 every trainable token, and only those
+
+
+@pytest.mark.parametrize("mode", ["sdar", "ar"])
+def test_no_attention_crosses_packed_samples(mode):
+    """Perturbing sample 0 (not trained here) leaves the loss, which only sample 1 carries, unchanged."""
+    model = random_model(tiny_config("sdar" if mode == "sdar" else "qwen3", block_size=4))
+    batch = packed([[7, 9]], T=16)
+    batch.loss_mask[batch.segment_ids == 0] = False
+    noise = sample_noise(batch, 1e-3, torch.Generator().manual_seed(0))
+
+    def loss_of(ids):
+        b = PackedBatch(ids, batch.segment_ids, batch.positions, batch.loss_mask)
+        with torch.no_grad():
+            if mode == "sdar":
+                return sdar_loss(model, b, noise, block_size=4, mask_token_id=MASK_ID).loss
+            return ar_loss(model, b).loss
+
+    base = loss_of(batch.input_ids)
+    other = batch.input_ids.clone()
+    other[batch.segment_ids == 0] = torch.randint(0, MASK_ID, (7,), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(loss_of(other), base, rtol=1e-5, atol=1e-6)
+    changed = batch.input_ids.clone()
+    changed[0, 10] = (changed[0, 10] + 1) % MASK_ID  # a token of sample 1 does matter
+    assert not torch.allclose(loss_of(changed), base)
+
+
+def test_ar_loss_equals_mean_over_samples_run_alone():
+    model = random_model(tiny_config("qwen3"))
+    batch = packed([[6, 10], [16]], T=16)
+    total, count = torch.zeros(()), 0
+    with torch.no_grad():
+        for b in range(2):
+            for s in batch.segment_ids[b].unique().tolist():
+                x = batch.input_ids[b, batch.segment_ids[b] == s]
+                logits = model(x[None])[0]
+                total = total + F.cross_entropy(logits[:-1].float(), x[1:], reduction="sum")
+                count += len(x) - 1
+        got = ar_loss(model, batch).loss
+    torch.testing.assert_close(got, total / count, rtol=1e-4, atol=1e-5)
+
+
+def test_document_causal_mask_is_causal_inside_samples_only():
+    batch = packed([[3, 2]], T=5)
+    got = dense_mask(document_causal_mask_mod(batch.segment_ids), 1, 5, 5, "cpu")[0, 0].int().tolist()
+    assert got == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_block_mask_gives_the_same_loss_as_the_dense_mask():
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    model = random_model(tiny_config("sdar", block_size=4)).requires_grad_(False)  # flex has no CPU backward
+    batch = packed([[5, 11], [16]], T=16)
+    noise = sample_noise(batch, 1e-3, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        dense = sdar_loss(model, batch, noise, block_size=4, mask_token_id=MASK_ID, attention="sdpa").loss
+        flex = sdar_loss(model, batch, noise, block_size=4, mask_token_id=MASK_ID, attention="flex").loss
+        ar_dense = ar_loss(model, batch, attention="sdpa").loss
+        ar_flex = ar_loss(model, batch, attention="flex").loss
+    torch.testing.assert_close(flex, dense, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ar_flex, ar_dense, rtol=1e-4, atol=1e-5)

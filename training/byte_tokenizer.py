@@ -1,0 +1,29 @@
+"""A 260-token byte-level tokenizer with the ChatML specials: lets smoke runs and tests train without any files.
+
+Recipes name it `tokenizer: builtin:bytes`. It has the four special tokens the real tokenizer (`assets/tokenizer`,
+built by `python -m training.tokenizer`) has: `<|endoftext|>` (eos and padding), `<|im_start|>`, `<|im_end|>`,
+`<|MASK|>` (the mask token), and a ChatML chat template.
+"""
+from __future__ import annotations
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|MASK|>"]
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def byte_tokenizer():
+    """A transformers fast tokenizer: 256 byte tokens (GPT-2 byte-level alphabet, no merges) + SPECIALS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                  mask_token="<|MASK|>")
+    out.chat_template = CHATML_TEMPLATE
+    return out

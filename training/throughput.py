@@ -1,0 +1,249 @@
+"""Training throughput of the AR and SDAR objectives: tokens/s and MFU of full training steps on random-init models.
+
+    python -m training.throughput --out runs/throughput                 # Qwen3-0.6B and 1.7B shapes, GPU
+    python -m training.throughput --tiny --out /tmp/tp                  # a tiny shape, runs on CPU
+
+Each configuration runs a few warm-up steps (compilation) then timed steps of the real training step (forward,
+backward, AdamW) in bf16 autocast with fp32 master weights, as training.train does. Paper App. B.1: SDAR's raw
+throughput (tokens processed per GPU per second) is comparable to AR's, but SDAR processes the clean and the noisy
+copy of each sample, so its effective speed is about half. Reported: raw tokens/s (SDAR counts 2T per T-token row),
+effective tokens/s (T per row), and MFU = model FLOPs / step time / peak bf16 FLOPs (6 x parameters in matmuls x
+tokens, plus attention over the visible keys only; lm_head on the noisy half only for SDAR).
+Writes throughput.json and throughput.csv to --out, with the machine they ran on.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from sdar_core.config import ModelConfig
+from sdar_core.model import SDARForCausalLM
+
+from .model_init import enable_gradient_checkpointing, init_weights, param_groups
+from .objective import PackedBatch, block_ids, document_causal_mask_mod, sdar_mask_mod
+from .recipe import Recipe
+from .train import compute_loss, step_generator
+
+SHAPES = {  # the public Qwen3 configs (tied embeddings, vocab 151936)
+    "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
+    "qwen3-1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, vocab_size=512, tie_word_embeddings=True),
+}
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12}
+
+
+@dataclass
+class Result:
+    shape: str
+    objective: str
+    parameters_m: float
+    seq_len: int
+    rows: int
+    block_size: int
+    attention: str
+    compiled: bool
+    grad_ckpt: bool
+    step_s: float | None = None
+    raw_tokens_per_s: float | None = None
+    effective_tokens_per_s: float | None = None
+    tflops_per_s: float | None = None
+    mfu: float | None = None
+    peak_memory_gib: float | None = None
+    error: str | None = None
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def visible_pairs(objective: str, seq_len: int, block_size: int) -> int:
+    """(query, key) pairs the attention mask allows for one row of one sample."""
+    seg = torch.zeros(1, seq_len, dtype=torch.long)
+    pos = torch.arange(seq_len)[None]
+    if objective == "sdar":
+        mod = sdar_mask_mod(seg, block_ids(seg, pos, block_size))
+        n = 2 * seq_len
+    else:
+        mod, n = document_causal_mask_mod(seg), seq_len
+    total = 0
+    for start in range(0, n, 1024):  # in row chunks: 8k x 8k at once would be 64M booleans
+        q = torch.arange(start, min(start + 1024, n))[None, :, None]
+        total += int(mod(torch.zeros(1, 1, 1, dtype=torch.long), None, q, torch.arange(n)[None, None]).sum())
+    return total
+
+
+def step_flops(config: ModelConfig, objective: str, seq_len: int, rows: int, block_size: int) -> float:
+    """Model FLOPs of one training step (forward + backward = 3 x forward)."""
+    h, L, d = config.hidden_size, config.num_hidden_layers, config.head_dim
+    layer_params = h * d * (2 * config.num_attention_heads + 2 * config.num_key_value_heads) \
+        + 3 * h * config.intermediate_size
+    tokens = rows * seq_len * (2 if objective == "sdar" else 1)
+    head_tokens = rows * seq_len  # the lm_head runs on T positions in both objectives
+    matmul = 2 * (L * layer_params * tokens + h * config.vocab_size * head_tokens)
+    attention = 4 * config.num_attention_heads * d * L * rows * visible_pairs(objective, seq_len, block_size)
+    return 3 * (matmul + attention)
+
+
+def random_batch(rows: int, seq_len: int, vocab: int, device) -> PackedBatch:
+    """Rows of random tokens packed with two samples each (the second starts mid-row)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab - 1, (rows, seq_len), generator=g)
+    cut = seq_len // 3
+    seg = (torch.arange(seq_len) >= cut).long().expand(rows, seq_len).contiguous()
+    pos = torch.where(seg == 0, torch.arange(seq_len), torch.arange(seq_len) - cut).expand(rows, seq_len).contiguous()
+    return PackedBatch(ids, seg, pos, torch.ones(rows, seq_len, dtype=torch.bool)).to(device)
+
+
+def measure(shape: str, objective: str, *, seq_len: int, rows: int, block_size: int, warmup: int, steps: int,
+            compile: bool, attention: str, grad_ckpt: bool, device: torch.device) -> Result:
+    config = ModelConfig(model_type="sdar" if objective == "sdar" else "qwen3", rope_theta=1e6,
+                         block_size=block_size if objective == "sdar" else 1,
+                         mask_token_id=SHAPES[shape]["vocab_size"] - 1 if objective == "sdar" else None,
+                         **SHAPES[shape])
+    res = Result(shape, objective, round(config.num_parameters() / 1e6, 1), seq_len, rows, block_size, attention,
+                 compile, grad_ckpt)
+    model = optimizer = None
+    try:
+        with torch.device(device):
+            model = SDARForCausalLM(config)
+        init_weights(model, 0.02)
+        if grad_ckpt:
+            enable_gradient_checkpointing(model)
+        model.train()
+        optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, fused=device.type == "cuda")
+        forward = torch.compile(model) if compile else model
+        recipe = Recipe(mode="sdar-cpt" if objective == "sdar" else "ar", output_dir="-", data=["-"],
+                        block_size=block_size)
+        batch = random_batch(rows, seq_len, config.vocab_size, device)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def one_step(i):
+            with autocast:
+                out = compute_loss(forward, batch, recipe, config.mask_token_id, attention,
+                                   step_generator(device, 0, i))
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        for i in range(warmup):
+            one_step(i)
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            one_step(warmup + i)
+        _sync(device)
+        res.step_s = (time.perf_counter() - t0) / steps
+        tokens = rows * seq_len
+        res.effective_tokens_per_s = round(tokens / res.step_s, 1)
+        res.raw_tokens_per_s = round(tokens * (2 if objective == "sdar" else 1) / res.step_s, 1)
+        flops = step_flops(config, objective, seq_len, rows, block_size) / res.step_s
+        res.tflops_per_s = round(flops / 1e12, 4)
+        peak = peak_flops(device)
+        res.mfu = round(flops / peak, 4) if peak else None
+        if device.type == "cuda":
+            res.peak_memory_gib = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        res.step_s = round(res.step_s, 4)
+    except torch.OutOfMemoryError as e:
+        res.error = f"out of memory ({str(e).splitlines()[0][:120]})"
+    finally:
+        del model, optimizer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return res
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def machine(device: torch.device) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "device": str(device), "cpu_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                    gpu_memory_gib=round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1))
+    return info
+
+
+def print_table(results: list[Result]) -> None:
+    cols = ["shape", "objective", "seq_len", "rows", "step_s", "raw_tokens_per_s", "effective_tokens_per_s",
+            "tflops_per_s", "mfu", "peak_memory_gib", "grad_ckpt", "error"]
+    table = [cols] + [["" if getattr(r, c) is None else str(getattr(r, c)) for c in cols] for r in results]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for row in table:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for throughput.json / throughput.csv")
+    parser.add_argument("--shapes", default="qwen3-0.6b,qwen3-1.7b", help=f"comma list of {', '.join(SHAPES)}")
+    parser.add_argument("--objectives", default="ar,sdar")
+    parser.add_argument("--tiny", action="store_true", help="the tiny shape, short rows, 2 steps (CPU)")
+    parser.add_argument("--seq-len", type=int, default=4096)
+    parser.add_argument("--rows", type=int, default=1, help="rows per step (micro-batch)")
+    parser.add_argument("--block-size", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--attention", default="auto", choices=["auto", "flex", "sdpa"])
+    parser.add_argument("--grad-ckpt", default="auto", choices=["auto", "on", "off"],
+                        help="auto: off, retried on when a configuration runs out of memory")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.tiny:
+        args.shapes, args.seq_len, args.rows, args.warmup, args.steps = "tiny", 64, 2, 1, 2
+    compile = device.type == "cuda" and not args.no_compile
+    attention = args.attention if args.attention != "auto" else ("flex" if compile else "sdpa")
+    results = []
+    for shape in args.shapes.split(","):
+        if shape not in SHAPES:
+            parser.error(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
+        for objective in args.objectives.split(","):
+            if objective not in ("ar", "sdar"):
+                parser.error(f"unknown objective {objective!r}; choose ar or sdar")
+            kw = dict(seq_len=args.seq_len, rows=args.rows, block_size=args.block_size, warmup=args.warmup,
+                      steps=args.steps, compile=compile, attention=attention, device=device)
+            res = measure(shape, objective, grad_ckpt=args.grad_ckpt == "on", **kw)
+            if res.error and args.grad_ckpt == "auto":
+                res = measure(shape, objective, grad_ckpt=True, **kw)
+            results.append(res)
+            print(f"{shape} {objective}: {res.raw_tokens_per_s} raw tok/s, {res.effective_tokens_per_s} effective, "
+                  f"MFU {res.mfu}" + (f" ({res.error})" if res.error else ""), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "throughput.json").write_text(json.dumps({"machine": machine(device), "results": [asdict(r) for r in results]},
+                                                    indent=2))
+    with (out / "throughput.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(asdict(results[0])))
+        w.writeheader()
+        w.writerows(asdict(r) for r in results)
+    print_table(results)
+    for shape in dict.fromkeys(r.shape for r in results):
+        ar = next((r for r in results if r.shape == shape and r.objective == "ar" and r.raw_tokens_per_s), None)
+        sd = next((r for r in results if r.shape == shape and r.objective == "sdar" and r.raw_tokens_per_s), None)
+        if ar and sd:
+            print(f"{shape}: SDAR/AR raw throughput {sd.raw_tokens_per_s / ar.raw_tokens_per_s:.2f}, "
+                  f"effective {sd.effective_tokens_per_s / ar.effective_tokens_per_s:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,436 @@
+"""Train an AR or SDAR model from a recipe, on CPU, one GPU or several (accelerate: DDP, or FSDP).
+
+    python -m training.train training/recipes/tiny-cpu-smoke.yaml [key=value ...]
+    accelerate launch --num_processes 8 -m training.train training/recipes/sdar-1.7b-from-qwen3.yaml
+
+Modes: `ar` (next-token prediction, Eq. 3: pretraining, continued pretraining, or AR SFT on chat data with a
+response-only loss), `sdar-cpt` and `sdar-sft` (block diffusion NELBO, Eq. 7; paper §3.1). Writes to output_dir:
+    metrics.csv        step, loss, lr, grad_norm, tokens, tokens/s (raw and effective), eval_loss, elapsed
+    checkpoints/step-N accelerate state (model, optimizer, RNG) + trainer_state.json; `resume=true` continues
+    final/             the trained model as an HF-format checkpoint (sdar_core.load_pretrained reads it)
+The data position and the diffusion noise of step N are pure functions of (seed, N), so a resumed run repeats the
+uninterrupted run's losses exactly (up to non-deterministic GPU kernels).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .data import PackedRows, RowOrder, load_or_build_rows, split_eval
+from .model_init import (enable_gradient_checkpointing, ensure_mask_token, init_model, load_recipe_tokenizer,
+                         param_groups)
+from .objective import ar_loss, sample_noise, sdar_loss
+from .recipe import Recipe, RecipeError, load_recipe, lr_at
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+FINAL = "final"
+METRICS = "metrics.csv"
+METRIC_FIELDS = ["step", "loss", "eval_loss", "lr", "grad_norm", "tokens", "raw_tokens_per_s",
+                 "effective_tokens_per_s", "masked_fraction", "elapsed_s"]
+
+
+@dataclass
+class TrainerState:
+    """What a checkpoint records beside the accelerate state. The data position is `step` (see RowOrder)."""
+    step: int = 0
+    tokens: int = 0  # effective tokens (rows x T) consumed so far
+    elapsed_s: float = 0.0  # training wall time over all calls
+    max_steps: int | None = None  # set by fit_minutes: the run's own step budget (<= the recipe's)
+    last_loss: float | None = None
+    eval_loss: float | None = None
+    recipe: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    state: TrainerState
+    finished: bool  # max_steps reached (final/ written); False: stopped by the time budget
+    final_dir: Path | None
+    losses: dict[int, float]  # step -> training loss of that step (this call only)
+    eval_losses: dict[int, float]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Set-up
+
+
+def make_accelerator(recipe: Recipe):
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    precision = recipe.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    kwargs = {}
+    if _is_moe(recipe):  # experts that receive no token in a step have no gradient
+        from accelerate import DistributedDataParallelKwargs
+
+        kwargs["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    if recipe.fsdp:
+        from accelerate import FullyShardedDataParallelPlugin
+
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
+            fsdp_version=2, auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=["DecoderLayer"],
+            reshard_after_forward=True, state_dict_type="SHARDED_STATE_DICT",
+            activation_checkpointing=recipe.gradient_checkpointing)
+    return Accelerator(mixed_precision=precision, cpu=not cuda, **kwargs)
+
+
+def _is_moe(recipe: Recipe) -> bool:
+    if recipe.init_from is None:
+        return False
+    raw = json.loads((Path(recipe.init_from) / "config.json").read_text())
+    return "moe" in raw.get("model_type", "") or bool(raw.get("num_experts") or raw.get("num_local_experts"))
+
+
+def resolve_attention(recipe: Recipe, device: torch.device) -> str:
+    """flex_attention (a BlockMask: masked tiles skipped) on CUDA with compile; SDPA with a dense mask otherwise."""
+    if recipe.attention == "flex" and device.type != "cuda":
+        raise RecipeError("attention 'flex' needs a CUDA device (flex_attention has no CPU backward); use sdpa")
+    if recipe.attention != "auto":
+        return recipe.attention
+    return "flex" if device.type == "cuda" and recipe.compile else "sdpa"
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    ckpts = sorted((output_dir / CHECKPOINTS).glob("step-*"))
+    ckpts = [c for c in ckpts if (c / STATE_FILE).is_file()]
+    return ckpts[-1] if ckpts else None
+
+
+def check_output_dir(recipe: Recipe) -> None:
+    """Refuse to silently overwrite a run: an output_dir with checkpoints needs resume=true."""
+    out = Path(recipe.output_dir)
+    if not recipe.resume and (latest_checkpoint(out) is not None or (out / FINAL / "config.json").is_file()):
+        raise RecipeError(f"output_dir {out} already holds a run; pass resume=true to continue it, or choose "
+                          "another output_dir")
+
+
+def load_datasets(recipe: Recipe, tokenizer, log) -> tuple[PackedRows, PackedRows | None]:
+    settings = dict(data_format=recipe.data_format, response_only=recipe.response_only, max_docs=recipe.max_docs)
+    cache = Path(recipe.data_cache) if recipe.data_cache else Path(recipe.output_dir) / "data-cache"
+    rows = load_or_build_rows(recipe.data, tokenizer, recipe.seq_len, cache, log=log, **settings)
+    if recipe.eval_data:
+        eval_rows = load_or_build_rows(recipe.eval_data, tokenizer, recipe.seq_len, cache, log=log, **settings)
+    else:
+        rows, eval_rows = split_eval(rows, recipe.eval_fraction, recipe.seed)
+    return rows, eval_rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Steps
+
+
+def step_generator(device: torch.device, *seed_parts: int) -> torch.Generator:
+    """A generator seeded by (seed, step, micro-batch, rank): the noise of a step does not depend on history."""
+    seed = 0
+    for part in seed_parts:
+        seed = (seed * 1_000_003 + int(part)) % (2**62)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def compute_loss(model, batch, recipe: Recipe, mask_token_id: int | None, attention: str, generator):
+    if recipe.is_sdar:
+        noise = sample_noise(batch, recipe.eps, generator)
+        return sdar_loss(model, batch, noise, block_size=recipe.block_size, mask_token_id=mask_token_id,
+                         attention=attention)
+    return ar_loss(model, batch, attention=attention)
+
+
+@torch.no_grad()
+def evaluate(model, rows: PackedRows, recipe: Recipe, mask_token_id, attention, accelerator) -> float:
+    """Mean loss over up to eval_batches micro-batches of the eval rows, with fixed noise (comparable across evals)."""
+    model.eval()
+    mb, world, rank = recipe.micro_batch_size, accelerator.num_processes, accelerator.process_index
+    n_batches = min(recipe.eval_batches, max(len(rows) // (mb * world), 1))
+    total = torch.zeros(2, device=accelerator.device)  # sum of loss x targets, targets
+    for i in range(n_batches):
+        idx = [(i * world * mb + rank * mb + j) % len(rows) for j in range(mb)]
+        batch = rows.batch(idx).to(accelerator.device)
+        gen = step_generator(accelerator.device, recipe.seed, 10**9 + i, rank)
+        out = compute_loss(model, batch, recipe, mask_token_id, attention, gen)
+        total += torch.stack([out.loss.float() * out.n_targets, out.n_targets.float()])
+    total = accelerator.reduce(total, reduction="sum")
+    model.train()
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+CALIBRATION = (10, 30)  # fit_minutes times the steps between these two (after compilation and warm-up)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fit_max_steps(recipe: Recipe, accelerator, step: int, max_steps: int, step_s: float, elapsed_s: float) -> int:
+    """The step budget that ends the run within fit_minutes (10% kept for evaluation and saving), never more than
+    max_steps; the same on every process."""
+    remaining = 0.9 * recipe.fit_minutes * 60 - elapsed_s
+    fitted = step + max(int(remaining / max(step_s, 1e-9)), 0)
+    fitted = accelerator.reduce(torch.tensor(float(fitted), device=accelerator.device), reduction="mean").item()
+    return max(min(int(fitted), max_steps), step)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(accelerator, output_dir: Path, state: TrainerState, keep: int) -> Path:
+    """accelerate state + trainer_state.json in checkpoints/step-N, written to a temporary folder and renamed."""
+    final = output_dir / CHECKPOINTS / f"step-{state.step:07d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in sorted((output_dir / CHECKPOINTS).glob("step-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def save_final(accelerator, model, tokenizer, recipe: Recipe, path: Path) -> None:
+    """The HF-format checkpoint: the full state dict (gathered under FSDP) in a CPU model, via save_pretrained."""
+    from accelerate import init_empty_weights
+
+    from sdar_core.loading import load_state, save_pretrained
+    from sdar_core.model import SDARForCausalLM
+
+    state = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        config = accelerator.unwrap_model(model).config
+        with init_empty_weights():
+            cpu_model = SDARForCausalLM(config)
+        load_state(cpu_model, {k: v.float() for k, v in state.items()}, device="cpu", dtype=torch.float32)
+        dtype = torch.bfloat16 if recipe.save_dtype == "bfloat16" else torch.float32
+        save_pretrained(cpu_model, tokenizer, path, dtype=dtype, max_shard_bytes=int(recipe.max_shard_mb * 2**20))
+        (path / "training_recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    accelerator.wait_for_everyone()
+
+
+class MetricsLog:
+    """metrics.csv (appended across resumed calls) and TensorBoard when it is installed."""
+
+    def __init__(self, output_dir: Path, enabled: bool) -> None:
+        self.enabled, self.path = enabled, output_dir / METRICS
+        self.tb = None
+        if enabled:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():
+                with self.path.open("w", newline="") as f:
+                    csv.writer(f).writerow(METRIC_FIELDS)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(output_dir / "tensorboard"))
+            except Exception:  # tensorboard not installed
+                self.tb = None
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow(["" if row.get(k) is None else row[k] for k in METRIC_FIELDS])
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["step"])
+            self.tb.flush()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(recipe: Recipe, *, progress: bool = True) -> TrainResult:
+    """Run (or continue) the recipe until max_steps or max_minutes; see the module docstring."""
+    t_start = time.time()
+    check_output_dir(recipe)
+    accelerator = make_accelerator(recipe)
+    main = accelerator.is_main_process
+    log = print if main else (lambda *a, **k: None)
+    device = accelerator.device
+    output_dir = Path(recipe.output_dir)
+    torch.manual_seed(recipe.seed)
+
+    tokenizer = load_recipe_tokenizer(recipe)
+    mask_token_id = ensure_mask_token(tokenizer, recipe.mask_token) if recipe.is_sdar else None
+    with accelerator.main_process_first():
+        train_rows, eval_rows = load_datasets(recipe, tokenizer, log)
+    log(f"data: {len(train_rows)} training rows, {len(eval_rows) if eval_rows is not None else 0} eval rows "
+        f"of {recipe.seq_len} tokens")
+
+    model = init_model(recipe, tokenizer, mask_token_id)
+    log(f"model: {model.config.model_type}, {model.config.num_parameters() / 1e6:.1f}M parameters, "
+        f"block_size {model.config.block_size}, mask_token_id {model.config.mask_token_id}")
+    if recipe.gradient_checkpointing and not recipe.fsdp:
+        enable_gradient_checkpointing(model)
+    model.train()
+    optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr,
+                                  betas=(recipe.beta1, recipe.beta2),
+                                  fused=device.type == "cuda" and not recipe.fsdp)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    attention = resolve_attention(recipe, device)
+    forward = torch.compile(model) if recipe.compile and device.type == "cuda" else model
+
+    state = TrainerState(recipe=recipe.to_dict())
+    ckpt = latest_checkpoint(output_dir) if recipe.resume else None
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt), strict=False)  # strict=False: tied lm_head is not stored twice
+        state = TrainerState(**json.loads((ckpt / STATE_FILE).read_text()))
+        state.recipe = recipe.to_dict()
+        log(f"resume: {ckpt} (step {state.step})")
+    elapsed_before = state.elapsed_s
+    final_dir = output_dir / FINAL
+    metrics = MetricsLog(output_dir, main)
+    losses, eval_losses = {}, {}
+    max_steps = min(recipe.max_steps, state.max_steps or recipe.max_steps)
+    if state.step >= max_steps:
+        if not (final_dir / "config.json").is_file():
+            save_final(accelerator, model, tokenizer, recipe, final_dir)
+        return TrainResult(state, True, final_dir, losses, eval_losses)
+
+    world, rank, mb, accum = accelerator.num_processes, accelerator.process_index, recipe.micro_batch_size, recipe.grad_accum
+    order = RowOrder(len(train_rows), recipe.seed)
+    rows_per_step = mb * accum * world
+    tokens_per_row = recipe.seq_len * (2 if recipe.is_sdar else 1)  # raw: SDAR forwards [x_t ; x_0]
+    budget_s = recipe.max_minutes * 60 if recipe.max_minutes else math.inf
+    save_reserve_s = 0.0  # measured cost of a checkpoint save, kept free at the end of the budget
+    bar = None
+    if progress and main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=max_steps, initial=state.step, desc=recipe.mode, dynamic_ncols=True)
+    if eval_rows is not None and state.step == 0:  # the starting point of the eval curve
+        state.eval_loss = eval_losses[0] = evaluate(forward, eval_rows, recipe, mask_token_id, attention, accelerator)
+        metrics.write({"step": 0, "eval_loss": round(state.eval_loss, 5)})
+        log(f"eval loss at step 0: {state.eval_loss:.4f}")
+    window_t, window_rows, window_masked, window_targets = time.time(), 0, 0.0, 0.0
+    step_times: list[float] = []
+    stopped_early = False
+
+    calibrate = recipe.fit_minutes is not None and state.max_steps is None and state.step < CALIBRATION[0]
+    t_calibration = None
+    while state.step < max_steps:
+        t_step = time.time()
+        step = state.step
+        lr = lr_at(step, recipe, max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_loss = torch.zeros((), device=device)
+        for m in range(accum):
+            start = ((step * accum + m) * world + rank) * mb
+            batch = train_rows.batch(order.rows(start, mb)).to(device)
+            sync = accelerator.no_sync(model) if m < accum - 1 else nullcontext()
+            with sync:
+                out = compute_loss(forward, batch, recipe, mask_token_id, attention,
+                                   step_generator(device, recipe.seed, step, m, rank))
+                accelerator.backward(out.loss / accum)
+            step_loss += out.loss.detach() / accum
+            window_masked += out.n_masked.item() if recipe.is_sdar and step % recipe.log_every == 0 else 0
+            window_targets += out.n_targets.item() if recipe.is_sdar and step % recipe.log_every == 0 else 0
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.tokens += rows_per_step * recipe.seq_len
+        window_rows += rows_per_step
+        step_times.append(time.time() - t_step)
+
+        if state.step % recipe.log_every == 0 or state.step == max_steps:
+            loss = accelerator.reduce(step_loss, reduction="mean").item()
+            losses[state.step] = state.last_loss = loss
+            dt = max(time.time() - window_t, 1e-9)
+            row = {"step": state.step, "loss": round(loss, 5), "lr": f"{lr:.3e}",
+                   "grad_norm": round(float(grad_norm), 4), "tokens": state.tokens,
+                   "raw_tokens_per_s": round(window_rows * tokens_per_row / dt),
+                   "effective_tokens_per_s": round(window_rows * recipe.seq_len / dt),
+                   "masked_fraction": round(window_masked / window_targets, 4) if window_targets else None,
+                   "elapsed_s": round(elapsed_before + time.time() - t_start, 1)}
+            if eval_rows is not None and (state.step % recipe.eval_every == 0 or state.step == max_steps):
+                state.eval_loss = evaluate(forward, eval_rows, recipe, mask_token_id, attention, accelerator)
+                eval_losses[state.step] = row["eval_loss"] = round(state.eval_loss, 5)
+            metrics.write(row)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=row["raw_tokens_per_s"])
+            window_t, window_rows, window_masked, window_targets = time.time(), 0, 0.0, 0.0
+        elif eval_rows is not None and state.step % recipe.eval_every == 0:
+            state.eval_loss = evaluate(forward, eval_rows, recipe, mask_token_id, attention, accelerator)
+            eval_losses[state.step] = state.eval_loss
+            metrics.write({"step": state.step, "eval_loss": round(state.eval_loss, 5)})
+        if bar is not None:
+            bar.update(1)
+
+        if calibrate and state.step in CALIBRATION:
+            _synchronize(device)
+            if state.step == CALIBRATION[0]:
+                t_calibration = time.time()
+            else:
+                max_steps = state.max_steps = fit_max_steps(recipe, accelerator, state.step, max_steps,
+                                                            (time.time() - t_calibration) / (CALIBRATION[1] - CALIBRATION[0]),
+                                                            time.time() - t_start)
+                log(f"fit_minutes {recipe.fit_minutes}: max_steps {max_steps}")
+                if bar is not None:
+                    bar.total = max_steps
+        out_of_time = False
+        if budget_s < math.inf:
+            recent = sorted(step_times[-20:])
+            out_of_time = time.time() - t_start + 1.5 * recent[len(recent) // 2] + save_reserve_s > budget_s
+            if world > 1:  # every process must agree on stopping (they all take part in the save)
+                flag = torch.tensor(float(out_of_time), device=device)
+                out_of_time = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+        if state.step % recipe.save_every == 0 or state.step == max_steps or out_of_time:
+            t_save = time.time()
+            state.elapsed_s = elapsed_before + t_save - t_start
+            save_checkpoint(accelerator, output_dir, state, recipe.keep_checkpoints)
+            save_reserve_s = max(save_reserve_s, 1.5 * (time.time() - t_save))
+        if out_of_time and state.step < max_steps:
+            stopped_early = True
+            log(f"time budget of {recipe.max_minutes} min reached at step {state.step}: checkpoint saved; "
+                "run again with resume=true to continue")
+            break
+    if bar is not None:
+        bar.close()
+    if not stopped_early:
+        save_final(accelerator, model, tokenizer, recipe, final_dir)
+        log(f"final checkpoint: {final_dir}")
+    return TrainResult(state, not stopped_early, None if stopped_early else final_dir, losses, eval_losses)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", help="a recipe YAML (training/recipes/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value (model.key=value for the model shape)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    args = parser.parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        check_output_dir(recipe)
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    train(recipe, progress=not args.no_progress)
+    return 0  # also when the time budget stopped the run: launchers (torchrun) treat other codes as a crash
+
+
+if __name__ == "__main__":
+    sys.exit(main())
