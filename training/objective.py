@@ -188,7 +188,8 @@ def sample_noise(batch: PackedBatch, eps: float = 1e-3, generator: torch.Generat
     # Guarantee: in a segment with eligible tokens but none masked, mask its eligible token of largest key.
     key = torch.where(eligible, torch.rand(B, T, generator=generator, device=device), -1.0)
     seg_max = torch.full((B, n_seg), -2.0, device=device).scatter_reduce(1, seg, key, "amax")
-    seg_has_masked = torch.zeros(B, n_seg, dtype=torch.bool, device=device).scatter_reduce(1, seg, masked, "amax")
+    # (float, not bool: CUDA's scatter_reduce has no bool kernel)
+    seg_has_masked = torch.zeros(B, n_seg, device=device).scatter_reduce(1, seg, masked.float(), "amax") > 0
     forced = eligible & (key == seg_max.gather(1, seg)) & ~seg_has_masked.gather(1, seg)
     return Noise(t=t_tok, masked=masked | forced)
 
