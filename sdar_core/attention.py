@@ -74,7 +74,7 @@ def attention(
     """softmax(q k^T / sqrt(D) + mask) v with grouped-query heads; returns [B, H, Q, D].
 
     mask: None (every query sees every key, or causal when `is_causal`), a boolean tensor broadcastable
-    to [B, H, Q, K], or a flex_attention BlockMask (backend "flex").
+    to [B, H, Q, K] (True = visible) or an additive one (0 / -inf), or a flex_attention BlockMask.
     """
     if backend == "flex" or (BlockMask is not None and isinstance(mask, BlockMask)):
         if flex_attention is None:
@@ -109,8 +109,10 @@ def eager_attention(q, k, v, mask, *, is_causal: bool = False) -> torch.Tensor:
     if is_causal and mask is None:
         Q, K = scores.shape[-2:]
         mask = torch.ones(Q, K, dtype=torch.bool, device=q.device).tril(K - Q)
-    if mask is not None:
+    if mask is not None and mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask is not None:  # an additive mask (0 / -inf)
+        scores = scores + mask.float()
     return (scores.softmax(-1) @ v.float()).to(q.dtype)
 
 

@@ -86,7 +86,11 @@ class ChunkRunner:
         mask = block_causal_mask(idx, self.total, L, k_start=self.pad if self.padded else None)
         if mask.shape[0] != self.batch:
             mask = mask.expand(self.batch, -1, -1, -1)
-        if self.mode == "static" or length > 4 * max(L, 16):  # prefill-sized chunks run once: no graph
+        if self.device.type == "cuda":
+            # An additive mask in the model's dtype is what the attention kernels consume: converting it
+            # here, once per step, keeps one conversion per layer out of the graph.
+            mask = torch.zeros(mask.shape, dtype=self.model.dtype, device=self.device).masked_fill_(~mask, float("-inf"))
+        if self.mode == "static" or length > 2 * L:  # a prefill runs once: no graph, no compilation
             return self.model(ids, positions, mask=mask, cache=self.cache, cache_index=idx,
                               logits_from=logits_from, block_size=L)
         return self._replay(ids, positions, idx, mask, logits_from)
