@@ -249,6 +249,35 @@ def print_table(info: dict, rows: list[dict]) -> None:
               f"{(r.get('realized_tpf_fused') or 0):>6.2f}{(r.get('speedup_vs_ar') or 0):>7.2f}")
 
 
+def report_markdown(results_dir: Path) -> str:
+    """The README's performance section, generated from a committed results.json."""
+    data = json.loads((Path(results_dir) / "results.json").read_text())
+    info, rows = data["machine"], data["rows"]
+    ar1 = next(r for r in rows if r["mode"] == "ar" and r["batch_size"] == 1)
+    hf = [r for r in rows if r["mode"].startswith("hf-")]
+    lines = [
+        f"Measured by `{info.get('command', 'python -m sdar_core.bench')}` on {info['gpu']} (torch {info['torch']}, "
+        f"{info['date']}): {info['arch']} shape, random bf16 weights ({info['weight_GB']:.2f} GB), "
+        f"{info['prompt_len']}-token prompt, {info['new_tokens']} new tokens, CUDA graphs ({info['runner']}).",
+        "",
+        f"- memory-bandwidth floor: {info['floor_ms_per_forward']:.3f} ms per forward "
+        f"({info['bandwidth_GBps']:.0f} GB/s device copy), AR ceiling {info['ar_ceiling_tps']:.0f} tokens/s;",
+        f"- our `ar` mode at batch 1: {ar1['tokens_per_second']:.0f} tokens/s, {ar1['ms_per_forward']:.2f} ms per "
+        f"forward ({ar1['tokens_per_second'] / info['ar_ceiling_tps']:.0%} of the ceiling);",
+    ]
+    for r in hf:
+        lines.append(f"- transformers `generate` ({r['mode'][3:]}, batch 1): {r['tokens_per_second']:.0f} tokens/s;")
+    lines += ["", "| batch | mode | L | T | tokens/s | ms / forward | TPF | realized TPF (fused) | Eq. 11 | x AR |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted((r for r in rows if r["mode"] in ("ar", "sdar")), key=lambda r: (r["batch_size"], r["block_length"])):
+        eq11 = f"{r['realized_tpf_eq11']:.2f}" if r.get("realized_tpf_eq11") else "-"
+        fused = f"{r['realized_tpf_fused']:.2f}" if r.get("realized_tpf_fused") else "-"
+        lines.append(f"| {r['batch_size']} | {r['mode']} {r['strategy'] if r['mode'] == 'sdar' else ''} | "
+                     f"{r['block_length']} | {r['steps']} | {r['tokens_per_second']:.0f} | {r['ms_per_forward']:.2f} | "
+                     f"{r['tpf']:.2f} | {fused} | {eq11} | {r['speedup_vs_ar']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sdar_core.bench", description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="sdar-1.7b", choices=sorted(ARCHS))
@@ -265,7 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transformers", default="auto", choices=["auto", "none", "eager", "compiled", "both"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None, help="folder for results.json / .csv / chart.html")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="print the Markdown summary of a results folder (and redraw its chart.html); run nothing")
     args = p.parse_args(argv)
+    if args.report:
+        data = json.loads((Path(args.report) / "results.json").read_text())
+        write_outputs(Path(args.report), data["machine"], data["rows"])
+        print(report_markdown(Path(args.report)))
+        return 0
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     config = arch_config(args.arch)
@@ -277,13 +313,15 @@ def main(argv: list[str] | None = None) -> int:
                                       bandwidth_GBps=bw / 1e9, floor_ms_per_forward=1000 * wb / bw,
                                       ar_ceiling_tps=bw / wb, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                                       runner=args.runner or ("graph" if device.type == "cuda" else "plain"),
-                                      compile=args.compile, command=" ".join(sys.argv))
+                                      compile=args.compile, command="python -m sdar_core.bench " + " ".join(sys.argv[1:]))
     rows = []
     for case in cases_for(args):
         r = run_case(model, ar_model, case, args.prompt_len, args.new_tokens, args.repeats, args.runner, args.compile)
         rows.append(dict(case.__dict__, **r, model=args.arch, gpu=info["gpu"], torch=info["torch"], date=info["date"]))
         print(f"  {case.mode:<5}{case.strategy:<8} L={case.block_length:<3} T={case.steps:<3} B={case.batch_size:<3} "
               f"{r['tokens_per_second']:9.1f} tok/s  {r['ms_per_forward']:.3f} ms/forward", flush=True)
+        if args.out:  # partial results survive a run cut short
+            write_outputs(Path(args.out), info, rows)
     hf_modes = {"auto": ["compiled"] if device.type == "cuda" else ["eager"], "none": [], "eager": ["eager"],
                 "compiled": ["compiled"], "both": ["eager", "compiled"]}[args.transformers]
     for hm in hf_modes:
