@@ -1,4 +1,4 @@
-"""Build the embedded demo models: AR pretrain -> SDAR CPT (block 4) -> SDAR SFT, and the AR twin (AR SFT).
+"""Build the embedded demo models: AR pretrain -> SDAR CPT (block 4) -> SDAR SFT (two rounds), and the AR twin (AR SFT).
 
     python -m training.build_embedded                       # every unfinished stage, in order (no time limit)
     python -m training.build_embedded --stage next          # the first unfinished stage only (one GPU call)
@@ -39,7 +39,8 @@ class Stage:
 STAGES = [
     Stage("ar-pretrain", "embedded-ar-pretrain.yaml", None, None),
     Stage("sdar-cpt", "embedded-sdar-cpt.yaml", "ar-pretrain", None),
-    Stage("sdar-sft", "embedded-sdar-sft.yaml", "sdar-cpt", "sdar-tiny"),
+    Stage("sdar-sft", "embedded-sdar-sft.yaml", "sdar-cpt", None),
+    Stage("sdar-sft2", "embedded-sdar-sft2.yaml", "sdar-sft", "sdar-tiny"),
     Stage("ar-sft", "embedded-ar-sft.yaml", "ar-pretrain", "ar-tiny"),
 ]
 
