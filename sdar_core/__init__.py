@@ -8,4 +8,6 @@ __all__ = ["ModelConfig", "ConfigError", "CheckpointError", "SDARForCausalLM", "
            "save_pretrained", "Generation", "Stats", "StepEvent"]
 from .decoding import GenerationError, generate  # noqa: E402
 
-__all__ += ["generate", "GenerationError"]
+from .prompting import encode_prompt, stop_ids_for  # noqa: E402
+
+__all__ += ["generate", "GenerationError", "encode_prompt", "stop_ids_for"]

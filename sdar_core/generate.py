@@ -1,38 +1,22 @@
 """Command line: `python -m sdar_core.generate --model PATH --prompt "..." [--chat] [schedule options]`.
 
-Prints the generated text, then the generation's stats. (Run it with -m; inside Python use
-`sdar_core.generate`, the function.)
+Prints the generated text, then the generation's stats.
+
+This module shares its name with the function `sdar_core.generate`. Importing it (which makes Python set the
+package attribute `sdar_core.generate` to the module) must not break `from sdar_core import generate`, so the
+module is made callable: calling it calls the function.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import types
 
 from .decoding import GenerationError, generate
 from .loading import CheckpointError, load_pretrained
+from .prompting import encode_prompt, stop_ids_for  # noqa: F401  (re-exported)
 from .schedules import STRATEGIES
-
-
-def stop_ids_for(tokenizer, config) -> list[int]:
-    """The ids that end an answer: the config's eos ids and the chat end-of-turn tokens the tokenizer knows."""
-    ids = set(config.eos_token_ids)
-    if tokenizer is not None:
-        if tokenizer.eos_token_id is not None:
-            ids.add(tokenizer.eos_token_id)
-        for tok in ("<|im_end|>", "<|endoftext|>"):
-            tid = tokenizer.convert_tokens_to_ids(tok)
-            if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
-                ids.add(tid)
-    return sorted(ids)
-
-
-def encode_prompt(tokenizer, prompt: str, *, chat: bool, system: str | None = None) -> list[int]:
-    if not chat:
-        return tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(gen.stats.to_dict()) if args.json else gen.stats.summary(), file=sys.stderr)
     return 0
 
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        return generate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -147,11 +147,17 @@ def load_state(model: SDARForCausalLM, state: dict[str, torch.Tensor], *, device
 
 def load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # AutoTokenizer peeks at config.json and warns that it does not know model_type "sdar": noise here.
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as e:
         raise CheckpointError(f"cannot load the tokenizer in {folder}: {type(e).__name__}: {e}") from None
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def load_pretrained(path_or_hub_id, device=None, dtype=None, *, device_map=None, with_tokenizer: bool = True):
