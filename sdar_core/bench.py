@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-dynamic", dest="dynamic", action="store_false")
     p.add_argument("--runner", default=None, choices=["plain", "static", "graph"])
     p.add_argument("--compile", action="store_true", help="torch.compile the graphed forward")
+    p.add_argument("--fuse", action="store_true", help="fuse the q/k/v and gate/up matmuls (model.fuse_projections)")
     p.add_argument("--transformers", default="auto", choices=["auto", "none", "eager", "compiled", "both"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None, help="folder for results.json / .csv / chart.html")
@@ -306,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     config = arch_config(args.arch)
     model = random_model(config, device, dtype)
+    if args.fuse:
+        model.fuse_projections()
     ar_model = as_ar(model)
     bw = measure_bandwidth(device)
     wb = weight_bytes(model)
@@ -313,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                                       bandwidth_GBps=bw / 1e9, floor_ms_per_forward=1000 * wb / bw,
                                       ar_ceiling_tps=bw / wb, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                                       runner=args.runner or ("graph" if device.type == "cuda" else "plain"),
-                                      compile=args.compile, command="python -m sdar_core.bench " + " ".join(sys.argv[1:]))
+                                      compile=args.compile, fused=args.fuse, command="python -m sdar_core.bench " + " ".join(sys.argv[1:]))
     rows = []
     for case in cases_for(args):
         r = run_case(model, ar_model, case, args.prompt_len, args.new_tokens, args.repeats, args.runner, args.compile)
