@@ -27,22 +27,14 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig
+from .config import PUBLIC_SHAPES, ModelConfig
 from .decoding import generate
 from .model import SDARForCausalLM
 
-# Shapes of the public checkpoints (Qwen3-1.7B / 4B / 8B), vocabulary included.
 ARCHS = {
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=32, vocab_size=4096, tie_word_embeddings=True),
-    "sdar-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                      num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
-    "sdar-1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                      num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
-    "sdar-4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                    num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False),
-    "sdar-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-                    num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False),
+    **{f"sdar-{size}": shape for size, shape in PUBLIC_SHAPES.items()},
 }
 
 

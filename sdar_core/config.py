@@ -17,6 +17,20 @@ MOE_TYPES = ("qwen3_moe", "sdar_moe")
 KNOWN_MODEL_TYPES = SDAR_TYPES + AR_TYPES
 
 
+# The shapes of the public Qwen3 / SDAR checkpoints (vocabulary 151,936; 0.6B and 1.7B tie their embeddings),
+# for benchmarks and throughput runs on random weights.
+PUBLIC_SHAPES = {
+    "0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
+    "1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
+    "4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+               num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False),
+    "8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+               num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False),
+}
+
+
 class ConfigError(ValueError):
     """A config.json that cannot describe a model we know how to build."""
 

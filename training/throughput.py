@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from sdar_core.config import ModelConfig
+from sdar_core.config import PUBLIC_SHAPES, ModelConfig
 from sdar_core.model import SDARForCausalLM
 
 from .model_init import enable_gradient_checkpointing, init_weights, param_groups
@@ -31,11 +31,8 @@ from .objective import PackedBatch, block_ids, document_causal_mask_mod, sdar_ma
 from .recipe import Recipe
 from .train import compute_loss, step_generator
 
-SHAPES = {  # the public Qwen3 configs (tied embeddings, vocab 151936)
-    "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                       num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
-    "qwen3-1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                       num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
+SHAPES = {
+    **{f"qwen3-{size}": shape for size, shape in PUBLIC_SHAPES.items()},
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, vocab_size=512, tie_word_embeddings=True),
 }
