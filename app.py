@@ -2,16 +2,23 @@
 
     python app.py [--model assets/models/sdar-tiny] [--host 127.0.0.1] [--port 7860] [--share]
 
-Gradio's own variables apply too (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, GRADIO_SHARE, ...); a flag given
-on the command line wins over them.
+It opens the embedded sdar-tiny (and races it against ar-tiny), runs on the CPU when there is no GPU, and
+downloads nothing (hub ids typed in the model box are fetched when used). Gradio's own variables apply too
+(GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, GRADIO_SHARE, ...); a flag given on the command line wins over them.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import time
 
-from app.registry import DEFAULT_MODEL
-from app.ui import LAUNCH_KWARGS, build_app
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from the server
+
+from app.registry import DEFAULT_MODEL, ModelRegistry  # noqa: E402  (after the environment is set)
+from app.ui import LAUNCH_KWARGS, build_app  # noqa: E402
+
+log = logging.getLogger("sdar.app")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,8 +29,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--share", action="store_true", default=None, help="make a public gradio.live link")
     args = parser.parse_args(argv)
-    demo = build_app(default_model=args.model)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **LAUNCH_KWARGS)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up probes
+    # AutoTokenizer reads config.json and warns that `sdar` is not a transformers model type: expected here.
+    logging.getLogger("transformers.configuration_utils").addFilter(
+        lambda record: "to instantiate a model of type" not in record.getMessage())
+
+    registry = ModelRegistry()
+    t0 = time.perf_counter()
+    try:  # load the start model now, so that the first answer does not wait for it and its card shows
+        m = registry.get(args.model)
+        log.info("model %s loaded in %.1f s (%s, %s)", m.display_name, time.perf_counter() - t0,
+                 m.summary.get("device"), m.summary.get("dtype"))
+    except Exception as e:  # the app still starts; the model box says what is wrong when it is used
+        log.warning("model %s not loaded: %s", args.model, e)
+    demo = build_app(default_model=args.model, registry=registry)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
+                    quiet=True, **LAUNCH_KWARGS)
+    except OSError as e:  # e.g. the port is taken
+        parser.exit(1, f"SDAR Studio could not start: {e}\n")
+    log.info("SDAR Studio is running at %s", demo.local_url)
+    if demo.share_url:
+        log.info("public link: %s", demo.share_url)
+    log.info("press Ctrl+C to stop")
+    demo.block_thread()
 
 
 if __name__ == "__main__":

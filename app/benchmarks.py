@@ -1,13 +1,20 @@
-"""GPU measurements written by the benchmark (benchmarks/results/*.json), read defensively.
+"""GPU measurements written by the benchmark (`python -m sdar_core.bench --out ...`), read defensively.
 
-A result file is a JSON list of records with keys gpu, torch, date, model, mode ("ar" | "sdar"), strategy,
-block_length, steps, threshold, batch_size, tokens_per_second, tpf. Files and records that do not have that
-shape are skipped (and counted), so an unrelated JSON file in the folder cannot break the app.
+Each run is committed as benchmarks/results/<name>/results.json (searched recursively):
+
+    {"machine": {"gpu", "torch", "date", "arch", "bandwidth_GBps", "ar_ceiling_tps", ...},
+     "rows": [{"mode": "ar" | "sdar" | "hf-compiled" | "hf-eager", "strategy", "block_length", "steps",
+               "threshold", "batch_size", "tokens_per_second", "tpf", "ms_per_forward", "speedup_vs_ar",
+               "realized_tpf_eq11", "realized_tpf_fused", "gpu", "torch", "date", "model"}, ...]}
+
+A bare JSON list of rows (the older format) is read too. Files and rows without that shape are skipped and
+named in the notes, so an unrelated JSON file in the folder cannot break the app.
 """
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .registry import REPO
@@ -15,46 +22,90 @@ from .registry import REPO
 RESULTS_DIR = REPO / "benchmarks" / "results"
 REQUIRED = ("mode", "batch_size", "tokens_per_second")
 TEXT_KEYS = ("gpu", "torch", "date", "model", "mode", "strategy")
-NUMBER_KEYS = ("block_length", "steps", "threshold", "batch_size", "tokens_per_second", "tpf")
+NUMBER_KEYS = ("block_length", "steps", "threshold", "batch_size", "tokens_per_second", "tpf", "ms_per_forward",
+               "speedup_vs_ar", "realized_tpf_eq11", "realized_tpf_fused")
 
 
-def _clean(rec: dict, source: str) -> dict | None:
+@dataclass
+class Machine:
+    """What one benchmark run measured on: the label of its curves and its AR bandwidth ceiling."""
+    run: str  # the results folder, relative to benchmarks/results/
+    gpu: str
+    torch: str
+    date: str
+    arch: str = ""
+    bandwidth_GBps: float | None = None
+    ar_ceiling_tps: float | None = None  # batch-1 AR tokens/s if every forward only streamed the weights
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.gpu} · torch {self.torch} · {self.date}"
+
+
+def _number(v) -> float | None:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _clean(rec, run: str, machine: dict) -> dict | None:
+    """A row with every text key a string and every number key a float or None; None if unusable."""
     if not isinstance(rec, dict) or any(k not in rec for k in REQUIRED):
         return None
-    out = {k: (str(rec[k]) if rec.get(k) is not None else "") for k in TEXT_KEYS}
-    for k in NUMBER_KEYS:
-        v = rec.get(k)
-        try:
-            out[k] = float(v) if v is not None else None
-        except (TypeError, ValueError):
-            out[k] = None
-    if out["batch_size"] is None or out["tokens_per_second"] is None or not math.isfinite(out["tokens_per_second"]):
+    out = {k: str(rec.get(k) if rec.get(k) is not None else machine.get(k) or "") for k in TEXT_KEYS}
+    out.update({k: _number(rec.get(k)) for k in NUMBER_KEYS})
+    if out["batch_size"] is None or out["tokens_per_second"] is None:
         return None
     out["mode"] = out["mode"].lower()
+    out["model"] = out["model"] or str(machine.get("arch") or "")
     out["gpu"] = out["gpu"] or "unknown GPU"
-    out["source"] = source
+    out["run"] = run
     return out
 
 
-def read_results(folder: Path | str = RESULTS_DIR) -> tuple[list[dict], list[str]]:
-    """(records, notes): every usable record of every *.json file in `folder`; notes name what was skipped."""
+def _machine(info, run: str, rows: list[dict]) -> Machine:
+    info = info if isinstance(info, dict) else {}
+    first = rows[0] if rows else {}
+
+    def text(k):
+        return str(info.get(k) or first.get(k) or "?")
+
+    return Machine(run=run, gpu=text("gpu"), torch=text("torch"), date=text("date"), arch=str(info.get("arch") or ""),
+                   bandwidth_GBps=_number(info.get("bandwidth_GBps")), ar_ceiling_tps=_number(info.get("ar_ceiling_tps")),
+                   extra=info)
+
+
+def read_results(folder: Path | str = RESULTS_DIR) -> tuple[list[dict], list[Machine], list[str]]:
+    """(rows, machines, notes) of every results.json (any *.json) under `folder`, recursively.
+
+    rows: the usable rows, each with its run's folder in "run"; machines: one per file that had rows;
+    notes: what was skipped and why."""
     folder = Path(folder)
-    records, notes = [], []
+    rows, machines, notes = [], [], []
     if not folder.is_dir():
-        return records, [f"no {folder.name}/ folder yet"]
-    for path in sorted(folder.glob("*.json")):
+        return rows, machines, [f"no {folder.name}/ folder yet: `python -m sdar_core.bench --out "
+                                f"benchmarks/results/<name>` writes one"]
+    for path in sorted(folder.rglob("*.json")):
+        run = str(path.parent.relative_to(folder)) if path.parent != folder else path.stem
+        where = str(path.relative_to(folder))
         try:
             raw = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            notes.append(f"{path.name}: not readable JSON, skipped")
+            notes.append(f"{where}: not readable JSON, skipped")
             continue
-        if isinstance(raw, dict) and isinstance(raw.get("records"), list):
-            raw = raw["records"]
+        info = {}
+        if isinstance(raw, dict) and isinstance(raw.get("rows"), list):
+            info, raw = raw.get("machine") or {}, raw["rows"]
         if not isinstance(raw, list):
-            notes.append(f"{path.name}: not a list of records, skipped")
+            notes.append(f"{where}: neither {{\"machine\", \"rows\"}} nor a list of rows, skipped")
             continue
-        good = [r for r in (_clean(x, path.name) for x in raw) if r is not None]
+        good = [r for r in (_clean(x, run, info if isinstance(info, dict) else {}) for x in raw) if r is not None]
         if len(good) < len(raw):
-            notes.append(f"{path.name}: {len(raw) - len(good)} records without {', '.join(REQUIRED)} skipped")
-        records.extend(good)
-    return records, notes
+            notes.append(f"{where}: {len(raw) - len(good)} rows without {', '.join(REQUIRED)} skipped")
+        if good:
+            rows.extend(good)
+            machines.append(_machine(info, run, good))
+    return rows, machines, notes

@@ -1,5 +1,5 @@
 """Plotly figures of the AR vs SDAR tab: the sweep (TPF and tokens/s against block length, one curve per
-threshold, as the paper's Figures 3-4) and the GPU measurements (tokens/s against batch size)."""
+threshold, as the paper's Figures 3-4) and the GPU measurements (tokens/s against batch size, with the AR bandwidth ceiling)."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -7,7 +7,7 @@ from collections import defaultdict
 import pandas as pd
 import plotly.graph_objects as go
 
-SWEEP_COLUMNS = ["block length", "threshold", "tokens", "forwards", "TPF", "tokens/s", "latency (ms)"]
+SWEEP_COLUMNS = ["block length", "threshold", "tokens", "forwards", "TPF", "tokens/s", "latency (ms)", "answer ends"]
 
 
 def _empty(message: str, height: int = 320) -> go.Figure:
@@ -30,6 +30,7 @@ def sweep_figures(records: list[dict], ar: dict | None = None) -> tuple[go.Figur
     by_thr = defaultdict(list)
     for r in sdar:
         by_thr[r["threshold"]].append(r)
+    blocks = sorted({r["block length"] for r in sdar})
     tpf, speed = go.Figure(), go.Figure()
     for thr in sorted(by_thr):
         rows = sorted(by_thr[thr], key=lambda r: r["block length"])
@@ -44,38 +45,81 @@ def sweep_figures(records: list[dict], ar: dict | None = None) -> tuple[go.Figur
     for fig, title, y in ((tpf, "Tokens per forward vs block length", "TPF"),
                           (speed, "Decoding speed vs block length", "tokens/s")):
         fig.update_layout(title=dict(text=title, font=dict(size=14)), template="plotly_white", height=340,
-                          xaxis=dict(title="block length", type="log", dtick=0.30103, tickformat="d"),
+                          xaxis=dict(title="block length", type="log", tickvals=blocks, tickformat="d"),
                           yaxis=dict(title=y, rangemode="tozero"), margin=dict(l=50, r=20, t=40, b=40),
                           legend=dict(orientation="h", y=-0.25))
     return tpf, speed
 
 
-def gpu_figure(records: list[dict]) -> go.Figure:
-    """tokens/s vs batch size, one curve per (GPU, model, mode, strategy, block length, threshold)."""
-    if not records:
-        return _empty("No GPU measurements in benchmarks/results/ yet (python -m sdar_core.bench writes them).")
+MODE_NAMES = {"ar": "AR", "sdar": "SDAR", "hf-compiled": "transformers (compiled)", "hf-eager": "transformers (eager)"}
+MODE_DASH = {"ar": "dash", "hf-compiled": "dot", "hf-eager": "dot"}
+
+
+def gpu_curve_label(row: dict) -> str:
+    """A curve's name: mode, then the decoding (strategy, block length, threshold) for SDAR."""
+    mode = row["mode"]
+    label = MODE_NAMES.get(mode, mode)
+    if mode == "sdar":
+        label += f" {row['strategy']} L={row['block_length']:g}"
+        if row["steps"] is not None:
+            label += f" T={row['steps']:g}"
+        if row["strategy"] == "dynamic" and row["threshold"] is not None:
+            label += f" τ={row['threshold']:g}"
+    return label
+
+
+def gpu_figure(rows: list[dict], machines: list = ()) -> go.Figure:
+    """tokens/s vs batch size, one curve per (run, mode, block length, strategy), each run labelled with its
+    GPU, torch and date; each run's AR bandwidth ceiling (weights streamed once per forward) as a line."""
+    if not rows:
+        return _empty("No GPU measurements in benchmarks/results/ yet: python -m sdar_core.bench --out "
+                      "benchmarks/results/<name> writes them.")
+    by_run = {m.run: m for m in machines}
     curves = defaultdict(list)
-    for r in records:
-        key = (r["gpu"], r["model"], r["mode"], r["strategy"] if r["mode"] != "ar" else "", r["block_length"],
-               r["threshold"] if r["mode"] != "ar" else None)
+    for r in rows:
+        key = (r["run"], r["mode"], r["strategy"], r["block_length"], r["steps"],
+               r["threshold"] if r["strategy"] == "dynamic" else None)
         curves[key].append(r)
     fig = go.Figure()
-    for (gpu, model, mode, strategy, block, thr), rows in sorted(curves.items(), key=lambda kv: str(kv[0])):
-        rows.sort(key=lambda r: r["batch_size"])
-        label = f"{gpu} · {model} · {mode.upper()}"
-        if mode != "ar":
-            label += f" {strategy} L={block:g}" + (f" τ={thr:g}" if thr is not None else "")
-        fig.add_trace(go.Scatter(x=[r["batch_size"] for r in rows], y=[r["tokens_per_second"] for r in rows],
-                                 mode="lines+markers", name=label,
-                                 line=dict(dash="dash" if mode == "ar" else "solid")))
-    gpus = sorted({r["gpu"] for r in records})
-    fig.update_layout(title=dict(text=f"Measured throughput on {', '.join(gpus)}", font=dict(size=14)),
-                      template="plotly_white", height=380, xaxis=dict(title="batch size", type="log"),
-                      yaxis=dict(title="tokens/s", rangemode="tozero"), margin=dict(l=50, r=20, t=40, b=40))
+    several = len({r["run"] for r in rows}) > 1
+    for key, rs in sorted(curves.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
+        run, mode = key[0], key[1]
+        rs.sort(key=lambda r: r["batch_size"])
+        m = by_run.get(run)
+        where = m.label if m else f"{rs[0]['gpu']} · torch {rs[0]['torch']} · {rs[0]['date']}"
+        fig.add_trace(go.Scatter(
+            x=[r["batch_size"] for r in rs], y=[r["tokens_per_second"] for r in rs], mode="lines+markers",
+            name=gpu_curve_label(rs[0]), legendgroup=run,
+            legendgrouptitle_text=f"{where} ({run})" if several else None,
+            line=dict(dash=MODE_DASH.get(mode, "solid")),
+            hovertemplate=f"{gpu_curve_label(rs[0])}<br>{where}<br>batch %{{x}}: %{{y:.0f}} tokens/s<extra></extra>"))
+    for m in machines:
+        if m.ar_ceiling_tps:
+            fig.add_hline(y=m.ar_ceiling_tps, line_dash="dot", line_color="#dc2626",
+                          annotation_text=f"AR ceiling, batch 1 ({m.gpu}, {m.bandwidth_GBps or 0:.0f} GB/s): "
+                                          f"{m.ar_ceiling_tps:.0f} tokens/s",
+                          annotation_position="top left", annotation_font_size=11)
+    shown = [m for m in machines if m.run in {r["run"] for r in rows}]
+    title = ("Measured throughput: " + shown[0].label + (f" · {shown[0].arch}" if shown[0].arch else "")
+             if len(shown) == 1 else f"Measured throughput: {len(shown)} runs")
+    ys = [r["tokens_per_second"] for r in rows if r["tokens_per_second"] > 0] + \
+         [m.ar_ceiling_tps for m in shown if m.ar_ceiling_tps]
+    log_y = bool(ys) and max(ys) / min(ys) > 30
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), template="plotly_white", height=420,
+                      xaxis=dict(title="batch size", type="log", tickvals=sorted({r["batch_size"] for r in rows}),
+                                 tickformat="d"),
+                      yaxis=dict(title="tokens/s", type="log" if log_y else "linear",
+                                 rangemode="normal" if log_y else "tozero"),
+                      margin=dict(l=60, r=20, t=50, b=40))
     return fig
 
 
-def gpu_table(records: list[dict]) -> pd.DataFrame:
-    cols = ["gpu", "torch", "date", "model", "mode", "strategy", "block_length", "steps", "threshold", "batch_size",
-            "tokens_per_second", "tpf"]
-    return pd.DataFrame([{c: r.get(c) for c in cols} for r in records], columns=cols)
+GPU_COLUMNS = ["run", "gpu", "torch", "date", "model", "mode", "strategy", "block_length", "steps", "threshold",
+               "batch_size", "tokens_per_second", "tpf", "ms_per_forward", "speedup_vs_ar"]
+
+
+def gpu_table(rows: list[dict]) -> pd.DataFrame:
+    table = pd.DataFrame([{c: r.get(c) for c in GPU_COLUMNS} for r in rows], columns=GPU_COLUMNS)
+    for c in ("tokens_per_second", "tpf", "ms_per_forward", "speedup_vs_ar"):
+        table[c] = table[c].astype(float).round(2)
+    return table

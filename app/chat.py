@@ -78,7 +78,7 @@ class Chat:
             raise gr.Error("Type a message first.", title="Empty message")
         settings = DecodeSettings.from_ui(block_length, steps, strategy, threshold, temperature, top_p,
                                           max_new_tokens, seed)
-        pace = _pace(pace_ms)
+        pace = pace_milliseconds(pace_ms)
         history = list(history or [])
         loaded, ids, settings, notes = prepare(self.studio, model_name, settings,
                                                conversation(system, history, message))
@@ -128,7 +128,8 @@ def _committed_text(events, pieces, hidden) -> str:
                    if c.token is not None and c.token not in set(hidden))
 
 
-def _pace(pace_ms) -> float:
+def pace_milliseconds(pace_ms) -> float:
+    """The live view's delay per step in ms, checked (the API can send anything)."""
     try:
         pace = float(pace_ms or 0)
     except (TypeError, ValueError):

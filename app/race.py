@@ -20,7 +20,7 @@ from .studio import Studio, decode_job
 from .streaming import stream_lanes
 
 LANES = ("ar", "sdar", "twin")
-RACE_COLUMNS = ["run", "strategy", "block", "tokens", "forwards (NFE)", "TPF", "tokens/s", "latency (ms)"]
+RACE_COLUMNS = ["run", "strategy", "block", "steps", "tokens", "forwards (NFE)", "TPF", "tokens/s", "latency (ms)"]
 SEQUENTIAL, PARALLEL = "one after the other (fair timings)", "at the same time (live race)"
 SWEEP_BLOCKS = (2, 4, 8, 16, 32)
 SWEEP_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -89,6 +89,8 @@ class Race:
             twin_note = "waiting"
         elif not use_twin:
             twin_note = "AR twin not included"
+        runs = {"ar": f"AR ({loaded.display_name})", "sdar": f"SDAR ({loaded.display_name})",
+                "twin": titles["twin"]}  # the table's labels: its other columns say how each run decoded
         models = {"ar": loaded, "sdar": loaded, "twin": self.studio.registry.get(twin_name) if "twin" in jobs else None}
         builders = {lane: FrameBuilder() for lane in jobs}
         frames, pieces, stats, t0 = {}, {lane: {} for lane in jobs}, {}, {}
@@ -108,7 +110,7 @@ class Race:
             return lane_html(titles[lane], frames.get(lane), pieces[lane], status=status)
 
         def table() -> pd.DataFrame:
-            return pd.DataFrame([stats_row(titles[l], stats[l]) for l in LANES if l in stats], columns=RACE_COLUMNS)
+            return pd.DataFrame([stats_row(runs[l], stats[l]) for l in LANES if l in stats], columns=RACE_COLUMNS)
 
         yield render("ar"), render("sdar"), render("twin"), table(), ""
         stop = self.studio.arm_stop(request)
@@ -160,7 +162,7 @@ class Race:
             st = gen.stats
             rec = {"block length": b or 1, "threshold": t, "tokens": st.new_tokens, "forwards": st.forwards,
                    "TPF": round(st.tpf, 3), "tokens/s": round(st.tokens_per_second, 1),
-                   "latency (ms)": round(st.seconds * 1000)}
+                   "latency (ms)": round(st.seconds * 1000), "answer ends": _last_line(loaded, gen)}
             if kind == "ar":
                 ar = rec
                 continue
@@ -173,10 +175,21 @@ class Race:
 
     @staticmethod
     def gpu_results():
-        """Outputs: figure, table, notes."""
-        records, notes = read_results()
-        note = ("  \n".join(notes) if notes else "") or f"{len(records)} measurements"
-        return gpu_figure(records), gpu_table(records), note
+        """Outputs: figure, table, notes (one line per benchmark run, then what was skipped)."""
+        rows, machines, notes = read_results()
+        lines = [f"**{m.run}**: {m.label}" + (f" · {m.arch}" if m.arch else "")
+                 + (f" · {m.bandwidth_GBps:.0f} GB/s measured, AR ceiling {m.ar_ceiling_tps:.0f} tokens/s"
+                    if m.bandwidth_GBps and m.ar_ceiling_tps else "")
+                 + f" · {sum(r['run'] == m.run for r in rows)} rows" for m in machines]
+        return gpu_figure(rows, machines), gpu_table(rows), "  \n".join(lines + notes)
+
+
+def _last_line(loaded, gen, width: int = 40) -> str:
+    """The answer's last line, shortened: where a too-large block or too-low threshold shows (`Answer: 85`
+    turning into `Answer::18`), which TPF alone does not."""
+    text = loaded.tokenizer.decode(gen.row_tokens(0), skip_special_tokens=True).strip()
+    last = text.splitlines()[-1].strip() if text else ""
+    return last if len(last) <= width else "…" + last[-width + 1:]
 
 
 def _int_choice(name, value, choices) -> int:

@@ -306,7 +306,8 @@ def stats_markdown(stats: Stats | None, note: str = "") -> str:
 
 def stats_row(label: str, stats: Stats) -> dict:
     """A row of the race's table."""
-    return {"run": label, "strategy": stats.strategy, "block": stats.block_length, "tokens": stats.new_tokens,
+    return {"run": label, "strategy": stats.strategy, "block": stats.block_length, "steps": stats.steps,
+            "tokens": stats.new_tokens,
             "forwards (NFE)": stats.forwards, "TPF": round(stats.tpf, 2),
             "tokens/s": round(stats.tokens_per_second, 1), "latency (ms)": round(stats.seconds * 1000)}
 

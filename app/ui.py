@@ -23,7 +23,10 @@ except ImportError:
     def gpu(fn):
         return fn
 
-THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate")
+# Fonts that ship with gradio (served by the app itself): the page fetches nothing from the internet.
+THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate",
+                       font=[gr.themes.GoogleFont("IBM Plex Sans"), "ui-sans-serif", "system-ui", "sans-serif"],
+                       font_mono=[gr.themes.GoogleFont("IBM Plex Mono"), "ui-monospace", "Consolas", "monospace"])
 CSS = """
 #sdar-header h1 {margin-bottom: 0}
 .sdar-lane {min-height: 160px}
@@ -33,6 +36,15 @@ LAUNCH_KWARGS = {"theme": THEME, "css": CSS}
 INTRO = ("# SDAR Studio\nWatch a **block-diffusion** language model (SDAR: Synergistic Diffusion-AutoRegression) "
          "decode: autoregressive across blocks, parallel denoising inside each block. Chat with it, replay every "
          "denoising step, and race it against one-token-per-forward AR decoding on the same weights.")
+# Prompts the embedded sdar-tiny answers well (worked arithmetic, unit conversions, sequences) or at least
+# gamely (definitions, Python): it was trained in minutes on a small corpus, mostly generated arithmetic.
+CHAT_EXAMPLES = ["What is 47 + 38?", "How many minutes are in 5 hours?", "What comes next: 3, 7, 11, 15, 19, ?",
+                 "Define the word harbor.", "What does a Python list comprehension do?"]
+VIS_EXAMPLES = ["How many minutes are in 5 hours?", "What is 305 - 178?", "Define the word harbor."]
+RACE_PROMPT = "What is 47 + 38?"
+RACE_EXAMPLES = ["What is 47 + 38?", "What is 305 - 178?", "How many minutes are in 5 hours?"]
+SWEEP_DEFAULT_BLOCKS = [4, 8, 16]
+SWEEP_DEFAULT_THRESHOLDS = [0.95, 0.9, 0.8, 0.7]
 GENERATION = {"concurrency_limit": 1, "concurrency_id": "model"}  # one model, one device: one decode at a time
 LIGHT = {"concurrency_limit": None}  # rendering only: never waits behind a decode
 
@@ -86,10 +98,13 @@ def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None
                 load_btn = gr.Button("Load", size="sm")
                 model_info = gr.Markdown(describe_model(studio, default_model), elem_id="sdar-model-info")
                 with gr.Accordion("Decoding", open=True):
-                    block_length = gr.Slider(1, MAX_BLOCK_LENGTH, value=4, step=1, label="Block length")
-                    steps = gr.Slider(1, MAX_BLOCK_LENGTH, value=4, step=1, label="Denoising steps per block (at most the block length)")
+                    block_length = gr.Slider(1, MAX_BLOCK_LENGTH, value=4, step=1, label="Block length",
+                                             elem_id="sdar-block-length")
+                    steps = gr.Slider(1, MAX_BLOCK_LENGTH, value=4, step=1, label="Denoising steps per block (at most the block length)",
+                                      elem_id="sdar-steps")
                     strategy = gr.Radio(list(SDAR_STRATEGIES), value="dynamic", label="Unmasking strategy")
-                    threshold = gr.Slider(0.01, 1.0, value=0.9, step=0.01, label="Confidence threshold (dynamic)")
+                    threshold = gr.Slider(0.01, 1.0, value=0.9, step=0.01, label="Confidence threshold (dynamic)",
+                                          elem_id="sdar-threshold")
                     temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)")
                     top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
                     max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=128, step=1, label="Max new tokens",
@@ -108,6 +123,7 @@ def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None
                             send = gr.Button("Send", variant="primary", scale=1, elem_id="sdar-send")
                             stop = gr.Button("Stop", variant="stop", scale=1, elem_id="sdar-stop")
                             clear = gr.Button("Clear", scale=1, elem_id="sdar-clear")
+                        gr.Examples(CHAT_EXAMPLES, inputs=message, label="Examples", elem_id="sdar-examples")
                         with gr.Accordion("System prompt", open=False):
                             system = gr.Textbox(value="You are a helpful assistant.", show_label=False, lines=2)
                         live = gr.HTML(placeholder_html(LIVE_PLACEHOLDER), label="Block in flight",
@@ -118,6 +134,7 @@ def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None
                             vis_prompt = gr.Textbox(placeholder="A prompt to decode here (or chat first)",
                                                     show_label=False, scale=5, elem_id="sdar-vis-prompt")
                             vis_run = gr.Button("Run", variant="primary", scale=1, elem_id="sdar-vis-run")
+                        gr.Examples(VIS_EXAMPLES, inputs=vis_prompt, label="Examples")
                         vis_title = gr.Markdown(EMPTY, elem_id="sdar-vis-title")
                         vis_frame = gr.HTML(placeholder_html(EMPTY), elem_id="sdar-vis-frame")
                         with gr.Row():
@@ -130,8 +147,8 @@ def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None
                                               interactive=False, elem_id="sdar-blocks")
                         trace_files = gr.File(label="Trace (JSON, CSV)", file_count="multiple", interactive=False)
                     with gr.Tab("AR vs SDAR", id="race"):
-                        race_prompt = gr.Textbox(value="Explain why the sky is blue.", label="Prompt",
-                                                 elem_id="sdar-race-prompt")
+                        race_prompt = gr.Textbox(value=RACE_PROMPT, label="Prompt", elem_id="sdar-race-prompt")
+                        gr.Examples(RACE_EXAMPLES, inputs=race_prompt, label="Examples")
                         with gr.Row():
                             race_mode = gr.Radio([SEQUENTIAL, PARALLEL], value=SEQUENTIAL, label="Run",
                                                  scale=3)
@@ -146,10 +163,14 @@ def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None
                         race_speedup = gr.Markdown(elem_id="sdar-speedup")
                         race_table = gr.DataFrame(label="Runs", interactive=False, elem_id="sdar-race-table")
                         with gr.Accordion("Sweep: block length × threshold (paper Figures 3-4)", open=False):
+                            gr.Markdown("Dynamic decoding of the prompt above for each block length and threshold "
+                                        "(steps = block length), and AR once. Read TPF beside *answer ends*: past "
+                                        "the block size a model was trained with (4 for sdar-tiny), TPF can still "
+                                        "rise while the answer falls apart.")
                             with gr.Row():
-                                sweep_blocks = gr.CheckboxGroup(list(SWEEP_BLOCKS), value=[2, 4, 8, 16],
+                                sweep_blocks = gr.CheckboxGroup(list(SWEEP_BLOCKS), value=SWEEP_DEFAULT_BLOCKS,
                                                                 label="Block lengths")
-                                sweep_thrs = gr.CheckboxGroup(list(SWEEP_THRESHOLDS), value=[0.7, 0.9, 1.0],
+                                sweep_thrs = gr.CheckboxGroup(list(SWEEP_THRESHOLDS), value=SWEEP_DEFAULT_THRESHOLDS,
                                                               label="Thresholds (dynamic, steps = block length)")
                                 sweep_tokens = gr.Slider(8, 256, value=64, step=8, label="New tokens per run")
                             sweep_btn = gr.Button("Run the sweep", elem_id="sdar-sweep")
@@ -173,6 +194,9 @@ def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None
 
         model_box.change(describe, model_box, model_info, api_name="describe_model", **LIGHT)
         block_length.change(steps_for_block, [block_length, steps], steps, api_visibility="private", **LIGHT)
+        # The page's steps slider ends at the block length; its initial range stays wide so that API calls
+        # (which skip page events) are checked by DecodeSettings, with the block length they send.
+        demo.load(steps_for_block, [block_length, steps], steps, api_visibility="private", **LIGHT)
 
         # Chat
         chat_inputs = [message, history, system] + decode_inputs + [pace]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .chat import prepare, stream_answer
+from .chat import pace_milliseconds, prepare, stream_answer
 from .errors import shows_errors
 from .prompting import conversation
 from .recording import Recording, record, token_ids_in
@@ -56,7 +56,8 @@ class Visualizer:
         loaded, ids, settings, notes = prepare(self.studio, model_name, settings, conversation("", [], prompt))
         for n in notes:
             gr.Warning(n)
-        for kind, *rest in stream_answer(self.studio, loaded, ids, settings, request, pace_ms=float(pace_ms or 0)):
+        pace = pace_milliseconds(pace_ms)
+        for kind, *rest in stream_answer(self.studio, loaded, ids, settings, request, pace_ms=pace):
             if kind == "frame":
                 frame, pieces = rest
                 yield (gr.skip(), "Decoding…", frame_html(frame, pieces, title="Live"),
@@ -88,7 +89,9 @@ class Visualizer:
         if recording is None or not recording.events:
             return gr.skip(), gr.skip(), gr.Timer(active=False)
         step = min(int(step or 0) + 1, recording.n_steps - 1)
-        return step, replay_frame(recording, step), gr.Timer(active=step < recording.n_steps - 1)
+        # Only the last frame touches the timer: a tick answered after Pause must not switch it back on.
+        return step, replay_frame(recording, step), gr.Timer(active=False) if step >= recording.n_steps - 1 \
+            else gr.skip()
 
     @staticmethod
     def pause():

@@ -101,9 +101,9 @@ def test_race_streams_ar_sdar_and_the_twin_with_speedup(served):
     rows = {r[0].split(" (")[0]: r for r in table["data"]}
     assert len(table["data"]) == 3
     ar_row = next(r for r in table["data"] if r[1] == "ar")
-    assert ar_row[4] == 12 and ar_row[5] == 1.0  # AR: one forward per token, TPF 1
+    assert ar_row[5] == 12 and ar_row[6] == 1.0  # AR: one forward per token, TPF 1
     assert "SDAR vs AR" in speedup and "vs the AR twin" in speedup
-    assert rows
+    assert set(rows) == {"AR", "SDAR", "AR twin"}
 
 
 def test_sweep_tabulates_every_block_length_and_threshold(served):
@@ -111,6 +111,7 @@ def test_sweep_tabulates_every_block_length_and_threshold(served):
     tpf, speed, table = client.predict("Hi", str(model), [2, 4], [0.5, 1.0], 8, api_name="/sweep")
     assert len(table["data"]) == 1 + 4  # AR once, then each (block length, threshold)
     assert [r[:2] for r in table["data"][1:]] == [[2, 0.5], [2, 1.0], [4, 0.5], [4, 1.0]]
+    assert table["headers"][-1] == "answer ends" and all(isinstance(r[-1], str) for r in table["data"])
     fig = json.loads(tpf["plot"])
     assert [t["name"] for t in fig["data"]] == ["threshold 0.5", "threshold 1"]
     assert fig["data"][0]["x"] == [2, 4]
@@ -127,9 +128,15 @@ def test_bad_input_gives_a_readable_error_and_the_app_keeps_working(served):
         (dict(steps=8), "between 1 and the block length"),
         (dict(threshold=0.0), "threshold|minimum"),
         (dict(max_new_tokens=5000), "maximum"),
+        (dict(block_length=100, steps=4), "maximum|block length"),
+        (dict(temperature=-1), "minimum|temperature"),
+        (dict(top_p=0.0), "minimum|top-p"),
+        (dict(seed=-3), "minimum|seed"),
+        (dict(pace_ms=10_000), "maximum|delay"),
         (dict(strategy="magic"), "strategy|magic"),
         (dict(model="/no/such/checkpoint"), "no checkpoint folder"),
-        (dict(message="word " * 600), "beyond this model's context"),
+        (dict(message="word " * 600), "beyond this model's context"),  # the fixture's context is 512
+        (dict(message="word " * 400, max_new_tokens=200), "beyond this model's context"),
     ]
     for over, match in cases:
         over = dict(over)

@@ -1,7 +1,6 @@
 """app/render.py on StepEvents built by hand: frames, HTML, heatmap data, per-block table, benchmark files."""
 from __future__ import annotations
 
-import json
 import math
 import re
 
@@ -119,27 +118,6 @@ def test_ar_trace_of_one_token_blocks_renders_each_token_as_its_own_block():
     assert block_table(ar)["steps"].tolist() == [1, 1, 1]
     xs, ys, z = heatmap_data(ar)
     assert [[v for v in row if v is not None] for row in z] == [[0.5], [0.6], [0.7]]
-
-
-def test_benchmark_reader_keeps_good_records_and_skips_unknown_files(tmp_path):
-    from app.benchmarks import read_results
-    from app.charts import gpu_figure
-
-    good = [{"gpu": "H100", "torch": "2.13", "date": "2025-01-01", "model": "sdar-1.7b", "mode": "sdar",
-             "strategy": "dynamic", "block_length": 4, "steps": 4, "threshold": 0.9, "batch_size": b,
-             "tokens_per_second": 100.0 * b, "tpf": 2.5} for b in (1, 2, 4)]
-    good.append({"gpu": "H100", "model": "sdar-1.7b", "mode": "ar", "batch_size": 1, "tokens_per_second": 50})
-    (tmp_path / "h100.json").write_text(json.dumps(good + [{"unrelated": 1}]))
-    (tmp_path / "notes.json").write_text(json.dumps({"hello": "world"}))
-    (tmp_path / "broken.json").write_text("{not json")
-    records, notes = read_results(tmp_path)
-    assert len(records) == 4 and {r["mode"] for r in records} == {"sdar", "ar"}
-    assert len(notes) == 3
-    fig = gpu_figure(records)
-    assert len(fig.data) == 2 and "H100" in fig.layout.title.text
-    sdar = next(t for t in fig.data if "SDAR" in t.name)
-    assert list(sdar.x) == [1, 2, 4] and list(sdar.y) == [100, 200, 400]
-    assert read_results(tmp_path / "missing")[0] == []
 
 
 def test_settings_reject_out_of_range_values_with_the_value_named():

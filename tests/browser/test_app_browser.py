@@ -1,13 +1,14 @@
-"""The studio in a real browser: Debian's chromium, headless, driven by playwright.
+"""The studio in a real browser: Debian's chromium, headless, driven by playwright, on the default app (the
+embedded sdar-tiny, as `python app.py` opens it) so that the screenshots show real answers.
 
-Sends a chat message and watches the answer stream (mask glyphs in the block in flight, then the stats),
-opens the denoising visualizer (heatmap rendered, replay), runs the AR vs SDAR race, and saves
-screenshots to assets/screenshots/ (chat.png, visualizer.png, race.png).
+Picks an example prompt, watches the answer stream step by step into the block in flight, then the stats;
+decodes another prompt in the denoising visualizer (heatmap rendered, replay, a frame with masks left); runs the
+AR vs SDAR race against the AR twin; saves assets/screenshots/chat.png, visualizer.png and race.png.
 """
 from __future__ import annotations
 
+import re
 import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,15 +24,12 @@ pytestmark = [pytest.mark.browser,
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_app_checkpoint import write_checkpoints
-
-    from app.registry import ModelRegistry
+def url():
+    if not (REPO / "assets" / "models" / "sdar-tiny" / "config.json").is_file():
+        pytest.skip("the embedded model assets/models/sdar-tiny is not in this checkout")
     from app.ui import LAUNCH_KWARGS, build_app
 
-    sdar, _ = write_checkpoints(tmp_path_factory.mktemp("models"))
-    demo = build_app(default_model=str(sdar), registry=ModelRegistry(models_dir=sdar.parent))
+    demo = build_app()  # what `python app.py` serves: sdar-tiny selected, ar-tiny its twin
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -53,48 +51,93 @@ def page(url):
         browser.close()
 
 
-def set_slider(page, elem_id: str, value: int) -> None:
+def set_slider(page, elem_id: str, value: float) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
 
 
+def set_decoding(page, block: int, steps: int, threshold: float) -> None:
+    set_slider(page, "sdar-block-length", block)
+    # The steps slider's range follows the block length (a server round trip): wait for it before setting it.
+    page.wait_for_function(f"document.querySelector('#sdar-steps input[type=number]').max == '{block}'")
+    set_slider(page, "sdar-steps", steps)
+    set_slider(page, "sdar-threshold", threshold)
+
+
+def shoot(page, name: str) -> None:
+    """A full-page screenshot once every event has settled, with no tooltip under the mouse."""
+    page.mouse.move(1, 1)
+    page.wait_for_function("document.querySelectorAll('.progress-text, .eta-bar').length === 0")
+    page.screenshot(path=str(SHOTS / name), full_page=True)
+
+
+# Counts the distinct frames the block-in-flight view shows, and whether any had this step's commits outlined.
+WATCH_LIVE = """() => {
+  window.sdarFrames = new Set(); window.sdarFresh = false;
+  const live = document.querySelector('#sdar-live');
+  new MutationObserver(() => {
+    if (live.querySelector('.sdar-frame')) window.sdarFrames.add(live.innerHTML);
+    if (live.querySelector('.sdar-fresh')) window.sdarFresh = true;
+  }).observe(live, {childList: true, subtree: true, characterData: true});
+}"""
+
+
 def test_chat_streams_then_visualizer_and_race_render(page):
     SHOTS.mkdir(parents=True, exist_ok=True)
-    set_slider(page, "sdar-max-new-tokens", 48)
-    set_slider(page, "sdar-pace", 40)  # slow the live view down so that the stream can be watched
+    set_slider(page, "sdar-pace", 120)  # slow the live view down so that the stream can be watched
 
-    # Chat: the block in flight shows mask glyphs while the answer streams, then the stats line.
-    page.locator("#sdar-message textarea").fill("Why is the sky blue?")
+    # Chat: an example fills the box; the answer streams step by step, then the stats line.
+    page.locator("#sdar-examples").get_by_text("What is 47 + 38?").click()
+    page.wait_for_function("document.querySelector('#sdar-message textarea').value === 'What is 47 + 38?'")
+    page.evaluate(WATCH_LIVE)
     page.locator("#sdar-send").click()
-    page.wait_for_function("document.querySelectorAll('#sdar-live .sdar-tok').length > 24"
-                           " && document.querySelector('#sdar-live .sdar-mask') !== null"
-                           " && document.querySelector('#sdar-live .sdar-fresh') !== null", polling=50)
-    page.screenshot(path=str(SHOTS / "chat.png"), full_page=True)
     page.wait_for_function("document.querySelector('#sdar-chat-stats').innerText.includes('TPF')")
+    assert page.evaluate("window.sdarFrames.size") >= 5 and page.evaluate("window.sdarFresh")
     stats = page.locator("#sdar-chat-stats").inner_text()
     assert "NFE" in stats and "tokens/s" in stats
     bubbles = page.locator("#sdar-chatbot .message")
-    assert bubbles.count() >= 2 and bubbles.last.inner_text().strip()
+    assert bubbles.count() >= 2 and "Answer: 85" in bubbles.last.inner_text()
     assert "▒" not in bubbles.last.inner_text()
+    page.wait_for_function("document.querySelector('#sdar-model-info').innerText.includes('block size')")
+    shoot(page, "chat.png")
 
-    # Visualizer: filled from the chat's trace; heatmap drawn by plotly; replay moves the frame.
+    # Visualizer: another prompt with longer blocks and a stricter threshold, so that blocks take several steps;
+    # heatmap drawn by plotly; replay and the step slider move the frame.
+    set_decoding(page, 8, 8, 0.99)
     page.get_by_role("tab", name="Denoising visualizer").click()
+    page.locator("#sdar-vis-prompt textarea").fill("How many minutes are in 5 hours?")
+    page.locator("#sdar-vis-run").click()
+    page.wait_for_function("document.querySelector('#sdar-vis-title').innerText.includes('NFE')"
+                           " && document.querySelector('#sdar-vis-frame').innerText.includes('How many minutes')")
     page.wait_for_selector("#sdar-heatmap .js-plotly-plot .heatmaplayer, #sdar-heatmap .js-plotly-plot .hm",
                            state="attached")
     assert page.locator("#sdar-vis-frame .sdar-tok").count() > 0
-    set_slider(page, "sdar-vis-step", 3)
-    page.wait_for_function("document.querySelector('#sdar-vis-frame').innerText.includes('frame 4/')")
-    assert page.locator("#sdar-vis-frame .sdar-mask").count() > 0  # early frames still hold masks
-    page.locator("#sdar-play").click()
-    page.wait_for_function("!document.querySelector('#sdar-vis-frame').innerText.includes('frame 4/')")
-    page.screenshot(path=str(SHOTS / "visualizer.png"), full_page=True)
+    n = int(re.search(r"frame (\d+)/\1", page.locator("#sdar-vis-frame").inner_text()).group(1)) - 1  # last step
+    assert n >= 3
+    page.wait_for_function(f"document.querySelector('#sdar-vis-step input[type=number]').max == '{n}'")
+    page.locator("#sdar-play").click()  # from the last frame, the replay starts over
+    page.wait_for_function(f"!document.querySelector('#sdar-vis-frame').innerText.includes('frame {n + 1}/')")
+    page.get_by_role("button", name="Pause").click()
+    page.wait_for_timeout(600)  # a tick already on its way lands before the slider is moved by hand
+    for step in range(n):  # the first frame that still holds masks: a block mid-denoising
+        set_slider(page, "sdar-vis-step", step)
+        page.wait_for_function(f"document.querySelector('#sdar-vis-frame').innerText.includes('frame {step + 1}/')")
+        assert page.locator("#sdar-vis-step input[type=number]").input_value() == str(step)
+        if page.locator("#sdar-vis-frame .sdar-frame .sdar-mask").count() > 0:
+            break
+    else:
+        pytest.fail("no frame of the replay holds a masked position")
     assert page.locator("#sdar-blocks table").count() >= 1 or page.locator("#sdar-blocks").inner_text()
+    shoot(page, "visualizer.png")
 
-    # AR vs SDAR: three lanes, then the speedup and the table.
+    # AR vs SDAR at the default settings: three lanes, then the speedup and the table.
+    set_decoding(page, 4, 4, 0.9)
     page.get_by_role("tab", name="AR vs SDAR").click()
+    assert page.locator("#sdar-race-prompt textarea").input_value() == "What is 47 + 38?"
     page.locator("#sdar-race").click()
     page.wait_for_function("document.querySelector('#sdar-speedup').innerText.includes('vs the AR twin')")
     for lane in ("ar", "sdar", "twin"):
         assert "done:" in page.locator(f"#sdar-lane-{lane}").inner_text()
-    page.screenshot(path=str(SHOTS / "race.png"), full_page=True)
+    assert "ar-tiny" in page.locator("#sdar-lane-twin").inner_text()
+    shoot(page, "race.png")

@@ -1,0 +1,78 @@
+"""app/benchmarks.py and the GPU figure on results written here in the format of sdar_core.bench.write_outputs:
+benchmarks/results/<run>/results.json = {"machine": {...}, "rows": [...]}, read recursively."""
+from __future__ import annotations
+
+import json
+
+MACHINE = {"torch": "2.11.0+cu130", "date": "2026-11-23", "device": "cuda", "gpu": "NVIDIA H100 80GB HBM3",
+           "arch": "sdar-1.7b", "bandwidth_GBps": 2903.0, "ar_ceiling_tps": 843.6}
+
+
+def row(mode, batch, tps, strategy="ar", block=1, steps=1, threshold=0.0, tpf=1.0):
+    return {"mode": mode, "strategy": strategy, "block_length": block, "steps": steps, "threshold": threshold,
+            "batch_size": batch, "tokens_per_second": tps, "tpf": tpf, "ms_per_forward": 5.0,
+            "realized_tpf_eq11": None, "realized_tpf_fused": None, "speedup_vs_ar": 1.0,
+            "gpu": MACHINE["gpu"], "torch": MACHINE["torch"], "date": MACHINE["date"], "model": "sdar-1.7b"}
+
+
+def write_run(folder, rows, machine=MACHINE):
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"machine": machine, "rows": rows}))
+
+
+def test_reader_finds_every_run_recursively_with_its_machine_and_skips_bad_files(tmp_path):
+    from app.benchmarks import read_results
+
+    rows = [row("ar", b, 200.0 * b) for b in (1, 4, 16)]
+    rows += [row("sdar", b, 600.0 * b, "static", 16, 4, tpf=4.0) for b in (16, 1, 4)]  # out of order on purpose
+    rows += [row("sdar", b, 500.0 * b, "dynamic", 4, 4, 0.9, 3.1) for b in (1, 4)]
+    rows += [row("hf-compiled", 1, 208.0), {"mode": "sdar", "note": "no batch size"}]
+    write_run(tmp_path / "h100-2026-11-23", rows)
+    write_run(tmp_path / "older" / "a100", [row("ar", 1, 90.0)],
+              {**MACHINE, "gpu": "NVIDIA A100", "date": "2025-01-01", "ar_ceiling_tps": None})
+    (tmp_path / "notes.json").write_text(json.dumps({"hello": "world"}))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text("{not json")
+
+    records, machines, notes = read_results(tmp_path)
+    assert len(records) == 3 + 3 + 2 + 1 + 1
+    assert {m.run for m in machines} == {"h100-2026-11-23", "older/a100"}
+    h100 = next(m for m in machines if m.run == "h100-2026-11-23")
+    assert h100.ar_ceiling_tps == 843.6 and h100.label == "NVIDIA H100 80GB HBM3 · torch 2.11.0+cu130 · 2026-11-23"
+    assert sorted(notes) == sorted(["broken/results.json: not readable JSON, skipped",
+                                    'notes.json: neither {"machine", "rows"} nor a list of rows, skipped',
+                                    "h100-2026-11-23/results.json: 1 rows without mode, batch_size, "
+                                    "tokens_per_second skipped"])
+    assert read_results(tmp_path / "missing")[:2] == ([], [])
+
+
+def test_gpu_figure_has_one_curve_per_mode_block_and_strategy_and_the_ar_ceiling_line(tmp_path):
+    from app.benchmarks import read_results
+    from app.charts import gpu_figure, gpu_table
+
+    rows = [row("ar", b, 200.0 * b) for b in (1, 4, 16)]
+    rows += [row("sdar", b, 600.0 * b, "static", 16, 4, tpf=4.0) for b in (16, 1, 4)]
+    rows += [row("sdar", b, 500.0 * b, "dynamic", 4, 4, 0.9, 3.1) for b in (1, 4)]
+    rows += [row("hf-compiled", 1, 208.0)]
+    write_run(tmp_path / "h100", rows)
+    records, machines, _ = read_results(tmp_path)
+    fig = gpu_figure(records, machines)
+    curves = {t.name: t for t in fig.data}
+    assert set(curves) == {"AR", "SDAR static L=16 T=4", "SDAR dynamic L=4 T=4 τ=0.9", "transformers (compiled)"}
+    static = curves["SDAR static L=16 T=4"]
+    assert list(static.x) == [1, 4, 16] and list(static.y) == [600, 2400, 9600]  # sorted by batch size
+    assert curves["AR"].line.dash == "dash"
+    title = fig.layout.title.text
+    assert "NVIDIA H100 80GB HBM3" in title and "torch 2.11.0+cu130" in title and "2026-11-23" in title
+    ceiling = [s for s in fig.layout.shapes if s.type == "line" and s.y0 == s.y1]
+    assert len(ceiling) == 1 and ceiling[0].y0 == 843.6
+    assert any("AR ceiling" in a.text and "844" in a.text for a in fig.layout.annotations)
+    table = gpu_table(records)
+    assert len(table) == len(rows) and set(table["run"]) == {"h100"}
+
+
+def test_gpu_results_handler_reads_the_repository_folder_without_failing():
+    from app.race import Race
+
+    fig, table, notes = Race.gpu_results()
+    assert fig is not None and isinstance(notes, str)
