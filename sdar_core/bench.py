@@ -272,7 +272,8 @@ def report_markdown(results_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sdar_core.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="sdar-1.7b", choices=sorted(ARCHS))
+    p.add_argument("--arch", default="sdar-1.7b", choices=sorted(ARCHS), help="random weights of this shape")
+    p.add_argument("--checkpoint", default=None, help="benchmark this checkpoint (folder or hub id) instead of --arch")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=256)
@@ -297,8 +298,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    config = arch_config(args.arch)
-    model = random_model(config, device, dtype)
+    if args.checkpoint:
+        from .loading import load_pretrained
+
+        model, _ = load_pretrained(args.checkpoint, device=device, dtype=dtype, with_tokenizer=False)
+        config = model.config
+        if not config.is_sdar:
+            raise SystemExit(f"{args.checkpoint} is an AR model (model_type {config.model_type}): the benchmark "
+                             "compares AR and SDAR decoding of an SDAR checkpoint")
+        args.arch = str(args.checkpoint)
+    else:
+        config = arch_config(args.arch)
+        model = random_model(config, device, dtype)
     if args.fuse:
         model.fuse_projections()
     ar_model = as_ar(model)

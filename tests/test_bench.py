@@ -29,3 +29,13 @@ def test_realized_tpf_matches_eq_11_of_the_paper():
     row = {"mode": "sdar", "batch_size": alpha, "block_length": beta, "decode_tokens_per_second": tgs_sdar}
     eq11, _ = bench.realized_tpf(row, {alpha: {"decode_tokens_per_second": alpha / t_f}})
     assert abs(eq11 - beta / gamma) < 1e-9
+
+
+def test_bench_runs_a_checkpoint(tmp_path):
+    out = tmp_path / "ck"
+    bench.main(["--checkpoint", "assets/models/sdar-tiny", "--device", "cpu", "--batch-sizes", "1", "--block-lengths",
+                "4", "--new-tokens", "8", "--prompt-len", "8", "--repeats", "1", "--transformers", "none",
+                "--out", str(out)])
+    data = json.loads((out / "results.json").read_text())
+    assert data["machine"]["arch"] == "assets/models/sdar-tiny"
+    assert {r["mode"] for r in data["rows"]} >= {"ar", "sdar"}
