@@ -256,17 +256,20 @@ def _generate_blocks(model, rows, *, max_new_tokens, block_length, steps, schedu
                 any_masked = masked.any(-1).tolist()
                 for r in range(B):
                     used[r] += int(any_masked[r])
-        # The block is final. Deferred stop check (Appendix B.2): one host read per block.
-        block_tokens = seq[:, s: s + L].tolist()
+        # The block is final. Deferred stop check (Appendix B.2): one host read per block, and none at all
+        # without stop tokens (then only max_new_tokens ends a row, which the host knows).
+        block_tokens = seq[:, s: s + L].tolist() if stop_ids else None
         for r in range(B):
             if finished[r]:
                 continue
             steps_per_block[r].append(used[r])
             first_new = max(pad[r] + prompt_len[r], s)
-            new = block_tokens[r][first_new - s:]
             n_before = first_new - pad[r] - prompt_len[r]
-            kept, hit = _cut_at_stop(new, stop_ids, max_new_tokens - n_before)
-            if hit or n_before + len(kept) >= max_new_tokens:
+            n_new, hit = s + L - first_new, False
+            if block_tokens is not None:
+                kept, hit = _cut_at_stop(block_tokens[r][first_new - s:], stop_ids, max_new_tokens - n_before)
+                n_new = len(kept)
+            if hit or n_before + n_new >= max_new_tokens:
                 finished[r] = True
         if fuse:
             pending = True
