@@ -10,6 +10,13 @@ with resume=true, so a call that hit the recipe's max_minutes continues where it
 their final model to assets/models/sdar-tiny and assets/models/ar-tiny (safetensors shards <= 15 MiB, bf16,
 tokenizer included). Exit status: 0 when the requested stages are finished, 3 when a time budget stopped one
 (run the same command again).
+
+After a rebuild, regenerate what the tests compare the shipped models with, and the evaluation
+(assets/models/README.md, "Evaluation"):
+
+    python -m training.evaluate --write-expected            # assets/models/eval/expected.json
+    python -m training.evaluate --data assets/models/eval/data --limit 8 --batch-size 8 --text-limit 1 \\
+        --no-samples --out assets/models/eval/eval-subset.json
 """
 from __future__ import annotations
 
