@@ -47,7 +47,7 @@ def page(url):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        page.set_default_timeout(60_000)
+        page.set_default_timeout(120_000)  # generous: CI machines are shared
         page.goto(url)
         page.wait_for_selector("#sdar-message textarea")
         yield page
