@@ -8,13 +8,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from sdar_core import CheckpointError, ConfigError, load_pretrained
+from sdar_core import CheckpointError, ConfigError, load_pretrained, stop_ids_for
 from sdar_core.loading import checkpoint_summary
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO / "assets" / "models"
 DEFAULT_MODEL = "assets/models/sdar-tiny"
-STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
 class ModelUnavailable(ValueError):
@@ -50,13 +49,7 @@ class LoadedModel:
     @cached_property
     def stop_token_ids(self) -> list[int]:
         """The tokenizer's eos, <|im_end|>, <|endoftext|> and the config's eos ids that exist in the vocab."""
-        tok, ids = self.tokenizer, set(self.config.eos_token_ids)
-        if tok is not None:
-            if tok.eos_token_id is not None:
-                ids.add(tok.eos_token_id)
-            vocab = tok.get_vocab()
-            ids.update(vocab[t] for t in STOP_TOKENS if t in vocab)
-        return sorted(i for i in ids if isinstance(i, int) and 0 <= i < self.config.vocab_size)
+        return stop_ids_for(self.tokenizer, self.config)
 
     @cached_property
     def stop_token_names(self) -> list[str]:

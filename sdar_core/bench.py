@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .config import PUBLIC_SHAPES, ModelConfig
-from .decoding import generate
+from .decoding import generate, synchronize
 from .model import SDARForCausalLM
 
 ARCHS = {
@@ -73,11 +73,6 @@ def weight_bytes(model) -> int:
     return total
 
 
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_bandwidth(device, nbytes: int = 1 << 30) -> float:
     """Bytes per second of a device-to-device copy, counting bytes read plus bytes written."""
     if torch.device(device).type != "cuda":
@@ -86,12 +81,12 @@ def measure_bandwidth(device, nbytes: int = 1 << 30) -> float:
     dst = torch.empty_like(src)
     for _ in range(3):
         dst.copy_(src)
-    sync(device)
+    synchronize(device)
     times = []
     for _ in range(10):
         t = time.perf_counter()
         dst.copy_(src)
-        sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t)
     return 2 * src.numel() * src.element_size() / statistics.median(times)
 
@@ -156,10 +151,10 @@ def run_transformers(config: ModelConfig, device, dtype, batch: int, prompt_len:
             hf.generate(ids, **kw)
         times = []
         for _ in range(2):
-            sync(device)
+            synchronize(device)
             t = time.perf_counter()
             hf.generate(ids, **kw)
-            sync(device)
+            synchronize(device)
             times.append(time.perf_counter() - t)
     del hf
     seconds = min(times)

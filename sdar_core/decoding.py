@@ -33,7 +33,7 @@ class GenerationError(ValueError):
     """Arguments that generate() cannot honour, explained."""
 
 
-def _prompt_rows(input_ids, pad_id: int) -> list[list[int]]:
+def _prompt_rows(input_ids) -> list[list[int]]:
     """input_ids as a list of rows: a LongTensor [B, T], a list of id lists, or one id list."""
     if isinstance(input_ids, torch.Tensor):
         if input_ids.dim() == 1:
@@ -122,7 +122,7 @@ def generate(
     steps = block_length if steps is None else steps
     sampling = SamplingParams(temperature, top_k, top_p)
     pad_id = config.pad_token_id if config.pad_token_id is not None else (config.eos_token_ids or [0])[0]
-    rows = _prompt_rows(input_ids, pad_id)
+    rows = _prompt_rows(input_ids)
     _validate(model, rows, max_new_tokens=max_new_tokens, block_length=block_length, steps=steps,
               strategy=strategy, threshold=threshold, sampling=sampling, entropy_bound=entropy_bound)
     stop_ids = sorted(set(stop_token_ids or []))
@@ -154,8 +154,9 @@ def generate(
     return gen
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU): what a wall-clock timing must do first."""
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
 
@@ -194,15 +195,12 @@ def _generate_blocks(model, rows, *, max_new_tokens, block_length, steps, schedu
     run = ChunkRunner.get(model, B, total, L, mode, compile)
     run.set_padding(pad)
 
-    def forward(chunk_start: int, chunk_len: int, logits_from: int):
-        return run(seq, chunk_start, chunk_len, logits_from)
-
     prefill_forwards = 0
     if start > 0:  # the prompt's complete blocks, in one forward, straight into the cache
-        forward(0, start, logits_from=start)  # logits of nothing: only the cache write matters
+        run(seq, 0, start, logits_from=start)  # logits of nothing: only the cache write matters
         run.cache.commit(start)
         prefill_forwards = 1
-    _sync(device)
+    synchronize(device)
     prefill_seconds = time.perf_counter() - t0
 
     forwards = 0
@@ -215,11 +213,10 @@ def _generate_blocks(model, rows, *, max_new_tokens, block_length, steps, schedu
             break
         s = start + b * L  # tensor index of this block
         active = torch.tensor([not f for f in finished], device=device)
-        block_masked = (seq[:, s: s + L] == mask_id) & ~fixed[:, s: s + L]  # [B, L]
-        n_masked = block_masked.sum(-1)  # [B]
-        # Masked positions per row are known on the host from the layout (prompt tails), so the static
-        # schedules know their step count without reading the device: min(T, masked) forwards.
+        # Masked positions per row at the block's start are known on the host from the layout (prompt tails),
+        # so the static schedules know their step count without reading the device: min(T, masked) forwards.
         host_masked = [L - max(0, min(L, pad[r] + prompt_len[r] - s)) for r in range(B)]
+        n_masked = torch.tensor(host_masked, device=device)  # [B]
         static_steps = max(min(steps, m) for r, m in enumerate(host_masked) if not finished[r])
         used = [0] * B
         for step in range(steps):
@@ -227,11 +224,11 @@ def _generate_blocks(model, rows, *, max_new_tokens, block_length, steps, schedu
             if schedule in ("dynamic", "entropy") and step > 0 and not bool(masked.any()):
                 break  # the schedule needs this one host sync: the block may be done early
             if pending:  # fused: write block b-1 and denoise block b in one forward
-                logits = forward(s - L, 2 * L, logits_from=L)
+                logits = run(seq, s - L, 2 * L, logits_from=L)
                 run.cache.commit(L)
                 pending = False
             else:
-                logits = forward(s, L, logits_from=0)
+                logits = run(seq, s, L, logits_from=0)
             forwards += 1
             x0, conf, ent = sample_tokens(logits, sampling, forbid_token=mask_id, generator=generator,
                                           want_entropy=schedule == "entropy")
@@ -274,12 +271,12 @@ def _generate_blocks(model, rows, *, max_new_tokens, block_length, steps, schedu
         if fuse:
             pending = True
         else:  # the paper's engine: one extra forward to write the finished block into the cache
-            forward(s, L, logits_from=L)
+            run(seq, s, L, logits_from=L)
             run.cache.commit(L)
             forwards += 1
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - t0
-    return _finish(seq.tolist(), rows, pad, max_new_tokens, stop_ids, pad_id, device,
+    return _finish(seq.tolist(), rows, pad, max_new_tokens, stop_ids, pad_id,
                    Stats(strategy=schedule, block_length=L, steps=steps, batch_size=B,
                          prompt_tokens=sum(prompt_len), new_tokens=0, forwards=forwards,
                          prefill_forwards=prefill_forwards, seconds=seconds, prefill_seconds=prefill_seconds,
@@ -309,7 +306,7 @@ def _emit_steps(emit, b, step, s, seq, masked, chosen, conf, x0, fixed, pad, mas
         ))
 
 
-def _finish(seq_rows, rows, pad, max_new_tokens, stop_ids, pad_id, device, stats: Stats) -> Generation:
+def _finish(seq_rows, rows, pad, max_new_tokens, stop_ids, pad_id, stats: Stats) -> Generation:
     """Cut every row after its first stop token and at max_new_tokens; fill in the token counts."""
     out, lengths = [], []
     for r, ids in enumerate(rows):
@@ -345,21 +342,18 @@ def _generate_next_token(model, rows, *, max_new_tokens, sampling, stop_ids, gen
     run = ChunkRunner.get(model, B, total, 1, mode, compile)
     run.set_padding(pad)
 
-    def forward(chunk_start: int, chunk_len: int, logits_from: int):
-        return run(seq, chunk_start, chunk_len, logits_from)
-
     prefill_forwards = 0
     if longest > 1:
-        forward(0, longest - 1, logits_from=longest - 1)
+        run(seq, 0, longest - 1, logits_from=longest - 1)
         prefill_forwards = 1
-    _sync(device)
+    synchronize(device)
     prefill_seconds = time.perf_counter() - t0
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     stop_t = torch.tensor(stop_ids, device=device, dtype=torch.long)
     forwards = 0
     for i in range(max_new_tokens):
         pos = longest - 1 + i
-        logits = forward(pos, 1, logits_from=0)  # [B, 1, V]
+        logits = run(seq, pos, 1, logits_from=0)  # [B, 1, V]
         forwards += 1
         x0, conf, _ = sample_tokens(logits, sampling, forbid_token=model.config.mask_token_id, generator=generator)
         seq[:, pos + 1] = torch.where(finished, pad_id, x0[:, 0])
@@ -378,12 +372,12 @@ def _generate_next_token(model, rows, *, max_new_tokens, sampling, stop_ids, gen
             # on the CPU it is free and runs every token.
             if (device.type == "cpu" or (i + 1) % 8 == 0) and bool(finished.all()):
                 break
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - t0
     stats = Stats(strategy="ar", block_length=1, steps=1, batch_size=B, prompt_tokens=sum(map(len, rows)),
                   new_tokens=0, forwards=forwards, prefill_forwards=prefill_forwards, seconds=seconds,
                   prefill_seconds=prefill_seconds)
     seq_rows = seq.tolist()
-    gen = _finish(seq_rows, rows, pad, max_new_tokens, stop_ids, pad_id, device, stats)
+    gen = _finish(seq_rows, rows, pad, max_new_tokens, stop_ids, pad_id, stats)
     stats.steps_per_block = [[1] * n for n in gen.lengths]
     return gen

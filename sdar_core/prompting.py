@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
 def stop_ids_for(tokenizer, config) -> list[int]:
-    """The ids that end an answer: the config's eos ids and the chat end-of-turn tokens the tokenizer knows."""
+    """The ids that end an answer: the config's eos ids, the tokenizer's eos and the chat end-of-turn tokens it
+    knows, restricted to ids the model can produce (inside its vocabulary)."""
     ids = set(config.eos_token_ids)
     if tokenizer is not None:
         if tokenizer.eos_token_id is not None:
             ids.add(tokenizer.eos_token_id)
-        for tok in ("<|im_end|>", "<|endoftext|>"):
-            tid = tokenizer.convert_tokens_to_ids(tok)
-            if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
-                ids.add(tid)
-    return sorted(ids)
+        vocab = tokenizer.get_vocab()
+        ids.update(vocab[t] for t in STOP_TOKENS if t in vocab)
+    return sorted(i for i in ids if isinstance(i, int) and 0 <= i < config.vocab_size)
 
 
 def encode_prompt(tokenizer, prompt: str, *, chat: bool, system: str | None = None) -> list[int]:

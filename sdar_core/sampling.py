@@ -60,7 +60,6 @@ def sample_tokens(
         # Greedy: argmax and p(argmax) = exp(max - logsumexp) in two passes over the logits, without
         # materialising the softmax (at batch 64 x block 64 the logits of one step are GBs).
         if forbid_token is not None:
-            logits = logits.clone() if not logits.is_contiguous() else logits
             logits[..., forbid_token] = float("-inf")
         best, x0 = logits.max(-1)
         confidence = (best.float() - torch.logsumexp(logits.float(), -1)).exp()

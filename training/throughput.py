@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from sdar_core.config import PUBLIC_SHAPES, ModelConfig
+from sdar_core.decoding import synchronize
 from sdar_core.model import SDARForCausalLM
 
 from .model_init import enable_gradient_checkpointing, init_weights, param_groups
@@ -140,11 +141,11 @@ def measure(shape: str, objective: str, *, seq_len: int, rows: int, block_size: 
 
         for i in range(warmup):
             one_step(i)
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         for i in range(steps):
             one_step(warmup + i)
-        _sync(device)
+        synchronize(device)
         res.step_s = (time.perf_counter() - t0) / steps
         tokens = rows * seq_len
         res.effective_tokens_per_s = round(tokens / res.step_s, 1)
@@ -163,11 +164,6 @@ def measure(shape: str, objective: str, *, seq_len: int, rows: int, block_size: 
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return res
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def machine(device: torch.device) -> dict:
