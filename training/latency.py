@@ -27,7 +27,6 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,7 +34,7 @@ import torch
 from sdar_core import generate, load_pretrained
 from sdar_core.generate import encode_prompt, stop_ids_for
 
-from .evaluate import EVAL_DIR, machine
+from .evaluate import EVAL_DIR, Decoder, EvalSettings, decode_kwargs, machine
 
 ANSWER_PROMPT = "What is 47 + 38?"
 LONG_PROMPT = "Explain what a computer is."
@@ -43,21 +42,10 @@ FREE_PROMPT = "Write a short poem about the sea."
 LONG_TOKENS = 128
 
 
-@dataclass(frozen=True)
-class Case:
-    model: str
-    strategy: str
-    threshold: float | None = None
-
-    @property
-    def label(self) -> str:
-        return self.strategy + (f" {self.threshold:g}" if self.threshold is not None else "")
+CASES = (Decoder("sdar-tiny", "dynamic", 0.9), Decoder("sdar-tiny", "static"), Decoder("ar-tiny", "ar"))
 
 
-CASES = (Case("sdar-tiny", "dynamic", 0.9), Case("sdar-tiny", "static"), Case("ar-tiny", "ar"))
-
-
-def time_one(model, tokenizer, case: Case, prompt: str, *, max_new_tokens: int, stop: list[int] | None) -> dict:
+def time_one(model, tokenizer, case: Decoder, prompt: str, *, max_new_tokens: int, stop: list[int] | None) -> dict:
     """One chat answer, timed as the user sees it: seconds to the first committed token, to the first finished
     block, and to the end; and the new tokens and forwards."""
     marks: dict[str, float] = {}
@@ -71,17 +59,14 @@ def time_one(model, tokenizer, case: Case, prompt: str, *, max_new_tokens: int, 
             marks["first_block_s"] = now
 
     ids = encode_prompt(tokenizer, prompt, chat=True)
-    kw = dict(block_length=4, steps=4, strategy=case.strategy)
-    if case.threshold is not None:
-        kw["threshold"] = case.threshold
     gen = generate(model, [ids], max_new_tokens=max_new_tokens, stop_token_ids=stop, trace=True, on_step=on_step,
-                   **kw)
+                   **decode_kwargs(case, EvalSettings()))
     total = time.perf_counter() - t0
     return {**marks, "total_s": total, "new_tokens": gen.lengths[0], "forwards": sum(gen.stats.steps_per_block[0]),
             "text": tokenizer.decode(gen.row_tokens(0), skip_special_tokens=True)}
 
 
-def measure(model, tokenizer, case: Case, prompt: str, *, max_new_tokens: int, stop: list[int] | None,
+def measure(model, tokenizer, case: Decoder, prompt: str, *, max_new_tokens: int, stop: list[int] | None,
             repeats: int) -> dict:
     """Median, min and max over `repeats` timed runs after one warm-up run."""
     time_one(model, tokenizer, case, prompt, max_new_tokens=max_new_tokens, stop=stop)

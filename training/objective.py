@@ -27,10 +27,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-try:
-    from torch.nn.attention.flex_attention import create_block_mask
-except Exception:  # torch < 2.5: only the dense mask
-    create_block_mask = None
+from sdar_core import attention as _attention
 
 
 @dataclass
@@ -119,14 +116,12 @@ def dense_mask(mask_mod: Callable, batch: int, q_len: int, k_len: int, device) -
 
 def _sdar_block_mask(segment_ids: torch.Tensor, blocks: torch.Tensor):
     B, T = segment_ids.shape
-    return create_block_mask(sdar_mask_mod(segment_ids, blocks), B=B, H=None, Q_LEN=2 * T, KV_LEN=2 * T,
-                             device=segment_ids.device)
+    return _attention.flex_block_mask(sdar_mask_mod(segment_ids, blocks), B, 2 * T, 2 * T, segment_ids.device)
 
 
 def _document_causal_block_mask(segment_ids: torch.Tensor):
     B, T = segment_ids.shape
-    return create_block_mask(document_causal_mask_mod(segment_ids), B=B, H=None, Q_LEN=T, KV_LEN=T,
-                             device=segment_ids.device)
+    return _attention.flex_block_mask(document_causal_mask_mod(segment_ids), B, T, T, segment_ids.device)
 
 
 _compiled: dict = {}
@@ -136,7 +131,7 @@ def _block_mask_builder(fn: Callable, device) -> Callable:
     """fn itself on CPU; compiled on CUDA, where the uncompiled create_block_mask would materialise the dense
     [B, Q, K] mask. The mask_mod is built inside the compiled function, so its tensors are graph inputs and a new
     batch does not recompile."""
-    if create_block_mask is None:
+    if _attention.create_block_mask is None:  # torch < 2.5: only the dense mask
         raise RuntimeError("flex_attention needs torch >= 2.5; use attention='sdpa'")
     if torch.device(device).type != "cuda":
         return fn

@@ -134,15 +134,15 @@ def worked_solution(problem: Problem) -> str:
     return f"{steps}\nSo {problem.expression} = {problem.result}.\n{ANSWER_PREFIX}{problem.result}"
 
 
-def random_problem(rng: random.Random, max_digits: int = 4) -> Problem:
-    """A problem with operands of 1..max_digits digits (multiplication: at most 3 by 2 digits)."""
+def random_problem(rng: random.Random) -> Problem:
+    """A problem with operands of 1..4 digits (multiplication: at most 3 by 2 digits)."""
     op = rng.choice(OPS)
     if op == "*":
-        a = _random_number(rng, rng.randint(1, min(3, max_digits)))
-        b = _random_number(rng, rng.randint(1, min(2, max_digits)))
+        a = _random_number(rng, rng.randint(1, 3))
+        b = _random_number(rng, rng.randint(1, 2))
     else:
-        a = _random_number(rng, rng.randint(1, max_digits))
-        b = _random_number(rng, rng.randint(1, max_digits))
+        a = _random_number(rng, rng.randint(1, 4))
+        b = _random_number(rng, rng.randint(1, 4))
         if op == "-" and a < b:
             a, b = b, a
     return Problem(a, op, b)
@@ -152,12 +152,12 @@ def _random_number(rng: random.Random, digits: int) -> int:
     return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
 
 
-def train_arith_problems(n: int, seed: int, max_digits: int = 4) -> list[Problem]:
+def train_arith_problems(n: int, seed: int) -> list[Problem]:
     """n distinct training problems; none is reserved for evaluation."""
     rng = random.Random(f"train-arith-{seed}")
     seen, out = set(), []
     while len(out) < n:
-        p = random_problem(rng, max_digits)
+        p = random_problem(rng)
         if p.key in seen or is_reserved_for_eval(p):
             continue
         seen.add(p.key)
@@ -165,18 +165,18 @@ def train_arith_problems(n: int, seed: int, max_digits: int = 4) -> list[Problem
     return out
 
 
-def eval_arith_set(n: int, seed: int, exclude: set | None = None, max_digits: int = 4) -> list[dict]:
+def eval_arith_set(n: int, seed: int) -> list[dict]:
     """The held-out set: n distinct reserved problems as {"prompt", "answer", "op", "digits"} records.
 
     `prompt` is the user message (as in the chat data), `answer` the exact string after `Answer: ` that a correct
-    reply ends with. `exclude` holds problem keys to leave out (the training problems) on top of the hash split.
+    reply ends with. Only problems reserved by the hash split are drawn, and `train_arith_problems` never draws
+    one, so no training problem (pretraining or SFT, any seed) can be in the set.
     """
     rng = random.Random(f"eval-arith-{seed}")
-    exclude = exclude or set()
     seen, out = set(), []
     while len(out) < n:
-        p = random_problem(rng, max_digits)
-        if p.key in seen or p.key in exclude or not is_reserved_for_eval(p):
+        p = random_problem(rng)
+        if p.key in seen or not is_reserved_for_eval(p):
             continue
         seen.add(p.key)
         out.append({"prompt": arith_question(p, 0), "answer": str(p.result), "op": p.op,

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import torch
 
+from sdar_core.config import ModelConfig
+from sdar_core.decoding import synchronize
+
 from .data import PackedRows, RowOrder, load_or_build_rows, split_eval
 from .model_init import (enable_gradient_checkpointing, ensure_mask_token, init_model, load_recipe_tokenizer,
                          param_groups)
@@ -88,10 +91,7 @@ def make_accelerator(recipe: Recipe):
 
 
 def _is_moe(recipe: Recipe) -> bool:
-    if recipe.init_from is None:
-        return False
-    raw = json.loads((Path(recipe.init_from) / "config.json").read_text())
-    return "moe" in raw.get("model_type", "") or bool(raw.get("num_experts") or raw.get("num_local_experts"))
+    return recipe.init_from is not None and ModelConfig.from_json(Path(recipe.init_from) / "config.json").is_moe
 
 
 def resolve_attention(recipe: Recipe, device: torch.device) -> str:
@@ -167,11 +167,6 @@ def evaluate(model, rows: PackedRows, recipe: Recipe, mask_token_id, attention, 
 
 
 CALIBRATION = (10, 30)  # fit_minutes times the steps between these two (after compilation and warm-up)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def fit_max_steps(recipe: Recipe, accelerator, step: int, max_steps: int, step_s: float, elapsed_s: float) -> int:
@@ -380,7 +375,7 @@ def train(recipe: Recipe, *, progress: bool = True) -> TrainResult:
             bar.update(1)
 
         if calibrate and state.step in CALIBRATION:
-            _synchronize(device)
+            synchronize(device)
             if state.step == CALIBRATION[0]:
                 t_calibration = time.time()
             else:
