@@ -83,9 +83,7 @@ class ModelConfig:
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
-        if self.is_sdar and self.mask_token_id is None:
-            # Allowed: load_pretrained fills it from the tokenizer's mask token.
-            pass
+        # An SDAR config may lack mask_token_id: load_pretrained fills it from the tokenizer's mask token.
         if self.is_moe and (self.num_experts < 1 or not 1 <= self.num_experts_per_tok <= self.num_experts):
             raise ConfigError(
                 f"MoE config needs 1 <= num_experts_per_tok ({self.num_experts_per_tok}) <= "

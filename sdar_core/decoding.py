@@ -219,10 +219,14 @@ def _generate_blocks(model, rows, *, max_new_tokens, block_length, steps, schedu
         n_masked = torch.tensor(host_masked, device=device)  # [B]
         static_steps = max(min(steps, m) for r, m in enumerate(host_masked) if not finished[r])
         used = [0] * B
+        adaptive = schedule in ("dynamic", "entropy")  # steps used depend on confidences: read on the host
         for step in range(steps):
             masked = (seq[:, s: s + L] == mask_id) & ~fixed[:, s: s + L] & active[:, None]
-            if schedule in ("dynamic", "entropy") and step > 0 and not bool(masked.any()):
-                break  # the schedule needs this one host sync: the block may be done early
+            if adaptive:
+                row_masked = masked.any(-1).tolist()  # the schedule's one host sync per step
+                if step > 0 and not any(row_masked):
+                    break  # the block is done early
+                used = [u + int(m) for u, m in zip(used, row_masked)]
             if pending:  # fused: write block b-1 and denoise block b in one forward
                 logits = run(seq, s - L, 2 * L, logits_from=L)
                 run.cache.commit(L)
@@ -244,15 +248,10 @@ def _generate_blocks(model, rows, *, max_new_tokens, block_length, steps, schedu
             seq[:, s: s + L] = torch.where(chosen, x0, seq[:, s: s + L])
             if tracing:
                 _emit_steps(emit, b, step, s, seq, masked, chosen, conf, x0, fixed, pad, mask_id, finished, stop_ids)
-            if schedule in ("static", "sequential"):
-                for r in range(B):
-                    used[r] = 0 if finished[r] else min(steps, host_masked[r])
-                if step + 1 >= static_steps:
-                    break
-            else:
-                any_masked = masked.any(-1).tolist()
-                for r in range(B):
-                    used[r] += int(any_masked[r])
+            if not adaptive and step + 1 >= static_steps:
+                break
+        if not adaptive:
+            used = [0 if finished[r] else min(steps, host_masked[r]) for r in range(B)]
         # The block is final. Deferred stop check (Appendix B.2): one host read per block, and none at all
         # without stop tokens (then only max_new_tokens ends a row, which the host knows).
         block_tokens = seq[:, s: s + L].tolist() if stop_ids else None
@@ -358,11 +357,11 @@ def _generate_next_token(model, rows, *, max_new_tokens, sampling, stop_ids, gen
         x0, conf, _ = sample_tokens(logits, sampling, forbid_token=model.config.mask_token_id, generator=generator)
         seq[:, pos + 1] = torch.where(finished, pad_id, x0[:, 0])
         if emit is not None:
-            fin = finished.tolist()
+            fin, toks, confs = finished.tolist(), x0[:, 0].tolist(), conf[:, 0].tolist()
             for r in range(B):
                 if fin[r]:
                     continue
-                tok, c = int(x0[r, 0]), float(conf[r, 0])
+                tok, c = toks[r], confs[r]
                 emit(StepEvent(row=r, block=i, step=0, block_start=pos + 1 - pad[r], block_state=[tok],
                                committed=[0], committed_confidence=[c], masked_confidence={0: c},
                                candidates={0: tok}, prompt_positions=[], final=True, stopped=tok in stop_ids))
