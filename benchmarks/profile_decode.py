@@ -46,8 +46,7 @@ def kernels_per_forward(model, q: int, compile) -> tuple[int, list]:
     runner = ChunkRunner(model, 1, 512, max(q, 1), "static", compile)
     seq = torch.randint(0, 1000, (1, 512), device="cuda")
     ids, positions, idx = runner._inputs(seq, 256, q)
-    from sdar_core.attention import block_causal_mask
-    mask = block_causal_mask(idx, runner.total, max(q, 1))
+    mask = runner.buffer_mask(idx)  # the mask the runner hands its graphs (additive on CUDA)
 
     def fwd():
         return runner.forward_fn(ids, positions, mask=mask, cache=runner.cache, cache_index=idx, block_size=max(q, 1))
@@ -67,7 +66,9 @@ def kernels_per_forward(model, q: int, compile) -> tuple[int, list]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--arch", default="sdar-1.7b")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="folder for profile.json (rewritten after each variant)")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="skip the torch.compile variant (it can take longer than a 10-minute call to compile)")
     args = p.parse_args()
     config = bench.arch_config(args.arch)
     results = {"arch": args.arch, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
@@ -78,7 +79,8 @@ def main() -> None:
     ar = bench.as_ar(model)
     rows = []
     model.fuse_projections()
-    for name, comp in [("graph+fused", False), ("graph+fused+compile-static", "static")]:
+    variants = [("graph+fused", False)] + ([("graph+fused+compile-static", "static")] if args.compile else [])
+    for name, comp in variants:
         row = {"variant": name}
         try:
             row["kernels_q1"], row["top_q1"] = kernels_per_forward(model, 1, comp)
@@ -97,11 +99,15 @@ def main() -> None:
             call()
             g = min((call() for _ in range(3)), key=lambda g: g.stats.seconds)
             row[f"{label}_wall_ms_per_forward"] = 1000 * (g.stats.seconds - g.stats.prefill_seconds) / g.stats.forwards
-            row[f"{label}_tokens_per_s"] = g.stats.new_tokens / g.stats.seconds
+            row[f"{label}_tokens_per_s"] = g.stats.tokens_per_second
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "top_q1"}), flush=True)
         for t in row["top_q1"]:
             print("   ", t)
+        results["rows"] = rows
+        if args.out:  # after each variant, so a run stopped by a time limit keeps what it measured
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "profile.json").write_text(json.dumps(results, indent=1))
     results["rows"] = rows
     print(f"floor {results['floor_ms']:.3f} ms/forward")
     print(f"{'variant':<22}{'kern':>6}{'gpu q1':>8}{'gpu q16':>8}{'gpu q32':>8}{'AR wall':>9}{'SDAR wall':>10}{'AR t/s':>8}{'SDAR t/s':>9}")
@@ -109,9 +115,6 @@ def main() -> None:
         print(f"{r['variant']:<22}{str(r['kernels_q1']):>6}{r['replay_ms_q1']:>8.3f}{r['replay_ms_q16']:>8.3f}"
               f"{r['replay_ms_q32']:>8.3f}{r['ar_wall_ms_per_forward']:>9.3f}{r['sdar16x4_wall_ms_per_forward']:>10.3f}"
               f"{r['ar_tokens_per_s']:>8.1f}{r['sdar16x4_tokens_per_s']:>9.1f}")
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "profile.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

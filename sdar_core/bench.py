@@ -29,7 +29,9 @@ import torch
 
 from .config import PUBLIC_SHAPES, ModelConfig
 from .decoding import generate, synchronize
+from .loading import default_device, default_dtype, load_pretrained
 from .model import SDARForCausalLM
+from .runner import default_mode
 
 ARCHS = {
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
@@ -126,7 +128,7 @@ def run_case(model, ar_model, case: Case, prompt_len: int, new_tokens: int, repe
     s = gen.stats
     decode_seconds = s.seconds - s.prefill_seconds
     return dict(new_tokens=s.new_tokens, forwards=s.forwards, seconds=s.seconds,
-                tokens_per_second=s.new_tokens / s.seconds, decode_tokens_per_second=s.new_tokens / decode_seconds,
+                tokens_per_second=s.tokens_per_second, decode_tokens_per_second=s.new_tokens / decode_seconds,
                 ms_per_forward=1000 * decode_seconds / max(s.forwards, 1), tpf=s.tpf)
 
 
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sdar_core.bench", description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="sdar-1.7b", choices=sorted(ARCHS), help="random weights of this shape")
     p.add_argument("--checkpoint", default=None, help="benchmark this checkpoint (folder or hub id) instead of --arch")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=str(default_device()))
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 32, 64])
@@ -292,10 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         print(report_markdown(Path(args.report)))
         return 0
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = default_dtype(device)
     if args.checkpoint:
-        from .loading import load_pretrained
-
         model, _ = load_pretrained(args.checkpoint, device=device, dtype=dtype, with_tokenizer=False)
         config = model.config
         if not config.is_sdar:
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(device) | dict(arch=args.arch, parameters=config.num_parameters(), weight_GB=wb / 1e9,
                                       bandwidth_GBps=bw / 1e9, floor_ms_per_forward=1000 * wb / bw,
                                       ar_ceiling_tps=bw / wb, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-                                      runner=args.runner or ("graph" if device.type == "cuda" else "plain"),
+                                      runner=args.runner or default_mode(model),
                                       compile=args.compile, fused=args.fuse, command="python -m sdar_core.bench " + " ".join(sys.argv[1:]))
     rows = []
     for case in cases_for(args):

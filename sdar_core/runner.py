@@ -75,6 +75,17 @@ class ChunkRunner:
         positions = (idx[None] - self.pad[:, None]).clamp_min(0)  # [B, Q] RoPE positions of each row
         return seq[:, start: start + length], positions, idx
 
+    def buffer_mask(self, idx: torch.Tensor) -> torch.Tensor:
+        """The [batch, 1, Q, total] mask of a static-shape forward over the whole cache buffer for queries at idx."""
+        mask = block_causal_mask(idx, self.total, self.block_size, k_start=self.pad if self.padded else None)
+        if mask.shape[0] != self.batch:
+            mask = mask.expand(self.batch, -1, -1, -1)
+        if self.device.type == "cuda":
+            # An additive mask in the model's dtype is what the attention kernels consume: converting it
+            # here, once per step, keeps one conversion per layer out of the graph.
+            mask = torch.zeros(mask.shape, dtype=self.model.dtype, device=self.device).masked_fill_(~mask, float("-inf"))
+        return mask
+
     def __call__(self, seq: torch.Tensor, start: int, length: int, logits_from: int) -> torch.Tensor:
         """Logits [B, length - logits_from, V] of chunk seq[:, start:start+length]; its K/V go to the cache."""
         ids, positions, idx = self._inputs(seq, start, length)
@@ -83,13 +94,7 @@ class ChunkRunner:
             mask = block_causal_mask(idx, start + length, L, k_start=self.pad) if self.padded else None
             return self.model(ids, positions, mask=mask, cache=self.cache, cache_start=start,
                               logits_from=logits_from, block_size=L)
-        mask = block_causal_mask(idx, self.total, L, k_start=self.pad if self.padded else None)
-        if mask.shape[0] != self.batch:
-            mask = mask.expand(self.batch, -1, -1, -1)
-        if self.device.type == "cuda":
-            # An additive mask in the model's dtype is what the attention kernels consume: converting it
-            # here, once per step, keeps one conversion per layer out of the graph.
-            mask = torch.zeros(mask.shape, dtype=self.model.dtype, device=self.device).masked_fill_(~mask, float("-inf"))
+        mask = self.buffer_mask(idx)
         if self.mode == "static" or length > 2 * L:  # a prefill runs once: no graph, no compilation
             return self.model(ids, positions, mask=mask, cache=self.cache, cache_index=idx,
                               logits_from=logits_from, block_size=L)
