@@ -50,6 +50,7 @@ STAGES = [
     Stage("sdar-sft2", "embedded-sdar-sft2.yaml", "sdar-sft", "sdar-tiny"),
     Stage("ar-sft", "embedded-ar-sft.yaml", "ar-pretrain", "ar-tiny"),
 ]
+STAGE_BY_NAME = {s.name: s for s in STAGES}
 
 
 def stage_dir(runs: Path, stage: Stage) -> Path:
@@ -74,7 +75,7 @@ def run_stage(stage: Stage, runs: Path, out: Path, overrides: list[str]) -> bool
     """Train (or continue) one stage, then export it; True when finished."""
     keys = [f"output_dir={stage_dir(runs, stage)}", "resume=true"]
     if stage.init_from:
-        keys.append(f"init_from={stage_dir(runs, next(s for s in STAGES if s.name == stage.init_from)) / FINAL}")
+        keys.append(f"init_from={stage_dir(runs, STAGE_BY_NAME[stage.init_from]) / FINAL}")
     recipe = load_recipe(RECIPES / stage.recipe, keys + overrides)
     print(f"== stage {stage.name}: {RECIPES / stage.recipe} -> {recipe.output_dir}", flush=True)
     result = train(recipe)
@@ -115,18 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.status:
         status(runs, out)
         return 0
-    names = [s.name for s in STAGES]
     if args.stage == "all":
         todo = [s for s in STAGES if not is_done(runs, out, s)]
     elif args.stage == "next":
         todo = [s for s in STAGES if not is_done(runs, out, s)][:1]
-    elif args.stage in names:
-        todo = [STAGES[names.index(args.stage)]]
+    elif args.stage in STAGE_BY_NAME:
+        todo = [STAGE_BY_NAME[args.stage]]
     else:
-        parser.error(f"unknown stage {args.stage!r}; choose all, next, or one of {', '.join(names)}")
+        parser.error(f"unknown stage {args.stage!r}; choose all, next, or one of {', '.join(STAGE_BY_NAME)}")
     for stage in todo:
         if stage.init_from:
-            base = next(s for s in STAGES if s.name == stage.init_from)
+            base = STAGE_BY_NAME[stage.init_from]
             if not is_done(runs, out, base):
                 print(f"error: stage {stage.name} starts from {base.name}, which is not finished "
                       f"(python -m training.build_embedded --stage {base.name})", file=sys.stderr)

@@ -6,15 +6,11 @@ built by `python -m training.tokenizer`) has: `<|endoftext|>` (eos and padding),
 """
 from __future__ import annotations
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|MASK|>"]
-CHATML_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from .tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 
 def byte_tokenizer():
-    """A transformers fast tokenizer: 256 byte tokens (GPT-2 byte-level alphabet, no merges) + SPECIALS."""
+    """A transformers fast tokenizer: 256 byte tokens (GPT-2 byte-level alphabet, no merges) + SPECIAL_TOKENS."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -22,8 +18,8 @@ def byte_tokenizer():
     tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIALS)
+    tok.add_special_tokens(SPECIAL_TOKENS)
     out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                                   mask_token="<|MASK|>")
-    out.chat_template = CHATML_TEMPLATE
+    out.chat_template = CHAT_TEMPLATE
     return out

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -39,6 +38,7 @@ from sdar_core import generate, load_pretrained
 from sdar_core.generate import encode_prompt, stop_ids_for
 from sdar_core.kv_cache import KVCache
 
+from .corpus import sha256_file
 from .data import encode_texts
 from .objective import Noise, PackedBatch, ar_loss, block_ids, sample_noise, sdar_mask
 from .synthetic import final_answer
@@ -144,10 +144,6 @@ def spread(rows: list, limit: int | None) -> list:
     if limit is None or limit >= len(rows):
         return rows
     return [rows[i * len(rows) // limit] for i in range(limit)]
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def chunk_documents(docs: list[list[int]], seq_len: int, pad_id: int) -> PackedBatch:
@@ -347,7 +343,7 @@ def evaluate(settings: EvalSettings, log=print) -> dict:
         "machine": machine(device), "load_average": os.getloadavg()[0],  # other processes slow tokens/s down
         "torch": torch.__version__, "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "data_sha256": {f: sha256(data / f) for f in (ARITH_FILE, TEXT_FILE)},
+        "data_sha256": {f: sha256_file(data / f) for f in (ARITH_FILE, TEXT_FILE)},
         "models": {name: {"parameters": sum(p.numel() for p in m.parameters()),
                           "block_size": m.config.block_size, "model_type": m.config.model_type}
                    for name, (m, _) in models.items()},

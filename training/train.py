@@ -350,27 +350,29 @@ def train(recipe: Recipe, *, progress: bool = True) -> TrainResult:
         window_rows += rows_per_step
         step_times.append(time.time() - t_step)
 
-        if state.step % recipe.log_every == 0 or state.step == max_steps:
+        log_due = state.step % recipe.log_every == 0 or state.step == max_steps
+        eval_due = eval_rows is not None and (state.step % recipe.eval_every == 0 or state.step == max_steps)
+        row = {"step": state.step}
+        if log_due:
             loss = accelerator.reduce(step_loss, reduction="mean").item()
             losses[state.step] = state.last_loss = loss
             dt = max(time.time() - window_t, 1e-9)
-            row = {"step": state.step, "loss": round(loss, 5), "lr": f"{lr:.3e}",
-                   "grad_norm": round(float(grad_norm), 4), "tokens": state.tokens,
-                   "raw_tokens_per_s": round(window_rows * tokens_per_row / dt),
-                   "effective_tokens_per_s": round(window_rows * recipe.seq_len / dt),
-                   "masked_fraction": round(window_masked / window_targets, 4) if window_targets else None,
-                   "elapsed_s": round(elapsed_before + time.time() - t_start, 1)}
-            if eval_rows is not None and (state.step % recipe.eval_every == 0 or state.step == max_steps):
-                state.eval_loss = evaluate(forward, eval_rows, recipe, mask_token_id, attention, accelerator)
-                eval_losses[state.step] = row["eval_loss"] = round(state.eval_loss, 5)
+            row |= {"loss": round(loss, 5), "lr": f"{lr:.3e}",
+                    "grad_norm": round(float(grad_norm), 4), "tokens": state.tokens,
+                    "raw_tokens_per_s": round(window_rows * tokens_per_row / dt),
+                    "effective_tokens_per_s": round(window_rows * recipe.seq_len / dt),
+                    "masked_fraction": round(window_masked / window_targets, 4) if window_targets else None,
+                    "elapsed_s": round(elapsed_before + time.time() - t_start, 1)}
+        if eval_due:  # after the throughput above, so evaluation time is not counted in it
+            state.eval_loss = eval_losses[state.step] = evaluate(forward, eval_rows, recipe, mask_token_id,
+                                                                 attention, accelerator)
+            row["eval_loss"] = round(state.eval_loss, 5)
+        if log_due or eval_due:
             metrics.write(row)
+        if log_due:
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=row["raw_tokens_per_s"])
             window_t, window_rows, window_masked, window_targets = time.time(), 0, 0.0, 0.0
-        elif eval_rows is not None and state.step % recipe.eval_every == 0:
-            state.eval_loss = evaluate(forward, eval_rows, recipe, mask_token_id, attention, accelerator)
-            eval_losses[state.step] = state.eval_loss
-            metrics.write({"step": state.step, "eval_loss": round(state.eval_loss, 5)})
         if bar is not None:
             bar.update(1)
 
