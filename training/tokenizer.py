@@ -59,20 +59,24 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
     return tok
 
 
+def file_texts(path: Path) -> Iterator[str]:
+    """The "text" of every row of a data set .jsonl and the content of every message, in file order."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: build the data set first with "
+                                f"`python -m training.corpus --out {path.parent}`")
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if "text" in row:
+                yield row["text"]
+            for message in row.get("messages", []):
+                yield message["content"]
+
+
 def corpus_texts(data: Path) -> Iterator[str]:
     """The texts of pretrain.jsonl, then every message of sft.jsonl, in file order."""
     for name in ("pretrain.jsonl", "sft.jsonl"):
-        path = data / name
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: build the data set first with "
-                                    f"`python -m training.corpus --out {data}`")
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                if "text" in row:
-                    yield row["text"]
-                for message in row.get("messages", []):
-                    yield message["content"]
+        yield from file_texts(data / name)
 
 
 def save_hf(tok: Tokenizer, out: Path, model_max_length: int = 4096):
@@ -128,10 +132,7 @@ def main(argv: list[str] | None = None) -> None:
 
     stats = {}
     for name in ("pretrain.jsonl", "sft.jsonl", "heldout_text.jsonl"):
-        with open(data / name, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f]
-        texts = [r["text"] for r in rows if "text" in r] + [m["content"] for r in rows for m in r.get("messages", [])]
-        n_tokens, n_chars = count_tokens(tok, texts)
+        n_tokens, n_chars = count_tokens(tok, file_texts(data / name))
         stats[name] = {"bytes": (data / name).stat().st_size, "characters": n_chars, "tokens": n_tokens,
                        "tokens_per_char": round(n_tokens / max(n_chars, 1), 4)}
         print(f"{name}: {n_chars / 1e6:.1f} M characters, {n_tokens / 1e6:.2f} M tokens, "
