@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .registry import REPO
@@ -36,7 +36,6 @@ class Machine:
     arch: str = ""
     bandwidth_GBps: float | None = None
     ar_ceiling_tps: float | None = None  # batch-1 AR tokens/s if every forward only streamed the weights
-    extra: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -74,8 +73,7 @@ def _machine(info, run: str, rows: list[dict]) -> Machine:
         return str(info.get(k) or first.get(k) or "?")
 
     return Machine(run=run, gpu=text("gpu"), torch=text("torch"), date=text("date"), arch=str(info.get("arch") or ""),
-                   bandwidth_GBps=_number(info.get("bandwidth_GBps")), ar_ceiling_tps=_number(info.get("ar_ceiling_tps")),
-                   extra=info)
+                   bandwidth_GBps=_number(info.get("bandwidth_GBps")), ar_ceiling_tps=_number(info.get("ar_ceiling_tps")))
 
 
 def read_results(folder: Path | str = RESULTS_DIR) -> tuple[list[dict], list[Machine], list[str]]:

@@ -7,14 +7,9 @@ from collections import defaultdict
 import pandas as pd
 import plotly.graph_objects as go
 
+from .render import empty_figure
+
 SWEEP_COLUMNS = ["block length", "threshold", "tokens", "forwards", "TPF", "tokens/s", "latency (ms)", "answer ends"]
-
-
-def _empty(message: str, height: int = 320) -> go.Figure:
-    fig = go.Figure()
-    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-    fig.update_layout(height=height, template="plotly_white", xaxis_visible=False, yaxis_visible=False)
-    return fig
 
 
 def sweep_table(records: list[dict]) -> pd.DataFrame:
@@ -26,7 +21,7 @@ def sweep_figures(records: list[dict], ar: dict | None = None) -> tuple[go.Figur
     sdar = [r for r in records if r.get("threshold") is not None]
     if not sdar:
         msg = "Run the sweep to see TPF and speed against block length."
-        return _empty(msg), _empty(msg)
+        return empty_figure(msg), empty_figure(msg)
     by_thr = defaultdict(list)
     for r in sdar:
         by_thr[r["threshold"]].append(r)
@@ -72,7 +67,7 @@ def gpu_figure(rows: list[dict], machines: list = ()) -> go.Figure:
     """tokens/s vs batch size, one curve per (run, mode, block length, strategy), each run labelled with its
     GPU, torch and date; each run's AR bandwidth ceiling (weights streamed once per forward) as a line."""
     if not rows:
-        return _empty("No GPU measurements in benchmarks/results/ yet: python -m sdar_core.bench --out "
+        return empty_figure("No GPU measurements in benchmarks/results/ yet: python -m sdar_core.bench --out "
                       "benchmarks/results/<name> writes them.")
     by_run = {m.run: m for m in machines}
     curves = defaultdict(list)

@@ -9,8 +9,8 @@ import gradio as gr
 
 from .errors import shows_errors
 from .prompting import check_fits, conversation, prompt_ids
-from .recording import record, token_ids_in
-from .render import (MASK_GLYPH, FrameBuilder, frame_at, frame_html, frame_text, frames, placeholder_html,
+from .recording import record
+from .render import (MASK_GLYPH, FrameBuilder, frame_at, frame_html, frame_text, placeholder_html,
                      stats_markdown)
 from .settings import DecodeSettings, SettingsError
 from .studio import Studio, decode_job
@@ -30,8 +30,7 @@ def prepare(studio: Studio, model_name: str, settings: DecodeSettings, messages:
     ids, note = prompt_ids(loaded.tokenizer, messages)
     if note:
         notes.append(note)
-    block = 1 if settings.strategy == "ar" else settings.block_length
-    check_fits(len(ids), settings.max_new_tokens, block, loaded.context)
+    check_fits(len(ids), settings.max_new_tokens, settings.strategy, settings.block_length, loaded.context)
     return loaded, ids, settings, notes
 
 
@@ -48,7 +47,7 @@ def stream_answer(studio: Studio, loaded, ids, settings, request, *, pace_ms: fl
                 continue
             events.append(e)
             frame = builder.push(e)
-            pieces.update(loaded.pieces(set(e.block_state) | set(e.candidates.values())))
+            pieces.update(loaded.event_pieces(e))
             if stop.is_set():
                 continue  # Stop while the paced view lags behind the decode: skip to the end
             now = time.perf_counter()
@@ -95,18 +94,17 @@ class Chat:
                 yield shown, history, gr.skip(), frame_html(frame, pieces, title="Live"), gr.skip(), gr.skip()
                 continue
             gen, events, pieces = rest
+            rec = record(message[:80], events, gen, pieces)
+            # The final frame, with anything after the stop token struck out.
+            last = frame_at(rec.events, len(rec.events) - 1, rec.answer_end) if rec.events else None
             if gen is not None:
                 answer = loaded.tokenizer.decode(gen.row_tokens(0), skip_special_tokens=True)
                 stats = stats_markdown(gen.stats)
             else:
-                answer = _committed_text(events, pieces, hidden)
+                answer = _committed_text(last, pieces, hidden)
                 stats = stats_markdown(None, "_Stopped: the answer above is what was committed before Stop._")
-            pieces.update(loaded.pieces(token_ids_in(events)))
-            rec = record(message[:80], events, gen, pieces, answer)
-            # The final frame, with anything after the stop token struck out.
-            final = frame_html(frame_at(rec.events, len(rec.events) - 1, rec.answer_end), pieces,
-                               title="Stopped" if gen is None else "Done") if rec.events else placeholder_html(
-                "No step was taken.")
+            final = (frame_html(last, pieces, title="Stopped" if gen is None else "Done") if last is not None
+                     else placeholder_html("No step was taken."))
             history.append({"role": "assistant", "content": answer})
             yield history, history, gr.skip(), final, stats, rec
 
@@ -119,11 +117,10 @@ class Chat:
         return [], [], "", placeholder_html(LIVE_PLACEHOLDER), ""
 
 
-def _committed_text(events, pieces, hidden) -> str:
-    """The committed tokens of a stopped run, without masks or stop tokens."""
-    if not events:
+def _committed_text(last, pieces, hidden) -> str:
+    """The committed tokens of a stopped run's last frame, without masks or stop tokens."""
+    if last is None:
         return ""
-    last = frames(events)[-1]
     return "".join(pieces.get(c.token, "") for c in last.done + last.block
                    if c.token is not None and c.token not in set(hidden))
 

@@ -24,8 +24,7 @@ def user_message(exc: BaseException) -> str:
 
 
 def to_gr_error(exc: BaseException) -> gr.Error:
-    if isinstance(exc, gr.Error):
-        return exc
+    """The gr.Error a non-gr.Error exception reaches the user as."""
     if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
         torch.cuda.empty_cache()
     return gr.Error(user_message(exc), title="SDAR Studio")

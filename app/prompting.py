@@ -1,6 +1,9 @@
 """From the conversation to prompt ids: the model's own chat template (ChatML for SDAR chat models)."""
 from __future__ import annotations
 
+from sdar_core.decoding import positions_needed
+from sdar_core.prompting import chat_ids
+
 from .settings import SettingsError
 
 FALLBACK_NOTE = "this tokenizer has no chat template: the conversation is sent as plain 'User:/Assistant:' text"
@@ -16,21 +19,19 @@ def conversation(system: str, history: list[dict], message: str) -> list[dict]:
 def prompt_ids(tokenizer, messages: list[dict]) -> tuple[list[int], str | None]:
     """(token ids of the prompt ending with the assistant's turn opener, a note when no template exists)."""
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        note = None
-    else:
-        text = "".join(
-            f"{m['content']}\n\n" if m["role"] == "system" else f"{m['role'].capitalize()}: {m['content']}\n"
-            for m in messages) + "Assistant:"
-        note = FALLBACK_NOTE
-    return tokenizer(text, add_special_tokens=False)["input_ids"], note
+        return chat_ids(tokenizer, messages), None
+    text = "".join(
+        f"{m['content']}\n\n" if m["role"] == "system" else f"{m['role'].capitalize()}: {m['content']}\n"
+        for m in messages) + "Assistant:"
+    return tokenizer(text, add_special_tokens=False)["input_ids"], FALLBACK_NOTE
 
 
-def check_fits(n_prompt: int, max_new_tokens: int, block_length: int, context: int) -> None:
+def check_fits(n_prompt: int, max_new_tokens: int, strategy: str, block_length: int, context: int) -> None:
     """The prompt plus the answer (rounded up to whole blocks) must fit the model's context."""
-    needed = -(-(n_prompt + max_new_tokens) // block_length) * block_length
+    needed = positions_needed(n_prompt, max_new_tokens, strategy, block_length)
     if needed > context:
+        block = 1 if strategy == "ar" else block_length
         raise SettingsError(
-            f"the prompt has {n_prompt} tokens; with {max_new_tokens} new tokens (in blocks of {block_length}) "
+            f"the prompt has {n_prompt} tokens; with {max_new_tokens} new tokens (in blocks of {block}) "
             f"that is {needed} tokens, beyond this model's context of {context}. Shorten the prompt, clear the "
             f"conversation, or lower max new tokens.")

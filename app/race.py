@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import time
+from dataclasses import replace
 
 import gradio as gr
 import pandas as pd
@@ -54,9 +55,9 @@ class Race:
     def __init__(self, studio: Studio) -> None:
         self.studio = studio
 
-    def _prompt(self, loaded, prompt: str, settings: DecodeSettings, block: int) -> list[int]:
+    def _prompt(self, loaded, prompt: str, settings: DecodeSettings) -> list[int]:
         ids, _ = prompt_ids(loaded.tokenizer, conversation("", [], prompt))
-        check_fits(len(ids), settings.max_new_tokens, block, loaded.context)
+        check_fits(len(ids), settings.max_new_tokens, settings.strategy, settings.block_length, loaded.context)
         return ids
 
     @shows_errors
@@ -74,27 +75,29 @@ class Race:
         if not loaded.is_sdar:
             raise gr.Error(f"{loaded.display_name} is an autoregressive model: the race needs an SDAR model "
                            "(it decodes the same weights both ways).")
-        ids = self._prompt(loaded, prompt, settings, settings.block_length)
+        ids = self._prompt(loaded, prompt, settings)
         titles = {"ar": f"AR on the same weights ({loaded.display_name})",
                   "sdar": f"SDAR {settings.strategy}, block {settings.block_length}, steps {settings.steps}"
                           + (f", τ={settings.threshold:g}" if settings.strategy == "dynamic" else ""),
                   "twin": "AR twin"}
-        jobs = {"ar": decode_job(loaded, ids, settings.as_ar()), "sdar": decode_job(loaded, ids, settings)}
+        # trace=False: the lanes are drawn from the streamed step events; no run keeps its trace
+        jobs = {"ar": decode_job(loaded, ids, settings.as_ar(), trace=False),
+                "sdar": decode_job(loaded, ids, settings, trace=False)}
+        models = {"ar": loaded, "sdar": loaded}
         twin_name = ar_twin_name(model_name)
         twin_note = "no AR twin next to this model (sdar-X ↔ ar-X)"
         if use_twin and twin_name:
             twin = self.studio.registry.get(twin_name)
             titles["twin"] = f"AR twin ({twin.display_name})"
-            jobs["twin"] = decode_job(twin, self._prompt(twin, prompt, settings, 1), settings.as_ar())
+            jobs["twin"] = decode_job(twin, self._prompt(twin, prompt, settings.as_ar()), settings.as_ar(), trace=False)
+            models["twin"] = twin
             twin_note = "waiting"
         elif not use_twin:
             twin_note = "AR twin not included"
         runs = {"ar": f"AR ({loaded.display_name})", "sdar": f"SDAR ({loaded.display_name})",
                 "twin": titles["twin"]}  # the table's labels: its other columns say how each run decoded
-        models = {"ar": loaded, "sdar": loaded, "twin": self.studio.registry.get(twin_name) if "twin" in jobs else None}
         builders = {lane: FrameBuilder() for lane in jobs}
         frames, pieces, stats, t0 = {}, {lane: {} for lane in jobs}, {}, {}
-        counts = {lane: 0 for lane in jobs}
 
         def render(lane: str) -> str:
             if lane not in jobs:
@@ -104,7 +107,7 @@ class Race:
                 status = (f"done: {s.new_tokens} tokens, {s.forwards} forwards, TPF {s.tpf:.2f}, "
                           f"{s.tokens_per_second:.1f} tokens/s, {s.seconds * 1000:.0f} ms")
             elif lane in frames:
-                status = f"{counts[lane]} forwards · {time.perf_counter() - t0[lane]:.1f} s"
+                status = f"{builders[lane].n} forwards · {time.perf_counter() - t0[lane]:.1f} s"
             else:
                 status = "waiting"
             return lane_html(titles[lane], frames.get(lane), pieces[lane], status=status)
@@ -119,9 +122,8 @@ class Race:
             if u.kind == "step":
                 e = u.payload
                 t0.setdefault(u.lane, time.perf_counter())
-                counts[u.lane] += 1 if e.row == 0 else 0
                 frames[u.lane] = builders[u.lane].push(e)
-                pieces[u.lane].update(models[u.lane].pieces(set(e.block_state)))
+                pieces[u.lane].update(models[u.lane].event_pieces(e))
                 if time.perf_counter() - last < FRAME_INTERVAL:
                     continue
                 last = time.perf_counter()
@@ -141,15 +143,16 @@ class Race:
         prompt = (prompt or "").strip()
         if not prompt:
             raise gr.Error("Type a prompt first.", title="Empty prompt")
-        blocks = sorted({_int_choice("block length", b, SWEEP_BLOCKS) for b in (block_lengths or [])})
-        thrs = sorted({_float_choice("threshold", t, SWEEP_THRESHOLDS) for t in (thresholds or [])})
+        blocks = sorted({_choice("block length", b, SWEEP_BLOCKS, lambda v: int(float(v)))
+                         for b in (block_lengths or [])})
+        thrs = sorted({_choice("threshold", t, SWEEP_THRESHOLDS, float) for t in (thresholds or [])})
         if not blocks or not thrs:
             raise gr.Error("Pick at least one block length and one threshold for the sweep.")
         base = DecodeSettings.from_ui(max(blocks), max(blocks), "dynamic", 0.9, 0.0, 1.0, max_new_tokens, 0)
         loaded = self.studio.registry.get(model_name)
         if not loaded.is_sdar:
             raise gr.Error(f"{loaded.display_name} is an autoregressive model: the sweep needs an SDAR model.")
-        ids = self._prompt(loaded, prompt, base, max(blocks))
+        ids = self._prompt(loaded, prompt, base)
         stop = self.studio.arm_stop(request)
         runs = [("ar", None, None)] + [("sdar", b, t) for b in blocks for t in thrs]
         records, ar = [], None
@@ -157,7 +160,7 @@ class Race:
             if stop.is_set():
                 gr.Warning("Sweep stopped.")
                 break
-            s = base.as_ar() if kind == "ar" else DecodeSettings(b, b, "dynamic", t, 0.0, 1.0, base.max_new_tokens, 0)
+            s = base.as_ar() if kind == "ar" else replace(base, block_length=b, steps=b, threshold=t)
             gen = decode_job(loaded, ids, s, trace=False)(None)
             st = gen.stats
             rec = {"block length": b or 1, "threshold": t, "tokens": st.new_tokens, "forwards": st.forwards,
@@ -192,19 +195,10 @@ def _last_line(loaded, gen, width: int = 40) -> str:
     return last if len(last) <= width else "…" + last[-width + 1:]
 
 
-def _int_choice(name, value, choices) -> int:
+def _choice(name, value, choices, cast):
+    """cast(value) if it is one of choices, else a SettingsError naming them."""
     try:
-        v = int(float(value))
-    except (TypeError, ValueError):
-        v = None
-    if v not in choices:
-        raise SettingsError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
-    return v
-
-
-def _float_choice(name, value, choices) -> float:
-    try:
-        v = float(value)
+        v = cast(value)
     except (TypeError, ValueError):
         v = None
     if v not in choices:

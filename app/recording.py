@@ -22,7 +22,6 @@ class Recording:
     stats: Stats | None  # None when the run was stopped
     pieces: dict[int, str]
     answer_end: int | None  # absolute position after the kept answer (None: unknown, stopped)
-    answer: str
     json_path: str | None = None
     csv_path: str | None = None
 
@@ -31,16 +30,7 @@ class Recording:
         return len(self.events)
 
 
-def token_ids_in(events: list[StepEvent]) -> set[int]:
-    ids: set[int] = set()
-    for e in events:
-        ids.update(e.block_state)
-        ids.update(e.candidates.values())
-    return ids
-
-
-def record(label: str, events: list[StepEvent], gen: Generation | None, pieces: dict[int, str],
-           answer: str) -> Recording:
+def record(label: str, events: list[StepEvent], gen: Generation | None, pieces: dict[int, str]) -> Recording:
     """A Recording of row 0, with its trace written as JSON and CSV files (for gr.File downloads)."""
     events = [e for e in events if e.row == 0]
     end = answer_start(events) + gen.lengths[0] if gen is not None and events else None
@@ -54,4 +44,4 @@ def record(label: str, events: list[StepEvent], gen: Generation | None, pieces: 
     Path(f"{stem}.json").write_text(text_json)
     Path(f"{stem}.csv").write_text(trace.trace_csv())
     return Recording(label=label, events=events, stats=gen.stats if gen else None, pieces=pieces,
-                     answer_end=end, answer=answer, json_path=f"{stem}.json", csv_path=f"{stem}.csv")
+                     answer_end=end, json_path=f"{stem}.json", csv_path=f"{stem}.csv")

@@ -53,9 +53,11 @@ class LoadedModel:
 
     @cached_property
     def stop_token_names(self) -> list[str]:
-        if self.tokenizer is None:
-            return [str(i) for i in self.stop_token_ids]
         return self.tokenizer.convert_ids_to_tokens(self.stop_token_ids)
+
+    def event_pieces(self, e) -> dict[int, str]:
+        """The printed text of every token a step event shows: its block and the masked positions' best guesses."""
+        return self.pieces(set(e.block_state) | set(e.candidates.values()))
 
     def pieces(self, ids) -> dict[int, str]:
         """Token id -> printed text, for the ids given (decoded one by one, special tokens kept)."""
@@ -64,10 +66,7 @@ class LoadedModel:
             if i in self._piece_cache:
                 out[i] = self._piece_cache[i]
                 continue
-            if self.tokenizer is None:
-                text = f"<{i}>"
-            else:
-                text = self.tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            text = self.tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
             self._piece_cache[i] = out[i] = text
         return out
 
@@ -85,6 +84,11 @@ def resolve_name(name: str) -> str:
     if not p.is_absolute() and not p.exists() and (REPO / p).exists():
         return str(REPO / p)
     return str(p) if p.exists() else name
+
+
+def default_missing(name: str) -> bool:
+    """True when `name` is the embedded default model and its folder is not there (not trained or not shipped)."""
+    return (name or "").strip() == DEFAULT_MODEL and not Path(resolve_name(name)).exists()
 
 
 def missing_default_message(name: str = DEFAULT_MODEL) -> str:
@@ -132,13 +136,11 @@ class ModelRegistry:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-            if name.strip() == DEFAULT_MODEL and not Path(key).exists():
+            if default_missing(name):
                 raise ModelUnavailable(missing_default_message())
             try:
                 model, tokenizer = load_pretrained(key, device=self.device, dtype=self.dtype)
-            except (CheckpointError, ConfigError) as e:
-                raise ModelUnavailable(f"cannot load model {name!r}: {e}") from None
-            except OSError as e:
+            except (CheckpointError, ConfigError, OSError) as e:
                 raise ModelUnavailable(f"cannot load model {name!r}: {e}") from None
             loaded = LoadedModel(name=name.strip(), path=key, model=model, tokenizer=tokenizer,
                                  summary=checkpoint_summary(model))

@@ -233,17 +233,22 @@ def commit_points(events: list[StepEvent]) -> tuple[list[int], list[int], list[f
     return xs, ys, cs
 
 
+def empty_figure(message: str, height: int = 320) -> go.Figure:
+    """A blank plotly figure that shows only `message` (what a chart shows before there is data)."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(height=height, template="plotly_white", xaxis_visible=False, yaxis_visible=False)
+    return fig
+
+
 def confidence_heatmap(events: list[StepEvent], pieces: Mapping[int, str] | None = None,
                        title: str = "Confidence of masked positions at each step") -> go.Figure:
     """Plotly heatmap: x = answer token index, y = global step, colour = confidence while masked;
     an x marks the step at which each position was committed."""
+    if not events:
+        return empty_figure("No trace yet: chat or run a prompt to see its denoising.")
     fig = go.Figure()
     xs, ys, z = heatmap_data(events)
-    if not events:
-        fig.add_annotation(text="No trace yet: chat or run a prompt to see its denoising.", showarrow=False,
-                           x=0.5, y=0.5, xref="paper", yref="paper")
-        fig.update_layout(height=320, xaxis_visible=False, yaxis_visible=False, template="plotly_white")
-        return fig
     fig.add_trace(go.Heatmap(x=xs, y=ys, z=z, zmin=0, zmax=1, colorscale="RdYlGn", hoverongaps=False,
                              colorbar=dict(title="conf."), name="confidence",
                              hovertemplate="token %{x} · step %{y}<br>confidence %{z:.3f}<extra></extra>"))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 SDAR_STRATEGIES = ("static", "dynamic", "sequential", "entropy")
 MAX_BLOCK_LENGTH = 64
@@ -40,11 +40,11 @@ class DecodeSettings:
     seed: int = 0
 
     @classmethod
-    def from_ui(cls, block_length, steps, strategy, threshold, temperature, top_p, max_new_tokens, seed,
-                *, strategies=SDAR_STRATEGIES) -> "DecodeSettings":
+    def from_ui(cls, block_length, steps, strategy, threshold, temperature, top_p, max_new_tokens,
+                seed) -> "DecodeSettings":
         """Validated settings; raises SettingsError naming the first bad value."""
-        if strategy not in strategies:
-            raise SettingsError(f"strategy must be one of {', '.join(strategies)}, got {strategy!r}")
+        if strategy not in SDAR_STRATEGIES:
+            raise SettingsError(f"strategy must be one of {', '.join(SDAR_STRATEGIES)}, got {strategy!r}")
         block_length = _number("block length", block_length, 1, MAX_BLOCK_LENGTH, integer=True)
         steps = _number("denoising steps", steps, 1, MAX_BLOCK_LENGTH, integer=True)
         if steps > block_length:
@@ -65,5 +65,4 @@ class DecodeSettings:
 
     def as_ar(self) -> "DecodeSettings":
         """The same sampling, decoded one token per forward."""
-        return DecodeSettings(1, 1, "ar", self.threshold, self.temperature, self.top_p, self.max_new_tokens,
-                              self.seed)
+        return replace(self, block_length=1, steps=1, strategy="ar")

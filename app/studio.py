@@ -10,7 +10,7 @@ import torch
 
 from sdar_core import generate
 
-from .registry import DEFAULT_MODEL, LoadedModel, ModelRegistry
+from .registry import LoadedModel, ModelRegistry
 from .settings import DecodeSettings
 from .streaming import StopFlags
 
@@ -19,7 +19,6 @@ from .streaming import StopFlags
 class Studio:
     registry: ModelRegistry = field(default_factory=ModelRegistry)
     stops: StopFlags = field(default_factory=StopFlags)
-    default_model: str = DEFAULT_MODEL
 
     def arm_stop(self, request) -> threading.Event:
         """A fresh stop flag for the session that sent `request` (a private one when there is no session)."""

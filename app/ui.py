@@ -9,7 +9,7 @@ import gradio as gr
 from .chat import LIVE_PLACEHOLDER, Chat
 from .errors import shows_errors
 from .race import PARALLEL, SEQUENTIAL, SWEEP_BLOCKS, SWEEP_THRESHOLDS, Race, lane_html
-from .registry import DEFAULT_MODEL, ModelRegistry, missing_default_message, resolve_name
+from .registry import DEFAULT_MODEL, ModelRegistry, default_missing, missing_default_message, resolve_name
 from .render import block_table, confidence_heatmap, model_markdown, placeholder_html
 from .settings import MAX_BLOCK_LENGTH, MAX_NEW_TOKENS, SDAR_STRATEGIES
 from .studio import Studio
@@ -57,7 +57,7 @@ def describe_model(studio: Studio, name: str) -> str:
         return model_markdown(m.summary, name=m.name, context=m.context, stop_tokens=m.stop_token_names)
     if not name:
         return "Pick a model or type a folder path / hub id."
-    if name == DEFAULT_MODEL and not Path(resolve_name(name)).exists():
+    if default_missing(name):
         return "⚠️ " + missing_default_message()
     where = "local folder" if Path(resolve_name(name)).exists() else "hub id (fetched on first use)"
     return f"**{name}** — {where}; loads on first use (or press *Load*)."
@@ -65,7 +65,7 @@ def describe_model(studio: Studio, name: str) -> str:
 
 def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None = None) -> gr.Blocks:
     """The studio as a gr.Blocks (launch it with `**LAUNCH_KWARGS` for the theme)."""
-    studio = Studio(registry=registry or ModelRegistry(), default_model=default_model)
+    studio = Studio(registry=registry or ModelRegistry())
     chat, vis, race = Chat(studio), Visualizer(studio), Race(studio)
 
     @shows_errors
@@ -83,11 +83,11 @@ def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None
     choices = studio.registry.available()
     if default_model not in choices:
         choices = [default_model] + choices
-    default_missing = default_model == DEFAULT_MODEL and not Path(resolve_name(default_model)).exists()
 
     with gr.Blocks(title="SDAR Studio") as demo:
         gr.Markdown(INTRO, elem_id="sdar-header")
-        gr.Markdown("⚠️ " + missing_default_message(), visible=default_missing, elem_id="sdar-missing-model")
+        gr.Markdown("⚠️ " + missing_default_message(), visible=default_missing(default_model),
+                    elem_id="sdar-missing-model")
         history = gr.State([])  # the conversation, as {"role", "content": str} messages
         recording = gr.State(None)  # the session's last generation (app.recording.Recording)
         with gr.Row(equal_height=False):

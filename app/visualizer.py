@@ -7,7 +7,7 @@ import gradio as gr
 from .chat import pace_milliseconds, prepare, stream_answer
 from .errors import shows_errors
 from .prompting import conversation
-from .recording import Recording, record, token_ids_in
+from .recording import Recording, record
 from .render import block_table, confidence_heatmap, frame_at, frame_html, placeholder_html, stats_markdown
 from .settings import DecodeSettings
 from .studio import Studio
@@ -64,9 +64,7 @@ class Visualizer:
                        gr.skip(), gr.skip(), gr.skip(), gr.skip())
                 continue
             gen, events, pieces = rest
-            pieces.update(loaded.pieces(token_ids_in(events)))
-            answer = loaded.tokenizer.decode(gen.row_tokens(0), skip_special_tokens=True) if gen else ""
-            rec = record(prompt[:80], events, gen, pieces, answer)
+            rec = record(prompt[:80], events, gen, pieces)
             yield (rec, *show(rec))
 
     @staticmethod

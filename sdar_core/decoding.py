@@ -50,6 +50,12 @@ def _prompt_rows(input_ids) -> list[list[int]]:
     return rows
 
 
+def positions_needed(prompt_len: int, max_new_tokens: int, strategy: str, block_length: int) -> int:
+    """Positions a generation may use: the prompt plus the answer, rounded up to whole blocks (one token for ar)."""
+    L = 1 if strategy == "ar" else block_length
+    return math.ceil((prompt_len + max_new_tokens) / L) * L
+
+
 def _validate(model, rows, *, max_new_tokens, block_length, steps, strategy, threshold, sampling,
               entropy_bound):
     config = model.config
@@ -75,9 +81,9 @@ def _validate(model, rows, *, max_new_tokens, block_length, steps, strategy, thr
     except SamplingError as e:
         raise GenerationError(str(e)) from None
     longest = max(len(r) for r in rows)
-    L = 1 if strategy == "ar" else block_length
-    needed = math.ceil((longest + max_new_tokens) / L) * L
+    needed = positions_needed(longest, max_new_tokens, strategy, block_length)
     if needed > config.max_position_embeddings:
+        L = 1 if strategy == "ar" else block_length
         raise GenerationError(
             f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}), rounded up to whole blocks of "
             f"{L}, is {needed} tokens: beyond the model's context of {config.max_position_embeddings}")

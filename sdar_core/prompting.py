@@ -17,9 +17,14 @@ def stop_ids_for(tokenizer, config) -> list[int]:
     return sorted(i for i in ids if isinstance(i, int) and 0 <= i < config.vocab_size)
 
 
+def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a conversation in the tokenizer's chat template, ending with the assistant's turn opener."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def encode_prompt(tokenizer, prompt: str, *, chat: bool, system: str | None = None) -> list[int]:
     if not chat:
         return tokenizer(prompt, add_special_tokens=False)["input_ids"]
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return chat_ids(tokenizer, messages)
