@@ -1,12 +1,14 @@
 """Shared fixtures: tiny random models in the real checkpoint format, built by the tests themselves."""
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 import torch
 
 from sdar_core.config import ModelConfig
+from sdar_core.loading import load_pretrained
 from sdar_core.model import SDARForCausalLM
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -43,11 +45,36 @@ def random_model(config: ModelConfig, seed: int = 0, std: float = 0.5, proj_std:
     return model.eval()
 
 
-@pytest.fixture
-def tiny_sdar():
-    return random_model(tiny_config("sdar", block_size=4))
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64."""
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.fixture
-def tiny_ar():
-    return random_model(tiny_config("qwen3"))
+def hand_block_causal(length: int, block_size: int) -> torch.Tensor:
+    """[length, length]: query i sees key j iff j's block <= i's block (built with loops, independent of sdar_core)."""
+    allowed = torch.zeros(length, length, dtype=torch.bool)
+    for i in range(length):
+        for j in range(length):
+            allowed[i, j] = (j // block_size) <= (i // block_size)
+    return allowed
+
+
+def free_port() -> int:
+    """A free local TCP port for a test server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def text_of(message: dict) -> str:
+    """The text parts of a Gradio chatbot message (messages format)."""
+    return "".join(part["text"] for part in message["content"] if part.get("type") == "text")
+
+
+@pytest.fixture(scope="session")
+def embedded_models():
+    """The shipped sdar-tiny and ar-tiny, loaded once on CPU in float32: {name: (model, tokenizer)}."""
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    return {name: load_pretrained(REPO / "assets" / "models" / name, device="cpu", dtype=torch.float32)
+            for name in ("sdar-tiny", "ar-tiny")}

@@ -3,22 +3,16 @@ shows, bad input comes back as a readable error, and the app keeps working after
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import pytest
 
+from conftest import free_port, text_of
 from test_app_checkpoint import write_checkpoints
 
 SYSTEM = "You are a helpful assistant."
 FAST = dict(block_length=4, steps=4, strategy="static", threshold=0.9, temperature=0.0, top_p=1.0,
             max_new_tokens=12, seed=0, pace_ms=0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +36,6 @@ def chat(client, model, message, **over):
     s = {**FAST, **over}
     return client.predict(message, SYSTEM, str(model), s["block_length"], s["steps"], s["strategy"], s["threshold"],
                           s["temperature"], s["top_p"], s["max_new_tokens"], s["seed"], s["pace_ms"], api_name="/chat")
-
-
-def text_of(message: dict) -> str:
-    return "".join(part["text"] for part in message["content"] if part.get("type") == "text")
 
 
 def test_chat_returns_the_answer_the_live_block_and_the_stats(served):

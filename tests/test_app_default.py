@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO
-from test_app_client import free_port, text_of
+from conftest import REPO, free_port, text_of
 
 pytestmark = pytest.mark.skipif(not (REPO / "assets" / "models" / "sdar-tiny" / "config.json").is_file(),
                                 reason="the embedded model assets/models/sdar-tiny is not in this checkout")

@@ -2,9 +2,9 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).parent.parent
+from conftest import REPO
+
 
 
 def run(*args):

@@ -7,15 +7,13 @@ and the Qwen3-MoE layer rule written out as explicit lists.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from transformers import Qwen3Config, Qwen3MoeConfig
 
 from sdar_core.config import ConfigError, ModelConfig
-from tests.conftest import random_model, tiny_config
+from conftest import FIXTURES, random_model, tiny_config
 
-FIXTURES = Path(__file__).parent / "fixtures"
 SDAR_4B = json.loads((FIXTURES / "sdar-4b-chat" / "config.json").read_text())
 SDAR_8B = json.loads((FIXTURES / "sdar-8b-chat-config.json").read_text())
 # metadata.total_size of the published model.safetensors.index.json files (bf16: 2 bytes per parameter)

@@ -3,14 +3,13 @@ import json
 import operator
 import random
 import re
-from pathlib import Path
 
 import pytest
 
 from training import corpus, synthetic
 from training.synthetic import Problem
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 PY_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
 

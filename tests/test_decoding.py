@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import random_model, tiny_config
+from conftest import hand_block_causal, random_model, tiny_config
 from sdar_core import GenerationError, generate
 
 MASK = 95  # tiny_config's mask id (vocab 96)
@@ -16,11 +16,7 @@ MASK = 95  # tiny_config's mask id (vocab 96)
 
 def hand_mask(n: int, block: int) -> torch.Tensor:
     """[1, 1, n, n]: query i sees key j iff j's block <= i's block (written with loops on purpose)."""
-    m = torch.zeros(n, n, dtype=torch.bool)
-    for i in range(n):
-        for j in range(n):
-            m[i, j] = (j // block) <= (i // block)
-    return m[None, None]
+    return hand_block_causal(n, block)[None, None]
 
 
 def brute_force(model, prompt: list[int], max_new: int, L: int, T: int, strategy: str, threshold=0.9,
@@ -115,6 +111,7 @@ def test_dynamic_never_commits_below_threshold_except_minimum(sdar):
         if below:
             assert len(e.committed) == min(minimum, len(e.masked_confidence))
         seen_parallel |= len(e.committed) > minimum
+    assert seen_parallel  # the threshold let some step commit more than the static count
     assert gen.stats.forwards <= 4 * len(gen.stats.steps_per_block[0])
 
 

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from sdar_core import generate, load_pretrained
+from sdar_core import generate
 from sdar_core.generate import encode_prompt, stop_ids_for
 from training.evaluate import EXPECTED_CASES, decode_kwargs, EvalSettings
 from training.synthetic import final_answer
@@ -21,22 +21,15 @@ MODELS = REPO / "assets" / "models"
 EXPECTED = json.loads((REPO / "assets" / "models" / "eval" / "expected.json").read_text(encoding="utf-8"))
 
 
-@pytest.fixture(scope="module")
-def models():
-    torch.set_num_threads(min(torch.get_num_threads(), 2))
-    return {name: load_pretrained(MODELS / name, device="cpu", dtype=torch.float32)
-            for name in ("sdar-tiny", "ar-tiny")}
-
-
 def _generate(model, tokenizer, prompts: list[str], decoder, max_new_tokens: int):
     ids = [encode_prompt(tokenizer, p, chat=True) for p in prompts]
     return generate(model, ids, max_new_tokens=max_new_tokens, stop_token_ids=stop_ids_for(tokenizer, model.config),
                     **decode_kwargs(decoder, EvalSettings()))
 
 
-def test_shipped_models_are_the_sdar_model_and_its_ar_twin(models):
-    sdar, sdar_tok = models["sdar-tiny"]
-    ar, ar_tok = models["ar-tiny"]
+def test_shipped_models_are_the_sdar_model_and_its_ar_twin(embedded_models):
+    sdar, sdar_tok = embedded_models["sdar-tiny"]
+    ar, ar_tok = embedded_models["ar-tiny"]
     assert sdar.config.is_sdar and sdar.config.block_size == 4
     assert not ar.config.is_sdar
     n_sdar, n_ar = (sum(p.numel() for p in m.parameters()) for m in (sdar, ar))
@@ -53,20 +46,20 @@ def test_shipped_models_are_the_sdar_model_and_its_ar_twin(models):
 
 @pytest.mark.parametrize("case", range(len(EXPECTED_CASES)),
                          ids=[f"{d.model}-{d.label}-{p}" for p, d in EXPECTED_CASES])
-def test_greedy_output_matches_the_committed_expected_text(models, case):
+def test_greedy_output_matches_the_committed_expected_text(embedded_models, case):
     prompt, decoder = EXPECTED_CASES[case]
     expected = EXPECTED["cases"][case]
     assert (expected["prompt"], expected["model"], expected["decoding"]) == (prompt, decoder.model, decoder.label), \
         "expected.json is stale: run python -m training.evaluate --write-expected"
-    model, tokenizer = models[decoder.model]
+    model, tokenizer = embedded_models[decoder.model]
     gen = _generate(model, tokenizer, [prompt], decoder, EXPECTED["max_new_tokens"])
     assert tokenizer.decode(gen.row_tokens(0), skip_special_tokens=True) == expected["text"]
     assert (gen.lengths[0], sum(gen.stats.steps_per_block[0])) == (expected["new_tokens"], expected["forwards"])
 
 
-def test_greedy_decoding_is_deterministic_and_a_batch_gives_the_single_row_outputs(models):
+def test_greedy_decoding_is_deterministic_and_a_batch_gives_the_single_row_outputs(embedded_models):
     """Two prompts of different lengths in one batch, twice: the same tokens as each prompt alone (expected.json)."""
-    model, tokenizer = models["sdar-tiny"]
+    model, tokenizer = embedded_models["sdar-tiny"]
     cases = [(i, p, d) for i, (p, d) in enumerate(EXPECTED_CASES) if d.model == "sdar-tiny" and d.threshold]
     prompts = [p for _, p, _ in cases]
     assert len(set(len(encode_prompt(tokenizer, p, chat=True)) for p in prompts)) > 1
@@ -77,8 +70,8 @@ def test_greedy_decoding_is_deterministic_and_a_batch_gives_the_single_row_outpu
         assert tokenizer.decode(first.row_tokens(r), skip_special_tokens=True) == EXPECTED["cases"][i]["text"]
 
 
-def test_sdar_dynamic_answers_the_sum_in_fewer_forwards_than_tokens(models):
-    model, tokenizer = models["sdar-tiny"]
+def test_sdar_dynamic_answers_the_sum_in_fewer_forwards_than_tokens(embedded_models):
+    model, tokenizer = embedded_models["sdar-tiny"]
     decoder = next(d for p, d in EXPECTED_CASES if d.strategy == "dynamic")
     gen = _generate(model, tokenizer, ["What is 47 + 38?"], decoder, 128)
     tokens = gen.row_tokens(0)
@@ -88,8 +81,8 @@ def test_sdar_dynamic_answers_the_sum_in_fewer_forwards_than_tokens(models):
 
 
 @pytest.mark.parametrize("strategy", ["static", "dynamic", "ar"])
-def test_mask_token_never_appears_in_the_output(models, strategy):
-    model, tokenizer = models["sdar-tiny"]
+def test_mask_token_never_appears_in_the_output(embedded_models, strategy):
+    model, tokenizer = embedded_models["sdar-tiny"]
     ids = [encode_prompt(tokenizer, p, chat=True) for p in ("Write a short poem about the sea.", "What is 7 * 86?")]
     gen = generate(model, ids, max_new_tokens=64, strategy=strategy, threshold=0.7, block_length=4, steps=4)
     assert gen.lengths == [64, 64]  # no stop ids: every position was decoded

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdar_core import load_pretrained
 from training import evaluate as ev
 from training.data import encode_texts
 from training.objective import sdar_loss
@@ -22,16 +21,9 @@ SUBSET = json.loads((REPO / ev.EVAL_DIR / "eval-subset.json").read_text(encoding
 
 
 @pytest.fixture(scope="module")
-def models():
-    torch.set_num_threads(min(torch.get_num_threads(), 2))
-    return {name: load_pretrained(MODELS / name, device="cpu", dtype=torch.float32)
-            for name in ("sdar-tiny", "ar-tiny")}
-
-
-@pytest.fixture(scope="module")
-def short_chunks(models):
+def short_chunks(embedded_models):
     """Two chunks of 64 tokens (one padded) from the first held-out document of the committed subset."""
-    _, tok = models["sdar-tiny"]
+    _, tok = embedded_models["sdar-tiny"]
     text = ev.read_jsonl(REPO / ev.SUBSET_DATA / ev.TEXT_FILE, 1)[0]["text"]
     return ev.chunk_documents([encode_texts(tok, [text])[0][:100]], 64, 0)
 
@@ -57,9 +49,9 @@ def test_evaluation_reproduces_the_committed_subset_numbers():
         assert got["mask_tokens"] == 0
 
 
-def test_cached_nelbo_equals_the_training_objective_on_x_t_and_x_0(models, short_chunks):
+def test_cached_nelbo_equals_the_training_objective_on_x_t_and_x_0(embedded_models, short_chunks):
     """sdar_nelbo (clean half cached once, noisy half per level) vs training's sdar_loss on the full [x_t ; x_0]."""
-    model, _ = models["sdar-tiny"]
+    model, _ = embedded_models["sdar-tiny"]
     cfg = model.config
     levels, seed = 3, 5
     fast, n = ev.sdar_nelbo(model, short_chunks, 2, block_size=cfg.block_size, mask_token_id=cfg.mask_token_id,
@@ -76,8 +68,8 @@ def test_cached_nelbo_equals_the_training_objective_on_x_t_and_x_0(models, short
     assert fast == pytest.approx(reference, rel=1e-5)
 
 
-def test_ar_nll_equals_a_causal_forward_of_each_chunk(models, short_chunks):
-    model, _ = models["ar-tiny"]
+def test_ar_nll_equals_a_causal_forward_of_each_chunk(embedded_models, short_chunks):
+    model, _ = embedded_models["ar-tiny"]
     total, n = ev.ar_nll(model, short_chunks, 1)
     reference, count = 0.0, 0
     for r in range(short_chunks.input_ids.shape[0]):
@@ -99,10 +91,10 @@ def test_chunks_cover_every_document_token_once_and_never_mix_documents():
     assert (chunks.positions[chunks.loss_mask] < 64).all() and chunks.positions[0, 0] == chunks.positions[1, 0] == 0
 
 
-def test_tpf_counts_each_rows_own_forwards_so_it_does_not_depend_on_the_batch(models):
+def test_tpf_counts_each_rows_own_forwards_so_it_does_not_depend_on_the_batch(embedded_models):
     """Per-row TPF of a batch of 4 equals that of the same problems decoded one by one; batch TPF is lower (every
     row of a batch waits for the slowest)."""
-    model, tok = models["sdar-tiny"]
+    model, tok = embedded_models["sdar-tiny"]
     problems = ev.read_jsonl(REPO / ev.SUBSET_DATA / ev.ARITH_FILE, 4)
     decoder = ev.Decoder("sdar-tiny", "dynamic", 0.9)
     batched = ev.arith_eval(model, tok, problems, decoder, ev.EvalSettings(batch_size=4)).summary()

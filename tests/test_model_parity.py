@@ -13,18 +13,13 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
+from conftest import hand_block_causal, rel_err
 from sdar_core import load_pretrained
 from sdar_core.kv_cache import KVCache
 
 TOL = 1e-5
 SHAPES = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
               num_key_value_heads=2, head_dim=16, rope_theta=10000.0, max_position_embeddings=256)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b|| in float64."""
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
 
 
 def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -119,14 +114,6 @@ def test_moe_routing_is_nontrivial_so_parity_covers_expert_choice(tmp_path):
 
 # --- block-causal attention ------------------------------------------------------------------------------
 
-
-def hand_block_causal(length: int, block_size: int) -> torch.Tensor:
-    """allowed[i, j] = key j is in a block at or before query i's block; built with loops."""
-    allowed = torch.zeros(length, length, dtype=torch.bool)
-    for i in range(length):
-        for j in range(length):
-            allowed[i, j] = (j // block_size) <= (i // block_size)
-    return allowed
 
 
 @pytest.fixture(scope="module")

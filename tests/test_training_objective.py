@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import random_model, tiny_config
+from conftest import random_model, tiny_config
 from training.objective import (PackedBatch, ar_loss, block_ids, dense_mask, document_causal_mask_mod,
                                 sample_noise, sdar_loss, sdar_mask_mod)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdar_core import load_pretrained
-from tests.conftest import REPO
+from sdar_core import generate, load_pretrained
+from conftest import REPO
 from training.recipe import RecipeError, load_recipe, recipe_from_dict
 from training.train import latest_checkpoint, main, train
 
@@ -57,11 +57,10 @@ def test_final_checkpoint_loads_in_sdar_core_as_an_sdar_model(sdar_run):
 
 
 def test_final_checkpoint_decodes_with_sdar_core_generate(sdar_run):
-    decoding = pytest.importorskip("sdar_core.decoding")
     _, result = sdar_run
     model, tokenizer = load_pretrained(result.final_dir, device="cpu")
     ids = torch.tensor([tokenizer("The little train", add_special_tokens=False)["input_ids"]])
-    gen = decoding.generate(model, ids, max_new_tokens=8, block_length=4, steps=4, strategy="static")
+    gen = generate(model, ids, max_new_tokens=8, block_length=4, steps=4, strategy="static")
     assert 0 < gen.tokens.shape[1] <= 8
     assert model.config.mask_token_id not in gen.tokens.flatten().tolist()
 
@@ -129,7 +128,9 @@ def test_a_used_output_dir_needs_resume(sdar_run):
 
 
 def test_shipped_recipes_parse(tmp_path):
-    for path in sorted((REPO / "training" / "recipes").glob("*.yaml")):
+    paths = sorted((REPO / "training" / "recipes").glob("*.yaml"))
+    assert paths
+    for path in paths:
         try:
             recipe = load_recipe(path, [f"output_dir={tmp_path / path.stem}"])
         except RecipeError as e:  # data, tokenizer or base checkpoints not built on this machine

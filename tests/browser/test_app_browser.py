@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 
 import re
-import socket
 from pathlib import Path
 
 import pytest
 
+from conftest import REPO, free_port
+
 CHROMIUM = Path("/usr/bin/chromium")
-REPO = Path(__file__).resolve().parents[2]
 # The README's screenshots are refreshed with SDAR_UPDATE_SCREENSHOTS=1; ordinary runs (CI) write theirs to
 # tests/artifacts/ (ignored) so that a test run never modifies tracked files.
 SHOTS = REPO / "assets" / "screenshots" if os.environ.get("SDAR_UPDATE_SCREENSHOTS") else REPO / "tests" / "artifacts"
@@ -33,9 +33,7 @@ def url():
     from app.ui import LAUNCH_KWARGS, build_app
 
     demo = build_app()  # what `python app.py` serves: sdar-tiny selected, ar-tiny its twin
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
