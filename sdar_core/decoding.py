@@ -25,7 +25,7 @@ import torch
 from .runner import ChunkRunner, default_mode
 from .sampling import SamplingError, SamplingParams, sample_tokens
 from .schedules import (STRATEGIES, select_dynamic, select_entropy, select_sequential, select_static,
-                        static_counts)
+                        static_count, static_steps_needed)
 from .trace import Generation, Stats, StepEvent
 
 
@@ -220,10 +220,10 @@ def _generate_blocks(model, rows, *, max_new_tokens, block_length, steps, schedu
         s = start + b * L  # tensor index of this block
         active = torch.tensor([not f for f in finished], device=device)
         # Masked positions per row at the block's start are known on the host from the layout (prompt tails),
-        # so the static schedules know their step count without reading the device: min(T, masked) forwards.
+        # so the static schedules know their step count without reading the device.
         host_masked = [L - max(0, min(L, pad[r] + prompt_len[r] - s)) for r in range(B)]
-        n_masked = torch.tensor(host_masked, device=device)  # [B]
-        static_steps = max(min(steps, m) for r, m in enumerate(host_masked) if not finished[r])
+        static_used = [static_steps_needed(m, L, steps) for m in host_masked]
+        static_steps = max(n for r, n in enumerate(static_used) if not finished[r])
         used = [0] * B
         adaptive = schedule in ("dynamic", "entropy")  # steps used depend on confidences: read on the host
         for step in range(steps):
@@ -242,7 +242,7 @@ def _generate_blocks(model, rows, *, max_new_tokens, block_length, steps, schedu
             forwards += 1
             x0, conf, ent = sample_tokens(logits, sampling, forbid_token=mask_id, generator=generator,
                                           want_entropy=schedule == "entropy")
-            count = torch.minimum(static_counts(n_masked, steps, step), masked.sum(-1))
+            count = masked.sum(-1).clamp_max(static_count(L, steps, step))  # [B]
             if schedule == "static":
                 chosen = select_static(conf, masked, count)
             elif schedule == "dynamic":
@@ -257,7 +257,7 @@ def _generate_blocks(model, rows, *, max_new_tokens, block_length, steps, schedu
             if not adaptive and step + 1 >= static_steps:
                 break
         if not adaptive:
-            used = [0 if finished[r] else min(steps, host_masked[r]) for r in range(B)]
+            used = [0 if finished[r] else static_used[r] for r in range(B)]
         # The block is final. Deferred stop check (Appendix B.2): one host read per block, and none at all
         # without stop tokens (then only max_new_tokens ends a row, which the host knows).
         block_tokens = seq[:, s: s + L].tolist() if stop_ids else None

@@ -11,13 +11,24 @@ import torch
 STRATEGIES = ("static", "dynamic", "sequential", "entropy", "ar")
 
 
-def static_counts(n_masked: torch.Tensor, steps: int, step: int) -> torch.Tensor:
-    """How many positions step `step` commits for blocks with `n_masked` [B] masked positions over `steps`.
+def static_count(block_length: int, steps: int, step: int) -> int:
+    """How many positions step `step` of `steps` commits (the authors' `get_num_transfer_tokens`).
 
-    The paper's static schedule: ceil(L'/T) per step, the remainder L' mod T spread over the first
-    steps (e.g. L'=4, T=3 gives 2, 1, 1), so a block is done in exactly min(T, L') forwards.
+    floor(L/T) per step plus one for the first L mod T steps (L=8, T=3 gives 3, 3, 2), from the block
+    *length*, so every block gets the same counts; a block that starts with prompt tokens runs out of masked
+    positions early and ends after fewer steps. The caller caps the count at what is still masked.
     """
-    return n_masked // steps + (step < n_masked % steps).long()
+    return block_length // steps + int(step < block_length % steps)
+
+
+def static_steps_needed(n_masked: int, block_length: int, steps: int) -> int:
+    """Forwards the static count takes to unmask `n_masked` positions (at most `steps`: the counts sum to L)."""
+    done = 0
+    for step in range(steps):
+        if done >= n_masked:
+            return step
+        done += static_count(block_length, steps, step)
+    return steps
 
 
 def _rank(score: torch.Tensor, descending: bool) -> torch.Tensor:

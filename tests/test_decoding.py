@@ -26,8 +26,6 @@ def brute_force(model, prompt: list[int], max_new: int, L: int, T: int, strategy
     x = prompt + [MASK] * (total - P)
     for b in range(P // L, total // L):
         lo, hi = b * L, (b + 1) * L
-        masked0 = [i for i in range(lo, hi) if i >= P]
-        M = len(masked0)
         for step in range(T):
             masked = [i for i in range(lo, hi) if i >= P and x[i] == MASK]
             if not masked:
@@ -36,7 +34,8 @@ def brute_force(model, prompt: list[int], max_new: int, L: int, T: int, strategy
                 logits = model(torch.tensor([x[:hi]]), mask=hand_mask(hi, L))[0].double()
             logits[:, MASK] = float("-inf")
             probs = logits.softmax(-1)
-            count = min(M // T + (1 if step < M % T else 0), len(masked))
+            # the authors' counts: from the block length, whatever the prompt already fills
+            count = min(L // T + (1 if step < L % T else 0), len(masked))
             conf = {i: probs[i].max().item() for i in masked}
             token = {i: int(probs[i].argmax()) for i in masked}
             by_conf = sorted(masked, key=lambda i: (-conf[i], i))
@@ -96,6 +95,64 @@ def test_static_commits_exactly_the_static_count_per_step(sdar):
     for e in gen.trace:
         assert len(e.committed) == [3, 3, 2][e.step]  # ceil(8/3), the remainder spread over the first steps
     assert all(s == [3] * len(s) for s in gen.stats.steps_per_block)
+
+
+@pytest.mark.parametrize("L,T", [(4, 2), (4, 3), (8, 4), (8, 3)])
+@pytest.mark.parametrize("prompt_len", [8, 9, 10, 13])
+def test_partial_first_block_uses_block_length_counts(sdar, L, T, prompt_len):
+    """Step s commits floor(L/T) (+1 for s < L mod T) of what is still masked, and the block ends once
+    nothing is masked: a prompt ending inside a block makes its first block shorter, not its counts smaller."""
+    prompt = list(range(3, 3 + prompt_len))
+    gen = generate(sdar, [prompt], max_new_tokens=2 * L, block_length=L, steps=T, strategy="static", trace=True)
+    counts = [L // T + (1 if s < L % T else 0) for s in range(T)]  # the same list for every block
+    for b in range(len(gen.stats.steps_per_block[0])):
+        masked = L - (prompt_len % L if b == 0 else 0)
+        expected, left = [], masked
+        for c in counts:
+            if left == 0:
+                break
+            expected.append(min(c, left))
+            left -= expected[-1]
+        events = [e for e in gen.trace if e.block == b]
+        assert [len(e.committed) for e in events] == expected, (b, masked)
+        assert gen.stats.steps_per_block[0][b] == len(expected)
+    assert gen.stats.forwards == sum(gen.stats.steps_per_block[0])
+    assert gen.row_tokens(0) == brute_force(sdar, prompt, 2 * L, L, T, "static")
+
+
+def test_partial_first_block_costs_fewer_forwards():
+    """Block 8, 4 steps, a prompt ending 2 tokens into a block: 6 masked positions take 2, 2, 2 (3 forwards)."""
+    model = random_model(tiny_config("sdar", block_size=8, layers=1))
+    gen = generate(model, [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14]], max_new_tokens=6, block_length=8, steps=4,
+                   strategy="static", trace=True)
+    assert [len(e.committed) for e in gen.trace] == [2, 2, 2]
+    assert gen.stats.steps_per_block == [[3]] and gen.stats.forwards == 3
+
+
+def test_a_final_token_is_never_changed_after_a_dynamic_step_went_past_the_static_count(sdar):
+    """The authors' loop takes its top-k over all positions, so once a confident step has left fewer masked
+    positions than the static count, its top-k also picks final positions and overwrites them. Ours commits
+    only masked positions: every prompt or committed token stays as it was."""
+    L, T = 8, 4
+    torch.manual_seed(5)
+    prompt = torch.randint(0, 90, (10,)).tolist()  # 2 prompt tokens in the first block in flight
+    gen = generate(sdar, [prompt], max_new_tokens=30, block_length=L, steps=T, strategy="dynamic",
+                   threshold=0.3, trace=True)
+    short = 0  # steps that found fewer masked positions than the static count
+    for b in range(len(gen.stats.steps_per_block[0])):
+        events = [e for e in gen.trace if e.block == b]
+        state = list(events[0].block_state)
+        for i in events[0].committed:
+            state[i] = MASK
+        for e in events:
+            short += len(e.masked_confidence) < L // T
+            assert set(e.masked_confidence) == {i for i, t in enumerate(state) if t == MASK}
+            final = [i for i in range(L) if i not in e.masked_confidence]
+            assert [e.block_state[i] for i in final] == [state[i] for i in final]  # untouched
+            assert set(e.committed) <= set(e.masked_confidence)
+            state = list(e.block_state)
+    assert short > 0  # the situation arose
+    assert gen.row_tokens(0) == brute_force(sdar, prompt, 30, L, T, "dynamic", threshold=0.3)
 
 
 def test_dynamic_never_commits_below_threshold_except_minimum(sdar):
