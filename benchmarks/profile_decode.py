@@ -45,11 +45,12 @@ def kernels_per_forward(model, q: int, compile) -> tuple[int, list]:
 
     runner = ChunkRunner(model, 1, 512, max(q, 1), "static", compile)
     seq = torch.randint(0, 1000, (1, 512), device="cuda")
-    ids, positions, idx = runner._inputs(seq, 256, q)
-    mask = runner.buffer_mask(idx)  # the mask the runner hands its graphs (additive on CUDA)
+    ids, positions, idx = runner.inputs(seq, 256, q)
+    mask = runner.mask(256, q)  # the mask the runner hands its graphs (additive on CUDA)
+    slot = runner.cache.chunk_at(idx)
 
     def fwd():
-        return runner.forward_fn(ids, positions, mask=mask, cache=runner.cache, cache_index=idx, block_size=max(q, 1))
+        return runner.forward_fn(ids, positions, mask=mask, cache=slot, block_size=max(q, 1))
 
     for _ in range(3):
         fwd()

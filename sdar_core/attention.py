@@ -62,6 +62,24 @@ def block_causal_mask(
     return allowed[:, None]
 
 
+def chunk_mask(start: int, q_len: int, k_len: int, block_size: int,
+               k_start: torch.Tensor | None = None, device=None) -> tuple[torch.Tensor | None, bool]:
+    """The attention mask of a chunk of `q_len` queries at key indices start.. against keys [0, k_len): every
+    forward (whole sequence, prompt prefill, block in flight, static-shape buffer) gets its mask here.
+
+    Returns (mask, is_causal): (None, False) when every query sees every key (whole blocks, the chunk ending
+    the keys, no padding: no mask at all is fastest), (None, True) for plain causal attention over a whole
+    sequence (block size 1), else the boolean mask of `block_causal_mask`.
+    """
+    ends_keys = k_start is None and k_len == start + q_len
+    if ends_keys and start % block_size == 0 and q_len <= block_size:
+        return None, False
+    if ends_keys and block_size == 1 and start == 0:
+        return None, True
+    q_index = torch.arange(start, start + q_len, device=device)
+    return block_causal_mask(q_index, k_len, block_size, k_start=k_start), False
+
+
 def attention(
     q: torch.Tensor,  # [B, H, Q, D]
     k: torch.Tensor,  # [B, H_kv, K, D]

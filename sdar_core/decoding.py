@@ -4,9 +4,9 @@ Across blocks the decoder is autoregressive with a KV cache identical to an AR m
 it runs masked-diffusion denoising: each step is one forward of the block in flight against the
 committed cache (bidirectional inside the block), then a schedule commits some masked positions.
 
-Layout of a batch. Block boundaries fall at absolute positions that are multiples of `block_length`,
-counted in each row's own sequence. Rows are left-padded by whole blocks so that every row's first block
-in flight starts at the same tensor index: row r with prompt length P_r has k_r = P_r // L complete
+Layout of a batch (`BatchLayout`). Block boundaries fall at absolute positions that are multiples of
+`block_length`, counted in each row's own sequence. Rows are left-padded by whole blocks so that every row's
+first block in flight starts at the same tensor index: row r with prompt length P_r has k_r = P_r // L complete
 prompt blocks and gets L * (max k - k_r) padding tokens in front. Padding keys are hidden by the mask and
 RoPE positions are counted from each row's first real token, so every row computes what it would alone.
 
@@ -18,36 +18,18 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from .decode_params import DecodeParams, GenerationError, is_int
 from .runner import ChunkRunner, default_mode
-from .sampling import SamplingError, SamplingParams, sample_tokens
-from .schedules import (STRATEGIES, select_dynamic, select_entropy, select_sequential, select_static,
-                        static_count, static_steps_needed)
+from .sampling import sample_tokens
+from .schedules import SCHEDULES, StepScores, static_count, static_steps_needed
 from .trace import Generation, Stats, StepEvent
 
-
-class GenerationError(ValueError):
-    """Arguments that generate() cannot honour, explained."""
-
-
-def _prompt_rows(input_ids) -> list[list[int]]:
-    """input_ids as a list of rows: a LongTensor [B, T], a list of id lists, or one id list."""
-    if isinstance(input_ids, torch.Tensor):
-        if input_ids.dim() == 1:
-            input_ids = input_ids[None]
-        if input_ids.dim() != 2:
-            raise GenerationError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
-        rows = input_ids.tolist()
-    elif input_ids and isinstance(input_ids[0], int):
-        rows = [list(input_ids)]
-    else:
-        rows = [list(r.tolist() if isinstance(r, torch.Tensor) else r) for r in input_ids]
-    if not rows or any(len(r) == 0 for r in rows):
-        raise GenerationError("the prompt is empty: give at least one token per row")
-    return rows
+__all__ = ["generate", "DecodeParams", "GenerationError", "BatchLayout", "positions_needed"]
 
 
 def positions_needed(prompt_len: int, max_new_tokens: int, strategy: str, block_length: int) -> int:
@@ -56,108 +38,59 @@ def positions_needed(prompt_len: int, max_new_tokens: int, strategy: str, block_
     return math.ceil((prompt_len + max_new_tokens) / L) * L
 
 
-def _validate(model, rows, *, max_new_tokens, block_length, steps, strategy, threshold, sampling,
-              entropy_bound):
-    config = model.config
-    if strategy not in STRATEGIES:
-        raise GenerationError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if max_new_tokens < 1:
-        raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if strategy != "ar":
-        if not config.is_sdar:
-            raise GenerationError(
-                f"this is an autoregressive model (model_type {config.model_type!r}): only strategy='ar' "
-                "applies; block diffusion needs an SDAR checkpoint")
-        if block_length < 1:
-            raise GenerationError(f"block_length must be >= 1, got {block_length}")
-        if not 1 <= steps <= block_length:
-            raise GenerationError(f"steps must be between 1 and block_length ({block_length}), got {steps}")
-        if strategy == "dynamic" and not 0 < threshold <= 1:
-            raise GenerationError(f"threshold must be in (0, 1], got {threshold}")
-        if strategy == "entropy" and not entropy_bound > 0:
-            raise GenerationError(f"entropy_bound must be > 0, got {entropy_bound}")
-    try:
-        sampling.validate()
-    except SamplingError as e:
-        raise GenerationError(str(e)) from None
-    longest = max(len(r) for r in rows)
-    needed = positions_needed(longest, max_new_tokens, strategy, block_length)
-    if needed > config.max_position_embeddings:
-        L = 1 if strategy == "ar" else block_length
-        raise GenerationError(
-            f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}), rounded up to whole blocks of "
-            f"{L}, is {needed} tokens: beyond the model's context of {config.max_position_embeddings}")
-
-
 @torch.no_grad()
-def generate(
-    model,
-    input_ids,
-    *,
-    max_new_tokens: int = 128,
-    block_length: int | None = None,
-    steps: int | None = None,
-    strategy: str = "dynamic",
-    threshold: float = 0.9,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    stop_token_ids: list[int] | None = None,
-    seed: int | None = 0,
-    trace: bool = False,
-    on_step: Callable[[StepEvent], None] | None = None,
-    entropy_bound: float = 1.0,
-    fuse_cache_write: bool = True,
-    runner_mode: str | None = None,
-    compile: bool = False,
-) -> Generation:
-    """Decode `max_new_tokens` per row; returns a Generation (tokens [B, <=max_new_tokens], stats, trace).
+def generate(model, input_ids, params: DecodeParams | None = None, *,
+             on_step: Callable[[StepEvent], None] | None = None, **options) -> Generation:
+    """Decode up to `max_new_tokens` per row; returns a Generation (tokens [B, <=max_new_tokens], stats, trace).
 
-    input_ids: LongTensor [B, T] or a list of id lists of different lengths. block_length / steps
-    default to the model's block size. strategy: "static" (ceil(L/T) per step), "dynamic" (confidence >
-    threshold, at least the static count), "sequential" (left to right), "entropy" (lowest entropy while
-    the summed entropy <= entropy_bound, at least the static count), "ar" (one token per forward with
-    causal attention: next-token prediction for an AR model, a block of one masked token for SDAR).
-    stop_token_ids end a row at its first stop token (kept; nothing after it is returned or counted).
-    trace=True records a StepEvent per row and step; on_step receives them as they happen.
-    runner_mode: "plain", "static" or "graph" (CUDA graphs; default on CUDA), see runner.py; all three
-    give the same tokens. compile=True also torch.compile's the graphed forward.
+    input_ids: LongTensor [B, T] or a list of id lists of different lengths. The options are a DecodeParams
+    (`params`) and/or its fields as keywords (`max_new_tokens=64, strategy="static", ...`, applied on top);
+    see DecodeParams for each. on_step receives every StepEvent as it happens.
     """
     config = model.config
-    block_length = max(config.block_size, 1) if block_length is None else block_length
-    steps = block_length if steps is None else steps
-    sampling = SamplingParams(temperature, top_k, top_p)
-    pad_id = config.pad_token_id if config.pad_token_id is not None else (config.eos_token_ids or [0])[0]
-    rows = _prompt_rows(input_ids)
-    _validate(model, rows, max_new_tokens=max_new_tokens, block_length=block_length, steps=steps,
-              strategy=strategy, threshold=threshold, sampling=sampling, entropy_bound=entropy_bound)
-    stop_ids = sorted(set(stop_token_ids or []))
-    generator = None
-    if temperature > 0:
-        generator = torch.Generator(device=model.device)
-        generator.manual_seed(seed if seed is not None else torch.seed())
-    events: list[StepEvent] | None = [] if trace else None
-    emit = None
-    if trace or on_step is not None:
-        def emit(e: StepEvent) -> None:
-            if events is not None:
-                events.append(e)
-            if on_step is not None:
-                on_step(e)
-    args = dict(max_new_tokens=max_new_tokens, sampling=sampling, stop_ids=stop_ids, generator=generator,
-                emit=emit, pad_id=pad_id, mode=runner_mode or default_mode(model), compile=compile)
-    if strategy == "ar" and not config.is_sdar:
-        gen = _generate_next_token(model, rows, **args)
+    params = DecodeParams.build(params, options)
+    params.check(config)
+    rows = prompt_rows(input_ids, config.vocab_size)
+    p = params.resolved(config)
+    longest = max(len(r) for r in rows)
+    needed = positions_needed(longest, p.max_new_tokens, p.strategy, p.block_length)
+    if needed > config.max_position_embeddings:
+        raise GenerationError(
+            f"prompt ({longest} tokens) + max_new_tokens ({p.max_new_tokens}), rounded up to whole blocks of "
+            f"{p.block_length}, is {needed} tokens: beyond the model's context of {config.max_position_embeddings}")
+    tracer = Tracer.make(p.trace, on_step)
+    if p.strategy == "ar" and not config.is_sdar:
+        gen = NextTokenDecoder(model, rows, p, tracer).run()
     else:
-        if strategy == "ar":  # SDAR weights: a block of one masked token, predicted at its own position
-            block_length, steps, schedule = 1, 1, "static"
-        else:
-            schedule = strategy
-        gen = _generate_blocks(model, rows, block_length=block_length, steps=steps, schedule=schedule,
-                               threshold=threshold, entropy_bound=entropy_bound, fuse=fuse_cache_write, **args)
-    gen.stats.strategy = strategy
-    gen.trace = events
+        gen = BlockDecoder(model, rows, p, tracer).run()
+    gen.stats.strategy = p.strategy
+    gen.trace = tracer.events if tracer is not None else None
     return gen
+
+
+def prompt_rows(input_ids, vocab_size: int) -> list[list[int]]:
+    """input_ids as a list of rows (a LongTensor [B, T], a list of id lists, or one id list), every id checked."""
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+            raise GenerationError(f"input_ids must hold integer token ids, got a tensor of dtype {input_ids.dtype}")
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        if input_ids.dim() != 2:
+            raise GenerationError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
+        rows = input_ids.tolist()
+    elif isinstance(input_ids, (list, tuple)) and input_ids and is_int(input_ids[0]):
+        rows = [list(input_ids)]
+    elif isinstance(input_ids, (list, tuple)):
+        rows = [r.tolist() if isinstance(r, torch.Tensor) else list(r) for r in input_ids]
+    else:
+        raise GenerationError(f"input_ids must be a LongTensor [B, T] or lists of token ids, got {type(input_ids)}")
+    if not rows or any(len(r) == 0 for r in rows):
+        raise GenerationError("the prompt is empty: give at least one token per row")
+    for r, row in enumerate(rows):
+        bad = next((t for t in row if not is_int(t) or not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise GenerationError(f"input_ids must be integer token ids in 0..{vocab_size - 1}; row {r} holds {bad!r}")
+    return rows
 
 
 def synchronize(device: torch.device) -> None:
@@ -175,214 +108,291 @@ def _cut_at_stop(tokens: list[int], stop_ids: list[int], limit: int) -> tuple[li
     return tokens, False
 
 
-def _generate_blocks(model, rows, *, max_new_tokens, block_length, steps, schedule, threshold, entropy_bound,
-                     fuse, sampling, stop_ids, generator, emit, pad_id, mode, compile) -> Generation:
-    device, L, B = model.device, block_length, len(rows)
-    mask_id = model.config.mask_token_id
-    t0 = time.perf_counter()
-    prompt_len = [len(r) for r in rows]
-    full_blocks = [p // L for p in prompt_len]
-    k_max = max(full_blocks)
-    pad = [L * (k_max - k) for k in full_blocks]  # left padding, whole blocks
-    start = k_max * L  # tensor index of the first block in flight, the same for every row
-    n_blocks = max(math.ceil((p + max_new_tokens) / L) - k for p, k in zip(prompt_len, full_blocks))
-    total = start + n_blocks * L
-    # seq: [B, total] every row's tokens in tensor layout; generated positions start as mask tokens.
-    seq = torch.full((B, total), mask_id, dtype=torch.long)
-    for r, ids in enumerate(rows):
-        seq[r, : pad[r]] = pad_id
-        seq[r, pad[r]: pad[r] + len(ids)] = torch.tensor(ids)
-    seq = seq.to(device)
-    fixed = torch.zeros(B, total, dtype=torch.bool)  # prompt positions inside the blocks in flight
-    for r in range(B):
-        fixed[r, : pad[r] + prompt_len[r]] = True
-    fixed = fixed.to(device)
+def _pad_id(config) -> int:
+    return config.pad_token_id if config.pad_token_id is not None else (config.eos_token_ids or [0])[0]
 
-    run = ChunkRunner.get(model, B, total, L, mode, compile)
-    run.set_padding(pad)
 
-    prefill_forwards = 0
-    if start > 0:  # the prompt's complete blocks, in one forward, straight into the cache
-        run(seq, 0, start, logits_from=start)  # logits of nothing: only the cache write matters
-        run.cache.commit(start)
-        prefill_forwards = 1
-    synchronize(device)
-    prefill_seconds = time.perf_counter() - t0
+def _generator(p: DecodeParams, device) -> torch.Generator | None:
+    if p.temperature == 0:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(p.seed if p.seed is not None else torch.seed())
+    return generator
 
-    forwards = 0
-    finished = [False] * B  # stopped, or has max_new_tokens
-    steps_per_block: list[list[int]] = [[] for _ in range(B)]
-    pending = False  # the previous block is final but its KV is not in the cache yet (fused path)
-    tracing = emit is not None
-    for b in range(n_blocks):
-        if all(finished):
-            break
-        s = start + b * L  # tensor index of this block
-        active = torch.tensor([not f for f in finished], device=device)
-        # Masked positions per row at the block's start are known on the host from the layout (prompt tails),
-        # so the static schedules know their step count without reading the device.
-        host_masked = [L - max(0, min(L, pad[r] + prompt_len[r] - s)) for r in range(B)]
-        static_used = [static_steps_needed(m, L, steps) for m in host_masked]
-        static_steps = max(n for r, n in enumerate(static_used) if not finished[r])
-        used = [0] * B
-        adaptive = schedule in ("dynamic", "entropy")  # steps used depend on confidences: read on the host
-        for step in range(steps):
-            masked = (seq[:, s: s + L] == mask_id) & ~fixed[:, s: s + L] & active[:, None]
-            if adaptive:
-                row_masked = masked.any(-1).tolist()  # the schedule's one host sync per step
-                if step > 0 and not any(row_masked):
-                    break  # the block is done early
-                used = [u + int(m) for u, m in zip(used, row_masked)]
-            if pending:  # fused: write block b-1 and denoise block b in one forward
-                logits = run(seq, s - L, 2 * L, logits_from=L)
-                run.cache.commit(L)
-                pending = False
-            else:
-                logits = run(seq, s, L, logits_from=0)
-            forwards += 1
-            x0, conf, ent = sample_tokens(logits, sampling, forbid_token=mask_id, generator=generator,
-                                          want_entropy=schedule == "entropy")
-            count = masked.sum(-1).clamp_max(static_count(L, steps, step))  # [B]
-            if schedule == "static":
-                chosen = select_static(conf, masked, count)
-            elif schedule == "dynamic":
-                chosen = select_dynamic(conf, masked, count, threshold)
-            elif schedule == "sequential":
-                chosen = select_sequential(masked, count)
-            else:
-                chosen = select_entropy(ent, masked, count, entropy_bound)
-            seq[:, s: s + L] = torch.where(chosen, x0, seq[:, s: s + L])
-            if tracing:
-                _emit_steps(emit, b, step, s, seq, masked, chosen, conf, x0, fixed, pad, mask_id, finished, stop_ids)
-            if not adaptive and step + 1 >= static_steps:
+
+class Tracer:
+    """Where StepEvents go: the trace list (trace=True) and/or the on_step callback."""
+
+    def __init__(self, events: list[StepEvent] | None, on_step) -> None:
+        self.events, self.on_step = events, on_step
+
+    @classmethod
+    def make(cls, trace: bool, on_step) -> "Tracer | None":
+        return cls([] if trace else None, on_step) if trace or on_step is not None else None
+
+    def emit(self, event: StepEvent) -> None:
+        if self.events is not None:
+            self.events.append(event)
+        if self.on_step is not None:
+            self.on_step(event)
+
+
+@dataclass
+class BatchLayout:
+    """Where every row's tokens sit in the batch tensor (see the module docstring); built once per call."""
+
+    prompts: list[list[int]]
+    block: int  # L
+    pad: list[int]  # left padding of each row, whole blocks
+    start: int  # tensor index of the first block in flight, the same for every row
+    seq: torch.Tensor  # [B, total] padding, prompt, then the fill token at every generated position
+    fixed: torch.Tensor  # [B, total] bool: padding and prompt positions, never decoded
+    pad_id: int
+
+    @classmethod
+    def build(cls, prompts: list[list[int]], block: int, max_new_tokens: int, fill_id: int, pad_id: int,
+              device) -> "BatchLayout":
+        full_blocks = [len(p) // block for p in prompts]
+        pad = [block * (max(full_blocks) - k) for k in full_blocks]
+        start = max(full_blocks) * block
+        n_blocks = max(math.ceil((len(p) + max_new_tokens) / block) - k for p, k in zip(prompts, full_blocks))
+        seq = torch.full((len(prompts), start + n_blocks * block), fill_id, dtype=torch.long)
+        fixed = torch.zeros(seq.shape, dtype=torch.bool)
+        for r, ids in enumerate(prompts):
+            seq[r, : pad[r]] = pad_id
+            seq[r, pad[r]: pad[r] + len(ids)] = torch.tensor(ids)
+            fixed[r, : pad[r] + len(ids)] = True
+        return cls(prompts, block, pad, start, seq.to(device), fixed.to(device), pad_id)
+
+    @property
+    def batch(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def n_blocks(self) -> int:
+        return (self.seq.shape[1] - self.start) // self.block
+
+    def prompt_end(self, r: int) -> int:
+        """Tensor index just past row r's prompt."""
+        return self.pad[r] + len(self.prompts[r])
+
+    def masked_at(self, s: int) -> list[int]:
+        """Masked positions of each row in the block at tensor index s before decoding it (host arithmetic)."""
+        L = self.block
+        return [L - max(0, min(L, self.prompt_end(r) - s)) for r in range(self.batch)]
+
+    def finish(self, max_new_tokens: int, stop_ids: list[int], stats: Stats) -> Generation:
+        """Cut every row after its first stop token and at max_new_tokens; fill in the token counts."""
+        seq_rows = self.seq.tolist()
+        out = [_cut_at_stop(seq_rows[r][self.prompt_end(r):], stop_ids, max_new_tokens)[0]
+               for r in range(self.batch)]
+        lengths = [len(kept) for kept in out]
+        tokens = torch.full((self.batch, max(lengths)), self.pad_id, dtype=torch.long)
+        for r, kept in enumerate(out):
+            tokens[r, : len(kept)] = torch.tensor(kept, dtype=torch.long)
+        stats.new_tokens = sum(lengths)
+        stats.new_tokens_per_row = lengths
+        return Generation(tokens=tokens, lengths=lengths, stats=stats)
+
+
+class BlockDecoder:
+    """Block diffusion over a batch: the prompt's whole blocks prefilled in one forward, then block after
+    block denoised against the cache until nothing is masked, every row ending at a stop or max_new_tokens."""
+
+    def __init__(self, model, rows: list[list[int]], p: DecodeParams, tracer: Tracer | None) -> None:
+        self.p, self.tracer, self.device = p, tracer, model.device
+        self.L, self.mask_id = p.block_length, model.config.mask_token_id
+        self.schedule = SCHEDULES["static" if p.strategy == "ar" else p.strategy]
+        self.sampling, self.generator = p.sampling, _generator(p, model.device)
+        self.layout = BatchLayout.build(rows, self.L, p.max_new_tokens, self.mask_id, _pad_id(model.config),
+                                        model.device)
+        self.seq = self.layout.seq
+        self.run_chunk = ChunkRunner.get(model, len(rows), self.seq.shape[1], self.L,
+                                         p.runner_mode or default_mode(model), p.compile)
+        self.run_chunk.set_padding(self.layout.pad)
+        self.finished = [False] * len(rows)  # stopped, or has max_new_tokens
+        self.steps_per_block: list[list[int]] = [[] for _ in rows]
+        self.pending = False  # the previous block is final but its KV is not in the cache yet (fused path)
+        self.forwards = 0
+
+    def run(self) -> Generation:
+        t0 = time.perf_counter()
+        prefill_forwards = self.prefill()
+        synchronize(self.device)
+        prefill_seconds = time.perf_counter() - t0
+        for b in range(self.layout.n_blocks):
+            if all(self.finished):
                 break
-        if not adaptive:
-            used = [0 if finished[r] else static_used[r] for r in range(B)]
-        # The block is final. Deferred stop check (Appendix B.2): one host read per block, and none at all
-        # without stop tokens (then only max_new_tokens ends a row, which the host knows).
-        block_tokens = seq[:, s: s + L].tolist() if stop_ids else None
-        for r in range(B):
-            if finished[r]:
-                continue
-            steps_per_block[r].append(used[r])
-            first_new = max(pad[r] + prompt_len[r], s)
-            n_before = first_new - pad[r] - prompt_len[r]
-            n_new, hit = s + L - first_new, False
-            if block_tokens is not None:
-                kept, hit = _cut_at_stop(block_tokens[r][first_new - s:], stop_ids, max_new_tokens - n_before)
-                n_new = len(kept)
-            if hit or n_before + n_new >= max_new_tokens:
-                finished[r] = True
-        if fuse:
-            pending = True
+            s = self.layout.start + b * self.L  # tensor index of block b
+            self.finalise_block(s, self.denoise_block(b, s))
+        synchronize(self.device)
+        p, layout = self.p, self.layout
+        stats = Stats(strategy=p.strategy, block_length=self.L, steps=p.steps, batch_size=layout.batch,
+                      prompt_tokens=sum(map(len, layout.prompts)), new_tokens=0, forwards=self.forwards,
+                      prefill_forwards=prefill_forwards, seconds=time.perf_counter() - t0,
+                      prefill_seconds=prefill_seconds, steps_per_block=self.steps_per_block)
+        return layout.finish(p.max_new_tokens, p.stop_token_ids, stats)
+
+    def prefill(self) -> int:
+        """The prompt's complete blocks, in one forward, straight into the cache; the forwards it took."""
+        start = self.layout.start
+        if start == 0:
+            return 0
+        self.run_chunk(self.seq, 0, start, logits_from=start)  # logits of nothing: only the cache write matters
+        self.run_chunk.cache.commit(start)
+        return 1
+
+    def denoise_block(self, b: int, s: int) -> list[int]:
+        """Denoise block b (tensor index s) until nothing is masked; the steps each row used."""
+        L, T = self.L, self.p.steps
+        # The static schedules' step counts follow from the layout (prompt tails) without reading the device.
+        static_used = [0 if done else static_steps_needed(m, L, T)
+                       for done, m in zip(self.finished, self.layout.masked_at(s))]
+        active = torch.tensor([not f for f in self.finished], device=self.device)
+        used = [0] * self.layout.batch
+        for step in range(T):
+            masked = (self.seq[:, s: s + L] == self.mask_id) & ~self.layout.fixed[:, s: s + L] & active[:, None]
+            if self.schedule.adaptive:
+                row_masked = masked.any(-1).tolist()  # the schedule's one host read per step
+                if not any(row_masked):
+                    break
+                used = [u + int(m) for u, m in zip(used, row_masked)]
+            elif step == max(static_used):
+                break
+            self.step(b, s, step, masked)
+        return used if self.schedule.adaptive else static_used
+
+    def step(self, b: int, s: int, step: int, masked: torch.Tensor) -> None:
+        """One denoising step: run the chunk, sample, pick positions, commit."""
+        logits = self.forward_block(s)  # [B, L, V]
+        x0, conf, ent = sample_tokens(logits, self.sampling, forbid_token=self.mask_id, generator=self.generator,
+                                      want_entropy=self.schedule.needs_entropy)
+        count = masked.sum(-1).clamp_max(static_count(self.L, self.p.steps, step))  # [B]
+        scores = StepScores(x0, conf, ent, masked, count)
+        chosen = self.schedule.select(scores, self.p)  # [B, L]
+        self.seq[:, s: s + self.L] = torch.where(chosen, x0, self.seq[:, s: s + self.L])
+        if self.tracer is not None:
+            self.trace_step(b, s, step, scores, chosen)
+
+    def forward_block(self, s: int) -> torch.Tensor:
+        """Logits [B, L, V] of the block at s; fused, the first forward also writes the previous block's KV."""
+        L = self.L
+        self.forwards += 1
+        if not self.pending:
+            return self.run_chunk(self.seq, s, L, logits_from=0)
+        logits = self.run_chunk(self.seq, s - L, 2 * L, logits_from=L)
+        self.run_chunk.cache.commit(L)
+        self.pending = False
+        return logits
+
+    def finalise_block(self, s: int, used: list[int]) -> None:
+        """The block at s is final: record its steps, end the rows it completes, queue its cache write."""
+        # Deferred stop check (Appendix B.2): one host read per block, none at all without stop tokens
+        # (then only max_new_tokens ends a row, which the host knows).
+        block_tokens = self.seq[:, s: s + self.L].tolist() if self.p.stop_token_ids else None
+        for r, done in enumerate(self.finished):
+            if not done:
+                self.steps_per_block[r].append(used[r])
+                self.finished[r] = self.row_done(r, s, block_tokens)
+        if self.p.fuse_cache_write:
+            self.pending = True
         else:  # the paper's engine: one extra forward to write the finished block into the cache
-            run(seq, s, L, logits_from=L)
-            run.cache.commit(L)
-            forwards += 1
-    synchronize(device)
-    seconds = time.perf_counter() - t0
-    return _finish(seq.tolist(), rows, pad, max_new_tokens, stop_ids, pad_id,
-                   Stats(strategy=schedule, block_length=L, steps=steps, batch_size=B,
-                         prompt_tokens=sum(prompt_len), new_tokens=0, forwards=forwards,
-                         prefill_forwards=prefill_forwards, seconds=seconds, prefill_seconds=prefill_seconds,
-                         steps_per_block=steps_per_block))
+            self.run_chunk(self.seq, s, self.L, logits_from=self.L)
+            self.run_chunk.cache.commit(self.L)
+            self.forwards += 1
+
+    def row_done(self, r: int, s: int, block_tokens: list[list[int]] | None) -> bool:
+        """Whether row r stopped in the final block at s or has max_new_tokens with it."""
+        end = self.layout.prompt_end(r)
+        first_new = max(end, s)
+        n_before, n_new = first_new - end, s + self.L - first_new
+        if block_tokens is None:
+            return n_before + n_new >= self.p.max_new_tokens
+        kept, hit = _cut_at_stop(block_tokens[r][first_new - s:], self.p.stop_token_ids,
+                                 self.p.max_new_tokens - n_before)
+        return hit or n_before + len(kept) >= self.p.max_new_tokens
+
+    def trace_step(self, b: int, s: int, step: int, scores: StepScores, chosen: torch.Tensor) -> None:
+        """One StepEvent per row that was still denoising this block (host copies only when tracing)."""
+        L, stop_ids = self.L, self.p.stop_token_ids
+        state = self.seq[:, s: s + L].tolist()
+        masked, conf, x0 = scores.masked.tolist(), scores.confidence.tolist(), scores.candidates.tolist()
+        chosen_l, fixed = chosen.tolist(), self.layout.fixed[:, s: s + L].tolist()
+        for r in range(len(state)):
+            if self.finished[r] or not any(masked[r]):
+                continue
+            committed = [i for i in range(L) if chosen_l[r][i]]
+            new_tokens = [state[r][i] for i in range(L) if not fixed[r][i]]
+            final = self.mask_id not in new_tokens
+            self.tracer.emit(StepEvent(
+                row=r, block=b, step=step, block_start=s - self.layout.pad[r], block_state=state[r],
+                committed=committed, committed_confidence=[conf[r][i] for i in committed],
+                masked_confidence={i: conf[r][i] for i in range(L) if masked[r][i]},
+                candidates={i: x0[r][i] for i in range(L) if masked[r][i]},
+                prompt_positions=[i for i in range(L) if fixed[r][i]],
+                final=final, stopped=final and any(t in stop_ids for t in new_tokens)))
 
 
-def _emit_steps(emit, b, step, s, seq, masked, chosen, conf, x0, fixed, pad, mask_id, finished, stop_ids) -> None:
-    """One StepEvent per row that was still denoising this block (host copies only when tracing)."""
-    L = masked.shape[1]
-    state = seq[:, s: s + L].tolist()
-    masked_l, chosen_l, conf_l, x0_l = masked.tolist(), chosen.tolist(), conf.tolist(), x0.tolist()
-    fixed_l = fixed[:, s: s + L].tolist()
-    for r in range(len(state)):
-        if finished[r] or not any(masked_l[r]):
-            continue
-        committed = [i for i in range(L) if chosen_l[r][i]]
-        new_tokens = [state[r][i] for i in range(L) if not fixed_l[r][i]]
-        final = mask_id not in new_tokens
-        emit(StepEvent(
-            row=r, block=b, step=step, block_start=s - pad[r], block_state=state[r], committed=committed,
-            committed_confidence=[conf_l[r][i] for i in committed],
-            masked_confidence={i: conf_l[r][i] for i in range(L) if masked_l[r][i]},
-            candidates={i: x0_l[r][i] for i in range(L) if masked_l[r][i]},
-            prompt_positions=[i for i in range(L) if fixed_l[r][i]],
-            final=final,
-            stopped=final and any(t in stop_ids for t in new_tokens),
-        ))
-
-
-def _finish(seq_rows, rows, pad, max_new_tokens, stop_ids, pad_id, stats: Stats) -> Generation:
-    """Cut every row after its first stop token and at max_new_tokens; fill in the token counts."""
-    out, lengths = [], []
-    for r, ids in enumerate(rows):
-        begin = pad[r] + len(ids)
-        kept, _ = _cut_at_stop(seq_rows[r][begin:], stop_ids, max_new_tokens)
-        out.append(kept)
-        lengths.append(len(kept))
-    width = max(lengths) if lengths else 0
-    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    for r, kept in enumerate(out):
-        tokens[r, : len(kept)] = torch.tensor(kept, dtype=torch.long)
-    stats.new_tokens = sum(lengths)
-    stats.new_tokens_per_row = lengths
-    return Generation(tokens=tokens, lengths=lengths, stats=stats)
-
-
-def _generate_next_token(model, rows, *, max_new_tokens, sampling, stop_ids, generator, emit, pad_id, mode,
-                         compile) -> Generation:
+class NextTokenDecoder:
     """Plain AR decoding for an AR model: one token per forward, next-token prediction, causal attention.
 
     The prefill writes prompt[:-1]; the decode loop starts from the last prompt token, so that every
     new token costs exactly one forward (TPF 1), the count SDAR's TPF is compared with.
     """
-    device, B = model.device, len(rows)
-    t0 = time.perf_counter()
-    longest = max(len(r) for r in rows)
-    pad = [longest - len(r) for r in rows]
-    total = longest + max_new_tokens
-    seq = torch.full((B, total), pad_id, dtype=torch.long)
-    for r, ids in enumerate(rows):
-        seq[r, pad[r]: longest] = torch.tensor(ids)
-    seq = seq.to(device)
-    run = ChunkRunner.get(model, B, total, 1, mode, compile)
-    run.set_padding(pad)
 
-    prefill_forwards = 0
-    if longest > 1:
-        run(seq, 0, longest - 1, logits_from=longest - 1)
-        prefill_forwards = 1
-    synchronize(device)
-    prefill_seconds = time.perf_counter() - t0
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    stop_t = torch.tensor(stop_ids, device=device, dtype=torch.long)
-    forwards = 0
-    for i in range(max_new_tokens):
-        pos = longest - 1 + i
-        logits = run(seq, pos, 1, logits_from=0)  # [B, 1, V]
-        forwards += 1
-        x0, conf, _ = sample_tokens(logits, sampling, forbid_token=model.config.mask_token_id, generator=generator)
-        seq[:, pos + 1] = torch.where(finished, pad_id, x0[:, 0])
-        if emit is not None:
-            fin, toks, confs = finished.tolist(), x0[:, 0].tolist(), conf[:, 0].tolist()
-            for r in range(B):
-                if fin[r]:
-                    continue
-                tok, c = toks[r], confs[r]
-                emit(StepEvent(row=r, block=i, step=0, block_start=pos + 1 - pad[r], block_state=[tok],
-                               committed=[0], committed_confidence=[c], masked_confidence={0: c},
-                               candidates={0: tok}, prompt_positions=[], final=True, stopped=tok in stop_ids))
-        if stop_ids:
-            finished |= torch.isin(x0[:, 0], stop_t)
-            # On a GPU the check costs a host sync, so it runs every 8 tokens (a few spare forwards at most);
-            # on the CPU it is free and runs every token.
-            if (device.type == "cpu" or (i + 1) % 8 == 0) and bool(finished.all()):
+    def __init__(self, model, rows: list[list[int]], p: DecodeParams, tracer: Tracer | None) -> None:
+        self.p, self.tracer, self.device = p, tracer, model.device
+        self.mask_id = model.config.mask_token_id
+        self.sampling, self.generator = p.sampling, _generator(p, model.device)
+        pad_id = _pad_id(model.config)
+        self.layout = BatchLayout.build(rows, 1, p.max_new_tokens, pad_id, pad_id, model.device)
+        self.seq = self.layout.seq
+        self.run_chunk = ChunkRunner.get(model, len(rows), self.seq.shape[1], 1,
+                                         p.runner_mode or default_mode(model), p.compile)
+        self.run_chunk.set_padding(self.layout.pad)
+        self.finished = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
+        self.stop_ids = torch.tensor(p.stop_token_ids, dtype=torch.long, device=self.device)
+
+    def run(self) -> Generation:
+        t0, longest, layout = time.perf_counter(), self.layout.start, self.layout
+        if longest > 1:
+            self.run_chunk(self.seq, 0, longest - 1, logits_from=longest - 1)
+        synchronize(self.device)
+        prefill_seconds = time.perf_counter() - t0
+        forwards = 0
+        for i in range(self.p.max_new_tokens):
+            forwards += 1
+            if self.step(i, longest - 1 + i):
                 break
-    synchronize(device)
-    seconds = time.perf_counter() - t0
-    stats = Stats(strategy="ar", block_length=1, steps=1, batch_size=B, prompt_tokens=sum(map(len, rows)),
-                  new_tokens=0, forwards=forwards, prefill_forwards=prefill_forwards, seconds=seconds,
-                  prefill_seconds=prefill_seconds)
-    seq_rows = seq.tolist()
-    gen = _finish(seq_rows, rows, pad, max_new_tokens, stop_ids, pad_id, stats)
-    stats.steps_per_block = [[1] * n for n in gen.lengths]
-    return gen
+        synchronize(self.device)
+        stats = Stats(strategy="ar", block_length=1, steps=1, batch_size=layout.batch,
+                      prompt_tokens=sum(map(len, layout.prompts)), new_tokens=0, forwards=forwards,
+                      prefill_forwards=int(longest > 1), seconds=time.perf_counter() - t0,
+                      prefill_seconds=prefill_seconds)
+        gen = layout.finish(self.p.max_new_tokens, self.p.stop_token_ids, stats)
+        stats.steps_per_block = [[1] * n for n in gen.lengths]
+        return gen
+
+    def step(self, i: int, pos: int) -> bool:
+        """Token i of every row from the token at pos: run, sample, commit; whether every row has stopped."""
+        logits = self.run_chunk(self.seq, pos, 1, logits_from=0)  # [B, 1, V]
+        x0, conf, _ = sample_tokens(logits, self.sampling, forbid_token=self.mask_id, generator=self.generator)
+        token = x0[:, 0]
+        self.seq[:, pos + 1] = torch.where(self.finished, self.layout.pad_id, token)
+        if self.tracer is not None:
+            self.trace_step(i, pos, token, conf[:, 0])
+        if not self.p.stop_token_ids:
+            return False
+        self.finished |= torch.isin(token, self.stop_ids)
+        # On a GPU the check costs a host sync, so it runs every 8 tokens (a few spare forwards at most);
+        # on the CPU it is free and runs every token.
+        return (self.device.type == "cpu" or (i + 1) % 8 == 0) and bool(self.finished.all())
+
+    def trace_step(self, i: int, pos: int, token: torch.Tensor, conf: torch.Tensor) -> None:
+        finished, tokens, confs = self.finished.tolist(), token.tolist(), conf.tolist()
+        for r, (tok, c) in enumerate(zip(tokens, confs)):
+            if not finished[r]:
+                self.tracer.emit(StepEvent(
+                    row=r, block=i, step=0, block_start=pos + 1 - self.layout.pad[r], block_state=[tok],
+                    committed=[0], committed_confidence=[c], masked_confidence={0: c}, candidates={0: tok},
+                    prompt_positions=[], final=True, stopped=tok in self.p.stop_token_ids))

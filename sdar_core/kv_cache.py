@@ -8,6 +8,8 @@ positions part of the cache once their block is final.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -31,24 +33,46 @@ class KVCache:
     def max_len(self) -> int:
         return self.k[0].shape[2]
 
-    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
-        """Store k, v [B, H_kv, Q, D] at positions start..start+Q; return keys and values [0, start+Q)."""
-        end = start + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; a write up to {end} does not fit")
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+    def chunk(self, start: int, length: int) -> "CacheSlot":
+        """A chunk at cache positions start..start+length whose attention reads the keys [0, start+length)."""
+        index = torch.arange(start, start + length, device=self.k[0].device)
+        return CacheSlot(self, index, start + length)
 
-    def write_at(self, layer: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Store k, v [B, H_kv, Q, D] at the cache positions `index` [Q] (a device tensor, so that a CUDA
-        graph can replay the write anywhere); return the whole buffers [B, H_kv, T_max, D]."""
-        self.k[layer].index_copy_(2, index, k)
-        self.v[layer].index_copy_(2, index, v)
-        return self.k[layer], self.v[layer]
+    def chunk_at(self, index: torch.Tensor) -> "CacheSlot":
+        """A chunk at cache positions `index` [Q] whose attention reads the whole buffer (static shapes, so a
+        CUDA graph can replay the same write anywhere: the caller's mask hides what is not visible)."""
+        return CacheSlot(self, index, self.max_len)
 
     def commit(self, n: int) -> None:
         """The next n positions after the committed length become final."""
         if self.length + n > self.max_len:
             raise ValueError(f"cannot commit {n} positions past {self.length} in a cache of {self.max_len}")
         self.length += n
+
+
+@dataclass(frozen=True)
+class CacheSlot:
+    """Where one forward writes its chunk's keys and values, and which cache positions its attention reads.
+
+    The one write protocol of the attention layers: `write` stores at device indices (a copy, so contiguous and
+    scattered writes give the same numbers) and returns the keys and values [0, keys).
+    """
+
+    cache: KVCache
+    index: torch.Tensor  # [Q] cache positions of the chunk
+    keys: int  # attention reads cache positions [0, keys)
+
+    @property
+    def start(self) -> int:
+        """Cache position of the chunk's first query when the chunk ends the visible keys (`KVCache.chunk`)."""
+        return self.keys - self.index.shape[0]
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, H_kv, Q, D]; return the layer's keys and values [B, H_kv, keys, D]."""
+        k_buf, v_buf = self.cache.k[layer], self.cache.v[layer]
+        if self.keys > k_buf.shape[2]:
+            raise ValueError(f"KV cache holds {k_buf.shape[2]} positions; a chunk up to {self.keys} does not fit")
+        index = self.index if self.index.device == k_buf.device else self.index.to(k_buf.device)
+        k_buf.index_copy_(2, index, k)
+        v_buf.index_copy_(2, index, v)
+        return k_buf[:, :, : self.keys], v_buf[:, :, : self.keys]

@@ -10,9 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attention, block_causal_mask
+from .attention import attention, chunk_mask
 from .config import ModelConfig
-from .kv_cache import KVCache
+from .kv_cache import CacheSlot
 
 
 class RMSNorm(nn.Module):
@@ -71,8 +71,7 @@ class Attention(nn.Module):
         self.v_proj.weight = nn.Parameter(fused[nq + nk:], requires_grad=False)
         self.qkv_weight = fused
 
-    def forward(self, x, cos, sin, mask, *, is_causal, cache: KVCache | None, cache_start: int, backend: str,
-                cache_index: torch.Tensor | None = None):
+    def forward(self, x, cos, sin, mask, *, is_causal, cache: CacheSlot | None, backend: str):
         B, Q, _ = x.shape
         if self.qkv_weight is not None:
             q, k, v = F.linear(x, self.qkv_weight).split(
@@ -83,10 +82,8 @@ class Attention(nn.Module):
         k = self.k_norm(k.view(B, Q, self.n_kv, self.head_dim)).transpose(1, 2)  # [B, H_kv, Q, D]
         v = v.view(B, Q, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache_index is not None:  # static shapes (CUDA graphs): write at device indices, read the whole buffer
-            k, v = cache.write_at(self.layer, cache_index, k, v)  # [B, H_kv, T_max, D]
-        elif cache is not None:
-            k, v = cache.write(self.layer, cache_start, k, v)  # [B, H_kv, cache_start+Q, D]
+        if cache is not None:
+            k, v = cache.write(self.layer, k, v)  # [B, H_kv, cache.keys, D]
         out = attention(q, k, v, mask, is_causal=is_causal, backend=backend)  # [B, H, Q, D]
         return self.o_proj(out.transpose(1, 2).reshape(B, Q, -1))
 
@@ -191,7 +188,6 @@ class SDARForCausalLM(nn.Module):
         for module in self.modules():
             if isinstance(module, (Attention, MLP)):
                 module.fuse_projections()
-        self.model.__dict__.pop("_runner_pool", None)  # captured graphs point at the old weights
         return self
 
     def reset_rope(self, device) -> None:
@@ -209,47 +205,36 @@ class SDARForCausalLM(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,  # [B, Q]
-        positions: torch.Tensor | None = None,  # [B, Q] RoPE positions; default cache_start + arange(Q)
+        positions: torch.Tensor | None = None,  # [B, Q] RoPE positions; default cache.start + arange(Q)
         *,
         mask: "torch.Tensor | object | None" = None,
-        cache: KVCache | None = None,
-        cache_start: int = 0,
+        cache: CacheSlot | None = None,
         logits_from: int = 0,
         logits_to: int | None = None,
         block_size: int | None = None,
         backend: str | None = None,
-        cache_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, logits_from:logits_to, V] for the chunk `input_ids` (default: every position).
 
-        Without a cache the chunk is the whole sequence. With a cache the chunk's keys and values are
-        written at cache positions cache_start .. cache_start+Q and attention reads keys 0 .. cache_start+Q
-        (see kv_cache.py). `mask` is a boolean [B, 1, Q, K] mask or a flex BlockMask; None means
-        block-causal over key indices with `block_size` (default: the config's), which the code turns
-        into no mask at all when every query may see every key. `logits_from` / `logits_to` run the lm_head
-        on a slice of the chunk only (the decoder reads the block in flight; training the noisy half).
-        `cache_index` [Q] (a device tensor) is the static-shape variant used under CUDA graphs: the chunk is
-        written at those cache positions and attention reads the whole cache buffer under `mask`
-        [B, 1, Q, T_max], so no shape depends on how far decoding has gone.
+        Without a cache the chunk is the whole sequence. With one (`kv_cache.chunk(start, Q)`, or `chunk_at(index)`
+        for static shapes) the chunk's keys and values are written at the slot's positions and attention reads
+        the cache positions [0, cache.keys). `mask` is a boolean or additive [B, 1, Q, K] mask or a flex BlockMask;
+        None means block-causal over key indices with `block_size` (default: the config's), for a chunk that ends
+        the keys it reads (see attention.chunk_mask). `logits_from` / `logits_to` run the lm_head on a slice of the
+        chunk only (the decoder reads the block in flight; training the noisy half).
         """
         B, Q = input_ids.shape
         backend = backend or self.attn_backend
+        start = cache.start if cache is not None else 0
         if positions is None:
-            positions = torch.arange(cache_start, cache_start + Q, device=input_ids.device).expand(B, Q)
+            positions = torch.arange(start, start + Q, device=input_ids.device).expand(B, Q)
         is_causal = False
-        if mask is None and cache_index is None:
-            bs = block_size or self.config.block_size
-            k_len = cache_start + Q
-            if cache_start % bs == 0 and Q <= bs:
-                pass  # one block attending to whole blocks before it: every key is visible
-            elif bs == 1 and cache_start == 0:
-                is_causal = True
-            else:
-                mask = block_causal_mask(torch.arange(cache_start, k_len, device=input_ids.device), k_len, bs)
+        if mask is None:
+            mask, is_causal = chunk_mask(start, Q, start + Q, block_size or self.config.block_size,
+                                         device=input_ids.device)
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, mask, is_causal=is_causal, cache=cache, cache_start=cache_start, backend=backend,
-                      cache_index=cache_index)
+            x = layer(x, cos, sin, mask, is_causal=is_causal, cache=cache, backend=backend)
         x = self.model.norm(x[:, logits_from:logits_to])
         return self.lm_head(x)

@@ -7,17 +7,20 @@ Three modes compute the same thing:
 - "graph": "static" captured once per (Q, logits_from) as a CUDA graph and replayed (the GPU fast path:
   no kernel-launch overhead, no host synchronisation). Optionally the forward is torch.compile'd first
   (fused elementwise kernels).
-Graph runners are kept on the model and reused across generate calls of the same batch shape.
+Static and graph runners are pooled per model (`RUNNER_POOL`) and reused across generate calls of one shape.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 
-from .attention import block_causal_mask
+from .attention import chunk_mask
 from .kv_cache import KVCache
 
 MODES = ("plain", "static", "graph")
 _BUCKET = 256  # static buffers are sized in multiples of this, so close prompt lengths share graphs
+_POOL_SIZE = 8  # runners kept per model: bounds the memory held by cached buffers and graphs
 
 
 def default_mode(model) -> str:
@@ -27,8 +30,37 @@ def default_mode(model) -> str:
     return "plain"
 
 
+class RunnerPool:
+    """Static-shape runners (buffers and captured graphs) per backbone, dropped with the model.
+
+    Keyed by the weights' storage too: graphs replay raw device pointers, so a graph must never outlive (or
+    miss a change of) the weights it was captured with; after `fuse_projections` the old runners are simply
+    never hit again and age out of the bounded pool.
+    """
+
+    def __init__(self) -> None:
+        self._pools: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+    def get(self, model, batch: int, total: int, block_size: int, mode: str, compile) -> "ChunkRunner":
+        pool = self._pools.setdefault(model.model, {})  # the backbone: an AR view of the weights shares it
+        weights = tuple(p.data_ptr() for p in (model.model.embed_tokens.weight, model.lm_head.weight,
+                                               model.model.layers[0].self_attn.q_proj.weight))
+        key = (batch, -(-total // _BUCKET) * _BUCKET, block_size, mode, compile, model.dtype, weights,
+               model.config.model_type)
+        if key not in pool:
+            if len(pool) >= _POOL_SIZE:
+                pool.pop(next(iter(pool)))
+            pool[key] = ChunkRunner(model, batch, total, block_size, mode, compile)
+        runner = pool[key]
+        runner.cache.length = 0
+        return runner
+
+
+RUNNER_POOL = RunnerPool()
+
+
 class ChunkRunner:
-    def __init__(self, model, batch: int, total: int, block_size: int, mode: str, compile: bool = False) -> None:
+    def __init__(self, model, batch: int, total: int, block_size: int, mode: str, compile=False) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown runner mode {mode!r}; choose one of {MODES}")
         self.model, self.batch, self.block_size, self.mode = model, batch, block_size, mode
@@ -47,39 +79,29 @@ class ChunkRunner:
             self.forward_fn = torch.compile(model.forward, dynamic=compile != "static", fullgraph=True)
 
     @classmethod
-    def get(cls, model, batch: int, total: int, block_size: int, mode: str, compile: bool = False) -> "ChunkRunner":
+    def get(cls, model, batch: int, total: int, block_size: int, mode: str, compile=False) -> "ChunkRunner":
         """A runner for this shape: a new one in plain mode, a pooled one (graphs kept) otherwise."""
         if mode == "plain":
             return cls(model, batch, total, block_size, mode)
-        # The pool lives on the shared backbone, keyed by the weights' storage: graphs replay raw device
-        # pointers, so a graph must never outlive (or miss a change of) the weights it was captured with.
-        pool = model.model.__dict__.setdefault("_runner_pool", {})
-        weights = tuple(p.data_ptr() for p in (model.model.embed_tokens.weight, model.lm_head.weight,
-                                               model.model.layers[0].self_attn.q_proj.weight))
-        key = (batch, -(-total // _BUCKET) * _BUCKET, block_size, mode, compile, model.dtype, weights,
-               model.config.model_type)
-        if key not in pool:
-            if len(pool) >= 8:  # bound the memory held by cached buffers and graphs
-                pool.pop(next(iter(pool)))
-            pool[key] = cls(model, batch, total, block_size, mode, compile)
-        runner = pool[key]
-        runner.cache.length = 0
-        return runner
+        return RUNNER_POOL.get(model, batch, total, block_size, mode, compile)
 
     def set_padding(self, pad: list[int]) -> None:
         self.pad.copy_(torch.tensor(pad))
         self.padded = any(pad)
 
-    def _inputs(self, seq: torch.Tensor, start: int, length: int):
+    def inputs(self, seq: torch.Tensor, start: int, length: int):
+        """ids [B, Q], RoPE positions [B, Q] (counted from each row's first real token), cache indices [Q]."""
         idx = torch.arange(start, start + length, device=self.device)
-        positions = (idx[None] - self.pad[:, None]).clamp_min(0)  # [B, Q] RoPE positions of each row
+        positions = (idx[None] - self.pad[:, None]).clamp_min(0)
         return seq[:, start: start + length], positions, idx
 
-    def buffer_mask(self, idx: torch.Tensor) -> torch.Tensor:
-        """The [batch, 1, Q, total] mask of a static-shape forward over the whole cache buffer for queries at idx."""
-        mask = block_causal_mask(idx, self.total, self.block_size, k_start=self.pad if self.padded else None)
-        if mask.shape[0] != self.batch:
-            mask = mask.expand(self.batch, -1, -1, -1)
+    def mask(self, start: int, length: int) -> torch.Tensor | None:
+        """The chunk's mask: over [0, start+length) in plain mode (None when nothing needs hiding), over the
+        whole buffer [batch, 1, Q, total] otherwise (always a tensor: the graphs copy it into their input)."""
+        if self.mode == "plain":
+            return chunk_mask(start, length, start + length, self.block_size,
+                              k_start=self.pad if self.padded else None, device=self.device)[0]
+        mask, _ = chunk_mask(start, length, self.total, self.block_size, k_start=self.pad, device=self.device)
         if self.device.type == "cuda":
             # An additive mask in the model's dtype is what the attention kernels consume: converting it
             # here, once per step, keeps one conversion per layer out of the graph.
@@ -88,16 +110,14 @@ class ChunkRunner:
 
     def __call__(self, seq: torch.Tensor, start: int, length: int, logits_from: int) -> torch.Tensor:
         """Logits [B, length - logits_from, V] of chunk seq[:, start:start+length]; its K/V go to the cache."""
-        ids, positions, idx = self._inputs(seq, start, length)
-        L = self.block_size
+        ids, positions, idx = self.inputs(seq, start, length)
+        mask = self.mask(start, length)
         if self.mode == "plain":
-            mask = block_causal_mask(idx, start + length, L, k_start=self.pad) if self.padded else None
-            return self.model(ids, positions, mask=mask, cache=self.cache, cache_start=start,
-                              logits_from=logits_from, block_size=L)
-        mask = self.buffer_mask(idx)
-        if self.mode == "static" or length > 2 * L:  # a prefill runs once: no graph, no compilation
-            return self.model(ids, positions, mask=mask, cache=self.cache, cache_index=idx,
-                              logits_from=logits_from, block_size=L)
+            return self.model(ids, positions, mask=mask, cache=self.cache.chunk(start, length),
+                              logits_from=logits_from, block_size=self.block_size)
+        if self.mode == "static" or length > 2 * self.block_size:  # a prefill runs once: no graph, no compilation
+            return self.model(ids, positions, mask=mask, cache=self.cache.chunk_at(idx),
+                              logits_from=logits_from, block_size=self.block_size)
         return self._replay(ids, positions, idx, mask, logits_from)
 
     def _replay(self, ids, positions, idx, mask, logits_from: int) -> torch.Tensor:
@@ -112,10 +132,11 @@ class ChunkRunner:
 
     def _capture(self, ids, positions, idx, mask, logits_from: int):
         bufs = [t.clone() for t in (ids, positions, idx, mask)]
+        slot = self.cache.chunk_at(bufs[2])
 
         def run():
-            return self.forward_fn(bufs[0], bufs[1], mask=bufs[3], cache=self.cache, cache_index=bufs[2],
-                                   logits_from=logits_from, block_size=self.block_size)
+            return self.forward_fn(bufs[0], bufs[1], mask=bufs[3], cache=slot, logits_from=logits_from,
+                                   block_size=self.block_size)
 
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))

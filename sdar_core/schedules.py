@@ -1,14 +1,15 @@
 """Unmasking schedules (paper §3.2): which masked positions of the block in flight become final at a step.
 
-Each schedule is a function of the step's confidences, the mask of still-masked positions and the
-static count for the step, and returns a boolean [B, L] selection. All of them run on the device with no
-host synchronisation.
+Each schedule is a function of the step's scores (confidences, entropies), the mask of still-masked
+positions and the static count for the step, and returns a boolean [B, L] selection. All of them run on
+the device with no host synchronisation. `SCHEDULES` maps a strategy name to its schedule.
 """
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+from typing import Callable
 
-STRATEGIES = ("static", "dynamic", "sequential", "entropy", "ar")
+import torch
 
 
 def static_count(block_length: int, steps: int, step: int) -> int:
@@ -62,3 +63,31 @@ def select_entropy(entropy, masked, count, bound: float) -> torch.Tensor:
     n_under = (cum <= bound).sum(-1)
     n = torch.maximum(n_under, count.clamp_min(1))
     return (rank < n[:, None]) & masked
+
+
+@dataclass
+class StepScores:
+    """What a schedule chooses from at one denoising step of the block in flight."""
+
+    candidates: torch.Tensor  # [B, L] the token each position would take
+    confidence: torch.Tensor  # [B, L] probability of each position's candidate
+    entropy: torch.Tensor | None  # [B, L] nats, computed only for schedules that read it
+    masked: torch.Tensor  # [B, L] bool, positions still masked
+    count: torch.Tensor  # [B] the static count, already capped at what is still masked
+
+
+@dataclass(frozen=True)
+class Schedule:
+    select: Callable  # (StepScores, options with .threshold and .entropy_bound) -> chosen [B, L] bool
+    adaptive: bool  # the steps a block takes depend on the confidences (read on the host each step)
+    needs_entropy: bool = False
+
+
+SCHEDULES: dict[str, Schedule] = {
+    "static": Schedule(lambda s, o: select_static(s.confidence, s.masked, s.count), adaptive=False),
+    "dynamic": Schedule(lambda s, o: select_dynamic(s.confidence, s.masked, s.count, o.threshold), adaptive=True),
+    "sequential": Schedule(lambda s, o: select_sequential(s.masked, s.count), adaptive=False),
+    "entropy": Schedule(lambda s, o: select_entropy(s.entropy, s.masked, s.count, o.entropy_bound), adaptive=True,
+                        needs_entropy=True),
+}
+STRATEGIES = (*SCHEDULES, "ar")  # "ar": one token per forward (a block of one for SDAR weights)

@@ -214,13 +214,13 @@ def sdar_nelbo(model, chunks: PackedBatch, batch_size: int, *, block_size: int, 
         clean_mask = full[:, :, T:, T:]  # [B, 1, T, T] block-causal
         noisy_mask = torch.cat([full[:, :, :T, T:], full[:, :, :T, :T]], -1)  # [B, 1, T, 2T]
         cache = KVCache.allocate(model.config, B, 2 * T, dtype=model.dtype, devices=devices)
-        model(batch.input_ids, batch.positions, mask=clean_mask, cache=cache, cache_start=0, logits_from=T)
+        model(batch.input_ids, batch.positions, mask=clean_mask, cache=cache.chunk(0, T), logits_from=T)
         for k in range(t_levels):
             t = (k + 0.5) / t_levels
             masked = torch.cat([chunk_noise(_rows(rows, i, i + 1), t, seed * 1_000_003 + (s + i) * t_levels + k)
                                 .masked for i in range(B)]).to(model.device)  # [B, T]
             x_t = torch.where(masked, torch.full_like(batch.input_ids, mask_token_id), batch.input_ids)
-            logits = model(x_t, batch.positions, mask=noisy_mask, cache=cache, cache_start=T)  # [B, T, V]
+            logits = model(x_t, batch.positions, mask=noisy_mask, cache=cache.chunk(T, T))  # [B, T, V]
             ce = F.cross_entropy(logits.flatten(0, 1).float(), batch.input_ids.flatten(), reduction="none")
             total += float((ce * masked.flatten()).double().sum()) / t / t_levels
         n += int(batch.loss_mask.sum())

@@ -1,0 +1,143 @@
+"""The options of one `generate` call, as one dataclass that checks itself (paper §3.2, §7.2).
+
+The studio and the CLI build a `DecodeParams`; `generate(model, ids, max_new_tokens=64, strategy="static")`
+builds one from its keyword arguments. `check` refuses every value that generate cannot honour with a
+`GenerationError` that names the argument and says what is valid.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+
+from .runner import MODES
+from .sampling import SamplingError, SamplingParams
+from .schedules import STRATEGIES
+
+SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes seeds in [0, 2**64)
+
+
+class GenerationError(ValueError):
+    """Arguments that generate() cannot honour, explained."""
+
+
+def is_int(value) -> bool:
+    """An integer that is not a bool (True is an int to Python, never a meaningful count here)."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value, low: int, high: int | None = None) -> None:
+    if not is_int(value) or value < low or (high is not None and value > high):
+        valid = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise GenerationError(f"{name} must be an integer {valid}, got {value!r}")
+
+
+def _check_real(name: str, value, valid: str, ok) -> None:
+    if not isinstance(value, Real) or isinstance(value, bool) or math.isnan(value) or not ok(value):
+        raise GenerationError(f"{name} must be {valid}, got {value!r}")
+
+
+@dataclass
+class DecodeParams:
+    """How to decode: the schedule, the sampling, the limits, and what to record.
+
+    strategy: "static" (the authors' counts: floor(L/T) per step, +1 for the first L mod T steps), "dynamic"
+    (confidence > threshold, at least the static count), "sequential" (left to right), "entropy" (lowest
+    entropy while the summed entropy <= entropy_bound, at least the static count), "ar" (one token per forward
+    with causal attention: next-token prediction for an AR model, a block of one masked token for SDAR).
+    block_length / steps default to the model's block size. stop_token_ids end a row at its first stop token
+    (kept; nothing after it is returned or counted). trace=True records a StepEvent per row and step.
+    runner_mode: "plain", "static" or "graph" (CUDA graphs; default on CUDA), see runner.py; all three give the
+    same tokens; compile=True (or "static" / "dynamic") also torch.compile's the graphed forward.
+    """
+
+    max_new_tokens: int = 128
+    block_length: int | None = None
+    steps: int | None = None
+    strategy: str = "dynamic"
+    threshold: float = 0.9
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop_token_ids: list[int] = field(default_factory=list)
+    seed: int | None = 0  # None: a fresh random seed
+    entropy_bound: float = 1.0
+    trace: bool = False
+    fuse_cache_write: bool = True
+    runner_mode: str | None = None  # None: runner.default_mode(model)
+    compile: bool | str = False
+
+    @classmethod
+    def build(cls, params: "DecodeParams | None", options: dict) -> "DecodeParams":
+        """`params` (or the defaults) with the keyword `options` of a generate call applied."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise GenerationError(f"unknown generate option(s) {', '.join(unknown)}; the options are "
+                                  f"{', '.join(sorted(names))} and on_step")
+        if options.get("stop_token_ids", ()) is None:
+            options = {**options, "stop_token_ids": []}
+        return dataclasses.replace(params or cls(), **options)
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.temperature, self.top_k, self.top_p)
+
+    def resolved(self, config) -> "DecodeParams":
+        """Defaults filled from the model (block size), after `check`: the values the decoder runs with."""
+        block = max(config.block_size, 1) if self.block_length is None else self.block_length
+        if self.strategy == "ar":  # SDAR weights: a block of one masked token, predicted at its own position
+            block = 1
+        steps = block if self.steps is None or self.strategy == "ar" else self.steps
+        return dataclasses.replace(self, block_length=block, steps=steps,
+                                   stop_token_ids=sorted(set(self.stop_token_ids)))
+
+    def check(self, config) -> None:
+        """Raise GenerationError naming the first argument out of range (types included)."""
+        if self.strategy not in STRATEGIES:
+            raise GenerationError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        _check_int("max_new_tokens", self.max_new_tokens, 1)
+        if self.strategy != "ar":
+            self._check_block(config)
+        self._check_sampling()
+        self._check_stop_ids(config.vocab_size)
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0, SEED_LIMIT - 1)
+        for name in ("trace", "fuse_cache_write"):
+            if not isinstance(getattr(self, name), bool):
+                raise GenerationError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.runner_mode is not None and self.runner_mode not in MODES:
+            raise GenerationError(f"runner_mode must be one of {', '.join(MODES)} or None, got {self.runner_mode!r}")
+        if self.compile not in (True, False, "static", "dynamic"):
+            raise GenerationError(f"compile must be True, False, 'static' or 'dynamic', got {self.compile!r}")
+
+    def _check_block(self, config) -> None:
+        if not config.is_sdar:
+            raise GenerationError(
+                f"this is an autoregressive model (model_type {config.model_type!r}): only strategy='ar' "
+                "applies; block diffusion needs an SDAR checkpoint")
+        block = max(config.block_size, 1) if self.block_length is None else self.block_length
+        _check_int("block_length", block, 1)
+        _check_int("steps", block if self.steps is None else self.steps, 1, block)
+        _check_real("threshold", self.threshold, "a number in (0, 1]",
+                    lambda t: 0 < t <= 1 or self.strategy != "dynamic")
+        _check_real("entropy_bound", self.entropy_bound, "a number > 0",
+                    lambda e: e > 0 or self.strategy != "entropy")
+
+    def _check_sampling(self) -> None:
+        _check_real("temperature", self.temperature, "a finite number >= 0 (0 is greedy)", math.isfinite)
+        _check_int("top_k", self.top_k, 0)
+        _check_real("top_p", self.top_p, "a number in (0, 1]", lambda p: True)
+        try:
+            self.sampling.validate()
+        except SamplingError as e:
+            raise GenerationError(str(e)) from None
+
+    def _check_stop_ids(self, vocab_size: int) -> None:
+        ids = self.stop_token_ids
+        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+            raise GenerationError(f"stop_token_ids must be a list of token ids, got {ids!r}")
+        bad = [t for t in ids if not is_int(t) or not 0 <= t < vocab_size]
+        if bad:
+            raise GenerationError(f"stop_token_ids must be token ids in 0..{vocab_size - 1}, got {bad[0]!r}")
