@@ -50,7 +50,7 @@ def kernels_per_forward(model, q: int, compile) -> tuple[int, list]:
     slot = runner.cache.chunk_at(idx)
 
     def fwd():
-        return runner.forward_fn(ids, positions, mask=mask, cache=slot, block_size=max(q, 1))
+        return runner.forward_fn(model, ids, positions, mask=mask, cache=slot, block_size=max(q, 1))
 
     for _ in range(3):
         fwd()

@@ -59,11 +59,17 @@ class RunnerPool:
 RUNNER_POOL = RunnerPool()
 
 
+def _forward(model, *args, **kwargs) -> torch.Tensor:
+    """model.forward with the model as an argument, so that a pooled runner need not keep its model alive."""
+    return model.forward(*args, **kwargs)
+
+
 class ChunkRunner:
     def __init__(self, model, batch: int, total: int, block_size: int, mode: str, compile=False) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown runner mode {mode!r}; choose one of {MODES}")
-        self.model, self.batch, self.block_size, self.mode = model, batch, block_size, mode
+        self._model = weakref.ref(model)  # the pool is keyed by the model: a strong reference would pin it
+        self.dtype, self.batch, self.block_size, self.mode = model.dtype, batch, block_size, mode
         if mode != "plain":
             total = -(-total // _BUCKET) * _BUCKET
         self.total = total
@@ -73,10 +79,14 @@ class ChunkRunner:
         self.pad = torch.zeros(batch, dtype=torch.long, device=self.device)
         self.padded = False
         self.graphs: dict[tuple[int, int], tuple] = {}
-        self.forward_fn = model.forward
+        self.forward_fn = _forward  # forward_fn(model, ids, positions, ...)
         if compile:
             # "dynamic" (or True): one compilation for every batch and chunk size; "static": one per shape.
-            self.forward_fn = torch.compile(model.forward, dynamic=compile != "static", fullgraph=True)
+            self.forward_fn = torch.compile(_forward, dynamic=compile != "static", fullgraph=True)
+
+    @property
+    def model(self):
+        return self._model()
 
     @classmethod
     def get(cls, model, batch: int, total: int, block_size: int, mode: str, compile=False) -> "ChunkRunner":
@@ -105,7 +115,7 @@ class ChunkRunner:
         if self.device.type == "cuda":
             # An additive mask in the model's dtype is what the attention kernels consume: converting it
             # here, once per step, keeps one conversion per layer out of the graph.
-            mask = torch.zeros(mask.shape, dtype=self.model.dtype, device=self.device).masked_fill_(~mask, float("-inf"))
+            mask = torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill_(~mask, float("-inf"))
         return mask
 
     def __call__(self, seq: torch.Tensor, start: int, length: int, logits_from: int) -> torch.Tensor:
@@ -135,8 +145,8 @@ class ChunkRunner:
         slot = self.cache.chunk_at(bufs[2])
 
         def run():
-            return self.forward_fn(bufs[0], bufs[1], mask=bufs[3], cache=slot, logits_from=logits_from,
-                                   block_size=self.block_size)
+            return self.forward_fn(self.model, bufs[0], bufs[1], mask=bufs[3], cache=slot,
+                                   logits_from=logits_from, block_size=self.block_size)
 
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))

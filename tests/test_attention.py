@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from sdar_core.attention import attention, available_backends, block_causal_mask, eager_attention
+from sdar_core.attention import attention, available_backends, block_causal_mask, chunk_mask, eager_attention
 from conftest import random_model, rel_err, tiny_config
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -77,6 +77,29 @@ def test_block_causal_mask_hides_left_padding_and_lets_padding_queries_see_thems
     assert torch.equal(mask, hand_mask(list(range(12)), 12, 4, k_start))
     assert not mask[1, 0, 5:, :5].any()  # no real token of row 1 sees its padding
     assert mask.any(-1).all()  # every query sees at least one key
+
+
+@pytest.mark.parametrize("start,q_len,k_len,block_size", [
+    (0, 8, 8, 4), (0, 4, 4, 4), (4, 4, 8, 4), (4, 8, 12, 4), (6, 2, 8, 4), (0, 5, 5, 1), (3, 1, 4, 1),
+    (8, 4, 16, 4), (2, 3, 5, 8)])
+def test_chunk_mask_is_the_loop_built_mask_or_none_only_when_nothing_is_hidden(start, q_len, k_len, block_size):
+    """Whatever chunk_mask returns (a mask, no mask, or causal) allows exactly the loop-built key set."""
+    q_index = list(range(start, start + q_len))
+    expected = hand_mask(q_index, k_len, block_size)[0, 0]  # [Q, K]
+    mask, is_causal = chunk_mask(start, q_len, k_len, block_size)
+    if mask is not None:
+        assert not is_causal and torch.equal(mask[0, 0], expected)
+    elif is_causal:  # bottom-right aligned causal, as attention() applies it
+        assert torch.equal(torch.ones(q_len, k_len, dtype=torch.bool).tril(k_len - q_len), expected)
+    else:
+        assert expected.all()
+
+
+def test_chunk_mask_with_padding_is_always_a_tensor():
+    k_start = torch.tensor([0, 4])
+    mask, is_causal = chunk_mask(4, 4, 8, 4, k_start=k_start)
+    assert not is_causal
+    assert torch.equal(mask, hand_mask([4, 5, 6, 7], 8, 4, [0, 4]))
 
 
 # --- the backends --------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The block-diffusion decoder against an independent brute-force decoder, and its schedule properties."""
 from __future__ import annotations
 
+import gc
 import math
 
 import pytest
@@ -8,6 +9,8 @@ import torch
 
 from conftest import hand_block_causal, random_model, tiny_config
 from sdar_core import GenerationError, generate
+from sdar_core.decoding import DecodeParams
+from sdar_core.runner import RUNNER_POOL
 
 MASK = 95  # tiny_config's mask id (vocab 96)
 
@@ -245,12 +248,72 @@ def test_tpf_counts_tokens_per_decoding_forward(sdar):
     (dict(strategy="beam"), "strategy"),
     (dict(temperature=-1.0), "temperature"),
     (dict(top_p=0.0), "top_p"),
+    (dict(top_p=float("nan")), "top_p"),
+    (dict(block_length=4.0), "block_length"),
+    (dict(block_length=True), "block_length"),
+    (dict(steps=2.5), "steps"),
+    (dict(max_new_tokens=8.0), "max_new_tokens"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(top_k=3.0), "top_k"),
+    (dict(top_k=-1), "top_k"),
+    (dict(temperature=float("inf")), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(temperature="1"), "temperature"),
+    (dict(seed=2**70), "seed"),
+    (dict(seed=-1), "seed"),
+    (dict(seed=1.5), "seed"),
+    (dict(strategy="dynamic", threshold=float("nan")), "threshold"),
+    (dict(strategy="entropy", entropy_bound=0.0), "entropy_bound"),
+    (dict(stop_token_ids=[96]), "stop_token_ids"),
+    (dict(stop_token_ids=[-1]), "stop_token_ids"),
+    (dict(stop_token_ids=5), "stop_token_ids"),
+    (dict(runner_mode="bogus"), "runner_mode"),
+    (dict(trace="yes"), "trace"),
+    (dict(blocklength=4), "unknown generate option"),
 ])
 def test_bad_arguments_give_clear_errors(sdar, kwargs, match):
     args = dict(max_new_tokens=8, block_length=4, steps=4)
     args.update(kwargs)
     with pytest.raises(GenerationError, match=match):
         generate(sdar, [[1, 2, 3]], **args)
+
+
+@pytest.mark.parametrize("ids,match", [
+    (torch.tensor([[1.0, 2.0, 3.0]]), "dtype"),
+    (torch.tensor([[True, False]]), "dtype"),
+    ([[1, 2.0, 3]], "2.0"),
+    ([[1, 2, 96]], "96"),  # vocab 96: the largest id is 95
+    ([[1, -2, 3]], "-2"),
+    (torch.tensor([[1, 2], [3, 96]]), "row 1 holds 96"),
+    ("hello", "input_ids"),
+])
+def test_bad_token_ids_are_rejected_by_name(sdar, ids, match):
+    with pytest.raises(GenerationError, match=match):
+        generate(sdar, ids, max_new_tokens=4, block_length=4, steps=4)
+
+
+def test_a_decode_params_object_and_keywords_give_the_same_generation(sdar):
+    params = DecodeParams(max_new_tokens=10, block_length=4, steps=2, strategy="static", stop_token_ids=[7])
+    by_object = generate(sdar, [[1, 2, 3]], params)
+    by_keywords = generate(sdar, [[1, 2, 3]], max_new_tokens=10, block_length=4, steps=2, strategy="static",
+                           stop_token_ids=[7])
+    assert by_object.tokens.tolist() == by_keywords.tokens.tolist()
+    assert by_object.stats.forwards == by_keywords.stats.forwards
+    overridden = generate(sdar, [[1, 2, 3]], params, max_new_tokens=3)  # keywords apply on top
+    assert overridden.row_tokens(0) == by_object.row_tokens(0)[:3]
+    assert params.max_new_tokens == 10  # the caller's object is not changed
+
+
+def test_static_runners_are_pooled_per_model_and_dropped_with_it():
+    model = random_model(tiny_config("sdar", block_size=4, layers=1))
+    before = len(RUNNER_POOL._pools)
+    generate(model, [[1, 2, 3]], max_new_tokens=4, runner_mode="static")
+    first = next(iter(RUNNER_POOL._pools[model.model].values()))
+    generate(model, [[4, 5, 6]], max_new_tokens=4, runner_mode="static")
+    assert list(RUNNER_POOL._pools[model.model].values()) == [first]  # the same shape reuses its runner
+    del model, first
+    gc.collect()
+    assert len(RUNNER_POOL._pools) == before
 
 
 def test_empty_prompt_is_rejected(sdar):
