@@ -119,7 +119,9 @@ class DecodeParams:
                 "applies; block diffusion needs an SDAR checkpoint")
         block = max(config.block_size, 1) if self.block_length is None else self.block_length
         _check_int("block_length", block, 1)
-        _check_int("steps", block if self.steps is None else self.steps, 1, block)
+        steps = block if self.steps is None else self.steps
+        if not is_int(steps) or not 1 <= steps <= block:
+            raise GenerationError(f"steps must be between 1 and block_length ({block}), got {steps!r}")
         _check_real("threshold", self.threshold, "a number in (0, 1]",
                     lambda t: 0 < t <= 1 or self.strategy != "dynamic")
         _check_real("entropy_bound", self.entropy_bound, "a number > 0",
