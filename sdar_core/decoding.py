@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from .device import synchronize
 from .runner import ChunkRunner, default_mode
 from .sampling import SamplingError, SamplingParams, sample_tokens
 from .schedules import (STRATEGIES, select_dynamic, select_entropy, select_sequential, select_static,
@@ -158,12 +159,6 @@ def generate(
     gen.stats.strategy = strategy
     gen.trace = events
     return gen
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (a no-op on the CPU): what a wall-clock timing must do first."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _cut_at_stop(tokens: list[int], stop_ids: list[int], limit: int) -> tuple[list[int], bool]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sdar_core import generate
-from sdar_core.generate import encode_prompt, stop_ids_for
+from sdar_core.prompting import encode_prompt, stop_ids_for
 from training.evaluate import EXPECTED_CASES, decode_kwargs, EvalSettings
 from training.synthetic import final_answer
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from sdar_core import generate, load_pretrained
-from sdar_core.generate import encode_prompt, stop_ids_for
+from sdar_core.prompting import encode_prompt, stop_ids_for
 from sdar_core.kv_cache import KVCache
 
 from .corpus import sha256_file

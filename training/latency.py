@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from sdar_core import generate, load_pretrained
-from sdar_core.generate import encode_prompt, stop_ids_for
+from sdar_core.prompting import encode_prompt, stop_ids_for
 
 from .evaluate import EVAL_DIR, Decoder, EvalSettings, decode_kwargs, machine
 
