@@ -1,6 +1,6 @@
 """Where does a decode forward's time go? GPU time of one graphed forward vs wall time per token.
 
-    python benchmarks/profile_decode.py --arch sdar-1.7b --out OUT
+    python -m benchmarks.profile_decode --arch sdar-1.7b --out OUT
 
 For each variant (CUDA graph of the eager forward; + fused q/k/v and gate/up; + torch.compile) it times
 graph replays alone with CUDA events (GPU time per forward, Q = 1 and Q = 16 tokens), then whole
@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sdar_core import bench  # noqa: E402
-from sdar_core.decoding import generate  # noqa: E402
-from sdar_core.runner import ChunkRunner  # noqa: E402
+from sdar_core.decoding import generate
+from sdar_core.runner import ChunkRunner
+
+from . import bench
 
 
 def replay_ms(model, q: int, compile: bool, total: int = 512, iters: int = 50) -> float:
@@ -64,7 +63,7 @@ def kernels_per_forward(model, q: int, compile) -> tuple[int, list]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(prog="python -m benchmarks.profile_decode", description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="sdar-1.7b")
     p.add_argument("--out", default=None, help="folder for profile.json (rewritten after each variant)")
     p.add_argument("--no-compile", dest="compile", action="store_false",

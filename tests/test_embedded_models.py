@@ -1,7 +1,7 @@
 """The shipped demo models (assets/models/sdar-tiny, assets/models/ar-tiny) load and answer as recorded.
 
 The expected texts in assets/models/eval/expected.json are regenerated only after a rebuild of the models, by
-`python -m training.evaluate --write-expected` (CPU, float32, greedy).
+`python -m benchmarks.evaluate --write-expected` (CPU, float32, greedy).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from sdar_core import generate
 from sdar_core.prompting import encode_prompt, stop_ids_for
-from training.evaluate import EXPECTED_CASES, decode_kwargs, EvalSettings
+from benchmarks.evaluate import EXPECTED_CASES, decode_kwargs, EvalSettings
 from training.synthetic import final_answer
 
 from conftest import REPO
@@ -50,7 +50,7 @@ def test_greedy_output_matches_the_committed_expected_text(embedded_models, case
     prompt, decoder = EXPECTED_CASES[case]
     expected = EXPECTED["cases"][case]
     assert (expected["prompt"], expected["model"], expected["decoding"]) == (prompt, decoder.model, decoder.label), \
-        "expected.json is stale: run python -m training.evaluate --write-expected"
+        "expected.json is stale: run python -m benchmarks.evaluate --write-expected"
     model, tokenizer = embedded_models[decoder.model]
     gen = _generate(model, tokenizer, [prompt], decoder, EXPECTED["max_new_tokens"])
     assert tokenizer.decode(gen.row_tokens(0), skip_special_tokens=True) == expected["text"]

@@ -73,8 +73,9 @@ def scratch_config(recipe: Recipe, tokenizer) -> ModelConfig:
     )
 
 
-def init_weights(model: SDARForCausalLM, std: float) -> None:
-    """Normal(0, std) for matrices, with the residual output projections scaled by 1/sqrt(2 * layers) (GPT-2)."""
+def init_weights(model: SDARForCausalLM, std: float, generator: torch.Generator | None = None) -> None:
+    """Normal(0, std) for matrices, with the residual output projections scaled by 1/sqrt(2 * layers) (GPT-2).
+    `generator` (on the model's device) draws the values; torch's global one when None."""
     residual_std = std / math.sqrt(2 * model.config.num_hidden_layers)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -83,7 +84,8 @@ def init_weights(model: SDARForCausalLM, std: float) -> None:
             elif name.endswith("bias"):
                 p.zero_()
             else:
-                p.normal_(0.0, residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std)
+                p.normal_(0.0, residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std,
+                          generator=generator)
 
 
 def resize_vocab(model: SDARForCausalLM, new_size: int) -> None:

@@ -1,4 +1,4 @@
-"""Benchmark harness: `python -m sdar_core.bench [--arch sdar-1.7b] [--out benchmarks/results/NAME]`.
+"""Benchmark harness: `python -m benchmarks.bench [--arch sdar-1.7b] [--out benchmarks/results/NAME]`.
 
 Measures, in one run on one device:
 - the memory-bandwidth ceiling (a large device-to-device copy) and the AR ceiling it implies
@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import json
-import platform
 import statistics
 import sys
 import time
@@ -27,11 +25,15 @@ from pathlib import Path
 
 import torch
 
-from .config import PUBLIC_SHAPES, ModelConfig
-from .decoding import generate, synchronize
-from .loading import default_device, default_dtype, load_pretrained
-from .model import SDARForCausalLM
-from .runner import default_mode
+from sdar_core.config import PUBLIC_SHAPES, ModelConfig
+from sdar_core.decoding import generate
+from sdar_core.device import default_device, default_dtype, machine_info, synchronize
+from sdar_core.loading import load_pretrained
+from sdar_core.model import SDARForCausalLM
+from sdar_core.runner import default_mode
+from training.model_init import init_weights
+
+from .table import print_table
 
 ARCHS = {
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
@@ -53,14 +55,8 @@ def random_model(config: ModelConfig, device, dtype) -> SDARForCausalLM:
     with torch.device("meta"):
         model = SDARForCausalLM(config)
     model = model.to_empty(device=device).to(dtype)
-    gen = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, 0.02, generator=gen)
-    if config.tie_word_embeddings:
+    init_weights(model, 0.02, generator=torch.Generator(device=device).manual_seed(0))
+    if config.tie_word_embeddings:  # to_empty gave the two shared tensors separate storage
         model.lm_head.weight = model.model.embed_tokens.weight
     model.reset_rope(device)
     return model.eval()
@@ -165,16 +161,6 @@ def run_transformers(config: ModelConfig, device, dtype, batch: int, prompt_len:
                 ms_per_forward=1000 * seconds / new_tokens, tpf=1.0)
 
 
-def machine_info(device) -> dict:
-    info = dict(torch=torch.__version__, python=platform.python_version(), date=dt.date.today().isoformat(),
-                host=platform.node(), device=str(device))
-    if torch.device(device).type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        info["gpu"] = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    return info
-
-
 def cases_for(args) -> list[Case]:
     out = []
     for b in args.batch_sizes:
@@ -226,16 +212,16 @@ def write_outputs(out: Path, info: dict, rows: list[dict]) -> None:
     fig.write_html(out / "chart.html", include_plotlyjs="cdn")
 
 
-def print_table(info: dict, rows: list[dict]) -> None:
+TABLE = [("mode", "mode", ""), ("strategy", "strategy", ""), ("L", "block_length", "d"), ("T", "steps", "d"),
+         ("B", "batch_size", "d"), ("tok/s", "tokens_per_second", ".1f"), ("ms/fwd", "ms_per_forward", ".3f"),
+         ("TPF", "tpf", ".2f"), ("rTPF", "realized_tpf_fused", ".2f"), ("x AR", "speedup_vs_ar", ".2f")]
+
+
+def print_summary(info: dict, rows: list[dict]) -> None:
     print(f"\n{info.get('arch')} on {info['gpu']} | torch {info['torch']} | {info['date']}")
     print(f"bandwidth {info['bandwidth_GBps']:.0f} GB/s | weights {info['weight_GB']:.2f} GB | "
           f"floor {info['floor_ms_per_forward']:.3f} ms/forward | AR ceiling {info['ar_ceiling_tps']:.0f} tok/s")
-    print(f"{'mode':<12}{'strategy':<9}{'L':>4}{'T':>4}{'B':>5}{'tok/s':>10}{'ms/fwd':>9}{'TPF':>6}"
-          f"{'rTPF':>6}{'x AR':>7}")
-    for r in rows:
-        print(f"{r['mode']:<12}{r['strategy']:<9}{r['block_length']:>4}{r['steps']:>4}{r['batch_size']:>5}"
-              f"{r['tokens_per_second']:>10.1f}{r['ms_per_forward']:>9.3f}{r['tpf']:>6.2f}"
-              f"{(r.get('realized_tpf_fused') or 0):>6.2f}{(r.get('speedup_vs_ar') or 0):>7.2f}")
+    print_table(rows, TABLE)
 
 
 def report_markdown(results_dir: Path) -> str:
@@ -245,7 +231,7 @@ def report_markdown(results_dir: Path) -> str:
     ar1 = next(r for r in rows if r["mode"] == "ar" and r["batch_size"] == 1)
     hf = [r for r in rows if r["mode"].startswith("hf-")]
     lines = [
-        f"Measured by `{info.get('command', 'python -m sdar_core.bench')}` on {info['gpu']} (torch {info['torch']}, "
+        f"Measured by `{info.get('command', 'python -m benchmarks.bench')}` on {info['gpu']} (torch {info['torch']}, "
         f"{info['date']}): {info['arch']} shape, random bf16 weights ({info['weight_GB']:.2f} GB), "
         f"{info['prompt_len']}-token prompt, {info['new_tokens']} new tokens, CUDA graphs ({info['runner']}).",
         "",
@@ -268,7 +254,7 @@ def report_markdown(results_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sdar_core.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="sdar-1.7b", choices=sorted(ARCHS), help="random weights of this shape")
     p.add_argument("--checkpoint", default=None, help="benchmark this checkpoint (folder or hub id) instead of --arch")
     p.add_argument("--device", default=str(default_device()))
@@ -314,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                                       bandwidth_GBps=bw / 1e9, floor_ms_per_forward=1000 * wb / bw,
                                       ar_ceiling_tps=bw / wb, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                                       runner=args.runner or default_mode(model),
-                                      compile=args.compile, fused=args.fuse, command="python -m sdar_core.bench " + " ".join(sys.argv[1:]))
+                                      compile=args.compile, fused=args.fuse, command="python -m benchmarks.bench " + " ".join(sys.argv[1:]))
     rows = []
     for case in cases_for(args):
         r = run_case(model, ar_model, case, args.prompt_len, args.new_tokens, args.repeats, args.runner, args.compile)
@@ -341,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         r["speedup_vs_ar"] = r["tokens_per_second"] / base["tokens_per_second"] if base else None
     if args.out:
         write_outputs(Path(args.out), info, rows)
-    print_table(info, rows)
+    print_summary(info, rows)
     return 0
 
 
