@@ -166,7 +166,7 @@ def chunk_documents(docs: list[list[int]], seq_len: int, pad_id: int) -> PackedB
 
 
 def _rows(batch: PackedBatch, start: int, stop: int) -> PackedBatch:
-    return PackedBatch(*(getattr(batch, f)[start:stop] for f in ("input_ids", "segment_ids", "positions", "loss_mask")))
+    return batch.map(lambda t: t[start:stop])
 
 
 # ---------------------------------------------------------------------------------------------------------------

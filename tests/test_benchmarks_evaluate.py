@@ -14,9 +14,8 @@ from benchmarks import evaluate as ev
 from training.data import encode_texts
 from training.objective import sdar_loss
 
-from conftest import REPO
+from conftest import MODELS_DIR as MODELS, REPO
 
-MODELS = REPO / "assets" / "models"
 SUBSET = json.loads((REPO / ev.EVAL_DIR / "eval-subset.json").read_text(encoding="utf-8"))
 
 

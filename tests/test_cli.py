@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import MODELS_DIR, REPO
 from sdar_core.cli import main
 
-SDAR = str(REPO / "assets" / "models" / "sdar-tiny")
+SDAR = str(MODELS_DIR / "sdar-tiny")
 
 
 def test_python_m_sdar_core_answers_a_chat_prompt_and_prints_stats():
@@ -38,7 +38,7 @@ def one_line_error(capsys, *args) -> str:
 
 def write_config(folder, *, tokenizer: bool = True, **changes):
     """sdar-tiny's config.json (with `changes`) and tokenizer files in `folder`, without the weights."""
-    src = REPO / "assets" / "models" / "sdar-tiny"
+    src = MODELS_DIR / "sdar-tiny"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(json.loads((src / "config.json").read_text()) | changes))
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja") if tokenizer else ():

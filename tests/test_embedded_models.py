@@ -15,10 +15,9 @@ from sdar_core.prompting import encode_prompt, stop_ids_for
 from benchmarks.evaluate import EXPECTED_CASES, decode_kwargs, EvalSettings
 from training.synthetic import final_answer
 
-from conftest import REPO
+from conftest import MODELS_DIR, REPO
 
-MODELS = REPO / "assets" / "models"
-EXPECTED = json.loads((REPO / "assets" / "models" / "eval" / "expected.json").read_text(encoding="utf-8"))
+EXPECTED = json.loads((MODELS_DIR / "eval" / "expected.json").read_text(encoding="utf-8"))
 
 
 def _generate(model, tokenizer, prompts: list[str], decoder, max_new_tokens: int):
@@ -37,7 +36,7 @@ def test_shipped_models_are_the_sdar_model_and_its_ar_twin(embedded_models):
     # Both ship the project's tokenizer byte for byte (tests/test_tokenizer.py checks that one).
     shipped = (REPO / "assets" / "tokenizer" / "tokenizer.json").read_bytes()
     for name in ("sdar-tiny", "ar-tiny"):
-        assert (MODELS / name / "tokenizer.json").read_bytes() == shipped
+        assert (MODELS_DIR / name / "tokenizer.json").read_bytes() == shipped
     # The mask token the decoder writes is the tokenizer's <|MASK|>, a single id.
     assert sdar.config.mask_token_id == sdar_tok.convert_tokens_to_ids("<|MASK|>")
     assert sdar_tok("<|MASK|>", add_special_tokens=False)["input_ids"] == [sdar.config.mask_token_id]

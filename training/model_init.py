@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from sdar_core.config import ModelConfig
 from sdar_core.loading import load_pretrained, load_tokenizer
 from sdar_core.model import SDARForCausalLM
+from sdar_core.prompting import STOP_TOKENS
 
 from .byte_tokenizer import byte_tokenizer
 from .recipe import BUILTIN_PREFIX, Recipe, RecipeError
@@ -49,7 +50,7 @@ def _round_up(n: int, multiple: int) -> int:
 
 def _eos_ids(tokenizer) -> list[int]:
     ids = []
-    for tok in ("<|im_end|>", "<|endoftext|>", tokenizer.eos_token):
+    for tok in (*STOP_TOKENS, tokenizer.eos_token):
         tid = tokenizer.convert_tokens_to_ids(tok) if tok else None
         if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid not in ids:
             ids.append(tid)
