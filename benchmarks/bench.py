@@ -253,7 +253,7 @@ def report_markdown(results_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="sdar-1.7b", choices=sorted(ARCHS), help="random weights of this shape")
     p.add_argument("--checkpoint", default=None, help="benchmark this checkpoint (folder or hub id) instead of --arch")
@@ -273,35 +273,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="folder for results.json / .csv / chart.html")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="print the Markdown summary of a results folder (and redraw its chart.html); run nothing")
-    args = p.parse_args(argv)
-    if args.report:
-        data = json.loads((Path(args.report) / "results.json").read_text())
-        write_outputs(Path(args.report), data["machine"], data["rows"])
-        print(report_markdown(Path(args.report)))
-        return 0
-    device = torch.device(args.device)
-    dtype = default_dtype(device)
-    if args.checkpoint:
-        model, _ = load_pretrained(args.checkpoint, device=device, dtype=dtype, with_tokenizer=False)
-        config = model.config
-        if not config.is_sdar:
-            raise SystemExit(f"{args.checkpoint} is an AR model (model_type {config.model_type}): the benchmark "
-                             "compares AR and SDAR decoding of an SDAR checkpoint")
-        args.arch = str(args.checkpoint)
-    else:
-        config = arch_config(args.arch)
-        model = random_model(config, device, dtype)
-    if args.fuse:
-        model.fuse_projections()
-    ar_model = as_ar(model)
-    bw = measure_bandwidth(device)
-    wb = weight_bytes(model)
-    info = machine_info(device) | dict(arch=args.arch, parameters=config.num_parameters(), weight_GB=wb / 1e9,
-                                      bandwidth_GBps=bw / 1e9, floor_ms_per_forward=1000 * wb / bw,
-                                      ar_ceiling_tps=bw / wb, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-                                      runner=args.runner or default_mode(model),
-                                      compile=args.compile, fused=args.fuse, command="python -m benchmarks.bench " + " ".join(sys.argv[1:]))
-    rows = []
+    return p
+
+
+def load_model(args, device: torch.device, dtype: torch.dtype) -> SDARForCausalLM:
+    """The --checkpoint (an SDAR one), or random weights of the --arch shape."""
+    if not args.checkpoint:
+        return random_model(arch_config(args.arch), device, dtype)
+    model, _ = load_pretrained(args.checkpoint, device=device, dtype=dtype, with_tokenizer=False)
+    if not model.config.is_sdar:
+        raise SystemExit(f"{args.checkpoint} is an AR model (model_type {model.config.model_type}): the benchmark "
+                         "compares AR and SDAR decoding of an SDAR checkpoint")
+    return model
+
+
+def device_info(model, device: torch.device, args) -> dict:
+    """The machine, the run's settings and the memory-bandwidth floor of a forward on it."""
+    bw, wb = measure_bandwidth(device), weight_bytes(model)
+    return machine_info(device) | dict(
+        arch=args.arch, parameters=model.config.num_parameters(), weight_GB=wb / 1e9, bandwidth_GBps=bw / 1e9,
+        floor_ms_per_forward=1000 * wb / bw, ar_ceiling_tps=bw / wb, prompt_len=args.prompt_len,
+        new_tokens=args.new_tokens, runner=args.runner or default_mode(model), compile=args.compile, fused=args.fuse,
+        command="python -m benchmarks.bench " + " ".join(sys.argv[1:]))
+
+
+def decode_rows(model, info: dict, args) -> list[dict]:
+    """Our `ar` mode and SDAR block decoding, one row per case; written after each when --out is given."""
+    ar_model, rows = as_ar(model), []
     for case in cases_for(args):
         r = run_case(model, ar_model, case, args.prompt_len, args.new_tokens, args.repeats, args.runner, args.compile)
         rows.append(dict(case.__dict__, **r, model=args.arch, gpu=info["gpu"], torch=info["torch"], date=info["date"]))
@@ -309,22 +307,51 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['tokens_per_second']:9.1f} tok/s  {r['ms_per_forward']:.3f} ms/forward", flush=True)
         if args.out:  # partial results survive a run cut short
             write_outputs(Path(args.out), info, rows)
-    hf_modes = {"auto": ["compiled"] if device.type == "cuda" else ["eager"], "none": [], "eager": ["eager"],
-                "compiled": ["compiled"], "both": ["eager", "compiled"]}[args.transformers]
-    for hm in hf_modes:
+    return rows
+
+
+def transformers_rows(config: ModelConfig, info: dict, args, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    """transformers' generate at batch 1, in the --transformers modes; a mode that fails is skipped with its reason."""
+    modes = {"auto": ["compiled"] if device.type == "cuda" else ["eager"], "none": [], "eager": ["eager"],
+             "compiled": ["compiled"], "both": ["eager", "compiled"]}[args.transformers]
+    rows = []
+    for mode in modes:
         try:
-            r = run_transformers(config, device, dtype, 1, args.prompt_len, args.new_tokens, hm == "compiled")
+            r = run_transformers(config, device, dtype, 1, args.prompt_len, args.new_tokens, mode == "compiled")
         except Exception as e:  # the peer is informative, not essential: record why it is missing
-            print(f"  transformers {hm} failed: {type(e).__name__}: {e}", flush=True)
+            print(f"  transformers {mode} failed: {type(e).__name__}: {e}", flush=True)
             continue
-        rows.append(dict(mode=f"hf-{hm}", strategy="ar", block_length=1, steps=1, threshold=0.0, batch_size=1, **r,
+        rows.append(dict(mode=f"hf-{mode}", strategy="ar", block_length=1, steps=1, threshold=0.0, batch_size=1, **r,
                          model=args.arch, gpu=info["gpu"], torch=info["torch"], date=info["date"]))
+    return rows
+
+
+def add_comparisons(rows: list[dict]) -> None:
+    """Each row's realized TPF (Eq. 11, and fused) and its speed-up over `ar` at the same batch size."""
     ar_rows = {r["batch_size"]: r for r in rows if r["mode"] == "ar"}
     for r in rows:
-        eq11, fused = realized_tpf(r, ar_rows)
-        r["realized_tpf_eq11"], r["realized_tpf_fused"] = eq11, fused
+        r["realized_tpf_eq11"], r["realized_tpf_fused"] = realized_tpf(r, ar_rows)
         base = ar_rows.get(r["batch_size"])
         r["speedup_vs_ar"] = r["tokens_per_second"] / base["tokens_per_second"] if base else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.report:
+        data = json.loads((Path(args.report) / "results.json").read_text())
+        write_outputs(Path(args.report), data["machine"], data["rows"])
+        print(report_markdown(Path(args.report)))
+        return 0
+    device = torch.device(args.device)
+    dtype = default_dtype(device)
+    model = load_model(args, device, dtype)
+    if args.checkpoint:
+        args.arch = str(args.checkpoint)
+    if args.fuse:
+        model.fuse_projections()
+    info = device_info(model, device, args)
+    rows = decode_rows(model, info, args) + transformers_rows(model.config, info, args, device, dtype)
+    add_comparisons(rows)
     if args.out:
         write_outputs(Path(args.out), info, rows)
     print_summary(info, rows)
