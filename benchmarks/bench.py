@@ -244,7 +244,8 @@ def report_markdown(results_dir: Path) -> str:
         lines.append(f"- transformers `generate` ({r['mode'][3:]}, batch 1): {r['tokens_per_second']:.0f} tokens/s;")
     lines += ["", "| batch | mode | L | T | tokens/s | ms / forward | TPF | realized TPF (fused) | Eq. 11 | x AR |",
               "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted((r for r in rows if r["mode"] in ("ar", "sdar")), key=lambda r: (r["batch_size"], r["block_length"])):
+    decoded = (r for r in rows if r["mode"] in ("ar", "sdar"))
+    for r in sorted(decoded, key=lambda r: (r["batch_size"], r["block_length"])):
         eq11 = f"{r['realized_tpf_eq11']:.2f}" if r.get("realized_tpf_eq11") else "-"
         fused = f"{r['realized_tpf_fused']:.2f}" if r.get("realized_tpf_fused") else "-"
         lines.append(f"| {r['batch_size']} | {r['mode']} {r['strategy'] if r['mode'] == 'sdar' else ''} | "

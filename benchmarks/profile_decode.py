@@ -19,6 +19,12 @@ from sdar_core.decoding import generate
 from sdar_core.runner import ChunkRunner
 
 from . import bench
+from .table import print_table
+
+TABLE = [("variant", "variant", ""), ("kern", "kernels_q1", ""), ("gpu q1", "replay_ms_q1", ".3f"),
+         ("gpu q16", "replay_ms_q16", ".3f"), ("gpu q32", "replay_ms_q32", ".3f"),
+         ("AR wall", "ar_wall_ms_per_forward", ".3f"), ("SDAR wall", "sdar16x4_wall_ms_per_forward", ".3f"),
+         ("AR t/s", "ar_tokens_per_s", ".1f"), ("SDAR t/s", "sdar16x4_tokens_per_s", ".1f")]
 
 
 def replay_ms(model, q: int, compile: bool, total: int = 512, iters: int = 50) -> float:
@@ -109,11 +115,7 @@ def main() -> None:
             (Path(args.out) / "profile.json").write_text(json.dumps(results, indent=1))
     results["rows"] = rows
     print(f"floor {results['floor_ms']:.3f} ms/forward")
-    print(f"{'variant':<22}{'kern':>6}{'gpu q1':>8}{'gpu q16':>8}{'gpu q32':>8}{'AR wall':>9}{'SDAR wall':>10}{'AR t/s':>8}{'SDAR t/s':>9}")
-    for r in rows:
-        print(f"{r['variant']:<22}{str(r['kernels_q1']):>6}{r['replay_ms_q1']:>8.3f}{r['replay_ms_q16']:>8.3f}"
-              f"{r['replay_ms_q32']:>8.3f}{r['ar_wall_ms_per_forward']:>9.3f}{r['sdar16x4_wall_ms_per_forward']:>10.3f}"
-              f"{r['ar_tokens_per_s']:>8.1f}{r['sdar16x4_tokens_per_s']:>9.1f}")
+    print_table(rows, TABLE)
 
 
 if __name__ == "__main__":

@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"MFU {res.mfu}" + (f" ({res.error})" if res.error else ""), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "throughput.json").write_text(json.dumps({"machine": machine_info(device), "results": [asdict(r) for r in results]},
-                                                    indent=2))
+    report = {"machine": machine_info(device), "results": [asdict(r) for r in results]}
+    (out / "throughput.json").write_text(json.dumps(report, indent=2))
     with (out / "throughput.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(asdict(results[0])))
         w.writeheader()
