@@ -1,6 +1,6 @@
 """Where does a decode forward's time go? GPU time of one graphed forward vs wall time per token.
 
-    python benchmarks/profile_decode.py --arch sdar-1.7b --out OUT
+    python -m benchmarks.profile_decode --arch sdar-1.7b --out OUT
 
 For each variant (CUDA graph of the eager forward; + fused q/k/v and gate/up; + torch.compile) it times
 graph replays alone with CUDA events (GPU time per forward, Q = 1 and Q = 16 tokens), then whole
@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sdar_core import bench  # noqa: E402
-from sdar_core.decoding import generate  # noqa: E402
-from sdar_core.runner import ChunkRunner  # noqa: E402
+from sdar_core.decoding import generate
+from sdar_core.runner import ChunkRunner
+
+from . import bench
+from .table import print_table
+
+TABLE = [("variant", "variant", ""), ("kern", "kernels_q1", ""), ("gpu q1", "replay_ms_q1", ".3f"),
+         ("gpu q16", "replay_ms_q16", ".3f"), ("gpu q32", "replay_ms_q32", ".3f"),
+         ("AR wall", "ar_wall_ms_per_forward", ".3f"), ("SDAR wall", "sdar16x4_wall_ms_per_forward", ".3f"),
+         ("AR t/s", "ar_tokens_per_s", ".1f"), ("SDAR t/s", "sdar16x4_tokens_per_s", ".1f")]
 
 
 def replay_ms(model, q: int, compile: bool, total: int = 512, iters: int = 50) -> float:
@@ -65,7 +70,7 @@ def kernels_per_forward(model, q: int, compile) -> tuple[int, list]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(prog="python -m benchmarks.profile_decode", description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="sdar-1.7b")
     p.add_argument("--out", default=None, help="folder for profile.json (rewritten after each variant)")
     p.add_argument("--no-compile", dest="compile", action="store_false",
@@ -111,11 +116,7 @@ def main() -> None:
             (Path(args.out) / "profile.json").write_text(json.dumps(results, indent=1))
     results["rows"] = rows
     print(f"floor {results['floor_ms']:.3f} ms/forward")
-    print(f"{'variant':<22}{'kern':>6}{'gpu q1':>8}{'gpu q16':>8}{'gpu q32':>8}{'AR wall':>9}{'SDAR wall':>10}{'AR t/s':>8}{'SDAR t/s':>9}")
-    for r in rows:
-        print(f"{r['variant']:<22}{str(r['kernels_q1']):>6}{r['replay_ms_q1']:>8.3f}{r['replay_ms_q16']:>8.3f}"
-              f"{r['replay_ms_q32']:>8.3f}{r['ar_wall_ms_per_forward']:>9.3f}{r['sdar16x4_wall_ms_per_forward']:>10.3f}"
-              f"{r['ar_tokens_per_s']:>8.1f}{r['sdar16x4_tokens_per_s']:>9.1f}")
+    print_table(rows, TABLE)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from .decode_params import DecodeParams, GenerationError, is_int
+from .device import synchronize
 from .runner import ChunkRunner, default_mode
 from .sampling import sample_tokens
 from .schedules import SCHEDULES, StepScores, static_count, static_steps_needed
@@ -91,12 +92,6 @@ def prompt_rows(input_ids, vocab_size: int) -> list[list[int]]:
         if bad is not None:
             raise GenerationError(f"input_ids must be integer token ids in 0..{vocab_size - 1}; row {r} holds {bad!r}")
     return rows
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (a no-op on the CPU): what a wall-clock timing must do first."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _cut_at_stop(tokens: list[int], stop_ids: list[int], limit: int) -> tuple[list[int], bool]:

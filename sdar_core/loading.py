@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, ModelConfig
+from .device import default_device, default_dtype
 from .model import SDARForCausalLM
 
 WEIGHTS_NAME = "model.safetensors"
@@ -23,15 +24,6 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*", "*.
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded, with the reason in words."""
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 on CUDA (what the checkpoints hold), float32 on CPU (bfloat16 matmuls are slow there)."""
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
 def resolve_checkpoint(path_or_hub_id: str | os.PathLike) -> Path:

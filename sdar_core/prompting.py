@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 
-STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+# The ChatML special tokens of Qwen3 and SDAR checkpoints, which the embedded models' tokenizer has too.
+END_OF_TEXT, TURN_START, TURN_END, MASK_TOKEN = "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|MASK|>"
+STOP_TOKENS = (TURN_END, END_OF_TEXT)
 
 
 def stop_ids_for(tokenizer, config) -> list[int]:

@@ -1,4 +1,4 @@
-"""app/benchmarks.py and the GPU figure on results written here in the format of sdar_core.bench.write_outputs:
+"""app/benchmarks.py and the GPU figure on results written here in the format of benchmarks.bench.write_outputs:
 benchmarks/results/<run>/results.json = {"machine": {...}, "rows": [...]}, read recursively."""
 from __future__ import annotations
 

@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from conftest import free_port, text_of
-from test_app_checkpoint import write_checkpoints
+from conftest import free_port, text_of, write_checkpoints
 
 SYSTEM = "You are a helpful assistant."
 FAST = dict(block_length=4, steps=4, strategy="static", threshold=0.9, temperature=0.0, top_p=1.0,

@@ -1,20 +1,22 @@
-"""`python -m sdar_core.generate` on the shipped SDAR model: text on stdout, stats on stderr, errors in words."""
+"""`python -m sdar_core` (sdar_core/cli.py) on the shipped SDAR model: text on stdout, stats on stderr, and every bad
+input - a checkpoint, a config, a decoding option, a device - as one line on stderr with exit code 2."""
 import json
 import subprocess
 import sys
 
-from conftest import REPO
+import pytest
+import torch
+
+from conftest import MODELS_DIR, REPO
+from sdar_core.cli import main
+
+SDAR = str(MODELS_DIR / "sdar-tiny")
 
 
-
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "sdar_core.generate", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
-
-
-def test_cli_answers_a_chat_prompt_and_prints_stats():
-    out = run("--model", "assets/models/sdar-tiny", "--prompt", "What is 47 + 38?", "--chat", "--strategy", "dynamic",
-              "--max-new-tokens", "64", "--json")
+def test_python_m_sdar_core_answers_a_chat_prompt_and_prints_stats():
+    out = subprocess.run([sys.executable, "-m", "sdar_core", "--model", SDAR, "--prompt", "What is 47 + 38?", "--chat",
+                          "--strategy", "dynamic", "--max-new-tokens", "64", "--json"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "Answer: 85" in out.stdout
     stats = json.loads(out.stderr.strip().splitlines()[-1])
@@ -22,16 +24,67 @@ def test_cli_answers_a_chat_prompt_and_prints_stats():
     assert "model of type" not in out.stderr  # no transformers noise about model_type sdar
 
 
-def test_cli_reports_bad_input_without_a_traceback(tmp_path):
-    out = run("--model", str(tmp_path / "nope"), "--prompt", "hi")
-    assert out.returncode == 2 and "Traceback" not in out.stderr and "no checkpoint folder" in out.stderr
-    out = run("--model", "assets/models/sdar-tiny", "--prompt", "hi", "--block-length", "4", "--steps", "9")
-    assert out.returncode == 2 and "steps must be between 1 and block_length" in out.stderr
+def one_line_error(capsys, *args) -> str:
+    """Run the CLI in-process on bad input; it must exit with 2 and print exactly one line, the error."""
+    try:
+        code = main(["--prompt", "hi", "--max-new-tokens", "8", *args])
+    except SystemExit as e:  # argparse rejects malformed options by exiting
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
 
 
-def test_importing_the_cli_module_keeps_the_generate_function_callable():
-    import sdar_core
-    import sdar_core.generate  # noqa: F401  (rebinds the package attribute to the module)
-    from sdar_core import generate
+def write_config(folder, *, tokenizer: bool = True, **changes):
+    """sdar-tiny's config.json (with `changes`) and tokenizer files in `folder`, without the weights."""
+    src = MODELS_DIR / "sdar-tiny"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(json.loads((src / "config.json").read_text()) | changes))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja") if tokenizer else ():
+        (folder / name).write_bytes((src / name).read_bytes())
+    return str(folder)
 
-    assert callable(generate)
+
+def test_checkpoint_errors_are_one_line(tmp_path, capsys):
+    assert "no checkpoint folder" in one_line_error(capsys, "--model", str(tmp_path / "nope"))
+    assert "safetensors" in one_line_error(capsys, "--model", write_config(tmp_path / "no-weights"))
+    # transformers' own message for a folder without tokenizer files spans several lines
+    err = one_line_error(capsys, "--model", write_config(tmp_path / "no-tokenizer", tokenizer=False))
+    assert "cannot load the tokenizer" in err
+
+
+def test_config_errors_are_one_line(tmp_path, capsys):
+    err = one_line_error(capsys, "--model", write_config(tmp_path / "a", num_hidden_layers="many"))
+    assert "'num_hidden_layers' must be an integer, got 'many'" in err
+    err = one_line_error(capsys, "--model", write_config(tmp_path / "b", hidden_size=-5))
+    assert "'hidden_size' must be >= 1, got -5" in err
+
+
+def test_generation_errors_are_one_line(capsys):
+    err = one_line_error(capsys, "--model", SDAR, "--block-length", "4", "--steps", "9")
+    assert "steps must be between 1 and block_length" in err
+    assert "temperature must be >= 0" in one_line_error(capsys, "--model", SDAR, "--temperature", "-1")
+
+
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_a_non_finite_temperature_is_one_line(capsys, value):
+    assert f"--temperature: '{value}' is not a finite number" in one_line_error(capsys, "--model", SDAR,
+                                                                                  "--temperature", value)
+
+
+@pytest.mark.parametrize("device, words", [("bogus", "is not a device name"), ("cuda:x", "is not a device name"),
+                                           ("meta", "not meta"), ("cuda", "no CUDA GPU")])
+def test_bad_devices_are_one_line(capsys, monkeypatch, device, words):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    assert words in one_line_error(capsys, "--model", SDAR, "--device", device)
+
+
+def test_a_gpu_index_the_machine_lacks_is_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert "has 1 CUDA GPU(s)" in one_line_error(capsys, "--model", SDAR, "--device", "cuda:3")
+
+
+def test_a_missing_option_is_one_line(capsys):
+    assert "--model" in one_line_error(capsys)

@@ -1,7 +1,7 @@
 """The shipped demo models (assets/models/sdar-tiny, assets/models/ar-tiny) load and answer as recorded.
 
 The expected texts in assets/models/eval/expected.json are regenerated only after a rebuild of the models, by
-`python -m training.evaluate --write-expected` (CPU, float32, greedy).
+`python -m benchmarks.evaluate --write-expected` (CPU, float32, greedy).
 """
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ import pytest
 import torch
 
 from sdar_core import generate
-from sdar_core.generate import encode_prompt, stop_ids_for
-from training.evaluate import EXPECTED_CASES, decode_kwargs, EvalSettings
+from sdar_core.prompting import encode_prompt, stop_ids_for
+from benchmarks.evaluate import EXPECTED_CASES, decode_kwargs, EvalSettings
 from training.synthetic import final_answer
 
-from conftest import REPO
+from conftest import MODELS_DIR, REPO
 
-MODELS = REPO / "assets" / "models"
-EXPECTED = json.loads((REPO / "assets" / "models" / "eval" / "expected.json").read_text(encoding="utf-8"))
+EXPECTED = json.loads((MODELS_DIR / "eval" / "expected.json").read_text(encoding="utf-8"))
 
 
 def _generate(model, tokenizer, prompts: list[str], decoder, max_new_tokens: int):
@@ -37,7 +36,7 @@ def test_shipped_models_are_the_sdar_model_and_its_ar_twin(embedded_models):
     # Both ship the project's tokenizer byte for byte (tests/test_tokenizer.py checks that one).
     shipped = (REPO / "assets" / "tokenizer" / "tokenizer.json").read_bytes()
     for name in ("sdar-tiny", "ar-tiny"):
-        assert (MODELS / name / "tokenizer.json").read_bytes() == shipped
+        assert (MODELS_DIR / name / "tokenizer.json").read_bytes() == shipped
     # The mask token the decoder writes is the tokenizer's <|MASK|>, a single id.
     assert sdar.config.mask_token_id == sdar_tok.convert_tokens_to_ids("<|MASK|>")
     assert sdar_tok("<|MASK|>", add_special_tokens=False)["input_ids"] == [sdar.config.mask_token_id]
@@ -50,7 +49,7 @@ def test_greedy_output_matches_the_committed_expected_text(embedded_models, case
     prompt, decoder = EXPECTED_CASES[case]
     expected = EXPECTED["cases"][case]
     assert (expected["prompt"], expected["model"], expected["decoding"]) == (prompt, decoder.model, decoder.label), \
-        "expected.json is stale: run python -m training.evaluate --write-expected"
+        "expected.json is stale: run python -m benchmarks.evaluate --write-expected"
     model, tokenizer = embedded_models[decoder.model]
     gen = _generate(model, tokenizer, [prompt], decoder, EXPECTED["max_new_tokens"])
     assert tokenizer.decode(gen.row_tokens(0), skip_special_tokens=True) == expected["text"]

@@ -11,7 +11,7 @@ import torch
 from sdar_core import generate, load_pretrained
 from conftest import REPO
 from training.recipe import RecipeError, load_recipe, recipe_from_dict
-from training.train import latest_checkpoint, main, train
+from training.train import ThroughputWindow, TimeBudget, latest_checkpoint, main, train
 
 ASSET_TOKENIZER = REPO / "assets" / "tokenizer"
 TOKENIZER = str(ASSET_TOKENIZER) if (ASSET_TOKENIZER / "tokenizer.json").is_file() else "builtin:bytes"
@@ -143,3 +143,28 @@ def test_fit_minutes_shrinks_max_steps_to_the_time_budget(tmp_path):
     result = train(tiny_recipe(tmp_path / "fit", max_steps=40, fit_minutes=1e-4, eval_fraction=0.0), progress=False)
     assert result.finished and result.state.step == 30 and result.state.max_steps == 30
     assert (tmp_path / "fit" / "final" / "config.json").is_file()
+
+
+def test_time_budget_keeps_room_for_the_next_step_and_the_slowest_save():
+    now = [100.0]
+    budget = TimeBudget(minutes=1.0, clock=lambda: now[0])  # 60 s from t = 100
+    assert not budget.exhausted()  # no step timed yet
+    for seconds in (9.0, 1.0, 2.0):  # median 2 s: the next step is taken as 3 s
+        budget.step_took(seconds)
+    budget.save_took(4.0)  # reserve 6 s, and a faster save later does not shrink it
+    budget.save_took(1.0)
+    now[0] = 100.0 + 60 - 3 - 6  # exactly at the limit: still fits
+    assert not budget.exhausted()
+    now[0] += 0.01
+    assert budget.exhausted()
+    assert not TimeBudget(minutes=None, clock=lambda: now[0]).exhausted()
+
+
+def test_throughput_window_counts_raw_and_effective_tokens_and_the_masked_fraction():
+    sdar = tiny_recipe(Path("unused"))  # seq_len 32, SDAR: a row forwards 64 tokens
+    window = ThroughputWindow(start=10.0, rows=8, masked=30.0, targets=120.0)
+    assert window.rates(sdar, now=12.0) == {"raw_tokens_per_s": 8 * 64 / 2, "effective_tokens_per_s": 8 * 32 / 2,
+                                            "masked_fraction": 0.25}
+    ar = tiny_recipe(Path("unused"), mode="ar")
+    assert ThroughputWindow(start=0.0, rows=3).rates(ar, now=1.0) == {
+        "raw_tokens_per_s": 96, "effective_tokens_per_s": 96, "masked_fraction": None}

@@ -14,8 +14,8 @@ tokenizer included). Exit status: 0 when the requested stages are finished, 3 wh
 After a rebuild, regenerate what the tests compare the shipped models with, and the evaluation
 (assets/models/README.md, "Evaluation"):
 
-    python -m training.evaluate --write-expected            # assets/models/eval/expected.json
-    python -m training.evaluate --data assets/models/eval/data --limit 8 --batch-size 8 --text-limit 1 \\
+    python -m benchmarks.evaluate --write-expected            # assets/models/eval/expected.json
+    python -m benchmarks.evaluate --data assets/models/eval/data --limit 8 --batch-size 8 --text-limit 1 \\
         --no-samples --out assets/models/eval/eval-subset.json
 """
 from __future__ import annotations

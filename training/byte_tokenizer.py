@@ -6,6 +6,8 @@ built by `python -m training.tokenizer`) has: `<|endoftext|>` (eos and padding),
 """
 from __future__ import annotations
 
+from sdar_core.prompting import END_OF_TEXT, MASK_TOKEN
+
 from .tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 
@@ -19,7 +21,7 @@ def byte_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(SPECIAL_TOKENS)
-    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                  mask_token="<|MASK|>")
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=END_OF_TEXT, pad_token=END_OF_TEXT,
+                                  mask_token=MASK_TOKEN)
     out.chat_template = CHAT_TEMPLATE
     return out

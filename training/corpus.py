@@ -32,9 +32,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Callable, Iterator
 
+from sdar_core.paths import REPO
 from training import synthetic
 
-REPO = Path(__file__).resolve().parent.parent
 ALPACA_PATH = REPO / "training" / "data" / "alpaca_en_demo.json"
 MAX_DOC_CHARS = 4000  # longer texts are split at paragraph boundaries into documents of at most this many characters
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from sdar_core.prompting import END_OF_TEXT
 
 from .objective import PackedBatch
 from .recipe import BUILTIN_TEXT, RecipeError
@@ -105,7 +107,7 @@ def read_documents(path: str, data_format: str = "auto", max_docs: int | None = 
 
 def separator_id(tokenizer) -> int | None:
     """The document separator: <|endoftext|> when the vocabulary has it, else the eos token."""
-    tid = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    tid = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
     if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
         return tid
     return tokenizer.eos_token_id
@@ -174,26 +176,22 @@ def encode_chats(tokenizer, conversations: list[list[dict]], response_only: bool
 
 
 @dataclass
-class PackedRows:
-    """All rows of a data set: [N, T] tensors (int32 on disk and in memory; `batch` makes int64)."""
-    input_ids: torch.Tensor
-    segment_ids: torch.Tensor
-    positions: torch.Tensor
-    loss_mask: torch.Tensor
+class PackedRows(PackedBatch):
+    """All rows of a data set: the fields of a PackedBatch as [N, T] tensors (int32 on disk and in memory, the loss
+    mask bool; `batch` makes the int64 batch a forward takes)."""
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     def batch(self, rows: list[int] | torch.Tensor) -> PackedBatch:
-        rows = torch.as_tensor(rows, dtype=torch.long)
-        return PackedBatch(self.input_ids[rows].long(), self.segment_ids[rows].long(),
-                           self.positions[rows].long(), self.loss_mask[rows].bool())
+        ids, segments, positions, loss_mask = self.select(torch.as_tensor(rows, dtype=torch.long)).tensors()
+        return PackedBatch(ids.long(), segments.long(), positions.long(), loss_mask.bool())
 
     def select(self, rows: torch.Tensor) -> "PackedRows":
-        return PackedRows(self.input_ids[rows], self.segment_ids[rows], self.positions[rows], self.loss_mask[rows])
+        return self.map(lambda t: t[rows])
 
     def state(self) -> dict:
-        return {k: getattr(self, k) for k in ("input_ids", "segment_ids", "positions", "loss_mask")}
+        return {f.name: t for f, t in zip(fields(self), self.tensors())}
 
 
 def _segments_and_positions(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -262,8 +260,7 @@ def pack_examples(examples: list[tuple[list[int], list[bool]]], seq_len: int, pa
 
 
 def _cat(parts: list[PackedRows]) -> PackedRows:
-    return PackedRows(*(torch.cat([getattr(p, k) for p in parts]) for k in
-                        ("input_ids", "segment_ids", "positions", "loss_mask")))
+    return PackedRows(*(torch.cat(column) for column in zip(*(p.tensors() for p in parts))))
 
 
 def build_rows(files: list[str], tokenizer, seq_len: int, *, data_format: str = "auto", response_only: bool = True,

@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from sdar_core.config import ModelConfig
 from sdar_core.loading import load_pretrained, load_tokenizer
 from sdar_core.model import SDARForCausalLM
+from sdar_core.prompting import STOP_TOKENS
 
 from .byte_tokenizer import byte_tokenizer
 from .recipe import BUILTIN_PREFIX, Recipe, RecipeError
@@ -49,7 +50,7 @@ def _round_up(n: int, multiple: int) -> int:
 
 def _eos_ids(tokenizer) -> list[int]:
     ids = []
-    for tok in ("<|im_end|>", "<|endoftext|>", tokenizer.eos_token):
+    for tok in (*STOP_TOKENS, tokenizer.eos_token):
         tid = tokenizer.convert_tokens_to_ids(tok) if tok else None
         if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid not in ids:
             ids.append(tid)
@@ -73,8 +74,9 @@ def scratch_config(recipe: Recipe, tokenizer) -> ModelConfig:
     )
 
 
-def init_weights(model: SDARForCausalLM, std: float) -> None:
-    """Normal(0, std) for matrices, with the residual output projections scaled by 1/sqrt(2 * layers) (GPT-2)."""
+def init_weights(model: SDARForCausalLM, std: float, generator: torch.Generator | None = None) -> None:
+    """Normal(0, std) for matrices, with the residual output projections scaled by 1/sqrt(2 * layers) (GPT-2).
+    `generator` (on the model's device) draws the values; torch's global one when None."""
     residual_std = std / math.sqrt(2 * model.config.num_hidden_layers)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -83,7 +85,8 @@ def init_weights(model: SDARForCausalLM, std: float) -> None:
             elif name.endswith("bias"):
                 p.zero_()
             else:
-                p.normal_(0.0, residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std)
+                p.normal_(0.0, residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std,
+                          generator=generator)
 
 
 def resize_vocab(model: SDARForCausalLM, new_size: int) -> None:

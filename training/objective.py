@@ -21,7 +21,7 @@ skips the fully masked tiles (about half of the [x_t ; x_0] square, and most of 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import torch
@@ -44,9 +44,16 @@ class PackedBatch:
     positions: torch.Tensor
     loss_mask: torch.Tensor
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The fields in their declared order (what the constructor takes)."""
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    def map(self, fn) -> "PackedBatch":
+        """The same kind of batch with `fn` applied to every tensor (a device move, a row slice, a cat...)."""
+        return type(self)(*(fn(t) for t in self.tensors()))
+
     def to(self, device) -> "PackedBatch":
-        return PackedBatch(*(getattr(self, f).to(device, non_blocking=True) for f in
-                             ("input_ids", "segment_ids", "positions", "loss_mask")))
+        return self.map(lambda t: t.to(device, non_blocking=True))
 
     @property
     def num_tokens(self) -> int:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from sdar_core.prompting import MASK_TOKEN
+
 MODES = ("ar", "sdar-cpt", "sdar-sft")
 ATTENTIONS = ("auto", "flex", "sdpa")
 MIXED_PRECISIONS = ("auto", "bf16", "no")
@@ -54,7 +56,7 @@ class Recipe:
     model: ModelSpec | None = None
     tokenizer: str | None = None  # folder, or "builtin:bytes"; default: the init_from checkpoint's tokenizer
     block_size: int = 4  # SDAR block length L' (sdar modes); the output config's block_size
-    mask_token: str = "<|MASK|>"  # added to the tokenizer (and the embeddings resized) when missing
+    mask_token: str = MASK_TOKEN  # added to the tokenizer (and the embeddings resized) when missing
     eps: float = 1e-3  # t ~ U(eps, 1]
     # --- data ---
     data_format: str = "auto"  # "text" | "chat" | "auto" (from the file's records)

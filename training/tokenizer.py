@@ -18,8 +18,9 @@ from typing import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|MASK|>"]  # ids 0, 1, 2, 3
-PAD, EOS, MASK = "<|endoftext|>", "<|im_end|>", "<|MASK|>"
+from sdar_core.prompting import END_OF_TEXT, MASK_TOKEN, TURN_END, TURN_START
+
+SPECIAL_TOKENS = [END_OF_TEXT, TURN_START, TURN_END, MASK_TOKEN]  # ids 0, 1, 2, 3
 MAX_TOKEN_CHARS = 16  # no merge longer than this: a 4k vocabulary is better spent on common pieces
 
 # ChatML as Qwen writes it, without the tool-calling and thinking parts.
@@ -85,7 +86,7 @@ def save_hf(tok: Tokenizer, out: Path, model_max_length: int = 4096):
     from transformers import PreTrainedTokenizerFast
 
     hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS, pad_token=PAD, mask_token=MASK, bos_token=None, unk_token=None,
+        tokenizer_object=tok, eos_token=TURN_END, pad_token=END_OF_TEXT, mask_token=MASK_TOKEN, bos_token=None, unk_token=None,
         additional_special_tokens=["<|im_start|>"], chat_template=CHAT_TEMPLATE, clean_up_tokenization_spaces=False)
     out.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(str(out))

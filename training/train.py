@@ -16,18 +16,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import shutil
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
 from sdar_core.config import ModelConfig
-from sdar_core.decoding import synchronize
+from sdar_core.device import synchronize
 
 from .data import PackedRows, RowOrder, load_or_build_rows, split_eval
 from .model_init import (enable_gradient_checkpointing, ensure_mask_token, init_model, load_recipe_tokenizer,
@@ -252,27 +252,125 @@ class MetricsLog:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The loop
+# The loop's bookkeeping
 
 
-def train(recipe: Recipe, *, progress: bool = True) -> TrainResult:
-    """Run (or continue) the recipe until max_steps or max_minutes; see the module docstring."""
-    t_start = time.time()
-    check_output_dir(recipe)
+@dataclass
+class TimeBudget:
+    """max_minutes: the run stops (with a checkpoint) when the next step and a save would not fit in the budget. The
+    next step is taken as 1.5 x the median of the last 20, a save as 1.5 x the slowest one so far."""
+    minutes: float | None
+    clock: Callable[[], float] = time.time
+    start: float = field(init=False)
+    step_times: list[float] = field(default_factory=list)
+    save_reserve_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.start = self.clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def step_took(self, seconds: float) -> None:
+        self.step_times.append(seconds)
+
+    def save_took(self, seconds: float) -> None:
+        self.save_reserve_s = max(self.save_reserve_s, 1.5 * seconds)
+
+    def exhausted(self) -> bool:
+        if not self.minutes or not self.step_times:
+            return False
+        recent = sorted(self.step_times[-20:])
+        return self.elapsed() + 1.5 * recent[len(recent) // 2] + self.save_reserve_s > self.minutes * 60
+
+
+@dataclass
+class ThroughputWindow:
+    """What the steps since the last log line processed: metrics.csv's tokens/s and masked fraction."""
+    start: float = field(default_factory=time.time)
+    rows: int = 0
+    masked: float = 0.0  # masked tokens and trained tokens, counted on the logged steps only (a host sync each)
+    targets: float = 0.0
+
+    def rates(self, recipe: Recipe, now: float | None = None) -> dict:
+        seconds = max((time.time() if now is None else now) - self.start, 1e-9)
+        raw_per_row = recipe.seq_len * (2 if recipe.is_sdar else 1)  # SDAR forwards [x_t ; x_0]
+        return {"raw_tokens_per_s": round(self.rows * raw_per_row / seconds),
+                "effective_tokens_per_s": round(self.rows * recipe.seq_len / seconds),
+                "masked_fraction": round(self.masked / self.targets, 4) if self.targets else None}
+
+
+@dataclass
+class Run:
+    """What one call of `train` works with: built by `start_run`, read and updated by the loop's steps."""
+    recipe: Recipe
+    accelerator: Any
+    log: Callable
+    tokenizer: Any
+    model: Any  # as accelerate prepared it (DDP / FSDP wrapper)
+    forward: Any  # the model, compiled when the recipe asks
+    optimizer: torch.optim.Optimizer
+    train_rows: PackedRows
+    eval_rows: PackedRows | None
+    mask_token_id: int | None
+    attention: str
+    state: TrainerState
+    max_steps: int  # the recipe's, or fewer: what fit_minutes allows
+    budget: TimeBudget
+    metrics: MetricsLog
+    bar: Any = None  # tqdm on the main process when progress is on
+    losses: dict[int, float] = field(default_factory=dict)
+    eval_losses: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.order = RowOrder(len(self.train_rows), self.recipe.seed)
+        self.elapsed_before = self.state.elapsed_s  # training time of the calls before this one
+
+    def elapsed(self) -> float:
+        """Training wall time over all calls."""
+        return self.elapsed_before + self.budget.elapsed()
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.recipe.output_dir)
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.recipe.micro_batch_size * self.recipe.grad_accum * self.accelerator.num_processes
+
+
+def start_run(recipe: Recipe, budget: TimeBudget, progress: bool) -> Run:
+    """Accelerator, tokenizer, data, model and optimizer; the state of the latest checkpoint when resuming."""
     accelerator = make_accelerator(recipe)
-    main = accelerator.is_main_process
-    log = print if main else (lambda *a, **k: None)
-    device = accelerator.device
-    output_dir = Path(recipe.output_dir)
+    log = print if accelerator.is_main_process else (lambda *a, **k: None)
     torch.manual_seed(recipe.seed)
-
     tokenizer = load_recipe_tokenizer(recipe)
     mask_token_id = ensure_mask_token(tokenizer, recipe.mask_token) if recipe.is_sdar else None
     with accelerator.main_process_first():
         train_rows, eval_rows = load_datasets(recipe, tokenizer, log)
     log(f"data: {len(train_rows)} training rows, {len(eval_rows) if eval_rows is not None else 0} eval rows "
         f"of {recipe.seq_len} tokens")
+    model, optimizer = build_model(recipe, tokenizer, mask_token_id, accelerator, log)
+    device = accelerator.device
+    state = resume_state(recipe, accelerator, log)
+    max_steps = min(recipe.max_steps, state.max_steps or recipe.max_steps)
+    bar = None
+    if progress and accelerator.is_main_process and state.step < max_steps:
+        from tqdm import tqdm
 
+        bar = tqdm(total=max_steps, initial=state.step, desc=recipe.mode, dynamic_ncols=True)
+    return Run(recipe, accelerator, log, tokenizer, model,
+               torch.compile(model) if recipe.compile and device.type == "cuda" else model, optimizer,
+               train_rows, eval_rows, mask_token_id, resolve_attention(recipe, device), state, max_steps, budget,
+               MetricsLog(Path(recipe.output_dir), accelerator.is_main_process), bar)
+
+
+def build_model(recipe: Recipe, tokenizer, mask_token_id: int | None, accelerator, log):
+    """The recipe's model in training mode and its AdamW, both prepared by accelerate."""
     model = init_model(recipe, tokenizer, mask_token_id)
     log(f"model: {model.config.model_type}, {model.config.num_parameters() / 1e6:.1f}M parameters, "
         f"block_size {model.config.block_size}, mask_token_id {model.config.mask_token_id}")
@@ -281,135 +379,161 @@ def train(recipe: Recipe, *, progress: bool = True) -> TrainResult:
     model.train()
     optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr,
                                   betas=(recipe.beta1, recipe.beta2),
-                                  fused=device.type == "cuda" and not recipe.fsdp)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    attention = resolve_attention(recipe, device)
-    forward = torch.compile(model) if recipe.compile and device.type == "cuda" else model
+                                  fused=accelerator.device.type == "cuda" and not recipe.fsdp)
+    return accelerator.prepare(model, optimizer)
 
-    state = TrainerState(recipe=recipe.to_dict())
-    ckpt = latest_checkpoint(output_dir) if recipe.resume else None
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt), strict=False)  # strict=False: tied lm_head is not stored twice
-        state = TrainerState(**json.loads((ckpt / STATE_FILE).read_text()))
-        state.recipe = recipe.to_dict()
-        log(f"resume: {ckpt} (step {state.step})")
-    elapsed_before = state.elapsed_s
-    final_dir = output_dir / FINAL
-    metrics = MetricsLog(output_dir, main)
-    losses, eval_losses = {}, {}
-    max_steps = min(recipe.max_steps, state.max_steps or recipe.max_steps)
-    if state.step >= max_steps:
+
+def resume_state(recipe: Recipe, accelerator, log) -> TrainerState:
+    """A fresh state, or the latest checkpoint's (its accelerate state loaded into the prepared objects)."""
+    ckpt = latest_checkpoint(Path(recipe.output_dir)) if recipe.resume else None
+    if ckpt is None:
+        return TrainerState(recipe=recipe.to_dict())
+    accelerator.load_state(str(ckpt), strict=False)  # strict=False: tied lm_head is not stored twice
+    state = TrainerState(**json.loads((ckpt / STATE_FILE).read_text()))
+    state.recipe = recipe.to_dict()
+    log(f"resume: {ckpt} (step {state.step})")
+    return state
+
+
+def train_step(run: Run, lr: float, window: ThroughputWindow) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over grad_accum micro-batches: (mean loss on the device, gradient norm)."""
+    recipe, acc, step = run.recipe, run.accelerator, run.state.step
+    world, rank, mb, accum = acc.num_processes, acc.process_index, recipe.micro_batch_size, recipe.grad_accum
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    step_loss = torch.zeros((), device=run.device)
+    for m in range(accum):
+        start = ((step * accum + m) * world + rank) * mb
+        batch = run.train_rows.batch(run.order.rows(start, mb)).to(run.device)
+        with acc.no_sync(run.model) if m < accum - 1 else nullcontext():
+            out = compute_loss(run.forward, batch, recipe, run.mask_token_id, run.attention,
+                               step_generator(run.device, recipe.seed, step, m, rank))
+            acc.backward(out.loss / accum)
+        step_loss += out.loss.detach() / accum
+        if recipe.is_sdar and step % recipe.log_every == 0:
+            window.masked += out.n_masked.item()
+            window.targets += out.n_targets.item()
+    grad_norm = acc.clip_grad_norm_(run.model.parameters(), recipe.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return step_loss, grad_norm
+
+
+def run_eval(run: Run) -> float:
+    """The eval loss at the current step, recorded in the state and in the returned eval curve."""
+    state = run.state
+    state.eval_loss = run.eval_losses[state.step] = evaluate(run.forward, run.eval_rows, run.recipe,
+                                                             run.mask_token_id, run.attention, run.accelerator)
+    return state.eval_loss
+
+
+def log_step(run: Run, step_loss: torch.Tensor, grad_norm, lr: float, window: ThroughputWindow) -> bool:
+    """metrics.csv, the eval loss and the progress bar after a step; True when the throughput window was logged
+    (the caller starts a new one)."""
+    recipe, state = run.recipe, run.state
+    last = state.step == run.max_steps
+    log_due = state.step % recipe.log_every == 0 or last
+    eval_due = run.eval_rows is not None and (state.step % recipe.eval_every == 0 or last)
+    row = {"step": state.step}
+    if log_due:
+        loss = run.accelerator.reduce(step_loss, reduction="mean").item()
+        run.losses[state.step] = state.last_loss = loss
+        row |= {"loss": round(loss, 5), "lr": f"{lr:.3e}", "grad_norm": round(float(grad_norm), 4),
+                "tokens": state.tokens, **window.rates(recipe),
+                "elapsed_s": round(run.elapsed(), 1)}
+    if eval_due:  # after the throughput above, so evaluation time is not counted in it
+        row["eval_loss"] = round(run_eval(run), 5)
+    if log_due or eval_due:
+        run.metrics.write(row)
+    if run.bar is not None:
+        if log_due:
+            run.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=row["raw_tokens_per_s"])
+        run.bar.update(1)
+    return log_due
+
+
+@dataclass
+class FitMinutes:
+    """fit_minutes: the steps between the two CALIBRATION steps are timed, then the step budget that ends the run in
+    time replaces max_steps (once: a resumed run keeps the budget its state records)."""
+    t_first: float | None = None
+
+    def after_step(self, run: Run) -> None:
+        if run.state.step not in CALIBRATION:
+            return
+        synchronize(run.device)
+        if run.state.step == CALIBRATION[0]:
+            self.t_first = time.time()
+            return
+        step_s = (time.time() - self.t_first) / (CALIBRATION[1] - CALIBRATION[0])
+        run.max_steps = run.state.max_steps = fit_max_steps(run.recipe, run.accelerator, run.state.step,
+                                                            run.max_steps, step_s, run.budget.elapsed())
+        run.log(f"fit_minutes {run.recipe.fit_minutes}: max_steps {run.max_steps}")
+        if run.bar is not None:
+            run.bar.total = run.max_steps
+
+
+def out_of_time(run: Run) -> bool:
+    if not run.budget.minutes:
+        return False
+    late = run.budget.exhausted()
+    if run.accelerator.num_processes > 1:  # every process must agree on stopping (they all take part in the save)
+        late = bool(run.accelerator.reduce(torch.tensor(float(late), device=run.device), reduction="sum").item() > 0)
+    return late
+
+
+def save(run: Run) -> None:
+    t_save = time.time()
+    run.state.elapsed_s = run.elapsed()
+    save_checkpoint(run.accelerator, run.output_dir, run.state, run.recipe.keep_checkpoints)
+    run.budget.save_took(time.time() - t_save)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(recipe: Recipe, *, progress: bool = True) -> TrainResult:
+    """Run (or continue) the recipe until max_steps or max_minutes; see the module docstring."""
+    budget = TimeBudget(recipe.max_minutes)
+    check_output_dir(recipe)
+    run = start_run(recipe, budget, progress)
+    state, final_dir = run.state, run.output_dir / FINAL
+    if state.step >= run.max_steps:  # finished before: only the final checkpoint may be missing
         if not (final_dir / "config.json").is_file():
-            save_final(accelerator, model, tokenizer, recipe, final_dir)
-        return TrainResult(state, True, final_dir, losses, eval_losses)
-
-    world, rank, mb, accum = accelerator.num_processes, accelerator.process_index, recipe.micro_batch_size, recipe.grad_accum
-    order = RowOrder(len(train_rows), recipe.seed)
-    rows_per_step = mb * accum * world
-    tokens_per_row = recipe.seq_len * (2 if recipe.is_sdar else 1)  # raw: SDAR forwards [x_t ; x_0]
-    budget_s = recipe.max_minutes * 60 if recipe.max_minutes else math.inf
-    save_reserve_s = 0.0  # measured cost of a checkpoint save, kept free at the end of the budget
-    bar = None
-    if progress and main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=max_steps, initial=state.step, desc=recipe.mode, dynamic_ncols=True)
-    if eval_rows is not None and state.step == 0:  # the starting point of the eval curve
-        state.eval_loss = eval_losses[0] = evaluate(forward, eval_rows, recipe, mask_token_id, attention, accelerator)
-        metrics.write({"step": 0, "eval_loss": round(state.eval_loss, 5)})
-        log(f"eval loss at step 0: {state.eval_loss:.4f}")
-    window_t, window_rows, window_masked, window_targets = time.time(), 0, 0.0, 0.0
-    step_times: list[float] = []
-    stopped_early = False
-
+            save_final(run.accelerator, run.model, run.tokenizer, recipe, final_dir)
+        return TrainResult(state, True, final_dir, {}, {})
+    if run.eval_rows is not None and state.step == 0:  # the starting point of the eval curve
+        run.metrics.write({"step": 0, "eval_loss": round(run_eval(run), 5)})
+        run.log(f"eval loss at step 0: {state.eval_loss:.4f}")
     calibrate = recipe.fit_minutes is not None and state.max_steps is None and state.step < CALIBRATION[0]
-    t_calibration = None
-    while state.step < max_steps:
+    fit = FitMinutes() if calibrate else None
+    window, stopped = ThroughputWindow(), False
+    while state.step < run.max_steps and not stopped:
         t_step = time.time()
-        step = state.step
-        lr = lr_at(step, recipe, max_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step_loss = torch.zeros((), device=device)
-        for m in range(accum):
-            start = ((step * accum + m) * world + rank) * mb
-            batch = train_rows.batch(order.rows(start, mb)).to(device)
-            sync = accelerator.no_sync(model) if m < accum - 1 else nullcontext()
-            with sync:
-                out = compute_loss(forward, batch, recipe, mask_token_id, attention,
-                                   step_generator(device, recipe.seed, step, m, rank))
-                accelerator.backward(out.loss / accum)
-            step_loss += out.loss.detach() / accum
-            window_masked += out.n_masked.item() if recipe.is_sdar and step % recipe.log_every == 0 else 0
-            window_targets += out.n_targets.item() if recipe.is_sdar and step % recipe.log_every == 0 else 0
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        lr = lr_at(state.step, recipe, run.max_steps)
+        step_loss, grad_norm = train_step(run, lr, window)
         state.step += 1
-        state.tokens += rows_per_step * recipe.seq_len
-        window_rows += rows_per_step
-        step_times.append(time.time() - t_step)
-
-        log_due = state.step % recipe.log_every == 0 or state.step == max_steps
-        eval_due = eval_rows is not None and (state.step % recipe.eval_every == 0 or state.step == max_steps)
-        row = {"step": state.step}
-        if log_due:
-            loss = accelerator.reduce(step_loss, reduction="mean").item()
-            losses[state.step] = state.last_loss = loss
-            dt = max(time.time() - window_t, 1e-9)
-            row |= {"loss": round(loss, 5), "lr": f"{lr:.3e}",
-                    "grad_norm": round(float(grad_norm), 4), "tokens": state.tokens,
-                    "raw_tokens_per_s": round(window_rows * tokens_per_row / dt),
-                    "effective_tokens_per_s": round(window_rows * recipe.seq_len / dt),
-                    "masked_fraction": round(window_masked / window_targets, 4) if window_targets else None,
-                    "elapsed_s": round(elapsed_before + time.time() - t_start, 1)}
-        if eval_due:  # after the throughput above, so evaluation time is not counted in it
-            state.eval_loss = eval_losses[state.step] = evaluate(forward, eval_rows, recipe, mask_token_id,
-                                                                 attention, accelerator)
-            row["eval_loss"] = round(state.eval_loss, 5)
-        if log_due or eval_due:
-            metrics.write(row)
-        if log_due:
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=row["raw_tokens_per_s"])
-            window_t, window_rows, window_masked, window_targets = time.time(), 0, 0.0, 0.0
-        if bar is not None:
-            bar.update(1)
-
-        if calibrate and state.step in CALIBRATION:
-            synchronize(device)
-            if state.step == CALIBRATION[0]:
-                t_calibration = time.time()
-            else:
-                max_steps = state.max_steps = fit_max_steps(recipe, accelerator, state.step, max_steps,
-                                                            (time.time() - t_calibration) / (CALIBRATION[1] - CALIBRATION[0]),
-                                                            time.time() - t_start)
-                log(f"fit_minutes {recipe.fit_minutes}: max_steps {max_steps}")
-                if bar is not None:
-                    bar.total = max_steps
-        out_of_time = False
-        if budget_s < math.inf:
-            recent = sorted(step_times[-20:])
-            out_of_time = time.time() - t_start + 1.5 * recent[len(recent) // 2] + save_reserve_s > budget_s
-            if world > 1:  # every process must agree on stopping (they all take part in the save)
-                flag = torch.tensor(float(out_of_time), device=device)
-                out_of_time = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
-        if state.step % recipe.save_every == 0 or state.step == max_steps or out_of_time:
-            t_save = time.time()
-            state.elapsed_s = elapsed_before + t_save - t_start
-            save_checkpoint(accelerator, output_dir, state, recipe.keep_checkpoints)
-            save_reserve_s = max(save_reserve_s, 1.5 * (time.time() - t_save))
-        if out_of_time and state.step < max_steps:
-            stopped_early = True
-            log(f"time budget of {recipe.max_minutes} min reached at step {state.step}: checkpoint saved; "
+        state.tokens += run.rows_per_step * recipe.seq_len
+        window.rows += run.rows_per_step
+        budget.step_took(time.time() - t_step)
+        if log_step(run, step_loss, grad_norm, lr, window):
+            window = ThroughputWindow()
+        if fit is not None:
+            fit.after_step(run)
+        late = out_of_time(run)
+        if late or state.step % recipe.save_every == 0 or state.step == run.max_steps:
+            save(run)
+        stopped = late and state.step < run.max_steps
+    if run.bar is not None:
+        run.bar.close()
+    if stopped:
+        run.log(f"time budget of {recipe.max_minutes} min reached at step {state.step}: checkpoint saved; "
                 "run again with resume=true to continue")
-            break
-    if bar is not None:
-        bar.close()
-    if not stopped_early:
-        save_final(accelerator, model, tokenizer, recipe, final_dir)
-        log(f"final checkpoint: {final_dir}")
-    return TrainResult(state, not stopped_early, None if stopped_early else final_dir, losses, eval_losses)
+        return TrainResult(state, False, None, run.losses, run.eval_losses)
+    save_final(run.accelerator, run.model, run.tokenizer, recipe, final_dir)
+    run.log(f"final checkpoint: {final_dir}")
+    return TrainResult(state, True, final_dir, run.losses, run.eval_losses)
 
 
 def main(argv: list[str] | None = None) -> int:

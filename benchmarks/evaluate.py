@@ -1,11 +1,11 @@
 """Evaluate the embedded models (sdar-tiny and its AR twin ar-tiny): held-out loss, arithmetic, chat samples.
 
-    python -m training.evaluate                                   # everything in data/embedded, on the default device
-    python -m training.evaluate --limit 200 --text-limit 20       # a subset (5-10 minutes on 2 CPU cores)
-    python -m training.evaluate --data assets/models/eval/data --limit 8 --batch-size 8 --text-limit 1 \\
+    python -m benchmarks.evaluate                                   # everything in data/embedded, on the default device
+    python -m benchmarks.evaluate --limit 200 --text-limit 20       # a subset (5-10 minutes on 2 CPU cores)
+    python -m benchmarks.evaluate --data assets/models/eval/data --limit 8 --batch-size 8 --text-limit 1 \\
         --no-samples --out assets/models/eval/eval-subset.json    # the committed run that tests/ repeats
-    python -m training.evaluate --device cuda --out assets/models/eval/eval-full.json      # the full set
-    python -m training.evaluate --write-expected                  # rewrite assets/models/eval/expected.json
+    python -m benchmarks.evaluate --device cuda --out assets/models/eval/eval-full.json      # the full set
+    python -m benchmarks.evaluate --write-expected                  # rewrite assets/models/eval/expected.json
 
 Three measurements (assets/models/README.md, "Evaluation", defines every column):
 
@@ -35,13 +35,13 @@ import torch
 import torch.nn.functional as F
 
 from sdar_core import generate, load_pretrained
-from sdar_core.generate import encode_prompt, stop_ids_for
+from sdar_core.device import hardware_name
 from sdar_core.kv_cache import KVCache
-
-from .corpus import sha256_file
-from .data import encode_texts
-from .objective import Noise, PackedBatch, ar_loss, block_ids, sample_noise, sdar_mask
-from .synthetic import final_answer
+from sdar_core.prompting import encode_prompt, stop_ids_for
+from training.corpus import sha256_file
+from training.data import encode_texts
+from training.objective import Noise, PackedBatch, ar_loss, block_ids, sample_noise, sdar_mask
+from training.synthetic import final_answer
 
 ARITH_FILE = "eval_arith.jsonl"
 TEXT_FILE = "heldout_text.jsonl"
@@ -166,7 +166,7 @@ def chunk_documents(docs: list[list[int]], seq_len: int, pad_id: int) -> PackedB
 
 
 def _rows(batch: PackedBatch, start: int, stop: int) -> PackedBatch:
-    return PackedBatch(*(getattr(batch, f)[start:stop] for f in ("input_ids", "segment_ids", "positions", "loss_mask")))
+    return batch.map(lambda t: t[start:stop])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -303,7 +303,7 @@ def write_expected(settings: EvalSettings, path: Path = EXPECTED) -> dict:
     models = {name: load_pretrained(Path(settings.models) / name, device="cpu", dtype=torch.float32)
               for name in sorted({d.model for _, d in EXPECTED_CASES})}
     cases = [chat_sample(*models[d.model], prompt, d, settings) for prompt, d in EXPECTED_CASES]
-    out = {"command": "python -m training.evaluate --write-expected", "device": "cpu", "dtype": "float32",
+    out = {"command": "python -m benchmarks.evaluate --write-expected", "device": "cpu", "dtype": "float32",
            "max_new_tokens": settings.sample_tokens, "block_length": settings.block_length, "steps": settings.steps,
            "torch": torch.__version__, "cases": cases}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -313,20 +313,6 @@ def write_expected(settings: EvalSettings, path: Path = EXPECTED) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------------
 # The whole evaluation
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
 
 
 def evaluate(settings: EvalSettings, log=print) -> dict:
@@ -340,7 +326,7 @@ def evaluate(settings: EvalSettings, log=print) -> dict:
               for name in ("sdar-tiny", "ar-tiny")}
     result = {
         "settings": asdict(settings),
-        "machine": machine(device), "load_average": os.getloadavg()[0],  # other processes slow tokens/s down
+        "machine": hardware_name(device), "load_average": os.getloadavg()[0],  # other processes slow tokens/s down
         "torch": torch.__version__, "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "data_sha256": {f: sha256_file(data / f) for f in (ARITH_FILE, TEXT_FILE)},
@@ -434,7 +420,7 @@ def samples_markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     d = EvalSettings()
-    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=d.models, help="folder holding sdar-tiny/ and ar-tiny/")
     p.add_argument("--data", default=d.data, help=f"folder holding {ARITH_FILE} and {TEXT_FILE} "
                                                   f"({SUBSET_DATA} holds a committed subset)")
@@ -472,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = {"command": "python -m training.evaluate " + " ".join(sys.argv[1:] if argv is None else argv), **result}
+    result = {"command": "python -m benchmarks.evaluate " + " ".join(sys.argv[1:] if argv is None else argv), **result}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,7 +1,7 @@
-"""The benchmark harness runs end to end on CPU with the tiny architecture and writes its files."""
+"""benchmarks/bench.py: the benchmark harness runs end to end on CPU with the tiny architecture and writes its files."""
 import json
 
-from sdar_core import bench
+from benchmarks import bench
 
 
 def test_bench_tiny_writes_results_and_realized_tpf(tmp_path, capsys):

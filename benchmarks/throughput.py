@@ -1,7 +1,7 @@
 """Training throughput of the AR and SDAR objectives: tokens/s and MFU of full training steps on random-init models.
 
-    python -m training.throughput --out runs/throughput                 # Qwen3-0.6B and 1.7B shapes, GPU
-    python -m training.throughput --tiny --out /tmp/tp                  # a tiny shape, runs on CPU
+    python -m benchmarks.throughput --out runs/throughput                 # Qwen3-0.6B and 1.7B shapes, GPU
+    python -m benchmarks.throughput --tiny --out /tmp/tp                  # a tiny shape, runs on CPU
 
 Each configuration runs a few warm-up steps (compilation) then timed steps of the real training step (forward,
 backward, AdamW) in bf16 autocast with fp32 master weights, as training.train does. Paper App. B.1: SDAR's raw
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,13 +23,14 @@ from pathlib import Path
 import torch
 
 from sdar_core.config import PUBLIC_SHAPES, ModelConfig
-from sdar_core.decoding import synchronize
+from sdar_core.device import machine_info, synchronize
 from sdar_core.model import SDARForCausalLM
+from training.model_init import enable_gradient_checkpointing, init_weights, param_groups
+from training.objective import PackedBatch, block_ids, document_causal_mask_mod, sdar_mask_mod
+from training.recipe import Recipe
+from training.train import compute_loss, step_generator
 
-from .model_init import enable_gradient_checkpointing, init_weights, param_groups
-from .objective import PackedBatch, block_ids, document_causal_mask_mod, sdar_mask_mod
-from .recipe import Recipe
-from .train import compute_loss, step_generator
+from .table import print_table
 
 SHAPES = {
     **{f"qwen3-{size}": shape for size, shape in PUBLIC_SHAPES.items()},
@@ -166,22 +166,9 @@ def measure(shape: str, objective: str, *, seq_len: int, rows: int, block_size: 
     return res
 
 
-def machine(device: torch.device) -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "device": str(device), "cpu_threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
-                    gpu_memory_gib=round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1))
-    return info
-
-
-def print_table(results: list[Result]) -> None:
-    cols = ["shape", "objective", "seq_len", "rows", "step_s", "raw_tokens_per_s", "effective_tokens_per_s",
-            "tflops_per_s", "mfu", "peak_memory_gib", "grad_ckpt", "error"]
-    table = [cols] + [["" if getattr(r, c) is None else str(getattr(r, c)) for c in cols] for r in results]
-    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    for row in table:
-        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+TABLE = [(c, c, "") for c in ("shape", "objective", "seq_len", "rows", "step_s", "raw_tokens_per_s",
+                               "effective_tokens_per_s", "tflops_per_s", "mfu", "peak_memory_gib", "grad_ckpt",
+                               "error")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,13 +209,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"MFU {res.mfu}" + (f" ({res.error})" if res.error else ""), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "throughput.json").write_text(json.dumps({"machine": machine(device), "results": [asdict(r) for r in results]},
-                                                    indent=2))
+    report = {"machine": machine_info(device), "results": [asdict(r) for r in results]}
+    (out / "throughput.json").write_text(json.dumps(report, indent=2))
     with (out / "throughput.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(asdict(results[0])))
         w.writeheader()
         w.writerows(asdict(r) for r in results)
-    print_table(results)
+    print_table([asdict(r) for r in results], TABLE)
     for shape in dict.fromkeys(r.shape for r in results):
         ar = next((r for r in results if r.shape == shape and r.objective == "ar" and r.raw_tokens_per_s), None)
         sd = next((r for r in results if r.shape == shape and r.objective == "sdar" and r.raw_tokens_per_s), None)

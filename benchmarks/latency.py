@@ -1,7 +1,7 @@
 """What the app's user waits for on a CPU: time to the first visible block and to the whole answer.
 
-    python -m training.latency                  # 2 threads, 5 timed runs each -> assets/models/eval/latency-cpu.json
-    python -m training.latency --threads 4 --repeats 9 --out /tmp/latency.json
+    python -m benchmarks.latency                  # 2 threads, 5 timed runs each -> assets/models/eval/latency-cpu.json
+    python -m benchmarks.latency --threads 4 --repeats 9 --out /tmp/latency.json
 
 The issue's requirement: "On 2 CPU cores the app answers a chat message with the first block visible within a
 second and 128 tokens in a few seconds". Each decoder answers one chat message the way the app's Chat tab does (one
@@ -32,9 +32,10 @@ from pathlib import Path
 import torch
 
 from sdar_core import generate, load_pretrained
-from sdar_core.generate import encode_prompt, stop_ids_for
+from sdar_core.device import hardware_name
+from sdar_core.prompting import encode_prompt, stop_ids_for
 
-from .evaluate import EVAL_DIR, Decoder, EvalSettings, decode_kwargs, machine
+from .evaluate import EVAL_DIR, Decoder, EvalSettings, decode_kwargs
 
 ANSWER_PROMPT = "What is 47 + 38?"
 LONG_PROMPT = "Explain what a computer is."
@@ -97,7 +98,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.latency", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="assets/models")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
@@ -117,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             r = runs[-1]
             print(f"{case.model:9s} {case.label:11s} {r['new_tokens']:3d} tokens: first block "
                   f"{r['first_block_s']:.3f} s, total {r['total_s']:.2f} s", flush=True)
-    result = {"command": "python -m training.latency " + " ".join(sys.argv[1:] if argv is None else argv),
-              "machine": machine(torch.device("cpu")), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    result = {"command": "python -m benchmarks.latency " + " ".join(sys.argv[1:] if argv is None else argv),
+              "machine": hardware_name("cpu"), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "repeats": args.repeats, "load_average_before": load_before, "load_average_after": os.getloadavg(),
               "runs": runs}

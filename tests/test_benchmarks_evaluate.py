@@ -1,4 +1,4 @@
-"""training/evaluate.py: the committed subset's numbers are reproduced, and each measurement matches an independent
+"""benchmarks/evaluate.py: the committed subset's numbers are reproduced, and each measurement matches an independent
 computation (the training objective, a plain forward, decoding one row at a time)."""
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training import evaluate as ev
+from benchmarks import evaluate as ev
 from training.data import encode_texts
 from training.objective import sdar_loss
 
-from conftest import REPO
+from conftest import MODELS_DIR as MODELS, REPO
 
-MODELS = REPO / "assets" / "models"
 SUBSET = json.loads((REPO / ev.EVAL_DIR / "eval-subset.json").read_text(encoding="utf-8"))
 
 

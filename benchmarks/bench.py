@@ -1,4 +1,4 @@
-"""Benchmark harness: `python -m sdar_core.bench [--arch sdar-1.7b] [--out benchmarks/results/NAME]`.
+"""Benchmark harness: `python -m benchmarks.bench [--arch sdar-1.7b] [--out benchmarks/results/NAME]`.
 
 Measures, in one run on one device:
 - the memory-bandwidth ceiling (a large device-to-device copy) and the AR ceiling it implies
@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import json
-import platform
 import statistics
 import sys
 import time
@@ -27,11 +25,15 @@ from pathlib import Path
 
 import torch
 
-from .config import PUBLIC_SHAPES, ModelConfig
-from .decoding import generate, synchronize
-from .loading import default_device, default_dtype, load_pretrained
-from .model import SDARForCausalLM
-from .runner import default_mode
+from sdar_core.config import PUBLIC_SHAPES, ModelConfig
+from sdar_core.decoding import generate
+from sdar_core.device import default_device, default_dtype, machine_info, synchronize
+from sdar_core.loading import load_pretrained
+from sdar_core.model import SDARForCausalLM
+from sdar_core.runner import default_mode
+from training.model_init import init_weights
+
+from .table import print_table
 
 ARCHS = {
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
@@ -53,14 +55,8 @@ def random_model(config: ModelConfig, device, dtype) -> SDARForCausalLM:
     with torch.device("meta"):
         model = SDARForCausalLM(config)
     model = model.to_empty(device=device).to(dtype)
-    gen = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, 0.02, generator=gen)
-    if config.tie_word_embeddings:
+    init_weights(model, 0.02, generator=torch.Generator(device=device).manual_seed(0))
+    if config.tie_word_embeddings:  # to_empty gave the two shared tensors separate storage
         model.lm_head.weight = model.model.embed_tokens.weight
     model.reset_rope(device)
     return model.eval()
@@ -165,16 +161,6 @@ def run_transformers(config: ModelConfig, device, dtype, batch: int, prompt_len:
                 ms_per_forward=1000 * seconds / new_tokens, tpf=1.0)
 
 
-def machine_info(device) -> dict:
-    info = dict(torch=torch.__version__, python=platform.python_version(), date=dt.date.today().isoformat(),
-                host=platform.node(), device=str(device))
-    if torch.device(device).type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        info["gpu"] = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    return info
-
-
 def cases_for(args) -> list[Case]:
     out = []
     for b in args.batch_sizes:
@@ -226,16 +212,16 @@ def write_outputs(out: Path, info: dict, rows: list[dict]) -> None:
     fig.write_html(out / "chart.html", include_plotlyjs="cdn")
 
 
-def print_table(info: dict, rows: list[dict]) -> None:
+TABLE = [("mode", "mode", ""), ("strategy", "strategy", ""), ("L", "block_length", "d"), ("T", "steps", "d"),
+         ("B", "batch_size", "d"), ("tok/s", "tokens_per_second", ".1f"), ("ms/fwd", "ms_per_forward", ".3f"),
+         ("TPF", "tpf", ".2f"), ("rTPF", "realized_tpf_fused", ".2f"), ("x AR", "speedup_vs_ar", ".2f")]
+
+
+def print_summary(info: dict, rows: list[dict]) -> None:
     print(f"\n{info.get('arch')} on {info['gpu']} | torch {info['torch']} | {info['date']}")
     print(f"bandwidth {info['bandwidth_GBps']:.0f} GB/s | weights {info['weight_GB']:.2f} GB | "
           f"floor {info['floor_ms_per_forward']:.3f} ms/forward | AR ceiling {info['ar_ceiling_tps']:.0f} tok/s")
-    print(f"{'mode':<12}{'strategy':<9}{'L':>4}{'T':>4}{'B':>5}{'tok/s':>10}{'ms/fwd':>9}{'TPF':>6}"
-          f"{'rTPF':>6}{'x AR':>7}")
-    for r in rows:
-        print(f"{r['mode']:<12}{r['strategy']:<9}{r['block_length']:>4}{r['steps']:>4}{r['batch_size']:>5}"
-              f"{r['tokens_per_second']:>10.1f}{r['ms_per_forward']:>9.3f}{r['tpf']:>6.2f}"
-              f"{(r.get('realized_tpf_fused') or 0):>6.2f}{(r.get('speedup_vs_ar') or 0):>7.2f}")
+    print_table(rows, TABLE)
 
 
 def report_markdown(results_dir: Path) -> str:
@@ -245,7 +231,7 @@ def report_markdown(results_dir: Path) -> str:
     ar1 = next(r for r in rows if r["mode"] == "ar" and r["batch_size"] == 1)
     hf = [r for r in rows if r["mode"].startswith("hf-")]
     lines = [
-        f"Measured by `{info.get('command', 'python -m sdar_core.bench')}` on {info['gpu']} (torch {info['torch']}, "
+        f"Measured by `{info.get('command', 'python -m benchmarks.bench')}` on {info['gpu']} (torch {info['torch']}, "
         f"{info['date']}): {info['arch']} shape, random bf16 weights ({info['weight_GB']:.2f} GB), "
         f"{info['prompt_len']}-token prompt, {info['new_tokens']} new tokens, CUDA graphs ({info['runner']}).",
         "",
@@ -258,7 +244,8 @@ def report_markdown(results_dir: Path) -> str:
         lines.append(f"- transformers `generate` ({r['mode'][3:]}, batch 1): {r['tokens_per_second']:.0f} tokens/s;")
     lines += ["", "| batch | mode | L | T | tokens/s | ms / forward | TPF | realized TPF (fused) | Eq. 11 | x AR |",
               "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted((r for r in rows if r["mode"] in ("ar", "sdar")), key=lambda r: (r["batch_size"], r["block_length"])):
+    decoded = (r for r in rows if r["mode"] in ("ar", "sdar"))
+    for r in sorted(decoded, key=lambda r: (r["batch_size"], r["block_length"])):
         eq11 = f"{r['realized_tpf_eq11']:.2f}" if r.get("realized_tpf_eq11") else "-"
         fused = f"{r['realized_tpf_fused']:.2f}" if r.get("realized_tpf_fused") else "-"
         lines.append(f"| {r['batch_size']} | {r['mode']} {r['strategy'] if r['mode'] == 'sdar' else ''} | "
@@ -267,8 +254,8 @@ def report_markdown(results_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sdar_core.bench", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="sdar-1.7b", choices=sorted(ARCHS), help="random weights of this shape")
     p.add_argument("--checkpoint", default=None, help="benchmark this checkpoint (folder or hub id) instead of --arch")
     p.add_argument("--device", default=str(default_device()))
@@ -287,35 +274,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="folder for results.json / .csv / chart.html")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="print the Markdown summary of a results folder (and redraw its chart.html); run nothing")
-    args = p.parse_args(argv)
-    if args.report:
-        data = json.loads((Path(args.report) / "results.json").read_text())
-        write_outputs(Path(args.report), data["machine"], data["rows"])
-        print(report_markdown(Path(args.report)))
-        return 0
-    device = torch.device(args.device)
-    dtype = default_dtype(device)
-    if args.checkpoint:
-        model, _ = load_pretrained(args.checkpoint, device=device, dtype=dtype, with_tokenizer=False)
-        config = model.config
-        if not config.is_sdar:
-            raise SystemExit(f"{args.checkpoint} is an AR model (model_type {config.model_type}): the benchmark "
-                             "compares AR and SDAR decoding of an SDAR checkpoint")
-        args.arch = str(args.checkpoint)
-    else:
-        config = arch_config(args.arch)
-        model = random_model(config, device, dtype)
-    if args.fuse:
-        model.fuse_projections()
-    ar_model = as_ar(model)
-    bw = measure_bandwidth(device)
-    wb = weight_bytes(model)
-    info = machine_info(device) | dict(arch=args.arch, parameters=config.num_parameters(), weight_GB=wb / 1e9,
-                                      bandwidth_GBps=bw / 1e9, floor_ms_per_forward=1000 * wb / bw,
-                                      ar_ceiling_tps=bw / wb, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-                                      runner=args.runner or default_mode(model),
-                                      compile=args.compile, fused=args.fuse, command="python -m sdar_core.bench " + " ".join(sys.argv[1:]))
-    rows = []
+    return p
+
+
+def load_model(args, device: torch.device, dtype: torch.dtype) -> SDARForCausalLM:
+    """The --checkpoint (an SDAR one), or random weights of the --arch shape."""
+    if not args.checkpoint:
+        return random_model(arch_config(args.arch), device, dtype)
+    model, _ = load_pretrained(args.checkpoint, device=device, dtype=dtype, with_tokenizer=False)
+    if not model.config.is_sdar:
+        raise SystemExit(f"{args.checkpoint} is an AR model (model_type {model.config.model_type}): the benchmark "
+                         "compares AR and SDAR decoding of an SDAR checkpoint")
+    return model
+
+
+def device_info(model, device: torch.device, args) -> dict:
+    """The machine, the run's settings and the memory-bandwidth floor of a forward on it."""
+    bw, wb = measure_bandwidth(device), weight_bytes(model)
+    return machine_info(device) | dict(
+        arch=args.arch, parameters=model.config.num_parameters(), weight_GB=wb / 1e9, bandwidth_GBps=bw / 1e9,
+        floor_ms_per_forward=1000 * wb / bw, ar_ceiling_tps=bw / wb, prompt_len=args.prompt_len,
+        new_tokens=args.new_tokens, runner=args.runner or default_mode(model), compile=args.compile, fused=args.fuse,
+        command="python -m benchmarks.bench " + " ".join(sys.argv[1:]))
+
+
+def decode_rows(model, info: dict, args) -> list[dict]:
+    """Our `ar` mode and SDAR block decoding, one row per case; written after each when --out is given."""
+    ar_model, rows = as_ar(model), []
     for case in cases_for(args):
         r = run_case(model, ar_model, case, args.prompt_len, args.new_tokens, args.repeats, args.runner, args.compile)
         rows.append(dict(case.__dict__, **r, model=args.arch, gpu=info["gpu"], torch=info["torch"], date=info["date"]))
@@ -323,25 +308,54 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['tokens_per_second']:9.1f} tok/s  {r['ms_per_forward']:.3f} ms/forward", flush=True)
         if args.out:  # partial results survive a run cut short
             write_outputs(Path(args.out), info, rows)
-    hf_modes = {"auto": ["compiled"] if device.type == "cuda" else ["eager"], "none": [], "eager": ["eager"],
-                "compiled": ["compiled"], "both": ["eager", "compiled"]}[args.transformers]
-    for hm in hf_modes:
+    return rows
+
+
+def transformers_rows(config: ModelConfig, info: dict, args, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    """transformers' generate at batch 1, in the --transformers modes; a mode that fails is skipped with its reason."""
+    modes = {"auto": ["compiled"] if device.type == "cuda" else ["eager"], "none": [], "eager": ["eager"],
+             "compiled": ["compiled"], "both": ["eager", "compiled"]}[args.transformers]
+    rows = []
+    for mode in modes:
         try:
-            r = run_transformers(config, device, dtype, 1, args.prompt_len, args.new_tokens, hm == "compiled")
+            r = run_transformers(config, device, dtype, 1, args.prompt_len, args.new_tokens, mode == "compiled")
         except Exception as e:  # the peer is informative, not essential: record why it is missing
-            print(f"  transformers {hm} failed: {type(e).__name__}: {e}", flush=True)
+            print(f"  transformers {mode} failed: {type(e).__name__}: {e}", flush=True)
             continue
-        rows.append(dict(mode=f"hf-{hm}", strategy="ar", block_length=1, steps=1, threshold=0.0, batch_size=1, **r,
+        rows.append(dict(mode=f"hf-{mode}", strategy="ar", block_length=1, steps=1, threshold=0.0, batch_size=1, **r,
                          model=args.arch, gpu=info["gpu"], torch=info["torch"], date=info["date"]))
+    return rows
+
+
+def add_comparisons(rows: list[dict]) -> None:
+    """Each row's realized TPF (Eq. 11, and fused) and its speed-up over `ar` at the same batch size."""
     ar_rows = {r["batch_size"]: r for r in rows if r["mode"] == "ar"}
     for r in rows:
-        eq11, fused = realized_tpf(r, ar_rows)
-        r["realized_tpf_eq11"], r["realized_tpf_fused"] = eq11, fused
+        r["realized_tpf_eq11"], r["realized_tpf_fused"] = realized_tpf(r, ar_rows)
         base = ar_rows.get(r["batch_size"])
         r["speedup_vs_ar"] = r["tokens_per_second"] / base["tokens_per_second"] if base else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.report:
+        data = json.loads((Path(args.report) / "results.json").read_text())
+        write_outputs(Path(args.report), data["machine"], data["rows"])
+        print(report_markdown(Path(args.report)))
+        return 0
+    device = torch.device(args.device)
+    dtype = default_dtype(device)
+    model = load_model(args, device, dtype)
+    if args.checkpoint:
+        args.arch = str(args.checkpoint)
+    if args.fuse:
+        model.fuse_projections()
+    info = device_info(model, device, args)
+    rows = decode_rows(model, info, args) + transformers_rows(model.config, info, args, device, dtype)
+    add_comparisons(rows)
     if args.out:
         write_outputs(Path(args.out), info, rows)
-    print_table(info, rows)
+    print_summary(info, rows)
     return 0
 
 

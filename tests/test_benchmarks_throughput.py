@@ -1,11 +1,11 @@
-"""training.throughput runs on CPU with a tiny shape and writes its JSON/CSV report."""
+"""benchmarks/throughput.py runs on CPU with a tiny shape and writes its JSON/CSV report."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from training.throughput import main, step_flops, visible_pairs
+from benchmarks.throughput import main, step_flops, visible_pairs
 from sdar_core.config import ModelConfig
 
 
