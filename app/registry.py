@@ -9,7 +9,7 @@ from functools import cached_property
 from pathlib import Path
 
 from sdar_core import CheckpointError, ConfigError, load_pretrained, stop_ids_for
-from sdar_core.loading import checkpoint_summary
+from sdar_core.loading import checkpoint_summary, model_card
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO / "assets" / "models"
@@ -140,10 +140,12 @@ class ModelRegistry:
                 raise ModelUnavailable(missing_default_message())
             try:
                 model, tokenizer = load_pretrained(key, device=self.device, dtype=self.dtype)
+                card = model_card(key)
             except (CheckpointError, ConfigError, OSError) as e:
                 raise ModelUnavailable(f"cannot load model {name!r}: {e}") from None
+            terms = {k: card[k] for k in ("license", "license_note") if k in card}  # what users may do with it
             loaded = LoadedModel(name=name.strip(), path=key, model=model, tokenizer=tokenizer,
-                                 summary=checkpoint_summary(model))
+                                 summary=checkpoint_summary(model) | terms)
             self._cache[key] = loaded
             while len(self._cache) > self.capacity:
                 self._cache.popitem(last=False)

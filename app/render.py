@@ -330,4 +330,12 @@ def model_markdown(summary: Mapping, *, name: str, context: int, stop_tokens: It
             f"{summary.get('hidden_size')}{experts}  \n"
             f"block size **{summary.get('block_size')}** · context {context} · mask id {summary.get('mask_token_id')}  \n"
             f"device **{summary.get('device')}** · dtype {summary.get('dtype')}"
-            + (f"  \nstops at {stops}" if stops else ""))
+            + (f"  \nstops at {stops}" if stops else "") + licence_line(summary))
+
+
+def licence_line(summary: Mapping) -> str:
+    """The weights' licence from the folder's model card, and why when the card says: '' without a card."""
+    licence, note = summary.get("license"), summary.get("license_note")
+    if not licence:
+        return ""
+    return f"  \nlicence **{html.escape(str(licence))}**" + (f": {html.escape(str(note))}" if note else "")

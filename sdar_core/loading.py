@@ -18,6 +18,7 @@ from .model import SDARForCausalLM
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+MODEL_CARD_NAME = "README.md"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*", "*.model"]
 
@@ -253,6 +254,25 @@ def save_pretrained(model: SDARForCausalLM, tokenizer, path, *, max_shard_bytes:
     return path
 
 
+def model_card(folder: str | os.PathLike) -> dict:
+    """The metadata of a checkpoint folder's model card: the YAML front matter of its README.md, as the Hugging Face
+    Hub reads it (`license`, `license_note`, `tags`, ...). {} for a hub id or a folder without a card."""
+    card = Path(folder).expanduser() / MODEL_CARD_NAME
+    if not card.is_file():
+        return {}
+    text = card.read_text(encoding="utf-8")
+    head, fence, _ = text.removeprefix("---\n").partition("\n---")
+    if not text.startswith("---\n") or not fence:
+        return {}
+    import yaml
+
+    try:
+        meta = yaml.safe_load(head)
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{card}: the front matter between the '---' lines is not valid YAML: {e}") from None
+    return meta if isinstance(meta, dict) else {}
+
+
 def checkpoint_summary(model: SDARForCausalLM) -> dict:
     """What the app shows about a loaded model."""
     c = model.config
@@ -269,4 +289,4 @@ def checkpoint_summary(model: SDARForCausalLM) -> dict:
     }
 
 
-__all__ = ["load_pretrained", "save_pretrained", "CheckpointError", "ConfigError", "checkpoint_summary"]
+__all__ = ["load_pretrained", "save_pretrained", "CheckpointError", "ConfigError", "checkpoint_summary", "model_card"]

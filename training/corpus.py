@@ -36,6 +36,7 @@ from sdar_core.paths import REPO
 from training import synthetic
 
 ALPACA_PATH = REPO / "training" / "data" / "alpaca_en_demo.json"
+ALPACA_LICENCE = "CC BY-NC 4.0"  # non-commercial: the embedded models trained on it carry this term
 MAX_DOC_CHARS = 4000  # longer texts are split at paragraph boundaries into documents of at most this many characters
 
 
@@ -543,7 +544,7 @@ def build(cfg: CorpusConfig) -> dict:
         bytes=gen_text_bytes + sum(len(json.dumps(m, ensure_ascii=False).encode()) for m in gen_chats),
         documents=len(gen_docs) + len(gen_chats)))
     records.append(SourceRecord(
-        "alpaca_en_demo", "file", "CC BY-NC 4.0", "Alpaca instruction/response pairs (LLaMA-Factory demo data)",
+        "alpaca_en_demo", "file", ALPACA_LICENCE, "Alpaca instruction/response pairs (LLaMA-Factory demo data)",
         "SFT chats", bytes=ALPACA_PATH.stat().st_size, documents=len(alpaca),
         packages={"training/data/alpaca_en_demo.json": {"sha256": sha256_file(ALPACA_PATH)}}))
 
