@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sdar_core.trace import Generation, Stats, StepEvent
 
-from .render import answer_start
+from .render import kept_answer_end
 
 TRACE_DIR = Path(tempfile.gettempdir()) / "sdar-studio-traces"
 
@@ -31,14 +31,16 @@ class Recording:
 
 
 def record(label: str, events: list[StepEvent], gen: Generation | None, pieces: dict[int, str]) -> Recording:
-    """A Recording of row 0, with its trace written as JSON and CSV files (for gr.File downloads)."""
+    """A Recording of row 0, with its trace written as JSON and CSV files (for gr.File downloads).
+    `events` are the streamed steps: the decode kept no trace of its own."""
     events = [e for e in events if e.row == 0]
-    end = answer_start(events) + gen.lengths[0] if gen is not None and events else None
-    trace = gen if gen is not None else Generation(tokens=None, lengths=[], stats=None, trace=events)
+    end = kept_answer_end(events, gen.lengths[0] if gen is not None else None)
+    trace = replace(gen, trace=events) if gen is not None else Generation(tokens=None, lengths=[], stats=None,
+                                                                         trace=events)
     TRACE_DIR.mkdir(parents=True, exist_ok=True)
     stem = TRACE_DIR / f"sdar-trace-{uuid.uuid4().hex[:8]}"
     if gen is not None:
-        text_json = gen.trace_json()
+        text_json = trace.trace_json()
     else:  # stopped: no stats, the steps that happened
         text_json = json.dumps({"stats": None, "stopped": True, "steps": [e.to_dict() for e in events]}, indent=1)
     Path(f"{stem}.json").write_text(text_json)
