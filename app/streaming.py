@@ -9,6 +9,7 @@ on_step ends the decode at its next step without touching the decoder; any other
 """
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -98,7 +99,7 @@ def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = Fa
     skipped; leaving the loop early sets it, so any worker still running ends at its next step.
     """
     out: queue.Queue[_Update] = queue.Queue()
-    pending, running, shown, held = list(lanes), 0, 0.0, False
+    pending, running, shown, held = list(lanes), 0, -math.inf, False  # the first step is always due
     try:
         while running or (pending and not stop.is_set()):
             while pending and not stop.is_set() and (parallel or not running):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sdar_core.config import ModelConfig
-from sdar_core.loading import load_pretrained
+from sdar_core.loading import load_pretrained, save_pretrained
 from sdar_core.model import SDARForCausalLM
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -78,3 +78,66 @@ def embedded_models():
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     return {name: load_pretrained(REPO / "assets" / "models" / name, device="cpu", dtype=torch.float32)
             for name in ("sdar-tiny", "ar-tiny")}
+
+
+# --- the studio's test checkpoints ----------------------------------------------------------------------
+# A tiny random SDAR model and its AR twin, written in the real checkpoint format with a real tokenizer
+# (assets/tokenizer/ when it exists, else a small byte-level BPE built here with the same special tokens
+# and a ChatML chat template). tests/test_app_registry.py checks the fixture itself.
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|MASK|>"]
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CORPUS = """The sky is blue because air scatters short wavelengths of sunlight more than long ones.
+A block diffusion model writes a block of tokens at once and refines it over a few denoising steps.
+Autoregressive decoding writes one token per forward pass; SDAR commits several tokens per forward.
+Once upon a time there was a small model that learned to answer questions about the world.
+The quick brown fox jumps over the lazy dog. Numbers: 1 2 3 4 5 6 7 8 9 10. Hello, how are you today?
+""" * 4
+
+
+def build_tokenizer():
+    """A small byte-level BPE (about 400 tokens) with SDAR's special tokens and a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS.splitlines(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   mask_token="<|MASK|>", additional_special_tokens=["<|im_start|>"],
+                                   chat_template=CHATML)
+
+
+def load_tokenizer():
+    folder = REPO / "assets" / "tokenizer"
+    if (folder / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        if all(t in tok.get_vocab() for t in SPECIALS) and tok.chat_template:
+            return tok
+    return build_tokenizer()
+
+
+def write_checkpoints(root: Path, *, context: int = 512) -> tuple[Path, Path]:
+    """root/sdar-tiny (block size 4) and its AR twin root/ar-tiny (model_type qwen3), same tokenizer."""
+    tok = load_tokenizer()
+    vocab = tok.get_vocab()
+    vocab_size = max(len(tok), max(vocab.values()) + 1)
+    common = dict(vocab_size=vocab_size, eos_token_id=vocab["<|im_end|>"], max_position_embeddings=context,
+                  pad_token_id=vocab["<|endoftext|>"])
+    sdar = random_model(tiny_config("sdar", block_size=4, mask_token_id=vocab["<|MASK|>"], **common), seed=1)
+    ar = random_model(tiny_config("qwen3", **common), seed=2)
+    return save_pretrained(sdar, tok, root / "sdar-tiny"), save_pretrained(ar, tok, root / "ar-tiny")
+
+
+@pytest.fixture(scope="session")
+def studio_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    """(sdar-tiny, ar-tiny) folders of random weights, written once per test session."""
+    return write_checkpoints(tmp_path_factory.mktemp("studio-models"))
