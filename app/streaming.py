@@ -89,6 +89,11 @@ def _worker(name: str, lane: Lane, out: queue.Queue, stop: threading.Event) -> N
         out.put(_Update(name, "error", e))
 
 
+def _start(name: str, lanes: dict[str, Lane], out: queue.Queue, stop: threading.Event) -> None:
+    lanes[name].state = "running"
+    threading.Thread(target=_worker, args=(name, lanes[name], out, stop), daemon=True, name=f"sdar-{name}").start()
+
+
 def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = False,
            pace_ms: float = 0.0) -> Iterator[dict[str, Lane]]:
     """Decode every lane and yield `lanes` whenever there is something new to show: a step (throttled to
@@ -103,10 +108,8 @@ def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = Fa
     try:
         while running or (pending and not stop.is_set()):
             while pending and not stop.is_set() and (parallel or not running):
-                name = pending.pop(0)
-                lanes[name].state, running = "running", running + 1
-                threading.Thread(target=_worker, args=(name, lanes[name], out, stop), daemon=True,
-                                 name=f"sdar-{name}").start()
+                _start(pending.pop(0), lanes, out, stop)
+                running += 1
             try:
                 u = out.get(timeout=max(0.0, shown + FRAME_INTERVAL - time.perf_counter()) if held else None)
             except queue.Empty:  # a frame the throttle held back, and nothing new since: show it now
