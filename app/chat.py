@@ -56,7 +56,7 @@ class Chat:
 
 def answered(lane: Lane, message: str, turn: list[dict]) -> tuple:
     """respond()'s outputs once the lane ended: the answer in the conversation, its last frame, its stats."""
-    rec = record(message[:80], lane.events, lane.gen, lane.pieces)
+    rec = record(message[:80], lane)
     if lane.gen is not None:
         answer = lane.loaded.tokenizer.decode(lane.gen.row_tokens(0), skip_special_tokens=True)
         stats = stats_markdown(lane.gen.stats)

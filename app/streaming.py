@@ -45,6 +45,7 @@ class Lane:
     builder: FrameBuilder = field(default_factory=FrameBuilder)
     frame: Frame | None = None  # after the last step; finished in place when the lane ends
     gen: Generation | None = None  # None until done, and for a stopped lane
+    answer_end: int | None = None  # absolute position after the kept answer, once done
     started: float | None = None  # perf_counter of its first step
 
     def push(self, e: StepEvent) -> None:
@@ -57,7 +58,8 @@ class Lane:
     def finish(self, gen: Generation | None) -> None:
         """The lane's result (None: stopped); the last frame strikes out what follows the stop token."""
         self.gen, self.state = gen, "stopped" if gen is None else "done"
-        self.frame = self.builder.finish(kept_answer_end(self.events, gen.lengths[0] if gen else None))
+        self.answer_end = kept_answer_end(self.events, gen.lengths[0] if gen else None)
+        self.frame = self.builder.finish(self.answer_end)
 
 
 def decode(lane: Lane, on_step=None) -> Generation:

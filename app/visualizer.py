@@ -24,8 +24,9 @@ def replay_frame(recording: Recording | None, step) -> str:
     except (TypeError, ValueError):
         step = recording.n_steps - 1
     step = max(0, min(step, recording.n_steps - 1))
-    return frame_html(frame_at(recording.events, step, recording.answer_end), recording.pieces,
-                      title=f"{recording.label!r} — frame {step + 1}/{recording.n_steps}")
+    last = step == recording.n_steps - 1 and recording.last_frame is not None
+    frame = recording.last_frame if last else frame_at(recording.events, step, recording.answer_end)
+    return frame_html(frame, recording.pieces, title=f"{recording.label!r} — frame {step + 1}/{recording.n_steps}")
 
 
 def show(recording: Recording | None):
@@ -59,7 +60,7 @@ class Visualizer:
             if lane.state == "running":
                 yield (gr.skip(), "Decoding…", frame_html(lane.frame, lane.pieces, title="Live"),
                        gr.skip(), gr.skip(), gr.skip(), gr.skip())
-        rec = record(prompt[:80], lane.events, lane.gen, lane.pieces)
+        rec = record(prompt[:80], lane)
         yield (rec, *show(rec))
 
     @staticmethod
