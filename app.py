@@ -16,7 +16,8 @@ import time
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from the server
 
 from app.registry import DEFAULT_MODEL, ModelRegistry  # noqa: E402  (after the environment is set)
-from app.ui import LAUNCH_KWARGS, build_app  # noqa: E402
+from app.layout import LAUNCH_KWARGS  # noqa: E402
+from app.ui import build_app  # noqa: E402
 
 log = logging.getLogger("sdar.app")
 

@@ -1,15 +1,17 @@
 """SDAR Studio, the Gradio app: UI state and rendering only. It loads models and calls
 sdar_core.generate, then renders the StepEvents it reports; no model math lives here.
 
-    registry.py    model loading cache (assets/models/, local folders, hub ids)
-    settings.py    decoding settings, validated server-side
+    registry.py    model loading cache (assets/models/, local folders, hub ids) and the model card's facts
+    settings.py    the UI's decoding inputs, by name, parsed into a DecodeRequest (validated server-side)
     prompting.py   conversation -> prompt ids with the chat template
-    streaming.py   generate() in a worker thread, StepEvents through a queue, Stop
-    studio.py      what the tabs share: registry, stop flags, the decode job
+    streaming.py   the one way a shown decode runs: Lanes decoded in worker threads with a stop flag,
+                   frames built and throttled in the handler's thread, then each lane's result
+    studio.py      what the tabs share: registry, stop flags, a request -> its Lane
     render.py      trace -> HTML frames, confidence heatmap, per-block table (pure functions)
     recording.py   a session's last generation (gr.State) and its trace files
     charts.py      sweep and GPU-benchmark figures; benchmarks.py reads benchmarks/results/<run>/results.json
     chat.py, visualizer.py, race.py   the three tabs' handlers
-    errors.py      exceptions -> readable gr.Error
-    ui.py          the gr.Blocks layout: build_app()
+    errors.py      exceptions -> readable gr.Error (the one place a decoder error becomes the user's message)
+    layout.py      the page's components (gr.Blocks), by name on a Page
+    ui.py          build_app(): the layout plus the wiring of every event
 """

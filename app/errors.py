@@ -8,6 +8,9 @@ import logging
 import gradio as gr
 import torch
 
+from sdar_core import GenerationError
+
+CONTEXT_HINT = "Shorten the prompt, clear the conversation, or lower max new tokens."
 log = logging.getLogger("sdar.app")
 
 
@@ -18,6 +21,8 @@ def user_message(exc: BaseException) -> str:
                 "conversation, or a smaller model.")
     if isinstance(exc, (ValueError, KeyError, FileNotFoundError)):  # CheckpointError, GenerationError, ...
         text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        if isinstance(exc, GenerationError) and "context" in text:  # generate() is where the context is checked
+            text = f"{text}. {CONTEXT_HINT}"
         return text[0].upper() + text[1:] if text else type(exc).__name__
     log.error("unexpected error in a handler", exc_info=exc)
     return f"Something went wrong ({type(exc).__name__}: {exc}). The app is still running; try again."

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import gradio as gr
 import pandas as pd
@@ -13,19 +13,18 @@ import pandas as pd
 from .benchmarks import read_results
 from .charts import gpu_figure, gpu_table, sweep_figures, sweep_table
 from .errors import shows_errors
-from .prompting import check_fits, conversation, prompt_ids
+from .prompting import conversation, prompt_ids
 from .registry import ar_twin_name
-from .render import FrameBuilder, frame_html, placeholder_html, stats_row
-from .settings import DecodeSettings, SettingsError
-from .studio import Studio, decode_job
-from .streaming import stream_lanes
+from .render import frame_html, placeholder_html, stats_row
+from .settings import DecodeRequest, DecodeSettings, SettingsError
+from .streaming import Lane, decode, stream
+from .studio import Studio
 
 LANES = ("ar", "sdar", "twin")
 RACE_COLUMNS = ["run", "strategy", "block", "steps", "tokens", "forwards (NFE)", "TPF", "tokens/s", "latency (ms)"]
 SEQUENTIAL, PARALLEL = "one after the other (fair timings)", "at the same time (live race)"
 SWEEP_BLOCKS = (2, 4, 8, 16, 32)
 SWEEP_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
-FRAME_INTERVAL = 1 / 15
 
 
 def lane_html(title: str, frame=None, pieces=None, *, status: str = "") -> str:
@@ -51,90 +50,78 @@ def speedup_markdown(stats: dict) -> str:
     return line
 
 
+def lane_status(lane: Lane) -> str:
+    if lane.state == "done":
+        s = lane.gen.stats
+        return (f"done: {s.new_tokens} tokens, {s.forwards} forwards, TPF {s.tpf:.2f}, "
+                f"{s.tokens_per_second:.1f} tokens/s, {s.seconds * 1000:.0f} ms")
+    if lane.frame is not None:
+        return f"{lane.builder.n} forwards · {time.perf_counter() - lane.started:.1f} s"
+    return "waiting"
+
+
+@dataclass
+class Board:
+    """The race as the tab shows it: a title per lane, the table's label per run, and the lanes racing."""
+
+    lanes: dict[str, Lane]
+    titles: dict[str, str]
+    runs: dict[str, str]  # the table's labels: its other columns say how each run decoded
+    missing_twin: str = ""  # why there is no twin lane
+
+    def outputs(self, note: str | None = None) -> tuple:
+        """AR lane, SDAR lane, twin lane, table, speedup (or `note`)."""
+        stats = {name: lane.gen.stats for name, lane in self.lanes.items() if lane.gen is not None}
+        table = pd.DataFrame([stats_row(self.runs[n], stats[n]) for n in LANES if n in stats], columns=RACE_COLUMNS)
+        return (*(self._lane_html(n) for n in LANES), table, speedup_markdown(stats) if note is None else note)
+
+    def _lane_html(self, name: str) -> str:
+        lane = self.lanes.get(name)
+        if lane is None:
+            return lane_html(self.titles[name], status=self.missing_twin)
+        return lane_html(self.titles[name], lane.frame, lane.pieces, status=lane_status(lane))
+
+
 class Race:
     def __init__(self, studio: Studio) -> None:
         self.studio = studio
 
-    def _prompt(self, loaded, prompt: str, settings: DecodeSettings) -> list[int]:
-        ids, _ = prompt_ids(loaded.tokenizer, conversation("", [], prompt))
-        check_fits(len(ids), settings.max_new_tokens, settings.strategy, settings.block_length, loaded.context)
-        return ids
-
     @shows_errors
-    def race(self, prompt, model_name, block_length, steps, strategy, threshold, temperature, top_p,
-             max_new_tokens, seed, mode, use_twin, request: gr.Request):
-        """Outputs: AR lane, SDAR lane, twin lane, table, speedup."""
+    def race(self, prompt, mode, use_twin, request: gr.Request, **ui):
+        """Race AR and SDAR (and the AR twin) on one prompt; `ui` holds the decoding inputs by name.
+        Outputs: AR lane, SDAR lane, twin lane, table, speedup."""
         prompt = (prompt or "").strip()
         if not prompt:
             raise gr.Error("Type a prompt first.", title="Empty prompt")
         if mode not in (SEQUENTIAL, PARALLEL):
             raise SettingsError(f"race mode must be {SEQUENTIAL!r} or {PARALLEL!r}, got {mode!r}")
-        settings = DecodeSettings.from_ui(block_length, steps, strategy, threshold, temperature, top_p,
-                                          max_new_tokens, seed)
-        loaded = self.studio.registry.get(model_name)
+        board = self.board(DecodeRequest.from_ui(ui), prompt, use_twin)
+        yield board.outputs()
+        for _ in stream(board.lanes, self.studio.arm_stop(request), parallel=mode == PARALLEL):
+            yield board.outputs()
+        if any(lane.state == "stopped" for lane in board.lanes.values()):
+            yield board.outputs("_Stopped._")
+
+    def board(self, req: DecodeRequest, prompt: str, use_twin: bool) -> Board:
+        """AR and SDAR lanes on the same weights, and AR on the twin (sdar-X -> ar-X) when asked and present."""
+        loaded = self.studio.registry.get(req.model_name)
         if not loaded.is_sdar:
             raise gr.Error(f"{loaded.display_name} is an autoregressive model: the race needs an SDAR model "
                            "(it decodes the same weights both ways).")
-        ids = self._prompt(loaded, prompt, settings)
+        messages, s = conversation("", [], prompt), req.settings
+        ids, _ = prompt_ids(loaded.tokenizer, messages)
+        lanes = {"ar": Lane(loaded, ids, s.as_ar()), "sdar": Lane(loaded, ids, s)}
         titles = {"ar": f"AR on the same weights ({loaded.display_name})",
-                  "sdar": f"SDAR {settings.strategy}, block {settings.block_length}, steps {settings.steps}"
-                          + (f", τ={settings.threshold:g}" if settings.strategy == "dynamic" else ""),
+                  "sdar": f"SDAR {s.strategy}, block {s.block_length}, steps {s.steps}"
+                          + (f", τ={s.threshold:g}" if s.strategy == "dynamic" else ""),
                   "twin": "AR twin"}
-        # trace=False: the lanes are drawn from the streamed step events; no run keeps its trace
-        jobs = {"ar": decode_job(loaded, ids, settings.as_ar(), trace=False),
-                "sdar": decode_job(loaded, ids, settings, trace=False)}
-        models = {"ar": loaded, "sdar": loaded}
-        twin_name = ar_twin_name(model_name)
-        twin_note = "no AR twin next to this model (sdar-X ↔ ar-X)"
+        twin_name = ar_twin_name(req.model_name)
+        missing = "AR twin not included" if not use_twin else "no AR twin next to this model (sdar-X ↔ ar-X)"
         if use_twin and twin_name:
-            twin = self.studio.registry.get(twin_name)
-            titles["twin"] = f"AR twin ({twin.display_name})"
-            jobs["twin"] = decode_job(twin, self._prompt(twin, prompt, settings.as_ar()), settings.as_ar(), trace=False)
-            models["twin"] = twin
-            twin_note = "waiting"
-        elif not use_twin:
-            twin_note = "AR twin not included"
-        runs = {"ar": f"AR ({loaded.display_name})", "sdar": f"SDAR ({loaded.display_name})",
-                "twin": titles["twin"]}  # the table's labels: its other columns say how each run decoded
-        builders = {lane: FrameBuilder() for lane in jobs}
-        frames, pieces, stats, t0 = {}, {lane: {} for lane in jobs}, {}, {}
-
-        def render(lane: str) -> str:
-            if lane not in jobs:
-                return lane_html(titles[lane], status=twin_note)
-            if lane in stats:
-                s = stats[lane]
-                status = (f"done: {s.new_tokens} tokens, {s.forwards} forwards, TPF {s.tpf:.2f}, "
-                          f"{s.tokens_per_second:.1f} tokens/s, {s.seconds * 1000:.0f} ms")
-            elif lane in frames:
-                status = f"{builders[lane].n} forwards · {time.perf_counter() - t0[lane]:.1f} s"
-            else:
-                status = "waiting"
-            return lane_html(titles[lane], frames.get(lane), pieces[lane], status=status)
-
-        def table() -> pd.DataFrame:
-            return pd.DataFrame([stats_row(runs[l], stats[l]) for l in LANES if l in stats], columns=RACE_COLUMNS)
-
-        yield render("ar"), render("sdar"), render("twin"), table(), ""
-        stop = self.studio.arm_stop(request)
-        last = 0.0
-        for u in stream_lanes(jobs, stop, parallel=mode == PARALLEL):
-            if u.kind == "step":
-                e = u.payload
-                t0.setdefault(u.lane, time.perf_counter())
-                frames[u.lane] = builders[u.lane].push(e)
-                pieces[u.lane].update(models[u.lane].event_pieces(e))
-                if time.perf_counter() - last < FRAME_INTERVAL:
-                    continue
-                last = time.perf_counter()
-            elif u.kind == "error":
-                raise u.payload
-            elif u.kind == "stopped":
-                yield render("ar"), render("sdar"), render("twin"), table(), "_Stopped._"
-                return
-            else:
-                stats[u.lane] = u.payload.stats
-            yield render("ar"), render("sdar"), render("twin"), table(), speedup_markdown(stats)
+            lanes["twin"], _ = self.studio.lane(replace(req, model_name=twin_name, settings=s.as_ar()), messages)
+            titles["twin"] = f"AR twin ({lanes['twin'].loaded.display_name})"
+        runs = {"ar": f"AR ({loaded.display_name})", "sdar": f"SDAR ({loaded.display_name})", "twin": titles["twin"]}
+        return Board(lanes, titles, runs, missing)
 
     @shows_errors
     def sweep(self, prompt, model_name, block_lengths, thresholds, max_new_tokens, request: gr.Request):
@@ -148,11 +135,12 @@ class Race:
         thrs = sorted({_choice("threshold", t, SWEEP_THRESHOLDS, float) for t in (thresholds or [])})
         if not blocks or not thrs:
             raise gr.Error("Pick at least one block length and one threshold for the sweep.")
-        base = DecodeSettings.from_ui(max(blocks), max(blocks), "dynamic", 0.9, 0.0, 1.0, max_new_tokens, 0)
+        base = DecodeSettings.from_ui({"block_length": max(blocks), "steps": max(blocks),
+                                       "max_new_tokens": max_new_tokens})
         loaded = self.studio.registry.get(model_name)
         if not loaded.is_sdar:
             raise gr.Error(f"{loaded.display_name} is an autoregressive model: the sweep needs an SDAR model.")
-        ids = self._prompt(loaded, prompt, base)
+        ids, _ = prompt_ids(loaded.tokenizer, conversation("", [], prompt))
         stop = self.studio.arm_stop(request)
         runs = [("ar", None, None)] + [("sdar", b, t) for b in blocks for t in thrs]
         records, ar = [], None
@@ -161,7 +149,7 @@ class Race:
                 gr.Warning("Sweep stopped.")
                 break
             s = base.as_ar() if kind == "ar" else replace(base, block_length=b, steps=b, threshold=t)
-            gen = decode_job(loaded, ids, s, trace=False)(None)
+            gen = decode(Lane(loaded, ids, s))
             st = gen.stats
             rec = {"block length": b or 1, "threshold": t, "tokens": st.new_tokens, "forwards": st.forwards,
                    "TPF": round(st.tpf, 3), "tokens/s": round(st.tokens_per_second, 1),

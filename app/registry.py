@@ -9,11 +9,27 @@ from functools import cached_property
 from pathlib import Path
 
 from sdar_core import CheckpointError, ConfigError, load_pretrained, stop_ids_for
-from sdar_core.loading import checkpoint_summary, model_card
+from sdar_core.loading import model_card
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO / "assets" / "models"
 DEFAULT_MODEL = "assets/models/sdar-tiny"
+
+
+def checkpoint_summary(model) -> dict:
+    """What the model card shows about a loaded model (render.model_markdown)."""
+    c = model.config
+    return {
+        "model_type": c.model_type,
+        "parameters": c.num_parameters(),
+        "layers": c.num_hidden_layers,
+        "hidden_size": c.hidden_size,
+        "block_size": c.block_size,
+        "mask_token_id": c.mask_token_id,
+        "experts": c.num_experts,
+        "device": str(model.device),
+        "dtype": str(model.dtype).removeprefix("torch."),
+    }
 
 
 class ModelUnavailable(ValueError):

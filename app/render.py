@@ -54,8 +54,14 @@ def answer_start(events: list[StepEvent]) -> int:
     return first.block_start + len(first.prompt_positions)
 
 
+def kept_answer_end(events: list[StepEvent], length: int | None) -> int | None:
+    """Absolute position after the kept answer of `length` tokens (None when unknown: a stopped run)."""
+    return answer_start(events) + length if length is not None and events else None
+
+
 class FrameBuilder:
-    """Replays events one at a time (the live view pushes as they arrive; the replay pushes a prefix)."""
+    """Replays events one at a time (the live view pushes as they arrive; the replay pushes a prefix);
+    `finish` marks what the last frame shows after the kept answer, without replaying the trace."""
 
     def __init__(self, answer_end: int | None = None) -> None:
         self.answer_end = answer_end  # absolute end of the kept answer; positions >= it are discarded
@@ -64,6 +70,7 @@ class FrameBuilder:
         self.committed: dict[int, Cell] = {}  # offset -> cell, in the block in flight
         self.current: tuple[int, int] | None = None  # (block, block_start) in flight
         self.last: StepEvent | None = None
+        self.frame: Frame | None = None  # the latest frame pushed
         self.n = 0
 
     def push(self, e: StepEvent) -> Frame:
@@ -74,10 +81,18 @@ class FrameBuilder:
         for off, conf in zip(e.committed, e.committed_confidence):
             self.committed[off] = Cell(e.block_start + off, e.block_state[off], conf, self.n)
         self.last = e
-        frame = Frame(step=self.n, done=list(self.done), block=self._block_cells(e, fresh_step=self.n),
-                      block_index=e.block, block_step=e.step, final=e.final)
+        self.frame = Frame(step=self.n, done=list(self.done), block=self._block_cells(e, fresh_step=self.n),
+                           block_index=e.block, block_step=e.step, final=e.final)
         self.n += 1
-        return frame
+        return self.frame
+
+    def finish(self, answer_end: int | None) -> Frame | None:
+        """The last frame, its positions from `answer_end` on marked discarded (they follow the stop token)."""
+        self.answer_end = answer_end
+        if self.frame is not None:
+            for cell in self.frame.done + self.frame.block:
+                cell.discarded = answer_end is not None and cell.position >= answer_end
+        return self.frame
 
     def _block_cells(self, e: StepEvent, fresh_step: int | None) -> list[Cell]:
         prompt = set(e.prompt_positions)

@@ -1,8 +1,13 @@
-"""Decoding settings as the UI sends them, checked on the server (the API can send any value)."""
+"""What a decode button sends, parsed in one place: the UI's values by name -> a DecodeRequest (which model,
+the DecodeSettings, the live view's pace), checked on the server because the API can send any value.
+
+The names are the API's parameter names (ui.py wires each component under its field name), so a handler
+never receives the decoding inputs by position."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Mapping
 
 SDAR_STRATEGIES = ("static", "dynamic", "sequential", "entropy")
 MAX_BLOCK_LENGTH = 64
@@ -13,22 +18,44 @@ class SettingsError(ValueError):
     """A setting outside what the decoder accepts, named with its value and the valid range."""
 
 
-def _number(name: str, value, lo: float, hi: float, *, integer: bool, lo_open: bool = False):
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise SettingsError(f"{name} must be a number, got {value!r}") from None
-    if math.isnan(x) or (x <= lo if lo_open else x < lo) or x > hi:
-        bracket = "(" if lo_open else "["
-        raise SettingsError(f"{name} must be in {bracket}{lo:g}, {hi:g}], got {value!r}")
-    if integer:
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting accepts: [lo, hi] (or (lo, hi] when lo_open), whole numbers when integer."""
+
+    label: str
+    lo: float
+    hi: float
+    integer: bool = False
+    lo_open: bool = False
+
+    def parse(self, value) -> int | float:
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{self.label} must be a number, got {value!r}") from None
+        if math.isnan(x) or (x <= self.lo if self.lo_open else x < self.lo) or x > self.hi:
+            bracket = "(" if self.lo_open else "["
+            raise SettingsError(f"{self.label} must be in {bracket}{self.lo:g}, {self.hi:g}], got {value!r}")
+        if not self.integer:
+            return x
         if x != int(x):
-            raise SettingsError(f"{name} must be a whole number, got {value!r}")
+            raise SettingsError(f"{self.label} must be a whole number, got {value!r}")
         return int(x)
-    return x
 
 
-@dataclass
+RANGES = {  # field name -> accepted values (strategy is a choice, checked on its own)
+    "block_length": Range("block length", 1, MAX_BLOCK_LENGTH, integer=True),
+    "steps": Range("denoising steps", 1, MAX_BLOCK_LENGTH, integer=True),
+    "threshold": Range("threshold", 0, 1, lo_open=True),
+    "temperature": Range("temperature", 0, 2),
+    "top_p": Range("top-p", 0, 1, lo_open=True),
+    "max_new_tokens": Range("max new tokens", 1, MAX_NEW_TOKENS, integer=True),
+    "seed": Range("seed", 0, 2**31 - 1, integer=True),
+}
+PACE = Range("live view delay (ms)", 0, 1000)
+
+
+@dataclass(frozen=True)
 class DecodeSettings:
     block_length: int = 4
     steps: int = 4
@@ -40,24 +67,17 @@ class DecodeSettings:
     seed: int = 0
 
     @classmethod
-    def from_ui(cls, block_length, steps, strategy, threshold, temperature, top_p, max_new_tokens,
-                seed) -> "DecodeSettings":
-        """Validated settings; raises SettingsError naming the first bad value."""
+    def from_ui(cls, ui: Mapping[str, object]) -> "DecodeSettings":
+        """Validated settings from the UI's values by field name (a missing name keeps its default);
+        raises SettingsError naming the first bad value."""
+        strategy = ui.get("strategy", cls.strategy)
         if strategy not in SDAR_STRATEGIES:
             raise SettingsError(f"strategy must be one of {', '.join(SDAR_STRATEGIES)}, got {strategy!r}")
-        block_length = _number("block length", block_length, 1, MAX_BLOCK_LENGTH, integer=True)
-        steps = _number("denoising steps", steps, 1, MAX_BLOCK_LENGTH, integer=True)
-        if steps > block_length:
-            raise SettingsError(f"denoising steps must be between 1 and the block length ({block_length}), "
-                                f"got {steps}")
-        return cls(
-            block_length=block_length, steps=steps, strategy=strategy,
-            threshold=_number("threshold", threshold, 0, 1, integer=False, lo_open=True),
-            temperature=_number("temperature", temperature, 0, 2, integer=False),
-            top_p=_number("top-p", top_p, 0, 1, integer=False, lo_open=True),
-            max_new_tokens=_number("max new tokens", max_new_tokens, 1, MAX_NEW_TOKENS, integer=True),
-            seed=_number("seed", seed, 0, 2**31 - 1, integer=True),
-        )
+        values = {f.name: RANGES[f.name].parse(ui.get(f.name, f.default)) for f in fields(cls) if f.name in RANGES}
+        if values["steps"] > values["block_length"]:
+            raise SettingsError(f"denoising steps must be between 1 and the block length "
+                                f"({values['block_length']}), got {values['steps']}")
+        return cls(strategy=strategy, **values)
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments of sdar_core.generate."""
@@ -66,3 +86,17 @@ class DecodeSettings:
     def as_ar(self) -> "DecodeSettings":
         """The same sampling, decoded one token per forward."""
         return replace(self, block_length=1, steps=1, strategy="ar")
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """What a decode button sends besides its prompt: which model, how to decode, how fast to show it."""
+
+    model_name: str
+    settings: DecodeSettings
+    pace_ms: float = 0.0  # the live view's delay per step (display only)
+
+    @classmethod
+    def from_ui(cls, ui: Mapping[str, object]) -> "DecodeRequest":
+        return cls(model_name=ui.get("model_name"), settings=DecodeSettings.from_ui(ui),
+                   pace_ms=PACE.parse(ui.get("pace_ms") or 0))

@@ -1,17 +1,31 @@
-"""Stream a generation into Gradio: `generate` runs in a worker thread and its on_step events come back
-through a queue to the (generator) event handler; Stop is a threading.Event checked at every step.
+"""The one way the studio runs a decode it shows: `generate` in a worker thread, its StepEvents back through
+a queue to the (generator) event handler, frames built there and yielded at most every FRAME_INTERVAL
+seconds (or every step, slowed down, when a pace is set), then each lane's result.
 
-`sdar_core.generate` calls on_step synchronously and propagates its exceptions, so raising `Stopped`
-from on_step aborts the decode at the next step without touching the decoder.
+Chat and the visualizer stream one lane; the race streams two or three, one after the other or together.
+`sdar_core.generate` calls on_step synchronously and propagates its exceptions, so raising `Stopped` from
+on_step ends the decode at its next step without touching the decoder; any other exception of the decode
+(a GenerationError for a prompt that does not fit, ...) is raised again in the handler's thread.
 """
 from __future__ import annotations
 
+import math
 import queue
 import threading
-from dataclasses import dataclass
-from typing import Callable, Iterator
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
+
+from sdar_core import generate
+from sdar_core.trace import Generation, StepEvent
+
+from .registry import LoadedModel
+from .render import Frame, FrameBuilder, kept_answer_end
+from .settings import DecodeSettings
+
+FRAME_INTERVAL = 1 / 20  # seconds between two streamed frames when no pace is set
 
 
 class Stopped(Exception):
@@ -19,10 +33,108 @@ class Stopped(Exception):
 
 
 @dataclass
-class Update:
+class Lane:
+    """One decode the studio shows (a model, its prompt ids, its settings) and what it has shown so far."""
+
+    loaded: LoadedModel
+    ids: list[int]  # the prompt, one row
+    settings: DecodeSettings
+    state: str = "waiting"  # waiting | running | done | stopped
+    events: list[StepEvent] = field(default_factory=list)
+    pieces: dict[int, str] = field(default_factory=dict)  # token id -> printed text, for every token shown
+    builder: FrameBuilder = field(default_factory=FrameBuilder)
+    frame: Frame | None = None  # after the last step; finished in place when the lane ends
+    gen: Generation | None = None  # None until done, and for a stopped lane
+    answer_end: int | None = None  # absolute position after the kept answer, once done
+    started: float | None = None  # perf_counter of its first step
+
+    def push(self, e: StepEvent) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+        self.events.append(e)
+        self.pieces.update(self.loaded.event_pieces(e))
+        self.frame = self.builder.push(e)
+
+    def finish(self, gen: Generation | None) -> None:
+        """The lane's result (None: stopped); the last frame strikes out what follows the stop token."""
+        self.gen, self.state = gen, "stopped" if gen is None else "done"
+        self.answer_end = kept_answer_end(self.events, gen.lengths[0] if gen else None)
+        self.frame = self.builder.finish(self.answer_end)
+
+
+def decode(lane: Lane, on_step=None) -> Generation:
+    """The lane's generation: one row, the model's stop tokens. Its events reach on_step; none is kept
+    twice (the lane keeps them), so every lane costs the decoder the same recording work."""
+    return generate(lane.loaded.model, [lane.ids], stop_token_ids=lane.loaded.stop_token_ids, trace=False,
+                    on_step=on_step, **lane.settings.generate_kwargs())
+
+
+@dataclass
+class _Update:
     lane: str
-    kind: str  # "step" (payload: StepEvent) | "done" (payload: Generation) | "stopped" | "error" (payload: exc)
+    kind: str  # "step" (payload: StepEvent) | "done" (payload: Generation | None when stopped) | "error"
     payload: object = None
+
+
+def _worker(name: str, lane: Lane, out: queue.Queue, stop: threading.Event) -> None:
+    def on_step(event: StepEvent) -> None:
+        if stop.is_set():
+            raise Stopped()
+        out.put(_Update(name, "step", event))
+
+    try:
+        with torch.inference_mode():
+            out.put(_Update(name, "done", decode(lane, on_step)))
+    except Stopped:
+        out.put(_Update(name, "done", None))
+    except BaseException as e:  # handed to the handler's thread, which raises it there
+        out.put(_Update(name, "error", e))
+
+
+def _start(name: str, lanes: dict[str, Lane], out: queue.Queue, stop: threading.Event) -> None:
+    lanes[name].state = "running"
+    threading.Thread(target=_worker, args=(name, lanes[name], out, stop), daemon=True, name=f"sdar-{name}").start()
+
+
+def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = False,
+           pace_ms: float = 0.0) -> Iterator[dict[str, Lane]]:
+    """Decode every lane and yield `lanes` whenever there is something new to show: a step (throttled to
+    FRAME_INTERVAL, or every step followed by a pause of pace_ms), a block's last step, a lane's end.
+
+    parallel=False runs the lanes one after the other (honest timings: they do not share the device);
+    parallel=True starts them together. Once `stop` is set no lane starts and the frames still queued are
+    skipped; leaving the loop early sets it, so any worker still running ends at its next step.
+    """
+    out: queue.Queue[_Update] = queue.Queue()
+    pending, running, shown, held = list(lanes), 0, -math.inf, False  # the first step is always due
+    try:
+        while running or (pending and not stop.is_set()):
+            while pending and not stop.is_set() and (parallel or not running):
+                _start(pending.pop(0), lanes, out, stop)
+                running += 1
+            try:
+                u = out.get(timeout=max(0.0, shown + FRAME_INTERVAL - time.perf_counter()) if held else None)
+            except queue.Empty:  # a frame the throttle held back, and nothing new since: show it now
+                held, shown = False, time.perf_counter()
+                yield lanes
+                continue
+            if u.kind == "error":
+                raise u.payload
+            if u.kind == "done":
+                running -= 1
+                lanes[u.lane].finish(u.payload)
+            else:
+                lanes[u.lane].push(u.payload)
+                due = pace_ms > 0 or u.payload.final or time.perf_counter() - shown >= FRAME_INTERVAL
+                held = not due and not stop.is_set()
+                if not due or stop.is_set():
+                    continue
+            held, shown = False, time.perf_counter()
+            yield lanes
+            if u.kind == "step" and pace_ms > 0:
+                time.sleep(pace_ms / 1000)
+    finally:
+        stop.set()
 
 
 class StopFlags:
@@ -32,66 +144,18 @@ class StopFlags:
         self._flags: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
-    def arm(self, session: str) -> threading.Event:
+    def arm(self, session: str | None) -> threading.Event:
+        """A fresh flag for `session` (a private one when there is no session)."""
+        if not session:
+            return threading.Event()
         with self._lock:
             flag = self._flags[session] = threading.Event()
             return flag
 
-    def trigger(self, session: str) -> bool:
+    def trigger(self, session: str | None) -> bool:
         with self._lock:
-            flag = self._flags.get(session)
+            flag = self._flags.get(session) if session else None
         if flag is None:
             return False
         flag.set()
         return True
-
-
-def _worker(lane: str, run: Callable, out: queue.Queue, stop: threading.Event) -> None:
-    def on_step(event) -> None:
-        if stop.is_set():
-            raise Stopped()
-        out.put(Update(lane, "step", event))
-
-    try:
-        with torch.inference_mode():
-            gen = run(on_step)
-        out.put(Update(lane, "done", gen))
-    except Stopped:
-        out.put(Update(lane, "stopped"))
-    except BaseException as e:  # handed to the handler thread, which turns it into a message
-        out.put(Update(lane, "error", e))
-
-
-def stream_lanes(jobs: dict[str, Callable], stop: threading.Event, *, parallel: bool = False) -> Iterator[Update]:
-    """Run each job `run(on_step) -> Generation` and yield its Updates as they happen.
-
-    parallel=False runs the jobs one after the other (honest timings: they do not share the device);
-    parallel=True starts them together (a live race; each one's timing includes the other's load).
-    Exceptions of a job come back as an "error" Update; leaving the loop early stops the workers.
-    """
-    out: queue.Queue[Update] = queue.Queue()
-    pending = list(jobs.items())
-    running = 0
-
-    def start(lane, run):
-        threading.Thread(target=_worker, args=(lane, run, out, stop), daemon=True, name=f"sdar-{lane}").start()
-
-    try:
-        if parallel:
-            for lane, run in pending:
-                start(lane, run)
-            running, pending = len(pending), []
-        while running or pending:
-            if not running:
-                start(*pending.pop(0))
-                running = 1
-            update = out.get()
-            if update.kind != "step":
-                running -= 1
-            yield update
-    finally:
-        stop.set()  # the consumer went away (or is done): any worker still running ends at its next step
-
-
-def stream_one(run: Callable, stop: threading.Event) -> Iterator[Update]:
-    return stream_lanes({"main": run}, stop)

@@ -1,18 +1,16 @@
-"""What every tab shares on the server: the model registry, the per-session stop flags, and the one way
-the app runs a decode (a worker thread streaming StepEvents back to a Gradio generator handler)."""
+"""What every tab shares on the server: the model registry, the per-session stop flags, and how a request
+becomes a Lane to stream (the model loaded, SDAR settings turned into AR ones on an AR model, the prompt ids)."""
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
 
-import torch
+import gradio as gr
 
-from sdar_core import generate
-
-from .registry import LoadedModel, ModelRegistry
-from .settings import DecodeSettings
-from .streaming import StopFlags
+from .prompting import prompt_ids
+from .registry import ModelRegistry
+from .settings import DecodeRequest
+from .streaming import Lane, StopFlags
 
 
 @dataclass
@@ -21,19 +19,19 @@ class Studio:
     stops: StopFlags = field(default_factory=StopFlags)
 
     def arm_stop(self, request) -> threading.Event:
-        """A fresh stop flag for the session that sent `request` (a private one when there is no session)."""
-        session = getattr(request, "session_hash", None)
-        return self.stops.arm(session) if session else threading.Event()
+        """A fresh stop flag for the session that sent `request`."""
+        return self.stops.arm(getattr(request, "session_hash", None))
 
-    def stop(self, request) -> bool:
-        session = getattr(request, "session_hash", None)
-        return bool(session) and self.stops.trigger(session)
+    def stop(self, request: gr.Request) -> None:
+        """Stop this session's decode at its next step (what it committed so far is kept)."""
+        self.stops.trigger(getattr(request, "session_hash", None))
 
-
-def decode_job(loaded: LoadedModel, ids: list[int], settings: DecodeSettings, *, trace: bool = True) -> Callable:
-    """`run(on_step) -> Generation` for the streaming worker: one row, the model's stop tokens."""
-    def run(on_step):
-        input_ids = torch.tensor([ids], dtype=torch.long, device=loaded.model.device)  # [1, T_prompt]
-        return generate(loaded.model, input_ids, stop_token_ids=loaded.stop_token_ids, trace=trace,
-                        on_step=on_step, **settings.generate_kwargs())
-    return run
+    def lane(self, req: DecodeRequest, messages: list[dict]) -> tuple[Lane, list[str]]:
+        """The lane that answers `messages` as `req` asks, and the notes the user should read about it."""
+        loaded = self.registry.get(req.model_name)
+        settings, notes = req.settings, []
+        if not loaded.is_sdar and settings.strategy != "ar":
+            settings = settings.as_ar()
+            notes.append(f"{loaded.display_name} is an autoregressive model: it decodes one token per forward.")
+        ids, note = prompt_ids(loaded.tokenizer, messages)
+        return Lane(loaded, ids, settings), notes + ([note] if note else [])

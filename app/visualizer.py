@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .chat import pace_milliseconds, prepare, stream_answer
 from .errors import shows_errors
 from .prompting import conversation
 from .recording import Recording, record
 from .render import block_table, confidence_heatmap, frame_at, frame_html, placeholder_html, stats_markdown
-from .settings import DecodeSettings
+from .settings import DecodeRequest
+from .streaming import stream
 from .studio import Studio
 
 EMPTY = "No generation yet in this session: chat in the Chat tab, or run a prompt here."
@@ -24,8 +24,9 @@ def replay_frame(recording: Recording | None, step) -> str:
     except (TypeError, ValueError):
         step = recording.n_steps - 1
     step = max(0, min(step, recording.n_steps - 1))
-    return frame_html(frame_at(recording.events, step, recording.answer_end), recording.pieces,
-                      title=f"{recording.label!r} — frame {step + 1}/{recording.n_steps}")
+    last = step == recording.n_steps - 1 and recording.last_frame is not None
+    frame = recording.last_frame if last else frame_at(recording.events, step, recording.answer_end)
+    return frame_html(frame, recording.pieces, title=f"{recording.label!r} — frame {step + 1}/{recording.n_steps}")
 
 
 def show(recording: Recording | None):
@@ -45,27 +46,22 @@ class Visualizer:
         self.studio = studio
 
     @shows_errors
-    def run(self, prompt, model_name, block_length, steps, strategy, threshold, temperature, top_p,
-            max_new_tokens, seed, pace_ms, request: gr.Request):
-        """Decode a prompt (one user turn) and show it. Outputs: recording, then show()'s six."""
+    def run(self, prompt, request: gr.Request, **ui):
+        """Decode a prompt (one user turn) and show it; `ui` holds the decoding inputs by name (DecodeRequest).
+        Outputs: recording, then show()'s six."""
         prompt = (prompt or "").strip()
         if not prompt:
             raise gr.Error("Type a prompt first.", title="Empty prompt")
-        settings = DecodeSettings.from_ui(block_length, steps, strategy, threshold, temperature, top_p,
-                                          max_new_tokens, seed)
-        loaded, ids, settings, notes = prepare(self.studio, model_name, settings, conversation("", [], prompt))
+        req = DecodeRequest.from_ui(ui)
+        lane, notes = self.studio.lane(req, conversation("", [], prompt))
         for n in notes:
             gr.Warning(n)
-        pace = pace_milliseconds(pace_ms)
-        for kind, *rest in stream_answer(self.studio, loaded, ids, settings, request, pace_ms=pace):
-            if kind == "frame":
-                frame, pieces = rest
-                yield (gr.skip(), "Decoding…", frame_html(frame, pieces, title="Live"),
+        for _ in stream({"answer": lane}, self.studio.arm_stop(request), pace_ms=req.pace_ms):
+            if lane.state == "running":
+                yield (gr.skip(), "Decoding…", frame_html(lane.frame, lane.pieces, title="Live"),
                        gr.skip(), gr.skip(), gr.skip(), gr.skip())
-                continue
-            gen, events, pieces = rest
-            rec = record(prompt[:80], events, gen, pieces)
-            yield (rec, *show(rec))
+        rec = record(prompt[:80], lane)
+        yield (rec, *show(rec))
 
     @staticmethod
     def frame(step, recording):

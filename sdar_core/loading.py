@@ -273,20 +273,4 @@ def model_card(folder: str | os.PathLike) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def checkpoint_summary(model: SDARForCausalLM) -> dict:
-    """What the app shows about a loaded model."""
-    c = model.config
-    return {
-        "model_type": c.model_type,
-        "parameters": c.num_parameters(),
-        "layers": c.num_hidden_layers,
-        "hidden_size": c.hidden_size,
-        "block_size": c.block_size,
-        "mask_token_id": c.mask_token_id,
-        "experts": c.num_experts,
-        "device": str(model.device),
-        "dtype": str(model.dtype).removeprefix("torch."),
-    }
-
-
-__all__ = ["load_pretrained", "save_pretrained", "CheckpointError", "ConfigError", "checkpoint_summary", "model_card"]
+__all__ = ["load_pretrained", "save_pretrained", "CheckpointError", "ConfigError", "model_card"]

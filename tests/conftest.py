@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdar_core import save_pretrained
 from sdar_core.config import ModelConfig
-from sdar_core.loading import load_pretrained
+from sdar_core.loading import load_pretrained, save_pretrained
 from sdar_core.model import SDARForCausalLM
 from sdar_core.paths import MODELS_DIR, REPO
 from training.tokenizer import SPECIAL_TOKENS
@@ -136,3 +135,9 @@ def write_checkpoints(root: Path, *, context: int = 512) -> tuple[Path, Path]:
     sdar = random_model(tiny_config("sdar", block_size=4, mask_token_id=vocab["<|MASK|>"], **common), seed=1)
     ar = random_model(tiny_config("qwen3", **common), seed=2)
     return save_pretrained(sdar, tok, root / "sdar-tiny"), save_pretrained(ar, tok, root / "ar-tiny")
+
+
+@pytest.fixture(scope="session")
+def studio_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    """(sdar-tiny, ar-tiny) folders of random weights, written once per test session."""
+    return write_checkpoints(tmp_path_factory.mktemp("studio-models"))

@@ -1,13 +1,12 @@
-"""app/render.py on StepEvents built by hand: frames, HTML, heatmap data, per-block table, benchmark files."""
+"""app/render.py on StepEvents built by hand: frames (live, finished, replayed), HTML, heatmap data, per-block table."""
 from __future__ import annotations
 
-import math
 import re
 
 import pytest
 
-from app.render import (MASK_GLYPH, answer_start, block_table, commit_points, confidence_colour, confidence_heatmap,
-                        frame_at, frame_html, frame_text, frames, heatmap_data)
+from app.render import (MASK_GLYPH, FrameBuilder, answer_start, block_table, commit_points, confidence_colour,
+                        confidence_heatmap, frame_at, frame_html, frame_text, frames, heatmap_data, kept_answer_end)
 from sdar_core.trace import StepEvent
 
 M = 99  # mask id
@@ -120,16 +119,14 @@ def test_ar_trace_of_one_token_blocks_renders_each_token_as_its_own_block():
     assert [[v for v in row if v is not None] for row in z] == [[0.5], [0.6], [0.7]]
 
 
-def test_settings_reject_out_of_range_values_with_the_value_named():
-    from app.settings import DecodeSettings, SettingsError
-
-    ok = DecodeSettings.from_ui(8, 8, "dynamic", 0.9, 0.0, 1.0, 64, 0)
-    assert ok.generate_kwargs()["block_length"] == 8
-    for bad, match in [((4, 5, "dynamic", 0.9, 0, 1, 8, 0), "between 1 and the block length"),
-                       ((0, 1, "dynamic", 0.9, 0, 1, 8, 0), "block length"),
-                       ((4, 4, "dynamic", 0.0, 0, 1, 8, 0), "threshold"),
-                       ((4, 4, "magic", 0.9, 0, 1, 8, 0), "strategy"),
-                       ((4, 4, "static", 0.9, 0, 1, math.nan, 0), "max new tokens"),
-                       ((4, 4, "static", 0.9, 0, 1, 8.5, 0), "whole number")]:
-        with pytest.raises(SettingsError, match=match):
-            DecodeSettings.from_ui(*bad)
+def test_builder_finishes_its_last_frame_like_a_replay_with_the_answer_end(trace):
+    builder = FrameBuilder()
+    live = [builder.push(e) for e in trace]
+    assert not any(c.discarded for c in live[-1].done + live[-1].block)
+    end = kept_answer_end(trace, 4)  # a 4-token answer: positions 6..9 kept, 10 and 11 follow the stop
+    assert end == 10 and kept_answer_end(trace, None) is None and kept_answer_end([], 4) is None
+    finished = builder.finish(end)
+    assert finished is live[-1]  # finished in place, not rebuilt
+    assert finished == frame_at(trace, len(trace) - 1, answer_end=end)
+    assert [c.discarded for c in finished.block] == [False, False, True, True]
+    assert FrameBuilder().finish(end) is None

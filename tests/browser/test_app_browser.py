@@ -30,7 +30,8 @@ pytestmark = [pytest.mark.browser,
 def url():
     if not (REPO / "assets" / "models" / "sdar-tiny" / "config.json").is_file():
         pytest.skip("the embedded model assets/models/sdar-tiny is not in this checkout")
-    from app.ui import LAUNCH_KWARGS, build_app
+    from app.layout import LAUNCH_KWARGS
+    from app.ui import build_app
 
     demo = build_app()  # what `python app.py` serves: sdar-tiny selected, ar-tiny its twin
     port = free_port()

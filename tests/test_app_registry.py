@@ -1,22 +1,18 @@
-"""The checkpoints the app tests run on (conftest.write_checkpoints: a tiny random SDAR model and its AR twin in
-the real checkpoint format with a real tokenizer), and what the app's registry makes of them."""
+"""app/registry.py: the model registry on the studio's test checkpoints (conftest.studio_checkpoints), which
+these tests also check: stop tokens, chat template, the AR twin next to the SDAR folder."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write_checkpoints
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    return write_checkpoints(tmp_path_factory.mktemp("models"))
+from conftest import REPO
 
 
-def test_fixture_checkpoints_load_with_their_stop_tokens_and_chat_template(checkpoints):
+def test_fixture_checkpoints_load_with_their_stop_tokens_and_chat_template(studio_checkpoints):
     from app.registry import ModelRegistry, ar_twin_name
 
-    sdar_path, ar_path = checkpoints
+    sdar_path, ar_path = studio_checkpoints
     registry = ModelRegistry(models_dir=sdar_path.parent)
     m = registry.get(str(sdar_path))
     assert m.is_sdar and m.config.block_size == 4

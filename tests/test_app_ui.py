@@ -1,5 +1,6 @@
-"""The studio through its API (gradio_client against a launched app): every endpoint returns what the UI
-shows, bad input comes back as a readable error, and the app keeps working afterwards."""
+"""app/ui.py through its API (gradio_client against the launched app on the test checkpoints): every endpoint
+returns what the UI shows under the parameter names it always had, bad input comes back as a readable error
+that leaves the conversation as it was, and the app keeps working afterwards."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import free_port, text_of, write_checkpoints
+from conftest import free_port, text_of
 
 SYSTEM = "You are a helpful assistant."
 FAST = dict(block_length=4, steps=4, strategy="static", threshold=0.9, temperature=0.0, top_p=1.0,
@@ -15,13 +16,14 @@ FAST = dict(block_length=4, steps=4, strategy="static", threshold=0.9, temperatu
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(studio_checkpoints):
     from gradio_client import Client
 
+    from app.layout import LAUNCH_KWARGS
     from app.registry import ModelRegistry
-    from app.ui import LAUNCH_KWARGS, build_app
+    from app.ui import build_app
 
-    sdar, ar = write_checkpoints(tmp_path_factory.mktemp("models"))
+    sdar, ar = studio_checkpoints
     demo = build_app(default_model=str(sdar), registry=ModelRegistry(models_dir=sdar.parent))
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS)
@@ -112,6 +114,8 @@ def test_bad_input_gives_a_readable_error_and_the_app_keeps_working(served):
     from gradio_client.exceptions import AppError
 
     client, model = served
+    client.predict(api_name="/clear")
+    chat(client, model, "Hello")
     cases = [
         (dict(message=""), "Type a message"),
         (dict(steps=8), "between 1 and the block length"),
@@ -124,8 +128,8 @@ def test_bad_input_gives_a_readable_error_and_the_app_keeps_working(served):
         (dict(pace_ms=10_000), "maximum|delay"),
         (dict(strategy="magic"), "strategy|magic"),
         (dict(model="/no/such/checkpoint"), "no checkpoint folder"),
-        (dict(message="word " * 600), "beyond this model's context"),  # the fixture's context is 512
-        (dict(message="word " * 400, max_new_tokens=200), "beyond this model's context"),
+        (dict(message="word " * 600), "context of 512. Shorten the prompt"),  # the fixture's context is 512
+        (dict(message="word " * 400, max_new_tokens=200), "context of 512. Shorten the prompt"),
     ]
     for over, match in cases:
         over = dict(over)
@@ -138,8 +142,28 @@ def test_bad_input_gives_a_readable_error_and_the_app_keeps_working(served):
         assert any(word in text for word in match.split("|")), text
     with pytest.raises(AppError, match="no checkpoint folder"):
         client.predict("/no/such/checkpoint", api_name="/load_model")
+    # A request generate() refuses leaves the chat as it was and the message in its box, for an edit.
+    job = client.submit("word " * 600, SYSTEM, str(model), *FAST.values(), api_name="/chat")
+    with pytest.raises(AppError, match="context"):
+        job.result(timeout=60)
+    shown, box = job.outputs()[-1][:2]
+    assert [text_of(m) for m in shown[::2]] == ["Hello"] and box == ("word " * 600).strip()
     chatbot, *_ = chat(client, model, "Still there?")
-    assert text_of(chatbot[-1])
+    # No refused message entered the conversation: it is the two turns since the clear, in order.
+    assert [m["role"] for m in chatbot] == ["user", "assistant"] * 2
+    assert [text_of(m) for m in chatbot[::2]] == ["Hello", "Still there?"] and text_of(chatbot[-1])
+
+
+def test_every_endpoint_keeps_its_parameter_names_in_order(served):
+    client, _ = served
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    decode = ["model_name", "block_length", "steps", "strategy", "threshold", "temperature", "top_p",
+              "max_new_tokens", "seed"]
+    expected = {"/chat": ["message", "system", *decode, "pace_ms"], "/visualize": ["prompt", *decode, "pace_ms"],
+                "/race": ["prompt", *decode, "mode", "use_twin"],
+                "/sweep": ["prompt", "model_name", "block_lengths", "thresholds", "max_new_tokens"]}
+    for name, params in expected.items():
+        assert [p["parameter_name"] for p in api[name]["parameters"]] == params, name
 
 
 def test_stop_ends_a_long_answer_early_and_keeps_what_was_committed(served):
