@@ -1,4 +1,4 @@
-"""GPU measurements written by the benchmark (`python -m sdar_core.bench --out ...`), read defensively.
+"""GPU measurements written by the benchmark (`python -m benchmarks.bench --out ...`), read defensively.
 
 Each run is committed as benchmarks/results/<name>/results.json (searched recursively):
 
@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .registry import REPO
+from sdar_core.paths import REPO
 
 RESULTS_DIR = REPO / "benchmarks" / "results"
 REQUIRED = ("mode", "batch_size", "tokens_per_second")
@@ -84,7 +84,7 @@ def read_results(folder: Path | str = RESULTS_DIR) -> tuple[list[dict], list[Mac
     folder = Path(folder)
     rows, machines, notes = [], [], []
     if not folder.is_dir():
-        return rows, machines, [f"no {folder.name}/ folder yet: `python -m sdar_core.bench --out "
+        return rows, machines, [f"no {folder.name}/ folder yet: `python -m benchmarks.bench --out "
                                 f"benchmarks/results/<name>` writes one"]
     for path in sorted(folder.rglob("*.json")):
         run = str(path.parent.relative_to(folder)) if path.parent != folder else path.stem

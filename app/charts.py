@@ -67,7 +67,7 @@ def gpu_figure(rows: list[dict], machines: list = ()) -> go.Figure:
     """tokens/s vs batch size, one curve per (run, mode, block length, strategy), each run labelled with its
     GPU, torch and date; each run's AR bandwidth ceiling (weights streamed once per forward) as a line."""
     if not rows:
-        return empty_figure("No GPU measurements in benchmarks/results/ yet: python -m sdar_core.bench --out "
+        return empty_figure("No GPU measurements in benchmarks/results/ yet: python -m benchmarks.bench --out "
                       "benchmarks/results/<name> writes them.")
     by_run = {m.run: m for m in machines}
     curves = defaultdict(list)

@@ -10,9 +10,8 @@ from pathlib import Path
 
 from sdar_core import CheckpointError, ConfigError, load_pretrained, stop_ids_for
 from sdar_core.loading import model_card
+from sdar_core.paths import MODELS_DIR, REPO
 
-REPO = Path(__file__).resolve().parent.parent
-MODELS_DIR = REPO / "assets" / "models"
 DEFAULT_MODEL = "assets/models/sdar-tiny"
 
 
