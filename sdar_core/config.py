@@ -58,7 +58,7 @@ INT_BOUNDS = {
 # device's memory is even asked.
 MAX_PARAMETERS = 2_000_000_000_000
 BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "norm_topk_prob")
-TOKEN_ID_FIELDS = ("mask_token_id", "bos_token_id", "pad_token_id")
+TOKEN_ID_FIELDS = ("mask_token_id", "bos_token_id", "pad_token_id")  # and eos_token_id: an id or a list
 
 
 def _is_int(value) -> bool:
@@ -107,13 +107,16 @@ def _check_numbers_and_types(config: "ModelConfig") -> None:
     if not isinstance(config.mlp_only_layers, list) or not all(_is_int(i) for i in config.mlp_only_layers):
         raise ConfigError(f"config field 'mlp_only_layers' must be a list of layer indices, "
                           f"got {config.mlp_only_layers!r}")
-    ids = [(name, getattr(config, name)) for name in TOKEN_ID_FIELDS]
     eos = config.eos_token_id
-    ids += [("eos_token_id", i) for i in (eos if isinstance(eos, list) else [eos])]
-    for name, value in ids:
-        if value is not None and (not _is_int(value) or not 0 <= value < config.vocab_size):
-            raise ConfigError(f"config field {name!r} must be a token id in [0, {config.vocab_size}) "
-                              f"(vocab_size), got {value!r}")
+    for name, value in [(n, getattr(config, n)) for n in TOKEN_ID_FIELDS] + [("eos_token_id", eos)]:
+        if not (value is None or _is_int(value) or name == "eos_token_id" and isinstance(value, list)
+                and all(_is_int(i) for i in value)):
+            raise ConfigError(f"config field {name!r} must be a token id (an integer), got {value!r}")
+    # Only the mask id is ever fed to the model; the others are stop or padding ids that a shrunk vocabulary
+    # may leave outside it.
+    if config.mask_token_id is not None and not 0 <= config.mask_token_id < config.vocab_size:
+        raise ConfigError(f"config field 'mask_token_id' must be a token id in [0, {config.vocab_size}) "
+                          f"(vocab_size), got {config.mask_token_id}")
 
 
 def _check_layout(config: "ModelConfig") -> None:
