@@ -57,6 +57,9 @@ INT_BOUNDS = {
 # The largest public checkpoints hold about 1e12 parameters; a config that implies more is refused before the
 # device's memory is even asked.
 MAX_PARAMETERS = 2_000_000_000_000
+# Experts over all sparse layers (Qwen3-235B-A22B: 94 x 128 = 12,032). Each is three modules to build, about a
+# millisecond apiece even on the meta device, so the count bounds the time spent before any weight is checked.
+MAX_EXPERT_MLPS = 1 << 14
 BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "norm_topk_prob")
 TOKEN_ID_FIELDS = ("mask_token_id", "bos_token_id", "pad_token_id")  # and eos_token_id: an id or a list
 
@@ -131,6 +134,10 @@ def _check_layout(config: "ModelConfig") -> None:
                           f"{config.num_hidden_layers - n_sparse} dense MLP layers), got {config.intermediate_size}")
     if n_sparse and config.moe_intermediate_size < 1:
         raise ConfigError(f"config field 'moe_intermediate_size' must be >= 1, got {config.moe_intermediate_size}")
+    if n_sparse * config.num_experts > MAX_EXPERT_MLPS:
+        raise ConfigError(f"config fields 'num_experts' ({config.num_experts}) x sparse layers ({n_sparse} of "
+                          f"num_hidden_layers {config.num_hidden_layers}) make {n_sparse * config.num_experts:,} "
+                          f"experts; at most {MAX_EXPERT_MLPS:,} are supported")
     n = config.num_parameters()
     if n > MAX_PARAMETERS:
         raise ConfigError(

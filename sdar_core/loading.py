@@ -20,6 +20,7 @@ INDEX_NAME = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # An index is a name per tensor (Qwen3-235B's: about 2 MB); a larger one is refused before it is parsed.
 MAX_INDEX_BYTES = 64 << 20
+MAX_SHARDS = 10_000
 SAFETENSORS_FLOATS = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*", "*.model"]
 
@@ -161,7 +162,10 @@ def _index_files(folder: Path) -> list[Path]:
             raise TypeError(f"weight_map must be a non-empty object, got {type(weight_map).__name__}")
     except (ValueError, KeyError, TypeError, RecursionError) as e:  # ValueError: JSON, UTF-8
         raise CheckpointError(f"{INDEX_NAME} is not a valid safetensors index ({type(e).__name__}: {e})") from None
-    files = sorted({_inside(folder, f) for f in weight_map.values()})
+    names = set(weight_map.values())
+    if len(names) > MAX_SHARDS:
+        raise CheckpointError(f"{INDEX_NAME} names {len(names):,} shard files; at most {MAX_SHARDS:,} are read")
+    files = sorted({_inside(folder, f) for f in names})
     missing = [str(f.relative_to(folder)) for f in files if not f.is_file()]
     if missing:
         raise CheckpointError(f"{INDEX_NAME} lists shards that are not in the folder: {', '.join(missing)}")
@@ -187,18 +191,25 @@ def _weight_files(folder: Path) -> list[Path]:
     raise CheckpointError(f"no safetensors weights in {folder} (expected {WEIGHTS_NAME} or {INDEX_NAME})")
 
 
-def _read_headers(files: list[Path]) -> dict[str, torch.Tensor]:
-    """Every tensor of the shards as a meta tensor of its dtype and shape: the safetensors headers only, no data."""
+def _read_headers(files: list[Path], max_tensors: int) -> dict[str, torch.Tensor]:
+    """Every tensor of the shards as a meta tensor of its dtype and shape: the safetensors headers only, no data.
+    More than `max_tensors` names is refused before they are looked at one by one."""
     from safetensors import SafetensorError, safe_open
 
     state: dict[str, torch.Tensor] = {}
     for f in files:
         try:
             with safe_open(f, framework="pt") as shard:
-                for name in shard.keys():
+                names = shard.keys()
+                if len(state) + len(names) > max_tensors:
+                    raise CheckpointError(f"the shards hold {len(state) + len(names):,} or more tensors; at most "
+                                          f"{max_tensors:,} can belong to the model the config describes")
+                for name in names:
                     part = shard.get_slice(name)
                     state[name] = torch.empty(part.get_shape(), dtype=_torch_dtype(part.get_dtype(), f, name),
                                               device="meta")
+        except CheckpointError:
+            raise
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"cannot read {f.name}: it is not a valid safetensors file ({e})") from None
     return state
@@ -350,7 +361,8 @@ def load_pretrained(path_or_hub_id, device=None, dtype=None, *, device_map=None,
 
     with init_empty_weights():  # parameters on the meta device: nothing is allocated before the shapes match
         model = SDARForCausalLM(config)
-    check_state(model, _read_headers(files))
+    # A fused expert tensor stands for 2 or 1 per-expert tensors of the model: never more names than it has.
+    check_state(model, _read_headers(files, max_tensors=len(model.state_dict()) + 16))
     if device_map is not None:
         model = _dispatch(model, files, device_map, dtype)
     else:
@@ -363,9 +375,13 @@ def _as_device(device) -> torch.device:
     if device is None:
         return default_device()
     try:
-        return torch.device(device)
+        device = torch.device(device)
     except (RuntimeError, TypeError):
         raise CheckpointError(f"device {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise CheckpointError(f"device {str(device)!r} is not available: this machine has "
+                              f"{torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 def _set_mask_token(config: ModelConfig, tokenizer, folder: Path) -> None:
