@@ -91,25 +91,15 @@ def hub_timeout() -> float:
 
 
 def _fetch_from_hub(repo_id: str) -> Path:
-    """Download a hub snapshot with a timeout on every request. snapshot_download's listing calls have none, so
-    the file list comes from model_info (timed out) and each file from hf_hub_download (etag and download
-    timeouts). Without network, a snapshot already in the local cache is used, as snapshot_download does."""
+    """Download a hub snapshot with a timeout on every request; without network, a snapshot already in the local
+    cache is used, as snapshot_download does."""
     try:
-        from huggingface_hub import HfApi, hf_hub_download, snapshot_download
-        from huggingface_hub.utils import filter_repo_objects
+        from huggingface_hub import snapshot_download
     except ImportError:
         raise CheckpointError(f"{repo_id!r} is not a local folder, and huggingface_hub is not installed "
                               "to fetch it from the hub") from None
-    endpoint, timeout = os.environ.get("HF_ENDPOINT") or None, hub_timeout()
     try:
-        info = HfApi(endpoint=endpoint).model_info(repo_id, timeout=timeout)
-        names = list(filter_repo_objects([s.rfilename for s in info.siblings or []], allow_patterns=HUB_PATTERNS))
-        if "config.json" not in names:
-            raise CheckpointError(f"hub repo {repo_id!r} has no config.json: not a model checkpoint")
-        for name in names:
-            hf_hub_download(repo_id, name, revision=info.sha, endpoint=endpoint, etag_timeout=timeout)
-        return Path(hf_hub_download(repo_id, "config.json", revision=info.sha, endpoint=endpoint,
-                                    etag_timeout=timeout)).parent
+        return _download_snapshot(repo_id)
     except CheckpointError:
         raise
     except Exception as e:  # offline, a stalled or refusing endpoint, unknown repo, gated repo, ...
@@ -122,6 +112,27 @@ def _fetch_from_hub(repo_id: str) -> Path:
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no details'}). "
             "Without network access, download the checkpoint elsewhere and pass its folder."
         ) from None
+
+
+def _download_snapshot(repo_id: str) -> Path:
+    """snapshot_download's listing calls have no timeout, so the file list comes from model_info (timed out).
+    Each file's metadata is asked first with the same timeout and no retry: hf_hub_download, after a failed
+    metadata request, retries with a 60 s timeout five times, minutes before a stalled endpoint is given up."""
+    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.utils import filter_repo_objects
+
+    endpoint, timeout = os.environ.get("HF_ENDPOINT") or None, hub_timeout()  # read per call, as the env may change
+    info = HfApi(endpoint=endpoint).model_info(repo_id, timeout=timeout)
+    names = list(filter_repo_objects([s.rfilename for s in info.siblings or []], allow_patterns=HUB_PATTERNS))
+    if "config.json" not in names:
+        raise CheckpointError(f"hub repo {repo_id!r} has no config.json: not a model checkpoint")
+    folder = None
+    for name in names:
+        get_hf_file_metadata(hf_hub_url(repo_id, name, revision=info.sha, endpoint=endpoint), timeout=timeout,
+                             endpoint=endpoint)
+        path = Path(hf_hub_download(repo_id, name, revision=info.sha, endpoint=endpoint, etag_timeout=timeout))
+        folder = path.parents[len(Path(name).parts) - 1]  # the snapshot folder
+    return folder
 
 
 def _allowed_roots(folder: Path) -> list[Path]:

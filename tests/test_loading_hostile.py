@@ -7,6 +7,7 @@ endpoint that accepts connections and never answers becomes a CheckpointError in
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -14,6 +15,7 @@ import socket
 import struct
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -307,18 +309,11 @@ class SilentServer:
         self.thread.join()
 
 
-def test_stalled_hub_endpoint_becomes_a_checkpoint_error_in_bounded_time(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
+def test_stalled_hub_endpoint_becomes_a_checkpoint_error_in_bounded_time(hub_env):
     server = SilentServer()
+    hub_env(f"http://127.0.0.1:{server.port}")
+    start = time.monotonic()
     try:
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.port}")
-        monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
-        monkeypatch.setenv("HF_HOME", str(tmp_path))
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-        monkeypatch.chdir(tmp_path)
-        start = time.monotonic()
         with pytest.raises(CheckpointError) as e:
             load_pretrained("sdar-test-org/stalled", with_tokenizer=False)
         elapsed = time.monotonic() - start
@@ -328,3 +323,105 @@ def test_stalled_hub_endpoint_becomes_a_checkpoint_error_in_bounded_time(tmp_pat
     msg = assert_clean_error(e)
     assert "sdar-test-org/stalled" in msg and "could not be fetched" in msg and "Timeout" in msg
     assert elapsed < 30  # without a timeout the call waits until the server closes (60 s here, ~12 min in the wild)
+
+class FakeHub:
+    """A hub on 127.0.0.1 serving the files of `folder` as repo org/tiny at one commit (model_info, HEAD, GET:
+    what huggingface_hub asks). `stall_files`: answer model_info, then hold every file request unanswered until
+    stopped (at most `lifetime` seconds)."""
+
+    SHA = "b" * 40
+
+    def __init__(self, folder: Path, *, stall_files: bool = False, lifetime: float = 60.0) -> None:
+        files = {f.name: f.read_bytes() for f in folder.iterdir()}
+        released, sha = threading.Event(), self.SHA
+
+        class Handler(BaseHTTPRequestHandler):
+            def _file(self) -> bytes | None:
+                prefix = f"/org/tiny/resolve/{sha}/"
+                return files.get(self.path[len(prefix):]) if self.path.startswith(prefix) else None
+
+            def _headers(self, status: int, length: int, etag: str = "") -> None:
+                self.send_response(status)
+                self.send_header("X-Repo-Commit", sha)
+                self.send_header("ETag", f'"{etag}"')
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+
+            def do_HEAD(self) -> None:
+                self._answer(with_body=False)
+
+            def do_GET(self) -> None:
+                if self.path.startswith("/api/models/org/tiny"):
+                    body = json.dumps({"id": "org/tiny", "sha": sha, "siblings": [{"rfilename": n} for n in files]})
+                    self._headers(200, len(body.encode()))
+                    self.wfile.write(body.encode())
+                else:
+                    self._answer(with_body=True)
+
+            def _answer(self, with_body: bool) -> None:
+                data = self._file()
+                if data is None:
+                    return self._headers(404, 0)
+                if stall_files:
+                    released.wait(lifetime)
+                    return None
+                self._headers(200, len(data), hashlib.sha1(data).hexdigest())
+                if with_body:
+                    self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.released = released
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hub_env(tmp_path, monkeypatch):
+    """An empty hub cache, online, short timeouts; returns a function that points HF_ENDPOINT at a url."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    return lambda url: monkeypatch.setenv("HF_ENDPOINT", url)
+
+
+def test_hub_download_through_a_local_hub_loads_the_same_weights(tmp_path, hub_env):
+    small_checkpoint(tmp_path / "published")
+    hub = FakeHub(tmp_path / "published")
+    hub_env(hub.url)
+    try:
+        model, _ = load_pretrained("org/tiny", device="cpu", with_tokenizer=False)
+    finally:
+        hub.close()
+    reference, _ = load_pretrained(tmp_path / "published", device="cpu", with_tokenizer=False)
+    assert model.state_dict().keys() == reference.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    assert (tmp_path / "hub" / "models--org--tiny" / "snapshots" / FakeHub.SHA / "config.json").is_file()
+
+
+def test_hub_that_stalls_on_files_becomes_a_checkpoint_error_in_bounded_time(tmp_path, hub_env):
+    """model_info answers, every file request hangs: without our own metadata request (timed out, no retry),
+    hf_hub_download would retry with 60 s timeouts five times."""
+    small_checkpoint(tmp_path / "published")
+    hub = FakeHub(tmp_path / "published", stall_files=True)
+    hub_env(hub.url)
+    start = time.monotonic()
+    try:
+        with pytest.raises(CheckpointError) as e:
+            load_pretrained("org/tiny", device="cpu", with_tokenizer=False)
+    finally:
+        hub.close()
+    assert "could not be fetched" in assert_clean_error(e) and "Timeout" in str(e.value)
+    assert time.monotonic() - start < 30
