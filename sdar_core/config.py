@@ -60,6 +60,8 @@ MAX_PARAMETERS = 2_000_000_000_000
 # Experts over all sparse layers (Qwen3-235B-A22B: 94 x 128 = 12,032). Each is three modules to build, about a
 # millisecond apiece even on the meta device, so the count bounds the time spent before any weight is checked.
 MAX_EXPERT_MLPS = 1 << 14
+# A config.json is a few kilobytes; a larger one is refused before it is parsed.
+MAX_CONFIG_BYTES = 1 << 20
 BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "norm_topk_prob")
 TOKEN_ID_FIELDS = ("mask_token_id", "bos_token_id", "pad_token_id")  # and eos_token_id: an id or a list
 
@@ -248,11 +250,13 @@ class ModelConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"no config.json at {path}")
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path} holds {path.stat().st_size:,} bytes; a config.json is at most "
-                              f"{MAX_CONFIG_BYTES:,}")
         try:
+            size = path.stat().st_size
+            if size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{path} holds {size:,} bytes; a config.json is at most {MAX_CONFIG_BYTES:,}")
             raw = json.loads(path.read_bytes().decode("utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror}") from None
         except UnicodeDecodeError as e:
             raise ConfigError(f"{path} is not UTF-8 text ({e})") from None
         except (ValueError, RecursionError) as e:  # JSONDecodeError, an over-long integer, absurd nesting
@@ -268,10 +272,6 @@ class ModelConfig:
                       "decoder_sparse_step", "mlp_only_layers"):
                 out.pop(k, None)
         return out
-
-
-# A config.json is a few kilobytes; a larger one is refused before it is parsed.
-MAX_CONFIG_BYTES = 1 << 20
 
 
 def _normalised(raw: dict) -> dict:

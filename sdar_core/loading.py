@@ -157,7 +157,11 @@ def _inside(folder: Path, relative: str) -> Path:
 
 
 def _check_links(folder: Path) -> None:
-    for entry in folder.iterdir():
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        raise _not_a_checkpoint(folder) from None
+    for entry in entries:
         if entry.is_symlink():
             _inside(folder, entry.name)
 
@@ -330,8 +334,8 @@ def check_fits(config: ModelConfig, device: torch.device, dtype: torch.dtype, *,
             f"the config implies {config.num_parameters():,} parameters (num_hidden_layers "
             f"{config.num_hidden_layers}, hidden_size {config.hidden_size}, intermediate_size "
             f"{config.intermediate_size}, num_experts {config.num_experts}, vocab_size {config.vocab_size}): "
-            f"{need / 2**30:.2f} GiB of {str(dtype).removeprefix('torch.')} weights, but only "
-            f"{sum(free) / 2**30:.2f} GiB are free on {'the GPUs and CPU' if spread else device}"
+            f"{need:,} bytes ({need / 2**30:.1f} GiB) of {str(dtype).removeprefix('torch.')} weights, but only "
+            f"{sum(free):,} bytes ({sum(free) / 2**30:.1f} GiB) are free on {'the GPUs and CPU' if spread else device}"
         )
 
 
@@ -389,6 +393,8 @@ def _as_device(device) -> torch.device:
         device = torch.device(device)
     except (RuntimeError, TypeError):
         raise CheckpointError(f"device {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+    if device.type == "meta":
+        raise CheckpointError("device 'meta' holds no data: load onto 'cpu' or 'cuda'")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise CheckpointError(f"device {str(device)!r} is not available: this machine has "
                               f"{torch.cuda.device_count()} CUDA devices")

@@ -269,7 +269,7 @@ def test_hub_cache_snapshot_links_into_its_blobs_load(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
 
 
-@pytest.mark.parametrize("device", ["bogus", "cuda:99"])
+@pytest.mark.parametrize("device", ["bogus", "cuda:99", "meta"])
 def test_unusable_device_is_named(tmp_path, device):
     small_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="device") as e:
@@ -425,3 +425,20 @@ def test_hub_that_stalls_on_files_becomes_a_checkpoint_error_in_bounded_time(tmp
         hub.close()
     assert "could not be fetched" in assert_clean_error(e) and "Timeout" in str(e.value)
     assert time.monotonic() - start < 30
+
+
+def test_weights_must_fit_the_memory_the_device_has_free(tmp_path, monkeypatch):
+    """The bytes a config needs, against an instantiated model's parameter count times 4 (float32 on CPU)."""
+    import sdar_core.loading
+    from sdar_core.config import ModelConfig
+    from sdar_core.model import SDARForCausalLM
+
+    small_checkpoint(tmp_path)
+    config = ModelConfig.from_json(tmp_path / "config.json")
+    need = sum(p.numel() for p in SDARForCausalLM(config).parameters()) * 4
+    monkeypatch.setattr(sdar_core.loading, "free_bytes", lambda device: need - 1)
+    with pytest.raises(ConfigError) as e:
+        load_pretrained(tmp_path, device="cpu", dtype=torch.float32, with_tokenizer=False)
+    assert f"{need:,} bytes (0.0 GiB) of float32 weights, but only {need - 1:,} bytes" in assert_clean_error(e)
+    monkeypatch.setattr(sdar_core.loading, "free_bytes", lambda device: need)
+    load_pretrained(tmp_path, device="cpu", dtype=torch.float32, with_tokenizer=False)
