@@ -53,7 +53,9 @@ def _exists(path: Path) -> bool:
 def _not_a_checkpoint(name) -> CheckpointError:
     # One message whether the path is missing, a file, unreadable or a folder without config.json: the error
     # must not tell a visitor which server paths exist.
-    return CheckpointError(f"no checkpoint folder at {name} (expected a folder holding config.json and "
+    name = str(name)
+    shown = name if name.isprintable() and len(name) <= 200 else repr(name[:200]) + ("..." if len(name) > 200 else "")
+    return CheckpointError(f"no checkpoint folder at {shown} (expected a folder holding config.json and "
                            "safetensors weights, or a hub id such as JetLM/SDAR-1.7B-Chat)")
 
 
@@ -149,7 +151,10 @@ def _inside(folder: Path, relative: str) -> Path:
     no symlink leading out of it)."""
     if not isinstance(relative, str) or not relative or Path(relative).is_absolute() or ".." in Path(relative).parts:
         raise CheckpointError(f"the checkpoint names the file {relative!r}, which is not inside its folder")
-    real = (folder / relative).resolve()
+    try:
+        real = (folder / relative).resolve()
+    except (OSError, RuntimeError, ValueError):  # a NUL byte, a symlink loop
+        raise CheckpointError(f"the checkpoint names the file {relative!r}, which cannot be opened") from None
     if not any(real.is_relative_to(root) for root in _allowed_roots(folder)):
         raise CheckpointError(f"{relative} in the checkpoint folder is a link to a file outside it; "
                               "copy the file into the folder instead")

@@ -163,6 +163,10 @@ CASES = [
     ("index-link-outside", _index_to_inner_link_outside, CheckpointError, ["inner.safetensors", "outside"]),
     ("index-not-a-string", lambda f: edit_index(f, lambda m: m.update({first_tensor(m): 7})), CheckpointError,
      ["7", "not inside"]),
+    ("index-nul-byte", lambda f: edit_index(f, lambda m: m.update({first_tensor(m): "a\0b.safetensors"})),
+     CheckpointError, ["cannot be opened"]),
+    ("index-link-loop", lambda f: (f / "loop").symlink_to(f / "loop") or edit_index(f, lambda m: m.update(
+        {first_tensor(m): "loop"})), CheckpointError, ["loop"]),
     ("index-names-a-folder", lambda f: (f / "sub").mkdir() or edit_index(f, lambda m: m.update(
         {first_tensor(m): "sub"})), CheckpointError, ["not in the folder", "sub"]),
     ("index-empty-map", _write(INDEX_NAME, b'{"weight_map": {}}'), CheckpointError, ["not a valid safetensors index"]),
@@ -233,7 +237,8 @@ def test_oversized_config_is_refused_before_anything_is_built(tmp_path, changes)
 def test_paths_that_are_not_checkpoints_get_one_plain_error(path):
     with pytest.raises(CheckpointError) as e:
         load_pretrained(path, with_tokenizer=False)
-    assert "no checkpoint folder at" in assert_clean_error(e)
+    msg = assert_clean_error(e)
+    assert msg.startswith("no checkpoint folder at") and len(msg) < 500 and "\0" not in msg
 
 
 def test_symlink_loop_is_not_a_checkpoint(tmp_path):
