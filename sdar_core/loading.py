@@ -20,6 +20,10 @@ WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 MODEL_CARD_NAME = "README.md"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# An index is a name per tensor (Qwen3-235B's: about 2 MB); a larger one is refused before it is parsed.
+MAX_INDEX_BYTES = 64 << 20
+MAX_SHARDS = 10_000
+SAFETENSORS_FLOATS = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*", "*.model"]
 
 
@@ -27,42 +31,164 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded, with the reason in words."""
 
 
-def resolve_checkpoint(path_or_hub_id: str | os.PathLike) -> Path:
-    """A local folder as is; otherwise a hub id fetched with huggingface_hub (safetensors and tokenizer only)."""
-    path = Path(path_or_hub_id).expanduser()
-    if path.is_dir():
-        return path
+def _is_hub_id(name: str) -> bool:
+    """`org/name` that names no local path: fetched from the hub."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not _exists(Path(name).expanduser())
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a NUL byte, a name too long for the file system
+        return False
+
+
+def _not_a_checkpoint(name) -> CheckpointError:
+    # One message whether the path is missing, a file, unreadable or a folder without config.json: the error
+    # must not tell a visitor which server paths exist.
+    name = str(name)
+    shown = name if name.isprintable() and len(name) <= 200 else repr(name[:200]) + ("..." if len(name) > 200 else "")
+    return CheckpointError(f"no checkpoint folder at {shown} (expected a folder holding config.json and "
+                           "safetensors weights, or a hub id such as JetLM/SDAR-1.7B-Chat)")
+
+
+def real_checkpoint_folder(path: str | os.PathLike) -> Path:
+    """The real path of a local checkpoint folder (`~`, `..`, `//` and symlinks resolved): one key per folder for
+    whoever caches loaded models. CheckpointError unless it is a folder holding config.json."""
+    try:
+        folder = Path(path).expanduser().resolve()
+        if folder.is_dir() and (folder / "config.json").is_file():
+            return folder
+    except (OSError, RuntimeError, ValueError):  # unreadable, a symlink loop, a NUL byte
+        pass
+    raise _not_a_checkpoint(path)
+
+
+def checkpoint_key(path_or_hub_id: str | os.PathLike) -> str:
+    """What identifies a checkpoint: the real folder of a local one, the id of a hub one (no network)."""
     name = str(path_or_hub_id)
-    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not path.exists()
-    if not looks_like_hub_id:
-        raise CheckpointError(f"no checkpoint folder at {path} (expected a folder with config.json)")
+    return name if _is_hub_id(name) else str(real_checkpoint_folder(path_or_hub_id))
+
+
+def resolve_checkpoint(path_or_hub_id: str | os.PathLike) -> Path:
+    """The real path of a local checkpoint folder; a hub id is fetched (safetensors and tokenizer files only)."""
+    name = str(path_or_hub_id)
+    return _fetch_from_hub(name) if _is_hub_id(name) else real_checkpoint_folder(path_or_hub_id)
+
+
+def hub_timeout() -> float:
+    """Seconds any one hub request may wait: huggingface_hub's HF_HUB_ETAG_TIMEOUT, read at each call."""
+    try:
+        value = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)
+    except ValueError:
+        value = 10.0
+    return value if 0 < value < 3600 else 10.0
+
+
+def _fetch_from_hub(repo_id: str) -> Path:
+    """Download a hub snapshot with a timeout on every request; without network, a snapshot already in the local
+    cache is used, as snapshot_download does."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise CheckpointError(f"{name!r} is not a local folder, and huggingface_hub is not installed "
+        raise CheckpointError(f"{repo_id!r} is not a local folder, and huggingface_hub is not installed "
                               "to fetch it from the hub") from None
     try:
-        return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
-    except Exception as e:  # offline, unknown repo, gated repo, ...
+        return _download_snapshot(repo_id)
+    except CheckpointError:
+        raise
+    except Exception as e:  # offline, a stalled or refusing endpoint, unknown repo, gated repo, ...
+        try:
+            return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
+        except Exception:
+            pass
         raise CheckpointError(
-            f"{name!r} is not a local folder and could not be fetched from the Hugging Face hub "
+            f"{repo_id!r} is not a local folder and could not be fetched from the Hugging Face hub "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no details'}). "
             "Without network access, download the checkpoint elsewhere and pass its folder."
         ) from None
 
 
-def _weight_files(folder: Path) -> list[Path]:
+def _download_snapshot(repo_id: str) -> Path:
+    """snapshot_download's listing calls have no timeout, so the file list comes from model_info (timed out).
+    Each file's metadata is asked first with the same timeout and no retry: hf_hub_download, after a failed
+    metadata request, retries with a 60 s timeout five times, minutes before a stalled endpoint is given up."""
+    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.utils import filter_repo_objects
+
+    endpoint, timeout = os.environ.get("HF_ENDPOINT") or None, hub_timeout()  # read per call, as the env may change
+    info = HfApi(endpoint=endpoint).model_info(repo_id, timeout=timeout)
+    names = list(filter_repo_objects([s.rfilename for s in info.siblings or []], allow_patterns=HUB_PATTERNS))
+    if "config.json" not in names:
+        raise CheckpointError(f"hub repo {repo_id!r} has no config.json: not a model checkpoint")
+    folder = None
+    for name in names:
+        get_hf_file_metadata(hf_hub_url(repo_id, name, revision=info.sha, endpoint=endpoint), timeout=timeout,
+                             endpoint=endpoint)
+        path = Path(hf_hub_download(repo_id, name, revision=info.sha, endpoint=endpoint, etag_timeout=timeout))
+        folder = path.parents[len(Path(name).parts) - 1]  # the snapshot folder
+    return folder
+
+
+def _allowed_roots(folder: Path) -> list[Path]:
+    """Where the files of `folder` (a real path) may really live: inside it, and for a hub cache snapshot
+    (`models--org--name/snapshots/<rev>`, whose files link to `../../blobs/`) in that repo's blobs."""
+    roots = [folder]
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        roots.append(folder.parent.parent / "blobs")
+    return roots
+
+
+def _inside(folder: Path, relative: str) -> Path:
+    """`folder / relative`, refused unless it stays inside the checkpoint folder (no absolute path, no `..`,
+    no symlink leading out of it)."""
+    if not isinstance(relative, str) or not relative or Path(relative).is_absolute() or ".." in Path(relative).parts:
+        raise CheckpointError(f"the checkpoint names the file {relative!r}, which is not inside its folder")
+    try:
+        real = (folder / relative).resolve()
+    except (OSError, RuntimeError, ValueError):  # a NUL byte, a symlink loop
+        raise CheckpointError(f"the checkpoint names the file {relative!r}, which cannot be opened") from None
+    if not any(real.is_relative_to(root) for root in _allowed_roots(folder)):
+        raise CheckpointError(f"{relative} in the checkpoint folder is a link to a file outside it; "
+                              "copy the file into the folder instead")
+    return folder / relative
+
+
+def _check_links(folder: Path) -> None:
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        raise _not_a_checkpoint(folder) from None
+    for entry in entries:
+        if entry.is_symlink():
+            _inside(folder, entry.name)
+
+
+def _index_files(folder: Path) -> list[Path]:
     index = folder / INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index} is not a valid safetensors index ({e})") from None
-        files = sorted({folder / f for f in weight_map.values()})
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise CheckpointError(f"{index.name} lists shards that are not in {folder}: {', '.join(missing)}")
-        return files
+    try:
+        if index.stat().st_size > MAX_INDEX_BYTES:
+            raise CheckpointError(f"{INDEX_NAME} holds {index.stat().st_size:,} bytes; at most "
+                                  f"{MAX_INDEX_BYTES:,} are read")
+        weight_map = json.loads(index.read_bytes().decode("utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise TypeError(f"weight_map must be a non-empty object, got {type(weight_map).__name__}")
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # ValueError: JSON, UTF-8
+        raise CheckpointError(f"{INDEX_NAME} is not a valid safetensors index ({type(e).__name__}: {e})") from None
+    names = set(weight_map.values())
+    if len(names) > MAX_SHARDS:
+        raise CheckpointError(f"{INDEX_NAME} names {len(names):,} shard files; at most {MAX_SHARDS:,} are read")
+    files = sorted({_inside(folder, f) for f in names})
+    missing = [str(f.relative_to(folder)) for f in files if not f.is_file()]
+    if missing:
+        raise CheckpointError(f"{INDEX_NAME} lists shards that are not in the folder: {', '.join(missing)}")
+    return files
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    _check_links(folder)
+    if (folder / INDEX_NAME).is_file():
+        return _index_files(folder)
     single = folder / WEIGHTS_NAME
     if single.is_file():
         return [single]
@@ -78,6 +204,38 @@ def _weight_files(folder: Path) -> list[Path]:
     raise CheckpointError(f"no safetensors weights in {folder} (expected {WEIGHTS_NAME} or {INDEX_NAME})")
 
 
+def _read_headers(files: list[Path], max_tensors: int) -> dict[str, torch.Tensor]:
+    """Every tensor of the shards as a meta tensor of its dtype and shape: the safetensors headers only, no data.
+    More than `max_tensors` names is refused before they are looked at one by one."""
+    from safetensors import SafetensorError, safe_open
+
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            with safe_open(f, framework="pt") as shard:
+                names = shard.keys()
+                if len(state) + len(names) > max_tensors:
+                    raise CheckpointError(f"the shards hold {len(state) + len(names):,} or more tensors; at most "
+                                          f"{max_tensors:,} can belong to the model the config describes")
+                for name in names:
+                    part = shard.get_slice(name)
+                    state[name] = torch.empty(part.get_shape(), dtype=_torch_dtype(part.get_dtype(), f, name),
+                                              device="meta")
+        except CheckpointError:
+            raise
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"cannot read {f.name}: it is not a valid safetensors file ({e})") from None
+    return state
+
+
+def _torch_dtype(name: str, file: Path, tensor: str) -> torch.dtype:
+    dtype = SAFETENSORS_FLOATS.get(name)
+    if dtype is None:
+        raise CheckpointError(f"tensor {tensor} in {file.name} has dtype {name}; weights must be one of "
+                              f"{', '.join(SAFETENSORS_FLOATS)}")
+    return dtype
+
+
 def _read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -91,11 +249,15 @@ def _read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _unfuse_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _unfuse_experts(state: dict[str, torch.Tensor], num_experts: int) -> dict[str, torch.Tensor]:
     """Accept transformers 5's fused expert tensors (experts.gate_up_proj [E, 2I, h], experts.down_proj
     [E, h, I], gate.weight) as well as the per-expert names of the public checkpoints."""
     out = {}
     for name, t in state.items():
+        fused = name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj"))
+        if fused and (t.dim() != 3 or t.shape[0] != num_experts):
+            raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)} but the config implies "
+                                  f"[num_experts={num_experts}, ., .]")
         if name.endswith("mlp.experts.gate_up_proj"):
             prefix = name[: -len("gate_up_proj")]
             for e, w in enumerate(t):
@@ -110,12 +272,12 @@ def _unfuse_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_state(model: SDARForCausalLM, state: dict[str, torch.Tensor], *, device, dtype) -> None:
-    """Put `state` into `model` (possibly on the meta device), checking every name and shape."""
-    state = _unfuse_experts(state)
+def check_state(model: SDARForCausalLM, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with fused experts split and a tied lm_head dropped, after checking that its names and shapes are
+    exactly the model's (`state` may hold meta tensors: nothing is read)."""
+    state = _unfuse_experts(state, model.config.num_experts)
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    tied = model.config.tie_word_embeddings
-    if tied:
+    if model.config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
         state.pop("lm_head.weight", None)
     ignored = {k for k in state if k.endswith("rotary_emb.inv_freq")}
@@ -131,11 +293,48 @@ def load_state(model: SDARForCausalLM, state: dict[str, torch.Tensor], *, device
             raise CheckpointError(
                 f"tensor {name} has shape {tuple(state[name].shape)} but the config implies {tuple(shape)}"
             )
-    params = {k: state[k].to(device=device, dtype=dtype) for k in expected}
+    return {k: state[k] for k in expected}
+
+
+def load_state(model: SDARForCausalLM, state: dict[str, torch.Tensor], *, device, dtype) -> None:
+    """Put `state` into `model` (possibly on the meta device), checking every name and shape."""
+    state = check_state(model, state)
+    params = {k: t.to(device=device, dtype=dtype) for k, t in state.items()}
+    tied = model.config.tie_word_embeddings
     model.load_state_dict(params, strict=not tied, assign=True)
     if tied:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.reset_rope(device)
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory free for new weights on `device`: CUDA's free memory, available RAM on CPU; None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        import psutil  # accelerate's own dependency
+
+        return psutil.virtual_memory().available
+    return None
+
+
+def check_fits(config: ModelConfig, device: torch.device, dtype: torch.dtype, *, spread: bool = False) -> None:
+    """Refuse, before any layer is built, a config whose weights alone exceed the memory free on `device`
+    (`spread`: on every GPU and the CPU together, as accelerate's device_map may use them all)."""
+    devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] + [torch.device("cpu")] \
+        if spread else [device]
+    free = [free_bytes(d) for d in devices]
+    if any(f is None for f in free):
+        return
+    need = config.num_parameters() * dtype.itemsize
+    if need > sum(free):
+        raise ConfigError(
+            f"the config implies {config.num_parameters():,} parameters (num_hidden_layers "
+            f"{config.num_hidden_layers}, hidden_size {config.hidden_size}, intermediate_size "
+            f"{config.intermediate_size}, num_experts {config.num_experts}, vocab_size {config.vocab_size}): "
+            f"{need:,} bytes ({need / 2**30:.1f} GiB) of {str(dtype).removeprefix('torch.')} weights, but only "
+            f"{sum(free):,} bytes ({sum(free) / 2**30:.1f} GiB) are free on {'the GPUs and CPU' if spread else device}"
+        )
 
 
 def load_tokenizer(folder: Path):
@@ -163,8 +362,45 @@ def load_pretrained(path_or_hub_id, device=None, dtype=None, *, device_map=None,
     in `model.config.mask_token_id`.
     """
     folder = resolve_checkpoint(path_or_hub_id)
+    _check_links(folder)
     config = ModelConfig.from_json(folder / "config.json")
+    device = _as_device(device)
+    dtype = dtype or default_dtype(device)
+    check_fits(config, device, dtype, spread=device_map is not None)
+    files = _weight_files(folder)
     tokenizer = load_tokenizer(folder) if with_tokenizer else None
+    _set_mask_token(config, tokenizer, folder)
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():  # parameters on the meta device: nothing is allocated before the shapes match
+        model = SDARForCausalLM(config)
+    # A fused expert tensor stands for 2 or 1 per-expert tensors of the model: never more names than it has.
+    check_state(model, _read_headers(files, max_tensors=len(model.state_dict()) + 16))
+    if device_map is not None:
+        model = _dispatch(model, files, device_map, dtype)
+    else:
+        load_state(model, _read_state_dict(files), device=device, dtype=dtype)
+    model.eval()
+    return model, tokenizer
+
+
+def _as_device(device) -> torch.device:
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CheckpointError(f"device {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+    if device.type == "meta":
+        raise CheckpointError("device 'meta' holds no data: load onto 'cpu' or 'cuda'")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise CheckpointError(f"device {str(device)!r} is not available: this machine has "
+                              f"{torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+def _set_mask_token(config: ModelConfig, tokenizer, folder: Path) -> None:
+    """The mask token: config.json's mask_token_id, else the tokenizer's mask token."""
     if config.mask_token_id is None and tokenizer is not None and tokenizer.mask_token_id is not None:
         config.mask_token_id = tokenizer.mask_token_id
     if config.is_sdar and config.mask_token_id is None:
@@ -173,20 +409,6 @@ def load_pretrained(path_or_hub_id, device=None, dtype=None, *, device_map=None,
     if config.mask_token_id is not None and not 0 <= config.mask_token_id < config.vocab_size:
         raise CheckpointError(f"mask_token_id {config.mask_token_id} is outside the vocabulary "
                               f"(vocab_size {config.vocab_size})")
-    device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device)
-    files = _weight_files(folder)
-
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():
-        model = SDARForCausalLM(config)
-    if device_map is not None:
-        model = _dispatch(model, files, device_map, dtype)
-    else:
-        load_state(model, _read_state_dict(files), device=device, dtype=dtype)
-    model.eval()
-    return model, tokenizer
 
 
 def _dispatch(model: SDARForCausalLM, files: list[Path], device_map, dtype) -> SDARForCausalLM:
@@ -273,4 +495,5 @@ def model_card(folder: str | os.PathLike) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-__all__ = ["load_pretrained", "save_pretrained", "CheckpointError", "ConfigError", "model_card"]
+__all__ = ["load_pretrained", "save_pretrained", "CheckpointError", "ConfigError", "model_card", "real_checkpoint_folder",
+           "checkpoint_key"]

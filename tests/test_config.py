@@ -11,7 +11,7 @@ import json
 import pytest
 from transformers import Qwen3Config, Qwen3MoeConfig
 
-from sdar_core.config import ConfigError, ModelConfig
+from sdar_core.config import INT_BOUNDS, MAX_EXPERT_MLPS, ConfigError, ModelConfig, sparse_layer_count
 from conftest import FIXTURES, random_model, tiny_config
 
 SDAR_4B = json.loads((FIXTURES / "sdar-4b-chat" / "config.json").read_text())
@@ -238,3 +238,56 @@ def test_from_json_errors_name_the_path(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="is not valid JSON"):
         ModelConfig.from_json(tmp_path / "config.json")
+
+
+# --- bounds: every field refused by name, the public shapes accepted ----------------------------------
+
+QWEN3_235B_A22B = {**QWEN3_30B_A3B, "hidden_size": 4096, "intermediate_size": 12288, "moe_intermediate_size": 1536,
+                   "num_hidden_layers": 94, "num_attention_heads": 64, "num_key_value_heads": 4}
+
+
+def test_largest_public_qwen3_moe_is_within_bounds_at_its_published_235b_parameters():
+    c = ModelConfig.from_dict(QWEN3_235B_A22B)
+    assert abs(c.num_parameters() / 235.09e9 - 1) < 0.005  # the model card's 235B total
+    assert c.num_sparse_layers() * c.num_experts <= MAX_EXPERT_MLPS
+
+
+def _valid_for(field: str) -> dict:
+    """A config where `field` is read (an MoE one for the MoE fields)."""
+    return dict(QWEN3_30B_A3B) if field in ("num_experts", "num_experts_per_tok", "moe_intermediate_size",
+                                            "decoder_sparse_step") else dict(SDAR_4B)
+
+
+@pytest.mark.parametrize("field", sorted(INT_BOUNDS))
+@pytest.mark.parametrize("bad", ["too-large", "float", "string", "bool", "below"])
+def test_every_integer_field_out_of_range_or_of_the_wrong_type_is_named(field, bad):
+    low, high = INT_BOUNDS[field]
+    value = {"too-large": high + 1, "float": float(low + 2), "string": str(low + 2), "bool": True,
+             "below": low - 1}[bad]
+    with pytest.raises(ConfigError, match=repr(field)):
+        ModelConfig.from_dict({**_valid_for(field), field: value})
+
+
+@pytest.mark.parametrize("field, value", [
+    ("rope_theta", 0), ("rope_theta", -1.0), ("rope_theta", float("nan")), ("rope_theta", float("inf")),
+    ("rope_theta", "1e6"), ("rms_norm_eps", 0), ("rms_norm_eps", float("nan")), ("rms_norm_eps", float("inf")),
+    ("rms_norm_eps", -1e-6), ("rms_norm_eps", 1.5), ("tie_word_embeddings", 1), ("attention_bias", "false"),
+    ("norm_topk_prob", None), ("torch_dtype", 16), ("mask_token_id", 151936), ("mask_token_id", 1.0),
+    ("eos_token_id", [1, "2"]), ("bos_token_id", "<s>"), ("mlp_only_layers", [0.5]),
+])
+def test_every_other_field_with_a_bad_value_is_named(field, value):
+    with pytest.raises(ConfigError, match=repr(field)):
+        ModelConfig.from_dict({**QWEN3_30B_A3B, "model_type": "sdar_moe", "mask_token_id": 151669, field: value})
+
+
+def test_experts_over_all_layers_are_bounded():
+    with pytest.raises(ConfigError, match=r"'num_experts' \(1024\) x sparse layers \(48"):
+        ModelConfig.from_dict({**QWEN3_30B_A3B, "num_experts": 1024})
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 5, 12])
+@pytest.mark.parametrize("step", [1, 2, 3, 7])
+@pytest.mark.parametrize("mlp_only", [[], [0], [1, 3, 5], [5, 5, 11, 40, -1]])
+def test_sparse_layer_count_matches_the_layer_rule_layer_by_layer(n_layers, step, mlp_only):
+    brute = sum(1 for i in range(n_layers) if (i + 1) % step == 0 and i not in mlp_only)
+    assert sparse_layer_count(n_layers, step, mlp_only) == brute

@@ -221,12 +221,17 @@ def test_save_pretrained_small_model_writes_a_single_file_without_index(tmp_path
 # --- bad input -----------------------------------------------------------------------------------------
 
 
-def test_missing_config_json_is_a_config_error_naming_the_file(tmp_path):
-    small_checkpoint(tmp_path)
-    (tmp_path / "config.json").unlink()
-    with pytest.raises(ConfigError) as e:
-        load_pretrained(tmp_path, with_tokenizer=False)
-    assert "config.json" in assert_clean_error(e)
+def test_missing_config_json_reads_like_a_missing_folder(tmp_path):
+    """A folder without config.json and a path that does not exist get one message: an error must not tell
+    which server folders exist."""
+    small_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "config.json").unlink()
+    messages = []
+    for path in (tmp_path / "ckpt", tmp_path / "absent"):
+        with pytest.raises(CheckpointError) as e:
+            load_pretrained(path, with_tokenizer=False)
+        messages.append(assert_clean_error(e).replace(str(path), "PATH"))
+    assert messages[0] == messages[1] and "config.json" in messages[0]
 
 
 def test_unknown_model_type_is_a_config_error_listing_the_supported_ones(tmp_path):
