@@ -36,12 +36,14 @@ def one_line_error(capsys, *args) -> str:
     return err
 
 
-def write_config(folder, *, tokenizer: bool = True, **changes):
-    """sdar-tiny's config.json (with `changes`) and tokenizer files in `folder`, without the weights."""
+def write_config(folder, *, tokenizer: bool = True, weights: bool = False, **changes):
+    """sdar-tiny's config.json (with `changes`) and tokenizer files in `folder`, the weights only if asked."""
     src = MODELS_DIR / "sdar-tiny"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(json.loads((src / "config.json").read_text()) | changes))
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja") if tokenizer else ():
+    names = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja") if tokenizer else ()
+    shards = tuple(f.name for f in src.glob("model*.safetensors*")) if weights else ()
+    for name in names + shards:
         (folder / name).write_bytes((src / name).read_bytes())
     return str(folder)
 
@@ -50,7 +52,7 @@ def test_checkpoint_errors_are_one_line(tmp_path, capsys):
     assert "no checkpoint folder" in one_line_error(capsys, "--model", str(tmp_path / "nope"))
     assert "safetensors" in one_line_error(capsys, "--model", write_config(tmp_path / "no-weights"))
     # transformers' own message for a folder without tokenizer files spans several lines
-    err = one_line_error(capsys, "--model", write_config(tmp_path / "no-tokenizer", tokenizer=False))
+    err = one_line_error(capsys, "--model", write_config(tmp_path / "no-tokenizer", tokenizer=False, weights=True))
     assert "cannot load the tokenizer" in err
 
 
