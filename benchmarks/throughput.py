@@ -17,7 +17,7 @@ import argparse
 import csv
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -105,62 +105,95 @@ def random_batch(rows: int, seq_len: int, vocab: int, device) -> PackedBatch:
     return PackedBatch(ids, seg, pos, torch.ones(rows, seq_len, dtype=torch.bool)).to(device)
 
 
-def measure(shape: str, objective: str, *, seq_len: int, rows: int, block_size: int, warmup: int, steps: int,
-            compile: bool, attention: str, grad_ckpt: bool, device: torch.device) -> Result:
-    config = ModelConfig(model_type="sdar" if objective == "sdar" else "qwen3", rope_theta=1e6,
-                         block_size=block_size if objective == "sdar" else 1,
-                         mask_token_id=SHAPES[shape]["vocab_size"] - 1 if objective == "sdar" else None,
-                         **SHAPES[shape])
-    res = Result(shape, objective, round(config.num_parameters() / 1e6, 1), seq_len, rows, block_size, attention,
-                 compile, grad_ckpt)
-    model = optimizer = None
+@dataclass(frozen=True)
+class Case:
+    """One configuration to time: a model shape, an objective and the systems settings of the step."""
+
+    shape: str
+    objective: str  # "ar" | "sdar"
+    seq_len: int
+    rows: int
+    block_size: int
+    attention: str
+    compile: bool
+    grad_ckpt: bool
+
+    def config(self) -> ModelConfig:
+        sdar = self.objective == "sdar"
+        return ModelConfig(model_type="sdar" if sdar else "qwen3", rope_theta=1e6,
+                           block_size=self.block_size if sdar else 1,
+                           mask_token_id=SHAPES[self.shape]["vocab_size"] - 1 if sdar else None, **SHAPES[self.shape])
+
+
+def training_step(case: Case, model: SDARForCausalLM, device: torch.device):
+    """The real training step (forward, backward, clip, AdamW) on one fixed random batch, as a function of its index."""
+    config = model.config
+    optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, fused=device.type == "cuda")
+    forward = torch.compile(model) if case.compile else model
+    recipe = Recipe(mode="sdar-cpt" if case.objective == "sdar" else "ar", output_dir="-", data=["-"],
+                    block_size=case.block_size)
+    batch = random_batch(case.rows, case.seq_len, config.vocab_size, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def one_step(i: int) -> None:
+        with autocast:
+            out = compute_loss(forward, batch, recipe, config.mask_token_id, case.attention,
+                               step_generator(device, 0, i))
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return one_step
+
+
+def seconds_per_step(one_step, warmup: int, steps: int, device: torch.device) -> float:
+    """Mean wall time of `steps` steps after `warmup` untimed ones (compilation happens there)."""
+    for i in range(warmup):
+        one_step(i)
+    synchronize(device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        one_step(warmup + i)
+    synchronize(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def fill_rates(res: Result, case: Case, config: ModelConfig, step_s: float, device: torch.device) -> None:
+    """Tokens/s (raw: SDAR counts the noisy and the clean copy), achieved TFLOP/s, MFU and peak memory."""
+    tokens = case.rows * case.seq_len
+    res.step_s = round(step_s, 4)
+    res.effective_tokens_per_s = round(tokens / step_s, 1)
+    res.raw_tokens_per_s = round(tokens * (2 if case.objective == "sdar" else 1) / step_s, 1)
+    flops = step_flops(config, case.objective, case.seq_len, case.rows, case.block_size) / step_s
+    res.tflops_per_s = round(flops / 1e12, 4)
+    peak = peak_flops(device)
+    res.mfu = round(flops / peak, 4) if peak else None
+    if device.type == "cuda":
+        res.peak_memory_gib = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+
+
+def measure(case: Case, warmup: int, steps: int, device: torch.device) -> Result:
+    """Build the model of `case` on `device`, time its training step, and report; out of memory is a result too."""
+    config = case.config()
+    res = Result(case.shape, case.objective, round(config.num_parameters() / 1e6, 1), case.seq_len, case.rows,
+                 case.block_size, case.attention, case.compile, case.grad_ckpt)
+    model = None
     try:
         with torch.device(device):
             model = SDARForCausalLM(config)
         init_weights(model, 0.02)
-        if grad_ckpt:
+        if case.grad_ckpt:
             enable_gradient_checkpointing(model)
         model.train()
-        optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, fused=device.type == "cuda")
-        forward = torch.compile(model) if compile else model
-        recipe = Recipe(mode="sdar-cpt" if objective == "sdar" else "ar", output_dir="-", data=["-"],
-                        block_size=block_size)
-        batch = random_batch(rows, seq_len, config.vocab_size, device)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-
-        def one_step(i):
-            with autocast:
-                out = compute_loss(forward, batch, recipe, config.mask_token_id, attention,
-                                   step_generator(device, 0, i))
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        for i in range(warmup):
-            one_step(i)
-        synchronize(device)
-        t0 = time.perf_counter()
-        for i in range(steps):
-            one_step(warmup + i)
-        synchronize(device)
-        res.step_s = (time.perf_counter() - t0) / steps
-        tokens = rows * seq_len
-        res.effective_tokens_per_s = round(tokens / res.step_s, 1)
-        res.raw_tokens_per_s = round(tokens * (2 if objective == "sdar" else 1) / res.step_s, 1)
-        flops = step_flops(config, objective, seq_len, rows, block_size) / res.step_s
-        res.tflops_per_s = round(flops / 1e12, 4)
-        peak = peak_flops(device)
-        res.mfu = round(flops / peak, 4) if peak else None
-        if device.type == "cuda":
-            res.peak_memory_gib = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-        res.step_s = round(res.step_s, 4)
+        step_s = seconds_per_step(training_step(case, model, device), warmup, steps, device)
+        fill_rates(res, case, config, step_s, device)
     except torch.OutOfMemoryError as e:
         res.error = f"out of memory ({str(e).splitlines()[0][:120]})"
     finally:
-        del model, optimizer
+        del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return res
@@ -199,11 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         for objective in args.objectives.split(","):
             if objective not in ("ar", "sdar"):
                 parser.error(f"unknown objective {objective!r}; choose ar or sdar")
-            kw = dict(seq_len=args.seq_len, rows=args.rows, block_size=args.block_size, warmup=args.warmup,
-                      steps=args.steps, compile=compile, attention=attention, device=device)
-            res = measure(shape, objective, grad_ckpt=args.grad_ckpt == "on", **kw)
+            case = Case(shape, objective, args.seq_len, args.rows, args.block_size, attention, compile,
+                        grad_ckpt=args.grad_ckpt == "on")
+            res = measure(case, args.warmup, args.steps, device)
             if res.error and args.grad_ckpt == "auto":
-                res = measure(shape, objective, grad_ckpt=True, **kw)
+                res = measure(replace(case, grad_ckpt=True), args.warmup, args.steps, device)
             results.append(res)
             print(f"{shape} {objective}: {res.raw_tokens_per_s} raw tok/s, {res.effective_tokens_per_s} effective, "
                   f"MFU {res.mfu}" + (f" ({res.error})" if res.error else ""), flush=True)
