@@ -324,7 +324,27 @@ def evaluate(settings: EvalSettings, log=print) -> dict:
     texts = [r["text"] for r in spread(read_jsonl(data / TEXT_FILE, None), settings.text_limit)]
     models = {name: load_pretrained(Path(settings.models) / name, device=device, dtype=dtype)
               for name in ("sdar-tiny", "ar-tiny")}
-    result = {
+    result = run_header(settings, device, data, models)
+    result["heldout"] = heldout_losses(models, texts, settings, log)  # 1. held-out loss
+    result["arith"] = []  # 2. arithmetic
+    for d in DECODERS:
+        model, tokenizer = models[d.model]
+        tally = arith_eval(model, tokenizer, problems, d, settings)
+        row = {"model": d.model, "decoding": d.label, **tally.summary()}
+        log(f"{d.model:9s} {d.label:12s} accuracy {row['accuracy']:.3f}  TPF {row['tpf']:.2f}  "
+            f"{row['tokens_per_s']:.0f} tokens/s")
+        result["arith"].append(row)
+    # 3. Samples: ar-tiny (ar) and sdar-tiny (dynamic 0.9, the app's default).
+    result["load_average_after"] = os.getloadavg()[0]
+    result["samples"] = [chat_sample(*models[d.model], prompt, d, settings)
+                         for prompt in (SAMPLE_PROMPTS if settings.samples else ())
+                         for d in (Decoder("ar-tiny", "ar"), Decoder("sdar-tiny", "dynamic", 0.9))]
+    return result
+
+
+def run_header(settings: EvalSettings, device: torch.device, data: Path, models: dict) -> dict:
+    """What a result file records about its run: settings, machine, versions, data hashes, the models."""
+    return {
         "settings": asdict(settings),
         "machine": hardware_name(device), "load_average": os.getloadavg()[0],  # other processes slow tokens/s down
         "torch": torch.__version__, "python": platform.python_version(),
@@ -335,14 +355,16 @@ def evaluate(settings: EvalSettings, log=print) -> dict:
                    for name, (m, _) in models.items()},
     }
 
-    # 1. Held-out loss: the same chunks for both models (the two tokenizers are the same file).
+
+def heldout_losses(models: dict, texts: list[str], settings: EvalSettings, log) -> dict:
+    """AR NLL and SDAR NELBO on the same chunks (the two tokenizers are the same file)."""
     sdar, tok = models["sdar-tiny"]
     chunks = chunk_documents(encode_texts(tok, texts), settings.seq_len, sdar.config.pad_token_id or 0)
     t0 = time.perf_counter()
     nll, n_ar = ar_nll(models["ar-tiny"][0], chunks, settings.loss_batch_size)
     nelbo, n_sdar = sdar_nelbo(sdar, chunks, settings.loss_batch_size, block_size=sdar.config.block_size,
                                mask_token_id=sdar.config.mask_token_id, t_levels=settings.t_levels, seed=settings.seed)
-    result["heldout"] = {
+    heldout = {
         "documents": len(texts), "chunks": int(chunks.input_ids.shape[0]),
         "ar-tiny": {"quantity": "next-token NLL (Eq. 3), exact", "tokens": n_ar, "loss": nll / n_ar,
                     "perplexity": float(torch.tensor(nll / n_ar).exp())},
@@ -352,25 +374,9 @@ def evaluate(settings: EvalSettings, log=print) -> dict:
                       "perplexity": float(torch.tensor(nelbo / n_sdar).exp())},
         "seconds": time.perf_counter() - t0,
     }
-    log(f"held-out loss: {len(texts)} documents, {chunks.input_ids.shape[0]} chunks of <= {settings.seq_len} "
-        f"tokens, {result['heldout']['seconds']:.0f} s")
-
-    # 2. Arithmetic.
-    result["arith"] = []
-    for d in DECODERS:
-        model, tokenizer = models[d.model]
-        tally = arith_eval(model, tokenizer, problems, d, settings)
-        row = {"model": d.model, "decoding": d.label, **tally.summary()}
-        log(f"{d.model:9s} {d.label:12s} accuracy {row['accuracy']:.3f}  TPF {row['tpf']:.2f}  "
-            f"{row['tokens_per_s']:.0f} tokens/s")
-        result["arith"].append(row)
-
-    # 3. Samples: ar-tiny (ar) and sdar-tiny (dynamic 0.9, the app's default).
-    result["load_average_after"] = os.getloadavg()[0]
-    result["samples"] = [chat_sample(*models[d.model], prompt, d, settings)
-                         for prompt in (SAMPLE_PROMPTS if settings.samples else ())
-                         for d in (Decoder("ar-tiny", "ar"), Decoder("sdar-tiny", "dynamic", 0.9))]
-    return result
+    log(f"held-out loss: {len(texts)} documents, {heldout['chunks']} chunks of <= {settings.seq_len} "
+        f"tokens, {heldout['seconds']:.0f} s")
+    return heldout
 
 
 def markdown(result: dict) -> str:
