@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .attention import attention, block_causal_mask
 from .config import ModelConfig
+from .decode_attention import CacheQueries, decode_attention
 from .kv_cache import KVCache
 
 
@@ -87,7 +88,10 @@ class Attention(nn.Module):
             k, v = cache.write_at(self.layer, cache_index, k, v)  # [B, H_kv, T_max, D]
         elif cache is not None:
             k, v = cache.write(self.layer, cache_start, k, v)  # [B, H_kv, cache_start+Q, D]
-        out = attention(q, k, v, mask, is_causal=is_causal, backend=backend)  # [B, H, Q, D]
+        if isinstance(mask, CacheQueries):  # the runner's split-K switch: k, v are the whole buffers
+            out = decode_attention(q, k, v, mask)  # [B, H, Q, D]
+        else:
+            out = attention(q, k, v, mask, is_causal=is_causal, backend=backend)  # [B, H, Q, D]
         return self.o_proj(out.transpose(1, 2).reshape(B, Q, -1))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from .attention import block_causal_mask
+from .decode_attention import CacheQueries
 from .kv_cache import KVCache
 
 MODES = ("plain", "static", "graph")
@@ -28,6 +29,10 @@ def default_mode(model) -> str:
 
 
 class ChunkRunner:
+    # Static-shape forwards hand attention a CacheQueries (split-K decode kernel, decode_attention.py) instead of
+    # an additive mask over the whole buffer. Off by default until the decode loop's redesign integrates it.
+    split_k_attention: bool = False
+
     def __init__(self, model, batch: int, total: int, block_size: int, mode: str, compile: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown runner mode {mode!r}; choose one of {MODES}")
@@ -42,6 +47,7 @@ class ChunkRunner:
         self.padded = False
         self.graphs: dict[tuple[int, int], tuple] = {}
         self.forward_fn = model.forward
+        self.split_k = ChunkRunner.split_k_attention
         if compile:
             # "dynamic" (or True): one compilation for every batch and chunk size; "static": one per shape.
             self.forward_fn = torch.compile(model.forward, dynamic=compile != "static", fullgraph=True)
@@ -57,7 +63,7 @@ class ChunkRunner:
         weights = tuple(p.data_ptr() for p in (model.model.embed_tokens.weight, model.lm_head.weight,
                                                model.model.layers[0].self_attn.q_proj.weight))
         key = (batch, -(-total // _BUCKET) * _BUCKET, block_size, mode, compile, model.dtype, weights,
-               model.config.model_type)
+               model.config.model_type, cls.split_k_attention)
         if key not in pool:
             if len(pool) >= 8:  # bound the memory held by cached buffers and graphs
                 pool.pop(next(iter(pool)))
@@ -77,6 +83,8 @@ class ChunkRunner:
 
     def buffer_mask(self, idx: torch.Tensor) -> torch.Tensor:
         """The [batch, 1, Q, total] mask of a static-shape forward over the whole cache buffer for queries at idx."""
+        if self.split_k:
+            return CacheQueries(idx, self.block_size, self.pad)
         mask = block_causal_mask(idx, self.total, self.block_size, k_start=self.pad if self.padded else None)
         if mask.shape[0] != self.batch:
             mask = mask.expand(self.batch, -1, -1, -1)
@@ -106,12 +114,14 @@ class ChunkRunner:
             self.graphs[key] = self._capture(ids, positions, idx, mask, logits_from)
         graph, bufs, out = self.graphs[key]
         for buf, value in zip(bufs, (ids, positions, idx, mask)):
-            buf.copy_(value, non_blocking=True)
+            if isinstance(buf, torch.Tensor):  # a CacheQueries reads the index buffer and self.pad in place
+                buf.copy_(value, non_blocking=True)
         graph.replay()
         return out
 
     def _capture(self, ids, positions, idx, mask, logits_from: int):
-        bufs = [t.clone() for t in (ids, positions, idx, mask)]
+        bufs = [t.clone() for t in (ids, positions, idx)]
+        bufs.append(CacheQueries(bufs[2], mask.block_size, self.pad) if isinstance(mask, CacheQueries) else mask.clone())
 
         def run():
             return self.forward_fn(bufs[0], bufs[1], mask=bufs[3], cache=self.cache, cache_index=bufs[2],
