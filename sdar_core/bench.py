@@ -31,7 +31,7 @@ from .config import PUBLIC_SHAPES, ModelConfig
 from .decoding import generate, synchronize
 from .loading import default_device, default_dtype, load_pretrained
 from .model import SDARForCausalLM
-from .runner import default_mode
+from .runner import ChunkRunner, default_mode
 
 ARCHS = {
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
@@ -282,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runner", default=None, choices=["plain", "static", "graph"])
     p.add_argument("--compile", action="store_true", help="torch.compile the graphed forward")
     p.add_argument("--fuse", action="store_true", help="fuse the q/k/v and gate/up matmuls (model.fuse_projections)")
+    p.add_argument("--split-k", action="store_true",
+                   help="static-shape forwards use the split-K decode attention (sdar_core/decode_attention.py)")
     p.add_argument("--transformers", default="auto", choices=["auto", "none", "eager", "compiled", "both"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None, help="folder for results.json / .csv / chart.html")
@@ -295,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device = torch.device(args.device)
     dtype = default_dtype(device)
+    ChunkRunner.split_k_attention = args.split_k
     if args.checkpoint:
         model, _ = load_pretrained(args.checkpoint, device=device, dtype=dtype, with_tokenizer=False)
         config = model.config
@@ -314,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                                       bandwidth_GBps=bw / 1e9, floor_ms_per_forward=1000 * wb / bw,
                                       ar_ceiling_tps=bw / wb, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                                       runner=args.runner or default_mode(model),
-                                      compile=args.compile, fused=args.fuse, command="python -m sdar_core.bench " + " ".join(sys.argv[1:]))
+                                      compile=args.compile, fused=args.fuse, split_k=args.split_k, command="python -m sdar_core.bench " + " ".join(sys.argv[1:]))
     rows = []
     for case in cases_for(args):
         r = run_case(model, ar_model, case, args.prompt_len, args.new_tokens, args.repeats, args.runner, args.compile)

@@ -135,7 +135,8 @@ if triton is not None:
                     mask=live[:, None], other=0.0)  # [ROWS, D]
         i = tl.load(QIDX + qi, mask=live, other=0)  # [ROWS] each row's query index in the cache
         row_end = tl.where(live, tl.minimum((i // block_size + 1) * block_size, T), 0)  # block-causal end
-        kv_end = tl.max(row_end, 0)
+        last = tl.load(QIDX + n_q - 1)  # q_index ascends: the last query's block ends last
+        kv_end = tl.minimum((last // block_size + 1) * block_size, T)
         pad = tl.load(PAD + b)
         steps = tl.cdiv(tl.cdiv(kv_end, BLOCK_N), S)  # key steps per split
         lo = split * steps * BLOCK_N
