@@ -57,7 +57,7 @@ class SplitConfig:
     waves: int = 2  # aim for this many programs per multiprocessor
     max_splits: int = 64
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3  # one more key tile in flight: 5-14% faster at 8k slots, within 0.5 us below
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, where: CacheQueries,
