@@ -9,8 +9,9 @@ the full buffers k_cache, v_cache [B, H_kv, T, D]. Query i of row b sees key j w
 which is `attention.block_causal_mask` with k_start = pad. The mask is computed from these indices, never stored.
 
 On CUDA this is a split-K ("flash-decoding") Triton kernel. One program takes one (row, KV head, split): the
-G = H / H_kv query heads that share the KV head and all Q queries are the G*Q rows of one tile, so each key and
-value is read once per KV head and never copied (grouped-query attention). The end of the last query's block,
+G = H / H_kv query heads that share the KV head and all Q queries are the G*Q rows of one tile (up to 128 rows;
+longer chunks take several tiles), so each key and value is read once per KV head and never copied
+(grouped-query attention). The end of the last query's block,
 `kv_end`, is read on the device and each of the S splits covers 1/S of [0, kv_end): the grid depends only on the
 buffer's shape (one CUDA graph serves every filled length) and no program reads a slot past kv_end. A second
 kernel merges the splits' partial softmaxes (their log-sum-exps). Elsewhere (CPU, or chunks too long for one
@@ -31,7 +32,8 @@ try:  # Triton ships with CUDA builds of torch; CPU-only installs run the SDPA p
 except ImportError:
     triton = None
 
-MAX_TILE_ROWS = 128  # G * Q rows per program; longer chunks (a prefill) take the SDPA path
+TILE_ROWS = 128  # at most this many of the G * Q (query head, query) rows per program
+MAX_QUERIES = 256  # longer chunks (a prefill, never graphed) take the SDPA path
 
 
 @dataclass
@@ -70,7 +72,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     H_kv = k_cache.shape[1]
     if H % H_kv:
         raise ValueError(f"{H} query heads do not split into groups over {H_kv} KV heads")
-    fits = (H // H_kv) * Q <= MAX_TILE_ROWS and D >= 16 and D & (D - 1) == 0
+    fits = Q <= MAX_QUERIES and D >= 16 and D & (D - 1) == 0
     if triton is None or not q.is_cuda or not fits:
         return reference_decode_attention(q, k_cache, v_cache, where)
     return _split_k(q, k_cache, v_cache, where, config)
@@ -100,8 +102,8 @@ def _split_k(q, k_cache, v_cache, where: CacheQueries, config: SplitConfig) -> t
     S = num_splits(B, H_kv, T, config)
     part_out = torch.empty(B, H, Q, S, D, dtype=torch.float32, device=q.device)  # each split's normalised output
     part_lse = torch.empty(B, H, Q, S, dtype=torch.float32, device=q.device)  # and its log2-sum-exp2
-    rows = max(16, triton.next_power_of_2(G * Q))  # tl.dot needs at least 16 rows
-    _split_kernel[(S, B * H_kv)](
+    rows = max(16, min(TILE_ROWS, triton.next_power_of_2(G * Q)))  # tl.dot needs at least 16 rows
+    _split_kernel[(S, B * H_kv, triton.cdiv(G * Q, rows))](
         q, k_cache, v_cache, where.q_index, where.pad, part_out, part_lse,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
@@ -127,7 +129,7 @@ if triton is not None:
                       G: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, S: tl.constexpr):
         split, bh = tl.program_id(0), tl.program_id(1)
         b, hk = bh // n_kv, bh % n_kv
-        r = tl.arange(0, ROWS)  # tile row r = query head (hk*G + r // n_q), query r % n_q
+        r = tl.program_id(2) * ROWS + tl.arange(0, ROWS)  # row r = query head hk*G + r // n_q, query r % n_q
         g, qi = r // n_q, r % n_q
         live = r < G * n_q
         d = tl.arange(0, D)

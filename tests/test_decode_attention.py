@@ -43,10 +43,11 @@ def make_case(B, H, H_kv, D, T, q_index, L, pad, dtype=torch.float32, device="cp
     return [t.to(device, dtype) for t in (q, k, v)], where
 
 
-# (Q queries starting at, block length): AR, the block in flight, the fused chunk (finished block + block in
-# flight), a chunk whose first block is partial (a prompt's last block), and one query in the padding.
+# (query indices, block length, padding per row): AR, the block in flight, the fused chunk (finished block +
+# block in flight), a chunk whose first block is partial (a prompt's last block), one query in the padding,
+# and three blocks at once.
 CASES = [([37], 1, [0, 5]), (list(range(32, 36)), 4, [0, 3]), (list(range(28, 36)), 4, [2, 0]),
-         (list(range(30, 36)), 4, [0, 0]), ([3], 1, [5, 0])]
+         (list(range(30, 36)), 4, [0, 0]), ([3], 1, [5, 0]), (list(range(24, 36)), 4, [1, 0])]
 
 
 @pytest.mark.parametrize("q_index, L, pad", CASES)
@@ -87,9 +88,10 @@ def test_triton_kernel_matches_loop_reference(q_index, L, pad, dtype):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("Q, L", [(1, 1), (16, 16), (32, 16)])
+@pytest.mark.parametrize("Q, L", [(1, 1), (16, 16), (32, 16), (128, 64)])
 def test_one_cuda_graph_serves_every_filled_length(Q, L):
-    """SDAR-1.7B's attention shape (16/8 heads of 128, bf16): capture once, replay at several fills."""
+    """SDAR-1.7B's attention shape (16/8 heads of 128, bf16): capture once, replay at several fills.
+    (Q = 128: block 64's fused chunk, 256 rows per KV head, so two row tiles.)"""
     T = 1024
     torch.manual_seed(0)
     q = torch.randn(1, 16, Q, 128, device="cuda", dtype=torch.bfloat16)
