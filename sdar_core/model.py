@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .attention import attention, chunk_mask
 from .config import ModelConfig
+from .decode_attention import CacheQueries, decode_attention
 from .kv_cache import CacheSlot
 
 
@@ -84,7 +85,10 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.write(self.layer, k, v)  # [B, H_kv, cache.keys, D]
-        out = attention(q, k, v, mask, is_causal=is_causal, backend=backend)  # [B, H, Q, D]
+        if isinstance(mask, CacheQueries):  # static shapes on the split-K kernel: k, v are the whole buffers
+            out = decode_attention(q, k, v, mask)  # [B, H, Q, D]
+        else:
+            out = attention(q, k, v, mask, is_causal=is_causal, backend=backend)  # [B, H, Q, D]
         return self.o_proj(out.transpose(1, 2).reshape(B, Q, -1))
 
 
@@ -218,7 +222,8 @@ class SDARForCausalLM(nn.Module):
 
         Without a cache the chunk is the whole sequence. With one (`kv_cache.chunk(start, Q)`, or `chunk_at(index)`
         for static shapes) the chunk's keys and values are written at the slot's positions and attention reads
-        the cache positions [0, cache.keys). `mask` is a boolean or additive [B, 1, Q, K] mask or a flex BlockMask;
+        the cache positions [0, cache.keys). `mask` is a boolean or additive [B, 1, Q, K] mask, a flex BlockMask, or a
+        `CacheQueries` (static shapes: the split-K decode kernel builds the mask from the chunk's cache indices);
         None means block-causal over key indices with `block_size` (default: the config's), for a chunk that ends
         the keys it reads (see attention.chunk_mask). `logits_from` / `logits_to` run the lm_head on a slice of the
         chunk only (the decoder reads the block in flight; training the noisy half).
