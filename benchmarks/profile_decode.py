@@ -50,12 +50,10 @@ def kernels_per_forward(model, q: int, compile) -> tuple[int, list]:
 
     runner = ChunkRunner(model, 1, 512, max(q, 1), "static", compile)
     seq = torch.randint(0, 1000, (1, 512), device="cuda")
-    ids, positions, idx = runner.inputs(seq, 256, q)
-    mask = runner.mask(256, q)  # the mask the runner hands its graphs (additive on CUDA)
-    slot = runner.cache.chunk_at(idx)
+    inputs = runner.static_inputs(seq, 256, q)  # what the runner hands its graphs
 
     def fwd():
-        return runner.forward_fn(model, ids, positions, mask=mask, cache=slot, block_size=max(q, 1))
+        return runner.static_forward(inputs)
 
     for _ in range(3):
         fwd()

@@ -133,21 +133,28 @@ class ChunkRunner:
 
     def __call__(self, seq: torch.Tensor, start: int, length: int, logits_from: int) -> torch.Tensor:
         """Logits [B, length - logits_from, V] of chunk seq[:, start:start+length]; its K/V go to the cache."""
-        ids, positions, idx = self.inputs(seq, start, length)
         if self.mode == "plain":
+            ids, positions, _ = self.inputs(seq, start, length)
             return self.model(ids, positions, mask=self.mask(start, length), cache=self.cache.chunk(start, length),
                               logits_from=logits_from, block_size=self.block_size)
-        # Static shapes: the split-K kernel reads the queries' cache indices; SDPA a mask over the whole buffer.
-        inputs = [ids, positions, idx] if self.split_k else [ids, positions, idx, self.buffer_mask(start, length)]
+        inputs = self.static_inputs(seq, start, length)
         if self.mode == "static" or length > 2 * self.block_size:  # a prefill runs once: no graph, no compilation
-            return self._static_forward(inputs, logits_from, _forward)
+            return self.static_forward(inputs, logits_from, _forward)
         return self._replay(inputs, logits_from)
 
-    def _static_forward(self, inputs: list[torch.Tensor], logits_from: int, forward_fn) -> torch.Tensor:
-        """The forward of inputs [ids, positions, cache indices(, mask)] writing at the indices."""
+    def static_inputs(self, seq: torch.Tensor, start: int, length: int) -> list[torch.Tensor]:
+        """[ids, positions, cache indices] for the split-K kernel (it builds the mask from the indices), plus the
+        mask over the whole buffer for SDPA: the tensors a graph copies in."""
+        inputs = list(self.inputs(seq, start, length))
+        return inputs if self.split_k else inputs + [self.buffer_mask(start, length)]
+
+    def static_forward(self, inputs: list[torch.Tensor], logits_from: int = 0, forward_fn=None) -> torch.Tensor:
+        """The forward of `static_inputs`, writing its K/V at the cache indices (forward_fn: default the runner's,
+        compiled when asked)."""
         ids, positions, idx = inputs[:3]
         slot = self.cache.chunk_at(idx)
         mask = inputs[3] if len(inputs) > 3 else CacheQueries(slot.index, self.block_size, self.pad)
+        forward_fn = forward_fn or self.forward_fn
         return forward_fn(self.model, ids, positions, mask=mask, cache=slot, logits_from=logits_from,
                           block_size=self.block_size)
 
@@ -165,7 +172,7 @@ class ChunkRunner:
         bufs = [t.clone() for t in inputs]
 
         def run():
-            return self._static_forward(bufs, logits_from, self.forward_fn)
+            return self.static_forward(bufs, logits_from)
 
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))

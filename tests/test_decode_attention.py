@@ -110,12 +110,35 @@ def test_one_cuda_graph_serves_every_filled_length(Q, L):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("split_k", [None, False])  # the default (the kernel on CUDA) and SDPA over the buffer
 @pytest.mark.parametrize("strategy", ["static", "dynamic", "ar"])
-def test_graph_runner_with_split_k_equals_plain(strategy, monkeypatch):
+def test_graph_runner_equals_plain_with_and_without_split_k(strategy, split_k, monkeypatch):
     model = random_model(tiny_config("sdar", block_size=4)).cuda()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
     kw = dict(max_new_tokens=24, block_length=4, steps=2, strategy=strategy, threshold=0.5)
     plain = generate(model, prompts, runner_mode="plain", **kw)
-    monkeypatch.setattr(ChunkRunner, "split_k_attention", True)
+    monkeypatch.setattr(ChunkRunner, "split_k_attention", split_k)
     graph = generate(model, prompts, runner_mode="graph", **kw)
+    assert ChunkRunner.get(model, 2, 64, 4, "graph").split_k == (split_k is None)
     assert graph.tokens.tolist() == plain.tokens.tolist()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("strategy", ["static", "ar"])
+def test_compiled_graphs_with_split_k_equal_plain(strategy):
+    """torch.compile(fullgraph=True) of the forward takes the split-K kernel as one opaque op."""
+    model = random_model(tiny_config("sdar", block_size=4, layers=2)).cuda()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
+    kw = dict(max_new_tokens=16, block_length=4, steps=2, strategy=strategy)
+    plain = generate(model, prompts, runner_mode="plain", **kw)
+    compiled = generate(model, prompts, runner_mode="graph", compile=True, **kw)
+    assert compiled.tokens.tolist() == plain.tokens.tolist()
+
+
+def test_split_k_is_off_on_the_cpu_by_default():
+    """CPU static shapes keep SDPA over the whole buffer (their inputs carry the mask); the kernel needs CUDA."""
+    model = random_model(tiny_config("sdar", block_size=4))
+    runner = ChunkRunner(model, 1, 64, 4, "static")
+    assert not runner.split_k
+    assert len(runner.static_inputs(torch.zeros(1, 64, dtype=torch.long), 8, 4)) == 4
