@@ -213,8 +213,8 @@ def write_outputs(out: Path, info: dict, rows: list[dict]) -> None:
         return
     fig = go.Figure()
     series: dict[str, list[dict]] = {}
-    for r in rows:
-        if r["mode"] in ("ar", "sdar"):
+    for r in rows:  # the batch curve: the first prompt length
+        if r["mode"] in ("ar", "sdar") and r.get("prompt_len", info["prompt_len"]) == info["prompt_len"]:
             label = "AR" if r["mode"] == "ar" else f"SDAR L={r['block_length']} {r['strategy']}"
             series.setdefault(label, []).append(r)
     for label, rs in series.items():
@@ -226,7 +226,7 @@ def write_outputs(out: Path, info: dict, rows: list[dict]) -> None:
     fig.write_html(out / "chart.html", include_plotlyjs="cdn")
 
 
-TABLE = [("mode", "mode", ""), ("strategy", "strategy", ""), ("L", "block_length", "d"), ("T", "steps", "d"),
+TABLE = [("P", "prompt_len", "d"), ("mode", "mode", ""), ("strategy", "strategy", ""), ("L", "block_length", "d"), ("T", "steps", "d"),
          ("B", "batch_size", "d"), ("tok/s", "tokens_per_second", ".1f"), ("ms/fwd", "ms_per_forward", ".3f"),
          ("TPF", "tpf", ".2f"), ("rTPF", "realized_tpf_fused", ".2f"), ("x AR", "speedup_vs_ar", ".2f")]
 
