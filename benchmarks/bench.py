@@ -31,7 +31,7 @@ from sdar_core.decoding import generate
 from sdar_core.decode_attention import split_k_available
 from sdar_core.device import default_device, default_dtype, machine_info, synchronize
 from sdar_core.loading import load_pretrained
-from sdar_core.model import SDARForCausalLM
+from sdar_core.model import Attention, SDARForCausalLM
 from sdar_core.runner import ChunkRunner, default_mode
 from training.model_init import init_weights
 
@@ -317,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fuse", action="store_true", help="fuse the q/k/v and gate/up matmuls (model.fuse_projections)")
     p.add_argument("--no-split-k", dest="split_k", action="store_false",
                    help="static-shape forwards use SDPA over the whole buffer instead of the split-K decode kernel")
+    p.add_argument("--no-fused-norm-rope", dest="fused_norm_rope", action="store_false",
+                   help="q/k RMSNorm and RoPE as eager kernels on CUDA too (sdar_core/norm_rope.py)")
     p.add_argument("--transformers", default="auto", choices=["auto", "none", "eager", "compiled", "both"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None, help="folder for results.json / .csv / chart.html")
@@ -344,7 +346,7 @@ def device_info(model, device: torch.device, args) -> dict:
         arch=args.arch, parameters=c.num_parameters(), weight_GB=wb / 1e9, bandwidth_GBps=bw / 1e9,
         floor_ms_per_forward=1000 * wb / bw, ar_ceiling_tps=bw / wb, kv_bytes_per_position=kv_bytes,
         prompt_len=args.prompt_lengths[0], sweep=sweep(args), runner=args.runner or default_mode(model),
-        compile=args.compile, fused=args.fuse, split_k=bool(args.split_k and split_k_available(device)),
+        compile=args.compile, fused=args.fuse, fused_norm_rope=args.fused_norm_rope, split_k=bool(args.split_k and split_k_available(device)),
         command="python -m benchmarks.bench " + " ".join(sys.argv[1:]))
 
 
@@ -405,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fuse:
         model.fuse_projections()
     ChunkRunner.split_k_attention = None if args.split_k else False
+    Attention.fused_norm_rope = args.fused_norm_rope
     info = device_info(model, device, args)
     rows = decode_rows(model, info, args)
     transformers_rows(model.config, info, args, device, dtype, rows)
