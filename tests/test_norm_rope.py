@@ -12,16 +12,22 @@ from conftest import random_model, rel_err, tiny_config
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def by_hand(x, weight, eps, positions, theta):
-    """x [B, Q, H, D] -> [B, H, Q, D]: RMSNorm per head, then rotate-half RoPE at `positions` [B, Q], in float64."""
+def by_hand(x, weight, eps, cos, sin):
+    """x [B, Q, H, D] -> [B, H, Q, D]: RMSNorm per head, then rotate-half RoPE with the given cos, sin [B, 1, Q, D]
+    (the model's own, so that only the norm and the rotation are under test), in float64."""
     x = x.double()
     D = x.shape[-1]
     n = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.double()
-    inv = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
-    ang = positions.double()[..., None] * inv  # [B, Q, D/2]
-    c, s = ang.cos()[:, :, None], ang.sin()[:, :, None]  # [B, Q, 1, D/2]
+    c, s = cos.double().transpose(1, 2)[..., : D // 2], sin.double().transpose(1, 2)[..., : D // 2]  # [B, Q, 1, D/2]
     a, b = n[..., : D // 2], n[..., D // 2:]
     return torch.cat([a * c - b * s, b * c + a * s], -1).transpose(1, 2)
+
+
+def test_rope_tables_repeat_each_frequency_over_both_halves():
+    cos, sin = rope_cos_sin(torch.tensor([[3, 11]]), 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8), torch.float32)
+    angles = torch.tensor([3.0, 11.0])[:, None] * (1.0 / 10000 ** (torch.arange(0, 8, 2).double() / 8))
+    assert torch.allclose(cos[0, 0].double(), torch.cat([angles.cos(), angles.cos()], -1), atol=1e-6)
+    assert torch.allclose(sin[0, 0].double(), torch.cat([angles.sin(), angles.sin()], -1), atol=1e-6)
 
 
 def test_eager_path_matches_the_math_on_cpu():
@@ -31,7 +37,7 @@ def test_eager_path_matches_the_math_on_cpu():
     norm.weight.data = torch.rand(16) + 0.5
     cos, sin = rope_cos_sin(positions, 1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16), torch.float32)
     out = Attention.norm_rope(x, norm, cos, sin)
-    assert rel_err(out, by_hand(x, norm.weight, 1e-6, positions, 10000.0)) < 1e-6
+    assert rel_err(out, by_hand(x, norm.weight, 1e-6, cos, sin)) < 1e-6
 
 
 @pytest.mark.cuda
@@ -52,7 +58,7 @@ def test_kernel_matches_the_math_on_a_strided_fused_projection(dtype, Q):
     for x in (q, k):
         out = Attention.norm_rope(x, norm, cos, sin)
         assert out.shape == (B, x.shape[2], Q, D) and out.dtype == dtype
-        ref = by_hand(x.cpu(), norm.weight.cpu(), 1e-6, positions.cpu(), 1e6)
+        ref = by_hand(x.cpu(), norm.weight.cpu(), 1e-6, cos.cpu(), sin.cpu())
         assert rel_err(out.cpu().double(), ref) < tol
 
 
