@@ -226,7 +226,8 @@ def write_outputs(out: Path, info: dict, rows: list[dict]) -> None:
     fig.write_html(out / "chart.html", include_plotlyjs="cdn")
 
 
-TABLE = [("P", "prompt_len", "d"), ("mode", "mode", ""), ("strategy", "strategy", ""), ("L", "block_length", "d"), ("T", "steps", "d"),
+TABLE = [("P", "prompt_len", "d"), ("mode", "mode", ""), ("strategy", "strategy", ""), ("L", "block_length", "d"),
+         ("T", "steps", "d"),
          ("B", "batch_size", "d"), ("tok/s", "tokens_per_second", ".1f"), ("ms/fwd", "ms_per_forward", ".3f"),
          ("TPF", "tpf", ".2f"), ("rTPF", "realized_tpf_fused", ".2f"), ("x AR", "speedup_vs_ar", ".2f")]
 
@@ -346,7 +347,8 @@ def device_info(model, device: torch.device, args) -> dict:
         arch=args.arch, parameters=c.num_parameters(), weight_GB=wb / 1e9, bandwidth_GBps=bw / 1e9,
         floor_ms_per_forward=1000 * wb / bw, ar_ceiling_tps=bw / wb, kv_bytes_per_position=kv_bytes,
         prompt_len=args.prompt_lengths[0], sweep=sweep(args), runner=args.runner or default_mode(model),
-        compile=args.compile, fused=args.fuse, fused_norm_rope=args.fused_norm_rope, split_k=bool(args.split_k and split_k_available(device)),
+        compile=args.compile, fused=args.fuse, fused_norm_rope=args.fused_norm_rope,
+        split_k=bool(args.split_k and split_k_available(device)),
         command="python -m benchmarks.bench " + " ".join(sys.argv[1:]))
 
 

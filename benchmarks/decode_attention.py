@@ -1,6 +1,6 @@
 """Decode attention side by side: one layer of SDAR-1.7B (16 query heads, 8 KV heads of 128, bf16, batch 1).
 
-    python benchmarks/decode_attention.py --out benchmarks/results/h100-decode-attention
+    python -m benchmarks.decode_attention --out benchmarks/results/h100-decode-attention
 
 A preallocated buffer of T slots, `filled` of them committed; Q queries: Q = 1 (AR, L = 1) at index `filled`,
 Q = 16 (the block in flight, L = 16) at filled..filled+15, Q = 32 (the fused cache-write chunk: the finished
@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sdar_core import bench  # noqa: E402
-from sdar_core.attention import attention, block_causal_mask  # noqa: E402
-from sdar_core.decode_attention import CacheQueries, SplitConfig, decode_attention  # noqa: E402
+from sdar_core.attention import attention, block_causal_mask
+from sdar_core.decode_attention import CacheQueries, SplitConfig, decode_attention
+from sdar_core.device import graph_replay_ms, machine_info
+
+from . import bench
 
 H, H_KV, D = 16, 8, 128
 SHAPES = [(512, 320), (2560, 2304), (8704, 8448)]  # (buffer slots, committed)
@@ -48,16 +48,7 @@ def graph_time_us(fn, iters: int = 50, runs: int = 5) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(1000 * start.elapsed_time(end) / iters)
-    return sorted(times)[len(times) // 2]
+    return 1000 * graph_replay_ms(graph, iters, runs)
 
 
 def flex_variant(q, k, v, where: CacheQueries):
@@ -129,7 +120,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             if args.out:
                 Path(args.out).mkdir(parents=True, exist_ok=True)
-                info = bench.machine_info("cuda") | dict(bandwidth_GBps=bw / 1e9, triton=_triton_version())
+                info = machine_info("cuda") | dict(bandwidth_GBps=bw / 1e9, triton=_triton_version())
                 (Path(args.out) / "results.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
     names = [k for k in rows[0] if k not in ("slots", "filled", "Q", "kv_end") and not k.endswith("_err")]
     print(f"\nmicroseconds per call (CUDA graph replay), bandwidth {bw / 1e9:.0f} GB/s")

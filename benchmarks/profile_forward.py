@@ -1,6 +1,6 @@
 """Where a graphed decode forward spends its GPU time, by kernel class (SDAR-1.7B shape, batch 1, bf16).
 
-    python benchmarks/profile_forward.py --out benchmarks/results/h100-profile-forward
+    python -m benchmarks.profile_forward --out benchmarks/results/h100-profile-forward
 
 For `ar` (Q = 1, block 1) and SDAR block 16 (Q = 16) at a 64-token and an 8k-token context, with today's
 attention and with the split-K decode kernel (ChunkRunner.split_k_attention): the replay time of the runner's
@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sdar_core import bench  # noqa: E402
-from sdar_core.runner import ChunkRunner  # noqa: E402
+from sdar_core.device import graph_replay_ms, machine_info
+from sdar_core.runner import ChunkRunner
+
+from . import bench
 
 CLASSES = [("attention", ("sdpa", "flash", "fmha", "attention", "_split_kernel", "_merge_kernel", "flex", "triton")),
            ("matmul", ("nvjet", "gemv", "gemm", "cutlass", "xmma", "splitkreduce")),
@@ -47,15 +47,7 @@ def graphed(model, Q: int, total: int, start: int, split_k: bool):
 
 
 def replay_ms(graph, iters: int = 50) -> float:
-    for _ in range(5):
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
+    return graph_replay_ms(graph, iters)
 
 
 def kernel_profile(graph, layers: int, reps: int = 20) -> dict:
@@ -118,7 +110,7 @@ def main() -> None:
     layers = model.config.num_hidden_layers
     bw = bench.measure_bandwidth("cuda")
     wb = bench.weight_bytes(model)
-    result = dict(machine=bench.machine_info("cuda"), bandwidth_GBps=bw / 1e9, floor_ms=1000 * wb / bw, rows=[])
+    result = dict(machine=machine_info("cuda"), bandwidth_GBps=bw / 1e9, floor_ms=1000 * wb / bw, rows=[])
     for context, total, start in (("64", 512, 64), ("8k", 8704, 8448)):
         for mode, m, Q in (("ar", ar, 1), ("sdar16", model, 16)):
             for split_k in (False, True):
