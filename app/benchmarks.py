@@ -100,7 +100,11 @@ def read_results(folder: Path | str = RESULTS_DIR) -> tuple[list[dict], list[Mac
         if not isinstance(raw, list):
             notes.append(f"{where}: neither {{\"machine\", \"rows\"}} nor a list of rows, skipped")
             continue
-        good = [r for r in (_clean(x, run, info if isinstance(info, dict) else {}) for x in raw) if r is not None]
+        info = info if isinstance(info, dict) else {}
+        # The batch curve is measured at the run's first prompt length; its context sweep is the README's table.
+        first = info.get("prompt_len")
+        raw = [x for x in raw if not isinstance(x, dict) or x.get("prompt_len", first) == first]
+        good = [r for r in (_clean(x, run, info) for x in raw) if r is not None]
         if len(good) < len(raw):
             notes.append(f"{where}: {len(raw) - len(good)} rows without {', '.join(REQUIRED)} skipped")
         if good:

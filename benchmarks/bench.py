@@ -7,7 +7,8 @@ Measures, in one run on one device:
   over batch sizes, block lengths and schedules (the paper's Figure 4), with the realized TPF of
   Appendix D.2 (Eq. 11) computed from the measured throughput;
 - transformers' own `generate` on the same architecture as the AR peer (eager, and static cache +
-  compile on CUDA).
+  compile on CUDA);
+- all of it at each of --prompt-lengths (the context sweep): the batch curve at the first, batch 1 at the others.
 Writes results.json, results.csv and chart.html to --out and prints a table last. Random weights:
 speed does not depend on what the weights are, except through the dynamic schedule, whose TPF on random
 weights is the static minimum (see the README for TPF of a trained model).
@@ -27,10 +28,11 @@ import torch
 
 from sdar_core.config import PUBLIC_SHAPES, ModelConfig
 from sdar_core.decoding import generate
+from sdar_core.decode_attention import split_k_available
 from sdar_core.device import default_device, default_dtype, machine_info, synchronize
 from sdar_core.loading import load_pretrained
-from sdar_core.model import SDARForCausalLM
-from sdar_core.runner import default_mode
+from sdar_core.model import Attention, SDARForCausalLM
+from sdar_core.runner import ChunkRunner, default_mode
 from training.model_init import init_weights
 
 from .table import print_table
@@ -92,6 +94,8 @@ def measure_bandwidth(device, nbytes: int = 1 << 30) -> float:
 @dataclass
 class Case:
     mode: str  # "ar" | "sdar" | "hf-eager" | "hf-compiled"
+    prompt_len: int
+    new_tokens: int
     strategy: str
     block_length: int
     steps: int
@@ -109,10 +113,10 @@ def as_ar(model):
     return ar
 
 
-def run_case(model, ar_model, case: Case, prompt_len: int, new_tokens: int, repeats: int, runner_mode, compile):
+def run_case(model, ar_model, case: Case, repeats: int, runner_mode, compile):
     torch.manual_seed(case.batch_size)
-    ids = torch.randint(10, model.config.vocab_size - 10, (case.batch_size, prompt_len)).tolist()
-    kw = dict(max_new_tokens=new_tokens, runner_mode=runner_mode, compile=compile)
+    ids = torch.randint(10, model.config.vocab_size - 10, (case.batch_size, case.prompt_len)).tolist()
+    kw = dict(max_new_tokens=case.new_tokens, runner_mode=runner_mode, compile=compile)
     if case.mode == "ar":
         call = lambda: generate(ar_model, ids, strategy="ar", **kw)  # noqa: E731
     else:
@@ -161,21 +165,31 @@ def run_transformers(config: ModelConfig, device, dtype, batch: int, prompt_len:
                 ms_per_forward=1000 * seconds / new_tokens, tpf=1.0)
 
 
+def sweep(args) -> list[tuple[int, int]]:
+    """(prompt length, new tokens) of the context sweep: --new-tokens gives one count for all or one per length."""
+    news = args.new_tokens if len(args.new_tokens) > 1 else args.new_tokens * len(args.prompt_lengths)
+    if len(news) != len(args.prompt_lengths):
+        raise SystemExit(f"--new-tokens takes one count or one per prompt length ({len(args.prompt_lengths)}), "
+                         f"got {len(news)}")
+    return list(zip(args.prompt_lengths, news))
+
+
 def cases_for(args) -> list[Case]:
     out = []
-    for b in args.batch_sizes:
-        out.append(Case("ar", "ar", 1, 1, 0.0, b))
-        for L in args.block_lengths:
-            out.append(Case("sdar", "static", L, max(1, L // args.tpf), 0.0, b))
-            if args.dynamic:
-                out.append(Case("sdar", "dynamic", L, L, args.threshold, b))
+    for i, (prompt, new) in enumerate(sweep(args)):
+        for b in args.batch_sizes if i == 0 else [1]:
+            out.append(Case("ar", prompt, new, "ar", 1, 1, 0.0, b))
+            for L in args.block_lengths:
+                out.append(Case("sdar", prompt, new, "static", L, max(1, L // args.tpf), 0.0, b))
+                if args.dynamic:
+                    out.append(Case("sdar", prompt, new, "dynamic", L, L, args.threshold, b))
     return out
 
 
 def realized_tpf(row: dict, ar_rows: dict) -> tuple[float | None, float | None]:
     """Eq. 11 of Appendix D.2 (the paper's engine: one extra forward per block), and the same without the
     extra forward (our fused cache write): TGS_SDAR * t_f / alpha, with t_f = alpha / TGS_AR (Eq. 9)."""
-    ar = ar_rows.get(row["batch_size"])
+    ar = ar_rows.get((row.get("prompt_len"), row["batch_size"]))
     if ar is None or row["mode"] != "sdar":
         return None, None
     alpha, beta = row["batch_size"], row["block_length"]
@@ -199,8 +213,8 @@ def write_outputs(out: Path, info: dict, rows: list[dict]) -> None:
         return
     fig = go.Figure()
     series: dict[str, list[dict]] = {}
-    for r in rows:
-        if r["mode"] in ("ar", "sdar"):
+    for r in rows:  # the batch curve: the first prompt length
+        if r["mode"] in ("ar", "sdar") and r.get("prompt_len", info["prompt_len"]) == info["prompt_len"]:
             label = "AR" if r["mode"] == "ar" else f"SDAR L={r['block_length']} {r['strategy']}"
             series.setdefault(label, []).append(r)
     for label, rs in series.items():
@@ -212,7 +226,8 @@ def write_outputs(out: Path, info: dict, rows: list[dict]) -> None:
     fig.write_html(out / "chart.html", include_plotlyjs="cdn")
 
 
-TABLE = [("mode", "mode", ""), ("strategy", "strategy", ""), ("L", "block_length", "d"), ("T", "steps", "d"),
+TABLE = [("P", "prompt_len", "d"), ("mode", "mode", ""), ("strategy", "strategy", ""), ("L", "block_length", "d"),
+         ("T", "steps", "d"),
          ("B", "batch_size", "d"), ("tok/s", "tokens_per_second", ".1f"), ("ms/fwd", "ms_per_forward", ".3f"),
          ("TPF", "tpf", ".2f"), ("rTPF", "realized_tpf_fused", ".2f"), ("x AR", "speedup_vs_ar", ".2f")]
 
@@ -224,34 +239,65 @@ def print_summary(info: dict, rows: list[dict]) -> None:
     print_table(rows, TABLE)
 
 
+def forward_floor_ms(info: dict, prompt_len: int, new_tokens: int) -> float | None:
+    """Reading the weights plus the K/V filled at mid-generation once, at the measured bandwidth."""
+    if "kv_bytes_per_position" not in info:
+        return None
+    kv = info["kv_bytes_per_position"] * (prompt_len + new_tokens / 2)
+    return 1000 * (info["weight_GB"] * 1e9 + kv) / (info["bandwidth_GBps"] * 1e9)
+
+
 def report_markdown(results_dir: Path) -> str:
     """The README's performance section, generated from a committed results.json."""
     data = json.loads((Path(results_dir) / "results.json").read_text())
     info, rows = data["machine"], data["rows"]
-    ar1 = next(r for r in rows if r["mode"] == "ar" and r["batch_size"] == 1)
-    hf = [r for r in rows if r["mode"].startswith("hf-")]
+    sweep_ = info.get("sweep") or [[info["prompt_len"], info["new_tokens"]]]
+    first = [r for r in rows if r.get("prompt_len", info["prompt_len"]) == info["prompt_len"]]
+    ar1 = next(r for r in first if r["mode"] == "ar" and r["batch_size"] == 1)
     lines = [
         f"Measured by `{info.get('command', 'python -m benchmarks.bench')}` on {info['gpu']} (torch {info['torch']}, "
         f"{info['date']}): {info['arch']} shape, random bf16 weights ({info['weight_GB']:.2f} GB), "
-        f"{info['prompt_len']}-token prompt, {info['new_tokens']} new tokens, CUDA graphs ({info['runner']}).",
+        f"{sweep_[0][0]}-token prompt, {sweep_[0][1]} new tokens, CUDA graphs ({info['runner']})"
+        f"{', split-K decode attention' if info.get('split_k') else ''}.",
         "",
         f"- memory-bandwidth floor: {info['floor_ms_per_forward']:.3f} ms per forward "
         f"({info['bandwidth_GBps']:.0f} GB/s device copy), AR ceiling {info['ar_ceiling_tps']:.0f} tokens/s;",
         f"- our `ar` mode at batch 1: {ar1['tokens_per_second']:.0f} tokens/s, {ar1['ms_per_forward']:.2f} ms per "
         f"forward ({ar1['tokens_per_second'] / info['ar_ceiling_tps']:.0%} of the ceiling);",
     ]
-    for r in hf:
+    for r in (r for r in first if r["mode"].startswith("hf-")):
         lines.append(f"- transformers `generate` ({r['mode'][3:]}, batch 1): {r['tokens_per_second']:.0f} tokens/s;")
     lines += ["", "| batch | mode | L | T | tokens/s | ms / forward | TPF | realized TPF (fused) | Eq. 11 | x AR |",
               "|---|---|---|---|---|---|---|---|---|---|"]
-    decoded = (r for r in rows if r["mode"] in ("ar", "sdar"))
+    decoded = (r for r in first if r["mode"] in ("ar", "sdar"))
     for r in sorted(decoded, key=lambda r: (r["batch_size"], r["block_length"])):
         eq11 = f"{r['realized_tpf_eq11']:.2f}" if r.get("realized_tpf_eq11") else "-"
         fused = f"{r['realized_tpf_fused']:.2f}" if r.get("realized_tpf_fused") else "-"
         lines.append(f"| {r['batch_size']} | {r['mode']} {r['strategy'] if r['mode'] == 'sdar' else ''} | "
                      f"{r['block_length']} | {r['steps']} | {r['tokens_per_second']:.0f} | {r['ms_per_forward']:.2f} | "
                      f"{r['tpf']:.2f} | {fused} | {eq11} | {r['speedup_vs_ar']:.2f} |")
+    if len(sweep_) > 1:
+        lines += ["", *context_table(info, rows, sweep_)]
     return "\n".join(lines)
+
+
+def context_table(info: dict, rows: list[dict], sweep_: list) -> list[str]:
+    """Batch 1 at each prompt length: each mode against the floor of its forward and against transformers."""
+    lines = ["Context sweep, batch 1 (floor: reading the weights and the K/V filled at mid-generation once):", "",
+             "| prompt | new | mode | L | T | tokens/s | ms / forward | floor ms | x AR | x transformers |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for prompt, new in sweep_:
+        here = [r for r in rows if r.get("prompt_len") == prompt and r["batch_size"] == 1]
+        hf = max((r["tokens_per_second"] for r in here if r["mode"].startswith("hf-")), default=None)
+        floor = forward_floor_ms(info, prompt, new)
+        for r in sorted(here, key=lambda r: (r["mode"].startswith("hf-"), r["mode"], r["block_length"])):
+            mode = f"{r['mode']} {r['strategy']}" if r["mode"] == "sdar" else r["mode"]
+            ar = f"{r['speedup_vs_ar']:.2f}" if r.get("speedup_vs_ar") else "-"
+            peer = f"{r['tokens_per_second'] / hf:.2f}" if hf else "-"
+            lines.append(f"| {prompt} | {new} | {mode} | {r['block_length']} | {r['steps']} | "
+                         f"{r['tokens_per_second']:.0f} | {r['ms_per_forward']:.2f} | "
+                         f"{f'{floor:.2f}' if floor else '-'} | {ar} | {peer} |")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="sdar-1.7b", choices=sorted(ARCHS), help="random weights of this shape")
     p.add_argument("--checkpoint", default=None, help="benchmark this checkpoint (folder or hub id) instead of --arch")
     p.add_argument("--device", default=str(default_device()))
-    p.add_argument("--prompt-len", type=int, default=64)
-    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--prompt-lengths", "--prompt-len", dest="prompt_lengths", type=int, nargs="+", default=[64],
+                   help="the context sweep: the batch curve runs at the first, batch 1 at the others")
+    p.add_argument("--new-tokens", type=int, nargs="+", default=[256], help="one count, or one per prompt length")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 32, 64])
     p.add_argument("--block-lengths", type=int, nargs="+", default=[4, 16, 64])
     p.add_argument("--tpf", type=int, default=4, help="static schedule: steps = block_length / tpf")
@@ -269,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runner", default=None, choices=["plain", "static", "graph"])
     p.add_argument("--compile", action="store_true", help="torch.compile the graphed forward")
     p.add_argument("--fuse", action="store_true", help="fuse the q/k/v and gate/up matmuls (model.fuse_projections)")
+    p.add_argument("--no-split-k", dest="split_k", action="store_false",
+                   help="static-shape forwards use SDPA over the whole buffer instead of the split-K decode kernel")
+    p.add_argument("--no-fused-norm-rope", dest="fused_norm_rope", action="store_false",
+                   help="q/k RMSNorm and RoPE as eager kernels on CUDA too (sdar_core/norm_rope.py)")
     p.add_argument("--transformers", default="auto", choices=["auto", "none", "eager", "compiled", "both"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None, help="folder for results.json / .csv / chart.html")
@@ -290,11 +341,14 @@ def load_model(args, device: torch.device, dtype: torch.dtype) -> SDARForCausalL
 
 def device_info(model, device: torch.device, args) -> dict:
     """The machine, the run's settings and the memory-bandwidth floor of a forward on it."""
-    bw, wb = measure_bandwidth(device), weight_bytes(model)
+    bw, wb, c = measure_bandwidth(device), weight_bytes(model), model.config
+    kv_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * model.dtype.itemsize  # per position
     return machine_info(device) | dict(
-        arch=args.arch, parameters=model.config.num_parameters(), weight_GB=wb / 1e9, bandwidth_GBps=bw / 1e9,
-        floor_ms_per_forward=1000 * wb / bw, ar_ceiling_tps=bw / wb, prompt_len=args.prompt_len,
-        new_tokens=args.new_tokens, runner=args.runner or default_mode(model), compile=args.compile, fused=args.fuse,
+        arch=args.arch, parameters=c.num_parameters(), weight_GB=wb / 1e9, bandwidth_GBps=bw / 1e9,
+        floor_ms_per_forward=1000 * wb / bw, ar_ceiling_tps=bw / wb, kv_bytes_per_position=kv_bytes,
+        prompt_len=args.prompt_lengths[0], sweep=sweep(args), runner=args.runner or default_mode(model),
+        compile=args.compile, fused=args.fuse, fused_norm_rope=args.fused_norm_rope,
+        split_k=bool(args.split_k and split_k_available(device)),
         command="python -m benchmarks.bench " + " ".join(sys.argv[1:]))
 
 
@@ -302,37 +356,41 @@ def decode_rows(model, info: dict, args) -> list[dict]:
     """Our `ar` mode and SDAR block decoding, one row per case; written after each when --out is given."""
     ar_model, rows = as_ar(model), []
     for case in cases_for(args):
-        r = run_case(model, ar_model, case, args.prompt_len, args.new_tokens, args.repeats, args.runner, args.compile)
+        r = run_case(model, ar_model, case, args.repeats, args.runner, args.compile)
         rows.append(dict(case.__dict__, **r, model=args.arch, gpu=info["gpu"], torch=info["torch"], date=info["date"]))
-        print(f"  {case.mode:<5}{case.strategy:<8} L={case.block_length:<3} T={case.steps:<3} B={case.batch_size:<3} "
-              f"{r['tokens_per_second']:9.1f} tok/s  {r['ms_per_forward']:.3f} ms/forward", flush=True)
+        print(f"  P={case.prompt_len:<5} {case.mode:<5}{case.strategy:<8} L={case.block_length:<3} T={case.steps:<3} "
+              f"B={case.batch_size:<3} {r['tokens_per_second']:9.1f} tok/s  {r['ms_per_forward']:.3f} ms/forward",
+              flush=True)
         if args.out:  # partial results survive a run cut short
             write_outputs(Path(args.out), info, rows)
     return rows
 
 
-def transformers_rows(config: ModelConfig, info: dict, args, device: torch.device, dtype: torch.dtype) -> list[dict]:
-    """transformers' generate at batch 1, in the --transformers modes; a mode that fails is skipped with its reason."""
+def transformers_rows(config: ModelConfig, info: dict, args, device: torch.device, dtype: torch.dtype,
+                      rows: list[dict]) -> None:
+    """transformers' generate at batch 1 at each prompt length, in the --transformers modes, appended to rows (and
+    written after each when --out is given); a mode that fails is skipped with its reason."""
     modes = {"auto": ["compiled"] if device.type == "cuda" else ["eager"], "none": [], "eager": ["eager"],
              "compiled": ["compiled"], "both": ["eager", "compiled"]}[args.transformers]
-    rows = []
-    for mode in modes:
+    for (prompt, new), mode in ((pn, m) for pn in sweep(args) for m in modes):
         try:
-            r = run_transformers(config, device, dtype, 1, args.prompt_len, args.new_tokens, mode == "compiled")
+            r = run_transformers(config, device, dtype, 1, prompt, new, mode == "compiled")
         except Exception as e:  # the peer is informative, not essential: record why it is missing
-            print(f"  transformers {mode} failed: {type(e).__name__}: {e}", flush=True)
+            print(f"  transformers {mode} at {prompt} failed: {type(e).__name__}: {e}", flush=True)
             continue
-        rows.append(dict(mode=f"hf-{mode}", strategy="ar", block_length=1, steps=1, threshold=0.0, batch_size=1, **r,
-                         model=args.arch, gpu=info["gpu"], torch=info["torch"], date=info["date"]))
-    return rows
+        rows.append(dict(mode=f"hf-{mode}", prompt_len=prompt, strategy="ar", block_length=1, steps=1, threshold=0.0,
+                         batch_size=1, **r, model=args.arch, gpu=info["gpu"], torch=info["torch"], date=info["date"]))
+        print(f"  P={prompt:<5} hf-{mode} {r['tokens_per_second']:9.1f} tok/s", flush=True)
+        if args.out:
+            write_outputs(Path(args.out), info, rows)
 
 
 def add_comparisons(rows: list[dict]) -> None:
     """Each row's realized TPF (Eq. 11, and fused) and its speed-up over `ar` at the same batch size."""
-    ar_rows = {r["batch_size"]: r for r in rows if r["mode"] == "ar"}
+    ar_rows = {(r.get("prompt_len"), r["batch_size"]): r for r in rows if r["mode"] == "ar"}
     for r in rows:
         r["realized_tpf_eq11"], r["realized_tpf_fused"] = realized_tpf(r, ar_rows)
-        base = ar_rows.get(r["batch_size"])
+        base = ar_rows.get((r.get("prompt_len"), r["batch_size"]))
         r["speedup_vs_ar"] = r["tokens_per_second"] / base["tokens_per_second"] if base else None
 
 
@@ -350,8 +408,11 @@ def main(argv: list[str] | None = None) -> int:
         args.arch = str(args.checkpoint)
     if args.fuse:
         model.fuse_projections()
+    ChunkRunner.split_k_attention = None if args.split_k else False
+    Attention.fused_norm_rope = args.fused_norm_rope
     info = device_info(model, device, args)
-    rows = decode_rows(model, info, args) + transformers_rows(model.config, info, args, device, dtype)
+    rows = decode_rows(model, info, args)
+    transformers_rows(model.config, info, args, device, dtype, rows)
     add_comparisons(rows)
     if args.out:
         write_outputs(Path(args.out), info, rows)

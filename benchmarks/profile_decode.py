@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from sdar_core.decoding import generate
+from sdar_core.device import graph_replay_ms
 from sdar_core.runner import ChunkRunner
 
 from . import bench
@@ -32,16 +33,7 @@ def replay_ms(model, q: int, compile: bool, total: int = 512, iters: int = 50) -
     seq = torch.randint(0, 1000, (1, total), device="cuda")
     lf = q // 2 if q > 16 else 0  # the decoder's fused first step reads the second half only
     runner(seq, 256, q, lf)  # capture
-    graph = runner.graphs[(q, lf)][0]
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for _ in range(5):
-        graph.replay()
-    start.record()
-    for _ in range(iters):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
+    return graph_replay_ms(runner.graphs[(q, lf)][0], iters)
 
 
 def kernels_per_forward(model, q: int, compile) -> tuple[int, list]:
@@ -50,12 +42,10 @@ def kernels_per_forward(model, q: int, compile) -> tuple[int, list]:
 
     runner = ChunkRunner(model, 1, 512, max(q, 1), "static", compile)
     seq = torch.randint(0, 1000, (1, 512), device="cuda")
-    ids, positions, idx = runner.inputs(seq, 256, q)
-    mask = runner.mask(256, q)  # the mask the runner hands its graphs (additive on CUDA)
-    slot = runner.cache.chunk_at(idx)
+    inputs = runner.static_inputs(seq, 256, q)  # what the runner hands its graphs
 
     def fwd():
-        return runner.forward_fn(model, ids, positions, mask=mask, cache=slot, block_size=max(q, 1))
+        return runner.static_forward(inputs)
 
     for _ in range(3):
         fwd()

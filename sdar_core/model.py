@@ -12,7 +12,9 @@ import torch.nn.functional as F
 
 from .attention import attention, chunk_mask
 from .config import ModelConfig
+from .decode_attention import CacheQueries, decode_attention
 from .kv_cache import CacheSlot
+from .norm_rope import norm_rope, norm_rope_available
 
 
 class RMSNorm(nn.Module):
@@ -46,6 +48,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
+    fused_norm_rope: bool = True  # False: the eager norm and RoPE on CUDA too (benchmarks compare the two)
+
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
@@ -71,6 +75,13 @@ class Attention(nn.Module):
         self.v_proj.weight = nn.Parameter(fused[nq + nk:], requires_grad=False)
         self.qkv_weight = fused
 
+    @staticmethod
+    def norm_rope(x: torch.Tensor, norm: RMSNorm, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """RoPE(RMSNorm(x)): x [B, Q, H, D] -> [B, H, Q, D]; one kernel on CUDA (norm_rope.py), eager elsewhere."""
+        if Attention.fused_norm_rope and norm_rope_available(x):
+            return norm_rope(x, norm.weight, norm.eps, cos, sin)
+        return apply_rope(norm(x).transpose(1, 2), cos, sin)
+
     def forward(self, x, cos, sin, mask, *, is_causal, cache: CacheSlot | None, backend: str):
         B, Q, _ = x.shape
         if self.qkv_weight is not None:
@@ -78,13 +89,15 @@ class Attention(nn.Module):
                 [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = self.q_norm(q.view(B, Q, self.n_heads, self.head_dim)).transpose(1, 2)  # [B, H, Q, D]
-        k = self.k_norm(k.view(B, Q, self.n_kv, self.head_dim)).transpose(1, 2)  # [B, H_kv, Q, D]
+        q = self.norm_rope(q.view(B, Q, self.n_heads, self.head_dim), self.q_norm, cos, sin)  # [B, H, Q, D]
+        k = self.norm_rope(k.view(B, Q, self.n_kv, self.head_dim), self.k_norm, cos, sin)  # [B, H_kv, Q, D]
         v = v.view(B, Q, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.write(self.layer, k, v)  # [B, H_kv, cache.keys, D]
-        out = attention(q, k, v, mask, is_causal=is_causal, backend=backend)  # [B, H, Q, D]
+        if isinstance(mask, CacheQueries):  # static shapes on the split-K kernel: k, v are the whole buffers
+            out = decode_attention(q, k, v, mask)  # [B, H, Q, D]
+        else:
+            out = attention(q, k, v, mask, is_causal=is_causal, backend=backend)  # [B, H, Q, D]
         return self.o_proj(out.transpose(1, 2).reshape(B, Q, -1))
 
 
@@ -218,7 +231,8 @@ class SDARForCausalLM(nn.Module):
 
         Without a cache the chunk is the whole sequence. With one (`kv_cache.chunk(start, Q)`, or `chunk_at(index)`
         for static shapes) the chunk's keys and values are written at the slot's positions and attention reads
-        the cache positions [0, cache.keys). `mask` is a boolean or additive [B, 1, Q, K] mask or a flex BlockMask;
+        the cache positions [0, cache.keys). `mask` is a boolean or additive [B, 1, Q, K] mask, a flex BlockMask, or a
+        `CacheQueries` (static shapes: the split-K decode kernel builds the mask from the chunk's cache indices);
         None means block-causal over key indices with `block_size` (default: the config's), for a chunk that ends
         the keys it reads (see attention.chunk_mask). `logits_from` / `logits_to` run the lm_head on a slice of the
         chunk only (the decoder reads the block in flight; training the noisy half).

@@ -7,6 +7,9 @@ Three modes compute the same thing:
 - "graph": "static" captured once per (Q, logits_from) as a CUDA graph and replayed (the GPU fast path:
   no kernel-launch overhead, no host synchronisation). Optionally the forward is torch.compile'd first
   (fused elementwise kernels).
+On CUDA with Triton, static-shape forwards pass attention a `CacheQueries` instead of a mask tensor: the split-K
+decode kernel (decode_attention.py) builds the block-causal mask from the slot's indices and reads only the filled
+part of the buffer. Elsewhere they pass the [B, 1, Q, total] mask to SDPA.
 Static and graph runners are pooled per model (`RUNNER_POOL`) and reused across generate calls of one shape.
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ import weakref
 import torch
 
 from .attention import chunk_mask
+from .decode_attention import CacheQueries, split_k_available
 from .kv_cache import KVCache
 
 MODES = ("plain", "static", "graph")
@@ -46,7 +50,7 @@ class RunnerPool:
         weights = tuple(p.data_ptr() for p in (model.model.embed_tokens.weight, model.lm_head.weight,
                                                model.model.layers[0].self_attn.q_proj.weight))
         key = (batch, -(-total // _BUCKET) * _BUCKET, block_size, mode, compile, model.dtype, weights,
-               model.config.model_type)
+               model.config.model_type, ChunkRunner.split_k_attention)
         if key not in pool:
             if len(pool) >= _POOL_SIZE:
                 pool.pop(next(iter(pool)))
@@ -65,6 +69,11 @@ def _forward(model, *args, **kwargs) -> torch.Tensor:
 
 
 class ChunkRunner:
+    # None: the split-K decode attention wherever it runs (CUDA with Triton); False turns it off (the benchmarks
+    # compare it with SDPA over the whole buffer); True where it cannot run falls back to SDPA over the filled
+    # slice, whose host read of the filled length cannot be captured in a graph.
+    split_k_attention: bool | None = None
+
     def __init__(self, model, batch: int, total: int, block_size: int, mode: str, compile=False) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown runner mode {mode!r}; choose one of {MODES}")
@@ -80,6 +89,9 @@ class ChunkRunner:
         self.padded = False
         self.graphs: dict[tuple[int, int], tuple] = {}
         self.forward_fn = _forward  # forward_fn(model, ids, positions, ...)
+        self.split_k = mode != "plain" and (ChunkRunner.split_k_attention
+                                            if ChunkRunner.split_k_attention is not None
+                                            else split_k_available(self.device))
         if compile:
             # "dynamic" (or True): one compilation for every batch and chunk size; "static": one per shape.
             self.forward_fn = torch.compile(_forward, dynamic=compile != "static", fullgraph=True)
@@ -106,11 +118,12 @@ class ChunkRunner:
         return seq[:, start: start + length], positions, idx
 
     def mask(self, start: int, length: int) -> torch.Tensor | None:
-        """The chunk's mask: over [0, start+length) in plain mode (None when nothing needs hiding), over the
-        whole buffer [batch, 1, Q, total] otherwise (always a tensor: the graphs copy it into their input)."""
-        if self.mode == "plain":
-            return chunk_mask(start, length, start + length, self.block_size,
-                              k_start=self.pad if self.padded else None, device=self.device)[0]
+        """The plain-mode chunk's mask over [0, start+length) (None when nothing needs hiding)."""
+        return chunk_mask(start, length, start + length, self.block_size,
+                          k_start=self.pad if self.padded else None, device=self.device)[0]
+
+    def buffer_mask(self, start: int, length: int) -> torch.Tensor:
+        """The [batch, 1, Q, total] mask of a static-shape forward through SDPA over the whole buffer."""
         mask, _ = chunk_mask(start, length, self.total, self.block_size, k_start=self.pad, device=self.device)
         if self.device.type == "cuda":
             # An additive mask in the model's dtype is what the attention kernels consume: converting it
@@ -120,33 +133,46 @@ class ChunkRunner:
 
     def __call__(self, seq: torch.Tensor, start: int, length: int, logits_from: int) -> torch.Tensor:
         """Logits [B, length - logits_from, V] of chunk seq[:, start:start+length]; its K/V go to the cache."""
-        ids, positions, idx = self.inputs(seq, start, length)
-        mask = self.mask(start, length)
         if self.mode == "plain":
-            return self.model(ids, positions, mask=mask, cache=self.cache.chunk(start, length),
+            ids, positions, _ = self.inputs(seq, start, length)
+            return self.model(ids, positions, mask=self.mask(start, length), cache=self.cache.chunk(start, length),
                               logits_from=logits_from, block_size=self.block_size)
+        inputs = self.static_inputs(seq, start, length)
         if self.mode == "static" or length > 2 * self.block_size:  # a prefill runs once: no graph, no compilation
-            return self.model(ids, positions, mask=mask, cache=self.cache.chunk_at(idx),
-                              logits_from=logits_from, block_size=self.block_size)
-        return self._replay(ids, positions, idx, mask, logits_from)
+            return self.static_forward(inputs, logits_from, _forward)
+        return self._replay(inputs, logits_from)
 
-    def _replay(self, ids, positions, idx, mask, logits_from: int) -> torch.Tensor:
-        key = (ids.shape[1], logits_from)
+    def static_inputs(self, seq: torch.Tensor, start: int, length: int) -> list[torch.Tensor]:
+        """[ids, positions, cache indices] for the split-K kernel (it builds the mask from the indices), plus the
+        mask over the whole buffer for SDPA: the tensors a graph copies in."""
+        inputs = list(self.inputs(seq, start, length))
+        return inputs if self.split_k else inputs + [self.buffer_mask(start, length)]
+
+    def static_forward(self, inputs: list[torch.Tensor], logits_from: int = 0, forward_fn=None) -> torch.Tensor:
+        """The forward of `static_inputs`, writing its K/V at the cache indices (forward_fn: default the runner's,
+        compiled when asked)."""
+        ids, positions, idx = inputs[:3]
+        slot = self.cache.chunk_at(idx)
+        mask = inputs[3] if len(inputs) > 3 else CacheQueries(slot.index, self.block_size, self.pad)
+        forward_fn = forward_fn or self.forward_fn
+        return forward_fn(self.model, ids, positions, mask=mask, cache=slot, logits_from=logits_from,
+                          block_size=self.block_size)
+
+    def _replay(self, inputs: list[torch.Tensor], logits_from: int) -> torch.Tensor:
+        key = (inputs[0].shape[1], logits_from)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(ids, positions, idx, mask, logits_from)
+            self.graphs[key] = self._capture(inputs, logits_from)
         graph, bufs, out = self.graphs[key]
-        for buf, value in zip(bufs, (ids, positions, idx, mask)):
+        for buf, value in zip(bufs, inputs):
             buf.copy_(value, non_blocking=True)
         graph.replay()
         return out
 
-    def _capture(self, ids, positions, idx, mask, logits_from: int):
-        bufs = [t.clone() for t in (ids, positions, idx, mask)]
-        slot = self.cache.chunk_at(bufs[2])
+    def _capture(self, inputs: list[torch.Tensor], logits_from: int):
+        bufs = [t.clone() for t in inputs]
 
         def run():
-            return self.forward_fn(self.model, bufs[0], bufs[1], mask=bufs[3], cache=slot,
-                                   logits_from=logits_from, block_size=self.block_size)
+            return self.static_forward(bufs, logits_from)
 
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))

@@ -46,6 +46,15 @@ def test_reader_finds_every_run_recursively_with_its_machine_and_skips_bad_files
     assert read_results(tmp_path / "missing")[:2] == ([], [])
 
 
+def test_reader_keeps_the_batch_curve_of_a_context_sweep(tmp_path):
+    from app.benchmarks import read_results
+
+    rows = [dict(row("ar", b, 300.0 * b), prompt_len=64) for b in (1, 4)] + [dict(row("ar", 1, 260.0), prompt_len=8192)]
+    write_run(tmp_path / "sweep", rows, {**MACHINE, "prompt_len": 64})
+    records, _, _ = read_results(tmp_path)
+    assert sorted((r["batch_size"], r["tokens_per_second"]) for r in records) == [(1.0, 300.0), (4.0, 1200.0)]
+
+
 def test_gpu_figure_has_one_curve_per_mode_block_and_strategy_and_the_ar_ceiling_line(tmp_path):
     from app.benchmarks import read_results
     from app.charts import gpu_figure, gpu_table

@@ -1,6 +1,8 @@
 """benchmarks/bench.py: the benchmark harness runs end to end on CPU with the tiny architecture and writes its files."""
 import json
 
+import pytest
+
 from benchmarks import bench
 
 
@@ -26,8 +28,9 @@ def test_realized_tpf_matches_eq_11_of_the_paper():
     # A run that reaches TPF beta/gamma = 4 with one extra forward per block (the paper's engine):
     alpha, beta, gamma, t_f = 4, 16, 4, 0.002
     tgs_sdar = alpha * beta / ((gamma + 1) * t_f)  # Eq. 10
-    row = {"mode": "sdar", "batch_size": alpha, "block_length": beta, "decode_tokens_per_second": tgs_sdar}
-    eq11, _ = bench.realized_tpf(row, {alpha: {"decode_tokens_per_second": alpha / t_f}})
+    row = {"mode": "sdar", "prompt_len": 64, "batch_size": alpha, "block_length": beta,
+           "decode_tokens_per_second": tgs_sdar}
+    eq11, _ = bench.realized_tpf(row, {(64, alpha): {"decode_tokens_per_second": alpha / t_f}})
     assert abs(eq11 - beta / gamma) < 1e-9
 
 
@@ -39,3 +42,31 @@ def test_bench_runs_a_checkpoint(tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert data["machine"]["arch"] == "assets/models/sdar-tiny"
     assert {r["mode"] for r in data["rows"]} >= {"ar", "sdar"}
+
+
+def test_context_sweep_runs_batch_one_at_later_lengths_and_reports_each(tmp_path):
+    out = tmp_path / "sweep"
+    bench.main(["--arch", "tiny", "--device", "cpu", "--batch-sizes", "1", "2", "--block-lengths", "4", "--no-dynamic",
+                "--prompt-lengths", "8", "24", "--new-tokens", "8", "4", "--repeats", "1", "--transformers", "none",
+                "--out", str(out)])
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert sorted((r["prompt_len"], r["new_tokens"] // r["batch_size"], r["batch_size"], r["mode"]) for r in rows) == [
+        (8, 8, 1, "ar"), (8, 8, 1, "sdar"), (8, 8, 2, "ar"), (8, 8, 2, "sdar"), (24, 4, 1, "ar"), (24, 4, 1, "sdar")]
+    long_ar = next(r for r in rows if r["prompt_len"] == 24 and r["mode"] == "ar")
+    long_sdar = next(r for r in rows if r["prompt_len"] == 24 and r["mode"] == "sdar")
+    assert long_sdar["speedup_vs_ar"] == long_sdar["tokens_per_second"] / long_ar["tokens_per_second"]
+    report = bench.report_markdown(out)
+    sweep_rows = [line for line in report.splitlines() if line.startswith("| 24 | 4 |")]
+    assert len(sweep_rows) == 2 and f"| {long_ar['tokens_per_second']:.0f} |" in sweep_rows[0]
+
+
+def test_forward_floor_counts_weights_and_the_filled_kv():
+    info = {"weight_GB": 2.0, "bandwidth_GBps": 1000.0, "kv_bytes_per_position": 1e5}
+    # 2 GB of weights + (100 + 50) positions of 1e5 bytes at 1e12 B/s
+    assert abs(bench.forward_floor_ms(info, 100, 100) - 1000 * (2e9 + 1.5e7) / 1e12) < 1e-12
+
+
+def test_new_tokens_must_match_the_prompt_lengths():
+    args = bench.build_parser().parse_args(["--prompt-lengths", "8", "16", "32", "--new-tokens", "4", "8"])
+    with pytest.raises(SystemExit, match="one per prompt length"):
+        bench.sweep(args)

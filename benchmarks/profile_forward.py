@@ -1,0 +1,140 @@
+"""Where a graphed decode forward spends its GPU time, by kernel class (SDAR-1.7B shape, batch 1, bf16).
+
+    python -m benchmarks.profile_forward --out benchmarks/results/h100-profile-forward
+
+For `ar` (Q = 1, block 1) and SDAR block 16 (Q = 16) at a 64-token and an 8k-token context, with today's
+attention and with the split-K decode kernel (ChunkRunner.split_k_attention): the replay time of the runner's
+CUDA graph, then the kernels of 20 replays under torch.profiler grouped into classes (kernels per layer and
+microseconds per forward), and the idle time between kernels (span of a replay minus its busy time).
+A microbenchmark then times each of a layer's matmuls alone (graph of 20 calls) against reading its weight once,
+and the cost of the smallest kernels (a residual add, an RMSNorm of one token).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from sdar_core.device import graph_replay_ms, machine_info
+from sdar_core.runner import ChunkRunner
+
+from . import bench
+
+CLASSES = [("attention", ("sdpa", "flash", "fmha", "attention", "_split_kernel", "_merge_kernel", "flex", "triton")),
+           ("matmul", ("nvjet", "gemv", "gemm", "cutlass", "xmma", "splitkreduce")),
+           ("norm", ("layer_norm", "rms")),
+           ("copy/index", ("index", "copy", "cat", "scatter", "gather")),
+           ("elementwise", ("elementwise",)),
+           ("reduce", ("reduce",))]
+
+
+def kernel_class(name: str) -> str:
+    low = name.lower()
+    return next((c for c, keys in CLASSES if any(k in low for k in keys)), "other")
+
+
+def graphed(model, Q: int, total: int, start: int, split_k: bool):
+    ChunkRunner.split_k_attention = split_k
+    runner = ChunkRunner(model, 1, total, Q, "graph")
+    seq = torch.randint(10, 1000, (1, total), device="cuda")
+    lf = 0
+    runner(seq, start, Q, lf)
+    return runner.graphs[(Q, lf)][0]
+
+
+def replay_ms(graph, iters: int = 50) -> float:
+    return graph_replay_ms(graph, iters)
+
+
+def kernel_profile(graph, layers: int, reps: int = 20) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            graph.replay()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    classes: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    names: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for e in kernels:
+        for table, key in ((classes, kernel_class(e.name)), (names, e.name[:70])):
+            table[key][0] += 1 / reps
+            table[key][1] += e.device_time / reps
+    busy = sum(e.device_time for e in kernels) / reps
+    span = (max(e.time_range.end for e in kernels) - min(e.time_range.start for e in kernels)) / reps if kernels else 0
+    return dict(kernels=len(kernels) / reps, busy_us=busy, span_us=span,
+                classes={c: dict(per_layer=round(n / layers, 2), per_forward=round(n, 1), us=round(t, 1))
+                         for c, (n, t) in sorted(classes.items(), key=lambda kv: -kv[1][1])},
+                top=[(k, round(n, 1), round(t, 1)) for k, (n, t) in sorted(names.items(), key=lambda kv: -kv[1][1])[:12]])
+
+
+def microbench(model, bw: float) -> dict:
+    """Each of a layer's matmuls alone at one token, and the smallest kernels, in graphs of 20 calls."""
+    layer = model.model.layers[0]
+    x = torch.randn(1, 1, model.config.hidden_size, device="cuda", dtype=torch.bfloat16)
+    weights = {"qkv": layer.self_attn.qkv_weight, "o_proj": layer.self_attn.o_proj.weight,
+               "gate_up": layer.mlp.gate_up_weight, "down": layer.mlp.down_proj.weight, "lm_head": model.lm_head.weight}
+    out = {}
+    for name, w in weights.items():
+        xin = torch.randn(1, 1, w.shape[1], device="cuda", dtype=torch.bfloat16)
+        us = _graph_us(lambda: F.linear(xin, w))
+        nbytes = w.numel() * w.element_size()
+        out[name] = dict(us=round(us, 2), floor_us=round(1e6 * nbytes / bw, 2), GBps=round(nbytes / us / 1e3, 0))
+    norm = model.model.layers[0].input_layernorm
+    out["residual_add"] = dict(us=round(_graph_us(lambda: x + x), 2))
+    out["rms_norm"] = dict(us=round(_graph_us(lambda: norm(x)), 2))
+    return out
+
+
+def _graph_us(fn, calls: int = 20) -> float:
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return 1000 * replay_ms(graph) / calls
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    model = bench.random_model(bench.arch_config("sdar-1.7b"), torch.device("cuda"), torch.bfloat16).fuse_projections()
+    ar = bench.as_ar(model)
+    layers = model.config.num_hidden_layers
+    bw = bench.measure_bandwidth("cuda")
+    wb = bench.weight_bytes(model)
+    result = dict(machine=machine_info("cuda"), bandwidth_GBps=bw / 1e9, floor_ms=1000 * wb / bw, rows=[])
+    for context, total, start in (("64", 512, 64), ("8k", 8704, 8448)):
+        for mode, m, Q in (("ar", ar, 1), ("sdar16", model, 16)):
+            for split_k in (False, True):
+                graph = graphed(m, Q, total, start, split_k)
+                row = dict(context=context, mode=mode, split_k=split_k, replay_ms=round(replay_ms(graph), 3))
+                row |= kernel_profile(graph, layers)
+                result["rows"].append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "top"}), flush=True)
+                del graph
+                torch.cuda.empty_cache()
+    ChunkRunner.split_k_attention = False
+    result["microbench"] = microbench(model, bw)
+    print(json.dumps(result["microbench"]), flush=True)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "profile.json").write_text(json.dumps(result, indent=1))
+    print(f"\nfloor {result['floor_ms']:.3f} ms/forward at {bw / 1e9:.0f} GB/s")
+    print(f"{'ctx':<4}{'mode':<8}{'split-k':<8}{'replay ms':>10}{'kernels':>8}{'busy us':>9}{'span us':>9}  per class: "
+          "kernels/layer, us/forward")
+    for r in result["rows"]:
+        cls = "  ".join(f"{c} {v['per_layer']}/{v['us']:.0f}" for c, v in r["classes"].items())
+        print(f"{r['context']:<4}{r['mode']:<8}{str(r['split_k']):<8}{r['replay_ms']:>10.3f}{r['kernels']:>8.0f}"
+              f"{r['busy_us']:>9.0f}{r['span_us']:>9.0f}  {cls}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Decode attention (sdar_core/decode_attention.py) against a loop-built reference.
+
+The reference gathers, for every (row, head, query), the keys the block-causal rule with left padding allows
+(written out with loops, independent of sdar_core's masks) and takes their softmax in float64. Slots past the
+end of the last query's block hold NaN, so a kernel that reads them fails.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sdar_core.decode_attention import CacheQueries, decode_attention, reference_decode_attention
+from sdar_core.decoding import generate
+from sdar_core.runner import ChunkRunner
+
+from conftest import random_model, rel_err, tiny_config
+
+
+def loop_reference(q, k, v, q_index: list[int], L: int, pad: list[int]) -> torch.Tensor:
+    B, H, Q, D = q.shape
+    G = H // k.shape[1]
+    out = torch.zeros(B, H, Q, D, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            for r, i in enumerate(q_index):
+                keys = [j for j in range(k.shape[2]) if (j // L <= i // L and j >= pad[b]) or j == i]
+                kk, vv = k[b, h // G, keys].double(), v[b, h // G, keys].double()
+                w = (kk @ q[b, h, r].double() / math.sqrt(D)).softmax(0)
+                out[b, h, r] = w @ vv
+    return out
+
+
+def make_case(B, H, H_kv, D, T, q_index, L, pad, dtype=torch.float32, device="cpu", seed=0):
+    """Random q and a cache whose slots past the last query's block are NaN (must never be read)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, len(q_index), D, generator=g)
+    k, v = torch.randn(B, H_kv, T, D, generator=g), torch.randn(B, H_kv, T, D, generator=g)
+    end = min((q_index[-1] // L + 1) * L, T)
+    k[:, :, end:], v[:, :, end:] = float("nan"), float("nan")
+    where = CacheQueries(torch.tensor(q_index, device=device), L, torch.tensor(pad, device=device))
+    return [t.to(device, dtype) for t in (q, k, v)], where
+
+
+# (query indices, block length, padding per row): AR, the block in flight, the fused chunk (finished block +
+# block in flight), a chunk whose first block is partial (a prompt's last block), one query in the padding,
+# and three blocks at once.
+CASES = [([37], 1, [0, 5]), (list(range(32, 36)), 4, [0, 3]), (list(range(28, 36)), 4, [2, 0]),
+         (list(range(30, 36)), 4, [0, 0]), ([3], 1, [5, 0]), (list(range(24, 36)), 4, [1, 0])]
+
+
+@pytest.mark.parametrize("q_index, L, pad", CASES)
+def test_cpu_path_matches_loop_reference(q_index, L, pad):
+    (q, k, v), where = make_case(2, 4, 2, 16, 48, q_index, L, pad)
+    out = decode_attention(q, k, v, where)
+    assert out.shape == q.shape
+    assert rel_err(out, loop_reference(q, k, v, q_index, L, pad)) < 1e-5
+
+
+def test_reference_reads_only_the_filled_part():
+    (q, k, v), where = make_case(1, 4, 2, 16, 64, list(range(8, 12)), 4, [0])
+    k[:, :, 12:], v[:, :, 12:] = 1e30, 1e30  # would dominate any softmax that reached them
+    assert torch.isfinite(reference_decode_attention(q, k, v, where)).all()
+
+
+@pytest.mark.parametrize("strategy", ["static", "ar"])
+def test_static_runner_with_split_k_switch_equals_plain(strategy, monkeypatch):
+    model = random_model(tiny_config("sdar" if strategy != "ar" else "qwen3", block_size=4))
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]  # left padding of the first row
+    kw = dict(max_new_tokens=12, block_length=4, steps=2, strategy=strategy)
+    plain = generate(model, prompts, runner_mode="plain", **kw)
+    monkeypatch.setattr(ChunkRunner, "split_k_attention", True)
+    static = generate(model, prompts, runner_mode="static", **kw)
+    assert static.tokens.tolist() == plain.tokens.tolist()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("q_index, L, pad", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_kernel_matches_loop_reference(q_index, L, pad, dtype):
+    (q, k, v), where = make_case(2, 4, 2, 16, 48, q_index, L, pad, dtype=dtype, device="cuda")
+    out = decode_attention(q, k, v, where)
+    ref = loop_reference(q.cpu(), k.cpu(), v.cpu(), q_index, L, pad)
+    assert rel_err(out.cpu(), ref) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("Q, L", [(1, 1), (16, 16), (32, 16), (128, 64)])
+def test_one_cuda_graph_serves_every_filled_length(Q, L):
+    """SDAR-1.7B's attention shape (16/8 heads of 128, bf16): capture once, replay at several fills.
+    (Q = 128: block 64's fused chunk, 256 rows per KV head, so two row tiles.)"""
+    T = 1024
+    torch.manual_seed(0)
+    q = torch.randn(1, 16, Q, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 8, T, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    where = CacheQueries(torch.arange(Q, device="cuda"), L, torch.zeros(1, dtype=torch.long, device="cuda"))
+    decode_attention(q, k, v, where)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = decode_attention(q, k, v, where)
+    for start in (0, 16, 400, T - Q):
+        where.q_index.copy_(torch.arange(start, start + Q))
+        graph.replay()
+        ref = loop_reference(q.cpu(), k.cpu(), v.cpu(), list(range(start, start + Q)), L, [0])
+        assert rel_err(out.cpu(), ref) < 1e-2, start
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("split_k", [None, False])  # the default (the kernel on CUDA) and SDPA over the buffer
+@pytest.mark.parametrize("strategy", ["static", "dynamic", "ar"])
+def test_graph_runner_equals_plain_with_and_without_split_k(strategy, split_k, monkeypatch):
+    model = random_model(tiny_config("sdar", block_size=4)).cuda()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
+    kw = dict(max_new_tokens=24, block_length=4, steps=2, strategy=strategy, threshold=0.5)
+    plain = generate(model, prompts, runner_mode="plain", **kw)
+    monkeypatch.setattr(ChunkRunner, "split_k_attention", split_k)
+    graph = generate(model, prompts, runner_mode="graph", **kw)
+    assert ChunkRunner.get(model, 2, 64, 4, "graph").split_k == (split_k is None)
+    assert graph.tokens.tolist() == plain.tokens.tolist()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("strategy", ["static", "ar"])
+def test_compiled_graphs_with_split_k_equal_plain(strategy):
+    """torch.compile(fullgraph=True) of the forward takes the split-K kernel as one opaque op."""
+    model = random_model(tiny_config("sdar", block_size=4, layers=2)).cuda()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
+    kw = dict(max_new_tokens=16, block_length=4, steps=2, strategy=strategy)
+    plain = generate(model, prompts, runner_mode="plain", **kw)
+    compiled = generate(model, prompts, runner_mode="graph", compile=True, **kw)
+    assert compiled.tokens.tolist() == plain.tokens.tolist()
+
+
+def test_split_k_is_off_on_the_cpu_by_default():
+    """CPU static shapes keep SDPA over the whole buffer (their inputs carry the mask); the kernel needs CUDA."""
+    model = random_model(tiny_config("sdar", block_size=4))
+    runner = ChunkRunner(model, 1, 64, 4, "static")
+    assert not runner.split_k
+    assert len(runner.static_inputs(torch.zeros(1, 64, dtype=torch.long), 8, 4)) == 4
