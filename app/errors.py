@@ -10,6 +10,8 @@ import torch
 
 from sdar_core import GenerationError
 
+from .streaming import Busy
+
 CONTEXT_HINT = "Shorten the prompt, clear the conversation, or lower max new tokens."
 log = logging.getLogger("sdar.app")
 
@@ -19,6 +21,8 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, torch.OutOfMemoryError):
         return ("The device ran out of memory for this request. Try fewer new tokens, a shorter prompt or "
                 "conversation, or a smaller model.")
+    if isinstance(exc, Busy):
+        return str(exc)[0].upper() + str(exc)[1:]
     if isinstance(exc, (ValueError, KeyError, FileNotFoundError)):  # CheckpointError, GenerationError, ...
         text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
         if isinstance(exc, GenerationError) and "context" in text:  # generate() is where the context is checked

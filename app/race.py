@@ -17,7 +17,7 @@ from .prompting import conversation, prompt_ids
 from .registry import ar_twin_name
 from .render import frame_html, placeholder_html, stats_row
 from .settings import DecodeRequest, DecodeSettings, SettingsError
-from .streaming import Lane, decode, stream
+from .streaming import Lane, decode_alone, stream
 from .studio import Studio
 
 LANES = ("ar", "sdar", "twin")
@@ -149,7 +149,9 @@ class Race:
                 gr.Warning("Sweep stopped.")
                 break
             s = base.as_ar() if kind == "ar" else replace(base, block_length=b, steps=b, threshold=t)
-            gen = decode(Lane(loaded, ids, s))
+            gen = decode_alone(Lane(loaded, ids, s), stop)
+            if gen is None:
+                continue  # stopped while waiting for the device: the loop's next turn says so
             st = gen.stats
             rec = {"block length": b or 1, "threshold": t, "tokens": st.new_tokens, "forwards": st.forwards,
                    "TPF": round(st.tpf, 3), "tokens/s": round(st.tokens_per_second, 1),

@@ -1,0 +1,171 @@
+"""The studio against a hostile but fair visitor (issue 14): a load that hangs never blocks serving, a paced
+display never holds the device, only offered models load when the studio is exposed, user text stays text,
+trace files stay private and bounded, and every rejection is a readable message."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from conftest import free_port, text_of
+
+FAST = dict(block_length=4, steps=4, strategy="static", threshold=0.9, temperature=0.0, top_p=1.0,
+            max_new_tokens=12, seed=0, pace_ms=0)
+PROMPT_BOUND = 15.0  # seconds: generous on 2 shared cores; a blocked endpoint waited for the whole load (30 s here)
+
+
+def chat(client, model, message, *, submit=False, **over):
+    s = {**FAST, **over}
+    args = (message, "", str(model), s["block_length"], s["steps"], s["strategy"], s["threshold"], s["temperature"],
+            s["top_p"], s["max_new_tokens"], s["seed"], s["pace_ms"])
+    return (client.submit if submit else client.predict)(*args, api_name="/chat")
+
+
+@pytest.fixture
+def stalled_hub(monkeypatch, tmp_path):
+    """HF_ENDPOINT on 127.0.0.1 that accepts connections and never answers (for at most 40 s); hub calls time
+    out after 30 s, so a load of a hub id hangs that long."""
+    import huggingface_hub.constants
+    from test_loading_hostile import SilentServer
+
+    server = SilentServer(lifetime=40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "30")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.port}")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def launched(studio_checkpoints):
+    """The studio on 127.0.0.1 (any model allowed, as on loopback), its default model loaded; yields
+    (url, registry, sdar folder)."""
+    from app.layout import LAUNCH_KWARGS
+    from app.registry import ModelRegistry
+    from app.ui import build_app
+
+    sdar, _ = studio_checkpoints
+    registry = ModelRegistry(models_dir=sdar.parent, allow_any_model=True)
+    registry.get(str(sdar))
+    demo = build_app(default_model=str(sdar), registry=registry)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS)
+    try:
+        yield f"http://127.0.0.1:{port}/", registry, sdar
+    finally:
+        demo.close()
+
+
+def visitor(url):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+# --- 1. a load that hangs blocks nothing else --------------------------------------------------------------
+
+
+def test_describe_and_chat_answer_while_another_model_load_hangs(launched, stalled_hub):
+    url, registry, sdar = launched
+    loader, other = visitor(url), visitor(url)
+    job = loader.submit("org/stalled", api_name="/load_model")
+    deadline = time.monotonic() + PROMPT_BOUND
+    while registry.loading("org/stalled") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    loading = registry.loading("org/stalled")
+    assert loading is not None, "the load never started"
+    assert registry.start("org/stalled") is loading  # a second request joins the same load
+    assert stalled_hub.accepted, "the load never reached the stalled endpoint"
+
+    t0 = time.monotonic()
+    assert "Loading **org/stalled**" in other.predict("org/stalled", api_name="/describe_model")
+    assert "block size **4**" in other.predict(str(sdar), api_name="/describe_model")
+    chatbot, *_ = chat(other, sdar, "Why is the sky blue?")
+    elapsed = time.monotonic() - t0
+    assert text_of(chatbot[-1]) and elapsed < PROMPT_BOUND
+    assert not loading.done.is_set(), "the load ended before the test could show it does not block"
+
+    stalled_hub.close()  # the endpoint hangs up: the load ends with a readable error
+    assert loading.done.wait(PROMPT_BOUND)
+    with pytest.raises(Exception, match="could not be fetched"):
+        job.result()
+
+
+# --- 3. a paced display does not hold the device ------------------------------------------------------------
+
+
+def test_a_second_visitors_chat_is_not_delayed_by_the_first_visitors_paced_display(launched):
+    url, registry, sdar = launched
+    slow, quick = visitor(url), visitor(url)
+    job = chat(slow, sdar, "Tell me a story.", submit=True, max_new_tokens=24, pace_ms=500)  # 12 s of display
+    deadline = time.monotonic() + PROMPT_BOUND
+    while len(job.outputs()) < 2 and time.monotonic() < deadline:  # its first frame is on screen
+        time.sleep(0.05)
+    assert len(job.outputs()) >= 2
+    chatbot, *_ = chat(quick, sdar, "Why is the sky blue?")
+    assert text_of(chatbot[-1]) and "▒" not in text_of(chatbot[-1])
+    assert not job.done(), "the quick chat waited for the paced one"
+    slow.predict(api_name="/stop")
+    job.result()
+
+
+# --- 5. who may load what ------------------------------------------------------------------------------------
+
+
+def test_an_exposed_studio_loads_only_shipped_and_curated_models_and_never_tells_paths_apart(studio_checkpoints,
+                                                                                            tmp_path):
+    from app.registry import CURATED, ModelRegistry, ModelUnavailable
+    from app.studio import Studio
+    from app.ui import describe_model
+
+    sdar, _ = studio_checkpoints
+    registry = ModelRegistry(models_dir=sdar.parent)  # the safe default: nothing beyond the offered models
+    outside = tmp_path / "copy"
+    outside.mkdir()
+    (outside / "config.json").write_text((sdar / "config.json").read_text())
+    messages = []
+    for name in ("/etc", "/root/.ssh", "/etc/passwd", str(outside), str(tmp_path / "missing"), "org/any-model",
+                 str(sdar.parent / ".." / sdar.parent.name / ".." / "copy")):
+        with pytest.raises(ModelUnavailable) as e:
+            registry.get(name)
+        messages.append(str(e.value).replace(repr(name), "NAME"))
+        assert "--allow-any-model" in messages[-1]
+        assert "local folder" not in describe_model(Studio(registry=registry), name)
+    assert len(set(messages)) == 1, messages  # one message for a folder, a file, a checkpoint and nothing
+    assert registry.key("JetLM/SDAR-1.7B-Chat") == "JetLM/SDAR-1.7B-Chat" and "Qwen/Qwen3-4B" in CURATED
+    assert registry.get(str(sdar)).config.block_size == 4
+    assert ModelRegistry(models_dir=sdar.parent, offered=(str(outside),)).key(str(outside)) == str(outside.resolve())
+
+
+def test_aliases_of_one_folder_share_one_cache_entry(studio_checkpoints, tmp_path):
+    from app.registry import ModelRegistry
+
+    sdar, ar = studio_checkpoints
+    registry = ModelRegistry(models_dir=sdar.parent, capacity=2, allow_any_model=True)
+    link = tmp_path / "link"
+    link.symlink_to(sdar)
+    first = registry.get(str(sdar))
+    registry.get(str(ar))
+    for alias in ("/" + str(sdar), str(sdar.parent / ".." / sdar.parent.name / sdar.name), str(link), f" {sdar}/"):
+        assert registry.get(alias) is first
+    assert registry.cached(str(ar)) is not None and len(registry._cache) == 2  # nothing evicted, no copy
+
+
+@pytest.mark.parametrize("host, share, env, expected", [
+    (None, None, {}, False), ("127.0.0.1", None, {}, False), ("localhost", False, {}, False),
+    ("0.0.0.0", None, {}, True), (None, True, {}, True), (None, None, {"SPACE_ID": "org/space"}, True),
+    (None, None, {"GRADIO_SERVER_NAME": "0.0.0.0"}, True), (None, None, {"GRADIO_SHARE": "True"}, True),
+])
+def test_the_studio_knows_when_it_is_exposed(host, share, env, expected):
+    import app as _  # noqa: F401  (the package; app.py is loaded by path below)
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("app_main", REPO / "app.py")
+    main = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(main)
+    assert main.exposed(host, share, env) is expected
