@@ -248,3 +248,80 @@ def test_trace_files_live_in_a_private_bounded_folder_removed_at_exit(monkeypatc
     for fn, args, kw in exits:
         fn(*args, **kw)
     assert not folder.exists()
+
+
+# --- 4 and 8. caps, and every bad value of every endpoint a readable refusal -------------------------------------
+
+BAD = [None, "", -1, 2.5, float("nan"), True, [1, "a"], {"a": 1}, "\ud800", "x" * 5000, "../../etc/passwd"]
+
+
+@pytest.fixture(scope="module")
+def handlers(studio_checkpoints):
+    """Every endpoint's handler on a studio with the default (exposed) policy: name -> (call, valid kwargs)."""
+    from app.chat import Chat
+    from app.race import SEQUENTIAL, Race
+    from app.registry import ModelRegistry
+    from app.studio import Studio
+    from app.ui import describe_model
+    from app.visualizer import Visualizer
+
+    sdar, _ = studio_checkpoints
+    studio = Studio(registry=ModelRegistry(models_dir=sdar.parent))
+    request = type("Request", (), {"session_hash": "hostile"})()
+    decode = dict(model_name=str(sdar), **{k: v for k, v in FAST.items()})
+    decode["max_new_tokens"] = 2
+    chat_, vis, race = Chat(studio), Visualizer(studio), Race(studio)
+    return {
+        "chat": (lambda **a: list(chat_.respond(a.pop("message"), [], a.pop("system"), request, **a)),
+                 dict(message="Hi", system="Be brief.", **decode)),
+        "visualize": (lambda **a: list(vis.run(a.pop("prompt"), request, **a)), dict(prompt="Hi", **decode)),
+        "race": (lambda **a: list(race.race(a.pop("prompt"), a.pop("mode"), a.pop("use_twin"), request, **a)),
+                 dict(prompt="Hi", mode=SEQUENTIAL, use_twin=False, **decode)),
+        "sweep": (lambda **a: list(race.sweep(request=request, **a)),
+                  dict(prompt="Hi", model_name=str(sdar), block_lengths=[4], thresholds=[0.9], max_new_tokens=2)),
+        "describe_model": (lambda **a: describe_model(studio, **a), dict(name=str(sdar))),
+        "replay_frame": (lambda **a: vis.frame(recording=None, **a), dict(step=0)),  # the recording: server state
+    }
+
+
+def test_every_bad_value_of_every_endpoint_is_refused_by_name_or_accepted(handlers, caplog):
+    import gradio as gr
+
+    from app.errors import FAULT
+
+    tried, refused, accepted, bad = 0, 0, 0, []
+    for endpoint, (call, valid) in handlers.items():
+        for arg in valid:
+            for value in BAD:
+                tried += 1
+                try:
+                    call(**{**valid, arg: value})
+                    accepted += 1
+                except gr.Error as e:
+                    text = str(e.message)
+                    if FAULT in text or "Traceback" in text or len(text) > 1000:
+                        bad.append((endpoint, arg, repr(value)[:40], text[:200]))
+                    refused += 1
+                except Exception as e:  # anything but a readable refusal
+                    bad.append((endpoint, arg, repr(value)[:40], f"{type(e).__name__}: {e}"[:200]))
+    print(f"hostile suite: {tried} inputs, {refused} refused readably, {accepted} accepted, {len(bad)} bad")
+    assert not bad, "\n".join(map(str, bad))
+    assert tried == refused + accepted and refused > tried // 3
+    assert not [r for r in caplog.records if r.exc_info], "a user's error logged a traceback"
+
+
+def test_messages_and_system_prompts_are_capped_before_tokenisation(handlers, monkeypatch):
+    import gradio as gr
+
+    from app import prompting
+    from app.settings import MAX_MESSAGE_CHARS, MAX_SYSTEM_CHARS
+
+    monkeypatch.setattr(prompting, "prompt_ids", lambda *a: pytest.fail("an oversized text reached the tokenizer"))
+    call, valid = handlers["chat"]
+    for over, cap in ((dict(message="x" * 10_000_000), MAX_MESSAGE_CHARS),
+                      (dict(system="y" * (MAX_SYSTEM_CHARS + 1)), MAX_SYSTEM_CHARS)):
+        with pytest.raises(gr.Error, match=f"at most {cap:,} are accepted"):
+            call(**{**valid, **over})
+    call, valid = handlers["visualize"]
+    with pytest.raises(gr.Error, match=f"Prompt is {MAX_MESSAGE_CHARS + 1:,} characters long"):
+        call(**{**valid, "prompt": "z" * (MAX_MESSAGE_CHARS + 1)})
