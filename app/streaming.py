@@ -14,6 +14,7 @@ import math
 import queue
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -203,10 +204,12 @@ def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = Fa
 
 
 class StopFlags:
-    """One stop flag per browser session (gr.Request.session_hash): Stop reaches the running decode."""
+    """One stop flag per browser session (gr.Request.session_hash): Stop reaches the running decode. The newest
+    `capacity` sessions keep theirs (a flag matters only while that session's decode runs)."""
 
-    def __init__(self) -> None:
-        self._flags: dict[str, threading.Event] = {}
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = capacity
+        self._flags: OrderedDict[str, threading.Event] = OrderedDict()
         self._lock = threading.Lock()
 
     def arm(self, session: str | None) -> threading.Event:
@@ -214,7 +217,10 @@ class StopFlags:
         if not session:
             return threading.Event()
         with self._lock:
+            self._flags.pop(session, None)
             flag = self._flags[session] = threading.Event()
+            while len(self._flags) > self.capacity:
+                self._flags.popitem(last=False)
             return flag
 
     def trigger(self, session: str | None) -> bool:

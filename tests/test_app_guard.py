@@ -3,7 +3,6 @@ display never holds the device, only offered models load when the studio is expo
 trace files stay private and bounded, and every rejection is a readable message."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -325,3 +324,19 @@ def test_messages_and_system_prompts_are_capped_before_tokenisation(handlers, mo
     call, valid = handlers["visualize"]
     with pytest.raises(gr.Error, match=f"Prompt is {MAX_MESSAGE_CHARS + 1:,} characters long"):
         call(**{**valid, "prompt": "z" * (MAX_MESSAGE_CHARS + 1)})
+
+
+# --- 11. per-session state is bounded -----------------------------------------------------------------------------
+
+
+def test_stop_flags_keep_the_newest_sessions_only():
+    from app.streaming import StopFlags
+
+    flags = StopFlags(capacity=8)
+    armed = {f"s{i}": flags.arm(f"s{i}") for i in range(100)}
+    assert len(flags._flags) == 8 and list(flags._flags) == [f"s{i}" for i in range(92, 100)]
+    assert flags.trigger("s99") and armed["s99"].is_set()
+    assert not flags.trigger("s0") and not armed["s0"].is_set()  # pruned: its decode ended long ago
+    again = flags.arm("s92")  # re-armed: newest again, not pruned next
+    flags.arm("new")
+    assert flags.trigger("s92") and again.is_set() and "s93" not in flags._flags
