@@ -160,7 +160,6 @@ def test_aliases_of_one_folder_share_one_cache_entry(studio_checkpoints, tmp_pat
     (None, None, {"GRADIO_SERVER_NAME": "0.0.0.0"}, True), (None, None, {"GRADIO_SHARE": "True"}, True),
 ])
 def test_the_studio_knows_when_it_is_exposed(host, share, env, expected):
-    import app as _  # noqa: F401  (the package; app.py is loaded by path below)
     import importlib.util
 
     from conftest import REPO
