@@ -1,10 +1,14 @@
 """`python app.py` starts SDAR Studio (also the Hugging Face Spaces entry point).
 
-    python app.py [--model assets/models/sdar-tiny] [--host 127.0.0.1] [--port 7860] [--share]
+    python app.py [--model assets/models/sdar-tiny] [--host 127.0.0.1] [--port 7860] [--share] [--allow-any-model]
 
 It opens the embedded sdar-tiny (and races it against ar-tiny), runs on the CPU when there is no GPU, and
 downloads nothing (hub ids typed in the model box are fetched when used). Gradio's own variables apply too
 (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, GRADIO_SHARE, ...); a flag given on the command line wins over them.
+
+Served beyond the loopback interface (another --host, --share, or a Hugging Face Space), the studio loads only
+the shipped models and the curated SDAR / Qwen3 hub ids; --allow-any-model lets visitors load any folder of this
+machine or any hub id.
 """
 from __future__ import annotations
 
@@ -20,6 +24,14 @@ from app.layout import LAUNCH_KWARGS  # noqa: E402
 from app.ui import build_app  # noqa: E402
 
 log = logging.getLogger("sdar.app")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def exposed(host: str | None, share: bool | None, env=os.environ) -> bool:
+    """Whether visitors other than this machine's users can reach the studio."""
+    host = host or env.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    shared = share if share is not None else env.get("GRADIO_SHARE", "").lower() in ("1", "true", "yes")
+    return bool(env.get("SPACE_ID")) or shared or host not in LOOPBACK
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=None, help="address to serve on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--share", action="store_true", default=None, help="make a public gradio.live link")
+    parser.add_argument("--allow-any-model", action="store_true",
+                        help="let visitors load any local folder or hub id, even when the studio is reachable "
+                             "beyond this machine (default there: the shipped models and the curated list only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up probes
@@ -36,7 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("transformers.configuration_utils").addFilter(
         lambda record: "to instantiate a model of type" not in record.getMessage())
 
-    registry = ModelRegistry()
+    registry = ModelRegistry(allow_any_model=args.allow_any_model or not exposed(args.host, args.share),
+                             offered=(args.model,))
+    if not registry.allow_any_model:
+        log.info("served beyond loopback: only the shipped and curated models can be loaded (--allow-any-model)")
     t0 = time.perf_counter()
     try:  # load the start model now, so that the first answer does not wait for it and its card shows
         m = registry.get(args.model)

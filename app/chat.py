@@ -9,7 +9,7 @@ from .errors import shows_errors
 from .prompting import conversation
 from .recording import record
 from .render import MASK_GLYPH, frame_html, frame_text, placeholder_html, stats_markdown
-from .settings import DecodeRequest
+from .settings import MAX_MESSAGE_CHARS, MAX_SYSTEM_CHARS, DecodeRequest, checked_text
 from .streaming import Lane, stream
 from .studio import Studio
 
@@ -26,7 +26,8 @@ class Chat:
     def respond(self, message, history, system, request: gr.Request, **ui):
         """Stream one answer; `ui` holds the decoding inputs by name (DecodeRequest).
         Outputs: chatbot, history, message box, live HTML, stats, recording."""
-        message = (message or "").strip()
+        message = checked_text("message", message, MAX_MESSAGE_CHARS)
+        system = checked_text("system prompt", system, MAX_SYSTEM_CHARS)
         if not message:
             raise gr.Error("Type a message first.", title="Empty message")
         req, history = DecodeRequest.from_ui(ui), list(history or [])

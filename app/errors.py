@@ -1,4 +1,5 @@
-"""The UI boundary: every exception a handler raises becomes a readable gr.Error, never a traceback."""
+"""The UI boundary: every exception a handler raises becomes a readable gr.Error, never a traceback. A user's
+error is logged as one line; only a real fault (anything else) logs its traceback, once."""
 from __future__ import annotations
 
 import functools
@@ -10,8 +11,11 @@ import torch
 
 from sdar_core import GenerationError
 
+from .streaming import Busy
+
 CONTEXT_HINT = "Shorten the prompt, clear the conversation, or lower max new tokens."
 log = logging.getLogger("sdar.app")
+FAULT = "Something went wrong"
 
 
 def user_message(exc: BaseException) -> str:
@@ -19,20 +23,29 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, torch.OutOfMemoryError):
         return ("The device ran out of memory for this request. Try fewer new tokens, a shorter prompt or "
                 "conversation, or a smaller model.")
+    if isinstance(exc, Busy):
+        return str(exc)[0].upper() + str(exc)[1:]
     if isinstance(exc, (ValueError, KeyError, FileNotFoundError)):  # CheckpointError, GenerationError, ...
         text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
         if isinstance(exc, GenerationError) and "context" in text:  # generate() is where the context is checked
             text = f"{text}. {CONTEXT_HINT}"
         return text[0].upper() + text[1:] if text else type(exc).__name__
     log.error("unexpected error in a handler", exc_info=exc)
-    return f"Something went wrong ({type(exc).__name__}: {exc}). The app is still running; try again."
+    return f"{FAULT} ({type(exc).__name__}: {exc}). The app is still running; try again."
 
 
 def to_gr_error(exc: BaseException) -> gr.Error:
     """The gr.Error a non-gr.Error exception reaches the user as."""
     if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return gr.Error(user_message(exc), title="SDAR Studio")
+    return quiet(gr.Error(user_message(exc), title="SDAR Studio"))
+
+
+def quiet(error: gr.Error) -> gr.Error:
+    """`error` logged as one line; gradio prints no traceback for it."""
+    error.print_exception = False
+    log.info("refused: %s", " ".join(str(error.message).split())[:300])
+    return error
 
 
 def shows_errors(fn):
@@ -42,8 +55,8 @@ def shows_errors(fn):
         def gen_wrapper(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except gr.Error:
-                raise
+            except gr.Error as e:
+                raise quiet(e) from None
             except Exception as e:
                 raise to_gr_error(e) from None
         return gen_wrapper
@@ -52,8 +65,8 @@ def shows_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
+        except gr.Error as e:
+            raise quiet(e) from None
         except Exception as e:
             raise to_gr_error(e) from None
     return wrapper

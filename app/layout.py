@@ -10,7 +10,7 @@ import gradio as gr
 from .chat import LIVE_PLACEHOLDER
 from .race import PARALLEL, SEQUENTIAL, SWEEP_BLOCKS, SWEEP_THRESHOLDS, lane_html
 from .render import block_table, confidence_heatmap, placeholder_html
-from .settings import MAX_BLOCK_LENGTH, MAX_NEW_TOKENS, SDAR_STRATEGIES
+from .settings import MAX_BLOCK_LENGTH, MAX_MESSAGE_CHARS, MAX_NEW_TOKENS, MAX_SYSTEM_CHARS, SDAR_STRATEGIES
 from .visualizer import EMPTY
 
 # Fonts that ship with gradio (served by the app itself): the page fetches nothing from the internet.
@@ -94,13 +94,14 @@ def _chat_tab(p: Page) -> None:
                            placeholder="Ask something: the answer is denoised block by block.")
     with gr.Row():
         p.message = gr.Textbox(placeholder="Your message", show_label=False, scale=5, elem_id="sdar-message",
-                               lines=1, max_lines=6)
+                               lines=1, max_lines=6, max_length=MAX_MESSAGE_CHARS)
         p.send = gr.Button("Send", variant="primary", scale=1, elem_id="sdar-send")
         p.stop = gr.Button("Stop", variant="stop", scale=1, elem_id="sdar-stop")
         p.clear = gr.Button("Clear", scale=1, elem_id="sdar-clear")
     gr.Examples(CHAT_EXAMPLES, inputs=p.message, label="Examples", elem_id="sdar-examples")
     with gr.Accordion("System prompt", open=False):
-        p.system = gr.Textbox(value="You are a helpful assistant.", show_label=False, lines=2)
+        p.system = gr.Textbox(value="You are a helpful assistant.", show_label=False, lines=2,
+                              max_length=MAX_SYSTEM_CHARS)
     p.live = gr.HTML(placeholder_html(LIVE_PLACEHOLDER), label="Block in flight", elem_id="sdar-live")
     p.chat_stats = gr.Markdown(elem_id="sdar-chat-stats")
 
@@ -108,7 +109,7 @@ def _chat_tab(p: Page) -> None:
 def _visualizer_tab(p: Page) -> None:
     with gr.Row():
         p.vis_prompt = gr.Textbox(placeholder="A prompt to decode here (or chat first)", show_label=False, scale=5,
-                                  elem_id="sdar-vis-prompt")
+                                  elem_id="sdar-vis-prompt", max_length=MAX_MESSAGE_CHARS)
         p.vis_run = gr.Button("Run", variant="primary", scale=1, elem_id="sdar-vis-run")
     gr.Examples(VIS_EXAMPLES, inputs=p.vis_prompt, label="Examples")
     p.vis_title = gr.Markdown(EMPTY, elem_id="sdar-vis-title")
@@ -125,7 +126,8 @@ def _visualizer_tab(p: Page) -> None:
 
 
 def _race_tab(p: Page) -> None:
-    p.race_prompt = gr.Textbox(value=RACE_PROMPT, label="Prompt", elem_id="sdar-race-prompt")
+    p.race_prompt = gr.Textbox(value=RACE_PROMPT, label="Prompt", elem_id="sdar-race-prompt",
+                               max_length=MAX_MESSAGE_CHARS)
     gr.Examples(RACE_EXAMPLES, inputs=p.race_prompt, label="Examples")
     with gr.Row():
         p.race_mode = gr.Radio([SEQUENTIAL, PARALLEL], value=SEQUENTIAL, label="Run", scale=3)

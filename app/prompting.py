@@ -20,5 +20,5 @@ def prompt_ids(tokenizer, messages: list[dict]) -> tuple[list[int], str | None]:
     text = "".join(
         f"{m['content']}\n\n" if m["role"] == "system" else f"{m['role'].capitalize()}: {m['content']}\n"
         for m in messages) + "Assistant:"
-    return tokenizer(text, add_special_tokens=False)["input_ids"], FALLBACK_NOTE
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"], FALLBACK_NOTE
 

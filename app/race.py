@@ -16,8 +16,8 @@ from .errors import shows_errors
 from .prompting import conversation, prompt_ids
 from .registry import ar_twin_name
 from .render import frame_html, placeholder_html, stats_row
-from .settings import DecodeRequest, DecodeSettings, SettingsError
-from .streaming import Lane, decode, stream
+from .settings import MAX_MESSAGE_CHARS, DecodeRequest, DecodeSettings, SettingsError, checked_text, shown
+from .streaming import Lane, decode_alone, stream
 from .studio import Studio
 
 LANES = ("ar", "sdar", "twin")
@@ -90,11 +90,11 @@ class Race:
     def race(self, prompt, mode, use_twin, request: gr.Request, **ui):
         """Race AR and SDAR (and the AR twin) on one prompt; `ui` holds the decoding inputs by name.
         Outputs: AR lane, SDAR lane, twin lane, table, speedup."""
-        prompt = (prompt or "").strip()
+        prompt = checked_text("prompt", prompt, MAX_MESSAGE_CHARS)
         if not prompt:
             raise gr.Error("Type a prompt first.", title="Empty prompt")
         if mode not in (SEQUENTIAL, PARALLEL):
-            raise SettingsError(f"race mode must be {SEQUENTIAL!r} or {PARALLEL!r}, got {mode!r}")
+            raise SettingsError(f"race mode must be {SEQUENTIAL!r} or {PARALLEL!r}, got {shown(mode)}")
         board = self.board(DecodeRequest.from_ui(ui), prompt, use_twin)
         yield board.outputs()
         for _ in stream(board.lanes, self.studio.arm_stop(request), parallel=mode == PARALLEL):
@@ -127,12 +127,12 @@ class Race:
     def sweep(self, prompt, model_name, block_lengths, thresholds, max_new_tokens, request: gr.Request):
         """Dynamic decoding over block lengths x thresholds (steps = block length), and AR once.
         Outputs: TPF figure, tokens/s figure, table."""
-        prompt = (prompt or "").strip()
+        prompt = checked_text("prompt", prompt, MAX_MESSAGE_CHARS)
         if not prompt:
             raise gr.Error("Type a prompt first.", title="Empty prompt")
         blocks = sorted({_choice("block length", b, SWEEP_BLOCKS, lambda v: int(float(v)))
-                         for b in (block_lengths or [])})
-        thrs = sorted({_choice("threshold", t, SWEEP_THRESHOLDS, float) for t in (thresholds or [])})
+                         for b in _picked("block lengths", block_lengths)})
+        thrs = sorted({_choice("threshold", t, SWEEP_THRESHOLDS, float) for t in _picked("thresholds", thresholds)})
         if not blocks or not thrs:
             raise gr.Error("Pick at least one block length and one threshold for the sweep.")
         base = DecodeSettings.from_ui({"block_length": max(blocks), "steps": max(blocks),
@@ -149,7 +149,9 @@ class Race:
                 gr.Warning("Sweep stopped.")
                 break
             s = base.as_ar() if kind == "ar" else replace(base, block_length=b, steps=b, threshold=t)
-            gen = decode(Lane(loaded, ids, s))
+            gen = decode_alone(Lane(loaded, ids, s), stop)
+            if gen is None:
+                continue  # stopped while waiting for the device: the loop's next turn says so
             st = gen.stats
             rec = {"block length": b or 1, "threshold": t, "tokens": st.new_tokens, "forwards": st.forwards,
                    "TPF": round(st.tpf, 3), "tokens/s": round(st.tokens_per_second, 1),
@@ -183,6 +185,15 @@ def _last_line(loaded, gen, width: int = 40) -> str:
     return last if len(last) <= width else "…" + last[-width + 1:]
 
 
+def _picked(name, values) -> list:
+    """The sweep's checkbox values: a list (None: nothing picked)."""
+    if values is None:
+        return []
+    if not isinstance(values, (list, tuple)):
+        raise SettingsError(f"{name} must be a list of choices, got {shown(values)}")
+    return list(values)
+
+
 def _choice(name, value, choices, cast):
     """cast(value) if it is one of choices, else a SettingsError naming them."""
     try:
@@ -190,5 +201,5 @@ def _choice(name, value, choices, cast):
     except (TypeError, ValueError):
         v = None
     if v not in choices:
-        raise SettingsError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        raise SettingsError(f"{name} must be one of {', '.join(map(str, choices))}, got {shown(value)}")
     return v

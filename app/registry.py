@@ -1,18 +1,27 @@
 """The models the studio can use: found under assets/models/, typed as a path or a hub id, loaded lazily
-and kept in a small thread-safe LRU cache (one device, a couple of models at most in memory)."""
+in the background and kept in a small thread-safe LRU cache (one device, a couple of models at most in memory).
+
+Who may load what: the shipped models (the registry's models_dir) and CURATED hub ids always; any other folder
+or hub id only with allow_any_model (the studio grants it on the loopback interface or with --allow-any-model).
+A load runs in its own thread, outside the registry's lock: looking a model up never waits behind a download."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from sdar_core import CheckpointError, ConfigError, load_pretrained, stop_ids_for
-from sdar_core.loading import model_card
+from sdar_core.loading import checkpoint_key, model_card
 from sdar_core.paths import MODELS_DIR, REPO
 
 DEFAULT_MODEL = "assets/models/sdar-tiny"
+CURATED = ("JetLM/SDAR-1.7B-Chat", "JetLM/SDAR-4B-Chat", "JetLM/SDAR-8B-Chat", "JetLM/SDAR-30B-A3B-Chat",
+           "Qwen/Qwen3-1.7B", "Qwen/Qwen3-4B", "Qwen/Qwen3-8B", "Qwen/Qwen3-30B-A3B")  # the SDAR family, AR peers
+MAX_NAME_CHARS = 300
+LOAD_WAIT = 900.0  # seconds a request waits for a load (hub calls are timed out one by one) before giving up
 
 
 def checkpoint_summary(model) -> dict:
@@ -90,20 +99,38 @@ class LoadedModel:
         return {}
 
 
+def checked_name(name) -> str:
+    """The model name stripped, or ModelUnavailable saying what a name must be."""
+    if name is None or (isinstance(name, str) and not name.strip()):
+        raise ModelUnavailable("no model chosen: pick one from the list or type a folder path or a hub id")
+    if not isinstance(name, str):
+        raise ModelUnavailable(f"model name must be text, got {type(name).__name__}")
+    if len(name) > MAX_NAME_CHARS:
+        raise ModelUnavailable(f"model name is {len(name):,} characters long; at most {MAX_NAME_CHARS} are accepted")
+    if not name.isprintable():
+        raise ModelUnavailable("model name must be printable text (no control characters or lone surrogates)")
+    return name.strip()
+
+
 def resolve_name(name: str) -> str:
     """A name relative to the repository (assets/models/x) when it exists there, else the name as typed."""
-    name = (name or "").strip()
-    if not name:
-        raise ModelUnavailable("no model chosen: pick one from the list or type a folder path or a hub id")
+    name = checked_name(name)
     p = Path(name).expanduser()
-    if not p.is_absolute() and not p.exists() and (REPO / p).exists():
+    if not p.is_absolute() and not _exists(p) and _exists(REPO / p):
         return str(REPO / p)
-    return str(p) if p.exists() else name
+    return str(p) if _exists(p) else name
 
 
-def default_missing(name: str) -> bool:
+def _exists(p: Path) -> bool:
+    try:
+        return p.exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
+
+def default_missing(name) -> bool:
     """True when `name` is the embedded default model and its folder is not there (not trained or not shipped)."""
-    return (name or "").strip() == DEFAULT_MODEL and not Path(resolve_name(name)).exists()
+    return isinstance(name, str) and name.strip() == DEFAULT_MODEL and not _exists(Path(resolve_name(name)))
 
 
 def missing_default_message(name: str = DEFAULT_MODEL) -> str:
@@ -121,14 +148,40 @@ def ar_twin_name(name: str) -> str | None:
     return str(twin) if (twin / "config.json").is_file() else None
 
 
-class ModelRegistry:
-    """Load-once cache of (model, tokenizer), safe to share between Gradio's worker threads."""
+@dataclass
+class Loading:
+    """One model's load in flight (or done): every request for that model waits on the same one."""
 
-    def __init__(self, models_dir: Path | str = MODELS_DIR, capacity: int = 3, device=None, dtype=None) -> None:
+    name: str
+    started: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: LoadedModel | None = None
+    error: BaseException | None = None
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    def outcome(self) -> LoadedModel:
+        """The loaded model, or the load's error raised (call once `done` is set)."""
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class ModelRegistry:
+    """Load-once cache of (model, tokenizer), safe to share between Gradio's worker threads. The lock guards
+    the cache and the loads in flight only; the loading itself runs in a thread of its own."""
+
+    def __init__(self, models_dir: Path | str = MODELS_DIR, capacity: int = 3, device=None, dtype=None, *,
+                 allow_any_model: bool = False, offered: tuple[str, ...] = ()) -> None:
         self.models_dir = Path(models_dir)
         self.capacity = capacity
         self.device, self.dtype = device, dtype
+        self.allow_any_model = allow_any_model
+        self.offered = frozenset(CURATED + tuple(offered))  # beyond models_dir: the curated ids, the operator's own
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loading: dict[str, Loading] = {}
         self._lock = threading.Lock()
 
     def available(self) -> list[str]:
@@ -144,32 +197,93 @@ class ModelRegistry:
                 out.append(str(p))
         return out
 
-    def get(self, name: str) -> LoadedModel:
-        """The loaded model for `name` (a folder or a hub id), loading it on first use."""
-        key = resolve_name(name)
+    def key(self, name) -> str:
+        """The cache key of `name` (its real folder, or the hub id), or ModelUnavailable when it may not be loaded
+        here. A refused name gets the same message whether or not such a server path exists."""
+        name = checked_name(name)
+        if default_missing(name):
+            raise ModelUnavailable(missing_default_message())
+        if not self.allow_any_model and name not in self.offered and not self._shipped(name):
+            offered = ", ".join(["the models in the list", *CURATED])
+            raise ModelUnavailable(f"model {name!r} is not offered by this studio: pick one of {offered} (the "
+                                   "person running the studio can allow any folder or hub id with --allow-any-model)")
+        try:
+            return checkpoint_key(resolve_name(name))
+        except CheckpointError as e:
+            raise ModelUnavailable(f"cannot load model {name!r}: {e}") from None
+
+    def _shipped(self, name: str) -> bool:
+        """A folder directly under models_dir (after `..`, `//`, `~` and symlinks are resolved)."""
+        try:
+            return Path(resolve_name(name)).expanduser().resolve().parent == self.models_dir.resolve()
+        except (OSError, RuntimeError, ValueError):
+            return False
+
+    def get(self, name, stop: threading.Event | None = None, timeout: float = LOAD_WAIT) -> LoadedModel:
+        """The loaded model for `name` (a folder or a hub id), loading it on first use; waits at most `timeout`
+        seconds, and stops waiting when `stop` is set (the load itself goes on, for the next request)."""
+        loading = self.start(name)
+        while not loading.done.wait(0.2):
+            if stop is not None and stop.is_set():
+                raise ModelUnavailable(f"stopped waiting for {loading.name!r}: it keeps loading in the background")
+            if loading.seconds > timeout:
+                raise ModelUnavailable(f"{loading.name!r} is still loading after {loading.seconds:.0f} s; "
+                                       "try again later")
+        return loading.outcome()
+
+    def start(self, name) -> Loading:
+        """The load of `name`: already done when it is cached, else the one in flight or a new one."""
+        key = self.key(name)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
-                return self._cache[key]
-            if default_missing(name):
-                raise ModelUnavailable(missing_default_message())
-            try:
-                model, tokenizer = load_pretrained(key, device=self.device, dtype=self.dtype)
-                card = model_card(key)
-            except (CheckpointError, ConfigError, OSError) as e:
-                raise ModelUnavailable(f"cannot load model {name!r}: {e}") from None
-            terms = {k: card[k] for k in ("license", "license_note") if k in card}  # what users may do with it
-            loaded = LoadedModel(name=name.strip(), path=key, model=model, tokenizer=tokenizer,
-                                 summary=checkpoint_summary(model) | terms)
-            self._cache[key] = loaded
-            while len(self._cache) > self.capacity:
-                self._cache.popitem(last=False)
-            return loaded
+                done = Loading(name=self._cache[key].name, result=self._cache[key])
+                done.done.set()
+                return done
+            loading = self._loading.get(key)
+            if loading is None:
+                loading = self._loading[key] = Loading(name=name.strip())
+                threading.Thread(target=self._load, args=(key, loading), daemon=True, name="sdar-load").start()
+            return loading
 
-    def cached(self, name: str) -> LoadedModel | None:
+    def loading(self, name) -> Loading | None:
+        """The load of `name` in flight, if any (never starts one)."""
+        try:
+            key = self.key(name)
+        except ModelUnavailable:
+            return None
+        with self._lock:
+            return self._loading.get(key)
+
+    def _load(self, key: str, loading: Loading) -> None:
+        try:
+            loaded = self._build(key, loading.name)
+            with self._lock:
+                self._cache[key] = loaded
+                while len(self._cache) > self.capacity:
+                    self._cache.popitem(last=False)
+            loading.result = loaded
+        except BaseException as e:  # handed to every request waiting for this load
+            loading.error = e
+        finally:
+            with self._lock:
+                self._loading.pop(key, None)
+            loading.done.set()
+
+    def _build(self, key: str, name: str) -> LoadedModel:
+        try:
+            model, tokenizer = load_pretrained(key, device=self.device, dtype=self.dtype)
+            card = model_card(key)
+        except (CheckpointError, ConfigError, OSError) as e:
+            raise ModelUnavailable(f"cannot load model {name!r}: {e}") from None
+        terms = {k: card[k] for k in ("license", "license_note") if k in card}  # what users may do with it
+        return LoadedModel(name=name, path=key, model=model, tokenizer=tokenizer,
+                           summary=checkpoint_summary(model) | terms)
+
+    def cached(self, name) -> LoadedModel | None:
         """The model for `name` if it is already loaded (never loads)."""
         try:
-            key = resolve_name(name)
+            key = self.key(name)
         except ModelUnavailable:
             return None
         with self._lock:

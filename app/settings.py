@@ -12,10 +12,34 @@ from typing import Mapping
 SDAR_STRATEGIES = ("static", "dynamic", "sequential", "entropy")
 MAX_BLOCK_LENGTH = 64
 MAX_NEW_TOKENS = 1024
+MAX_MESSAGE_CHARS = 8_000  # a message or prompt, checked before tokenisation (far above what a context holds)
+MAX_SYSTEM_CHARS = 4_000
 
 
 class SettingsError(ValueError):
     """A setting outside what the decoder accepts, named with its value and the valid range."""
+
+
+def shown(value, width: int = 60) -> str:
+    """repr(value) cut to `width` characters, for a message that names a refused value."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def checked_text(label: str, value, cap: int) -> str:
+    """`value` stripped, when it is text of at most `cap` characters that UTF-8 can encode (None reads as "");
+    else a SettingsError naming `label`."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise SettingsError(f"{label} must be text, got {type(value).__name__}")
+    if len(value) > cap:
+        raise SettingsError(f"{label} is {len(value):,} characters long; at most {cap:,} are accepted")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SettingsError(f"{label} contains a character that is not valid text (a lone surrogate)") from None
+    return value.strip()
 
 
 @dataclass(frozen=True)
@@ -32,14 +56,14 @@ class Range:
         try:
             x = float(value)
         except (TypeError, ValueError):
-            raise SettingsError(f"{self.label} must be a number, got {value!r}") from None
+            raise SettingsError(f"{self.label} must be a number, got {shown(value)}") from None
         if math.isnan(x) or (x <= self.lo if self.lo_open else x < self.lo) or x > self.hi:
             bracket = "(" if self.lo_open else "["
-            raise SettingsError(f"{self.label} must be in {bracket}{self.lo:g}, {self.hi:g}], got {value!r}")
+            raise SettingsError(f"{self.label} must be in {bracket}{self.lo:g}, {self.hi:g}], got {shown(value)}")
         if not self.integer:
             return x
         if x != int(x):
-            raise SettingsError(f"{self.label} must be a whole number, got {value!r}")
+            raise SettingsError(f"{self.label} must be a whole number, got {shown(value)}")
         return int(x)
 
 
@@ -72,7 +96,7 @@ class DecodeSettings:
         raises SettingsError naming the first bad value."""
         strategy = ui.get("strategy", cls.strategy)
         if strategy not in SDAR_STRATEGIES:
-            raise SettingsError(f"strategy must be one of {', '.join(SDAR_STRATEGIES)}, got {strategy!r}")
+            raise SettingsError(f"strategy must be one of {', '.join(SDAR_STRATEGIES)}, got {shown(strategy)}")
         values = {f.name: RANGES[f.name].parse(ui.get(f.name, f.default)) for f in fields(cls) if f.name in RANGES}
         if values["steps"] > values["block_length"]:
             raise SettingsError(f"denoising steps must be between 1 and the block length "

@@ -1,6 +1,7 @@
 """The one way the studio runs a decode it shows: `generate` in a worker thread, its StepEvents back through
 a queue to the (generator) event handler, frames built there and yielded at most every FRAME_INTERVAL
-seconds (or every step, slowed down, when a pace is set), then each lane's result.
+seconds (or every step, slowed down, when a pace is set), then each lane's result. The decode holds the device
+(DEVICE) only while it computes: a paced display replays the queued steps after the device is free again.
 
 Chat and the visualizer stream one lane; the race streams two or three, one after the other or together.
 `sdar_core.generate` calls on_step synchronously and propagates its exceptions, so raising `Stopped` from
@@ -13,6 +14,7 @@ import math
 import queue
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -69,31 +71,90 @@ def decode(lane: Lane, on_step=None) -> Generation:
                     on_step=on_step, **lane.settings.generate_kwargs())
 
 
+DEVICE = threading.Lock()  # one model, one device: one decode at a time, held by the decode alone
+BUSY_WAIT = 300.0  # seconds a request waits for the device before it is told to try again
+
+
+class Busy(RuntimeError):
+    """The device stayed taken by other visitors' decodes for longer than BUSY_WAIT."""
+
+
+def take_device(stop: threading.Event, wait: float | None = None) -> bool:
+    """Acquire DEVICE (False when `stop` is set first); Busy after `wait` seconds (BUSY_WAIT by default)."""
+    deadline = time.monotonic() + (BUSY_WAIT if wait is None else wait)
+    while not DEVICE.acquire(timeout=0.1):
+        if stop.is_set():
+            return False
+        if time.monotonic() > deadline:
+            raise Busy("the studio is busy with other visitors' requests: try again in a minute")
+    return True
+
+
 @dataclass
 class _Update:
-    lane: str
-    kind: str  # "step" (payload: StepEvent) | "done" (payload: Generation | None when stopped) | "error"
-    payload: object = None
+    lane: str | None
+    kind: str  # "start" | "step" (payload: StepEvent) | "done" (payload: Generation | None when stopped)
+    payload: object = None  # | "error" (payload: the exception) | "exit" (a worker thread ended: lane None)
 
 
-def _worker(name: str, lane: Lane, out: queue.Queue, stop: threading.Event) -> None:
+def decode_alone(lane: Lane, stop: threading.Event) -> Generation | None:
+    """decode(lane) holding DEVICE, not streamed (the sweep); None when `stop` was set while waiting for it."""
+    if not take_device(stop):
+        return None
+    try:
+        with torch.inference_mode():
+            return decode(lane)
+    finally:
+        DEVICE.release()
+
+
+class _Release:
+    """Releases DEVICE when the last of `n` worker threads is done with it."""
+
+    def __init__(self, n: int) -> None:
+        self.left, self._lock = n, threading.Lock()
+
+    def one_done(self) -> None:
+        with self._lock:
+            self.left -= 1
+            if self.left == 0:
+                DEVICE.release()
+
+
+def _worker(names: list[str], lanes: dict[str, Lane], out: queue.Queue, stop: threading.Event,
+            release: _Release) -> None:
+    """Decode `names` one after the other at full speed (the handler shows the steps at its own pace)."""
     def on_step(event: StepEvent) -> None:
         if stop.is_set():
             raise Stopped()
         out.put(_Update(name, "step", event))
 
     try:
-        with torch.inference_mode():
-            out.put(_Update(name, "done", decode(lane, on_step)))
-    except Stopped:
-        out.put(_Update(name, "done", None))
-    except BaseException as e:  # handed to the handler's thread, which raises it there
-        out.put(_Update(name, "error", e))
+        for name in names:
+            if stop.is_set():
+                break
+            out.put(_Update(name, "start"))
+            try:
+                with torch.inference_mode():
+                    out.put(_Update(name, "done", decode(lanes[name], on_step)))
+            except Stopped:
+                out.put(_Update(name, "done", None))
+            except BaseException as e:  # handed to the handler's thread, which raises it there
+                out.put(_Update(name, "error", e))
+                break
+    finally:
+        release.one_done()
+        out.put(_Update(None, "exit"))
 
 
-def _start(name: str, lanes: dict[str, Lane], out: queue.Queue, stop: threading.Event) -> None:
-    lanes[name].state = "running"
-    threading.Thread(target=_worker, args=(name, lanes[name], out, stop), daemon=True, name=f"sdar-{name}").start()
+def _start(lanes: dict[str, Lane], out: queue.Queue, stop: threading.Event, parallel: bool) -> int:
+    """Start the worker threads (the caller holds DEVICE; the last thread to end releases it); their count."""
+    groups = [[name] for name in lanes] if parallel else [list(lanes)]
+    release = _Release(len(groups))
+    for names in groups:
+        threading.Thread(target=_worker, args=(names, lanes, out, stop, release), daemon=True,
+                         name=f"sdar-{'-'.join(names)}").start()
+    return len(groups)
 
 
 def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = False,
@@ -102,26 +163,31 @@ def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = Fa
     FRAME_INTERVAL, or every step followed by a pause of pace_ms), a block's last step, a lane's end.
 
     parallel=False runs the lanes one after the other (honest timings: they do not share the device);
-    parallel=True starts them together. Once `stop` is set no lane starts and the frames still queued are
-    skipped; leaving the loop early sets it, so any worker still running ends at its next step.
+    parallel=True starts them together. The decodes hold DEVICE and run at full speed; the frames, paced or
+    not, are shown from the queue after them, so a slow display never keeps another visitor off the device.
+    Once `stop` is set no lane starts and the frames still queued are skipped; leaving the loop early sets it,
+    so any worker still running ends at its next step.
     """
     out: queue.Queue[_Update] = queue.Queue()
-    pending, running, shown, held = list(lanes), 0, -math.inf, False  # the first step is always due
+    if not take_device(stop):
+        return
+    running, shown, held = _start(lanes, out, stop, parallel), -math.inf, False  # the first step is always due
     try:
-        while running or (pending and not stop.is_set()):
-            while pending and not stop.is_set() and (parallel or not running):
-                _start(pending.pop(0), lanes, out, stop)
-                running += 1
+        while running:
             try:
                 u = out.get(timeout=max(0.0, shown + FRAME_INTERVAL - time.perf_counter()) if held else None)
             except queue.Empty:  # a frame the throttle held back, and nothing new since: show it now
                 held, shown = False, time.perf_counter()
                 yield lanes
                 continue
+            if u.kind in ("exit", "start"):
+                running -= u.kind == "exit"
+                if u.kind == "start":
+                    lanes[u.lane].state = "running"
+                continue
             if u.kind == "error":
                 raise u.payload
             if u.kind == "done":
-                running -= 1
                 lanes[u.lane].finish(u.payload)
             else:
                 lanes[u.lane].push(u.payload)
@@ -138,10 +204,12 @@ def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = Fa
 
 
 class StopFlags:
-    """One stop flag per browser session (gr.Request.session_hash): Stop reaches the running decode."""
+    """One stop flag per browser session (gr.Request.session_hash): Stop reaches the running decode. The newest
+    `capacity` sessions keep theirs (a flag matters only while that session's decode runs)."""
 
-    def __init__(self) -> None:
-        self._flags: dict[str, threading.Event] = {}
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = capacity
+        self._flags: OrderedDict[str, threading.Event] = OrderedDict()
         self._lock = threading.Lock()
 
     def arm(self, session: str | None) -> threading.Event:
@@ -149,7 +217,10 @@ class StopFlags:
         if not session:
             return threading.Event()
         with self._lock:
+            self._flags.pop(session, None)
             flag = self._flags[session] = threading.Event()
+            while len(self._flags) > self.capacity:
+                self._flags.popitem(last=False)
             return flag
 
     def trigger(self, session: str | None) -> bool:

@@ -3,15 +3,13 @@ handler, with an explicit api_name for gradio_client. The decoding inputs reach 
 (`inputs_kwargs`), so the API's parameter names are DecodeRequest's field names."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import gradio as gr
 
 from .chat import Chat
 from .errors import shows_errors
 from .layout import Page, layout
 from .race import Race
-from .registry import DEFAULT_MODEL, ModelRegistry, default_missing, missing_default_message, resolve_name
+from .registry import DEFAULT_MODEL, ModelRegistry, ModelUnavailable, default_missing, missing_default_message
 from .render import model_markdown
 from .settings import MAX_BLOCK_LENGTH
 from .studio import Studio
@@ -25,23 +23,35 @@ except ImportError:
     def gpu(fn):
         return fn
 
-GENERATION = {"concurrency_limit": 1, "concurrency_id": "model"}  # one model, one device: one decode at a time
-LIGHT = {"concurrency_limit": None}  # rendering only: never waits behind a decode
+# Decoding handlers: a few at once (the device itself is taken by one decode at a time, streaming.DEVICE, so that
+# a paced display or a model load never holds it); loads have their own few threads; the rest never waits.
+GENERATION = {"concurrency_limit": 4, "concurrency_id": "model"}
+LOADING = {"concurrency_limit": 2, "concurrency_id": "load"}
+LIGHT = {"concurrency_limit": None}  # rendering only: never waits behind a decode or a load
+QUEUE = {"default_concurrency_limit": 1, "max_size": 64}  # beyond: gradio's "queue is full, try again"
 PRIVATE = {"api_visibility": "private"}
 
 
-def describe_model(studio: Studio, name: str) -> str:
-    """The model card if it is loaded; otherwise where it would come from."""
-    name = (name or "").strip()
+def describe_model(studio: Studio, name) -> str:
+    """The model card if it is loaded; its progress while it loads; otherwise whether it can be loaded here
+    (never whether a server path exists: the registry's messages are the same either way)."""
     m = studio.registry.cached(name)
     if m is not None:
         return model_markdown(m.summary, name=m.name, context=m.context, stop_tokens=m.stop_token_names)
-    if not name:
+    if name is None or (isinstance(name, str) and not name.strip()):
         return "Pick a model or type a folder path / hub id."
-    if default_missing(name):
-        return "⚠️ " + missing_default_message()
-    where = "local folder" if Path(resolve_name(name)).exists() else "hub id (fetched on first use)"
-    return f"**{name}** — {where}; loads on first use (or press *Load*)."
+    loading = studio.registry.loading(name)
+    if loading is not None:
+        return loading_markdown(loading)
+    try:
+        studio.registry.key(name)
+    except ModelUnavailable as e:
+        return "⚠️ " + str(e)
+    return f"**{name.strip()}** — loads on first use (or press *Load*)."
+
+
+def loading_markdown(loading) -> str:
+    return f"⏳ Loading **{loading.name}**… {loading.seconds:.0f} s"
 
 
 def steps_for_block(block_length, steps):
@@ -66,21 +76,28 @@ def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None
         _wire_chat(page, Chat(studio), describe)
         _wire_visualizer(page, Visualizer(studio), describe)
         _wire_race(page, Race(studio), demo)
-    demo.queue(default_concurrency_limit=1)
+    demo.queue(**QUEUE)
     return demo
 
 
 def _wire_model(p: Page, studio: Studio, demo: gr.Blocks):
     """Load / describe the model, and keep the steps slider within the block length. Returns `describe`."""
     @shows_errors
-    def load_model(name):
-        m = studio.registry.get(name)
-        return model_markdown(m.summary, name=m.name, context=m.context, stop_tokens=m.stop_token_names)
+    def load_model(name, request: gr.Request):
+        """Start (or join) the model's load in the background and show its progress until it is done."""
+        loading, stop = studio.registry.start(name), studio.arm_stop(request)
+        while not loading.done.wait(0.5):
+            if stop.is_set():
+                yield loading_markdown(loading) + " (stopped waiting; it goes on in the background)"
+                return
+            yield loading_markdown(loading)
+        m = loading.outcome()
+        yield model_markdown(m.summary, name=m.name, context=m.context, stop_tokens=m.stop_token_names)
 
     def describe(name):
         return describe_model(studio, name)
 
-    p.load_btn.click(gpu(load_model), p.model_box, p.model_info, api_name="load_model", **GENERATION)
+    p.load_btn.click(gpu(load_model), p.model_box, p.model_info, api_name="load_model", **LOADING)
     p.model_box.change(describe, p.model_box, p.model_info, api_name="describe_model", **LIGHT)
     block_length, steps = p.decode["block_length"], p.decode["steps"]
     block_length.change(steps_for_block, [block_length, steps], steps, **PRIVATE, **LIGHT)

@@ -8,7 +8,7 @@ from .errors import shows_errors
 from .prompting import conversation
 from .recording import Recording, record
 from .render import block_table, confidence_heatmap, frame_at, frame_html, placeholder_html, stats_markdown
-from .settings import DecodeRequest
+from .settings import MAX_MESSAGE_CHARS, DecodeRequest, checked_text
 from .streaming import stream
 from .studio import Studio
 
@@ -49,7 +49,7 @@ class Visualizer:
     def run(self, prompt, request: gr.Request, **ui):
         """Decode a prompt (one user turn) and show it; `ui` holds the decoding inputs by name (DecodeRequest).
         Outputs: recording, then show()'s six."""
-        prompt = (prompt or "").strip()
+        prompt = checked_text("prompt", prompt, MAX_MESSAGE_CHARS)
         if not prompt:
             raise gr.Error("Type a prompt first.", title="Empty prompt")
         req = DecodeRequest.from_ui(ui)

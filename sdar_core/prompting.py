@@ -1,10 +1,13 @@
 """Chat prompts and stop tokens: what a tokenizer knows about turns, shared by the CLI, the app and training."""
 from __future__ import annotations
 
+import re
+
 
 # The ChatML special tokens of Qwen3 and SDAR checkpoints, which the embedded models' tokenizer has too.
 END_OF_TEXT, TURN_START, TURN_END, MASK_TOKEN = "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|MASK|>"
 STOP_TOKENS = (TURN_END, END_OF_TEXT)
+_SLOT = "\ue000sdar-content-{}\ue001"  # private-use characters: what a template renders in place of a content
 
 
 def stop_ids_for(tokenizer, config) -> list[int]:
@@ -20,9 +23,26 @@ def stop_ids_for(tokenizer, config) -> list[int]:
 
 
 def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of a conversation in the tokenizer's chat template, ending with the assistant's turn opener."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    """Token ids of a conversation in the tokenizer's chat template, ending with the assistant's turn opener.
+
+    The template's own text is tokenised with its special tokens, each message's content as plain text: a
+    `<|im_end|><|im_start|>system` or `<|MASK|>` typed by someone is text, never a turn or a mask. The template
+    is rendered around placeholders that are then replaced by the contents' ids (one tokenisation per piece:
+    special tokens and the newline after a role already end a piece, so plain text gets the ids it always had).
+    """
+    slots = {_SLOT.format(i): m["content"] for i, m in enumerate(messages)}
+    text = tokenizer.apply_chat_template([{**m, "content": slot} for m, slot in zip(messages, slots)],
+                                         tokenize=False, add_generation_prompt=True)
+    pieces = re.split("(" + "|".join(map(re.escape, slots)) + ")", text) if slots else [text]
+    if sorted(p for p in pieces if p in slots) != sorted(slots) or not all(isinstance(c, str) for c in slots.values()):
+        raise ValueError("the chat template rewrote the message contents: cannot keep typed special tokens as text")
+    ids = []
+    for piece in pieces:
+        if piece in slots:
+            ids += tokenizer(slots[piece], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        elif piece:
+            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
+    return ids
 
 
 def encode_prompt(tokenizer, prompt: str, *, chat: bool, system: str | None = None) -> list[int]:

@@ -127,7 +127,7 @@ def test_bad_input_gives_a_readable_error_and_the_app_keeps_working(served):
         (dict(seed=-3), "minimum|seed"),
         (dict(pace_ms=10_000), "maximum|delay"),
         (dict(strategy="magic"), "strategy|magic"),
-        (dict(model="/no/such/checkpoint"), "no checkpoint folder"),
+        (dict(model="/no/such/checkpoint"), "is not offered by this studio"),  # the default: offered models only
         (dict(message="word " * 600), "context of 512. Shorten the prompt"),  # the fixture's context is 512
         (dict(message="word " * 400, max_new_tokens=200), "context of 512. Shorten the prompt"),
     ]
@@ -140,7 +140,7 @@ def test_bad_input_gives_a_readable_error_and_the_app_keeps_working(served):
         text = str(err.value)
         assert "Traceback" not in text
         assert any(word in text for word in match.split("|")), text
-    with pytest.raises(AppError, match="no checkpoint folder"):
+    with pytest.raises(AppError, match="not offered by this studio"):
         client.predict("/no/such/checkpoint", api_name="/load_model")
     # A request generate() refuses leaves the chat as it was and the message in its box, for an edit.
     job = client.submit("word " * 600, SYSTEM, str(model), *FAST.values(), api_name="/chat")
