@@ -5,7 +5,8 @@
 
 Modes: `ar` (next-token prediction, Eq. 3: pretraining, continued pretraining, or AR SFT on chat data with a
 response-only loss), `sdar-cpt` and `sdar-sft` (block diffusion NELBO, Eq. 7; paper §3.1). Writes to output_dir:
-    metrics.csv        step, loss, lr, grad_norm, tokens, tokens/s (raw and effective), eval_loss, elapsed
+    metrics.csv        step, loss, lr, grad_norm, tokens, tokens/s (raw and effective), eval_loss, elapsed, and the
+                       peak GPU memory of the busiest process
     checkpoints/step-N accelerate state (model, optimizer, RNG) + trainer_state.json; `resume=true` continues
     final/             the trained model as an HF-format checkpoint (sdar_core.load_pretrained reads it)
 The data position and the diffusion noise of step N are pure functions of (seed, N), so a resumed run repeats the
@@ -40,7 +41,7 @@ STATE_FILE = "trainer_state.json"
 FINAL = "final"
 METRICS = "metrics.csv"
 METRIC_FIELDS = ["step", "loss", "eval_loss", "lr", "grad_norm", "tokens", "raw_tokens_per_s",
-                 "effective_tokens_per_s", "masked_fraction", "elapsed_s"]
+                 "effective_tokens_per_s", "masked_fraction", "elapsed_s", "peak_memory_gib"]
 
 
 @dataclass
@@ -427,6 +428,14 @@ def run_eval(run: Run) -> float:
     return state.eval_loss
 
 
+def peak_memory_gib(accelerator) -> float | None:
+    """The largest peak of allocated GPU memory over the processes (what must fit on one GPU); None on the CPU."""
+    if accelerator.device.type != "cuda":
+        return None
+    peak = torch.tensor([torch.cuda.max_memory_allocated(accelerator.device) / 2**30], device=accelerator.device)
+    return round(accelerator.gather(peak).max().item(), 2)
+
+
 def log_step(run: Run, step_loss: torch.Tensor, grad_norm, lr: float, window: ThroughputWindow) -> bool:
     """metrics.csv, the eval loss and the progress bar after a step; True when the throughput window was logged
     (the caller starts a new one)."""
@@ -440,7 +449,7 @@ def log_step(run: Run, step_loss: torch.Tensor, grad_norm, lr: float, window: Th
         run.losses[state.step] = state.last_loss = loss
         row |= {"loss": round(loss, 5), "lr": f"{lr:.3e}", "grad_norm": round(float(grad_norm), 4),
                 "tokens": state.tokens, **window.rates(recipe),
-                "elapsed_s": round(run.elapsed(), 1)}
+                "elapsed_s": round(run.elapsed(), 1), "peak_memory_gib": peak_memory_gib(run.accelerator)}
     if eval_due:  # after the throughput above, so evaluation time is not counted in it
         row["eval_loss"] = round(run_eval(run), 5)
     if log_due or eval_due:
