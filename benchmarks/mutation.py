@@ -18,6 +18,7 @@ import collections
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -70,6 +71,8 @@ def survivor_diffs(names: list[str]) -> str:
 def run_module(name: str, max_children: int) -> dict:
     """Run one module in a child process (mutmut keeps global state); record its statuses and survivors."""
     path, tests = TARGETS[name]
+    # mutmut's cache in mutants/ assumes one fixed set of mutated files: start each module afresh.
+    shutil.rmtree("mutants", ignore_errors=True)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "benchmarks.mutation", "--run-one", name,
                     "--max-children", str(max_children)], check=True)
