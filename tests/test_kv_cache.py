@@ -81,3 +81,13 @@ def test_commit_counts_final_positions_up_to_the_buffer_and_refuses_more():
     with pytest.raises(ValueError, match="cannot commit 1 positions past 6 in a cache of 6"):
         c.commit(1)
     assert c.length == 6
+
+
+def test_layers_live_on_their_own_devices_and_chunks_index_on_the_first():
+    """Big-model dispatch puts layers on different devices; "meta" stands in for a second device on the CPU."""
+    c = KVCache.allocate(CONFIG, 1, 6, dtype=torch.float32, devices=[torch.device("cpu"), torch.device("meta")])
+    assert [b.device.type for b in c.k] == [b.device.type for b in c.v] == ["cpu", "meta"]
+    slot = c.chunk(2, 2)
+    assert slot.index.device.type == "cpu"
+    keys, values = slot.write(1, torch.ones(1, 2, 2, 3, device="meta"), torch.ones(1, 2, 2, 3, device="meta"))
+    assert keys.device.type == values.device.type == "meta" and keys.shape == (1, 2, 4, 3)
