@@ -40,7 +40,7 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
 STATUSES = ("killed", "survived", "timeout", "no tests", "suspicious", "segfault", "not checked")
 
 
-def run_one(name: str, max_children: int) -> None:
+def run_one(name: str, tests: list[str], max_children: int) -> None:
     """In this process: mutmut on TARGETS[name] only, its tests only (mutmut reads its config once, from
     pyproject.toml; the two fields that differ per module are replaced before the run)."""
     import dataclasses
@@ -48,7 +48,7 @@ def run_one(name: str, max_children: int) -> None:
     import mutmut.__main__ as mm
     import mutmut.configuration as mc
 
-    path, tests = TARGETS[name]
+    path = TARGETS[name][0]
     mc._config = dataclasses.replace(mc.config(), only_mutate=[path], pytest_add_cli_args_test_selection=tests)
     mm._run([], max_children)
 
@@ -68,14 +68,14 @@ def survivor_diffs(names: list[str]) -> str:
     return "\n".join(f"# {n}\n{diff}" for n, diff in zip(names, show))
 
 
-def run_module(name: str, max_children: int) -> dict:
+def run_module(name: str, tests: list[str], max_children: int) -> dict:
     """Run one module in a child process (mutmut keeps global state); record its statuses and survivors."""
-    path, tests = TARGETS[name]
+    path = TARGETS[name][0]
     # mutmut's cache in mutants/ assumes one fixed set of mutated files: start each module afresh.
     shutil.rmtree("mutants", ignore_errors=True)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "benchmarks.mutation", "--run-one", name,
-                    "--max-children", str(max_children)], check=True)
+                    "--max-children", str(max_children), "--tests", *tests], check=True)
     seconds = time.perf_counter() - t0
     status = statuses(path)
     survivors = [k for k, s in status.items() if s != "killed"]
@@ -102,15 +102,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help=f"some of {', '.join(TARGETS)} (default: all of them)")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--tests", nargs="+", help="test files to use instead of TARGETS' (one module only)")
     parser.add_argument("--run-one", choices=TARGETS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if args.run_one:
-        return run_one(args.run_one, args.max_children)
+        return run_one(args.run_one, args.tests or TARGETS[args.run_one][1], args.max_children)
     unknown = sorted(set(args.modules) - set(TARGETS))
     if unknown:
         parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
-    rows = [run_module(name, args.max_children) for name in args.modules or TARGETS]
+    if args.tests and len(args.modules) != 1:
+        parser.error(f"--tests applies to one module; got modules {args.modules or 'all'}")
+    rows = [run_module(name, args.tests or TARGETS[name][1], args.max_children) for name in args.modules or TARGETS]
     write_summary(rows, args.max_children)
     print_table(rows, [("module", "module", ""), ("mutants", "mutants", "d"), ("killed", "killed", "d"),
                        ("survived", "survived", "d"), ("timeout", "timeout", "d"), ("no tests", "no tests", "d"),

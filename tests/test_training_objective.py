@@ -235,9 +235,27 @@ def test_noise_comes_from_the_generator_only_and_differs_between_rows():
     assert torch.equal(draws[0].t, draws[1].t) and torch.equal(draws[0].masked, draws[1].masked)
     half = sample_noise(batch, 1e-3, torch.Generator().manual_seed(3), t=torch.tensor(0.5))
     assert len({tuple(row) for row in half.masked.tolist()}) == 4  # each row draws its own tokens
-    forced = [sample_noise(batch, 1e-3, torch.Generator().manual_seed(s), t=torch.tensor(1e-9)).masked for s in (3, 4)]
-    forced_positions = {tuple(row.nonzero().flatten().tolist()) for f in forced for row in f}
-    assert len(forced_positions) > 1  # the forced token is drawn per row and per seed, not fixed
+    forced = sample_noise(batch, 1e-3, torch.Generator().manual_seed(3), t=torch.tensor(1e-9)).masked
+    assert len({tuple(row.nonzero().flatten().tolist()) for row in forced}) > 1  # drawn per row
+
+
+@pytest.mark.parametrize("t", [0.05, 0.3])
+def test_noise_equals_the_rule_replayed_in_python(t):
+    """Eq. 4 with a given t, replayed from the same generator (draw order: u [B, T], then the keys [B, T]): a token
+    is masked when eligible and u < t; a segment with eligible tokens but none masked gets its eligible token of
+    largest key."""
+    batch = packed([[3, 2, 4, 3], [5, 7]], T=12, prompt=1)
+    noise = sample_noise(batch, 1e-3, torch.Generator().manual_seed(9), t=torch.tensor(t))
+    g = torch.Generator().manual_seed(9)
+    u, key = torch.rand(2, 12, generator=g).tolist(), torch.rand(2, 12, generator=g).tolist()
+    eligible, seg = batch.loss_mask.tolist(), batch.segment_ids.tolist()
+    want = [[eligible[b][i] and u[b][i] < t for i in range(12)] for b in range(2)]
+    for b in range(2):
+        for s in set(seg[b]):
+            idx = [i for i in range(12) if seg[b][i] == s and eligible[b][i]]
+            if idx and not any(want[b][i] for i in idx):
+                want[b][max(idx, key=lambda i: key[b][i])] = True
+    assert noise.masked.tolist() == want
     assert sample_noise(batch, t=torch.tensor(0.5, dtype=torch.float64)).t.dtype == torch.float32
 
 
