@@ -91,3 +91,5 @@ def test_layers_live_on_their_own_devices_and_chunks_index_on_the_first():
     assert slot.index.device.type == "cpu"
     keys, values = slot.write(1, torch.ones(1, 2, 2, 3, device="meta"), torch.ones(1, 2, 2, 3, device="meta"))
     assert keys.device.type == values.device.type == "meta" and keys.shape == (1, 2, 4, 3)
+    on_meta = KVCache.allocate(CONFIG, 1, 6, dtype=torch.float32, devices=[torch.device("meta")])
+    assert on_meta.chunk(2, 2).index.device.type == "meta"  # chunk indices live on the first layer's device
