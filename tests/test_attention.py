@@ -10,7 +10,9 @@ import math
 import pytest
 import torch
 
-from sdar_core.attention import attention, available_backends, block_causal_mask, chunk_mask, eager_attention
+from sdar_core import attention as attention_module
+from sdar_core.attention import (attention, available_backends, block_causal_mask, chunk_mask, eager_attention,
+                                 flex_block_mask)
 from conftest import random_model, rel_err, tiny_config
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -95,6 +97,22 @@ def test_chunk_mask_is_the_loop_built_mask_or_none_only_when_nothing_is_hidden(s
         assert expected.all()
 
 
+@pytest.mark.parametrize("block_size", [1, 2, 4])
+def test_chunk_mask_returns_no_mask_exactly_for_a_whole_block_or_a_whole_causal_sequence(block_size):
+    """The fast forms are part of the contract: (None, False) for a block-aligned chunk of at most one block that
+    ends the keys, (None, True) for a whole sequence with block size 1, a tensor otherwise (all from 0..12)."""
+    for start in range(12):
+        for q_len in range(1, 12 - start + 1):
+            for k_len in range(start + q_len, 13):
+                ends_keys = k_len == start + q_len
+                whole_block = ends_keys and start % block_size == 0 and q_len <= block_size
+                causal = ends_keys and not whole_block and block_size == 1 and start == 0
+                mask, is_causal = chunk_mask(start, q_len, k_len, block_size)
+                assert (mask is None, is_causal) == (whole_block or causal, causal), (start, q_len, k_len)
+                if mask is not None:
+                    assert torch.equal(mask[0], hand_mask(list(range(start, start + q_len)), k_len, block_size)[0])
+
+
 def test_chunk_mask_with_padding_is_always_a_tensor():
     k_start = torch.tensor([0, 4])
     mask, is_causal = chunk_mask(4, 4, 8, 4, k_start=k_start)
@@ -155,6 +173,41 @@ def test_backend_agrees_with_textbook_in_bfloat16_to_bfloat16_rounding(backend):
     out = attention(q, k, v, mask, backend=backend)
     assert out.dtype == torch.bfloat16
     assert rel_err(out, textbook(q, k, v, hand_mask(list(range(11)), 11, 4).to(DEVICE))) < 2e-2
+
+
+def test_available_backends_on_cpu_and_on_cuda():
+    assert available_backends() == available_backends("cpu") == ["sdpa", "eager"]
+    flash = ["flash"] if attention_module._flash_attn_func is not None else []
+    assert available_backends(torch.device("cuda")) == ["sdpa", "eager", "flex", *flash]
+
+
+def test_eager_backend_is_eager_attention_itself():
+    q, k, v = qkv(6, 9, seed=5)
+    mask = block_causal_mask(torch.arange(3, 9, device=DEVICE), 9, 2)
+    assert torch.equal(attention(q, k, v, mask, backend="eager"), eager_attention(q, k, v, mask))
+
+
+def test_additive_mask_equals_boolean_mask():
+    q, k, v = qkv(7, 7, seed=6)
+    allowed = hand_mask(list(range(7)), 7, 2).to(DEVICE)
+    additive = torch.zeros(allowed.shape, device=DEVICE).masked_fill(~allowed, float("-inf"))
+    assert rel_err(eager_attention(q, k, v, additive), textbook(q, k, v, allowed)) < 1e-6
+
+
+def test_grouped_heads_when_a_length_equals_a_head_count():
+    """q_len == H_kv and k_len == H: the grouping must be read from the head dimension, not from a length."""
+    q, k, v = qkv(H_KV, H, seed=7)
+    for backend in BACKENDS:
+        assert rel_err(attention(q, k, v, None, backend=backend), textbook(q, k, v, None)) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["flex", "sdpa"])  # a BlockMask goes to flex_attention whatever the backend
+def test_flex_attention_with_a_block_mask_agrees_with_textbook(backend):
+    q, k, v = qkv(8, 8, seed=8)
+    block_mask = flex_block_mask(lambda b, h, qi, ki: ki // 4 <= qi // 4, B, 8, 8, DEVICE)
+    assert block_mask.shape == (B, 1, 8, 8)
+    out = attention(q, k, v, block_mask, backend=backend)
+    assert rel_err(out, textbook(q, k, v, hand_mask(list(range(8)), 8, 4).to(DEVICE))) < 1e-5
 
 
 # --- the whole model -----------------------------------------------------------------------------------

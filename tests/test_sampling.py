@@ -208,3 +208,41 @@ def test_sampling_params_name_the_bad_value(kwargs, message):
         SamplingParams(**kwargs).validate()
     assert str(err.value) == message
     SamplingParams().validate()
+
+
+@pytest.mark.parametrize("top_p,n_kept", [(0.25, 1), (0.5, 2), (0.75, 3), (0.76, 4)])
+def test_top_p_on_exact_masses_keeps_the_smallest_set_that_reaches_it(top_p, n_kept):
+    # Four equal logits: every probability is exactly 1/4, so a set's mass equals top_p exactly at the boundary
+    # (brute_filter_keep's rule: stop adding tokens once the mass reaches top_p).
+    out = filter_logits(torch.zeros(2, 4), 0, top_p)
+    assert ((out != -math.inf).sum(-1) == n_kept).all()
+    assert len(brute_filter_keep([0.0] * 4, 0, top_p)) == n_kept
+
+
+def test_top_p_one_keeps_every_logit_even_those_whose_probability_underflows():
+    logits = torch.tensor([[0.0, -120.0, -130.0, 5.0]])  # exp(-125) is 0 in float32: a mass of exactly 1 before it
+    assert logits.softmax(-1)[0, 1] == 0
+    assert torch.equal(filter_logits(logits, 0, 1.0), logits)
+    assert torch.equal(filter_logits(logits, 4, 1.0), logits)  # top_k = vocabulary size keeps everything too
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_entropy_is_returned_only_when_asked(temperature):
+    logits = mask_first_logits()
+    generator = torch.Generator().manual_seed(0)
+    _, _, ent = sample_tokens(logits.clone(), SamplingParams(temperature), forbid_token=11, generator=generator)
+    assert ent is None
+
+
+def test_draws_come_from_the_given_generator_only():
+    logits = mask_first_logits(seed=3, shape=(2, 50, 12))
+    draws = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # the global RNG differs; the generator's seed does not
+        x0, _, _ = sample_tokens(logits.clone(), SamplingParams(1.0), forbid_token=11,
+                                 generator=torch.Generator().manual_seed(7))
+        draws.append(x0)
+    assert torch.equal(draws[0], draws[1])
+    other, _, _ = sample_tokens(logits.clone(), SamplingParams(1.0), forbid_token=11,
+                                generator=torch.Generator().manual_seed(8))
+    assert not torch.equal(draws[0], other)  # the seed matters: 100 draws from a spread distribution

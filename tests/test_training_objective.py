@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import random_model, tiny_config
-from training.objective import (PackedBatch, ar_loss, block_ids, dense_mask, document_causal_mask_mod,
-                                sample_noise, sdar_loss, sdar_mask_mod)
+from sdar_core.attention import BlockMask
+from training.objective import (PackedBatch, ar_loss, block_ids, dense_mask, document_causal_mask,
+                                document_causal_mask_mod, sample_noise, sdar_loss, sdar_mask, sdar_mask_mod)
 
 MASK_ID = 95  # tiny_config: the last id of the vocabulary
 
@@ -193,3 +194,84 @@ def test_flex_block_mask_gives_the_same_loss_as_the_dense_mask():
         ar_flex = ar_loss(model, batch, attention="flex").loss
     torch.testing.assert_close(flex, dense, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ar_flex, ar_dense, rtol=1e-4, atol=1e-5)
+
+
+def test_packed_batch_tensors_map_and_to_keep_the_field_order():
+    batch = packed([[3, 4]], T=8)
+    assert batch.tensors() == (batch.input_ids, batch.segment_ids, batch.positions, batch.loss_mask)
+    half = batch.map(lambda t: t[:, :4])
+    assert type(half) is PackedBatch and all(torch.equal(h, t[:, :4]) for h, t in zip(half.tensors(), batch.tensors()))
+    moved = batch.to("cpu")
+    assert type(moved) is PackedBatch and all(torch.equal(m, t) for m, t in zip(moved.tensors(), batch.tensors()))
+    assert batch.num_tokens == 8
+
+
+def test_mask_kinds_follow_the_attention_argument():
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    batch = packed([[5, 3], [8]], T=8)
+    blocks = block_ids(batch.segment_ids, batch.positions, 4)
+    dense = sdar_mask(batch.segment_ids, blocks, "sdpa")
+    assert dense.dtype == torch.bool and dense.shape == (2, 1, 16, 16)
+    assert torch.equal(dense[1, 0], hand_mask(batch.segment_ids[1], batch.positions[1], 4))
+    causal = document_causal_mask(batch.segment_ids, "sdpa")
+    assert causal.dtype == torch.bool and causal.shape == (2, 1, 8, 8)
+    for flex in (sdar_mask(batch.segment_ids, blocks, "flex"), document_causal_mask(batch.segment_ids, "flex")):
+        assert isinstance(flex, BlockMask) and flex.shape[0] == 2  # one mask per row, not one broadcast
+    assert sdar_mask(batch.segment_ids, blocks, "flex").shape[-2:] == (16, 16)
+
+
+def test_default_eps_samples_t_over_the_whole_interval():
+    batch = packed([[1] * 16] * 4, T=16)  # 64 samples of one token: 64 draws of t
+    t = sample_noise(batch, generator=torch.Generator().manual_seed(0)).t
+    assert ((t > 1e-3) & (t <= 1)).all() and (t < 0.5).any() and (t > 0.5).any()
+
+
+def test_noise_comes_from_the_generator_only_and_differs_between_rows():
+    batch = packed([[32]] * 4, T=32)  # four rows with the same layout
+    draws = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        draws.append(sample_noise(batch, 1e-3, torch.Generator().manual_seed(3)))
+    assert torch.equal(draws[0].t, draws[1].t) and torch.equal(draws[0].masked, draws[1].masked)
+    half = sample_noise(batch, 1e-3, torch.Generator().manual_seed(3), t=torch.tensor(0.5))
+    assert len({tuple(row) for row in half.masked.tolist()}) == 4  # each row draws its own tokens
+    forced = sample_noise(batch, 1e-3, torch.Generator().manual_seed(3), t=torch.tensor(1e-9)).masked
+    assert len({tuple(row.nonzero().flatten().tolist()) for row in forced}) > 1  # drawn per row
+
+
+@pytest.mark.parametrize("t", [0.05, 0.3])
+def test_noise_equals_the_rule_replayed_in_python(t):
+    """Eq. 4 with a given t, replayed from the same generator (draw order: u [B, T], then the keys [B, T]): a token
+    is masked when eligible and u < t; a segment with eligible tokens but none masked gets its eligible token of
+    largest key."""
+    batch = packed([[3, 2, 4, 3], [5, 7]], T=12, prompt=1)
+    noise = sample_noise(batch, 1e-3, torch.Generator().manual_seed(9), t=torch.tensor(t))
+    g = torch.Generator().manual_seed(9)
+    u, key = torch.rand(2, 12, generator=g).tolist(), torch.rand(2, 12, generator=g).tolist()
+    eligible, seg = batch.loss_mask.tolist(), batch.segment_ids.tolist()
+    want = [[eligible[b][i] and u[b][i] < t for i in range(12)] for b in range(2)]
+    for b in range(2):
+        for s in set(seg[b]):
+            idx = [i for i in range(12) if seg[b][i] == s and eligible[b][i]]
+            if idx and not any(want[b][i] for i in idx):
+                want[b][max(idx, key=lambda i: key[b][i])] = True
+    assert noise.masked.tolist() == want
+    assert sample_noise(batch, t=torch.tensor(0.5, dtype=torch.float64)).t.dtype == torch.float32
+
+
+def test_losses_and_counts_with_a_single_target():
+    """One trainable token: the loss is that token's cross-entropy (/ t for SDAR), not divided by a floor of 2."""
+    model = random_model(tiny_config("sdar", block_size=4))
+    batch = packed([[4]], T=4, prompt=3)  # only position 3 is trainable
+    noise = sample_noise(batch, 1e-3, torch.Generator().manual_seed(0), t=torch.tensor(0.5))
+    assert noise.masked.tolist() == [[False, False, False, True]]
+    with torch.no_grad():
+        out = sdar_loss(model, batch, noise, block_size=4, mask_token_id=MASK_ID)
+        want = brute_force_sdar_loss(model, batch, noise, 4)
+        ar_model = random_model(tiny_config("qwen3"))
+        ar = ar_loss(ar_model, batch)
+        ar_logits = ar_model(batch.input_ids)[0, 2]
+    torch.testing.assert_close(out.loss, want, rtol=1e-4, atol=1e-5)
+    assert int(out.n_targets) == 1 and int(out.n_masked) == 1
+    torch.testing.assert_close(ar.loss, F.cross_entropy(ar_logits.float(), batch.input_ids[0, 3]), rtol=1e-4, atol=1e-5)
+    assert int(ar.n_targets) == int(ar.n_masked) == 1
