@@ -94,6 +94,57 @@ def test_describe_and_chat_answer_while_another_model_load_hangs(launched, stall
         job.result()
 
 
+# --- 2. an oversized config is refused before anything is built, through the studio too --------------------
+
+OVERSIZED = [({"num_hidden_layers": 100_000}, ["'num_hidden_layers'", "100,000"]),
+             ({"model_type": "sdar_moe", "num_experts": 1_000_000, "num_experts_per_tok": 2,
+               "moe_intermediate_size": 16}, ["'num_experts'", "1,000,000"])]
+
+
+@pytest.mark.parametrize("changes, words", OVERSIZED, ids=["layers-1e5", "experts-1e6"])
+def test_an_oversized_config_is_refused_quickly_and_readably_through_the_studio(launched, tmp_path, monkeypatch,
+                                                                               changes, words):
+    """Through the studio, 20,000 layers once held the registry's lock 33.6 s and kept 1.3 GB: now the load
+    path (load, describe, chat) shows the library's ConfigError at once, keeps no memory and frees the lock."""
+    import json
+    import shutil
+
+    import psutil
+
+    from app import registry as registry_module
+
+    url, registry, sdar = launched
+    folder = shutil.copytree(sdar, tmp_path / "oversized")
+    (folder / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()), **changes}))
+    real_load, locked_during_load = registry_module.load_pretrained, []
+
+    def load_pretrained(*args, **kwargs):  # a lookup can take the lock while the load runs (start() lets go soon)
+        free = registry._lock.acquire(timeout=PROMPT_BOUND)
+        locked_during_load.append(not free)
+        if free:
+            registry._lock.release()
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(registry_module, "load_pretrained", load_pretrained)
+    from gradio_client.exceptions import AppError
+
+    server = psutil.Process()  # the studio runs in this process
+    client, rss0, t0 = visitor(url), server.memory_info().rss, time.monotonic()
+    for call in (lambda: client.predict(str(folder), api_name="/load_model"),
+                 lambda: chat(client, folder, "Why is the sky blue?")):
+        with pytest.raises(AppError) as e:
+            call()
+        shown = str(e.value)
+        assert all(w in shown for w in words) and shown.startswith("Cannot load model"), shown
+        assert "Traceback" not in shown and "upstream Gradio app" not in shown and len(shown) < 1000
+    assert time.monotonic() - t0 < PROMPT_BOUND
+    assert locked_during_load == [False, False]  # the failed load is not cached: the chat tried again
+    assert not registry._lock.locked() and registry.loading(str(folder)) is None
+    assert "block size **4**" in client.predict(str(sdar), api_name="/describe_model")
+    assert "loads on first use" in client.predict(str(folder), api_name="/describe_model")
+    assert server.memory_info().rss - rss0 < 300 << 20
+
+
 # --- 3. a paced display does not hold the device ------------------------------------------------------------
 
 
