@@ -273,6 +273,32 @@ def test_plain_conversations_keep_the_ids_of_the_whole_rendered_text(embedded_to
         assert prompt_ids(tok, messages)[0] == tok(text, add_special_tokens=False)["input_ids"]
 
 
+# --- 9. the API schema lists exactly what the server accepts -------------------------------------------------
+
+
+def test_the_sweeps_api_schema_lists_exactly_the_choices_the_server_accepts(launched):
+    from gradio_client.exceptions import AppError
+
+    from app.race import SWEEP_BLOCKS, SWEEP_THRESHOLDS
+
+    url, registry, sdar = launched
+    client = visitor(url)
+    params = {p["parameter_name"]: p for p in client.view_api(print_info=False, return_format="dict")
+              ["named_endpoints"]["/sweep"]["parameters"]}
+    listed = {name: [item["const"] for item in params[name]["type"]["items"]["anyOf"]]
+              for name in ("block_lengths", "thresholds")}
+    assert listed == {"block_lengths": list(SWEEP_BLOCKS), "thresholds": list(SWEEP_THRESHOLDS)}
+    assert "'" not in params["block_lengths"]["python_type"]["type"] + params["thresholds"]["python_type"]["type"]
+    for blocks, thresholds in [([b], [0.9]) for b in listed["block_lengths"]] + \
+                              [([4], [t]) for t in listed["thresholds"]]:
+        *_, table = client.predict("Hi", str(sdar), blocks, thresholds, 8, api_name="/sweep")
+        assert [row[:2] for row in table["data"][1:]] == [[blocks[0], thresholds[0]]]  # AR's row first
+    for blocks, thresholds in (([str(SWEEP_BLOCKS[0])], [0.9]), ([3], [0.9]), ([4], [str(SWEEP_THRESHOLDS[0])]),
+                               ([4], [0.85])):
+        with pytest.raises(AppError, match="not in the list of choices"):
+            client.predict("Hi", str(sdar), blocks, thresholds, 8, api_name="/sweep")
+
+
 # --- 6. traces: private, bounded, removed at exit --------------------------------------------------------------
 
 
