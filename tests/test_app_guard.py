@@ -273,6 +273,56 @@ def test_plain_conversations_keep_the_ids_of_the_whole_rendered_text(embedded_to
         assert prompt_ids(tok, messages)[0] == tok(text, add_special_tokens=False)["input_ids"]
 
 
+# --- 10. the library's errors reach a visitor as one readable message ------------------------------------------
+
+
+def _damaged(sdar, folder, damage):
+    import shutil
+
+    folder = shutil.copytree(sdar, folder)
+    damage(folder)
+    return folder
+
+
+def test_config_checkpoint_and_generation_errors_reach_the_visitor_as_one_readable_message(launched, tmp_path,
+                                                                                          caplog):
+    import json
+    import logging
+
+    from gradio_client.exceptions import AppError
+
+    from app.errors import CONTEXT_HINT, FAULT
+    from sdar_core import CheckpointError, ConfigError, load_pretrained
+
+    url, registry, sdar = launched
+    caplog.set_level(logging.INFO)
+    config = json.loads((sdar / "config.json").read_text())
+    bad_config = _damaged(sdar, tmp_path / "rope-theta-0", lambda f: (f / "config.json").write_text(
+        json.dumps({**config, "rope_theta": 0})))
+    bad_weights = _damaged(sdar, tmp_path / "torn-weights", lambda f: [w.write_bytes(b"\x00" * 64)
+                                                                      for w in f.glob("*.safetensors")])
+    expected = {}
+    for folder, error in ((bad_config, ConfigError), (bad_weights, CheckpointError)):
+        with pytest.raises(error) as e:  # the library's own words, from the library itself
+            load_pretrained(folder, device="cpu")
+        expected[folder] = str(e.value)
+
+    client, shown = visitor(url), []
+    for folder, words in expected.items():
+        with pytest.raises(AppError) as e:
+            chat(client, folder, "Hi")
+        shown.append(str(e.value))
+        assert words in shown[-1] and shown[-1].startswith("Cannot load model"), shown[-1]
+    with pytest.raises(AppError) as e:  # a prompt and answer beyond the 512-token context: generate() refuses
+        chat(client, sdar, "The sky is blue. " * 300, max_new_tokens=256)
+    shown.append(str(e.value))
+    assert "beyond the model's context of 512" in shown[-1] and shown[-1].endswith(CONTEXT_HINT), shown[-1]
+    for text in shown:
+        assert FAULT not in text and "Traceback" not in text and "upstream Gradio app" not in text
+        assert len(text) < 1000 and text[0].isupper()
+    assert not [r for r in caplog.records if r.exc_info], "a user's error logged a traceback"
+
+
 # --- 9. the API schema lists exactly what the server accepts -------------------------------------------------
 
 
