@@ -37,6 +37,19 @@ SWEEP_DEFAULT_BLOCKS = [4, 8, 16]
 SWEEP_DEFAULT_THRESHOLDS = [0.95, 0.9, 0.8, 0.7]
 
 
+class NumberChoices(gr.CheckboxGroup):
+    """A CheckboxGroup of numbers whose API schema says numbers. Gradio's own lists them as strings (and
+    gradio_client prints any `enum` as quoted strings), then refuses a string: the choices are numbers. One
+    const per choice renders as `Literal[2] | Literal[4]`. The page draws it as a plain CheckboxGroup."""
+
+    is_template = True
+
+    def api_info(self) -> dict:
+        json_type = {int: "integer", float: "number"}
+        items = [{"const": value, "type": json_type[type(value)]} for _, value in self.choices]
+        return {"items": {"anyOf": items}, "title": "Checkbox Group", "type": "array"}
+
+
 class Page(SimpleNamespace):
     """The components of the page, by name (attributes set by the section builders below)."""
 
@@ -153,9 +166,9 @@ def _sweep(p: Page) -> None:
                 "and AR once. Read TPF beside *answer ends*: past the block size a model was trained with (4 for "
                 "sdar-tiny), TPF can still rise while the answer falls apart.")
     with gr.Row():
-        p.sweep_blocks = gr.CheckboxGroup(list(SWEEP_BLOCKS), value=SWEEP_DEFAULT_BLOCKS, label="Block lengths")
-        p.sweep_thrs = gr.CheckboxGroup(list(SWEEP_THRESHOLDS), value=SWEEP_DEFAULT_THRESHOLDS,
-                                        label="Thresholds (dynamic, steps = block length)")
+        p.sweep_blocks = NumberChoices(list(SWEEP_BLOCKS), value=SWEEP_DEFAULT_BLOCKS, label="Block lengths")
+        p.sweep_thrs = NumberChoices(list(SWEEP_THRESHOLDS), value=SWEEP_DEFAULT_THRESHOLDS,
+                                     label="Thresholds (dynamic, steps = block length)")
         p.sweep_tokens = gr.Slider(8, 256, value=64, step=8, label="New tokens per run")
     p.sweep_btn = gr.Button("Run the sweep", elem_id="sdar-sweep")
     with gr.Row():

@@ -94,6 +94,57 @@ def test_describe_and_chat_answer_while_another_model_load_hangs(launched, stall
         job.result()
 
 
+# --- 2. an oversized config is refused before anything is built, through the studio too --------------------
+
+OVERSIZED = [({"num_hidden_layers": 100_000}, ["'num_hidden_layers'", "100,000"]),
+             ({"model_type": "sdar_moe", "num_experts": 1_000_000, "num_experts_per_tok": 2,
+               "moe_intermediate_size": 16}, ["'num_experts'", "1,000,000"])]
+
+
+@pytest.mark.parametrize("changes, words", OVERSIZED, ids=["layers-1e5", "experts-1e6"])
+def test_an_oversized_config_is_refused_quickly_and_readably_through_the_studio(launched, tmp_path, monkeypatch,
+                                                                               changes, words):
+    """Through the studio, 20,000 layers once held the registry's lock 33.6 s and kept 1.3 GB: now the load
+    path (load, describe, chat) shows the library's ConfigError at once, keeps no memory and frees the lock."""
+    import json
+    import shutil
+
+    import psutil
+
+    from app import registry as registry_module
+
+    url, registry, sdar = launched
+    folder = shutil.copytree(sdar, tmp_path / "oversized")
+    (folder / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()), **changes}))
+    real_load, locked_during_load = registry_module.load_pretrained, []
+
+    def load_pretrained(*args, **kwargs):  # a lookup can take the lock while the load runs (start() lets go soon)
+        free = registry._lock.acquire(timeout=PROMPT_BOUND)
+        locked_during_load.append(not free)
+        if free:
+            registry._lock.release()
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(registry_module, "load_pretrained", load_pretrained)
+    from gradio_client.exceptions import AppError
+
+    server = psutil.Process()  # the studio runs in this process
+    client, rss0, t0 = visitor(url), server.memory_info().rss, time.monotonic()
+    for call in (lambda: client.predict(str(folder), api_name="/load_model"),
+                 lambda: chat(client, folder, "Why is the sky blue?")):
+        with pytest.raises(AppError) as e:
+            call()
+        shown = str(e.value)
+        assert all(w in shown for w in words) and shown.startswith("Cannot load model"), shown
+        assert "Traceback" not in shown and "upstream Gradio app" not in shown and len(shown) < 1000
+    assert time.monotonic() - t0 < PROMPT_BOUND
+    assert locked_during_load == [False, False]  # the failed load is not cached: the chat tried again
+    assert not registry._lock.locked() and registry.loading(str(folder)) is None
+    assert "block size **4**" in client.predict(str(sdar), api_name="/describe_model")
+    assert "loads on first use" in client.predict(str(folder), api_name="/describe_model")
+    assert server.memory_info().rss - rss0 < 300 << 20
+
+
 # --- 3. a paced display does not hold the device ------------------------------------------------------------
 
 
@@ -220,6 +271,82 @@ def test_plain_conversations_keep_the_ids_of_the_whole_rendered_text(embedded_to
                                   "  Tell me a story.\n\nPlease.")):
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert prompt_ids(tok, messages)[0] == tok(text, add_special_tokens=False)["input_ids"]
+
+
+# --- 10. the library's errors reach a visitor as one readable message ------------------------------------------
+
+
+def _damaged(sdar, folder, damage):
+    import shutil
+
+    folder = shutil.copytree(sdar, folder)
+    damage(folder)
+    return folder
+
+
+def test_config_checkpoint_and_generation_errors_reach_the_visitor_as_one_readable_message(launched, tmp_path,
+                                                                                          caplog):
+    import json
+    import logging
+
+    from gradio_client.exceptions import AppError
+
+    from app.errors import CONTEXT_HINT, FAULT
+    from sdar_core import CheckpointError, ConfigError, load_pretrained
+
+    url, registry, sdar = launched
+    caplog.set_level(logging.INFO)
+    config = json.loads((sdar / "config.json").read_text())
+    bad_config = _damaged(sdar, tmp_path / "rope-theta-0", lambda f: (f / "config.json").write_text(
+        json.dumps({**config, "rope_theta": 0})))
+    bad_weights = _damaged(sdar, tmp_path / "torn-weights", lambda f: [w.write_bytes(b"\x00" * 64)
+                                                                      for w in f.glob("*.safetensors")])
+    expected = {}
+    for folder, error in ((bad_config, ConfigError), (bad_weights, CheckpointError)):
+        with pytest.raises(error) as e:  # the library's own words, from the library itself
+            load_pretrained(folder, device="cpu")
+        expected[folder] = str(e.value)
+
+    client, shown = visitor(url), []
+    for folder, words in expected.items():
+        with pytest.raises(AppError) as e:
+            chat(client, folder, "Hi")
+        shown.append(str(e.value))
+        assert words in shown[-1] and shown[-1].startswith("Cannot load model"), shown[-1]
+    with pytest.raises(AppError) as e:  # a prompt and answer beyond the 512-token context: generate() refuses
+        chat(client, sdar, "The sky is blue. " * 300, max_new_tokens=256)
+    shown.append(str(e.value))
+    assert "beyond the model's context of 512" in shown[-1] and shown[-1].endswith(CONTEXT_HINT), shown[-1]
+    for text in shown:
+        assert FAULT not in text and "Traceback" not in text and "upstream Gradio app" not in text
+        assert len(text) < 1000 and text[0].isupper()
+    assert not [r for r in caplog.records if r.exc_info], "a user's error logged a traceback"
+
+
+# --- 9. the API schema lists exactly what the server accepts -------------------------------------------------
+
+
+def test_the_sweeps_api_schema_lists_exactly_the_choices_the_server_accepts(launched):
+    from gradio_client.exceptions import AppError
+
+    from app.race import SWEEP_BLOCKS, SWEEP_THRESHOLDS
+
+    url, registry, sdar = launched
+    client = visitor(url)
+    params = {p["parameter_name"]: p for p in client.view_api(print_info=False, return_format="dict")
+              ["named_endpoints"]["/sweep"]["parameters"]}
+    listed = {name: [item["const"] for item in params[name]["type"]["items"]["anyOf"]]
+              for name in ("block_lengths", "thresholds")}
+    assert listed == {"block_lengths": list(SWEEP_BLOCKS), "thresholds": list(SWEEP_THRESHOLDS)}
+    assert "'" not in params["block_lengths"]["python_type"]["type"] + params["thresholds"]["python_type"]["type"]
+    for blocks, thresholds in [([b], [0.9]) for b in listed["block_lengths"]] + \
+                              [([4], [t]) for t in listed["thresholds"]]:
+        *_, table = client.predict("Hi", str(sdar), blocks, thresholds, 8, api_name="/sweep")
+        assert [row[:2] for row in table["data"][1:]] == [[blocks[0], thresholds[0]]]  # AR's row first
+    for blocks, thresholds in (([str(SWEEP_BLOCKS[0])], [0.9]), ([3], [0.9]), ([4], [str(SWEEP_THRESHOLDS[0])]),
+                               ([4], [0.85])):
+        with pytest.raises(AppError, match="not in the list of choices"):
+            client.predict("Hi", str(sdar), blocks, thresholds, 8, api_name="/sweep")
 
 
 # --- 6. traces: private, bounded, removed at exit --------------------------------------------------------------

@@ -1,0 +1,183 @@
+"""The studio's page: a settings column (model, decoding) beside three tabs (Chat, Denoising visualizer,
+AR vs SDAR). Components only; ui.py wires their events. Every component a handler reads or writes is kept
+on a `Page` under its name, and the decoding inputs under their DecodeRequest field names (`page.decode`)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from .chat import LIVE_PLACEHOLDER
+from .race import PARALLEL, SEQUENTIAL, SWEEP_BLOCKS, SWEEP_THRESHOLDS, lane_html
+from .render import block_table, confidence_heatmap, placeholder_html
+from .settings import MAX_BLOCK_LENGTH, MAX_MESSAGE_CHARS, MAX_NEW_TOKENS, MAX_SYSTEM_CHARS, SDAR_STRATEGIES
+from .visualizer import EMPTY
+
+# Fonts that ship with gradio (served by the app itself): the page fetches nothing from the internet.
+THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate",
+                       font=[gr.themes.GoogleFont("IBM Plex Sans"), "ui-sans-serif", "system-ui", "sans-serif"],
+                       font_mono=[gr.themes.GoogleFont("IBM Plex Mono"), "ui-monospace", "Consolas", "monospace"])
+CSS = """
+#sdar-header h1 {margin-bottom: 0}
+.sdar-lane {min-height: 160px}
+footer {display: none !important}
+"""
+LAUNCH_KWARGS = {"theme": THEME, "css": CSS}
+INTRO = ("# SDAR Studio\nWatch a **block-diffusion** language model (SDAR: Synergistic Diffusion-AutoRegression) "
+         "decode: autoregressive across blocks, parallel denoising inside each block. Chat with it, replay every "
+         "denoising step, and race it against one-token-per-forward AR decoding on the same weights.")
+# Prompts the embedded sdar-tiny answers well (worked arithmetic, unit conversions, sequences) or at least
+# gamely (definitions, Python): it was trained in minutes on a small corpus, mostly generated arithmetic.
+CHAT_EXAMPLES = ["What is 47 + 38?", "How many minutes are in 5 hours?", "What comes next: 3, 7, 11, 15, 19, ?",
+                 "Define the word harbor.", "What does a Python list comprehension do?"]
+VIS_EXAMPLES = ["How many minutes are in 5 hours?", "What is 305 - 178?", "Define the word harbor."]
+RACE_PROMPT = "What is 47 + 38?"
+RACE_EXAMPLES = ["What is 47 + 38?", "What is 305 - 178?", "How many minutes are in 5 hours?"]
+SWEEP_DEFAULT_BLOCKS = [4, 8, 16]
+SWEEP_DEFAULT_THRESHOLDS = [0.95, 0.9, 0.8, 0.7]
+
+from gradio.events import Dependency
+
+class NumberChoices(gr.CheckboxGroup):
+    """A CheckboxGroup of numbers whose API schema says numbers. Gradio's own lists them as strings (and
+    gradio_client prints any `enum` as quoted strings), then refuses a string: the choices are numbers. One
+    const per choice renders as `Literal[2] | Literal[4]`. The page draws it as a plain CheckboxGroup."""
+
+    is_template = True
+
+    def api_info(self) -> dict:
+        json_type = {int: "integer", float: "number"}
+        items = [{"const": value, "type": json_type[type(value)]} for _, value in self.choices]
+        return {"items": {"anyOf": items}, "title": "Checkbox Group", "type": "array"}
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class Page(SimpleNamespace):
+    """The components of the page, by name (attributes set by the section builders below)."""
+
+
+def layout(default_model: str, choices: list[str], model_info: str, missing_model: str | None) -> tuple:
+    """(the gr.Blocks, its Page). `missing_model`: the warning shown when the default model is absent."""
+    p = Page()
+    with gr.Blocks(title="SDAR Studio") as demo:
+        gr.Markdown(INTRO, elem_id="sdar-header")
+        gr.Markdown("⚠️ " + (missing_model or ""), visible=bool(missing_model), elem_id="sdar-missing-model")
+        p.history = gr.State([])  # the conversation, as {"role", "content": str} messages
+        p.recording = gr.State(None)  # the session's last generation (app.recording.Recording)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=290):
+                _settings_column(p, default_model, choices, model_info)
+            with gr.Column(scale=3):
+                with gr.Tabs():
+                    with gr.Tab("Chat", id="chat"):
+                        _chat_tab(p)
+                    with gr.Tab("Denoising visualizer", id="visualizer"):
+                        _visualizer_tab(p)
+                    with gr.Tab("AR vs SDAR", id="race"):
+                        _race_tab(p)
+    return demo, p
+
+
+def _settings_column(p: Page, default_model: str, choices: list[str], model_info: str) -> None:
+    p.model_box = gr.Dropdown(choices=choices, value=default_model, allow_custom_value=True,
+                              label="Model: a folder under assets/models/, any local folder, or a hub id",
+                              elem_id="sdar-model")
+    p.load_btn = gr.Button("Load", size="sm")
+    p.model_info = gr.Markdown(model_info, elem_id="sdar-model-info")
+    with gr.Accordion("Decoding", open=True):
+        p.decode = {  # DecodeRequest's field names -> their components, in the API's order
+            "model_name": p.model_box,
+            "block_length": gr.Slider(1, MAX_BLOCK_LENGTH, value=4, step=1, label="Block length",
+                                      elem_id="sdar-block-length"),
+            "steps": gr.Slider(1, MAX_BLOCK_LENGTH, value=4, step=1,
+                               label="Denoising steps per block (at most the block length)", elem_id="sdar-steps"),
+            "strategy": gr.Radio(list(SDAR_STRATEGIES), value="dynamic", label="Unmasking strategy"),
+            "threshold": gr.Slider(0.01, 1.0, value=0.9, step=0.01, label="Confidence threshold (dynamic)",
+                                   elem_id="sdar-threshold"),
+            "temperature": gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)"),
+            "top_p": gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p"),
+            "max_new_tokens": gr.Slider(1, MAX_NEW_TOKENS, value=128, step=1, label="Max new tokens",
+                                        elem_id="sdar-max-new-tokens"),
+            "seed": gr.Number(value=0, precision=0, minimum=0, label="Seed"),
+        }
+        p.pace = gr.Slider(0, 500, value=0, step=10, label="Live view: delay per step (ms, display only)",
+                           elem_id="sdar-pace")
+
+
+def _chat_tab(p: Page) -> None:
+    p.chatbot = gr.Chatbot(label="Chat", height=360, elem_id="sdar-chatbot",
+                           placeholder="Ask something: the answer is denoised block by block.")
+    with gr.Row():
+        p.message = gr.Textbox(placeholder="Your message", show_label=False, scale=5, elem_id="sdar-message",
+                               lines=1, max_lines=6, max_length=MAX_MESSAGE_CHARS)
+        p.send = gr.Button("Send", variant="primary", scale=1, elem_id="sdar-send")
+        p.stop = gr.Button("Stop", variant="stop", scale=1, elem_id="sdar-stop")
+        p.clear = gr.Button("Clear", scale=1, elem_id="sdar-clear")
+    gr.Examples(CHAT_EXAMPLES, inputs=p.message, label="Examples", elem_id="sdar-examples")
+    with gr.Accordion("System prompt", open=False):
+        p.system = gr.Textbox(value="You are a helpful assistant.", show_label=False, lines=2,
+                              max_length=MAX_SYSTEM_CHARS)
+    p.live = gr.HTML(placeholder_html(LIVE_PLACEHOLDER), label="Block in flight", elem_id="sdar-live")
+    p.chat_stats = gr.Markdown(elem_id="sdar-chat-stats")
+
+
+def _visualizer_tab(p: Page) -> None:
+    with gr.Row():
+        p.vis_prompt = gr.Textbox(placeholder="A prompt to decode here (or chat first)", show_label=False, scale=5,
+                                  elem_id="sdar-vis-prompt", max_length=MAX_MESSAGE_CHARS)
+        p.vis_run = gr.Button("Run", variant="primary", scale=1, elem_id="sdar-vis-run")
+    gr.Examples(VIS_EXAMPLES, inputs=p.vis_prompt, label="Examples")
+    p.vis_title = gr.Markdown(EMPTY, elem_id="sdar-vis-title")
+    p.vis_frame = gr.HTML(placeholder_html(EMPTY), elem_id="sdar-vis-frame")
+    with gr.Row():
+        p.vis_step = gr.Slider(0, 1, value=0, step=1, label="Step", scale=5, elem_id="sdar-vis-step")
+        p.play = gr.Button("▶ Play", scale=1, elem_id="sdar-play")
+        p.pause = gr.Button("Pause", scale=1)
+    p.timer = gr.Timer(0.25, active=False)
+    p.heatmap = gr.Plot(confidence_heatmap([]), label="Confidence heatmap", elem_id="sdar-heatmap")
+    p.blocks = gr.DataFrame(block_table([]), label="Per block: steps used and tokens per step", interactive=False,
+                            elem_id="sdar-blocks")
+    p.trace_files = gr.File(label="Trace (JSON, CSV)", file_count="multiple", interactive=False)
+
+
+def _race_tab(p: Page) -> None:
+    p.race_prompt = gr.Textbox(value=RACE_PROMPT, label="Prompt", elem_id="sdar-race-prompt",
+                               max_length=MAX_MESSAGE_CHARS)
+    gr.Examples(RACE_EXAMPLES, inputs=p.race_prompt, label="Examples")
+    with gr.Row():
+        p.race_mode = gr.Radio([SEQUENTIAL, PARALLEL], value=SEQUENTIAL, label="Run", scale=3)
+        p.use_twin = gr.Checkbox(value=True, label="Include the AR twin when there is one", scale=2)
+        p.race_btn = gr.Button("Race", variant="primary", scale=1, elem_id="sdar-race")
+        p.race_stop = gr.Button("Stop", variant="stop", scale=1)
+    with gr.Row(equal_height=True):
+        p.lanes = [gr.HTML(lane_html(title), elem_classes="sdar-lane", elem_id=f"sdar-lane-{name}")
+                   for name, title in (("ar", "AR on the same weights"), ("sdar", "SDAR"), ("twin", "AR twin"))]
+    p.race_speedup = gr.Markdown(elem_id="sdar-speedup")
+    p.race_table = gr.DataFrame(label="Runs", interactive=False, elem_id="sdar-race-table")
+    with gr.Accordion("Sweep: block length × threshold (paper Figures 3-4)", open=False):
+        _sweep(p)
+    with gr.Accordion("GPU measurements (benchmarks/results/)", open=False):
+        p.gpu_plot = gr.Plot(label="tokens/s vs batch size")
+        p.gpu_notes = gr.Markdown()
+        p.gpu_df = gr.DataFrame(interactive=False)
+        p.gpu_refresh = gr.Button("Reload the measurements", size="sm")
+
+
+def _sweep(p: Page) -> None:
+    gr.Markdown("Dynamic decoding of the prompt above for each block length and threshold (steps = block length), "
+                "and AR once. Read TPF beside *answer ends*: past the block size a model was trained with (4 for "
+                "sdar-tiny), TPF can still rise while the answer falls apart.")
+    with gr.Row():
+        p.sweep_blocks = NumberChoices(list(SWEEP_BLOCKS), value=SWEEP_DEFAULT_BLOCKS, label="Block lengths")
+        p.sweep_thrs = NumberChoices(list(SWEEP_THRESHOLDS), value=SWEEP_DEFAULT_THRESHOLDS,
+                                        label="Thresholds (dynamic, steps = block length)")
+        p.sweep_tokens = gr.Slider(8, 256, value=64, step=8, label="New tokens per run")
+    p.sweep_btn = gr.Button("Run the sweep", elem_id="sdar-sweep")
+    with gr.Row():
+        p.sweep_tpf = gr.Plot(label="TPF", elem_id="sdar-sweep-tpf")
+        p.sweep_speed = gr.Plot(label="tokens/s", elem_id="sdar-sweep-speed")
+    p.sweep_df = gr.DataFrame(label="Sweep", interactive=False)
