@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -55,6 +56,13 @@ class Plan:
         return ["accelerate", "launch", "--num_processes", str(processes), "--num_machines", "1", *multi,
                 "--mixed_precision", "bf16", "--dynamo_backend", "no", "--main_process_port", str(port),
                 "-m", "training.train"]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for the launcher's rendezvous: two runs at once must not share one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def gpu_plan() -> Plan:
@@ -274,9 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     write_corpus(work / "corpus.jsonl")
     runs: dict[str, dict] = {}
     extra: dict = {"machine": machine(plan)}
-    for port, spec in enumerate((r for r in RUNS if r.name in args.runs), start=29600):
+    for spec in (r for r in RUNS if r.name in args.runs):
         print(f"[multi_gpu] {spec.name} ...", flush=True)
-        result = launch(plan, spec, work, args.tokenizer, port)
+        result = launch(plan, spec, work, args.tokenizer, free_port())
         runs[spec.name] = dict(processes=spec.processes, fsdp=spec.fsdp, shape="1.7b" if spec.large else "0.6b",
                                steps=plan.large_steps if spec.large else plan.steps, **result)
         if plan.cpu:
