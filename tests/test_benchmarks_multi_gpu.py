@@ -51,4 +51,4 @@ def test_cpu_mode_ddp_on_two_gloo_processes_and_resume_repeat_the_losses(tmp_pat
     assert [int(r["step"]) for r in resumed] == list(range(7, 13))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in whole[6:]]
     assert summary["resume_vs_uninterrupted"]["steps"] == 6 and summary["resume_vs_uninterrupted"]["max_abs_diff"] == 0
-    assert "python -m torch.distributed.run --nproc_per_node 2" in summary["runs"]["ddp-2"]["command"]
+    assert " -m torch.distributed.run --nproc_per_node 2" in summary["runs"]["ddp-2"]["command"]
