@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from sdar_core.paths import REPO
-from training import synthetic
+from training import qa, synthetic
 
 ALPACA_PATH = REPO / "training" / "data" / "alpaca_en_demo.json"
 ALPACA_LICENCE = "CC BY-NC 4.0"  # non-commercial: the embedded models trained on it carry this term
@@ -52,6 +52,9 @@ class CorpusConfig:
     n_sft_arith: int = 12_000     # arithmetic chats in sft.jsonl
     n_sft_formula: int = 6_000    # formula chats in sft.jsonl
     n_eval: int = 1_000           # held-out arithmetic problems
+    n_sft_define: int = 8_000     # WordNet definition chats in sft.jsonl (training.qa)
+    n_sft_howto: int = 2_500      # Python "How do I ...?" chats in sft.jsonl (all there are: about 2,000)
+    n_eval_define: int = 500      # held-out definitions (eval_define.jsonl)
     heldout_fraction: float = 0.01
     heldout_max_bytes: int = 200_000  # per source
 
@@ -524,10 +527,15 @@ def build(cfg: CorpusConfig) -> dict:
     rng.shuffle(pretrain)
 
     gen_chats = synthetic.sft_chats(cfg.n_sft_arith, cfg.n_sft_formula, cfg.seed)
-    alpaca = alpaca_chats()
+    kept_text = lambda name: [r["text"] for r in pretrain if r["source"] == name]  # noqa: E731
+    words = qa.wordnet_entries(kept_text("wordnet"))  # only glosses that are in pretrain.jsonl
+    define = qa.definition_chats(words, cfg.n_sft_define, cfg.seed)
+    howto = qa.howto_chats(kept_text("python-docs"), cfg.n_sft_howto, cfg.seed)
     sft = [{"messages": m, "source": "synthetic"} for m in gen_chats] + \
-          [{"messages": m, "source": "alpaca_en_demo"} for m in alpaca]
-    rng.shuffle(sft)
+          [{"messages": m, "source": "wordnet-qa"} for m in define] + \
+          [{"messages": m, "source": "python-docs-qa"} for m in howto]
+    random.Random(f"sft-{cfg.seed}").shuffle(sft)
+    define_eval = qa.heldout_definitions(words, cfg.n_eval_define, cfg.seed)
 
     eval_rows = synthetic.eval_arith_set(cfg.n_eval, cfg.seed)  # disjoint from training by the hash split
 
@@ -535,6 +543,7 @@ def build(cfg: CorpusConfig) -> dict:
     write_jsonl(out / "sft.jsonl", sft)
     write_jsonl(out / "eval_arith.jsonl", eval_rows)
     write_jsonl(out / "heldout_text.jsonl", heldout)
+    write_jsonl(out / "eval_define.jsonl", define_eval)
 
     gen_text_bytes = sum(len(d.encode()) for d in gen_docs)
     records.append(SourceRecord(
@@ -543,13 +552,15 @@ def build(cfg: CorpusConfig) -> dict:
         f"pretraining text ({len(gen_docs)} docs); SFT chats ({len(gen_chats)}); held-out eval_arith ({len(eval_rows)})",
         bytes=gen_text_bytes + sum(len(json.dumps(m, ensure_ascii=False).encode()) for m in gen_chats),
         documents=len(gen_docs) + len(gen_chats)))
-    records.append(SourceRecord(
-        "alpaca_en_demo", "file", ALPACA_LICENCE, "Alpaca instruction/response pairs (LLaMA-Factory demo data)",
-        "SFT chats", bytes=ALPACA_PATH.stat().st_size, documents=len(alpaca),
-        packages={"training/data/alpaca_en_demo.json": {"sha256": sha256_file(ALPACA_PATH)}}))
+    for name, chats, what in (("wordnet-qa", define, "definition chats from the WordNet glosses in pretraining"),
+                              ("python-docs-qa", howto, '"How do I ...?" chats from the Python documentation')):
+        records.append(SourceRecord(
+            name, "generated", "as its source (training/qa.py, project code)", what,
+            f"SFT chats ({len(chats)})" + ("; held-out eval_define" if name == "wordnet-qa" else ""),
+            bytes=sum(len(json.dumps(m, ensure_ascii=False).encode()) for m in chats), documents=len(chats)))
 
     outputs = {}
-    for name in ("pretrain.jsonl", "sft.jsonl", "eval_arith.jsonl", "heldout_text.jsonl"):
+    for name in ("pretrain.jsonl", "sft.jsonl", "eval_arith.jsonl", "heldout_text.jsonl", "eval_define.jsonl"):
         path = out / name
         outputs[name] = {"bytes": path.stat().st_size, "lines": sum(1 for _ in open(path, encoding="utf-8")),
                          "sha256": sha256_file(path)}
