@@ -24,6 +24,7 @@ PYDOC_ENTRY = re.compile(r"^([A-Za-z_][\w.]*)\(([^()\n]{0,60})\)\n\n((Return|Rem
 DEFINE_TEMPLATES = ("What does the word {w} mean?", "Define the word {w}.", "What is the meaning of {w}?")
 HOWTO_TEMPLATE = "How do I {task} in Python?"
 HELDOUT_MODULUS = 20
+STUDIO_WORDS = ("harbor", "volcano", "telescope")  # the studio's example definitions: always among the SFT chats
 
 
 def is_heldout_word(word: str) -> bool:
@@ -39,17 +40,17 @@ def gloss_definition(gloss: str) -> str:
 
 
 def wordnet_entries(texts: list[str]) -> list[tuple[str, str, str]]:
-    """(word, part of speech, definition) for the first word of every WordNet line of the given documents; a word
-    with several senses keeps its first (most frequent) sense."""
-    seen, out = set(), []
+    """(word, part of speech, definition) for the first word of every WordNet line of the given documents, one sense
+    per word: its first noun sense, else its first verb, adjective or adverb sense (in document order)."""
+    senses: dict[str, dict[str, str]] = {}
     for text in texts:
         for m in WORDNET_LINE.finditer(text):
             word = m[1].split(",")[0].strip()
-            if not re.fullmatch(r"[a-z][a-z -]{2,24}", word) or word in seen:
-                continue
-            seen.add(word)
-            out.append((word, m[2], gloss_definition(m[3])))
-    return out
+            if re.fullmatch(r"[a-z][a-z -]{2,24}", word):
+                senses.setdefault(word, {}).setdefault(m[2], gloss_definition(m[3]))
+    order = ("noun", "verb", "adjective", "adverb")
+    return [(w, pos, by_pos[pos]) for w, by_pos in senses.items()
+            for pos in [next(p for p in order if p in by_pos)]]
 
 
 def definition_answer(word: str, pos: str, definition: str) -> str:
@@ -62,6 +63,8 @@ def definition_chats(entries: list[tuple[str, str, str]], n: int, seed: int) -> 
     rng = random.Random(f"define-{seed}")
     pool = [e for e in entries if not is_heldout_word(e[0])]
     rng.shuffle(pool)
+    first = [e for e in pool if e[0] in STUDIO_WORDS]
+    pool = first + [e for e in pool if e[0] not in STUDIO_WORDS]
     chats = []
     for word, pos, definition in pool[:n]:
         question = rng.choice(DEFINE_TEMPLATES).format(w=word)
