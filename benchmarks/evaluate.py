@@ -3,7 +3,7 @@
     python -m benchmarks.evaluate                                   # everything in data/embedded, on the default device
     python -m benchmarks.evaluate --limit 200 --text-limit 20       # a subset (5-10 minutes on 2 CPU cores)
     python -m benchmarks.evaluate --data assets/models/eval/data --limit 8 --batch-size 8 --text-limit 1 \\
-        --no-samples --out assets/models/eval/eval-subset.json    # the committed run that tests/ repeats
+        --grid-limit 4 --define-limit 4 --no-samples --out assets/models/eval/eval-subset.json   # tests/ repeat it
     python -m benchmarks.evaluate --device cuda --out assets/models/eval/eval-full.json      # the full set
     python -m benchmarks.evaluate --write-expected                  # rewrite assets/models/eval/expected.json
 
@@ -31,6 +31,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -52,7 +53,7 @@ ARITH_FILE = "eval_arith.jsonl"
 DEFINE_FILE = "eval_define.jsonl"
 TEXT_FILE = "heldout_text.jsonl"
 EVAL_DIR = Path("assets/models/eval")
-SUBSET_DATA = EVAL_DIR / "data"  # the first 64 problems and 20 held-out documents, committed for the tests
+SUBSET_DATA = EVAL_DIR / "data"  # the first 64 problems, 20 held-out documents, 16 definitions, committed for the tests
 EXPECTED = EVAL_DIR / "expected.json"
 
 SAMPLE_PROMPTS = (
@@ -309,9 +310,13 @@ def chat_sample(model, tokenizer, prompt: str, decoder: Decoder, settings: EvalS
 
 def gloss_words(text: str) -> set[str]:
     """The content words of a text: lower-case letter runs of 3+ characters that are not stop words."""
-    import re
-
     return {w for w in re.findall(r"[a-z]{3,}", text.lower()) if w not in STOP_WORDS}
+
+
+def definition_score(gloss: str, reply: str) -> float:
+    """The share of the gloss's content words that the reply contains (1.0: every one)."""
+    target = gloss_words(gloss)
+    return len(target & gloss_words(reply)) / max(len(target), 1)
 
 
 def define_eval(model, tokenizer, words: list[dict], decoder: Decoder, settings: EvalSettings) -> dict:
@@ -324,8 +329,7 @@ def define_eval(model, tokenizer, words: list[dict], decoder: Decoder, settings:
                        max_new_tokens=64, stop_token_ids=stop, **decode_kwargs(decoder, settings))
         for r, w in enumerate(batch):
             reply = tokenizer.decode(gen.row_tokens(r), skip_special_tokens=True)
-            target = gloss_words(w["gloss"])
-            score = len(target & gloss_words(reply)) / max(len(target), 1)
+            score = definition_score(w["gloss"], reply)
             scores.append(score)
             if len(samples) < 10:
                 samples.append({"word": w["word"], "gloss": w["gloss"], "reply": reply, "score": score})
@@ -403,7 +407,7 @@ def run_header(settings: EvalSettings, device: torch.device, data: Path, models:
         "machine": hardware_name(device), "load_average": os.getloadavg()[0],  # other processes slow tokens/s down
         "torch": torch.__version__, "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "data_sha256": {f: sha256_file(data / f) for f in (ARITH_FILE, TEXT_FILE)},
+        "data_sha256": {f: sha256_file(data / f) for f in (ARITH_FILE, TEXT_FILE, DEFINE_FILE) if (data / f).is_file()},
         "models": {name: {"parameters": sum(p.numel() for p in m.parameters()),
                           "block_size": m.config.block_size, "model_type": m.config.model_type}
                    for name, (m, _) in models.items()},

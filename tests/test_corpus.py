@@ -177,12 +177,6 @@ def test_fair_share_gives_small_sources_all_and_splits_the_rest():
     assert corpus.fair_share({"a": 10, "b": 20}, budget=1000) == {"a": 10, "b": 20}
 
 
-def test_alpaca_file_in_repo_converts_to_chats():
-    chats = corpus.alpaca_chats()
-    assert len(chats) == len(json.loads(corpus.ALPACA_PATH.read_text())) > 900
-    assert all([m["role"] for m in c] == ["user", "assistant"] and all(m["content"] for m in c) for c in chats)
-
-
 def test_missing_package_is_skipped_and_recorded(tmp_path, monkeypatch):
     monkeypatch.setattr(corpus, "fetch_deb", lambda package, cache: (None, "no network in tests"))
     docs, rec = corpus.load_debian_source(corpus.SOURCES[0], tmp_path)

@@ -16,7 +16,7 @@ After a rebuild, regenerate what the tests compare the shipped models with, and 
 
     python -m benchmarks.evaluate --write-expected            # assets/models/eval/expected.json
     python -m benchmarks.evaluate --data assets/models/eval/data --limit 8 --batch-size 8 --text-limit 1 \\
-        --no-samples --out assets/models/eval/eval-subset.json
+        --grid-limit 4 --define-limit 4 --no-samples --out assets/models/eval/eval-subset.json
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ Real English text comes from Debian packages, fetched with `apt-get download` in
 `dpkg -x` (never installed): the King James Bible, the GNU Collaborative International Dictionary of English, WordNet
 glosses, the Python documentation, fortune cookies and the Jargon File. A package that cannot be fetched is skipped
 with a warning and recorded as missing in the manifest. Generated text (worked arithmetic, formulas, chat Q&A) comes
-from `training.synthetic`; instruction data from `training/data/alpaca_en_demo.json`.
+from `training.synthetic`; chats about the pretraining text itself (definitions, "How do I") from `training.qa`.
 
 Writes to --out:
     pretrain.jsonl       {"text", "source"} per line: real text (at most --max-mb) + generated text, shuffled
@@ -36,7 +36,7 @@ from sdar_core.paths import REPO
 from training import qa, synthetic
 
 ALPACA_PATH = REPO / "training" / "data" / "alpaca_en_demo.json"
-ALPACA_LICENCE = "CC BY-NC 4.0"  # non-commercial: the embedded models trained on it carry this term
+ALPACA_LICENCE = "CC BY-NC 4.0"  # shipped in the repository; no longer in the embedded models' data
 MAX_DOC_CHARS = 4000  # longer texts are split at paragraph boundaries into documents of at most this many characters
 
 
@@ -479,16 +479,6 @@ def take_bytes(docs: list[str], budget: int) -> list[str]:
         out.append(d)
         used += n
     return out
-
-
-def alpaca_chats(path: Path = ALPACA_PATH) -> list[list[dict]]:
-    """Alpaca instruction pairs as chats; a non-empty `input` is appended to the instruction after a blank line."""
-    pairs = json.loads(path.read_text("utf-8"))
-    chats = []
-    for p in pairs:
-        user = p["instruction"].strip() + (f"\n\n{p['input'].strip()}" if p.get("input", "").strip() else "")
-        chats.append([{"role": "user", "content": user}, {"role": "assistant", "content": p["output"].strip()}])
-    return chats
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
