@@ -162,8 +162,9 @@ def _race_tab(p: Page) -> None:
 
 def _sweep(p: Page) -> None:
     gr.Markdown("Dynamic decoding of the prompt above for each block length and threshold (steps = block length), "
-                "and AR once. Read TPF beside *answer ends*: past the block size a model was trained with (4 for "
-                "sdar-tiny), TPF can still rise while the answer falls apart.")
+                "and AR once. Read TPF beside *answer ends*: TPF rises with the block and the looser threshold while "
+                "the answer can fall apart (sdar-tiny was trained at blocks 1-16; at 16 with a low threshold its "
+                "sums go wrong more often).")
     with gr.Row():
         p.sweep_blocks = NumberChoices(list(SWEEP_BLOCKS), value=SWEEP_DEFAULT_BLOCKS, label="Block lengths")
         p.sweep_thrs = NumberChoices(list(SWEEP_THRESHOLDS), value=SWEEP_DEFAULT_THRESHOLDS,

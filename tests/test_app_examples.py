@@ -34,3 +34,16 @@ def test_every_example_list_of_the_layout_comes_from_the_checked_examples():
     checked = set(examples.prompts(examples.ALL))
     for shown in (layout.CHAT_EXAMPLES, layout.VIS_EXAMPLES, layout.RACE_EXAMPLES, [layout.RACE_PROMPT]):
         assert shown and set(shown) <= checked
+
+
+@pytest.mark.parametrize("block, warned", [(4, False), (16, False), (1, False), (3, True), (32, True)])
+def test_a_block_size_the_model_was_not_trained_at_gets_a_note(block, warned):
+    """sdar-tiny records trained_block_sizes [1, 2, 4, 8, 16] in its config.json; any other block gets a note."""
+    from app.registry import DEFAULT_MODEL, ModelRegistry
+    from app.settings import DecodeRequest
+    from app.studio import Studio
+
+    studio = Studio(registry=ModelRegistry(device="cpu"))
+    req = DecodeRequest.from_ui({"model_name": DEFAULT_MODEL, "block_length": block, "steps": 1})
+    _, notes = studio.lane(req, [{"role": "user", "content": "What is 2 + 2?"}])
+    assert any("was not trained for" in n and "1, 2, 4, 8, 16" in n for n in notes) == warned
