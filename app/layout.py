@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from . import examples
 from .chat import LIVE_PLACEHOLDER
 from .race import PARALLEL, SEQUENTIAL, SWEEP_BLOCKS, SWEEP_THRESHOLDS, lane_html
 from .render import block_table, confidence_heatmap, placeholder_html
@@ -26,13 +27,11 @@ LAUNCH_KWARGS = {"theme": THEME, "css": CSS}
 INTRO = ("# SDAR Studio\nWatch a **block-diffusion** language model (SDAR: Synergistic Diffusion-AutoRegression) "
          "decode: autoregressive across blocks, parallel denoising inside each block. Chat with it, replay every "
          "denoising step, and race it against one-token-per-forward AR decoding on the same weights.")
-# Prompts the embedded sdar-tiny answers well (worked arithmetic, unit conversions, sequences) or at least
-# gamely (definitions, Python): it was trained in minutes on a small corpus, mostly generated arithmetic.
-CHAT_EXAMPLES = ["What is 47 + 38?", "How many minutes are in 5 hours?", "What comes next: 3, 7, 11, 15, 19, ?",
-                 "Define the word harbor.", "What does a Python list comprehension do?"]
-VIS_EXAMPLES = ["How many minutes are in 5 hours?", "What is 305 - 178?", "Define the word harbor."]
-RACE_PROMPT = "What is 47 + 38?"
-RACE_EXAMPLES = ["What is 47 + 38?", "What is 305 - 178?", "How many minutes are in 5 hours?"]
+# Prompts the embedded sdar-tiny answers correctly at the default settings (app/examples.py, checked by a test).
+CHAT_EXAMPLES = examples.prompts(examples.CHAT)
+VIS_EXAMPLES = examples.prompts(examples.VISUALIZER)
+RACE_PROMPT = examples.SUM.prompt
+RACE_EXAMPLES = examples.prompts(examples.RACE)
 SWEEP_DEFAULT_BLOCKS = [4, 8, 16]
 SWEEP_DEFAULT_THRESHOLDS = [0.95, 0.9, 0.8, 0.7]
 
@@ -163,8 +162,9 @@ def _race_tab(p: Page) -> None:
 
 def _sweep(p: Page) -> None:
     gr.Markdown("Dynamic decoding of the prompt above for each block length and threshold (steps = block length), "
-                "and AR once. Read TPF beside *answer ends*: past the block size a model was trained with (4 for "
-                "sdar-tiny), TPF can still rise while the answer falls apart.")
+                "and AR once. Read TPF beside *answer ends*: TPF rises with the block and the looser threshold while "
+                "the answer can fall apart (sdar-tiny was trained at blocks 1-16; at 16 with a low threshold its "
+                "sums go wrong more often).")
     with gr.Row():
         p.sweep_blocks = NumberChoices(list(SWEEP_BLOCKS), value=SWEEP_DEFAULT_BLOCKS, label="Block lengths")
         p.sweep_thrs = NumberChoices(list(SWEEP_THRESHOLDS), value=SWEEP_DEFAULT_THRESHOLDS,

@@ -33,5 +33,14 @@ class Studio:
         if not loaded.is_sdar and settings.strategy != "ar":
             settings = settings.as_ar()
             notes.append(f"{loaded.display_name} is an autoregressive model: it decodes one token per forward.")
+        elif settings.strategy != "ar" and settings.block_length not in trained_blocks(loaded.config):
+            sizes = ", ".join(map(str, trained_blocks(loaded.config)))
+            notes.append(f"{loaded.display_name} was trained at block size {sizes}; block {settings.block_length} was "
+                         "not trained for: expect worse answers.")
         ids, note = prompt_ids(loaded.tokenizer, messages)
         return Lane(loaded, ids, settings), notes + ([note] if note else [])
+
+
+def trained_blocks(config) -> list[int]:
+    """The block sizes an SDAR checkpoint was trained at: its config's list, else its default block size."""
+    return sorted(config.trained_block_sizes or [config.block_size])

@@ -1,9 +1,9 @@
-"""Evaluate the embedded models (sdar-tiny and its AR twin ar-tiny): held-out loss, arithmetic, chat samples.
+"""Evaluate the embedded models (sdar-tiny and its AR twin ar-tiny): held-out loss, arithmetic, definitions, samples.
 
     python -m benchmarks.evaluate                                   # everything in data/embedded, on the default device
     python -m benchmarks.evaluate --limit 200 --text-limit 20       # a subset (5-10 minutes on 2 CPU cores)
     python -m benchmarks.evaluate --data assets/models/eval/data --limit 8 --batch-size 8 --text-limit 1 \\
-        --no-samples --out assets/models/eval/eval-subset.json    # the committed run that tests/ repeats
+        --grid-limit 4 --define-limit 4 --no-samples --out assets/models/eval/eval-subset.json   # tests/ repeat it
     python -m benchmarks.evaluate --device cuda --out assets/models/eval/eval-full.json      # the full set
     python -m benchmarks.evaluate --write-expected                  # rewrite assets/models/eval/expected.json
 
@@ -15,7 +15,12 @@ Three measurements (assets/models/README.md, "Evaluation", defines every column)
    from a fixed seed per (chunk, level), so the number does not depend on the batch size or the device.
 2. Exact match on `eval_arith.jsonl` (chat template, greedy, graded by the last `Answer:` line) for ar-tiny and for
    sdar-tiny under several decoders, with tokens per forward (TPF), mean new tokens and tokens/s.
-3. A few greedy chat samples of both models.
+3. The accuracy / TPF grid of sdar-tiny over block size x decoder (static, dynamic thresholds) on the first
+   `--grid-limit` problems: the trade-off the studio's two sliders show.
+4. Held-out definitions (`eval_define.jsonl`: WordNet words whose glosses are in the pretraining text but never
+   asked in SFT): "Define the word X." answered greedily; the score of a reply is the fraction of the gloss's
+   content words (letters only, 3+ characters, not a stop word) that it contains, averaged over the words.
+5. A few greedy chat samples of both models.
 
 Writes one JSON file (settings, machine, versions, results) and prints the Markdown tables.
 """
@@ -26,6 +31,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,16 +50,22 @@ from training.objective import Noise, PackedBatch, ar_loss, block_ids, sample_no
 from training.synthetic import final_answer
 
 ARITH_FILE = "eval_arith.jsonl"
+DEFINE_FILE = "eval_define.jsonl"
 TEXT_FILE = "heldout_text.jsonl"
 EVAL_DIR = Path("assets/models/eval")
-SUBSET_DATA = EVAL_DIR / "data"  # the first 64 problems and 20 held-out documents, committed for the tests
+SUBSET_DATA = EVAL_DIR / "data"  # the first 64 problems, 20 held-out documents, 16 definitions, committed for the tests
 EXPECTED = EVAL_DIR / "expected.json"
 
 SAMPLE_PROMPTS = (
     "What is 47 + 38?",  # arithmetic, in the SFT format
-    "What does the word 'harbour' mean?",  # a definition (WordNet/GCIDE text was pretraining only)
-    "How do I reverse a list in Python?",  # Python (the 3.11 docs were pretraining only)
-    "Write a short poem about the sea.",  # an alpaca-style instruction
+    "Define the word harbor.",  # a definition asked in SFT (training.qa.STUDIO_WORDS)
+    "What does the word volcano mean?",  # the same, another template
+    "Define the word certifiable.",  # a held-out definition (gloss in pretraining only)
+    "How do I reverse the order of the items in the array in Python?",  # a generated "How do I" chat
+    "How do I reverse a list in Python?",  # not in SFT as worded
+    "How many minutes are in 7 hours?",  # a unit conversion
+    "What comes next: 3, 7, 11, 15, 19, ?",  # a sequence
+    "Write a short poem about the sea.",  # nothing like it in SFT
     "Who are you?",  # identity Q&A (in the SFT data)
 )
 
@@ -64,18 +76,26 @@ class Decoder:
     model: str  # folder name under --models
     strategy: str  # "ar" | "static" | "dynamic" (sdar_core.generate)
     threshold: float | None = None
+    block_length: int = 4  # static decoding takes block_length steps per block (one token per forward)
 
     @property
     def label(self) -> str:
-        return self.strategy + (f" {self.threshold:g}" if self.threshold is not None else "")
+        return self.strategy + (f" {self.threshold:g}" if self.threshold is not None else "") + \
+            (f", block {self.block_length}" if self.strategy != "ar" else "")
 
 
 DECODERS = (
     Decoder("ar-tiny", "ar"),
-    Decoder("sdar-tiny", "ar"),  # one masked token per forward on the SDAR weights: a reference point
     Decoder("sdar-tiny", "static"),
-    *(Decoder("sdar-tiny", "dynamic", t) for t in (0.95, 0.9, 0.8, 0.7)),
+    *(Decoder("sdar-tiny", "dynamic", 0.9, b) for b in (4, 8, 16)),
 )
+GRID_BLOCKS = (1, 2, 4, 8, 16)
+GRID_THRESHOLDS = (None, 0.95, 0.9, 0.8, 0.7)  # None: static
+GRID = tuple(Decoder("sdar-tiny", "static" if t is None else "dynamic", t, b)
+             for b in GRID_BLOCKS for t in GRID_THRESHOLDS)
+DEFINE_DECODERS = (Decoder("ar-tiny", "ar"), Decoder("sdar-tiny", "dynamic", 0.9))
+STOP_WORDS = frozenset("the and for that with from which this are was were has have had its any not but one "
+                       "into such than other being been more most who whom whose what when where how very".split())
 
 
 @dataclass
@@ -83,13 +103,13 @@ class EvalSettings:
     models: str = "assets/models"
     data: str = "data/embedded"
     limit: int | None = None  # arithmetic problems (the first N); None: all
+    grid_limit: int = 200  # problems of the block size x threshold grid (the first N, at most limit); 0: no grid
+    define_limit: int | None = None  # held-out definitions (the first N); None: all; 0: none
     text_limit: int | None = None  # held-out documents (N spread evenly over the file); None: all
     batch_size: int = 32  # arithmetic problems per generate call
     loss_batch_size: int = 8  # chunks per loss forward
     max_new_tokens: int = 256  # the longest worked solution (4-digit x 4-digit) is about 190 tokens
     sample_tokens: int = 128
-    block_length: int = 4
-    steps: int = 4
     seq_len: int = 512
     t_levels: int = 8
     seed: int = 0
@@ -232,7 +252,7 @@ def sdar_nelbo(model, chunks: PackedBatch, batch_size: int, *, block_size: int, 
 
 
 def decode_kwargs(decoder: Decoder, settings: EvalSettings) -> dict:
-    kw = dict(strategy=decoder.strategy, block_length=settings.block_length, steps=settings.steps)
+    kw = dict(strategy=decoder.strategy, block_length=decoder.block_length, steps=decoder.block_length)
     if decoder.threshold is not None:
         kw["threshold"] = decoder.threshold
     return kw
@@ -288,6 +308,36 @@ def chat_sample(model, tokenizer, prompt: str, decoder: Decoder, settings: EvalS
             "forwards": sum(gen.stats.steps_per_block[0]), "stopped": bool(tokens) and tokens[-1] in stop}
 
 
+def gloss_words(text: str) -> set[str]:
+    """The content words of a text: lower-case letter runs of 3+ characters that are not stop words."""
+    return {w for w in re.findall(r"[a-z]{3,}", text.lower()) if w not in STOP_WORDS}
+
+
+def definition_score(gloss: str, reply: str) -> float:
+    """The share of the gloss's content words that the reply contains (1.0: every one)."""
+    target = gloss_words(gloss)
+    return len(target & gloss_words(reply)) / max(len(target), 1)
+
+
+def define_eval(model, tokenizer, words: list[dict], decoder: Decoder, settings: EvalSettings) -> dict:
+    """Greedy answers to "Define the word X." for held-out words; score = mean gloss-word recall (module doc)."""
+    stop = stop_ids_for(tokenizer, model.config)
+    scores, samples = [], []
+    for s in range(0, len(words), settings.batch_size):
+        batch = words[s:s + settings.batch_size]
+        gen = generate(model, [encode_prompt(tokenizer, w["prompt"], chat=True) for w in batch],
+                       max_new_tokens=64, stop_token_ids=stop, **decode_kwargs(decoder, settings))
+        for r, w in enumerate(batch):
+            reply = tokenizer.decode(gen.row_tokens(r), skip_special_tokens=True)
+            score = definition_score(w["gloss"], reply)
+            scores.append(score)
+            if len(samples) < 10:
+                samples.append({"word": w["word"], "gloss": w["gloss"], "reply": reply, "score": score})
+    return {"model": decoder.model, "decoding": decoder.label, "words": len(words),
+            "score": sum(scores) / max(len(scores), 1),
+            "exact_gloss": sum(sc == 1.0 for sc in scores) / max(len(scores), 1), "samples": samples}
+
+
 # What tests/test_embedded_models.py regenerates and compares with assets/models/eval/expected.json.
 EXPECTED_CASES = (
     ("What is 47 + 38?", Decoder("sdar-tiny", "dynamic", 0.9)),
@@ -304,7 +354,7 @@ def write_expected(settings: EvalSettings, path: Path = EXPECTED) -> dict:
               for name in sorted({d.model for _, d in EXPECTED_CASES})}
     cases = [chat_sample(*models[d.model], prompt, d, settings) for prompt, d in EXPECTED_CASES]
     out = {"command": "python -m benchmarks.evaluate --write-expected", "device": "cpu", "dtype": "float32",
-           "max_new_tokens": settings.sample_tokens, "block_length": settings.block_length, "steps": settings.steps,
+           "max_new_tokens": settings.sample_tokens,
            "torch": torch.__version__, "cases": cases}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -326,20 +376,28 @@ def evaluate(settings: EvalSettings, log=print) -> dict:
               for name in ("sdar-tiny", "ar-tiny")}
     result = run_header(settings, device, data, models)
     result["heldout"] = heldout_losses(models, texts, settings, log)  # 1. held-out loss
-    result["arith"] = []  # 2. arithmetic
-    for d in DECODERS:
-        model, tokenizer = models[d.model]
-        tally = arith_eval(model, tokenizer, problems, d, settings)
-        row = {"model": d.model, "decoding": d.label, **tally.summary()}
-        log(f"{d.model:9s} {d.label:12s} accuracy {row['accuracy']:.3f}  TPF {row['tpf']:.2f}  "
-            f"{row['tokens_per_s']:.0f} tokens/s")
-        result["arith"].append(row)
-    # 3. Samples: ar-tiny (ar) and sdar-tiny (dynamic 0.9, the app's default).
+    result["arith"] = [arith_row(models, problems, d, settings, log) for d in DECODERS]  # 2. arithmetic
+    grid_problems = problems[:settings.grid_limit]  # 3. the block size x threshold grid
+    result["grid"] = [arith_row(models, grid_problems, d, settings, log) for d in GRID] if grid_problems else []
+    words = read_jsonl(data / DEFINE_FILE, settings.define_limit) if settings.define_limit != 0 else []
+    result["define"] = [define_eval(*models[d.model], words, d, settings) for d in DEFINE_DECODERS] if words else []
+    for row in result["define"]:  # 4. held-out definitions
+        log(f"{row['model']:9s} {row['decoding']:20s} definitions: score {row['score']:.3f}")
+    # 5. Samples: ar-tiny (ar) and sdar-tiny (dynamic 0.9, the app's default).
     result["load_average_after"] = os.getloadavg()[0]
     result["samples"] = [chat_sample(*models[d.model], prompt, d, settings)
                          for prompt in (SAMPLE_PROMPTS if settings.samples else ())
                          for d in (Decoder("ar-tiny", "ar"), Decoder("sdar-tiny", "dynamic", 0.9))]
     return result
+
+
+def arith_row(models: dict, problems: list[dict], d: Decoder, settings: EvalSettings, log) -> dict:
+    model, tokenizer = models[d.model]
+    row = {"model": d.model, "decoding": d.label, "block_length": d.block_length,
+           **arith_eval(model, tokenizer, problems, d, settings).summary()}
+    log(f"{d.model:9s} {d.label:20s} accuracy {row['accuracy']:.3f}  TPF {row['tpf']:.2f}  "
+        f"{row['tokens_per_s']:.0f} tokens/s")
+    return row
 
 
 def run_header(settings: EvalSettings, device: torch.device, data: Path, models: dict) -> dict:
@@ -349,7 +407,7 @@ def run_header(settings: EvalSettings, device: torch.device, data: Path, models:
         "machine": hardware_name(device), "load_average": os.getloadavg()[0],  # other processes slow tokens/s down
         "torch": torch.__version__, "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "data_sha256": {f: sha256_file(data / f) for f in (ARITH_FILE, TEXT_FILE)},
+        "data_sha256": {f: sha256_file(data / f) for f in (ARITH_FILE, TEXT_FILE, DEFINE_FILE) if (data / f).is_file()},
         "models": {name: {"parameters": sum(p.numel() for p in m.parameters()),
                           "block_size": m.config.block_size, "model_type": m.config.model_type}
                    for name, (m, _) in models.items()},
@@ -400,7 +458,7 @@ def markdown(result: dict) -> str:
     n = result["arith"][0]["problems"]
     lines += [
         "",
-        f"Arithmetic: {n} problems of `eval_arith.jsonl`, greedy, block {s['block_length']}, {s['steps']} steps, "
+        f"Arithmetic: {n} problems of `eval_arith.jsonl`, greedy (static: one step per token of a block), "
         f"batches of {s['batch_size']}, at most {s['max_new_tokens']} new tokens; {result['machine']}, "
         f"{s['dtype']}, torch {result['torch']}.",
         "",
@@ -413,7 +471,32 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['model']} | {r['decoding']} | {r['accuracy']:.3f} ({r['correct']}/{r['problems']}) | "
                      f"{ops} | {r['tpf']:.2f} | {r['batch_tpf']:.2f} | {r['mean_new_tokens']:.1f} | "
                      f"{r['tokens_per_s']:.0f} |")
-    return "\n".join(lines)
+    return "\n".join(lines + grid_markdown(result) + define_markdown(result))
+
+
+def grid_markdown(result: dict) -> list[str]:
+    """sdar-tiny's accuracy and TPF, one row per block size, one column per decoder."""
+    if not result.get("grid"):
+        return []
+    cells = {(r["block_length"], r["decoding"].split(",")[0]): r for r in result["grid"]}
+    heads = list(dict.fromkeys(r["decoding"].split(",")[0] for r in result["grid"]))
+    lines = ["", f"sdar-tiny, accuracy / TPF on the first {result['grid'][0]['problems']} problems:", "",
+             "| block | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+    for b in dict.fromkeys(r["block_length"] for r in result["grid"]):
+        lines.append(f"| {b} | " + " | ".join(f"{cells[b, h]['accuracy']:.3f} / {cells[b, h]['tpf']:.2f}"
+                                              for h in heads) + " |")
+    return lines
+
+
+def define_markdown(result: dict) -> list[str]:
+    if not result.get("define"):
+        return []
+    lines = ["", f"Held-out definitions ({result['define'][0]['words']} words): mean gloss-word recall, and the "
+             "share of replies that contain every content word of the gloss.", "",
+             "| model | decoding | score | full gloss |", "|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['decoding']} | {r['score']:.3f} | {r['exact_gloss']:.3f} |"
+              for r in result["define"]]
+    return lines
 
 
 def samples_markdown(result: dict) -> str:
@@ -431,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=d.data, help=f"folder holding {ARITH_FILE} and {TEXT_FILE} "
                                                   f"({SUBSET_DATA} holds a committed subset)")
     p.add_argument("--limit", type=int, default=None, help="arithmetic problems: the first N (default all)")
+    p.add_argument("--grid-limit", type=int, default=d.grid_limit, help="problems of the block size x threshold "
+                                                                         "grid (0: no grid)")
+    p.add_argument("--define-limit", type=int, default=None, help="held-out definitions: the first N (0: none)")
     p.add_argument("--text-limit", type=int, default=None, help="held-out documents: N spread evenly over the file "
                                                                 "(default all)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -450,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = EvalSettings(models=args.models, data=args.data, limit=args.limit, text_limit=args.text_limit,
+                            grid_limit=args.grid_limit, define_limit=args.define_limit,
                             batch_size=args.batch_size, loss_batch_size=args.loss_batch_size,
                             max_new_tokens=args.max_new_tokens, t_levels=args.t_levels, seed=args.seed,
                             device=args.device, dtype=args.dtype, samples=not args.no_samples)

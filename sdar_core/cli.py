@@ -9,11 +9,12 @@ import argparse
 import json
 import math
 import sys
+import warnings
 
 import torch
 
 from .config import ConfigError
-from .decoding import GenerationError, generate
+from .decoding import GenerationError, UntrainedBlockSizeWarning, generate
 from .loading import CheckpointError, load_pretrained
 from .prompting import encode_prompt, stop_ids_for
 from .schedules import STRATEGIES
@@ -80,10 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     model, tokenizer = load_pretrained(args.model, device=parse_device(args.device))
     ids = encode_prompt(tokenizer, args.prompt, chat=args.chat, system=args.system)
-    gen = generate(model, [ids], max_new_tokens=args.max_new_tokens, block_length=args.block_length,
-                   steps=args.steps, strategy=args.strategy, threshold=args.threshold,
-                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                   stop_token_ids=stop_ids_for(tokenizer, model.config))
+    with warnings.catch_warnings(record=True) as caught:  # the library's warnings as one plain line each
+        warnings.simplefilter("always", UntrainedBlockSizeWarning)
+        gen = generate(model, [ids], max_new_tokens=args.max_new_tokens, block_length=args.block_length,
+                       steps=args.steps, strategy=args.strategy, threshold=args.threshold,
+                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                       stop_token_ids=stop_ids_for(tokenizer, model.config))
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     print(tokenizer.decode(gen.row_tokens(0), skip_special_tokens=True))
     print(json.dumps(gen.stats.to_dict()) if args.json else gen.stats.summary(), file=sys.stderr)
 

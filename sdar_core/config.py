@@ -100,6 +100,11 @@ def _check_ints(config: "ModelConfig") -> None:
 
 
 def _check_numbers_and_types(config: "ModelConfig") -> None:
+    sizes = config.trained_block_sizes
+    if sizes is not None and (not isinstance(sizes, list) or not sizes
+                              or not all(_is_int(b) and b >= 1 for b in sizes)):
+        raise ConfigError(f"config field 'trained_block_sizes' must be a non-empty list of integers >= 1, "
+                          f"got {sizes!r}")
     if not _is_finite_number(config.rope_theta) or config.rope_theta <= 1:
         raise ConfigError(f"config field 'rope_theta' must be a finite number > 1, got {config.rope_theta!r}")
     if not _is_finite_number(config.rms_norm_eps) or not 0 < config.rms_norm_eps < 1:
@@ -165,6 +170,9 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     block_size: int = 1  # 1: plain causal attention (an AR model)
+    # The block sizes an SDAR model was trained with (config.json "trained_block_sizes"); None when it does not say.
+    # block_size stays the default that public loaders read; decoding with a size outside this list is a warning.
+    trained_block_sizes: list[int] | None = None
     mask_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -267,6 +275,8 @@ class ModelConfig:
         d = asdict(self)
         extra = d.pop("extra")
         out = {**extra, **d}
+        if self.trained_block_sizes is None:
+            out.pop("trained_block_sizes")
         if not self.is_moe:
             for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
                       "decoder_sparse_step", "mlp_only_layers"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -53,6 +54,7 @@ def generate(model, input_ids, params: DecodeParams | None = None, *,
     params.check(config)
     rows = prompt_rows(input_ids, config.vocab_size)
     p = params.resolved(config)
+    warn_if_untrained_block(config, p)
     longest = max(len(r) for r in rows)
     needed = positions_needed(longest, p.max_new_tokens, p.strategy, p.block_length)
     if needed > config.max_position_embeddings:
@@ -67,6 +69,19 @@ def generate(model, input_ids, params: DecodeParams | None = None, *,
     gen.stats.strategy = p.strategy
     gen.trace = tracer.events if tracer is not None else None
     return gen
+
+
+class UntrainedBlockSizeWarning(UserWarning):
+    """Decoding with a block length the checkpoint's config.json does not list in trained_block_sizes."""
+
+
+def warn_if_untrained_block(config, p: DecodeParams) -> None:
+    """A block length outside the model's trained_block_sizes decodes, but usually badly: say so (once per call)."""
+    trained = config.trained_block_sizes
+    if config.is_sdar and p.strategy != "ar" and trained and p.block_length not in trained:
+        warnings.warn(f"block_length {p.block_length} is not among the block sizes this model was trained with "
+                      f"({', '.join(map(str, trained))}); expect worse output", UntrainedBlockSizeWarning,
+                      stacklevel=3)
 
 
 def prompt_rows(input_ids, vocab_size: int) -> list[list[int]]:

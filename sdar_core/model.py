@@ -78,7 +78,7 @@ class Attention(nn.Module):
     @staticmethod
     def norm_rope(x: torch.Tensor, norm: RMSNorm, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """RoPE(RMSNorm(x)): x [B, Q, H, D] -> [B, H, Q, D]; one kernel on CUDA (norm_rope.py), eager elsewhere."""
-        if Attention.fused_norm_rope and norm_rope_available(x):
+        if Attention.fused_norm_rope and norm_rope_available(x, norm.weight):
             return norm_rope(x, norm.weight, norm.eps, cos, sin)
         return apply_rope(norm(x).transpose(1, 2), cos, sin)
 

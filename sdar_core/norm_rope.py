@@ -17,9 +17,16 @@ except ImportError:
     triton = None
 
 
-def norm_rope_available(x: torch.Tensor) -> bool:
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd would record an op on these tensors (training): the kernel has no backward."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def norm_rope_available(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The kernel serves inference only; training (a gradient wanted) takes the eager norm and RoPE."""
     d = x.shape[-1]
-    return triton is not None and x.is_cuda and d % 2 == 0 and x.stride(-1) == 1
+    return (triton is not None and x.is_cuda and d % 2 == 0 and x.stride(-1) == 1
+            and not needs_grad(x, weight))
 
 
 @torch.library.custom_op("sdar::norm_rope", mutates_args=())

@@ -32,15 +32,19 @@ def test_evaluation_reproduces_the_committed_subset_numbers():
     settings = ev.EvalSettings(**{**SUBSET["settings"], "models": str(MODELS), "data": str(REPO / ev.SUBSET_DATA),
                                   "device": "cpu"})
     assert SUBSET["data_sha256"] == {f: hashlib.sha256((REPO / ev.SUBSET_DATA / f).read_bytes()).hexdigest()
-                                     for f in (ev.ARITH_FILE, ev.TEXT_FILE)}
+                                     for f in (ev.ARITH_FILE, ev.TEXT_FILE, ev.DEFINE_FILE)}
     result = ev.evaluate(settings, log=lambda *a: None)
     for name in ("ar-tiny", "sdar-tiny"):
         got, want = result["heldout"][name], SUBSET["heldout"][name]
         assert got["tokens"] == want["tokens"]
         assert got["loss"] == pytest.approx(want["loss"], abs=1e-4), name
-    rows = [(r["model"], r["decoding"]) for r in result["arith"]]
-    assert rows == [(r["model"], r["decoding"]) for r in SUBSET["arith"]]
-    for got, want in zip(result["arith"], SUBSET["arith"]):
+    rows = [(r["model"], r["decoding"]) for r in result["arith"] + result["grid"]]
+    assert rows == [(r["model"], r["decoding"]) for r in SUBSET["arith"] + SUBSET["grid"]]
+    assert len(result["grid"]) == len(ev.GRID) and result["define"]
+    for got, want in zip(result["define"], SUBSET["define"]):
+        assert (got["model"], got["decoding"], got["words"]) == (want["model"], want["decoding"], want["words"])
+        assert got["score"] == want["score"] and got["samples"] == want["samples"]
+    for got, want in zip(result["arith"] + result["grid"], SUBSET["arith"] + SUBSET["grid"]):
         # (batch_tpf is left out: it also counts how often the decoder's loop checks for stop tokens)
         for key in ("correct", "accuracy", "tpf", "new_tokens", "row_forwards", "mean_new_tokens", "accuracy_by_op",
                     "unfinished"):
@@ -108,3 +112,12 @@ def test_missing_data_says_how_to_build_it_or_use_the_committed_subset(tmp_path,
     assert ev.main(["--data", str(tmp_path), "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
     assert "python -m training.corpus" in err and str(ev.SUBSET_DATA) in err
+
+
+def test_definition_score_counts_the_glosss_content_words_found_in_the_reply():
+    gloss = "a sheltered port where ships can take on or discharge cargo"
+    assert ev.gloss_words(gloss) == {"sheltered", "port", "ships", "can", "take", "discharge", "cargo"}
+    assert ev.definition_score(gloss, "Harbor is a noun: a sheltered port where ships can take on or discharge "
+                                      "cargo.") == 1.0
+    assert ev.definition_score(gloss, "A PORT for SHIPS, and the cargo they carry.") == pytest.approx(3 / 7)
+    assert ev.definition_score(gloss, "7 + 8 = 15, write 5 carry 1") == 0.0

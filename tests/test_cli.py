@@ -90,3 +90,15 @@ def test_a_gpu_index_the_machine_lacks_is_one_line(capsys, monkeypatch):
 
 def test_a_missing_option_is_one_line(capsys):
     assert "--model" in one_line_error(capsys)
+
+
+def test_a_block_length_the_model_was_not_trained_with_is_a_one_line_warning_not_an_error(tmp_path, capsys):
+    model = write_config(tmp_path / "trained", weights=True, trained_block_sizes=[2, 4])
+    code = main(["--model", model, "--prompt", "What is 4 + 5?", "--chat", "--max-new-tokens", "8",
+                 "--block-length", "8", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "warning: block_length 8 is not among the block sizes this model was trained with (2, 4)" in err
+    assert main(["--model", model, "--prompt", "What is 4 + 5?", "--chat", "--max-new-tokens", "8",
+                 "--block-length", "4", "--device", "cpu"]) == 0
+    assert "warning" not in capsys.readouterr().err

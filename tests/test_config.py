@@ -291,3 +291,15 @@ def test_experts_over_all_layers_are_bounded():
 def test_sparse_layer_count_matches_the_layer_rule_layer_by_layer(n_layers, step, mlp_only):
     brute = sum(1 for i in range(n_layers) if (i + 1) % step == 0 and i not in mlp_only)
     assert sparse_layer_count(n_layers, step, mlp_only) == brute
+
+
+def test_trained_block_sizes_round_trip_and_are_absent_when_unknown():
+    from conftest import tiny_config
+
+    config = tiny_config()
+    assert config.trained_block_sizes is None and "trained_block_sizes" not in config.to_dict()
+    raw = {**config.to_dict(), "trained_block_sizes": [1, 2, 4, 8, 16]}
+    assert ModelConfig.from_dict(raw).trained_block_sizes == [1, 2, 4, 8, 16]
+    assert ModelConfig.from_dict(raw).to_dict()["trained_block_sizes"] == [1, 2, 4, 8, 16]
+    with pytest.raises(ConfigError, match=r"'trained_block_sizes' must be a non-empty list of integers >= 1, got \[0\]"):
+        ModelConfig.from_dict({**raw, "trained_block_sizes": [0]})

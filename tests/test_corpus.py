@@ -177,13 +177,60 @@ def test_fair_share_gives_small_sources_all_and_splits_the_rest():
     assert corpus.fair_share({"a": 10, "b": 20}, budget=1000) == {"a": 10, "b": 20}
 
 
-def test_alpaca_file_in_repo_converts_to_chats():
-    chats = corpus.alpaca_chats()
-    assert len(chats) == len(json.loads(corpus.ALPACA_PATH.read_text())) > 900
-    assert all([m["role"] for m in c] == ["user", "assistant"] and all(m["content"] for m in c) for c in chats)
-
-
 def test_missing_package_is_skipped_and_recorded(tmp_path, monkeypatch):
     monkeypatch.setattr(corpus, "fetch_deb", lambda package, cache: (None, "no network in tests"))
     docs, rec = corpus.load_debian_source(corpus.SOURCES[0], tmp_path)
     assert docs == [] and rec.status == "missing" and "no network in tests" in rec.reason
+
+
+# --------------------------------------------------------------------------------------------------------------
+# qa: chats generated from the pretraining text
+
+from training import qa  # noqa: E402
+
+WORDNET_DOC = "\n".join([
+    'harbor, seaport, haven (noun): a sheltered port where ships can take on or discharge cargo',
+    'harbor, harbour (verb): maintain (a theory, thoughts, or feelings); "bear a grudge"',
+    'kitten (noun): young domestic cat; "the kitten played with a ball"',
+    'quickly, rapidly (adverb): with rapid movements; "he works quickly"',
+    'Sea Dog (noun): a capitalised name is not a plain word',
+])
+
+
+def test_wordnet_entries_take_the_noun_sense_and_drop_the_examples():
+    entries = qa.wordnet_entries([WORDNET_DOC])
+    assert entries == [("harbor", "noun", "a sheltered port where ships can take on or discharge cargo"),
+                       ("kitten", "noun", "young domestic cat"), ("quickly", "adverb", "with rapid movements")]
+    assert qa.definition_answer("quickly", "adverb", "with rapid movements") == \
+        "Quickly is an adverb: with rapid movements."
+
+
+def test_definition_chats_never_ask_a_held_out_word_and_the_eval_set_asks_only_those():
+    words = [f"word{chr(97 + i)}{chr(97 + j)}" for i in range(26) for j in range(26)]
+    entries = [(w, "noun", f"the gloss of {w}") for w in words]
+    held = {w for w in words if qa.is_heldout_word(w)}
+    assert 0.02 < len(held) / len(words) < 0.09  # about 1/20
+    chats = qa.definition_chats(entries, 10_000, seed=0)
+    asked = {re.search(r"word ([a-z]+)|meaning of ([a-z]+)", c[0]["content"]).group(1, 2) for c in chats}
+    asked = {a or b for a, b in asked}
+    assert asked == set(words) - held
+    evals = qa.heldout_definitions(entries, 10_000, seed=0)
+    assert {e["word"] for e in evals} == held and all(e["gloss"] == f"the gloss of {e['word']}" for e in evals)
+    assert qa.definition_chats(entries, 50, seed=0) == qa.definition_chats(entries, 50, seed=0)
+    assert qa.definition_chats(entries, 50, seed=0) != qa.definition_chats(entries, 50, seed=1)
+
+
+def test_studio_words_are_always_among_the_definition_chats():
+    entries = [(w, "noun", "a gloss") for w in ("apple", "harbor", "zebra", "volcano", "telescope")]
+    questions = [c[0]["content"] for c in qa.definition_chats(entries, 3, seed=0)]
+    assert all(any(w in q for q in questions) for w in qa.STUDIO_WORDS)
+
+
+def test_howto_chats_turn_a_documented_callable_into_a_question_and_its_answer():
+    doc = ("array.reverse()\n\nReverse the order of the items in the array.\n\n"
+           "str.isupper()\n\nReturns True if all cased characters are uppercase.\n\n"
+           "array.reverse()\n\nReverse it again, a duplicate name.")
+    chats = qa.howto_chats([doc], 10, seed=0)
+    assert chats == [[{"role": "user", "content": "How do I reverse the order of the items in the array in Python?"},
+                      {"role": "assistant",
+                       "content": "Use array.reverse(). Reverse the order of the items in the array."}]]

@@ -385,3 +385,21 @@ def test_cuda_graph_path_equals_plain_path(strategy):
     plain = generate(model, prompts, runner_mode="plain", **kw)
     graph = generate(model, prompts, runner_mode="graph", **kw)
     assert graph.tokens.tolist() == plain.tokens.tolist()
+
+
+def test_a_block_length_outside_the_trained_block_sizes_warns_and_still_decodes():
+    import warnings
+
+    from sdar_core.decoding import UntrainedBlockSizeWarning
+
+    config = tiny_config()
+    config.trained_block_sizes = [2, 4]
+    model = random_model(config)
+    with pytest.warns(UntrainedBlockSizeWarning, match=r"block_length 8 is not among .* \(2, 4\)"):
+        gen = generate(model, [[5, 6, 7]], max_new_tokens=8, block_length=8, steps=8, strategy="static")
+    assert gen.lengths[0] == 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a trained size, AR decoding, or a model without the list: no warning
+        generate(model, [[5, 6, 7]], max_new_tokens=4, block_length=2, steps=2, strategy="static")
+        generate(model, [[5, 6, 7]], max_new_tokens=4, strategy="ar")
+        generate(random_model(tiny_config()), [[5, 6, 7]], max_new_tokens=4, block_length=8, steps=8)

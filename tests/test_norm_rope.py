@@ -73,3 +73,31 @@ def test_graphed_decoding_with_the_kernel_gives_the_eager_tokens(strategy, monke
     monkeypatch.setattr(Attention, "fused_norm_rope", False)
     eager = generate(model, prompts, runner_mode="plain", **kw)
     assert fused.tokens.tolist() == eager.tokens.tolist()
+
+
+def test_training_never_takes_the_forward_only_kernel():
+    """The kernel has no backward: a tensor that autograd tracks (training) must take the eager path."""
+    from sdar_core.norm_rope import needs_grad
+
+    w = torch.ones(4, requires_grad=True)
+    x = torch.randn(1, 2, 3, 4)
+    assert needs_grad(x, w)
+    assert not needs_grad(x, w.detach())
+    with torch.no_grad():
+        assert not needs_grad(x, w)
+
+
+@pytest.mark.cuda
+@cuda
+def test_a_training_step_on_cuda_backpropagates_like_the_eager_path(monkeypatch):
+    """Regression: a CUDA training forward once went through the forward-only kernel and failed in backward."""
+    torch.manual_seed(0)
+    model = random_model(tiny_config("sdar", block_size=4)).cuda().float()
+    ids = torch.randint(4, 60, (2, 16), device="cuda")
+    grads = []
+    for fused in (True, False):
+        monkeypatch.setattr(Attention, "fused_norm_rope", fused)
+        model.zero_grad()
+        model(ids).float().pow(2).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.equal(grads[0], grads[1])

@@ -101,3 +101,25 @@ def test_split_eval_is_disjoint_and_seeded():
     seen = {tuple(r) for r in train.input_ids.tolist()} & {tuple(r) for r in held.input_ids.tolist()}
     assert not seen
     assert torch.equal(split_eval(rows, 0.2, seed=0)[1].input_ids, held.input_ids)
+
+
+def test_mixed_order_draws_each_file_to_its_weight_and_walks_each_file_in_epochs():
+    from training.data import MixedOrder
+
+    order = MixedOrder([30, 5], [0.75, 0.25], seed=1)
+    drawn = order.rows(0, 2000)
+    from_second = [r for r in drawn if r >= 30]
+    assert len(from_second) == 500  # exactly the weight's share of every chunk of 1000
+    assert all(0 <= r < 35 for r in drawn)
+    # the small file is repeated whole, epoch by epoch: every 5 of its visits are a permutation of its rows
+    assert all(sorted(from_second[i:i + 5]) == list(range(30, 35)) for i in range(0, 500, 5))
+    first = [r for r in drawn if r < 30]
+    assert sorted(first[:30]) == list(range(30))
+
+
+def test_mixed_order_is_a_pure_function_of_the_sample_index_and_the_seed():
+    from training.data import MixedOrder
+
+    whole = MixedOrder([11, 7, 3], [0.5, 0.3, 0.2], seed=4).rows(0, 2600)
+    assert MixedOrder([11, 7, 3], [0.5, 0.3, 0.2], seed=4).rows(1990, 25) == whole[1990:2015]
+    assert MixedOrder([11, 7, 3], [0.5, 0.3, 0.2], seed=5).rows(0, 2600) != whole

@@ -168,3 +168,35 @@ def test_throughput_window_counts_raw_and_effective_tokens_and_the_masked_fracti
     ar = tiny_recipe(Path("unused"), mode="ar")
     assert ThroughputWindow(start=0.0, rows=3).rates(ar, now=1.0) == {
         "raw_tokens_per_s": 96, "effective_tokens_per_s": 96, "masked_fraction": None}
+
+
+def test_block_sizes_are_drawn_per_micro_batch_from_the_seed_and_recorded_in_the_config(tmp_path):
+    from training.train import block_size_at
+
+    recipe = tiny_recipe(tmp_path / "blocks", block_sizes=[1, 2, 4, 8, 16], max_steps=3, eval_fraction=0.0)
+    drawn = [block_size_at(recipe, step, m) for step in range(400) for m in range(2)]
+    assert drawn == [block_size_at(recipe, step, m) for step in range(400) for m in range(2)]
+    counts = {b: drawn.count(b) for b in (1, 2, 4, 8, 16)}
+    assert set(drawn) == {1, 2, 4, 8, 16} and min(counts.values()) > 100, counts  # about 160 each
+    other_seed = tiny_recipe(tmp_path / "b2", block_sizes=[1, 2, 4, 8, 16], seed=1)
+    assert [block_size_at(other_seed, s, 0) for s in range(50)] != [block_size_at(recipe, s, 0) for s in range(50)]
+    assert block_size_at(tiny_recipe(tmp_path / "b3"), 7, 0) == 4  # no list: the recipe's block_size
+    result = train(recipe, progress=False)
+    config = json.loads((result.final_dir / "config.json").read_text())
+    assert config["block_size"] == 4 and config["trained_block_sizes"] == [1, 2, 4, 8, 16]
+    model, _ = load_pretrained(result.final_dir, device="cpu")
+    assert model.config.trained_block_sizes == [1, 2, 4, 8, 16]
+
+
+def test_block_sizes_must_divide_seq_len_and_contain_the_default(tmp_path):
+    with pytest.raises(RecipeError, match="block size 3 must be >= 1 and divide seq_len 32"):
+        tiny_recipe(tmp_path / "x", block_sizes=[3, 4])
+    with pytest.raises(RecipeError, match="must contain block_size 4"):
+        tiny_recipe(tmp_path / "x", block_sizes=[1, 2, 8])
+    with pytest.raises(RecipeError, match="needs an sdar mode"):
+        tiny_recipe(tmp_path / "x", mode="ar", block_sizes=[4])
+
+
+def test_data_weights_need_one_weight_per_file(tmp_path):
+    with pytest.raises(RecipeError, match=r"data_weights \[0.5, 0.5\] must give one weight >= 0 per data file"):
+        tiny_recipe(tmp_path / "x", data_weights=[0.5, 0.5])

@@ -1,4 +1,4 @@
-"""Build the embedded demo models: AR pretrain -> SDAR CPT (block 4) -> SDAR SFT (two rounds), and the AR twin (AR SFT).
+"""Build the embedded demo models: AR pretrain -> SDAR CPT -> SDAR SFT (block sizes 1-16), and the AR twin (AR SFT).
 
     python -m training.build_embedded                       # every unfinished stage, in order (no time limit)
     python -m training.build_embedded --stage next          # the first unfinished stage only (one GPU call)
@@ -16,7 +16,7 @@ After a rebuild, regenerate what the tests compare the shipped models with, and 
 
     python -m benchmarks.evaluate --write-expected            # assets/models/eval/expected.json
     python -m benchmarks.evaluate --data assets/models/eval/data --limit 8 --batch-size 8 --text-limit 1 \\
-        --no-samples --out assets/models/eval/eval-subset.json
+        --grid-limit 4 --define-limit 4 --no-samples --out assets/models/eval/eval-subset.json
 """
 from __future__ import annotations
 
@@ -46,8 +46,7 @@ class Stage:
 STAGES = [
     Stage("ar-pretrain", "embedded-ar-pretrain.yaml", None, None),
     Stage("sdar-cpt", "embedded-sdar-cpt.yaml", "ar-pretrain", None),
-    Stage("sdar-sft", "embedded-sdar-sft.yaml", "sdar-cpt", None),
-    Stage("sdar-sft2", "embedded-sdar-sft2.yaml", "sdar-sft", "sdar-tiny"),
+    Stage("sdar-sft", "embedded-sdar-sft.yaml", "sdar-cpt", "sdar-tiny"),
     Stage("ar-sft", "embedded-ar-sft.yaml", "ar-pretrain", "ar-tiny"),
 ]
 STAGE_BY_NAME = {s.name: s for s in STAGES}
@@ -71,14 +70,14 @@ def export(final_dir: Path, dest: Path) -> int:
     return sum(f.stat().st_size for f in dest.glob("*.safetensors"))
 
 
-def run_stage(stage: Stage, runs: Path, out: Path, overrides: list[str]) -> bool:
+def run_stage(stage: Stage, runs: Path, out: Path, overrides: list[str], progress: bool = True) -> bool:
     """Train (or continue) one stage, then export it; True when finished."""
     keys = [f"output_dir={stage_dir(runs, stage)}", "resume=true"]
     if stage.init_from:
         keys.append(f"init_from={stage_dir(runs, STAGE_BY_NAME[stage.init_from]) / FINAL}")
     recipe = load_recipe(RECIPES / stage.recipe, keys + overrides)
     print(f"== stage {stage.name}: {RECIPES / stage.recipe} -> {recipe.output_dir}", flush=True)
-    result = train(recipe)
+    result = train(recipe, progress=progress)
     if not result.finished:
         print(f"== stage {stage.name} paused at step {result.state.step}/{recipe.max_steps} (time budget); "
               "run again to continue", flush=True)
@@ -109,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="assets/models", help="where sdar-tiny/ and ar-tiny/ are written")
     parser.add_argument("--runs", default="runs/embedded", help="training outputs, one folder per stage")
     parser.add_argument("--status", action="store_true", help="print what is done and exit")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs of unattended runs)")
     parser.add_argument("overrides", nargs="*", help="recipe key=value applied to every stage run "
                                                      "(e.g. max_minutes=9)")
     args = parser.parse_args(argv)
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"(python -m training.build_embedded --stage {base.name})", file=sys.stderr)
                 return 2
         try:
-            finished = run_stage(stage, runs, out, args.overrides)
+            finished = run_stage(stage, runs, out, args.overrides, progress=not args.no_progress)
         except RecipeError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

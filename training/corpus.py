@@ -6,7 +6,7 @@ Real English text comes from Debian packages, fetched with `apt-get download` in
 `dpkg -x` (never installed): the King James Bible, the GNU Collaborative International Dictionary of English, WordNet
 glosses, the Python documentation, fortune cookies and the Jargon File. A package that cannot be fetched is skipped
 with a warning and recorded as missing in the manifest. Generated text (worked arithmetic, formulas, chat Q&A) comes
-from `training.synthetic`; instruction data from `training/data/alpaca_en_demo.json`.
+from `training.synthetic`; chats about the pretraining text itself (definitions, "How do I") from `training.qa`.
 
 Writes to --out:
     pretrain.jsonl       {"text", "source"} per line: real text (at most --max-mb) + generated text, shuffled
@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from sdar_core.paths import REPO
-from training import synthetic
+from training import qa, synthetic
 
 ALPACA_PATH = REPO / "training" / "data" / "alpaca_en_demo.json"
-ALPACA_LICENCE = "CC BY-NC 4.0"  # non-commercial: the embedded models trained on it carry this term
+ALPACA_LICENCE = "CC BY-NC 4.0"  # shipped in the repository; no longer in the embedded models' data
 MAX_DOC_CHARS = 4000  # longer texts are split at paragraph boundaries into documents of at most this many characters
 
 
@@ -52,6 +52,9 @@ class CorpusConfig:
     n_sft_arith: int = 12_000     # arithmetic chats in sft.jsonl
     n_sft_formula: int = 6_000    # formula chats in sft.jsonl
     n_eval: int = 1_000           # held-out arithmetic problems
+    n_sft_define: int = 8_000     # WordNet definition chats in sft.jsonl (training.qa)
+    n_sft_howto: int = 2_500      # Python "How do I ...?" chats in sft.jsonl (all there are: about 2,000)
+    n_eval_define: int = 500      # held-out definitions (eval_define.jsonl)
     heldout_fraction: float = 0.01
     heldout_max_bytes: int = 200_000  # per source
 
@@ -478,16 +481,6 @@ def take_bytes(docs: list[str], budget: int) -> list[str]:
     return out
 
 
-def alpaca_chats(path: Path = ALPACA_PATH) -> list[list[dict]]:
-    """Alpaca instruction pairs as chats; a non-empty `input` is appended to the instruction after a blank line."""
-    pairs = json.loads(path.read_text("utf-8"))
-    chats = []
-    for p in pairs:
-        user = p["instruction"].strip() + (f"\n\n{p['input'].strip()}" if p.get("input", "").strip() else "")
-        chats.append([{"role": "user", "content": user}, {"role": "assistant", "content": p["output"].strip()}])
-    return chats
-
-
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
@@ -524,10 +517,15 @@ def build(cfg: CorpusConfig) -> dict:
     rng.shuffle(pretrain)
 
     gen_chats = synthetic.sft_chats(cfg.n_sft_arith, cfg.n_sft_formula, cfg.seed)
-    alpaca = alpaca_chats()
+    kept_text = lambda name: [r["text"] for r in pretrain if r["source"] == name]  # noqa: E731
+    words = qa.wordnet_entries(kept_text("wordnet"))  # only glosses that are in pretrain.jsonl
+    define = qa.definition_chats(words, cfg.n_sft_define, cfg.seed)
+    howto = qa.howto_chats(kept_text("python-docs"), cfg.n_sft_howto, cfg.seed)
     sft = [{"messages": m, "source": "synthetic"} for m in gen_chats] + \
-          [{"messages": m, "source": "alpaca_en_demo"} for m in alpaca]
-    rng.shuffle(sft)
+          [{"messages": m, "source": "wordnet-qa"} for m in define] + \
+          [{"messages": m, "source": "python-docs-qa"} for m in howto]
+    random.Random(f"sft-{cfg.seed}").shuffle(sft)
+    define_eval = qa.heldout_definitions(words, cfg.n_eval_define, cfg.seed)
 
     eval_rows = synthetic.eval_arith_set(cfg.n_eval, cfg.seed)  # disjoint from training by the hash split
 
@@ -535,6 +533,7 @@ def build(cfg: CorpusConfig) -> dict:
     write_jsonl(out / "sft.jsonl", sft)
     write_jsonl(out / "eval_arith.jsonl", eval_rows)
     write_jsonl(out / "heldout_text.jsonl", heldout)
+    write_jsonl(out / "eval_define.jsonl", define_eval)
 
     gen_text_bytes = sum(len(d.encode()) for d in gen_docs)
     records.append(SourceRecord(
@@ -543,13 +542,15 @@ def build(cfg: CorpusConfig) -> dict:
         f"pretraining text ({len(gen_docs)} docs); SFT chats ({len(gen_chats)}); held-out eval_arith ({len(eval_rows)})",
         bytes=gen_text_bytes + sum(len(json.dumps(m, ensure_ascii=False).encode()) for m in gen_chats),
         documents=len(gen_docs) + len(gen_chats)))
-    records.append(SourceRecord(
-        "alpaca_en_demo", "file", ALPACA_LICENCE, "Alpaca instruction/response pairs (LLaMA-Factory demo data)",
-        "SFT chats", bytes=ALPACA_PATH.stat().st_size, documents=len(alpaca),
-        packages={"training/data/alpaca_en_demo.json": {"sha256": sha256_file(ALPACA_PATH)}}))
+    for name, chats, what in (("wordnet-qa", define, "definition chats from the WordNet glosses in pretraining"),
+                              ("python-docs-qa", howto, '"How do I ...?" chats from the Python documentation')):
+        records.append(SourceRecord(
+            name, "generated", "as its source (training/qa.py, project code)", what,
+            f"SFT chats ({len(chats)})" + ("; held-out eval_define" if name == "wordnet-qa" else ""),
+            bytes=sum(len(json.dumps(m, ensure_ascii=False).encode()) for m in chats), documents=len(chats)))
 
     outputs = {}
-    for name in ("pretrain.jsonl", "sft.jsonl", "eval_arith.jsonl", "heldout_text.jsonl"):
+    for name in ("pretrain.jsonl", "sft.jsonl", "eval_arith.jsonl", "heldout_text.jsonl", "eval_define.jsonl"):
         path = out / name
         outputs[name] = {"bytes": path.stat().st_size, "lines": sum(1 for _ in open(path, encoding="utf-8")),
                          "sha256": sha256_file(path)}

@@ -259,7 +259,7 @@ def pack_examples(examples: list[tuple[list[int], list[bool]]], seq_len: int, pa
     return rows, truncated
 
 
-def _cat(parts: list[PackedRows]) -> PackedRows:
+def concat_rows(parts: list[PackedRows]) -> PackedRows:
     return PackedRows(*(torch.cat(column) for column in zip(*(p.tensors() for p in parts))))
 
 
@@ -280,7 +280,7 @@ def build_rows(files: list[str], tokenizer, seq_len: int, *, data_format: str = 
         if truncated:
             log(f"data: {truncated} of {len(chats)} conversations were longer than seq_len {seq_len} and truncated")
         parts.append(rows)
-    return _cat(parts)
+    return concat_rows(parts)
 
 
 def cache_key(files: list[str], tokenizer, **settings) -> str:
@@ -336,3 +336,46 @@ class RowOrder:
 
     def rows(self, start: int, count: int) -> list[int]:
         return [int(self._perm(i // self.n)[i % self.n]) for i in range(start, start + count)]
+
+
+class MixedOrder:
+    """The order rows are visited in when the training files have sampling weights (recipe `data_weights`).
+
+    `sizes` are the row counts of the files, whose rows lie back to back in that order. Samples come in chunks of
+    CHUNK: each chunk draws from file f exactly its quota (weight share of CHUNK, largest remainders), in a seeded
+    shuffled order, and file f's visits walk its own RowOrder. So sample i is still a pure function of (i, seed),
+    and a small file is repeated (a large one subsampled) to its weight."""
+    CHUNK = 1000
+
+    def __init__(self, sizes: list[int], weights: list[float], seed: int) -> None:
+        total = sum(weights)
+        exact = [w / total * self.CHUNK for w in weights]
+        quota = [int(e) for e in exact]
+        by_remainder = sorted(range(len(exact)), key=lambda f: quota[f] - exact[f])
+        for f in by_remainder[:self.CHUNK - sum(quota)]:
+            quota[f] += 1
+        self.quota, self.seed = quota, seed
+        self.offsets = [sum(sizes[:f]) for f in range(len(sizes))]
+        self.orders = [RowOrder(n, seed + 7919 * f) if n else None for f, n in enumerate(sizes)]
+        self._chunk: tuple[int, list[tuple[int, int]]] | None = None
+
+    def _assignment(self, chunk: int) -> list[tuple[int, int]]:
+        """(file, visit number within the file) of each sample of a chunk."""
+        if self._chunk is None or self._chunk[0] != chunk:
+            files = [f for f, q in enumerate(self.quota) for _ in range(q)]
+            perm = torch.randperm(len(files), generator=torch.Generator().manual_seed(self.seed * 100_003 + chunk))
+            seen = [0] * len(self.quota)
+            out = []
+            for j in perm.tolist():
+                f = files[j]
+                out.append((f, chunk * self.quota[f] + seen[f]))
+                seen[f] += 1
+            self._chunk = (chunk, out)
+        return self._chunk[1]
+
+    def rows(self, start: int, count: int) -> list[int]:
+        out = []
+        for i in range(start, start + count):
+            f, visit = self._assignment(i // self.CHUNK)[i % self.CHUNK]
+            out.append(self.offsets[f] + self.orders[f].rows(visit, 1)[0])
+        return out

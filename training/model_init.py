@@ -124,11 +124,13 @@ def init_model(recipe: Recipe, tokenizer, mask_token_id: int | None) -> SDARForC
     if recipe.is_sdar:
         config.model_type = "sdar_moe" if moe else "sdar"
         config.block_size = recipe.block_size
+        config.trained_block_sizes = recipe.trained_block_sizes
         config.mask_token_id = mask_token_id
         config.extra.pop("auto_map", None)
     else:
         config.model_type = "qwen3_moe" if moe else "qwen3"
         config.block_size = 1
+        config.trained_block_sizes = None
     return model
 
 

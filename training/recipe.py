@@ -55,10 +55,12 @@ class Recipe:
     init_from: str | None = None  # a checkpoint folder (HF format); else `model` builds one from scratch
     model: ModelSpec | None = None
     tokenizer: str | None = None  # folder, or "builtin:bytes"; default: the init_from checkpoint's tokenizer
-    block_size: int = 4  # SDAR block length L' (sdar modes); the output config's block_size
+    block_size: int = 4  # SDAR block length L' (sdar modes); the output config's block_size (what loaders default to)
+    block_sizes: list[int] | None = None  # sdar modes: each micro-batch trains with one of these, drawn from the seed
     mask_token: str = MASK_TOKEN  # added to the tokenizer (and the embeddings resized) when missing
     eps: float = 1e-3  # t ~ U(eps, 1]
     # --- data ---
+    data_weights: list[float] | None = None  # one per `data` file: the share of training rows drawn from it
     data_format: str = "auto"  # "text" | "chat" | "auto" (from the file's records)
     response_only: bool = True  # chat data: train on assistant tokens only (prompts are never masked in SFT)
     eval_data: list[str] = field(default_factory=list)  # held-out files; none: `eval_fraction` of the training rows
@@ -102,6 +104,11 @@ class Recipe:
     def is_sdar(self) -> bool:
         return self.mode.startswith("sdar")
 
+    @property
+    def trained_block_sizes(self) -> list[int]:
+        """The block sizes the training samples from (sdar modes): `block_sizes`, or just `block_size`."""
+        return sorted(set(self.block_sizes)) if self.block_sizes else [self.block_size]
+
     def validate(self) -> "Recipe":
         """Check everything that can be checked without loading a model; returns self."""
         if self.mode not in MODES:
@@ -133,8 +140,16 @@ class Recipe:
         for name in positive:
             if getattr(self, name) < 1:
                 raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.is_sdar and self.seq_len % self.block_size:
-            raise RecipeError(f"seq_len {self.seq_len} must be a multiple of block_size {self.block_size}")
+        for size in self.trained_block_sizes if self.is_sdar else ():
+            if size < 1 or self.seq_len % size:
+                raise RecipeError(f"block size {size} must be >= 1 and divide seq_len {self.seq_len}")
+        if self.block_sizes is not None and (not self.is_sdar or self.block_size not in self.block_sizes):
+            raise RecipeError(f"block_sizes {self.block_sizes} needs an sdar mode and must contain block_size "
+                              f"{self.block_size} (the size the saved config names as its default)")
+        if self.data_weights is not None and (len(self.data_weights) != len(self.data)
+                                              or min(self.data_weights) < 0 or sum(self.data_weights) <= 0):
+            raise RecipeError(f"data_weights {self.data_weights} must give one weight >= 0 per data file "
+                              f"({len(self.data)} files), not all zero")
         if not 0 < self.eps < 1:
             raise RecipeError(f"eps must be in (0, 1), got {self.eps}")
         if not 0 <= self.eval_fraction < 1:
@@ -182,6 +197,11 @@ def _coerce(value, annotation: str, name: str):
         if "None" in ann:
             return None
         raise RecipeError(f"recipe key {name!r} cannot be null")
+    if ann.startswith("list[int]") or ann.startswith("list[float]"):
+        kind = ann[5:ann.index("]")]
+        if not isinstance(value, list) or not value:
+            raise RecipeError(f"recipe key {name!r} must be a non-empty list of numbers, got {value!r}")
+        return [_coerce(v, kind, f"{name}[{i}]") for i, v in enumerate(value)]
     if ann.startswith("list"):
         value = [value] if isinstance(value, str) else value
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import random
 import shutil
 import sys
 import time
@@ -30,7 +31,7 @@ import torch
 from sdar_core.config import ModelConfig
 from sdar_core.device import synchronize
 
-from .data import PackedRows, RowOrder, load_or_build_rows, split_eval
+from .data import MixedOrder, PackedRows, RowOrder, concat_rows, load_or_build_rows, split_eval
 from .model_init import (enable_gradient_checkpointing, ensure_mask_token, init_model, load_recipe_tokenizer,
                          param_groups)
 from .objective import ar_loss, sample_noise, sdar_loss
@@ -118,15 +119,21 @@ def check_output_dir(recipe: Recipe) -> None:
                           "another output_dir")
 
 
-def load_datasets(recipe: Recipe, tokenizer, log) -> tuple[PackedRows, PackedRows | None]:
+def load_datasets(recipe: Recipe, tokenizer, log) -> tuple[PackedRows, PackedRows | None, list[int]]:
+    """(training rows, eval rows, training rows per data file): with `data_weights` each file is packed (and its
+    eval fraction split off) on its own, so that the sampler can weight the files."""
     settings = dict(data_format=recipe.data_format, response_only=recipe.response_only, max_docs=recipe.max_docs)
     cache = Path(recipe.data_cache) if recipe.data_cache else Path(recipe.output_dir) / "data-cache"
-    rows = load_or_build_rows(recipe.data, tokenizer, recipe.seq_len, cache, log=log, **settings)
+    groups = [[f] for f in recipe.data] if recipe.data_weights else [recipe.data]
+    parts = [load_or_build_rows(files, tokenizer, recipe.seq_len, cache, log=log, **settings) for files in groups]
     if recipe.eval_data:
         eval_rows = load_or_build_rows(recipe.eval_data, tokenizer, recipe.seq_len, cache, log=log, **settings)
     else:
-        rows, eval_rows = split_eval(rows, recipe.eval_fraction, recipe.seed)
-    return rows, eval_rows
+        splits = [split_eval(rows, recipe.eval_fraction, recipe.seed) for rows in parts]
+        parts = [train for train, _ in splits]
+        held = [ev for _, ev in splits if ev is not None]
+        eval_rows = concat_rows(held) if held else None
+    return concat_rows(parts), eval_rows, [len(p) for p in parts]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -141,11 +148,21 @@ def step_generator(device: torch.device, *seed_parts: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def compute_loss(model, batch, recipe: Recipe, mask_token_id: int | None, attention: str, generator):
+def block_size_at(recipe: Recipe, step: int, micro_batch: int) -> int:
+    """The block size micro-batch `micro_batch` of step `step` trains with: one of `block_sizes`, drawn from
+    (seed, step, micro-batch) alone (the same on every process and after a resume); `block_size` without a list."""
+    if not recipe.block_sizes:
+        return recipe.block_size
+    return random.Random(f"block-size-{recipe.seed}-{step}-{micro_batch}").choice(recipe.block_sizes)
+
+
+def compute_loss(model, batch, recipe: Recipe, mask_token_id: int | None, attention: str, generator,
+                 block_size: int | None = None):
+    """The recipe's loss on one batch; SDAR's with `block_size` (default the recipe's)."""
     if recipe.is_sdar:
         noise = sample_noise(batch, recipe.eps, generator)
-        return sdar_loss(model, batch, noise, block_size=recipe.block_size, mask_token_id=mask_token_id,
-                         attention=attention)
+        return sdar_loss(model, batch, noise, block_size=block_size or recipe.block_size,
+                         mask_token_id=mask_token_id, attention=attention)
     return ar_loss(model, batch, attention=attention)
 
 
@@ -312,6 +329,7 @@ class Run:
     forward: Any  # the model, compiled when the recipe asks
     optimizer: torch.optim.Optimizer
     train_rows: PackedRows
+    file_rows: list[int]  # training rows per data file (back to back in train_rows)
     eval_rows: PackedRows | None
     mask_token_id: int | None
     attention: str
@@ -324,7 +342,9 @@ class Run:
     eval_losses: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.order = RowOrder(len(self.train_rows), self.recipe.seed)
+        weights = self.recipe.data_weights
+        self.order = MixedOrder(self.file_rows, weights, self.recipe.seed) if weights else \
+            RowOrder(len(self.train_rows), self.recipe.seed)
         self.elapsed_before = self.state.elapsed_s  # training time of the calls before this one
 
     def elapsed(self) -> float:
@@ -352,7 +372,7 @@ def start_run(recipe: Recipe, budget: TimeBudget, progress: bool) -> Run:
     tokenizer = load_recipe_tokenizer(recipe)
     mask_token_id = ensure_mask_token(tokenizer, recipe.mask_token) if recipe.is_sdar else None
     with accelerator.main_process_first():
-        train_rows, eval_rows = load_datasets(recipe, tokenizer, log)
+        train_rows, eval_rows, file_rows = load_datasets(recipe, tokenizer, log)
     log(f"data: {len(train_rows)} training rows, {len(eval_rows) if eval_rows is not None else 0} eval rows "
         f"of {recipe.seq_len} tokens")
     model, optimizer = build_model(recipe, tokenizer, mask_token_id, accelerator, log)
@@ -366,7 +386,7 @@ def start_run(recipe: Recipe, budget: TimeBudget, progress: bool) -> Run:
         bar = tqdm(total=max_steps, initial=state.step, desc=recipe.mode, dynamic_ncols=True)
     return Run(recipe, accelerator, log, tokenizer, model,
                torch.compile(model) if recipe.compile and device.type == "cuda" else model, optimizer,
-               train_rows, eval_rows, mask_token_id, resolve_attention(recipe, device), state, max_steps, budget,
+               train_rows, file_rows, eval_rows, mask_token_id, resolve_attention(recipe, device), state, max_steps, budget,
                MetricsLog(Path(recipe.output_dir), accelerator.is_main_process), bar)
 
 
@@ -408,7 +428,7 @@ def train_step(run: Run, lr: float, window: ThroughputWindow) -> tuple[torch.Ten
         batch = run.train_rows.batch(run.order.rows(start, mb)).to(run.device)
         with acc.no_sync(run.model) if m < accum - 1 else nullcontext():
             out = compute_loss(run.forward, batch, recipe, run.mask_token_id, run.attention,
-                               step_generator(run.device, recipe.seed, step, m, rank))
+                               step_generator(run.device, recipe.seed, step, m, rank), block_size_at(recipe, step, m))
             acc.backward(out.loss / accum)
         step_loss += out.loss.detach() / accum
         if recipe.is_sdar and step % recipe.log_every == 0:

@@ -1,0 +1,32 @@
+"""The studio's example prompts, each with the answer the embedded sdar-tiny gives at the studio's default settings.
+
+tests/test_app_examples.py decodes every one on the CPU and checks the reply: an example that the shipped model
+gets wrong cannot be shipped. The model is a 14M-parameter demo (assets/models/README.md): worked arithmetic, unit
+conversions, sequences and the Python questions of its training set are what it does well; its definitions are
+fluent but mostly wrong, so none is offered as an example.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    answer: str  # a phrase the reply must contain
+
+
+SUM = Example("What is 47 + 38?", "Answer: 85")
+DIFFERENCE = Example("What is 305 - 178?", "Answer: 127")
+MINUTES = Example("How many minutes are in 5 hours?", "Answer: 300")
+SEQUENCE = Example("What comes next: 3, 7, 11, 15, 19, ?", "Answer: 23")
+PYTHON = Example("How do I reverse the order of the items in the array in Python?", "Use reverse().")
+
+CHAT = [SUM, MINUTES, SEQUENCE, DIFFERENCE, PYTHON]
+VISUALIZER = [MINUTES, DIFFERENCE, SEQUENCE]
+RACE = [SUM, DIFFERENCE, MINUTES]
+ALL = list(dict.fromkeys(CHAT + VISUALIZER + RACE))
+
+
+def prompts(examples: list[Example]) -> list[str]:
+    return [e.prompt for e in examples]
