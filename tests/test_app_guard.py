@@ -78,6 +78,8 @@ def test_describe_and_chat_answer_while_another_model_load_hangs(launched, stall
     loading = registry.loading("org/stalled")
     assert loading is not None, "the load never started"
     assert registry.start("org/stalled") is loading  # a second request joins the same load
+    while not stalled_hub.accepted and time.monotonic() < deadline:  # the load thread connects a moment later
+        time.sleep(0.05)
     assert stalled_hub.accepted, "the load never reached the stalled endpoint"
 
     t0 = time.monotonic()
