@@ -26,7 +26,11 @@ footer {display: none !important}
 LAUNCH_KWARGS = {"theme": THEME, "css": CSS}
 INTRO = ("# SDAR Studio\nWatch a **block-diffusion** language model (SDAR: Synergistic Diffusion-AutoRegression) "
          "decode: autoregressive across blocks, parallel denoising inside each block. Chat with it, replay every "
-         "denoising step, and race it against one-token-per-forward AR decoding on the same weights.")
+         "denoising step, and race it against one-token-per-forward AR decoding on the same weights.\n\n"
+         "The default model, **sdar-tiny**, is a 14M-parameter demo that this project trained in 14 GPU-minutes on "
+         "generated arithmetic and 40 MB of English text: it gets worked sums, unit conversions and sequences right "
+         "(93% of held-out sums), and writes fluent nonsense about almost anything else. The examples are questions "
+         "it answers correctly; a real SDAR checkpoint can be loaded on a GPU.")
 # Prompts the embedded sdar-tiny answers correctly at the default settings (app/examples.py, checked by a test).
 CHAT_EXAMPLES = examples.prompts(examples.CHAT)
 VIS_EXAMPLES = examples.prompts(examples.VISUALIZER)

@@ -34,9 +34,7 @@ class Studio:
             settings = settings.as_ar()
             notes.append(f"{loaded.display_name} is an autoregressive model: it decodes one token per forward.")
         elif settings.strategy != "ar" and settings.block_length not in trained_blocks(loaded.config):
-            sizes = ", ".join(map(str, trained_blocks(loaded.config)))
-            notes.append(f"{loaded.display_name} was trained at block size {sizes}; block {settings.block_length} was "
-                         "not trained for: expect worse answers.")
+            notes.append(untrained_block_note(loaded.display_name, loaded.config, settings.block_length))
         ids, note = prompt_ids(loaded.tokenizer, messages)
         return Lane(loaded, ids, settings), notes + ([note] if note else [])
 
@@ -44,3 +42,10 @@ class Studio:
 def trained_blocks(config) -> list[int]:
     """The block sizes an SDAR checkpoint was trained at: its config's list, else its default block size."""
     return sorted(config.trained_block_sizes or [config.block_size])
+
+
+def untrained_block_note(name: str, config, block: int) -> str:
+    sizes = trained_blocks(config)
+    listed = ", ".join(map(str, sizes))
+    return (f"{name} was trained at block size{'s' if len(sizes) > 1 else ''} {listed}; block {block} was not "
+            "trained for: expect worse answers.")
