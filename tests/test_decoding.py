@@ -403,3 +403,34 @@ def test_a_block_length_outside_the_trained_block_sizes_warns_and_still_decodes(
         generate(model, [[5, 6, 7]], max_new_tokens=4, block_length=2, steps=2, strategy="static")
         generate(model, [[5, 6, 7]], max_new_tokens=4, strategy="ar")
         generate(random_model(tiny_config()), [[5, 6, 7]], max_new_tokens=4, block_length=8, steps=8)
+
+
+def test_ar_model_trace_matches_a_cache_free_brute_force_token_by_token():
+    """An AR (qwen3) model's step trace: one event per row and token, holding the token and its softmax probability
+    from a full forward over prompt + tokens so far (no cache), the row's own positions, and nothing after a row
+    stopped."""
+    model = random_model(tiny_config("qwen3"))
+    prompts = [[3, 4, 5], [6, 7, 8, 9, 10, 11]]
+    free = generate(model, prompts, max_new_tokens=8, strategy="ar")
+    stop = free.row_tokens(0)[3]  # row 0 stops at its 4th token; row 1 runs on unless it meets it too
+    gen = generate(model, prompts, max_new_tokens=8, strategy="ar", trace=True, stop_token_ids=[stop])
+    expected = []
+    for r, prompt in enumerate(prompts):
+        seq = list(prompt)
+        for i in range(8):
+            with torch.no_grad():
+                probs = model(torch.tensor([seq]))[0, -1].float().softmax(-1)
+            tok = int(probs.argmax())
+            expected.append((i, r, len(prompt) + i, tok, float(probs[tok]), tok == stop))
+            seq.append(tok)
+            if tok == stop:
+                break
+    got = sorted((e.block, e.row, e.block_start, e.block_state[0], e.committed_confidence[0], e.stopped)
+                 for e in gen.trace)
+    expected.sort()
+    assert [g[:4] + g[5:] for g in got] == [e[:4] + e[5:] for e in expected]
+    assert [g[4] for g in got] == pytest.approx([e[4] for e in expected], abs=1e-5)
+    assert all(e.step == 0 and e.final and e.committed == [0] and e.candidates == {0: e.block_state[0]}
+               and e.masked_confidence == {0: e.committed_confidence[0]} and e.prompt_positions == []
+               for e in gen.trace)
+    assert any(e.stopped for e in gen.trace if e.row == 0)
