@@ -288,7 +288,7 @@ def confidence_heatmap(events: list[StepEvent], pieces: Mapping[int, str] | None
 
 # --- per-block table -----------------------------------------------------------------------------------
 
-BLOCK_COLUMNS = ["block", "start", "tokens", "steps", "tokens per step", "tokens/step", "min confidence"]
+BLOCK_COLUMNS = ["block", "start", "tokens", "steps", "tokens per step (mean)", "min confidence"]
 
 
 def block_table(events: list[StepEvent]) -> pd.DataFrame:
@@ -305,8 +305,7 @@ def block_table(events: list[StepEvent]) -> pd.DataFrame:
         tokens = sum(r["per_step"])
         out.append({
             "block": r["block"], "start": r["start"], "tokens": tokens, "steps": len(r["per_step"]),
-            "tokens per step": " · ".join(map(str, r["per_step"])),
-            "tokens/step": round(tokens / len(r["per_step"]), 2),
+            "tokens per step (mean)": f"{' · '.join(map(str, r['per_step']))} ({tokens / len(r['per_step']):.2f})",
             "min confidence": round(min(r["confs"]), 3) if r["confs"] else None,
         })
     return pd.DataFrame(out, columns=BLOCK_COLUMNS)
@@ -314,13 +313,19 @@ def block_table(events: list[StepEvent]) -> pd.DataFrame:
 
 # --- stats ---------------------------------------------------------------------------------------------
 
+GLOSSARY = ("NFE: forward passes of the model (number of function evaluations) · TPF: tokens per forward, new "
+            "tokens / NFE (AR decoding: 1) · τ: the dynamic schedule's confidence threshold: a masked position is "
+            "committed once the model's confidence in it exceeds τ (at least one per step)")
+
+
 def stats_markdown(stats: Stats | None, note: str = "") -> str:
     """The line under an answer: NFE, TPF, tokens/s, latency."""
     if stats is None:
         return note
     line = (f"**NFE** {stats.forwards} (+{stats.prefill_forwards} prefill) · **TPF** {stats.tpf:.2f} · "
             f"**{stats.tokens_per_second:.1f}** tokens/s · **latency** {stats.seconds * 1000:.0f} ms · "
-            f"{stats.new_tokens} tokens · `{stats.strategy}`, block {stats.block_length}, steps {stats.steps}")
+            f"{stats.new_tokens} tokens · `{stats.strategy}`, block {stats.block_length}, steps {stats.steps}  \n"
+            f"<small>{GLOSSARY}</small>")
     return f"{line}  \n{note}" if note else line
 
 

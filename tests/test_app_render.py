@@ -106,7 +106,7 @@ def test_block_table_rows_are_steps_used_and_tokens_per_step(trace):
     assert df["block"].tolist() == [0, 1]
     assert df["steps"].tolist() == [2, 3]
     assert df["tokens"].tolist() == [2, 4]
-    assert df["tokens per step"].tolist() == ["1 · 1", "2 · 1 · 1"]
+    assert df["tokens per step (mean)"].tolist() == ["1 · 1 (1.00)", "2 · 1 · 1 (1.33)"]
     assert df["min confidence"].tolist() == [0.6, 0.5]
 
 
@@ -130,3 +130,16 @@ def test_builder_finishes_its_last_frame_like_a_replay_with_the_answer_end(trace
     assert finished == frame_at(trace, len(trace) - 1, answer_end=end)
     assert [c.discarded for c in finished.block] == [False, False, True, True]
     assert FrameBuilder().finish(end) is None
+
+
+def test_the_stats_line_explains_nfe_tpf_and_tau_in_one_line():
+    from sdar_core.decoding import Stats
+
+    from app.render import stats_markdown
+
+    stats = Stats(strategy="dynamic", block_length=4, steps=4, batch_size=1, prompt_tokens=5, new_tokens=12,
+                  forwards=4, prefill_forwards=1, seconds=0.1, prefill_seconds=0.01)
+    text = stats_markdown(stats)
+    assert "**NFE** 4" in text and "**TPF** 3.00" in text
+    glossary = text.split("<small>")[1]
+    assert "NFE: forward passes" in glossary and "TPF: tokens per forward" in glossary and "τ:" in glossary
