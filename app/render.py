@@ -179,7 +179,9 @@ def legend_html() -> str:
     )
     return (f'<div class="sdar-legend">confidence {swatches} &nbsp; <span class="sdar-tok sdar-mask">{MASK_GLYPH}</span>'
             ' still masked &nbsp; <span class="sdar-tok" style="outline:2px solid #2563eb">new</span> committed at '
-            'this step &nbsp; <span class="sdar-block">&nbsp;…&nbsp;</span> block in flight</div>')
+            'this step &nbsp; <span class="sdar-block">&nbsp;…&nbsp;</span> block in flight &nbsp; '
+            '<span class="sdar-tok" style="opacity:0.35;text-decoration:line-through">after</span> decoded in the '
+            'block that holds the stop token, after it: discarded, not part of the answer</div>')
 
 
 def frame_html(frame: Frame, pieces: Mapping[int, str], *, title: str = "", legend: bool = True) -> str:
@@ -188,7 +190,7 @@ def frame_html(frame: Frame, pieces: Mapping[int, str], *, title: str = "", lege
     if title or frame.block_index is not None:
         where = "" if frame.block_index is None else (
             f"step {frame.step} · block {frame.block_index}, denoising step {frame.block_step}"
-            + (" (block final)" if frame.final else ""))
+            + (" (block done: nothing masked)" if frame.final else ""))
         head = (f'<div style="font-size:12px;color:#6b7280;margin-bottom:4px">'
                 f'{html.escape(title)}{" — " if title and where else ""}{where}</div>')
     done = "".join(_cell_html(c, pieces) for c in frame.done)

@@ -143,3 +143,11 @@ def test_the_stats_line_explains_nfe_tpf_and_tau_in_one_line():
     assert "**NFE** 4" in text and "**TPF** 3.00" in text
     glossary = text.split("<small>")[1]
     assert "NFE: forward passes" in glossary and "TPF: tokens per forward" in glossary and "τ:" in glossary
+
+
+def test_the_legend_explains_masks_new_tokens_the_block_and_struck_out_text():
+    from app.render import legend_html
+
+    text = legend_html()
+    assert "still masked" in text and "committed at this step" in text and "block in flight" in text
+    assert "line-through" in text and "discarded" in text and "stop token" in text
