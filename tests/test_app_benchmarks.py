@@ -85,3 +85,17 @@ def test_gpu_results_handler_reads_the_repository_folder_without_failing():
 
     fig, table, notes = Race.gpu_results()
     assert fig is not None and isinstance(notes, str)
+
+
+def test_skipped_result_files_go_to_the_server_log_not_the_page(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from app import race
+    from app.benchmarks import read_results
+
+    (tmp_path / "broken.json").write_text("{not json")
+    monkeypatch.setattr(race, "read_results", lambda: read_results(tmp_path))
+    with caplog.at_level(logging.INFO, logger="app.race"):
+        _, _, notes = race.Race.gpu_results()
+    assert "skipped" not in notes
+    assert any("broken.json" in r.getMessage() and "skipped" in r.getMessage() for r in caplog.records)
