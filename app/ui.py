@@ -63,6 +63,12 @@ def steps_for_block(block_length, steps):
     return gr.Slider(maximum=b, value=min(int(steps or b), b))
 
 
+def threshold_for_strategy(strategy):
+    """The threshold only steers the dynamic schedule: greyed out for the others."""
+    return gr.Slider(interactive=strategy == "dynamic",
+                     info=None if strategy == "dynamic" else f"not used by the {strategy} schedule")
+
+
 def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None = None) -> gr.Blocks:
     """The studio as a gr.Blocks (launch it with `**layout.LAUNCH_KWARGS` for the theme)."""
     studio = Studio(registry=registry or ModelRegistry())
@@ -101,6 +107,8 @@ def _wire_model(p: Page, studio: Studio, demo: gr.Blocks):
     p.model_box.change(describe, p.model_box, p.model_info, api_name="describe_model", **LIGHT)
     block_length, steps = p.decode["block_length"], p.decode["steps"]
     block_length.change(steps_for_block, [block_length, steps], steps, **PRIVATE, **LIGHT)
+    p.decode["strategy"].change(threshold_for_strategy, p.decode["strategy"], p.decode["threshold"], **PRIVATE,
+                                **LIGHT)
     # The page's steps slider ends at the block length; its initial range stays wide so that API calls
     # (which skip page events) are checked by DecodeSettings, with the block length they send.
     demo.load(steps_for_block, [block_length, steps], steps, **PRIVATE, **LIGHT)

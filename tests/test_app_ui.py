@@ -178,3 +178,12 @@ def test_stop_ends_a_long_answer_early_and_keeps_what_was_committed(served):
     chatbot, box, live, stats = job.result(timeout=60)
     assert "Stopped" in stats
     assert text_of(chatbot[-1])
+
+
+@pytest.mark.parametrize("strategy, active", [("dynamic", True), ("static", False), ("sequential", False)])
+def test_the_threshold_slider_is_active_only_for_the_dynamic_schedule(strategy, active):
+    from app.ui import threshold_for_strategy
+
+    update = threshold_for_strategy(strategy)
+    assert update.interactive is active
+    assert (update.info is None) == active and (active or strategy in update.info)
