@@ -223,3 +223,10 @@ def test_whole_model_eager_backend_equals_sdpa_backend(model_type, block_size):
         model.attn_backend = "sdpa"
         sdpa = model(ids)
     assert rel_err(sdpa, eager) < 1e-5
+
+
+def test_flex_reads_the_grouping_from_the_head_dimension_when_lengths_equal_head_counts():
+    """q_len == H_kv and k_len == H on the flex path (a BlockMask): enable_gqa must come from the head counts."""
+    q, k, v = qkv(H_KV, H, seed=9)
+    block_mask = flex_block_mask(lambda b, h, qi, ki: ki >= 0, B, H_KV, H, DEVICE)
+    assert rel_err(attention(q, k, v, block_mask, backend="flex"), textbook(q, k, v, None)) < 1e-5
