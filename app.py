@@ -21,6 +21,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 
 from app.registry import DEFAULT_MODEL, ModelRegistry  # noqa: E402  (after the environment is set)
 from app.layout import LAUNCH_KWARGS  # noqa: E402
+from app.studio import WARMUP  # noqa: E402
 from app.ui import build_app  # noqa: E402
 
 log = logging.getLogger("sdar.app")
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
                  m.summary.get("device"), m.summary.get("dtype"))
     except Exception as e:  # the app still starts; the model box says what is wrong when it is used
         log.warning("model %s not loaded: %s", args.model, e)
+    if WARMUP.start(registry, args.model):  # on a GPU: graph capture for the default settings, in the background
+        log.info("GPU warm-up started: the first answers wait for at most one decode shape")
     demo = build_app(default_model=args.model, registry=registry)
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,

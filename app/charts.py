@@ -2,14 +2,17 @@
 threshold, as the paper's Figures 3-4) and the GPU measurements (tokens/s against batch size, with the AR bandwidth ceiling)."""
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from .render import empty_figure
 
-SWEEP_COLUMNS = ["block length", "threshold", "tokens", "forwards", "TPF", "tokens/s", "latency (ms)", "answer ends"]
+SWEEP_COLUMNS = ["block length", "threshold", "tokens", "forwards", "TPF", "tokens/s", "spread", "latency (ms)",
+                 "answer ends"]
 
 
 def sweep_table(records: list[dict]) -> pd.DataFrame:
@@ -44,6 +47,31 @@ def sweep_figures(records: list[dict], ar: dict | None = None) -> tuple[go.Figur
                           yaxis=dict(title=y, rangemode="tozero"), margin=dict(l=50, r=20, t=40, b=40),
                           legend=dict(orientation="h", y=-0.25))
     return tpf, speed
+
+
+def race_figure(lanes: list[tuple[str, list[float], int]]) -> go.Figure:
+    """The race as bars: tokens/s per lane (median, whiskers from the slowest to the fastest run, every run as a
+    dot) beside the forwards each lane needed. lanes: (label, tokens/s of each timed run, forwards)."""
+    if not lanes:
+        return empty_figure("Race to see tokens/s and forwards per lane.", height=300)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("tokens/s (median of the timed runs)",
+                                                        "forwards (NFE) for the answer"))
+    names = [name for name, _, _ in lanes]
+    medians = [statistics.median(speeds) for _, speeds, _ in lanes]
+    fig.add_trace(go.Bar(
+        x=names, y=medians, marker_color="#6366f1", name="tokens/s", text=[f"{m:.1f}" for m in medians],
+        textposition="inside", error_y=dict(type="data", symmetric=False,
+                                            array=[max(s) - m for (_, s, _), m in zip(lanes, medians)],
+                                            arrayminus=[m - min(s) for (_, s, _), m in zip(lanes, medians)])),
+        row=1, col=1)
+    fig.add_trace(go.Scatter(
+        x=[name for name, speeds, _ in lanes for _ in speeds], y=[v for _, speeds, _ in lanes for v in speeds],
+        mode="markers", marker=dict(color="#111827", size=6), name="each timed run"), row=1, col=1)
+    fig.add_trace(go.Bar(x=names, y=[f for _, _, f in lanes], marker_color="#f59e0b", name="forwards",
+                         text=[str(f) for _, _, f in lanes], textposition="inside"), row=1, col=2)
+    fig.update_layout(template="plotly_white", height=320, showlegend=False, margin=dict(l=50, r=20, t=40, b=40))
+    fig.update_yaxes(rangemode="tozero")
+    return fig
 
 
 MODE_NAMES = {"ar": "AR", "sdar": "SDAR", "hf-compiled": "transformers (compiled)", "hf-eager": "transformers (eager)"}

@@ -11,7 +11,7 @@ from .recording import record
 from .render import MASK_GLYPH, frame_html, frame_text, placeholder_html, stats_markdown
 from .settings import MAX_MESSAGE_CHARS, MAX_SYSTEM_CHARS, DecodeRequest, checked_text
 from .streaming import Lane, stream
-from .studio import Studio
+from .studio import WARMUP, Studio
 
 LIVE_PLACEHOLDER = "The block in flight appears here while the model answers."
 
@@ -36,7 +36,9 @@ class Chat:
             gr.Warning(n)
         turn = history + [{"role": "user", "content": message}]
         shown = turn + [{"role": "assistant", "content": MASK_GLYPH}]
-        yield shown, gr.skip(), "", placeholder_html(f"Prompt: {len(lane.ids)} tokens — decoding…"), "", gr.skip()
+        waiting = WARMUP.note()
+        yield shown, gr.skip(), "", placeholder_html(f"Prompt: {len(lane.ids)} tokens — decoding…"
+                                                     + (f" ({waiting})" if waiting else "")), "", gr.skip()
         hidden = lane.loaded.stop_token_ids
         try:
             for _ in stream({"answer": lane}, self.studio.arm_stop(request), pace_ms=req.pace_ms):

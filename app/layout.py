@@ -9,7 +9,7 @@ import gradio as gr
 
 from . import examples
 from .chat import LIVE_PLACEHOLDER
-from .race import PARALLEL, SEQUENTIAL, SWEEP_BLOCKS, SWEEP_THRESHOLDS, lane_html
+from .race import DEFAULT_REPEATS, PARALLEL, REPEATS, SEQUENTIAL, SWEEP_BLOCKS, SWEEP_THRESHOLDS, lane_html
 from .render import block_table, confidence_heatmap, placeholder_html
 from .settings import MAX_BLOCK_LENGTH, MAX_MESSAGE_CHARS, MAX_NEW_TOKENS, MAX_SYSTEM_CHARS, SDAR_STRATEGIES
 from .visualizer import EMPTY
@@ -147,6 +147,8 @@ def _race_tab(p: Page) -> None:
     gr.Examples(RACE_EXAMPLES, inputs=p.race_prompt, label="Examples")
     with gr.Row():
         p.race_mode = gr.Radio([SEQUENTIAL, PARALLEL], value=SEQUENTIAL, label="Run", scale=3)
+        p.race_repeats = gr.Slider(REPEATS.lo, REPEATS.hi, value=DEFAULT_REPEATS, step=1, scale=2,
+                                   label="Timed runs per lane", info="after an untimed warm-up; median shown")
         p.use_twin = gr.Checkbox(value=True, label="Include the AR twin when there is one", scale=2)
         p.race_btn = gr.Button("Race", variant="primary", scale=1, elem_id="sdar-race")
         p.race_stop = gr.Button("Stop", variant="stop", scale=1)
@@ -154,6 +156,7 @@ def _race_tab(p: Page) -> None:
         p.lanes = [gr.HTML(lane_html(title), elem_classes="sdar-lane", elem_id=f"sdar-lane-{name}")
                    for name, title in (("ar", "AR on the same weights"), ("sdar", "SDAR"), ("twin", "AR twin"))]
     p.race_speedup = gr.Markdown(elem_id="sdar-speedup")
+    p.race_chart = gr.Plot(label="tokens/s and forwards per lane", elem_id="sdar-race-chart")
     p.race_table = gr.DataFrame(label="Runs", interactive=False, elem_id="sdar-race-table")
     with gr.Accordion("Sweep: block length × threshold (paper Figures 3-4)", open=False):
         _sweep(p)

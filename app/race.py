@@ -1,30 +1,40 @@
 """The AR vs SDAR tab: one prompt decoded one token per forward (`ar`) and by block diffusion on the same
 weights (and `ar` on the AR twin when there is one), streamed side by side; a sweep over block lengths and
-thresholds (TPF and tokens/s, the paper's Figures 3-4); the GPU measurements of the benchmark."""
+thresholds (TPF and tokens/s, the paper's Figures 3-4); the GPU measurements of the benchmark.
+
+Timings are compared like with like: every lane is decoded the same way (the same step recording and
+streaming), is warmed up untimed first (graph capture and kernel compilation on a GPU), and runs several
+times, interleaved with the other lanes; the table and the headline give the median and the spread."""
 from __future__ import annotations
 
 import html
 import logging
+import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import gradio as gr
 import pandas as pd
 
 from .benchmarks import read_results
-from .charts import gpu_figure, gpu_table, sweep_figures, sweep_table
+from .charts import gpu_figure, gpu_table, race_figure, sweep_figures, sweep_table
 from .errors import shows_errors
 from .prompting import conversation, prompt_ids
 from .registry import ar_twin_name
-from .render import frame_html, placeholder_html, stats_row
-from .settings import MAX_MESSAGE_CHARS, DecodeRequest, DecodeSettings, SettingsError, checked_text, shown
-from .streaming import Lane, decode_alone, stream
+from .render import frame_html, placeholder_html
+from .settings import (MAX_MESSAGE_CHARS, DecodeRequest, DecodeSettings, Range, SettingsError, checked_text,
+                       shown)
+from .streaming import Lane, decode_alone, stream, warm_up
 from .studio import Studio
 
 log = logging.getLogger(__name__)
 
 LANES = ("ar", "sdar", "twin")
-RACE_COLUMNS = ["run", "strategy", "block", "steps", "tokens", "forwards (NFE)", "TPF", "tokens/s", "latency (ms)"]
+RACE_COLUMNS = ["run", "strategy", "block", "steps", "tokens", "forwards (NFE)", "TPF", "tokens/s (median)",
+                "tokens/s (min–max)", "latency (ms, median)", "timed runs"]
+REPEATS = Range("timed runs per lane", 1, 5, integer=True)
+DEFAULT_REPEATS = 3
+SWEEP_REPEATS = 3  # timed runs of every sweep point (after one untimed warm-up)
 SEQUENTIAL, PARALLEL = "one after the other (fair timings)", "at the same time (live race)"
 SWEEP_BLOCKS = (2, 4, 8, 16, 32)
 SWEEP_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -38,51 +48,133 @@ def lane_html(title: str, frame=None, pieces=None, *, status: str = "") -> str:
     return head + frame_html(frame, pieces, legend=False)
 
 
-def speedup_markdown(stats: dict) -> str:
-    """The headline: SDAR's tokens/s and forwards against AR on the same weights."""
-    ar, sdar = stats.get("ar"), stats.get("sdar")
-    if not ar or not sdar:
+@dataclass
+class Timing:
+    """Every timed run of one lane: what it decoded (the same each run when greedy) and how fast."""
+
+    runs: list = field(default_factory=list)  # Stats of each finished run
+    gen: object = None  # the last run's Generation, when kept (the sweep reads its answer)
+
+    @property
+    def last(self):
+        return self.runs[-1]
+
+    @property
+    def speeds(self) -> list[float]:
+        return [s.tokens_per_second for s in self.runs]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.speeds)
+
+    def spread(self) -> str:
+        lo, hi = min(self.speeds), max(self.speeds)
+        return f"{lo:.1f}–{hi:.1f}"
+
+    def row(self, label: str) -> dict:
+        s = self.last
+        return {"run": label, "strategy": s.strategy, "block": s.block_length, "steps": s.steps,
+                "tokens": s.new_tokens, "forwards (NFE)": s.forwards, "TPF": round(s.tpf, 2),
+                "tokens/s (median)": round(self.median, 1), "tokens/s (min–max)": self.spread(),
+                "latency (ms, median)": round(statistics.median(r.seconds for r in self.runs) * 1000),
+                "timed runs": len(self.runs)}
+
+
+def speedup_markdown(timings: dict[str, Timing]) -> str:
+    """The headline in words: forwards saved (exact) and the speed-up it buys here (medians, with the spread)."""
+    ar, sdar = timings.get("ar"), timings.get("sdar")
+    if not ar or not sdar or not ar.runs or not sdar.runs:
         return ""
-    speed = sdar.tokens_per_second / ar.tokens_per_second if ar.tokens_per_second else float("nan")
-    fwd = ar.forwards / sdar.forwards if sdar.forwards else float("nan")
-    line = (f"### SDAR vs AR on the same weights: **{speed:.2f}×** tokens/s · {ar.forwards} → {sdar.forwards} "
-            f"forwards (**{fwd:.2f}×**, TPF {sdar.tpf:.2f} vs {ar.tpf:.2f})")
-    twin = stats.get("twin")
-    if twin and twin.tokens_per_second:
-        line += f"  \nvs the AR twin: {sdar.tokens_per_second / twin.tokens_per_second:.2f}× tokens/s"
+    a, b = ar.last, sdar.last
+    speed = sdar.median / ar.median if ar.median else float("nan")
+    fwd = a.forwards / b.forwards if b.forwards else float("nan")
+    n = min(len(ar.runs), len(sdar.runs))
+    line = (f"### SDAR vs AR on the same weights: **{speed:.2f}×** tokens/s, **{fwd:.2f}×** fewer forwards\n"
+            f"The same model decoded its answer in {b.forwards} forwards ({b.tpf:.2f} tokens each) instead of "
+            f"{a.forwards} one token at a time: {fwd:.2f}× fewer forwards. Timed on this machine that is "
+            f"{sdar.median:.1f} vs {ar.median:.1f} tokens/s ({speed:.2f}×, median of {n} runs each; spread "
+            f"{sdar.spread()} vs {ar.spread()}). Both lanes were recorded and streamed the same way and warmed up "
+            "first.")
+    if speed < fwd:
+        line += " A forward over a block costs more than over one token, so the speed-up stays below the forward ratio."
+    twin = timings.get("twin")
+    if twin and twin.runs and twin.median:
+        t = twin.last
+        line += (f"\n\nAgainst the **AR twin** (a separately trained AR model of the same size, {t.forwards} "
+                 f"forwards): **{sdar.median / twin.median:.2f}×** tokens/s ({sdar.median:.1f} vs "
+                 f"{twin.median:.1f}, spread {twin.spread()}). Its answer may differ from SDAR's: it is another model.")
     return line
 
 
-def lane_status(lane: Lane) -> str:
+def lane_status(lane: Lane, timing: Timing | None = None, round_: str = "") -> str:
     if lane.state == "done":
         s = lane.gen.stats
-        return (f"done: {s.new_tokens} tokens, {s.forwards} forwards, TPF {s.tpf:.2f}, "
+        text = (f"done{round_}: {s.new_tokens} tokens, {s.forwards} forwards, TPF {s.tpf:.2f}, "
                 f"{s.tokens_per_second:.1f} tokens/s, {s.seconds * 1000:.0f} ms")
+        if timing is not None and len(timing.runs) > 1:
+            text += f" · median of {len(timing.runs)}: {timing.median:.1f} tokens/s"
+        return text
     if lane.frame is not None:
-        return f"{lane.builder.n} forwards · {time.perf_counter() - lane.started:.1f} s"
-    return "waiting"
+        return f"run{round_}: {lane.builder.n} steps · {time.perf_counter() - lane.started:.1f} s"
+    return "warming up" if lane.state == "warming" else "waiting"
 
 
 @dataclass
 class Board:
-    """The race as the tab shows it: a title per lane, the table's label per run, and the lanes racing."""
+    """The race as the tab shows it: a title per lane, the table's label per run, the lanes of the round being
+    shown, and every timed run so far."""
 
     lanes: dict[str, Lane]
     titles: dict[str, str]
     runs: dict[str, str]  # the table's labels: its other columns say how each run decoded
     missing_twin: str = ""  # why there is no twin lane
+    timings: dict[str, Timing] = field(default_factory=dict)
+    round_: str = ""  # " (run 2 of 3)" while several rounds run
 
-    def outputs(self, note: str | None = None) -> tuple:
-        """AR lane, SDAR lane, twin lane, table, speedup (or `note`)."""
-        stats = {name: lane.gen.stats for name, lane in self.lanes.items() if lane.gen is not None}
-        table = pd.DataFrame([stats_row(self.runs[n], stats[n]) for n in LANES if n in stats], columns=RACE_COLUMNS)
-        return (*(self._lane_html(n) for n in LANES), table, speedup_markdown(stats) if note is None else note)
+    def new_round(self, index: int, total: int) -> dict[str, Lane]:
+        """Fresh lanes with the same model, prompt and settings for timed run `index` (from 0) of `total`."""
+        self.lanes = {n: Lane(lane.loaded, lane.ids, lane.settings) for n, lane in self.lanes.items()}
+        self.finished_html = {}
+        self.round_ = f" (run {index + 1} of {total})" if total > 1 else ""
+        return self.lanes
+
+    summary: tuple | None = None  # (table, headline, chart) of the timed runs so far, built once per round
+    finished_html: dict[str, str] = field(default_factory=dict)  # lane name -> its HTML once it ended
+
+    def collect(self) -> None:
+        """Add the round's finished runs to the timings, and rebuild the table, headline and chart once (a chart
+        costs tens of milliseconds of the interpreter: never per streamed frame)."""
+        for name, lane in self.lanes.items():
+            if lane.gen is not None:
+                self.timings.setdefault(name, Timing()).runs.append(lane.gen.stats)
+        done = {n: t for n, t in self.timings.items() if t.runs}
+        table = pd.DataFrame([done[n].row(self.runs[n]) for n in LANES if n in done], columns=RACE_COLUMNS)
+        chart = race_figure([(self.runs[n], done[n].speeds, done[n].last.forwards) for n in LANES if n in done])
+        self.summary = (table, speedup_markdown(done), chart)
+        self.finished_html = {}  # the statuses now name the new medians
+
+    def outputs(self, note: str | None = None, *, lanes_only: bool = False) -> tuple:
+        """AR lane, SDAR lane, twin lane, table, speedup (or `note`), chart. lanes_only: the streamed frames
+        between two rounds, which leave the table, headline and chart as they are (gr.skip)."""
+        htmls = tuple(self._lane_html(n) for n in LANES)
+        if lanes_only:
+            return (*htmls, gr.skip(), gr.skip() if note is None else note, gr.skip())
+        if self.summary is None:
+            self.collect()
+        table, headline, chart = self.summary
+        return (*htmls, table, headline if note is None else note, chart)
 
     def _lane_html(self, name: str) -> str:
         lane = self.lanes.get(name)
         if lane is None:
             return lane_html(self.titles[name], status=self.missing_twin)
-        return lane_html(self.titles[name], lane.frame, lane.pieces, status=lane_status(lane))
+        if name in self.finished_html:
+            return self.finished_html[name]  # a finished lane does not change until the next collect: render it once
+        text = lane_html(self.titles[name], lane.frame, lane.pieces,
+                         status=lane_status(lane, self.timings.get(name), self.round_))
+        if lane.state in ("done", "stopped"):
+            self.finished_html[name] = text
+        return text
 
 
 class Race:
@@ -90,20 +182,34 @@ class Race:
         self.studio = studio
 
     @shows_errors
-    def race(self, prompt, mode, use_twin, request: gr.Request, **ui):
-        """Race AR and SDAR (and the AR twin) on one prompt; `ui` holds the decoding inputs by name.
-        Outputs: AR lane, SDAR lane, twin lane, table, speedup."""
+    def race(self, prompt, mode, use_twin, request: gr.Request, repeats=DEFAULT_REPEATS, **ui):
+        """Race AR and SDAR (and the AR twin) on one prompt, `repeats` timed runs each after an untimed warm-up;
+        `ui` holds the decoding inputs by name. Outputs: AR lane, SDAR lane, twin lane, table, speedup, chart."""
         prompt = checked_text("prompt", prompt, MAX_MESSAGE_CHARS)
         if not prompt:
             raise gr.Error("Type a prompt first.", title="Empty prompt")
         if mode not in (SEQUENTIAL, PARALLEL):
             raise SettingsError(f"race mode must be {SEQUENTIAL!r} or {PARALLEL!r}, got {shown(mode)}")
+        repeats = REPEATS.parse(repeats)
         board = self.board(DecodeRequest.from_ui(ui), prompt, use_twin)
-        yield board.outputs()
-        for _ in stream(board.lanes, self.studio.arm_stop(request), parallel=mode == PARALLEL):
+        stop = self.studio.arm_stop(request)
+        for lane in board.lanes.values():
+            lane.state = "warming"
+        yield board.outputs("_Warming up each lane (untimed)…_")
+        for lane in board.lanes.values():
+            warm_up(Lane(lane.loaded, lane.ids, lane.settings), stop)
+        for r in range(repeats):
+            if stop.is_set():
+                break
+            lanes = board.new_round(r, repeats)
+            for _ in stream(lanes, stop, parallel=mode == PARALLEL):
+                yield board.outputs(lanes_only=True)
+            board.collect()
             yield board.outputs()
-        if any(lane.state == "stopped" for lane in board.lanes.values()):
+        if stop.is_set() or any(lane.state == "stopped" for lane in board.lanes.values()):
             yield board.outputs("_Stopped._")
+        else:
+            yield board.outputs()
 
     def board(self, req: DecodeRequest, prompt: str, use_twin: bool) -> Board:
         """AR and SDAR lanes on the same weights, and AR on the twin (sdar-X -> ar-X) when asked and present."""
@@ -152,13 +258,14 @@ class Race:
                 gr.Warning("Sweep stopped.")
                 break
             s = base.as_ar() if kind == "ar" else replace(base, block_length=b, steps=b, threshold=t)
-            gen = decode_alone(Lane(loaded, ids, s), stop)
-            if gen is None:
-                continue  # stopped while waiting for the device: the loop's next turn says so
-            st = gen.stats
+            timing = timed_runs(Lane(loaded, ids, s), stop, SWEEP_REPEATS)
+            if timing is None:
+                continue  # stopped: the loop's next turn says so
+            st = timing.last
             rec = {"block length": b or 1, "threshold": t, "tokens": st.new_tokens, "forwards": st.forwards,
-                   "TPF": round(st.tpf, 3), "tokens/s": round(st.tokens_per_second, 1),
-                   "latency (ms)": round(st.seconds * 1000), "answer ends": _last_line(loaded, gen)}
+                   "TPF": round(st.tpf, 3), "tokens/s": round(timing.median, 1), "spread": timing.spread(),
+                   "latency (ms)": round(statistics.median(r.seconds for r in timing.runs) * 1000),
+                   "answer ends": _last_line(loaded, timing.gen)}
             if kind == "ar":
                 ar = rec
                 continue
@@ -180,6 +287,19 @@ class Race:
         for note in notes:  # files the reader skipped: for the person running the studio, not the visitor
             log.info("benchmark results: %s", note)
         return gpu_figure(rows, machines), gpu_table(rows), "  \n".join(lines)
+
+
+def timed_runs(lane: Lane, stop, repeats: int) -> Timing | None:
+    """One untimed warm-up, then `repeats` timed decodes of the lane (not streamed); None when stopped first."""
+    warm_up(Lane(lane.loaded, lane.ids, lane.settings), stop)
+    timing = Timing()
+    for _ in range(repeats):
+        gen = decode_alone(Lane(lane.loaded, lane.ids, lane.settings), stop)
+        if gen is None:
+            return None
+        timing.runs.append(gen.stats)
+        timing.gen = gen
+    return timing
 
 
 def _last_line(loaded, gen, width: int = 40) -> str:

@@ -331,14 +331,6 @@ def stats_markdown(stats: Stats | None, note: str = "") -> str:
     return f"{line}  \n{note}" if note else line
 
 
-def stats_row(label: str, stats: Stats) -> dict:
-    """A row of the race's table."""
-    return {"run": label, "strategy": stats.strategy, "block": stats.block_length, "steps": stats.steps,
-            "tokens": stats.new_tokens,
-            "forwards (NFE)": stats.forwards, "TPF": round(stats.tpf, 2),
-            "tokens/s": round(stats.tokens_per_second, 1), "latency (ms)": round(stats.seconds * 1000)}
-
-
 def model_markdown(summary: Mapping, *, name: str, context: int, stop_tokens: Iterable[str] = ()) -> str:
     """The loaded model's card: family, size, block size, device, dtype."""
     params = summary.get("parameters", 0)

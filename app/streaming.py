@@ -97,6 +97,25 @@ class _Update:
     payload: object = None  # | "error" (payload: the exception) | "exit" (a worker thread ended: lane None)
 
 
+def warm_up(lane: Lane, stop: threading.Event) -> None:
+    """Run the lane's decode, untimed and unshown, until its second block: whatever its first run pays once (CUDA
+    graph capture and kernel compilation for its shapes on a GPU, first-call allocations anywhere) is paid here,
+    so that the timed runs that follow all start warm."""
+    def until_second_block(event: StepEvent) -> None:
+        if event.block >= 1:
+            raise Stopped()
+
+    if not take_device(stop):
+        return
+    try:
+        with torch.inference_mode():
+            decode(lane, until_second_block)
+    except Stopped:
+        pass
+    finally:
+        DEVICE.release()
+
+
 def decode_alone(lane: Lane, stop: threading.Event) -> Generation | None:
     """decode(lane) holding DEVICE, not streamed (the sweep); None when `stop` was set while waiting for it."""
     if not take_device(stop):
@@ -160,13 +179,13 @@ def _start(lanes: dict[str, Lane], out: queue.Queue, stop: threading.Event, para
 def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = False,
            pace_ms: float = 0.0) -> Iterator[dict[str, Lane]]:
     """Decode every lane and yield `lanes` whenever there is something new to show: a step (throttled to
-    FRAME_INTERVAL, or every step followed by a pause of pace_ms), a block's last step, a lane's end.
+    FRAME_INTERVAL, or every step followed by a pause of pace_ms), a lane's end.
 
     parallel=False runs the lanes one after the other (honest timings: they do not share the device);
     parallel=True starts them together. The decodes hold DEVICE and run at full speed; the frames, paced or
     not, are shown from the queue after them, so a slow display never keeps another visitor off the device.
-    Once `stop` is set no lane starts and the frames still queued are skipped; leaving the loop early sets it,
-    so any worker still running ends at its next step.
+    Once `stop` is set no lane starts and the frames still queued are skipped; leaving the loop before every
+    worker ended sets it, so any worker still running ends at its next step.
     """
     out: queue.Queue[_Update] = queue.Queue()
     if not take_device(stop):
@@ -191,7 +210,9 @@ def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = Fa
                 lanes[u.lane].finish(u.payload)
             else:
                 lanes[u.lane].push(u.payload)
-                due = pace_ms > 0 or u.payload.final or time.perf_counter() - shown >= FRAME_INTERVAL
+                # Frames follow wall time, not the decode (which may run hundreds of steps a second on a GPU):
+                # rendering shares the interpreter with the decoding thread, so every extra frame slows it.
+                due = pace_ms > 0 or time.perf_counter() - shown >= FRAME_INTERVAL
                 held = not due and not stop.is_set()
                 if not due or stop.is_set():
                     continue
@@ -200,7 +221,8 @@ def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = Fa
             if u.kind == "step" and pace_ms > 0:
                 time.sleep(pace_ms / 1000)
     finally:
-        stop.set()
+        if running:  # left early: the workers still decoding end at their next step
+            stop.set()
 
 
 class StopFlags:

@@ -1,16 +1,25 @@
-"""What every tab shares on the server: the model registry, the per-session stop flags, and how a request
-becomes a Lane to stream (the model loaded, SDAR settings turned into AR ones on an AR model, the prompt ids)."""
+"""What every tab shares on the server: the model registry, the per-session stop flags, how a request
+becomes a Lane to stream (the model loaded, SDAR settings turned into AR ones on an AR model, the prompt ids),
+and the GPU warm-up at start."""
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 import gradio as gr
 
+from sdar_core import DecodeParams
+from sdar_core.warmup import needs_warm_up, warm_shapes, warm_up
+
 from .prompting import prompt_ids
-from .registry import ModelRegistry
-from .settings import DecodeRequest
-from .streaming import Lane, StopFlags
+from .registry import LoadedModel, ModelRegistry, ar_twin_name
+from .settings import DecodeRequest, DecodeSettings
+from .streaming import DEVICE, Lane, StopFlags
+
+log = logging.getLogger(__name__)
+WARM_POSITIONS = 768  # prompt + answer covered by the warm-up: 3 cache buckets per block length
 
 
 @dataclass
@@ -49,3 +58,62 @@ def untrained_block_note(name: str, config, block: int) -> str:
     listed = ", ".join(map(str, sizes))
     return (f"{name} was trained at block size{'s' if len(sizes) > 1 else ''} {listed}; block {block} was not "
             "trained for: expect worse answers.")
+
+
+@dataclass
+class Warmup:
+    """The GPU warm-up at start (sdar_core.warmup): the start model's shapes for the default settings and the
+    race's AR lane, and its AR twin's, decoded once in the background so that the first visitor does not pay graph
+    capture and kernel compilation. It takes the device one shape at a time, so a visitor who comes early waits
+    for one shape at most, and it logs a line per shape."""
+
+    done: int = 0
+    total: int = 0
+    running: bool = False
+
+    def note(self) -> str:
+        if not self.running:
+            return ""
+        return f"GPU warm-up: {self.done} of {self.total or '…'} decode shapes ready."
+
+    def start(self, registry: ModelRegistry, name: str, settings: DecodeSettings = DecodeSettings()) -> bool:
+        """Warm `name` (already loaded) and its AR twin in a background thread; False when there is nothing to warm
+        (not loaded, or on the CPU)."""
+        m = registry.cached(name)
+        if m is None or not needs_warm_up(m.model):
+            return False
+        self.running = True
+        threading.Thread(target=self._run, args=(registry, name, settings), daemon=True, name="sdar-warmup").start()
+        return True
+
+    def _run(self, registry: ModelRegistry, name: str, settings: DecodeSettings) -> None:
+        t0 = time.perf_counter()
+        try:
+            twin = ar_twin_name(name)
+            plan = [(m, p, shape) for m in [registry.get(name)] + ([registry.get(twin)] if twin else [])
+                    for p, shape in self._shapes(m, settings)]
+            self.total = len(plan)
+            for i, (m, params, shape) in enumerate(plan):
+                filler = (m.tokenizer.encode("a", add_special_tokens=False) or [0])[0]
+                with DEVICE:
+                    seconds = warm_up(m.model, params, shape, filler)
+                self.done += 1
+                log.info("GPU warm-up %d/%d: %s, %s: %.2f s", i + 1, len(plan), m.display_name, shape, seconds)
+        except Exception:  # a failed warm-up costs the first visitor its capture time, nothing else
+            log.exception("GPU warm-up failed")
+        finally:
+            self.running = False
+        log.info("GPU warm-up done in %.1f s", time.perf_counter() - t0)
+
+    @staticmethod
+    def _shapes(m: LoadedModel, settings: DecodeSettings) -> list[tuple[DecodeParams, object]]:
+        if not needs_warm_up(m.model):
+            return []
+        ar = DecodeParams(**settings.as_ar().generate_kwargs())
+        params = [p.resolved(m.config) for p in ([DecodeParams(**settings.generate_kwargs()), ar] if m.is_sdar
+                                                  else [ar])]
+        by_block = {p.block_length: p for p in params}
+        return [(by_block[s.block_length], s) for s in warm_shapes(params, WARM_POSITIONS, m.context)]
+
+
+WARMUP = Warmup()

@@ -143,8 +143,8 @@ def _wire_visualizer(p: Page, vis: Visualizer, describe) -> None:
 
 
 def _wire_race(p: Page, race: Race, demo: gr.Blocks) -> None:
-    decode = {**p.decode, "mode": p.race_mode, "use_twin": p.use_twin}
-    p.race_btn.click(gpu(race.race), [p.race_prompt], [*p.lanes, p.race_table, p.race_speedup],
+    decode = {**p.decode, "mode": p.race_mode, "use_twin": p.use_twin, "repeats": p.race_repeats}
+    p.race_btn.click(gpu(race.race), [p.race_prompt], [*p.lanes, p.race_table, p.race_speedup, p.race_chart],
                      inputs_kwargs=decode, api_name="race", **GENERATION)
     p.race_stop.click(race.studio.stop, None, None, **PRIVATE, queue=False)
     p.sweep_btn.click(gpu(race.sweep), [p.race_prompt, p.model_box, p.sweep_blocks, p.sweep_thrs, p.sweep_tokens],

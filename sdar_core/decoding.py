@@ -147,6 +147,33 @@ class Tracer:
             self.on_step(event)
 
 
+class StepRecord:
+    """What a traced decode remembers of each step, kept on the device: per step, [B, L] token ids of the
+    block after the step, the best candidates, the commits and the positions masked before the step, and the
+    confidences. The decoder reads it once per block (where it already reads the block for the stop check),
+    never per step, so tracing adds no host synchronisation to the step loop (an on_step reader gets a
+    block's steps together, when the block is final)."""
+
+    STATE, CANDIDATES, CHOSEN, MASKED = range(4)
+
+    def __init__(self, steps: int, batch: int, width: int, device) -> None:
+        self.ids = torch.zeros(steps, 4, batch, width, dtype=torch.long, device=device)  # [T, 4, B, L]
+        self.conf = torch.zeros(steps, batch, width, dtype=torch.float32, device=device)  # [T, B, L]
+        self.n = 0
+
+    def record(self, state, candidates, chosen, masked, confidence) -> None:
+        """One step: tensors [B, L] (device copies, no host read)."""
+        for slot, t in enumerate((state, candidates, chosen, masked)):
+            self.ids[self.n, slot].copy_(t)
+        self.conf[self.n].copy_(confidence)
+        self.n += 1
+
+    def read(self) -> tuple[list, list]:
+        """The recorded steps as host lists (ids [n][4][B][L], conf [n][B][L]), and start over."""
+        n, self.n = self.n, 0
+        return self.ids[:n].tolist(), self.conf[:n].tolist()
+
+
 @dataclass
 class BatchLayout:
     """Where every row's tokens sit in the batch tensor (see the module docstring); built once per call."""
@@ -224,6 +251,7 @@ class BlockDecoder:
         self.steps_per_block: list[list[int]] = [[] for _ in rows]
         self.pending = False  # the previous block is final but its KV is not in the cache yet (fused path)
         self.forwards = 0
+        self.record = StepRecord(p.steps, len(rows), self.L, model.device) if tracer is not None else None
 
     def run(self) -> Generation:
         t0 = time.perf_counter()
@@ -234,7 +262,10 @@ class BlockDecoder:
             if all(self.finished):
                 break
             s = self.layout.start + b * self.L  # tensor index of block b
-            self.finalise_block(s, self.denoise_block(b, s))
+            used = self.denoise_block(b, s)
+            if self.record is not None:
+                self.emit_block(b, s)
+            self.finalise_block(s, used)
         synchronize(self.device)
         p, layout = self.p, self.layout
         stats = Stats(strategy=p.strategy, block_length=self.L, steps=p.steps, batch_size=layout.batch,
@@ -281,8 +312,8 @@ class BlockDecoder:
         scores = StepScores(x0, conf, ent, masked, count)
         chosen = self.schedule.select(scores, self.p)  # [B, L]
         self.seq[:, s: s + self.L] = torch.where(chosen, x0, self.seq[:, s: s + self.L])
-        if self.tracer is not None:
-            self.trace_step(b, s, step, scores, chosen)
+        if self.record is not None:
+            self.record.record(self.seq[:, s: s + self.L], x0, chosen, masked, conf)
 
     def forward_block(self, s: int) -> torch.Tensor:
         """Logits [B, L, V] of the block at s; fused, the first forward also writes the previous block's KV."""
@@ -322,25 +353,26 @@ class BlockDecoder:
                                  self.p.max_new_tokens - n_before)
         return hit or n_before + len(kept) >= self.p.max_new_tokens
 
-    def trace_step(self, b: int, s: int, step: int, scores: StepScores, chosen: torch.Tensor) -> None:
-        """One StepEvent per row that was still denoising this block (host copies only when tracing)."""
-        L, stop_ids = self.L, self.p.stop_token_ids
-        state = self.seq[:, s: s + L].tolist()
-        masked, conf, x0 = scores.masked.tolist(), scores.confidence.tolist(), scores.candidates.tolist()
-        chosen_l, fixed = chosen.tolist(), self.layout.fixed[:, s: s + L].tolist()
-        for r in range(len(state)):
-            if self.finished[r] or not any(masked[r]):
-                continue
-            committed = [i for i in range(L) if chosen_l[r][i]]
-            new_tokens = [state[r][i] for i in range(L) if not fixed[r][i]]
-            final = self.mask_id not in new_tokens
-            self.tracer.emit(StepEvent(
-                row=r, block=b, step=step, block_start=s - self.layout.pad[r], block_state=state[r],
-                committed=committed, committed_confidence=[conf[r][i] for i in committed],
-                masked_confidence={i: conf[r][i] for i in range(L) if masked[r][i]},
-                candidates={i: x0[r][i] for i in range(L) if masked[r][i]},
-                prompt_positions=[i for i in range(L) if fixed[r][i]],
-                final=final, stopped=final and any(t in stop_ids for t in new_tokens)))
+    def emit_block(self, b: int, s: int) -> None:
+        """The final block's StepEvents, one per step and row that was still denoising (one host read)."""
+        ids, confs = self.record.read()
+        L, stop_ids, R = self.L, self.p.stop_token_ids, StepRecord
+        fixed = self.layout.fixed[:, s: s + L].tolist()
+        for step, (step_ids, conf) in enumerate(zip(ids, confs)):
+            state, x0, chosen, masked = (step_ids[k] for k in (R.STATE, R.CANDIDATES, R.CHOSEN, R.MASKED))
+            for r in range(len(state)):
+                if self.finished[r] or not any(masked[r]):
+                    continue
+                committed = [i for i in range(L) if chosen[r][i]]
+                new_tokens = [state[r][i] for i in range(L) if not fixed[r][i]]
+                final = self.mask_id not in new_tokens
+                self.tracer.emit(StepEvent(
+                    row=r, block=b, step=step, block_start=s - self.layout.pad[r], block_state=state[r],
+                    committed=committed, committed_confidence=[conf[r][i] for i in committed],
+                    masked_confidence={i: conf[r][i] for i in range(L) if masked[r][i]},
+                    candidates={i: x0[r][i] for i in range(L) if masked[r][i]},
+                    prompt_positions=[i for i in range(L) if fixed[r][i]],
+                    final=final, stopped=final and any(t in stop_ids for t in new_tokens)))
 
 
 class NextTokenDecoder:
@@ -362,6 +394,9 @@ class NextTokenDecoder:
         self.run_chunk.set_padding(self.layout.pad)
         self.finished = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
         self.stop_ids = torch.tensor(p.stop_token_ids, dtype=torch.long, device=self.device)
+        # Traced, a token is one "step" of width 1: state = the token, chosen = finished before it.
+        self.record = StepRecord(p.max_new_tokens, len(rows), 1, model.device) if tracer is not None else None
+        self.emitted = 0  # tokens whose events went out
 
     def run(self) -> Generation:
         t0, longest, layout = time.perf_counter(), self.layout.start, self.layout
@@ -374,6 +409,7 @@ class NextTokenDecoder:
             forwards += 1
             if self.step(i, longest - 1 + i):
                 break
+        self.emit(longest - 1)
         synchronize(self.device)
         stats = Stats(strategy="ar", block_length=1, steps=1, batch_size=layout.batch,
                       prompt_tokens=sum(map(len, layout.prompts)), new_tokens=0, forwards=forwards,
@@ -389,20 +425,31 @@ class NextTokenDecoder:
         x0, conf, _ = sample_tokens(logits, self.sampling, forbid_token=self.mask_id, generator=self.generator)
         token = x0[:, 0]
         self.seq[:, pos + 1] = torch.where(self.finished, self.layout.pad_id, token)
-        if self.tracer is not None:
-            self.trace_step(i, pos, token, conf[:, 0])
-        if not self.p.stop_token_ids:
+        if self.record is not None:
+            self.record.record(token[:, None], token[:, None], self.finished[:, None], self.finished[:, None],
+                               conf[:, :1])
+        if self.p.stop_token_ids:
+            self.finished |= torch.isin(token, self.stop_ids)
+        # On a GPU a host read costs a sync, so the stop check (and the traced events) come every 8 tokens (a
+        # few spare forwards at most); on the CPU it is free and runs every token.
+        if self.device.type != "cpu" and (i + 1) % 8:
             return False
-        self.finished |= torch.isin(token, self.stop_ids)
-        # On a GPU the check costs a host sync, so it runs every 8 tokens (a few spare forwards at most);
-        # on the CPU it is free and runs every token.
-        return (self.device.type == "cpu" or (i + 1) % 8 == 0) and bool(self.finished.all())
+        self.emit(pos - i)
+        return bool(self.p.stop_token_ids) and bool(self.finished.all())
 
-    def trace_step(self, i: int, pos: int, token: torch.Tensor, conf: torch.Tensor) -> None:
-        finished, tokens, confs = self.finished.tolist(), token.tolist(), conf.tolist()
-        for r, (tok, c) in enumerate(zip(tokens, confs)):
-            if not finished[r]:
-                self.tracer.emit(StepEvent(
-                    row=r, block=i, step=0, block_start=pos + 1 - self.layout.pad[r], block_state=[tok],
-                    committed=[0], committed_confidence=[c], masked_confidence={0: c}, candidates={0: tok},
-                    prompt_positions=[], final=True, stopped=tok in self.p.stop_token_ids))
+    def emit(self, first_pos: int) -> None:
+        """StepEvents of the tokens recorded since the last call (one host read); first_pos: token 0's input."""
+        if self.record is None:
+            return
+        ids, confs = self.record.read()
+        for k, (step_ids, conf) in enumerate(zip(ids, confs)):
+            i = self.emitted + k
+            tokens, finished = step_ids[StepRecord.STATE], step_ids[StepRecord.CHOSEN]
+            for r in range(len(tokens)):
+                tok, c = tokens[r][0], conf[r][0]
+                if not finished[r][0]:
+                    self.tracer.emit(StepEvent(
+                        row=r, block=i, step=0, block_start=first_pos + i + 1 - self.layout.pad[r],
+                        block_state=[tok], committed=[0], committed_confidence=[c], masked_confidence={0: c},
+                        candidates={0: tok}, prompt_positions=[], final=True, stopped=tok in self.p.stop_token_ids))
+        self.emitted += len(ids)

@@ -23,7 +23,7 @@ from .decode_attention import CacheQueries, split_k_available
 from .kv_cache import KVCache
 
 MODES = ("plain", "static", "graph")
-_BUCKET = 256  # static buffers are sized in multiples of this, so close prompt lengths share graphs
+BUCKET = 256  # static buffers are sized in multiples of this, so close prompt lengths share graphs
 _POOL_SIZE = 8  # runners kept per model: bounds the memory held by cached buffers and graphs
 
 
@@ -49,7 +49,7 @@ class RunnerPool:
         pool = self._pools.setdefault(model.model, {})  # the backbone: an AR view of the weights shares it
         weights = tuple(p.data_ptr() for p in (model.model.embed_tokens.weight, model.lm_head.weight,
                                                model.model.layers[0].self_attn.q_proj.weight))
-        key = (batch, -(-total // _BUCKET) * _BUCKET, block_size, mode, compile, model.dtype, weights,
+        key = (batch, -(-total // BUCKET) * BUCKET, block_size, mode, compile, model.dtype, weights,
                model.config.model_type, ChunkRunner.split_k_attention)
         if key not in pool:
             if len(pool) >= _POOL_SIZE:
@@ -80,7 +80,7 @@ class ChunkRunner:
         self._model = weakref.ref(model)  # the pool is keyed by the model: a strong reference would pin it
         self.dtype, self.batch, self.block_size, self.mode = model.dtype, batch, block_size, mode
         if mode != "plain":
-            total = -(-total // _BUCKET) * _BUCKET
+            total = -(-total // BUCKET) * BUCKET
         self.total = total
         self.device = model.device
         devices = [layer.self_attn.q_proj.weight.device for layer in model.model.layers]

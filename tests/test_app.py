@@ -4,6 +4,7 @@ with more than one token per forward; the race must take ar-tiny as the AR twin.
 from __future__ import annotations
 
 import os
+import json
 import re
 import subprocess
 import sys
@@ -68,13 +69,20 @@ def test_default_app_answers_47_plus_38_with_85_and_tpf_above_one(app_process):
     assert tpf > 1.5, stats  # several tokens per forward on the arithmetic it was trained on
     assert 'class="sdar-frame"' in live
 
-    lane_ar, lane_sdar, lane_twin, table, speedup = client.predict(api_name="/race")  # the default race prompt
-    assert "AR twin (ar-tiny)" in lane_twin and "done:" in lane_twin
-    runs = {r[0]: r for r in table["data"]}
-    assert runs["AR (sdar-tiny)"][1:4] == ["ar", 1, 1] and runs["AR (sdar-tiny)"][6] == 1.0
-    assert runs["SDAR (sdar-tiny)"][1:4] == ["dynamic", 4, 4] and runs["SDAR (sdar-tiny)"][6] > 1.5
-    assert runs["AR twin (ar-tiny)"][1] == "ar"
-    assert "SDAR vs AR on the same weights" in speedup and "vs the AR twin" in speedup
+    lane_ar, lane_sdar, lane_twin, table, speedup, chart = client.predict(api_name="/race")  # the default prompt
+    assert "AR twin (ar-tiny)" in lane_twin and "done (run 3 of 3):" in lane_twin and "median of 3" in lane_twin
+    runs = {r[0]: dict(zip(table["headers"], r)) for r in table["data"]}
+    assert [runs["AR (sdar-tiny)"][c] for c in ("strategy", "block", "steps", "TPF")] == ["ar", 1, 1, 1.0]
+    sdar = runs["SDAR (sdar-tiny)"]
+    assert [sdar[c] for c in ("strategy", "block", "steps")] == ["dynamic", 4, 4] and sdar["TPF"] > 1.5
+    assert runs["AR twin (ar-tiny)"]["strategy"] == "ar"
+    assert all(r["timed runs"] == 3 for r in runs.values())
+    lo, hi = map(float, sdar["tokens/s (min–max)"].split("–"))
+    assert lo <= sdar["tokens/s (median)"] <= hi
+    assert "SDAR vs AR on the same weights" in speedup and "median of 3 runs" in speedup and "AR twin" in speedup
+    plot = json.loads(chart["plot"])
+    bars = [t for t in plot["data"] if t["type"] == "bar"]
+    assert [t["name"] for t in bars] == ["tokens/s", "forwards"] and bars[1]["x"] == list(runs)
 
 
 def test_default_sweep_covers_blocks_4_8_16_and_four_thresholds_with_the_answers_shown(app_process):

@@ -378,13 +378,28 @@ def test_static_shape_runner_for_an_ar_model():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("strategy", ["static", "dynamic", "ar"])
-def test_cuda_graph_path_equals_plain_path(strategy):
-    model = random_model(tiny_config("sdar", block_size=4, layers=2)).cuda()
+@pytest.mark.parametrize("model_type", ["sdar", "qwen3"])
+def test_cuda_graph_path_equals_plain_path(strategy, model_type):
+    """Tokens and the step trace (recorded on the device, read once per block / every 8 AR tokens) equal the plain
+    path's and the CPU's, stop tokens included."""
+    if model_type == "qwen3" and strategy != "ar":
+        pytest.skip("an AR model decodes with the ar strategy only")
+    cpu = random_model(tiny_config(model_type, block_size=4, layers=2))
+    model = random_model(tiny_config(model_type, block_size=4, layers=2)).cuda()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
-    kw = dict(max_new_tokens=24, block_length=4, steps=2, strategy=strategy, threshold=0.5)
+    kw = dict(max_new_tokens=24, block_length=4, steps=2, strategy=strategy, threshold=0.5, trace=True)
+    stop = generate(cpu, prompts, **kw).row_tokens(0)[5]
+    kw["stop_token_ids"] = [stop]
+    ref = generate(cpu, prompts, **kw)
     plain = generate(model, prompts, runner_mode="plain", **kw)
     graph = generate(model, prompts, runner_mode="graph", **kw)
-    assert graph.tokens.tolist() == plain.tokens.tolist()
+    assert graph.tokens.tolist() == plain.tokens.tolist() == ref.tokens.tolist()
+    def shape(gen):
+        return [(e.row, e.block, e.step, e.block_start, e.block_state, e.committed, e.final, e.stopped)
+                for e in gen.trace]
+    assert shape(graph) == shape(plain) == shape(ref)
+    conf = lambda gen: [c for e in gen.trace for c in e.masked_confidence.values()]  # noqa: E731
+    assert conf(graph) == pytest.approx(conf(ref), abs=1e-4)
 
 
 def test_a_block_length_outside_the_trained_block_sizes_warns_and_still_decodes():

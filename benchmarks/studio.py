@@ -1,0 +1,299 @@
+"""The studio end to end: what a visitor sees (through gradio_client) against the engine on the same settings.
+
+    python -m benchmarks.studio --out benchmarks/results/<name> [--arch sdar-1.7b] [--workdir /tmp/studio-bench]
+
+One run, one machine (a GPU, or the CPU with --arch tiny):
+1. writes a random-weight SDAR checkpoint of --arch (save_pretrained, the SDAR-4B tokenizer of tests/fixtures) and
+   its AR twin (the same weights as a qwen3 checkpoint, so the race has three lanes of equal work: with random
+   weights dynamic decoding commits one token per forward, TPF 1.0, like AR);
+2. the engine: `generate` in this process on each setting the studio is asked for below, with the studio's
+   prompt ids and stop tokens, warmed up and repeated (tokens/s, median); once without and once with the step
+   trace the studio records;
+3. starts `python app.py --model <checkpoint>` (the GPU warm-up runs at start: its log lines are kept), drives
+   chat (first request after start, then repeats), the race (three lanes, timed runs) and the visualizer through
+   gradio_client, and reads the tokens/s the studio shows, the time to its first streamed frame and the frames it
+   delivered per second.
+Writes results.json, results.csv and summary.md under --out. Not a test: nothing is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from sdar_core.device import default_device, default_dtype, machine_info, synchronize
+from sdar_core.loading import load_pretrained, load_tokenizer, save_pretrained
+
+from .bench import ARCHS, arch_config, as_ar, random_model
+
+REPO = Path(__file__).resolve().parent.parent
+TOKENIZER = REPO / "tests" / "fixtures" / "sdar-4b-chat"
+MESSAGE = "Explain in detail how a block-diffusion language model decodes a long answer."
+TPS = re.compile(r"\*\*([\d.]+)\*\* tokens/s")
+NFE = re.compile(r"\*\*NFE\*\* (\d+)")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    strategy: str
+    block_length: int
+    steps: int
+    threshold: float = 0.9
+
+    def ui(self, model: str, max_new_tokens: int) -> dict:
+        """The studio API's decoding inputs by name."""
+        return dict(model_name=model, block_length=self.block_length, steps=self.steps, strategy=self.strategy,
+                    threshold=self.threshold, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=0)
+
+    def generate_kwargs(self, max_new_tokens: int) -> dict:
+        return dict(strategy=self.strategy, block_length=self.block_length, steps=self.steps,
+                    threshold=self.threshold, max_new_tokens=max_new_tokens)
+
+
+SETTINGS = (Setting("dynamic b4", "dynamic", 4, 4), Setting("static b16/4", "static", 16, 4))
+
+
+@dataclass
+class Row:
+    what: str  # "chat" | "race lane" | "visualize"
+    setting: str
+    engine_tps: float | None = None  # generate alone, median
+    engine_traced_tps: float | None = None  # generate with the studio's step recording (trace=True)
+    studio_tps: float | None = None  # what the studio showed, median of the repeated requests
+    studio_runs: list = field(default_factory=list)  # tokens/s of every request, the first one first
+    first_request_tps: float | None = None
+    forwards: int | None = None
+    tokens: int | None = None
+    first_frame_s: float | None = None  # request sent -> first streamed frame with a decoded step, median
+    frames_per_s: float | None = None  # streamed frames per second while decoding, median
+    wall_s: float | None = None  # request sent -> last output, median
+
+    @property
+    def ratio(self) -> float | None:
+        return self.studio_tps / self.engine_tps if self.studio_tps and self.engine_tps else None
+
+
+def write_checkpoints(arch: str, workdir: Path, device, dtype) -> tuple[Path, Path]:
+    """workdir/sdar-bench and workdir/ar-bench (its twin: the same weights, model_type qwen3)."""
+    tokenizer = load_tokenizer(TOKENIZER)
+    config = arch_config(arch)
+    config.vocab_size = max(config.vocab_size, len(tokenizer))
+    config.mask_token_id = tokenizer.convert_tokens_to_ids("<|MASK|>")
+    config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model = random_model(config, device, dtype)
+    sdar = save_pretrained(model, tokenizer, workdir / "sdar-bench")
+    twin = save_pretrained(as_ar(model), tokenizer, workdir / "ar-bench")
+    del model
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return Path(sdar), Path(twin)
+
+
+def timed(model, ids, stop_ids, repeats: int, **kwargs) -> tuple[list[float], object]:
+    """tokens/s of `repeats` generate calls after one untimed call, and the last Generation."""
+    from sdar_core import generate
+
+    generate(model, [ids], stop_token_ids=stop_ids, **kwargs)
+    speeds = []
+    for _ in range(repeats):
+        gen = generate(model, [ids], stop_token_ids=stop_ids, **kwargs)
+        speeds.append(gen.stats.tokens_per_second)
+    return speeds, gen
+
+
+def engine_rows(sdar: Path, twin: Path, args, device, dtype) -> dict[tuple[str, str], Row]:
+    """generate alone, on the prompt the studio builds for MESSAGE (chat) and for the race prompt."""
+    from app.prompting import conversation, prompt_ids
+    from sdar_core.prompting import stop_ids_for
+
+    rows = {}
+    for folder, lanes in ((sdar, [("chat", s) for s in SETTINGS] + [("race lane", SETTINGS[0]),
+                                                                     ("race lane", Setting("ar", "ar", 1, 1))]),
+                          (twin, [("race lane", Setting("ar twin", "ar", 1, 1))])):
+        model, tok = load_pretrained(str(folder), device=device, dtype=dtype)
+        stop_ids = stop_ids_for(tok, model.config)
+        for what, s in lanes:
+            message = MESSAGE if what == "chat" else args.race_prompt
+            ids, _ = prompt_ids(tok, conversation("", [], message))
+            speeds, gen = timed(model, ids, stop_ids, args.repeats, **s.generate_kwargs(args.new_tokens))
+            traced, _ = timed(model, ids, stop_ids, args.repeats, trace=True, **s.generate_kwargs(args.new_tokens))
+            rows[(what, s.name)] = Row(what, s.name, engine_tps=statistics.median(speeds),
+                                       engine_traced_tps=statistics.median(traced), forwards=gen.stats.forwards,
+                                       tokens=gen.stats.new_tokens)
+            print(f"engine {what} {s.name}: {rows[(what, s.name)].engine_tps:.1f} tokens/s "
+                  f"(traced {rows[(what, s.name)].engine_traced_tps:.1f})", flush=True)
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return rows
+
+
+class App:
+    """`python app.py --model <sdar>` in a subprocess; its log lines kept with their times."""
+
+    def __init__(self, sdar: Path, port: int) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "app.py", "--model", str(sdar), "--port", str(port)], cwd=REPO,
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[tuple[float, str]] = []
+        self.url = f"http://127.0.0.1:{port}/"
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append((time.perf_counter() - self.t0, line.rstrip()))
+
+    def wait_for(self, text: str, timeout: float) -> float:
+        """Seconds since start when a log line containing `text` appeared."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for t, line in list(self.lines):
+                if text in line:
+                    return t
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"the studio did not log {text!r} in {timeout:.0f} s:\n" +
+                           "\n".join(line for _, line in self.lines[-30:]))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def streamed(client, api_name: str, *args, frame_marker: str, **kwargs) -> tuple:
+    """Submit and follow one request: (wall seconds, seconds to the first output holding `frame_marker`, outputs
+    holding it, the last output, those outputs per second)."""
+    t0 = time.perf_counter()
+    job = client.submit(*args, api_name=api_name, **kwargs)
+    first, frames, last, times = None, 0, None, []
+    for out in job:
+        now = time.perf_counter() - t0
+        if frame_marker in json.dumps(out, default=str):
+            frames += 1
+            times.append(now)
+            first = first if first is not None else now
+        last = out
+    last = job.outputs()[-1] if job.outputs() else last
+    fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 2 and times[-1] > times[0] else None
+    return time.perf_counter() - t0, first, frames, last, fps
+
+
+def studio_rows(rows: dict, sdar: Path, args) -> dict:
+    """Drive the running studio; fills the studio_* fields of `rows`; returns the start-up figures."""
+    from gradio_client import Client
+
+    app = App(sdar, args.port)
+    info = {}
+    try:
+        info["ready_s"] = app.wait_for("SDAR Studio is running", 600)
+        warming = any("GPU warm-up started" in line for _, line in app.lines)  # logged before "running"
+        info["warmup_done_s"] = app.wait_for("GPU warm-up done", 600) if warming else None  # the CPU: none
+        client = Client(app.url, verbose=False)
+        for s in SETTINGS:
+            row, runs = rows[("chat", s.name)], []
+            for i in range(args.repeats + 1):
+                wall, first, frames, out, fps = streamed(client, "/chat", message=MESSAGE, frame_marker="sdar-frame",
+                                                         **s.ui(str(sdar), args.new_tokens))
+                stats = out[3]  # chatbot, message box, live view, stats (the gr.State outputs are not in the API)
+                runs.append((float(TPS.search(stats).group(1)), first, fps, wall))
+                row.forwards = int(NFE.search(stats).group(1))
+                print(f"studio chat {s.name} #{i + 1}: {runs[-1][0]:.1f} tokens/s, first frame {first:.2f} s, "
+                      f"{frames} frames", flush=True)
+            row.first_request_tps = runs[0][0]
+            row.studio_runs = [r[0] for r in runs]
+            later = runs[1:]
+            row.studio_tps = statistics.median(r[0] for r in later)
+            row.first_frame_s = statistics.median(r[1] for r in later if r[1] is not None)
+            row.frames_per_s = statistics.median([r[2] for r in later if r[2]] or [0.0])
+            row.wall_s = statistics.median(r[3] for r in later)
+        from app.race import SEQUENTIAL
+
+        wall, first, frames, out, _ = streamed(client, "/race", prompt=args.race_prompt, frame_marker="sdar-frame",
+                                               mode=SEQUENTIAL, use_twin=True, repeats=args.repeats,
+                                               **SETTINGS[0].ui(str(sdar), args.new_tokens))
+        table = out[3]
+        for record in table["data"]:
+            r = dict(zip(table["headers"], record))
+            name = {"ar": "ar", "dynamic": SETTINGS[0].name}[r["strategy"]]
+            if r["run"].startswith("AR twin"):
+                name = "ar twin"
+            row = rows[("race lane", name)]
+            row.studio_tps, row.forwards = r["tokens/s (median)"], r["forwards (NFE)"]
+            lo, hi = map(float, r["tokens/s (min–max)"].split("–"))
+            row.studio_runs = [lo, hi]
+            row.wall_s = wall
+        info["race_headline"] = out[4]
+        wall, first, frames, out, fps = streamed(client, "/visualize", prompt=MESSAGE, frame_marker="sdar-frame",
+                                                 **SETTINGS[0].ui(str(sdar), args.new_tokens))
+        rows[("visualize", SETTINGS[0].name)] = Row("visualize", SETTINGS[0].name, wall_s=wall, first_frame_s=first,
+                                                    frames_per_s=fps)
+    finally:
+        app.stop()
+        info["log"] = [f"{t:7.2f} s  {line}" for t, line in app.lines
+                       if "warm-up" in line or "loaded" in line or "running" in line or "Error" in line]
+    return info
+
+
+def write_outputs(out: Path, rows: list[Row], info: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    records = [{**asdict(r), "ratio": r.ratio} for r in rows]
+    (out / "results.json").write_text(json.dumps({"machine": info.pop("machine"), "info": info, "rows": records},
+                                                 indent=1))
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(records[0]))
+        w.writeheader()
+        w.writerows(records)
+    lines = ["| what | setting | engine tok/s | engine traced | studio tok/s | studio / engine | first request | "
+             "forwards | first frame (s) | frames/s |", "|" + "---|" * 10]
+    fmt = lambda v, p=1: "" if v is None else f"{v:.{p}f}"  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r.what} | {r.setting} | {fmt(r.engine_tps)} | {fmt(r.engine_traced_tps)} | "
+                     f"{fmt(r.studio_tps)} | {fmt(r.ratio, 2)} | {fmt(r.first_request_tps)} | {r.forwards or ''} | "
+                     f"{fmt(r.first_frame_s, 2)} | {fmt(r.frames_per_s)} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n\n" + "\n".join(info.get("log", [])) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.studio", description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="sdar-1.7b", choices=sorted(ARCHS))
+    p.add_argument("--workdir", default="/tmp/sdar-studio-bench")
+    p.add_argument("--out", required=True)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--port", type=int, default=7861)
+    p.add_argument("--race-prompt", default="Count from one to fifty in words, separated by commas.")
+    args = p.parse_args(argv)
+    device, workdir = default_device(), Path(args.workdir)
+    dtype = default_dtype(device)
+    shutil.rmtree(workdir, ignore_errors=True)
+    t0 = time.perf_counter()
+    sdar, twin = write_checkpoints(args.arch, workdir, device, dtype)
+    info = {"machine": machine_info(device), "arch": args.arch, "new_tokens": args.new_tokens,
+            "repeats": args.repeats, "checkpoints_s": time.perf_counter() - t0}
+    rows = engine_rows(sdar, twin, args, device, dtype)
+    synchronize(device)
+    info.update(studio_rows(rows, sdar, args))
+    write_outputs(Path(args.out), list(rows.values()), info)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""sdar_core/warmup.py: the shapes a server warms are the ones its requests reach, and a warm-up decode lands in
+the runner pool's entry for its shape, so that the first real request finds its runner (graphs included on a GPU)
+ready and decodes exactly what a cold decode gives."""
+from __future__ import annotations
+
+import torch
+
+from sdar_core import DecodeParams, generate
+from sdar_core.runner import BUCKET, RUNNER_POOL
+from sdar_core.warmup import WarmShape, needs_warm_up, warm_all, warm_shapes
+
+from conftest import random_model, tiny_config
+
+
+def test_shapes_cover_every_block_length_and_bucket_up_to_the_positions_asked_and_the_context():
+    params = [DecodeParams(block_length=4), DecodeParams(strategy="ar", block_length=1), DecodeParams(block_length=4)]
+    assert warm_shapes(params, 2 * BUCKET, 4096) == [WarmShape(1, BUCKET), WarmShape(1, 2 * BUCKET),
+                                                     WarmShape(4, BUCKET), WarmShape(4, 2 * BUCKET)]
+    assert warm_shapes(params, 2 * BUCKET + 1, 4096)[-1] == WarmShape(4, 3 * BUCKET)  # one position into the next
+    assert warm_shapes(params[:1], 10 * BUCKET, 300) == [WarmShape(4, BUCKET), WarmShape(4, 2 * BUCKET)]
+
+
+def test_a_cpu_model_has_nothing_to_warm():
+    assert not needs_warm_up(random_model(tiny_config()))
+
+
+def test_warm_up_fills_the_pool_entries_that_later_requests_use_and_leaves_their_tokens_unchanged():
+    torch.manual_seed(0)
+    model = random_model(tiny_config(max_position_embeddings=2 * BUCKET))
+    static = dict(runner_mode="static", max_new_tokens=24, block_length=4, steps=4, strategy="dynamic")
+    seen = []
+    done = warm_all(model, [DecodeParams(**static), DecodeParams(**{**static, "strategy": "ar"})],
+                    max_positions=2 * BUCKET, filler_id=5, on_shape=lambda i, n, shape, s: seen.append((i, n, shape)))
+    assert [shape for shape, _ in done] == [WarmShape(1, BUCKET), WarmShape(1, 2 * BUCKET),
+                                            WarmShape(4, BUCKET), WarmShape(4, 2 * BUCKET)]
+    assert seen == [(i, 4, shape) for i, (shape, _) in enumerate(done)]
+    pool = RUNNER_POOL._pools[model.model]
+    warmed = {(key[1], key[2]) for key in pool}  # (bucket, block size)
+    assert warmed == {(BUCKET, 1), (2 * BUCKET, 1), (BUCKET, 4), (2 * BUCKET, 4)}
+    runners = set(map(id, pool.values()))
+    for prompt_len, strategy in ((10, "dynamic"), (BUCKET + 40, "dynamic"), (30, "ar")):
+        prompt = torch.randint(0, 90, (1, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
+        warm = generate(model, prompt, **{**static, "strategy": strategy})
+        cold = generate(model, prompt, **{**static, "strategy": strategy, "runner_mode": "plain"})
+        assert torch.equal(warm.tokens, cold.tokens)
+    assert set(map(id, pool.values())) == runners  # every request found its warmed runner
+
+
+def test_the_studio_warms_its_start_model_and_twin_shape_by_shape_in_the_background(studio_checkpoints, monkeypatch,
+                                                                                   caplog):
+    """On the CPU nothing is warmed; with warming forced (as on a GPU) every shape of the default settings, the
+    race's AR lane and the AR twin is decoded once, each holding the device, with a log line."""
+    import logging
+    import time
+
+    from app import studio as studio_mod
+    from app.registry import ModelRegistry
+    from app.streaming import DEVICE
+
+    sdar, _ = studio_checkpoints
+    registry = ModelRegistry(models_dir=sdar.parent)
+    registry.get(str(sdar))
+    assert not studio_mod.Warmup().start(registry, str(sdar))  # the CPU: nothing to capture
+    held = []
+    real_warm_up = studio_mod.warm_up
+    monkeypatch.setattr(studio_mod, "needs_warm_up", lambda model: True)
+    monkeypatch.setattr(studio_mod, "warm_up", lambda *a: (held.append(DEVICE.locked()), real_warm_up(*a))[1])
+    warm = studio_mod.Warmup()
+    with caplog.at_level(logging.INFO, logger="app.studio"):
+        assert warm.start(registry, str(sdar))
+        deadline = time.monotonic() + 60
+        while warm.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+    # sdar-tiny: blocks 4 and 1 (the race's AR lane) x buckets 256, 512 (context 512); ar-tiny: block 1 x 2.
+    assert (warm.done, warm.total, warm.running, warm.note()) == (6, 6, False, "")
+    assert held == [True] * 6 and not DEVICE.locked()
+    lines = [r.getMessage() for r in caplog.records if "GPU warm-up" in r.getMessage()]
+    assert [line.split(":")[0] for line in lines[:6]] == [f"GPU warm-up {i}/6" for i in range(1, 7)]
+    assert sum(": ar-tiny," in line for line in lines) == 2 and "GPU warm-up done" in lines[-1]
