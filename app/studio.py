@@ -19,7 +19,7 @@ from .settings import DecodeRequest, DecodeSettings
 from .streaming import DEVICE, Lane, StopFlags
 
 log = logging.getLogger(__name__)
-WARM_POSITIONS = 768  # prompt + answer covered by the warm-up: 3 cache buckets per block length
+WARM_POSITIONS = 2048  # prompt + answer covered by the warm-up: buckets 256, 512, 1024, 2048 per block length
 
 
 @dataclass

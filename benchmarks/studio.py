@@ -169,6 +169,13 @@ class App:
         raise RuntimeError(f"the studio did not log {text!r} in {timeout:.0f} s:\n" +
                            "\n".join(line for _, line in self.lines[-30:]))
 
+    def profile(self, path: Path, seconds: float) -> subprocess.Popen:
+        """py-spy (when installed) samples every thread of the studio for `seconds`: collapsed stacks, idle frames
+        included, so that a decode thread waiting for the interpreter shows where it waits."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen(["py-spy", "record", "--pid", str(self.proc.pid), "--format", "raw", "--idle",
+                                 "--threads", "--rate", "200", "--duration", str(int(seconds)), "-o", str(path)])
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -206,9 +213,11 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
         warming = any("GPU warm-up started" in line for _, line in app.lines)  # logged before "running"
         info["warmup_done_s"] = app.wait_for("GPU warm-up done", 600) if warming else None  # the CPU: none
         client = Client(app.url, verbose=False)
+        spy = app.profile(Path(args.out) / "chat-profile.txt", args.profile) if args.profile else None
         for s in SETTINGS:
             row, runs = rows[("chat", s.name)], []
             for i in range(args.repeats + 1):
+                client.predict(api_name="/clear")  # a new conversation: the same prompt every time
                 wall, first, frames, out, fps = streamed(client, "/chat", message=MESSAGE, frame_marker="sdar-frame",
                                                          **s.ui(str(sdar), args.new_tokens))
                 stats = out[3]  # chatbot, message box, live view, stats (the gr.State outputs are not in the API)
@@ -223,6 +232,18 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
             row.first_frame_s = statistics.median(r[1] for r in later if r[1] is not None)
             row.frames_per_s = statistics.median([r[2] for r in later if r[2]] or [0.0])
             row.wall_s = statistics.median(r[3] for r in later)
+        # A follow-up question: its prompt holds the first answer, so it lands in a larger cache bucket.
+        follow = Row("chat, 3rd turn", SETTINGS[0].name, engine_tps=rows[("chat", SETTINGS[0].name)].engine_tps)
+        streamed(client, "/chat", message="And how long does that take?", frame_marker="sdar-frame",
+                 **SETTINGS[0].ui(str(sdar), args.new_tokens))  # the 2nd turn of the last conversation
+        wall, first, _, out, fps = streamed(client, "/chat", message="Say it again, shorter.", frame_marker="sdar-frame",
+                                            **SETTINGS[0].ui(str(sdar), args.new_tokens))  # the 3rd
+        follow.studio_tps, follow.first_frame_s, follow.frames_per_s, follow.wall_s = \
+            float(TPS.search(out[3]).group(1)), first, fps, wall
+        follow.forwards = int(NFE.search(out[3]).group(1))
+        rows[("chat, 3rd turn", SETTINGS[0].name)] = follow
+        if spy is not None:
+            spy.wait(60)
         from app.race import SEQUENTIAL
 
         wall, first, frames, out, _ = streamed(client, "/race", prompt=args.race_prompt, frame_marker="sdar-frame",
@@ -279,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--port", type=int, default=7861)
+    p.add_argument("--profile", type=float, default=0, metavar="SECONDS",
+                   help="sample the studio with py-spy for this long from the first chat request on")
     p.add_argument("--race-prompt", default="Count from one to fifty in words, separated by commas.")
     args = p.parse_args(argv)
     device, workdir = default_device(), Path(args.workdir)

@@ -23,8 +23,19 @@ from .decode_attention import CacheQueries, split_k_available
 from .kv_cache import KVCache
 
 MODES = ("plain", "static", "graph")
-BUCKET = 256  # static buffers are sized in multiples of this, so close prompt lengths share graphs
-_POOL_SIZE = 8  # runners kept per model: bounds the memory held by cached buffers and graphs
+BUCKET = 256  # the smallest static buffer; larger ones double (see bucket)
+_POOL_SIZE = 16  # runners kept per model: bounds the memory held by cached buffers and graphs
+
+
+def bucket(total: int, context: int) -> int:
+    """The static buffer for `total` positions: BUCKET doubled until it holds them, at most the model's context
+    (or `total`, if more). Doubling, not a fixed step, keeps the shapes a server meets (and captures graphs for)
+    few, a handful up to any context, while the split-K attention reads only the filled part, so a roomy buffer
+    costs memory (at most 2x), not time."""
+    size = BUCKET
+    while size < total:
+        size *= 2
+    return min(size, max(total, context))
 
 
 def default_mode(model) -> str:
@@ -49,7 +60,7 @@ class RunnerPool:
         pool = self._pools.setdefault(model.model, {})  # the backbone: an AR view of the weights shares it
         weights = tuple(p.data_ptr() for p in (model.model.embed_tokens.weight, model.lm_head.weight,
                                                model.model.layers[0].self_attn.q_proj.weight))
-        key = (batch, -(-total // BUCKET) * BUCKET, block_size, mode, compile, model.dtype, weights,
+        key = (batch, bucket(total, model.config.max_position_embeddings), block_size, mode, compile, model.dtype, weights,
                model.config.model_type, ChunkRunner.split_k_attention)
         if key not in pool:
             if len(pool) >= _POOL_SIZE:
@@ -80,7 +91,7 @@ class ChunkRunner:
         self._model = weakref.ref(model)  # the pool is keyed by the model: a strong reference would pin it
         self.dtype, self.batch, self.block_size, self.mode = model.dtype, batch, block_size, mode
         if mode != "plain":
-            total = -(-total // BUCKET) * BUCKET
+            total = bucket(total, model.config.max_position_embeddings)
         self.total = total
         self.device = model.device
         devices = [layer.self_attn.q_proj.weight.device for layer in model.model.layers]

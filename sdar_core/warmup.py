@@ -3,8 +3,9 @@
 On a GPU the first decode of a shape captures its CUDA graphs (runner.py) and compiles or tunes its kernels (the
 split-K attention, the fused q/k-norm + RoPE): about a second for the first shape on an H100 and a few hundred
 milliseconds for each later one. A "shape" is (block length, cache bucket): the runner pool keys its static
-buffers and graphs by the block length and by prompt + answer rounded up to runner.BUCKET positions, so one short
-decode per (block length, bucket) warms every later request that lands there, whatever its prompt. Nothing is
+buffers and graphs by the block length and by prompt + answer rounded up to a bucket (runner.bucket: 256, 512,
+1024, ... positions), so one short decode per (block length, bucket) warms every later request that lands there,
+whatever its prompt. Nothing is
 captured on the CPU (plain runner), so there is nothing to warm.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Callable, Iterable
 
 from .decode_params import DecodeParams
 from .decoding import generate
-from .runner import BUCKET, default_mode
+from .runner import BUCKET, bucket, default_mode
 
 WARM_BLOCKS = 3  # decoded blocks: the first forward of a block (Q = L) and the fused ones (Q = 2L, cache write)
 
@@ -23,7 +24,7 @@ WARM_BLOCKS = 3  # decoded blocks: the first forward of a block (Q = L) and the 
 @dataclass(frozen=True)
 class WarmShape:
     block_length: int  # 1 for the "ar" strategy
-    bucket: int  # cache positions, a multiple of BUCKET
+    bucket: int  # cache positions: runner.bucket of the positions a decode uses
 
     def __str__(self) -> str:
         return f"block {self.block_length}, cache {self.bucket} positions"
@@ -37,15 +38,17 @@ def needs_warm_up(model) -> bool:
 def warm_shapes(params: Iterable[DecodeParams], max_positions: int, context: int) -> list[WarmShape]:
     """Every (block length, bucket) the decodes `params` (resolved: block lengths filled in) can reach with
     prompt + answer up to max_positions (capped by the model's context)."""
-    top = min(max_positions, context)
-    blocks = sorted({p.block_length for p in params})
-    return [WarmShape(L, b) for L in blocks for b in range(BUCKET, top + BUCKET, BUCKET) if b - BUCKET < top]
+    top, size, buckets = min(max_positions, context), BUCKET, []
+    while not buckets or buckets[-1] < top:
+        buckets.append(bucket(min(size, top), context))
+        size *= 2
+    return [WarmShape(L, b) for L in sorted({p.block_length for p in params}) for b in buckets]
 
 
 def warm_up(model, params: DecodeParams, shape: WarmShape, filler_id: int) -> float:
     """One short untimed decode with `params` (resolved) that lands in `shape`; the seconds it took."""
     L = shape.block_length
-    # prompt + WARM_BLOCKS * L then ends one block before the bucket's end (and past the previous bucket).
+    # prompt + WARM_BLOCKS * L then ends one block before the bucket's end (past the previous bucket, half its size).
     prompt_len = max(1, min(shape.bucket - (WARM_BLOCKS + 1) * L, model.config.max_position_embeddings - 2 * L))
     p = replace(params, max_new_tokens=WARM_BLOCKS * L, stop_token_ids=[], trace=False, temperature=0.0)
     t0 = time.perf_counter()

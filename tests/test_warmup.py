@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from sdar_core import DecodeParams, generate
-from sdar_core.runner import BUCKET, RUNNER_POOL
+from sdar_core.runner import BUCKET, RUNNER_POOL, bucket
 from sdar_core.warmup import WarmShape, needs_warm_up, warm_all, warm_shapes
 
 from conftest import random_model, tiny_config
@@ -16,8 +16,14 @@ def test_shapes_cover_every_block_length_and_bucket_up_to_the_positions_asked_an
     params = [DecodeParams(block_length=4), DecodeParams(strategy="ar", block_length=1), DecodeParams(block_length=4)]
     assert warm_shapes(params, 2 * BUCKET, 4096) == [WarmShape(1, BUCKET), WarmShape(1, 2 * BUCKET),
                                                      WarmShape(4, BUCKET), WarmShape(4, 2 * BUCKET)]
-    assert warm_shapes(params, 2 * BUCKET + 1, 4096)[-1] == WarmShape(4, 3 * BUCKET)  # one position into the next
-    assert warm_shapes(params[:1], 10 * BUCKET, 300) == [WarmShape(4, BUCKET), WarmShape(4, 2 * BUCKET)]
+    # buckets double: one position past 2 buckets needs the 4-bucket buffer; the context caps the last one
+    assert [s.bucket for s in warm_shapes(params[:1], 2 * BUCKET + 1, 4096)] == [BUCKET, 2 * BUCKET, 4 * BUCKET]
+    assert [s.bucket for s in warm_shapes(params[:1], 10 * BUCKET, 700)] == [BUCKET, 2 * BUCKET, 700]
+
+
+def test_buckets_double_from_256_up_to_the_context():
+    assert [bucket(n, 4096) for n in (1, 256, 257, 600, 2048, 3000, 5000)] == [256, 256, 512, 1024, 2048, 4096, 5000]
+    assert bucket(600, 700) == 700 and bucket(100, 128) == 128
 
 
 def test_a_cpu_model_has_nothing_to_warm():
@@ -38,7 +44,7 @@ def test_warm_up_fills_the_pool_entries_that_later_requests_use_and_leaves_their
     warmed = {(key[1], key[2]) for key in pool}  # (bucket, block size)
     assert warmed == {(BUCKET, 1), (2 * BUCKET, 1), (BUCKET, 4), (2 * BUCKET, 4)}
     runners = set(map(id, pool.values()))
-    for prompt_len, strategy in ((10, "dynamic"), (BUCKET + 40, "dynamic"), (30, "ar")):
+    for prompt_len, strategy in ((10, "dynamic"), (BUCKET + 40, "dynamic"), (30, "ar"), (2 * BUCKET - 30, "ar")):
         prompt = torch.randint(0, 90, (1, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
         warm = generate(model, prompt, **{**static, "strategy": strategy})
         cold = generate(model, prompt, **{**static, "strategy": strategy, "runner_mode": "plain"})
