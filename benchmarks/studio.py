@@ -174,7 +174,7 @@ class App:
         included, so that a decode thread waiting for the interpreter shows where it waits."""
         path.parent.mkdir(parents=True, exist_ok=True)
         return subprocess.Popen(["py-spy", "record", "--pid", str(self.proc.pid), "--format", "raw", "--idle",
-                                 "--threads", "--rate", "200", "--duration", str(int(seconds)), "-o", str(path)])
+                                 "--threads", "--nonblocking", "--rate", "200", "--duration", str(int(seconds)), "-o", str(path)])
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -192,6 +192,8 @@ def streamed(client, api_name: str, *args, frame_marker: str, **kwargs) -> tuple
     first, frames, last, times = None, 0, None, []
     for out in job:
         now = time.perf_counter() - t0
+        if last is None and os.environ.get("SDAR_BENCH_VERBOSE"):
+            print(f"  {api_name}: first output after {now:.2f} s", flush=True)
         if frame_marker in json.dumps(out, default=str):
             frames += 1
             times.append(now)

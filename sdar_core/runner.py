@@ -10,7 +10,8 @@ Three modes compute the same thing:
 On CUDA with Triton, static-shape forwards pass attention a `CacheQueries` instead of a mask tensor: the split-K
 decode kernel (decode_attention.py) builds the block-causal mask from the slot's indices and reads only the filled
 part of the buffer. Elsewhere they pass the [B, 1, Q, total] mask to SDPA.
-Static and graph runners are pooled per model (`RUNNER_POOL`) and reused across generate calls of one shape.
+A prefill (a chunk longer than two blocks) takes the plain path in every mode: it runs once per request, with a
+length of its own. Static and graph runners are pooled per model (`RUNNER_POOL`) and reused across generate calls of one shape.
 """
 from __future__ import annotations
 
@@ -144,12 +145,14 @@ class ChunkRunner:
 
     def __call__(self, seq: torch.Tensor, start: int, length: int, logits_from: int) -> torch.Tensor:
         """Logits [B, length - logits_from, V] of chunk seq[:, start:start+length]; its K/V go to the cache."""
-        if self.mode == "plain":
+        if self.mode == "plain" or length > 2 * self.block_size:
+            # A prefill (longer than a decode chunk) runs once per request with a length of its own: attention over
+            # the filled slice through SDPA's prebuilt kernels, neither a graph nor a kernel built for its length.
             ids, positions, _ = self.inputs(seq, start, length)
             return self.model(ids, positions, mask=self.mask(start, length), cache=self.cache.chunk(start, length),
                               logits_from=logits_from, block_size=self.block_size)
         inputs = self.static_inputs(seq, start, length)
-        if self.mode == "static" or length > 2 * self.block_size:  # a prefill runs once: no graph, no compilation
+        if self.mode == "static":
             return self.static_forward(inputs, logits_from, _forward)
         return self._replay(inputs, logits_from)
 
