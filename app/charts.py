@@ -69,7 +69,7 @@ def race_figure(lanes: list[tuple[str, list[float], int]]) -> go.Figure:
         mode="markers", marker=dict(color="#111827", size=6), name="each timed run"), row=1, col=1)
     fig.add_trace(go.Bar(x=names, y=[f for _, _, f in lanes], marker_color="#f59e0b", name="forwards",
                          text=[str(f) for _, _, f in lanes], textposition="inside"), row=1, col=2)
-    fig.update_layout(template="plotly_white", height=320, showlegend=False, margin=dict(l=50, r=20, t=40, b=40))
+    fig.update_layout(template="plotly_white", height=340, showlegend=False, margin=dict(l=50, r=20, t=70, b=40))
     fig.update_yaxes(rangemode="tozero")
     return fig
 

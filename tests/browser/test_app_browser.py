@@ -138,8 +138,12 @@ def test_chat_streams_then_visualizer_and_race_render(page):
     page.get_by_role("tab", name="AR vs SDAR").click()
     assert page.locator("#sdar-race-prompt textarea").input_value() == "What is 47 + 38?"
     page.locator("#sdar-race").click()
-    page.wait_for_function("document.querySelector('#sdar-speedup').innerText.includes('vs the AR twin')")
+    # Warmed up, then 3 timed runs per lane: medians in the headline and the table, a bar chart per lane.
+    page.wait_for_function("document.querySelector('#sdar-speedup').innerText.includes('median of 3 runs')"
+                           " && document.querySelector('#sdar-speedup').innerText.includes('Against the AR twin')")
     for lane in ("ar", "sdar", "twin"):
-        assert "done:" in page.locator(f"#sdar-lane-{lane}").inner_text()
+        assert "done (run 3 of 3):" in page.locator(f"#sdar-lane-{lane}").inner_text()
     assert "ar-tiny" in page.locator("#sdar-lane-twin").inner_text()
+    page.wait_for_selector("#sdar-race-chart .js-plotly-plot .barlayer", state="attached")
+    assert page.locator("#sdar-race-chart .js-plotly-plot .barlayer .point").count() == 6  # tokens/s + forwards
     shoot(page, "race.png")
