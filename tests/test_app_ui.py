@@ -83,18 +83,19 @@ def test_visualizer_shows_trace_heatmap_table_and_downloads(served):
 
 def test_race_streams_ar_sdar_and_the_twin_with_speedup(served):
     client, model = served
-    lane_ar, lane_sdar, lane_twin, table, speedup = client.predict(
+    lane_ar, lane_sdar, lane_twin, table, speedup, chart = client.predict(
         "Explain SDAR.", str(model), 4, 4, "dynamic", 0.5, 0.0, 1.0, 12, 0, "one after the other (fair timings)", True,
-        api_name="/race")
+        2, api_name="/race")
     for lane in (lane_ar, lane_sdar, lane_twin):
-        assert "done: 12 tokens" in lane
+        assert "done (run 2 of 2): 12 tokens" in lane and "median of 2" in lane
     assert "AR twin (" in lane_twin
     rows = {r[0].split(" (")[0]: r for r in table["data"]}
     assert len(table["data"]) == 3
     ar_row = next(r for r in table["data"] if r[1] == "ar")
     assert ar_row[5] == 12 and ar_row[6] == 1.0  # AR: one forward per token, TPF 1
-    assert "SDAR vs AR" in speedup and "vs the AR twin" in speedup
-    assert set(rows) == {"AR", "SDAR", "AR twin"}
+    assert "SDAR vs AR" in speedup and "AR twin" in speedup and "median of 2 runs" in speedup
+    assert set(rows) == {"AR", "SDAR", "AR twin"} and all(r[-1] == 2 for r in table["data"])  # timed runs
+    assert [t["x"] for t in json.loads(chart["plot"])["data"] if t["type"] == "bar"][1] == [r[0] for r in table["data"]]
 
 
 def test_sweep_tabulates_every_block_length_and_threshold(served):
@@ -160,7 +161,7 @@ def test_every_endpoint_keeps_its_parameter_names_in_order(served):
     decode = ["model_name", "block_length", "steps", "strategy", "threshold", "temperature", "top_p",
               "max_new_tokens", "seed"]
     expected = {"/chat": ["message", "system", *decode, "pace_ms"], "/visualize": ["prompt", *decode, "pace_ms"],
-                "/race": ["prompt", *decode, "mode", "use_twin"],
+                "/race": ["prompt", *decode, "mode", "use_twin", "repeats"],
                 "/sweep": ["prompt", "model_name", "block_lengths", "thresholds", "max_new_tokens"]}
     for name, params in expected.items():
         assert [p["parameter_name"] for p in api[name]["parameters"]] == params, name
