@@ -35,11 +35,15 @@ from sdar_core.model import Attention, SDARForCausalLM
 from sdar_core.runner import ChunkRunner, default_mode
 from training.model_init import init_weights
 
+from . import moe
 from .table import print_table
 
 ARCHS = {
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=32, vocab_size=4096, tie_word_embeddings=True),
+    "tiny-moe": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=32, vocab_size=4096, tie_word_embeddings=False, num_experts=16,
+                     num_experts_per_tok=4, moe_intermediate_size=64, norm_topk_prob=True),
     **{f"sdar-{size}": shape for size, shape in PUBLIC_SHAPES.items()},
 }
 
@@ -48,7 +52,7 @@ def arch_config(name: str, block_size: int = 4) -> ModelConfig:
     if name not in ARCHS:
         raise SystemExit(f"unknown architecture {name!r}; choose one of {', '.join(ARCHS)}")
     fields = dict(ARCHS[name])
-    return ModelConfig(model_type="sdar", block_size=block_size, mask_token_id=fields["vocab_size"] - 1,
+    return ModelConfig(model_type="sdar_moe" if fields.get("num_experts") else "sdar", block_size=block_size, mask_token_id=fields["vocab_size"] - 1,
                        rope_theta=1_000_000.0, max_position_embeddings=32768, eos_token_id=0, **fields)
 
 
@@ -109,19 +113,24 @@ def as_ar(model):
 
     ar = copy.copy(model)
     ar.config = copy.copy(model.config)
-    ar.config.model_type, ar.config.block_size = "qwen3", 1
+    ar.config.model_type, ar.config.block_size = "qwen3_moe" if model.config.is_moe else "qwen3", 1
     return ar
 
 
-def run_case(model, ar_model, case: Case, repeats: int, runner_mode, compile):
+def case_inputs(model, ar_model, case: Case):
+    """(the model that decodes the case, the prompt ids, the decode arguments) of a case."""
     torch.manual_seed(case.batch_size)
     ids = torch.randint(10, model.config.vocab_size - 10, (case.batch_size, case.prompt_len)).tolist()
-    kw = dict(max_new_tokens=case.new_tokens, runner_mode=runner_mode, compile=compile)
+    kw = dict(max_new_tokens=case.new_tokens)
     if case.mode == "ar":
-        call = lambda: generate(ar_model, ids, strategy="ar", **kw)  # noqa: E731
-    else:
-        call = lambda: generate(model, ids, strategy=case.strategy, block_length=case.block_length,  # noqa: E731
-                                steps=case.steps, threshold=case.threshold, **kw)
+        return ar_model, ids, dict(kw, strategy="ar")
+    return model, ids, dict(kw, strategy=case.strategy, block_length=case.block_length, steps=case.steps,
+                            threshold=case.threshold)
+
+
+def run_case(model, ar_model, case: Case, repeats: int, runner_mode, compile):
+    decoder, ids, kw = case_inputs(model, ar_model, case)
+    call = lambda: generate(decoder, ids, runner_mode=runner_mode, compile=compile, **kw)  # noqa: E731
     call()  # warm-up: graph capture, compilation
     gens = [call() for _ in range(repeats)]
     gen = sorted(gens, key=lambda g: g.stats.seconds)[len(gens) // 2]
@@ -132,17 +141,43 @@ def run_case(model, ar_model, case: Case, repeats: int, runner_mode, compile):
                 ms_per_forward=1000 * decode_seconds / max(s.forwards, 1), tpf=s.tpf)
 
 
-def run_transformers(config: ModelConfig, device, dtype, batch: int, prompt_len: int, new_tokens: int, compiled: bool):
-    """transformers' Qwen3 generate on the same architecture: the AR peer."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+def moe_row(model, ar_model, case: Case, info: dict) -> dict:
+    """An MoE case's distinct experts per sparse layer and forward, and the floor of such a forward."""
+    decoder, ids, kw = case_inputs(model, ar_model, case)
+    stats = moe.routing_stats(decoder, ids, case.block_length, **kw)
+    if not stats:
+        return {}
+    kv = info["kv_bytes_per_position"] * case.batch_size * (case.prompt_len + case.new_tokens / 2)
+    c = model.config
+    return dict(stats, uniform_distinct_experts=moe.uniform_distinct(c.num_experts, c.num_experts_per_tok,
+                                                                     stats["routed_rows"]),
+                moe_floor_ms=moe.moe_floor_ms(info, stats["distinct_experts"], kv))
 
-    hc = Qwen3Config(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-                     intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
-                     num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
-                     head_dim=config.head_dim, tie_word_embeddings=config.tie_word_embeddings,
-                     max_position_embeddings=config.max_position_embeddings)
-    with torch.device(device):
-        hf = Qwen3ForCausalLM(hc).to(dtype).eval()
+
+def run_transformers(config: ModelConfig, device, dtype, batch: int, prompt_len: int, new_tokens: int, compiled: bool):
+    """transformers' Qwen3 (or Qwen3-MoE) generate on the same architecture: the AR peer."""
+    import transformers
+
+    shape = dict(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                 intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
+                 num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
+                 head_dim=config.head_dim, tie_word_embeddings=config.tie_word_embeddings,
+                 max_position_embeddings=config.max_position_embeddings)
+    if config.is_moe:
+        hc = transformers.Qwen3MoeConfig(**shape, num_experts=config.num_experts,
+                                         num_experts_per_tok=config.num_experts_per_tok,
+                                         moe_intermediate_size=config.moe_intermediate_size,
+                                         norm_topk_prob=config.norm_topk_prob)
+        cls = transformers.Qwen3MoeForCausalLM
+    else:
+        hc, cls = transformers.Qwen3Config(**shape), transformers.Qwen3ForCausalLM
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in the model's dtype: a float32 copy of a 30B model fits no GPU
+    try:
+        with torch.device(device):
+            hf = cls(hc).eval()
+    finally:
+        torch.set_default_dtype(default)
     ids = torch.randint(10, config.vocab_size - 10, (batch, prompt_len), device=device)
     kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
               pad_token_id=0, attention_mask=torch.ones_like(ids))
@@ -180,7 +215,8 @@ def cases_for(args) -> list[Case]:
         for b in args.batch_sizes if i == 0 else [1]:
             out.append(Case("ar", prompt, new, "ar", 1, 1, 0.0, b))
             for L in args.block_lengths:
-                out.append(Case("sdar", prompt, new, "static", L, max(1, L // args.tpf), 0.0, b))
+                steps = min(args.steps, L) if args.steps else max(1, L // args.tpf)
+                out.append(Case("sdar", prompt, new, "static", L, steps, 0.0, b))
                 if args.dynamic:
                     out.append(Case("sdar", prompt, new, "dynamic", L, L, args.threshold, b))
     return out
@@ -311,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 32, 64])
     p.add_argument("--block-lengths", type=int, nargs="+", default=[4, 16, 64])
     p.add_argument("--tpf", type=int, default=4, help="static schedule: steps = block_length / tpf")
+    p.add_argument("--steps", type=int, default=None, help="static schedule: this many steps per block (not --tpf)")
+    p.add_argument("--routing", default="auto", choices=["auto", "model", "independent"],
+                   help="MoE: the model's own routing, or each chunk row routed independently (benchmarks/moe.py); "
+                        "auto: independent on random weights, the model's own for a --checkpoint")
+    p.add_argument("--save-load", default=None, metavar="DIR",
+                   help="write the model to DIR with save_pretrained, load it back with load_pretrained and "
+                        "report both times and the peak memory; the loaded model is the one measured")
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--no-dynamic", dest="dynamic", action="store_false")
     p.add_argument("--runner", default=None, choices=["plain", "static", "graph"])
@@ -357,6 +400,9 @@ def decode_rows(model, info: dict, args) -> list[dict]:
     ar_model, rows = as_ar(model), []
     for case in cases_for(args):
         r = run_case(model, ar_model, case, args.repeats, args.runner, args.compile)
+        if info.get("moe"):
+            r |= moe_row(model, ar_model, case, info)
+            r["of_moe_floor"] = r["moe_floor_ms"] / r["ms_per_forward"] if "moe_floor_ms" in r else None
         rows.append(dict(case.__dict__, **r, model=args.arch, gpu=info["gpu"], torch=info["torch"], date=info["date"]))
         print(f"  P={case.prompt_len:<5} {case.mode:<5}{case.strategy:<8} L={case.block_length:<3} T={case.steps:<3} "
               f"B={case.batch_size:<3} {r['tokens_per_second']:9.1f} tok/s  {r['ms_per_forward']:.3f} ms/forward",
@@ -406,13 +452,31 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args, device, dtype)
     if args.checkpoint:
         args.arch = str(args.checkpoint)
+    loaded = {}
+    if args.save_load:  # the model is dropped between the two, so the load's peak memory is its own
+        save_s, block_size = moe.save(model, Path(args.save_load), dtype), model.config.block_size
+        del model
+        model, loaded = moe.load(Path(args.save_load), device, dtype)
+        model.config.block_size, loaded["save_s"] = block_size, save_s
+        print(f"  save_pretrained {save_s:.1f} s, load_pretrained {loaded['load_s']:.1f} s ({loaded['shards']} "
+              f"shards, {loaded['checkpoint_GB']:.1f} GB, peak {loaded.get('peak_gpu_GB', 0):.1f} GB on the GPU, "
+              f"{loaded['peak_host_rss_GB']:.1f} GB host)", flush=True)
     if args.fuse:
         model.fuse_projections()
     ChunkRunner.split_k_attention = None if args.split_k else False
     Attention.fused_norm_rope = args.fused_norm_rope
-    info = device_info(model, device, args)
+    info = device_info(model, device, args) | ({"load": loaded} if loaded else {})
+    if model.config.is_moe:
+        info |= moe.moe_info(model)
+        info["routing"] = args.routing if args.routing != "auto" else ("model" if args.checkpoint else "independent")
+        if info["routing"] == "independent":
+            moe.IndependentRouting(model, rows=max(args.batch_sizes) * max(args.prompt_lengths + [128]))
     rows = decode_rows(model, info, args)
-    transformers_rows(model.config, info, args, device, dtype, rows)
+    config = model.config
+    del model  # transformers' model of the same shape may need the memory
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    transformers_rows(config, info, args, device, dtype, rows)
     add_comparisons(rows)
     if args.out:
         write_outputs(Path(args.out), info, rows)

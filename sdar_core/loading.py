@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -236,46 +237,76 @@ def _torch_dtype(name: str, file: Path, tensor: str) -> torch.dtype:
     return dtype
 
 
-def _read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
+def _read_state_dict(files: list[Path], num_experts: int = 0, device="cpu",
+                     dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The shards' tensors on `device` in `dtype`, one shard at a time (host memory holds one shard, not the model),
+    with each layer's per-expert tensors stacked as soon as the layer's experts are all read."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     state: dict[str, torch.Tensor] = {}
     for f in files:
         try:
-            state.update(load_file(f))
+            shard = load_file(f, device=str(device))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"cannot read {f.name}: it is not a valid safetensors file ({e})") from None
+        state.update((k, v.to(dtype) if dtype else v) for k, v in shard.items())
+        del shard
+        state = _fuse_experts(state, num_experts, complete_only=True)
     return state
 
 
-def _unfuse_experts(state: dict[str, torch.Tensor], num_experts: int) -> dict[str, torch.Tensor]:
-    """Accept transformers 5's fused expert tensors (experts.gate_up_proj [E, 2I, h], experts.down_proj
-    [E, h, I], gate.weight) as well as the per-expert names of the public checkpoints."""
-    out = {}
+EXPERT_TENSOR = re.compile(r"^(.*\.mlp\.experts\.)(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+STACKED_EXPERTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+EXPERT_KINDS = ("gate_proj", "up_proj", "down_proj")
+
+
+def _fuse_experts(state: dict[str, torch.Tensor], num_experts: int, *,
+                  complete_only: bool = False) -> dict[str, torch.Tensor]:
+    """The public checkpoints' per-expert tensors (`mlp.experts.{e}.gate_proj.weight`, ...) stacked into the model's
+    `mlp.experts.gate_up_proj` [E, 2I, h] and `mlp.experts.down_proj` [E, h, I]; transformers 5's stacked tensors
+    pass as they are. complete_only: leave a layer whose experts are not all there yet as it is (loading shard by
+    shard); otherwise a missing expert is an error."""
+    out, layers = {}, {}
     for name, t in state.items():
-        fused = name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj"))
-        if fused and (t.dim() != 3 or t.shape[0] != num_experts):
+        match = EXPERT_TENSOR.match(name)
+        if name.endswith(STACKED_EXPERTS) and (t.dim() != 3 or t.shape[0] != num_experts):
             raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)} but the config implies "
                                   f"[num_experts={num_experts}, ., .]")
-        if name.endswith("mlp.experts.gate_up_proj"):
-            prefix = name[: -len("gate_up_proj")]
-            for e, w in enumerate(t):
-                gate, up = w.chunk(2, dim=0)
-                out[f"{prefix}{e}.gate_proj.weight"], out[f"{prefix}{e}.up_proj.weight"] = gate, up
-        elif name.endswith("mlp.experts.down_proj"):
-            prefix = name[: -len("down_proj")]
-            for e, w in enumerate(t):
-                out[f"{prefix}{e}.down_proj.weight"] = w
+        if match and int(match[2]) < num_experts:
+            layers.setdefault(match[1], {}).setdefault(match[3], {})[int(match[2])] = t
         else:
             out[name] = t
+    for prefix, parts in layers.items():
+        missing = [f"{prefix}{e}.{kind}.weight" for kind in EXPERT_KINDS for e in range(num_experts)
+                   if e not in parts.get(kind, {})]
+        if missing and complete_only:
+            out.update((f"{prefix}{e}.{kind}.weight", t) for kind, ts in parts.items() for e, t in ts.items())
+        elif missing:
+            raise CheckpointError(f"the checkpoint lacks {len(missing)} expert tensors the config needs, "
+                                  f"e.g. {missing[:3]}")
+        else:
+            out.update(_stack_experts(prefix, *([parts[kind][e] for e in range(num_experts)] for kind in EXPERT_KINDS)))
     return out
 
 
+def _stack_experts(prefix: str, gate: list, up: list, down: list) -> dict[str, torch.Tensor]:
+    try:
+        return {prefix + "gate_up_proj": torch.stack([torch.cat(pair) for pair in zip(gate, up)]),  # [E, 2I, h]
+                prefix + "down_proj": torch.stack(down)}  # [E, h, I]
+    except RuntimeError:
+        shapes = sorted({tuple(t.shape) for t in gate + up + down})
+        raise CheckpointError(f"the experts of {prefix.removesuffix('.experts.')} have tensors of different "
+                              f"shapes: {shapes[:4]}") from None
+
+
 def check_state(model: SDARForCausalLM, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`state` with fused experts split and a tied lm_head dropped, after checking that its names and shapes are
+    """`state` with per-expert tensors stacked and a tied lm_head dropped, after checking that its names and shapes are
     exactly the model's (`state` may hold meta tensors: nothing is read)."""
-    state = _unfuse_experts(state, model.config.num_experts)
+    state = _fuse_experts(state, model.config.num_experts)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
@@ -374,12 +405,13 @@ def load_pretrained(path_or_hub_id, device=None, dtype=None, *, device_map=None,
 
     with init_empty_weights():  # parameters on the meta device: nothing is allocated before the shapes match
         model = SDARForCausalLM(config)
-    # A fused expert tensor stands for 2 or 1 per-expert tensors of the model: never more names than it has.
-    check_state(model, _read_headers(files, max_tensors=len(model.state_dict()) + 16))
+    # Each stacked expert tensor of the model stands for E or 2E per-expert tensors in the public checkpoints.
+    per_expert_names = config.num_sparse_layers() * (3 * config.num_experts - 2)
+    check_state(model, _read_headers(files, max_tensors=len(model.state_dict()) + per_expert_names + 16))
     if device_map is not None:
         model = _dispatch(model, files, device_map, dtype)
     else:
-        load_state(model, _read_state_dict(files), device=device, dtype=dtype)
+        load_state(model, _read_state_dict(files, config.num_experts, device, dtype), device=device, dtype=dtype)
     model.eval()
     return model, tokenizer
 
@@ -412,20 +444,42 @@ def _set_mask_token(config: ModelConfig, tokenizer, folder: Path) -> None:
 
 
 def _dispatch(model: SDARForCausalLM, files: list[Path], device_map, dtype) -> SDARForCausalLM:
-    """accelerate's big-model path: each tensor goes from its shard straight to its layer's device."""
-    from accelerate import dispatch_model, infer_auto_device_map, load_checkpoint_in_model
+    """accelerate's big-model path: each layer on the device the map gives it (the tensors are read shard by shard
+    on the CPU, experts stacked, then placed), hooks moving activations between devices."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import set_module_tensor_to_device
 
     if device_map == "auto":
         device_map = infer_auto_device_map(model, no_split_module_classes=["DecoderLayer"], dtype=dtype)
-    folder = files[0].parent
-    checkpoint = folder / INDEX_NAME if (folder / INDEX_NAME).is_file() else files[0]
-    load_checkpoint_in_model(model, str(checkpoint), device_map=device_map, dtype=dtype, strict=True)
+    state = check_state(model, _read_state_dict(files, model.config.num_experts, "cpu"))
+    for name, tensor in state.items():
+        owner = max((m for m in device_map if m == "" or name == m or name.startswith(m + ".")), key=len,
+                    default=None)
+        if owner is None:
+            raise CheckpointError(f"device_map places no module that holds {name}")
+        set_module_tensor_to_device(model, name, device_map[owner], value=tensor, dtype=dtype)
     if model.config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model = dispatch_model(model, device_map=device_map)
     first = next(iter(device_map.values()))
     model.reset_rope(torch.device(f"cuda:{first}") if isinstance(first, int) else torch.device(first))
     return model
+
+
+def public_state(model: SDARForCausalLM) -> dict[str, torch.Tensor]:
+    """The model's tensors under the public checkpoints' names: the stacked experts as per-expert views
+    (`mlp.experts.{e}.gate_proj.weight`, ...), everything else as in `state_dict()`. Nothing is copied."""
+    state = {}
+    for name, t in model.state_dict().items():
+        if name.endswith("mlp.experts.gate_up_proj"):
+            prefix, (gate, up) = name.removesuffix("gate_up_proj"), t.chunk(2, dim=1)
+            for e in range(t.shape[0]):
+                state[f"{prefix}{e}.gate_proj.weight"], state[f"{prefix}{e}.up_proj.weight"] = gate[e], up[e]
+        elif name.endswith("mlp.experts.down_proj"):
+            state.update((f"{name.removesuffix('down_proj')}{e}.down_proj.weight", w) for e, w in enumerate(t))
+        else:
+            state[name] = t
+    return state
 
 
 def save_pretrained(model: SDARForCausalLM, tokenizer, path, *, max_shard_bytes: int = 4 << 30,
@@ -439,29 +493,29 @@ def save_pretrained(model: SDARForCausalLM, tokenizer, path, *, max_shard_bytes:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = model.config
-    state = {k: v.detach().to("cpu", dtype=dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
+    state = public_state(model)
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
+    shards: list[list[str]] = [[]]  # names per shard, planned from the sizes before anything is copied
+    size, itemsize = 0, (lambda t: (dtype or t.dtype).itemsize)
     for name in sorted(state):
-        nbytes = state[name].numel() * state[name].element_size()
+        nbytes = state[name].numel() * itemsize(state[name])
         if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
+            shards.append([])
             size = 0
-        shards[-1][name] = state[name]
+        shards[-1].append(name)
         size += nbytes
     for old in list(path.glob("model*.safetensors")) + [path / INDEX_NAME]:
         old.unlink(missing_ok=True)
-    if len(shards) == 1:
-        save_file(shards[0], path / WEIGHTS_NAME, metadata={"format": "pt"})
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, path / fname, metadata={"format": "pt"})
-            weight_map.update({k: fname for k in shard})
-        total = sum(t.numel() * t.element_size() for t in state.values())
+    files = [WEIGHTS_NAME] if len(shards) == 1 else \
+        [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for fname, names in zip(files, shards):  # one shard in host memory at a time; copy=True: no shared storage
+        tensors = {k: state[k].detach().to("cpu", dtype=dtype or state[k].dtype, copy=True) for k in names}
+        save_file(tensors, path / fname, metadata={"format": "pt"})
+        del tensors
+    if len(shards) > 1:
+        total = sum(t.numel() * itemsize(t) for t in state.values())
+        weight_map = {k: fname for fname, names in zip(files, shards) for k in names}
         (path / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
                                                   indent=2))
     raw = config.to_dict()

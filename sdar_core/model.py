@@ -14,6 +14,7 @@ from .attention import attention, chunk_mask
 from .config import ModelConfig
 from .decode_attention import CacheQueries, decode_attention
 from .kv_cache import CacheSlot
+from .moe import SparseMoE
 from .norm_rope import norm_rope, norm_rope_available
 
 
@@ -128,38 +129,15 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-class SparseMoE(nn.Module):
-    """Top-k routed experts (Qwen3-MoE): softmax router in float32, optional renormalised top-k."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.top_k, self.norm_topk_prob = config.num_experts_per_tok, config.norm_topk_prob
-        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
-        self.experts = nn.ModuleList(
-            MLP(config.hidden_size, config.moe_intermediate_size) for _ in range(config.num_experts)
-        )
-
-    def forward(self, x):
-        shape = x.shape
-        x = x.reshape(-1, shape[-1])  # [N, h]
-        probs = self.gate(x).float().softmax(-1)  # [N, E]
-        weights, chosen = probs.topk(self.top_k, dim=-1)  # [N, k]
-        if self.norm_topk_prob:
-            weights = weights / weights.sum(-1, keepdim=True)
-        weights = weights.to(x.dtype)
-        out = torch.zeros_like(x)
-        # Loop over the experts that got tokens (the dense formulation would run every expert on every token).
-        for e in chosen.unique().tolist():
-            token, slot = (chosen == e).nonzero(as_tuple=True)
-            out.index_add_(0, token, self.experts[e](x[token]) * weights[token, slot, None])
-        return out.view(shape)
-
-
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.self_attn = Attention(config, layer)
-        self.mlp = SparseMoE(config) if config.layer_is_sparse(layer) else MLP(config.hidden_size, config.intermediate_size)
+        if config.layer_is_sparse(layer):
+            self.mlp = SparseMoE(config.num_experts, config.num_experts_per_tok, config.norm_topk_prob,
+                                 config.hidden_size, config.moe_intermediate_size)
+        else:
+            self.mlp = MLP(config.hidden_size, config.intermediate_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 

@@ -22,6 +22,7 @@ import torch
 from .attention import chunk_mask
 from .decode_attention import CacheQueries, split_k_available
 from .kv_cache import KVCache
+from .moe import grouped_mm_available
 
 MODES = ("plain", "static", "graph")
 BUCKET = 256  # the smallest static buffer; larger ones double (see bucket)
@@ -40,10 +41,13 @@ def bucket(total: int, context: int) -> int:
 
 
 def default_mode(model) -> str:
-    """CUDA graphs on CUDA for dense models (MoE routing is data-dependent), plain otherwise."""
-    if model.device.type == "cuda" and not model.config.is_moe:
-        return "graph"
-    return "plain"
+    """CUDA graphs on CUDA, for MoE models too where the grouped expert matmul runs (moe.py: static shapes, no host
+    read); plain otherwise."""
+    if model.device.type != "cuda":
+        return "plain"
+    if model.config.is_moe and not grouped_mm_available(model.model.embed_tokens.weight):
+        return "plain"
+    return "graph"
 
 
 class RunnerPool:

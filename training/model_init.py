@@ -85,7 +85,7 @@ def init_weights(model: SDARForCausalLM, std: float, generator: torch.Generator 
             elif name.endswith("bias"):
                 p.zero_()
             else:
-                p.normal_(0.0, residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std,
+                p.normal_(0.0, residual_std if name.endswith(("o_proj.weight", "down_proj.weight", "experts.down_proj")) else std,
                           generator=generator)
 
 

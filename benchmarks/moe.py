@@ -1,0 +1,245 @@
+"""What block decoding costs a mixture of experts: the routing statistics and the bandwidth floor of an MoE forward,
+and the load of a large MoE checkpoint. Used by `python -m benchmarks.bench --arch sdar-30b-a3b`.
+
+A forward of Q tokens routes each to k of E experts; the grouped expert matmul (sdar_core/moe.py) reads each expert
+that got at least one token once. So the bytes a forward must read are the dense weights (attention, router, norms,
+lm_head) plus the *distinct* experts of each sparse layer: with independent routing E * (1 - (1 - k/E)^Q) of them,
+8 for one token and ~82 of 128 for the 32 rows of a block-16 chunk on the 30B-A3B shape.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from sdar_core.decoding import generate
+from sdar_core.device import synchronize
+from sdar_core.loading import load_pretrained, save_pretrained
+from sdar_core.moe import SparseMoE, route
+
+
+def sparse_layers(model) -> list[SparseMoE]:
+    return [layer.mlp for layer in model.model.layers if isinstance(layer.mlp, SparseMoE)]
+
+
+def expert_bytes(model) -> int:
+    """Bytes of one expert's three matrices."""
+    experts = sparse_layers(model)[0].experts
+    return (experts.gate_up_proj[0].numel() + experts.down_proj[0].numel()) * experts.gate_up_proj.element_size()
+
+
+def dense_bytes(model) -> int:
+    """Bytes every forward reads whatever the routing: all weights but the experts and an untied embedding table
+    (a forward gathers a few of its rows)."""
+    skip = {id(m.experts.gate_up_proj) for m in sparse_layers(model)} | {id(m.experts.down_proj)
+                                                                         for m in sparse_layers(model)}
+    if not model.config.tie_word_embeddings:
+        skip.add(id(model.model.embed_tokens.weight))
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen and id(p) not in skip:
+            seen.add(id(p))
+            total += p.numel() * p.element_size()
+    return total
+
+
+def uniform_distinct(experts: int, k: int, rows: float) -> float:
+    """Expected distinct experts among `rows` tokens routed independently and uniformly to k of `experts` each."""
+    return experts * (1 - (1 - k / experts) ** rows)
+
+
+class IndependentRouting:
+    """Bench-only: the router's logits plus a fixed random table per layer and chunk row (scale >> the logits), so
+    that every row of a chunk picks its experts independently of the others.
+
+    Random weights route degenerately: the masked positions of a block share one embedding and, with near-uniform
+    attention, one hidden state, so they would all pick the same k experts and block decoding would look free. A
+    trained model's tokens in a block share experts more often than independent ones do: this is the worst case
+    for block decoding, and the measured distinct-expert counts say how far it is from the model's own routing.
+    """
+
+    def __init__(self, model, rows: int, scale: float = 10.0) -> None:
+        self.handles = []
+        g = torch.Generator(device=model.device)
+        for i, moe in enumerate(sparse_layers(model)):
+            g.manual_seed(1000 + i)
+            table = torch.randn(rows, moe.gate.out_features, device=model.device, generator=g) * scale
+            self.handles.append(moe.gate.register_forward_hook(
+                lambda module, args, out, table=table: out + table[: out.shape[0]].to(out.dtype)))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def routing_stats(model, ids: list[list[int]], max_block: int, **decode) -> dict:
+    """Decode `ids` once on the plain path with the routers observed: the mean (and largest) number of distinct
+    experts per sparse layer in a decode forward (the prefill excluded), and the mean rows such a forward routes."""
+    seen: list[tuple[int, int]] = []  # (rows, distinct experts) per sparse layer and forward
+
+    def observe(module, args, out):
+        _, chosen = route(out, module_k[module], False, out.dtype)
+        seen.append((chosen.shape[0], int(chosen.unique().numel())))
+
+    module_k, handles = {}, []
+    for moe in sparse_layers(model):
+        module_k[moe.gate] = moe.top_k
+        handles.append(moe.gate.register_forward_hook(observe))
+    try:
+        generate(model, ids, runner_mode="plain", **decode)
+    finally:
+        for h in handles:
+            h.remove()
+    decode_rows = [(n, d) for n, d in seen if n <= len(ids) * 2 * max_block]  # a prefill routes the whole prompt
+    if not decode_rows:
+        return {}
+    return dict(distinct_experts=sum(d for _, d in decode_rows) / len(decode_rows),
+                max_distinct_experts=max(d for _, d in decode_rows),
+                routed_rows=sum(n for n, _ in decode_rows) / len(decode_rows))
+
+
+def moe_floor_ms(info: dict, distinct: float, kv_bytes: float) -> float:
+    """Reading the dense weights, the distinct experts of every sparse layer and the filled K/V once."""
+    nbytes = info["dense_bytes"] + distinct * info["sparse_layers"] * info["expert_bytes"] + kv_bytes
+    return 1000 * nbytes / (info["bandwidth_GBps"] * 1e9)
+
+
+def moe_info(model) -> dict:
+    c = model.config
+    return dict(moe=True, experts=c.num_experts, experts_per_token=c.num_experts_per_tok,
+                sparse_layers=len(sparse_layers(model)), expert_bytes=expert_bytes(model),
+                dense_bytes=dense_bytes(model))
+
+
+class PeakSampler:
+    """The peak resident memory of this process while a block runs, sampled every 20 ms (psutil)."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.02)
+
+    def __enter__(self) -> "PeakSampler":
+        self.peak = self.process.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def save(model, folder: Path, dtype: torch.dtype) -> float:
+    """Write `model` with save_pretrained (sharded safetensors, the public per-expert names): seconds taken."""
+    t = time.perf_counter()
+    save_pretrained(model, None, folder, dtype=dtype)
+    return time.perf_counter() - t
+
+
+def load(folder: Path, device: torch.device, dtype: torch.dtype):
+    """load_pretrained of `folder` timed, with the peak memory of the process and the GPU: (model, stats)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    files = sorted(folder.glob("*.safetensors"))
+    with PeakSampler() as host:
+        t = time.perf_counter()
+        model, _ = load_pretrained(folder, device=device, dtype=dtype, with_tokenizer=False)
+        synchronize(device)
+        seconds = time.perf_counter() - t
+    stats = dict(load_s=seconds, shards=len(files), checkpoint_GB=sum(f.stat().st_size for f in files) / 1e9,
+                 peak_host_rss_GB=host.peak / 1e9,
+                 weights_GB=sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9)
+    if device.type == "cuda":
+        stats["peak_gpu_GB"] = torch.cuda.max_memory_allocated(device) / 1e9
+    return model, stats
+
+
+# --- one MoE layer on its own: `python -m benchmarks.moe --out DIR` ------------------------------------------
+
+
+def time_layer(fn, graph: bool, iters: int = 50) -> float:
+    """Milliseconds per call of fn(): replayed from a CUDA graph, or eager (the looped form cannot be captured)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    if graph:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        fn = g.replay
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def layer_sweep(arch: str, rows: list[int]) -> tuple[dict, list[dict]]:
+    """One sparse layer of `arch` (random bf16 weights, independent routing): the grouped form in a CUDA graph and
+    the looped form eagerly, per number of routed rows, against reading the distinct experts once."""
+    from sdar_core.moe import Experts
+
+    from .bench import ARCHS, measure_bandwidth
+
+    shape = ARCHS[arch]
+    E, k, h, inter = (shape[f] for f in ("num_experts", "num_experts_per_tok", "hidden_size", "moe_intermediate_size"))
+    device = torch.device("cuda")
+    layer = SparseMoE(E, k, True, h, inter).to(device, torch.bfloat16)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 0.02)
+    bw = measure_bandwidth(device)
+    per_expert = 3 * h * inter * 2
+    out = []
+    for n in rows:
+        x = torch.randn(n, h, device=device, dtype=torch.bfloat16)
+        chosen = torch.stack([torch.randperm(E, device=device)[:k] for _ in range(n)])  # independent routing
+        weights = torch.full((n, k), 1 / k, device=device, dtype=torch.bfloat16)
+        distinct = int(chosen.unique().numel())
+        with torch.no_grad():
+            grouped = time_layer(lambda: layer.experts.grouped_forward(x, chosen, weights), graph=True)
+            Experts.grouped = False
+            looped = time_layer(lambda: layer.experts.looped_forward(x, chosen, weights), graph=False)
+            Experts.grouped = None
+        floor = 1000 * distinct * per_expert / bw
+        out.append(dict(rows=n, distinct_experts=distinct, floor_ms=floor, grouped_graph_ms=grouped,
+                        looped_eager_ms=looped, grouped_of_floor=floor / grouped))
+        print(f"  rows {n:4d}  distinct {distinct:3d}  floor {floor:.3f} ms  grouped {grouped:.3f} ms "
+              f"({floor / grouped:.0%})  looped {looped:.3f} ms", flush=True)
+    return dict(arch=arch, bandwidth_GBps=bw / 1e9, expert_bytes=per_expert), out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    from sdar_core.device import machine_info
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.moe", description="one MoE layer: grouped vs looped")
+    p.add_argument("--arch", default="sdar-30b-a3b")
+    p.add_argument("--rows", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64, 128, 256])
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("the layer sweep times CUDA graphs: it needs a GPU")
+    info, rows = layer_sweep(args.arch, args.rows)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "layer.json").write_text(json.dumps(
+            {"machine": machine_info(torch.device("cuda")) | info, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

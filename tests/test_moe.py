@@ -1,0 +1,233 @@
+"""The routed-expert layer (sdar_core/moe.py): the grouped form against a per-token brute force and the looped form,
+the stacked layout against the public per-expert checkpoints, and MoE decoding on static shapes.
+
+transformers' own Qwen3-MoE is the reference for the whole network (test_model_parity.py); here each form of the
+experts is checked against a computation written out token by token.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import random_model, rel_err, tiny_config
+from sdar_core import load_pretrained
+from sdar_core.decoding import generate
+from sdar_core.loading import CheckpointError, save_pretrained
+from sdar_core.moe import Experts, SparseMoE, grouped_mm_available, route
+
+
+def experts_layer(E: int, k: int, h: int, I: int, seed: int = 0) -> SparseMoE:
+    torch.manual_seed(seed)
+    moe = SparseMoE(E, k, norm_topk_prob=True, hidden=h, intermediate=I)
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.normal_(0, 0.3)
+    return moe
+
+
+def brute_force(moe: SparseMoE, x: torch.Tensor) -> torch.Tensor:
+    """Each token on its own: softmax over the router's logits, the top k renormalised, each chosen expert's SwiGLU
+    from its own rows of the stacked weights, the weighted sum (float64, loops)."""
+    x = x.double()
+    E, I = moe.experts.num_experts, moe.experts.intermediate
+    gate_up, down, router = (t.double() for t in (moe.experts.gate_up_proj, moe.experts.down_proj, moe.gate.weight))
+    out = torch.zeros_like(x)
+    for n in range(x.shape[0]):
+        probs = torch.softmax(router @ x[n], dim=0)
+        top = sorted(range(E), key=lambda e: -probs[e])[: moe.top_k]
+        total = sum(probs[e] for e in top)
+        for e in top:
+            g, u = gate_up[e, :I] @ x[n], gate_up[e, I:] @ x[n]
+            out[n] += probs[e] / total * (down[e] @ (g * torch.sigmoid(g) * u))
+    return out
+
+
+@pytest.mark.parametrize("E, k, tokens", [(8, 2, 1), (8, 2, 13), (16, 4, 7), (4, 4, 5), (32, 8, 3)],
+                         ids=["one-token", "block", "k4", "every-expert", "most-experts-idle"])
+def test_grouped_and_looped_experts_equal_a_per_token_brute_force(E, k, tokens):
+    moe = experts_layer(E, k, h=24, I=20, seed=E + tokens)
+    x = torch.randn(tokens, 24, generator=torch.Generator().manual_seed(tokens))
+    ref = brute_force(moe, x)
+    weights, chosen = route(moe.gate(x), k, True, x.dtype)
+    with torch.no_grad():
+        grouped = moe.experts.grouped_forward(x, chosen, weights)
+        looped = moe.experts.looped_forward(x, chosen, weights)
+        auto = moe(x)
+    assert rel_err(grouped, ref) < 1e-6 and rel_err(looped, ref) < 1e-6
+    assert torch.equal(auto, grouped)  # under no_grad on the CPU the layer takes the grouped form
+
+
+def test_grouped_form_handles_every_pair_on_one_expert_and_tokens_in_any_order():
+    moe = experts_layer(8, 2, h=16, I=12)
+    x = torch.randn(6, 16, generator=torch.Generator().manual_seed(1))
+    chosen = torch.tensor([[5, 2]] * 3 + [[2, 5]] * 3)  # two experts only, slots swapped halfway
+    weights = torch.rand(6, 2, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert rel_err(moe.experts.grouped_forward(x, chosen, weights),
+                       moe.experts.looped_forward(x, chosen, weights)) < 1e-6
+
+
+def test_training_takes_the_looped_form_and_its_gradients_match_the_brute_force():
+    moe = experts_layer(8, 2, h=16, I=12, seed=3)
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(3))
+    moe(x).square().sum().backward()
+    got = moe.experts.gate_up_proj.grad.clone(), moe.experts.down_proj.grad.clone()
+    moe.zero_grad(set_to_none=True)
+    brute_force(moe, x).square().sum().backward()  # float64 autograd through the written-out formula
+    assert rel_err(got[0], moe.experts.gate_up_proj.grad) < 1e-5
+    assert rel_err(got[1], moe.experts.down_proj.grad) < 1e-5
+    idle = [e for e in range(8) if e not in route(moe.gate(x), 2, True, x.dtype)[1].unique().tolist()]
+    assert all(got[1][e].abs().sum() == 0 for e in idle)  # an expert that got no token gets no gradient
+
+
+def test_grouped_matmul_is_used_on_the_cpu_and_on_hopper_bfloat16_only():
+    assert grouped_mm_available(torch.zeros(1))
+    assert not grouped_mm_available(torch.zeros(1, device="meta"))
+
+
+# --- the stacked layout against the public per-expert checkpoints ----------------------------------------
+
+
+def moe_model(model_type: str = "sdar_moe", **overrides):
+    return random_model(tiny_config(model_type, block_size=4, layers=2, **overrides), proj_std=0.3)
+
+
+def test_save_pretrained_writes_the_public_per_expert_names_and_reloads_the_same_logits(tmp_path):
+    model = moe_model()
+    save_pretrained(model, None, tmp_path, max_shard_bytes=40_000)  # small shards: a layer's experts span several
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "model.layers.1.mlp.experts.7.down_proj.weight" in index
+    assert "model.layers.0.mlp.experts.3.up_proj.weight" in index
+    assert not any(name.endswith(("gate_up_proj", "experts.down_proj")) for name in index)
+    spanning = {index[f"model.layers.0.mlp.experts.{e}.gate_proj.weight"] for e in range(8)}
+    assert len(spanning) > 1
+    loaded, _ = load_pretrained(tmp_path, device="cpu", dtype=torch.float32, with_tokenizer=False)
+    ids = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
+
+
+def test_expert_weights_land_in_their_rows_of_the_stack(tmp_path):
+    from safetensors.torch import load_file
+
+    model = moe_model()
+    save_pretrained(model, None, tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    loaded, _ = load_pretrained(tmp_path, device="cpu", dtype=torch.float32, with_tokenizer=False)
+    experts = loaded.model.layers[1].mlp.experts
+    I = experts.intermediate
+    for e in (0, 5):
+        prefix = f"model.layers.1.mlp.experts.{e}."
+        assert torch.equal(experts.gate_up_proj[e, :I], tensors[prefix + "gate_proj.weight"])
+        assert torch.equal(experts.gate_up_proj[e, I:], tensors[prefix + "up_proj.weight"])
+        assert torch.equal(experts.down_proj[e], tensors[prefix + "down_proj.weight"])
+
+
+def test_a_missing_expert_tensor_is_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    save_pretrained(moe_model(), None, tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    del tensors["model.layers.0.mlp.experts.6.up_proj.weight"]
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"lacks 1 expert tensors .*experts\.6\.up_proj\.weight"):
+        load_pretrained(tmp_path, device="cpu", with_tokenizer=False)
+
+
+def test_an_expert_of_another_shape_is_refused_by_name(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    save_pretrained(moe_model(), None, tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["model.layers.1.mlp.experts.2.down_proj.weight"] = torch.zeros(64, 31)
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"experts of model\.layers\.1\.mlp have tensors of different shapes"):
+        load_pretrained(tmp_path, device="cpu", with_tokenizer=False)
+
+
+def test_device_map_loading_of_an_moe_checkpoint_gives_the_same_logits(tmp_path):
+    model = moe_model()
+    save_pretrained(model, None, tmp_path, max_shard_bytes=40_000)
+    mapped, _ = load_pretrained(tmp_path, device_map={"": "cpu"}, dtype=torch.float32, with_tokenizer=False)
+    ids = torch.randint(0, 96, (1, 7), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.equal(mapped(ids), model(ids))
+
+
+def test_transformers_reads_the_checkpoints_we_write(tmp_path):
+    """Independent reader: transformers' Qwen3-MoE loads our per-expert files and computes the same logits."""
+    from transformers import Qwen3MoeForCausalLM
+
+    model = moe_model("qwen3_moe")
+    save_pretrained(model, None, tmp_path)
+    hf = Qwen3MoeForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    ids = torch.randint(0, 96, (2, 11), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert rel_err(model(ids), hf(ids).logits) < 1e-5
+
+
+# --- decoding an MoE model on static shapes --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["static", "dynamic", "ar"])
+def test_moe_decoding_on_static_shapes_equals_the_looped_plain_path(strategy, monkeypatch):
+    """The static-shape runner (what a CUDA graph replays) with grouped experts gives the tokens of the plain path
+    with the host-read expert loop."""
+    model = moe_model()
+    prompts = [[3, 4, 5], [6, 7, 8, 9, 10, 11, 12]]
+    kw = dict(max_new_tokens=16, block_length=4, steps=2, strategy=strategy, threshold=0.5)
+    static = generate(model, prompts, runner_mode="static", **kw)
+    monkeypatch.setattr(Experts, "grouped", False)
+    looped = generate(model, prompts, runner_mode="plain", **kw)
+    assert static.tokens.tolist() == looped.tokens.tolist()
+    assert len({t for row in static.tokens.tolist() for t in row}) > 3  # not one repeated token
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_moe_layer_replays_in_a_graph_and_equals_the_looped_form():
+    moe = experts_layer(16, 4, h=256, I=128).cuda().to(torch.bfloat16)
+    if not grouped_mm_available(moe.gate.weight):
+        pytest.skip("the grouped matmul needs a Hopper GPU")
+    x = torch.randn(12, 256, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        weights, chosen = route(moe.gate(x), 4, True, x.dtype)
+        looped = moe.experts.looped_forward(x, chosen, weights)
+        static_x = x.clone()
+        moe(static_x)  # warm-up outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = moe(static_x)
+        static_x.copy_(torch.randn_like(x))
+        graph.replay()
+        fresh_weights, fresh_chosen = route(moe.gate(static_x), 4, True, x.dtype)
+        expected = moe.experts.looped_forward(static_x, fresh_chosen, fresh_weights)
+    assert rel_err(out.float(), expected.float()) < 2e-2
+    assert rel_err(moe(x).float(), looped.float()) < 2e-2
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("strategy", ["static", "ar"])
+def test_cuda_moe_graph_decoding_equals_plain(strategy):
+    model = moe_model().cuda().to(torch.bfloat16)
+    if not grouped_mm_available(model.model.embed_tokens.weight):
+        pytest.skip("the grouped matmul needs a Hopper GPU")
+    prompts = [[3, 4, 5], [6, 7, 8, 9, 10, 11, 12]]
+    kw = dict(max_new_tokens=16, block_length=4, steps=2, strategy=strategy)
+    plain = generate(model, prompts, runner_mode="plain", **kw)
+    graph = generate(model, prompts, runner_mode="graph", **kw)
+    assert graph.tokens.tolist() == plain.tokens.tolist()
+
+
+def test_bfloat16_mixed_weights_follow_the_float32_layer_to_rounding():
+    moe = experts_layer(8, 2, h=32, I=16)
+    x = torch.randn(9, 32, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ref = moe(x)
+        low = moe.to(torch.bfloat16)(x.bfloat16())
+    assert rel_err(low.float(), ref) < 3e-2
+    assert F.cosine_similarity(low.float().flatten(), ref.flatten(), dim=0) > 0.999
