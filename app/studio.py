@@ -101,9 +101,9 @@ class Warmup:
                 log.info("GPU warm-up %d/%d: %s, %s: %.2f s", i + 1, len(plan), m.display_name, shape, seconds)
         except Exception:  # a failed warm-up costs the first visitor its capture time, nothing else
             log.exception("GPU warm-up failed")
-        finally:
+        finally:  # logged before `running` drops, so that whoever waits for the end finds the line
+            log.info("GPU warm-up done in %.1f s", time.perf_counter() - t0)
             self.running = False
-        log.info("GPU warm-up done in %.1f s", time.perf_counter() - t0)
 
     @staticmethod
     def _shapes(m: LoadedModel, settings: DecodeSettings) -> list[tuple[DecodeParams, object]]:

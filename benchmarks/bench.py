@@ -31,7 +31,8 @@ from sdar_core.decoding import generate
 from sdar_core.decode_attention import split_k_available
 from sdar_core.device import default_device, default_dtype, machine_info, synchronize
 from sdar_core.loading import load_pretrained
-from sdar_core.model import Attention, SDARForCausalLM
+from sdar_core.fused import FUSE
+from sdar_core.model import SDARForCausalLM
 from sdar_core.runner import ChunkRunner, default_mode
 from training.model_init import init_weights
 
@@ -58,9 +59,9 @@ def arch_config(name: str, block_size: int = 4) -> ModelConfig:
 
 def random_model(config: ModelConfig, device, dtype) -> SDARForCausalLM:
     """Random weights straight on the device (no CPU copy of a multi-GB model)."""
-    with torch.device("meta"):
-        model = SDARForCausalLM(config)
-    model = model.to_empty(device=device).to(dtype)
+    with torch.device("meta"):  # cast while on meta: a float32 30B-A3B (122 GB) would not fit beside its copy
+        model = SDARForCausalLM(config).to(dtype)
+    model = model.to_empty(device=device)
     init_weights(model, 0.02, generator=torch.Generator(device=device).manual_seed(0))
     if config.tie_word_embeddings:  # to_empty gave the two shared tensors separate storage
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -361,8 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fuse", action="store_true", help="fuse the q/k/v and gate/up matmuls (model.fuse_projections)")
     p.add_argument("--no-split-k", dest="split_k", action="store_false",
                    help="static-shape forwards use SDPA over the whole buffer instead of the split-K decode kernel")
-    p.add_argument("--no-fused-norm-rope", dest="fused_norm_rope", action="store_false",
-                   help="q/k RMSNorm and RoPE as eager kernels on CUDA too (sdar_core/norm_rope.py)")
+    p.add_argument("--fusions", nargs="+", default=["all"],
+                   help="the fused decode kernels to take on CUDA (sdar_core/fused.py: all, none, or names of "
+                        "norm_rope cache_write add_norm silu_mul); the others run as eager kernels")
     p.add_argument("--transformers", default="auto", choices=["auto", "none", "eager", "compiled", "both"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None, help="folder for results.json / .csv / chart.html")
@@ -390,7 +392,7 @@ def device_info(model, device: torch.device, args) -> dict:
         arch=args.arch, parameters=c.num_parameters(), weight_GB=wb / 1e9, bandwidth_GBps=bw / 1e9,
         floor_ms_per_forward=1000 * wb / bw, ar_ceiling_tps=bw / wb, kv_bytes_per_position=kv_bytes,
         prompt_len=args.prompt_lengths[0], sweep=sweep(args), runner=args.runner or default_mode(model),
-        compile=args.compile, fused=args.fuse, fused_norm_rope=args.fused_norm_rope,
+        compile=args.compile, fused=args.fuse, fusions=FUSE.on(),
         split_k=bool(args.split_k and split_k_available(device)),
         command="python -m benchmarks.bench " + " ".join(sys.argv[1:]))
 
@@ -464,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fuse:
         model.fuse_projections()
     ChunkRunner.split_k_attention = None if args.split_k else False
-    Attention.fused_norm_rope = args.fused_norm_rope
+    FUSE.set(args.fusions[0] if args.fusions in (["all"], ["none"]) else set(args.fusions))
     info = device_info(model, device, args) | ({"load": loaded} if loaded else {})
     if model.config.is_moe:
         info |= moe.moe_info(model)

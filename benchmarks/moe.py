@@ -185,10 +185,16 @@ def time_layer(fn, graph: bool, iters: int = 50) -> float:
     return start.elapsed_time(end) / iters
 
 
-def layer_sweep(arch: str, rows: list[int]) -> tuple[dict, list[dict]]:
-    """One sparse layer of `arch` (random bf16 weights, independent routing): the grouped form in a CUDA graph and
-    the looped form eagerly, per number of routed rows, against reading the distinct experts once."""
-    from sdar_core.moe import Experts
+CONFIGS = [dict(block_n=n, block_k=kk, stages=st, warps=w)
+           for n in (16, 32, 64) for kk in (64, 128) for st in (3, 4) for w in (4,)] + [dict(block_n=64, block_k=128,
+                                                                                            stages=4, warps=8)]
+
+
+def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dict, list[dict], list[dict]]:
+    """One sparse layer of `arch` (random bf16 weights, independent routing): the Triton kernels and the grouped
+    matmul in CUDA graphs and the looped form eagerly, per number of routed rows, against reading the distinct
+    experts once; then the Triton kernels' tile sizes at `config_rows`."""
+    from sdar_core.moe import Experts, KernelConfig
 
     from .bench import ARCHS, measure_bandwidth
 
@@ -201,23 +207,38 @@ def layer_sweep(arch: str, rows: list[int]) -> tuple[dict, list[dict]]:
             p.normal_(0, 0.02)
     bw = measure_bandwidth(device)
     per_expert = 3 * h * inter * 2
-    out = []
-    for n in rows:
-        x = torch.randn(n, h, device=device, dtype=torch.bfloat16)
-        chosen = torch.stack([torch.randperm(E, device=device)[:k] for _ in range(n)])  # independent routing
+    gen = torch.Generator(device=device)
+
+    def case(n: int):
+        gen.manual_seed(n)
+        x = torch.randn(n, h, device=device, dtype=torch.bfloat16, generator=gen)
+        chosen = torch.stack([torch.randperm(E, device=device, generator=gen)[:k] for _ in range(n)])  # independent
         weights = torch.full((n, k), 1 / k, device=device, dtype=torch.bfloat16)
-        distinct = int(chosen.unique().numel())
-        with torch.no_grad():
+        return x, chosen, weights, 1000 * int(chosen.unique().numel()) * per_expert / bw
+
+    out, configs = [], []
+    with torch.no_grad():
+        for n in rows:
+            x, chosen, weights, floor = case(n)
+            triton_ms = time_layer(lambda: layer.experts.triton_forward(x, chosen, weights), graph=True)
             grouped = time_layer(lambda: layer.experts.grouped_forward(x, chosen, weights), graph=True)
             Experts.grouped = False
             looped = time_layer(lambda: layer.experts.looped_forward(x, chosen, weights), graph=False)
             Experts.grouped = None
-        floor = 1000 * distinct * per_expert / bw
-        out.append(dict(rows=n, distinct_experts=distinct, floor_ms=floor, grouped_graph_ms=grouped,
-                        looped_eager_ms=looped, grouped_of_floor=floor / grouped))
-        print(f"  rows {n:4d}  distinct {distinct:3d}  floor {floor:.3f} ms  grouped {grouped:.3f} ms "
-              f"({floor / grouped:.0%})  looped {looped:.3f} ms", flush=True)
-    return dict(arch=arch, bandwidth_GBps=bw / 1e9, expert_bytes=per_expert), out
+            distinct = round(floor * bw / 1000 / per_expert)
+            out.append(dict(rows=n, distinct_experts=distinct, floor_ms=floor, triton_graph_ms=triton_ms,
+                            grouped_graph_ms=grouped, looped_eager_ms=looped, triton_of_floor=floor / triton_ms,
+                            grouped_of_floor=floor / grouped))
+            print(f"  rows {n:4d}  distinct {distinct:3d}  floor {floor:.3f} ms  triton {triton_ms:.3f} ms "
+                  f"({floor / triton_ms:.0%})  grouped {grouped:.3f} ms ({floor / grouped:.0%})  "
+                  f"looped {looped:.3f} ms", flush=True)
+        for n in config_rows:
+            x, chosen, weights, floor = case(n)
+            for c in CONFIGS:
+                ms = time_layer(lambda: layer.experts.triton_forward(x, chosen, weights, KernelConfig(**c)), graph=True)
+                configs.append(dict(rows=n, **c, ms=ms, of_floor=floor / ms))
+                print(f"  rows {n:4d}  {c}  {ms:.3f} ms ({floor / ms:.0%})", flush=True)
+    return dict(arch=arch, bandwidth_GBps=bw / 1e9, expert_bytes=per_expert), out, configs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,18 +247,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from sdar_core.device import machine_info
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.moe", description="one MoE layer: grouped vs looped")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.moe",
+                                description="one MoE layer: triton vs grouped vs looped")
     p.add_argument("--arch", default="sdar-30b-a3b")
-    p.add_argument("--rows", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64, 128, 256])
+    p.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128, 256])
+    p.add_argument("--config-rows", type=int, nargs="*", default=[1, 16, 64])
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("the layer sweep times CUDA graphs: it needs a GPU")
-    info, rows = layer_sweep(args.arch, args.rows)
+    info, rows, configs = layer_sweep(args.arch, args.rows, args.config_rows)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "layer.json").write_text(json.dumps(
-            {"machine": machine_info(torch.device("cuda")) | info, "rows": rows}, indent=1))
+            {"machine": machine_info(torch.device("cuda")) | info, "rows": rows, "configs": configs}, indent=1))
     return 0
 
 

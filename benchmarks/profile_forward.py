@@ -1,6 +1,7 @@
 """Where a graphed decode forward spends its GPU time, by kernel class (SDAR-1.7B shape, batch 1, bf16).
 
     python -m benchmarks.profile_forward --out benchmarks/results/h100-profile-forward
+    python -m benchmarks.profile_forward --arch sdar-30b-a3b --contexts 64 --split-k on --out DIR   (the MoE)
 
 For `ar` (Q = 1, block 1) and SDAR block 16 (Q = 16) at a 64-token and an 8k-token context, with today's
 attention and with the split-K decode kernel (ChunkRunner.split_k_attention): the replay time of the runner's
@@ -24,7 +25,10 @@ from sdar_core.runner import ChunkRunner
 
 from . import bench
 
-CLASSES = [("attention", ("sdpa", "flash", "fmha", "attention", "_split_kernel", "_merge_kernel", "flex", "triton")),
+CLASSES = [("experts", ("_expert_matmul", "grouped")),
+           ("routing", ("sort", "radix", "topk", "softmax", "cumsum", "scan")),
+           ("fused", ("_add_norm", "_silu_mul", "_norm_rope")),
+           ("attention", ("sdpa", "flash", "fmha", "attention", "_split_kernel", "_merge_kernel", "flex", "triton")),
            ("matmul", ("nvjet", "gemv", "gemm", "cutlass", "xmma", "splitkreduce")),
            ("norm", ("layer_norm", "rms")),
            ("copy/index", ("index", "copy", "cat", "scatter", "gather")),
@@ -70,7 +74,8 @@ def kernel_profile(graph, layers: int, reps: int = 20) -> dict:
     return dict(kernels=len(kernels) / reps, busy_us=busy, span_us=span,
                 classes={c: dict(per_layer=round(n / layers, 2), per_forward=round(n, 1), us=round(t, 1))
                          for c, (n, t) in sorted(classes.items(), key=lambda kv: -kv[1][1])},
-                top=[(k, round(n, 1), round(t, 1)) for k, (n, t) in sorted(names.items(), key=lambda kv: -kv[1][1])[:12]])
+                top=[(k, round(n, 1), round(t, 1))
+                     for k, (n, t) in sorted(names.items(), key=lambda kv: -kv[1][1])[:12]])
 
 
 def microbench(model, bw: float) -> dict:
@@ -101,19 +106,30 @@ def _graph_us(fn, calls: int = 20) -> float:
     return 1000 * replay_ms(graph) / calls
 
 
+@torch.no_grad()  # as generate runs: the fused inference kernels only run without autograd
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
+    p.add_argument("--arch", default="sdar-1.7b", choices=sorted(bench.ARCHS))
+    p.add_argument("--contexts", nargs="+", default=["64", "8k"], choices=["64", "8k"])
+    p.add_argument("--split-k", default="both", choices=["both", "on", "off"])
     args = p.parse_args()
-    model = bench.random_model(bench.arch_config("sdar-1.7b"), torch.device("cuda"), torch.bfloat16).fuse_projections()
+    model = bench.random_model(bench.arch_config(args.arch), torch.device("cuda"), torch.bfloat16).fuse_projections()
     ar = bench.as_ar(model)
     layers = model.config.num_hidden_layers
     bw = bench.measure_bandwidth("cuda")
     wb = bench.weight_bytes(model)
     result = dict(machine=machine_info("cuda"), bandwidth_GBps=bw / 1e9, floor_ms=1000 * wb / bw, rows=[])
-    for context, total, start in (("64", 512, 64), ("8k", 8704, 8448)):
+    if model.config.is_moe:  # the one-token floor reads the dense weights and k experts per layer; every chunk row
+        from .moe import IndependentRouting, moe_floor_ms, moe_info  # routes on its own (see IndependentRouting)
+
+        info = moe_info(model) | dict(bandwidth_GBps=bw / 1e9)
+        result["floor_ms"] = moe_floor_ms(info, model.config.num_experts_per_tok, 0)
+        IndependentRouting(model, rows=32)
+    contexts = [c for c in (("64", 512, 64), ("8k", 8704, 8448)) if c[0] in args.contexts]
+    for context, total, start in contexts:
         for mode, m, Q in (("ar", ar, 1), ("sdar16", model, 16)):
-            for split_k in (False, True):
+            for split_k in {"both": (False, True), "on": (True,), "off": (False,)}[args.split_k]:
                 graph = graphed(m, Q, total, start, split_k)
                 row = dict(context=context, mode=mode, split_k=split_k, replay_ms=round(replay_ms(graph), 3))
                 row |= kernel_profile(graph, layers)
@@ -122,7 +138,7 @@ def main() -> None:
                 del graph
                 torch.cuda.empty_cache()
     ChunkRunner.split_k_attention = False
-    result["microbench"] = microbench(model, bw)
+    result["microbench"] = {} if model.config.is_moe else microbench(model, bw)  # the dense layer's matmuls
     print(json.dumps(result["microbench"]), flush=True)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

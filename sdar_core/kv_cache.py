@@ -67,12 +67,22 @@ class CacheSlot:
         """Cache position of the chunk's first query when the chunk ends the visible keys (`KVCache.chunk`)."""
         return self.keys - self.index.shape[0]
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v [B, H_kv, Q, D]; return the layer's keys and values [B, H_kv, keys, D]."""
+    def buffers(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The layer's key and value buffers [B, H_kv, T_max, D] and the chunk's cache positions on their device,
+        for a writer that stores into them itself (norm_rope_to_cache)."""
         k_buf, v_buf = self.cache.k[layer], self.cache.v[layer]
         if self.keys > k_buf.shape[2]:
             raise ValueError(f"KV cache holds {k_buf.shape[2]} positions; a chunk up to {self.keys} does not fit")
         index = self.index if self.index.device == k_buf.device else self.index.to(k_buf.device)
+        return k_buf, v_buf, index
+
+    def visible(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's keys and values that the chunk's attention reads: [B, H_kv, keys, D]."""
+        return self.cache.k[layer][:, :, : self.keys], self.cache.v[layer][:, :, : self.keys]
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, H_kv, Q, D]; return the layer's keys and values [B, H_kv, keys, D]."""
+        k_buf, v_buf, index = self.buffers(layer)
         k_buf.index_copy_(2, index, k)
         v_buf.index_copy_(2, index, v)
-        return k_buf[:, :, : self.keys], v_buf[:, :, : self.keys]
+        return self.visible(layer)

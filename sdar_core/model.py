@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from .attention import attention, chunk_mask
 from .config import ModelConfig
 from .decode_attention import CacheQueries, decode_attention
+from .fused import FUSE, add_rms_norm, silu_mul
 from .kv_cache import CacheSlot
 from .moe import SparseMoE
-from .norm_rope import norm_rope, norm_rope_available
+from .norm_rope import norm_rope, norm_rope_available, norm_rope_to_cache, to_cache_available
 
 
 class RMSNorm(nn.Module):
@@ -49,8 +50,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    fused_norm_rope: bool = True  # False: the eager norm and RoPE on CUDA too (benchmarks compare the two)
-
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
@@ -79,9 +78,19 @@ class Attention(nn.Module):
     @staticmethod
     def norm_rope(x: torch.Tensor, norm: RMSNorm, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """RoPE(RMSNorm(x)): x [B, Q, H, D] -> [B, H, Q, D]; one kernel on CUDA (norm_rope.py), eager elsewhere."""
-        if Attention.fused_norm_rope and norm_rope_available(x, norm.weight):
+        if FUSE.norm_rope and norm_rope_available(x, norm.weight):
             return norm_rope(x, norm.weight, norm.eps, cos, sin)
         return apply_rope(norm(x).transpose(1, 2), cos, sin)
+
+    def write_cache(self, k, v, cos, sin, cache: CacheSlot) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the chunk's RoPE(RMSNorm(k)) and v (both [B, Q, H_kv, D]) in the cache; return the keys and
+        values attention reads. On CUDA one kernel normalises, rotates and writes both (norm_rope_to_cache)."""
+        if FUSE.norm_rope and FUSE.cache_write and norm_rope_available(k, self.k_norm.weight):
+            k_buf, v_buf, index = cache.buffers(self.layer)
+            if to_cache_available(k, v, k_buf, v_buf):
+                norm_rope_to_cache(k, v, self.k_norm.weight, self.k_norm.eps, cos, sin, k_buf, v_buf, index)
+                return cache.visible(self.layer)
+        return cache.write(self.layer, self.norm_rope(k, self.k_norm, cos, sin), v.transpose(1, 2))
 
     def forward(self, x, cos, sin, mask, *, is_causal, cache: CacheSlot | None, backend: str):
         B, Q, _ = x.shape
@@ -91,10 +100,11 @@ class Attention(nn.Module):
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = self.norm_rope(q.view(B, Q, self.n_heads, self.head_dim), self.q_norm, cos, sin)  # [B, H, Q, D]
-        k = self.norm_rope(k.view(B, Q, self.n_kv, self.head_dim), self.k_norm, cos, sin)  # [B, H_kv, Q, D]
-        v = v.view(B, Q, self.n_kv, self.head_dim).transpose(1, 2)
+        k, v = k.view(B, Q, self.n_kv, self.head_dim), v.view(B, Q, self.n_kv, self.head_dim)  # [B, Q, H_kv, D]
         if cache is not None:
-            k, v = cache.write(self.layer, k, v)  # [B, H_kv, cache.keys, D]
+            k, v = self.write_cache(k, v, cos, sin, cache)  # [B, H_kv, cache.keys, D]
+        else:
+            k, v = self.norm_rope(k, self.k_norm, cos, sin), v.transpose(1, 2)  # [B, H_kv, Q, D]
         if isinstance(mask, CacheQueries):  # static shapes on the split-K kernel: k, v are the whole buffers
             out = decode_attention(q, k, v, mask)  # [B, H, Q, D]
         else:
@@ -124,8 +134,7 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if self.gate_up_weight is not None:
-            gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
-            return self.down_proj(F.silu(gate) * up)
+            return self.down_proj(silu_mul(F.linear(x, self.gate_up_weight)))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -141,9 +150,13 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, **kw):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, **kw)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, delta, cos, sin, mask, **kw):
+        """x: the residual stream [B, Q, h] before the previous layer's MLP output `delta` is added (None for the
+        first layer) -> (the stream before this layer's MLP output, that output). Each residual add is done where
+        its sum is normalised, so that add and norm run as one kernel on the GPU (fused.add_rms_norm)."""
+        x, h = add_rms_norm(x, delta, self.input_layernorm)
+        x, h = add_rms_norm(x, self.self_attn(h, cos, sin, mask, **kw), self.post_attention_layernorm)
+        return x, self.mlp(h)
 
 
 class Backbone(nn.Module):
@@ -226,7 +239,8 @@ class SDARForCausalLM(nn.Module):
                                          device=input_ids.device)
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
+        delta = None
         for layer in self.model.layers:
-            x = layer(x, cos, sin, mask, is_causal=is_causal, cache=cache, backend=backend)
-        x = self.model.norm(x[:, logits_from:logits_to])
+            x, delta = layer(x, delta, cos, sin, mask, is_causal=is_causal, cache=cache, backend=backend)
+        _, x = add_rms_norm(x[:, logits_from:logits_to], delta[:, logits_from:logits_to], self.model.norm)
         return self.lm_head(x)

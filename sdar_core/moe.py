@@ -4,20 +4,53 @@ The experts' weights are two stacked tensors, the layout of transformers 5 (`mlp
 gate rows then up rows per expert; `mlp.experts.down_proj` [E, h, I]); loading.py maps the public checkpoints'
 per-expert tensors onto them and save_pretrained writes them back per expert.
 
-Two forms compute the same thing:
-- grouped (decoding): the N*k (token, expert) pairs sorted by expert, one grouped matmul over the stacked weights for
-  gate/up and one for down (`torch._grouped_mm`, `offs` = where each expert's rows end), the pairs put back in
-  order and their weighted outputs summed. Every shape depends on N only and nothing is read back to the host, so a
-  decode forward of an MoE model is captured in a CUDA graph like a dense one; an expert that gets no pair is an
-  empty group, whose weights the kernel never reads (so a forward reads the *distinct* experts it routes to).
-- looped (training, and where the grouped kernel does not run): one matmul per expert that got tokens, with the
-  host reading which ones; the reference the grouped form is tested against.
+Three forms compute the same thing:
+- triton (decoding on CUDA, up to TRITON_MAX_PAIRS pairs): the (token, expert) pairs sorted by expert, then two
+  Triton kernels (`_expert_matmul`): one program per expert segment and tile of output columns reads that expert's
+  weight tile once for all its rows (16 at a time), gathers its input rows by index (gate/up) or applies SwiGLU on
+  load (down), and writes the routed-weighted outputs back in token order. A program whose pair is not the first
+  of its expert exits at once, so the grid depends on the number of pairs only and an expert that got no pair is
+  never read. Written for the few rows of decoding, where the grouped matmul reaches a fifth of the bandwidth
+  (benchmarks/results/h200-moe).
+- grouped (larger chunks, and the CPU): the pairs sorted the same way, one grouped matmul over the stacked weights
+  for gate/up and one for down (`torch._grouped_mm`, `offs` = where each expert's rows end), the pairs put back in
+  order and their weighted outputs summed.
+- looped (training, and where neither runs): one matmul per expert that got tokens, with the host reading which
+  ones; the reference the other forms are tested against.
+
+In the triton and grouped forms every shape depends on the number of tokens only and nothing is read back to the
+host, so a decode forward of an MoE model is captured in a CUDA graph like a dense one; an expert that gets no pair
+has its weights never read (a forward reads the *distinct* experts it routes to).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .fused import silu_mul
+
+try:  # Triton ships with CUDA builds of torch; CPU-only installs use the grouped matmul
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+TRITON_MAX_PAIRS = 1024  # more (token, expert) pairs (a prefill) take the grouped matmul
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile sizes of `_expert_matmul` (benchmarks/moe.py sweeps them on the 30B-A3B layer)."""
+    block_n: int = 64  # output columns per program
+    block_k: int = 64
+    stages: int = 3
+    warps: int = 4  # (the H200 sweep, benchmarks/results/h200-moe/layer.json: the best or within 5% at 1-64 rows)
+
+
+KERNEL = KernelConfig()
 
 
 def grouped_mm_available(x: torch.Tensor) -> bool:
@@ -29,6 +62,11 @@ def grouped_mm_available(x: torch.Tensor) -> bool:
     if x.device.type == "cpu":
         return True
     return x.is_cuda and x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (9, 0)
+
+
+def triton_available(x: torch.Tensor) -> bool:
+    """Whether the Triton expert kernels run on `x`: a CUDA tensor in a 16-bit float type."""
+    return triton is not None and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
 
 
 def route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: torch.dtype):
@@ -43,7 +81,8 @@ def route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: torch.d
 
 class Experts(nn.Module):
     """E SwiGLU experts as two stacked weights: expert e is down_proj[e] @ (silu(g) * u), [g; u] = gate_up_proj[e] @ x.
-    `grouped`: None uses the grouped form where it runs under no_grad (see grouped_mm_available), False never."""
+    `grouped`: None picks a static-shape form under no_grad where one runs (triton_available, then
+    grouped_mm_available), False always takes the loop."""
 
     grouped: bool | None = None
 
@@ -55,9 +94,32 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x [N, h], chosen / weights [N, k] -> sum over the k slots of weight * expert(x): [N, h]."""
-        if Experts.grouped is not False and not torch.is_grad_enabled() and grouped_mm_available(x):
-            return self.grouped_forward(x, chosen, weights)
+        if Experts.grouped is not False and not torch.is_grad_enabled():
+            if triton_available(x) and (chosen.numel() <= TRITON_MAX_PAIRS or not grouped_mm_available(x)):
+                return self.triton_forward(x, chosen, weights)
+            if grouped_mm_available(x):
+                return self.grouped_forward(x, chosen, weights)
         return self.looped_forward(x, chosen, weights)
+
+    def triton_forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor,
+                       config: KernelConfig | None = None) -> torch.Tensor:
+        c = config or KERNEL
+        N, k = chosen.shape
+        P, h, I = N * k, x.shape[1], self.intermediate
+        expert = chosen.flatten()
+        sorted_expert, order = expert.sort(stable=True)  # [P]: the pairs grouped by expert
+        counts = torch.zeros(self.num_experts, dtype=torch.int64, device=x.device)
+        ends = counts.scatter_add_(0, expert, torch.ones_like(expert)).cumsum(0)  # [E]: where each expert's rows end
+        x = x.contiguous()
+        act = torch.empty(P, 2 * I, device=x.device, dtype=x.dtype)  # [g; u] per sorted pair
+        out = torch.empty(P, h, device=x.device, dtype=x.dtype)  # weighted expert outputs, token-major pairs
+        for src, w, dst, n, kk, down in ((x, self.gate_up_proj, act, 2 * I, h, False),
+                                         (act, self.down_proj, out, h, I, True)):
+            _expert_matmul[(P, triton.cdiv(n, c.block_n))](
+                src, order, sorted_expert, ends, w, weights.reshape(-1), dst, n, kk,
+                src.stride(0), w.stride(0), w.stride(1), dst.stride(0), TOP_K=k, DOWN=down, BLOCK_M=16,
+                BLOCK_N=c.block_n, BLOCK_K=c.block_k, num_warps=c.warps, num_stages=c.stages)
+        return out.view(N, k, h).sum(1)
 
     def grouped_forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         N, k = chosen.shape
@@ -67,8 +129,8 @@ class Experts(nn.Module):
         counts.scatter_add_(0, expert, torch.ones_like(expert))  # (bincount would read its maximum on the host)
         ends = counts.cumsum(0).to(torch.int32)  # [E]: where each expert's rows end in the sorted pairs
         rows = x[order // k]  # [P, h]
-        gate, up = torch._grouped_mm(rows, self.gate_up_proj.transpose(1, 2), offs=ends).chunk(2, dim=-1)
-        out = torch._grouped_mm(F.silu(gate) * up, self.down_proj.transpose(1, 2), offs=ends)  # [P, h]
+        act = silu_mul(torch._grouped_mm(rows, self.gate_up_proj.transpose(1, 2), offs=ends))  # [P, I]
+        out = torch._grouped_mm(act, self.down_proj.transpose(1, 2), offs=ends)  # [P, h]
         out = torch.empty_like(out).index_copy_(0, order, out)  # back to token-major pairs
         return (out.view(N, k, -1) * weights[..., None]).sum(1)
 
@@ -76,8 +138,7 @@ class Experts(nn.Module):
         out = torch.zeros_like(x)
         for e in chosen.unique().tolist():  # only the experts that got tokens (the host reads which)
             token, slot = (chosen == e).nonzero(as_tuple=True)
-            gate, up = F.linear(x[token], self.gate_up_proj[e]).chunk(2, dim=-1)
-            y = F.linear(F.silu(gate) * up, self.down_proj[e])
+            y = F.linear(silu_mul(F.linear(x[token], self.gate_up_proj[e])), self.down_proj[e])
             out.index_add_(0, token, y * weights[token, slot, None])
         return out
 
@@ -96,3 +157,50 @@ class SparseMoE(nn.Module):
         x = x.reshape(-1, shape[-1])  # [N, h]
         weights, chosen = route(self.gate(x), self.top_k, self.norm_topk_prob, x.dtype)  # [N, k] each
         return self.experts(x, chosen, weights).view(shape)
+
+
+if triton is not None:
+    @triton.jit
+    def _expert_matmul(x_ptr, order_ptr, expert_ptr, ends_ptr, w_ptr, scale_ptr, out_ptr, N, K,
+                       stride_x, stride_we, stride_wn, stride_out, TOP_K: tl.constexpr, DOWN: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """out[rows, cols] = a[rows] @ w[e, cols].T for the rows of one expert segment of the sorted pairs.
+        gate/up (DOWN false): a = x[order // TOP_K], out rows in sorted order.
+        down (DOWN true): a = silu(g) * u of x = [g; u] (K columns each), out rows at order (token-major) scaled
+        by the pair's routing weight."""
+        p = tl.program_id(0)
+        e = tl.load(expert_ptr + p)
+        prev = tl.load(expert_ptr + p - 1, mask=p > 0, other=-1)
+        if e != prev:  # the first pair of its expert owns the segment; the others exit
+            end = tl.load(ends_ptr + e).to(tl.int32)
+            cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+            col_ok = cols < N
+            w_rows = w_ptr + e.to(tl.int64) * stride_we + cols[:, None].to(tl.int64) * stride_wn
+            for m0 in range(p, end, BLOCK_M):
+                rows = m0 + tl.arange(0, BLOCK_M)
+                live = rows < end
+                pair = tl.load(order_ptr + rows, mask=live, other=0)
+                if DOWN:
+                    src = rows
+                else:
+                    src = pair // TOP_K
+                a_rows = x_ptr + src[:, None].to(tl.int64) * stride_x
+                acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for k0 in range(0, K, BLOCK_K):
+                    ks = k0 + tl.arange(0, BLOCK_K)
+                    a_ok = live[:, None] & (ks[None, :] < K)
+                    if DOWN:
+                        g = tl.load(a_rows + ks[None, :], mask=a_ok, other=0.0).to(tl.float32)
+                        u = tl.load(a_rows + K + ks[None, :], mask=a_ok, other=0.0).to(tl.float32)
+                        a = (g * tl.sigmoid(g) * u).to(w_ptr.dtype.element_ty)
+                    else:
+                        a = tl.load(a_rows + ks[None, :], mask=a_ok, other=0.0)
+                    w = tl.load(w_rows + ks[None, :], mask=col_ok[:, None] & (ks[None, :] < K), other=0.0)
+                    acc = tl.dot(a, tl.trans(w), acc)
+                if DOWN:
+                    acc = acc * tl.load(scale_ptr + pair, mask=live, other=0.0).to(tl.float32)[:, None]
+                    dst = pair
+                else:
+                    dst = rows
+                tl.store(out_ptr + dst[:, None].to(tl.int64) * stride_out + cols[None, :],
+                         acc.to(out_ptr.dtype.element_ty), mask=live[:, None] & col_ok[None, :])

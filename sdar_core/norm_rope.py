@@ -4,11 +4,16 @@ Eager, a head's queries or keys take an RMSNorm and then RoPE as rotate-half (ca
 kernels each for q and for k, every one of them a launch of ~1.5-2.5 us on a few kilobytes at decode time. On CUDA
 with Triton this runs as one kernel per tensor: each program normalises one (row, position, head) vector of D in
 float32, rounds it to the input dtype as the eager RMSNorm does, rotates it with cos/sin and rounds once more.
-Elsewhere (CPU) the eager modules run.
+
+`norm_rope_to_cache` is the keys' variant for a forward with a KV cache: the same program writes the rotated key,
+and copies the value, straight into the cache buffers at the chunk's cache indices, so the two cache-write copies of
+`CacheSlot.write` are not launched. Elsewhere (CPU) the eager modules run.
 """
 from __future__ import annotations
 
 import torch
+
+from .fused import kernels_run
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run the eager path
     import triton
@@ -17,16 +22,22 @@ except ImportError:
     triton = None
 
 
-def needs_grad(*tensors: torch.Tensor) -> bool:
-    """Whether autograd would record an op on these tensors (training): the kernel has no backward."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def norm_rope_available(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """The kernel serves inference only; training (a gradient wanted) takes the eager norm and RoPE."""
-    d = x.shape[-1]
-    return (triton is not None and x.is_cuda and d % 2 == 0 and x.stride(-1) == 1
-            and not needs_grad(x, weight))
+    return x.shape[-1] % 2 == 0 and kernels_run(x, weight)
+
+
+def _launch(x, weight, eps, cos, sin, out, out_strides, index=None, v=None, v_out=None) -> None:
+    """One program per (row, position, head) of x [B, Q, H, D]: the rotated vector goes to out at (b, h, pos) with
+    `out_strides` (b, h, pos), pos = index[q] when an index is given, else q; v (same layout as x) is copied to
+    v_out at the same place."""
+    B, Q, H, D = x.shape
+    copy_v = v is not None
+    _norm_rope_kernel[(B * Q * H,)](
+        x, weight, cos, sin, out, index if index is not None else x, v if copy_v else x, v_out if copy_v else out,
+        x.stride(0), x.stride(1), x.stride(2), cos.stride(0), cos.stride(2), sin.stride(0), sin.stride(2),
+        *out_strides, *(v.stride()[:3] if copy_v else (0, 0, 0)), Q, H, eps,
+        D=D, BLOCK=triton.next_power_of_2(D), INDEXED=index is not None, COPY_V=copy_v, num_warps=1)
 
 
 @torch.library.custom_op("sdar::norm_rope", mutates_args=())
@@ -34,9 +45,7 @@ def norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tens
     """x [B, Q, H, D] (last dim contiguous), weight [D], cos/sin [B, 1, Q, D] -> [B, H, Q, D] contiguous."""
     B, Q, H, D = x.shape
     out = torch.empty(B, H, Q, D, dtype=x.dtype, device=x.device)
-    _norm_rope_kernel[(B * Q * H,)](
-        x, weight, cos, sin, out, x.stride(0), x.stride(1), x.stride(2), cos.stride(0), cos.stride(2),
-        sin.stride(0), sin.stride(2), Q, H, eps, D=D, BLOCK=triton.next_power_of_2(D), num_warps=1)
+    _launch(x, weight, eps, cos, sin, out, (H * Q * D, Q * D, D))
     return out
 
 
@@ -46,11 +55,32 @@ def _(x, weight, eps, cos, sin):
     return x.new_empty(B, H, Q, D)
 
 
+def to_cache_available(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
+    """The cache-writing variant needs both buffers laid out alike with a unit last stride, on k's device."""
+    return (v.stride(-1) == 1 and k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
+            and k_cache.device == k.device and k_cache.dtype == k.dtype)
+
+
+@torch.library.custom_op("sdar::norm_rope_to_cache", mutates_args=("k_cache", "v_cache"))
+def norm_rope_to_cache(k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor,
+                       sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, index: torch.Tensor) -> None:
+    """k_cache[:, :, index] = RoPE(RMSNorm(k)) and v_cache[:, :, index] = v, transposed to the cache's
+    [B, H_kv, T, D]; k, v [B, Q, H_kv, D] (last dims contiguous), index [Q] long."""
+    _launch(k, weight, eps, cos, sin, k_cache, (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2)),
+            index=index, v=v, v_out=v_cache)
+
+
+@norm_rope_to_cache.register_fake
+def _(k, v, weight, eps, cos, sin, k_cache, v_cache, index):
+    return None
+
+
 if triton is not None:
 
     @triton.jit
-    def _norm_rope_kernel(X, W, COS, SIN, OUT, sx_b, sx_q, sx_h, sc_b, sc_q, ss_b, ss_q, n_q, n_h, eps,
-                          D: tl.constexpr, BLOCK: tl.constexpr):
+    def _norm_rope_kernel(X, W, COS, SIN, OUT, IDX, V, VOUT, sx_b, sx_q, sx_h, sc_b, sc_q, ss_b, ss_q,
+                          so_b, so_h, so_t, sv_b, sv_q, sv_h, n_q, n_h, eps,
+                          D: tl.constexpr, BLOCK: tl.constexpr, INDEXED: tl.constexpr, COPY_V: tl.constexpr):
         row = tl.program_id(0)  # flat (b, q, h)
         h, q, b = row % n_h, (row // n_h) % n_q, row // (n_h * n_q)
         d = tl.arange(0, BLOCK)
@@ -66,4 +96,11 @@ if triton is not None:
         cos = tl.load(COS + b * sc_b + q * sc_q + d, mask=live, other=0.0).to(tl.float32)
         sin = tl.load(SIN + b * ss_b + q * ss_q + d, mask=live, other=0.0).to(tl.float32)
         out = n * cos + tl.where(d < D // 2, -n_p, n_p) * sin
-        tl.store(OUT + ((b * n_h + h) * n_q + q) * D + d, out.to(dtype), mask=live)
+        if INDEXED:
+            pos = tl.load(IDX + q).to(tl.int64)
+        else:
+            pos = q.to(tl.int64)
+        dst = b.to(tl.int64) * so_b + h * so_h + pos * so_t + d
+        tl.store(OUT + dst, out.to(dtype), mask=live)
+        if COPY_V:
+            tl.store(VOUT + dst, tl.load(V + b * sv_b + q * sv_q + h * sv_h + d, mask=live, other=0.0), mask=live)

@@ -22,7 +22,7 @@ import torch
 from .attention import chunk_mask
 from .decode_attention import CacheQueries, split_k_available
 from .kv_cache import KVCache
-from .moe import grouped_mm_available
+from .moe import grouped_mm_available, triton_available
 
 MODES = ("plain", "static", "graph")
 BUCKET = 256  # the smallest static buffer; larger ones double (see bucket)
@@ -41,11 +41,12 @@ def bucket(total: int, context: int) -> int:
 
 
 def default_mode(model) -> str:
-    """CUDA graphs on CUDA, for MoE models too where the grouped expert matmul runs (moe.py: static shapes, no host
-    read); plain otherwise."""
+    """CUDA graphs on CUDA, for MoE models too where a static-shape expert form runs (moe.py: the Triton kernels or
+    the grouped matmul, no host read); plain otherwise."""
     if model.device.type != "cuda":
         return "plain"
-    if model.config.is_moe and not grouped_mm_available(model.model.embed_tokens.weight):
+    w = model.model.embed_tokens.weight
+    if model.config.is_moe and not (triton_available(w) or grouped_mm_available(w)):
         return "plain"
     return "graph"
 

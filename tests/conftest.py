@@ -46,6 +46,50 @@ def random_model(config: ModelConfig, seed: int = 0, std: float = 0.5, proj_std:
     return model.eval()
 
 
+def interpreter_reason() -> str | None:
+    """Why Triton's interpreter (TRITON_INTERPRET=1: the kernels run on CPU tensors) cannot run here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        return "needs triton (its interpreter runs the kernels on the CPU)"
+    import numpy
+
+    if tuple(int(v) for v in numpy.__version__.split(".")[:2]) >= (2, 3):
+        return "Triton 3.6's interpreter needs numpy < 2.3 (it reads loaded scalars with int() of 1-element arrays)"
+    return None
+
+
+def run_interpreted(script: str, *args: str, timeout: int = 600) -> str:
+    """Run `script` under Triton's interpreter in a fresh process (the flag is read at import) with tests/ and the
+    repository importable; its last line of output."""
+    import os
+    import subprocess
+    import sys
+
+    tests = Path(__file__).parent
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def fuse(monkeypatch):
+    """fuse("none" | "all" | {names}) sets sdar_core.fused.FUSE for one test; the previous switches come back after."""
+    from dataclasses import fields
+
+    from sdar_core.fused import FUSE
+
+    def set_(names):
+        for f in fields(FUSE):
+            monkeypatch.setattr(FUSE, f.name, getattr(FUSE, f.name))  # remembered, restored at teardown
+        FUSE.set(names)
+
+    return set_
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in float64."""
     a, b = a.double(), b.double()

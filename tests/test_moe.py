@@ -7,16 +7,17 @@ experts is checked against a computation written out token by token.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import random_model, rel_err, tiny_config
+from conftest import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
 from sdar_core import load_pretrained
 from sdar_core.decoding import generate
 from sdar_core.loading import CheckpointError, save_pretrained
-from sdar_core.moe import Experts, SparseMoE, grouped_mm_available, route
+from sdar_core.moe import TRITON_MAX_PAIRS, Experts, KernelConfig, SparseMoE, grouped_mm_available, route
 
 
 def experts_layer(E: int, k: int, h: int, I: int, seed: int = 0) -> SparseMoE:
@@ -81,6 +82,65 @@ def test_training_takes_the_looped_form_and_its_gradients_match_the_brute_force(
     assert rel_err(got[1], moe.experts.down_proj.grad) < 1e-5
     idle = [e for e in range(8) if e not in route(moe.gate(x), 2, True, x.dtype)[1].unique().tolist()]
     assert all(got[1][e].abs().sum() == 0 for e in idle)  # an expert that got no token gets no gradient
+
+
+# (E, k, tokens, h, I): one token; a block; every expert busy with segments longer than one 16-row tile; sizes that
+# no tile divides
+TRITON_CASES = [(8, 2, 1, 64, 48), (16, 4, 7, 64, 48), (4, 2, 40, 64, 48), (32, 8, 3, 50, 37)]
+
+INTERPRETED = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from sdar_core.moe import KernelConfig, route
+from test_moe import TRITON_CASES, brute_force, experts_layer
+errors = []
+for E, k, n, h, I in TRITON_CASES:
+    moe = experts_layer(E, k, h=h, I=I, seed=E + n)
+    x = torch.randn(n, h, generator=torch.Generator().manual_seed(n))
+    with torch.no_grad():
+        weights, chosen = route(moe.gate(x), k, True, x.dtype)
+        out = moe.experts.triton_forward(x, chosen, weights, KernelConfig(block_n=16, block_k=32))
+    ref = brute_force(moe, x)
+    errors.append(float((out.double() - ref).norm() / ref.norm()))
+print(json.dumps(errors))
+"""
+
+
+@pytest.mark.skipif(interpreter_reason() is not None, reason=str(interpreter_reason()))
+def test_triton_expert_kernels_under_the_interpreter_equal_the_brute_force():
+    """The Triton kernels run by Triton's interpreter on CPU tensors (float32, small tiles so that segments span
+    several row tiles and no tile divides the sizes) against the per-token float64 brute force."""
+    errors = json.loads(run_interpreted(INTERPRETED, str(Path(__file__).parent)))
+    assert len(errors) == len(TRITON_CASES) and max(errors) < 1e-5, errors
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("E, k, n, h, I", TRITON_CASES)
+def test_cuda_triton_experts_equal_the_brute_force(E, k, n, h, I):
+    moe = experts_layer(E, k, h=h, I=I, seed=E + n).cuda().to(torch.bfloat16)
+    x = torch.randn(n, h, device="cuda", dtype=torch.bfloat16)
+    ref = brute_force(moe, x).cpu()  # float64 on the layer's own bf16 values (the module itself stays as it is)
+    with torch.no_grad():
+        weights, chosen = route(moe.gate(x), k, True, x.dtype)
+        for config in (KernelConfig(), KernelConfig(block_n=64, block_k=64, stages=3)):
+            out = moe.experts.triton_forward(x, chosen, weights, config)
+            assert rel_err(out.double().cpu(), ref) < 2e-2
+        assert torch.equal(moe(x), moe.experts.triton_forward(x, chosen, weights))  # the layer's choice on CUDA
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_large_chunks_take_the_grouped_matmul_and_agree_with_the_kernels():
+    moe = experts_layer(16, 4, h=128, I=64).cuda().to(torch.bfloat16)
+    if not grouped_mm_available(moe.gate.weight):
+        pytest.skip("the grouped matmul needs a Hopper GPU")
+    x = torch.randn(TRITON_MAX_PAIRS // 4 + 1, 128, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        weights, chosen = route(moe.gate(x), 4, True, x.dtype)
+        grouped = moe.experts.grouped_forward(x, chosen, weights)
+        assert torch.equal(moe(x), grouped)
+        assert rel_err(moe.experts.triton_forward(x, chosen, weights).float(), grouped.float()) < 2e-2
 
 
 def test_grouped_matmul_is_used_on_the_cpu_and_on_hopper_bfloat16_only():

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from sdar_core.decoding import generate
+from sdar_core.fused import FUSE
 from sdar_core.model import Attention, RMSNorm, rope_cos_sin
 
 from conftest import random_model, rel_err, tiny_config
@@ -70,14 +71,14 @@ def test_graphed_decoding_with_the_kernel_gives_the_eager_tokens(strategy, monke
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
     kw = dict(max_new_tokens=24, block_length=4, steps=2, strategy=strategy, threshold=0.5)
     fused = generate(model, prompts, runner_mode="graph", **kw)
-    monkeypatch.setattr(Attention, "fused_norm_rope", False)
+    monkeypatch.setattr(FUSE, "norm_rope", False)
     eager = generate(model, prompts, runner_mode="plain", **kw)
     assert fused.tokens.tolist() == eager.tokens.tolist()
 
 
 def test_training_never_takes_the_forward_only_kernel():
     """The kernel has no backward: a tensor that autograd tracks (training) must take the eager path."""
-    from sdar_core.norm_rope import needs_grad
+    from sdar_core.fused import needs_grad
 
     w = torch.ones(4, requires_grad=True)
     x = torch.randn(1, 2, 3, 4)
@@ -96,7 +97,8 @@ def test_a_training_step_on_cuda_backpropagates_like_the_eager_path(monkeypatch)
     ids = torch.randint(4, 60, (2, 16), device="cuda")
     grads = []
     for fused in (True, False):
-        monkeypatch.setattr(Attention, "fused_norm_rope", fused)
+        for name in FUSE.on() if fused else ("norm_rope", "cache_write", "add_norm", "silu_mul"):
+            monkeypatch.setattr(FUSE, name, fused)
         model.zero_grad()
         model(ids).float().pow(2).mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))

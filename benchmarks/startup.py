@@ -1,0 +1,114 @@
+"""What a server's start costs before its first token, cold (empty kernel caches) and on a restart.
+
+    python -m benchmarks.startup --out benchmarks/results/<name> [--arch sdar-1.7b] [--workdir /tmp/startup]
+
+Writes a random-weight checkpoint of --arch once, then starts a fresh Python process twice on it with the same
+kernel cache folders (TRITON_CACHE_DIR, TORCHINDUCTOR_CACHE_DIR under --workdir, emptied before the first): each
+process imports torch and sdar_core, loads the checkpoint, warms every decode shape the studio warms at start
+(sdar_core.warmup: the default dynamic settings and the AR lane, cache buckets up to 2,048 positions) with a progress
+line per shape, and then times one request (64-token prompt, first token and 64 tokens). The first process compiles
+the Triton kernels (split-K attention, the fused norms, the expert kernels) and writes them to the cache; the
+second, a restart, reads them back and pays only graph capture. Not a test: nothing is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+T0 = time.perf_counter()  # the child's clock starts at its first line
+
+
+def child(checkpoint: str) -> dict:
+    import torch
+
+    from sdar_core.decode_params import DecodeParams
+    from sdar_core.decoding import generate
+    from sdar_core.device import default_device, synchronize
+    from sdar_core.loading import load_pretrained
+    from sdar_core.warmup import warm_all
+
+    marks = dict(import_s=time.perf_counter() - T0)
+    device = default_device()
+    model, _ = load_pretrained(checkpoint, device=device, with_tokenizer=False)
+    model.fuse_projections()
+    synchronize(device)
+    marks["loaded_s"] = time.perf_counter() - T0
+    params = [DecodeParams(), DecodeParams(strategy="ar")]
+    shapes = warm_all(model, params, 2048, filler_id=5,
+                      on_shape=lambda i, n, s, sec: print(f"  warm-up {i + 1}/{n}: {s}: {sec:.2f} s", flush=True))
+    marks |= dict(warm_shapes=len(shapes), warmed_s=time.perf_counter() - T0,
+                  warm_up_s=sum(sec for _, sec in shapes), first_shape_s=shapes[0][1] if shapes else 0.0)
+    prompt = [[5 + i % 50 for i in range(64)]]
+    t = time.perf_counter()
+    generate(model, prompt, DecodeParams(max_new_tokens=model.config.block_size, stop_token_ids=[]))
+    synchronize(device)
+    marks["first_token_after_warm_up_s"] = time.perf_counter() - t
+    marks["first_token_s"] = time.perf_counter() - T0
+    t = time.perf_counter()
+    out = generate(model, prompt, DecodeParams(max_new_tokens=64, stop_token_ids=[]))
+    synchronize(device)
+    marks["request_64_tokens_s"] = time.perf_counter() - t
+    marks["tokens"] = int(out.lengths[0])
+    marks["device"] = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    return marks
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.startup", description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="sdar-1.7b")
+    p.add_argument("--workdir", default="/tmp/sdar-startup")
+    p.add_argument("--out", default=None)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(child(args.child)), flush=True)
+        return 0
+
+    import torch
+
+    from sdar_core.device import default_device, default_dtype, machine_info
+    from sdar_core.loading import save_pretrained
+
+    from .bench import arch_config, random_model
+
+    work = Path(args.workdir)
+    checkpoint, caches = work / "checkpoint", work / "caches"
+    shutil.rmtree(work, ignore_errors=True)
+    device = default_device()
+    model = random_model(arch_config(args.arch), device, default_dtype(device))
+    save_pretrained(model, None, checkpoint, dtype=default_dtype(device))
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    env = dict(os.environ, TRITON_CACHE_DIR=str(caches / "triton"), TORCHINDUCTOR_CACHE_DIR=str(caches / "inductor"),
+               PYTHONUNBUFFERED="1")
+    runs = []
+    for name in ("cold", "restart"):
+        t = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "benchmarks.startup", "--child", str(checkpoint)], env=env,
+                              capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+        wall = time.perf_counter() - t
+        print(done.stdout, done.stderr[-3000:] if done.returncode else "", flush=True)
+        if done.returncode:
+            raise SystemExit(f"the {name} start failed (exit {done.returncode})")
+        marks = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
+        runs.append(dict(run=name, process_wall_s=wall, **marks))
+        print(f"{name}: first token {marks['first_token_s']:.1f} s after the process started (import "
+              f"{marks['import_s']:.1f}, loaded {marks['loaded_s']:.1f}, {marks['warm_shapes']} shapes warmed by "
+              f"{marks['warmed_s']:.1f})", flush=True)
+    result = dict(machine=machine_info(device), arch=args.arch, command="python -m benchmarks.startup "
+                  + " ".join(argv if argv is not None else sys.argv[1:]), runs=runs)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "startup.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
