@@ -95,9 +95,10 @@ def reference_decode_attention(q, k_cache, v_cache, where: CacheQueries) -> torc
     return attention(q, k_cache[:, :, :kv_end], v_cache[:, :, :kv_end], mask)
 
 
-def num_splits(batch: int, kv_heads: int, k_len: int, config: SplitConfig) -> int:
-    """Splits per (row, KV head): enough programs for `waves` per multiprocessor, at least one key step each."""
-    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+def num_splits(batch: int, kv_heads: int, k_len: int, config: SplitConfig, device: torch.device) -> int:
+    """Splits per (row, KV head): enough programs for `waves` per multiprocessor, at least one key step each
+    (on CPU tensors, which only Triton's interpreter runs the kernel on, as if there were 4 multiprocessors)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
     want = -(-config.waves * sms // (batch * kv_heads))
     return max(1, min(want, config.max_splits, -(-k_len // config.block_n)))
 
@@ -109,7 +110,7 @@ def _split_k(q, k_cache, v_cache, where: CacheQueries, config: SplitConfig) -> t
     if q.stride(-1) != 1:
         q = q.contiguous()
     k_cache, v_cache = _unit_last_stride(k_cache), _unit_last_stride(v_cache)
-    S = num_splits(B, H_kv, T, config)
+    S = num_splits(B, H_kv, T, config, q.device)
     part_out = torch.empty(B, H, Q, S, D, dtype=torch.float32, device=q.device)  # each split's normalised output
     part_lse = torch.empty(B, H, Q, S, dtype=torch.float32, device=q.device)  # and its log2-sum-exp2
     rows = max(16, min(TILE_ROWS, triton.next_power_of_2(G * Q)))  # tl.dot needs at least 16 rows

@@ -6,6 +6,7 @@ end of the last query's block hold NaN, so a kernel that reads them fails.
 """
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -15,7 +16,7 @@ from sdar_core.decode_attention import CacheQueries, decode_attention, reference
 from sdar_core.decoding import generate
 from sdar_core.runner import ChunkRunner
 
-from conftest import random_model, rel_err, tiny_config
+from conftest import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
 
 
 def loop_reference(q, k, v, q_index: list[int], L: int, pad: list[int]) -> torch.Tensor:
@@ -73,6 +74,27 @@ def test_static_runner_with_split_k_switch_equals_plain(strategy, monkeypatch):
     monkeypatch.setattr(ChunkRunner, "split_k_attention", True)
     static = generate(model, prompts, runner_mode="static", **kw)
     assert static.tokens.tolist() == plain.tokens.tolist()
+
+
+INTERPRETED = """
+import json, torch
+from sdar_core.decode_attention import SplitConfig, _split_k
+from test_decode_attention import CASES, loop_reference, make_case
+errors = []
+for q_index, L, pad in CASES:
+    (q, k, v), where = make_case(2, 4, 2, 16, 48, q_index, L, pad)
+    out = _split_k(q, k, v, where, SplitConfig(block_n=16, max_splits=3))  # several splits, a partial last step
+    errors.append(float((out.double() - loop_reference(q, k, v, q_index, L, pad)).norm() / out.norm()))
+print(json.dumps(errors))
+"""
+
+
+@pytest.mark.skipif(interpreter_reason() is not None, reason=str(interpreter_reason()))
+def test_triton_kernel_under_the_interpreter_matches_loop_reference():
+    """The split and merge kernels on CPU tensors (Triton's interpreter), every case of CASES: NaN past each
+    case's last block fails any read beyond kv_end."""
+    errors = json.loads(run_interpreted(INTERPRETED))
+    assert len(errors) == len(CASES) and max(errors) < 1e-5, errors
 
 
 @pytest.mark.cuda
