@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="static-shape forwards use SDPA over the whole buffer instead of the split-K decode kernel")
     p.add_argument("--fusions", nargs="+", default=["all"],
                    help="the fused decode kernels to take on CUDA (sdar_core/fused.py: all, none, or names of "
-                        "norm_rope cache_write add_norm silu_mul); the others run as eager kernels")
+                        "norm_rope cache_write add_norm silu_mul routing); the others run as eager kernels")
     p.add_argument("--transformers", default="auto", choices=["auto", "none", "eager", "compiled", "both"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None, help="folder for results.json / .csv / chart.html")

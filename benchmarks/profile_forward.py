@@ -26,7 +26,7 @@ from sdar_core.runner import ChunkRunner
 from . import bench
 
 CLASSES = [("experts", ("_expert_matmul", "grouped")),
-           ("routing", ("sort", "radix", "topk", "softmax", "cumsum", "scan")),
+           ("routing", ("_route", "sort", "radix", "topk", "softmax", "cumsum", "scan")),
            ("fused", ("_add_norm", "_silu_mul", "_norm_rope")),
            ("attention", ("sdpa", "flash", "fmha", "attention", "_split_kernel", "_merge_kernel", "flex", "triton")),
            ("matmul", ("nvjet", "gemv", "gemm", "cutlass", "xmma", "splitkreduce")),

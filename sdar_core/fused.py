@@ -33,6 +33,7 @@ class Fusions:
     cache_write: bool = True  # the k kernel of norm_rope also writes K and V into the KV cache
     add_norm: bool = True  # residual add + RMSNorm
     silu_mul: bool = True  # SiLU(gate) * up
+    routing: bool = True  # an MoE router's softmax + top-k + renormalisation (moe.route)
 
     def set(self, names: "set[str] | str") -> None:
         """Turn on exactly `names` ("all", "none", or a set of field names)."""

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fused import silu_mul
+from .fused import FUSE, kernels_run, silu_mul
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs use the grouped matmul
     import triton
@@ -71,12 +71,27 @@ def triton_available(x: torch.Tensor) -> bool:
 
 def route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: torch.dtype):
     """Qwen3-MoE routing: softmax over the experts in float32, the top k, optionally renormalised.
-    logits [N, E] -> (weights [N, k] in `dtype`, chosen expert ids [N, k])."""
+    logits [N, E] -> (weights [N, k] in `dtype`, chosen expert ids [N, k]).
+
+    At inference on CUDA one Triton kernel does it all (`_route_kernel`, one program per token: the softmax, k
+    rounds of "take the largest, mask it", the renormalisation, the cast), where the eager ops take six kernels."""
+    if FUSE.routing and kernels_run(logits) and top_k <= logits.shape[-1]:
+        return fused_route(logits, top_k, norm_topk_prob, dtype)
     probs = logits.float().softmax(-1)
     weights, chosen = probs.topk(top_k, dim=-1)
     if norm_topk_prob:
         weights = weights / weights.sum(-1, keepdim=True)
     return weights.to(dtype), chosen
+
+
+def fused_route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: torch.dtype):
+    """`route` as one kernel (any device Triton runs on: its interpreter takes CPU tensors)."""
+    N, E = logits.shape
+    weights = torch.empty(N, top_k, dtype=dtype, device=logits.device)
+    chosen = torch.empty(N, top_k, dtype=torch.int64, device=logits.device)
+    _route_kernel[(N,)](logits, weights, chosen, logits.stride(0), E, TOP_K=top_k, K_POW2=triton.next_power_of_2(top_k),
+                        NORM=norm_topk_prob, BLOCK_E=triton.next_power_of_2(E), num_warps=1)
+    return weights, chosen
 
 
 class Experts(nn.Module):
@@ -160,6 +175,30 @@ class SparseMoE(nn.Module):
 
 
 if triton is not None:
+    @triton.jit
+    def _route_kernel(LOGITS, W, C, stride, n_experts, TOP_K: tl.constexpr, K_POW2: tl.constexpr,
+                      NORM: tl.constexpr, BLOCK_E: tl.constexpr):
+        row = tl.program_id(0)
+        e = tl.arange(0, BLOCK_E)
+        z = tl.load(LOGITS + row * stride + e, mask=e < n_experts, other=float("-inf")).to(tl.float32)
+        p = tl.exp(z - tl.max(z, 0))
+        p = p / tl.sum(p, 0)  # the softmax; padding lanes are 0
+        p = tl.where(e < n_experts, p, -1.0)  # never taken
+        slot = tl.arange(0, K_POW2)
+        weights = tl.zeros([K_POW2], tl.float32)
+        chosen = tl.zeros([K_POW2], tl.int64)
+        for j in tl.static_range(TOP_K):  # the largest left, in descending order as topk returns them
+            best = tl.max(p, 0)
+            pick = tl.argmax(p, 0)
+            weights = tl.where(slot == j, best, weights)
+            chosen = tl.where(slot == j, pick.to(tl.int64), chosen)
+            p = tl.where(e == pick, -1.0, p)
+        if NORM:
+            weights = weights / tl.sum(weights, 0)
+        keep = slot < TOP_K
+        tl.store(W + row * TOP_K + slot, weights.to(W.dtype.element_ty), mask=keep)
+        tl.store(C + row * TOP_K + slot, chosen, mask=keep)
+
     @triton.jit
     def _expert_matmul(x_ptr, order_ptr, expert_ptr, ends_ptr, w_ptr, scale_ptr, out_ptr, N, K,
                        stride_x, stride_we, stride_wn, stride_out, TOP_K: tl.constexpr, DOWN: tl.constexpr,

@@ -60,7 +60,7 @@ def test_fusions_are_switched_by_name(fuse):
     fuse({"add_norm", "silu_mul"})
     assert FUSE.on() == ["add_norm", "silu_mul"]
     fuse("all")
-    assert FUSE.on() == ["norm_rope", "cache_write", "add_norm", "silu_mul"]
+    assert FUSE.on() == ["norm_rope", "cache_write", "add_norm", "silu_mul", "routing"]
     with pytest.raises(ValueError, match="unknown fusions \\['add_rms'\\]; choose from"):
         Fusions().set({"add_rms"})
 

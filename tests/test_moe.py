@@ -114,6 +114,60 @@ def test_triton_expert_kernels_under_the_interpreter_equal_the_brute_force():
     assert len(errors) == len(TRITON_CASES) and max(errors) < 1e-5, errors
 
 
+ROUTE_CASES = [(1, 128, 8, True), (7, 37, 4, True), (5, 16, 16, False), (3, 8, 1, False)]  # (tokens, E, k, norm)
+
+ROUTE_INTERPRETED = """
+import json, torch
+from sdar_core.moe import fused_route
+from test_moe import ROUTE_CASES, route_by_hand
+out = []
+for n, E, k, norm in ROUTE_CASES:
+    logits = torch.randn(n, E, generator=torch.Generator().manual_seed(E)) * 3
+    weights, chosen = fused_route(logits, k, norm, torch.float32)
+    ref_w, ref_c = route_by_hand(logits, k, norm)
+    out.append([chosen.tolist() == ref_c, float((weights.double() - ref_w).abs().max())])
+print(json.dumps(out))
+"""
+
+
+def route_by_hand(logits: torch.Tensor, k: int, norm: bool) -> tuple[torch.Tensor, list[list[int]]]:
+    """Per token in float64: the softmax, the k largest by a sort of (probability, -index), renormalised."""
+    weights, chosen = [], []
+    for row in logits.double():
+        probs = torch.exp(row - row.max())
+        probs = probs / probs.sum()
+        top = sorted(range(len(probs)), key=lambda e: (-probs[e].item(), e))[:k]
+        w = torch.stack([probs[e] for e in top])
+        weights.append(w / w.sum() if norm else w)
+        chosen.append(top)
+    return torch.stack(weights), chosen
+
+
+@pytest.mark.skipif(interpreter_reason() is not None, reason=str(interpreter_reason()))
+def test_fused_routing_under_the_interpreter_equals_the_routing_by_hand():
+    """The routing kernel on CPU tensors: the same experts in the same (descending) order, the same weights, for a
+    30B-A3B-sized router, sizes that are no power of two, k = E and k = 1."""
+    for same_experts, max_error in json.loads(run_interpreted(ROUTE_INTERPRETED)):
+        assert same_experts and max_error < 1e-6
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("n, E, k, norm", ROUTE_CASES)
+def test_cuda_fused_routing_equals_the_eager_routing(n, E, k, norm, fuse):
+    """bf16 logits tie often (16 of them at k = E): the kernel takes the lower expert id first, as the hand-written
+    routing does; torch.topk orders ties as it likes, so against it the experts are compared as sets."""
+    logits = (torch.randn(n, E, generator=torch.Generator().manual_seed(E)) * 3).cuda().to(torch.bfloat16)
+    fuse("all")
+    weights, chosen = route(logits, k, norm, torch.bfloat16)
+    fuse("none")
+    eager_w, eager_c = route(logits, k, norm, torch.bfloat16)
+    assert torch.equal(chosen.sort(-1).values, eager_c.sort(-1).values)
+    assert (weights.float() - eager_w.float()).abs().max() <= 2 ** -8  # both descending: ties have equal weights
+    ref_w, ref_c = route_by_hand(logits.cpu(), k, norm)
+    assert chosen.tolist() == ref_c and (weights.double().cpu() - ref_w).abs().max() < 1e-2
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("E, k, n, h, I", TRITON_CASES)
