@@ -48,6 +48,21 @@ def quiet(error: gr.Error) -> gr.Error:
     return error
 
 
+def explained(exc: BaseException) -> str:
+    """What the page shows in place for `exc` (its gr.Error message, or user_message), logged like shows_errors."""
+    if isinstance(exc, gr.Error):
+        return quiet(exc).message
+    return to_gr_error(exc).message
+
+
+def unshown(message: str) -> gr.Error:
+    """The gr.Error that ends a handler whose page already shows `message` in place: API clients still get the
+    error, the page gets no overlay over what it shows."""
+    error = gr.Error(message, visible=False, title="SDAR Studio")
+    error.print_exception = False
+    return error
+
+
 def shows_errors(fn):
     """Decorate a handler (plain or generator) so that its exceptions reach the UI as gr.Error."""
     if inspect.isgeneratorfunction(fn):

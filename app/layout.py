@@ -9,6 +9,7 @@ import gradio as gr
 
 from . import examples
 from .chat import LIVE_PLACEHOLDER
+from .replay import WATCH_MS
 from .race import DEFAULT_REPEATS, PARALLEL, REPEATS, SEQUENTIAL, SWEEP_BLOCKS, SWEEP_THRESHOLDS, lane_html
 from .render import block_table, confidence_heatmap, placeholder_html
 from .settings import MAX_BLOCK_LENGTH, MAX_MESSAGE_CHARS, MAX_NEW_TOKENS, MAX_SYSTEM_CHARS, SDAR_STRATEGIES
@@ -101,8 +102,9 @@ def _settings_column(p: Page, default_model: str, choices: list[str], model_info
                                         elem_id="sdar-max-new-tokens"),
             "seed": gr.Number(value=0, precision=0, minimum=0, label="Seed"),
         }
-        p.pace = gr.Slider(0, 500, value=0, step=10, label="Live view: delay per step (ms, display only)",
-                           elem_id="sdar-pace")
+        p.pace = gr.Slider(0, 500, value=WATCH_MS, step=10, label="Watch: delay per frame (ms)",
+                           info="the answer decodes at full speed, then replays block by block at this pace "
+                                "(display only; 0: show it as it decodes)", elem_id="sdar-pace")
 
 
 def _chat_tab(p: Page) -> None:
@@ -113,7 +115,9 @@ def _chat_tab(p: Page) -> None:
                                lines=1, max_lines=6, max_length=MAX_MESSAGE_CHARS)
         p.send = gr.Button("Send", variant="primary", scale=1, elem_id="sdar-send")
         p.stop = gr.Button("Stop", variant="stop", scale=1, elem_id="sdar-stop")
+        p.replay = gr.Button("Replay", scale=1, elem_id="sdar-replay")
         p.clear = gr.Button("Clear", scale=1, elem_id="sdar-clear")
+    p.chat_note = gr.Markdown(elem_id="sdar-chat-note")  # errors and notes, in place: never over the chat
     gr.Examples(CHAT_EXAMPLES, inputs=p.message, label="Examples", elem_id="sdar-examples")
     with gr.Accordion("System prompt", open=False):
         p.system = gr.Textbox(value="You are a helpful assistant.", show_label=False, lines=2,
@@ -131,7 +135,8 @@ def _visualizer_tab(p: Page) -> None:
     p.vis_title = gr.Markdown(EMPTY, elem_id="sdar-vis-title")
     p.vis_frame = gr.HTML(placeholder_html(EMPTY), elem_id="sdar-vis-frame")
     with gr.Row():
-        p.vis_step = gr.Slider(0, 1, value=0, step=1, label="Step", scale=5, elem_id="sdar-vis-step")
+        p.vis_step = gr.Slider(1, 2, value=1, step=1, label="Step (counted from 1, as in the table and heatmap)",
+                               scale=5, elem_id="sdar-vis-step")
         p.play = gr.Button("▶ Play", scale=1, elem_id="sdar-play")
         p.pause = gr.Button("Pause", scale=1)
     p.timer = gr.Timer(0.25, active=False)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import gradio as gr
 
+from .catalog import NAMES, spec_for, spec_markdown
 from .chat import Chat
-from .errors import shows_errors
+from .errors import explained, unshown
 from .layout import Page, layout
 from .race import Race
 from .registry import DEFAULT_MODEL, ModelRegistry, ModelUnavailable, default_missing, missing_default_message
@@ -28,6 +29,7 @@ except ImportError:
 GENERATION = {"concurrency_limit": 4, "concurrency_id": "model"}
 LOADING = {"concurrency_limit": 2, "concurrency_id": "load"}
 LIGHT = {"concurrency_limit": None}  # rendering only: never waits behind a decode or a load
+REPLAY = {"concurrency_limit": 16, "concurrency_id": "replay"}  # display only (sleeps between frames), no device
 QUEUE = {"default_concurrency_limit": 1, "max_size": 64}  # beyond: gradio's "queue is full, try again"
 PRIVATE = {"api_visibility": "private"}
 
@@ -42,16 +44,20 @@ def describe_model(studio: Studio, name) -> str:
         return "Pick a model or type a folder path / hub id."
     loading = studio.registry.loading(name)
     if loading is not None:
-        return loading_markdown(loading)
+        return loading_markdown(studio.registry, loading)
     try:
         studio.registry.key(name)
     except ModelUnavailable as e:
         return "⚠️ " + str(e)
+    spec = spec_for(name)
+    if spec is not None:
+        return spec_markdown(spec) + "  \n" + studio.registry.availability(spec)
     return f"**{name.strip()}** — loads on first use (or press *Load*)."
 
 
-def loading_markdown(loading) -> str:
-    return f"⏳ Loading **{loading.name}**… {loading.seconds:.0f} s"
+def loading_markdown(registry: ModelRegistry, loading) -> str:
+    progress = registry.progress(loading)
+    return f"⏳ Loading **{loading.name}**… {loading.seconds:.0f} s" + (f" · {progress}" if progress else "")
 
 
 def steps_for_block(block_length, steps):
@@ -75,6 +81,7 @@ def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None
     choices = studio.registry.available()
     if default_model not in choices:
         choices = [default_model] + choices
+    choices += [n for n in NAMES if n not in choices]  # the SDAR family and their AR peers
     missing = missing_default_message() if default_missing(default_model) else None
     demo, page = layout(default_model, choices, describe_model(studio, default_model), missing)
     with demo:
@@ -88,16 +95,21 @@ def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None
 
 def _wire_model(p: Page, studio: Studio, demo: gr.Blocks):
     """Load / describe the model, and keep the steps slider within the block length. Returns `describe`."""
-    @shows_errors
     def load_model(name, request: gr.Request):
-        """Start (or join) the model's load in the background and show its progress until it is done."""
-        loading, stop = studio.registry.start(name), studio.arm_stop(request)
-        while not loading.done.wait(0.5):
-            if stop.is_set():
-                yield loading_markdown(loading) + " (stopped waiting; it goes on in the background)"
-                return
-            yield loading_markdown(loading)
-        m = loading.outcome()
+        """Start (or join) the model's load in the background and show its progress until it is done; a model
+        that cannot be loaded here says why, in the same place."""
+        try:
+            loading, stop = studio.registry.start(name), studio.arm_stop(request)
+            while not loading.done.wait(0.5):
+                if stop.is_set():
+                    yield loading_markdown(studio.registry, loading) + " (stopped waiting; it goes on in the background)"
+                    return
+                yield loading_markdown(studio.registry, loading)
+            m = loading.outcome()
+        except Exception as e:
+            reason = explained(e)
+            yield "⚠️ " + reason
+            raise unshown(reason) from None
         yield model_markdown(m.summary, name=m.name, context=m.context, stop_tokens=m.stop_token_names)
 
     def describe(name):
@@ -117,7 +129,7 @@ def _wire_model(p: Page, studio: Studio, demo: gr.Blocks):
 
 def _wire_chat(p: Page, chat: Chat, describe) -> None:
     decode = {**p.decode, "pace_ms": p.pace}
-    outputs = [p.chatbot, p.history, p.message, p.live, p.chat_stats, p.recording]
+    outputs = [p.chatbot, p.history, p.message, p.live, p.chat_stats, p.recording, p.chat_note]
     vis_outputs = [p.vis_title, p.vis_frame, p.vis_step, p.heatmap, p.blocks, p.trace_files]
     for trigger, name in ((p.send.click, "chat"), (p.message.submit, "chat_submit")):
         trigger(gpu(chat.respond), [p.message, p.history, p.system], outputs, inputs_kwargs=decode, api_name=name,
@@ -125,8 +137,9 @@ def _wire_chat(p: Page, chat: Chat, describe) -> None:
                 ).then(show, p.recording, vis_outputs, **PRIVATE, **LIGHT
                 ).then(describe, p.model_box, p.model_info, **PRIVATE, **LIGHT)
     p.stop.click(chat.studio.stop, None, None, api_name="stop", queue=False)
-    p.clear.click(chat.clear, None, [p.chatbot, p.history, p.message, p.live, p.chat_stats], api_name="clear",
-                  **LIGHT)
+    p.replay.click(chat.replay, [p.recording, p.pace], p.live, api_name="replay", **REPLAY)
+    p.clear.click(chat.clear, None, [p.chatbot, p.history, p.message, p.live, p.chat_stats, p.chat_note],
+                  api_name="clear", **LIGHT)
 
 
 def _wire_visualizer(p: Page, vis: Visualizer, describe) -> None:
@@ -135,7 +148,8 @@ def _wire_visualizer(p: Page, vis: Visualizer, describe) -> None:
     p.vis_run.click(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, api_name="visualize", **GENERATION
                     ).then(describe, p.model_box, p.model_info, **PRIVATE, **LIGHT)
     p.vis_prompt.submit(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, **PRIVATE, **GENERATION)
-    p.vis_step.input(vis.frame, [p.vis_step, p.recording], p.vis_frame, api_name="replay_frame", **LIGHT)
+    p.vis_step.input(vis.frame, [p.vis_step, p.recording], [p.vis_frame, p.heatmap], api_name="replay_frame",
+                     **LIGHT)
     replay = [p.vis_step, p.vis_frame, p.timer]
     p.play.click(vis.play, [p.vis_step, p.recording], replay, **PRIVATE, **LIGHT)
     p.pause.click(vis.pause, None, p.timer, **PRIVATE, **LIGHT)
