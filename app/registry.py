@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from sdar_core import CheckpointError, ConfigError, load_pretrained, stop_ids_for
+from sdar_core.config import ModelConfig
 from sdar_core.device import default_device, default_dtype
 from sdar_core.loading import checkpoint_key, free_bytes, model_card
 from sdar_core.paths import MODELS_DIR, REPO
@@ -302,6 +303,24 @@ class ModelRegistry:
             return ""
         got = min(downloaded_bytes(spec.name, self.hub_cache), spec.download_bytes)
         return f"downloaded {gigabytes(got)} of about {gigabytes(spec.download_bytes)}"
+
+    def peek_config(self, name):
+        """The ModelConfig of `name` without loading weights: the loaded model's, an allowed local folder's
+        config.json, or the catalog's shape; None when unknown (a hub id not in the catalog, a refused name)."""
+        try:
+            key = self.key(name)
+        except ModelUnavailable:
+            return None
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key].config
+        spec = spec_for(name)
+        if spec is not None:
+            return spec.config
+        try:
+            return ModelConfig.from_json(Path(key) / "config.json") if Path(key).is_dir() else None
+        except (ConfigError, OSError, ValueError):
+            return None
 
     def key(self, name) -> str:
         """The cache key of `name` (its real folder, or the hub id), or ModelUnavailable when it may not be loaded

@@ -3,6 +3,9 @@ handler, with an explicit api_name for gradio_client. The decoding inputs reach 
 (`inputs_kwargs`), so the API's parameter names are DecodeRequest's field names."""
 from __future__ import annotations
 
+import secrets
+from pathlib import Path
+
 import gradio as gr
 
 from .catalog import NAMES, spec_for, spec_markdown
@@ -13,7 +16,7 @@ from .race import Race
 from .registry import DEFAULT_MODEL, ModelRegistry, ModelUnavailable, default_missing, missing_default_message
 from .render import model_markdown
 from .settings import MAX_BLOCK_LENGTH
-from .studio import Studio
+from .studio import Studio, ar_note, trained_blocks, untrained_block_note
 from .visualizer import Visualizer, show
 
 try:  # On Hugging Face ZeroGPU Spaces, generation handlers borrow a GPU for their duration.
@@ -69,10 +72,57 @@ def steps_for_block(block_length, steps):
     return gr.Slider(maximum=b, value=min(int(steps or b), b))
 
 
-def threshold_for_strategy(strategy):
-    """The threshold only steers the dynamic schedule: greyed out for the others."""
+def threshold_for_strategy(strategy, sdar: bool = True):
+    """The threshold only steers the dynamic schedule: greyed out for the others (and for an AR model)."""
+    if not sdar:
+        return gr.Slider(interactive=False, info="not used by an autoregressive model")
     return gr.Slider(interactive=strategy == "dynamic",
                      info=None if strategy == "dynamic" else f"not used by the {strategy} schedule")
+
+
+def block_info(config) -> str | None:
+    """What the block slider says beside itself: the block sizes the model was trained at."""
+    if config is None or not config.is_sdar:
+        return None
+    sizes = trained_blocks(config)
+    return f"trained at block size{'s' if len(sizes) > 1 else ''} {', '.join(map(str, sizes))}"
+
+
+def decoding_note(config, name, block) -> str:
+    """The line under the decoding controls: why they are greyed out (an AR model), or an untrained block."""
+    if config is None:
+        return ""
+    shown = Path(str(name).strip()).name or str(name)
+    if not config.is_sdar:
+        return "ℹ️ " + ar_note(shown)
+    try:
+        block = int(block)
+    except (TypeError, ValueError):
+        return ""
+    return "" if block in trained_blocks(config) else "⚠️ " + untrained_block_note(shown, config, block)
+
+
+def controls_for_model(studio: Studio, name, block_length, strategy):
+    """The decoding controls as the model needs them: an AR model greys out block, steps, strategy and threshold;
+    an SDAR model shows its trained block sizes beside the slider. Outputs: block, steps, strategy, threshold,
+    note."""
+    config = studio.registry.peek_config(name)
+    sdar = config is None or config.is_sdar
+    reason = None if sdar else "not used by an autoregressive model"
+    return (gr.Slider(interactive=sdar, info=block_info(config) if sdar else reason),
+            gr.Slider(interactive=sdar, info=reason), gr.Radio(interactive=sdar, info=reason),
+            threshold_for_strategy(strategy, sdar), decoding_note(config, name, block_length))
+
+
+def seed_for_temperature(temperature):
+    """The seed matters only when sampling: greyed out at temperature 0."""
+    sampling = isinstance(temperature, (int, float)) and temperature > 0
+    return gr.Number(interactive=sampling,
+                     info="the same seed gives the same answer" if sampling else "used when temperature > 0")
+
+
+def random_seed() -> int:
+    return secrets.randbelow(2**31)
 
 
 def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None = None) -> gr.Blocks:
@@ -121,6 +171,16 @@ def _wire_model(p: Page, studio: Studio, demo: gr.Blocks):
     block_length.change(steps_for_block, [block_length, steps], steps, **PRIVATE, **LIGHT)
     p.decode["strategy"].change(threshold_for_strategy, p.decode["strategy"], p.decode["threshold"], **PRIVATE,
                                 **LIGHT)
+    controls = [block_length, steps, p.decode["strategy"], p.decode["threshold"], p.decode_note]
+    def fit_controls(name, block, strategy):
+        return controls_for_model(studio, name, block, strategy)
+
+    for trigger in (p.model_box.change, block_length.change, demo.load):
+        trigger(fit_controls, [p.model_box, block_length, p.decode["strategy"]], controls, **PRIVATE, **LIGHT)
+    temperature = p.decode["temperature"]
+    for trigger in (temperature.change, demo.load):
+        trigger(seed_for_temperature, temperature, p.decode["seed"], **PRIVATE, **LIGHT)
+    p.new_seed.click(random_seed, None, p.decode["seed"], **PRIVATE, **LIGHT)
     # The page's steps slider ends at the block length; its initial range stays wide so that API calls
     # (which skip page events) are checked by DecodeSettings, with the block length they send.
     demo.load(steps_for_block, [block_length, steps], steps, **PRIVATE, **LIGHT)

@@ -249,3 +249,39 @@ def test_a_refused_message_is_explained_beside_the_box_and_the_chat_is_unchanged
         assert [text_of(x) for x in shown[::2]] == ["Hello"] and box == message
     *_, note = chat(client, model, "Still there?")
     assert note == ""  # a request that succeeds clears the message area
+
+
+def test_the_controls_follow_the_model_trained_blocks_beside_the_slider_and_ar_greyed_out(studio_checkpoints):
+    from app.registry import ModelRegistry
+    from app.studio import Studio
+    from app.ui import controls_for_model, seed_for_temperature
+
+    sdar, ar = studio_checkpoints
+    studio = Studio(registry=ModelRegistry(models_dir=sdar.parent))
+    block, steps, strategy, threshold, note = controls_for_model(studio, str(ar), 4, "dynamic")
+    assert [u.interactive for u in (block, steps, strategy, threshold)] == [False] * 4
+    assert note.startswith("ℹ️ ar-tiny is autoregressive") and "do not apply" in note
+    block, steps, strategy, threshold, note = controls_for_model(studio, str(sdar), 4, "static")
+    assert [u.interactive for u in (block, steps, strategy, threshold)] == [True, True, True, False]
+    assert block.info == "trained at block size 4" and note == ""
+    *_, note = controls_for_model(studio, str(sdar), 3, "dynamic")
+    assert note.startswith("⚠️ sdar-tiny was trained at block size 4; block 3 was not trained for")
+    assert controls_for_model(studio, "/no/such/model", 4, "dynamic")[0].interactive  # unknown: left as is
+    assert not seed_for_temperature(0.0).interactive and seed_for_temperature(0.7).interactive
+
+
+def test_an_ar_model_answers_without_a_note_and_a_sampled_answer_follows_its_seed(served, studio_checkpoints):
+    client, model = served
+    _, ar = studio_checkpoints
+    client.predict(api_name="/clear")
+    *_, stats, note = chat(client, ar, "Hello", strategy="dynamic")  # SDAR settings sent to an AR model
+    assert note == "" and "`ar`, block 1, steps 1" in stats
+
+    def sampled(seed):
+        client.predict(api_name="/clear")
+        chatbot, *_ = chat(client, model, "Tell me a story.", temperature=1.0, seed=seed, max_new_tokens=16)
+        return text_of(chatbot[-1])
+
+    first = sampled(7)
+    assert sampled(7) == first  # the same seed, the same answer
+    assert any(sampled(seed) != first for seed in (8, 9, 10))
