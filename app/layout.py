@@ -22,7 +22,14 @@ THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate",
 CSS = """
 #sdar-header h1 {margin-bottom: 0}
 .sdar-lane {min-height: 160px}
+.sdar-table {overflow-x: auto; max-width: 100%}
 footer {display: none !important}
+/* A narrow screen stacks the columns: the chat first, the settings under it. */
+@media (max-width: 720px) {
+  #sdar-workspace {order: 1}
+  #sdar-settings {order: 2}
+  #sdar-header p {font-size: 13px; margin: 4px 0}
+}
 """
 LAUNCH_KWARGS = {"theme": THEME, "css": CSS}
 INTRO = ("# SDAR Studio\nWatch a **block-diffusion** language model (SDAR: Synergistic Diffusion-AutoRegression) "
@@ -66,10 +73,10 @@ def layout(default_model: str, choices: list[str], model_info: str, missing_mode
         gr.Markdown("⚠️ " + (missing_model or ""), visible=bool(missing_model), elem_id="sdar-missing-model")
         p.history = gr.State([])  # the conversation, as {"role", "content": str} messages
         p.recording = gr.State(None)  # the session's last generation (app.recording.Recording)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=290):
+        with gr.Row(equal_height=False, elem_id="sdar-main"):
+            with gr.Column(scale=1, min_width=290, elem_id="sdar-settings"):
                 _settings_column(p, default_model, choices, model_info)
-            with gr.Column(scale=3):
+            with gr.Column(scale=3, elem_id="sdar-workspace"):
                 with gr.Tabs():
                     with gr.Tab("Chat", id="chat"):
                         _chat_tab(p)
@@ -147,7 +154,7 @@ def _visualizer_tab(p: Page) -> None:
     p.timer = gr.Timer(0.25, active=False)
     p.heatmap = gr.Plot(confidence_heatmap([]), label="Confidence heatmap", elem_id="sdar-heatmap")
     p.blocks = gr.DataFrame(block_table([]), label="Per block: steps used and tokens per step", interactive=False,
-                            elem_id="sdar-blocks")
+                            elem_id="sdar-blocks", elem_classes="sdar-table")
     p.trace_files = gr.File(label="Trace (JSON, CSV)", file_count="multiple", interactive=False)
 
 
@@ -167,13 +174,13 @@ def _race_tab(p: Page) -> None:
                    for name, title in (("ar", "AR on the same weights"), ("sdar", "SDAR"), ("twin", "AR twin"))]
     p.race_speedup = gr.Markdown(elem_id="sdar-speedup")
     p.race_chart = gr.Plot(label="tokens/s and forwards per lane", elem_id="sdar-race-chart")
-    p.race_table = gr.DataFrame(label="Runs", interactive=False, elem_id="sdar-race-table")
+    p.race_table = gr.DataFrame(label="Runs", interactive=False, elem_id="sdar-race-table", elem_classes="sdar-table")
     with gr.Accordion("Sweep: block length × threshold (paper Figures 3-4)", open=False):
         _sweep(p)
     with gr.Accordion("GPU measurements (benchmarks/results/)", open=False):
-        p.gpu_plot = gr.Plot(label="tokens/s vs batch size")
+        p.gpu_plot = gr.Plot(label="tokens/s vs batch size", elem_id="sdar-gpu-chart")
         p.gpu_notes = gr.Markdown()
-        p.gpu_df = gr.DataFrame(interactive=False)
+        p.gpu_df = gr.DataFrame(interactive=False, elem_id="sdar-gpu-table", elem_classes="sdar-table")
         p.gpu_refresh = gr.Button("Reload the measurements", size="sm")
 
 
@@ -191,4 +198,4 @@ def _sweep(p: Page) -> None:
     with gr.Row():
         p.sweep_tpf = gr.Plot(label="TPF", elem_id="sdar-sweep-tpf")
         p.sweep_speed = gr.Plot(label="tokens/s", elem_id="sdar-sweep-speed")
-    p.sweep_df = gr.DataFrame(label="Sweep", interactive=False)
+    p.sweep_df = gr.DataFrame(label="Sweep", interactive=False, elem_classes="sdar-table")

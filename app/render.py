@@ -64,8 +64,11 @@ class FrameBuilder:
     """Replays events one at a time (the live view pushes as they arrive; the replay pushes a prefix);
     `finish` marks what the last frame shows after the kept answer, without replaying the trace."""
 
-    def __init__(self, answer_end: int | None = None) -> None:
+    def __init__(self, answer_end: int | None = None, stop_ids: Iterable[int] = ()) -> None:
         self.answer_end = answer_end  # absolute end of the kept answer; positions >= it are discarded
+        # While the decode runs, the first committed stop token bounds the answer already: what follows it is
+        # discarded whatever the positions before it become.
+        self.stop_ids = frozenset(stop_ids)
         self.done: list[Cell] = []
         self.block: list[Cell] = []
         self.committed: dict[int, Cell] = {}  # offset -> cell, in the block in flight
@@ -78,6 +81,8 @@ class FrameBuilder:
         self._enter(e)
         for off, conf in zip(e.committed, e.committed_confidence):
             self.committed[off] = Cell(e.block_start + off, e.block_state[off], conf, self.n)
+            if e.block_state[off] in self.stop_ids:
+                self.answer_end = min(self.answer_end or math.inf, e.block_start + off + 1)
         self.last = e
         self.frame = Frame(step=self.n, done=list(self.done), block=self._block_cells(e, fresh_step=self.n),
                            block_index=e.block, block_step=e.step, final=e.final)

@@ -44,11 +44,15 @@ class Lane:
     state: str = "waiting"  # waiting | running | done | stopped
     events: list[StepEvent] = field(default_factory=list)
     pieces: dict[int, str] = field(default_factory=dict)  # token id -> printed text, for every token shown
-    builder: FrameBuilder = field(default_factory=FrameBuilder)
+    builder: FrameBuilder | None = None  # built with the model's stop tokens
     frame: Frame | None = None  # after the last step; finished in place when the lane ends
     gen: Generation | None = None  # None until done, and for a stopped lane
     answer_end: int | None = None  # absolute position after the kept answer, once done
     started: float | None = None  # perf_counter of its first step
+
+    def __post_init__(self) -> None:
+        if self.builder is None:
+            self.builder = FrameBuilder(stop_ids=self.loaded.stop_token_ids)
 
     def push(self, e: StepEvent) -> None:
         if self.started is None:

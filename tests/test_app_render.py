@@ -181,3 +181,16 @@ def test_the_heatmap_marks_the_step_the_replay_shows(trace):
     assert (band.y0, band.y1) == (2.5, 3.5)  # the row of step 3
     assert any(a.text == "step 3 (shown)" for a in fig.layout.annotations)
     assert not confidence_heatmap(trace, PIECES).layout.shapes
+
+
+def test_what_follows_a_committed_stop_token_is_struck_out_while_the_decode_runs():
+    """The race lanes and the live view strike out the positions after <|im_end|> as soon as it is committed,
+    as the chat leaves them out: the first committed stop token bounds the answer whatever comes before it."""
+    trace = [ev(0, 0, 8, [12, 16, M, M], [0, 1], [0.9, 0.9], {0: 0.9, 1: 0.9, 2: 0.2, 3: 0.1}),
+             ev(0, 1, 8, [12, 16, 13, 14], [2, 3], [0.5, 0.5], {2: 0.5, 3: 0.5}, final=True)]
+    builder = FrameBuilder(stop_ids=[16])
+    first, last = (builder.push(e) for e in trace)
+    assert [c.discarded for c in last.block] == [False, False, True, True]
+    assert 'sdar-discarded' in frame_html(last, PIECES) and "line-through" in frame_html(last, PIECES)
+    assert frame_text(last, PIECES, hidden=[16]) == "C"
+    assert not any(c.discarded for c in FrameBuilder().push(trace[0]).block)  # no stop ids: nothing known yet
