@@ -113,7 +113,7 @@ def _settings_column(p: Page, default_model: str, choices: list[str], model_info
             "seed": gr.Number(value=0, precision=0, minimum=0, label="Seed", info="used when temperature > 0",
                               elem_id="sdar-seed"),
         }
-        p.new_seed = gr.Button("🎲 New random seed", size="sm", elem_id="sdar-new-seed")
+        p.new_seed = gr.Button("New random seed", size="sm", elem_id="sdar-new-seed")
         p.pace = gr.Slider(0, 500, value=WATCH_MS, step=10, label="Watch: delay per frame (ms)",
                            info="the answer decodes at full speed, then replays block by block at this pace "
                                 "(display only; 0: show it as it decodes)", elem_id="sdar-pace")

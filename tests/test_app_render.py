@@ -194,3 +194,20 @@ def test_what_follows_a_committed_stop_token_is_struck_out_while_the_decode_runs
     assert 'sdar-discarded' in frame_html(last, PIECES) and "line-through" in frame_html(last, PIECES)
     assert frame_text(last, PIECES, hidden=[16]) == "C"
     assert not any(c.discarded for c in FrameBuilder().push(trace[0]).block)  # no stop ids: nothing known yet
+
+
+def test_a_replay_shows_every_frame_unless_it_would_take_longer_than_its_cap():
+    import threading
+
+    from app.replay import MAX_WATCH_SECONDS, paced, schedule
+
+    assert schedule(10, 120) == list(range(10)) and schedule(0, 120) == []
+    long = schedule(1000, 120)  # 120 s at full length: evenly thinned, the last frame kept
+    assert long[-1] == 999 and (len(long) - 1) * 0.12 <= MAX_WATCH_SECONDS + 0.12
+    stop = threading.Event()
+    shown = []
+    for i, _ in paced(list(range(5)), 1, stop):
+        shown.append(i)
+        if i == 2:
+            stop.set()  # Stop: the replay ends on the frame it shows
+    assert shown == [0, 1, 2]
