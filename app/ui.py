@@ -165,7 +165,8 @@ def _wire_model(p: Page, studio: Studio, demo: gr.Blocks):
     def describe(name):
         return describe_model(studio, name)
 
-    p.load_btn.click(gpu(load_model), p.model_box, p.model_info, api_name="load_model", **LOADING)
+    load = p.load_btn.click(gpu(load_model), p.model_box, p.model_info, api_name="load_model", **LOADING)
+    load.failure(lambda: gr.skip(), None, p.model_info, **PRIVATE, **LIGHT)  # the reason stays, without a badge
     p.model_box.change(describe, p.model_box, p.model_info, api_name="describe_model", **LIGHT)
     block_length, steps = p.decode["block_length"], p.decode["steps"]
     block_length.change(steps_for_block, [block_length, steps], steps, **PRIVATE, **LIGHT)
@@ -187,15 +188,24 @@ def _wire_model(p: Page, studio: Studio, demo: gr.Blocks):
     return describe
 
 
+def settled():
+    """The chat's shown outputs left as they are (an event that ends clears its outputs' failed status)."""
+    return [gr.skip()] * 5
+
+
 def _wire_chat(p: Page, chat: Chat, describe) -> None:
     decode = {**p.decode, "pace_ms": p.pace}
     outputs = [p.chatbot, p.history, p.message, p.live, p.chat_stats, p.recording, p.chat_note]
+    shown = [p.chatbot, p.message, p.live, p.chat_stats, p.chat_note]
     vis_outputs = [p.vis_title, p.vis_frame, p.vis_step, p.heatmap, p.blocks, p.trace_files]
     for trigger, name in ((p.send.click, "chat"), (p.message.submit, "chat_submit")):
-        trigger(gpu(chat.respond), [p.message, p.history, p.system], outputs, inputs_kwargs=decode, api_name=name,
-                api_visibility="public" if name == "chat" else "private", **GENERATION
-                ).then(show, p.recording, vis_outputs, **PRIVATE, **LIGHT
-                ).then(describe, p.model_box, p.model_info, **PRIVATE, **LIGHT)
+        answer = trigger(gpu(chat.respond), [p.message, p.history, p.system], outputs, inputs_kwargs=decode,
+                         api_name=name, api_visibility="public" if name == "chat" else "private", **GENERATION)
+        # A refused message already shows its reason in the message area; the error that tells API clients also
+        # marks the outputs as failed: settle them again, so that the conversation stays in view, unchanged.
+        answer.failure(settled, None, shown, **PRIVATE, **LIGHT)
+        answer.then(show, p.recording, vis_outputs, **PRIVATE, **LIGHT
+                    ).then(describe, p.model_box, p.model_info, **PRIVATE, **LIGHT)
     p.stop.click(chat.studio.stop, None, None, api_name="stop", queue=False)
     p.replay.click(chat.replay, [p.recording, p.pace], p.live, api_name="replay", **REPLAY)
     p.clear.click(chat.clear, None, [p.chatbot, p.history, p.message, p.live, p.chat_stats, p.chat_note],

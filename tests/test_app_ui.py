@@ -144,8 +144,10 @@ def test_bad_input_gives_a_readable_error_and_the_app_keeps_working(served):
         text = str(err.value)
         assert "Traceback" not in text
         assert any(word in text for word in match.split("|")), text
+    job = client.submit("/no/such/checkpoint", api_name="/load_model")
     with pytest.raises(AppError, match="not offered by this studio"):
-        client.predict("/no/such/checkpoint", api_name="/load_model")
+        job.result(timeout=60)
+    assert job.outputs()[-1].startswith("⚠️ Model '/no/such/checkpoint' is not offered")  # in place, by the picker
     # A request generate() refuses leaves the chat as it was and the message in its box, for an edit.
     job = client.submit("word " * 600, SYSTEM, str(model), *FAST.values(), api_name="/chat")
     with pytest.raises(AppError, match="context"):

@@ -92,6 +92,11 @@ WATCH_LIVE = """() => {
 }"""
 
 
+# No output of the chat carries gradio's "Error" badge of a failed event.
+CHAT_OUTPUTS = ", ".join(f"#sdar-{e} .error" for e in ("chatbot", "message", "live", "chat-note"))
+NO_ERROR_BADGE = f"() => ![...document.querySelectorAll('{CHAT_OUTPUTS}')].some(e => e.offsetParent !== null)"
+
+
 def frames(page) -> list[dict]:
     return page.evaluate("window.sdarFrames")
 
@@ -152,8 +157,10 @@ def test_chat_watch_replay_stop_errors_controls_then_visualizer_and_race(page):
     page.locator("#sdar-message textarea").fill("")
     page.locator("#sdar-send").click()
     wait_text(page, "sdar-chat-note", "Type a message first.")
+    page.wait_for_function(NO_ERROR_BADGE)  # the failed event's outputs settle again: nothing covers the chat
     page.wait_for_timeout(500)
     assert page.locator(".toast-body:visible").count() == 0 and bubbles.count() == shown
+    assert "Answer: 85" in page.locator("#sdar-chatbot").inner_text()  # the conversation still in view
 
     # The controls follow the model: the AR twin greys out the SDAR controls, with one line why.
     pick_model(page, "assets/models/ar-tiny")
