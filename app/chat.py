@@ -57,10 +57,11 @@ class Chat:
                 continue
             if req.pace_ms:  # the replay follows: no answer flashing by first
                 live = placeholder_html(f"Decoding… {lane.builder.n} steps so far; then shown frame by frame.")
-            else:
-                shown[-1] = {"role": "assistant", "content": frame_text(lane.frame, lane.pieces, hidden) or MASK_GLYPH}
-                live = frame_html(lane.frame, lane.pieces, title="Live")
-            yield shown, gr.skip(), gr.skip(), live, gr.skip(), gr.skip(), gr.skip()
+                yield gr.skip(), gr.skip(), gr.skip(), live, gr.skip(), gr.skip(), gr.skip()
+                continue
+            shown[-1] = {"role": "assistant", "content": frame_text(lane.frame, lane.pieces, hidden) or MASK_GLYPH}
+            yield shown, gr.skip(), gr.skip(), frame_html(lane.frame, lane.pieces, title="Live"), gr.skip(), \
+                gr.skip(), gr.skip()
         rec = record(message[:80], lane)
         if req.pace_ms and lane.gen is not None:
             last = None

@@ -40,12 +40,13 @@ SWEEP_BLOCKS = (2, 4, 8, 16, 32)
 SWEEP_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
-def lane_html(title: str, frame=None, pieces=None, *, status: str = "") -> str:
+def lane_html(title: str, frame=None, pieces=None, *, status: str = "", total: int | None = None) -> str:
+    """A lane: its title, status and frame (`total`: its number of steps once it is done)."""
     head = (f'<div style="font-weight:600;margin-bottom:2px">{html.escape(title)}</div>'
             f'<div style="font-size:12px;color:#6b7280;min-height:1.2em">{html.escape(status)}</div>')
     if frame is None:
         return head + placeholder_html("waiting")
-    return head + frame_html(frame, pieces, legend=False)
+    return head + frame_html(frame, pieces, legend=False, total=total)
 
 
 @dataclass
@@ -171,7 +172,8 @@ class Board:
         if name in self.finished_html:
             return self.finished_html[name]  # a finished lane does not change until the next collect: render it once
         text = lane_html(self.titles[name], lane.frame, lane.pieces,
-                         status=lane_status(lane, self.timings.get(name), self.round_))
+                         status=lane_status(lane, self.timings.get(name), self.round_),
+                         total=len(lane.events) if lane.state == "done" else None)
         if lane.state in ("done", "stopped"):
             self.finished_html[name] = text
         return text

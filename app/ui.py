@@ -220,7 +220,7 @@ def _wire_visualizer(p: Page, vis: Visualizer, describe) -> None:
     p.vis_prompt.submit(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, **PRIVATE, **GENERATION)
     p.vis_step.input(vis.frame, [p.vis_step, p.recording], [p.vis_frame, p.heatmap], api_name="replay_frame",
                      **LIGHT)
-    replay = [p.vis_step, p.vis_frame, p.timer]
+    replay = [p.vis_step, p.vis_frame, p.heatmap, p.timer]
     p.play.click(vis.play, [p.vis_step, p.recording], replay, **PRIVATE, **LIGHT)
     p.pause.click(vis.pause, None, p.timer, **PRIVATE, **LIGHT)
     p.timer.tick(vis.tick, [p.vis_step, p.recording], replay, **PRIVATE, **LIGHT)

@@ -88,23 +88,24 @@ class Visualizer:
 
     @staticmethod
     def play(step, recording):
-        """Start the replay (from the beginning when at the end). Outputs: slider, frame, timer."""
+        """Start the replay (from the beginning when at the end). Outputs: slider, frame, heatmap, timer."""
         if recording is None or not recording.events:
-            return gr.skip(), placeholder_html(EMPTY), gr.Timer(active=False)
+            return gr.skip(), placeholder_html(EMPTY), gr.skip(), gr.Timer(active=False)
         step = shown_step(recording, step)
         if step >= recording.n_steps:
             step = 1
-        return step, replay_frame(recording, step), gr.Timer(active=True)
+        return step, replay_frame(recording, step), heatmap(recording, step), gr.Timer(active=True)
 
     @staticmethod
     def tick(step, recording):
-        """One timer tick: the next frame; the timer stops on the last one. Outputs: slider, frame, timer."""
+        """One timer tick: the next frame; the timer stops on the last one. Outputs: slider, frame, heatmap,
+        timer."""
         if recording is None or not recording.events:
-            return gr.skip(), gr.skip(), gr.Timer(active=False)
+            return gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False)
         step = min(shown_step(recording, step) + 1, recording.n_steps)
         # Only the last frame touches the timer: a tick answered after Pause must not switch it back on.
-        return step, replay_frame(recording, step), gr.Timer(active=False) if step >= recording.n_steps \
-            else gr.skip()
+        return step, replay_frame(recording, step), heatmap(recording, step), \
+            gr.Timer(active=False) if step >= recording.n_steps else gr.skip()
 
     @staticmethod
     def pause():

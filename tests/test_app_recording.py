@@ -44,3 +44,18 @@ def test_a_recording_holds_the_trace_files_and_the_last_frame_of_its_lane(studio
                                               total=n)
     assert replay_frame(rec, 1) == frame_html(frame_at(ref.trace, 0, rec.answer_end), rec.pieces, title=title,
                                               total=n)  # steps counted from 1
+
+
+def test_play_and_its_ticks_move_the_heatmaps_band_with_the_frame(studio_checkpoints):
+    from app.visualizer import Visualizer
+
+    sdar, _ = studio_checkpoints
+    loaded = ModelRegistry(models_dir=sdar.parent).get(str(sdar))
+    lane = Lane(loaded, loaded.tokenizer("Tell me a story.")["input_ids"],
+                DecodeSettings(block_length=4, steps=4, strategy="static", max_new_tokens=8))
+    list(stream({"a": lane}, threading.Event()))
+    rec = record("a story", lane)
+    step, frame, fig, timer = Visualizer.play(rec.n_steps, rec)  # at the end: starts over at step 1
+    assert step == 1 and f"step 1 of {rec.n_steps}" in frame and fig.layout.shapes[0].y0 == 0.5
+    step, frame, fig, _ = Visualizer.tick(step, rec)
+    assert step == 2 and f"step 2 of {rec.n_steps}" in frame and fig.layout.shapes[0].y0 == 1.5
