@@ -63,6 +63,24 @@ def unshown(message: str) -> gr.Error:
     return error
 
 
+def explains_in_place(n_outputs: int, at: int):
+    """Decorate a generator handler of `n_outputs` outputs so that a refused request shows its reason in output
+    `at` (a gr.Markdown beside the button) and leaves the others as they are; API clients still get the error."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as e:
+                reason = explained(e)
+                out = [gr.skip()] * n_outputs
+                out[at] = "⚠️ " + reason
+                yield tuple(out)
+                raise unshown(reason) from None
+        return wrapper
+    return decorate
+
+
 def shows_errors(fn):
     """Decorate a handler (plain or generator) so that its exceptions reach the UI as gr.Error."""
     if inspect.isgeneratorfunction(fn):

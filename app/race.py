@@ -18,7 +18,7 @@ import pandas as pd
 
 from .benchmarks import read_results
 from .charts import gpu_figure, gpu_table, race_figure, sweep_figures, sweep_table
-from .errors import shows_errors
+from .errors import explains_in_place, shows_errors
 from .prompting import conversation, prompt_ids
 from .registry import ar_twin_name
 from .render import frame_html, placeholder_html
@@ -183,7 +183,7 @@ class Race:
     def __init__(self, studio: Studio) -> None:
         self.studio = studio
 
-    @shows_errors
+    @explains_in_place(6, at=4)  # in the headline, under the lanes
     def race(self, prompt, mode, use_twin, request: gr.Request, repeats=DEFAULT_REPEATS, **ui):
         """Race AR and SDAR (and the AR twin) on one prompt, `repeats` timed runs each after an untimed warm-up;
         `ui` holds the decoding inputs by name. Outputs: AR lane, SDAR lane, twin lane, table, speedup, chart."""

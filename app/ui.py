@@ -215,9 +215,12 @@ def _wire_chat(p: Page, chat: Chat, describe) -> None:
 def _wire_visualizer(p: Page, vis: Visualizer, describe) -> None:
     decode = {**p.decode, "pace_ms": p.pace}
     outputs = [p.recording, p.vis_title, p.vis_frame, p.vis_step, p.heatmap, p.blocks, p.trace_files]
-    p.vis_run.click(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, api_name="visualize", **GENERATION
-                    ).then(describe, p.model_box, p.model_info, **PRIVATE, **LIGHT)
-    p.vis_prompt.submit(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, **PRIVATE, **GENERATION)
+    run = p.vis_run.click(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, api_name="visualize",
+                          **GENERATION)
+    run.then(describe, p.model_box, p.model_info, **PRIVATE, **LIGHT)
+    submit = p.vis_prompt.submit(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, **PRIVATE, **GENERATION)
+    for event in (run, submit):  # the reason stays in the title; the outputs settle again
+        event.failure(lambda: [gr.skip()] * 6, None, outputs[1:], **PRIVATE, **LIGHT)
     p.vis_step.input(vis.frame, [p.vis_step, p.recording], [p.vis_frame, p.heatmap], api_name="replay_frame",
                      **LIGHT)
     replay = [p.vis_step, p.vis_frame, p.heatmap, p.timer]
@@ -228,8 +231,10 @@ def _wire_visualizer(p: Page, vis: Visualizer, describe) -> None:
 
 def _wire_race(p: Page, race: Race, demo: gr.Blocks) -> None:
     decode = {**p.decode, "mode": p.race_mode, "use_twin": p.use_twin, "repeats": p.race_repeats}
-    p.race_btn.click(gpu(race.race), [p.race_prompt], [*p.lanes, p.race_table, p.race_speedup, p.race_chart],
-                     inputs_kwargs=decode, api_name="race", **GENERATION)
+    outputs = [*p.lanes, p.race_table, p.race_speedup, p.race_chart]
+    run = p.race_btn.click(gpu(race.race), [p.race_prompt], outputs, inputs_kwargs=decode, api_name="race",
+                           **GENERATION)
+    run.failure(lambda: [gr.skip()] * 6, None, outputs, **PRIVATE, **LIGHT)  # the reason stays in the headline
     p.race_stop.click(race.studio.stop, None, None, **PRIVATE, queue=False)
     p.sweep_btn.click(gpu(race.sweep), [p.race_prompt, p.model_box, p.sweep_blocks, p.sweep_thrs, p.sweep_tokens],
                       [p.sweep_tpf, p.sweep_speed, p.sweep_df], api_name="sweep", **GENERATION)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .errors import shows_errors
+from .errors import explains_in_place
 from .prompting import conversation
 from .recording import Recording, record
 from .render import block_table, confidence_heatmap, frame_at, frame_html, placeholder_html, stats_markdown
@@ -58,7 +58,7 @@ class Visualizer:
     def __init__(self, studio: Studio) -> None:
         self.studio = studio
 
-    @shows_errors
+    @explains_in_place(7, at=1)  # in the title, above the frame
     def run(self, prompt, request: gr.Request, **ui):
         """Decode a prompt (one user turn) and show it; `ui` holds the decoding inputs by name (DecodeRequest).
         Outputs: recording, then show()'s six."""

@@ -287,3 +287,17 @@ def test_an_ar_model_answers_without_a_note_and_a_sampled_answer_follows_its_see
     first = sampled(7)
     assert sampled(7) == first  # the same seed, the same answer
     assert any(sampled(seed) != first for seed in (8, 9, 10))
+
+
+def test_the_visualizer_and_the_race_explain_a_refused_prompt_in_place(served):
+    from gradio_client.exceptions import AppError
+
+    client, model = served
+    s = FAST
+    vis = client.submit("", str(model), *[s[k] for k in list(FAST)], api_name="/visualize")
+    race = client.submit("", str(model), 4, 4, "dynamic", 0.9, 0.0, 1.0, 8, 0, "one after the other (fair timings)",
+                         True, 1, api_name="/race")
+    for job, at in ((vis, 0), (race, 4)):
+        with pytest.raises(AppError, match="Type a prompt first"):
+            job.result(timeout=60)
+        assert job.outputs()[-1][at] == "⚠️ Type a prompt first."

@@ -222,7 +222,13 @@ def test_chat_watch_replay_stop_errors_controls_then_visualizer_and_race(page):
     # AR vs SDAR at the default settings: three lanes, then the speedup and the table.
     set_decoding(page, 4, 4, 0.9)
     page.get_by_role("tab", name="AR vs SDAR").click()
-    assert page.locator("#sdar-race-prompt textarea").input_value() == "What is 47 + 38?"
+    prompt = page.locator("#sdar-race-prompt textarea")
+    assert prompt.input_value() == "What is 47 + 38?"
+    prompt.fill("")  # an empty prompt is explained in the headline's place, with no overlay
+    page.locator("#sdar-race").click()
+    wait_text(page, "sdar-speedup", "Type a prompt first.")
+    assert page.locator(".toast-body:visible").count() == 0
+    prompt.fill("What is 47 + 38?")
     page.locator("#sdar-race").click()
     page.wait_for_function("document.querySelector('#sdar-speedup').innerText.includes('median of 3 runs')"
                            " && document.querySelector('#sdar-speedup').innerText.includes('Against the AR twin')")
