@@ -118,9 +118,6 @@ def test_chat_watch_replay_stop_errors_controls_then_visualizer_and_race(page):
     page.wait_for_function("document.querySelector('#sdar-message textarea').value === 'What is 47 + 38?'")
     page.evaluate(WATCH_LIVE)
     page.locator("#sdar-send").click()
-    page.wait_for_function("window.sdarFrames.filter(f => f.masks > 0).length >= 3")
-    page.mouse.move(1, 1)
-    page.screenshot(path=str(SHOTS / "chat.png"), full_page=True)  # mid-replay: a block open, masked
     wait_text(page, "sdar-chat-stats", "TPF")
     watched = [f for f in frames(page) if "Watch" in f["text"]]
     assert sum(f["masks"] > 0 for f in watched) >= 3 and any(f["fresh"] for f in watched)
@@ -143,7 +140,10 @@ def test_chat_watch_replay_stop_errors_controls_then_visualizer_and_race(page):
     page.locator("#sdar-examples").get_by_text("What comes next: 3, 7, 11, 15, 19, ?").click()
     page.locator("#sdar-send").click()
     wait_text(page, "sdar-live", "Watch")
-    page.wait_for_timeout(1200)
+    page.wait_for_timeout(800)
+    page.wait_for_function("document.querySelector('#sdar-live .sdar-mask') !== null")  # a block open, masked
+    page.mouse.move(1, 1)
+    page.screenshot(path=str(SHOTS / "chat.png"), full_page=True)  # mid-replay (400 ms a frame)
     page.locator("#sdar-stop").click()
     wait_text(page, "sdar-chat-stats", "Stopped the replay at step")
     live = page.locator("#sdar-live").inner_text()
