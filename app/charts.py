@@ -76,6 +76,7 @@ def race_figure(lanes: list[tuple[str, list[float], int]]) -> go.Figure:
 
 MODE_NAMES = {"ar": "AR", "sdar": "SDAR", "hf-compiled": "transformers (compiled)", "hf-eager": "transformers (eager)"}
 MODE_DASH = {"ar": "dash", "hf-compiled": "dot", "hf-eager": "dot"}
+CEILING_DASH, CEILING_COLOUR = "longdashdot", "#dc2626"  # the AR bandwidth ceiling: unlike any measured series
 
 
 def gpu_curve_label(row: dict) -> str:
@@ -116,12 +117,17 @@ def gpu_figure(rows: list[dict], machines: list = ()) -> go.Figure:
             legendgrouptitle_text=f"{where} ({run})" if several else None,
             line=dict(dash=MODE_DASH.get(mode, "solid")),
             hovertemplate=f"{gpu_curve_label(rs[0])}<br>{where}<br>batch %{{x}}: %{{y:.0f}} tokens/s<extra></extra>"))
+    batches = sorted({r["batch_size"] for r in rows})
     for m in machines:
-        if m.ar_ceiling_tps:
-            fig.add_hline(y=m.ar_ceiling_tps, line_dash="dot", line_color="#dc2626",
-                          annotation_text=f"AR ceiling, batch 1 ({m.gpu}, {m.bandwidth_GBps or 0:.0f} GB/s): "
-                                          f"{m.ar_ceiling_tps:.0f} tokens/s",
-                          annotation_position="top left", annotation_font_size=11)
+        if m.ar_ceiling_tps:  # a bound, not a measurement: its own name in the legend and a style no series uses
+            name = f"AR ceiling, batch 1 ({m.gpu}, {m.bandwidth_GBps or 0:.0f} GB/s)"
+            fig.add_trace(go.Scatter(
+                x=[batches[0], batches[-1]], y=[m.ar_ceiling_tps] * 2, mode="lines", name=name,
+                line=dict(dash=CEILING_DASH, color=CEILING_COLOUR, width=2), legendgroup="ceiling",
+                hovertemplate=f"{name}: {m.ar_ceiling_tps:.0f} tokens/s<extra></extra>"))
+            fig.add_annotation(x=0, xref="paper", y=m.ar_ceiling_tps, yanchor="bottom", xanchor="left",
+                               showarrow=False, text=f"{name}: {m.ar_ceiling_tps:.0f} tokens/s",
+                               font=dict(size=11, color=CEILING_COLOUR))
     shown = [m for m in machines if m.run in {r["run"] for r in rows}]
     title = ("Measured throughput: " + shown[0].label + (f" · {shown[0].arch}" if shown[0].arch else "")
              if len(shown) == 1 else f"Measured throughput: {len(shown)} runs")

@@ -48,6 +48,39 @@ def quiet(error: gr.Error) -> gr.Error:
     return error
 
 
+def explained(exc: BaseException) -> str:
+    """What the page shows in place for `exc` (its gr.Error message, or user_message), logged like shows_errors."""
+    if isinstance(exc, gr.Error):
+        return quiet(exc).message
+    return to_gr_error(exc).message
+
+
+def unshown(message: str) -> gr.Error:
+    """The gr.Error that ends a handler whose page already shows `message` in place: API clients still get the
+    error, the page gets no overlay over what it shows."""
+    error = gr.Error(message, visible=False, title="SDAR Studio")
+    error.print_exception = False
+    return error
+
+
+def explains_in_place(n_outputs: int, at: int):
+    """Decorate a generator handler of `n_outputs` outputs so that a refused request shows its reason in output
+    `at` (a gr.Markdown beside the button) and leaves the others as they are; API clients still get the error."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as e:
+                reason = explained(e)
+                out = [gr.skip()] * n_outputs
+                out[at] = "⚠️ " + reason
+                yield tuple(out)
+                raise unshown(reason) from None
+        return wrapper
+    return decorate
+
+
 def shows_errors(fn):
     """Decorate a handler (plain or generator) so that its exceptions reach the UI as gr.Error."""
     if inspect.isgeneratorfunction(fn):

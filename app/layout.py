@@ -9,6 +9,7 @@ import gradio as gr
 
 from . import examples
 from .chat import LIVE_PLACEHOLDER
+from .replay import WATCH_MS
 from .race import DEFAULT_REPEATS, PARALLEL, REPEATS, SEQUENTIAL, SWEEP_BLOCKS, SWEEP_THRESHOLDS, lane_html
 from .render import block_table, confidence_heatmap, placeholder_html
 from .settings import MAX_BLOCK_LENGTH, MAX_MESSAGE_CHARS, MAX_NEW_TOKENS, MAX_SYSTEM_CHARS, SDAR_STRATEGIES
@@ -21,7 +22,14 @@ THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate",
 CSS = """
 #sdar-header h1 {margin-bottom: 0}
 .sdar-lane {min-height: 160px}
+.sdar-table {overflow-x: auto; max-width: 100%}
 footer {display: none !important}
+/* A narrow screen stacks the columns: the chat first, the settings under it. */
+@media (max-width: 720px) {
+  #sdar-workspace {order: 1}
+  #sdar-settings {order: 2}
+  #sdar-header p {font-size: 13px; margin: 4px 0}
+}
 """
 LAUNCH_KWARGS = {"theme": THEME, "css": CSS}
 INTRO = ("# SDAR Studio\nWatch a **block-diffusion** language model (SDAR: Synergistic Diffusion-AutoRegression) "
@@ -65,10 +73,10 @@ def layout(default_model: str, choices: list[str], model_info: str, missing_mode
         gr.Markdown("⚠️ " + (missing_model or ""), visible=bool(missing_model), elem_id="sdar-missing-model")
         p.history = gr.State([])  # the conversation, as {"role", "content": str} messages
         p.recording = gr.State(None)  # the session's last generation (app.recording.Recording)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=290):
+        with gr.Row(equal_height=False, elem_id="sdar-main"):
+            with gr.Column(scale=1, min_width=290, elem_id="sdar-settings"):
                 _settings_column(p, default_model, choices, model_info)
-            with gr.Column(scale=3):
+            with gr.Column(scale=3, elem_id="sdar-workspace"):
                 with gr.Tabs():
                     with gr.Tab("Chat", id="chat"):
                         _chat_tab(p)
@@ -86,23 +94,29 @@ def _settings_column(p: Page, default_model: str, choices: list[str], model_info
     p.load_btn = gr.Button("Load", size="sm")
     p.model_info = gr.Markdown(model_info, elem_id="sdar-model-info")
     with gr.Accordion("Decoding", open=True):
+        block = gr.Slider(1, MAX_BLOCK_LENGTH, value=4, step=1, label="Block length", elem_id="sdar-block-length")
+        p.decode_note = gr.Markdown(elem_id="sdar-decode-note")  # an untrained block; why controls are greyed out
         p.decode = {  # DecodeRequest's field names -> their components, in the API's order
             "model_name": p.model_box,
-            "block_length": gr.Slider(1, MAX_BLOCK_LENGTH, value=4, step=1, label="Block length",
-                                      elem_id="sdar-block-length"),
+            "block_length": block,
             "steps": gr.Slider(1, MAX_BLOCK_LENGTH, value=4, step=1,
                                label="Denoising steps per block (at most the block length)", elem_id="sdar-steps"),
-            "strategy": gr.Radio(list(SDAR_STRATEGIES), value="dynamic", label="Unmasking strategy"),
+            "strategy": gr.Radio(list(SDAR_STRATEGIES), value="dynamic", label="Unmasking strategy",
+                                 elem_id="sdar-strategy"),
             "threshold": gr.Slider(0.01, 1.0, value=0.9, step=0.01, label="Confidence threshold (dynamic)",
                                    elem_id="sdar-threshold"),
-            "temperature": gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)"),
+            "temperature": gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)",
+                                     elem_id="sdar-temperature"),
             "top_p": gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p"),
             "max_new_tokens": gr.Slider(1, MAX_NEW_TOKENS, value=128, step=1, label="Max new tokens",
                                         elem_id="sdar-max-new-tokens"),
-            "seed": gr.Number(value=0, precision=0, minimum=0, label="Seed"),
+            "seed": gr.Number(value=0, precision=0, minimum=0, label="Seed", info="used when temperature > 0",
+                              elem_id="sdar-seed"),
         }
-        p.pace = gr.Slider(0, 500, value=0, step=10, label="Live view: delay per step (ms, display only)",
-                           elem_id="sdar-pace")
+        p.new_seed = gr.Button("New random seed", size="sm", elem_id="sdar-new-seed")
+        p.pace = gr.Slider(0, 500, value=WATCH_MS, step=10, label="Watch: delay per frame (ms)",
+                           info="the answer decodes at full speed, then replays block by block at this pace "
+                                "(display only; 0: show it as it decodes)", elem_id="sdar-pace")
 
 
 def _chat_tab(p: Page) -> None:
@@ -113,7 +127,9 @@ def _chat_tab(p: Page) -> None:
                                lines=1, max_lines=6, max_length=MAX_MESSAGE_CHARS)
         p.send = gr.Button("Send", variant="primary", scale=1, elem_id="sdar-send")
         p.stop = gr.Button("Stop", variant="stop", scale=1, elem_id="sdar-stop")
+        p.replay = gr.Button("Replay", scale=1, elem_id="sdar-replay")
         p.clear = gr.Button("Clear", scale=1, elem_id="sdar-clear")
+    p.chat_note = gr.Markdown(elem_id="sdar-chat-note")  # errors and notes, in place: never over the chat
     gr.Examples(CHAT_EXAMPLES, inputs=p.message, label="Examples", elem_id="sdar-examples")
     with gr.Accordion("System prompt", open=False):
         p.system = gr.Textbox(value="You are a helpful assistant.", show_label=False, lines=2,
@@ -131,13 +147,14 @@ def _visualizer_tab(p: Page) -> None:
     p.vis_title = gr.Markdown(EMPTY, elem_id="sdar-vis-title")
     p.vis_frame = gr.HTML(placeholder_html(EMPTY), elem_id="sdar-vis-frame")
     with gr.Row():
-        p.vis_step = gr.Slider(0, 1, value=0, step=1, label="Step", scale=5, elem_id="sdar-vis-step")
+        p.vis_step = gr.Slider(1, 2, value=1, step=1, label="Step (counted from 1, as in the table and heatmap)",
+                               scale=5, elem_id="sdar-vis-step")
         p.play = gr.Button("▶ Play", scale=1, elem_id="sdar-play")
         p.pause = gr.Button("Pause", scale=1)
     p.timer = gr.Timer(0.25, active=False)
     p.heatmap = gr.Plot(confidence_heatmap([]), label="Confidence heatmap", elem_id="sdar-heatmap")
     p.blocks = gr.DataFrame(block_table([]), label="Per block: steps used and tokens per step", interactive=False,
-                            elem_id="sdar-blocks")
+                            elem_id="sdar-blocks", elem_classes="sdar-table")
     p.trace_files = gr.File(label="Trace (JSON, CSV)", file_count="multiple", interactive=False)
 
 
@@ -157,13 +174,13 @@ def _race_tab(p: Page) -> None:
                    for name, title in (("ar", "AR on the same weights"), ("sdar", "SDAR"), ("twin", "AR twin"))]
     p.race_speedup = gr.Markdown(elem_id="sdar-speedup")
     p.race_chart = gr.Plot(label="tokens/s and forwards per lane", elem_id="sdar-race-chart")
-    p.race_table = gr.DataFrame(label="Runs", interactive=False, elem_id="sdar-race-table")
+    p.race_table = gr.DataFrame(label="Runs", interactive=False, elem_id="sdar-race-table", elem_classes="sdar-table")
     with gr.Accordion("Sweep: block length × threshold (paper Figures 3-4)", open=False):
         _sweep(p)
     with gr.Accordion("GPU measurements (benchmarks/results/)", open=False):
-        p.gpu_plot = gr.Plot(label="tokens/s vs batch size")
+        p.gpu_plot = gr.Plot(label="tokens/s vs batch size", elem_id="sdar-gpu-chart")
         p.gpu_notes = gr.Markdown()
-        p.gpu_df = gr.DataFrame(interactive=False)
+        p.gpu_df = gr.DataFrame(interactive=False, elem_id="sdar-gpu-table", elem_classes="sdar-table")
         p.gpu_refresh = gr.Button("Reload the measurements", size="sm")
 
 
@@ -181,4 +198,4 @@ def _sweep(p: Page) -> None:
     with gr.Row():
         p.sweep_tpf = gr.Plot(label="TPF", elem_id="sdar-sweep-tpf")
         p.sweep_speed = gr.Plot(label="tokens/s", elem_id="sdar-sweep-speed")
-    p.sweep_df = gr.DataFrame(label="Sweep", interactive=False)
+    p.sweep_df = gr.DataFrame(label="Sweep", interactive=False, elem_classes="sdar-table")

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .benchmarks import read_results
 from .charts import gpu_figure, gpu_table, race_figure, sweep_figures, sweep_table
-from .errors import shows_errors
+from .errors import explains_in_place, shows_errors
 from .prompting import conversation, prompt_ids
 from .registry import ar_twin_name
 from .render import frame_html, placeholder_html
@@ -40,12 +40,13 @@ SWEEP_BLOCKS = (2, 4, 8, 16, 32)
 SWEEP_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
-def lane_html(title: str, frame=None, pieces=None, *, status: str = "") -> str:
+def lane_html(title: str, frame=None, pieces=None, *, status: str = "", total: int | None = None) -> str:
+    """A lane: its title, status and frame (`total`: its number of steps once it is done)."""
     head = (f'<div style="font-weight:600;margin-bottom:2px">{html.escape(title)}</div>'
             f'<div style="font-size:12px;color:#6b7280;min-height:1.2em">{html.escape(status)}</div>')
     if frame is None:
         return head + placeholder_html("waiting")
-    return head + frame_html(frame, pieces, legend=False)
+    return head + frame_html(frame, pieces, legend=False, total=total)
 
 
 @dataclass
@@ -171,7 +172,8 @@ class Board:
         if name in self.finished_html:
             return self.finished_html[name]  # a finished lane does not change until the next collect: render it once
         text = lane_html(self.titles[name], lane.frame, lane.pieces,
-                         status=lane_status(lane, self.timings.get(name), self.round_))
+                         status=lane_status(lane, self.timings.get(name), self.round_),
+                         total=len(lane.events) if lane.state == "done" else None)
         if lane.state in ("done", "stopped"):
             self.finished_html[name] = text
         return text
@@ -181,7 +183,7 @@ class Race:
     def __init__(self, studio: Studio) -> None:
         self.studio = studio
 
-    @shows_errors
+    @explains_in_place(6, at=4)  # in the headline, under the lanes
     def race(self, prompt, mode, use_twin, request: gr.Request, repeats=DEFAULT_REPEATS, **ui):
         """Race AR and SDAR (and the AR twin) on one prompt, `repeats` timed runs each after an untimed warm-up;
         `ui` holds the decoding inputs by name. Outputs: AR lane, SDAR lane, twin lane, table, speedup, chart."""

@@ -4,6 +4,8 @@ tokenizer."""
 from __future__ import annotations
 
 import atexit
+import csv
+import io
 import itertools
 import json
 import shutil
@@ -11,12 +13,13 @@ import tempfile
 import threading
 import uuid
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sdar_core.trace import Generation, Stats, StepEvent
 
-from .render import Frame
+from .render import Frame, watch_frames
 
 if TYPE_CHECKING:
     from .streaming import Lane
@@ -81,16 +84,43 @@ class Recording:
     def n_steps(self) -> int:
         return len(self.events)
 
+    @cached_property
+    def watch(self) -> list[Frame]:
+        """The frames a replay shows (every block's opening, every step), built once; the live view's replay
+        and the visualizer read the same events."""
+        return watch_frames(self.events, self.answer_end)
+
+
+def with_text(trace: Generation, pieces: dict[int, str], stopped: bool) -> dict[str, str]:
+    """The trace as JSON and CSV with each token's printed text beside its id: every step's `block_text`,
+    `committed_text` and `candidate_text`; the CSV's `candidate_text` column and its `global_step` (from 1, as
+    the studio counts steps)."""
+    steps = []
+    for e in trace.trace:
+        d = e.to_dict()
+        d["block_text"] = [pieces.get(t, "") for t in e.block_state]
+        d["committed_text"] = [pieces.get(e.block_state[off], "") for off in e.committed]
+        d["candidate_text"] = {str(off): pieces.get(t, "") for off, t in e.candidates.items()}
+        steps.append(d)
+    head = {"stats": None, "stopped": True} if stopped else {"stats": trace.stats.to_dict()}
+    rows = list(csv.reader(io.StringIO(trace.trace_csv())))
+    step_of = {}  # (block, step) -> global step from 1, in trace order
+    for i, e in enumerate(trace.trace):
+        step_of[(e.block, e.step)] = i + 1
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(rows[0] + ["candidate_text", "global_step"])
+    for r in rows[1:]:  # row, block, step, block_start, offset, position, candidate, confidence, committed
+        candidate = pieces.get(int(r[6]), "") if r[6] else ""
+        writer.writerow(r + [candidate, step_of[(int(r[1]), int(r[2]))]])
+    return {"json": json.dumps({**head, "steps": steps}, indent=1), "csv": out.getvalue()}
+
 
 def record(label: str, lane: Lane) -> Recording:
     """A Recording of a finished lane, with its trace written as JSON and CSV files (for gr.File downloads).
     The lane's events are the streamed steps: the decode kept no trace of its own."""
     gen, events = lane.gen, lane.events
     trace = Generation(tokens=None, lengths=[], stats=None, trace=events) if gen is None else replace(gen, trace=events)
-    if gen is not None:
-        text_json = trace.trace_json()
-    else:  # stopped: no stats, the steps that happened
-        text_json = json.dumps({"stats": None, "stopped": True, "steps": [e.to_dict() for e in events]}, indent=1)
-    json_path, csv_path = TRACES.write({"json": text_json, "csv": trace.trace_csv()})
+    json_path, csv_path = TRACES.write(with_text(trace, lane.pieces, stopped=gen is None))
     return Recording(label=label, events=events, stats=gen.stats if gen else None, pieces=lane.pieces,
                      answer_end=lane.answer_end, last_frame=lane.frame, json_path=json_path, csv_path=csv_path)

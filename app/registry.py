@@ -6,6 +6,8 @@ or hub id only with allow_any_model (the studio grants it on the loopback interf
 A load runs in its own thread, outside the registry's lock: looking a model up never waits behind a download."""
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -13,14 +15,21 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import torch
+
 from sdar_core import CheckpointError, ConfigError, load_pretrained, stop_ids_for
-from sdar_core.loading import checkpoint_key, model_card
+from sdar_core.config import ModelConfig
+from sdar_core.device import default_device, default_dtype
+from sdar_core.loading import checkpoint_key, free_bytes, model_card
 from sdar_core.paths import MODELS_DIR, REPO
 
+from .catalog import NAMES, ModelSpec, gigabytes, spec_for
+
 DEFAULT_MODEL = "assets/models/sdar-tiny"
-CURATED = ("JetLM/SDAR-1.7B-Chat", "JetLM/SDAR-4B-Chat", "JetLM/SDAR-8B-Chat", "JetLM/SDAR-30B-A3B-Chat",
-           "Qwen/Qwen3-1.7B", "Qwen/Qwen3-4B", "Qwen/Qwen3-8B", "Qwen/Qwen3-30B-A3B")  # the SDAR family, AR peers
+CURATED = NAMES  # the SDAR family and their AR peers (app/catalog.py)
 MAX_NAME_CHARS = 300
+HUB_HOST = ("huggingface.co", 443)
+ONLINE_TTL = 60.0  # seconds a network probe's answer is reused
 LOAD_WAIT = 900.0  # seconds a request waits for a load (hub calls are timed out one by one) before giving up
 
 
@@ -139,6 +148,54 @@ def missing_default_message(name: str = DEFAULT_MODEL) -> str:
             "the model box.")
 
 
+def looks_like_path(name: str) -> bool:
+    """A name that can only be a local folder (absolute, relative with ./ ../ ~, or not of the form org/name)."""
+    return name.startswith(("/", ".", "~")) or name.count("/") != 1
+
+
+def missing_folder_message(name: str) -> str:
+    return (f"no checkpoint folder at {name!r} on this machine (a local path: no folder there holds config.json "
+            "and safetensors weights)")
+
+
+def hub_cache_folder(hub_id: str, cache: Path | None = None) -> Path:
+    """huggingface_hub's cache folder of a model repository (models--org--name)."""
+    if cache is None:
+        from huggingface_hub import constants
+
+        cache = Path(constants.HF_HUB_CACHE)
+    return Path(cache) / ("models--" + hub_id.replace("/", "--"))
+
+
+def downloaded_bytes(hub_id: str, cache: Path | None = None) -> int:
+    """Bytes of the repository in the local hub cache so far (finished files and those still downloading)."""
+    blobs = hub_cache_folder(hub_id, cache) / "blobs"
+    try:
+        return sum(f.stat().st_size for f in blobs.iterdir() if f.is_file())
+    except OSError:
+        return 0
+
+
+def in_hub_cache(hub_id: str, cache: Path | None = None) -> bool:
+    """Whether a full snapshot (config and weights) of the repository is in the local hub cache."""
+    snapshots = hub_cache_folder(hub_id, cache) / "snapshots"
+    try:
+        return any((s / "config.json").is_file() and any(s.glob("*.safetensors")) for s in snapshots.iterdir())
+    except OSError:
+        return False
+
+
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """Whether the hub can be reached: never with HF_HUB_OFFLINE, else a TCP connection to it within `timeout`."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def ar_twin_name(name: str) -> str | None:
     """The AR twin of an SDAR folder when it exists next to it: `sdar-X` -> `ar-X` (e.g. sdar-tiny, ar-tiny)."""
     p = Path(resolve_name(name)) if name else None
@@ -174,11 +231,15 @@ class ModelRegistry:
     the cache and the loads in flight only; the loading itself runs in a thread of its own."""
 
     def __init__(self, models_dir: Path | str = MODELS_DIR, capacity: int = 3, device=None, dtype=None, *,
-                 allow_any_model: bool = False, offered: tuple[str, ...] = ()) -> None:
+                 allow_any_model: bool = False, offered: tuple[str, ...] = (), online=hub_reachable,
+                 free_memory=None, hub_cache: Path | None = None) -> None:
         self.models_dir = Path(models_dir)
         self.capacity = capacity
         self.device, self.dtype = device, dtype
         self.allow_any_model = allow_any_model
+        self._online, self._online_at = online, (None, -ONLINE_TTL)  # probe, (its last answer, when)
+        self._free_memory = free_memory or (lambda: free_bytes(self.target_device))  # bytes, None if unknown
+        self.hub_cache = hub_cache
         self.offered = frozenset(CURATED + tuple(offered))  # beyond models_dir: the curated ids, the operator's own
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, Loading] = {}
@@ -197,6 +258,70 @@ class ModelRegistry:
                 out.append(str(p))
         return out
 
+    @property
+    def target_device(self) -> torch.device:
+        return torch.device(self.device) if self.device is not None else default_device()
+
+    @property
+    def target_dtype(self) -> torch.dtype:
+        return self.dtype or default_dtype(self.target_device)
+
+    def online(self) -> bool:
+        """Whether the hub can be reached (probed at most every ONLINE_TTL seconds)."""
+        answer, at = self._online_at
+        if answer is None or time.monotonic() - at > ONLINE_TTL:
+            answer = self._online()
+            self._online_at = answer, time.monotonic()
+        return answer
+
+    def unavailable(self, spec: ModelSpec) -> str | None:
+        """Why a catalog model cannot be loaded here (too little memory, no network and not cached), or None."""
+        dtype, device = self.target_dtype, self.target_device
+        need, free = spec.memory_bytes(dtype.itemsize), self._free_memory()
+        if free is not None and need > free:
+            where = f"{device.type.upper()} memory" + (" (no GPU here)" if device.type == "cpu" else "")
+            return (f"{spec.name} needs about {gigabytes(need)} in {str(dtype).removeprefix('torch.')} and this "
+                    f"machine has {gigabytes(free)} of {where} free: pick a smaller model")
+        if not in_hub_cache(spec.name, self.hub_cache) and not self.online():
+            return (f"{spec.name} is not in this machine's model cache and the hub cannot be reached (no network): "
+                    f"its {gigabytes(spec.download_bytes)} cannot be downloaded here")
+        return None
+
+    def availability(self, spec: ModelSpec) -> str:
+        """One line: why it cannot be loaded, or what loading it costs."""
+        reason = self.unavailable(spec)
+        if reason:
+            return "⚠️ " + reason[0].upper() + reason[1:] + "."
+        if in_hub_cache(spec.name, self.hub_cache):
+            return "✓ In the local model cache: loads on first use (or press *Load*)."
+        return f"✓ Downloads {gigabytes(spec.download_bytes)} on first use (or press *Load*)."
+
+    def progress(self, loading: "Loading") -> str:
+        """How far a load got: the download's bytes so far for a catalog model, '' otherwise."""
+        spec = spec_for(loading.name)
+        if spec is None:
+            return ""
+        got = min(downloaded_bytes(spec.name, self.hub_cache), spec.download_bytes)
+        return f"downloaded {gigabytes(got)} of about {gigabytes(spec.download_bytes)}"
+
+    def peek_config(self, name):
+        """The ModelConfig of `name` without loading weights: the loaded model's, an allowed local folder's
+        config.json, or the catalog's shape; None when unknown (a hub id not in the catalog, a refused name)."""
+        try:
+            key = self.key(name)
+        except ModelUnavailable:
+            return None
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key].config
+        spec = spec_for(name)
+        if spec is not None:
+            return spec.config
+        try:
+            return ModelConfig.from_json(Path(key) / "config.json") if Path(key).is_dir() else None
+        except (ConfigError, OSError, ValueError):
+            return None
+
     def key(self, name) -> str:
         """The cache key of `name` (its real folder, or the hub id), or ModelUnavailable when it may not be loaded
         here. A refused name gets the same message whether or not such a server path exists."""
@@ -210,6 +335,8 @@ class ModelRegistry:
         try:
             return checkpoint_key(resolve_name(name))
         except CheckpointError as e:
+            if looks_like_path(name):
+                raise ModelUnavailable(f"cannot load model {name!r}: {missing_folder_message(name)}") from None
             raise ModelUnavailable(f"cannot load model {name!r}: {e}") from None
 
     def _shipped(self, name: str) -> bool:
@@ -234,6 +361,12 @@ class ModelRegistry:
     def start(self, name) -> Loading:
         """The load of `name`: already done when it is cached, else the one in flight or a new one."""
         key = self.key(name)
+        spec = spec_for(name)
+        with self._lock:
+            known = key in self._cache or key in self._loading
+        reason = self.unavailable(spec) if spec is not None and not known else None  # probes: outside the lock
+        if reason:  # refused before a byte is downloaded
+            raise ModelUnavailable(reason)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)

@@ -44,6 +44,7 @@ class Frame:
     block_index: int | None = None
     block_step: int | None = None
     final: bool = False  # the block in flight is complete after this step
+    opening: bool = False  # the block in flight before its first step: every position still masked
 
 
 def answer_start(events: list[StepEvent]) -> int:
@@ -63,8 +64,11 @@ class FrameBuilder:
     """Replays events one at a time (the live view pushes as they arrive; the replay pushes a prefix);
     `finish` marks what the last frame shows after the kept answer, without replaying the trace."""
 
-    def __init__(self, answer_end: int | None = None) -> None:
+    def __init__(self, answer_end: int | None = None, stop_ids: Iterable[int] = ()) -> None:
         self.answer_end = answer_end  # absolute end of the kept answer; positions >= it are discarded
+        # While the decode runs, the first committed stop token bounds the answer already: what follows it is
+        # discarded whatever the positions before it become.
+        self.stop_ids = frozenset(stop_ids)
         self.done: list[Cell] = []
         self.block: list[Cell] = []
         self.committed: dict[int, Cell] = {}  # offset -> cell, in the block in flight
@@ -74,17 +78,32 @@ class FrameBuilder:
         self.n = 0
 
     def push(self, e: StepEvent) -> Frame:
-        if self.current is not None and self.current != (e.block, e.block_start):
-            self.done.extend(c for c in self._block_cells(self.last, fresh_step=None) if c.token is not None)
-            self.committed = {}
-        self.current = (e.block, e.block_start)
+        self._enter(e)
         for off, conf in zip(e.committed, e.committed_confidence):
             self.committed[off] = Cell(e.block_start + off, e.block_state[off], conf, self.n)
+            if e.block_state[off] in self.stop_ids:
+                self.answer_end = min(self.answer_end or math.inf, e.block_start + off + 1)
         self.last = e
         self.frame = Frame(step=self.n, done=list(self.done), block=self._block_cells(e, fresh_step=self.n),
                            block_index=e.block, block_step=e.step, final=e.final)
         self.n += 1
         return self.frame
+
+    def opening(self, e: StepEvent) -> Frame:
+        """The frame just before step `e` opens its block: the finished blocks, then the block fully masked
+        (each position with the model's best guess and confidence at that step). Pushes nothing."""
+        self._enter(e)
+        prompt = set(e.prompt_positions)
+        block = [Cell(e.block_start + off, None, e.masked_confidence.get(off), None, candidate=e.candidates.get(off))
+                 for off in range(len(e.block_state)) if off not in prompt]
+        return Frame(step=self.n, done=list(self.done), block=block, block_index=e.block, opening=True)
+
+    def _enter(self, e: StepEvent) -> None:
+        """Move the block in flight to the finished ones when `e` belongs to the next block."""
+        if self.current is not None and self.current != (e.block, e.block_start):
+            self.done.extend(c for c in self._block_cells(self.last, fresh_step=None) if c.token is not None)
+            self.committed = {}
+        self.current = (e.block, e.block_start)
 
     def finish(self, answer_end: int | None) -> Frame | None:
         """The last frame, its positions from `answer_end` on marked discarded (they follow the stop token)."""
@@ -115,6 +134,17 @@ def frames(events: list[StepEvent], answer_end: int | None = None) -> list[Frame
     """Every frame of a row's trace, in order (frame i is the state after global step i)."""
     builder = FrameBuilder(answer_end)
     return [builder.push(e) for e in events]
+
+
+def watch_frames(events: list[StepEvent], answer_end: int | None = None) -> list[Frame]:
+    """What a replay shows: before each block's first step its opening frame (every position masked), then the
+    frame after every step. A block the model fills in one step still shows its masks for one frame."""
+    builder, out = FrameBuilder(answer_end), []
+    for e in events:
+        if e.step == 0:
+            out.append(builder.opening(e))
+        out.append(builder.push(e))
+    return out
 
 
 def frame_at(events: list[StepEvent], step: int, answer_end: int | None = None) -> Frame:
@@ -156,7 +186,7 @@ def _cell_html(cell: Cell, pieces: Mapping[int, str]) -> str:
     if cell.discarded:
         style += ";opacity:0.35;text-decoration:line-through"
     conf = "?" if cell.confidence is None else f"{cell.confidence:.2f}"
-    title = f"position {cell.position} · confidence {conf} · committed at step {cell.step}"
+    title = f"position {cell.position} · confidence {conf} · committed at step {cell.step + 1}"
     shown = html.escape(text).replace("\n", "↵<br>") or "&nbsp;"
     return f'<span class="{" ".join(classes)}" style="{style}" title="{html.escape(title)}">{shown}</span>'
 
@@ -184,13 +214,30 @@ def legend_html() -> str:
             'block that holds the stop token, after it: discarded, not part of the answer</div>')
 
 
-def frame_html(frame: Frame, pieces: Mapping[int, str], *, title: str = "", legend: bool = True) -> str:
-    """The answer so far (finished blocks) followed by the block in flight, boxed, as one HTML fragment."""
+def step_label(step: int, total: int | None = None) -> str:
+    """A global step as every view counts it: from 1, `step 3 of 15` once the total is known."""
+    return f"step {step + 1}" + (f" of {total}" if total else "")
+
+
+def frame_where(frame: Frame, total: int | None = None) -> str:
+    """Where a frame is in the decode, in words (steps and blocks counted from 1)."""
+    if frame.block_index is None:
+        return ""
+    if frame.opening:
+        masked = sum(c.token is None for c in frame.block)
+        return (f"block {frame.block_index + 1} opens, {masked} positions masked · next: "
+                f"{step_label(frame.step, total)}")
+    return (f"{step_label(frame.step, total)} · block {frame.block_index + 1}, its denoising step "
+            f"{frame.block_step + 1}" + (" (block done: nothing masked)" if frame.final else ""))
+
+
+def frame_html(frame: Frame, pieces: Mapping[int, str], *, title: str = "", legend: bool = True,
+               total: int | None = None) -> str:
+    """The answer so far (finished blocks) followed by the block in flight, boxed, as one HTML fragment.
+    `total`: the decode's number of steps, when known."""
     head = ""
     if title or frame.block_index is not None:
-        where = "" if frame.block_index is None else (
-            f"step {frame.step} · block {frame.block_index}, denoising step {frame.block_step}"
-            + (" (block done: nothing masked)" if frame.final else ""))
+        where = frame_where(frame, total)
         head = (f'<div style="font-size:12px;color:#6b7280;margin-bottom:4px">'
                 f'{html.escape(title)}{" — " if title and where else ""}{where}</div>')
     done = "".join(_cell_html(c, pieces) for c in frame.done)
@@ -200,13 +247,13 @@ def frame_html(frame: Frame, pieces: Mapping[int, str], *, title: str = "", lege
     return f'{TOKEN_CSS}{head}<div class="sdar-frame">{body}</div>{legend_html() if legend else ""}'
 
 
-def frame_text(frame: Frame, pieces: Mapping[int, str], hidden: Iterable[int] = ()) -> str:
-    """The frame as plain text for the chat bubble: masked positions as the mask glyph, `hidden` tokens
-    (stop tokens) and discarded positions left out."""
+def frame_text(frame: Frame, pieces: Mapping[int, str], hidden: Iterable[int] = (), masks: bool = True) -> str:
+    """The frame as plain text for the chat bubble: masked positions as the mask glyph (left out without
+    `masks`), `hidden` tokens (stop tokens) and discarded positions left out."""
     hidden = set(hidden)
     out = []
     for c in frame.done + frame.block:
-        if c.discarded or c.token in hidden:
+        if c.discarded or c.token in hidden or (c.token is None and not masks):
             continue
         out.append(MASK_GLYPH if c.token is None else piece_text(pieces, c.token))
     return "".join(out)
@@ -220,7 +267,7 @@ def placeholder_html(message: str) -> str:
 
 def heatmap_data(events: list[StepEvent]) -> tuple[list[int], list[int], list[list[float | None]]]:
     """(x, y, z) of the confidence heatmap: x the answer's token indices (position - answer start),
-    y the global step indices, z[y][x] the confidence of position x at step y if x was masked before the
+    y the global steps counted from 1, z[y - 1][x] the confidence of position x at step y if x was masked before the
     step (None elsewhere)."""
     if not events:
         return [], [], []
@@ -235,17 +282,17 @@ def heatmap_data(events: list[StepEvent]) -> tuple[list[int], list[int], list[li
             if 0 <= x < len(xs):
                 row[x] = float(conf)
         z.append(row)
-    return xs, list(range(len(events))), z
+    return xs, list(range(1, len(events) + 1)), z
 
 
 def commit_points(events: list[StepEvent]) -> tuple[list[int], list[int], list[float]]:
-    """(x, y, confidence) of every commit: the token index it filled and the global step that chose it."""
+    """(x, y, confidence) of every commit: the token index it filled and the global step (from 1) that chose it."""
     start = answer_start(events)
     xs, ys, cs = [], [], []
     for i, e in enumerate(events):
         for off, conf in zip(e.committed, e.committed_confidence):
             xs.append(e.block_start + off - start)
-            ys.append(i)
+            ys.append(i + 1)
             cs.append(float(conf))
     return xs, ys, cs
 
@@ -259,9 +306,11 @@ def empty_figure(message: str, height: int = 320) -> go.Figure:
 
 
 def confidence_heatmap(events: list[StepEvent], pieces: Mapping[int, str] | None = None,
-                       title: str = "Confidence of masked positions at each step") -> go.Figure:
-    """Plotly heatmap: x = answer token index, y = global step, colour = confidence while masked;
-    an x marks the step at which each position was committed."""
+                       title: str = "Confidence of masked positions at each step", current: int | None = None
+                       ) -> go.Figure:
+    """Plotly heatmap: x = answer token index, y = global step (from 1), colour = confidence while masked;
+    an x marks the step at which each position was committed; a band marks step `current` (from 1), the one
+    the replay shows."""
     if not events:
         return empty_figure("No trace yet: chat or run a prompt to see its denoising.")
     fig = go.Figure()
@@ -273,13 +322,19 @@ def confidence_heatmap(events: list[StepEvent], pieces: Mapping[int, str] | None
     text = None
     if pieces is not None:
         start = answer_start(events)
-        text = [piece_text(pieces, events[y].block_state[x + start - events[y].block_start]) for x, y in zip(cx, cy)]
+        text = [piece_text(pieces, events[y - 1].block_state[x + start - events[y - 1].block_start])
+                for x, y in zip(cx, cy)]
     fig.add_trace(go.Scatter(x=cx, y=cy, mode="markers", name="committed",
                              marker=dict(symbol="x-thin", size=9, line=dict(width=2, color="#111827")),
                              text=text, customdata=cc,
                              hovertemplate="token %{x} committed at step %{y}<br>%{text} (%{customdata:.3f})"
                                            "<extra></extra>"))
     n_steps = len(ys)
+    if current is not None and 1 <= current <= n_steps:
+        fig.add_hrect(y0=current - 0.5, y1=current + 0.5, line=dict(color="#2563eb", width=2),
+                      fillcolor="rgba(37, 99, 235, 0.12)", name="shown step")
+        fig.add_annotation(text=f"step {current} (shown)", x=1, xref="paper", xanchor="right", y=current,
+                           showarrow=False, font=dict(size=11, color="#1d4ed8"), bgcolor="rgba(255,255,255,0.8)")
     fig.update_layout(
         title=dict(text=title, font=dict(size=14)), template="plotly_white", showlegend=False,
         height=max(320, min(720, 60 + 14 * n_steps)), margin=dict(l=50, r=20, t=40, b=40),
@@ -290,16 +345,18 @@ def confidence_heatmap(events: list[StepEvent], pieces: Mapping[int, str] | None
 
 # --- per-block table -----------------------------------------------------------------------------------
 
-BLOCK_COLUMNS = ["block", "start", "tokens", "steps", "tokens per step (mean)", "min confidence"]
+BLOCK_COLUMNS = ["block", "start", "tokens", "steps", "global steps", "tokens per step (mean)", "min confidence"]
 
 
 def block_table(events: list[StepEvent]) -> pd.DataFrame:
-    """One row per block: where it starts, how many tokens it produced, the denoising steps it used and
-    how many tokens each step committed (a static schedule shows ceil(L/T) per step)."""
+    """One row per block (counted from 1): where it starts, how many tokens it produced, the denoising steps it
+    used (and which global steps they were, as the slider counts them) and how many tokens each step committed
+    (a static schedule shows ceil(L/T) per step)."""
     rows: dict[tuple[int, int], dict] = {}
-    for e in events:
+    for i, e in enumerate(events):
         key = (e.block, e.block_start)
-        r = rows.setdefault(key, {"block": e.block, "start": e.block_start, "per_step": [], "confs": []})
+        r = rows.setdefault(key, {"block": e.block + 1, "start": e.block_start, "per_step": [], "confs": [],
+                                  "first": i + 1})
         r["per_step"].append(len(e.committed))
         r["confs"].extend(e.committed_confidence)
     out = []
@@ -307,10 +364,15 @@ def block_table(events: list[StepEvent]) -> pd.DataFrame:
         tokens = sum(r["per_step"])
         out.append({
             "block": r["block"], "start": r["start"], "tokens": tokens, "steps": len(r["per_step"]),
+            "global steps": _span(r["first"], r["first"] + len(r["per_step"]) - 1),
             "tokens per step (mean)": f"{' · '.join(map(str, r['per_step']))} ({tokens / len(r['per_step']):.2f})",
             "min confidence": round(min(r["confs"]), 3) if r["confs"] else None,
         })
     return pd.DataFrame(out, columns=BLOCK_COLUMNS)
+
+
+def _span(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}–{last}"
 
 
 # --- stats ---------------------------------------------------------------------------------------------

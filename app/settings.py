@@ -1,5 +1,5 @@
 """What a decode button sends, parsed in one place: the UI's values by name -> a DecodeRequest (which model,
-the DecodeSettings, the live view's pace), checked on the server because the API can send any value.
+the DecodeSettings, the watch pace), checked on the server because the API can send any value.
 
 The names are the API's parameter names (ui.py wires each component under its field name), so a handler
 never receives the decoding inputs by position."""
@@ -76,7 +76,7 @@ RANGES = {  # field name -> accepted values (strategy is a choice, checked on it
     "max_new_tokens": Range("max new tokens", 1, MAX_NEW_TOKENS, integer=True),
     "seed": Range("seed", 0, 2**31 - 1, integer=True),
 }
-PACE = Range("live view delay (ms)", 0, 1000)
+PACE = Range("watch delay per frame (ms)", 0, 1000)
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class DecodeRequest:
 
     model_name: str
     settings: DecodeSettings
-    pace_ms: float = 0.0  # the live view's delay per step (display only)
+    pace_ms: float = 0.0  # the watch replay's delay per frame, after the decode (display only; 0: no replay)
 
     @classmethod
     def from_ui(cls, ui: Mapping[str, object]) -> "DecodeRequest":

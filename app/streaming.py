@@ -1,7 +1,7 @@
 """The one way the studio runs a decode it shows: `generate` in a worker thread, its StepEvents back through
 a queue to the (generator) event handler, frames built there and yielded at most every FRAME_INTERVAL
-seconds (or every step, slowed down, when a pace is set), then each lane's result. The decode holds the device
-(DEVICE) only while it computes: a paced display replays the queued steps after the device is free again.
+seconds, then each lane's result. The decode holds the device (DEVICE) only while it computes; a paced display
+is a replay of the recording after the decode (replay.py), never a slowed-down decode.
 
 Chat and the visualizer stream one lane; the race streams two or three, one after the other or together.
 `sdar_core.generate` calls on_step synchronously and propagates its exceptions, so raising `Stopped` from
@@ -27,7 +27,7 @@ from .registry import LoadedModel
 from .render import Frame, FrameBuilder, kept_answer_end
 from .settings import DecodeSettings
 
-FRAME_INTERVAL = 1 / 20  # seconds between two streamed frames when no pace is set
+FRAME_INTERVAL = 1 / 20  # seconds between two streamed frames
 
 
 class Stopped(Exception):
@@ -44,11 +44,15 @@ class Lane:
     state: str = "waiting"  # waiting | running | done | stopped
     events: list[StepEvent] = field(default_factory=list)
     pieces: dict[int, str] = field(default_factory=dict)  # token id -> printed text, for every token shown
-    builder: FrameBuilder = field(default_factory=FrameBuilder)
+    builder: FrameBuilder | None = None  # built with the model's stop tokens
     frame: Frame | None = None  # after the last step; finished in place when the lane ends
     gen: Generation | None = None  # None until done, and for a stopped lane
     answer_end: int | None = None  # absolute position after the kept answer, once done
     started: float | None = None  # perf_counter of its first step
+
+    def __post_init__(self) -> None:
+        if self.builder is None:
+            self.builder = FrameBuilder(stop_ids=self.loaded.stop_token_ids)
 
     def push(self, e: StepEvent) -> None:
         if self.started is None:
@@ -176,14 +180,13 @@ def _start(lanes: dict[str, Lane], out: queue.Queue, stop: threading.Event, para
     return len(groups)
 
 
-def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = False,
-           pace_ms: float = 0.0) -> Iterator[dict[str, Lane]]:
+def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = False) -> Iterator[dict[str, Lane]]:
     """Decode every lane and yield `lanes` whenever there is something new to show: a step (throttled to
-    FRAME_INTERVAL, or every step followed by a pause of pace_ms), a lane's end.
+    FRAME_INTERVAL), a lane's end.
 
     parallel=False runs the lanes one after the other (honest timings: they do not share the device);
-    parallel=True starts them together. The decodes hold DEVICE and run at full speed; the frames, paced or
-    not, are shown from the queue after them, so a slow display never keeps another visitor off the device.
+    parallel=True starts them together. The decodes hold DEVICE and run at full speed; the frames are shown
+    from the queue, so a slow display never keeps another visitor off the device.
     Once `stop` is set no lane starts and the frames still queued are skipped; leaving the loop before every
     worker ended sets it, so any worker still running ends at its next step.
     """
@@ -212,14 +215,12 @@ def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = Fa
                 lanes[u.lane].push(u.payload)
                 # Frames follow wall time, not the decode (which may run hundreds of steps a second on a GPU):
                 # rendering shares the interpreter with the decoding thread, so every extra frame slows it.
-                due = pace_ms > 0 or time.perf_counter() - shown >= FRAME_INTERVAL
+                due = time.perf_counter() - shown >= FRAME_INTERVAL
                 held = not due and not stop.is_set()
                 if not due or stop.is_set():
                     continue
             held, shown = False, time.perf_counter()
             yield lanes
-            if u.kind == "step" and pace_ms > 0:
-                time.sleep(pace_ms / 1000)
     finally:
         if running:  # left early: the workers still decoding end at their next step
             stop.set()

@@ -39,9 +39,8 @@ class Studio:
         """The lane that answers `messages` as `req` asks, and the notes the user should read about it."""
         loaded = self.registry.get(req.model_name)
         settings, notes = req.settings, []
-        if not loaded.is_sdar and settings.strategy != "ar":
+        if not loaded.is_sdar:  # the page greys the SDAR controls out for it (ui.controls_for_model): no note
             settings = settings.as_ar()
-            notes.append(f"{loaded.display_name} is an autoregressive model: it decodes one token per forward.")
         elif settings.strategy != "ar" and settings.block_length not in trained_blocks(loaded.config):
             notes.append(untrained_block_note(loaded.display_name, loaded.config, settings.block_length))
         ids, note = prompt_ids(loaded.tokenizer, messages)
@@ -51,6 +50,11 @@ class Studio:
 def trained_blocks(config) -> list[int]:
     """The block sizes an SDAR checkpoint was trained at: its config's list, else its default block size."""
     return sorted(config.trained_block_sizes or [config.block_size])
+
+
+def ar_note(name: str) -> str:
+    return (f"{name} is autoregressive: it decodes one token per forward, so block length, steps, strategy and "
+            "threshold do not apply.")
 
 
 def untrained_block_note(name: str, config, block: int) -> str:

@@ -61,7 +61,7 @@ def test_default_app_answers_47_plus_38_with_85_and_tpf_above_one(app_process):
     info = client.predict("assets/models/sdar-tiny", api_name="/describe_model")
     assert "sdar-tiny" in info and "block size **4**" in info and "device **cpu**" in info
     # Every other input at the UI's defaults: the model box (sdar-tiny), block 4, steps 4, dynamic 0.9, greedy.
-    chatbot, _, live, stats = client.predict(message="What is 47 + 38?", api_name="/chat")
+    chatbot, _, live, stats, note = client.predict(message="What is 47 + 38?", api_name="/chat")
     answer = text_of(chatbot[-1])
     assert "85" in answer and "Answer: 85" in answer, answer
     assert "`dynamic`, block 4, steps 4" in stats

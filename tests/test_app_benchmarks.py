@@ -67,14 +67,17 @@ def test_gpu_figure_has_one_curve_per_mode_block_and_strategy_and_the_ar_ceiling
     records, machines, _ = read_results(tmp_path)
     fig = gpu_figure(records, machines)
     curves = {t.name: t for t in fig.data}
-    assert set(curves) == {"AR", "SDAR static L=16 T=4", "SDAR dynamic L=4 T=4 τ=0.9", "transformers (compiled)"}
+    ceiling_name = "AR ceiling, batch 1 (NVIDIA H100 80GB HBM3, 2903 GB/s)"
+    assert set(curves) == {"AR", "SDAR static L=16 T=4", "SDAR dynamic L=4 T=4 τ=0.9", "transformers (compiled)",
+                           ceiling_name}
     static = curves["SDAR static L=16 T=4"]
     assert list(static.x) == [1, 4, 16] and list(static.y) == [600, 2400, 9600]  # sorted by batch size
     assert curves["AR"].line.dash == "dash"
     title = fig.layout.title.text
     assert "NVIDIA H100 80GB HBM3" in title and "torch 2.11.0+cu130" in title and "2026-11-23" in title
-    ceiling = [s for s in fig.layout.shapes if s.type == "line" and s.y0 == s.y1]
-    assert len(ceiling) == 1 and ceiling[0].y0 == 843.6
+    ceiling = curves[ceiling_name]  # a named legend entry, styled unlike every measured series
+    assert list(ceiling.y) == [843.6, 843.6] and list(ceiling.x) == [1, 16]
+    assert ceiling.line.dash not in {t.line.dash for t in fig.data if t is not ceiling}
     assert any("AR ceiling" in a.text and "844" in a.text for a in fig.layout.annotations)
     table = gpu_table(records)
     assert len(table) == len(rows) and set(table["run"]) == {"h100"}

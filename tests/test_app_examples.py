@@ -47,3 +47,20 @@ def test_a_block_size_the_model_was_not_trained_at_gets_a_note(block, warned):
     req = DecodeRequest.from_ui({"model_name": DEFAULT_MODEL, "block_length": block, "steps": 1})
     _, notes = studio.lane(req, [{"role": "user", "content": "What is 2 + 2?"}])
     assert any("was not trained for" in n and "1, 2, 4, 8, 16" in n for n in notes) == warned
+
+
+@pytest.mark.parametrize("example", examples.CHAT, ids=lambda e: e.prompt)
+def test_each_chat_example_shows_masks_in_at_least_three_frames_of_its_watch_replay(sdar_tiny, example):
+    """At the default settings sdar-tiny often fills a block in one step; the replay still opens every block
+    masked, so a visitor sees the masks go (app/render.watch_frames, shown at replay.WATCH_MS a frame)."""
+    from app.render import watch_frames
+    from app.replay import MAX_WATCH_SECONDS, WATCH_MS, schedule
+
+    model, tokenizer = sdar_tiny
+    ids, _ = prompt_ids(tokenizer, conversation("", [], example.prompt))
+    out = generate(model, [ids], stop_token_ids=stop_ids_for(tokenizer, model.config), trace=True,
+                   **DecodeSettings().generate_kwargs())
+    frames = watch_frames(out.trace)
+    shown = [frames[i] for i in schedule(len(frames), WATCH_MS)]
+    assert sum(any(c.token is None for c in f.block) for f in shown) >= 3
+    assert (len(shown) - 1) * WATCH_MS / 1000 <= MAX_WATCH_SECONDS  # a replay never plays for minutes

@@ -6,7 +6,8 @@ import re
 import pytest
 
 from app.render import (MASK_GLYPH, FrameBuilder, answer_start, block_table, commit_points, confidence_colour,
-                        confidence_heatmap, frame_at, frame_html, frame_text, frames, heatmap_data, kept_answer_end)
+                        confidence_heatmap, frame_at, frame_html, frame_text, frames, heatmap_data, kept_answer_end,
+                        watch_frames)
 from sdar_core.trace import StepEvent
 
 M = 99  # mask id
@@ -81,7 +82,7 @@ def test_frames_replay_every_step_and_frame_at_clamps(trace):
 
 def test_heatmap_data_is_the_masked_confidences_at_each_step(trace):
     xs, ys, z = heatmap_data(trace)
-    assert xs == list(range(6)) and ys == list(range(5))  # answer positions 6..11, five steps
+    assert xs == list(range(6)) and ys == [1, 2, 3, 4, 5]  # answer positions 6..11, five steps counted from 1
     expected = [[None] * 6 for _ in range(5)]
     for y, e in enumerate(trace):
         for off, c in e.masked_confidence.items():
@@ -90,7 +91,7 @@ def test_heatmap_data_is_the_masked_confidences_at_each_step(trace):
     fig = confidence_heatmap(trace, PIECES)
     heat, marks = fig.data
     assert [list(r) for r in heat.z] == expected
-    assert list(marks.x) == [0, 1, 2, 4, 3, 5] and list(marks.y) == [0, 1, 2, 2, 3, 4]  # commit step marked
+    assert list(marks.x) == [0, 1, 2, 4, 3, 5] and list(marks.y) == [1, 2, 3, 3, 4, 5]  # commit step marked
     assert list(marks.text) == ["A", "B", "C", "D", "E", "<|im_end|>"]
     assert commit_points(trace)[2] == [0.95, 0.60, 0.92, 0.91, 0.50, 0.70]
 
@@ -103,8 +104,9 @@ def test_empty_trace_gives_an_explanatory_figure_and_empty_table():
 
 def test_block_table_rows_are_steps_used_and_tokens_per_step(trace):
     df = block_table(trace)
-    assert df["block"].tolist() == [0, 1]
+    assert df["block"].tolist() == [1, 2]  # counted from 1, as the slider and the live view count
     assert df["steps"].tolist() == [2, 3]
+    assert df["global steps"].tolist() == ["1–2", "3–5"]
     assert df["tokens"].tolist() == [2, 4]
     assert df["tokens per step (mean)"].tolist() == ["1 · 1 (1.00)", "2 · 1 · 1 (1.33)"]
     assert df["min confidence"].tolist() == [0.6, 0.5]
@@ -151,3 +153,61 @@ def test_the_legend_explains_masks_new_tokens_the_block_and_struck_out_text():
     text = legend_html()
     assert "still masked" in text and "committed at this step" in text and "block in flight" in text
     assert "line-through" in text and "discarded" in text and "stop token" in text
+
+
+def test_a_replay_opens_every_block_fully_masked_before_its_first_step(trace):
+    shown = watch_frames(trace)
+    assert [(f.opening, f.step) for f in shown] == [(True, 0), (False, 0), (False, 1), (True, 2), (False, 2),
+                                                     (False, 3), (False, 4)]
+    opening = shown[3]  # block 2 before its first step: block 1 finished, its four positions masked
+    assert [c.token for c in opening.done] == [10, 11] and [c.token for c in opening.block] == [None] * 4
+    assert [c.confidence for c in opening.block] == [0.92, 0.30, 0.91, 0.20]  # the model's guesses at that step
+    assert [f for f in shown if not f.opening] == frames(trace)  # the other frames are the steps themselves
+    html = frame_html(opening, PIECES, total=5)
+    assert "block 2 opens, 4 positions masked · next: step 3 of 5" in html and html.count(MASK_GLYPH) >= 4
+
+
+def test_steps_and_blocks_are_counted_from_one_in_the_frame_title(trace):
+    html = frame_html(frame_at(trace, 2), PIECES, total=5)
+    assert "step 3 of 5 · block 2, its denoising step 1" in html
+    assert "step 5 of 5 · block 2, its denoising step 3 (block done: nothing masked)" in frame_html(
+        frame_at(trace, 4), PIECES, total=5)
+    assert "committed at step 1" in frame_html(frame_at(trace, 0), PIECES)  # a token's tooltip counts the same way
+
+
+def test_the_heatmap_marks_the_step_the_replay_shows(trace):
+    fig = confidence_heatmap(trace, PIECES, current=3)
+    band = fig.layout.shapes[0]
+    assert (band.y0, band.y1) == (2.5, 3.5)  # the row of step 3
+    assert any(a.text == "step 3 (shown)" for a in fig.layout.annotations)
+    assert not confidence_heatmap(trace, PIECES).layout.shapes
+
+
+def test_what_follows_a_committed_stop_token_is_struck_out_while_the_decode_runs():
+    """The race lanes and the live view strike out the positions after <|im_end|> as soon as it is committed,
+    as the chat leaves them out: the first committed stop token bounds the answer whatever comes before it."""
+    trace = [ev(0, 0, 8, [12, 16, M, M], [0, 1], [0.9, 0.9], {0: 0.9, 1: 0.9, 2: 0.2, 3: 0.1}),
+             ev(0, 1, 8, [12, 16, 13, 14], [2, 3], [0.5, 0.5], {2: 0.5, 3: 0.5}, final=True)]
+    builder = FrameBuilder(stop_ids=[16])
+    first, last = (builder.push(e) for e in trace)
+    assert [c.discarded for c in last.block] == [False, False, True, True]
+    assert 'sdar-discarded' in frame_html(last, PIECES) and "line-through" in frame_html(last, PIECES)
+    assert frame_text(last, PIECES, hidden=[16]) == "C"
+    assert not any(c.discarded for c in FrameBuilder().push(trace[0]).block)  # no stop ids: nothing known yet
+
+
+def test_a_replay_shows_every_frame_unless_it_would_take_longer_than_its_cap():
+    import threading
+
+    from app.replay import MAX_WATCH_SECONDS, paced, schedule
+
+    assert schedule(10, 120) == list(range(10)) and schedule(0, 120) == []
+    long = schedule(1000, 120)  # 120 s at full length: evenly thinned, the last frame kept
+    assert long[-1] == 999 and (len(long) - 1) * 0.12 <= MAX_WATCH_SECONDS + 0.12
+    stop = threading.Event()
+    shown = []
+    for i, _ in paced(list(range(5)), 1, stop):
+        shown.append(i)
+        if i == 2:
+            stop.set()  # Stop: the replay ends on the frame it shows
+    assert shown == [0, 1, 2]

@@ -42,7 +42,7 @@ def test_missing_names_keep_the_defaults_and_ar_keeps_the_sampling():
     ({"max_new_tokens": 8.5}, "max new tokens must be a whole number, got 8.5"),
     ({"temperature": "hot"}, "temperature must be a number, got 'hot'"),
     ({"seed": -1}, "seed"),
-    ({"pace_ms": 10_000}, "live view delay \\(ms\\) must be in \\[0, 1000\\], got 10000"),
+    ({"pace_ms": 10_000}, "watch delay per frame \\(ms\\) must be in \\[0, 1000\\], got 10000"),
 ])
 def test_a_bad_value_is_named_with_what_is_valid(over, match):
     with pytest.raises(SettingsError, match=match):

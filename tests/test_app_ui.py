@@ -4,6 +4,7 @@ that leaves the conversation as it was, and the app keeps working afterwards."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -42,7 +43,7 @@ def chat(client, model, message, **over):
 def test_chat_returns_the_answer_the_live_block_and_the_stats(served):
     client, model = served
     client.predict(api_name="/clear")
-    chatbot, box, live, stats = chat(client, model, "Why is the sky blue?")
+    chatbot, box, live, stats, note = chat(client, model, "Why is the sky blue?")
     assert [m["role"] for m in chatbot] == ["user", "assistant"]
     assert text_of(chatbot[0]) == "Why is the sky blue?" and text_of(chatbot[1])
     assert "▒" not in text_of(chatbot[1])  # the final answer has no mask left
@@ -68,7 +69,7 @@ def test_visualizer_shows_trace_heatmap_table_and_downloads(served):
     heat, marks = fig["data"]
     assert heat["type"] == "heatmap" and marks["mode"] == "markers"
     n_steps = len(heat["z"])
-    assert slider["maximum"] == n_steps - 1 and slider["value"] == n_steps - 1
+    assert slider["minimum"] == 1 and slider["maximum"] == n_steps and slider["value"] == n_steps
     assert table["headers"][:4] == ["block", "start", "tokens", "steps"]
     assert sum(row[3] for row in table["data"]) == n_steps  # steps per block add up to the trace
     assert all(0 <= v <= 1 for row in heat["z"] for v in row if v is not None)
@@ -77,8 +78,10 @@ def test_visualizer_shows_trace_heatmap_table_and_downloads(served):
     trace = json.loads(open(paths[1]).read())
     assert len(trace["steps"]) == n_steps and trace["stats"]["forwards"] >= 1
     assert open(paths[0]).readline().startswith("row,block,step")
-    first = client.predict(0, api_name="/replay_frame")
-    assert "frame 1/" in first and "▒" in first  # the first step leaves positions masked
+    first, marked = client.predict(1, api_name="/replay_frame")  # steps are counted from 1 everywhere
+    assert f"step 1 of {n_steps}" in first and "▒" in first  # the first step leaves positions masked
+    band = json.loads(marked["plot"])["layout"]["shapes"][0]
+    assert (band["y0"], band["y1"]) == (0.5, 1.5)  # the heatmap marks the step shown
 
 
 def test_race_streams_ar_sdar_and_the_twin_with_speedup(served):
@@ -141,14 +144,16 @@ def test_bad_input_gives_a_readable_error_and_the_app_keeps_working(served):
         text = str(err.value)
         assert "Traceback" not in text
         assert any(word in text for word in match.split("|")), text
+    job = client.submit("/no/such/checkpoint", api_name="/load_model")
     with pytest.raises(AppError, match="not offered by this studio"):
-        client.predict("/no/such/checkpoint", api_name="/load_model")
+        job.result(timeout=60)
+    assert job.outputs()[-1].startswith("⚠️ Model '/no/such/checkpoint' is not offered")  # in place, by the picker
     # A request generate() refuses leaves the chat as it was and the message in its box, for an edit.
     job = client.submit("word " * 600, SYSTEM, str(model), *FAST.values(), api_name="/chat")
     with pytest.raises(AppError, match="context"):
         job.result(timeout=60)
     shown, box = job.outputs()[-1][:2]
-    assert [text_of(m) for m in shown[::2]] == ["Hello"] and box == ("word " * 600).strip()
+    assert [text_of(m) for m in shown[::2]] == ["Hello"] and box == "word " * 600  # as typed
     chatbot, *_ = chat(client, model, "Still there?")
     # No refused message entered the conversation: it is the two turns since the clear, in order.
     assert [m["role"] for m in chatbot] == ["user", "assistant"] * 2
@@ -176,7 +181,7 @@ def test_stop_ends_a_long_answer_early_and_keeps_what_was_committed(served):
     while len(job.outputs()) < 3 and time.time() < deadline:
         time.sleep(0.1)
     client.predict(api_name="/stop")
-    chatbot, box, live, stats = job.result(timeout=60)
+    chatbot, box, live, stats, note = job.result(timeout=60)
     assert "Stopped" in stats
     assert text_of(chatbot[-1])
 
@@ -188,3 +193,111 @@ def test_the_threshold_slider_is_active_only_for_the_dynamic_schedule(strategy, 
     update = threshold_for_strategy(strategy)
     assert update.interactive is active
     assert (update.info is None) == active and (active or strategy in update.info)
+
+
+def outputs_of(job, timeout=60):
+    job.result(timeout=timeout)
+    return job.outputs()
+
+
+def test_the_answer_replays_with_masks_over_several_frames_then_replay_repeats_it(served):
+    """A watch pace replays the decode after it: every block opens masked, so masks show in several frames."""
+    client, model = served
+    client.predict(api_name="/clear")
+    s = {**FAST, "strategy": "dynamic", "threshold": 0.5, "pace_ms": 20}
+    job = client.submit("Why is the sky blue?", SYSTEM, str(model), *[s[k] for k in FAST], api_name="/chat")
+    lives = [out[2] for out in outputs_of(job)]
+    watched = [html for html in lives if "Watch" in html]
+    assert sum("sdar-mask" in html for html in watched) >= 3
+    assert any("opens, " in html for html in watched) and "Done" in lives[-1]
+    assert re.search(r"step \d+ of (\d+)", lives[-1])
+    frames = client.predict(20, api_name="/replay")  # the last answer again, at 20 ms a frame
+    assert "Done" in frames and "sdar-frame" in frames
+    fresh = client.predict(api_name="/clear")
+    assert fresh[0] == []
+
+
+def test_stop_during_the_replay_keeps_the_frame_shown_and_says_stopped(served):
+    client, model = served
+    client.predict(api_name="/clear")
+    s = {**FAST, "max_new_tokens": 40, "pace_ms": 300}  # 20 frames of 300 ms: Stop lands mid-replay
+    job = client.submit("Tell me a story.", SYSTEM, str(model), *[s[k] for k in FAST], api_name="/chat")
+    deadline = time.time() + 60
+    while not any("Watch" in str(out[2]) for out in job.outputs()) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    client.predict(api_name="/stop")
+    chatbot, box, live, stats, note = job.result(timeout=60)
+    assert "Stopped" in live and "Done" not in live
+    assert "Stopped the replay at step" in stats
+    steps = re.search(r"step (\d+) of (\d+)", live)
+    assert int(steps.group(1)) < int(steps.group(2))
+
+
+def test_a_refused_message_is_explained_beside_the_box_and_the_chat_is_unchanged(served):
+    from gradio_client.exceptions import AppError
+
+    client, model = served
+    client.predict(api_name="/clear")
+    chat(client, model, "Hello")
+    for message, over, reason in [("", {}, "Type a message first."), ("word " * 600, {}, "context of 512"),
+                                  ("Hi", {"model": "/no/such/checkpoint"}, "is not offered")]:
+        m = over.get("model", model)
+        job = client.submit(message, SYSTEM, str(m), *FAST.values(), api_name="/chat")
+        with pytest.raises(AppError):
+            job.result(timeout=60)
+        shown, box, live, stats, note = job.outputs()[-1]
+        assert note.startswith("⚠️") and reason in note, note
+        assert [text_of(x) for x in shown[::2]] == ["Hello"] and box == message
+    *_, note = chat(client, model, "Still there?")
+    assert note == ""  # a request that succeeds clears the message area
+
+
+def test_the_controls_follow_the_model_trained_blocks_beside_the_slider_and_ar_greyed_out(studio_checkpoints):
+    from app.registry import ModelRegistry
+    from app.studio import Studio
+    from app.ui import controls_for_model, seed_for_temperature
+
+    sdar, ar = studio_checkpoints
+    studio = Studio(registry=ModelRegistry(models_dir=sdar.parent))
+    block, steps, strategy, threshold, note = controls_for_model(studio, str(ar), 4, "dynamic")
+    assert [u.interactive for u in (block, steps, strategy, threshold)] == [False] * 4
+    assert note.startswith("ℹ️ ar-tiny is autoregressive") and "do not apply" in note
+    block, steps, strategy, threshold, note = controls_for_model(studio, str(sdar), 4, "static")
+    assert [u.interactive for u in (block, steps, strategy, threshold)] == [True, True, True, False]
+    assert block.info == "trained at block size 4" and note == ""
+    *_, note = controls_for_model(studio, str(sdar), 3, "dynamic")
+    assert note.startswith("⚠️ sdar-tiny was trained at block size 4; block 3 was not trained for")
+    assert controls_for_model(studio, "/no/such/model", 4, "dynamic")[0].interactive  # unknown: left as is
+    assert not seed_for_temperature(0.0).interactive and seed_for_temperature(0.7).interactive
+
+
+def test_an_ar_model_answers_without_a_note_and_a_sampled_answer_follows_its_seed(served, studio_checkpoints):
+    client, model = served
+    _, ar = studio_checkpoints
+    client.predict(api_name="/clear")
+    *_, stats, note = chat(client, ar, "Hello", strategy="dynamic")  # SDAR settings sent to an AR model
+    assert note == "" and "`ar`, block 1, steps 1" in stats
+
+    def sampled(seed):
+        client.predict(api_name="/clear")
+        chatbot, *_ = chat(client, model, "Tell me a story.", temperature=1.0, seed=seed, max_new_tokens=16)
+        return text_of(chatbot[-1])
+
+    first = sampled(7)
+    assert sampled(7) == first  # the same seed, the same answer
+    assert any(sampled(seed) != first for seed in (8, 9, 10))
+
+
+def test_the_visualizer_and_the_race_explain_a_refused_prompt_in_place(served):
+    from gradio_client.exceptions import AppError
+
+    client, model = served
+    s = FAST
+    vis = client.submit("", str(model), *[s[k] for k in list(FAST)], api_name="/visualize")
+    race = client.submit("", str(model), 4, 4, "dynamic", 0.9, 0.0, 1.0, 8, 0, "one after the other (fair timings)",
+                         True, 1, api_name="/race")
+    for job, at in ((vis, 0), (race, 4)):
+        with pytest.raises(AppError, match="Type a prompt first"):
+            job.result(timeout=60)
+        assert job.outputs()[-1][at] == "⚠️ Type a prompt first."
