@@ -3,27 +3,18 @@
 before it is downloaded: parameters, memory, block size, download size.
 
 Each entry is a shape (the config.json fields that size the weights); its parameters come from
-sdar_core's ModelConfig.num_parameters, and the download is the bf16 weights (2 bytes a parameter). SDAR-4B-Chat
-and SDAR-8B-Chat are the configs stored in tests/fixtures/ (tests/test_app_catalog.py checks the count and the
-download against their safetensors index); the other shapes are those of the published Qwen3 configs (SDAR
-models are continued from them, with untied embeddings like SDAR-4B/8B). SDAR models were trained at block 4.
+sdar_core's ModelConfig.num_parameters, and the download is the bf16 weights (2 bytes a parameter). The shapes are
+sdar_core.config.PUBLIC_SHAPES (one home with the benchmarks'); SDAR-4B-Chat and SDAR-8B-Chat match the configs
+stored in tests/fixtures/ (tests/test_app_catalog.py checks the count and the download against their safetensors
+index). SDAR models were trained at block 4.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from sdar_core.config import ModelConfig
+from sdar_core.config import PUBLIC_SHAPES, ModelConfig
 
-QWEN3 = dict(vocab_size=151936, head_dim=128)  # every Qwen3 / SDAR model of the family
-DENSE_1_7B = dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                  num_key_value_heads=8)
-DENSE_4B = dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                num_key_value_heads=8)
-DENSE_8B = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-                num_key_value_heads=8)
-MOE_30B_A3B = dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=48, num_attention_heads=32,
-                   num_key_value_heads=4, num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768)
 SDAR_BLOCK = 4  # the block size the SDAR chat models were trained at (their config.json block_size)
 RUNTIME_OVERHEAD = 1.2  # weights x this: the KV cache of a few thousand positions and the activations
 
@@ -32,13 +23,11 @@ RUNTIME_OVERHEAD = 1.2  # weights x this: the KV cache of a few thousand positio
 class ModelSpec:
     name: str  # the hub id
     model_type: str  # sdar | sdar_moe | qwen3 | qwen3_moe
-    shape: dict = field(repr=False)
-    tie_word_embeddings: bool = False
+    shape: dict = field(repr=False)  # config.json's size fields (sdar_core.config.PUBLIC_SHAPES)
 
     @cached_property
     def config(self) -> ModelConfig:
-        return ModelConfig(model_type=self.model_type, tie_word_embeddings=self.tie_word_embeddings,
-                           block_size=SDAR_BLOCK if self.is_sdar else 1, **QWEN3, **self.shape)
+        return ModelConfig(model_type=self.model_type, block_size=SDAR_BLOCK if self.is_sdar else 1, **self.shape)
 
     @property
     def is_sdar(self) -> bool:
@@ -61,15 +50,16 @@ class ModelSpec:
         return self.config.block_size
 
 
+TIED = dict(tie_word_embeddings=True)  # Qwen3-1.7B and -4B share their embedding and lm_head; SDAR-4B does not
 CATALOG = (
-    ModelSpec("JetLM/SDAR-1.7B-Chat", "sdar", DENSE_1_7B),
-    ModelSpec("JetLM/SDAR-4B-Chat", "sdar", DENSE_4B),
-    ModelSpec("JetLM/SDAR-8B-Chat", "sdar", DENSE_8B),
-    ModelSpec("JetLM/SDAR-30B-A3B-Chat", "sdar_moe", MOE_30B_A3B),
-    ModelSpec("Qwen/Qwen3-1.7B", "qwen3", DENSE_1_7B, tie_word_embeddings=True),
-    ModelSpec("Qwen/Qwen3-4B", "qwen3", DENSE_4B, tie_word_embeddings=True),
-    ModelSpec("Qwen/Qwen3-8B", "qwen3", DENSE_8B),
-    ModelSpec("Qwen/Qwen3-30B-A3B", "qwen3_moe", MOE_30B_A3B),
+    ModelSpec("JetLM/SDAR-1.7B-Chat", "sdar", PUBLIC_SHAPES["1.7b"]),
+    ModelSpec("JetLM/SDAR-4B-Chat", "sdar", PUBLIC_SHAPES["4b"]),
+    ModelSpec("JetLM/SDAR-8B-Chat", "sdar", PUBLIC_SHAPES["8b"]),
+    ModelSpec("JetLM/SDAR-30B-A3B-Chat", "sdar_moe", PUBLIC_SHAPES["30b-a3b"]),
+    ModelSpec("Qwen/Qwen3-1.7B", "qwen3", PUBLIC_SHAPES["1.7b"] | TIED),
+    ModelSpec("Qwen/Qwen3-4B", "qwen3", PUBLIC_SHAPES["4b"] | TIED),
+    ModelSpec("Qwen/Qwen3-8B", "qwen3", PUBLIC_SHAPES["8b"]),
+    ModelSpec("Qwen/Qwen3-30B-A3B", "qwen3_moe", PUBLIC_SHAPES["30b-a3b"]),
 )
 BY_NAME = {spec.name: spec for spec in CATALOG}
 NAMES = tuple(BY_NAME)
