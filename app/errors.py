@@ -3,7 +3,6 @@ error is logged as one line; only a real fault (anything else) logs its tracebac
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 
 import gradio as gr
@@ -49,7 +48,7 @@ def quiet(error: gr.Error) -> gr.Error:
 
 
 def explained(exc: BaseException) -> str:
-    """What the page shows in place for `exc` (its gr.Error message, or user_message), logged like shows_errors."""
+    """What the page shows in place for `exc` (its gr.Error message, or user_message), logged: a user's error as one line, a fault with its traceback."""
     if isinstance(exc, gr.Error):
         return quiet(exc).message
     return to_gr_error(exc).message
@@ -80,26 +79,3 @@ def explains_in_place(n_outputs: int, at: int):
         return wrapper
     return decorate
 
-
-def shows_errors(fn):
-    """Decorate a handler (plain or generator) so that its exceptions reach the UI as gr.Error."""
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def gen_wrapper(*args, **kwargs):
-            try:
-                yield from fn(*args, **kwargs)
-            except gr.Error as e:
-                raise quiet(e) from None
-            except Exception as e:
-                raise to_gr_error(e) from None
-        return gen_wrapper
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error as e:
-            raise quiet(e) from None
-        except Exception as e:
-            raise to_gr_error(e) from None
-    return wrapper

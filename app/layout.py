@@ -195,6 +195,7 @@ def _sweep(p: Page) -> None:
                                      label="Thresholds (dynamic, steps = block length)")
         p.sweep_tokens = gr.Slider(8, 256, value=64, step=8, label="New tokens per run")
     p.sweep_btn = gr.Button("Run the sweep", elem_id="sdar-sweep")
+    p.sweep_note = gr.Markdown(elem_id="sdar-sweep-note")  # why a sweep stopped or was refused, in place
     with gr.Row():
         p.sweep_tpf = gr.Plot(label="TPF", elem_id="sdar-sweep-tpf")
         p.sweep_speed = gr.Plot(label="tokens/s", elem_id="sdar-sweep-speed")

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .benchmarks import read_results
 from .charts import gpu_figure, gpu_table, race_figure, sweep_figures, sweep_table
-from .errors import explains_in_place, shows_errors
+from .errors import explains_in_place
 from .prompting import conversation, prompt_ids
 from .registry import ar_twin_name
 from .render import frame_html, placeholder_html
@@ -234,10 +234,10 @@ class Race:
         runs = {"ar": f"AR ({loaded.display_name})", "sdar": f"SDAR ({loaded.display_name})", "twin": titles["twin"]}
         return Board(lanes, titles, runs, missing)
 
-    @shows_errors
+    @explains_in_place(4, at=0)  # above the charts
     def sweep(self, prompt, model_name, block_lengths, thresholds, max_new_tokens, request: gr.Request):
         """Dynamic decoding over block lengths x thresholds (steps = block length), and AR once.
-        Outputs: TPF figure, tokens/s figure, table."""
+        Outputs: a note (why it stopped or was refused), TPF figure, tokens/s figure, table."""
         prompt = checked_text("prompt", prompt, MAX_MESSAGE_CHARS)
         if not prompt:
             raise gr.Error("Type a prompt first.", title="Empty prompt")
@@ -254,10 +254,10 @@ class Race:
         ids, _ = prompt_ids(loaded.tokenizer, conversation("", [], prompt))
         stop = self.studio.arm_stop(request)
         runs = [("ar", None, None)] + [("sdar", b, t) for b in blocks for t in thrs]
-        records, ar = [], None
+        records, ar, note = [], None, ""
         for kind, b, t in runs:
             if stop.is_set():
-                gr.Warning("Sweep stopped.")
+                note = f"Sweep stopped after {len(records) + (ar is not None)} of {len(runs)} points."
                 break
             s = base.as_ar() if kind == "ar" else replace(base, block_length=b, steps=b, threshold=t)
             timing = timed_runs(Lane(loaded, ids, s), stop, SWEEP_REPEATS)
@@ -273,10 +273,10 @@ class Race:
                 continue
             records.append(rec)
             tpf, speed = sweep_figures(records, ar)
-            yield tpf, speed, sweep_table([ar] + records)
-        if not records:
-            tpf, speed = sweep_figures([], ar)
-            yield tpf, speed, sweep_table([ar] if ar else [])
+            yield "", tpf, speed, sweep_table([ar] + records)
+        if note or not records:
+            tpf, speed = sweep_figures(records, ar)
+            yield note, tpf, speed, sweep_table([r for r in [ar] + records if r])
 
     @staticmethod
     def gpu_results():

@@ -236,8 +236,10 @@ def _wire_race(p: Page, race: Race, demo: gr.Blocks) -> None:
                            **GENERATION)
     run.failure(lambda: [gr.skip()] * 6, None, outputs, **PRIVATE, **LIGHT)  # the reason stays in the headline
     p.race_stop.click(race.studio.stop, None, None, **PRIVATE, queue=False)
-    p.sweep_btn.click(gpu(race.sweep), [p.race_prompt, p.model_box, p.sweep_blocks, p.sweep_thrs, p.sweep_tokens],
-                      [p.sweep_tpf, p.sweep_speed, p.sweep_df], api_name="sweep", **GENERATION)
+    sweep_outputs = [p.sweep_note, p.sweep_tpf, p.sweep_speed, p.sweep_df]
+    sweep = p.sweep_btn.click(gpu(race.sweep), [p.race_prompt, p.model_box, p.sweep_blocks, p.sweep_thrs,
+                                                p.sweep_tokens], sweep_outputs, api_name="sweep", **GENERATION)
+    sweep.failure(lambda: [gr.skip()] * 3, None, sweep_outputs[1:], **PRIVATE, **LIGHT)  # the reason stays above
     gpu_outputs = [p.gpu_plot, p.gpu_df, p.gpu_notes]
     p.gpu_refresh.click(race.gpu_results, None, gpu_outputs, api_name="gpu_results", **LIGHT)
     demo.load(race.gpu_results, None, gpu_outputs, **PRIVATE, **LIGHT)

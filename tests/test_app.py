@@ -89,7 +89,7 @@ def test_default_sweep_covers_blocks_4_8_16_and_four_thresholds_with_the_answers
     from gradio_client import Client
 
     client = Client(app_process[0], verbose=False)
-    tpf, speed, table = client.predict(api_name="/sweep")  # the accordion's defaults, on the race prompt
+    note, tpf, speed, table = client.predict(api_name="/sweep")  # the accordion's defaults, on the race prompt
     cols = table["headers"]
     rows = [dict(zip(cols, r)) for r in table["data"]]
     assert rows[0]["block length"] == 1 and rows[0]["TPF"] == 1.0  # AR first

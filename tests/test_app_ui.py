@@ -103,7 +103,8 @@ def test_race_streams_ar_sdar_and_the_twin_with_speedup(served):
 
 def test_sweep_tabulates_every_block_length_and_threshold(served):
     client, model = served
-    tpf, speed, table = client.predict("Hi", str(model), [2, 4], [0.5, 1.0], 8, api_name="/sweep")
+    note, tpf, speed, table = client.predict("Hi", str(model), [2, 4], [0.5, 1.0], 8, api_name="/sweep")
+    assert note == ""
     assert len(table["data"]) == 1 + 4  # AR once, then each (block length, threshold)
     assert [r[:2] for r in table["data"][1:]] == [[2, 0.5], [2, 1.0], [4, 0.5], [4, 1.0]]
     assert table["headers"][-1] == "answer ends" and all(isinstance(r[-1], str) for r in table["data"])
@@ -289,7 +290,7 @@ def test_an_ar_model_answers_without_a_note_and_a_sampled_answer_follows_its_see
     assert any(sampled(seed) != first for seed in (8, 9, 10))
 
 
-def test_the_visualizer_and_the_race_explain_a_refused_prompt_in_place(served):
+def test_the_visualizer_the_race_and_the_sweep_explain_a_refused_prompt_in_place(served):
     from gradio_client.exceptions import AppError
 
     client, model = served
@@ -297,7 +298,8 @@ def test_the_visualizer_and_the_race_explain_a_refused_prompt_in_place(served):
     vis = client.submit("", str(model), *[s[k] for k in list(FAST)], api_name="/visualize")
     race = client.submit("", str(model), 4, 4, "dynamic", 0.9, 0.0, 1.0, 8, 0, "one after the other (fair timings)",
                          True, 1, api_name="/race")
-    for job, at in ((vis, 0), (race, 4)):
+    sweep = client.submit("", str(model), [4], [0.9], 8, api_name="/sweep")
+    for job, at in ((vis, 0), (race, 4), (sweep, 0)):
         with pytest.raises(AppError, match="Type a prompt first"):
             job.result(timeout=60)
         assert job.outputs()[-1][at] == "⚠️ Type a prompt first."
