@@ -446,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.report:
         data = json.loads((Path(args.report) / "results.json").read_text())
+        if data["machine"].get("moe"):  # runs written before the MoE floor had the dense formula's
+            data["machine"] |= moe.one_token_floor(data["machine"])
         write_outputs(Path(args.report), data["machine"], data["rows"])
         print(report_markdown(Path(args.report)))
         return 0
@@ -470,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     info = device_info(model, device, args) | ({"load": loaded} if loaded else {})
     if model.config.is_moe:
         info |= moe.moe_info(model)
+        info |= moe.one_token_floor(info)
         info["routing"] = args.routing if args.routing != "auto" else ("model" if args.checkpoint else "independent")
         if info["routing"] == "independent":
             moe.IndependentRouting(model, rows=max(args.batch_sizes) * max(args.prompt_lengths + [128]))

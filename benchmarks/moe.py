@@ -106,6 +106,13 @@ def moe_floor_ms(info: dict, distinct: float, kv_bytes: float) -> float:
     return 1000 * nbytes / (info["bandwidth_GBps"] * 1e9)
 
 
+def one_token_floor(info: dict) -> dict:
+    """An MoE's floor and AR ceiling: a one-token forward reads the dense weights and k experts per sparse layer
+    (the whole checkpoint's bytes, the dense formula, would put the ceiling below what AR decoding reaches)."""
+    ms = moe_floor_ms(info, info["experts_per_token"], 0)
+    return dict(floor_ms_per_forward=ms, ar_ceiling_tps=1000 / ms)
+
+
 def moe_info(model) -> dict:
     c = model.config
     return dict(moe=True, experts=c.num_experts, experts_per_token=c.num_experts_per_tok,

@@ -70,3 +70,38 @@ def test_new_tokens_must_match_the_prompt_lengths():
     args = bench.build_parser().parse_args(["--prompt-lengths", "8", "16", "32", "--new-tokens", "4", "8"])
     with pytest.raises(SystemExit, match="one per prompt length"):
         bench.sweep(args)
+
+
+def test_moe_bench_reports_distinct_experts_the_one_token_floor_and_the_checkpoint_load(tmp_path):
+    """tiny-moe (16 experts, 4 per token) end to end on the CPU: written with save_pretrained and loaded back, every
+    chunk row routed independently; the distinct experts per forward against the independent-routing expectation,
+    and the ceiling from the dense weights plus k experts per layer (not the whole checkpoint)."""
+    out = tmp_path / "moe"
+    bench.main(["--arch", "tiny-moe", "--device", "cpu", "--batch-sizes", "1", "--block-lengths", "16", "--steps", "4",
+                "--no-dynamic", "--new-tokens", "32", "--prompt-len", "8", "--repeats", "1", "--transformers", "none",
+                "--save-load", str(tmp_path / "ckpt"), "--out", str(out)])
+    data = json.loads((out / "results.json").read_text())
+    m, rows = data["machine"], {r["mode"]: r for r in data["rows"]}
+    assert m["moe"] and m["routing"] == "independent" and (m["experts"], m["experts_per_token"]) == (16, 4)
+    assert m["load"]["shards"] >= 1 and abs(m["load"]["checkpoint_GB"] - m["load"]["weights_GB"]) < 1e-3
+    one_token = m["dense_bytes"] + 4 * m["sparse_layers"] * m["expert_bytes"]
+    assert abs(m["ar_ceiling_tps"] - m["bandwidth_GBps"] * 1e9 / one_token) < 1e-6 * m["ar_ceiling_tps"]
+    assert rows["ar"]["distinct_experts"] == 4 and rows["ar"]["routed_rows"] == 1
+    sdar = rows["sdar"]
+    assert 16 <= sdar["routed_rows"] <= 32  # a block of 16 masked rows, or 32 with the finished block fused in
+    expected = 16 * (1 - (1 - 4 / 16) ** sdar["routed_rows"])
+    assert abs(sdar["uniform_distinct_experts"] - expected) < 1e-9
+    assert 4 < sdar["distinct_experts"] <= 16 and abs(sdar["distinct_experts"] - expected) < 2
+    assert sdar["moe_floor_ms"] > rows["ar"]["moe_floor_ms"]
+
+
+def test_the_independent_routing_expectation_matches_a_simulation():
+    import torch
+
+    from benchmarks.moe import uniform_distinct
+
+    g = torch.Generator().manual_seed(0)
+    for E, k, n in ((16, 4, 4), (128, 8, 16), (128, 8, 32)):
+        counts = [torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(n)]).unique().numel()
+                  for _ in range(400)]
+        assert abs(sum(counts) / len(counts) - uniform_distinct(E, k, n)) < 0.03 * uniform_distinct(E, k, n)
