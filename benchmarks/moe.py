@@ -221,18 +221,18 @@ def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dic
         x = torch.randn(n, h, device=device, dtype=torch.bfloat16, generator=gen)
         chosen = torch.stack([torch.randperm(E, device=device, generator=gen)[:k] for _ in range(n)])  # independent
         weights = torch.full((n, k), 1 / k, device=device, dtype=torch.bfloat16)
-        return x, chosen, weights, 1000 * int(chosen.unique().numel()) * per_expert / bw
+        distinct = int(chosen.unique().numel())
+        return x, chosen, weights, distinct, 1000 * distinct * per_expert / bw  # the floor: each read once
 
     out, configs = [], []
     with torch.no_grad():
         for n in rows:
-            x, chosen, weights, floor = case(n)
+            x, chosen, weights, distinct, floor = case(n)
             triton_ms = time_layer(lambda: layer.experts.triton_forward(x, chosen, weights), graph=True)
             grouped = time_layer(lambda: layer.experts.grouped_forward(x, chosen, weights), graph=True)
             Experts.grouped = False
             looped = time_layer(lambda: layer.experts.looped_forward(x, chosen, weights), graph=False)
             Experts.grouped = None
-            distinct = round(floor * bw / 1000 / per_expert)
             out.append(dict(rows=n, distinct_experts=distinct, floor_ms=floor, triton_graph_ms=triton_ms,
                             grouped_graph_ms=grouped, looped_eager_ms=looped, triton_of_floor=floor / triton_ms,
                             grouped_of_floor=floor / grouped))
@@ -240,7 +240,7 @@ def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dic
                   f"({floor / triton_ms:.0%})  grouped {grouped:.3f} ms ({floor / grouped:.0%})  "
                   f"looped {looped:.3f} ms", flush=True)
         for n in config_rows:
-            x, chosen, weights, floor = case(n)
+            x, chosen, weights, _, floor = case(n)
             for c in CONFIGS:
                 ms = time_layer(lambda: layer.experts.triton_forward(x, chosen, weights, KernelConfig(**c)), graph=True)
                 configs.append(dict(rows=n, **c, ms=ms, of_floor=floor / ms))

@@ -69,6 +69,16 @@ def triton_available(x: torch.Tensor) -> bool:
     return triton is not None and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
 
 
+def sort_pairs(chosen: torch.Tensor, num_experts: int):
+    """The N*k (token, expert) pairs of chosen [N, k] grouped by expert, on the device with no host read:
+    (expert of each sorted pair [P], token-major pair index of each [P], where each expert's rows end [E])."""
+    expert = chosen.flatten()  # [P], P = N * k pairs, token-major
+    sorted_expert, order = expert.sort(stable=True)
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=chosen.device)
+    counts.scatter_add_(0, expert, torch.ones_like(expert))  # (bincount would read its maximum on the host)
+    return sorted_expert, order, counts.cumsum(0)
+
+
 def route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: torch.dtype):
     """Qwen3-MoE routing: softmax over the experts in float32, the top k, optionally renormalised.
     logits [N, E] -> (weights [N, k] in `dtype`, chosen expert ids [N, k]).
@@ -121,10 +131,7 @@ class Experts(nn.Module):
         c = config or KERNEL
         N, k = chosen.shape
         P, h, I = N * k, x.shape[1], self.intermediate
-        expert = chosen.flatten()
-        sorted_expert, order = expert.sort(stable=True)  # [P]: the pairs grouped by expert
-        counts = torch.zeros(self.num_experts, dtype=torch.int64, device=x.device)
-        ends = counts.scatter_add_(0, expert, torch.ones_like(expert)).cumsum(0)  # [E]: where each expert's rows end
+        sorted_expert, order, ends = sort_pairs(chosen, self.num_experts)
         x = x.contiguous()
         act = torch.empty(P, 2 * I, device=x.device, dtype=x.dtype)  # [g; u] per sorted pair
         out = torch.empty(P, h, device=x.device, dtype=x.dtype)  # weighted expert outputs, token-major pairs
@@ -138,11 +145,8 @@ class Experts(nn.Module):
 
     def grouped_forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         N, k = chosen.shape
-        expert = chosen.flatten()  # [P], P = N * k pairs, token-major
-        order = expert.argsort(stable=True)  # [P]: the pairs grouped by expert
-        counts = torch.zeros(self.num_experts, dtype=torch.int64, device=x.device)
-        counts.scatter_add_(0, expert, torch.ones_like(expert))  # (bincount would read its maximum on the host)
-        ends = counts.cumsum(0).to(torch.int32)  # [E]: where each expert's rows end in the sorted pairs
+        _, order, ends = sort_pairs(chosen, self.num_experts)
+        ends = ends.to(torch.int32)  # the grouped matmul's offsets
         rows = x[order // k]  # [P, h]
         act = silu_mul(torch._grouped_mm(rows, self.gate_up_proj.transpose(1, 2), offs=ends))  # [P, I]
         out = torch._grouped_mm(act, self.down_proj.transpose(1, 2), offs=ends)  # [P, h]
