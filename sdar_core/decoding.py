@@ -40,7 +40,6 @@ def positions_needed(prompt_len: int, max_new_tokens: int, strategy: str, block_
     return math.ceil((prompt_len + max_new_tokens) / L) * L
 
 
-@torch.no_grad()
 def generate(model, input_ids, params: DecodeParams | None = None, *,
              on_step: Callable[[StepEvent], None] | None = None, **options) -> Generation:
     """Decode up to `max_new_tokens` per row; returns a Generation (tokens [B, <=max_new_tokens], stats, trace).
@@ -48,7 +47,18 @@ def generate(model, input_ids, params: DecodeParams | None = None, *,
     input_ids: LongTensor [B, T] or a list of id lists of different lengths. The options are a DecodeParams
     (`params`) and/or its fields as keywords (`max_new_tokens=64, strategy="static", ...`, applied on top);
     see DecodeParams for each. on_step receives every StepEvent as it happens.
+
+    Every decode runs under torch.inference_mode, whatever the caller's grad mode: the pooled runners' buffers
+    (runner.py) are created and updated in one mode only, so a decode inside `torch.inference_mode()` and a plain
+    one may share them. The returned tokens are a normal tensor.
     """
+    with torch.inference_mode():
+        gen = _generate(model, input_ids, params, on_step, options)
+    gen.tokens = gen.tokens.clone()  # outside inference mode: the caller may edit it in place
+    return gen
+
+
+def _generate(model, input_ids, params: DecodeParams | None, on_step, options: dict) -> Generation:
     config = model.config
     params = DecodeParams.build(params, options)
     params.check(config)
@@ -81,7 +91,7 @@ def warn_if_untrained_block(config, p: DecodeParams) -> None:
     if config.is_sdar and p.strategy != "ar" and trained and p.block_length not in trained:
         warnings.warn(f"block_length {p.block_length} is not among the block sizes this model was trained with "
                       f"({', '.join(map(str, trained))}); expect worse output", UntrainedBlockSizeWarning,
-                      stacklevel=3)
+                      stacklevel=4)
 
 
 def prompt_rows(input_ids, vocab_size: int) -> list[list[int]]:
