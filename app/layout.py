@@ -9,9 +9,10 @@ import gradio as gr
 
 from . import examples
 from .chat import LIVE_PLACEHOLDER
-from .replay import WATCH_MS
+from .run import WATCH_MS
 from .race import DEFAULT_REPEATS, PARALLEL, REPEATS, SEQUENTIAL, SWEEP_BLOCKS, SWEEP_THRESHOLDS, lane_html
-from .render import block_table, confidence_heatmap, placeholder_html
+from .player import DenoisePlayer
+from .render import block_table
 from .settings import MAX_BLOCK_LENGTH, MAX_MESSAGE_CHARS, MAX_NEW_TOKENS, MAX_SYSTEM_CHARS, SDAR_STRATEGIES
 from .visualizer import EMPTY
 
@@ -115,8 +116,8 @@ def _settings_column(p: Page, default_model: str, choices: list[str], model_info
         }
         p.new_seed = gr.Button("New random seed", size="sm", elem_id="sdar-new-seed")
         p.pace = gr.Slider(0, 500, value=WATCH_MS, step=10, label="Watch: delay per frame (ms)",
-                           info="the answer decodes at full speed, then replays block by block at this pace "
-                                "(display only; 0: show it as it decodes)", elem_id="sdar-pace")
+                           info="the answer decodes at full speed; your browser then replays it block by block at "
+                                "this pace (0: show each step as it arrives)", elem_id="sdar-pace")
 
 
 def _chat_tab(p: Page) -> None:
@@ -127,14 +128,13 @@ def _chat_tab(p: Page) -> None:
                                lines=1, max_lines=6, max_length=MAX_MESSAGE_CHARS)
         p.send = gr.Button("Send", variant="primary", scale=1, elem_id="sdar-send")
         p.stop = gr.Button("Stop", variant="stop", scale=1, elem_id="sdar-stop")
-        p.replay = gr.Button("Replay", scale=1, elem_id="sdar-replay")
         p.clear = gr.Button("Clear", scale=1, elem_id="sdar-clear")
     p.chat_note = gr.Markdown(elem_id="sdar-chat-note")  # errors and notes, in place: never over the chat
     gr.Examples(CHAT_EXAMPLES, inputs=p.message, label="Examples", elem_id="sdar-examples")
     with gr.Accordion("System prompt", open=False):
         p.system = gr.Textbox(value="You are a helpful assistant.", show_label=False, lines=2,
                               max_length=MAX_SYSTEM_CHARS)
-    p.live = gr.HTML(placeholder_html(LIVE_PLACEHOLDER), label="Block in flight", elem_id="sdar-live")
+    p.live = DenoisePlayer(LIVE_PLACEHOLDER, label="Block being denoised", elem_id="sdar-live")
     p.chat_stats = gr.Markdown(elem_id="sdar-chat-stats")
 
 
@@ -145,14 +145,7 @@ def _visualizer_tab(p: Page) -> None:
         p.vis_run = gr.Button("Run", variant="primary", scale=1, elem_id="sdar-vis-run")
     gr.Examples(VIS_EXAMPLES, inputs=p.vis_prompt, label="Examples")
     p.vis_title = gr.Markdown(EMPTY, elem_id="sdar-vis-title")
-    p.vis_frame = gr.HTML(placeholder_html(EMPTY), elem_id="sdar-vis-frame")
-    with gr.Row():
-        p.vis_step = gr.Slider(1, 2, value=1, step=1, label="Step (counted from 1, as in the table and heatmap)",
-                               scale=5, elem_id="sdar-vis-step")
-        p.play = gr.Button("▶ Play", scale=1, elem_id="sdar-play")
-        p.pause = gr.Button("Pause", scale=1)
-    p.timer = gr.Timer(0.25, active=False)
-    p.heatmap = gr.Plot(confidence_heatmap([]), label="Confidence heatmap", elem_id="sdar-heatmap")
+    p.vis_player = DenoisePlayer(EMPTY, heatmap=True, elem_id="sdar-vis-player")
     p.blocks = gr.DataFrame(block_table([]), label="Per block: steps used and tokens per step", interactive=False,
                             elem_id="sdar-blocks", elem_classes="sdar-table")
     p.trace_files = gr.File(label="Trace (JSON, CSV)", file_count="multiple", interactive=False)

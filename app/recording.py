@@ -12,17 +12,14 @@ import shutil
 import tempfile
 import threading
 import uuid
-from dataclasses import dataclass, field, replace
-from functools import cached_property
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sdar_core.trace import Generation, Stats, StepEvent
 
-from .render import Frame, watch_frames
-
 if TYPE_CHECKING:
-    from .streaming import Lane
+    from .run import Run
 
 MAX_TRACE_FILES = 200  # the newest trace files kept for download (a JSON and a CSV per generation)
 MAX_TRACE_BYTES = 64 * 2**20
@@ -76,19 +73,13 @@ class Recording:
     stats: Stats | None  # None when the run was stopped
     pieces: dict[int, str]
     answer_end: int | None  # absolute position after the kept answer (None: unknown, stopped)
-    last_frame: Frame | None = None  # the frame after the last step, as the lane finished it
+    feed: dict | None = None  # what the page's player drew for it (app/feed.py), shown again by the visualizer
     json_path: str | None = None
     csv_path: str | None = None
 
     @property
     def n_steps(self) -> int:
         return len(self.events)
-
-    @cached_property
-    def watch(self) -> list[Frame]:
-        """The frames a replay shows (every block's opening, every step), built once; the live view's replay
-        and the visualizer read the same events."""
-        return watch_frames(self.events, self.answer_end)
 
 
 def with_text(trace: Generation, pieces: dict[int, str], stopped: bool) -> dict[str, str]:
@@ -116,11 +107,11 @@ def with_text(trace: Generation, pieces: dict[int, str], stopped: bool) -> dict[
     return {"json": json.dumps({**head, "steps": steps}, indent=1), "csv": out.getvalue()}
 
 
-def record(label: str, lane: Lane) -> Recording:
-    """A Recording of a finished lane, with its trace written as JSON and CSV files (for gr.File downloads).
-    The lane's events are the streamed steps: the decode kept no trace of its own."""
-    gen, events = lane.gen, lane.events
-    trace = Generation(tokens=None, lengths=[], stats=None, trace=events) if gen is None else replace(gen, trace=events)
-    json_path, csv_path = TRACES.write(with_text(trace, lane.pieces, stopped=gen is None))
-    return Recording(label=label, events=events, stats=gen.stats if gen else None, pieces=lane.pieces,
-                     answer_end=lane.answer_end, last_frame=lane.frame, json_path=json_path, csv_path=csv_path)
+def record(label: str, run: "Run") -> Recording:
+    """A Recording of a finished run, with its trace written as JSON and CSV files (for gr.File downloads).
+    The run's events are the streamed steps: the decode kept no trace of its own."""
+    stats, events = run.stats, run.events
+    trace = Generation(tokens=None, lengths=[], stats=stats, trace=events)
+    json_path, csv_path = TRACES.write(with_text(trace, run.pieces, stopped=stats is None))
+    return Recording(label=label, events=events, stats=stats, pieces=run.pieces, answer_end=run.feed.answer_end,
+                     feed=run.feed.value(), json_path=json_path, csv_path=csv_path)

@@ -1,4 +1,5 @@
-"""Trace -> what the studio shows: HTML frames, the confidence heatmap, the per-block table, stats lines.
+"""Trace -> what the server renders: the race lanes' HTML frames, the per-block table, stats lines, and the frame
+model (FrameBuilder, watch_frames) that the page's player (player.js) follows and is tested against.
 
 Pure functions of StepEvents (sdar_core/trace.py) and of `pieces`, a map from token id to the text it
 prints as. Nothing here runs a model or needs a tokenizer, so every function is tested on events built
@@ -130,12 +131,6 @@ class FrameBuilder:
         return cells
 
 
-def frames(events: list[StepEvent], answer_end: int | None = None) -> list[Frame]:
-    """Every frame of a row's trace, in order (frame i is the state after global step i)."""
-    builder = FrameBuilder(answer_end)
-    return [builder.push(e) for e in events]
-
-
 def watch_frames(events: list[StepEvent], answer_end: int | None = None) -> list[Frame]:
     """What a replay shows: before each block's first step its opening frame (every position masked), then the
     frame after every step. A block the model fills in one step still shows its masks for one frame."""
@@ -145,17 +140,6 @@ def watch_frames(events: list[StepEvent], answer_end: int | None = None) -> list
             out.append(builder.opening(e))
         out.append(builder.push(e))
     return out
-
-
-def frame_at(events: list[StepEvent], step: int, answer_end: int | None = None) -> Frame:
-    """The frame after global step `step` (clamped to the trace)."""
-    if not events:
-        return Frame(step=-1)
-    step = max(0, min(int(step), len(events) - 1))
-    builder = FrameBuilder(answer_end)
-    for e in events[: step + 1]:
-        frame = builder.push(e)
-    return frame
 
 
 # --- HTML ----------------------------------------------------------------------------------------------
@@ -263,83 +247,13 @@ def placeholder_html(message: str) -> str:
     return f'{TOKEN_CSS}<div class="sdar-frame" style="color:#6b7280">{html.escape(message)}</div>'
 
 
-# --- heatmap -------------------------------------------------------------------------------------------
-
-def heatmap_data(events: list[StepEvent]) -> tuple[list[int], list[int], list[list[float | None]]]:
-    """(x, y, z) of the confidence heatmap: x the answer's token indices (position - answer start),
-    y the global steps counted from 1, z[y - 1][x] the confidence of position x at step y if x was masked before the
-    step (None elsewhere)."""
-    if not events:
-        return [], [], []
-    start = answer_start(events)
-    end = max(e.block_start + len(e.block_state) for e in events)
-    xs = list(range(end - start))
-    z: list[list[float | None]] = []
-    for e in events:
-        row: list[float | None] = [None] * len(xs)
-        for off, conf in e.masked_confidence.items():
-            x = e.block_start + off - start
-            if 0 <= x < len(xs):
-                row[x] = float(conf)
-        z.append(row)
-    return xs, list(range(1, len(events) + 1)), z
-
-
-def commit_points(events: list[StepEvent]) -> tuple[list[int], list[int], list[float]]:
-    """(x, y, confidence) of every commit: the token index it filled and the global step (from 1) that chose it."""
-    start = answer_start(events)
-    xs, ys, cs = [], [], []
-    for i, e in enumerate(events):
-        for off, conf in zip(e.committed, e.committed_confidence):
-            xs.append(e.block_start + off - start)
-            ys.append(i + 1)
-            cs.append(float(conf))
-    return xs, ys, cs
-
+# --- charts --------------------------------------------------------------------------------------------
 
 def empty_figure(message: str, height: int = 320) -> go.Figure:
     """A blank plotly figure that shows only `message` (what a chart shows before there is data)."""
     fig = go.Figure()
     fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     fig.update_layout(height=height, template="plotly_white", xaxis_visible=False, yaxis_visible=False)
-    return fig
-
-
-def confidence_heatmap(events: list[StepEvent], pieces: Mapping[int, str] | None = None,
-                       title: str = "Confidence of masked positions at each step", current: int | None = None
-                       ) -> go.Figure:
-    """Plotly heatmap: x = answer token index, y = global step (from 1), colour = confidence while masked;
-    an x marks the step at which each position was committed; a band marks step `current` (from 1), the one
-    the replay shows."""
-    if not events:
-        return empty_figure("No trace yet: chat or run a prompt to see its denoising.")
-    fig = go.Figure()
-    xs, ys, z = heatmap_data(events)
-    fig.add_trace(go.Heatmap(x=xs, y=ys, z=z, zmin=0, zmax=1, colorscale="RdYlGn", hoverongaps=False,
-                             colorbar=dict(title="conf."), name="confidence",
-                             hovertemplate="token %{x} · step %{y}<br>confidence %{z:.3f}<extra></extra>"))
-    cx, cy, cc = commit_points(events)
-    text = None
-    if pieces is not None:
-        start = answer_start(events)
-        text = [piece_text(pieces, events[y - 1].block_state[x + start - events[y - 1].block_start])
-                for x, y in zip(cx, cy)]
-    fig.add_trace(go.Scatter(x=cx, y=cy, mode="markers", name="committed",
-                             marker=dict(symbol="x-thin", size=9, line=dict(width=2, color="#111827")),
-                             text=text, customdata=cc,
-                             hovertemplate="token %{x} committed at step %{y}<br>%{text} (%{customdata:.3f})"
-                                           "<extra></extra>"))
-    n_steps = len(ys)
-    if current is not None and 1 <= current <= n_steps:
-        fig.add_hrect(y0=current - 0.5, y1=current + 0.5, line=dict(color="#2563eb", width=2),
-                      fillcolor="rgba(37, 99, 235, 0.12)", name="shown step")
-        fig.add_annotation(text=f"step {current} (shown)", x=1, xref="paper", xanchor="right", y=current,
-                           showarrow=False, font=dict(size=11, color="#1d4ed8"), bgcolor="rgba(255,255,255,0.8)")
-    fig.update_layout(
-        title=dict(text=title, font=dict(size=14)), template="plotly_white", showlegend=False,
-        height=max(320, min(720, 60 + 14 * n_steps)), margin=dict(l=50, r=20, t=40, b=40),
-        xaxis=dict(title="answer token", zeroline=False), yaxis=dict(title="step", autorange="reversed"),
-    )
     return fig
 
 

@@ -1,12 +1,12 @@
-"""What every tab shares on the server: the model registry, the per-session stop flags, how a request
-becomes a Lane to stream (the model loaded, SDAR settings turned into AR ones on an AR model, the prompt ids),
-and the GPU warm-up at start."""
+"""What every tab shares on the server: the model registry, the per-session stop flags, the decode scheduler of
+each device, how a request becomes a Run on it (or a race Lane: the model loaded, SDAR settings turned into AR ones
+on an AR model, the prompt ids), and the GPU warm-up at start."""
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import gradio as gr
 
@@ -15,6 +15,8 @@ from sdar_core.warmup import needs_warm_up, warm_shapes, warm_up
 
 from .prompting import prompt_ids
 from .registry import LoadedModel, ModelRegistry, ar_twin_name
+from .run import Run
+from .scheduler import MAX_BATCH, DecodeScheduler, Job
 from .settings import DecodeRequest, DecodeSettings
 from .streaming import DEVICE, Lane, StopFlags
 
@@ -26,6 +28,9 @@ WARM_POSITIONS = 2048  # prompt + answer covered by the warm-up: buckets 256, 51
 class Studio:
     registry: ModelRegistry = field(default_factory=ModelRegistry)
     stops: StopFlags = field(default_factory=StopFlags)
+    max_batch: int = MAX_BATCH
+    schedulers: dict[str, DecodeScheduler] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def arm_stop(self, request) -> threading.Event:
         """A fresh stop flag for the session that sent `request`."""
@@ -36,7 +41,31 @@ class Studio:
         self.stops.trigger(getattr(request, "session_hash", None))
 
     def lane(self, req: DecodeRequest, messages: list[dict]) -> tuple[Lane, list[str]]:
-        """The lane that answers `messages` as `req` asks, and the notes the user should read about it."""
+        """The race lane that answers `messages` as `req` asks, and the notes the user should read about it."""
+        loaded, settings, ids, notes = self.prepare(req, messages)
+        return Lane(loaded, ids, settings), notes
+
+    def start(self, req: DecodeRequest, messages: list[dict], stop: threading.Event, title: str = "") -> Run:
+        """Queue the decode that answers `messages` on the model's scheduler; the Run a handler follows."""
+        loaded, settings, ids, notes = self.prepare(req, messages)
+        params = DecodeParams(**settings.generate_kwargs(), stop_token_ids=loaded.stop_token_ids)
+        job = self.scheduler(loaded).submit(Job(loaded, ids, params.resolved(loaded.config), stop=stop))
+        run = Run(job, notes, title=title)
+        run.feed.pace_ms = req.pace_ms
+        return run
+
+    def scheduler(self, loaded: LoadedModel) -> DecodeScheduler:
+        """The scheduler of the device the model is on (one per device, made on first use)."""
+        name = str(loaded.model.device)
+        with self._lock:
+            if name not in self.schedulers:
+                self.schedulers[name] = DecodeScheduler(name, max_batch=self.max_batch)
+            return self.schedulers[name]
+
+    def prepare(self, req: DecodeRequest, messages: list[dict]) -> tuple[LoadedModel, DecodeSettings, list[int],
+                                                                        list[str]]:
+        """The model, the settings it decodes with (SDAR settings turned into AR ones on an AR model), the prompt
+        ids, and the notes the user should read."""
         loaded = self.registry.get(req.model_name)
         settings, notes = req.settings, []
         if not loaded.is_sdar:  # the page greys the SDAR controls out for it (ui.controls_for_model): no note
@@ -44,7 +73,7 @@ class Studio:
         elif settings.strategy != "ar" and settings.block_length not in trained_blocks(loaded.config):
             notes.append(untrained_block_note(loaded.display_name, loaded.config, settings.block_length))
         ids, note = prompt_ids(loaded.tokenizer, messages)
-        return Lane(loaded, ids, settings), notes + ([note] if note else [])
+        return loaded, settings, ids, notes + ([note] if note else [])
 
 
 def trained_blocks(config) -> list[int]:
@@ -66,10 +95,11 @@ def untrained_block_note(name: str, config, block: int) -> str:
 
 @dataclass
 class Warmup:
-    """The GPU warm-up at start (sdar_core.warmup): the start model's shapes for the default settings and the
-    race's AR lane, and its AR twin's, decoded once in the background so that the first visitor does not pay graph
-    capture and kernel compilation. It takes the device one shape at a time, so a visitor who comes early waits
-    for one shape at most, and it logs a line per shape."""
+    """The GPU warm-up at start (sdar_core.warmup): the start model's shapes for every trained block size (static
+    and dynamic) and the race's AR lane, and its AR twin's, decoded once in the background so that the first visitor
+    does not pay graph capture and kernel compilation. It takes the device one shape at a time, so a visitor who
+    comes early is served after one shape at most (the scheduler takes the same lock), and it logs a line per
+    shape."""
 
     done: int = 0
     total: int = 0
@@ -111,13 +141,17 @@ class Warmup:
 
     @staticmethod
     def _shapes(m: LoadedModel, settings: DecodeSettings) -> list[tuple[DecodeParams, object]]:
+        """What a visitor can pick, warmed: every trained block size with the static and the dynamic schedule
+        (steps as the settings ask, at most the block), and the AR lane, up to WARM_POSITIONS positions."""
         if not needs_warm_up(m.model):
             return []
-        ar = DecodeParams(**settings.as_ar().generate_kwargs())
-        params = [p.resolved(m.config) for p in ([DecodeParams(**settings.generate_kwargs()), ar] if m.is_sdar
-                                                  else [ar])]
-        by_block = {p.block_length: p for p in params}
-        return [(by_block[s.block_length], s) for s in warm_shapes(params, WARM_POSITIONS, m.context)]
+        params = [DecodeParams(**settings.as_ar().generate_kwargs())]
+        if m.is_sdar:
+            params = [DecodeParams(**replace(settings, strategy=strategy, block_length=block,
+                                             steps=min(settings.steps, block)).generate_kwargs())
+                      for block in trained_blocks(m.config) for strategy in ("static", "dynamic")] + params
+        return [(p, shape) for p in (p.resolved(m.config) for p in params)
+                for shape in warm_shapes([p], WARM_POSITIONS, m.context)]
 
 
 WARMUP = Warmup()

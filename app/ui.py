@@ -17,7 +17,7 @@ from .registry import DEFAULT_MODEL, ModelRegistry, ModelUnavailable, default_mi
 from .render import model_markdown
 from .settings import MAX_BLOCK_LENGTH
 from .studio import Studio, ar_note, trained_blocks, untrained_block_note
-from .visualizer import Visualizer, show
+from .visualizer import Visualizer
 
 try:  # On Hugging Face ZeroGPU Spaces, generation handlers borrow a GPU for their duration.
     import spaces
@@ -27,12 +27,12 @@ except ImportError:
     def gpu(fn):
         return fn
 
-# Decoding handlers: a few at once (the device itself is taken by one decode at a time, streaming.DEVICE, so that
-# a paced display or a model load never holds it); loads have their own few threads; the rest never waits.
-GENERATION = {"concurrency_limit": 4, "concurrency_id": "model"}
+# Decoding handlers: many at once. A handler only waits for its job on the device's scheduler (scheduler.py), which
+# batches the jobs waiting together; it holds no device and sleeps for no display (the page replays in the browser).
+GENERATION = {"concurrency_limit": 32, "concurrency_id": "model"}
+RACE = {"concurrency_limit": 2, "concurrency_id": "race"}  # timed lanes take the device lock for themselves
 LOADING = {"concurrency_limit": 2, "concurrency_id": "load"}
 LIGHT = {"concurrency_limit": None}  # rendering only: never waits behind a decode or a load
-REPLAY = {"concurrency_limit": 16, "concurrency_id": "replay"}  # display only (sleeps between frames), no device
 QUEUE = {"default_concurrency_limit": 1, "max_size": 64}  # beyond: gradio's "queue is full, try again"
 PRIVATE = {"api_visibility": "private"}
 
@@ -136,8 +136,9 @@ def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None
     demo, page = layout(default_model, choices, describe_model(studio, default_model), missing)
     with demo:
         describe = _wire_model(page, studio, demo)
-        _wire_chat(page, Chat(studio), describe)
-        _wire_visualizer(page, Visualizer(studio), describe)
+        vis = Visualizer(studio, page)
+        _wire_chat(page, Chat(studio, page), vis, describe)
+        _wire_visualizer(page, vis, describe)
         _wire_race(page, Race(studio), demo)
     demo.queue(**QUEUE)
     return demo
@@ -193,52 +194,45 @@ def settled():
     return [gr.skip()] * 5
 
 
-def _wire_chat(p: Page, chat: Chat, describe) -> None:
+def _wire_chat(p: Page, chat: Chat, vis: Visualizer, describe) -> None:
     decode = {**p.decode, "pace_ms": p.pace}
     outputs = [p.chatbot, p.history, p.message, p.live, p.chat_stats, p.recording, p.chat_note]
     shown = [p.chatbot, p.message, p.live, p.chat_stats, p.chat_note]
-    vis_outputs = [p.vis_title, p.vis_frame, p.vis_step, p.heatmap, p.blocks, p.trace_files]
+    vis_outputs = [p.vis_title, p.vis_player, p.blocks, p.trace_files]
     for trigger, name in ((p.send.click, "chat"), (p.message.submit, "chat_submit")):
         answer = trigger(gpu(chat.respond), [p.message, p.history, p.system], outputs, inputs_kwargs=decode,
                          api_name=name, api_visibility="public" if name == "chat" else "private", **GENERATION)
         # A refused message already shows its reason in the message area; the error that tells API clients also
         # marks the outputs as failed: settle them again, so that the conversation stays in view, unchanged.
         answer.failure(settled, None, shown, **PRIVATE, **LIGHT)
-        answer.then(show, p.recording, vis_outputs, **PRIVATE, **LIGHT
+        answer.then(vis.show, p.recording, vis_outputs, **PRIVATE, **LIGHT
                     ).then(describe, p.model_box, p.model_info, **PRIVATE, **LIGHT)
     p.stop.click(chat.studio.stop, None, None, api_name="stop", queue=False)
-    p.replay.click(chat.replay, [p.recording, p.pace], p.live, api_name="replay", **REPLAY)
     p.clear.click(chat.clear, None, [p.chatbot, p.history, p.message, p.live, p.chat_stats, p.chat_note],
                   api_name="clear", **LIGHT)
 
 
 def _wire_visualizer(p: Page, vis: Visualizer, describe) -> None:
     decode = {**p.decode, "pace_ms": p.pace}
-    outputs = [p.recording, p.vis_title, p.vis_frame, p.vis_step, p.heatmap, p.blocks, p.trace_files]
+    outputs = [p.recording, p.vis_title, p.vis_player, p.blocks, p.trace_files]
     run = p.vis_run.click(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, api_name="visualize",
                           **GENERATION)
     run.then(describe, p.model_box, p.model_info, **PRIVATE, **LIGHT)
     submit = p.vis_prompt.submit(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, **PRIVATE, **GENERATION)
     for event in (run, submit):  # the reason stays in the title; the outputs settle again
-        event.failure(lambda: [gr.skip()] * 6, None, outputs[1:], **PRIVATE, **LIGHT)
-    p.vis_step.input(vis.frame, [p.vis_step, p.recording], [p.vis_frame, p.heatmap], api_name="replay_frame",
-                     **LIGHT)
-    replay = [p.vis_step, p.vis_frame, p.heatmap, p.timer]
-    p.play.click(vis.play, [p.vis_step, p.recording], replay, **PRIVATE, **LIGHT)
-    p.pause.click(vis.pause, None, p.timer, **PRIVATE, **LIGHT)
-    p.timer.tick(vis.tick, [p.vis_step, p.recording], replay, **PRIVATE, **LIGHT)
+        event.failure(lambda: [gr.skip()] * 4, None, outputs[1:], **PRIVATE, **LIGHT)
 
 
 def _wire_race(p: Page, race: Race, demo: gr.Blocks) -> None:
     decode = {**p.decode, "mode": p.race_mode, "use_twin": p.use_twin, "repeats": p.race_repeats}
     outputs = [*p.lanes, p.race_table, p.race_speedup, p.race_chart]
     run = p.race_btn.click(gpu(race.race), [p.race_prompt], outputs, inputs_kwargs=decode, api_name="race",
-                           **GENERATION)
+                           **RACE)
     run.failure(lambda: [gr.skip()] * 6, None, outputs, **PRIVATE, **LIGHT)  # the reason stays in the headline
     p.race_stop.click(race.studio.stop, None, None, **PRIVATE, queue=False)
     sweep_outputs = [p.sweep_note, p.sweep_tpf, p.sweep_speed, p.sweep_df]
     sweep = p.sweep_btn.click(gpu(race.sweep), [p.race_prompt, p.model_box, p.sweep_blocks, p.sweep_thrs,
-                                                p.sweep_tokens], sweep_outputs, api_name="sweep", **GENERATION)
+                                                p.sweep_tokens], sweep_outputs, api_name="sweep", **RACE)
     sweep.failure(lambda: [gr.skip()] * 3, None, sweep_outputs[1:], **PRIVATE, **LIGHT)  # the reason stays above
     gpu_outputs = [p.gpu_plot, p.gpu_df, p.gpu_notes]
     p.gpu_refresh.click(race.gpu_results, None, gpu_outputs, api_name="gpu_results", **LIGHT)

@@ -26,7 +26,8 @@ from .moe import grouped_mm_available, triton_available
 
 MODES = ("plain", "static", "graph")
 BUCKET = 256  # the smallest static buffer; larger ones double (see bucket)
-_POOL_SIZE = 16  # runners kept per model: bounds the memory held by cached buffers and graphs
+_POOL_SIZE = 32  # runners kept per model: bounds the memory held by cached buffers and graphs (the studio warms
+# every trained block size x cache bucket, and batches come in powers of two)
 
 
 def bucket(total: int, context: int) -> int:

@@ -1,0 +1,74 @@
+"""What the page receives of a decode: compact step events, drawn in the browser (player.js).
+
+A `Feed` is the value of one DenoisePlayer: per step, the positions it committed with their token ids and
+confidences, and the positions still masked before it with the model's best guess and its confidence; each
+token's printed text once, in `pieces`. The server sends it as the decode runs (Gradio sends a streamed
+output's changes, not the whole value, so each yield costs the new steps only), and the page draws the live view,
+the watch replay, the scrubber and the heatmap from it. Nothing here sleeps for display.
+
+One step, as sent (`Feed.compact`; JS reads the same keys):
+    b  block index (from 0)           s  step inside the block (from 0)     at  block_start (absolute position)
+    c  offsets committed at this step  t  their token ids                    p  their confidences (3 decimals)
+    m  [offset, best guess, confidence] of every position masked before the step (the heatmap's row)
+    x  prompt offsets inside the block (only when there are some)           f  1 when the block is complete
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from sdar_core.trace import StepEvent
+
+CONFIDENCE_DIGITS = 3
+
+
+def compact(e: StepEvent) -> dict:
+    """One step as the page reads it (see the module docstring)."""
+    r = CONFIDENCE_DIGITS
+    step = {"b": e.block, "s": e.step, "at": e.block_start, "c": list(e.committed),
+            "t": [e.block_state[off] for off in e.committed],
+            "p": [round(float(c), r) for c in e.committed_confidence],
+            "m": [[off, e.candidates.get(off), round(float(conf), r)]
+                  for off, conf in sorted(e.masked_confidence.items())],
+            "f": int(e.final)}
+    if e.prompt_positions:
+        step["x"] = list(e.prompt_positions)
+    return step
+
+
+@dataclass
+class Feed:
+    """The growing value of one player: `value()` is a fresh dict each call (Gradio diffs it against the last
+    one it sent, so the list it held must not change afterwards)."""
+
+    run: int  # a new number for every decode: the page starts over when it changes
+    title: str
+    block_length: int
+    ar: bool  # one token per forward: no blocks, no masks to show
+    pace_ms: float  # the watch replay's delay per frame (0: show the newest step as it arrives)
+    stop_ids: list[int] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+    pieces: dict[str, str] = field(default_factory=dict)  # token id (as a JSON key) -> printed text
+    status: str = "decoding"  # decoding | done | stopped | failed
+    answer_end: int | None = None  # absolute position after the kept answer, once known
+    note: str = ""
+
+    def push(self, events: Iterable[StepEvent], pieces: dict[int, str]) -> None:
+        """Add a row's steps and the text of every token they show (each token's text is sent once)."""
+        self.steps.extend(compact(e) for e in events)
+        for tok, text in pieces.items():
+            self.pieces.setdefault(str(tok), text)
+
+    def finish(self, status: str, answer_end: int | None = None, note: str = "") -> None:
+        self.status, self.answer_end, self.note = status, answer_end, note
+
+    def value(self) -> dict:
+        return {"run": self.run, "title": self.title, "L": self.block_length, "ar": self.ar, "pace": self.pace_ms,
+                "stop": list(self.stop_ids), "steps": list(self.steps), "pieces": dict(self.pieces),
+                "status": self.status, "end": self.answer_end, "note": self.note}
+
+
+def empty(message: str, run: int = 0) -> dict:
+    """A player's value with nothing to show but `message`."""
+    return {"run": run, "title": "", "L": 0, "ar": False, "pace": 0, "stop": [], "steps": [], "pieces": {},
+            "status": "empty", "end": None, "note": message}

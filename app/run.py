@@ -1,0 +1,119 @@
+"""One shown decode as a handler sees it: a scheduler Job, the Feed the page draws, and the answer.
+
+`Run.follow()` yields whenever there is something new to send (throttled to FRAME_INTERVAL: the page draws at its
+own pace, so the server sends what accumulated rather than one message per step), and returns when the job ends.
+The answer's text has one source, `answer_text`: the tokenizer's decoding of the kept tokens, the same for the
+chat bubble, the recording and the API.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import queue
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from sdar_core.trace import Stats, StepEvent
+
+from .feed import Feed
+from .registry import LoadedModel
+from .render import FrameBuilder, frame_text, kept_answer_end
+from .scheduler import Failed, Finished, Job, Started, Steps
+
+FRAME_INTERVAL = 1 / 20  # seconds between two messages to the page while a decode runs (it draws at its own pace)
+WATCH_MS = 120  # the watch replay's default delay per frame: a 4-token block filled in one step stays masked 120 ms
+_RUNS = itertools.count(1)
+
+
+@dataclass
+class Run:
+    job: Job
+    notes: list[str]
+    title: str = ""
+    feed: Feed = None
+    events: list[StepEvent] = field(default_factory=list)
+    pieces: dict[int, str] = field(default_factory=dict)
+    tokens: list[int] | None = None  # the kept answer, once finished
+    stats: Stats | None = None
+    stopped: bool = False
+    batch: int = 1  # rows decoded together with this one
+    waited: float = 0.0
+
+    def __post_init__(self) -> None:
+        p = self.job.params
+        self.feed = Feed(run=next(_RUNS), title=self.title, block_length=p.block_length, ar=p.strategy == "ar",
+                         pace_ms=0.0, stop_ids=list(p.stop_token_ids))
+
+    @property
+    def model(self) -> LoadedModel:
+        return self.job.model
+
+    def follow(self, interval: float = FRAME_INTERVAL) -> Iterator[None]:
+        """Apply the job's updates as they come; yield when new steps arrived (at most every `interval` seconds,
+        the rest held back until then); raise the decode's error; return at its end (the feed then says done
+        or stopped, and the caller sends the final state)."""
+        sent, shown = 0, -math.inf
+        while True:
+            held = len(self.events) > sent
+            wait = max(0.0, shown + interval - time.perf_counter()) if held else 0.5
+            try:
+                update = self.job.updates.get(timeout=wait)
+            except queue.Empty:
+                update = None
+            if update is not None and self._apply(update):
+                return
+            if len(self.events) > sent and time.perf_counter() - shown >= interval:
+                sent, shown = len(self.events), time.perf_counter()
+                yield
+
+    def _apply(self, u) -> bool:
+        """Take one update in; True once the job has ended."""
+        if isinstance(u, Started):
+            self.batch, self.waited = u.batch, u.waited
+        elif isinstance(u, Steps):
+            self.events.extend(u.events)
+            pieces = {}
+            for e in u.events:
+                pieces.update(self.model.event_pieces(e))
+            self.pieces.update(pieces)
+            self.feed.push(u.events, pieces)
+        elif isinstance(u, Failed):
+            self.feed.finish("failed")
+            raise u.error
+        elif isinstance(u, Finished):
+            self.stopped, self.stats = u.stopped, u.stats
+            self.tokens = None if u.stopped else u.tokens
+            end = kept_answer_end(self.events, len(u.tokens)) if not u.stopped else None
+            self.feed.finish("stopped" if u.stopped else "done", end,
+                             note="Stopped: what was committed before Stop stays." if u.stopped else "")
+            return True
+        return False
+
+    def _frame(self):
+        """The frame after the last step received (None before any step)."""
+        builder, frame = FrameBuilder(stop_ids=self.model.stop_token_ids), None
+        for e in self.events:
+            frame = builder.push(e)
+        return frame
+
+    def committed_tokens(self) -> list[int]:
+        """The tokens committed so far, in answer order, up to the first stop token (a stopped run's answer)."""
+        frame = self._frame()
+        return [] if frame is None else [c.token for c in frame.done + frame.block
+                                         if c.token is not None and not c.discarded]
+
+    def answer_text(self) -> str:
+        """The answer as the chat shows it: the kept tokens decoded, special tokens left out."""
+        tokens = self.tokens if self.tokens is not None else self.committed_tokens()
+        return self.model.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def text_so_far(self) -> str:
+        """What the decode has committed so far, as the chat bubble shows it while it runs."""
+        frame = self._frame()
+        return "" if frame is None else frame_text(frame, self.pieces, self.model.stop_token_ids, masks=False)
+
+    def batch_note(self) -> str:
+        if self.batch <= 1:
+            return ""
+        return f"_Decoded in one batch with {self.batch - 1} other visitor request{'s' * (self.batch > 2)}._"

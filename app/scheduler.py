@@ -1,0 +1,277 @@
+"""One decode scheduler per device: visitors share the GPU by batching.
+
+A handler submits a `Job` (a model, one prompt, its DecodeParams, a stop flag) and reads typed updates from it:
+`Started`, then `Steps` (a block's step events of its row, as the decoder reports them), then `Finished` (its
+answer and stats) or `Failed`. The scheduler's thread repeats one step, the way nano-vllm's engine does:
+
+    batch = self.schedule()   # the oldest waiting job, and every waiting job that can share its decode
+    self.run(batch)           # one `generate` over the batch's rows, holding the device
+                              # (postprocessing is per row, inside run: each job ends as soon as its row does)
+
+Jobs share a decode when they have the same model and the same decoding settings (block length, steps,
+strategy, threshold, greedy sampling; max_new_tokens may differ: each row ends at its own limit). A sampled
+request (temperature > 0) decodes alone: one generator for the batch would make its answer depend on its
+neighbours, and batching must never change an answer. A job that arrives while a batch runs joins the next one.
+On a GPU the batch is padded to a power of two (copies of its first row, whose steps nobody reads), so the
+captured CUDA graphs stay few. The scheduler takes the device lock (streaming.DEVICE) per batch: the race's
+timed lanes, which take the same lock, keep the device to themselves while they run.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Iterator
+
+from sdar_core import DecodeParams, GenerationError, generate
+from sdar_core.decoding import positions_needed
+from sdar_core.trace import Stats, StepEvent
+
+from .registry import LoadedModel
+from .streaming import DEVICE
+
+log = logging.getLogger(__name__)
+MAX_BATCH = 16  # rows of one decode: beyond it, requests wait for the next batch
+
+
+class Stopped(Exception):
+    """Ends a batch's decode at its next reported step: none of its rows is wanted any more."""
+
+
+# --- what a job reports -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Started:
+    batch: int  # rows decoded together (this one included)
+    waited: float  # seconds between submit and the start of its decode
+
+
+@dataclass(frozen=True)
+class Steps:
+    events: list[StepEvent]  # this row's steps since the last report (row index 0: the job's own view)
+
+
+@dataclass(frozen=True)
+class Finished:
+    tokens: list[int]  # the answer, cut after its first stop token and at max_new_tokens
+    stats: Stats | None  # None when it was stopped
+    stopped: bool
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: BaseException
+
+
+Update = Started | Steps | Finished | Failed
+
+
+@dataclass
+class Job:
+    """One visitor's decode: one prompt row with its own limit and stop flag."""
+
+    model: LoadedModel
+    ids: list[int]
+    params: DecodeParams  # resolved (block length filled in), the model's stop tokens included
+    stop: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+    updates: queue.Queue = field(default_factory=queue.Queue)
+    ended: bool = False
+
+    @property
+    def key(self) -> tuple:
+        """Jobs with equal keys can share one decode."""
+        p = self.params
+        if p.temperature > 0:
+            return ("alone", id(self))
+        return (id(self.model.model), p.strategy, p.block_length, p.steps, p.threshold, p.entropy_bound,
+                p.top_k, p.top_p, tuple(p.stop_token_ids))
+
+    def updates_until_done(self, poll: float = 0.1) -> Iterator[Update]:
+        """Every update, until Finished or Failed; sets nothing itself (Stop is the job's `stop` flag)."""
+        while True:
+            try:
+                u = self.updates.get(timeout=poll)
+            except queue.Empty:
+                continue
+            yield u
+            if isinstance(u, (Finished, Failed)):
+                return
+
+
+class DecodeScheduler:
+    """The decodes of one device (see the module docstring). `pad_batches`: round batches up to a power of two
+    (on a GPU, so that graph captures stay few)."""
+
+    def __init__(self, name: str = "device", max_batch: int = MAX_BATCH, lock: threading.Lock = DEVICE) -> None:
+        self.name, self.max_batch, self.lock = name, max_batch, lock
+        self.waiting: list[Job] = []
+        self.running = 0  # rows of the batch in flight
+        self.batches = 0  # decodes run so far (a test reads it)
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def load(self) -> int:
+        """Rows waiting or decoding: what routing to the least-loaded device compares."""
+        with self._cv:
+            return len(self.waiting) + self.running
+
+    def submit(self, job: Job) -> Job:
+        """Queue `job` (checked first: a request that cannot decode fails here, in the caller's thread, and never
+        spoils a batch)."""
+        config = job.model.config
+        job.params.check(config)
+        needed = positions_needed(len(job.ids), job.params.max_new_tokens, job.params.strategy,
+                                  job.params.block_length)
+        if needed > config.max_position_embeddings:
+            raise GenerationError(
+                f"prompt ({len(job.ids)} tokens) + max_new_tokens ({job.params.max_new_tokens}), rounded up to "
+                f"whole blocks of {job.params.block_length}, is {needed} tokens: beyond the model's context of "
+                f"{config.max_position_embeddings}")
+        with self._cv:
+            self.waiting.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True, name=f"sdar-scheduler-{self.name}")
+                self._thread.start()
+            self._cv.notify()
+        return job
+
+    def _loop(self) -> None:
+        while True:
+            batch = self.schedule()
+            try:
+                self.run(batch)
+            except BaseException as e:  # reported to every job of the batch; the scheduler goes on
+                if not isinstance(e, GenerationError):
+                    log.exception("a batch of %d rows failed", len(batch))
+                for job in batch:
+                    end(job, Failed(e))
+            finally:
+                with self._cv:
+                    self.running = 0
+
+    def schedule(self) -> list[Job]:
+        """Wait for work; the oldest job and the waiting jobs that share its key, oldest first. Jobs stopped while
+        they waited end here, unrun."""
+        with self._cv:
+            while True:
+                for job in [j for j in self.waiting if j.stop.is_set()]:
+                    self.waiting.remove(job)
+                    end(job, Finished([], None, stopped=True))
+                if self.waiting:
+                    break
+                self._cv.wait()
+            key = self.waiting[0].key
+            batch = [j for j in self.waiting if j.key == key][: self.max_batch]
+            for job in batch:
+                self.waiting.remove(job)
+            self.running = len(batch)
+            return batch
+
+    def run(self, batch: list[Job]) -> None:
+        """One decode of the batch's rows, each job told its steps and its end as soon as its row has them."""
+        first = batch[0]
+        model, p = first.model.model, first.params
+        rows = [job.ids for job in batch]
+        if p.runner_mode != "plain" and model.device.type == "cuda":
+            width = 1 << (len(rows) - 1).bit_length()  # the next power of two
+            rows += [rows[0]] * (min(width, self.max_batch) - len(rows))
+        longest = max(job.params.max_new_tokens for job in batch)
+        rowing = BatchRows(batch, p)
+        with self.lock:
+            rowing.start()
+            try:
+                generate(model, rows, replace(p, max_new_tokens=longest, trace=False), on_step=rowing.on_step)
+            except Stopped:
+                pass
+        self.batches += 1
+        rowing.close()
+
+
+def end(job: Job, update: Update) -> None:
+    if not job.ended:
+        job.ended = True
+        job.updates.put(update)
+
+
+class BatchRows:
+    """Routes a batch decode's step events to its jobs and ends each job when its row is complete: its first stop
+    token, or its own max_new_tokens (the rows after it in the batch may go on)."""
+
+    def __init__(self, batch: list[Job], p: DecodeParams) -> None:
+        self.batch, self.p = batch, p
+        self.stop_ids = set(p.stop_token_ids)
+        self.pending: list[list[StepEvent]] = [[] for _ in batch]
+        self.tokens: list[list[int]] = [[] for _ in batch]
+        self.forwards = [0] * len(batch)
+        self.blocks: list[list[int]] = [[] for _ in batch]
+        self.t0 = 0.0
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+        for job in self.batch:
+            job.updates.put(Started(len(self.batch), self.t0 - job.submitted))
+
+    def on_step(self, e: StepEvent) -> None:
+        if e.row >= len(self.batch):  # a padding row
+            return
+        job = self.batch[e.row]
+        if job.ended:
+            self._all_ended()
+            return
+        if job.stop.is_set():
+            self._finish(e.row, stopped=True)
+            self._all_ended()
+            return
+        self.pending[e.row].append(e)
+        self.forwards[e.row] += 1
+        if not e.final:
+            return
+        prompt = set(e.prompt_positions)
+        self.tokens[e.row] += [t for off, t in enumerate(e.block_state) if off not in prompt]
+        self.blocks[e.row].append(e.step + 1)
+        job.updates.put(Steps(self.pending[e.row]))
+        self.pending[e.row] = []
+        if self._complete(e.row):
+            self._finish(e.row, stopped=False)
+            self._all_ended()
+
+    def _complete(self, r: int) -> bool:
+        limit = self.batch[r].params.max_new_tokens
+        return len(self.tokens[r]) >= limit or any(t in self.stop_ids for t in self.tokens[r][:limit])
+
+    def _answer(self, r: int) -> list[int]:
+        out = []
+        for t in self.tokens[r][: self.batch[r].params.max_new_tokens]:
+            out.append(t)
+            if t in self.stop_ids:
+                break
+        return out
+
+    def _finish(self, r: int, stopped: bool) -> None:
+        job = self.batch[r]
+        if self.pending[r]:
+            job.updates.put(Steps(self.pending[r]))
+            self.pending[r] = []
+        tokens = self._answer(r)
+        p = job.params
+        stats = None if stopped else Stats(
+            strategy=p.strategy, block_length=p.block_length, steps=p.steps, batch_size=1,
+            prompt_tokens=len(job.ids), new_tokens=len(tokens), forwards=self.forwards[r],
+            prefill_forwards=int(len(job.ids) >= p.block_length if p.strategy != "ar" else len(job.ids) > 1),
+            seconds=time.perf_counter() - self.t0, prefill_seconds=0.0, steps_per_block=[self.blocks[r]],
+            new_tokens_per_row=[len(tokens)])
+        end(job, Finished(tokens, stats, stopped))
+
+    def _all_ended(self) -> None:
+        if all(job.ended for job in self.batch):
+            raise Stopped()
+
+    def close(self) -> None:
+        """The decode is over: a row still open ends now (its last block reached the batch's limit)."""
+        for r, job in enumerate(self.batch):
+            if not job.ended:
+                self._finish(r, stopped=job.stop.is_set())
