@@ -89,16 +89,18 @@ function buildFrames(value) {
   return frames;
 }
 
-function discardedAt(frame, value, last) {
-  const end = last && value.end !== null && value.end !== undefined ? value.end : frame.end;
+// Positions from here on follow the answer's end: the kept answer's end once the decode is done (every frame of a
+// replay), else the first stop token committed by this frame.
+function discardedAt(frame, value) {
+  const end = value.end !== null && value.end !== undefined ? value.end : frame.end;
   return end === null || end === undefined ? Infinity : end;
 }
 
 // The frame as plain text: masks as the mask glyph (left out with masks=false), stop tokens and what follows
 // the answer's end left out. Mirrors app/render.py frame_text.
-function frameText(frame, value, last, masks = true) {
+function frameText(frame, value, masks = true) {
   const stops = new Set(value.stop || []);
-  const end = discardedAt(frame, value, last);
+  const end = discardedAt(frame, value);
   let out = "";
   for (const c of frame.done.concat(frame.block)) {
     if (c.pos >= end || stops.has(c.tok)) continue;
@@ -152,8 +154,8 @@ function where(frame, value, total) {
     (frame.blockStep + 1) + (frame.final ? " (block complete)" : "");
 }
 
-function frameHtml(frame, value, last, total) {
-  const end = discardedAt(frame, value, last);
+function frameHtml(frame, value, total) {
+  const end = discardedAt(frame, value);
   const done = frame.done.map((c) => cellHtml(c, value, end)).join("");
   const block = frame.block.length ? '<span class="sdar-block">' + frame.block.map((c) => cellHtml(c, value, end)).join("") +
     "</span>" : "";
@@ -249,7 +251,7 @@ function mount(element, props, watch) {
     const i = Math.max(0, Math.min(state.cursor, frames.length - 1));
     const frame = frames[i];
     const last = i === frames.length - 1 && v.status !== "decoding";
-    $(".sdar-frame").innerHTML = frameHtml(frame, v, last, total());
+    $(".sdar-frame").innerHTML = frameHtml(frame, v, total());
     const label = state.playing ? "Watch" : (v.status === "decoding" ? "Live" : (last ? "Done" : "Frame"));
     $(".sdar-where").textContent = (v.title ? " \u2014 " : "") + label + ": " + where(frame, v, total());
     const scrub = $(".sdar-scrub");
@@ -257,7 +259,7 @@ function mount(element, props, watch) {
     $(".sdar-count").textContent = "frame " + (i + 1) + " of " + frames.length + (v.status === "decoding" ? "+" : "");
     root.dataset.frame = String(i);
     root.dataset.masked = String(frame.block.filter((c) => c.tok === null).length);
-    root.dataset.text = frameText(frame, v, last);
+    root.dataset.text = frameText(frame, v);
     if (withHeatmap) drawHeatmap($(".sdar-heatmap"), v, frames, i);
   }
   function stopTimer() {
@@ -349,4 +351,4 @@ function mount(element, props, watch) {
 }
 
 window.SDARPlayer = {buildFrames, frameText, answerStart};
-mount(element, props, watch);
+if (element) mount(element, props, watch); // without one (tests under node): the pure functions only

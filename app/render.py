@@ -95,7 +95,9 @@ class FrameBuilder:
         (each position with the model's best guess and confidence at that step). Pushes nothing."""
         self._enter(e)
         prompt = set(e.prompt_positions)
-        block = [Cell(e.block_start + off, None, e.masked_confidence.get(off), None, candidate=e.candidates.get(off))
+        end = math.inf if self.answer_end is None else self.answer_end
+        block = [Cell(e.block_start + off, None, e.masked_confidence.get(off), None, candidate=e.candidates.get(off),
+                      discarded=e.block_start + off >= end)
                  for off in range(len(e.block_state)) if off not in prompt]
         return Frame(step=self.n, done=list(self.done), block=block, block_index=e.block, opening=True)
 
@@ -140,6 +142,18 @@ def watch_frames(events: list[StepEvent], answer_end: int | None = None) -> list
             out.append(builder.opening(e))
         out.append(builder.push(e))
     return out
+
+
+def frame_at(events: list[StepEvent], step: int, answer_end: int | None = None, stop_ids: Iterable[int] = ()
+             ) -> Frame:
+    """The frame after global step `step` (clamped to the trace)."""
+    if not events:
+        return Frame(step=-1)
+    step = max(0, min(int(step), len(events) - 1))
+    builder = FrameBuilder(answer_end, stop_ids)
+    for e in events[: step + 1]:
+        frame = builder.push(e)
+    return frame
 
 
 # --- HTML ----------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from sdar_core.trace import Stats, StepEvent
 
 from .feed import Feed
 from .registry import LoadedModel
-from .render import FrameBuilder, frame_text, kept_answer_end
+from .render import frame_at, frame_text, kept_answer_end
 from .scheduler import Failed, Finished, Job, Started, Steps
 
 FRAME_INTERVAL = 1 / 20  # seconds between two messages to the page while a decode runs (it draws at its own pace)
@@ -92,10 +92,7 @@ class Run:
 
     def _frame(self):
         """The frame after the last step received (None before any step)."""
-        builder, frame = FrameBuilder(stop_ids=self.model.stop_token_ids), None
-        for e in self.events:
-            frame = builder.push(e)
-        return frame
+        return frame_at(self.events, len(self.events) - 1, stop_ids=self.model.stop_token_ids) if self.events else None
 
     def committed_tokens(self) -> list[int]:
         """The tokens committed so far, in answer order, up to the first stop token (a stopped run's answer)."""

@@ -109,7 +109,7 @@ class DecodeScheduler:
         self.name, self.max_batch, self.lock = name, max_batch, lock
         self.waiting: list[Job] = []
         self.running = 0  # rows of the batch in flight
-        self.batches = 0  # decodes run so far (a test reads it)
+        self.batches = 0  # decodes started so far
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -182,12 +182,12 @@ class DecodeScheduler:
         longest = max(job.params.max_new_tokens for job in batch)
         rowing = BatchRows(batch, p)
         with self.lock:
+            self.batches += 1
             rowing.start()
             try:
                 generate(model, rows, replace(p, max_new_tokens=longest, trace=False), on_step=rowing.on_step)
             except Stopped:
                 pass
-        self.batches += 1
         rowing.close()
 
 

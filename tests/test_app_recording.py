@@ -1,5 +1,5 @@
-"""app/recording.py: a finished lane's Recording holds generate's own trace (files included) and its last frame,
-which the visualizer's replay shows as a replay of the whole trace would."""
+"""app/recording.py and app/run.py: a finished run's Recording holds generate's own trace (files included) and the
+player's final value; the run's answer text is the tokenizer's decoding of generate's tokens."""
 from __future__ import annotations
 
 import csv
@@ -11,22 +11,24 @@ import torch
 
 from app.recording import record
 from app.registry import ModelRegistry
-from app.render import frame_at, frame_html, kept_answer_end
-from app.settings import DecodeSettings
-from app.streaming import Lane, stream
-from app.visualizer import replay_frame
+from app.render import kept_answer_end
+from app.settings import DecodeRequest, DecodeSettings
+from app.studio import Studio
 from sdar_core import generate
 
 
-def test_a_recording_holds_the_trace_files_and_the_last_frame_of_its_lane(studio_checkpoints):
+def test_a_recording_holds_the_trace_files_and_the_players_value(studio_checkpoints):
     sdar, _ = studio_checkpoints
-    loaded = ModelRegistry(models_dir=sdar.parent).get(str(sdar))
+    studio = Studio(registry=ModelRegistry(models_dir=sdar.parent))
     settings = DecodeSettings(block_length=4, steps=2, strategy="dynamic", threshold=0.5, max_new_tokens=16)
-    lane = Lane(loaded, loaded.tokenizer("Tell me a story.")["input_ids"], settings)
-    list(stream({"a": lane}, threading.Event()))
-    rec = record("a story", lane)
-    ref = generate(loaded.model, torch.tensor([lane.ids]), stop_token_ids=loaded.stop_token_ids, trace=True,
+    run = studio.start(DecodeRequest(str(sdar), settings), [{"role": "user", "content": "Tell me a story."}],
+                       threading.Event())
+    list(run.follow())
+    rec = record("a story", run)
+    loaded = run.model
+    ref = generate(loaded.model, torch.tensor([run.job.ids]), stop_token_ids=loaded.stop_token_ids, trace=True,
                    **settings.generate_kwargs())
+    assert run.answer_text() == loaded.tokenizer.decode(ref.row_tokens(0), skip_special_tokens=True)
     steps = json.loads(open(rec.json_path).read())["steps"]
     texts = ("block_text", "committed_text", "candidate_text")
     assert [{k: v for k, v in s.items() if k not in texts} for s in steps] == json.loads(ref.trace_json())["steps"]
@@ -38,24 +40,22 @@ def test_a_recording_holds_the_trace_files_and_the_last_frame_of_its_lane(studio
     assert [r[:9] for r in rows] == list(csv.reader(io.StringIO(ref.trace_csv())))
     assert rows[0][9:] == ["candidate_text", "global_step"]
     assert all(r[9] == rec.pieces[int(r[6])] for r in rows[1:]) and rows[1][10] == "1"
-    assert rec.answer_end == kept_answer_end(ref.trace, ref.lengths[0]) and rec.last_frame is lane.frame
-    n, title = rec.n_steps, "'a story'"
-    assert replay_frame(rec, n) == frame_html(frame_at(ref.trace, n - 1, rec.answer_end), rec.pieces, title=title,
-                                              total=n)
-    assert replay_frame(rec, 1) == frame_html(frame_at(ref.trace, 0, rec.answer_end), rec.pieces, title=title,
-                                              total=n)  # steps counted from 1
+    assert rec.answer_end == kept_answer_end(ref.trace, ref.lengths[0])
+    assert rec.feed["status"] == "done" and rec.feed["end"] == rec.answer_end and len(rec.feed["steps"]) == rec.n_steps
 
 
-def test_play_and_its_ticks_move_the_heatmaps_band_with_the_frame(studio_checkpoints):
-    from app.visualizer import Visualizer
-
+def test_a_stopped_runs_answer_is_what_it_had_committed(studio_checkpoints):
     sdar, _ = studio_checkpoints
-    loaded = ModelRegistry(models_dir=sdar.parent).get(str(sdar))
-    lane = Lane(loaded, loaded.tokenizer("Tell me a story.")["input_ids"],
-                DecodeSettings(block_length=4, steps=4, strategy="static", max_new_tokens=8))
-    list(stream({"a": lane}, threading.Event()))
-    rec = record("a story", lane)
-    step, frame, fig, timer = Visualizer.play(rec.n_steps, rec)  # at the end: starts over at step 1
-    assert step == 1 and f"step 1 of {rec.n_steps}" in frame and fig.layout.shapes[0].y0 == 0.5
-    step, frame, fig, _ = Visualizer.tick(step, rec)
-    assert step == 2 and f"step 2 of {rec.n_steps}" in frame and fig.layout.shapes[0].y0 == 1.5
+    studio = Studio(registry=ModelRegistry(models_dir=sdar.parent))
+    stop = threading.Event()
+    settings = DecodeSettings(block_length=4, steps=4, strategy="static", max_new_tokens=64)
+    run = studio.start(DecodeRequest(str(sdar), settings), [{"role": "user", "content": "Go on."}], stop)
+    for _ in run.follow(interval=0):
+        stop.set()  # Stop after the first block reached the handler
+    assert run.stopped and run.stats is None and run.feed.status == "stopped"
+    ref = generate(run.model.model, [run.job.ids], stop_token_ids=run.model.stop_token_ids, trace=True,
+                   **settings.generate_kwargs())
+    assert 1 <= len(run.events) < len(ref.trace) and run.tokens is None  # ended early
+    committed = run.committed_tokens()
+    assert committed and committed == ref.row_tokens(0)[: len(committed)]  # a prefix of the whole answer
+    assert run.answer_text() == run.model.tokenizer.decode(committed, skip_special_tokens=True)

@@ -1,13 +1,12 @@
-"""app/render.py on StepEvents built by hand: frames (live, finished, replayed), HTML, heatmap data, per-block table."""
+"""app/render.py on StepEvents built by hand: frames (live, finished, replayed), HTML, per-block table."""
 from __future__ import annotations
 
 import re
 
 import pytest
 
-from app.render import (MASK_GLYPH, FrameBuilder, answer_start, block_table, commit_points, confidence_colour,
-                        confidence_heatmap, frame_at, frame_html, frame_text, frames, heatmap_data, kept_answer_end,
-                        watch_frames)
+from app.render import (MASK_GLYPH, FrameBuilder, answer_start, block_table, confidence_colour, frame_at, frame_html,
+                        frame_text, kept_answer_end, watch_frames)
 from sdar_core.trace import StepEvent
 
 M = 99  # mask id
@@ -73,32 +72,13 @@ def test_positions_after_the_kept_answer_are_marked_discarded(trace):
     assert frame_text(frame_at(trace, 4), PIECES, hidden=[16]) == "ABCED"
 
 
-def test_frames_replay_every_step_and_frame_at_clamps(trace):
-    all_frames = frames(trace)
-    assert [f.step for f in all_frames] == [0, 1, 2, 3, 4]
+def test_frame_at_clamps_to_the_trace(trace):
+    assert [frame_at(trace, i).step for i in range(5)] == [0, 1, 2, 3, 4]
     assert frame_at(trace, 99).step == 4 and frame_at(trace, -5).step == 0
     assert frame_at([], 0).step == -1
 
 
-def test_heatmap_data_is_the_masked_confidences_at_each_step(trace):
-    xs, ys, z = heatmap_data(trace)
-    assert xs == list(range(6)) and ys == [1, 2, 3, 4, 5]  # answer positions 6..11, five steps counted from 1
-    expected = [[None] * 6 for _ in range(5)]
-    for y, e in enumerate(trace):
-        for off, c in e.masked_confidence.items():
-            expected[y][e.block_start + off - 6] = c
-    assert z == expected
-    fig = confidence_heatmap(trace, PIECES)
-    heat, marks = fig.data
-    assert [list(r) for r in heat.z] == expected
-    assert list(marks.x) == [0, 1, 2, 4, 3, 5] and list(marks.y) == [1, 2, 3, 3, 4, 5]  # commit step marked
-    assert list(marks.text) == ["A", "B", "C", "D", "E", "<|im_end|>"]
-    assert commit_points(trace)[2] == [0.95, 0.60, 0.92, 0.91, 0.50, 0.70]
-
-
-def test_empty_trace_gives_an_explanatory_figure_and_empty_table():
-    fig = confidence_heatmap([])
-    assert not fig.data and "No trace yet" in fig.layout.annotations[0].text
+def test_an_empty_trace_gives_an_empty_table():
     assert block_table([]).empty
 
 
@@ -117,8 +97,6 @@ def test_ar_trace_of_one_token_blocks_renders_each_token_as_its_own_block():
     f = frame_at(ar, 2)
     assert [c.token for c in f.done] == [10, 11] and [c.token for c in f.block] == [12]
     assert block_table(ar)["steps"].tolist() == [1, 1, 1]
-    xs, ys, z = heatmap_data(ar)
-    assert [[v for v in row if v is not None] for row in z] == [[0.5], [0.6], [0.7]]
 
 
 def test_builder_finishes_its_last_frame_like_a_replay_with_the_answer_end(trace):
@@ -162,7 +140,7 @@ def test_a_replay_opens_every_block_fully_masked_before_its_first_step(trace):
     opening = shown[3]  # block 2 before its first step: block 1 finished, its four positions masked
     assert [c.token for c in opening.done] == [10, 11] and [c.token for c in opening.block] == [None] * 4
     assert [c.confidence for c in opening.block] == [0.92, 0.30, 0.91, 0.20]  # the model's guesses at that step
-    assert [f for f in shown if not f.opening] == frames(trace)  # the other frames are the steps themselves
+    assert [f for f in shown if not f.opening] == [frame_at(trace, i) for i in range(len(trace))]  # the other frames are the steps themselves
     html = frame_html(opening, PIECES, total=5)
     assert "block 2 opens, 4 positions masked · next: step 3 of 5" in html and html.count(MASK_GLYPH) >= 4
 
@@ -173,14 +151,6 @@ def test_steps_and_blocks_are_counted_from_one_in_the_frame_title(trace):
     assert "step 5 of 5 · block 2, its denoising step 3 (block done: nothing masked)" in frame_html(
         frame_at(trace, 4), PIECES, total=5)
     assert "committed at step 1" in frame_html(frame_at(trace, 0), PIECES)  # a token's tooltip counts the same way
-
-
-def test_the_heatmap_marks_the_step_the_replay_shows(trace):
-    fig = confidence_heatmap(trace, PIECES, current=3)
-    band = fig.layout.shapes[0]
-    assert (band.y0, band.y1) == (2.5, 3.5)  # the row of step 3
-    assert any(a.text == "step 3 (shown)" for a in fig.layout.annotations)
-    assert not confidence_heatmap(trace, PIECES).layout.shapes
 
 
 def test_what_follows_a_committed_stop_token_is_struck_out_while_the_decode_runs():
@@ -194,20 +164,3 @@ def test_what_follows_a_committed_stop_token_is_struck_out_while_the_decode_runs
     assert 'sdar-discarded' in frame_html(last, PIECES) and "line-through" in frame_html(last, PIECES)
     assert frame_text(last, PIECES, hidden=[16]) == "C"
     assert not any(c.discarded for c in FrameBuilder().push(trace[0]).block)  # no stop ids: nothing known yet
-
-
-def test_a_replay_shows_every_frame_unless_it_would_take_longer_than_its_cap():
-    import threading
-
-    from app.replay import MAX_WATCH_SECONDS, paced, schedule
-
-    assert schedule(10, 120) == list(range(10)) and schedule(0, 120) == []
-    long = schedule(1000, 120)  # 120 s at full length: evenly thinned, the last frame kept
-    assert long[-1] == 999 and (len(long) - 1) * 0.12 <= MAX_WATCH_SECONDS + 0.12
-    stop = threading.Event()
-    shown = []
-    for i, _ in paced(list(range(5)), 1, stop):
-        shown.append(i)
-        if i == 2:
-            stop.set()  # Stop: the replay ends on the frame it shows
-    assert shown == [0, 1, 2]
