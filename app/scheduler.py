@@ -4,17 +4,19 @@ A handler submits a `Job` (a model, one prompt, its DecodeParams, a stop flag) a
 `Started`, then `Steps` (a block's step events of its row, as the decoder reports them), then `Finished` (its
 answer and stats) or `Failed`. The scheduler's thread repeats one step, the way nano-vllm's engine does:
 
-    batch = self.schedule()   # the oldest waiting job, and every waiting job that can share its decode
-    self.run(batch)           # one `generate` over the batch's rows, holding the device
-                              # (postprocessing is per row, inside run: each job ends as soon as its row does)
+    with device:              # the device is free (another batch or a race lane may have held it)
+        batch = self.schedule()   # the oldest waiting job, and every waiting job that can share its decode
+        self.run(batch)           # one `generate` over the batch's rows
+                                  # (postprocessing is per row, inside run: each job ends as soon as its row does)
 
 Jobs share a decode when they have the same model and the same decoding settings (block length, steps,
 strategy, threshold, greedy sampling; max_new_tokens may differ: each row ends at its own limit). A sampled
 request (temperature > 0) decodes alone: one generator for the batch would make its answer depend on its
-neighbours, and batching must never change an answer. A job that arrives while a batch runs joins the next one.
+neighbours, and batching must never change an answer. A job that arrives while the device is busy (a batch, a race
+lane) joins the next batch.
 On a GPU the batch is padded to a power of two (copies of its first row, whose steps nobody reads), so the
 captured CUDA graphs stay few. The scheduler takes the device lock (streaming.DEVICE) per batch: the race's
-timed lanes, which take the same lock, keep the device to themselves while they run.
+timed lanes and the GPU warm-up, which take the same lock, keep the device to themselves while they run.
 """
 from __future__ import annotations
 
@@ -141,29 +143,36 @@ class DecodeScheduler:
 
     def _loop(self) -> None:
         while True:
-            batch = self.schedule()
-            try:
-                self.run(batch)
-            except BaseException as e:  # reported to every job of the batch; the scheduler goes on
-                if not isinstance(e, GenerationError):
-                    log.exception("a batch of %d rows failed", len(batch))
-                for job in batch:
-                    end(job, Failed(e))
-            finally:
-                with self._cv:
-                    self.running = 0
+            self._wait_for_work()
+            with self.lock:  # the batch is chosen once the device is free: whoever came meanwhile joins it
+                batch = self.schedule()
+                if not batch:
+                    continue
+                try:
+                    self.run(batch)
+                except BaseException as e:  # reported to every job of the batch; the scheduler goes on
+                    if not isinstance(e, GenerationError):
+                        log.exception("a batch of %d rows failed", len(batch))
+                    for job in batch:
+                        end(job, Failed(e))
+                finally:
+                    with self._cv:
+                        self.running = 0
+
+    def _wait_for_work(self) -> None:
+        with self._cv:
+            while not self.waiting:
+                self._cv.wait()
 
     def schedule(self) -> list[Job]:
-        """Wait for work; the oldest job and the waiting jobs that share its key, oldest first. Jobs stopped while
-        they waited end here, unrun."""
+        """The oldest waiting job and the waiting jobs that share its key, oldest first (none when nothing waits).
+        Jobs stopped while they waited end here, unrun."""
         with self._cv:
-            while True:
-                for job in [j for j in self.waiting if j.stop.is_set()]:
-                    self.waiting.remove(job)
-                    end(job, Finished([], None, stopped=True))
-                if self.waiting:
-                    break
-                self._cv.wait()
+            for job in [j for j in self.waiting if j.stop.is_set()]:
+                self.waiting.remove(job)
+                end(job, Finished([], None, stopped=True))
+            if not self.waiting:
+                return []
             key = self.waiting[0].key
             batch = [j for j in self.waiting if j.key == key][: self.max_batch]
             for job in batch:
@@ -172,7 +181,8 @@ class DecodeScheduler:
             return batch
 
     def run(self, batch: list[Job]) -> None:
-        """One decode of the batch's rows, each job told its steps and its end as soon as its row has them."""
+        """One decode of the batch's rows (the caller holds the device), each job told its steps and its end as
+        soon as its row has them."""
         first = batch[0]
         model, p = first.model.model, first.params
         rows = [job.ids for job in batch]
@@ -181,13 +191,12 @@ class DecodeScheduler:
             rows += [rows[0]] * (min(width, self.max_batch) - len(rows))
         longest = max(job.params.max_new_tokens for job in batch)
         rowing = BatchRows(batch, p)
-        with self.lock:
-            self.batches += 1
-            rowing.start()
-            try:
-                generate(model, rows, replace(p, max_new_tokens=longest, trace=False), on_step=rowing.on_step)
-            except Stopped:
-                pass
+        self.batches += 1
+        rowing.start()
+        try:
+            generate(model, rows, replace(p, max_new_tokens=longest, trace=False), on_step=rowing.on_step)
+        except Stopped:
+            pass
         rowing.close()
 
 

@@ -132,7 +132,8 @@ class Warmup:
                 with DEVICE:
                     seconds = warm_up(m.model, params, shape, filler)
                 self.done += 1
-                log.info("GPU warm-up %d/%d: %s, %s: %.2f s", i + 1, len(plan), m.display_name, shape, seconds)
+                log.info("GPU warm-up %d/%d: %s, %s, %s: %.2f s", i + 1, len(plan), m.display_name, params.strategy,
+                         shape, seconds)
         except Exception:  # a failed warm-up costs the first visitor its capture time, nothing else
             log.exception("GPU warm-up failed")
         finally:  # logged before `running` drops, so that whoever waits for the end finds the line

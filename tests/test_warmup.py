@@ -3,6 +3,8 @@ the runner pool's entry for its shape, so that the first real request finds its 
 ready and decodes exactly what a cold decode gives."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from sdar_core import DecodeParams, generate
@@ -77,9 +79,57 @@ def test_the_studio_warms_its_start_model_and_twin_shape_by_shape_in_the_backgro
         deadline = time.monotonic() + 60
         while warm.running and time.monotonic() < deadline:
             time.sleep(0.05)
-    # sdar-tiny: blocks 4 and 1 (the race's AR lane) x buckets 256, 512 (context 512); ar-tiny: block 1 x 2.
-    assert (warm.done, warm.total, warm.running, warm.note()) == (6, 6, False, "")
-    assert held == [True] * 6 and not DEVICE.locked()
+    # sdar-tiny: its trained block 4, static and dynamic, and block 1 (the race's AR lane) x buckets 256, 512
+    # (context 512); ar-tiny: block 1 x 2.
+    assert (warm.done, warm.total, warm.running, warm.note()) == (8, 8, False, "")
+    assert held == [True] * 8 and not DEVICE.locked()
     lines = [r.getMessage() for r in caplog.records if "GPU warm-up" in r.getMessage()]
-    assert [line.split(":")[0] for line in lines[:6]] == [f"GPU warm-up {i}/6" for i in range(1, 7)]
+    assert [line.split(":")[0] for line in lines[:8]] == [f"GPU warm-up {i}/8" for i in range(1, 9)]
+    shapes = [line.split(": ", 1)[1].rsplit(":", 1)[0] for line in lines[:8]]
+    assert shapes[:4] == [f"sdar-tiny, {s}, block 4, cache {b} positions" for s in ("static", "dynamic")
+                          for b in (256, 512)]
     assert sum(": ar-tiny," in line for line in lines) == 2 and "GPU warm-up done" in lines[-1]
+
+
+def test_a_visitor_who_comes_during_the_warm_up_is_served_and_the_warm_up_goes_on(studio_checkpoints, monkeypatch,
+                                                                                  caplog):
+    """The warm-up takes the device one shape at a time; a chat sent meanwhile (from a handler under
+    torch.inference_mode) is decoded between two shapes, on the same pool of static runners, and every shape is
+    still warmed. (Mixing grad modes on one pooled runner is tested at its root in test_grad_modes.py.)"""
+    import logging
+    import threading
+    import time
+
+    from app import studio as studio_mod
+    from app.registry import ModelRegistry
+    from app.settings import DecodeRequest, DecodeSettings
+
+    sdar, _ = studio_checkpoints
+    registry = ModelRegistry(models_dir=sdar.parent)
+    registry.get(str(sdar))
+    import sdar_core.decoding
+
+    real_warm_up, started = studio_mod.warm_up, threading.Event()
+
+    def warm_up(*args):
+        started.set()
+        return real_warm_up(*args)
+
+    # every decode on pooled static runners, as graphs are on a GPU
+    monkeypatch.setattr(sdar_core.decoding, "default_mode", lambda model: "static")
+    monkeypatch.setattr(studio_mod, "needs_warm_up", lambda model: True)
+    monkeypatch.setattr(studio_mod, "warm_up", warm_up)
+    warm, studio = studio_mod.Warmup(), studio_mod.Studio(registry=registry)
+    with caplog.at_level(logging.INFO, logger="app.studio"):
+        assert warm.start(registry, str(sdar))
+        assert started.wait(30)
+        with torch.inference_mode():  # a handler's mode
+            run = studio.start(DecodeRequest(str(sdar), DecodeSettings(max_new_tokens=8)),
+                               [{"role": "user", "content": "Hi"}], threading.Event())
+            list(run.follow())
+        assert run.stats is not None and run.stats.new_tokens >= 1
+        deadline = time.monotonic() + 60
+        while warm.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert warm.done == warm.total == 8
+    assert not any("failed" in r.getMessage() for r in caplog.records)
