@@ -236,6 +236,7 @@ function mount(element, props, watch) {
     if (!v) return;
     const frames = state.frames;
     root.dataset.status = v.status;
+    root.dataset.playing = state.playing ? "1" : "0";
     root.dataset.frames = String(frames.length);
     $(".sdar-title").textContent = v.title || "";
     $(".sdar-note").textContent = v.note || "";
@@ -270,13 +271,10 @@ function mount(element, props, watch) {
     state.timer = null;
     const n = state.frames.length;
     const stride = Math.max(1, Math.ceil(n * state.pace / MAX_WATCH_MS));
-    if (state.cursor < n - 1) {
-      state.cursor = Math.min(n - 1, state.cursor + stride);
-    } else if (state.value.status !== "decoding") {
-      state.playing = false; draw(); return;
-    }
+    state.cursor = Math.min(n - 1, state.cursor + stride);
+    if (state.cursor >= n - 1 && state.value.status !== "decoding") state.playing = false; // the replay's end
     draw();
-    state.timer = setTimeout(tick, state.pace);
+    if (state.playing) state.timer = setTimeout(tick, state.pace);
   }
   function play(from) {
     stopTimer();

@@ -1,10 +1,10 @@
 """The studio in a real browser: Debian's chromium, headless, driven by playwright, on the default app (the
 embedded sdar-tiny, as `python app.py` opens it) so that the screenshots show real answers.
 
-At the default settings, picks an example prompt and watches its answer replay frame by frame (masks in several
-frames), replays it, stops a slower replay midway; explains an empty Send beside the box; greys the decoding controls
-out for the AR twin and describes a catalog model; decodes another prompt in the denoising visualizer (steps from 1,
-the heatmap marking the step shown); runs the AR vs SDAR race against the AR twin; opens the page 500 px wide.
+One page, shared by the tests in order, one per tab: the chat at the default settings (the answer arrives while the
+page's player replays the denoising with masks in several frames; Replay, Stop, the scrubber; an empty Send explained
+beside the box); the controls following the model; the visualizer (scrubbing, the heatmap following the step
+shown); the AR vs SDAR race against the AR twin; the page 500 px wide.
 Saves assets/screenshots/chat.png, models.png, visualizer.png, race.png and narrow.png.
 """
 from __future__ import annotations
@@ -76,20 +76,42 @@ def shoot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / name), full_page=True)
 
 
-# Records every distinct frame the block-in-flight view shows: its text, whether it holds masks, whether it
-# outlines this step's commits.
-WATCH_LIVE = """() => {
-  window.sdarFrames = []; const seen = new Set();
-  const live = document.querySelector('#sdar-live');
-  const record = () => {
-    const frame = live.querySelector('.sdar-frame');
-    if (!frame || seen.has(live.innerHTML)) return;
-    seen.add(live.innerHTML);
-    window.sdarFrames.push({text: live.innerText, masks: live.querySelectorAll('.sdar-mask').length,
-                            fresh: live.querySelectorAll('.sdar-fresh').length});
-  };
-  new MutationObserver(record).observe(live, {childList: true, subtree: true, characterData: true});
+# Records every frame a player shows (its index, masked count, text and where-line), from its data attributes.
+WATCH_PLAYER = """(sel) => {
+  const root = document.querySelector(sel + ' .sdar-player');
+  window.sdarFrames = [];
+  const record = () => window.sdarFrames.push({frame: Number(root.dataset.frame), frames: Number(root.dataset.frames),
+    masked: Number(root.dataset.masked), status: root.dataset.status,
+    where: root.querySelector('.sdar-where').innerText,
+    fresh: root.querySelectorAll('.sdar-frame .sdar-fresh').length,
+    answered: (document.querySelector('#sdar-chat-stats') || {innerText: ''}).innerText.includes('TPF')});
+  if (window.sdarObserver) window.sdarObserver.disconnect();
+  window.sdarObserver = new MutationObserver(record);
+  window.sdarObserver.observe(root, {attributes: true, attributeFilter: ['data-frame']});
 }"""
+
+
+def player(page, elem_id: str) -> dict:
+    """The player's state, as its data attributes say."""
+    return page.evaluate(f"""() => {{ const r = document.querySelector('#{elem_id} .sdar-player');
+      return {{frame: Number(r.dataset.frame), frames: Number(r.dataset.frames), masked: Number(r.dataset.masked),
+              status: r.dataset.status, text: r.dataset.text || '', where: r.querySelector('.sdar-where').innerText}}; }}""")
+
+
+def scrub(page, elem_id: str, frame: int) -> None:
+    page.evaluate(f"""() => {{ const s = document.querySelector('#{elem_id} .sdar-scrub');
+      s.value = '{frame}'; s.dispatchEvent(new Event('input', {{bubbles: true}})); }}""")
+    page.wait_for_function(f"document.querySelector('#{elem_id} .sdar-player').dataset.frame === '{frame}'")
+
+
+def set_speed(page, elem_id: str, ms: int) -> None:
+    page.locator(f"#{elem_id} .sdar-speed").select_option(str(ms))
+
+
+def replay_done(elem_id: str) -> str:
+    return (f"(() => {{ const r = document.querySelector('#{elem_id} .sdar-player');"
+            f" return r.dataset.status === 'done' && r.dataset.playing === '0'"
+            f" && Number(r.dataset.frame) === Number(r.dataset.frames) - 1; }})()")
 
 
 # No output of the chat carries gradio's "Error" badge of a failed event.
@@ -111,46 +133,49 @@ def pick_model(page, name: str) -> None:
     box.press("Enter")
 
 
-def test_chat_watch_replay_stop_errors_controls_then_visualizer_and_race(page):
+def test_chat_answers_at_decode_speed_and_the_page_replays_scrubs_and_stops(page):
+    """At the default settings (watch delay 120 ms): the answer and its stats arrive while the page's player is still
+    replaying the denoising, with masks in several frames; Replay plays it again, Stop keeps the frame shown, the
+    scrubber shows any frame; an empty Send is explained beside the box."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    # Chat at the default settings (watch pace on): an example's answer replays with masks in several frames.
     page.locator("#sdar-examples").get_by_text("What is 47 + 38?").click()
     page.wait_for_function("document.querySelector('#sdar-message textarea').value === 'What is 47 + 38?'")
-    page.evaluate(WATCH_LIVE)
+    page.evaluate(WATCH_PLAYER, "#sdar-live")
     page.locator("#sdar-send").click()
     wait_text(page, "sdar-chat-stats", "TPF")
-    watched = [f for f in frames(page) if "Watch" in f["text"]]
-    assert sum(f["masks"] > 0 for f in watched) >= 3 and any(f["fresh"] for f in watched)
-    assert any(re.search(r"block \d+ opens, \d+ positions masked", f["text"]) for f in watched)
-    assert re.search(r"Done — step (\d+) of \1", page.locator("#sdar-live").inner_text())
+    page.wait_for_function(replay_done("sdar-live"))
+    shown = frames(page)
+    assert sum(f["masked"] > 0 for f in shown) >= 3 and any(f["fresh"] for f in shown)
+    assert any(re.search(r"block \d+ opens, \d+ positions masked", f["where"]) for f in shown)
+    assert any(f["answered"] and f["frame"] < f["frames"] - 1 for f in shown)  # the answer came before the replay ended
+    assert re.search(r"Done: step (\d+) of \1", player(page, "sdar-live")["where"])
     stats = page.locator("#sdar-chat-stats").inner_text()
     assert "NFE" in stats and "tokens/s" in stats
     bubbles = page.locator("#sdar-chatbot .message")
     assert bubbles.count() >= 2 and "Answer: 85" in bubbles.last.inner_text() and "▒" not in bubbles.last.inner_text()
 
-    # Replay: the same frames again, at the same pace, in the live view.
-    page.evaluate(WATCH_LIVE)
-    page.locator("#sdar-replay").click()
-    page.wait_for_function("window.sdarFrames.some(f => f.text.includes('Replay'))"
-                           " && window.sdarFrames.at(-1).text.includes('Done')")
-    assert sum(f["masks"] > 0 for f in frames(page) if "Replay" in f["text"]) >= 3
+    # Replay: the same frames again, from the first (every block opening masked).
+    page.evaluate(WATCH_PLAYER, "#sdar-live")
+    page.locator("#sdar-live .sdar-replay").click()
+    page.wait_for_function(replay_done("sdar-live"))
+    again = frames(page)
+    assert again[0]["frame"] == 0 and sum(f["masked"] > 0 for f in again) >= 3
 
-    # Stop during a slower replay: it stays on the frame it shows and says Stopped.
-    set_slider(page, "sdar-pace", 400)
-    page.locator("#sdar-examples").get_by_text("What comes next: 3, 7, 11, 15, 19, ?").click()
-    page.locator("#sdar-send").click()
-    wait_text(page, "sdar-live", "Watch")
-    page.wait_for_timeout(800)
-    page.wait_for_function("document.querySelector('#sdar-live .sdar-mask') !== null")  # a block open, masked
+    # Stop during a slower replay: it stays on the frame it shows.
+    set_speed(page, "sdar-live", 500)
+    page.locator("#sdar-live .sdar-replay").click()
+    page.wait_for_function("Number(document.querySelector('#sdar-live .sdar-player').dataset.frame) >= 2")
+    page.locator("#sdar-live .sdar-stop").click()
+    stopped = player(page, "sdar-live")
+    page.wait_for_timeout(1200)
+    assert player(page, "sdar-live")["frame"] == stopped["frame"] < stopped["frames"] - 1
+
+    # The scrubber: the first frame opens the first block fully masked.
+    scrub(page, "sdar-live", 0)
+    first = player(page, "sdar-live")
+    assert first["masked"] > 0 and "opens" in first["where"] and "▒" in first["text"]
     page.mouse.move(1, 1)
-    page.screenshot(path=str(SHOTS / "chat.png"), full_page=True)  # mid-replay (400 ms a frame)
-    page.locator("#sdar-stop").click()
-    wait_text(page, "sdar-chat-stats", "Stopped the replay at step")
-    live = page.locator("#sdar-live").inner_text()
-    assert "Stopped" in live and "Done" not in live
-    at = re.search(r"step (\d+) of (\d+)", live)
-    assert int(at.group(1)) < int(at.group(2))
-    set_slider(page, "sdar-pace", 120)
+    page.screenshot(path=str(SHOTS / "chat.png"), full_page=True)
 
     # An empty Send is explained beside the box: no overlay, the conversation unchanged.
     shown = bubbles.count()
@@ -162,7 +187,10 @@ def test_chat_watch_replay_stop_errors_controls_then_visualizer_and_race(page):
     assert page.locator(".toast-body:visible").count() == 0 and bubbles.count() == shown
     assert "Answer: 85" in page.locator("#sdar-chatbot").inner_text()  # the conversation still in view
 
-    # The controls follow the model: the AR twin greys out the SDAR controls, with one line why.
+
+def test_the_controls_follow_the_model(page):
+    """The AR twin greys out the SDAR controls with one line why; the trained blocks show beside the slider; a
+    catalog model is described before any download."""
     pick_model(page, "assets/models/ar-tiny")
     wait_text(page, "sdar-decode-note", "autoregressive")
     for elem in ("sdar-block-length", "sdar-steps", "sdar-threshold"):
@@ -178,7 +206,6 @@ def test_chat_watch_replay_stop_errors_controls_then_visualizer_and_race(page):
     set_slider(page, "sdar-temperature", 0.7)
     page.wait_for_function("!document.querySelector('#sdar-seed input').disabled")
     set_slider(page, "sdar-temperature", 0)
-    # A catalog model, described before any download: size, memory, block size, download, and whether it fits here.
     pick_model(page, "JetLM/SDAR-4B-Chat")
     wait_text(page, "sdar-model-info", "needs about")
     info = page.locator("#sdar-model-info").inner_text()
@@ -188,39 +215,38 @@ def test_chat_watch_replay_stop_errors_controls_then_visualizer_and_race(page):
     pick_model(page, "assets/models/sdar-tiny")
     wait_text(page, "sdar-model-info", "block size")
 
-    # Visualizer: longer blocks and a stricter threshold, so that blocks take several steps; steps from 1.
-    set_decoding(page, 8, 8, 0.99)
+
+def test_the_visualizer_scrubs_the_decode_and_its_heatmap_follows(page):
+    """The chat's last answer opens on its first frame (masked); a prompt of its own with long blocks and a strict
+    threshold takes several steps per block; the heatmap has a row per step and marks the step shown."""
     page.get_by_role("tab", name="Denoising visualizer").click()
+    opened = player(page, "sdar-vis-player")
+    assert opened["frame"] == 0 and opened["masked"] > 0  # the chat's answer, at its first frame
+    set_decoding(page, 8, 8, 0.99)
     page.locator("#sdar-vis-prompt textarea").fill("How many minutes are in 5 hours?")
     page.locator("#sdar-vis-run").click()
-    page.wait_for_function("document.querySelector('#sdar-vis-title').innerText.includes('NFE')"
-                           " && document.querySelector('#sdar-vis-frame').innerText.includes('How many minutes')")
-    page.wait_for_selector("#sdar-heatmap .js-plotly-plot .heatmaplayer, #sdar-heatmap .js-plotly-plot .hm",
-                           state="attached")
-    n = int(re.search(r"step (\d+) of \1", page.locator("#sdar-vis-frame").inner_text()).group(1))  # the last
-    assert n >= 3
-    page.wait_for_function(f"document.querySelector('#sdar-vis-step input[type=number]').max == '{n}'")
-    assert page.locator("#sdar-vis-step input[type=number]").get_attribute("min") == "1"
-    page.locator("#sdar-play").click()  # from the last frame, the replay starts over
-    page.wait_for_function(f"!document.querySelector('#sdar-vis-frame').innerText.includes('step {n} of {n}')")
-    page.get_by_role("button", name="Pause").click()
-    page.wait_for_timeout(600)  # a tick already on its way lands before the slider is moved by hand
-    for step in range(1, n):  # the first frame that still holds masks: a block mid-denoising
-        set_slider(page, "sdar-vis-step", step)
-        page.wait_for_function(f"document.querySelector('#sdar-vis-frame').innerText.includes('step {step} of {n}')")
-        if page.locator("#sdar-vis-frame .sdar-frame .sdar-mask").count() > 0:
+    page.wait_for_function("document.querySelector('#sdar-vis-title').innerText.includes('NFE')")
+    page.wait_for_function(replay_done("sdar-vis-player"))
+    heat = page.evaluate("(() => { const c = document.querySelector('#sdar-vis-player .sdar-heatmap');"
+                         " return {steps: Number(c.dataset.steps), width: c.width, shown: Number(c.dataset.shownStep)}; })()")
+    n_steps = int(re.search(r"Done: step (\d+) of \1", player(page, "sdar-vis-player")["where"]).group(1))
+    assert heat["steps"] == n_steps >= 3 and heat["width"] > 0 and heat["shown"] == n_steps  # a row per step
+    total = player(page, "sdar-vis-player")["frames"]
+    for i in range(total):  # the first frame after a step that still holds masks: a block mid-denoising
+        scrub(page, "sdar-vis-player", i)
+        state = player(page, "sdar-vis-player")
+        if state["masked"] and "opens" not in state["where"]:
             break
     else:
-        pytest.fail("no frame of the replay holds a masked position")
-    page.wait_for_function(  # the heatmap marks the row of the step shown
-        f"(document.querySelector('#sdar-heatmap .js-plotly-plot').layout.shapes || [])"
-        f".some(s => s.y0 === {step} - 0.5)")
-    assert page.locator("#sdar-blocks table").count() >= 1
+        pytest.fail("no step of the decode left a position masked")
+    step = int(re.search(r"step (\d+) of", state["where"]).group(1))
+    assert page.evaluate("document.querySelector('#sdar-vis-player .sdar-heatmap').dataset.shownStep") == str(step)
     assert "global steps" in page.locator("#sdar-blocks").inner_text()
     shoot(page, "visualizer.png")
-
-    # AR vs SDAR at the default settings: three lanes, then the speedup and the table.
     set_decoding(page, 4, 4, 0.9)
+
+
+def test_the_race_runs_ar_sdar_and_the_twin(page):
     page.get_by_role("tab", name="AR vs SDAR").click()
     prompt = page.locator("#sdar-race-prompt textarea")
     assert prompt.input_value() == "What is 47 + 38?"
