@@ -12,8 +12,13 @@ One run, one machine (a GPU, or the CPU with --arch tiny):
 3. starts `python app.py --model <checkpoint>` (the GPU warm-up runs at start: its log lines are kept), drives
    chat (first request after start, then repeats), the race (three lanes, timed runs) and the visualizer through
    gradio_client, and reads the tokens/s the studio shows, the time to its first streamed frame and the frames it
-   delivered per second.
-Writes results.json, results.csv and summary.md under --out. Not a test: nothing is asserted.
+   delivered per second;
+4. the crowd (--crowd 1 4 8 16): N visitors, each its own gradio_client, press Send at the same moment (one
+   threading.Barrier), for static block 16 / 4 steps and dynamic block 4; per visitor the time to the whole answer
+   and to its first shown token, the tokens/s the page shows, the bytes received (the JSON of the changes Gradio
+   streams, gradio.utils.diff of successive outputs, as the page receives them); the makespan and the aggregate
+   tokens/s, beside `generate`'s batch-N throughput on the same prompts in the same run.
+Writes results.json, results.csv, crowd.csv and summary.md under --out. Not a test: nothing is asserted.
 """
 from __future__ import annotations
 
@@ -87,9 +92,12 @@ class Row:
 
 
 def write_checkpoints(arch: str, workdir: Path, device, dtype) -> tuple[Path, Path]:
-    """workdir/sdar-bench and workdir/ar-bench (its twin: the same weights, model_type qwen3)."""
+    """workdir/sdar-bench and workdir/ar-bench (its twin: the same weights, model_type qwen3). The SDAR checkpoint
+    lists the block lengths this bench decodes with as trained (as a real checkpoint lists its own), so that the
+    studio's warm-up covers them."""
     tokenizer = load_tokenizer(TOKENIZER)
     config = arch_config(arch)
+    config.trained_block_sizes = sorted({s.block_length for s in SETTINGS})
     config.vocab_size = max(config.vocab_size, len(tokenizer))
     config.mask_token_id = tokenizer.convert_tokens_to_ids("<|MASK|>")
     config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -184,9 +192,20 @@ class App:
             self.proc.kill()
 
 
-def streamed(client, api_name: str, *args, frame_marker: str, **kwargs) -> tuple:
-    """Submit and follow one request: (wall seconds, seconds to the first output holding `frame_marker`, outputs
-    holding it, the last output, those outputs per second)."""
+def has_steps(out) -> bool:
+    """Whether an output of /chat or /visualize shows decoded steps (the player's feed has some)."""
+    return any(isinstance(v, dict) and v.get("steps") for v in (out if isinstance(out, (list, tuple)) else [out]))
+
+
+def shows_tokens(out) -> bool:
+    """Whether the player's feed in an output holds a committed token."""
+    return any(isinstance(v, dict) and any(step["c"] for step in v.get("steps", ()))
+               for v in (out if isinstance(out, (list, tuple)) else [out]))
+
+
+def streamed(client, api_name: str, *args, has_frame=has_steps, **kwargs) -> tuple:
+    """Submit and follow one request: (wall seconds, seconds to the first output with a frame, outputs with one, the
+    last output, those outputs per second)."""
     t0 = time.perf_counter()
     job = client.submit(*args, api_name=api_name, **kwargs)
     first, frames, last, times = None, 0, None, []
@@ -194,7 +213,7 @@ def streamed(client, api_name: str, *args, frame_marker: str, **kwargs) -> tuple
         now = time.perf_counter() - t0
         if last is None and os.environ.get("SDAR_BENCH_VERBOSE"):
             print(f"  {api_name}: first output after {now:.2f} s", flush=True)
-        if frame_marker in json.dumps(out, default=str):
+        if has_frame(out):
             frames += 1
             times.append(now)
             first = first if first is not None else now
@@ -202,6 +221,20 @@ def streamed(client, api_name: str, *args, frame_marker: str, **kwargs) -> tuple
     last = job.outputs()[-1] if job.outputs() else last
     fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 2 and times[-1] > times[0] else None
     return time.perf_counter() - t0, first, frames, last, fps
+
+
+def streamed_bytes(outputs: list) -> int:
+    """Bytes of what Gradio streams for these successive outputs: the JSON of each output's changes against the one
+    before (gradio.utils.diff, what a streaming event sends), the first one whole."""
+    from gradio.utils import diff
+
+    total, previous = 0, None
+    for out in outputs:
+        values = list(out) if isinstance(out, (list, tuple)) else [out]
+        total += len(json.dumps(values if previous is None else [diff(a, b) for a, b in zip(previous, values)],
+                                default=str).encode())
+        previous = values
+    return total
 
 
 def studio_rows(rows: dict, sdar: Path, args) -> dict:
@@ -220,7 +253,7 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
             row, runs = rows[("chat", s.name)], []
             for i in range(args.repeats + 1):
                 client.predict(api_name="/clear")  # a new conversation: the same prompt every time
-                wall, first, frames, out, fps = streamed(client, "/chat", message=MESSAGE, frame_marker="sdar-frame",
+                wall, first, frames, out, fps = streamed(client, "/chat", message=MESSAGE,
                                                          **s.ui(str(sdar), args.new_tokens))
                 stats = out[3]  # chatbot, message box, live view, stats (the gr.State outputs are not in the API)
                 runs.append((float(TPS.search(stats).group(1)), first, fps, wall))
@@ -236,9 +269,9 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
             row.wall_s = statistics.median(r[3] for r in later)
         # A follow-up question: its prompt holds the first answer, so it lands in a larger cache bucket.
         follow = Row("chat, 3rd turn", SETTINGS[0].name, engine_tps=rows[("chat", SETTINGS[0].name)].engine_tps)
-        streamed(client, "/chat", message="And how long does that take?", frame_marker="sdar-frame",
+        streamed(client, "/chat", message="And how long does that take?",
                  **SETTINGS[0].ui(str(sdar), args.new_tokens))  # the 2nd turn of the last conversation
-        wall, first, _, out, fps = streamed(client, "/chat", message="Say it again, shorter.", frame_marker="sdar-frame",
+        wall, first, _, out, fps = streamed(client, "/chat", message="Say it again, shorter.",
                                             **SETTINGS[0].ui(str(sdar), args.new_tokens))  # the 3rd
         follow.studio_tps, follow.first_frame_s, follow.frames_per_s, follow.wall_s = \
             float(TPS.search(out[3]).group(1)), first, fps, wall
@@ -248,7 +281,8 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
             spy.wait(60)
         from app.race import SEQUENTIAL
 
-        wall, first, frames, out, _ = streamed(client, "/race", prompt=args.race_prompt, frame_marker="sdar-frame",
+        wall, first, frames, out, _ = streamed(client, "/race", prompt=args.race_prompt,
+                                               has_frame=lambda out: "sdar-frame" in json.dumps(out, default=str),
                                                mode=SEQUENTIAL, use_twin=True, repeats=args.repeats,
                                                **SETTINGS[0].ui(str(sdar), args.new_tokens))
         table = out[3]
@@ -263,10 +297,11 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
             row.studio_runs = [lo, hi]
             row.wall_s = wall
         info["race_headline"] = out[4]
-        wall, first, frames, out, fps = streamed(client, "/visualize", prompt=MESSAGE, frame_marker="sdar-frame",
+        wall, first, frames, out, fps = streamed(client, "/visualize", prompt=MESSAGE,
                                                  **SETTINGS[0].ui(str(sdar), args.new_tokens))
         rows[("visualize", SETTINGS[0].name)] = Row("visualize", SETTINGS[0].name, wall_s=wall, first_frame_s=first,
                                                     frames_per_s=fps)
+        info["visitors"] = crowd_rows(app.url, sdar, args) if args.crowd else []
     finally:
         app.stop()
         info["log"] = [f"{t:7.2f} s  {line}" for t, line in app.lines
@@ -274,11 +309,132 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
     return info
 
 
-def write_outputs(out: Path, rows: list[Row], info: dict) -> None:
+@dataclass
+class Visitor:
+    """One visitor of a crowd: from pressing Send (all at one barrier) to the whole answer."""
+
+    crowd: int  # visitors who pressed Send together
+    setting: str
+    round: int  # 1: the first crowd of this size and setting (its batch shape captured then), 2: the next
+    visitor: int
+    wall_s: float | None = None  # submit -> the last output
+    first_token_s: float | None = None  # submit -> the first output whose player shows a committed token
+    page_tps: float | None = None  # the tokens/s the page prints
+    tokens: int | None = None
+    bytes: int | None = None  # what Gradio streamed (streamed_bytes)
+    batch: int | None = None  # rows of the decode it shared, as the page says
+    error: str | None = None
+
+
+def crowd_prompts(n: int) -> list[str]:
+    return [f"{MESSAGE} (Visitor {i + 1} asks.)" for i in range(n)]
+
+
+def engine_batches(sdar: Path, args, device, dtype) -> dict[tuple[str, int], dict]:
+    """generate on the crowd's N prompts as one batch (warmed up, median of --repeats): the aggregate tokens/s the
+    engine gives a crowd of N, and its decode seconds."""
+    from app.prompting import conversation, prompt_ids
+    from sdar_core import generate
+    from sdar_core.prompting import stop_ids_for
+
+    model, tok = load_pretrained(str(sdar), device=device, dtype=dtype)
+    stop_ids, out = stop_ids_for(tok, model.config), {}
+    for s in SETTINGS:
+        for n in args.crowd:
+            rows = [prompt_ids(tok, conversation("", [], m))[0] for m in crowd_prompts(n)]
+            kwargs = dict(stop_token_ids=stop_ids, **s.generate_kwargs(args.new_tokens))
+            generate(model, rows, **kwargs)
+            gens = [generate(model, rows, **kwargs) for _ in range(args.repeats)]
+            tps = statistics.median(g.stats.tokens_per_second for g in gens)
+            out[(s.name, n)] = {"tokens_per_s": tps, "seconds": statistics.median(g.stats.seconds for g in gens),
+                                "tokens": gens[-1].stats.new_tokens}
+            print(f"engine batch {n} {s.name}: {tps:.0f} tokens/s in all", flush=True)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return out
+
+
+def visit(client, v: Visitor, message: str, ui: dict, barrier: threading.Barrier) -> Visitor:
+    barrier.wait()
+    t0 = time.perf_counter()
+    try:
+        job = client.submit(message=message, api_name="/chat", **ui)
+        for out in job:
+            if v.first_token_s is None and shows_tokens(out):
+                v.first_token_s = time.perf_counter() - t0
+        outputs = job.outputs()
+        v.wall_s = time.perf_counter() - t0
+        stats = outputs[-1][3]
+        v.page_tps = float(TPS.search(stats).group(1))
+        v.tokens = int(re.search(r"(\d+) tokens ·", stats).group(1))
+        shared = re.search(r"one batch with (\d+) other", stats)
+        v.batch = int(shared.group(1)) + 1 if shared else 1
+        v.bytes = streamed_bytes(outputs)
+    except Exception as e:  # reported, not raised: a crowd's failures are a result
+        v.wall_s, v.error = time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:300]
+    return v
+
+
+def crowd_rows(url: str, sdar: Path, args) -> list[Visitor]:
+    """Every crowd size and setting, twice (the first crowd of a size captures its batch shape on a GPU)."""
+    from gradio_client import Client
+
+    visitors = []
+    for s in SETTINGS:
+        for n in args.crowd:
+            for rnd in (1, 2):
+                clients = [Client(url, verbose=False) for _ in range(n)]
+                barrier = threading.Barrier(n)
+                crowd = [Visitor(n, s.name, rnd, i + 1) for i in range(n)]
+                threads = [threading.Thread(target=visit, args=(c, v, m, s.ui(str(sdar), args.new_tokens), barrier))
+                           for c, v, m in zip(clients, crowd, crowd_prompts(n))]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(600)
+                visitors += crowd
+                walls = [v.wall_s for v in crowd if v.wall_s is not None]
+                print(f"crowd {n} {s.name} round {rnd}: makespan {max(walls):.2f} s, median "
+                      f"{statistics.median(walls):.2f} s, errors {sum(v.error is not None for v in crowd)}", flush=True)
+    return visitors
+
+
+def crowd_summary(visitors: list[Visitor], engine: dict) -> list[dict]:
+    """Per (setting, crowd size, round): makespan, the median visitor, aggregate tokens/s against the engine's."""
+    groups: dict[tuple, list[Visitor]] = {}
+    for v in visitors:
+        groups.setdefault((v.setting, v.crowd, v.round), []).append(v)
+    rows = []
+    for (setting, n, rnd), vs in groups.items():
+        ok = [v for v in vs if v.error is None]
+        makespan = max(v.wall_s for v in vs)
+        tokens = sum(v.tokens or 0 for v in ok)
+        e = engine.get((setting, n), {})
+        agg = tokens / makespan if makespan else None
+        med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
+        rows.append({"setting": setting, "visitors": n, "round": rnd, "answered": len(ok), "errors": len(vs) - len(ok),
+                     "makespan_s": makespan, "median_wall_s": med([v.wall_s for v in ok]),
+                     "median_first_token_s": med([v.first_token_s for v in ok if v.first_token_s is not None]),
+                     "median_page_tps": med([v.page_tps for v in ok if v.page_tps]),
+                     "median_bytes": med([v.bytes for v in ok if v.bytes]), "batches_seen": sorted({v.batch for v in ok}),
+                     "aggregate_tps": agg, "engine_batch_tps": e.get("tokens_per_s"),
+                     "engine_batch_s": e.get("seconds"),
+                     "aggregate_over_engine": agg / e["tokens_per_s"] if agg and e.get("tokens_per_s") else None})
+    return rows
+
+
+def write_outputs(out: Path, rows: list[Row], info: dict, visitors: list[Visitor] = (),
+                  crowd: list[dict] = ()) -> None:
     out.mkdir(parents=True, exist_ok=True)
     records = [{**asdict(r), "ratio": r.ratio} for r in rows]
-    (out / "results.json").write_text(json.dumps({"machine": info.pop("machine"), "info": info, "rows": records},
-                                                 indent=1))
+    (out / "results.json").write_text(json.dumps({"machine": info.pop("machine"), "info": info, "rows": records,
+                                                  "crowd": list(crowd)}, indent=1))
+    if visitors:
+        with open(out / "crowd.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(asdict(visitors[0])))
+            w.writeheader()
+            w.writerows(asdict(v) for v in visitors)
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(records[0]))
         w.writeheader()
@@ -290,6 +446,14 @@ def write_outputs(out: Path, rows: list[Row], info: dict) -> None:
         lines.append(f"| {r.what} | {r.setting} | {fmt(r.engine_tps)} | {fmt(r.engine_traced_tps)} | "
                      f"{fmt(r.studio_tps)} | {fmt(r.ratio, 2)} | {fmt(r.first_request_tps)} | {r.forwards or ''} | "
                      f"{fmt(r.first_frame_s, 2)} | {fmt(r.frames_per_s)} |")
+    if crowd:
+        lines += ["", "| setting | visitors | round | answered | makespan (s) | median visitor (s) | first token (s) | "
+                  "page tok/s | bytes | aggregate tok/s | engine batch tok/s | aggregate / engine |", "|" + "---|" * 12]
+        for c in crowd:
+            lines.append(f"| {c['setting']} | {c['visitors']} | {c['round']} | {c['answered']} | {fmt(c['makespan_s'], 2)} | "
+                         f"{fmt(c['median_wall_s'], 2)} | {fmt(c['median_first_token_s'], 2)} | "
+                         f"{fmt(c['median_page_tps'])} | {c['median_bytes'] or ''} | {fmt(c['aggregate_tps'])} | "
+                         f"{fmt(c['engine_batch_tps'])} | {fmt(c['aggregate_over_engine'], 3)} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n\n" + "\n".join(info.get("log", [])) + "\n")
     print("\n".join(lines))
 
@@ -305,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=float, default=0, metavar="SECONDS",
                    help="sample the studio with py-spy for this long from the first chat request on")
     p.add_argument("--race-prompt", default="Count from one to fifty in words, separated by commas.")
+    p.add_argument("--crowd", type=int, nargs="*", default=[1, 4, 8, 16], metavar="N",
+                   help="crowd sizes: N visitors pressing Send at once (none: no crowd sweep)")
     args = p.parse_args(argv)
     device, workdir = default_device(), Path(args.workdir)
     dtype = default_dtype(device)
@@ -314,9 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     info = {"machine": machine_info(device), "arch": args.arch, "new_tokens": args.new_tokens,
             "repeats": args.repeats, "checkpoints_s": time.perf_counter() - t0}
     rows = engine_rows(sdar, twin, args, device, dtype)
+    engine = engine_batches(sdar, args, device, dtype) if args.crowd else {}
     synchronize(device)
     info.update(studio_rows(rows, sdar, args))
-    write_outputs(Path(args.out), list(rows.values()), info)
+    visitors = info.pop("visitors", [])
+    write_outputs(Path(args.out), list(rows.values()), info, visitors, crowd_summary(visitors, engine))
     return 0
 
 

@@ -1,0 +1,54 @@
+"""benchmarks/studio.py's crowd sweep on the CPU: N visitors, each its own gradio_client, press Send together against
+a launched studio (the test checkpoints); every one is answered, with the tokens/s, bytes and batch the page reports,
+and the summary's aggregate is their tokens over the makespan."""
+from __future__ import annotations
+
+from argparse import Namespace
+
+import pytest
+
+from conftest import free_port
+
+
+@pytest.fixture(scope="module")
+def studio_url(studio_checkpoints):
+    from app.layout import LAUNCH_KWARGS
+    from app.registry import ModelRegistry
+    from app.ui import build_app
+
+    sdar, _ = studio_checkpoints
+    demo = build_app(default_model=str(sdar), registry=ModelRegistry(models_dir=sdar.parent))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS)
+    yield f"http://127.0.0.1:{port}/", sdar
+    demo.close()
+
+
+def test_streamed_bytes_count_each_outputs_changes_once():
+    from benchmarks.studio import streamed_bytes
+
+    a = ({"steps": [1]}, "x")
+    b = ({"steps": [1, 2]}, "x")
+    first = len('[{"steps": [1]}, "x"]')
+    assert streamed_bytes([a]) == first
+    assert streamed_bytes([a, b]) == first + len('[[["add", ["steps", 1], 2]], []]')  # only the new step
+
+
+def test_a_crowd_on_the_cpu_is_answered_and_summarised(studio_url):
+    from benchmarks.studio import SETTINGS, crowd_rows, crowd_summary
+
+    url, sdar = studio_url
+    visitors = crowd_rows(url, sdar, Namespace(crowd=[1, 3], new_tokens=8))
+    assert len(visitors) == len(SETTINGS) * 2 * (1 + 3)  # two rounds of each size and setting
+    assert all(v.error is None for v in visitors), [v.error for v in visitors if v.error]
+    for v in visitors:
+        assert 1 <= v.tokens <= 8 and v.page_tps > 0 and v.first_token_s <= v.wall_s
+        assert 0 < v.bytes < 100_000 and 1 <= v.batch <= v.crowd
+    engine = {(s.name, n): {"tokens_per_s": 100.0, "seconds": 0.1} for s in SETTINGS for n in (1, 3)}
+    rows = crowd_summary(visitors, engine)
+    assert len(rows) == len(SETTINGS) * 2 * 2
+    for r in rows:
+        group = [v for v in visitors if (v.setting, v.crowd, v.round) == (r["setting"], r["visitors"], r["round"])]
+        assert r["answered"] == len(group) and r["makespan_s"] == max(v.wall_s for v in group)
+        assert r["aggregate_tps"] == pytest.approx(sum(v.tokens for v in group) / r["makespan_s"])
+        assert r["aggregate_over_engine"] == pytest.approx(r["aggregate_tps"] / 100.0)
