@@ -332,11 +332,12 @@ def test_stalled_hub_endpoint_becomes_a_checkpoint_error_in_bounded_time(hub_env
 class FakeHub:
     """A hub on 127.0.0.1 serving the files of `folder` as repo org/tiny at one commit (model_info, HEAD, GET:
     what huggingface_hub asks). `stall_files`: answer model_info, then hold every file request unanswered until
-    stopped (at most `lifetime` seconds)."""
+    stopped (at most `lifetime` seconds). `trickle`: send each safetensors body one byte every `trickle` seconds."""
 
     SHA = "b" * 40
 
-    def __init__(self, folder: Path, *, stall_files: bool = False, lifetime: float = 60.0) -> None:
+    def __init__(self, folder: Path, *, stall_files: bool = False, lifetime: float = 60.0,
+                 trickle: float = 0.0) -> None:
         files = {f.name: f.read_bytes() for f in folder.iterdir()}
         released, sha = threading.Event(), self.SHA
 
@@ -371,7 +372,13 @@ class FakeHub:
                     released.wait(lifetime)
                     return None
                 self._headers(200, len(data), hashlib.sha1(data).hexdigest())
-                if with_body:
+                if with_body and trickle and self.path.endswith(".safetensors"):
+                    for i in range(len(data)):
+                        if released.wait(trickle):
+                            return None
+                        self.wfile.write(data[i:i + 1])
+                        self.wfile.flush()
+                elif with_body:
                     self.wfile.write(data)
 
             def log_message(self, *args) -> None:
