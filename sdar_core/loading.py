@@ -418,11 +418,13 @@ def load_pretrained(path_or_hub_id, device=None, dtype=None, *, device_map=None,
     The mask token comes from config `mask_token_id`, else from the tokenizer's mask token; it is stored
     in `model.config.mask_token_id`.
     """
+    if not isinstance(path_or_hub_id, (str, os.PathLike)):
+        raise CheckpointError(f"a checkpoint is a folder path or a hub id (text), got {type(path_or_hub_id).__name__}")
     folder = resolve_checkpoint(path_or_hub_id)
     _check_links(folder)
     config = ModelConfig.from_json(folder / "config.json")
     device = _as_device(device)
-    dtype = dtype or default_dtype(device)
+    dtype = _as_dtype(dtype, device)
     check_fits(config, device, dtype, spread=device_map is not None)
     files = _weight_files(folder)
     tokenizer = load_tokenizer(folder) if with_tokenizer else None
@@ -451,10 +453,24 @@ def _as_device(device) -> torch.device:
         raise CheckpointError(f"device {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
     if device.type == "meta":
         raise CheckpointError("device 'meta' holds no data: load onto 'cpu' or 'cuda'")
+    if device.type == "cpu":  # one CPU device: 'cpu:0' is 'cpu' (safetensors knows no 'cpu:0')
+        if device.index not in (None, 0):
+            raise CheckpointError(f"device {str(device)!r} does not exist: the CPU is one device, 'cpu'")
+        return torch.device("cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise CheckpointError(f"device {str(device)!r} is not available: this machine has "
                               f"{torch.cuda.device_count()} CUDA devices")
     return device
+
+
+def _as_dtype(dtype, device: torch.device) -> torch.dtype:
+    """The weights' dtype: one of the floating dtypes a checkpoint holds (default: default_dtype(device))."""
+    if dtype is None:
+        return default_dtype(device)
+    if dtype not in SAFETENSORS_FLOATS.values():
+        names = ", ".join(str(d) for d in SAFETENSORS_FLOATS.values())
+        raise CheckpointError(f"dtype {dtype!r} cannot hold the weights: use one of {names}")
+    return dtype
 
 
 def _set_mask_token(config: ModelConfig, tokenizer, folder: Path) -> None:

@@ -282,6 +282,51 @@ def test_unusable_device_is_named(tmp_path, device):
     assert device in assert_clean_error(e)
 
 
+@pytest.mark.parametrize("pad", [10**6, -3], ids=["beyond-vocab", "negative"])
+def test_finding11_a_pad_token_id_outside_the_vocabulary_is_a_config_error(tmp_path, pad):
+    """Issue 33, finding 11: an out-of-vocabulary pad_token_id loaded, then AR decoding (which fills with it)
+    raised IndexError from the embedding."""
+    small_checkpoint(tmp_path)
+    edit_config(tmp_path, pad_token_id=pad)
+    with pytest.raises(ConfigError, match=f"'pad_token_id' must be a token id in \\[0, 160\\) .*got {pad}") as e:
+        load_pretrained(tmp_path, device="cpu", with_tokenizer=False)
+    assert_clean_error(e)
+
+
+def test_finding11_no_pad_and_an_eos_outside_the_vocabulary_still_decodes(tmp_path):
+    from sdar_core import generate
+
+    small_checkpoint(tmp_path)
+    edit_config(tmp_path, pad_token_id=None, eos_token_id=[10**6, 3])  # a shrunk vocabulary's stop id
+    model, _ = load_pretrained(tmp_path, device="cpu", with_tokenizer=False)
+    gen = generate(model, [[1, 2, 3], [4, 5]], max_new_tokens=4, strategy="ar")
+    assert gen.tokens.shape[0] == 2
+
+
+@pytest.mark.parametrize("path, words", [(5, "got int"), (None, "got NoneType"), (b"/tmp", "got bytes")])
+def test_finding11_a_checkpoint_name_that_is_not_text_is_a_checkpoint_error(path, words):
+    with pytest.raises(CheckpointError, match=words) as e:
+        load_pretrained(path)
+    assert "folder path or a hub id" in assert_clean_error(e)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, "float16", torch.uint8])
+def test_finding11_a_dtype_that_cannot_hold_weights_is_a_checkpoint_error(tmp_path, dtype):
+    small_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="cannot hold the weights: use one of torch.float32") as e:
+        load_pretrained(tmp_path, device="cpu", dtype=dtype, with_tokenizer=False)
+    assert str(dtype) in assert_clean_error(e)
+
+
+def test_finding11_cpu_0_is_the_cpu_and_cpu_1_is_named(tmp_path):
+    """'cpu:0' once failed as 'not a valid safetensors file (device cpu:0 is invalid)'."""
+    small_checkpoint(tmp_path)
+    model, _ = load_pretrained(tmp_path, device="cpu:0", with_tokenizer=False)
+    assert model.device == torch.device("cpu")
+    with pytest.raises(CheckpointError, match="'cpu:1' does not exist: the CPU is one device, 'cpu'"):
+        load_pretrained(tmp_path, device="cpu:1", with_tokenizer=False)
+
+
 # --- a hub endpoint that never answers -----------------------------------------------------------------
 
 
