@@ -463,6 +463,8 @@ class ModelRegistry:
                     self._cache.popitem(last=False)
             loading.result = loaded
         except BaseException as e:  # handed to every request waiting for this load
+            if isinstance(e, ModelUnavailable):  # a user's error: its frames would keep what the refused load read
+                e = e.with_traceback(None)
             loading.error = e
             with self._lock:
                 self._failed[key] = (time.monotonic(), e)

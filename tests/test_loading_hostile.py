@@ -327,6 +327,58 @@ def test_finding11_cpu_0_is_the_cpu_and_cpu_1_is_named(tmp_path):
         load_pretrained(tmp_path, device="cpu:1", with_tokenizer=False)
 
 
+def _trimmed_rss() -> int:
+    import ctypes
+    import gc
+
+    import psutil
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return psutil.Process().memory_info().rss
+
+
+def _million_tensor_header(shard: Path) -> None:
+    entry = '"junk.%07d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}'
+    blob = ("{" + ",".join(entry % i for i in range(1_000_000)) + "}").encode()
+    shard.write_bytes(struct.pack("<Q", len(blob)) + blob + b"\0" * 64)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="glibc and /proc: Linux")
+def test_finding10_a_refused_oversized_header_leaves_nothing_behind(tmp_path):
+    """Issue 33, finding 10: a 73 MB header of a million tensors, parsed and refused, kept ~600 MB of RSS (glibc
+    keeps freed memory) and its error's traceback kept the frames of what was read."""
+    import psutil
+
+    from app.registry import ModelRegistry, ModelUnavailable
+
+    good, small, big = tmp_path / "good", tmp_path / "small", tmp_path / "big"
+    for folder in (good, small, big):
+        small_checkpoint(folder)
+    load_pretrained(good, device="cpu", with_tokenizer=False)  # imports and first-use caches, outside the count
+    (small / SHARD).write_bytes(struct.pack("<Q", 2) + b"{}")
+    with pytest.raises(CheckpointError):
+        load_pretrained(small, device="cpu", with_tokenizer=False)
+    registry = ModelRegistry(device="cpu", allow_any_model=True)
+    with pytest.raises(ModelUnavailable):
+        registry.get(str(small))
+    _million_tensor_header(big / SHARD)
+    before = _trimmed_rss()
+    with pytest.raises(CheckpointError, match="not a valid safetensors file") as e:
+        load_pretrained(big, device="cpu", with_tokenizer=False)
+    assert psutil.Process().memory_info().rss - before < 8 << 20  # no trim here: the library gave it back
+    frames = []
+    tb = e.value.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    assert "_read_headers" not in frames and e.value.__context__ is None, frames
+    with pytest.raises(ModelUnavailable) as e:
+        registry.get(str(big))
+    assert e.value.__traceback__ is None or "_read_headers" not in repr(e.value.__traceback__.tb_frame)
+    assert psutil.Process().memory_info().rss - before < 8 << 20
+
+
 # --- a hub endpoint that never answers -----------------------------------------------------------------
 
 
