@@ -439,7 +439,8 @@ class ModelRegistry:
             loading = self._loading.get(key)
             if loading is None:
                 self._failed.pop(key, None)
-                loading = self._loading[key] = Loading(name=name.strip())
+                phase = "loading" if Path(key).is_absolute() else "downloading"  # a local folder, a hub id
+                loading = self._loading[key] = Loading(name=name.strip(), phase=phase)
                 threading.Thread(target=self._load, args=(key, loading), daemon=True, name="sdar-load").start()
             return loading
 
@@ -467,7 +468,10 @@ class ModelRegistry:
                 e = e.with_traceback(None)
             loading.error = e
             with self._lock:
-                self._failed[key] = (time.monotonic(), e)
+                now = time.monotonic()
+                for old in [k for k, (at, _) in self._failed.items() if now - at > FAILURE_SHOWN]:
+                    del self._failed[old]  # bounded: only the failures still being shown
+                self._failed[key] = (now, e)
         finally:
             with self._lock:
                 self._loading.pop(key, None)  # a failed load is forgotten: the next try starts afresh
@@ -475,8 +479,6 @@ class ModelRegistry:
 
     def _download(self, hub_id: str, loading: Loading) -> str:
         """The hub snapshot's local folder, fetched in a child process under self.limits."""
-        loading.phase = "downloading"
-
         def report(n: int) -> None:
             loading.downloaded = n
 
