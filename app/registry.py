@@ -27,6 +27,7 @@ from sdar_core.config import ModelConfig
 from sdar_core.device import default_device, default_dtype
 from sdar_core.loading import checkpoint_key, free_bytes, model_card
 from sdar_core.paths import MODELS_DIR, REPO
+from sdar_core.template_sandbox import SANDBOX
 
 from . import exposure
 from .catalog import NAMES, ModelSpec, gigabytes, spec_for
@@ -495,6 +496,8 @@ class ModelRegistry:
             card = model_card(folder)
         except (CheckpointError, ConfigError, OSError) as e:
             raise ModelUnavailable(f"cannot load model {name!r}: {e}") from None
+        if getattr(tokenizer, "chat_template", None):
+            SANDBOX.start()  # its worker imports while the first visitor types
         terms = {k: card[k] for k in ("license", "license_note") if k in card}  # what users may do with it
         return LoadedModel(name=name, path=key, model=model, tokenizer=tokenizer,
                            summary=checkpoint_summary(model) | terms)

@@ -21,6 +21,7 @@ import threading
 import time
 
 DEADLINE = 5.0  # seconds a render may take (the SDAR and Qwen3 templates take about a millisecond)
+STARTUP = 60.0  # seconds the worker may take to import transformers' renderer (about one on an idle machine)
 MAX_TEMPLATE_CHARS = 1 << 20  # the Qwen3 template is ~4,000 characters
 MAX_RENDER_CHARS = 1 << 20  # what a render may return: contents are rendered as short placeholders (prompting.py)
 MAX_WORKER_MEMORY = 512 << 20  # bytes of data the worker may allocate (RLIMIT_DATA)
@@ -37,6 +38,7 @@ class TemplateSandbox:
                  max_memory: int = MAX_WORKER_MEMORY) -> None:
         self.deadline, self.max_chars, self.max_memory = deadline, max_chars, max_memory
         self._worker: subprocess.Popen | None = None
+        self._ready = False  # the worker said it finished its imports
         self._lock = threading.Lock()
 
     def render(self, template: str, messages: list[dict], variables: dict) -> str:
@@ -60,19 +62,31 @@ class TemplateSandbox:
         return answer["text"]
 
     def _ask(self, request: str) -> dict:
-        worker = self._start()
+        worker = self.start()
+        if not self._ready:  # the worker says so once its imports are done: they are not the template's time
+            line = self._read_line(worker, STARTUP, 64, "the chat template worker did not start within "
+                                                        f"{STARTUP:g} s")
+            if line != b'"ready"\n':
+                raise TemplateError("the chat template worker did not start")
+            self._ready = True
         try:
             worker.stdin.write(request.encode())
             worker.stdin.flush()
         except OSError:
             raise TemplateError("the chat template worker stopped (it ran out of memory or was killed)") from None
         # JSON escapes at most 6 bytes a character (\uXXXX), twice for a surrogate pair
-        limit, buffer, end = 12 * self.max_chars + 4096, bytearray(), time.monotonic() + self.deadline
+        line = self._read_line(worker, self.deadline, 12 * self.max_chars + 4096,
+                               f"the chat template did not finish rendering within {self.deadline:g} s (a template "
+                               "that loops or builds a huge text): it was stopped")
+        return json.loads(line.decode())
+
+    def _read_line(self, worker: subprocess.Popen, seconds: float, limit: int, late: str) -> bytes:
+        """One line from the worker within `seconds` and `limit` bytes, or TemplateError (`late` when too slow)."""
+        buffer, end = bytearray(), time.monotonic() + seconds
         while not buffer.endswith(b"\n"):
             left = end - time.monotonic()
             if left <= 0 or not select.select([worker.stdout], [], [], left)[0]:
-                raise TemplateError(f"the chat template did not finish rendering within {self.deadline:g} s "
-                                    "(a template that loops or builds a huge text): it was stopped")
+                raise TemplateError(late)
             chunk = os.read(worker.stdout.fileno(), 1 << 16)
             if not chunk:
                 raise TemplateError("the chat template used more than the "
@@ -80,10 +94,13 @@ class TemplateSandbox:
             buffer += chunk
             if len(buffer) > limit:
                 raise TemplateError(f"the chat template's text passed {self.max_chars:,} characters: it was stopped")
-        return json.loads(buffer.decode())
+        return bytes(buffer)
 
-    def _start(self) -> subprocess.Popen:
+    def start(self) -> subprocess.Popen:
+        """The worker, started now if none runs: call it ahead of the first render to have the worker's imports
+        (about a second) done by then. Does not wait."""
         if self._worker is None or self._worker.poll() is not None:
+            self._ready = False
             env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error",
                        SDAR_TEMPLATE_MEMORY=str(self.max_memory))
             self._worker = subprocess.Popen([sys.executable, "-m", "sdar_core.template_sandbox"],
@@ -112,6 +129,8 @@ def _serve() -> None:
     limit = int(os.environ.get("SDAR_TEMPLATE_MEMORY", MAX_WORKER_MEMORY))
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     out = sys.stdout
+    out.write('"ready"\n')
+    out.flush()
     for line in sys.stdin:
         try:
             r = json.loads(line)

@@ -92,10 +92,29 @@ def test_finding5_the_library_refuses_a_runaway_template(tmp_path, monkeypatch):
 
     monkeypatch.setattr(SANDBOX, "deadline", 2.0)
     _, tok = load_pretrained(hostile_checkpoint(tmp_path, LOOPS), device="cpu")
+    SANDBOX.render("{{ 'warm' }}", USER, {})  # the worker's start is not the template's time
     t0 = time.monotonic()
     with pytest.raises(ValueError, match="did not finish rendering within 2 s"):
         encode_prompt(tok, "hi", chat=True)
     assert time.monotonic() - t0 < 5
+
+
+def test_finding5_the_studio_refuses_a_runaway_template_with_a_readable_message(monkeypatch):
+    from transformers import AutoTokenizer
+
+    from app.errors import user_message
+    from app.prompting import prompt_ids
+    from sdar_core.template_sandbox import SANDBOX
+
+    monkeypatch.setattr(SANDBOX, "deadline", 2.0)
+    tok = AutoTokenizer.from_pretrained(str(SDAR))
+    tok.chat_template = SILENT_LOOP
+    SANDBOX.render("{{ 'warm' }}", USER, {})  # the worker's start is not the template's time
+    t0 = time.monotonic()
+    with pytest.raises(ValueError) as e:
+        prompt_ids(tok, USER)
+    assert time.monotonic() - t0 < 5
+    assert user_message(e.value).startswith("The chat template did not finish rendering within 2 s")
 
 
 def test_finding5_the_cli_refuses_a_runaway_template_in_one_line(tmp_path):
@@ -120,7 +139,8 @@ def test_finding5_a_model_card_is_read_up_to_its_cap(tmp_path):
         tracemalloc.stop()
     (folder / "README.md").write_bytes(b"---\nlicense: mit\nnote: " + b"y" * (2 * MAX_CARD_BYTES) + b"\n---\n")
     assert model_card(folder) == {}  # front matter that does not end within the cap: none
-    laughs = b"---\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nlicense_note: *b\n---\n"
+    laughs = (b"---\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+              b"license_note: *b\n---\n")
     (folder / "README.md").write_bytes(laughs)
     with pytest.raises(CheckpointError, match="aliases"):
         model_card(folder)
