@@ -33,6 +33,25 @@ class DownloadLimits:
     window: float = 60.0
     grace: float = 30.0
 
+    @classmethod
+    def from_env(cls, env=os.environ) -> "DownloadLimits":
+        """The defaults, with the operator's SDAR_DOWNLOAD_DEADLINE (seconds) and SDAR_DOWNLOAD_MIN_RATE (MB/s, 0:
+        no minimum) when set; a value that is not a number >= 0 is a ValueError naming it."""
+        limits = {}
+        for var, name, scale in (("SDAR_DOWNLOAD_DEADLINE", "deadline", 1.0), ("SDAR_DOWNLOAD_MIN_RATE", "min_rate",
+                                                                                 1e6)):
+            text = env.get(var)
+            if text is None or not text.strip():
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                value = float("nan")
+            if not value >= 0 or value == float("inf"):
+                raise ValueError(f"{var}={text!r}: expected a number >= 0")
+            limits[name] = value * scale
+        return cls(**limits)
+
     def verdict(self, elapsed: float, samples: deque) -> str | None:
         """Why the download should stop now, or None; `samples` are (seconds since start, bytes), oldest first."""
         if elapsed > self.deadline:

@@ -263,14 +263,15 @@ class ModelRegistry:
     def __init__(self, models_dir: Path | str = MODELS_DIR, capacity: int = 3, device=None, dtype=None, *,
                  allow_any_model: bool = False, exposed: bool = True, offered: tuple[str, ...] = (),
                  online=hub_reachable, free_memory=None, hub_cache: Path | None = None,
-                 limits: DownloadLimits = DownloadLimits()) -> None:
+                 limits: DownloadLimits | None = None) -> None:
         """allow_any_model: the operator's --allow-any-model (every request may load anything). exposed: the server
-        is reachable beyond this machine (bind address, share link, Space); a request is judged by itself too."""
+        is reachable beyond this machine (bind address, share link, Space); a request is judged by itself too.
+        limits: when a hub download is abandoned (default: DownloadLimits.from_env())."""
         self.models_dir = Path(models_dir)
         self.capacity = capacity
         self.device, self.dtype = device, dtype
         self.allow_any_model, self.exposed = allow_any_model, exposed
-        self.limits = limits
+        self.limits = limits or DownloadLimits.from_env()
         self._online, self._online_at = online, (None, -ONLINE_TTL)  # probe, (its last answer, when)
         self._free_memory = free_memory or (lambda: free_bytes(self.target_device))  # bytes, None if unknown
         self.hub_cache = hub_cache

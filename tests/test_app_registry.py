@@ -126,3 +126,20 @@ def test_finding1_a_healthy_download_becomes_the_loaded_model(local_hub):
     m = registry.get("org/tiny", timeout=60)
     assert m.path == "org/tiny" and m.config.block_size == 4
     assert registry.ready_or_status("org/tiny") is m
+
+
+def test_finding1_download_limits_come_from_the_environment():
+    from app.downloads import DownloadLimits
+
+    assert DownloadLimits.from_env({}) == DownloadLimits()
+    limits = DownloadLimits.from_env({"SDAR_DOWNLOAD_DEADLINE": "600", "SDAR_DOWNLOAD_MIN_RATE": "0.5"})
+    assert limits.deadline == 600 and limits.min_rate == 0.5e6
+    for bad in ("-1", "nan", "inf", "fast"):
+        with pytest.raises(ValueError, match=f"SDAR_DOWNLOAD_DEADLINE='{bad}': expected a number >= 0"):
+            DownloadLimits.from_env({"SDAR_DOWNLOAD_DEADLINE": bad})
+    from collections import deque
+
+    slow = deque([(0.0, 0), (30.0, 10_000_000), (61.0, 20_000_000)])
+    assert DownloadLimits().verdict(61.0, slow) is not None  # 0.33 MB/s < 1 MB/s over the last minute
+    assert DownloadLimits().verdict(29.0, deque([(0.0, 0), (29.0, 0)])) is None  # within the grace period
+    assert "within 1200 s" in DownloadLimits().verdict(1201.0, deque([(0.0, 0), (1201.0, 10**12)]))
