@@ -6,9 +6,9 @@ It opens the embedded sdar-tiny (and races it against ar-tiny), runs on the CPU 
 downloads nothing (hub ids typed in the model box are fetched when used). Gradio's own variables apply too
 (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, GRADIO_SHARE, ...); a flag given on the command line wins over them.
 
-Served beyond the loopback interface (another --host, --share, or a Hugging Face Space), the studio loads only
-the shipped models and the curated SDAR / Qwen3 hub ids; --allow-any-model lets visitors load any folder of this
-machine or any hub id.
+Served beyond the loopback interface (another --host, --share, or a Hugging Face Space), or reached through a
+proxy or from another address, a request loads only the shipped models and the curated SDAR / Qwen3 hub ids
+(app/exposure.py); --allow-any-model lets every visitor load any folder of this machine or any hub id.
 """
 from __future__ import annotations
 
@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("transformers.configuration_utils").addFilter(
         lambda record: "to instantiate a model of type" not in record.getMessage())
 
-    registry = ModelRegistry(allow_any_model=args.allow_any_model or not exposed(args.host, args.share),
+    registry = ModelRegistry(allow_any_model=args.allow_any_model, exposed=exposed(args.host, args.share),
                              offered=(args.model,))
-    if not registry.allow_any_model:
-        log.info("served beyond loopback: only the shipped and curated models can be loaded (--allow-any-model)")
+    if not registry.allow_any_model:  # app/exposure.py: a proxied or remote request is public on loopback too
+        log.info("public requests load only the shipped and curated models (--allow-any-model lifts this)")
     t0 = time.perf_counter()
     try:  # load the start model now, so that the first answer does not wait for it and its card shows
         m = registry.get(args.model)

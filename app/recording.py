@@ -8,7 +8,9 @@ import csv
 import io
 import itertools
 import json
+import os
 import shutil
+import signal
 import tempfile
 import threading
 import uuid
@@ -28,8 +30,12 @@ MAX_TRACE_BYTES = 64 * 2**20
 @dataclass
 class TraceFolder:
     """This process's trace files: a private folder (mkdtemp: owner-only, a fresh name, never one another user
-    made first), created on first use and removed at exit; the oldest files go once there are more than
-    max_files or max_bytes (the files just written always stay, for their download)."""
+    made first), created on first use and removed at exit, on SIGTERM too; the oldest files go once there are more
+    than max_files or max_bytes (the files just written always stay, for their download).
+
+    Gradio serves the files from here (the folder is one of its static paths): it makes no copy in its own temp
+    folder, where any local user could read it and nothing would prune it, so these bounds cover every copy. A
+    file's name carries 128 random bits: knowing the folder (from one's own download link) reveals no one else's."""
 
     max_files: int = MAX_TRACE_FILES
     max_bytes: int = MAX_TRACE_BYTES
@@ -41,14 +47,23 @@ class TraceFolder:
         """Write one file per suffix -> text under a new stem; their paths, in order."""
         with self._lock:
             if self.path is None:
-                self.path = Path(tempfile.mkdtemp(prefix="sdar-studio-traces-"))
+                self.path = Path(tempfile.mkdtemp(prefix="sdar-studio-traces-")).resolve()
                 atexit.register(shutil.rmtree, self.path, ignore_errors=True)
-            stem = self.path / f"{next(self._count):08d}-sdar-trace-{uuid.uuid4().hex[:8]}"
+                import gradio as gr
+
+                gr.set_static_paths([self.path])  # served in place, never copied to gradio's temp folder
+            stem = self.path / f"{next(self._count):08d}-sdar-trace-{uuid.uuid4().hex}"
             paths = [Path(f"{stem}.{suffix}") for suffix in texts]
             for path, text in zip(paths, texts.values()):
                 path.write_text(text)
             self._prune(keep=set(paths))
         return [str(p) for p in paths]
+
+    def remove(self) -> None:
+        """Delete the folder and every file in it (the next write makes a new one)."""
+        path, self.path = self.path, None
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
 
     def _prune(self, keep: set[Path]) -> None:
         files = sorted(self.path.iterdir())  # oldest first: the names start with a counter
@@ -63,7 +78,29 @@ class TraceFolder:
             total -= sizes.pop(f)
 
 
+def remove_on_sigterm(folder: TraceFolder) -> bool:
+    """Remove `folder` when the process gets SIGTERM (as `kill`, systemd, docker stop and Spaces send), then do what
+    the previous handler did: call it, ignore the signal, or die of it as by default. Python runs no atexit hook
+    for a signal, so without this the private folder outlives the process. Only the main thread may install
+    a signal handler: False elsewhere (nothing installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum, frame):
+        folder.remove()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:  # SIG_DFL (or unknown, set outside Python): terminate as it would have
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    return True
+
+
 TRACES = TraceFolder()
+remove_on_sigterm(TRACES)  # the studio imports this module in its main thread
 
 
 @dataclass

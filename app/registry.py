@@ -1,9 +1,14 @@
 """The models the studio can use: found under assets/models/, typed as a path or a hub id, loaded lazily
 in the background and kept in a small thread-safe LRU cache (one device, a couple of models at most in memory).
 
-Who may load what: the shipped models (the registry's models_dir) and CURATED hub ids always; any other folder
-or hub id only with allow_any_model (the studio grants it on the loopback interface or with --allow-any-model).
-A load runs in its own thread, outside the registry's lock: looking a model up never waits behind a download."""
+Who may load what: the shipped models (the registry's models_dir, by the names `available()` lists) and CURATED
+hub ids always; any other folder or hub id only for a private request (app/exposure.py: loopback, no proxy, a
+server not exposed) or when the operator allows any model (--allow-any-model). Every other name gets one refusal,
+whatever it resolves to: a visitor learns nothing about the server's paths.
+
+A load runs in its own thread, outside the registry's lock: looking a model up never waits behind a download. A
+hub download runs in a child process (app/downloads.py) with a deadline and a minimum rate, killed when it breaks
+either; `ready_or_status` answers at once with the model or the load's progress, so no handler waits for a load."""
 from __future__ import annotations
 
 import os
@@ -22,15 +27,19 @@ from sdar_core.config import ModelConfig
 from sdar_core.device import default_device, default_dtype
 from sdar_core.loading import checkpoint_key, free_bytes, model_card
 from sdar_core.paths import MODELS_DIR, REPO
+from sdar_core.template_sandbox import SANDBOX
 
+from . import exposure
 from .catalog import NAMES, ModelSpec, gigabytes, spec_for
+from .downloads import DownloadLimits, download
 
 DEFAULT_MODEL = "assets/models/sdar-tiny"
 CURATED = NAMES  # the SDAR family and their AR peers (app/catalog.py)
 MAX_NAME_CHARS = 300
 HUB_HOST = ("huggingface.co", 443)
 ONLINE_TTL = 60.0  # seconds a network probe's answer is reused
-LOAD_WAIT = 900.0  # seconds a request waits for a load (hub calls are timed out one by one) before giving up
+LOAD_WAIT = 900.0  # seconds get() waits for a load (a download has its own deadline: DownloadLimits) before giving up
+FAILURE_SHOWN = 15.0  # seconds ready_or_status reports a failed load before the next call starts a fresh one
 
 
 def checkpoint_summary(model) -> dict:
@@ -214,6 +223,8 @@ class Loading:
     done: threading.Event = field(default_factory=threading.Event)
     result: LoadedModel | None = None
     error: BaseException | None = None
+    phase: str = "loading"  # "downloading" while a hub download runs, then "loading" (the weights, from disk)
+    downloaded: int | None = None  # bytes of the download on disk so far (hub ids)
 
     @property
     def seconds(self) -> float:
@@ -226,23 +237,48 @@ class Loading:
         return self.result
 
 
+@dataclass(frozen=True)
+class LoadStatus:
+    """A load still running, as ready_or_status reports it: what to tell the visitor instead of waiting."""
+
+    name: str
+    phase: str  # "downloading" | "loading"
+    elapsed: float  # seconds since the load started
+    downloaded: int | None = None  # bytes on disk so far (a hub download), None when nothing is downloaded
+    expected: int | None = None  # bytes the download should reach (catalog models), None when unknown
+
+    def message(self) -> str:
+        """One line, e.g. 'JetLM/SDAR-4B-Chat is downloading: 1.2 GB of about 8.8 GB, 40 s'."""
+        done = ""
+        if self.downloaded is not None:
+            done = f": {gigabytes(self.downloaded)}" + (f" of about {gigabytes(self.expected)}" if self.expected
+                                                        else "")
+        return f"{self.name} is {self.phase}{done}, {self.elapsed:.0f} s so far"
+
+
 class ModelRegistry:
     """Load-once cache of (model, tokenizer), safe to share between Gradio's worker threads. The lock guards
     the cache and the loads in flight only; the loading itself runs in a thread of its own."""
 
     def __init__(self, models_dir: Path | str = MODELS_DIR, capacity: int = 3, device=None, dtype=None, *,
-                 allow_any_model: bool = False, offered: tuple[str, ...] = (), online=hub_reachable,
-                 free_memory=None, hub_cache: Path | None = None) -> None:
+                 allow_any_model: bool = False, exposed: bool = True, offered: tuple[str, ...] = (),
+                 online=hub_reachable, free_memory=None, hub_cache: Path | None = None,
+                 limits: DownloadLimits | None = None) -> None:
+        """allow_any_model: the operator's --allow-any-model (every request may load anything). exposed: the server
+        is reachable beyond this machine (bind address, share link, Space); a request is judged by itself too.
+        limits: when a hub download is abandoned (default: DownloadLimits.from_env())."""
         self.models_dir = Path(models_dir)
         self.capacity = capacity
         self.device, self.dtype = device, dtype
-        self.allow_any_model = allow_any_model
+        self.allow_any_model, self.exposed = allow_any_model, exposed
+        self.limits = limits or DownloadLimits.from_env()
         self._online, self._online_at = online, (None, -ONLINE_TTL)  # probe, (its last answer, when)
         self._free_memory = free_memory or (lambda: free_bytes(self.target_device))  # bytes, None if unknown
         self.hub_cache = hub_cache
         self.offered = frozenset(CURATED + tuple(offered))  # beyond models_dir: the curated ids, the operator's own
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, Loading] = {}
+        self._failed: dict[str, tuple[float, BaseException]] = {}  # key -> (when, why) of its last failed load
         self._lock = threading.Lock()
 
     def available(self) -> list[str]:
@@ -304,11 +340,11 @@ class ModelRegistry:
         got = min(downloaded_bytes(spec.name, self.hub_cache), spec.download_bytes)
         return f"downloaded {gigabytes(got)} of about {gigabytes(spec.download_bytes)}"
 
-    def peek_config(self, name):
+    def peek_config(self, name, *, public: bool | None = None):
         """The ModelConfig of `name` without loading weights: the loaded model's, an allowed local folder's
         config.json, or the catalog's shape; None when unknown (a hub id not in the catalog, a refused name)."""
         try:
-            key = self.key(name)
+            key = self.key(name, public=public)
         except ModelUnavailable:
             return None
         with self._lock:
@@ -322,16 +358,31 @@ class ModelRegistry:
         except (ConfigError, OSError, ValueError):
             return None
 
-    def key(self, name) -> str:
+    def allows_any(self, public: bool | None = None) -> bool:
+        """Whether a request may load any folder or hub id: the operator said so, or the request is private.
+        public: the request's verdict (app/exposure.py); None judges the gradio request this thread handles, or
+        outside a handler the server's exposure."""
+        if self.allow_any_model:
+            return True
+        if public is None:
+            public = exposure.current_verdict(server_exposed=self.exposed)
+        return not public
+
+    def refusal(self, name: str) -> ModelUnavailable:
+        """The one refusal for a name a public request may not load, whatever the name resolves to."""
+        offered = ", ".join(["the models in the list", *CURATED])
+        return ModelUnavailable(f"model {name!r} is not offered by this studio: pick one of {offered} (the person "
+                                "running the studio can allow any folder or hub id with --allow-any-model)")
+
+    def key(self, name, public: bool | None = None) -> str:
         """The cache key of `name` (its real folder, or the hub id), or ModelUnavailable when it may not be loaded
-        here. A refused name gets the same message whether or not such a server path exists."""
+        here. A public request (see allows_any) may load the names `available()` lists and the offered ids, spelled
+        as listed; any other name gets refusal(), the same message whatever exists at that path."""
         name = checked_name(name)
         if default_missing(name):
             raise ModelUnavailable(missing_default_message())
-        if not self.allow_any_model and name not in self.offered and not self._shipped(name):
-            offered = ", ".join(["the models in the list", *CURATED])
-            raise ModelUnavailable(f"model {name!r} is not offered by this studio: pick one of {offered} (the "
-                                   "person running the studio can allow any folder or hub id with --allow-any-model)")
+        if not self.allows_any(public) and name not in self.offered and name not in self.available():
+            raise self.refusal(name)
         try:
             return checkpoint_key(resolve_name(name))
         except CheckpointError as e:
@@ -339,17 +390,12 @@ class ModelRegistry:
                 raise ModelUnavailable(f"cannot load model {name!r}: {missing_folder_message(name)}") from None
             raise ModelUnavailable(f"cannot load model {name!r}: {e}") from None
 
-    def _shipped(self, name: str) -> bool:
-        """A folder directly under models_dir (after `..`, `//`, `~` and symlinks are resolved)."""
-        try:
-            return Path(resolve_name(name)).expanduser().resolve().parent == self.models_dir.resolve()
-        except (OSError, RuntimeError, ValueError):
-            return False
-
-    def get(self, name, stop: threading.Event | None = None, timeout: float = LOAD_WAIT) -> LoadedModel:
+    def get(self, name, stop: threading.Event | None = None, timeout: float = LOAD_WAIT, *,
+            public: bool | None = None) -> LoadedModel:
         """The loaded model for `name` (a folder or a hub id), loading it on first use; waits at most `timeout`
-        seconds, and stops waiting when `stop` is set (the load itself goes on, for the next request)."""
-        loading = self.start(name)
+        seconds, and stops waiting when `stop` is set (the load itself goes on, for the next request).
+        Blocking: a handler that holds a decode slot calls ready_or_status instead."""
+        loading = self.start(name, public=public)
         while not loading.done.wait(0.2):
             if stop is not None and stop.is_set():
                 raise ModelUnavailable(f"stopped waiting for {loading.name!r}: it keeps loading in the background")
@@ -358,9 +404,28 @@ class ModelRegistry:
                                        "try again later")
         return loading.outcome()
 
-    def start(self, name) -> Loading:
+    def ready_or_status(self, name, *, public: bool | None = None) -> LoadedModel | LoadStatus:
+        """At once: the loaded model, or the status of its load (started now in the background if none runs).
+        ModelUnavailable when `name` may not be loaded here, or when its last load failed or was abandoned less
+        than FAILURE_SHOWN seconds ago (the reason; after that window a call starts a fresh load)."""
+        key = self.key(name, public=public)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            failed = self._failed.get(key) if key not in self._loading else None
+        if failed is not None and time.monotonic() - failed[0] < FAILURE_SHOWN:
+            raise ModelUnavailable(f"{failed[1]} (try again in a moment for a fresh start)") from None
+        loading = self.start(name, public=public)
+        if loading.done.is_set():
+            return loading.outcome()
+        spec = spec_for(loading.name)
+        return LoadStatus(name=loading.name, phase=loading.phase, elapsed=loading.seconds,
+                          downloaded=loading.downloaded, expected=spec.download_bytes if spec else None)
+
+    def start(self, name, *, public: bool | None = None) -> Loading:
         """The load of `name`: already done when it is cached, else the one in flight or a new one."""
-        key = self.key(name)
+        key = self.key(name, public=public)
         spec = spec_for(name)
         with self._lock:
             known = key in self._cache or key in self._loading
@@ -375,14 +440,16 @@ class ModelRegistry:
                 return done
             loading = self._loading.get(key)
             if loading is None:
-                loading = self._loading[key] = Loading(name=name.strip())
+                self._failed.pop(key, None)
+                phase = "loading" if Path(key).is_absolute() else "downloading"  # a local folder, a hub id
+                loading = self._loading[key] = Loading(name=name.strip(), phase=phase)
                 threading.Thread(target=self._load, args=(key, loading), daemon=True, name="sdar-load").start()
             return loading
 
-    def loading(self, name) -> Loading | None:
+    def loading(self, name, *, public: bool | None = None) -> Loading | None:
         """The load of `name` in flight, if any (never starts one)."""
         try:
-            key = self.key(name)
+            key = self.key(name, public=public)
         except ModelUnavailable:
             return None
         with self._lock:
@@ -390,33 +457,56 @@ class ModelRegistry:
 
     def _load(self, key: str, loading: Loading) -> None:
         try:
-            loaded = self._build(key, loading.name)
+            folder = key if Path(key).is_absolute() else self._download(key, loading)  # checkpoint_key: real folder
+            loading.phase = "loading"
+            loaded = self._build(key, loading.name, folder)
             with self._lock:
                 self._cache[key] = loaded
                 while len(self._cache) > self.capacity:
                     self._cache.popitem(last=False)
             loading.result = loaded
         except BaseException as e:  # handed to every request waiting for this load
+            if isinstance(e, ModelUnavailable):  # a user's error: its frames would keep what the refused load read
+                e = e.with_traceback(None)
             loading.error = e
+            with self._lock:
+                now = time.monotonic()
+                for old in [k for k, (at, _) in self._failed.items() if now - at > FAILURE_SHOWN]:
+                    del self._failed[old]  # bounded: only the failures still being shown
+                self._failed[key] = (now, e)
         finally:
             with self._lock:
-                self._loading.pop(key, None)
+                self._loading.pop(key, None)  # a failed load is forgotten: the next try starts afresh
             loading.done.set()
 
-    def _build(self, key: str, name: str) -> LoadedModel:
+    def _download(self, hub_id: str, loading: Loading) -> str:
+        """The hub snapshot's local folder, fetched in a child process under self.limits."""
+        def report(n: int) -> None:
+            loading.downloaded = n
+
         try:
-            model, tokenizer = load_pretrained(key, device=self.device, dtype=self.dtype)
-            card = model_card(key)
+            folder = download(hub_id, cache=str(self.hub_cache) if self.hub_cache else None, limits=self.limits,
+                              progress=lambda: downloaded_bytes(hub_id, self.hub_cache), report=report)
+        except (OSError, RuntimeError) as e:  # the child's CheckpointError message, or DownloadAbandoned
+            raise ModelUnavailable(f"cannot load model {loading.name!r}: {e}") from None
+        return str(folder)
+
+    def _build(self, key: str, name: str, folder: str) -> LoadedModel:
+        try:
+            model, tokenizer = load_pretrained(folder, device=self.device, dtype=self.dtype)
+            card = model_card(folder)
         except (CheckpointError, ConfigError, OSError) as e:
             raise ModelUnavailable(f"cannot load model {name!r}: {e}") from None
+        if getattr(tokenizer, "chat_template", None):
+            SANDBOX.start()  # its worker imports while the first visitor types
         terms = {k: card[k] for k in ("license", "license_note") if k in card}  # what users may do with it
         return LoadedModel(name=name, path=key, model=model, tokenizer=tokenizer,
                            summary=checkpoint_summary(model) | terms)
 
-    def cached(self, name) -> LoadedModel | None:
+    def cached(self, name, *, public: bool | None = None) -> LoadedModel | None:
         """The model for `name` if it is already loaded (never loads)."""
         try:
-            key = self.key(name)
+            key = self.key(name, public=public)
         except ModelUnavailable:
             return None
         with self._lock:

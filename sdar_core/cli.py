@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
+    except KeyboardInterrupt:  # Ctrl+C: the user's choice, not a fault
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except (CliError, ConfigError, CheckpointError, GenerationError, ValueError, OSError) as e:
         # The library's errors are ValueErrors, a missing file or an unreachable hub an OSError: the user's to fix.
         # Anything else is a fault of ours and keeps its traceback.

@@ -125,11 +125,13 @@ def _check_numbers_and_types(config: "ModelConfig") -> None:
         if not (value is None or _is_int(value) or name == "eos_token_id" and isinstance(value, list)
                 and all(_is_int(i) for i in value)):
             raise ConfigError(f"config field {name!r} must be a token id (an integer), got {value!r}")
-    # Only the mask id is ever fed to the model; the others are stop or padding ids that a shrunk vocabulary
-    # may leave outside it.
-    if config.mask_token_id is not None and not 0 <= config.mask_token_id < config.vocab_size:
-        raise ConfigError(f"config field 'mask_token_id' must be a token id in [0, {config.vocab_size}) "
-                          f"(vocab_size), got {config.mask_token_id}")
+    # The mask and padding ids are fed to the model (padding fills a batch's short rows and AR decoding's tail);
+    # bos and eos are only compared with, and a shrunk vocabulary may leave them outside it.
+    for name in ("mask_token_id", "pad_token_id"):
+        value = getattr(config, name)
+        if value is not None and not 0 <= value < config.vocab_size:
+            raise ConfigError(f"config field {name!r} must be a token id in [0, {config.vocab_size}) "
+                              f"(vocab_size), got {value}")
 
 
 def _check_layout(config: "ModelConfig") -> None:

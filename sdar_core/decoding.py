@@ -129,7 +129,10 @@ def _cut_at_stop(tokens: list[int], stop_ids: list[int], limit: int) -> tuple[li
 
 
 def _pad_id(config) -> int:
-    return config.pad_token_id if config.pad_token_id is not None else (config.eos_token_ids or [0])[0]
+    """pad_token_id (checked inside the vocabulary with the config), else the first eos id the model has."""
+    if config.pad_token_id is not None:
+        return config.pad_token_id
+    return next((i for i in config.eos_token_ids if 0 <= i < config.vocab_size), 0)
 
 
 def _generator(p: DecodeParams, device) -> torch.Generator | None:

@@ -24,6 +24,14 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # An index is a name per tensor (Qwen3-235B's: about 2 MB); a larger one is refused before it is parsed.
 MAX_INDEX_BYTES = 64 << 20
 MAX_SHARDS = 10_000
+# Text a checkpoint ships that something here reads whole (the tokenizer's files; Qwen3's tokenizer.json is 11 MB),
+# checked before it is read; a chat template is code and renders in sdar_core.template_sandbox.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "chat_template.json",
+                   "chat_template.jinja")
+MAX_TOKENIZER_FILE_BYTES = 64 << 20
+MAX_TEMPLATE_FILE_BYTES = 1 << 20
+MAX_CARD_BYTES = 256 << 10  # the head of README.md that is read: its front matter comes first
 SAFETENSORS_FLOATS = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*", "*.model"]
 
@@ -368,9 +376,27 @@ def check_fits(config: ModelConfig, device: torch.device, dtype: torch.dtype, *,
         )
 
 
+def check_tokenizer_files(folder: Path) -> None:
+    """Refuse, before transformers reads them whole, tokenizer files larger than any real one."""
+    templates = folder / "additional_chat_templates"
+    files = [folder / name for name in TOKENIZER_FILES] + (sorted(templates.glob("*.jinja")) if templates.is_dir()
+                                                           else [])
+    for f in files:
+        try:
+            size = f.stat().st_size
+        except OSError:  # absent
+            continue
+        cap = MAX_TEMPLATE_FILE_BYTES if f.name.startswith("chat_template") or f.parent == templates \
+            else MAX_TOKENIZER_FILE_BYTES
+        if size > cap:
+            raise CheckpointError(f"{f.relative_to(folder)} holds {size:,} bytes; at most {cap:,} are read")
+
+
 def load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
+
+    check_tokenizer_files(folder)
 
     # AutoTokenizer peeks at config.json and warns that it does not know model_type "sdar": noise here.
     level = hf_logging.get_verbosity()
@@ -391,12 +417,40 @@ def load_pretrained(path_or_hub_id, device=None, dtype=None, *, device_map=None,
     accelerate's big-model loading, for checkpoints that do not fit one device.
     The mask token comes from config `mask_token_id`, else from the tokenizer's mask token; it is stored
     in `model.config.mask_token_id`.
+
+    A refused checkpoint leaves nothing behind: its error carries no traceback (whose frames would keep what was
+    read, e.g. a header's million tensor names), and the memory used to read it goes back to the system.
     """
+    try:
+        return _load_pretrained(path_or_hub_id, device, dtype, device_map, with_tokenizer)
+    except (CheckpointError, ConfigError) as e:
+        error = e.with_traceback(None)
+        error.__context__ = None  # suppressed already (`from None`), but its traceback would keep the frames too
+    _return_freed_memory()
+    raise error
+
+
+def _return_freed_memory() -> None:
+    """Collect, then hand the heap's free pages back to the system: glibc keeps freed memory in its arenas, so a
+    parsed and dropped header of a million tensors once kept ~600 MB of the process's RSS."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
+
+
+def _load_pretrained(path_or_hub_id, device, dtype, device_map, with_tokenizer: bool):
+    if not isinstance(path_or_hub_id, (str, os.PathLike)):
+        raise CheckpointError(f"a checkpoint is a folder path or a hub id (text), got {type(path_or_hub_id).__name__}")
     folder = resolve_checkpoint(path_or_hub_id)
     _check_links(folder)
     config = ModelConfig.from_json(folder / "config.json")
     device = _as_device(device)
-    dtype = dtype or default_dtype(device)
+    dtype = _as_dtype(dtype, device)
     check_fits(config, device, dtype, spread=device_map is not None)
     files = _weight_files(folder)
     tokenizer = load_tokenizer(folder) if with_tokenizer else None
@@ -425,10 +479,24 @@ def _as_device(device) -> torch.device:
         raise CheckpointError(f"device {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
     if device.type == "meta":
         raise CheckpointError("device 'meta' holds no data: load onto 'cpu' or 'cuda'")
+    if device.type == "cpu":  # one CPU device: 'cpu:0' is 'cpu' (safetensors knows no 'cpu:0')
+        if device.index not in (None, 0):
+            raise CheckpointError(f"device {str(device)!r} does not exist: the CPU is one device, 'cpu'")
+        return torch.device("cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise CheckpointError(f"device {str(device)!r} is not available: this machine has "
                               f"{torch.cuda.device_count()} CUDA devices")
     return device
+
+
+def _as_dtype(dtype, device: torch.device) -> torch.dtype:
+    """The weights' dtype: one of the floating dtypes a checkpoint holds (default: default_dtype(device))."""
+    if dtype is None:
+        return default_dtype(device)
+    if dtype not in SAFETENSORS_FLOATS.values():
+        names = ", ".join(str(d) for d in SAFETENSORS_FLOATS.values())
+        raise CheckpointError(f"dtype {dtype!r} cannot hold the weights: use one of {names}")
+    return dtype
 
 
 def _set_mask_token(config: ModelConfig, tokenizer, folder: Path) -> None:
@@ -532,18 +600,33 @@ def save_pretrained(model: SDARForCausalLM, tokenizer, path, *, max_shard_bytes:
 
 def model_card(folder: str | os.PathLike) -> dict:
     """The metadata of a checkpoint folder's model card: the YAML front matter of its README.md, as the Hugging Face
-    Hub reads it (`license`, `license_note`, `tags`, ...). {} for a hub id or a folder without a card."""
+    Hub reads it (`license`, `license_note`, `tags`, ...). {} for a hub id or a folder without a card. Only the
+    first MAX_CARD_BYTES are read: front matter that does not end within them counts as none."""
     card = Path(folder).expanduser() / MODEL_CARD_NAME
     if not card.is_file():
         return {}
-    text = card.read_text(encoding="utf-8")
+    try:
+        with open(card, "rb") as f:
+            text = f.read(MAX_CARD_BYTES).decode("utf-8", errors="replace")
+    except OSError as e:
+        raise CheckpointError(f"cannot read {card}: {e.strerror}") from None
     head, fence, _ = text.removeprefix("---\n").partition("\n---")
     if not text.startswith("---\n") or not fence:
         return {}
     import yaml
 
+    class CardLoader(yaml.SafeLoader):
+        """safe_load without aliases: `*a` repeated in lists of lists is a few bytes of YAML that prints as
+        gigabytes (the card's license note is shown)."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted in a model card",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+
     try:
-        meta = yaml.safe_load(head)
+        meta = yaml.load(head, Loader=CardLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         raise CheckpointError(f"{card}: the front matter between the '---' lines is not valid YAML: {e}") from None
     return meta if isinstance(meta, dict) else {}

@@ -467,3 +467,52 @@ def test_stop_flags_keep_the_newest_sessions_only():
     again = flags.arm("s92")  # re-armed: newest again, not pruned next
     flags.arm("new")
     assert flags.trigger("s92") and again.is_set() and "s93" not in flags._flags
+
+
+def test_finding6_trace_downloads_are_served_in_place_and_the_folder_goes_on_sigterm(tmp_path):
+    """Issue 33, finding 6: the files visitors downloaded were gradio's copies in its temp folder (readable by any
+    local user, never pruned), and the private folder survived SIGTERM. Through `python app.py` in a subprocess:
+    a visualized trace is served from the private folder, gradio's temp folder holds no copy, and SIGTERM removes
+    the folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+    from gradio_client import Client
+
+    from conftest import REPO
+
+    tmp, cache = tmp_path / "tmp", tmp_path / "gradio"
+    tmp.mkdir()
+    port = free_port()
+    env = dict(os.environ, TMPDIR=str(tmp), GRADIO_TEMP_DIR=str(cache))
+    studio = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("the studio did not start within 120 s")
+        s = FAST
+        *_, files = Client(url, verbose=False).predict(
+            "Hi", "assets/models/sdar-tiny", s["block_length"], s["steps"], s["strategy"], s["threshold"],
+            s["temperature"], s["top_p"], s["max_new_tokens"], s["seed"], s["pace_ms"], api_name="/visualize")
+        assert len(files) == 2 and '"steps"' in Path(files[0]).read_text()  # the client downloaded it
+        folders = list(tmp.glob("sdar-studio-traces-*"))
+        assert len(folders) == 1 and len(list(folders[0].iterdir())) == 2
+        assert not [p for p in cache.rglob("*") if "sdar-trace" in p.name], "gradio copied a trace file"
+        studio.send_signal(signal.SIGTERM)
+        assert studio.wait(timeout=30) == -signal.SIGTERM  # dies of the signal, as by default
+        assert not folders[0].exists(), "the private folder survived SIGTERM"
+    finally:
+        if studio.poll() is None:
+            studio.kill()
+            studio.wait()

@@ -102,3 +102,30 @@ def test_a_block_length_the_model_was_not_trained_with_is_a_one_line_warning_not
     assert main(["--model", model, "--prompt", "What is 4 + 5?", "--chat", "--max-new-tokens", "8",
                  "--block-length", "4", "--device", "cpu"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_finding11_undecodable_bytes_in_the_prompt_are_one_line(tmp_path):
+    """Issue 33, finding 11: bytes that are not UTF-8 on the command line reached the tokenizer as lone
+    surrogates: a TypeError traceback."""
+    for extra in (["--prompt", "caf\udce9"], ["--prompt", "hi", "--chat", "--system", "\udcff"]):
+        out = subprocess.run([sys.executable, "-m", "sdar_core", "--model", SDAR, "--max-new-tokens", "4", *extra],
+                             cwd=REPO, capture_output=True, text=True, timeout=120, errors="surrogateescape")
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+        assert "not UTF-8 text" in out.stderr
+
+
+def test_finding11_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch):
+    from sdar_core import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run", interrupted)
+    assert main(["--model", SDAR, "--prompt", "hi"]) == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_finding11_device_cpu_0_runs_on_the_cpu(capsys):
+    """'--device cpu:0' once ended with 'not a valid safetensors file (device cpu:0 is invalid)'."""
+    assert main(["--model", SDAR, "--prompt", "hi", "--max-new-tokens", "4", "--device", "cpu:0"]) == 0
+    assert "error" not in capsys.readouterr().err

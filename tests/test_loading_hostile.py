@@ -282,6 +282,103 @@ def test_unusable_device_is_named(tmp_path, device):
     assert device in assert_clean_error(e)
 
 
+@pytest.mark.parametrize("pad", [10**6, -3], ids=["beyond-vocab", "negative"])
+def test_finding11_a_pad_token_id_outside_the_vocabulary_is_a_config_error(tmp_path, pad):
+    """Issue 33, finding 11: an out-of-vocabulary pad_token_id loaded, then AR decoding (which fills with it)
+    raised IndexError from the embedding."""
+    small_checkpoint(tmp_path)
+    edit_config(tmp_path, pad_token_id=pad)
+    with pytest.raises(ConfigError, match=f"'pad_token_id' must be a token id in \\[0, 160\\) .*got {pad}") as e:
+        load_pretrained(tmp_path, device="cpu", with_tokenizer=False)
+    assert_clean_error(e)
+
+
+def test_finding11_no_pad_and_an_eos_outside_the_vocabulary_still_decodes(tmp_path):
+    from sdar_core import generate
+
+    small_checkpoint(tmp_path)
+    edit_config(tmp_path, pad_token_id=None, eos_token_id=[10**6, 3])  # a shrunk vocabulary's stop id
+    model, _ = load_pretrained(tmp_path, device="cpu", with_tokenizer=False)
+    gen = generate(model, [[1, 2, 3], [4, 5]], max_new_tokens=4, strategy="ar")
+    assert gen.tokens.shape[0] == 2
+
+
+@pytest.mark.parametrize("path, words", [(5, "got int"), (None, "got NoneType"), (b"/tmp", "got bytes")])
+def test_finding11_a_checkpoint_name_that_is_not_text_is_a_checkpoint_error(path, words):
+    with pytest.raises(CheckpointError, match=words) as e:
+        load_pretrained(path)
+    assert "folder path or a hub id" in assert_clean_error(e)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, "float16", torch.uint8])
+def test_finding11_a_dtype_that_cannot_hold_weights_is_a_checkpoint_error(tmp_path, dtype):
+    small_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="cannot hold the weights: use one of torch.float32") as e:
+        load_pretrained(tmp_path, device="cpu", dtype=dtype, with_tokenizer=False)
+    assert str(dtype) in assert_clean_error(e)
+
+
+def test_finding11_cpu_0_is_the_cpu_and_cpu_1_is_named(tmp_path):
+    """'cpu:0' once failed as 'not a valid safetensors file (device cpu:0 is invalid)'."""
+    small_checkpoint(tmp_path)
+    model, _ = load_pretrained(tmp_path, device="cpu:0", with_tokenizer=False)
+    assert model.device == torch.device("cpu")
+    with pytest.raises(CheckpointError, match="'cpu:1' does not exist: the CPU is one device, 'cpu'"):
+        load_pretrained(tmp_path, device="cpu:1", with_tokenizer=False)
+
+
+def _trimmed_rss() -> int:
+    import ctypes
+    import gc
+
+    import psutil
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return psutil.Process().memory_info().rss
+
+
+def _million_tensor_header(shard: Path) -> None:
+    entry = '"junk.%07d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}'
+    blob = ("{" + ",".join(entry % i for i in range(1_000_000)) + "}").encode()
+    shard.write_bytes(struct.pack("<Q", len(blob)) + blob + b"\0" * 64)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="glibc and /proc: Linux")
+def test_finding10_a_refused_oversized_header_leaves_nothing_behind(tmp_path):
+    """Issue 33, finding 10: a 73 MB header of a million tensors, parsed and refused, kept ~600 MB of RSS (glibc
+    keeps freed memory) and its error's traceback kept the frames of what was read."""
+    import psutil
+
+    from app.registry import ModelRegistry, ModelUnavailable
+
+    good, small, big = tmp_path / "good", tmp_path / "small", tmp_path / "big"
+    for folder in (good, small, big):
+        small_checkpoint(folder)
+    load_pretrained(good, device="cpu", with_tokenizer=False)  # imports and first-use caches, outside the count
+    (small / SHARD).write_bytes(struct.pack("<Q", 2) + b"{}")
+    with pytest.raises(CheckpointError):
+        load_pretrained(small, device="cpu", with_tokenizer=False)
+    registry = ModelRegistry(device="cpu", allow_any_model=True)
+    with pytest.raises(ModelUnavailable):
+        registry.get(str(small))
+    _million_tensor_header(big / SHARD)
+    before = _trimmed_rss()
+    with pytest.raises(CheckpointError, match="not a valid safetensors file") as e:
+        load_pretrained(big, device="cpu", with_tokenizer=False)
+    assert psutil.Process().memory_info().rss - before < 8 << 20  # no trim here: the library gave it back
+    frames = []
+    tb = e.value.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    assert "_read_headers" not in frames and e.value.__context__ is None, frames
+    with pytest.raises(ModelUnavailable) as e:
+        registry.get(str(big))
+    assert e.value.__traceback__ is None or "_read_headers" not in repr(e.value.__traceback__.tb_frame)
+    assert psutil.Process().memory_info().rss - before < 8 << 20
+
+
 # --- a hub endpoint that never answers -----------------------------------------------------------------
 
 
@@ -332,11 +429,12 @@ def test_stalled_hub_endpoint_becomes_a_checkpoint_error_in_bounded_time(hub_env
 class FakeHub:
     """A hub on 127.0.0.1 serving the files of `folder` as repo org/tiny at one commit (model_info, HEAD, GET:
     what huggingface_hub asks). `stall_files`: answer model_info, then hold every file request unanswered until
-    stopped (at most `lifetime` seconds)."""
+    stopped (at most `lifetime` seconds). `trickle`: send each safetensors body one byte every `trickle` seconds."""
 
     SHA = "b" * 40
 
-    def __init__(self, folder: Path, *, stall_files: bool = False, lifetime: float = 60.0) -> None:
+    def __init__(self, folder: Path, *, stall_files: bool = False, lifetime: float = 60.0,
+                 trickle: float = 0.0) -> None:
         files = {f.name: f.read_bytes() for f in folder.iterdir()}
         released, sha = threading.Event(), self.SHA
 
@@ -371,7 +469,13 @@ class FakeHub:
                     released.wait(lifetime)
                     return None
                 self._headers(200, len(data), hashlib.sha1(data).hexdigest())
-                if with_body:
+                if with_body and trickle and self.path.endswith(".safetensors"):
+                    for i in range(len(data)):
+                        if released.wait(trickle):
+                            return None
+                        self.wfile.write(data[i:i + 1])
+                        self.wfile.flush()
+                elif with_body:
                     self.wfile.write(data)
 
             def log_message(self, *args) -> None:
