@@ -215,7 +215,7 @@ class Race:
 
     def board(self, req: DecodeRequest, prompt: str, use_twin: bool) -> Board:
         """AR and SDAR lanes on the same weights, and AR on the twin (sdar-X -> ar-X) when asked and present."""
-        loaded = self.studio.registry.get(req.model_name)
+        loaded = self.studio.ready(req.model_name)
         if not loaded.is_sdar:
             raise gr.Error(f"{loaded.display_name} is an autoregressive model: the race needs an SDAR model "
                            "(it decodes the same weights both ways).")
@@ -248,7 +248,7 @@ class Race:
             raise gr.Error("Pick at least one block length and one threshold for the sweep.")
         base = DecodeSettings.from_ui({"block_length": max(blocks), "steps": max(blocks),
                                        "max_new_tokens": max_new_tokens})
-        loaded = self.studio.registry.get(model_name)
+        loaded = self.studio.ready(model_name)
         if not loaded.is_sdar:
             raise gr.Error(f"{loaded.display_name} is an autoregressive model: the sweep needs an SDAR model.")
         ids, _ = prompt_ids(loaded.tokenizer, conversation("", [], prompt))

@@ -14,14 +14,19 @@ from sdar_core import DecodeParams
 from sdar_core.warmup import needs_warm_up, warm_shapes, warm_up
 
 from .prompting import prompt_ids
-from .registry import LoadedModel, ModelRegistry, ar_twin_name
+from .registry import LoadedModel, LoadStatus, ModelRegistry, ModelUnavailable, ar_twin_name
 from .run import Run
 from .scheduler import MAX_BATCH, DecodeScheduler, Job
 from .settings import DecodeRequest, DecodeSettings
 from .streaming import DEVICE, Lane, StopFlags
 
 log = logging.getLogger(__name__)
+LOAD_GRACE = 5.0  # seconds a request waits for its model's load before it is told the load's progress instead
 WARM_POSITIONS = 2048  # prompt + answer covered by the warm-up: buckets 256, 512, 1024, 2048 per block length
+
+
+class ModelLoading(ModelUnavailable):
+    """The model is still loading (a download, say): the request is answered with its progress, not held."""
 
 
 @dataclass
@@ -54,6 +59,18 @@ class Studio:
         run.feed.pace_ms = req.pace_ms
         return run
 
+    def ready(self, name) -> LoadedModel:
+        """The model, loaded: a load that ends within LOAD_GRACE seconds is waited for (the embedded models load in
+        about a second); a longer one (a download) is not: the visitor is told its progress at once, and the
+        request holds nothing while it runs."""
+        status = self.registry.ready_or_status(name)
+        loading = self.registry.loading(name) if isinstance(status, LoadStatus) else None
+        if loading is not None and loading.done.wait(LOAD_GRACE):
+            status = self.registry.ready_or_status(name)
+        if isinstance(status, LoadStatus):
+            raise ModelLoading(f"{status.message()}. Send again once it is ready (Load shows its progress).")
+        return status
+
     def scheduler(self, loaded: LoadedModel) -> DecodeScheduler:
         """The scheduler of the device the model is on (one per device, made on first use)."""
         name = str(loaded.model.device)
@@ -66,7 +83,7 @@ class Studio:
                                                                         list[str]]:
         """The model, the settings it decodes with (SDAR settings turned into AR ones on an AR model), the prompt
         ids, and the notes the user should read."""
-        loaded = self.registry.get(req.model_name)
+        loaded = self.ready(req.model_name)
         settings, notes = req.settings, []
         if not loaded.is_sdar:  # the page greys the SDAR controls out for it (ui.controls_for_model): no note
             settings = settings.as_ar()

@@ -157,3 +157,27 @@ def test_an_error_in_a_batch_reaches_each_of_its_jobs_and_the_scheduler_goes_on(
         assert isinstance(last, Failed) and "illegal memory access" in str(last.error)
     later = scheduler.submit(job_for(loaded, PROMPTS[2], max_new_tokens=4))
     assert isinstance(drain(later)[1], Finished)
+
+
+def test_a_request_whose_model_is_still_loading_is_told_its_progress_at_once(studio_checkpoints, monkeypatch):
+    """A load that outlasts the studio's grace (a download) is not waited for: the request is refused with the load's
+    progress, holding nothing; once loaded, the next request is served."""
+    from app import studio as studio_mod
+    from app.registry import LoadStatus
+    from app.settings import DecodeRequest, DecodeSettings
+
+    sdar, _ = studio_checkpoints
+    studio = studio_mod.Studio(registry=ModelRegistry(models_dir=sdar.parent))
+    never = threading.Event()
+    status = LoadStatus(name="JetLM/SDAR-4B-Chat", phase="downloading", elapsed=12, downloaded=2 << 30,
+                        expected=8 << 30)
+    monkeypatch.setattr(studio_mod, "LOAD_GRACE", 0.2)
+    monkeypatch.setattr(studio.registry, "ready_or_status", lambda name: status)
+    monkeypatch.setattr(studio.registry, "loading", lambda name: type("Loading", (), {"done": never})())
+    req = DecodeRequest(str(sdar), DecodeSettings(max_new_tokens=4))
+    with pytest.raises(studio_mod.ModelLoading, match="is downloading: 2.1 GB of about 8.6 GB, 12 s so far"):
+        studio.start(req, [{"role": "user", "content": "Hi"}], threading.Event())
+    monkeypatch.undo()
+    run = studio.start(req, [{"role": "user", "content": "Hi"}], threading.Event())
+    list(run.follow())
+    assert run.stats is not None
