@@ -55,8 +55,8 @@ class Chat:
         note = "  \n".join(f"ℹ️ {n}" for n in run.notes)  # stays in the message area with the answer
         yield {p.chatbot: shown, p.message: "", p.live: run.feed.value(), p.chat_stats: "",
                p.chat_note: note + (f"  \n⏳ {waiting}" if waiting else "")}
-        for _ in run.follow():
-            shown[-1] = {"role": "assistant", "content": run.text_so_far() + MASK_GLYPH}
+        for _ in run.follow():  # the bubble only grows (Gradio then sends the new text alone)
+            shown[-1] = {"role": "assistant", "content": run.text_so_far() or MASK_GLYPH}
             yield {p.chatbot: shown, p.live: run.feed.value()}
         answer = run.answer_text()
         history = turn + [{"role": "assistant", "content": answer}]

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The studio's GPU checks and measurements on a GPU machine (the device tool runs this in the repository root):
+#   bash benchmarks/device_studio.sh tests   # the `cuda` tests, and the studio's tests with CUDA as their device
+#   bash benchmarks/device_studio.sh bench   # python -m benchmarks.studio on the SDAR-1.7B shape, crowd sweep included
+# Gradio is not installed there: its wheels travel in .whl/ (see benchmarks/NOTES.md, "The studio on a GPU").
+# Results go to $OUT (the device tool's folder), else out/device.
+set -u
+OUT=${OUT:-out/device}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site || exit 1
+fi
+export PYTHONUNBUFFERED=1 GRADIO_ANALYTICS_ENABLED=False
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+case "${1:-tests}" in
+  tests)
+    timeout 330 python3 -m pytest -q -p no:cacheprovider -m cuda tests/ 2>&1 | tee "$OUT/cuda-tests.log" | tail -15
+    timeout 230 python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
+      tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_benchmarks_studio.py \
+      2>&1 | tee "$OUT/app-tests-gpu.log" | tail -15 ;;
+  bench)
+    timeout 570 python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/h200-studio" --crowd 1 4 8 16 \
+      2>&1 | tee "$OUT/studio-bench.log" | tail -40 ;;
+esac
