@@ -185,3 +185,20 @@ def write_checkpoints(root: Path, *, context: int = 512) -> tuple[Path, Path]:
 def studio_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     """(sdar-tiny, ar-tiny) folders of random weights, written once per test session."""
     return write_checkpoints(tmp_path_factory.mktemp("studio-models"))
+
+
+@pytest.fixture(scope="module")
+def launched_studio(studio_checkpoints):
+    """The studio (build_app) on the test checkpoints, launched on a free loopback port: (url, sdar folder)."""
+    from app.layout import LAUNCH_KWARGS
+    from app.registry import ModelRegistry
+    from app.ui import build_app
+
+    sdar, _ = studio_checkpoints
+    demo = build_app(default_model=str(sdar), registry=ModelRegistry(models_dir=sdar.parent))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS)
+    try:
+        yield f"http://127.0.0.1:{port}/", sdar
+    finally:
+        demo.close()

@@ -17,21 +17,11 @@ FAST = dict(block_length=4, steps=4, strategy="static", threshold=0.9, temperatu
 
 
 @pytest.fixture(scope="module")
-def served(studio_checkpoints):
+def served(launched_studio):
     from gradio_client import Client
 
-    from app.layout import LAUNCH_KWARGS
-    from app.registry import ModelRegistry
-    from app.ui import build_app
-
-    sdar, ar = studio_checkpoints
-    demo = build_app(default_model=str(sdar), registry=ModelRegistry(models_dir=sdar.parent))
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False), sdar
-    finally:
-        demo.close()
+    url, sdar = launched_studio
+    yield Client(url, verbose=False), sdar
 
 
 def chat(client, model, message, **over):

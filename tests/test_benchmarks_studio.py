@@ -7,21 +7,11 @@ from argparse import Namespace
 
 import pytest
 
-from conftest import free_port
 
 
 @pytest.fixture(scope="module")
-def studio_url(studio_checkpoints):
-    from app.layout import LAUNCH_KWARGS
-    from app.registry import ModelRegistry
-    from app.ui import build_app
-
-    sdar, _ = studio_checkpoints
-    demo = build_app(default_model=str(sdar), registry=ModelRegistry(models_dir=sdar.parent))
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS)
-    yield f"http://127.0.0.1:{port}/", sdar
-    demo.close()
+def studio_url(launched_studio):
+    return launched_studio
 
 
 def test_streamed_bytes_count_each_outputs_changes_once():
