@@ -338,6 +338,9 @@ def _trimmed_rss() -> int:
     return psutil.Process().memory_info().rss
 
 
+KEPT_AT_MOST = 40 << 20  # well under the 73 MB header a leak would keep
+
+
 def _million_tensor_header(shard: Path) -> None:
     entry = '"junk.%07d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}'
     blob = ("{" + ",".join(entry % i for i in range(1_000_000)) + "}").encode()
@@ -366,7 +369,9 @@ def test_finding10_a_refused_oversized_header_leaves_nothing_behind(tmp_path):
     before = _trimmed_rss()
     with pytest.raises(CheckpointError, match="not a valid safetensors file") as e:
         load_pretrained(big, device="cpu", with_tokenizer=False)
-    assert psutil.Process().memory_info().rss - before < 8 << 20  # no trim here: the library gave it back
+    # No trim here: the library gave it back. The header alone is 73 MB and the bug kept ~600 MB; the bound leaves
+    # room for the allocator's own noise (CI saw +10 MB from arenas and the interpreter, run to run).
+    assert psutil.Process().memory_info().rss - before < KEPT_AT_MOST
     frames = []
     tb = e.value.__traceback__
     while tb is not None:
@@ -376,7 +381,7 @@ def test_finding10_a_refused_oversized_header_leaves_nothing_behind(tmp_path):
     with pytest.raises(ModelUnavailable) as e:
         registry.get(str(big))
     assert e.value.__traceback__ is None or "_read_headers" not in repr(e.value.__traceback__.tb_frame)
-    assert psutil.Process().memory_info().rss - before < 8 << 20
+    assert psutil.Process().memory_info().rss - before < KEPT_AT_MOST
 
 
 # --- a hub endpoint that never answers -----------------------------------------------------------------
