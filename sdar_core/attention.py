@@ -10,6 +10,7 @@ Backends, chosen per call:
 - "flash": flash-attn when installed, for calls where no mask is needed (all keys visible, or causal);
 - "eager": a plain softmax(QK^T)V reference, used by the tests.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,9 @@ def block_causal_mask(
     return allowed[:, None]
 
 
-def chunk_mask(start: int, q_len: int, k_len: int, block_size: int,
-               k_start: torch.Tensor | None = None, device=None) -> tuple[torch.Tensor | None, bool]:
+def chunk_mask(
+    start: int, q_len: int, k_len: int, block_size: int, k_start: torch.Tensor | None = None, device=None
+) -> tuple[torch.Tensor | None, bool]:
     """The attention mask of a chunk of `q_len` queries at key indices start.. against keys [0, k_len): every
     forward (whole sequence, prompt prefill, block in flight, static-shape buffer) gets its mask here.
 
@@ -84,7 +86,7 @@ def attention(
     q: torch.Tensor,  # [B, H, Q, D]
     k: torch.Tensor,  # [B, H_kv, K, D]
     v: torch.Tensor,  # [B, H_kv, K, D]
-    mask: "torch.Tensor | BlockMask | None",
+    mask: torch.Tensor | BlockMask | None,
     *,
     is_causal: bool = False,
     backend: str = "sdpa",
@@ -114,8 +116,9 @@ def attention(
         # keys/values lets the memory-efficient kernel run instead.
         groups = q.shape[1] // k.shape[1]
         k, v, gqa = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), False
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-                                          enable_gqa=gqa)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=is_causal and mask is None, enable_gqa=gqa
+    )
 
 
 def eager_attention(q, k, v, mask, *, is_causal: bool = False) -> torch.Tensor:
@@ -134,7 +137,7 @@ def eager_attention(q, k, v, mask, *, is_causal: bool = False) -> torch.Tensor:
     return (scores.softmax(-1) @ v.float()).to(q.dtype)
 
 
-def flex_block_mask(mask_mod, batch: int | None, q_len: int, k_len: int, device) -> "BlockMask":
+def flex_block_mask(mask_mod, batch: int | None, q_len: int, k_len: int, device) -> BlockMask:
     """Compile a flex_attention BlockMask from a mask_mod(b, h, q_idx, kv_idx) -> bool."""
     if create_block_mask is None:
         raise RuntimeError("flex_attention needs torch >= 2.5")

@@ -14,13 +14,14 @@ The cache write of a finished block is folded into the first denoising forward o
 (the "Engineering Gap" of the paper's Limitations): that forward's chunk is [final block b-1 ; block b],
 block b-1's keys and values are kept, and the block costs exactly the denoising steps it uses.
 """
+
 from __future__ import annotations
 
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -40,8 +41,14 @@ def positions_needed(prompt_len: int, max_new_tokens: int, strategy: str, block_
     return math.ceil((prompt_len + max_new_tokens) / L) * L
 
 
-def generate(model, input_ids, params: DecodeParams | None = None, *,
-             on_step: Callable[[StepEvent], None] | None = None, **options) -> Generation:
+def generate(
+    model,
+    input_ids,
+    params: DecodeParams | None = None,
+    *,
+    on_step: Callable[[StepEvent], None] | None = None,
+    **options,
+) -> Generation:
     """Decode up to `max_new_tokens` per row; returns a Generation (tokens [B, <=max_new_tokens], stats, trace).
 
     input_ids: LongTensor [B, T] or a list of id lists of different lengths. The options are a DecodeParams
@@ -70,7 +77,8 @@ def _generate(model, input_ids, params: DecodeParams | None, on_step, options: d
     if needed > config.max_position_embeddings:
         raise GenerationError(
             f"prompt ({longest} tokens) + max_new_tokens ({p.max_new_tokens}), rounded up to whole blocks of "
-            f"{p.block_length}, is {needed} tokens: beyond the model's context of {config.max_position_embeddings}")
+            f"{p.block_length}, is {needed} tokens: beyond the model's context of {config.max_position_embeddings}"
+        )
     tracer = Tracer.make(p.trace, on_step)
     if p.strategy == "ar" and not config.is_sdar:
         gen = NextTokenDecoder(model, rows, p, tracer).run()
@@ -89,16 +97,21 @@ def warn_if_untrained_block(config, p: DecodeParams) -> None:
     """A block length outside the model's trained_block_sizes decodes, but usually badly: say so (once per call)."""
     trained = config.trained_block_sizes
     if config.is_sdar and p.strategy != "ar" and trained and p.block_length not in trained:
-        warnings.warn(f"block_length {p.block_length} is not among the block sizes this model was trained with "
-                      f"({', '.join(map(str, trained))}); expect worse output", UntrainedBlockSizeWarning,
-                      stacklevel=4)
+        warnings.warn(
+            f"block_length {p.block_length} is not among the block sizes this model was trained with "
+            f"({', '.join(map(str, trained))}); expect worse output",
+            UntrainedBlockSizeWarning,
+            stacklevel=4,
+        )
 
 
 def prompt_rows(input_ids, vocab_size: int) -> list[list[int]]:
     """input_ids as a list of rows (a LongTensor [B, T], a list of id lists, or one id list), every id checked."""
     if isinstance(input_ids, torch.Tensor):
         if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-            raise GenerationError(f"input_ids must hold integer token ids, got a tensor of dtype {input_ids.dtype}")
+            raise GenerationError(
+                f"input_ids must hold integer token ids, got a tensor of dtype {input_ids.dtype}"
+            )
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
         if input_ids.dim() != 2:
@@ -109,13 +122,17 @@ def prompt_rows(input_ids, vocab_size: int) -> list[list[int]]:
     elif isinstance(input_ids, (list, tuple)):
         rows = [r.tolist() if isinstance(r, torch.Tensor) else list(r) for r in input_ids]
     else:
-        raise GenerationError(f"input_ids must be a LongTensor [B, T] or lists of token ids, got {type(input_ids)}")
+        raise GenerationError(
+            f"input_ids must be a LongTensor [B, T] or lists of token ids, got {type(input_ids)}"
+        )
     if not rows or any(len(r) == 0 for r in rows):
         raise GenerationError("the prompt is empty: give at least one token per row")
     for r, row in enumerate(rows):
         bad = next((t for t in row if not is_int(t) or not 0 <= t < vocab_size), None)
         if bad is not None:
-            raise GenerationError(f"input_ids must be integer token ids in 0..{vocab_size - 1}; row {r} holds {bad!r}")
+            raise GenerationError(
+                f"input_ids must be integer token ids in 0..{vocab_size - 1}; row {r} holds {bad!r}"
+            )
     return rows
 
 
@@ -150,7 +167,7 @@ class Tracer:
         self.events, self.on_step = events, on_step
 
     @classmethod
-    def make(cls, trace: bool, on_step) -> "Tracer | None":
+    def make(cls, trace: bool, on_step) -> Tracer | None:
         return cls([] if trace else None, on_step) if trace or on_step is not None else None
 
     def emit(self, event: StepEvent) -> None:
@@ -200,8 +217,9 @@ class BatchLayout:
     pad_id: int
 
     @classmethod
-    def build(cls, prompts: list[list[int]], block: int, max_new_tokens: int, fill_id: int, pad_id: int,
-              device) -> "BatchLayout":
+    def build(
+        cls, prompts: list[list[int]], block: int, max_new_tokens: int, fill_id: int, pad_id: int, device
+    ) -> BatchLayout:
         full_blocks = [len(p) // block for p in prompts]
         pad = [block * (max(full_blocks) - k) for k in full_blocks]
         start = max(full_blocks) * block
@@ -210,7 +228,7 @@ class BatchLayout:
         fixed = torch.zeros(seq.shape, dtype=torch.bool)
         for r, ids in enumerate(prompts):
             seq[r, : pad[r]] = pad_id
-            seq[r, pad[r]: pad[r] + len(ids)] = torch.tensor(ids)
+            seq[r, pad[r] : pad[r] + len(ids)] = torch.tensor(ids)
             fixed[r, : pad[r] + len(ids)] = True
         return cls(prompts, block, pad, start, seq.to(device), fixed.to(device), pad_id)
 
@@ -234,8 +252,10 @@ class BatchLayout:
     def finish(self, max_new_tokens: int, stop_ids: list[int], stats: Stats) -> Generation:
         """Cut every row after its first stop token and at max_new_tokens; fill in the token counts."""
         seq_rows = self.seq.tolist()
-        out = [_cut_at_stop(seq_rows[r][self.prompt_end(r):], stop_ids, max_new_tokens)[0]
-               for r in range(self.batch)]
+        out = [
+            _cut_at_stop(seq_rows[r][self.prompt_end(r) :], stop_ids, max_new_tokens)[0]
+            for r in range(self.batch)
+        ]
         lengths = [len(kept) for kept in out]
         tokens = torch.full((self.batch, max(lengths)), self.pad_id, dtype=torch.long)
         for r, kept in enumerate(out):
@@ -254,11 +274,13 @@ class BlockDecoder:
         self.L, self.mask_id = p.block_length, model.config.mask_token_id
         self.schedule = SCHEDULES["static" if p.strategy == "ar" else p.strategy]
         self.sampling, self.generator = p.sampling, _generator(p, model.device)
-        self.layout = BatchLayout.build(rows, self.L, p.max_new_tokens, self.mask_id, _pad_id(model.config),
-                                        model.device)
+        self.layout = BatchLayout.build(
+            rows, self.L, p.max_new_tokens, self.mask_id, _pad_id(model.config), model.device
+        )
         self.seq = self.layout.seq
-        self.run_chunk = ChunkRunner.get(model, len(rows), self.seq.shape[1], self.L,
-                                         p.runner_mode or default_mode(model), p.compile)
+        self.run_chunk = ChunkRunner.get(
+            model, len(rows), self.seq.shape[1], self.L, p.runner_mode or default_mode(model), p.compile
+        )
         self.run_chunk.set_padding(self.layout.pad)
         self.finished = [False] * len(rows)  # stopped, or has max_new_tokens
         self.steps_per_block: list[list[int]] = [[] for _ in rows]
@@ -281,10 +303,19 @@ class BlockDecoder:
             self.finalise_block(s, used)
         synchronize(self.device)
         p, layout = self.p, self.layout
-        stats = Stats(strategy=p.strategy, block_length=self.L, steps=p.steps, batch_size=layout.batch,
-                      prompt_tokens=sum(map(len, layout.prompts)), new_tokens=0, forwards=self.forwards,
-                      prefill_forwards=prefill_forwards, seconds=time.perf_counter() - t0,
-                      prefill_seconds=prefill_seconds, steps_per_block=self.steps_per_block)
+        stats = Stats(
+            strategy=p.strategy,
+            block_length=self.L,
+            steps=p.steps,
+            batch_size=layout.batch,
+            prompt_tokens=sum(map(len, layout.prompts)),
+            new_tokens=0,
+            forwards=self.forwards,
+            prefill_forwards=prefill_forwards,
+            seconds=time.perf_counter() - t0,
+            prefill_seconds=prefill_seconds,
+            steps_per_block=self.steps_per_block,
+        )
         return layout.finish(p.max_new_tokens, p.stop_token_ids, stats)
 
     def prefill(self) -> int:
@@ -292,7 +323,9 @@ class BlockDecoder:
         start = self.layout.start
         if start == 0:
             return 0
-        self.run_chunk(self.seq, 0, start, logits_from=start)  # logits of nothing: only the cache write matters
+        self.run_chunk(
+            self.seq, 0, start, logits_from=start
+        )  # logits of nothing: only the cache write matters
         self.run_chunk.cache.commit(start)
         return 1
 
@@ -300,12 +333,16 @@ class BlockDecoder:
         """Denoise block b (tensor index s) until nothing is masked; the steps each row used."""
         L, T = self.L, self.p.steps
         # The static schedules' step counts follow from the layout (prompt tails) without reading the device.
-        static_used = [0 if done else static_steps_needed(m, L, T)
-                       for done, m in zip(self.finished, self.layout.masked_at(s))]
+        static_used = [
+            0 if done else static_steps_needed(m, L, T)
+            for done, m in zip(self.finished, self.layout.masked_at(s))
+        ]
         active = torch.tensor([not f for f in self.finished], device=self.device)
         used = [0] * self.layout.batch
         for step in range(T):
-            masked = (self.seq[:, s: s + L] == self.mask_id) & ~self.layout.fixed[:, s: s + L] & active[:, None]
+            masked = (
+                (self.seq[:, s : s + L] == self.mask_id) & ~self.layout.fixed[:, s : s + L] & active[:, None]
+            )
             if self.schedule.adaptive:
                 row_masked = masked.any(-1).tolist()  # the schedule's one host read per step
                 if not any(row_masked):
@@ -319,14 +356,19 @@ class BlockDecoder:
     def step(self, b: int, s: int, step: int, masked: torch.Tensor) -> None:
         """One denoising step: run the chunk, sample, pick positions, commit."""
         logits = self.forward_block(s)  # [B, L, V]
-        x0, conf, ent = sample_tokens(logits, self.sampling, forbid_token=self.mask_id, generator=self.generator,
-                                      want_entropy=self.schedule.needs_entropy)
+        x0, conf, ent = sample_tokens(
+            logits,
+            self.sampling,
+            forbid_token=self.mask_id,
+            generator=self.generator,
+            want_entropy=self.schedule.needs_entropy,
+        )
         count = masked.sum(-1).clamp_max(static_count(self.L, self.p.steps, step))  # [B]
         scores = StepScores(x0, conf, ent, masked, count)
         chosen = self.schedule.select(scores, self.p)  # [B, L]
-        self.seq[:, s: s + self.L] = torch.where(chosen, x0, self.seq[:, s: s + self.L])
+        self.seq[:, s : s + self.L] = torch.where(chosen, x0, self.seq[:, s : s + self.L])
         if self.record is not None:
-            self.record.record(self.seq[:, s: s + self.L], x0, chosen, masked, conf)
+            self.record.record(self.seq[:, s : s + self.L], x0, chosen, masked, conf)
 
     def forward_block(self, s: int) -> torch.Tensor:
         """Logits [B, L, V] of the block at s; fused, the first forward also writes the previous block's KV."""
@@ -343,7 +385,7 @@ class BlockDecoder:
         """The block at s is final: record its steps, end the rows it completes, queue its cache write."""
         # Deferred stop check (Appendix B.2): one host read per block, none at all without stop tokens
         # (then only max_new_tokens ends a row, which the host knows).
-        block_tokens = self.seq[:, s: s + self.L].tolist() if self.p.stop_token_ids else None
+        block_tokens = self.seq[:, s : s + self.L].tolist() if self.p.stop_token_ids else None
         for r, done in enumerate(self.finished):
             if not done:
                 self.steps_per_block[r].append(used[r])
@@ -362,15 +404,16 @@ class BlockDecoder:
         n_before, n_new = first_new - end, s + self.L - first_new
         if block_tokens is None:
             return n_before + n_new >= self.p.max_new_tokens
-        kept, hit = _cut_at_stop(block_tokens[r][first_new - s:], self.p.stop_token_ids,
-                                 self.p.max_new_tokens - n_before)
+        kept, hit = _cut_at_stop(
+            block_tokens[r][first_new - s :], self.p.stop_token_ids, self.p.max_new_tokens - n_before
+        )
         return hit or n_before + len(kept) >= self.p.max_new_tokens
 
     def emit_block(self, b: int, s: int) -> None:
         """The final block's StepEvents, one per step and row that was still denoising (one host read)."""
         ids, confs = self.record.read()
         L, stop_ids, R = self.L, self.p.stop_token_ids, StepRecord
-        fixed = self.layout.fixed[:, s: s + L].tolist()
+        fixed = self.layout.fixed[:, s : s + L].tolist()
         for step, (step_ids, conf) in enumerate(zip(ids, confs)):
             state, x0, chosen, masked = (step_ids[k] for k in (R.STATE, R.CANDIDATES, R.CHOSEN, R.MASKED))
             for r in range(len(state)):
@@ -379,13 +422,22 @@ class BlockDecoder:
                 committed = [i for i in range(L) if chosen[r][i]]
                 new_tokens = [state[r][i] for i in range(L) if not fixed[r][i]]
                 final = self.mask_id not in new_tokens
-                self.tracer.emit(StepEvent(
-                    row=r, block=b, step=step, block_start=s - self.layout.pad[r], block_state=state[r],
-                    committed=committed, committed_confidence=[conf[r][i] for i in committed],
-                    masked_confidence={i: conf[r][i] for i in range(L) if masked[r][i]},
-                    candidates={i: x0[r][i] for i in range(L) if masked[r][i]},
-                    prompt_positions=[i for i in range(L) if fixed[r][i]],
-                    final=final, stopped=final and any(t in stop_ids for t in new_tokens)))
+                self.tracer.emit(
+                    StepEvent(
+                        row=r,
+                        block=b,
+                        step=step,
+                        block_start=s - self.layout.pad[r],
+                        block_state=state[r],
+                        committed=committed,
+                        committed_confidence=[conf[r][i] for i in committed],
+                        masked_confidence={i: conf[r][i] for i in range(L) if masked[r][i]},
+                        candidates={i: x0[r][i] for i in range(L) if masked[r][i]},
+                        prompt_positions=[i for i in range(L) if fixed[r][i]],
+                        final=final,
+                        stopped=final and any(t in stop_ids for t in new_tokens),
+                    )
+                )
 
 
 class NextTokenDecoder:
@@ -402,8 +454,9 @@ class NextTokenDecoder:
         pad_id = _pad_id(model.config)
         self.layout = BatchLayout.build(rows, 1, p.max_new_tokens, pad_id, pad_id, model.device)
         self.seq = self.layout.seq
-        self.run_chunk = ChunkRunner.get(model, len(rows), self.seq.shape[1], 1,
-                                         p.runner_mode or default_mode(model), p.compile)
+        self.run_chunk = ChunkRunner.get(
+            model, len(rows), self.seq.shape[1], 1, p.runner_mode or default_mode(model), p.compile
+        )
         self.run_chunk.set_padding(self.layout.pad)
         self.finished = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
         self.stop_ids = torch.tensor(p.stop_token_ids, dtype=torch.long, device=self.device)
@@ -424,10 +477,18 @@ class NextTokenDecoder:
                 break
         self.emit(longest - 1)
         synchronize(self.device)
-        stats = Stats(strategy="ar", block_length=1, steps=1, batch_size=layout.batch,
-                      prompt_tokens=sum(map(len, layout.prompts)), new_tokens=0, forwards=forwards,
-                      prefill_forwards=int(longest > 1), seconds=time.perf_counter() - t0,
-                      prefill_seconds=prefill_seconds)
+        stats = Stats(
+            strategy="ar",
+            block_length=1,
+            steps=1,
+            batch_size=layout.batch,
+            prompt_tokens=sum(map(len, layout.prompts)),
+            new_tokens=0,
+            forwards=forwards,
+            prefill_forwards=int(longest > 1),
+            seconds=time.perf_counter() - t0,
+            prefill_seconds=prefill_seconds,
+        )
         gen = layout.finish(self.p.max_new_tokens, self.p.stop_token_ids, stats)
         stats.steps_per_block = [[1] * n for n in gen.lengths]
         return gen
@@ -435,12 +496,15 @@ class NextTokenDecoder:
     def step(self, i: int, pos: int) -> bool:
         """Token i of every row from the token at pos: run, sample, commit; whether every row has stopped."""
         logits = self.run_chunk(self.seq, pos, 1, logits_from=0)  # [B, 1, V]
-        x0, conf, _ = sample_tokens(logits, self.sampling, forbid_token=self.mask_id, generator=self.generator)
+        x0, conf, _ = sample_tokens(
+            logits, self.sampling, forbid_token=self.mask_id, generator=self.generator
+        )
         token = x0[:, 0]
         self.seq[:, pos + 1] = torch.where(self.finished, self.layout.pad_id, token)
         if self.record is not None:
-            self.record.record(token[:, None], token[:, None], self.finished[:, None], self.finished[:, None],
-                               conf[:, :1])
+            self.record.record(
+                token[:, None], token[:, None], self.finished[:, None], self.finished[:, None], conf[:, :1]
+            )
         if self.p.stop_token_ids:
             self.finished |= torch.isin(token, self.stop_ids)
         # On a GPU a host read costs a sync, so the stop check (and the traced events) come every 8 tokens (a
@@ -461,8 +525,20 @@ class NextTokenDecoder:
             for r in range(len(tokens)):
                 tok, c = tokens[r][0], conf[r][0]
                 if not finished[r][0]:
-                    self.tracer.emit(StepEvent(
-                        row=r, block=i, step=0, block_start=first_pos + i + 1 - self.layout.pad[r],
-                        block_state=[tok], committed=[0], committed_confidence=[c], masked_confidence={0: c},
-                        candidates={0: tok}, prompt_positions=[], final=True, stopped=tok in self.p.stop_token_ids))
+                    self.tracer.emit(
+                        StepEvent(
+                            row=r,
+                            block=i,
+                            step=0,
+                            block_start=first_pos + i + 1 - self.layout.pad[r],
+                            block_state=[tok],
+                            committed=[0],
+                            committed_confidence=[c],
+                            masked_confidence={0: c},
+                            candidates={0: tok},
+                            prompt_positions=[],
+                            final=True,
+                            stopped=tok in self.p.stop_token_ids,
+                        )
+                    )
         self.emitted += len(ids)

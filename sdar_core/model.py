@@ -4,6 +4,7 @@ The parameter names are those of the public SDAR / Qwen3 checkpoints (`model.lay
 `model.norm`, `lm_head`, ...); `loading.py` maps files onto them one to one. The numerics follow
 transformers' Qwen3 (RMSNorm in float32, RoPE with rotate-half, per-head q/k RMSNorm before RoPE).
 """
+
 from __future__ import annotations
 
 import torch
@@ -53,7 +54,11 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
-        self.n_heads, self.n_kv, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.n_heads, self.n_kv, self.head_dim = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
         h, bias = config.hidden_size, config.attention_bias
         self.q_proj = nn.Linear(h, self.n_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=bias)
@@ -71,8 +76,8 @@ class Attention(nn.Module):
         fused = torch.cat([self.q_proj.weight.data, self.k_proj.weight.data, self.v_proj.weight.data])
         nq, nk = self.q_proj.weight.shape[0], self.k_proj.weight.shape[0]
         self.q_proj.weight = nn.Parameter(fused[:nq], requires_grad=False)
-        self.k_proj.weight = nn.Parameter(fused[nq: nq + nk], requires_grad=False)
-        self.v_proj.weight = nn.Parameter(fused[nq + nk:], requires_grad=False)
+        self.k_proj.weight = nn.Parameter(fused[nq : nq + nk], requires_grad=False)
+        self.v_proj.weight = nn.Parameter(fused[nq + nk :], requires_grad=False)
         self.qkv_weight = fused
 
     @staticmethod
@@ -96,11 +101,15 @@ class Attention(nn.Module):
         B, Q, _ = x.shape
         if self.qkv_weight is not None:
             q, k, v = F.linear(x, self.qkv_weight).split(
-                [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1)
+                [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1
+            )
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = self.norm_rope(q.view(B, Q, self.n_heads, self.head_dim), self.q_norm, cos, sin)  # [B, H, Q, D]
-        k, v = k.view(B, Q, self.n_kv, self.head_dim), v.view(B, Q, self.n_kv, self.head_dim)  # [B, Q, H_kv, D]
+        k, v = (
+            k.view(B, Q, self.n_kv, self.head_dim),
+            v.view(B, Q, self.n_kv, self.head_dim),
+        )  # [B, Q, H_kv, D]
         if cache is not None:
             k, v = self.write_cache(k, v, cos, sin, cache)  # [B, H_kv, cache.keys, D]
         else:
@@ -143,8 +152,13 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(config, layer)
         if config.layer_is_sparse(layer):
-            self.mlp = SparseMoE(config.num_experts, config.num_experts_per_tok, config.norm_topk_prob,
-                                 config.hidden_size, config.moe_intermediate_size)
+            self.mlp = SparseMoE(
+                config.num_experts,
+                config.num_experts_per_tok,
+                config.norm_topk_prob,
+                config.hidden_size,
+                config.moe_intermediate_size,
+            )
         else:
             self.mlp = MLP(config.hidden_size, config.intermediate_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -184,9 +198,11 @@ class SDARForCausalLM(nn.Module):
 
     def _inv_freq(self, device=None) -> torch.Tensor:
         d = self.config.head_dim
-        return 1.0 / (self.config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
+        return 1.0 / (
+            self.config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d)
+        )
 
-    def fuse_projections(self) -> "SDARForCausalLM":
+    def fuse_projections(self) -> SDARForCausalLM:
         """Inference only: fuse q/k/v and gate/up matmuls (fewer, larger kernels; same numbers up to
         matmul rounding, same parameter names). Training keeps the separate weights."""
         for module in self.modules():
@@ -211,7 +227,7 @@ class SDARForCausalLM(nn.Module):
         input_ids: torch.Tensor,  # [B, Q]
         positions: torch.Tensor | None = None,  # [B, Q] RoPE positions; default cache.start + arange(Q)
         *,
-        mask: "torch.Tensor | object | None" = None,
+        mask: torch.Tensor | object | None = None,
         cache: CacheSlot | None = None,
         logits_from: int = 0,
         logits_to: int | None = None,
@@ -235,8 +251,9 @@ class SDARForCausalLM(nn.Module):
             positions = torch.arange(start, start + Q, device=input_ids.device).expand(B, Q)
         is_causal = False
         if mask is None:
-            mask, is_causal = chunk_mask(start, Q, start + Q, block_size or self.config.block_size,
-                                         device=input_ids.device)
+            mask, is_causal = chunk_mask(
+                start, Q, start + Q, block_size or self.config.block_size, device=input_ids.device
+            )
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
         delta = None

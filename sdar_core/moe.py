@@ -22,6 +22,7 @@ In the triton and grouped forms every shape depends on the number of tokens only
 host, so a decode forward of an MoE model is captured in a CUDA graph like a dense one; an expert that gets no pair
 has its weights never read (a forward reads the *distinct* experts it routes to).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,10 +45,13 @@ TRITON_MAX_PAIRS = 1024  # more (token, expert) pairs (a prefill) take the group
 @dataclass(frozen=True)
 class KernelConfig:
     """Tile sizes of `_expert_matmul` (benchmarks/moe.py sweeps them on the 30B-A3B layer)."""
+
     block_n: int = 64  # output columns per program
     block_k: int = 64
     stages: int = 3
-    warps: int = 4  # (the H200 sweep, benchmarks/results/h200-moe/layer.json: the best or within 5% at 1-64 rows)
+    warps: int = (
+        4  # (the H200 sweep, benchmarks/results/h200-moe/layer.json: the best or within 5% at 1-64 rows)
+    )
 
 
 KERNEL = KernelConfig()
@@ -99,8 +103,18 @@ def fused_route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: t
     N, E = logits.shape
     weights = torch.empty(N, top_k, dtype=dtype, device=logits.device)
     chosen = torch.empty(N, top_k, dtype=torch.int64, device=logits.device)
-    _route_kernel[(N,)](logits, weights, chosen, logits.stride(0), E, TOP_K=top_k, K_POW2=triton.next_power_of_2(top_k),
-                        NORM=norm_topk_prob, BLOCK_E=triton.next_power_of_2(E), num_warps=1)
+    _route_kernel[(N,)](
+        logits,
+        weights,
+        chosen,
+        logits.stride(0),
+        E,
+        TOP_K=top_k,
+        K_POW2=triton.next_power_of_2(top_k),
+        NORM=norm_topk_prob,
+        BLOCK_E=triton.next_power_of_2(E),
+        num_warps=1,
+    )
     return weights, chosen
 
 
@@ -126,8 +140,9 @@ class Experts(nn.Module):
                 return self.grouped_forward(x, chosen, weights)
         return self.looped_forward(x, chosen, weights)
 
-    def triton_forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor,
-                       config: KernelConfig | None = None) -> torch.Tensor:
+    def triton_forward(
+        self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, config: KernelConfig | None = None
+    ) -> torch.Tensor:
         c = config or KERNEL
         N, k = chosen.shape
         P, h, I = N * k, x.shape[1], self.intermediate
@@ -135,12 +150,32 @@ class Experts(nn.Module):
         x = x.contiguous()
         act = torch.empty(P, 2 * I, device=x.device, dtype=x.dtype)  # [g; u] per sorted pair
         out = torch.empty(P, h, device=x.device, dtype=x.dtype)  # weighted expert outputs, token-major pairs
-        for src, w, dst, n, kk, down in ((x, self.gate_up_proj, act, 2 * I, h, False),
-                                         (act, self.down_proj, out, h, I, True)):
+        for src, w, dst, n, kk, down in (
+            (x, self.gate_up_proj, act, 2 * I, h, False),
+            (act, self.down_proj, out, h, I, True),
+        ):
             _expert_matmul[(P, triton.cdiv(n, c.block_n))](
-                src, order, sorted_expert, ends, w, weights.reshape(-1), dst, n, kk,
-                src.stride(0), w.stride(0), w.stride(1), dst.stride(0), TOP_K=k, DOWN=down, BLOCK_M=16,
-                BLOCK_N=c.block_n, BLOCK_K=c.block_k, num_warps=c.warps, num_stages=c.stages)
+                src,
+                order,
+                sorted_expert,
+                ends,
+                w,
+                weights.reshape(-1),
+                dst,
+                n,
+                kk,
+                src.stride(0),
+                w.stride(0),
+                w.stride(1),
+                dst.stride(0),
+                TOP_K=k,
+                DOWN=down,
+                BLOCK_M=16,
+                BLOCK_N=c.block_n,
+                BLOCK_K=c.block_k,
+                num_warps=c.warps,
+                num_stages=c.stages,
+            )
         return out.view(N, k, h).sum(1)
 
     def grouped_forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -165,7 +200,9 @@ class Experts(nn.Module):
 class SparseMoE(nn.Module):
     """Top-k routed experts (Qwen3-MoE): `gate` is the router, `experts` the stacked experts."""
 
-    def __init__(self, num_experts: int, top_k: int, norm_topk_prob: bool, hidden: int, intermediate: int) -> None:
+    def __init__(
+        self, num_experts: int, top_k: int, norm_topk_prob: bool, hidden: int, intermediate: int
+    ) -> None:
         super().__init__()
         self.top_k, self.norm_topk_prob = top_k, norm_topk_prob
         self.gate = nn.Linear(hidden, num_experts, bias=False)
@@ -179,9 +216,19 @@ class SparseMoE(nn.Module):
 
 
 if triton is not None:
+
     @triton.jit
-    def _route_kernel(LOGITS, W, C, stride, n_experts, TOP_K: tl.constexpr, K_POW2: tl.constexpr,
-                      NORM: tl.constexpr, BLOCK_E: tl.constexpr):
+    def _route_kernel(
+        LOGITS,
+        W,
+        C,
+        stride,
+        n_experts,
+        TOP_K: tl.constexpr,
+        K_POW2: tl.constexpr,
+        NORM: tl.constexpr,
+        BLOCK_E: tl.constexpr,
+    ):
         row = tl.program_id(0)
         e = tl.arange(0, BLOCK_E)
         z = tl.load(LOGITS + row * stride + e, mask=e < n_experts, other=float("-inf")).to(tl.float32)
@@ -204,9 +251,26 @@ if triton is not None:
         tl.store(C + row * TOP_K + slot, chosen, mask=keep)
 
     @triton.jit
-    def _expert_matmul(x_ptr, order_ptr, expert_ptr, ends_ptr, w_ptr, scale_ptr, out_ptr, N, K,
-                       stride_x, stride_we, stride_wn, stride_out, TOP_K: tl.constexpr, DOWN: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _expert_matmul(
+        x_ptr,
+        order_ptr,
+        expert_ptr,
+        ends_ptr,
+        w_ptr,
+        scale_ptr,
+        out_ptr,
+        N,
+        K,
+        stride_x,
+        stride_we,
+        stride_wn,
+        stride_out,
+        TOP_K: tl.constexpr,
+        DOWN: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
         """out[rows, cols] = a[rows] @ w[e, cols].T for the rows of one expert segment of the sorted pairs.
         gate/up (DOWN false): a = x[order // TOP_K], out rows in sorted order.
         down (DOWN true): a = silu(g) * u of x = [g; u] (K columns each), out rows at order (token-major) scaled
@@ -245,5 +309,8 @@ if triton is not None:
                     dst = pair
                 else:
                     dst = rows
-                tl.store(out_ptr + dst[:, None].to(tl.int64) * stride_out + cols[None, :],
-                         acc.to(out_ptr.dtype.element_ty), mask=live[:, None] & col_ok[None, :])
+                tl.store(
+                    out_ptr + dst[:, None].to(tl.int64) * stride_out + cols[None, :],
+                    acc.to(out_ptr.dtype.element_ty),
+                    mask=live[:, None] & col_ok[None, :],
+                )

@@ -11,8 +11,10 @@ On CUDA with Triton, static-shape forwards pass attention a `CacheQueries` inste
 decode kernel (decode_attention.py) builds the block-causal mask from the slot's indices and reads only the filled
 part of the buffer. Elsewhere they pass the [B, 1, Q, total] mask to SDPA.
 A prefill (a chunk longer than two blocks) takes the plain path in every mode: it runs once per request, with a
-length of its own. Static and graph runners are pooled per model (`RUNNER_POOL`) and reused across generate calls of one shape.
+length of its own. Static and graph runners are pooled per model (`RUNNER_POOL`) and reused across generate
+calls of one shape.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -26,7 +28,9 @@ from .moe import grouped_mm_available, triton_available
 
 MODES = ("plain", "static", "graph")
 BUCKET = 256  # the smallest static buffer; larger ones double (see bucket)
-_POOL_SIZE = 32  # runners kept per model: bounds the memory held by cached buffers and graphs (the studio warms
+_POOL_SIZE = (
+    32  # runners kept per model: bounds the memory held by cached buffers and graphs (the studio warms
+)
 # every trained block size x cache bucket, and batches come in powers of two)
 
 
@@ -61,14 +65,29 @@ class RunnerPool:
     """
 
     def __init__(self) -> None:
-        self._pools: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+        self._pools: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
 
-    def get(self, model, batch: int, total: int, block_size: int, mode: str, compile) -> "ChunkRunner":
+    def get(self, model, batch: int, total: int, block_size: int, mode: str, compile) -> ChunkRunner:
         pool = self._pools.setdefault(model.model, {})  # the backbone: an AR view of the weights shares it
-        weights = tuple(p.data_ptr() for p in (model.model.embed_tokens.weight, model.lm_head.weight,
-                                               model.model.layers[0].self_attn.q_proj.weight))
-        key = (batch, bucket(total, model.config.max_position_embeddings), block_size, mode, compile, model.dtype, weights,
-               model.config.model_type, ChunkRunner.split_k_attention)
+        weights = tuple(
+            p.data_ptr()
+            for p in (
+                model.model.embed_tokens.weight,
+                model.lm_head.weight,
+                model.model.layers[0].self_attn.q_proj.weight,
+            )
+        )
+        key = (
+            batch,
+            bucket(total, model.config.max_position_embeddings),
+            block_size,
+            mode,
+            compile,
+            model.dtype,
+            weights,
+            model.config.model_type,
+            ChunkRunner.split_k_attention,
+        )
         if key not in pool:
             if len(pool) >= _POOL_SIZE:
                 pool.pop(next(iter(pool)))
@@ -107,9 +126,11 @@ class ChunkRunner:
         self.padded = False
         self.graphs: dict[tuple[int, int], tuple] = {}
         self.forward_fn = _forward  # forward_fn(model, ids, positions, ...)
-        self.split_k = mode != "plain" and (ChunkRunner.split_k_attention
-                                            if ChunkRunner.split_k_attention is not None
-                                            else split_k_available(self.device))
+        self.split_k = mode != "plain" and (
+            ChunkRunner.split_k_attention
+            if ChunkRunner.split_k_attention is not None
+            else split_k_available(self.device)
+        )
         if compile:
             # "dynamic" (or True): one compilation for every batch and chunk size; "static": one per shape.
             self.forward_fn = torch.compile(_forward, dynamic=compile != "static", fullgraph=True)
@@ -119,7 +140,7 @@ class ChunkRunner:
         return self._model()
 
     @classmethod
-    def get(cls, model, batch: int, total: int, block_size: int, mode: str, compile=False) -> "ChunkRunner":
+    def get(cls, model, batch: int, total: int, block_size: int, mode: str, compile=False) -> ChunkRunner:
         """A runner for this shape: a new one in plain mode, a pooled one (graphs kept) otherwise."""
         if mode == "plain":
             return cls(model, batch, total, block_size, mode)
@@ -133,12 +154,18 @@ class ChunkRunner:
         """ids [B, Q], RoPE positions [B, Q] (counted from each row's first real token), cache indices [Q]."""
         idx = torch.arange(start, start + length, device=self.device)
         positions = (idx[None] - self.pad[:, None]).clamp_min(0)
-        return seq[:, start: start + length], positions, idx
+        return seq[:, start : start + length], positions, idx
 
     def mask(self, start: int, length: int) -> torch.Tensor | None:
         """The plain-mode chunk's mask over [0, start+length) (None when nothing needs hiding)."""
-        return chunk_mask(start, length, start + length, self.block_size,
-                          k_start=self.pad if self.padded else None, device=self.device)[0]
+        return chunk_mask(
+            start,
+            length,
+            start + length,
+            self.block_size,
+            k_start=self.pad if self.padded else None,
+            device=self.device,
+        )[0]
 
     def buffer_mask(self, start: int, length: int) -> torch.Tensor:
         """The [batch, 1, Q, total] mask of a static-shape forward through SDPA over the whole buffer."""
@@ -146,7 +173,9 @@ class ChunkRunner:
         if self.device.type == "cuda":
             # An additive mask in the model's dtype is what the attention kernels consume: converting it
             # here, once per step, keeps one conversion per layer out of the graph.
-            mask = torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill_(~mask, float("-inf"))
+            mask = torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill_(
+                ~mask, float("-inf")
+            )
         return mask
 
     def __call__(self, seq: torch.Tensor, start: int, length: int, logits_from: int) -> torch.Tensor:
@@ -155,8 +184,14 @@ class ChunkRunner:
             # A prefill (longer than a decode chunk) runs once per request with a length of its own: attention over
             # the filled slice through SDPA's prebuilt kernels, neither a graph nor a kernel built for its length.
             ids, positions, _ = self.inputs(seq, start, length)
-            return self.model(ids, positions, mask=self.mask(start, length), cache=self.cache.chunk(start, length),
-                              logits_from=logits_from, block_size=self.block_size)
+            return self.model(
+                ids,
+                positions,
+                mask=self.mask(start, length),
+                cache=self.cache.chunk(start, length),
+                logits_from=logits_from,
+                block_size=self.block_size,
+            )
         inputs = self.static_inputs(seq, start, length)
         if self.mode == "static":
             return self.static_forward(inputs, logits_from, _forward)
@@ -168,15 +203,24 @@ class ChunkRunner:
         inputs = list(self.inputs(seq, start, length))
         return inputs if self.split_k else inputs + [self.buffer_mask(start, length)]
 
-    def static_forward(self, inputs: list[torch.Tensor], logits_from: int = 0, forward_fn=None) -> torch.Tensor:
+    def static_forward(
+        self, inputs: list[torch.Tensor], logits_from: int = 0, forward_fn=None
+    ) -> torch.Tensor:
         """The forward of `static_inputs`, writing its K/V at the cache indices (forward_fn: default the runner's,
         compiled when asked)."""
         ids, positions, idx = inputs[:3]
         slot = self.cache.chunk_at(idx)
         mask = inputs[3] if len(inputs) > 3 else CacheQueries(slot.index, self.block_size, self.pad)
         forward_fn = forward_fn or self.forward_fn
-        return forward_fn(self.model, ids, positions, mask=mask, cache=slot, logits_from=logits_from,
-                          block_size=self.block_size)
+        return forward_fn(
+            self.model,
+            ids,
+            positions,
+            mask=mask,
+            cache=slot,
+            logits_from=logits_from,
+            block_size=self.block_size,
+        )
 
     def _replay(self, inputs: list[torch.Tensor], logits_from: int) -> torch.Tensor:
         key = (inputs[0].shape[1], logits_from)
