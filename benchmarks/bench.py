@@ -29,12 +29,12 @@ import torch
 
 from sdar_core.config import PUBLIC_SHAPES, ModelConfig
 from sdar_core.decode_attention import split_k_available
-from sdar_core.decoding import generate
+from sdar_core.decoding import DecodeParams, generate
 from sdar_core.device import default_device, default_dtype, machine_info, synchronize
-from sdar_core.fused import FUSE
+from sdar_core.kernels import Kernels
 from sdar_core.loading import load_pretrained
 from sdar_core.model import SDARForCausalLM
-from sdar_core.runner import ChunkRunner, default_mode
+from sdar_core.runner import default_mode
 from training.model_init import init_weights
 
 from . import moe
@@ -165,9 +165,10 @@ def case_inputs(model, ar_model, case: Case):
     )
 
 
-def run_case(model, ar_model, case: Case, repeats: int, runner_mode, compile):
+def run_case(model, ar_model, case: Case, repeats: int, params: DecodeParams):
+    """params: the run's runner, compilation and kernels; the case fills in the rest."""
     decoder, ids, kw = case_inputs(model, ar_model, case)
-    call = lambda: generate(decoder, ids, runner_mode=runner_mode, compile=compile, **kw)  # noqa: E731
+    call = lambda: generate(decoder, ids, params, **kw)  # noqa: E731
     call()  # warm-up: graph capture, compilation
     gens = [call() for _ in range(repeats)]
     gen = sorted(gens, key=lambda g: g.stats.seconds)[len(gens) // 2]
@@ -524,7 +525,7 @@ def load_model(args, device: torch.device, dtype: torch.dtype) -> SDARForCausalL
     return model
 
 
-def device_info(model, device: torch.device, args) -> dict:
+def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
     """The machine, the run's settings and the memory-bandwidth floor of a forward on it."""
     bw, wb, c = measure_bandwidth(device), weight_bytes(model), model.config
     kv_bytes = (
@@ -543,17 +544,17 @@ def device_info(model, device: torch.device, args) -> dict:
         runner=args.runner or default_mode(model),
         compile=args.compile,
         fused=args.fuse,
-        fusions=FUSE.on(),
+        fusions=kernels.fusions(),
         split_k=bool(args.split_k and split_k_available(device)),
         command="python -m benchmarks.bench " + " ".join(sys.argv[1:]),
     )
 
 
-def decode_rows(model, info: dict, args) -> list[dict]:
+def decode_rows(model, info: dict, args, params: DecodeParams) -> list[dict]:
     """Our `ar` mode and SDAR block decoding, one row per case; written after each when --out is given."""
     ar_model, rows = as_ar(model), []
     for case in cases_for(args):
-        r = run_case(model, ar_model, case, args.repeats, args.runner, args.compile)
+        r = run_case(model, ar_model, case, args.repeats, params)
         if info.get("moe"):
             r |= moe_row(model, ar_model, case, info)
             r["of_moe_floor"] = r["moe_floor_ms"] / r["ms_per_forward"] if "moe_floor_ms" in r else None
@@ -646,9 +647,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.fuse:
         model.fuse_projections()
-    ChunkRunner.split_k_attention = None if args.split_k else False
-    FUSE.set(args.fusions[0] if args.fusions in (["all"], ["none"]) else set(args.fusions))
-    info = device_info(model, device, args) | ({"load": loaded} if loaded else {})
+    fusions = args.fusions[0] if args.fusions in (["all"], ["none"]) else set(args.fusions)
+    kernels = Kernels(split_k_attention=None if args.split_k else False).with_fusions(fusions)
+    params = DecodeParams(runner_mode=args.runner, compile=args.compile, kernels=kernels)
+    info = device_info(model, device, args, kernels) | ({"load": loaded} if loaded else {})
     if model.config.is_moe:
         info |= moe.moe_info(model)
         info |= moe.one_token_floor(info)
@@ -657,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if info["routing"] == "independent":
             moe.IndependentRouting(model, rows=max(args.batch_sizes) * max(args.prompt_lengths + [128]))
-    rows = decode_rows(model, info, args)
+    rows = decode_rows(model, info, args, params)
     config = model.config
     del model  # transformers' model of the same shape may need the memory
     if device.type == "cuda":

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from sdar_core import generate, load_pretrained
+from sdar_core.attention import AttentionInputs
 from sdar_core.device import hardware_name
 from sdar_core.kv_cache import KVCache
 from sdar_core.prompting import encode_prompt, stop_ids_for
@@ -265,7 +266,8 @@ def sdar_nelbo(
         clean_mask = full[:, :, T:, T:]  # [B, 1, T, T] block-causal
         noisy_mask = torch.cat([full[:, :, :T, T:], full[:, :, :T, :T]], -1)  # [B, 1, T, 2T]
         cache = KVCache.allocate(model.config, B, 2 * T, dtype=model.dtype, devices=devices)
-        model(batch.input_ids, batch.positions, mask=clean_mask, cache=cache.chunk(0, T), logits_from=T)
+        clean = AttentionInputs(mask=clean_mask)
+        model(batch.input_ids, batch.positions, attn=clean, cache=cache.chunk(0, T), logits_from=T)
         for k in range(t_levels):
             t = (k + 0.5) / t_levels
             masked = torch.cat(
@@ -275,7 +277,8 @@ def sdar_nelbo(
                 ]
             ).to(model.device)  # [B, T]
             x_t = torch.where(masked, torch.full_like(batch.input_ids, mask_token_id), batch.input_ids)
-            logits = model(x_t, batch.positions, mask=noisy_mask, cache=cache.chunk(T, T))  # [B, T, V]
+            noisy = AttentionInputs(mask=noisy_mask)
+            logits = model(x_t, batch.positions, attn=noisy, cache=cache.chunk(T, T))  # [B, T, V]
             ce = F.cross_entropy(logits.flatten(0, 1).float(), batch.input_ids.flatten(), reduction="none")
             total += float((ce * masked.flatten()).double().sum()) / t / t_levels
         n += int(batch.loss_mask.sum())

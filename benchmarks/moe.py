@@ -225,7 +225,7 @@ def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dic
     """One sparse layer of `arch` (random bf16 weights, independent routing): the Triton kernels and the grouped
     matmul in CUDA graphs and the looped form eagerly, per number of routed rows, against reading the distinct
     experts once; then the Triton kernels' tile sizes at `config_rows`."""
-    from sdar_core.moe import Experts, KernelConfig
+    from sdar_core.moe import KernelConfig
 
     from .bench import ARCHS, measure_bandwidth
 
@@ -258,9 +258,7 @@ def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dic
             x, chosen, weights, distinct, floor = case(n)
             triton_ms = time_layer(lambda: layer.experts.triton_forward(x, chosen, weights), graph=True)
             grouped = time_layer(lambda: layer.experts.grouped_forward(x, chosen, weights), graph=True)
-            Experts.grouped = False
             looped = time_layer(lambda: layer.experts.looped_forward(x, chosen, weights), graph=False)
-            Experts.grouped = None
             out.append(
                 dict(
                     rows=n,

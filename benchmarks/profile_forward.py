@@ -4,7 +4,7 @@
     python -m benchmarks.profile_forward --arch sdar-30b-a3b --contexts 64 --split-k on --out DIR   (the MoE)
 
 For `ar` (Q = 1, block 1) and SDAR block 16 (Q = 16) at a 64-token and an 8k-token context, with today's
-attention and with the split-K decode kernel (ChunkRunner.split_k_attention): the replay time of the runner's
+attention and with the split-K decode kernel (Kernels.split_k_attention): the replay time of the runner's
 CUDA graph, then the kernels of 20 replays under torch.profiler grouped into classes (kernels per layer and
 microseconds per forward), and the idle time between kernels (span of a replay minus its busy time).
 A microbenchmark then times each of a layer's matmuls alone (graph of 20 calls) against reading its weight once,
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from sdar_core.device import graph_replay_ms, machine_info
+from sdar_core.kernels import Kernels
 from sdar_core.runner import ChunkRunner
 
 from . import bench
@@ -45,8 +46,7 @@ def kernel_class(name: str) -> str:
 
 
 def graphed(model, Q: int, total: int, start: int, split_k: bool):
-    ChunkRunner.split_k_attention = split_k
-    runner = ChunkRunner(model, 1, total, Q, "graph")
+    runner = ChunkRunner(model, 1, total, Q, "graph", kernels=Kernels(split_k_attention=split_k))
     seq = torch.randint(10, 1000, (1, total), device="cuda")
     lf = 0
     runner(seq, start, Q, lf)
@@ -167,7 +167,6 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in row.items() if k != "top"}), flush=True)
                 del graph
                 torch.cuda.empty_cache()
-    ChunkRunner.split_k_attention = False
     result["microbench"] = {} if model.config.is_moe else microbench(model, bw)  # the dense layer's matmuls
     print(json.dumps(result["microbench"]), flush=True)
     if args.out:

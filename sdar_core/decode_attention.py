@@ -11,11 +11,11 @@ which is `attention.block_causal_mask` with k_start = pad. The mask is computed 
 On CUDA this is a split-K ("flash-decoding") Triton kernel. One program takes one (row, KV head, split): the
 G = H / H_kv query heads that share the KV head and all Q queries are the G*Q rows of one tile (up to 128 rows;
 longer chunks take several tiles), so each key and value is read once per KV head and never copied
-(grouped-query attention). The end of the last query's block,
-`kv_end`, is read on the device and each of the S splits covers 1/S of [0, kv_end): the grid depends only on the
-buffer's shape (one CUDA graph serves every filled length) and no program reads a slot past kv_end. A second
-kernel merges the splits' partial softmaxes (their log-sum-exps). Elsewhere (CPU, or chunks too long for one
-tile, such as a prefill) the same math runs through SDPA over the filled slice.
+(grouped-query attention). The end of the last query's block, `kv_end`, is read on the device and each of the S
+splits covers 1/S of [0, kv_end): the grid depends only on the buffer's shape (one CUDA graph serves every filled
+length) and no program reads a slot past kv_end. A second kernel merges the splits' partial softmaxes (their
+log-sum-exps). Elsewhere (CPU, or chunks longer than MAX_QUERIES, such as a prefill) `attention.decode_attention`
+runs the same math through SDPA over the filled slice.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-
-from .attention import attention, block_causal_mask
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run the SDPA path
     import triton
@@ -41,7 +39,7 @@ MAX_QUERIES = 256  # longer chunks (a prefill, never graphed) take the SDPA path
 class CacheQueries:
     """Where a chunk's queries sit in the cache buffer: all the kernel needs to build the block-causal mask.
 
-    Passed as `mask` to the model's forward (the runner builds it once per forward, like any mask).
+    The runner builds it once per forward (`attention.AttentionInputs.cache_queries`), like any mask.
     """
 
     q_index: torch.Tensor  # [Q] long, ascending: cache indices of the chunk's queries (on the cache's device)
@@ -69,40 +67,31 @@ DEFAULT_SPLIT = SplitConfig()
 
 
 def split_k_available(device: torch.device) -> bool:
-    """Whether the split-K kernel runs on this device (CUDA with Triton); elsewhere decode_attention is SDPA."""
+    """Whether the split-K kernel runs on this device (CUDA with Triton); elsewhere decode attention is SDPA."""
     return triton is not None and torch.device(device).type == "cuda"
 
 
-def decode_attention(
+def split_k_runs(q: torch.Tensor) -> bool:
+    """Whether the kernel takes these queries [B, H, Q, D]: its device, at most MAX_QUERIES, D a power of 2 >= 16."""
+    Q, D = q.shape[-2:]
+    return split_k_available(q.device) and Q <= MAX_QUERIES and D >= 16 and D & (D - 1) == 0
+
+
+def split_k_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     where: CacheQueries,
-    config: SplitConfig = DEFAULT_SPLIT,
+    config: SplitConfig | None = None,
 ) -> torch.Tensor:
-    """softmax(q k^T / sqrt(D)) v under the block-causal rule of `where`; returns [B, H, Q, D] in q's dtype.
-
-    q: [B, H, Q, D]; k_cache, v_cache: [B, H_kv, T, D] (the whole buffers; only [0, kv_end) is read).
-    """
-    B, H, Q, D = q.shape
-    H_kv = k_cache.shape[1]
-    if H % H_kv:
-        raise ValueError(f"{H} query heads do not split into groups over {H_kv} KV heads")
-    fits = Q <= MAX_QUERIES and D >= 16 and D & (D - 1) == 0
-    if not split_k_available(q.device) or not fits:
-        return reference_decode_attention(q, k_cache, v_cache, where)
-    if config is DEFAULT_SPLIT:  # an opaque op, so that torch.compile(fullgraph=True) takes the kernel whole
+    """The kernel (where `split_k_runs`): q [B, H, Q, D] against the whole buffers k_cache, v_cache [B, H_kv, T, D]
+    -> [B, H, Q, D]. config None: DEFAULT_SPLIT through the registered op, so that torch.compile(fullgraph=True)
+    takes the kernel whole; a SplitConfig is launched directly (the benchmarks sweep them)."""
+    if config is None:
         return torch.ops.sdar.split_k_attention(
             q, k_cache, v_cache, where.q_index, where.pad, where.block_size
         )
     return _split_k(q, k_cache, v_cache, where, config)
-
-
-def reference_decode_attention(q, k_cache, v_cache, where: CacheQueries) -> torch.Tensor:
-    """The same math through SDPA over the filled slice (reads kv_end on the host: not for CUDA graphs)."""
-    kv_end = int(where.kv_end(k_cache.shape[2]))
-    mask = block_causal_mask(where.q_index, kv_end, where.block_size, k_start=where.pad)  # [B, 1, Q, kv_end]
-    return attention(q, k_cache[:, :, :kv_end], v_cache[:, :, :kv_end], mask)
 
 
 def num_splits(batch: int, kv_heads: int, k_len: int, config: SplitConfig, device: torch.device) -> int:

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 
+from .kernels import DEFAULT_KERNELS, Kernels
 from .runner import MODES
 from .sampling import SamplingError, SamplingParams
 from .schedules import STRATEGIES
@@ -50,7 +51,8 @@ class DecodeParams:
     block_length / steps default to the model's block size. stop_token_ids end a row at its first stop token
     (kept; nothing after it is returned or counted). trace=True records a StepEvent per row and step.
     runner_mode: "plain", "static" or "graph" (CUDA graphs; default on CUDA), see runner.py; all three give the
-    same tokens; compile=True (or "static" / "dynamic") also torch.compile's the graphed forward.
+    same tokens; compile=True (or "static" / "dynamic") also torch.compile's the graphed forward. kernels: the
+    fused and decode kernels the forwards may take (kernels.py; the same tokens up to their rounding).
     """
 
     max_new_tokens: int = 128
@@ -68,6 +70,7 @@ class DecodeParams:
     fuse_cache_write: bool = True
     runner_mode: str | None = None  # None: runner.default_mode(model)
     compile: bool | str = False
+    kernels: Kernels = DEFAULT_KERNELS  # which kernels the forwards take (kernels.py)
 
     @classmethod
     def build(cls, params: DecodeParams | None, options: dict) -> DecodeParams:
@@ -119,6 +122,8 @@ class DecodeParams:
             )
         if self.compile not in (True, False, "static", "dynamic"):
             raise GenerationError(f"compile must be True, False, 'static' or 'dynamic', got {self.compile!r}")
+        if not isinstance(self.kernels, Kernels):
+            raise GenerationError(f"kernels must be a sdar_core.kernels.Kernels, got {self.kernels!r}")
 
     def _check_block(self, config) -> None:
         if not config.is_sdar:

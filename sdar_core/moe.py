@@ -31,7 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fused import FUSE, kernels_run, silu_mul
+from .fused import kernels_run, silu_mul
+from .kernels import DEFAULT_KERNELS, Kernels
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs use the grouped matmul
     import triton
@@ -83,13 +84,13 @@ def sort_pairs(chosen: torch.Tensor, num_experts: int):
     return sorted_expert, order, counts.cumsum(0)
 
 
-def route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: torch.dtype):
+def route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: torch.dtype, fuse: bool = True):
     """Qwen3-MoE routing: softmax over the experts in float32, the top k, optionally renormalised.
     logits [N, E] -> (weights [N, k] in `dtype`, chosen expert ids [N, k]).
 
     At inference on CUDA one Triton kernel does it all (`_route_kernel`, one program per token: the softmax, k
     rounds of "take the largest, mask it", the renormalisation, the cast), where the eager ops take six kernels."""
-    if FUSE.routing and kernels_run(logits) and top_k <= logits.shape[-1]:
+    if fuse and kernels_run(logits) and top_k <= logits.shape[-1]:
         return fused_route(logits, top_k, norm_topk_prob, dtype)
     probs = logits.float().softmax(-1)
     weights, chosen = probs.topk(top_k, dim=-1)
@@ -120,10 +121,8 @@ def fused_route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: t
 
 class Experts(nn.Module):
     """E SwiGLU experts as two stacked weights: expert e is down_proj[e] @ (silu(g) * u), [g; u] = gate_up_proj[e] @ x.
-    `grouped`: None picks a static-shape form under no_grad where one runs (triton_available, then
-    grouped_mm_available), False always takes the loop."""
-
-    grouped: bool | None = None
+    Under no_grad a static-shape form runs where one does (triton_available, then grouped_mm_available), unless
+    the caller's Kernels turns `grouped_experts` off; else the loop."""
 
     def __init__(self, num_experts: int, hidden: int, intermediate: int) -> None:
         super().__init__()
@@ -131,14 +130,16 @@ class Experts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate, hidden))
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden, intermediate))
 
-    def forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, kernels: Kernels = DEFAULT_KERNELS
+    ) -> torch.Tensor:
         """x [N, h], chosen / weights [N, k] -> sum over the k slots of weight * expert(x): [N, h]."""
-        if Experts.grouped is not False and not torch.is_grad_enabled():
+        if kernels.grouped_experts and not torch.is_grad_enabled():
             if triton_available(x) and (chosen.numel() <= TRITON_MAX_PAIRS or not grouped_mm_available(x)):
                 return self.triton_forward(x, chosen, weights)
             if grouped_mm_available(x):
-                return self.grouped_forward(x, chosen, weights)
-        return self.looped_forward(x, chosen, weights)
+                return self.grouped_forward(x, chosen, weights, kernels.silu_mul)
+        return self.looped_forward(x, chosen, weights, kernels.silu_mul)
 
     def triton_forward(
         self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, config: KernelConfig | None = None
@@ -178,21 +179,25 @@ class Experts(nn.Module):
             )
         return out.view(N, k, h).sum(1)
 
-    def grouped_forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def grouped_forward(
+        self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, fuse: bool = True
+    ) -> torch.Tensor:
         N, k = chosen.shape
         _, order, ends = sort_pairs(chosen, self.num_experts)
         ends = ends.to(torch.int32)  # the grouped matmul's offsets
         rows = x[order // k]  # [P, h]
-        act = silu_mul(torch._grouped_mm(rows, self.gate_up_proj.transpose(1, 2), offs=ends))  # [P, I]
+        act = silu_mul(torch._grouped_mm(rows, self.gate_up_proj.transpose(1, 2), offs=ends), fuse)  # [P, I]
         out = torch._grouped_mm(act, self.down_proj.transpose(1, 2), offs=ends)  # [P, h]
         out = torch.empty_like(out).index_copy_(0, order, out)  # back to token-major pairs
         return (out.view(N, k, -1) * weights[..., None]).sum(1)
 
-    def looped_forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def looped_forward(
+        self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, fuse: bool = True
+    ) -> torch.Tensor:
         out = torch.zeros_like(x)
         for e in chosen.unique().tolist():  # only the experts that got tokens (the host reads which)
             token, slot = (chosen == e).nonzero(as_tuple=True)
-            y = F.linear(silu_mul(F.linear(x[token], self.gate_up_proj[e])), self.down_proj[e])
+            y = F.linear(silu_mul(F.linear(x[token], self.gate_up_proj[e]), fuse), self.down_proj[e])
             out.index_add_(0, token, y * weights[token, slot, None])
         return out
 
@@ -208,11 +213,14 @@ class SparseMoE(nn.Module):
         self.gate = nn.Linear(hidden, num_experts, bias=False)
         self.experts = Experts(num_experts, hidden, intermediate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kernels: Kernels = DEFAULT_KERNELS) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # [N, h]
-        weights, chosen = route(self.gate(x), self.top_k, self.norm_topk_prob, x.dtype)  # [N, k] each
-        return self.experts(x, chosen, weights).view(shape)
+        logits = self.gate(x)  # [N, E]
+        weights, chosen = route(
+            logits, self.top_k, self.norm_topk_prob, x.dtype, kernels.routing
+        )  # [N, k] each
+        return self.experts(x, chosen, weights, kernels).view(shape)
 
 
 if triton is not None:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from sdar_core import attention as _attention
+from sdar_core.attention import AttentionInputs
 
 
 @dataclass
@@ -218,7 +219,9 @@ def sdar_loss(
     B, T = batch.input_ids.shape
     ids, positions = sdar_inputs(batch, noise, mask_token_id)
     mask = sdar_mask(batch.segment_ids, block_ids(batch.segment_ids, batch.positions, block_size), attention)
-    logits = model(ids, positions, mask=mask, logits_to=T)  # [B, T, V]: the noisy half only
+    logits = model(
+        ids, positions, attn=AttentionInputs.of(mask), logits_to=T
+    )  # [B, T, V]: the noisy half only
     ce = F.cross_entropy(logits.flatten(0, 1).float(), batch.input_ids.flatten(), reduction="none")  # [B*T]
     weight = (noise.masked / noise.t).flatten()  # 0 where not masked; no data-dependent shapes, no host sync
     n_targets = batch.loss_mask.sum()
@@ -235,7 +238,8 @@ def ar_loss(model, batch: PackedBatch, *, attention: str = "sdpa") -> LossOutput
     (loss_mask), causal attention inside each segment; mean over the predicted tokens."""
     B, T = batch.input_ids.shape
     mask = document_causal_mask(batch.segment_ids, attention)
-    logits = model(batch.input_ids, batch.positions, mask=mask, logits_to=T - 1)  # [B, T-1, V]
+    attn = AttentionInputs.of(mask)
+    logits = model(batch.input_ids, batch.positions, attn=attn, logits_to=T - 1)  # [B, T-1, V]
     target = batch.input_ids[:, 1:]
     valid = batch.loss_mask[:, 1:] & (batch.segment_ids[:, 1:] == batch.segment_ids[:, :-1])  # [B, T-1]
     ce = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), reduction="none")
