@@ -631,7 +631,9 @@ def _dispatch(model: SDARForCausalLM, files: list[Path], device_map, dtype) -> S
         set_module_tensor_to_device(model, name, device_map[owner], value=tensor, dtype=dtype)
     if model.config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.reset_rope(torch.device("cpu"))  # the meta-built buffer gets data before accelerate places the modules
+    model.reset_rope(
+        torch.device("cpu")
+    )  # the meta-built buffer gets data before accelerate places the modules
     model = dispatch_model(model, device_map=device_map)
     first = next(iter(device_map.values()))
     model.reset_rope(torch.device(f"cuda:{first}") if isinstance(first, int) else torch.device(first))
