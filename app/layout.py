@@ -7,6 +7,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from sdar_core.decode_params import OPTIONS, start_value
+
 from . import examples
 from .chat import LIVE_PLACEHOLDER
 from .run import WATCH_MS
@@ -95,24 +97,25 @@ def _settings_column(p: Page, default_model: str, choices: list[str], model_info
     p.load_btn = gr.Button("Load", size="sm")
     p.model_info = gr.Markdown(model_info, elem_id="sdar-model-info")
     with gr.Accordion("Decoding", open=True):
-        block = gr.Slider(1, MAX_BLOCK_LENGTH, value=4, step=1, label="Block length", elem_id="sdar-block-length")
+        block = gr.Slider(1, MAX_BLOCK_LENGTH, value=start_value("block_length"), step=1, label="Block length",
+                          elem_id="sdar-block-length")
         p.decode_note = gr.Markdown(elem_id="sdar-decode-note")  # an untrained block; why controls are greyed out
         p.decode = {  # DecodeRequest's field names -> their components, in the API's order
             "model_name": p.model_box,
             "block_length": block,
-            "steps": gr.Slider(1, MAX_BLOCK_LENGTH, value=4, step=1,
+            "steps": gr.Slider(1, MAX_BLOCK_LENGTH, value=start_value("steps"), step=1,
                                label="Denoising steps per block (at most the block length)", elem_id="sdar-steps"),
-            "strategy": gr.Radio(list(SDAR_STRATEGIES), value="dynamic", label="Unmasking strategy",
+            "strategy": gr.Radio(list(SDAR_STRATEGIES), value=start_value("strategy"), label="Unmasking strategy",
                                  elem_id="sdar-strategy"),
-            "threshold": gr.Slider(0.01, 1.0, value=0.9, step=0.01, label="Confidence threshold (dynamic)",
-                                   elem_id="sdar-threshold"),
-            "temperature": gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)",
-                                     elem_id="sdar-temperature"),
-            "top_p": gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p"),
-            "max_new_tokens": gr.Slider(1, MAX_NEW_TOKENS, value=128, step=1, label="Max new tokens",
-                                        elem_id="sdar-max-new-tokens"),
-            "seed": gr.Number(value=0, precision=0, minimum=0, label="Seed", info="used when temperature > 0",
-                              elem_id="sdar-seed"),
+            "threshold": gr.Slider(0.01, 1.0, value=start_value("threshold"), step=0.01,
+                                   label="Confidence threshold (dynamic)", elem_id="sdar-threshold"),
+            "temperature": gr.Slider(0.0, OPTIONS["temperature"].hi, value=start_value("temperature"), step=0.05,
+                                     label="Temperature (0 = greedy)", elem_id="sdar-temperature"),
+            "top_p": gr.Slider(0.05, 1.0, value=start_value("top_p"), step=0.05, label="Top-p"),
+            "max_new_tokens": gr.Slider(1, MAX_NEW_TOKENS, value=start_value("max_new_tokens"), step=1,
+                                        label="Max new tokens", elem_id="sdar-max-new-tokens"),
+            "seed": gr.Number(value=start_value("seed"), precision=0, minimum=0, label="Seed",
+                              info="used when temperature > 0", elem_id="sdar-seed"),
         }
         p.new_seed = gr.Button("New random seed", size="sm", elem_id="sdar-new-seed")
         p.pace = gr.Slider(0, 500, value=WATCH_MS, step=10, label="Watch: delay per frame (ms)",

@@ -22,8 +22,7 @@ from .errors import explains_in_place
 from .prompting import conversation, prompt_ids
 from .registry import ar_twin_name
 from .render import frame_html, placeholder_html
-from .settings import (MAX_MESSAGE_CHARS, DecodeRequest, DecodeSettings, Range, SettingsError, checked_text,
-                       shown)
+from .settings import MAX_MESSAGE_CHARS, DecodeRequest, Range, SettingsError, checked_text, params_from_ui, shown
 from .streaming import Lane, decode_alone, stream, warm_up
 from .studio import Studio
 
@@ -246,8 +245,7 @@ class Race:
         thrs = sorted({_choice("threshold", t, SWEEP_THRESHOLDS, float) for t in _picked("thresholds", thresholds)})
         if not blocks or not thrs:
             raise gr.Error("Pick at least one block length and one threshold for the sweep.")
-        base = DecodeSettings.from_ui({"block_length": max(blocks), "steps": max(blocks),
-                                       "max_new_tokens": max_new_tokens})
+        base = params_from_ui({"block_length": max(blocks), "steps": max(blocks), "max_new_tokens": max_new_tokens})
         loaded = self.studio.ready(model_name)
         if not loaded.is_sdar:
             raise gr.Error(f"{loaded.display_name} is an autoregressive model: the sweep needs an SDAR model.")

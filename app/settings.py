@@ -1,17 +1,21 @@
 """What a decode button sends, parsed in one place: the UI's values by name -> a DecodeRequest (which model,
-the DecodeSettings, the watch pace), checked on the server because the API can send any value.
+the sdar_core DecodeParams, the watch pace), checked on the server because the API can send any value. The
+accepted ranges and the controls' first values are DecodeParams' own (sdar_core.decode_params.OPTIONS).
 
 The names are the API's parameter names (ui.py wires each component under its field name), so a handler
 never receives the decoding inputs by position."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Mapping
 
-SDAR_STRATEGIES = ("static", "dynamic", "sequential", "entropy")
-MAX_BLOCK_LENGTH = 64
-MAX_NEW_TOKENS = 1024
+from sdar_core.decode_params import OPTIONS, DecodeParams, start_value
+
+UI_FIELDS = ("block_length", "steps", "strategy", "threshold", "temperature", "top_p", "max_new_tokens", "seed")
+SDAR_STRATEGIES = tuple(s for s in OPTIONS["strategy"].choices if s != "ar")  # an AR model picks "ar" itself
+MAX_BLOCK_LENGTH = int(OPTIONS["block_length"].hi)
+MAX_NEW_TOKENS = int(OPTIONS["max_new_tokens"].hi)
 MAX_MESSAGE_CHARS = 8_000  # a message or prompt, checked before tokenisation (far above what a context holds)
 MAX_SYSTEM_CHARS = 4_000
 
@@ -68,48 +72,23 @@ class Range:
 
 
 RANGES = {  # field name -> accepted values (strategy is a choice, checked on its own)
-    "block_length": Range("block length", 1, MAX_BLOCK_LENGTH, integer=True),
-    "steps": Range("denoising steps", 1, MAX_BLOCK_LENGTH, integer=True),
-    "threshold": Range("threshold", 0, 1, lo_open=True),
-    "temperature": Range("temperature", 0, 2),
-    "top_p": Range("top-p", 0, 1, lo_open=True),
-    "max_new_tokens": Range("max new tokens", 1, MAX_NEW_TOKENS, integer=True),
-    "seed": Range("seed", 0, 2**31 - 1, integer=True),
+    name: Range(o.label, o.lo, o.hi, integer=o.integer, lo_open=o.lo_open)
+    for name, o in OPTIONS.items() if name in UI_FIELDS and not o.choices
 }
 PACE = Range("watch delay per frame (ms)", 0, 1000)
 
 
-@dataclass(frozen=True)
-class DecodeSettings:
-    block_length: int = 4
-    steps: int = 4
-    strategy: str = "dynamic"
-    threshold: float = 0.9
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = 128
-    seed: int = 0
-
-    @classmethod
-    def from_ui(cls, ui: Mapping[str, object]) -> "DecodeSettings":
-        """Validated settings from the UI's values by field name (a missing name keeps its default);
-        raises SettingsError naming the first bad value."""
-        strategy = ui.get("strategy", cls.strategy)
-        if strategy not in SDAR_STRATEGIES:
-            raise SettingsError(f"strategy must be one of {', '.join(SDAR_STRATEGIES)}, got {shown(strategy)}")
-        values = {f.name: RANGES[f.name].parse(ui.get(f.name, f.default)) for f in fields(cls) if f.name in RANGES}
-        if values["steps"] > values["block_length"]:
-            raise SettingsError(f"denoising steps must be between 1 and the block length "
-                                f"({values['block_length']}), got {values['steps']}")
-        return cls(strategy=strategy, **values)
-
-    def generate_kwargs(self) -> dict:
-        """Keyword arguments of sdar_core.generate."""
-        return asdict(self)
-
-    def as_ar(self) -> "DecodeSettings":
-        """The same sampling, decoded one token per forward."""
-        return replace(self, block_length=1, steps=1, strategy="ar")
+def params_from_ui(ui: Mapping[str, object]) -> DecodeParams:
+    """Validated DecodeParams from the UI's values by field name (a missing name takes its control's first value,
+    sdar_core.decode_params.start_value); raises SettingsError naming the first bad value."""
+    strategy = ui.get("strategy", start_value("strategy"))
+    if strategy not in SDAR_STRATEGIES:
+        raise SettingsError(f"strategy must be one of {', '.join(SDAR_STRATEGIES)}, got {shown(strategy)}")
+    values = {name: RANGES[name].parse(ui.get(name, start_value(name))) for name in RANGES}
+    if values["steps"] > values["block_length"]:
+        raise SettingsError(f"denoising steps must be between 1 and the block length "
+                            f"({values['block_length']}), got {values['steps']}")
+    return DecodeParams(strategy=strategy, **values)
 
 
 @dataclass(frozen=True)
@@ -117,10 +96,10 @@ class DecodeRequest:
     """What a decode button sends besides its prompt: which model, how to decode, how fast to show it."""
 
     model_name: str
-    settings: DecodeSettings
+    settings: DecodeParams
     pace_ms: float = 0.0  # the watch replay's delay per frame, after the decode (display only; 0: no replay)
 
     @classmethod
     def from_ui(cls, ui: Mapping[str, object]) -> "DecodeRequest":
-        return cls(model_name=ui.get("model_name"), settings=DecodeSettings.from_ui(ui),
+        return cls(model_name=ui.get("model_name"), settings=params_from_ui(ui),
                    pace_ms=PACE.parse(ui.get("pace_ms") or 0))

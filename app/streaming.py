@@ -20,12 +20,11 @@ from typing import Iterator
 
 import torch
 
-from sdar_core import generate
+from sdar_core import DecodeParams, generate
 from sdar_core.trace import Generation, StepEvent
 
 from .registry import LoadedModel
 from .render import Frame, FrameBuilder, kept_answer_end
-from .settings import DecodeSettings
 
 FRAME_INTERVAL = 1 / 20  # seconds between two streamed frames
 
@@ -40,7 +39,7 @@ class Lane:
 
     loaded: LoadedModel
     ids: list[int]  # the prompt, one row
-    settings: DecodeSettings
+    settings: DecodeParams
     state: str = "waiting"  # waiting | running | done | stopped
     events: list[StepEvent] = field(default_factory=list)
     pieces: dict[int, str] = field(default_factory=dict)  # token id -> printed text, for every token shown
@@ -71,8 +70,8 @@ class Lane:
 def decode(lane: Lane, on_step=None) -> Generation:
     """The lane's generation: one row, the model's stop tokens. Its events reach on_step; none is kept
     twice (the lane keeps them), so every lane costs the decoder the same recording work."""
-    return generate(lane.loaded.model, [lane.ids], stop_token_ids=lane.loaded.stop_token_ids, trace=False,
-                    on_step=on_step, **lane.settings.generate_kwargs())
+    return generate(lane.loaded.model, [lane.ids], lane.settings, stop_token_ids=lane.loaded.stop_token_ids,
+                    trace=False, on_step=on_step)
 
 
 DEVICE = threading.Lock()  # one model, one device: one decode at a time, held by the decode alone

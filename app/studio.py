@@ -17,7 +17,7 @@ from .prompting import prompt_ids
 from .registry import LoadedModel, LoadStatus, ModelRegistry, ModelUnavailable, ar_twin_name
 from .run import Run
 from .scheduler import MAX_BATCH, DecodeScheduler, Job
-from .settings import DecodeRequest, DecodeSettings
+from .settings import DecodeRequest, params_from_ui
 from .streaming import DEVICE, Lane, StopFlags
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class Studio:
     def start(self, req: DecodeRequest, messages: list[dict], stop: threading.Event, title: str = "") -> Run:
         """Queue the decode that answers `messages` on the model's scheduler; the Run a handler follows."""
         loaded, settings, ids, notes = self.prepare(req, messages)
-        params = DecodeParams(**settings.generate_kwargs(), stop_token_ids=loaded.stop_token_ids)
+        params = replace(settings, stop_token_ids=loaded.stop_token_ids)
         job = self.scheduler(loaded).submit(Job(loaded, ids, params.resolved(loaded.config), stop=stop))
         run = Run(job, notes, title=title)
         run.feed.pace_ms = req.pace_ms
@@ -79,7 +79,7 @@ class Studio:
                 self.schedulers[name] = DecodeScheduler(name, max_batch=self.max_batch)
             return self.schedulers[name]
 
-    def prepare(self, req: DecodeRequest, messages: list[dict]) -> tuple[LoadedModel, DecodeSettings, list[int],
+    def prepare(self, req: DecodeRequest, messages: list[dict]) -> tuple[LoadedModel, DecodeParams, list[int],
                                                                         list[str]]:
         """The model, the settings it decodes with (SDAR settings turned into AR ones on an AR model), the prompt
         ids, and the notes the user should read."""
@@ -87,15 +87,10 @@ class Studio:
         settings, notes = req.settings, []
         if not loaded.is_sdar:  # the page greys the SDAR controls out for it (ui.controls_for_model): no note
             settings = settings.as_ar()
-        elif settings.strategy != "ar" and settings.block_length not in trained_blocks(loaded.config):
+        elif settings.strategy != "ar" and settings.block(loaded.config) not in loaded.config.trained_blocks:
             notes.append(untrained_block_note(loaded.display_name, loaded.config, settings.block_length))
         ids, note = prompt_ids(loaded.tokenizer, messages)
         return loaded, settings, ids, notes + ([note] if note else [])
-
-
-def trained_blocks(config) -> list[int]:
-    """The block sizes an SDAR checkpoint was trained at: its config's list, else its default block size."""
-    return sorted(config.trained_block_sizes or [config.block_size])
 
 
 def ar_note(name: str) -> str:
@@ -104,7 +99,7 @@ def ar_note(name: str) -> str:
 
 
 def untrained_block_note(name: str, config, block: int) -> str:
-    sizes = trained_blocks(config)
+    sizes = config.trained_blocks
     listed = ", ".join(map(str, sizes))
     return (f"{name} was trained at block size{'s' if len(sizes) > 1 else ''} {listed}; block {block} was not "
             "trained for: expect worse answers.")
@@ -127,9 +122,10 @@ class Warmup:
             return ""
         return f"GPU warm-up: {self.done} of {self.total or '…'} decode shapes ready."
 
-    def start(self, registry: ModelRegistry, name: str, settings: DecodeSettings = DecodeSettings()) -> bool:
-        """Warm `name` (already loaded) and its AR twin in a background thread; False when there is nothing to warm
-        (not loaded, or on the CPU)."""
+    def start(self, registry: ModelRegistry, name: str, settings: DecodeParams | None = None) -> bool:
+        """Warm `name` (already loaded) and its AR twin in a background thread, with the page's settings (default:
+        its controls' first values); False when there is nothing to warm (not loaded, or on the CPU)."""
+        settings = settings or params_from_ui({})
         m = registry.cached(name)
         if m is None or not needs_warm_up(m.model):
             return False
@@ -137,7 +133,7 @@ class Warmup:
         threading.Thread(target=self._run, args=(registry, name, settings), daemon=True, name="sdar-warmup").start()
         return True
 
-    def _run(self, registry: ModelRegistry, name: str, settings: DecodeSettings) -> None:
+    def _run(self, registry: ModelRegistry, name: str, settings: DecodeParams) -> None:
         t0 = time.perf_counter()
         try:
             twin = ar_twin_name(name)
@@ -158,16 +154,15 @@ class Warmup:
             self.running = False
 
     @staticmethod
-    def _shapes(m: LoadedModel, settings: DecodeSettings) -> list[tuple[DecodeParams, object]]:
+    def _shapes(m: LoadedModel, settings: DecodeParams) -> list[tuple[DecodeParams, object]]:
         """What a visitor can pick, warmed: every trained block size with the static and the dynamic schedule
         (steps as the settings ask, at most the block), and the AR lane, up to WARM_POSITIONS positions."""
         if not needs_warm_up(m.model):
             return []
-        params = [DecodeParams(**settings.as_ar().generate_kwargs())]
+        params = [settings.as_ar()]
         if m.is_sdar:
-            params = [DecodeParams(**replace(settings, strategy=strategy, block_length=block,
-                                             steps=min(settings.steps, block)).generate_kwargs())
-                      for block in trained_blocks(m.config) for strategy in ("static", "dynamic")] + params
+            params = [replace(settings, strategy=strategy, block_length=block, steps=min(settings.steps, block))
+                      for block in m.config.trained_blocks for strategy in ("static", "dynamic")] + params
         return [(p, shape) for p in (p.resolved(m.config) for p in params)
                 for shape in warm_shapes([p], WARM_POSITIONS, m.context)]
 

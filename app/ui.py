@@ -16,7 +16,7 @@ from .race import Race
 from .registry import DEFAULT_MODEL, ModelRegistry, ModelUnavailable, default_missing, missing_default_message
 from .render import model_markdown
 from .settings import MAX_BLOCK_LENGTH
-from .studio import Studio, ar_note, trained_blocks, untrained_block_note
+from .studio import Studio, ar_note, untrained_block_note
 from .visualizer import Visualizer
 
 try:  # On Hugging Face ZeroGPU Spaces, generation handlers borrow a GPU for their duration.
@@ -84,7 +84,7 @@ def block_info(config) -> str | None:
     """What the block slider says beside itself: the block sizes the model was trained at."""
     if config is None or not config.is_sdar:
         return None
-    sizes = trained_blocks(config)
+    sizes = config.trained_blocks
     return f"trained at block size{'s' if len(sizes) > 1 else ''} {', '.join(map(str, sizes))}"
 
 
@@ -99,7 +99,7 @@ def decoding_note(config, name, block) -> str:
         block = int(block)
     except (TypeError, ValueError):
         return ""
-    return "" if block in trained_blocks(config) else "⚠️ " + untrained_block_note(shown, config, block)
+    return "" if block in config.trained_blocks else "⚠️ " + untrained_block_note(shown, config, block)
 
 
 def controls_for_model(studio: Studio, name, block_length, strategy):
@@ -184,7 +184,7 @@ def _wire_model(p: Page, studio: Studio, demo: gr.Blocks):
         trigger(seed_for_temperature, temperature, p.decode["seed"], **PRIVATE, **LIGHT)
     p.new_seed.click(random_seed, None, p.decode["seed"], **PRIVATE, **LIGHT)
     # The page's steps slider ends at the block length; its initial range stays wide so that API calls
-    # (which skip page events) are checked by DecodeSettings, with the block length they send.
+    # (which skip page events) are checked by settings.params_from_ui, with the block length they send.
     demo.load(steps_for_block, [block_length, steps], steps, **PRIVATE, **LIGHT)
     return describe
 

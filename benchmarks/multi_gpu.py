@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
 def machine(plan: Plan) -> dict:
     import torch
 
-    from sdar_core.device import machine_info
+    from .common import machine_info
 
     info = machine_info("cpu" if plan.cpu else "cuda")
     info["gpus"] = 0 if plan.cpu else torch.cuda.device_count()

@@ -24,13 +24,14 @@ from pathlib import Path
 import torch
 
 from sdar_core.config import PUBLIC_SHAPES, ModelConfig
-from sdar_core.device import machine_info, synchronize
+from sdar_core.device import synchronize
 from sdar_core.model import SDARForCausalLM
 from training.model_init import enable_gradient_checkpointing, init_weights, param_groups
 from training.objective import PackedBatch, block_ids, document_causal_mask_mod, sdar_mask_mod
 from training.recipe import Recipe
 from training.train import compute_loss, step_generator
 
+from .common import machine_info
 from .table import print_table
 
 SHAPES = {

@@ -242,7 +242,7 @@ class ModelConfig:
     attention_bias: bool = False
     block_size: int = 1  # 1: plain causal attention (an AR model)
     # The block sizes an SDAR model was trained with (config.json "trained_block_sizes"); None when it does not say.
-    # block_size stays the default that public loaders read; decoding with a size outside this list is a warning.
+    # block_size stays the default that public loaders read; `trained_blocks` is the one rule that reads both.
     trained_block_sizes: list[int] | None = None
     mask_token_id: int | None = None
     bos_token_id: int | None = None
@@ -260,14 +260,20 @@ class ModelConfig:
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if self.model_type not in KNOWN_MODEL_TYPES:
-            raise ConfigError(
-                f"unknown model_type {self.model_type!r}; supported: {', '.join(KNOWN_MODEL_TYPES)}"
-            )
+        _check_model_type(self.model_type)
         # An SDAR config may lack mask_token_id: load_pretrained fills it from the tokenizer's mask token.
         _check_ints(self)
         _check_numbers_and_types(self)
         _check_layout(self)
+
+    @property
+    def trained_blocks(self) -> list[int]:
+        """The block sizes this SDAR model was trained at: config.json's trained_block_sizes, else its block_size
+        (a checkpoint that does not list them was trained at its default). Decoding at another size is allowed,
+        with a warning (generate, the CLI) or a note (the studio). Empty for an AR model."""
+        if not self.is_sdar:
+            return []
+        return sorted(self.trained_block_sizes or [self.block_size])
 
     @property
     def is_sdar(self) -> bool:
@@ -375,8 +381,7 @@ def _normalised(raw: dict) -> dict:
     if "model_type" not in raw:
         raise ConfigError("config.json has no 'model_type' field")
     model_type = raw["model_type"]
-    if not isinstance(model_type, str) or model_type not in KNOWN_MODEL_TYPES:
-        raise ConfigError(f"unknown model_type {model_type!r}; supported: {', '.join(KNOWN_MODEL_TYPES)}")
+    _check_model_type(model_type)  # first: the other checks name the model type
     if model_type in AR_TYPES:
         raw.setdefault("block_size", 1)
     if "num_experts" not in raw and "num_local_experts" in raw:  # transformers 5's name
@@ -396,6 +401,11 @@ def _normalised(raw: dict) -> dict:
     if "dtype" in raw and "torch_dtype" not in raw:
         raw["torch_dtype"] = raw["dtype"]
     return raw
+
+
+def _check_model_type(model_type) -> None:
+    if not isinstance(model_type, str) or model_type not in KNOWN_MODEL_TYPES:
+        raise ConfigError(f"unknown model_type {model_type!r}; supported: {', '.join(KNOWN_MODEL_TYPES)}")
 
 
 def _check_required(raw: dict) -> None:

@@ -7,7 +7,7 @@ import torch
 
 from app import examples
 from app.prompting import conversation, prompt_ids
-from app.settings import DecodeSettings
+from app.settings import params_from_ui
 from sdar_core import generate, load_pretrained
 from sdar_core.paths import MODELS_DIR
 from sdar_core.prompting import stop_ids_for
@@ -22,8 +22,7 @@ def sdar_tiny():
 def test_the_embedded_model_answers_each_shipped_example(sdar_tiny, example):
     model, tokenizer = sdar_tiny
     ids, _ = prompt_ids(tokenizer, conversation("", [], example.prompt))
-    out = generate(model, [ids], stop_token_ids=stop_ids_for(tokenizer, model.config),
-                   **DecodeSettings().generate_kwargs())
+    out = generate(model, [ids], params_from_ui({}), stop_token_ids=stop_ids_for(tokenizer, model.config))
     reply = tokenizer.decode(out.row_tokens(0), skip_special_tokens=True)
     assert example.answer in reply, f"{example.prompt!r} -> {reply!r}"
 
@@ -59,8 +58,7 @@ def test_each_chat_example_shows_masks_in_at_least_three_frames_of_its_watch_rep
 
     model, tokenizer = sdar_tiny
     ids, _ = prompt_ids(tokenizer, conversation("", [], example.prompt))
-    out = generate(model, [ids], stop_token_ids=stop_ids_for(tokenizer, model.config), trace=True,
-                   **DecodeSettings().generate_kwargs())
+    out = generate(model, [ids], params_from_ui({}), stop_token_ids=stop_ids_for(tokenizer, model.config), trace=True)
     frames = watch_frames(out.trace)
     assert sum(any(c.token is None for c in f.block) for f in frames) >= 3
     assert len(frames) * WATCH_MS / 1000 <= 20  # every frame is shown

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import free_port, text_of
+from helpers import free_port, text_of
 
 VISITORS = 4
 SECONDS = 12.0

@@ -10,12 +10,12 @@ import torch
 
 from app import streaming
 from app.render import frame_at, kept_answer_end
-from app.settings import DecodeSettings
+from app.settings import params_from_ui
 from app.streaming import Lane, stream
 from sdar_core import GenerationError, generate
 from sdar_core.trace import StepEvent
 
-SETTINGS = DecodeSettings(block_length=4, steps=4, strategy="static", max_new_tokens=24)
+SETTINGS = params_from_ui(dict(block_length=4, steps=4, strategy="static", max_new_tokens=24))
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,7 @@ def steps_shown(lanes, **kw) -> list[int]:
 def test_a_lane_holds_generates_trace_and_a_last_frame_equal_to_the_replay(loaded):
     lane = lane_of(loaded)
     list(stream({"a": lane}, threading.Event()))
-    ref = generate(loaded.model, torch.tensor([lane.ids]), stop_token_ids=loaded.stop_token_ids, trace=True,
-                   **SETTINGS.generate_kwargs())
+    ref = generate(loaded.model, torch.tensor([lane.ids]), SETTINGS, stop_token_ids=loaded.stop_token_ids, trace=True)
     assert lane.state == "done" and lane.gen.row_tokens(0) == ref.row_tokens(0)
     assert lane.events == ref.trace and len(lane.events) == lane.builder.n
     end = kept_answer_end(ref.trace, ref.lengths[0])
