@@ -16,7 +16,7 @@ import torch
 from .config import ConfigError
 from .decoding import GenerationError, UntrainedBlockSizeWarning, generate
 from .loading import CheckpointError, load_pretrained
-from .paths import DEFAULT_MODEL, in_checkout
+from .paths import DEFAULT_MODEL
 from .prompting import encode_prompt, stop_ids_for
 from .schedules import STRATEGIES
 
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    model, tokenizer = load_pretrained(in_checkout(args.model), device=parse_device(args.device))
+    model, tokenizer = load_pretrained(args.model, device=parse_device(args.device))
     ids = encode_prompt(tokenizer, args.prompt, chat=args.chat, system=args.system)
     with warnings.catch_warnings(record=True) as caught:  # the library's warnings as one plain line each
         warnings.simplefilter("always", UntrainedBlockSizeWarning)

@@ -9,7 +9,10 @@ DEFAULT_MODEL = MODELS_DIR / "sdar-tiny"
 def in_checkout(name: str) -> str:
     """`name` as typed when it exists from the working directory; else, when it is a relative path that exists in this
     checkout (`assets/models/sdar-tiny`), that path: the shipped files are found from any folder."""
-    path = Path(name)
-    if path.is_absolute() or path.exists() or not (REPO / path).exists():
+    try:
+        path = Path(name)
+        if path.is_absolute() or path.exists() or not (REPO / path).exists():
+            return name
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: the caller refuses it
         return name
     return str(REPO / path)
