@@ -11,7 +11,7 @@ Measures, in one run on one device:
 - all of it at each of --prompt-lengths (the context sweep): the batch curve at the first, batch 1 at the others.
 Writes results.json, results.csv and chart.html to --out and prints a table last. Random weights:
 speed does not depend on what the weights are, except through the dynamic schedule, whose TPF on random
-weights is the static minimum (see the README for TPF of a trained model).
+weights is the static minimum (docs/training.md has the TPF of a trained model).
 """
 from __future__ import annotations
 
@@ -285,7 +285,7 @@ def forward_floor_ms(info: dict, prompt_len: int, new_tokens: int) -> float | No
 
 
 def report_markdown(results_dir: Path) -> str:
-    """The README's performance section, generated from a committed results.json."""
+    """docs/performance.md's summary and first table, generated from a committed results.json."""
     data = json.loads((Path(results_dir) / "results.json").read_text())
     info, rows = data["machine"], data["rows"]
     sweep_ = info.get("sweep") or [[info["prompt_len"], info["new_tokens"]]]

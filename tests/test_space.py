@@ -191,3 +191,13 @@ def test_a_fresh_venv_with_requirements_txt_alone_serves_the_space(tmp_path):
             app.wait(timeout=20)
         except subprocess.TimeoutExpired:
             app.kill()
+
+    # `pip install -e .` on top: the two commands, run from a folder outside the checkout, find the shipped model.
+    done = pip("--no-deps", "-e", str(REPO))
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run([str(venv / "bin" / "sdar"), "--chat", "--prompt", "What is 4 + 5?", "--max-new-tokens",
+                           "24"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "9" in done.stdout, done.stderr[-3000:]
+    done = subprocess.run([str(venv / "bin" / "sdar-studio"), "--help"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "--allow-any-model" in done.stdout, done.stderr[-3000:]
