@@ -527,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--out", default=str(EVAL_DIR / "eval.json"))
+    p.add_argument("--out", default="out/eval.json", help="the report (default: %(default)s)")
     p.add_argument("--no-samples", action="store_true", help="skip the chat samples")
     p.add_argument("--print-samples", action="store_true", help="also print the chat samples as Markdown")
     p.add_argument("--write-expected", action="store_true",

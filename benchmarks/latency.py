@@ -1,6 +1,6 @@
 """What the app's user waits for on a CPU: time to the first visible block and to the whole answer.
 
-    python -m benchmarks.latency                  # 2 threads, 5 timed runs each -> assets/models/eval/latency-cpu.json
+    python -m benchmarks.latency                  # 2 threads, 5 timed runs each -> out/latency-cpu.json
     python -m benchmarks.latency --threads 4 --repeats 9 --out /tmp/latency.json
 
 The issue's requirement: "On 2 CPU cores the app answers a chat message with the first block visible within a
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="assets/models")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--out", default=str(EVAL_DIR / "latency-cpu.json"))
+    p.add_argument("--out", default="out/latency-cpu.json", help="the report (default: %(default)s)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     models = {name: load_pretrained(Path(args.models) / name, device="cpu", dtype=torch.float32)

@@ -120,7 +120,8 @@ def count_tokens(tok: Tokenizer, texts: Iterable[str], batch: int = 1024) -> tup
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Train the embedded demo model's byte-level BPE tokenizer.")
     ap.add_argument("--data", default="data/embedded", help="folder with pretrain.jsonl and sft.jsonl")
-    ap.add_argument("--out", default="assets/tokenizer")
+    ap.add_argument("--out", default="out/tokenizer",
+                    help="where the tokenizer is written (default: %(default)s; assets/tokenizer is the shipped one)")
     ap.add_argument("--vocab-size", type=int, default=4096)
     ap.add_argument("--model-max-length", type=int, default=4096, help="recorded in tokenizer_config.json")
     args = ap.parse_args(argv)
