@@ -454,22 +454,6 @@ def test_messages_and_system_prompts_are_capped_before_tokenisation(handlers, mo
         call(**{**valid, "prompt": "z" * (MAX_MESSAGE_CHARS + 1)})
 
 
-# --- 11. per-session state is bounded -----------------------------------------------------------------------------
-
-
-def test_stop_flags_keep_the_newest_sessions_only():
-    from app.streaming import StopFlags
-
-    flags = StopFlags(capacity=8)
-    armed = {f"s{i}": flags.arm(f"s{i}") for i in range(100)}
-    assert len(flags._flags) == 8 and list(flags._flags) == [f"s{i}" for i in range(92, 100)]
-    assert flags.trigger("s99") and armed["s99"].is_set()
-    assert not flags.trigger("s0") and not armed["s0"].is_set()  # pruned: its decode ended long ago
-    again = flags.arm("s92")  # re-armed: newest again, not pruned next
-    flags.arm("new")
-    assert flags.trigger("s92") and again.is_set() and "s93" not in flags._flags
-
-
 def test_finding6_trace_downloads_are_served_in_place_and_the_folder_goes_on_sigterm(tmp_path):
     """Issue 33, finding 6: the files visitors downloaded were gradio's copies in its temp folder (readable by any
     local user, never pruned), and the private folder survived SIGTERM. Through `python app.py` in a subprocess:
