@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 16  # rows of one decode: beyond it, requests wait for the next batch
 TURNS_KEPT = 256
 USAGE_HALF_LIFE = 120.0  # seconds: a visitor's device time counts half as much this long after it was used
+USAGE_KEPT = 4096  # visitors whose device time is remembered (beyond: those with the least are forgotten)
 
 
 class Stopped(Exception):
@@ -209,8 +210,10 @@ class DecodeScheduler:
         total = self.used(visitor, now) + seconds
         with self._cv:
             self.usage[visitor] = (total, now)
-            if len(self.usage) > 64:
-                for v in [v for v, (s, at) in self.usage.items() if s * 0.5 ** ((now - at) / USAGE_HALF_LIFE) < 1e-3]:
+            if len(self.usage) > USAGE_KEPT:  # the least recent users go: they would be first in line anyway
+                left = sorted(self.usage, key=lambda v: self.usage[v][0] * 0.5 ** ((now - self.usage[v][1])
+                                                                                   / USAGE_HALF_LIFE))
+                for v in left[: len(self.usage) - USAGE_KEPT // 2]:
                     del self.usage[v]
 
     def _loop(self) -> None:
