@@ -48,6 +48,16 @@ TOKENIZER = REPO / "tests" / "fixtures" / "sdar-4b-chat"
 MESSAGE = "Explain in detail how a block-diffusion language model decodes a long answer."
 TPS = re.compile(r"\*\*([\d.]+)\*\* tokens/s")
 NFE = re.compile(r"\*\*NFE\*\* (\d+)")
+TOKENS = re.compile(r"(\d+) tokens ·")
+
+
+def figure(pattern: re.Pattern, stats: str) -> float:
+    """The number `pattern` finds in the page's stats line; the page's own text when it is not there (an error shown
+    in place of the stats is reported as what it says, not as a failed match)."""
+    found = pattern.search(stats or "")
+    if found is None:
+        raise ValueError(f"the page showed no {pattern.pattern!r} figure: {(stats or '(nothing)')[:200]!r}")
+    return float(found.group(1))
 
 
 @dataclass(frozen=True)
@@ -256,8 +266,8 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
                 wall, first, frames, out, fps = streamed(client, "/chat", message=MESSAGE,
                                                          **s.ui(str(sdar), args.new_tokens))
                 stats = out[3]  # chatbot, message box, live view, stats (the gr.State outputs are not in the API)
-                runs.append((float(TPS.search(stats).group(1)), first, fps, wall))
-                row.forwards = int(NFE.search(stats).group(1))
+                runs.append((figure(TPS, stats), first, fps, wall))
+                row.forwards = int(figure(NFE, stats))
                 print(f"studio chat {s.name} #{i + 1}: {runs[-1][0]:.1f} tokens/s, first frame {first:.2f} s, "
                       f"{frames} frames", flush=True)
             row.first_request_tps = runs[0][0]
@@ -274,8 +284,8 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
         wall, first, _, out, fps = streamed(client, "/chat", message="Say it again, shorter.",
                                             **SETTINGS[0].ui(str(sdar), args.new_tokens))  # the 3rd
         follow.studio_tps, follow.first_frame_s, follow.frames_per_s, follow.wall_s = \
-            float(TPS.search(out[3]).group(1)), first, fps, wall
-        follow.forwards = int(NFE.search(out[3]).group(1))
+            figure(TPS, out[3]), first, fps, wall
+        follow.forwards = int(figure(NFE, out[3]))
         rows[("chat, 3rd turn", SETTINGS[0].name)] = follow
         if spy is not None:
             spy.wait(60)
@@ -366,8 +376,8 @@ def visit(client, v: Visitor, message: str, ui: dict, barrier: threading.Barrier
         outputs = job.outputs()
         v.wall_s = time.perf_counter() - t0
         stats = outputs[-1][3]
-        v.page_tps = float(TPS.search(stats).group(1))
-        v.tokens = int(re.search(r"(\d+) tokens ·", stats).group(1))
+        v.page_tps = figure(TPS, stats)
+        v.tokens = int(figure(TOKENS, stats))
         shared = re.search(r"one batch with (\d+) other", stats)
         v.batch = int(shared.group(1)) + 1 if shared else 1
         v.bytes = streamed_bytes(outputs)
