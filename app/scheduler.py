@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 16  # rows of one decode: beyond it, requests wait for the next batch
 TURNS_KEPT = 256
 USAGE_HALF_LIFE = 120.0  # seconds: a visitor's device time counts half as much this long after it was used
+TURN_QUANTUM = 0.25  # seconds of device time a timed decode keeps before it gives way (no hand-off every token)
 USAGE_KEPT = 4096  # visitors whose device time is remembered (beyond: those with the least are forgotten)
 
 
@@ -123,6 +124,7 @@ class Lease:
     submitted: float = field(default_factory=time.perf_counter)
     granted: threading.Event = field(default_factory=threading.Event)
     returned: threading.Event = field(default_factory=threading.Event)
+    granted_at: float = 0.0
     ended: bool = False
 
     @property
@@ -197,6 +199,18 @@ class DecodeScheduler:
                 break
         return lease
 
+    def fresher_waiting(self, visitor: str, held: float = 0.0) -> bool:
+        """Whether another visitor who used the device at least TURN_QUANTUM less than `visitor` (counting the `held`
+        seconds of its turn in flight) is waiting: then `visitor`'s timed decode gives way at its next block
+        boundary."""
+        with self._cv:
+            if not self.waiting:
+                return False
+            now = time.perf_counter()
+            mine = self.used(visitor, now) + held - TURN_QUANTUM
+            return any(j.visitor != visitor and not j.stop.is_set() and self.used(j.visitor, now) < mine
+                       for j in self.waiting)
+
     def used(self, visitor: str, now: float | None = None) -> float:
         """`visitor`'s device-seconds, decayed to now."""
         with self._cv:
@@ -268,7 +282,7 @@ class DecodeScheduler:
 
     def lend(self, lease: Lease) -> None:
         """Hold the device for `lease` until it is given back (the caller holds the device lock); charge it."""
-        t0 = time.perf_counter()
+        t0 = lease.granted_at = time.perf_counter()
         lease.granted.set()
         lease.returned.wait()
         self.charge(lease.visitor, time.perf_counter() - t0)
@@ -323,6 +337,18 @@ class SchedulerTurn:
         if self.lease is not None:
             self.lease.give_back()
             self.lease = None
+
+    def make_way(self, stop: threading.Event) -> float:
+        """At a block boundary of the decode this turn holds: when a fresher visitor waits, give the device back and
+        queue for it again (that visitor goes first); the seconds it waited (0 when nobody fresher waits). When
+        `stop` is set meanwhile, the turn is not taken again."""
+        lease = self.lease
+        if lease is None or not self.scheduler.fresher_waiting(self.visitor, time.perf_counter() - lease.granted_at):
+            return 0.0
+        t0 = time.perf_counter()
+        self.give_back()
+        self.take(stop)
+        return time.perf_counter() - t0
 
 
 def end(job: Job, update: Update) -> None:

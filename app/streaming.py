@@ -16,12 +16,13 @@ import queue
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
 
 from sdar_core import generate
+from sdar_core.runner import default_mode
 from sdar_core.trace import Generation, StepEvent
 
 from .registry import LoadedModel
@@ -69,11 +70,32 @@ class Lane:
         self.frame = self.builder.finish(self.answer_end)
 
 
-def decode(lane: Lane, on_step=None) -> Generation:
+def decode(lane: Lane, on_step=None, turn=None, stop: threading.Event | None = None) -> Generation:
     """The lane's generation: one row, the model's stop tokens. Its events reach on_step; none is kept
-    twice (the lane keeps them), so every lane costs the decoder the same recording work."""
-    return generate(lane.loaded.model, [lane.ids], stop_token_ids=lane.loaded.stop_token_ids, trace=False,
-                    on_step=on_step, **lane.settings.generate_kwargs())
+    twice (the lane keeps them), so every lane costs the decoder the same recording work.
+
+    With the `turn` it holds (a scheduler's: `make_way`), the lane gives the device to a fresher visitor's request
+    at a block boundary and takes it back after, where that is safe: a plain runner, whose cache is the decode's own
+    (on a GPU the static runners are pooled per shape, so a lane gives way between runs only). The time it waited is
+    not the lane's: its stats leave it out."""
+    paused = 0.0
+    if turn is not None and hasattr(turn, "make_way") and default_mode(lane.loaded.model) == "plain":
+        def giving_way(event: StepEvent) -> None:
+            nonlocal paused
+            if on_step is not None:
+                on_step(event)
+            if event.final:
+                paused += turn.make_way(stop)
+                if stop is not None and stop.is_set():
+                    raise Stopped()
+        step = giving_way
+    else:
+        step = on_step
+    gen = generate(lane.loaded.model, [lane.ids], stop_token_ids=lane.loaded.stop_token_ids, trace=False,
+                   on_step=step, **lane.settings.generate_kwargs())
+    if paused:
+        gen.stats = replace(gen.stats, seconds=gen.stats.seconds - paused)
+    return gen
 
 
 DEVICE = threading.Lock()  # one model, one device: one decode at a time, held by the decode alone
@@ -139,7 +161,7 @@ def warm_up(lane: Lane, stop: threading.Event, turn=None, budget=None) -> None:
         return
     try:
         with torch.inference_mode():
-            decode(lane, on_budget(until_second_block, budget))
+            decode(lane, on_budget(until_second_block, budget), turn, stop)
     except Stopped:
         pass
     finally:
@@ -154,7 +176,7 @@ def decode_alone(lane: Lane, stop: threading.Event, turn=None, budget=None) -> G
         return None
     try:
         with torch.inference_mode():
-            return decode(lane, on_budget(None, budget))
+            return decode(lane, on_budget(None, budget), turn, stop)
     except Stopped:
         return None
     finally:
@@ -190,7 +212,9 @@ def _worker(names: list[str], lanes: dict[str, Lane], out: queue.Queue, stop: th
             out.put(_Update(name, "start"))
             try:
                 with torch.inference_mode():
-                    out.put(_Update(name, "done", decode(lanes[name], on_step)))
+                    # alone on the turn, a lane may give way at block boundaries; sharing it, never
+                    alone = release.turn if release.left == 1 else None
+                    out.put(_Update(name, "done", decode(lanes[name], on_step, alone, stop)))
             except Stopped:
                 out.put(_Update(name, "done", None))
             except BaseException as e:  # handed to the handler's thread, which raises it there

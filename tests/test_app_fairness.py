@@ -231,3 +231,35 @@ def test_finding4_stop_reaches_a_race_after_load_was_pressed_and_fresh_sessions_
     studio.stop(REQUEST)
     outputs = list(steps)
     assert outputs[-1][4] == "_Stopped._" and outputs[-1][3].empty  # no timed run after Stop
+
+
+def test_finding2_a_timed_lane_gives_way_at_a_block_boundary_and_decodes_the_same_tokens(loaded):
+    """A fresh visitor's chat that arrives while a race lane decodes (a plain runner: the CPU) is served at the lane's
+    next block boundary, not after the lane: it never waits more than about one block beyond its turn. The lane
+    then goes on and decodes exactly what it decodes alone."""
+    from app.streaming import Lane, decode
+
+    scheduler = DecodeScheduler("test", lock=threading.Lock())
+    stop = threading.Event()
+    settings = DecodeSettings(block_length=4, steps=4, strategy="static", max_new_tokens=32)
+    lane = Lane(loaded, loaded.tokenizer(PROMPT)["input_ids"], settings)
+    alone = decode(lane)
+    scheduler.charge("racer", 10.0)  # the race has had the device for a while
+    turn = SchedulerTurn(scheduler, "racer")
+    chat, seen = [], []
+
+    def on_step(event):
+        if event.final and event.block == 1 and not chat:
+            chat.append(scheduler.submit(job_for(loaded, "fresh")))  # a chat arrives during block 1
+        elif chat and not seen:
+            seen.append((event.block, chat[0].updates.qsize() > 0))
+
+    assert turn.take(stop)
+    try:
+        gen = decode(lane, on_step, turn, stop)
+    finally:
+        turn.give_back()
+    assert seen == [(2, True)]  # the chat was answered before the lane's next block began
+    assert isinstance(drain(chat[0])[-1], Finished)
+    assert gen.row_tokens(0) == alone.row_tokens(0)
+    assert scheduler.turns == ["racer", "fresh", "racer"]
