@@ -263,3 +263,27 @@ def test_finding2_a_timed_lane_gives_way_at_a_block_boundary_and_decodes_the_sam
     assert isinstance(drain(chat[0])[-1], Finished)
     assert gen.row_tokens(0) == alone.row_tokens(0)
     assert scheduler.turns == ["racer", "fresh", "racer"]
+
+
+# --- finding 3: the watch replay holds no decode slot ------------------------------------------------------------
+
+
+def test_finding3_a_paced_answer_is_replayed_by_the_page_and_its_handler_never_sleeps(studio_with, monkeypatch):
+    """Before: the watch replay ran on the server, holding a decode slot for the whole display (a fresh chat waited
+    16.3 s behind 4 paced visitors). Now the handler ends with its decode: the pace travels to the page's player,
+    no handler thread sleeps for display, and the scheduler holds nothing once the answer is sent."""
+    import time as time_module
+
+    _, chat, page, model = studio_with()
+    slept = []
+    real_sleep = time_module.sleep
+    handler = threading.get_ident()
+    monkeypatch.setattr(time_module, "sleep", lambda s: (slept.append(s) if threading.get_ident() == handler else None,
+                                                         real_sleep(s))[1])
+    ui = race_args(model, block_length=4, steps=4, max_new_tokens=24, pace_ms=1000)
+    ui.pop("repeats")
+    outputs = list(chat.respond("Tell me a story.", [], "", REQUEST, **ui))
+    live = outputs[-1][page.live]
+    assert live["pace"] == 1000 and live["status"] == "done"  # 24 tokens at 1 s a frame: the page's to play
+    assert not [s for s in slept if s >= 0.05]
+    assert all(s.load == 0 for s in chat.studio.schedulers.values())
