@@ -17,7 +17,8 @@ lane) joins the next batch.
 Visitors take turns by the device time they used, not by arrival: the next batch starts with the waiting job of
 the visitor with the least recent device-seconds (decayed with a half-life of USAGE_HALF_LIFE seconds), so a visitor
 who has been decoding for minutes waits behind a fresh one, whatever the order they came in. A race or a sweep
-borrows the device through the same queue (`Lease`): one lane's run at a time, each a turn like a batch.
+borrows the device through the same queue (`Lease`, one lane's run at a time, each a turn like a batch) and gives it
+back early, at a block boundary, when a fresher visitor is waiting (`SchedulerTurn.make_way`).
 On a GPU the batch is padded to a power of two (copies of its first row, whose steps nobody reads), so the
 captured CUDA graphs stay few. The scheduler takes the device lock (streaming.DEVICE) per batch: the race's
 timed lanes and the GPU warm-up, which take the same lock, keep the device to themselves while they run.
@@ -36,7 +37,7 @@ from sdar_core.decoding import positions_needed
 from sdar_core.trace import Stats, StepEvent
 
 from .registry import LoadedModel
-from .streaming import BUSY_WAIT, DEVICE, Busy
+from .streaming import BUSY_MESSAGE, BUSY_WAIT, DEVICE, Busy
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 16  # rows of one decode: beyond it, requests wait for the next batch
@@ -194,7 +195,7 @@ class DecodeScheduler:
                         lease.ended = True
                         if stop.is_set():
                             return None
-                        raise Busy("the studio is busy with other visitors' requests: try again in a minute")
+                        raise Busy(BUSY_MESSAGE)
                 lease.granted.wait()  # granted meanwhile: taken, and given back by the caller
                 break
         return lease

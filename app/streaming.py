@@ -100,6 +100,7 @@ def decode(lane: Lane, on_step=None, turn=None, stop: threading.Event | None = N
 
 DEVICE = threading.Lock()  # one model, one device: one decode at a time, held by the decode alone
 BUSY_WAIT = 300.0  # seconds a request waits for the device before it is told to try again
+BUSY_MESSAGE = "the studio is busy with other visitors' requests: try again in a minute"
 
 
 class Busy(RuntimeError):
@@ -113,7 +114,7 @@ def take_device(stop: threading.Event, wait: float | None = None) -> bool:
         if stop.is_set():
             return False
         if time.monotonic() > deadline:
-            raise Busy("the studio is busy with other visitors' requests: try again in a minute")
+            raise Busy(BUSY_MESSAGE)
     return True
 
 

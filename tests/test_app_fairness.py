@@ -287,3 +287,20 @@ def test_finding3_a_paced_answer_is_replayed_by_the_page_and_its_handler_never_s
     assert live["pace"] == 1000 and live["status"] == "done"  # 24 tokens at 1 s a frame: the page's to play
     assert not [s for s in slept if s >= 0.05]
     assert all(s.load == 0 for s in chat.studio.schedulers.values())
+
+
+def test_a_visitor_is_the_forwarded_client_address_else_its_own_address_else_its_session_on_loopback():
+    from app.exposure import visitor_of
+
+    def request(headers=None, host="127.0.0.1", session="s1"):
+        return types.SimpleNamespace(headers=headers or {}, client=types.SimpleNamespace(host=host),
+                                     session_hash=session)
+
+    proxied = {"X-Forwarded-For": "203.0.113.7, 10.0.0.1"}
+    assert visitor_of(request(proxied)) == visitor_of(request(proxied, session="s2")) == "ip:203.0.113.7"
+    assert visitor_of(request({"x-real-ip": "198.51.100.2", **proxied})) == "ip:198.51.100.2"
+    assert visitor_of(request(host="192.0.2.5")) == visitor_of(request(host="192.0.2.5", session="s9"))  # fresh
+    assert visitor_of(request()) != visitor_of(request(session="s2"))  # this machine's own tabs: one per session
+    assert visitor_of(request({"Forwarded": 'for="[2001:db8::1]";proto=https'})) == "ip:2001:db8::1"
+    assert visitor_of(request({"X-Forwarded-Host": "studio.example"})) == "ip:127.0.0.1"  # a proxy, not a session
+    assert visitor_of(None) == ""
