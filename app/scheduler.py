@@ -143,7 +143,7 @@ class DecodeScheduler:
     def __init__(self, name: str = "device", max_batch: int = MAX_BATCH, lock: threading.Lock = DEVICE) -> None:
         self.name, self.max_batch, self.lock = name, max_batch, lock
         self.waiting: list[Job | Lease] = []
-        self.running = 0  # rows of the batch in flight
+        self.in_flight: list = []  # the batch (or the lease) on the device
         self.batches = 0  # decodes started so far
         self.usage: dict[str, tuple[float, float]] = {}  # visitor -> (device-seconds, perf_counter when counted)
         self.turns: list[str] = []  # the visitors served, in order (the last TURNS_KEPT): what tests read
@@ -154,7 +154,7 @@ class DecodeScheduler:
     def load(self) -> int:
         """Rows waiting or decoding: what routing to the least-loaded device compares."""
         with self._cv:
-            return len(self.waiting) + self.running
+            return len(self.waiting) + sum(not job.ended for job in self.in_flight)
 
     def submit(self, job: Job) -> Job:
         """Queue `job` (checked first: a request that cannot decode fails here, in the caller's thread, and never
@@ -250,7 +250,7 @@ class DecodeScheduler:
                         end(job, Failed(e))
                 finally:
                     with self._cv:
-                        self.running = 0
+                        self.in_flight = []
 
     def _wait_for_work(self) -> None:
         with self._cv:
@@ -277,7 +277,7 @@ class DecodeScheduler:
             batch = [j for j in order if j.key == key][: self.max_batch]
             for job in batch:
                 self.waiting.remove(job)
-            self.running = len(batch)
+            self.in_flight = batch
             self.turns = (self.turns + [batch[0].visitor])[-TURNS_KEPT:]
             return batch
 
@@ -288,7 +288,8 @@ class DecodeScheduler:
         lease.returned.wait()
         self.charge(lease.visitor, time.perf_counter() - t0)
         with self._cv:
-            self.running = 0
+            lease.ended = True
+            self.in_flight = []
 
     def run(self, batch: list[Job]) -> None:
         """One decode of the batch's rows (the caller holds the device), each job told its steps and its end as
