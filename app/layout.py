@@ -12,8 +12,10 @@ from .chat import LIVE_PLACEHOLDER
 from .run import WATCH_MS
 from .race import DEFAULT_REPEATS, PARALLEL, REPEATS, SEQUENTIAL, SWEEP_BLOCKS, SWEEP_THRESHOLDS, lane_html
 from .player import DenoisePlayer
+from .prompting import DEFAULT_SYSTEM
 from .render import block_table
-from .settings import MAX_BLOCK_LENGTH, MAX_MESSAGE_CHARS, MAX_NEW_TOKENS, MAX_SYSTEM_CHARS, SDAR_STRATEGIES
+from .settings import (MAX_BLOCK_LENGTH, MAX_MESSAGE_CHARS, MAX_NEW_TOKENS, MAX_SYSTEM_CHARS, SDAR_STRATEGIES,
+                       DecodeSettings)
 from .visualizer import EMPTY
 
 # Fonts that ship with gradio (served by the app itself): the page fetches nothing from the internet.
@@ -46,6 +48,7 @@ VIS_EXAMPLES = examples.prompts(examples.VISUALIZER)
 RACE_PROMPT = examples.SUM.prompt
 RACE_EXAMPLES = examples.prompts(examples.RACE)
 SWEEP_DEFAULT_BLOCKS = [4, 8, 16]
+DEFAULTS = DecodeSettings()  # the page opens on the decoding settings the examples are checked at
 SWEEP_DEFAULT_THRESHOLDS = [0.95, 0.9, 0.8, 0.7]
 
 
@@ -94,24 +97,27 @@ def _settings_column(p: Page, default_model: str, choices: list[str], model_info
                               elem_id="sdar-model")
     p.load_btn = gr.Button("Load", size="sm")
     p.model_info = gr.Markdown(model_info, elem_id="sdar-model-info")
+    with gr.Accordion("System prompt (sent by every tab)", open=False, elem_id="sdar-system-prompt"):
+        p.system = gr.Textbox(value=DEFAULT_SYSTEM, show_label=False, lines=2, max_length=MAX_SYSTEM_CHARS,
+                              elem_id="sdar-system")
     with gr.Accordion("Decoding", open=True):
-        block = gr.Slider(1, MAX_BLOCK_LENGTH, value=4, step=1, label="Block length", elem_id="sdar-block-length")
+        block = gr.Slider(1, MAX_BLOCK_LENGTH, value=DEFAULTS.block_length, step=1, label="Block length", elem_id="sdar-block-length")
         p.decode_note = gr.Markdown(elem_id="sdar-decode-note")  # an untrained block; why controls are greyed out
         p.decode = {  # DecodeRequest's field names -> their components, in the API's order
             "model_name": p.model_box,
             "block_length": block,
-            "steps": gr.Slider(1, MAX_BLOCK_LENGTH, value=4, step=1,
+            "steps": gr.Slider(1, MAX_BLOCK_LENGTH, value=DEFAULTS.steps, step=1,
                                label="Denoising steps per block (at most the block length)", elem_id="sdar-steps"),
-            "strategy": gr.Radio(list(SDAR_STRATEGIES), value="dynamic", label="Unmasking strategy",
+            "strategy": gr.Radio(list(SDAR_STRATEGIES), value=DEFAULTS.strategy, label="Unmasking strategy",
                                  elem_id="sdar-strategy"),
-            "threshold": gr.Slider(0.01, 1.0, value=0.9, step=0.01, label="Confidence threshold (dynamic)",
+            "threshold": gr.Slider(0.01, 1.0, value=DEFAULTS.threshold, step=0.01, label="Confidence threshold (dynamic)",
                                    elem_id="sdar-threshold"),
-            "temperature": gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)",
+            "temperature": gr.Slider(0.0, 2.0, value=DEFAULTS.temperature, step=0.05, label="Temperature (0 = greedy)",
                                      elem_id="sdar-temperature"),
-            "top_p": gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p"),
-            "max_new_tokens": gr.Slider(1, MAX_NEW_TOKENS, value=128, step=1, label="Max new tokens",
+            "top_p": gr.Slider(0.05, 1.0, value=DEFAULTS.top_p, step=0.05, label="Top-p"),
+            "max_new_tokens": gr.Slider(1, MAX_NEW_TOKENS, value=DEFAULTS.max_new_tokens, step=1, label="Max new tokens",
                                         elem_id="sdar-max-new-tokens"),
-            "seed": gr.Number(value=0, precision=0, minimum=0, label="Seed", info="used when temperature > 0",
+            "seed": gr.Number(value=DEFAULTS.seed, precision=0, label="Seed", info="used when temperature > 0",
                               elem_id="sdar-seed"),
         }
         p.new_seed = gr.Button("New random seed", size="sm", elem_id="sdar-new-seed")
@@ -131,9 +137,6 @@ def _chat_tab(p: Page) -> None:
         p.clear = gr.Button("Clear", scale=1, elem_id="sdar-clear")
     p.chat_note = gr.Markdown(elem_id="sdar-chat-note")  # errors and notes, in place: never over the chat
     gr.Examples(CHAT_EXAMPLES, inputs=p.message, label="Examples", elem_id="sdar-examples")
-    with gr.Accordion("System prompt", open=False):
-        p.system = gr.Textbox(value="You are a helpful assistant.", show_label=False, lines=2,
-                              max_length=MAX_SYSTEM_CHARS)
     p.live = DenoisePlayer(LIVE_PLACEHOLDER, label="Block being denoised", elem_id="sdar-live")
     p.chat_stats = gr.Markdown(elem_id="sdar-chat-stats")
 

@@ -19,10 +19,10 @@ import pandas as pd
 from .benchmarks import read_results
 from .charts import gpu_figure, gpu_table, race_figure, sweep_figures, sweep_table
 from .errors import explains_in_place
-from .prompting import conversation, prompt_ids
+from .prompting import DEFAULT_SYSTEM, conversation, prompt_ids
 from .registry import ar_twin_name
 from .render import frame_html, placeholder_html
-from .settings import (MAX_MESSAGE_CHARS, DecodeRequest, DecodeSettings, Range, SettingsError, checked_text,
+from .settings import (MAX_MESSAGE_CHARS, MAX_SYSTEM_CHARS, DecodeRequest, DecodeSettings, Range, SettingsError, checked_text,
                        shown)
 from .streaming import Lane, decode_alone, stream, warm_up
 from .studio import Studio
@@ -184,7 +184,8 @@ class Race:
         self.studio = studio
 
     @explains_in_place(6, at=4)  # in the headline, under the lanes
-    def race(self, prompt, mode, use_twin, request: gr.Request, repeats=DEFAULT_REPEATS, **ui):
+    def race(self, prompt, mode, use_twin, request: gr.Request, repeats=DEFAULT_REPEATS, system=DEFAULT_SYSTEM,
+             **ui):
         """Race AR and SDAR (and the AR twin) on one prompt, `repeats` timed runs each after an untimed warm-up;
         `ui` holds the decoding inputs by name. Outputs: AR lane, SDAR lane, twin lane, table, speedup, chart."""
         prompt = checked_text("prompt", prompt, MAX_MESSAGE_CHARS)
@@ -193,7 +194,8 @@ class Race:
         if mode not in (SEQUENTIAL, PARALLEL):
             raise SettingsError(f"race mode must be {SEQUENTIAL!r} or {PARALLEL!r}, got {shown(mode)}")
         repeats = REPEATS.parse(repeats)
-        board = self.board(DecodeRequest.from_ui(ui), prompt, use_twin)
+        system = checked_text("system prompt", system, MAX_SYSTEM_CHARS)
+        board = self.board(DecodeRequest.from_ui(ui), conversation(system, [], prompt), use_twin)
         stop = self.studio.arm_stop(request)
         for lane in board.lanes.values():
             lane.state = "warming"
@@ -213,13 +215,14 @@ class Race:
         else:
             yield board.outputs()
 
-    def board(self, req: DecodeRequest, prompt: str, use_twin: bool) -> Board:
-        """AR and SDAR lanes on the same weights, and AR on the twin (sdar-X -> ar-X) when asked and present."""
+    def board(self, req: DecodeRequest, messages: list[dict], use_twin: bool) -> Board:
+        """AR and SDAR lanes on the same weights, and AR on the twin (sdar-X -> ar-X) when asked and present, each
+        answering `messages`."""
         loaded = self.studio.ready(req.model_name)
         if not loaded.is_sdar:
             raise gr.Error(f"{loaded.display_name} is an autoregressive model: the race needs an SDAR model "
                            "(it decodes the same weights both ways).")
-        messages, s = conversation("", [], prompt), req.settings
+        s = req.settings
         ids, _ = prompt_ids(loaded.tokenizer, messages)
         lanes = {"ar": Lane(loaded, ids, s.as_ar()), "sdar": Lane(loaded, ids, s)}
         titles = {"ar": f"AR on the same weights ({loaded.display_name})",
@@ -235,10 +238,12 @@ class Race:
         return Board(lanes, titles, runs, missing)
 
     @explains_in_place(4, at=0)  # above the charts
-    def sweep(self, prompt, model_name, block_lengths, thresholds, max_new_tokens, request: gr.Request):
+    def sweep(self, prompt, model_name, block_lengths, thresholds, max_new_tokens, system=DEFAULT_SYSTEM,
+              request: gr.Request = None):
         """Dynamic decoding over block lengths x thresholds (steps = block length), and AR once.
         Outputs: a note (why it stopped or was refused), TPF figure, tokens/s figure, table."""
         prompt = checked_text("prompt", prompt, MAX_MESSAGE_CHARS)
+        system = checked_text("system prompt", system, MAX_SYSTEM_CHARS)
         if not prompt:
             raise gr.Error("Type a prompt first.", title="Empty prompt")
         blocks = sorted({_choice("block length", b, SWEEP_BLOCKS, lambda v: int(float(v)))
@@ -251,7 +256,7 @@ class Race:
         loaded = self.studio.ready(model_name)
         if not loaded.is_sdar:
             raise gr.Error(f"{loaded.display_name} is an autoregressive model: the sweep needs an SDAR model.")
-        ids, _ = prompt_ids(loaded.tokenizer, conversation("", [], prompt))
+        ids, _ = prompt_ids(loaded.tokenizer, conversation(system, [], prompt))
         stop = self.studio.arm_stop(request)
         runs = [("ar", None, None)] + [("sdar", b, t) for b in blocks for t in thrs]
         records, ar, note = [], None, ""

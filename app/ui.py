@@ -213,18 +213,22 @@ def _wire_chat(p: Page, chat: Chat, vis: Visualizer, describe) -> None:
 
 
 def _wire_visualizer(p: Page, vis: Visualizer, describe) -> None:
-    decode = {**p.decode, "pace_ms": p.pace}
+    decode = {**p.decode, "pace_ms": p.pace, "system": p.system}
     outputs = [p.recording, p.vis_title, p.vis_player, p.blocks, p.trace_files]
-    run = p.vis_run.click(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, api_name="visualize",
-                          **GENERATION)
+    # The previous recording leaves the tab the moment Run is pressed (a light event), not when the decode starts.
+    run = p.vis_run.click(vis.pending, [p.vis_prompt], outputs[1:], inputs_kwargs=decode, **PRIVATE, **LIGHT
+                          ).then(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, api_name="visualize",
+                                 **GENERATION)
     run.then(describe, p.model_box, p.model_info, **PRIVATE, **LIGHT)
-    submit = p.vis_prompt.submit(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, **PRIVATE, **GENERATION)
+    submit = p.vis_prompt.submit(vis.pending, [p.vis_prompt], outputs[1:], inputs_kwargs=decode, **PRIVATE, **LIGHT
+                                 ).then(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, **PRIVATE,
+                                        **GENERATION)
     for event in (run, submit):  # the reason stays in the title; the outputs settle again
         event.failure(lambda: [gr.skip()] * 4, None, outputs[1:], **PRIVATE, **LIGHT)
 
 
 def _wire_race(p: Page, race: Race, demo: gr.Blocks) -> None:
-    decode = {**p.decode, "mode": p.race_mode, "use_twin": p.use_twin, "repeats": p.race_repeats}
+    decode = {**p.decode, "mode": p.race_mode, "use_twin": p.use_twin, "repeats": p.race_repeats, "system": p.system}
     outputs = [*p.lanes, p.race_table, p.race_speedup, p.race_chart]
     run = p.race_btn.click(gpu(race.race), [p.race_prompt], outputs, inputs_kwargs=decode, api_name="race",
                            **RACE)
@@ -232,7 +236,8 @@ def _wire_race(p: Page, race: Race, demo: gr.Blocks) -> None:
     p.race_stop.click(race.studio.stop, None, None, **PRIVATE, queue=False)
     sweep_outputs = [p.sweep_note, p.sweep_tpf, p.sweep_speed, p.sweep_df]
     sweep = p.sweep_btn.click(gpu(race.sweep), [p.race_prompt, p.model_box, p.sweep_blocks, p.sweep_thrs,
-                                                p.sweep_tokens], sweep_outputs, api_name="sweep", **RACE)
+                                                p.sweep_tokens, p.system], sweep_outputs, api_name="sweep",
+                              **RACE)
     sweep.failure(lambda: [gr.skip()] * 3, None, sweep_outputs[1:], **PRIVATE, **LIGHT)  # the reason stays above
     gpu_outputs = [p.gpu_plot, p.gpu_df, p.gpu_notes]
     p.gpu_refresh.click(race.gpu_results, None, gpu_outputs, api_name="gpu_results", **LIGHT)
