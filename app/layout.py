@@ -161,11 +161,12 @@ def _race_tab(p: Page) -> None:
     with gr.Row():
         p.race_mode = gr.Radio([SEQUENTIAL, PARALLEL], value=SEQUENTIAL, label="Run", scale=3)
         p.race_repeats = gr.Slider(REPEATS.lo, REPEATS.hi, value=DEFAULT_REPEATS, step=1, scale=2,
-                                   label="Timed runs per lane", info="after an untimed warm-up; median shown")
+                                   label="Timed runs per lane", info="after an untimed warm-up; median shown",
+                                   elem_id="sdar-race-repeats")
         p.use_twin = gr.Checkbox(value=True, label="Include the AR twin when there is one", scale=2)
         p.race_btn = gr.Button("Race", variant="primary", scale=1, elem_id="sdar-race")
         p.race_stop = gr.Button("Stop", variant="stop", scale=1)
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=True, elem_id="sdar-race-lanes"):
         p.lanes = [gr.HTML(lane_html(title), elem_classes="sdar-lane", elem_id=f"sdar-lane-{name}")
                    for name, title in (("ar", "AR on the same weights"), ("sdar", "SDAR"), ("twin", "AR twin"))]
     p.race_speedup = gr.Markdown(elem_id="sdar-speedup")

@@ -245,7 +245,7 @@ function mount(element, props, watch) {
       $(".sdar-frame").innerHTML = '<span class="sdar-quiet">' + esc(v.note || (v.status === "decoding" ?
         "Decoding\u2026" : "Nothing to show yet.")) + "</span>";
       $(".sdar-where").textContent = "";
-      root.dataset.frame = "-1"; root.dataset.masked = "0";
+      root.dataset.frame = "-1"; root.dataset.masked = "0"; root.dataset.filled = "0";
       if (withHeatmap) drawHeatmap($(".sdar-heatmap"), v, frames, -1);
       return;
     }
@@ -260,6 +260,7 @@ function mount(element, props, watch) {
     $(".sdar-count").textContent = "frame " + (i + 1) + " of " + frames.length + (v.status === "decoding" ? "+" : "");
     root.dataset.frame = String(i);
     root.dataset.masked = String(frame.block.filter((c) => c.tok === null).length);
+    root.dataset.filled = String(frame.block.filter((c) => c.tok !== null).length);
     root.dataset.text = frameText(frame, v);
     if (withHeatmap) drawHeatmap($(".sdar-heatmap"), v, frames, i);
   }

@@ -206,8 +206,10 @@ class Race:
             if stop.is_set():
                 break
             lanes = board.new_round(r, repeats)
+            # Until a timed run has finished, the headline says what the lanes are doing (not the warm-up's note).
+            note = None if board.timings else f"_Timed run {r + 1} of {repeats}: decoding…_"
             for _ in stream(lanes, stop, parallel=mode == PARALLEL):
-                yield board.outputs(lanes_only=True)
+                yield board.outputs(note, lanes_only=True)
             board.collect()
             yield board.outputs()
         if stop.is_set() or any(lane.state == "stopped" for lane in board.lanes.values()):

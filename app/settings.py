@@ -59,7 +59,8 @@ class Range:
             raise SettingsError(f"{self.label} must be a number, got {shown(value)}") from None
         if math.isnan(x) or (x <= self.lo if self.lo_open else x < self.lo) or x > self.hi:
             bracket = "(" if self.lo_open else "["
-            raise SettingsError(f"{self.label} must be in {bracket}{self.lo:g}, {self.hi:g}], got {shown(value)}")
+            lo, hi = (f"{int(v)}" if self.integer else f"{v:g}" for v in (self.lo, self.hi))
+            raise SettingsError(f"{self.label} must be in {bracket}{lo}, {hi}], got {shown(value)}")
         if not self.integer:
             return x
         if x != int(x):

@@ -116,7 +116,7 @@ def test_bad_input_gives_a_readable_error_and_the_app_keeps_working(served):
         (dict(block_length=100, steps=4), "maximum|block length"),
         (dict(temperature=-1), "minimum|temperature"),
         (dict(top_p=0.0), "minimum|top-p"),
-        (dict(seed=-3), "minimum|seed"),
+        (dict(seed=-3), "Seed must be in [0, 2147483647], got -3"),  # checked by the handler, in place
         (dict(pace_ms=10_000), "maximum|delay"),
         (dict(strategy="magic"), "strategy|magic"),
         (dict(model="/no/such/checkpoint"), "is not offered by this studio"),  # the default: offered models only

@@ -243,7 +243,7 @@ def test_the_visualizer_scrubs_the_decode_and_its_heatmap_follows(page):
     assert page.evaluate("document.querySelector('#sdar-vis-player .sdar-heatmap').dataset.shownStep") == str(step)
     assert "global steps" in page.locator("#sdar-blocks").inner_text()
     shoot(page, "visualizer.png")
-    set_decoding(page, 4, 4, 0.9)
+    set_decoding(page, 16, 16, 0.99)  # the page's defaults again
 
 
 def test_the_race_runs_ar_sdar_and_the_twin(page):
