@@ -48,6 +48,16 @@ TOKENIZER = REPO / "tests" / "fixtures" / "sdar-4b-chat"
 MESSAGE = "Explain in detail how a block-diffusion language model decodes a long answer."
 TPS = re.compile(r"\*\*([\d.]+)\*\* tokens/s")
 NFE = re.compile(r"\*\*NFE\*\* (\d+)")
+TOKENS = re.compile(r"(\d+) tokens ·")
+
+
+def figure(pattern: re.Pattern, stats: str) -> float:
+    """The number `pattern` finds in the page's stats line; the page's own text when it is not there (an error shown
+    in place of the stats is reported as what it says, not as a failed match)."""
+    found = pattern.search(stats or "")
+    if found is None:
+        raise ValueError(f"the page showed no {pattern.pattern!r} figure: {(stats or '(nothing)')[:200]!r}")
+    return float(found.group(1))
 
 
 @dataclass(frozen=True)
@@ -219,7 +229,8 @@ def streamed(client, api_name: str, *args, has_frame=has_steps, **kwargs) -> tup
             first = first if first is not None else now
         last = out
     last = job.outputs()[-1] if job.outputs() else last
-    fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 2 and times[-1] > times[0] else None
+    span = times[-1] - times[0] if times else 0.0  # outputs that came together give no rate, not a huge one
+    fps = (len(times) - 1) / span if len(times) > 2 and span > 0.1 else None
     return time.perf_counter() - t0, first, frames, last, fps
 
 
@@ -256,8 +267,8 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
                 wall, first, frames, out, fps = streamed(client, "/chat", message=MESSAGE,
                                                          **s.ui(str(sdar), args.new_tokens))
                 stats = out[3]  # chatbot, message box, live view, stats (the gr.State outputs are not in the API)
-                runs.append((float(TPS.search(stats).group(1)), first, fps, wall))
-                row.forwards = int(NFE.search(stats).group(1))
+                runs.append((figure(TPS, stats), first, fps, wall))
+                row.forwards = int(figure(NFE, stats))
                 print(f"studio chat {s.name} #{i + 1}: {runs[-1][0]:.1f} tokens/s, first frame {first:.2f} s, "
                       f"{frames} frames", flush=True)
             row.first_request_tps = runs[0][0]
@@ -274,8 +285,8 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
         wall, first, _, out, fps = streamed(client, "/chat", message="Say it again, shorter.",
                                             **SETTINGS[0].ui(str(sdar), args.new_tokens))  # the 3rd
         follow.studio_tps, follow.first_frame_s, follow.frames_per_s, follow.wall_s = \
-            float(TPS.search(out[3]).group(1)), first, fps, wall
-        follow.forwards = int(NFE.search(out[3]).group(1))
+            figure(TPS, out[3]), first, fps, wall
+        follow.forwards = int(figure(NFE, out[3]))
         rows[("chat, 3rd turn", SETTINGS[0].name)] = follow
         if spy is not None:
             spy.wait(60)
@@ -306,7 +317,20 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
         app.stop()
         info["log"] = [f"{t:7.2f} s  {line}" for t, line in app.lines
                        if "warm-up" in line or "loaded" in line or "running" in line or "Error" in line]
+        info["served"] = served_timelines([line for _, line in app.lines])
     return info
+
+
+SERVED = re.compile(r"served a chat answer: (\d+) tokens, waited ([\d.]+) s for the device, decoded in ([\d.]+) s "
+                    r"\(batch (\d+)\), answered ([\d.]+) s after the request")
+
+
+def served_timelines(lines: list[str]) -> list[dict]:
+    """The server's own account of each chat answer (app/chat.py logs it): where its time went before Gradio sent
+    it. A visitor's wall time minus `answered_s` is Gradio's delivery and the client."""
+    found = (SERVED.search(line) for line in lines)
+    return [{"tokens": int(m[1]), "waited_s": float(m[2]), "decoded_s": float(m[3]), "batch": int(m[4]),
+             "answered_s": float(m[5])} for m in found if m]
 
 
 @dataclass
@@ -366,8 +390,8 @@ def visit(client, v: Visitor, message: str, ui: dict, barrier: threading.Barrier
         outputs = job.outputs()
         v.wall_s = time.perf_counter() - t0
         stats = outputs[-1][3]
-        v.page_tps = float(TPS.search(stats).group(1))
-        v.tokens = int(re.search(r"(\d+) tokens ·", stats).group(1))
+        v.page_tps = figure(TPS, stats)
+        v.tokens = int(figure(TOKENS, stats))
         shared = re.search(r"one batch with (\d+) other", stats)
         v.batch = int(shared.group(1)) + 1 if shared else 1
         v.bytes = streamed_bytes(outputs)
@@ -384,7 +408,7 @@ def crowd_rows(url: str, sdar: Path, args) -> list[Visitor]:
     for s in SETTINGS:
         for n in args.crowd:
             for rnd in (1, 2):
-                clients = [Client(url, verbose=False) for _ in range(n)]
+                clients = [Client(url, verbose=False, analytics_enabled=False) for _ in range(n)]
                 barrier = threading.Barrier(n)
                 crowd = [Visitor(n, s.name, rnd, i + 1) for i in range(n)]
                 threads = [threading.Thread(target=visit, args=(c, v, m, s.ui(str(sdar), args.new_tokens), barrier))
@@ -393,6 +417,8 @@ def crowd_rows(url: str, sdar: Path, args) -> list[Visitor]:
                     t.start()
                 for t in threads:
                     t.join(600)
+                for c in clients:  # each keeps a heartbeat stream to the server: a crowd leaves none behind
+                    c.close()
                 visitors += crowd
                 walls = [v.wall_s for v in crowd if v.wall_s is not None]
                 print(f"crowd {n} {s.name} round {rnd}: makespan {max(walls):.2f} s, median "
@@ -454,6 +480,16 @@ def write_outputs(out: Path, rows: list[Row], info: dict, visitors: list[Visitor
                          f"{fmt(c['median_wall_s'], 2)} | {fmt(c['median_first_token_s'], 2)} | "
                          f"{fmt(c['median_page_tps'])} | {c['median_bytes'] or ''} | {fmt(c['aggregate_tps'])} | "
                          f"{fmt(c['engine_batch_tps'])} | {fmt(c['aggregate_over_engine'], 3)} |")
+    served = info.get("served") or []
+    if served:
+        def spread(key: str) -> str:
+            xs = sorted(t[key] for t in served)
+            return (f"p50 {statistics.median(xs):.3f} s, p95 {xs[min(len(xs) - 1, int(0.95 * len(xs)))]:.3f} s, "
+                    f"max {xs[-1]:.3f} s")
+
+        lines += ["", f"Server side, {len(served)} chat answers (app/chat.py's log): waited for the device "
+                  f"{spread('waited_s')}; decoded {spread('decoded_s')}; answered after the request "
+                  f"{spread('answered_s')}."]
     (out / "summary.md").write_text("\n".join(lines) + "\n\n" + "\n".join(info.get("log", [])) + "\n")
     print("\n".join(lines))
 

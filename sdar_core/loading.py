@@ -335,6 +335,17 @@ def check_state(model: SDARForCausalLM, state: dict[str, torch.Tensor]) -> dict[
     return {k: state[k] for k in expected}
 
 
+def empty_model(config: ModelConfig) -> SDARForCausalLM:
+    """The model with every parameter and buffer on the meta device (no memory, no random init), for load_state.
+
+    Built under `torch.device("meta")`, which holds for this thread only. accelerate's `init_empty_weights` patches
+    `nn.Module.register_parameter` for the whole process instead: a model built on another thread meanwhile got meta
+    parameters, and two loads on two threads (the studio loads in the background) could leave the patch installed
+    for good, after which every new module of the process was empty."""
+    with torch.device("meta"):
+        return SDARForCausalLM(config)
+
+
 def load_state(model: SDARForCausalLM, state: dict[str, torch.Tensor], *, device, dtype) -> None:
     """Put `state` into `model` (possibly on the meta device), checking every name and shape."""
     state = check_state(model, state)
@@ -455,10 +466,7 @@ def _load_pretrained(path_or_hub_id, device, dtype, device_map, with_tokenizer: 
     files = _weight_files(folder)
     tokenizer = load_tokenizer(folder) if with_tokenizer else None
     _set_mask_token(config, tokenizer, folder)
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():  # parameters on the meta device: nothing is allocated before the shapes match
-        model = SDARForCausalLM(config)
+    model = empty_model(config)  # parameters on the meta device: nothing is allocated before the shapes match
     # Each stacked expert tensor of the model stands for E or 2E per-expert tensors in the public checkpoints.
     per_expert_names = config.num_sparse_layers() * (3 * config.num_experts - 2)
     check_state(model, _read_headers(files, max_tensors=len(model.state_dict()) + per_expert_names + 16))
@@ -528,6 +536,7 @@ def _dispatch(model: SDARForCausalLM, files: list[Path], device_map, dtype) -> S
         set_module_tensor_to_device(model, name, device_map[owner], value=tensor, dtype=dtype)
     if model.config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
+    model.reset_rope(torch.device("cpu"))  # the meta-built buffer gets data before accelerate places the modules
     model = dispatch_model(model, device_map=device_map)
     first = next(iter(device_map.values()))
     model.reset_rope(torch.device(f"cuda:{first}") if isinstance(first, int) else torch.device(first))

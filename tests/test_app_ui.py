@@ -48,7 +48,11 @@ def test_chat_returns_the_answer_the_live_block_and_the_stats(served):
     assert [m["role"] for m in chatbot] == ["user", "assistant", "user", "assistant"]
     assert client.predict(api_name="/clear")[0] == []
     info = client.predict(str(model), api_name="/describe_model")
-    assert "block size **4**" in info and "device **cpu**" in info and "float32" in info
+    from sdar_core.device import default_device, default_dtype
+
+    device = default_device()  # the studio's own choice: cuda:0 with bfloat16 on the GPU machine
+    assert "block size **4**" in info and f"device **{device}" in info
+    assert str(default_dtype(device)).removeprefix("torch.") in info
 
 
 def test_visualizer_shows_the_steps_the_table_and_downloads(served):

@@ -222,16 +222,12 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainerState, keep: in
 
 def save_final(accelerator, model, tokenizer, recipe: Recipe, path: Path) -> None:
     """The HF-format checkpoint: the full state dict (gathered under FSDP) in a CPU model, via save_pretrained."""
-    from accelerate import init_empty_weights
-
-    from sdar_core.loading import load_state, save_pretrained
-    from sdar_core.model import SDARForCausalLM
+    from sdar_core.loading import empty_model, load_state, save_pretrained
 
     state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         config = accelerator.unwrap_model(model).config
-        with init_empty_weights():
-            cpu_model = SDARForCausalLM(config)
+        cpu_model = empty_model(config)
         load_state(cpu_model, {k: v.float() for k, v in state.items()}, device="cpu", dtype=torch.float32)
         dtype = torch.bfloat16 if recipe.save_dtype == "bfloat16" else torch.float32
         save_pretrained(cpu_model, tokenizer, path, dtype=dtype, max_shard_bytes=int(recipe.max_shard_mb * 2**20))

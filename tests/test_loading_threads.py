@@ -1,0 +1,61 @@
+"""Loading builds its empty model for this thread only: the studio loads checkpoints on background threads while
+other threads build modules and decode. (accelerate's `init_empty_weights` patches nn.Module for the whole process:
+on the GPU machine two overlapping loads left the patch installed, and every module built afterwards, in any thread,
+came out on the meta device: the warm-up, the chat and the tests that followed all failed.)"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import nn
+
+import sdar_core.loading as loading
+from sdar_core import load_pretrained
+from test_loading import small_checkpoint
+
+
+def test_a_module_built_while_another_thread_loads_gets_real_parameters(tmp_path, monkeypatch):
+    small_checkpoint(tmp_path)
+    inside, release = threading.Event(), threading.Event()
+
+    class Held(loading.SDARForCausalLM):
+        def __init__(self, config):
+            super().__init__(config)
+            inside.set()
+            assert release.wait(30)
+
+    monkeypatch.setattr(loading, "SDARForCausalLM", Held)
+    loader = threading.Thread(target=load_pretrained, args=(tmp_path,), kwargs=dict(device="cpu",
+                                                                                   with_tokenizer=False))
+    loader.start()
+    try:
+        assert inside.wait(30)
+        assert nn.Linear(3, 3).weight.device.type == "cpu"  # built on this thread while the load is inside
+        assert torch.zeros(2).device.type == "cpu"
+    finally:
+        release.set()
+        loader.join(30)
+
+
+def test_overlapping_loads_on_two_threads_leave_nothing_behind(tmp_path):
+    small_checkpoint(tmp_path)
+    models, errors = [], []
+
+    def load_many():
+        try:
+            for _ in range(6):
+                models.append(load_pretrained(tmp_path, device="cpu", with_tokenizer=False)[0])
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=load_many) for _ in range(3)]
+    for t in threads:
+        t.start()
+    built = [nn.Linear(4, 4) for _ in range(50)]  # meanwhile, on this thread
+    for t in threads:
+        t.join(60)
+    assert not errors and len(models) == 18
+    assert all(p.device.type == "cpu" for m in built for p in m.parameters())
+    assert all(t.device.type == "cpu" for m in models for t in [*m.parameters(), *m.buffers()])
+    assert nn.Linear(2, 2).weight.device.type == "cpu"  # and afterwards
