@@ -18,10 +18,21 @@ from .settings import (MAX_BLOCK_LENGTH, MAX_MESSAGE_CHARS, MAX_NEW_TOKENS, MAX_
                        DecodeSettings)
 from .visualizer import EMPTY
 
-# Fonts that ship with gradio (served by the app itself): the page fetches nothing from the internet.
-THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate",
-                       font=[gr.themes.GoogleFont("IBM Plex Sans"), "ui-sans-serif", "system-ui", "sans-serif"],
-                       font_mono=[gr.themes.GoogleFont("IBM Plex Mono"), "ui-monospace", "Consolas", "monospace"])
+# The system's own fonts: complete faces on every platform (the theme's bundled web font lacked most glyphs, so
+# bold labels mixed two fonts), nothing fetched. Labels are quiet text above their control, not coloured chips.
+SANS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial",
+        "Noto Sans", "Liberation Sans", "sans-serif"]
+MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation Mono", "DejaVu Sans Mono", "monospace"]
+THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate", font=SANS, font_mono=MONO).set(
+    block_label_background_fill="transparent", block_label_background_fill_dark="transparent",
+    block_label_text_color="*neutral_600", block_label_text_color_dark="*neutral_300",
+    block_label_text_weight="500", block_label_border_width="0px", block_label_shadow="none",
+    block_title_text_weight="500", block_title_text_color="*neutral_700", block_title_background_fill="transparent",
+    block_title_padding="0", block_label_padding="0 0 4px 0", section_header_text_weight="500",
+    button_large_text_weight="500", button_small_text_weight="500")
+STRATEGY_INFO = ("how a step picks the positions it commits · static: the same number every step · dynamic: every "
+                 "position whose confidence passes the threshold (at least the static number) · sequential: left "
+                 "to right · entropy: the positions the model is least uncertain about")
 CSS = """
 #sdar-header h1 {margin-bottom: 0}
 .sdar-lane {min-height: 160px}
@@ -109,7 +120,7 @@ def _settings_column(p: Page, default_model: str, choices: list[str], model_info
             "steps": gr.Slider(1, MAX_BLOCK_LENGTH, value=DEFAULTS.steps, step=1,
                                label="Denoising steps per block (at most the block length)", elem_id="sdar-steps"),
             "strategy": gr.Radio(list(SDAR_STRATEGIES), value=DEFAULTS.strategy, label="Unmasking strategy",
-                                 elem_id="sdar-strategy"),
+                                 info=STRATEGY_INFO, elem_id="sdar-strategy"),
             "threshold": gr.Slider(0.01, 1.0, value=DEFAULTS.threshold, step=0.01, label="Confidence threshold (dynamic)",
                                    elem_id="sdar-threshold"),
             "temperature": gr.Slider(0.0, 2.0, value=DEFAULTS.temperature, step=0.05, label="Temperature (0 = greedy)",
@@ -129,12 +140,13 @@ def _settings_column(p: Page, default_model: str, choices: list[str], model_info
 def _chat_tab(p: Page) -> None:
     p.chatbot = gr.Chatbot(label="Chat", height=360, elem_id="sdar-chatbot",
                            placeholder="Ask something: the answer is denoised block by block.")
-    with gr.Row():
-        p.message = gr.Textbox(placeholder="Your message", show_label=False, scale=5, elem_id="sdar-message",
-                               lines=1, max_lines=6, max_length=MAX_MESSAGE_CHARS)
-        p.send = gr.Button("Send", variant="primary", scale=1, elem_id="sdar-send")
-        p.stop = gr.Button("Stop", variant="stop", scale=1, elem_id="sdar-stop")
-        p.clear = gr.Button("Clear", scale=1, elem_id="sdar-clear")
+    # The message box takes the tab's full width; the buttons sit under it, sized to their words.
+    p.message = gr.Textbox(placeholder="Your message (Enter sends)", show_label=False, elem_id="sdar-message",
+                           lines=1, max_lines=6, max_length=MAX_MESSAGE_CHARS)
+    with gr.Row(elem_id="sdar-chat-buttons"):
+        p.send = gr.Button("Send", variant="primary", scale=0, min_width=110, elem_id="sdar-send")
+        p.stop = gr.Button("Stop", variant="stop", scale=0, min_width=90, elem_id="sdar-stop")
+        p.clear = gr.Button("Clear", scale=0, min_width=90, elem_id="sdar-clear")
     p.chat_note = gr.Markdown(elem_id="sdar-chat-note")  # errors and notes, in place: never over the chat
     gr.Examples(CHAT_EXAMPLES, inputs=p.message, label="Examples", elem_id="sdar-examples")
     p.live = DenoisePlayer(LIVE_PLACEHOLDER, label="Block being denoised", elem_id="sdar-live")
@@ -175,6 +187,7 @@ def _race_tab(p: Page) -> None:
     with gr.Accordion("Sweep: block length × threshold (paper Figures 3-4)", open=False):
         _sweep(p)
     with gr.Accordion("GPU measurements (benchmarks/results/)", open=False):
+        p.gpu_run = gr.Dropdown([], label="Run (GPU · date · what ran · file)", elem_id="sdar-gpu-run")
         p.gpu_plot = gr.Plot(label="tokens/s vs batch size", elem_id="sdar-gpu-chart")
         p.gpu_notes = gr.Markdown()
         p.gpu_df = gr.DataFrame(interactive=False, elem_id="sdar-gpu-table", elem_classes="sdar-table")

@@ -35,18 +35,23 @@ RACE_COLUMNS = ["run", "strategy", "block", "steps", "tokens", "forwards (NFE)",
 REPEATS = Range("timed runs per lane", 1, 5, integer=True)
 DEFAULT_REPEATS = 3
 SWEEP_REPEATS = 3  # timed runs of every sweep point (after one untimed warm-up)
+UNSTEADY = 1.5  # repeats of one point further apart than this (fastest / slowest): its tokens/s says little
+UNSTEADY_NOTE = ("⚠️ Wall-clock figures are unreliable here: the repeats of {n} of {total} points differ by more "
+                 "than {ratio:g}× (a busy machine). Read forwards and TPF, which are the same on any machine.")
 SEQUENTIAL, PARALLEL = "one after the other (fair timings)", "at the same time (live race)"
 SWEEP_BLOCKS = (2, 4, 8, 16, 32)
 SWEEP_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
-def lane_html(title: str, frame=None, pieces=None, *, status: str = "", total: int | None = None) -> str:
-    """A lane: its title, status and frame (`total`: its number of steps once it is done)."""
+def lane_html(title: str, frame=None, pieces=None, *, status: str = "", total: int | None = None,
+              ar: bool = False, stops=()) -> str:
+    """A lane: its title, status and frame (`total`: its number of steps once it is done; `ar`: one token per
+    forward, shown without blocks; `stops`: the model's stop tokens, shown as the end marker)."""
     head = (f'<div style="font-weight:600;margin-bottom:2px">{html.escape(title)}</div>'
             f'<div style="font-size:12px;color:#6b7280;min-height:1.2em">{html.escape(status)}</div>')
     if frame is None:
         return head + placeholder_html("waiting")
-    return head + frame_html(frame, pieces, legend=False, total=total)
+    return head + frame_html(frame, pieces, legend=False, total=total, ar=ar, stops=stops)
 
 
 @dataclass
@@ -68,6 +73,11 @@ class Timing:
     def median(self) -> float:
         return statistics.median(self.speeds)
 
+    @property
+    def steady(self) -> bool:
+        """Whether the repeats agree within UNSTEADY (a busy machine's timings do not)."""
+        return max(self.speeds) <= UNSTEADY * min(self.speeds)
+
     def spread(self) -> str:
         lo, hi = min(self.speeds), max(self.speeds)
         return f"{lo:.1f}–{hi:.1f}"
@@ -81,29 +91,43 @@ class Timing:
                 "timed runs": len(self.runs)}
 
 
+def timing_verdict(fast: Timing, slow: Timing) -> str:
+    """What the timed runs of two lanes support, in words: a speed-up (or a slow-down) only when the ranges of
+    their repeats do not overlap; otherwise the spread swamps the difference on this machine."""
+    lo_fast, hi_fast, lo_slow, hi_slow = min(fast.speeds), max(fast.speeds), min(slow.speeds), max(slow.speeds)
+    ratio = fast.median / slow.median if slow.median else float("nan")
+    if lo_fast > hi_slow:
+        return f"**{ratio:.2f}×** faster"
+    if hi_fast < lo_slow:
+        return f"**{1 / ratio:.2f}×** slower" if ratio else "slower"
+    return "no measurable difference on this machine (busy CPU)"
+
+
 def speedup_markdown(timings: dict[str, Timing]) -> str:
-    """The headline in words: forwards saved (exact) and the speed-up it buys here (medians, with the spread)."""
+    """The headline in words: the forwards saved first (exact, the same on any machine), then what the timed
+    runs support here: a speed-up only when the repeats' ranges do not overlap."""
     ar, sdar = timings.get("ar"), timings.get("sdar")
     if not ar or not sdar or not ar.runs or not sdar.runs:
         return ""
     a, b = ar.last, sdar.last
-    speed = sdar.median / ar.median if ar.median else float("nan")
     fwd = a.forwards / b.forwards if b.forwards else float("nan")
     n = min(len(ar.runs), len(sdar.runs))
-    line = (f"### SDAR vs AR on the same weights: **{speed:.2f}×** tokens/s, **{fwd:.2f}×** fewer forwards\n"
-            f"The same model decoded its answer in {b.forwards} forwards ({b.tpf:.2f} tokens each) instead of "
-            f"{a.forwards} one token at a time: {fwd:.2f}× fewer forwards. Timed on this machine that is "
-            f"{sdar.median:.1f} vs {ar.median:.1f} tokens/s ({speed:.2f}×, median of {n} runs each; spread "
-            f"{sdar.spread()} vs {ar.spread()}). Both lanes were recorded and streamed the same way and warmed up "
-            "first.")
-    if speed < fwd:
+    verdict = timing_verdict(sdar, ar)
+    line = (f"### SDAR vs AR on the same weights: **{fwd:.2f}×** fewer forwards\n"
+            f"SDAR decoded the answer in {b.forwards} forwards ({b.tpf:.2f} tokens each); AR took {a.forwards}, one "
+            f"token at a time. That count is the same on any machine. Timed here: {verdict} (tokens/s, median of "
+            f"{n} run{'s' * (n > 1)} each: SDAR {sdar.median:.1f}, range {sdar.spread()}; AR {ar.median:.1f}, range "
+            f"{ar.spread()}).")
+    if n < 2:
+        line += " One timed run cannot tell a difference from noise: time three or more."
+    elif verdict.endswith("faster") and sdar.median / ar.median < fwd:
         line += " A forward over a block costs more than over one token, so the speed-up stays below the forward ratio."
     twin = timings.get("twin")
     if twin and twin.runs and twin.median:
         t = twin.last
         line += (f"\n\nAgainst the **AR twin** (a separately trained AR model of the same size, {t.forwards} "
-                 f"forwards): **{sdar.median / twin.median:.2f}×** tokens/s ({sdar.median:.1f} vs "
-                 f"{twin.median:.1f}, spread {twin.spread()}). Its answer may differ from SDAR's: it is another model.")
+                 f"forwards): {timing_verdict(sdar, twin)} (SDAR {sdar.median:.1f} vs {twin.median:.1f} tokens/s, "
+                 f"range {twin.spread()}). Its answer may differ from SDAR's: it is another model.")
     return line
 
 
@@ -116,7 +140,8 @@ def lane_status(lane: Lane, timing: Timing | None = None, round_: str = "") -> s
             text += f" · median of {len(timing.runs)}: {timing.median:.1f} tokens/s"
         return text
     if lane.frame is not None:
-        return f"run{round_}: {lane.builder.n} steps · {time.perf_counter() - lane.started:.1f} s"
+        unit = "tokens" if lane.settings.strategy == "ar" else "steps"
+        return f"run{round_}: {lane.builder.n} {unit} · {time.perf_counter() - lane.started:.1f} s"
     return "warming up" if lane.state == "warming" else "waiting"
 
 
@@ -173,7 +198,8 @@ class Board:
             return self.finished_html[name]  # a finished lane does not change until the next collect: render it once
         text = lane_html(self.titles[name], lane.frame, lane.pieces,
                          status=lane_status(lane, self.timings.get(name), self.round_),
-                         total=len(lane.events) if lane.state == "done" else None)
+                         total=len(lane.events) if lane.state == "done" else None,
+                         ar=lane.settings.strategy == "ar", stops=lane.loaded.stop_token_ids)
         if lane.state in ("done", "stopped"):
             self.finished_html[name] = text
         return text
@@ -261,7 +287,7 @@ class Race:
         ids, _ = prompt_ids(loaded.tokenizer, conversation(system, [], prompt))
         stop = self.studio.arm_stop(request)
         runs = [("ar", None, None)] + [("sdar", b, t) for b in blocks for t in thrs]
-        records, ar, note = [], None, ""
+        records, ar, note, unsteady = [], None, "", 0
         for kind, b, t in runs:
             if stop.is_set():
                 note = f"Sweep stopped after {len(records) + (ar is not None)} of {len(runs)} points."
@@ -276,26 +302,38 @@ class Race:
                    "latency (ms)": round(statistics.median(r.seconds for r in timing.runs) * 1000),
                    "answer ends": _last_line(loaded, timing.gen)}
             if kind == "ar":
-                ar = rec
+                ar, unsteady = rec, int(not timing.steady)
                 continue
             records.append(rec)
+            unsteady += not timing.steady
             tpf, speed = sweep_figures(records, ar)
-            yield "", tpf, speed, sweep_table([ar] + records)
+            yield self.sweep_note(unsteady, len(records) + 1), tpf, speed, sweep_table([ar] + records)
         if note or not records:
             tpf, speed = sweep_figures(records, ar)
+            note = "  \n".join(n for n in (note, self.sweep_note(unsteady, len(records) + (ar is not None))) if n)
             yield note, tpf, speed, sweep_table([r for r in [ar] + records if r])
 
     @staticmethod
-    def gpu_results():
-        """Outputs: figure, table, notes (one line per benchmark run; what was skipped goes to the server log)."""
+    def sweep_note(unsteady: int, total: int) -> str:
+        return UNSTEADY_NOTE.format(n=unsteady, total=total, ratio=UNSTEADY) if unsteady else ""
+
+    @staticmethod
+    def gpu_results(run: str | None = None):
+        """One benchmark run (`run`: its name in the picker; the newest when None or unknown). Outputs: figure,
+        table, notes (that run's machine and ceiling; what was skipped goes to the server log), the picker."""
         rows, machines, notes = read_results()
-        lines = [f"**{m.run}**: {m.label}" + (f" · {m.arch}" if m.arch else "")
-                 + (f" · {m.bandwidth_GBps:.0f} GB/s measured, AR ceiling {m.ar_ceiling_tps:.0f} tokens/s"
-                    if m.bandwidth_GBps and m.ar_ceiling_tps else "")
-                 + f" · {sum(r['run'] == m.run for r in rows)} rows" for m in machines]
         for note in notes:  # files the reader skipped: for the person running the studio, not the visitor
             log.info("benchmark results: %s", note)
-        return gpu_figure(rows, machines), gpu_table(rows), "  \n".join(lines)
+        names = [m.name for m in machines]
+        m = next((m for m in machines if m.name == run), machines[0] if machines else None)
+        if m is None:
+            return gpu_figure(rows, None), gpu_table([]), "", gr.Dropdown(choices=[], value=None)
+        shown = [r for r in rows if r["run"] == m.run]
+        line = (f"**{m.run}**: {m.label}" + (f" · {m.arch}" if m.arch else "")
+                + (f" · {m.bandwidth_GBps:.0f} GB/s measured, AR ceiling {m.ar_ceiling_tps:.0f} tokens/s"
+                   if m.bandwidth_GBps and m.ar_ceiling_tps else "")
+                + f" · {len(shown)} rows · {len(machines)} runs in benchmarks/results/, one shown at a time")
+        return gpu_figure(rows, m), gpu_table(shown), line, gr.Dropdown(choices=names, value=m.name)
 
 
 def timed_runs(lane: Lane, stop, repeats: int) -> Timing | None:

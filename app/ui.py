@@ -11,7 +11,7 @@ import gradio as gr
 from .catalog import NAMES, spec_for, spec_markdown
 from .chat import Chat
 from .errors import explained, unshown
-from .layout import Page, layout
+from .layout import STRATEGY_INFO, Page, layout
 from .race import Race
 from .registry import DEFAULT_MODEL, ModelRegistry, ModelUnavailable, default_missing, missing_default_message
 from .render import model_markdown
@@ -114,7 +114,8 @@ def controls_for_model(studio: Studio, name, block_length, strategy, steps=None)
     sdar = config is None or config.is_sdar
     reason = None if sdar else "not used by an autoregressive model"
     return (gr.Slider(interactive=sdar, info=block_info(config) if sdar else reason),
-            steps_for_block(block_length, steps, sdar, reason), gr.Radio(interactive=sdar, info=reason),
+            steps_for_block(block_length, steps, sdar, reason),
+            gr.Radio(interactive=sdar, info=STRATEGY_INFO if sdar else reason),
             threshold_for_strategy(strategy, sdar), decoding_note(config, name, block_length))
 
 
@@ -247,6 +248,7 @@ def _wire_race(p: Page, race: Race, demo: gr.Blocks) -> None:
                                                 p.sweep_tokens, p.system], sweep_outputs, api_name="sweep",
                               **RACE)
     sweep.failure(lambda: [gr.skip()] * 3, None, sweep_outputs[1:], **PRIVATE, **LIGHT)  # the reason stays above
-    gpu_outputs = [p.gpu_plot, p.gpu_df, p.gpu_notes]
-    p.gpu_refresh.click(race.gpu_results, None, gpu_outputs, api_name="gpu_results", **LIGHT)
+    gpu_outputs = [p.gpu_plot, p.gpu_df, p.gpu_notes, p.gpu_run]
+    p.gpu_refresh.click(race.gpu_results, p.gpu_run, gpu_outputs, api_name="gpu_results", **LIGHT)
+    p.gpu_run.input(race.gpu_results, p.gpu_run, gpu_outputs, **PRIVATE, **LIGHT)
     demo.load(race.gpu_results, None, gpu_outputs, **PRIVATE, **LIGHT)

@@ -95,15 +95,15 @@ def test_race_streams_ar_sdar_and_the_twin_with_speedup(served):
 def test_sweep_tabulates_every_block_length_and_threshold(served):
     client, model = served
     note, tpf, speed, table = client.predict("Hi", str(model), [2, 4], [0.5, 1.0], 8, api_name="/sweep")
-    assert note == ""
+    assert note == "" or note.startswith("⚠️ Wall-clock figures are unreliable")  # a busy machine says so
     assert len(table["data"]) == 1 + 4  # AR once, then each (block length, threshold)
     assert [r[:2] for r in table["data"][1:]] == [[2, 0.5], [2, 1.0], [4, 0.5], [4, 1.0]]
     assert table["headers"][-1] == "answer ends" and all(isinstance(r[-1], str) for r in table["data"])
     fig = json.loads(tpf["plot"])
     assert [t["name"] for t in fig["data"]] == ["threshold 0.5", "threshold 1"]
     assert fig["data"][0]["x"] == [2, 4]
-    fig, table, note = client.predict(api_name="/gpu_results")
-    assert "plot" in fig and isinstance(note, str)
+    fig, table, note, run = client.predict(None, api_name="/gpu_results")
+    assert "plot" in fig and isinstance(note, str) and run["value"] in [c[0] for c in run["choices"]]
 
 
 def test_bad_input_gives_a_readable_error_and_the_app_keeps_working(served):
