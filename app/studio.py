@@ -31,10 +31,15 @@ class ModelLoading(ModelUnavailable):
 
 @dataclass
 class Studio:
+    """`registry` holds the models on the first device; `replicas` one more registry per further GPU (a copy of each
+    model there, loaded in the background once the first copy is ready): a request goes to the device whose
+    scheduler has the fewest rows waiting or decoding. The race and the warm-up use the first device."""
+
     registry: ModelRegistry = field(default_factory=ModelRegistry)
     stops: StopFlags = field(default_factory=StopFlags)
     max_batch: int = MAX_BATCH
     schedulers: dict[str, DecodeScheduler] = field(default_factory=dict)
+    replicas: list[ModelRegistry] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def arm_stop(self, request) -> threading.Event:
@@ -69,14 +74,29 @@ class Studio:
             status = self.registry.ready_or_status(name)
         if isinstance(status, LoadStatus):
             raise ModelLoading(f"{status.message()}. Send again once it is ready (Load shows its progress).")
-        return status
+        return self.least_loaded(name, status)
+
+    def least_loaded(self, name, first: LoadedModel) -> LoadedModel:
+        """The copy of `name` whose device has the least work (`first` when there are no replicas, or on a tie); a
+        replica that holds no copy yet starts loading one and is left out until it has it."""
+        copies = [first]
+        for registry in self.replicas:
+            copy = registry.cached(name)
+            if copy is None:
+                registry.start(name)
+            else:
+                copies.append(copy)
+        return min(copies, key=lambda m: self.scheduler(m).load)  # min keeps the first of equals
 
     def scheduler(self, loaded: LoadedModel) -> DecodeScheduler:
-        """The scheduler of the device the model is on (one per device, made on first use)."""
+        """The scheduler of the device the model is on (one per device, made on first use). The first device's
+        takes the studio's device lock (streaming.DEVICE, shared with the race and the warm-up); each further
+        GPU's has its own, so that the devices decode at the same time."""
         name = str(loaded.model.device)
         with self._lock:
             if name not in self.schedulers:
-                self.schedulers[name] = DecodeScheduler(name, max_batch=self.max_batch)
+                lock = DEVICE if not self.schedulers else threading.Lock()
+                self.schedulers[name] = DecodeScheduler(name, max_batch=self.max_batch, lock=lock)
             return self.schedulers[name]
 
     def prepare(self, req: DecodeRequest, messages: list[dict]) -> tuple[LoadedModel, DecodeSettings, list[int],
@@ -91,6 +111,22 @@ class Studio:
             notes.append(untrained_block_note(loaded.display_name, loaded.config, settings.block_length))
         ids, note = prompt_ids(loaded.tokenizer, messages)
         return loaded, settings, ids, notes + ([note] if note else [])
+
+
+def replica_registries(registry: ModelRegistry, gpus: int | None = None) -> list[ModelRegistry]:
+    """One registry per GPU after the first (`gpus`: torch.cuda.device_count() by default), each loading its own
+    copy of a model onto its GPU, with the first registry's folder, allow-list and limits. SDAR_REPLICAS=0 turns them
+    off (one GPU serves, the others stay free for something else)."""
+    import os
+
+    import torch
+
+    if os.environ.get("SDAR_REPLICAS", "1") == "0":
+        return []
+    gpus = torch.cuda.device_count() if gpus is None else gpus
+    if gpus < 2 or registry.device not in (None, "cuda", "cuda:0"):
+        return []
+    return [registry.copy_for(f"cuda:{i}") for i in range(1, gpus)]
 
 
 def trained_blocks(config) -> list[int]:

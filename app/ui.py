@@ -16,7 +16,7 @@ from .race import Race
 from .registry import DEFAULT_MODEL, ModelRegistry, ModelUnavailable, default_missing, missing_default_message
 from .render import model_markdown
 from .settings import MAX_BLOCK_LENGTH
-from .studio import Studio, ar_note, trained_blocks, untrained_block_note
+from .studio import Studio, ar_note, replica_registries, trained_blocks, untrained_block_note
 from .visualizer import Visualizer
 
 try:  # On Hugging Face ZeroGPU Spaces, generation handlers borrow a GPU for their duration.
@@ -132,7 +132,8 @@ def random_seed() -> int:
 
 def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None = None) -> gr.Blocks:
     """The studio as a gr.Blocks (launch it with `**layout.LAUNCH_KWARGS` for the theme)."""
-    studio = Studio(registry=registry or ModelRegistry())
+    registry = registry or ModelRegistry()
+    studio = Studio(registry=registry, replicas=replica_registries(registry))
     choices = studio.registry.available()
     if default_model not in choices:
         choices = [default_model] + choices
