@@ -8,6 +8,7 @@ Same page setup as test_app_browser.py: the default app (the embedded sdar-tiny)
 """
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -212,3 +213,88 @@ def test_the_visualizer_clears_the_last_recording_the_moment_run_is_pressed(page
     page.wait_for_function(replay_done("sdar-vis-player"))
     assert "How many minutes" in page.locator("#sdar-vis-title").inner_text()
     SHOTS.mkdir(parents=True, exist_ok=True)
+
+
+def test_the_race_says_what_its_timings_support_and_shows_ar_as_ar(page):
+    """The headline leads with the forwards saved; its verdict on speed is faster/slower only with a ratio above 1
+    (or no measurable difference); the AR lanes count tokens, with no block, no denoising step and no mask; the
+    stop token is the quiet end marker, never its raw text."""
+    import re
+
+    page.get_by_role("tab", name="AR vs SDAR").click()
+    set_slider(page, "sdar-race-repeats", 2)
+    page.locator("#sdar-race").click()
+    page.wait_for_function("[...document.querySelectorAll('.sdar-lane')].every(l => l.innerText.includes("
+                           "'done (run 2 of 2)'))")
+    page.wait_for_function("document.querySelector('#sdar-speedup').innerText.includes('median of 2 runs')")
+    head = page.locator("#sdar-speedup").inner_text()
+    assert re.match(r"SDAR vs AR on the same weights: [\d.]+× fewer forwards", head), head
+    verdicts = re.findall(r"([\d.]+)× (faster|slower)|no measurable difference on this machine", head)
+    assert len(verdicts) == 2, head  # SDAR vs AR, and vs the twin
+    assert all(float(x) >= 1 for x, _ in verdicts if x) and "speed-up" not in head.replace(
+        "so the speed-up stays below", "")
+    for lane in ("ar", "twin"):
+        text = page.locator(f"#sdar-lane-{lane}").inner_text()
+        assert re.search(r"token (\d+) of \1 \(one token per forward\)", text), text
+        assert not re.search(r"block|denoising|▒", text.split("\n", 1)[1]), text  # past the lane's title
+        assert page.locator(f"#sdar-lane-{lane} .sdar-block").count() == 0
+    lanes = page.locator("#sdar-race-lanes").inner_text()
+    assert "<|im_end|>" not in lanes and page.locator("#sdar-race-lanes .sdar-end").count() >= 3
+
+
+def test_the_gpu_tab_shows_one_named_run_at_a_time_with_its_ceiling_in_the_legend(page):
+    page.get_by_role("tab", name="AR vs SDAR").click()
+    page.get_by_text("GPU measurements (benchmarks/results/)").click()
+    page.wait_for_selector("#sdar-gpu-chart .js-plotly-plot", state="attached")
+
+    def chart():
+        return page.evaluate("""() => { const g = document.querySelector('#sdar-gpu-chart .js-plotly-plot');
+          return {names: g.data.map(t => t.name), ys: g.data.flatMap(t => t.y), title: g.layout.title.text,
+                  annotations: (g.layout.annotations || []).length, type: g._fullLayout.yaxis.type,
+                  range: g._fullLayout.yaxis.range}; }""")
+
+    first = chart()
+    ceilings = [n for n in first["names"] if n.startswith("AR ceiling")]
+    assert len(ceilings) == 1 and re.search(r": \d+ tokens/s", ceilings[0]), first["names"]
+    assert first["annotations"] == 0 and len(first["names"]) <= 12
+    if first["type"] == "log":  # the axis spans the run's values, a decade or so beyond at most
+        assert first["range"][1] - first["range"][0] < 4, first["range"]
+    page.locator("#sdar-gpu-run input").click()
+    options = page.locator("[role=option]").all_inner_texts()
+    assert len(options) == len(set(options)) >= 5 and all(" · " in o for o in options), options
+    other = next(o for o in options if "h100-sdar-1.7b" in o and "context" not in o)
+    page.locator("[role=option]", has_text=other).first.click()
+    page.wait_for_function(f"document.querySelector('#sdar-gpu-chart .js-plotly-plot').layout.title.text"
+                           f".includes('h100-sdar-1.7b')")
+    assert "H100" in chart()["title"] and "H100" in page.locator("#sdar-gpu-table").inner_text()
+
+
+LABELS = "[data-testid=block-label], [data-testid=block-info], .block label > span:first-child"
+
+
+def test_the_page_uses_one_complete_font_quiet_labels_and_a_full_width_message_box(page):
+    """No web font (the theme's held 99 glyphs, so bold labels mixed two faces); labels are light text, not
+    coloured chips; the message box spans the chat tab; the model card shows no mask id; the strategies and the
+    heatmap say what they mean."""
+    fonts = page.evaluate("[...document.fonts].filter(f => f.status !== 'unloaded').map(f => f.family)")
+    assert not fonts, fonts
+    families = page.evaluate("[...new Set([...document.querySelectorAll('#sdar-main *')].map("
+                             "e => getComputedStyle(e).fontFamily))]")
+    assert not [f for f in families if "Plex" in f or "Source Sans" in f], families
+    labels = page.evaluate("""() => [...document.querySelectorAll(LABELS)].filter(e => e.offsetParent !== null)
+        .map(e => ({text: e.innerText.slice(0, 30), weight: Number(getComputedStyle(e).fontWeight),
+                    bg: getComputedStyle(e).backgroundColor}))""".replace("LABELS", repr(LABELS)))
+    assert labels and all(l["weight"] <= 500 for l in labels), [l for l in labels if l["weight"] > 500]
+    assert all(l["bg"] in ("rgba(0, 0, 0, 0)", "transparent") for l in labels), [l for l in labels
+                                                                                 if l["bg"] != "rgba(0, 0, 0, 0)"]
+    box = page.locator("#sdar-message").bounding_box()
+    chat = page.locator("#sdar-chatbot").bounding_box()
+    assert box["width"] >= 0.9 * chat["width"], (box, chat)
+    assert "mask id" not in page.locator("#sdar-model-info").inner_text()
+    strategy = page.locator("#sdar-strategy").inner_text()
+    assert all(f"{name}:" in strategy for name in ("static", "dynamic", "sequential", "entropy")), strategy
+    legend = page.locator("#sdar-live .sdar-legend").text_content()
+    assert "the answer ends" in legend and "decoded after the end: dropped" in legend
+    page.get_by_role("tab", name="Denoising visualizer").click()
+    heat = page.locator("#sdar-vis-player .sdar-heat-title").text_content()
+    assert "One row per denoising step" in heat and "colour" in heat
