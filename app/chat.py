@@ -70,9 +70,11 @@ class Chat:
         yield {p.chatbot: history, p.history: history, p.live: run.feed.value(), p.chat_stats: stats,
                p.recording: recording, p.chat_note: note}
 
-    def clear(self):
-        """The conversation and the player emptied (a replay playing in the page stops)."""
+    def clear(self, request: gr.Request = None):
+        """The conversation and the player emptied: a decode of this session stops, a replay playing in the page
+        stops."""
         p = self.p
+        self.studio.stop(request)
         return {p.chatbot: [], p.history: [], p.message: "", p.live: empty(LIVE_PLACEHOLDER, run=-1),
                 p.chat_stats: "", p.chat_note: ""}
 

@@ -8,12 +8,14 @@ session, so its own visitor on loopback). First a fresh chat alone (the baseline
 start a race at the caps (5 timed runs, 1,024 new tokens, block 1, the AR twin, one lane after the other, sampled
 at temperature 2 so that the embedded model's answers run long), and once
 they are under way fresh visitors send an 8-token chat one after the other: the chat's time to its whole answer,
-minus the baseline (never below 0: on a shared machine the baseline is noisy), is its wait. The races are not waited for: the process ends once the chats are measured.
+minus the baseline (never below 0: on a shared machine the baseline is noisy), is its wait. The races are not
+waited for: the process ends once the chats are measured.
 
 Prediction (NOTES.md): first come first served (before), a chat waits for whole race rounds (the issue measured
 153.9 s); with fair turns (after) it waits for the lane in flight at most, and the budget cuts each race to the
 runs that fit.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,14 +33,18 @@ REPO = Path(__file__).resolve().parent.parent
 CHAT_TOKENS = 8
 RACES = 4
 RACE_PROMPT = "Count from 1 to 500, separated by commas."
-RACE_TEMPERATURE = 2.0  # sampled: the embedded model's greedy answers end after ~20 tokens, sampled ones run ~260
+RACE_TEMPERATURE = (
+    2.0  # sampled: the embedded model's greedy answers end after ~20 tokens, sampled ones run ~260
+)
 CHAT_PROMPT = "What is 47 + 38?"
 
 
 def chat(client, model: str) -> float:
     """Seconds for one fresh 8-token chat (submit to the whole answer)."""
     t0 = time.perf_counter()
-    client.predict(CHAT_PROMPT, "", model, 4, 4, "dynamic", 0.9, 0.0, 1.0, CHAT_TOKENS, 0, 0, api_name="/chat")
+    client.predict(
+        CHAT_PROMPT, "", model, 4, 4, "dynamic", 0.9, 0.0, 1.0, CHAT_TOKENS, 0, 0, api_name="/chat"
+    )
     return time.perf_counter() - t0
 
 
@@ -49,8 +55,21 @@ def race(url: str, model: str, out: dict, index: int) -> None:
     t0 = time.perf_counter()
     try:
         result = Client(url, verbose=False).predict(
-            RACE_PROMPT, model, 1, 1, "static", 0.9, RACE_TEMPERATURE, 1.0, 1024, 0, "one after the other (fair timings)", True,
-            5, api_name="/race")
+            RACE_PROMPT,
+            model,
+            1,
+            1,
+            "static",
+            0.9,
+            RACE_TEMPERATURE,
+            1.0,
+            1024,
+            0,
+            "one after the other (fair timings)",
+            True,
+            5,
+            api_name="/race",
+        )
         out[index] = {"seconds": time.perf_counter() - t0, "headline": str(result[4])[:300]}
     except Exception as e:  # a refusal is an outcome too
         out[index] = {"seconds": time.perf_counter() - t0, "error": f"{type(e).__name__}: {e}"[:300]}
@@ -66,8 +85,9 @@ def free_port() -> int:
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "?"
 
@@ -94,7 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
     registry.get(DEFAULT_MODEL)
     demo = build_app(default_model=DEFAULT_MODEL, registry=registry)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS)
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS
+    )
     url, model = f"http://127.0.0.1:{port}/", DEFAULT_MODEL
 
     chat(Client(url, verbose=False), model)  # first-use allocations
@@ -116,27 +138,44 @@ def main(argv: list[str] | None = None) -> dict:
             time.sleep(args.gap)
         seconds = chat(Client(url, verbose=False), model)
         behind.append(seconds)
-        print(f"fresh chat {i + 1} behind {RACES} races: {seconds:.2f} s (wait {seconds - baseline:.2f} s); races "
-              f"ended so far: {len(races)}", flush=True)
+        print(
+            f"fresh chat {i + 1} behind {RACES} races: {seconds:.2f} s (wait {seconds - baseline:.2f} s); races "
+            f"ended so far: {len(races)}",
+            flush=True,
+        )
     result = {
-        "label": args.label, "commit": commit(), "machine": {"cpu": platform.processor() or platform.machine(),
-                                                           "cores": os.cpu_count(), "torch": torch.__version__,
-                                                           "threads": torch.get_num_threads()},
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": model, "chat_tokens": CHAT_TOKENS,
-        "races": RACES, "race_settings": f"5 timed runs, 1024 new tokens, block 1, steps 1, static, temperature "
-                                         f"{RACE_TEMPERATURE}, AR twin, one lane after the other",
-        "chat_alone_s": alone, "chat_behind_races_s": behind,
-        "chat_behind_median_s": statistics.median(behind), "chat_behind_max_s": max(behind),
+        "label": args.label,
+        "commit": commit(),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "model": model,
+        "chat_tokens": CHAT_TOKENS,
+        "races": RACES,
+        "race_settings": f"5 timed runs, 1024 new tokens, block 1, steps 1, static, temperature "
+        f"{RACE_TEMPERATURE}, AR twin, one lane after the other",
+        "chat_alone_s": alone,
+        "chat_behind_races_s": behind,
+        "chat_behind_median_s": statistics.median(behind),
+        "chat_behind_max_s": max(behind),
         "wait_s": [max(0.0, s - baseline) for s in behind],
-        "wait_median_s": max(0.0, statistics.median(behind) - baseline), "wait_max_s": max(0.0, max(behind) - baseline),
+        "wait_median_s": max(0.0, statistics.median(behind) - baseline),
+        "wait_max_s": max(0.0, max(behind) - baseline),
         "races_ended_while_measuring": races,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.label}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"a fresh chat behind {RACES} maximal races: median {result['chat_behind_median_s']:.2f} s, max "
-          f"{result['chat_behind_max_s']:.2f} s (alone {baseline:.2f} s); wait median {result['wait_median_s']:.2f} s, "
-          f"max {result['wait_max_s']:.2f} s -> {path}", flush=True)
+    print(
+        f"a fresh chat behind {RACES} maximal races: median {result['chat_behind_median_s']:.2f} s, max "
+        f"{result['chat_behind_max_s']:.2f} s (alone {baseline:.2f} s); wait median {result['wait_median_s']:.2f} s, "
+        f"max {result['wait_max_s']:.2f} s -> {path}",
+        flush=True,
+    )
     return result
 
 

@@ -10,6 +10,7 @@ latency percentiles per kind, and the server's RSS at start (the model loaded, b
 warm-up (the first fifth of the run) and at the end, with the growth over the last half of the run: flat memory
 means that growth stays within a few percent. Writes <out>/soak.json (figures) and <out>/rss.csv (the samples).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-QUESTIONS = ["What is 47 + 38?", "How many minutes are in 5 hours?", "What is 305 - 178?",
-             "What comes next: 3, 7, 11, 15, 19, ?", "What is 12 * 9?", "Convert 3 km to meters."]
+QUESTIONS = [
+    "What is 47 + 38?",
+    "How many minutes are in 5 hours?",
+    "What is 305 - 178?",
+    "What comes next: 3, 7, 11, 15, 19, ?",
+    "What is 12 * 9?",
+    "Convert 3 km to meters.",
+]
 SESSION_TURNS = 10  # a visitor comes back as a new session after this many turns
 
 
@@ -60,8 +67,13 @@ def start_studio(port: int, log_path: Path) -> subprocess.Popen:
     import httpx
 
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
-    server = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=REPO, env=env,
-                              stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -92,13 +104,16 @@ def visit(url: str, model: str, index: int, deadline: float, tally: Tally) -> No
         t0 = time.monotonic()
         try:
             if kind == "chat":
-                chatbot, *_ = client.predict(question, "", model, 4, 4, "dynamic", 0.9, 0.0, 1.0, tokens, turn, 0,
-                                             api_name="/chat")
+                chatbot, *_ = client.predict(
+                    question, "", model, 4, 4, "dynamic", 0.9, 0.0, 1.0, tokens, turn, 0, api_name="/chat"
+                )
                 text = "".join(p.get("text", "") for p in chatbot[-1]["content"] if isinstance(p, dict))
                 if not text.strip() or "▒" in text:
                     raise AssertionError(f"an empty or unfinished answer: {text!r}")
             else:
-                client.predict(question, model, 4, 4, "static", 0.9, 0.0, 1.0, tokens, 0, 0, api_name="/visualize")
+                client.predict(
+                    question, model, 4, 4, "static", 0.9, 0.0, 1.0, tokens, 0, 0, api_name="/visualize"
+                )
             tally.add(kind, time.monotonic() - t0)
             client.predict(api_name="/clear")
             if turn % 7 == 3:
@@ -112,12 +127,23 @@ def percentiles(values: list[float]) -> dict:
     if len(values) < 2:
         return {"n": len(values), "p50": values[0] if values else None, "p95": None, "p99": None}
     q = statistics.quantiles(values, n=100, method="inclusive")
-    return {"n": len(values), "p50": round(q[49], 3), "p95": round(q[94], 3), "p99": round(q[98], 3),
-            "max": round(max(values), 3)}
+    return {
+        "n": len(values),
+        "p50": round(q[49], 3),
+        "p95": round(q[94], 3),
+        "p99": round(q[98], 3),
+        "max": round(max(values), 3),
+    }
 
 
-def run(visitors: int, seconds: float, out: Path | None = None, warmup: float | None = None,
-        sample_every: float = 2.0, model: str = "assets/models/sdar-tiny") -> dict:
+def run(
+    visitors: int,
+    seconds: float,
+    out: Path | None = None,
+    warmup: float | None = None,
+    sample_every: float = 2.0,
+    model: str = "assets/models/sdar-tiny",
+) -> dict:
     """The soak (see the module docstring); its figures (also written under `out` when given)."""
     import psutil
 
@@ -133,8 +159,10 @@ def run(visitors: int, seconds: float, out: Path | None = None, warmup: float | 
         rss_start = proc.memory_info().rss / 2**20
         t0 = time.monotonic()
         deadline = t0 + seconds
-        threads = [threading.Thread(target=visit, args=(url, model, i, deadline, tally), daemon=True)
-                   for i in range(visitors)]
+        threads = [
+            threading.Thread(target=visit, args=(url, model, i, deadline, tally), daemon=True)
+            for i in range(visitors)
+        ]
         for t in threads:
             t.start()
         while any(t.is_alive() for t in threads):
@@ -157,16 +185,28 @@ def run(visitors: int, seconds: float, out: Path | None = None, warmup: float | 
 
     rss_warm, rss_mid, rss_end = rss_at(warmup), rss_at(wall / 2), samples[-1][1]
     result = {
-        "visitors": visitors, "seconds": round(wall, 1), "warmup_s": warmup, "sessions": tally.sessions,
+        "visitors": visitors,
+        "seconds": round(wall, 1),
+        "warmup_s": warmup,
+        "sessions": tally.sessions,
         "turns": sum(len(v) for v in tally.latencies.values()) + len(tally.failures),
-        "failures": len(tally.failures), "failure_examples": tally.failures[:20],
+        "failures": len(tally.failures),
+        "failure_examples": tally.failures[:20],
         "latency_s": {kind: percentiles(v) for kind, v in sorted(tally.latencies.items())},
-        "rss_mb": {"start": round(rss_start, 1), "after_warmup": round(rss_warm, 1), "middle": round(rss_mid, 1),
-                   "end": round(rss_end, 1), "max": round(max(s[1] for s in samples), 1)},
+        "rss_mb": {
+            "start": round(rss_start, 1),
+            "after_warmup": round(rss_warm, 1),
+            "middle": round(rss_mid, 1),
+            "end": round(rss_end, 1),
+            "max": round(max(s[1] for s in samples), 1),
+        },
         "last_half_growth": round(rss_end / rss_mid - 1, 4),
         "server_log_tracebacks": log_text.count("Traceback"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "python": platform.python_version()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if out is not None:
@@ -186,13 +226,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "soak")
     args = ap.parse_args(argv)
     r = run(args.visitors, args.minutes * 60, args.out)
-    lat = " · ".join(f"{k}: p50 {v['p50']} s, p95 {v['p95']} s, p99 {v['p99']} s ({v['n']})"
-                     for k, v in r["latency_s"].items())
+    lat = " · ".join(
+        f"{k}: p50 {v['p50']} s, p95 {v['p95']} s, p99 {v['p99']} s ({v['n']})"
+        for k, v in r["latency_s"].items()
+    )
     rss = r["rss_mb"]
-    print(f"soak: {r['visitors']} visitors, {r['seconds']} s, {r['sessions']} sessions, {r['turns']} turns, "
-          f"{r['failures']} failures\nlatency: {lat}\nserver RSS: start {rss['start']} MB, after warm-up "
-          f"{rss['after_warmup']} MB, middle {rss['middle']} MB, end {rss['end']} MB (last half "
-          f"{r['last_half_growth']:+.1%}); tracebacks in the server log: {r['server_log_tracebacks']}")
+    print(
+        f"soak: {r['visitors']} visitors, {r['seconds']} s, {r['sessions']} sessions, {r['turns']} turns, "
+        f"{r['failures']} failures\nlatency: {lat}\nserver RSS: start {rss['start']} MB, after warm-up "
+        f"{rss['after_warmup']} MB, middle {rss['middle']} MB, end {rss['end']} MB (last half "
+        f"{r['last_half_growth']:+.1%}); tracebacks in the server log: {r['server_log_tracebacks']}"
+    )
     for f in r["failure_examples"]:
         print("  failure:", f)
 

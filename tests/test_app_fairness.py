@@ -174,7 +174,7 @@ def test_finding2_a_race_or_sweep_that_cannot_fit_one_run_is_refused_with_the_fi
     assert "up to 40 forwards with one timed run" in refused.value.message
     assert "at most 20 here" in refused.value.message
     with pytest.raises(gr.Error) as refused:
-        list(race.sweep("Hi", model, [4, 8], [0.9, 0.5], 64, request=REQUEST))
+        list(race.sweep("Hi", model, [4, 8], [0.9, 0.5], 64, system="", request=REQUEST))
     assert "This sweep may take up to 412 forwards" in refused.value.message and "at most 30 here" in refused.value.message
 
 
