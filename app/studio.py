@@ -79,8 +79,8 @@ class Studio:
         request holds nothing while it runs."""
         status = self.registry.ready_or_status(name)
         if isinstance(status, LoadStatus):
-            loading = self.registry.loading(name)
-            if loading is None or loading.done.wait(LOAD_GRACE):  # None: it ended between the two looks
+            loading = self.registry.loading(name)  # None: it ended since (a failure is then raised below)
+            if loading is None or loading.done.wait(LOAD_GRACE):
                 status = self.registry.ready_or_status(name)
         if isinstance(status, LoadStatus):
             raise ModelLoading(f"{status.message()}. Send again once it is ready (Load shows its progress).")
