@@ -11,6 +11,7 @@ sdar_core.generate, then renders the StepEvents it reports; no model math lives 
                    frames built and throttled in the handler's thread, then each lane's result
     studio.py      what the tabs share: registry, stop flags, a request -> its Lane
     scheduler.py   one decode scheduler per device: visitors' requests batched on the GPU
+    budget.py      what one request may cost the device, counted in forwards
     run.py         one shown decode as a handler sees it: a scheduler Job, its Feed, the answer
     feed.py        what the page receives of a decode: compact step events
     player.py      the denoising player (a gr.HTML drawing a Feed with player.js)
@@ -22,4 +23,5 @@ sdar_core.generate, then renders the StepEvents it reports; no model math lives 
     errors.py      exceptions -> readable gr.Error (the one place a decoder error becomes the user's message)
     layout.py      the page's components (gr.Blocks), by name on a Page
     ui.py          build_app(): the layout plus the wiring of every event
+    launch.py      starting the studio (`python app.py`, `sdar-studio`, a Space); deploy.py: deploying it as a Space
 """

@@ -1,18 +1,17 @@
 """What a decode button sends, parsed in one place: the UI's values by name -> a DecodeRequest (which model,
-the sdar_core DecodeParams, the watch pace), checked on the server because the API can send any value. The
-accepted ranges and the controls' first values are DecodeParams' own (sdar_core.decode_params.OPTIONS).
+the DecodeSettings, the watch pace), checked on the server because the API can send any value. The ranges and the
+controls' first values are sdar_core's (decode_params.OPTIONS), and a DecodeSettings becomes one DecodeParams.
 
 The names are the API's parameter names (ui.py wires each component under its field name), so a handler
 never receives the decoding inputs by position."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Mapping
 
-from sdar_core.decode_params import OPTIONS, DecodeParams, start_value
+from sdar_core.decode_params import AR_BLOCK, OPTIONS, DecodeParams, start_value
 
-UI_FIELDS = ("block_length", "steps", "strategy", "threshold", "temperature", "top_p", "max_new_tokens", "seed")
 SDAR_STRATEGIES = tuple(s for s in OPTIONS["strategy"].choices if s != "ar")  # an AR model picks "ar" itself
 MAX_BLOCK_LENGTH = int(OPTIONS["block_length"].hi)
 MAX_NEW_TOKENS = int(OPTIONS["max_new_tokens"].hi)
@@ -63,7 +62,8 @@ class Range:
             raise SettingsError(f"{self.label} must be a number, got {shown(value)}") from None
         if math.isnan(x) or (x <= self.lo if self.lo_open else x < self.lo) or x > self.hi:
             bracket = "(" if self.lo_open else "["
-            raise SettingsError(f"{self.label} must be in {bracket}{self.lo:g}, {self.hi:g}], got {shown(value)}")
+            lo, hi = (f"{int(v)}" if self.integer else f"{v:g}" for v in (self.lo, self.hi))
+            raise SettingsError(f"{self.label} must be in {bracket}{lo}, {hi}], got {shown(value)}")
         if not self.integer:
             return x
         if x != int(x):
@@ -73,22 +73,56 @@ class Range:
 
 RANGES = {  # field name -> accepted values (strategy is a choice, checked on its own)
     name: Range(o.label, o.lo, o.hi, integer=o.integer, lo_open=o.lo_open)
-    for name, o in OPTIONS.items() if name in UI_FIELDS and not o.choices
+    for name, o in OPTIONS.items() if name != "top_k" and not o.choices
 }
 PACE = Range("watch delay per frame (ms)", 0, 1000)
 
 
-def params_from_ui(ui: Mapping[str, object]) -> DecodeParams:
-    """Validated DecodeParams from the UI's values by field name (a missing name takes its control's first value,
-    sdar_core.decode_params.start_value); raises SettingsError naming the first bad value."""
-    strategy = ui.get("strategy", start_value("strategy"))
-    if strategy not in SDAR_STRATEGIES:
-        raise SettingsError(f"strategy must be one of {', '.join(SDAR_STRATEGIES)}, got {shown(strategy)}")
-    values = {name: RANGES[name].parse(ui.get(name, start_value(name))) for name in RANGES}
-    if values["steps"] > values["block_length"]:
-        raise SettingsError(f"denoising steps must be between 1 and the block length "
-                            f"({values['block_length']}), got {values['steps']}")
-    return DecodeParams(strategy=strategy, **values)
+@dataclass(frozen=True)
+class DecodeSettings:
+    block_length: int = start_value("block_length")
+    steps: int = start_value("steps")
+    strategy: str = start_value("strategy")
+    threshold: float = start_value("threshold")
+    temperature: float = start_value("temperature")
+    top_p: float = start_value("top_p")
+    max_new_tokens: int = start_value("max_new_tokens")
+    seed: int = start_value("seed")
+
+    @classmethod
+    def from_ui(cls, ui: Mapping[str, object]) -> "DecodeSettings":
+        """Validated settings from the UI's values by field name (a missing name keeps its default);
+        raises SettingsError naming the first bad value."""
+        strategy = ui.get("strategy", cls.strategy)
+        if strategy not in SDAR_STRATEGIES:
+            raise SettingsError(f"strategy must be one of {', '.join(SDAR_STRATEGIES)}, got {shown(strategy)}")
+        values = {f.name: RANGES[f.name].parse(ui.get(f.name, f.default)) for f in fields(cls) if f.name in RANGES}
+        if values["steps"] > values["block_length"]:
+            raise SettingsError(f"denoising steps must be between 1 and the block length "
+                                f"({values['block_length']}), got {values['steps']}")
+        return cls(strategy=strategy, **values)
+
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments of sdar_core.generate."""
+        return asdict(self)
+
+    def params(self, **extra) -> DecodeParams:
+        """The DecodeParams these settings decode with (`extra`: the other fields, such as stop_token_ids)."""
+        return DecodeParams(**self.generate_kwargs(), **extra)
+
+    def forwards_bound(self, prompt_len: int) -> int:
+        """The most forwards a decode with these settings can take after a prompt of `prompt_len` tokens: the
+        prefill, then at most `steps` per block up to max_new_tokens (one per token for AR). What its budget
+        prices (app/budget.py)."""
+        if self.strategy == "ar":
+            return 1 + self.max_new_tokens
+        L = self.block_length
+        blocks = -(-(prompt_len + self.max_new_tokens) // L) - prompt_len // L
+        return 1 + blocks * self.steps
+
+    def as_ar(self) -> "DecodeSettings":
+        """The same sampling, decoded one token per forward."""
+        return replace(self, block_length=AR_BLOCK, steps=AR_BLOCK, strategy="ar")
 
 
 @dataclass(frozen=True)
@@ -96,10 +130,10 @@ class DecodeRequest:
     """What a decode button sends besides its prompt: which model, how to decode, how fast to show it."""
 
     model_name: str
-    settings: DecodeParams
+    settings: DecodeSettings
     pace_ms: float = 0.0  # the watch replay's delay per frame, after the decode (display only; 0: no replay)
 
     @classmethod
     def from_ui(cls, ui: Mapping[str, object]) -> "DecodeRequest":
-        return cls(model_name=ui.get("model_name"), settings=params_from_ui(ui),
+        return cls(model_name=ui.get("model_name"), settings=DecodeSettings.from_ui(ui),
                    pace_ms=PACE.parse(ui.get("pace_ms") or 0))

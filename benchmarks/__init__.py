@@ -11,6 +11,8 @@
     multi_gpu.py         training on two GPUs: DDP, FSDP, resume
     startup.py           a server's start, cold and on a restart
     studio.py            the studio end to end, through gradio_client
+    soak.py              many visitors using the studio at once, through its public API
+    fairness.py          the wait of a fresh visitor's chat behind maximal races
     mutation.py          mutation testing of the core invariants
     common.py            what they share: model shapes, random models, bandwidth, graph timing, the machine
     table.py             the console table each prints last

@@ -11,7 +11,7 @@ Measures, in one run on one device:
 - all of it at each of --prompt-lengths (the context sweep): the batch curve at the first, batch 1 at the others.
 Writes results.json, results.csv and chart.html to --out and prints a table last. Random weights:
 speed does not depend on what the weights are, except through the dynamic schedule, whose TPF on random
-weights is the static minimum (see the README for TPF of a trained model).
+weights is the static minimum (docs/training.md has the TPF of a trained model).
 """
 
 from __future__ import annotations
@@ -284,7 +284,7 @@ def forward_floor_ms(info: dict, prompt_len: int, new_tokens: int) -> float | No
 
 
 def report_markdown(results_dir: Path) -> str:
-    """The README's performance section, generated from a committed results.json."""
+    """docs/performance.md's summary and first table, generated from a committed results.json."""
     data = json.loads((Path(results_dir) / "results.json").read_text())
     info, rows = data["machine"], data["rows"]
     sweep_ = info.get("sweep") or [[info["prompt_len"], info["new_tokens"]]]
@@ -409,12 +409,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--transformers", default="auto", choices=["auto", "none", "eager", "compiled", "both"])
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=None, help="folder for results.json / .csv / chart.html")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for results.json / .csv / chart.html (with --report: where "
+        "the redrawn chart goes; the folder read is never written)",
+    )
     p.add_argument(
         "--report",
         default=None,
         metavar="DIR",
-        help="print the Markdown summary of a results folder (and redraw its chart.html); run nothing",
+        help="print the Markdown summary of a results folder; run nothing",
     )
     return p
 
@@ -532,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads((Path(args.report) / "results.json").read_text())
         if data["machine"].get("moe"):  # runs written before the MoE floor had the dense formula's
             data["machine"] |= moe.one_token_floor(data["machine"])
-        write_outputs(Path(args.report), data["machine"], data["rows"])
+        if args.out:
+            write_outputs(Path(args.out), data["machine"], data["rows"])
         print(report_markdown(Path(args.report)))
         return 0
     device = torch.device(args.device)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from sdar_core import DecodeParams, generate, load_pretrained
 from sdar_core.attention import AttentionInputs
 from sdar_core.kv_cache import KVCache
-from sdar_core.paths import MODELS_DIR, in_repo
+from sdar_core.paths import MODELS_DIR, in_checkout
 from sdar_core.prompting import encode_prompt, stop_ids_for
 from training.corpus import sha256_file
 from training.data import encode_texts
@@ -406,7 +406,7 @@ EXPECTED_CASES = (
 def write_expected(settings: EvalSettings, path: Path = EXPECTED) -> dict:
     """Regenerate the committed expected outputs (run after a rebuild of the models, on CPU in float32)."""
     models = {
-        name: load_pretrained(in_repo(settings.models) / name, device="cpu", dtype=torch.float32)
+        name: load_pretrained(Path(in_checkout(settings.models)) / name, device="cpu", dtype=torch.float32)
         for name in sorted({d.model for _, d in EXPECTED_CASES})
     }
     cases = [chat_sample(*models[d.model], prompt, d, settings) for prompt, d in EXPECTED_CASES]
@@ -431,11 +431,11 @@ def evaluate(settings: EvalSettings, log=print) -> dict:
     """Run the three measurements; returns the JSON-ready result (see the module docstring)."""
     device = torch.device(settings.device)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[settings.dtype]
-    data = in_repo(settings.data)
+    data = Path(in_checkout(settings.data))
     problems = read_jsonl(data / ARITH_FILE, settings.limit)
     texts = [r["text"] for r in spread(read_jsonl(data / TEXT_FILE, None), settings.text_limit)]
     models = {
-        name: load_pretrained(in_repo(settings.models) / name, device=device, dtype=dtype)
+        name: load_pretrained(Path(in_checkout(settings.models)) / name, device=device, dtype=dtype)
         for name in ("sdar-tiny", "ar-tiny")
     }
     result = run_header(settings, device, data, models)
@@ -661,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--out", default=str(EVAL_DIR / "eval.json"))
+    p.add_argument("--out", default="out/eval.json", help="the report (default: %(default)s)")
     p.add_argument("--no-samples", action="store_true", help="skip the chat samples")
     p.add_argument("--print-samples", action="store_true", help="also print the chat samples as Markdown")
     p.add_argument(

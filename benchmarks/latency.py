@@ -1,6 +1,6 @@
 """What the app's user waits for on a CPU: time to the first visible block and to the whole answer.
 
-    python -m benchmarks.latency                  # 2 threads, 5 timed runs each -> assets/models/eval/latency-cpu.json
+    python -m benchmarks.latency                  # 2 threads, 5 timed runs each -> out/latency-cpu.json
     python -m benchmarks.latency --threads 4 --repeats 9 --out /tmp/latency.json
 
 The requirement: "On 2 CPU cores the app answers a chat message with the first block visible within a
@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 
 from sdar_core import generate, load_pretrained
-from sdar_core.paths import in_repo
+from sdar_core.paths import in_checkout
 from sdar_core.prompting import encode_prompt, stop_ids_for
 
 from .common import hardware_name
-from .evaluate import EVAL_DIR, Decoder
+from .evaluate import Decoder
 
 ANSWER_PROMPT = "What is 47 + 38?"
 LONG_PROMPT = "Explain what a computer is."
@@ -127,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="assets/models")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--out", default=str(EVAL_DIR / "latency-cpu.json"))
+    p.add_argument("--out", default="out/latency-cpu.json", help="the report (default: %(default)s)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     models = {
-        name: load_pretrained(in_repo(args.models) / name, device="cpu", dtype=torch.float32)
+        name: load_pretrained(Path(in_checkout(args.models)) / name, device="cpu", dtype=torch.float32)
         for name in sorted({c.model for c in CASES})
     }
     load_before = os.getloadavg()

@@ -1,8 +1,10 @@
 """Mutation testing of the core invariants: how many small faults in each module its own tests catch.
 
     pip install -r requirements-dev.txt            # mutmut (never installed or run by CI)
-    python -m benchmarks.mutation                  # every module below -> benchmarks/results/mutation/
+    python -m benchmarks.mutation                  # every module below -> out/mutation/ (--out DIR)
     python -m benchmarks.mutation schedules kv_cache
+
+benchmarks/results/mutation/ holds the committed run and its REPORT.md; a run never writes there unless --out names it.
 
 mutmut (configured in pyproject.toml's [tool.mutmut]) copies the code to mutants/, makes one variant per small
 change (an operator, a constant, a comparison, a removed argument...) and runs the tests that called the mutated
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from .table import print_table
 
-RESULTS = Path(__file__).parent / "results" / "mutation"
+OUT = "out/mutation"  # the default: a git-ignored folder, never the committed results
 
 # module -> (its file, the test files that hold its invariants)
 TARGETS: dict[str, tuple[str, list[str]]] = {
@@ -74,7 +76,7 @@ def survivor_diffs(names: list[str]) -> str:
     return "\n".join(f"# {n}\n{diff}" for n, diff in zip(names, show))
 
 
-def run_module(name: str, tests: list[str], max_children: int) -> dict:
+def run_module(name: str, tests: list[str], max_children: int, results: Path) -> dict:
     """Run one module in a child process (mutmut keeps global state); record its statuses and survivors."""
     path = TARGETS[name][0]
     # mutmut's cache in mutants/ assumes one fixed set of mutated files: start each module afresh.
@@ -97,8 +99,8 @@ def run_module(name: str, tests: list[str], max_children: int) -> dict:
     seconds = time.perf_counter() - t0
     status = statuses(path)
     survivors = [k for k, s in status.items() if s != "killed"]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}-survivors.diff").write_text(survivor_diffs(survivors))
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}-survivors.diff").write_text(survivor_diffs(survivors))
     counts = collections.Counter(status.values())
     row = {
         "module": name,
@@ -108,13 +110,13 @@ def run_module(name: str, tests: list[str], max_children: int) -> dict:
         "seconds": round(seconds),
         **{s: counts.get(s, 0) for s in STATUSES},
     }
-    (RESULTS / f"{name}.json").write_text(json.dumps({**row, "status": status}, indent=1) + "\n")
+    (results / f"{name}.json").write_text(json.dumps({**row, "status": status}, indent=1) + "\n")
     return row
 
 
-def write_summary(rows: list[dict], max_children: int) -> None:
+def write_summary(rows: list[dict], max_children: int, results: Path) -> None:
     """summary.json: one row per module, the modules of earlier runs kept (a run may cover only some)."""
-    path = RESULTS / "summary.json"
+    path = results / "summary.json"
     modules = json.loads(path.read_text())["modules"] if path.exists() else {}
     machine = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -129,6 +131,9 @@ def write_summary(rows: list[dict], max_children: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help=f"some of {', '.join(TARGETS)} (default: all of them)")
+    parser.add_argument(
+        "--out", default=OUT, help="folder for the counts and survivors (default: %(default)s)"
+    )
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--tests", nargs="+", help="test files to use instead of TARGETS' (one module only)")
     parser.add_argument("--run-one", choices=TARGETS, help=argparse.SUPPRESS)
@@ -141,11 +146,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
     if args.tests and len(args.modules) != 1:
         parser.error(f"--tests applies to one module; got modules {args.modules or 'all'}")
+    results = Path(args.out)
     rows = [
-        run_module(name, args.tests or TARGETS[name][1], args.max_children)
+        run_module(name, args.tests or TARGETS[name][1], args.max_children, results)
         for name in args.modules or TARGETS
     ]
-    write_summary(rows, args.max_children)
+    write_summary(rows, args.max_children, results)
     print_table(
         rows,
         [

@@ -1,4 +1,4 @@
-"""Command line: `python -m sdar_core --model PATH --prompt "..." [--chat] [schedule options]`.
+"""Command line: `python -m sdar_core [--model PATH] --prompt "..." [--chat] [schedule options]` (or `sdar ...`).
 
 Prints the generated text on stdout, then the generation's stats on stderr. Bad input of any kind (a checkpoint, a
 config, a decoding option, a device) ends with one line `error: ...` on stderr and exit code 2, never a traceback.
@@ -19,6 +19,7 @@ from .config import ConfigError
 from .decode_params import OPTIONS, DecodeParams
 from .decoding import GenerationError, UntrainedBlockSizeWarning, generate
 from .loading import CheckpointError, load_pretrained
+from .paths import DEFAULT_MODEL
 from .prompting import encode_prompt, stop_ids_for
 
 PROG = "python -m sdar_core"
@@ -66,7 +67,11 @@ def parse_device(name: str | None) -> torch.device | None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="checkpoint folder or hub id")
+    p.add_argument(
+        "--model",
+        default=str(DEFAULT_MODEL),
+        help="checkpoint folder or hub id (default: the embedded sdar-tiny)",
+    )
     p.add_argument("--prompt", required=True)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--system", default=None, help="system message (with --chat)")

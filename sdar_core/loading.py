@@ -17,6 +17,7 @@ import torch
 from .config import ConfigError, ModelConfig
 from .device import default_device, default_dtype
 from .model import SDARForCausalLM
+from .paths import in_checkout
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -104,8 +105,11 @@ def checkpoint_key(path_or_hub_id: str | os.PathLike) -> str:
 
 
 def resolve_checkpoint(path_or_hub_id: str | os.PathLike) -> Path:
-    """The real path of a local checkpoint folder; a hub id is fetched (safetensors and tokenizer files only)."""
+    """The real path of a local checkpoint folder; a hub id is fetched (safetensors and tokenizer files only). A
+    relative path of this checkout (`assets/models/sdar-tiny`) is found from any working directory."""
     name = str(path_or_hub_id)
+    if (shipped := in_checkout(name)) != name:
+        return real_checkpoint_folder(shipped)
     return _fetch_from_hub(name) if _is_hub_id(name) else real_checkpoint_folder(path_or_hub_id)
 
 

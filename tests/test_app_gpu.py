@@ -27,7 +27,7 @@ def registry(studio_checkpoints):
 
 def test_the_warm_up_captures_on_cuda_while_a_visitor_is_served(registry, studio_checkpoints, caplog):
     from app import studio as studio_mod
-    from app.settings import DecodeRequest, params_from_ui
+    from app.settings import DecodeRequest, DecodeSettings
 
     sdar, _ = studio_checkpoints
     loaded = registry.get(str(sdar))
@@ -36,7 +36,7 @@ def test_the_warm_up_captures_on_cuda_while_a_visitor_is_served(registry, studio
     with caplog.at_level(logging.INFO, logger="app.studio"):
         assert warm.start(registry, str(sdar))
         with torch.inference_mode():
-            run = studio.start(DecodeRequest(str(sdar), params_from_ui(dict(max_new_tokens=16))),
+            run = studio.start(DecodeRequest(str(sdar), DecodeSettings(max_new_tokens=16)),
                                [{"role": "user", "content": "Hi"}], threading.Event())
             list(run.follow())
         deadline = time.monotonic() + 300

@@ -12,7 +12,7 @@ import torch
 from app.recording import record
 from app.registry import ModelRegistry
 from app.render import kept_answer_end
-from app.settings import DecodeRequest, params_from_ui
+from app.settings import DecodeRequest, DecodeSettings
 from app.studio import Studio
 from sdar_core import generate
 
@@ -20,13 +20,14 @@ from sdar_core import generate
 def test_a_recording_holds_the_trace_files_and_the_players_value(studio_checkpoints):
     sdar, _ = studio_checkpoints
     studio = Studio(registry=ModelRegistry(models_dir=sdar.parent))
-    settings = params_from_ui(dict(block_length=4, steps=2, strategy="dynamic", threshold=0.5, max_new_tokens=16))
+    settings = DecodeSettings(block_length=4, steps=2, strategy="dynamic", threshold=0.5, max_new_tokens=16)
     run = studio.start(DecodeRequest(str(sdar), settings), [{"role": "user", "content": "Tell me a story."}],
                        threading.Event())
     list(run.follow())
     rec = record("a story", run)
     loaded = run.model
-    ref = generate(loaded.model, torch.tensor([run.job.ids]), settings, stop_token_ids=loaded.stop_token_ids, trace=True)
+    ref = generate(loaded.model, torch.tensor([run.job.ids]), stop_token_ids=loaded.stop_token_ids, trace=True,
+                   **settings.generate_kwargs())
     assert run.answer_text() == loaded.tokenizer.decode(ref.row_tokens(0), skip_special_tokens=True)
     steps = json.loads(open(rec.json_path).read())["steps"]
     texts = ("block_text", "committed_text", "candidate_text")
@@ -47,12 +48,13 @@ def test_a_stopped_runs_answer_is_what_it_had_committed(studio_checkpoints):
     sdar, _ = studio_checkpoints
     studio = Studio(registry=ModelRegistry(models_dir=sdar.parent))
     stop = threading.Event()
-    settings = params_from_ui(dict(block_length=4, steps=4, strategy="static", max_new_tokens=64))
+    settings = DecodeSettings(block_length=4, steps=4, strategy="static", max_new_tokens=64)
     run = studio.start(DecodeRequest(str(sdar), settings), [{"role": "user", "content": "Go on."}], stop)
     for _ in run.follow(interval=0):
         stop.set()  # Stop after the first block reached the handler
     assert run.stopped and run.stats is None and run.feed.status == "stopped"
-    ref = generate(run.model.model, [run.job.ids], settings, stop_token_ids=run.model.stop_token_ids, trace=True)
+    ref = generate(run.model.model, [run.job.ids], stop_token_ids=run.model.stop_token_ids, trace=True,
+                   **settings.generate_kwargs())
     assert 1 <= len(run.events) < len(ref.trace) and run.tokens is None  # ended early
     committed = run.committed_tokens()
     assert committed and committed == ref.row_tokens(0)[: len(committed)]  # a prefix of the whole answer

@@ -164,7 +164,7 @@ def test_a_request_whose_model_is_still_loading_is_told_its_progress_at_once(stu
     progress, holding nothing; once loaded, the next request is served."""
     from app import studio as studio_mod
     from app.registry import LoadStatus
-    from app.settings import DecodeRequest, params_from_ui
+    from app.settings import DecodeRequest, DecodeSettings
 
     sdar, _ = studio_checkpoints
     studio = studio_mod.Studio(registry=ModelRegistry(models_dir=sdar.parent))
@@ -174,7 +174,7 @@ def test_a_request_whose_model_is_still_loading_is_told_its_progress_at_once(stu
     monkeypatch.setattr(studio_mod, "LOAD_GRACE", 0.2)
     monkeypatch.setattr(studio.registry, "ready_or_status", lambda name: status)
     monkeypatch.setattr(studio.registry, "loading", lambda name: type("Loading", (), {"done": never})())
-    req = DecodeRequest(str(sdar), params_from_ui(dict(max_new_tokens=4)))
+    req = DecodeRequest(str(sdar), DecodeSettings(max_new_tokens=4))
     with pytest.raises(studio_mod.ModelLoading, match="is downloading: 2.1 GB of about 8.6 GB, 12 s so far"):
         studio.start(req, [{"role": "user", "content": "Hi"}], threading.Event())
     monkeypatch.undo()

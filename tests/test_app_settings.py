@@ -5,9 +5,7 @@ import math
 
 import pytest
 
-from app.settings import DecodeRequest, SettingsError, params_from_ui
-from sdar_core import DecodeParams
-from sdar_core.decode_params import OPTIONS, start_value
+from app.settings import DecodeRequest, DecodeSettings, SettingsError
 
 UI = dict(model_name="assets/models/sdar-tiny", block_length=8, steps=4, strategy="static", threshold=0.5,
           temperature=0.7, top_p=0.9, max_new_tokens=64, seed=3, pace_ms=120)
@@ -16,19 +14,20 @@ UI = dict(model_name="assets/models/sdar-tiny", block_length=8, steps=4, strateg
 def test_values_are_read_by_name_whatever_their_order_and_type():
     req = DecodeRequest.from_ui(dict(reversed(list(UI.items()))))
     assert req.model_name == "assets/models/sdar-tiny" and req.pace_ms == 120.0
-    assert req.settings == DecodeParams(block_length=8, steps=4, strategy="static", threshold=0.5,
-                                        temperature=0.7, top_p=0.9, max_new_tokens=64, seed=3)
+    assert req.settings == DecodeSettings(block_length=8, steps=4, strategy="static", threshold=0.5,
+                                          temperature=0.7, top_p=0.9, max_new_tokens=64, seed=3)
     # Sliders send floats and numbers may come as text through the API: whole numbers become ints.
-    s = params_from_ui({**UI, "block_length": 8.0, "steps": "4", "seed": 3.0})
+    s = DecodeSettings.from_ui({**UI, "block_length": 8.0, "steps": "4", "seed": 3.0})
     assert (s.block_length, s.steps, s.seed) == (8, 4, 3) and all(type(v) is int for v in (s.block_length, s.seed))
-    assert s == req.settings
+    assert s.generate_kwargs() == dict(block_length=8, steps=4, strategy="static", threshold=0.5, temperature=0.7,
+                                       top_p=0.9, max_new_tokens=64, seed=3)
 
 
 def test_missing_names_keep_the_defaults_and_ar_keeps_the_sampling():
-    assert params_from_ui({}) == DecodeParams(block_length=4, steps=4)  # the controls' first values
-    s = params_from_ui({"block_length": 16, "steps": 16, "max_new_tokens": 8})
-    assert (s.block_length, s.steps, s.max_new_tokens, s.strategy, s.threshold) == (16, 16, 8, "dynamic", 0.9)
-    ar = params_from_ui(UI).as_ar()
+    assert DecodeSettings.from_ui({}) == DecodeSettings()
+    s = DecodeSettings.from_ui({"block_length": 8, "steps": 8, "max_new_tokens": 8})
+    assert (s.block_length, s.steps, s.max_new_tokens, s.strategy, s.threshold) == (8, 8, 8, "dynamic", 0.99)
+    ar = DecodeSettings.from_ui(UI).as_ar()
     assert (ar.block_length, ar.steps, ar.strategy) == (1, 1, "ar") and (ar.temperature, ar.top_p) == (0.7, 0.9)
     assert DecodeRequest.from_ui({"model_name": "m", "pace_ms": None}).pace_ms == 0.0
 
@@ -48,16 +47,3 @@ def test_missing_names_keep_the_defaults_and_ar_keeps_the_sampling():
 def test_a_bad_value_is_named_with_what_is_valid(over, match):
     with pytest.raises(SettingsError, match=match):
         DecodeRequest.from_ui({**UI, **over})
-
-
-def test_the_controls_start_at_the_decode_defaults_and_accept_the_library_ranges():
-    """One home for the defaults: a control starts at DecodeParams' own default (or, where that is "the model's",
-    at its Option's start), and the API accepts exactly the Option's range."""
-    assert [start_value(n) for n in ("strategy", "threshold", "temperature", "top_p", "max_new_tokens", "seed")] == [
-        DecodeParams().strategy, DecodeParams().threshold, DecodeParams().temperature, DecodeParams().top_p,
-        DecodeParams().max_new_tokens, DecodeParams().seed]
-    assert start_value("block_length") == OPTIONS["block_length"].start
-    top = OPTIONS["max_new_tokens"].hi
-    assert params_from_ui({"max_new_tokens": top}).max_new_tokens == top
-    with pytest.raises(SettingsError, match="max new tokens"):
-        params_from_ui({"max_new_tokens": top + 1})

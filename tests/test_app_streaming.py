@@ -10,12 +10,12 @@ import torch
 
 from app import streaming
 from app.render import frame_at, kept_answer_end
-from app.settings import params_from_ui
+from app.settings import DecodeSettings
 from app.streaming import Lane, stream
 from sdar_core import GenerationError, generate
 from sdar_core.trace import StepEvent
 
-SETTINGS = params_from_ui(dict(block_length=4, steps=4, strategy="static", max_new_tokens=24))
+SETTINGS = DecodeSettings(block_length=4, steps=4, strategy="static", max_new_tokens=24)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,8 @@ def steps_shown(lanes, **kw) -> list[int]:
 def test_a_lane_holds_generates_trace_and_a_last_frame_equal_to_the_replay(loaded):
     lane = lane_of(loaded)
     list(stream({"a": lane}, threading.Event()))
-    ref = generate(loaded.model, torch.tensor([lane.ids]), SETTINGS, stop_token_ids=loaded.stop_token_ids, trace=True)
+    ref = generate(loaded.model, torch.tensor([lane.ids]), stop_token_ids=loaded.stop_token_ids, trace=True,
+                   **SETTINGS.generate_kwargs())
     assert lane.state == "done" and lane.gen.row_tokens(0) == ref.row_tokens(0)
     assert lane.events == ref.trace and len(lane.events) == lane.builder.n
     end = kept_answer_end(ref.trace, ref.lengths[0])
@@ -70,7 +71,7 @@ def fake_lane() -> Lane:
 def test_stop_ends_the_running_lane_at_its_next_step_and_starts_no_other(monkeypatch):
     released = threading.Event()
 
-    def decode(lane, on_step):  # one step, then wait for the consumer to press Stop
+    def decode(lane, on_step, turn=None, stop=None):  # one step, then wait for the consumer to press Stop
         on_step(ev(0))
         released.wait(30)
         on_step(ev(1))
@@ -89,7 +90,7 @@ def test_stop_ends_the_running_lane_at_its_next_step_and_starts_no_other(monkeyp
 def test_lanes_run_one_after_the_other_or_together(monkeypatch, parallel):
     log, together = [], threading.Barrier(2, timeout=30)
 
-    def decode(lane, on_step):
+    def decode(lane, on_step, turn=None, stop=None):
         log.append(("start", lane))
         if parallel:
             together.wait()  # returns only when both lanes run at once

@@ -112,7 +112,7 @@ def test_a_visitor_who_comes_during_the_warm_up_is_served_and_the_warm_up_goes_o
 
     from app import studio as studio_mod
     from app.registry import ModelRegistry
-    from app.settings import DecodeRequest, params_from_ui
+    from app.settings import DecodeRequest, DecodeSettings
 
     sdar, _ = studio_checkpoints
     registry = ModelRegistry(models_dir=sdar.parent)
@@ -134,7 +134,7 @@ def test_a_visitor_who_comes_during_the_warm_up_is_served_and_the_warm_up_goes_o
         assert warm.start(registry, str(sdar))
         assert started.wait(30)
         with torch.inference_mode():  # a handler's mode
-            run = studio.start(DecodeRequest(str(sdar), params_from_ui(dict(max_new_tokens=8))),
+            run = studio.start(DecodeRequest(str(sdar), DecodeSettings(max_new_tokens=8)),
                                [{"role": "user", "content": "Hi"}], threading.Event())
             list(run.follow())
         assert run.stats is not None and run.stats.new_tokens >= 1

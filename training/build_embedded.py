@@ -7,9 +7,9 @@
 
 Each stage is a recipe in training/recipes/ (embedded-*.yaml) writing to runs/embedded/<stage>; a stage always runs
 with resume=true, so a call that hit the recipe's max_minutes continues where it stopped. The SFT stages export
-their final model to assets/models/sdar-tiny and assets/models/ar-tiny (safetensors shards <= 15 MiB, bf16,
-tokenizer included). Exit status: 0 when the requested stages are finished, 3 when a time budget stopped one
-(run the same command again).
+their final model to <--out>/sdar-tiny and <--out>/ar-tiny (out/models by default; `--out assets/models` replaces
+the shipped ones; safetensors shards <= 15 MiB, bf16, tokenizer included). Exit status: 0 when the requested
+stages are finished, 3 when a time budget stopped one (run the same command again).
 
 After a rebuild, regenerate what the tests compare the shipped models with, and the evaluation
 (assets/models/README.md, "Evaluation"):
@@ -41,7 +41,7 @@ class Stage:
     name: str
     recipe: str
     init_from: str | None  # the stage whose final model this one starts from
-    export: str | None  # assets/models/<export> receives the final model
+    export: str | None  # <--out>/<export> receives the final model
 
 
 STAGES = [
@@ -117,7 +117,12 @@ def status(runs: Path, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", default="all", help="all | next | " + " | ".join(s.name for s in STAGES))
-    parser.add_argument("--out", default="assets/models", help="where sdar-tiny/ and ar-tiny/ are written")
+    parser.add_argument(
+        "--out",
+        default="out/models",
+        help="where sdar-tiny/ and ar-tiny/ are written (default: "
+        "%(default)s; --out assets/models replaces the shipped ones)",
+    )
     parser.add_argument("--runs", default="runs/embedded", help="training outputs, one folder per stage")
     parser.add_argument("--status", action="store_true", help="print what is done and exit")
     parser.add_argument(

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
-from sdar_core.paths import REPO, in_repo
+from sdar_core.paths import REPO
 from training import qa, synthetic
 
 ALPACA_PATH = REPO / "training" / "data" / "alpaca_en_demo.json"
@@ -586,7 +586,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def build(cfg: CorpusConfig) -> dict:
     """Build the whole data set into cfg.out and return the manifest (also written as manifest.json)."""
-    out, cache = in_repo(cfg.out), in_repo(cfg.cache)
+    out, cache = Path(cfg.out), Path(cfg.cache)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"corpus-{cfg.seed}")
 

@@ -251,6 +251,8 @@ def _coerce(value, annotation: str, name: str):
         if not isinstance(value, bool):
             raise RecipeError(f"recipe key {name!r} must be true or false, got {value!r}")
         return value
+    if base in ("int", "float") and isinstance(value, str):
+        value = _number(value, name)
     if base == "int":
         if isinstance(value, bool) or not (
             isinstance(value, int) or (isinstance(value, float) and value.is_integer())
@@ -266,6 +268,22 @@ def _coerce(value, annotation: str, name: str):
             raise RecipeError(f"recipe key {name!r} must be a string, got {value!r}")
         return str(value)
     return value
+
+
+def _number(text: str, name: str) -> int | float:
+    """A number written as text. YAML 1.1 (PyYAML) reads `1e-4` and `3E5` as strings: it wants a dot and a signed
+    exponent (`1.0e-4`, `3.0e+5`), which nobody types."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        raise RecipeError(f"recipe key {name!r} must be a number, got {text!r}") from None
+    if not math.isfinite(number):
+        raise RecipeError(f"recipe key {name!r} must be a finite number, got {text!r}")
+    return number
 
 
 def recipe_from_dict(raw: dict) -> Recipe:

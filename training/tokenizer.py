@@ -19,7 +19,6 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from sdar_core.paths import in_repo
 from sdar_core.prompting import END_OF_TEXT, MASK_TOKEN, TURN_END, TURN_START
 
 SPECIAL_TOKENS = [END_OF_TEXT, TURN_START, TURN_END, MASK_TOKEN]  # ids 0, 1, 2, 3
@@ -140,11 +139,15 @@ def count_tokens(tok: Tokenizer, texts: Iterable[str], batch: int = 1024) -> tup
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Train the embedded demo model's byte-level BPE tokenizer.")
     ap.add_argument("--data", default="data/embedded", help="folder with pretrain.jsonl and sft.jsonl")
-    ap.add_argument("--out", default="assets/tokenizer")
+    ap.add_argument(
+        "--out",
+        default="out/tokenizer",
+        help="where the tokenizer is written (default: %(default)s; assets/tokenizer is the shipped one)",
+    )
     ap.add_argument("--vocab-size", type=int, default=4096)
     ap.add_argument("--model-max-length", type=int, default=4096, help="recorded in tokenizer_config.json")
     args = ap.parse_args(argv)
-    data, out = in_repo(args.data), in_repo(args.out)
+    data, out = Path(args.data), Path(args.out)
 
     tok = train_tokenizer(corpus_texts(data), args.vocab_size)
     save_hf(tok, out, args.model_max_length)
