@@ -19,33 +19,16 @@ from sdar_core.device import synchronize
 from sdar_core.model import SDARForCausalLM
 from training.model_init import init_weights
 
+# fmt: off
 ARCHS = {
-    "tiny": dict(
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        vocab_size=4096,
-        tie_word_embeddings=True,
-    ),
-    "tiny-moe": dict(
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        vocab_size=4096,
-        tie_word_embeddings=False,
-        num_experts=16,
-        num_experts_per_tok=4,
-        moe_intermediate_size=64,
-        norm_topk_prob=True,
-    ),
+    "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=32, vocab_size=4096, tie_word_embeddings=True),
+    "tiny-moe": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=32, vocab_size=4096, tie_word_embeddings=False, num_experts=16,
+                     num_experts_per_tok=4, moe_intermediate_size=64, norm_topk_prob=True),
     **{f"sdar-{size}": shape for size, shape in PUBLIC_SHAPES.items()},
 }
+# fmt: on
 
 
 def arch_config(name: str, block_size: int = 4) -> ModelConfig:

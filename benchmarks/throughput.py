@@ -34,19 +34,13 @@ from training.train import compute_loss, step_generator
 from .common import machine_info
 from .table import print_table
 
+# fmt: off
 SHAPES = {
     **{f"qwen3-{size}": shape for size, shape in PUBLIC_SHAPES.items()},
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        vocab_size=512,
-        tie_word_embeddings=True,
-    ),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, vocab_size=512, tie_word_embeddings=True),
 }
+# fmt: on
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12}
 
 
