@@ -37,9 +37,17 @@ class Machine:
     bandwidth_GBps: float | None = None
     ar_ceiling_tps: float | None = None  # batch-1 AR tokens/s if every forward only streamed the weights
 
+    model: str = ""  # what ran: the architecture measured
+
     @property
     def label(self) -> str:
         return f"{self.gpu} · torch {self.torch} · {self.date}"
+
+    @property
+    def name(self) -> str:
+        """The run as the picker lists it: GPU, date, what ran, and its file (unique)."""
+        gpu = self.gpu.removeprefix("NVIDIA ")
+        return f"{gpu} · {self.date} · {self.model or self.arch or '?'} · {self.run}"
 
 
 def _number(v) -> float | None:
@@ -72,14 +80,16 @@ def _machine(info, run: str, rows: list[dict]) -> Machine:
     def text(k):
         return str(info.get(k) or first.get(k) or "?")
 
+    models = sorted({r["model"] for r in rows if r.get("model")})
     return Machine(run=run, gpu=text("gpu"), torch=text("torch"), date=text("date"), arch=str(info.get("arch") or ""),
-                   bandwidth_GBps=_number(info.get("bandwidth_GBps")), ar_ceiling_tps=_number(info.get("ar_ceiling_tps")))
+                   bandwidth_GBps=_number(info.get("bandwidth_GBps")), ar_ceiling_tps=_number(info.get("ar_ceiling_tps")),
+                   model=", ".join(models))
 
 
 def read_results(folder: Path | str = RESULTS_DIR) -> tuple[list[dict], list[Machine], list[str]]:
     """(rows, machines, notes) of every results.json (any *.json) under `folder`, recursively.
 
-    rows: the usable rows, each with its run's folder in "run"; machines: one per file that had rows;
+    rows: the usable rows, each with its run in "run"; machines: one per file that had rows, newest first;
     notes: what was skipped and why."""
     folder = Path(folder)
     rows, machines, notes = [], [], []
@@ -87,7 +97,10 @@ def read_results(folder: Path | str = RESULTS_DIR) -> tuple[list[dict], list[Mac
         return rows, machines, [f"no {folder.name}/ folder yet: `python -m benchmarks.bench --out "
                                 f"benchmarks/results/<name>` writes one"]
     for path in sorted(folder.rglob("*.json")):
-        run = str(path.parent.relative_to(folder)) if path.parent != folder else path.stem
+        # A run is its file: the folder for results.json, the folder and the file's stem otherwise (a folder can
+        # hold several runs: fused.json and eager.json).
+        rel = path.relative_to(folder).with_suffix("")
+        run = str(rel.parent) if rel.name == "results" and rel.parent != Path(".") else str(rel)
         where = str(path.relative_to(folder))
         try:
             raw = json.loads(path.read_text())
@@ -110,4 +123,5 @@ def read_results(folder: Path | str = RESULTS_DIR) -> tuple[list[dict], list[Mac
         if good:
             rows.extend(good)
             machines.append(_machine(info, run, good))
+    machines.sort(key=lambda m: m.date, reverse=True)  # stable: runs of one date stay in path order
     return rows, machines, notes

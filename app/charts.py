@@ -2,6 +2,7 @@
 threshold, as the paper's Figures 3-4) and the GPU measurements (tokens/s against batch size, with the AR bandwidth ceiling)."""
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 
@@ -92,55 +93,52 @@ def gpu_curve_label(row: dict) -> str:
     return label
 
 
-def gpu_figure(rows: list[dict], machines: list = ()) -> go.Figure:
-    """tokens/s vs batch size, one curve per (run, mode, block length, strategy), each run labelled with its
-    GPU, torch and date; each run's AR bandwidth ceiling (weights streamed once per forward) as a line."""
+def ceiling_name(m) -> str:
+    """The AR ceiling's legend entry, with its value: a bound, not a measurement."""
+    return f"AR ceiling, batch 1: {m.ar_ceiling_tps:.0f} tokens/s ({m.bandwidth_GBps or 0:.0f} GB/s measured)"
+
+
+def gpu_figure(rows: list[dict], machine) -> go.Figure:
+    """One run's tokens/s vs batch size: one curve per (mode, block length, strategy), the AR bandwidth ceiling
+    (weights streamed once per forward) as a line named with its value. The y axis is linear, or logarithmic
+    when the run's values span more than LOG_SPAN (its range then fits the data and the ceiling)."""
+    rows = [r for r in rows if machine is not None and r["run"] == machine.run]
     if not rows:
         return empty_figure("No GPU measurements in benchmarks/results/ yet: python -m benchmarks.bench --out "
-                      "benchmarks/results/<name> writes them.")
-    by_run = {m.run: m for m in machines}
+                            "benchmarks/results/<name> writes them.")
     curves = defaultdict(list)
     for r in rows:
-        key = (r["run"], r["mode"], r["strategy"], r["block_length"], r["steps"],
+        key = (r["mode"], r["strategy"], r["block_length"], r["steps"],
                r["threshold"] if r["strategy"] == "dynamic" else None)
         curves[key].append(r)
     fig = go.Figure()
-    several = len({r["run"] for r in rows}) > 1
     for key, rs in sorted(curves.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
-        run, mode = key[0], key[1]
         rs.sort(key=lambda r: r["batch_size"])
-        m = by_run.get(run)
-        where = m.label if m else f"{rs[0]['gpu']} · torch {rs[0]['torch']} · {rs[0]['date']}"
         fig.add_trace(go.Scatter(
             x=[r["batch_size"] for r in rs], y=[r["tokens_per_second"] for r in rs], mode="lines+markers",
-            name=gpu_curve_label(rs[0]), legendgroup=run,
-            legendgrouptitle_text=f"{where} ({run})" if several else None,
-            line=dict(dash=MODE_DASH.get(mode, "solid")),
-            hovertemplate=f"{gpu_curve_label(rs[0])}<br>{where}<br>batch %{{x}}: %{{y:.0f}} tokens/s<extra></extra>"))
+            name=gpu_curve_label(rs[0]), line=dict(dash=MODE_DASH.get(key[0], "solid")),
+            hovertemplate=f"{gpu_curve_label(rs[0])}<br>batch %{{x}}: %{{y:.0f}} tokens/s<extra></extra>"))
     batches = sorted({r["batch_size"] for r in rows})
-    for m in machines:
-        if m.ar_ceiling_tps:  # a bound, not a measurement: its own name in the legend and a style no series uses
-            name = f"AR ceiling, batch 1 ({m.gpu}, {m.bandwidth_GBps or 0:.0f} GB/s)"
-            fig.add_trace(go.Scatter(
-                x=[batches[0], batches[-1]], y=[m.ar_ceiling_tps] * 2, mode="lines", name=name,
-                line=dict(dash=CEILING_DASH, color=CEILING_COLOUR, width=2), legendgroup="ceiling",
-                hovertemplate=f"{name}: {m.ar_ceiling_tps:.0f} tokens/s<extra></extra>"))
-            fig.add_annotation(x=0, xref="paper", y=m.ar_ceiling_tps, yanchor="bottom", xanchor="left",
-                               showarrow=False, text=f"{name}: {m.ar_ceiling_tps:.0f} tokens/s",
-                               font=dict(size=11, color=CEILING_COLOUR))
-    shown = [m for m in machines if m.run in {r["run"] for r in rows}]
-    title = ("Measured throughput: " + shown[0].label + (f" · {shown[0].arch}" if shown[0].arch else "")
-             if len(shown) == 1 else f"Measured throughput: {len(shown)} runs")
-    ys = [r["tokens_per_second"] for r in rows if r["tokens_per_second"] > 0] + \
-         [m.ar_ceiling_tps for m in shown if m.ar_ceiling_tps]
-    log_y = bool(ys) and max(ys) / min(ys) > 30
+    ys = [r["tokens_per_second"] for r in rows if r["tokens_per_second"] > 0]
+    if machine.ar_ceiling_tps:
+        name = ceiling_name(machine)
+        fig.add_trace(go.Scatter(
+            x=[batches[0], batches[-1]], y=[machine.ar_ceiling_tps] * 2, mode="lines", name=name,
+            line=dict(dash=CEILING_DASH, color=CEILING_COLOUR, width=2), hovertemplate=f"{name}<extra></extra>"))
+        ys.append(machine.ar_ceiling_tps)
+    log_y = bool(ys) and max(ys) / min(ys) > LOG_SPAN
+    yaxis = dict(title="tokens/s", type="log" if log_y else "linear", rangemode="normal" if log_y else "tozero")
+    if log_y:  # log axes take exponents: the data and the ceiling, with a little room
+        yaxis["range"] = [math.log10(min(ys)) - 0.1, math.log10(max(ys)) + 0.1]
+    title = f"{machine.label}" + (f" · {machine.arch}" if machine.arch else "") + f" · {machine.run}"
     fig.update_layout(title=dict(text=title, font=dict(size=14)), template="plotly_white", height=420,
-                      xaxis=dict(title="batch size", type="log", tickvals=sorted({r["batch_size"] for r in rows}),
+                      xaxis=dict(title="batch size", type="log" if len(batches) > 1 else "linear", tickvals=batches,
                                  tickformat="d"),
-                      yaxis=dict(title="tokens/s", type="log" if log_y else "linear",
-                                 rangemode="normal" if log_y else "tozero"),
-                      margin=dict(l=60, r=20, t=50, b=40))
+                      yaxis=yaxis, legend=dict(font=dict(size=11)), margin=dict(l=60, r=20, t=50, b=40))
     return fig
+
+
+LOG_SPAN = 30  # a run whose values span more than this (largest / smallest) gets a log y axis
 
 
 GPU_COLUMNS = ["run", "gpu", "torch", "date", "model", "mode", "strategy", "block_length", "steps", "threshold",

@@ -4,6 +4,8 @@ watch delay (the default), replays them in the browser: every block opens fully 
 by step. Errors and notes appear in place, beside the message box, and leave the conversation as it was."""
 from __future__ import annotations
 
+import logging
+
 import gradio as gr
 
 from .errors import explained, unshown
@@ -15,6 +17,7 @@ from .run import Run
 from .settings import MAX_MESSAGE_CHARS, MAX_SYSTEM_CHARS, DecodeRequest, checked_text
 from .studio import WARMUP, Studio
 
+log = logging.getLogger(__name__)
 LIVE_PLACEHOLDER = "The block being denoised appears here while the model answers."
 
 
@@ -62,12 +65,16 @@ class Chat:
         history = turn + [{"role": "assistant", "content": answer}]
         stats = stats_markdown(run.stats, run.batch_note()) if run.stats else stats_markdown(
             None, "_Stopped: the answer above is what was committed before Stop._")
+        recording = record(message[:80], run)
+        log.info("served a chat answer: %s", run.timeline())
         yield {p.chatbot: history, p.history: history, p.live: run.feed.value(), p.chat_stats: stats,
-               p.recording: record(message[:80], run), p.chat_note: note}
+               p.recording: recording, p.chat_note: note}
 
-    def clear(self):
-        """The conversation and the player emptied (a replay playing in the page stops)."""
+    def clear(self, request: gr.Request = None):
+        """The conversation and the player emptied: a decode of this session stops, a replay playing in the page
+        stops."""
         p = self.p
+        self.studio.stop(request)
         return {p.chatbot: [], p.history: [], p.message: "", p.live: empty(LIVE_PLACEHOLDER, run=-1),
                 p.chat_stats: "", p.chat_note: ""}
 

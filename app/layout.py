@@ -12,14 +12,27 @@ from .chat import LIVE_PLACEHOLDER
 from .run import WATCH_MS
 from .race import DEFAULT_REPEATS, PARALLEL, REPEATS, SEQUENTIAL, SWEEP_BLOCKS, SWEEP_THRESHOLDS, lane_html
 from .player import DenoisePlayer
+from .prompting import DEFAULT_SYSTEM
 from .render import block_table
-from .settings import MAX_BLOCK_LENGTH, MAX_MESSAGE_CHARS, MAX_NEW_TOKENS, MAX_SYSTEM_CHARS, SDAR_STRATEGIES
+from .settings import (MAX_BLOCK_LENGTH, MAX_MESSAGE_CHARS, MAX_NEW_TOKENS, MAX_SYSTEM_CHARS, SDAR_STRATEGIES,
+                       DecodeSettings)
 from .visualizer import EMPTY
 
-# Fonts that ship with gradio (served by the app itself): the page fetches nothing from the internet.
-THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate",
-                       font=[gr.themes.GoogleFont("IBM Plex Sans"), "ui-sans-serif", "system-ui", "sans-serif"],
-                       font_mono=[gr.themes.GoogleFont("IBM Plex Mono"), "ui-monospace", "Consolas", "monospace"])
+# The system's own fonts: complete faces on every platform (the theme's bundled web font lacked most glyphs, so
+# bold labels mixed two fonts), nothing fetched. Labels are quiet text above their control, not coloured chips.
+SANS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial",
+        "Noto Sans", "Liberation Sans", "sans-serif"]
+MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation Mono", "DejaVu Sans Mono", "monospace"]
+THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate", font=SANS, font_mono=MONO).set(
+    block_label_background_fill="transparent", block_label_background_fill_dark="transparent",
+    block_label_text_color="*neutral_600", block_label_text_color_dark="*neutral_300",
+    block_label_text_weight="500", block_label_border_width="0px", block_label_shadow="none",
+    block_title_text_weight="500", block_title_text_color="*neutral_700", block_title_background_fill="transparent",
+    block_title_padding="0", block_label_padding="0 0 4px 0", section_header_text_weight="500",
+    button_large_text_weight="500", button_small_text_weight="500")
+STRATEGY_INFO = ("how a step picks the positions it commits · static: the same number every step · dynamic: every "
+                 "position whose confidence passes the threshold (at least the static number) · sequential: left "
+                 "to right · entropy: the positions the model is least uncertain about")
 CSS = """
 #sdar-header h1 {margin-bottom: 0}
 .sdar-lane {min-height: 160px}
@@ -32,7 +45,8 @@ footer {display: none !important}
   #sdar-header p {font-size: 13px; margin: 4px 0}
 }
 """
-LAUNCH_KWARGS = {"theme": THEME, "css": CSS}
+SESSIONS_KEPT = 1000  # browser or API sessions whose state (conversation, last recording) the server keeps
+LAUNCH_KWARGS = {"theme": THEME, "css": CSS, "state_session_capacity": SESSIONS_KEPT}
 INTRO = ("# SDAR Studio\nWatch a **block-diffusion** language model (SDAR: Synergistic Diffusion-AutoRegression) "
          "decode: autoregressive across blocks, parallel denoising inside each block. Chat with it, replay every "
          "denoising step, and race it against one-token-per-forward AR decoding on the same weights.\n\n"
@@ -46,6 +60,7 @@ VIS_EXAMPLES = examples.prompts(examples.VISUALIZER)
 RACE_PROMPT = examples.SUM.prompt
 RACE_EXAMPLES = examples.prompts(examples.RACE)
 SWEEP_DEFAULT_BLOCKS = [4, 8, 16]
+DEFAULTS = DecodeSettings()  # the page opens on the decoding settings the examples are checked at
 SWEEP_DEFAULT_THRESHOLDS = [0.95, 0.9, 0.8, 0.7]
 
 
@@ -94,24 +109,27 @@ def _settings_column(p: Page, default_model: str, choices: list[str], model_info
                               elem_id="sdar-model")
     p.load_btn = gr.Button("Load", size="sm")
     p.model_info = gr.Markdown(model_info, elem_id="sdar-model-info")
+    with gr.Accordion("System prompt (sent by every tab)", open=False, elem_id="sdar-system-prompt"):
+        p.system = gr.Textbox(value=DEFAULT_SYSTEM, show_label=False, lines=2, max_length=MAX_SYSTEM_CHARS,
+                              elem_id="sdar-system")
     with gr.Accordion("Decoding", open=True):
-        block = gr.Slider(1, MAX_BLOCK_LENGTH, value=4, step=1, label="Block length", elem_id="sdar-block-length")
+        block = gr.Slider(1, MAX_BLOCK_LENGTH, value=DEFAULTS.block_length, step=1, label="Block length", elem_id="sdar-block-length")
         p.decode_note = gr.Markdown(elem_id="sdar-decode-note")  # an untrained block; why controls are greyed out
         p.decode = {  # DecodeRequest's field names -> their components, in the API's order
             "model_name": p.model_box,
             "block_length": block,
-            "steps": gr.Slider(1, MAX_BLOCK_LENGTH, value=4, step=1,
+            "steps": gr.Slider(1, MAX_BLOCK_LENGTH, value=DEFAULTS.steps, step=1,
                                label="Denoising steps per block (at most the block length)", elem_id="sdar-steps"),
-            "strategy": gr.Radio(list(SDAR_STRATEGIES), value="dynamic", label="Unmasking strategy",
-                                 elem_id="sdar-strategy"),
-            "threshold": gr.Slider(0.01, 1.0, value=0.9, step=0.01, label="Confidence threshold (dynamic)",
+            "strategy": gr.Radio(list(SDAR_STRATEGIES), value=DEFAULTS.strategy, label="Unmasking strategy",
+                                 info=STRATEGY_INFO, elem_id="sdar-strategy"),
+            "threshold": gr.Slider(0.01, 1.0, value=DEFAULTS.threshold, step=0.01, label="Confidence threshold (dynamic)",
                                    elem_id="sdar-threshold"),
-            "temperature": gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)",
+            "temperature": gr.Slider(0.0, 2.0, value=DEFAULTS.temperature, step=0.05, label="Temperature (0 = greedy)",
                                      elem_id="sdar-temperature"),
-            "top_p": gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p"),
-            "max_new_tokens": gr.Slider(1, MAX_NEW_TOKENS, value=128, step=1, label="Max new tokens",
+            "top_p": gr.Slider(0.05, 1.0, value=DEFAULTS.top_p, step=0.05, label="Top-p"),
+            "max_new_tokens": gr.Slider(1, MAX_NEW_TOKENS, value=DEFAULTS.max_new_tokens, step=1, label="Max new tokens",
                                         elem_id="sdar-max-new-tokens"),
-            "seed": gr.Number(value=0, precision=0, minimum=0, label="Seed", info="used when temperature > 0",
+            "seed": gr.Number(value=DEFAULTS.seed, precision=0, label="Seed", info="used when temperature > 0",
                               elem_id="sdar-seed"),
         }
         p.new_seed = gr.Button("New random seed", size="sm", elem_id="sdar-new-seed")
@@ -123,17 +141,15 @@ def _settings_column(p: Page, default_model: str, choices: list[str], model_info
 def _chat_tab(p: Page) -> None:
     p.chatbot = gr.Chatbot(label="Chat", height=360, elem_id="sdar-chatbot",
                            placeholder="Ask something: the answer is denoised block by block.")
-    with gr.Row():
-        p.message = gr.Textbox(placeholder="Your message", show_label=False, scale=5, elem_id="sdar-message",
-                               lines=1, max_lines=6, max_length=MAX_MESSAGE_CHARS)
-        p.send = gr.Button("Send", variant="primary", scale=1, elem_id="sdar-send")
-        p.stop = gr.Button("Stop", variant="stop", scale=1, elem_id="sdar-stop")
-        p.clear = gr.Button("Clear", scale=1, elem_id="sdar-clear")
+    # The message box takes the tab's full width; the buttons sit under it, sized to their words.
+    p.message = gr.Textbox(placeholder="Your message (Enter sends)", show_label=False, elem_id="sdar-message",
+                           lines=1, max_lines=6, max_length=MAX_MESSAGE_CHARS)
+    with gr.Row(elem_id="sdar-chat-buttons"):
+        p.send = gr.Button("Send", variant="primary", scale=0, min_width=110, elem_id="sdar-send")
+        p.stop = gr.Button("Stop", variant="stop", scale=0, min_width=90, elem_id="sdar-stop")
+        p.clear = gr.Button("Clear", scale=0, min_width=90, elem_id="sdar-clear")
     p.chat_note = gr.Markdown(elem_id="sdar-chat-note")  # errors and notes, in place: never over the chat
     gr.Examples(CHAT_EXAMPLES, inputs=p.message, label="Examples", elem_id="sdar-examples")
-    with gr.Accordion("System prompt", open=False):
-        p.system = gr.Textbox(value="You are a helpful assistant.", show_label=False, lines=2,
-                              max_length=MAX_SYSTEM_CHARS)
     p.live = DenoisePlayer(LIVE_PLACEHOLDER, label="Block being denoised", elem_id="sdar-live")
     p.chat_stats = gr.Markdown(elem_id="sdar-chat-stats")
 
@@ -158,11 +174,12 @@ def _race_tab(p: Page) -> None:
     with gr.Row():
         p.race_mode = gr.Radio([SEQUENTIAL, PARALLEL], value=SEQUENTIAL, label="Run", scale=3)
         p.race_repeats = gr.Slider(REPEATS.lo, REPEATS.hi, value=DEFAULT_REPEATS, step=1, scale=2,
-                                   label="Timed runs per lane", info="after an untimed warm-up; median shown")
+                                   label="Timed runs per lane", info="after an untimed warm-up; median shown",
+                                   elem_id="sdar-race-repeats")
         p.use_twin = gr.Checkbox(value=True, label="Include the AR twin when there is one", scale=2)
         p.race_btn = gr.Button("Race", variant="primary", scale=1, elem_id="sdar-race")
         p.race_stop = gr.Button("Stop", variant="stop", scale=1)
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=True, elem_id="sdar-race-lanes"):
         p.lanes = [gr.HTML(lane_html(title), elem_classes="sdar-lane", elem_id=f"sdar-lane-{name}")
                    for name, title in (("ar", "AR on the same weights"), ("sdar", "SDAR"), ("twin", "AR twin"))]
     p.race_speedup = gr.Markdown(elem_id="sdar-speedup")
@@ -171,6 +188,7 @@ def _race_tab(p: Page) -> None:
     with gr.Accordion("Sweep: block length × threshold (paper Figures 3-4)", open=False):
         _sweep(p)
     with gr.Accordion("GPU measurements (benchmarks/results/)", open=False):
+        p.gpu_run = gr.Dropdown([], label="Run (GPU · date · what ran · file)", elem_id="sdar-gpu-run")
         p.gpu_plot = gr.Plot(label="tokens/s vs batch size", elem_id="sdar-gpu-chart")
         p.gpu_notes = gr.Markdown()
         p.gpu_df = gr.DataFrame(interactive=False, elem_id="sdar-gpu-table", elem_classes="sdar-table")

@@ -5,6 +5,8 @@
 const MASK = "\u2592";
 const MAX_WATCH_MS = 20000; // a longer replay skips frames evenly, as app/replay.py did on the server
 const PACES = [0, 30, 60, 120, 250, 500];
+const END_MARK = "\u23ce end"; // the stop token (app/render.py END_MARK)
+const END_TITLE = "the stop token: the answer ends here";
 
 function esc(s) {
   return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
@@ -129,12 +131,11 @@ function cellHtml(c, value, end) {
       MASK + "</span>";
   }
   const stops = new Set(value.stop || []);
+  if (stops.has(c.tok)) return '<span class="sdar-end" title="' + END_TITLE + '">' + END_MARK + "</span>";
   const classes = ["sdar-tok"];
   if (c.fresh) classes.push("sdar-fresh");
   if (c.pos >= end) classes.push("sdar-discarded");
-  let text;
-  if (stops.has(c.tok)) { classes.push("sdar-end"); text = "end"; }
-  else text = esc(piece(value, c.tok)).replace(/\n/g, "\u21b5<br>") || "&nbsp;";
+  const text = esc(piece(value, c.tok)).replace(/\n/g, "\u21b5<br>") || "&nbsp;";
   const title = "position " + c.pos + " \u00b7 confidence " + (c.conf === null ? "?" : c.conf.toFixed(2)) +
     " \u00b7 committed at step " + (c.step + 1);
   return '<span class="' + classes.join(" ") + '" style="background:' + colour(c.conf) + '" title="' + esc(title) +
@@ -213,9 +214,12 @@ function mount(element, props, watch) {
     '<span class="sdar-tok" style="background:' + colour(0.5) + '">0.5</span><span class="sdar-tok" style="background:' +
     colour(0.9) + '">0.9</span> \u00b7 <span class="sdar-tok sdar-mask">' + MASK + '</span> still masked \u00b7 ' +
     '<span class="sdar-tok sdar-fresh">new</span> committed at this step \u00b7 <span class="sdar-block">\u2026</span> ' +
-    'block being denoised \u00b7 <span class="sdar-tok sdar-discarded">after</span> past the end of the answer</div>' +
-    '<div class="sdar-heat"><div class="sdar-heat-title">Confidence of each masked position at each step (x: answer ' +
-    'token, y: step; dark marks: committed; blue band: the step shown)</div><canvas class="sdar-heatmap"></canvas></div>';
+    'block being denoised \u00b7 <span class="sdar-end">' + END_MARK + '</span> the answer ends \u00b7 ' +
+    '<span class="sdar-tok sdar-discarded">after</span> decoded after the end: dropped</div>' +
+    '<div class="sdar-heat"><div class="sdar-heat-title">How sure the model was of each position while it was still ' +
+    'masked. One row per denoising step (top: first), one column per answer position; colour: the confidence of ' +
+    'its best guess (red: unsure, green: sure); dark dot: committed at that step; blue outline: the step shown. ' +
+    'Hover a cell for its guess, click a row to show that step.</div><canvas class="sdar-heatmap"></canvas></div>';
   const $ = (sel) => root.querySelector(sel);
   const speed = $(".sdar-speed");
   for (const ms of PACES) {
@@ -245,7 +249,7 @@ function mount(element, props, watch) {
       $(".sdar-frame").innerHTML = '<span class="sdar-quiet">' + esc(v.note || (v.status === "decoding" ?
         "Decoding\u2026" : "Nothing to show yet.")) + "</span>";
       $(".sdar-where").textContent = "";
-      root.dataset.frame = "-1"; root.dataset.masked = "0";
+      root.dataset.frame = "-1"; root.dataset.masked = "0"; root.dataset.filled = "0";
       if (withHeatmap) drawHeatmap($(".sdar-heatmap"), v, frames, -1);
       return;
     }
@@ -260,6 +264,7 @@ function mount(element, props, watch) {
     $(".sdar-count").textContent = "frame " + (i + 1) + " of " + frames.length + (v.status === "decoding" ? "+" : "");
     root.dataset.frame = String(i);
     root.dataset.masked = String(frame.block.filter((c) => c.tok === null).length);
+    root.dataset.filled = String(frame.block.filter((c) => c.tok !== null).length);
     root.dataset.text = frameText(frame, v);
     if (withHeatmap) drawHeatmap($(".sdar-heatmap"), v, frames, i);
   }

@@ -28,7 +28,7 @@ CSS = """
 .sdar-tok {border-radius: 3px; padding: 1px 1px; margin: 0 1px; color: #111827}
 .sdar-mask {background: #374151 !important; color: #9ca3af; padding: 1px 3px}
 .sdar-fresh {outline: 2px solid #2563eb}
-.sdar-end {font-size: 11px; color: #6b7280; font-style: italic}
+.sdar-end {font-size: 11px; color: #6b7280; font-style: italic; margin: 0 3px; white-space: nowrap}
 .sdar-discarded {opacity: 0.35; text-decoration: line-through}
 .sdar-block {border: 1px dashed #2563eb; border-radius: 5px; padding: 3px 2px; margin-left: 2px; background: #eff6ff}
 .sdar-quiet {color: #6b7280}

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from sdar_core.prompting import chat_ids
 
+# The system prompt every tab sends unless the visitor edits it (the one box in the settings column): the chat, the
+# visualizer, the race and the sweep decode the same conversation, and the example test decodes it too.
+DEFAULT_SYSTEM = "You are a helpful assistant."
 FALLBACK_NOTE = "this tokenizer has no chat template: the conversation is sent as plain 'User:/Assistant:' text"
 
 
-def conversation(system: str, history: list[dict], message: str) -> list[dict]:
+def conversation(system: str | None, history: list[dict], message: str) -> list[dict]:
     """Messages in the chat-template format: optional system prompt, the past turns, the new user turn."""
     msgs = [{"role": "system", "content": system.strip()}] if system and system.strip() else []
     msgs += [{"role": m["role"], "content": m["content"]} for m in history]

@@ -17,12 +17,13 @@ import gradio as gr
 import pandas as pd
 
 from .benchmarks import read_results
+from .budget import Budget, OverBudget, runs_within
 from .charts import gpu_figure, gpu_table, race_figure, sweep_figures, sweep_table
 from .errors import explains_in_place
-from .prompting import conversation, prompt_ids
+from .prompting import DEFAULT_SYSTEM, conversation, prompt_ids
 from .registry import ar_twin_name
 from .render import frame_html, placeholder_html
-from .settings import (MAX_MESSAGE_CHARS, DecodeRequest, DecodeSettings, Range, SettingsError, checked_text,
+from .settings import (MAX_MESSAGE_CHARS, MAX_SYSTEM_CHARS, DecodeRequest, DecodeSettings, Range, SettingsError, checked_text,
                        shown)
 from .streaming import Lane, decode_alone, stream, warm_up
 from .studio import Studio
@@ -35,18 +36,23 @@ RACE_COLUMNS = ["run", "strategy", "block", "steps", "tokens", "forwards (NFE)",
 REPEATS = Range("timed runs per lane", 1, 5, integer=True)
 DEFAULT_REPEATS = 3
 SWEEP_REPEATS = 3  # timed runs of every sweep point (after one untimed warm-up)
+UNSTEADY = 1.5  # repeats of one point further apart than this (fastest / slowest): its tokens/s says little
+UNSTEADY_NOTE = ("⚠️ Wall-clock figures are unreliable here: the repeats of {n} of {total} points differ by more "
+                 "than {ratio:g}× (a busy machine). Read forwards and TPF, which are the same on any machine.")
 SEQUENTIAL, PARALLEL = "one after the other (fair timings)", "at the same time (live race)"
 SWEEP_BLOCKS = (2, 4, 8, 16, 32)
 SWEEP_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
-def lane_html(title: str, frame=None, pieces=None, *, status: str = "", total: int | None = None) -> str:
-    """A lane: its title, status and frame (`total`: its number of steps once it is done)."""
+def lane_html(title: str, frame=None, pieces=None, *, status: str = "", total: int | None = None,
+              ar: bool = False, stops=()) -> str:
+    """A lane: its title, status and frame (`total`: its number of steps once it is done; `ar`: one token per
+    forward, shown without blocks; `stops`: the model's stop tokens, shown as the end marker)."""
     head = (f'<div style="font-weight:600;margin-bottom:2px">{html.escape(title)}</div>'
             f'<div style="font-size:12px;color:#6b7280;min-height:1.2em">{html.escape(status)}</div>')
     if frame is None:
         return head + placeholder_html("waiting")
-    return head + frame_html(frame, pieces, legend=False, total=total)
+    return head + frame_html(frame, pieces, legend=False, total=total, ar=ar, stops=stops)
 
 
 @dataclass
@@ -68,6 +74,11 @@ class Timing:
     def median(self) -> float:
         return statistics.median(self.speeds)
 
+    @property
+    def steady(self) -> bool:
+        """Whether the repeats agree within UNSTEADY (a busy machine's timings do not)."""
+        return max(self.speeds) <= UNSTEADY * min(self.speeds)
+
     def spread(self) -> str:
         lo, hi = min(self.speeds), max(self.speeds)
         return f"{lo:.1f}–{hi:.1f}"
@@ -81,29 +92,43 @@ class Timing:
                 "timed runs": len(self.runs)}
 
 
+def timing_verdict(fast: Timing, slow: Timing) -> str:
+    """What the timed runs of two lanes support, in words: a speed-up (or a slow-down) only when the ranges of
+    their repeats do not overlap; otherwise the spread swamps the difference on this machine."""
+    lo_fast, hi_fast, lo_slow, hi_slow = min(fast.speeds), max(fast.speeds), min(slow.speeds), max(slow.speeds)
+    ratio = fast.median / slow.median if slow.median else float("nan")
+    if lo_fast > hi_slow:
+        return f"**{ratio:.2f}×** faster"
+    if hi_fast < lo_slow:
+        return f"**{1 / ratio:.2f}×** slower" if ratio else "slower"
+    return "no measurable difference on this machine (busy CPU)"
+
+
 def speedup_markdown(timings: dict[str, Timing]) -> str:
-    """The headline in words: forwards saved (exact) and the speed-up it buys here (medians, with the spread)."""
+    """The headline in words: the forwards saved first (exact, the same on any machine), then what the timed
+    runs support here: a speed-up only when the repeats' ranges do not overlap."""
     ar, sdar = timings.get("ar"), timings.get("sdar")
     if not ar or not sdar or not ar.runs or not sdar.runs:
         return ""
     a, b = ar.last, sdar.last
-    speed = sdar.median / ar.median if ar.median else float("nan")
     fwd = a.forwards / b.forwards if b.forwards else float("nan")
     n = min(len(ar.runs), len(sdar.runs))
-    line = (f"### SDAR vs AR on the same weights: **{speed:.2f}×** tokens/s, **{fwd:.2f}×** fewer forwards\n"
-            f"The same model decoded its answer in {b.forwards} forwards ({b.tpf:.2f} tokens each) instead of "
-            f"{a.forwards} one token at a time: {fwd:.2f}× fewer forwards. Timed on this machine that is "
-            f"{sdar.median:.1f} vs {ar.median:.1f} tokens/s ({speed:.2f}×, median of {n} runs each; spread "
-            f"{sdar.spread()} vs {ar.spread()}). Both lanes were recorded and streamed the same way and warmed up "
-            "first.")
-    if speed < fwd:
+    verdict = timing_verdict(sdar, ar)
+    line = (f"### SDAR vs AR on the same weights: **{fwd:.2f}×** fewer forwards\n"
+            f"SDAR decoded the answer in {b.forwards} forwards ({b.tpf:.2f} tokens each); AR took {a.forwards}, one "
+            f"token at a time. That count is the same on any machine. Timed here: {verdict} (tokens/s, median of "
+            f"{n} run{'s' * (n > 1)} each: SDAR {sdar.median:.1f}, range {sdar.spread()}; AR {ar.median:.1f}, range "
+            f"{ar.spread()}).")
+    if n < 2:
+        line += " One timed run cannot tell a difference from noise: time three or more."
+    elif verdict.endswith("faster") and sdar.median / ar.median < fwd:
         line += " A forward over a block costs more than over one token, so the speed-up stays below the forward ratio."
     twin = timings.get("twin")
     if twin and twin.runs and twin.median:
         t = twin.last
         line += (f"\n\nAgainst the **AR twin** (a separately trained AR model of the same size, {t.forwards} "
-                 f"forwards): **{sdar.median / twin.median:.2f}×** tokens/s ({sdar.median:.1f} vs "
-                 f"{twin.median:.1f}, spread {twin.spread()}). Its answer may differ from SDAR's: it is another model.")
+                 f"forwards): {timing_verdict(sdar, twin)} (SDAR {sdar.median:.1f} vs {twin.median:.1f} tokens/s, "
+                 f"range {twin.spread()}). Its answer may differ from SDAR's: it is another model.")
     return line
 
 
@@ -116,7 +141,8 @@ def lane_status(lane: Lane, timing: Timing | None = None, round_: str = "") -> s
             text += f" · median of {len(timing.runs)}: {timing.median:.1f} tokens/s"
         return text
     if lane.frame is not None:
-        return f"run{round_}: {lane.builder.n} steps · {time.perf_counter() - lane.started:.1f} s"
+        unit = "tokens" if lane.settings.strategy == "ar" else "steps"
+        return f"run{round_}: {lane.builder.n} {unit} · {time.perf_counter() - lane.started:.1f} s"
     return "warming up" if lane.state == "warming" else "waiting"
 
 
@@ -139,6 +165,7 @@ class Board:
         self.round_ = f" (run {index + 1} of {total})" if total > 1 else ""
         return self.lanes
 
+    notice: str = ""  # under the headline: what the race's budget cut
     summary: tuple | None = None  # (table, headline, chart) of the timed runs so far, built once per round
     finished_html: dict[str, str] = field(default_factory=dict)  # lane name -> its HTML once it ended
 
@@ -163,7 +190,8 @@ class Board:
         if self.summary is None:
             self.collect()
         table, headline, chart = self.summary
-        return (*htmls, table, headline if note is None else note, chart)
+        headline = headline if note is None else note
+        return (*htmls, table, "\n\n".join(t for t in (headline, self.notice) if t), chart)
 
     def _lane_html(self, name: str) -> str:
         lane = self.lanes.get(name)
@@ -173,7 +201,8 @@ class Board:
             return self.finished_html[name]  # a finished lane does not change until the next collect: render it once
         text = lane_html(self.titles[name], lane.frame, lane.pieces,
                          status=lane_status(lane, self.timings.get(name), self.round_),
-                         total=len(lane.events) if lane.state == "done" else None)
+                         total=len(lane.events) if lane.state == "done" else None,
+                         ar=lane.settings.strategy == "ar", stops=lane.loaded.stop_token_ids)
         if lane.state in ("done", "stopped"):
             self.finished_html[name] = text
         return text
@@ -184,7 +213,8 @@ class Race:
         self.studio = studio
 
     @explains_in_place(6, at=4)  # in the headline, under the lanes
-    def race(self, prompt, mode, use_twin, request: gr.Request, repeats=DEFAULT_REPEATS, **ui):
+    def race(self, prompt, mode, use_twin, request: gr.Request, repeats=DEFAULT_REPEATS, system=DEFAULT_SYSTEM,
+             **ui):
         """Race AR and SDAR (and the AR twin) on one prompt, `repeats` timed runs each after an untimed warm-up;
         `ui` holds the decoding inputs by name. Outputs: AR lane, SDAR lane, twin lane, table, speedup, chart."""
         prompt = checked_text("prompt", prompt, MAX_MESSAGE_CHARS)
@@ -193,33 +223,62 @@ class Race:
         if mode not in (SEQUENTIAL, PARALLEL):
             raise SettingsError(f"race mode must be {SEQUENTIAL!r} or {PARALLEL!r}, got {shown(mode)}")
         repeats = REPEATS.parse(repeats)
-        board = self.board(DecodeRequest.from_ui(ui), prompt, use_twin)
+        system = checked_text("system prompt", system, MAX_SYSTEM_CHARS)
+        board = self.board(DecodeRequest.from_ui(ui), conversation(system, [], prompt), use_twin)
+        repeats, board.notice = self.priced(list(board.lanes.values()), repeats, "race", "timed runs per lane")
         stop = self.studio.arm_stop(request)
+        turn, budget = self.studio.turn(board.lanes["sdar"].loaded, stop), Budget(self.studio.budgets.race)
         for lane in board.lanes.values():
             lane.state = "warming"
         yield board.outputs("_Warming up each lane (untimed)…_")
         for lane in board.lanes.values():
-            warm_up(Lane(lane.loaded, lane.ids, lane.settings), stop)
+            warm_up(Lane(lane.loaded, lane.ids, lane.settings), stop, turn, budget)
         for r in range(repeats):
             if stop.is_set():
                 break
             lanes = board.new_round(r, repeats)
-            for _ in stream(lanes, stop, parallel=mode == PARALLEL):
-                yield board.outputs(lanes_only=True)
+            # Until a timed run has finished, the headline says what the lanes are doing (not the warm-up's note).
+            note = None if board.timings else f"_Timed run {r + 1} of {repeats}: decoding…_"
+            # A turn on the device per lane (per round when the lanes race at the same time): visitors who used
+            # the device less go first in between.
+            for turn_lanes in [lanes] if mode == PARALLEL else [{n: lane} for n, lane in lanes.items()]:
+                for _ in stream(turn_lanes, stop, parallel=mode == PARALLEL, turn=turn, budget=budget):
+                    yield board.outputs(note, lanes_only=True)
             board.collect()
             yield board.outputs()
-        if stop.is_set() or any(lane.state == "stopped" for lane in board.lanes.values()):
+        if budget.exhausted:
+            yield board.outputs(f"_Stopped: the race's budget of {budget.limit:,} forwards is spent._")
+        elif stop.is_set() or any(lane.state == "stopped" for lane in board.lanes.values()):
             yield board.outputs("_Stopped._")
         else:
             yield board.outputs()
 
-    def board(self, req: DecodeRequest, prompt: str, use_twin: bool) -> Board:
-        """AR and SDAR lanes on the same weights, and AR on the twin (sdar-X -> ar-X) when asked and present."""
+    def priced(self, lanes: list[Lane], repeats: int, kind: str, runs: str) -> tuple[int, str]:
+        """The timed runs of `lanes` (each warmed up once) that fit the `kind` budget (app/budget.py), at most
+        `repeats`, and a note when that is fewer; OverBudget when not even one run fits."""
+        budget = getattr(self.studio.budgets, kind)
+        per_run = sum(lane.settings.forwards_bound(len(lane.ids)) for lane in lanes)
+        warm = sum(warm_up_bound(lane) for lane in lanes)
+        fits = runs_within(budget, warm, per_run, repeats)
+        if fits == 0:
+            raise OverBudget(f"this {kind} may take up to {warm + per_run:,} forwards with one timed run; a {kind} "
+                             f"may take at most {budget:,} here: "
+                             + ("lower max new tokens, raise the block length, or leave the AR twin out"
+                                if kind == "race" else "lower the new tokens or pick fewer block lengths or "
+                                                       "thresholds"))
+        if fits == repeats:
+            return repeats, ""
+        return fits, (f"_Cut to {fits} {runs} (of {repeats}): {repeats} would take up to "
+                      f"{warm + repeats * per_run:,} forwards, over the {kind} budget of {budget:,}._")
+
+    def board(self, req: DecodeRequest, messages: list[dict], use_twin: bool) -> Board:
+        """AR and SDAR lanes on the same weights, and AR on the twin (sdar-X -> ar-X) when asked and present, each
+        answering `messages`."""
         loaded = self.studio.ready(req.model_name)
         if not loaded.is_sdar:
             raise gr.Error(f"{loaded.display_name} is an autoregressive model: the race needs an SDAR model "
                            "(it decodes the same weights both ways).")
-        messages, s = conversation("", [], prompt), req.settings
+        s = req.settings
         ids, _ = prompt_ids(loaded.tokenizer, messages)
         lanes = {"ar": Lane(loaded, ids, s.as_ar()), "sdar": Lane(loaded, ids, s)}
         titles = {"ar": f"AR on the same weights ({loaded.display_name})",
@@ -235,10 +294,12 @@ class Race:
         return Board(lanes, titles, runs, missing)
 
     @explains_in_place(4, at=0)  # above the charts
-    def sweep(self, prompt, model_name, block_lengths, thresholds, max_new_tokens, request: gr.Request):
+    def sweep(self, prompt, model_name, block_lengths, thresholds, max_new_tokens, system=DEFAULT_SYSTEM,
+              request: gr.Request = None):
         """Dynamic decoding over block lengths x thresholds (steps = block length), and AR once.
         Outputs: a note (why it stopped or was refused), TPF figure, tokens/s figure, table."""
         prompt = checked_text("prompt", prompt, MAX_MESSAGE_CHARS)
+        system = checked_text("system prompt", system, MAX_SYSTEM_CHARS)
         if not prompt:
             raise gr.Error("Type a prompt first.", title="Empty prompt")
         blocks = sorted({_choice("block length", b, SWEEP_BLOCKS, lambda v: int(float(v)))
@@ -251,16 +312,22 @@ class Race:
         loaded = self.studio.ready(model_name)
         if not loaded.is_sdar:
             raise gr.Error(f"{loaded.display_name} is an autoregressive model: the sweep needs an SDAR model.")
-        ids, _ = prompt_ids(loaded.tokenizer, conversation("", [], prompt))
-        stop = self.studio.arm_stop(request)
+        ids, _ = prompt_ids(loaded.tokenizer, conversation(system, [], prompt))
         runs = [("ar", None, None)] + [("sdar", b, t) for b in blocks for t in thrs]
-        records, ar, note = [], None, ""
-        for kind, b, t in runs:
-            if stop.is_set():
-                note = f"Sweep stopped after {len(records) + (ar is not None)} of {len(runs)} points."
+        lanes = [Lane(loaded, ids, base.as_ar() if kind == "ar" else replace(base, block_length=b, steps=b,
+                                                                                 threshold=t)) for kind, b, t in runs]
+        repeats, cut = self.priced(lanes, SWEEP_REPEATS, "sweep", "timed runs per point")
+        if cut:
+            yield cut, gr.skip(), gr.skip(), gr.skip()
+        stop = self.studio.arm_stop(request)
+        turn, budget = self.studio.turn(loaded, stop), Budget(self.studio.budgets.sweep)
+        records, ar, note, unsteady = [], None, cut, 0
+        for (kind, b, t), lane in zip(runs, lanes):
+            if stop.is_set() or budget.exhausted:
+                why = "stopped" if stop.is_set() else f"stopped (its budget of {budget.limit:,} forwards is spent)"
+                note = f"Sweep {why} after {len(records) + (ar is not None)} of {len(runs)} points."
                 break
-            s = base.as_ar() if kind == "ar" else replace(base, block_length=b, steps=b, threshold=t)
-            timing = timed_runs(Lane(loaded, ids, s), stop, SWEEP_REPEATS)
+            timing = timed_runs(lane, stop, repeats, turn, budget)
             if timing is None:
                 continue  # stopped: the loop's next turn says so
             st = timing.last
@@ -269,34 +336,54 @@ class Race:
                    "latency (ms)": round(statistics.median(r.seconds for r in timing.runs) * 1000),
                    "answer ends": _last_line(loaded, timing.gen)}
             if kind == "ar":
-                ar = rec
+                ar, unsteady = rec, int(not timing.steady)
                 continue
             records.append(rec)
+            unsteady += not timing.steady
             tpf, speed = sweep_figures(records, ar)
-            yield "", tpf, speed, sweep_table([ar] + records)
+            shown_note = "  \n".join(n for n in (cut, self.sweep_note(unsteady, len(records) + 1)) if n)
+            yield shown_note, tpf, speed, sweep_table([ar] + records)
         if note or not records:
             tpf, speed = sweep_figures(records, ar)
+            note = "  \n".join(n for n in (note, self.sweep_note(unsteady, len(records) + (ar is not None))) if n)
             yield note, tpf, speed, sweep_table([r for r in [ar] + records if r])
 
     @staticmethod
-    def gpu_results():
-        """Outputs: figure, table, notes (one line per benchmark run; what was skipped goes to the server log)."""
+    def sweep_note(unsteady: int, total: int) -> str:
+        return UNSTEADY_NOTE.format(n=unsteady, total=total, ratio=UNSTEADY) if unsteady else ""
+
+    @staticmethod
+    def gpu_results(run: str | None = None):
+        """One benchmark run (`run`: its name in the picker; the newest when None or unknown). Outputs: figure,
+        table, notes (that run's machine and ceiling; what was skipped goes to the server log), the picker."""
         rows, machines, notes = read_results()
-        lines = [f"**{m.run}**: {m.label}" + (f" · {m.arch}" if m.arch else "")
-                 + (f" · {m.bandwidth_GBps:.0f} GB/s measured, AR ceiling {m.ar_ceiling_tps:.0f} tokens/s"
-                    if m.bandwidth_GBps and m.ar_ceiling_tps else "")
-                 + f" · {sum(r['run'] == m.run for r in rows)} rows" for m in machines]
         for note in notes:  # files the reader skipped: for the person running the studio, not the visitor
             log.info("benchmark results: %s", note)
-        return gpu_figure(rows, machines), gpu_table(rows), "  \n".join(lines)
+        names = [m.name for m in machines]
+        m = next((m for m in machines if m.name == run), machines[0] if machines else None)
+        if m is None:
+            return gpu_figure(rows, None), gpu_table([]), "", gr.Dropdown(choices=[], value=None)
+        shown = [r for r in rows if r["run"] == m.run]
+        line = (f"**{m.run}**: {m.label}" + (f" · {m.arch}" if m.arch else "")
+                + (f" · {m.bandwidth_GBps:.0f} GB/s measured, AR ceiling {m.ar_ceiling_tps:.0f} tokens/s"
+                   if m.bandwidth_GBps and m.ar_ceiling_tps else "")
+                + f" · {len(shown)} rows · {len(machines)} runs in benchmarks/results/, one shown at a time")
+        return gpu_figure(rows, m), gpu_table(shown), line, gr.Dropdown(choices=names, value=m.name)
 
 
-def timed_runs(lane: Lane, stop, repeats: int) -> Timing | None:
-    """One untimed warm-up, then `repeats` timed decodes of the lane (not streamed); None when stopped first."""
-    warm_up(Lane(lane.loaded, lane.ids, lane.settings), stop)
+def warm_up_bound(lane: Lane) -> int:
+    """The forwards of a lane's untimed warm-up (streaming.warm_up: until its second block starts)."""
+    s = lane.settings
+    return replace(s, max_new_tokens=min(s.max_new_tokens, 2 * s.block_length)).forwards_bound(len(lane.ids))
+
+
+def timed_runs(lane: Lane, stop, repeats: int, turn=None, budget=None) -> Timing | None:
+    """One untimed warm-up, then `repeats` timed decodes of the lane (not streamed), each a turn on the device;
+    None when stopped first (or when `budget` ran out)."""
+    warm_up(Lane(lane.loaded, lane.ids, lane.settings), stop, turn, budget)
     timing = Timing()
     for _ in range(repeats):
-        gen = decode_alone(Lane(lane.loaded, lane.ids, lane.settings), stop)
+        gen = decode_alone(Lane(lane.loaded, lane.ids, lane.settings), stop, turn, budget)
         if gen is None:
             return None
         timing.runs.append(gen.stats)

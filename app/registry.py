@@ -281,6 +281,14 @@ class ModelRegistry:
         self._failed: dict[str, tuple[float, BaseException]] = {}  # key -> (when, why) of its last failed load
         self._lock = threading.Lock()
 
+    def copy_for(self, device: str) -> ModelRegistry:
+        """A registry like this one (folder, allow-list, limits, capacity) that loads its models onto `device`: a
+        replica of the studio's models on another GPU."""
+        twin = ModelRegistry(self.models_dir, self.capacity, device, self.dtype, allow_any_model=self.allow_any_model,
+                             exposed=self.exposed, online=self._online, hub_cache=self.hub_cache, limits=self.limits)
+        twin.offered = self.offered
+        return twin
+
     def available(self) -> list[str]:
         """The checkpoint folders under models_dir, as names relative to the repository when possible."""
         if not self.models_dir.is_dir():

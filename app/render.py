@@ -170,7 +170,9 @@ def piece_text(pieces: Mapping[int, str], token: int) -> str:
     return pieces.get(token, f"<{token}>")
 
 
-def _cell_html(cell: Cell, pieces: Mapping[int, str]) -> str:
+def _cell_html(cell: Cell, pieces: Mapping[int, str], stops: frozenset = frozenset()) -> str:
+    if cell.token in stops:  # the stop token: a quiet end marker, not a token of the answer
+        return f'<span class="sdar-end" title="{html.escape(END_TITLE)}">{END_MARK}</span>'
     if cell.token is None:
         cand = "" if cell.candidate is None else f" · best guess {piece_text(pieces, cell.candidate)!r}"
         conf = "" if cell.confidence is None else f" ({cell.confidence:.2f})"
@@ -196,9 +198,14 @@ TOKEN_CSS = """
 .sdar-tok{border-radius:3px;padding:1px 1px;margin:0 1px;color:#111827}
 .sdar-mask{background:#374151;color:#9ca3af;padding:1px 3px}
 .sdar-block{border:1px dashed #2563eb;border-radius:5px;padding:3px 2px;margin-left:2px;background:#eff6ff}
+.sdar-end{font-size:11px;color:#6b7280;font-style:italic;margin:0 3px;white-space:nowrap}
 .sdar-legend{font-size:12px;color:#6b7280;margin-top:4px}
 .sdar-legend .sdar-tok{font-size:12px}
 </style>"""
+
+
+END_MARK = "⏎ end"
+END_TITLE = "the stop token: the answer ends here"
 
 
 def legend_html() -> str:
@@ -208,8 +215,9 @@ def legend_html() -> str:
     return (f'<div class="sdar-legend">confidence {swatches} &nbsp; <span class="sdar-tok sdar-mask">{MASK_GLYPH}</span>'
             ' still masked &nbsp; <span class="sdar-tok" style="outline:2px solid #2563eb">new</span> committed at '
             'this step &nbsp; <span class="sdar-block">&nbsp;…&nbsp;</span> block in flight &nbsp; '
-            '<span class="sdar-tok" style="opacity:0.35;text-decoration:line-through">after</span> decoded in the '
-            'block that holds the stop token, after it: discarded, not part of the answer</div>')
+            f'<span class="sdar-end">{END_MARK}</span> the answer ends &nbsp; '
+            '<span class="sdar-tok" style="opacity:0.35;text-decoration:line-through">after</span> decoded after '
+            'the end: dropped</div>')
 
 
 def step_label(step: int, total: int | None = None) -> str:
@@ -217,10 +225,13 @@ def step_label(step: int, total: int | None = None) -> str:
     return f"step {step + 1}" + (f" of {total}" if total else "")
 
 
-def frame_where(frame: Frame, total: int | None = None) -> str:
-    """Where a frame is in the decode, in words (steps and blocks counted from 1)."""
+def frame_where(frame: Frame, total: int | None = None, ar: bool = False) -> str:
+    """Where a frame is in the decode, in words (steps and blocks counted from 1). An AR decode has no blocks
+    and nothing masked: its frames count tokens, one per forward."""
     if frame.block_index is None:
         return ""
+    if ar:
+        return f"token {frame.step + 1}" + (f" of {total}" if total else "") + " (one token per forward)"
     if frame.opening:
         masked = sum(c.token is None for c in frame.block)
         return (f"block {frame.block_index + 1} opens, {masked} positions masked · next: "
@@ -230,17 +241,19 @@ def frame_where(frame: Frame, total: int | None = None) -> str:
 
 
 def frame_html(frame: Frame, pieces: Mapping[int, str], *, title: str = "", legend: bool = True,
-               total: int | None = None) -> str:
+               total: int | None = None, ar: bool = False, stops: Iterable[int] = ()) -> str:
     """The answer so far (finished blocks) followed by the block in flight, boxed, as one HTML fragment.
-    `total`: the decode's number of steps, when known."""
+    `total`: the decode's number of steps, when known; `ar`: a one-token-per-forward decode (no block box);
+    `stops`: the stop tokens, shown as the answer's end marker."""
     head = ""
     if title or frame.block_index is not None:
-        where = frame_where(frame, total)
+        where = frame_where(frame, total, ar)
         head = (f'<div style="font-size:12px;color:#6b7280;margin-bottom:4px">'
                 f'{html.escape(title)}{" — " if title and where else ""}{where}</div>')
-    done = "".join(_cell_html(c, pieces) for c in frame.done)
-    block = "".join(_cell_html(c, pieces) for c in frame.block)
-    block = f'<span class="sdar-block">{block}</span>' if frame.block else ""
+    stops = frozenset(stops)
+    done = "".join(_cell_html(c, pieces, stops) for c in frame.done + (frame.block if ar else []))
+    block = "".join(_cell_html(c, pieces, stops) for c in frame.block)
+    block = f'<span class="sdar-block">{block}</span>' if frame.block and not ar else ""
     body = done + block or '<span style="color:#9ca3af">(nothing generated yet)</span>'
     return f'{TOKEN_CSS}{head}<div class="sdar-frame">{body}</div>{legend_html() if legend else ""}'
 
@@ -332,7 +345,7 @@ def model_markdown(summary: Mapping, *, name: str, context: int, stop_tokens: It
     return (f"**{html.escape(name)}** — {kind}  \n"
             f"`{summary.get('model_type')}` · {size} parameters · {summary.get('layers')} layers × "
             f"{summary.get('hidden_size')}{experts}  \n"
-            f"block size **{summary.get('block_size')}** · context {context} · mask id {summary.get('mask_token_id')}  \n"
+            f"block size **{summary.get('block_size')}** · context {context}  \n"
             f"device **{summary.get('device')}** · dtype {summary.get('dtype')}"
             + (f"  \nstops at {stops}" if stops else "") + licence_line(summary))
 

@@ -38,7 +38,8 @@ class Run:
     stats: Stats | None = None
     stopped: bool = False
     batch: int = 1  # rows decoded together with this one
-    waited: float = 0.0
+    waited: float = 0.0  # seconds from the request to the start of its decode (the device busy, or a batch)
+    decoded: float = 0.0  # seconds from the start of its decode to its row's end
 
     def __post_init__(self) -> None:
         p = self.job.params
@@ -71,6 +72,7 @@ class Run:
         """Take one update in; True once the job has ended."""
         if isinstance(u, Started):
             self.batch, self.waited = u.batch, u.waited
+            self._started = time.perf_counter()
         elif isinstance(u, Steps):
             self.events.extend(u.events)
             pieces = {}
@@ -83,6 +85,7 @@ class Run:
             raise u.error
         elif isinstance(u, Finished):
             self.stopped, self.stats = u.stopped, u.stats
+            self.decoded = time.perf_counter() - getattr(self, "_started", time.perf_counter())
             self.tokens = None if u.stopped else u.tokens
             end = kept_answer_end(self.events, len(u.tokens)) if not u.stopped else None
             self.feed.finish("stopped" if u.stopped else "done", end,
@@ -109,6 +112,13 @@ class Run:
         """What the decode has committed so far, as the chat bubble shows it while it runs."""
         frame = self._frame()
         return "" if frame is None else frame_text(frame, self.pieces, self.model.stop_token_ids, masks=False)
+
+    def timeline(self) -> str:
+        """Where a request's time went on the server, for the log: what the crowd benchmark compares with the time
+        its visitors saw (the rest is Gradio's delivery and the network)."""
+        answered = time.perf_counter() - self.job.submitted
+        return (f"{len(self.tokens or [])} tokens, waited {self.waited:.3f} s for the device, decoded in "
+                f"{self.decoded:.3f} s (batch {self.batch}), answered {answered:.3f} s after the request")
 
     def batch_note(self) -> str:
         if self.batch <= 1:

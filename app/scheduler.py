@@ -14,6 +14,11 @@ strategy, threshold, greedy sampling; max_new_tokens may differ: each row ends a
 request (temperature > 0) decodes alone: one generator for the batch would make its answer depend on its
 neighbours, and batching must never change an answer. A job that arrives while the device is busy (a batch, a race
 lane) joins the next batch.
+Visitors take turns by the device time they used, not by arrival: the next batch starts with the waiting job of
+the visitor with the least recent device-seconds (decayed with a half-life of USAGE_HALF_LIFE seconds), so a visitor
+who has been decoding for minutes waits behind a fresh one, whatever the order they came in. A race or a sweep
+borrows the device through the same queue (`Lease`, one lane's run at a time, each a turn like a batch) and gives it
+back early, at a block boundary, when a fresher visitor is waiting (`SchedulerTurn.make_way`).
 On a GPU the batch is padded to a power of two (copies of its first row, whose steps nobody reads), so the
 captured CUDA graphs stay few. The scheduler takes the device lock (streaming.DEVICE) per batch: the race's
 timed lanes and the GPU warm-up, which take the same lock, keep the device to themselves while they run.
@@ -29,13 +34,19 @@ from typing import Iterator
 
 from sdar_core import DecodeParams, GenerationError, generate
 from sdar_core.decoding import positions_needed
+from sdar_core.runner import default_mode
 from sdar_core.trace import Stats, StepEvent
 
 from .registry import LoadedModel
-from .streaming import DEVICE
+from .streaming import BUSY_MESSAGE, BUSY_WAIT, DEVICE, Busy
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 16  # rows of one decode: beyond it, requests wait for the next batch
+TURNS_KEPT = 256
+USAGE_HALF_LIFE = 120.0  # seconds: a visitor's device time counts half as much this long after it was used
+MAX_NESTED = 2  # turns that may run inside a paused batch, one inside the other
+TURN_QUANTUM = 0.25  # seconds of device time a timed decode keeps before it gives way (no hand-off every token)
+USAGE_KEPT = 4096  # visitors whose device time is remembered (beyond: those with the least are forgotten)
 
 
 class Stopped(Exception):
@@ -78,6 +89,8 @@ class Job:
     ids: list[int]
     params: DecodeParams  # resolved (block length filled in), the model's stop tokens included
     stop: threading.Event = field(default_factory=threading.Event)
+    visitor: str = ""  # whose device time this job counts as (app.exposure.visitor_of)
+    budget: int | None = None  # forwards this row may take (checked before, enforced while it runs); None: no cap
     submitted: float = field(default_factory=time.perf_counter)
     updates: queue.Queue = field(default_factory=queue.Queue)
     ended: bool = False
@@ -103,23 +116,48 @@ class Job:
                 return
 
 
+@dataclass(eq=False)
+class Lease:
+    """The device lent to one visitor's timed decodes (a race lane's run, a sweep point): queued like a job, granted
+    when its turn comes (the scheduler then holds the device for it and decodes nothing else), charged for the
+    seconds it held it when given back."""
+
+    visitor: str
+    stop: threading.Event
+    submitted: float = field(default_factory=time.perf_counter)
+    granted: threading.Event = field(default_factory=threading.Event)
+    returned: threading.Event = field(default_factory=threading.Event)
+    granted_at: float = 0.0
+    ended: bool = False
+
+    @property
+    def key(self) -> tuple:
+        return ("lease", id(self))  # never shares a turn
+
+    def give_back(self) -> None:
+        self.returned.set()
+
+
 class DecodeScheduler:
     """The decodes of one device (see the module docstring). `pad_batches`: round batches up to a power of two
     (on a GPU, so that graph captures stay few)."""
 
     def __init__(self, name: str = "device", max_batch: int = MAX_BATCH, lock: threading.Lock = DEVICE) -> None:
         self.name, self.max_batch, self.lock = name, max_batch, lock
-        self.waiting: list[Job] = []
-        self.running = 0  # rows of the batch in flight
+        self.waiting: list[Job | Lease] = []
+        self.in_flight: list = []  # the batch (or the lease) on the device
         self.batches = 0  # decodes started so far
+        self.usage: dict[str, tuple[float, float]] = {}  # visitor -> (device-seconds, perf_counter when counted)
+        self.turns: list[str] = []  # the visitors served, in order (the last TURNS_KEPT): what tests read
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._nested = 0  # turns running inside a paused batch (make_way)
 
     @property
     def load(self) -> int:
         """Rows waiting or decoding: what routing to the least-loaded device compares."""
         with self._cv:
-            return len(self.waiting) + self.running
+            return len(self.waiting) + sum(not job.ended for job in self.in_flight)
 
     def submit(self, job: Job) -> Job:
         """Queue `job` (checked first: a request that cannot decode fails here, in the caller's thread, and never
@@ -133,52 +171,160 @@ class DecodeScheduler:
                 f"prompt ({len(job.ids)} tokens) + max_new_tokens ({job.params.max_new_tokens}), rounded up to "
                 f"whole blocks of {job.params.block_length}, is {needed} tokens: beyond the model's context of "
                 f"{config.max_position_embeddings}")
+        self._enqueue(job)
+        return job
+
+    def _enqueue(self, item: "Job | Lease") -> None:
         with self._cv:
-            self.waiting.append(job)
+            self.waiting.append(item)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, daemon=True, name=f"sdar-scheduler-{self.name}")
                 self._thread.start()
             self._cv.notify()
-        return job
+
+    def lease(self, visitor: str, stop: threading.Event, wait: float) -> Lease | None:
+        """The device for `visitor`'s timed decodes once its turn comes (give it back with `Lease.give_back`); None
+        when `stop` is set first; Busy after `wait` seconds."""
+        lease = Lease(visitor, stop)
+        self._enqueue(lease)
+        deadline = time.monotonic() + wait
+        while not lease.granted.wait(0.1):
+            if stop.is_set() or time.monotonic() > deadline:
+                with self._cv:
+                    if lease.ended:  # dropped unrun: it was stopped while it waited
+                        return None
+                    if lease in self.waiting:  # not granted: withdrawn
+                        self.waiting.remove(lease)
+                        lease.ended = True
+                        if stop.is_set():
+                            return None
+                        raise Busy(BUSY_MESSAGE)
+                lease.granted.wait()  # granted meanwhile: taken, and given back by the caller
+                break
+        return lease
+
+    def fresher_waiting(self, visitor: str, held: float = 0.0) -> bool:
+        """Whether another visitor who used the device at least TURN_QUANTUM less than `visitor` (counting the `held`
+        seconds of its turn in flight) is waiting: then `visitor`'s timed decode gives way at its next block
+        boundary."""
+        with self._cv:
+            if not self.waiting:
+                return False
+            now = time.perf_counter()
+            mine = self.used(visitor, now) + held - TURN_QUANTUM
+            return any(j.visitor != visitor and not j.stop.is_set() and self.used(j.visitor, now) < mine
+                       for j in self.waiting)
+
+    def used(self, visitor: str, now: float | None = None) -> float:
+        """`visitor`'s device-seconds, decayed to now."""
+        with self._cv:
+            seconds, at = self.usage.get(visitor, (0.0, 0.0))
+        now = time.perf_counter() if now is None else now
+        return seconds * 0.5 ** ((now - at) / USAGE_HALF_LIFE)
+
+    def charge(self, visitor: str, seconds: float) -> None:
+        """Count `seconds` of device time to `visitor` (visitors whose time has decayed to nothing are forgotten)."""
+        now = time.perf_counter()
+        total = self.used(visitor, now) + seconds
+        with self._cv:
+            self.usage[visitor] = (total, now)
+            if len(self.usage) > USAGE_KEPT:  # the least recent users go: they would be first in line anyway
+                left = sorted(self.usage, key=lambda v: self.usage[v][0] * 0.5 ** ((now - self.usage[v][1])
+                                                                                   / USAGE_HALF_LIFE))
+                for v in left[: len(self.usage) - USAGE_KEPT // 2]:
+                    del self.usage[v]
 
     def _loop(self) -> None:
         while True:
             self._wait_for_work()
             with self.lock:  # the batch is chosen once the device is free: whoever came meanwhile joins it
-                batch = self.schedule()
-                if not batch:
-                    continue
-                try:
-                    self.run(batch)
-                except BaseException as e:  # reported to every job of the batch; the scheduler goes on
-                    if not isinstance(e, GenerationError):
-                        log.exception("a batch of %d rows failed", len(batch))
-                    for job in batch:
-                        end(job, Failed(e))
-                finally:
-                    with self._cv:
-                        self.running = 0
+                self.take_turn()
+
+    def take_turn(self) -> None:
+        """Schedule the next turn and run it (a batch) or lend it (a lease); the caller holds the device."""
+        batch = self.schedule()
+        if not batch:
+            return
+        if isinstance(batch[0], Lease):
+            self.lend(batch[0])
+            return
+        try:
+            self.run(batch)
+        except BaseException as e:  # reported to every job of the batch; the scheduler goes on
+            if not isinstance(e, GenerationError):
+                log.exception("a batch of %d rows failed", len(batch))
+            for job in batch:
+                end(job, Failed(e))
+        finally:
+            with self._cv:
+                self.in_flight = []
+
+    def make_way(self, rowing: "BatchRows") -> None:
+        """At a block boundary of a batch decoding on a plain runner (its cache is its own): when a fresher visitor
+        waits, run that visitor's turn now, inside the paused batch, and go on after (at most MAX_NESTED deep). A
+        long answer then keeps a fresh visitor's chat waiting for one of its blocks, not for all of them; the pause
+        is not the batch's time."""
+        if self._nested >= MAX_NESTED:
+            return
+        active = {job.visitor for job in rowing.batch if not job.ended}
+        with self._cv:
+            if not active or not self.waiting:
+                return
+            now = time.perf_counter()
+            held = (now - rowing.t0 - rowing.paused) / len(active)
+            mine = min(self.used(v, now) for v in active) + held - TURN_QUANTUM
+            if not any(j.visitor not in active and not j.stop.is_set() and self.used(j.visitor, now) < mine
+                       for j in self.waiting):
+                return
+            outer = self.in_flight
+        t0 = time.perf_counter()
+        self._nested += 1
+        try:
+            self.take_turn()
+        finally:
+            self._nested -= 1
+            with self._cv:
+                self.in_flight = outer
+            rowing.paused += time.perf_counter() - t0
 
     def _wait_for_work(self) -> None:
         with self._cv:
             while not self.waiting:
                 self._cv.wait()
 
-    def schedule(self) -> list[Job]:
-        """The oldest waiting job and the waiting jobs that share its key, oldest first (none when nothing waits).
+    def schedule(self) -> list[Job] | list[Lease]:
+        """The next turn: the waiting job (or lease) of the visitor who used the device least lately (the oldest
+        first among equals) and the waiting jobs that share its key, in the same order; none when nothing waits.
         Jobs stopped while they waited end here, unrun."""
         with self._cv:
             for job in [j for j in self.waiting if j.stop.is_set()]:
                 self.waiting.remove(job)
-                end(job, Finished([], None, stopped=True))
+                if isinstance(job, Lease):
+                    job.ended = True
+                else:
+                    end(job, Finished([], None, stopped=True))
             if not self.waiting:
                 return []
-            key = self.waiting[0].key
-            batch = [j for j in self.waiting if j.key == key][: self.max_batch]
+            now = time.perf_counter()
+            used = {v: self.used(v, now) for v in {j.visitor for j in self.waiting}}
+            order = sorted(self.waiting, key=lambda j: (used[j.visitor], j.submitted))
+            key = order[0].key
+            batch = [j for j in order if j.key == key][: self.max_batch]
             for job in batch:
                 self.waiting.remove(job)
-            self.running = len(batch)
+            self.in_flight = batch
+            self.turns = (self.turns + [batch[0].visitor])[-TURNS_KEPT:]
             return batch
+
+    def lend(self, lease: Lease) -> None:
+        """Hold the device for `lease` until it is given back (the caller holds the device lock); charge it."""
+        t0 = lease.granted_at = time.perf_counter()
+        lease.granted.set()
+        lease.returned.wait()
+        self.charge(lease.visitor, time.perf_counter() - t0)
+        with self._cv:
+            lease.ended = True
+            self.in_flight = []
 
     def run(self, batch: list[Job]) -> None:
         """One decode of the batch's rows (the caller holds the device), each job told its steps and its end as
@@ -190,14 +336,57 @@ class DecodeScheduler:
             width = 1 << (len(rows) - 1).bit_length()  # the next power of two
             rows += [rows[0]] * (min(width, self.max_batch) - len(rows))
         longest = max(job.params.max_new_tokens for job in batch)
-        rowing = BatchRows(batch, p)
+        plain = (p.runner_mode or default_mode(model)) == "plain"
+        rowing = BatchRows(batch, p, on_block=self.make_way if plain else None)
         self.batches += 1
         rowing.start()
         try:
             generate(model, rows, replace(p, max_new_tokens=longest, trace=False), on_step=rowing.on_step)
         except Stopped:
             pass
+        finally:
+            self.charge_rows(rowing)
         rowing.close()
+
+    def charge_rows(self, rowing: "BatchRows") -> None:
+        """The batch's device time, shared among its visitors by the forwards of their rows."""
+        seconds, total = time.perf_counter() - rowing.t0 - rowing.paused, sum(rowing.forwards) or 1
+        for job, forwards in zip(rowing.batch, rowing.forwards):
+            self.charge(job.visitor, seconds * max(forwards, 1) / total)
+
+
+class SchedulerTurn:
+    """A race's or a sweep's turns on the device, each queued on its scheduler as `visitor`'s (streaming.LockTurn's
+    two methods)."""
+
+    def __init__(self, scheduler: DecodeScheduler, visitor: str, wait: float = BUSY_WAIT) -> None:
+        self.scheduler, self.visitor, self.wait = scheduler, visitor, wait
+        self.lease: Lease | None = None
+
+    def take(self, stop: threading.Event) -> bool:
+        lease = self.scheduler.lease(self.visitor, stop, self.wait)
+        if lease is not None and stop.is_set():
+            lease.give_back()
+            lease = None
+        self.lease = lease
+        return lease is not None
+
+    def give_back(self) -> None:
+        if self.lease is not None:
+            self.lease.give_back()
+            self.lease = None
+
+    def make_way(self, stop: threading.Event) -> float:
+        """At a block boundary of the decode this turn holds: when a fresher visitor waits, give the device back and
+        queue for it again (that visitor goes first); the seconds it waited (0 when nobody fresher waits). When
+        `stop` is set meanwhile, the turn is not taken again."""
+        lease = self.lease
+        if lease is None or not self.scheduler.fresher_waiting(self.visitor, time.perf_counter() - lease.granted_at):
+            return 0.0
+        t0 = time.perf_counter()
+        self.give_back()
+        self.take(stop)
+        return time.perf_counter() - t0
 
 
 def end(job: Job, update: Update) -> None:
@@ -210,8 +399,10 @@ class BatchRows:
     """Routes a batch decode's step events to its jobs and ends each job when its row is complete: its first stop
     token, or its own max_new_tokens (the rows after it in the batch may go on)."""
 
-    def __init__(self, batch: list[Job], p: DecodeParams) -> None:
-        self.batch, self.p = batch, p
+    def __init__(self, batch: list[Job], p: DecodeParams, on_block=None) -> None:
+        self.batch, self.p, self.on_block = batch, p, on_block  # on_block(self): once per block, at its end
+        self.paused = 0.0  # seconds the decode waited inside on_step for other turns (make_way)
+        self.finals: dict[int, set[int]] = {}  # block -> rows that ended it so far
         self.stop_ids = set(p.stop_token_ids)
         self.pending: list[list[StepEvent]] = [[] for _ in batch]
         self.tokens: list[list[int]] = [[] for _ in batch]
@@ -235,6 +426,10 @@ class BatchRows:
             self._finish(e.row, stopped=True)
             self._all_ended()
             return
+        if job.budget is not None and self.forwards[e.row] >= job.budget:  # its budget is spent: it ends here
+            self._finish(e.row, stopped=True)
+            self._all_ended()
+            return
         self.pending[e.row].append(e)
         self.forwards[e.row] += 1
         if not e.final:
@@ -247,6 +442,12 @@ class BatchRows:
         if self._complete(e.row):
             self._finish(e.row, stopped=False)
             self._all_ended()
+        if self.on_block is not None:
+            done = self.finals.setdefault(e.block, set())
+            done.add(e.row)
+            if all(job.ended or r in done for r, job in enumerate(self.batch)):  # every open row ended the block
+                del self.finals[e.block]
+                self.on_block(self)
 
     def _complete(self, r: int) -> bool:
         limit = self.batch[r].params.max_new_tokens
@@ -271,7 +472,7 @@ class BatchRows:
             strategy=p.strategy, block_length=p.block_length, steps=p.steps, batch_size=1,
             prompt_tokens=len(job.ids), new_tokens=len(tokens), forwards=self.forwards[r],
             prefill_forwards=int(len(job.ids) >= p.block_length if p.strategy != "ar" else len(job.ids) > 1),
-            seconds=time.perf_counter() - self.t0, prefill_seconds=0.0, steps_per_block=[self.blocks[r]],
+            seconds=time.perf_counter() - self.t0 - self.paused, prefill_seconds=0.0, steps_per_block=[self.blocks[r]],
             new_tokens_per_row=[len(tokens)])
         end(job, Finished(tokens, stats, stopped))
 

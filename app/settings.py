@@ -59,7 +59,8 @@ class Range:
             raise SettingsError(f"{self.label} must be a number, got {shown(value)}") from None
         if math.isnan(x) or (x <= self.lo if self.lo_open else x < self.lo) or x > self.hi:
             bracket = "(" if self.lo_open else "["
-            raise SettingsError(f"{self.label} must be in {bracket}{self.lo:g}, {self.hi:g}], got {shown(value)}")
+            lo, hi = (f"{int(v)}" if self.integer else f"{v:g}" for v in (self.lo, self.hi))
+            raise SettingsError(f"{self.label} must be in {bracket}{lo}, {hi}], got {shown(value)}")
         if not self.integer:
             return x
         if x != int(x):
@@ -81,10 +82,14 @@ PACE = Range("watch delay per frame (ms)", 0, 1000)
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    block_length: int = 4
-    steps: int = 4
+    # The studio's defaults: sdar-tiny is confident, so at block 4 and threshold 0.9 every block of its example
+    # answers filled in one step and a visitor never saw a block half denoised. A 16-wide block (trained) at 0.99
+    # leaves positions masked after a step in every example answer (tests/test_app_examples.py) and still commits
+    # several tokens per forward.
+    block_length: int = 16
+    steps: int = 16
     strategy: str = "dynamic"
-    threshold: float = 0.9
+    threshold: float = 0.99
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = 128
@@ -106,6 +111,16 @@ class DecodeSettings:
     def generate_kwargs(self) -> dict:
         """Keyword arguments of sdar_core.generate."""
         return asdict(self)
+
+    def forwards_bound(self, prompt_len: int) -> int:
+        """The most forwards a decode with these settings can take after a prompt of `prompt_len` tokens: the
+        prefill, then at most `steps` per block up to max_new_tokens (one per token for AR). What its budget
+        prices (app/budget.py)."""
+        if self.strategy == "ar":
+            return 1 + self.max_new_tokens
+        L = self.block_length
+        blocks = -(-(prompt_len + self.max_new_tokens) // L) - prompt_len // L
+        return 1 + blocks * self.steps
 
     def as_ar(self) -> "DecodeSettings":
         """The same sampling, decoded one token per forward."""

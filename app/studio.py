@@ -13,12 +13,14 @@ import gradio as gr
 from sdar_core import DecodeParams
 from sdar_core.warmup import needs_warm_up, warm_shapes, warm_up
 
+from .budget import Budgets, OverBudget
+from .exposure import visitor_of
 from .prompting import prompt_ids
 from .registry import LoadedModel, LoadStatus, ModelRegistry, ModelUnavailable, ar_twin_name
 from .run import Run
-from .scheduler import MAX_BATCH, DecodeScheduler, Job
+from .scheduler import MAX_BATCH, DecodeScheduler, Job, SchedulerTurn
 from .settings import DecodeRequest, DecodeSettings
-from .streaming import DEVICE, Lane, StopFlags
+from .streaming import DEVICE, Lane, StopFlag, StopFlags
 
 log = logging.getLogger(__name__)
 LOAD_GRACE = 5.0  # seconds a request waits for its model's load before it is told the load's progress instead
@@ -31,15 +33,21 @@ class ModelLoading(ModelUnavailable):
 
 @dataclass
 class Studio:
+    """`registry` holds the models on the first device; `replicas` one more registry per further GPU (a copy of each
+    model there, loaded in the background once the first copy is ready): a request goes to the device whose
+    scheduler has the fewest rows waiting or decoding. The race and the warm-up use the first device."""
+
     registry: ModelRegistry = field(default_factory=ModelRegistry)
     stops: StopFlags = field(default_factory=StopFlags)
     max_batch: int = MAX_BATCH
+    budgets: Budgets = field(default_factory=Budgets.from_env)
     schedulers: dict[str, DecodeScheduler] = field(default_factory=dict)
+    replicas: list[ModelRegistry] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def arm_stop(self, request) -> threading.Event:
-        """A fresh stop flag for the session that sent `request`."""
-        return self.stops.arm(getattr(request, "session_hash", None))
+    def arm_stop(self, request) -> StopFlag:
+        """A fresh stop flag for a new run of the session that sent `request` (it names the visitor too)."""
+        return self.stops.arm(getattr(request, "session_hash", None), visitor_of(request))
 
     def stop(self, request: gr.Request) -> None:
         """Stop this session's decode at its next step (what it committed so far is kept)."""
@@ -53,8 +61,14 @@ class Studio:
     def start(self, req: DecodeRequest, messages: list[dict], stop: threading.Event, title: str = "") -> Run:
         """Queue the decode that answers `messages` on the model's scheduler; the Run a handler follows."""
         loaded, settings, ids, notes = self.prepare(req, messages)
+        cost, budget = settings.forwards_bound(len(ids)), self.budgets.chat
+        if cost > budget:
+            raise OverBudget(f"this request may take up to {cost:,} forwards ({settings.max_new_tokens} new tokens, "
+                             f"block {settings.block_length}, {settings.steps} steps); a request may take at most "
+                             f"{budget:,} here: lower max new tokens or the steps per block")
         params = DecodeParams(**settings.generate_kwargs(), stop_token_ids=loaded.stop_token_ids)
-        job = self.scheduler(loaded).submit(Job(loaded, ids, params.resolved(loaded.config), stop=stop))
+        job = self.scheduler(loaded).submit(Job(loaded, ids, params.resolved(loaded.config), stop=stop,
+                                                visitor=getattr(stop, "visitor", ""), budget=budget))
         run = Run(job, notes, title=title)
         run.feed.pace_ms = req.pace_ms
         return run
@@ -64,19 +78,39 @@ class Studio:
         about a second); a longer one (a download) is not: the visitor is told its progress at once, and the
         request holds nothing while it runs."""
         status = self.registry.ready_or_status(name)
-        loading = self.registry.loading(name) if isinstance(status, LoadStatus) else None
-        if loading is not None and loading.done.wait(LOAD_GRACE):
-            status = self.registry.ready_or_status(name)
+        if isinstance(status, LoadStatus):
+            loading = self.registry.loading(name)  # None: it ended since (a failure is then raised below)
+            if loading is None or loading.done.wait(LOAD_GRACE):
+                status = self.registry.ready_or_status(name)
         if isinstance(status, LoadStatus):
             raise ModelLoading(f"{status.message()}. Send again once it is ready (Load shows its progress).")
-        return status
+        return self.least_loaded(name, status)
+
+    def least_loaded(self, name, first: LoadedModel) -> LoadedModel:
+        """The copy of `name` whose device has the least work (`first` when there are no replicas, or on a tie); a
+        replica that holds no copy yet starts loading one and is left out until it has it."""
+        copies = [first]
+        for registry in self.replicas:
+            copy = registry.cached(name)
+            if copy is None:
+                registry.start(name)
+            else:
+                copies.append(copy)
+        return min(copies, key=lambda m: self.scheduler(m).load)  # min keeps the first of equals
+
+    def turn(self, loaded: LoadedModel, stop: threading.Event) -> SchedulerTurn:
+        """Timed decodes' turns on the device of `loaded` (the race, the sweep), queued as the visitor of `stop`."""
+        return SchedulerTurn(self.scheduler(loaded), getattr(stop, "visitor", ""))
 
     def scheduler(self, loaded: LoadedModel) -> DecodeScheduler:
-        """The scheduler of the device the model is on (one per device, made on first use)."""
+        """The scheduler of the device the model is on (one per device, made on first use). The first device's
+        takes the studio's device lock (streaming.DEVICE, shared with the race and the warm-up); each further
+        GPU's has its own, so that the devices decode at the same time."""
         name = str(loaded.model.device)
         with self._lock:
             if name not in self.schedulers:
-                self.schedulers[name] = DecodeScheduler(name, max_batch=self.max_batch)
+                lock = DEVICE if not self.schedulers else threading.Lock()
+                self.schedulers[name] = DecodeScheduler(name, max_batch=self.max_batch, lock=lock)
             return self.schedulers[name]
 
     def prepare(self, req: DecodeRequest, messages: list[dict]) -> tuple[LoadedModel, DecodeSettings, list[int],
@@ -91,6 +125,22 @@ class Studio:
             notes.append(untrained_block_note(loaded.display_name, loaded.config, settings.block_length))
         ids, note = prompt_ids(loaded.tokenizer, messages)
         return loaded, settings, ids, notes + ([note] if note else [])
+
+
+def replica_registries(registry: ModelRegistry, gpus: int | None = None) -> list[ModelRegistry]:
+    """One registry per GPU after the first (`gpus`: torch.cuda.device_count() by default), each loading its own
+    copy of a model onto its GPU, with the first registry's folder, allow-list and limits. SDAR_REPLICAS=0 turns them
+    off (one GPU serves, the others stay free for something else)."""
+    import os
+
+    import torch
+
+    if os.environ.get("SDAR_REPLICAS", "1") == "0":
+        return []
+    gpus = torch.cuda.device_count() if gpus is None else gpus
+    if gpus < 2 or registry.device not in (None, "cuda", "cuda:0"):
+        return []
+    return [registry.copy_for(f"cuda:{i}") for i in range(1, gpus)]
 
 
 def trained_blocks(config) -> list[int]:

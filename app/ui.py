@@ -10,13 +10,13 @@ import gradio as gr
 
 from .catalog import NAMES, spec_for, spec_markdown
 from .chat import Chat
-from .errors import explained, unshown
-from .layout import Page, layout
+from .errors import explained, refuse_unreadable_inputs, unshown
+from .layout import STRATEGY_INFO, Page, layout
 from .race import Race
 from .registry import DEFAULT_MODEL, ModelRegistry, ModelUnavailable, default_missing, missing_default_message
 from .render import model_markdown
 from .settings import MAX_BLOCK_LENGTH
-from .studio import Studio, ar_note, trained_blocks, untrained_block_note
+from .studio import Studio, ar_note, replica_registries, trained_blocks, untrained_block_note
 from .visualizer import Visualizer
 
 try:  # On Hugging Face ZeroGPU Spaces, generation handlers borrow a GPU for their duration.
@@ -63,13 +63,17 @@ def loading_markdown(registry: ModelRegistry, loading) -> str:
     return f"⏳ Loading **{loading.name}**… {loading.seconds:.0f} s" + (f" · {progress}" if progress else "")
 
 
-def steps_for_block(block_length, steps):
-    """The steps slider ends at the block length."""
+def steps_for_block(block_length, steps, sdar: bool = True, reason: str | None = None):
+    """The steps slider ends at the block length; a block of one position has one step (the slider, which needs
+    a range, stays on 1, greyed out). `reason`: why an AR model does not use it."""
     try:
         b = max(1, min(int(block_length), MAX_BLOCK_LENGTH))
+        steps = int(steps or b)
     except (TypeError, ValueError):
         return gr.skip()
-    return gr.Slider(maximum=b, value=min(int(steps or b), b))
+    if b == 1:
+        return gr.Slider(maximum=2, value=1, interactive=False, info=reason or "a block of one position: one step")
+    return gr.Slider(maximum=b, value=min(steps, b), interactive=sdar, info=reason)
 
 
 def threshold_for_strategy(strategy, sdar: bool = True):
@@ -102,15 +106,16 @@ def decoding_note(config, name, block) -> str:
     return "" if block in trained_blocks(config) else "⚠️ " + untrained_block_note(shown, config, block)
 
 
-def controls_for_model(studio: Studio, name, block_length, strategy):
+def controls_for_model(studio: Studio, name, block_length, strategy, steps=None):
     """The decoding controls as the model needs them: an AR model greys out block, steps, strategy and threshold;
-    an SDAR model shows its trained block sizes beside the slider. Outputs: block, steps, strategy, threshold,
-    note."""
+    an SDAR model shows its trained block sizes beside the slider, and the steps slider ends at the block length.
+    Outputs: block, steps, strategy, threshold, note."""
     config = studio.registry.peek_config(name)
     sdar = config is None or config.is_sdar
     reason = None if sdar else "not used by an autoregressive model"
     return (gr.Slider(interactive=sdar, info=block_info(config) if sdar else reason),
-            gr.Slider(interactive=sdar, info=reason), gr.Radio(interactive=sdar, info=reason),
+            steps_for_block(block_length, steps, sdar, reason),
+            gr.Radio(interactive=sdar, info=STRATEGY_INFO if sdar else reason),
             threshold_for_strategy(strategy, sdar), decoding_note(config, name, block_length))
 
 
@@ -127,7 +132,8 @@ def random_seed() -> int:
 
 def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None = None) -> gr.Blocks:
     """The studio as a gr.Blocks (launch it with `**layout.LAUNCH_KWARGS` for the theme)."""
-    studio = Studio(registry=registry or ModelRegistry())
+    registry = registry or ModelRegistry()
+    studio = Studio(registry=registry, replicas=replica_registries(registry))
     choices = studio.registry.available()
     if default_model not in choices:
         choices = [default_model] + choices
@@ -140,6 +146,7 @@ def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None
         _wire_chat(page, Chat(studio, page), vis, describe)
         _wire_visualizer(page, vis, describe)
         _wire_race(page, Race(studio), demo)
+    refuse_unreadable_inputs(demo)
     demo.queue(**QUEUE)
     return demo
 
@@ -170,22 +177,20 @@ def _wire_model(p: Page, studio: Studio, demo: gr.Blocks):
     load.failure(lambda: gr.skip(), None, p.model_info, **PRIVATE, **LIGHT)  # the reason stays, without a badge
     p.model_box.change(describe, p.model_box, p.model_info, api_name="describe_model", **LIGHT)
     block_length, steps = p.decode["block_length"], p.decode["steps"]
-    block_length.change(steps_for_block, [block_length, steps], steps, **PRIVATE, **LIGHT)
     p.decode["strategy"].change(threshold_for_strategy, p.decode["strategy"], p.decode["threshold"], **PRIVATE,
                                 **LIGHT)
     controls = [block_length, steps, p.decode["strategy"], p.decode["threshold"], p.decode_note]
-    def fit_controls(name, block, strategy):
-        return controls_for_model(studio, name, block, strategy)
+    def fit_controls(name, block, strategy, steps):
+        return controls_for_model(studio, name, block, strategy, steps)
 
+    # The page's steps slider ends at the block length; the component's own range stays wide so that API calls
+    # (which skip page events) are checked by DecodeSettings, with the block length they send.
     for trigger in (p.model_box.change, block_length.change, demo.load):
-        trigger(fit_controls, [p.model_box, block_length, p.decode["strategy"]], controls, **PRIVATE, **LIGHT)
+        trigger(fit_controls, [p.model_box, block_length, p.decode["strategy"], steps], controls, **PRIVATE, **LIGHT)
     temperature = p.decode["temperature"]
     for trigger in (temperature.change, demo.load):
         trigger(seed_for_temperature, temperature, p.decode["seed"], **PRIVATE, **LIGHT)
     p.new_seed.click(random_seed, None, p.decode["seed"], **PRIVATE, **LIGHT)
-    # The page's steps slider ends at the block length; its initial range stays wide so that API calls
-    # (which skip page events) are checked by DecodeSettings, with the block length they send.
-    demo.load(steps_for_block, [block_length, steps], steps, **PRIVATE, **LIGHT)
     return describe
 
 
@@ -199,32 +204,42 @@ def _wire_chat(p: Page, chat: Chat, vis: Visualizer, describe) -> None:
     outputs = [p.chatbot, p.history, p.message, p.live, p.chat_stats, p.recording, p.chat_note]
     shown = [p.chatbot, p.message, p.live, p.chat_stats, p.chat_note]
     vis_outputs = [p.vis_title, p.vis_player, p.blocks, p.trace_files]
+    answers = []
     for trigger, name in ((p.send.click, "chat"), (p.message.submit, "chat_submit")):
         answer = trigger(gpu(chat.respond), [p.message, p.history, p.system], outputs, inputs_kwargs=decode,
                          api_name=name, api_visibility="public" if name == "chat" else "private", **GENERATION)
         # A refused message already shows its reason in the message area; the error that tells API clients also
         # marks the outputs as failed: settle them again, so that the conversation stays in view, unchanged.
         answer.failure(settled, None, shown, **PRIVATE, **LIGHT)
+        answers.append(answer)
         answer.then(vis.show, p.recording, vis_outputs, **PRIVATE, **LIGHT
                     ).then(describe, p.model_box, p.model_info, **PRIVATE, **LIGHT)
     p.stop.click(chat.studio.stop, None, None, api_name="stop", queue=False)
+    # Clear ends everything the chat shows: the answer being decoded (stopped, its stream cancelled) and the
+    # page's replay (the player starts over on the cleared value).
     p.clear.click(chat.clear, None, [p.chatbot, p.history, p.message, p.live, p.chat_stats, p.chat_note],
-                  api_name="clear", **LIGHT)
+                  api_name="clear", cancels=answers, **LIGHT)
+    # A note about the previous model's decode (an untrained block, a missing template) goes with it.
+    p.model_box.change(lambda: "", None, p.chat_note, **PRIVATE, **LIGHT)
 
 
 def _wire_visualizer(p: Page, vis: Visualizer, describe) -> None:
-    decode = {**p.decode, "pace_ms": p.pace}
+    decode = {**p.decode, "pace_ms": p.pace, "system": p.system}
     outputs = [p.recording, p.vis_title, p.vis_player, p.blocks, p.trace_files]
-    run = p.vis_run.click(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, api_name="visualize",
-                          **GENERATION)
+    # The previous recording leaves the tab the moment Run is pressed (a light event), not when the decode starts.
+    run = p.vis_run.click(vis.pending, [p.vis_prompt], outputs[1:], inputs_kwargs=decode, **PRIVATE, **LIGHT
+                          ).then(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, api_name="visualize",
+                                 **GENERATION)
     run.then(describe, p.model_box, p.model_info, **PRIVATE, **LIGHT)
-    submit = p.vis_prompt.submit(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, **PRIVATE, **GENERATION)
+    submit = p.vis_prompt.submit(vis.pending, [p.vis_prompt], outputs[1:], inputs_kwargs=decode, **PRIVATE, **LIGHT
+                                 ).then(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, **PRIVATE,
+                                        **GENERATION)
     for event in (run, submit):  # the reason stays in the title; the outputs settle again
         event.failure(lambda: [gr.skip()] * 4, None, outputs[1:], **PRIVATE, **LIGHT)
 
 
 def _wire_race(p: Page, race: Race, demo: gr.Blocks) -> None:
-    decode = {**p.decode, "mode": p.race_mode, "use_twin": p.use_twin, "repeats": p.race_repeats}
+    decode = {**p.decode, "mode": p.race_mode, "use_twin": p.use_twin, "repeats": p.race_repeats, "system": p.system}
     outputs = [*p.lanes, p.race_table, p.race_speedup, p.race_chart]
     run = p.race_btn.click(gpu(race.race), [p.race_prompt], outputs, inputs_kwargs=decode, api_name="race",
                            **RACE)
@@ -232,8 +247,10 @@ def _wire_race(p: Page, race: Race, demo: gr.Blocks) -> None:
     p.race_stop.click(race.studio.stop, None, None, **PRIVATE, queue=False)
     sweep_outputs = [p.sweep_note, p.sweep_tpf, p.sweep_speed, p.sweep_df]
     sweep = p.sweep_btn.click(gpu(race.sweep), [p.race_prompt, p.model_box, p.sweep_blocks, p.sweep_thrs,
-                                                p.sweep_tokens], sweep_outputs, api_name="sweep", **RACE)
+                                                p.sweep_tokens, p.system], sweep_outputs, api_name="sweep",
+                              **RACE)
     sweep.failure(lambda: [gr.skip()] * 3, None, sweep_outputs[1:], **PRIVATE, **LIGHT)  # the reason stays above
-    gpu_outputs = [p.gpu_plot, p.gpu_df, p.gpu_notes]
-    p.gpu_refresh.click(race.gpu_results, None, gpu_outputs, api_name="gpu_results", **LIGHT)
+    gpu_outputs = [p.gpu_plot, p.gpu_df, p.gpu_notes, p.gpu_run]
+    p.gpu_refresh.click(race.gpu_results, p.gpu_run, gpu_outputs, api_name="gpu_results", **LIGHT)
+    p.gpu_run.input(race.gpu_results, p.gpu_run, gpu_outputs, **PRIVATE, **LIGHT)
     demo.load(race.gpu_results, None, gpu_outputs, **PRIVATE, **LIGHT)

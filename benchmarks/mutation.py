@@ -13,6 +13,7 @@ only its matching test files (TARGETS), so that a run fits a session on 2 cores.
 status; `<module>.json` holds every mutant's status and `<module>-survivors.diff` the code of each survivor
 (REPORT.md explains every one of them). OMP/MKL threads are pinned to 1: mutmut forks one child per core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,9 @@ def run_one(name: str, tests: list[str], max_children: int) -> None:
     import mutmut.configuration as mc
 
     path = TARGETS[name][0]
-    mc._config = dataclasses.replace(mc.config(), only_mutate=[path], pytest_add_cli_args_test_selection=tests)
+    mc._config = dataclasses.replace(
+        mc.config(), only_mutate=[path], pytest_add_cli_args_test_selection=tests
+    )
     mm._run([], max_children)
 
 
@@ -66,8 +69,10 @@ def statuses(path: str) -> dict[str, str]:
 
 def survivor_diffs(names: list[str]) -> str:
     """`mutmut show` of every survivor: the mutated lines, for REPORT.md's explanations."""
-    show = [subprocess.run([sys.executable, "-m", "mutmut", "show", n], capture_output=True, text=True).stdout
-            for n in names]
+    show = [
+        subprocess.run([sys.executable, "-m", "mutmut", "show", n], capture_output=True, text=True).stdout
+        for n in names
+    ]
     return "\n".join(f"# {n}\n{diff}" for n, diff in zip(names, show))
 
 
@@ -77,16 +82,34 @@ def run_module(name: str, tests: list[str], max_children: int, results: Path) ->
     # mutmut's cache in mutants/ assumes one fixed set of mutated files: start each module afresh.
     shutil.rmtree("mutants", ignore_errors=True)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "benchmarks.mutation", "--run-one", name,
-                    "--max-children", str(max_children), "--tests", *tests], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.mutation",
+            "--run-one",
+            name,
+            "--max-children",
+            str(max_children),
+            "--tests",
+            *tests,
+        ],
+        check=True,
+    )
     seconds = time.perf_counter() - t0
     status = statuses(path)
     survivors = [k for k, s in status.items() if s != "killed"]
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{name}-survivors.diff").write_text(survivor_diffs(survivors))
     counts = collections.Counter(status.values())
-    row = {"module": name, "file": path, "tests": tests, "mutants": len(status), "seconds": round(seconds),
-           **{s: counts.get(s, 0) for s in STATUSES}}
+    row = {
+        "module": name,
+        "file": path,
+        "tests": tests,
+        "mutants": len(status),
+        "seconds": round(seconds),
+        **{s: counts.get(s, 0) for s in STATUSES},
+    }
     (results / f"{name}.json").write_text(json.dumps({**row, "status": status}, indent=1) + "\n")
     return row
 
@@ -95,8 +118,12 @@ def write_summary(rows: list[dict], max_children: int, results: Path) -> None:
     """summary.json: one row per module, the modules of earlier runs kept (a run may cover only some)."""
     path = results / "summary.json"
     modules = json.loads(path.read_text())["modules"] if path.exists() else {}
-    machine = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpus": os.cpu_count(),
-               "load_average": [round(x, 1) for x in os.getloadavg()], "max_children": max_children}
+    machine = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "load_average": [round(x, 1) for x in os.getloadavg()],
+        "max_children": max_children,
+    }
     modules.update({row["module"]: {**row, **machine} for row in rows})
     path.write_text(json.dumps({"modules": modules}, indent=1) + "\n")
 
@@ -104,7 +131,9 @@ def write_summary(rows: list[dict], max_children: int, results: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help=f"some of {', '.join(TARGETS)} (default: all of them)")
-    parser.add_argument("--out", default=OUT, help="folder for the counts and survivors (default: %(default)s)")
+    parser.add_argument(
+        "--out", default=OUT, help="folder for the counts and survivors (default: %(default)s)"
+    )
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--tests", nargs="+", help="test files to use instead of TARGETS' (one module only)")
     parser.add_argument("--run-one", choices=TARGETS, help=argparse.SUPPRESS)
@@ -118,12 +147,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.tests and len(args.modules) != 1:
         parser.error(f"--tests applies to one module; got modules {args.modules or 'all'}")
     results = Path(args.out)
-    rows = [run_module(name, args.tests or TARGETS[name][1], args.max_children, results)
-            for name in args.modules or TARGETS]
+    rows = [
+        run_module(name, args.tests or TARGETS[name][1], args.max_children, results)
+        for name in args.modules or TARGETS
+    ]
     write_summary(rows, args.max_children, results)
-    print_table(rows, [("module", "module", ""), ("mutants", "mutants", "d"), ("killed", "killed", "d"),
-                       ("survived", "survived", "d"), ("timeout", "timeout", "d"), ("no tests", "no tests", "d"),
-                       ("seconds", "seconds", "d")])
+    print_table(
+        rows,
+        [
+            ("module", "module", ""),
+            ("mutants", "mutants", "d"),
+            ("killed", "killed", "d"),
+            ("survived", "survived", "d"),
+            ("timeout", "timeout", "d"),
+            ("no tests", "no tests", "d"),
+            ("seconds", "seconds", "d"),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -229,7 +229,8 @@ def streamed(client, api_name: str, *args, has_frame=has_steps, **kwargs) -> tup
             first = first if first is not None else now
         last = out
     last = job.outputs()[-1] if job.outputs() else last
-    fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 2 and times[-1] > times[0] else None
+    span = times[-1] - times[0] if times else 0.0  # outputs that came together give no rate, not a huge one
+    fps = (len(times) - 1) / span if len(times) > 2 and span > 0.1 else None
     return time.perf_counter() - t0, first, frames, last, fps
 
 
@@ -257,6 +258,9 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
         info["ready_s"] = app.wait_for("SDAR Studio is running", 600)
         warming = any("GPU warm-up started" in line for _, line in app.lines)  # logged before "running"
         info["warmup_done_s"] = app.wait_for("GPU warm-up done", 600) if warming else None  # the CPU: none
+        if args.crowd_only:  # the crowd alone (a short device session): no chat, race or visualizer rows
+            info["visitors"] = crowd_rows(app.url, sdar, args)
+            return info
         client = Client(app.url, verbose=False)
         spy = app.profile(Path(args.out) / "chat-profile.txt", args.profile) if args.profile else None
         for s in SETTINGS:
@@ -316,7 +320,20 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
         app.stop()
         info["log"] = [f"{t:7.2f} s  {line}" for t, line in app.lines
                        if "warm-up" in line or "loaded" in line or "running" in line or "Error" in line]
+        info["served"] = served_timelines([line for _, line in app.lines])
     return info
+
+
+SERVED = re.compile(r"served a chat answer: (\d+) tokens, waited ([\d.]+) s for the device, decoded in ([\d.]+) s "
+                    r"\(batch (\d+)\), answered ([\d.]+) s after the request")
+
+
+def served_timelines(lines: list[str]) -> list[dict]:
+    """The server's own account of each chat answer (app/chat.py logs it): where its time went before Gradio sent
+    it. A visitor's wall time minus `answered_s` is Gradio's delivery and the client."""
+    found = (SERVED.search(line) for line in lines)
+    return [{"tokens": int(m[1]), "waited_s": float(m[2]), "decoded_s": float(m[3]), "batch": int(m[4]),
+             "answered_s": float(m[5])} for m in found if m]
 
 
 @dataclass
@@ -394,7 +411,7 @@ def crowd_rows(url: str, sdar: Path, args) -> list[Visitor]:
     for s in SETTINGS:
         for n in args.crowd:
             for rnd in (1, 2):
-                clients = [Client(url, verbose=False) for _ in range(n)]
+                clients = [Client(url, verbose=False, analytics_enabled=False) for _ in range(n)]
                 barrier = threading.Barrier(n)
                 crowd = [Visitor(n, s.name, rnd, i + 1) for i in range(n)]
                 threads = [threading.Thread(target=visit, args=(c, v, m, s.ui(str(sdar), args.new_tokens), barrier))
@@ -403,6 +420,8 @@ def crowd_rows(url: str, sdar: Path, args) -> list[Visitor]:
                     t.start()
                 for t in threads:
                     t.join(600)
+                for c in clients:  # each keeps a heartbeat stream to the server: a crowd leaves none behind
+                    c.close()
                 visitors += crowd
                 walls = [v.wall_s for v in crowd if v.wall_s is not None]
                 print(f"crowd {n} {s.name} round {rnd}: makespan {max(walls):.2f} s, median "
@@ -464,6 +483,16 @@ def write_outputs(out: Path, rows: list[Row], info: dict, visitors: list[Visitor
                          f"{fmt(c['median_wall_s'], 2)} | {fmt(c['median_first_token_s'], 2)} | "
                          f"{fmt(c['median_page_tps'])} | {c['median_bytes'] or ''} | {fmt(c['aggregate_tps'])} | "
                          f"{fmt(c['engine_batch_tps'])} | {fmt(c['aggregate_over_engine'], 3)} |")
+    served = info.get("served") or []
+    if served:
+        def spread(key: str) -> str:
+            xs = sorted(t[key] for t in served)
+            return (f"p50 {statistics.median(xs):.3f} s, p95 {xs[min(len(xs) - 1, int(0.95 * len(xs)))]:.3f} s, "
+                    f"max {xs[-1]:.3f} s")
+
+        lines += ["", f"Server side, {len(served)} chat answers (app/chat.py's log): waited for the device "
+                  f"{spread('waited_s')}; decoded {spread('decoded_s')}; answered after the request "
+                  f"{spread('answered_s')}."]
     (out / "summary.md").write_text("\n".join(lines) + "\n\n" + "\n".join(info.get("log", [])) + "\n")
     print("\n".join(lines))
 
@@ -481,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--race-prompt", default="Count from one to fifty in words, separated by commas.")
     p.add_argument("--crowd", type=int, nargs="*", default=[1, 4, 8, 16], metavar="N",
                    help="crowd sizes: N visitors pressing Send at once (none: no crowd sweep)")
+    p.add_argument("--crowd-only", action="store_true",
+                   help="measure the crowd (and the engine rows it is compared with) but not the chat, race and "
+                        "visualizer rows")
     args = p.parse_args(argv)
     device, workdir = default_device(), Path(args.workdir)
     dtype = default_dtype(device)

@@ -1,4 +1,5 @@
 """Where this checkout keeps its own files (the embedded models, the committed results), found from the package."""
+
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent

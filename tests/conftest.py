@@ -84,21 +84,6 @@ def run_interpreted(script: str, *args: str, timeout: int = 600) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture
-def fuse(monkeypatch):
-    """fuse("none" | "all" | {names}) sets sdar_core.fused.FUSE for one test; the previous switches come back after."""
-    from dataclasses import fields
-
-    from sdar_core.fused import FUSE
-
-    def set_(names):
-        for f in fields(FUSE):
-            monkeypatch.setattr(FUSE, f.name, getattr(FUSE, f.name))  # remembered, restored at teardown
-        FUSE.set(names)
-
-    return set_
-
-
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in float64."""
     a, b = a.double(), b.double()

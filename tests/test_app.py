@@ -60,11 +60,11 @@ def test_default_app_answers_47_plus_38_with_85_and_tpf_above_one(app_process):
     client = Client(url, verbose=False)
     info = client.predict("assets/models/sdar-tiny", api_name="/describe_model")
     assert "sdar-tiny" in info and "block size **4**" in info and "device **cpu**" in info
-    # Every other input at the UI's defaults: the model box (sdar-tiny), block 4, steps 4, dynamic 0.9, greedy.
+    # Every other input at the UI's defaults: the model box (sdar-tiny), block 16, steps 16, dynamic 0.99, greedy.
     chatbot, _, live, stats, note = client.predict(message="What is 47 + 38?", api_name="/chat")
     answer = text_of(chatbot[-1])
     assert "85" in answer and "Answer: 85" in answer, answer
-    assert "`dynamic`, block 4, steps 4" in stats
+    assert "`dynamic`, block 16, steps 16" in stats
     tpf = float(re.search(r"\*\*TPF\*\* ([\d.]+)", stats).group(1))
     assert tpf > 1.5, stats  # several tokens per forward on the arithmetic it was trained on
     assert live["status"] == "done" and live["steps"] and live["pace"] == 120  # the page replays it at 120 ms a frame
@@ -74,7 +74,7 @@ def test_default_app_answers_47_plus_38_with_85_and_tpf_above_one(app_process):
     runs = {r[0]: dict(zip(table["headers"], r)) for r in table["data"]}
     assert [runs["AR (sdar-tiny)"][c] for c in ("strategy", "block", "steps", "TPF")] == ["ar", 1, 1, 1.0]
     sdar = runs["SDAR (sdar-tiny)"]
-    assert [sdar[c] for c in ("strategy", "block", "steps")] == ["dynamic", 4, 4] and sdar["TPF"] > 1.5
+    assert [sdar[c] for c in ("strategy", "block", "steps")] == ["dynamic", 16, 16] and sdar["TPF"] > 1.5
     assert runs["AR twin (ar-tiny)"]["strategy"] == "ar"
     assert all(r["timed runs"] == 3 for r in runs.values())
     lo, hi = map(float, sdar["tokens/s (min–max)"].split("–"))

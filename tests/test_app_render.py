@@ -130,7 +130,7 @@ def test_the_legend_explains_masks_new_tokens_the_block_and_struck_out_text():
 
     text = legend_html()
     assert "still masked" in text and "committed at this step" in text and "block in flight" in text
-    assert "line-through" in text and "discarded" in text and "stop token" in text
+    assert "line-through" in text and "decoded after the end: dropped" in text and "the answer ends" in text
 
 
 def test_a_replay_opens_every_block_fully_masked_before_its_first_step(trace):

@@ -25,8 +25,8 @@ def test_values_are_read_by_name_whatever_their_order_and_type():
 
 def test_missing_names_keep_the_defaults_and_ar_keeps_the_sampling():
     assert DecodeSettings.from_ui({}) == DecodeSettings()
-    s = DecodeSettings.from_ui({"block_length": 16, "steps": 16, "max_new_tokens": 8})
-    assert (s.block_length, s.steps, s.max_new_tokens, s.strategy, s.threshold) == (16, 16, 8, "dynamic", 0.9)
+    s = DecodeSettings.from_ui({"block_length": 8, "steps": 8, "max_new_tokens": 8})
+    assert (s.block_length, s.steps, s.max_new_tokens, s.strategy, s.threshold) == (8, 8, 8, "dynamic", 0.99)
     ar = DecodeSettings.from_ui(UI).as_ar()
     assert (ar.block_length, ar.steps, ar.strategy) == (1, 1, "ar") and (ar.temperature, ar.top_p) == (0.7, 0.9)
     assert DecodeRequest.from_ui({"model_name": "m", "pace_ms": None}).pace_ms == 0.0

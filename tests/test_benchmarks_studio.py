@@ -24,11 +24,19 @@ def test_streamed_bytes_count_each_outputs_changes_once():
     assert streamed_bytes([a, b]) == first + len('[[["add", ["steps", 1], 2]], []]')  # only the new step
 
 
-def test_a_crowd_on_the_cpu_is_answered_and_summarised(studio_url):
-    from benchmarks.studio import SETTINGS, crowd_rows, crowd_summary
+def test_a_crowd_on_the_cpu_is_answered_and_summarised(studio_url, caplog):
+    import logging
+
+    from benchmarks.studio import SETTINGS, crowd_rows, crowd_summary, served_timelines
 
     url, sdar = studio_url
-    visitors = crowd_rows(url, sdar, Namespace(crowd=[1, 3], new_tokens=8))
+    with caplog.at_level(logging.INFO, logger="app.chat"):
+        visitors = crowd_rows(url, sdar, Namespace(crowd=[1, 3], new_tokens=8))
+    served = served_timelines([r.getMessage() for r in caplog.records])
+    assert len(served) == len(visitors)  # the server's account of each answer, parsed by the benchmark
+    assert sorted(t["tokens"] for t in served) == sorted(v.tokens for v in visitors)
+    for t in served:
+        assert 0 <= t["waited_s"] and 0 < t["decoded_s"] and t["waited_s"] + t["decoded_s"] <= t["answered_s"]
     assert len(visitors) == len(SETTINGS) * 2 * (1 + 3)  # two rounds of each size and setting
     assert all(v.error is None for v in visitors), [v.error for v in visitors if v.error]
     for v in visitors:
