@@ -59,7 +59,7 @@ def test_the_crowd_bench_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path):
     import json
 
     from benchmarks.studio import SETTINGS, main
-    from conftest import free_port
+    from helpers import free_port
 
     out = tmp_path / "out"
     argv = ["--arch", "tiny", "--workdir", str(tmp_path / "work"), "--out", str(out), "--crowd", "2",
