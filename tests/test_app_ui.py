@@ -56,9 +56,8 @@ def test_chat_returns_the_answer_the_live_block_and_the_stats(served):
 def test_visualizer_shows_the_steps_the_table_and_downloads(served):
     client, model = served
     s = {**FAST, "strategy": "dynamic", "threshold": 0.5, "max_new_tokens": 16}
-    title, player, table, files = client.predict(
-        "Tell me a story.", str(model), s["block_length"], s["steps"], s["strategy"], s["threshold"],
-        s["temperature"], s["top_p"], s["max_new_tokens"], s["seed"], s["pace_ms"], api_name="/visualize")
+    title, player, table, files = client.predict(prompt="Tell me a story.", model_name=str(model), **s,
+                                                 api_name="/visualize")
     assert "**NFE**" in title and player["status"] == "done"
     n_steps = len(player["steps"])
     assert table["headers"][:4] == ["block", "start", "tokens", "steps"]
@@ -76,8 +75,9 @@ def test_visualizer_shows_the_steps_the_table_and_downloads(served):
 def test_race_streams_ar_sdar_and_the_twin_with_speedup(served):
     client, model = served
     lane_ar, lane_sdar, lane_twin, table, speedup, chart = client.predict(
-        "Explain SDAR.", str(model), 4, 4, "dynamic", 0.5, 0.0, 1.0, 12, 0, "one after the other (fair timings)", True,
-        2, api_name="/race")
+        prompt="Explain SDAR.", model_name=str(model), block_length=4, steps=4, strategy="dynamic", threshold=0.5,
+        temperature=0.0, top_p=1.0, max_new_tokens=12, seed=0, mode="one after the other (fair timings)",
+        use_twin=True, repeats=2, api_name="/race")
     for lane in (lane_ar, lane_sdar, lane_twin):
         assert "done (run 2 of 2): 12 tokens" in lane and "median of 2" in lane
     assert "AR twin (" in lane_twin
@@ -92,7 +92,8 @@ def test_race_streams_ar_sdar_and_the_twin_with_speedup(served):
 
 def test_sweep_tabulates_every_block_length_and_threshold(served):
     client, model = served
-    note, tpf, speed, table = client.predict("Hi", str(model), [2, 4], [0.5, 1.0], 8, api_name="/sweep")
+    note, tpf, speed, table = client.predict(prompt="Hi", model_name=str(model), block_lengths=[2, 4],
+                                             thresholds=[0.5, 1.0], max_new_tokens=8, api_name="/sweep")
     assert note == "" or note.startswith("⚠️ Wall-clock figures are unreliable")  # a busy machine says so
     assert len(table["data"]) == 1 + 4  # AR once, then each (block length, threshold)
     assert [r[:2] for r in table["data"][1:]] == [[2, 0.5], [2, 1.0], [4, 0.5], [4, 1.0]]
