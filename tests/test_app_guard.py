@@ -341,12 +341,14 @@ def test_the_sweeps_api_schema_lists_exactly_the_choices_the_server_accepts(laun
     assert "'" not in params["block_lengths"]["python_type"]["type"] + params["thresholds"]["python_type"]["type"]
     for blocks, thresholds in [([b], [0.9]) for b in listed["block_lengths"]] + \
                               [([4], [t]) for t in listed["thresholds"]]:
-        *_, table = client.predict("Hi", str(sdar), blocks, thresholds, 8, api_name="/sweep")
+        *_, table = client.predict(prompt="Hi", model_name=str(sdar), block_lengths=blocks, thresholds=thresholds,
+                                   max_new_tokens=8, api_name="/sweep")
         assert [row[:2] for row in table["data"][1:]] == [[blocks[0], thresholds[0]]]  # AR's row first
     for blocks, thresholds in (([str(SWEEP_BLOCKS[0])], [0.9]), ([3], [0.9]), ([4], [str(SWEEP_THRESHOLDS[0])]),
                                ([4], [0.85])):
         with pytest.raises(AppError, match=r"(Block lengths|Thresholds).* must be a list of .*, got \["):
-            client.predict("Hi", str(sdar), blocks, thresholds, 8, api_name="/sweep")
+            client.predict(prompt="Hi", model_name=str(sdar), block_lengths=blocks, thresholds=thresholds,
+                           max_new_tokens=8, api_name="/sweep")
 
 
 # --- 6. traces: private, bounded, removed at exit --------------------------------------------------------------
@@ -487,9 +489,8 @@ def test_finding6_trace_downloads_are_served_in_place_and_the_folder_goes_on_sig
         else:
             raise AssertionError("the studio did not start within 120 s")
         s = FAST
-        *_, files = Client(url, verbose=False).predict(
-            "Hi", "assets/models/sdar-tiny", s["block_length"], s["steps"], s["strategy"], s["threshold"],
-            s["temperature"], s["top_p"], s["max_new_tokens"], s["seed"], s["pace_ms"], api_name="/visualize")
+        *_, files = Client(url, verbose=False).predict(prompt="Hi", model_name="assets/models/sdar-tiny", **s,
+                                                       api_name="/visualize")
         assert len(files) == 2 and '"steps"' in Path(files[0]).read_text()  # the client downloaded it
         folders = list(tmp.glob("sdar-studio-traces-*"))
         assert len(folders) == 1 and len(list(folders[0].iterdir())) == 2
