@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 
 import gradio as gr
 import torch
 
 from sdar_core import GenerationError
 
+from .settings import shown
 from .streaming import Busy
 
 CONTEXT_HINT = "Shorten the prompt, clear the conversation, or lower max new tokens."
@@ -79,3 +81,70 @@ def explains_in_place(n_outputs: int, at: int):
         return wrapper
     return decorate
 
+
+
+def refuse_unreadable_inputs(demo: gr.Blocks) -> gr.Blocks:
+    """Values that Gradio itself refuses before a handler runs (a wrong type, a NaN where a whole number goes, a
+    choice that is not offered, too few values) reach the visitor as one readable gr.Error that names the input and
+    what it accepts, logged as one line: Gradio would send API clients `{"error": null}` and log a traceback."""
+    preprocess = demo.preprocess_data
+
+    async def preprocess_data(block_fn, inputs, state, explicit_call=False):
+        try:
+            return await preprocess(block_fn, inputs, state, explicit_call)
+        except Exception as e:  # gradio's own gr.Errors too: they do not say which input they are about
+            raise quiet(gr.Error(unreadable_input(block_fn.inputs, inputs, e), title="SDAR Studio")) from None
+
+    demo.preprocess_data = preprocess_data
+    return demo
+
+
+def unreadable_input(blocks: list, values: list, error: Exception) -> str:
+    """What the visitor reads when Gradio could not read one of `values` for `blocks` (the event's inputs)."""
+    if len(values) < len(blocks):
+        return f"this request needs {len(blocks)} values, got {len(values)}"
+    match = re.search(r"at index (\d+)", str(error))
+    index = int(match.group(1)) if match else next(
+        (i for i, (b, v) in enumerate(zip(blocks, values)) if not _readable(b, v)), None)
+    if index is None or index >= len(blocks):
+        return str(error.message) if isinstance(error, gr.Error) else (
+            f"one of the values sent could not be read ({type(error).__name__})")
+    block, value = blocks[index], values[index]
+    return f"{_label(block)} {_accepts(block)}, got {shown(value)}"
+
+
+def _readable(block, value) -> bool:
+    """Whether gradio reads `value` for `block` (its data model, then its preprocess: cheap and side-effect free for
+    the studio's inputs, which hold no files)."""
+    model = getattr(block, "data_model", None)
+    try:
+        if model is not None and value is not None:
+            value = model.model_validate(value)
+        block.preprocess(value)
+    except Exception:
+        return False
+    return True
+
+
+def _label(block) -> str:
+    label = getattr(block, "label", None)
+    return str(label) if label else block.get_block_name()
+
+
+def _accepts(block) -> str:
+    """What `block` reads, in words."""
+    if isinstance(block, gr.Slider):
+        return f"must be a number from {block.minimum:g} to {block.maximum:g}"
+    if isinstance(block, gr.Number):
+        return "must be a finite number" + (" (a whole number)" if block.precision == 0 else "")
+    if isinstance(block, gr.Checkbox):
+        return "must be true or false"
+    if isinstance(block, (gr.Dropdown, gr.Radio, gr.CheckboxGroup)):
+        choices = ", ".join(repr(v) for _, v in block.choices)
+        many = isinstance(block, gr.CheckboxGroup) or getattr(block, "multiselect", False)
+        return f"must be {'a list of' if many else 'one of'} {choices}"
+    if isinstance(block, gr.Chatbot):
+        return "must be a list of messages ({'role': 'user' or 'assistant', 'content': text})"
+    if isinstance(block, gr.Textbox):
+        return "must be text"
+    return "could not be read"

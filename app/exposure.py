@@ -15,6 +15,7 @@ with `python app.py --allow-any-model`: every request may then load any folder o
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 
 # Headers a proxy adds (RFC 7239 and the common de-facto ones); a browser talking to us directly sends none.
@@ -71,3 +72,28 @@ def current_verdict(*, server_exposed: bool) -> bool:
     """Whether the request being handled in this thread is public; outside a handler, the server's exposure."""
     request = current_request()
     return server_exposed if request is None else request_is_public(request, server_exposed=server_exposed)
+
+
+def visitor_of(request) -> str:
+    """Whose device time a request counts as (the scheduler's fair share, app/scheduler.py): the client address a
+    proxy forwarded (X-Real-IP, else the first X-Forwarded-For hop, else Forwarded's `for=`), else the address the request came from. A
+    loopback request without forwarding headers is the machine's own user (or a test's clients): each browser
+    session counts on its own. A visitor without any of these counts as one anonymous visitor. (A client can write
+    its own X-Forwarded-For first hop; a proxy that sets X-Real-IP, as nginx does, closes that.)"""
+    if request is None:
+        return ""
+    headers = {str(k).lower(): str(v) for k, v in (getattr(request, "headers", None) or {}).items()}
+    rfc7239 = re.search(r'for="?\[?([^;,"\]]+)', headers.get("forwarded", ""), re.IGNORECASE)
+    forwarded = (headers.get("x-real-ip") or headers.get("x-forwarded-for", "").split(",")[0]
+                 or (rfc7239.group(1) if rfc7239 else ""))
+    if forwarded.strip():
+        return "ip:" + forwarded.strip()
+    host = getattr(getattr(request, "client", None), "host", None)
+    session = getattr(request, "session_hash", None)
+    if is_loopback(host) and not names_forwarding(headers) and session:
+        return "session:" + session
+    return "ip:" + (host or "?")
+
+
+def names_forwarding(headers: Mapping[str, str]) -> bool:
+    return bool({str(k).lower() for k in headers}.intersection(FORWARDING_HEADERS))

@@ -45,7 +45,8 @@ footer {display: none !important}
   #sdar-header p {font-size: 13px; margin: 4px 0}
 }
 """
-LAUNCH_KWARGS = {"theme": THEME, "css": CSS}
+SESSIONS_KEPT = 1000  # browser or API sessions whose state (conversation, last recording) the server keeps
+LAUNCH_KWARGS = {"theme": THEME, "css": CSS, "state_session_capacity": SESSIONS_KEPT}
 INTRO = ("# SDAR Studio\nWatch a **block-diffusion** language model (SDAR: Synergistic Diffusion-AutoRegression) "
          "decode: autoregressive across blocks, parallel denoising inside each block. Chat with it, replay every "
          "denoising step, and race it against one-token-per-forward AR decoding on the same weights.\n\n"

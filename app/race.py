@@ -17,6 +17,7 @@ import gradio as gr
 import pandas as pd
 
 from .benchmarks import read_results
+from .budget import Budget, OverBudget, runs_within
 from .charts import gpu_figure, gpu_table, race_figure, sweep_figures, sweep_table
 from .errors import explains_in_place
 from .prompting import DEFAULT_SYSTEM, conversation, prompt_ids
@@ -164,6 +165,7 @@ class Board:
         self.round_ = f" (run {index + 1} of {total})" if total > 1 else ""
         return self.lanes
 
+    notice: str = ""  # under the headline: what the race's budget cut
     summary: tuple | None = None  # (table, headline, chart) of the timed runs so far, built once per round
     finished_html: dict[str, str] = field(default_factory=dict)  # lane name -> its HTML once it ended
 
@@ -188,7 +190,8 @@ class Board:
         if self.summary is None:
             self.collect()
         table, headline, chart = self.summary
-        return (*htmls, table, headline if note is None else note, chart)
+        headline = headline if note is None else note
+        return (*htmls, table, "\n\n".join(t for t in (headline, self.notice) if t), chart)
 
     def _lane_html(self, name: str) -> str:
         lane = self.lanes.get(name)
@@ -222,26 +225,51 @@ class Race:
         repeats = REPEATS.parse(repeats)
         system = checked_text("system prompt", system, MAX_SYSTEM_CHARS)
         board = self.board(DecodeRequest.from_ui(ui), conversation(system, [], prompt), use_twin)
+        repeats, board.notice = self.priced(list(board.lanes.values()), repeats, "race", "timed runs per lane")
         stop = self.studio.arm_stop(request)
+        turn, budget = self.studio.turn(board.lanes["sdar"].loaded, stop), Budget(self.studio.budgets.race)
         for lane in board.lanes.values():
             lane.state = "warming"
         yield board.outputs("_Warming up each lane (untimed)…_")
         for lane in board.lanes.values():
-            warm_up(Lane(lane.loaded, lane.ids, lane.settings), stop)
+            warm_up(Lane(lane.loaded, lane.ids, lane.settings), stop, turn, budget)
         for r in range(repeats):
             if stop.is_set():
                 break
             lanes = board.new_round(r, repeats)
             # Until a timed run has finished, the headline says what the lanes are doing (not the warm-up's note).
             note = None if board.timings else f"_Timed run {r + 1} of {repeats}: decoding…_"
-            for _ in stream(lanes, stop, parallel=mode == PARALLEL):
-                yield board.outputs(note, lanes_only=True)
+            # A turn on the device per lane (per round when the lanes race at the same time): visitors who used
+            # the device less go first in between.
+            for turn_lanes in [lanes] if mode == PARALLEL else [{n: lane} for n, lane in lanes.items()]:
+                for _ in stream(turn_lanes, stop, parallel=mode == PARALLEL, turn=turn, budget=budget):
+                    yield board.outputs(note, lanes_only=True)
             board.collect()
             yield board.outputs()
-        if stop.is_set() or any(lane.state == "stopped" for lane in board.lanes.values()):
+        if budget.exhausted:
+            yield board.outputs(f"_Stopped: the race's budget of {budget.limit:,} forwards is spent._")
+        elif stop.is_set() or any(lane.state == "stopped" for lane in board.lanes.values()):
             yield board.outputs("_Stopped._")
         else:
             yield board.outputs()
+
+    def priced(self, lanes: list[Lane], repeats: int, kind: str, runs: str) -> tuple[int, str]:
+        """The timed runs of `lanes` (each warmed up once) that fit the `kind` budget (app/budget.py), at most
+        `repeats`, and a note when that is fewer; OverBudget when not even one run fits."""
+        budget = getattr(self.studio.budgets, kind)
+        per_run = sum(lane.settings.forwards_bound(len(lane.ids)) for lane in lanes)
+        warm = sum(warm_up_bound(lane) for lane in lanes)
+        fits = runs_within(budget, warm, per_run, repeats)
+        if fits == 0:
+            raise OverBudget(f"this {kind} may take up to {warm + per_run:,} forwards with one timed run; a {kind} "
+                             f"may take at most {budget:,} here: "
+                             + ("lower max new tokens, raise the block length, or leave the AR twin out"
+                                if kind == "race" else "lower the new tokens or pick fewer block lengths or "
+                                                       "thresholds"))
+        if fits == repeats:
+            return repeats, ""
+        return fits, (f"_Cut to {fits} {runs} (of {repeats}): {repeats} would take up to "
+                      f"{warm + repeats * per_run:,} forwards, over the {kind} budget of {budget:,}._")
 
     def board(self, req: DecodeRequest, messages: list[dict], use_twin: bool) -> Board:
         """AR and SDAR lanes on the same weights, and AR on the twin (sdar-X -> ar-X) when asked and present, each
@@ -285,15 +313,21 @@ class Race:
         if not loaded.is_sdar:
             raise gr.Error(f"{loaded.display_name} is an autoregressive model: the sweep needs an SDAR model.")
         ids, _ = prompt_ids(loaded.tokenizer, conversation(system, [], prompt))
-        stop = self.studio.arm_stop(request)
         runs = [("ar", None, None)] + [("sdar", b, t) for b in blocks for t in thrs]
-        records, ar, note, unsteady = [], None, "", 0
-        for kind, b, t in runs:
-            if stop.is_set():
-                note = f"Sweep stopped after {len(records) + (ar is not None)} of {len(runs)} points."
+        lanes = [Lane(loaded, ids, base.as_ar() if kind == "ar" else replace(base, block_length=b, steps=b,
+                                                                                 threshold=t)) for kind, b, t in runs]
+        repeats, cut = self.priced(lanes, SWEEP_REPEATS, "sweep", "timed runs per point")
+        if cut:
+            yield cut, gr.skip(), gr.skip(), gr.skip()
+        stop = self.studio.arm_stop(request)
+        turn, budget = self.studio.turn(loaded, stop), Budget(self.studio.budgets.sweep)
+        records, ar, note, unsteady = [], None, cut, 0
+        for (kind, b, t), lane in zip(runs, lanes):
+            if stop.is_set() or budget.exhausted:
+                why = "stopped" if stop.is_set() else f"stopped (its budget of {budget.limit:,} forwards is spent)"
+                note = f"Sweep {why} after {len(records) + (ar is not None)} of {len(runs)} points."
                 break
-            s = base.as_ar() if kind == "ar" else replace(base, block_length=b, steps=b, threshold=t)
-            timing = timed_runs(Lane(loaded, ids, s), stop, SWEEP_REPEATS)
+            timing = timed_runs(lane, stop, repeats, turn, budget)
             if timing is None:
                 continue  # stopped: the loop's next turn says so
             st = timing.last
@@ -307,7 +341,8 @@ class Race:
             records.append(rec)
             unsteady += not timing.steady
             tpf, speed = sweep_figures(records, ar)
-            yield self.sweep_note(unsteady, len(records) + 1), tpf, speed, sweep_table([ar] + records)
+            shown_note = "  \n".join(n for n in (cut, self.sweep_note(unsteady, len(records) + 1)) if n)
+            yield shown_note, tpf, speed, sweep_table([ar] + records)
         if note or not records:
             tpf, speed = sweep_figures(records, ar)
             note = "  \n".join(n for n in (note, self.sweep_note(unsteady, len(records) + (ar is not None))) if n)
@@ -336,12 +371,19 @@ class Race:
         return gpu_figure(rows, m), gpu_table(shown), line, gr.Dropdown(choices=names, value=m.name)
 
 
-def timed_runs(lane: Lane, stop, repeats: int) -> Timing | None:
-    """One untimed warm-up, then `repeats` timed decodes of the lane (not streamed); None when stopped first."""
-    warm_up(Lane(lane.loaded, lane.ids, lane.settings), stop)
+def warm_up_bound(lane: Lane) -> int:
+    """The forwards of a lane's untimed warm-up (streaming.warm_up: until its second block starts)."""
+    s = lane.settings
+    return replace(s, max_new_tokens=min(s.max_new_tokens, 2 * s.block_length)).forwards_bound(len(lane.ids))
+
+
+def timed_runs(lane: Lane, stop, repeats: int, turn=None, budget=None) -> Timing | None:
+    """One untimed warm-up, then `repeats` timed decodes of the lane (not streamed), each a turn on the device;
+    None when stopped first (or when `budget` ran out)."""
+    warm_up(Lane(lane.loaded, lane.ids, lane.settings), stop, turn, budget)
     timing = Timing()
     for _ in range(repeats):
-        gen = decode_alone(Lane(lane.loaded, lane.ids, lane.settings), stop)
+        gen = decode_alone(Lane(lane.loaded, lane.ids, lane.settings), stop, turn, budget)
         if gen is None:
             return None
         timing.runs.append(gen.stats)

@@ -14,6 +14,11 @@ strategy, threshold, greedy sampling; max_new_tokens may differ: each row ends a
 request (temperature > 0) decodes alone: one generator for the batch would make its answer depend on its
 neighbours, and batching must never change an answer. A job that arrives while the device is busy (a batch, a race
 lane) joins the next batch.
+Visitors take turns by the device time they used, not by arrival: the next batch starts with the waiting job of
+the visitor with the least recent device-seconds (decayed with a half-life of USAGE_HALF_LIFE seconds), so a visitor
+who has been decoding for minutes waits behind a fresh one, whatever the order they came in. A race or a sweep
+borrows the device through the same queue (`Lease`, one lane's run at a time, each a turn like a batch) and gives it
+back early, at a block boundary, when a fresher visitor is waiting (`SchedulerTurn.make_way`).
 On a GPU the batch is padded to a power of two (copies of its first row, whose steps nobody reads), so the
 captured CUDA graphs stay few. The scheduler takes the device lock (streaming.DEVICE) per batch: the race's
 timed lanes and the GPU warm-up, which take the same lock, keep the device to themselves while they run.
@@ -32,10 +37,14 @@ from sdar_core.decoding import positions_needed
 from sdar_core.trace import Stats, StepEvent
 
 from .registry import LoadedModel
-from .streaming import DEVICE
+from .streaming import BUSY_MESSAGE, BUSY_WAIT, DEVICE, Busy
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 16  # rows of one decode: beyond it, requests wait for the next batch
+TURNS_KEPT = 256
+USAGE_HALF_LIFE = 120.0  # seconds: a visitor's device time counts half as much this long after it was used
+TURN_QUANTUM = 0.25  # seconds of device time a timed decode keeps before it gives way (no hand-off every token)
+USAGE_KEPT = 4096  # visitors whose device time is remembered (beyond: those with the least are forgotten)
 
 
 class Stopped(Exception):
@@ -78,6 +87,8 @@ class Job:
     ids: list[int]
     params: DecodeParams  # resolved (block length filled in), the model's stop tokens included
     stop: threading.Event = field(default_factory=threading.Event)
+    visitor: str = ""  # whose device time this job counts as (app.exposure.visitor_of)
+    budget: int | None = None  # forwards this row may take (checked before, enforced while it runs); None: no cap
     submitted: float = field(default_factory=time.perf_counter)
     updates: queue.Queue = field(default_factory=queue.Queue)
     ended: bool = False
@@ -103,15 +114,39 @@ class Job:
                 return
 
 
+@dataclass(eq=False)
+class Lease:
+    """The device lent to one visitor's timed decodes (a race lane's run, a sweep point): queued like a job, granted
+    when its turn comes (the scheduler then holds the device for it and decodes nothing else), charged for the
+    seconds it held it when given back."""
+
+    visitor: str
+    stop: threading.Event
+    submitted: float = field(default_factory=time.perf_counter)
+    granted: threading.Event = field(default_factory=threading.Event)
+    returned: threading.Event = field(default_factory=threading.Event)
+    granted_at: float = 0.0
+    ended: bool = False
+
+    @property
+    def key(self) -> tuple:
+        return ("lease", id(self))  # never shares a turn
+
+    def give_back(self) -> None:
+        self.returned.set()
+
+
 class DecodeScheduler:
     """The decodes of one device (see the module docstring). `pad_batches`: round batches up to a power of two
     (on a GPU, so that graph captures stay few)."""
 
     def __init__(self, name: str = "device", max_batch: int = MAX_BATCH, lock: threading.Lock = DEVICE) -> None:
         self.name, self.max_batch, self.lock = name, max_batch, lock
-        self.waiting: list[Job] = []
-        self.running = 0  # rows of the batch in flight
+        self.waiting: list[Job | Lease] = []
+        self.in_flight: list = []  # the batch (or the lease) on the device
         self.batches = 0  # decodes started so far
+        self.usage: dict[str, tuple[float, float]] = {}  # visitor -> (device-seconds, perf_counter when counted)
+        self.turns: list[str] = []  # the visitors served, in order (the last TURNS_KEPT): what tests read
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -119,7 +154,7 @@ class DecodeScheduler:
     def load(self) -> int:
         """Rows waiting or decoding: what routing to the least-loaded device compares."""
         with self._cv:
-            return len(self.waiting) + self.running
+            return len(self.waiting) + sum(not job.ended for job in self.in_flight)
 
     def submit(self, job: Job) -> Job:
         """Queue `job` (checked first: a request that cannot decode fails here, in the caller's thread, and never
@@ -133,13 +168,68 @@ class DecodeScheduler:
                 f"prompt ({len(job.ids)} tokens) + max_new_tokens ({job.params.max_new_tokens}), rounded up to "
                 f"whole blocks of {job.params.block_length}, is {needed} tokens: beyond the model's context of "
                 f"{config.max_position_embeddings}")
+        self._enqueue(job)
+        return job
+
+    def _enqueue(self, item: "Job | Lease") -> None:
         with self._cv:
-            self.waiting.append(job)
+            self.waiting.append(item)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, daemon=True, name=f"sdar-scheduler-{self.name}")
                 self._thread.start()
             self._cv.notify()
-        return job
+
+    def lease(self, visitor: str, stop: threading.Event, wait: float) -> Lease | None:
+        """The device for `visitor`'s timed decodes once its turn comes (give it back with `Lease.give_back`); None
+        when `stop` is set first; Busy after `wait` seconds."""
+        lease = Lease(visitor, stop)
+        self._enqueue(lease)
+        deadline = time.monotonic() + wait
+        while not lease.granted.wait(0.1):
+            if stop.is_set() or time.monotonic() > deadline:
+                with self._cv:
+                    if lease.ended:  # dropped unrun: it was stopped while it waited
+                        return None
+                    if lease in self.waiting:  # not granted: withdrawn
+                        self.waiting.remove(lease)
+                        lease.ended = True
+                        if stop.is_set():
+                            return None
+                        raise Busy(BUSY_MESSAGE)
+                lease.granted.wait()  # granted meanwhile: taken, and given back by the caller
+                break
+        return lease
+
+    def fresher_waiting(self, visitor: str, held: float = 0.0) -> bool:
+        """Whether another visitor who used the device at least TURN_QUANTUM less than `visitor` (counting the `held`
+        seconds of its turn in flight) is waiting: then `visitor`'s timed decode gives way at its next block
+        boundary."""
+        with self._cv:
+            if not self.waiting:
+                return False
+            now = time.perf_counter()
+            mine = self.used(visitor, now) + held - TURN_QUANTUM
+            return any(j.visitor != visitor and not j.stop.is_set() and self.used(j.visitor, now) < mine
+                       for j in self.waiting)
+
+    def used(self, visitor: str, now: float | None = None) -> float:
+        """`visitor`'s device-seconds, decayed to now."""
+        with self._cv:
+            seconds, at = self.usage.get(visitor, (0.0, 0.0))
+        now = time.perf_counter() if now is None else now
+        return seconds * 0.5 ** ((now - at) / USAGE_HALF_LIFE)
+
+    def charge(self, visitor: str, seconds: float) -> None:
+        """Count `seconds` of device time to `visitor` (visitors whose time has decayed to nothing are forgotten)."""
+        now = time.perf_counter()
+        total = self.used(visitor, now) + seconds
+        with self._cv:
+            self.usage[visitor] = (total, now)
+            if len(self.usage) > USAGE_KEPT:  # the least recent users go: they would be first in line anyway
+                left = sorted(self.usage, key=lambda v: self.usage[v][0] * 0.5 ** ((now - self.usage[v][1])
+                                                                                   / USAGE_HALF_LIFE))
+                for v in left[: len(self.usage) - USAGE_KEPT // 2]:
+                    del self.usage[v]
 
     def _loop(self) -> None:
         while True:
@@ -147,6 +237,9 @@ class DecodeScheduler:
             with self.lock:  # the batch is chosen once the device is free: whoever came meanwhile joins it
                 batch = self.schedule()
                 if not batch:
+                    continue
+                if isinstance(batch[0], Lease):
+                    self.lend(batch[0])
                     continue
                 try:
                     self.run(batch)
@@ -157,28 +250,46 @@ class DecodeScheduler:
                         end(job, Failed(e))
                 finally:
                     with self._cv:
-                        self.running = 0
+                        self.in_flight = []
 
     def _wait_for_work(self) -> None:
         with self._cv:
             while not self.waiting:
                 self._cv.wait()
 
-    def schedule(self) -> list[Job]:
-        """The oldest waiting job and the waiting jobs that share its key, oldest first (none when nothing waits).
+    def schedule(self) -> list[Job] | list[Lease]:
+        """The next turn: the waiting job (or lease) of the visitor who used the device least lately (the oldest
+        first among equals) and the waiting jobs that share its key, in the same order; none when nothing waits.
         Jobs stopped while they waited end here, unrun."""
         with self._cv:
             for job in [j for j in self.waiting if j.stop.is_set()]:
                 self.waiting.remove(job)
-                end(job, Finished([], None, stopped=True))
+                if isinstance(job, Lease):
+                    job.ended = True
+                else:
+                    end(job, Finished([], None, stopped=True))
             if not self.waiting:
                 return []
-            key = self.waiting[0].key
-            batch = [j for j in self.waiting if j.key == key][: self.max_batch]
+            now = time.perf_counter()
+            used = {v: self.used(v, now) for v in {j.visitor for j in self.waiting}}
+            order = sorted(self.waiting, key=lambda j: (used[j.visitor], j.submitted))
+            key = order[0].key
+            batch = [j for j in order if j.key == key][: self.max_batch]
             for job in batch:
                 self.waiting.remove(job)
-            self.running = len(batch)
+            self.in_flight = batch
+            self.turns = (self.turns + [batch[0].visitor])[-TURNS_KEPT:]
             return batch
+
+    def lend(self, lease: Lease) -> None:
+        """Hold the device for `lease` until it is given back (the caller holds the device lock); charge it."""
+        t0 = lease.granted_at = time.perf_counter()
+        lease.granted.set()
+        lease.returned.wait()
+        self.charge(lease.visitor, time.perf_counter() - t0)
+        with self._cv:
+            lease.ended = True
+            self.in_flight = []
 
     def run(self, batch: list[Job]) -> None:
         """One decode of the batch's rows (the caller holds the device), each job told its steps and its end as
@@ -197,7 +308,49 @@ class DecodeScheduler:
             generate(model, rows, replace(p, max_new_tokens=longest, trace=False), on_step=rowing.on_step)
         except Stopped:
             pass
+        finally:
+            self.charge_rows(rowing)
         rowing.close()
+
+    def charge_rows(self, rowing: "BatchRows") -> None:
+        """The batch's device time, shared among its visitors by the forwards of their rows."""
+        seconds, total = time.perf_counter() - rowing.t0, sum(rowing.forwards) or 1
+        for job, forwards in zip(rowing.batch, rowing.forwards):
+            self.charge(job.visitor, seconds * max(forwards, 1) / total)
+
+
+class SchedulerTurn:
+    """A race's or a sweep's turns on the device, each queued on its scheduler as `visitor`'s (streaming.LockTurn's
+    two methods)."""
+
+    def __init__(self, scheduler: DecodeScheduler, visitor: str, wait: float = BUSY_WAIT) -> None:
+        self.scheduler, self.visitor, self.wait = scheduler, visitor, wait
+        self.lease: Lease | None = None
+
+    def take(self, stop: threading.Event) -> bool:
+        lease = self.scheduler.lease(self.visitor, stop, self.wait)
+        if lease is not None and stop.is_set():
+            lease.give_back()
+            lease = None
+        self.lease = lease
+        return lease is not None
+
+    def give_back(self) -> None:
+        if self.lease is not None:
+            self.lease.give_back()
+            self.lease = None
+
+    def make_way(self, stop: threading.Event) -> float:
+        """At a block boundary of the decode this turn holds: when a fresher visitor waits, give the device back and
+        queue for it again (that visitor goes first); the seconds it waited (0 when nobody fresher waits). When
+        `stop` is set meanwhile, the turn is not taken again."""
+        lease = self.lease
+        if lease is None or not self.scheduler.fresher_waiting(self.visitor, time.perf_counter() - lease.granted_at):
+            return 0.0
+        t0 = time.perf_counter()
+        self.give_back()
+        self.take(stop)
+        return time.perf_counter() - t0
 
 
 def end(job: Job, update: Update) -> None:
@@ -232,6 +385,10 @@ class BatchRows:
             self._all_ended()
             return
         if job.stop.is_set():
+            self._finish(e.row, stopped=True)
+            self._all_ended()
+            return
+        if job.budget is not None and self.forwards[e.row] >= job.budget:  # its budget is spent: it ends here
             self._finish(e.row, stopped=True)
             self._all_ended()
             return

@@ -112,6 +112,16 @@ class DecodeSettings:
         """Keyword arguments of sdar_core.generate."""
         return asdict(self)
 
+    def forwards_bound(self, prompt_len: int) -> int:
+        """The most forwards a decode with these settings can take after a prompt of `prompt_len` tokens: the
+        prefill, then at most `steps` per block up to max_new_tokens (one per token for AR). What its budget
+        prices (app/budget.py)."""
+        if self.strategy == "ar":
+            return 1 + self.max_new_tokens
+        L = self.block_length
+        blocks = -(-(prompt_len + self.max_new_tokens) // L) - prompt_len // L
+        return 1 + blocks * self.steps
+
     def as_ar(self) -> "DecodeSettings":
         """The same sampling, decoded one token per forward."""
         return replace(self, block_length=1, steps=1, strategy="ar")

@@ -10,17 +10,19 @@ on_step ends the decode at its next step without touching the decoder; any other
 """
 from __future__ import annotations
 
+import itertools
 import math
 import queue
 import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
+import weakref
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
 
 from sdar_core import generate
+from sdar_core.runner import default_mode
 from sdar_core.trace import Generation, StepEvent
 
 from .registry import LoadedModel
@@ -68,15 +70,37 @@ class Lane:
         self.frame = self.builder.finish(self.answer_end)
 
 
-def decode(lane: Lane, on_step=None) -> Generation:
+def decode(lane: Lane, on_step=None, turn=None, stop: threading.Event | None = None) -> Generation:
     """The lane's generation: one row, the model's stop tokens. Its events reach on_step; none is kept
-    twice (the lane keeps them), so every lane costs the decoder the same recording work."""
-    return generate(lane.loaded.model, [lane.ids], stop_token_ids=lane.loaded.stop_token_ids, trace=False,
-                    on_step=on_step, **lane.settings.generate_kwargs())
+    twice (the lane keeps them), so every lane costs the decoder the same recording work.
+
+    With the `turn` it holds (a scheduler's: `make_way`), the lane gives the device to a fresher visitor's request
+    at a block boundary and takes it back after, where that is safe: a plain runner, whose cache is the decode's own
+    (on a GPU the static runners are pooled per shape, so a lane gives way between runs only). The time it waited is
+    not the lane's: its stats leave it out."""
+    paused = 0.0
+    if turn is not None and hasattr(turn, "make_way") and default_mode(lane.loaded.model) == "plain":
+        def giving_way(event: StepEvent) -> None:
+            nonlocal paused
+            if on_step is not None:
+                on_step(event)
+            if event.final:
+                paused += turn.make_way(stop)
+                if stop is not None and stop.is_set():
+                    raise Stopped()
+        step = giving_way
+    else:
+        step = on_step
+    gen = generate(lane.loaded.model, [lane.ids], stop_token_ids=lane.loaded.stop_token_ids, trace=False,
+                   on_step=step, **lane.settings.generate_kwargs())
+    if paused:
+        gen.stats = replace(gen.stats, seconds=gen.stats.seconds - paused)
+    return gen
 
 
 DEVICE = threading.Lock()  # one model, one device: one decode at a time, held by the decode alone
 BUSY_WAIT = 300.0  # seconds a request waits for the device before it is told to try again
+BUSY_MESSAGE = "the studio is busy with other visitors' requests: try again in a minute"
 
 
 class Busy(RuntimeError):
@@ -90,8 +114,32 @@ def take_device(stop: threading.Event, wait: float | None = None) -> bool:
         if stop.is_set():
             return False
         if time.monotonic() > deadline:
-            raise Busy("the studio is busy with other visitors' requests: try again in a minute")
+            raise Busy(BUSY_MESSAGE)
     return True
+
+
+class LockTurn:
+    """The device taken through its lock directly (tools and tests; the studio's race and sweep queue for their
+    turns on the device's scheduler instead: scheduler.SchedulerTurn, the same two methods)."""
+
+    def take(self, stop: threading.Event) -> bool:
+        return take_device(stop)
+
+    def give_back(self) -> None:
+        DEVICE.release()
+
+
+def on_budget(on_step, budget):
+    """on_step that first spends one forward of `budget` (app.budget.Budget) and ends the decode once it is spent."""
+    if budget is None:
+        return on_step
+
+    def spending(event: StepEvent) -> None:
+        if not budget.spend(1):
+            raise Stopped()
+        if on_step is not None:
+            on_step(event)
+    return spending
 
 
 @dataclass
@@ -101,7 +149,7 @@ class _Update:
     payload: object = None  # | "error" (payload: the exception) | "exit" (a worker thread ended: lane None)
 
 
-def warm_up(lane: Lane, stop: threading.Event) -> None:
+def warm_up(lane: Lane, stop: threading.Event, turn=None, budget=None) -> None:
     """Run the lane's decode, untimed and unshown, until its second block: whatever its first run pays once (CUDA
     graph capture and kernel compilation for its shapes on a GPU, first-call allocations anywhere) is paid here,
     so that the timed runs that follow all start warm."""
@@ -109,48 +157,54 @@ def warm_up(lane: Lane, stop: threading.Event) -> None:
         if event.block >= 1:
             raise Stopped()
 
-    if not take_device(stop):
+    turn = turn or LockTurn()
+    if not turn.take(stop):
         return
     try:
         with torch.inference_mode():
-            decode(lane, until_second_block)
+            decode(lane, on_budget(until_second_block, budget), turn, stop)
     except Stopped:
         pass
     finally:
-        DEVICE.release()
+        turn.give_back()
 
 
-def decode_alone(lane: Lane, stop: threading.Event) -> Generation | None:
-    """decode(lane) holding DEVICE, not streamed (the sweep); None when `stop` was set while waiting for it."""
-    if not take_device(stop):
+def decode_alone(lane: Lane, stop: threading.Event, turn=None, budget=None) -> Generation | None:
+    """decode(lane) on the device's turn, not streamed (the sweep); None when `stop` was set while waiting for it,
+    or when `budget` ran out during it."""
+    turn = turn or LockTurn()
+    if not turn.take(stop):
         return None
     try:
         with torch.inference_mode():
-            return decode(lane)
+            return decode(lane, on_budget(None, budget), turn, stop)
+    except Stopped:
+        return None
     finally:
-        DEVICE.release()
+        turn.give_back()
 
 
 class _Release:
-    """Releases DEVICE when the last of `n` worker threads is done with it."""
+    """Gives the device's turn back when the last of `n` worker threads is done with it."""
 
-    def __init__(self, n: int) -> None:
-        self.left, self._lock = n, threading.Lock()
+    def __init__(self, n: int, turn) -> None:
+        self.left, self.turn, self._lock = n, turn, threading.Lock()
 
     def one_done(self) -> None:
         with self._lock:
             self.left -= 1
             if self.left == 0:
-                DEVICE.release()
+                self.turn.give_back()
 
 
 def _worker(names: list[str], lanes: dict[str, Lane], out: queue.Queue, stop: threading.Event,
-            release: _Release) -> None:
+            release: _Release, budget=None) -> None:
     """Decode `names` one after the other at full speed (the handler shows the steps at its own pace)."""
-    def on_step(event: StepEvent) -> None:
+    def shown(event: StepEvent) -> None:
         if stop.is_set():
             raise Stopped()
         out.put(_Update(name, "step", event))
+    on_step = on_budget(shown, budget)
 
     try:
         for name in names:
@@ -159,7 +213,9 @@ def _worker(names: list[str], lanes: dict[str, Lane], out: queue.Queue, stop: th
             out.put(_Update(name, "start"))
             try:
                 with torch.inference_mode():
-                    out.put(_Update(name, "done", decode(lanes[name], on_step)))
+                    # alone on the turn, a lane may give way at block boundaries; sharing it, never
+                    alone = release.turn if release.left == 1 else None
+                    out.put(_Update(name, "done", decode(lanes[name], on_step, alone, stop)))
             except Stopped:
                 out.put(_Update(name, "done", None))
             except BaseException as e:  # handed to the handler's thread, which raises it there
@@ -170,17 +226,19 @@ def _worker(names: list[str], lanes: dict[str, Lane], out: queue.Queue, stop: th
         out.put(_Update(None, "exit"))
 
 
-def _start(lanes: dict[str, Lane], out: queue.Queue, stop: threading.Event, parallel: bool) -> int:
-    """Start the worker threads (the caller holds DEVICE; the last thread to end releases it); their count."""
+def _start(lanes: dict[str, Lane], out: queue.Queue, stop: threading.Event, parallel: bool, turn, budget) -> int:
+    """Start the worker threads (the caller has the device's turn; the last thread to end gives it back); their
+    count."""
     groups = [[name] for name in lanes] if parallel else [list(lanes)]
-    release = _Release(len(groups))
+    release = _Release(len(groups), turn)
     for names in groups:
-        threading.Thread(target=_worker, args=(names, lanes, out, stop, release), daemon=True,
+        threading.Thread(target=_worker, args=(names, lanes, out, stop, release, budget), daemon=True,
                          name=f"sdar-{'-'.join(names)}").start()
     return len(groups)
 
 
-def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = False) -> Iterator[dict[str, Lane]]:
+def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = False, turn=None,
+           budget=None) -> Iterator[dict[str, Lane]]:
     """Decode every lane and yield `lanes` whenever there is something new to show: a step (throttled to
     FRAME_INTERVAL), a lane's end.
 
@@ -188,12 +246,15 @@ def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = Fa
     parallel=True starts them together. The decodes hold DEVICE and run at full speed; the frames are shown
     from the queue, so a slow display never keeps another visitor off the device.
     Once `stop` is set no lane starts and the frames still queued are skipped; leaving the loop before every
-    worker ended sets it, so any worker still running ends at its next step.
+    worker ended sets it, so any worker still running ends at its next step. `turn` takes the device (LockTurn by
+    default); `budget` (app.budget.Budget) is spent one forward per step, and a lane still running when it is
+    spent ends as stopped.
     """
     out: queue.Queue[_Update] = queue.Queue()
-    if not take_device(stop):
+    turn = turn or LockTurn()
+    if not turn.take(stop):
         return
-    running, shown, held = _start(lanes, out, stop, parallel), -math.inf, False  # the first step is always due
+    running, shown, held = _start(lanes, out, stop, parallel, turn, budget), -math.inf, False  # first step is due
     try:
         while running:
             try:
@@ -226,30 +287,44 @@ def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = Fa
             stop.set()
 
 
-class StopFlags:
-    """One stop flag per browser session (gr.Request.session_hash): Stop reaches the running decode. The newest
-    `capacity` sessions keep theirs (a flag matters only while that session's decode runs)."""
+class StopFlag(threading.Event):
+    """The stop flag of one run (a decode, a race, a sweep, a Load's wait): `run` names it, `session` is the
+    browser session whose Stop reaches it, `visitor` whose device time the run counts as (exposure.visitor_of)."""
 
-    def __init__(self, capacity: int = 1024) -> None:
-        self.capacity = capacity
-        self._flags: OrderedDict[str, threading.Event] = OrderedDict()
+    def __init__(self, run: int, session: str | None, visitor: str = "") -> None:
+        super().__init__()
+        self.run, self.session, self.visitor = run, session, visitor
+
+
+class StopFlags:
+    """The stop flags of the runs in flight, by browser session (gr.Request.session_hash): Stop sets every flag of
+    its session. Each run gets a flag of its own (a run id), so arming another run of the same session (a Load
+    while a race runs) never replaces it; the table holds its flags weakly, so a flag lives exactly as long as its
+    run holds it, and no other session's traffic can push it out."""
+
+    def __init__(self) -> None:
+        self._flags: weakref.WeakValueDictionary[int, StopFlag] = weakref.WeakValueDictionary()
+        self._runs = itertools.count(1)
         self._lock = threading.Lock()
 
-    def arm(self, session: str | None) -> threading.Event:
-        """A fresh flag for `session` (a private one when there is no session)."""
-        if not session:
-            return threading.Event()
-        with self._lock:
-            self._flags.pop(session, None)
-            flag = self._flags[session] = threading.Event()
-            while len(self._flags) > self.capacity:
-                self._flags.popitem(last=False)
-            return flag
+    def arm(self, session: str | None, visitor: str = "") -> StopFlag:
+        """A fresh flag for a new run of `session` (a private one, reached by no Stop, when there is no session)."""
+        flag = StopFlag(next(self._runs), session or None, visitor)
+        if flag.session:
+            with self._lock:
+                self._flags[flag.run] = flag
+        return flag
 
     def trigger(self, session: str | None) -> bool:
-        with self._lock:
-            flag = self._flags.get(session) if session else None
-        if flag is None:
+        """Set the flags of every run of `session` in flight; whether there was one."""
+        if not session:
             return False
-        flag.set()
-        return True
+        with self._lock:
+            flags = [f for f in self._flags.values() if f.session == session]
+        for flag in flags:
+            flag.set()
+        return bool(flags)
+
+    def __len__(self) -> int:
+        """Runs in flight that a Stop can reach."""
+        return len(self._flags)

@@ -13,12 +13,14 @@ import gradio as gr
 from sdar_core import DecodeParams
 from sdar_core.warmup import needs_warm_up, warm_shapes, warm_up
 
+from .budget import Budgets, OverBudget
+from .exposure import visitor_of
 from .prompting import prompt_ids
 from .registry import LoadedModel, LoadStatus, ModelRegistry, ModelUnavailable, ar_twin_name
 from .run import Run
-from .scheduler import MAX_BATCH, DecodeScheduler, Job
+from .scheduler import MAX_BATCH, DecodeScheduler, Job, SchedulerTurn
 from .settings import DecodeRequest, DecodeSettings
-from .streaming import DEVICE, Lane, StopFlags
+from .streaming import DEVICE, Lane, StopFlag, StopFlags
 
 log = logging.getLogger(__name__)
 LOAD_GRACE = 5.0  # seconds a request waits for its model's load before it is told the load's progress instead
@@ -38,13 +40,14 @@ class Studio:
     registry: ModelRegistry = field(default_factory=ModelRegistry)
     stops: StopFlags = field(default_factory=StopFlags)
     max_batch: int = MAX_BATCH
+    budgets: Budgets = field(default_factory=Budgets.from_env)
     schedulers: dict[str, DecodeScheduler] = field(default_factory=dict)
     replicas: list[ModelRegistry] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def arm_stop(self, request) -> threading.Event:
-        """A fresh stop flag for the session that sent `request`."""
-        return self.stops.arm(getattr(request, "session_hash", None))
+    def arm_stop(self, request) -> StopFlag:
+        """A fresh stop flag for a new run of the session that sent `request` (it names the visitor too)."""
+        return self.stops.arm(getattr(request, "session_hash", None), visitor_of(request))
 
     def stop(self, request: gr.Request) -> None:
         """Stop this session's decode at its next step (what it committed so far is kept)."""
@@ -58,8 +61,14 @@ class Studio:
     def start(self, req: DecodeRequest, messages: list[dict], stop: threading.Event, title: str = "") -> Run:
         """Queue the decode that answers `messages` on the model's scheduler; the Run a handler follows."""
         loaded, settings, ids, notes = self.prepare(req, messages)
+        cost, budget = settings.forwards_bound(len(ids)), self.budgets.chat
+        if cost > budget:
+            raise OverBudget(f"this request may take up to {cost:,} forwards ({settings.max_new_tokens} new tokens, "
+                             f"block {settings.block_length}, {settings.steps} steps); a request may take at most "
+                             f"{budget:,} here: lower max new tokens or the steps per block")
         params = DecodeParams(**settings.generate_kwargs(), stop_token_ids=loaded.stop_token_ids)
-        job = self.scheduler(loaded).submit(Job(loaded, ids, params.resolved(loaded.config), stop=stop))
+        job = self.scheduler(loaded).submit(Job(loaded, ids, params.resolved(loaded.config), stop=stop,
+                                                visitor=getattr(stop, "visitor", ""), budget=budget))
         run = Run(job, notes, title=title)
         run.feed.pace_ms = req.pace_ms
         return run
@@ -87,6 +96,10 @@ class Studio:
             else:
                 copies.append(copy)
         return min(copies, key=lambda m: self.scheduler(m).load)  # min keeps the first of equals
+
+    def turn(self, loaded: LoadedModel, stop: threading.Event) -> SchedulerTurn:
+        """Timed decodes' turns on the device of `loaded` (the race, the sweep), queued as the visitor of `stop`."""
+        return SchedulerTurn(self.scheduler(loaded), getattr(stop, "visitor", ""))
 
     def scheduler(self, loaded: LoadedModel) -> DecodeScheduler:
         """The scheduler of the device the model is on (one per device, made on first use). The first device's

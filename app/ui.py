@@ -10,7 +10,7 @@ import gradio as gr
 
 from .catalog import NAMES, spec_for, spec_markdown
 from .chat import Chat
-from .errors import explained, unshown
+from .errors import explained, refuse_unreadable_inputs, unshown
 from .layout import STRATEGY_INFO, Page, layout
 from .race import Race
 from .registry import DEFAULT_MODEL, ModelRegistry, ModelUnavailable, default_missing, missing_default_message
@@ -146,6 +146,7 @@ def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None
         _wire_chat(page, Chat(studio, page), vis, describe)
         _wire_visualizer(page, vis, describe)
         _wire_race(page, Race(studio), demo)
+    refuse_unreadable_inputs(demo)
     demo.queue(**QUEUE)
     return demo
 

@@ -11,8 +11,9 @@ Measures, in one run on one device:
 - all of it at each of --prompt-lengths (the context sweep): the batch curve at the first, batch 1 at the others.
 Writes results.json, results.csv and chart.html to --out and prints a table last. Random weights:
 speed does not depend on what the weights are, except through the dynamic schedule, whose TPF on random
-weights is the static minimum (see the README for TPF of a trained model).
+weights is the static minimum (docs/training.md has the TPF of a trained model).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,24 +28,43 @@ from pathlib import Path
 import torch
 
 from sdar_core.config import PUBLIC_SHAPES, ModelConfig
-from sdar_core.decoding import generate
 from sdar_core.decode_attention import split_k_available
+from sdar_core.decoding import DecodeParams, generate
 from sdar_core.device import default_device, default_dtype, machine_info, synchronize
+from sdar_core.kernels import Kernels
 from sdar_core.loading import load_pretrained
-from sdar_core.fused import FUSE
 from sdar_core.model import SDARForCausalLM
-from sdar_core.runner import ChunkRunner, default_mode
+from sdar_core.runner import default_mode
 from training.model_init import init_weights
 
 from . import moe
 from .table import print_table
 
 ARCHS = {
-    "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=32, vocab_size=4096, tie_word_embeddings=True),
-    "tiny-moe": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                     num_key_value_heads=2, head_dim=32, vocab_size=4096, tie_word_embeddings=False, num_experts=16,
-                     num_experts_per_tok=4, moe_intermediate_size=64, norm_topk_prob=True),
+    "tiny": dict(
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        vocab_size=4096,
+        tie_word_embeddings=True,
+    ),
+    "tiny-moe": dict(
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        vocab_size=4096,
+        tie_word_embeddings=False,
+        num_experts=16,
+        num_experts_per_tok=4,
+        moe_intermediate_size=64,
+        norm_topk_prob=True,
+    ),
     **{f"sdar-{size}": shape for size, shape in PUBLIC_SHAPES.items()},
 }
 
@@ -53,8 +73,15 @@ def arch_config(name: str, block_size: int = 4) -> ModelConfig:
     if name not in ARCHS:
         raise SystemExit(f"unknown architecture {name!r}; choose one of {', '.join(ARCHS)}")
     fields = dict(ARCHS[name])
-    return ModelConfig(model_type="sdar_moe" if fields.get("num_experts") else "sdar", block_size=block_size, mask_token_id=fields["vocab_size"] - 1,
-                       rope_theta=1_000_000.0, max_position_embeddings=32768, eos_token_id=0, **fields)
+    return ModelConfig(
+        model_type="sdar_moe" if fields.get("num_experts") else "sdar",
+        block_size=block_size,
+        mask_token_id=fields["vocab_size"] - 1,
+        rope_theta=1_000_000.0,
+        max_position_embeddings=32768,
+        eos_token_id=0,
+        **fields,
+    )
 
 
 def random_model(config: ModelConfig, device, dtype) -> SDARForCausalLM:
@@ -125,21 +152,37 @@ def case_inputs(model, ar_model, case: Case):
     kw = dict(max_new_tokens=case.new_tokens)
     if case.mode == "ar":
         return ar_model, ids, dict(kw, strategy="ar")
-    return model, ids, dict(kw, strategy=case.strategy, block_length=case.block_length, steps=case.steps,
-                            threshold=case.threshold)
+    return (
+        model,
+        ids,
+        dict(
+            kw,
+            strategy=case.strategy,
+            block_length=case.block_length,
+            steps=case.steps,
+            threshold=case.threshold,
+        ),
+    )
 
 
-def run_case(model, ar_model, case: Case, repeats: int, runner_mode, compile):
+def run_case(model, ar_model, case: Case, repeats: int, params: DecodeParams):
+    """params: the run's runner, compilation and kernels; the case fills in the rest."""
     decoder, ids, kw = case_inputs(model, ar_model, case)
-    call = lambda: generate(decoder, ids, runner_mode=runner_mode, compile=compile, **kw)  # noqa: E731
+    call = lambda: generate(decoder, ids, params, **kw)  # noqa: E731
     call()  # warm-up: graph capture, compilation
     gens = [call() for _ in range(repeats)]
     gen = sorted(gens, key=lambda g: g.stats.seconds)[len(gens) // 2]
     s = gen.stats
     decode_seconds = s.seconds - s.prefill_seconds
-    return dict(new_tokens=s.new_tokens, forwards=s.forwards, seconds=s.seconds,
-                tokens_per_second=s.tokens_per_second, decode_tokens_per_second=s.new_tokens / decode_seconds,
-                ms_per_forward=1000 * decode_seconds / max(s.forwards, 1), tpf=s.tpf)
+    return dict(
+        new_tokens=s.new_tokens,
+        forwards=s.forwards,
+        seconds=s.seconds,
+        tokens_per_second=s.tokens_per_second,
+        decode_tokens_per_second=s.new_tokens / decode_seconds,
+        ms_per_forward=1000 * decode_seconds / max(s.forwards, 1),
+        tpf=s.tpf,
+    )
 
 
 def moe_row(model, ar_model, case: Case, info: dict) -> dict:
@@ -150,25 +193,40 @@ def moe_row(model, ar_model, case: Case, info: dict) -> dict:
         return {}
     kv = info["kv_bytes_per_position"] * case.batch_size * (case.prompt_len + case.new_tokens / 2)
     c = model.config
-    return dict(stats, uniform_distinct_experts=moe.uniform_distinct(c.num_experts, c.num_experts_per_tok,
-                                                                     stats["routed_rows"]),
-                moe_floor_ms=moe.moe_floor_ms(info, stats["distinct_experts"], kv))
+    return dict(
+        stats,
+        uniform_distinct_experts=moe.uniform_distinct(
+            c.num_experts, c.num_experts_per_tok, stats["routed_rows"]
+        ),
+        moe_floor_ms=moe.moe_floor_ms(info, stats["distinct_experts"], kv),
+    )
 
 
-def run_transformers(config: ModelConfig, device, dtype, batch: int, prompt_len: int, new_tokens: int, compiled: bool):
+def run_transformers(
+    config: ModelConfig, device, dtype, batch: int, prompt_len: int, new_tokens: int, compiled: bool
+):
     """transformers' Qwen3 (or Qwen3-MoE) generate on the same architecture: the AR peer."""
     import transformers
 
-    shape = dict(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-                 intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
-                 num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
-                 head_dim=config.head_dim, tie_word_embeddings=config.tie_word_embeddings,
-                 max_position_embeddings=config.max_position_embeddings)
+    shape = dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        head_dim=config.head_dim,
+        tie_word_embeddings=config.tie_word_embeddings,
+        max_position_embeddings=config.max_position_embeddings,
+    )
     if config.is_moe:
-        hc = transformers.Qwen3MoeConfig(**shape, num_experts=config.num_experts,
-                                         num_experts_per_tok=config.num_experts_per_tok,
-                                         moe_intermediate_size=config.moe_intermediate_size,
-                                         norm_topk_prob=config.norm_topk_prob)
+        hc = transformers.Qwen3MoeConfig(
+            **shape,
+            num_experts=config.num_experts,
+            num_experts_per_tok=config.num_experts_per_tok,
+            moe_intermediate_size=config.moe_intermediate_size,
+            norm_topk_prob=config.norm_topk_prob,
+        )
         cls = transformers.Qwen3MoeForCausalLM
     else:
         hc, cls = transformers.Qwen3Config(**shape), transformers.Qwen3ForCausalLM
@@ -180,8 +238,14 @@ def run_transformers(config: ModelConfig, device, dtype, batch: int, prompt_len:
     finally:
         torch.set_default_dtype(default)
     ids = torch.randint(10, config.vocab_size - 10, (batch, prompt_len), device=device)
-    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
-              pad_token_id=0, attention_mask=torch.ones_like(ids))
+    kw = dict(
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+        attention_mask=torch.ones_like(ids),
+    )
     if compiled:
         kw["cache_implementation"] = "static"
     with torch.no_grad():
@@ -196,17 +260,25 @@ def run_transformers(config: ModelConfig, device, dtype, batch: int, prompt_len:
             times.append(time.perf_counter() - t)
     del hf
     seconds = min(times)
-    return dict(new_tokens=batch * new_tokens, forwards=new_tokens, seconds=seconds,
-                tokens_per_second=batch * new_tokens / seconds, decode_tokens_per_second=batch * new_tokens / seconds,
-                ms_per_forward=1000 * seconds / new_tokens, tpf=1.0)
+    return dict(
+        new_tokens=batch * new_tokens,
+        forwards=new_tokens,
+        seconds=seconds,
+        tokens_per_second=batch * new_tokens / seconds,
+        decode_tokens_per_second=batch * new_tokens / seconds,
+        ms_per_forward=1000 * seconds / new_tokens,
+        tpf=1.0,
+    )
 
 
 def sweep(args) -> list[tuple[int, int]]:
     """(prompt length, new tokens) of the context sweep: --new-tokens gives one count for all or one per length."""
     news = args.new_tokens if len(args.new_tokens) > 1 else args.new_tokens * len(args.prompt_lengths)
     if len(news) != len(args.prompt_lengths):
-        raise SystemExit(f"--new-tokens takes one count or one per prompt length ({len(args.prompt_lengths)}), "
-                         f"got {len(news)}")
+        raise SystemExit(
+            f"--new-tokens takes one count or one per prompt length ({len(args.prompt_lengths)}), "
+            f"got {len(news)}"
+        )
     return list(zip(args.prompt_lengths, news))
 
 
@@ -256,23 +328,43 @@ def write_outputs(out: Path, info: dict, rows: list[dict]) -> None:
             series.setdefault(label, []).append(r)
     for label, rs in series.items():
         rs = sorted(rs, key=lambda r: r["batch_size"])
-        fig.add_scatter(x=[r["batch_size"] for r in rs], y=[r["tokens_per_second"] for r in rs], name=label,
-                        mode="lines+markers")
-    fig.update_layout(title=f"{info.get('arch')} on {info['gpu']} (torch {info['torch']}, {info['date']})",
-                      xaxis_title="batch size", yaxis_title="tokens / s", xaxis_type="log", yaxis_type="log")
+        fig.add_scatter(
+            x=[r["batch_size"] for r in rs],
+            y=[r["tokens_per_second"] for r in rs],
+            name=label,
+            mode="lines+markers",
+        )
+    fig.update_layout(
+        title=f"{info.get('arch')} on {info['gpu']} (torch {info['torch']}, {info['date']})",
+        xaxis_title="batch size",
+        yaxis_title="tokens / s",
+        xaxis_type="log",
+        yaxis_type="log",
+    )
     fig.write_html(out / "chart.html", include_plotlyjs="cdn")
 
 
-TABLE = [("P", "prompt_len", "d"), ("mode", "mode", ""), ("strategy", "strategy", ""), ("L", "block_length", "d"),
-         ("T", "steps", "d"),
-         ("B", "batch_size", "d"), ("tok/s", "tokens_per_second", ".1f"), ("ms/fwd", "ms_per_forward", ".3f"),
-         ("TPF", "tpf", ".2f"), ("rTPF", "realized_tpf_fused", ".2f"), ("x AR", "speedup_vs_ar", ".2f")]
+TABLE = [
+    ("P", "prompt_len", "d"),
+    ("mode", "mode", ""),
+    ("strategy", "strategy", ""),
+    ("L", "block_length", "d"),
+    ("T", "steps", "d"),
+    ("B", "batch_size", "d"),
+    ("tok/s", "tokens_per_second", ".1f"),
+    ("ms/fwd", "ms_per_forward", ".3f"),
+    ("TPF", "tpf", ".2f"),
+    ("rTPF", "realized_tpf_fused", ".2f"),
+    ("x AR", "speedup_vs_ar", ".2f"),
+]
 
 
 def print_summary(info: dict, rows: list[dict]) -> None:
     print(f"\n{info.get('arch')} on {info['gpu']} | torch {info['torch']} | {info['date']}")
-    print(f"bandwidth {info['bandwidth_GBps']:.0f} GB/s | weights {info['weight_GB']:.2f} GB | "
-          f"floor {info['floor_ms_per_forward']:.3f} ms/forward | AR ceiling {info['ar_ceiling_tps']:.0f} tok/s")
+    print(
+        f"bandwidth {info['bandwidth_GBps']:.0f} GB/s | weights {info['weight_GB']:.2f} GB | "
+        f"floor {info['floor_ms_per_forward']:.3f} ms/forward | AR ceiling {info['ar_ceiling_tps']:.0f} tok/s"
+    )
     print_table(rows, TABLE)
 
 
@@ -285,7 +377,7 @@ def forward_floor_ms(info: dict, prompt_len: int, new_tokens: int) -> float | No
 
 
 def report_markdown(results_dir: Path) -> str:
-    """The README's performance section, generated from a committed results.json."""
+    """docs/performance.md's summary and first table, generated from a committed results.json."""
     data = json.loads((Path(results_dir) / "results.json").read_text())
     info, rows = data["machine"], data["rows"]
     sweep_ = info.get("sweep") or [[info["prompt_len"], info["new_tokens"]]]
@@ -303,16 +395,23 @@ def report_markdown(results_dir: Path) -> str:
         f"forward ({ar1['tokens_per_second'] / info['ar_ceiling_tps']:.0%} of the ceiling);",
     ]
     for r in (r for r in first if r["mode"].startswith("hf-")):
-        lines.append(f"- transformers `generate` ({r['mode'][3:]}, batch 1): {r['tokens_per_second']:.0f} tokens/s;")
-    lines += ["", "| batch | mode | L | T | tokens/s | ms / forward | TPF | realized TPF (fused) | Eq. 11 | x AR |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"- transformers `generate` ({r['mode'][3:]}, batch 1): {r['tokens_per_second']:.0f} tokens/s;"
+        )
+    lines += [
+        "",
+        "| batch | mode | L | T | tokens/s | ms / forward | TPF | realized TPF (fused) | Eq. 11 | x AR |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     decoded = (r for r in first if r["mode"] in ("ar", "sdar"))
     for r in sorted(decoded, key=lambda r: (r["batch_size"], r["block_length"])):
         eq11 = f"{r['realized_tpf_eq11']:.2f}" if r.get("realized_tpf_eq11") else "-"
         fused = f"{r['realized_tpf_fused']:.2f}" if r.get("realized_tpf_fused") else "-"
-        lines.append(f"| {r['batch_size']} | {r['mode']} {r['strategy'] if r['mode'] == 'sdar' else ''} | "
-                     f"{r['block_length']} | {r['steps']} | {r['tokens_per_second']:.0f} | {r['ms_per_forward']:.2f} | "
-                     f"{r['tpf']:.2f} | {fused} | {eq11} | {r['speedup_vs_ar']:.2f} |")
+        lines.append(
+            f"| {r['batch_size']} | {r['mode']} {r['strategy'] if r['mode'] == 'sdar' else ''} | "
+            f"{r['block_length']} | {r['steps']} | {r['tokens_per_second']:.0f} | {r['ms_per_forward']:.2f} | "
+            f"{r['tpf']:.2f} | {fused} | {eq11} | {r['speedup_vs_ar']:.2f} |"
+        )
     if len(sweep_) > 1:
         lines += ["", *context_table(info, rows, sweep_)]
     return "\n".join(lines)
@@ -320,9 +419,12 @@ def report_markdown(results_dir: Path) -> str:
 
 def context_table(info: dict, rows: list[dict], sweep_: list) -> list[str]:
     """Batch 1 at each prompt length: each mode against the floor of its forward and against transformers."""
-    lines = ["Context sweep, batch 1 (floor: reading the weights and the K/V filled at mid-generation once):", "",
-             "| prompt | new | mode | L | T | tokens/s | ms / forward | floor ms | x AR | x transformers |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "Context sweep, batch 1 (floor: reading the weights and the K/V filled at mid-generation once):",
+        "",
+        "| prompt | new | mode | L | T | tokens/s | ms / forward | floor ms | x AR | x transformers |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for prompt, new in sweep_:
         here = [r for r in rows if r.get("prompt_len") == prompt and r["batch_size"] == 1]
         hf = max((r["tokens_per_second"] for r in here if r["mode"].startswith("hf-")), default=None)
@@ -331,45 +433,87 @@ def context_table(info: dict, rows: list[dict], sweep_: list) -> list[str]:
             mode = f"{r['mode']} {r['strategy']}" if r["mode"] == "sdar" else r["mode"]
             ar = f"{r['speedup_vs_ar']:.2f}" if r.get("speedup_vs_ar") else "-"
             peer = f"{r['tokens_per_second'] / hf:.2f}" if hf else "-"
-            lines.append(f"| {prompt} | {new} | {mode} | {r['block_length']} | {r['steps']} | "
-                         f"{r['tokens_per_second']:.0f} | {r['ms_per_forward']:.2f} | "
-                         f"{f'{floor:.2f}' if floor else '-'} | {ar} | {peer} |")
+            lines.append(
+                f"| {prompt} | {new} | {mode} | {r['block_length']} | {r['steps']} | "
+                f"{r['tokens_per_second']:.0f} | {r['ms_per_forward']:.2f} | "
+                f"{f'{floor:.2f}' if floor else '-'} | {ar} | {peer} |"
+            )
     return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="sdar-1.7b", choices=sorted(ARCHS), help="random weights of this shape")
-    p.add_argument("--checkpoint", default=None, help="benchmark this checkpoint (folder or hub id) instead of --arch")
+    p.add_argument(
+        "--checkpoint", default=None, help="benchmark this checkpoint (folder or hub id) instead of --arch"
+    )
     p.add_argument("--device", default=str(default_device()))
-    p.add_argument("--prompt-lengths", "--prompt-len", dest="prompt_lengths", type=int, nargs="+", default=[64],
-                   help="the context sweep: the batch curve runs at the first, batch 1 at the others")
-    p.add_argument("--new-tokens", type=int, nargs="+", default=[256], help="one count, or one per prompt length")
+    p.add_argument(
+        "--prompt-lengths",
+        "--prompt-len",
+        dest="prompt_lengths",
+        type=int,
+        nargs="+",
+        default=[64],
+        help="the context sweep: the batch curve runs at the first, batch 1 at the others",
+    )
+    p.add_argument(
+        "--new-tokens", type=int, nargs="+", default=[256], help="one count, or one per prompt length"
+    )
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 32, 64])
     p.add_argument("--block-lengths", type=int, nargs="+", default=[4, 16, 64])
     p.add_argument("--tpf", type=int, default=4, help="static schedule: steps = block_length / tpf")
-    p.add_argument("--steps", type=int, default=None, help="static schedule: this many steps per block (not --tpf)")
-    p.add_argument("--routing", default="auto", choices=["auto", "model", "independent"],
-                   help="MoE: the model's own routing, or each chunk row routed independently (benchmarks/moe.py); "
-                        "auto: independent on random weights, the model's own for a --checkpoint")
-    p.add_argument("--save-load", default=None, metavar="DIR",
-                   help="write the model to DIR with save_pretrained, load it back with load_pretrained and "
-                        "report both times and the peak memory; the loaded model is the one measured")
+    p.add_argument(
+        "--steps", type=int, default=None, help="static schedule: this many steps per block (not --tpf)"
+    )
+    p.add_argument(
+        "--routing",
+        default="auto",
+        choices=["auto", "model", "independent"],
+        help="MoE: the model's own routing, or each chunk row routed independently (benchmarks/moe.py); "
+        "auto: independent on random weights, the model's own for a --checkpoint",
+    )
+    p.add_argument(
+        "--save-load",
+        default=None,
+        metavar="DIR",
+        help="write the model to DIR with save_pretrained, load it back with load_pretrained and "
+        "report both times and the peak memory; the loaded model is the one measured",
+    )
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--no-dynamic", dest="dynamic", action="store_false")
     p.add_argument("--runner", default=None, choices=["plain", "static", "graph"])
     p.add_argument("--compile", action="store_true", help="torch.compile the graphed forward")
-    p.add_argument("--fuse", action="store_true", help="fuse the q/k/v and gate/up matmuls (model.fuse_projections)")
-    p.add_argument("--no-split-k", dest="split_k", action="store_false",
-                   help="static-shape forwards use SDPA over the whole buffer instead of the split-K decode kernel")
-    p.add_argument("--fusions", nargs="+", default=["all"],
-                   help="the fused decode kernels to take on CUDA (sdar_core/fused.py: all, none, or names of "
-                        "norm_rope cache_write add_norm silu_mul routing); the others run as eager kernels")
+    p.add_argument(
+        "--fuse", action="store_true", help="fuse the q/k/v and gate/up matmuls (model.fuse_projections)"
+    )
+    p.add_argument(
+        "--no-split-k",
+        dest="split_k",
+        action="store_false",
+        help="static-shape forwards use SDPA over the whole buffer instead of the split-K decode kernel",
+    )
+    p.add_argument(
+        "--fusions",
+        nargs="+",
+        default=["all"],
+        help="the fused decode kernels to take on CUDA (sdar_core/fused.py: all, none, or names of "
+        "norm_rope cache_write add_norm silu_mul routing); the others run as eager kernels",
+    )
     p.add_argument("--transformers", default="auto", choices=["auto", "none", "eager", "compiled", "both"])
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=None, help="folder for results.json / .csv / chart.html")
-    p.add_argument("--report", default=None, metavar="DIR",
-                   help="print the Markdown summary of a results folder (and redraw its chart.html); run nothing")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for results.json / .csv / chart.html (with --report: where "
+        "the redrawn chart goes; the folder read is never written)",
+    )
+    p.add_argument(
+        "--report",
+        default=None,
+        metavar="DIR",
+        help="print the Markdown summary of a results folder; run nothing",
+    )
     return p
 
 
@@ -379,55 +523,93 @@ def load_model(args, device: torch.device, dtype: torch.dtype) -> SDARForCausalL
         return random_model(arch_config(args.arch), device, dtype)
     model, _ = load_pretrained(args.checkpoint, device=device, dtype=dtype, with_tokenizer=False)
     if not model.config.is_sdar:
-        raise SystemExit(f"{args.checkpoint} is an AR model (model_type {model.config.model_type}): the benchmark "
-                         "compares AR and SDAR decoding of an SDAR checkpoint")
+        raise SystemExit(
+            f"{args.checkpoint} is an AR model (model_type {model.config.model_type}): the benchmark "
+            "compares AR and SDAR decoding of an SDAR checkpoint"
+        )
     return model
 
 
-def device_info(model, device: torch.device, args) -> dict:
+def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
     """The machine, the run's settings and the memory-bandwidth floor of a forward on it."""
     bw, wb, c = measure_bandwidth(device), weight_bytes(model), model.config
-    kv_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * model.dtype.itemsize  # per position
+    kv_bytes = (
+        2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * model.dtype.itemsize
+    )  # per position
     return machine_info(device) | dict(
-        arch=args.arch, parameters=c.num_parameters(), weight_GB=wb / 1e9, bandwidth_GBps=bw / 1e9,
-        floor_ms_per_forward=1000 * wb / bw, ar_ceiling_tps=bw / wb, kv_bytes_per_position=kv_bytes,
-        prompt_len=args.prompt_lengths[0], sweep=sweep(args), runner=args.runner or default_mode(model),
-        compile=args.compile, fused=args.fuse, fusions=FUSE.on(),
+        arch=args.arch,
+        parameters=c.num_parameters(),
+        weight_GB=wb / 1e9,
+        bandwidth_GBps=bw / 1e9,
+        floor_ms_per_forward=1000 * wb / bw,
+        ar_ceiling_tps=bw / wb,
+        kv_bytes_per_position=kv_bytes,
+        prompt_len=args.prompt_lengths[0],
+        sweep=sweep(args),
+        runner=args.runner or default_mode(model),
+        compile=args.compile,
+        fused=args.fuse,
+        fusions=kernels.fusions(),
         split_k=bool(args.split_k and split_k_available(device)),
-        command="python -m benchmarks.bench " + " ".join(sys.argv[1:]))
+        command="python -m benchmarks.bench " + " ".join(sys.argv[1:]),
+    )
 
 
-def decode_rows(model, info: dict, args) -> list[dict]:
+def decode_rows(model, info: dict, args, params: DecodeParams) -> list[dict]:
     """Our `ar` mode and SDAR block decoding, one row per case; written after each when --out is given."""
     ar_model, rows = as_ar(model), []
     for case in cases_for(args):
-        r = run_case(model, ar_model, case, args.repeats, args.runner, args.compile)
+        r = run_case(model, ar_model, case, args.repeats, params)
         if info.get("moe"):
             r |= moe_row(model, ar_model, case, info)
             r["of_moe_floor"] = r["moe_floor_ms"] / r["ms_per_forward"] if "moe_floor_ms" in r else None
-        rows.append(dict(case.__dict__, **r, model=args.arch, gpu=info["gpu"], torch=info["torch"], date=info["date"]))
-        print(f"  P={case.prompt_len:<5} {case.mode:<5}{case.strategy:<8} L={case.block_length:<3} T={case.steps:<3} "
-              f"B={case.batch_size:<3} {r['tokens_per_second']:9.1f} tok/s  {r['ms_per_forward']:.3f} ms/forward",
-              flush=True)
+        rows.append(
+            dict(case.__dict__, **r, model=args.arch, gpu=info["gpu"], torch=info["torch"], date=info["date"])
+        )
+        print(
+            f"  P={case.prompt_len:<5} {case.mode:<5}{case.strategy:<8} L={case.block_length:<3} T={case.steps:<3} "
+            f"B={case.batch_size:<3} {r['tokens_per_second']:9.1f} tok/s  {r['ms_per_forward']:.3f} ms/forward",
+            flush=True,
+        )
         if args.out:  # partial results survive a run cut short
             write_outputs(Path(args.out), info, rows)
     return rows
 
 
-def transformers_rows(config: ModelConfig, info: dict, args, device: torch.device, dtype: torch.dtype,
-                      rows: list[dict]) -> None:
+def transformers_rows(
+    config: ModelConfig, info: dict, args, device: torch.device, dtype: torch.dtype, rows: list[dict]
+) -> None:
     """transformers' generate at batch 1 at each prompt length, in the --transformers modes, appended to rows (and
     written after each when --out is given); a mode that fails is skipped with its reason."""
-    modes = {"auto": ["compiled"] if device.type == "cuda" else ["eager"], "none": [], "eager": ["eager"],
-             "compiled": ["compiled"], "both": ["eager", "compiled"]}[args.transformers]
+    modes = {
+        "auto": ["compiled"] if device.type == "cuda" else ["eager"],
+        "none": [],
+        "eager": ["eager"],
+        "compiled": ["compiled"],
+        "both": ["eager", "compiled"],
+    }[args.transformers]
     for (prompt, new), mode in ((pn, m) for pn in sweep(args) for m in modes):
         try:
             r = run_transformers(config, device, dtype, 1, prompt, new, mode == "compiled")
         except Exception as e:  # the peer is informative, not essential: record why it is missing
             print(f"  transformers {mode} at {prompt} failed: {type(e).__name__}: {e}", flush=True)
             continue
-        rows.append(dict(mode=f"hf-{mode}", prompt_len=prompt, strategy="ar", block_length=1, steps=1, threshold=0.0,
-                         batch_size=1, **r, model=args.arch, gpu=info["gpu"], torch=info["torch"], date=info["date"]))
+        rows.append(
+            dict(
+                mode=f"hf-{mode}",
+                prompt_len=prompt,
+                strategy="ar",
+                block_length=1,
+                steps=1,
+                threshold=0.0,
+                batch_size=1,
+                **r,
+                model=args.arch,
+                gpu=info["gpu"],
+                torch=info["torch"],
+                date=info["date"],
+            )
+        )
         print(f"  P={prompt:<5} hf-{mode} {r['tokens_per_second']:9.1f} tok/s", flush=True)
         if args.out:
             write_outputs(Path(args.out), info, rows)
@@ -448,7 +630,8 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads((Path(args.report) / "results.json").read_text())
         if data["machine"].get("moe"):  # runs written before the MoE floor had the dense formula's
             data["machine"] |= moe.one_token_floor(data["machine"])
-        write_outputs(Path(args.report), data["machine"], data["rows"])
+        if args.out:
+            write_outputs(Path(args.out), data["machine"], data["rows"])
         print(report_markdown(Path(args.report)))
         return 0
     device = torch.device(args.device)
@@ -462,21 +645,27 @@ def main(argv: list[str] | None = None) -> int:
         del model
         model, loaded = moe.load(Path(args.save_load), device, dtype)
         model.config.block_size, loaded["save_s"] = block_size, save_s
-        print(f"  save_pretrained {save_s:.1f} s, load_pretrained {loaded['load_s']:.1f} s ({loaded['shards']} "
-              f"shards, {loaded['checkpoint_GB']:.1f} GB, peak {loaded.get('peak_gpu_GB', 0):.1f} GB on the GPU, "
-              f"{loaded['peak_host_rss_GB']:.1f} GB host)", flush=True)
+        print(
+            f"  save_pretrained {save_s:.1f} s, load_pretrained {loaded['load_s']:.1f} s ({loaded['shards']} "
+            f"shards, {loaded['checkpoint_GB']:.1f} GB, peak {loaded.get('peak_gpu_GB', 0):.1f} GB on the GPU, "
+            f"{loaded['peak_host_rss_GB']:.1f} GB host)",
+            flush=True,
+        )
     if args.fuse:
         model.fuse_projections()
-    ChunkRunner.split_k_attention = None if args.split_k else False
-    FUSE.set(args.fusions[0] if args.fusions in (["all"], ["none"]) else set(args.fusions))
-    info = device_info(model, device, args) | ({"load": loaded} if loaded else {})
+    fusions = args.fusions[0] if args.fusions in (["all"], ["none"]) else set(args.fusions)
+    kernels = Kernels(split_k_attention=None if args.split_k else False).with_fusions(fusions)
+    params = DecodeParams(runner_mode=args.runner, compile=args.compile, kernels=kernels)
+    info = device_info(model, device, args, kernels) | ({"load": loaded} if loaded else {})
     if model.config.is_moe:
         info |= moe.moe_info(model)
         info |= moe.one_token_floor(info)
-        info["routing"] = args.routing if args.routing != "auto" else ("model" if args.checkpoint else "independent")
+        info["routing"] = (
+            args.routing if args.routing != "auto" else ("model" if args.checkpoint else "independent")
+        )
         if info["routing"] == "independent":
             moe.IndependentRouting(model, rows=max(args.batch_sizes) * max(args.prompt_lengths + [128]))
-    rows = decode_rows(model, info, args)
+    rows = decode_rows(model, info, args, params)
     config = model.config
     del model  # transformers' model of the same shape may need the memory
     if device.type == "cuda":

@@ -13,6 +13,7 @@ the same mask; SDPA over the filled slice (needs the length on the host: one gra
 flex_attention compiled, with a BlockMask whose per-row KV block count is rewritten on the device inside the
 graph; our split-K Triton kernel at a few launch settings.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,20 +65,24 @@ def flex_variant(q, k, v, where: CacheQueries):
         i = q_index[qi]
         return (kj // L <= i // L) & ((kj >= pad[b]) | (kj == i))
 
-    block_mask = BlockMask.from_kv_blocks(kv_num, kv_idx, BLOCK_SIZE=block, mask_mod=mask_mod,
-                                          seq_lengths=(q.shape[2], T))
+    block_mask = BlockMask.from_kv_blocks(
+        kv_num, kv_idx, BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(q.shape[2], T)
+    )
     compiled = torch.compile(flex_attention, dynamic=False)
 
     def run():
         kv_num.copy_(((where.kv_end(T) + block - 1) // block).view(1, 1, 1))
         return compiled(q, k, v, block_mask=block_mask, enable_gqa=True)
+
     return run
 
 
 def variants(q, k, v, where: CacheQueries, filled_end: int):
     T = k.shape[2]
     bool_mask = block_causal_mask(where.q_index, T, where.block_size, k_start=where.pad)
-    additive = torch.zeros(bool_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~bool_mask, float("-inf"))
+    additive = torch.zeros(bool_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(
+        ~bool_mask, float("-inf")
+    )
     slice_mask = bool_mask[..., :filled_end]
     out = {
         "today": lambda: attention(q, k, v, additive),
@@ -87,7 +92,7 @@ def variants(q, k, v, where: CacheQueries, filled_end: int):
     }
     for bn, warps, stages in [(64, 4, 2), (32, 4, 2), (128, 4, 2), (64, 4, 3), (64, 8, 2)]:
         config = replace(SplitConfig(), block_n=bn, num_warps=warps, num_stages=stages)
-        out[f"splitk_n{bn}_w{warps}_s{stages}"] = (lambda c=config: decode_attention(q, k, v, where, c))
+        out[f"splitk_n{bn}_w{warps}_s{stages}"] = lambda c=config: decode_attention(q, k, v, where, c)
     return out
 
 
@@ -106,7 +111,9 @@ def main() -> None:
             k, v = (torch.randn(1, H_KV, T, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
             where = CacheQueries(idx.cuda(), L, torch.zeros(1, dtype=torch.long, device="cuda"))
             end = min(int(idx[-1]) // L * L + L, T)
-            ref = attention(q, k[:, :, :end], v[:, :, :end], block_causal_mask(where.q_index, end, L), backend="eager")
+            ref = attention(
+                q, k[:, :, :end], v[:, :, :end], block_causal_mask(where.q_index, end, L), backend="eager"
+            )
             row = dict(slots=T, filled=filled, Q=Q, kv_end=end, floor_us=1e6 * 2 * end * H_KV * D * 2 / bw)
             for name, fn in variants(q, k, v, where, end).items():
                 try:
@@ -121,13 +128,17 @@ def main() -> None:
             if args.out:
                 Path(args.out).mkdir(parents=True, exist_ok=True)
                 info = machine_info("cuda") | dict(bandwidth_GBps=bw / 1e9, triton=_triton_version())
-                (Path(args.out) / "results.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
+                (Path(args.out) / "results.json").write_text(
+                    json.dumps({"machine": info, "rows": rows}, indent=1)
+                )
     names = [k for k in rows[0] if k not in ("slots", "filled", "Q", "kv_end") and not k.endswith("_err")]
     print(f"\nmicroseconds per call (CUDA graph replay), bandwidth {bw / 1e9:.0f} GB/s")
     print(f"{'slots':>6}{'filled':>7}{'Q':>4} " + " ".join(f"{n[:18]:>18}" for n in names))
     for r in rows:
-        print(f"{r['slots']:>6}{r['filled']:>7}{r['Q']:>4} "
-              + " ".join(f"{r[n]:>18.1f}" if r.get(n) is not None else f"{'-':>18}" for n in names))
+        print(
+            f"{r['slots']:>6}{r['filled']:>7}{r['Q']:>4} "
+            + " ".join(f"{r[n]:>18.1f}" if r.get(n) is not None else f"{'-':>18}" for n in names)
+        )
     worst = max((r[n + "_err"] for r in rows for n in names if n + "_err" in r), default=0.0)
     print(f"largest relative error against the float32 eager reference: {worst:.2e}")
 
@@ -135,6 +146,7 @@ def main() -> None:
 def _triton_version() -> str | None:
     try:
         import triton
+
         return triton.__version__
     except ImportError:
         return None

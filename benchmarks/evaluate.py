@@ -24,6 +24,7 @@ Three measurements (assets/models/README.md, "Evaluation", defines every column)
 
 Writes one JSON file (settings, machine, versions, results) and prints the Markdown tables.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from sdar_core import generate, load_pretrained
+from sdar_core.attention import AttentionInputs
 from sdar_core.device import hardware_name
 from sdar_core.kv_cache import KVCache
 from sdar_core.prompting import encode_prompt, stop_ids_for
@@ -53,7 +55,9 @@ ARITH_FILE = "eval_arith.jsonl"
 DEFINE_FILE = "eval_define.jsonl"
 TEXT_FILE = "heldout_text.jsonl"
 EVAL_DIR = Path("assets/models/eval")
-SUBSET_DATA = EVAL_DIR / "data"  # the first 64 problems, 20 held-out documents, 16 definitions, committed for the tests
+SUBSET_DATA = (
+    EVAL_DIR / "data"
+)  # the first 64 problems, 20 held-out documents, 16 definitions, committed for the tests
 EXPECTED = EVAL_DIR / "expected.json"
 
 SAMPLE_PROMPTS = (
@@ -73,6 +77,7 @@ SAMPLE_PROMPTS = (
 @dataclass(frozen=True)
 class Decoder:
     """One row of the arithmetic table: a model and how it is decoded."""
+
     model: str  # folder name under --models
     strategy: str  # "ar" | "static" | "dynamic" (sdar_core.generate)
     threshold: float | None = None
@@ -80,8 +85,11 @@ class Decoder:
 
     @property
     def label(self) -> str:
-        return self.strategy + (f" {self.threshold:g}" if self.threshold is not None else "") + \
-            (f", block {self.block_length}" if self.strategy != "ar" else "")
+        return (
+            self.strategy
+            + (f" {self.threshold:g}" if self.threshold is not None else "")
+            + (f", block {self.block_length}" if self.strategy != "ar" else "")
+        )
 
 
 DECODERS = (
@@ -91,11 +99,16 @@ DECODERS = (
 )
 GRID_BLOCKS = (1, 2, 4, 8, 16)
 GRID_THRESHOLDS = (None, 0.95, 0.9, 0.8, 0.7)  # None: static
-GRID = tuple(Decoder("sdar-tiny", "static" if t is None else "dynamic", t, b)
-             for b in GRID_BLOCKS for t in GRID_THRESHOLDS)
+GRID = tuple(
+    Decoder("sdar-tiny", "static" if t is None else "dynamic", t, b)
+    for b in GRID_BLOCKS
+    for t in GRID_THRESHOLDS
+)
 DEFINE_DECODERS = (Decoder("ar-tiny", "ar"), Decoder("sdar-tiny", "dynamic", 0.9))
-STOP_WORDS = frozenset("the and for that with from which this are was were has have had its any not but one "
-                       "into such than other being been more most who whom whose what when where how very".split())
+STOP_WORDS = frozenset(
+    "the and for that with from which this are was were has have had its any not but one "
+    "into such than other being been more most who whom whose what when where how very".split()
+)
 
 
 @dataclass
@@ -103,7 +116,9 @@ class EvalSettings:
     models: str = "assets/models"
     data: str = "data/embedded"
     limit: int | None = None  # arithmetic problems (the first N); None: all
-    grid_limit: int = 200  # problems of the block size x threshold grid (the first N, at most limit); 0: no grid
+    grid_limit: int = (
+        200  # problems of the block size x threshold grid (the first N, at most limit); 0: no grid
+    )
     define_limit: int | None = None  # held-out definitions (the first N); None: all; 0: none
     text_limit: int | None = None  # held-out documents (N spread evenly over the file); None: all
     batch_size: int = 32  # arithmetic problems per generate call
@@ -121,6 +136,7 @@ class EvalSettings:
 @dataclass
 class ArithTally:
     """Sums over the rows of one decoder's run; the table's columns are ratios of these."""
+
     problems: int = 0
     correct: int = 0
     new_tokens: int = 0
@@ -135,13 +151,19 @@ class ArithTally:
     def summary(self) -> dict:
         n = max(self.problems, 1)
         return {
-            "problems": self.problems, "correct": self.correct, "accuracy": self.correct / n,
+            "problems": self.problems,
+            "correct": self.correct,
+            "accuracy": self.correct / n,
             "tpf": self.new_tokens / max(self.row_forwards, 1),
             "batch_tpf": self.new_tokens / max(self.batch_row_forwards, 1),
-            "mean_new_tokens": self.new_tokens / n, "new_tokens": self.new_tokens,
-            "row_forwards": self.row_forwards, "batch_row_forwards": self.batch_row_forwards,
-            "tokens_per_s": self.new_tokens / self.seconds if self.seconds > 0 else 0.0, "seconds": self.seconds,
-            "unfinished": self.unfinished, "mask_tokens": self.mask_tokens,
+            "mean_new_tokens": self.new_tokens / n,
+            "new_tokens": self.new_tokens,
+            "row_forwards": self.row_forwards,
+            "batch_row_forwards": self.batch_row_forwards,
+            "tokens_per_s": self.new_tokens / self.seconds if self.seconds > 0 else 0.0,
+            "seconds": self.seconds,
+            "unfinished": self.unfinished,
+            "mask_tokens": self.mask_tokens,
             "accuracy_by_op": {op: c / p for op, (c, p) in sorted(self.by_op.items())},
             "wrong_examples": self.wrong,
         }
@@ -153,8 +175,10 @@ class ArithTally:
 
 def read_jsonl(path: Path, limit: int | None) -> list[dict]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: build data/embedded with `python -m training.corpus --out "
-                                f"data/embedded`, or pass --data {SUBSET_DATA} (the committed subset)")
+        raise FileNotFoundError(
+            f"{path} does not exist: build data/embedded with `python -m training.corpus --out "
+            f"data/embedded`, or pass --data {SUBSET_DATA} (the committed subset)"
+        )
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return rows[:limit] if limit is not None else rows
 
@@ -171,15 +195,15 @@ def chunk_documents(docs: list[list[int]], seq_len: int, pad_id: int) -> PackedB
 
     Unlike training's packed rows, a chunk never shares its row with another document, so both models see the
     same tokens with the same context, whatever the batch."""
-    chunks = [d[i:i + seq_len] for d in docs for i in range(0, len(d), seq_len)]
+    chunks = [d[i : i + seq_len] for d in docs for i in range(0, len(d), seq_len)]
     n = len(chunks)
     ids = torch.full((n, seq_len), pad_id, dtype=torch.long)
     segment_ids = torch.ones(n, seq_len, dtype=torch.long)  # padding: a segment of its own (1)
     loss_mask = torch.zeros(n, seq_len, dtype=torch.bool)
     for r, c in enumerate(chunks):
-        ids[r, :len(c)] = torch.tensor(c)
-        segment_ids[r, :len(c)] = 0
-        loss_mask[r, :len(c)] = True
+        ids[r, : len(c)] = torch.tensor(c)
+        segment_ids[r, : len(c)] = 0
+        loss_mask[r, : len(c)] = True
     positions = torch.arange(seq_len).expand(n, seq_len).clone()
     positions[segment_ids == 1] = 0
     return PackedBatch(ids, segment_ids, positions, loss_mask)
@@ -213,8 +237,16 @@ def chunk_noise(chunk: PackedBatch, t: float, seed: int) -> Noise:
 
 
 @torch.no_grad()
-def sdar_nelbo(model, chunks: PackedBatch, batch_size: int, *, block_size: int, mask_token_id: int,
-               t_levels: int, seed: int) -> tuple[float, int]:
+def sdar_nelbo(
+    model,
+    chunks: PackedBatch,
+    batch_size: int,
+    *,
+    block_size: int,
+    mask_token_id: int,
+    t_levels: int,
+    seed: int,
+) -> tuple[float, int]:
     """(summed NELBO in nats, trained tokens): Eq. (7)'s integral over t in (0, 1] by the midpoint rule on
     t_levels levels, t_k = (k + 1/2) / t_levels, one mask draw per (chunk, level). Per token this is an upper
     bound on sdar-tiny's NLL (up to the quadrature and the mask sampling).
@@ -234,13 +266,19 @@ def sdar_nelbo(model, chunks: PackedBatch, batch_size: int, *, block_size: int, 
         clean_mask = full[:, :, T:, T:]  # [B, 1, T, T] block-causal
         noisy_mask = torch.cat([full[:, :, :T, T:], full[:, :, :T, :T]], -1)  # [B, 1, T, 2T]
         cache = KVCache.allocate(model.config, B, 2 * T, dtype=model.dtype, devices=devices)
-        model(batch.input_ids, batch.positions, mask=clean_mask, cache=cache.chunk(0, T), logits_from=T)
+        clean = AttentionInputs(mask=clean_mask)
+        model(batch.input_ids, batch.positions, attn=clean, cache=cache.chunk(0, T), logits_from=T)
         for k in range(t_levels):
             t = (k + 0.5) / t_levels
-            masked = torch.cat([chunk_noise(_rows(rows, i, i + 1), t, seed * 1_000_003 + (s + i) * t_levels + k)
-                                .masked for i in range(B)]).to(model.device)  # [B, T]
+            masked = torch.cat(
+                [
+                    chunk_noise(_rows(rows, i, i + 1), t, seed * 1_000_003 + (s + i) * t_levels + k).masked
+                    for i in range(B)
+                ]
+            ).to(model.device)  # [B, T]
             x_t = torch.where(masked, torch.full_like(batch.input_ids, mask_token_id), batch.input_ids)
-            logits = model(x_t, batch.positions, mask=noisy_mask, cache=cache.chunk(T, T))  # [B, T, V]
+            noisy = AttentionInputs(mask=noisy_mask)
+            logits = model(x_t, batch.positions, attn=noisy, cache=cache.chunk(T, T))  # [B, T, V]
             ce = F.cross_entropy(logits.flatten(0, 1).float(), batch.input_ids.flatten(), reduction="none")
             total += float((ce * masked.flatten()).double().sum()) / t / t_levels
         n += int(batch.loss_mask.sum())
@@ -258,20 +296,32 @@ def decode_kwargs(decoder: Decoder, settings: EvalSettings) -> dict:
     return kw
 
 
-def arith_eval(model, tokenizer, problems: list[dict], decoder: Decoder, settings: EvalSettings) -> ArithTally:
+def arith_eval(
+    model, tokenizer, problems: list[dict], decoder: Decoder, settings: EvalSettings
+) -> ArithTally:
     """Greedy decoding of every problem in batches of settings.batch_size; exact match of the final answer."""
     stop = stop_ids_for(tokenizer, model.config)
     mask_id = model.config.mask_token_id
     prompts = [encode_prompt(tokenizer, p["prompt"], chat=True) for p in problems]
     kw = decode_kwargs(decoder, settings)
     if model.device.type == "cuda" and prompts:  # warm-up: CUDA graphs are captured on first use, untimed
-        generate(model, prompts[:settings.batch_size], max_new_tokens=settings.max_new_tokens, stop_token_ids=stop,
-                 **kw)
+        generate(
+            model,
+            prompts[: settings.batch_size],
+            max_new_tokens=settings.max_new_tokens,
+            stop_token_ids=stop,
+            **kw,
+        )
     tally = ArithTally()
     for s in range(0, len(problems), settings.batch_size):
-        batch = problems[s:s + settings.batch_size]
-        gen = generate(model, prompts[s:s + len(batch)], max_new_tokens=settings.max_new_tokens,
-                       stop_token_ids=stop, **kw)
+        batch = problems[s : s + settings.batch_size]
+        gen = generate(
+            model,
+            prompts[s : s + len(batch)],
+            max_new_tokens=settings.max_new_tokens,
+            stop_token_ids=stop,
+            **kw,
+        )
         st = gen.stats
         tally.seconds += st.seconds
         tally.batch_row_forwards += st.forwards * len(batch)
@@ -298,14 +348,25 @@ def arith_eval(model, tokenizer, problems: list[dict], decoder: Decoder, setting
 
 def chat_sample(model, tokenizer, prompt: str, decoder: Decoder, settings: EvalSettings) -> dict:
     stop = stop_ids_for(tokenizer, model.config)
-    gen = generate(model, [encode_prompt(tokenizer, prompt, chat=True)], max_new_tokens=settings.sample_tokens,
-                   stop_token_ids=stop, **decode_kwargs(decoder, settings))
+    gen = generate(
+        model,
+        [encode_prompt(tokenizer, prompt, chat=True)],
+        max_new_tokens=settings.sample_tokens,
+        stop_token_ids=stop,
+        **decode_kwargs(decoder, settings),
+    )
     tokens = gen.row_tokens(0)
     # forwards: the schedule's count (one per denoising step of each block, one per token for AR), not how often
     # the decoder's loop checked for a stop token.
-    return {"model": decoder.model, "decoding": decoder.label, "prompt": prompt,
-            "text": tokenizer.decode(tokens, skip_special_tokens=True), "new_tokens": len(tokens),
-            "forwards": sum(gen.stats.steps_per_block[0]), "stopped": bool(tokens) and tokens[-1] in stop}
+    return {
+        "model": decoder.model,
+        "decoding": decoder.label,
+        "prompt": prompt,
+        "text": tokenizer.decode(tokens, skip_special_tokens=True),
+        "new_tokens": len(tokens),
+        "forwards": sum(gen.stats.steps_per_block[0]),
+        "stopped": bool(tokens) and tokens[-1] in stop,
+    }
 
 
 def gloss_words(text: str) -> set[str]:
@@ -324,18 +385,28 @@ def define_eval(model, tokenizer, words: list[dict], decoder: Decoder, settings:
     stop = stop_ids_for(tokenizer, model.config)
     scores, samples = [], []
     for s in range(0, len(words), settings.batch_size):
-        batch = words[s:s + settings.batch_size]
-        gen = generate(model, [encode_prompt(tokenizer, w["prompt"], chat=True) for w in batch],
-                       max_new_tokens=64, stop_token_ids=stop, **decode_kwargs(decoder, settings))
+        batch = words[s : s + settings.batch_size]
+        gen = generate(
+            model,
+            [encode_prompt(tokenizer, w["prompt"], chat=True) for w in batch],
+            max_new_tokens=64,
+            stop_token_ids=stop,
+            **decode_kwargs(decoder, settings),
+        )
         for r, w in enumerate(batch):
             reply = tokenizer.decode(gen.row_tokens(r), skip_special_tokens=True)
             score = definition_score(w["gloss"], reply)
             scores.append(score)
             if len(samples) < 10:
                 samples.append({"word": w["word"], "gloss": w["gloss"], "reply": reply, "score": score})
-    return {"model": decoder.model, "decoding": decoder.label, "words": len(words),
-            "score": sum(scores) / max(len(scores), 1),
-            "exact_gloss": sum(sc == 1.0 for sc in scores) / max(len(scores), 1), "samples": samples}
+    return {
+        "model": decoder.model,
+        "decoding": decoder.label,
+        "words": len(words),
+        "score": sum(scores) / max(len(scores), 1),
+        "exact_gloss": sum(sc == 1.0 for sc in scores) / max(len(scores), 1),
+        "samples": samples,
+    }
 
 
 # What tests/test_embedded_models.py regenerates and compares with assets/models/eval/expected.json.
@@ -350,12 +421,19 @@ EXPECTED_CASES = (
 
 def write_expected(settings: EvalSettings, path: Path = EXPECTED) -> dict:
     """Regenerate the committed expected outputs (run after a rebuild of the models, on CPU in float32)."""
-    models = {name: load_pretrained(Path(settings.models) / name, device="cpu", dtype=torch.float32)
-              for name in sorted({d.model for _, d in EXPECTED_CASES})}
+    models = {
+        name: load_pretrained(Path(settings.models) / name, device="cpu", dtype=torch.float32)
+        for name in sorted({d.model for _, d in EXPECTED_CASES})
+    }
     cases = [chat_sample(*models[d.model], prompt, d, settings) for prompt, d in EXPECTED_CASES]
-    out = {"command": "python -m benchmarks.evaluate --write-expected", "device": "cpu", "dtype": "float32",
-           "max_new_tokens": settings.sample_tokens,
-           "torch": torch.__version__, "cases": cases}
+    out = {
+        "command": "python -m benchmarks.evaluate --write-expected",
+        "device": "cpu",
+        "dtype": "float32",
+        "max_new_tokens": settings.sample_tokens,
+        "torch": torch.__version__,
+        "cases": cases,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return out
@@ -372,31 +450,45 @@ def evaluate(settings: EvalSettings, log=print) -> dict:
     data = Path(settings.data)
     problems = read_jsonl(data / ARITH_FILE, settings.limit)
     texts = [r["text"] for r in spread(read_jsonl(data / TEXT_FILE, None), settings.text_limit)]
-    models = {name: load_pretrained(Path(settings.models) / name, device=device, dtype=dtype)
-              for name in ("sdar-tiny", "ar-tiny")}
+    models = {
+        name: load_pretrained(Path(settings.models) / name, device=device, dtype=dtype)
+        for name in ("sdar-tiny", "ar-tiny")
+    }
     result = run_header(settings, device, data, models)
     result["heldout"] = heldout_losses(models, texts, settings, log)  # 1. held-out loss
     result["arith"] = [arith_row(models, problems, d, settings, log) for d in DECODERS]  # 2. arithmetic
-    grid_problems = problems[:settings.grid_limit]  # 3. the block size x threshold grid
-    result["grid"] = [arith_row(models, grid_problems, d, settings, log) for d in GRID] if grid_problems else []
+    grid_problems = problems[: settings.grid_limit]  # 3. the block size x threshold grid
+    result["grid"] = (
+        [arith_row(models, grid_problems, d, settings, log) for d in GRID] if grid_problems else []
+    )
     words = read_jsonl(data / DEFINE_FILE, settings.define_limit) if settings.define_limit != 0 else []
-    result["define"] = [define_eval(*models[d.model], words, d, settings) for d in DEFINE_DECODERS] if words else []
+    result["define"] = (
+        [define_eval(*models[d.model], words, d, settings) for d in DEFINE_DECODERS] if words else []
+    )
     for row in result["define"]:  # 4. held-out definitions
         log(f"{row['model']:9s} {row['decoding']:20s} definitions: score {row['score']:.3f}")
     # 5. Samples: ar-tiny (ar) and sdar-tiny (dynamic 0.9, the app's default).
     result["load_average_after"] = os.getloadavg()[0]
-    result["samples"] = [chat_sample(*models[d.model], prompt, d, settings)
-                         for prompt in (SAMPLE_PROMPTS if settings.samples else ())
-                         for d in (Decoder("ar-tiny", "ar"), Decoder("sdar-tiny", "dynamic", 0.9))]
+    result["samples"] = [
+        chat_sample(*models[d.model], prompt, d, settings)
+        for prompt in (SAMPLE_PROMPTS if settings.samples else ())
+        for d in (Decoder("ar-tiny", "ar"), Decoder("sdar-tiny", "dynamic", 0.9))
+    ]
     return result
 
 
 def arith_row(models: dict, problems: list[dict], d: Decoder, settings: EvalSettings, log) -> dict:
     model, tokenizer = models[d.model]
-    row = {"model": d.model, "decoding": d.label, "block_length": d.block_length,
-           **arith_eval(model, tokenizer, problems, d, settings).summary()}
-    log(f"{d.model:9s} {d.label:20s} accuracy {row['accuracy']:.3f}  TPF {row['tpf']:.2f}  "
-        f"{row['tokens_per_s']:.0f} tokens/s")
+    row = {
+        "model": d.model,
+        "decoding": d.label,
+        "block_length": d.block_length,
+        **arith_eval(model, tokenizer, problems, d, settings).summary(),
+    }
+    log(
+        f"{d.model:9s} {d.label:20s} accuracy {row['accuracy']:.3f}  TPF {row['tpf']:.2f}  "
+        f"{row['tokens_per_s']:.0f} tokens/s"
+    )
     return row
 
 
@@ -404,13 +496,22 @@ def run_header(settings: EvalSettings, device: torch.device, data: Path, models:
     """What a result file records about its run: settings, machine, versions, data hashes, the models."""
     return {
         "settings": asdict(settings),
-        "machine": hardware_name(device), "load_average": os.getloadavg()[0],  # other processes slow tokens/s down
-        "torch": torch.__version__, "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "data_sha256": {f: sha256_file(data / f) for f in (ARITH_FILE, TEXT_FILE, DEFINE_FILE) if (data / f).is_file()},
-        "models": {name: {"parameters": sum(p.numel() for p in m.parameters()),
-                          "block_size": m.config.block_size, "model_type": m.config.model_type}
-                   for name, (m, _) in models.items()},
+        "machine": hardware_name(device),
+        "load_average": os.getloadavg()[0],  # other processes slow tokens/s down
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "data_sha256": {
+            f: sha256_file(data / f) for f in (ARITH_FILE, TEXT_FILE, DEFINE_FILE) if (data / f).is_file()
+        },
+        "models": {
+            name: {
+                "parameters": sum(p.numel() for p in m.parameters()),
+                "block_size": m.config.block_size,
+                "model_type": m.config.model_type,
+            }
+            for name, (m, _) in models.items()
+        },
     }
 
 
@@ -420,20 +521,37 @@ def heldout_losses(models: dict, texts: list[str], settings: EvalSettings, log) 
     chunks = chunk_documents(encode_texts(tok, texts), settings.seq_len, sdar.config.pad_token_id or 0)
     t0 = time.perf_counter()
     nll, n_ar = ar_nll(models["ar-tiny"][0], chunks, settings.loss_batch_size)
-    nelbo, n_sdar = sdar_nelbo(sdar, chunks, settings.loss_batch_size, block_size=sdar.config.block_size,
-                               mask_token_id=sdar.config.mask_token_id, t_levels=settings.t_levels, seed=settings.seed)
+    nelbo, n_sdar = sdar_nelbo(
+        sdar,
+        chunks,
+        settings.loss_batch_size,
+        block_size=sdar.config.block_size,
+        mask_token_id=sdar.config.mask_token_id,
+        t_levels=settings.t_levels,
+        seed=settings.seed,
+    )
     heldout = {
-        "documents": len(texts), "chunks": int(chunks.input_ids.shape[0]),
-        "ar-tiny": {"quantity": "next-token NLL (Eq. 3), exact", "tokens": n_ar, "loss": nll / n_ar,
-                    "perplexity": float(torch.tensor(nll / n_ar).exp())},
-        "sdar-tiny": {"quantity": f"block diffusion NELBO (Eq. 7), block {sdar.config.block_size}, midpoint rule "
-                                  f"over {settings.t_levels} noise levels: an upper bound on its NLL",
-                      "tokens": n_sdar, "loss": nelbo / n_sdar,
-                      "perplexity": float(torch.tensor(nelbo / n_sdar).exp())},
+        "documents": len(texts),
+        "chunks": int(chunks.input_ids.shape[0]),
+        "ar-tiny": {
+            "quantity": "next-token NLL (Eq. 3), exact",
+            "tokens": n_ar,
+            "loss": nll / n_ar,
+            "perplexity": float(torch.tensor(nll / n_ar).exp()),
+        },
+        "sdar-tiny": {
+            "quantity": f"block diffusion NELBO (Eq. 7), block {sdar.config.block_size}, midpoint rule "
+            f"over {settings.t_levels} noise levels: an upper bound on its NLL",
+            "tokens": n_sdar,
+            "loss": nelbo / n_sdar,
+            "perplexity": float(torch.tensor(nelbo / n_sdar).exp()),
+        },
         "seconds": time.perf_counter() - t0,
     }
-    log(f"held-out loss: {len(texts)} documents, {heldout['chunks']} chunks of <= {settings.seq_len} "
-        f"tokens, {heldout['seconds']:.0f} s")
+    log(
+        f"held-out loss: {len(texts)} documents, {heldout['chunks']} chunks of <= {settings.seq_len} "
+        f"tokens, {heldout['seconds']:.0f} s"
+    )
     return heldout
 
 
@@ -468,9 +586,11 @@ def markdown(result: dict) -> str:
     for r in result["arith"]:
         by_op = r["accuracy_by_op"]
         ops = " | ".join(f"{by_op[o]:.3f}" if o in by_op else "–" for o in "+-*")
-        lines.append(f"| {r['model']} | {r['decoding']} | {r['accuracy']:.3f} ({r['correct']}/{r['problems']}) | "
-                     f"{ops} | {r['tpf']:.2f} | {r['batch_tpf']:.2f} | {r['mean_new_tokens']:.1f} | "
-                     f"{r['tokens_per_s']:.0f} |")
+        lines.append(
+            f"| {r['model']} | {r['decoding']} | {r['accuracy']:.3f} ({r['correct']}/{r['problems']}) | "
+            f"{ops} | {r['tpf']:.2f} | {r['batch_tpf']:.2f} | {r['mean_new_tokens']:.1f} | "
+            f"{r['tokens_per_s']:.0f} |"
+        )
     return "\n".join(lines + grid_markdown(result) + define_markdown(result))
 
 
@@ -480,22 +600,37 @@ def grid_markdown(result: dict) -> list[str]:
         return []
     cells = {(r["block_length"], r["decoding"].split(",")[0]): r for r in result["grid"]}
     heads = list(dict.fromkeys(r["decoding"].split(",")[0] for r in result["grid"]))
-    lines = ["", f"sdar-tiny, accuracy / TPF on the first {result['grid'][0]['problems']} problems:", "",
-             "| block | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+    lines = [
+        "",
+        f"sdar-tiny, accuracy / TPF on the first {result['grid'][0]['problems']} problems:",
+        "",
+        "| block | " + " | ".join(heads) + " |",
+        "|---" * (len(heads) + 1) + "|",
+    ]
     for b in dict.fromkeys(r["block_length"] for r in result["grid"]):
-        lines.append(f"| {b} | " + " | ".join(f"{cells[b, h]['accuracy']:.3f} / {cells[b, h]['tpf']:.2f}"
-                                              for h in heads) + " |")
+        lines.append(
+            f"| {b} | "
+            + " | ".join(f"{cells[b, h]['accuracy']:.3f} / {cells[b, h]['tpf']:.2f}" for h in heads)
+            + " |"
+        )
     return lines
 
 
 def define_markdown(result: dict) -> list[str]:
     if not result.get("define"):
         return []
-    lines = ["", f"Held-out definitions ({result['define'][0]['words']} words): mean gloss-word recall, and the "
-             "share of replies that contain every content word of the gloss.", "",
-             "| model | decoding | score | full gloss |", "|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['decoding']} | {r['score']:.3f} | {r['exact_gloss']:.3f} |"
-              for r in result["define"]]
+    lines = [
+        "",
+        f"Held-out definitions ({result['define'][0]['words']} words): mean gloss-word recall, and the "
+        "share of replies that contain every content word of the gloss.",
+        "",
+        "| model | decoding | score | full gloss |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['decoding']} | {r['score']:.3f} | {r['exact_gloss']:.3f} |"
+        for r in result["define"]
+    ]
     return lines
 
 
@@ -511,35 +646,64 @@ def main(argv: list[str] | None = None) -> int:
     d = EvalSettings()
     p = argparse.ArgumentParser(prog="python -m benchmarks.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=d.models, help="folder holding sdar-tiny/ and ar-tiny/")
-    p.add_argument("--data", default=d.data, help=f"folder holding {ARITH_FILE} and {TEXT_FILE} "
-                                                  f"({SUBSET_DATA} holds a committed subset)")
+    p.add_argument(
+        "--data",
+        default=d.data,
+        help=f"folder holding {ARITH_FILE} and {TEXT_FILE} ({SUBSET_DATA} holds a committed subset)",
+    )
     p.add_argument("--limit", type=int, default=None, help="arithmetic problems: the first N (default all)")
-    p.add_argument("--grid-limit", type=int, default=d.grid_limit, help="problems of the block size x threshold "
-                                                                         "grid (0: no grid)")
-    p.add_argument("--define-limit", type=int, default=None, help="held-out definitions: the first N (0: none)")
-    p.add_argument("--text-limit", type=int, default=None, help="held-out documents: N spread evenly over the file "
-                                                                "(default all)")
+    p.add_argument(
+        "--grid-limit",
+        type=int,
+        default=d.grid_limit,
+        help="problems of the block size x threshold grid (0: no grid)",
+    )
+    p.add_argument(
+        "--define-limit", type=int, default=None, help="held-out definitions: the first N (0: none)"
+    )
+    p.add_argument(
+        "--text-limit",
+        type=int,
+        default=None,
+        help="held-out documents: N spread evenly over the file (default all)",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--loss-batch-size", type=int, default=d.loss_batch_size)
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    p.add_argument("--t-levels", type=int, default=d.t_levels, help="noise levels of the NELBO's midpoint rule")
+    p.add_argument(
+        "--t-levels", type=int, default=d.t_levels, help="noise levels of the NELBO's midpoint rule"
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--out", default=str(EVAL_DIR / "eval.json"))
+    p.add_argument("--out", default="out/eval.json", help="the report (default: %(default)s)")
     p.add_argument("--no-samples", action="store_true", help="skip the chat samples")
     p.add_argument("--print-samples", action="store_true", help="also print the chat samples as Markdown")
-    p.add_argument("--write-expected", action="store_true",
-                   help=f"only rewrite {EXPECTED} (the tests' expected outputs; CPU, float32)")
+    p.add_argument(
+        "--write-expected",
+        action="store_true",
+        help=f"only rewrite {EXPECTED} (the tests' expected outputs; CPU, float32)",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = EvalSettings(models=args.models, data=args.data, limit=args.limit, text_limit=args.text_limit,
-                            grid_limit=args.grid_limit, define_limit=args.define_limit,
-                            batch_size=args.batch_size, loss_batch_size=args.loss_batch_size,
-                            max_new_tokens=args.max_new_tokens, t_levels=args.t_levels, seed=args.seed,
-                            device=args.device, dtype=args.dtype, samples=not args.no_samples)
+    settings = EvalSettings(
+        models=args.models,
+        data=args.data,
+        limit=args.limit,
+        text_limit=args.text_limit,
+        grid_limit=args.grid_limit,
+        define_limit=args.define_limit,
+        batch_size=args.batch_size,
+        loss_batch_size=args.loss_batch_size,
+        max_new_tokens=args.max_new_tokens,
+        t_levels=args.t_levels,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        samples=not args.no_samples,
+    )
     if args.write_expected:
         out = write_expected(settings)
         for c in out["cases"]:
@@ -551,7 +715,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = {"command": "python -m benchmarks.evaluate " + " ".join(sys.argv[1:] if argv is None else argv), **result}
+    result = {
+        "command": "python -m benchmarks.evaluate " + " ".join(sys.argv[1:] if argv is None else argv),
+        **result,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -6,6 +6,7 @@ that got at least one token once. So the bytes a forward must read are the dense
 lm_head) plus the *distinct* experts of each sparse layer: with independent routing E * (1 - (1 - k/E)^Q) of them,
 8 for one token and ~82 of 128 for the 32 rows of a block-16 chunk on the 30B-A3B shape.
 """
+
 from __future__ import annotations
 
 import threading
@@ -27,14 +28,17 @@ def sparse_layers(model) -> list[SparseMoE]:
 def expert_bytes(model) -> int:
     """Bytes of one expert's three matrices."""
     experts = sparse_layers(model)[0].experts
-    return (experts.gate_up_proj[0].numel() + experts.down_proj[0].numel()) * experts.gate_up_proj.element_size()
+    return (
+        experts.gate_up_proj[0].numel() + experts.down_proj[0].numel()
+    ) * experts.gate_up_proj.element_size()
 
 
 def dense_bytes(model) -> int:
     """Bytes every forward reads whatever the routing: all weights but the experts and an untied embedding table
     (a forward gathers a few of its rows)."""
-    skip = {id(m.experts.gate_up_proj) for m in sparse_layers(model)} | {id(m.experts.down_proj)
-                                                                         for m in sparse_layers(model)}
+    skip = {id(m.experts.gate_up_proj) for m in sparse_layers(model)} | {
+        id(m.experts.down_proj) for m in sparse_layers(model)
+    }
     if not model.config.tie_word_embeddings:
         skip.add(id(model.model.embed_tokens.weight))
     seen, total = set(), 0
@@ -66,8 +70,11 @@ class IndependentRouting:
         for i, moe in enumerate(sparse_layers(model)):
             g.manual_seed(1000 + i)
             table = torch.randn(rows, moe.gate.out_features, device=model.device, generator=g) * scale
-            self.handles.append(moe.gate.register_forward_hook(
-                lambda module, args, out, table=table: out + table[: out.shape[0]].to(out.dtype)))
+            self.handles.append(
+                moe.gate.register_forward_hook(
+                    lambda module, args, out, table=table: out + table[: out.shape[0]].to(out.dtype)
+                )
+            )
 
     def remove(self) -> None:
         for h in self.handles:
@@ -92,12 +99,16 @@ def routing_stats(model, ids: list[list[int]], max_block: int, **decode) -> dict
     finally:
         for h in handles:
             h.remove()
-    decode_rows = [(n, d) for n, d in seen if n <= len(ids) * 2 * max_block]  # a prefill routes the whole prompt
+    decode_rows = [
+        (n, d) for n, d in seen if n <= len(ids) * 2 * max_block
+    ]  # a prefill routes the whole prompt
     if not decode_rows:
         return {}
-    return dict(distinct_experts=sum(d for _, d in decode_rows) / len(decode_rows),
-                max_distinct_experts=max(d for _, d in decode_rows),
-                routed_rows=sum(n for n, _ in decode_rows) / len(decode_rows))
+    return dict(
+        distinct_experts=sum(d for _, d in decode_rows) / len(decode_rows),
+        max_distinct_experts=max(d for _, d in decode_rows),
+        routed_rows=sum(n for n, _ in decode_rows) / len(decode_rows),
+    )
 
 
 def moe_floor_ms(info: dict, distinct: float, kv_bytes: float) -> float:
@@ -115,9 +126,14 @@ def one_token_floor(info: dict) -> dict:
 
 def moe_info(model) -> dict:
     c = model.config
-    return dict(moe=True, experts=c.num_experts, experts_per_token=c.num_experts_per_tok,
-                sparse_layers=len(sparse_layers(model)), expert_bytes=expert_bytes(model),
-                dense_bytes=dense_bytes(model))
+    return dict(
+        moe=True,
+        experts=c.num_experts,
+        experts_per_token=c.num_experts_per_tok,
+        sparse_layers=len(sparse_layers(model)),
+        expert_bytes=expert_bytes(model),
+        dense_bytes=dense_bytes(model),
+    )
 
 
 class PeakSampler:
@@ -134,7 +150,7 @@ class PeakSampler:
             self.peak = max(self.peak, self.process.memory_info().rss)
             time.sleep(0.02)
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self.peak = self.process.memory_info().rss
         self._thread.start()
         return self
@@ -162,9 +178,13 @@ def load(folder: Path, device: torch.device, dtype: torch.dtype):
         model, _ = load_pretrained(folder, device=device, dtype=dtype, with_tokenizer=False)
         synchronize(device)
         seconds = time.perf_counter() - t
-    stats = dict(load_s=seconds, shards=len(files), checkpoint_GB=sum(f.stat().st_size for f in files) / 1e9,
-                 peak_host_rss_GB=host.peak / 1e9,
-                 weights_GB=sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9)
+    stats = dict(
+        load_s=seconds,
+        shards=len(files),
+        checkpoint_GB=sum(f.stat().st_size for f in files) / 1e9,
+        peak_host_rss_GB=host.peak / 1e9,
+        weights_GB=sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9,
+    )
     if device.type == "cuda":
         stats["peak_gpu_GB"] = torch.cuda.max_memory_allocated(device) / 1e9
     return model, stats
@@ -192,21 +212,27 @@ def time_layer(fn, graph: bool, iters: int = 50) -> float:
     return start.elapsed_time(end) / iters
 
 
-CONFIGS = [dict(block_n=n, block_k=kk, stages=st, warps=w)
-           for n in (16, 32, 64) for kk in (64, 128) for st in (3, 4) for w in (4,)] + [dict(block_n=64, block_k=128,
-                                                                                            stages=4, warps=8)]
+CONFIGS = [
+    dict(block_n=n, block_k=kk, stages=st, warps=w)
+    for n in (16, 32, 64)
+    for kk in (64, 128)
+    for st in (3, 4)
+    for w in (4,)
+] + [dict(block_n=64, block_k=128, stages=4, warps=8)]
 
 
 def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dict, list[dict], list[dict]]:
     """One sparse layer of `arch` (random bf16 weights, independent routing): the Triton kernels and the grouped
     matmul in CUDA graphs and the looped form eagerly, per number of routed rows, against reading the distinct
     experts once; then the Triton kernels' tile sizes at `config_rows`."""
-    from sdar_core.moe import Experts, KernelConfig
+    from sdar_core.moe import KernelConfig
 
     from .bench import ARCHS, measure_bandwidth
 
     shape = ARCHS[arch]
-    E, k, h, inter = (shape[f] for f in ("num_experts", "num_experts_per_tok", "hidden_size", "moe_intermediate_size"))
+    E, k, h, inter = (
+        shape[f] for f in ("num_experts", "num_experts_per_tok", "hidden_size", "moe_intermediate_size")
+    )
     device = torch.device("cuda")
     layer = SparseMoE(E, k, True, h, inter).to(device, torch.bfloat16)
     with torch.no_grad():
@@ -219,7 +245,9 @@ def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dic
     def case(n: int):
         gen.manual_seed(n)
         x = torch.randn(n, h, device=device, dtype=torch.bfloat16, generator=gen)
-        chosen = torch.stack([torch.randperm(E, device=device, generator=gen)[:k] for _ in range(n)])  # independent
+        chosen = torch.stack(
+            [torch.randperm(E, device=device, generator=gen)[:k] for _ in range(n)]
+        )  # independent
         weights = torch.full((n, k), 1 / k, device=device, dtype=torch.bfloat16)
         distinct = int(chosen.unique().numel())
         return x, chosen, weights, distinct, 1000 * distinct * per_expert / bw  # the floor: each read once
@@ -230,19 +258,31 @@ def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dic
             x, chosen, weights, distinct, floor = case(n)
             triton_ms = time_layer(lambda: layer.experts.triton_forward(x, chosen, weights), graph=True)
             grouped = time_layer(lambda: layer.experts.grouped_forward(x, chosen, weights), graph=True)
-            Experts.grouped = False
             looped = time_layer(lambda: layer.experts.looped_forward(x, chosen, weights), graph=False)
-            Experts.grouped = None
-            out.append(dict(rows=n, distinct_experts=distinct, floor_ms=floor, triton_graph_ms=triton_ms,
-                            grouped_graph_ms=grouped, looped_eager_ms=looped, triton_of_floor=floor / triton_ms,
-                            grouped_of_floor=floor / grouped))
-            print(f"  rows {n:4d}  distinct {distinct:3d}  floor {floor:.3f} ms  triton {triton_ms:.3f} ms "
-                  f"({floor / triton_ms:.0%})  grouped {grouped:.3f} ms ({floor / grouped:.0%})  "
-                  f"looped {looped:.3f} ms", flush=True)
+            out.append(
+                dict(
+                    rows=n,
+                    distinct_experts=distinct,
+                    floor_ms=floor,
+                    triton_graph_ms=triton_ms,
+                    grouped_graph_ms=grouped,
+                    looped_eager_ms=looped,
+                    triton_of_floor=floor / triton_ms,
+                    grouped_of_floor=floor / grouped,
+                )
+            )
+            print(
+                f"  rows {n:4d}  distinct {distinct:3d}  floor {floor:.3f} ms  triton {triton_ms:.3f} ms "
+                f"({floor / triton_ms:.0%})  grouped {grouped:.3f} ms ({floor / grouped:.0%})  "
+                f"looped {looped:.3f} ms",
+                flush=True,
+            )
         for n in config_rows:
             x, chosen, weights, _, floor = case(n)
             for c in CONFIGS:
-                ms = time_layer(lambda: layer.experts.triton_forward(x, chosen, weights, KernelConfig(**c)), graph=True)
+                ms = time_layer(
+                    lambda: layer.experts.triton_forward(x, chosen, weights, KernelConfig(**c)), graph=True
+                )
                 configs.append(dict(rows=n, **c, ms=ms, of_floor=floor / ms))
                 print(f"  rows {n:4d}  {c}  {ms:.3f} ms ({floor / ms:.0%})", flush=True)
     return dict(arch=arch, bandwidth_GBps=bw / 1e9, expert_bytes=per_expert), out, configs
@@ -254,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from sdar_core.device import machine_info
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.moe",
-                                description="one MoE layer: triton vs grouped vs looped")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.moe", description="one MoE layer: triton vs grouped vs looped"
+    )
     p.add_argument("--arch", default="sdar-30b-a3b")
     p.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128, 256])
     p.add_argument("--config-rows", type=int, nargs="*", default=[1, 16, 64])
@@ -266,8 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     info, rows, configs = layer_sweep(args.arch, args.rows, args.config_rows)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "layer.json").write_text(json.dumps(
-            {"machine": machine_info(torch.device("cuda")) | info, "rows": rows, "configs": configs}, indent=1))
+        (Path(args.out) / "layer.json").write_text(
+            json.dumps(
+                {"machine": machine_info(torch.device("cuda")) | info, "rows": rows, "configs": configs},
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -7,6 +7,7 @@ graph replays alone with CUDA events (GPU time per forward, Q = 1 and Q = 16 tok
 generate() calls (wall time per forward, which adds the host-side work of the decode loop), and profiles
 one forward to count kernels. Prints a table and writes profile.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,17 @@ from sdar_core.runner import ChunkRunner
 from . import bench
 from .table import print_table
 
-TABLE = [("variant", "variant", ""), ("kern", "kernels_q1", ""), ("gpu q1", "replay_ms_q1", ".3f"),
-         ("gpu q16", "replay_ms_q16", ".3f"), ("gpu q32", "replay_ms_q32", ".3f"),
-         ("AR wall", "ar_wall_ms_per_forward", ".3f"), ("SDAR wall", "sdar16x4_wall_ms_per_forward", ".3f"),
-         ("AR t/s", "ar_tokens_per_s", ".1f"), ("SDAR t/s", "sdar16x4_tokens_per_s", ".1f")]
+TABLE = [
+    ("variant", "variant", ""),
+    ("kern", "kernels_q1", ""),
+    ("gpu q1", "replay_ms_q1", ".3f"),
+    ("gpu q16", "replay_ms_q16", ".3f"),
+    ("gpu q32", "replay_ms_q32", ".3f"),
+    ("AR wall", "ar_wall_ms_per_forward", ".3f"),
+    ("SDAR wall", "sdar16x4_wall_ms_per_forward", ".3f"),
+    ("AR t/s", "ar_tokens_per_s", ".1f"),
+    ("SDAR t/s", "sdar16x4_tokens_per_s", ".1f"),
+]
 
 
 def replay_ms(model, q: int, compile: bool, total: int = 512, iters: int = 50) -> float:
@@ -60,11 +68,17 @@ def kernels_per_forward(model, q: int, compile) -> tuple[int, list]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.profile_decode", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.profile_decode", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--arch", default="sdar-1.7b")
     p.add_argument("--out", default=None, help="folder for profile.json (rewritten after each variant)")
-    p.add_argument("--no-compile", dest="compile", action="store_false",
-                   help="skip the torch.compile variant (it can take longer than a 10-minute call to compile)")
+    p.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        help="skip the torch.compile variant (it can take longer than a 10-minute call to compile)",
+    )
     args = p.parse_args()
     config = bench.arch_config(args.arch)
     results = {"arch": args.arch, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
@@ -89,12 +103,18 @@ def main() -> None:
         ids = [torch.randint(10, 1000, (64,)).tolist()]
         for label, call in [
             ("ar", lambda: generate(ar, ids, max_new_tokens=256, strategy="ar", compile=comp)),
-            ("sdar16x4", lambda: generate(model, ids, max_new_tokens=256, strategy="static", block_length=16,
-                                          steps=4, compile=comp)),
+            (
+                "sdar16x4",
+                lambda: generate(
+                    model, ids, max_new_tokens=256, strategy="static", block_length=16, steps=4, compile=comp
+                ),
+            ),
         ]:
             call()
             g = min((call() for _ in range(3)), key=lambda g: g.stats.seconds)
-            row[f"{label}_wall_ms_per_forward"] = 1000 * (g.stats.seconds - g.stats.prefill_seconds) / g.stats.forwards
+            row[f"{label}_wall_ms_per_forward"] = (
+                1000 * (g.stats.seconds - g.stats.prefill_seconds) / g.stats.forwards
+            )
             row[f"{label}_tokens_per_s"] = g.stats.tokens_per_second
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "top_q1"}), flush=True)

@@ -10,6 +10,7 @@ line per shape, and then times one request (64-token prompt, first token and 64 
 the Triton kernels (split-K attention, the fused norms, the expert kernels) and writes them to the cache; the
 second, a restart, reads them back and pays only graph capture. Not a test: nothing is asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,10 +41,19 @@ def child(checkpoint: str) -> dict:
     synchronize(device)
     marks["loaded_s"] = time.perf_counter() - T0
     params = [DecodeParams(), DecodeParams(strategy="ar")]
-    shapes = warm_all(model, params, 2048, filler_id=5,
-                      on_shape=lambda i, n, s, sec: print(f"  warm-up {i + 1}/{n}: {s}: {sec:.2f} s", flush=True))
-    marks |= dict(warm_shapes=len(shapes), warmed_s=time.perf_counter() - T0,
-                  warm_up_s=sum(sec for _, sec in shapes), first_shape_s=shapes[0][1] if shapes else 0.0)
+    shapes = warm_all(
+        model,
+        params,
+        2048,
+        filler_id=5,
+        on_shape=lambda i, n, s, sec: print(f"  warm-up {i + 1}/{n}: {s}: {sec:.2f} s", flush=True),
+    )
+    marks |= dict(
+        warm_shapes=len(shapes),
+        warmed_s=time.perf_counter() - T0,
+        warm_up_s=sum(sec for _, sec in shapes),
+        first_shape_s=shapes[0][1] if shapes else 0.0,
+    )
     prompt = [[5 + i % 50 for i in range(64)]]
     t = time.perf_counter()
     generate(model, prompt, DecodeParams(max_new_tokens=model.config.block_size, stop_token_ids=[]))
@@ -55,7 +65,9 @@ def child(checkpoint: str) -> dict:
     synchronize(device)
     marks["request_64_tokens_s"] = time.perf_counter() - t
     marks["tokens"] = int(out.lengths[0])
-    marks["device"] = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    marks["device"] = str(device) + (
+        f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    )
     return marks
 
 
@@ -86,24 +98,40 @@ def main(argv: list[str] | None = None) -> int:
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    env = dict(os.environ, TRITON_CACHE_DIR=str(caches / "triton"), TORCHINDUCTOR_CACHE_DIR=str(caches / "inductor"),
-               PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        TRITON_CACHE_DIR=str(caches / "triton"),
+        TORCHINDUCTOR_CACHE_DIR=str(caches / "inductor"),
+        PYTHONUNBUFFERED="1",
+    )
     runs = []
     for name in ("cold", "restart"):
         t = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "benchmarks.startup", "--child", str(checkpoint)], env=env,
-                              capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.startup", "--child", str(checkpoint)],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
         wall = time.perf_counter() - t
         print(done.stdout, done.stderr[-3000:] if done.returncode else "", flush=True)
         if done.returncode:
             raise SystemExit(f"the {name} start failed (exit {done.returncode})")
         marks = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
         runs.append(dict(run=name, process_wall_s=wall, **marks))
-        print(f"{name}: first token {marks['first_token_s']:.1f} s after the process started (import "
-              f"{marks['import_s']:.1f}, loaded {marks['loaded_s']:.1f}, {marks['warm_shapes']} shapes warmed by "
-              f"{marks['warmed_s']:.1f})", flush=True)
-    result = dict(machine=machine_info(device), arch=args.arch, command="python -m benchmarks.startup "
-                  + " ".join(argv if argv is not None else sys.argv[1:]), runs=runs)
+        print(
+            f"{name}: first token {marks['first_token_s']:.1f} s after the process started (import "
+            f"{marks['import_s']:.1f}, loaded {marks['loaded_s']:.1f}, {marks['warm_shapes']} shapes warmed by "
+            f"{marks['warmed_s']:.1f})",
+            flush=True,
+        )
+    result = dict(
+        machine=machine_info(device),
+        arch=args.arch,
+        command="python -m benchmarks.startup " + " ".join(argv if argv is not None else sys.argv[1:]),
+        runs=runs,
+    )
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "startup.json").write_text(json.dumps(result, indent=1))

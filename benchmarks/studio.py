@@ -258,6 +258,9 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
         info["ready_s"] = app.wait_for("SDAR Studio is running", 600)
         warming = any("GPU warm-up started" in line for _, line in app.lines)  # logged before "running"
         info["warmup_done_s"] = app.wait_for("GPU warm-up done", 600) if warming else None  # the CPU: none
+        if args.crowd_only:  # the crowd alone (a short device session): no chat, race or visualizer rows
+            info["visitors"] = crowd_rows(app.url, sdar, args)
+            return info
         client = Client(app.url, verbose=False)
         spy = app.profile(Path(args.out) / "chat-profile.txt", args.profile) if args.profile else None
         for s in SETTINGS:
@@ -507,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--race-prompt", default="Count from one to fifty in words, separated by commas.")
     p.add_argument("--crowd", type=int, nargs="*", default=[1, 4, 8, 16], metavar="N",
                    help="crowd sizes: N visitors pressing Send at once (none: no crowd sweep)")
+    p.add_argument("--crowd-only", action="store_true",
+                   help="measure the crowd (and the engine rows it is compared with) but not the chat, race and "
+                        "visualizer rows")
     args = p.parse_args(argv)
     device, workdir = default_device(), Path(args.workdir)
     dtype = default_dtype(device)

@@ -1,4 +1,5 @@
 """The console table every benchmark prints last."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -11,6 +11,7 @@ effective tokens/s (T per row), and MFU = model FLOPs / step time / peak bf16 FL
 tokens, plus attention over the visible keys only; lm_head on the noisy half only for SDAR).
 Writes throughput.json and throughput.csv to --out, with the machine they ran on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,16 @@ from .table import print_table
 
 SHAPES = {
     **{f"qwen3-{size}": shape for size, shape in PUBLIC_SHAPES.items()},
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=16, vocab_size=512, tie_word_embeddings=True),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=512,
+        tie_word_embeddings=True,
+    ),
 }
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12}
 
@@ -86,8 +95,10 @@ def visible_pairs(objective: str, seq_len: int, block_size: int) -> int:
 def step_flops(config: ModelConfig, objective: str, seq_len: int, rows: int, block_size: int) -> float:
     """Model FLOPs of one training step (forward + backward = 3 x forward)."""
     h, L, d = config.hidden_size, config.num_hidden_layers, config.head_dim
-    layer_params = h * d * (2 * config.num_attention_heads + 2 * config.num_key_value_heads) \
+    layer_params = (
+        h * d * (2 * config.num_attention_heads + 2 * config.num_key_value_heads)
         + 3 * h * config.intermediate_size
+    )
     tokens = rows * seq_len * (2 if objective == "sdar" else 1)
     head_tokens = rows * seq_len  # the lm_head runs on T positions in both objectives
     matmul = 2 * (L * layer_params * tokens + h * config.vocab_size * head_tokens)
@@ -101,7 +112,11 @@ def random_batch(rows: int, seq_len: int, vocab: int, device) -> PackedBatch:
     ids = torch.randint(0, vocab - 1, (rows, seq_len), generator=g)
     cut = seq_len // 3
     seg = (torch.arange(seq_len) >= cut).long().expand(rows, seq_len).contiguous()
-    pos = torch.where(seg == 0, torch.arange(seq_len), torch.arange(seq_len) - cut).expand(rows, seq_len).contiguous()
+    pos = (
+        torch.where(seg == 0, torch.arange(seq_len), torch.arange(seq_len) - cut)
+        .expand(rows, seq_len)
+        .contiguous()
+    )
     return PackedBatch(ids, seg, pos, torch.ones(rows, seq_len, dtype=torch.bool)).to(device)
 
 
@@ -120,9 +135,13 @@ class Case:
 
     def config(self) -> ModelConfig:
         sdar = self.objective == "sdar"
-        return ModelConfig(model_type="sdar" if sdar else "qwen3", rope_theta=1e6,
-                           block_size=self.block_size if sdar else 1,
-                           mask_token_id=SHAPES[self.shape]["vocab_size"] - 1 if sdar else None, **SHAPES[self.shape])
+        return ModelConfig(
+            model_type="sdar" if sdar else "qwen3",
+            rope_theta=1e6,
+            block_size=self.block_size if sdar else 1,
+            mask_token_id=SHAPES[self.shape]["vocab_size"] - 1 if sdar else None,
+            **SHAPES[self.shape],
+        )
 
 
 def training_step(case: Case, model: SDARForCausalLM, device: torch.device):
@@ -130,15 +149,20 @@ def training_step(case: Case, model: SDARForCausalLM, device: torch.device):
     config = model.config
     optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, fused=device.type == "cuda")
     forward = torch.compile(model) if case.compile else model
-    recipe = Recipe(mode="sdar-cpt" if case.objective == "sdar" else "ar", output_dir="-", data=["-"],
-                    block_size=case.block_size)
+    recipe = Recipe(
+        mode="sdar-cpt" if case.objective == "sdar" else "ar",
+        output_dir="-",
+        data=["-"],
+        block_size=case.block_size,
+    )
     batch = random_batch(case.rows, case.seq_len, config.vocab_size, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def one_step(i: int) -> None:
         with autocast:
-            out = compute_loss(forward, batch, recipe, config.mask_token_id, case.attention,
-                               step_generator(device, 0, i))
+            out = compute_loss(
+                forward, batch, recipe, config.mask_token_id, case.attention, step_generator(device, 0, i)
+            )
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -176,8 +200,17 @@ def fill_rates(res: Result, case: Case, config: ModelConfig, step_s: float, devi
 def measure(case: Case, warmup: int, steps: int, device: torch.device) -> Result:
     """Build the model of `case` on `device`, time its training step, and report; out of memory is a result too."""
     config = case.config()
-    res = Result(case.shape, case.objective, round(config.num_parameters() / 1e6, 1), case.seq_len, case.rows,
-                 case.block_size, case.attention, case.compile, case.grad_ckpt)
+    res = Result(
+        case.shape,
+        case.objective,
+        round(config.num_parameters() / 1e6, 1),
+        case.seq_len,
+        case.rows,
+        case.block_size,
+        case.attention,
+        case.compile,
+        case.grad_ckpt,
+    )
     model = None
     try:
         with torch.device(device):
@@ -199,15 +232,31 @@ def measure(case: Case, warmup: int, steps: int, device: torch.device) -> Result
     return res
 
 
-TABLE = [(c, c, "") for c in ("shape", "objective", "seq_len", "rows", "step_s", "raw_tokens_per_s",
-                               "effective_tokens_per_s", "tflops_per_s", "mfu", "peak_memory_gib", "grad_ckpt",
-                               "error")]
+TABLE = [
+    (c, c, "")
+    for c in (
+        "shape",
+        "objective",
+        "seq_len",
+        "rows",
+        "step_s",
+        "raw_tokens_per_s",
+        "effective_tokens_per_s",
+        "tflops_per_s",
+        "mfu",
+        "peak_memory_gib",
+        "grad_ckpt",
+        "error",
+    )
+]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for throughput.json / throughput.csv")
-    parser.add_argument("--shapes", default="qwen3-0.6b,qwen3-1.7b", help=f"comma list of {', '.join(SHAPES)}")
+    parser.add_argument(
+        "--shapes", default="qwen3-0.6b,qwen3-1.7b", help=f"comma list of {', '.join(SHAPES)}"
+    )
     parser.add_argument("--objectives", default="ar,sdar")
     parser.add_argument("--tiny", action="store_true", help="the tiny shape, short rows, 2 steps (CPU)")
     parser.add_argument("--seq-len", type=int, default=4096)
@@ -217,8 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--attention", default="auto", choices=["auto", "flex", "sdpa"])
-    parser.add_argument("--grad-ckpt", default="auto", choices=["auto", "on", "off"],
-                        help="auto: off, retried on when a configuration runs out of memory")
+    parser.add_argument(
+        "--grad-ckpt",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="auto: off, retried on when a configuration runs out of memory",
+    )
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.tiny:
@@ -232,14 +285,25 @@ def main(argv: list[str] | None = None) -> int:
         for objective in args.objectives.split(","):
             if objective not in ("ar", "sdar"):
                 parser.error(f"unknown objective {objective!r}; choose ar or sdar")
-            case = Case(shape, objective, args.seq_len, args.rows, args.block_size, attention, compile,
-                        grad_ckpt=args.grad_ckpt == "on")
+            case = Case(
+                shape,
+                objective,
+                args.seq_len,
+                args.rows,
+                args.block_size,
+                attention,
+                compile,
+                grad_ckpt=args.grad_ckpt == "on",
+            )
             res = measure(case, args.warmup, args.steps, device)
             if res.error and args.grad_ckpt == "auto":
                 res = measure(replace(case, grad_ckpt=True), args.warmup, args.steps, device)
             results.append(res)
-            print(f"{shape} {objective}: {res.raw_tokens_per_s} raw tok/s, {res.effective_tokens_per_s} effective, "
-                  f"MFU {res.mfu}" + (f" ({res.error})" if res.error else ""), flush=True)
+            print(
+                f"{shape} {objective}: {res.raw_tokens_per_s} raw tok/s, {res.effective_tokens_per_s} effective, "
+                f"MFU {res.mfu}" + (f" ({res.error})" if res.error else ""),
+                flush=True,
+            )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine_info(device), "results": [asdict(r) for r in results]}
@@ -250,11 +314,17 @@ def main(argv: list[str] | None = None) -> int:
         w.writerows(asdict(r) for r in results)
     print_table([asdict(r) for r in results], TABLE)
     for shape in dict.fromkeys(r.shape for r in results):
-        ar = next((r for r in results if r.shape == shape and r.objective == "ar" and r.raw_tokens_per_s), None)
-        sd = next((r for r in results if r.shape == shape and r.objective == "sdar" and r.raw_tokens_per_s), None)
+        ar = next(
+            (r for r in results if r.shape == shape and r.objective == "ar" and r.raw_tokens_per_s), None
+        )
+        sd = next(
+            (r for r in results if r.shape == shape and r.objective == "sdar" and r.raw_tokens_per_s), None
+        )
         if ar and sd:
-            print(f"{shape}: SDAR/AR raw throughput {sd.raw_tokens_per_s / ar.raw_tokens_per_s:.2f}, "
-                  f"effective {sd.effective_tokens_per_s / ar.effective_tokens_per_s:.2f}")
+            print(
+                f"{shape}: SDAR/AR raw throughput {sd.raw_tokens_per_s / ar.raw_tokens_per_s:.2f}, "
+                f"effective {sd.effective_tokens_per_s / ar.effective_tokens_per_s:.2f}"
+            )
     return 0
 
 

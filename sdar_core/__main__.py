@@ -1,4 +1,5 @@
 """`python -m sdar_core ...`: the generate command line (sdar_core/cli.py)."""
+
 import sys
 
 from .cli import main

@@ -4,18 +4,25 @@ SDAR's attention (paper §2.3, §3.2): inside a block of `block_size` tokens eve
 across blocks attention is strictly causal. `block_size` 1 is plain causal attention. Block boundaries
 fall at key/query *indices* that are multiples of the block size (absolute positions, as in training).
 
-Backends, chosen per call:
-- "sdpa": torch's scaled_dot_product_attention with a boolean mask (default, CPU and GPU);
-- "flex": flex_attention with a BlockMask (CUDA; what training uses for the [x_t ; x_0] mask);
-- "flash": flash-attn when installed, for calls where no mask is needed (all keys visible, or causal);
-- "eager": a plain softmax(QK^T)V reference, used by the tests.
+A forward builds one `AttentionInputs` (which keys each query sees, said one way) and every layer hands it to
+`attend`, the one dispatch:
+- a dense mask, or none: `attention` with the backend of the caller's Kernels (kernels.py): "sdpa", torch's
+  scaled_dot_product_attention (default, CPU and GPU); "flash", flash-attn when installed, for calls where no
+  mask is needed (all keys visible, or causal); "eager", a plain softmax(QK^T)V reference, used by the tests;
+- a flex_attention BlockMask: flex_attention (CUDA; what training uses for the [x_t ; x_0] mask);
+- the chunk's cache indices (`CacheQueries`, static-shape decode forwards): `decode_attention`, the split-K kernel
+  of decode_attention.py where it runs, SDPA over the filled slice elsewhere.
 """
+
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .decode_attention import CacheQueries, split_k_attention, split_k_runs
 
 try:  # optional: flash-attn only helps on CUDA and is never required
     from flash_attn import flash_attn_func as _flash_attn_func  # type: ignore
@@ -26,19 +33,6 @@ try:
     from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 except Exception:  # very old torch
     BlockMask, create_block_mask, flex_attention = None, None, None
-
-BACKENDS = ("sdpa", "flex", "flash", "eager")
-
-
-def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """The backends that can run on `device` in this installation."""
-    device = torch.device(device)
-    out = ["sdpa", "eager"]
-    if flex_attention is not None and device.type == "cuda":
-        out.append("flex")
-    if _flash_attn_func is not None and device.type == "cuda":
-        out.append("flash")
-    return out
 
 
 def block_causal_mask(
@@ -62,8 +56,9 @@ def block_causal_mask(
     return allowed[:, None]
 
 
-def chunk_mask(start: int, q_len: int, k_len: int, block_size: int,
-               k_start: torch.Tensor | None = None, device=None) -> tuple[torch.Tensor | None, bool]:
+def chunk_mask(
+    start: int, q_len: int, k_len: int, block_size: int, k_start: torch.Tensor | None = None, device=None
+) -> tuple[torch.Tensor | None, bool]:
     """The attention mask of a chunk of `q_len` queries at key indices start.. against keys [0, k_len): every
     forward (whole sequence, prompt prefill, block in flight, static-shape buffer) gets its mask here.
 
@@ -84,7 +79,7 @@ def attention(
     q: torch.Tensor,  # [B, H, Q, D]
     k: torch.Tensor,  # [B, H_kv, K, D]
     v: torch.Tensor,  # [B, H_kv, K, D]
-    mask: "torch.Tensor | BlockMask | None",
+    mask: torch.Tensor | BlockMask | None,
     *,
     is_causal: bool = False,
     backend: str = "sdpa",
@@ -114,8 +109,9 @@ def attention(
         # keys/values lets the memory-efficient kernel run instead.
         groups = q.shape[1] // k.shape[1]
         k, v, gqa = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), False
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-                                          enable_gqa=gqa)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=is_causal and mask is None, enable_gqa=gqa
+    )
 
 
 def eager_attention(q, k, v, mask, *, is_causal: bool = False) -> torch.Tensor:
@@ -134,8 +130,69 @@ def eager_attention(q, k, v, mask, *, is_causal: bool = False) -> torch.Tensor:
     return (scores.softmax(-1) @ v.float()).to(q.dtype)
 
 
-def flex_block_mask(mask_mod, batch: int | None, q_len: int, k_len: int, device) -> "BlockMask":
+def flex_block_mask(mask_mod, batch: int | None, q_len: int, k_len: int, device) -> BlockMask:
     """Compile a flex_attention BlockMask from a mask_mod(b, h, q_idx, kv_idx) -> bool."""
     if create_block_mask is None:
         raise RuntimeError("flex_attention needs torch >= 2.5")
     return create_block_mask(mask_mod, B=batch, H=None, Q_LEN=q_len, KV_LEN=k_len, device=device)
+
+
+@dataclass(frozen=True)
+class AttentionInputs:
+    """What attention receives in one forward, built once (by the runner, the model or the training loss) and
+    passed to every layer: which keys each query sees, given by exactly one of the fields (none: every key)."""
+
+    mask: torch.Tensor | None = None  # [B, 1, Q, K] boolean (True = visible) or additive (0 / -inf)
+    is_causal: bool = False  # with no mask: plain causal attention, bottom-right aligned
+    block_mask: BlockMask | None = None  # flex_attention's compiled mask (training on CUDA)
+    cache_queries: CacheQueries | None = (
+        None  # static shapes: the split-K kernel builds the mask from the indices
+    )
+
+    @classmethod
+    def chunk(
+        cls,
+        start: int,
+        q_len: int,
+        k_len: int,
+        block_size: int,
+        k_start: torch.Tensor | None = None,
+        device=None,
+    ) -> AttentionInputs:
+        """Block-causal attention of a chunk of q_len queries at key indices start.. against keys [0, k_len)."""
+        mask, is_causal = chunk_mask(start, q_len, k_len, block_size, k_start=k_start, device=device)
+        return cls(mask=mask, is_causal=is_causal)
+
+    @classmethod
+    def of(cls, mask: torch.Tensor | BlockMask) -> AttentionInputs:
+        """A training loss's mask: a dense tensor for SDPA, or a BlockMask for flex_attention."""
+        if isinstance(mask, torch.Tensor):
+            return cls(mask=mask)
+        return cls(block_mask=mask)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: AttentionInputs, backend: str = "sdpa"):
+    """q [B, H, Q, D], k, v [B, H_kv, K, D] (the whole cache buffers for cache_queries) -> [B, H, Q, D]."""
+    if inputs.cache_queries is not None:
+        return decode_attention(q, k, v, inputs.cache_queries)
+    if inputs.block_mask is not None:
+        return attention(q, k, v, inputs.block_mask)
+    return attention(q, k, v, inputs.mask, is_causal=inputs.is_causal, backend=backend)
+
+
+def decode_attention(q, k_cache, v_cache, where: CacheQueries) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v under the block-causal rule of `where` (decode_attention.py); [B, H, Q, D] in q's
+    dtype. q: [B, H, Q, D]; k_cache, v_cache: [B, H_kv, T, D] (the whole buffers; only [0, kv_end) is read)."""
+    H, H_kv = q.shape[1], k_cache.shape[1]
+    if H % H_kv:
+        raise ValueError(f"{H} query heads do not split into groups over {H_kv} KV heads")
+    if split_k_runs(q):
+        return split_k_attention(q, k_cache, v_cache, where)
+    return reference_decode_attention(q, k_cache, v_cache, where)
+
+
+def reference_decode_attention(q, k_cache, v_cache, where: CacheQueries) -> torch.Tensor:
+    """The same math through SDPA over the filled slice (reads kv_end on the host: not for CUDA graphs)."""
+    kv_end = int(where.kv_end(k_cache.shape[2]))
+    mask = block_causal_mask(where.q_index, kv_end, where.block_size, k_start=where.pad)  # [B, 1, Q, kv_end]
+    return attention(q, k_cache[:, :, :kv_end], v_cache[:, :, :kv_end], mask)

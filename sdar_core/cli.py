@@ -1,8 +1,9 @@
-"""Command line: `python -m sdar_core --model PATH --prompt "..." [--chat] [schedule options]`.
+"""Command line: `python -m sdar_core [--model PATH] --prompt "..." [--chat] [schedule options]` (or `sdar ...`).
 
 Prints the generated text on stdout, then the generation's stats on stderr. Bad input of any kind (a checkpoint, a
 config, a decoding option, a device) ends with one line `error: ...` on stderr and exit code 2, never a traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,7 @@ import torch
 from .config import ConfigError
 from .decoding import GenerationError, UntrainedBlockSizeWarning, generate
 from .loading import CheckpointError, load_pretrained
+from .paths import DEFAULT_MODEL
 from .prompting import encode_prompt, stop_ids_for
 from .schedules import STRATEGIES
 
@@ -49,18 +51,25 @@ def parse_device(name: str | None) -> torch.device | None:
     except RuntimeError:
         raise CliError(f"--device {name!r} is not a device name; use cpu, cuda or cuda:N") from None
     if device.type not in DEVICE_TYPES:
-        raise CliError(f"--device {name!r}: a model runs on one of {', '.join(DEVICE_TYPES)}, not {device.type}")
+        raise CliError(
+            f"--device {name!r}: a model runs on one of {', '.join(DEVICE_TYPES)}, not {device.type}"
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CliError(f"--device {name!r}: this machine has no CUDA GPU; use cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise CliError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
-                       f"numbered from 0")
+        raise CliError(
+            f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0"
+        )
     return device
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="checkpoint folder or hub id")
+    p.add_argument(
+        "--model",
+        default=str(DEFAULT_MODEL),
+        help="checkpoint folder or hub id (default: the embedded sdar-tiny)",
+    )
     p.add_argument("--prompt", required=True)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--system", default=None, help="system message (with --chat)")
@@ -83,10 +92,20 @@ def run(args: argparse.Namespace) -> None:
     ids = encode_prompt(tokenizer, args.prompt, chat=args.chat, system=args.system)
     with warnings.catch_warnings(record=True) as caught:  # the library's warnings as one plain line each
         warnings.simplefilter("always", UntrainedBlockSizeWarning)
-        gen = generate(model, [ids], max_new_tokens=args.max_new_tokens, block_length=args.block_length,
-                       steps=args.steps, strategy=args.strategy, threshold=args.threshold,
-                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                       stop_token_ids=stop_ids_for(tokenizer, model.config))
+        gen = generate(
+            model,
+            [ids],
+            max_new_tokens=args.max_new_tokens,
+            block_length=args.block_length,
+            steps=args.steps,
+            strategy=args.strategy,
+            threshold=args.threshold,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            stop_token_ids=stop_ids_for(tokenizer, model.config),
+        )
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     print(tokenizer.decode(gen.row_tokens(0), skip_special_tokens=True))
@@ -103,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ConfigError, CheckpointError, GenerationError, ValueError, OSError) as e:
         # The library's errors are ValueErrors, a missing file or an unreachable hub an OSError: the user's to fix.
         # Anything else is a fault of ours and keeps its traceback.
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, even for a library's long message
+        print(
+            "error: " + " ".join(str(e).split()), file=sys.stderr
+        )  # one line, even for a library's long message
         return 2
     return 0

@@ -5,6 +5,7 @@ Three families share the Qwen3 transformer:
 - "qwen3": a plain autoregressive Qwen3 (block_size 1, next-token prediction);
 - "qwen3_moe" / "sdar_moe": the sparse mixture-of-experts layout of Qwen3-30B-A3B / SDAR-30B-A3B.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,17 +22,60 @@ KNOWN_MODEL_TYPES = SDAR_TYPES + AR_TYPES
 # The shapes of the public Qwen3 / SDAR checkpoints (vocabulary 151,936; 0.6B and 1.7B tie their embeddings),
 # for benchmarks and throughput runs on random weights.
 PUBLIC_SHAPES = {
-    "0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
-    "1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
-    "4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-               num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False),
-    "8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-               num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False),
-    "30b-a3b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=48, num_attention_heads=32,
-                    num_key_value_heads=4, head_dim=128, vocab_size=151936, tie_word_embeddings=False,
-                    num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768, norm_topk_prob=True),
+    "0.6b": dict(
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "1.7b": dict(
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "4b": dict(
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        tie_word_embeddings=False,
+    ),
+    "8b": dict(
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        tie_word_embeddings=False,
+    ),
+    "30b-a3b": dict(
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_hidden_layers=48,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        head_dim=128,
+        vocab_size=151936,
+        tie_word_embeddings=False,
+        num_experts=128,
+        num_experts_per_tok=8,
+        moe_intermediate_size=768,
+        norm_topk_prob=True,
+    ),
 }
 
 
@@ -84,7 +128,7 @@ def sparse_layer_count(num_layers: int, step: int, mlp_only_layers) -> int:
     return num_layers // step - len(dense_listed)
 
 
-def _check_ints(config: "ModelConfig") -> None:
+def _check_ints(config: ModelConfig) -> None:
     for name, (low, high) in INT_BOUNDS.items():
         value = getattr(config, name)
         if not _is_int(value):
@@ -102,54 +146,76 @@ def _check_ints(config: "ModelConfig") -> None:
         )
 
 
-def _check_numbers_and_types(config: "ModelConfig") -> None:
+def _check_numbers_and_types(config: ModelConfig) -> None:
     sizes = config.trained_block_sizes
-    if sizes is not None and (not isinstance(sizes, list) or not sizes
-                              or not all(_is_int(b) and b >= 1 for b in sizes)):
-        raise ConfigError(f"config field 'trained_block_sizes' must be a non-empty list of integers >= 1, "
-                          f"got {sizes!r}")
+    if sizes is not None and (
+        not isinstance(sizes, list) or not sizes or not all(_is_int(b) and b >= 1 for b in sizes)
+    ):
+        raise ConfigError(
+            f"config field 'trained_block_sizes' must be a non-empty list of integers >= 1, got {sizes!r}"
+        )
     if not _is_finite_number(config.rope_theta) or config.rope_theta <= 1:
         raise ConfigError(f"config field 'rope_theta' must be a finite number > 1, got {config.rope_theta!r}")
     if not _is_finite_number(config.rms_norm_eps) or not 0 < config.rms_norm_eps < 1:
-        raise ConfigError(f"config field 'rms_norm_eps' must be a number in (0, 1), got {config.rms_norm_eps!r}")
+        raise ConfigError(
+            f"config field 'rms_norm_eps' must be a number in (0, 1), got {config.rms_norm_eps!r}"
+        )
     for name in BOOL_FIELDS:
         if not isinstance(getattr(config, name), bool):
             raise ConfigError(f"config field {name!r} must be true or false, got {getattr(config, name)!r}")
     if config.torch_dtype is not None and not isinstance(config.torch_dtype, str):
-        raise ConfigError(f"config field 'torch_dtype' must be a string such as 'bfloat16', got {config.torch_dtype!r}")
+        raise ConfigError(
+            f"config field 'torch_dtype' must be a string such as 'bfloat16', got {config.torch_dtype!r}"
+        )
     if not isinstance(config.mlp_only_layers, list) or not all(_is_int(i) for i in config.mlp_only_layers):
-        raise ConfigError(f"config field 'mlp_only_layers' must be a list of layer indices, "
-                          f"got {config.mlp_only_layers!r}")
+        raise ConfigError(
+            f"config field 'mlp_only_layers' must be a list of layer indices, got {config.mlp_only_layers!r}"
+        )
     eos = config.eos_token_id
     for name, value in [(n, getattr(config, n)) for n in TOKEN_ID_FIELDS] + [("eos_token_id", eos)]:
-        if not (value is None or _is_int(value) or name == "eos_token_id" and isinstance(value, list)
-                and all(_is_int(i) for i in value)):
+        if not (
+            value is None
+            or _is_int(value)
+            or name == "eos_token_id"
+            and isinstance(value, list)
+            and all(_is_int(i) for i in value)
+        ):
             raise ConfigError(f"config field {name!r} must be a token id (an integer), got {value!r}")
     # The mask and padding ids are fed to the model (padding fills a batch's short rows and AR decoding's tail);
     # bos and eos are only compared with, and a shrunk vocabulary may leave them outside it.
     for name in ("mask_token_id", "pad_token_id"):
         value = getattr(config, name)
         if value is not None and not 0 <= value < config.vocab_size:
-            raise ConfigError(f"config field {name!r} must be a token id in [0, {config.vocab_size}) "
-                              f"(vocab_size), got {value}")
+            raise ConfigError(
+                f"config field {name!r} must be a token id in [0, {config.vocab_size}) "
+                f"(vocab_size), got {value}"
+            )
 
 
-def _check_layout(config: "ModelConfig") -> None:
-    if config.is_moe and (config.num_experts < 1 or not 1 <= config.num_experts_per_tok <= config.num_experts):
+def _check_layout(config: ModelConfig) -> None:
+    if config.is_moe and (
+        config.num_experts < 1 or not 1 <= config.num_experts_per_tok <= config.num_experts
+    ):
         raise ConfigError(
             f"MoE config needs 1 <= num_experts_per_tok ({config.num_experts_per_tok}) <= "
             f"num_experts ({config.num_experts})"
         )
     n_sparse = config.num_sparse_layers()
     if n_sparse < config.num_hidden_layers and config.intermediate_size < 1:
-        raise ConfigError(f"config field 'intermediate_size' must be >= 1 (the model has "
-                          f"{config.num_hidden_layers - n_sparse} dense MLP layers), got {config.intermediate_size}")
+        raise ConfigError(
+            f"config field 'intermediate_size' must be >= 1 (the model has "
+            f"{config.num_hidden_layers - n_sparse} dense MLP layers), got {config.intermediate_size}"
+        )
     if n_sparse and config.moe_intermediate_size < 1:
-        raise ConfigError(f"config field 'moe_intermediate_size' must be >= 1, got {config.moe_intermediate_size}")
+        raise ConfigError(
+            f"config field 'moe_intermediate_size' must be >= 1, got {config.moe_intermediate_size}"
+        )
     if n_sparse * config.num_experts > MAX_EXPERT_MLPS:
-        raise ConfigError(f"config fields 'num_experts' ({config.num_experts}) x sparse layers ({n_sparse} of "
-                          f"num_hidden_layers {config.num_hidden_layers}) make {n_sparse * config.num_experts:,} "
-                          f"experts; at most {MAX_EXPERT_MLPS:,} are supported")
+        raise ConfigError(
+            f"config fields 'num_experts' ({config.num_experts}) x sparse layers ({n_sparse} of "
+            f"num_hidden_layers {config.num_hidden_layers}) make {n_sparse * config.num_experts:,} "
+            f"experts; at most {MAX_EXPERT_MLPS:,} are supported"
+        )
     n = config.num_parameters()
     if n > MAX_PARAMETERS:
         raise ConfigError(
@@ -224,11 +290,16 @@ class ModelConfig:
     def eos_token_ids(self) -> list[int]:
         if self.eos_token_id is None:
             return []
-        return list(self.eos_token_id) if isinstance(self.eos_token_id, (list, tuple)) else [self.eos_token_id]
+        return (
+            list(self.eos_token_id) if isinstance(self.eos_token_id, (list, tuple)) else [self.eos_token_id]
+        )
 
     def num_sparse_layers(self) -> int:
-        return sparse_layer_count(self.num_hidden_layers, self.decoder_sparse_step, self.mlp_only_layers) \
-            if self.is_moe else 0
+        return (
+            sparse_layer_count(self.num_hidden_layers, self.decoder_sparse_step, self.mlp_only_layers)
+            if self.is_moe
+            else 0
+        )
 
     def num_parameters(self) -> int:
         """Parameter count computed from the shapes (no model needed, no loop over the layers)."""
@@ -245,7 +316,7 @@ class ModelConfig:
     # --- config.json ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "ModelConfig":
+    def from_dict(cls, raw: dict) -> ModelConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"config.json must hold a JSON object, got {type(raw).__name__}")
         raw = _normalised(raw)
@@ -259,14 +330,16 @@ class ModelConfig:
         return cls(**known, extra=extra)
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "ModelConfig":
+    def from_json(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"no config.json at {path}")
         try:
             size = path.stat().st_size
             if size > MAX_CONFIG_BYTES:
-                raise ConfigError(f"{path} holds {size:,} bytes; a config.json is at most {MAX_CONFIG_BYTES:,}")
+                raise ConfigError(
+                    f"{path} holds {size:,} bytes; a config.json is at most {MAX_CONFIG_BYTES:,}"
+                )
             raw = json.loads(path.read_bytes().decode("utf-8"))
         except OSError as e:
             raise ConfigError(f"cannot read {path}: {e.strerror}") from None
@@ -283,8 +356,14 @@ class ModelConfig:
         if self.trained_block_sizes is None:
             out.pop("trained_block_sizes")
         if not self.is_moe:
-            for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
-                      "decoder_sparse_step", "mlp_only_layers"):
+            for k in (
+                "num_experts",
+                "num_experts_per_tok",
+                "moe_intermediate_size",
+                "norm_topk_prob",
+                "decoder_sparse_step",
+                "mlp_only_layers",
+            ):
                 out.pop(k, None)
         return out
 

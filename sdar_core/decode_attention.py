@@ -11,20 +11,19 @@ which is `attention.block_causal_mask` with k_start = pad. The mask is computed 
 On CUDA this is a split-K ("flash-decoding") Triton kernel. One program takes one (row, KV head, split): the
 G = H / H_kv query heads that share the KV head and all Q queries are the G*Q rows of one tile (up to 128 rows;
 longer chunks take several tiles), so each key and value is read once per KV head and never copied
-(grouped-query attention). The end of the last query's block,
-`kv_end`, is read on the device and each of the S splits covers 1/S of [0, kv_end): the grid depends only on the
-buffer's shape (one CUDA graph serves every filled length) and no program reads a slot past kv_end. A second
-kernel merges the splits' partial softmaxes (their log-sum-exps). Elsewhere (CPU, or chunks too long for one
-tile, such as a prefill) the same math runs through SDPA over the filled slice.
+(grouped-query attention). The end of the last query's block, `kv_end`, is read on the device and each of the S
+splits covers 1/S of [0, kv_end): the grid depends only on the buffer's shape (one CUDA graph serves every filled
+length) and no program reads a slot past kv_end. A second kernel merges the splits' partial softmaxes (their
+log-sum-exps). Elsewhere (CPU, or chunks longer than MAX_QUERIES, such as a prefill) `attention.decode_attention`
+runs the same math through SDPA over the filled slice.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
 import torch
-
-from .attention import attention, block_causal_mask
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run the SDPA path
     import triton
@@ -40,8 +39,9 @@ MAX_QUERIES = 256  # longer chunks (a prefill, never graphed) take the SDPA path
 class CacheQueries:
     """Where a chunk's queries sit in the cache buffer: all the kernel needs to build the block-causal mask.
 
-    Passed as `mask` to the model's forward (the runner builds it once per forward, like any mask).
+    The runner builds it once per forward (`attention.AttentionInputs.cache_queries`), like any mask.
     """
+
     q_index: torch.Tensor  # [Q] long, ascending: cache indices of the chunk's queries (on the cache's device)
     block_size: int  # L: block boundaries at multiples of L (1 = plain causal)
     pad: torch.Tensor  # [B] long: first valid key of each row (left padding; zeros when unpadded)
@@ -55,6 +55,7 @@ class CacheQueries:
 @dataclass(frozen=True)
 class SplitConfig:
     """Launch parameters of the split-K kernel (benchmarks/decode_attention.py measured the defaults)."""
+
     block_n: int = 64  # keys per inner step
     waves: int = 2  # aim for this many programs per multiprocessor
     max_splits: int = 64
@@ -66,33 +67,31 @@ DEFAULT_SPLIT = SplitConfig()
 
 
 def split_k_available(device: torch.device) -> bool:
-    """Whether the split-K kernel runs on this device (CUDA with Triton); elsewhere decode_attention is SDPA."""
+    """Whether the split-K kernel runs on this device (CUDA with Triton); elsewhere decode attention is SDPA."""
     return triton is not None and torch.device(device).type == "cuda"
 
 
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, where: CacheQueries,
-                     config: SplitConfig = DEFAULT_SPLIT) -> torch.Tensor:
-    """softmax(q k^T / sqrt(D)) v under the block-causal rule of `where`; returns [B, H, Q, D] in q's dtype.
+def split_k_runs(q: torch.Tensor) -> bool:
+    """Whether the kernel takes these queries [B, H, Q, D]: its device, at most MAX_QUERIES, D a power of 2 >= 16."""
+    Q, D = q.shape[-2:]
+    return split_k_available(q.device) and Q <= MAX_QUERIES and D >= 16 and D & (D - 1) == 0
 
-    q: [B, H, Q, D]; k_cache, v_cache: [B, H_kv, T, D] (the whole buffers; only [0, kv_end) is read).
-    """
-    B, H, Q, D = q.shape
-    H_kv = k_cache.shape[1]
-    if H % H_kv:
-        raise ValueError(f"{H} query heads do not split into groups over {H_kv} KV heads")
-    fits = Q <= MAX_QUERIES and D >= 16 and D & (D - 1) == 0
-    if not split_k_available(q.device) or not fits:
-        return reference_decode_attention(q, k_cache, v_cache, where)
-    if config is DEFAULT_SPLIT:  # an opaque op, so that torch.compile(fullgraph=True) takes the kernel whole
-        return torch.ops.sdar.split_k_attention(q, k_cache, v_cache, where.q_index, where.pad, where.block_size)
+
+def split_k_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    where: CacheQueries,
+    config: SplitConfig | None = None,
+) -> torch.Tensor:
+    """The kernel (where `split_k_runs`): q [B, H, Q, D] against the whole buffers k_cache, v_cache [B, H_kv, T, D]
+    -> [B, H, Q, D]. config None: DEFAULT_SPLIT through the registered op, so that torch.compile(fullgraph=True)
+    takes the kernel whole; a SplitConfig is launched directly (the benchmarks sweep them)."""
+    if config is None:
+        return torch.ops.sdar.split_k_attention(
+            q, k_cache, v_cache, where.q_index, where.pad, where.block_size
+        )
     return _split_k(q, k_cache, v_cache, where, config)
-
-
-def reference_decode_attention(q, k_cache, v_cache, where: CacheQueries) -> torch.Tensor:
-    """The same math through SDPA over the filled slice (reads kv_end on the host: not for CUDA graphs)."""
-    kv_end = int(where.kv_end(k_cache.shape[2]))
-    mask = block_causal_mask(where.q_index, kv_end, where.block_size, k_start=where.pad)  # [B, 1, Q, kv_end]
-    return attention(q, k_cache[:, :, :kv_end], v_cache[:, :, :kv_end], mask)
 
 
 def num_splits(batch: int, kv_heads: int, k_len: int, config: SplitConfig, device: torch.device) -> int:
@@ -111,25 +110,68 @@ def _split_k(q, k_cache, v_cache, where: CacheQueries, config: SplitConfig) -> t
         q = q.contiguous()
     k_cache, v_cache = _unit_last_stride(k_cache), _unit_last_stride(v_cache)
     S = num_splits(B, H_kv, T, config, q.device)
-    part_out = torch.empty(B, H, Q, S, D, dtype=torch.float32, device=q.device)  # each split's normalised output
+    part_out = torch.empty(
+        B, H, Q, S, D, dtype=torch.float32, device=q.device
+    )  # each split's normalised output
     part_lse = torch.empty(B, H, Q, S, dtype=torch.float32, device=q.device)  # and its log2-sum-exp2
     rows = max(16, min(TILE_ROWS, triton.next_power_of_2(G * Q)))  # tl.dot needs at least 16 rows
     _split_kernel[(S, B * H_kv, triton.cdiv(G * Q, rows))](
-        q, k_cache, v_cache, where.q_index, where.pad, part_out, part_lse,
-        q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        Q, H_kv, T, where.block_size, math.log2(math.e) / math.sqrt(D),
-        G=G, D=D, ROWS=rows, BLOCK_N=config.block_n, S=S,
-        num_warps=config.num_warps, num_stages=config.num_stages)
+        q,
+        k_cache,
+        v_cache,
+        where.q_index,
+        where.pad,
+        part_out,
+        part_lse,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
+        Q,
+        H_kv,
+        T,
+        where.block_size,
+        math.log2(math.e) / math.sqrt(D),
+        G=G,
+        D=D,
+        ROWS=rows,
+        BLOCK_N=config.block_n,
+        S=S,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
     out = torch.empty(B, H, Q, D, dtype=q.dtype, device=q.device)
-    _merge_kernel[(B * H * Q,)](part_out, part_lse, out, Q, H, out.stride(0), out.stride(1), out.stride(2),
-                                S=S, S_POW2=triton.next_power_of_2(S), D=D, num_warps=4)
+    _merge_kernel[(B * H * Q,)](
+        part_out,
+        part_lse,
+        out,
+        Q,
+        H,
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        S=S,
+        S_POW2=triton.next_power_of_2(S),
+        D=D,
+        num_warps=4,
+    )
     return out
 
 
 @torch.library.custom_op("sdar::split_k_attention", mutates_args=())
-def _split_k_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_index: torch.Tensor,
-                pad: torch.Tensor, block_size: int) -> torch.Tensor:
+def _split_k_op(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    q_index: torch.Tensor,
+    pad: torch.Tensor,
+    block_size: int,
+) -> torch.Tensor:
     return _split_k(q, k_cache, v_cache, CacheQueries(q_index, block_size, pad), DEFAULT_SPLIT)
 
 
@@ -145,18 +187,45 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
 if triton is not None:
 
     @triton.jit
-    def _split_kernel(Q_ptr, K_ptr, V_ptr, QIDX, PAD, PART_OUT, PART_LSE,
-                      sq_b, sq_h, sq_q, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
-                      n_q, n_kv, T, block_size, scale_log2,
-                      G: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, S: tl.constexpr):
+    def _split_kernel(
+        Q_ptr,
+        K_ptr,
+        V_ptr,
+        QIDX,
+        PAD,
+        PART_OUT,
+        PART_LSE,
+        sq_b,
+        sq_h,
+        sq_q,
+        sk_b,
+        sk_h,
+        sk_t,
+        sv_b,
+        sv_h,
+        sv_t,
+        n_q,
+        n_kv,
+        T,
+        block_size,
+        scale_log2,
+        G: tl.constexpr,
+        D: tl.constexpr,
+        ROWS: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        S: tl.constexpr,
+    ):
         split, bh = tl.program_id(0), tl.program_id(1)
         b, hk = bh // n_kv, bh % n_kv
         r = tl.program_id(2) * ROWS + tl.arange(0, ROWS)  # row r = query head hk*G + r // n_q, query r % n_q
         g, qi = r // n_q, r % n_q
         live = r < G * n_q
         d = tl.arange(0, D)
-        q = tl.load(Q_ptr + b * sq_b + (hk * G + g)[:, None] * sq_h + qi[:, None] * sq_q + d[None, :],
-                    mask=live[:, None], other=0.0)  # [ROWS, D]
+        q = tl.load(
+            Q_ptr + b * sq_b + (hk * G + g)[:, None] * sq_h + qi[:, None] * sq_q + d[None, :],
+            mask=live[:, None],
+            other=0.0,
+        )  # [ROWS, D]
         i = tl.load(QIDX + qi, mask=live, other=0)  # [ROWS] each row's query index in the cache
         row_end = tl.where(live, tl.minimum((i // block_size + 1) * block_size, T), 0)  # block-causal end
         last = tl.load(QIDX + n_q - 1)  # q_index ascends: the last query's block ends last
@@ -189,8 +258,19 @@ if triton is not None:
         tl.store(PART_OUT + slot[:, None] * D + d[None, :], out, mask=live[:, None])
 
     @triton.jit
-    def _merge_kernel(PART_OUT, PART_LSE, OUT, n_q, n_heads, so_b, so_h, so_q,
-                      S: tl.constexpr, S_POW2: tl.constexpr, D: tl.constexpr):
+    def _merge_kernel(
+        PART_OUT,
+        PART_LSE,
+        OUT,
+        n_q,
+        n_heads,
+        so_b,
+        so_h,
+        so_q,
+        S: tl.constexpr,
+        S_POW2: tl.constexpr,
+        D: tl.constexpr,
+    ):
         row = tl.program_id(0)  # flat (b, h, query)
         qi, h, b = row % n_q, (row // n_q) % n_heads, row // (n_q * n_heads)
         s, d = tl.arange(0, S_POW2), tl.arange(0, D)

@@ -4,6 +4,7 @@ The studio and the CLI build a `DecodeParams`; `generate(model, ids, max_new_tok
 builds one from its keyword arguments. `check` refuses every value that generate cannot honour with a
 `GenerationError` that names the argument and says what is valid.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 
+from .kernels import DEFAULT_KERNELS, Kernels
 from .runner import MODES
 from .sampling import SamplingError, SamplingParams
 from .schedules import STRATEGIES
@@ -49,7 +51,8 @@ class DecodeParams:
     block_length / steps default to the model's block size. stop_token_ids end a row at its first stop token
     (kept; nothing after it is returned or counted). trace=True records a StepEvent per row and step.
     runner_mode: "plain", "static" or "graph" (CUDA graphs; default on CUDA), see runner.py; all three give the
-    same tokens; compile=True (or "static" / "dynamic") also torch.compile's the graphed forward.
+    same tokens; compile=True (or "static" / "dynamic") also torch.compile's the graphed forward. kernels: the
+    fused and decode kernels the forwards may take (kernels.py; the same tokens up to their rounding).
     """
 
     max_new_tokens: int = 128
@@ -67,15 +70,18 @@ class DecodeParams:
     fuse_cache_write: bool = True
     runner_mode: str | None = None  # None: runner.default_mode(model)
     compile: bool | str = False
+    kernels: Kernels = DEFAULT_KERNELS  # which kernels the forwards take (kernels.py)
 
     @classmethod
-    def build(cls, params: "DecodeParams | None", options: dict) -> "DecodeParams":
+    def build(cls, params: DecodeParams | None, options: dict) -> DecodeParams:
         """`params` (or the defaults) with the keyword `options` of a generate call applied."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - names)
         if unknown:
-            raise GenerationError(f"unknown generate option(s) {', '.join(unknown)}; the options are "
-                                  f"{', '.join(sorted(names))} and on_step")
+            raise GenerationError(
+                f"unknown generate option(s) {', '.join(unknown)}; the options are "
+                f"{', '.join(sorted(names))} and on_step"
+            )
         if options.get("stop_token_ids", ()) is None:
             options = {**options, "stop_token_ids": []}
         return dataclasses.replace(params or cls(), **options)
@@ -84,19 +90,22 @@ class DecodeParams:
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_k, self.top_p)
 
-    def resolved(self, config) -> "DecodeParams":
+    def resolved(self, config) -> DecodeParams:
         """Defaults filled from the model (block size), after `check`: the values the decoder runs with."""
         block = max(config.block_size, 1) if self.block_length is None else self.block_length
         if self.strategy == "ar":  # SDAR weights: a block of one masked token, predicted at its own position
             block = 1
         steps = block if self.steps is None or self.strategy == "ar" else self.steps
-        return dataclasses.replace(self, block_length=block, steps=steps,
-                                   stop_token_ids=sorted(set(self.stop_token_ids)))
+        return dataclasses.replace(
+            self, block_length=block, steps=steps, stop_token_ids=sorted(set(self.stop_token_ids))
+        )
 
     def check(self, config) -> None:
         """Raise GenerationError naming the first argument out of range (types included)."""
         if self.strategy not in STRATEGIES:
-            raise GenerationError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+            raise GenerationError(
+                f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}"
+            )
         _check_int("max_new_tokens", self.max_new_tokens, 1)
         if self.strategy != "ar":
             self._check_block(config)
@@ -108,24 +117,34 @@ class DecodeParams:
             if not isinstance(getattr(self, name), bool):
                 raise GenerationError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.runner_mode is not None and self.runner_mode not in MODES:
-            raise GenerationError(f"runner_mode must be one of {', '.join(MODES)} or None, got {self.runner_mode!r}")
+            raise GenerationError(
+                f"runner_mode must be one of {', '.join(MODES)} or None, got {self.runner_mode!r}"
+            )
         if self.compile not in (True, False, "static", "dynamic"):
             raise GenerationError(f"compile must be True, False, 'static' or 'dynamic', got {self.compile!r}")
+        if not isinstance(self.kernels, Kernels):
+            raise GenerationError(f"kernels must be a sdar_core.kernels.Kernels, got {self.kernels!r}")
 
     def _check_block(self, config) -> None:
         if not config.is_sdar:
             raise GenerationError(
                 f"this is an autoregressive model (model_type {config.model_type!r}): only strategy='ar' "
-                "applies; block diffusion needs an SDAR checkpoint")
+                "applies; block diffusion needs an SDAR checkpoint"
+            )
         block = max(config.block_size, 1) if self.block_length is None else self.block_length
         _check_int("block_length", block, 1)
         steps = block if self.steps is None else self.steps
         if not is_int(steps) or not 1 <= steps <= block:
             raise GenerationError(f"steps must be between 1 and block_length ({block}), got {steps!r}")
-        _check_real("threshold", self.threshold, "a number in (0, 1]",
-                    lambda t: 0 < t <= 1 or self.strategy != "dynamic")
-        _check_real("entropy_bound", self.entropy_bound, "a number > 0",
-                    lambda e: e > 0 or self.strategy != "entropy")
+        _check_real(
+            "threshold",
+            self.threshold,
+            "a number in (0, 1]",
+            lambda t: 0 < t <= 1 or self.strategy != "dynamic",
+        )
+        _check_real(
+            "entropy_bound", self.entropy_bound, "a number > 0", lambda e: e > 0 or self.strategy != "entropy"
+        )
 
     def _check_sampling(self) -> None:
         _check_real("temperature", self.temperature, "a finite number >= 0 (0 is greedy)", math.isfinite)

@@ -14,13 +14,14 @@ The cache write of a finished block is folded into the first denoising forward o
 (the "Engineering Gap" of the paper's Limitations): that forward's chunk is [final block b-1 ; block b],
 block b-1's keys and values are kept, and the block costs exactly the denoising steps it uses.
 """
+
 from __future__ import annotations
 
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -33,6 +34,10 @@ from .trace import Generation, Stats, StepEvent
 
 __all__ = ["generate", "DecodeParams", "GenerationError", "BatchLayout", "positions_needed"]
 
+# AR decoding on a GPU reads the stop flags (a host sync) and emits the traced events every this many tokens, at
+# the cost of a few spare forwards at most; on the CPU a read is free and happens every token.
+STOP_CHECK_EVERY = 8
+
 
 def positions_needed(prompt_len: int, max_new_tokens: int, strategy: str, block_length: int) -> int:
     """Positions a generation may use: the prompt plus the answer, rounded up to whole blocks (one token for ar)."""
@@ -40,8 +45,14 @@ def positions_needed(prompt_len: int, max_new_tokens: int, strategy: str, block_
     return math.ceil((prompt_len + max_new_tokens) / L) * L
 
 
-def generate(model, input_ids, params: DecodeParams | None = None, *,
-             on_step: Callable[[StepEvent], None] | None = None, **options) -> Generation:
+def generate(
+    model,
+    input_ids,
+    params: DecodeParams | None = None,
+    *,
+    on_step: Callable[[StepEvent], None] | None = None,
+    **options,
+) -> Generation:
     """Decode up to `max_new_tokens` per row; returns a Generation (tokens [B, <=max_new_tokens], stats, trace).
 
     input_ids: LongTensor [B, T] or a list of id lists of different lengths. The options are a DecodeParams
@@ -70,7 +81,8 @@ def _generate(model, input_ids, params: DecodeParams | None, on_step, options: d
     if needed > config.max_position_embeddings:
         raise GenerationError(
             f"prompt ({longest} tokens) + max_new_tokens ({p.max_new_tokens}), rounded up to whole blocks of "
-            f"{p.block_length}, is {needed} tokens: beyond the model's context of {config.max_position_embeddings}")
+            f"{p.block_length}, is {needed} tokens: beyond the model's context of {config.max_position_embeddings}"
+        )
     tracer = Tracer.make(p.trace, on_step)
     if p.strategy == "ar" and not config.is_sdar:
         gen = NextTokenDecoder(model, rows, p, tracer).run()
@@ -89,16 +101,21 @@ def warn_if_untrained_block(config, p: DecodeParams) -> None:
     """A block length outside the model's trained_block_sizes decodes, but usually badly: say so (once per call)."""
     trained = config.trained_block_sizes
     if config.is_sdar and p.strategy != "ar" and trained and p.block_length not in trained:
-        warnings.warn(f"block_length {p.block_length} is not among the block sizes this model was trained with "
-                      f"({', '.join(map(str, trained))}); expect worse output", UntrainedBlockSizeWarning,
-                      stacklevel=4)
+        warnings.warn(
+            f"block_length {p.block_length} is not among the block sizes this model was trained with "
+            f"({', '.join(map(str, trained))}); expect worse output",
+            UntrainedBlockSizeWarning,
+            stacklevel=4,
+        )
 
 
 def prompt_rows(input_ids, vocab_size: int) -> list[list[int]]:
     """input_ids as a list of rows (a LongTensor [B, T], a list of id lists, or one id list), every id checked."""
     if isinstance(input_ids, torch.Tensor):
         if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-            raise GenerationError(f"input_ids must hold integer token ids, got a tensor of dtype {input_ids.dtype}")
+            raise GenerationError(
+                f"input_ids must hold integer token ids, got a tensor of dtype {input_ids.dtype}"
+            )
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
         if input_ids.dim() != 2:
@@ -109,13 +126,17 @@ def prompt_rows(input_ids, vocab_size: int) -> list[list[int]]:
     elif isinstance(input_ids, (list, tuple)):
         rows = [r.tolist() if isinstance(r, torch.Tensor) else list(r) for r in input_ids]
     else:
-        raise GenerationError(f"input_ids must be a LongTensor [B, T] or lists of token ids, got {type(input_ids)}")
+        raise GenerationError(
+            f"input_ids must be a LongTensor [B, T] or lists of token ids, got {type(input_ids)}"
+        )
     if not rows or any(len(r) == 0 for r in rows):
         raise GenerationError("the prompt is empty: give at least one token per row")
     for r, row in enumerate(rows):
         bad = next((t for t in row if not is_int(t) or not 0 <= t < vocab_size), None)
         if bad is not None:
-            raise GenerationError(f"input_ids must be integer token ids in 0..{vocab_size - 1}; row {r} holds {bad!r}")
+            raise GenerationError(
+                f"input_ids must be integer token ids in 0..{vocab_size - 1}; row {r} holds {bad!r}"
+            )
     return rows
 
 
@@ -150,7 +171,7 @@ class Tracer:
         self.events, self.on_step = events, on_step
 
     @classmethod
-    def make(cls, trace: bool, on_step) -> "Tracer | None":
+    def make(cls, trace: bool, on_step) -> Tracer | None:
         return cls([] if trace else None, on_step) if trace or on_step is not None else None
 
     def emit(self, event: StepEvent) -> None:
@@ -161,28 +182,27 @@ class Tracer:
 
 
 class StepRecord:
-    """What a traced decode remembers of each step, kept on the device: per step, [B, L] token ids of the
-    block after the step, the best candidates, the commits and the positions masked before the step, and the
-    confidences. The decoder reads it once per block (where it already reads the block for the stop check),
-    never per step, so tracing adds no host synchronisation to the step loop (an on_step reader gets a
-    block's steps together, when the block is final)."""
+    """What a traced decode remembers of each step, kept on the device: per step, `slots` [B, width] tensors of
+    token ids or flags (the decoder names them) and the [B, width] confidences. The decoder reads it once per block
+    (where it already reads the block for the stop check), never per step, so tracing adds no host
+    synchronisation to the step loop (an on_step reader gets a block's steps together, when the block is final)."""
 
-    STATE, CANDIDATES, CHOSEN, MASKED = range(4)
-
-    def __init__(self, steps: int, batch: int, width: int, device) -> None:
-        self.ids = torch.zeros(steps, 4, batch, width, dtype=torch.long, device=device)  # [T, 4, B, L]
+    def __init__(self, steps: int, slots: int, batch: int, width: int, device) -> None:
+        self.ids = torch.zeros(
+            steps, slots, batch, width, dtype=torch.long, device=device
+        )  # [T, slots, B, L]
         self.conf = torch.zeros(steps, batch, width, dtype=torch.float32, device=device)  # [T, B, L]
         self.n = 0
 
-    def record(self, state, candidates, chosen, masked, confidence) -> None:
-        """One step: tensors [B, L] (device copies, no host read)."""
-        for slot, t in enumerate((state, candidates, chosen, masked)):
+    def record(self, confidence: torch.Tensor, *slots: torch.Tensor) -> None:
+        """One step: tensors [B, width] (device copies, no host read)."""
+        for slot, t in enumerate(slots):
             self.ids[self.n, slot].copy_(t)
         self.conf[self.n].copy_(confidence)
         self.n += 1
 
     def read(self) -> tuple[list, list]:
-        """The recorded steps as host lists (ids [n][4][B][L], conf [n][B][L]), and start over."""
+        """The recorded steps as host lists (ids [n][slots][B][width], conf [n][B][width]), and start over."""
         n, self.n = self.n, 0
         return self.ids[:n].tolist(), self.conf[:n].tolist()
 
@@ -200,8 +220,9 @@ class BatchLayout:
     pad_id: int
 
     @classmethod
-    def build(cls, prompts: list[list[int]], block: int, max_new_tokens: int, fill_id: int, pad_id: int,
-              device) -> "BatchLayout":
+    def build(
+        cls, prompts: list[list[int]], block: int, max_new_tokens: int, fill_id: int, pad_id: int, device
+    ) -> BatchLayout:
         full_blocks = [len(p) // block for p in prompts]
         pad = [block * (max(full_blocks) - k) for k in full_blocks]
         start = max(full_blocks) * block
@@ -210,7 +231,7 @@ class BatchLayout:
         fixed = torch.zeros(seq.shape, dtype=torch.bool)
         for r, ids in enumerate(prompts):
             seq[r, : pad[r]] = pad_id
-            seq[r, pad[r]: pad[r] + len(ids)] = torch.tensor(ids)
+            seq[r, pad[r] : pad[r] + len(ids)] = torch.tensor(ids)
             fixed[r, : pad[r] + len(ids)] = True
         return cls(prompts, block, pad, start, seq.to(device), fixed.to(device), pad_id)
 
@@ -234,8 +255,10 @@ class BatchLayout:
     def finish(self, max_new_tokens: int, stop_ids: list[int], stats: Stats) -> Generation:
         """Cut every row after its first stop token and at max_new_tokens; fill in the token counts."""
         seq_rows = self.seq.tolist()
-        out = [_cut_at_stop(seq_rows[r][self.prompt_end(r):], stop_ids, max_new_tokens)[0]
-               for r in range(self.batch)]
+        out = [
+            _cut_at_stop(seq_rows[r][self.prompt_end(r) :], stop_ids, max_new_tokens)[0]
+            for r in range(self.batch)
+        ]
         lengths = [len(kept) for kept in out]
         tokens = torch.full((self.batch, max(lengths)), self.pad_id, dtype=torch.long)
         for r, kept in enumerate(out):
@@ -245,46 +268,75 @@ class BatchLayout:
         return Generation(tokens=tokens, lengths=lengths, stats=stats)
 
 
-class BlockDecoder:
+class Decoder:
+    """The set-up both decoders share: the batch's layout (blocks of `block`, generated positions holding
+    `fill_id`), its chunk runner, the sampling, and the step record when traced (`record_slots` per step)."""
+
+    def __init__(
+        self, model, rows: list[list[int]], p: DecodeParams, tracer: Tracer | None, block: int, fill_id: int
+    ) -> None:
+        self.p, self.tracer, self.device = p, tracer, model.device
+        self.mask_id = model.config.mask_token_id
+        self.sampling, self.generator = p.sampling, _generator(p, model.device)
+        pad_id = _pad_id(model.config)
+        self.layout = BatchLayout.build(rows, block, p.max_new_tokens, fill_id, pad_id, model.device)
+        self.seq = self.layout.seq  # [B, total]
+        mode = p.runner_mode or default_mode(model)
+        self.run_chunk = ChunkRunner.get(
+            model, len(rows), self.seq.shape[1], block, mode, p.compile, p.kernels
+        )
+        self.run_chunk.set_padding(self.layout.pad)
+
+    def make_record(self, steps: int, slots: int, width: int) -> StepRecord | None:
+        if self.tracer is None:
+            return None
+        return StepRecord(steps, slots, self.layout.batch, width, self.device)
+
+
+class BlockDecoder(Decoder):
     """Block diffusion over a batch: the prompt's whole blocks prefilled in one forward, then block after
     block denoised against the cache until nothing is masked, every row ending at a stop or max_new_tokens."""
 
+    STATE, CANDIDATES, CHOSEN, MASKED = range(4)  # the step record's slots, each [B, L]
+
     def __init__(self, model, rows: list[list[int]], p: DecodeParams, tracer: Tracer | None) -> None:
-        self.p, self.tracer, self.device = p, tracer, model.device
-        self.L, self.mask_id = p.block_length, model.config.mask_token_id
+        super().__init__(model, rows, p, tracer, p.block_length, model.config.mask_token_id)
+        self.L = p.block_length
         self.schedule = SCHEDULES["static" if p.strategy == "ar" else p.strategy]
-        self.sampling, self.generator = p.sampling, _generator(p, model.device)
-        self.layout = BatchLayout.build(rows, self.L, p.max_new_tokens, self.mask_id, _pad_id(model.config),
-                                        model.device)
-        self.seq = self.layout.seq
-        self.run_chunk = ChunkRunner.get(model, len(rows), self.seq.shape[1], self.L,
-                                         p.runner_mode or default_mode(model), p.compile)
-        self.run_chunk.set_padding(self.layout.pad)
         self.finished = [False] * len(rows)  # stopped, or has max_new_tokens
         self.steps_per_block: list[list[int]] = [[] for _ in rows]
-        self.pending = False  # the previous block is final but its KV is not in the cache yet (fused path)
         self.forwards = 0
-        self.record = StepRecord(p.steps, len(rows), self.L, model.device) if tracer is not None else None
+        self.record = self.make_record(p.steps, 4, self.L)
 
     def run(self) -> Generation:
         t0 = time.perf_counter()
         prefill_forwards = self.prefill()
         synchronize(self.device)
         prefill_seconds = time.perf_counter() - t0
+        write_previous = False  # the previous block is final but its KV is not in the cache yet (fused path)
         for b in range(self.layout.n_blocks):
             if all(self.finished):
                 break
             s = self.layout.start + b * self.L  # tensor index of block b
-            used = self.denoise_block(b, s)
+            used = self.denoise_block(s, write_previous)
             if self.record is not None:
                 self.emit_block(b, s)
-            self.finalise_block(s, used)
+            write_previous = self.finalise_block(s, used)
         synchronize(self.device)
         p, layout = self.p, self.layout
-        stats = Stats(strategy=p.strategy, block_length=self.L, steps=p.steps, batch_size=layout.batch,
-                      prompt_tokens=sum(map(len, layout.prompts)), new_tokens=0, forwards=self.forwards,
-                      prefill_forwards=prefill_forwards, seconds=time.perf_counter() - t0,
-                      prefill_seconds=prefill_seconds, steps_per_block=self.steps_per_block)
+        stats = Stats(
+            strategy=p.strategy,
+            block_length=self.L,
+            steps=p.steps,
+            batch_size=layout.batch,
+            prompt_tokens=sum(map(len, layout.prompts)),
+            new_tokens=0,
+            forwards=self.forwards,
+            prefill_forwards=prefill_forwards,
+            seconds=time.perf_counter() - t0,
+            prefill_seconds=prefill_seconds,
+            steps_per_block=self.steps_per_block,
+        )
         return layout.finish(p.max_new_tokens, p.stop_token_ids, stats)
 
     def prefill(self) -> int:
@@ -292,20 +344,27 @@ class BlockDecoder:
         start = self.layout.start
         if start == 0:
             return 0
-        self.run_chunk(self.seq, 0, start, logits_from=start)  # logits of nothing: only the cache write matters
+        self.run_chunk(
+            self.seq, 0, start, logits_from=start
+        )  # logits of nothing: only the cache write matters
         self.run_chunk.cache.commit(start)
         return 1
 
-    def denoise_block(self, b: int, s: int) -> list[int]:
-        """Denoise block b (tensor index s) until nothing is masked; the steps each row used."""
+    def denoise_block(self, s: int, write_previous: bool) -> list[int]:
+        """Denoise the block at tensor index s until nothing is masked; the steps each row used. write_previous:
+        its first forward also writes the previous (final) block into the cache."""
         L, T = self.L, self.p.steps
         # The static schedules' step counts follow from the layout (prompt tails) without reading the device.
-        static_used = [0 if done else static_steps_needed(m, L, T)
-                       for done, m in zip(self.finished, self.layout.masked_at(s))]
+        static_used = [
+            0 if done else static_steps_needed(m, L, T)
+            for done, m in zip(self.finished, self.layout.masked_at(s))
+        ]
         active = torch.tensor([not f for f in self.finished], device=self.device)
         used = [0] * self.layout.batch
         for step in range(T):
-            masked = (self.seq[:, s: s + L] == self.mask_id) & ~self.layout.fixed[:, s: s + L] & active[:, None]
+            masked = (
+                (self.seq[:, s : s + L] == self.mask_id) & ~self.layout.fixed[:, s : s + L] & active[:, None]
+            )
             if self.schedule.adaptive:
                 row_masked = masked.any(-1).tolist()  # the schedule's one host read per step
                 if not any(row_masked):
@@ -313,47 +372,54 @@ class BlockDecoder:
                 used = [u + int(m) for u, m in zip(used, row_masked)]
             elif step == max(static_used):
                 break
-            self.step(b, s, step, masked)
+            self.step(s, step, masked, write_previous and step == 0)
         return used if self.schedule.adaptive else static_used
 
-    def step(self, b: int, s: int, step: int, masked: torch.Tensor) -> None:
+    def step(self, s: int, step: int, masked: torch.Tensor, write_previous: bool) -> None:
         """One denoising step: run the chunk, sample, pick positions, commit."""
-        logits = self.forward_block(s)  # [B, L, V]
-        x0, conf, ent = sample_tokens(logits, self.sampling, forbid_token=self.mask_id, generator=self.generator,
-                                      want_entropy=self.schedule.needs_entropy)
+        logits = self.forward_block(s, write_previous)  # [B, L, V]
+        x0, conf, ent = sample_tokens(
+            logits,
+            self.sampling,
+            forbid_token=self.mask_id,
+            generator=self.generator,
+            want_entropy=self.schedule.needs_entropy,
+        )
         count = masked.sum(-1).clamp_max(static_count(self.L, self.p.steps, step))  # [B]
         scores = StepScores(x0, conf, ent, masked, count)
         chosen = self.schedule.select(scores, self.p)  # [B, L]
-        self.seq[:, s: s + self.L] = torch.where(chosen, x0, self.seq[:, s: s + self.L])
+        self.seq[:, s : s + self.L] = torch.where(chosen, x0, self.seq[:, s : s + self.L])
         if self.record is not None:
-            self.record.record(self.seq[:, s: s + self.L], x0, chosen, masked, conf)
+            self.record.record(conf, self.seq[:, s : s + self.L], x0, chosen, masked)
 
-    def forward_block(self, s: int) -> torch.Tensor:
-        """Logits [B, L, V] of the block at s; fused, the first forward also writes the previous block's KV."""
+    def forward_block(self, s: int, write_previous: bool) -> torch.Tensor:
+        """Logits [B, L, V] of the block at s; with write_previous the chunk is [final block at s - L ; block at s]
+        and the final block's keys and values are kept in the cache."""
         L = self.L
         self.forwards += 1
-        if not self.pending:
+        if not write_previous:
             return self.run_chunk(self.seq, s, L, logits_from=0)
         logits = self.run_chunk(self.seq, s - L, 2 * L, logits_from=L)
         self.run_chunk.cache.commit(L)
-        self.pending = False
         return logits
 
-    def finalise_block(self, s: int, used: list[int]) -> None:
-        """The block at s is final: record its steps, end the rows it completes, queue its cache write."""
+    def finalise_block(self, s: int, used: list[int]) -> bool:
+        """The block at s is final: record its steps, end the rows it completes, write it into the cache; whether
+        that write is left to the next block's first forward (fuse_cache_write)."""
         # Deferred stop check (Appendix B.2): one host read per block, none at all without stop tokens
         # (then only max_new_tokens ends a row, which the host knows).
-        block_tokens = self.seq[:, s: s + self.L].tolist() if self.p.stop_token_ids else None
+        block_tokens = self.seq[:, s : s + self.L].tolist() if self.p.stop_token_ids else None
         for r, done in enumerate(self.finished):
             if not done:
                 self.steps_per_block[r].append(used[r])
                 self.finished[r] = self.row_done(r, s, block_tokens)
         if self.p.fuse_cache_write:
-            self.pending = True
-        else:  # the paper's engine: one extra forward to write the finished block into the cache
-            self.run_chunk(self.seq, s, self.L, logits_from=self.L)
-            self.run_chunk.cache.commit(self.L)
-            self.forwards += 1
+            return True
+        # the paper's engine: one extra forward to write the finished block into the cache
+        self.run_chunk(self.seq, s, self.L, logits_from=self.L)
+        self.run_chunk.cache.commit(self.L)
+        self.forwards += 1
+        return False
 
     def row_done(self, r: int, s: int, block_tokens: list[list[int]] | None) -> bool:
         """Whether row r stopped in the final block at s or has max_new_tokens with it."""
@@ -362,15 +428,16 @@ class BlockDecoder:
         n_before, n_new = first_new - end, s + self.L - first_new
         if block_tokens is None:
             return n_before + n_new >= self.p.max_new_tokens
-        kept, hit = _cut_at_stop(block_tokens[r][first_new - s:], self.p.stop_token_ids,
-                                 self.p.max_new_tokens - n_before)
+        kept, hit = _cut_at_stop(
+            block_tokens[r][first_new - s :], self.p.stop_token_ids, self.p.max_new_tokens - n_before
+        )
         return hit or n_before + len(kept) >= self.p.max_new_tokens
 
     def emit_block(self, b: int, s: int) -> None:
         """The final block's StepEvents, one per step and row that was still denoising (one host read)."""
         ids, confs = self.record.read()
-        L, stop_ids, R = self.L, self.p.stop_token_ids, StepRecord
-        fixed = self.layout.fixed[:, s: s + L].tolist()
+        L, stop_ids, R = self.L, self.p.stop_token_ids, BlockDecoder
+        fixed = self.layout.fixed[:, s : s + L].tolist()
         for step, (step_ids, conf) in enumerate(zip(ids, confs)):
             state, x0, chosen, masked = (step_ids[k] for k in (R.STATE, R.CANDIDATES, R.CHOSEN, R.MASKED))
             for r in range(len(state)):
@@ -379,36 +446,39 @@ class BlockDecoder:
                 committed = [i for i in range(L) if chosen[r][i]]
                 new_tokens = [state[r][i] for i in range(L) if not fixed[r][i]]
                 final = self.mask_id not in new_tokens
-                self.tracer.emit(StepEvent(
-                    row=r, block=b, step=step, block_start=s - self.layout.pad[r], block_state=state[r],
-                    committed=committed, committed_confidence=[conf[r][i] for i in committed],
-                    masked_confidence={i: conf[r][i] for i in range(L) if masked[r][i]},
-                    candidates={i: x0[r][i] for i in range(L) if masked[r][i]},
-                    prompt_positions=[i for i in range(L) if fixed[r][i]],
-                    final=final, stopped=final and any(t in stop_ids for t in new_tokens)))
+                self.tracer.emit(
+                    StepEvent(
+                        row=r,
+                        block=b,
+                        step=step,
+                        block_start=s - self.layout.pad[r],
+                        block_state=state[r],
+                        committed=committed,
+                        committed_confidence=[conf[r][i] for i in committed],
+                        masked_confidence={i: conf[r][i] for i in range(L) if masked[r][i]},
+                        candidates={i: x0[r][i] for i in range(L) if masked[r][i]},
+                        prompt_positions=[i for i in range(L) if fixed[r][i]],
+                        final=final,
+                        stopped=final and any(t in stop_ids for t in new_tokens),
+                    )
+                )
 
 
-class NextTokenDecoder:
+class NextTokenDecoder(Decoder):
     """Plain AR decoding for an AR model: one token per forward, next-token prediction, causal attention.
 
     The prefill writes prompt[:-1]; the decode loop starts from the last prompt token, so that every
     new token costs exactly one forward (TPF 1), the count SDAR's TPF is compared with.
     """
 
+    # the step record's slots, each [B, 1]: the token, and whether its row had stopped before it
+    TOKEN, FINISHED = range(2)
+
     def __init__(self, model, rows: list[list[int]], p: DecodeParams, tracer: Tracer | None) -> None:
-        self.p, self.tracer, self.device = p, tracer, model.device
-        self.mask_id = model.config.mask_token_id
-        self.sampling, self.generator = p.sampling, _generator(p, model.device)
-        pad_id = _pad_id(model.config)
-        self.layout = BatchLayout.build(rows, 1, p.max_new_tokens, pad_id, pad_id, model.device)
-        self.seq = self.layout.seq
-        self.run_chunk = ChunkRunner.get(model, len(rows), self.seq.shape[1], 1,
-                                         p.runner_mode or default_mode(model), p.compile)
-        self.run_chunk.set_padding(self.layout.pad)
-        self.finished = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
+        super().__init__(model, rows, p, tracer, 1, _pad_id(model.config))
+        self.finished = torch.zeros(len(rows), dtype=torch.bool, device=self.device)  # [B] stopped
         self.stop_ids = torch.tensor(p.stop_token_ids, dtype=torch.long, device=self.device)
-        # Traced, a token is one "step" of width 1: state = the token, chosen = finished before it.
-        self.record = StepRecord(p.max_new_tokens, len(rows), 1, model.device) if tracer is not None else None
+        self.record = self.make_record(p.max_new_tokens, 2, 1)  # a token is one "step" of width 1
         self.emitted = 0  # tokens whose events went out
 
     def run(self) -> Generation:
@@ -424,10 +494,18 @@ class NextTokenDecoder:
                 break
         self.emit(longest - 1)
         synchronize(self.device)
-        stats = Stats(strategy="ar", block_length=1, steps=1, batch_size=layout.batch,
-                      prompt_tokens=sum(map(len, layout.prompts)), new_tokens=0, forwards=forwards,
-                      prefill_forwards=int(longest > 1), seconds=time.perf_counter() - t0,
-                      prefill_seconds=prefill_seconds)
+        stats = Stats(
+            strategy="ar",
+            block_length=1,
+            steps=1,
+            batch_size=layout.batch,
+            prompt_tokens=sum(map(len, layout.prompts)),
+            new_tokens=0,
+            forwards=forwards,
+            prefill_forwards=int(longest > 1),
+            seconds=time.perf_counter() - t0,
+            prefill_seconds=prefill_seconds,
+        )
         gen = layout.finish(self.p.max_new_tokens, self.p.stop_token_ids, stats)
         stats.steps_per_block = [[1] * n for n in gen.lengths]
         return gen
@@ -435,17 +513,16 @@ class NextTokenDecoder:
     def step(self, i: int, pos: int) -> bool:
         """Token i of every row from the token at pos: run, sample, commit; whether every row has stopped."""
         logits = self.run_chunk(self.seq, pos, 1, logits_from=0)  # [B, 1, V]
-        x0, conf, _ = sample_tokens(logits, self.sampling, forbid_token=self.mask_id, generator=self.generator)
+        x0, conf, _ = sample_tokens(
+            logits, self.sampling, forbid_token=self.mask_id, generator=self.generator
+        )
         token = x0[:, 0]
         self.seq[:, pos + 1] = torch.where(self.finished, self.layout.pad_id, token)
         if self.record is not None:
-            self.record.record(token[:, None], token[:, None], self.finished[:, None], self.finished[:, None],
-                               conf[:, :1])
+            self.record.record(conf[:, :1], token[:, None], self.finished[:, None])
         if self.p.stop_token_ids:
             self.finished |= torch.isin(token, self.stop_ids)
-        # On a GPU a host read costs a sync, so the stop check (and the traced events) come every 8 tokens (a
-        # few spare forwards at most); on the CPU it is free and runs every token.
-        if self.device.type != "cpu" and (i + 1) % 8:
+        if self.device.type != "cpu" and (i + 1) % STOP_CHECK_EVERY:
             return False
         self.emit(pos - i)
         return bool(self.p.stop_token_ids) and bool(self.finished.all())
@@ -457,12 +534,24 @@ class NextTokenDecoder:
         ids, confs = self.record.read()
         for k, (step_ids, conf) in enumerate(zip(ids, confs)):
             i = self.emitted + k
-            tokens, finished = step_ids[StepRecord.STATE], step_ids[StepRecord.CHOSEN]
+            tokens, finished = step_ids[self.TOKEN], step_ids[self.FINISHED]
             for r in range(len(tokens)):
                 tok, c = tokens[r][0], conf[r][0]
                 if not finished[r][0]:
-                    self.tracer.emit(StepEvent(
-                        row=r, block=i, step=0, block_start=first_pos + i + 1 - self.layout.pad[r],
-                        block_state=[tok], committed=[0], committed_confidence=[c], masked_confidence={0: c},
-                        candidates={0: tok}, prompt_positions=[], final=True, stopped=tok in self.p.stop_token_ids))
+                    self.tracer.emit(
+                        StepEvent(
+                            row=r,
+                            block=i,
+                            step=0,
+                            block_start=first_pos + i + 1 - self.layout.pad[r],
+                            block_state=[tok],
+                            committed=[0],
+                            committed_confidence=[c],
+                            masked_confidence={0: c},
+                            candidates={0: tok},
+                            prompt_positions=[],
+                            final=True,
+                            stopped=tok in self.p.stop_token_ids,
+                        )
+                    )
         self.emitted += len(ids)

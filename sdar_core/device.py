@@ -1,4 +1,5 @@
 """The device a model runs on: its default, its dtype, waiting for it, and the machine's description for reports."""
+
 from __future__ import annotations
 
 import datetime
@@ -8,7 +9,7 @@ from pathlib import Path
 import torch
 
 
-def graph_replay_ms(graph: "torch.cuda.CUDAGraph", iters: int = 50, runs: int = 1) -> float:
+def graph_replay_ms(graph: torch.cuda.CUDAGraph, iters: int = 50, runs: int = 1) -> float:
     """Milliseconds per replay of a captured CUDA graph (CUDA events; after 5 warm-up replays; median of runs)."""
     for _ in range(5):
         graph.replay()
@@ -60,10 +61,19 @@ def hardware_name(device: torch.device | str) -> str:
 def machine_info(device: torch.device | str) -> dict:
     """The machine a measurement ran on, as recorded beside its results (`gpu` is `hardware_name`)."""
     device = torch.device(device)
-    info = dict(gpu=hardware_name(device), device=str(device), torch=torch.__version__,
-                python=platform.python_version(), platform=platform.platform(), host=platform.node(),
-                cpu_threads=torch.get_num_threads(), date=datetime.date.today().isoformat())
+    info = dict(
+        gpu=hardware_name(device),
+        device=str(device),
+        torch=torch.__version__,
+        python=platform.python_version(),
+        platform=platform.platform(),
+        host=platform.node(),
+        cpu_threads=torch.get_num_threads(),
+        date=datetime.date.today().isoformat(),
+    )
     if device.type == "cuda":
-        info.update(cuda=torch.version.cuda,
-                    gpu_memory_gib=round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1))
+        info.update(
+            cuda=torch.version.cuda,
+            gpu_memory_gib=round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1),
+        )
     return info

@@ -9,12 +9,11 @@ MLP's output (2 more), and multiplies SiLU(gate) by up (2). On CUDA with Triton 
   then RMSNorm(s) in float32 with one rounding at the end (as `F.rms_norm` does): one program per row.
 - `silu_mul`: SiLU(g) rounded as the eager SiLU rounds, times u, rounded once: one program per row and column tile.
 
-Both serve inference only (no backward): with a gradient wanted, or on the CPU, the eager ops run. `FUSE` switches
-each fusion of the decode forward on or off (the benchmarks measure each against the eager kernels).
+Both serve inference only (no backward): with a gradient wanted, or on the CPU, the eager ops run. The caller's
+`Kernels` (kernels.py) switches each fusion on or off: the `fuse` argument below.
 """
-from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -24,31 +23,6 @@ try:  # Triton ships with CUDA builds of torch; CPU-only installs run the eager 
     import triton.language as tl
 except ImportError:
     triton = None
-
-
-@dataclass
-class Fusions:
-    """Which fused kernels the decode forward takes where they run (CUDA, Triton, no gradient)."""
-    norm_rope: bool = True  # q/k RMSNorm + RoPE in one kernel each (norm_rope.py)
-    cache_write: bool = True  # the k kernel of norm_rope also writes K and V into the KV cache
-    add_norm: bool = True  # residual add + RMSNorm
-    silu_mul: bool = True  # SiLU(gate) * up
-    routing: bool = True  # an MoE router's softmax + top-k + renormalisation (moe.route)
-
-    def set(self, names: "set[str] | str") -> None:
-        """Turn on exactly `names` ("all", "none", or a set of field names)."""
-        every = {f.name for f in fields(self)}
-        names = every if names == "all" else set() if names == "none" else set(names)
-        if names - every:
-            raise ValueError(f"unknown fusions {sorted(names - every)}; choose from {sorted(every)}")
-        for name in every:
-            setattr(self, name, name in names)
-
-    def on(self) -> list[str]:
-        return [f.name for f in fields(self) if getattr(self, f.name)]
-
-
-FUSE = Fusions()
 
 
 def needs_grad(*tensors: torch.Tensor) -> bool:
@@ -61,35 +35,53 @@ def kernels_run(x: torch.Tensor, *params: torch.Tensor) -> bool:
     return triton is not None and x.is_cuda and x.stride(-1) == 1 and not needs_grad(x, *params)
 
 
-def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, norm) -> tuple[torch.Tensor, torch.Tensor]:
+def add_rms_norm(
+    x: torch.Tensor, delta: torch.Tensor | None, norm, fuse: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(s, norm(s)) with s = x + delta (s = x when delta is None): the residual stream and its normalised form.
-    `norm` is an RMSNorm module (weight, eps)."""
+    `norm` is an RMSNorm module (weight, eps); `fuse`: one kernel where it runs."""
     if delta is None:
         return x, norm(x)
-    if (FUSE.add_norm and kernels_run(x, delta, norm.weight) and delta.stride(-1) == 1
-            and norm.weight.device == x.device):  # (else the module call, which big-model dispatch hooks)
+    if (
+        fuse
+        and kernels_run(x, delta, norm.weight)
+        and delta.stride(-1) == 1
+        and norm.weight.device == x.device
+    ):  # (else the module call, which big-model dispatch hooks)
         return torch.ops.sdar.add_rms_norm(x, delta, norm.weight, norm.eps)
     x = x + delta
     return x, norm(x)
 
 
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """SiLU(g) * u of gate_up = [g; u] on the last dim: [..., 2I] -> [..., I]."""
-    if FUSE.silu_mul and kernels_run(gate_up):
+def silu_mul(gate_up: torch.Tensor, fuse: bool = True) -> torch.Tensor:
+    """SiLU(g) * u of gate_up = [g; u] on the last dim: [..., 2I] -> [..., I]; `fuse`: one kernel where it runs."""
+    if fuse and kernels_run(gate_up):
         return torch.ops.sdar.silu_mul(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
 
 
 @torch.library.custom_op("sdar::add_rms_norm", mutates_args=())
-def _add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
-                  eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _add_rms_norm(
+    x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     h = x.shape[-1]
     x2, d2 = x.reshape(-1, h), delta.reshape(-1, h)  # [rows, h]
     total, out = (torch.empty(x2.shape, dtype=x.dtype, device=x.device) for _ in range(2))
     block = triton.next_power_of_2(h)
-    _add_norm_kernel[(x2.shape[0],)](x2, d2, weight, total, out, x2.stride(0), d2.stride(0), h, eps,
-                                     BLOCK=block, num_warps=min(16, max(1, block // 256)))
+    _add_norm_kernel[(x2.shape[0],)](
+        x2,
+        d2,
+        weight,
+        total,
+        out,
+        x2.stride(0),
+        d2.stride(0),
+        h,
+        eps,
+        BLOCK=block,
+        num_warps=min(16, max(1, block // 256)),
+    )
     return total.view(x.shape), out.view(x.shape)
 
 
@@ -106,8 +98,9 @@ def _silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     n = gate_up.shape[-1] // 2
     gu = gate_up.reshape(-1, 2 * n)  # [rows, 2I]
     out = torch.empty(gu.shape[0], n, dtype=gate_up.dtype, device=gate_up.device)
-    _silu_mul_kernel[(gu.shape[0], triton.cdiv(n, SILU_COLUMNS))](gu, out, gu.stride(0), n, BLOCK=SILU_COLUMNS,
-                                                                   num_warps=4)
+    _silu_mul_kernel[(gu.shape[0], triton.cdiv(n, SILU_COLUMNS))](
+        gu, out, gu.stride(0), n, BLOCK=SILU_COLUMNS, num_warps=4
+    )
     return out.view(*gate_up.shape[:-1], n)
 
 
@@ -124,8 +117,10 @@ if triton is not None:
         cols = tl.arange(0, BLOCK)
         live = cols < n
         dtype = OUT.dtype.element_ty
-        s = (tl.load(X + row * sx + cols, mask=live, other=0.0).to(tl.float32)
-             + tl.load(DELTA + row * sd + cols, mask=live, other=0.0).to(tl.float32)).to(dtype)
+        s = (
+            tl.load(X + row * sx + cols, mask=live, other=0.0).to(tl.float32)
+            + tl.load(DELTA + row * sd + cols, mask=live, other=0.0).to(tl.float32)
+        ).to(dtype)
         tl.store(SUM + row * n + cols, s, mask=live)
         s = s.to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(s * s, 0) / n + eps)

@@ -6,6 +6,7 @@ the committed length (scratch space that the next step overwrites) so that atten
 contiguous slice and no step concatenates the whole context. `commit(n)` makes the first n scratch
 positions part of the cache once their block is final.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ class KVCache:
         self.length = 0  # committed positions (the same for every row: rows are block-aligned)
 
     @classmethod
-    def allocate(cls, config, batch_size: int, max_len: int, *, dtype: torch.dtype,
-                 devices: list[torch.device]) -> "KVCache":
+    def allocate(
+        cls, config, batch_size: int, max_len: int, *, dtype: torch.dtype, devices: list[torch.device]
+    ) -> KVCache:
         """Buffers for `max_len` positions; `devices[i]` is layer i's device (big-model dispatch)."""
         shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
         k = [torch.zeros(shape, dtype=dtype, device=d) for d in devices]
@@ -33,12 +35,12 @@ class KVCache:
     def max_len(self) -> int:
         return self.k[0].shape[2]
 
-    def chunk(self, start: int, length: int) -> "CacheSlot":
+    def chunk(self, start: int, length: int) -> CacheSlot:
         """A chunk at cache positions start..start+length whose attention reads the keys [0, start+length)."""
         index = torch.arange(start, start + length, device=self.k[0].device)
         return CacheSlot(self, index, start + length)
 
-    def chunk_at(self, index: torch.Tensor) -> "CacheSlot":
+    def chunk_at(self, index: torch.Tensor) -> CacheSlot:
         """A chunk at cache positions `index` [Q] whose attention reads the whole buffer (static shapes, so a
         CUDA graph can replay the same write anywhere: the caller's mask hides what is not visible)."""
         return CacheSlot(self, index, self.max_len)
@@ -72,7 +74,9 @@ class CacheSlot:
         for a writer that stores into them itself (norm_rope_to_cache)."""
         k_buf, v_buf = self.cache.k[layer], self.cache.v[layer]
         if self.keys > k_buf.shape[2]:
-            raise ValueError(f"KV cache holds {k_buf.shape[2]} positions; a chunk up to {self.keys} does not fit")
+            raise ValueError(
+                f"KV cache holds {k_buf.shape[2]} positions; a chunk up to {self.keys} does not fit"
+            )
         index = self.index if self.index.device == k_buf.device else self.index.to(k_buf.device)
         return k_buf, v_buf, index
 

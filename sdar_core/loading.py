@@ -4,6 +4,7 @@ A checkpoint folder holds `config.json`, the weights as `model.safetensors` or a
 `model.safetensors.index.json`, and the tokenizer files that `transformers.AutoTokenizer` reads. Only
 safetensors are read: a pickle (`*.bin`, `*.pt`) can run code when loaded, so we never open one.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ import torch
 from .config import ConfigError, ModelConfig
 from .device import default_device, default_dtype
 from .model import SDARForCausalLM
+from .paths import in_checkout
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -26,13 +28,28 @@ MAX_INDEX_BYTES = 64 << 20
 MAX_SHARDS = 10_000
 # Text a checkpoint ships that something here reads whole (the tokenizer's files; Qwen3's tokenizer.json is 11 MB),
 # checked before it is read; a chat template is code and renders in sdar_core.template_sandbox.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "chat_template.json",
-                   "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "chat_template.json",
+    "chat_template.jinja",
+)
 MAX_TOKENIZER_FILE_BYTES = 64 << 20
 MAX_TEMPLATE_FILE_BYTES = 1 << 20
 MAX_CARD_BYTES = 256 << 10  # the head of README.md that is read: its front matter comes first
-SAFETENSORS_FLOATS = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+SAFETENSORS_FLOATS = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+}
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*", "*.model"]
 
 
@@ -42,7 +59,9 @@ class CheckpointError(ValueError):
 
 def _is_hub_id(name: str) -> bool:
     """`org/name` that names no local path: fetched from the hub."""
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not _exists(Path(name).expanduser())
+    return (
+        name.count("/") == 1 and not name.startswith((".", "/", "~")) and not _exists(Path(name).expanduser())
+    )
 
 
 def _exists(path: Path) -> bool:
@@ -56,9 +75,15 @@ def _not_a_checkpoint(name) -> CheckpointError:
     # One message whether the path is missing, a file, unreadable or a folder without config.json: the error
     # must not tell a visitor which server paths exist.
     name = str(name)
-    shown = name if name.isprintable() and len(name) <= 200 else repr(name[:200]) + ("..." if len(name) > 200 else "")
-    return CheckpointError(f"no checkpoint folder at {shown} (expected a folder holding config.json and "
-                           "safetensors weights, or a hub id such as JetLM/SDAR-1.7B-Chat)")
+    shown = (
+        name
+        if name.isprintable() and len(name) <= 200
+        else repr(name[:200]) + ("..." if len(name) > 200 else "")
+    )
+    return CheckpointError(
+        f"no checkpoint folder at {shown} (expected a folder holding config.json and "
+        "safetensors weights, or a hub id such as JetLM/SDAR-1.7B-Chat)"
+    )
 
 
 def real_checkpoint_folder(path: str | os.PathLike) -> Path:
@@ -80,8 +105,11 @@ def checkpoint_key(path_or_hub_id: str | os.PathLike) -> str:
 
 
 def resolve_checkpoint(path_or_hub_id: str | os.PathLike) -> Path:
-    """The real path of a local checkpoint folder; a hub id is fetched (safetensors and tokenizer files only)."""
+    """The real path of a local checkpoint folder; a hub id is fetched (safetensors and tokenizer files only). A
+    relative path of this checkout (`assets/models/sdar-tiny`) is found from any working directory."""
     name = str(path_or_hub_id)
+    if (shipped := in_checkout(name)) != name:
+        return real_checkpoint_folder(shipped)
     return _fetch_from_hub(name) if _is_hub_id(name) else real_checkpoint_folder(path_or_hub_id)
 
 
@@ -100,8 +128,10 @@ def _fetch_from_hub(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise CheckpointError(f"{repo_id!r} is not a local folder, and huggingface_hub is not installed "
-                              "to fetch it from the hub") from None
+        raise CheckpointError(
+            f"{repo_id!r} is not a local folder, and huggingface_hub is not installed "
+            "to fetch it from the hub"
+        ) from None
     try:
         return _download_snapshot(repo_id)
     except CheckpointError:
@@ -125,16 +155,24 @@ def _download_snapshot(repo_id: str) -> Path:
     from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.utils import filter_repo_objects
 
-    endpoint, timeout = os.environ.get("HF_ENDPOINT") or None, hub_timeout()  # read per call, as the env may change
+    endpoint, timeout = (
+        os.environ.get("HF_ENDPOINT") or None,
+        hub_timeout(),
+    )  # read per call, as the env may change
     info = HfApi(endpoint=endpoint).model_info(repo_id, timeout=timeout)
     names = list(filter_repo_objects([s.rfilename for s in info.siblings or []], allow_patterns=HUB_PATTERNS))
     if "config.json" not in names:
         raise CheckpointError(f"hub repo {repo_id!r} has no config.json: not a model checkpoint")
     folder = None
     for name in names:
-        get_hf_file_metadata(hf_hub_url(repo_id, name, revision=info.sha, endpoint=endpoint), timeout=timeout,
-                             endpoint=endpoint)
-        path = Path(hf_hub_download(repo_id, name, revision=info.sha, endpoint=endpoint, etag_timeout=timeout))
+        get_hf_file_metadata(
+            hf_hub_url(repo_id, name, revision=info.sha, endpoint=endpoint),
+            timeout=timeout,
+            endpoint=endpoint,
+        )
+        path = Path(
+            hf_hub_download(repo_id, name, revision=info.sha, endpoint=endpoint, etag_timeout=timeout)
+        )
         folder = path.parents[len(Path(name).parts) - 1]  # the snapshot folder
     return folder
 
@@ -151,15 +189,22 @@ def _allowed_roots(folder: Path) -> list[Path]:
 def _inside(folder: Path, relative: str) -> Path:
     """`folder / relative`, refused unless it stays inside the checkpoint folder (no absolute path, no `..`,
     no symlink leading out of it)."""
-    if not isinstance(relative, str) or not relative or Path(relative).is_absolute() or ".." in Path(relative).parts:
+    if (
+        not isinstance(relative, str)
+        or not relative
+        or Path(relative).is_absolute()
+        or ".." in Path(relative).parts
+    ):
         raise CheckpointError(f"the checkpoint names the file {relative!r}, which is not inside its folder")
     try:
         real = (folder / relative).resolve()
     except (OSError, RuntimeError, ValueError):  # a NUL byte, a symlink loop
         raise CheckpointError(f"the checkpoint names the file {relative!r}, which cannot be opened") from None
     if not any(real.is_relative_to(root) for root in _allowed_roots(folder)):
-        raise CheckpointError(f"{relative} in the checkpoint folder is a link to a file outside it; "
-                              "copy the file into the folder instead")
+        raise CheckpointError(
+            f"{relative} in the checkpoint folder is a link to a file outside it; "
+            "copy the file into the folder instead"
+        )
     return folder / relative
 
 
@@ -177,16 +222,21 @@ def _index_files(folder: Path) -> list[Path]:
     index = folder / INDEX_NAME
     try:
         if index.stat().st_size > MAX_INDEX_BYTES:
-            raise CheckpointError(f"{INDEX_NAME} holds {index.stat().st_size:,} bytes; at most "
-                                  f"{MAX_INDEX_BYTES:,} are read")
+            raise CheckpointError(
+                f"{INDEX_NAME} holds {index.stat().st_size:,} bytes; at most {MAX_INDEX_BYTES:,} are read"
+            )
         weight_map = json.loads(index.read_bytes().decode("utf-8"))["weight_map"]
         if not isinstance(weight_map, dict) or not weight_map:
             raise TypeError(f"weight_map must be a non-empty object, got {type(weight_map).__name__}")
     except (ValueError, KeyError, TypeError, RecursionError) as e:  # ValueError: JSON, UTF-8
-        raise CheckpointError(f"{INDEX_NAME} is not a valid safetensors index ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{INDEX_NAME} is not a valid safetensors index ({type(e).__name__}: {e})"
+        ) from None
     names = set(weight_map.values())
     if len(names) > MAX_SHARDS:
-        raise CheckpointError(f"{INDEX_NAME} names {len(names):,} shard files; at most {MAX_SHARDS:,} are read")
+        raise CheckpointError(
+            f"{INDEX_NAME} names {len(names):,} shard files; at most {MAX_SHARDS:,} are read"
+        )
     files = sorted({_inside(folder, f) for f in names})
     missing = [str(f.relative_to(folder)) for f in files if not f.is_file()]
     if missing:
@@ -224,12 +274,15 @@ def _read_headers(files: list[Path], max_tensors: int) -> dict[str, torch.Tensor
             with safe_open(f, framework="pt") as shard:
                 names = shard.keys()
                 if len(state) + len(names) > max_tensors:
-                    raise CheckpointError(f"the shards hold {len(state) + len(names):,} or more tensors; at most "
-                                          f"{max_tensors:,} can belong to the model the config describes")
+                    raise CheckpointError(
+                        f"the shards hold {len(state) + len(names):,} or more tensors; at most "
+                        f"{max_tensors:,} can belong to the model the config describes"
+                    )
                 for name in names:
                     part = shard.get_slice(name)
-                    state[name] = torch.empty(part.get_shape(), dtype=_torch_dtype(part.get_dtype(), f, name),
-                                              device="meta")
+                    state[name] = torch.empty(
+                        part.get_shape(), dtype=_torch_dtype(part.get_dtype(), f, name), device="meta"
+                    )
         except CheckpointError:
             raise
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -240,13 +293,16 @@ def _read_headers(files: list[Path], max_tensors: int) -> dict[str, torch.Tensor
 def _torch_dtype(name: str, file: Path, tensor: str) -> torch.dtype:
     dtype = SAFETENSORS_FLOATS.get(name)
     if dtype is None:
-        raise CheckpointError(f"tensor {tensor} in {file.name} has dtype {name}; weights must be one of "
-                              f"{', '.join(SAFETENSORS_FLOATS)}")
+        raise CheckpointError(
+            f"tensor {tensor} in {file.name} has dtype {name}; weights must be one of "
+            f"{', '.join(SAFETENSORS_FLOATS)}"
+        )
     return dtype
 
 
-def _read_state_dict(files: list[Path], num_experts: int = 0, device="cpu",
-                     dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def _read_state_dict(
+    files: list[Path], num_experts: int = 0, device="cpu", dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
     """The shards' tensors on `device` in `dtype`, one shard at a time (host memory holds one shard, not the model),
     with each layer's per-expert tensors stacked as soon as the layer's experts are all read."""
     from safetensors import SafetensorError
@@ -272,8 +328,9 @@ STACKED_EXPERTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 EXPERT_KINDS = ("gate_proj", "up_proj", "down_proj")
 
 
-def _fuse_experts(state: dict[str, torch.Tensor], num_experts: int, *,
-                  complete_only: bool = False) -> dict[str, torch.Tensor]:
+def _fuse_experts(
+    state: dict[str, torch.Tensor], num_experts: int, *, complete_only: bool = False
+) -> dict[str, torch.Tensor]:
     """The public checkpoints' per-expert tensors (`mlp.experts.{e}.gate_proj.weight`, ...) stacked into the model's
     `mlp.experts.gate_up_proj` [E, 2I, h] and `mlp.experts.down_proj` [E, h, I]; transformers 5's stacked tensors
     pass as they are. complete_only: leave a layer whose experts are not all there yet as it is (loading shard by
@@ -282,33 +339,48 @@ def _fuse_experts(state: dict[str, torch.Tensor], num_experts: int, *,
     for name, t in state.items():
         match = EXPERT_TENSOR.match(name)
         if name.endswith(STACKED_EXPERTS) and (t.dim() != 3 or t.shape[0] != num_experts):
-            raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)} but the config implies "
-                                  f"[num_experts={num_experts}, ., .]")
+            raise CheckpointError(
+                f"tensor {name} has shape {tuple(t.shape)} but the config implies "
+                f"[num_experts={num_experts}, ., .]"
+            )
         if match and int(match[2]) < num_experts:
             layers.setdefault(match[1], {}).setdefault(match[3], {})[int(match[2])] = t
         else:
             out[name] = t
     for prefix, parts in layers.items():
-        missing = [f"{prefix}{e}.{kind}.weight" for kind in EXPERT_KINDS for e in range(num_experts)
-                   if e not in parts.get(kind, {})]
+        missing = [
+            f"{prefix}{e}.{kind}.weight"
+            for kind in EXPERT_KINDS
+            for e in range(num_experts)
+            if e not in parts.get(kind, {})
+        ]
         if missing and complete_only:
             out.update((f"{prefix}{e}.{kind}.weight", t) for kind, ts in parts.items() for e, t in ts.items())
         elif missing:
-            raise CheckpointError(f"the checkpoint lacks {len(missing)} expert tensors the config needs, "
-                                  f"e.g. {missing[:3]}")
+            raise CheckpointError(
+                f"the checkpoint lacks {len(missing)} expert tensors the config needs, e.g. {missing[:3]}"
+            )
         else:
-            out.update(_stack_experts(prefix, *([parts[kind][e] for e in range(num_experts)] for kind in EXPERT_KINDS)))
+            out.update(
+                _stack_experts(
+                    prefix, *([parts[kind][e] for e in range(num_experts)] for kind in EXPERT_KINDS)
+                )
+            )
     return out
 
 
 def _stack_experts(prefix: str, gate: list, up: list, down: list) -> dict[str, torch.Tensor]:
     try:
-        return {prefix + "gate_up_proj": torch.stack([torch.cat(pair) for pair in zip(gate, up)]),  # [E, 2I, h]
-                prefix + "down_proj": torch.stack(down)}  # [E, h, I]
+        return {
+            prefix + "gate_up_proj": torch.stack([torch.cat(pair) for pair in zip(gate, up)]),  # [E, 2I, h]
+            prefix + "down_proj": torch.stack(down),
+        }  # [E, h, I]
     except RuntimeError:
         shapes = sorted({tuple(t.shape) for t in gate + up + down})
-        raise CheckpointError(f"the experts of {prefix.removesuffix('.experts.')} have tensors of different "
-                              f"shapes: {shapes[:4]}") from None
+        raise CheckpointError(
+            f"the experts of {prefix.removesuffix('.experts.')} have tensors of different "
+            f"shapes: {shapes[:4]}"
+        ) from None
 
 
 def check_state(model: SDARForCausalLM, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -323,10 +395,14 @@ def check_state(model: SDARForCausalLM, state: dict[str, torch.Tensor]) -> dict[
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected) - ignored)
     if missing:
-        raise CheckpointError(f"the checkpoint lacks {len(missing)} tensors the config needs, e.g. {missing[:3]}")
+        raise CheckpointError(
+            f"the checkpoint lacks {len(missing)} tensors the config needs, e.g. {missing[:3]}"
+        )
     if unexpected:
-        raise CheckpointError(f"the checkpoint has {len(unexpected)} tensors the config does not describe, "
-                              f"e.g. {unexpected[:3]}")
+        raise CheckpointError(
+            f"the checkpoint has {len(unexpected)} tensors the config does not describe, "
+            f"e.g. {unexpected[:3]}"
+        )
     for name, shape in expected.items():
         if tuple(state[name].shape) != tuple(shape):
             raise CheckpointError(
@@ -368,11 +444,16 @@ def free_bytes(device: torch.device) -> int | None:
     return None
 
 
-def check_fits(config: ModelConfig, device: torch.device, dtype: torch.dtype, *, spread: bool = False) -> None:
+def check_fits(
+    config: ModelConfig, device: torch.device, dtype: torch.dtype, *, spread: bool = False
+) -> None:
     """Refuse, before any layer is built, a config whose weights alone exceed the memory free on `device`
     (`spread`: on every GPU and the CPU together, as accelerate's device_map may use them all)."""
-    devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] + [torch.device("cpu")] \
-        if spread else [device]
+    devices = (
+        [torch.device("cuda", i) for i in range(torch.cuda.device_count())] + [torch.device("cpu")]
+        if spread
+        else [device]
+    )
     free = [free_bytes(d) for d in devices]
     if any(f is None for f in free):
         return
@@ -390,15 +471,19 @@ def check_fits(config: ModelConfig, device: torch.device, dtype: torch.dtype, *,
 def check_tokenizer_files(folder: Path) -> None:
     """Refuse, before transformers reads them whole, tokenizer files larger than any real one."""
     templates = folder / "additional_chat_templates"
-    files = [folder / name for name in TOKENIZER_FILES] + (sorted(templates.glob("*.jinja")) if templates.is_dir()
-                                                           else [])
+    files = [folder / name for name in TOKENIZER_FILES] + (
+        sorted(templates.glob("*.jinja")) if templates.is_dir() else []
+    )
     for f in files:
         try:
             size = f.stat().st_size
         except OSError:  # absent
             continue
-        cap = MAX_TEMPLATE_FILE_BYTES if f.name.startswith("chat_template") or f.parent == templates \
+        cap = (
+            MAX_TEMPLATE_FILE_BYTES
+            if f.name.startswith("chat_template") or f.parent == templates
             else MAX_TOKENIZER_FILE_BYTES
+        )
         if size > cap:
             raise CheckpointError(f"{f.relative_to(folder)} holds {size:,} bytes; at most {cap:,} are read")
 
@@ -436,7 +521,9 @@ def load_pretrained(path_or_hub_id, device=None, dtype=None, *, device_map=None,
         return _load_pretrained(path_or_hub_id, device, dtype, device_map, with_tokenizer)
     except (CheckpointError, ConfigError) as e:
         error = e.with_traceback(None)
-        error.__context__ = None  # suppressed already (`from None`), but its traceback would keep the frames too
+        error.__context__ = (
+            None  # suppressed already (`from None`), but its traceback would keep the frames too
+        )
     _return_freed_memory()
     raise error
 
@@ -456,7 +543,9 @@ def _return_freed_memory() -> None:
 
 def _load_pretrained(path_or_hub_id, device, dtype, device_map, with_tokenizer: bool):
     if not isinstance(path_or_hub_id, (str, os.PathLike)):
-        raise CheckpointError(f"a checkpoint is a folder path or a hub id (text), got {type(path_or_hub_id).__name__}")
+        raise CheckpointError(
+            f"a checkpoint is a folder path or a hub id (text), got {type(path_or_hub_id).__name__}"
+        )
     folder = resolve_checkpoint(path_or_hub_id)
     _check_links(folder)
     config = ModelConfig.from_json(folder / "config.json")
@@ -473,7 +562,9 @@ def _load_pretrained(path_or_hub_id, device, dtype, device_map, with_tokenizer: 
     if device_map is not None:
         model = _dispatch(model, files, device_map, dtype)
     else:
-        load_state(model, _read_state_dict(files, config.num_experts, device, dtype), device=device, dtype=dtype)
+        load_state(
+            model, _read_state_dict(files, config.num_experts, device, dtype), device=device, dtype=dtype
+        )
     model.eval()
     return model, tokenizer
 
@@ -484,7 +575,9 @@ def _as_device(device) -> torch.device:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
-        raise CheckpointError(f"device {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+        raise CheckpointError(
+            f"device {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')"
+        ) from None
     if device.type == "meta":
         raise CheckpointError("device 'meta' holds no data: load onto 'cpu' or 'cuda'")
     if device.type == "cpu":  # one CPU device: 'cpu:0' is 'cpu' (safetensors knows no 'cpu:0')
@@ -492,8 +585,10 @@ def _as_device(device) -> torch.device:
             raise CheckpointError(f"device {str(device)!r} does not exist: the CPU is one device, 'cpu'")
         return torch.device("cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise CheckpointError(f"device {str(device)!r} is not available: this machine has "
-                              f"{torch.cuda.device_count()} CUDA devices")
+        raise CheckpointError(
+            f"device {str(device)!r} is not available: this machine has "
+            f"{torch.cuda.device_count()} CUDA devices"
+        )
     return device
 
 
@@ -512,11 +607,14 @@ def _set_mask_token(config: ModelConfig, tokenizer, folder: Path) -> None:
     if config.mask_token_id is None and tokenizer is not None and tokenizer.mask_token_id is not None:
         config.mask_token_id = tokenizer.mask_token_id
     if config.is_sdar and config.mask_token_id is None:
-        raise CheckpointError(f"{folder} is an SDAR model but neither config.json (mask_token_id) nor the "
-                              "tokenizer (mask_token) names a mask token")
+        raise CheckpointError(
+            f"{folder} is an SDAR model but neither config.json (mask_token_id) nor the "
+            "tokenizer (mask_token) names a mask token"
+        )
     if config.mask_token_id is not None and not 0 <= config.mask_token_id < config.vocab_size:
-        raise CheckpointError(f"mask_token_id {config.mask_token_id} is outside the vocabulary "
-                              f"(vocab_size {config.vocab_size})")
+        raise CheckpointError(
+            f"mask_token_id {config.mask_token_id} is outside the vocabulary (vocab_size {config.vocab_size})"
+        )
 
 
 def _dispatch(model: SDARForCausalLM, files: list[Path], device_map, dtype) -> SDARForCausalLM:
@@ -529,14 +627,17 @@ def _dispatch(model: SDARForCausalLM, files: list[Path], device_map, dtype) -> S
         device_map = infer_auto_device_map(model, no_split_module_classes=["DecoderLayer"], dtype=dtype)
     state = check_state(model, _read_state_dict(files, model.config.num_experts, "cpu"))
     for name, tensor in state.items():
-        owner = max((m for m in device_map if m == "" or name == m or name.startswith(m + ".")), key=len,
-                    default=None)
+        owner = max(
+            (m for m in device_map if m == "" or name == m or name.startswith(m + ".")), key=len, default=None
+        )
         if owner is None:
             raise CheckpointError(f"device_map places no module that holds {name}")
         set_module_tensor_to_device(model, name, device_map[owner], value=tensor, dtype=dtype)
     if model.config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.reset_rope(torch.device("cpu"))  # the meta-built buffer gets data before accelerate places the modules
+    model.reset_rope(
+        torch.device("cpu")
+    )  # the meta-built buffer gets data before accelerate places the modules
     model = dispatch_model(model, device_map=device_map)
     first = next(iter(device_map.values()))
     model.reset_rope(torch.device(f"cuda:{first}") if isinstance(first, int) else torch.device(first))
@@ -553,14 +654,22 @@ def public_state(model: SDARForCausalLM) -> dict[str, torch.Tensor]:
             for e in range(t.shape[0]):
                 state[f"{prefix}{e}.gate_proj.weight"], state[f"{prefix}{e}.up_proj.weight"] = gate[e], up[e]
         elif name.endswith("mlp.experts.down_proj"):
-            state.update((f"{name.removesuffix('down_proj')}{e}.down_proj.weight", w) for e, w in enumerate(t))
+            state.update(
+                (f"{name.removesuffix('down_proj')}{e}.down_proj.weight", w) for e, w in enumerate(t)
+            )
         else:
             state[name] = t
     return state
 
 
-def save_pretrained(model: SDARForCausalLM, tokenizer, path, *, max_shard_bytes: int = 4 << 30,
-                    dtype: torch.dtype | None = None) -> Path:
+def save_pretrained(
+    model: SDARForCausalLM,
+    tokenizer,
+    path,
+    *,
+    max_shard_bytes: int = 4 << 30,
+    dtype: torch.dtype | None = None,
+) -> Path:
     """Write `model` (and `tokenizer`) as a checkpoint folder in the public SDAR/Qwen3 format.
 
     Shards larger than `max_shard_bytes` go into model-0000i-of-0000n.safetensors with an index.
@@ -584,21 +693,31 @@ def save_pretrained(model: SDARForCausalLM, tokenizer, path, *, max_shard_bytes:
         size += nbytes
     for old in list(path.glob("model*.safetensors")) + [path / INDEX_NAME]:
         old.unlink(missing_ok=True)
-    files = [WEIGHTS_NAME] if len(shards) == 1 else \
-        [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    for fname, names in zip(files, shards):  # one shard in host memory at a time; copy=True: no shared storage
+    files = (
+        [WEIGHTS_NAME]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    for fname, names in zip(
+        files, shards
+    ):  # one shard in host memory at a time; copy=True: no shared storage
         tensors = {k: state[k].detach().to("cpu", dtype=dtype or state[k].dtype, copy=True) for k in names}
         save_file(tensors, path / fname, metadata={"format": "pt"})
         del tensors
     if len(shards) > 1:
         total = sum(t.numel() * itemsize(t) for t in state.values())
         weight_map = {k: fname for fname, names in zip(files, shards) for k in names}
-        (path / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                                  indent=2))
+        (path / INDEX_NAME).write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+        )
     raw = config.to_dict()
     raw.pop("auto_map", None)  # our checkpoints need no remote code
-    arch = {"sdar": "SDARForCausalLM", "sdar_moe": "SDARMoeForCausalLM", "qwen3": "Qwen3ForCausalLM",
-            "qwen3_moe": "Qwen3MoeForCausalLM"}[config.model_type]
+    arch = {
+        "sdar": "SDARForCausalLM",
+        "sdar_moe": "SDARMoeForCausalLM",
+        "qwen3": "Qwen3ForCausalLM",
+        "qwen3_moe": "Qwen3MoeForCausalLM",
+    }[config.model_type]
     raw["architectures"] = [arch]
     raw["torch_dtype"] = str(dtype or model.dtype).removeprefix("torch.")
     (path / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True))
@@ -630,16 +749,29 @@ def model_card(folder: str | os.PathLike) -> dict:
 
         def compose_node(self, parent, index):
             if self.check_event(yaml.AliasEvent):
-                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted in a model card",
-                                                  self.peek_event().start_mark)
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    "aliases (*name) are not accepted in a model card",
+                    self.peek_event().start_mark,
+                )
             return super().compose_node(parent, index)
 
     try:
         meta = yaml.load(head, Loader=CardLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
-        raise CheckpointError(f"{card}: the front matter between the '---' lines is not valid YAML: {e}") from None
+        raise CheckpointError(
+            f"{card}: the front matter between the '---' lines is not valid YAML: {e}"
+        ) from None
     return meta if isinstance(meta, dict) else {}
 
 
-__all__ = ["load_pretrained", "save_pretrained", "CheckpointError", "ConfigError", "model_card", "real_checkpoint_folder",
-           "checkpoint_key"]
+__all__ = [
+    "load_pretrained",
+    "save_pretrained",
+    "CheckpointError",
+    "ConfigError",
+    "model_card",
+    "real_checkpoint_folder",
+    "checkpoint_key",
+]

@@ -4,16 +4,17 @@ The parameter names are those of the public SDAR / Qwen3 checkpoints (`model.lay
 `model.norm`, `lm_head`, ...); `loading.py` maps files onto them one to one. The numerics follow
 transformers' Qwen3 (RMSNorm in float32, RoPE with rotate-half, per-head q/k RMSNorm before RoPE).
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attention, chunk_mask
+from .attention import AttentionInputs, attend
 from .config import ModelConfig
-from .decode_attention import CacheQueries, decode_attention
-from .fused import FUSE, add_rms_norm, silu_mul
+from .fused import add_rms_norm, silu_mul
+from .kernels import DEFAULT_KERNELS, Kernels
 from .kv_cache import CacheSlot
 from .moe import SparseMoE
 from .norm_rope import norm_rope, norm_rope_available, norm_rope_to_cache, to_cache_available
@@ -53,7 +54,11 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
-        self.n_heads, self.n_kv, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.n_heads, self.n_kv, self.head_dim = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
         h, bias = config.hidden_size, config.attention_bias
         self.q_proj = nn.Linear(h, self.n_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=bias)
@@ -71,44 +76,54 @@ class Attention(nn.Module):
         fused = torch.cat([self.q_proj.weight.data, self.k_proj.weight.data, self.v_proj.weight.data])
         nq, nk = self.q_proj.weight.shape[0], self.k_proj.weight.shape[0]
         self.q_proj.weight = nn.Parameter(fused[:nq], requires_grad=False)
-        self.k_proj.weight = nn.Parameter(fused[nq: nq + nk], requires_grad=False)
-        self.v_proj.weight = nn.Parameter(fused[nq + nk:], requires_grad=False)
+        self.k_proj.weight = nn.Parameter(fused[nq : nq + nk], requires_grad=False)
+        self.v_proj.weight = nn.Parameter(fused[nq + nk :], requires_grad=False)
         self.qkv_weight = fused
 
     @staticmethod
-    def norm_rope(x: torch.Tensor, norm: RMSNorm, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def norm_rope(
+        x: torch.Tensor, norm: RMSNorm, cos: torch.Tensor, sin: torch.Tensor, fuse: bool = True
+    ) -> torch.Tensor:
         """RoPE(RMSNorm(x)): x [B, Q, H, D] -> [B, H, Q, D]; one kernel on CUDA (norm_rope.py), eager elsewhere."""
-        if FUSE.norm_rope and norm_rope_available(x, norm.weight):
+        if fuse and norm_rope_available(x, norm.weight):
             return norm_rope(x, norm.weight, norm.eps, cos, sin)
         return apply_rope(norm(x).transpose(1, 2), cos, sin)
 
-    def write_cache(self, k, v, cos, sin, cache: CacheSlot) -> tuple[torch.Tensor, torch.Tensor]:
+    def write_cache(
+        self, k, v, cos, sin, cache: CacheSlot, kernels: Kernels
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the chunk's RoPE(RMSNorm(k)) and v (both [B, Q, H_kv, D]) in the cache; return the keys and
         values attention reads. On CUDA one kernel normalises, rotates and writes both (norm_rope_to_cache)."""
-        if FUSE.norm_rope and FUSE.cache_write and norm_rope_available(k, self.k_norm.weight):
+        if kernels.norm_rope and kernels.cache_write and norm_rope_available(k, self.k_norm.weight):
             k_buf, v_buf, index = cache.buffers(self.layer)
             if to_cache_available(k, v, k_buf, v_buf):
                 norm_rope_to_cache(k, v, self.k_norm.weight, self.k_norm.eps, cos, sin, k_buf, v_buf, index)
                 return cache.visible(self.layer)
-        return cache.write(self.layer, self.norm_rope(k, self.k_norm, cos, sin), v.transpose(1, 2))
+        k = self.norm_rope(k, self.k_norm, cos, sin, kernels.norm_rope)  # [B, H_kv, Q, D]
+        return cache.write(self.layer, k, v.transpose(1, 2))
 
-    def forward(self, x, cos, sin, mask, *, is_causal, cache: CacheSlot | None, backend: str):
+    def forward(self, x, cos, sin, attn: AttentionInputs, cache: CacheSlot | None, kernels: Kernels):
         B, Q, _ = x.shape
         if self.qkv_weight is not None:
             q, k, v = F.linear(x, self.qkv_weight).split(
-                [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1)
+                [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1
+            )
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = self.norm_rope(q.view(B, Q, self.n_heads, self.head_dim), self.q_norm, cos, sin)  # [B, H, Q, D]
-        k, v = k.view(B, Q, self.n_kv, self.head_dim), v.view(B, Q, self.n_kv, self.head_dim)  # [B, Q, H_kv, D]
+        q = q.view(B, Q, self.n_heads, self.head_dim)
+        q = self.norm_rope(q, self.q_norm, cos, sin, kernels.norm_rope)  # [B, H, Q, D]
+        k, v = (
+            k.view(B, Q, self.n_kv, self.head_dim),
+            v.view(B, Q, self.n_kv, self.head_dim),
+        )  # [B, Q, H_kv, D]
         if cache is not None:
-            k, v = self.write_cache(k, v, cos, sin, cache)  # [B, H_kv, cache.keys, D]
+            k, v = self.write_cache(k, v, cos, sin, cache, kernels)  # [B, H_kv, cache.keys, D]
         else:
-            k, v = self.norm_rope(k, self.k_norm, cos, sin), v.transpose(1, 2)  # [B, H_kv, Q, D]
-        if isinstance(mask, CacheQueries):  # static shapes on the split-K kernel: k, v are the whole buffers
-            out = decode_attention(q, k, v, mask)  # [B, H, Q, D]
-        else:
-            out = attention(q, k, v, mask, is_causal=is_causal, backend=backend)  # [B, H, Q, D]
+            k, v = (
+                self.norm_rope(k, self.k_norm, cos, sin, kernels.norm_rope),
+                v.transpose(1, 2),
+            )  # [B, H_kv, Q, D]
+        out = attend(q, k, v, attn, kernels.attention_backend)  # [B, H, Q, D]
         return self.o_proj(out.transpose(1, 2).reshape(B, Q, -1))
 
 
@@ -132,9 +147,9 @@ class MLP(nn.Module):
         self.up_proj.weight = nn.Parameter(fused[n:], requires_grad=False)
         self.gate_up_weight = fused
 
-    def forward(self, x):
+    def forward(self, x, kernels: Kernels = DEFAULT_KERNELS):
         if self.gate_up_weight is not None:
-            return self.down_proj(silu_mul(F.linear(x, self.gate_up_weight)))
+            return self.down_proj(silu_mul(F.linear(x, self.gate_up_weight), kernels.silu_mul))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -143,20 +158,26 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(config, layer)
         if config.layer_is_sparse(layer):
-            self.mlp = SparseMoE(config.num_experts, config.num_experts_per_tok, config.norm_topk_prob,
-                                 config.hidden_size, config.moe_intermediate_size)
+            self.mlp = SparseMoE(
+                config.num_experts,
+                config.num_experts_per_tok,
+                config.norm_topk_prob,
+                config.hidden_size,
+                config.moe_intermediate_size,
+            )
         else:
             self.mlp = MLP(config.hidden_size, config.intermediate_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, delta, cos, sin, mask, **kw):
+    def forward(self, x, delta, cos, sin, attn: AttentionInputs, cache: CacheSlot | None, kernels: Kernels):
         """x: the residual stream [B, Q, h] before the previous layer's MLP output `delta` is added (None for the
         first layer) -> (the stream before this layer's MLP output, that output). Each residual add is done where
         its sum is normalised, so that add and norm run as one kernel on the GPU (fused.add_rms_norm)."""
-        x, h = add_rms_norm(x, delta, self.input_layernorm)
-        x, h = add_rms_norm(x, self.self_attn(h, cos, sin, mask, **kw), self.post_attention_layernorm)
-        return x, self.mlp(h)
+        x, h = add_rms_norm(x, delta, self.input_layernorm, kernels.add_norm)
+        out = self.self_attn(h, cos, sin, attn, cache, kernels)
+        x, h = add_rms_norm(x, out, self.post_attention_layernorm, kernels.add_norm)
+        return x, self.mlp(h, kernels)
 
 
 class Backbone(nn.Module):
@@ -179,14 +200,15 @@ class SDARForCausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.attn_backend = "sdpa"
         self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
 
     def _inv_freq(self, device=None) -> torch.Tensor:
         d = self.config.head_dim
-        return 1.0 / (self.config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
+        return 1.0 / (
+            self.config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d)
+        )
 
-    def fuse_projections(self) -> "SDARForCausalLM":
+    def fuse_projections(self) -> SDARForCausalLM:
         """Inference only: fuse q/k/v and gate/up matmuls (fewer, larger kernels; same numbers up to
         matmul rounding, same parameter names). Training keeps the separate weights."""
         for module in self.modules():
@@ -211,36 +233,35 @@ class SDARForCausalLM(nn.Module):
         input_ids: torch.Tensor,  # [B, Q]
         positions: torch.Tensor | None = None,  # [B, Q] RoPE positions; default cache.start + arange(Q)
         *,
-        mask: "torch.Tensor | object | None" = None,
+        attn: AttentionInputs | None = None,
         cache: CacheSlot | None = None,
         logits_from: int = 0,
         logits_to: int | None = None,
         block_size: int | None = None,
-        backend: str | None = None,
+        kernels: Kernels = DEFAULT_KERNELS,
     ) -> torch.Tensor:
         """Logits [B, logits_from:logits_to, V] for the chunk `input_ids` (default: every position).
 
         Without a cache the chunk is the whole sequence. With one (`kv_cache.chunk(start, Q)`, or `chunk_at(index)`
         for static shapes) the chunk's keys and values are written at the slot's positions and attention reads
-        the cache positions [0, cache.keys). `mask` is a boolean or additive [B, 1, Q, K] mask, a flex BlockMask, or a
-        `CacheQueries` (static shapes: the split-K decode kernel builds the mask from the chunk's cache indices);
-        None means block-causal over key indices with `block_size` (default: the config's), for a chunk that ends
-        the keys it reads (see attention.chunk_mask). `logits_from` / `logits_to` run the lm_head on a slice of the
-        chunk only (the decoder reads the block in flight; training the noisy half).
+        the cache positions [0, cache.keys). `attn` says which keys each query sees (attention.AttentionInputs: a
+        dense mask, a flex BlockMask, or the chunk's cache indices for the split-K kernel); None means
+        block-causal over key indices with `block_size` (default: the config's), for a chunk that ends the keys it
+        reads (see attention.chunk_mask). `logits_from` / `logits_to` run the lm_head on a slice of the chunk only
+        (the decoder reads the block in flight; training the noisy half). `kernels` picks the kernels (kernels.py).
         """
         B, Q = input_ids.shape
-        backend = backend or self.attn_backend
         start = cache.start if cache is not None else 0
         if positions is None:
             positions = torch.arange(start, start + Q, device=input_ids.device).expand(B, Q)
-        is_causal = False
-        if mask is None:
-            mask, is_causal = chunk_mask(start, Q, start + Q, block_size or self.config.block_size,
-                                         device=input_ids.device)
+        if attn is None:
+            block = block_size or self.config.block_size
+            attn = AttentionInputs.chunk(start, Q, start + Q, block, device=input_ids.device)
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
         delta = None
         for layer in self.model.layers:
-            x, delta = layer(x, delta, cos, sin, mask, is_causal=is_causal, cache=cache, backend=backend)
-        _, x = add_rms_norm(x[:, logits_from:logits_to], delta[:, logits_from:logits_to], self.model.norm)
+            x, delta = layer(x, delta, cos, sin, attn, cache, kernels)
+        x, delta = x[:, logits_from:logits_to], delta[:, logits_from:logits_to]
+        _, x = add_rms_norm(x, delta, self.model.norm, kernels.add_norm)
         return self.lm_head(x)

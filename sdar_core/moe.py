@@ -22,6 +22,7 @@ In the triton and grouped forms every shape depends on the number of tokens only
 host, so a decode forward of an MoE model is captured in a CUDA graph like a dense one; an expert that gets no pair
 has its weights never read (a forward reads the *distinct* experts it routes to).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fused import FUSE, kernels_run, silu_mul
+from .fused import kernels_run, silu_mul
+from .kernels import DEFAULT_KERNELS, Kernels
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs use the grouped matmul
     import triton
@@ -44,10 +46,13 @@ TRITON_MAX_PAIRS = 1024  # more (token, expert) pairs (a prefill) take the group
 @dataclass(frozen=True)
 class KernelConfig:
     """Tile sizes of `_expert_matmul` (benchmarks/moe.py sweeps them on the 30B-A3B layer)."""
+
     block_n: int = 64  # output columns per program
     block_k: int = 64
     stages: int = 3
-    warps: int = 4  # (the H200 sweep, benchmarks/results/h200-moe/layer.json: the best or within 5% at 1-64 rows)
+    warps: int = (
+        4  # (the H200 sweep, benchmarks/results/h200-moe/layer.json: the best or within 5% at 1-64 rows)
+    )
 
 
 KERNEL = KernelConfig()
@@ -79,13 +84,13 @@ def sort_pairs(chosen: torch.Tensor, num_experts: int):
     return sorted_expert, order, counts.cumsum(0)
 
 
-def route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: torch.dtype):
+def route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: torch.dtype, fuse: bool = True):
     """Qwen3-MoE routing: softmax over the experts in float32, the top k, optionally renormalised.
     logits [N, E] -> (weights [N, k] in `dtype`, chosen expert ids [N, k]).
 
     At inference on CUDA one Triton kernel does it all (`_route_kernel`, one program per token: the softmax, k
     rounds of "take the largest, mask it", the renormalisation, the cast), where the eager ops take six kernels."""
-    if FUSE.routing and kernels_run(logits) and top_k <= logits.shape[-1]:
+    if fuse and kernels_run(logits) and top_k <= logits.shape[-1]:
         return fused_route(logits, top_k, norm_topk_prob, dtype)
     probs = logits.float().softmax(-1)
     weights, chosen = probs.topk(top_k, dim=-1)
@@ -99,17 +104,25 @@ def fused_route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: t
     N, E = logits.shape
     weights = torch.empty(N, top_k, dtype=dtype, device=logits.device)
     chosen = torch.empty(N, top_k, dtype=torch.int64, device=logits.device)
-    _route_kernel[(N,)](logits, weights, chosen, logits.stride(0), E, TOP_K=top_k, K_POW2=triton.next_power_of_2(top_k),
-                        NORM=norm_topk_prob, BLOCK_E=triton.next_power_of_2(E), num_warps=1)
+    _route_kernel[(N,)](
+        logits,
+        weights,
+        chosen,
+        logits.stride(0),
+        E,
+        TOP_K=top_k,
+        K_POW2=triton.next_power_of_2(top_k),
+        NORM=norm_topk_prob,
+        BLOCK_E=triton.next_power_of_2(E),
+        num_warps=1,
+    )
     return weights, chosen
 
 
 class Experts(nn.Module):
     """E SwiGLU experts as two stacked weights: expert e is down_proj[e] @ (silu(g) * u), [g; u] = gate_up_proj[e] @ x.
-    `grouped`: None picks a static-shape form under no_grad where one runs (triton_available, then
-    grouped_mm_available), False always takes the loop."""
-
-    grouped: bool | None = None
+    Under no_grad a static-shape form runs where one does (triton_available, then grouped_mm_available), unless
+    the caller's Kernels turns `grouped_experts` off; else the loop."""
 
     def __init__(self, num_experts: int, hidden: int, intermediate: int) -> None:
         super().__init__()
@@ -117,17 +130,20 @@ class Experts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate, hidden))
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden, intermediate))
 
-    def forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, kernels: Kernels = DEFAULT_KERNELS
+    ) -> torch.Tensor:
         """x [N, h], chosen / weights [N, k] -> sum over the k slots of weight * expert(x): [N, h]."""
-        if Experts.grouped is not False and not torch.is_grad_enabled():
+        if kernels.grouped_experts and not torch.is_grad_enabled():
             if triton_available(x) and (chosen.numel() <= TRITON_MAX_PAIRS or not grouped_mm_available(x)):
                 return self.triton_forward(x, chosen, weights)
             if grouped_mm_available(x):
-                return self.grouped_forward(x, chosen, weights)
-        return self.looped_forward(x, chosen, weights)
+                return self.grouped_forward(x, chosen, weights, kernels.silu_mul)
+        return self.looped_forward(x, chosen, weights, kernels.silu_mul)
 
-    def triton_forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor,
-                       config: KernelConfig | None = None) -> torch.Tensor:
+    def triton_forward(
+        self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, config: KernelConfig | None = None
+    ) -> torch.Tensor:
         c = config or KERNEL
         N, k = chosen.shape
         P, h, I = N * k, x.shape[1], self.intermediate
@@ -135,29 +151,53 @@ class Experts(nn.Module):
         x = x.contiguous()
         act = torch.empty(P, 2 * I, device=x.device, dtype=x.dtype)  # [g; u] per sorted pair
         out = torch.empty(P, h, device=x.device, dtype=x.dtype)  # weighted expert outputs, token-major pairs
-        for src, w, dst, n, kk, down in ((x, self.gate_up_proj, act, 2 * I, h, False),
-                                         (act, self.down_proj, out, h, I, True)):
+        for src, w, dst, n, kk, down in (
+            (x, self.gate_up_proj, act, 2 * I, h, False),
+            (act, self.down_proj, out, h, I, True),
+        ):
             _expert_matmul[(P, triton.cdiv(n, c.block_n))](
-                src, order, sorted_expert, ends, w, weights.reshape(-1), dst, n, kk,
-                src.stride(0), w.stride(0), w.stride(1), dst.stride(0), TOP_K=k, DOWN=down, BLOCK_M=16,
-                BLOCK_N=c.block_n, BLOCK_K=c.block_k, num_warps=c.warps, num_stages=c.stages)
+                src,
+                order,
+                sorted_expert,
+                ends,
+                w,
+                weights.reshape(-1),
+                dst,
+                n,
+                kk,
+                src.stride(0),
+                w.stride(0),
+                w.stride(1),
+                dst.stride(0),
+                TOP_K=k,
+                DOWN=down,
+                BLOCK_M=16,
+                BLOCK_N=c.block_n,
+                BLOCK_K=c.block_k,
+                num_warps=c.warps,
+                num_stages=c.stages,
+            )
         return out.view(N, k, h).sum(1)
 
-    def grouped_forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def grouped_forward(
+        self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, fuse: bool = True
+    ) -> torch.Tensor:
         N, k = chosen.shape
         _, order, ends = sort_pairs(chosen, self.num_experts)
         ends = ends.to(torch.int32)  # the grouped matmul's offsets
         rows = x[order // k]  # [P, h]
-        act = silu_mul(torch._grouped_mm(rows, self.gate_up_proj.transpose(1, 2), offs=ends))  # [P, I]
+        act = silu_mul(torch._grouped_mm(rows, self.gate_up_proj.transpose(1, 2), offs=ends), fuse)  # [P, I]
         out = torch._grouped_mm(act, self.down_proj.transpose(1, 2), offs=ends)  # [P, h]
         out = torch.empty_like(out).index_copy_(0, order, out)  # back to token-major pairs
         return (out.view(N, k, -1) * weights[..., None]).sum(1)
 
-    def looped_forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def looped_forward(
+        self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, fuse: bool = True
+    ) -> torch.Tensor:
         out = torch.zeros_like(x)
         for e in chosen.unique().tolist():  # only the experts that got tokens (the host reads which)
             token, slot = (chosen == e).nonzero(as_tuple=True)
-            y = F.linear(silu_mul(F.linear(x[token], self.gate_up_proj[e])), self.down_proj[e])
+            y = F.linear(silu_mul(F.linear(x[token], self.gate_up_proj[e]), fuse), self.down_proj[e])
             out.index_add_(0, token, y * weights[token, slot, None])
         return out
 
@@ -165,23 +205,38 @@ class Experts(nn.Module):
 class SparseMoE(nn.Module):
     """Top-k routed experts (Qwen3-MoE): `gate` is the router, `experts` the stacked experts."""
 
-    def __init__(self, num_experts: int, top_k: int, norm_topk_prob: bool, hidden: int, intermediate: int) -> None:
+    def __init__(
+        self, num_experts: int, top_k: int, norm_topk_prob: bool, hidden: int, intermediate: int
+    ) -> None:
         super().__init__()
         self.top_k, self.norm_topk_prob = top_k, norm_topk_prob
         self.gate = nn.Linear(hidden, num_experts, bias=False)
         self.experts = Experts(num_experts, hidden, intermediate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kernels: Kernels = DEFAULT_KERNELS) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # [N, h]
-        weights, chosen = route(self.gate(x), self.top_k, self.norm_topk_prob, x.dtype)  # [N, k] each
-        return self.experts(x, chosen, weights).view(shape)
+        logits = self.gate(x)  # [N, E]
+        weights, chosen = route(
+            logits, self.top_k, self.norm_topk_prob, x.dtype, kernels.routing
+        )  # [N, k] each
+        return self.experts(x, chosen, weights, kernels).view(shape)
 
 
 if triton is not None:
+
     @triton.jit
-    def _route_kernel(LOGITS, W, C, stride, n_experts, TOP_K: tl.constexpr, K_POW2: tl.constexpr,
-                      NORM: tl.constexpr, BLOCK_E: tl.constexpr):
+    def _route_kernel(
+        LOGITS,
+        W,
+        C,
+        stride,
+        n_experts,
+        TOP_K: tl.constexpr,
+        K_POW2: tl.constexpr,
+        NORM: tl.constexpr,
+        BLOCK_E: tl.constexpr,
+    ):
         row = tl.program_id(0)
         e = tl.arange(0, BLOCK_E)
         z = tl.load(LOGITS + row * stride + e, mask=e < n_experts, other=float("-inf")).to(tl.float32)
@@ -204,9 +259,26 @@ if triton is not None:
         tl.store(C + row * TOP_K + slot, chosen, mask=keep)
 
     @triton.jit
-    def _expert_matmul(x_ptr, order_ptr, expert_ptr, ends_ptr, w_ptr, scale_ptr, out_ptr, N, K,
-                       stride_x, stride_we, stride_wn, stride_out, TOP_K: tl.constexpr, DOWN: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _expert_matmul(
+        x_ptr,
+        order_ptr,
+        expert_ptr,
+        ends_ptr,
+        w_ptr,
+        scale_ptr,
+        out_ptr,
+        N,
+        K,
+        stride_x,
+        stride_we,
+        stride_wn,
+        stride_out,
+        TOP_K: tl.constexpr,
+        DOWN: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
         """out[rows, cols] = a[rows] @ w[e, cols].T for the rows of one expert segment of the sorted pairs.
         gate/up (DOWN false): a = x[order // TOP_K], out rows in sorted order.
         down (DOWN true): a = silu(g) * u of x = [g; u] (K columns each), out rows at order (token-major) scaled
@@ -245,5 +317,8 @@ if triton is not None:
                     dst = pair
                 else:
                     dst = rows
-                tl.store(out_ptr + dst[:, None].to(tl.int64) * stride_out + cols[None, :],
-                         acc.to(out_ptr.dtype.element_ty), mask=live[:, None] & col_ok[None, :])
+                tl.store(
+                    out_ptr + dst[:, None].to(tl.int64) * stride_out + cols[None, :],
+                    acc.to(out_ptr.dtype.element_ty),
+                    mask=live[:, None] & col_ok[None, :],
+                )

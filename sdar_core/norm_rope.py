@@ -9,6 +9,7 @@ float32, rounds it to the input dtype as the eager RMSNorm does, rotates it with
 and copies the value, straight into the cache buffers at the chunk's cache indices, so the two cache-write copies of
 `CacheSlot.write` are not launched. Elsewhere (CPU) the eager modules run.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,14 +35,38 @@ def _launch(x, weight, eps, cos, sin, out, out_strides, index=None, v=None, v_ou
     B, Q, H, D = x.shape
     copy_v = v is not None
     _norm_rope_kernel[(B * Q * H,)](
-        x, weight, cos, sin, out, index if index is not None else x, v if copy_v else x, v_out if copy_v else out,
-        x.stride(0), x.stride(1), x.stride(2), cos.stride(0), cos.stride(2), sin.stride(0), sin.stride(2),
-        *out_strides, *(v.stride()[:3] if copy_v else (0, 0, 0)), Q, H, eps,
-        D=D, BLOCK=triton.next_power_of_2(D), INDEXED=index is not None, COPY_V=copy_v, num_warps=1)
+        x,
+        weight,
+        cos,
+        sin,
+        out,
+        index if index is not None else x,
+        v if copy_v else x,
+        v_out if copy_v else out,
+        x.stride(0),
+        x.stride(1),
+        x.stride(2),
+        cos.stride(0),
+        cos.stride(2),
+        sin.stride(0),
+        sin.stride(2),
+        *out_strides,
+        *(v.stride()[:3] if copy_v else (0, 0, 0)),
+        Q,
+        H,
+        eps,
+        D=D,
+        BLOCK=triton.next_power_of_2(D),
+        INDEXED=index is not None,
+        COPY_V=copy_v,
+        num_warps=1,
+    )
 
 
 @torch.library.custom_op("sdar::norm_rope", mutates_args=())
-def norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def norm_rope(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor
+) -> torch.Tensor:
     """x [B, Q, H, D] (last dim contiguous), weight [D], cos/sin [B, 1, Q, D] -> [B, H, Q, D] contiguous."""
     B, Q, H, D = x.shape
     out = torch.empty(B, H, Q, D, dtype=x.dtype, device=x.device)
@@ -55,19 +80,45 @@ def _(x, weight, eps, cos, sin):
     return x.new_empty(B, H, Q, D)
 
 
-def to_cache_available(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
+def to_cache_available(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
+) -> bool:
     """The cache-writing variant needs both buffers laid out alike with a unit last stride, on k's device."""
-    return (v.stride(-1) == 1 and k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
-            and k_cache.device == k.device and k_cache.dtype == k.dtype)
+    return (
+        v.stride(-1) == 1
+        and k_cache.stride() == v_cache.stride()
+        and k_cache.stride(-1) == 1
+        and k_cache.device == k.device
+        and k_cache.dtype == k.dtype
+    )
 
 
 @torch.library.custom_op("sdar::norm_rope_to_cache", mutates_args=("k_cache", "v_cache"))
-def norm_rope_to_cache(k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor,
-                       sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, index: torch.Tensor) -> None:
+def norm_rope_to_cache(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    index: torch.Tensor,
+) -> None:
     """k_cache[:, :, index] = RoPE(RMSNorm(k)) and v_cache[:, :, index] = v, transposed to the cache's
     [B, H_kv, T, D]; k, v [B, Q, H_kv, D] (last dims contiguous), index [Q] long."""
-    _launch(k, weight, eps, cos, sin, k_cache, (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2)),
-            index=index, v=v, v_out=v_cache)
+    _launch(
+        k,
+        weight,
+        eps,
+        cos,
+        sin,
+        k_cache,
+        (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2)),
+        index=index,
+        v=v,
+        v_out=v_cache,
+    )
 
 
 @norm_rope_to_cache.register_fake
@@ -78,9 +129,36 @@ def _(k, v, weight, eps, cos, sin, k_cache, v_cache, index):
 if triton is not None:
 
     @triton.jit
-    def _norm_rope_kernel(X, W, COS, SIN, OUT, IDX, V, VOUT, sx_b, sx_q, sx_h, sc_b, sc_q, ss_b, ss_q,
-                          so_b, so_h, so_t, sv_b, sv_q, sv_h, n_q, n_h, eps,
-                          D: tl.constexpr, BLOCK: tl.constexpr, INDEXED: tl.constexpr, COPY_V: tl.constexpr):
+    def _norm_rope_kernel(
+        X,
+        W,
+        COS,
+        SIN,
+        OUT,
+        IDX,
+        V,
+        VOUT,
+        sx_b,
+        sx_q,
+        sx_h,
+        sc_b,
+        sc_q,
+        ss_b,
+        ss_q,
+        so_b,
+        so_h,
+        so_t,
+        sv_b,
+        sv_q,
+        sv_h,
+        n_q,
+        n_h,
+        eps,
+        D: tl.constexpr,
+        BLOCK: tl.constexpr,
+        INDEXED: tl.constexpr,
+        COPY_V: tl.constexpr,
+    ):
         row = tl.program_id(0)  # flat (b, q, h)
         h, q, b = row % n_h, (row // n_h) % n_q, row // (n_h * n_q)
         d = tl.arange(0, BLOCK)
@@ -103,4 +181,6 @@ if triton is not None:
         dst = b.to(tl.int64) * so_b + h * so_h + pos * so_t + d
         tl.store(OUT + dst, out.to(dtype), mask=live)
         if COPY_V:
-            tl.store(VOUT + dst, tl.load(V + b * sv_b + q * sv_q + h * sv_h + d, mask=live, other=0.0), mask=live)
+            tl.store(
+                VOUT + dst, tl.load(V + b * sv_b + q * sv_q + h * sv_h + d, mask=live, other=0.0), mask=live
+            )

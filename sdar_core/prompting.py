@@ -1,4 +1,5 @@
 """Chat prompts and stop tokens: what a tokenizer knows about turns, shared by the CLI, the app and training."""
+
 from __future__ import annotations
 
 import re
@@ -36,11 +37,18 @@ def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
     for m in messages:
         checked_text(m["content"], f"the {m['role']} message")
     slots = {_SLOT.format(i): m["content"] for i, m in enumerate(messages)}
-    text = SANDBOX.render(tokenizer.get_chat_template(), [{**m, "content": slot} for m, slot in zip(messages, slots)],
-                          dict(tokenizer.special_tokens_map))
+    text = SANDBOX.render(
+        tokenizer.get_chat_template(),
+        [{**m, "content": slot} for m, slot in zip(messages, slots)],
+        dict(tokenizer.special_tokens_map),
+    )
     pieces = re.split("(" + "|".join(map(re.escape, slots)) + ")", text) if slots else [text]
-    if sorted(p for p in pieces if p in slots) != sorted(slots) or not all(isinstance(c, str) for c in slots.values()):
-        raise ValueError("the chat template rewrote the message contents: cannot keep typed special tokens as text")
+    if sorted(p for p in pieces if p in slots) != sorted(slots) or not all(
+        isinstance(c, str) for c in slots.values()
+    ):
+        raise ValueError(
+            "the chat template rewrote the message contents: cannot keep typed special tokens as text"
+        )
     ids = []
     for piece in pieces:
         if piece in slots:
@@ -58,7 +66,9 @@ def checked_text(text, what: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise GenerationError(f"{what} holds bytes that are not UTF-8 text (at character {e.start})") from None
+        raise GenerationError(
+            f"{what} holds bytes that are not UTF-8 text (at character {e.start})"
+        ) from None
     return text
 
 
@@ -68,5 +78,7 @@ def encode_prompt(tokenizer, prompt: str, *, chat: bool, system: str | None = No
         checked_text(system, "the system message")
     if not chat:
         return tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}
+    ]
     return chat_ids(tokenizer, messages)

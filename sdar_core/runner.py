@@ -7,26 +7,34 @@ Three modes compute the same thing:
 - "graph": "static" captured once per (Q, logits_from) as a CUDA graph and replayed (the GPU fast path:
   no kernel-launch overhead, no host synchronisation). Optionally the forward is torch.compile'd first
   (fused elementwise kernels).
-On CUDA with Triton, static-shape forwards pass attention a `CacheQueries` instead of a mask tensor: the split-K
-decode kernel (decode_attention.py) builds the block-causal mask from the slot's indices and reads only the filled
-part of the buffer. Elsewhere they pass the [B, 1, Q, total] mask to SDPA.
+Every forward gets one `AttentionInputs` (attention.py) built here. On CUDA with Triton a static-shape forward's
+holds the chunk's `CacheQueries`: the split-K decode kernel (decode_attention.py) builds the block-causal mask
+from the slot's indices and reads only the filled part of the buffer. Elsewhere it holds the [B, 1, Q, total]
+mask for SDPA. The tensors a static forward reads are named (`StaticInputs`): a graph copies them in each replay.
+The runner's `Kernels` (kernels.py) go to every forward it runs.
 A prefill (a chunk longer than two blocks) takes the plain path in every mode: it runs once per request, with a
-length of its own. Static and graph runners are pooled per model (`RUNNER_POOL`) and reused across generate calls of one shape.
+length of its own. Static and graph runners are pooled per model (`RUNNER_POOL`) and reused across generate
+calls of one shape.
 """
+
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass, fields
 
 import torch
 
-from .attention import chunk_mask
+from .attention import AttentionInputs, chunk_mask
 from .decode_attention import CacheQueries, split_k_available
+from .kernels import DEFAULT_KERNELS, Kernels
 from .kv_cache import KVCache
 from .moe import grouped_mm_available, triton_available
 
 MODES = ("plain", "static", "graph")
 BUCKET = 256  # the smallest static buffer; larger ones double (see bucket)
-_POOL_SIZE = 32  # runners kept per model: bounds the memory held by cached buffers and graphs (the studio warms
+_POOL_SIZE = (
+    32  # runners kept per model: bounds the memory held by cached buffers and graphs (the studio warms
+)
 # every trained block size x cache bucket, and batches come in powers of two)
 
 
@@ -61,18 +69,35 @@ class RunnerPool:
     """
 
     def __init__(self) -> None:
-        self._pools: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+        self._pools: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
 
-    def get(self, model, batch: int, total: int, block_size: int, mode: str, compile) -> "ChunkRunner":
+    def get(
+        self, model, batch: int, total: int, block_size: int, mode: str, compile, kernels: Kernels
+    ) -> ChunkRunner:
         pool = self._pools.setdefault(model.model, {})  # the backbone: an AR view of the weights shares it
-        weights = tuple(p.data_ptr() for p in (model.model.embed_tokens.weight, model.lm_head.weight,
-                                               model.model.layers[0].self_attn.q_proj.weight))
-        key = (batch, bucket(total, model.config.max_position_embeddings), block_size, mode, compile, model.dtype, weights,
-               model.config.model_type, ChunkRunner.split_k_attention)
+        weights = tuple(
+            p.data_ptr()
+            for p in (
+                model.model.embed_tokens.weight,
+                model.lm_head.weight,
+                model.model.layers[0].self_attn.q_proj.weight,
+            )
+        )
+        key = (
+            batch,
+            bucket(total, model.config.max_position_embeddings),
+            block_size,
+            mode,
+            compile,
+            model.dtype,
+            weights,
+            model.config.model_type,
+            kernels,
+        )
         if key not in pool:
             if len(pool) >= _POOL_SIZE:
                 pool.pop(next(iter(pool)))
-            pool[key] = ChunkRunner(model, batch, total, block_size, mode, compile)
+            pool[key] = ChunkRunner(model, batch, total, block_size, mode, compile, kernels)
         runner = pool[key]
         runner.cache.length = 0
         return runner
@@ -86,13 +111,41 @@ def _forward(model, *args, **kwargs) -> torch.Tensor:
     return model.forward(*args, **kwargs)
 
 
-class ChunkRunner:
-    # None: the split-K decode attention wherever it runs (CUDA with Triton); False turns it off (the benchmarks
-    # compare it with SDPA over the whole buffer); True where it cannot run falls back to SDPA over the filled
-    # slice, whose host read of the filled length cannot be captured in a graph.
-    split_k_attention: bool | None = None
+@dataclass
+class StaticInputs:
+    """What a static-shape forward reads: the tensors a captured graph copies into its own each replay."""
 
-    def __init__(self, model, batch: int, total: int, block_size: int, mode: str, compile=False) -> None:
+    ids: torch.Tensor  # [B, Q]
+    positions: torch.Tensor  # [B, Q] RoPE positions, counted from each row's first real token
+    index: torch.Tensor  # [Q] cache indices of the chunk
+    mask: torch.Tensor | None = (
+        None  # [B, 1, Q, total] over the whole buffer for SDPA; None: the split-K kernel
+    )
+
+    def clone(self) -> StaticInputs:
+        return StaticInputs(*(None if t is None else t.clone() for t in self.tensors()))
+
+    def copy_(self, other: StaticInputs) -> None:
+        """Copy other's tensors into these (same shapes), without waiting for the host."""
+        for mine, theirs in zip(self.tensors(), other.tensors()):
+            if mine is not None:
+                mine.copy_(theirs, non_blocking=True)
+
+    def tensors(self) -> list[torch.Tensor | None]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+class ChunkRunner:
+    def __init__(
+        self,
+        model,
+        batch: int,
+        total: int,
+        block_size: int,
+        mode: str,
+        compile=False,
+        kernels: Kernels = DEFAULT_KERNELS,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown runner mode {mode!r}; choose one of {MODES}")
         self._model = weakref.ref(model)  # the pool is keyed by the model: a strong reference would pin it
@@ -107,9 +160,11 @@ class ChunkRunner:
         self.padded = False
         self.graphs: dict[tuple[int, int], tuple] = {}
         self.forward_fn = _forward  # forward_fn(model, ids, positions, ...)
-        self.split_k = mode != "plain" and (ChunkRunner.split_k_attention
-                                            if ChunkRunner.split_k_attention is not None
-                                            else split_k_available(self.device))
+        self.kernels = kernels
+        split_k = kernels.split_k_attention
+        self.split_k = mode != "plain" and (
+            split_k if split_k is not None else split_k_available(self.device)
+        )
         if compile:
             # "dynamic" (or True): one compilation for every batch and chunk size; "static": one per shape.
             self.forward_fn = torch.compile(_forward, dynamic=compile != "static", fullgraph=True)
@@ -119,26 +174,35 @@ class ChunkRunner:
         return self._model()
 
     @classmethod
-    def get(cls, model, batch: int, total: int, block_size: int, mode: str, compile=False) -> "ChunkRunner":
+    def get(
+        cls,
+        model,
+        batch: int,
+        total: int,
+        block_size: int,
+        mode: str,
+        compile=False,
+        kernels: Kernels = DEFAULT_KERNELS,
+    ) -> ChunkRunner:
         """A runner for this shape: a new one in plain mode, a pooled one (graphs kept) otherwise."""
         if mode == "plain":
-            return cls(model, batch, total, block_size, mode)
-        return RUNNER_POOL.get(model, batch, total, block_size, mode, compile)
+            return cls(model, batch, total, block_size, mode, kernels=kernels)
+        return RUNNER_POOL.get(model, batch, total, block_size, mode, compile, kernels)
 
     def set_padding(self, pad: list[int]) -> None:
         self.pad.copy_(torch.tensor(pad))
         self.padded = any(pad)
 
-    def inputs(self, seq: torch.Tensor, start: int, length: int):
+    def inputs(self, seq: torch.Tensor, start: int, length: int) -> StaticInputs:
         """ids [B, Q], RoPE positions [B, Q] (counted from each row's first real token), cache indices [Q]."""
         idx = torch.arange(start, start + length, device=self.device)
         positions = (idx[None] - self.pad[:, None]).clamp_min(0)
-        return seq[:, start: start + length], positions, idx
+        return StaticInputs(seq[:, start : start + length], positions, idx)
 
-    def mask(self, start: int, length: int) -> torch.Tensor | None:
-        """The plain-mode chunk's mask over [0, start+length) (None when nothing needs hiding)."""
-        return chunk_mask(start, length, start + length, self.block_size,
-                          k_start=self.pad if self.padded else None, device=self.device)[0]
+    def plain_attention(self, start: int, length: int) -> AttentionInputs:
+        """The plain-mode chunk's attention over the cache slice [0, start+length)."""
+        pad = self.pad if self.padded else None
+        return AttentionInputs.chunk(start, length, start + length, self.block_size, pad, self.device)
 
     def buffer_mask(self, start: int, length: int) -> torch.Tensor:
         """The [batch, 1, Q, total] mask of a static-shape forward through SDPA over the whole buffer."""
@@ -146,7 +210,9 @@ class ChunkRunner:
         if self.device.type == "cuda":
             # An additive mask in the model's dtype is what the attention kernels consume: converting it
             # here, once per step, keeps one conversion per layer out of the graph.
-            mask = torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill_(~mask, float("-inf"))
+            mask = torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill_(
+                ~mask, float("-inf")
+            )
         return mask
 
     def __call__(self, seq: torch.Tensor, start: int, length: int, logits_from: int) -> torch.Tensor:
@@ -154,42 +220,58 @@ class ChunkRunner:
         if self.mode == "plain" or length > 2 * self.block_size:
             # A prefill (longer than a decode chunk) runs once per request with a length of its own: attention over
             # the filled slice through SDPA's prebuilt kernels, neither a graph nor a kernel built for its length.
-            ids, positions, _ = self.inputs(seq, start, length)
-            return self.model(ids, positions, mask=self.mask(start, length), cache=self.cache.chunk(start, length),
-                              logits_from=logits_from, block_size=self.block_size)
+            inputs = self.inputs(seq, start, length)
+            return self.model(
+                inputs.ids,
+                inputs.positions,
+                attn=self.plain_attention(start, length),
+                cache=self.cache.chunk(start, length),
+                logits_from=logits_from,
+                kernels=self.kernels,
+            )
         inputs = self.static_inputs(seq, start, length)
         if self.mode == "static":
             return self.static_forward(inputs, logits_from, _forward)
         return self._replay(inputs, logits_from)
 
-    def static_inputs(self, seq: torch.Tensor, start: int, length: int) -> list[torch.Tensor]:
-        """[ids, positions, cache indices] for the split-K kernel (it builds the mask from the indices), plus the
-        mask over the whole buffer for SDPA: the tensors a graph copies in."""
-        inputs = list(self.inputs(seq, start, length))
-        return inputs if self.split_k else inputs + [self.buffer_mask(start, length)]
+    def static_inputs(self, seq: torch.Tensor, start: int, length: int) -> StaticInputs:
+        """The chunk's ids, positions and cache indices (the split-K kernel builds the mask from the indices),
+        with the mask over the whole buffer when SDPA reads it instead: the tensors a graph copies in."""
+        inputs = self.inputs(seq, start, length)
+        if not self.split_k:
+            inputs.mask = self.buffer_mask(start, length)
+        return inputs
 
-    def static_forward(self, inputs: list[torch.Tensor], logits_from: int = 0, forward_fn=None) -> torch.Tensor:
+    def static_forward(self, inputs: StaticInputs, logits_from: int = 0, forward_fn=None) -> torch.Tensor:
         """The forward of `static_inputs`, writing its K/V at the cache indices (forward_fn: default the runner's,
         compiled when asked)."""
-        ids, positions, idx = inputs[:3]
-        slot = self.cache.chunk_at(idx)
-        mask = inputs[3] if len(inputs) > 3 else CacheQueries(slot.index, self.block_size, self.pad)
+        slot = self.cache.chunk_at(inputs.index)
+        if inputs.mask is None:
+            attn = AttentionInputs(cache_queries=CacheQueries(slot.index, self.block_size, self.pad))
+        else:
+            attn = AttentionInputs(mask=inputs.mask)
         forward_fn = forward_fn or self.forward_fn
-        return forward_fn(self.model, ids, positions, mask=mask, cache=slot, logits_from=logits_from,
-                          block_size=self.block_size)
+        return forward_fn(
+            self.model,
+            inputs.ids,
+            inputs.positions,
+            attn=attn,
+            cache=slot,
+            logits_from=logits_from,
+            kernels=self.kernels,
+        )
 
-    def _replay(self, inputs: list[torch.Tensor], logits_from: int) -> torch.Tensor:
-        key = (inputs[0].shape[1], logits_from)
+    def _replay(self, inputs: StaticInputs, logits_from: int) -> torch.Tensor:
+        key = (inputs.ids.shape[1], logits_from)
         if key not in self.graphs:
             self.graphs[key] = self._capture(inputs, logits_from)
         graph, bufs, out = self.graphs[key]
-        for buf, value in zip(bufs, inputs):
-            buf.copy_(value, non_blocking=True)
+        bufs.copy_(inputs)
         graph.replay()
         return out
 
-    def _capture(self, inputs: list[torch.Tensor], logits_from: int):
-        bufs = [t.clone() for t in inputs]
+    def _capture(self, inputs: StaticInputs, logits_from: int):
+        bufs = inputs.clone()
 
         def run():
             return self.static_forward(bufs, logits_from)

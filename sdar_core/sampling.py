@@ -4,6 +4,7 @@ Temperature 0 is greedy (argmax). Otherwise the logits are divided by the temper
 and top-p, and a token is drawn with a seeded generator. The confidence of a position is the probability
 of its chosen token under the (filtered) distribution; its entropy is taken over the vocabulary.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

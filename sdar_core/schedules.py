@@ -4,10 +4,11 @@ Each schedule is a function of the step's scores (confidences, entropies), the m
 positions and the static count for the step, and returns a boolean [B, L] selection. All of them run on
 the device with no host synchronisation. `SCHEDULES` maps a strategy name to its schedule.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -85,9 +86,14 @@ class Schedule:
 
 SCHEDULES: dict[str, Schedule] = {
     "static": Schedule(lambda s, o: select_static(s.confidence, s.masked, s.count), adaptive=False),
-    "dynamic": Schedule(lambda s, o: select_dynamic(s.confidence, s.masked, s.count, o.threshold), adaptive=True),
+    "dynamic": Schedule(
+        lambda s, o: select_dynamic(s.confidence, s.masked, s.count, o.threshold), adaptive=True
+    ),
     "sequential": Schedule(lambda s, o: select_sequential(s.masked, s.count), adaptive=False),
-    "entropy": Schedule(lambda s, o: select_entropy(s.entropy, s.masked, s.count, o.entropy_bound), adaptive=True,
-                        needs_entropy=True),
+    "entropy": Schedule(
+        lambda s, o: select_entropy(s.entropy, s.masked, s.count, o.entropy_bound),
+        adaptive=True,
+        needs_entropy=True,
+    ),
 }
 STRATEGIES = (*SCHEDULES, "ar")  # "ar": one token per forward (a block of one for SDAR weights)

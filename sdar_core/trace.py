@@ -4,6 +4,7 @@ These dataclasses are the whole contract between the decoder and its readers (th
 benchmark). They hold plain Python values (ints, floats, lists), never tensors, so that a reader can
 serialise them to JSON or CSV without knowing PyTorch.
 """
+
 from __future__ import annotations
 
 import csv
@@ -44,7 +45,7 @@ class StepEvent:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StepEvent":
+    def from_dict(cls, d: dict) -> StepEvent:
         d = dict(d)
         d["masked_confidence"] = {int(k): float(v) for k, v in d["masked_confidence"].items()}
         d["candidates"] = {int(k): int(v) for k, v in d["candidates"].items()}
@@ -102,7 +103,7 @@ class Stats:
 class Generation:
     """The result of `generate`: tokens per row, stats and (when asked) the step trace."""
 
-    tokens: "object"  # torch.LongTensor [B, <=max_new_tokens], right-padded with pad_token_id after a stop
+    tokens: object  # torch.LongTensor [B, <=max_new_tokens], right-padded with pad_token_id after a stop
     lengths: list[int]  # number of valid new tokens per row
     stats: Stats
     trace: list[StepEvent] | None = None
@@ -119,12 +120,33 @@ class Generation:
         """One row per (step, position masked before the step): the long format a spreadsheet reads."""
         out = io.StringIO()
         w = csv.writer(out)
-        w.writerow(["row", "block", "step", "block_start", "offset", "position", "candidate", "confidence", "committed"])
+        w.writerow(
+            [
+                "row",
+                "block",
+                "step",
+                "block_start",
+                "offset",
+                "position",
+                "candidate",
+                "confidence",
+                "committed",
+            ]
+        )
         for e in self.trace or []:
             committed = set(e.committed)
             for off, conf in sorted(e.masked_confidence.items()):
                 w.writerow(
-                    [e.row, e.block, e.step, e.block_start, off, e.block_start + off, e.candidates.get(off, ""),
-                     f"{conf:.6f}", int(off in committed)]
+                    [
+                        e.row,
+                        e.block,
+                        e.step,
+                        e.block_start,
+                        off,
+                        e.block_start + off,
+                        e.candidates.get(off, ""),
+                        f"{conf:.6f}",
+                        int(off in committed),
+                    ]
                 )
         return out.getvalue()

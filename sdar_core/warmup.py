@@ -8,17 +8,20 @@ buffers and graphs by the block length and by prompt + answer rounded up to a bu
 whatever its prompt. Nothing is
 captured on the CPU (plain runner), so there is nothing to warm.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable
 
 from .decode_params import DecodeParams
 from .decoding import generate
 from .runner import BUCKET, bucket, default_mode
 
-WARM_BLOCKS = 3  # decoded blocks: the first forward of a block (Q = L) and the fused ones (Q = 2L, cache write)
+WARM_BLOCKS = (
+    3  # decoded blocks: the first forward of a block (Q = L) and the fused ones (Q = 2L, cache write)
+)
 
 
 @dataclass(frozen=True)
@@ -49,15 +52,22 @@ def warm_up(model, params: DecodeParams, shape: WarmShape, filler_id: int) -> fl
     """One short untimed decode with `params` (resolved) that lands in `shape`; the seconds it took."""
     L = shape.block_length
     # prompt + WARM_BLOCKS * L then ends one block before the bucket's end (past the previous bucket, half its size).
-    prompt_len = max(1, min(shape.bucket - (WARM_BLOCKS + 1) * L, model.config.max_position_embeddings - 2 * L))
+    prompt_len = max(
+        1, min(shape.bucket - (WARM_BLOCKS + 1) * L, model.config.max_position_embeddings - 2 * L)
+    )
     p = replace(params, max_new_tokens=WARM_BLOCKS * L, stop_token_ids=[], trace=False, temperature=0.0)
     t0 = time.perf_counter()
     generate(model, [[filler_id] * prompt_len], p)
     return time.perf_counter() - t0
 
 
-def warm_all(model, params: Iterable[DecodeParams], max_positions: int, filler_id: int,
-             on_shape: Callable[[int, int, WarmShape, float], None] | None = None) -> list[tuple[WarmShape, float]]:
+def warm_all(
+    model,
+    params: Iterable[DecodeParams],
+    max_positions: int,
+    filler_id: int,
+    on_shape: Callable[[int, int, WarmShape, float], None] | None = None,
+) -> list[tuple[WarmShape, float]]:
     """warm_up every shape of warm_shapes(params, max_positions); on_shape(i, n, shape, seconds) after each."""
     params = [p.resolved(model.config) for p in params]
     shapes = warm_shapes(params, max_positions, model.config.max_position_embeddings)

@@ -345,7 +345,7 @@ def test_the_sweeps_api_schema_lists_exactly_the_choices_the_server_accepts(laun
         assert [row[:2] for row in table["data"][1:]] == [[blocks[0], thresholds[0]]]  # AR's row first
     for blocks, thresholds in (([str(SWEEP_BLOCKS[0])], [0.9]), ([3], [0.9]), ([4], [str(SWEEP_THRESHOLDS[0])]),
                                ([4], [0.85])):
-        with pytest.raises(AppError, match="not in the list of choices"):
+        with pytest.raises(AppError, match=r"(Block lengths|Thresholds).* must be a list of .*, got \["):
             client.predict("Hi", str(sdar), blocks, thresholds, 8, api_name="/sweep")
 
 
@@ -452,22 +452,6 @@ def test_messages_and_system_prompts_are_capped_before_tokenisation(handlers, mo
     call, valid = handlers["visualize"]
     with pytest.raises(gr.Error, match=f"Prompt is {MAX_MESSAGE_CHARS + 1:,} characters long"):
         call(**{**valid, "prompt": "z" * (MAX_MESSAGE_CHARS + 1)})
-
-
-# --- 11. per-session state is bounded -----------------------------------------------------------------------------
-
-
-def test_stop_flags_keep_the_newest_sessions_only():
-    from app.streaming import StopFlags
-
-    flags = StopFlags(capacity=8)
-    armed = {f"s{i}": flags.arm(f"s{i}") for i in range(100)}
-    assert len(flags._flags) == 8 and list(flags._flags) == [f"s{i}" for i in range(92, 100)]
-    assert flags.trigger("s99") and armed["s99"].is_set()
-    assert not flags.trigger("s0") and not armed["s0"].is_set()  # pruned: its decode ended long ago
-    again = flags.arm("s92")  # re-armed: newest again, not pruned next
-    flags.arm("new")
-    assert flags.trigger("s92") and again.is_set() and "s93" not in flags._flags
 
 
 def test_finding6_trace_downloads_are_served_in_place_and_the_folder_goes_on_sigterm(tmp_path):

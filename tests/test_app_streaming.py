@@ -71,7 +71,7 @@ def fake_lane() -> Lane:
 def test_stop_ends_the_running_lane_at_its_next_step_and_starts_no_other(monkeypatch):
     released = threading.Event()
 
-    def decode(lane, on_step):  # one step, then wait for the consumer to press Stop
+    def decode(lane, on_step, turn=None, stop=None):  # one step, then wait for the consumer to press Stop
         on_step(ev(0))
         released.wait(30)
         on_step(ev(1))
@@ -90,7 +90,7 @@ def test_stop_ends_the_running_lane_at_its_next_step_and_starts_no_other(monkeyp
 def test_lanes_run_one_after_the_other_or_together(monkeypatch, parallel):
     log, together = [], threading.Barrier(2, timeout=30)
 
-    def decode(lane, on_step):
+    def decode(lane, on_step, turn=None, stop=None):
         log.append(("start", lane))
         if parallel:
             together.wait()  # returns only when both lanes run at once

@@ -1,6 +1,7 @@
 """`python -m sdar_core` (sdar_core/cli.py) on the shipped SDAR model: text on stdout, stats on stderr, and every bad
 input - a checkpoint, a config, a decoding option, a device - as one line on stderr with exit code 2."""
 import json
+import os
 import subprocess
 import sys
 
@@ -89,7 +90,20 @@ def test_a_gpu_index_the_machine_lacks_is_one_line(capsys, monkeypatch):
 
 
 def test_a_missing_option_is_one_line(capsys):
-    assert "--model" in one_line_error(capsys)
+    with pytest.raises(SystemExit) as exit_:
+        main([])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "--prompt" in err, err
+
+
+def test_the_command_runs_from_any_folder_on_the_embedded_model(tmp_path):
+    """Without --model, and with the repository-relative name a README gives, from a folder outside the checkout."""
+    for model in ([], ["--model", "assets/models/sdar-tiny"]):
+        out = subprocess.run([sys.executable, "-m", "sdar_core", *model, "--prompt", "What is 4 + 5?", "--chat",
+                              "--max-new-tokens", "16"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert out.returncode == 0, out.stderr
+        assert "9" in out.stdout
 
 
 def test_a_block_length_the_model_was_not_trained_with_is_a_one_line_warning_not_an_error(tmp_path, capsys):

@@ -12,7 +12,9 @@ import math
 import pytest
 import torch
 
-from sdar_core.decode_attention import CacheQueries, decode_attention, reference_decode_attention
+from sdar_core.attention import decode_attention, reference_decode_attention
+from sdar_core.decode_attention import CacheQueries
+from sdar_core.kernels import Kernels
 from sdar_core.decoding import generate
 from sdar_core.runner import ChunkRunner
 
@@ -66,13 +68,12 @@ def test_reference_reads_only_the_filled_part():
 
 
 @pytest.mark.parametrize("strategy", ["static", "ar"])
-def test_static_runner_with_split_k_switch_equals_plain(strategy, monkeypatch):
+def test_static_runner_with_split_k_switch_equals_plain(strategy):
     model = random_model(tiny_config("sdar" if strategy != "ar" else "qwen3", block_size=4))
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]  # left padding of the first row
     kw = dict(max_new_tokens=12, block_length=4, steps=2, strategy=strategy)
     plain = generate(model, prompts, runner_mode="plain", **kw)
-    monkeypatch.setattr(ChunkRunner, "split_k_attention", True)
-    static = generate(model, prompts, runner_mode="static", **kw)
+    static = generate(model, prompts, runner_mode="static", kernels=Kernels(split_k_attention=True), **kw)
     assert static.tokens.tolist() == plain.tokens.tolist()
 
 
@@ -134,14 +135,14 @@ def test_one_cuda_graph_serves_every_filled_length(Q, L):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("split_k", [None, False])  # the default (the kernel on CUDA) and SDPA over the buffer
 @pytest.mark.parametrize("strategy", ["static", "dynamic", "ar"])
-def test_graph_runner_equals_plain_with_and_without_split_k(strategy, split_k, monkeypatch):
+def test_graph_runner_equals_plain_with_and_without_split_k(strategy, split_k):
     model = random_model(tiny_config("sdar", block_size=4)).cuda()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
     kw = dict(max_new_tokens=24, block_length=4, steps=2, strategy=strategy, threshold=0.5)
     plain = generate(model, prompts, runner_mode="plain", **kw)
-    monkeypatch.setattr(ChunkRunner, "split_k_attention", split_k)
-    graph = generate(model, prompts, runner_mode="graph", **kw)
-    assert ChunkRunner.get(model, 2, 64, 4, "graph").split_k == (split_k is None)
+    kernels = Kernels(split_k_attention=split_k)
+    graph = generate(model, prompts, runner_mode="graph", kernels=kernels, **kw)
+    assert ChunkRunner.get(model, 2, 64, 4, "graph", kernels=kernels).split_k == (split_k is None)
     assert graph.tokens.tolist() == plain.tokens.tolist()
 
 
@@ -163,4 +164,4 @@ def test_split_k_is_off_on_the_cpu_by_default():
     model = random_model(tiny_config("sdar", block_size=4))
     runner = ChunkRunner(model, 1, 64, 4, "static")
     assert not runner.split_k
-    assert len(runner.static_inputs(torch.zeros(1, 64, dtype=torch.long), 8, 4)) == 4
+    assert runner.static_inputs(torch.zeros(1, 64, dtype=torch.long), 8, 4).mask is not None

@@ -9,6 +9,7 @@ import torch
 
 from conftest import hand_block_causal, random_model, tiny_config
 from sdar_core import GenerationError, generate
+from sdar_core.attention import AttentionInputs
 from sdar_core.decoding import DecodeParams
 from sdar_core.runner import RUNNER_POOL
 
@@ -34,7 +35,7 @@ def brute_force(model, prompt: list[int], max_new: int, L: int, T: int, strategy
             if not masked:
                 break
             with torch.no_grad():
-                logits = model(torch.tensor([x[:hi]]), mask=hand_mask(hi, L))[0].double()
+                logits = model(torch.tensor([x[:hi]]), attn=AttentionInputs(mask=hand_mask(hi, L)))[0].double()
             logits[:, MASK] = float("-inf")
             probs = logits.softmax(-1)
             # the authors' counts: from the block length, whatever the prompt already fills

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from conftest import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
 from sdar_core.decoding import generate
-from sdar_core.fused import FUSE, Fusions, add_rms_norm, silu_mul
+from sdar_core.fused import add_rms_norm, silu_mul
+from sdar_core.kernels import Kernels
 from sdar_core.model import RMSNorm, rope_cos_sin
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -54,15 +55,13 @@ def test_the_eager_ops_are_the_math():
     assert rel_err(silu_mul(gate_up), silu_mul_by_hand(gate_up)) < 1e-6
 
 
-def test_fusions_are_switched_by_name(fuse):
-    fuse("none")
-    assert FUSE.on() == []
-    fuse({"add_norm", "silu_mul"})
-    assert FUSE.on() == ["add_norm", "silu_mul"]
-    fuse("all")
-    assert FUSE.on() == ["norm_rope", "cache_write", "add_norm", "silu_mul", "routing"]
+def test_fusions_are_switched_by_name():
+    assert Kernels().with_fusions("none").fusions() == []
+    assert Kernels().with_fusions({"add_norm", "silu_mul"}).fusions() == ["add_norm", "silu_mul"]
+    assert Kernels().with_fusions("all").fusions() == ["norm_rope", "cache_write", "add_norm", "silu_mul", "routing"]
+    assert Kernels().with_fusions("none").split_k_attention is None  # the other switches are left as they were
     with pytest.raises(ValueError, match="unknown fusions \\['add_rms'\\]; choose from"):
-        Fusions().set({"add_rms"})
+        Kernels().with_fusions({"add_rms"})
 
 
 # Each kernel launched on CPU tensors under the interpreter, against the float64 math: odd sizes that no tile
@@ -162,7 +161,7 @@ def test_cuda_norm_rope_to_cache_writes_the_rotated_keys_and_the_values(dtype):
 @pytest.mark.parametrize("model_type", ["sdar", "sdar_moe"])
 @pytest.mark.parametrize("strategy", ["static", "dynamic", "ar"])
 @pytest.mark.parametrize("mode", ["graph", "static", "plain"])
-def test_cuda_decoding_with_every_fusion_gives_the_eager_tokens(model_type, strategy, mode, fuse):
+def test_cuda_decoding_with_every_fusion_gives_the_eager_tokens(model_type, strategy, mode):
     """bf16 would let a one-ulp difference flip a near-tie argmax: float32 weights, where the kernels and the eager
     ops agree to ~1e-6, so the tokens must be the same. (A float32 MoE has no static-shape expert form, so it is
     not graphed: test_moe.py replays bf16 MoE forwards in graphs.)"""
@@ -171,16 +170,14 @@ def test_cuda_decoding_with_every_fusion_gives_the_eager_tokens(model_type, stra
     model = random_model(tiny_config(model_type, block_size=4)).cuda().fuse_projections()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
     kw = dict(max_new_tokens=24, block_length=4, steps=2, strategy=strategy, threshold=0.5)
-    fuse("all")
-    fused = generate(model, prompts, runner_mode=mode, **kw)
-    fuse("none")
-    eager = generate(model, prompts, runner_mode="plain", **kw)
+    fused = generate(model, prompts, runner_mode=mode, kernels=Kernels().with_fusions("all"), **kw)
+    eager = generate(model, prompts, runner_mode="plain", kernels=Kernels().with_fusions("none"), **kw)
     assert fused.tokens.tolist() == eager.tokens.tolist()
 
 
 @pytest.mark.cuda
 @cuda
-def test_cuda_a_bfloat16_forward_with_fusions_is_as_accurate_as_the_eager_one(fuse):
+def test_cuda_a_bfloat16_forward_with_fusions_is_as_accurate_as_the_eager_one():
     """Against the same weights in float64 on the CPU: the fused kernels round no worse than the eager ops (random
     weights amplify rounding through the layers, so the two bf16 forwards differ by ~2% from each other)."""
     import copy
@@ -190,9 +187,7 @@ def test_cuda_a_bfloat16_forward_with_fusions_is_as_accurate_as_the_eager_one(fu
     with torch.no_grad():
         ref = copy.deepcopy(model).double()(ids)
         gpu = model.cuda().fuse_projections()
-        fuse("all")
-        fused = gpu(ids.cuda()).cpu()
-        fuse("none")
-        eager = gpu(ids.cuda()).cpu()
+        fused = gpu(ids.cuda(), kernels=Kernels().with_fusions("all")).cpu()
+        eager = gpu(ids.cuda(), kernels=Kernels().with_fusions("none")).cpu()
     assert rel_err(fused, ref) < 1.5 * rel_err(eager, ref)
     assert F.cosine_similarity(fused.double().flatten(), ref.flatten(), dim=0) > 0.999

@@ -17,7 +17,8 @@ from conftest import interpreter_reason, random_model, rel_err, run_interpreted,
 from sdar_core import load_pretrained
 from sdar_core.decoding import generate
 from sdar_core.loading import CheckpointError, save_pretrained
-from sdar_core.moe import TRITON_MAX_PAIRS, Experts, KernelConfig, SparseMoE, grouped_mm_available, route
+from sdar_core.kernels import Kernels
+from sdar_core.moe import TRITON_MAX_PAIRS, KernelConfig, SparseMoE, grouped_mm_available, route
 
 
 def experts_layer(E: int, k: int, h: int, I: int, seed: int = 0) -> SparseMoE:
@@ -154,14 +155,12 @@ def test_fused_routing_under_the_interpreter_equals_the_routing_by_hand():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("n, E, k, norm", ROUTE_CASES)
-def test_cuda_fused_routing_equals_the_eager_routing(n, E, k, norm, fuse):
+def test_cuda_fused_routing_equals_the_eager_routing(n, E, k, norm):
     """bf16 logits tie often (16 of them at k = E): the kernel takes the lower expert id first, as the hand-written
     routing does; torch.topk orders ties as it likes, so against it the experts are compared as sets."""
     logits = (torch.randn(n, E, generator=torch.Generator().manual_seed(E)) * 3).cuda().to(torch.bfloat16)
-    fuse("all")
-    weights, chosen = route(logits, k, norm, torch.bfloat16)
-    fuse("none")
-    eager_w, eager_c = route(logits, k, norm, torch.bfloat16)
+    weights, chosen = route(logits, k, norm, torch.bfloat16, fuse=True)
+    eager_w, eager_c = route(logits, k, norm, torch.bfloat16, fuse=False)
     assert torch.equal(chosen.sort(-1).values, eager_c.sort(-1).values)
     assert (weights.float() - eager_w.float()).abs().max() <= 2 ** -8  # both descending: ties have equal weights
     ref_w, ref_c = route_by_hand(logits.cpu(), k, norm)
@@ -287,15 +286,14 @@ def test_transformers_reads_the_checkpoints_we_write(tmp_path):
 
 
 @pytest.mark.parametrize("strategy", ["static", "dynamic", "ar"])
-def test_moe_decoding_on_static_shapes_equals_the_looped_plain_path(strategy, monkeypatch):
+def test_moe_decoding_on_static_shapes_equals_the_looped_plain_path(strategy):
     """The static-shape runner (what a CUDA graph replays) with grouped experts gives the tokens of the plain path
     with the host-read expert loop."""
     model = moe_model()
     prompts = [[3, 4, 5], [6, 7, 8, 9, 10, 11, 12]]
     kw = dict(max_new_tokens=16, block_length=4, steps=2, strategy=strategy, threshold=0.5)
     static = generate(model, prompts, runner_mode="static", **kw)
-    monkeypatch.setattr(Experts, "grouped", False)
-    looped = generate(model, prompts, runner_mode="plain", **kw)
+    looped = generate(model, prompts, runner_mode="plain", kernels=Kernels(grouped_experts=False), **kw)
     assert static.tokens.tolist() == looped.tokens.tolist()
     assert len({t for row in static.tokens.tolist() for t in row}) > 3  # not one repeated token
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sdar_core.decoding import generate
-from sdar_core.fused import FUSE
+from sdar_core.kernels import Kernels
 from sdar_core.model import Attention, RMSNorm, rope_cos_sin
 
 from conftest import random_model, rel_err, tiny_config
@@ -66,13 +66,12 @@ def test_kernel_matches_the_math_on_a_strided_fused_projection(dtype, Q):
 @pytest.mark.cuda
 @cuda
 @pytest.mark.parametrize("strategy", ["static", "dynamic", "ar"])
-def test_graphed_decoding_with_the_kernel_gives_the_eager_tokens(strategy, monkeypatch):
+def test_graphed_decoding_with_the_kernel_gives_the_eager_tokens(strategy):
     model = random_model(tiny_config("sdar", block_size=4)).cuda()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
     kw = dict(max_new_tokens=24, block_length=4, steps=2, strategy=strategy, threshold=0.5)
     fused = generate(model, prompts, runner_mode="graph", **kw)
-    monkeypatch.setattr(FUSE, "norm_rope", False)
-    eager = generate(model, prompts, runner_mode="plain", **kw)
+    eager = generate(model, prompts, runner_mode="plain", kernels=Kernels(norm_rope=False), **kw)
     assert fused.tokens.tolist() == eager.tokens.tolist()
 
 
@@ -90,15 +89,14 @@ def test_training_never_takes_the_forward_only_kernel():
 
 @pytest.mark.cuda
 @cuda
-def test_a_training_step_on_cuda_backpropagates_like_the_eager_path(fuse):
+def test_a_training_step_on_cuda_backpropagates_like_the_eager_path():
     """Regression: a CUDA training forward once went through the forward-only kernel and failed in backward."""
     torch.manual_seed(0)
     model = random_model(tiny_config("sdar", block_size=4)).cuda().float()
     ids = torch.randint(4, 60, (2, 16), device="cuda")
     grads = []
     for fused in (True, False):
-        fuse("all" if fused else "none")
         model.zero_grad()
-        model(ids).float().pow(2).mean().backward()
+        model(ids, kernels=Kernels().with_fusions("all" if fused else "none")).float().pow(2).mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert torch.equal(grads[0], grads[1])

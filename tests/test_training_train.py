@@ -110,6 +110,24 @@ def test_unknown_recipe_key_is_rejected_with_a_suggestion(tmp_path):
         tiny_recipe(tmp_path / "x", model=dict(hidden=3))
 
 
+def test_numbers_written_the_short_way_are_numbers(tmp_path):
+    """PyYAML (YAML 1.1) reads `1e-4` as the string '1e-4': a numeric key takes it as the number it names, in a
+    recipe file and in a key=value override alike; text that is no number is still refused by name."""
+    path = REPO / "training" / "recipes" / "tiny-cpu-smoke.yaml"
+    recipe = load_recipe(path, ["lr=1e-4", "warmup_steps=1e1", f"output_dir={tmp_path / 'o'}"])
+    assert recipe.lr == pytest.approx(1e-4) and isinstance(recipe.lr, float)
+    assert recipe.warmup_steps == 10 and isinstance(recipe.warmup_steps, int)
+    written = tmp_path / "r.yaml"
+    written.write_text(path.read_text().replace("weight_decay: 0.0", "weight_decay: 5E-2"))
+    assert load_recipe(written, [f"output_dir={tmp_path / 'o'}"]).weight_decay == pytest.approx(0.05)
+    with pytest.raises(RecipeError, match="recipe key 'lr' must be a number, got 'fast'"):
+        load_recipe(path, ["lr=fast"])
+    with pytest.raises(RecipeError, match="recipe key 'lr' must be a finite number, got 'nan'"):
+        load_recipe(path, ["lr=nan"])
+    with pytest.raises(RecipeError, match="recipe key 'warmup_steps' must be an integer, got 2.5"):
+        load_recipe(path, ["warmup_steps=2.5e0"])
+
+
 def test_missing_data_file_is_rejected_before_any_work(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"mode: sdar-cpt\noutput_dir: {tmp_path / 'out'}\ndata: [{tmp_path / 'nope.jsonl'}]\n"

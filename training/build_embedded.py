@@ -7,9 +7,9 @@
 
 Each stage is a recipe in training/recipes/ (embedded-*.yaml) writing to runs/embedded/<stage>; a stage always runs
 with resume=true, so a call that hit the recipe's max_minutes continues where it stopped. The SFT stages export
-their final model to assets/models/sdar-tiny and assets/models/ar-tiny (safetensors shards <= 15 MiB, bf16,
-tokenizer included). Exit status: 0 when the requested stages are finished, 3 when a time budget stopped one
-(run the same command again).
+their final model to <--out>/sdar-tiny and <--out>/ar-tiny (out/models by default; `--out assets/models` replaces
+the shipped ones; safetensors shards <= 15 MiB, bf16, tokenizer included). Exit status: 0 when the requested
+stages are finished, 3 when a time budget stopped one (run the same command again).
 
 After a rebuild, regenerate what the tests compare the shipped models with, and the evaluation
 (assets/models/README.md, "Evaluation"):
@@ -18,6 +18,7 @@ After a rebuild, regenerate what the tests compare the shipped models with, and 
     python -m benchmarks.evaluate --data assets/models/eval/data --limit 8 --batch-size 8 --text-limit 1 \\
         --grid-limit 4 --define-limit 4 --no-samples --out assets/models/eval/eval-subset.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,7 @@ class Stage:
     name: str
     recipe: str
     init_from: str | None  # the stage whose final model this one starts from
-    export: str | None  # assets/models/<export> receives the final model
+    export: str | None  # <--out>/<export> receives the final model
 
 
 STAGES = [
@@ -79,8 +80,11 @@ def run_stage(stage: Stage, runs: Path, out: Path, overrides: list[str], progres
     print(f"== stage {stage.name}: {RECIPES / stage.recipe} -> {recipe.output_dir}", flush=True)
     result = train(recipe, progress=progress)
     if not result.finished:
-        print(f"== stage {stage.name} paused at step {result.state.step}/{recipe.max_steps} (time budget); "
-              "run again to continue", flush=True)
+        print(
+            f"== stage {stage.name} paused at step {result.state.step}/{recipe.max_steps} (time budget); "
+            "run again to continue",
+            flush=True,
+        )
         return False
     if stage.export:
         dest = out / stage.export
@@ -91,26 +95,42 @@ def run_stage(stage: Stage, runs: Path, out: Path, overrides: list[str], progres
 
 def status(runs: Path, out: Path) -> None:
     for stage in STAGES:
-        state = "done" if is_done(runs, out, stage) else (
-            "partial" if (stage_dir(runs, stage) / "checkpoints").is_dir() else "not started")
+        state = (
+            "done"
+            if is_done(runs, out, stage)
+            else ("partial" if (stage_dir(runs, stage) / "checkpoints").is_dir() else "not started")
+        )
         print(f"{stage.name:12s} {state}")
-    sizes = [sum(f.stat().st_size for f in (out / s.export).glob("*.safetensors"))
-             for s in STAGES if s.export and (out / s.export).is_dir()]
+    sizes = [
+        sum(f.stat().st_size for f in (out / s.export).glob("*.safetensors"))
+        for s in STAGES
+        if s.export and (out / s.export).is_dir()
+    ]
     if sizes:
         total = sum(sizes)
-        print(f"exported weights: {total / 1e6:.1f} MB" + ("" if total < SIZE_LIMIT_BYTES else
-                                                           f"  (over the {SIZE_LIMIT_BYTES / 1e6:.0f} MB budget)"))
+        print(
+            f"exported weights: {total / 1e6:.1f} MB"
+            + ("" if total < SIZE_LIMIT_BYTES else f"  (over the {SIZE_LIMIT_BYTES / 1e6:.0f} MB budget)")
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", default="all", help="all | next | " + " | ".join(s.name for s in STAGES))
-    parser.add_argument("--out", default="assets/models", help="where sdar-tiny/ and ar-tiny/ are written")
+    parser.add_argument(
+        "--out",
+        default="out/models",
+        help="where sdar-tiny/ and ar-tiny/ are written (default: "
+        "%(default)s; --out assets/models replaces the shipped ones)",
+    )
     parser.add_argument("--runs", default="runs/embedded", help="training outputs, one folder per stage")
     parser.add_argument("--status", action="store_true", help="print what is done and exit")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs of unattended runs)")
-    parser.add_argument("overrides", nargs="*", help="recipe key=value applied to every stage run "
-                                                     "(e.g. max_minutes=9)")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (logs of unattended runs)"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="recipe key=value applied to every stage run (e.g. max_minutes=9)"
+    )
     args = parser.parse_args(argv)
     runs, out = Path(args.runs), Path(args.out)
     if args.status:
@@ -128,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         if stage.init_from:
             base = STAGE_BY_NAME[stage.init_from]
             if not is_done(runs, out, base):
-                print(f"error: stage {stage.name} starts from {base.name}, which is not finished "
-                      f"(python -m training.build_embedded --stage {base.name})", file=sys.stderr)
+                print(
+                    f"error: stage {stage.name} starts from {base.name}, which is not finished "
+                    f"(python -m training.build_embedded --stage {base.name})",
+                    file=sys.stderr,
+                )
                 return 2
         try:
             finished = run_stage(stage, runs, out, args.overrides, progress=not args.no_progress)

@@ -4,6 +4,7 @@ Recipes name it `tokenizer: builtin:bytes`. It has the four special tokens the r
 built by `python -m training.tokenizer`) has: `<|endoftext|>` (eos and padding), `<|im_start|>`, `<|im_end|>`,
 `<|MASK|>` (the mask token), and a ChatML chat template.
 """
+
 from __future__ import annotations
 
 from sdar_core.prompting import END_OF_TEXT, MASK_TOKEN
@@ -21,7 +22,8 @@ def byte_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(SPECIAL_TOKENS)
-    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=END_OF_TEXT, pad_token=END_OF_TEXT,
-                                  mask_token=MASK_TOKEN)
+    out = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=END_OF_TEXT, pad_token=END_OF_TEXT, mask_token=MASK_TOKEN
+    )
     out.chat_template = CHAT_TEMPLATE
     return out

@@ -15,6 +15,7 @@ Writes to --out:
     heldout_text.jsonl   {"text", "source"}: a slice of each real source kept out of pretrain.jsonl, for perplexity
     manifest.json        every source (package, version, licence, bytes, documents) and the sha256 of every output
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,34 +28,37 @@ import shutil
 import subprocess
 import sys
 import unicodedata
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Callable, Iterator
 
 from sdar_core.paths import REPO
 from training import qa, synthetic
 
 ALPACA_PATH = REPO / "training" / "data" / "alpaca_en_demo.json"
 ALPACA_LICENCE = "CC BY-NC 4.0"  # shipped in the repository; no longer in the embedded models' data
-MAX_DOC_CHARS = 4000  # longer texts are split at paragraph boundaries into documents of at most this many characters
+MAX_DOC_CHARS = (
+    4000  # longer texts are split at paragraph boundaries into documents of at most this many characters
+)
 
 
 @dataclass
 class CorpusConfig:
     """Everything that decides the data set's contents; recorded in the manifest."""
+
     out: str = "data/embedded"
-    max_mb: float = 40.0          # cap on the real text in pretrain.jsonl (MB of UTF-8 text)
+    max_mb: float = 40.0  # cap on the real text in pretrain.jsonl (MB of UTF-8 text)
     seed: int = 0
     cache: str = ".cache/debs"
-    n_arith: int = 30_000         # worked arithmetic problems in pretrain.jsonl
-    n_formula: int = 15_000       # conversion / algebra / sequence / record / comparison items in pretrain.jsonl
-    n_sft_arith: int = 12_000     # arithmetic chats in sft.jsonl
-    n_sft_formula: int = 6_000    # formula chats in sft.jsonl
-    n_eval: int = 1_000           # held-out arithmetic problems
-    n_sft_define: int = 8_000     # WordNet definition chats in sft.jsonl (training.qa)
-    n_sft_howto: int = 2_500      # Python "How do I ...?" chats in sft.jsonl (all there are: about 2,000)
-    n_eval_define: int = 500      # held-out definitions (eval_define.jsonl)
+    n_arith: int = 30_000  # worked arithmetic problems in pretrain.jsonl
+    n_formula: int = 15_000  # conversion / algebra / sequence / record / comparison items in pretrain.jsonl
+    n_sft_arith: int = 12_000  # arithmetic chats in sft.jsonl
+    n_sft_formula: int = 6_000  # formula chats in sft.jsonl
+    n_eval: int = 1_000  # held-out arithmetic problems
+    n_sft_define: int = 8_000  # WordNet definition chats in sft.jsonl (training.qa)
+    n_sft_howto: int = 2_500  # Python "How do I ...?" chats in sft.jsonl (all there are: about 2,000)
+    n_eval_define: int = 500  # held-out definitions (eval_define.jsonl)
     heldout_fraction: float = 0.01
     heldout_max_bytes: int = 200_000  # per source
 
@@ -77,7 +81,9 @@ def normalize_whitespace(text: str) -> str:
 def reflow(text: str) -> str:
     """Join hard-wrapped lines inside each paragraph (paragraphs are separated by blank lines)."""
     paragraphs = re.split(r"\n\s*\n", text)
-    return "\n\n".join(" ".join(line.strip() for line in p.splitlines() if line.strip()) for p in paragraphs).strip()
+    return "\n\n".join(
+        " ".join(line.strip() for line in p.splitlines() if line.strip()) for p in paragraphs
+    ).strip()
 
 
 def split_documents(text: str, max_chars: int = MAX_DOC_CHARS) -> list[str]:
@@ -126,8 +132,31 @@ LINE, PARAGRAPH = "\ue001", "\ue002"  # the edge of a block element: a line brea
 
 class _MainText(HTMLParser):
     """Collects the text of an HTML page (of its `role="main"` element when there is one), one block per line."""
-    BLOCK = {"p", "div", "section", "li", "ul", "ol", "dl", "dt", "dd", "tr", "table", "pre", "br", "h1", "h2",
-             "h3", "h4", "h5", "h6", "blockquote", "figure", "hr"}
+
+    BLOCK = {
+        "p",
+        "div",
+        "section",
+        "li",
+        "ul",
+        "ol",
+        "dl",
+        "dt",
+        "dd",
+        "tr",
+        "table",
+        "pre",
+        "br",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "blockquote",
+        "figure",
+        "hr",
+    }
     PARAGRAPHS = {"p", "pre", "h1", "h2", "h3", "h4", "h5", "h6", "dt", "table", "blockquote", "section"}
     SKIP = {"script", "style", "head", "nav", "noscript"}
 
@@ -135,9 +164,9 @@ class _MainText(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self.main_parts: list[str] = []
-        self.skip_depth = 0       # inside <script>, <style>, ... or a Sphinx "¶" header link
+        self.skip_depth = 0  # inside <script>, <style>, ... or a Sphinx "¶" header link
         self.pre_depth = 0
-        self.main_depth = 0       # depth of open tags inside the role="main" element; 0 = not inside
+        self.main_depth = 0  # depth of open tags inside the role="main" element; 0 = not inside
         self.stack: list[str] = []
 
     def handle_starttag(self, tag, attrs):
@@ -199,15 +228,29 @@ def html_to_text(page: str) -> str:
     parser.close()
     text = "".join(parser.main_parts or parser.parts)
     # A run of block edges (and the whitespace between them) is one break: a blank line if any edge is a paragraph's.
-    text = re.sub(rf"[\s{LINE}{PARAGRAPH}]*[{LINE}{PARAGRAPH}][\s{LINE}{PARAGRAPH}]*",
-                  lambda m: "\n\n" if PARAGRAPH in m[0] or "\n\n" in m[0] else "\n", text)
+    text = re.sub(
+        rf"[\s{LINE}{PARAGRAPH}]*[{LINE}{PARAGRAPH}][\s{LINE}{PARAGRAPH}]*",
+        lambda m: "\n\n" if PARAGRAPH in m[0] or "\n\n" in m[0] else "\n",
+        text,
+    )
     text = normalize_whitespace(text).replace(PRE_SPACE, " ")
     return "\n".join(line.rstrip() for line in text.split("\n"))
 
 
-GCIDE_SOURCES = r"1913 Webster|Webster 1913 Suppl\.|PJC|WordNet 1\.5(?: \+PJC)?|Century Dict\.|Chambers 1881|RN|AS|MW10"
-GCIDE_MARKS = {"'": "\u0301", "`": "\u0300", "^": "\u0302", '"': "\u0308", "~": "\u0303", "=": "\u0304",
-               "-": "\u0304", ",": "\u0327", ".": "\u0307"}
+GCIDE_SOURCES = (
+    r"1913 Webster|Webster 1913 Suppl\.|PJC|WordNet 1\.5(?: \+PJC)?|Century Dict\.|Chambers 1881|RN|AS|MW10"
+)
+GCIDE_MARKS = {
+    "'": "\u0301",
+    "`": "\u0300",
+    "^": "\u0302",
+    '"': "\u0308",
+    "~": "\u0303",
+    "=": "\u0304",
+    "-": "\u0304",
+    ",": "\u0327",
+    ".": "\u0307",
+}
 GCIDE_LETTERS = {"ae": "æ", "AE": "Æ", "oe": "œ", "OE": "Œ", "eth": "ð", "th": "þ", "deg": "°", "ng": "ŋ"}
 
 
@@ -226,7 +269,9 @@ def _gcide_letter(m: re.Match) -> str:
 def clean_gcide_entry(entry: str) -> str:
     """One GCIDE dictionary entry as prose: source tags, pronunciations (`\\An*nex"\\`) and cross-reference
     braces removed, letter codes such as `['e]` turned into the letters they stand for, lines reflowed."""
-    entry = re.sub(rf"\n?[ ]*\[(?:{GCIDE_SOURCES})\][^\n]*", "", entry)  # tag and stray text after it, whole line
+    entry = re.sub(
+        rf"\n?[ ]*\[(?:{GCIDE_SOURCES})\][^\n]*", "", entry
+    )  # tag and stray text after it, whole line
     entry = re.sub(r"\s*\\[^\\\n]*\\", "", entry)
     entry = re.sub(r"\{([^{}]*)\}", r"\1", entry)
     entry = re.sub(r"\[([^\]\s]{2,3})\]", _gcide_letter, entry)
@@ -241,8 +286,13 @@ def bible_documents(roots: dict[str, Path]) -> Iterator[str]:
     """King James Bible, one document per chapter, one verse per line (decoded with the package's `bible` tool)."""
     tool = roots["bible-kjv"] / "usr/bin/bible"
     data = roots["bible-kjv-text"] / "usr/lib"
-    out = subprocess.run([str(tool), "-p", str(data), "-f", "gen1:1-rev22:21"], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    out = subprocess.run(
+        [str(tool), "-p", str(data), "-f", "gen1:1-rev22:21"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     chapter, verses = None, []
     for line in out.splitlines():
         m = re.match(r"^(\d?[A-Za-z]+)(\d+):(\d+) (.*)$", line)
@@ -259,11 +309,14 @@ def bible_documents(roots: dict[str, Path]) -> Iterator[str]:
 
 def gcide_documents(roots: dict[str, Path]) -> Iterator[str]:
     """GCIDE entries (the 1913 Webster and later additions), cleaned, packed into documents."""
-    with gzip.open(roots["dict-gcide"] / "usr/share/dictd/gcide.dict.dz", "rt", encoding="utf-8",
-                   errors="replace") as f:
+    with gzip.open(
+        roots["dict-gcide"] / "usr/share/dictd/gcide.dict.dz", "rt", encoding="utf-8", errors="replace"
+    ) as f:
         raw = f.read()
     entries = re.split(r"\n\s*\n(?=\S)", raw)  # an entry starts at column 0 after a blank line
-    text = "\n\n".join(e for e in (clean_gcide_entry(e) for e in entries[1:]) if len(e) > 30 and "00-database" not in e)
+    text = "\n\n".join(
+        e for e in (clean_gcide_entry(e) for e in entries[1:]) if len(e) > 30 and "00-database" not in e
+    )
     yield from split_documents(text)
 
 
@@ -278,7 +331,7 @@ def wordnet_documents(roots: dict[str, Path]) -> Iterator[str]:
             head, gloss = line.split(" | ", 1)
             fields = head.split()
             count = int(fields[3], 16)
-            words = [re.sub(r"\(\w+\)$", "", w).replace("_", " ") for w in fields[4:4 + 2 * count:2]]
+            words = [re.sub(r"\(\w+\)$", "", w).replace("_", " ") for w in fields[4 : 4 + 2 * count : 2]]
             lines.append(f"{', '.join(words)} ({pos_name[pos]}): {gloss.strip()}")
             if len(lines) == 25:
                 yield "\n".join(lines)
@@ -287,7 +340,9 @@ def wordnet_documents(roots: dict[str, Path]) -> Iterator[str]:
             yield "\n".join(lines)
 
 
-PYDOC_SKIP = re.compile(r"(^|/)(genindex.*|contents|search|py-modindex|copyright|license|download|bugs|about)\.html$")
+PYDOC_SKIP = re.compile(
+    r"(^|/)(genindex.*|contents|search|py-modindex|copyright|license|download|bugs|about)\.html$"
+)
 
 
 def python_doc_documents(roots: dict[str, Path]) -> Iterator[str]:
@@ -312,7 +367,7 @@ def fortune_documents(roots: dict[str, Path]) -> Iterator[str]:
         cookies = [normalize_whitespace(c) for c in path.read_text("utf-8", errors="replace").split("\n%\n")]
         cookies = [c for c in cookies if c and c != "%"]
         for i in range(0, len(cookies), 12):
-            yield "\n\n".join(cookies[i:i + 12])
+            yield "\n\n".join(cookies[i : i + 12])
 
 
 def jargon_documents(roots: dict[str, Path]) -> Iterator[str]:
@@ -321,37 +376,69 @@ def jargon_documents(roots: dict[str, Path]) -> Iterator[str]:
     with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
         raw = f.read()
     start = re.search(r"^ *:[^:\n]+:", raw, flags=re.MULTILINE)
-    body = raw[start.start():] if start else raw
+    body = raw[start.start() :] if start else raw
     body = re.sub(r"\{([^{}]*)\}", r"\1", body)
     entries = re.split(r"\n(?= *:[^:\n]+:)", body)
-    text = "\n\n".join(normalize_whitespace(reflow(e.strip().lstrip(":").replace(": ", ": ", 1))) for e in entries)
+    text = "\n\n".join(
+        normalize_whitespace(reflow(e.strip().lstrip(":").replace(": ", ": ", 1))) for e in entries
+    )
     yield from split_documents(text)
 
 
 @dataclass
 class DebianSource:
     """A real-text source: the Debian packages it needs and the function that turns their files into documents."""
+
     name: str
-    packages: list[str]          # the first one is the one whose text we use; others are tools (bible-kjv)
+    packages: list[str]  # the first one is the one whose text we use; others are tools (bible-kjv)
     licence: str
     description: str
     extract: Callable[[dict[str, Path]], Iterator[str]]
 
 
 SOURCES = [
-    DebianSource("bible-kjv", ["bible-kjv-text", "bible-kjv"], "Public domain (text); GPL-2+ (decoder tool only)",
-                 "King James Version of the Bible (1611), one chapter per document", bible_documents),
-    DebianSource("gcide", ["dict-gcide"], "GPL-2+",
-                 "GNU Collaborative International Dictionary of English (Webster 1913 + additions)", gcide_documents),
-    DebianSource("wordnet", ["wordnet-base"], "WordNet 3.0 licence (permissive, BSD-like)",
-                 "WordNet 3.0 synsets and glosses", wordnet_documents),
-    DebianSource("python-docs", ["python3.11-doc"], "PSF-2.0 (Python Software Foundation License)",
-                 "Python 3.11 documentation, HTML stripped to text", python_doc_documents),
-    DebianSource("fortunes", ["fortunes"], "BSD (fortune-mod); quotations of mixed origin",
-                 "fortune(6) cookies: quotations, jokes, short poems (offensive/political files excluded)",
-                 fortune_documents),
-    DebianSource("jargon", ["jargon-text"], "Public domain", "The Jargon File 4.4.7 (hacker slang glossary)",
-                 jargon_documents),
+    DebianSource(
+        "bible-kjv",
+        ["bible-kjv-text", "bible-kjv"],
+        "Public domain (text); GPL-2+ (decoder tool only)",
+        "King James Version of the Bible (1611), one chapter per document",
+        bible_documents,
+    ),
+    DebianSource(
+        "gcide",
+        ["dict-gcide"],
+        "GPL-2+",
+        "GNU Collaborative International Dictionary of English (Webster 1913 + additions)",
+        gcide_documents,
+    ),
+    DebianSource(
+        "wordnet",
+        ["wordnet-base"],
+        "WordNet 3.0 licence (permissive, BSD-like)",
+        "WordNet 3.0 synsets and glosses",
+        wordnet_documents,
+    ),
+    DebianSource(
+        "python-docs",
+        ["python3.11-doc"],
+        "PSF-2.0 (Python Software Foundation License)",
+        "Python 3.11 documentation, HTML stripped to text",
+        python_doc_documents,
+    ),
+    DebianSource(
+        "fortunes",
+        ["fortunes"],
+        "BSD (fortune-mod); quotations of mixed origin",
+        "fortune(6) cookies: quotations, jokes, short poems (offensive/political files excluded)",
+        fortune_documents,
+    ),
+    DebianSource(
+        "jargon",
+        ["jargon-text"],
+        "Public domain",
+        "The Jargon File 4.4.7 (hacker slang glossary)",
+        jargon_documents,
+    ),
 ]
 
 
@@ -368,7 +455,9 @@ def fetch_deb(package: str, cache: Path) -> tuple[Path | None, str]:
     if shutil.which("apt-get") is None:
         return None, "apt-get not found (not a Debian system)"
     try:
-        run = subprocess.run(["apt-get", "download", package], cwd=cache, capture_output=True, text=True, timeout=600)
+        run = subprocess.run(
+            ["apt-get", "download", package], cwd=cache, capture_output=True, text=True, timeout=600
+        )
     except subprocess.TimeoutExpired:
         return None, "apt-get download timed out"
     found = sorted(cache.glob(f"{package}_*.deb"))
@@ -389,8 +478,9 @@ def unpack_deb(deb: Path, cache: Path) -> Path:
 
 
 def deb_version(deb: Path) -> str:
-    return subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        ["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def sha256_file(path: Path) -> str:
@@ -404,24 +494,27 @@ def sha256_file(path: Path) -> str:
 @dataclass
 class SourceRecord:
     """What the manifest says about one source."""
+
     name: str
-    kind: str                    # "debian" | "generated" | "file"
+    kind: str  # "debian" | "generated" | "file"
     licence: str
     description: str
     used_for: str
-    status: str = "ok"           # "ok" | "missing"
+    status: str = "ok"  # "ok" | "missing"
     reason: str = ""
     packages: dict = field(default_factory=dict)  # package -> {"version", "deb", "deb_sha256"}
-    bytes: int = 0               # UTF-8 bytes of text used in the outputs
+    bytes: int = 0  # UTF-8 bytes of text used in the outputs
     documents: int = 0
-    available_bytes: int = 0     # before the --max-mb cap (real text only)
+    available_bytes: int = 0  # before the --max-mb cap (real text only)
     heldout_bytes: int = 0
     heldout_documents: int = 0
 
 
 def load_debian_source(src: DebianSource, cache: Path) -> tuple[list[str], SourceRecord]:
     """All clean documents of one source, or none with the record marked missing (never raises)."""
-    rec = SourceRecord(src.name, "debian", src.licence, src.description, "pretraining text; held-out perplexity text")
+    rec = SourceRecord(
+        src.name, "debian", src.licence, src.description, "pretraining text; held-out perplexity text"
+    )
     roots = {}
     for package in src.packages:
         deb, why = fetch_deb(package, cache)
@@ -431,7 +524,11 @@ def load_debian_source(src: DebianSource, cache: Path) -> tuple[list[str], Sourc
             return [], rec
         try:
             roots[package] = unpack_deb(deb, cache)
-            rec.packages[package] = {"version": deb_version(deb), "deb": deb.name, "deb_sha256": sha256_file(deb)}
+            rec.packages[package] = {
+                "version": deb_version(deb),
+                "deb": deb.name,
+                "deb_sha256": sha256_file(deb),
+            }
         except (subprocess.SubprocessError, OSError) as e:
             print(f"warning: skipping source {src.name}: cannot unpack {deb.name}: {e}", file=sys.stderr)
             rec.status, rec.reason = "missing", f"{package}: cannot unpack: {e}"
@@ -499,7 +596,7 @@ def build(cfg: CorpusConfig) -> dict:
         rng.shuffle(docs)
         held = take_bytes(docs, min(int(rec.available_bytes * cfg.heldout_fraction), cfg.heldout_max_bytes))
         rec.heldout_documents, rec.heldout_bytes = len(held), sum(len(d.encode()) for d in held)
-        real[src.name] = (held, docs[len(held):])
+        real[src.name] = (held, docs[len(held) :])
         records.append(rec)
 
     sizes = {name: sum(len(d.encode()) for d in rest) for name, (_, rest) in real.items()}
@@ -521,9 +618,11 @@ def build(cfg: CorpusConfig) -> dict:
     words = qa.wordnet_entries(kept_text("wordnet"))  # only glosses that are in pretrain.jsonl
     define = qa.definition_chats(words, cfg.n_sft_define, cfg.seed)
     howto = qa.howto_chats(kept_text("python-docs"), cfg.n_sft_howto, cfg.seed)
-    sft = [{"messages": m, "source": "synthetic"} for m in gen_chats] + \
-          [{"messages": m, "source": "wordnet-qa"} for m in define] + \
-          [{"messages": m, "source": "python-docs-qa"} for m in howto]
+    sft = (
+        [{"messages": m, "source": "synthetic"} for m in gen_chats]
+        + [{"messages": m, "source": "wordnet-qa"} for m in define]
+        + [{"messages": m, "source": "python-docs-qa"} for m in howto]
+    )
     random.Random(f"sft-{cfg.seed}").shuffle(sft)
     define_eval = qa.heldout_definitions(words, cfg.n_eval_define, cfg.seed)
 
@@ -536,27 +635,55 @@ def build(cfg: CorpusConfig) -> dict:
     write_jsonl(out / "eval_define.jsonl", define_eval)
 
     gen_text_bytes = sum(len(d.encode()) for d in gen_docs)
-    records.append(SourceRecord(
-        "synthetic", "generated", "Generated by training/synthetic.py (project code)",
-        "worked arithmetic, unit conversions, linear equations, sequences, JSON records, comparisons, identity Q&A",
-        f"pretraining text ({len(gen_docs)} docs); SFT chats ({len(gen_chats)}); held-out eval_arith ({len(eval_rows)})",
-        bytes=gen_text_bytes + sum(len(json.dumps(m, ensure_ascii=False).encode()) for m in gen_chats),
-        documents=len(gen_docs) + len(gen_chats)))
-    for name, chats, what in (("wordnet-qa", define, "definition chats from the WordNet glosses in pretraining"),
-                              ("python-docs-qa", howto, '"How do I ...?" chats from the Python documentation')):
-        records.append(SourceRecord(
-            name, "generated", "as its source (training/qa.py, project code)", what,
-            f"SFT chats ({len(chats)})" + ("; held-out eval_define" if name == "wordnet-qa" else ""),
-            bytes=sum(len(json.dumps(m, ensure_ascii=False).encode()) for m in chats), documents=len(chats)))
+    records.append(
+        SourceRecord(
+            "synthetic",
+            "generated",
+            "Generated by training/synthetic.py (project code)",
+            "worked arithmetic, unit conversions, linear equations, sequences, JSON records, comparisons, identity Q&A",
+            f"pretraining text ({len(gen_docs)} docs); SFT chats ({len(gen_chats)}); "
+            f"held-out eval_arith ({len(eval_rows)})",
+            bytes=gen_text_bytes + sum(len(json.dumps(m, ensure_ascii=False).encode()) for m in gen_chats),
+            documents=len(gen_docs) + len(gen_chats),
+        )
+    )
+    for name, chats, what in (
+        ("wordnet-qa", define, "definition chats from the WordNet glosses in pretraining"),
+        ("python-docs-qa", howto, '"How do I ...?" chats from the Python documentation'),
+    ):
+        records.append(
+            SourceRecord(
+                name,
+                "generated",
+                "as its source (training/qa.py, project code)",
+                what,
+                f"SFT chats ({len(chats)})" + ("; held-out eval_define" if name == "wordnet-qa" else ""),
+                bytes=sum(len(json.dumps(m, ensure_ascii=False).encode()) for m in chats),
+                documents=len(chats),
+            )
+        )
 
     outputs = {}
-    for name in ("pretrain.jsonl", "sft.jsonl", "eval_arith.jsonl", "heldout_text.jsonl", "eval_define.jsonl"):
+    for name in (
+        "pretrain.jsonl",
+        "sft.jsonl",
+        "eval_arith.jsonl",
+        "heldout_text.jsonl",
+        "eval_define.jsonl",
+    ):
         path = out / name
-        outputs[name] = {"bytes": path.stat().st_size, "lines": sum(1 for _ in open(path, encoding="utf-8")),
-                         "sha256": sha256_file(path)}
-    manifest = {"config": asdict(cfg), "sources": [asdict(r) for r in records], "outputs": outputs,
-                "real_text_bytes": sum(r.bytes for r in records if r.kind == "debian"),
-                "missing": [r.name for r in records if r.status != "ok"]}
+        outputs[name] = {
+            "bytes": path.stat().st_size,
+            "lines": sum(1 for _ in open(path, encoding="utf-8")),
+            "sha256": sha256_file(path),
+        }
+    manifest = {
+        "config": asdict(cfg),
+        "sources": [asdict(r) for r in records],
+        "outputs": outputs,
+        "real_text_bytes": sum(r.bytes for r in records if r.kind == "debian"),
+        "missing": [r.name for r in records if r.status != "ok"],
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", "utf-8")
     return manifest
 
@@ -566,15 +693,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=CorpusConfig.out)
     ap.add_argument("--max-mb", type=float, default=CorpusConfig.max_mb, help="cap on real text, MB")
     ap.add_argument("--seed", type=int, default=CorpusConfig.seed)
-    ap.add_argument("--cache", default=CorpusConfig.cache, help="where .deb files are downloaded and unpacked")
+    ap.add_argument(
+        "--cache", default=CorpusConfig.cache, help="where .deb files are downloaded and unpacked"
+    )
     args = ap.parse_args(argv)
     if args.max_mb <= 0:
         ap.error(f"--max-mb must be positive, got {args.max_mb}")
     cfg = CorpusConfig(out=args.out, max_mb=args.max_mb, seed=args.seed, cache=args.cache)
     manifest = build(cfg)
     total = sum(o["bytes"] for o in manifest["outputs"].values())
-    print(f"wrote {cfg.out}: {total / 1e6:.1f} MB, real text {manifest['real_text_bytes'] / 1e6:.1f} MB"
-          + (f", missing sources: {', '.join(manifest['missing'])}" if manifest["missing"] else ""))
+    print(
+        f"wrote {cfg.out}: {total / 1e6:.1f} MB, real text {manifest['real_text_bytes'] / 1e6:.1f} MB"
+        + (f", missing sources: {', '.join(manifest['missing'])}" if manifest["missing"] else "")
+    )
 
 
 if __name__ == "__main__":

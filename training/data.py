@@ -12,6 +12,7 @@ strategy"): only the assistant turns are trained; the prompt -- everything up to
 
 Every row carries segment ids and position ids that restart at 0 per sample (see objective.PackedBatch).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,16 +63,21 @@ def _records(path: Path) -> list:
 def _as_messages(record: dict, where: str) -> list[dict]:
     if "messages" in record:
         msgs = record["messages"]
-        if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m and "content" in m
-                                                 for m in msgs):
+        if not isinstance(msgs, list) or not all(
+            isinstance(m, dict) and "role" in m and "content" in m for m in msgs
+        ):
             raise DataError(f"{where}: 'messages' must be a list of {{'role', 'content'}}")
         return [{"role": m["role"], "content": m["content"]} for m in msgs]
     if "instruction" in record and "output" in record:  # alpaca
         user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
         system = [{"role": "system", "content": record["system"]}] if record.get("system") else []
-        return system + [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
-    raise DataError(f"{where}: a chat record needs 'messages' or alpaca 'instruction'/'output'; "
-                    f"keys are {sorted(record)}")
+        return system + [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": record["output"]},
+        ]
+    raise DataError(
+        f"{where}: a chat record needs 'messages' or alpaca 'instruction'/'output'; keys are {sorted(record)}"
+    )
 
 
 def read_documents(path: str, data_format: str = "auto", max_docs: int | None = None) -> tuple[str, list]:
@@ -118,7 +124,7 @@ def encode_texts(tokenizer, texts: list[str], chunk: int = 1000) -> list[list[in
     sep = separator_id(tokenizer)
     out = []
     for i in range(0, len(texts), chunk):
-        for ids in tokenizer(texts[i:i + chunk], add_special_tokens=False)["input_ids"]:
+        for ids in tokenizer(texts[i : i + chunk], add_special_tokens=False)["input_ids"]:
             out.append(list(ids) + ([sep] if sep is not None else []))
     return out
 
@@ -139,30 +145,33 @@ def chat_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, in
         if m["role"] != "assistant":
             continue
         prompt = _render(tokenizer, messages[:i], generation_prompt=True)
-        through = _render(tokenizer, messages[:i + 1])
+        through = _render(tokenizer, messages[: i + 1])
         if full.startswith(through) and through.startswith(prompt):
             spans.append((len(prompt), len(through)))
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
     if last is not None and not spans:
         prompt = _render(tokenizer, messages[:last], generation_prompt=True)
-        full = _render(tokenizer, messages[:last + 1])
+        full = _render(tokenizer, messages[: last + 1])
         if not full.startswith(prompt):
-            raise DataError("the chat template renders the prompt differently from the conversation; "
-                            "cannot find the assistant response")
+            raise DataError(
+                "the chat template renders the prompt differently from the conversation; "
+                "cannot find the assistant response"
+            )
         spans.append((len(prompt), len(full)))
     return full, spans
 
 
-def encode_chats(tokenizer, conversations: list[list[dict]], response_only: bool = True,
-                 chunk: int = 500) -> list[tuple[list[int], list[bool]]]:
+def encode_chats(
+    tokenizer, conversations: list[list[dict]], response_only: bool = True, chunk: int = 500
+) -> list[tuple[list[int], list[bool]]]:
     """(ids, trained) per conversation: trained marks assistant-turn tokens (every token if not response_only)."""
     if not getattr(tokenizer, "chat_template", None):
         raise DataError("chat data needs a tokenizer with a chat template")
     out = []
     for i in range(0, len(conversations), chunk):
-        rendered = [chat_spans(tokenizer, msgs) for msgs in conversations[i:i + chunk]]
+        rendered = [chat_spans(tokenizer, msgs) for msgs in conversations[i : i + chunk]]
         enc = tokenizer([r[0] for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
-        for (text, spans), ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
+        for (_text, spans), ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
             if response_only:
                 trained = [any(a <= start < b for a, b in spans) for start, _ in offsets]
             else:
@@ -187,7 +196,7 @@ class PackedRows(PackedBatch):
         ids, segments, positions, loss_mask = self.select(torch.as_tensor(rows, dtype=torch.long)).tensors()
         return PackedBatch(ids.long(), segments.long(), positions.long(), loss_mask.bool())
 
-    def select(self, rows: torch.Tensor) -> "PackedRows":
+    def select(self, rows: torch.Tensor) -> PackedRows:
         return self.map(lambda t: t[rows])
 
     def state(self) -> dict:
@@ -219,13 +228,17 @@ def pack_stream(docs: list[list[int]], seq_len: int, pad_id: int) -> PackedRows:
         loss = np.concatenate([loss, np.zeros(pad, dtype=bool)])
         n_rows = 1
     shape = (n_rows, seq_len)
-    ids = stream[:n_rows * seq_len].reshape(shape)
-    seg, pos = _segments_and_positions(starts[:n_rows * seq_len].reshape(shape))
-    return PackedRows(*(torch.from_numpy(np.ascontiguousarray(a)).to(torch.int32) for a in (ids, seg, pos)),
-                      torch.from_numpy(loss[:n_rows * seq_len].reshape(shape).copy()))
+    ids = stream[: n_rows * seq_len].reshape(shape)
+    seg, pos = _segments_and_positions(starts[: n_rows * seq_len].reshape(shape))
+    return PackedRows(
+        *(torch.from_numpy(np.ascontiguousarray(a)).to(torch.int32) for a in (ids, seg, pos)),
+        torch.from_numpy(loss[: n_rows * seq_len].reshape(shape).copy()),
+    )
 
 
-def pack_examples(examples: list[tuple[list[int], list[bool]]], seq_len: int, pad_id: int) -> tuple[PackedRows, int]:
+def pack_examples(
+    examples: list[tuple[list[int], list[bool]]], seq_len: int, pad_id: int
+) -> tuple[PackedRows, int]:
     """Greedy packing of whole examples in order; a row that cannot take the next example is padded (padding is a
     segment of its own, never trained). Returns the rows and the number of examples truncated to seq_len."""
     rows_ids, rows_loss, rows_starts = [], [], []
@@ -254,8 +267,12 @@ def pack_examples(examples: list[tuple[list[int], list[bool]]], seq_len: int, pa
     if not rows_ids:
         raise DataError("no example has a trainable token")
     seg, pos = _segments_and_positions(np.array(rows_starts, dtype=bool))
-    rows = PackedRows(torch.tensor(rows_ids, dtype=torch.int32), torch.from_numpy(seg).to(torch.int32),
-                      torch.from_numpy(pos).to(torch.int32), torch.tensor(rows_loss, dtype=torch.bool))
+    rows = PackedRows(
+        torch.tensor(rows_ids, dtype=torch.int32),
+        torch.from_numpy(seg).to(torch.int32),
+        torch.from_numpy(pos).to(torch.int32),
+        torch.tensor(rows_loss, dtype=torch.bool),
+    )
     return rows, truncated
 
 
@@ -263,8 +280,16 @@ def concat_rows(parts: list[PackedRows]) -> PackedRows:
     return PackedRows(*(torch.cat(column) for column in zip(*(p.tensors() for p in parts))))
 
 
-def build_rows(files: list[str], tokenizer, seq_len: int, *, data_format: str = "auto", response_only: bool = True,
-               max_docs: int | None = None, log=print) -> PackedRows:
+def build_rows(
+    files: list[str],
+    tokenizer,
+    seq_len: int,
+    *,
+    data_format: str = "auto",
+    response_only: bool = True,
+    max_docs: int | None = None,
+    log=print,
+) -> PackedRows:
     """Read, tokenize and pack every file (text files pack as a stream, chat files as whole conversations)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (separator_id(tokenizer) or 0)
     texts, chats = [], []
@@ -278,7 +303,9 @@ def build_rows(files: list[str], tokenizer, seq_len: int, *, data_format: str = 
     if chats:
         rows, truncated = pack_examples(encode_chats(tokenizer, chats, response_only), seq_len, pad_id)
         if truncated:
-            log(f"data: {truncated} of {len(chats)} conversations were longer than seq_len {seq_len} and truncated")
+            log(
+                f"data: {truncated} of {len(chats)} conversations were longer than seq_len {seq_len} and truncated"
+            )
         parts.append(rows)
     return concat_rows(parts)
 
@@ -291,13 +318,17 @@ def cache_key(files: list[str], tokenizer, **settings) -> str:
         st = p.stat()
         ident.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
     vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
-    blob = json.dumps([CACHE_VERSION, ident, vocab, getattr(tokenizer, "chat_template", None) or "", settings],
-                      sort_keys=True, default=str)
+    blob = json.dumps(
+        [CACHE_VERSION, ident, vocab, getattr(tokenizer, "chat_template", None) or "", settings],
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_or_build_rows(files: list[str], tokenizer, seq_len: int, cache_dir: Path | None, log=print,
-                       **settings) -> PackedRows:
+def load_or_build_rows(
+    files: list[str], tokenizer, seq_len: int, cache_dir: Path | None, log=print, **settings
+) -> PackedRows:
     """build_rows, cached as a tensor file in cache_dir (tokenizing a large corpus takes a while)."""
     if cache_dir is None:
         return build_rows(files, tokenizer, seq_len, log=log, **settings)
@@ -331,7 +362,9 @@ class RowOrder:
 
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
-            self._perms = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))}
+            self._perms = {
+                epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+            }
         return self._perms[epoch]
 
     def rows(self, start: int, count: int) -> list[int]:
@@ -345,6 +378,7 @@ class MixedOrder:
     CHUNK: each chunk draws from file f exactly its quota (weight share of CHUNK, largest remainders), in a seeded
     shuffled order, and file f's visits walk its own RowOrder. So sample i is still a pure function of (i, seed),
     and a small file is repeated (a large one subsampled) to its weight."""
+
     CHUNK = 1000
 
     def __init__(self, sizes: list[int], weights: list[float], seed: int) -> None:
@@ -352,7 +386,7 @@ class MixedOrder:
         exact = [w / total * self.CHUNK for w in weights]
         quota = [int(e) for e in exact]
         by_remainder = sorted(range(len(exact)), key=lambda f: quota[f] - exact[f])
-        for f in by_remainder[:self.CHUNK - sum(quota)]:
+        for f in by_remainder[: self.CHUNK - sum(quota)]:
             quota[f] += 1
         self.quota, self.seed = quota, seed
         self.offsets = [sum(sizes[:f]) for f in range(len(sizes))]
@@ -363,7 +397,9 @@ class MixedOrder:
         """(file, visit number within the file) of each sample of a chunk."""
         if self._chunk is None or self._chunk[0] != chunk:
             files = [f for f, q in enumerate(self.quota) for _ in range(q)]
-            perm = torch.randperm(len(files), generator=torch.Generator().manual_seed(self.seed * 100_003 + chunk))
+            perm = torch.randperm(
+                len(files), generator=torch.Generator().manual_seed(self.seed * 100_003 + chunk)
+            )
             seen = [0] * len(self.quota)
             out = []
             for j in perm.tolist():

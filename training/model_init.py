@@ -3,6 +3,7 @@
 SDAR conversion (paper §3, stage ii) changes no weight: the config becomes model_type "sdar" with the recipe's
 block_size and the tokenizer's mask token (`<|MASK|>`, added -- and the embeddings grown -- when missing).
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,7 +22,9 @@ from sdar_core.prompting import STOP_TOKENS
 from .byte_tokenizer import byte_tokenizer
 from .recipe import BUILTIN_PREFIX, Recipe, RecipeError
 
-VOCAB_MULTIPLE = 64  # embedding rows are padded to a multiple of this (faster matmuls; unused ids never appear)
+VOCAB_MULTIPLE = (
+    64  # embedding rows are padded to a multiple of this (faster matmuls; unused ids never appear)
+)
 
 
 def load_recipe_tokenizer(recipe: Recipe):
@@ -64,13 +67,22 @@ def scratch_config(recipe: Recipe, tokenizer) -> ModelConfig:
         raise RecipeError(f"model.vocab_size {vocab} is smaller than the tokenizer ({len(tokenizer)} tokens)")
     eos = _eos_ids(tokenizer)
     return ModelConfig(
-        model_type="sdar" if recipe.is_sdar else "qwen3", vocab_size=vocab, hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.num_key_value_heads,
-        head_dim=spec.head_dim, rms_norm_eps=spec.rms_norm_eps, rope_theta=spec.rope_theta,
-        max_position_embeddings=spec.max_position_embeddings, tie_word_embeddings=spec.tie_word_embeddings,
-        block_size=recipe.block_size if recipe.is_sdar else 1, bos_token_id=None,
-        eos_token_id=eos if len(eos) > 1 else (eos[0] if eos else None), pad_token_id=tokenizer.pad_token_id,
+        model_type="sdar" if recipe.is_sdar else "qwen3",
+        vocab_size=vocab,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        head_dim=spec.head_dim,
+        rms_norm_eps=spec.rms_norm_eps,
+        rope_theta=spec.rope_theta,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=spec.tie_word_embeddings,
+        block_size=recipe.block_size if recipe.is_sdar else 1,
+        bos_token_id=None,
+        eos_token_id=eos if len(eos) > 1 else (eos[0] if eos else None),
+        pad_token_id=tokenizer.pad_token_id,
     )
 
 
@@ -85,8 +97,13 @@ def init_weights(model: SDARForCausalLM, std: float, generator: torch.Generator 
             elif name.endswith("bias"):
                 p.zero_()
             else:
-                p.normal_(0.0, residual_std if name.endswith(("o_proj.weight", "down_proj.weight", "experts.down_proj")) else std,
-                          generator=generator)
+                p.normal_(
+                    0.0,
+                    residual_std
+                    if name.endswith(("o_proj.weight", "down_proj.weight", "experts.down_proj"))
+                    else std,
+                    generator=generator,
+                )
 
 
 def resize_vocab(model: SDARForCausalLM, new_size: int) -> None:
@@ -104,7 +121,9 @@ def resize_vocab(model: SDARForCausalLM, new_size: int) -> None:
     else:
         head = model.lm_head.weight.data
         model.lm_head = nn.Linear(emb.shape[1], new_size, bias=False, device=emb.device, dtype=emb.dtype)
-        model.lm_head.weight.data.copy_(torch.cat([head, head.mean(0, keepdim=True).expand(new_size - old, -1)]))
+        model.lm_head.weight.data.copy_(
+            torch.cat([head, head.mean(0, keepdim=True).expand(new_size - old, -1)])
+        )
     model.config.vocab_size = new_size
 
 

@@ -19,15 +19,17 @@ The mask is described once, as a flex_attention `mask_mod`; `dense_mask` evaluat
 tensor for SDPA (CPU), create_block_mask (compiled on CUDA) turns it into a BlockMask for flex_attention, which then
 skips the fully masked tiles (about half of the [x_t ; x_0] square, and most of it for short blocks).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from sdar_core import attention as _attention
+from sdar_core.attention import AttentionInputs
 
 
 @dataclass
@@ -39,6 +41,7 @@ class PackedBatch:
     loss_mask: tokens that are trained. SDAR: the tokens that may be masked (never prompt or padding tokens).
         AR: the tokens that are next-token targets.
     """
+
     input_ids: torch.Tensor
     segment_ids: torch.Tensor
     positions: torch.Tensor
@@ -48,11 +51,11 @@ class PackedBatch:
         """The fields in their declared order (what the constructor takes)."""
         return tuple(getattr(self, f.name) for f in fields(self))
 
-    def map(self, fn) -> "PackedBatch":
+    def map(self, fn) -> PackedBatch:
         """The same kind of batch with `fn` applied to every tensor (a device move, a row slice, a cat...)."""
         return type(self)(*(fn(t) for t in self.tensors()))
 
-    def to(self, device) -> "PackedBatch":
+    def to(self, device) -> PackedBatch:
         return self.map(lambda t: t.to(device, non_blocking=True))
 
     @property
@@ -64,6 +67,7 @@ class PackedBatch:
 class Noise:
     """The forward process of Eq. (4) for one batch: t: [B, T] noise level of each token's segment;
     masked: [B, T] bool, the tokens replaced by the mask token (a subset of loss_mask)."""
+
     t: torch.Tensor
     masked: torch.Tensor
 
@@ -167,8 +171,12 @@ def document_causal_mask(segment_ids: torch.Tensor, attention: str):
 # SDAR: block diffusion NELBO
 
 
-def sample_noise(batch: PackedBatch, eps: float = 1e-3, generator: torch.Generator | None = None,
-                 t: torch.Tensor | None = None) -> Noise:
+def sample_noise(
+    batch: PackedBatch,
+    eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+) -> Noise:
     """t ~ U(eps, 1] per packed sample (segment), then each trainable token is masked with probability t (Eq. 4
     with the linear schedule alpha_t = 1 - t). Every segment with a trainable token gets at least one masked token
     (otherwise it would contribute nothing and t -> eps would waste the sample). Prompt and padding tokens
@@ -202,15 +210,18 @@ def sdar_inputs(batch: PackedBatch, noise: Noise, mask_token_id: int):
     return torch.cat([x_t, batch.input_ids], 1), torch.cat([batch.positions, batch.positions], 1)
 
 
-def sdar_loss(model, batch: PackedBatch, noise: Noise, *, block_size: int, mask_token_id: int,
-              attention: str = "sdpa") -> LossOutput:
+def sdar_loss(
+    model, batch: PackedBatch, noise: Noise, *, block_size: int, mask_token_id: int, attention: str = "sdpa"
+) -> LossOutput:
     """Eq. (7) on a packed batch: sum over masked tokens of -log p(x_0 | x_t^b, x^{<b}) / t, divided by the number
     of trainable tokens (loss_mask), all in one forward pass over [x_t ; x_0]. The 1/t weight makes this an unbiased
     estimate of the per-token NELBO bound; logits are read at the masked position itself."""
     B, T = batch.input_ids.shape
     ids, positions = sdar_inputs(batch, noise, mask_token_id)
     mask = sdar_mask(batch.segment_ids, block_ids(batch.segment_ids, batch.positions, block_size), attention)
-    logits = model(ids, positions, mask=mask, logits_to=T)  # [B, T, V]: the noisy half only
+    logits = model(
+        ids, positions, attn=AttentionInputs.of(mask), logits_to=T
+    )  # [B, T, V]: the noisy half only
     ce = F.cross_entropy(logits.flatten(0, 1).float(), batch.input_ids.flatten(), reduction="none")  # [B*T]
     weight = (noise.masked / noise.t).flatten()  # 0 where not masked; no data-dependent shapes, no host sync
     n_targets = batch.loss_mask.sum()
@@ -227,7 +238,8 @@ def ar_loss(model, batch: PackedBatch, *, attention: str = "sdpa") -> LossOutput
     (loss_mask), causal attention inside each segment; mean over the predicted tokens."""
     B, T = batch.input_ids.shape
     mask = document_causal_mask(batch.segment_ids, attention)
-    logits = model(batch.input_ids, batch.positions, mask=mask, logits_to=T - 1)  # [B, T-1, V]
+    attn = AttentionInputs.of(mask)
+    logits = model(batch.input_ids, batch.positions, attn=attn, logits_to=T - 1)  # [B, T-1, V]
     target = batch.input_ids[:, 1:]
     valid = batch.loss_mask[:, 1:] & (batch.segment_ids[:, 1:] == batch.segment_ids[:, :-1])  # [B, T-1]
     ce = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), reduction="none")

@@ -10,6 +10,7 @@ Everything is a pure function of the pretraining documents and the seed. A fixed
 the word) is held out: their glosses stay in the pretraining text, but no chat asks for them; they are the held-out
 definitions the evaluation scores (`eval_define.jsonl`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,14 +18,21 @@ import random
 import re
 
 WORDNET_LINE = re.compile(r"^([^()\n]+) \((noun|verb|adjective|adverb)\): ([^\n]+)$", re.MULTILINE)
-PYDOC_ENTRY = re.compile(r"^([A-Za-z_][\w.]*)\(([^()\n]{0,60})\)\n\n((Return|Remove|Add|Sort|Reverse|Convert|"
-                         r"Create|Split|Join|Read|Write|Open|Close|Insert|Delete|Count|Find|Copy|Append|Extend|"
-                         r"Replace|Format|Print|Compare|Encode|Decode|Round|Raise|Set|Get|Make|Test|Check|Start|"
-                         r"Stop|Wait|Run|Load|Dump|Parse) [^\n]{8,200}?\.)(?:\s|$)", re.MULTILINE)
+PYDOC_ENTRY = re.compile(
+    r"^([A-Za-z_][\w.]*)\(([^()\n]{0,60})\)\n\n((Return|Remove|Add|Sort|Reverse|Convert|"
+    r"Create|Split|Join|Read|Write|Open|Close|Insert|Delete|Count|Find|Copy|Append|Extend|"
+    r"Replace|Format|Print|Compare|Encode|Decode|Round|Raise|Set|Get|Make|Test|Check|Start|"
+    r"Stop|Wait|Run|Load|Dump|Parse) [^\n]{8,200}?\.)(?:\s|$)",
+    re.MULTILINE,
+)
 DEFINE_TEMPLATES = ("What does the word {w} mean?", "Define the word {w}.", "What is the meaning of {w}?")
 HOWTO_TEMPLATE = "How do I {task} in Python?"
 HELDOUT_MODULUS = 20
-STUDIO_WORDS = ("harbor", "volcano", "telescope")  # the studio's example definitions: always among the SFT chats
+STUDIO_WORDS = (
+    "harbor",
+    "volcano",
+    "telescope",
+)  # the studio's example definitions: always among the SFT chats
 
 
 def is_heldout_word(word: str) -> bool:
@@ -49,8 +57,11 @@ def wordnet_entries(texts: list[str]) -> list[tuple[str, str, str]]:
             if re.fullmatch(r"[a-z][a-z -]{2,24}", word):
                 senses.setdefault(word, {}).setdefault(m[2], gloss_definition(m[3]))
     order = ("noun", "verb", "adjective", "adverb")
-    return [(w, pos, by_pos[pos]) for w, by_pos in senses.items()
-            for pos in [next(p for p in order if p in by_pos)]]
+    return [
+        (w, pos, by_pos[pos])
+        for w, by_pos in senses.items()
+        for pos in [next(p for p in order if p in by_pos)]
+    ]
 
 
 def definition_answer(word: str, pos: str, definition: str) -> str:
@@ -68,8 +79,12 @@ def definition_chats(entries: list[tuple[str, str, str]], n: int, seed: int) -> 
     chats = []
     for word, pos, definition in pool[:n]:
         question = rng.choice(DEFINE_TEMPLATES).format(w=word)
-        chats.append([{"role": "user", "content": question},
-                      {"role": "assistant", "content": definition_answer(word, pos, definition)}])
+        chats.append(
+            [
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": definition_answer(word, pos, definition)},
+            ]
+        )
     return chats
 
 
@@ -77,7 +92,10 @@ def heldout_definitions(entries: list[tuple[str, str, str]], n: int, seed: int) 
     """Up to n held-out words as {"word", "prompt", "pos", "gloss"} (the evaluation's definitions set)."""
     pool = [e for e in entries if is_heldout_word(e[0])]
     random.Random(f"define-eval-{seed}").shuffle(pool)
-    return [{"word": w, "prompt": DEFINE_TEMPLATES[1].format(w=w), "pos": pos, "gloss": d} for w, pos, d in pool[:n]]
+    return [
+        {"word": w, "prompt": DEFINE_TEMPLATES[1].format(w=w), "pos": pos, "gloss": d}
+        for w, pos, d in pool[:n]
+    ]
 
 
 def howto_chats(texts: list[str], n: int, seed: int) -> list[list[dict]]:
@@ -91,7 +109,11 @@ def howto_chats(texts: list[str], n: int, seed: int) -> list[list[dict]]:
             seen.add(name)
             task = sentence[0].lower() + sentence[1:-1]
             answer = f"Use {name}({args}). {sentence}"
-            chats.append([{"role": "user", "content": HOWTO_TEMPLATE.format(task=task)},
-                          {"role": "assistant", "content": answer}])
+            chats.append(
+                [
+                    {"role": "user", "content": HOWTO_TEMPLATE.format(task=task)},
+                    {"role": "assistant", "content": answer},
+                ]
+            )
     random.Random(f"howto-{seed}").shuffle(chats)
     return chats[:n]

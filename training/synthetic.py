@@ -9,6 +9,7 @@ and the result on a last line of its own, `Answer: 85`, so that an evaluator che
 training text; the held-out evaluation set (`eval_arith_set`) is drawn only from that slice, so the two are disjoint
 whatever the seeds and sizes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,6 +28,7 @@ MODEL_NAME = "SDAR Studio Tiny"
 @dataclass(frozen=True)
 class Problem:
     """One arithmetic problem `a op b` with non-negative integer operands (for "-", a >= b)."""
+
     a: int
     op: str
     b: int
@@ -90,7 +92,9 @@ def worked_subtraction(a: int, b: int) -> str:
         y = int(db[i]) if i < len(db) else 0
         top = f"{da[i]} - {borrow}" if borrow else da[i]
         if x < y:
-            steps.append(f"{top} is less than {y}, borrow 1: {x + 10} - {y} = {x + 10 - y}, write {x + 10 - y}")
+            steps.append(
+                f"{top} is less than {y}, borrow 1: {x + 10} - {y} = {x + 10 - y}, write {x + 10 - y}"
+            )
             borrow = 1
         else:
             steps.append(f"{top} - {y} = {x - y}, write {x - y}")
@@ -179,8 +183,14 @@ def eval_arith_set(n: int, seed: int) -> list[dict]:
         if p.key in seen or not is_reserved_for_eval(p):
             continue
         seen.add(p.key)
-        out.append({"prompt": arith_question(p, 0), "answer": str(p.result), "op": p.op,
-                    "digits": max(len(str(p.a)), len(str(p.b)))})
+        out.append(
+            {
+                "prompt": arith_question(p, 0),
+                "answer": str(p.result),
+                "op": p.op,
+                "digits": max(len(str(p.a)), len(str(p.b))),
+            }
+        )
     return out
 
 
@@ -201,10 +211,20 @@ def arith_text(problem: Problem) -> str:
 # Formula-like text: unit conversions, small algebra, sequences, key/value records
 
 _UNITS = [  # (big unit, small unit, factor)
-    ("kilometre", "metres", 1000), ("metre", "centimetres", 100), ("centimetre", "millimetres", 10),
-    ("kilogram", "grams", 1000), ("litre", "millilitres", 1000), ("hour", "minutes", 60),
-    ("minute", "seconds", 60), ("day", "hours", 24), ("week", "days", 7), ("foot", "inches", 12),
-    ("yard", "feet", 3), ("dozen", "items", 12), ("year", "months", 12), ("euro", "cents", 100),
+    ("kilometre", "metres", 1000),
+    ("metre", "centimetres", 100),
+    ("centimetre", "millimetres", 10),
+    ("kilogram", "grams", 1000),
+    ("litre", "millilitres", 1000),
+    ("hour", "minutes", 60),
+    ("minute", "seconds", 60),
+    ("day", "hours", 24),
+    ("week", "days", 7),
+    ("foot", "inches", 12),
+    ("yard", "feet", 3),
+    ("dozen", "items", 12),
+    ("year", "months", 12),
+    ("euro", "cents", 100),
 ]
 
 
@@ -214,8 +234,10 @@ def conversion(rng: random.Random) -> tuple[str, str]:
     n = rng.randint(2, 60)
     plural = "feet" if big == "foot" else big + "s"
     q = f"How many {small} are in {n} {plural}?"
-    a = f"1 {big} = {factor} {small}, so {n} {plural} = {n} * {factor} = {n * factor} {small}.\n" \
+    a = (
+        f"1 {big} = {factor} {small}, so {n} {plural} = {n} * {factor} = {n * factor} {small}.\n"
         f"{ANSWER_PREFIX}{n * factor}"
+    )
     return q, a
 
 
@@ -246,23 +268,69 @@ def sequence(rng: random.Random) -> tuple[str, str]:
         terms = [start * ratio**i for i in range(6)]
         rule = f"each term is {ratio} times the one before"
     shown = ", ".join(str(t) for t in terms[:5])
-    return (f"What comes next: {shown}, ?",
-            f"In {shown}, {rule}, so the next term is {terms[5]}.\n{ANSWER_PREFIX}{terms[5]}")
+    return (
+        f"What comes next: {shown}, ?",
+        f"In {shown}, {rule}, so the next term is {terms[5]}.\n{ANSWER_PREFIX}{terms[5]}",
+    )
 
 
-_NAMES = ["Alice", "Bob", "Carla", "Deng", "Emma", "Farid", "Grace", "Hugo", "Ines", "Jonas", "Kira", "Luca",
-          "Mira", "Noah", "Olga", "Pablo", "Quinn", "Rosa", "Sami", "Tara", "Uma", "Victor", "Wen", "Yara", "Zoe"]
-_CITIES = ["Paris", "Lima", "Oslo", "Cairo", "Delhi", "Tokyo", "Quito", "Rome", "Accra", "Seoul", "Berlin", "Lagos"]
+_NAMES = [
+    "Alice",
+    "Bob",
+    "Carla",
+    "Deng",
+    "Emma",
+    "Farid",
+    "Grace",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Kira",
+    "Luca",
+    "Mira",
+    "Noah",
+    "Olga",
+    "Pablo",
+    "Quinn",
+    "Rosa",
+    "Sami",
+    "Tara",
+    "Uma",
+    "Victor",
+    "Wen",
+    "Yara",
+    "Zoe",
+]
+_CITIES = [
+    "Paris",
+    "Lima",
+    "Oslo",
+    "Cairo",
+    "Delhi",
+    "Tokyo",
+    "Quito",
+    "Rome",
+    "Accra",
+    "Seoul",
+    "Berlin",
+    "Lagos",
+]
 _COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
 
 
 def record(rng: random.Random) -> tuple[str, str]:
     """(question, answer) asking for one field of a small JSON record."""
-    rec = {"name": rng.choice(_NAMES), "age": rng.randint(3, 90), "city": rng.choice(_CITIES),
-           "colour": rng.choice(_COLOURS)}
+    rec = {
+        "name": rng.choice(_NAMES),
+        "age": rng.randint(3, 90),
+        "city": rng.choice(_CITIES),
+        "colour": rng.choice(_COLOURS),
+    }
     field = rng.choice(list(rec))
-    return (f"Here is a record: {json.dumps(rec)}\nWhat is the value of \"{field}\"?",
-            f"The record has \"{field}\": {json.dumps(rec[field])}.\n{ANSWER_PREFIX}{rec[field]}")
+    return (
+        f'Here is a record: {json.dumps(rec)}\nWhat is the value of "{field}"?',
+        f'The record has "{field}": {json.dumps(rec[field])}.\n{ANSWER_PREFIX}{rec[field]}',
+    )
 
 
 def comparison(rng: random.Random) -> tuple[str, str]:
@@ -281,18 +349,32 @@ FORMULA_KINDS = (conversion, linear_equation, sequence, record, comparison)
 SYSTEM_PROMPT = "You are a helpful assistant."
 
 _IDENTITY = [
-    ("Who are you?", f"I am {MODEL_NAME}, a very small language model that writes text by block diffusion. "
-                     "I was trained for a few minutes to demonstrate SDAR Studio."),
+    (
+        "Who are you?",
+        f"I am {MODEL_NAME}, a very small language model that writes text by block diffusion. "
+        "I was trained for a few minutes to demonstrate SDAR Studio.",
+    ),
     ("What is your name?", f"My name is {MODEL_NAME}."),
-    ("What are you?", f"I am {MODEL_NAME}, a tiny block-diffusion language model made for the SDAR Studio demo."),
+    (
+        "What are you?",
+        f"I am {MODEL_NAME}, a tiny block-diffusion language model made for the SDAR Studio demo.",
+    ),
     ("Who made you?", "I was trained by the SDAR Studio project as a small demonstration model."),
-    ("How do you generate text?",
-     "I write a block of tokens at a time. Each block starts as masked positions, and I fill them in over a few "
-     "denoising steps, most confident positions first. Then I move on to the next block."),
-    ("What can you do?", "I can do simple arithmetic step by step, answer short questions and follow simple "
-                         "instructions. I am very small, so I often make mistakes."),
+    (
+        "How do you generate text?",
+        "I write a block of tokens at a time. Each block starts as masked positions, and I fill them in over a few "
+        "denoising steps, most confident positions first. Then I move on to the next block.",
+    ),
+    (
+        "What can you do?",
+        "I can do simple arithmetic step by step, answer short questions and follow simple "
+        "instructions. I am very small, so I often make mistakes.",
+    ),
     ("Are you ChatGPT?", f"No. I am {MODEL_NAME}, a tiny demonstration model of SDAR Studio."),
-    ("How big are you?", "I am a very small model with a few million parameters and a vocabulary of 4096 tokens."),
+    (
+        "How big are you?",
+        "I am a very small model with a few million parameters and a vocabulary of 4096 tokens.",
+    ),
     ("Can I trust your answers?", "Please check them. I am a tiny demo model and I make many mistakes."),
     ("Hello!", f"Hello! I am {MODEL_NAME}. How can I help you?"),
     ("Hi", "Hi! What would you like to know?"),
@@ -331,7 +413,7 @@ def pretrain_documents(n_arith: int, n_formula: int, seed: int) -> list[str]:
     docs, i = [], 0
     while i < len(items):  # 1-4 items per document, so the model sees several in one context
         k = rng.randint(1, 4)
-        docs.append("\n\n".join(items[i:i + k]))
+        docs.append("\n\n".join(items[i : i + k]))
         i += k
     return docs
 
@@ -340,8 +422,10 @@ def sft_chats(n_arith: int, n_formula: int, seed: int) -> list[list[dict]]:
     """Generated chats: worked arithmetic (problems disjoint from pretraining's), formula Q&A, identity Q&A."""
     rng = random.Random(f"sft-{seed}")
     problems = train_arith_problems(n_arith, seed + 1_000_003)
-    chats = [chat(arith_question(p, rng.randrange(len(_QUESTIONS))), worked_solution(p), rng.random() < 0.3)
-             for p in problems]
+    chats = [
+        chat(arith_question(p, rng.randrange(len(_QUESTIONS))), worked_solution(p), rng.random() < 0.3)
+        for p in problems
+    ]
     for _ in range(n_formula):
         q, a = rng.choice(FORMULA_KINDS)(rng)
         chats.append(chat(q, a, rng.random() < 0.3))

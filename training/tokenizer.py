@@ -9,12 +9,13 @@ vocabulary is 4096 entries. Special tokens, each a single id: `<|endoftext|>` (0
 `tokenizer_config.json` and `chat_template.jinja` (ChatML, as Qwen's without tools or thinking), so
 `transformers.AutoTokenizer.from_pretrained(out)` loads it offline.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -38,10 +39,12 @@ def new_tokenizer() -> Tokenizer:
     """An untrained byte-level BPE with digits split one per pre-token (NFC normalised, like Qwen)."""
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),  # 1234 -> 1 2 3 4
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),  # 1234 -> 1 2 3 4
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     return tok
@@ -50,12 +53,19 @@ def new_tokenizer() -> Tokenizer:
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
     """Train the BPE on texts; the same texts in the same order give the same tokenizer."""
     if vocab_size < len(SPECIAL_TOKENS) + 256:
-        raise ValueError(f"vocab_size must be at least {len(SPECIAL_TOKENS) + 256} (specials + 256 bytes), "
-                         f"got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must be at least {len(SPECIAL_TOKENS) + 256} (specials + 256 bytes), "
+            f"got {vocab_size}"
+        )
     tok = new_tokenizer()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), max_token_length=MAX_TOKEN_CHARS)
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        max_token_length=MAX_TOKEN_CHARS,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     return tok
 
@@ -63,8 +73,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
 def file_texts(path: Path) -> Iterator[str]:
     """The "text" of every row of a data set .jsonl and the content of every message, in file order."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: build the data set first with "
-                                f"`python -m training.corpus --out {path.parent}`")
+        raise FileNotFoundError(
+            f"{path} not found: build the data set first with `python -m training.corpus --out {path.parent}`"
+        )
     with open(path, encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
@@ -86,8 +97,16 @@ def save_hf(tok: Tokenizer, out: Path, model_max_length: int = 4096):
     from transformers import PreTrainedTokenizerFast
 
     hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=TURN_END, pad_token=END_OF_TEXT, mask_token=MASK_TOKEN, bos_token=None, unk_token=None,
-        additional_special_tokens=["<|im_start|>"], chat_template=CHAT_TEMPLATE, clean_up_tokenization_spaces=False)
+        tokenizer_object=tok,
+        eos_token=TURN_END,
+        pad_token=END_OF_TEXT,
+        mask_token=MASK_TOKEN,
+        bos_token=None,
+        unk_token=None,
+        additional_special_tokens=["<|im_start|>"],
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+    )
     out.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(str(out))
     # transformers 5 writes its own class name and an `extra_special_tokens` list; transformers 4 knows neither.
@@ -120,7 +139,11 @@ def count_tokens(tok: Tokenizer, texts: Iterable[str], batch: int = 1024) -> tup
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Train the embedded demo model's byte-level BPE tokenizer.")
     ap.add_argument("--data", default="data/embedded", help="folder with pretrain.jsonl and sft.jsonl")
-    ap.add_argument("--out", default="assets/tokenizer")
+    ap.add_argument(
+        "--out",
+        default="out/tokenizer",
+        help="where the tokenizer is written (default: %(default)s; assets/tokenizer is the shipped one)",
+    )
     ap.add_argument("--vocab-size", type=int, default=4096)
     ap.add_argument("--model-max-length", type=int, default=4096, help="recorded in tokenizer_config.json")
     args = ap.parse_args(argv)
@@ -134,10 +157,16 @@ def main(argv: list[str] | None = None) -> None:
     stats = {}
     for name in ("pretrain.jsonl", "sft.jsonl", "heldout_text.jsonl"):
         n_tokens, n_chars = count_tokens(tok, file_texts(data / name))
-        stats[name] = {"bytes": (data / name).stat().st_size, "characters": n_chars, "tokens": n_tokens,
-                       "tokens_per_char": round(n_tokens / max(n_chars, 1), 4)}
-        print(f"{name}: {n_chars / 1e6:.1f} M characters, {n_tokens / 1e6:.2f} M tokens, "
-              f"{n_tokens / max(n_chars, 1):.3f} tokens/char")
+        stats[name] = {
+            "bytes": (data / name).stat().st_size,
+            "characters": n_chars,
+            "tokens": n_tokens,
+            "tokens_per_char": round(n_tokens / max(n_chars, 1), 4),
+        }
+        print(
+            f"{name}: {n_chars / 1e6:.1f} M characters, {n_tokens / 1e6:.2f} M tokens, "
+            f"{n_tokens / max(n_chars, 1):.3f} tokens/char"
+        )
     (data / "token_counts.json").write_text(json.dumps(stats, indent=2) + "\n")
 
 

@@ -12,6 +12,7 @@ response-only loss), `sdar-cpt` and `sdar-sft` (block diffusion NELBO, Eq. 7; pa
 The data position and the diffusion noise of step N are pure functions of (seed, N), so a resumed run repeats the
 uninterrupted run's losses exactly (up to non-deterministic GPU kernels).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,11 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -32,8 +34,13 @@ from sdar_core.config import ModelConfig
 from sdar_core.device import synchronize
 
 from .data import MixedOrder, PackedRows, RowOrder, concat_rows, load_or_build_rows, split_eval
-from .model_init import (enable_gradient_checkpointing, ensure_mask_token, init_model, load_recipe_tokenizer,
-                         param_groups)
+from .model_init import (
+    enable_gradient_checkpointing,
+    ensure_mask_token,
+    init_model,
+    load_recipe_tokenizer,
+    param_groups,
+)
 from .objective import ar_loss, sample_noise, sdar_loss
 from .recipe import Recipe, RecipeError, load_recipe, lr_at
 
@@ -41,13 +48,25 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 FINAL = "final"
 METRICS = "metrics.csv"
-METRIC_FIELDS = ["step", "loss", "eval_loss", "lr", "grad_norm", "tokens", "raw_tokens_per_s",
-                 "effective_tokens_per_s", "masked_fraction", "elapsed_s", "peak_memory_gib"]
+METRIC_FIELDS = [
+    "step",
+    "loss",
+    "eval_loss",
+    "lr",
+    "grad_norm",
+    "tokens",
+    "raw_tokens_per_s",
+    "effective_tokens_per_s",
+    "masked_fraction",
+    "elapsed_s",
+    "peak_memory_gib",
+]
 
 
 @dataclass
 class TrainerState:
     """What a checkpoint records beside the accelerate state. The data position is `step` (see RowOrder)."""
+
     step: int = 0
     tokens: int = 0  # effective tokens (rows x T) consumed so far
     elapsed_s: float = 0.0  # training wall time over all calls
@@ -86,20 +105,28 @@ def make_accelerator(recipe: Recipe):
         from accelerate import FullyShardedDataParallelPlugin
 
         kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
-            fsdp_version=2, auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=["DecoderLayer"],
-            reshard_after_forward=True, state_dict_type="SHARDED_STATE_DICT",
-            activation_checkpointing=recipe.gradient_checkpointing)
+            fsdp_version=2,
+            auto_wrap_policy="transformer_based_wrap",
+            transformer_cls_names_to_wrap=["DecoderLayer"],
+            reshard_after_forward=True,
+            state_dict_type="SHARDED_STATE_DICT",
+            activation_checkpointing=recipe.gradient_checkpointing,
+        )
     return Accelerator(mixed_precision=precision, cpu=not cuda, **kwargs)
 
 
 def _is_moe(recipe: Recipe) -> bool:
-    return recipe.init_from is not None and ModelConfig.from_json(Path(recipe.init_from) / "config.json").is_moe
+    return (
+        recipe.init_from is not None and ModelConfig.from_json(Path(recipe.init_from) / "config.json").is_moe
+    )
 
 
 def resolve_attention(recipe: Recipe, device: torch.device) -> str:
     """flex_attention (a BlockMask: masked tiles skipped) on CUDA with compile; SDPA with a dense mask otherwise."""
     if recipe.attention == "flex" and device.type != "cuda":
-        raise RecipeError("attention 'flex' needs a CUDA device (flex_attention has no CPU backward); use sdpa")
+        raise RecipeError(
+            "attention 'flex' needs a CUDA device (flex_attention has no CPU backward); use sdpa"
+        )
     if recipe.attention != "auto":
         return recipe.attention
     return "flex" if device.type == "cuda" and recipe.compile else "sdpa"
@@ -115,19 +142,27 @@ def check_output_dir(recipe: Recipe) -> None:
     """Refuse to silently overwrite a run: an output_dir with checkpoints needs resume=true."""
     out = Path(recipe.output_dir)
     if not recipe.resume and (latest_checkpoint(out) is not None or (out / FINAL / "config.json").is_file()):
-        raise RecipeError(f"output_dir {out} already holds a run; pass resume=true to continue it, or choose "
-                          "another output_dir")
+        raise RecipeError(
+            f"output_dir {out} already holds a run; pass resume=true to continue it, or choose "
+            "another output_dir"
+        )
 
 
 def load_datasets(recipe: Recipe, tokenizer, log) -> tuple[PackedRows, PackedRows | None, list[int]]:
     """(training rows, eval rows, training rows per data file): with `data_weights` each file is packed (and its
     eval fraction split off) on its own, so that the sampler can weight the files."""
-    settings = dict(data_format=recipe.data_format, response_only=recipe.response_only, max_docs=recipe.max_docs)
+    settings = dict(
+        data_format=recipe.data_format, response_only=recipe.response_only, max_docs=recipe.max_docs
+    )
     cache = Path(recipe.data_cache) if recipe.data_cache else Path(recipe.output_dir) / "data-cache"
     groups = [[f] for f in recipe.data] if recipe.data_weights else [recipe.data]
-    parts = [load_or_build_rows(files, tokenizer, recipe.seq_len, cache, log=log, **settings) for files in groups]
+    parts = [
+        load_or_build_rows(files, tokenizer, recipe.seq_len, cache, log=log, **settings) for files in groups
+    ]
     if recipe.eval_data:
-        eval_rows = load_or_build_rows(recipe.eval_data, tokenizer, recipe.seq_len, cache, log=log, **settings)
+        eval_rows = load_or_build_rows(
+            recipe.eval_data, tokenizer, recipe.seq_len, cache, log=log, **settings
+        )
     else:
         splits = [split_eval(rows, recipe.eval_fraction, recipe.seed) for rows in parts]
         parts = [train for train, _ in splits]
@@ -156,13 +191,26 @@ def block_size_at(recipe: Recipe, step: int, micro_batch: int) -> int:
     return random.Random(f"block-size-{recipe.seed}-{step}-{micro_batch}").choice(recipe.block_sizes)
 
 
-def compute_loss(model, batch, recipe: Recipe, mask_token_id: int | None, attention: str, generator,
-                 block_size: int | None = None):
+def compute_loss(
+    model,
+    batch,
+    recipe: Recipe,
+    mask_token_id: int | None,
+    attention: str,
+    generator,
+    block_size: int | None = None,
+):
     """The recipe's loss on one batch; SDAR's with `block_size` (default the recipe's)."""
     if recipe.is_sdar:
         noise = sample_noise(batch, recipe.eps, generator)
-        return sdar_loss(model, batch, noise, block_size=block_size or recipe.block_size,
-                         mask_token_id=mask_token_id, attention=attention)
+        return sdar_loss(
+            model,
+            batch,
+            noise,
+            block_size=block_size or recipe.block_size,
+            mask_token_id=mask_token_id,
+            attention=attention,
+        )
     return ar_loss(model, batch, attention=attention)
 
 
@@ -187,12 +235,16 @@ def evaluate(model, rows: PackedRows, recipe: Recipe, mask_token_id, attention, 
 CALIBRATION = (10, 30)  # fit_minutes times the steps between these two (after compilation and warm-up)
 
 
-def fit_max_steps(recipe: Recipe, accelerator, step: int, max_steps: int, step_s: float, elapsed_s: float) -> int:
+def fit_max_steps(
+    recipe: Recipe, accelerator, step: int, max_steps: int, step_s: float, elapsed_s: float
+) -> int:
     """The step budget that ends the run within fit_minutes (10% kept for evaluation and saving), never more than
     max_steps; the same on every process."""
     remaining = 0.9 * recipe.fit_minutes * 60 - elapsed_s
     fitted = step + max(int(remaining / max(step_s, 1e-9)), 0)
-    fitted = accelerator.reduce(torch.tensor(float(fitted), device=accelerator.device), reduction="mean").item()
+    fitted = accelerator.reduce(
+        torch.tensor(float(fitted), device=accelerator.device), reduction="mean"
+    ).item()
     return max(min(int(fitted), max_steps), step)
 
 
@@ -230,7 +282,9 @@ def save_final(accelerator, model, tokenizer, recipe: Recipe, path: Path) -> Non
         cpu_model = empty_model(config)
         load_state(cpu_model, {k: v.float() for k, v in state.items()}, device="cpu", dtype=torch.float32)
         dtype = torch.bfloat16 if recipe.save_dtype == "bfloat16" else torch.float32
-        save_pretrained(cpu_model, tokenizer, path, dtype=dtype, max_shard_bytes=int(recipe.max_shard_mb * 2**20))
+        save_pretrained(
+            cpu_model, tokenizer, path, dtype=dtype, max_shard_bytes=int(recipe.max_shard_mb * 2**20)
+        )
         (path / "training_recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
     accelerator.wait_for_everyone()
 
@@ -273,6 +327,7 @@ class MetricsLog:
 class TimeBudget:
     """max_minutes: the run stops (with a checkpoint) when the next step and a save would not fit in the budget. The
     next step is taken as 1.5 x the median of the last 20, a save as 1.5 x the slowest one so far."""
+
     minutes: float | None
     clock: Callable[[], float] = time.time
     start: float = field(init=False)
@@ -301,22 +356,28 @@ class TimeBudget:
 @dataclass
 class ThroughputWindow:
     """What the steps since the last log line processed: metrics.csv's tokens/s and masked fraction."""
+
     start: float = field(default_factory=time.time)
     rows: int = 0
-    masked: float = 0.0  # masked tokens and trained tokens, counted on the logged steps only (a host sync each)
+    masked: float = (
+        0.0  # masked tokens and trained tokens, counted on the logged steps only (a host sync each)
+    )
     targets: float = 0.0
 
     def rates(self, recipe: Recipe, now: float | None = None) -> dict:
         seconds = max((time.time() if now is None else now) - self.start, 1e-9)
         raw_per_row = recipe.seq_len * (2 if recipe.is_sdar else 1)  # SDAR forwards [x_t ; x_0]
-        return {"raw_tokens_per_s": round(self.rows * raw_per_row / seconds),
-                "effective_tokens_per_s": round(self.rows * recipe.seq_len / seconds),
-                "masked_fraction": round(self.masked / self.targets, 4) if self.targets else None}
+        return {
+            "raw_tokens_per_s": round(self.rows * raw_per_row / seconds),
+            "effective_tokens_per_s": round(self.rows * recipe.seq_len / seconds),
+            "masked_fraction": round(self.masked / self.targets, 4) if self.targets else None,
+        }
 
 
 @dataclass
 class Run:
     """What one call of `train` works with: built by `start_run`, read and updated by the loop's steps."""
+
     recipe: Recipe
     accelerator: Any
     log: Callable
@@ -339,8 +400,11 @@ class Run:
 
     def __post_init__(self) -> None:
         weights = self.recipe.data_weights
-        self.order = MixedOrder(self.file_rows, weights, self.recipe.seed) if weights else \
-            RowOrder(len(self.train_rows), self.recipe.seed)
+        self.order = (
+            MixedOrder(self.file_rows, weights, self.recipe.seed)
+            if weights
+            else RowOrder(len(self.train_rows), self.recipe.seed)
+        )
         self.elapsed_before = self.state.elapsed_s  # training time of the calls before this one
 
     def elapsed(self) -> float:
@@ -369,8 +433,10 @@ def start_run(recipe: Recipe, budget: TimeBudget, progress: bool) -> Run:
     mask_token_id = ensure_mask_token(tokenizer, recipe.mask_token) if recipe.is_sdar else None
     with accelerator.main_process_first():
         train_rows, eval_rows, file_rows = load_datasets(recipe, tokenizer, log)
-    log(f"data: {len(train_rows)} training rows, {len(eval_rows) if eval_rows is not None else 0} eval rows "
-        f"of {recipe.seq_len} tokens")
+    log(
+        f"data: {len(train_rows)} training rows, {len(eval_rows) if eval_rows is not None else 0} eval rows "
+        f"of {recipe.seq_len} tokens"
+    )
     model, optimizer = build_model(recipe, tokenizer, mask_token_id, accelerator, log)
     device = accelerator.device
     state = resume_state(recipe, accelerator, log)
@@ -380,23 +446,43 @@ def start_run(recipe: Recipe, budget: TimeBudget, progress: bool) -> Run:
         from tqdm import tqdm
 
         bar = tqdm(total=max_steps, initial=state.step, desc=recipe.mode, dynamic_ncols=True)
-    return Run(recipe, accelerator, log, tokenizer, model,
-               torch.compile(model) if recipe.compile and device.type == "cuda" else model, optimizer,
-               train_rows, file_rows, eval_rows, mask_token_id, resolve_attention(recipe, device), state, max_steps, budget,
-               MetricsLog(Path(recipe.output_dir), accelerator.is_main_process), bar)
+    return Run(
+        recipe,
+        accelerator,
+        log,
+        tokenizer,
+        model,
+        torch.compile(model) if recipe.compile and device.type == "cuda" else model,
+        optimizer,
+        train_rows,
+        file_rows,
+        eval_rows,
+        mask_token_id,
+        resolve_attention(recipe, device),
+        state,
+        max_steps,
+        budget,
+        MetricsLog(Path(recipe.output_dir), accelerator.is_main_process),
+        bar,
+    )
 
 
 def build_model(recipe: Recipe, tokenizer, mask_token_id: int | None, accelerator, log):
     """The recipe's model in training mode and its AdamW, both prepared by accelerate."""
     model = init_model(recipe, tokenizer, mask_token_id)
-    log(f"model: {model.config.model_type}, {model.config.num_parameters() / 1e6:.1f}M parameters, "
-        f"block_size {model.config.block_size}, mask_token_id {model.config.mask_token_id}")
+    log(
+        f"model: {model.config.model_type}, {model.config.num_parameters() / 1e6:.1f}M parameters, "
+        f"block_size {model.config.block_size}, mask_token_id {model.config.mask_token_id}"
+    )
     if recipe.gradient_checkpointing and not recipe.fsdp:
         enable_gradient_checkpointing(model)
     model.train()
-    optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr,
-                                  betas=(recipe.beta1, recipe.beta2),
-                                  fused=accelerator.device.type == "cuda" and not recipe.fsdp)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, recipe.weight_decay),
+        lr=recipe.lr,
+        betas=(recipe.beta1, recipe.beta2),
+        fused=accelerator.device.type == "cuda" and not recipe.fsdp,
+    )
     return accelerator.prepare(model, optimizer)
 
 
@@ -423,8 +509,15 @@ def train_step(run: Run, lr: float, window: ThroughputWindow) -> tuple[torch.Ten
         start = ((step * accum + m) * world + rank) * mb
         batch = run.train_rows.batch(run.order.rows(start, mb)).to(run.device)
         with acc.no_sync(run.model) if m < accum - 1 else nullcontext():
-            out = compute_loss(run.forward, batch, recipe, run.mask_token_id, run.attention,
-                               step_generator(run.device, recipe.seed, step, m, rank), block_size_at(recipe, step, m))
+            out = compute_loss(
+                run.forward,
+                batch,
+                recipe,
+                run.mask_token_id,
+                run.attention,
+                step_generator(run.device, recipe.seed, step, m, rank),
+                block_size_at(recipe, step, m),
+            )
             acc.backward(out.loss / accum)
         step_loss += out.loss.detach() / accum
         if recipe.is_sdar and step % recipe.log_every == 0:
@@ -439,8 +532,9 @@ def train_step(run: Run, lr: float, window: ThroughputWindow) -> tuple[torch.Ten
 def run_eval(run: Run) -> float:
     """The eval loss at the current step, recorded in the state and in the returned eval curve."""
     state = run.state
-    state.eval_loss = run.eval_losses[state.step] = evaluate(run.forward, run.eval_rows, run.recipe,
-                                                             run.mask_token_id, run.attention, run.accelerator)
+    state.eval_loss = run.eval_losses[state.step] = evaluate(
+        run.forward, run.eval_rows, run.recipe, run.mask_token_id, run.attention, run.accelerator
+    )
     return state.eval_loss
 
 
@@ -448,7 +542,9 @@ def peak_memory_gib(accelerator) -> float | None:
     """The largest peak of allocated GPU memory over the processes (what must fit on one GPU); None on the CPU."""
     if accelerator.device.type != "cuda":
         return None
-    peak = torch.tensor([torch.cuda.max_memory_allocated(accelerator.device) / 2**30], device=accelerator.device)
+    peak = torch.tensor(
+        [torch.cuda.max_memory_allocated(accelerator.device) / 2**30], device=accelerator.device
+    )
     return round(accelerator.gather(peak).max().item(), 2)
 
 
@@ -463,9 +559,15 @@ def log_step(run: Run, step_loss: torch.Tensor, grad_norm, lr: float, window: Th
     if log_due:
         loss = run.accelerator.reduce(step_loss, reduction="mean").item()
         run.losses[state.step] = state.last_loss = loss
-        row |= {"loss": round(loss, 5), "lr": f"{lr:.3e}", "grad_norm": round(float(grad_norm), 4),
-                "tokens": state.tokens, **window.rates(recipe),
-                "elapsed_s": round(run.elapsed(), 1), "peak_memory_gib": peak_memory_gib(run.accelerator)}
+        row |= {
+            "loss": round(loss, 5),
+            "lr": f"{lr:.3e}",
+            "grad_norm": round(float(grad_norm), 4),
+            "tokens": state.tokens,
+            **window.rates(recipe),
+            "elapsed_s": round(run.elapsed(), 1),
+            "peak_memory_gib": peak_memory_gib(run.accelerator),
+        }
     if eval_due:  # after the throughput above, so evaluation time is not counted in it
         row["eval_loss"] = round(run_eval(run), 5)
     if log_due or eval_due:
@@ -481,6 +583,7 @@ def log_step(run: Run, step_loss: torch.Tensor, grad_norm, lr: float, window: Th
 class FitMinutes:
     """fit_minutes: the steps between the two CALIBRATION steps are timed, then the step budget that ends the run in
     time replaces max_steps (once: a resumed run keeps the budget its state records)."""
+
     t_first: float | None = None
 
     def after_step(self, run: Run) -> None:
@@ -491,8 +594,9 @@ class FitMinutes:
             self.t_first = time.time()
             return
         step_s = (time.time() - self.t_first) / (CALIBRATION[1] - CALIBRATION[0])
-        run.max_steps = run.state.max_steps = fit_max_steps(run.recipe, run.accelerator, run.state.step,
-                                                            run.max_steps, step_s, run.budget.elapsed())
+        run.max_steps = run.state.max_steps = fit_max_steps(
+            run.recipe, run.accelerator, run.state.step, run.max_steps, step_s, run.budget.elapsed()
+        )
         run.log(f"fit_minutes {run.recipe.fit_minutes}: max_steps {run.max_steps}")
         if run.bar is not None:
             run.bar.total = run.max_steps
@@ -502,8 +606,12 @@ def out_of_time(run: Run) -> bool:
     if not run.budget.minutes:
         return False
     late = run.budget.exhausted()
-    if run.accelerator.num_processes > 1:  # every process must agree on stopping (they all take part in the save)
-        late = bool(run.accelerator.reduce(torch.tensor(float(late), device=run.device), reduction="sum").item() > 0)
+    if (
+        run.accelerator.num_processes > 1
+    ):  # every process must agree on stopping (they all take part in the save)
+        late = bool(
+            run.accelerator.reduce(torch.tensor(float(late), device=run.device), reduction="sum").item() > 0
+        )
     return late
 
 
@@ -553,8 +661,10 @@ def train(recipe: Recipe, *, progress: bool = True) -> TrainResult:
     if run.bar is not None:
         run.bar.close()
     if stopped:
-        run.log(f"time budget of {recipe.max_minutes} min reached at step {state.step}: checkpoint saved; "
-                "run again with resume=true to continue")
+        run.log(
+            f"time budget of {recipe.max_minutes} min reached at step {state.step}: checkpoint saved; "
+            "run again with resume=true to continue"
+        )
         return TrainResult(state, False, None, run.losses, run.eval_losses)
     save_final(run.accelerator, run.model, run.tokenizer, recipe, final_dir)
     run.log(f"final checkpoint: {final_dir}")
@@ -562,8 +672,9 @@ def train(recipe: Recipe, *, progress: bool = True) -> TrainResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("recipe", help="a recipe YAML (training/recipes/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value (model.key=value for the model shape)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")

@@ -1,0 +1,52 @@
+"""Which kernels a forward takes: one frozen switchboard, given to the model by whoever runs it.
+
+Every switch only selects among computations of the same value (the tests compare each pair): a fused Triton
+kernel or the eager ops (fused.py, norm_rope.py, moe.route), the split-K decode attention or SDPA over the buffer
+(decode_attention.py), the static-shape expert forms or the per-expert loop (moe.py), and the attention backend
+of attention.py. A switch that is on still needs its kernel to run where the forward runs (CUDA and Triton, no
+gradient wanted): elsewhere the eager path runs whatever the switch says.
+
+The decoder's runner (runner.py) receives a `Kernels` from DecodeParams and passes it to every forward; its pool
+keys a captured graph by it. A plain `model(ids)` (training, the tests) uses `DEFAULT_KERNELS`. The benchmarks
+measure each switch against the eager kernels by building their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+FUSIONS = ("norm_rope", "cache_write", "add_norm", "silu_mul", "routing")
+
+
+@dataclass(frozen=True)
+class Kernels:
+    norm_rope: bool = True  # q/k RMSNorm + RoPE in one kernel each (norm_rope.py)
+    cache_write: bool = True  # the k kernel of norm_rope also writes K and V into the KV cache
+    add_norm: bool = True  # residual add + RMSNorm (fused.add_rms_norm)
+    silu_mul: bool = True  # SiLU(gate) * up (fused.silu_mul)
+    routing: bool = True  # an MoE router's softmax + top-k + renormalisation (moe.route)
+    # Static-shape forwards (runner modes "static", "graph"): None takes the split-K decode attention wherever it
+    # runs (CUDA with Triton); False gives SDPA the mask over the whole buffer (the benchmarks compare the two);
+    # True where it cannot run falls back to SDPA over the filled slice, whose host read cannot be graphed.
+    split_k_attention: bool | None = None
+    grouped_experts: bool = (
+        True  # the static-shape expert forms where one runs (moe.Experts); False: the loop
+    )
+    attention_backend: str = (
+        "sdpa"  # attention.attention's backend for dense masks: "sdpa", "flash" or "eager"
+    )
+
+    def with_fusions(self, names: set[str] | str) -> Kernels:
+        """These kernels with exactly `names` ("all", "none", or a set of FUSIONS) fused."""
+        names = set(FUSIONS) if names == "all" else set() if names == "none" else set(names)
+        if names - set(FUSIONS):
+            raise ValueError(f"unknown fusions {sorted(names - set(FUSIONS))}; choose from {sorted(FUSIONS)}")
+        return dataclasses.replace(self, **{name: name in names for name in FUSIONS})
+
+    def fusions(self) -> list[str]:
+        """The fusions that are on, in FUSIONS order."""
+        return [name for name in FUSIONS if getattr(self, name)]
+
+
+DEFAULT_KERNELS = Kernels()
