@@ -14,4 +14,6 @@ sdar_core.generate, then renders the StepEvents it reports; no model math lives 
     errors.py      exceptions -> readable gr.Error (the one place a decoder error becomes the user's message)
     layout.py      the page's components (gr.Blocks), by name on a Page
     ui.py          build_app(): the layout plus the wiring of every event
+    launch.py      main(): `python app.py` and the `sdar-studio` command
+    deploy.py      `python -m app.deploy`: the Space's file set, uploaded with huggingface_hub
 """

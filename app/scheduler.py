@@ -34,6 +34,7 @@ from typing import Iterator
 
 from sdar_core import DecodeParams, GenerationError, generate
 from sdar_core.decoding import positions_needed
+from sdar_core.runner import default_mode
 from sdar_core.trace import Stats, StepEvent
 
 from .registry import LoadedModel
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 16  # rows of one decode: beyond it, requests wait for the next batch
 TURNS_KEPT = 256
 USAGE_HALF_LIFE = 120.0  # seconds: a visitor's device time counts half as much this long after it was used
+MAX_NESTED = 2  # turns that may run inside a paused batch, one inside the other
 TURN_QUANTUM = 0.25  # seconds of device time a timed decode keeps before it gives way (no hand-off every token)
 USAGE_KEPT = 4096  # visitors whose device time is remembered (beyond: those with the least are forgotten)
 
@@ -149,6 +151,7 @@ class DecodeScheduler:
         self.turns: list[str] = []  # the visitors served, in order (the last TURNS_KEPT): what tests read
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._nested = 0  # turns running inside a paused batch (make_way)
 
     @property
     def load(self) -> int:
@@ -235,22 +238,54 @@ class DecodeScheduler:
         while True:
             self._wait_for_work()
             with self.lock:  # the batch is chosen once the device is free: whoever came meanwhile joins it
-                batch = self.schedule()
-                if not batch:
-                    continue
-                if isinstance(batch[0], Lease):
-                    self.lend(batch[0])
-                    continue
-                try:
-                    self.run(batch)
-                except BaseException as e:  # reported to every job of the batch; the scheduler goes on
-                    if not isinstance(e, GenerationError):
-                        log.exception("a batch of %d rows failed", len(batch))
-                    for job in batch:
-                        end(job, Failed(e))
-                finally:
-                    with self._cv:
-                        self.in_flight = []
+                self.take_turn()
+
+    def take_turn(self) -> None:
+        """Schedule the next turn and run it (a batch) or lend it (a lease); the caller holds the device."""
+        batch = self.schedule()
+        if not batch:
+            return
+        if isinstance(batch[0], Lease):
+            self.lend(batch[0])
+            return
+        try:
+            self.run(batch)
+        except BaseException as e:  # reported to every job of the batch; the scheduler goes on
+            if not isinstance(e, GenerationError):
+                log.exception("a batch of %d rows failed", len(batch))
+            for job in batch:
+                end(job, Failed(e))
+        finally:
+            with self._cv:
+                self.in_flight = []
+
+    def make_way(self, rowing: "BatchRows") -> None:
+        """At a block boundary of a batch decoding on a plain runner (its cache is its own): when a fresher visitor
+        waits, run that visitor's turn now, inside the paused batch, and go on after (at most MAX_NESTED deep). A
+        long answer then keeps a fresh visitor's chat waiting for one of its blocks, not for all of them; the pause
+        is not the batch's time."""
+        if self._nested >= MAX_NESTED:
+            return
+        active = {job.visitor for job in rowing.batch if not job.ended}
+        with self._cv:
+            if not active or not self.waiting:
+                return
+            now = time.perf_counter()
+            held = (now - rowing.t0 - rowing.paused) / len(active)
+            mine = min(self.used(v, now) for v in active) + held - TURN_QUANTUM
+            if not any(j.visitor not in active and not j.stop.is_set() and self.used(j.visitor, now) < mine
+                       for j in self.waiting):
+                return
+            outer = self.in_flight
+        t0 = time.perf_counter()
+        self._nested += 1
+        try:
+            self.take_turn()
+        finally:
+            self._nested -= 1
+            with self._cv:
+                self.in_flight = outer
+            rowing.paused += time.perf_counter() - t0
 
     def _wait_for_work(self) -> None:
         with self._cv:
@@ -301,7 +336,8 @@ class DecodeScheduler:
             width = 1 << (len(rows) - 1).bit_length()  # the next power of two
             rows += [rows[0]] * (min(width, self.max_batch) - len(rows))
         longest = max(job.params.max_new_tokens for job in batch)
-        rowing = BatchRows(batch, p)
+        plain = (p.runner_mode or default_mode(model)) == "plain"
+        rowing = BatchRows(batch, p, on_block=self.make_way if plain else None)
         self.batches += 1
         rowing.start()
         try:
@@ -314,7 +350,7 @@ class DecodeScheduler:
 
     def charge_rows(self, rowing: "BatchRows") -> None:
         """The batch's device time, shared among its visitors by the forwards of their rows."""
-        seconds, total = time.perf_counter() - rowing.t0, sum(rowing.forwards) or 1
+        seconds, total = time.perf_counter() - rowing.t0 - rowing.paused, sum(rowing.forwards) or 1
         for job, forwards in zip(rowing.batch, rowing.forwards):
             self.charge(job.visitor, seconds * max(forwards, 1) / total)
 
@@ -363,8 +399,10 @@ class BatchRows:
     """Routes a batch decode's step events to its jobs and ends each job when its row is complete: its first stop
     token, or its own max_new_tokens (the rows after it in the batch may go on)."""
 
-    def __init__(self, batch: list[Job], p: DecodeParams) -> None:
-        self.batch, self.p = batch, p
+    def __init__(self, batch: list[Job], p: DecodeParams, on_block=None) -> None:
+        self.batch, self.p, self.on_block = batch, p, on_block  # on_block(self): once per block, at its end
+        self.paused = 0.0  # seconds the decode waited inside on_step for other turns (make_way)
+        self.finals: dict[int, set[int]] = {}  # block -> rows that ended it so far
         self.stop_ids = set(p.stop_token_ids)
         self.pending: list[list[StepEvent]] = [[] for _ in batch]
         self.tokens: list[list[int]] = [[] for _ in batch]
@@ -404,6 +442,12 @@ class BatchRows:
         if self._complete(e.row):
             self._finish(e.row, stopped=False)
             self._all_ended()
+        if self.on_block is not None:
+            done = self.finals.setdefault(e.block, set())
+            done.add(e.row)
+            if all(job.ended or r in done for r, job in enumerate(self.batch)):  # every open row ended the block
+                del self.finals[e.block]
+                self.on_block(self)
 
     def _complete(self, r: int) -> bool:
         limit = self.batch[r].params.max_new_tokens
@@ -428,7 +472,7 @@ class BatchRows:
             strategy=p.strategy, block_length=p.block_length, steps=p.steps, batch_size=1,
             prompt_tokens=len(job.ids), new_tokens=len(tokens), forwards=self.forwards[r],
             prefill_forwards=int(len(job.ids) >= p.block_length if p.strategy != "ar" else len(job.ids) > 1),
-            seconds=time.perf_counter() - self.t0, prefill_seconds=0.0, steps_per_block=[self.blocks[r]],
+            seconds=time.perf_counter() - self.t0 - self.paused, prefill_seconds=0.0, steps_per_block=[self.blocks[r]],
             new_tokens_per_row=[len(tokens)])
         end(job, Finished(tokens, stats, stopped))
 

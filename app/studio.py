@@ -78,9 +78,10 @@ class Studio:
         about a second); a longer one (a download) is not: the visitor is told its progress at once, and the
         request holds nothing while it runs."""
         status = self.registry.ready_or_status(name)
-        loading = self.registry.loading(name) if isinstance(status, LoadStatus) else None
-        if loading is not None and loading.done.wait(LOAD_GRACE):
-            status = self.registry.ready_or_status(name)
+        if isinstance(status, LoadStatus):
+            loading = self.registry.loading(name)  # None: it ended since (a failure is then raised below)
+            if loading is None or loading.done.wait(LOAD_GRACE):
+                status = self.registry.ready_or_status(name)
         if isinstance(status, LoadStatus):
             raise ModelLoading(f"{status.message()}. Send again once it is ready (Load shows its progress).")
         return self.least_loaded(name, status)

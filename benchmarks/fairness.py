@@ -68,6 +68,7 @@ def race(url: str, model: str, out: dict, index: int) -> None:
             "one after the other (fair timings)",
             True,
             5,
+            "",  # no system prompt
             api_name="/race",
         )
         out[index] = {"seconds": time.perf_counter() - t0, "headline": str(result[4])[:300]}

@@ -112,7 +112,7 @@ def visit(url: str, model: str, index: int, deadline: float, tally: Tally) -> No
                     raise AssertionError(f"an empty or unfinished answer: {text!r}")
             else:
                 client.predict(
-                    question, model, 4, 4, "static", 0.9, 0.0, 1.0, tokens, 0, 0, api_name="/visualize"
+                    question, model, 4, 4, "static", 0.9, 0.0, 1.0, tokens, 0, 0, "", api_name="/visualize"
                 )
             tally.add(kind, time.monotonic() - t0)
             client.predict(api_name="/clear")

@@ -304,3 +304,33 @@ def test_a_visitor_is_the_forwarded_client_address_else_its_own_address_else_its
     assert visitor_of(request({"Forwarded": 'for="[2001:db8::1]";proto=https'})) == "ip:2001:db8::1"
     assert visitor_of(request({"X-Forwarded-Host": "studio.example"})) == "ip:127.0.0.1"  # a proxy, not a session
     assert visitor_of(None) == ""
+
+
+def test_finding2_a_long_answer_gives_way_to_a_fresh_chat_at_a_block_boundary(loaded):
+    """A visitor's long answer decoding (a plain runner: the CPU) when a fresher visitor's chat arrives: the chat runs
+    inside the paused batch at its next block boundary and is answered before the long answer's next block; the long
+    answer then goes on and decodes exactly what it decodes alone."""
+    lock = threading.Lock()
+    scheduler = DecodeScheduler("test", lock=lock)
+    scheduler.charge("heavy", 10.0)
+    long = job_for(loaded, "heavy", max_new_tokens=48)
+    fresh = job_for(loaded, "fresh")
+    seen = []
+    original = long.updates.put
+
+    def put(update):  # the fresh chat arrives with the long answer's second block
+        original(update)
+        if isinstance(update, Steps) and update.events[-1].block == 1 and not seen:
+            seen.append("submitted")
+            scheduler.submit(fresh)
+        elif isinstance(update, Steps) and seen == ["submitted"]:
+            seen.append(("fresh answered before block", update.events[-1].block, fresh.updates.qsize() > 0))
+
+    long.updates.put = put
+    scheduler.submit(long)
+    updates = drain(long)
+    assert seen[1] == ("fresh answered before block", 2, True)
+    assert isinstance(drain(fresh)[-1], Finished)
+    alone = generate(loaded.model, [long.ids], long.params)
+    assert updates[-1].tokens == alone.row_tokens(0) and not updates[-1].stopped
+    assert scheduler.turns == ["heavy", "fresh"]

@@ -14,8 +14,8 @@ import pytest
 MODEL = "{model}"  # replaced by the test checkpoint's folder
 RACE_MODE = "one after the other (fair timings)"
 CHAT = ["Hi", "", MODEL, 4, 4, "dynamic", 0.9, 0.0, 1.0, 4, 0, 0]  # message, system, model, decode..., seed, pace
-VISUALIZE = ["Hi", MODEL, 4, 4, "dynamic", 0.9, 0.0, 1.0, 4, 0, 0]
-RACE = ["Hi", MODEL, 4, 4, "dynamic", 0.9, 0.0, 1.0, 4, 0, RACE_MODE, False, 1]
+VISUALIZE = ["Hi", MODEL, 4, 4, "dynamic", 0.9, 0.0, 1.0, 4, 0, 0, ""]  # ..., seed, pace, system prompt
+RACE = ["Hi", MODEL, 4, 4, "dynamic", 0.9, 0.0, 1.0, 4, 0, RACE_MODE, False, 1, ""]
 SWEEP = ["Hi", MODEL, [4], [0.9], 8]
 NAN, INF = float("nan"), float("inf")
 

@@ -50,3 +50,28 @@ def test_a_crowd_on_the_cpu_is_answered_and_summarised(studio_url, caplog):
         assert r["answered"] == len(group) and r["makespan_s"] == max(v.wall_s for v in group)
         assert r["aggregate_tps"] == pytest.approx(sum(v.tokens for v in group) / r["makespan_s"])
         assert r["aggregate_over_engine"] == pytest.approx(r["aggregate_tps"] / 100.0)
+
+
+def test_the_crowd_bench_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path):
+    """`python -m benchmarks.studio --arch tiny --crowd-only`: random tiny checkpoints, the studio started as a
+    process, a crowd of 2 per setting, and the three result files, with the server's own account of each answer."""
+    import csv
+    import json
+
+    from benchmarks.studio import SETTINGS, main
+    from conftest import free_port
+
+    out = tmp_path / "out"
+    argv = ["--arch", "tiny", "--workdir", str(tmp_path / "work"), "--out", str(out), "--crowd", "2",
+            "--crowd-only", "--repeats", "1", "--new-tokens", "8", "--port", str(free_port())]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    crowd = results["crowd"]
+    assert {(c["setting"], c["visitors"], c["round"]) for c in crowd} == {(s.name, 2, r) for s in SETTINGS
+                                                                        for r in (1, 2)}
+    assert all(c["answered"] == 2 and c["errors"] == 0 and c["engine_batch_tps"] > 0 for c in crowd)
+    visitors = list(csv.DictReader(open(out / "crowd.csv")))
+    assert len(visitors) == len(SETTINGS) * 2 * 2 and not any(v["error"] for v in visitors)
+    served = results["info"]["served"]
+    assert len(served) == len(visitors) and all(t["decoded_s"] > 0 for t in served)
+    assert "Server side, 8 chat answers" in (out / "summary.md").read_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -147,6 +148,13 @@ def test_a_fresh_venv_with_requirements_txt_alone_serves_the_space(tmp_path):
     packages, no PYTHONPATH) with torch and then requirements.txt only, `python app.py` as the Space runs it, and
     the README's gradio_client example against it, on the CPU."""
     space, venv = tmp_path / "space", tmp_path / "venv"
+    try:
+        serve_the_space(space, venv, tmp_path)
+    finally:  # 1.5 GB: pytest keeps the temporary folders of its last runs
+        shutil.rmtree(venv, ignore_errors=True)
+
+
+def serve_the_space(space: Path, venv: Path, tmp_path: Path) -> None:
     deploy.stage(FILES, space)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
