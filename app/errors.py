@@ -9,7 +9,7 @@ import re
 import gradio as gr
 import torch
 
-from sdar_core import GenerationError
+from sdar_core import ContextTooLong
 
 from .settings import shown
 from .streaming import Busy
@@ -28,7 +28,7 @@ def user_message(exc: BaseException) -> str:
         return str(exc)[0].upper() + str(exc)[1:]
     if isinstance(exc, (ValueError, KeyError, FileNotFoundError)):  # CheckpointError, GenerationError, ...
         text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        if isinstance(exc, GenerationError) and "context" in text:  # generate() is where the context is checked
+        if isinstance(exc, ContextTooLong):
             text = f"{text}. {CONTEXT_HINT}"
         return text[0].upper() + text[1:] if text else type(exc).__name__
     log.error("unexpected error in a handler", exc_info=exc)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 from sdar_core import DecodeParams, GenerationError, generate
-from sdar_core.decoding import positions_needed
+from sdar_core.decoding import check_fits
 from sdar_core.runner import default_mode
 from sdar_core.trace import Stats, StepEvent
 
@@ -164,13 +164,7 @@ class DecodeScheduler:
         spoils a batch)."""
         config = job.model.config
         job.params.check(config)
-        needed = positions_needed(len(job.ids), job.params.max_new_tokens, job.params.strategy,
-                                  job.params.block_length)
-        if needed > config.max_position_embeddings:
-            raise GenerationError(
-                f"prompt ({len(job.ids)} tokens) + max_new_tokens ({job.params.max_new_tokens}), rounded up to "
-                f"whole blocks of {job.params.block_length}, is {needed} tokens: beyond the model's context of "
-                f"{config.max_position_embeddings}")
+        check_fits(len(job.ids), job.params, config)
         self._enqueue(job)
         return job
 

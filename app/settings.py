@@ -1,5 +1,6 @@
 """What a decode button sends, parsed in one place: the UI's values by name -> a DecodeRequest (which model,
-the DecodeSettings, the watch pace), checked on the server because the API can send any value.
+the DecodeSettings, the watch pace), checked on the server because the API can send any value. The ranges and the
+controls' first values are sdar_core's (decode_params.OPTIONS), and a DecodeSettings becomes one DecodeParams.
 
 The names are the API's parameter names (ui.py wires each component under its field name), so a handler
 never receives the decoding inputs by position."""
@@ -9,9 +10,11 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Mapping
 
-SDAR_STRATEGIES = ("static", "dynamic", "sequential", "entropy")
-MAX_BLOCK_LENGTH = 64
-MAX_NEW_TOKENS = 1024
+from sdar_core.decode_params import AR_BLOCK, OPTIONS, DecodeParams, start_value
+
+SDAR_STRATEGIES = tuple(s for s in OPTIONS["strategy"].choices if s != "ar")  # an AR model picks "ar" itself
+MAX_BLOCK_LENGTH = int(OPTIONS["block_length"].hi)
+MAX_NEW_TOKENS = int(OPTIONS["max_new_tokens"].hi)
 MAX_MESSAGE_CHARS = 8_000  # a message or prompt, checked before tokenisation (far above what a context holds)
 MAX_SYSTEM_CHARS = 4_000
 
@@ -69,31 +72,22 @@ class Range:
 
 
 RANGES = {  # field name -> accepted values (strategy is a choice, checked on its own)
-    "block_length": Range("block length", 1, MAX_BLOCK_LENGTH, integer=True),
-    "steps": Range("denoising steps", 1, MAX_BLOCK_LENGTH, integer=True),
-    "threshold": Range("threshold", 0, 1, lo_open=True),
-    "temperature": Range("temperature", 0, 2),
-    "top_p": Range("top-p", 0, 1, lo_open=True),
-    "max_new_tokens": Range("max new tokens", 1, MAX_NEW_TOKENS, integer=True),
-    "seed": Range("seed", 0, 2**31 - 1, integer=True),
+    name: Range(o.label, o.lo, o.hi, integer=o.integer, lo_open=o.lo_open)
+    for name, o in OPTIONS.items() if name != "top_k" and not o.choices
 }
 PACE = Range("watch delay per frame (ms)", 0, 1000)
 
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    # The studio's defaults: sdar-tiny is confident, so at block 4 and threshold 0.9 every block of its example
-    # answers filled in one step and a visitor never saw a block half denoised. A 16-wide block (trained) at 0.99
-    # leaves positions masked after a step in every example answer (tests/test_app_examples.py) and still commits
-    # several tokens per forward.
-    block_length: int = 16
-    steps: int = 16
-    strategy: str = "dynamic"
-    threshold: float = 0.99
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = 128
-    seed: int = 0
+    block_length: int = start_value("block_length")
+    steps: int = start_value("steps")
+    strategy: str = start_value("strategy")
+    threshold: float = start_value("threshold")
+    temperature: float = start_value("temperature")
+    top_p: float = start_value("top_p")
+    max_new_tokens: int = start_value("max_new_tokens")
+    seed: int = start_value("seed")
 
     @classmethod
     def from_ui(cls, ui: Mapping[str, object]) -> "DecodeSettings":
@@ -112,6 +106,10 @@ class DecodeSettings:
         """Keyword arguments of sdar_core.generate."""
         return asdict(self)
 
+    def params(self, **extra) -> DecodeParams:
+        """The DecodeParams these settings decode with (`extra`: the other fields, such as stop_token_ids)."""
+        return DecodeParams(**self.generate_kwargs(), **extra)
+
     def forwards_bound(self, prompt_len: int) -> int:
         """The most forwards a decode with these settings can take after a prompt of `prompt_len` tokens: the
         prefill, then at most `steps` per block up to max_new_tokens (one per token for AR). What its budget
@@ -124,7 +122,7 @@ class DecodeSettings:
 
     def as_ar(self) -> "DecodeSettings":
         """The same sampling, decoded one token per forward."""
-        return replace(self, block_length=1, steps=1, strategy="ar")
+        return replace(self, block_length=AR_BLOCK, steps=AR_BLOCK, strategy="ar")
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ class Studio:
             raise OverBudget(f"this request may take up to {cost:,} forwards ({settings.max_new_tokens} new tokens, "
                              f"block {settings.block_length}, {settings.steps} steps); a request may take at most "
                              f"{budget:,} here: lower max new tokens or the steps per block")
-        params = DecodeParams(**settings.generate_kwargs(), stop_token_ids=loaded.stop_token_ids)
+        params = settings.params(stop_token_ids=loaded.stop_token_ids)
         job = self.scheduler(loaded).submit(Job(loaded, ids, params.resolved(loaded.config), stop=stop,
                                                 visitor=getattr(stop, "visitor", ""), budget=budget))
         run = Run(job, notes, title=title)
@@ -121,7 +121,7 @@ class Studio:
         settings, notes = req.settings, []
         if not loaded.is_sdar:  # the page greys the SDAR controls out for it (ui.controls_for_model): no note
             settings = settings.as_ar()
-        elif settings.strategy != "ar" and settings.block_length not in trained_blocks(loaded.config):
+        elif settings.strategy != "ar" and settings.block_length not in loaded.config.trained_blocks:
             notes.append(untrained_block_note(loaded.display_name, loaded.config, settings.block_length))
         ids, note = prompt_ids(loaded.tokenizer, messages)
         return loaded, settings, ids, notes + ([note] if note else [])
@@ -143,18 +143,13 @@ def replica_registries(registry: ModelRegistry, gpus: int | None = None) -> list
     return [registry.copy_for(f"cuda:{i}") for i in range(1, gpus)]
 
 
-def trained_blocks(config) -> list[int]:
-    """The block sizes an SDAR checkpoint was trained at: its config's list, else its default block size."""
-    return sorted(config.trained_block_sizes or [config.block_size])
-
-
 def ar_note(name: str) -> str:
     return (f"{name} is autoregressive: it decodes one token per forward, so block length, steps, strategy and "
             "threshold do not apply.")
 
 
 def untrained_block_note(name: str, config, block: int) -> str:
-    sizes = trained_blocks(config)
+    sizes = config.trained_blocks
     listed = ", ".join(map(str, sizes))
     return (f"{name} was trained at block size{'s' if len(sizes) > 1 else ''} {listed}; block {block} was not "
             "trained for: expect worse answers.")
@@ -213,11 +208,10 @@ class Warmup:
         (steps as the settings ask, at most the block), and the AR lane, up to WARM_POSITIONS positions."""
         if not needs_warm_up(m.model):
             return []
-        params = [DecodeParams(**settings.as_ar().generate_kwargs())]
+        params = [settings.as_ar().params()]
         if m.is_sdar:
-            params = [DecodeParams(**replace(settings, strategy=strategy, block_length=block,
-                                             steps=min(settings.steps, block)).generate_kwargs())
-                      for block in trained_blocks(m.config) for strategy in ("static", "dynamic")] + params
+            params = [replace(settings, strategy=s, block_length=block, steps=min(settings.steps, block)).params()
+                      for block in m.config.trained_blocks for s in ("static", "dynamic")] + params
         return [(p, shape) for p in (p.resolved(m.config) for p in params)
                 for shape in warm_shapes([p], WARM_POSITIONS, m.context)]
 

@@ -16,7 +16,7 @@ from .race import Race
 from .registry import DEFAULT_MODEL, ModelRegistry, ModelUnavailable, default_missing, missing_default_message
 from .render import model_markdown
 from .settings import MAX_BLOCK_LENGTH
-from .studio import Studio, ar_note, replica_registries, trained_blocks, untrained_block_note
+from .studio import Studio, ar_note, replica_registries, untrained_block_note
 from .visualizer import Visualizer
 
 try:  # On Hugging Face ZeroGPU Spaces, generation handlers borrow a GPU for their duration.
@@ -88,7 +88,7 @@ def block_info(config) -> str | None:
     """What the block slider says beside itself: the block sizes the model was trained at."""
     if config is None or not config.is_sdar:
         return None
-    sizes = trained_blocks(config)
+    sizes = config.trained_blocks
     return f"trained at block size{'s' if len(sizes) > 1 else ''} {', '.join(map(str, sizes))}"
 
 
@@ -103,7 +103,7 @@ def decoding_note(config, name, block) -> str:
         block = int(block)
     except (TypeError, ValueError):
         return ""
-    return "" if block in trained_blocks(config) else "⚠️ " + untrained_block_note(shown, config, block)
+    return "" if block in config.trained_blocks else "⚠️ " + untrained_block_note(shown, config, block)
 
 
 def controls_for_model(studio: Studio, name, block_length, strategy, steps=None):

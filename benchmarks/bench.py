@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -27,100 +26,18 @@ from pathlib import Path
 
 import torch
 
-from sdar_core.config import PUBLIC_SHAPES, ModelConfig
+from sdar_core.config import ModelConfig
 from sdar_core.decode_attention import split_k_available
 from sdar_core.decoding import DecodeParams, generate
-from sdar_core.device import default_device, default_dtype, machine_info, synchronize
+from sdar_core.device import default_device, default_dtype, synchronize
 from sdar_core.kernels import Kernels
 from sdar_core.loading import load_pretrained
 from sdar_core.model import SDARForCausalLM
 from sdar_core.runner import default_mode
-from training.model_init import init_weights
 
 from . import moe
+from .common import ARCHS, arch_config, as_ar, machine_info, measure_bandwidth, random_model, weight_bytes
 from .table import print_table
-
-ARCHS = {
-    "tiny": dict(
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        vocab_size=4096,
-        tie_word_embeddings=True,
-    ),
-    "tiny-moe": dict(
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        vocab_size=4096,
-        tie_word_embeddings=False,
-        num_experts=16,
-        num_experts_per_tok=4,
-        moe_intermediate_size=64,
-        norm_topk_prob=True,
-    ),
-    **{f"sdar-{size}": shape for size, shape in PUBLIC_SHAPES.items()},
-}
-
-
-def arch_config(name: str, block_size: int = 4) -> ModelConfig:
-    if name not in ARCHS:
-        raise SystemExit(f"unknown architecture {name!r}; choose one of {', '.join(ARCHS)}")
-    fields = dict(ARCHS[name])
-    return ModelConfig(
-        model_type="sdar_moe" if fields.get("num_experts") else "sdar",
-        block_size=block_size,
-        mask_token_id=fields["vocab_size"] - 1,
-        rope_theta=1_000_000.0,
-        max_position_embeddings=32768,
-        eos_token_id=0,
-        **fields,
-    )
-
-
-def random_model(config: ModelConfig, device, dtype) -> SDARForCausalLM:
-    """Random weights straight on the device (no CPU copy of a multi-GB model)."""
-    with torch.device("meta"):  # cast while on meta: a float32 30B-A3B (122 GB) would not fit beside its copy
-        model = SDARForCausalLM(config).to(dtype)
-    model = model.to_empty(device=device)
-    init_weights(model, 0.02, generator=torch.Generator(device=device).manual_seed(0))
-    if config.tie_word_embeddings:  # to_empty gave the two shared tensors separate storage
-        model.lm_head.weight = model.model.embed_tokens.weight
-    model.reset_rope(device)
-    return model.eval()
-
-
-def weight_bytes(model) -> int:
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel() * p.element_size()
-    return total
-
-
-def measure_bandwidth(device, nbytes: int = 1 << 30) -> float:
-    """Bytes per second of a device-to-device copy, counting bytes read plus bytes written."""
-    if torch.device(device).type != "cuda":
-        nbytes = 1 << 27
-    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    synchronize(device)
-    times = []
-    for _ in range(10):
-        t = time.perf_counter()
-        dst.copy_(src)
-        synchronize(device)
-        times.append(time.perf_counter() - t)
-    return 2 * src.numel() * src.element_size() / statistics.median(times)
 
 
 @dataclass
@@ -133,16 +50,6 @@ class Case:
     steps: int
     threshold: float
     batch_size: int
-
-
-def as_ar(model):
-    """The same weights viewed as an AR model (next-token prediction, the `ar` baseline)."""
-    import copy
-
-    ar = copy.copy(model)
-    ar.config = copy.copy(model.config)
-    ar.config.model_type, ar.config.block_size = "qwen3_moe" if model.config.is_moe else "qwen3", 1
-    return ar
 
 
 def case_inputs(model, ar_model, case: Case):

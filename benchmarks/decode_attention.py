@@ -6,7 +6,7 @@ A preallocated buffer of T slots, `filled` of them committed; Q queries: Q = 1 (
 Q = 16 (the block in flight, L = 16) at filled..filled+15, Q = 32 (the fused cache-write chunk: the finished
 block and the block in flight) at filled-16..filled+15. Every variant is captured in a CUDA graph and the replay
 timed with events (median of 5 runs of 50 replays). Floor: the K/V slots below the last block's end read once at
-the bandwidth of a device copy (bytes read + written), the measure bench.py uses for the weights.
+the bandwidth of a device copy (bytes read + written), the measure common.measure_bandwidth takes for the weights.
 
 Variants: today's path (K/V repeated for GQA, SDPA with an additive mask over the buffer); SDPA enable_gqa with
 the same mask; SDPA over the filled slice (needs the length on the host: one graph per length, for reference);
@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from sdar_core.attention import attention, block_causal_mask
-from sdar_core.decode_attention import CacheQueries, SplitConfig, decode_attention
-from sdar_core.device import graph_replay_ms, machine_info
+from sdar_core.decode_attention import CacheQueries, SplitConfig, split_k_attention
 
-from . import bench
+from . import common
+from .common import graph_replay_ms, machine_info
 
 H, H_KV, D = 16, 8, 128
 SHAPES = [(512, 320), (2560, 2304), (8704, 8448)]  # (buffer slots, committed)
@@ -92,7 +92,7 @@ def variants(q, k, v, where: CacheQueries, filled_end: int):
     }
     for bn, warps, stages in [(64, 4, 2), (32, 4, 2), (128, 4, 2), (64, 4, 3), (64, 8, 2)]:
         config = replace(SplitConfig(), block_n=bn, num_warps=warps, num_stages=stages)
-        out[f"splitk_n{bn}_w{warps}_s{stages}"] = lambda c=config: decode_attention(q, k, v, where, c)
+        out[f"splitk_n{bn}_w{warps}_s{stages}"] = lambda c=config: split_k_attention(q, k, v, where, c)
     return out
 
 
@@ -101,7 +101,7 @@ def main() -> None:
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch._dynamo.config.cache_size_limit = 64  # one flex compilation per shape
-    bw = bench.measure_bandwidth("cuda")
+    bw = common.measure_bandwidth("cuda")
     rows = []
     for T, filled in SHAPES:
         for Q in (1, 16, 32):

@@ -41,23 +41,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sdar_core import generate, load_pretrained
+from sdar_core import DecodeParams, generate, load_pretrained
 from sdar_core.attention import AttentionInputs
-from sdar_core.device import hardware_name
 from sdar_core.kv_cache import KVCache
+from sdar_core.paths import MODELS_DIR, in_checkout
 from sdar_core.prompting import encode_prompt, stop_ids_for
 from training.corpus import sha256_file
 from training.data import encode_texts
 from training.objective import Noise, PackedBatch, ar_loss, block_ids, sample_noise, sdar_mask
 from training.synthetic import final_answer
 
+from .common import hardware_name
+
 ARITH_FILE = "eval_arith.jsonl"
 DEFINE_FILE = "eval_define.jsonl"
 TEXT_FILE = "heldout_text.jsonl"
-EVAL_DIR = Path("assets/models/eval")
-SUBSET_DATA = (
-    EVAL_DIR / "data"
-)  # the first 64 problems, 20 held-out documents, 16 definitions, committed for the tests
+EVAL_DIR = MODELS_DIR / "eval"
+# the first 64 problems, 20 held-out documents, 16 definitions, committed for the tests
+SUBSET_DATA = EVAL_DIR / "data"
 EXPECTED = EVAL_DIR / "expected.json"
 
 SAMPLE_PROMPTS = (
@@ -82,6 +83,18 @@ class Decoder:
     strategy: str  # "ar" | "static" | "dynamic" (sdar_core.generate)
     threshold: float | None = None
     block_length: int = 4  # static decoding takes block_length steps per block (one token per forward)
+
+    def params(self, max_new_tokens: int, stop_token_ids: list[int]) -> DecodeParams:
+        """How generate decodes this row (block_length steps per block; the threshold where one is given)."""
+        threshold = {} if self.threshold is None else {"threshold": self.threshold}
+        return DecodeParams(
+            max_new_tokens=max_new_tokens,
+            strategy=self.strategy,
+            block_length=self.block_length,
+            steps=self.block_length,
+            stop_token_ids=stop_token_ids,
+            **threshold,
+        )
 
     @property
     def label(self) -> str:
@@ -116,9 +129,8 @@ class EvalSettings:
     models: str = "assets/models"
     data: str = "data/embedded"
     limit: int | None = None  # arithmetic problems (the first N); None: all
-    grid_limit: int = (
-        200  # problems of the block size x threshold grid (the first N, at most limit); 0: no grid
-    )
+    # problems of the block size x threshold grid (the first N, at most limit); 0: no grid
+    grid_limit: int = 200
     define_limit: int | None = None  # held-out definitions (the first N); None: all; 0: none
     text_limit: int | None = None  # held-out documents (N spread evenly over the file); None: all
     batch_size: int = 32  # arithmetic problems per generate call
@@ -289,13 +301,6 @@ def sdar_nelbo(
 # Arithmetic
 
 
-def decode_kwargs(decoder: Decoder, settings: EvalSettings) -> dict:
-    kw = dict(strategy=decoder.strategy, block_length=decoder.block_length, steps=decoder.block_length)
-    if decoder.threshold is not None:
-        kw["threshold"] = decoder.threshold
-    return kw
-
-
 def arith_eval(
     model, tokenizer, problems: list[dict], decoder: Decoder, settings: EvalSettings
 ) -> ArithTally:
@@ -303,25 +308,13 @@ def arith_eval(
     stop = stop_ids_for(tokenizer, model.config)
     mask_id = model.config.mask_token_id
     prompts = [encode_prompt(tokenizer, p["prompt"], chat=True) for p in problems]
-    kw = decode_kwargs(decoder, settings)
+    params = decoder.params(settings.max_new_tokens, stop)
     if model.device.type == "cuda" and prompts:  # warm-up: CUDA graphs are captured on first use, untimed
-        generate(
-            model,
-            prompts[: settings.batch_size],
-            max_new_tokens=settings.max_new_tokens,
-            stop_token_ids=stop,
-            **kw,
-        )
+        generate(model, prompts[: settings.batch_size], params)
     tally = ArithTally()
     for s in range(0, len(problems), settings.batch_size):
         batch = problems[s : s + settings.batch_size]
-        gen = generate(
-            model,
-            prompts[s : s + len(batch)],
-            max_new_tokens=settings.max_new_tokens,
-            stop_token_ids=stop,
-            **kw,
-        )
+        gen = generate(model, prompts[s : s + len(batch)], params)
         st = gen.stats
         tally.seconds += st.seconds
         tally.batch_row_forwards += st.forwards * len(batch)
@@ -349,11 +342,7 @@ def arith_eval(
 def chat_sample(model, tokenizer, prompt: str, decoder: Decoder, settings: EvalSettings) -> dict:
     stop = stop_ids_for(tokenizer, model.config)
     gen = generate(
-        model,
-        [encode_prompt(tokenizer, prompt, chat=True)],
-        max_new_tokens=settings.sample_tokens,
-        stop_token_ids=stop,
-        **decode_kwargs(decoder, settings),
+        model, [encode_prompt(tokenizer, prompt, chat=True)], decoder.params(settings.sample_tokens, stop)
     )
     tokens = gen.row_tokens(0)
     # forwards: the schedule's count (one per denoising step of each block, one per token for AR), not how often
@@ -386,13 +375,8 @@ def define_eval(model, tokenizer, words: list[dict], decoder: Decoder, settings:
     scores, samples = [], []
     for s in range(0, len(words), settings.batch_size):
         batch = words[s : s + settings.batch_size]
-        gen = generate(
-            model,
-            [encode_prompt(tokenizer, w["prompt"], chat=True) for w in batch],
-            max_new_tokens=64,
-            stop_token_ids=stop,
-            **decode_kwargs(decoder, settings),
-        )
+        prompts = [encode_prompt(tokenizer, w["prompt"], chat=True) for w in batch]
+        gen = generate(model, prompts, decoder.params(64, stop))
         for r, w in enumerate(batch):
             reply = tokenizer.decode(gen.row_tokens(r), skip_special_tokens=True)
             score = definition_score(w["gloss"], reply)
@@ -422,7 +406,7 @@ EXPECTED_CASES = (
 def write_expected(settings: EvalSettings, path: Path = EXPECTED) -> dict:
     """Regenerate the committed expected outputs (run after a rebuild of the models, on CPU in float32)."""
     models = {
-        name: load_pretrained(Path(settings.models) / name, device="cpu", dtype=torch.float32)
+        name: load_pretrained(Path(in_checkout(settings.models)) / name, device="cpu", dtype=torch.float32)
         for name in sorted({d.model for _, d in EXPECTED_CASES})
     }
     cases = [chat_sample(*models[d.model], prompt, d, settings) for prompt, d in EXPECTED_CASES]
@@ -447,11 +431,11 @@ def evaluate(settings: EvalSettings, log=print) -> dict:
     """Run the three measurements; returns the JSON-ready result (see the module docstring)."""
     device = torch.device(settings.device)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[settings.dtype]
-    data = Path(settings.data)
+    data = Path(in_checkout(settings.data))
     problems = read_jsonl(data / ARITH_FILE, settings.limit)
     texts = [r["text"] for r in spread(read_jsonl(data / TEXT_FILE, None), settings.text_limit)]
     models = {
-        name: load_pretrained(Path(settings.models) / name, device=device, dtype=dtype)
+        name: load_pretrained(Path(in_checkout(settings.models)) / name, device=device, dtype=dtype)
         for name in ("sdar-tiny", "ar-tiny")
     }
     result = run_header(settings, device, data, models)

@@ -3,9 +3,9 @@
     python -m benchmarks.latency                  # 2 threads, 5 timed runs each -> out/latency-cpu.json
     python -m benchmarks.latency --threads 4 --repeats 9 --out /tmp/latency.json
 
-The issue's requirement: "On 2 CPU cores the app answers a chat message with the first block visible within a
+The requirement: "On 2 CPU cores the app answers a chat message with the first block visible within a
 second and 128 tokens in a few seconds". Each decoder answers one chat message the way the app's Chat tab does (one
-row, chat template, greedy, trace on, an on_step callback, CPU float32) in two settings:
+row, chat template, greedy, trace on, an on_step callback, CPU float32) in three settings:
 
 - "answer": "What is 47 + 38?" with the model's stop tokens, what a user sees end to end;
 - "long answer": "Explain what a computer is.", whose answer (with the model's stop tokens) is cut at 128 tokens;
@@ -33,10 +33,11 @@ from pathlib import Path
 import torch
 
 from sdar_core import generate, load_pretrained
-from sdar_core.device import hardware_name
+from sdar_core.paths import in_checkout
 from sdar_core.prompting import encode_prompt, stop_ids_for
 
-from .evaluate import Decoder, EvalSettings, decode_kwargs
+from .common import hardware_name
+from .evaluate import Decoder
 
 ANSWER_PROMPT = "What is 47 + 38?"
 LONG_PROMPT = "Explain what a computer is."
@@ -63,15 +64,7 @@ def time_one(
             marks["first_block_s"] = now
 
     ids = encode_prompt(tokenizer, prompt, chat=True)
-    gen = generate(
-        model,
-        [ids],
-        max_new_tokens=max_new_tokens,
-        stop_token_ids=stop,
-        trace=True,
-        on_step=on_step,
-        **decode_kwargs(case, EvalSettings()),
-    )
+    gen = generate(model, [ids], case.params(max_new_tokens, stop or []), trace=True, on_step=on_step)
     total = time.perf_counter() - t0
     return {
         **marks,
@@ -138,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     models = {
-        name: load_pretrained(Path(args.models) / name, device="cpu", dtype=torch.float32)
+        name: load_pretrained(Path(in_checkout(args.models)) / name, device="cpu", dtype=torch.float32)
         for name in sorted({c.model for c in CASES})
     }
     load_before = os.getloadavg()

@@ -9,6 +9,8 @@ lm_head) plus the *distinct* experts of each sparse layer: with independent rout
 
 from __future__ import annotations
 
+import argparse
+import json
 import threading
 import time
 from pathlib import Path
@@ -18,7 +20,9 @@ import torch
 from sdar_core.decoding import generate
 from sdar_core.device import synchronize
 from sdar_core.loading import load_pretrained, save_pretrained
-from sdar_core.moe import SparseMoE, route
+from sdar_core.moe import KernelConfig, SparseMoE, route
+
+from .common import ARCHS, machine_info, measure_bandwidth
 
 
 def sparse_layers(model) -> list[SparseMoE]:
@@ -225,10 +229,6 @@ def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dic
     """One sparse layer of `arch` (random bf16 weights, independent routing): the Triton kernels and the grouped
     matmul in CUDA graphs and the looped form eagerly, per number of routed rows, against reading the distinct
     experts once; then the Triton kernels' tile sizes at `config_rows`."""
-    from sdar_core.moe import KernelConfig
-
-    from .bench import ARCHS, measure_bandwidth
-
     shape = ARCHS[arch]
     E, k, h, inter = (
         shape[f] for f in ("num_experts", "num_experts_per_tok", "hidden_size", "moe_intermediate_size")
@@ -289,11 +289,6 @@ def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
-
-    from sdar_core.device import machine_info
-
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.moe", description="one MoE layer: triton vs grouped vs looped"
     )

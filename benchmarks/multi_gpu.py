@@ -33,14 +33,10 @@ from sdar_core.config import PUBLIC_SHAPES
 from sdar_core.paths import REPO
 
 RECIPE = REPO / "training" / "recipes" / "multi-gpu-sdar-cpt.yaml"
-TINY_SHAPE = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-)
+# fmt: off
+TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16)
+# fmt: on
 WARMUP_STEPS = 5  # left out of tokens/s and of the loss comparison (allocator warm-up, first-step kernels)
 
 
@@ -423,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
 def machine(plan: Plan) -> dict:
     import torch
 
-    from sdar_core.device import machine_info
+    from .common import machine_info
 
     info = machine_info("cpu" if plan.cpu else "cuda")
     info["gpus"] = 0 if plan.cpu else torch.cuda.device_count()

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from sdar_core.decoding import generate
-from sdar_core.device import graph_replay_ms
 from sdar_core.runner import ChunkRunner
 
-from . import bench
+from . import common
+from .common import graph_replay_ms
 from .table import print_table
 
 TABLE = [
@@ -80,13 +80,13 @@ def main() -> None:
         help="skip the torch.compile variant (it can take longer than a 10-minute call to compile)",
     )
     args = p.parse_args()
-    config = bench.arch_config(args.arch)
+    config = common.arch_config(args.arch)
     results = {"arch": args.arch, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
-    model = bench.random_model(config, torch.device("cuda"), torch.bfloat16)
-    wb = bench.weight_bytes(model)
-    bw = bench.measure_bandwidth("cuda")
+    model = common.random_model(config, torch.device("cuda"), torch.bfloat16)
+    wb = common.weight_bytes(model)
+    bw = common.measure_bandwidth("cuda")
     results["floor_ms"] = 1000 * wb / bw
-    ar = bench.as_ar(model)
+    ar = common.as_ar(model)
     rows = []
     model.fuse_projections()
     variants = [("graph+fused", False)] + ([("graph+fused+compile-static", "static")] if args.compile else [])

@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sdar_core.device import graph_replay_ms, machine_info
 from sdar_core.kernels import Kernels
 from sdar_core.runner import ChunkRunner
 
-from . import bench
+from . import common
+from .common import graph_replay_ms, machine_info
+from .moe import IndependentRouting, moe_floor_ms, moe_info
 
 CLASSES = [
     ("experts", ("_expert_matmul", "grouped")),
@@ -132,27 +133,21 @@ def _graph_us(fn, calls: int = 20) -> float:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
-    p.add_argument("--arch", default="sdar-1.7b", choices=sorted(bench.ARCHS))
+    p.add_argument("--arch", default="sdar-1.7b", choices=sorted(common.ARCHS))
     p.add_argument("--contexts", nargs="+", default=["64", "8k"], choices=["64", "8k"])
     p.add_argument("--split-k", default="both", choices=["both", "on", "off"])
     args = p.parse_args()
-    model = bench.random_model(
-        bench.arch_config(args.arch), torch.device("cuda"), torch.bfloat16
+    model = common.random_model(
+        common.arch_config(args.arch), torch.device("cuda"), torch.bfloat16
     ).fuse_projections()
-    ar = bench.as_ar(model)
+    ar = common.as_ar(model)
     layers = model.config.num_hidden_layers
-    bw = bench.measure_bandwidth("cuda")
-    wb = bench.weight_bytes(model)
+    bw = common.measure_bandwidth("cuda")
+    wb = common.weight_bytes(model)
     result = dict(machine=machine_info("cuda"), bandwidth_GBps=bw / 1e9, floor_ms=1000 * wb / bw, rows=[])
-    if (
-        model.config.is_moe
-    ):  # the one-token floor reads the dense weights and k experts per layer; every chunk row
-        from .moe import (
-            IndependentRouting,
-            moe_floor_ms,
-            moe_info,
-        )  # routes on its own (see IndependentRouting)
-
+    if model.config.is_moe:
+        # the one-token floor reads the dense weights and k experts per layer; every chunk row routes on its own
+        # (see IndependentRouting)
         info = moe_info(model) | dict(bandwidth_GBps=bw / 1e9)
         result["floor_ms"] = moe_floor_ms(info, model.config.num_experts_per_tok, 0)
         IndependentRouting(model, rows=32)

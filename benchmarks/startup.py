@@ -82,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(child(args.child)), flush=True)
         return 0
 
+    # imported here, not at the top: a child process times its own imports from its first line (T0)
     import torch
 
-    from sdar_core.device import default_device, default_dtype, machine_info
+    from sdar_core.device import default_device, default_dtype
     from sdar_core.loading import save_pretrained
 
-    from .bench import arch_config, random_model
+    from .common import arch_config, machine_info, random_model
 
     work = Path(args.workdir)
     checkpoint, caches = work / "checkpoint", work / "caches"

@@ -38,10 +38,11 @@ from pathlib import Path
 
 import torch
 
-from sdar_core.device import default_device, default_dtype, machine_info, synchronize
+from sdar_core.device import default_device, default_dtype, synchronize
+from .common import machine_info
 from sdar_core.loading import load_pretrained, load_tokenizer, save_pretrained
 
-from .bench import ARCHS, arch_config, as_ar, random_model
+from .common import ARCHS, arch_config, as_ar, random_model
 
 REPO = Path(__file__).resolve().parent.parent
 TOKENIZER = REPO / "tests" / "fixtures" / "sdar-4b-chat"

@@ -24,28 +24,23 @@ from pathlib import Path
 import torch
 
 from sdar_core.config import PUBLIC_SHAPES, ModelConfig
-from sdar_core.device import machine_info, synchronize
+from sdar_core.device import synchronize
 from sdar_core.model import SDARForCausalLM
 from training.model_init import enable_gradient_checkpointing, init_weights, param_groups
 from training.objective import PackedBatch, block_ids, document_causal_mask_mod, sdar_mask_mod
 from training.recipe import Recipe
 from training.train import compute_loss, step_generator
 
+from .common import machine_info
 from .table import print_table
 
+# fmt: off
 SHAPES = {
     **{f"qwen3-{size}": shape for size, shape in PUBLIC_SHAPES.items()},
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        vocab_size=512,
-        tie_word_embeddings=True,
-    ),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, vocab_size=512, tie_word_embeddings=True),
 }
+# fmt: on
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12}
 
 

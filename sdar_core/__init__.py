@@ -1,8 +1,36 @@
-"""sdar_core: SDAR (Synergistic Diffusion-AutoRegression) models, loading, and block-diffusion decoding."""
+"""sdar_core: SDAR (Synergistic Diffusion-AutoRegression) models, loading, and block-diffusion decoding.
+
+The model
+    config.py          ModelConfig, read from a Hugging Face config.json (sdar, qwen3, sdar_moe, qwen3_moe), checked
+    model.py           the Qwen3 transformer with block-causal attention (parameter names of the checkpoints)
+    moe.py             the routed experts: routing, and the Triton / grouped-matmul / looped expert forms
+    attention.py       block-causal masks, AttentionInputs (what one forward's attention sees) and its one dispatch
+    decode_attention.py  the split-K decode attention kernel over the whole KV cache (Triton)
+    fused.py           fused residual add + RMSNorm and SiLU * up kernels (Triton; eager elsewhere)
+    norm_rope.py       fused q/k RMSNorm + RoPE, optionally writing the KV cache (Triton; eager elsewhere)
+    kernels.py         Kernels: the one switchboard of which of those kernels a forward takes
+    kv_cache.py        the preallocated KV cache with per-block commit
+Loading
+    loading.py         load_pretrained / save_pretrained: safetensors, config.json and tokenizer, checked first
+    template_sandbox.py  chat templates rendered with time and size limits
+    prompting.py       chat prompts and stop tokens
+    paths.py           where this checkout keeps its files (the embedded models)
+Decoding
+    decode_params.py   DecodeParams: every decoding option and its default, in one dataclass; OPTIONS for people
+    schedules.py       which masked positions a denoising step commits (static, dynamic, sequential, entropy)
+    sampling.py        temperature / top-k / top-p sampling and confidences
+    decoding.py        generate(): block diffusion and AR decoding over a batch
+    runner.py          the chunk forwards: plain, static shapes and CUDA graphs, pooled per model
+    warmup.py          paying the graph captures and kernel compilations before the first request
+    trace.py           StepEvent, Generation, Stats: all a reader ever gets from a generation
+    device.py          the default device and dtype, and waiting for the device
+Command line
+    cli.py, __main__.py  `python -m sdar_core --model PATH --prompt "..."`
+"""
 
 from .config import ConfigError, ModelConfig
 from .decode_params import DecodeParams
-from .decoding import GenerationError, generate
+from .decoding import ContextTooLong, GenerationError, generate
 from .loading import CheckpointError, load_pretrained, save_pretrained
 from .model import SDARForCausalLM
 from .prompting import encode_prompt, stop_ids_for
@@ -21,6 +49,7 @@ __all__ = [
     "generate",
     "DecodeParams",
     "GenerationError",
+    "ContextTooLong",
     "encode_prompt",
     "stop_ids_for",
 ]

@@ -7,6 +7,7 @@ config, a decoding option, a device) ends with one line `error: ...` on stderr a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -15,13 +16,14 @@ import warnings
 import torch
 
 from .config import ConfigError
+from .decode_params import OPTIONS, DecodeParams
 from .decoding import GenerationError, UntrainedBlockSizeWarning, generate
 from .loading import CheckpointError, load_pretrained
 from .paths import DEFAULT_MODEL
 from .prompting import encode_prompt, stop_ids_for
-from .schedules import STRATEGIES
 
 PROG = "python -m sdar_core"
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(DecodeParams)}
 DEVICE_TYPES = ("cpu", "cuda")
 
 
@@ -73,15 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--system", default=None, help="system message (with --chat)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--block-length", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--strategy", choices=STRATEGIES, default="dynamic")
-    p.add_argument("--threshold", type=finite_float, default=0.9)
-    p.add_argument("--temperature", type=finite_float, default=0.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=finite_float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    for name, option in OPTIONS.items():  # the decoding options: DecodeParams' fields, its defaults
+        kind = str if option.choices else int if option.integer else finite_float
+        p.add_argument(
+            "--" + name.replace("_", "-"), type=kind, choices=option.choices or None, default=DEFAULTS[name]
+        )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when there is one)")
     p.add_argument("--json", action="store_true", help="print the stats as JSON")
     return p
@@ -92,20 +90,9 @@ def run(args: argparse.Namespace) -> None:
     ids = encode_prompt(tokenizer, args.prompt, chat=args.chat, system=args.system)
     with warnings.catch_warnings(record=True) as caught:  # the library's warnings as one plain line each
         warnings.simplefilter("always", UntrainedBlockSizeWarning)
-        gen = generate(
-            model,
-            [ids],
-            max_new_tokens=args.max_new_tokens,
-            block_length=args.block_length,
-            steps=args.steps,
-            strategy=args.strategy,
-            threshold=args.threshold,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            seed=args.seed,
-            stop_token_ids=stop_ids_for(tokenizer, model.config),
-        )
+        options = {name: getattr(args, name) for name in OPTIONS}
+        params = DecodeParams(**options, stop_token_ids=stop_ids_for(tokenizer, model.config))
+        gen = generate(model, [ids], params)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     print(tokenizer.decode(gen.row_tokens(0), skip_special_tokens=True))

@@ -21,62 +21,21 @@ KNOWN_MODEL_TYPES = SDAR_TYPES + AR_TYPES
 
 # The shapes of the public Qwen3 / SDAR checkpoints (vocabulary 151,936; 0.6B and 1.7B tie their embeddings),
 # for benchmarks and throughput runs on random weights.
+# fmt: off
 PUBLIC_SHAPES = {
-    "0.6b": dict(
-        hidden_size=1024,
-        intermediate_size=3072,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        head_dim=128,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-    ),
-    "1.7b": dict(
-        hidden_size=2048,
-        intermediate_size=6144,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        head_dim=128,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-    ),
-    "4b": dict(
-        hidden_size=2560,
-        intermediate_size=9728,
-        num_hidden_layers=36,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        vocab_size=151936,
-        tie_word_embeddings=False,
-    ),
-    "8b": dict(
-        hidden_size=4096,
-        intermediate_size=12288,
-        num_hidden_layers=36,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        vocab_size=151936,
-        tie_word_embeddings=False,
-    ),
-    "30b-a3b": dict(
-        hidden_size=2048,
-        intermediate_size=6144,
-        num_hidden_layers=48,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        head_dim=128,
-        vocab_size=151936,
-        tie_word_embeddings=False,
-        num_experts=128,
-        num_experts_per_tok=8,
-        moe_intermediate_size=768,
-        norm_topk_prob=True,
-    ),
+    "0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
+    "1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
+    "4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+               num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False),
+    "8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+               num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False),
+    "30b-a3b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=48, num_attention_heads=32,
+                    num_key_value_heads=4, head_dim=128, vocab_size=151936, tie_word_embeddings=False,
+                    num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768, norm_topk_prob=True),
 }
+# fmt: on
 
 
 class ConfigError(ValueError):
@@ -242,7 +201,7 @@ class ModelConfig:
     attention_bias: bool = False
     block_size: int = 1  # 1: plain causal attention (an AR model)
     # The block sizes an SDAR model was trained with (config.json "trained_block_sizes"); None when it does not say.
-    # block_size stays the default that public loaders read; decoding with a size outside this list is a warning.
+    # block_size stays the default that public loaders read; `trained_blocks` is the one rule that reads both.
     trained_block_sizes: list[int] | None = None
     mask_token_id: int | None = None
     bos_token_id: int | None = None
@@ -260,14 +219,20 @@ class ModelConfig:
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if self.model_type not in KNOWN_MODEL_TYPES:
-            raise ConfigError(
-                f"unknown model_type {self.model_type!r}; supported: {', '.join(KNOWN_MODEL_TYPES)}"
-            )
+        _check_model_type(self.model_type)
         # An SDAR config may lack mask_token_id: load_pretrained fills it from the tokenizer's mask token.
         _check_ints(self)
         _check_numbers_and_types(self)
         _check_layout(self)
+
+    @property
+    def trained_blocks(self) -> list[int]:
+        """The block sizes this SDAR model was trained at: config.json's trained_block_sizes, else its block_size
+        (a checkpoint that does not list them was trained at its default). Decoding at another size is allowed,
+        with a warning (generate, the CLI) or a note (the studio). Empty for an AR model."""
+        if not self.is_sdar:
+            return []
+        return sorted(self.trained_block_sizes or [self.block_size])
 
     @property
     def is_sdar(self) -> bool:
@@ -375,8 +340,7 @@ def _normalised(raw: dict) -> dict:
     if "model_type" not in raw:
         raise ConfigError("config.json has no 'model_type' field")
     model_type = raw["model_type"]
-    if not isinstance(model_type, str) or model_type not in KNOWN_MODEL_TYPES:
-        raise ConfigError(f"unknown model_type {model_type!r}; supported: {', '.join(KNOWN_MODEL_TYPES)}")
+    _check_model_type(model_type)  # first: the other checks name the model type
     if model_type in AR_TYPES:
         raw.setdefault("block_size", 1)
     if "num_experts" not in raw and "num_local_experts" in raw:  # transformers 5's name
@@ -396,6 +360,11 @@ def _normalised(raw: dict) -> dict:
     if "dtype" in raw and "torch_dtype" not in raw:
         raw["torch_dtype"] = raw["dtype"]
     return raw
+
+
+def _check_model_type(model_type) -> None:
+    if not isinstance(model_type, str) or model_type not in KNOWN_MODEL_TYPES:
+        raise ConfigError(f"unknown model_type {model_type!r}; supported: {', '.join(KNOWN_MODEL_TYPES)}")
 
 
 def _check_required(raw: dict) -> None:

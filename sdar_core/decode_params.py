@@ -1,8 +1,11 @@
 """The options of one `generate` call, as one dataclass that checks itself (paper §3.2, §7.2).
 
-The studio and the CLI build a `DecodeParams`; `generate(model, ids, max_new_tokens=64, strategy="static")`
-builds one from its keyword arguments. `check` refuses every value that generate cannot honour with a
-`GenerationError` that names the argument and says what is valid.
+Every entry point builds one `DecodeParams` and hands it to the loop unchanged: the studio (from its controls, by
+field name), the CLI (its options are the field names), the warm-up, the benchmarks and the evaluation;
+`generate(model, ids, max_new_tokens=64, strategy="static")` builds one from its keyword arguments. The field
+defaults here are the only defaults; `OPTIONS` says how a person sets each user-facing field (its label and the
+range a control or an API call accepts; the studio's sliders and the CLI's choices read it). `check` refuses
+every value that generate cannot honour with a `GenerationError` that names the argument and says what is valid.
 """
 
 from __future__ import annotations
@@ -18,10 +21,15 @@ from .sampling import SamplingError, SamplingParams
 from .schedules import STRATEGIES
 
 SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes seeds in [0, 2**64)
+AR_BLOCK = 1  # strategy "ar": one token per forward, a block of one (causal attention, or one masked token)
 
 
 class GenerationError(ValueError):
     """Arguments that generate() cannot honour, explained."""
+
+
+class ContextTooLong(GenerationError):
+    """The prompt and the answer asked for do not fit in the model's context (a shorter prompt or answer would)."""
 
 
 def is_int(value) -> bool:
@@ -90,11 +98,19 @@ class DecodeParams:
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_k, self.top_p)
 
+    def as_ar(self) -> DecodeParams:
+        """The same sampling and limits, decoded one token per forward."""
+        return dataclasses.replace(self, block_length=AR_BLOCK, steps=AR_BLOCK, strategy="ar")
+
+    def block(self, config) -> int:
+        """The block length decoded with: AR_BLOCK for "ar", else block_length or the model's block size."""
+        if self.strategy == "ar":  # SDAR weights: a block of one masked token, predicted at its own position
+            return AR_BLOCK
+        return max(config.block_size, 1) if self.block_length is None else self.block_length
+
     def resolved(self, config) -> DecodeParams:
         """Defaults filled from the model (block size), after `check`: the values the decoder runs with."""
-        block = max(config.block_size, 1) if self.block_length is None else self.block_length
-        if self.strategy == "ar":  # SDAR weights: a block of one masked token, predicted at its own position
-            block = 1
+        block = self.block(config)
         steps = block if self.steps is None or self.strategy == "ar" else self.steps
         return dataclasses.replace(
             self, block_length=block, steps=steps, stop_token_ids=sorted(set(self.stop_token_ids))
@@ -131,7 +147,7 @@ class DecodeParams:
                 f"this is an autoregressive model (model_type {config.model_type!r}): only strategy='ar' "
                 "applies; block diffusion needs an SDAR checkpoint"
             )
-        block = max(config.block_size, 1) if self.block_length is None else self.block_length
+        block = self.block(config)  # (not "ar" here)
         _check_int("block_length", block, 1)
         steps = block if self.steps is None else self.steps
         if not is_int(steps) or not 1 <= steps <= block:
@@ -162,3 +178,42 @@ class DecodeParams:
         bad = [t for t in ids if not is_int(t) or not 0 <= t < vocab_size]
         if bad:
             raise GenerationError(f"stop_token_ids must be token ids in 0..{vocab_size - 1}, got {bad[0]!r}")
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a person sets one DecodeParams field (the studio's controls and its API check, the CLI's choices): what
+    to call it and the values accepted, [lo, hi] ((lo, hi] when lo_open, whole numbers when integer) or `choices`.
+    `start` is a control's first value where it differs from the field's default (None there: "the model's")."""
+
+    label: str
+    lo: float = 0
+    hi: float = math.inf
+    integer: bool = False
+    lo_open: bool = False
+    choices: tuple[str, ...] = ()
+    start: float | None = None
+
+
+# The studio's first values: sdar-tiny is confident, so at block 4 and threshold 0.9 every block of its example
+# answers filled in one step and a visitor never saw a block half denoised. A 16-wide block (trained) at 0.99 leaves
+# positions masked after a step in every example answer (tests/test_app_examples.py) and still commits several
+# tokens per forward.
+OPTIONS = {  # the user-facing fields, in the order a person meets them
+    "block_length": Option("block length", 1, 64, integer=True, start=16),
+    "steps": Option("denoising steps", 1, 64, integer=True, start=16),
+    "strategy": Option("strategy", choices=STRATEGIES),
+    "threshold": Option("threshold", 0, 1, lo_open=True, start=0.99),
+    "temperature": Option("temperature", 0, 2),
+    "top_k": Option("top-k", 0, 1000, integer=True),
+    "top_p": Option("top-p", 0, 1, lo_open=True),
+    "max_new_tokens": Option("max new tokens", 1, 1024, integer=True),
+    "seed": Option("seed", 0, 2**31 - 1, integer=True),
+}
+
+
+def start_value(name: str):
+    """The first value of the control for field `name`: its Option's start, else the field's default."""
+    if OPTIONS[name].start is not None:
+        return OPTIONS[name].start
+    return next(f.default for f in dataclasses.fields(DecodeParams) if f.name == name)

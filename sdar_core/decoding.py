@@ -25,14 +25,22 @@ from dataclasses import dataclass
 
 import torch
 
-from .decode_params import DecodeParams, GenerationError, is_int
+from .decode_params import AR_BLOCK, ContextTooLong, DecodeParams, GenerationError, is_int
 from .device import synchronize
 from .runner import ChunkRunner, default_mode
 from .sampling import sample_tokens
 from .schedules import SCHEDULES, StepScores, static_count, static_steps_needed
 from .trace import Generation, Stats, StepEvent
 
-__all__ = ["generate", "DecodeParams", "GenerationError", "BatchLayout", "positions_needed"]
+__all__ = [
+    "generate",
+    "DecodeParams",
+    "GenerationError",
+    "ContextTooLong",
+    "BatchLayout",
+    "check_fits",
+    "positions_needed",
+]
 
 # AR decoding on a GPU reads the stop flags (a host sync) and emits the traced events every this many tokens, at
 # the cost of a few spare forwards at most; on the CPU a read is free and happens every token.
@@ -41,7 +49,7 @@ STOP_CHECK_EVERY = 8
 
 def positions_needed(prompt_len: int, max_new_tokens: int, strategy: str, block_length: int) -> int:
     """Positions a generation may use: the prompt plus the answer, rounded up to whole blocks (one token for ar)."""
-    L = 1 if strategy == "ar" else block_length
+    L = AR_BLOCK if strategy == "ar" else block_length
     return math.ceil((prompt_len + max_new_tokens) / L) * L
 
 
@@ -76,13 +84,7 @@ def _generate(model, input_ids, params: DecodeParams | None, on_step, options: d
     rows = prompt_rows(input_ids, config.vocab_size)
     p = params.resolved(config)
     warn_if_untrained_block(config, p)
-    longest = max(len(r) for r in rows)
-    needed = positions_needed(longest, p.max_new_tokens, p.strategy, p.block_length)
-    if needed > config.max_position_embeddings:
-        raise GenerationError(
-            f"prompt ({longest} tokens) + max_new_tokens ({p.max_new_tokens}), rounded up to whole blocks of "
-            f"{p.block_length}, is {needed} tokens: beyond the model's context of {config.max_position_embeddings}"
-        )
+    check_fits(max(len(r) for r in rows), p, config)
     tracer = Tracer.make(p.trace, on_step)
     if p.strategy == "ar" and not config.is_sdar:
         gen = NextTokenDecoder(model, rows, p, tracer).run()
@@ -93,14 +95,24 @@ def _generate(model, input_ids, params: DecodeParams | None, on_step, options: d
     return gen
 
 
+def check_fits(prompt_len: int, p: DecodeParams, config) -> None:
+    """Raise ContextTooLong when the longest prompt and p.max_new_tokens (p resolved) exceed the model's context."""
+    needed = positions_needed(prompt_len, p.max_new_tokens, p.strategy, p.block_length)
+    if needed > config.max_position_embeddings:
+        raise ContextTooLong(
+            f"prompt ({prompt_len} tokens) + max_new_tokens ({p.max_new_tokens}), rounded up to whole blocks of "
+            f"{p.block_length}, is {needed} tokens: beyond the model's context of {config.max_position_embeddings}"
+        )
+
+
 class UntrainedBlockSizeWarning(UserWarning):
-    """Decoding with a block length the checkpoint's config.json does not list in trained_block_sizes."""
+    """Decoding with a block length outside the model's trained block sizes (ModelConfig.trained_blocks)."""
 
 
 def warn_if_untrained_block(config, p: DecodeParams) -> None:
-    """A block length outside the model's trained_block_sizes decodes, but usually badly: say so (once per call)."""
-    trained = config.trained_block_sizes
-    if config.is_sdar and p.strategy != "ar" and trained and p.block_length not in trained:
+    """A block length outside the model's trained blocks decodes, but usually badly: say so (once per call)."""
+    trained = config.trained_blocks
+    if p.strategy != "ar" and trained and p.block_length not in trained:
         warnings.warn(
             f"block_length {p.block_length} is not among the block sizes this model was trained with "
             f"({', '.join(map(str, trained))}); expect worse output",

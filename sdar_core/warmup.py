@@ -5,8 +5,7 @@ split-K attention, the fused q/k-norm + RoPE): about a second for the first shap
 milliseconds for each later one. A "shape" is (block length, cache bucket): the runner pool keys its static
 buffers and graphs by the block length and by prompt + answer rounded up to a bucket (runner.bucket: 256, 512,
 1024, ... positions), so one short decode per (block length, bucket) warms every later request that lands there,
-whatever its prompt. Nothing is
-captured on the CPU (plain runner), so there is nothing to warm.
+whatever its prompt. Nothing is captured on the CPU (plain runner), so there is nothing to warm.
 """
 
 from __future__ import annotations
@@ -19,9 +18,8 @@ from .decode_params import DecodeParams
 from .decoding import generate
 from .runner import BUCKET, bucket, default_mode
 
-WARM_BLOCKS = (
-    3  # decoded blocks: the first forward of a block (Q = L) and the fused ones (Q = 2L, cache write)
-)
+# decoded blocks: the first forward of a block (Q = L) and the fused ones (Q = 2L, cache write)
+WARM_BLOCKS = 3
 
 
 @dataclass(frozen=True)

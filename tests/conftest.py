@@ -1,114 +1,15 @@
-"""Shared fixtures: tiny random models in the real checkpoint format, built by the tests themselves."""
+"""Shared fixtures: the embedded models, and tiny random models in the real checkpoint format written by the tests
+themselves (the functions they are built with live in helpers.py)."""
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 
-from sdar_core.config import ModelConfig
-from sdar_core.loading import load_pretrained, save_pretrained
-from sdar_core.model import SDARForCausalLM
-from sdar_core.paths import MODELS_DIR, REPO
-from training.tokenizer import SPECIAL_TOKENS
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def tiny_config(model_type: str = "sdar", *, block_size: int = 4, vocab_size: int = 96, layers: int = 2,
-                mask_token_id: int | None = None, **overrides) -> ModelConfig:
-    """A shrunk Qwen3/SDAR config: 2 layers, GQA 4/2 heads of 16, vocab 96 (the last id is the mask)."""
-    fields = dict(
-        model_type=model_type, vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        rope_theta=10000.0, max_position_embeddings=512, block_size=1 if model_type.startswith("qwen3") else block_size,
-        mask_token_id=(vocab_size - 1 if mask_token_id is None else mask_token_id) if model_type.startswith("sdar") else None,
-        eos_token_id=1,
-    )
-    if "moe" in model_type:
-        fields.update(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True)
-    fields.update(overrides)
-    return ModelConfig(**fields)
-
-
-def random_model(config: ModelConfig, seed: int = 0, std: float = 0.5, proj_std: float = 0.2) -> SDARForCausalLM:
-    """A model with random weights large enough that logits are far from uniform (clear argmax) and
-    that its greedy outputs vary from position to position (confidences spread over (0, 1))."""
-    torch.manual_seed(seed)
-    model = SDARForCausalLM(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.8, 1.2)
-            else:
-                p.normal_(0.0, std if "embed" in name or "lm_head" in name else proj_std)
-    return model.eval()
-
-
-def interpreter_reason() -> str | None:
-    """Why Triton's interpreter (TRITON_INTERPRET=1: the kernels run on CPU tensors) cannot run here, or None."""
-    import importlib.util
-
-    if importlib.util.find_spec("triton") is None:
-        return "needs triton (its interpreter runs the kernels on the CPU): pip install 'triton>=3.7'"
-    from importlib.metadata import version
-
-    import numpy
-
-    def release(text: str) -> tuple[int, int]:
-        return tuple(int(v) for v in text.split(".")[:2])
-
-    # Before 3.7 the interpreter read loaded scalars with int() of 1-element arrays, which numpy 2.3 refuses;
-    # 3.7.1, 3.8.0 and 3.9.0 ran these tests with numpy 2.4.
-    triton = version("triton")
-    if release(triton) < (3, 7) and release(numpy.__version__) >= (2, 3):
-        return (f"Triton {triton}'s interpreter needs numpy < 2.3 (numpy {numpy.__version__} is installed); "
-                "Triton 3.7 or newer runs it with any numpy")
-    return None
-
-
-def run_interpreted(script: str, *args: str, timeout: int = 600) -> str:
-    """Run `script` under Triton's interpreter in a fresh process (the flag is read at import) with tests/ and the
-    repository importable; its last line of output."""
-    import os
-    import subprocess
-    import sys
-
-    tests = Path(__file__).parent
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.strip().splitlines()[-1]
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b|| in float64."""
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
-
-
-def hand_block_causal(length: int, block_size: int) -> torch.Tensor:
-    """[length, length]: query i sees key j iff j's block <= i's block (built with loops, independent of sdar_core)."""
-    allowed = torch.zeros(length, length, dtype=torch.bool)
-    for i in range(length):
-        for j in range(length):
-            allowed[i, j] = (j // block_size) <= (i // block_size)
-    return allowed
-
-
-def free_port() -> int:
-    """A free local TCP port for a test server."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def text_of(message: dict) -> str:
-    """The text parts of a Gradio chatbot message (messages format)."""
-    return "".join(part["text"] for part in message["content"] if part.get("type") == "text")
+from helpers import free_port, write_checkpoints
+from sdar_core.loading import load_pretrained
+from sdar_core.paths import MODELS_DIR
 
 
 @pytest.fixture(scope="session")
@@ -117,62 +18,6 @@ def embedded_models():
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     return {name: load_pretrained(MODELS_DIR / name, device="cpu", dtype=torch.float32)
             for name in ("sdar-tiny", "ar-tiny")}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Checkpoints for the app tests
-
-SPECIALS = SPECIAL_TOKENS
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-CORPUS = """The sky is blue because air scatters short wavelengths of sunlight more than long ones.
-A block diffusion model writes a block of tokens at once and refines it over a few denoising steps.
-Autoregressive decoding writes one token per forward pass; SDAR commits several tokens per forward.
-Once upon a time there was a small model that learned to answer questions about the world.
-The quick brown fox jumps over the lazy dog. Numbers: 1 2 3 4 5 6 7 8 9 10. Hello, how are you today?
-""" * 4
-
-
-def build_tokenizer():
-    """A small byte-level BPE (about 400 tokens) with SDAR's special tokens and a ChatML template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS.splitlines(), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   mask_token="<|MASK|>", additional_special_tokens=["<|im_start|>"],
-                                   chat_template=CHATML)
-
-
-def load_tokenizer():
-    folder = REPO / "assets" / "tokenizer"
-    if (folder / "tokenizer.json").is_file():
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(folder))
-        if all(t in tok.get_vocab() for t in SPECIALS) and tok.chat_template:
-            return tok
-    return build_tokenizer()
-
-
-def write_checkpoints(root: Path, *, context: int = 512) -> tuple[Path, Path]:
-    """root/sdar-tiny (block size 4) and its AR twin root/ar-tiny (model_type qwen3), same tokenizer: the real one
-    (assets/tokenizer/) when it exists, else a small byte-level BPE with the same special tokens and ChatML."""
-    tok = load_tokenizer()
-    vocab = tok.get_vocab()
-    vocab_size = max(len(tok), max(vocab.values()) + 1)
-    common = dict(vocab_size=vocab_size, eos_token_id=vocab["<|im_end|>"], max_position_embeddings=context,
-                  pad_token_id=vocab["<|endoftext|>"])
-    sdar = random_model(tiny_config("sdar", block_size=4, mask_token_id=vocab["<|MASK|>"], **common), seed=1)
-    ar = random_model(tiny_config("qwen3", **common), seed=2)
-    return save_pretrained(sdar, tok, root / "sdar-tiny"), save_pretrained(ar, tok, root / "ar-tiny")
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from conftest import REPO, free_port, text_of
+from helpers import free_port, text_of
+from sdar_core.paths import REPO
 
 pytestmark = pytest.mark.skipif(not (REPO / "assets" / "models" / "sdar-tiny" / "config.json").is_file(),
                                 reason="the embedded model assets/models/sdar-tiny is not in this checkout")

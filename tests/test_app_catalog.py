@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 GB = 10**9
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import free_port
+from helpers import free_port
 
 
 def fake_request(headers: dict | None = None, host: str | None = "127.0.0.1"):

@@ -1,4 +1,4 @@
-"""The studio against a hostile but fair visitor (issue 14): a load that hangs never blocks serving, a paced
+"""The studio against a hostile but fair visitor: a load that hangs never blocks serving, a paced
 display never holds the device, only offered models load when the studio is exposed, user text stays text,
 trace files stay private and bounded, and every rejection is a readable message."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, text_of
+from helpers import free_port, text_of
 
 FAST = dict(block_length=4, steps=4, strategy="static", threshold=0.9, temperature=0.0, top_p=1.0,
             max_new_tokens=12, seed=0, pace_ms=0)
@@ -213,7 +213,7 @@ def test_aliases_of_one_folder_share_one_cache_entry(studio_checkpoints, tmp_pat
 def test_the_studio_knows_when_it_is_exposed(host, share, env, expected):
     import importlib.util
 
-    from conftest import REPO
+    from sdar_core.paths import REPO
 
     spec = importlib.util.spec_from_file_location("app_main", REPO / "app.py")
     main = importlib.util.module_from_spec(spec)
@@ -467,7 +467,7 @@ def test_finding6_trace_downloads_are_served_in_place_and_the_folder_goes_on_sig
     import httpx
     from gradio_client import Client
 
-    from conftest import REPO
+    from sdar_core.paths import REPO
 
     tmp, cache = tmp_path / "tmp", tmp_path / "gradio"
     tmp.mkdir()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from sdar_core.paths import REPO
 
 
 def test_fixture_checkpoints_load_with_their_stop_tokens_and_chat_template(studio_checkpoints):

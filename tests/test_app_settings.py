@@ -47,3 +47,19 @@ def test_missing_names_keep_the_defaults_and_ar_keeps_the_sampling():
 def test_a_bad_value_is_named_with_what_is_valid(over, match):
     with pytest.raises(SettingsError, match=match):
         DecodeRequest.from_ui({**UI, **over})
+
+
+def test_the_controls_start_at_sdar_cores_values_and_accept_its_ranges():
+    """One home for the decoding defaults and ranges (sdar_core.decode_params): DecodeSettings reads them, and the
+    DecodeParams it builds is what generate receives."""
+    from sdar_core import DecodeParams
+    from sdar_core.decode_params import OPTIONS, start_value
+
+    assert DecodeSettings() == DecodeSettings(**{f: start_value(f) for f in DecodeSettings.__dataclass_fields__})
+    assert start_value("temperature") == DecodeParams().temperature and start_value("threshold") == 0.99
+    assert DecodeSettings().params(stop_token_ids=[3]) == DecodeParams(
+        block_length=16, steps=16, threshold=0.99, stop_token_ids=[3])
+    top = OPTIONS["max_new_tokens"].hi
+    assert DecodeSettings.from_ui({"max_new_tokens": top}).max_new_tokens == top
+    with pytest.raises(SettingsError, match="max new tokens"):
+        DecodeSettings.from_ui({"max_new_tokens": top + 1})

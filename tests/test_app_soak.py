@@ -36,7 +36,7 @@ def test_finding10_the_session_table_is_bounded(studio_checkpoints):
     from app.layout import LAUNCH_KWARGS, SESSIONS_KEPT
     from app.registry import ModelRegistry
     from app.ui import build_app
-    from conftest import free_port
+    from helpers import free_port
 
     sdar, _ = studio_checkpoints
     demo = build_app(default_model=str(sdar), registry=ModelRegistry(models_dir=sdar.parent))

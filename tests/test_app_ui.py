@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import free_port, text_of
+from helpers import free_port, text_of
 
 SYSTEM = "You are a helpful assistant."
 FAST = dict(block_length=4, steps=4, strategy="static", threshold=0.9, temperature=0.0, top_p=1.0,
@@ -25,9 +25,7 @@ def served(launched_studio):
 
 
 def chat(client, model, message, **over):
-    s = {**FAST, **over}
-    return client.predict(message, SYSTEM, str(model), s["block_length"], s["steps"], s["strategy"], s["threshold"],
-                          s["temperature"], s["top_p"], s["max_new_tokens"], s["seed"], s["pace_ms"], api_name="/chat")
+    return client.predict(message=message, system=SYSTEM, model_name=str(model), **{**FAST, **over}, api_name="/chat")
 
 
 def test_chat_returns_the_answer_the_live_block_and_the_stats(served):

@@ -13,7 +13,7 @@ import torch
 from sdar_core import attention as attention_module
 from sdar_core.attention import attention, block_causal_mask, chunk_mask, eager_attention, flex_block_mask
 from sdar_core.kernels import Kernels
-from conftest import random_model, rel_err, tiny_config
+from helpers import random_model, rel_err, tiny_config
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # The backends that run here: flex_attention and flash-attn (when installed) on CUDA only.

@@ -14,7 +14,7 @@ from benchmarks import evaluate as ev
 from training.data import encode_texts
 from training.objective import sdar_loss
 
-from conftest import MODELS_DIR as MODELS, REPO
+from sdar_core.paths import MODELS_DIR as MODELS, REPO
 
 SUBSET = json.loads((REPO / ev.EVAL_DIR / "eval-subset.json").read_text(encoding="utf-8"))
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import REPO
+from sdar_core.paths import REPO
 from training import build_embedded
 
 TOKENIZER = REPO / "assets" / "tokenizer"

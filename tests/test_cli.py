@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import MODELS_DIR, REPO
+from sdar_core.paths import MODELS_DIR, REPO
 from sdar_core.cli import main
 
 SDAR = str(MODELS_DIR / "sdar-tiny")

@@ -12,7 +12,7 @@ import pytest
 from transformers import Qwen3Config, Qwen3MoeConfig
 
 from sdar_core.config import INT_BOUNDS, MAX_EXPERT_MLPS, ConfigError, ModelConfig, sparse_layer_count
-from conftest import FIXTURES, random_model, tiny_config
+from helpers import FIXTURES, random_model, tiny_config
 
 SDAR_4B = json.loads((FIXTURES / "sdar-4b-chat" / "config.json").read_text())
 SDAR_8B = json.loads((FIXTURES / "sdar-8b-chat-config.json").read_text())
@@ -294,7 +294,7 @@ def test_sparse_layer_count_matches_the_layer_rule_layer_by_layer(n_layers, step
 
 
 def test_trained_block_sizes_round_trip_and_are_absent_when_unknown():
-    from conftest import tiny_config
+    from helpers import tiny_config
 
     config = tiny_config()
     assert config.trained_block_sizes is None and "trained_block_sizes" not in config.to_dict()
@@ -303,3 +303,12 @@ def test_trained_block_sizes_round_trip_and_are_absent_when_unknown():
     assert ModelConfig.from_dict(raw).to_dict()["trained_block_sizes"] == [1, 2, 4, 8, 16]
     with pytest.raises(ConfigError, match=r"'trained_block_sizes' must be a non-empty list of integers >= 1, got \[0\]"):
         ModelConfig.from_dict({**raw, "trained_block_sizes": [0]})
+
+
+def test_trained_blocks_is_the_list_else_the_block_size_and_empty_for_an_ar_model():
+    """The one rule for "which block sizes was this trained at" (the studio, generate and the CLI all read it)."""
+    config = tiny_config("sdar", block_size=4)
+    assert config.trained_blocks == [4]
+    config.trained_block_sizes = [16, 2, 4]
+    assert config.trained_blocks == [2, 4, 16]
+    assert tiny_config("qwen3").trained_blocks == []

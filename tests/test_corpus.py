@@ -8,7 +8,7 @@ import pytest
 
 from training import corpus, synthetic
 from training.synthetic import Problem
-from conftest import REPO
+from sdar_core.paths import REPO
 
 PY_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 

@@ -18,7 +18,7 @@ from sdar_core.kernels import Kernels
 from sdar_core.decoding import generate
 from sdar_core.runner import ChunkRunner
 
-from conftest import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
+from helpers import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
 
 
 def loop_reference(q, k, v, q_index: list[int], L: int, pad: list[int]) -> torch.Tensor:

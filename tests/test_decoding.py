@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import hand_block_causal, random_model, tiny_config
+from helpers import hand_block_causal, random_model, tiny_config
 from sdar_core import GenerationError, generate
 from sdar_core.attention import AttentionInputs
 from sdar_core.decoding import DecodeParams
@@ -415,9 +415,12 @@ def test_a_block_length_outside_the_trained_block_sizes_warns_and_still_decodes(
         gen = generate(model, [[5, 6, 7]], max_new_tokens=8, block_length=8, steps=8, strategy="static")
     assert gen.lengths[0] == 8
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a trained size, AR decoding, or a model without the list: no warning
+        warnings.simplefilter("error")  # a trained size, AR decoding, or the block size of a model without the list
         generate(model, [[5, 6, 7]], max_new_tokens=4, block_length=2, steps=2, strategy="static")
         generate(model, [[5, 6, 7]], max_new_tokens=4, strategy="ar")
+        generate(random_model(tiny_config()), [[5, 6, 7]], max_new_tokens=4, block_length=4, steps=4)
+    # Without the list a checkpoint was trained at its block size (ModelConfig.trained_blocks), as the studio says.
+    with pytest.warns(UntrainedBlockSizeWarning, match=r"block_length 8 is not among .* \(4\)"):
         generate(random_model(tiny_config()), [[5, 6, 7]], max_new_tokens=4, block_length=8, steps=8)
 
 
@@ -450,3 +453,16 @@ def test_ar_model_trace_matches_a_cache_free_brute_force_token_by_token():
                and e.masked_confidence == {0: e.committed_confidence[0]} and e.prompt_positions == []
                for e in gen.trace)
     assert any(e.stopped for e in gen.trace if e.row == 0)
+
+
+def test_a_prompt_beyond_the_context_is_a_context_too_long_error_by_type():
+    """The studio adds its hint by the error's type (app/errors.py), never by a word in the message."""
+    from app.errors import CONTEXT_HINT, user_message
+    from sdar_core import ContextTooLong
+
+    model = random_model(tiny_config())  # context 512
+    with pytest.raises(ContextTooLong, match="beyond the model's context of 512") as e:
+        generate(model, [[5] * 500], max_new_tokens=64)
+    assert isinstance(e.value, GenerationError) and user_message(e.value).endswith(CONTEXT_HINT)
+    other = GenerationError("the context word alone does not make a context error")
+    assert not user_message(other).endswith(CONTEXT_HINT)

@@ -12,18 +12,17 @@ import torch
 
 from sdar_core import generate
 from sdar_core.prompting import encode_prompt, stop_ids_for
-from benchmarks.evaluate import EXPECTED_CASES, decode_kwargs, EvalSettings
+from benchmarks.evaluate import EXPECTED_CASES
 from training.synthetic import final_answer
 
-from conftest import MODELS_DIR, REPO
+from sdar_core.paths import MODELS_DIR, REPO
 
 EXPECTED = json.loads((MODELS_DIR / "eval" / "expected.json").read_text(encoding="utf-8"))
 
 
 def _generate(model, tokenizer, prompts: list[str], decoder, max_new_tokens: int):
     ids = [encode_prompt(tokenizer, p, chat=True) for p in prompts]
-    return generate(model, ids, max_new_tokens=max_new_tokens, stop_token_ids=stop_ids_for(tokenizer, model.config),
-                    **decode_kwargs(decoder, EvalSettings()))
+    return generate(model, ids, decoder.params(max_new_tokens, stop_ids_for(tokenizer, model.config)))
 
 
 def test_shipped_models_are_the_sdar_model_and_its_ar_twin(embedded_models):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
+from helpers import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
 from sdar_core.decoding import generate
 from sdar_core.fused import add_rms_norm, silu_mul
 from sdar_core.kernels import Kernels

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import random_model, tiny_config
+from helpers import random_model, tiny_config
 from sdar_core import generate
 from sdar_core.runner import RUNNER_POOL
 

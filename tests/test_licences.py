@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 import yaml
-from conftest import REPO
+from sdar_core.paths import REPO
 
 from app.registry import ModelRegistry
 from app.render import model_markdown

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from sdar_core import CheckpointError, ConfigError, load_pretrained, save_pretrained
 from sdar_core.loading import INDEX_NAME
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 TOKENIZER_DIR = FIXTURES / "sdar-4b-chat"
 REFERENCE_INDEX = json.loads((FIXTURES / "sdar-4b-chat-index.json").read_text())

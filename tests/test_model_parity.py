@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-from conftest import hand_block_causal, rel_err
+from helpers import hand_block_causal, rel_err
 from sdar_core import load_pretrained
 from sdar_core.kv_cache import KVCache
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
+from helpers import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
 from sdar_core import load_pretrained
 from sdar_core.decoding import generate
 from sdar_core.loading import CheckpointError, save_pretrained

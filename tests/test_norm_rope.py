@@ -8,7 +8,7 @@ from sdar_core.decoding import generate
 from sdar_core.kernels import Kernels
 from sdar_core.model import Attention, RMSNorm, rope_cos_sin
 
-from conftest import random_model, rel_err, tiny_config
+from helpers import random_model, rel_err, tiny_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -14,7 +14,7 @@ import tracemalloc
 import psutil
 import pytest
 
-from conftest import MODELS_DIR, REPO
+from sdar_core.paths import MODELS_DIR, REPO
 from sdar_core.template_sandbox import TemplateError, TemplateSandbox
 
 SDAR = MODELS_DIR / "sdar-tiny"

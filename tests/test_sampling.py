@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import random_model, tiny_config
+from helpers import random_model, tiny_config
 
 from sdar_core import generate
 from sdar_core.sampling import SamplingError, SamplingParams, filter_logits, sample_tokens

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from app import deploy
-from conftest import REPO, free_port
+from helpers import free_port
+from sdar_core.paths import REPO
 
 FILES = deploy.space_files()
 LOCAL = ("app", "sdar_core", "training", "benchmarks", "tests", "conftest")

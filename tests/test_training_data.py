@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import REPO
+from sdar_core.paths import REPO
 from training.byte_tokenizer import byte_tokenizer
 from training.data import (RowOrder, build_rows, chat_spans, encode_chats, pack_examples, pack_stream,
                            read_documents, split_eval)

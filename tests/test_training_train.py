@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sdar_core import generate, load_pretrained
-from conftest import REPO
+from sdar_core.paths import REPO
 from training.recipe import RecipeError, load_recipe, recipe_from_dict
 from training.train import ThroughputWindow, TimeBudget, latest_checkpoint, main, train
 

@@ -11,7 +11,7 @@ from sdar_core import DecodeParams, generate
 from sdar_core.runner import BUCKET, RUNNER_POOL, bucket
 from sdar_core.warmup import WarmShape, needs_warm_up, warm_all, warm_shapes
 
-from conftest import random_model, tiny_config
+from helpers import random_model, tiny_config
 
 
 def test_shapes_cover_every_block_length_and_bucket_up_to_the_positions_asked_and_the_context():

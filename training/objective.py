@@ -2,7 +2,8 @@
 
 A packed row holds several samples (segments) back to back; position ids restart at 0 in each segment, and block
 boundaries fall at positions that are multiples of `block_size` counted from each segment's start, exactly where the
-decoder puts them when that segment is the whole sequence (DESIGN.md: absolute positions from the sequence start).
+decoder puts them when that segment is the whole sequence (absolute positions from the sequence start, as in
+sdar_core/decoding.py).
 Attention never crosses segments ("sequence-aware block-wise attention mask", paper App. C.1).
 
 SDAR conversion training (paper §3.1, Fig. 1): the noisy sequence x_t and the clean x_0 are concatenated into one
@@ -57,10 +58,6 @@ class PackedBatch:
 
     def to(self, device) -> PackedBatch:
         return self.map(lambda t: t.to(device, non_blocking=True))
-
-    @property
-    def num_tokens(self) -> int:
-        return self.input_ids.numel()
 
 
 @dataclass

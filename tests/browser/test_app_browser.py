@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port
+from helpers import free_port
+from sdar_core.paths import REPO
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The README's screenshots are refreshed with SDAR_UPDATE_SCREENSHOTS=1; ordinary runs (CI) write theirs to
