@@ -82,8 +82,8 @@ def _machine(info, run: str, rows: list[dict]) -> Machine:
 
     models = sorted({r["model"] for r in rows if r.get("model")})
     return Machine(run=run, gpu=text("gpu"), torch=text("torch"), date=text("date"), arch=str(info.get("arch") or ""),
-                   bandwidth_GBps=_number(info.get("bandwidth_GBps")), ar_ceiling_tps=_number(info.get("ar_ceiling_tps")),
-                   model=", ".join(models))
+                   bandwidth_GBps=_number(info.get("bandwidth_GBps")),
+                   ar_ceiling_tps=_number(info.get("ar_ceiling_tps")), model=", ".join(models))
 
 
 def read_results(folder: Path | str = RESULTS_DIR) -> tuple[list[dict], list[Machine], list[str]]:

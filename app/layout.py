@@ -9,13 +9,19 @@ import gradio as gr
 
 from . import examples
 from .chat import LIVE_PLACEHOLDER
-from .run import WATCH_MS
-from .race import DEFAULT_REPEATS, PARALLEL, REPEATS, SEQUENTIAL, SWEEP_BLOCKS, SWEEP_THRESHOLDS, lane_html
 from .player import DenoisePlayer
 from .prompting import DEFAULT_SYSTEM
+from .race import DEFAULT_REPEATS, PARALLEL, REPEATS, SEQUENTIAL, SWEEP_BLOCKS, SWEEP_THRESHOLDS, lane_html
 from .render import block_table
-from .settings import (MAX_BLOCK_LENGTH, MAX_MESSAGE_CHARS, MAX_NEW_TOKENS, MAX_SYSTEM_CHARS, SDAR_STRATEGIES,
-                       DecodeSettings)
+from .run import WATCH_MS
+from .settings import (
+    MAX_BLOCK_LENGTH,
+    MAX_MESSAGE_CHARS,
+    MAX_NEW_TOKENS,
+    MAX_SYSTEM_CHARS,
+    SDAR_STRATEGIES,
+    DecodeSettings,
+)
 from .visualizer import EMPTY
 
 # The system's own fonts: complete faces on every platform (the theme's bundled web font lacked most glyphs, so
@@ -113,7 +119,8 @@ def _settings_column(p: Page, default_model: str, choices: list[str], model_info
         p.system = gr.Textbox(value=DEFAULT_SYSTEM, show_label=False, lines=2, max_length=MAX_SYSTEM_CHARS,
                               elem_id="sdar-system")
     with gr.Accordion("Decoding", open=True):
-        block = gr.Slider(1, MAX_BLOCK_LENGTH, value=DEFAULTS.block_length, step=1, label="Block length", elem_id="sdar-block-length")
+        block = gr.Slider(1, MAX_BLOCK_LENGTH, value=DEFAULTS.block_length, step=1, label="Block length",
+                          elem_id="sdar-block-length")
         p.decode_note = gr.Markdown(elem_id="sdar-decode-note")  # an untrained block; why controls are greyed out
         p.decode = {  # DecodeRequest's field names -> their components, in the API's order
             "model_name": p.model_box,
@@ -122,12 +129,14 @@ def _settings_column(p: Page, default_model: str, choices: list[str], model_info
                                label="Denoising steps per block (at most the block length)", elem_id="sdar-steps"),
             "strategy": gr.Radio(list(SDAR_STRATEGIES), value=DEFAULTS.strategy, label="Unmasking strategy",
                                  info=STRATEGY_INFO, elem_id="sdar-strategy"),
-            "threshold": gr.Slider(0.01, 1.0, value=DEFAULTS.threshold, step=0.01, label="Confidence threshold (dynamic)",
+            "threshold": gr.Slider(0.01, 1.0, value=DEFAULTS.threshold, step=0.01,
+                                   label="Confidence threshold (dynamic)",
                                    elem_id="sdar-threshold"),
             "temperature": gr.Slider(0.0, 2.0, value=DEFAULTS.temperature, step=0.05, label="Temperature (0 = greedy)",
                                      elem_id="sdar-temperature"),
             "top_p": gr.Slider(0.05, 1.0, value=DEFAULTS.top_p, step=0.05, label="Top-p"),
-            "max_new_tokens": gr.Slider(1, MAX_NEW_TOKENS, value=DEFAULTS.max_new_tokens, step=1, label="Max new tokens",
+            "max_new_tokens": gr.Slider(1, MAX_NEW_TOKENS, value=DEFAULTS.max_new_tokens, step=1,
+                                        label="Max new tokens",
                                         elem_id="sdar-max-new-tokens"),
             "seed": gr.Number(value=DEFAULTS.seed, precision=0, label="Seed", info="used when temperature > 0",
                               elem_id="sdar-seed"),

@@ -23,8 +23,16 @@ from .errors import explains_in_place
 from .prompting import DEFAULT_SYSTEM, conversation, prompt_ids
 from .registry import ar_twin_name
 from .render import frame_html, placeholder_html
-from .settings import (MAX_MESSAGE_CHARS, MAX_SYSTEM_CHARS, DecodeRequest, DecodeSettings, Range, SettingsError, checked_text,
-                       shown)
+from .settings import (
+    MAX_MESSAGE_CHARS,
+    MAX_SYSTEM_CHARS,
+    DecodeRequest,
+    DecodeSettings,
+    Range,
+    SettingsError,
+    checked_text,
+    shown,
+)
 from .streaming import Lane, decode_alone, stream, warm_up
 from .studio import Studio
 

@@ -35,7 +35,8 @@ def test_a_speed_up_only_when_the_ranges_do_not_overlap_and_never_below_one():
     assert fast == "**2.95×** faster"
     slow = timing_verdict(timing("dynamic", 12, [50.0, 52.0, 55.0]), timing("ar", 60, [100.0, 105.0, 110.0]))
     assert slow == "**2.02×** slower"  # a ratio below 1 is a slow-down, said as one
-    text = speedup_markdown({"ar": timing("ar", 60, [100.0, 105.0, 110.0]), "sdar": timing("dynamic", 12, [50.0, 52.0, 55.0])})
+    text = speedup_markdown({"ar": timing("ar", 60, [100.0, 105.0, 110.0]),
+                             "sdar": timing("dynamic", 12, [50.0, 52.0, 55.0])})
     assert "slower" in text and "speed-up" not in text
 
 

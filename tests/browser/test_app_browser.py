@@ -183,6 +183,13 @@ def test_chat_answers_at_decode_speed_and_the_page_replays_scrubs_and_stops(page
     scrub(page, "sdar-live", 0)
     first = player(page, "sdar-live")
     assert first["masked"] > 0 and "opens" in first["where"] and "▒" in first["text"]
+    for i in range(first["frames"]):  # the screenshot shows a block half denoised: some committed, some masked
+        scrub(page, "sdar-live", i)
+        if page.evaluate("(() => { const r = document.querySelector('#sdar-live .sdar-player');"
+                         " return Number(r.dataset.masked) > 0 && Number(r.dataset.filled) > 0; })()"):
+            break
+    else:
+        pytest.fail("no frame of the default answer shows a block half denoised")
     page.mouse.move(1, 1)
     page.screenshot(path=str(SHOTS / "chat.png"), full_page=True)
 

@@ -12,9 +12,19 @@ import re
 import threading
 
 import pytest
-
-from test_app_browser import (ARGS, CHROMIUM, SHOTS, WATCH_PLAYER, frames, pick_model, player, replay_done,
-                              set_slider, url, wait_text)
+from test_app_browser import (
+    ARGS,
+    CHROMIUM,
+    SHOTS,
+    WATCH_PLAYER,
+    frames,
+    pick_model,
+    player,
+    replay_done,
+    set_slider,
+    url,
+    wait_text,
+)
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")]
@@ -124,7 +134,8 @@ def test_send_during_a_replay_answers_and_clear_stops_the_replay(page):
     page.wait_for_function("document.querySelector('#sdar-live .sdar-player').dataset.status === 'empty'")
     page.wait_for_timeout(1500)
     state = page.evaluate("(() => { const r = document.querySelector('#sdar-live .sdar-player');"
-                          " return {playing: r.dataset.playing, status: r.dataset.status, frames: r.dataset.frames}; })()")
+                          " return {playing: r.dataset.playing, status: r.dataset.status,"
+                          " frames: r.dataset.frames}; })()")
     assert state == {"playing": "0", "status": "empty", "frames": "0"}, state
     assert "Answer" not in page.locator("#sdar-chatbot").inner_text()
 
@@ -264,8 +275,8 @@ def test_the_gpu_tab_shows_one_named_run_at_a_time_with_its_ceiling_in_the_legen
     assert len(options) == len(set(options)) >= 5 and all(" · " in o for o in options), options
     other = next(o for o in options if "h100-sdar-1.7b" in o and "context" not in o)
     page.locator("[role=option]", has_text=other).first.click()
-    page.wait_for_function(f"document.querySelector('#sdar-gpu-chart .js-plotly-plot').layout.title.text"
-                           f".includes('h100-sdar-1.7b')")
+    page.wait_for_function("document.querySelector('#sdar-gpu-chart .js-plotly-plot').layout.title.text"
+                           ".includes('h100-sdar-1.7b')")
     assert "H100" in chart()["title"] and "H100" in page.locator("#sdar-gpu-table").inner_text()
 
 
