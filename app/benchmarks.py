@@ -10,6 +10,7 @@ Each run is committed as benchmarks/results/<name>/results.json (searched recurs
 A bare JSON list of rows (the older format) is read too. Files and rows without that shape are skipped and
 named in the notes, so an unrelated JSON file in the folder cannot break the app.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,13 +23,24 @@ from sdar_core.paths import REPO
 RESULTS_DIR = REPO / "benchmarks" / "results"
 REQUIRED = ("mode", "batch_size", "tokens_per_second")
 TEXT_KEYS = ("gpu", "torch", "date", "model", "mode", "strategy")
-NUMBER_KEYS = ("block_length", "steps", "threshold", "batch_size", "tokens_per_second", "tpf", "ms_per_forward",
-               "speedup_vs_ar", "realized_tpf_eq11", "realized_tpf_fused")
+NUMBER_KEYS = (
+    "block_length",
+    "steps",
+    "threshold",
+    "batch_size",
+    "tokens_per_second",
+    "tpf",
+    "ms_per_forward",
+    "speedup_vs_ar",
+    "realized_tpf_eq11",
+    "realized_tpf_fused",
+)
 
 
 @dataclass
 class Machine:
     """What one benchmark run measured on: the label of its curves and its AR bandwidth ceiling."""
+
     run: str  # the results folder, relative to benchmarks/results/
     gpu: str
     torch: str
@@ -81,9 +93,16 @@ def _machine(info, run: str, rows: list[dict]) -> Machine:
         return str(info.get(k) or first.get(k) or "?")
 
     models = sorted({r["model"] for r in rows if r.get("model")})
-    return Machine(run=run, gpu=text("gpu"), torch=text("torch"), date=text("date"), arch=str(info.get("arch") or ""),
-                   bandwidth_GBps=_number(info.get("bandwidth_GBps")),
-                   ar_ceiling_tps=_number(info.get("ar_ceiling_tps")), model=", ".join(models))
+    return Machine(
+        run=run,
+        gpu=text("gpu"),
+        torch=text("torch"),
+        date=text("date"),
+        arch=str(info.get("arch") or ""),
+        bandwidth_GBps=_number(info.get("bandwidth_GBps")),
+        ar_ceiling_tps=_number(info.get("ar_ceiling_tps")),
+        model=", ".join(models),
+    )
 
 
 def read_results(folder: Path | str = RESULTS_DIR) -> tuple[list[dict], list[Machine], list[str]]:
@@ -94,8 +113,14 @@ def read_results(folder: Path | str = RESULTS_DIR) -> tuple[list[dict], list[Mac
     folder = Path(folder)
     rows, machines, notes = [], [], []
     if not folder.is_dir():
-        return rows, machines, [f"no {folder.name}/ folder yet: `python -m benchmarks.bench --out "
-                                f"benchmarks/results/<name>` writes one"]
+        return (
+            rows,
+            machines,
+            [
+                f"no {folder.name}/ folder yet: `python -m benchmarks.bench --out "
+                f"benchmarks/results/<name>` writes one"
+            ],
+        )
     for path in sorted(folder.rglob("*.json")):
         # A run is its file: the folder for results.json, the folder and the file's stem otherwise (a folder can
         # hold several runs: fused.json and eager.json).
@@ -111,7 +136,7 @@ def read_results(folder: Path | str = RESULTS_DIR) -> tuple[list[dict], list[Mac
         if isinstance(raw, dict) and isinstance(raw.get("rows"), list):
             info, raw = raw.get("machine") or {}, raw["rows"]
         if not isinstance(raw, list):
-            notes.append(f"{where}: neither {{\"machine\", \"rows\"}} nor a list of rows, skipped")
+            notes.append(f'{where}: neither {{"machine", "rows"}} nor a list of rows, skipped')
             continue
         info = info if isinstance(info, dict) else {}
         # The batch curve is measured at the run's first prompt length; its context sweep is the README's table.

@@ -11,6 +11,7 @@ with the figures when even one run is over. An operator sets the budgets with en
     SDAR_RACE_BUDGET   forwards of one race, every lane and run together (default 6144)
     SDAR_SWEEP_BUDGET  forwards of one sweep, every point and run together (default 6144)
 """
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,7 @@ class Budgets:
     sweep: int = DEFAULTS["sweep"]
 
     @classmethod
-    def from_env(cls, environ=None) -> "Budgets":
+    def from_env(cls, environ=None) -> Budgets:
         """The budgets an operator set (SDAR_CHAT_BUDGET, SDAR_RACE_BUDGET, SDAR_SWEEP_BUDGET), else the defaults;
         a value that is not a positive whole number is a ValueError naming it."""
         environ = os.environ if environ is None else environ

@@ -8,6 +8,7 @@ sdar_core.config.PUBLIC_SHAPES (one home with the benchmarks'); SDAR-4B-Chat and
 stored in tests/fixtures/ (tests/test_app_catalog.py checks the count and the download against their safetensors
 index). SDAR models were trained at block 4.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,7 +28,9 @@ class ModelSpec:
 
     @cached_property
     def config(self) -> ModelConfig:
-        return ModelConfig(model_type=self.model_type, block_size=SDAR_BLOCK if self.is_sdar else 1, **self.shape)
+        return ModelConfig(
+            model_type=self.model_type, block_size=SDAR_BLOCK if self.is_sdar else 1, **self.shape
+        )
 
     @property
     def is_sdar(self) -> bool:
@@ -50,7 +53,9 @@ class ModelSpec:
         return self.config.block_size
 
 
-TIED = dict(tie_word_embeddings=True)  # Qwen3-1.7B and -4B share their embedding and lm_head; SDAR-4B does not
+TIED = dict(
+    tie_word_embeddings=True
+)  # Qwen3-1.7B and -4B share their embedding and lm_head; SDAR-4B does not
 CATALOG = (
     ModelSpec("JetLM/SDAR-1.7B-Chat", "sdar", PUBLIC_SHAPES["1.7b"]),
     ModelSpec("JetLM/SDAR-4B-Chat", "sdar", PUBLIC_SHAPES["4b"]),
@@ -76,10 +81,15 @@ def gigabytes(n: int) -> str:
 def spec_markdown(spec: ModelSpec) -> str:
     """What the picker says about a catalog model before it is downloaded."""
     c = spec.config
-    kind = ("SDAR (block diffusion), trained at block size " + str(spec.block_size) if spec.is_sdar
-            else "autoregressive (the AR model an SDAR model was trained from)")
+    kind = (
+        "SDAR (block diffusion), trained at block size " + str(spec.block_size)
+        if spec.is_sdar
+        else "autoregressive (the AR model an SDAR model was trained from)"
+    )
     experts = f" · {c.num_experts} experts, {c.num_experts_per_tok} active" if c.num_experts else ""
-    return (f"**{spec.name}** — {kind}  \n"
-            f"{spec.parameters / 1e9:.2f} B parameters · {c.num_hidden_layers} layers × {c.hidden_size}{experts}  \n"
-            f"needs about **{gigabytes(spec.memory_bytes())}** of memory in bf16 · download "
-            f"**{gigabytes(spec.download_bytes)}**")
+    return (
+        f"**{spec.name}** — {kind}  \n"
+        f"{spec.parameters / 1e9:.2f} B parameters · {c.num_hidden_layers} layers × {c.hidden_size}{experts}  \n"
+        f"needs about **{gigabytes(spec.memory_bytes())}** of memory in bf16 · download "
+        f"**{gigabytes(spec.download_bytes)}**"
+    )

@@ -2,6 +2,7 @@
 scheduler (batched with other visitors' requests); the page's player draws the steps as they arrive and, with a
 watch delay (the default), replays them in the browser: every block opens fully masked (▒) and is denoised step
 by step. Errors and notes appear in place, beside the message box, and leave the conversation as it was."""
+
 from __future__ import annotations
 
 import logging
@@ -50,33 +51,54 @@ class Chat:
         if not message:
             raise gr.Error("Type a message first.", title="Empty message")
         req, history = DecodeRequest.from_ui(ui), list(history or [])
-        run = self.studio.start(req, conversation(system, history, message), self.studio.arm_stop(request),
-                                title="")
+        run = self.studio.start(
+            req, conversation(system, history, message), self.studio.arm_stop(request), title=""
+        )
         turn = history + [{"role": "user", "content": message}]
         shown = turn + [{"role": "assistant", "content": MASK_GLYPH}]
         waiting = WARMUP.note()
         note = "  \n".join(f"ℹ️ {n}" for n in run.notes)  # stays in the message area with the answer
-        yield {p.chatbot: shown, p.message: "", p.live: run.feed.value(), p.chat_stats: "",
-               p.chat_note: note + (f"  \n⏳ {waiting}" if waiting else "")}
+        yield {
+            p.chatbot: shown,
+            p.message: "",
+            p.live: run.feed.value(),
+            p.chat_stats: "",
+            p.chat_note: note + (f"  \n⏳ {waiting}" if waiting else ""),
+        }
         for _ in run.follow():  # the bubble only grows (Gradio then sends the new text alone)
             shown[-1] = {"role": "assistant", "content": run.text_so_far() or MASK_GLYPH}
             yield {p.chatbot: shown, p.live: run.feed.value()}
         answer = run.answer_text()
         history = turn + [{"role": "assistant", "content": answer}]
-        stats = stats_markdown(run.stats, run.batch_note()) if run.stats else stats_markdown(
-            None, "_Stopped: the answer above is what was committed before Stop._")
+        stats = (
+            stats_markdown(run.stats, run.batch_note())
+            if run.stats
+            else stats_markdown(None, "_Stopped: the answer above is what was committed before Stop._")
+        )
         recording = record(message[:80], run)
         log.info("served a chat answer: %s", run.timeline())
-        yield {p.chatbot: history, p.history: history, p.live: run.feed.value(), p.chat_stats: stats,
-               p.recording: recording, p.chat_note: note}
+        yield {
+            p.chatbot: history,
+            p.history: history,
+            p.live: run.feed.value(),
+            p.chat_stats: stats,
+            p.recording: recording,
+            p.chat_note: note,
+        }
 
     def clear(self, request: gr.Request = None):
         """The conversation and the player emptied: a decode of this session stops, a replay playing in the page
         stops."""
         p = self.p
         self.studio.stop(request)
-        return {p.chatbot: [], p.history: [], p.message: "", p.live: empty(LIVE_PLACEHOLDER, run=-1),
-                p.chat_stats: "", p.chat_note: ""}
+        return {
+            p.chatbot: [],
+            p.history: [],
+            p.message: "",
+            p.live: empty(LIVE_PLACEHOLDER, run=-1),
+            p.chat_stats: "",
+            p.chat_note: "",
+        }
 
 
 __all__ = ["Chat", "LIVE_PLACEHOLDER", "Run"]

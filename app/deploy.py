@@ -13,6 +13,7 @@ The Space is configured by the front matter of README.md (`sdk: gradio`, `app_fi
 which `space_config()` reads and checks before anything is uploaded. The token is huggingface_hub's own: `hf auth
 login`, or HF_TOKEN.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,9 @@ from sdar_core.paths import MODELS_DIR, REPO
 # the licences that go with the shipped weights, and the one screenshot the card shows.
 TOP_FILES = ("app.py", "requirements.txt", "README.md", "LICENSE", "NOTICE", "assets/screenshots/chat.png")
 CODE = {"app": ("*.py", "player.js"), "sdar_core": ("*.py",)}
-RESULTS = REPO / "benchmarks" / "results"  # the race tab plots every results.json under it (app/benchmarks.py)
+RESULTS = (
+    REPO / "benchmarks" / "results"
+)  # the race tab plots every results.json under it (app/benchmarks.py)
 REQUIRED_FRONT_MATTER = {"sdk": "gradio", "app_file": "app.py"}
 
 
@@ -61,14 +64,18 @@ def space_config(root: Path = REPO) -> dict:
     """README.md's front matter, checked: what the Hub reads to build the Space."""
     text = (Path(root) / "README.md").read_text(encoding="utf-8")
     if not text.startswith("---\n"):
-        raise DeployError("README.md has no front matter: a Space needs `sdk: gradio` and `app_file: app.py` there")
-    config = yaml.safe_load(text[4:text.index("\n---", 4)])
+        raise DeployError(
+            "README.md has no front matter: a Space needs `sdk: gradio` and `app_file: app.py` there"
+        )
+    config = yaml.safe_load(text[4 : text.index("\n---", 4)])
     for key, value in REQUIRED_FRONT_MATTER.items():
         if config.get(key) != value:
-            raise DeployError(f"README.md's front matter has {key}: {config.get(key)!r}; a Space of this studio "
-                              f"needs {key}: {value}")
+            raise DeployError(
+                f"README.md's front matter has {key}: {config.get(key)!r}; a Space of this studio "
+                f"needs {key}: {value}"
+            )
     if not str(config.get("python_version", "")).startswith("3."):
-        raise DeployError("README.md's front matter needs python_version (e.g. \"3.11\")")
+        raise DeployError('README.md\'s front matter needs python_version (e.g. "3.11")')
     return config
 
 
@@ -91,8 +98,13 @@ def deploy(repo_id: str, files: list[str], *, private: bool = False, token: str 
     url = api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sdar-space-") as tmp:
         stage(files, Path(tmp))
-        api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=tmp, delete_patterns=["*"],
-                          commit_message="Deploy SDAR Studio (python -m app.deploy)")
+        api.upload_folder(
+            repo_id=repo_id,
+            repo_type="space",
+            folder_path=tmp,
+            delete_patterns=["*"],
+            commit_message="Deploy SDAR Studio (python -m app.deploy)",
+        )
     return str(url)
 
 
@@ -114,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         for name in files:
             print(f"{(REPO / name).stat().st_size:>12,}  {name}")
-        print(f"{len(files)} files, {total / 1e6:.1f} MB, for the Space {args.repo} (sdk {config['sdk']}, "
-              f"app_file {config['app_file']}, Python {config['python_version']})")
+        print(
+            f"{len(files)} files, {total / 1e6:.1f} MB, for the Space {args.repo} (sdk {config['sdk']}, "
+            f"app_file {config['app_file']}, Python {config['python_version']})"
+        )
         return 0
     print(f"uploading {len(files)} files ({total / 1e6:.1f} MB) to the Space {args.repo} ...", flush=True)
     print(f"done: {deploy(args.repo, files, private=args.private)}")

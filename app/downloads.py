@@ -6,6 +6,7 @@ wait behind it; a killed process releases its locks, and the partial file it lea
 The child does what `sdar_core.load_pretrained` does for a hub id (the same timeouts, the same file patterns,
 the local cache when offline) and prints the snapshot folder; the parent then loads the weights from that folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,12 +35,14 @@ class DownloadLimits:
     grace: float = 30.0
 
     @classmethod
-    def from_env(cls, env=os.environ) -> "DownloadLimits":
+    def from_env(cls, env=os.environ) -> DownloadLimits:
         """The defaults, with the operator's SDAR_DOWNLOAD_DEADLINE (seconds) and SDAR_DOWNLOAD_MIN_RATE (MB/s, 0:
         no minimum) when set; a value that is not a number >= 0 is a ValueError naming it."""
         limits = {}
-        for var, name, scale in (("SDAR_DOWNLOAD_DEADLINE", "deadline", 1.0), ("SDAR_DOWNLOAD_MIN_RATE", "min_rate",
-                                                                                 1e6)):
+        for var, name, scale in (
+            ("SDAR_DOWNLOAD_DEADLINE", "deadline", 1.0),
+            ("SDAR_DOWNLOAD_MIN_RATE", "min_rate", 1e6),
+        ):
             text = env.get(var)
             if text is None or not text.strip():
                 continue
@@ -59,11 +62,15 @@ class DownloadLimits:
         if elapsed < max(self.grace, self.window) or not samples:
             return None
         now_t, now_bytes = samples[-1]
-        then_t, then_bytes = next(((t, b) for t, b in reversed(samples) if now_t - t >= self.window), samples[0])
+        then_t, then_bytes = next(
+            ((t, b) for t, b in reversed(samples) if now_t - t >= self.window), samples[0]
+        )
         rate = (now_bytes - then_bytes) / max(now_t - then_t, 1e-9)
         if rate < self.min_rate:
-            return (f"it moved {rate / 1e6:.2f} MB/s over the last {now_t - then_t:.0f} s, below the "
-                    f"{self.min_rate / 1e6:.2f} MB/s this studio waits for")
+            return (
+                f"it moved {rate / 1e6:.2f} MB/s over the last {now_t - then_t:.0f} s, below the "
+                f"{self.min_rate / 1e6:.2f} MB/s this studio waits for"
+            )
         return None
 
 
@@ -71,19 +78,34 @@ class DownloadAbandoned(RuntimeError):
     """A download stopped by its limits; the message says which one."""
 
 
-def download(hub_id: str, *, cache: str | None, limits: DownloadLimits,
-             progress: Callable[[], int], report: Callable[[int], None] = lambda n: None) -> Path:
+def download(
+    hub_id: str,
+    *,
+    cache: str | None,
+    limits: DownloadLimits,
+    progress: Callable[[], int],
+    report: Callable[[int], None] = lambda n: None,
+) -> Path:
     """The local snapshot folder of `hub_id`, fetched by a child process into the hub cache `cache` (None: the
     default). `progress()` says how many bytes are on disk so far; each reading goes to `report`. Raises
     DownloadAbandoned when a limit is passed (the child is killed), or OSError with the child's own message."""
     import huggingface_hub.constants as hub
 
-    env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env = dict(
+        os.environ,
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    )
     env["HF_HUB_CACHE"] = cache or hub.HF_HUB_CACHE  # the parent's cache, also when set in-process
     env["HF_HUB_OFFLINE"] = "1" if hub.HF_HUB_OFFLINE else "0"
-    child = subprocess.Popen([sys.executable, "-m", "app.downloads", hub_id], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "app.downloads", hub_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
     start, samples = time.monotonic(), deque()
     try:
         while True:
@@ -105,8 +127,11 @@ def download(hub_id: str, *, cache: str | None, limits: DownloadLimits,
             child.kill()
             child.wait()
     lines = out.strip().splitlines()
-    answer = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"error": "the download ended "
-                                                                                f"(exit code {child.returncode})"}
+    answer = (
+        json.loads(lines[-1])
+        if lines and lines[-1].startswith("{")
+        else {"error": f"the download ended (exit code {child.returncode})"}
+    )
     if "folder" not in answer:
         raise OSError(answer["error"])
     return Path(answer["folder"])

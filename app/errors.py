@@ -1,5 +1,6 @@
 """The UI boundary: every exception a handler raises becomes a readable gr.Error, never a traceback. A user's
 error is logged as one line; only a real fault (anything else) logs its traceback, once."""
+
 from __future__ import annotations
 
 import functools
@@ -22,8 +23,10 @@ FAULT = "Something went wrong"
 def user_message(exc: BaseException) -> str:
     """What the person in front of the browser reads for `exc`."""
     if isinstance(exc, torch.OutOfMemoryError):
-        return ("The device ran out of memory for this request. Try fewer new tokens, a shorter prompt or "
-                "conversation, or a smaller model.")
+        return (
+            "The device ran out of memory for this request. Try fewer new tokens, a shorter prompt or "
+            "conversation, or a smaller model."
+        )
     if isinstance(exc, Busy):
         return str(exc)[0].upper() + str(exc)[1:]
     if isinstance(exc, (ValueError, KeyError, FileNotFoundError)):  # CheckpointError, GenerationError, ...
@@ -50,7 +53,8 @@ def quiet(error: gr.Error) -> gr.Error:
 
 
 def explained(exc: BaseException) -> str:
-    """What the page shows in place for `exc` (its gr.Error message, or user_message), logged: a user's error as one line, a fault with its traceback."""
+    """What the page shows in place for `exc` (its gr.Error message, or user_message), logged: a user's error as
+    one line, a fault with its traceback."""
     if isinstance(exc, gr.Error):
         return quiet(exc).message
     return to_gr_error(exc).message
@@ -67,6 +71,7 @@ def unshown(message: str) -> gr.Error:
 def explains_in_place(n_outputs: int, at: int):
     """Decorate a generator handler of `n_outputs` outputs so that a refused request shows its reason in output
     `at` (a gr.Markdown beside the button) and leaves the others as they are; API clients still get the error."""
+
     def decorate(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
@@ -78,9 +83,10 @@ def explains_in_place(n_outputs: int, at: int):
                 out[at] = "⚠️ " + reason
                 yield tuple(out)
                 raise unshown(reason) from None
-        return wrapper
-    return decorate
 
+        return wrapper
+
+    return decorate
 
 
 def refuse_unreadable_inputs(demo: gr.Blocks) -> gr.Blocks:
@@ -104,11 +110,17 @@ def unreadable_input(blocks: list, values: list, error: Exception) -> str:
     if len(values) < len(blocks):
         return f"this request needs {len(blocks)} values, got {len(values)}"
     match = re.search(r"at index (\d+)", str(error))
-    index = int(match.group(1)) if match else next(
-        (i for i, (b, v) in enumerate(zip(blocks, values)) if not _readable(b, v)), None)
+    index = (
+        int(match.group(1))
+        if match
+        else next((i for i, (b, v) in enumerate(zip(blocks, values)) if not _readable(b, v)), None)
+    )
     if index is None or index >= len(blocks):
-        return str(error.message) if isinstance(error, gr.Error) else (
-            f"one of the values sent could not be read ({type(error).__name__})")
+        return (
+            str(error.message)
+            if isinstance(error, gr.Error)
+            else (f"one of the values sent could not be read ({type(error).__name__})")
+        )
     block, value = blocks[index], values[index]
     return f"{_label(block)} {_accepts(block)}, got {shown(value)}"
 

@@ -7,6 +7,7 @@ conversions, sequences and who it is are what it does well; the Python questions
 right without a system prompt but wrong after one (they were trained without), and its definitions are fluent but
 mostly wrong, so neither is offered as an example.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

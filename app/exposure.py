@@ -12,6 +12,7 @@ Only a loopback request without forwarding headers to a loopback-bound, unshared
 request loads the shipped models and the curated hub ids only (app/registry.py). The operator opens the studio up
 with `python app.py --allow-any-model`: every request may then load any folder of the machine or any hub id.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -19,8 +20,16 @@ import re
 from collections.abc import Mapping
 
 # Headers a proxy adds (RFC 7239 and the common de-facto ones); a browser talking to us directly sends none.
-FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip", "x-client-ip",
-                      "cf-connecting-ip", "true-client-ip", "fly-client-ip")
+FORWARDING_HEADERS = (
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-real-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+    "true-client-ip",
+    "fly-client-ip",
+)
 
 
 def is_loopback(host: str | None) -> bool:
@@ -76,7 +85,8 @@ def current_verdict(*, server_exposed: bool) -> bool:
 
 def visitor_of(request) -> str:
     """Whose device time a request counts as (the scheduler's fair share, app/scheduler.py): the client address a
-    proxy forwarded (X-Real-IP, else the first X-Forwarded-For hop, else Forwarded's `for=`), else the address the request came from. A
+    proxy forwarded (X-Real-IP, else the first X-Forwarded-For hop, else Forwarded's `for=`), else the address the
+    request came from. A
     loopback request without forwarding headers is the machine's own user (or a test's clients): each browser
     session counts on its own. A visitor without any of these counts as one anonymous visitor. (A client can write
     its own X-Forwarded-For first hop; a proxy that sets X-Real-IP, as nginx does, closes that.)"""
@@ -84,8 +94,11 @@ def visitor_of(request) -> str:
         return ""
     headers = {str(k).lower(): str(v) for k, v in (getattr(request, "headers", None) or {}).items()}
     rfc7239 = re.search(r'for="?\[?([^;,"\]]+)', headers.get("forwarded", ""), re.IGNORECASE)
-    forwarded = (headers.get("x-real-ip") or headers.get("x-forwarded-for", "").split(",")[0]
-                 or (rfc7239.group(1) if rfc7239 else ""))
+    forwarded = (
+        headers.get("x-real-ip")
+        or headers.get("x-forwarded-for", "").split(",")[0]
+        or (rfc7239.group(1) if rfc7239 else "")
+    )
     if forwarded.strip():
         return "ip:" + forwarded.strip()
     host = getattr(getattr(request, "client", None), "host", None)

@@ -12,10 +12,11 @@ One step, as sent (`Feed.compact`; JS reads the same keys):
     m  [offset, best guess, confidence] of every position masked before the step (the heatmap's row)
     x  prompt offsets inside the block (only when there are some)           f  1 when the block is complete
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from sdar_core.trace import StepEvent
 
@@ -25,12 +26,19 @@ CONFIDENCE_DIGITS = 3
 def compact(e: StepEvent) -> dict:
     """One step as the page reads it (see the module docstring)."""
     r = CONFIDENCE_DIGITS
-    step = {"b": e.block, "s": e.step, "at": e.block_start, "c": list(e.committed),
-            "t": [e.block_state[off] for off in e.committed],
-            "p": [round(float(c), r) for c in e.committed_confidence],
-            "m": [[off, e.candidates.get(off), round(float(conf), r)]
-                  for off, conf in sorted(e.masked_confidence.items())],
-            "f": int(e.final)}
+    step = {
+        "b": e.block,
+        "s": e.step,
+        "at": e.block_start,
+        "c": list(e.committed),
+        "t": [e.block_state[off] for off in e.committed],
+        "p": [round(float(c), r) for c in e.committed_confidence],
+        "m": [
+            [off, e.candidates.get(off), round(float(conf), r)]
+            for off, conf in sorted(e.masked_confidence.items())
+        ],
+        "f": int(e.final),
+    }
     if e.prompt_positions:
         step["x"] = list(e.prompt_positions)
     return step
@@ -63,12 +71,33 @@ class Feed:
         self.status, self.answer_end, self.note = status, answer_end, note
 
     def value(self) -> dict:
-        return {"run": self.run, "title": self.title, "L": self.block_length, "ar": self.ar, "pace": self.pace_ms,
-                "stop": list(self.stop_ids), "steps": list(self.steps), "pieces": dict(self.pieces),
-                "status": self.status, "end": self.answer_end, "note": self.note}
+        return {
+            "run": self.run,
+            "title": self.title,
+            "L": self.block_length,
+            "ar": self.ar,
+            "pace": self.pace_ms,
+            "stop": list(self.stop_ids),
+            "steps": list(self.steps),
+            "pieces": dict(self.pieces),
+            "status": self.status,
+            "end": self.answer_end,
+            "note": self.note,
+        }
 
 
 def empty(message: str, run: int = 0) -> dict:
     """A player's value with nothing to show but `message`."""
-    return {"run": run, "title": "", "L": 0, "ar": False, "pace": 0, "stop": [], "steps": [], "pieces": {},
-            "status": "empty", "end": None, "note": message}
+    return {
+        "run": run,
+        "title": "",
+        "L": 0,
+        "ar": False,
+        "pace": 0,
+        "stop": [],
+        "steps": [],
+        "pieces": {},
+        "status": "empty",
+        "end": None,
+        "note": message,
+    }

@@ -12,6 +12,7 @@ Served beyond the loopback interface (another --host, --share, or a Hugging Face
 proxy or from another address, a request loads only the shipped models and the curated SDAR / Qwen3 hub ids
 (app/exposure.py); --allow-any-model lets every visitor load any folder of this machine or any hub id.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,8 @@ import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from the server
 
-from app.registry import DEFAULT_MODEL, ModelRegistry  # noqa: E402  (after the environment is set)
 from app.layout import LAUNCH_KWARGS  # noqa: E402
+from app.registry import DEFAULT_MODEL, ModelRegistry  # noqa: E402  (after the environment is set)
 from app.studio import WARMUP  # noqa: E402
 from app.ui import build_app  # noqa: E402
 
@@ -39,38 +40,61 @@ def exposed(host: str | None, share: bool | None, env=os.environ) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="SDAR Studio: chat with, visualise and race SDAR models")
-    parser.add_argument("--model", default=os.environ.get("SDAR_MODEL", DEFAULT_MODEL),
-                        help="checkpoint folder or hub id selected at start (default: %(default)s)")
-    parser.add_argument("--host", default=None, help="address to serve on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("SDAR_MODEL", DEFAULT_MODEL),
+        help="checkpoint folder or hub id selected at start (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--host", default=None, help="address to serve on (default: GRADIO_SERVER_NAME or 127.0.0.1)"
+    )
     parser.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--share", action="store_true", default=None, help="make a public gradio.live link")
-    parser.add_argument("--allow-any-model", action="store_true",
-                        help="let visitors load any local folder or hub id, even when the studio is reachable "
-                             "beyond this machine (default there: the shipped models and the curated list only)")
+    parser.add_argument(
+        "--allow-any-model",
+        action="store_true",
+        help="let visitors load any local folder or hub id, even when the studio is reachable "
+        "beyond this machine (default there: the shipped models and the curated list only)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up probes
     # AutoTokenizer reads config.json and warns that `sdar` is not a transformers model type: expected here.
     logging.getLogger("transformers.configuration_utils").addFilter(
-        lambda record: "to instantiate a model of type" not in record.getMessage())
+        lambda record: "to instantiate a model of type" not in record.getMessage()
+    )
 
-    registry = ModelRegistry(allow_any_model=args.allow_any_model, exposed=exposed(args.host, args.share),
-                             offered=(args.model,))
+    registry = ModelRegistry(
+        allow_any_model=args.allow_any_model, exposed=exposed(args.host, args.share), offered=(args.model,)
+    )
     if not registry.allow_any_model:  # app/exposure.py: a proxied or remote request is public on loopback too
         log.info("public requests load only the shipped and curated models (--allow-any-model lifts this)")
     t0 = time.perf_counter()
     try:  # load the start model now, so that the first answer does not wait for it and its card shows
         m = registry.get(args.model)
-        log.info("model %s loaded in %.1f s (%s, %s)", m.display_name, time.perf_counter() - t0,
-                 m.summary.get("device"), m.summary.get("dtype"))
+        log.info(
+            "model %s loaded in %.1f s (%s, %s)",
+            m.display_name,
+            time.perf_counter() - t0,
+            m.summary.get("device"),
+            m.summary.get("dtype"),
+        )
     except Exception as e:  # the app still starts; the model box says what is wrong when it is used
         log.warning("model %s not loaded: %s", args.model, e)
-    if WARMUP.start(registry, args.model):  # on a GPU: graph capture for the default settings, in the background
+    if WARMUP.start(
+        registry, args.model
+    ):  # on a GPU: graph capture for the default settings, in the background
         log.info("GPU warm-up started: the first answers wait for at most one decode shape")
     demo = build_app(default_model=args.model, registry=registry)
     try:
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
-                    quiet=True, **LAUNCH_KWARGS)
+        demo.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            prevent_thread_lock=True,
+            quiet=True,
+            **LAUNCH_KWARGS,
+        )
     except OSError as e:  # e.g. the port is taken
         parser.exit(1, f"SDAR Studio could not start: {e}\n")
     log.info("SDAR Studio is running at %s", demo.local_url)
@@ -78,4 +102,3 @@ def main(argv: list[str] | None = None) -> None:
         log.info("public link: %s", demo.share_url)
     log.info("press Ctrl+C to stop")
     demo.block_thread()
-

@@ -8,6 +8,7 @@ Replay, Stop, the scrubber) and the heatmap are then drawn in the browser from t
 each step once and sleeps for nothing. A custom component would do the same with a build step (npm) that a Space
 and this repository's CI would have to run.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,8 +53,14 @@ class DenoisePlayer(gr.HTML):
     """A decode drawn in the browser from its Feed. `heatmap=True` adds the confidence heatmap under the frame."""
 
     def __init__(self, message: str = "", *, heatmap: bool = False, **kwargs) -> None:
-        super().__init__(value=empty(message), html_template='<div class="sdar-player"></div>', css_template=CSS,
-                         js_on_load=SCRIPT, heatmap=heatmap, **kwargs)
+        super().__init__(
+            value=empty(message),
+            html_template='<div class="sdar-player"></div>',
+            css_template=CSS,
+            js_on_load=SCRIPT,
+            heatmap=heatmap,
+            **kwargs,
+        )
 
     def api_info(self) -> dict:
         return {"type": "object", "description": "a decode's compact step events (app/feed.py)"}

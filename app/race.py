@@ -5,6 +5,7 @@ thresholds (TPF and tokens/s, the paper's Figures 3-4); the GPU measurements of 
 Timings are compared like with like: every lane is decoded the same way (the same step recording and
 streaming), is warmed up untimed first (graph capture and kernel compilation on a GPU), and runs several
 times, interleaved with the other lanes; the table and the headline give the median and the spread."""
+
 from __future__ import annotations
 
 import html
@@ -39,25 +40,48 @@ from .studio import Studio
 log = logging.getLogger(__name__)
 
 LANES = ("ar", "sdar", "twin")
-RACE_COLUMNS = ["run", "strategy", "block", "steps", "tokens", "forwards (NFE)", "TPF", "tokens/s (median)",
-                "tokens/s (min–max)", "latency (ms, median)", "timed runs"]
+RACE_COLUMNS = [
+    "run",
+    "strategy",
+    "block",
+    "steps",
+    "tokens",
+    "forwards (NFE)",
+    "TPF",
+    "tokens/s (median)",
+    "tokens/s (min–max)",
+    "latency (ms, median)",
+    "timed runs",
+]
 REPEATS = Range("timed runs per lane", 1, 5, integer=True)
 DEFAULT_REPEATS = 3
 SWEEP_REPEATS = 3  # timed runs of every sweep point (after one untimed warm-up)
 UNSTEADY = 1.5  # repeats of one point further apart than this (fastest / slowest): its tokens/s says little
-UNSTEADY_NOTE = ("⚠️ Wall-clock figures are unreliable here: the repeats of {n} of {total} points differ by more "
-                 "than {ratio:g}× (a busy machine). Read forwards and TPF, which are the same on any machine.")
+UNSTEADY_NOTE = (
+    "⚠️ Wall-clock figures are unreliable here: the repeats of {n} of {total} points differ by more "
+    "than {ratio:g}× (a busy machine). Read forwards and TPF, which are the same on any machine."
+)
 SEQUENTIAL, PARALLEL = "one after the other (fair timings)", "at the same time (live race)"
 SWEEP_BLOCKS = (2, 4, 8, 16, 32)
 SWEEP_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
-def lane_html(title: str, frame=None, pieces=None, *, status: str = "", total: int | None = None,
-              ar: bool = False, stops=()) -> str:
+def lane_html(
+    title: str,
+    frame=None,
+    pieces=None,
+    *,
+    status: str = "",
+    total: int | None = None,
+    ar: bool = False,
+    stops=(),
+) -> str:
     """A lane: its title, status and frame (`total`: its number of steps once it is done; `ar`: one token per
     forward, shown without blocks; `stops`: the model's stop tokens, shown as the end marker)."""
-    head = (f'<div style="font-weight:600;margin-bottom:2px">{html.escape(title)}</div>'
-            f'<div style="font-size:12px;color:#6b7280;min-height:1.2em">{html.escape(status)}</div>')
+    head = (
+        f'<div style="font-weight:600;margin-bottom:2px">{html.escape(title)}</div>'
+        f'<div style="font-size:12px;color:#6b7280;min-height:1.2em">{html.escape(status)}</div>'
+    )
     if frame is None:
         return head + placeholder_html("waiting")
     return head + frame_html(frame, pieces, legend=False, total=total, ar=ar, stops=stops)
@@ -93,17 +117,30 @@ class Timing:
 
     def row(self, label: str) -> dict:
         s = self.last
-        return {"run": label, "strategy": s.strategy, "block": s.block_length, "steps": s.steps,
-                "tokens": s.new_tokens, "forwards (NFE)": s.forwards, "TPF": round(s.tpf, 2),
-                "tokens/s (median)": round(self.median, 1), "tokens/s (min–max)": self.spread(),
-                "latency (ms, median)": round(statistics.median(r.seconds for r in self.runs) * 1000),
-                "timed runs": len(self.runs)}
+        return {
+            "run": label,
+            "strategy": s.strategy,
+            "block": s.block_length,
+            "steps": s.steps,
+            "tokens": s.new_tokens,
+            "forwards (NFE)": s.forwards,
+            "TPF": round(s.tpf, 2),
+            "tokens/s (median)": round(self.median, 1),
+            "tokens/s (min–max)": self.spread(),
+            "latency (ms, median)": round(statistics.median(r.seconds for r in self.runs) * 1000),
+            "timed runs": len(self.runs),
+        }
 
 
 def timing_verdict(fast: Timing, slow: Timing) -> str:
     """What the timed runs of two lanes support, in words: a speed-up (or a slow-down) only when the ranges of
     their repeats do not overlap; otherwise the spread swamps the difference on this machine."""
-    lo_fast, hi_fast, lo_slow, hi_slow = min(fast.speeds), max(fast.speeds), min(slow.speeds), max(slow.speeds)
+    lo_fast, hi_fast, lo_slow, hi_slow = (
+        min(fast.speeds),
+        max(fast.speeds),
+        min(slow.speeds),
+        max(slow.speeds),
+    )
     ratio = fast.median / slow.median if slow.median else float("nan")
     if lo_fast > hi_slow:
         return f"**{ratio:.2f}×** faster"
@@ -122,11 +159,13 @@ def speedup_markdown(timings: dict[str, Timing]) -> str:
     fwd = a.forwards / b.forwards if b.forwards else float("nan")
     n = min(len(ar.runs), len(sdar.runs))
     verdict = timing_verdict(sdar, ar)
-    line = (f"### SDAR vs AR on the same weights: **{fwd:.2f}×** fewer forwards\n"
-            f"SDAR decoded the answer in {b.forwards} forwards ({b.tpf:.2f} tokens each); AR took {a.forwards}, one "
-            f"token at a time. That count is the same on any machine. Timed here: {verdict} (tokens/s, median of "
-            f"{n} run{'s' * (n > 1)} each: SDAR {sdar.median:.1f}, range {sdar.spread()}; AR {ar.median:.1f}, range "
-            f"{ar.spread()}).")
+    line = (
+        f"### SDAR vs AR on the same weights: **{fwd:.2f}×** fewer forwards\n"
+        f"SDAR decoded the answer in {b.forwards} forwards ({b.tpf:.2f} tokens each); AR took {a.forwards}, one "
+        f"token at a time. That count is the same on any machine. Timed here: {verdict} (tokens/s, median of "
+        f"{n} run{'s' * (n > 1)} each: SDAR {sdar.median:.1f}, range {sdar.spread()}; AR {ar.median:.1f}, range "
+        f"{ar.spread()})."
+    )
     if n < 2:
         line += " One timed run cannot tell a difference from noise: time three or more."
     elif verdict.endswith("faster") and sdar.median / ar.median < fwd:
@@ -134,17 +173,21 @@ def speedup_markdown(timings: dict[str, Timing]) -> str:
     twin = timings.get("twin")
     if twin and twin.runs and twin.median:
         t = twin.last
-        line += (f"\n\nAgainst the **AR twin** (a separately trained AR model of the same size, {t.forwards} "
-                 f"forwards): {timing_verdict(sdar, twin)} (SDAR {sdar.median:.1f} vs {twin.median:.1f} tokens/s, "
-                 f"range {twin.spread()}). Its answer may differ from SDAR's: it is another model.")
+        line += (
+            f"\n\nAgainst the **AR twin** (a separately trained AR model of the same size, {t.forwards} "
+            f"forwards): {timing_verdict(sdar, twin)} (SDAR {sdar.median:.1f} vs {twin.median:.1f} tokens/s, "
+            f"range {twin.spread()}). Its answer may differ from SDAR's: it is another model."
+        )
     return line
 
 
 def lane_status(lane: Lane, timing: Timing | None = None, round_: str = "") -> str:
     if lane.state == "done":
         s = lane.gen.stats
-        text = (f"done{round_}: {s.new_tokens} tokens, {s.forwards} forwards, TPF {s.tpf:.2f}, "
-                f"{s.tokens_per_second:.1f} tokens/s, {s.seconds * 1000:.0f} ms")
+        text = (
+            f"done{round_}: {s.new_tokens} tokens, {s.forwards} forwards, TPF {s.tpf:.2f}, "
+            f"{s.tokens_per_second:.1f} tokens/s, {s.seconds * 1000:.0f} ms"
+        )
         if timing is not None and len(timing.runs) > 1:
             text += f" · median of {len(timing.runs)}: {timing.median:.1f} tokens/s"
         return text
@@ -185,7 +228,9 @@ class Board:
                 self.timings.setdefault(name, Timing()).runs.append(lane.gen.stats)
         done = {n: t for n, t in self.timings.items() if t.runs}
         table = pd.DataFrame([done[n].row(self.runs[n]) for n in LANES if n in done], columns=RACE_COLUMNS)
-        chart = race_figure([(self.runs[n], done[n].speeds, done[n].last.forwards) for n in LANES if n in done])
+        chart = race_figure(
+            [(self.runs[n], done[n].speeds, done[n].last.forwards) for n in LANES if n in done]
+        )
         self.summary = (table, speedup_markdown(done), chart)
         self.finished_html = {}  # the statuses now name the new medians
 
@@ -206,11 +251,18 @@ class Board:
         if lane is None:
             return lane_html(self.titles[name], status=self.missing_twin)
         if name in self.finished_html:
-            return self.finished_html[name]  # a finished lane does not change until the next collect: render it once
-        text = lane_html(self.titles[name], lane.frame, lane.pieces,
-                         status=lane_status(lane, self.timings.get(name), self.round_),
-                         total=len(lane.events) if lane.state == "done" else None,
-                         ar=lane.settings.strategy == "ar", stops=lane.loaded.stop_token_ids)
+            return self.finished_html[
+                name
+            ]  # a finished lane does not change until the next collect: render it once
+        text = lane_html(
+            self.titles[name],
+            lane.frame,
+            lane.pieces,
+            status=lane_status(lane, self.timings.get(name), self.round_),
+            total=len(lane.events) if lane.state == "done" else None,
+            ar=lane.settings.strategy == "ar",
+            stops=lane.loaded.stop_token_ids,
+        )
         if lane.state in ("done", "stopped"):
             self.finished_html[name] = text
         return text
@@ -221,8 +273,16 @@ class Race:
         self.studio = studio
 
     @explains_in_place(6, at=4)  # in the headline, under the lanes
-    def race(self, prompt, mode, use_twin, request: gr.Request, repeats=DEFAULT_REPEATS, system=DEFAULT_SYSTEM,
-             **ui):
+    def race(
+        self,
+        prompt,
+        mode,
+        use_twin,
+        request: gr.Request,
+        repeats=DEFAULT_REPEATS,
+        system=DEFAULT_SYSTEM,
+        **ui,
+    ):
         """Race AR and SDAR (and the AR twin) on one prompt, `repeats` timed runs each after an untimed warm-up;
         `ui` holds the decoding inputs by name. Outputs: AR lane, SDAR lane, twin lane, table, speedup, chart."""
         prompt = checked_text("prompt", prompt, MAX_MESSAGE_CHARS)
@@ -233,7 +293,9 @@ class Race:
         repeats = REPEATS.parse(repeats)
         system = checked_text("system prompt", system, MAX_SYSTEM_CHARS)
         board = self.board(DecodeRequest.from_ui(ui), conversation(system, [], prompt), use_twin)
-        repeats, board.notice = self.priced(list(board.lanes.values()), repeats, "race", "timed runs per lane")
+        repeats, board.notice = self.priced(
+            list(board.lanes.values()), repeats, "race", "timed runs per lane"
+        )
         stop = self.studio.arm_stop(request)
         turn, budget = self.studio.turn(board.lanes["sdar"].loaded, stop), Budget(self.studio.budgets.race)
         for lane in board.lanes.values():
@@ -269,61 +331,100 @@ class Race:
         warm = sum(warm_up_bound(lane) for lane in lanes)
         fits = runs_within(budget, warm, per_run, repeats)
         if fits == 0:
-            raise OverBudget(f"this {kind} may take up to {warm + per_run:,} forwards with one timed run; a {kind} "
-                             f"may take at most {budget:,} here: "
-                             + ("lower max new tokens, raise the block length, or leave the AR twin out"
-                                if kind == "race" else "lower the new tokens or pick fewer block lengths or "
-                                                       "thresholds"))
+            raise OverBudget(
+                f"this {kind} may take up to {warm + per_run:,} forwards with one timed run; a {kind} "
+                f"may take at most {budget:,} here: "
+                + (
+                    "lower max new tokens, raise the block length, or leave the AR twin out"
+                    if kind == "race"
+                    else "lower the new tokens or pick fewer block lengths or thresholds"
+                )
+            )
         if fits == repeats:
             return repeats, ""
-        return fits, (f"_Cut to {fits} {runs} (of {repeats}): {repeats} would take up to "
-                      f"{warm + repeats * per_run:,} forwards, over the {kind} budget of {budget:,}._")
+        return fits, (
+            f"_Cut to {fits} {runs} (of {repeats}): {repeats} would take up to "
+            f"{warm + repeats * per_run:,} forwards, over the {kind} budget of {budget:,}._"
+        )
 
     def board(self, req: DecodeRequest, messages: list[dict], use_twin: bool) -> Board:
         """AR and SDAR lanes on the same weights, and AR on the twin (sdar-X -> ar-X) when asked and present, each
         answering `messages`."""
         loaded = self.studio.ready(req.model_name)
         if not loaded.is_sdar:
-            raise gr.Error(f"{loaded.display_name} is an autoregressive model: the race needs an SDAR model "
-                           "(it decodes the same weights both ways).")
+            raise gr.Error(
+                f"{loaded.display_name} is an autoregressive model: the race needs an SDAR model "
+                "(it decodes the same weights both ways)."
+            )
         s = req.settings
         ids, _ = prompt_ids(loaded.tokenizer, messages)
         lanes = {"ar": Lane(loaded, ids, s.as_ar()), "sdar": Lane(loaded, ids, s)}
-        titles = {"ar": f"AR on the same weights ({loaded.display_name})",
-                  "sdar": f"SDAR {s.strategy}, block {s.block_length}, steps {s.steps}"
-                          + (f", τ={s.threshold:g}" if s.strategy == "dynamic" else ""),
-                  "twin": "AR twin"}
+        titles = {
+            "ar": f"AR on the same weights ({loaded.display_name})",
+            "sdar": f"SDAR {s.strategy}, block {s.block_length}, steps {s.steps}"
+            + (f", τ={s.threshold:g}" if s.strategy == "dynamic" else ""),
+            "twin": "AR twin",
+        }
         twin_name = ar_twin_name(req.model_name)
         missing = "AR twin not included" if not use_twin else "no AR twin next to this model (sdar-X ↔ ar-X)"
         if use_twin and twin_name:
-            lanes["twin"], _ = self.studio.lane(replace(req, model_name=twin_name, settings=s.as_ar()), messages)
+            lanes["twin"], _ = self.studio.lane(
+                replace(req, model_name=twin_name, settings=s.as_ar()), messages
+            )
             titles["twin"] = f"AR twin ({lanes['twin'].loaded.display_name})"
-        runs = {"ar": f"AR ({loaded.display_name})", "sdar": f"SDAR ({loaded.display_name})", "twin": titles["twin"]}
+        runs = {
+            "ar": f"AR ({loaded.display_name})",
+            "sdar": f"SDAR ({loaded.display_name})",
+            "twin": titles["twin"],
+        }
         return Board(lanes, titles, runs, missing)
 
     @explains_in_place(4, at=0)  # above the charts
-    def sweep(self, prompt, model_name, block_lengths, thresholds, max_new_tokens, system=DEFAULT_SYSTEM,
-              request: gr.Request = None):
+    def sweep(
+        self,
+        prompt,
+        model_name,
+        block_lengths,
+        thresholds,
+        max_new_tokens,
+        system=DEFAULT_SYSTEM,
+        request: gr.Request = None,
+    ):
         """Dynamic decoding over block lengths x thresholds (steps = block length), and AR once.
         Outputs: a note (why it stopped or was refused), TPF figure, tokens/s figure, table."""
         prompt = checked_text("prompt", prompt, MAX_MESSAGE_CHARS)
         system = checked_text("system prompt", system, MAX_SYSTEM_CHARS)
         if not prompt:
             raise gr.Error("Type a prompt first.", title="Empty prompt")
-        blocks = sorted({_choice("block length", b, SWEEP_BLOCKS, lambda v: int(float(v)))
-                         for b in _picked("block lengths", block_lengths)})
-        thrs = sorted({_choice("threshold", t, SWEEP_THRESHOLDS, float) for t in _picked("thresholds", thresholds)})
+        blocks = sorted(
+            {
+                _choice("block length", b, SWEEP_BLOCKS, lambda v: int(float(v)))
+                for b in _picked("block lengths", block_lengths)
+            }
+        )
+        thrs = sorted(
+            {_choice("threshold", t, SWEEP_THRESHOLDS, float) for t in _picked("thresholds", thresholds)}
+        )
         if not blocks or not thrs:
             raise gr.Error("Pick at least one block length and one threshold for the sweep.")
-        base = DecodeSettings.from_ui({"block_length": max(blocks), "steps": max(blocks),
-                                       "max_new_tokens": max_new_tokens})
+        base = DecodeSettings.from_ui(
+            {"block_length": max(blocks), "steps": max(blocks), "max_new_tokens": max_new_tokens}
+        )
         loaded = self.studio.ready(model_name)
         if not loaded.is_sdar:
-            raise gr.Error(f"{loaded.display_name} is an autoregressive model: the sweep needs an SDAR model.")
+            raise gr.Error(
+                f"{loaded.display_name} is an autoregressive model: the sweep needs an SDAR model."
+            )
         ids, _ = prompt_ids(loaded.tokenizer, conversation(system, [], prompt))
         runs = [("ar", None, None)] + [("sdar", b, t) for b in blocks for t in thrs]
-        lanes = [Lane(loaded, ids, base.as_ar() if kind == "ar" else replace(base, block_length=b, steps=b,
-                                                                                 threshold=t)) for kind, b, t in runs]
+        lanes = [
+            Lane(
+                loaded,
+                ids,
+                base.as_ar() if kind == "ar" else replace(base, block_length=b, steps=b, threshold=t),
+            )
+            for kind, b, t in runs
+        ]
         repeats, cut = self.priced(lanes, SWEEP_REPEATS, "sweep", "timed runs per point")
         if cut:
             yield cut, gr.skip(), gr.skip(), gr.skip()
@@ -332,17 +433,28 @@ class Race:
         records, ar, note, unsteady = [], None, cut, 0
         for (kind, b, t), lane in zip(runs, lanes):
             if stop.is_set() or budget.exhausted:
-                why = "stopped" if stop.is_set() else f"stopped (its budget of {budget.limit:,} forwards is spent)"
+                why = (
+                    "stopped"
+                    if stop.is_set()
+                    else f"stopped (its budget of {budget.limit:,} forwards is spent)"
+                )
                 note = f"Sweep {why} after {len(records) + (ar is not None)} of {len(runs)} points."
                 break
             timing = timed_runs(lane, stop, repeats, turn, budget)
             if timing is None:
                 continue  # stopped: the loop's next turn says so
             st = timing.last
-            rec = {"block length": b or 1, "threshold": t, "tokens": st.new_tokens, "forwards": st.forwards,
-                   "TPF": round(st.tpf, 3), "tokens/s": round(timing.median, 1), "spread": timing.spread(),
-                   "latency (ms)": round(statistics.median(r.seconds for r in timing.runs) * 1000),
-                   "answer ends": _last_line(loaded, timing.gen)}
+            rec = {
+                "block length": b or 1,
+                "threshold": t,
+                "tokens": st.new_tokens,
+                "forwards": st.forwards,
+                "TPF": round(st.tpf, 3),
+                "tokens/s": round(timing.median, 1),
+                "spread": timing.spread(),
+                "latency (ms)": round(statistics.median(r.seconds for r in timing.runs) * 1000),
+                "answer ends": _last_line(loaded, timing.gen),
+            }
             if kind == "ar":
                 ar, unsteady = rec, int(not timing.steady)
                 continue
@@ -353,7 +465,9 @@ class Race:
             yield shown_note, tpf, speed, sweep_table([ar] + records)
         if note or not records:
             tpf, speed = sweep_figures(records, ar)
-            note = "  \n".join(n for n in (note, self.sweep_note(unsteady, len(records) + (ar is not None))) if n)
+            note = "  \n".join(
+                n for n in (note, self.sweep_note(unsteady, len(records) + (ar is not None))) if n
+            )
             yield note, tpf, speed, sweep_table([r for r in [ar] + records if r])
 
     @staticmethod
@@ -372,10 +486,16 @@ class Race:
         if m is None:
             return gpu_figure(rows, None), gpu_table([]), "", gr.Dropdown(choices=[], value=None)
         shown = [r for r in rows if r["run"] == m.run]
-        line = (f"**{m.run}**: {m.label}" + (f" · {m.arch}" if m.arch else "")
-                + (f" · {m.bandwidth_GBps:.0f} GB/s measured, AR ceiling {m.ar_ceiling_tps:.0f} tokens/s"
-                   if m.bandwidth_GBps and m.ar_ceiling_tps else "")
-                + f" · {len(shown)} rows · {len(machines)} runs in benchmarks/results/, one shown at a time")
+        line = (
+            f"**{m.run}**: {m.label}"
+            + (f" · {m.arch}" if m.arch else "")
+            + (
+                f" · {m.bandwidth_GBps:.0f} GB/s measured, AR ceiling {m.ar_ceiling_tps:.0f} tokens/s"
+                if m.bandwidth_GBps and m.ar_ceiling_tps
+                else ""
+            )
+            + f" · {len(shown)} rows · {len(machines)} runs in benchmarks/results/, one shown at a time"
+        )
         return gpu_figure(rows, m), gpu_table(shown), line, gr.Dropdown(choices=names, value=m.name)
 
 
@@ -404,7 +524,7 @@ def _last_line(loaded, gen, width: int = 40) -> str:
     turning into `Answer::18`), which TPF alone does not."""
     text = loaded.tokenizer.decode(gen.row_tokens(0), skip_special_tokens=True).strip()
     last = text.splitlines()[-1].strip() if text else ""
-    return last if len(last) <= width else "…" + last[-width + 1:]
+    return last if len(last) <= width else "…" + last[-width + 1 :]
 
 
 def _picked(name, values) -> list:

@@ -1,6 +1,7 @@
 """What a session keeps of its last generation (in gr.State): the row's step events, the stats, the text
 of every token that appears, its last frame, and the trace files for download. Plain data, no model, no
 tokenizer."""
+
 from __future__ import annotations
 
 import atexit
@@ -91,7 +92,9 @@ def remove_on_sigterm(folder: TraceFolder) -> bool:
         folder.remove()
         if callable(previous):
             previous(signum, frame)
-        elif previous != signal.SIG_IGN:  # SIG_DFL (or unknown, set outside Python): terminate as it would have
+        elif (
+            previous != signal.SIG_IGN
+        ):  # SIG_DFL (or unknown, set outside Python): terminate as it would have
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
 
@@ -110,7 +113,9 @@ class Recording:
     stats: Stats | None  # None when the run was stopped
     pieces: dict[int, str]
     answer_end: int | None  # absolute position after the kept answer (None: unknown, stopped)
-    feed: dict | None = None  # what the page's player drew for it (app/feed.py), shown again by the visualizer
+    feed: dict | None = (
+        None  # what the page's player drew for it (app/feed.py), shown again by the visualizer
+    )
     json_path: str | None = None
     csv_path: str | None = None
 
@@ -144,11 +149,19 @@ def with_text(trace: Generation, pieces: dict[int, str], stopped: bool) -> dict[
     return {"json": json.dumps({**head, "steps": steps}, indent=1), "csv": out.getvalue()}
 
 
-def record(label: str, run: "Run") -> Recording:
+def record(label: str, run: Run) -> Recording:
     """A Recording of a finished run, with its trace written as JSON and CSV files (for gr.File downloads).
     The run's events are the streamed steps: the decode kept no trace of its own."""
     stats, events = run.stats, run.events
     trace = Generation(tokens=None, lengths=[], stats=stats, trace=events)
     json_path, csv_path = TRACES.write(with_text(trace, run.pieces, stopped=stats is None))
-    return Recording(label=label, events=events, stats=stats, pieces=run.pieces, answer_end=run.feed.answer_end,
-                     feed=run.feed.value(), json_path=json_path, csv_path=csv_path)
+    return Recording(
+        label=label,
+        events=events,
+        stats=stats,
+        pieces=run.pieces,
+        answer_end=run.feed.answer_end,
+        feed=run.feed.value(),
+        json_path=json_path,
+        csv_path=csv_path,
+    )

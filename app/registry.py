@@ -9,6 +9,7 @@ whatever it resolves to: a visitor learns nothing about the server's paths.
 A load runs in its own thread, outside the registry's lock: looking a model up never waits behind a download. A
 hub download runs in a child process (app/downloads.py) with a deadline and a minimum rate, killed when it breaks
 either; `ready_or_status` answers at once with the model or the load's progress, so no handler waits for a load."""
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,9 @@ CURATED = NAMES  # the SDAR family and their AR peers (app/catalog.py)
 MAX_NAME_CHARS = 300
 HUB_HOST = ("huggingface.co", 443)
 ONLINE_TTL = 60.0  # seconds a network probe's answer is reused
-LOAD_WAIT = 900.0  # seconds get() waits for a load (a download has its own deadline: DownloadLimits) before giving up
+LOAD_WAIT = (
+    900.0  # seconds get() waits for a load (a download has its own deadline: DownloadLimits) before giving up
+)
 FAILURE_SHOWN = 15.0  # seconds ready_or_status reports a failed load before the next call starts a fresh one
 
 
@@ -124,7 +127,9 @@ def checked_name(name) -> str:
     if not isinstance(name, str):
         raise ModelUnavailable(f"model name must be text, got {type(name).__name__}")
     if len(name) > MAX_NAME_CHARS:
-        raise ModelUnavailable(f"model name is {len(name):,} characters long; at most {MAX_NAME_CHARS} are accepted")
+        raise ModelUnavailable(
+            f"model name is {len(name):,} characters long; at most {MAX_NAME_CHARS} are accepted"
+        )
     if not name.isprintable():
         raise ModelUnavailable("model name must be printable text (no control characters or lone surrogates)")
     return name.strip()
@@ -152,9 +157,11 @@ def default_missing(name) -> bool:
 
 
 def missing_default_message(name: str = DEFAULT_MODEL) -> str:
-    return (f"The embedded model `{name}` is not here yet (our training pipeline writes it). Type the path of a "
-            "local SDAR or Qwen3 checkpoint folder, or a Hugging Face hub id such as `JetLM/SDAR-1.7B-Chat`, in "
-            "the model box.")
+    return (
+        f"The embedded model `{name}` is not here yet (our training pipeline writes it). Type the path of a "
+        "local SDAR or Qwen3 checkpoint folder, or a Hugging Face hub id such as `JetLM/SDAR-1.7B-Chat`, in "
+        "the model box."
+    )
 
 
 def looks_like_path(name: str) -> bool:
@@ -163,8 +170,10 @@ def looks_like_path(name: str) -> bool:
 
 
 def missing_folder_message(name: str) -> str:
-    return (f"no checkpoint folder at {name!r} on this machine (a local path: no folder there holds config.json "
-            "and safetensors weights)")
+    return (
+        f"no checkpoint folder at {name!r} on this machine (a local path: no folder there holds config.json "
+        "and safetensors weights)"
+    )
 
 
 def hub_cache_folder(hub_id: str, cache: Path | None = None) -> Path:
@@ -189,7 +198,9 @@ def in_hub_cache(hub_id: str, cache: Path | None = None) -> bool:
     """Whether a full snapshot (config and weights) of the repository is in the local hub cache."""
     snapshots = hub_cache_folder(hub_id, cache) / "snapshots"
     try:
-        return any((s / "config.json").is_file() and any(s.glob("*.safetensors")) for s in snapshots.iterdir())
+        return any(
+            (s / "config.json").is_file() and any(s.glob("*.safetensors")) for s in snapshots.iterdir()
+        )
     except OSError:
         return False
 
@@ -210,7 +221,7 @@ def ar_twin_name(name: str) -> str | None:
     p = Path(resolve_name(name)) if name else None
     if p is None or not p.is_dir() or not p.name.startswith("sdar-"):
         return None
-    twin = p.with_name("ar-" + p.name[len("sdar-"):])
+    twin = p.with_name("ar-" + p.name[len("sdar-") :])
     return str(twin) if (twin / "config.json").is_file() else None
 
 
@@ -251,8 +262,9 @@ class LoadStatus:
         """One line, e.g. 'JetLM/SDAR-4B-Chat is downloading: 1.2 GB of about 8.8 GB, 40 s'."""
         done = ""
         if self.downloaded is not None:
-            done = f": {gigabytes(self.downloaded)}" + (f" of about {gigabytes(self.expected)}" if self.expected
-                                                        else "")
+            done = f": {gigabytes(self.downloaded)}" + (
+                f" of about {gigabytes(self.expected)}" if self.expected else ""
+            )
         return f"{self.name} is {self.phase}{done}, {self.elapsed:.0f} s so far"
 
 
@@ -260,10 +272,21 @@ class ModelRegistry:
     """Load-once cache of (model, tokenizer), safe to share between Gradio's worker threads. The lock guards
     the cache and the loads in flight only; the loading itself runs in a thread of its own."""
 
-    def __init__(self, models_dir: Path | str = MODELS_DIR, capacity: int = 3, device=None, dtype=None, *,
-                 allow_any_model: bool = False, exposed: bool = True, offered: tuple[str, ...] = (),
-                 online=hub_reachable, free_memory=None, hub_cache: Path | None = None,
-                 limits: DownloadLimits | None = None) -> None:
+    def __init__(
+        self,
+        models_dir: Path | str = MODELS_DIR,
+        capacity: int = 3,
+        device=None,
+        dtype=None,
+        *,
+        allow_any_model: bool = False,
+        exposed: bool = True,
+        offered: tuple[str, ...] = (),
+        online=hub_reachable,
+        free_memory=None,
+        hub_cache: Path | None = None,
+        limits: DownloadLimits | None = None,
+    ) -> None:
         """allow_any_model: the operator's --allow-any-model (every request may load anything). exposed: the server
         is reachable beyond this machine (bind address, share link, Space); a request is judged by itself too.
         limits: when a hub download is abandoned (default: DownloadLimits.from_env())."""
@@ -275,17 +298,30 @@ class ModelRegistry:
         self._online, self._online_at = online, (None, -ONLINE_TTL)  # probe, (its last answer, when)
         self._free_memory = free_memory or (lambda: free_bytes(self.target_device))  # bytes, None if unknown
         self.hub_cache = hub_cache
-        self.offered = frozenset(CURATED + tuple(offered))  # beyond models_dir: the curated ids, the operator's own
+        self.offered = frozenset(
+            CURATED + tuple(offered)
+        )  # beyond models_dir: the curated ids, the operator's own
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, Loading] = {}
-        self._failed: dict[str, tuple[float, BaseException]] = {}  # key -> (when, why) of its last failed load
+        self._failed: dict[
+            str, tuple[float, BaseException]
+        ] = {}  # key -> (when, why) of its last failed load
         self._lock = threading.Lock()
 
     def copy_for(self, device: str) -> ModelRegistry:
         """A registry like this one (folder, allow-list, limits, capacity) that loads its models onto `device`: a
         replica of the studio's models on another GPU."""
-        twin = ModelRegistry(self.models_dir, self.capacity, device, self.dtype, allow_any_model=self.allow_any_model,
-                             exposed=self.exposed, online=self._online, hub_cache=self.hub_cache, limits=self.limits)
+        twin = ModelRegistry(
+            self.models_dir,
+            self.capacity,
+            device,
+            self.dtype,
+            allow_any_model=self.allow_any_model,
+            exposed=self.exposed,
+            online=self._online,
+            hub_cache=self.hub_cache,
+            limits=self.limits,
+        )
         twin.offered = self.offered
         return twin
 
@@ -324,11 +360,15 @@ class ModelRegistry:
         need, free = spec.memory_bytes(dtype.itemsize), self._free_memory()
         if free is not None and need > free:
             where = f"{device.type.upper()} memory" + (" (no GPU here)" if device.type == "cpu" else "")
-            return (f"{spec.name} needs about {gigabytes(need)} in {str(dtype).removeprefix('torch.')} and this "
-                    f"machine has {gigabytes(free)} of {where} free: pick a smaller model")
+            return (
+                f"{spec.name} needs about {gigabytes(need)} in {str(dtype).removeprefix('torch.')} and this "
+                f"machine has {gigabytes(free)} of {where} free: pick a smaller model"
+            )
         if not in_hub_cache(spec.name, self.hub_cache) and not self.online():
-            return (f"{spec.name} is not in this machine's model cache and the hub cannot be reached (no network): "
-                    f"its {gigabytes(spec.download_bytes)} cannot be downloaded here")
+            return (
+                f"{spec.name} is not in this machine's model cache and the hub cannot be reached (no network): "
+                f"its {gigabytes(spec.download_bytes)} cannot be downloaded here"
+            )
         return None
 
     def availability(self, spec: ModelSpec) -> str:
@@ -340,7 +380,7 @@ class ModelRegistry:
             return "✓ In the local model cache: loads on first use (or press *Load*)."
         return f"✓ Downloads {gigabytes(spec.download_bytes)} on first use (or press *Load*)."
 
-    def progress(self, loading: "Loading") -> str:
+    def progress(self, loading: Loading) -> str:
         """How far a load got: the download's bytes so far for a catalog model, '' otherwise."""
         spec = spec_for(loading.name)
         if spec is None:
@@ -379,8 +419,10 @@ class ModelRegistry:
     def refusal(self, name: str) -> ModelUnavailable:
         """The one refusal for a name a public request may not load, whatever the name resolves to."""
         offered = ", ".join(["the models in the list", *CURATED])
-        return ModelUnavailable(f"model {name!r} is not offered by this studio: pick one of {offered} (the person "
-                                "running the studio can allow any folder or hub id with --allow-any-model)")
+        return ModelUnavailable(
+            f"model {name!r} is not offered by this studio: pick one of {offered} (the person "
+            "running the studio can allow any folder or hub id with --allow-any-model)"
+        )
 
     def key(self, name, public: bool | None = None) -> str:
         """The cache key of `name` (its real folder, or the hub id), or ModelUnavailable when it may not be loaded
@@ -395,21 +437,32 @@ class ModelRegistry:
             return checkpoint_key(resolve_name(name))
         except CheckpointError as e:
             if looks_like_path(name):
-                raise ModelUnavailable(f"cannot load model {name!r}: {missing_folder_message(name)}") from None
+                raise ModelUnavailable(
+                    f"cannot load model {name!r}: {missing_folder_message(name)}"
+                ) from None
             raise ModelUnavailable(f"cannot load model {name!r}: {e}") from None
 
-    def get(self, name, stop: threading.Event | None = None, timeout: float = LOAD_WAIT, *,
-            public: bool | None = None) -> LoadedModel:
+    def get(
+        self,
+        name,
+        stop: threading.Event | None = None,
+        timeout: float = LOAD_WAIT,
+        *,
+        public: bool | None = None,
+    ) -> LoadedModel:
         """The loaded model for `name` (a folder or a hub id), loading it on first use; waits at most `timeout`
         seconds, and stops waiting when `stop` is set (the load itself goes on, for the next request).
         Blocking: a handler that holds a decode slot calls ready_or_status instead."""
         loading = self.start(name, public=public)
         while not loading.done.wait(0.2):
             if stop is not None and stop.is_set():
-                raise ModelUnavailable(f"stopped waiting for {loading.name!r}: it keeps loading in the background")
+                raise ModelUnavailable(
+                    f"stopped waiting for {loading.name!r}: it keeps loading in the background"
+                )
             if loading.seconds > timeout:
-                raise ModelUnavailable(f"{loading.name!r} is still loading after {loading.seconds:.0f} s; "
-                                       "try again later")
+                raise ModelUnavailable(
+                    f"{loading.name!r} is still loading after {loading.seconds:.0f} s; try again later"
+                )
         return loading.outcome()
 
     def ready_or_status(self, name, *, public: bool | None = None) -> LoadedModel | LoadStatus:
@@ -428,8 +481,13 @@ class ModelRegistry:
         if loading.done.is_set():
             return loading.outcome()
         spec = spec_for(loading.name)
-        return LoadStatus(name=loading.name, phase=loading.phase, elapsed=loading.seconds,
-                          downloaded=loading.downloaded, expected=spec.download_bytes if spec else None)
+        return LoadStatus(
+            name=loading.name,
+            phase=loading.phase,
+            elapsed=loading.seconds,
+            downloaded=loading.downloaded,
+            expected=spec.download_bytes if spec else None,
+        )
 
     def start(self, name, *, public: bool | None = None) -> Loading:
         """The load of `name`: already done when it is cached, else the one in flight or a new one."""
@@ -437,7 +495,9 @@ class ModelRegistry:
         spec = spec_for(name)
         with self._lock:
             known = key in self._cache or key in self._loading
-        reason = self.unavailable(spec) if spec is not None and not known else None  # probes: outside the lock
+        reason = (
+            self.unavailable(spec) if spec is not None and not known else None
+        )  # probes: outside the lock
         if reason:  # refused before a byte is downloaded
             raise ModelUnavailable(reason)
         with self._lock:
@@ -451,7 +511,9 @@ class ModelRegistry:
                 self._failed.pop(key, None)
                 phase = "loading" if Path(key).is_absolute() else "downloading"  # a local folder, a hub id
                 loading = self._loading[key] = Loading(name=name.strip(), phase=phase)
-                threading.Thread(target=self._load, args=(key, loading), daemon=True, name="sdar-load").start()
+                threading.Thread(
+                    target=self._load, args=(key, loading), daemon=True, name="sdar-load"
+                ).start()
             return loading
 
     def loading(self, name, *, public: bool | None = None) -> Loading | None:
@@ -465,7 +527,9 @@ class ModelRegistry:
 
     def _load(self, key: str, loading: Loading) -> None:
         try:
-            folder = key if Path(key).is_absolute() else self._download(key, loading)  # checkpoint_key: real folder
+            folder = (
+                key if Path(key).is_absolute() else self._download(key, loading)
+            )  # checkpoint_key: real folder
             loading.phase = "loading"
             loaded = self._build(key, loading.name, folder)
             with self._lock:
@@ -474,7 +538,9 @@ class ModelRegistry:
                     self._cache.popitem(last=False)
             loading.result = loaded
         except BaseException as e:  # handed to every request waiting for this load
-            if isinstance(e, ModelUnavailable):  # a user's error: its frames would keep what the refused load read
+            if isinstance(
+                e, ModelUnavailable
+            ):  # a user's error: its frames would keep what the refused load read
                 e = e.with_traceback(None)
             loading.error = e
             with self._lock:
@@ -489,12 +555,18 @@ class ModelRegistry:
 
     def _download(self, hub_id: str, loading: Loading) -> str:
         """The hub snapshot's local folder, fetched in a child process under self.limits."""
+
         def report(n: int) -> None:
             loading.downloaded = n
 
         try:
-            folder = download(hub_id, cache=str(self.hub_cache) if self.hub_cache else None, limits=self.limits,
-                              progress=lambda: downloaded_bytes(hub_id, self.hub_cache), report=report)
+            folder = download(
+                hub_id,
+                cache=str(self.hub_cache) if self.hub_cache else None,
+                limits=self.limits,
+                progress=lambda: downloaded_bytes(hub_id, self.hub_cache),
+                report=report,
+            )
         except (OSError, RuntimeError) as e:  # the child's CheckpointError message, or DownloadAbandoned
             raise ModelUnavailable(f"cannot load model {loading.name!r}: {e}") from None
         return str(folder)
@@ -508,8 +580,9 @@ class ModelRegistry:
         if getattr(tokenizer, "chat_template", None):
             SANDBOX.start()  # its worker imports while the first visitor types
         terms = {k: card[k] for k in ("license", "license_note") if k in card}  # what users may do with it
-        return LoadedModel(name=name, path=key, model=model, tokenizer=tokenizer,
-                           summary=checkpoint_summary(model) | terms)
+        return LoadedModel(
+            name=name, path=key, model=model, tokenizer=tokenizer, summary=checkpoint_summary(model) | terms
+        )
 
     def cached(self, name, *, public: bool | None = None) -> LoadedModel | None:
         """The model for `name` if it is already loaded (never loads)."""

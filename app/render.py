@@ -9,12 +9,13 @@ A *frame* is the decoder's state after one global step: the answer committed in 
 the block in flight with its still-masked positions, the positions committed at this very step and the
 confidence each committed token had when it was chosen.
 """
+
 from __future__ import annotations
 
 import html
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -85,8 +86,14 @@ class FrameBuilder:
             if e.block_state[off] in self.stop_ids:
                 self.answer_end = min(self.answer_end or math.inf, e.block_start + off + 1)
         self.last = e
-        self.frame = Frame(step=self.n, done=list(self.done), block=self._block_cells(e, fresh_step=self.n),
-                           block_index=e.block, block_step=e.step, final=e.final)
+        self.frame = Frame(
+            step=self.n,
+            done=list(self.done),
+            block=self._block_cells(e, fresh_step=self.n),
+            block_index=e.block,
+            block_step=e.step,
+            final=e.final,
+        )
         self.n += 1
         return self.frame
 
@@ -96,9 +103,18 @@ class FrameBuilder:
         self._enter(e)
         prompt = set(e.prompt_positions)
         end = math.inf if self.answer_end is None else self.answer_end
-        block = [Cell(e.block_start + off, None, e.masked_confidence.get(off), None, candidate=e.candidates.get(off),
-                      discarded=e.block_start + off >= end)
-                 for off in range(len(e.block_state)) if off not in prompt]
+        block = [
+            Cell(
+                e.block_start + off,
+                None,
+                e.masked_confidence.get(off),
+                None,
+                candidate=e.candidates.get(off),
+                discarded=e.block_start + off >= end,
+            )
+            for off in range(len(e.block_state))
+            if off not in prompt
+        ]
         return Frame(step=self.n, done=list(self.done), block=block, block_index=e.block, opening=True)
 
     def _enter(self, e: StepEvent) -> None:
@@ -119,7 +135,7 @@ class FrameBuilder:
     def _block_cells(self, e: StepEvent, fresh_step: int | None) -> list[Cell]:
         prompt = set(e.prompt_positions)
         cells = []
-        for off, tok in enumerate(e.block_state):
+        for off, _tok in enumerate(e.block_state):
             if off in prompt:
                 continue
             pos = e.block_start + off
@@ -144,8 +160,9 @@ def watch_frames(events: list[StepEvent], answer_end: int | None = None) -> list
     return out
 
 
-def frame_at(events: list[StepEvent], step: int, answer_end: int | None = None, stop_ids: Iterable[int] = ()
-             ) -> Frame:
+def frame_at(
+    events: list[StepEvent], step: int, answer_end: int | None = None, stop_ids: Iterable[int] = ()
+) -> Frame:
     """The frame after global step `step` (clamped to the trace)."""
     if not events:
         return Frame(step=-1)
@@ -157,6 +174,7 @@ def frame_at(events: list[StepEvent], step: int, answer_end: int | None = None, 
 
 
 # --- HTML ----------------------------------------------------------------------------------------------
+
 
 def confidence_colour(conf: float | None) -> str:
     """Background colour of a token: red (0) through yellow to green (1), light enough to read on."""
@@ -179,7 +197,9 @@ def _cell_html(cell: Cell, pieces: Mapping[int, str], stops: frozenset = frozens
         title = f"position {cell.position}: masked{cand}{conf}"
         return f'<span class="sdar-tok sdar-mask" title="{html.escape(title)}">{MASK_GLYPH}</span>'
     text = piece_text(pieces, cell.token)
-    classes = ["sdar-tok"] + (["sdar-fresh"] if cell.fresh else []) + (["sdar-discarded"] if cell.discarded else [])
+    classes = (
+        ["sdar-tok"] + (["sdar-fresh"] if cell.fresh else []) + (["sdar-discarded"] if cell.discarded else [])
+    )
     style = f"background:{confidence_colour(cell.confidence)}"
     if cell.fresh:
         style += ";outline:2px solid #2563eb;font-weight:600"
@@ -210,14 +230,17 @@ END_TITLE = "the stop token: the answer ends here"
 
 def legend_html() -> str:
     swatches = "".join(
-        f'<span class="sdar-tok" style="background:{confidence_colour(c)}">{c:.1f}</span>' for c in (0.1, 0.3, 0.5, 0.7, 0.9)
+        f'<span class="sdar-tok" style="background:{confidence_colour(c)}">{c:.1f}</span>'
+        for c in (0.1, 0.3, 0.5, 0.7, 0.9)
     )
-    return (f'<div class="sdar-legend">confidence {swatches} &nbsp; <span class="sdar-tok sdar-mask">{MASK_GLYPH}</span>'
-            ' still masked &nbsp; <span class="sdar-tok" style="outline:2px solid #2563eb">new</span> committed at '
-            'this step &nbsp; <span class="sdar-block">&nbsp;…&nbsp;</span> block in flight &nbsp; '
-            f'<span class="sdar-end">{END_MARK}</span> the answer ends &nbsp; '
-            '<span class="sdar-tok" style="opacity:0.35;text-decoration:line-through">after</span> decoded after '
-            'the end: dropped</div>')
+    return (
+        f'<div class="sdar-legend">confidence {swatches} &nbsp; <span class="sdar-tok sdar-mask">{MASK_GLYPH}</span>'
+        ' still masked &nbsp; <span class="sdar-tok" style="outline:2px solid #2563eb">new</span> committed at '
+        'this step &nbsp; <span class="sdar-block">&nbsp;…&nbsp;</span> block in flight &nbsp; '
+        f'<span class="sdar-end">{END_MARK}</span> the answer ends &nbsp; '
+        '<span class="sdar-tok" style="opacity:0.35;text-decoration:line-through">after</span> decoded after '
+        "the end: dropped</div>"
+    )
 
 
 def step_label(step: int, total: int | None = None) -> str:
@@ -234,22 +257,36 @@ def frame_where(frame: Frame, total: int | None = None, ar: bool = False) -> str
         return f"token {frame.step + 1}" + (f" of {total}" if total else "") + " (one token per forward)"
     if frame.opening:
         masked = sum(c.token is None for c in frame.block)
-        return (f"block {frame.block_index + 1} opens, {masked} positions masked · next: "
-                f"{step_label(frame.step, total)}")
-    return (f"{step_label(frame.step, total)} · block {frame.block_index + 1}, its denoising step "
-            f"{frame.block_step + 1}" + (" (block done: nothing masked)" if frame.final else ""))
+        return (
+            f"block {frame.block_index + 1} opens, {masked} positions masked · next: "
+            f"{step_label(frame.step, total)}"
+        )
+    return (
+        f"{step_label(frame.step, total)} · block {frame.block_index + 1}, its denoising step "
+        f"{frame.block_step + 1}" + (" (block done: nothing masked)" if frame.final else "")
+    )
 
 
-def frame_html(frame: Frame, pieces: Mapping[int, str], *, title: str = "", legend: bool = True,
-               total: int | None = None, ar: bool = False, stops: Iterable[int] = ()) -> str:
+def frame_html(
+    frame: Frame,
+    pieces: Mapping[int, str],
+    *,
+    title: str = "",
+    legend: bool = True,
+    total: int | None = None,
+    ar: bool = False,
+    stops: Iterable[int] = (),
+) -> str:
     """The answer so far (finished blocks) followed by the block in flight, boxed, as one HTML fragment.
     `total`: the decode's number of steps, when known; `ar`: a one-token-per-forward decode (no block box);
     `stops`: the stop tokens, shown as the answer's end marker."""
     head = ""
     if title or frame.block_index is not None:
         where = frame_where(frame, total, ar)
-        head = (f'<div style="font-size:12px;color:#6b7280;margin-bottom:4px">'
-                f'{html.escape(title)}{" — " if title and where else ""}{where}</div>')
+        head = (
+            f'<div style="font-size:12px;color:#6b7280;margin-bottom:4px">'
+            f"{html.escape(title)}{' — ' if title and where else ''}{where}</div>"
+        )
     stops = frozenset(stops)
     done = "".join(_cell_html(c, pieces, stops) for c in frame.done + (frame.block if ar else []))
     block = "".join(_cell_html(c, pieces, stops) for c in frame.block)
@@ -258,7 +295,9 @@ def frame_html(frame: Frame, pieces: Mapping[int, str], *, title: str = "", lege
     return f'{TOKEN_CSS}{head}<div class="sdar-frame">{body}</div>{legend_html() if legend else ""}'
 
 
-def frame_text(frame: Frame, pieces: Mapping[int, str], hidden: Iterable[int] = (), masks: bool = True) -> str:
+def frame_text(
+    frame: Frame, pieces: Mapping[int, str], hidden: Iterable[int] = (), masks: bool = True
+) -> str:
     """The frame as plain text for the chat bubble: masked positions as the mask glyph (left out without
     `masks`), `hidden` tokens (stop tokens) and discarded positions left out."""
     hidden = set(hidden)
@@ -276,6 +315,7 @@ def placeholder_html(message: str) -> str:
 
 # --- charts --------------------------------------------------------------------------------------------
 
+
 def empty_figure(message: str, height: int = 320) -> go.Figure:
     """A blank plotly figure that shows only `message` (what a chart shows before there is data)."""
     fig = go.Figure()
@@ -286,7 +326,15 @@ def empty_figure(message: str, height: int = 320) -> go.Figure:
 
 # --- per-block table -----------------------------------------------------------------------------------
 
-BLOCK_COLUMNS = ["block", "start", "tokens", "steps", "global steps", "tokens per step (mean)", "min confidence"]
+BLOCK_COLUMNS = [
+    "block",
+    "start",
+    "tokens",
+    "steps",
+    "global steps",
+    "tokens per step (mean)",
+    "min confidence",
+]
 
 
 def block_table(events: list[StepEvent]) -> pd.DataFrame:
@@ -296,19 +344,25 @@ def block_table(events: list[StepEvent]) -> pd.DataFrame:
     rows: dict[tuple[int, int], dict] = {}
     for i, e in enumerate(events):
         key = (e.block, e.block_start)
-        r = rows.setdefault(key, {"block": e.block + 1, "start": e.block_start, "per_step": [], "confs": [],
-                                  "first": i + 1})
+        r = rows.setdefault(
+            key, {"block": e.block + 1, "start": e.block_start, "per_step": [], "confs": [], "first": i + 1}
+        )
         r["per_step"].append(len(e.committed))
         r["confs"].extend(e.committed_confidence)
     out = []
     for r in rows.values():
         tokens = sum(r["per_step"])
-        out.append({
-            "block": r["block"], "start": r["start"], "tokens": tokens, "steps": len(r["per_step"]),
-            "global steps": _span(r["first"], r["first"] + len(r["per_step"]) - 1),
-            "tokens per step (mean)": f"{' · '.join(map(str, r['per_step']))} ({tokens / len(r['per_step']):.2f})",
-            "min confidence": round(min(r["confs"]), 3) if r["confs"] else None,
-        })
+        out.append(
+            {
+                "block": r["block"],
+                "start": r["start"],
+                "tokens": tokens,
+                "steps": len(r["per_step"]),
+                "global steps": _span(r["first"], r["first"] + len(r["per_step"]) - 1),
+                "tokens per step (mean)": f"{' · '.join(map(str, r['per_step']))} ({tokens / len(r['per_step']):.2f})",
+                "min confidence": round(min(r["confs"]), 3) if r["confs"] else None,
+            }
+        )
     return pd.DataFrame(out, columns=BLOCK_COLUMNS)
 
 
@@ -318,36 +372,52 @@ def _span(first: int, last: int) -> str:
 
 # --- stats ---------------------------------------------------------------------------------------------
 
-GLOSSARY = ("NFE: forward passes of the model (number of function evaluations) · TPF: tokens per forward, new "
-            "tokens / NFE (AR decoding: 1) · τ: the dynamic schedule's confidence threshold: a masked position is "
-            "committed once the model's confidence in it exceeds τ (at least one per step)")
+GLOSSARY = (
+    "NFE: forward passes of the model (number of function evaluations) · TPF: tokens per forward, new "
+    "tokens / NFE (AR decoding: 1) · τ: the dynamic schedule's confidence threshold: a masked position is "
+    "committed once the model's confidence in it exceeds τ (at least one per step)"
+)
 
 
 def stats_markdown(stats: Stats | None, note: str = "") -> str:
     """The line under an answer: NFE, TPF, tokens/s, latency."""
     if stats is None:
         return note
-    line = (f"**NFE** {stats.forwards} (+{stats.prefill_forwards} prefill) · **TPF** {stats.tpf:.2f} · "
-            f"**{stats.tokens_per_second:.1f}** tokens/s · **latency** {stats.seconds * 1000:.0f} ms · "
-            f"{stats.new_tokens} tokens · `{stats.strategy}`, block {stats.block_length}, steps {stats.steps}  \n"
-            f"<small>{GLOSSARY}</small>")
+    line = (
+        f"**NFE** {stats.forwards} (+{stats.prefill_forwards} prefill) · **TPF** {stats.tpf:.2f} · "
+        f"**{stats.tokens_per_second:.1f}** tokens/s · **latency** {stats.seconds * 1000:.0f} ms · "
+        f"{stats.new_tokens} tokens · `{stats.strategy}`, block {stats.block_length}, steps {stats.steps}  \n"
+        f"<small>{GLOSSARY}</small>"
+    )
     return f"{line}  \n{note}" if note else line
 
 
 def model_markdown(summary: Mapping, *, name: str, context: int, stop_tokens: Iterable[str] = ()) -> str:
     """The loaded model's card: family, size, block size, device, dtype."""
     params = summary.get("parameters", 0)
-    size = (f"{params / 1e9:.2f} B" if params >= 1e9 else f"{params / 1e6:.1f} M" if params >= 1e6
-            else f"{params / 1e3:.0f} K")
-    kind = "SDAR (block diffusion)" if str(summary.get("model_type", "")).startswith("sdar") else "autoregressive"
+    size = (
+        f"{params / 1e9:.2f} B"
+        if params >= 1e9
+        else f"{params / 1e6:.1f} M"
+        if params >= 1e6
+        else f"{params / 1e3:.0f} K"
+    )
+    kind = (
+        "SDAR (block diffusion)"
+        if str(summary.get("model_type", "")).startswith("sdar")
+        else "autoregressive"
+    )
     experts = f" · {summary['experts']} experts" if summary.get("experts") else ""
     stops = ", ".join(f"`{s}`" for s in stop_tokens)
-    return (f"**{html.escape(name)}** — {kind}  \n"
-            f"`{summary.get('model_type')}` · {size} parameters · {summary.get('layers')} layers × "
-            f"{summary.get('hidden_size')}{experts}  \n"
-            f"block size **{summary.get('block_size')}** · context {context}  \n"
-            f"device **{summary.get('device')}** · dtype {summary.get('dtype')}"
-            + (f"  \nstops at {stops}" if stops else "") + licence_line(summary))
+    return (
+        f"**{html.escape(name)}** — {kind}  \n"
+        f"`{summary.get('model_type')}` · {size} parameters · {summary.get('layers')} layers × "
+        f"{summary.get('hidden_size')}{experts}  \n"
+        f"block size **{summary.get('block_size')}** · context {context}  \n"
+        f"device **{summary.get('device')}** · dtype {summary.get('dtype')}"
+        + (f"  \nstops at {stops}" if stops else "")
+        + licence_line(summary)
+    )
 
 
 def licence_line(summary: Mapping) -> str:

@@ -5,14 +5,15 @@ own pace, so the server sends what accumulated rather than one message per step)
 The answer's text has one source, `answer_text`: the tokenizer's decoding of the kept tokens, the same for the
 chat bubble, the recording and the API.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 import queue
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from sdar_core.trace import Stats, StepEvent
 
@@ -21,8 +22,12 @@ from .registry import LoadedModel
 from .render import frame_at, frame_text, kept_answer_end
 from .scheduler import Failed, Finished, Job, Started, Steps
 
-FRAME_INTERVAL = 1 / 20  # seconds between two messages to the page while a decode runs (it draws at its own pace)
-WATCH_MS = 120  # the watch replay's default delay per frame: a 4-token block filled in one step stays masked 120 ms
+FRAME_INTERVAL = (
+    1 / 20
+)  # seconds between two messages to the page while a decode runs (it draws at its own pace)
+WATCH_MS = (
+    120  # the watch replay's default delay per frame: a 4-token block filled in one step stays masked 120 ms
+)
 _RUNS = itertools.count(1)
 
 
@@ -43,8 +48,14 @@ class Run:
 
     def __post_init__(self) -> None:
         p = self.job.params
-        self.feed = Feed(run=next(_RUNS), title=self.title, block_length=p.block_length, ar=p.strategy == "ar",
-                         pace_ms=0.0, stop_ids=list(p.stop_token_ids))
+        self.feed = Feed(
+            run=next(_RUNS),
+            title=self.title,
+            block_length=p.block_length,
+            ar=p.strategy == "ar",
+            pace_ms=0.0,
+            stop_ids=list(p.stop_token_ids),
+        )
 
     @property
     def model(self) -> LoadedModel:
@@ -88,20 +99,30 @@ class Run:
             self.decoded = time.perf_counter() - getattr(self, "_started", time.perf_counter())
             self.tokens = None if u.stopped else u.tokens
             end = kept_answer_end(self.events, len(u.tokens)) if not u.stopped else None
-            self.feed.finish("stopped" if u.stopped else "done", end,
-                             note="Stopped: what was committed before Stop stays." if u.stopped else "")
+            self.feed.finish(
+                "stopped" if u.stopped else "done",
+                end,
+                note="Stopped: what was committed before Stop stays." if u.stopped else "",
+            )
             return True
         return False
 
     def _frame(self):
         """The frame after the last step received (None before any step)."""
-        return frame_at(self.events, len(self.events) - 1, stop_ids=self.model.stop_token_ids) if self.events else None
+        return (
+            frame_at(self.events, len(self.events) - 1, stop_ids=self.model.stop_token_ids)
+            if self.events
+            else None
+        )
 
     def committed_tokens(self) -> list[int]:
         """The tokens committed so far, in answer order, up to the first stop token (a stopped run's answer)."""
         frame = self._frame()
-        return [] if frame is None else [c.token for c in frame.done + frame.block
-                                         if c.token is not None and not c.discarded]
+        return (
+            []
+            if frame is None
+            else [c.token for c in frame.done + frame.block if c.token is not None and not c.discarded]
+        )
 
     def answer_text(self) -> str:
         """The answer as the chat shows it: the kept tokens decoded, special tokens left out."""
@@ -117,8 +138,10 @@ class Run:
         """Where a request's time went on the server, for the log: what the crowd benchmark compares with the time
         its visitors saw (the rest is Gradio's delivery and the network)."""
         answered = time.perf_counter() - self.job.submitted
-        return (f"{len(self.tokens or [])} tokens, waited {self.waited:.3f} s for the device, decoded in "
-                f"{self.decoded:.3f} s (batch {self.batch}), answered {answered:.3f} s after the request")
+        return (
+            f"{len(self.tokens or [])} tokens, waited {self.waited:.3f} s for the device, decoded in "
+            f"{self.decoded:.3f} s (batch {self.batch}), answered {answered:.3f} s after the request"
+        )
 
     def batch_note(self) -> str:
         if self.batch <= 1:

@@ -23,14 +23,15 @@ On a GPU the batch is padded to a power of two (copies of its first row, whose s
 captured CUDA graphs stay few. The scheduler takes the device lock (streaming.DEVICE) per batch: the race's
 timed lanes and the GPU warm-up, which take the same lock, keep the device to themselves while they run.
 """
+
 from __future__ import annotations
 
 import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Iterator
 
 from sdar_core import DecodeParams, GenerationError, generate
 from sdar_core.decoding import check_fits
@@ -45,7 +46,9 @@ MAX_BATCH = 16  # rows of one decode: beyond it, requests wait for the next batc
 TURNS_KEPT = 256
 USAGE_HALF_LIFE = 120.0  # seconds: a visitor's device time counts half as much this long after it was used
 MAX_NESTED = 2  # turns that may run inside a paused batch, one inside the other
-TURN_QUANTUM = 0.25  # seconds of device time a timed decode keeps before it gives way (no hand-off every token)
+TURN_QUANTUM = (
+    0.25  # seconds of device time a timed decode keeps before it gives way (no hand-off every token)
+)
 USAGE_KEPT = 4096  # visitors whose device time is remembered (beyond: those with the least are forgotten)
 
 
@@ -54,6 +57,7 @@ class Stopped(Exception):
 
 
 # --- what a job reports -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Started:
@@ -90,7 +94,9 @@ class Job:
     params: DecodeParams  # resolved (block length filled in), the model's stop tokens included
     stop: threading.Event = field(default_factory=threading.Event)
     visitor: str = ""  # whose device time this job counts as (app.exposure.visitor_of)
-    budget: int | None = None  # forwards this row may take (checked before, enforced while it runs); None: no cap
+    budget: int | None = (
+        None  # forwards this row may take (checked before, enforced while it runs); None: no cap
+    )
     submitted: float = field(default_factory=time.perf_counter)
     updates: queue.Queue = field(default_factory=queue.Queue)
     ended: bool = False
@@ -101,8 +107,17 @@ class Job:
         p = self.params
         if p.temperature > 0:
             return ("alone", id(self))
-        return (id(self.model.model), p.strategy, p.block_length, p.steps, p.threshold, p.entropy_bound,
-                p.top_k, p.top_p, tuple(p.stop_token_ids))
+        return (
+            id(self.model.model),
+            p.strategy,
+            p.block_length,
+            p.steps,
+            p.threshold,
+            p.entropy_bound,
+            p.top_k,
+            p.top_p,
+            tuple(p.stop_token_ids),
+        )
 
     def updates_until_done(self, poll: float = 0.1) -> Iterator[Update]:
         """Every update, until Finished or Failed; sets nothing itself (Stop is the job's `stop` flag)."""
@@ -142,12 +157,16 @@ class DecodeScheduler:
     """The decodes of one device (see the module docstring). `pad_batches`: round batches up to a power of two
     (on a GPU, so that graph captures stay few)."""
 
-    def __init__(self, name: str = "device", max_batch: int = MAX_BATCH, lock: threading.Lock = DEVICE) -> None:
+    def __init__(
+        self, name: str = "device", max_batch: int = MAX_BATCH, lock: threading.Lock = DEVICE
+    ) -> None:
         self.name, self.max_batch, self.lock = name, max_batch, lock
         self.waiting: list[Job | Lease] = []
         self.in_flight: list = []  # the batch (or the lease) on the device
         self.batches = 0  # decodes started so far
-        self.usage: dict[str, tuple[float, float]] = {}  # visitor -> (device-seconds, perf_counter when counted)
+        self.usage: dict[
+            str, tuple[float, float]
+        ] = {}  # visitor -> (device-seconds, perf_counter when counted)
         self.turns: list[str] = []  # the visitors served, in order (the last TURNS_KEPT): what tests read
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -168,11 +187,13 @@ class DecodeScheduler:
         self._enqueue(job)
         return job
 
-    def _enqueue(self, item: "Job | Lease") -> None:
+    def _enqueue(self, item: Job | Lease) -> None:
         with self._cv:
             self.waiting.append(item)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, daemon=True, name=f"sdar-scheduler-{self.name}")
+                self._thread = threading.Thread(
+                    target=self._loop, daemon=True, name=f"sdar-scheduler-{self.name}"
+                )
                 self._thread.start()
             self._cv.notify()
 
@@ -206,8 +227,10 @@ class DecodeScheduler:
                 return False
             now = time.perf_counter()
             mine = self.used(visitor, now) + held - TURN_QUANTUM
-            return any(j.visitor != visitor and not j.stop.is_set() and self.used(j.visitor, now) < mine
-                       for j in self.waiting)
+            return any(
+                j.visitor != visitor and not j.stop.is_set() and self.used(j.visitor, now) < mine
+                for j in self.waiting
+            )
 
     def used(self, visitor: str, now: float | None = None) -> float:
         """`visitor`'s device-seconds, decayed to now."""
@@ -223,8 +246,10 @@ class DecodeScheduler:
         with self._cv:
             self.usage[visitor] = (total, now)
             if len(self.usage) > USAGE_KEPT:  # the least recent users go: they would be first in line anyway
-                left = sorted(self.usage, key=lambda v: self.usage[v][0] * 0.5 ** ((now - self.usage[v][1])
-                                                                                   / USAGE_HALF_LIFE))
+                left = sorted(
+                    self.usage,
+                    key=lambda v: self.usage[v][0] * 0.5 ** ((now - self.usage[v][1]) / USAGE_HALF_LIFE),
+                )
                 for v in left[: len(self.usage) - USAGE_KEPT // 2]:
                     del self.usage[v]
 
@@ -253,7 +278,7 @@ class DecodeScheduler:
             with self._cv:
                 self.in_flight = []
 
-    def make_way(self, rowing: "BatchRows") -> None:
+    def make_way(self, rowing: BatchRows) -> None:
         """At a block boundary of a batch decoding on a plain runner (its cache is its own): when a fresher visitor
         waits, run that visitor's turn now, inside the paused batch, and go on after (at most MAX_NESTED deep). A
         long answer then keeps a fresh visitor's chat waiting for one of its blocks, not for all of them; the pause
@@ -267,8 +292,10 @@ class DecodeScheduler:
             now = time.perf_counter()
             held = (now - rowing.t0 - rowing.paused) / len(active)
             mine = min(self.used(v, now) for v in active) + held - TURN_QUANTUM
-            if not any(j.visitor not in active and not j.stop.is_set() and self.used(j.visitor, now) < mine
-                       for j in self.waiting):
+            if not any(
+                j.visitor not in active and not j.stop.is_set() and self.used(j.visitor, now) < mine
+                for j in self.waiting
+            ):
                 return
             outer = self.in_flight
         t0 = time.perf_counter()
@@ -342,7 +369,7 @@ class DecodeScheduler:
             self.charge_rows(rowing)
         rowing.close()
 
-    def charge_rows(self, rowing: "BatchRows") -> None:
+    def charge_rows(self, rowing: BatchRows) -> None:
         """The batch's device time, shared among its visitors by the forwards of their rows."""
         seconds, total = time.perf_counter() - rowing.t0 - rowing.paused, sum(rowing.forwards) or 1
         for job, forwards in zip(rowing.batch, rowing.forwards):
@@ -375,7 +402,9 @@ class SchedulerTurn:
         queue for it again (that visitor goes first); the seconds it waited (0 when nobody fresher waits). When
         `stop` is set meanwhile, the turn is not taken again."""
         lease = self.lease
-        if lease is None or not self.scheduler.fresher_waiting(self.visitor, time.perf_counter() - lease.granted_at):
+        if lease is None or not self.scheduler.fresher_waiting(
+            self.visitor, time.perf_counter() - lease.granted_at
+        ):
             return 0.0
         t0 = time.perf_counter()
         self.give_back()
@@ -439,7 +468,9 @@ class BatchRows:
         if self.on_block is not None:
             done = self.finals.setdefault(e.block, set())
             done.add(e.row)
-            if all(job.ended or r in done for r, job in enumerate(self.batch)):  # every open row ended the block
+            if all(
+                job.ended or r in done for r, job in enumerate(self.batch)
+            ):  # every open row ended the block
                 del self.finals[e.block]
                 self.on_block(self)
 
@@ -462,12 +493,26 @@ class BatchRows:
             self.pending[r] = []
         tokens = self._answer(r)
         p = job.params
-        stats = None if stopped else Stats(
-            strategy=p.strategy, block_length=p.block_length, steps=p.steps, batch_size=1,
-            prompt_tokens=len(job.ids), new_tokens=len(tokens), forwards=self.forwards[r],
-            prefill_forwards=int(len(job.ids) >= p.block_length if p.strategy != "ar" else len(job.ids) > 1),
-            seconds=time.perf_counter() - self.t0 - self.paused, prefill_seconds=0.0, steps_per_block=[self.blocks[r]],
-            new_tokens_per_row=[len(tokens)])
+        stats = (
+            None
+            if stopped
+            else Stats(
+                strategy=p.strategy,
+                block_length=p.block_length,
+                steps=p.steps,
+                batch_size=1,
+                prompt_tokens=len(job.ids),
+                new_tokens=len(tokens),
+                forwards=self.forwards[r],
+                prefill_forwards=int(
+                    len(job.ids) >= p.block_length if p.strategy != "ar" else len(job.ids) > 1
+                ),
+                seconds=time.perf_counter() - self.t0 - self.paused,
+                prefill_seconds=0.0,
+                steps_per_block=[self.blocks[r]],
+                new_tokens_per_row=[len(tokens)],
+            )
+        )
         end(job, Finished(tokens, stats, stopped))
 
     def _all_ended(self) -> None:

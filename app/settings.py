@@ -4,11 +4,12 @@ controls' first values are sdar_core's (decode_params.OPTIONS), and a DecodeSett
 
 The names are the API's parameter names (ui.py wires each component under its field name), so a handler
 never receives the decoding inputs by position."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Mapping
 
 from sdar_core.decode_params import AR_BLOCK, OPTIONS, DecodeParams, start_value
 
@@ -26,7 +27,7 @@ class SettingsError(ValueError):
 def shown(value, width: int = 60) -> str:
     """repr(value) cut to `width` characters, for a message that names a refused value."""
     text = repr(value)
-    return text if len(text) <= width else text[:width - 1] + "…"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def checked_text(label: str, value, cap: int) -> str:
@@ -41,7 +42,9 @@ def checked_text(label: str, value, cap: int) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise SettingsError(f"{label} contains a character that is not valid text (a lone surrogate)") from None
+        raise SettingsError(
+            f"{label} contains a character that is not valid text (a lone surrogate)"
+        ) from None
     return value.strip()
 
 
@@ -73,7 +76,8 @@ class Range:
 
 RANGES = {  # field name -> accepted values (strategy is a choice, checked on its own)
     name: Range(o.label, o.lo, o.hi, integer=o.integer, lo_open=o.lo_open)
-    for name, o in OPTIONS.items() if name != "top_k" and not o.choices
+    for name, o in OPTIONS.items()
+    if name != "top_k" and not o.choices
 }
 PACE = Range("watch delay per frame (ms)", 0, 1000)
 
@@ -90,16 +94,22 @@ class DecodeSettings:
     seed: int = start_value("seed")
 
     @classmethod
-    def from_ui(cls, ui: Mapping[str, object]) -> "DecodeSettings":
+    def from_ui(cls, ui: Mapping[str, object]) -> DecodeSettings:
         """Validated settings from the UI's values by field name (a missing name keeps its default);
         raises SettingsError naming the first bad value."""
         strategy = ui.get("strategy", cls.strategy)
         if strategy not in SDAR_STRATEGIES:
-            raise SettingsError(f"strategy must be one of {', '.join(SDAR_STRATEGIES)}, got {shown(strategy)}")
-        values = {f.name: RANGES[f.name].parse(ui.get(f.name, f.default)) for f in fields(cls) if f.name in RANGES}
+            raise SettingsError(
+                f"strategy must be one of {', '.join(SDAR_STRATEGIES)}, got {shown(strategy)}"
+            )
+        values = {
+            f.name: RANGES[f.name].parse(ui.get(f.name, f.default)) for f in fields(cls) if f.name in RANGES
+        }
         if values["steps"] > values["block_length"]:
-            raise SettingsError(f"denoising steps must be between 1 and the block length "
-                                f"({values['block_length']}), got {values['steps']}")
+            raise SettingsError(
+                f"denoising steps must be between 1 and the block length "
+                f"({values['block_length']}), got {values['steps']}"
+            )
         return cls(strategy=strategy, **values)
 
     def generate_kwargs(self) -> dict:
@@ -120,7 +130,7 @@ class DecodeSettings:
         blocks = -(-(prompt_len + self.max_new_tokens) // L) - prompt_len // L
         return 1 + blocks * self.steps
 
-    def as_ar(self) -> "DecodeSettings":
+    def as_ar(self) -> DecodeSettings:
         """The same sampling, decoded one token per forward."""
         return replace(self, block_length=AR_BLOCK, steps=AR_BLOCK, strategy="ar")
 
@@ -134,6 +144,9 @@ class DecodeRequest:
     pace_ms: float = 0.0  # the watch replay's delay per frame, after the decode (display only; 0: no replay)
 
     @classmethod
-    def from_ui(cls, ui: Mapping[str, object]) -> "DecodeRequest":
-        return cls(model_name=ui.get("model_name"), settings=DecodeSettings.from_ui(ui),
-                   pace_ms=PACE.parse(ui.get("pace_ms") or 0))
+    def from_ui(cls, ui: Mapping[str, object]) -> DecodeRequest:
+        return cls(
+            model_name=ui.get("model_name"),
+            settings=DecodeSettings.from_ui(ui),
+            pace_ms=PACE.parse(ui.get("pace_ms") or 0),
+        )

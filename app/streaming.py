@@ -8,6 +8,7 @@ Chat and the visualizer stream one lane; the race streams two or three, one afte
 on_step ends the decode at its next step without touching the decoder; any other exception of the decode
 (a GenerationError for a prompt that does not fit, ...) is raised again in the handler's thread.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -16,8 +17,8 @@ import queue
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Iterator
 
 import torch
 
@@ -80,6 +81,7 @@ def decode(lane: Lane, on_step=None, turn=None, stop: threading.Event | None = N
     not the lane's: its stats leave it out."""
     paused = 0.0
     if turn is not None and hasattr(turn, "make_way") and default_mode(lane.loaded.model) == "plain":
+
         def giving_way(event: StepEvent) -> None:
             nonlocal paused
             if on_step is not None:
@@ -88,11 +90,18 @@ def decode(lane: Lane, on_step=None, turn=None, stop: threading.Event | None = N
                 paused += turn.make_way(stop)
                 if stop is not None and stop.is_set():
                     raise Stopped()
+
         step = giving_way
     else:
         step = on_step
-    gen = generate(lane.loaded.model, [lane.ids], stop_token_ids=lane.loaded.stop_token_ids, trace=False,
-                   on_step=step, **lane.settings.generate_kwargs())
+    gen = generate(
+        lane.loaded.model,
+        [lane.ids],
+        stop_token_ids=lane.loaded.stop_token_ids,
+        trace=False,
+        on_step=step,
+        **lane.settings.generate_kwargs(),
+    )
     if paused:
         gen.stats = replace(gen.stats, seconds=gen.stats.seconds - paused)
     return gen
@@ -139,6 +148,7 @@ def on_budget(on_step, budget):
             raise Stopped()
         if on_step is not None:
             on_step(event)
+
     return spending
 
 
@@ -153,6 +163,7 @@ def warm_up(lane: Lane, stop: threading.Event, turn=None, budget=None) -> None:
     """Run the lane's decode, untimed and unshown, until its second block: whatever its first run pays once (CUDA
     graph capture and kernel compilation for its shapes on a GPU, first-call allocations anywhere) is paid here,
     so that the timed runs that follow all start warm."""
+
     def until_second_block(event: StepEvent) -> None:
         if event.block >= 1:
             raise Stopped()
@@ -197,13 +208,21 @@ class _Release:
                 self.turn.give_back()
 
 
-def _worker(names: list[str], lanes: dict[str, Lane], out: queue.Queue, stop: threading.Event,
-            release: _Release, budget=None) -> None:
+def _worker(
+    names: list[str],
+    lanes: dict[str, Lane],
+    out: queue.Queue,
+    stop: threading.Event,
+    release: _Release,
+    budget=None,
+) -> None:
     """Decode `names` one after the other at full speed (the handler shows the steps at its own pace)."""
+
     def shown(event: StepEvent) -> None:
         if stop.is_set():
             raise Stopped()
         out.put(_Update(name, "step", event))
+
     on_step = on_budget(shown, budget)
 
     try:
@@ -226,19 +245,26 @@ def _worker(names: list[str], lanes: dict[str, Lane], out: queue.Queue, stop: th
         out.put(_Update(None, "exit"))
 
 
-def _start(lanes: dict[str, Lane], out: queue.Queue, stop: threading.Event, parallel: bool, turn, budget) -> int:
+def _start(
+    lanes: dict[str, Lane], out: queue.Queue, stop: threading.Event, parallel: bool, turn, budget
+) -> int:
     """Start the worker threads (the caller has the device's turn; the last thread to end gives it back); their
     count."""
     groups = [[name] for name in lanes] if parallel else [list(lanes)]
     release = _Release(len(groups), turn)
     for names in groups:
-        threading.Thread(target=_worker, args=(names, lanes, out, stop, release, budget), daemon=True,
-                         name=f"sdar-{'-'.join(names)}").start()
+        threading.Thread(
+            target=_worker,
+            args=(names, lanes, out, stop, release, budget),
+            daemon=True,
+            name=f"sdar-{'-'.join(names)}",
+        ).start()
     return len(groups)
 
 
-def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = False, turn=None,
-           budget=None) -> Iterator[dict[str, Lane]]:
+def stream(
+    lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = False, turn=None, budget=None
+) -> Iterator[dict[str, Lane]]:
     """Decode every lane and yield `lanes` whenever there is something new to show: a step (throttled to
     FRAME_INTERVAL), a lane's end.
 
@@ -254,7 +280,11 @@ def stream(lanes: dict[str, Lane], stop: threading.Event, *, parallel: bool = Fa
     turn = turn or LockTurn()
     if not turn.take(stop):
         return
-    running, shown, held = _start(lanes, out, stop, parallel, turn, budget), -math.inf, False  # first step is due
+    running, shown, held = (
+        _start(lanes, out, stop, parallel, turn, budget),
+        -math.inf,
+        False,
+    )  # first step is due
     try:
         while running:
             try:

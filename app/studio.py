@@ -1,6 +1,7 @@
 """What every tab shares on the server: the model registry, the per-session stop flags, the decode scheduler of
 each device, how a request becomes a Run on it (or a race Lane: the model loaded, SDAR settings turned into AR ones
 on an AR model, the prompt ids), and the GPU warm-up at start."""
+
 from __future__ import annotations
 
 import logging
@@ -63,12 +64,22 @@ class Studio:
         loaded, settings, ids, notes = self.prepare(req, messages)
         cost, budget = settings.forwards_bound(len(ids)), self.budgets.chat
         if cost > budget:
-            raise OverBudget(f"this request may take up to {cost:,} forwards ({settings.max_new_tokens} new tokens, "
-                             f"block {settings.block_length}, {settings.steps} steps); a request may take at most "
-                             f"{budget:,} here: lower max new tokens or the steps per block")
+            raise OverBudget(
+                f"this request may take up to {cost:,} forwards ({settings.max_new_tokens} new tokens, "
+                f"block {settings.block_length}, {settings.steps} steps); a request may take at most "
+                f"{budget:,} here: lower max new tokens or the steps per block"
+            )
         params = settings.params(stop_token_ids=loaded.stop_token_ids)
-        job = self.scheduler(loaded).submit(Job(loaded, ids, params.resolved(loaded.config), stop=stop,
-                                                visitor=getattr(stop, "visitor", ""), budget=budget))
+        job = self.scheduler(loaded).submit(
+            Job(
+                loaded,
+                ids,
+                params.resolved(loaded.config),
+                stop=stop,
+                visitor=getattr(stop, "visitor", ""),
+                budget=budget,
+            )
+        )
         run = Run(job, notes, title=title)
         run.feed.pace_ms = req.pace_ms
         return run
@@ -113,8 +124,9 @@ class Studio:
                 self.schedulers[name] = DecodeScheduler(name, max_batch=self.max_batch, lock=lock)
             return self.schedulers[name]
 
-    def prepare(self, req: DecodeRequest, messages: list[dict]) -> tuple[LoadedModel, DecodeSettings, list[int],
-                                                                        list[str]]:
+    def prepare(
+        self, req: DecodeRequest, messages: list[dict]
+    ) -> tuple[LoadedModel, DecodeSettings, list[int], list[str]]:
         """The model, the settings it decodes with (SDAR settings turned into AR ones on an AR model), the prompt
         ids, and the notes the user should read."""
         loaded = self.ready(req.model_name)
@@ -144,15 +156,19 @@ def replica_registries(registry: ModelRegistry, gpus: int | None = None) -> list
 
 
 def ar_note(name: str) -> str:
-    return (f"{name} is autoregressive: it decodes one token per forward, so block length, steps, strategy and "
-            "threshold do not apply.")
+    return (
+        f"{name} is autoregressive: it decodes one token per forward, so block length, steps, strategy and "
+        "threshold do not apply."
+    )
 
 
 def untrained_block_note(name: str, config, block: int) -> str:
     sizes = config.trained_blocks
     listed = ", ".join(map(str, sizes))
-    return (f"{name} was trained at block size{'s' if len(sizes) > 1 else ''} {listed}; block {block} was not "
-            "trained for: expect worse answers.")
+    return (
+        f"{name} was trained at block size{'s' if len(sizes) > 1 else ''} {listed}; block {block} was not "
+        "trained for: expect worse answers."
+    )
 
 
 @dataclass
@@ -172,30 +188,43 @@ class Warmup:
             return ""
         return f"GPU warm-up: {self.done} of {self.total or '…'} decode shapes ready."
 
-    def start(self, registry: ModelRegistry, name: str, settings: DecodeSettings = DecodeSettings()) -> bool:
-        """Warm `name` (already loaded) and its AR twin in a background thread; False when there is nothing to warm
-        (not loaded, or on the CPU)."""
+    def start(self, registry: ModelRegistry, name: str, settings: DecodeSettings | None = None) -> bool:
+        """Warm `name` (already loaded) and its AR twin in a background thread, for `settings` (the page's defaults
+        when None); False when there is nothing to warm (not loaded, or on the CPU)."""
+        settings = settings if settings is not None else DecodeSettings()
         m = registry.cached(name)
         if m is None or not needs_warm_up(m.model):
             return False
         self.running = True
-        threading.Thread(target=self._run, args=(registry, name, settings), daemon=True, name="sdar-warmup").start()
+        threading.Thread(
+            target=self._run, args=(registry, name, settings), daemon=True, name="sdar-warmup"
+        ).start()
         return True
 
     def _run(self, registry: ModelRegistry, name: str, settings: DecodeSettings) -> None:
         t0 = time.perf_counter()
         try:
             twin = ar_twin_name(name)
-            plan = [(m, p, shape) for m in [registry.get(name)] + ([registry.get(twin)] if twin else [])
-                    for p, shape in self._shapes(m, settings)]
+            plan = [
+                (m, p, shape)
+                for m in [registry.get(name)] + ([registry.get(twin)] if twin else [])
+                for p, shape in self._shapes(m, settings)
+            ]
             self.total = len(plan)
             for i, (m, params, shape) in enumerate(plan):
                 filler = (m.tokenizer.encode("a", add_special_tokens=False) or [0])[0]
                 with DEVICE:
                     seconds = warm_up(m.model, params, shape, filler)
                 self.done += 1
-                log.info("GPU warm-up %d/%d: %s, %s, %s: %.2f s", i + 1, len(plan), m.display_name, params.strategy,
-                         shape, seconds)
+                log.info(
+                    "GPU warm-up %d/%d: %s, %s, %s: %.2f s",
+                    i + 1,
+                    len(plan),
+                    m.display_name,
+                    params.strategy,
+                    shape,
+                    seconds,
+                )
         except Exception:  # a failed warm-up costs the first visitor its capture time, nothing else
             log.exception("GPU warm-up failed")
         finally:  # logged before `running` drops, so that whoever waits for the end finds the line
@@ -210,10 +239,16 @@ class Warmup:
             return []
         params = [settings.as_ar().params()]
         if m.is_sdar:
-            params = [replace(settings, strategy=s, block_length=block, steps=min(settings.steps, block)).params()
-                      for block in m.config.trained_blocks for s in ("static", "dynamic")] + params
-        return [(p, shape) for p in (p.resolved(m.config) for p in params)
-                for shape in warm_shapes([p], WARM_POSITIONS, m.context)]
+            params = [
+                replace(settings, strategy=s, block_length=block, steps=min(settings.steps, block)).params()
+                for block in m.config.trained_blocks
+                for s in ("static", "dynamic")
+            ] + params
+        return [
+            (p, shape)
+            for p in (p.resolved(m.config) for p in params)
+            for shape in warm_shapes([p], WARM_POSITIONS, m.context)
+        ]
 
 
 WARMUP = Warmup()

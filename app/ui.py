@@ -1,6 +1,7 @@
 """The studio's event wiring: build_app() lays the page out (layout.py) and connects every event to its
 handler, with an explicit api_name for gradio_client. The decoding inputs reach handlers by name
 (`inputs_kwargs`), so the API's parameter names are DecodeRequest's field names."""
+
 from __future__ import annotations
 
 import secrets
@@ -24,8 +25,10 @@ try:  # On Hugging Face ZeroGPU Spaces, generation handlers borrow a GPU for the
 
     gpu = spaces.GPU
 except ImportError:
+
     def gpu(fn):
         return fn
+
 
 # Decoding handlers: many at once. A handler only waits for its job on the device's scheduler (scheduler.py), which
 # batches the jobs waiting together; it holds no device and sleeps for no display (the page replays in the browser).
@@ -72,7 +75,9 @@ def steps_for_block(block_length, steps, sdar: bool = True, reason: str | None =
     except (TypeError, ValueError):
         return gr.skip()
     if b == 1:
-        return gr.Slider(maximum=2, value=1, interactive=False, info=reason or "a block of one position: one step")
+        return gr.Slider(
+            maximum=2, value=1, interactive=False, info=reason or "a block of one position: one step"
+        )
     return gr.Slider(maximum=b, value=min(steps, b), interactive=sdar, info=reason)
 
 
@@ -80,8 +85,10 @@ def threshold_for_strategy(strategy, sdar: bool = True):
     """The threshold only steers the dynamic schedule: greyed out for the others (and for an AR model)."""
     if not sdar:
         return gr.Slider(interactive=False, info="not used by an autoregressive model")
-    return gr.Slider(interactive=strategy == "dynamic",
-                     info=None if strategy == "dynamic" else f"not used by the {strategy} schedule")
+    return gr.Slider(
+        interactive=strategy == "dynamic",
+        info=None if strategy == "dynamic" else f"not used by the {strategy} schedule",
+    )
 
 
 def block_info(config) -> str | None:
@@ -113,17 +120,22 @@ def controls_for_model(studio: Studio, name, block_length, strategy, steps=None)
     config = studio.registry.peek_config(name)
     sdar = config is None or config.is_sdar
     reason = None if sdar else "not used by an autoregressive model"
-    return (gr.Slider(interactive=sdar, info=block_info(config) if sdar else reason),
-            steps_for_block(block_length, steps, sdar, reason),
-            gr.Radio(interactive=sdar, info=STRATEGY_INFO if sdar else reason),
-            threshold_for_strategy(strategy, sdar), decoding_note(config, name, block_length))
+    return (
+        gr.Slider(interactive=sdar, info=block_info(config) if sdar else reason),
+        steps_for_block(block_length, steps, sdar, reason),
+        gr.Radio(interactive=sdar, info=STRATEGY_INFO if sdar else reason),
+        threshold_for_strategy(strategy, sdar),
+        decoding_note(config, name, block_length),
+    )
 
 
 def seed_for_temperature(temperature):
     """The seed matters only when sampling: greyed out at temperature 0."""
     sampling = isinstance(temperature, (int, float)) and temperature > 0
-    return gr.Number(interactive=sampling,
-                     info="the same seed gives the same answer" if sampling else "used when temperature > 0")
+    return gr.Number(
+        interactive=sampling,
+        info="the same seed gives the same answer" if sampling else "used when temperature > 0",
+    )
 
 
 def random_seed() -> int:
@@ -153,6 +165,7 @@ def build_app(default_model: str = DEFAULT_MODEL, registry: ModelRegistry | None
 
 def _wire_model(p: Page, studio: Studio, demo: gr.Blocks):
     """Load / describe the model, and keep the steps slider within the block length. Returns `describe`."""
+
     def load_model(name, request: gr.Request):
         """Start (or join) the model's load in the background and show its progress until it is done; a model
         that cannot be loaded here says why, in the same place."""
@@ -160,7 +173,10 @@ def _wire_model(p: Page, studio: Studio, demo: gr.Blocks):
             loading, stop = studio.registry.start(name), studio.arm_stop(request)
             while not loading.done.wait(0.5):
                 if stop.is_set():
-                    yield loading_markdown(studio.registry, loading) + " (stopped waiting; it goes on in the background)"
+                    yield (
+                        loading_markdown(studio.registry, loading)
+                        + " (stopped waiting; it goes on in the background)"
+                    )
                     return
                 yield loading_markdown(studio.registry, loading)
             m = loading.outcome()
@@ -174,19 +190,29 @@ def _wire_model(p: Page, studio: Studio, demo: gr.Blocks):
         return describe_model(studio, name)
 
     load = p.load_btn.click(gpu(load_model), p.model_box, p.model_info, api_name="load_model", **LOADING)
-    load.failure(lambda: gr.skip(), None, p.model_info, **PRIVATE, **LIGHT)  # the reason stays, without a badge
+    load.failure(
+        lambda: gr.skip(), None, p.model_info, **PRIVATE, **LIGHT
+    )  # the reason stays, without a badge
     p.model_box.change(describe, p.model_box, p.model_info, api_name="describe_model", **LIGHT)
     block_length, steps = p.decode["block_length"], p.decode["steps"]
-    p.decode["strategy"].change(threshold_for_strategy, p.decode["strategy"], p.decode["threshold"], **PRIVATE,
-                                **LIGHT)
+    p.decode["strategy"].change(
+        threshold_for_strategy, p.decode["strategy"], p.decode["threshold"], **PRIVATE, **LIGHT
+    )
     controls = [block_length, steps, p.decode["strategy"], p.decode["threshold"], p.decode_note]
+
     def fit_controls(name, block, strategy, steps):
         return controls_for_model(studio, name, block, strategy, steps)
 
     # The page's steps slider ends at the block length; the component's own range stays wide so that API calls
     # (which skip page events) are checked by DecodeSettings, with the block length they send.
     for trigger in (p.model_box.change, block_length.change, demo.load):
-        trigger(fit_controls, [p.model_box, block_length, p.decode["strategy"], steps], controls, **PRIVATE, **LIGHT)
+        trigger(
+            fit_controls,
+            [p.model_box, block_length, p.decode["strategy"], steps],
+            controls,
+            **PRIVATE,
+            **LIGHT,
+        )
     temperature = p.decode["temperature"]
     for trigger in (temperature.change, demo.load):
         trigger(seed_for_temperature, temperature, p.decode["seed"], **PRIVATE, **LIGHT)
@@ -206,19 +232,33 @@ def _wire_chat(p: Page, chat: Chat, vis: Visualizer, describe) -> None:
     vis_outputs = [p.vis_title, p.vis_player, p.blocks, p.trace_files]
     answers = []
     for trigger, name in ((p.send.click, "chat"), (p.message.submit, "chat_submit")):
-        answer = trigger(gpu(chat.respond), [p.message, p.history, p.system], outputs, inputs_kwargs=decode,
-                         api_name=name, api_visibility="public" if name == "chat" else "private", **GENERATION)
+        answer = trigger(
+            gpu(chat.respond),
+            [p.message, p.history, p.system],
+            outputs,
+            inputs_kwargs=decode,
+            api_name=name,
+            api_visibility="public" if name == "chat" else "private",
+            **GENERATION,
+        )
         # A refused message already shows its reason in the message area; the error that tells API clients also
         # marks the outputs as failed: settle them again, so that the conversation stays in view, unchanged.
         answer.failure(settled, None, shown, **PRIVATE, **LIGHT)
         answers.append(answer)
-        answer.then(vis.show, p.recording, vis_outputs, **PRIVATE, **LIGHT
-                    ).then(describe, p.model_box, p.model_info, **PRIVATE, **LIGHT)
+        answer.then(vis.show, p.recording, vis_outputs, **PRIVATE, **LIGHT).then(
+            describe, p.model_box, p.model_info, **PRIVATE, **LIGHT
+        )
     p.stop.click(chat.studio.stop, None, None, api_name="stop", queue=False)
     # Clear ends everything the chat shows: the answer being decoded (stopped, its stream cancelled) and the
     # page's replay (the player starts over on the cleared value).
-    p.clear.click(chat.clear, None, [p.chatbot, p.history, p.message, p.live, p.chat_stats, p.chat_note],
-                  api_name="clear", cancels=answers, **LIGHT)
+    p.clear.click(
+        chat.clear,
+        None,
+        [p.chatbot, p.history, p.message, p.live, p.chat_stats, p.chat_note],
+        api_name="clear",
+        cancels=answers,
+        **LIGHT,
+    )
     # A note about the previous model's decode (an untrained block, a missing template) goes with it.
     p.model_box.change(lambda: "", None, p.chat_note, **PRIVATE, **LIGHT)
 
@@ -227,29 +267,44 @@ def _wire_visualizer(p: Page, vis: Visualizer, describe) -> None:
     decode = {**p.decode, "pace_ms": p.pace, "system": p.system}
     outputs = [p.recording, p.vis_title, p.vis_player, p.blocks, p.trace_files]
     # The previous recording leaves the tab the moment Run is pressed (a light event), not when the decode starts.
-    run = p.vis_run.click(vis.pending, [p.vis_prompt], outputs[1:], inputs_kwargs=decode, **PRIVATE, **LIGHT
-                          ).then(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, api_name="visualize",
-                                 **GENERATION)
+    run = p.vis_run.click(
+        vis.pending, [p.vis_prompt], outputs[1:], inputs_kwargs=decode, **PRIVATE, **LIGHT
+    ).then(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, api_name="visualize", **GENERATION)
     run.then(describe, p.model_box, p.model_info, **PRIVATE, **LIGHT)
-    submit = p.vis_prompt.submit(vis.pending, [p.vis_prompt], outputs[1:], inputs_kwargs=decode, **PRIVATE, **LIGHT
-                                 ).then(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, **PRIVATE,
-                                        **GENERATION)
+    submit = p.vis_prompt.submit(
+        vis.pending, [p.vis_prompt], outputs[1:], inputs_kwargs=decode, **PRIVATE, **LIGHT
+    ).then(gpu(vis.run), [p.vis_prompt], outputs, inputs_kwargs=decode, **PRIVATE, **GENERATION)
     for event in (run, submit):  # the reason stays in the title; the outputs settle again
         event.failure(lambda: [gr.skip()] * 4, None, outputs[1:], **PRIVATE, **LIGHT)
 
 
 def _wire_race(p: Page, race: Race, demo: gr.Blocks) -> None:
-    decode = {**p.decode, "mode": p.race_mode, "use_twin": p.use_twin, "repeats": p.race_repeats, "system": p.system}
+    decode = {
+        **p.decode,
+        "mode": p.race_mode,
+        "use_twin": p.use_twin,
+        "repeats": p.race_repeats,
+        "system": p.system,
+    }
     outputs = [*p.lanes, p.race_table, p.race_speedup, p.race_chart]
-    run = p.race_btn.click(gpu(race.race), [p.race_prompt], outputs, inputs_kwargs=decode, api_name="race",
-                           **RACE)
-    run.failure(lambda: [gr.skip()] * 6, None, outputs, **PRIVATE, **LIGHT)  # the reason stays in the headline
+    run = p.race_btn.click(
+        gpu(race.race), [p.race_prompt], outputs, inputs_kwargs=decode, api_name="race", **RACE
+    )
+    run.failure(
+        lambda: [gr.skip()] * 6, None, outputs, **PRIVATE, **LIGHT
+    )  # the reason stays in the headline
     p.race_stop.click(race.studio.stop, None, None, **PRIVATE, queue=False)
     sweep_outputs = [p.sweep_note, p.sweep_tpf, p.sweep_speed, p.sweep_df]
-    sweep = p.sweep_btn.click(gpu(race.sweep), [p.race_prompt, p.model_box, p.sweep_blocks, p.sweep_thrs,
-                                                p.sweep_tokens, p.system], sweep_outputs, api_name="sweep",
-                              **RACE)
-    sweep.failure(lambda: [gr.skip()] * 3, None, sweep_outputs[1:], **PRIVATE, **LIGHT)  # the reason stays above
+    sweep = p.sweep_btn.click(
+        gpu(race.sweep),
+        [p.race_prompt, p.model_box, p.sweep_blocks, p.sweep_thrs, p.sweep_tokens, p.system],
+        sweep_outputs,
+        api_name="sweep",
+        **RACE,
+    )
+    sweep.failure(
+        lambda: [gr.skip()] * 3, None, sweep_outputs[1:], **PRIVATE, **LIGHT
+    )  # the reason stays above
     gpu_outputs = [p.gpu_plot, p.gpu_df, p.gpu_notes, p.gpu_run]
     p.gpu_refresh.click(race.gpu_results, p.gpu_run, gpu_outputs, api_name="gpu_results", **LIGHT)
     p.gpu_run.input(race.gpu_results, p.gpu_run, gpu_outputs, **PRIVATE, **LIGHT)

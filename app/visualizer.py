@@ -1,6 +1,7 @@
 """The Denoising visualizer tab: a decode drawn step by step in the browser (the player: frame, scrubber, Replay,
 Stop, speed, and the confidence heatmap under it), the per-block table, and the trace as JSON / CSV downloads.
 It shows the session's last chat answer, or decodes a prompt of its own."""
+
 from __future__ import annotations
 
 import gradio as gr
@@ -17,7 +18,9 @@ EMPTY = "No generation yet in this session: chat in the Chat tab, or run a promp
 
 
 def title_of(recording: Recording) -> str:
-    return f"**{recording.label}**  \n{stats_markdown(recording.stats, '' if recording.stats else '_stopped_')}"
+    return (
+        f"**{recording.label}**  \n{stats_markdown(recording.stats, '' if recording.stats else '_stopped_')}"
+    )
 
 
 class Visualizer:
@@ -28,11 +31,25 @@ class Visualizer:
         """Everything the tab shows for a recording (the chat's last answer, or this tab's own run)."""
         p = self.p
         if recording is None or not recording.events:
-            return {p.vis_title: EMPTY, p.vis_player: empty(EMPTY), p.blocks: block_table([]), p.trace_files: None}
+            return {
+                p.vis_title: EMPTY,
+                p.vis_player: empty(EMPTY),
+                p.blocks: block_table([]),
+                p.trace_files: None,
+            }
         files = [f for f in (recording.json_path, recording.csv_path) if f]
-        feed = {**recording.feed, "pace": 0, "title": recording.label, "cursor": 0}  # opens on the first frame
-        return {p.vis_title: title_of(recording), p.vis_player: feed, p.blocks: block_table(recording.events),
-                p.trace_files: files}
+        feed = {
+            **recording.feed,
+            "pace": 0,
+            "title": recording.label,
+            "cursor": 0,
+        }  # opens on the first frame
+        return {
+            p.vis_title: title_of(recording),
+            p.vis_player: feed,
+            p.blocks: block_table(recording.events),
+            p.trace_files: files,
+        }
 
     @staticmethod
     def checked(prompt, system, ui) -> tuple[str, str, DecodeRequest]:
@@ -53,8 +70,12 @@ class Visualizer:
         except Exception:
             return {}
         waiting = "Waiting for the model…"
-        return {p.vis_title: f"**{prompt[:80]}**  \n{waiting}", p.vis_player: empty(waiting, run=-1),
-                p.blocks: block_table([]), p.trace_files: None}
+        return {
+            p.vis_title: f"**{prompt[:80]}**  \n{waiting}",
+            p.vis_player: empty(waiting, run=-1),
+            p.blocks: block_table([]),
+            p.trace_files: None,
+        }
 
     def run(self, prompt, request: gr.Request, system=DEFAULT_SYSTEM, **ui):
         """Decode a prompt (one user turn after the system prompt, as the chat sends it) and show it; `ui` holds
@@ -70,12 +91,17 @@ class Visualizer:
     def _run(self, prompt, system, request, ui):
         p = self.p
         prompt, system, req = self.checked(prompt, system, ui)
-        run = self.studio.start(req, conversation(system, [], prompt), self.studio.arm_stop(request),
-                                title=prompt[:80])
+        run = self.studio.start(
+            req, conversation(system, [], prompt), self.studio.arm_stop(request), title=prompt[:80]
+        )
         notes = "".join(f"  \nℹ️ {n}" for n in run.notes)
         # Everything of the previous recording goes at once: the page never shows a frame and a table that disagree.
-        yield {p.vis_title: f"**{prompt[:80]}**  \nDecoding…{notes}", p.vis_player: run.feed.value(),
-               p.blocks: block_table([]), p.trace_files: None}
+        yield {
+            p.vis_title: f"**{prompt[:80]}**  \nDecoding…{notes}",
+            p.vis_player: run.feed.value(),
+            p.blocks: block_table([]),
+            p.trace_files: None,
+        }
         for _ in run.follow():
             yield {p.vis_player: run.feed.value()}
         rec = record(prompt[:80], run)

@@ -20,6 +20,7 @@ One run, one machine (a GPU, or the CPU with --arch tiny):
    tokens/s, beside `generate`'s batch-N throughput on the same prompts in the same run.
 Writes results.json, results.csv, crowd.csv and summary.md under --out. Not a test: nothing is asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,16 +34,15 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from sdar_core.device import default_device, default_dtype, synchronize
-from .common import machine_info
 from sdar_core.loading import load_pretrained, load_tokenizer, save_pretrained
 
-from .common import ARCHS, arch_config, as_ar, random_model
+from .common import ARCHS, arch_config, as_ar, machine_info, random_model
 
 REPO = Path(__file__).resolve().parent.parent
 TOKENIZER = REPO / "tests" / "fixtures" / "sdar-4b-chat"
@@ -71,12 +71,26 @@ class Setting:
 
     def ui(self, model: str, max_new_tokens: int) -> dict:
         """The studio API's decoding inputs by name."""
-        return dict(model_name=model, block_length=self.block_length, steps=self.steps, strategy=self.strategy,
-                    threshold=self.threshold, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=0)
+        return dict(
+            model_name=model,
+            block_length=self.block_length,
+            steps=self.steps,
+            strategy=self.strategy,
+            threshold=self.threshold,
+            temperature=0.0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            seed=0,
+        )
 
     def generate_kwargs(self, max_new_tokens: int) -> dict:
-        return dict(strategy=self.strategy, block_length=self.block_length, steps=self.steps,
-                    threshold=self.threshold, max_new_tokens=max_new_tokens)
+        return dict(
+            strategy=self.strategy,
+            block_length=self.block_length,
+            steps=self.steps,
+            threshold=self.threshold,
+            max_new_tokens=max_new_tokens,
+        )
 
 
 SETTINGS = (Setting("dynamic b4", "dynamic", 4, 4), Setting("static b16/4", "static", 16, 4))
@@ -138,21 +152,36 @@ def engine_rows(sdar: Path, twin: Path, args, device, dtype) -> dict[tuple[str, 
     from sdar_core.prompting import stop_ids_for
 
     rows = {}
-    for folder, lanes in ((sdar, [("chat", s) for s in SETTINGS] + [("race lane", SETTINGS[0]),
-                                                                     ("race lane", Setting("ar", "ar", 1, 1))]),
-                          (twin, [("race lane", Setting("ar twin", "ar", 1, 1))])):
+    for folder, lanes in (
+        (
+            sdar,
+            [("chat", s) for s in SETTINGS]
+            + [("race lane", SETTINGS[0]), ("race lane", Setting("ar", "ar", 1, 1))],
+        ),
+        (twin, [("race lane", Setting("ar twin", "ar", 1, 1))]),
+    ):
         model, tok = load_pretrained(str(folder), device=device, dtype=dtype)
         stop_ids = stop_ids_for(tok, model.config)
         for what, s in lanes:
             message = MESSAGE if what == "chat" else args.race_prompt
             ids, _ = prompt_ids(tok, conversation("", [], message))
             speeds, gen = timed(model, ids, stop_ids, args.repeats, **s.generate_kwargs(args.new_tokens))
-            traced, _ = timed(model, ids, stop_ids, args.repeats, trace=True, **s.generate_kwargs(args.new_tokens))
-            rows[(what, s.name)] = Row(what, s.name, engine_tps=statistics.median(speeds),
-                                       engine_traced_tps=statistics.median(traced), forwards=gen.stats.forwards,
-                                       tokens=gen.stats.new_tokens)
-            print(f"engine {what} {s.name}: {rows[(what, s.name)].engine_tps:.1f} tokens/s "
-                  f"(traced {rows[(what, s.name)].engine_traced_tps:.1f})", flush=True)
+            traced, _ = timed(
+                model, ids, stop_ids, args.repeats, trace=True, **s.generate_kwargs(args.new_tokens)
+            )
+            rows[(what, s.name)] = Row(
+                what,
+                s.name,
+                engine_tps=statistics.median(speeds),
+                engine_traced_tps=statistics.median(traced),
+                forwards=gen.stats.forwards,
+                tokens=gen.stats.new_tokens,
+            )
+            print(
+                f"engine {what} {s.name}: {rows[(what, s.name)].engine_tps:.1f} tokens/s "
+                f"(traced {rows[(what, s.name)].engine_traced_tps:.1f})",
+                flush=True,
+            )
         del model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -165,8 +194,14 @@ class App:
     def __init__(self, sdar: Path, port: int) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
         self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "app.py", "--model", str(sdar), "--port", str(port)], cwd=REPO,
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "app.py", "--model", str(sdar), "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: list[tuple[float, str]] = []
         self.url = f"http://127.0.0.1:{port}/"
         threading.Thread(target=self._read, daemon=True).start()
@@ -185,15 +220,34 @@ class App:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.1)
-        raise RuntimeError(f"the studio did not log {text!r} in {timeout:.0f} s:\n" +
-                           "\n".join(line for _, line in self.lines[-30:]))
+        raise RuntimeError(
+            f"the studio did not log {text!r} in {timeout:.0f} s:\n"
+            + "\n".join(line for _, line in self.lines[-30:])
+        )
 
     def profile(self, path: Path, seconds: float) -> subprocess.Popen:
         """py-spy (when installed) samples every thread of the studio for `seconds`: collapsed stacks, idle frames
         included, so that a decode thread waiting for the interpreter shows where it waits."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        return subprocess.Popen(["py-spy", "record", "--pid", str(self.proc.pid), "--format", "raw", "--idle",
-                                 "--threads", "--nonblocking", "--rate", "200", "--duration", str(int(seconds)), "-o", str(path)])
+        return subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(self.proc.pid),
+                "--format",
+                "raw",
+                "--idle",
+                "--threads",
+                "--nonblocking",
+                "--rate",
+                "200",
+                "--duration",
+                str(int(seconds)),
+                "-o",
+                str(path),
+            ]
+        )
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -205,13 +259,17 @@ class App:
 
 def has_steps(out) -> bool:
     """Whether an output of /chat or /visualize shows decoded steps (the player's feed has some)."""
-    return any(isinstance(v, dict) and v.get("steps") for v in (out if isinstance(out, (list, tuple)) else [out]))
+    return any(
+        isinstance(v, dict) and v.get("steps") for v in (out if isinstance(out, (list, tuple)) else [out])
+    )
 
 
 def shows_tokens(out) -> bool:
     """Whether the player's feed in an output holds a committed token."""
-    return any(isinstance(v, dict) and any(step["c"] for step in v.get("steps", ()))
-               for v in (out if isinstance(out, (list, tuple)) else [out]))
+    return any(
+        isinstance(v, dict) and any(step["c"] for step in v.get("steps", ()))
+        for v in (out if isinstance(out, (list, tuple)) else [out])
+    )
 
 
 def streamed(client, api_name: str, *args, has_frame=has_steps, **kwargs) -> tuple:
@@ -243,8 +301,11 @@ def streamed_bytes(outputs: list) -> int:
     total, previous = 0, None
     for out in outputs:
         values = list(out) if isinstance(out, (list, tuple)) else [out]
-        total += len(json.dumps(values if previous is None else [diff(a, b) for a, b in zip(previous, values)],
-                                default=str).encode())
+        total += len(
+            json.dumps(
+                values if previous is None else [diff(a, b) for a, b in zip(previous, values)], default=str
+            ).encode()
+        )
         previous = values
     return total
 
@@ -268,13 +329,19 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
             row, runs = rows[("chat", s.name)], []
             for i in range(args.repeats + 1):
                 client.predict(api_name="/clear")  # a new conversation: the same prompt every time
-                wall, first, frames, out, fps = streamed(client, "/chat", message=MESSAGE,
-                                                         **s.ui(str(sdar), args.new_tokens))
-                stats = out[3]  # chatbot, message box, live view, stats (the gr.State outputs are not in the API)
+                wall, first, frames, out, fps = streamed(
+                    client, "/chat", message=MESSAGE, **s.ui(str(sdar), args.new_tokens)
+                )
+                stats = out[
+                    3
+                ]  # chatbot, message box, live view, stats (the gr.State outputs are not in the API)
                 runs.append((figure(TPS, stats), first, fps, wall))
                 row.forwards = int(figure(NFE, stats))
-                print(f"studio chat {s.name} #{i + 1}: {runs[-1][0]:.1f} tokens/s, first frame {first:.2f} s, "
-                      f"{frames} frames", flush=True)
+                print(
+                    f"studio chat {s.name} #{i + 1}: {runs[-1][0]:.1f} tokens/s, first frame {first:.2f} s, "
+                    f"{frames} frames",
+                    flush=True,
+                )
             row.first_request_tps = runs[0][0]
             row.studio_runs = [r[0] for r in runs]
             later = runs[1:]
@@ -283,23 +350,40 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
             row.frames_per_s = statistics.median([r[2] for r in later if r[2]] or [0.0])
             row.wall_s = statistics.median(r[3] for r in later)
         # A follow-up question: its prompt holds the first answer, so it lands in a larger cache bucket.
-        follow = Row("chat, 3rd turn", SETTINGS[0].name, engine_tps=rows[("chat", SETTINGS[0].name)].engine_tps)
-        streamed(client, "/chat", message="And how long does that take?",
-                 **SETTINGS[0].ui(str(sdar), args.new_tokens))  # the 2nd turn of the last conversation
-        wall, first, _, out, fps = streamed(client, "/chat", message="Say it again, shorter.",
-                                            **SETTINGS[0].ui(str(sdar), args.new_tokens))  # the 3rd
-        follow.studio_tps, follow.first_frame_s, follow.frames_per_s, follow.wall_s = \
-            figure(TPS, out[3]), first, fps, wall
+        follow = Row(
+            "chat, 3rd turn", SETTINGS[0].name, engine_tps=rows[("chat", SETTINGS[0].name)].engine_tps
+        )
+        streamed(
+            client,
+            "/chat",
+            message="And how long does that take?",
+            **SETTINGS[0].ui(str(sdar), args.new_tokens),
+        )  # the 2nd turn of the last conversation
+        wall, first, _, out, fps = streamed(
+            client, "/chat", message="Say it again, shorter.", **SETTINGS[0].ui(str(sdar), args.new_tokens)
+        )  # the 3rd
+        follow.studio_tps, follow.first_frame_s, follow.frames_per_s, follow.wall_s = (
+            figure(TPS, out[3]),
+            first,
+            fps,
+            wall,
+        )
         follow.forwards = int(figure(NFE, out[3]))
         rows[("chat, 3rd turn", SETTINGS[0].name)] = follow
         if spy is not None:
             spy.wait(60)
         from app.race import SEQUENTIAL
 
-        wall, first, frames, out, _ = streamed(client, "/race", prompt=args.race_prompt,
-                                               has_frame=lambda out: "sdar-frame" in json.dumps(out, default=str),
-                                               mode=SEQUENTIAL, use_twin=True, repeats=args.repeats,
-                                               **SETTINGS[0].ui(str(sdar), args.new_tokens))
+        wall, first, frames, out, _ = streamed(
+            client,
+            "/race",
+            prompt=args.race_prompt,
+            has_frame=lambda out: "sdar-frame" in json.dumps(out, default=str),
+            mode=SEQUENTIAL,
+            use_twin=True,
+            repeats=args.repeats,
+            **SETTINGS[0].ui(str(sdar), args.new_tokens),
+        )
         table = out[3]
         for record in table["data"]:
             r = dict(zip(table["headers"], record))
@@ -312,29 +396,45 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
             row.studio_runs = [lo, hi]
             row.wall_s = wall
         info["race_headline"] = out[4]
-        wall, first, frames, out, fps = streamed(client, "/visualize", prompt=MESSAGE,
-                                                 **SETTINGS[0].ui(str(sdar), args.new_tokens))
-        rows[("visualize", SETTINGS[0].name)] = Row("visualize", SETTINGS[0].name, wall_s=wall, first_frame_s=first,
-                                                    frames_per_s=fps)
+        wall, first, frames, out, fps = streamed(
+            client, "/visualize", prompt=MESSAGE, **SETTINGS[0].ui(str(sdar), args.new_tokens)
+        )
+        rows[("visualize", SETTINGS[0].name)] = Row(
+            "visualize", SETTINGS[0].name, wall_s=wall, first_frame_s=first, frames_per_s=fps
+        )
         info["visitors"] = crowd_rows(app.url, sdar, args) if args.crowd else []
     finally:
         app.stop()
-        info["log"] = [f"{t:7.2f} s  {line}" for t, line in app.lines
-                       if "warm-up" in line or "loaded" in line or "running" in line or "Error" in line]
+        info["log"] = [
+            f"{t:7.2f} s  {line}"
+            for t, line in app.lines
+            if "warm-up" in line or "loaded" in line or "running" in line or "Error" in line
+        ]
         info["served"] = served_timelines([line for _, line in app.lines])
     return info
 
 
-SERVED = re.compile(r"served a chat answer: (\d+) tokens, waited ([\d.]+) s for the device, decoded in ([\d.]+) s "
-                    r"\(batch (\d+)\), answered ([\d.]+) s after the request")
+SERVED = re.compile(
+    r"served a chat answer: (\d+) tokens, waited ([\d.]+) s for the device, decoded in ([\d.]+) s "
+    r"\(batch (\d+)\), answered ([\d.]+) s after the request"
+)
 
 
 def served_timelines(lines: list[str]) -> list[dict]:
     """The server's own account of each chat answer (app/chat.py logs it): where its time went before Gradio sent
     it. A visitor's wall time minus `answered_s` is Gradio's delivery and the client."""
     found = (SERVED.search(line) for line in lines)
-    return [{"tokens": int(m[1]), "waited_s": float(m[2]), "decoded_s": float(m[3]), "batch": int(m[4]),
-             "answered_s": float(m[5])} for m in found if m]
+    return [
+        {
+            "tokens": int(m[1]),
+            "waited_s": float(m[2]),
+            "decoded_s": float(m[3]),
+            "batch": int(m[4]),
+            "answered_s": float(m[5]),
+        }
+        for m in found
+        if m
+    ]
 
 
 @dataclass
@@ -374,8 +474,11 @@ def engine_batches(sdar: Path, args, device, dtype) -> dict[tuple[str, int], dic
             generate(model, rows, **kwargs)
             gens = [generate(model, rows, **kwargs) for _ in range(args.repeats)]
             tps = statistics.median(g.stats.tokens_per_second for g in gens)
-            out[(s.name, n)] = {"tokens_per_s": tps, "seconds": statistics.median(g.stats.seconds for g in gens),
-                                "tokens": gens[-1].stats.new_tokens}
+            out[(s.name, n)] = {
+                "tokens_per_s": tps,
+                "seconds": statistics.median(g.stats.seconds for g in gens),
+                "tokens": gens[-1].stats.new_tokens,
+            }
             print(f"engine batch {n} {s.name}: {tps:.0f} tokens/s in all", flush=True)
     del model
     if torch.cuda.is_available():
@@ -415,8 +518,10 @@ def crowd_rows(url: str, sdar: Path, args) -> list[Visitor]:
                 clients = [Client(url, verbose=False, analytics_enabled=False) for _ in range(n)]
                 barrier = threading.Barrier(n)
                 crowd = [Visitor(n, s.name, rnd, i + 1) for i in range(n)]
-                threads = [threading.Thread(target=visit, args=(c, v, m, s.ui(str(sdar), args.new_tokens), barrier))
-                           for c, v, m in zip(clients, crowd, crowd_prompts(n))]
+                threads = [
+                    threading.Thread(target=visit, args=(c, v, m, s.ui(str(sdar), args.new_tokens), barrier))
+                    for c, v, m in zip(clients, crowd, crowd_prompts(n))
+                ]
                 for t in threads:
                     t.start()
                 for t in threads:
@@ -425,8 +530,11 @@ def crowd_rows(url: str, sdar: Path, args) -> list[Visitor]:
                     c.close()
                 visitors += crowd
                 walls = [v.wall_s for v in crowd if v.wall_s is not None]
-                print(f"crowd {n} {s.name} round {rnd}: makespan {max(walls):.2f} s, median "
-                      f"{statistics.median(walls):.2f} s, errors {sum(v.error is not None for v in crowd)}", flush=True)
+                print(
+                    f"crowd {n} {s.name} round {rnd}: makespan {max(walls):.2f} s, median "
+                    f"{statistics.median(walls):.2f} s, errors {sum(v.error is not None for v in crowd)}",
+                    flush=True,
+                )
     return visitors
 
 
@@ -443,23 +551,38 @@ def crowd_summary(visitors: list[Visitor], engine: dict) -> list[dict]:
         e = engine.get((setting, n), {})
         agg = tokens / makespan if makespan else None
         med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
-        rows.append({"setting": setting, "visitors": n, "round": rnd, "answered": len(ok), "errors": len(vs) - len(ok),
-                     "makespan_s": makespan, "median_wall_s": med([v.wall_s for v in ok]),
-                     "median_first_token_s": med([v.first_token_s for v in ok if v.first_token_s is not None]),
-                     "median_page_tps": med([v.page_tps for v in ok if v.page_tps]),
-                     "median_bytes": med([v.bytes for v in ok if v.bytes]), "batches_seen": sorted({v.batch for v in ok}),
-                     "aggregate_tps": agg, "engine_batch_tps": e.get("tokens_per_s"),
-                     "engine_batch_s": e.get("seconds"),
-                     "aggregate_over_engine": agg / e["tokens_per_s"] if agg and e.get("tokens_per_s") else None})
+        rows.append(
+            {
+                "setting": setting,
+                "visitors": n,
+                "round": rnd,
+                "answered": len(ok),
+                "errors": len(vs) - len(ok),
+                "makespan_s": makespan,
+                "median_wall_s": med([v.wall_s for v in ok]),
+                "median_first_token_s": med([v.first_token_s for v in ok if v.first_token_s is not None]),
+                "median_page_tps": med([v.page_tps for v in ok if v.page_tps]),
+                "median_bytes": med([v.bytes for v in ok if v.bytes]),
+                "batches_seen": sorted({v.batch for v in ok}),
+                "aggregate_tps": agg,
+                "engine_batch_tps": e.get("tokens_per_s"),
+                "engine_batch_s": e.get("seconds"),
+                "aggregate_over_engine": agg / e["tokens_per_s"] if agg and e.get("tokens_per_s") else None,
+            }
+        )
     return rows
 
 
-def write_outputs(out: Path, rows: list[Row], info: dict, visitors: list[Visitor] = (),
-                  crowd: list[dict] = ()) -> None:
+def write_outputs(
+    out: Path, rows: list[Row], info: dict, visitors: list[Visitor] = (), crowd: list[dict] = ()
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     records = [{**asdict(r), "ratio": r.ratio} for r in rows]
-    (out / "results.json").write_text(json.dumps({"machine": info.pop("machine"), "info": info, "rows": records,
-                                                  "crowd": list(crowd)}, indent=1))
+    (out / "results.json").write_text(
+        json.dumps(
+            {"machine": info.pop("machine"), "info": info, "rows": records, "crowd": list(crowd)}, indent=1
+        )
+    )
     if visitors:
         with open(out / "crowd.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(asdict(visitors[0])))
@@ -469,31 +592,48 @@ def write_outputs(out: Path, rows: list[Row], info: dict, visitors: list[Visitor
         w = csv.DictWriter(f, fieldnames=list(records[0]))
         w.writeheader()
         w.writerows(records)
-    lines = ["| what | setting | engine tok/s | engine traced | studio tok/s | studio / engine | first request | "
-             "forwards | first frame (s) | frames/s |", "|" + "---|" * 10]
+    lines = [
+        "| what | setting | engine tok/s | engine traced | studio tok/s | studio / engine | first request | "
+        "forwards | first frame (s) | frames/s |",
+        "|" + "---|" * 10,
+    ]
     fmt = lambda v, p=1: "" if v is None else f"{v:.{p}f}"  # noqa: E731
     for r in rows:
-        lines.append(f"| {r.what} | {r.setting} | {fmt(r.engine_tps)} | {fmt(r.engine_traced_tps)} | "
-                     f"{fmt(r.studio_tps)} | {fmt(r.ratio, 2)} | {fmt(r.first_request_tps)} | {r.forwards or ''} | "
-                     f"{fmt(r.first_frame_s, 2)} | {fmt(r.frames_per_s)} |")
+        lines.append(
+            f"| {r.what} | {r.setting} | {fmt(r.engine_tps)} | {fmt(r.engine_traced_tps)} | "
+            f"{fmt(r.studio_tps)} | {fmt(r.ratio, 2)} | {fmt(r.first_request_tps)} | {r.forwards or ''} | "
+            f"{fmt(r.first_frame_s, 2)} | {fmt(r.frames_per_s)} |"
+        )
     if crowd:
-        lines += ["", "| setting | visitors | round | answered | makespan (s) | median visitor (s) | first token (s) | "
-                  "page tok/s | bytes | aggregate tok/s | engine batch tok/s | aggregate / engine |", "|" + "---|" * 12]
+        lines += [
+            "",
+            "| setting | visitors | round | answered | makespan (s) | median visitor (s) | first token (s) | "
+            "page tok/s | bytes | aggregate tok/s | engine batch tok/s | aggregate / engine |",
+            "|" + "---|" * 12,
+        ]
         for c in crowd:
-            lines.append(f"| {c['setting']} | {c['visitors']} | {c['round']} | {c['answered']} | {fmt(c['makespan_s'], 2)} | "
-                         f"{fmt(c['median_wall_s'], 2)} | {fmt(c['median_first_token_s'], 2)} | "
-                         f"{fmt(c['median_page_tps'])} | {c['median_bytes'] or ''} | {fmt(c['aggregate_tps'])} | "
-                         f"{fmt(c['engine_batch_tps'])} | {fmt(c['aggregate_over_engine'], 3)} |")
+            lines.append(
+                f"| {c['setting']} | {c['visitors']} | {c['round']} | {c['answered']} | {fmt(c['makespan_s'], 2)} | "
+                f"{fmt(c['median_wall_s'], 2)} | {fmt(c['median_first_token_s'], 2)} | "
+                f"{fmt(c['median_page_tps'])} | {c['median_bytes'] or ''} | {fmt(c['aggregate_tps'])} | "
+                f"{fmt(c['engine_batch_tps'])} | {fmt(c['aggregate_over_engine'], 3)} |"
+            )
     served = info.get("served") or []
     if served:
+
         def spread(key: str) -> str:
             xs = sorted(t[key] for t in served)
-            return (f"p50 {statistics.median(xs):.3f} s, p95 {xs[min(len(xs) - 1, int(0.95 * len(xs)))]:.3f} s, "
-                    f"max {xs[-1]:.3f} s")
+            return (
+                f"p50 {statistics.median(xs):.3f} s, p95 {xs[min(len(xs) - 1, int(0.95 * len(xs)))]:.3f} s, "
+                f"max {xs[-1]:.3f} s"
+            )
 
-        lines += ["", f"Server side, {len(served)} chat answers (app/chat.py's log): waited for the device "
-                  f"{spread('waited_s')}; decoded {spread('decoded_s')}; answered after the request "
-                  f"{spread('answered_s')}."]
+        lines += [
+            "",
+            f"Server side, {len(served)} chat answers (app/chat.py's log): waited for the device "
+            f"{spread('waited_s')}; decoded {spread('decoded_s')}; answered after the request "
+            f"{spread('answered_s')}.",
+        ]
     (out / "summary.md").write_text("\n".join(lines) + "\n\n" + "\n".join(info.get("log", [])) + "\n")
     print("\n".join(lines))
 
@@ -506,22 +646,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--port", type=int, default=7861)
-    p.add_argument("--profile", type=float, default=0, metavar="SECONDS",
-                   help="sample the studio with py-spy for this long from the first chat request on")
+    p.add_argument(
+        "--profile",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="sample the studio with py-spy for this long from the first chat request on",
+    )
     p.add_argument("--race-prompt", default="Count from one to fifty in words, separated by commas.")
-    p.add_argument("--crowd", type=int, nargs="*", default=[1, 4, 8, 16], metavar="N",
-                   help="crowd sizes: N visitors pressing Send at once (none: no crowd sweep)")
-    p.add_argument("--crowd-only", action="store_true",
-                   help="measure the crowd (and the engine rows it is compared with) but not the chat, race and "
-                        "visualizer rows")
+    p.add_argument(
+        "--crowd",
+        type=int,
+        nargs="*",
+        default=[1, 4, 8, 16],
+        metavar="N",
+        help="crowd sizes: N visitors pressing Send at once (none: no crowd sweep)",
+    )
+    p.add_argument(
+        "--crowd-only",
+        action="store_true",
+        help="measure the crowd (and the engine rows it is compared with) but not the chat, race and "
+        "visualizer rows",
+    )
     args = p.parse_args(argv)
     device, workdir = default_device(), Path(args.workdir)
     dtype = default_dtype(device)
     shutil.rmtree(workdir, ignore_errors=True)
     t0 = time.perf_counter()
     sdar, twin = write_checkpoints(args.arch, workdir, device, dtype)
-    info = {"machine": machine_info(device), "arch": args.arch, "new_tokens": args.new_tokens,
-            "repeats": args.repeats, "checkpoints_s": time.perf_counter() - t0}
+    info = {
+        "machine": machine_info(device),
+        "arch": args.arch,
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "checkpoints_s": time.perf_counter() - t0,
+    }
     rows = engine_rows(sdar, twin, args, device, dtype)
     engine = engine_batches(sdar, args, device, dtype) if args.crowd else {}
     synchronize(device)

@@ -1,5 +1,6 @@
 """Shared fixtures: the embedded models, and tiny random models in the real checkpoint format written by the tests
 themselves (the functions they are built with live in helpers.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,17 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import free_port, write_checkpoints
 from sdar_core.loading import load_pretrained
 from sdar_core.paths import MODELS_DIR
+
+from helpers import free_port, write_checkpoints
 
 
 @pytest.fixture(scope="session")
 def embedded_models():
     """The shipped sdar-tiny and ar-tiny, loaded once on CPU in float32: {name: (model, tokenizer)}."""
     torch.set_num_threads(min(torch.get_num_threads(), 2))
-    return {name: load_pretrained(MODELS_DIR / name, device="cpu", dtype=torch.float32)
-            for name in ("sdar-tiny", "ar-tiny")}
+    return {
+        name: load_pretrained(MODELS_DIR / name, device="cpu", dtype=torch.float32)
+        for name in ("sdar-tiny", "ar-tiny")
+    }
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +40,9 @@ def launched_studio(studio_checkpoints):
     sdar, _ = studio_checkpoints
     demo = build_app(default_model=str(sdar), registry=ModelRegistry(models_dir=sdar.parent))
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS)
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS
+    )
     try:
         yield f"http://127.0.0.1:{port}/", sdar
     finally:

@@ -1,6 +1,7 @@
 """What the tests share besides fixtures (conftest.py holds those): tiny models in the real checkpoint format,
 independent references, the Triton interpreter, and the app tests' checkpoints and tokenizer. Imported as a module
 (`from helpers import tiny_config`): tests/ is on the path."""
+
 from __future__ import annotations
 
 import socket
@@ -17,14 +18,31 @@ from training.tokenizer import SPECIAL_TOKENS
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def tiny_config(model_type: str = "sdar", *, block_size: int = 4, vocab_size: int = 96, layers: int = 2,
-                mask_token_id: int | None = None, **overrides) -> ModelConfig:
+def tiny_config(
+    model_type: str = "sdar",
+    *,
+    block_size: int = 4,
+    vocab_size: int = 96,
+    layers: int = 2,
+    mask_token_id: int | None = None,
+    **overrides,
+) -> ModelConfig:
     """A shrunk Qwen3/SDAR config: 2 layers, GQA 4/2 heads of 16, vocab 96 (the last id is the mask)."""
     fields = dict(
-        model_type=model_type, vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        rope_theta=10000.0, max_position_embeddings=512, block_size=1 if model_type.startswith("qwen3") else block_size,
-        mask_token_id=(vocab_size - 1 if mask_token_id is None else mask_token_id) if model_type.startswith("sdar") else None,
+        model_type=model_type,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        rope_theta=10000.0,
+        max_position_embeddings=512,
+        block_size=1 if model_type.startswith("qwen3") else block_size,
+        mask_token_id=(vocab_size - 1 if mask_token_id is None else mask_token_id)
+        if model_type.startswith("sdar")
+        else None,
         eos_token_id=1,
     )
     if "moe" in model_type:
@@ -33,7 +51,9 @@ def tiny_config(model_type: str = "sdar", *, block_size: int = 4, vocab_size: in
     return ModelConfig(**fields)
 
 
-def random_model(config: ModelConfig, seed: int = 0, std: float = 0.5, proj_std: float = 0.2) -> SDARForCausalLM:
+def random_model(
+    config: ModelConfig, seed: int = 0, std: float = 0.5, proj_std: float = 0.2
+) -> SDARForCausalLM:
     """A model with random weights large enough that logits are far from uniform (clear argmax) and
     that its greedy outputs vary from position to position (confidences spread over (0, 1))."""
     torch.manual_seed(seed)
@@ -64,8 +84,10 @@ def interpreter_reason() -> str | None:
     # 3.7.1, 3.8.0 and 3.9.0 ran these tests with numpy 2.4.
     triton = version("triton")
     if release(triton) < (3, 7) and release(numpy.__version__) >= (2, 3):
-        return (f"Triton {triton}'s interpreter needs numpy < 2.3 (numpy {numpy.__version__} is installed); "
-                "Triton 3.7 or newer runs it with any numpy")
+        return (
+            f"Triton {triton}'s interpreter needs numpy < 2.3 (numpy {numpy.__version__} is installed); "
+            "Triton 3.7 or newer runs it with any numpy"
+        )
     return None
 
 
@@ -77,10 +99,14 @@ def run_interpreted(script: str, *args: str, timeout: int = 600) -> str:
     import sys
 
     tests = Path(__file__).parent
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    env = dict(
+        os.environ,
+        TRITON_INTERPRET="1",
+        PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.strip().splitlines()[-1]
 
@@ -120,12 +146,15 @@ CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-CORPUS = """The sky is blue because air scatters short wavelengths of sunlight more than long ones.
+CORPUS = (
+    """The sky is blue because air scatters short wavelengths of sunlight more than long ones.
 A block diffusion model writes a block of tokens at once and refines it over a few denoising steps.
 Autoregressive decoding writes one token per forward pass; SDAR commits several tokens per forward.
 Once upon a time there was a small model that learned to answer questions about the world.
 The quick brown fox jumps over the lazy dog. Numbers: 1 2 3 4 5 6 7 8 9 10. Hello, how are you today?
-""" * 4
+"""
+    * 4
+)
 
 
 def build_tokenizer():
@@ -136,12 +165,18 @@ def build_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(CORPUS.splitlines(), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   mask_token="<|MASK|>", additional_special_tokens=["<|im_start|>"],
-                                   chat_template=CHATML)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        mask_token="<|MASK|>",
+        additional_special_tokens=["<|im_start|>"],
+        chat_template=CHATML,
+    )
 
 
 def load_tokenizer():
@@ -161,8 +196,12 @@ def write_checkpoints(root: Path, *, context: int = 512) -> tuple[Path, Path]:
     tok = load_tokenizer()
     vocab = tok.get_vocab()
     vocab_size = max(len(tok), max(vocab.values()) + 1)
-    common = dict(vocab_size=vocab_size, eos_token_id=vocab["<|im_end|>"], max_position_embeddings=context,
-                  pad_token_id=vocab["<|endoftext|>"])
+    common = dict(
+        vocab_size=vocab_size,
+        eos_token_id=vocab["<|im_end|>"],
+        max_position_embeddings=context,
+        pad_token_id=vocab["<|endoftext|>"],
+    )
     sdar = random_model(tiny_config("sdar", block_size=4, mask_token_id=vocab["<|MASK|>"], **common), seed=1)
     ar = random_model(tiny_config("qwen3", **common), seed=2)
     return save_pretrained(sdar, tok, root / "sdar-tiny"), save_pretrained(ar, tok, root / "ar-tiny")

@@ -1,6 +1,7 @@
 """app/catalog.py and what the model picker says about each model before it is loaded: parameters, memory,
 block size and download checked against the real configs of tests/fixtures/; too little memory, no network and
 a missing folder each explained in place (the picker's status), a download's progress read from the hub cache."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,15 @@ GB = 10**9
 def registry(tmp_path, *, online=True, free=64 * GB, **kw):
     from app.registry import ModelRegistry
 
-    return ModelRegistry(models_dir=tmp_path, device="cpu", dtype=__import__("torch").bfloat16,
-                         online=lambda: online, free_memory=lambda: free, hub_cache=tmp_path / "hub", **kw)
+    return ModelRegistry(
+        models_dir=tmp_path,
+        device="cpu",
+        dtype=__import__("torch").bfloat16,
+        online=lambda: online,
+        free_memory=lambda: free,
+        hub_cache=tmp_path / "hub",
+        **kw,
+    )
 
 
 def describe(reg, name):
@@ -27,10 +35,17 @@ def describe(reg, name):
     return describe_model(Studio(registry=reg), name)
 
 
-@pytest.mark.parametrize("name, config, index", [
-    ("JetLM/SDAR-4B-Chat", FIXTURES / "sdar-4b-chat" / "config.json", FIXTURES / "sdar-4b-chat-index.json"),
-    ("JetLM/SDAR-8B-Chat", FIXTURES / "sdar-8b-chat-config.json", None),
-])
+@pytest.mark.parametrize(
+    "name, config, index",
+    [
+        (
+            "JetLM/SDAR-4B-Chat",
+            FIXTURES / "sdar-4b-chat" / "config.json",
+            FIXTURES / "sdar-4b-chat-index.json",
+        ),
+        ("JetLM/SDAR-8B-Chat", FIXTURES / "sdar-8b-chat-config.json", None),
+    ],
+)
 def test_the_catalog_entries_match_the_real_configs(name, config, index):
     from app.catalog import BY_NAME
     from sdar_core.config import ModelConfig
@@ -46,9 +61,12 @@ def test_one_list_is_the_picker_the_allow_list_and_the_family():
     from app.catalog import NAMES
 
     assert reg.CURATED is NAMES and len(NAMES) == 8
-    assert {n for n in NAMES if n.startswith("JetLM/")} == {f"JetLM/SDAR-{s}-Chat" for s in ("1.7B", "4B", "8B",
-                                                                                            "30B-A3B")}
-    assert {n for n in NAMES if n.startswith("Qwen/")} == {f"Qwen/Qwen3-{s}" for s in ("1.7B", "4B", "8B", "30B-A3B")}
+    assert {n for n in NAMES if n.startswith("JetLM/")} == {
+        f"JetLM/SDAR-{s}-Chat" for s in ("1.7B", "4B", "8B", "30B-A3B")
+    }
+    assert {n for n in NAMES if n.startswith("Qwen/")} == {
+        f"Qwen/Qwen3-{s}" for s in ("1.7B", "4B", "8B", "30B-A3B")
+    }
 
 
 def test_a_catalog_model_is_described_with_its_size_memory_block_and_download(tmp_path):
@@ -77,7 +95,9 @@ def test_too_little_memory_or_no_network_says_why_in_place_and_load_refuses(tmp_
     snapshot.mkdir(parents=True)
     (snapshot / "config.json").write_text("{}")
     (snapshot / "model.safetensors").write_text("")
-    assert "✓ In the local model cache" in describe(offline, "JetLM/SDAR-4B-Chat")  # cached: no network needed
+    assert "✓ In the local model cache" in describe(
+        offline, "JetLM/SDAR-4B-Chat"
+    )  # cached: no network needed
 
 
 def test_a_download_shows_its_progress_from_the_hub_cache(tmp_path):
@@ -88,8 +108,9 @@ def test_a_download_shows_its_progress_from_the_hub_cache(tmp_path):
     blobs.mkdir(parents=True)
     (blobs / "abc.incomplete").write_bytes(b"x" * 1000)
     loading = SimpleNamespace(name="JetLM/SDAR-4B-Chat", seconds=12.0)
-    assert loading_markdown(reg, loading) == ("⏳ Loading **JetLM/SDAR-4B-Chat**… 12 s · downloaded 0.0 GB of "
-                                              "about 8.8 GB")
+    assert loading_markdown(reg, loading) == (
+        "⏳ Loading **JetLM/SDAR-4B-Chat**… 12 s · downloaded 0.0 GB of about 8.8 GB"
+    )
     assert reg.progress(SimpleNamespace(name="assets/models/sdar-tiny")) == ""
 
 

@@ -1,6 +1,7 @@
 """Every example prompt the studio ships gets its expected answer from the embedded sdar-tiny at the studio's
 default settings, decoded on the CPU through the studio's own prompt path (app/examples.py): the conversation the
 Chat tab sends, with its default system prompt."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,7 +29,9 @@ def test_the_embedded_model_answers_each_shipped_example_and_shows_a_block_half_
     out = decode_example(sdar_tiny, example)
     reply = tokenizer.decode(out.row_tokens(0), skip_special_tokens=True)
     assert example.answer in reply, f"{example.prompt!r} -> {reply!r}"
-    half = [e for e in out.trace if not e.final and e.committed and set(e.masked_confidence) - set(e.committed)]
+    half = [
+        e for e in out.trace if not e.final and e.committed and set(e.masked_confidence) - set(e.committed)
+    ]
     assert half, f"{example.prompt!r}: every block filled in one step"
 
 
@@ -38,8 +41,13 @@ def decode_example(sdar_tiny, example):
 
     model, tokenizer = sdar_tiny
     ids, _ = prompt_ids(tokenizer, conversation(DEFAULT_SYSTEM, [], example.prompt))
-    return generate(model, [ids], stop_token_ids=stop_ids_for(tokenizer, model.config), trace=True,
-                    **DEFAULTS.generate_kwargs())
+    return generate(
+        model,
+        [ids],
+        stop_token_ids=stop_ids_for(tokenizer, model.config),
+        trace=True,
+        **DEFAULTS.generate_kwargs(),
+    )
 
 
 def test_the_page_opens_on_the_settings_and_system_prompt_the_examples_are_checked_at():
@@ -74,8 +82,9 @@ def test_a_block_size_the_model_was_not_trained_at_gets_a_note(block, warned):
 
 @pytest.mark.parametrize("example", examples.CHAT, ids=lambda e: e.prompt)
 def test_each_chat_example_shows_masks_in_at_least_three_frames_of_its_watch_replay(sdar_tiny, example):
-    """The replay opens every block masked, so a visitor sees the masks go (render.watch_frames, which the page's player follows frame for frame:
-    tests/test_app_player.py), every frame shown at the default WATCH_MS (the player thins only replays > 20 s)."""
+    """The replay opens every block masked, so a visitor sees the masks go (render.watch_frames, which the page's
+    player follows frame for frame: tests/test_app_player.py), every frame shown at the default WATCH_MS (the
+    player thins only replays > 20 s)."""
     from app.render import watch_frames
     from app.run import WATCH_MS
 

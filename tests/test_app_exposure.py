@@ -1,6 +1,7 @@
 """app/exposure.py and the registry's allow-list (issue 33): exposure is judged per request, so a studio bound to
 127.0.0.1 behind a proxy or a tunnel is public for the strangers it forwards (finding 7); every name a public
 request may not load gets one refusal, whatever it resolves to (finding 8)."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -15,23 +16,27 @@ def fake_request(headers: dict | None = None, host: str | None = "127.0.0.1"):
     return SimpleNamespace(headers=headers or {}, client=SimpleNamespace(host=host))
 
 
-@pytest.mark.parametrize("headers, host, server_exposed, public", [
-    ({}, "127.0.0.1", False, False),
-    ({}, "::1", False, False),
-    ({}, "127.8.9.10", False, False),
-    ({}, "::ffff:127.0.0.1", False, False),
-    ({"Forwarded": "for=203.0.113.7"}, "127.0.0.1", False, True),
-    ({"X-Forwarded-For": "203.0.113.7"}, "127.0.0.1", False, True),
-    ({"x-real-ip": "203.0.113.7"}, "127.0.0.1", False, True),
-    ({"X-Forwarded-For": "127.0.0.1"}, "127.0.0.1", False, True),  # a proxy said so: not to be trusted
-    ({}, "192.168.1.20", False, True),
-    ({}, "10.0.0.1", False, True),
-    ({}, None, False, True),  # no client address: unknown, so public
-    ({}, "testclient", False, True),
-    ({}, "127.0.0.1", True, True),  # an exposed server: every request
-])
-def test_finding7_a_request_is_public_when_proxied_remote_or_the_server_is_exposed(headers, host, server_exposed,
-                                                                                   public):
+@pytest.mark.parametrize(
+    "headers, host, server_exposed, public",
+    [
+        ({}, "127.0.0.1", False, False),
+        ({}, "::1", False, False),
+        ({}, "127.8.9.10", False, False),
+        ({}, "::ffff:127.0.0.1", False, False),
+        ({"Forwarded": "for=203.0.113.7"}, "127.0.0.1", False, True),
+        ({"X-Forwarded-For": "203.0.113.7"}, "127.0.0.1", False, True),
+        ({"x-real-ip": "203.0.113.7"}, "127.0.0.1", False, True),
+        ({"X-Forwarded-For": "127.0.0.1"}, "127.0.0.1", False, True),  # a proxy said so: not to be trusted
+        ({}, "192.168.1.20", False, True),
+        ({}, "10.0.0.1", False, True),
+        ({}, None, False, True),  # no client address: unknown, so public
+        ({}, "testclient", False, True),
+        ({}, "127.0.0.1", True, True),  # an exposed server: every request
+    ],
+)
+def test_finding7_a_request_is_public_when_proxied_remote_or_the_server_is_exposed(
+    headers, host, server_exposed, public
+):
     from app.exposure import is_public, request_is_public
 
     assert is_public(headers, host, server_exposed=server_exposed) is public
@@ -53,8 +58,11 @@ def test_finding7_the_registry_judges_the_request_gradio_is_handling(studio_chec
     assert registry.key(str(outside), public=False) == str(outside.resolve())
     with pytest.raises(ModelUnavailable, match="not offered"):
         registry.key(str(outside), public=True)
-    for request, allowed in [(fake_request(), True), (fake_request({"X-Forwarded-For": "203.0.113.7"}), False),
-                             (fake_request(host="198.51.100.4"), False)]:
+    for request, allowed in [
+        (fake_request(), True),
+        (fake_request({"X-Forwarded-For": "203.0.113.7"}), False),
+        (fake_request(host="198.51.100.4"), False),
+    ]:
         token = LocalContext.request.set(request)
         try:
             if allowed:
@@ -85,13 +93,17 @@ def test_finding7_a_loopback_studio_refuses_proxied_visitors_any_folder(studio_c
     registry = ModelRegistry(models_dir=sdar.parent, exposed=False)
     demo = build_app(default_model=str(sdar), registry=registry)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS)
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS
+    )
     try:
         url = f"http://127.0.0.1:{port}/"
         direct = Client(url, verbose=False).predict(str(outside), api_name="/describe_model")
         assert "not offered" not in direct and "loads on first use" in direct
         for headers in ({"X-Forwarded-For": "203.0.113.7"}, {"Forwarded": "for=203.0.113.7;proto=https"}):
-            proxied = Client(url, verbose=False, headers=headers).predict(str(outside), api_name="/describe_model")
+            proxied = Client(url, verbose=False, headers=headers).predict(
+                str(outside), api_name="/describe_model"
+            )
             assert "is not offered by this studio" in proxied and "--allow-any-model" in proxied
     finally:
         demo.close()
@@ -110,9 +122,21 @@ def test_finding8_every_refused_name_gets_one_message_whatever_it_resolves_to(st
     file_in_models = models / "notes.txt"
     file_in_models.write_text("x")
     registry = ModelRegistry(models_dir=models)  # exposed: the safe default
-    names = [str(models / "missing"), str(models / sdar.name / ".." / "missing"), str(models / ".." / models.name /
-             sdar.name), "/" + str(sdar), str(sdar) + "/.", str(link), str(file_in_models), str(models), "/etc",
-             "/etc/passwd", str(tmp_path / "nothing" / "here"), "org/any-model", "../" * 8 + "etc"]
+    names = [
+        str(models / "missing"),
+        str(models / sdar.name / ".." / "missing"),
+        str(models / ".." / models.name / sdar.name),
+        "/" + str(sdar),
+        str(sdar) + "/.",
+        str(link),
+        str(file_in_models),
+        str(models),
+        "/etc",
+        "/etc/passwd",
+        str(tmp_path / "nothing" / "here"),
+        "org/any-model",
+        "../" * 8 + "etc",
+    ]
     messages = set()
     for name in names:
         with pytest.raises(ModelUnavailable) as e:

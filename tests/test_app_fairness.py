@@ -2,6 +2,7 @@
 the device least first, a race or a sweep borrows the device through the same queue, every request is priced in
 forwards before it starts (and held to it while it runs), and Stop reaches the run it was made for whatever else
 its session or other sessions do. Orders and counts only: no wall-clock bound."""
+
 from __future__ import annotations
 
 import gc
@@ -10,9 +11,9 @@ import types
 
 import pytest
 
-from app.budget import Budget, Budgets, OverBudget, runs_within
+from app.budget import Budget, Budgets, runs_within
 from app.registry import ModelRegistry
-from app.scheduler import DecodeScheduler, Finished, Job, SchedulerTurn, Started, Steps
+from app.scheduler import DecodeScheduler, Finished, Job, SchedulerTurn, Steps
 from app.settings import DecodeSettings
 from app.streaming import StopFlags
 from sdar_core import DecodeParams, generate
@@ -27,8 +28,9 @@ def loaded(studio_checkpoints):
 
 
 def job_for(loaded, visitor: str, steps: int = 4, max_new_tokens: int = 8, budget=None) -> Job:
-    params = DecodeParams(block_length=4, steps=steps, strategy="static", max_new_tokens=max_new_tokens,
-                          stop_token_ids=[]).resolved(loaded.config)
+    params = DecodeParams(
+        block_length=4, steps=steps, strategy="static", max_new_tokens=max_new_tokens, stop_token_ids=[]
+    ).resolved(loaded.config)
     return Job(loaded, loaded.tokenizer(PROMPT)["input_ids"], params, visitor=visitor, budget=budget)
 
 
@@ -46,15 +48,26 @@ def test_finding2_a_fresh_visitor_goes_before_the_queued_work_of_a_visitor_who_u
     """Before: first come, first served (the heavy visitor's three queued jobs all ran before the fresh one)."""
     lock = threading.Lock()
     scheduler = DecodeScheduler("test", lock=lock)
-    drain(scheduler.submit(job_for(loaded, "heavy", max_new_tokens=32)))  # device time on the heavy visitor's count
-    with lock:  # the device is busy (a race lane, say) while both queue; taken once the first batch is charged
+    drain(
+        scheduler.submit(job_for(loaded, "heavy", max_new_tokens=32))
+    )  # device time on the heavy visitor's count
+    with (
+        lock
+    ):  # the device is busy (a race lane, say) while both queue; taken once the first batch is charged
         assert scheduler.used("heavy") > 0 and scheduler.used("fresh") == 0
-        heavy = [scheduler.submit(job_for(loaded, "heavy", steps=s)) for s in (1, 2, 4)]  # three keys: three turns
-        fresh = scheduler.submit(job_for(loaded, "fresh", steps=2))  # last to come; shares a key with one of them
+        heavy = [
+            scheduler.submit(job_for(loaded, "heavy", steps=s)) for s in (1, 2, 4)
+        ]  # three keys: three turns
+        fresh = scheduler.submit(
+            job_for(loaded, "fresh", steps=2)
+        )  # last to come; shares a key with one of them
     for job in heavy + [fresh]:
         drain(job)
     assert scheduler.turns[1] == "fresh"  # the first turn after the busy device is the fresh visitor's
-    assert scheduler.turns[2:] == ["heavy", "heavy"]  # the heavy job of the same key rode along in fresh's batch
+    assert scheduler.turns[2:] == [
+        "heavy",
+        "heavy",
+    ]  # the heavy job of the same key rode along in fresh's batch
 
 
 def test_finding2_a_race_lane_takes_its_turn_behind_a_fresher_visitors_chat(loaded):
@@ -95,8 +108,17 @@ def test_a_lease_stopped_while_it_waits_is_dropped_and_the_queue_goes_on(loaded)
 # --- finding 2: cost budgets in forwards -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("strategy, block, steps", [("static", 4, 4), ("static", 4, 2), ("dynamic", 4, 4),
-                                                     ("ar", 1, 1), ("static", 8, 3), ("sequential", 2, 2)])
+@pytest.mark.parametrize(
+    "strategy, block, steps",
+    [
+        ("static", 4, 4),
+        ("static", 4, 2),
+        ("dynamic", 4, 4),
+        ("ar", 1, 1),
+        ("static", 8, 3),
+        ("sequential", 2, 2),
+    ],
+)
 @pytest.mark.parametrize("prompt_len", [1, 5, 8])
 def test_forwards_bound_is_never_exceeded_by_the_decoder(loaded, strategy, block, steps, prompt_len):
     s = DecodeSettings(block_length=block, steps=steps, strategy=strategy, threshold=0.9, max_new_tokens=13)
@@ -113,7 +135,11 @@ def test_budgets_are_read_from_the_environment_and_a_bad_one_is_named():
     for bad in ("0", "-3", "lots", "1.5"):
         with pytest.raises(ValueError, match="SDAR_CHAT_BUDGET must be a positive whole number"):
             Budgets.from_env({"SDAR_CHAT_BUDGET": bad})
-    assert runs_within(100, 10, 30, 5) == 3 and runs_within(100, 10, 91, 5) == 0 and runs_within(100, 0, 10, 2) == 2
+    assert (
+        runs_within(100, 10, 30, 5) == 3
+        and runs_within(100, 10, 91, 5) == 0
+        and runs_within(100, 0, 10, 2) == 2
+    )
     b = Budget(3)
     assert [b.spend() for _ in range(4)] == [True, True, True, False] and b.exhausted
 
@@ -139,6 +165,7 @@ def studio_with(studio_checkpoints):
         studio = Studio(registry=ModelRegistry(models_dir=sdar.parent), budgets=Budgets(**budgets))
         _, page = layout(str(sdar), [str(sdar)], "", None)
         return Race(studio), Chat(studio, page), page, str(sdar)
+
     return make
 
 
@@ -146,8 +173,19 @@ REQUEST = types.SimpleNamespace(session_hash="s", headers={}, client=types.Simpl
 
 
 def race_args(model, **over):
-    ui = dict(model_name=model, block_length=1, steps=1, strategy="static", threshold=0.9, temperature=0.0,
-              top_p=1.0, max_new_tokens=16, seed=0, pace_ms=0, repeats=5)
+    ui = dict(
+        model_name=model,
+        block_length=1,
+        steps=1,
+        strategy="static",
+        threshold=0.9,
+        temperature=0.0,
+        top_p=1.0,
+        max_new_tokens=16,
+        seed=0,
+        pace_ms=0,
+        repeats=5,
+    )
     ui.update(over)
     return ui
 
@@ -175,7 +213,10 @@ def test_finding2_a_race_or_sweep_that_cannot_fit_one_run_is_refused_with_the_fi
     assert "at most 20 here" in refused.value.message
     with pytest.raises(gr.Error) as refused:
         list(race.sweep("Hi", model, [4, 8], [0.9, 0.5], 64, system="", request=REQUEST))
-    assert "This sweep may take up to 412 forwards" in refused.value.message and "at most 30 here" in refused.value.message
+    assert (
+        "This sweep may take up to 412 forwards" in refused.value.message
+        and "at most 30 here" in refused.value.message
+    )
 
 
 def test_a_sweep_over_its_budget_runs_fewer_timed_runs_per_point_and_says_so(studio_with):
@@ -268,7 +309,9 @@ def test_finding2_a_timed_lane_gives_way_at_a_block_boundary_and_decodes_the_sam
 # --- finding 3: the watch replay holds no decode slot ------------------------------------------------------------
 
 
-def test_finding3_a_paced_answer_is_replayed_by_the_page_and_its_handler_never_sleeps(studio_with, monkeypatch):
+def test_finding3_a_paced_answer_is_replayed_by_the_page_and_its_handler_never_sleeps(
+    studio_with, monkeypatch
+):
     """Before: the watch replay ran on the server, holding a decode slot for the whole display (a fresh chat waited
     16.3 s behind 4 paced visitors). Now the handler ends with its decode: the pace travels to the page's player,
     no handler thread sleeps for display, and the scheduler holds nothing once the answer is sent."""
@@ -278,8 +321,11 @@ def test_finding3_a_paced_answer_is_replayed_by_the_page_and_its_handler_never_s
     slept = []
     real_sleep = time_module.sleep
     handler = threading.get_ident()
-    monkeypatch.setattr(time_module, "sleep", lambda s: (slept.append(s) if threading.get_ident() == handler else None,
-                                                         real_sleep(s))[1])
+    monkeypatch.setattr(
+        time_module,
+        "sleep",
+        lambda s: (slept.append(s) if threading.get_ident() == handler else None, real_sleep(s))[1],
+    )
     ui = race_args(model, block_length=4, steps=4, max_new_tokens=24, pace_ms=1000)
     ui.pop("repeats")
     outputs = list(chat.respond("Tell me a story.", [], "", REQUEST, **ui))
@@ -293,16 +339,23 @@ def test_a_visitor_is_the_forwarded_client_address_else_its_own_address_else_its
     from app.exposure import visitor_of
 
     def request(headers=None, host="127.0.0.1", session="s1"):
-        return types.SimpleNamespace(headers=headers or {}, client=types.SimpleNamespace(host=host),
-                                     session_hash=session)
+        return types.SimpleNamespace(
+            headers=headers or {}, client=types.SimpleNamespace(host=host), session_hash=session
+        )
 
     proxied = {"X-Forwarded-For": "203.0.113.7, 10.0.0.1"}
     assert visitor_of(request(proxied)) == visitor_of(request(proxied, session="s2")) == "ip:203.0.113.7"
     assert visitor_of(request({"x-real-ip": "198.51.100.2", **proxied})) == "ip:198.51.100.2"
-    assert visitor_of(request(host="192.0.2.5")) == visitor_of(request(host="192.0.2.5", session="s9"))  # fresh
-    assert visitor_of(request()) != visitor_of(request(session="s2"))  # this machine's own tabs: one per session
+    assert visitor_of(request(host="192.0.2.5")) == visitor_of(
+        request(host="192.0.2.5", session="s9")
+    )  # fresh
+    assert visitor_of(request()) != visitor_of(
+        request(session="s2")
+    )  # this machine's own tabs: one per session
     assert visitor_of(request({"Forwarded": 'for="[2001:db8::1]";proto=https'})) == "ip:2001:db8::1"
-    assert visitor_of(request({"X-Forwarded-Host": "studio.example"})) == "ip:127.0.0.1"  # a proxy, not a session
+    assert (
+        visitor_of(request({"X-Forwarded-Host": "studio.example"})) == "ip:127.0.0.1"
+    )  # a proxy, not a session
     assert visitor_of(None) == ""
 
 

@@ -1,6 +1,7 @@
 """The studio's GPU paths, on CUDA (marked `cuda`, run on the device; CI has no GPU): the warm-up captures graphs
 in the background while a visitor is served between two shapes, and the scheduler's batches (CUDA graphs, the
 batch padded to a power of two) give every row the tokens `generate` gives it alone."""
+
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,12 @@ import torch
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
-PROMPTS = ["Why is the sky blue?", "What is 47 + 38?", "Tell me a story about a very small robot.",
-           "Count to ten."]
+PROMPTS = [
+    "Why is the sky blue?",
+    "What is 47 + 38?",
+    "Tell me a story about a very small robot.",
+    "Count to ten.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +41,11 @@ def test_the_warm_up_captures_on_cuda_while_a_visitor_is_served(registry, studio
     with caplog.at_level(logging.INFO, logger="app.studio"):
         assert warm.start(registry, str(sdar))
         with torch.inference_mode():
-            run = studio.start(DecodeRequest(str(sdar), DecodeSettings(max_new_tokens=16)),
-                               [{"role": "user", "content": "Hi"}], threading.Event())
+            run = studio.start(
+                DecodeRequest(str(sdar), DecodeSettings(max_new_tokens=16)),
+                [{"role": "user", "content": "Hi"}],
+                threading.Event(),
+            )
             list(run.follow())
         deadline = time.monotonic() + 300
         while warm.running and time.monotonic() < deadline:
@@ -48,7 +56,9 @@ def test_the_warm_up_captures_on_cuda_while_a_visitor_is_served(registry, studio
 
 
 @pytest.mark.parametrize("strategy, block, steps", [("static", 4, 2), ("dynamic", 4, 4)])
-def test_a_batch_on_cuda_gives_each_row_its_tokens_alone(registry, studio_checkpoints, strategy, block, steps):
+def test_a_batch_on_cuda_gives_each_row_its_tokens_alone(
+    registry, studio_checkpoints, strategy, block, steps
+):
     from app.scheduler import DecodeScheduler, Finished, Job
     from sdar_core import DecodeParams, generate
 
@@ -57,8 +67,14 @@ def test_a_batch_on_cuda_gives_each_row_its_tokens_alone(registry, studio_checkp
     scheduler = DecodeScheduler("cuda-test", lock=threading.Lock())
     jobs = []
     for prompt, n in zip(PROMPTS[:3], (24, 9, 16)):  # 3 rows: padded to a batch of 4
-        p = DecodeParams(max_new_tokens=n, block_length=block, steps=steps, strategy=strategy, threshold=0.5,
-                         stop_token_ids=loaded.stop_token_ids).resolved(loaded.config)
+        p = DecodeParams(
+            max_new_tokens=n,
+            block_length=block,
+            steps=steps,
+            strategy=strategy,
+            threshold=0.5,
+            stop_token_ids=loaded.stop_token_ids,
+        ).resolved(loaded.config)
         jobs.append(Job(loaded, loaded.tokenizer(prompt)["input_ids"], p))
     with scheduler._cv:
         for job in jobs:

@@ -2,6 +2,7 @@
 frames as the server's frame model (FrameBuilder / watch_frames) builds from the StepEvents: the same openings and
 steps, the same masked positions, the same fresh commits and the same text, on real decodes of a tiny model (block
 diffusion with a stop token, and AR). Runs the script's pure functions under node (skipped without it)."""
+
 from __future__ import annotations
 
 import json
@@ -34,17 +35,26 @@ pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
 
 
 def js_frames(value: dict) -> list[dict]:
-    done = subprocess.run([NODE, "-e", HARNESS, str(SCRIPT)], input=json.dumps(value), capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [NODE, "-e", HARNESS, str(SCRIPT)],
+        input=json.dumps(value),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
 def py_frame(f, pieces, stop_ids) -> dict:
     cells = f.done + f.block
-    return {"opening": f.opening, "step": f.step, "text": frame_text(f, pieces, stop_ids),
-            "masked": [c.position for c in f.block if c.token is None],
-            "fresh": [c.position for c in cells if c.fresh]}
+    return {
+        "opening": f.opening,
+        "step": f.step,
+        "text": frame_text(f, pieces, stop_ids),
+        "masked": [c.position for c in f.block if c.token is None],
+        "fresh": [c.position for c in cells if c.fresh],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +65,14 @@ def models(studio_checkpoints):
 
 
 def feed_of(loaded, gen, ar: bool) -> dict:
-    p = Feed(run=1, title="", block_length=gen.stats.block_length, ar=ar, pace_ms=120,
-             stop_ids=loaded.stop_token_ids)
+    p = Feed(
+        run=1,
+        title="",
+        block_length=gen.stats.block_length,
+        ar=ar,
+        pace_ms=120,
+        stop_ids=loaded.stop_token_ids,
+    )
     pieces = {}
     for e in gen.trace:
         pieces.update(loaded.event_pieces(e))
@@ -65,12 +81,19 @@ def feed_of(loaded, gen, ar: bool) -> dict:
     return p.value()
 
 
-@pytest.mark.parametrize("settings", [dict(block_length=4, steps=2, strategy="dynamic", threshold=0.4),
-                                      dict(block_length=8, steps=4, strategy="static")])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(block_length=4, steps=2, strategy="dynamic", threshold=0.4),
+        dict(block_length=8, steps=4, strategy="static"),
+    ],
+)
 def test_the_player_builds_the_servers_frames_for_block_diffusion(models, settings):
     sdar, _ = models
     ids = sdar.tokenizer("Write a long story about a lighthouse.")["input_ids"]
-    gen = generate(sdar.model, [ids], max_new_tokens=40, stop_token_ids=sdar.stop_token_ids, trace=True, **settings)
+    gen = generate(
+        sdar.model, [ids], max_new_tokens=40, stop_token_ids=sdar.stop_token_ids, trace=True, **settings
+    )
     value = feed_of(sdar, gen, ar=False)
     pieces = {int(k): v for k, v in value["pieces"].items()}
     expected = [py_frame(f, pieces, sdar.stop_token_ids) for f in watch_frames(gen.trace, value["end"])]
@@ -83,7 +106,9 @@ def test_the_player_builds_the_servers_frames_for_block_diffusion(models, settin
 def test_the_player_shows_an_ar_decode_without_blocks_or_masks(models):
     _, ar = models
     ids = ar.tokenizer("Hello there")["input_ids"]
-    gen = generate(ar.model, [ids], max_new_tokens=12, strategy="ar", stop_token_ids=ar.stop_token_ids, trace=True)
+    gen = generate(
+        ar.model, [ids], max_new_tokens=12, strategy="ar", stop_token_ids=ar.stop_token_ids, trace=True
+    )
     value = feed_of(ar, gen, ar=True)
     pieces = {int(k): v for k, v in value["pieces"].items()}
     got = js_frames(value)

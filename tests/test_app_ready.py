@@ -1,5 +1,6 @@
 """Studio.ready when a load ends between two looks at it: the visitor gets the load's outcome, not "still loading".
 (Seen in a full run on a busy machine: a refused config, reported as 'is loading, 1 s so far'.)"""
+
 from __future__ import annotations
 
 import pytest

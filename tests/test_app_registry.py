@@ -1,5 +1,6 @@
 """app/registry.py: the model registry on the studio's test checkpoints (conftest.studio_checkpoints), which
 these tests also check: stop tokens, chat template, the AR twin next to the SDAR folder."""
+
 from __future__ import annotations
 
 import time
@@ -20,8 +21,9 @@ def test_fixture_checkpoints_load_with_their_stop_tokens_and_chat_template(studi
     vocab = m.tokenizer.get_vocab()
     assert vocab["<|im_end|>"] in m.stop_token_ids and vocab["<|endoftext|>"] in m.stop_token_ids
     assert m.config.mask_token_id == vocab["<|MASK|>"] and m.config.mask_token_id not in m.stop_token_ids
-    text = m.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                           add_generation_prompt=True)
+    text = m.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("<|im_start|>assistant\n")
     assert ar_twin_name(str(sdar_path)) == str(ar_path)
     assert sorted(Path(p).name for p in registry.available()) == ["ar-tiny", "sdar-tiny"]
@@ -78,7 +80,9 @@ def _wait_for_failure(registry, name: str, bound: float) -> str:
     raise AssertionError(f"the load of {name} was not given up within {bound} s")
 
 
-def test_finding1_a_trickling_download_reports_progress_at_once_then_is_abandoned_and_cleared(local_hub, monkeypatch):
+def test_finding1_a_trickling_download_reports_progress_at_once_then_is_abandoned_and_cleared(
+    local_hub, monkeypatch
+):
     """Issue 33, finding 1: a download at a byte a second once kept visitors inside the decode slots for 900 s.
     ready_or_status answers at once with the load's status; below the minimum rate the child process downloading
     is killed, the reason is shown, and the next try starts a fresh load."""
@@ -109,8 +113,9 @@ def test_finding1_a_download_past_its_deadline_is_abandoned(local_hub):
     from app.registry import ModelRegistry
 
     local_hub(stall_files=True)
-    registry = ModelRegistry(allow_any_model=True, device="cpu",
-                             limits=DownloadLimits(deadline=3, min_rate=0, window=1, grace=1))
+    registry = ModelRegistry(
+        allow_any_model=True, device="cpu", limits=DownloadLimits(deadline=3, min_rate=0, window=1, grace=1)
+    )
     t0 = time.monotonic()
     reason = _wait_for_failure(registry, "org/tiny", bound=20)
     assert "abandoned" in reason and "did not finish within 3 s" in reason

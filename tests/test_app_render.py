@@ -1,12 +1,23 @@
 """app/render.py on StepEvents built by hand: frames (live, finished, replayed), HTML, per-block table."""
+
 from __future__ import annotations
 
 import re
 
 import pytest
 
-from app.render import (MASK_GLYPH, FrameBuilder, answer_start, block_table, confidence_colour, frame_at, frame_html,
-                        frame_text, kept_answer_end, watch_frames)
+from app.render import (
+    MASK_GLYPH,
+    FrameBuilder,
+    answer_start,
+    block_table,
+    confidence_colour,
+    frame_at,
+    frame_html,
+    frame_text,
+    kept_answer_end,
+    watch_frames,
+)
 from sdar_core.trace import StepEvent
 
 M = 99  # mask id
@@ -14,10 +25,20 @@ PIECES = {10: "A", 11: "B", 12: "C", 13: "D", 14: "E", 15: "F", 16: "<|im_end|>"
 
 
 def ev(block, step, start, state, committed, confs, masked_conf, prompt=(), final=False, stopped=False):
-    return StepEvent(row=0, block=block, step=step, block_start=start, block_state=list(state),
-                     committed=list(committed), committed_confidence=list(confs),
-                     masked_confidence=dict(masked_conf), candidates={o: state[o] if state[o] != M else 10 for o in masked_conf},
-                     prompt_positions=list(prompt), final=final, stopped=stopped)
+    return StepEvent(
+        row=0,
+        block=block,
+        step=step,
+        block_start=start,
+        block_state=list(state),
+        committed=list(committed),
+        committed_confidence=list(confs),
+        masked_confidence=dict(masked_conf),
+        candidates={o: state[o] if state[o] != M else 10 for o in masked_conf},
+        prompt_positions=list(prompt),
+        final=final,
+        stopped=stopped,
+    )
 
 
 @pytest.fixture
@@ -113,12 +134,21 @@ def test_builder_finishes_its_last_frame_like_a_replay_with_the_answer_end(trace
 
 
 def test_the_stats_line_explains_nfe_tpf_and_tau_in_one_line():
+    from app.render import stats_markdown
     from sdar_core.decoding import Stats
 
-    from app.render import stats_markdown
-
-    stats = Stats(strategy="dynamic", block_length=4, steps=4, batch_size=1, prompt_tokens=5, new_tokens=12,
-                  forwards=4, prefill_forwards=1, seconds=0.1, prefill_seconds=0.01)
+    stats = Stats(
+        strategy="dynamic",
+        block_length=4,
+        steps=4,
+        batch_size=1,
+        prompt_tokens=5,
+        new_tokens=12,
+        forwards=4,
+        prefill_forwards=1,
+        seconds=0.1,
+        prefill_seconds=0.01,
+    )
     text = stats_markdown(stats)
     assert "**NFE** 4" in text and "**TPF** 3.00" in text
     glossary = text.split("<small>")[1]
@@ -135,12 +165,26 @@ def test_the_legend_explains_masks_new_tokens_the_block_and_struck_out_text():
 
 def test_a_replay_opens_every_block_fully_masked_before_its_first_step(trace):
     shown = watch_frames(trace)
-    assert [(f.opening, f.step) for f in shown] == [(True, 0), (False, 0), (False, 1), (True, 2), (False, 2),
-                                                     (False, 3), (False, 4)]
+    assert [(f.opening, f.step) for f in shown] == [
+        (True, 0),
+        (False, 0),
+        (False, 1),
+        (True, 2),
+        (False, 2),
+        (False, 3),
+        (False, 4),
+    ]
     opening = shown[3]  # block 2 before its first step: block 1 finished, its four positions masked
     assert [c.token for c in opening.done] == [10, 11] and [c.token for c in opening.block] == [None] * 4
-    assert [c.confidence for c in opening.block] == [0.92, 0.30, 0.91, 0.20]  # the model's guesses at that step
-    assert [f for f in shown if not f.opening] == [frame_at(trace, i) for i in range(len(trace))]  # the other frames are the steps themselves
+    assert [c.confidence for c in opening.block] == [
+        0.92,
+        0.30,
+        0.91,
+        0.20,
+    ]  # the model's guesses at that step
+    assert [f for f in shown if not f.opening] == [
+        frame_at(trace, i) for i in range(len(trace))
+    ]  # the other frames are the steps themselves
     html = frame_html(opening, PIECES, total=5)
     assert "block 2 opens, 4 positions masked · next: step 3 of 5" in html and html.count(MASK_GLYPH) >= 4
 
@@ -149,18 +193,23 @@ def test_steps_and_blocks_are_counted_from_one_in_the_frame_title(trace):
     html = frame_html(frame_at(trace, 2), PIECES, total=5)
     assert "step 3 of 5 · block 2, its denoising step 1" in html
     assert "step 5 of 5 · block 2, its denoising step 3 (block done: nothing masked)" in frame_html(
-        frame_at(trace, 4), PIECES, total=5)
-    assert "committed at step 1" in frame_html(frame_at(trace, 0), PIECES)  # a token's tooltip counts the same way
+        frame_at(trace, 4), PIECES, total=5
+    )
+    assert "committed at step 1" in frame_html(
+        frame_at(trace, 0), PIECES
+    )  # a token's tooltip counts the same way
 
 
 def test_what_follows_a_committed_stop_token_is_struck_out_while_the_decode_runs():
     """The race lanes and the live view strike out the positions after <|im_end|> as soon as it is committed,
     as the chat leaves them out: the first committed stop token bounds the answer whatever comes before it."""
-    trace = [ev(0, 0, 8, [12, 16, M, M], [0, 1], [0.9, 0.9], {0: 0.9, 1: 0.9, 2: 0.2, 3: 0.1}),
-             ev(0, 1, 8, [12, 16, 13, 14], [2, 3], [0.5, 0.5], {2: 0.5, 3: 0.5}, final=True)]
+    trace = [
+        ev(0, 0, 8, [12, 16, M, M], [0, 1], [0.9, 0.9], {0: 0.9, 1: 0.9, 2: 0.2, 3: 0.1}),
+        ev(0, 1, 8, [12, 16, 13, 14], [2, 3], [0.5, 0.5], {2: 0.5, 3: 0.5}, final=True),
+    ]
     builder = FrameBuilder(stop_ids=[16])
     first, last = (builder.push(e) for e in trace)
     assert [c.discarded for c in last.block] == [False, False, True, True]
-    assert 'sdar-discarded' in frame_html(last, PIECES) and "line-through" in frame_html(last, PIECES)
+    assert "sdar-discarded" in frame_html(last, PIECES) and "line-through" in frame_html(last, PIECES)
     assert frame_text(last, PIECES, hidden=[16]) == "C"
     assert not any(c.discarded for c in FrameBuilder().push(trace[0]).block)  # no stop ids: nothing known yet

@@ -2,6 +2,7 @@
 with two GPUs was lent to this project's sessions, so the routing is tested here on the CPU: a second copy stands for
 a model on cuda:1 (its scheduler is never run), and the first device's scheduler is kept busy by real jobs waiting
 for the device lock."""
+
 from __future__ import annotations
 
 import threading
@@ -29,18 +30,26 @@ class Replica:
 
 
 def on_gpu_1(m: LoadedModel) -> LoadedModel:
-    return LoadedModel(m.name, m.path, SimpleNamespace(device=torch.device("cuda", 1), config=m.config), m.tokenizer)
+    return LoadedModel(
+        m.name, m.path, SimpleNamespace(device=torch.device("cuda", 1), config=m.config), m.tokenizer
+    )
 
 
 def test_one_registry_per_further_gpu_with_the_first_ones_rules(tmp_path, monkeypatch):
     registry = ModelRegistry(models_dir=tmp_path, allow_any_model=True, offered=("me/my-model",))
-    assert replica_registries(registry) == [] or torch.cuda.device_count() > 1  # this machine: one device at most
+    assert (
+        replica_registries(registry) == [] or torch.cuda.device_count() > 1
+    )  # this machine: one device at most
     assert replica_registries(registry, gpus=1) == []
     copies = replica_registries(registry, gpus=3)
     assert [c.device for c in copies] == ["cuda:1", "cuda:2"]
     for c in copies:
-        assert (c.models_dir, c.allow_any_model, c.offered, c.capacity) == \
-            (registry.models_dir, True, registry.offered, registry.capacity)
+        assert (c.models_dir, c.allow_any_model, c.offered, c.capacity) == (
+            registry.models_dir,
+            True,
+            registry.offered,
+            registry.capacity,
+        )
     assert replica_registries(ModelRegistry(models_dir=tmp_path, device="cpu"), gpus=3) == []  # a CPU studio
     monkeypatch.setenv("SDAR_REPLICAS", "0")  # the operator keeps the other GPUs free
     assert replica_registries(registry, gpus=3) == []
@@ -62,7 +71,9 @@ def test_a_request_goes_to_the_device_with_the_fewest_rows(studio_checkpoints):
     replica.copy = None  # (until its copy is loaded, every request goes to the first device)
     req = DecodeRequest(name, DecodeSettings(max_new_tokens=4))
     with DEVICE:  # the first device is busy: two requests wait on its scheduler
-        runs = [studio.start(req, [{"role": "user", "content": f"Hi {i}"}], threading.Event()) for i in range(2)]
+        runs = [
+            studio.start(req, [{"role": "user", "content": f"Hi {i}"}], threading.Event()) for i in range(2)
+        ]
         assert studio.scheduler(first).load == 2
         replica.copy = copy  # loaded now: the next request goes to cuda:1, and one more after it still would
         assert studio.least_loaded(name, first) is copy

@@ -3,6 +3,7 @@ each row's tokens, steps and stats are what `generate` gives for that prompt alo
 each job ends at its own limit or stop token; a sampled job decodes alone; Stop ends one row and not its neighbours;
 a job that cannot decode fails in its caller's thread; an error inside a batch reaches each of its jobs and the
 scheduler goes on."""
+
 from __future__ import annotations
 
 import threading
@@ -14,7 +15,11 @@ from app.registry import ModelRegistry
 from app.scheduler import DecodeScheduler, Failed, Finished, Job, Started, Steps
 from sdar_core import DecodeParams, GenerationError, generate
 
-PROMPTS = ["Why is the sky blue?", "What is 47 + 38?", "Tell me a story about a very small robot and its dog."]
+PROMPTS = [
+    "Why is the sky blue?",
+    "What is 47 + 38?",
+    "Tell me a story about a very small robot and its dog.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +47,27 @@ def drain(job: Job, timeout: float = 60) -> tuple[list, Finished | Failed]:
 
 def same_step(a, b) -> bool:
     """The same step of the same row, token for token; confidences equal to 1e-4 (row index aside: a batch's)."""
+
     def close(x, y):
         return list(x) == list(y) if isinstance(x, dict) else x == pytest.approx(y, abs=1e-4)
 
-    exact = ("block", "step", "block_start", "block_state", "committed", "candidates", "prompt_positions", "final",
-             "stopped")
-    return (all(getattr(a, f) == getattr(b, f) for f in exact) and close(a.committed_confidence,
-            b.committed_confidence) and close(a.masked_confidence, b.masked_confidence)
-            and list(a.masked_confidence.values()) == pytest.approx(list(b.masked_confidence.values()), abs=1e-4))
+    exact = (
+        "block",
+        "step",
+        "block_start",
+        "block_state",
+        "committed",
+        "candidates",
+        "prompt_positions",
+        "final",
+        "stopped",
+    )
+    return (
+        all(getattr(a, f) == getattr(b, f) for f in exact)
+        and close(a.committed_confidence, b.committed_confidence)
+        and close(a.masked_confidence, b.masked_confidence)
+        and list(a.masked_confidence.values()) == pytest.approx(list(b.masked_confidence.values()), abs=1e-4)
+    )
 
 
 def submit_held(scheduler: DecodeScheduler, jobs: list[Job]) -> None:
@@ -104,7 +122,10 @@ def test_max_batch_splits_a_crowd(loaded):
 
 def test_stop_ends_one_row_and_its_neighbours_finish(loaded):
     scheduler = DecodeScheduler("test", lock=threading.Lock())
-    victim, other = job_for(loaded, PROMPTS[0], max_new_tokens=40), job_for(loaded, PROMPTS[1], max_new_tokens=40)
+    victim, other = (
+        job_for(loaded, PROMPTS[0], max_new_tokens=40),
+        job_for(loaded, PROMPTS[1], max_new_tokens=40),
+    )
     waiting = job_for(loaded, PROMPTS[2], strategy="static")  # another key: it waits behind the first batch
     seen = threading.Event()
 
@@ -169,8 +190,9 @@ def test_a_request_whose_model_is_still_loading_is_told_its_progress_at_once(stu
     sdar, _ = studio_checkpoints
     studio = studio_mod.Studio(registry=ModelRegistry(models_dir=sdar.parent))
     never = threading.Event()
-    status = LoadStatus(name="JetLM/SDAR-4B-Chat", phase="downloading", elapsed=12, downloaded=2 << 30,
-                        expected=8 << 30)
+    status = LoadStatus(
+        name="JetLM/SDAR-4B-Chat", phase="downloading", elapsed=12, downloaded=2 << 30, expected=8 << 30
+    )
     monkeypatch.setattr(studio_mod, "LOAD_GRACE", 0.2)
     monkeypatch.setattr(studio.registry, "ready_or_status", lambda name: status)
     monkeypatch.setattr(studio.registry, "loading", lambda name: type("Loading", (), {"done": never})())

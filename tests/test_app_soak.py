@@ -3,9 +3,9 @@ and visualizing through the public API, coming back as new sessions) must answer
 resident memory grows less than 5% over the last half of the run; per-session state is bounded (Gradio's session
 table, the scheduler's device-time table, the stop flags). The 10-minute, 8-visitor run is
 `python -m benchmarks.soak` (its result is committed under benchmarks/results/soak/)."""
+
 from __future__ import annotations
 
-import gc
 import threading
 
 import pytest
@@ -22,8 +22,10 @@ def test_finding10_a_short_soak_answers_every_turn_with_flat_memory(tmp_path):
     if default_missing(DEFAULT_MODEL):
         pytest.skip(f"the embedded model {DEFAULT_MODEL} is not here")
     r = run(VISITORS, SECONDS, tmp_path, warmup=WARMUP, sample_every=1.0)
-    print(f"\nsoak: {r['turns']} turns, {r['sessions']} sessions, {r['failures']} failures, {r['latency_s']}, "
-          f"RSS {r['rss_mb']}, last half {r['last_half_growth']:+.1%}")
+    print(
+        f"\nsoak: {r['turns']} turns, {r['sessions']} sessions, {r['failures']} failures, {r['latency_s']}, "
+        f"RSS {r['rss_mb']}, last half {r['last_half_growth']:+.1%}"
+    )
     assert r["failures"] == 0, r["failure_examples"]
     assert r["sessions"] > VISITORS and r["latency_s"]["chat"]["n"] >= VISITORS
     assert r["last_half_growth"] < 0.05, r["rss_mb"]
@@ -36,12 +38,18 @@ def test_finding10_the_session_table_is_bounded(studio_checkpoints):
     from app.layout import LAUNCH_KWARGS, SESSIONS_KEPT
     from app.registry import ModelRegistry
     from app.ui import build_app
+
     from helpers import free_port
 
     sdar, _ = studio_checkpoints
     demo = build_app(default_model=str(sdar), registry=ModelRegistry(models_dir=sdar.parent))
-    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                **LAUNCH_KWARGS)
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        **LAUNCH_KWARGS,
+    )
     try:
         holder = demo.state_holder
         assert holder.capacity == SESSIONS_KEPT <= 1000

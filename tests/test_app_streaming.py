@@ -1,5 +1,6 @@
 """app/streaming.py: a lane's streamed events are generate's own trace, its last frame is the replay's, frames are
 throttled in one place, Stop ends a lane at its next step, and a decode's error reaches the handler's thread."""
+
 from __future__ import annotations
 
 import threading
@@ -38,8 +39,13 @@ def steps_shown(lanes, **kw) -> list[int]:
 def test_a_lane_holds_generates_trace_and_a_last_frame_equal_to_the_replay(loaded):
     lane = lane_of(loaded)
     list(stream({"a": lane}, threading.Event()))
-    ref = generate(loaded.model, torch.tensor([lane.ids]), stop_token_ids=loaded.stop_token_ids, trace=True,
-                   **SETTINGS.generate_kwargs())
+    ref = generate(
+        loaded.model,
+        torch.tensor([lane.ids]),
+        stop_token_ids=loaded.stop_token_ids,
+        trace=True,
+        **SETTINGS.generate_kwargs(),
+    )
     assert lane.state == "done" and lane.gen.row_tokens(0) == ref.row_tokens(0)
     assert lane.events == ref.trace and len(lane.events) == lane.builder.n
     end = kept_answer_end(ref.trace, ref.lengths[0])
@@ -58,9 +64,20 @@ def test_frames_wait_for_the_interval_except_the_first_and_the_lane_end(loaded, 
 
 
 def ev(i: int) -> StepEvent:
-    return StepEvent(row=0, block=i, step=0, block_start=8 + i, block_state=[10 + i], committed=[0],
-                     committed_confidence=[0.5], masked_confidence={0: 0.5}, candidates={0: 10 + i},
-                     prompt_positions=[], final=True, stopped=False)
+    return StepEvent(
+        row=0,
+        block=i,
+        step=0,
+        block_start=8 + i,
+        block_state=[10 + i],
+        committed=[0],
+        committed_confidence=[0.5],
+        masked_confidence={0: 0.5},
+        candidates={0: 10 + i},
+        prompt_positions=[],
+        final=True,
+        stopped=False,
+    )
 
 
 def fake_lane() -> Lane:

@@ -1,19 +1,28 @@
 """app/ui.py through its API (gradio_client against the launched app on the test checkpoints): every endpoint
 returns what the UI shows under the parameter names it always had, bad input comes back as a readable error
 that leaves the conversation as it was, and the app keeps working afterwards."""
+
 from __future__ import annotations
 
 import json
-import re
 import time
 
 import pytest
 
-from helpers import free_port, text_of
+from helpers import text_of
 
 SYSTEM = "You are a helpful assistant."
-FAST = dict(block_length=4, steps=4, strategy="static", threshold=0.9, temperature=0.0, top_p=1.0,
-            max_new_tokens=12, seed=0, pace_ms=0)
+FAST = dict(
+    block_length=4,
+    steps=4,
+    strategy="static",
+    threshold=0.9,
+    temperature=0.0,
+    top_p=1.0,
+    max_new_tokens=12,
+    seed=0,
+    pace_ms=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +34,9 @@ def served(launched_studio):
 
 
 def chat(client, model, message, **over):
-    return client.predict(message=message, system=SYSTEM, model_name=str(model), **{**FAST, **over}, api_name="/chat")
+    return client.predict(
+        message=message, system=SYSTEM, model_name=str(model), **{**FAST, **over}, api_name="/chat"
+    )
 
 
 def test_chat_returns_the_answer_the_live_block_and_the_stats(served):
@@ -56,8 +67,9 @@ def test_chat_returns_the_answer_the_live_block_and_the_stats(served):
 def test_visualizer_shows_the_steps_the_table_and_downloads(served):
     client, model = served
     s = {**FAST, "strategy": "dynamic", "threshold": 0.5, "max_new_tokens": 16}
-    title, player, table, files = client.predict(prompt="Tell me a story.", model_name=str(model), **s,
-                                                 api_name="/visualize")
+    title, player, table, files = client.predict(
+        prompt="Tell me a story.", model_name=str(model), **s, api_name="/visualize"
+    )
     assert "**NFE**" in title and player["status"] == "done"
     n_steps = len(player["steps"])
     assert table["headers"][:4] == ["block", "start", "tokens", "steps"]
@@ -68,16 +80,29 @@ def test_visualizer_shows_the_steps_the_table_and_downloads(served):
     trace = json.loads(open(paths[1]).read())
     assert len(trace["steps"]) == n_steps and trace["stats"]["forwards"] >= 1
     assert [(t["block"], t["step"], t["committed"]) for t in trace["steps"]] == [
-        (p["b"], p["s"], p["c"]) for p in player["steps"]]  # the page draws the trace that is downloaded
+        (p["b"], p["s"], p["c"]) for p in player["steps"]
+    ]  # the page draws the trace that is downloaded
     assert open(paths[0]).readline().startswith("row,block,step")
 
 
 def test_race_streams_ar_sdar_and_the_twin_with_speedup(served):
     client, model = served
     lane_ar, lane_sdar, lane_twin, table, speedup, chart = client.predict(
-        prompt="Explain SDAR.", model_name=str(model), block_length=4, steps=4, strategy="dynamic", threshold=0.5,
-        temperature=0.0, top_p=1.0, max_new_tokens=12, seed=0, mode="one after the other (fair timings)",
-        use_twin=True, repeats=2, api_name="/race")
+        prompt="Explain SDAR.",
+        model_name=str(model),
+        block_length=4,
+        steps=4,
+        strategy="dynamic",
+        threshold=0.5,
+        temperature=0.0,
+        top_p=1.0,
+        max_new_tokens=12,
+        seed=0,
+        mode="one after the other (fair timings)",
+        use_twin=True,
+        repeats=2,
+        api_name="/race",
+    )
     for lane in (lane_ar, lane_sdar, lane_twin):
         assert "done (run 2 of 2): 12 tokens" in lane and "median of 2" in lane
     assert "AR twin (" in lane_twin
@@ -87,13 +112,21 @@ def test_race_streams_ar_sdar_and_the_twin_with_speedup(served):
     assert ar_row[5] == 12 and ar_row[6] == 1.0  # AR: one forward per token, TPF 1
     assert "SDAR vs AR" in speedup and "AR twin" in speedup and "median of 2 runs" in speedup
     assert set(rows) == {"AR", "SDAR", "AR twin"} and all(r[-1] == 2 for r in table["data"])  # timed runs
-    assert [t["x"] for t in json.loads(chart["plot"])["data"] if t["type"] == "bar"][1] == [r[0] for r in table["data"]]
+    assert [t["x"] for t in json.loads(chart["plot"])["data"] if t["type"] == "bar"][1] == [
+        r[0] for r in table["data"]
+    ]
 
 
 def test_sweep_tabulates_every_block_length_and_threshold(served):
     client, model = served
-    note, tpf, speed, table = client.predict(prompt="Hi", model_name=str(model), block_lengths=[2, 4],
-                                             thresholds=[0.5, 1.0], max_new_tokens=8, api_name="/sweep")
+    note, tpf, speed, table = client.predict(
+        prompt="Hi",
+        model_name=str(model),
+        block_lengths=[2, 4],
+        thresholds=[0.5, 1.0],
+        max_new_tokens=8,
+        api_name="/sweep",
+    )
     assert note == "" or note.startswith("⚠️ Wall-clock figures are unreliable")  # a busy machine says so
     assert len(table["data"]) == 1 + 4  # AR once, then each (block length, threshold)
     assert [r[:2] for r in table["data"][1:]] == [[2, 0.5], [2, 1.0], [4, 0.5], [4, 1.0]]
@@ -122,7 +155,10 @@ def test_bad_input_gives_a_readable_error_and_the_app_keeps_working(served):
         (dict(seed=-3), "Seed must be in [0, 2147483647], got -3"),  # checked by the handler, in place
         (dict(pace_ms=10_000), "maximum|delay"),
         (dict(strategy="magic"), "strategy|magic"),
-        (dict(model="/no/such/checkpoint"), "is not offered by this studio"),  # the default: offered models only
+        (
+            dict(model="/no/such/checkpoint"),
+            "is not offered by this studio",
+        ),  # the default: offered models only
         (dict(message="word " * 600), "context of 512. Shorten the prompt"),  # the fixture's context is 512
         (dict(message="word " * 400, max_new_tokens=200), "context of 512. Shorten the prompt"),
     ]
@@ -138,7 +174,9 @@ def test_bad_input_gives_a_readable_error_and_the_app_keeps_working(served):
     job = client.submit("/no/such/checkpoint", api_name="/load_model")
     with pytest.raises(AppError, match="not offered by this studio"):
         job.result(timeout=60)
-    assert job.outputs()[-1].startswith("⚠️ Model '/no/such/checkpoint' is not offered")  # in place, by the picker
+    assert job.outputs()[-1].startswith(
+        "⚠️ Model '/no/such/checkpoint' is not offered"
+    )  # in place, by the picker
     # A request generate() refuses leaves the chat as it was and the message in its box, for an edit.
     job = client.submit("word " * 600, SYSTEM, str(model), *FAST.values(), api_name="/chat")
     with pytest.raises(AppError, match="context"):
@@ -154,14 +192,25 @@ def test_bad_input_gives_a_readable_error_and_the_app_keeps_working(served):
 def test_every_endpoint_keeps_its_parameter_names_in_order(served):
     client, _ = served
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    decode = ["model_name", "block_length", "steps", "strategy", "threshold", "temperature", "top_p",
-              "max_new_tokens", "seed"]
+    decode = [
+        "model_name",
+        "block_length",
+        "steps",
+        "strategy",
+        "threshold",
+        "temperature",
+        "top_p",
+        "max_new_tokens",
+        "seed",
+    ]
     # Every tab sends the system prompt (one prompt path); the tabs that did not take one before take it last, so
     # that a call written before keeps working, with the page's default system prompt.
-    expected = {"/chat": ["message", "system", *decode, "pace_ms"],
-                "/visualize": ["prompt", *decode, "pace_ms", "system"],
-                "/race": ["prompt", *decode, "mode", "use_twin", "repeats", "system"],
-                "/sweep": ["prompt", "model_name", "block_lengths", "thresholds", "max_new_tokens", "system"]}
+    expected = {
+        "/chat": ["message", "system", *decode, "pace_ms"],
+        "/visualize": ["prompt", *decode, "pace_ms", "system"],
+        "/race": ["prompt", *decode, "mode", "use_twin", "repeats", "system"],
+        "/sweep": ["prompt", "model_name", "block_lengths", "thresholds", "max_new_tokens", "system"],
+    }
     for name, params in expected.items():
         assert [p["parameter_name"] for p in api[name]["parameters"]] == params, name
 
@@ -170,7 +219,9 @@ def test_stop_ends_a_long_answer_early_and_keeps_what_was_committed(served):
     client, model = served
     client.predict(api_name="/clear")
     s = {**FAST, "max_new_tokens": 400, "pace_ms": 20}
-    job = client.submit("Count to a thousand.", SYSTEM, str(model), *[s[k] for k in list(FAST)], api_name="/chat")
+    job = client.submit(
+        "Count to a thousand.", SYSTEM, str(model), *[s[k] for k in list(FAST)], api_name="/chat"
+    )
     deadline = time.time() + 60
     while len(job.outputs()) < 3 and time.time() < deadline:
         time.sleep(0.02)
@@ -206,7 +257,9 @@ def test_a_watched_answer_arrives_at_decode_speed_and_the_page_replays_it(served
     assert "▒" not in text_of(chatbot[-1]) and "**NFE**" in stats
     masked_after = [len(step["m"]) - len(step["c"]) for step in live["steps"]]
     assert sum(n > 0 for n in masked_after) >= 3  # steps that leave masks for the replay to show
-    assert len(job.outputs()) < len(live["steps"]) + 4  # the steps were sent as they came, not one message a frame
+    assert (
+        len(job.outputs()) < len(live["steps"]) + 4
+    )  # the steps were sent as they came, not one message a frame
 
 
 def test_requests_that_wait_together_are_answered_in_one_batch(served):
@@ -222,7 +275,10 @@ def test_requests_that_wait_together_are_answered_in_one_batch(served):
     for c in clients:
         c.predict(api_name="/clear")
     with DEVICE:  # the device is busy: the three requests wait together
-        jobs = [c.submit(m, SYSTEM, str(model), *FAST.values(), api_name="/chat") for c, m in zip(clients, prompts)]
+        jobs = [
+            c.submit(m, SYSTEM, str(model), *FAST.values(), api_name="/chat")
+            for c, m in zip(clients, prompts)
+        ]
         deadline = time.time() + 30
         while not all(len(j.outputs()) >= 1 for j in jobs) and time.time() < deadline:
             time.sleep(0.05)
@@ -237,8 +293,11 @@ def test_a_refused_message_is_explained_beside_the_box_and_the_chat_is_unchanged
     client, model = served
     client.predict(api_name="/clear")
     chat(client, model, "Hello")
-    for message, over, reason in [("", {}, "Type a message first."), ("word " * 600, {}, "context of 512"),
-                                  ("Hi", {"model": "/no/such/checkpoint"}, "is not offered")]:
+    for message, over, reason in [
+        ("", {}, "Type a message first."),
+        ("word " * 600, {}, "context of 512"),
+        ("Hi", {"model": "/no/such/checkpoint"}, "is not offered"),
+    ]:
         m = over.get("model", model)
         job = client.submit(message, SYSTEM, str(m), *FAST.values(), api_name="/chat")
         with pytest.raises(AppError):
@@ -292,8 +351,22 @@ def test_the_visualizer_the_race_and_the_sweep_explain_a_refused_prompt_in_place
     client, model = served
     s = FAST
     vis = client.submit("", str(model), *[s[k] for k in list(FAST)], api_name="/visualize")
-    race = client.submit("", str(model), 4, 4, "dynamic", 0.9, 0.0, 1.0, 8, 0, "one after the other (fair timings)",
-                         True, 1, api_name="/race")
+    race = client.submit(
+        "",
+        str(model),
+        4,
+        4,
+        "dynamic",
+        0.9,
+        0.0,
+        1.0,
+        8,
+        0,
+        "one after the other (fair timings)",
+        True,
+        1,
+        api_name="/race",
+    )
     sweep = client.submit("", str(model), [4], [0.9], 8, api_name="/sweep")
     for job, at in ((vis, 0), (race, 4), (sweep, 0)):
         with pytest.raises(AppError, match="Type a prompt first"):

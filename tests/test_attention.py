@@ -3,6 +3,7 @@
 `eager_attention` is softmax(q k^T / sqrt(D) + mask) v written out in float32; every backend that
 runs on the device must agree with it on random inputs with grouped-query heads.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,12 +14,16 @@ import torch
 from sdar_core import attention as attention_module
 from sdar_core.attention import attention, block_causal_mask, chunk_mask, eager_attention, flex_block_mask
 from sdar_core.kernels import Kernels
+
 from helpers import random_model, rel_err, tiny_config
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # The backends that run here: flex_attention and flash-attn (when installed) on CUDA only.
 BACKENDS = ["sdpa", "eager"] + (
-    ["flex"] + (["flash"] if attention_module._flash_attn_func is not None else []) if DEVICE == "cuda" else [])
+    ["flex"] + (["flash"] if attention_module._flash_attn_func is not None else [])
+    if DEVICE == "cuda"
+    else []
+)
 B, H, H_KV, D = 2, 4, 2, 16
 
 
@@ -30,7 +35,9 @@ def qkv(q_len: int, k_len: int, seed: int = 0, dtype=torch.float32):
     return (t.to(DEVICE, dtype) for t in (q, k, v))
 
 
-def hand_mask(q_index: list[int], k_len: int, block_size: int, k_start: list[int] | None = None) -> torch.Tensor:
+def hand_mask(
+    q_index: list[int], k_len: int, block_size: int, k_start: list[int] | None = None
+) -> torch.Tensor:
     """[B, 1, Q, K] with loops: key j visible to query i iff j // bs <= i // bs and j >= k_start[b];
     a padding query (i < k_start[b]) also sees itself, so that its softmax has a key."""
     starts = k_start if k_start is not None else [0] * B
@@ -83,10 +90,23 @@ def test_block_causal_mask_hides_left_padding_and_lets_padding_queries_see_thems
     assert mask.any(-1).all()  # every query sees at least one key
 
 
-@pytest.mark.parametrize("start,q_len,k_len,block_size", [
-    (0, 8, 8, 4), (0, 4, 4, 4), (4, 4, 8, 4), (4, 8, 12, 4), (6, 2, 8, 4), (0, 5, 5, 1), (3, 1, 4, 1),
-    (8, 4, 16, 4), (2, 3, 5, 8)])
-def test_chunk_mask_is_the_loop_built_mask_or_none_only_when_nothing_is_hidden(start, q_len, k_len, block_size):
+@pytest.mark.parametrize(
+    "start,q_len,k_len,block_size",
+    [
+        (0, 8, 8, 4),
+        (0, 4, 4, 4),
+        (4, 4, 8, 4),
+        (4, 8, 12, 4),
+        (6, 2, 8, 4),
+        (0, 5, 5, 1),
+        (3, 1, 4, 1),
+        (8, 4, 16, 4),
+        (2, 3, 5, 8),
+    ],
+)
+def test_chunk_mask_is_the_loop_built_mask_or_none_only_when_nothing_is_hidden(
+    start, q_len, k_len, block_size
+):
     """Whatever chunk_mask returns (a mask, no mask, or causal) allows exactly the loop-built key set."""
     q_index = list(range(start, start + q_len))
     expected = hand_mask(q_index, k_len, block_size)[0, 0]  # [Q, K]
@@ -112,7 +132,9 @@ def test_chunk_mask_returns_no_mask_exactly_for_a_whole_block_or_a_whole_causal_
                 mask, is_causal = chunk_mask(start, q_len, k_len, block_size)
                 assert (mask is None, is_causal) == (whole_block or causal, causal), (start, q_len, k_len)
                 if mask is not None:
-                    assert torch.equal(mask[0], hand_mask(list(range(start, start + q_len)), k_len, block_size)[0])
+                    assert torch.equal(
+                        mask[0], hand_mask(list(range(start, start + q_len)), k_len, block_size)[0]
+                    )
 
 
 def test_chunk_mask_with_padding_is_always_a_tensor():
@@ -162,7 +184,9 @@ def test_backend_is_causal_equals_bottom_right_causal_mask(backend, q_len, k_len
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_agrees_with_textbook_with_left_padding(backend):
     q, k, v = qkv(12, 12, seed=3)
-    mask = block_causal_mask(torch.arange(12, device=DEVICE), 12, 4, k_start=torch.tensor([0, 5], device=DEVICE))
+    mask = block_causal_mask(
+        torch.arange(12, device=DEVICE), 12, 4, k_start=torch.tensor([0, 5], device=DEVICE)
+    )
     out = attention(q, k, v, mask, backend=backend)
     assert rel_err(out, textbook(q, k, v, hand_mask(list(range(12)), 12, 4, [0, 5]).to(DEVICE))) < 1e-5
     assert torch.isfinite(out).all()
@@ -197,7 +221,9 @@ def test_grouped_heads_when_a_length_equals_a_head_count():
         assert rel_err(attention(q, k, v, None, backend=backend), textbook(q, k, v, None)) < 1e-5
 
 
-@pytest.mark.parametrize("backend", ["flex", "sdpa"])  # a BlockMask goes to flex_attention whatever the backend
+@pytest.mark.parametrize(
+    "backend", ["flex", "sdpa"]
+)  # a BlockMask goes to flex_attention whatever the backend
 def test_flex_attention_with_a_block_mask_agrees_with_textbook(backend):
     q, k, v = qkv(8, 8, seed=8)
     block_mask = flex_block_mask(lambda b, h, qi, ki: ki // 4 <= qi // 4, B, 8, 8, DEVICE)

@@ -1,4 +1,5 @@
 """benchmarks/bench.py: the benchmark harness runs end to end on CPU with the tiny architecture and writes its files."""
+
 import json
 
 import pytest
@@ -8,9 +9,28 @@ from benchmarks import bench
 
 def test_bench_tiny_writes_results_and_realized_tpf(tmp_path, capsys):
     out = tmp_path / "res"
-    bench.main(["--arch", "tiny", "--device", "cpu", "--batch-sizes", "1", "--block-lengths", "4",
-                "--new-tokens", "8", "--prompt-len", "8", "--repeats", "1", "--transformers", "none",
-                "--out", str(out)])
+    bench.main(
+        [
+            "--arch",
+            "tiny",
+            "--device",
+            "cpu",
+            "--batch-sizes",
+            "1",
+            "--block-lengths",
+            "4",
+            "--new-tokens",
+            "8",
+            "--prompt-len",
+            "8",
+            "--repeats",
+            "1",
+            "--transformers",
+            "none",
+            "--out",
+            str(out),
+        ]
+    )
     data = json.loads((out / "results.json").read_text())
     rows = {(r["mode"], r["strategy"]): r for r in data["rows"]}
     assert rows[("ar", "ar")]["tpf"] == 1.0
@@ -28,17 +48,41 @@ def test_realized_tpf_matches_eq_11_of_the_paper():
     # A run that reaches TPF beta/gamma = 4 with one extra forward per block (the paper's engine):
     alpha, beta, gamma, t_f = 4, 16, 4, 0.002
     tgs_sdar = alpha * beta / ((gamma + 1) * t_f)  # Eq. 10
-    row = {"mode": "sdar", "prompt_len": 64, "batch_size": alpha, "block_length": beta,
-           "decode_tokens_per_second": tgs_sdar}
+    row = {
+        "mode": "sdar",
+        "prompt_len": 64,
+        "batch_size": alpha,
+        "block_length": beta,
+        "decode_tokens_per_second": tgs_sdar,
+    }
     eq11, _ = bench.realized_tpf(row, {(64, alpha): {"decode_tokens_per_second": alpha / t_f}})
     assert abs(eq11 - beta / gamma) < 1e-9
 
 
 def test_bench_runs_a_checkpoint(tmp_path):
     out = tmp_path / "ck"
-    bench.main(["--checkpoint", "assets/models/sdar-tiny", "--device", "cpu", "--batch-sizes", "1", "--block-lengths",
-                "4", "--new-tokens", "8", "--prompt-len", "8", "--repeats", "1", "--transformers", "none",
-                "--out", str(out)])
+    bench.main(
+        [
+            "--checkpoint",
+            "assets/models/sdar-tiny",
+            "--device",
+            "cpu",
+            "--batch-sizes",
+            "1",
+            "--block-lengths",
+            "4",
+            "--new-tokens",
+            "8",
+            "--prompt-len",
+            "8",
+            "--repeats",
+            "1",
+            "--transformers",
+            "none",
+            "--out",
+            str(out),
+        ]
+    )
     data = json.loads((out / "results.json").read_text())
     assert data["machine"]["arch"] == "assets/models/sdar-tiny"
     assert {r["mode"] for r in data["rows"]} >= {"ar", "sdar"}
@@ -46,12 +90,43 @@ def test_bench_runs_a_checkpoint(tmp_path):
 
 def test_context_sweep_runs_batch_one_at_later_lengths_and_reports_each(tmp_path):
     out = tmp_path / "sweep"
-    bench.main(["--arch", "tiny", "--device", "cpu", "--batch-sizes", "1", "2", "--block-lengths", "4", "--no-dynamic",
-                "--prompt-lengths", "8", "24", "--new-tokens", "8", "4", "--repeats", "1", "--transformers", "none",
-                "--out", str(out)])
+    bench.main(
+        [
+            "--arch",
+            "tiny",
+            "--device",
+            "cpu",
+            "--batch-sizes",
+            "1",
+            "2",
+            "--block-lengths",
+            "4",
+            "--no-dynamic",
+            "--prompt-lengths",
+            "8",
+            "24",
+            "--new-tokens",
+            "8",
+            "4",
+            "--repeats",
+            "1",
+            "--transformers",
+            "none",
+            "--out",
+            str(out),
+        ]
+    )
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert sorted((r["prompt_len"], r["new_tokens"] // r["batch_size"], r["batch_size"], r["mode"]) for r in rows) == [
-        (8, 8, 1, "ar"), (8, 8, 1, "sdar"), (8, 8, 2, "ar"), (8, 8, 2, "sdar"), (24, 4, 1, "ar"), (24, 4, 1, "sdar")]
+    assert sorted(
+        (r["prompt_len"], r["new_tokens"] // r["batch_size"], r["batch_size"], r["mode"]) for r in rows
+    ) == [
+        (8, 8, 1, "ar"),
+        (8, 8, 1, "sdar"),
+        (8, 8, 2, "ar"),
+        (8, 8, 2, "sdar"),
+        (24, 4, 1, "ar"),
+        (24, 4, 1, "sdar"),
+    ]
     long_ar = next(r for r in rows if r["prompt_len"] == 24 and r["mode"] == "ar")
     long_sdar = next(r for r in rows if r["prompt_len"] == 24 and r["mode"] == "sdar")
     assert long_sdar["speedup_vs_ar"] == long_sdar["tokens_per_second"] / long_ar["tokens_per_second"]
@@ -77,9 +152,33 @@ def test_moe_bench_reports_distinct_experts_the_one_token_floor_and_the_checkpoi
     chunk row routed independently; the distinct experts per forward against the independent-routing expectation,
     and the ceiling from the dense weights plus k experts per layer (not the whole checkpoint)."""
     out = tmp_path / "moe"
-    bench.main(["--arch", "tiny-moe", "--device", "cpu", "--batch-sizes", "1", "--block-lengths", "16", "--steps", "4",
-                "--no-dynamic", "--new-tokens", "32", "--prompt-len", "8", "--repeats", "1", "--transformers", "none",
-                "--save-load", str(tmp_path / "ckpt"), "--out", str(out)])
+    bench.main(
+        [
+            "--arch",
+            "tiny-moe",
+            "--device",
+            "cpu",
+            "--batch-sizes",
+            "1",
+            "--block-lengths",
+            "16",
+            "--steps",
+            "4",
+            "--no-dynamic",
+            "--new-tokens",
+            "32",
+            "--prompt-len",
+            "8",
+            "--repeats",
+            "1",
+            "--transformers",
+            "none",
+            "--save-load",
+            str(tmp_path / "ckpt"),
+            "--out",
+            str(out),
+        ]
+    )
     data = json.loads((out / "results.json").read_text())
     m, rows = data["machine"], {r["mode"]: r for r in data["rows"]}
     assert m["moe"] and m["routing"] == "independent" and (m["experts"], m["experts_per_token"]) == (16, 4)
@@ -88,7 +187,9 @@ def test_moe_bench_reports_distinct_experts_the_one_token_floor_and_the_checkpoi
     assert abs(m["ar_ceiling_tps"] - m["bandwidth_GBps"] * 1e9 / one_token) < 1e-6 * m["ar_ceiling_tps"]
     assert rows["ar"]["distinct_experts"] == 4 and rows["ar"]["routed_rows"] == 1
     sdar = rows["sdar"]
-    assert 16 <= sdar["routed_rows"] <= 32  # a block of 16 masked rows, or 32 with the finished block fused in
+    assert (
+        16 <= sdar["routed_rows"] <= 32
+    )  # a block of 16 masked rows, or 32 with the finished block fused in
     expected = 16 * (1 - (1 - 4 / 16) ** sdar["routed_rows"])
     assert abs(sdar["uniform_distinct_experts"] - expected) < 1e-9
     assert 4 < sdar["distinct_experts"] <= 16 and abs(sdar["distinct_experts"] - expected) < 2
@@ -102,6 +203,8 @@ def test_the_independent_routing_expectation_matches_a_simulation():
 
     g = torch.Generator().manual_seed(0)
     for E, k, n in ((16, 4, 4), (128, 8, 16), (128, 8, 32)):
-        counts = [torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(n)]).unique().numel()
-                  for _ in range(400)]
+        counts = [
+            torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(n)]).unique().numel()
+            for _ in range(400)
+        ]
         assert abs(sum(counts) / len(counts) - uniform_distinct(E, k, n)) < 0.03 * uniform_distinct(E, k, n)

@@ -1,5 +1,6 @@
 """benchmarks/evaluate.py: the committed subset's numbers are reproduced, and each measurement matches an independent
 computation (the training objective, a plain forward, decoding one row at a time)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import evaluate as ev
+from sdar_core.paths import MODELS_DIR as MODELS
+from sdar_core.paths import REPO
 from training.data import encode_texts
 from training.objective import sdar_loss
-
-from sdar_core.paths import MODELS_DIR as MODELS, REPO
 
 SUBSET = json.loads((REPO / ev.EVAL_DIR / "eval-subset.json").read_text(encoding="utf-8"))
 
@@ -29,10 +30,13 @@ def short_chunks(embedded_models):
 
 def test_evaluation_reproduces_the_committed_subset_numbers():
     """The run recorded in eval-subset.json, repeated: accuracy and TPF exactly, losses to 1e-4."""
-    settings = ev.EvalSettings(**{**SUBSET["settings"], "models": str(MODELS), "data": str(REPO / ev.SUBSET_DATA),
-                                  "device": "cpu"})
-    assert SUBSET["data_sha256"] == {f: hashlib.sha256((REPO / ev.SUBSET_DATA / f).read_bytes()).hexdigest()
-                                     for f in (ev.ARITH_FILE, ev.TEXT_FILE, ev.DEFINE_FILE)}
+    settings = ev.EvalSettings(
+        **{**SUBSET["settings"], "models": str(MODELS), "data": str(REPO / ev.SUBSET_DATA), "device": "cpu"}
+    )
+    assert SUBSET["data_sha256"] == {
+        f: hashlib.sha256((REPO / ev.SUBSET_DATA / f).read_bytes()).hexdigest()
+        for f in (ev.ARITH_FILE, ev.TEXT_FILE, ev.DEFINE_FILE)
+    }
     result = ev.evaluate(settings, log=lambda *a: None)
     for name in ("ar-tiny", "sdar-tiny"):
         got, want = result["heldout"][name], SUBSET["heldout"][name]
@@ -42,12 +46,24 @@ def test_evaluation_reproduces_the_committed_subset_numbers():
     assert rows == [(r["model"], r["decoding"]) for r in SUBSET["arith"] + SUBSET["grid"]]
     assert len(result["grid"]) == len(ev.GRID) and result["define"]
     for got, want in zip(result["define"], SUBSET["define"]):
-        assert (got["model"], got["decoding"], got["words"]) == (want["model"], want["decoding"], want["words"])
+        assert (got["model"], got["decoding"], got["words"]) == (
+            want["model"],
+            want["decoding"],
+            want["words"],
+        )
         assert got["score"] == want["score"] and got["samples"] == want["samples"]
     for got, want in zip(result["arith"] + result["grid"], SUBSET["arith"] + SUBSET["grid"]):
         # (batch_tpf is left out: it also counts how often the decoder's loop checks for stop tokens)
-        for key in ("correct", "accuracy", "tpf", "new_tokens", "row_forwards", "mean_new_tokens", "accuracy_by_op",
-                    "unfinished"):
+        for key in (
+            "correct",
+            "accuracy",
+            "tpf",
+            "new_tokens",
+            "row_forwards",
+            "mean_new_tokens",
+            "accuracy_by_op",
+            "unfinished",
+        ):
             assert got[key] == want[key], (got["model"], got["decoding"], key)
         assert got["mask_tokens"] == 0
 
@@ -57,8 +73,15 @@ def test_cached_nelbo_equals_the_training_objective_on_x_t_and_x_0(embedded_mode
     model, _ = embedded_models["sdar-tiny"]
     cfg = model.config
     levels, seed = 3, 5
-    fast, n = ev.sdar_nelbo(model, short_chunks, 2, block_size=cfg.block_size, mask_token_id=cfg.mask_token_id,
-                            t_levels=levels, seed=seed)
+    fast, n = ev.sdar_nelbo(
+        model,
+        short_chunks,
+        2,
+        block_size=cfg.block_size,
+        mask_token_id=cfg.mask_token_id,
+        t_levels=levels,
+        seed=seed,
+    )
     reference = 0.0
     for r in range(short_chunks.input_ids.shape[0]):
         row = ev._rows(short_chunks, r, r + 1)
@@ -91,7 +114,9 @@ def test_chunks_cover_every_document_token_once_and_never_mix_documents():
     assert chunks.input_ids.shape == (5, 64)  # 130 -> 64 + 64 + 2; 5; 64
     kept = [chunks.input_ids[r][chunks.loss_mask[r]].tolist() for r in range(5)]
     assert sum(kept, []) == sum(docs, [])
-    assert (chunks.positions[chunks.loss_mask] < 64).all() and chunks.positions[0, 0] == chunks.positions[1, 0] == 0
+    assert (chunks.positions[chunks.loss_mask] < 64).all() and chunks.positions[0, 0] == chunks.positions[
+        1, 0
+    ] == 0
 
 
 def test_tpf_counts_each_rows_own_forwards_so_it_does_not_depend_on_the_batch(embedded_models):
@@ -117,7 +142,11 @@ def test_missing_data_says_how_to_build_it_or_use_the_committed_subset(tmp_path,
 def test_definition_score_counts_the_glosss_content_words_found_in_the_reply():
     gloss = "a sheltered port where ships can take on or discharge cargo"
     assert ev.gloss_words(gloss) == {"sheltered", "port", "ships", "can", "take", "discharge", "cargo"}
-    assert ev.definition_score(gloss, "Harbor is a noun: a sheltered port where ships can take on or discharge "
-                                      "cargo.") == 1.0
+    assert (
+        ev.definition_score(
+            gloss, "Harbor is a noun: a sheltered port where ships can take on or discharge cargo."
+        )
+        == 1.0
+    )
     assert ev.definition_score(gloss, "A PORT for SHIPS, and the cargo they carry.") == pytest.approx(3 / 7)
     assert ev.definition_score(gloss, "7 + 8 = 15, write 5 carry 1") == 0.0

@@ -1,12 +1,12 @@
 """benchmarks/studio.py's crowd sweep on the CPU: N visitors, each its own gradio_client, press Send together against
 a launched studio (the test checkpoints); every one is answered, with the tokens/s, bytes and batch the page reports,
 and the summary's aggregate is their tokens over the makespan."""
+
 from __future__ import annotations
 
 from argparse import Namespace
 
 import pytest
-
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,9 @@ def test_a_crowd_on_the_cpu_is_answered_and_summarised(studio_url, caplog):
     rows = crowd_summary(visitors, engine)
     assert len(rows) == len(SETTINGS) * 2 * 2
     for r in rows:
-        group = [v for v in visitors if (v.setting, v.crowd, v.round) == (r["setting"], r["visitors"], r["round"])]
+        group = [
+            v for v in visitors if (v.setting, v.crowd, v.round) == (r["setting"], r["visitors"], r["round"])
+        ]
         assert r["answered"] == len(group) and r["makespan_s"] == max(v.wall_s for v in group)
         assert r["aggregate_tps"] == pytest.approx(sum(v.tokens for v in group) / r["makespan_s"])
         assert r["aggregate_over_engine"] == pytest.approx(r["aggregate_tps"] / 100.0)
@@ -59,16 +61,33 @@ def test_the_crowd_bench_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path):
     import json
 
     from benchmarks.studio import SETTINGS, main
+
     from helpers import free_port
 
     out = tmp_path / "out"
-    argv = ["--arch", "tiny", "--workdir", str(tmp_path / "work"), "--out", str(out), "--crowd", "2",
-            "--crowd-only", "--repeats", "1", "--new-tokens", "8", "--port", str(free_port())]
+    argv = [
+        "--arch",
+        "tiny",
+        "--workdir",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
+        "--crowd",
+        "2",
+        "--crowd-only",
+        "--repeats",
+        "1",
+        "--new-tokens",
+        "8",
+        "--port",
+        str(free_port()),
+    ]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     crowd = results["crowd"]
-    assert {(c["setting"], c["visitors"], c["round"]) for c in crowd} == {(s.name, 2, r) for s in SETTINGS
-                                                                        for r in (1, 2)}
+    assert {(c["setting"], c["visitors"], c["round"]) for c in crowd} == {
+        (s.name, 2, r) for s in SETTINGS for r in (1, 2)
+    }
     assert all(c["answered"] == 2 and c["errors"] == 0 and c["engine_batch_tps"] > 0 for c in crowd)
     visitors = list(csv.DictReader(open(out / "crowd.csv")))
     assert len(visitors) == len(SETTINGS) * 2 * 2 and not any(v["error"] for v in visitors)

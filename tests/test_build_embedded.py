@@ -1,5 +1,6 @@
 """The embedded pair's whole build (four stages, exports) on CPU with tiny step counts: the smoke run that must pass
 before the one-session GPU rebuild. Recipe overrides on the command line (max_steps=...) reach every stage."""
+
 from __future__ import annotations
 
 import csv
@@ -24,21 +25,44 @@ def tiny_data_dir(tmp_path_factory):
     (root / "assets").mkdir()
     (root / "assets" / "tokenizer").symlink_to(TOKENIZER)
     texts = [f"Document {i}: the harbor was quiet and the ships were home, number {i}." for i in range(60)]
-    chats = [{"messages": [{"role": "user", "content": f"What is {i} + 1?"},
-                           {"role": "assistant", "content": f"Answer: {i + 1}"}]} for i in range(60)]
-    for name, rows in (("pretrain.jsonl", [{"text": t} for t in texts]),
-                       ("heldout_text.jsonl", [{"text": t} for t in texts[:8]]), ("sft.jsonl", chats)):
+    chats = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} + 1?"},
+                {"role": "assistant", "content": f"Answer: {i + 1}"},
+            ]
+        }
+        for i in range(60)
+    ]
+    for name, rows in (
+        ("pretrain.jsonl", [{"text": t} for t in texts]),
+        ("heldout_text.jsonl", [{"text": t} for t in texts[:8]]),
+        ("sft.jsonl", chats),
+    ):
         (data / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
 
-def test_every_stage_runs_the_overridden_max_steps_and_the_sdar_export_records_its_block_sizes(tiny_data_dir,
-                                                                                             monkeypatch):
+def test_every_stage_runs_the_overridden_max_steps_and_the_sdar_export_records_its_block_sizes(
+    tiny_data_dir, monkeypatch
+):
     monkeypatch.chdir(tiny_data_dir)
     runs, out = tiny_data_dir / "runs", tiny_data_dir / "models"
-    code = build_embedded.main(["--runs", str(runs), "--out", str(out), "--no-progress", "max_steps=2",
-                                "seq_len=64", "micro_batch_size=2", "eval_batches=1", "warmup_steps=1",
-                                f"data_cache={runs / 'cache'}"])
+    code = build_embedded.main(
+        [
+            "--runs",
+            str(runs),
+            "--out",
+            str(out),
+            "--no-progress",
+            "max_steps=2",
+            "seq_len=64",
+            "micro_batch_size=2",
+            "eval_batches=1",
+            "warmup_steps=1",
+            f"data_cache={runs / 'cache'}",
+        ]
+    )
     assert code == 0
     for stage in build_embedded.STAGES:
         steps = [int(r["step"]) for r in csv.DictReader(open(runs / stage.name / "metrics.csv"))]

@@ -1,5 +1,6 @@
 """`python -m sdar_core` (sdar_core/cli.py) on the shipped SDAR model: text on stdout, stats on stderr, and every bad
 input - a checkpoint, a config, a decoding option, a device - as one line on stderr with exit code 2."""
+
 import json
 import os
 import subprocess
@@ -8,16 +9,34 @@ import sys
 import pytest
 import torch
 
-from sdar_core.paths import MODELS_DIR, REPO
 from sdar_core.cli import main
+from sdar_core.paths import MODELS_DIR, REPO
 
 SDAR = str(MODELS_DIR / "sdar-tiny")
 
 
 def test_python_m_sdar_core_answers_a_chat_prompt_and_prints_stats():
-    out = subprocess.run([sys.executable, "-m", "sdar_core", "--model", SDAR, "--prompt", "What is 47 + 38?", "--chat",
-                          "--strategy", "dynamic", "--max-new-tokens", "64", "--json"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sdar_core",
+            "--model",
+            SDAR,
+            "--prompt",
+            "What is 47 + 38?",
+            "--chat",
+            "--strategy",
+            "dynamic",
+            "--max-new-tokens",
+            "64",
+            "--json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "Answer: 85" in out.stdout
     stats = json.loads(out.stderr.strip().splitlines()[-1])
@@ -53,7 +72,9 @@ def test_checkpoint_errors_are_one_line(tmp_path, capsys):
     assert "no checkpoint folder" in one_line_error(capsys, "--model", str(tmp_path / "nope"))
     assert "safetensors" in one_line_error(capsys, "--model", write_config(tmp_path / "no-weights"))
     # transformers' own message for a folder without tokenizer files spans several lines
-    err = one_line_error(capsys, "--model", write_config(tmp_path / "no-tokenizer", tokenizer=False, weights=True))
+    err = one_line_error(
+        capsys, "--model", write_config(tmp_path / "no-tokenizer", tokenizer=False, weights=True)
+    )
     assert "cannot load the tokenizer" in err
 
 
@@ -72,12 +93,20 @@ def test_generation_errors_are_one_line(capsys):
 
 @pytest.mark.parametrize("value", ["inf", "nan"])
 def test_a_non_finite_temperature_is_one_line(capsys, value):
-    assert f"--temperature: '{value}' is not a finite number" in one_line_error(capsys, "--model", SDAR,
-                                                                                  "--temperature", value)
+    assert f"--temperature: '{value}' is not a finite number" in one_line_error(
+        capsys, "--model", SDAR, "--temperature", value
+    )
 
 
-@pytest.mark.parametrize("device, words", [("bogus", "is not a device name"), ("cuda:x", "is not a device name"),
-                                           ("meta", "not meta"), ("cuda", "no CUDA GPU")])
+@pytest.mark.parametrize(
+    "device, words",
+    [
+        ("bogus", "is not a device name"),
+        ("cuda:x", "is not a device name"),
+        ("meta", "not meta"),
+        ("cuda", "no CUDA GPU"),
+    ],
+)
 def test_bad_devices_are_one_line(capsys, monkeypatch, device, words):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
     assert words in one_line_error(capsys, "--model", SDAR, "--device", device)
@@ -99,22 +128,66 @@ def test_a_missing_option_is_one_line(capsys):
 def test_the_command_runs_from_any_folder_on_the_embedded_model(tmp_path):
     """Without --model, and with the repository-relative name a README gives, from a folder outside the checkout."""
     for model in ([], ["--model", "assets/models/sdar-tiny"]):
-        out = subprocess.run([sys.executable, "-m", "sdar_core", *model, "--prompt", "What is 4 + 5?", "--chat",
-                              "--max-new-tokens", "16"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sdar_core",
+                *model,
+                "--prompt",
+                "What is 4 + 5?",
+                "--chat",
+                "--max-new-tokens",
+                "16",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
         assert out.returncode == 0, out.stderr
         assert "9" in out.stdout
 
 
 def test_a_block_length_the_model_was_not_trained_with_is_a_one_line_warning_not_an_error(tmp_path, capsys):
     model = write_config(tmp_path / "trained", weights=True, trained_block_sizes=[2, 4])
-    code = main(["--model", model, "--prompt", "What is 4 + 5?", "--chat", "--max-new-tokens", "8",
-                 "--block-length", "8", "--device", "cpu"])
+    code = main(
+        [
+            "--model",
+            model,
+            "--prompt",
+            "What is 4 + 5?",
+            "--chat",
+            "--max-new-tokens",
+            "8",
+            "--block-length",
+            "8",
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     assert "warning: block_length 8 is not among the block sizes this model was trained with (2, 4)" in err
-    assert main(["--model", model, "--prompt", "What is 4 + 5?", "--chat", "--max-new-tokens", "8",
-                 "--block-length", "4", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                model,
+                "--prompt",
+                "What is 4 + 5?",
+                "--chat",
+                "--max-new-tokens",
+                "8",
+                "--block-length",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "warning" not in capsys.readouterr().err
 
 
@@ -122,9 +195,17 @@ def test_finding11_undecodable_bytes_in_the_prompt_are_one_line(tmp_path):
     """Issue 33, finding 11: bytes that are not UTF-8 on the command line reached the tokenizer as lone
     surrogates: a TypeError traceback."""
     for extra in (["--prompt", "caf\udce9"], ["--prompt", "hi", "--chat", "--system", "\udcff"]):
-        out = subprocess.run([sys.executable, "-m", "sdar_core", "--model", SDAR, "--max-new-tokens", "4", *extra],
-                             cwd=REPO, capture_output=True, text=True, timeout=120, errors="surrogateescape")
-        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+        out = subprocess.run(
+            [sys.executable, "-m", "sdar_core", "--model", SDAR, "--max-new-tokens", "4", *extra],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            errors="surrogateescape",
+        )
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, (
+            out.stderr
+        )
         assert "not UTF-8 text" in out.stderr
 
 

@@ -4,6 +4,7 @@ Independent references: the byte size of the real SDAR checkpoints (their safete
 bfloat16, 2 bytes a parameter), the parameter count of an instantiated model, transformers' config classes,
 and the Qwen3-MoE layer rule written out as explicit lists.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ import pytest
 from transformers import Qwen3Config, Qwen3MoeConfig
 
 from sdar_core.config import INT_BOUNDS, MAX_EXPERT_MLPS, ConfigError, ModelConfig, sparse_layer_count
+
 from helpers import FIXTURES, random_model, tiny_config
 
 SDAR_4B = json.loads((FIXTURES / "sdar-4b-chat" / "config.json").read_text())
@@ -21,17 +23,43 @@ SDAR_4B_BYTES = json.loads((FIXTURES / "sdar-4b-chat-index.json").read_text())["
 SDAR_8B_BYTES = 16_381_470_720  # SDAR-8B-Chat/model.safetensors.index.json
 
 QWEN3_30B_A3B = {  # the layout of Qwen/Qwen3-30B-A3B's config.json
-    "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 151936,
-    "hidden_size": 2048, "intermediate_size": 6144, "moe_intermediate_size": 768, "num_hidden_layers": 48,
-    "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128,
-    "num_experts_per_tok": 8, "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [],
-    "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "rope_scaling": None, "max_position_embeddings": 40960,
-    "tie_word_embeddings": False, "attention_bias": False, "use_sliding_window": False, "sliding_window": None,
-    "bos_token_id": 151643, "eos_token_id": 151645, "torch_dtype": "bfloat16", "output_router_logits": False,
+    "architectures": ["Qwen3MoeForCausalLM"],
+    "model_type": "qwen3_moe",
+    "vocab_size": 151936,
+    "hidden_size": 2048,
+    "intermediate_size": 6144,
+    "moe_intermediate_size": 768,
+    "num_hidden_layers": 48,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "head_dim": 128,
+    "num_experts": 128,
+    "num_experts_per_tok": 8,
+    "norm_topk_prob": True,
+    "decoder_sparse_step": 1,
+    "mlp_only_layers": [],
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "rope_scaling": None,
+    "max_position_embeddings": 40960,
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+    "use_sliding_window": False,
+    "sliding_window": None,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "torch_dtype": "bfloat16",
+    "output_router_logits": False,
     "router_aux_loss_coef": 0.001,
 }
-SDAR_30B_A3B = {**QWEN3_30B_A3B, "model_type": "sdar_moe", "architectures": ["SDARMoeForCausalLM"],
-                "block_size": 4, "mask_token_id": 151669, "eos_token_id": 151643}
+SDAR_30B_A3B = {
+    **QWEN3_30B_A3B,
+    "model_type": "sdar_moe",
+    "architectures": ["SDARMoeForCausalLM"],
+    "block_size": 4,
+    "mask_token_id": 151669,
+    "eos_token_id": 151643,
+}
 
 
 def model_parameter_count(config: ModelConfig) -> int:
@@ -41,10 +69,14 @@ def model_parameter_count(config: ModelConfig) -> int:
 # --- the real configs ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw, hidden, inter, expected_bytes", [(SDAR_4B, 2560, 9728, SDAR_4B_BYTES),
-                                                                (SDAR_8B, 4096, 12288, SDAR_8B_BYTES)],
-                         ids=["SDAR-4B-Chat", "SDAR-8B-Chat"])
-def test_sdar_chat_configs_parse_to_the_published_shapes_and_parameter_count(raw, hidden, inter, expected_bytes):
+@pytest.mark.parametrize(
+    "raw, hidden, inter, expected_bytes",
+    [(SDAR_4B, 2560, 9728, SDAR_4B_BYTES), (SDAR_8B, 4096, 12288, SDAR_8B_BYTES)],
+    ids=["SDAR-4B-Chat", "SDAR-8B-Chat"],
+)
+def test_sdar_chat_configs_parse_to_the_published_shapes_and_parameter_count(
+    raw, hidden, inter, expected_bytes
+):
     c = ModelConfig.from_dict(raw)
     assert (c.model_type, c.vocab_size, c.hidden_size, c.intermediate_size) == ("sdar", 151936, hidden, inter)
     assert (c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (36, 32, 8, 128)
@@ -53,7 +85,9 @@ def test_sdar_chat_configs_parse_to_the_published_shapes_and_parameter_count(raw
     assert c.is_sdar and not c.is_moe and not any(c.layer_is_sparse(i) for i in range(36))
     assert c.torch_dtype == "bfloat16"
     assert c.num_parameters() == expected_bytes // 2  # every tensor of the checkpoint is bf16
-    assert c.extra["auto_map"]["AutoModelForCausalLM"] == "modeling_sdar.SDARForCausalLM"  # kept, not modelled
+    assert (
+        c.extra["auto_map"]["AutoModelForCausalLM"] == "modeling_sdar.SDARForCausalLM"
+    )  # kept, not modelled
 
 
 def test_sdar_4b_has_about_4_4_billion_parameters_untied():
@@ -89,19 +123,44 @@ def test_ar_configs_default_to_block_size_1():
 
 
 def test_transformers_qwen3_config_dict_parses_with_rope_parameters():
-    hf = Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=12345.0,
-                     tie_word_embeddings=True).to_dict()
+    hf = Qwen3Config(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        rope_theta=12345.0,
+        tie_word_embeddings=True,
+    ).to_dict()
     c = ModelConfig.from_dict(hf)
-    assert (c.model_type, c.vocab_size, c.hidden_size, c.head_dim, c.num_key_value_heads) == ("qwen3", 128, 64, 16, 2)
+    assert (c.model_type, c.vocab_size, c.hidden_size, c.head_dim, c.num_key_value_heads) == (
+        "qwen3",
+        128,
+        64,
+        16,
+        2,
+    )
     assert c.rope_theta == 12345.0 and c.tie_word_embeddings is True and c.block_size == 1
 
 
 def test_transformers_qwen3_moe_config_dict_parses_num_local_experts():
-    hf = Qwen3MoeConfig(vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
-                        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                        num_experts=8, num_experts_per_tok=2, decoder_sparse_step=2, mlp_only_layers=[3],
-                        norm_topk_prob=False).to_dict()
+    hf = Qwen3MoeConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        moe_intermediate_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_experts=8,
+        num_experts_per_tok=2,
+        decoder_sparse_step=2,
+        mlp_only_layers=[3],
+        norm_topk_prob=False,
+    ).to_dict()
     c = ModelConfig.from_dict(hf)
     assert (c.num_experts, c.num_experts_per_tok, c.moe_intermediate_size) == (8, 2, 32)
     assert c.norm_topk_prob is False and c.mlp_only_layers == [3] and c.decoder_sparse_step == 2
@@ -111,14 +170,18 @@ def test_transformers_qwen3_moe_config_dict_parses_num_local_experts():
 # --- parameter counts against instantiated models ------------------------------------------------------
 
 
-@pytest.mark.parametrize("config", [
-    tiny_config("sdar"),
-    tiny_config("qwen3", tie_word_embeddings=True),
-    tiny_config("qwen3", attention_bias=True),
-    tiny_config("qwen3_moe", layers=3),
-    tiny_config("qwen3_moe", layers=4, decoder_sparse_step=2, mlp_only_layers=[1]),
-    tiny_config("sdar_moe", layers=3, mlp_only_layers=[0], tie_word_embeddings=True),
-], ids=["sdar", "qwen3-tied", "qwen3-attention-bias", "qwen3-moe", "moe-step2-mlp-only", "sdar-moe-tied"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        tiny_config("sdar"),
+        tiny_config("qwen3", tie_word_embeddings=True),
+        tiny_config("qwen3", attention_bias=True),
+        tiny_config("qwen3_moe", layers=3),
+        tiny_config("qwen3_moe", layers=4, decoder_sparse_step=2, mlp_only_layers=[1]),
+        tiny_config("sdar_moe", layers=3, mlp_only_layers=[0], tie_word_embeddings=True),
+    ],
+    ids=["sdar", "qwen3-tied", "qwen3-attention-bias", "qwen3-moe", "moe-step2-mlp-only", "sdar-moe-tied"],
+)
 def test_num_parameters_equals_instantiated_model_parameter_count(config):
     assert config.num_parameters() == model_parameter_count(config)
 
@@ -126,13 +189,16 @@ def test_num_parameters_equals_instantiated_model_parameter_count(config):
 # --- the Qwen3-MoE layer rule --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("step, mlp_only, expected", [
-    (1, [], [True] * 6),
-    (2, [], [False, True, False, True, False, True]),
-    (3, [], [False, False, True, False, False, True]),
-    (1, [0, 4], [False, True, True, True, False, True]),
-    (2, [3], [False, True, False, False, False, True]),
-])
+@pytest.mark.parametrize(
+    "step, mlp_only, expected",
+    [
+        (1, [], [True] * 6),
+        (2, [], [False, True, False, True, False, True]),
+        (3, [], [False, False, True, False, False, True]),
+        (1, [0, 4], [False, True, True, True, False, True]),
+        (2, [3], [False, True, False, False, False, True]),
+    ],
+)
 def test_layer_is_sparse_follows_decoder_sparse_step_and_mlp_only_layers(step, mlp_only, expected):
     c = tiny_config("qwen3_moe", layers=6, decoder_sparse_step=step, mlp_only_layers=mlp_only)
     assert [c.layer_is_sparse(i) for i in range(6)] == expected
@@ -162,8 +228,9 @@ def test_dense_to_dict_writes_no_moe_fields():
 # --- errors --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field", ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                                   "intermediate_size"])
+@pytest.mark.parametrize(
+    "field", ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"]
+)
 def test_dense_config_missing_field_error_names_the_field(field):
     raw = {k: v for k, v in SDAR_4B.items() if k != field}
     with pytest.raises(ConfigError, match=repr(field)):
@@ -182,8 +249,11 @@ def test_moe_config_without_dense_layers_does_not_need_intermediate_size():
     assert ModelConfig.from_dict(raw).is_moe
 
 
-@pytest.mark.parametrize("changes", [{"mlp_only_layers": [5]}, {"decoder_sparse_step": 2}],
-                         ids=["mlp_only_layers", "decoder_sparse_step"])
+@pytest.mark.parametrize(
+    "changes",
+    [{"mlp_only_layers": [5]}, {"decoder_sparse_step": 2}],
+    ids=["mlp_only_layers", "decoder_sparse_step"],
+)
 def test_moe_config_with_dense_layers_needs_intermediate_size(changes):
     raw = {k: v for k, v in QWEN3_30B_A3B.items() if k != "intermediate_size"}
     with pytest.raises(ConfigError, match="'intermediate_size'"):
@@ -196,7 +266,9 @@ def test_missing_model_type_is_named():
 
 
 def test_unknown_model_type_lists_the_supported_ones():
-    with pytest.raises(ConfigError, match=r"unknown model_type 'llama'; supported: sdar, sdar_moe, qwen3, qwen3_moe"):
+    with pytest.raises(
+        ConfigError, match=r"unknown model_type 'llama'; supported: sdar, sdar_moe, qwen3, qwen3_moe"
+    ):
         ModelConfig.from_dict({**SDAR_4B, "model_type": "llama"})
 
 
@@ -222,11 +294,14 @@ def test_top_k_above_expert_count_names_both():
         ModelConfig.from_dict({**QWEN3_30B_A3B, "num_experts_per_tok": 200})
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling"),
-    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6}}, "rope_parameters"),
-    ({"use_sliding_window": True}, "use_sliding_window"),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6}}, "rope_parameters"),
+        ({"use_sliding_window": True}, "use_sliding_window"),
+    ],
+)
 def test_unsupported_features_are_refused_by_name(changes, words):
     with pytest.raises(ConfigError, match=words):
         ModelConfig.from_dict({**SDAR_4B, **changes})
@@ -242,8 +317,15 @@ def test_from_json_errors_name_the_path(tmp_path):
 
 # --- bounds: every field refused by name, the public shapes accepted ----------------------------------
 
-QWEN3_235B_A22B = {**QWEN3_30B_A3B, "hidden_size": 4096, "intermediate_size": 12288, "moe_intermediate_size": 1536,
-                   "num_hidden_layers": 94, "num_attention_heads": 64, "num_key_value_heads": 4}
+QWEN3_235B_A22B = {
+    **QWEN3_30B_A3B,
+    "hidden_size": 4096,
+    "intermediate_size": 12288,
+    "moe_intermediate_size": 1536,
+    "num_hidden_layers": 94,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 4,
+}
 
 
 def test_largest_public_qwen3_moe_is_within_bounds_at_its_published_235b_parameters():
@@ -254,30 +336,57 @@ def test_largest_public_qwen3_moe_is_within_bounds_at_its_published_235b_paramet
 
 def _valid_for(field: str) -> dict:
     """A config where `field` is read (an MoE one for the MoE fields)."""
-    return dict(QWEN3_30B_A3B) if field in ("num_experts", "num_experts_per_tok", "moe_intermediate_size",
-                                            "decoder_sparse_step") else dict(SDAR_4B)
+    return (
+        dict(QWEN3_30B_A3B)
+        if field in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "decoder_sparse_step")
+        else dict(SDAR_4B)
+    )
 
 
 @pytest.mark.parametrize("field", sorted(INT_BOUNDS))
 @pytest.mark.parametrize("bad", ["too-large", "float", "string", "bool", "below"])
 def test_every_integer_field_out_of_range_or_of_the_wrong_type_is_named(field, bad):
     low, high = INT_BOUNDS[field]
-    value = {"too-large": high + 1, "float": float(low + 2), "string": str(low + 2), "bool": True,
-             "below": low - 1}[bad]
+    value = {
+        "too-large": high + 1,
+        "float": float(low + 2),
+        "string": str(low + 2),
+        "bool": True,
+        "below": low - 1,
+    }[bad]
     with pytest.raises(ConfigError, match=repr(field)):
         ModelConfig.from_dict({**_valid_for(field), field: value})
 
 
-@pytest.mark.parametrize("field, value", [
-    ("rope_theta", 0), ("rope_theta", -1.0), ("rope_theta", float("nan")), ("rope_theta", float("inf")),
-    ("rope_theta", "1e6"), ("rms_norm_eps", 0), ("rms_norm_eps", float("nan")), ("rms_norm_eps", float("inf")),
-    ("rms_norm_eps", -1e-6), ("rms_norm_eps", 1.5), ("tie_word_embeddings", 1), ("attention_bias", "false"),
-    ("norm_topk_prob", None), ("torch_dtype", 16), ("mask_token_id", 151936), ("mask_token_id", 1.0),
-    ("eos_token_id", [1, "2"]), ("bos_token_id", "<s>"), ("mlp_only_layers", [0.5]),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("rope_theta", 0),
+        ("rope_theta", -1.0),
+        ("rope_theta", float("nan")),
+        ("rope_theta", float("inf")),
+        ("rope_theta", "1e6"),
+        ("rms_norm_eps", 0),
+        ("rms_norm_eps", float("nan")),
+        ("rms_norm_eps", float("inf")),
+        ("rms_norm_eps", -1e-6),
+        ("rms_norm_eps", 1.5),
+        ("tie_word_embeddings", 1),
+        ("attention_bias", "false"),
+        ("norm_topk_prob", None),
+        ("torch_dtype", 16),
+        ("mask_token_id", 151936),
+        ("mask_token_id", 1.0),
+        ("eos_token_id", [1, "2"]),
+        ("bos_token_id", "<s>"),
+        ("mlp_only_layers", [0.5]),
+    ],
+)
 def test_every_other_field_with_a_bad_value_is_named(field, value):
     with pytest.raises(ConfigError, match=repr(field)):
-        ModelConfig.from_dict({**QWEN3_30B_A3B, "model_type": "sdar_moe", "mask_token_id": 151669, field: value})
+        ModelConfig.from_dict(
+            {**QWEN3_30B_A3B, "model_type": "sdar_moe", "mask_token_id": 151669, field: value}
+        )
 
 
 def test_experts_over_all_layers_are_bounded():
@@ -301,7 +410,9 @@ def test_trained_block_sizes_round_trip_and_are_absent_when_unknown():
     raw = {**config.to_dict(), "trained_block_sizes": [1, 2, 4, 8, 16]}
     assert ModelConfig.from_dict(raw).trained_block_sizes == [1, 2, 4, 8, 16]
     assert ModelConfig.from_dict(raw).to_dict()["trained_block_sizes"] == [1, 2, 4, 8, 16]
-    with pytest.raises(ConfigError, match=r"'trained_block_sizes' must be a non-empty list of integers >= 1, got \[0\]"):
+    with pytest.raises(
+        ConfigError, match=r"'trained_block_sizes' must be a non-empty list of integers >= 1, got \[0\]"
+    ):
         ModelConfig.from_dict({**raw, "trained_block_sizes": [0]})
 
 

@@ -1,5 +1,5 @@
 """The data set's generators and cleaning functions, on small inline inputs (no download, no data/ folder)."""
-import json
+
 import operator
 import random
 import re
@@ -8,7 +8,6 @@ import pytest
 
 from training import corpus, synthetic
 from training.synthetic import Problem
-from sdar_core.paths import REPO
 
 PY_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
@@ -31,13 +30,21 @@ def test_generators_are_deterministic_for_a_seed():
 
 def test_worked_addition_spells_out_carries_as_in_the_brief():
     assert synthetic.arith_text(Problem(47, "+", 38)) == (
-        "Q: 47 + 38 = ?\nA: 7 + 8 = 15, write 5 carry 1; 4 + 3 + 1 = 8, write 8.\nSo 47 + 38 = 85.\nAnswer: 85")
+        "Q: 47 + 38 = ?\nA: 7 + 8 = 15, write 5 carry 1; 4 + 3 + 1 = 8, write 8.\nSo 47 + 38 = 85.\nAnswer: 85"
+    )
 
 
 def test_worked_solution_final_answer_equals_python_arithmetic():
     rng = random.Random(0)
-    edge = [Problem(999, "+", 1), Problem(1000, "-", 1), Problem(100, "-", 99), Problem(0, "*", 7),
-            Problem(99, "*", 99), Problem(5, "-", 5), Problem(7, "+", 0)]
+    edge = [
+        Problem(999, "+", 1),
+        Problem(1000, "-", 1),
+        Problem(100, "-", 99),
+        Problem(0, "*", 7),
+        Problem(99, "*", 99),
+        Problem(5, "-", 5),
+        Problem(7, "+", 0),
+    ]
     for p in edge + [synthetic.random_problem(rng) for _ in range(3000)]:
         text = synthetic.worked_solution(p)
         expected = PY_OPS[p.op](p.a, p.b)
@@ -74,7 +81,9 @@ def test_subtraction_rejects_negative_results():
 
 
 def test_eval_set_is_disjoint_from_all_training_problems():
-    train = synthetic.train_arith_problems(8_000, seed=0) + synthetic.train_arith_problems(2_000, seed=1_000_003)
+    train = synthetic.train_arith_problems(8_000, seed=0) + synthetic.train_arith_problems(
+        2_000, seed=1_000_003
+    )
     train_keys = {p.key for p in train}
     evalset = synthetic.eval_arith_set(500, seed=0)
     eval_keys = {Problem(*_parse_expression(r["prompt"])).key for r in evalset}
@@ -126,15 +135,19 @@ def test_linear_equation_answer_solves_the_equation():
 
 
 def test_html_to_text_strips_tags_scripts_and_entities():
-    page = ("<html><head><title>T</title><style>p {color: red}</style><script>var x = 1;</script></head>"
-            "<body><nav>Menu</nav><h1>Title<a class=\"headerlink\" href=\"#t\">¶</a></h1>"
-            "<p>Hello&nbsp;<b>bold</b> &amp; <i>you</i> &lt;3</p><ul><li>one</li><li>two</li></ul></body></html>")
+    page = (
+        "<html><head><title>T</title><style>p {color: red}</style><script>var x = 1;</script></head>"
+        '<body><nav>Menu</nav><h1>Title<a class="headerlink" href="#t">¶</a></h1>'
+        "<p>Hello&nbsp;<b>bold</b> &amp; <i>you</i> &lt;3</p><ul><li>one</li><li>two</li></ul></body></html>"
+    )
     assert corpus.html_to_text(page) == "Title\n\nHello bold & you <3\n\none\ntwo"
 
 
 def test_html_to_text_keeps_only_the_main_part_and_code_layout():
-    page = ("<div class='sidebar'>Navigation</div><div role=\"main\"><p>Intro   text\n spread</p>"
-            "<pre>def f(x):\n    return  x</pre></div><div class='footer'>Copyright</div>")
+    page = (
+        "<div class='sidebar'>Navigation</div><div role=\"main\"><p>Intro   text\n spread</p>"
+        "<pre>def f(x):\n    return  x</pre></div><div class='footer'>Copyright</div>"
+    )
     assert corpus.html_to_text(page) == "Intro text spread\n\ndef f(x):\n    return  x"
 
 
@@ -149,7 +162,7 @@ def test_reflow_joins_wrapped_lines_but_keeps_paragraphs():
 
 def test_split_documents_respects_the_limit_and_keeps_the_text():
     paras = [f"Paragraph {i}. " + "word " * random.Random(i).randint(1, 120) for i in range(60)]
-    paras = [p.strip() for p in paras] + ["Long sentence number %d." % i for i in range(300)]
+    paras = [p.strip() for p in paras] + [f"Long sentence number {i}." for i in range(300)]
     text = "\n\n".join(paras[:60]) + "\n\n" + " ".join(paras[60:])
     docs = corpus.split_documents(text, max_chars=500)
     assert all(len(d) <= 500 for d in docs)
@@ -157,12 +170,15 @@ def test_split_documents_respects_the_limit_and_keeps_the_text():
 
 
 def test_clean_gcide_entry():
-    entry = ("Affect \\Af*fect\"\\, v. t. [L. affectus. See\n   {Fact}.]\n   1. To act upon; to produce "
-             "an effect.\n   [1913 Webster] Stray\n\n   2. To love. [Obs.]\n   [1913 Webster]\n   Caf['e] and "
-             "Ch[ae]topoda.")
+    entry = (
+        'Affect \\Af*fect"\\, v. t. [L. affectus. See\n   {Fact}.]\n   1. To act upon; to produce '
+        "an effect.\n   [1913 Webster] Stray\n\n   2. To love. [Obs.]\n   [1913 Webster]\n   Caf['e] and "
+        "Ch[ae]topoda."
+    )
     assert corpus.clean_gcide_entry(entry) == (
         "Affect, v. t. [L. affectus. See Fact.] 1. To act upon; to produce an effect.\n\n"
-        "2. To love. [Obs.] Café and Chætopoda.")
+        "2. To love. [Obs.] Café and Chætopoda."
+    )
 
 
 def test_looks_like_prose_drops_tables_and_fragments():
@@ -188,21 +204,28 @@ def test_missing_package_is_skipped_and_recorded(tmp_path, monkeypatch):
 
 from training import qa  # noqa: E402
 
-WORDNET_DOC = "\n".join([
-    'harbor, seaport, haven (noun): a sheltered port where ships can take on or discharge cargo',
-    'harbor, harbour (verb): maintain (a theory, thoughts, or feelings); "bear a grudge"',
-    'kitten (noun): young domestic cat; "the kitten played with a ball"',
-    'quickly, rapidly (adverb): with rapid movements; "he works quickly"',
-    'Sea Dog (noun): a capitalised name is not a plain word',
-])
+WORDNET_DOC = "\n".join(
+    [
+        "harbor, seaport, haven (noun): a sheltered port where ships can take on or discharge cargo",
+        'harbor, harbour (verb): maintain (a theory, thoughts, or feelings); "bear a grudge"',
+        'kitten (noun): young domestic cat; "the kitten played with a ball"',
+        'quickly, rapidly (adverb): with rapid movements; "he works quickly"',
+        "Sea Dog (noun): a capitalised name is not a plain word",
+    ]
+)
 
 
 def test_wordnet_entries_take_the_noun_sense_and_drop_the_examples():
     entries = qa.wordnet_entries([WORDNET_DOC])
-    assert entries == [("harbor", "noun", "a sheltered port where ships can take on or discharge cargo"),
-                       ("kitten", "noun", "young domestic cat"), ("quickly", "adverb", "with rapid movements")]
-    assert qa.definition_answer("quickly", "adverb", "with rapid movements") == \
-        "Quickly is an adverb: with rapid movements."
+    assert entries == [
+        ("harbor", "noun", "a sheltered port where ships can take on or discharge cargo"),
+        ("kitten", "noun", "young domestic cat"),
+        ("quickly", "adverb", "with rapid movements"),
+    ]
+    assert (
+        qa.definition_answer("quickly", "adverb", "with rapid movements")
+        == "Quickly is an adverb: with rapid movements."
+    )
 
 
 def test_definition_chats_never_ask_a_held_out_word_and_the_eval_set_asks_only_those():
@@ -215,7 +238,9 @@ def test_definition_chats_never_ask_a_held_out_word_and_the_eval_set_asks_only_t
     asked = {a or b for a, b in asked}
     assert asked == set(words) - held
     evals = qa.heldout_definitions(entries, 10_000, seed=0)
-    assert {e["word"] for e in evals} == held and all(e["gloss"] == f"the gloss of {e['word']}" for e in evals)
+    assert {e["word"] for e in evals} == held and all(
+        e["gloss"] == f"the gloss of {e['word']}" for e in evals
+    )
     assert qa.definition_chats(entries, 50, seed=0) == qa.definition_chats(entries, 50, seed=0)
     assert qa.definition_chats(entries, 50, seed=0) != qa.definition_chats(entries, 50, seed=1)
 
@@ -227,10 +252,18 @@ def test_studio_words_are_always_among_the_definition_chats():
 
 
 def test_howto_chats_turn_a_documented_callable_into_a_question_and_its_answer():
-    doc = ("array.reverse()\n\nReverse the order of the items in the array.\n\n"
-           "str.isupper()\n\nReturns True if all cased characters are uppercase.\n\n"
-           "array.reverse()\n\nReverse it again, a duplicate name.")
+    doc = (
+        "array.reverse()\n\nReverse the order of the items in the array.\n\n"
+        "str.isupper()\n\nReturns True if all cased characters are uppercase.\n\n"
+        "array.reverse()\n\nReverse it again, a duplicate name."
+    )
     chats = qa.howto_chats([doc], 10, seed=0)
-    assert chats == [[{"role": "user", "content": "How do I reverse the order of the items in the array in Python?"},
-                      {"role": "assistant",
-                       "content": "Use array.reverse(). Reverse the order of the items in the array."}]]
+    assert chats == [
+        [
+            {"role": "user", "content": "How do I reverse the order of the items in the array in Python?"},
+            {
+                "role": "assistant",
+                "content": "Use array.reverse(). Reverse the order of the items in the array.",
+            },
+        ]
+    ]

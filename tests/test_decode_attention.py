@@ -4,6 +4,7 @@ The reference gathers, for every (row, head, query), the keys the block-causal r
 (written out with loops, independent of sdar_core's masks) and takes their softmax in float64. Slots past the
 end of the last query's block hold NaN, so a kernel that reads them fails.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ import torch
 
 from sdar_core.attention import decode_attention, reference_decode_attention
 from sdar_core.decode_attention import CacheQueries
-from sdar_core.kernels import Kernels
 from sdar_core.decoding import generate
+from sdar_core.kernels import Kernels
 from sdar_core.runner import ChunkRunner
 
 from helpers import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
@@ -49,8 +50,14 @@ def make_case(B, H, H_kv, D, T, q_index, L, pad, dtype=torch.float32, device="cp
 # (query indices, block length, padding per row): AR, the block in flight, the fused chunk (finished block +
 # block in flight), a chunk whose first block is partial (a prompt's last block), one query in the padding,
 # and three blocks at once.
-CASES = [([37], 1, [0, 5]), (list(range(32, 36)), 4, [0, 3]), (list(range(28, 36)), 4, [2, 0]),
-         (list(range(30, 36)), 4, [0, 0]), ([3], 1, [5, 0]), (list(range(24, 36)), 4, [1, 0])]
+CASES = [
+    ([37], 1, [0, 5]),
+    (list(range(32, 36)), 4, [0, 3]),
+    (list(range(28, 36)), 4, [2, 0]),
+    (list(range(30, 36)), 4, [0, 0]),
+    ([3], 1, [5, 0]),
+    (list(range(24, 36)), 4, [1, 0]),
+]
 
 
 @pytest.mark.parametrize("q_index, L, pad", CASES)
@@ -133,7 +140,9 @@ def test_one_cuda_graph_serves_every_filled_length(Q, L):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("split_k", [None, False])  # the default (the kernel on CUDA) and SDPA over the buffer
+@pytest.mark.parametrize(
+    "split_k", [None, False]
+)  # the default (the kernel on CUDA) and SDPA over the buffer
 @pytest.mark.parametrize("strategy", ["static", "dynamic", "ar"])
 def test_graph_runner_equals_plain_with_and_without_split_k(strategy, split_k):
     model = random_model(tiny_config("sdar", block_size=4)).cuda()

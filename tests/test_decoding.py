@@ -1,4 +1,5 @@
 """The block-diffusion decoder against an independent brute-force decoder, and its schedule properties."""
+
 from __future__ import annotations
 
 import gc
@@ -7,24 +8,27 @@ import math
 import pytest
 import torch
 
-from helpers import hand_block_causal, random_model, tiny_config
 from sdar_core import GenerationError, generate
 from sdar_core.attention import AttentionInputs
 from sdar_core.decoding import DecodeParams
 from sdar_core.runner import RUNNER_POOL
+
+from helpers import hand_block_causal, random_model, tiny_config
 
 MASK = 95  # tiny_config's mask id (vocab 96)
 
 
 # --- an independent decoder: no cache, the whole sequence recomputed with a hand-built mask -----------
 
+
 def hand_mask(n: int, block: int) -> torch.Tensor:
     """[1, 1, n, n]: query i sees key j iff j's block <= i's block (written with loops on purpose)."""
     return hand_block_causal(n, block)[None, None]
 
 
-def brute_force(model, prompt: list[int], max_new: int, L: int, T: int, strategy: str, threshold=0.9,
-                entropy_bound=1.0) -> list[int]:
+def brute_force(
+    model, prompt: list[int], max_new: int, L: int, T: int, strategy: str, threshold=0.9, entropy_bound=1.0
+) -> list[int]:
     P = len(prompt)
     total = math.ceil((P + max_new) / L) * L
     x = prompt + [MASK] * (total - P)
@@ -35,7 +39,9 @@ def brute_force(model, prompt: list[int], max_new: int, L: int, T: int, strategy
             if not masked:
                 break
             with torch.no_grad():
-                logits = model(torch.tensor([x[:hi]]), attn=AttentionInputs(mask=hand_mask(hi, L)))[0].double()
+                logits = model(torch.tensor([x[:hi]]), attn=AttentionInputs(mask=hand_mask(hi, L)))[
+                    0
+                ].double()
             logits[:, MASK] = float("-inf")
             probs = logits.softmax(-1)
             # the authors' counts: from the block length, whatever the prompt already fills
@@ -61,7 +67,7 @@ def brute_force(model, prompt: list[int], max_new: int, L: int, T: int, strategy
                 chosen = by_ent[: max(n, count, 1)]
             for i in chosen:
                 x[i] = token[i]
-    return x[P: P + max_new]
+    return x[P : P + max_new]
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +81,16 @@ def sdar():
 def test_greedy_equals_brute_force_decoder(sdar, strategy, L, T, prompt_len):
     torch.manual_seed(prompt_len)
     prompt = torch.randint(0, 90, (prompt_len,)).tolist()
-    gen = generate(sdar, [prompt], max_new_tokens=13, block_length=L, steps=T, strategy=strategy,
-                   threshold=0.5, entropy_bound=1.5)
+    gen = generate(
+        sdar,
+        [prompt],
+        max_new_tokens=13,
+        block_length=L,
+        steps=T,
+        strategy=strategy,
+        threshold=0.5,
+        entropy_bound=1.5,
+    )
     expected = brute_force(sdar, prompt, 13, L, T, strategy, threshold=0.5, entropy_bound=1.5)
     assert gen.row_tokens(0) == expected
 
@@ -84,8 +98,9 @@ def test_greedy_equals_brute_force_decoder(sdar, strategy, L, T, prompt_len):
 def test_fused_cache_write_saves_one_forward_per_block_with_identical_tokens(sdar):
     prompt = [[5, 17, 33, 2, 9, 60]]
     fused = generate(sdar, prompt, max_new_tokens=16, block_length=4, steps=4, strategy="static")
-    unfused = generate(sdar, prompt, max_new_tokens=16, block_length=4, steps=4, strategy="static",
-                       fuse_cache_write=False)
+    unfused = generate(
+        sdar, prompt, max_new_tokens=16, block_length=4, steps=4, strategy="static", fuse_cache_write=False
+    )
     assert fused.tokens.tolist() == unfused.tokens.tolist()
     n_blocks = len(fused.stats.steps_per_block[0])
     assert n_blocks == math.ceil((6 + 16) / 4) - 6 // 4
@@ -94,8 +109,15 @@ def test_fused_cache_write_saves_one_forward_per_block_with_identical_tokens(sda
 
 
 def test_static_commits_exactly_the_static_count_per_step(sdar):
-    gen = generate(sdar, [[3, 4, 5, 6, 7, 8, 9, 10]], max_new_tokens=24, block_length=8, steps=3,
-                   strategy="static", trace=True)
+    gen = generate(
+        sdar,
+        [[3, 4, 5, 6, 7, 8, 9, 10]],
+        max_new_tokens=24,
+        block_length=8,
+        steps=3,
+        strategy="static",
+        trace=True,
+    )
     for e in gen.trace:
         assert len(e.committed) == [3, 3, 2][e.step]  # ceil(8/3), the remainder spread over the first steps
     assert all(s == [3] * len(s) for s in gen.stats.steps_per_block)
@@ -107,7 +129,9 @@ def test_partial_first_block_uses_block_length_counts(sdar, L, T, prompt_len):
     """Step s commits floor(L/T) (+1 for s < L mod T) of what is still masked, and the block ends once
     nothing is masked: a prompt ending inside a block makes its first block shorter, not its counts smaller."""
     prompt = list(range(3, 3 + prompt_len))
-    gen = generate(sdar, [prompt], max_new_tokens=2 * L, block_length=L, steps=T, strategy="static", trace=True)
+    gen = generate(
+        sdar, [prompt], max_new_tokens=2 * L, block_length=L, steps=T, strategy="static", trace=True
+    )
     counts = [L // T + (1 if s < L % T else 0) for s in range(T)]  # the same list for every block
     for b in range(len(gen.stats.steps_per_block[0])):
         masked = L - (prompt_len % L if b == 0 else 0)
@@ -127,8 +151,15 @@ def test_partial_first_block_uses_block_length_counts(sdar, L, T, prompt_len):
 def test_partial_first_block_costs_fewer_forwards():
     """Block 8, 4 steps, a prompt ending 2 tokens into a block: 6 masked positions take 2, 2, 2 (3 forwards)."""
     model = random_model(tiny_config("sdar", block_size=8, layers=1))
-    gen = generate(model, [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14]], max_new_tokens=6, block_length=8, steps=4,
-                   strategy="static", trace=True)
+    gen = generate(
+        model,
+        [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14]],
+        max_new_tokens=6,
+        block_length=8,
+        steps=4,
+        strategy="static",
+        trace=True,
+    )
     assert [len(e.committed) for e in gen.trace] == [2, 2, 2]
     assert gen.stats.steps_per_block == [[3]] and gen.stats.forwards == 3
 
@@ -140,8 +171,16 @@ def test_a_final_token_is_never_changed_after_a_dynamic_step_went_past_the_stati
     L, T = 8, 4
     torch.manual_seed(5)
     prompt = torch.randint(0, 90, (10,)).tolist()  # 2 prompt tokens in the first block in flight
-    gen = generate(sdar, [prompt], max_new_tokens=30, block_length=L, steps=T, strategy="dynamic",
-                   threshold=0.3, trace=True)
+    gen = generate(
+        sdar,
+        [prompt],
+        max_new_tokens=30,
+        block_length=L,
+        steps=T,
+        strategy="dynamic",
+        threshold=0.3,
+        trace=True,
+    )
     short = 0  # steps that found fewer masked positions than the static count
     for b in range(len(gen.stats.steps_per_block[0])):
         events = [e for e in gen.trace if e.block == b]
@@ -161,8 +200,16 @@ def test_a_final_token_is_never_changed_after_a_dynamic_step_went_past_the_stati
 
 def test_dynamic_never_commits_below_threshold_except_minimum(sdar):
     thr = 0.6
-    gen = generate(sdar, [[3, 4, 5, 6]], max_new_tokens=32, block_length=8, steps=4, strategy="dynamic",
-                   threshold=thr, trace=True)
+    gen = generate(
+        sdar,
+        [[3, 4, 5, 6]],
+        max_new_tokens=32,
+        block_length=8,
+        steps=4,
+        strategy="dynamic",
+        threshold=thr,
+        trace=True,
+    )
     seen_parallel = False
     for e in gen.trace:
         minimum = 8 // 4
@@ -178,8 +225,16 @@ def test_dynamic_never_commits_below_threshold_except_minimum(sdar):
 
 def test_mask_token_never_appears_in_the_output(sdar):
     for strategy in ["static", "dynamic", "entropy", "ar"]:
-        gen = generate(sdar, [[MASK, 3, MASK]], max_new_tokens=20, block_length=4, steps=2, strategy=strategy,
-                       temperature=1.5, seed=1)
+        gen = generate(
+            sdar,
+            [[MASK, 3, MASK]],
+            max_new_tokens=20,
+            block_length=4,
+            steps=2,
+            strategy=strategy,
+            temperature=1.5,
+            seed=1,
+        )
         assert MASK not in gen.tokens.tolist()[0]
 
 
@@ -189,8 +244,16 @@ def test_stop_token_ends_the_row_mid_block_and_is_counted_last(sdar):
     # a token whose first occurrence is not the last position of its block
     stop = next(t for i, t in enumerate(free) if (5 + i) % 4 != 3 and t not in free[:i])
     cut = free.index(stop) + 1
-    gen = generate(sdar, prompt, max_new_tokens=24, block_length=4, steps=4, strategy="static",
-                   stop_token_ids=[stop], trace=True)
+    gen = generate(
+        sdar,
+        prompt,
+        max_new_tokens=24,
+        block_length=4,
+        steps=4,
+        strategy="static",
+        stop_token_ids=[stop],
+        trace=True,
+    )
     assert gen.row_tokens(0) == free[:cut]
     assert gen.stats.new_tokens == cut
     assert gen.trace[-1].stopped and gen.trace[-1].final
@@ -200,8 +263,9 @@ def test_stop_token_ends_the_row_mid_block_and_is_counted_last(sdar):
 def test_batch_rows_equal_single_row_runs(sdar):
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30]]
     for strategy, stop in [("dynamic", None), ("static", [17]), ("sequential", None), ("ar", None)]:
-        kw = dict(max_new_tokens=12, block_length=4, steps=2, strategy=strategy, threshold=0.5,
-                  stop_token_ids=stop)
+        kw = dict(
+            max_new_tokens=12, block_length=4, steps=2, strategy=strategy, threshold=0.5, stop_token_ids=stop
+        )
         batch = generate(sdar, prompts, **kw)
         for r, p in enumerate(prompts):
             alone = generate(sdar, [p], **kw)
@@ -209,8 +273,9 @@ def test_batch_rows_equal_single_row_runs(sdar):
 
 
 def test_seeded_sampling_is_reproducible(sdar):
-    kw = dict(max_new_tokens=16, block_length=4, steps=4, strategy="dynamic", temperature=1.0, top_p=0.9,
-              top_k=20)
+    kw = dict(
+        max_new_tokens=16, block_length=4, steps=4, strategy="dynamic", temperature=1.0, top_p=0.9, top_k=20
+    )
     a = generate(sdar, [[1, 2, 3]], seed=7, **kw).tokens.tolist()
     b = generate(sdar, [[1, 2, 3]], seed=7, **kw).tokens.tolist()
     c = generate(sdar, [[1, 2, 3]], seed=8, **kw).tokens.tolist()
@@ -219,8 +284,16 @@ def test_seeded_sampling_is_reproducible(sdar):
 
 def test_trace_events_reach_on_step_as_they_happen_and_replay_the_block(sdar):
     seen = []
-    gen = generate(sdar, [[1, 2, 3, 4, 5]], max_new_tokens=8, block_length=4, steps=2, strategy="static",
-                   trace=True, on_step=seen.append)
+    gen = generate(
+        sdar,
+        [[1, 2, 3, 4, 5]],
+        max_new_tokens=8,
+        block_length=4,
+        steps=2,
+        strategy="static",
+        trace=True,
+        on_step=seen.append,
+    )
     assert seen == gen.trace
     first = gen.trace[0]
     assert first.prompt_positions == [0]  # position 4 of the prompt sits in the first block in flight
@@ -239,39 +312,42 @@ def test_tpf_counts_tokens_per_decoding_forward(sdar):
     assert gen.stats.tpf == pytest.approx(2.0)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(block_length=0), "block_length"),
-    (dict(block_length=4, steps=5), "steps"),
-    (dict(block_length=4, steps=0), "steps"),
-    (dict(strategy="dynamic", threshold=0.0), "threshold"),
-    (dict(strategy="dynamic", threshold=1.5), "threshold"),
-    (dict(max_new_tokens=10_000), "context"),
-    (dict(strategy="beam"), "strategy"),
-    (dict(temperature=-1.0), "temperature"),
-    (dict(top_p=0.0), "top_p"),
-    (dict(top_p=float("nan")), "top_p"),
-    (dict(block_length=4.0), "block_length"),
-    (dict(block_length=True), "block_length"),
-    (dict(steps=2.5), "steps"),
-    (dict(max_new_tokens=8.0), "max_new_tokens"),
-    (dict(max_new_tokens=0), "max_new_tokens"),
-    (dict(top_k=3.0), "top_k"),
-    (dict(top_k=-1), "top_k"),
-    (dict(temperature=float("inf")), "temperature"),
-    (dict(temperature=float("nan")), "temperature"),
-    (dict(temperature="1"), "temperature"),
-    (dict(seed=2**70), "seed"),
-    (dict(seed=-1), "seed"),
-    (dict(seed=1.5), "seed"),
-    (dict(strategy="dynamic", threshold=float("nan")), "threshold"),
-    (dict(strategy="entropy", entropy_bound=0.0), "entropy_bound"),
-    (dict(stop_token_ids=[96]), "stop_token_ids"),
-    (dict(stop_token_ids=[-1]), "stop_token_ids"),
-    (dict(stop_token_ids=5), "stop_token_ids"),
-    (dict(runner_mode="bogus"), "runner_mode"),
-    (dict(trace="yes"), "trace"),
-    (dict(blocklength=4), "unknown generate option"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(block_length=0), "block_length"),
+        (dict(block_length=4, steps=5), "steps"),
+        (dict(block_length=4, steps=0), "steps"),
+        (dict(strategy="dynamic", threshold=0.0), "threshold"),
+        (dict(strategy="dynamic", threshold=1.5), "threshold"),
+        (dict(max_new_tokens=10_000), "context"),
+        (dict(strategy="beam"), "strategy"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=float("nan")), "top_p"),
+        (dict(block_length=4.0), "block_length"),
+        (dict(block_length=True), "block_length"),
+        (dict(steps=2.5), "steps"),
+        (dict(max_new_tokens=8.0), "max_new_tokens"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(top_k=3.0), "top_k"),
+        (dict(top_k=-1), "top_k"),
+        (dict(temperature=float("inf")), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(temperature="1"), "temperature"),
+        (dict(seed=2**70), "seed"),
+        (dict(seed=-1), "seed"),
+        (dict(seed=1.5), "seed"),
+        (dict(strategy="dynamic", threshold=float("nan")), "threshold"),
+        (dict(strategy="entropy", entropy_bound=0.0), "entropy_bound"),
+        (dict(stop_token_ids=[96]), "stop_token_ids"),
+        (dict(stop_token_ids=[-1]), "stop_token_ids"),
+        (dict(stop_token_ids=5), "stop_token_ids"),
+        (dict(runner_mode="bogus"), "runner_mode"),
+        (dict(trace="yes"), "trace"),
+        (dict(blocklength=4), "unknown generate option"),
+    ],
+)
 def test_bad_arguments_give_clear_errors(sdar, kwargs, match):
     args = dict(max_new_tokens=8, block_length=4, steps=4)
     args.update(kwargs)
@@ -279,15 +355,18 @@ def test_bad_arguments_give_clear_errors(sdar, kwargs, match):
         generate(sdar, [[1, 2, 3]], **args)
 
 
-@pytest.mark.parametrize("ids,match", [
-    (torch.tensor([[1.0, 2.0, 3.0]]), "dtype"),
-    (torch.tensor([[True, False]]), "dtype"),
-    ([[1, 2.0, 3]], "2.0"),
-    ([[1, 2, 96]], "96"),  # vocab 96: the largest id is 95
-    ([[1, -2, 3]], "-2"),
-    (torch.tensor([[1, 2], [3, 96]]), "row 1 holds 96"),
-    ("hello", "input_ids"),
-])
+@pytest.mark.parametrize(
+    "ids,match",
+    [
+        (torch.tensor([[1.0, 2.0, 3.0]]), "dtype"),
+        (torch.tensor([[True, False]]), "dtype"),
+        ([[1, 2.0, 3]], "2.0"),
+        ([[1, 2, 96]], "96"),  # vocab 96: the largest id is 95
+        ([[1, -2, 3]], "-2"),
+        (torch.tensor([[1, 2], [3, 96]]), "row 1 holds 96"),
+        ("hello", "input_ids"),
+    ],
+)
 def test_bad_token_ids_are_rejected_by_name(sdar, ids, match):
     with pytest.raises(GenerationError, match=match):
         generate(sdar, ids, max_new_tokens=4, block_length=4, steps=4)
@@ -296,8 +375,9 @@ def test_bad_token_ids_are_rejected_by_name(sdar, ids, match):
 def test_a_decode_params_object_and_keywords_give_the_same_generation(sdar):
     params = DecodeParams(max_new_tokens=10, block_length=4, steps=2, strategy="static", stop_token_ids=[7])
     by_object = generate(sdar, [[1, 2, 3]], params)
-    by_keywords = generate(sdar, [[1, 2, 3]], max_new_tokens=10, block_length=4, steps=2, strategy="static",
-                           stop_token_ids=[7])
+    by_keywords = generate(
+        sdar, [[1, 2, 3]], max_new_tokens=10, block_length=4, steps=2, strategy="static", stop_token_ids=[7]
+    )
     assert by_object.tokens.tolist() == by_keywords.tokens.tolist()
     assert by_object.stats.forwards == by_keywords.stats.forwards
     overridden = generate(sdar, [[1, 2, 3]], params, max_new_tokens=3)  # keywords apply on top
@@ -334,9 +414,18 @@ def test_ar_mode_equals_transformers_greedy_generate(tmp_path):
     from sdar_core import load_pretrained
 
     torch.manual_seed(0)
-    hf = Qwen3ForCausalLM(Qwen3Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                      max_position_embeddings=256)).eval()
+    hf = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=96,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=256,
+        )
+    ).eval()
     with torch.no_grad():
         for p in hf.parameters():
             p.normal_(0, 0.3)
@@ -345,8 +434,15 @@ def test_ar_mode_equals_transformers_greedy_generate(tmp_path):
     prompts = [[5, 6, 7, 8, 9], [40, 41]]
     for prompt in prompts:
         ids = torch.tensor([prompt])
-        expected = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, min_new_tokens=20,
-                               do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+        expected = hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=20,
+            min_new_tokens=20,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )[0, len(prompt) :].tolist()
         gen = generate(ours, ids, max_new_tokens=20, strategy="ar")
         assert gen.row_tokens(0) == expected
         assert gen.stats.forwards == 20 and gen.stats.tpf == 1.0
@@ -395,9 +491,13 @@ def test_cuda_graph_path_equals_plain_path(strategy, model_type):
     plain = generate(model, prompts, runner_mode="plain", **kw)
     graph = generate(model, prompts, runner_mode="graph", **kw)
     assert graph.tokens.tolist() == plain.tokens.tolist() == ref.tokens.tolist()
+
     def shape(gen):
-        return [(e.row, e.block, e.step, e.block_start, e.block_state, e.committed, e.final, e.stopped)
-                for e in gen.trace]
+        return [
+            (e.row, e.block, e.step, e.block_start, e.block_state, e.committed, e.final, e.stopped)
+            for e in gen.trace
+        ]
+
     assert shape(graph) == shape(plain) == shape(ref)
     conf = lambda gen: [c for e in gen.trace for c in e.masked_confidence.values()]  # noqa: E731
     assert conf(graph) == pytest.approx(conf(ref), abs=1e-2)  # CUDA float32 kernels vs the CPU
@@ -415,7 +515,9 @@ def test_a_block_length_outside_the_trained_block_sizes_warns_and_still_decodes(
         gen = generate(model, [[5, 6, 7]], max_new_tokens=8, block_length=8, steps=8, strategy="static")
     assert gen.lengths[0] == 8
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a trained size, AR decoding, or the block size of a model without the list
+        warnings.simplefilter(
+            "error"
+        )  # a trained size, AR decoding, or the block size of a model without the list
         generate(model, [[5, 6, 7]], max_new_tokens=4, block_length=2, steps=2, strategy="static")
         generate(model, [[5, 6, 7]], max_new_tokens=4, strategy="ar")
         generate(random_model(tiny_config()), [[5, 6, 7]], max_new_tokens=4, block_length=4, steps=4)
@@ -444,14 +546,22 @@ def test_ar_model_trace_matches_a_cache_free_brute_force_token_by_token():
             seq.append(tok)
             if tok == stop:
                 break
-    got = sorted((e.block, e.row, e.block_start, e.block_state[0], e.committed_confidence[0], e.stopped)
-                 for e in gen.trace)
+    got = sorted(
+        (e.block, e.row, e.block_start, e.block_state[0], e.committed_confidence[0], e.stopped)
+        for e in gen.trace
+    )
     expected.sort()
     assert [g[:4] + g[5:] for g in got] == [e[:4] + e[5:] for e in expected]
     assert [g[4] for g in got] == pytest.approx([e[4] for e in expected], abs=1e-5)
-    assert all(e.step == 0 and e.final and e.committed == [0] and e.candidates == {0: e.block_state[0]}
-               and e.masked_confidence == {0: e.committed_confidence[0]} and e.prompt_positions == []
-               for e in gen.trace)
+    assert all(
+        e.step == 0
+        and e.final
+        and e.committed == [0]
+        and e.candidates == {0: e.block_state[0]}
+        and e.masked_confidence == {0: e.committed_confidence[0]}
+        and e.prompt_positions == []
+        for e in gen.trace
+    )
     assert any(e.stopped for e in gen.trace if e.row == 0)
 
 

@@ -1,6 +1,7 @@
 """The README and docs/ stay true: their Python snippets and command-line example run and print what the page says
 (`...` stands for what depends on the machine), their commands write outside the committed files, their links
 lead somewhere, and the facts they quote (a memory table, a count) match the code."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,9 +18,16 @@ import pytest
 from sdar_core.paths import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-NOT_RUN = "# Not run by the tests"  # the first line of a snippet that needs a GPU, a download or a running studio
-ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-       "PYTHONPATH": str(REPO)}
+NOT_RUN = (
+    "# Not run by the tests"  # the first line of a snippet that needs a GPU, a download or a running studio
+)
+ENV = {
+    **os.environ,
+    "CUDA_VISIBLE_DEVICES": "",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "PYTHONPATH": str(REPO),
+}
 
 
 @dataclass
@@ -41,7 +49,7 @@ def blocks(page: Path) -> list[Block]:
         m = re.match(r"^```(\w*)", lines[i])
         if m:
             end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
-            found.append(Block(page, i + 1, m.group(1), "\n".join(lines[i + 1:end]) + "\n"))
+            found.append(Block(page, i + 1, m.group(1), "\n".join(lines[i + 1 : end]) + "\n"))
             i = end
         i += 1
     return found
@@ -59,8 +67,10 @@ def expected_after(block: Block) -> str | None:
 
 def matches(expected: str, printed: str) -> bool:
     """Line by line; `...` inside a line stands for any text (a speed, a time)."""
-    pattern = "".join(".*?".join(re.escape(part) for part in line.split("...")) + r"\n"
-                      for line in expected.strip("\n").splitlines())
+    pattern = "".join(
+        ".*?".join(re.escape(part) for part in line.split("...")) + r"\n"
+        for line in expected.strip("\n").splitlines()
+    )
     return re.fullmatch(pattern, printed.strip("\n") + "\n") is not None
 
 
@@ -77,15 +87,20 @@ def shell_lines() -> list[tuple[Block, str]]:
 
 def inline_commands() -> list[str]:
     """The `python -m ...` commands quoted inside the pages' sentences."""
-    return [" ".join(c.split()) for page in PAGES
-            for c in re.findall(r"`(python -m [^`]+)`", page.read_text(encoding="utf-8"))]
+    return [
+        " ".join(c.split())
+        for page in PAGES
+        for c in re.findall(r"`(python -m [^`]+)`", page.read_text(encoding="utf-8"))
+    ]
 
 
 def run(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-RUNNABLE = [b for b in ALL if b.lang == "python" and not b.code.startswith(NOT_RUN) and "gradio_client" not in b.code]
+RUNNABLE = [
+    b for b in ALL if b.lang == "python" and not b.code.startswith(NOT_RUN) and "gradio_client" not in b.code
+]
 
 
 def test_the_pages_have_runnable_snippets_and_expected_outputs():
@@ -114,7 +129,7 @@ def test_the_command_line_example_prints_what_the_python_example_prints(tmp_path
     """The README's CLI line prints the same lines as the Generate snippet (text on stdout, stats on stderr)."""
     [(block, command)] = [(b, c) for b, c in shell_lines() if c.startswith("python -m sdar_core")]
     same = [b for b in ALL if b.page == block.page]
-    expected = next(b for b in reversed(same[:same.index(block)]) if b.lang == "text").code
+    expected = next(b for b in reversed(same[: same.index(block)]) if b.lang == "text").code
     args = shlex.split(command)
     done = run([sys.executable, *args[1:]], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -135,7 +150,10 @@ OUTPUT_FLAGS = re.compile(r"(?:--out|--runs|--workdir|output_dir=)[ =]?(\S+)")
 
 
 def tracked(path: str) -> bool:
-    return subprocess.run(["git", "ls-files", "--error-unmatch", path], cwd=REPO, capture_output=True).returncode == 0
+    return (
+        subprocess.run(["git", "ls-files", "--error-unmatch", path], cwd=REPO, capture_output=True).returncode
+        == 0
+    )
 
 
 @pytest.mark.skipif(not (REPO / ".git").exists(), reason="needs the git checkout (which files are committed)")
@@ -195,13 +213,19 @@ def test_the_readme_stays_short():
 def test_the_memory_table_is_the_catalogs():
     from app.catalog import spec_for
 
-    rows = re.findall(r"^\| `(JetLM/[^`]+)`[^|]* \| ([\d.]+) B \| ([\d.]+) GB \| ([\d.]+) GB \|$",
-                      (REPO / "README.md").read_text(encoding="utf-8"), re.M)
+    rows = re.findall(
+        r"^\| `(JetLM/[^`]+)`[^|]* \| ([\d.]+) B \| ([\d.]+) GB \| ([\d.]+) GB \|$",
+        (REPO / "README.md").read_text(encoding="utf-8"),
+        re.M,
+    )
     assert len(rows) == 4
     for name, params, download, memory in rows:
         spec = spec_for(name)
-        assert (params, download, memory) == (f"{spec.parameters / 1e9:.1f}", f"{spec.download_bytes / 1e9:.1f}",
-                                               f"{spec.memory_bytes() / 1e9:.1f}"), name
+        assert (params, download, memory) == (
+            f"{spec.parameters / 1e9:.1f}",
+            f"{spec.download_bytes / 1e9:.1f}",
+            f"{spec.memory_bytes() / 1e9:.1f}",
+        ), name
 
 
 def test_the_hostile_folder_count_is_the_tests():

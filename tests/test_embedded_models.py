@@ -3,6 +3,7 @@
 The expected texts in assets/models/eval/expected.json are regenerated only after a rebuild of the models, by
 `python -m benchmarks.evaluate --write-expected` (CPU, float32, greedy).
 """
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,11 @@ import json
 import pytest
 import torch
 
-from sdar_core import generate
-from sdar_core.prompting import encode_prompt, stop_ids_for
 from benchmarks.evaluate import EXPECTED_CASES
-from training.synthetic import final_answer
-
+from sdar_core import generate
 from sdar_core.paths import MODELS_DIR, REPO
+from sdar_core.prompting import encode_prompt, stop_ids_for
+from training.synthetic import final_answer
 
 EXPECTED = json.loads((MODELS_DIR / "eval" / "expected.json").read_text(encoding="utf-8"))
 
@@ -42,17 +42,24 @@ def test_shipped_models_are_the_sdar_model_and_its_ar_twin(embedded_models):
     assert sdar_tok.convert_tokens_to_ids("<|im_end|>") in stop_ids_for(sdar_tok, sdar.config)
 
 
-@pytest.mark.parametrize("case", range(len(EXPECTED_CASES)),
-                         ids=[f"{d.model}-{d.label}-{p}" for p, d in EXPECTED_CASES])
+@pytest.mark.parametrize(
+    "case", range(len(EXPECTED_CASES)), ids=[f"{d.model}-{d.label}-{p}" for p, d in EXPECTED_CASES]
+)
 def test_greedy_output_matches_the_committed_expected_text(embedded_models, case):
     prompt, decoder = EXPECTED_CASES[case]
     expected = EXPECTED["cases"][case]
-    assert (expected["prompt"], expected["model"], expected["decoding"]) == (prompt, decoder.model, decoder.label), \
-        "expected.json is stale: run python -m benchmarks.evaluate --write-expected"
+    assert (expected["prompt"], expected["model"], expected["decoding"]) == (
+        prompt,
+        decoder.model,
+        decoder.label,
+    ), "expected.json is stale: run python -m benchmarks.evaluate --write-expected"
     model, tokenizer = embedded_models[decoder.model]
     gen = _generate(model, tokenizer, [prompt], decoder, EXPECTED["max_new_tokens"])
     assert tokenizer.decode(gen.row_tokens(0), skip_special_tokens=True) == expected["text"]
-    assert (gen.lengths[0], sum(gen.stats.steps_per_block[0])) == (expected["new_tokens"], expected["forwards"])
+    assert (gen.lengths[0], sum(gen.stats.steps_per_block[0])) == (
+        expected["new_tokens"],
+        expected["forwards"],
+    )
 
 
 def test_greedy_decoding_is_deterministic_and_a_batch_gives_the_single_row_outputs(embedded_models):
@@ -81,7 +88,10 @@ def test_sdar_dynamic_answers_the_sum_in_fewer_forwards_than_tokens(embedded_mod
 @pytest.mark.parametrize("strategy", ["static", "dynamic", "ar"])
 def test_mask_token_never_appears_in_the_output(embedded_models, strategy):
     model, tokenizer = embedded_models["sdar-tiny"]
-    ids = [encode_prompt(tokenizer, p, chat=True) for p in ("Write a short poem about the sea.", "What is 7 * 86?")]
+    ids = [
+        encode_prompt(tokenizer, p, chat=True)
+        for p in ("Write a short poem about the sea.", "What is 7 * 86?")
+    ]
     gen = generate(model, ids, max_new_tokens=64, strategy=strategy, threshold=0.7, block_length=4, steps=4)
     assert gen.lengths == [64, 64]  # no stop ids: every position was decoded
     assert model.config.mask_token_id not in gen.tokens.flatten().tolist()

@@ -1,6 +1,7 @@
 """The fused decode kernels (sdar_core/fused.py, norm_rope.py's cache writer) against the math written out in
 float64: on the CPU through Triton's interpreter where it runs, on the GPU under the `cuda` marker; and decoding with
 every fusion on against every fusion off."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
 from sdar_core.decoding import generate
 from sdar_core.fused import add_rms_norm, silu_mul
 from sdar_core.kernels import Kernels
 from sdar_core.model import RMSNorm, rope_cos_sin
+
+from helpers import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -33,7 +35,7 @@ def rope_by_hand(x, weight, eps, cos, sin):
     n = norm_by_hand(x, weight, eps)
     D = x.shape[-1]
     c, s = cos.double().transpose(1, 2)[..., : D // 2], sin.double().transpose(1, 2)[..., : D // 2]
-    a, b = n[..., : D // 2], n[..., D // 2:]
+    a, b = n[..., : D // 2], n[..., D // 2 :]
     return torch.cat([a * c - b * s, b * c + a * s], -1).transpose(1, 2)
 
 
@@ -58,8 +60,16 @@ def test_the_eager_ops_are_the_math():
 def test_fusions_are_switched_by_name():
     assert Kernels().with_fusions("none").fusions() == []
     assert Kernels().with_fusions({"add_norm", "silu_mul"}).fusions() == ["add_norm", "silu_mul"]
-    assert Kernels().with_fusions("all").fusions() == ["norm_rope", "cache_write", "add_norm", "silu_mul", "routing"]
-    assert Kernels().with_fusions("none").split_k_attention is None  # the other switches are left as they were
+    assert Kernels().with_fusions("all").fusions() == [
+        "norm_rope",
+        "cache_write",
+        "add_norm",
+        "silu_mul",
+        "routing",
+    ]
+    assert (
+        Kernels().with_fusions("none").split_k_attention is None
+    )  # the other switches are left as they were
     with pytest.raises(ValueError, match="unknown fusions \\['add_rms'\\]; choose from"):
         Kernels().with_fusions({"add_rms"})
 
@@ -122,7 +132,9 @@ def test_cuda_add_norm_and_silu_mul_equal_the_math(dtype, rows):
         assert torch.equal(s, x + delta)  # the residual stream rounded as the eager add rounds it
         assert rel_err(n.cpu(), norm_by_hand(s.cpu(), norm.weight.cpu(), 1e-6)) < tol
         eager = norm(x + delta)
-        assert (n.float() - eager.float()).abs().max() <= eager.float().abs().max() * 2 ** -7  # within a bf16 ulp
+        assert (
+            n.float() - eager.float()
+        ).abs().max() <= eager.float().abs().max() * 2**-7  # within a bf16 ulp
         gate_up = torch.randn(1, rows, 2 * 6144, device="cuda", dtype=dtype) * 3
         act = silu_mul(gate_up)
         assert act.shape == (1, rows, 6144)
@@ -136,7 +148,7 @@ def test_cuda_norm_rope_to_cache_writes_the_rotated_keys_and_the_values(dtype):
     torch.manual_seed(0)
     B, Q, H, D, T = 2, 16, 8, 128, 64
     qkv = torch.randn(B, Q, 3 * H * D, device="cuda", dtype=dtype)
-    k, v = qkv[..., H * D: 2 * H * D].view(B, Q, H, D), qkv[..., 2 * H * D:].view(B, Q, H, D)
+    k, v = qkv[..., H * D : 2 * H * D].view(B, Q, H, D), qkv[..., 2 * H * D :].view(B, Q, H, D)
     positions = torch.arange(Q, device="cuda")[None] + torch.tensor([[20], [3000]], device="cuda")
     cos, sin = rope_cos_sin(positions, 1.0 / 1e6 ** (torch.arange(0, D, 2, device="cuda").float() / D), dtype)
     norm = norm_module(D).cuda().to(dtype)
@@ -150,7 +162,7 @@ def test_cuda_norm_rope_to_cache_writes_the_rotated_keys_and_the_values(dtype):
         assert torch.equal(k_cache[:, :, index], norm_rope(k, norm.weight, norm.eps, cos, sin))
     assert torch.equal(v_cache[:, :, index], v.transpose(1, 2))
     rest = torch.ones(T, dtype=torch.bool)
-    rest[20: 20 + Q] = False
+    rest[20 : 20 + Q] = False
     assert (k_cache[:, :, rest] == 7).all() and (v_cache[:, :, rest] == 7).all()
     ref = rope_by_hand(k.cpu(), norm.weight.cpu(), 1e-6, cos.cpu(), sin.cpu())
     assert rel_err(k_cache[:, :, index].cpu(), ref) < (1e-2 if dtype == torch.bfloat16 else 1e-5)

@@ -1,31 +1,40 @@
 """One grad mode for every decode: a pooled runner created inside `torch.inference_mode()` (the studio's chat)
 and reused by a plain `generate` call (the GPU warm-up), and the other way round, decodes the same tokens and
 never raises "Inplace update to inference tensor outside InferenceMode"."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from helpers import random_model, tiny_config
 from sdar_core import generate
 from sdar_core.runner import RUNNER_POOL
+
+from helpers import random_model, tiny_config
 
 
 def decode(model, mode, rows, grad_mode):
     with grad_mode():
-        return generate(model, rows, max_new_tokens=12, block_length=4, steps=2, strategy="static",
-                        runner_mode=mode).tokens
+        return generate(
+            model, rows, max_new_tokens=12, block_length=4, steps=2, strategy="static", runner_mode=mode
+        ).tokens
 
 
 GRAD_MODES = {"inference": torch.inference_mode, "no_grad": torch.no_grad, "enabled": torch.enable_grad}
-ORDERS = [("inference", "no_grad"), ("no_grad", "inference"), ("inference", "enabled"), ("enabled", "inference")]
+ORDERS = [
+    ("inference", "no_grad"),
+    ("no_grad", "inference"),
+    ("inference", "enabled"),
+    ("enabled", "inference"),
+]
 
 
 def check_mixed(device: str, mode: str) -> None:
     model = random_model(tiny_config()).to(device)
     rows = [[5, 6, 7, 8, 9], [10, 11]]
-    reference = generate(model, rows, max_new_tokens=12, block_length=4, steps=2, strategy="static",
-                         runner_mode="plain").tokens
+    reference = generate(
+        model, rows, max_new_tokens=12, block_length=4, steps=2, strategy="static", runner_mode="plain"
+    ).tokens
     for first, second in ORDERS:
         a = decode(model, mode, rows, GRAD_MODES[first])  # creates (or reuses) the pooled runner
         b = decode(model, mode, rows, GRAD_MODES[second])  # reuses it in the other mode

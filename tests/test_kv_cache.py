@@ -2,6 +2,7 @@
 
 Checked against plain Python bookkeeping: a dict position -> value per layer, filled by hand.
 """
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -15,12 +16,20 @@ CONFIG = SimpleNamespace(num_key_value_heads=2, head_dim=3)
 
 
 def cache(batch: int = 2, max_len: int = 10, layers: int = 2) -> KVCache:
-    return KVCache.allocate(CONFIG, batch, max_len, dtype=torch.float64, devices=[torch.device("cpu")] * layers)
+    return KVCache.allocate(
+        CONFIG, batch, max_len, dtype=torch.float64, devices=[torch.device("cpu")] * layers
+    )
 
 
 def chunk_values(seed: int, q: int, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, CONFIG.num_key_value_heads, q, CONFIG.head_dim,
-                       generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.randn(
+        batch,
+        CONFIG.num_key_value_heads,
+        q,
+        CONFIG.head_dim,
+        generator=torch.Generator().manual_seed(seed),
+        dtype=torch.float64,
+    )
 
 
 def test_allocate_makes_zeroed_buffers_per_layer_of_the_cache_shape():
@@ -69,7 +78,9 @@ def test_a_chunk_past_the_buffer_is_refused_naming_both_sizes():
     c = cache(max_len=6)
     with pytest.raises(ValueError, match="KV cache holds 6 positions; a chunk up to 8 does not fit"):
         c.chunk(4, 4).write(0, chunk_values(0, 4), chunk_values(1, 4))
-    keys, _ = c.chunk(2, 4).write(0, chunk_values(0, 4), chunk_values(1, 4))  # ending at the last position fits
+    keys, _ = c.chunk(2, 4).write(
+        0, chunk_values(0, 4), chunk_values(1, 4)
+    )  # ending at the last position fits
     assert keys.shape[2] == 6
 
 
@@ -85,7 +96,9 @@ def test_commit_counts_final_positions_up_to_the_buffer_and_refuses_more():
 
 def test_layers_live_on_their_own_devices_and_chunks_index_on_the_first():
     """Big-model dispatch puts layers on different devices; "meta" stands in for a second device on the CPU."""
-    c = KVCache.allocate(CONFIG, 1, 6, dtype=torch.float32, devices=[torch.device("cpu"), torch.device("meta")])
+    c = KVCache.allocate(
+        CONFIG, 1, 6, dtype=torch.float32, devices=[torch.device("cpu"), torch.device("meta")]
+    )
     assert [b.device.type for b in c.k] == [b.device.type for b in c.v] == ["cpu", "meta"]
     slot = c.chunk(2, 2)
     assert slot.index.device.type == "cpu"

@@ -1,6 +1,7 @@
 """The licences agree with each other: LICENSE, pyproject.toml and the Space front matter for the code; the model
 cards, NOTICE and the studio for the shipped weights; NOTICE and the model card for every training source that
 training/corpus.py names."""
+
 from __future__ import annotations
 
 import shutil
@@ -8,11 +9,11 @@ import tomllib
 
 import pytest
 import yaml
-from sdar_core.paths import REPO
 
 from app.registry import ModelRegistry
 from app.render import model_markdown
 from sdar_core.loading import CheckpointError, model_card
+from sdar_core.paths import REPO
 from training import corpus
 
 MODELS = REPO / "assets" / "models"
@@ -72,7 +73,9 @@ def test_notice_and_model_card_list_every_training_source_with_its_licence():
         for package in src.packages:
             rows = table_rows(NOTICE, package)
             assert rows, f"NOTICE does not list package {package} of source {src.name}"
-            assert any(src.licence in row for row in rows), f"NOTICE: {package} without licence {src.licence!r}"
+            assert any(src.licence in row for row in rows), (
+                f"NOTICE: {package} without licence {src.licence!r}"
+            )
         card_rows = table_rows(MODEL_CARD, f"`{src.packages[0]}`")
         assert any(src.licence.lower() in row.lower() for row in card_rows), f"model card: {src.name}"
     alpaca = str(corpus.ALPACA_PATH.relative_to(REPO))  # shipped, no longer trained on

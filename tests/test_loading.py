@@ -6,6 +6,7 @@ are computed from the shrunk config by hand, and shards + index follow the real 
 tokenizer is the real one (tests/fixtures/sdar-4b-chat/). Bad inputs must raise CheckpointError / ConfigError
 with a message that names the problem, without a chained traceback.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,13 +21,20 @@ from safetensors.torch import save_file
 
 from sdar_core import CheckpointError, ConfigError, load_pretrained, save_pretrained
 from sdar_core.loading import INDEX_NAME
+
 from helpers import FIXTURES
 
 TOKENIZER_DIR = FIXTURES / "sdar-4b-chat"
 REFERENCE_INDEX = json.loads((FIXTURES / "sdar-4b-chat-index.json").read_text())
 MASK_ID = 151669  # <|MASK|> in the SDAR tokenizer
-SHRINK = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-              num_key_value_heads=2, head_dim=8)
+SHRINK = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+)
 
 
 def layer_pattern(names) -> set[str]:
@@ -46,11 +54,20 @@ def expected_shapes(raw: dict) -> dict[str, tuple[int, ...]]:
     h, inter, d = raw["hidden_size"], raw["intermediate_size"], raw["head_dim"]
     q_out, kv_out = raw["num_attention_heads"] * d, raw["num_key_value_heads"] * d
     by_suffix = {
-        "embed_tokens.weight": (raw["vocab_size"], h), "lm_head.weight": (raw["vocab_size"], h),
-        "q_proj.weight": (q_out, h), "k_proj.weight": (kv_out, h), "v_proj.weight": (kv_out, h),
-        "o_proj.weight": (h, q_out), "q_norm.weight": (d,), "k_norm.weight": (d,),
-        "gate_proj.weight": (inter, h), "up_proj.weight": (inter, h), "down_proj.weight": (h, inter),
-        "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,), "model.norm.weight": (h,),
+        "embed_tokens.weight": (raw["vocab_size"], h),
+        "lm_head.weight": (raw["vocab_size"], h),
+        "q_proj.weight": (q_out, h),
+        "k_proj.weight": (kv_out, h),
+        "v_proj.weight": (kv_out, h),
+        "o_proj.weight": (h, q_out),
+        "q_norm.weight": (d,),
+        "k_norm.weight": (d,),
+        "gate_proj.weight": (inter, h),
+        "up_proj.weight": (inter, h),
+        "down_proj.weight": (h, inter),
+        "input_layernorm.weight": (h,),
+        "post_attention_layernorm.weight": (h,),
+        "model.norm.weight": (h,),
     }
     shapes = {}
     for name in REFERENCE_INDEX["weight_map"]:
@@ -66,8 +83,12 @@ def write_checkpoint(folder: Path, *, tokenizer: bool = True, seed: int = 0, **c
     folder.mkdir(parents=True, exist_ok=True)
     raw = shrunk_config(**config_changes)
     g = torch.Generator().manual_seed(seed)
-    tensors = {name: (torch.randn(shape, generator=g) * (0.5 if len(shape) == 2 else 0.1) + (len(shape) == 1))
-               .to(torch.bfloat16) for name, shape in expected_shapes(raw).items()}
+    tensors = {
+        name: (torch.randn(shape, generator=g) * (0.5 if len(shape) == 2 else 0.1) + (len(shape) == 1)).to(
+            torch.bfloat16
+        )
+        for name, shape in expected_shapes(raw).items()
+    }
 
     def shard_of(name: str) -> int:  # embeddings + layer 0 | the other layers | final norm + lm_head
         if name.startswith("model.embed_tokens") or ".layers.0." in name:
@@ -78,10 +99,15 @@ def write_checkpoint(folder: Path, *, tokenizer: bool = True, seed: int = 0, **c
     weight_map = {name: f"model-{shard_of(name):05d}-of-{n:05d}.safetensors" for name in tensors}
     for i in range(1, n + 1):
         fname = f"model-{i:05d}-of-{n:05d}.safetensors"
-        save_file({k: v for k, v in tensors.items() if weight_map[k] == fname}, folder / fname,
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v for k, v in tensors.items() if weight_map[k] == fname},
+            folder / fname,
+            metadata={"format": "pt"},
+        )
     total = sum(t.numel() * t.element_size() for t in tensors.values())
-    (folder / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    (folder / INDEX_NAME).write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
     (folder / "config.json").write_text(json.dumps(raw, indent=2))
     if tokenizer:
         for f in TOKENIZER_DIR.iterdir():
@@ -158,8 +184,9 @@ def test_mask_token_comes_from_tokenizer_when_config_has_none(tmp_path):
 
 def test_chat_template_renders_an_assistant_turn(loaded):
     _, tokenizer = loaded
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+2?"}], tokenize=False,
-                                         add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}], tokenize=False, add_generation_prompt=True
+    )
     assert "<|im_start|>user\nWhat is 2+2?<|im_end|>" in text
     assert text.rstrip().endswith("<|im_start|>assistant")
 
@@ -197,7 +224,9 @@ def test_save_pretrained_round_trips_logits_config_and_shards(tmp_path, loaded):
     shards = set(index["weight_map"].values())
     assert len(shards) > 1 and all((out / s).is_file() for s in shards)
     assert set(index["weight_map"]) == set(model.state_dict())
-    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert index["metadata"]["total_size"] == sum(
+        t.numel() * t.element_size() for t in model.state_dict().values()
+    )
     raw = json.loads((out / "config.json").read_text())
     assert raw["model_type"] == "sdar" and raw["block_size"] == 4 and raw["mask_token_id"] == MASK_ID
     assert "auto_map" not in raw  # the saved folder needs no remote code

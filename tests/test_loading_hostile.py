@@ -5,6 +5,7 @@ allocator error, an IndexError or a traceback from a library below; oversized co
 layer is built (bounded time and memory); an index or a symlink may not lead out of the checkpoint folder; a hub
 endpoint that accepts connections and never answers becomes a CheckpointError in bounded time.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,10 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_loading import assert_clean_error, small_checkpoint
 
 from sdar_core import CheckpointError, ConfigError, load_pretrained
 from sdar_core.loading import INDEX_NAME, checkpoint_key, real_checkpoint_folder
-from test_loading import assert_clean_error, small_checkpoint
 
 SHARD = "model-00001-of-00003.safetensors"
 
@@ -77,7 +78,10 @@ def _index_to_inner_link_outside(folder: Path) -> None:
 
 def _zero_size_fused_experts(folder: Path) -> None:
     """A fused expert tensor of 1e6 experts that costs 0 bytes (one dimension is 0): cheap to ship, slow to split."""
-    save_file({"model.layers.0.mlp.experts.gate_up_proj": torch.zeros(1_000_000, 2, 0)}, folder / "extra.safetensors")
+    save_file(
+        {"model.layers.0.mlp.experts.gate_up_proj": torch.zeros(1_000_000, 2, 0)},
+        folder / "extra.safetensors",
+    )
     edit_index(folder, lambda m: m.update({"model.layers.0.mlp.experts.gate_up_proj": "extra.safetensors"}))
 
 
@@ -116,22 +120,39 @@ CASES = [
     ("layers-1e5", dict(num_hidden_layers=100_000), ConfigError, ["'num_hidden_layers'", "100,000", "1,024"]),
     ("layers-1e12", dict(num_hidden_layers=10**12), ConfigError, ["'num_hidden_layers'"]),
     ("experts-1e6", {**MOE, "num_experts": 1_000_000}, ConfigError, ["'num_experts'", "1,000,000"]),
-    ("experts-x-layers", {**MOE, "num_experts": 4096, "num_hidden_layers": 1024}, ConfigError, ["'num_experts'"]),
+    (
+        "experts-x-layers",
+        {**MOE, "num_experts": 4096, "num_hidden_layers": 1024},
+        ConfigError,
+        ["'num_experts'"],
+    ),
     ("hidden-1e9", dict(hidden_size=10**9), ConfigError, ["'hidden_size'"]),
     ("vocab-1e12", dict(vocab_size=10**12), ConfigError, ["'vocab_size'"]),
     ("intermediate-1e11", dict(intermediate_size=10**11), ConfigError, ["'intermediate_size'"]),
     ("heads-1e5", dict(num_attention_heads=100_000), ConfigError, ["'num_attention_heads'"]),
-    ("over-parameter-ceiling", dict(hidden_size=65536, num_hidden_layers=1024, intermediate_size=1 << 18,
-                                    head_dim=128), ConfigError, ["parameters", "num_hidden_layers 1024"]),
-    ("over-device-memory", dict(hidden_size=16384, num_hidden_layers=512, intermediate_size=65536, head_dim=128),
-     ConfigError, ["parameters", "GiB", "free on cpu"]),
+    (
+        "over-parameter-ceiling",
+        dict(hidden_size=65536, num_hidden_layers=1024, intermediate_size=1 << 18, head_dim=128),
+        ConfigError,
+        ["parameters", "num_hidden_layers 1024"],
+    ),
+    (
+        "over-device-memory",
+        dict(hidden_size=16384, num_hidden_layers=512, intermediate_size=65536, head_dim=128),
+        ConfigError,
+        ["parameters", "GiB", "free on cpu"],
+    ),
     ("hidden-string", dict(hidden_size="32"), ConfigError, ["'hidden_size'", "integer"]),
     ("hidden-fraction", dict(hidden_size=32.5), ConfigError, ["'hidden_size'", "integer"]),
     ("layers-bool", dict(num_hidden_layers=True), ConfigError, ["'num_hidden_layers'", "integer"]),
     ("layers-zero", dict(num_hidden_layers=0), ConfigError, ["'num_hidden_layers'", ">= 1"]),
     ("kv-heads-negative", dict(num_key_value_heads=-2), ConfigError, ["'num_key_value_heads'", ">= 1"]),
-    ("heads-do-not-divide", dict(num_key_value_heads=3), ConfigError, ["num_attention_heads (4)",
-                                                                     "num_key_value_heads (3)"]),
+    (
+        "heads-do-not-divide",
+        dict(num_key_value_heads=3),
+        ConfigError,
+        ["num_attention_heads (4)", "num_key_value_heads (3)"],
+    ),
     ("head-dim-odd", dict(head_dim=7), ConfigError, ["'head_dim'", "even"]),
     ("rope-theta-zero", dict(rope_theta=0), ConfigError, ["'rope_theta'"]),
     ("rope-theta-negative", dict(rope_theta=-10000.0), ConfigError, ["'rope_theta'"]),
@@ -152,36 +173,100 @@ CASES = [
     ("config-empty", _write("config.json", b""), ConfigError, ["not valid JSON"]),
     ("config-not-utf8", _write("config.json", b'{"model_type": "sdar\xff\xfe"}'), ConfigError, ["UTF-8"]),
     ("config-deeply-nested", _write("config.json", _deep(200_000)), ConfigError, ["not valid JSON"]),
-    ("config-huge-integer", _write("config.json", b'{"hidden_size": 1' + b"0" * 5000 + b"}"), ConfigError,
-     ["not valid JSON"]),
+    (
+        "config-huge-integer",
+        _write("config.json", b'{"hidden_size": 1' + b"0" * 5000 + b"}"),
+        ConfigError,
+        ["not valid JSON"],
+    ),
     ("config-2MB", _write("config.json", b" " * (2 << 20) + b"{}"), ConfigError, ["bytes", "at most"]),
     ("config-symlink-outside", _link_config_outside, CheckpointError, ["config.json", "outside"]),
-    ("index-dotdot", lambda f: edit_index(f, lambda m: m.update({first_tensor(m): "../outside.safetensors"})),
-     CheckpointError, ["'../outside.safetensors'", "not inside"]),
-    ("index-absolute", lambda f: edit_index(f, lambda m: m.update({first_tensor(m): "/etc/hostname"})),
-     CheckpointError, ["'/etc/hostname'", "not inside"]),
+    (
+        "index-dotdot",
+        lambda f: edit_index(f, lambda m: m.update({first_tensor(m): "../outside.safetensors"})),
+        CheckpointError,
+        ["'../outside.safetensors'", "not inside"],
+    ),
+    (
+        "index-absolute",
+        lambda f: edit_index(f, lambda m: m.update({first_tensor(m): "/etc/hostname"})),
+        CheckpointError,
+        ["'/etc/hostname'", "not inside"],
+    ),
     ("index-link-outside", _index_to_inner_link_outside, CheckpointError, ["inner.safetensors", "outside"]),
-    ("index-not-a-string", lambda f: edit_index(f, lambda m: m.update({first_tensor(m): 7})), CheckpointError,
-     ["7", "not inside"]),
-    ("index-nul-byte", lambda f: edit_index(f, lambda m: m.update({first_tensor(m): "a\0b.safetensors"})),
-     CheckpointError, ["cannot be opened"]),
-    ("index-link-loop", lambda f: (f / "loop").symlink_to(f / "loop") or edit_index(f, lambda m: m.update(
-        {first_tensor(m): "loop"})), CheckpointError, ["loop"]),
-    ("index-names-a-folder", lambda f: (f / "sub").mkdir() or edit_index(f, lambda m: m.update(
-        {first_tensor(m): "sub"})), CheckpointError, ["not in the folder", "sub"]),
-    ("index-empty-map", _write(INDEX_NAME, b'{"weight_map": {}}'), CheckpointError, ["not a valid safetensors index"]),
+    (
+        "index-not-a-string",
+        lambda f: edit_index(f, lambda m: m.update({first_tensor(m): 7})),
+        CheckpointError,
+        ["7", "not inside"],
+    ),
+    (
+        "index-nul-byte",
+        lambda f: edit_index(f, lambda m: m.update({first_tensor(m): "a\0b.safetensors"})),
+        CheckpointError,
+        ["cannot be opened"],
+    ),
+    (
+        "index-link-loop",
+        lambda f: (
+            (f / "loop").symlink_to(f / "loop")
+            or edit_index(f, lambda m: m.update({first_tensor(m): "loop"}))
+        ),
+        CheckpointError,
+        ["loop"],
+    ),
+    (
+        "index-names-a-folder",
+        lambda f: (f / "sub").mkdir() or edit_index(f, lambda m: m.update({first_tensor(m): "sub"})),
+        CheckpointError,
+        ["not in the folder", "sub"],
+    ),
+    (
+        "index-empty-map",
+        _write(INDEX_NAME, b'{"weight_map": {}}'),
+        CheckpointError,
+        ["not a valid safetensors index"],
+    ),
     ("index-a-list", _write(INDEX_NAME, b"[]"), CheckpointError, ["not a valid safetensors index"]),
-    ("index-not-json", _write(INDEX_NAME, b"{weight_map"), CheckpointError, ["not a valid safetensors index"]),
-    ("index-deeply-nested", _write(INDEX_NAME, _deep(200_000)), CheckpointError, ["not a valid safetensors index"]),
+    (
+        "index-not-json",
+        _write(INDEX_NAME, b"{weight_map"),
+        CheckpointError,
+        ["not a valid safetensors index"],
+    ),
+    (
+        "index-deeply-nested",
+        _write(INDEX_NAME, _deep(200_000)),
+        CheckpointError,
+        ["not a valid safetensors index"],
+    ),
     ("shard-symlink-outside", _link_shard_outside, CheckpointError, [SHARD, "outside"]),
     ("shard-empty", _write(SHARD, b""), CheckpointError, [SHARD, "not a valid safetensors"]),
-    ("shard-truncated-header", _write(SHARD, b"\x40\x00\x00\x00\x00\x00\x00\x00{\"a\""), CheckpointError,
-     [SHARD, "not a valid safetensors"]),
-    ("shard-header-length-1e18", _write(SHARD, struct.pack("<Q", 10**18) + b"{}"), CheckpointError,
-     [SHARD, "not a valid safetensors"]),
-    ("shard-claims-2TB-tensor", _header_claims_huge_tensor, CheckpointError, [SHARD, "not a valid safetensors"]),
+    (
+        "shard-truncated-header",
+        _write(SHARD, b'\x40\x00\x00\x00\x00\x00\x00\x00{"a"'),
+        CheckpointError,
+        [SHARD, "not a valid safetensors"],
+    ),
+    (
+        "shard-header-length-1e18",
+        _write(SHARD, struct.pack("<Q", 10**18) + b"{}"),
+        CheckpointError,
+        [SHARD, "not a valid safetensors"],
+    ),
+    (
+        "shard-claims-2TB-tensor",
+        _header_claims_huge_tensor,
+        CheckpointError,
+        [SHARD, "not a valid safetensors"],
+    ),
     ("shard-int-weights", _int_weights, CheckpointError, ["dtype I32", "BF16"]),
-    ("fused-experts-1e6-zero-size", _zero_size_fused_experts, CheckpointError, ["gate_up_proj", "(1000000, 2, 0)"]),
+    (
+        "fused-experts-1e6-zero-size",
+        _zero_size_fused_experts,
+        CheckpointError,
+        ["gate_up_proj", "(1000000, 2, 0)"],
+    ),
     ("header-5000-tensors", _many_tiny_tensors, CheckpointError, ["tensors", "at most"]),
     ("wrong-shape", dict(intermediate_size=48), CheckpointError, ["shape", "(64, 32)", "(48, 32)"]),
 ]
@@ -213,10 +298,15 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
-@pytest.mark.parametrize("changes", [dict(num_hidden_layers=100_000), {**MOE, "num_experts": 1_000_000},
-                                     dict(hidden_size=16384, num_hidden_layers=512, intermediate_size=65536,
-                                          head_dim=128)],
-                         ids=["layers-1e5", "experts-1e6", "6.6-TB-of-weights"])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(num_hidden_layers=100_000),
+        {**MOE, "num_experts": 1_000_000},
+        dict(hidden_size=16384, num_hidden_layers=512, intermediate_size=65536, head_dim=128),
+    ],
+    ids=["layers-1e5", "experts-1e6", "6.6-TB-of-weights"],
+)
 def test_oversized_config_is_refused_before_anything_is_built(tmp_path, changes):
     """These configs once ran 90 s and took 2.7-3.8 GB before failing; the generous bounds catch a return of
     that without timing anything finer."""
@@ -232,8 +322,11 @@ def test_oversized_config_is_refused_before_anything_is_built(tmp_path, changes)
 # --- paths ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["nul\0byte", "x" * 5000, "/etc/hostname", "/", "~"],
-                         ids=["nul-byte", "5000-chars", "a-file", "root", "home"])
+@pytest.mark.parametrize(
+    "path",
+    ["nul\0byte", "x" * 5000, "/etc/hostname", "/", "~"],
+    ids=["nul-byte", "5000-chars", "a-file", "root", "home"],
+)
 def test_paths_that_are_not_checkpoints_get_one_plain_error(path):
     with pytest.raises(CheckpointError) as e:
         load_pretrained(path, with_tokenizer=False)
@@ -271,7 +364,9 @@ def test_hub_cache_snapshot_links_into_its_blobs_load(tmp_path):
         (snapshot / f.name).symlink_to(Path("../../blobs") / f.name)
     model, _ = load_pretrained(snapshot, device="cpu", with_tokenizer=False)
     reference, _ = load_pretrained(tmp_path / "written", device="cpu", with_tokenizer=False)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values())
+    )
 
 
 @pytest.mark.parametrize("device", ["bogus", "cuda:99", "meta"])
@@ -288,7 +383,9 @@ def test_finding11_a_pad_token_id_outside_the_vocabulary_is_a_config_error(tmp_p
     raised IndexError from the embedding."""
     small_checkpoint(tmp_path)
     edit_config(tmp_path, pad_token_id=pad)
-    with pytest.raises(ConfigError, match=f"'pad_token_id' must be a token id in \\[0, 160\\) .*got {pad}") as e:
+    with pytest.raises(
+        ConfigError, match=f"'pad_token_id' must be a token id in \\[0, 160\\) .*got {pad}"
+    ) as e:
         load_pretrained(tmp_path, device="cpu", with_tokenizer=False)
     assert_clean_error(e)
 
@@ -358,7 +455,9 @@ def test_finding10_a_refused_oversized_header_leaves_nothing_behind(tmp_path):
     good, small, big = tmp_path / "good", tmp_path / "small", tmp_path / "big"
     for folder in (good, small, big):
         small_checkpoint(folder)
-    load_pretrained(good, device="cpu", with_tokenizer=False)  # imports and first-use caches, outside the count
+    load_pretrained(
+        good, device="cpu", with_tokenizer=False
+    )  # imports and first-use caches, outside the count
     (small / SHARD).write_bytes(struct.pack("<Q", 2) + b"{}")
     with pytest.raises(CheckpointError):
         load_pretrained(small, device="cpu", with_tokenizer=False)
@@ -405,7 +504,7 @@ class SilentServer:
         while not self.stop.is_set() and time.monotonic() < self.deadline:
             try:
                 self.accepted.append(self.sock.accept()[0])
-            except socket.timeout:
+            except TimeoutError:
                 continue
         for conn in self.accepted:
             conn.close()
@@ -429,7 +528,10 @@ def test_stalled_hub_endpoint_becomes_a_checkpoint_error_in_bounded_time(hub_env
         server.close()
     msg = assert_clean_error(e)
     assert "sdar-test-org/stalled" in msg and "could not be fetched" in msg and "Timeout" in msg
-    assert elapsed < 30  # without a timeout the call waits until the server closes (60 s here, ~12 min in the wild)
+    assert (
+        elapsed < 30
+    )  # without a timeout the call waits until the server closes (60 s here, ~12 min in the wild)
+
 
 class FakeHub:
     """A hub on 127.0.0.1 serving the files of `folder` as repo org/tiny at one commit (model_info, HEAD, GET:
@@ -438,15 +540,16 @@ class FakeHub:
 
     SHA = "b" * 40
 
-    def __init__(self, folder: Path, *, stall_files: bool = False, lifetime: float = 60.0,
-                 trickle: float = 0.0) -> None:
+    def __init__(
+        self, folder: Path, *, stall_files: bool = False, lifetime: float = 60.0, trickle: float = 0.0
+    ) -> None:
         files = {f.name: f.read_bytes() for f in folder.iterdir()}
         released, sha = threading.Event(), self.SHA
 
         class Handler(BaseHTTPRequestHandler):
             def _file(self) -> bytes | None:
                 prefix = f"/org/tiny/resolve/{sha}/"
-                return files.get(self.path[len(prefix):]) if self.path.startswith(prefix) else None
+                return files.get(self.path[len(prefix) :]) if self.path.startswith(prefix) else None
 
             def _headers(self, status: int, length: int, etag: str = "") -> None:
                 self.send_response(status)
@@ -460,7 +563,9 @@ class FakeHub:
 
             def do_GET(self) -> None:
                 if self.path.startswith("/api/models/org/tiny"):
-                    body = json.dumps({"id": "org/tiny", "sha": sha, "siblings": [{"rfilename": n} for n in files]})
+                    body = json.dumps(
+                        {"id": "org/tiny", "sha": sha, "siblings": [{"rfilename": n} for n in files]}
+                    )
                     self._headers(200, len(body.encode()))
                     self.wfile.write(body.encode())
                 else:
@@ -478,7 +583,7 @@ class FakeHub:
                     for i in range(len(data)):
                         if released.wait(trickle):
                             return None
-                        self.wfile.write(data[i:i + 1])
+                        self.wfile.write(data[i : i + 1])
                         self.wfile.flush()
                 elif with_body:
                     self.wfile.write(data)
@@ -521,7 +626,9 @@ def test_hub_download_through_a_local_hub_loads_the_same_weights(tmp_path, hub_e
         hub.close()
     reference, _ = load_pretrained(tmp_path / "published", device="cpu", with_tokenizer=False)
     assert model.state_dict().keys() == reference.state_dict().keys()
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values())
+    )
     assert (tmp_path / "hub" / "models--org--tiny" / "snapshots" / FakeHub.SHA / "config.json").is_file()
 
 
@@ -553,6 +660,8 @@ def test_weights_must_fit_the_memory_the_device_has_free(tmp_path, monkeypatch):
     monkeypatch.setattr(sdar_core.loading, "free_bytes", lambda device: need - 1)
     with pytest.raises(ConfigError) as e:
         load_pretrained(tmp_path, device="cpu", dtype=torch.float32, with_tokenizer=False)
-    assert f"{need:,} bytes (0.0 GiB) of float32 weights, but only {need - 1:,} bytes" in assert_clean_error(e)
+    assert f"{need:,} bytes (0.0 GiB) of float32 weights, but only {need - 1:,} bytes" in assert_clean_error(
+        e
+    )
     monkeypatch.setattr(sdar_core.loading, "free_bytes", lambda device: need)
     load_pretrained(tmp_path, device="cpu", dtype=torch.float32, with_tokenizer=False)

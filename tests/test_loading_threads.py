@@ -8,11 +8,11 @@ from __future__ import annotations
 import threading
 
 import torch
+from test_loading import small_checkpoint
 from torch import nn
 
 import sdar_core.loading as loading
 from sdar_core import load_pretrained
-from test_loading import small_checkpoint
 
 
 def test_a_module_built_while_another_thread_loads_gets_real_parameters(tmp_path, monkeypatch):
@@ -26,8 +26,9 @@ def test_a_module_built_while_another_thread_loads_gets_real_parameters(tmp_path
             assert release.wait(30)
 
     monkeypatch.setattr(loading, "SDARForCausalLM", Held)
-    loader = threading.Thread(target=load_pretrained, args=(tmp_path,), kwargs=dict(device="cpu",
-                                                                                   with_tokenizer=False))
+    loader = threading.Thread(
+        target=load_pretrained, args=(tmp_path,), kwargs=dict(device="cpu", with_tokenizer=False)
+    )
     loader.start()
     try:
         assert inside.wait(30)

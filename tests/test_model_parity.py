@@ -7,19 +7,30 @@ transformers' masking_utils returns a 4-D `attention_mask` as is ("already prepa
 attention adds it to the scores (so it must be an additive float mask) and its sdpa attention passes it to
 torch's SDPA (a boolean mask, True = attend, works).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-from helpers import hand_block_causal, rel_err
 from sdar_core import load_pretrained
 from sdar_core.kv_cache import KVCache
 
+from helpers import hand_block_causal, rel_err
+
 TOL = 1e-5
-SHAPES = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-              num_key_value_heads=2, head_dim=16, rope_theta=10000.0, max_position_embeddings=256)
+SHAPES = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    rope_theta=10000.0,
+    max_position_embeddings=256,
+)
 
 
 def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -46,10 +57,17 @@ def hf_dense(tie: bool, seed: int = 0, attn: str = "sdpa") -> Qwen3ForCausalLM:
 
 
 def hf_moe(norm_topk_prob: bool, mlp_only_layers: list[int], decoder_sparse_step: int, seed: int = 0):
-    config = Qwen3MoeConfig(**SHAPES, moe_intermediate_size=32, num_experts=8, num_experts_per_tok=2,
-                            norm_topk_prob=norm_topk_prob, mlp_only_layers=mlp_only_layers,
-                            decoder_sparse_step=decoder_sparse_step, tie_word_embeddings=False,
-                            attn_implementation="sdpa")
+    config = Qwen3MoeConfig(
+        **SHAPES,
+        moe_intermediate_size=32,
+        num_experts=8,
+        num_experts_per_tok=2,
+        norm_topk_prob=norm_topk_prob,
+        mlp_only_layers=mlp_only_layers,
+        decoder_sparse_step=decoder_sparse_step,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
     torch.manual_seed(seed)
     return randomize_(Qwen3MoeForCausalLM(config), seed)
 
@@ -62,7 +80,9 @@ def roundtrip(hf_model, folder):
 
 
 def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, SHAPES["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, SHAPES["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(seed)
+    )
 
 
 # --- autoregressive parity -------------------------------------------------------------------------------
@@ -88,8 +108,9 @@ def test_dense_qwen3_logits_equal_transformers_to_float32_rounding(tmp_path, tie
     [(True, [], 1), (False, [], 1), (True, [1], 1), (False, [], 2)],
     ids=["normtopk", "no-normtopk", "mlp-only-layer-1", "sparse-step-2"],
 )
-def test_moe_qwen3_logits_equal_transformers_to_float32_rounding(tmp_path, norm_topk_prob, mlp_only_layers,
-                                                                  decoder_sparse_step):
+def test_moe_qwen3_logits_equal_transformers_to_float32_rounding(
+    tmp_path, norm_topk_prob, mlp_only_layers, decoder_sparse_step
+):
     hf = hf_moe(norm_topk_prob, mlp_only_layers, decoder_sparse_step)
     model = roundtrip(hf, tmp_path)
     config = model.config
@@ -115,14 +136,15 @@ def test_moe_routing_is_nontrivial_so_parity_covers_expert_choice(tmp_path):
 # --- block-causal attention ------------------------------------------------------------------------------
 
 
-
 @pytest.fixture(scope="module")
 def dense_pair(tmp_path_factory):
     """(transformers model with eager attention, the same model with sdpa, sdar_core's load of it)."""
     folder = tmp_path_factory.mktemp("dense")
     hf_sdpa = hf_dense(tie=False, seed=3, attn="sdpa")
     model = roundtrip(hf_sdpa, folder)
-    hf_eager = Qwen3ForCausalLM.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32).eval()
+    hf_eager = Qwen3ForCausalLM.from_pretrained(
+        folder, attn_implementation="eager", dtype=torch.float32
+    ).eval()
     return hf_eager, hf_sdpa, model
 
 
@@ -163,8 +185,9 @@ def test_block_size_argument_overrides_config_block_size(dense_pair):
 # --- KV cache ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("block_size, chunks", [(4, [4, 4, 4, 4]), (4, [8, 4, 4]), (2, [2, 6, 4, 4]),
-                                                (1, [1, 1, 1, 5, 1])])
+@pytest.mark.parametrize(
+    "block_size, chunks", [(4, [4, 4, 4, 4]), (4, [8, 4, 4]), (2, [2, 6, 4, 4]), (1, [1, 1, 1, 5, 1])]
+)
 def test_cached_chunk_logits_equal_full_forward_on_those_positions(dense_pair, block_size, chunks):
     """Whole blocks fed one chunk at a time through the KV cache give the full forward's logits."""
     _, _, model = dense_pair
@@ -174,12 +197,17 @@ def test_cached_chunk_logits_equal_full_forward_on_those_positions(dense_pair, b
     try:
         with torch.no_grad():
             full = model(ids)
-            cache = KVCache.allocate(model.config, 2, length + 4, dtype=torch.float32,
-                                     devices=[torch.device("cpu")] * model.config.num_hidden_layers)
+            cache = KVCache.allocate(
+                model.config,
+                2,
+                length + 4,
+                dtype=torch.float32,
+                devices=[torch.device("cpu")] * model.config.num_hidden_layers,
+            )
             start = 0
             for n in chunks:
-                chunk_logits = model(ids[:, start:start + n], cache=cache.chunk(start, n))
-                assert rel_err(chunk_logits, full[:, start:start + n]) < TOL, (start, n)
+                chunk_logits = model(ids[:, start : start + n], cache=cache.chunk(start, n))
+                assert rel_err(chunk_logits, full[:, start : start + n]) < TOL, (start, n)
                 cache.commit(n)
                 start += n
     finally:

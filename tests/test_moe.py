@@ -4,6 +4,7 @@ the stacked layout against the public per-expert checkpoints, and MoE decoding o
 transformers' own Qwen3-MoE is the reference for the whole network (test_model_parity.py); here each form of the
 experts is checked against a computation written out token by token.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
 from sdar_core import load_pretrained
 from sdar_core.decoding import generate
-from sdar_core.loading import CheckpointError, save_pretrained
 from sdar_core.kernels import Kernels
+from sdar_core.loading import CheckpointError, save_pretrained
 from sdar_core.moe import TRITON_MAX_PAIRS, KernelConfig, SparseMoE, grouped_mm_available, route
+
+from helpers import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
 
 
 def experts_layer(E: int, k: int, h: int, I: int, seed: int = 0) -> SparseMoE:
@@ -35,7 +37,9 @@ def brute_force(moe: SparseMoE, x: torch.Tensor) -> torch.Tensor:
     from its own rows of the stacked weights, the weighted sum (float64, loops)."""
     x = x.double()
     E, I = moe.experts.num_experts, moe.experts.intermediate
-    gate_up, down, router = (t.double() for t in (moe.experts.gate_up_proj, moe.experts.down_proj, moe.gate.weight))
+    gate_up, down, router = (
+        t.double() for t in (moe.experts.gate_up_proj, moe.experts.down_proj, moe.gate.weight)
+    )
     out = torch.zeros_like(x)
     for n in range(x.shape[0]):
         probs = torch.softmax(router @ x[n], dim=0)
@@ -47,8 +51,11 @@ def brute_force(moe: SparseMoE, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("E, k, tokens", [(8, 2, 1), (8, 2, 13), (16, 4, 7), (4, 4, 5), (32, 8, 3)],
-                         ids=["one-token", "block", "k4", "every-expert", "most-experts-idle"])
+@pytest.mark.parametrize(
+    "E, k, tokens",
+    [(8, 2, 1), (8, 2, 13), (16, 4, 7), (4, 4, 5), (32, 8, 3)],
+    ids=["one-token", "block", "k4", "every-expert", "most-experts-idle"],
+)
 def test_grouped_and_looped_experts_equal_a_per_token_brute_force(E, k, tokens):
     moe = experts_layer(E, k, h=24, I=20, seed=E + tokens)
     x = torch.randn(tokens, 24, generator=torch.Generator().manual_seed(tokens))
@@ -68,8 +75,13 @@ def test_grouped_form_handles_every_pair_on_one_expert_and_tokens_in_any_order()
     chosen = torch.tensor([[5, 2]] * 3 + [[2, 5]] * 3)  # two experts only, slots swapped halfway
     weights = torch.rand(6, 2, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        assert rel_err(moe.experts.grouped_forward(x, chosen, weights),
-                       moe.experts.looped_forward(x, chosen, weights)) < 1e-6
+        assert (
+            rel_err(
+                moe.experts.grouped_forward(x, chosen, weights),
+                moe.experts.looped_forward(x, chosen, weights),
+            )
+            < 1e-6
+        )
 
 
 def test_training_takes_the_looped_form_and_its_gradients_match_the_brute_force():
@@ -115,7 +127,12 @@ def test_triton_expert_kernels_under_the_interpreter_equal_the_brute_force():
     assert len(errors) == len(TRITON_CASES) and max(errors) < 1e-5, errors
 
 
-ROUTE_CASES = [(1, 128, 8, True), (7, 37, 4, True), (5, 16, 16, False), (3, 8, 1, False)]  # (tokens, E, k, norm)
+ROUTE_CASES = [
+    (1, 128, 8, True),
+    (7, 37, 4, True),
+    (5, 16, 16, False),
+    (3, 8, 1, False),
+]  # (tokens, E, k, norm)
 
 ROUTE_INTERPRETED = """
 import json, torch
@@ -162,7 +179,9 @@ def test_cuda_fused_routing_equals_the_eager_routing(n, E, k, norm):
     weights, chosen = route(logits, k, norm, torch.bfloat16, fuse=True)
     eager_w, eager_c = route(logits, k, norm, torch.bfloat16, fuse=False)
     assert torch.equal(chosen.sort(-1).values, eager_c.sort(-1).values)
-    assert (weights.float() - eager_w.float()).abs().max() <= 2 ** -8  # both descending: ties have equal weights
+    assert (
+        weights.float() - eager_w.float()
+    ).abs().max() <= 2**-8  # both descending: ties have equal weights
     ref_w, ref_c = route_by_hand(logits.cpu(), k, norm)
     assert chosen.tolist() == ref_c and (weights.double().cpu() - ref_w).abs().max() < 1e-2
 
@@ -173,13 +192,17 @@ def test_cuda_fused_routing_equals_the_eager_routing(n, E, k, norm):
 def test_cuda_triton_experts_equal_the_brute_force(E, k, n, h, I):
     moe = experts_layer(E, k, h=h, I=I, seed=E + n).cuda().to(torch.bfloat16)
     x = torch.randn(n, h, device="cuda", dtype=torch.bfloat16)
-    ref = brute_force(moe, x).cpu()  # float64 on the layer's own bf16 values (the module itself stays as it is)
+    ref = brute_force(
+        moe, x
+    ).cpu()  # float64 on the layer's own bf16 values (the module itself stays as it is)
     with torch.no_grad():
         weights, chosen = route(moe.gate(x), k, True, x.dtype)
         for config in (KernelConfig(), KernelConfig(block_n=64, block_k=64, stages=3)):
             out = moe.experts.triton_forward(x, chosen, weights, config)
             assert rel_err(out.double().cpu(), ref) < 2e-2
-        assert torch.equal(moe(x), moe.experts.triton_forward(x, chosen, weights))  # the layer's choice on CUDA
+        assert torch.equal(
+            moe(x), moe.experts.triton_forward(x, chosen, weights)
+        )  # the layer's choice on CUDA
 
 
 @pytest.mark.cuda
@@ -210,7 +233,9 @@ def moe_model(model_type: str = "sdar_moe", **overrides):
 
 def test_save_pretrained_writes_the_public_per_expert_names_and_reloads_the_same_logits(tmp_path):
     model = moe_model()
-    save_pretrained(model, None, tmp_path, max_shard_bytes=40_000)  # small shards: a layer's experts span several
+    save_pretrained(
+        model, None, tmp_path, max_shard_bytes=40_000
+    )  # small shards: a layer's experts span several
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
     assert "model.layers.1.mlp.experts.7.down_proj.weight" in index
     assert "model.layers.0.mlp.experts.3.up_proj.weight" in index
@@ -257,7 +282,9 @@ def test_an_expert_of_another_shape_is_refused_by_name(tmp_path):
     tensors = load_file(tmp_path / "model.safetensors")
     tensors["model.layers.1.mlp.experts.2.down_proj.weight"] = torch.zeros(64, 31)
     save_file(tensors, tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"experts of model\.layers\.1\.mlp have tensors of different shapes"):
+    with pytest.raises(
+        CheckpointError, match=r"experts of model\.layers\.1\.mlp have tensors of different shapes"
+    ):
         load_pretrained(tmp_path, device="cpu", with_tokenizer=False)
 
 

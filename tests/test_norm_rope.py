@@ -1,4 +1,5 @@
 """q/k RMSNorm + RoPE in one kernel (sdar_core/norm_rope.py) against the math written out in float64."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,13 +20,18 @@ def by_hand(x, weight, eps, cos, sin):
     x = x.double()
     D = x.shape[-1]
     n = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.double()
-    c, s = cos.double().transpose(1, 2)[..., : D // 2], sin.double().transpose(1, 2)[..., : D // 2]  # [B, Q, 1, D/2]
-    a, b = n[..., : D // 2], n[..., D // 2:]
+    c, s = (
+        cos.double().transpose(1, 2)[..., : D // 2],
+        sin.double().transpose(1, 2)[..., : D // 2],
+    )  # [B, Q, 1, D/2]
+    a, b = n[..., : D // 2], n[..., D // 2 :]
     return torch.cat([a * c - b * s, b * c + a * s], -1).transpose(1, 2)
 
 
 def test_rope_tables_repeat_each_frequency_over_both_halves():
-    cos, sin = rope_cos_sin(torch.tensor([[3, 11]]), 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8), torch.float32)
+    cos, sin = rope_cos_sin(
+        torch.tensor([[3, 11]]), 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8), torch.float32
+    )
     angles = torch.tensor([3.0, 11.0])[:, None] * (1.0 / 10000 ** (torch.arange(0, 8, 2).double() / 8))
     assert torch.allclose(cos[0, 0].double(), torch.cat([angles.cos(), angles.cos()], -1), atol=1e-6)
     assert torch.allclose(sin[0, 0].double(), torch.cat([angles.sin(), angles.sin()], -1), atol=1e-6)
@@ -50,7 +56,7 @@ def test_kernel_matches_the_math_on_a_strided_fused_projection(dtype, Q):
     torch.manual_seed(0)
     B, H, H_kv, D = 2, 16, 8, 128
     qkv = torch.randn(B, Q, (H + 2 * H_kv) * D, device="cuda", dtype=dtype) * 3
-    q, k = qkv[..., : H * D].view(B, Q, H, D), qkv[..., H * D: (H + H_kv) * D].view(B, Q, H_kv, D)
+    q, k = qkv[..., : H * D].view(B, Q, H, D), qkv[..., H * D : (H + H_kv) * D].view(B, Q, H_kv, D)
     positions = torch.arange(Q, device="cuda")[None] + torch.tensor([[5], [3000]], device="cuda")
     cos, sin = rope_cos_sin(positions, 1.0 / 1e6 ** (torch.arange(0, D, 2, device="cuda").float() / D), dtype)
     norm = RMSNorm(D, 1e-6).cuda()
@@ -97,6 +103,8 @@ def test_a_training_step_on_cuda_backpropagates_like_the_eager_path():
     grads = []
     for fused in (True, False):
         model.zero_grad()
-        model(ids, kernels=Kernels().with_fusions("all" if fused else "none")).float().pow(2).mean().backward()
+        model(ids, kernels=Kernels().with_fusions("all" if fused else "none")).float().pow(
+            2
+        ).mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert torch.equal(grads[0], grads[1])

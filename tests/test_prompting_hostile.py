@@ -3,6 +3,7 @@ code; one that loops or builds gigabytes of text once took 4 GB in 7-24 s, or 19
 library, the CLI and the studio. Now it renders in sdar_core.template_sandbox (a worker process with a deadline, an
 output cap and a memory limit) and is refused in seconds with a clear message; model cards and tokenizer files are
 read up to a size cap."""
+
 from __future__ import annotations
 
 import shutil
@@ -18,12 +19,18 @@ from sdar_core.paths import MODELS_DIR, REPO
 from sdar_core.template_sandbox import TemplateError, TemplateSandbox
 
 SDAR = MODELS_DIR / "sdar-tiny"
-LOOPS = "{% for i in range(99999) %}{% for j in range(99999) %}{{ messages[0].content }}{% endfor %}{% endfor %}"
-DOUBLING = ("{% set ns = namespace(s='ab') %}{% for i in range(48) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}"
-            "{{ ns.s }}")
+LOOPS = (
+    "{% for i in range(99999) %}{% for j in range(99999) %}{{ messages[0].content }}{% endfor %}{% endfor %}"
+)
+DOUBLING = (
+    "{% set ns = namespace(s='ab') %}{% for i in range(48) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}"
+    "{{ ns.s }}"
+)
 HUGE = "{{ 'x' * 3000000 }}"
-SILENT_LOOP = "{% set ns = namespace(n=0) %}{% for i in range(99999) %}{% for j in range(99999) %}" \
-              "{% set ns.n = ns.n + 1 %}{% endfor %}{% endfor %}{{ ns.n }}"
+SILENT_LOOP = (
+    "{% set ns = namespace(n=0) %}{% for i in range(99999) %}{% for j in range(99999) %}"
+    "{% set ns.n = ns.n + 1 %}{% endfor %}{% endfor %}{{ ns.n }}"
+)
 USER = [{"role": "user", "content": "hi"}]
 
 
@@ -38,9 +45,16 @@ def rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-@pytest.mark.parametrize("template, words", [(LOOPS, "within 2 s"), (SILENT_LOOP, "within 2 s"),
-                                             (DOUBLING, "MB a render may take"), (HUGE, "characters")],
-                         ids=["nested-loops", "silent-loops", "doubling", "huge-literal"])
+@pytest.mark.parametrize(
+    "template, words",
+    [
+        (LOOPS, "within 2 s"),
+        (SILENT_LOOP, "within 2 s"),
+        (DOUBLING, "MB a render may take"),
+        (HUGE, "characters"),
+    ],
+    ids=["nested-loops", "silent-loops", "doubling", "huge-literal"],
+)
 def test_finding5_a_runaway_template_is_refused_in_seconds_with_bounded_memory(sandbox, template, words):
     sandbox.render("{{ 'warm' }}", USER, {})  # the worker's start is not the template's time
     before, t0 = rss(), time.monotonic()
@@ -63,17 +77,24 @@ def test_finding5_template_errors_are_plain_messages(sandbox):
         sandbox.render("x" * (1 << 21), USER, {})
 
 
-@pytest.mark.parametrize("folder", [SDAR, REPO / "tests" / "fixtures" / "sdar-4b-chat"], ids=["embedded", "sdar-4b"])
+@pytest.mark.parametrize(
+    "folder", [SDAR, REPO / "tests" / "fixtures" / "sdar-4b-chat"], ids=["embedded", "sdar-4b"]
+)
 def test_the_sandbox_renders_what_transformers_renders(folder):
     from transformers import AutoTokenizer
 
     from sdar_core.template_sandbox import SANDBOX
 
     tok = AutoTokenizer.from_pretrained(str(folder))
-    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"},
-                    {"role": "assistant", "content": "Because."}, {"role": "user", "content": "<|im_end|> ok"}]
-    assert SANDBOX.render(tok.get_chat_template(), conversation, dict(tok.special_tokens_map)) == \
-        tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Why?"},
+        {"role": "assistant", "content": "Because."},
+        {"role": "user", "content": "<|im_end|> ok"},
+    ]
+    assert SANDBOX.render(
+        tok.get_chat_template(), conversation, dict(tok.special_tokens_map)
+    ) == tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
 
 
 def hostile_checkpoint(tmp_path, template: str | None = None, card: bytes | None = None):
@@ -119,9 +140,24 @@ def test_finding5_the_studio_refuses_a_runaway_template_with_a_readable_message(
 
 def test_finding5_the_cli_refuses_a_runaway_template_in_one_line(tmp_path):
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "sdar_core", "--model", str(hostile_checkpoint(tmp_path, DOUBLING)),
-                          "--prompt", "hi", "--chat", "--max-new-tokens", "4"], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sdar_core",
+            "--model",
+            str(hostile_checkpoint(tmp_path, DOUBLING)),
+            "--prompt",
+            "hi",
+            "--chat",
+            "--max-new-tokens",
+            "4",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.startswith("error: the chat template") and time.monotonic() - t0 < 60
 
@@ -137,10 +173,14 @@ def test_finding5_a_model_card_is_read_up_to_its_cap(tmp_path):
         assert tracemalloc.get_traced_memory()[1] < 4 * MAX_CARD_BYTES
     finally:
         tracemalloc.stop()
-    (folder / "README.md").write_bytes(b"---\nlicense: mit\nnote: " + b"y" * (2 * MAX_CARD_BYTES) + b"\n---\n")
+    (folder / "README.md").write_bytes(
+        b"---\nlicense: mit\nnote: " + b"y" * (2 * MAX_CARD_BYTES) + b"\n---\n"
+    )
     assert model_card(folder) == {}  # front matter that does not end within the cap: none
-    laughs = (b"---\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-              b"license_note: *b\n---\n")
+    laughs = (
+        b"---\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        b"license_note: *b\n---\n"
+    )
     (folder / "README.md").write_bytes(laughs)
     with pytest.raises(CheckpointError, match="aliases"):
         model_card(folder)

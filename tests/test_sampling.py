@@ -3,6 +3,7 @@ is the mask token everywhere; and the sampling functions against brute-force com
 
 Uses only public APIs (generate, the model, sdar_core.sampling): the decode loop's internals may change.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,10 +11,11 @@ import math
 
 import pytest
 import torch
-from helpers import random_model, tiny_config
 
 from sdar_core import generate
 from sdar_core.sampling import SamplingError, SamplingParams, filter_logits, sample_tokens
+
+from helpers import random_model, tiny_config
 
 MASK = 95  # tiny_config's mask id: the last of its 96 ids
 PROMPTS = [[7, 12, 33, 4, 58], [21, 9, 9, 40, 2, 77, 13, 64, 5, 30]]  # two rows of different lengths
@@ -83,7 +85,7 @@ def test_the_model_favours_the_mask_token_everywhere(models, model_type):
     ids[:, ::3] = MASK
     with torch.no_grad():
         logits = models[model_type](ids)  # [3, 40, V]
-    others = torch.cat([logits[..., :MASK], logits[..., MASK + 1:]], -1)
+    others = torch.cat([logits[..., :MASK], logits[..., MASK + 1 :]], -1)
     margin = logits[..., MASK] - others.max(-1).values
     assert margin.min() > 20.0, margin.min()  # p(mask) > 1 - 1e-6 at every position
 
@@ -93,9 +95,20 @@ def test_the_model_favours_the_mask_token_everywhere(models, model_type):
 def test_mask_token_is_never_committed(models, decode, sampling):
     model_type, strategy = DECODES[decode]
     temperature, top_k, top_p = SAMPLINGS[sampling]
-    gen = generate(models[model_type], PROMPTS, max_new_tokens=MAX_NEW, block_length=BLOCK, steps=BLOCK,
-                   strategy=strategy, threshold=0.9, temperature=temperature, top_k=top_k, top_p=top_p, seed=3,
-                   trace=True)
+    gen = generate(
+        models[model_type],
+        PROMPTS,
+        max_new_tokens=MAX_NEW,
+        block_length=BLOCK,
+        steps=BLOCK,
+        strategy=strategy,
+        threshold=0.9,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=3,
+        trace=True,
+    )
     assert gen.lengths == [MAX_NEW, MAX_NEW]  # decoded to the end: no stall
     for r in range(len(PROMPTS)):
         assert MASK not in gen.row_tokens(r)
@@ -129,8 +142,9 @@ def brute_probs(logits_row: list[float], forbid: int, temperature: float = 1.0) 
 @pytest.mark.parametrize("want_entropy", [False, True])
 def test_greedy_picks_the_best_other_token_with_its_probability(want_entropy):
     logits = mask_first_logits()
-    x0, conf, ent = sample_tokens(logits.clone(), SamplingParams(), forbid_token=11, generator=None,
-                                  want_entropy=want_entropy)
+    x0, conf, ent = sample_tokens(
+        logits.clone(), SamplingParams(), forbid_token=11, generator=None, want_entropy=want_entropy
+    )
     for b in range(2):
         for i in range(5):
             probs = brute_probs(logits[b, i].tolist(), forbid=11)
@@ -144,15 +158,27 @@ def test_greedy_picks_the_best_other_token_with_its_probability(want_entropy):
     assert (x0 == 11).all()  # without the ban the mask token is the argmax: the ban above is what removed it
 
 
-@pytest.mark.parametrize("params", [SamplingParams(1.0), SamplingParams(0.7, top_k=1), SamplingParams(0.7, top_k=2),
-                                    SamplingParams(1.5, top_p=0.3), SamplingParams(2.0, top_k=4, top_p=0.8)])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(1.0),
+        SamplingParams(0.7, top_k=1),
+        SamplingParams(0.7, top_k=2),
+        SamplingParams(1.5, top_p=0.3),
+        SamplingParams(2.0, top_k=4, top_p=0.8),
+    ],
+)
 def test_sampling_never_draws_the_mask_token_and_reports_the_filtered_probability(params):
     logits = mask_first_logits(seed=1, shape=(4, 200, 12))
-    x0, conf, _ = sample_tokens(logits.clone(), params, forbid_token=11,
-                                generator=torch.Generator().manual_seed(0))
+    x0, conf, _ = sample_tokens(
+        logits.clone(), params, forbid_token=11, generator=torch.Generator().manual_seed(0)
+    )
     assert not (x0 == 11).any()
-    filtered = filter_logits(torch.cat([logits[..., :11], torch.full_like(logits[..., :1], -math.inf)], -1)
-                             / params.temperature, params.top_k, params.top_p)
+    filtered = filter_logits(
+        torch.cat([logits[..., :11], torch.full_like(logits[..., :1], -math.inf)], -1) / params.temperature,
+        params.top_k,
+        params.top_p,
+    )
     probs = filtered.softmax(-1)
     assert (probs.gather(-1, x0[..., None]) > 0).all()  # only tokens the filters keep
     torch.testing.assert_close(conf, probs.gather(-1, x0[..., None]).squeeze(-1))
@@ -163,7 +189,9 @@ def test_sampling_never_draws_the_mask_token_and_reports_the_filtered_probabilit
 
 def test_sampling_frequencies_follow_the_distribution_without_the_mask_token():
     logits = mask_first_logits(seed=2, shape=(1, 1, 6), mask=5).expand(1, 20000, 6).clone()
-    x0, _, _ = sample_tokens(logits, SamplingParams(1.0), forbid_token=5, generator=torch.Generator().manual_seed(0))
+    x0, _, _ = sample_tokens(
+        logits, SamplingParams(1.0), forbid_token=5, generator=torch.Generator().manual_seed(0)
+    )
     freq = torch.bincount(x0.flatten(), minlength=6).double() / x0.numel()
     expected = torch.tensor(brute_probs(logits[0, 0].tolist(), forbid=5), dtype=torch.double)
     assert freq[5] == 0
@@ -184,7 +212,9 @@ def brute_filter_keep(row: list[float], top_k: int, top_p: float) -> set[int]:
     return set(nucleus)
 
 
-@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (1, 1.0), (3, 1.0), (0, 0.5), (0, 0.9), (4, 0.6), (0, 1e-6)])
+@pytest.mark.parametrize(
+    "top_k,top_p", [(0, 1.0), (1, 1.0), (3, 1.0), (0, 0.5), (0, 0.9), (4, 0.6), (0, 1e-6)]
+)
 def test_filter_logits_keeps_what_brute_force_keeps(top_k, top_p):
     logits = torch.randn(3, 4, 10, generator=torch.Generator().manual_seed(top_k * 10 + int(top_p * 100)))
     out = filter_logits(logits, top_k, top_p)
@@ -196,13 +226,16 @@ def test_filter_logits_keeps_what_brute_force_keeps(top_k, top_p):
             assert all(out[b, i, v] == logits[b, i, v] for v in keep)  # kept logits are unchanged
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(temperature=-0.5), "temperature must be >= 0, got -0.5"),
-    (dict(temperature=float("nan")), "temperature must be >= 0, got nan"),
-    (dict(top_k=-1), "top_k must be >= 0 (0 disables it), got -1"),
-    (dict(top_p=0.0), "top_p must be in (0, 1], got 0.0"),
-    (dict(top_p=1.5), "top_p must be in (0, 1], got 1.5"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(temperature=-0.5), "temperature must be >= 0, got -0.5"),
+        (dict(temperature=float("nan")), "temperature must be >= 0, got nan"),
+        (dict(top_k=-1), "top_k must be >= 0 (0 disables it), got -1"),
+        (dict(top_p=0.0), "top_p must be in (0, 1], got 0.0"),
+        (dict(top_p=1.5), "top_p must be in (0, 1], got 1.5"),
+    ],
+)
 def test_sampling_params_name_the_bad_value(kwargs, message):
     with pytest.raises(SamplingError) as err:
         SamplingParams(**kwargs).validate()
@@ -220,7 +253,9 @@ def test_top_p_on_exact_masses_keeps_the_smallest_set_that_reaches_it(top_p, n_k
 
 
 def test_top_p_one_keeps_every_logit_even_those_whose_probability_underflows():
-    logits = torch.tensor([[0.0, -120.0, -130.0, 5.0]])  # exp(-125) is 0 in float32: a mass of exactly 1 before it
+    logits = torch.tensor(
+        [[0.0, -120.0, -130.0, 5.0]]
+    )  # exp(-125) is 0 in float32: a mass of exactly 1 before it
     assert logits.softmax(-1)[0, 1] == 0
     assert torch.equal(filter_logits(logits, 0, 1.0), logits)
     assert torch.equal(filter_logits(logits, 4, 1.0), logits)  # top_k = vocabulary size keeps everything too
@@ -230,7 +265,9 @@ def test_top_p_one_keeps_every_logit_even_those_whose_probability_underflows():
 def test_entropy_is_returned_only_when_asked(temperature):
     logits = mask_first_logits()
     generator = torch.Generator().manual_seed(0)
-    _, _, ent = sample_tokens(logits.clone(), SamplingParams(temperature), forbid_token=11, generator=generator)
+    _, _, ent = sample_tokens(
+        logits.clone(), SamplingParams(temperature), forbid_token=11, generator=generator
+    )
     assert ent is None
 
 
@@ -239,10 +276,12 @@ def test_draws_come_from_the_given_generator_only():
     draws = []
     for global_seed in (1, 2):
         torch.manual_seed(global_seed)  # the global RNG differs; the generator's seed does not
-        x0, _, _ = sample_tokens(logits.clone(), SamplingParams(1.0), forbid_token=11,
-                                 generator=torch.Generator().manual_seed(7))
+        x0, _, _ = sample_tokens(
+            logits.clone(), SamplingParams(1.0), forbid_token=11, generator=torch.Generator().manual_seed(7)
+        )
         draws.append(x0)
     assert torch.equal(draws[0], draws[1])
-    other, _, _ = sample_tokens(logits.clone(), SamplingParams(1.0), forbid_token=11,
-                                generator=torch.Generator().manual_seed(8))
+    other, _, _ = sample_tokens(
+        logits.clone(), SamplingParams(1.0), forbid_token=11, generator=torch.Generator().manual_seed(8)
+    )
     assert not torch.equal(draws[0], other)  # the seed matters: 100 draws from a spread distribution

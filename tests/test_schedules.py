@@ -2,13 +2,22 @@
 
 Scores are drawn from a few levels so that ties are common: every schedule breaks them by position.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sdar_core.schedules import (SCHEDULES, StepScores, select_dynamic, select_entropy, select_sequential,
-                                 select_static, static_count, static_steps_needed)
+from sdar_core.schedules import (
+    SCHEDULES,
+    StepScores,
+    select_dynamic,
+    select_entropy,
+    select_sequential,
+    select_static,
+    static_count,
+    static_steps_needed,
+)
 
 
 def dealt_counts(L: int, T: int) -> list[int]:
@@ -61,7 +70,10 @@ def test_static_steps_needed_is_the_first_step_whose_counts_cover_the_masked_pos
 @pytest.mark.parametrize("seed", range(12))
 def test_select_static_takes_the_count_most_confident_masked_positions(seed):
     conf, masked, count = random_step(seed)
-    want = [set(best_first(c, m, lowest=False)[:n]) for c, m, n in zip(conf.tolist(), masked.tolist(), count.tolist())]
+    want = [
+        set(best_first(c, m, lowest=False)[:n])
+        for c, m, n in zip(conf.tolist(), masked.tolist(), count.tolist())
+    ]
     assert as_rows(select_static(conf, masked, count)) == want
 
 
@@ -85,8 +97,10 @@ def test_select_dynamic_threshold_is_strict():
 @pytest.mark.parametrize("seed", range(8))
 def test_select_sequential_takes_the_count_leftmost_masked_positions(seed):
     _, masked, count = random_step(seed)
-    want = [{i for i, m in enumerate(row) if m}.intersection(sorted(i for i, m in enumerate(row) if m)[:n])
-            for row, n in zip(masked.tolist(), count.tolist())]
+    want = [
+        {i for i, m in enumerate(row) if m}.intersection(sorted(i for i, m in enumerate(row) if m)[:n])
+        for row, n in zip(masked.tolist(), count.tolist())
+    ]
     assert as_rows(select_sequential(masked, count)) == want
 
 
@@ -98,7 +112,7 @@ def brute_entropy(ent: list[float], masked: list[bool], count: int, bound: float
         if total > bound:
             break
         n += 1
-    return set(order[:max(n, count, 1)])
+    return set(order[: max(n, count, 1)])
 
 
 @pytest.mark.parametrize("bound", [0.0, 0.5, 1.0, 10.0])
@@ -130,10 +144,19 @@ class Options:
 def test_schedule_registry_passes_each_schedule_its_scores_and_options(seed):
     conf, masked, count = random_step(seed)
     ent = conf.flip(-1)
-    scores = StepScores(candidates=torch.zeros_like(masked, dtype=torch.long), confidence=conf, entropy=ent,
-                        masked=masked, count=count)
-    want = {"static": select_static(conf, masked, count), "dynamic": select_dynamic(conf, masked, count, 0.5),
-            "sequential": select_sequential(masked, count), "entropy": select_entropy(ent, masked, count, 0.6)}
+    scores = StepScores(
+        candidates=torch.zeros_like(masked, dtype=torch.long),
+        confidence=conf,
+        entropy=ent,
+        masked=masked,
+        count=count,
+    )
+    want = {
+        "static": select_static(conf, masked, count),
+        "dynamic": select_dynamic(conf, masked, count, 0.5),
+        "sequential": select_sequential(masked, count),
+        "entropy": select_entropy(ent, masked, count, 0.6),
+    }
     for name, schedule in SCHEDULES.items():
         assert torch.equal(schedule.select(scores, Options), want[name]), name
     assert {n for n, s in SCHEDULES.items() if s.adaptive} == {"dynamic", "entropy"}

@@ -1,6 +1,7 @@
 """A Hugging Face Space of the studio (app/deploy.py): the files it gets are the ones the studio needs and nothing
 else, the README's front matter configures it, the deploy is one upload_folder commit, and a fresh virtual
 environment with `requirements.txt` alone runs those files and answers the README's gradio_client example."""
+
 from __future__ import annotations
 
 import ast
@@ -16,8 +17,9 @@ import pytest
 import torch
 
 from app import deploy
-from helpers import free_port
 from sdar_core.paths import REPO
+
+from helpers import free_port
 
 FILES = deploy.space_files()
 LOCAL = ("app", "sdar_core", "training", "benchmarks", "tests", "conftest")
@@ -33,7 +35,10 @@ def module_file(name: str) -> str | None:
 
 def local_imports(path: str) -> set[str]:
     """The local files that `path` imports (absolute and relative imports)."""
-    tree, package = ast.parse((REPO / path).read_text(encoding="utf-8")), path.rsplit("/", 1)[0].replace("/", ".")
+    tree, package = (
+        ast.parse((REPO / path).read_text(encoding="utf-8")),
+        path.rsplit("/", 1)[0].replace("/", "."),
+    )
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -42,8 +47,11 @@ def local_imports(path: str) -> set[str]:
             base = package if node.level else ""
             module = ".".join(p for p in (base, node.module or "") if p)
             names.add(module)
-            names |= {f"{module}.{alias.name}" for alias in node.names
-                      if (REPO / (module.replace(".", "/") + f"/{alias.name}.py")).is_file()}
+            names |= {
+                f"{module}.{alias.name}"
+                for alias in node.names
+                if (REPO / (module.replace(".", "/") + f"/{alias.name}.py")).is_file()
+            }
     return {f for f in map(module_file, names) if f is not None}
 
 
@@ -65,7 +73,9 @@ def test_the_space_gets_no_tests_results_caches_or_development_files():
         assert "__pycache__" not in name and not name.endswith((".pyc", ".pyi")), name
         if name.startswith("benchmarks/"):  # only the GPU measurements the race tab plots
             assert name.startswith("benchmarks/results/") and name.endswith("/results.json"), name
-        assert not name.startswith("assets/models/eval") and not name.startswith("assets/models/training-logs")
+        assert not name.startswith("assets/models/eval") and not name.startswith(
+            "assets/models/training-logs"
+        )
     assert "requirements-dev.txt" not in FILES and "pyproject.toml" not in FILES
     requirements = (REPO / "requirements.txt").read_text()
     assert not re.search(r"^(pytest|playwright|psutil|mutmut)\b", requirements, re.M)
@@ -73,7 +83,9 @@ def test_the_space_gets_no_tests_results_caches_or_development_files():
 
 @pytest.mark.skipif(not (REPO / ".git").exists(), reason="needs the git checkout")
 def test_every_file_of_the_space_is_committed():
-    tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split("\n"))
+    tracked = set(
+        subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split("\n")
+    )
     assert set(FILES) <= tracked, set(FILES) - tracked
 
 
@@ -82,7 +94,9 @@ def test_the_front_matter_makes_a_gradio_space_of_this_app():
 
     config = deploy.space_config()
     assert config["sdk"] == "gradio" and config["app_file"] == "app.py" and config["python_version"] == "3.11"
-    assert str(config["sdk_version"]).split(".")[0] == gradio.__version__.split(".")[0]  # requirements: gradio 6
+    assert (
+        str(config["sdk_version"]).split(".")[0] == gradio.__version__.split(".")[0]
+    )  # requirements: gradio 6
     assert config["license"] == "mit"
 
 
@@ -121,7 +135,9 @@ def test_the_deploy_is_one_upload_of_exactly_the_file_set(monkeypatch):
         def upload_folder(self, *, folder_path, **kwargs):
             root = Path(folder_path)
             sent = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-            same = all((root / f).read_bytes() == (REPO / f).read_bytes() for f in ("app.py", "requirements.txt"))
+            same = all(
+                (root / f).read_bytes() == (REPO / f).read_bytes() for f in ("app.py", "requirements.txt")
+            )
             calls.append(("upload_folder", sent, same, kwargs))
 
     monkeypatch.setattr(huggingface_hub, "HfApi", Recorder)
@@ -137,13 +153,17 @@ def test_the_deploy_is_one_upload_of_exactly_the_file_set(monkeypatch):
 def readme_client_example() -> tuple[str, str]:
     """The README's gradio_client snippet and the text block after it."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    code, printed = re.search(r"```python\n(from gradio_client[^`]*)```\n\n```text\n([^`]*)```", text).groups()
+    code, printed = re.search(
+        r"```python\n(from gradio_client[^`]*)```\n\n```text\n([^`]*)```", text
+    ).groups()
     return code, printed
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (REPO / "assets" / "models" / "sdar-tiny" / "config.json").is_file(),
-                    reason="the embedded model is not in this checkout")
+@pytest.mark.skipif(
+    not (REPO / "assets" / "models" / "sdar-tiny" / "config.json").is_file(),
+    reason="the embedded model is not in this checkout",
+)
 def test_a_fresh_venv_with_requirements_txt_alone_serves_the_space(tmp_path):
     """The Space's own install: the file set copied out of the checkout, a new virtual environment (no system
     packages, no PYTHONPATH) with torch and then requirements.txt only, `python app.py` as the Space runs it, and
@@ -163,8 +183,14 @@ def serve_the_space(space: Path, venv: Path, tmp_path: Path) -> None:
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
 
     def pip(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([python, "-m", "pip", "install", "-q", *args], cwd=space, env=env,
-                              capture_output=True, text=True, timeout=900)
+        return subprocess.run(
+            [python, "-m", "pip", "install", "-q", *args],
+            cwd=space,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
 
     # As .ci/run and the README do: the CPU build of torch first (this torch's release, which pip finds on this
     # machine's disk, else PyTorch's CPU index), so that requirements.txt's torch>=2.5 takes no CUDA build.
@@ -178,15 +204,24 @@ def serve_the_space(space: Path, venv: Path, tmp_path: Path) -> None:
 
     port, log = free_port(), tmp_path / "space.log"
     # SPACE_ID, as the Hub sets it: the studio serves as a public one (app/exposure.py), offline and on the CPU.
-    env |= {"CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "GRADIO_SERVER_NAME": "127.0.0.1", "PYTHONUNBUFFERED": "1", "SPACE_ID": "you/sdar-studio"}
+    env |= {
+        "CUDA_VISIBLE_DEVICES": "",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "PYTHONUNBUFFERED": "1",
+        "SPACE_ID": "you/sdar-studio",
+    }
     with open(log, "w") as out:
-        app = subprocess.Popen([python, "app.py", "--port", str(port)], cwd=space, env=env, stdout=out,
-                               stderr=subprocess.STDOUT)
+        app = subprocess.Popen(
+            [python, "app.py", "--port", str(port)], cwd=space, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.time() + 180
         while "is running at" not in log.read_text():
-            assert app.poll() is None and time.time() < deadline, f"the Space did not start:\n{log.read_text()}"
+            assert app.poll() is None and time.time() < deadline, (
+                f"the Space did not start:\n{log.read_text()}"
+            )
             time.sleep(0.5)
         assert "Traceback" not in log.read_text(), log.read_text()
         code, printed = readme_client_example()
@@ -204,9 +239,21 @@ def serve_the_space(space: Path, venv: Path, tmp_path: Path) -> None:
     # `pip install -e .` on top: the two commands, run from a folder outside the checkout, find the shipped model.
     done = pip("--no-deps", "-e", str(REPO))
     assert done.returncode == 0, done.stderr[-3000:]
-    done = subprocess.run([str(venv / "bin" / "sdar"), "--chat", "--prompt", "What is 4 + 5?", "--max-new-tokens",
-                           "24"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(venv / "bin" / "sdar"), "--chat", "--prompt", "What is 4 + 5?", "--max-new-tokens", "24"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0 and "9" in done.stdout, done.stderr[-3000:]
-    done = subprocess.run([str(venv / "bin" / "sdar-studio"), "--help"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [str(venv / "bin" / "sdar-studio"), "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0 and "--allow-any-model" in done.stdout, done.stderr[-3000:]

@@ -1,4 +1,5 @@
 """The committed tokenizer in assets/tokenizer (loaded as users load it, with AutoTokenizer) and its trainer."""
+
 from pathlib import Path
 
 import pytest
@@ -25,14 +26,17 @@ def test_vocabulary_is_4096(tok):
     assert len(tok) == 4096
 
 
-@pytest.mark.parametrize("text", [
-    "Hello, world!",
-    "Q: 47 + 38 = ?\nA: 7 + 8 = 15, write 5 carry 1; 4 + 3 + 1 = 8, write 8.\nAnswer: 85",
-    "  leading and trailing spaces  \n\n\ttabs\r\nand CRLF\n",
-    "naïve café, Straße, Ελληνικά, русский, 東京, 🙂👍🏽, ½ ² ٣ ४",
-    "def f(x):\n    return {'a': [1, 2.5e-3, None]}  # comment\n",
-    "",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hello, world!",
+        "Q: 47 + 38 = ?\nA: 7 + 8 = 15, write 5 carry 1; 4 + 3 + 1 = 8, write 8.\nAnswer: 85",
+        "  leading and trailing spaces  \n\n\ttabs\r\nand CRLF\n",
+        "naïve café, Straße, Ελληνικά, русский, 東京, 🙂👍🏽, ½ ² ٣ ४",
+        "def f(x):\n    return {'a': [1, 2.5e-3, None]}  # comment\n",
+        "",
+    ],
+)
 def test_round_trips_arbitrary_text(tok, text):
     ids = tok.encode(text, add_special_tokens=False)
     assert tok.decode(ids) == text
@@ -62,17 +66,25 @@ def test_digits_are_one_token_each(tok, number):
 
 def test_chat_template_renders_chatml(tok):
     user = [{"role": "user", "content": "hi"}]
-    assert tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True) == \
-        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"},
-                    {"role": "assistant", "content": "Answer: 4"}]
+    assert (
+        tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "Answer: 4"},
+    ]
     assert tok.apply_chat_template(conversation, tokenize=False) == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n"
-        "<|im_start|>assistant\nAnswer: 4<|im_end|>\n")
+        "<|im_start|>assistant\nAnswer: 4<|im_end|>\n"
+    )
 
 
 def test_chat_template_tokenizes_markers_as_single_ids(tok):
-    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=True, add_generation_prompt=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=True, add_generation_prompt=True
+    )
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids
     assert ids.count(1) == 2 and ids.count(2) == 1  # two <|im_start|>, one <|im_end|>
     assert tok.decode(ids) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
@@ -83,8 +95,10 @@ def test_saved_template_is_the_trainers(tok):
 
 
 def test_training_is_deterministic_and_keeps_digits_apart():
-    texts = [f"The {w} costs {n} coins, said {w}s friend in {n * 7} words." for n, w in
-             zip(range(0, 3000, 7), ["cat", "dog", "bird", "horse", "mouse"] * 200)]
+    texts = [
+        f"The {w} costs {n} coins, said {w}s friend in {n * 7} words."
+        for n, w in zip(range(0, 3000, 7), ["cat", "dog", "bird", "horse", "mouse"] * 200)
+    ]
     a, b = train_tokenizer(texts, vocab_size=400), train_tokenizer(texts, vocab_size=400)
     assert a.to_str() == b.to_str()
     assert all(not (len(t) > 1 and any(ch in DIGITS for ch in t)) for t in a.get_vocab())

@@ -1,4 +1,5 @@
 """Training data: packing keeps per-sample boundaries, chat data trains the assistant turns only."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,16 @@ import torch
 
 from sdar_core.paths import REPO
 from training.byte_tokenizer import byte_tokenizer
-from training.data import (RowOrder, build_rows, chat_spans, encode_chats, pack_examples, pack_stream,
-                           read_documents, split_eval)
+from training.data import (
+    RowOrder,
+    build_rows,
+    chat_spans,
+    encode_chats,
+    pack_examples,
+    pack_stream,
+    read_documents,
+    split_eval,
+)
 
 ASSET_TOKENIZER = REPO / "assets" / "tokenizer"
 
@@ -30,7 +39,10 @@ def test_pack_stream_restarts_positions_at_each_document():
     rows = pack_stream([[1, 2, 3], [4, 5], [6, 7, 8, 9], [10]], seq_len=4, pad_id=0)
     assert rows.input_ids.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]  # the partial last row is dropped
     assert rows.segment_ids.tolist() == [[0, 0, 0, 1], [0, 1, 1, 1]]
-    assert rows.positions.tolist() == [[0, 1, 2, 0], [0, 0, 1, 2]]  # a cut document continues as a new segment
+    assert rows.positions.tolist() == [
+        [0, 1, 2, 0],
+        [0, 0, 1, 2],
+    ]  # a cut document continues as a new segment
     assert rows.loss_mask.all()
 
 
@@ -45,9 +57,13 @@ def test_pack_examples_keeps_examples_whole_and_pads():
 
 
 def test_chat_trains_assistant_turns_only(tokenizer):
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"},
-                {"role": "assistant", "content": "Answer: 4"}, {"role": "user", "content": "And 3 + 3?"},
-                {"role": "assistant", "content": "Answer: 6"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "Answer: 4"},
+        {"role": "user", "content": "And 3 + 3?"},
+        {"role": "assistant", "content": "Answer: 6"},
+    ]
     [(ids, trained)] = encode_chats(tokenizer, [messages])
     text_trained = tokenizer.decode([i for i, t in zip(ids, trained) if t])
     assert text_trained == "Answer: 4<|im_end|>\nAnswer: 6<|im_end|>\n"
@@ -58,8 +74,11 @@ def test_chat_trains_assistant_turns_only(tokenizer):
 
 
 def test_chat_without_response_only_trains_everything(tokenizer):
-    [(ids, trained)] = encode_chats(tokenizer, [[{"role": "user", "content": "hi"},
-                                                {"role": "assistant", "content": "hello"}]], response_only=False)
+    [(ids, trained)] = encode_chats(
+        tokenizer,
+        [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]],
+        response_only=False,
+    )
     assert all(trained) and len(ids) == len(trained)
 
 
@@ -67,21 +86,35 @@ def test_read_documents_detects_text_messages_and_alpaca(tmp_path):
     text = tmp_path / "t.jsonl"
     text.write_text("\n".join(json.dumps({"text": f"doc {i}"}) for i in range(3)))
     chat = tmp_path / "c.jsonl"
-    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}))
+    chat.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    )
     alpaca = tmp_path / "a.json"
     alpaca.write_text(json.dumps([{"instruction": "Add.", "input": "1 + 1", "output": "2"}]))
     assert read_documents(str(text)) == ("text", ["doc 0", "doc 1", "doc 2"])
     assert read_documents(str(chat))[0] == "chat"
     kind, [msgs] = read_documents(str(alpaca))
-    assert kind == "chat" and msgs == [{"role": "user", "content": "Add.\n\n1 + 1"},
-                                       {"role": "assistant", "content": "2"}]
+    assert kind == "chat" and msgs == [
+        {"role": "user", "content": "Add.\n\n1 + 1"},
+        {"role": "assistant", "content": "2"},
+    ]
 
 
 def test_build_rows_mixes_text_and_chat_files(tmp_path, tokenizer):
     chat = tmp_path / "c.jsonl"
-    chat.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
-                                                       {"role": "assistant", "content": f"a{i}"}]})
-                              for i in range(10)))
+    chat.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"q{i}"},
+                        {"role": "assistant", "content": f"a{i}"},
+                    ]
+                }
+            )
+            for i in range(10)
+        )
+    )
     rows = build_rows(["builtin:tiny-text", str(chat)], tokenizer, seq_len=32, log=lambda *a: None)
     assert rows.input_ids.shape[1] == 32 and len(rows) > 2
     assert not rows.loss_mask.all()  # chat prompts are not trained
@@ -112,7 +145,7 @@ def test_mixed_order_draws_each_file_to_its_weight_and_walks_each_file_in_epochs
     assert len(from_second) == 500  # exactly the weight's share of every chunk of 1000
     assert all(0 <= r < 35 for r in drawn)
     # the small file is repeated whole, epoch by epoch: every 5 of its visits are a permutation of its rows
-    assert all(sorted(from_second[i:i + 5]) == list(range(30, 35)) for i in range(0, 500, 5))
+    assert all(sorted(from_second[i : i + 5]) == list(range(30, 35)) for i in range(0, 500, 5))
     first = [r for r in drawn if r < 30]
     assert sorted(first[:30]) == list(range(30))
 

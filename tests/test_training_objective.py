@@ -1,15 +1,27 @@
 """The SDAR training objective (paper §2.3 Eq. 7, §3.1) against independent computations: a mask built with explicit
 loops from the paper's three-part definition, and a loss computed block by block with plain forward passes."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import random_model, tiny_config
 from sdar_core.attention import BlockMask
-from training.objective import (PackedBatch, ar_loss, block_ids, dense_mask, document_causal_mask,
-                                document_causal_mask_mod, sample_noise, sdar_loss, sdar_mask, sdar_mask_mod)
+from training.objective import (
+    PackedBatch,
+    ar_loss,
+    block_ids,
+    dense_mask,
+    document_causal_mask,
+    document_causal_mask_mod,
+    sample_noise,
+    sdar_loss,
+    sdar_mask,
+    sdar_mask_mod,
+)
+
+from helpers import random_model, tiny_config
 
 MASK_ID = 95  # tiny_config: the last id of the vocabulary
 
@@ -26,10 +38,10 @@ def packed(lengths_per_row: list[list[int]], T: int, seed: int = 0, prompt: int 
     for b, lengths in enumerate(lengths_per_row):
         start = 0
         for s, n in enumerate(lengths + ([T - sum(lengths)] if sum(lengths) < T else [])):
-            seg[b, start:start + n] = s
-            pos[b, start:start + n] = torch.arange(n)
+            seg[b, start : start + n] = s
+            pos[b, start : start + n] = torch.arange(n)
             if s < len(lengths):
-                loss[b, start + prompt:start + n] = True
+                loss[b, start + prompt : start + n] = True
             start += n
     return PackedBatch(ids, seg, pos, loss)
 
@@ -153,7 +165,9 @@ def test_no_attention_crosses_packed_samples(mode):
 
     base = loss_of(batch.input_ids)
     other = batch.input_ids.clone()
-    other[batch.segment_ids == 0] = torch.randint(0, MASK_ID, (7,), generator=torch.Generator().manual_seed(5))
+    other[batch.segment_ids == 0] = torch.randint(
+        0, MASK_ID, (7,), generator=torch.Generator().manual_seed(5)
+    )
     torch.testing.assert_close(loss_of(other), base, rtol=1e-5, atol=1e-6)
     changed = batch.input_ids.clone()
     changed[0, 10] = (changed[0, 10] + 1) % MASK_ID  # a token of sample 1 does matter
@@ -200,9 +214,13 @@ def test_packed_batch_tensors_map_and_to_keep_the_field_order():
     batch = packed([[3, 4]], T=8)
     assert batch.tensors() == (batch.input_ids, batch.segment_ids, batch.positions, batch.loss_mask)
     half = batch.map(lambda t: t[:, :4])
-    assert type(half) is PackedBatch and all(torch.equal(h, t[:, :4]) for h, t in zip(half.tensors(), batch.tensors()))
+    assert type(half) is PackedBatch and all(
+        torch.equal(h, t[:, :4]) for h, t in zip(half.tensors(), batch.tensors())
+    )
     moved = batch.to("cpu")
-    assert type(moved) is PackedBatch and all(torch.equal(m, t) for m, t in zip(moved.tensors(), batch.tensors()))
+    assert type(moved) is PackedBatch and all(
+        torch.equal(m, t) for m, t in zip(moved.tensors(), batch.tensors())
+    )
 
 
 def test_mask_kinds_follow_the_attention_argument():
@@ -214,7 +232,10 @@ def test_mask_kinds_follow_the_attention_argument():
     assert torch.equal(dense[1, 0], hand_mask(batch.segment_ids[1], batch.positions[1], 4))
     causal = document_causal_mask(batch.segment_ids, "sdpa")
     assert causal.dtype == torch.bool and causal.shape == (2, 1, 8, 8)
-    for flex in (sdar_mask(batch.segment_ids, blocks, "flex"), document_causal_mask(batch.segment_ids, "flex")):
+    for flex in (
+        sdar_mask(batch.segment_ids, blocks, "flex"),
+        document_causal_mask(batch.segment_ids, "flex"),
+    ):
         assert isinstance(flex, BlockMask) and flex.shape[0] == 2  # one mask per row, not one broadcast
     assert sdar_mask(batch.segment_ids, blocks, "flex").shape[-2:] == (16, 16)
 
@@ -272,5 +293,7 @@ def test_losses_and_counts_with_a_single_target():
         ar_logits = ar_model(batch.input_ids)[0, 2]
     torch.testing.assert_close(out.loss, want, rtol=1e-4, atol=1e-5)
     assert int(out.n_targets) == 1 and int(out.n_masked) == 1
-    torch.testing.assert_close(ar.loss, F.cross_entropy(ar_logits.float(), batch.input_ids[0, 3]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        ar.loss, F.cross_entropy(ar_logits.float(), batch.input_ids[0, 3]), rtol=1e-4, atol=1e-5
+    )
     assert int(ar.n_targets) == int(ar.n_masked) == 1

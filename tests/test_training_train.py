@@ -1,5 +1,6 @@
 """The training loop on CPU: loss goes down, checkpoints reload in sdar_core, resume repeats the same losses, and bad
 recipes are refused before any work."""
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,32 @@ TOKENIZER = str(ASSET_TOKENIZER) if (ASSET_TOKENIZER / "tokenizer.json").is_file
 
 def tiny_recipe(out: Path, **overrides):
     raw = dict(
-        mode="sdar-cpt", output_dir=str(out), data=["builtin:tiny-text"], tokenizer=TOKENIZER,
-        model=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                   intermediate_size=128, max_position_embeddings=256),
-        block_size=4, seq_len=32, eval_fraction=0.15, micro_batch_size=4, max_steps=30, lr=3e-3, warmup_steps=3,
-        weight_decay=0.0, log_every=5, eval_every=30, eval_batches=2, save_every=1000, save_dtype="float32",
+        mode="sdar-cpt",
+        output_dir=str(out),
+        data=["builtin:tiny-text"],
+        tokenizer=TOKENIZER,
+        model=dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=128,
+            max_position_embeddings=256,
+        ),
+        block_size=4,
+        seq_len=32,
+        eval_fraction=0.15,
+        micro_batch_size=4,
+        max_steps=30,
+        lr=3e-3,
+        warmup_steps=3,
+        weight_decay=0.0,
+        log_every=5,
+        eval_every=30,
+        eval_batches=2,
+        save_every=1000,
+        save_dtype="float32",
     )
     raw.update(overrides)
     return recipe_from_dict(raw)
@@ -86,16 +108,38 @@ def test_resume_continues_at_the_same_step_with_the_same_losses(tmp_path):
 
 def test_ar_sft_then_sdar_sft_from_that_checkpoint(tmp_path):
     chat = tmp_path / "chat.jsonl"
-    chat.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"What is {i} + 1?"},
-                                                       {"role": "assistant", "content": f"Answer: {i + 1}"}]})
-                              for i in range(40)))
-    ar = train(tiny_recipe(tmp_path / "ar", mode="ar", data=[str(chat)], max_steps=4, eval_fraction=0.1),
-               progress=False)
+    chat.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"What is {i} + 1?"},
+                        {"role": "assistant", "content": f"Answer: {i + 1}"},
+                    ]
+                }
+            )
+            for i in range(40)
+        )
+    )
+    ar = train(
+        tiny_recipe(tmp_path / "ar", mode="ar", data=[str(chat)], max_steps=4, eval_fraction=0.1),
+        progress=False,
+    )
     model, _ = load_pretrained(ar.final_dir, device="cpu")
     assert model.config.model_type == "qwen3" and model.config.block_size == 1
-    sdar = train(tiny_recipe(tmp_path / "sdar", mode="sdar-sft", data=[str(chat)], model=None,
-                             tokenizer=None, init_from=str(ar.final_dir), max_steps=4, eval_fraction=0.1),
-                 progress=False)
+    sdar = train(
+        tiny_recipe(
+            tmp_path / "sdar",
+            mode="sdar-sft",
+            data=[str(chat)],
+            model=None,
+            tokenizer=None,
+            init_from=str(ar.final_dir),
+            max_steps=4,
+            eval_fraction=0.1,
+        ),
+        progress=False,
+    )
     model, tokenizer = load_pretrained(sdar.final_dir, device="cpu")
     assert model.config.model_type == "sdar" and model.config.block_size == 4
     assert model.config.mask_token_id == tokenizer.mask_token_id
@@ -130,8 +174,10 @@ def test_numbers_written_the_short_way_are_numbers(tmp_path):
 
 def test_missing_data_file_is_rejected_before_any_work(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"mode: sdar-cpt\noutput_dir: {tmp_path / 'out'}\ndata: [{tmp_path / 'nope.jsonl'}]\n"
-                      f"tokenizer: builtin:bytes\nmodel: {{hidden_size: 64}}\n")
+    recipe.write_text(
+        f"mode: sdar-cpt\noutput_dir: {tmp_path / 'out'}\ndata: [{tmp_path / 'nope.jsonl'}]\n"
+        f"tokenizer: builtin:bytes\nmodel: {{hidden_size: 64}}\n"
+    )
     assert main([str(recipe), "--no-progress"]) == 2
     assert "nope.jsonl' does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -152,13 +198,18 @@ def test_shipped_recipes_parse(tmp_path):
         try:
             recipe = load_recipe(path, [f"output_dir={tmp_path / path.stem}"])
         except RecipeError as e:  # data, tokenizer or base checkpoints not built on this machine
-            assert "does not exist" in str(e) or "no such folder" in str(e) or "no checkpoint" in str(e), (path, e)
+            assert "does not exist" in str(e) or "no such folder" in str(e) or "no checkpoint" in str(e), (
+                path,
+                e,
+            )
         else:
             assert recipe.mode in ("ar", "sdar-cpt", "sdar-sft")
 
 
 def test_fit_minutes_shrinks_max_steps_to_the_time_budget(tmp_path):
-    result = train(tiny_recipe(tmp_path / "fit", max_steps=40, fit_minutes=1e-4, eval_fraction=0.0), progress=False)
+    result = train(
+        tiny_recipe(tmp_path / "fit", max_steps=40, fit_minutes=1e-4, eval_fraction=0.0), progress=False
+    )
     assert result.finished and result.state.step == 30 and result.state.max_steps == 30
     assert (tmp_path / "fit" / "final" / "config.json").is_file()
 
@@ -181,11 +232,17 @@ def test_time_budget_keeps_room_for_the_next_step_and_the_slowest_save():
 def test_throughput_window_counts_raw_and_effective_tokens_and_the_masked_fraction():
     sdar = tiny_recipe(Path("unused"))  # seq_len 32, SDAR: a row forwards 64 tokens
     window = ThroughputWindow(start=10.0, rows=8, masked=30.0, targets=120.0)
-    assert window.rates(sdar, now=12.0) == {"raw_tokens_per_s": 8 * 64 / 2, "effective_tokens_per_s": 8 * 32 / 2,
-                                            "masked_fraction": 0.25}
+    assert window.rates(sdar, now=12.0) == {
+        "raw_tokens_per_s": 8 * 64 / 2,
+        "effective_tokens_per_s": 8 * 32 / 2,
+        "masked_fraction": 0.25,
+    }
     ar = tiny_recipe(Path("unused"), mode="ar")
     assert ThroughputWindow(start=0.0, rows=3).rates(ar, now=1.0) == {
-        "raw_tokens_per_s": 96, "effective_tokens_per_s": 96, "masked_fraction": None}
+        "raw_tokens_per_s": 96,
+        "effective_tokens_per_s": 96,
+        "masked_fraction": None,
+    }
 
 
 def test_block_sizes_are_drawn_per_micro_batch_from_the_seed_and_recorded_in_the_config(tmp_path):
@@ -197,7 +254,9 @@ def test_block_sizes_are_drawn_per_micro_batch_from_the_seed_and_recorded_in_the
     counts = {b: drawn.count(b) for b in (1, 2, 4, 8, 16)}
     assert set(drawn) == {1, 2, 4, 8, 16} and min(counts.values()) > 100, counts  # about 160 each
     other_seed = tiny_recipe(tmp_path / "b2", block_sizes=[1, 2, 4, 8, 16], seed=1)
-    assert [block_size_at(other_seed, s, 0) for s in range(50)] != [block_size_at(recipe, s, 0) for s in range(50)]
+    assert [block_size_at(other_seed, s, 0) for s in range(50)] != [
+        block_size_at(recipe, s, 0) for s in range(50)
+    ]
     assert block_size_at(tiny_recipe(tmp_path / "b3"), 7, 0) == 4  # no list: the recipe's block_size
     result = train(recipe, progress=False)
     config = json.loads((result.final_dir / "config.json").read_text())
@@ -216,5 +275,7 @@ def test_block_sizes_must_divide_seq_len_and_contain_the_default(tmp_path):
 
 
 def test_data_weights_need_one_weight_per_file(tmp_path):
-    with pytest.raises(RecipeError, match=r"data_weights \[0.5, 0.5\] must give one weight >= 0 per data file"):
+    with pytest.raises(
+        RecipeError, match=r"data_weights \[0.5, 0.5\] must give one weight >= 0 per data file"
+    ):
         tiny_recipe(tmp_path / "x", data_weights=[0.5, 0.5])

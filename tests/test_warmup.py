@@ -1,9 +1,8 @@
 """sdar_core/warmup.py: the shapes a server warms are the ones its requests reach, and a warm-up decode lands in
 the runner pool's entry for its shape, so that the first real request finds its runner (graphs included on a GPU)
 ready and decodes exactly what a cold decode gives."""
-from __future__ import annotations
 
-from dataclasses import replace
+from __future__ import annotations
 
 import torch
 
@@ -15,16 +14,36 @@ from helpers import random_model, tiny_config
 
 
 def test_shapes_cover_every_block_length_and_bucket_up_to_the_positions_asked_and_the_context():
-    params = [DecodeParams(block_length=4), DecodeParams(strategy="ar", block_length=1), DecodeParams(block_length=4)]
-    assert warm_shapes(params, 2 * BUCKET, 4096) == [WarmShape(1, BUCKET), WarmShape(1, 2 * BUCKET),
-                                                     WarmShape(4, BUCKET), WarmShape(4, 2 * BUCKET)]
+    params = [
+        DecodeParams(block_length=4),
+        DecodeParams(strategy="ar", block_length=1),
+        DecodeParams(block_length=4),
+    ]
+    assert warm_shapes(params, 2 * BUCKET, 4096) == [
+        WarmShape(1, BUCKET),
+        WarmShape(1, 2 * BUCKET),
+        WarmShape(4, BUCKET),
+        WarmShape(4, 2 * BUCKET),
+    ]
     # buckets double: one position past 2 buckets needs the 4-bucket buffer; the context caps the last one
-    assert [s.bucket for s in warm_shapes(params[:1], 2 * BUCKET + 1, 4096)] == [BUCKET, 2 * BUCKET, 4 * BUCKET]
+    assert [s.bucket for s in warm_shapes(params[:1], 2 * BUCKET + 1, 4096)] == [
+        BUCKET,
+        2 * BUCKET,
+        4 * BUCKET,
+    ]
     assert [s.bucket for s in warm_shapes(params[:1], 10 * BUCKET, 700)] == [BUCKET, 2 * BUCKET, 700]
 
 
 def test_buckets_double_from_256_up_to_the_context():
-    assert [bucket(n, 4096) for n in (1, 256, 257, 600, 2048, 3000, 5000)] == [256, 256, 512, 1024, 2048, 4096, 5000]
+    assert [bucket(n, 4096) for n in (1, 256, 257, 600, 2048, 3000, 5000)] == [
+        256,
+        256,
+        512,
+        1024,
+        2048,
+        4096,
+        5000,
+    ]
     assert bucket(600, 700) == 700 and bucket(100, 128) == 128
 
 
@@ -37,16 +56,30 @@ def test_warm_up_fills_the_pool_entries_that_later_requests_use_and_leaves_their
     model = random_model(tiny_config(max_position_embeddings=2 * BUCKET))
     static = dict(runner_mode="static", max_new_tokens=24, block_length=4, steps=4, strategy="dynamic")
     seen = []
-    done = warm_all(model, [DecodeParams(**static), DecodeParams(**{**static, "strategy": "ar"})],
-                    max_positions=2 * BUCKET, filler_id=5, on_shape=lambda i, n, shape, s: seen.append((i, n, shape)))
-    assert [shape for shape, _ in done] == [WarmShape(1, BUCKET), WarmShape(1, 2 * BUCKET),
-                                            WarmShape(4, BUCKET), WarmShape(4, 2 * BUCKET)]
+    done = warm_all(
+        model,
+        [DecodeParams(**static), DecodeParams(**{**static, "strategy": "ar"})],
+        max_positions=2 * BUCKET,
+        filler_id=5,
+        on_shape=lambda i, n, shape, s: seen.append((i, n, shape)),
+    )
+    assert [shape for shape, _ in done] == [
+        WarmShape(1, BUCKET),
+        WarmShape(1, 2 * BUCKET),
+        WarmShape(4, BUCKET),
+        WarmShape(4, 2 * BUCKET),
+    ]
     assert seen == [(i, 4, shape) for i, (shape, _) in enumerate(done)]
     pool = RUNNER_POOL._pools[model.model]
     warmed = {(key[1], key[2]) for key in pool}  # (bucket, block size)
     assert warmed == {(BUCKET, 1), (2 * BUCKET, 1), (BUCKET, 4), (2 * BUCKET, 4)}
     runners = set(map(id, pool.values()))
-    for prompt_len, strategy in ((10, "dynamic"), (BUCKET + 40, "dynamic"), (30, "ar"), (2 * BUCKET - 30, "ar")):
+    for prompt_len, strategy in (
+        (10, "dynamic"),
+        (BUCKET + 40, "dynamic"),
+        (30, "ar"),
+        (2 * BUCKET - 30, "ar"),
+    ):
         prompt = torch.randint(0, 90, (1, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
         warm = generate(model, prompt, **{**static, "strategy": strategy})
         cold = generate(model, prompt, **{**static, "strategy": strategy, "runner_mode": "plain"})
@@ -63,12 +96,12 @@ def wait_until_warm(warm, seconds: float = 120) -> None:
     assert not warm.running
 
 
-def test_the_studio_warms_its_start_model_and_twin_shape_by_shape_in_the_background(studio_checkpoints, monkeypatch,
-                                                                                   caplog):
+def test_the_studio_warms_its_start_model_and_twin_shape_by_shape_in_the_background(
+    studio_checkpoints, monkeypatch, caplog
+):
     """On the CPU nothing is warmed; with warming forced (as on a GPU) every shape of the default settings, the
     race's AR lane and the AR twin is decoded once, each holding the device, with a log line."""
     import logging
-    import time
 
     from app import studio as studio_mod
     from app.registry import ModelRegistry
@@ -96,13 +129,15 @@ def test_the_studio_warms_its_start_model_and_twin_shape_by_shape_in_the_backgro
     lines = [r.getMessage() for r in caplog.records if "GPU warm-up" in r.getMessage()]
     assert [line.split(":")[0] for line in lines[:8]] == [f"GPU warm-up {i}/8" for i in range(1, 9)]
     shapes = [line.split(": ", 1)[1].rsplit(":", 1)[0] for line in lines[:8]]
-    assert shapes[:4] == [f"sdar-tiny, {s}, block 4, cache {b} positions" for s in ("static", "dynamic")
-                          for b in (256, 512)]
+    assert shapes[:4] == [
+        f"sdar-tiny, {s}, block 4, cache {b} positions" for s in ("static", "dynamic") for b in (256, 512)
+    ]
     assert sum(": ar-tiny," in line for line in lines) == 2 and "GPU warm-up done" in lines[-1]
 
 
-def test_a_visitor_who_comes_during_the_warm_up_is_served_and_the_warm_up_goes_on(studio_checkpoints, monkeypatch,
-                                                                                  caplog):
+def test_a_visitor_who_comes_during_the_warm_up_is_served_and_the_warm_up_goes_on(
+    studio_checkpoints, monkeypatch, caplog
+):
     """The warm-up takes the device one shape at a time; a chat sent meanwhile (from a handler under
     torch.inference_mode) is decoded between two shapes, on the same pool of static runners, and every shape is
     still warmed. (Mixing grad modes on one pooled runner is tested at its root in test_grad_modes.py.)"""
@@ -134,8 +169,11 @@ def test_a_visitor_who_comes_during_the_warm_up_is_served_and_the_warm_up_goes_o
         assert warm.start(registry, str(sdar))
         assert started.wait(30)
         with torch.inference_mode():  # a handler's mode
-            run = studio.start(DecodeRequest(str(sdar), DecodeSettings(max_new_tokens=8)),
-                               [{"role": "user", "content": "Hi"}], threading.Event())
+            run = studio.start(
+                DecodeRequest(str(sdar), DecodeSettings(max_new_tokens=8)),
+                [{"role": "user", "content": "Hi"}],
+                threading.Event(),
+            )
             list(run.follow())
         assert run.stats is not None and run.stats.new_tokens >= 1
         deadline = time.monotonic() + 60

@@ -7,40 +7,57 @@ beside the box); the controls following the model; the visualizer (scrubbing, th
 shown); the AR vs SDAR race against the AR twin; the page 500 px wide.
 Saves assets/screenshots/chat.png, models.png, visualizer.png, race.png and narrow.png.
 """
-from __future__ import annotations
-import os
 
+from __future__ import annotations
+
+import os
 import re
 from pathlib import Path
 
 import pytest
 
-from helpers import free_port
 from sdar_core.paths import REPO
+
+from helpers import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The README's screenshots are refreshed with SDAR_UPDATE_SCREENSHOTS=1; ordinary runs (CI) write theirs to
 # tests/artifacts/ (ignored) so that a test run never modifies tracked files.
-SHOTS = REPO / "assets" / "screenshots" if os.environ.get("SDAR_UPDATE_SCREENSHOTS") else REPO / "tests" / "artifacts"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+SHOTS = (
+    REPO / "assets" / "screenshots"
+    if os.environ.get("SDAR_UPDATE_SCREENSHOTS")
+    else REPO / "tests" / "artifacts"
+)
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
+]
 
 
 @pytest.fixture(scope="module")
 def url():
     if not (REPO / "assets" / "models" / "sdar-tiny" / "config.json").is_file():
         pytest.skip("the embedded model assets/models/sdar-tiny is not in this checkout")
+    from gradio_client import Client
+
     from app.layout import LAUNCH_KWARGS
     from app.ui import build_app
 
-    from gradio_client import Client
-
     demo = build_app()  # what `python app.py` serves: sdar-tiny selected, ar-tiny its twin
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS)
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS
+    )
     # Both models loaded before the first click: on a busy machine a load can outlast the studio's grace, and the
     # page then (rightly) asks to send again; these tests are about what follows.
     client = Client(f"http://127.0.0.1:{port}/", verbose=False)
@@ -104,7 +121,8 @@ def player(page, elem_id: str) -> dict:
     """The player's state, as its data attributes say."""
     return page.evaluate(f"""() => {{ const r = document.querySelector('#{elem_id} .sdar-player');
       return {{frame: Number(r.dataset.frame), frames: Number(r.dataset.frames), masked: Number(r.dataset.masked),
-              status: r.dataset.status, text: r.dataset.text || '', where: r.querySelector('.sdar-where').innerText}}; }}""")
+              status: r.dataset.status, text: r.dataset.text || '',
+              where: r.querySelector('.sdar-where').innerText}}; }}""")
 
 
 def scrub(page, elem_id: str, frame: int) -> None:
@@ -118,9 +136,11 @@ def set_speed(page, elem_id: str, ms: int) -> None:
 
 
 def replay_done(elem_id: str) -> str:
-    return (f"(() => {{ const r = document.querySelector('#{elem_id} .sdar-player');"
-            f" return r.dataset.status === 'done' && r.dataset.playing === '0'"
-            f" && Number(r.dataset.frame) === Number(r.dataset.frames) - 1; }})()")
+    return (
+        f"(() => {{ const r = document.querySelector('#{elem_id} .sdar-player');"
+        f" return r.dataset.status === 'done' && r.dataset.playing === '0'"
+        f" && Number(r.dataset.frame) === Number(r.dataset.frames) - 1; }})()"
+    )
 
 
 # No output of the chat carries gradio's "Error" badge of a failed event.
@@ -156,12 +176,18 @@ def test_chat_answers_at_decode_speed_and_the_page_replays_scrubs_and_stops(page
     shown = frames(page)
     assert sum(f["masked"] > 0 for f in shown) >= 3 and any(f["fresh"] for f in shown)
     assert any(re.search(r"block \d+ opens, \d+ positions masked", f["where"]) for f in shown)
-    assert any(f["answered"] and f["frame"] < f["frames"] - 1 for f in shown)  # the answer came before the replay ended
+    assert any(
+        f["answered"] and f["frame"] < f["frames"] - 1 for f in shown
+    )  # the answer came before the replay ended
     assert re.search(r"Done: step (\d+) of \1", player(page, "sdar-live")["where"])
     stats = page.locator("#sdar-chat-stats").inner_text()
     assert "NFE" in stats and "tokens/s" in stats
     bubbles = page.locator("#sdar-chatbot .message")
-    assert bubbles.count() >= 2 and "Answer: 85" in bubbles.last.inner_text() and "▒" not in bubbles.last.inner_text()
+    assert (
+        bubbles.count() >= 2
+        and "Answer: 85" in bubbles.last.inner_text()
+        and "▒" not in bubbles.last.inner_text()
+    )
 
     # Replay: the same frames again, from the first (every block opening masked).
     page.evaluate(WATCH_PLAYER, "#sdar-live")
@@ -183,10 +209,14 @@ def test_chat_answers_at_decode_speed_and_the_page_replays_scrubs_and_stops(page
     scrub(page, "sdar-live", 0)
     first = player(page, "sdar-live")
     assert first["masked"] > 0 and "opens" in first["where"] and "▒" in first["text"]
-    for i in range(first["frames"]):  # the screenshot shows a block half denoised: some committed, some masked
+    for i in range(
+        first["frames"]
+    ):  # the screenshot shows a block half denoised: some committed, some masked
         scrub(page, "sdar-live", i)
-        if page.evaluate("(() => { const r = document.querySelector('#sdar-live .sdar-player');"
-                         " return Number(r.dataset.masked) > 0 && Number(r.dataset.filled) > 0; })()"):
+        if page.evaluate(
+            "(() => { const r = document.querySelector('#sdar-live .sdar-player');"
+            " return Number(r.dataset.masked) > 0 && Number(r.dataset.filled) > 0; })()"
+        ):
             break
     else:
         pytest.fail("no frame of the default answer shows a block half denoised")
@@ -243,8 +273,10 @@ def test_the_visualizer_scrubs_the_decode_and_its_heatmap_follows(page):
     page.locator("#sdar-vis-run").click()
     page.wait_for_function("document.querySelector('#sdar-vis-title').innerText.includes('NFE')")
     page.wait_for_function(replay_done("sdar-vis-player"))
-    heat = page.evaluate("(() => { const c = document.querySelector('#sdar-vis-player .sdar-heatmap');"
-                         " return {steps: Number(c.dataset.steps), width: c.width, shown: Number(c.dataset.shownStep)}; })()")
+    heat = page.evaluate(
+        "(() => { const c = document.querySelector('#sdar-vis-player .sdar-heatmap');"
+        " return {steps: Number(c.dataset.steps), width: c.width, shown: Number(c.dataset.shownStep)}; })()"
+    )
     n_steps = int(re.search(r"Done: step (\d+) of \1", player(page, "sdar-vis-player")["where"]).group(1))
     assert heat["steps"] == n_steps >= 3 and heat["width"] > 0 and heat["shown"] == n_steps  # a row per step
     total = player(page, "sdar-vis-player")["frames"]
@@ -256,7 +288,9 @@ def test_the_visualizer_scrubs_the_decode_and_its_heatmap_follows(page):
     else:
         pytest.fail("no step of the decode left a position masked")
     step = int(re.search(r"step (\d+) of", state["where"]).group(1))
-    assert page.evaluate("document.querySelector('#sdar-vis-player .sdar-heatmap').dataset.shownStep") == str(step)
+    assert page.evaluate("document.querySelector('#sdar-vis-player .sdar-heatmap').dataset.shownStep") == str(
+        step
+    )
     assert "global steps" in page.locator("#sdar-blocks").inner_text()
     shoot(page, "visualizer.png")
     set_decoding(page, 16, 16, 0.99)  # the page's defaults again
@@ -272,14 +306,18 @@ def test_the_race_runs_ar_sdar_and_the_twin(page):
     assert page.locator(".toast-body:visible").count() == 0
     prompt.fill("What is 47 + 38?")
     page.locator("#sdar-race").click()
-    page.wait_for_function("document.querySelector('#sdar-speedup').innerText.includes('median of 3 runs')"
-                           " && document.querySelector('#sdar-speedup').innerText.includes('Against the AR twin')")
+    page.wait_for_function(
+        "document.querySelector('#sdar-speedup').innerText.includes('median of 3 runs')"
+        " && document.querySelector('#sdar-speedup').innerText.includes('Against the AR twin')"
+    )
     for lane in ("ar", "sdar", "twin"):
         assert "done (run 3 of 3):" in page.locator(f"#sdar-lane-{lane}").inner_text()
     assert "ar-tiny" in page.locator("#sdar-lane-twin").inner_text()
     assert page.locator("#sdar-lane-sdar .sdar-discarded").count() > 0  # decoded after <|im_end|>: struck out
     page.wait_for_selector("#sdar-race-chart .js-plotly-plot .barlayer", state="attached")
-    assert page.locator("#sdar-race-chart .js-plotly-plot .barlayer .point").count() == 6  # tokens/s + forwards
+    assert (
+        page.locator("#sdar-race-chart .js-plotly-plot .barlayer .point").count() == 6
+    )  # tokens/s + forwards
     page.get_by_text("GPU measurements (benchmarks/results/)").click()
     page.wait_for_selector("#sdar-gpu-chart .js-plotly-plot", state="attached")
     names = page.evaluate("document.querySelector('#sdar-gpu-chart .js-plotly-plot').data.map(t => t.name)")
@@ -295,7 +333,9 @@ def test_a_narrow_screen_shows_the_chat_before_the_settings(page, url):
         narrow.wait_for_selector("#sdar-message textarea")
         chat, settings = (narrow.locator(f"#{e}").bounding_box() for e in ("sdar-chatbot", "sdar-settings"))
         assert chat["y"] < 450 and settings["y"] > chat["y"] + chat["height"]
-        assert narrow.locator("#sdar-message").bounding_box()["y"] < 900  # the message box on the first screen
+        assert (
+            narrow.locator("#sdar-message").bounding_box()["y"] < 900
+        )  # the message box on the first screen
         assert narrow.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         SHOTS.mkdir(parents=True, exist_ok=True)
         narrow.screenshot(path=str(SHOTS / "narrow.png"))

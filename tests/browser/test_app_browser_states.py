@@ -6,6 +6,7 @@ first open of the visualizer (its cost measured, its size bounded).
 
 Same page setup as test_app_browser.py: the default app (the embedded sdar-tiny), headless Debian chromium.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,8 +27,10 @@ from test_app_browser import (
     wait_text,
 )
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
+]
 __all__ = ["url"]  # the served app, shared with test_app_browser.py's fixture
 
 # Long tasks (> 50 ms of the main thread) as the browser reports them, from the moment this runs.
@@ -52,7 +55,9 @@ def page(browser, url):
     page.set_default_timeout(120_000)
     page.goto(url)
     page.wait_for_selector("#sdar-message textarea")
-    page.wait_for_function("document.querySelector('#sdar-seed input').disabled")  # the page's load events ran
+    page.wait_for_function(
+        "document.querySelector('#sdar-seed input').disabled"
+    )  # the page's load events ran
     yield page
     page.close()
 
@@ -102,9 +107,13 @@ def test_steps_follow_the_block_length_and_block_1_answers(page):
     send(page, "What is 47 + 38?")
     answered(page, "Answer: 85")
     assert "⚠️" not in page.locator("#sdar-chat-note").inner_text()
-    assert "block 1" in page.locator("#sdar-chat-stats").inner_text() or "NFE" in page.locator(
-        "#sdar-chat-stats").inner_text()
-    set_slider(page, "sdar-block-length", 8)  # back to a wider block: the steps follow, and can be moved again
+    assert (
+        "block 1" in page.locator("#sdar-chat-stats").inner_text()
+        or "NFE" in page.locator("#sdar-chat-stats").inner_text()
+    )
+    set_slider(
+        page, "sdar-block-length", 8
+    )  # back to a wider block: the steps follow, and can be moved again
     page.wait_for_function("document.querySelector('#sdar-steps input[type=number]').max === '8'")
     assert not page.locator("#sdar-steps input[type=range]").is_disabled()
 
@@ -133,9 +142,11 @@ def test_send_during_a_replay_answers_and_clear_stops_the_replay(page):
     page.locator("#sdar-clear").click()
     page.wait_for_function("document.querySelector('#sdar-live .sdar-player').dataset.status === 'empty'")
     page.wait_for_timeout(1500)
-    state = page.evaluate("(() => { const r = document.querySelector('#sdar-live .sdar-player');"
-                          " return {playing: r.dataset.playing, status: r.dataset.status,"
-                          " frames: r.dataset.frames}; })()")
+    state = page.evaluate(
+        "(() => { const r = document.querySelector('#sdar-live .sdar-player');"
+        " return {playing: r.dataset.playing, status: r.dataset.status,"
+        " frames: r.dataset.frames}; })()"
+    )
     assert state == {"playing": "0", "status": "empty", "frames": "0"}, state
     assert "Answer" not in page.locator("#sdar-chatbot").inner_text()
 
@@ -170,17 +181,24 @@ def test_the_race_headline_follows_the_lanes(page):
         lanes: [...document.querySelectorAll('.sdar-lane')].map(l => l.innerText)});
         if (window.sdarRaceWatch) requestAnimationFrame(record); };
       requestAnimationFrame(record); }"""
-    for _ in range(10):  # the first race loads both models: a slow load is told, and the race is pressed again
+    for _ in range(
+        10
+    ):  # the first race loads both models: a slow load is told, and the race is pressed again
         page.evaluate(watch)
         page.locator("#sdar-race").click()
-        page.wait_for_function("['SDAR vs AR', 'is loading'].some(t => "
-                               "document.querySelector('#sdar-speedup').innerText.includes(t))")
+        page.wait_for_function(
+            "['SDAR vs AR', 'is loading'].some(t => "
+            "document.querySelector('#sdar-speedup').innerText.includes(t))"
+        )
         if "is loading" not in page.locator("#sdar-speedup").inner_text():
             break
         page.wait_for_timeout(3000)
     seen = page.evaluate("window.sdarRaceWatch = false, window.sdarRace")
-    running = [s for s in seen if any(lane.split("\n")[1:2] and lane.split("\n")[1].startswith("run")
-                                      for lane in s["lanes"])]
+    running = [
+        s
+        for s in seen
+        if any(lane.split("\n")[1:2] and lane.split("\n")[1].startswith("run") for lane in s["lanes"])
+    ]
     assert running, seen[-3:]
     assert not [s for s in running if "Warming up" in s["head"]], running[:3]
 
@@ -207,10 +225,13 @@ def test_the_visualizer_clears_the_last_recording_the_moment_run_is_pressed(page
     try:
         page.locator("#sdar-vis-prompt textarea").fill("How many minutes are in 5 hours?")
         page.locator("#sdar-vis-run").click()
-        page.wait_for_function("document.querySelector('#sdar-vis-title').innerText.includes('Waiting for the model')",
-                               timeout=30_000)
-        page.wait_for_function("document.querySelector('#sdar-vis-player .sdar-player').dataset.frames === '0'",
-                               timeout=30_000)
+        page.wait_for_function(
+            "document.querySelector('#sdar-vis-title').innerText.includes('Waiting for the model')",
+            timeout=30_000,
+        )
+        page.wait_for_function(
+            "document.querySelector('#sdar-vis-player .sdar-player').dataset.frames === '0'", timeout=30_000
+        )
         waiting = page.evaluate("""() => { const p = document.querySelector('#sdar-vis-player');
           return {heat: p.querySelector('.sdar-heatmap').dataset.steps,
                   controls: getComputedStyle(p.querySelector('.sdar-controls')).display,
@@ -235,15 +256,17 @@ def test_the_race_says_what_its_timings_support_and_shows_ar_as_ar(page):
     page.get_by_role("tab", name="AR vs SDAR").click()
     set_slider(page, "sdar-race-repeats", 2)
     page.locator("#sdar-race").click()
-    page.wait_for_function("[...document.querySelectorAll('.sdar-lane')].every(l => l.innerText.includes("
-                           "'done (run 2 of 2)'))")
+    page.wait_for_function(
+        "[...document.querySelectorAll('.sdar-lane')].every(l => l.innerText.includes('done (run 2 of 2)'))"
+    )
     page.wait_for_function("document.querySelector('#sdar-speedup').innerText.includes('median of 2 runs')")
     head = page.locator("#sdar-speedup").inner_text()
     assert re.match(r"SDAR vs AR on the same weights: [\d.]+× fewer forwards", head), head
     verdicts = re.findall(r"([\d.]+)× (faster|slower)|no measurable difference on this machine", head)
     assert len(verdicts) == 2, head  # SDAR vs AR, and vs the twin
     assert all(float(x) >= 1 for x, _ in verdicts if x) and "speed-up" not in head.replace(
-        "so the speed-up stays below", "")
+        "so the speed-up stays below", ""
+    )
     for lane in ("ar", "twin"):
         text = page.locator(f"#sdar-lane-{lane}").inner_text()
         assert re.search(r"token (\d+) of \1 \(one token per forward\)", text), text
@@ -275,8 +298,10 @@ def test_the_gpu_tab_shows_one_named_run_at_a_time_with_its_ceiling_in_the_legen
     assert len(options) == len(set(options)) >= 5 and all(" · " in o for o in options), options
     other = next(o for o in options if "h100-sdar-1.7b" in o and "context" not in o)
     page.locator("[role=option]", has_text=other).first.click()
-    page.wait_for_function("document.querySelector('#sdar-gpu-chart .js-plotly-plot').layout.title.text"
-                           ".includes('h100-sdar-1.7b')")
+    page.wait_for_function(
+        "document.querySelector('#sdar-gpu-chart .js-plotly-plot').layout.title.text"
+        ".includes('h100-sdar-1.7b')"
+    )
     assert "H100" in chart()["title"] and "H100" in page.locator("#sdar-gpu-table").inner_text()
 
 
@@ -289,15 +314,20 @@ def test_the_page_uses_one_complete_font_quiet_labels_and_a_full_width_message_b
     heatmap say what they mean."""
     fonts = page.evaluate("[...document.fonts].filter(f => f.status !== 'unloaded').map(f => f.family)")
     assert not fonts, fonts
-    families = page.evaluate("[...new Set([...document.querySelectorAll('#sdar-main *')].map("
-                             "e => getComputedStyle(e).fontFamily))]")
+    families = page.evaluate(
+        "[...new Set([...document.querySelectorAll('#sdar-main *')].map("
+        "e => getComputedStyle(e).fontFamily))]"
+    )
     assert not [f for f in families if "Plex" in f or "Source Sans" in f], families
-    labels = page.evaluate("""() => [...document.querySelectorAll(LABELS)].filter(e => e.offsetParent !== null)
+    labels = page.evaluate(
+        """() => [...document.querySelectorAll(LABELS)].filter(e => e.offsetParent !== null)
         .map(e => ({text: e.innerText.slice(0, 30), weight: Number(getComputedStyle(e).fontWeight),
-                    bg: getComputedStyle(e).backgroundColor}))""".replace("LABELS", repr(LABELS)))
+                    bg: getComputedStyle(e).backgroundColor}))""".replace("LABELS", repr(LABELS))
+    )
     assert labels and all(l["weight"] <= 500 for l in labels), [l for l in labels if l["weight"] > 500]
-    assert all(l["bg"] in ("rgba(0, 0, 0, 0)", "transparent") for l in labels), [l for l in labels
-                                                                                 if l["bg"] != "rgba(0, 0, 0, 0)"]
+    assert all(l["bg"] in ("rgba(0, 0, 0, 0)", "transparent") for l in labels), [
+        l for l in labels if l["bg"] != "rgba(0, 0, 0, 0)"
+    ]
     box = page.locator("#sdar-message").bounding_box()
     chat = page.locator("#sdar-chatbot").bounding_box()
     assert box["width"] >= 0.9 * chat["width"], (box, chat)
