@@ -205,3 +205,17 @@ def write_checkpoints(root: Path, *, context: int = 512) -> tuple[Path, Path]:
     sdar = random_model(tiny_config("sdar", block_size=4, mask_token_id=vocab["<|MASK|>"], **common), seed=1)
     ar = random_model(tiny_config("qwen3", **common), seed=2)
     return save_pretrained(sdar, tok, root / "sdar-tiny"), save_pretrained(ar, tok, root / "ar-tiny")
+
+
+# The studio's decoding inputs for a quick, deterministic answer through the API (by name, as gradio_client sends them).
+FAST = dict(
+    block_length=4,
+    steps=4,
+    strategy="static",
+    threshold=0.9,
+    temperature=0.0,
+    top_p=1.0,
+    max_new_tokens=12,
+    seed=0,
+    pace_ms=0,
+)

@@ -9,19 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_port, text_of
+from helpers import FAST, free_port, text_of
 
-FAST = dict(
-    block_length=4,
-    steps=4,
-    strategy="static",
-    threshold=0.9,
-    temperature=0.0,
-    top_p=1.0,
-    max_new_tokens=12,
-    seed=0,
-    pace_ms=0,
-)
 PROMPT_BOUND = (
     15.0  # seconds: generous on 2 shared cores; a blocked endpoint waited for the whole load (30 s here)
 )

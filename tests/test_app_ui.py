@@ -9,20 +9,9 @@ import time
 
 import pytest
 
-from helpers import text_of
+from helpers import FAST, text_of
 
 SYSTEM = "You are a helpful assistant."
-FAST = dict(
-    block_length=4,
-    steps=4,
-    strategy="static",
-    threshold=0.9,
-    temperature=0.0,
-    top_p=1.0,
-    max_new_tokens=12,
-    seed=0,
-    pace_ms=0,
-)
 
 
 @pytest.fixture(scope="module")
