@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 
-from sdar_core.decode_params import AR_BLOCK, OPTIONS, DecodeParams, start_value
+from sdar_core.decode_params import OPTIONS, DecodeParams, start_value
 
 SDAR_STRATEGIES = tuple(s for s in OPTIONS["strategy"].choices if s != "ar")  # an AR model picks "ar" itself
 MAX_BLOCK_LENGTH = int(OPTIONS["block_length"].hi)
@@ -124,15 +124,13 @@ class DecodeSettings:
         """The most forwards a decode with these settings can take after a prompt of `prompt_len` tokens: the
         prefill, then at most `steps` per block up to max_new_tokens (one per token for AR). What its budget
         prices (app/budget.py)."""
-        if self.strategy == "ar":
-            return 1 + self.max_new_tokens
-        L = self.block_length
-        blocks = -(-(prompt_len + self.max_new_tokens) // L) - prompt_len // L
-        return 1 + blocks * self.steps
+        return self.params().forwards_bound(prompt_len)
 
     def as_ar(self) -> DecodeSettings:
-        """The same sampling, decoded one token per forward."""
-        return replace(self, block_length=AR_BLOCK, steps=AR_BLOCK, strategy="ar")
+        """The same sampling, decoded one token per forward: DecodeParams.as_ar's rule, the one home of "AR is
+        block 1", read back into these settings."""
+        ar = self.params().as_ar()
+        return replace(self, block_length=ar.block_length, steps=ar.steps, strategy=ar.strategy)
 
 
 @dataclass(frozen=True)

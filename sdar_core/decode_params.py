@@ -102,6 +102,17 @@ class DecodeParams:
         """The same sampling and limits, decoded one token per forward."""
         return dataclasses.replace(self, block_length=AR_BLOCK, steps=AR_BLOCK, strategy="ar")
 
+    def forwards_bound(self, prompt_len: int, config=None) -> int:
+        """The most forwards a decode with these options can take after a prompt of `prompt_len` tokens: the
+        prefill, then at most `steps` per block up to max_new_tokens (one per token for AR). What the studio's
+        budgets price. `config` gives the block length when it is left to the model."""
+        if self.strategy == "ar":
+            return 1 + self.max_new_tokens
+        L = self.block(config) if self.block_length is None else self.block_length
+        steps = L if self.steps is None else min(self.steps, L)
+        blocks = -(-(prompt_len + self.max_new_tokens) // L) - prompt_len // L
+        return 1 + blocks * steps
+
     def block(self, config) -> int:
         """The block length decoded with: AR_BLOCK for "ar", else block_length or the model's block size."""
         if self.strategy == "ar":  # SDAR weights: a block of one masked token, predicted at its own position
