@@ -83,7 +83,6 @@ class Run:
         """Take one update in; True once the job has ended."""
         if isinstance(u, Started):
             self.batch, self.waited = u.batch, u.waited
-            self._started = time.perf_counter()
         elif isinstance(u, Steps):
             self.events.extend(u.events)
             pieces = {}
@@ -96,7 +95,7 @@ class Run:
             raise u.error
         elif isinstance(u, Finished):
             self.stopped, self.stats = u.stopped, u.stats
-            self.decoded = time.perf_counter() - getattr(self, "_started", time.perf_counter())
+            self.decoded = time.perf_counter() - (self.job.submitted + self.waited)  # the decode began then
             self.tokens = None if u.stopped else u.tokens
             end = kept_answer_end(self.events, len(u.tokens)) if not u.stopped else None
             self.feed.finish(
