@@ -5,11 +5,13 @@ on an AR model, the prompt ids), and the GPU warm-up at start."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
 
 import gradio as gr
+import torch
 
 from sdar_core import DecodeParams
 from sdar_core.warmup import needs_warm_up, warm_shapes, warm_up
@@ -143,10 +145,6 @@ def replica_registries(registry: ModelRegistry, gpus: int | None = None) -> list
     """One registry per GPU after the first (`gpus`: torch.cuda.device_count() by default), each loading its own
     copy of a model onto its GPU, with the first registry's folder, allow-list and limits. SDAR_REPLICAS=0 turns them
     off (one GPU serves, the others stay free for something else)."""
-    import os
-
-    import torch
-
     if os.environ.get("SDAR_REPLICAS", "1") == "0":
         return []
     gpus = torch.cuda.device_count() if gpus is None else gpus
