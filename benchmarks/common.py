@@ -16,6 +16,7 @@ import torch
 
 from sdar_core.config import PUBLIC_SHAPES, ModelConfig
 from sdar_core.device import synchronize
+from sdar_core.loading import empty_model
 from sdar_core.model import SDARForCausalLM
 from training.model_init import init_weights
 
@@ -48,8 +49,8 @@ def arch_config(name: str, block_size: int = 4) -> ModelConfig:
 
 def random_model(config: ModelConfig, device, dtype) -> SDARForCausalLM:
     """Random weights straight on the device (no CPU copy of a multi-GB model)."""
-    with torch.device("meta"):  # cast while on meta: a float32 30B-A3B (122 GB) would not fit beside its copy
-        model = SDARForCausalLM(config).to(dtype)
+    # Cast while on meta: a float32 30B-A3B (122 GB) would not fit beside its copy.
+    model = empty_model(config).to(dtype)
     model = model.to_empty(device=device)
     init_weights(model, 0.02, generator=torch.Generator(device=device).manual_seed(0))
     if config.tie_word_embeddings:  # to_empty gave the two shared tensors separate storage
