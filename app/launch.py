@@ -24,6 +24,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 
 from app.layout import LAUNCH_KWARGS  # noqa: E402
 from app.registry import DEFAULT_MODEL, ModelRegistry  # noqa: E402  (after the environment is set)
+from app.stalls import watch_from_env  # noqa: E402
 from app.studio import WARMUP  # noqa: E402
 from app.ui import build_app  # noqa: E402
 
@@ -64,6 +65,10 @@ def main(argv: list[str] | None = None) -> None:
         lambda record: "to instantiate a model of type" not in record.getMessage()
     )
 
+    try:
+        watch_from_env()  # SDAR_STALL_REPORT: a diagnostic for the person who runs the studio, off by default
+    except ValueError as e:
+        parser.error(str(e))
     registry = ModelRegistry(
         allow_any_model=args.allow_any_model, exposed=exposed(args.host, args.share), offered=(args.model,)
     )

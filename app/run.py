@@ -45,6 +45,10 @@ class Run:
     batch: int = 1  # rows decoded together with this one
     waited: float = 0.0  # seconds from the request to the start of its decode (the device busy, or a batch)
     decoded: float = 0.0  # seconds from the start of its decode to its row's end
+    sent: list[float] = field(
+        default_factory=list
+    )  # seconds after the request when each message left follow()
+    outside: float = 0.0  # seconds Gradio kept the handler between two messages (sending the one before)
 
     def __post_init__(self) -> None:
         p = self.job.params
@@ -77,7 +81,9 @@ class Run:
                 return
             if len(self.events) > sent and time.perf_counter() - shown >= interval:
                 sent, shown = len(self.events), time.perf_counter()
+                self.sent.append(shown - self.job.submitted)
                 yield
+                self.outside += time.perf_counter() - shown
 
     def _apply(self, u) -> bool:
         """Take one update in; True once the job has ended."""
@@ -137,9 +143,12 @@ class Run:
         """Where a request's time went on the server, for the log: what the crowd benchmark compares with the time
         its visitors saw (the rest is Gradio's delivery and the network)."""
         answered = time.perf_counter() - self.job.submitted
+        first = f"{self.sent[0]:.3f} s" if self.sent else "never"
         return (
             f"{len(self.tokens or [])} tokens, waited {self.waited:.3f} s for the device, decoded in "
-            f"{self.decoded:.3f} s (batch {self.batch}), answered {answered:.3f} s after the request"
+            f"{self.decoded:.3f} s (batch {self.batch}), answered {answered:.3f} s after the request; "
+            f"{len(self.sent)} messages before the answer, the first at {first}, {self.outside:.3f} s in Gradio "
+            "between them"
         )
 
     def batch_note(self) -> str:

@@ -192,7 +192,12 @@ class App:
     """`python app.py --model <sdar>` in a subprocess; its log lines kept with their times."""
 
     def __init__(self, sdar: Path, port: int) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "SDAR_STALL_REPORT": str(STALL_THRESHOLD),
+        }
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "app.py", "--model", str(sdar), "--port", str(port)],
@@ -411,12 +416,19 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
             if "warm-up" in line or "loaded" in line or "running" in line or "Error" in line
         ]
         info["served"] = served_timelines([line for _, line in app.lines])
+        info["stalls_s"] = [float(m[1]) for _, line in app.lines if (m := STALL.search(line))]
+        info["server_log"] = [f"{t:8.3f} s  {line}" for t, line in app.lines]
     return info
 
 
 SERVED = re.compile(
     r"served a chat answer: (\d+) tokens, waited ([\d.]+) s for the device, decoded in ([\d.]+) s "
-    r"\(batch (\d+)\), answered ([\d.]+) s after the request"
+    r"\(batch (\d+)\), answered ([\d.]+) s after the request; (\d+) messages before the answer, the first at "
+    r"(?:([\d.]+) s|never), ([\d.]+) s in Gradio between them"
+)
+STALL = re.compile(r"the interpreter was held for ([\d.]+) s")
+STALL_THRESHOLD = (
+    0.25  # seconds: the studio under test logs every longer hold of its interpreter (app/stalls.py)
 )
 
 
@@ -431,6 +443,9 @@ def served_timelines(lines: list[str]) -> list[dict]:
             "decoded_s": float(m[3]),
             "batch": int(m[4]),
             "answered_s": float(m[5]),
+            "messages": int(m[6]),
+            "first_message_s": None if m[7] is None else float(m[7]),
+            "in_gradio_s": float(m[8]),
         }
         for m in found
         if m
@@ -447,6 +462,8 @@ class Visitor:
     visitor: int
     wall_s: float | None = None  # submit -> the last output
     first_token_s: float | None = None  # submit -> the first output whose player shows a committed token
+    first_output_s: float | None = None  # submit -> the first output of any kind
+    outputs: int = 0  # outputs received
     page_tps: float | None = None  # the tokens/s the page prints
     tokens: int | None = None
     bytes: int | None = None  # what Gradio streamed (streamed_bytes)
@@ -492,6 +509,9 @@ def visit(client, v: Visitor, message: str, ui: dict, barrier: threading.Barrier
     try:
         job = client.submit(message=message, api_name="/chat", **ui)
         for out in job:
+            v.outputs += 1
+            if v.first_output_s is None:
+                v.first_output_s = time.perf_counter() - t0
             if v.first_token_s is None and shows_tokens(out):
                 v.first_token_s = time.perf_counter() - t0
         outputs = job.outputs()
@@ -577,6 +597,7 @@ def write_outputs(
     out: Path, rows: list[Row], info: dict, visitors: list[Visitor] = (), crowd: list[dict] = ()
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    (out / "server.log").write_text("\n".join(info.pop("server_log", [])) + "\n")
     records = [{**asdict(r), "ratio": r.ratio} for r in rows]
     (out / "results.json").write_text(
         json.dumps(
@@ -622,7 +643,9 @@ def write_outputs(
     if served:
 
         def spread(key: str) -> str:
-            xs = sorted(t[key] for t in served)
+            xs = sorted(t[key] for t in served if t[key] is not None)
+            if not xs:
+                return "none"
             return (
                 f"p50 {statistics.median(xs):.3f} s, p95 {xs[min(len(xs) - 1, int(0.95 * len(xs)))]:.3f} s, "
                 f"max {xs[-1]:.3f} s"
@@ -632,8 +655,15 @@ def write_outputs(
             "",
             f"Server side, {len(served)} chat answers (app/chat.py's log): waited for the device "
             f"{spread('waited_s')}; decoded {spread('decoded_s')}; answered after the request "
-            f"{spread('answered_s')}.",
+            f"{spread('answered_s')}; first message sent {spread('first_message_s')}; in Gradio between "
+            f"messages {spread('in_gradio_s')}.",
         ]
+    stalls = info.get("stalls_s")
+    if stalls is not None:
+        lines.append(
+            f"The studio's interpreter was held longer than {STALL_THRESHOLD} s {len(stalls)} times, "
+            f"{sum(stalls):.2f} s in all (server.log has each hold's stacks)."
+        )
     (out / "summary.md").write_text("\n".join(lines) + "\n\n" + "\n".join(info.get("log", [])) + "\n")
     print("\n".join(lines))
 

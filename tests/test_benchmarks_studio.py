@@ -37,10 +37,13 @@ def test_a_crowd_on_the_cpu_is_answered_and_summarised(studio_url, caplog):
     assert sorted(t["tokens"] for t in served) == sorted(v.tokens for v in visitors)
     for t in served:
         assert 0 <= t["waited_s"] and 0 < t["decoded_s"] and t["waited_s"] + t["decoded_s"] <= t["answered_s"]
+        assert t["messages"] >= 1 and 0 < t["first_message_s"] <= t["answered_s"]
+        assert 0 <= t["in_gradio_s"] <= t["answered_s"]
     assert len(visitors) == len(SETTINGS) * 2 * (1 + 3)  # two rounds of each size and setting
     assert all(v.error is None for v in visitors), [v.error for v in visitors if v.error]
     for v in visitors:
-        assert 1 <= v.tokens <= 8 and v.page_tps > 0 and v.first_token_s <= v.wall_s
+        assert 1 <= v.tokens <= 8 and v.page_tps > 0 and v.first_output_s <= v.first_token_s <= v.wall_s
+        assert v.outputs >= 2  # the request's first state, then at least the answer
         assert 0 < v.bytes < 100_000 and 1 <= v.batch <= v.crowd
     engine = {(s.name, n): {"tokens_per_s": 100.0, "seconds": 0.1} for s in SETTINGS for n in (1, 3)}
     rows = crowd_summary(visitors, engine)
@@ -93,4 +96,7 @@ def test_the_crowd_bench_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path):
     assert len(visitors) == len(SETTINGS) * 2 * 2 and not any(v["error"] for v in visitors)
     served = results["info"]["served"]
     assert len(served) == len(visitors) and all(t["decoded_s"] > 0 for t in served)
-    assert "Server side, 8 chat answers" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "Server side, 8 chat answers" in summary and "first message sent p50" in summary
+    assert "The studio's interpreter was held longer than" in summary  # the stall watch ran in the studio
+    assert "stall watch on" in (out / "server.log").read_text()
