@@ -2,6 +2,7 @@
 # The studio's GPU checks and measurements on a GPU machine (the device tool runs this in the repository root):
 #   bash benchmarks/device_studio.sh tests   # the `cuda` tests, and the studio's tests with CUDA as their device
 #   bash benchmarks/device_studio.sh bench   # python -m benchmarks.studio on the SDAR-1.7B shape, crowd sweep included
+#   bash benchmarks/device_studio.sh crowd   # the crowd sweep alone (1, 8, 16 visitors), with the server's account
 # Gradio is not installed there: its wheels travel in .whl/ (see benchmarks/NOTES.md, "The studio on a GPU").
 # Results go to $OUT (the device tool's folder), else out/device.
 set -u
@@ -22,4 +23,7 @@ case "${1:-tests}" in
   bench)
     timeout 570 python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/h200-studio" --crowd 1 4 8 16 \
       2>&1 | tee "$OUT/studio-bench.log" | tail -40 ;;
+  crowd)
+    timeout 570 python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/h200-studio-crowd-only" --crowd 1 8 16 \
+      --crowd-only 2>&1 | tee "$OUT/studio-crowd.log" | tail -40 ;;
 esac
