@@ -24,6 +24,6 @@ sdar_core.generate, then renders the StepEvents it reports; no model math lives 
     layout.py      the page's components (gr.Blocks), by name on a Page
     ui.py          build_app(): the layout plus the wiring of every event
     launch.py      main(): `python app.py` and the `sdar-studio` command
-    stalls.py      SDAR_STALL_REPORT: logs each long hold of the interpreter with every thread's stack
+    interpreter.py the thread switch interval the decode loop needs beside Gradio; SDAR_STALL_REPORT's watch
     deploy.py      `python -m app.deploy`: the Space's file set, uploaded with huggingface_hub
 """

@@ -22,9 +22,9 @@ import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from the server
 
+from app.interpreter import set_switch_interval, watch_from_env  # noqa: E402
 from app.layout import LAUNCH_KWARGS  # noqa: E402
 from app.registry import DEFAULT_MODEL, ModelRegistry  # noqa: E402  (after the environment is set)
-from app.stalls import watch_from_env  # noqa: E402
 from app.studio import WARMUP  # noqa: E402
 from app.ui import build_app  # noqa: E402
 
@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     try:
+        log.info(
+            "the interpreter switches threads every %.2f ms (app/interpreter.py)", 1e3 * set_switch_interval()
+        )
         watch_from_env()  # SDAR_STALL_REPORT: a diagnostic for the person who runs the studio, off by default
     except ValueError as e:
         parser.error(str(e))

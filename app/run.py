@@ -1,7 +1,10 @@
 """One shown decode as a handler sees it: a scheduler Job, the Feed the page draws, and the answer.
 
-`Run.follow()` yields whenever there is something new to send (throttled to FRAME_INTERVAL: the page draws at its
-own pace, so the server sends what accumulated rather than one message per step), and returns when the job ends.
+`Run.follow()` yields whenever there is something new to send, and returns when the job ends. The page draws at
+its own pace, so the server sends what accumulated rather than one message per step: at most one message every
+FRAME_INTERVAL per page, and at most MESSAGE_RATE messages a second to all pages together (a crowd's pages each get
+fewer, larger messages). Every message costs the server's interpreter some work (the handler, Gradio's encoding),
+and that interpreter is the one the decode loop runs on: a crowd's messages must not slow its decode.
 The answer's text has one source, `answer_text`: the tokenizer's decoding of the kept tokens, the same for the
 chat bubble, the recording and the API.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import queue
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,14 +25,37 @@ from .feed import Feed
 from .registry import LoadedModel
 from .render import frame_at, frame_text, kept_answer_end
 from .scheduler import Failed, Finished, Job, Started, Steps
+from .streaming import FRAME_INTERVAL
 
-FRAME_INTERVAL = (
-    1 / 20
-)  # seconds between two messages to the page while a decode runs (it draws at its own pace)
+MESSAGE_RATE = 40.0  # messages a second to all the pages that follow a decode, together
 WATCH_MS = (
     120  # the watch replay's default delay per frame: a 4-token block filled in one step stays masked 120 ms
 )
 _RUNS = itertools.count(1)
+
+
+class Following:
+    """How many runs are being followed right now, and so how often each may send."""
+
+    def __init__(self) -> None:
+        self.count, self._lock = 0, threading.Lock()
+
+    def __enter__(self) -> Following:
+        with self._lock:
+            self.count += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self.count -= 1
+
+    def interval(self) -> float:
+        """Seconds between two messages of one run: FRAME_INTERVAL, longer when the runs followed together would
+        send more than MESSAGE_RATE messages a second."""
+        return max(FRAME_INTERVAL, self.count / MESSAGE_RATE)
+
+
+FOLLOWING = Following()
 
 
 @dataclass
@@ -65,12 +92,17 @@ class Run:
     def model(self) -> LoadedModel:
         return self.job.model
 
-    def follow(self, interval: float = FRAME_INTERVAL) -> Iterator[None]:
+    def follow(self, interval: float | None = None) -> Iterator[None]:
         """Apply the job's updates as they come; yield when new steps arrived (at most every `interval` seconds,
-        the rest held back until then); raise the decode's error; return at its end (the feed then says done
-        or stopped, and the caller sends the final state)."""
+        FOLLOWING's when None; the rest held back until then); raise the decode's error; return at its end (the
+        feed then says done or stopped, and the caller sends the final state)."""
+        with FOLLOWING:
+            yield from self._follow(interval)
+
+    def _follow(self, fixed: float | None) -> Iterator[None]:
         sent, shown = 0, -math.inf
         while True:
+            interval = FOLLOWING.interval() if fixed is None else fixed
             held = len(self.events) > sent
             wait = max(0.0, shown + interval - time.perf_counter()) if held else 0.5
             try:

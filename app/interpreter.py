@@ -1,4 +1,12 @@
-"""A watch on the interpreter, for finding where a served request's seconds go: `SDAR_STALL_REPORT=<seconds>`.
+"""The studio's one Python interpreter, which the decode loop shares with Gradio and every page's handler.
+
+The decode loop releases the GIL at every torch call (dozens per denoising step) and must win it back each time.
+While another thread runs Python (Gradio encoding a message, a handler building one), the loop waits until that
+thread lets go, which CPython asks of it only every `sys.getswitchinterval()` seconds (5 ms by default): a few busy
+threads can then slow a GPU decode many times over. The studio therefore switches threads every SWITCH_INTERVAL
+seconds (`SDAR_SWITCH_INTERVAL` overrides it; benchmarks/NOTES.md, "The studio serves a crowd", has the measurement).
+
+A watch for finding where a served request's seconds go: `SDAR_STALL_REPORT=<seconds>`.
 
 A thread wakes every TICK seconds. When it could not run for longer than the threshold (another thread held the
 interpreter: a long call into C that keeps the GIL, such as a compiler), Python's faulthandler, whose own watchdog
@@ -19,6 +27,22 @@ import time
 log = logging.getLogger(__name__)
 TICK = 0.05  # seconds between two looks
 ENV = "SDAR_STALL_REPORT"
+SWITCH_ENV = "SDAR_SWITCH_INTERVAL"
+SWITCH_INTERVAL = 0.0002  # seconds a thread may keep the GIL while another waits (CPython's default: 0.005)
+
+
+def set_switch_interval(env=os.environ) -> float:
+    """Set the interpreter's thread switch interval: SDAR_SWITCH_INTERVAL seconds, else SWITCH_INTERVAL; the value
+    set."""
+    value = env.get(SWITCH_ENV, "").strip()
+    try:
+        seconds = float(value) if value else SWITCH_INTERVAL
+    except ValueError:
+        raise ValueError(f"{SWITCH_ENV} must be a number of seconds, not {value!r}") from None
+    if not 0 < seconds <= 1:
+        raise ValueError(f"{SWITCH_ENV} must be between 0 and 1 second, not {value}")
+    sys.setswitchinterval(seconds)
+    return sys.getswitchinterval()
 
 
 class StallWatch:
