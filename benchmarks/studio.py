@@ -710,6 +710,7 @@ def main(argv: list[str] | None = None) -> int:
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
         "checkpoints_s": time.perf_counter() - t0,
+        "switch_interval": os.environ.get("SDAR_SWITCH_INTERVAL", "the studio's default"),
     }
     rows = engine_rows(sdar, twin, args, device, dtype)
     engine = engine_batches(sdar, args, device, dtype) if args.crowd else {}
