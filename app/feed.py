@@ -2,11 +2,16 @@
 
 A `Feed` is the value of one DenoisePlayer: per step, the positions it committed with their token ids and
 confidences, and the positions still masked before it with the model's best guess and its confidence; each
-token's printed text once, in `pieces`. The server sends it as the decode runs (Gradio sends a streamed
-output's changes, not the whole value, so each yield costs the new steps only), and the page draws the live view,
-the watch replay, the scrubber and the heatmap from it. Nothing here sleeps for display.
+token's printed text once. The server sends it as the decode runs, and the page draws the live view, the watch
+replay, the scrubber and the heatmap from it. Nothing here sleeps for display.
 
-One step, as sent (`Feed.compact`; JS reads the same keys):
+The events travel as one growing text, `log`: a line of JSON per step, and a line `{"pieces": {token id: text}}`
+before the steps whose tokens it prints. Gradio walks every output it sends in Python, element by element (file
+URLs, the diff against the last one); as a list of steps the feed cost it work in proportion to the answer on every
+message, all of it on the interpreter the decode loop needs. As text it is one element, and the change Gradio sends
+is the text appended since the last message. `expand` (here) and player.js's `expand` read it back.
+
+One step, as sent (`compact`; JS reads the same keys):
     b  block index (from 0)           s  step inside the block (from 0)     at  block_start (absolute position)
     c  offsets committed at this step  t  their token ids                    p  their confidences (3 decimals)
     m  [offset, best guess, confidence] of every position masked before the step (the heatmap's row)
@@ -15,6 +20,7 @@ One step, as sent (`Feed.compact`; JS reads the same keys):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -46,8 +52,8 @@ def compact(e: StepEvent) -> dict:
 
 @dataclass
 class Feed:
-    """The growing value of one player: `value()` is a fresh dict each call (Gradio diffs it against the last
-    one it sent, so the list it held must not change afterwards)."""
+    """The growing value of one player: `value()` is a fresh dict each call (Gradio diffs it against the last one
+    it sent); `steps` and `pieces` are what its `log` holds, kept for the server's own readers."""
 
     run: int  # a new number for every decode: the page starts over when it changes
     title: str
@@ -60,12 +66,16 @@ class Feed:
     status: str = "decoding"  # decoding | done | stopped | failed
     answer_end: int | None = None  # absolute position after the kept answer, once known
     note: str = ""
+    log: str = ""  # what the page receives: the pieces and steps above, a line of JSON each
 
     def push(self, events: Iterable[StepEvent], pieces: dict[int, str]) -> None:
         """Add a row's steps and the text of every token they show (each token's text is sent once)."""
-        self.steps.extend(compact(e) for e in events)
-        for tok, text in pieces.items():
-            self.pieces.setdefault(str(tok), text)
+        new = {str(tok): text for tok, text in pieces.items() if str(tok) not in self.pieces}
+        steps = [compact(e) for e in events]
+        self.pieces.update(new)
+        self.steps.extend(steps)
+        lines = ([{"pieces": new}] if new else []) + steps
+        self.log += "".join(json.dumps(x, separators=(",", ":"), ensure_ascii=False) + "\n" for x in lines)
 
     def finish(self, status: str, answer_end: int | None = None, note: str = "") -> None:
         self.status, self.answer_end, self.note = status, answer_end, note
@@ -78,8 +88,7 @@ class Feed:
             "ar": self.ar,
             "pace": self.pace_ms,
             "stop": list(self.stop_ids),
-            "steps": list(self.steps),
-            "pieces": dict(self.pieces),
+            "log": self.log,
             "status": self.status,
             "end": self.answer_end,
             "note": self.note,
@@ -95,9 +104,22 @@ def empty(message: str, run: int = 0) -> dict:
         "ar": False,
         "pace": 0,
         "stop": [],
-        "steps": [],
-        "pieces": {},
+        "log": "",
         "status": "empty",
         "end": None,
         "note": message,
     }
+
+
+def expand(value: dict) -> dict:
+    """A player's value with its log read back: `steps` (the compact steps, in order) and `pieces` (token id as a
+    string -> text) in place of `log`."""
+    steps, pieces = [], {}
+    for line in value.get("log", "").splitlines():
+        item = json.loads(line)
+        if "pieces" in item:
+            pieces.update(item["pieces"])
+        else:
+            steps.append(item)
+    out = {k: v for k, v in value.items() if k != "log"}
+    return {**out, "steps": steps, "pieces": pieces}

@@ -17,6 +17,27 @@ function answerStart(steps) {
   return steps[0].at + (steps[0].x ? steps[0].x.length : 0);
 }
 
+// The feed's events arrive as one growing text (app/feed.py): a line of JSON per step, and {"pieces": {...}} lines
+// with the text of the tokens the steps after them print. readLog parses the complete lines from `from` on into
+// `steps` and `pieces`, and returns where it stopped.
+function readLog(text, from, steps, pieces) {
+  const end = text.lastIndexOf("\n") + 1;
+  if (end <= from) return from;
+  for (const line of text.slice(from, end).split("\n")) {
+    if (!line) continue;
+    const item = JSON.parse(line);
+    if (item.pieces) Object.assign(pieces, item.pieces); else steps.push(item);
+  }
+  return end;
+}
+
+// A value with its log read: `steps` and `pieces` in place of `log`.
+function expand(value) {
+  const steps = [], pieces = {};
+  readLog(value.log || "", 0, steps, pieces);
+  return Object.assign({}, value, {steps, pieces});
+}
+
 // Incremental frame builder: push(step) returns the frame after it; opening(step) the frame before it.
 function makeBuilder(value) {
   const stops = new Set(value.stop || []);
@@ -82,6 +103,7 @@ function makeBuilder(value) {
 
 // Every frame a replay shows for `value` (opening frames before each block's first step, none for AR).
 function buildFrames(value) {
+  if (!value.steps) value = expand(value);
   const builder = makeBuilder(value);
   const frames = [];
   for (const step of value.steps || []) {
@@ -230,7 +252,7 @@ function mount(element, props, watch) {
   const withHeatmap = !!props.heatmap;
   if (!withHeatmap) $(".sdar-heat").style.display = "none";
   const state = {run: null, value: null, frames: [], builder: null, pushed: 0, cursor: 0, timer: null,
-                 playing: false, pace: 120, follow: true, autoplay: false};
+                 playing: false, pace: 120, follow: true, autoplay: false, read: 0, steps: [], pieces: {}};
 
   function total() {
     return state.value && state.value.status !== "decoding" ? state.value.steps.length : null;
@@ -327,6 +349,7 @@ function mount(element, props, watch) {
     if (v.run !== state.run) { // a new decode: start over
       stopTimer();
       state.run = v.run; state.frames = []; state.pushed = 0; state.builder = makeBuilder(v); state.cursor = 0;
+      state.read = 0; state.steps = []; state.pieces = {};
       state.pace = Number(v.pace) || 0; state.follow = !state.pace && v.cursor !== 0; state.autoplay = !!state.pace;
       speed.value = PACES.includes(state.pace) ? String(state.pace) : "120";
       if (!PACES.includes(state.pace) && state.pace) {
@@ -334,8 +357,14 @@ function mount(element, props, watch) {
         speed.appendChild(o); speed.value = String(state.pace);
       }
     }
-    state.value = v;
-    const steps = v.steps || [];
+    const log = typeof v.log === "string" ? v.log : "";
+    if (log.length < state.read) { // the same run sent anew (never shorter otherwise): read it again
+      state.read = 0; state.steps = []; state.pieces = {}; state.frames = []; state.pushed = 0;
+      state.builder = makeBuilder(v);
+    }
+    state.read = readLog(log, state.read, state.steps, state.pieces);
+    state.value = Object.assign({}, v, {steps: state.steps, pieces: state.pieces});
+    const steps = state.steps;
     for (; state.pushed < steps.length; state.pushed++) {
       const step = steps[state.pushed];
       if (step.s === 0 && !v.ar) state.frames.push(state.builder.opening(step));
@@ -353,5 +382,5 @@ function mount(element, props, watch) {
   update();
 }
 
-window.SDARPlayer = {buildFrames, frameText, answerStart};
+window.SDARPlayer = {buildFrames, frameText, answerStart, expand};
 if (element) mount(element, props, watch); // without one (tests under node): the pure functions only

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from app.feed import expand
 from sdar_core.device import default_device, default_dtype, synchronize
 from sdar_core.loading import load_pretrained, load_tokenizer, save_pretrained
 
@@ -262,19 +263,23 @@ class App:
             self.proc.kill()
 
 
+def feeds(out) -> list[dict]:
+    """The players' values in an output of /chat or /visualize, their logs read (app/feed.py)."""
+    return [
+        expand(v)
+        for v in (out if isinstance(out, (list, tuple)) else [out])
+        if isinstance(v, dict) and isinstance(v.get("log"), str)
+    ]
+
+
 def has_steps(out) -> bool:
     """Whether an output of /chat or /visualize shows decoded steps (the player's feed has some)."""
-    return any(
-        isinstance(v, dict) and v.get("steps") for v in (out if isinstance(out, (list, tuple)) else [out])
-    )
+    return any(f["steps"] for f in feeds(out))
 
 
 def shows_tokens(out) -> bool:
     """Whether the player's feed in an output holds a committed token."""
-    return any(
-        isinstance(v, dict) and any(step["c"] for step in v.get("steps", ()))
-        for v in (out if isinstance(out, (list, tuple)) else [out])
-    )
+    return any(step["c"] for f in feeds(out) for step in f["steps"])
 
 
 def streamed(client, api_name: str, *args, has_frame=has_steps, **kwargs) -> tuple:

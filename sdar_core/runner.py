@@ -94,7 +94,9 @@ class RunnerPool:
             model.config.model_type,
             kernels,
         )
-        if key not in pool:
+        if key in pool:
+            pool[key] = pool.pop(key)  # the most recently used last: the least recently used goes first
+        else:
             if len(pool) >= _POOL_SIZE:
                 pool.pop(next(iter(pool)))
             pool[key] = ChunkRunner(model, batch, total, block_size, mode, compile, kernels)

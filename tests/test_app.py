@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from app.feed import expand
 from sdar_core.paths import REPO
 
 from helpers import free_port, text_of
@@ -80,6 +81,7 @@ def test_default_app_answers_47_plus_38_with_85_and_tpf_above_one(app_process):
     assert "sdar-tiny" in info and "block size **4**" in info and "device **cpu**" in info
     # Every other input at the UI's defaults: the model box (sdar-tiny), block 16, steps 16, dynamic 0.99, greedy.
     chatbot, _, live, stats, note = client.predict(message="What is 47 + 38?", api_name="/chat")
+    live = expand(live)
     answer = text_of(chatbot[-1])
     assert "85" in answer and "Answer: 85" in answer, answer
     assert "`dynamic`, block 16, steps 16" in stats

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.feed import Feed
+from app.feed import Feed, expand
 from app.registry import ModelRegistry
 from app.render import frame_at, frame_text, kept_answer_end, watch_frames
 from sdar_core import generate
@@ -23,7 +23,7 @@ HARNESS = """
 const fs = require("fs");
 const win = {};
 new Function("element", "props", "watch", "window", fs.readFileSync(process.argv[1], "utf8"))(null, null, null, win);
-const value = JSON.parse(fs.readFileSync(0, "utf8"));
+const value = win.SDARPlayer.expand(JSON.parse(fs.readFileSync(0, "utf8")));
 const frames = win.SDARPlayer.buildFrames(value);
 console.log(JSON.stringify(frames.map((f) => ({
   opening: f.opening, step: f.step, text: win.SDARPlayer.frameText(f, value),
@@ -95,7 +95,7 @@ def test_the_player_builds_the_servers_frames_for_block_diffusion(models, settin
         sdar.model, [ids], max_new_tokens=40, stop_token_ids=sdar.stop_token_ids, trace=True, **settings
     )
     value = feed_of(sdar, gen, ar=False)
-    pieces = {int(k): v for k, v in value["pieces"].items()}
+    pieces = {int(k): v for k, v in expand(value)["pieces"].items()}
     expected = [py_frame(f, pieces, sdar.stop_token_ids) for f in watch_frames(gen.trace, value["end"])]
     got = js_frames(value)
     assert got == expected
@@ -110,7 +110,7 @@ def test_the_player_shows_an_ar_decode_without_blocks_or_masks(models):
         ar.model, [ids], max_new_tokens=12, strategy="ar", stop_token_ids=ar.stop_token_ids, trace=True
     )
     value = feed_of(ar, gen, ar=True)
-    pieces = {int(k): v for k, v in value["pieces"].items()}
+    pieces = {int(k): v for k, v in expand(value)["pieces"].items()}
     got = js_frames(value)
     assert len(got) == len(gen.trace) and not any(f["opening"] or f["masked"] for f in got)
     for i, f in enumerate(got):

@@ -10,6 +10,7 @@ import threading
 
 import torch
 
+from app.feed import expand
 from app.recording import record
 from app.registry import ModelRegistry
 from app.render import kept_answer_end
@@ -55,7 +56,7 @@ def test_a_recording_holds_the_trace_files_and_the_players_value(studio_checkpoi
     assert (
         rec.feed["status"] == "done"
         and rec.feed["end"] == rec.answer_end
-        and len(rec.feed["steps"]) == rec.n_steps
+        and len(expand(rec.feed)["steps"]) == rec.n_steps
     )
 
 

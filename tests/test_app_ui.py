@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from app.feed import expand
+
 from helpers import FAST, text_of
 
 SYSTEM = "You are a helpful assistant."
@@ -32,6 +34,7 @@ def test_chat_returns_the_answer_the_live_block_and_the_stats(served):
     client, model = served
     client.predict(api_name="/clear")
     chatbot, box, live, stats, note = chat(client, model, "Why is the sky blue?")
+    live = expand(live)
     assert [m["role"] for m in chatbot] == ["user", "assistant"]
     assert text_of(chatbot[0]) == "Why is the sky blue?" and text_of(chatbot[1])
     assert "▒" not in text_of(chatbot[1])  # the final answer has no mask left
@@ -59,6 +62,7 @@ def test_visualizer_shows_the_steps_the_table_and_downloads(served):
     title, player, table, files = client.predict(
         prompt="Tell me a story.", model_name=str(model), **s, api_name="/visualize"
     )
+    player = expand(player)
     assert "**NFE**" in title and player["status"] == "done"
     n_steps = len(player["steps"])
     assert table["headers"][:4] == ["block", "start", "tokens", "steps"]
@@ -242,6 +246,7 @@ def test_a_watched_answer_arrives_at_decode_speed_and_the_page_replays_it(served
     s = {**FAST, "strategy": "static", "steps": 4, "pace_ms": 500, "max_new_tokens": 64}
     job = client.submit("Why is the sky blue?", SYSTEM, str(model), *[s[k] for k in FAST], api_name="/chat")
     chatbot, box, live, stats, note = job.result(timeout=15)
+    live = expand(live)
     assert live["pace"] == 500 and live["status"] == "done" and len(live["steps"]) >= 32
     assert "▒" not in text_of(chatbot[-1]) and "**NFE**" in stats
     masked_after = [len(step["m"]) - len(step["c"]) for step in live["steps"]]
@@ -374,7 +379,7 @@ def test_every_tab_decodes_the_conversation_the_chat_sends_with_its_system_promp
     decode = [str(model), *[s[k] for k in list(FAST)]]
 
     def steps(feed):
-        return [(st["b"], st["s"], st["c"], st["t"]) for st in feed["steps"]]
+        return [(st["b"], st["s"], st["c"], st["t"]) for st in expand(feed)["steps"]]
 
     for system in (DEFAULT_SYSTEM, "Answer in one word."):
         client.predict(api_name="/clear")

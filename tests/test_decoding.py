@@ -397,6 +397,28 @@ def test_static_runners_are_pooled_per_model_and_dropped_with_it():
     assert len(RUNNER_POOL._pools) == before
 
 
+def test_a_full_runner_pool_drops_the_least_recently_used_runner(monkeypatch):
+    """A server that warmed its shapes at start and then served other batch sizes keeps the shapes it still uses."""
+    from sdar_core import runner
+
+    monkeypatch.setattr(runner, "_POOL_SIZE", 2)
+    model = random_model(tiny_config("sdar", block_size=4, layers=1))
+
+    def decode(rows: int) -> None:
+        generate(model, [[1, 2, 3]] * rows, max_new_tokens=4, runner_mode="static")
+
+    def batches() -> list[int]:
+        return [r.batch for r in RUNNER_POOL._pools[model.model].values()]
+
+    decode(1)
+    decode(2)
+    first = RUNNER_POOL._pools[model.model]
+    kept = next(iter(first.values()))
+    decode(1)  # used again: now the most recent
+    decode(3)  # a third shape: the batch-2 runner, the least recently used, goes
+    assert batches() == [1, 3] and next(iter(first.values())) is kept
+
+
 def test_empty_prompt_is_rejected(sdar):
     with pytest.raises(GenerationError, match="empty"):
         generate(sdar, [[]], max_new_tokens=4)
