@@ -23,7 +23,7 @@ from sdar_core.trace import Stats, StepEvent
 
 from .feed import Feed
 from .registry import LoadedModel
-from .render import frame_at, frame_text, kept_answer_end
+from .render import FrameBuilder, frame_text, kept_answer_end
 from .scheduler import Failed, Finished, Job, Started, Steps
 from .streaming import FRAME_INTERVAL
 
@@ -72,10 +72,10 @@ class Run:
     batch: int = 1  # rows decoded together with this one
     waited: float = 0.0  # seconds from the request to the start of its decode (the device busy, or a batch)
     decoded: float = 0.0  # seconds from the start of its decode to its row's end
-    sent: list[float] = field(
-        default_factory=list
-    )  # seconds after the request when each message left follow()
+    # seconds after the request when each message left follow()
+    sent: list[float] = field(default_factory=list)
     outside: float = 0.0  # seconds Gradio kept the handler between two messages (sending the one before)
+    frames: FrameBuilder = None  # the live frame, one step pushed at a time as the steps arrive
 
     def __post_init__(self) -> None:
         p = self.job.params
@@ -87,6 +87,7 @@ class Run:
             pace_ms=0.0,
             stop_ids=list(p.stop_token_ids),
         )
+        self.frames = FrameBuilder(stop_ids=p.stop_token_ids)
 
     @property
     def model(self) -> LoadedModel:
@@ -123,6 +124,8 @@ class Run:
             self.batch, self.waited = u.batch, u.waited
         elif isinstance(u, Steps):
             self.events.extend(u.events)
+            for e in u.events:
+                self.frames.push(e)
             pieces = {}
             for e in u.events:
                 pieces.update(self.model.event_pieces(e))
@@ -146,11 +149,7 @@ class Run:
 
     def _frame(self):
         """The frame after the last step received (None before any step)."""
-        return (
-            frame_at(self.events, len(self.events) - 1, stop_ids=self.model.stop_token_ids)
-            if self.events
-            else None
-        )
+        return self.frames.frame
 
     def committed_tokens(self) -> list[int]:
         """The tokens committed so far, in answer order, up to the first stop token (a stopped run's answer)."""
