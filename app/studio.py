@@ -28,6 +28,7 @@ from .streaming import DEVICE, Lane, StopFlag, StopFlags
 log = logging.getLogger(__name__)
 LOAD_GRACE = 5.0  # seconds a request waits for its model's load before it is told the load's progress instead
 WARM_POSITIONS = 2048  # prompt + answer covered by the warm-up: buckets 256, 512, 1024, 2048 per block length
+CROWD_POSITIONS = 512  # and, for the default settings, the batches a crowd's chats form (buckets 256 and 512)
 
 
 class ModelLoading(ModelUnavailable):
@@ -232,7 +233,8 @@ class Warmup:
     @staticmethod
     def _shapes(m: LoadedModel, settings: DecodeSettings) -> list[tuple[DecodeParams, object]]:
         """What a visitor can pick, warmed: every trained block size with the static and the dynamic schedule
-        (steps as the settings ask, at most the block), and the AR lane, up to WARM_POSITIONS positions."""
+        (steps as the settings ask, at most the block), and the AR lane, up to WARM_POSITIONS positions; then, for an
+        SDAR model, the default settings at the batch sizes a crowd forms, up to CROWD_POSITIONS."""
         if not needs_warm_up(m.model):
             return []
         params = [settings.as_ar().params()]
@@ -242,10 +244,20 @@ class Warmup:
                 for block in m.config.trained_blocks
                 for s in ("static", "dynamic")
             ] + params
-        return [
+        shapes = [
             (p, shape)
             for p in (p.resolved(m.config) for p in params)
             for shape in warm_shapes([p], WARM_POSITIONS, m.context)
+        ]
+        if not m.is_sdar:  # the AR twin races in single lanes
+            return shapes
+        # A crowd's chats at the default settings decode together: the scheduler pads a batch to a power of two.
+        chat = settings.params().resolved(m.config)
+        batches = [1 << k for k in range(1, MAX_BATCH.bit_length()) if 1 << k <= MAX_BATCH]
+        return shapes + [
+            (chat, replace(shape, batch=rows))
+            for rows in batches
+            for shape in warm_shapes([chat], CROWD_POSITIONS, m.context)
         ]
 
 

@@ -26,9 +26,11 @@ WARM_BLOCKS = 3
 class WarmShape:
     block_length: int  # 1 for the "ar" strategy
     bucket: int  # cache positions: runner.bucket of the positions a decode uses
+    batch: int = 1  # rows decoded together (a server that batches its visitors pads batches to a few sizes)
 
     def __str__(self) -> str:
-        return f"block {self.block_length}, cache {self.bucket} positions"
+        rows = f", batch {self.batch}" if self.batch > 1 else ""
+        return f"block {self.block_length}, cache {self.bucket} positions{rows}"
 
 
 def needs_warm_up(model) -> bool:
@@ -55,7 +57,7 @@ def warm_up(model, params: DecodeParams, shape: WarmShape, filler_id: int) -> fl
     )
     p = replace(params, max_new_tokens=WARM_BLOCKS * L, stop_token_ids=[], trace=False, temperature=0.0)
     t0 = time.perf_counter()
-    generate(model, [[filler_id] * prompt_len], p)
+    generate(model, [[filler_id] * prompt_len] * shape.batch, p)
     return time.perf_counter() - t0
 
 

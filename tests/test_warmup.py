@@ -123,14 +123,20 @@ def test_the_studio_warms_its_start_model_and_twin_shape_by_shape_in_the_backgro
         assert warm.start(registry, str(sdar))
         wait_until_warm(warm)
     # sdar-tiny: its trained block 4, static and dynamic, and block 1 (the race's AR lane) x buckets 256, 512
-    # (context 512); ar-tiny: block 1 x 2.
-    assert (warm.done, warm.total, warm.running, warm.note()) == (8, 8, False, "")
-    assert held == [True] * 8 and not DEVICE.locked()
+    # (context 512), then the default settings (dynamic, block 16) at batches 2, 4, 8, 16 x 2 buckets;
+    # ar-tiny: block 1 x 2.
+    assert (warm.done, warm.total, warm.running, warm.note()) == (16, 16, False, "")
+    assert held == [True] * 16 and not DEVICE.locked()
     lines = [r.getMessage() for r in caplog.records if "GPU warm-up" in r.getMessage()]
-    assert [line.split(":")[0] for line in lines[:8]] == [f"GPU warm-up {i}/8" for i in range(1, 9)]
-    shapes = [line.split(": ", 1)[1].rsplit(":", 1)[0] for line in lines[:8]]
+    assert [line.split(":")[0] for line in lines[:16]] == [f"GPU warm-up {i}/16" for i in range(1, 17)]
+    shapes = [line.split(": ", 1)[1].rsplit(":", 1)[0] for line in lines[:16]]
     assert shapes[:4] == [
         f"sdar-tiny, {s}, block 4, cache {b} positions" for s in ("static", "dynamic") for b in (256, 512)
+    ]
+    assert shapes[6:14] == [
+        f"sdar-tiny, dynamic, block 16, cache {b} positions, batch {n}"
+        for n in (2, 4, 8, 16)
+        for b in (256, 512)
     ]
     assert sum(": ar-tiny," in line for line in lines) == 2 and "GPU warm-up done" in lines[-1]
 
@@ -179,5 +185,5 @@ def test_a_visitor_who_comes_during_the_warm_up_is_served_and_the_warm_up_goes_o
         deadline = time.monotonic() + 60
         while warm.running and time.monotonic() < deadline:
             time.sleep(0.05)
-    assert warm.done == warm.total == 8
+    assert warm.done == warm.total == 16
     assert not any("failed" in r.getMessage() for r in caplog.records)
