@@ -11,6 +11,7 @@
     multi_gpu.py         training on two GPUs: DDP, FSDP, resume
     startup.py           a server's start, cold and on a restart
     studio.py            the studio end to end, through gradio_client
+    interpreter.py       what the decode loop pays for sharing the interpreter with Gradio (CPU)
     soak.py              many visitors using the studio at once, through its public API
     fairness.py          the wait of a fresh visitor's chat behind maximal races
     mutation.py          mutation testing of the core invariants
