@@ -3,7 +3,7 @@
 #   bash benchmarks/device_studio.sh tests   # the `cuda` tests, and the studio's tests with CUDA as their device
 #   bash benchmarks/device_studio.sh bench   # python -m benchmarks.studio on the SDAR-1.7B shape, crowd sweep included
 #   bash benchmarks/device_studio.sh crowd   # the crowd sweep alone (1, 8, 16 visitors), with the server's account
-#   bash benchmarks/device_studio.sh crowd-ab   # the same with the studio's switch interval, then CPython's 5 ms
+#   bash benchmarks/device_studio.sh crowd-5ms [SECONDS]   # the crowd with CPython's 5 ms switch interval
 # Gradio is not installed there: its wheels travel in .whl/ (see benchmarks/NOTES.md, "The studio on a GPU").
 # Results go to $OUT (the device tool's folder), else out/device.
 set -u
@@ -27,10 +27,8 @@ case "${1:-tests}" in
   crowd)
     timeout 570 python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/h200-studio-crowd-only" --crowd 1 8 16 \
       --crowd-only 2>&1 | tee "$OUT/studio-crowd.log" | tail -40 ;;
-  crowd-ab)
-    for interval in default 0.005; do
-      env $([ $interval = default ] || echo SDAR_SWITCH_INTERVAL=$interval) timeout 290 python3 -m benchmarks.studio \
-        --arch sdar-1.7b --out "$OUT/h200-studio-crowd-switch-$interval" --crowd 1 8 16 --crowd-only --repeats 1 \
-        2>&1 | tee "$OUT/studio-crowd-$interval.log" | tail -25
-    done ;;
+  crowd-5ms)  # the crowd with CPython's own switch interval, to compare with a run of `bench` on the same machine
+    SDAR_SWITCH_INTERVAL=0.005 timeout "${2:-290}" python3 -m benchmarks.studio --arch sdar-1.7b \
+      --out "$OUT/h200-studio-crowd-switch-5ms" --crowd 1 8 16 --crowd-only --repeats 1 \
+      2>&1 | tee "$OUT/studio-crowd-5ms.log" | tail -25 ;;
 esac
