@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from app.feed import expand
+from app.interpreter import set_switch_interval
 from sdar_core.device import default_device, default_dtype, synchronize
 from sdar_core.loading import load_pretrained, load_tokenizer, save_pretrained
 
@@ -332,6 +333,7 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
         info["warmup_done_s"] = app.wait_for("GPU warm-up done", 600) if warming else None  # the CPU: none
         if args.crowd_only:  # the crowd alone (a short device session): no chat, race or visualizer rows
             info["visitors"] = crowd_rows(app.url, sdar, args)
+            split_lone_visitors(info["visitors"], [(app.t0 + t, line) for t, line in app.lines])
             return info
         client = Client(app.url, verbose=False)
         spy = app.profile(Path(args.out) / "chat-profile.txt", args.profile) if args.profile else None
@@ -413,6 +415,7 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
             "visualize", SETTINGS[0].name, wall_s=wall, first_frame_s=first, frames_per_s=fps
         )
         info["visitors"] = crowd_rows(app.url, sdar, args) if args.crowd else []
+        split_lone_visitors(info["visitors"], [(app.t0 + t, line) for t, line in app.lines])
     finally:
         app.stop()
         info["log"] = [
@@ -474,6 +477,16 @@ class Visitor:
     bytes: int | None = None  # what Gradio streamed (streamed_bytes)
     batch: int | None = None  # rows of the decode it shared, as the page says
     error: str | None = None
+    # a lone visitor's time beside the studio's own account of its answer (the served line, same clock):
+    before_handler_s: float | None = (
+        None  # submit -> the handler began (Gradio's queue and the client's request)
+    )
+    server_s: float | None = None  # the handler's own time, to its answer
+    after_answer_s: float | None = (
+        None  # the answer logged -> the client had the last output (Gradio's delivery)
+    )
+    submitted_at: float | None = field(default=None, repr=False)  # perf_counter of the bench process
+    ended_at: float | None = field(default=None, repr=False)
 
 
 def crowd_prompts(n: int) -> list[str]:
@@ -510,7 +523,7 @@ def engine_batches(sdar: Path, args, device, dtype) -> dict[tuple[str, int], dic
 
 def visit(client, v: Visitor, message: str, ui: dict, barrier: threading.Barrier) -> Visitor:
     barrier.wait()
-    t0 = time.perf_counter()
+    t0 = v.submitted_at = time.perf_counter()
     try:
         job = client.submit(message=message, api_name="/chat", **ui)
         for out in job:
@@ -520,7 +533,8 @@ def visit(client, v: Visitor, message: str, ui: dict, barrier: threading.Barrier
             if v.first_token_s is None and shows_tokens(out):
                 v.first_token_s = time.perf_counter() - t0
         outputs = job.outputs()
-        v.wall_s = time.perf_counter() - t0
+        v.ended_at = time.perf_counter()
+        v.wall_s = v.ended_at - t0
         stats = outputs[-1][3]
         v.page_tps = figure(TPS, stats)
         v.tokens = int(figure(TOKENS, stats))
@@ -530,6 +544,22 @@ def visit(client, v: Visitor, message: str, ui: dict, barrier: threading.Barrier
     except Exception as e:  # reported, not raised: a crowd's failures are a result
         v.wall_s, v.error = time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:300]
     return v
+
+
+def split_lone_visitors(visitors: list[Visitor], lines: list[tuple[float, str]]) -> None:
+    """For each visitor who came alone: where its wall time went, from the served line the studio logged between its
+    submit and its end (`lines`: the bench's clock, perf_counter, and the line)."""
+    for v in visitors:
+        if v.crowd != 1 or v.submitted_at is None or v.ended_at is None:
+            continue
+        for t, line in lines:
+            m = SERVED.search(line)
+            if m and v.submitted_at <= t <= v.ended_at + 1.0:
+                answered = float(m[5])
+                v.server_s = answered
+                v.before_handler_s = max(0.0, t - answered - v.submitted_at)
+                v.after_answer_s = max(0.0, v.ended_at - t)
+                break
 
 
 def crowd_rows(url: str, sdar: Path, args) -> list[Visitor]:
@@ -611,9 +641,10 @@ def write_outputs(
     )
     if visitors:
         with open(out / "crowd.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(asdict(visitors[0])))
+            kept = [{k: x for k, x in asdict(v).items() if not k.endswith("_at")} for v in visitors]
+            w = csv.DictWriter(f, fieldnames=list(kept[0]))
             w.writeheader()
-            w.writerows(asdict(v) for v in visitors)
+            w.writerows(kept)
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(records[0]))
         w.writeheader()
@@ -663,6 +694,18 @@ def write_outputs(
             f"{spread('answered_s')}; first message sent {spread('first_message_s')}; in Gradio between "
             f"messages {spread('in_gradio_s')}.",
         ]
+    lone = [v for v in visitors if v.server_s is not None]
+    if lone:
+        lines += [
+            "",
+            "| lone visitor | round | wall (s) | before the handler (s) | the handler (s) | after the answer (s) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for v in lone:
+            lines.append(
+                f"| {v.setting} | {v.round} | {v.wall_s:.2f} | {v.before_handler_s:.2f} | {v.server_s:.2f} | "
+                f"{v.after_answer_s:.2f} |"
+            )
     stalls = info.get("stalls_s")
     if stalls is not None:
         lines.append(
@@ -704,6 +747,9 @@ def main(argv: list[str] | None = None) -> int:
         "visualizer rows",
     )
     args = p.parse_args(argv)
+    # The visitors' clients are threads of this process: at CPython's 5 ms they would slow each other's reading
+    # the way the studio's threads slowed its decode (app/interpreter.py).
+    client_interval = set_switch_interval({})
     device, workdir = default_device(), Path(args.workdir)
     dtype = default_dtype(device)
     shutil.rmtree(workdir, ignore_errors=True)
@@ -716,6 +762,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "checkpoints_s": time.perf_counter() - t0,
         "switch_interval": os.environ.get("SDAR_SWITCH_INTERVAL", "the studio's default"),
+        "clients_switch_interval": client_interval,
     }
     rows = engine_rows(sdar, twin, args, device, dtype)
     engine = engine_batches(sdar, args, device, dtype) if args.crowd else {}

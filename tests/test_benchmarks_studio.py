@@ -100,3 +100,24 @@ def test_the_crowd_bench_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path):
     assert "Server side, 8 chat answers" in summary and "first message sent p50" in summary
     assert "The studio's interpreter was held longer than" in summary  # the stall watch ran in the studio
     assert "stall watch on" in (out / "server.log").read_text()
+
+
+def test_a_lone_visitors_time_is_split_by_the_served_line_logged_during_it():
+    from benchmarks.studio import Visitor, split_lone_visitors
+
+    served = (
+        "app.chat: served a chat answer: 256 tokens, waited 0.000 s for the device, decoded in 0.220 s (batch 1), "
+        "answered 0.250 s after the request; 5 messages before the answer, the first at 0.011 s, 0.020 s in Gradio "
+        "between them"
+    )
+    alone = Visitor(1, "static b16/4", 1, 1, wall_s=4.0, submitted_at=100.0, ended_at=104.0)
+    crowd = Visitor(2, "static b16/4", 1, 1, wall_s=1.0, submitted_at=100.0, ended_at=101.0)
+    lines = [
+        (99.0, served.replace("0.250", "9.000")),
+        (103.5, served),
+        (103.6, "other"),
+    ]  # the first is earlier
+    split_lone_visitors([alone, crowd], lines)
+    assert alone.server_s == 0.25
+    assert abs(alone.before_handler_s - 3.25) < 1e-9 and abs(alone.after_answer_s - 0.5) < 1e-9
+    assert crowd.server_s is None  # a crowd's answers cannot be told apart by time
