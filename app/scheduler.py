@@ -13,7 +13,11 @@ Jobs share a decode when they have the same model and the same decoding settings
 strategy, threshold, greedy sampling; max_new_tokens may differ: each row ends at its own limit). A sampled
 request (temperature > 0) decodes alone: one generator for the batch would make its answer depend on its
 neighbours, and batching must never change an answer. A job that arrives while the device is busy (a batch, a race
-lane) joins the next batch.
+lane) joins the next batch. Visitors who press Send together reach the server a few milliseconds apart (each
+request is its own HTTP call): when a job finds the device idle, the scheduler waits until no new job has come for
+GATHER_QUIET seconds (at most GATHER_MAX from the oldest waiting job) before it takes the batch, so that a crowd shares
+its first decode instead of the first arrival decoding alone and the rest waiting for it. A lone visitor pays
+GATHER_QUIET once; jobs that waited for a busy device pay nothing (they are past the window).
 Visitors take turns by the device time they used, not by arrival: the next batch starts with the waiting job of
 the visitor with the least recent device-seconds (decayed with a half-life of USAGE_HALF_LIFE seconds), so a visitor
 who has been decoding for minutes waits behind a fresh one, whatever the order they came in. A race or a sweep
@@ -49,6 +53,8 @@ MAX_NESTED = 2  # turns that may run inside a paused batch, one inside the other
 TURN_QUANTUM = (
     0.25  # seconds of device time a timed decode keeps before it gives way (no hand-off every token)
 )
+GATHER_QUIET = 0.015  # seconds without a new arrival before an idle device takes its batch
+GATHER_MAX = 0.05  # seconds from the oldest waiting job after which the batch is taken, arrivals or not
 USAGE_KEPT = 4096  # visitors whose device time is remembered (beyond: those with the least are forgotten)
 
 
@@ -158,9 +164,14 @@ class DecodeScheduler:
     (on a GPU, so that graph captures stay few)."""
 
     def __init__(
-        self, name: str = "device", max_batch: int = MAX_BATCH, lock: threading.Lock = DEVICE
+        self,
+        name: str = "device",
+        max_batch: int = MAX_BATCH,
+        lock: threading.Lock = DEVICE,
+        gather: tuple[float, float] = (GATHER_QUIET, GATHER_MAX),
     ) -> None:
         self.name, self.max_batch, self.lock = name, max_batch, lock
+        self.gather_quiet, self.gather_max = gather  # see GATHER_QUIET, GATHER_MAX; (0, 0): take at once
         self.waiting: list[Job | Lease] = []
         self.in_flight: list = []  # the batch (or the lease) on the device
         self.batches = 0  # decodes started so far
@@ -257,6 +268,7 @@ class DecodeScheduler:
         while True:
             self._wait_for_work()
             with self.lock:  # the batch is chosen once the device is free: whoever came meanwhile joins it
+                self._gather()
                 self.take_turn()
 
     def take_turn(self) -> None:
@@ -307,6 +319,20 @@ class DecodeScheduler:
             with self._cv:
                 self.in_flight = outer
             rowing.paused += time.perf_counter() - t0
+
+    def _gather(self) -> None:
+        """Wait, on the idle device, while jobs are still arriving (see GATHER_QUIET): until none came for
+        `gather_quiet` s, `gather_max` s have passed since the oldest one, a full batch waits or a lease does."""
+        with self._cv:
+            while self.waiting and not any(isinstance(j, Lease) for j in self.waiting):
+                if len(self.waiting) >= self.max_batch:
+                    return
+                now = time.perf_counter()
+                quiet = self.gather_quiet - (now - max(j.submitted for j in self.waiting))
+                left = self.gather_max - (now - min(j.submitted for j in self.waiting))
+                if quiet <= 0 or left <= 0:
+                    return
+                self._cv.wait(min(quiet, left))
 
     def _wait_for_work(self) -> None:
         with self._cv:

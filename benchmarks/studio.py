@@ -333,6 +333,7 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
         info["warmup_done_s"] = app.wait_for("GPU warm-up done", 600) if warming else None  # the CPU: none
         if args.crowd_only:  # the crowd alone (a short device session): no chat, race or visualizer rows
             info["visitors"] = crowd_rows(app.url, sdar, args)
+            info["probes"] = probes(app.url, sdar, args)
             split_lone_visitors(info["visitors"], [(app.t0 + t, line) for t, line in app.lines])
             return info
         client = Client(app.url, verbose=False)
@@ -415,6 +416,7 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
             "visualize", SETTINGS[0].name, wall_s=wall, first_frame_s=first, frames_per_s=fps
         )
         info["visitors"] = crowd_rows(app.url, sdar, args) if args.crowd else []
+        info["probes"] = probes(app.url, sdar, args)
         split_lone_visitors(info["visitors"], [(app.t0 + t, line) for t, line in app.lines])
     finally:
         app.stop()
@@ -544,6 +546,71 @@ def visit(client, v: Visitor, message: str, ui: dict, barrier: threading.Barrier
     except Exception as e:  # reported, not raised: a crowd's failures are a result
         v.wall_s, v.error = time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:300]
     return v
+
+
+def probe(client, message: str, ui: dict) -> dict:
+    """One /chat request without gradio_client's reader: plain HTTP, timed at the socket. The request is built the
+    way `client.submit` builds it (its endpoint's argument order and state slots), posted to the queue, and the
+    session's event stream read with httpx; seconds after the submit of: the queue's answer to the POST, the
+    stream's headers, each message (by its kind). (The stream is opened after the POST, as gradio_client does: the
+    server closes a session's stream that has no event.) What a visitor waits for that this probe does not is
+    gradio_client's; what this probe waits for too is the server's."""
+    import uuid
+
+    import httpx
+    from gradio_client import utils
+
+    fn = client._infer_fn_index("/chat", None)
+    endpoint = client.endpoints[fn]
+    data = utils.construct_args(endpoint.parameters_info, (), {"message": message, **ui})
+    data = list(endpoint.process_input_files(*endpoint.insert_empty_state(*data)))
+    session = uuid.uuid4().hex
+    times: dict[str, float] = {}
+    messages: list[tuple[float, str]] = []
+    t0 = time.perf_counter()
+    with httpx.Client(timeout=httpx.Timeout(60.0)) as http:
+        r = http.post(client.sse_data_url, json={"data": data, "fn_index": fn, "session_hash": session})
+        r.raise_for_status()
+        times["queue_answered"] = time.perf_counter() - t0
+        with http.stream("GET", client.sse_url, params={"session_hash": session}) as stream:
+            times["stream_open"] = time.perf_counter() - t0
+            for line in stream.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                kind = json.loads(line[5:]).get("msg", "?")
+                if kind != "heartbeat":
+                    messages.append((time.perf_counter() - t0, kind))
+                if kind == "process_completed":
+                    break
+    first = {}
+    for t, kind in messages:
+        first.setdefault(kind, t)
+    return {
+        **times,
+        **{f"first_{k}": t for k, t in first.items()},
+        "completed": messages[-1][0] if messages else None,
+        "messages": len(messages),
+    }
+
+
+def probes(url: str, sdar: Path, args) -> list[dict]:
+    """`probe` three times for each setting."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False, analytics_enabled=False)
+    out = []
+    try:
+        for s in SETTINGS:
+            for _ in range(3):
+                try:
+                    r = {"setting": s.name, **probe(client, MESSAGE, s.ui(str(sdar), args.new_tokens))}
+                except Exception as e:  # reported, not raised: a probe's failure is a result
+                    r = {"setting": s.name, "error": f"{type(e).__name__}: {e}"}
+                print("probe", json.dumps(r), flush=True)
+                out.append(r)
+    finally:
+        client.close()
+    return out
 
 
 def split_lone_visitors(visitors: list[Visitor], lines: list[tuple[float, str]]) -> None:
@@ -705,6 +772,20 @@ def write_outputs(
             lines.append(
                 f"| {v.setting} | {v.round} | {v.wall_s:.2f} | {v.before_handler_s:.2f} | {v.server_s:.2f} | "
                 f"{v.after_answer_s:.2f} |"
+            )
+    probed = [r for r in info.get("probes") or [] if "error" not in r]
+    if probed:
+        lines += [
+            "",
+            "| probe (plain HTTP) | queue answered (s) | stream open (s) | first message (s) | first output (s) | "
+            "completed (s) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in probed:
+            lines.append(
+                f"| {r['setting']} | {fmt(r.get('queue_answered'), 3)} | {fmt(r.get('stream_open'), 3)} | "
+                f"{fmt(min((t for k, t in r.items() if k.startswith('first_')), default=None), 3)} | "
+                f"{fmt(r.get('first_process_generating'), 3)} | {fmt(r.get('completed'), 3)} |"
             )
     stalls = info.get("stalls_s")
     if stalls is not None:

@@ -7,6 +7,7 @@ scheduler goes on."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -111,6 +112,35 @@ def test_different_settings_and_sampled_jobs_decode_in_batches_of_their_own_olde
     # a sampled answer follows its seed, whatever else was queued with it
     alone = generate(loaded.model, [sampled[1].ids], sampled[1].params)
     assert results[id(sampled[1])][1].tokens == alone.row_tokens(0)
+
+
+def test_jobs_arriving_apart_on_an_idle_device_share_its_first_batch(loaded):
+    """Visitors who press Send together reach the server milliseconds apart: the idle device waits for the
+    arrivals to pause (a window widened here so that a slow test machine keeps the arrivals inside it)."""
+    scheduler = DecodeScheduler("test", lock=threading.Lock(), gather=(0.4, 3.0))
+    jobs = [job_for(loaded, p, max_new_tokens=4) for p in PROMPTS]
+    for job in jobs:
+        scheduler.submit(job)
+        time.sleep(0.05)
+    assert [drain(j)[0][0].batch for j in jobs] == [3, 3, 3]
+    assert scheduler.batches == 1
+    # without the window, the first arrival decodes alone before the others come
+    scheduler = DecodeScheduler("test", lock=threading.Lock(), gather=(0.0, 0.0))
+    first, *rest = [job_for(loaded, p, max_new_tokens=4) for p in PROMPTS]
+    scheduler.submit(first)
+    assert drain(first)[0][0].batch == 1
+    submit_held(scheduler, rest)
+    assert [drain(j)[0][0].batch for j in rest] == [2, 2]
+
+
+def test_the_window_ends_at_its_limit_while_jobs_keep_arriving(loaded):
+    scheduler = DecodeScheduler("test", lock=threading.Lock(), gather=(0.3, 0.5))
+    jobs = [job_for(loaded, PROMPTS[0], max_new_tokens=2) for _ in range(12)]
+    for job in jobs:  # one every 0.1 s, each inside the quiet window of the last: the limit ends the wait
+        scheduler.submit(job)
+        time.sleep(0.1)
+    sizes = [drain(j)[0][0].batch for j in jobs]
+    assert sizes[0] < len(jobs) and scheduler.batches >= 2
 
 
 def test_max_batch_splits_a_crowd(loaded):

@@ -94,10 +94,18 @@ def test_the_crowd_bench_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path):
     assert all(c["answered"] == 2 and c["errors"] == 0 and c["engine_batch_tps"] > 0 for c in crowd)
     visitors = list(csv.DictReader(open(out / "crowd.csv")))
     assert len(visitors) == len(SETTINGS) * 2 * 2 and not any(v["error"] for v in visitors)
+    # the plain-HTTP probes: 3 per setting, each answered, its messages in the order the queue sends them
+    probes = results["info"]["probes"]
+    assert len(probes) == len(SETTINGS) * 3 and not any("error" in p for p in probes)
+    for p in probes:
+        assert 0 < p["queue_answered"] <= p["stream_open"] <= p["first_process_starts"]
+        assert p["first_process_starts"] <= p["first_process_generating"] <= p["completed"]
+        assert p["first_process_completed"] == p["completed"] and p["messages"] >= 3
     served = results["info"]["served"]
-    assert len(served) == len(visitors) and all(t["decoded_s"] > 0 for t in served)
+    assert len(served) == len(visitors) + len(probes) and all(t["decoded_s"] > 0 for t in served)
     summary = (out / "summary.md").read_text()
-    assert "Server side, 8 chat answers" in summary and "first message sent p50" in summary
+    assert "| probe (plain HTTP) |" in summary
+    assert "Server side, 14 chat answers" in summary and "first message sent p50" in summary
     assert "The studio's interpreter was held longer than" in summary  # the stall watch ran in the studio
     assert "stall watch on" in (out / "server.log").read_text()
 
