@@ -199,6 +199,7 @@ class App:
             "PYTHONUNBUFFERED": "1",
             "GRADIO_ANALYTICS_ENABLED": "False",
             "SDAR_STALL_REPORT": str(STALL_THRESHOLD),
+            "GRADIO_PROFILING": "1",  # Gradio's own per-request phases (queue wait, postprocess, ...): `traces`
         }
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen(
@@ -255,6 +256,19 @@ class App:
                 str(path),
             ]
         )
+
+    def traces(self) -> list[dict]:
+        """Gradio's record of each request it ran (GRADIO_PROFILING): fn_name, queue_wait_ms, preprocess_ms,
+        fn_call_ms, postprocess_ms, streaming_diff_ms, total_ms, n_iterations; none when it cannot be read."""
+        import httpx
+
+        try:
+            r = httpx.get(self.url + "gradio_api/profiling/traces", timeout=30)
+            r.raise_for_status()
+            return list(r.json())
+        except Exception as e:  # reported, not raised: the bench's figures stand without it
+            print(f"Gradio's traces could not be read: {e}", flush=True)
+            return []
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -419,6 +433,7 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
         info["probes"] = probes(app.url, sdar, args)
         split_lone_visitors(info["visitors"], [(app.t0 + t, line) for t, line in app.lines])
     finally:
+        info["gradio_traces"] = app.traces()
         app.stop()
         info["log"] = [
             f"{t:7.2f} s  {line}"
@@ -772,6 +787,27 @@ def write_outputs(
             lines.append(
                 f"| {v.setting} | {v.round} | {v.wall_s:.2f} | {v.before_handler_s:.2f} | {v.server_s:.2f} | "
                 f"{v.after_answer_s:.2f} |"
+            )
+    traces: dict[str, list[dict]] = {}
+    for t in info.get("gradio_traces") or []:
+        traces.setdefault(str(t.get("fn_name")), []).append(t)
+    if traces:
+        lines += [
+            "",
+            "Gradio's own account (GRADIO_PROFILING), per endpoint, p50 / max in ms:",
+            "",
+            "| endpoint | requests | queue wait | preprocess | handler (all messages) | postprocess | diff | total |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, ts in sorted(traces.items()):
+
+            def pm(key: str) -> str:
+                xs = sorted(float(t.get(key) or 0.0) for t in ts)
+                return f"{statistics.median(xs):.1f} / {xs[-1]:.1f}"
+
+            lines.append(
+                f"| {name} | {len(ts)} | {pm('queue_wait_ms')} | {pm('preprocess_ms')} | {pm('fn_call_ms')} | "
+                f"{pm('postprocess_ms')} | {pm('streaming_diff_ms')} | {pm('total_ms')} |"
             )
     probed = [r for r in info.get("probes") or [] if "error" not in r]
     if probed:

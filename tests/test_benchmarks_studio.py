@@ -105,6 +105,10 @@ def test_the_crowd_bench_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path):
     assert len(served) == len(visitors) + len(probes) and all(t["decoded_s"] > 0 for t in served)
     summary = (out / "summary.md").read_text()
     assert "| probe (plain HTTP) |" in summary
+    # Gradio's own per-request phases: every chat answer (the crowd's and the probes') has a trace
+    traces = [t for t in results["info"]["gradio_traces"] if t["fn_name"] == "chat"]
+    assert len(traces) >= len(served) and all(t["total_ms"] > 0 for t in traces)
+    assert "| chat |" in summary
     assert "Server side, 14 chat answers" in summary and "first message sent p50" in summary
     assert "The studio's interpreter was held longer than" in summary  # the stall watch ran in the studio
     assert "stall watch on" in (out / "server.log").read_text()
