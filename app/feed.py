@@ -53,7 +53,8 @@ def compact(e: StepEvent) -> dict:
 @dataclass
 class Feed:
     """The growing value of one player: `value()` is a fresh dict each call (Gradio diffs it against the last one
-    it sent); `steps` and `pieces` are what its `log` holds, kept for the server's own readers."""
+    it sent). `log` is the one home of its steps and pieces (`expand(value())` reads them back); `sent` only
+    remembers which token ids have their text in it already."""
 
     run: int  # a new number for every decode: the page starts over when it changes
     title: str
@@ -61,19 +62,17 @@ class Feed:
     ar: bool  # one token per forward: no blocks, no masks to show
     pace_ms: float  # the watch replay's delay per frame (0: show the newest step as it arrives)
     stop_ids: list[int] = field(default_factory=list)
-    steps: list[dict] = field(default_factory=list)
-    pieces: dict[str, str] = field(default_factory=dict)  # token id (as a JSON key) -> printed text
     status: str = "decoding"  # decoding | done | stopped | failed
     answer_end: int | None = None  # absolute position after the kept answer, once known
     note: str = ""
-    log: str = ""  # what the page receives: the pieces and steps above, a line of JSON each
+    log: str = ""  # what the page receives: the pieces and the steps, a line of JSON each
+    sent: set[str] = field(default_factory=set, repr=False)  # token ids (as JSON keys) whose text is in `log`
 
     def push(self, events: Iterable[StepEvent], pieces: dict[int, str]) -> None:
         """Add a row's steps and the text of every token they show (each token's text is sent once)."""
-        new = {str(tok): text for tok, text in pieces.items() if str(tok) not in self.pieces}
+        new = {str(tok): text for tok, text in pieces.items() if str(tok) not in self.sent}
         steps = [compact(e) for e in events]
-        self.pieces.update(new)
-        self.steps.extend(steps)
+        self.sent.update(new)
         lines = ([{"pieces": new}] if new else []) + steps
         self.log += "".join(json.dumps(x, separators=(",", ":"), ensure_ascii=False) + "\n" for x in lines)
 

@@ -129,19 +129,18 @@ def gradio_message_seconds(before: dict, after: dict, repeats: int) -> float:
 
 
 def message_rows(repeats: int) -> list[dict]:
-    from app.feed import Feed
+    from app.feed import Feed, expand
 
     events = answer_events()
     feed = Feed(run=1, title="", block_length=4, ar=False, pace_ms=0)
     pieces = {100 + i: f"t{i}" for i in range(256)}
     feed.push(events[:-4], pieces)
     text_before = feed.value()
-    list_before = {**text_before, "steps": list(feed.steps), "pieces": dict(feed.pieces)}
+    # the same feed with its steps as a list (the form it had before the log)
+    list_before = expand(text_before)
     feed.push(events[-4:], {})
     text_after = feed.value()
-    list_after = {**text_after, "steps": list(feed.steps), "pieces": dict(feed.pieces)}
-    for v in (list_before, list_after):
-        del v["log"]
+    list_after = expand(text_after)
     return [
         {
             "feed": name,
