@@ -23,7 +23,7 @@ case "${1:-tests}" in
       tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_benchmarks_studio.py \
       2>&1 | tee "$OUT/app-tests-gpu.log" | tail -15 ;;
   bench)
-    timeout 570 python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/h200-studio" --crowd 1 4 8 16 \
+    timeout 570 python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/h200-studio" --crowd 1 8 16 --repeats 2 \
       2>&1 | tee "$OUT/studio-bench.log" | tail -40 ;;
   crowd)
     timeout 570 python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/h200-studio-crowd-only" --crowd 1 8 16 \
