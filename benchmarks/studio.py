@@ -34,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -485,6 +486,7 @@ class Visitor:
     setting: str
     round: int  # 1: the first crowd of this size and setting (its batch shape captured then), 2: the next
     visitor: int
+    client: str = "gradio"  # how it reads the answer: CLIENTS (gradio_client, or plain HTTP as a page does)
     wall_s: float | None = None  # submit -> the last output
     first_token_s: float | None = None  # submit -> the first output whose player shows a committed token
     first_output_s: float | None = None  # submit -> the first output of any kind
@@ -538,18 +540,40 @@ def engine_batches(sdar: Path, args, device, dtype) -> dict[tuple[str, int], dic
     return out
 
 
+def gradio_outputs(client, message: str, ui: dict) -> Iterator[tuple]:
+    """The /chat outputs as gradio_client delivers them (the issue's visitor); the last is the answer."""
+    job = client.submit(message=message, api_name="/chat", **ui)
+    yield from job
+    final = job.outputs()
+    if final:
+        yield final[-1]
+
+
+def http_outputs(client, message: str, ui: dict) -> Iterator[tuple]:
+    """The /chat outputs as plain HTTP receives them (`http_chat`), the completed answer last."""
+    for _, _, out, _ in http_chat(client, message, ui):
+        if out is not None:
+            yield out
+
+
+CLIENTS = {"gradio": gradio_outputs, "http": http_outputs}
+
+
 def visit(client, v: Visitor, message: str, ui: dict, barrier: threading.Barrier) -> Visitor:
+    """One visitor's /chat through its kind of client (v.client: CLIENTS), from the barrier to the answer."""
     barrier.wait()
     t0 = v.submitted_at = time.perf_counter()
     try:
-        job = client.submit(message=message, api_name="/chat", **ui)
-        for out in job:
-            v.outputs += 1
+        outputs = []
+        for out in CLIENTS[v.client](client, message, ui):
+            if outputs and out == outputs[-1]:
+                continue  # the answer repeated at the end (the completed message, gradio_client's final list)
+            outputs.append(out)
             if v.first_output_s is None:
                 v.first_output_s = time.perf_counter() - t0
             if v.first_token_s is None and shows_tokens(out):
                 v.first_token_s = time.perf_counter() - t0
-        outputs = job.outputs()
+        v.outputs = len(outputs)
         v.ended_at = time.perf_counter()
         v.wall_s = v.ended_at - t0
         stats = outputs[-1][3]
@@ -563,13 +587,13 @@ def visit(client, v: Visitor, message: str, ui: dict, barrier: threading.Barrier
     return v
 
 
-def probe(client, message: str, ui: dict) -> dict:
-    """One /chat request without gradio_client's reader: plain HTTP, timed at the socket. The request is built the
-    way `client.submit` builds it (its endpoint's argument order and state slots), posted to the queue, and the
-    session's event stream read with httpx; seconds after the submit of: the queue's answer to the POST, the
-    stream's headers, each message (by its kind). (The stream is opened after the POST, as gradio_client does: the
-    server closes a session's stream that has no event.) What a visitor waits for that this probe does not is
-    gradio_client's; what this probe waits for too is the server's."""
+def http_chat(client, message: str, ui: dict) -> Iterator[tuple[float, str, tuple | None, int]]:
+    """One /chat request without gradio_client's reader: plain HTTP (httpx), the way the page's own client sends it.
+    The request is built as `client.submit` builds it (its endpoint's argument order and state slots), posted to
+    the queue, and the session's event stream read line by line; the stream is opened after the POST, as
+    gradio_client does (the server closes a session's stream that has no event). Yields (seconds after the submit,
+    what: "queue_answered" | "stream_open" | a message's kind, the API's output when the message carries one (the
+    diffs applied, the state slots left out, as gradio_client returns it), bytes of the line)."""
     import uuid
 
     import httpx
@@ -580,32 +604,48 @@ def probe(client, message: str, ui: dict) -> dict:
     data = utils.construct_args(endpoint.parameters_info, (), {"message": message, **ui})
     data = list(endpoint.process_input_files(*endpoint.insert_empty_state(*data)))
     session = uuid.uuid4().hex
-    times: dict[str, float] = {}
-    messages: list[tuple[float, str]] = []
     t0 = time.perf_counter()
-    with httpx.Client(timeout=httpx.Timeout(60.0)) as http:
+    with httpx.Client(timeout=httpx.Timeout(120.0)) as http:
         r = http.post(client.sse_data_url, json={"data": data, "fn_index": fn, "session_hash": session})
         r.raise_for_status()
-        times["queue_answered"] = time.perf_counter() - t0
+        yield time.perf_counter() - t0, "queue_answered", None, len(r.content)
         with http.stream("GET", client.sse_url, params={"session_hash": session}) as stream:
-            times["stream_open"] = time.perf_counter() - t0
+            yield time.perf_counter() - t0, "stream_open", None, 0
+            values = None
             for line in stream.iter_lines():
                 if not line.startswith("data:"):
                     continue
-                kind = json.loads(line[5:]).get("msg", "?")
-                if kind != "heartbeat":
-                    messages.append((time.perf_counter() - t0, kind))
+                msg = json.loads(line[5:])
+                kind, out = msg.get("msg", "?"), None
+                if kind == "heartbeat":
+                    continue
+                if kind == "process_generating":
+                    got = msg["output"]["data"]
+                    values = (
+                        list(got) if values is None else [utils.apply_diff(a, b) for a, b in zip(values, got)]
+                    )
+                    out = endpoint.remove_skipped_components(*values)
+                elif kind == "process_completed":
+                    if not msg.get("success", True):
+                        raise RuntimeError(f"the studio answered with an error: {msg.get('output')}")
+                    out = endpoint.remove_skipped_components(*msg["output"]["data"])
+                yield time.perf_counter() - t0, kind, out, len(line)
                 if kind == "process_completed":
-                    break
-    first = {}
-    for t, kind in messages:
-        first.setdefault(kind, t)
-    return {
-        **times,
-        **{f"first_{k}": t for k, t in first.items()},
-        "completed": messages[-1][0] if messages else None,
-        "messages": len(messages),
-    }
+                    return
+
+
+def probe(client, message: str, ui: dict) -> dict:
+    """`http_chat` timed at the socket: seconds after the submit of the queue's answer to the POST, the stream's
+    headers and each kind of message's first arrival. What a visitor waits for that this probe does not is
+    gradio_client's; what this probe waits for too is the server's."""
+    times: dict[str, float] = {}
+    messages = 0
+    for t, what, _, _ in http_chat(client, message, ui):
+        times.setdefault(what if what in ("queue_answered", "stream_open") else f"first_{what}", t)
+        if what not in ("queue_answered", "stream_open"):
+            messages += 1
+            times["completed"] = t
+    return {**times, "messages": messages}
 
 
 def probes(url: str, sdar: Path, args) -> list[dict]:
@@ -645,33 +685,42 @@ def split_lone_visitors(visitors: list[Visitor], lines: list[tuple[float, str]])
 
 
 def crowd_rows(url: str, sdar: Path, args) -> list[Visitor]:
-    """Every crowd size and setting, twice (the first crowd of a size captures its batch shape on a GPU)."""
+    """Every client kind (args.clients, default gradio_client alone), setting and crowd size, twice (the first
+    crowd of a size captures its batch shape on a GPU). A gradio_client visitor has a Client of its own; the
+    plain-HTTP visitors share one Client for the endpoint's description and each open their own connections."""
     from gradio_client import Client
 
     visitors = []
-    for s in SETTINGS:
-        for n in args.crowd:
-            for rnd in (1, 2):
-                clients = [Client(url, verbose=False, analytics_enabled=False) for _ in range(n)]
-                barrier = threading.Barrier(n)
-                crowd = [Visitor(n, s.name, rnd, i + 1) for i in range(n)]
-                threads = [
-                    threading.Thread(target=visit, args=(c, v, m, s.ui(str(sdar), args.new_tokens), barrier))
-                    for c, v, m in zip(clients, crowd, crowd_prompts(n))
-                ]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join(600)
-                for c in clients:  # each keeps a heartbeat stream to the server: a crowd leaves none behind
-                    c.close()
-                visitors += crowd
-                walls = [v.wall_s for v in crowd if v.wall_s is not None]
-                print(
-                    f"crowd {n} {s.name} round {rnd}: makespan {max(walls):.2f} s, median "
-                    f"{statistics.median(walls):.2f} s, errors {sum(v.error is not None for v in crowd)}",
-                    flush=True,
-                )
+    for kind in getattr(args, "clients", None) or ["gradio"]:
+        for s in SETTINGS:
+            for n in args.crowd:
+                for rnd in (1, 2):
+                    count = n if kind == "gradio" else 1
+                    clients = [Client(url, verbose=False, analytics_enabled=False) for _ in range(count)]
+                    barrier = threading.Barrier(n)
+                    crowd = [Visitor(n, s.name, rnd, i + 1, client=kind) for i in range(n)]
+                    threads = [
+                        threading.Thread(
+                            target=visit,
+                            args=(clients[i % count], v, m, s.ui(str(sdar), args.new_tokens), barrier),
+                        )
+                        for i, (v, m) in enumerate(zip(crowd, crowd_prompts(n)))
+                    ]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join(600)
+                    for (
+                        c
+                    ) in clients:  # each keeps a heartbeat stream to the server: a crowd leaves none behind
+                        c.close()
+                    visitors += crowd
+                    walls = [v.wall_s for v in crowd if v.wall_s is not None]
+                    print(
+                        f"crowd {n} {s.name} round {rnd} ({kind}): makespan {max(walls):.2f} s, median "
+                        f"{statistics.median(walls):.2f} s, errors {sum(v.error is not None for v in crowd)}",
+                        flush=True,
+                    )
     return visitors
 
 
@@ -679,9 +728,9 @@ def crowd_summary(visitors: list[Visitor], engine: dict) -> list[dict]:
     """Per (setting, crowd size, round): makespan, the median visitor, aggregate tokens/s against the engine's."""
     groups: dict[tuple, list[Visitor]] = {}
     for v in visitors:
-        groups.setdefault((v.setting, v.crowd, v.round), []).append(v)
+        groups.setdefault((v.client, v.setting, v.crowd, v.round), []).append(v)
     rows = []
-    for (setting, n, rnd), vs in groups.items():
+    for (kind, setting, n, rnd), vs in groups.items():
         ok = [v for v in vs if v.error is None]
         makespan = max(v.wall_s for v in vs)
         tokens = sum(v.tokens or 0 for v in ok)
@@ -690,6 +739,7 @@ def crowd_summary(visitors: list[Visitor], engine: dict) -> list[dict]:
         med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
         rows.append(
             {
+                "client": kind,
                 "setting": setting,
                 "visitors": n,
                 "round": rnd,
@@ -746,13 +796,14 @@ def write_outputs(
     if crowd:
         lines += [
             "",
-            "| setting | visitors | round | answered | makespan (s) | median visitor (s) | first token (s) | "
-            "page tok/s | bytes | aggregate tok/s | engine batch tok/s | aggregate / engine |",
-            "|" + "---|" * 12,
+            "| client | setting | visitors | round | answered | makespan (s) | median visitor (s) | "
+            "first token (s) | page tok/s | bytes | aggregate tok/s | engine batch tok/s | aggregate / engine |",
+            "|" + "---|" * 13,
         ]
         for c in crowd:
             lines.append(
-                f"| {c['setting']} | {c['visitors']} | {c['round']} | {c['answered']} | {fmt(c['makespan_s'], 2)} | "
+                f"| {c['client']} | {c['setting']} | {c['visitors']} | {c['round']} | {c['answered']} | "
+                f"{fmt(c['makespan_s'], 2)} | "
                 f"{fmt(c['median_wall_s'], 2)} | {fmt(c['median_first_token_s'], 2)} | "
                 f"{fmt(c['median_page_tps'])} | {c['median_bytes'] or ''} | {fmt(c['aggregate_tps'])} | "
                 f"{fmt(c['engine_batch_tps'])} | {fmt(c['aggregate_over_engine'], 3)} |"
@@ -780,12 +831,14 @@ def write_outputs(
     if lone:
         lines += [
             "",
-            "| lone visitor | round | wall (s) | before the handler (s) | the handler (s) | after the answer (s) |",
-            "|---|---|---|---|---|---|",
+            "| lone visitor | client | round | wall (s) | before the handler (s) | the handler (s) | "
+            "after the answer (s) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for v in lone:
             lines.append(
-                f"| {v.setting} | {v.round} | {v.wall_s:.2f} | {v.before_handler_s:.2f} | {v.server_s:.2f} | "
+                f"| {v.setting} | {v.client} | {v.round} | {v.wall_s:.2f} | {v.before_handler_s:.2f} | "
+                f"{v.server_s:.2f} | "
                 f"{v.after_answer_s:.2f} |"
             )
     traces: dict[str, list[dict]] = {}
@@ -856,6 +909,14 @@ def main(argv: list[str] | None = None) -> int:
         default=[1, 4, 8, 16],
         metavar="N",
         help="crowd sizes: N visitors pressing Send at once (none: no crowd sweep)",
+    )
+    p.add_argument(
+        "--clients",
+        nargs="+",
+        choices=sorted(CLIENTS),
+        default=["gradio", "http"],
+        help="how the crowd's visitors read their answers: gradio_client (each its own Client), plain HTTP "
+        "(the page's way: the queue's POST and its event stream)",
     )
     p.add_argument(
         "--crowd-only",

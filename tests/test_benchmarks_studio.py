@@ -31,7 +31,7 @@ def test_a_crowd_on_the_cpu_is_answered_and_summarised(studio_url, caplog):
 
     url, sdar = studio_url
     with caplog.at_level(logging.INFO, logger="app.chat"):
-        visitors = crowd_rows(url, sdar, Namespace(crowd=[1, 3], new_tokens=8))
+        visitors = crowd_rows(url, sdar, Namespace(crowd=[1, 3], new_tokens=8, clients=["gradio", "http"]))
     served = served_timelines([r.getMessage() for r in caplog.records])
     assert len(served) == len(visitors)  # the server's account of each answer, parsed by the benchmark
     assert sorted(t["tokens"] for t in served) == sorted(v.tokens for v in visitors)
@@ -39,18 +39,28 @@ def test_a_crowd_on_the_cpu_is_answered_and_summarised(studio_url, caplog):
         assert 0 <= t["waited_s"] and 0 < t["decoded_s"] and t["waited_s"] + t["decoded_s"] <= t["answered_s"]
         assert t["messages"] >= 1 and 0 < t["first_message_s"] <= t["answered_s"]
         assert 0 <= t["in_gradio_s"] <= t["answered_s"]
-    assert len(visitors) == len(SETTINGS) * 2 * (1 + 3)  # two rounds of each size and setting
+    # two rounds of each size and setting, for each kind of client
+    assert len(visitors) == 2 * len(SETTINGS) * 2 * (1 + 3)
     assert all(v.error is None for v in visitors), [v.error for v in visitors if v.error]
     for v in visitors:
         assert 1 <= v.tokens <= 8 and v.page_tps > 0 and v.first_output_s <= v.first_token_s <= v.wall_s
         assert v.outputs >= 2  # the request's first state, then at least the answer
         assert 0 < v.bytes < 100_000 and 1 <= v.batch <= v.crowd
+    # the plain-HTTP visitor reads the same answers as gradio_client's: the same outputs rebuilt from the diffs
+    by_client = {
+        k: sorted((v.setting, v.crowd, v.round, v.visitor, v.tokens) for v in visitors if v.client == k)
+        for k in ("gradio", "http")
+    }
+    assert by_client["gradio"] == by_client["http"]
     engine = {(s.name, n): {"tokens_per_s": 100.0, "seconds": 0.1} for s in SETTINGS for n in (1, 3)}
     rows = crowd_summary(visitors, engine)
-    assert len(rows) == len(SETTINGS) * 2 * 2
+    assert len(rows) == 2 * len(SETTINGS) * 2 * 2
     for r in rows:
         group = [
-            v for v in visitors if (v.setting, v.crowd, v.round) == (r["setting"], r["visitors"], r["round"])
+            v
+            for v in visitors
+            if (v.client, v.setting, v.crowd, v.round)
+            == (r["client"], r["setting"], r["visitors"], r["round"])
         ]
         assert r["answered"] == len(group) and r["makespan_s"] == max(v.wall_s for v in group)
         assert r["aggregate_tps"] == pytest.approx(sum(v.tokens for v in group) / r["makespan_s"])
@@ -88,12 +98,12 @@ def test_the_crowd_bench_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path):
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     crowd = results["crowd"]
-    assert {(c["setting"], c["visitors"], c["round"]) for c in crowd} == {
-        (s.name, 2, r) for s in SETTINGS for r in (1, 2)
+    assert {(c["client"], c["setting"], c["visitors"], c["round"]) for c in crowd} == {
+        (k, s.name, 2, r) for k in ("gradio", "http") for s in SETTINGS for r in (1, 2)
     }
     assert all(c["answered"] == 2 and c["errors"] == 0 and c["engine_batch_tps"] > 0 for c in crowd)
     visitors = list(csv.DictReader(open(out / "crowd.csv")))
-    assert len(visitors) == len(SETTINGS) * 2 * 2 and not any(v["error"] for v in visitors)
+    assert len(visitors) == 2 * len(SETTINGS) * 2 * 2 and not any(v["error"] for v in visitors)
     # the plain-HTTP probes: 3 per setting, each answered, its messages in the order the queue sends them
     probes = results["info"]["probes"]
     assert len(probes) == len(SETTINGS) * 3 and not any("error" in p for p in probes)
@@ -109,7 +119,7 @@ def test_the_crowd_bench_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path):
     traces = [t for t in results["info"]["gradio_traces"] if t["fn_name"] == "chat"]
     assert len(traces) >= len(served) and all(t["total_ms"] > 0 for t in traces)
     assert "| chat |" in summary
-    assert "Server side, 14 chat answers" in summary and "first message sent p50" in summary
+    assert "Server side, 22 chat answers" in summary and "first message sent p50" in summary
     assert "The studio's interpreter was held longer than" in summary  # the stall watch ran in the studio
     assert "stall watch on" in (out / "server.log").read_text()
 
