@@ -75,16 +75,20 @@ class Chat:
             if run.stats
             else stats_markdown(None, "_Stopped: the answer above is what was committed before Stop._")
         )
-        recording = record(message[:80], run)
         log.info("served a chat answer: %s", run.timeline())
-        yield {
+        answered = {
             p.chatbot: history,
             p.history: history,
             p.live: run.feed.value(),
             p.chat_stats: stats,
-            p.recording: recording,
             p.chat_note: note,
         }
+        yield answered
+        # The answer is on its way; the recording (the visualizer's copy, its trace files for download) is built
+        # after it, so that writing them never delays an answer (in a crowd, each handler's files took longer
+        # than the batch's decode). The last message repeats the answer (Gradio sends no change for it), so that
+        # an API caller's result is the whole answer.
+        yield {**answered, p.recording: record(message[:80], run)}
 
     def clear(self, request: gr.Request = None):
         """The conversation and the player emptied: a decode of this session stops, a replay playing in the page

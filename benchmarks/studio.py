@@ -487,7 +487,8 @@ class Visitor:
     round: int  # 1: the first crowd of this size and setting (its batch shape captured then), 2: the next
     visitor: int
     client: str = "gradio"  # how it reads the answer: CLIENTS (gradio_client, or plain HTTP as a page does)
-    wall_s: float | None = None  # submit -> the last output
+    wall_s: float | None = None  # submit -> the output that carries the whole answer (its stats with it)
+    completed_s: float | None = None  # submit -> the request's end (the recording follows the answer)
     first_token_s: float | None = None  # submit -> the first output whose player shows a committed token
     first_output_s: float | None = None  # submit -> the first output of any kind
     outputs: int = 0  # outputs received
@@ -505,7 +506,7 @@ class Visitor:
         None  # the answer logged -> the client had the last output (Gradio's delivery)
     )
     submitted_at: float | None = field(default=None, repr=False)  # perf_counter of the bench process
-    ended_at: float | None = field(default=None, repr=False)
+    ended_at: float | None = field(default=None, repr=False)  # when the answer arrived
 
 
 def crowd_prompts(n: int) -> list[str]:
@@ -540,77 +541,48 @@ def engine_batches(sdar: Path, args, device, dtype) -> dict[tuple[str, int], dic
     return out
 
 
-def gradio_outputs(client, message: str, ui: dict) -> Iterator[tuple]:
-    """The /chat outputs as gradio_client delivers them (the issue's visitor); the last is the answer."""
-    job = client.submit(message=message, api_name="/chat", **ui)
-    yield from job
-    final = job.outputs()
-    if final:
-        yield final[-1]
+class HttpPage:
+    """A visitor's open page, read without gradio_client: one Gradio session (its own session hash) and one HTTP
+    connection (httpx), requests sent the way the page's own client sends them: built as `client.submit` builds
+    them (the endpoint's argument order and state slots), posted to the queue, and the session's event stream read
+    line by line, opened after the POST as gradio_client does (the server closes a session's stream that has no
+    event). `client` is a gradio_client Client, used only for the app's description. `open()` is the page load:
+    a light request first, so that Gradio's per-session set-up (its state and config copies: ~0.1 s of its
+    interpreter) is paid before the visitor presses Send, as a browser's page-load event pays it."""
 
+    def __init__(self, client) -> None:
+        import uuid
 
-def http_outputs(client, message: str, ui: dict) -> Iterator[tuple]:
-    """The /chat outputs as plain HTTP receives them (`http_chat`), the completed answer last."""
-    for _, _, out, _ in http_chat(client, message, ui):
-        if out is not None:
-            yield out
+        import httpx
 
+        self.client, self.session = client, uuid.uuid4().hex
+        self.http = httpx.Client(timeout=httpx.Timeout(120.0))
 
-CLIENTS = {"gradio": gradio_outputs, "http": http_outputs}
+    def open(self) -> None:
+        for _ in self.events("/clear", {}):
+            pass
 
+    def close(self) -> None:
+        self.http.close()
 
-def visit(client, v: Visitor, message: str, ui: dict, barrier: threading.Barrier) -> Visitor:
-    """One visitor's /chat through its kind of client (v.client: CLIENTS), from the barrier to the answer."""
-    barrier.wait()
-    t0 = v.submitted_at = time.perf_counter()
-    try:
-        outputs = []
-        for out in CLIENTS[v.client](client, message, ui):
-            if outputs and out == outputs[-1]:
-                continue  # the answer repeated at the end (the completed message, gradio_client's final list)
-            outputs.append(out)
-            if v.first_output_s is None:
-                v.first_output_s = time.perf_counter() - t0
-            if v.first_token_s is None and shows_tokens(out):
-                v.first_token_s = time.perf_counter() - t0
-        v.outputs = len(outputs)
-        v.ended_at = time.perf_counter()
-        v.wall_s = v.ended_at - t0
-        stats = outputs[-1][3]
-        v.page_tps = figure(TPS, stats)
-        v.tokens = int(figure(TOKENS, stats))
-        shared = re.search(r"one batch with (\d+) other", stats)
-        v.batch = int(shared.group(1)) + 1 if shared else 1
-        v.bytes = streamed_bytes(outputs)
-    except Exception as e:  # reported, not raised: a crowd's failures are a result
-        v.wall_s, v.error = time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:300]
-    return v
+    def events(self, api_name: str, kwargs: dict) -> Iterator[tuple[float, str, tuple | None]]:
+        """One request: (seconds after it was sent, what: "queue_answered" | "stream_open" | a message's kind, the
+        API's output when the message carries one: the diffs applied, the state slots left out, as gradio_client
+        returns it)."""
+        from gradio_client import utils
 
-
-def http_chat(client, message: str, ui: dict) -> Iterator[tuple[float, str, tuple | None, int]]:
-    """One /chat request without gradio_client's reader: plain HTTP (httpx), the way the page's own client sends it.
-    The request is built as `client.submit` builds it (its endpoint's argument order and state slots), posted to
-    the queue, and the session's event stream read line by line; the stream is opened after the POST, as
-    gradio_client does (the server closes a session's stream that has no event). Yields (seconds after the submit,
-    what: "queue_answered" | "stream_open" | a message's kind, the API's output when the message carries one (the
-    diffs applied, the state slots left out, as gradio_client returns it), bytes of the line)."""
-    import uuid
-
-    import httpx
-    from gradio_client import utils
-
-    fn = client._infer_fn_index("/chat", None)
-    endpoint = client.endpoints[fn]
-    data = utils.construct_args(endpoint.parameters_info, (), {"message": message, **ui})
-    data = list(endpoint.process_input_files(*endpoint.insert_empty_state(*data)))
-    session = uuid.uuid4().hex
-    t0 = time.perf_counter()
-    with httpx.Client(timeout=httpx.Timeout(120.0)) as http:
-        r = http.post(client.sse_data_url, json={"data": data, "fn_index": fn, "session_hash": session})
+        fn = self.client._infer_fn_index(api_name, None)
+        endpoint = self.client.endpoints[fn]
+        data = utils.construct_args(endpoint.parameters_info, (), kwargs)
+        data = list(endpoint.process_input_files(*endpoint.insert_empty_state(*data)))
+        t0 = time.perf_counter()
+        r = self.http.post(
+            self.client.sse_data_url, json={"data": data, "fn_index": fn, "session_hash": self.session}
+        )
         r.raise_for_status()
-        yield time.perf_counter() - t0, "queue_answered", None, len(r.content)
-        with http.stream("GET", client.sse_url, params={"session_hash": session}) as stream:
-            yield time.perf_counter() - t0, "stream_open", None, 0
+        yield time.perf_counter() - t0, "queue_answered", None
+        with self.http.stream("GET", self.client.sse_url, params={"session_hash": self.session}) as stream:
+            yield time.perf_counter() - t0, "stream_open", None
             values = None
             for line in stream.iter_lines():
                 if not line.startswith("data:"):
@@ -629,18 +601,98 @@ def http_chat(client, message: str, ui: dict) -> Iterator[tuple[float, str, tupl
                     if not msg.get("success", True):
                         raise RuntimeError(f"the studio answered with an error: {msg.get('output')}")
                     out = endpoint.remove_skipped_components(*msg["output"]["data"])
-                yield time.perf_counter() - t0, kind, out, len(line)
+                yield time.perf_counter() - t0, kind, out
                 if kind == "process_completed":
                     return
 
 
-def probe(client, message: str, ui: dict) -> dict:
-    """`http_chat` timed at the socket: seconds after the submit of the queue's answer to the POST, the stream's
-    headers and each kind of message's first arrival. What a visitor waits for that this probe does not is
-    gradio_client's; what this probe waits for too is the server's."""
+class GradioVisitor:
+    """A visitor through gradio_client (the issue's visitor): its own Client, whose session a light request opens
+    first (the page load, see HttpPage)."""
+
+    def __init__(self, url: str) -> None:
+        from gradio_client import Client
+
+        self.client = Client(url, verbose=False, analytics_enabled=False)
+
+    def open(self) -> None:
+        self.client.predict(api_name="/clear")
+
+    def chat(self, message: str, ui: dict) -> Iterator[tuple]:
+        job = self.client.submit(message=message, api_name="/chat", **ui)
+        yield from job
+        final = job.outputs()
+        if final:
+            yield final[-1]
+
+    def close(self) -> None:
+        self.client.close()  # it keeps a heartbeat stream to the server: a crowd leaves none behind
+
+
+class HttpVisitor:
+    """A visitor through plain HTTP (HttpPage), sharing one gradio_client Client for the app's description."""
+
+    def __init__(self, client) -> None:
+        self.page = HttpPage(client)
+
+    def open(self) -> None:
+        self.page.open()
+
+    def chat(self, message: str, ui: dict) -> Iterator[tuple]:
+        for _, _, out in self.page.events("/chat", {"message": message, **ui}):
+            if out is not None:
+                yield out
+
+    def close(self) -> None:
+        self.page.close()
+
+
+CLIENTS = ("gradio", "http")
+
+
+def answered(out) -> bool:
+    """Whether this /chat output carries the whole answer: its stats line is printed with it."""
+    return bool(TOKENS.search(str(out[3])))
+
+
+def visit(visitor, v: Visitor, message: str, ui: dict, barrier: threading.Barrier) -> Visitor:
+    """One visitor's /chat (a GradioVisitor or an HttpVisitor, its page open), from the barrier to the answer."""
+    barrier.wait()
+    t0 = v.submitted_at = time.perf_counter()
+    try:
+        outputs = []
+        for out in visitor.chat(message, ui):
+            if outputs and out == outputs[-1]:
+                continue  # the answer repeated at the end (the completed message, gradio_client's final list)
+            outputs.append(out)
+            now = time.perf_counter()
+            if v.first_output_s is None:
+                v.first_output_s = now - t0
+            if v.first_token_s is None and shows_tokens(out):
+                v.first_token_s = now - t0
+            if v.ended_at is None and answered(out):
+                v.ended_at = now
+        v.outputs = len(outputs)
+        v.completed_s = time.perf_counter() - t0
+        v.wall_s = v.ended_at - t0
+        stats = outputs[-1][3]
+        v.page_tps = figure(TPS, stats)
+        v.tokens = int(figure(TOKENS, stats))
+        shared = re.search(r"one batch with (\d+) other", stats)
+        v.batch = int(shared.group(1)) + 1 if shared else 1
+        v.bytes = streamed_bytes(outputs)
+    except Exception as e:  # reported, not raised: a crowd's failures are a result
+        v.wall_s, v.error = time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:300]
+    return v
+
+
+def probe(page: HttpPage, message: str, ui: dict) -> dict:
+    """One /chat of an open HttpPage timed at the socket: seconds after the submit of the queue's answer to the
+    POST, the stream's headers and each kind of message's first arrival. What a visitor waits for that this probe
+    does not is gradio_client's; what this probe waits for too is the server's."""
     times: dict[str, float] = {}
     messages = 0
-    for t, what, _, _ in http_chat(client, message, ui):
+    for t, what, _ in page.events("/chat", {"message": message, **ui}):
         times.setdefault(what if what in ("queue_answered", "stream_open") else f"first_{what}", t)
         if what not in ("queue_answered", "stream_open"):
             messages += 1
@@ -653,17 +705,19 @@ def probes(url: str, sdar: Path, args) -> list[dict]:
     from gradio_client import Client
 
     client = Client(url, verbose=False, analytics_enabled=False)
-    out = []
+    page, out = HttpPage(client), []
     try:
+        page.open()
         for s in SETTINGS:
             for _ in range(3):
                 try:
-                    r = {"setting": s.name, **probe(client, MESSAGE, s.ui(str(sdar), args.new_tokens))}
+                    r = {"setting": s.name, **probe(page, MESSAGE, s.ui(str(sdar), args.new_tokens))}
                 except Exception as e:  # reported, not raised: a probe's failure is a result
                     r = {"setting": s.name, "error": f"{type(e).__name__}: {e}"}
                 print("probe", json.dumps(r), flush=True)
                 out.append(r)
     finally:
+        page.close()
         client.close()
     return out
 
@@ -686,42 +740,50 @@ def split_lone_visitors(visitors: list[Visitor], lines: list[tuple[float, str]])
 
 def crowd_rows(url: str, sdar: Path, args) -> list[Visitor]:
     """Every client kind (args.clients, default gradio_client alone), setting and crowd size, twice (the first
-    crowd of a size captures its batch shape on a GPU). A gradio_client visitor has a Client of its own; the
-    plain-HTTP visitors share one Client for the endpoint's description and each open their own connections."""
+    crowd of a size captures its batch shape on a GPU). Each visitor has its page open (its session set up) before
+    the crowd presses Send together. A gradio_client visitor has a Client of its own; the plain-HTTP visitors share
+    one Client for the app's description and each hold their own session and connection."""
     from gradio_client import Client
 
     visitors = []
-    for kind in getattr(args, "clients", None) or ["gradio"]:
-        for s in SETTINGS:
-            for n in args.crowd:
-                for rnd in (1, 2):
-                    count = n if kind == "gradio" else 1
-                    clients = [Client(url, verbose=False, analytics_enabled=False) for _ in range(count)]
-                    barrier = threading.Barrier(n)
-                    crowd = [Visitor(n, s.name, rnd, i + 1, client=kind) for i in range(n)]
-                    threads = [
-                        threading.Thread(
-                            target=visit,
-                            args=(clients[i % count], v, m, s.ui(str(sdar), args.new_tokens), barrier),
-                        )
-                        for i, (v, m) in enumerate(zip(crowd, crowd_prompts(n)))
-                    ]
-                    for t in threads:
-                        t.start()
-                    for t in threads:
-                        t.join(600)
-                    for (
-                        c
-                    ) in clients:  # each keeps a heartbeat stream to the server: a crowd leaves none behind
-                        c.close()
-                    visitors += crowd
-                    walls = [v.wall_s for v in crowd if v.wall_s is not None]
-                    print(
-                        f"crowd {n} {s.name} round {rnd} ({kind}): makespan {max(walls):.2f} s, median "
-                        f"{statistics.median(walls):.2f} s, errors {sum(v.error is not None for v in crowd)}",
-                        flush=True,
-                    )
+    shared = Client(url, verbose=False, analytics_enabled=False)
+    try:
+        for kind in getattr(args, "clients", None) or ["gradio"]:
+            for s in SETTINGS:
+                for n in args.crowd:
+                    for rnd in (1, 2):
+                        visitors += crowd_round(url, shared, kind, s, n, rnd, sdar, args)
+    finally:
+        shared.close()
     return visitors
+
+
+def crowd_round(url: str, shared, kind: str, s: Setting, n: int, rnd: int, sdar: Path, args) -> list[Visitor]:
+    """n visitors of `kind` with their pages open press Send at one barrier."""
+    people = [GradioVisitor(url) if kind == "gradio" else HttpVisitor(shared) for _ in range(n)]
+    try:
+        for p in people:
+            p.open()
+        barrier = threading.Barrier(n)
+        crowd = [Visitor(n, s.name, rnd, i + 1, client=kind) for i in range(n)]
+        threads = [
+            threading.Thread(target=visit, args=(p, v, m, s.ui(str(sdar), args.new_tokens), barrier))
+            for p, v, m in zip(people, crowd, crowd_prompts(n))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+    finally:
+        for p in people:
+            p.close()
+    walls = [v.wall_s for v in crowd if v.wall_s is not None]
+    print(
+        f"crowd {n} {s.name} round {rnd} ({kind}): makespan {max(walls):.2f} s, median "
+        f"{statistics.median(walls):.2f} s, errors {sum(v.error is not None for v in crowd)}",
+        flush=True,
+    )
+    return crowd
 
 
 def crowd_summary(visitors: list[Visitor], engine: dict) -> list[dict]:
@@ -913,7 +975,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--clients",
         nargs="+",
-        choices=sorted(CLIENTS),
+        choices=CLIENTS,
         default=["gradio", "http"],
         help="how the crowd's visitors read their answers: gradio_client (each its own Client), plain HTTP "
         "(the page's way: the queue's POST and its event stream)",

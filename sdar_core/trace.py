@@ -38,11 +38,22 @@ class StepEvent:
     stopped: bool  # True when the row hit a stop token in this block (tokens after it are discarded)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        # JSON object keys must be strings; keep ints readable.
-        d["masked_confidence"] = {str(k): v for k, v in self.masked_confidence.items()}
-        d["candidates"] = {str(k): v for k, v in self.candidates.items()}
-        return d
+        # The fields are flat (numbers, lists of numbers, int-keyed dicts): copied one level, not through asdict's
+        # recursive deep copy (a recording converts every step of an answer). JSON object keys must be strings.
+        return {
+            "row": self.row,
+            "block": self.block,
+            "step": self.step,
+            "block_start": self.block_start,
+            "block_state": list(self.block_state),
+            "committed": list(self.committed),
+            "committed_confidence": list(self.committed_confidence),
+            "masked_confidence": {str(k): v for k, v in self.masked_confidence.items()},
+            "candidates": {str(k): v for k, v in self.candidates.items()},
+            "prompt_positions": list(self.prompt_positions),
+            "final": self.final,
+            "stopped": self.stopped,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> StepEvent:

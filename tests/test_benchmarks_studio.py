@@ -36,7 +36,11 @@ def test_a_crowd_on_the_cpu_is_answered_and_summarised(studio_url, caplog):
     assert len(served) == len(visitors)  # the server's account of each answer, parsed by the benchmark
     assert sorted(t["tokens"] for t in served) == sorted(v.tokens for v in visitors)
     for t in served:
-        assert 0 <= t["waited_s"] and 0 < t["decoded_s"] and t["waited_s"] + t["decoded_s"] <= t["answered_s"]
+        assert (
+            0 <= t["waited_s"]
+            and 0 < t["decoded_s"]
+            and t["waited_s"] + t["decoded_s"] <= t["answered_s"] + 0.002
+        )  # 3 decimals each
         assert t["messages"] >= 1 and 0 < t["first_message_s"] <= t["answered_s"]
         assert 0 <= t["in_gradio_s"] <= t["answered_s"]
     # two rounds of each size and setting, for each kind of client
