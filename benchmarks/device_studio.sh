@@ -4,6 +4,7 @@
 #   bash benchmarks/device_studio.sh bench   # python -m benchmarks.studio on the SDAR-1.7B shape, crowd sweep included
 #   bash benchmarks/device_studio.sh crowd   # the crowd sweep alone (1, 8, 16 visitors), with the server's account
 #   bash benchmarks/device_studio.sh all     # the tests, then the bench (crowds 1, 8, 16) in one ten-minute call
+#   bash benchmarks/device_studio.sh bench-apptests   # the bench (crowds 1, 8, 16), then the studio's GPU tests
 #   bash benchmarks/device_studio.sh crowd-5ms [SECONDS]   # the crowd with CPython's 5 ms switch interval
 # Gradio is not installed there: its wheels travel in .whl/ (see benchmarks/NOTES.md, "The studio on a GPU").
 # Results go to $OUT (the device tool's folder), else out/device.
@@ -34,6 +35,12 @@ case "${1:-tests}" in
       tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py 2>&1 | tee "$OUT/app-tests-gpu.log" | tail -5
     timeout $((585 - SECONDS)) python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/h200-studio" --crowd 1 8 16 \
       --repeats 2 2>&1 | tee "$OUT/studio-bench.log" | tail -40 ;;
+  bench-apptests)  # one call: the bench first (its results written), then the studio's tests on CUDA, time allowing
+    timeout 430 python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/h200-studio" --crowd 1 8 16 --repeats 2 \
+      2>&1 | tee "$OUT/studio-bench.log" | tail -60
+    timeout $((590 - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
+      tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_app_scheduler.py \
+      2>&1 | tee "$OUT/app-tests-gpu.log" | tail -8 ;;
   crowd-5ms)  # the crowd with CPython's own switch interval, to compare with a run of `bench` on the same machine
     SDAR_SWITCH_INTERVAL=0.005 timeout "${2:-290}" python3 -m benchmarks.studio --arch sdar-1.7b \
       --out "$OUT/h200-studio-crowd-switch-5ms" --crowd 1 8 16 --crowd-only --repeats 1 \
