@@ -357,7 +357,7 @@ class BlockDecoder(Decoder):
         if start == 0:
             return 0
         self.run_chunk(
-            self.seq, 0, start, logits_from=start
+            self.seq, 0, start, logits_from=start, prefill=True
         )  # logits of nothing: only the cache write matters
         self.run_chunk.cache.commit(start)
         return 1
@@ -496,7 +496,7 @@ class NextTokenDecoder(Decoder):
     def run(self) -> Generation:
         t0, longest, layout = time.perf_counter(), self.layout.start, self.layout
         if longest > 1:
-            self.run_chunk(self.seq, 0, longest - 1, logits_from=longest - 1)
+            self.run_chunk(self.seq, 0, longest - 1, logits_from=longest - 1, prefill=True)
         synchronize(self.device)
         prefill_seconds = time.perf_counter() - t0
         forwards = 0

@@ -217,11 +217,16 @@ class ChunkRunner:
             )
         return mask
 
-    def __call__(self, seq: torch.Tensor, start: int, length: int, logits_from: int) -> torch.Tensor:
-        """Logits [B, length - logits_from, V] of chunk seq[:, start:start+length]; its K/V go to the cache."""
-        if self.mode == "plain" or length > 2 * self.block_size:
-            # A prefill (longer than a decode chunk) runs once per request with a length of its own: attention over
-            # the filled slice through SDPA's prebuilt kernels, neither a graph nor a kernel built for its length.
+    def __call__(
+        self, seq: torch.Tensor, start: int, length: int, logits_from: int, prefill: bool = False
+    ) -> torch.Tensor:
+        """Logits [B, length - logits_from, V] of chunk seq[:, start:start+length]; its K/V go to the cache.
+        `prefill`: the prompt's chunk (the decoders say so), whatever its length."""
+        if self.mode == "plain" or prefill or length > 2 * self.block_size:
+            # A prefill runs once per request with a length of its own: attention over the filled slice through
+            # SDPA's prebuilt kernels, neither a graph nor a kernel built for its length. A short one too: a prompt
+            # of one or two whole blocks would otherwise capture a graph of its own on its first request (the
+            # studio's first chat of a block size paid that capture, 0.5 of a warm request's speed on an H100).
             inputs = self.inputs(seq, start, length)
             return self.model(
                 inputs.ids,

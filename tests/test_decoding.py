@@ -486,6 +486,31 @@ def test_static_shape_runner_gives_the_plain_path_tokens(sdar, strategy):
     assert again.tokens.tolist() == plain.tokens.tolist()
 
 
+@pytest.mark.parametrize("strategy", ["static", "ar"])
+def test_a_short_prefill_takes_the_plain_path_and_the_decode_steps_the_static_one(
+    sdar, strategy, monkeypatch
+):
+    """A prompt of one or two whole blocks is no longer than a decode chunk, but it is a prefill: it must not get a
+    static forward (on a GPU, a graph captured for its length on its first request); the decode's chunks must."""
+    from sdar_core import runner
+
+    static_lengths = []
+    real = runner.ChunkRunner.static_forward
+
+    def spy(self, inputs, logits_from=0, forward_fn=None):
+        static_lengths.append(inputs.ids.shape[1])
+        return real(self, inputs, logits_from, forward_fn)
+
+    monkeypatch.setattr(runner.ChunkRunner, "static_forward", spy)
+    # two whole blocks and one token; for AR (blocks of one token) a prefill of two tokens
+    prompt = list(range(1, 10)) if strategy != "ar" else [1, 2]
+    kw = dict(max_new_tokens=8, block_length=4, steps=2, strategy=strategy)
+    static = generate(sdar, [prompt], runner_mode="static", **kw)
+    assert static.tokens.tolist() == generate(sdar, [prompt], runner_mode="plain", **kw).tokens.tolist()
+    # one static forward per decoding forward (NFE); the prefill's forward is not among them
+    assert static.stats.prefill_forwards == 1 and len(static_lengths) == static.stats.forwards
+
+
 def test_static_shape_runner_for_an_ar_model():
     ar = random_model(tiny_config("qwen3"))
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
