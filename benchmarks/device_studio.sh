@@ -5,7 +5,7 @@
 #   bash benchmarks/device_studio.sh crowd   # the crowd sweep alone (1, 8, 16 visitors), with the server's account
 #   bash benchmarks/device_studio.sh all     # the tests, then the bench (crowds 1, 8, 16) in one ten-minute call
 #   bash benchmarks/device_studio.sh bench-apptests   # the bench (crowds 1, 8, 16), then the studio's GPU tests
-#   bash benchmarks/device_studio.sh first      # the cuda tests, then the first request after the warm-up, before/after
+#   bash benchmarks/device_studio.sh first      # the first request after the warm-up (before/after), then the cuda tests
 #   bash benchmarks/device_studio.sh crowd-5ms [SECONDS]   # the crowd with CPython's 5 ms switch interval
 # Gradio is not installed there: its wheels travel in .whl/ (see benchmarks/NOTES.md, "The studio on a GPU").
 # Results go to $OUT (the device tool's folder), else out/device.
@@ -42,11 +42,12 @@ case "${1:-tests}" in
     timeout $((590 - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
       tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_app_scheduler.py \
       2>&1 | tee "$OUT/app-tests-gpu.log" | tail -8 ;;
-  first)  # the cuda tests; the first request of each prompt length after the warm-up, with the old prefill path too
-    timeout 250 python3 -m pytest -q -p no:cacheprovider -m cuda tests/ 2>&1 | tee "$OUT/cuda-tests.log" | tail -5
+  first)  # the first request of each prompt length after the warm-up (and with the old prefill path); the cuda tests
     timeout 150 python3 -m benchmarks.first_request --out "$OUT/first-request" 2>&1 | tail -24
-    timeout $((580 - SECONDS)) python3 -m benchmarks.first_request --static-prefill --out "$OUT/first-request-static-prefill" \
-      2>&1 | tail -24 ;;
+    timeout 150 python3 -m benchmarks.first_request --static-prefill --out "$OUT/first-request-static-prefill" \
+      2>&1 | tail -24
+    timeout $((580 - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/ 2>&1 | tee "$OUT/cuda-tests.log" \
+      | tail -5 ;;
   crowd-5ms)  # the crowd with CPython's own switch interval, to compare with a run of `bench` on the same machine
     SDAR_SWITCH_INTERVAL=0.005 timeout "${2:-290}" python3 -m benchmarks.studio --arch sdar-1.7b \
       --out "$OUT/h200-studio-crowd-switch-5ms" --crowd 1 8 16 --crowd-only --repeats 1 \
