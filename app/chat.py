@@ -88,7 +88,13 @@ class Chat:
         # after it, so that writing them never delays an answer (in a crowd, each handler's files took longer
         # than the batch's decode). The last message repeats the answer (Gradio sends no change for it), so that
         # an API caller's result is the whole answer.
-        yield {**answered, p.recording: record(message[:80], run)}
+        try:
+            recording = record(message[:80], run)
+        except Exception as e:  # the answer stands; only the visualizer's copy is missing
+            log.warning("the answer's recording was not saved: %s", e)
+            yield {**answered, p.chat_note: "  \n".join(x for x in (note, f"⚠️ {explained(e)}") if x)}
+            return
+        yield {**answered, p.recording: recording}
 
     def clear(self, request: gr.Request = None):
         """The conversation and the player emptied: a decode of this session stops, a replay playing in the page
