@@ -11,6 +11,10 @@ package (sdar_core/paths.py), whatever the working directory. Gradio's own varia
 Served beyond the loopback interface (another --host, --share, or a Hugging Face Space), or reached through a
 proxy or from another address, a request loads only the shipped models and the curated SDAR / Qwen3 hub ids
 (app/exposure.py); --allow-any-model lets every visitor load any folder of this machine or any hub id.
+
+SDAR_KERNEL_CACHE=<folder> keeps the compiled GPU kernels there (Triton's and inductor's caches, unless their own
+variables are set): point it at storage that outlives the process (a Space's persistent /data) and a restart skips
+the kernel compilation of the warm-up.
 """
 
 from __future__ import annotations
@@ -30,6 +34,33 @@ from app.ui import build_app  # noqa: E402
 
 log = logging.getLogger("sdar.app")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+KERNEL_CACHE_ENV = "SDAR_KERNEL_CACHE"
+
+
+def use_kernel_cache(env=os.environ) -> str | None:
+    """SDAR_KERNEL_CACHE=<folder>: Triton's and inductor's kernel caches go under it (TRITON_CACHE_DIR,
+    TORCHINDUCTOR_CACHE_DIR: a variable already set wins); the folder, None when unset. ValueError when the folder
+    cannot be created or written. Called before the first kernel is compiled (both read their variable then)."""
+    folder = env.get(KERNEL_CACHE_ENV, "").strip()
+    if not folder:
+        return None
+    root = os.path.abspath(os.path.expanduser(folder))
+    try:
+        for name in ("triton", "inductor"):
+            os.makedirs(os.path.join(root, name), exist_ok=True)
+        probe = os.path.join(root, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(
+            f"{KERNEL_CACHE_ENV}={folder!r} cannot hold the kernel caches: {e.strerror or e}"
+        ) from None
+    env.setdefault("TRITON_CACHE_DIR", os.path.join(root, "triton"))
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(root, "inductor"))
+    return root
 
 
 def exposed(host: str | None, share: bool | None, env=os.environ) -> bool:
@@ -70,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
             "the interpreter switches threads every %.2f ms (app/interpreter.py)", 1e3 * set_switch_interval()
         )
         watch_from_env()  # SDAR_STALL_REPORT: a diagnostic for the person who runs the studio, off by default
+        if (cache := use_kernel_cache()) is not None:
+            log.info("GPU kernels are cached in %s (%s)", cache, KERNEL_CACHE_ENV)
     except ValueError as e:
         parser.error(str(e))
     registry = ModelRegistry(
