@@ -347,9 +347,7 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
         warming = any("GPU warm-up started" in line for _, line in app.lines)  # logged before "running"
         info["warmup_done_s"] = app.wait_for("GPU warm-up done", 600) if warming else None  # the CPU: none
         if args.crowd_only:  # the crowd alone (a short device session): no chat, race or visualizer rows
-            info["visitors"] = crowd_rows(app.url, sdar, args)
-            info["probes"] = probes(app.url, sdar, args)
-            split_lone_visitors(info["visitors"], [(app.t0 + t, line) for t, line in app.lines])
+            info.update(crowd_and_probes(app, sdar, args))
             return info
         client = Client(app.url, verbose=False)
         spy = app.profile(Path(args.out) / "chat-profile.txt", args.profile) if args.profile else None
@@ -430,9 +428,7 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
         rows[("visualize", SETTINGS[0].name)] = Row(
             "visualize", SETTINGS[0].name, wall_s=wall, first_frame_s=first, frames_per_s=fps
         )
-        info["visitors"] = crowd_rows(app.url, sdar, args) if args.crowd else []
-        info["probes"] = probes(app.url, sdar, args)
-        split_lone_visitors(info["visitors"], [(app.t0 + t, line) for t, line in app.lines])
+        info.update(crowd_and_probes(app, sdar, args))
     finally:
         info["gradio_traces"] = app.traces()
         app.stop()
@@ -503,7 +499,7 @@ class Visitor:
     )
     server_s: float | None = None  # the handler's own time, to its answer
     after_answer_s: float | None = (
-        None  # the answer logged -> the client had the last output (Gradio's delivery)
+        None  # the answer logged -> the client had the answer (Gradio's delivery and the client's reading)
     )
     submitted_at: float | None = field(default=None, repr=False)  # perf_counter of the bench process
     ended_at: float | None = field(default=None, repr=False)  # when the answer arrived
@@ -561,6 +557,12 @@ class HttpPage:
     def open(self) -> None:
         for _ in self.events("/clear", {}):
             pass
+
+    def chat(self, message: str, ui: dict) -> Iterator[tuple]:
+        """The /chat outputs as the page receives them, the completed answer last."""
+        for _, _, out in self.events("/chat", {"message": message, **ui}):
+            if out is not None:
+                yield out
 
     def close(self) -> None:
         self.http.close()
@@ -629,24 +631,6 @@ class GradioVisitor:
         self.client.close()  # it keeps a heartbeat stream to the server: a crowd leaves none behind
 
 
-class HttpVisitor:
-    """A visitor through plain HTTP (HttpPage), sharing one gradio_client Client for the app's description."""
-
-    def __init__(self, client) -> None:
-        self.page = HttpPage(client)
-
-    def open(self) -> None:
-        self.page.open()
-
-    def chat(self, message: str, ui: dict) -> Iterator[tuple]:
-        for _, _, out in self.page.events("/chat", {"message": message, **ui}):
-            if out is not None:
-                yield out
-
-    def close(self) -> None:
-        self.page.close()
-
-
 CLIENTS = ("gradio", "http")
 
 
@@ -656,7 +640,7 @@ def answered(out) -> bool:
 
 
 def visit(visitor, v: Visitor, message: str, ui: dict, barrier: threading.Barrier) -> Visitor:
-    """One visitor's /chat (a GradioVisitor or an HttpVisitor, its page open), from the barrier to the answer."""
+    """One visitor's /chat (a GradioVisitor or an HttpPage, its page open), from the barrier to the answer."""
     barrier.wait()
     t0 = v.submitted_at = time.perf_counter()
     try:
@@ -722,6 +706,14 @@ def probes(url: str, sdar: Path, args) -> list[dict]:
     return out
 
 
+def crowd_and_probes(app: App, sdar: Path, args) -> dict:
+    """The crowd (args.crowd, none when empty), each lone visitor's time split by the studio's served lines, then
+    the plain-HTTP probes: `visitors` and `probes` of the results."""
+    visitors = crowd_rows(app.url, sdar, args) if args.crowd else []
+    split_lone_visitors(visitors, [(app.t0 + t, line) for t, line in app.lines])
+    return {"visitors": visitors, "probes": probes(app.url, sdar, args)}
+
+
 def split_lone_visitors(visitors: list[Visitor], lines: list[tuple[float, str]]) -> None:
     """For each visitor who came alone: where its wall time went, from the served line the studio logged between its
     submit and its end (`lines`: the bench's clock, perf_counter, and the line)."""
@@ -739,10 +731,10 @@ def split_lone_visitors(visitors: list[Visitor], lines: list[tuple[float, str]])
 
 
 def crowd_rows(url: str, sdar: Path, args) -> list[Visitor]:
-    """Every client kind (args.clients, default gradio_client alone), setting and crowd size, twice (the first
+    """Every client kind (args.clients; gradio_client alone when it has none), setting and crowd size, twice (the first
     crowd of a size captures its batch shape on a GPU). Each visitor has its page open (its session set up) before
-    the crowd presses Send together. A gradio_client visitor has a Client of its own; the plain-HTTP visitors share
-    one Client for the app's description and each hold their own session and connection."""
+    the crowd presses Send together. A gradio_client visitor has a Client of its own; the plain-HTTP visitors
+    (HttpPage) share one Client for the app's description and each hold their own session and connection."""
     from gradio_client import Client
 
     visitors = []
@@ -760,7 +752,7 @@ def crowd_rows(url: str, sdar: Path, args) -> list[Visitor]:
 
 def crowd_round(url: str, shared, kind: str, s: Setting, n: int, rnd: int, sdar: Path, args) -> list[Visitor]:
     """n visitors of `kind` with their pages open press Send at one barrier."""
-    people = [GradioVisitor(url) if kind == "gradio" else HttpVisitor(shared) for _ in range(n)]
+    people = [GradioVisitor(url) if kind == "gradio" else HttpPage(shared) for _ in range(n)]
     try:
         for p in people:
             p.open()
@@ -787,7 +779,8 @@ def crowd_round(url: str, shared, kind: str, s: Setting, n: int, rnd: int, sdar:
 
 
 def crowd_summary(visitors: list[Visitor], engine: dict) -> list[dict]:
-    """Per (setting, crowd size, round): makespan, the median visitor, aggregate tokens/s against the engine's."""
+    """Per (client, setting, crowd size, round): makespan, the median visitor, aggregate tokens/s against the
+    engine's."""
     groups: dict[tuple, list[Visitor]] = {}
     for v in visitors:
         groups.setdefault((v.client, v.setting, v.crowd, v.round), []).append(v)
