@@ -85,8 +85,8 @@ class Chat:
         }
         yield answered
         # The answer is on its way; the recording (the visualizer's copy, its trace files for download) is built
-        # after it, so that writing them never delays an answer (in a crowd, each handler's files took longer
-        # than the batch's decode). The last message repeats the answer (Gradio sends no change for it), so that
+        # after it, so that writing them never delays an answer (in a crowd every handler builds its recording
+        # when the batch ends). The last message repeats the answer (Gradio sends no change for it), so that
         # an API caller's result is the whole answer.
         try:
             recording = record(message[:80], run)

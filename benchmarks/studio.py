@@ -543,8 +543,8 @@ class HttpPage:
     them (the endpoint's argument order and state slots), posted to the queue, and the session's event stream read
     line by line, opened after the POST as gradio_client does (the server closes a session's stream that has no
     event). `client` is a gradio_client Client, used only for the app's description. `open()` is the page load:
-    a light request first, so that Gradio's per-session set-up (its state and config copies: ~0.1 s of its
-    interpreter) is paid before the visitor presses Send, as a browser's page-load event pays it."""
+    a light request first, so that Gradio's per-session set-up (its state and config copies, on its interpreter)
+    is paid before the visitor presses Send, as a browser's page-load event pays it."""
 
     def __init__(self, client) -> None:
         import uuid
