@@ -407,6 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the fused decode kernels to take on CUDA (sdar_core/fused.py: all, none, or names of "
         "norm_rope cache_write add_norm silu_mul routing); the others run as eager kernels",
     )
+    p.add_argument(
+        "--skinny-gemm",
+        action="store_true",
+        help="the projections through the skinny Triton GEMM (sdar_core/gemm.py) instead of cuBLAS",
+    )
     p.add_argument("--transformers", default="auto", choices=["auto", "none", "eager", "compiled", "both"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
@@ -457,6 +462,7 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
         compile=args.compile,
         fused=args.fuse,
         fusions=kernels.fusions(),
+        skinny_gemm=kernels.skinny_gemm,
         split_k=bool(args.split_k and split_k_available(device)),
         command="python -m benchmarks.bench " + " ".join(sys.argv[1:]),
     )
@@ -561,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.fuse:
         model.fuse_projections()
     fusions = args.fusions[0] if args.fusions in (["all"], ["none"]) else set(args.fusions)
-    kernels = Kernels(split_k_attention=None if args.split_k else False).with_fusions(fusions)
+    kernels = Kernels(split_k_attention=None if args.split_k else False, skinny_gemm=args.skinny_gemm)
+    kernels = kernels.with_fusions(fusions)
     params = DecodeParams(runner_mode=args.runner, compile=args.compile, kernels=kernels)
     info = device_info(model, device, args, kernels) | ({"load": loaded} if loaded else {})
     if model.config.is_moe:

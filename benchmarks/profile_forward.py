@@ -14,6 +14,7 @@ and the cost of the smallest kernels (a residual add, an RMSNorm of one token).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -33,7 +34,7 @@ CLASSES = [
     ("routing", ("_route", "sort", "radix", "topk", "softmax", "cumsum", "scan")),
     ("fused", ("_add_norm", "_silu_mul", "_norm_rope")),
     ("attention", ("sdpa", "flash", "fmha", "attention", "_split_kernel", "_merge_kernel", "flex", "triton")),
-    ("matmul", ("nvjet", "gemv", "gemm", "cutlass", "xmma", "splitkreduce")),
+    ("matmul", ("nvjet", "gemv", "gemm", "cutlass", "xmma", "splitkreduce", "_skinny")),
     ("norm", ("layer_norm", "rms")),
     ("copy/index", ("index", "copy", "cat", "scatter", "gather")),
     ("elementwise", ("elementwise",)),
@@ -46,8 +47,9 @@ def kernel_class(name: str) -> str:
     return next((c for c, keys in CLASSES if any(k in low for k in keys)), "other")
 
 
-def graphed(model, Q: int, total: int, start: int, split_k: bool):
-    runner = ChunkRunner(model, 1, total, Q, "graph", kernels=Kernels(split_k_attention=split_k))
+def graphed(model, Q: int, total: int, start: int, split_k: bool, skinny_gemm: bool = False):
+    kernels = Kernels(split_k_attention=split_k, skinny_gemm=skinny_gemm)
+    runner = ChunkRunner(model, 1, total, Q, "graph", kernels=kernels)
     seq = torch.randint(10, 1000, (1, total), device="cuda")
     lf = 0
     runner(seq, start, Q, lf)
@@ -136,6 +138,9 @@ def main() -> None:
     p.add_argument("--arch", default="sdar-1.7b", choices=sorted(common.ARCHS))
     p.add_argument("--contexts", nargs="+", default=["64", "8k"], choices=["64", "8k"])
     p.add_argument("--split-k", default="both", choices=["both", "on", "off"])
+    p.add_argument(
+        "--gemm", nargs="+", default=["cublas"], choices=["cublas", "skinny"], help="the projections' kernel"
+    )
     args = p.parse_args()
     model = common.random_model(
         common.arch_config(args.arch), torch.device("cuda"), torch.bfloat16
@@ -154,9 +159,16 @@ def main() -> None:
     contexts = [c for c in (("64", 512, 64), ("8k", 8704, 8448)) if c[0] in args.contexts]
     for context, total, start in contexts:
         for mode, m, Q in (("ar", ar, 1), ("sdar16", model, 16)):
-            for split_k in {"both": (False, True), "on": (True,), "off": (False,)}[args.split_k]:
-                graph = graphed(m, Q, total, start, split_k)
-                row = dict(context=context, mode=mode, split_k=split_k, replay_ms=round(replay_ms(graph), 3))
+            splits = {"both": (False, True), "on": (True,), "off": (False,)}[args.split_k]
+            for split_k, gemm in itertools.product(splits, args.gemm):
+                graph = graphed(m, Q, total, start, split_k, skinny_gemm=gemm == "skinny")
+                row = dict(
+                    context=context,
+                    mode=mode,
+                    split_k=split_k,
+                    gemm=gemm,
+                    replay_ms=round(replay_ms(graph), 3),
+                )
                 row |= kernel_profile(graph, layers)
                 result["rows"].append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "top"}), flush=True)
@@ -169,13 +181,15 @@ def main() -> None:
         (Path(args.out) / "profile.json").write_text(json.dumps(result, indent=1))
     print(f"\nfloor {result['floor_ms']:.3f} ms/forward at {bw / 1e9:.0f} GB/s")
     print(
-        f"{'ctx':<4}{'mode':<8}{'split-k':<8}{'replay ms':>10}{'kernels':>8}{'busy us':>9}{'span us':>9}  per class: "
+        f"{'ctx':<4}{'mode':<8}{'split-k':<8}{'gemm':<7}{'replay ms':>10}{'kernels':>8}{'busy us':>9}"
+        f"{'span us':>9}  per class: "
         "kernels/layer, us/forward"
     )
     for r in result["rows"]:
         cls = "  ".join(f"{c} {v['per_layer']}/{v['us']:.0f}" for c, v in r["classes"].items())
         print(
-            f"{r['context']:<4}{r['mode']:<8}{str(r['split_k']):<8}{r['replay_ms']:>10.3f}{r['kernels']:>8.0f}"
+            f"{r['context']:<4}{r['mode']:<8}{str(r['split_k']):<8}{r.get('gemm', 'cublas'):<7}"
+            f"{r['replay_ms']:>10.3f}{r['kernels']:>8.0f}"
             f"{r['busy_us']:>9.0f}{r['span_us']:>9.0f}  {cls}"
         )
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from .attention import AttentionInputs, attend
 from .config import ModelConfig
 from .fused import add_rms_norm, silu_mul
+from .gemm import linear, project
 from .kernels import DEFAULT_KERNELS, Kernels
 from .kv_cache import CacheSlot
 from .moe import SparseMoE
@@ -105,11 +106,11 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, attn: AttentionInputs, cache: CacheSlot | None, kernels: Kernels):
         B, Q, _ = x.shape
         if self.qkv_weight is not None:
-            q, k, v = F.linear(x, self.qkv_weight).split(
+            q, k, v = linear(x, self.qkv_weight, fuse=kernels.skinny_gemm).split(
                 [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1
             )
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            q, k, v = (project(m, x, kernels.skinny_gemm) for m in (self.q_proj, self.k_proj, self.v_proj))
         q = q.view(B, Q, self.n_heads, self.head_dim)
         q = self.norm_rope(q, self.q_norm, cos, sin, kernels.norm_rope)  # [B, H, Q, D]
         k, v = (
@@ -124,7 +125,7 @@ class Attention(nn.Module):
                 v.transpose(1, 2),
             )  # [B, H_kv, Q, D]
         out = attend(q, k, v, attn, kernels.attention_backend)  # [B, H, Q, D]
-        return self.o_proj(out.transpose(1, 2).reshape(B, Q, -1))
+        return project(self.o_proj, out.transpose(1, 2).reshape(B, Q, -1), kernels.skinny_gemm)
 
 
 class MLP(nn.Module):
@@ -149,8 +150,11 @@ class MLP(nn.Module):
 
     def forward(self, x, kernels: Kernels = DEFAULT_KERNELS):
         if self.gate_up_weight is not None:
-            return self.down_proj(silu_mul(F.linear(x, self.gate_up_weight), kernels.silu_mul))
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+            act = silu_mul(linear(x, self.gate_up_weight, fuse=kernels.skinny_gemm), kernels.silu_mul)
+        else:
+            fuse = kernels.skinny_gemm
+            act = F.silu(project(self.gate_proj, x, fuse)) * project(self.up_proj, x, fuse)
+        return project(self.down_proj, act, kernels.skinny_gemm)
 
 
 class DecoderLayer(nn.Module):
@@ -264,4 +268,4 @@ class SDARForCausalLM(nn.Module):
             x, delta = layer(x, delta, cos, sin, attn, cache, kernels)
         x, delta = x[:, logits_from:logits_to], delta[:, logits_from:logits_to]
         _, x = add_rms_norm(x, delta, self.model.norm, kernels.add_norm)
-        return self.lm_head(x)
+        return project(self.lm_head, x, kernels.skinny_gemm)

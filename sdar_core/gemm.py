@@ -1,0 +1,229 @@
+"""Skinny matmuls of the decode forward: y = x W^T for a few rows of x (1-64: an AR step, an SDAR block, a small
+batch), one Triton kernel that streams W once at the memory's speed.
+
+At decode time a projection reads megabytes of weight for a few kilobytes of activations: the time is the weight
+read, and what loses it is too few loads in flight (a 2048 x 2048 weight is 8 MB, ~2 us at 4 TB/s, less than the
+ramp-up of a kernel that gives each SM one tile) and the tail of a wave. The kernel tiles W by BLOCK_N output rows
+and splits K among SPLIT_K programs when the output tiles alone do not fill the chip; each program reads its
+[BLOCK_N, K / SPLIT_K] slice of W once, in BLOCK_K steps, for all the rows of x at once (tensor cores for 16 rows
+or more, a multiply-and-sum on the CUDA cores for fewer).
+
+Split-K in one launch: each program stores its float32 partial product in a workspace and counts itself in on an
+atomic counter of its output tile; the program that arrives last sums the SPLIT_K partials in split order (the
+result does not depend on who arrives last), rounds once to the output dtype and resets the counter to zero for the
+next call. The counters are one zero-initialised int32 buffer per device, allocated outside CUDA-graph capture;
+kernels on one device share them, which is safe because the kernels of a device run in the order of the one stream
+the decoder uses (two streams running split-K GEMMs at once would need a buffer each).
+
+The result is the float32 sum rounded once, as cuBLAS's bf16 GEMM rounds it: within bf16 rounding of F.linear
+(tests/test_gemm.py checks both against float64 math). Inference only (no backward): with a gradient wanted, on
+the CPU, with a bias, or for more than MAX_ROWS rows, `linear` calls F.linear. Which tile shapes run is
+`config_for` below: from the sweep of `python -m benchmarks.gemm` (benchmarks/NOTES.md, "Skinny matmuls").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .fused import kernels_run
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+MAX_ROWS = 64  # more rows than this are a prefill or a big batch: cuBLAS's tiled GEMM is built for them
+COUNTERS = 1 << 14  # split-K tiles one launch may use (output tiles x row tiles)
+_counters: dict[torch.device, torch.Tensor] = {}
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    block_n: int  # output features per program
+    block_k: int  # reduction step
+    split_k: int  # programs sharing one output tile's reduction
+    warps: int = 4
+    stages: int = 4
+
+    def grid(self, rows: int, n: int) -> tuple[int, int, int]:
+        return (triton.cdiv(n, self.block_n), self.split_k, triton.cdiv(rows, block_m(rows)))
+
+
+def block_m(rows: int) -> int:
+    """Rows of x per program: all of them up to 64 (1 below 16: the CUDA-core form; tl.dot needs 16 or more)."""
+    return 1 if rows == 1 else 16 if rows <= 16 else 32 if rows <= 32 else 64
+
+
+def config_for(rows: int, n: int, k: int, sms: int) -> GemmConfig:
+    """The tile shape for an [rows, k] x [n, k]^T product on a chip of `sms` SMs: enough programs for about two
+    per SM (output tiles first, then splits of K no shorter than 512), 16-byte-aligned steps of 256 along K."""
+    block_n = 16 if rows <= 16 else 32
+    tiles = triton.cdiv(n, block_n) * triton.cdiv(rows, block_m(rows))
+    split = 1
+    while tiles * split < 2 * sms and k // (split * 2) >= 512 and tiles <= COUNTERS:
+        split *= 2
+    return GemmConfig(block_n=block_n, block_k=256 if rows <= 16 else 128, split_k=split)
+
+
+def skinny_runs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether `linear` takes the kernel: CUDA with Triton, no gradient, no bias, a few rows, contiguous operands
+    of one floating dtype."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    return (
+        bias is None
+        and 1 <= rows <= MAX_ROWS
+        and x.dtype == weight.dtype
+        and x.dtype in (torch.bfloat16, torch.float16, torch.float32)
+        and weight.is_contiguous()
+        and kernels_run(x, weight)
+        and weight.device == x.device
+    )
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, fuse: bool = True
+) -> torch.Tensor:
+    """F.linear(x, weight, bias); with `fuse`, the skinny kernel where it runs (skinny_runs)."""
+    if fuse and skinny_runs(x, weight, bias):
+        return torch.ops.sdar.skinny_linear(x, weight)
+    return F.linear(x, weight, bias)
+
+
+def project(module: torch.nn.Linear, x: torch.Tensor, fuse: bool = True) -> torch.Tensor:
+    """module(x) for an nn.Linear; with `fuse`, the skinny kernel where it runs. Where it does not (a weight on
+    another device, as big-model dispatch leaves it), the module call, whose hooks bring the weight."""
+    if fuse and skinny_runs(x, module.weight, module.bias):
+        return torch.ops.sdar.skinny_linear(x, module.weight)
+    return module(x)
+
+
+def counters(device: torch.device) -> torch.Tensor | None:
+    """The device's split-K counters (all zero between launches); None while a CUDA graph is being captured and
+    none exist yet (an allocation then would belong to the graph's pool)."""
+    buf = _counters.get(device)
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if buf is None and not capturing:
+        buf = _counters[device] = torch.zeros(COUNTERS, dtype=torch.int32, device=device)
+    return buf
+
+
+def launch(x2: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig) -> torch.Tensor:
+    """y [rows, n] = x2 [rows, k] @ weight[n, k]^T with tile shape `cfg` (the benchmark sweeps shapes through
+    this)."""
+    rows, k = x2.shape
+    n = weight.shape[0]
+    y = torch.empty(rows, n, dtype=x2.dtype, device=x2.device)
+    count = counters(x2.device) if cfg.split_k > 1 else None
+    if cfg.split_k > 1 and count is None:
+        cfg = GemmConfig(cfg.block_n, cfg.block_k, 1, cfg.warps, cfg.stages)
+    grid = cfg.grid(rows, n)
+    if cfg.split_k > 1 and grid[0] * grid[2] > COUNTERS:
+        raise ValueError(f"{grid[0] * grid[2]} split-K tiles, more than the {COUNTERS} counters")
+    per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
+    ws = torch.empty(cfg.split_k, rows, n, dtype=torch.float32, device=x2.device) if cfg.split_k > 1 else y
+    _skinny_kernel[grid](
+        x2,
+        weight,
+        y,
+        ws,
+        count if count is not None else y,
+        rows,
+        n,
+        k,
+        x2.stride(0),
+        per_split,
+        BLOCK_M=block_m(rows),
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        SPLIT_K=cfg.split_k,
+        EVEN_K=k % cfg.block_k == 0 and per_split * cfg.split_k == k,
+        IEEE=x2.dtype == torch.float32,
+        num_warps=cfg.warps,
+        num_stages=cfg.stages,
+    )
+    return y
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+
+
+@torch.library.custom_op("sdar::skinny_linear", mutates_args=())
+def _skinny_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    cfg = config_for(x2.shape[0], weight.shape[0], k, _sm_count(x.device))
+    return launch(x2, weight, cfg).view(*x.shape[:-1], weight.shape[0])
+
+
+@_skinny_linear.register_fake
+def _(x, weight):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+if triton is not None:
+
+    @triton.jit
+    def _skinny_kernel(
+        X,
+        W,
+        Y,
+        WS,
+        COUNT,
+        M,
+        N,
+        K,
+        sxm,
+        per_split,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        SPLIT_K: tl.constexpr,
+        EVEN_K: tl.constexpr,
+        IEEE: tl.constexpr,  # float32 operands: full-precision products, as F.linear without TF32
+    ):
+        pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rn_safe = tl.where(rn < N, rn, 0)  # rows past N read row 0 (never stored): the W loads need no mask
+        rm_safe = tl.where(rm < M, rm, 0)
+        k0 = pid_k * per_split
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for kk in range(0, per_split, BLOCK_K):
+            rk = k0 + kk + tl.arange(0, BLOCK_K)
+            x_ptrs = X + rm_safe[:, None] * sxm + rk[None, :]
+            w_ptrs = W + rn_safe[:, None] * K + rk[None, :]
+            if EVEN_K:
+                x = tl.load(x_ptrs)
+                w = tl.load(w_ptrs)
+            else:
+                x = tl.load(x_ptrs, mask=rk[None, :] < K, other=0.0)
+                w = tl.load(w_ptrs, mask=rk[None, :] < K, other=0.0)
+            if BLOCK_M == 1:
+                acc += tl.sum(x.to(tl.float32) * w.to(tl.float32), axis=1)[None, :]
+            elif IEEE:
+                acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(x, tl.trans(w), acc)
+        live = (rm[:, None] < M) & (rn[None, :] < N)
+        out = rm[:, None] * N + rn[None, :]
+        if SPLIT_K == 1:
+            tl.store(Y + out, acc.to(Y.dtype.element_ty), mask=live)
+        else:
+            tl.store(WS + pid_k * M * N + out, acc, mask=live)
+            tile = pid_m * tl.num_programs(0) + pid_n
+            arrived = tl.atomic_add(
+                COUNT + tile, 1, sem="acq_rel"
+            )  # releases the partial, acquires the others'
+            if arrived == SPLIT_K - 1:
+                total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for s in range(SPLIT_K):
+                    total += tl.load(WS + s * M * N + out, mask=live, other=0.0, cache_modifier=".cg")
+                tl.store(Y + out, total.to(Y.dtype.element_ty), mask=live)
+                tl.atomic_xchg(COUNT + tile, 0)

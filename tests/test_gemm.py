@@ -1,0 +1,150 @@
+"""The skinny GEMM (sdar_core/gemm.py) against the product written out in float64: on the CPU through Triton's
+interpreter where it runs (every tile form: one row, tensor-core rows, split-K with the last-arriver sum, odd sizes
+no tile divides), on the GPU under the `cuda` marker against float64 and cuBLAS, inside a CUDA graph, and decoding
+with the kernel on against cuBLAS."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sdar_core import gemm
+from sdar_core.decoding import generate
+from sdar_core.kernels import Kernels
+
+from helpers import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def rounding_excess(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, roundings: int = 1) -> float:
+    """How far y = x w^T (bf16) lies beyond what `roundings` roundings of a float32 sum allow: |y - exact| may be
+    the float32 accumulation's error (K * 2^-24 * sum |x w|) plus one bf16 ulp of the result per rounding; <= 0
+    when it holds."""
+    x, w = x.double().cpu().reshape(-1, x.shape[-1]), w.double().cpu()
+    exact = x @ w.T
+    ulp = torch.exp2(torch.floor(torch.log2(exact.abs().clamp_min(1e-300))) - 7)
+    slack = (x.abs() @ w.abs().T) * x.shape[-1] * 2.0**-24
+    gap = (y.double().cpu().reshape(exact.shape) - exact).abs()
+    return float((gap - roundings * (ulp + slack)).max())
+
+
+def test_on_the_cpu_linear_is_f_linear_and_project_calls_the_module():
+    torch.manual_seed(0)
+    x, w, b = torch.randn(3, 5, 24), torch.randn(40, 24), torch.randn(40)
+    assert torch.equal(gemm.linear(x, w), F.linear(x, w))
+    assert torch.equal(gemm.linear(x, w, b), F.linear(x, w, b))
+    module, called = torch.nn.Linear(24, 40), []
+    module.register_forward_hook(lambda *_: called.append(1))  # big-model dispatch hooks the module call
+    assert torch.equal(gemm.project(module, x), module(x)) and len(called) == 2
+
+
+@pytest.mark.parametrize("rows", [1, 8, 16, 33, 64])
+def test_the_tile_shapes_fill_the_chip_without_splitting_k_too_thin(rows):
+    sms = 132
+    for n, k in [(2048, 2048), (4096, 2048), (12288, 2048), (2048, 6144), (151936, 2048), (4096, 12288)]:
+        cfg = gemm.config_for(rows, n, k, sms)
+        tiles = -(-n // cfg.block_n) * -(-rows // gemm.block_m(rows))
+        assert k // cfg.split_k >= 512 or cfg.split_k == 1  # each program reads at least 512 columns
+        if cfg.split_k > 1:
+            assert tiles * cfg.split_k // 2 < 2 * sms  # split only while the tiles alone are too few
+        else:
+            assert tiles >= 2 * sms or k // 2 < 512
+    assert gemm.config_for(1, 151936, 2048, sms).split_k == 1  # the lm_head has tiles enough
+    assert gemm.config_for(1, 2048, 2048, sms).split_k > 1  # o_proj does not
+
+
+def test_the_kernel_is_only_taken_where_it_can_run():
+    x, w = torch.randn(2, 16), torch.randn(8, 16)
+    assert not gemm.skinny_runs(x, w, None)  # the CPU
+    assert gemm.block_m(1) == 1 and gemm.block_m(2) == 16 and gemm.block_m(33) == 64
+
+
+# Every tile form on CPU tensors under the interpreter: rows 1 (CUDA-core form), 5 and 17 (tensor-core tiles with
+# padding rows), 64; K that no step divides; split-K 1-4 with uneven last splits; a row stride wider than K; each
+# shape twice, which must give the same bits, and the counters must be back to zero.
+INTERPRETED = """
+import json, torch
+from sdar_core import gemm
+from test_gemm import rounding_excess
+g = torch.Generator().manual_seed(0)
+errors, same, cases = {}, True, [
+    (1, 40, 300, (16, 128, 1)), (1, 40, 512, (16, 128, 2)), (5, 33, 700, (16, 128, 3)),
+    (17, 70, 256, (32, 128, 2)), (40, 50, 384, (32, 64, 1)), (3, 64, 1024, (16, 256, 4)), (64, 24, 200, (16, 64, 2)),
+]
+for rows, n, k, (bn, bk, split) in cases:
+    x = torch.randn(rows, k + 8, generator=g)[:, :k]  # rows k + 8 apart
+    w = torch.randn(n, k, generator=g)
+    ref = x.double() @ w.double().T
+    y = gemm.launch(x, w, gemm.GemmConfig(bn, bk, split))
+    same &= torch.equal(y, gemm.launch(x, w, gemm.GemmConfig(bn, bk, split)))
+    errors[f"{rows}x{n}x{k}/{split}"] = float((y.double() - ref).norm() / ref.norm())
+# bf16: one row (the interpreter's tl.dot misreads bf16 operands; the tensor-core form's bf16 runs on the GPU)
+xb, wb = torch.randn(1, 512, generator=g).bfloat16(), torch.randn(96, 512, generator=g).bfloat16()
+yb = gemm.launch(xb, wb, gemm.GemmConfig(16, 128, 2))
+errors["bf16_excess"] = rounding_excess(yb, xb, wb)
+counters = gemm._counters.get(torch.device("cpu"))
+print(json.dumps({"errors": errors, "same": bool(same), "counters": int(counters.abs().sum())}))
+"""
+
+
+@pytest.mark.skipif(interpreter_reason() is not None, reason=str(interpreter_reason()))
+def test_the_kernel_under_the_interpreter_equals_the_math():
+    out = json.loads(run_interpreted(INTERPRETED))
+    errors = out["errors"]
+    assert errors.pop("bf16_excess") <= 0, out  # a float32 sum rounded once, as cuBLAS rounds
+    assert max(errors.values()) < 1e-6, errors
+    assert out["same"] and out["counters"] == 0
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("rows", [1, 4, 16, 33, 64])
+@pytest.mark.parametrize("n,k", [(4096, 2048), (2048, 2048), (12288, 2048), (2048, 6144), (2560, 9728)])
+def test_cuda_bf16_result_is_within_bf16_rounding_of_f_linear(rows, n, k):
+    torch.manual_seed(rows)
+    x = torch.randn(1, rows, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+    with torch.no_grad():
+        ours, cublas = gemm.linear(x, w), F.linear(x, w)
+    assert ours.shape == cublas.shape == (1, rows, n)
+    assert rounding_excess(ours, x, w) <= 0  # one rounding of a float32 sum
+    assert rounding_excess(cublas, x, w) <= 0  # the same bound holds for cuBLAS: ours is within its rounding
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_float32_and_a_graph_replay_with_split_k():
+    torch.manual_seed(0)
+    x = torch.randn(3, 2048, device="cuda")
+    w = torch.randn(2048, 2048, device="cuda")
+    cfg = gemm.config_for(3, 2048, 2048, torch.cuda.get_device_properties(0).multi_processor_count)
+    assert cfg.split_k > 1
+    with torch.no_grad():
+        eager = gemm.linear(x, w)
+        assert rel_err(eager.cpu(), x.double().cpu() @ w.double().cpu().T) < 1e-6  # no TF32
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = gemm.linear(x, w)
+        for _ in range(3):
+            x.copy_(torch.randn_like(x))
+            graph.replay()
+            assert torch.equal(out, gemm.linear(x, w))
+    assert int(gemm._counters[x.device].abs().sum()) == 0
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("strategy", ["static", "dynamic", "ar"])
+@pytest.mark.parametrize("mode", ["graph", "static", "plain"])
+def test_cuda_decoding_with_the_skinny_gemm_gives_the_cublas_tokens(strategy, mode):
+    """float32 weights (products in full precision both ways), so a near-tie cannot flip: the same tokens."""
+    model = random_model(tiny_config("sdar", block_size=4)).cuda().fuse_projections()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
+    kw = dict(max_new_tokens=24, block_length=4, steps=2, strategy=strategy, threshold=0.5)
+    ours = generate(model, prompts, runner_mode=mode, kernels=Kernels(skinny_gemm=True), **kw)
+    cublas = generate(model, prompts, runner_mode="plain", kernels=Kernels(skinny_gemm=False), **kw)
+    assert ours.tokens.tolist() == cublas.tokens.tolist()
