@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sdar_core import gemm
+from sdar_core import gemm, pdl
 
 from . import common
 from .common import graph_replay_ms, machine_info
@@ -100,6 +100,12 @@ def measure(args) -> dict:
                 row["floor_us"] = 1e6 * nbytes / bw
                 row["cublas_us"] = time_us(F.linear, xs, ws)
                 row["ours_us"] = time_us(lambda x, w, c=cfg: gemm.launch(x, w, c), xs, ws)
+                if (
+                    pdl.SUPPORTED
+                ):  # the same kernel launched with PDL: each call overlaps the previous one's tail
+                    pdl.REQUESTED = True
+                    row["ours_pdl_us"] = time_us(lambda x, w, c=cfg: gemm.launch(x, w, c), xs, ws)
+                    pdl.REQUESTED = False
                 row["config"] = [cfg.block_n, cfg.block_k, cfg.split_k]
                 row["cublas_excess"] = excess(F.linear(xs[0], ws[0]), xs[0], ws[0])
                 row["ours_excess"] = excess(gemm.launch(xs[0], ws[0], cfg), xs[0], ws[0])
@@ -108,13 +114,16 @@ def measure(args) -> dict:
                     for c in sweep_configs(rows, k):
                         if time.perf_counter() - started > args.budget_s:
                             break
-                        tried[f"{c.block_n}/{c.block_k}/{c.split_k}"] = round(
-                            time_us(lambda x, w, c=c: gemm.launch(x, w, c), xs, ws), 2
-                        )
+                        try:
+                            us = time_us(lambda x, w, c=c: gemm.launch(x, w, c), xs, ws)
+                        except Exception as e:  # a tile shape this GPU cannot hold (shared memory)
+                            print(f"  {c}: {type(e).__name__}", flush=True)
+                            continue
+                        tried[f"{c.block_n}/{c.block_k}/{c.split_k}"] = round(us, 2)
                     if tried:
                         best = min(tried, key=tried.get)
                         row |= dict(sweep=tried, best_config=best, best_us=tried[best])
-                for key in ("cublas", "ours", "best"):
+                for key in ("cublas", "ours", "ours_pdl", "best"):
                     if f"{key}_us" in row:
                         row[f"{key}_of_bw"] = round(row["floor_us"] / row[f"{key}_us"], 3)
                 result["rows"].append(row)
@@ -122,6 +131,11 @@ def measure(args) -> dict:
                     f"{arch} {name:8s} {n:6d}x{k:5d} rows {rows:2d}: floor {row['floor_us']:7.2f} us  cuBLAS "
                     f"{row['cublas_us']:7.2f} ({row['cublas_of_bw']:.2f})  ours {row['ours_us']:7.2f} "
                     f"({row['ours_of_bw']:.2f}) {row['config']}"
+                    + (
+                        f"  PDL {row['ours_pdl_us']:.2f} ({row['ours_pdl_of_bw']:.2f})"
+                        if "ours_pdl_us" in row
+                        else ""
+                    )
                     + (f"  best {row['best_us']:.2f} {row['best_config']}" if "best_us" in row else ""),
                     flush=True,
                 )
@@ -136,15 +150,16 @@ def summary(result: dict) -> str:
         "",
         "us per call, cold L2, inside a CUDA graph; (fraction of the copy bandwidth)",
         "",
-        "| arch | projection | N x K | rows | floor | cuBLAS | ours (config) | best swept |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arch | projection | N x K | rows | floor | cuBLAS | ours (config) | ours with PDL | best swept |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         best = f"{r['best_us']:.2f} ({r['best_of_bw']:.2f}) {r['best_config']}" if "best_us" in r else ""
+        pdl_us = f"{r['ours_pdl_us']:.2f} ({r['ours_pdl_of_bw']:.2f})" if "ours_pdl_us" in r else ""
         lines.append(
             f"| {r['arch']} | {r['proj']} | {r['n']}x{r['k']} | {r['rows']} | {r['floor_us']:.2f} | "
             f"{r['cublas_us']:.2f} ({r['cublas_of_bw']:.2f}) | {r['ours_us']:.2f} ({r['ours_of_bw']:.2f}) "
-            f"{'/'.join(map(str, r['config']))} | {best} |"
+            f"{'/'.join(map(str, r['config']))} | {pdl_us} | {best} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sdar_core import pdl
 from sdar_core.kernels import Kernels
 from sdar_core.runner import ChunkRunner
 
@@ -139,7 +140,11 @@ def main() -> None:
     p.add_argument("--contexts", nargs="+", default=["64", "8k"], choices=["64", "8k"])
     p.add_argument("--split-k", default="both", choices=["both", "on", "off"])
     p.add_argument(
-        "--gemm", nargs="+", default=["cublas"], choices=["cublas", "skinny"], help="the projections' kernel"
+        "--gemm",
+        nargs="+",
+        default=["cublas"],
+        choices=["cublas", "skinny", "cublas+pdl", "skinny+pdl"],
+        help="the projections' kernel; +pdl: our Triton kernels launched with PDL (sdar_core/pdl.py)",
     )
     args = p.parse_args()
     model = common.random_model(
@@ -161,7 +166,8 @@ def main() -> None:
         for mode, m, Q in (("ar", ar, 1), ("sdar16", model, 16)):
             splits = {"both": (False, True), "on": (True,), "off": (False,)}[args.split_k]
             for split_k, gemm in itertools.product(splits, args.gemm):
-                graph = graphed(m, Q, total, start, split_k, skinny_gemm=gemm == "skinny")
+                pdl.REQUESTED = gemm.endswith("+pdl")
+                graph = graphed(m, Q, total, start, split_k, skinny_gemm=gemm.startswith("skinny"))
                 row = dict(
                     context=context,
                     mode=mode,

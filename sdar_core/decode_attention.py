@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import pdl
+
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run the SDPA path
     import triton
     import triton.language as tl
@@ -115,6 +117,7 @@ def _split_k(q, k_cache, v_cache, where: CacheQueries, config: SplitConfig) -> t
     )  # each split's normalised output
     part_lse = torch.empty(B, H, Q, S, dtype=torch.float32, device=q.device)  # and its log2-sum-exp2
     rows = max(16, min(TILE_ROWS, triton.next_power_of_2(G * Q)))  # tl.dot needs at least 16 rows
+    chained = pdl.on(q)
     _split_kernel[(S, B * H_kv, triton.cdiv(G * Q, rows))](
         q,
         k_cache,
@@ -142,8 +145,10 @@ def _split_k(q, k_cache, v_cache, where: CacheQueries, config: SplitConfig) -> t
         ROWS=rows,
         BLOCK_N=config.block_n,
         S=S,
+        PDL=chained,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
+        **pdl.options(chained),
     )
     out = torch.empty(B, H, Q, D, dtype=q.dtype, device=q.device)
     _merge_kernel[(B * H * Q,)](
@@ -158,7 +163,9 @@ def _split_k(q, k_cache, v_cache, where: CacheQueries, config: SplitConfig) -> t
         S=S,
         S_POW2=triton.next_power_of_2(S),
         D=D,
+        PDL=chained,
         num_warps=4,
+        **pdl.options(chained),
     )
     return out
 
@@ -214,7 +221,9 @@ if triton is not None:
         ROWS: tl.constexpr,
         BLOCK_N: tl.constexpr,
         S: tl.constexpr,
+        PDL: tl.constexpr,
     ):
+        pdl.wait_and_release(PDL)
         split, bh = tl.program_id(0), tl.program_id(1)
         b, hk = bh // n_kv, bh % n_kv
         r = tl.program_id(2) * ROWS + tl.arange(0, ROWS)  # row r = query head hk*G + r // n_q, query r % n_q
@@ -270,7 +279,9 @@ if triton is not None:
         S: tl.constexpr,
         S_POW2: tl.constexpr,
         D: tl.constexpr,
+        PDL: tl.constexpr,
     ):
+        pdl.wait_and_release(PDL)
         row = tl.program_id(0)  # flat (b, h, query)
         qi, h, b = row % n_q, (row // n_q) % n_heads, row // (n_q * n_heads)
         s, d = tl.arange(0, S_POW2), tl.arange(0, D)

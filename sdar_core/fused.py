@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import pdl
+
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run the eager ops
     import triton
     import triton.language as tl
@@ -69,6 +71,7 @@ def _add_rms_norm(
     x2, d2 = x.reshape(-1, h), delta.reshape(-1, h)  # [rows, h]
     total, out = (torch.empty(x2.shape, dtype=x.dtype, device=x.device) for _ in range(2))
     block = triton.next_power_of_2(h)
+    chained = pdl.on(x)
     _add_norm_kernel[(x2.shape[0],)](
         x2,
         d2,
@@ -80,7 +83,9 @@ def _add_rms_norm(
         h,
         eps,
         BLOCK=block,
+        PDL=chained,
         num_warps=min(16, max(1, block // 256)),
+        **pdl.options(chained),
     )
     return total.view(x.shape), out.view(x.shape)
 
@@ -98,8 +103,9 @@ def _silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     n = gate_up.shape[-1] // 2
     gu = gate_up.reshape(-1, 2 * n)  # [rows, 2I]
     out = torch.empty(gu.shape[0], n, dtype=gate_up.dtype, device=gate_up.device)
+    chained = pdl.on(gate_up)
     _silu_mul_kernel[(gu.shape[0], triton.cdiv(n, SILU_COLUMNS))](
-        gu, out, gu.stride(0), n, BLOCK=SILU_COLUMNS, num_warps=4
+        gu, out, gu.stride(0), n, BLOCK=SILU_COLUMNS, PDL=chained, num_warps=4, **pdl.options(chained)
     )
     return out.view(*gate_up.shape[:-1], n)
 
@@ -112,7 +118,8 @@ def _(gate_up):
 if triton is not None:
 
     @triton.jit
-    def _add_norm_kernel(X, DELTA, W, SUM, OUT, sx, sd, n, eps, BLOCK: tl.constexpr):
+    def _add_norm_kernel(X, DELTA, W, SUM, OUT, sx, sd, n, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        pdl.wait_and_release(PDL)
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         live = cols < n
@@ -128,7 +135,8 @@ if triton is not None:
         tl.store(OUT + row * n + cols, (s * rstd * w).to(dtype), mask=live)
 
     @triton.jit
-    def _silu_mul_kernel(GU, OUT, s_row, n, BLOCK: tl.constexpr):
+    def _silu_mul_kernel(GU, OUT, s_row, n, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        pdl.wait_and_release(PDL)
         row = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         live = cols < n

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import pdl
 from .fused import kernels_run
 
 try:
@@ -125,6 +126,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig) -> torch.Ten
         raise ValueError(f"{grid[0] * grid[2]} split-K tiles, more than the {COUNTERS} counters")
     per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     ws = torch.empty(cfg.split_k, rows, n, dtype=torch.float32, device=x2.device) if cfg.split_k > 1 else y
+    chained = pdl.on(x2)
     _skinny_kernel[grid](
         x2,
         weight,
@@ -142,8 +144,10 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig) -> torch.Ten
         SPLIT_K=cfg.split_k,
         EVEN_K=k % cfg.block_k == 0 and per_split * cfg.split_k == k,
         IEEE=x2.dtype == torch.float32,
+        PDL=chained,
         num_warps=cfg.warps,
         num_stages=cfg.stages,
+        **pdl.options(chained),
     )
     return y
 
@@ -187,6 +191,7 @@ if triton is not None:
         SPLIT_K: tl.constexpr,
         EVEN_K: tl.constexpr,
         IEEE: tl.constexpr,  # float32 operands: full-precision products, as F.linear without TF32
+        PDL: tl.constexpr,
     ):
         pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -195,22 +200,31 @@ if triton is not None:
         rm_safe = tl.where(rm < M, rm, 0)
         k0 = pid_k * per_split
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if PDL:  # let the next kernel launch, read the first weight tile (no kernel writes W), then wait
+            tl.extra.cuda.gdc_launch_dependents()
+        rk = k0 + tl.arange(0, BLOCK_K)
+        w = tl.load(W + rn_safe[:, None] * K + rk[None, :], mask=rk[None, :] < K, other=0.0)
+        if PDL:
+            tl.extra.cuda.gdc_wait()
         for kk in range(0, per_split, BLOCK_K):
             rk = k0 + kk + tl.arange(0, BLOCK_K)
             x_ptrs = X + rm_safe[:, None] * sxm + rk[None, :]
-            w_ptrs = W + rn_safe[:, None] * K + rk[None, :]
             if EVEN_K:
                 x = tl.load(x_ptrs)
-                w = tl.load(w_ptrs)
             else:
                 x = tl.load(x_ptrs, mask=rk[None, :] < K, other=0.0)
-                w = tl.load(w_ptrs, mask=rk[None, :] < K, other=0.0)
             if BLOCK_M == 1:
                 acc += tl.sum(x.to(tl.float32) * w.to(tl.float32), axis=1)[None, :]
             elif IEEE:
                 acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
             else:
                 acc = tl.dot(x, tl.trans(w), acc)
+            rk = rk + BLOCK_K  # the next step's weight tile (past this split's end: masked, never used)
+            w_ptrs = W + rn_safe[:, None] * K + rk[None, :]
+            if EVEN_K:
+                w = tl.load(w_ptrs, mask=rk[None, :] < k0 + per_split, other=0.0)
+            else:
+                w = tl.load(w_ptrs, mask=(rk[None, :] < K) & (rk[None, :] < k0 + per_split), other=0.0)
         live = (rm[:, None] < M) & (rn[None, :] < N)
         out = rm[:, None] * N + rn[None, :]
         if SPLIT_K == 1:

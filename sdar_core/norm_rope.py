@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from . import pdl
 from .fused import kernels_run
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run the eager path
@@ -34,6 +35,7 @@ def _launch(x, weight, eps, cos, sin, out, out_strides, index=None, v=None, v_ou
     v_out at the same place."""
     B, Q, H, D = x.shape
     copy_v = v is not None
+    chained = pdl.on(x)
     _norm_rope_kernel[(B * Q * H,)](
         x,
         weight,
@@ -59,7 +61,9 @@ def _launch(x, weight, eps, cos, sin, out, out_strides, index=None, v=None, v_ou
         BLOCK=triton.next_power_of_2(D),
         INDEXED=index is not None,
         COPY_V=copy_v,
+        PDL=chained,
         num_warps=1,
+        **pdl.options(chained),
     )
 
 
@@ -158,7 +162,9 @@ if triton is not None:
         BLOCK: tl.constexpr,
         INDEXED: tl.constexpr,
         COPY_V: tl.constexpr,
+        PDL: tl.constexpr,
     ):
+        pdl.wait_and_release(PDL)
         row = tl.program_id(0)  # flat (b, q, h)
         h, q, b = row % n_h, (row // n_h) % n_q, row // (n_h * n_q)
         d = tl.arange(0, BLOCK)

@@ -10,9 +10,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from test_fused import norm_module
 
-from sdar_core import gemm
+from sdar_core import gemm, pdl
 from sdar_core.decoding import generate
+from sdar_core.fused import add_rms_norm
 from sdar_core.kernels import Kernels
 
 from helpers import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
@@ -68,7 +70,7 @@ def test_the_kernel_is_only_taken_where_it_can_run():
 # shape twice, which must give the same bits, and the counters must be back to zero.
 INTERPRETED = """
 import json, torch
-from sdar_core import gemm
+from sdar_core import gemm, pdl
 from test_gemm import rounding_excess
 g = torch.Generator().manual_seed(0)
 errors, same, cases = {}, True, [
@@ -148,3 +150,52 @@ def test_cuda_decoding_with_the_skinny_gemm_gives_the_cublas_tokens(strategy, mo
     ours = generate(model, prompts, runner_mode=mode, kernels=Kernels(skinny_gemm=True), **kw)
     cublas = generate(model, prompts, runner_mode="plain", kernels=Kernels(skinny_gemm=False), **kw)
     assert ours.tokens.tolist() == cublas.tokens.tolist()
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_a_chain_of_pdl_launches_in_a_graph_reads_each_result_after_it_is_written(monkeypatch):
+    """Each GEMM reads what the norm before it wrote, each norm what the GEMM before it wrote, in fresh buffers
+    the allocator recycles: a kernel that started reading (or writing) before its predecessor finished would
+    change the bits. The chain launched with PDL inside a CUDA graph equals the chain launched without."""
+    if not pdl.SUPPORTED or torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs a Triton with launch_pdl and a Hopper or newer GPU")
+    torch.manual_seed(0)
+    ws = [torch.randn(2048, 2048, device="cuda", dtype=torch.bfloat16) * 0.03 for _ in range(12)]
+    norm = norm_module(2048).cuda().to(torch.bfloat16)
+    x = torch.randn(1, 4, 2048, device="cuda", dtype=torch.bfloat16)
+
+    def chain():
+        h, out = x, []
+        for w in ws:
+            h, n = add_rms_norm(h, gemm.linear(h, w), norm)
+            out.append(n)
+        return torch.stack(out)
+
+    with torch.no_grad():
+        monkeypatch.setattr(pdl, "REQUESTED", False)
+        plain = chain()
+        monkeypatch.setattr(pdl, "REQUESTED", True)
+        chain()  # compiles the PDL variants outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            chained = chain()
+        for _ in range(5):
+            graph.replay()
+            assert torch.equal(chained, plain)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("strategy", ["static", "dynamic", "ar"])
+def test_cuda_decoding_with_pdl_gives_the_same_tokens(strategy, monkeypatch):
+    if not pdl.SUPPORTED or torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs a Triton with launch_pdl and a Hopper or newer GPU")
+    model = random_model(tiny_config("sdar", block_size=4)).cuda().fuse_projections()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
+    kw = dict(max_new_tokens=24, block_length=4, steps=2, strategy=strategy, threshold=0.5)
+    kw |= dict(runner_mode="graph", kernels=Kernels(skinny_gemm=True))
+    monkeypatch.setattr(pdl, "REQUESTED", True)
+    chained = generate(model, prompts, **kw)
+    monkeypatch.setattr(pdl, "REQUESTED", False)
+    assert chained.tokens.tolist() == generate(model, prompts, **kw).tokens.tolist()
