@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from sdar_core import pdl
 from sdar_core.config import ModelConfig
 from sdar_core.decode_attention import split_k_available
 from sdar_core.decoding import DecodeParams, generate
@@ -408,9 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
         "norm_rope cache_write add_norm silu_mul routing); the others run as eager kernels",
     )
     p.add_argument(
-        "--skinny-gemm",
-        action="store_true",
-        help="the projections through the skinny Triton GEMM (sdar_core/gemm.py) instead of cuBLAS",
+        "--no-skinny-gemm",
+        dest="skinny_gemm",
+        action="store_false",
+        help="every projection through cuBLAS (default: one-row projections through sdar_core/gemm.py's kernel)",
     )
     p.add_argument("--transformers", default="auto", choices=["auto", "none", "eager", "compiled", "both"])
     p.add_argument("--repeats", type=int, default=3)
@@ -463,6 +465,7 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
         fused=args.fuse,
         fusions=kernels.fusions(),
         skinny_gemm=kernels.skinny_gemm,
+        pdl=pdl.REQUESTED and pdl.SUPPORTED,
         split_k=bool(args.split_k and split_k_available(device)),
         command="python -m benchmarks.bench " + " ".join(sys.argv[1:]),
     )

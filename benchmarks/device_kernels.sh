@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The decode kernels' measurements on a GPU machine (the device tool runs this in the repository root):
-#   bash benchmarks/device_kernels.sh gemm   # the projections one by one (cuBLAS vs the skinny GEMM, tile sweep),
-#                                            # the graphed forward by kernel class with each, its cuda tests
-#   bash benchmarks/device_kernels.sh e2e    # benchmarks.bench at 64 and 8k prompts, cuBLAS vs the skinny GEMM
-# Results go to $OUT (the device tool's folder), else out/device.
+#   bash benchmarks/device_kernels.sh tests-e2e  # every `cuda` test (PDL and the skinny GEMM on, the defaults), then
+#                                                # benchmarks.bench at 64 and 8k prompts: cuBLAS without PDL vs defaults
+#   bash benchmarks/device_kernels.sh gemm       # the projections one by one (cuBLAS vs the skinny GEMM, with and
+#                                                # without PDL), the graphed forward by kernel class with each
+# Results go to $OUT (the device tool's folder), else out/device; folders are packed in one .tgz (the device tool
+# brings back a few files per call).
 set -u
 OUT=${OUT:-out/device}
 mkdir -p "$OUT"
@@ -12,15 +14,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 BENCH="python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 8192 --new-tokens 256 512
   --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none"
 case "${1:-gemm}" in
+  tests-e2e)
+    timeout 300 python3 -m pytest -q -p no:cacheprovider -m cuda tests/ 2>&1 | tee "$OUT/cuda-tests.log" | tail -5
+    SDAR_PDL=0 timeout 140 $BENCH --no-skinny-gemm --out "$OUT/e2e-cublas" 2>&1 | tee "$OUT/e2e-cublas.log" | tail -6
+    timeout 140 $BENCH --out "$OUT/e2e-default" 2>&1 | tee "$OUT/e2e-default.log" | tail -6
+    tar czf "$OUT/e2e.tgz" -C "$OUT" e2e-cublas e2e-default && rm -r "$OUT/e2e-cublas" "$OUT/e2e-default" ;;
   gemm)
-    timeout 240 python3 -m benchmarks.gemm --out "$OUT/gemm" --budget-s 100 2>&1 | tee "$OUT/gemm.log" | tail -3
+    timeout 200 python3 -m benchmarks.gemm --out "$OUT/gemm" --rows 1 4 16 --sweep-rows 1 --budget-s 60 2>&1 \
+      | tee "$OUT/gemm.log" | tail -3
     timeout 150 python3 -m benchmarks.profile_forward --split-k on --gemm cublas skinny cublas+pdl skinny+pdl \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -12
-    timeout 100 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_gemm.py 2>&1 | tee "$OUT/cuda-gemm.log" \
-      | tail -4
-    SDAR_PDL=1 timeout 120 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_gemm.py tests/test_fused.py \
-      tests/test_decode_attention.py tests/test_norm_rope.py 2>&1 | tee "$OUT/cuda-kernels-pdl.log" | tail -4 ;;
-  e2e)
-    timeout 240 $BENCH --out "$OUT/e2e-cublas" 2>&1 | tee "$OUT/e2e-cublas.log" | tail -6
-    timeout 240 $BENCH --skinny-gemm --out "$OUT/e2e-skinny" 2>&1 | tee "$OUT/e2e-skinny.log" | tail -6 ;;
+    tar czf "$OUT/gemm-profile.tgz" -C "$OUT" gemm profile && rm -r "$OUT/gemm" "$OUT/profile" ;;
 esac

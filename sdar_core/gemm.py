@@ -17,7 +17,7 @@ the decoder uses (two streams running split-K GEMMs at once would need a buffer 
 
 The result is the float32 sum rounded once, as cuBLAS's bf16 GEMM rounds it: within bf16 rounding of F.linear
 (tests/test_gemm.py checks both against float64 math). Inference only (no backward): with a gradient wanted, on
-the CPU, with a bias, or for more than MAX_ROWS rows, `linear` calls F.linear. Which tile shapes run is
+the CPU, with a bias, or for more than MAX_ROWS rows (below), `linear` calls F.linear. Which tile shapes run is
 `config_for` below: from the sweep of `python -m benchmarks.gemm` (benchmarks/NOTES.md, "Skinny matmuls").
 """
 
@@ -37,7 +37,11 @@ try:
 except ImportError:
     triton = None
 
-MAX_ROWS = 64  # more rows than this are a prefill or a big batch: cuBLAS's tiled GEMM is built for them
+# The rows `linear` sends to the kernel. Measured on an H100 (benchmarks/NOTES.md, "Skinny matmuls"): for one row
+# it is cuBLAS's equal alone (within +-10% per shape, the lm_head 7% faster) and, launched with PDL (pdl.py) in a
+# chain of our kernels, the batch-1 AR forward is 10% faster; from 2 rows on its tensor-core form is slower than
+# cuBLAS's (1.3-2x at 4-16 rows), so cuBLAS keeps them. `launch` itself serves 1-64 rows (the benchmark's sweep).
+MAX_ROWS = 1
 COUNTERS = 1 << 14  # split-K tiles one launch may use (output tiles x row tiles)
 _counters: dict[torch.device, torch.Tensor] = {}
 
@@ -174,6 +178,17 @@ def _(x, weight):
 if triton is not None:
 
     @triton.jit
+    def _step(acc, x, w, BLOCK_M: tl.constexpr, IEEE: tl.constexpr):
+        """acc + x w^T for one K step: a multiply-and-sum for one row, tensor cores for 16 or more."""
+        if BLOCK_M == 1:
+            acc += tl.sum(x.to(tl.float32) * w.to(tl.float32), axis=1)[None, :]
+        elif IEEE:
+            acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, tl.trans(w), acc)
+        return acc
+
+    @triton.jit
     def _skinny_kernel(
         X,
         W,
@@ -200,31 +215,26 @@ if triton is not None:
         rm_safe = tl.where(rm < M, rm, 0)
         k0 = pid_k * per_split
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if PDL:  # let the next kernel launch, read the first weight tile (no kernel writes W), then wait
+        # The first step apart: its weight tile is read before the PDL wait (no kernel writes W), its x after.
+        if PDL:
             tl.extra.cuda.gdc_launch_dependents()
         rk = k0 + tl.arange(0, BLOCK_K)
         w = tl.load(W + rn_safe[:, None] * K + rk[None, :], mask=rk[None, :] < K, other=0.0)
         if PDL:
             tl.extra.cuda.gdc_wait()
-        for kk in range(0, per_split, BLOCK_K):
+        x = tl.load(X + rm_safe[:, None] * sxm + rk[None, :], mask=rk[None, :] < K, other=0.0)
+        acc = _step(acc, x, w, BLOCK_M, IEEE)
+        for kk in range(BLOCK_K, per_split, BLOCK_K):
             rk = k0 + kk + tl.arange(0, BLOCK_K)
             x_ptrs = X + rm_safe[:, None] * sxm + rk[None, :]
-            if EVEN_K:
-                x = tl.load(x_ptrs)
-            else:
-                x = tl.load(x_ptrs, mask=rk[None, :] < K, other=0.0)
-            if BLOCK_M == 1:
-                acc += tl.sum(x.to(tl.float32) * w.to(tl.float32), axis=1)[None, :]
-            elif IEEE:
-                acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(x, tl.trans(w), acc)
-            rk = rk + BLOCK_K  # the next step's weight tile (past this split's end: masked, never used)
             w_ptrs = W + rn_safe[:, None] * K + rk[None, :]
             if EVEN_K:
-                w = tl.load(w_ptrs, mask=rk[None, :] < k0 + per_split, other=0.0)
+                x = tl.load(x_ptrs)
+                w = tl.load(w_ptrs)
             else:
-                w = tl.load(w_ptrs, mask=(rk[None, :] < K) & (rk[None, :] < k0 + per_split), other=0.0)
+                x = tl.load(x_ptrs, mask=rk[None, :] < K, other=0.0)
+                w = tl.load(w_ptrs, mask=rk[None, :] < K, other=0.0)
+            acc = _step(acc, x, w, BLOCK_M, IEEE)
         live = (rm[:, None] < M) & (rn[None, :] < N)
         out = rm[:, None] * N + rn[None, :]
         if SPLIT_K == 1:

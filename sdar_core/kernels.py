@@ -34,9 +34,9 @@ class Kernels:
     grouped_experts: bool = (
         True  # the static-shape expert forms where one runs (moe.Experts); False: the loop
     )
-    # The decode forward's projections through the skinny Triton GEMM (gemm.py) where it runs (a few rows, CUDA,
-    # no gradient); False: F.linear (cuBLAS) for every projection.
-    skinny_gemm: bool = False
+    # The decode forward's projections through the skinny Triton GEMM (gemm.py) where it runs (one row: batch-1
+    # AR steps; CUDA; no gradient); False: F.linear (cuBLAS) for every projection.
+    skinny_gemm: bool = True
     attention_backend: str = (
         "sdpa"  # attention.attention's backend for dense masks: "sdpa", "flash" or "eager"
     )

@@ -1,4 +1,5 @@
-"""Programmatic dependent launch (PDL, Hopper and later) for our Triton kernels, switched on with SDAR_PDL=1.
+"""Programmatic dependent launch (PDL, Hopper and later) for our Triton kernels: on by default where it runs,
+SDAR_PDL=0 switches it off.
 
 Inside a CUDA graph a kernel still starts only after the one before it has finished: the SMs idle while the last
 wave drains, the next grid launches and its first loads come back (~1-2 us per kernel boundary at decode time,
@@ -31,7 +32,7 @@ except ImportError:
     triton, SUPPORTED = None, False
 
 ENV = "SDAR_PDL"
-REQUESTED = os.environ.get(ENV, "0") == "1"  # read once: the launch path stays a dictionary lookup
+REQUESTED = os.environ.get(ENV, "1") != "0"  # read once: the launch path stays a dictionary lookup
 _capable: dict[int, bool] = {}
 
 
