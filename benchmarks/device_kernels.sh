@@ -9,6 +9,10 @@
 set -u
 OUT=${OUT:-out/device}
 mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then  # gradio and plotly for the studio's cuda tests (see device_studio.sh)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site || exit 1
+fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 BENCH="python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 8192 --new-tokens 256 512
