@@ -10,7 +10,7 @@ set -u
 OUT=${OUT:-out/device}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then  # gradio and plotly for the studio's cuda tests (see device_studio.sh)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  rm -rf /tmp/site && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site || exit 1
 fi
 export PYTHONUNBUFFERED=1
@@ -19,9 +19,9 @@ BENCH="python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 8
   --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none"
 case "${1:-gemm}" in
   tests-e2e)
-    timeout 300 python3 -m pytest -q -p no:cacheprovider -m cuda tests/ 2>&1 | tee "$OUT/cuda-tests.log" | tail -5
-    SDAR_PDL=0 timeout 140 $BENCH --no-skinny-gemm --out "$OUT/e2e-cublas" 2>&1 | tee "$OUT/e2e-cublas.log" | tail -6
-    timeout 140 $BENCH --out "$OUT/e2e-default" 2>&1 | tee "$OUT/e2e-default.log" | tail -6
+    timeout 330 python3 -m pytest -q -p no:cacheprovider -m cuda tests/ 2>&1 | tee "$OUT/cuda-tests.log" | tail -5
+    SDAR_PDL=0 timeout 120 $BENCH --no-skinny-gemm --out "$OUT/e2e-cublas" 2>&1 | tee "$OUT/e2e-cublas.log" | tail -6
+    timeout 120 $BENCH --out "$OUT/e2e-default" 2>&1 | tee "$OUT/e2e-default.log" | tail -6
     tar czf "$OUT/e2e.tgz" -C "$OUT" e2e-cublas e2e-default && rm -r "$OUT/e2e-cublas" "$OUT/e2e-default" ;;
   gemm)
     timeout 200 python3 -m benchmarks.gemm --out "$OUT/gemm" --rows 1 4 16 --sweep-rows 1 --budget-s 60 2>&1 \

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,14 +38,25 @@ def prompt_lengths(block: int) -> list[int]:
     return [max(1, block // 2), block + 1, 2 * block + 1, 3 * block + 1, 200]
 
 
-def decode(model, prompt: list[int], params: DecodeParams) -> float:
-    """Tokens/s of one decode of `prompt`, its steps read as they come (the studio's way)."""
-    steps = []
+def triton_kernels() -> set[str]:
+    """The compiled kernels in Triton's on-disk cache (a kernel built during a request shows up as a new entry)."""
+    from pathlib import Path as P
+
+    root = P(os.environ.get("TRITON_CACHE_DIR") or P.home() / ".triton" / "cache")
+    return {str(f.relative_to(root)) for f in root.glob("*/*.json") if not f.name.startswith("__grp__")}
+
+
+def decode(model, prompt: list[int], params: DecodeParams) -> tuple[float, float, list[str]]:
+    """Tokens/s of one decode of `prompt`, its steps read as they come (the studio's way); the seconds of its
+    prefill; the names of the Triton kernels compiled during it."""
+    steps, before = [], triton_kernels()
     synchronize(model.device)
     t0 = time.perf_counter()
     gen = generate(model, [prompt], params, on_step=steps.append)
     synchronize(model.device)
-    return gen.stats.new_tokens / (time.perf_counter() - t0)
+    tps = gen.stats.new_tokens / (time.perf_counter() - t0)
+    built = sorted(Path(k).name.removesuffix(".json") for k in triton_kernels() - before)
+    return tps, gen.stats.prefill_seconds, built
 
 
 def old_prefill_path() -> None:
@@ -93,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     for (L, strategy), dp in params.items():
         for n in prompt_lengths(L):
             prompt = [(7 * i + n) % 1000 + 10 for i in range(n)]
-            first = decode(model, prompt, dp)
-            warm = decode(model, prompt, dp)
+            first, first_prefill, built = decode(model, prompt, dp)
+            warm, warm_prefill, _ = decode(model, prompt, dp)
             rows.append(
                 {
                     "block": L,
@@ -103,11 +115,15 @@ def main(argv: list[str] | None = None) -> int:
                     "first_tps": first,
                     "warm_tps": warm,
                     "first_over_warm": first / warm,
+                    "first_prefill_s": first_prefill,
+                    "warm_prefill_s": warm_prefill,
+                    "kernels_built": built,
                 }
             )
             print(
                 f"block {L} {strategy} prompt {n}: first {first:.0f}, warm {warm:.0f} tokens/s "
-                f"({first / warm:.2f})",
+                f"({first / warm:.2f}); prefill {1000 * first_prefill:.1f} / {1000 * warm_prefill:.1f} ms; "
+                f"Triton kernels built: {', '.join(built) or 'none'}",
                 flush=True,
             )
     out = Path(args.out)
@@ -124,11 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         f"First request after the warm-up ({args.arch}, {args.new_tokens} new tokens, prefill path: "
         f"{'static for <= 2 blocks (before)' if args.static_prefill else 'plain'}; warm-up {warm_s:.1f} s)",
         "",
-        "| block | strategy | prompt tokens | first tok/s | warm tok/s | first / warm |",
-        "|---|---|---|---|---|---|",
+        "| block | strategy | prompt tokens | first tok/s | warm tok/s | first / warm | prefill first / warm (ms) "
+        "| Triton kernels built by the first |",
+        "|---|---|---|---|---|---|---|---|",
     ] + [
         f"| {r['block']} | {r['strategy']} | {r['prompt']} | {r['first_tps']:.0f} | {r['warm_tps']:.0f} | "
-        f"{r['first_over_warm']:.2f} |"
+        f"{r['first_over_warm']:.2f} | {1000 * r['first_prefill_s']:.1f} / {1000 * r['warm_prefill_s']:.1f} | "
+        f"{', '.join(r['kernels_built']) or 'none'} |"
         for r in rows
     ]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
