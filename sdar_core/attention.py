@@ -34,6 +34,17 @@ try:
 except Exception:  # very old torch
     BlockMask, create_block_mask, flex_attention = None, None, None
 
+try:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    # SDPA on CUDA without its cuDNN backend: cuDNN builds an execution plan for every new sequence length, on the
+    # first call of that length (0.1-1 s on an H100), and a prefill has the prompt's length: the first request of
+    # each prompt length paid it (benchmarks/NOTES.md, "The first request of a prompt length"). Flash and the
+    # memory-efficient kernel need no plan.
+    SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+except ImportError:  # torch without the backend selector: SDPA picks as it likes
+    SDPBackend, sdpa_kernel, SDPA_BACKENDS = None, None, None
+
 
 def block_causal_mask(
     q_index: torch.Tensor, k_len: int, block_size: int, k_start: torch.Tensor | None = None
@@ -109,9 +120,11 @@ def attention(
         # keys/values lets the memory-efficient kernel run instead.
         groups = q.shape[1] // k.shape[1]
         k, v, gqa = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), False
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=is_causal and mask is None, enable_gqa=gqa
-    )
+    causal = is_causal and mask is None
+    if q.is_cuda and sdpa_kernel is not None:
+        with sdpa_kernel(SDPA_BACKENDS):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
 
 
 def eager_attention(q, k, v, mask, *, is_causal: bool = False) -> torch.Tensor:

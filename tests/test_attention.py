@@ -250,3 +250,23 @@ def test_flex_reads_the_grouping_from_the_head_dimension_when_lengths_equal_head
     q, k, v = qkv(H_KV, H, seed=9)
     block_mask = flex_block_mask(lambda b, h, qi, ki: ki >= 0, B, H_KV, H, DEVICE)
     assert rel_err(attention(q, k, v, block_mask, backend="flex"), textbook(q, k, v, None)) < 1e-5
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("q_len", [5, 13, 200])
+def test_cuda_a_prefill_of_any_length_runs_no_cudnn_kernel(q_len):
+    """cuDNN's SDPA builds a plan per new sequence length on its first call (up to a second): a prefill of each new
+    prompt length would pay it. The masked prefill attention runs on the other kernels, as exact as before."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(q_len)
+    q = torch.randn(1, 16, q_len, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 8, q_len, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    mask = block_causal_mask(torch.arange(q_len, device="cuda"), q_len, 4)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        out = attention(q, k, v, mask)
+        torch.cuda.synchronize()
+    names = [e.name.lower() for e in prof.events() if e.device_type.name == "CUDA"]
+    assert names and not [n for n in names if "cudnn" in n], names
+    assert rel_err(out.float().cpu(), eager_attention(q, k, v, mask).float().cpu()) < 1e-2
