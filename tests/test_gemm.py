@@ -6,6 +6,9 @@ with the kernel on against cuBLAS."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -212,3 +215,18 @@ def test_cuda_decoding_with_pdl_gives_the_same_tokens(strategy, monkeypatch):
     chained = generate(model, prompts, **kw)
     monkeypatch.setattr(pdl, "REQUESTED", False)
     assert chained.tokens.tolist() == generate(model, prompts, **kw).tokens.tolist()
+
+
+def test_pdl_is_on_by_default_off_with_sdar_pdl_0_and_never_on_the_cpu():
+    def requested(env: dict) -> str:
+        code = "from sdar_core import pdl; print(pdl.REQUESTED)"
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
+        )
+        return done.stdout.strip()
+
+    base = {k: v for k, v in os.environ.items() if k != pdl.ENV}
+    assert requested(base) == "True"
+    assert requested({**base, pdl.ENV: "0"}) == "False"
+    assert not pdl.on(torch.zeros(2))  # a CPU tensor: no PDL whatever was asked
+    assert pdl.options(True) == {"launch_pdl": True} and pdl.options(False) == {}
