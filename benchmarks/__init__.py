@@ -3,6 +3,7 @@
     bench.py             decode speed: our AR mode and SDAR block decoding against transformers
     moe.py               one MoE layer's expert forms, and the MoE rows of bench
     decode_attention.py  the split-K decode attention against SDPA and flex_attention
+    gemm.py              each projection shape's matmul: cuBLAS against the skinny GEMM, with and without PDL
     profile_decode.py    where a decode step's time goes
     profile_forward.py   a graphed forward's GPU time by kernel class
     evaluate.py          the embedded models' accuracy, loss and samples (the tests reproduce its committed files)

@@ -8,6 +8,8 @@ The model
     decode_attention.py  the split-K decode attention kernel over the whole KV cache (Triton)
     fused.py           fused residual add + RMSNorm and SiLU * up kernels (Triton; eager elsewhere)
     norm_rope.py       fused q/k RMSNorm + RoPE, optionally writing the KV cache (Triton; eager elsewhere)
+    gemm.py            the skinny GEMM for one-row projections, split-K in one launch (Triton; F.linear elsewhere)
+    pdl.py             programmatic dependent launch for those Triton kernels (Hopper; SDAR_PDL=0 switches it off)
     kernels.py         Kernels: the one switchboard of which of those kernels a forward takes
     kv_cache.py        the preallocated KV cache with per-block commit
 Loading
