@@ -55,7 +55,11 @@ class GemmConfig:
     stages: int = 4
 
     def grid(self, rows: int, n: int) -> tuple[int, int, int]:
-        return (triton.cdiv(n, self.block_n), self.split_k, triton.cdiv(rows, block_m(rows)))
+        return (cdiv(n, self.block_n), self.split_k, cdiv(rows, block_m(rows)))
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def block_m(rows: int) -> int:
@@ -67,7 +71,7 @@ def config_for(rows: int, n: int, k: int, sms: int) -> GemmConfig:
     """The tile shape for an [rows, k] x [n, k]^T product on a chip of `sms` SMs: enough programs for about two
     per SM (output tiles first, then splits of K no shorter than 512), 16-byte-aligned steps of 256 along K."""
     block_n = 16 if rows <= 16 else 32
-    tiles = triton.cdiv(n, block_n) * triton.cdiv(rows, block_m(rows))
+    tiles = cdiv(n, block_n) * cdiv(rows, block_m(rows))
     split = 1
     while tiles * split < 2 * sms and k // (split * 2) >= 512 and tiles <= COUNTERS:
         split *= 2
@@ -128,7 +132,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig) -> torch.Ten
     grid = cfg.grid(rows, n)
     if cfg.split_k > 1 and grid[0] * grid[2] > COUNTERS:
         raise ValueError(f"{grid[0] * grid[2]} split-K tiles, more than the {COUNTERS} counters")
-    per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
+    per_split = cdiv(cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     ws = torch.empty(cfg.split_k, rows, n, dtype=torch.float32, device=x2.device) if cfg.split_k > 1 else y
     chained = pdl.on(x2)
     _skinny_kernel[grid](

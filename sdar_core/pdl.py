@@ -25,11 +25,14 @@ import torch
 try:
     import triton
     import triton.language as tl
+except ImportError:
+    triton = None
+try:  # a Triton whose CUDA launcher takes launch_pdl (3.4 and later)
     from triton.backends.nvidia.compiler import CUDAOptions
 
     SUPPORTED = "launch_pdl" in {f.name for f in dataclasses.fields(CUDAOptions)}
-except ImportError:
-    triton, SUPPORTED = None, False
+except Exception:  # no Triton, no CUDA backend, or another layout of its options
+    SUPPORTED = False
 
 ENV = "SDAR_PDL"
 REQUESTED = os.environ.get(ENV, "1") != "0"  # read once: the launch path stays a dictionary lookup
