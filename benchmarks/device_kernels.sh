@@ -4,6 +4,8 @@
 #                                                # benchmarks.bench at 64 and 8k prompts: cuBLAS without PDL vs defaults
 #   bash benchmarks/device_kernels.sh gemm       # the projections one by one (cuBLAS vs the skinny GEMM, with and
 #                                                # without PDL), the graphed forward by kernel class with each
+#   bash benchmarks/device_kernels.sh readme     # the README's sweep (docs/performance.md's command), compiled
+#                                                # transformers included, then the cold and warm start-up
 # Results go to $OUT (the device tool's folder), else out/device; folders are packed in one .tgz (the device tool
 # brings back a few files per call).
 set -u
@@ -29,4 +31,10 @@ case "${1:-gemm}" in
     timeout 150 python3 -m benchmarks.profile_forward --split-k on --gemm cublas skinny cublas+pdl skinny+pdl \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -12
     tar czf "$OUT/gemm-profile.tgz" -C "$OUT" gemm profile && rm -r "$OUT/gemm" "$OUT/profile" ;;
+  readme)
+    timeout 480 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 2048 8192 \
+      --new-tokens 256 512 512 --batch-sizes 1 4 16 32 64 --block-lengths 4 16 --repeats 2 --transformers compiled \
+      --out "$OUT/readme" 2>&1 | tee "$OUT/readme.log" | tail -8
+    timeout $((590 - SECONDS)) python3 -m benchmarks.startup --out "$OUT/startup" 2>&1 | tail -6
+    tar czf "$OUT/readme-startup.tgz" -C "$OUT" readme startup && rm -r "$OUT/readme" "$OUT/startup" ;;
 esac
