@@ -40,9 +40,7 @@ def prompt_lengths(block: int) -> list[int]:
 
 def triton_kernels() -> set[str]:
     """The compiled kernels in Triton's on-disk cache (a kernel built during a request shows up as a new entry)."""
-    from pathlib import Path as P
-
-    root = P(os.environ.get("TRITON_CACHE_DIR") or P.home() / ".triton" / "cache")
+    root = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
     return {str(f.relative_to(root)) for f in root.glob("*/*.json") if not f.name.startswith("__grp__")}
 
 

@@ -1,12 +1,12 @@
-"""Skinny matmuls of the decode forward: y = x W^T for a few rows of x (1-64: an AR step, an SDAR block, a small
-batch), one Triton kernel that streams W once at the memory's speed.
+"""Skinny matmuls of the decode forward: y = x W^T for a few rows of x, one Triton kernel that streams W once at the
+memory's speed. `linear` sends it one row (a batch-1 AR step: MAX_ROWS below); `launch` takes 1-64.
 
 At decode time a projection reads megabytes of weight for a few kilobytes of activations: the time is the weight
 read, and what loses it is too few loads in flight (a 2048 x 2048 weight is 8 MB, ~2 us at 4 TB/s, less than the
 ramp-up of a kernel that gives each SM one tile) and the tail of a wave. The kernel tiles W by BLOCK_N output rows
 and splits K among SPLIT_K programs when the output tiles alone do not fill the chip; each program reads its
-[BLOCK_N, K / SPLIT_K] slice of W once, in BLOCK_K steps, for all the rows of x at once (tensor cores for 16 rows
-or more, a multiply-and-sum on the CUDA cores for fewer).
+[BLOCK_N, K / SPLIT_K] slice of W once, in BLOCK_K steps, for all the rows of x at once (a multiply-and-sum on the
+CUDA cores for one row, tensor cores on 16, 32 or 64 padded rows for more).
 
 Split-K in one launch: each program stores its float32 partial product in a workspace and counts itself in on an
 atomic counter of its output tile; the program that arrives last sums the SPLIT_K partials in split order (the
@@ -79,8 +79,8 @@ def config_for(rows: int, n: int, k: int, sms: int) -> GemmConfig:
 
 
 def skinny_runs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether `linear` takes the kernel: CUDA with Triton, no gradient, no bias, a few rows, contiguous operands
-    of one floating dtype."""
+    """Whether `linear` takes the kernel: CUDA with Triton, no gradient, no bias, at most MAX_ROWS rows, contiguous
+    operands of one floating dtype."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     return (
         bias is None
