@@ -13,6 +13,14 @@ RoPE positions are counted from each row's first real token, so every row comput
 The cache write of a finished block is folded into the first denoising forward of the next block
 (the "Engineering Gap" of the paper's Limitations): that forward's chunk is [final block b-1 ; block b],
 block b-1's keys and values are kept, and the block costs exactly the denoising steps it uses.
+
+Joining a running decode (`join`, a `Joining`): a block boundary is the point where every row of the batch is in
+the same state (its cache holds whole blocks, its next block is all masks), so a new row can take a free row of
+the batch there (a row never used, or one whose answer has ended): its prompt's whole blocks are prefilled on
+their own (batch 1) and copied into that row's cache so that they end where the batch's next block starts (the row
+is left-padded by whole blocks like any other), its partial block becomes the prefix of that next block, and from
+there it is denoised with the others. It computes what it would alone, as a padded row does. A server keeps
+visitors who arrive while a batch runs from waiting for its end (app/scheduler.py).
 """
 
 from __future__ import annotations
@@ -22,12 +30,13 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from .decode_params import AR_BLOCK, ContextTooLong, DecodeParams, GenerationError, is_int
 from .device import synchronize
-from .runner import ChunkRunner, default_mode
+from .runner import ChunkRunner, bucket, default_mode
 from .sampling import sample_tokens
 from .schedules import SCHEDULES, StepScores, static_count, static_steps_needed
 from .trace import Generation, Stats, StepEvent
@@ -40,6 +49,9 @@ __all__ = [
     "BatchLayout",
     "check_fits",
     "positions_needed",
+    "Joining",
+    "Room",
+    "Arrival",
 ]
 
 # AR decoding on a GPU reads the stop flags (a host sync) and emits the traced events every this many tokens, at
@@ -53,31 +65,69 @@ def positions_needed(prompt_len: int, max_new_tokens: int, strategy: str, block_
     return math.ceil((prompt_len + max_new_tokens) / L) * L
 
 
+@dataclass(frozen=True)
+class Room:
+    """What a running decode offers at a block boundary: free rows, and where a joining row's prompt must fit."""
+
+    rows: int  # free rows of the batch
+    position: int  # tensor index of the block about to be decoded: a joining prompt's whole blocks end there
+    positions: int  # tensor positions from `position` to the end of the batch's buffer
+    block: int  # the batch's block length
+
+    def fits(self, prompt_len: int, max_new_tokens: int) -> bool:
+        """Whether a prompt of prompt_len tokens with this answer limit can join here: its whole blocks fit before
+        `position` (the row's left padding is whole blocks) and its partial block and answer fit after it."""
+        whole = prompt_len // self.block * self.block
+        rest = math.ceil((prompt_len - whole + max_new_tokens) / self.block) * self.block
+        return prompt_len > 0 and max_new_tokens > 0 and whole <= self.position and rest <= self.positions
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A row that joins a running decode: its prompt and its own answer limit."""
+
+    ids: list[int]
+    max_new_tokens: int
+
+
+class Joining(Protocol):
+    """Rows that join a decode while it runs (the module docstring): `width` rows are held, the input's rows first
+    and the rest free; at every block boundary with a free row the decoder asks `admit(room)` for arrivals, at most
+    room.rows, each fitting room (Room.fits). Joined rows are numbered after the input's, in the order they
+    arrive: their StepEvents carry that row number and the Generation lists their answers after the input's."""
+
+    width: int
+
+    def admit(self, room: Room) -> list[Arrival]: ...
+
+
 def generate(
     model,
     input_ids,
     params: DecodeParams | None = None,
     *,
     on_step: Callable[[StepEvent], None] | None = None,
+    join: Joining | None = None,
     **options,
 ) -> Generation:
     """Decode up to `max_new_tokens` per row; returns a Generation (tokens [B, <=max_new_tokens], stats, trace).
 
     input_ids: LongTensor [B, T] or a list of id lists of different lengths. The options are a DecodeParams
     (`params`) and/or its fields as keywords (`max_new_tokens=64, strategy="static", ...`, applied on top);
-    see DecodeParams for each. on_step receives every StepEvent as it happens.
+    see DecodeParams for each. on_step receives every StepEvent as it happens. `join` lets rows join the decode
+    at block boundaries (Joining; block decoding only: an AR model's next-token decoder takes none).
 
     Every decode runs under torch.inference_mode, whatever the caller's grad mode: the pooled runners' buffers
     (runner.py) are created and updated in one mode only, so a decode inside `torch.inference_mode()` and a plain
     one may share them. The returned tokens are a normal tensor.
     """
     with torch.inference_mode():
-        gen = _generate(model, input_ids, params, on_step, options)
+        gen = _generate(model, input_ids, params, on_step, join, options)
     gen.tokens = gen.tokens.clone()  # outside inference mode: the caller may edit it in place
     return gen
 
 
-def _generate(model, input_ids, params: DecodeParams | None, on_step, options: dict) -> Generation:
+def _generate(model, input_ids, params: DecodeParams | None, on_step, join, options: dict) -> Generation:
     config = model.config
     params = DecodeParams.build(params, options)
     params.check(config)
@@ -87,9 +137,11 @@ def _generate(model, input_ids, params: DecodeParams | None, on_step, options: d
     check_fits(max(len(r) for r in rows), p, config)
     tracer = Tracer.make(p.trace, on_step)
     if p.strategy == "ar" and not config.is_sdar:
+        if join is not None:
+            raise GenerationError("rows join block decoding only, not an AR model's next-token decoding")
         gen = NextTokenDecoder(model, rows, p, tracer).run()
     else:
-        gen = BlockDecoder(model, rows, p, tracer).run()
+        gen = BlockDecoder(model, rows, p, tracer, join).run()
     gen.stats.strategy = p.strategy
     gen.trace = tracer.events if tracer is not None else None
     return gen
@@ -221,7 +273,8 @@ class StepRecord:
 
 @dataclass
 class BatchLayout:
-    """Where every row's tokens sit in the batch tensor (see the module docstring); built once per call."""
+    """Where every row's tokens sit in the batch tensor (see the module docstring); built once per call, a row
+    rewritten when another row joins in its place (`seat`)."""
 
     prompts: list[list[int]]
     block: int  # L
@@ -230,30 +283,62 @@ class BatchLayout:
     seq: torch.Tensor  # [B, total] padding, prompt, then the fill token at every generated position
     fixed: torch.Tensor  # [B, total] bool: padding and prompt positions, never decoded
     pad_id: int
+    fill_id: int
 
     @classmethod
     def build(
-        cls, prompts: list[list[int]], block: int, max_new_tokens: int, fill_id: int, pad_id: int, device
+        cls,
+        prompts: list[list[int]],
+        block: int,
+        max_new_tokens: int,
+        fill_id: int,
+        pad_id: int,
+        device,
+        total: Callable[[int], int] | None = None,
     ) -> BatchLayout:
+        """`total(positions)`: the tensor's length for the positions the rows need (rounded down to whole blocks);
+        default exactly those positions."""
         full_blocks = [len(p) // block for p in prompts]
-        pad = [block * (max(full_blocks) - k) for k in full_blocks]
         start = max(full_blocks) * block
         n_blocks = max(math.ceil((len(p) + max_new_tokens) / block) - k for p, k in zip(prompts, full_blocks))
-        seq = torch.full((len(prompts), start + n_blocks * block), fill_id, dtype=torch.long)
-        fixed = torch.zeros(seq.shape, dtype=torch.bool)
-        for r, ids in enumerate(prompts):
-            seq[r, : pad[r]] = pad_id
-            seq[r, pad[r] : pad[r] + len(ids)] = torch.tensor(ids)
-            fixed[r, : pad[r] + len(ids)] = True
-        return cls(prompts, block, pad, start, seq.to(device), fixed.to(device), pad_id)
+        length = start + n_blocks * block
+        if total is not None:
+            length = max(length, start + (total(length) - start) // block * block)
+        layout = cls(  # built on the host, moved once
+            [],
+            block,
+            [],
+            start,
+            torch.full((len(prompts), length), fill_id, dtype=torch.long),
+            torch.zeros((len(prompts), length), dtype=torch.bool),
+            pad_id,
+            fill_id,
+        )
+        for r, (ids, k) in enumerate(zip(prompts, full_blocks)):
+            layout.seat(r, ids, start - k * block)
+        layout.seq, layout.fixed = layout.seq.to(device), layout.fixed.to(device)
+        return layout
+
+    def seat(self, r: int, ids: list[int], pad: int) -> None:
+        """Row r holds prompt `ids` after `pad` padding tokens, the fill token after it."""
+        row = torch.full((self.seq.shape[1],), self.fill_id, dtype=torch.long)
+        row[:pad] = self.pad_id
+        row[pad : pad + len(ids)] = torch.tensor(ids, dtype=torch.long)
+        self.seq[r] = row.to(self.seq.device)
+        self.fixed[r] = (torch.arange(self.seq.shape[1]) < pad + len(ids)).to(self.fixed.device)
+        if r < len(self.prompts):
+            self.prompts[r], self.pad[r] = ids, pad
+        else:
+            self.prompts.append(ids)
+            self.pad.append(pad)
 
     @property
     def batch(self) -> int:
         return len(self.prompts)
 
     @property
-    def n_blocks(self) -> int:
-        return (self.seq.shape[1] - self.start) // self.block
+    def total(self) -> int:
+        return self.seq.shape[1]
 
     def prompt_end(self, r: int) -> int:
         """Tensor index just past row r's prompt."""
@@ -264,34 +349,50 @@ class BatchLayout:
         L = self.block
         return [L - max(0, min(L, self.prompt_end(r) - s)) for r in range(self.batch)]
 
+    def answer(self, r: int, row: list[int], max_new_tokens: int, stop_ids: list[int]) -> list[int]:
+        """Row r's answer from `row` (its tensor row as a list): cut after its first stop token, at max_new_tokens."""
+        return _cut_at_stop(row[self.prompt_end(r) :], stop_ids, max_new_tokens)[0]
+
     def finish(self, max_new_tokens: int, stop_ids: list[int], stats: Stats) -> Generation:
         """Cut every row after its first stop token and at max_new_tokens; fill in the token counts."""
         seq_rows = self.seq.tolist()
-        out = [
-            _cut_at_stop(seq_rows[r][self.prompt_end(r) :], stop_ids, max_new_tokens)[0]
-            for r in range(self.batch)
-        ]
-        lengths = [len(kept) for kept in out]
-        tokens = torch.full((self.batch, max(lengths)), self.pad_id, dtype=torch.long)
-        for r, kept in enumerate(out):
-            tokens[r, : len(kept)] = torch.tensor(kept, dtype=torch.long)
-        stats.new_tokens = sum(lengths)
-        stats.new_tokens_per_row = lengths
-        return Generation(tokens=tokens, lengths=lengths, stats=stats)
+        answers = [self.answer(r, seq_rows[r], max_new_tokens, stop_ids) for r in range(self.batch)]
+        return generation(answers, self.pad_id, stats)
+
+
+def generation(answers: list[list[int]], pad_id: int, stats: Stats) -> Generation:
+    """The Generation of these answers (one per row), the token counts filled into `stats`."""
+    lengths = [len(a) for a in answers]
+    tokens = torch.full((len(answers), max(lengths)), pad_id, dtype=torch.long)
+    for r, kept in enumerate(answers):
+        tokens[r, : len(kept)] = torch.tensor(kept, dtype=torch.long)
+    stats.new_tokens = sum(lengths)
+    stats.new_tokens_per_row = lengths
+    return Generation(tokens=tokens, lengths=lengths, stats=stats)
 
 
 class Decoder:
     """The set-up both decoders share: the batch's layout (blocks of `block`, generated positions holding
-    `fill_id`), its chunk runner, the sampling, and the step record when traced (`record_slots` per step)."""
+    `fill_id`), its chunk runner, the sampling, and the step record when traced (`record_slots` per step).
+    `roomy`: the layout fills its runner's whole buffer (room for rows that join)."""
 
     def __init__(
-        self, model, rows: list[list[int]], p: DecodeParams, tracer: Tracer | None, block: int, fill_id: int
+        self,
+        model,
+        rows: list[list[int]],
+        p: DecodeParams,
+        tracer: Tracer | None,
+        block: int,
+        fill_id: int,
+        roomy: bool = False,
     ) -> None:
-        self.p, self.tracer, self.device = p, tracer, model.device
+        self.model, self.p, self.tracer, self.device = model, p, tracer, model.device
         self.mask_id = model.config.mask_token_id
         self.sampling, self.generator = p.sampling, _generator(p, model.device)
         pad_id = _pad_id(model.config)
-        self.layout = BatchLayout.build(rows, block, p.max_new_tokens, fill_id, pad_id, model.device)
+        context = model.config.max_position_embeddings
+        total = (lambda n: bucket(n, context)) if roomy else None
+        self.layout = BatchLayout.build(rows, block, p.max_new_tokens, fill_id, pad_id, model.device, total)
         self.seq = self.layout.seq  # [B, total]
         mode = p.runner_mode or default_mode(model)
         self.run_chunk = ChunkRunner.get(
@@ -307,16 +408,38 @@ class Decoder:
 
 class BlockDecoder(Decoder):
     """Block diffusion over a batch: the prompt's whole blocks prefilled in one forward, then block after
-    block denoised against the cache until nothing is masked, every row ending at a stop or max_new_tokens."""
+    block denoised against the cache until nothing is masked, every row ending at a stop or max_new_tokens; with
+    `join`, rows joining at block boundaries (the module docstring).
+
+    A row of the batch tensor is a *slot*; the rows of the Generation (and of the StepEvents) are the answers,
+    the input's first (slot r holds row r at the start) and then each joined row in its turn."""
 
     STATE, CANDIDATES, CHOSEN, MASKED = range(4)  # the step record's slots, each [B, L]
 
-    def __init__(self, model, rows: list[list[int]], p: DecodeParams, tracer: Tracer | None) -> None:
-        super().__init__(model, rows, p, tracer, p.block_length, model.config.mask_token_id)
-        self.L = p.block_length
+    def __init__(
+        self,
+        model,
+        rows: list[list[int]],
+        p: DecodeParams,
+        tracer: Tracer | None,
+        join: Joining | None = None,
+    ) -> None:
+        width = max(len(rows), join.width) if join is not None else len(rows)
+        slots = rows + [rows[0]] * (width - len(rows))  # free slots start as copies of row 0, never decoded
+        super().__init__(
+            model, slots, p, tracer, p.block_length, model.config.mask_token_id, roomy=join is not None
+        )
+        self.L, self.join = p.block_length, join
         self.schedule = SCHEDULES["static" if p.strategy == "ar" else p.strategy]
-        self.finished = [False] * len(rows)  # stopped, or has max_new_tokens
-        self.steps_per_block: list[list[int]] = [[] for _ in rows]
+        self.finished = [r >= len(rows) for r in range(width)]  # stopped, has its max_new_tokens, or free
+        self.row_of: list[int | None] = [
+            r if r < len(rows) else None for r in range(width)
+        ]  # each slot's row
+        self.limit = [p.max_new_tokens] * width  # each slot's max_new_tokens
+        self.first_block = [0] * width  # the block index each slot's row started at
+        self.prompts = [list(r) for r in rows]  # by row
+        self.answers: dict[int, list[int]] = {}  # row -> answer, once its slot was taken by another row
+        self.steps_per_block: list[list[int]] = [[] for _ in rows]  # by row
         self.forwards = 0
         self.record = self.make_record(p.steps, 4, self.L)
 
@@ -326,22 +449,26 @@ class BlockDecoder(Decoder):
         synchronize(self.device)
         prefill_seconds = time.perf_counter() - t0
         write_previous = False  # the previous block is final but its KV is not in the cache yet (fused path)
-        for b in range(self.layout.n_blocks):
-            if all(self.finished):
-                break
+        b = 0
+        while True:
             s = self.layout.start + b * self.L  # tensor index of block b
+            if self.join is not None and s + self.L <= self.layout.total:
+                self.admit(b, s)
+            if all(self.finished) or s + self.L > self.layout.total:
+                break
             used = self.denoise_block(s, write_previous)
             if self.record is not None:
                 self.emit_block(b, s)
             write_previous = self.finalise_block(s, used)
+            b += 1
         synchronize(self.device)
-        p, layout = self.p, self.layout
+        p = self.p
         stats = Stats(
             strategy=p.strategy,
             block_length=self.L,
             steps=p.steps,
-            batch_size=layout.batch,
-            prompt_tokens=sum(map(len, layout.prompts)),
+            batch_size=len(self.prompts),
+            prompt_tokens=sum(map(len, self.prompts)),
             new_tokens=0,
             forwards=self.forwards,
             prefill_forwards=prefill_forwards,
@@ -349,7 +476,17 @@ class BlockDecoder(Decoder):
             prefill_seconds=prefill_seconds,
             steps_per_block=self.steps_per_block,
         )
-        return layout.finish(p.max_new_tokens, p.stop_token_ids, stats)
+        if self.join is None:
+            return self.layout.finish(p.max_new_tokens, p.stop_token_ids, stats)
+        seq_rows = self.seq.tolist()
+        for r, row in enumerate(self.row_of):
+            if row is not None:
+                self.answers[row] = self.answer(r, seq_rows[r])
+        return generation([self.answers[row] for row in range(len(self.prompts))], self.layout.pad_id, stats)
+
+    def answer(self, r: int, row: list[int]) -> list[int]:
+        """The answer of slot r's row from its tensor row."""
+        return self.layout.answer(r, row, self.limit[r], self.p.stop_token_ids)
 
     def prefill(self) -> int:
         """The prompt's complete blocks, in one forward, straight into the cache; the forwards it took."""
@@ -361,6 +498,40 @@ class BlockDecoder(Decoder):
         )  # logits of nothing: only the cache write matters
         self.run_chunk.cache.commit(start)
         return 1
+
+    def admit(self, b: int, s: int) -> None:
+        """Before block b (tensor index s): offer the free slots to rows that join, and seat those that come."""
+        free = [r for r, done in enumerate(self.finished) if done]
+        if not free:
+            return
+        room = Room(len(free), s, self.layout.total - s, self.L)
+        arrivals = self.join.admit(room)
+        if len(arrivals) > len(free) or not all(room.fits(len(a.ids), a.max_new_tokens) for a in arrivals):
+            raise GenerationError(f"rows joining at position {s} do not fit the room offered: {room}")
+        for r, arrival in zip(free, arrivals):
+            self.seat(
+                r, b, s, prompt_rows([arrival.ids], self.model.config.vocab_size)[0], arrival.max_new_tokens
+            )
+        if arrivals:
+            self.run_chunk.set_padding(self.layout.pad)
+
+    def seat(self, r: int, b: int, s: int, ids: list[int], max_new_tokens: int) -> None:
+        """A joining row takes slot r before block b (tensor index s): its whole prompt blocks prefilled alone and
+        copied into the slot's cache to end at s, its partial block the prefix of block b."""
+        if self.row_of[r] is not None:  # the slot's answer ended: kept before the slot is rewritten
+            self.answers[self.row_of[r]] = self.answer(r, self.seq[r].tolist())
+        whole = len(ids) // self.L * self.L
+        self.layout.seat(r, ids, s - whole)
+        if whole:
+            alone = ChunkRunner(self.model, 1, whole, self.L, "plain", kernels=self.p.kernels)
+            alone(torch.tensor([ids[:whole]], device=self.device), 0, whole, logits_from=whole, prefill=True)
+            cache = self.run_chunk.cache
+            for mine, theirs in zip(cache.k + cache.v, alone.cache.k + alone.cache.v):
+                mine[r, :, s - whole : s].copy_(theirs[0, :, :whole])
+        self.row_of[r] = len(self.prompts)
+        self.prompts.append(ids)
+        self.steps_per_block.append([])
+        self.finished[r], self.limit[r], self.first_block[r] = False, max_new_tokens, b
 
     def denoise_block(self, s: int, write_previous: bool) -> list[int]:
         """Denoise the block at tensor index s until nothing is masked; the steps each row used. write_previous:
@@ -423,7 +594,7 @@ class BlockDecoder(Decoder):
         block_tokens = self.seq[:, s : s + self.L].tolist() if self.p.stop_token_ids else None
         for r, done in enumerate(self.finished):
             if not done:
-                self.steps_per_block[r].append(used[r])
+                self.steps_per_block[self.row_of[r]].append(used[r])
                 self.finished[r] = self.row_done(r, s, block_tokens)
         if self.p.fuse_cache_write:
             return True
@@ -438,12 +609,11 @@ class BlockDecoder(Decoder):
         end = self.layout.prompt_end(r)
         first_new = max(end, s)
         n_before, n_new = first_new - end, s + self.L - first_new
+        limit = self.limit[r]
         if block_tokens is None:
-            return n_before + n_new >= self.p.max_new_tokens
-        kept, hit = _cut_at_stop(
-            block_tokens[r][first_new - s :], self.p.stop_token_ids, self.p.max_new_tokens - n_before
-        )
-        return hit or n_before + len(kept) >= self.p.max_new_tokens
+            return n_before + n_new >= limit
+        kept, hit = _cut_at_stop(block_tokens[r][first_new - s :], self.p.stop_token_ids, limit - n_before)
+        return hit or n_before + len(kept) >= limit
 
     def emit_block(self, b: int, s: int) -> None:
         """The final block's StepEvents, one per step and row that was still denoising (one host read)."""
@@ -460,8 +630,8 @@ class BlockDecoder(Decoder):
                 final = self.mask_id not in new_tokens
                 self.tracer.emit(
                     StepEvent(
-                        row=r,
-                        block=b,
+                        row=self.row_of[r],
+                        block=b - self.first_block[r],
                         step=step,
                         block_start=s - self.layout.pad[r],
                         block_state=state[r],
