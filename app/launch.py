@@ -29,6 +29,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 from app.interpreter import set_switch_interval, watch_from_env  # noqa: E402
 from app.layout import LAUNCH_KWARGS  # noqa: E402
 from app.registry import DEFAULT_MODEL, ModelRegistry  # noqa: E402  (after the environment is set)
+from app.scheduler import batching_from_env  # noqa: E402
 from app.studio import WARMUP  # noqa: E402
 from app.ui import build_app  # noqa: E402
 
@@ -103,6 +104,12 @@ def main(argv: list[str] | None = None) -> None:
         watch_from_env()  # SDAR_STALL_REPORT: a diagnostic for the person who runs the studio, off by default
         if (cache := use_kernel_cache()) is not None:
             log.info("GPU kernels are cached in %s (%s)", cache, KERNEL_CACHE_ENV)
+        join, width = batching_from_env()
+        log.info(
+            "a batch holds at least %d row(s); rows %s",
+            width,
+            "join a running batch at its block boundaries" if join else "wait for the next batch",
+        )
     except ValueError as e:
         parser.error(str(e))
     registry = ModelRegistry(

@@ -12,7 +12,12 @@ answer and stats) or `Failed`. The scheduler's thread repeats one step, the way 
 Jobs share a decode when they have the same model and the same decoding settings (block length, steps,
 strategy, threshold, greedy sampling; max_new_tokens may differ: each row ends at its own limit). A sampled
 request (temperature > 0) decodes alone: one generator for the batch would make its answer depend on its
-neighbours, and batching must never change an answer. A job that arrives while the device is busy (a batch, a race
+neighbours, and batching must never change an answer. A job that arrives while a batch decodes joins it at its next
+block boundary when the batch has a free row (one it was padded with, or one whose answer has ended) and the job's
+prompt and answer fit the batch's buffer (sdar_core.decoding.Joining): it waits for a block, not for the batch. The
+batch admits waiting jobs in turn order and stops at the first one that cannot join (another setting, a race's
+lease, a prompt too long for the batch's layout), so the batch ends and that turn comes: joining never lets a
+batch run on past a visitor who is due. A job that arrives while the device is busy otherwise (no free row, a race
 lane) joins the next batch. Visitors who press Send together reach the server a few milliseconds apart (each
 request is its own HTTP call): when a job finds the device idle, the scheduler waits until no new job has come for
 GATHER_QUIET seconds (at most GATHER_MAX from the oldest waiting job) before it takes the batch, so that a crowd shares
@@ -31,6 +36,7 @@ timed lanes and the GPU warm-up, which take the same lock, keep the device to th
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -38,7 +44,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from sdar_core import DecodeParams, GenerationError, generate
-from sdar_core.decoding import check_fits
+from sdar_core.decoding import Arrival, Room, check_fits
 from sdar_core.runner import default_mode
 from sdar_core.trace import Stats, StepEvent
 
@@ -56,6 +62,25 @@ TURN_QUANTUM = (
 GATHER_QUIET = 0.015  # seconds without a new arrival before an idle device takes its batch
 GATHER_MAX = 0.05  # seconds from the oldest waiting job after which the batch is taken, arrivals or not
 USAGE_KEPT = 4096  # visitors whose device time is remembered (beyond: those with the least are forgotten)
+JOIN_ENV = "SDAR_JOIN"  # 0: a job that arrives while a batch decodes waits for the next batch
+WIDTH_ENV = "SDAR_BATCH_WIDTH"  # rows a batch holds at least: free ones are seats for jobs that join it
+WIDTH = 1
+
+
+def batching_from_env(env=os.environ) -> tuple[bool, int]:
+    """(join, width) for the studio's schedulers from SDAR_JOIN and SDAR_BATCH_WIDTH; ValueError naming the
+    variable when a value is not one they take."""
+    join = env.get(JOIN_ENV, "1").strip().lower()
+    if join not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError(f"{JOIN_ENV}={join!r}: give 1 (rows join a running batch, the default) or 0")
+    raw = env.get(WIDTH_ENV, "").strip()
+    try:
+        width = int(raw) if raw else WIDTH
+    except ValueError:
+        width = 0
+    if not 1 <= width <= MAX_BATCH:
+        raise ValueError(f"{WIDTH_ENV}={raw!r}: give a whole number of rows from 1 to {MAX_BATCH}")
+    return join in ("1", "true", "yes", "on"), width
 
 
 class Stopped(Exception):
@@ -169,8 +194,12 @@ class DecodeScheduler:
         max_batch: int = MAX_BATCH,
         lock: threading.Lock = DEVICE,
         gather: tuple[float, float] = (GATHER_QUIET, GATHER_MAX),
+        join: bool = True,
+        width: int = 1,
     ) -> None:
         self.name, self.max_batch, self.lock = name, max_batch, lock
+        self.join = join  # waiting jobs join a running batch at its block boundaries (the module docstring)
+        self.width = width  # rows a batch holds at least (free ones for jobs that join; at most max_batch)
         self.gather_quiet, self.gather_max = gather  # see GATHER_QUIET, GATHER_MAX; (0, 0): take at once
         self.waiting: list[Job | Lease] = []
         self.in_flight: list = []  # the batch (or the lease) on the device
@@ -281,10 +310,14 @@ class DecodeScheduler:
             return
         try:
             self.run(batch)
-        except BaseException as e:  # reported to every job of the batch; the scheduler goes on
+        except (
+            BaseException
+        ) as e:  # reported to every job of the batch (joined ones too); the scheduler goes on
+            with self._cv:
+                jobs = list(self.in_flight)
             if not isinstance(e, GenerationError):
-                log.exception("a batch of %d rows failed", len(batch))
-            for job in batch:
+                log.exception("a batch of %d rows failed", len(jobs))
+            for job in jobs:
                 end(job, Failed(e))
         finally:
             with self._cv:
@@ -375,25 +408,59 @@ class DecodeScheduler:
 
     def run(self, batch: list[Job]) -> None:
         """One decode of the batch's rows (the caller holds the device), each job told its steps and its end as
-        soon as its row has them."""
+        soon as its row has them; jobs that wait for a free row join it at its block boundaries."""
         first = batch[0]
         model, p = first.model.model, first.params
         rows = [job.ids for job in batch]
+        width = max(len(rows), min(self.width, self.max_batch))
         if p.runner_mode != "plain" and model.device.type == "cuda":
-            width = 1 << (len(rows) - 1).bit_length()  # the next power of two
-            rows += [rows[0]] * (min(width, self.max_batch) - len(rows))
+            width = min(1 << (width - 1).bit_length(), max(self.max_batch, len(rows)))  # a power of two
         longest = max(job.params.max_new_tokens for job in batch)
         plain = (p.runner_mode or default_mode(model)) == "plain"
         rowing = BatchRows(batch, p, on_block=self.make_way if plain else None)
+        joining = None
+        if self.join and (first.model.is_sdar or p.strategy != "ar"):
+            joining = BatchJoining(self, rowing, first.key, width)
+        else:
+            rows += [rows[0]] * (width - len(rows))  # copies of the first row, whose steps nobody reads
         self.batches += 1
         rowing.start()
         try:
-            generate(model, rows, replace(p, max_new_tokens=longest, trace=False), on_step=rowing.on_step)
+            generate(
+                model,
+                rows,
+                replace(p, max_new_tokens=longest, trace=False),
+                on_step=rowing.on_step,
+                join=joining,
+            )
         except Stopped:
             pass
         finally:
             self.charge_rows(rowing)
         rowing.close()
+
+    def admit(self, key: tuple, room: Room) -> list[Job]:
+        """The waiting jobs that join a running batch of `key` at a block boundary offering `room`: in turn order
+        (see schedule), until the first that cannot (another key, a lease, a prompt or answer that does not fit) or
+        the room's rows are taken. Jobs stopped while they waited are left for schedule to end."""
+        with self._cv:
+            if not self.waiting or not room.rows:
+                return []
+            now = time.perf_counter()
+            used = {v: self.used(v, now) for v in {j.visitor for j in self.waiting}}
+            taken: list[Job] = []
+            for job in sorted(self.waiting, key=lambda j: (used[j.visitor], j.submitted)):
+                if job.stop.is_set():
+                    continue
+                if len(taken) == room.rows or job.key != key:
+                    break
+                if not room.fits(len(job.ids), job.params.max_new_tokens):
+                    break
+                taken.append(job)
+            for job in taken:
+                self.waiting.remove(job)
+                self.in_flight.append(job)
+            return taken
 
     def charge_rows(self, rowing: BatchRows) -> None:
         """The batch's device time, shared among its visitors by the forwards of their rows."""
@@ -438,6 +505,19 @@ class SchedulerTurn:
         return time.perf_counter() - t0
 
 
+class BatchJoining:
+    """A running batch's `Joining` (sdar_core.decoding): at each block boundary with a free row, the waiting jobs the
+    scheduler lets join (DecodeScheduler.admit) become rows of the batch."""
+
+    def __init__(self, scheduler: DecodeScheduler, rowing: BatchRows, key: tuple, width: int) -> None:
+        self.scheduler, self.rowing, self.key, self.width = scheduler, rowing, key, width
+
+    def admit(self, room: Room) -> list[Arrival]:
+        jobs = self.scheduler.admit(self.key, room)
+        self.rowing.add(jobs, room.index)
+        return [Arrival(job.ids, job.params.max_new_tokens) for job in jobs]
+
+
 def end(job: Job, update: Update) -> None:
     if not job.ended:
         job.ended = True
@@ -449,20 +529,41 @@ class BatchRows:
     token, or its own max_new_tokens (the rows after it in the batch may go on)."""
 
     def __init__(self, batch: list[Job], p: DecodeParams, on_block=None) -> None:
-        self.batch, self.p, self.on_block = batch, p, on_block  # on_block(self): once per block, at its end
+        self.p, self.on_block = p, on_block  # on_block(self): once per block, at its end
         self.paused = 0.0  # seconds the decode waited inside on_step for other turns (make_way)
         self.finals: dict[int, set[int]] = {}  # block -> rows that ended it so far
         self.stop_ids = set(p.stop_token_ids)
-        self.pending: list[list[StepEvent]] = [[] for _ in batch]
-        self.tokens: list[list[int]] = [[] for _ in batch]
-        self.forwards = [0] * len(batch)
-        self.blocks: list[list[int]] = [[] for _ in batch]
+        self.pending: list[list[StepEvent]] = []
+        self.tokens: list[list[int]] = []
+        self.forwards: list[int] = []
+        self.blocks: list[list[int]] = []
+        self.joined: list[
+            tuple[float, float]
+        ] = []  # per row: (perf_counter, self.paused) when its decode began
+        self.first_block: list[int] = []  # per row: the batch's block its own block 0 is
         self.t0 = 0.0
+        self.batch: list[Job] = []  # every row's job: the batch's, then those that joined it
+        self.starting = batch
 
     def start(self) -> None:
         self.t0 = time.perf_counter()
-        for job in self.batch:
-            job.updates.put(Started(len(self.batch), self.t0 - job.submitted))
+        self.add(self.starting)
+
+    def add(self, jobs: list[Job], block: int = 0) -> None:
+        """Rows for `jobs`, numbered after the rows already here (the decoder numbers joined rows the same way),
+        starting at the batch's block `block`, each told it started."""
+        now = time.perf_counter()
+        for job in jobs:
+            self.first_block.append(block)
+            self.batch.append(job)
+            self.pending.append([])
+            self.tokens.append([])
+            self.forwards.append(0)
+            self.blocks.append([])
+            self.joined.append((now, self.paused))
+        open_rows = sum(not job.ended for job in self.batch)
+        for job in jobs:
+            job.updates.put(Started(open_rows, now - job.submitted))
 
     def on_step(self, e: StepEvent) -> None:
         if e.row >= len(self.batch):  # a padding row
@@ -492,12 +593,13 @@ class BatchRows:
             self._finish(e.row, stopped=False)
             self._all_ended()
         if self.on_block is not None:
-            done = self.finals.setdefault(e.block, set())
+            block = self.first_block[e.row] + e.block  # the batch's block
+            done = self.finals.setdefault(block, set())
             done.add(e.row)
             if all(
-                job.ended or r in done for r, job in enumerate(self.batch)
+                job.ended or r in done or self.first_block[r] > block for r, job in enumerate(self.batch)
             ):  # every open row ended the block
-                del self.finals[e.block]
+                del self.finals[block]
                 self.on_block(self)
 
     def _complete(self, r: int) -> bool:
@@ -533,7 +635,7 @@ class BatchRows:
                 prefill_forwards=int(
                     len(job.ids) >= p.block_length if p.strategy != "ar" else len(job.ids) > 1
                 ),
-                seconds=time.perf_counter() - self.t0 - self.paused,
+                seconds=time.perf_counter() - self.joined[r][0] - (self.paused - self.joined[r][1]),
                 prefill_seconds=0.0,
                 steps_per_block=[self.blocks[r]],
                 new_tokens_per_row=[len(tokens)],

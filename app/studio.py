@@ -21,7 +21,7 @@ from .exposure import visitor_of
 from .prompting import prompt_ids
 from .registry import LoadedModel, LoadStatus, ModelRegistry, ModelUnavailable, ar_twin_name
 from .run import Run
-from .scheduler import MAX_BATCH, DecodeScheduler, Job, SchedulerTurn
+from .scheduler import MAX_BATCH, DecodeScheduler, Job, SchedulerTurn, batching_from_env
 from .settings import DecodeRequest, DecodeSettings
 from .streaming import DEVICE, Lane, StopFlag, StopFlags
 
@@ -124,7 +124,10 @@ class Studio:
         with self._lock:
             if name not in self.schedulers:
                 lock = DEVICE if not self.schedulers else threading.Lock()
-                self.schedulers[name] = DecodeScheduler(name, max_batch=self.max_batch, lock=lock)
+                join, width = batching_from_env()
+                self.schedulers[name] = DecodeScheduler(
+                    name, max_batch=self.max_batch, lock=lock, join=join, width=width
+                )
             return self.schedulers[name]
 
     def prepare(

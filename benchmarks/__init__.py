@@ -13,6 +13,7 @@
     startup.py           a server's start, cold and on a restart
     studio.py            the studio end to end, through gradio_client and plain HTTP (a crowd, its split)
     first_request.py     a server's first request of each shape after the warm-up, against a warm one
+    joining.py           visitors arriving while a batch decodes: joining it against waiting for the next
     interpreter.py       what the decode loop pays for sharing the interpreter with Gradio (CPU)
     soak.py              many visitors using the studio at once, through its public API
     fairness.py          the wait of a fresh visitor's chat behind maximal races

@@ -70,6 +70,7 @@ class Room:
     """What a running decode offers at a block boundary: free rows, and where a joining row's prompt must fit."""
 
     rows: int  # free rows of the batch
+    index: int  # the batch's block about to be decoded (0: its first; a joined row's block 0 is this one)
     position: int  # tensor index of the block about to be decoded: a joining prompt's whole blocks end there
     positions: int  # tensor positions from `position` to the end of the batch's buffer
     block: int  # the batch's block length
@@ -504,7 +505,7 @@ class BlockDecoder(Decoder):
         free = [r for r, done in enumerate(self.finished) if done]
         if not free:
             return
-        room = Room(len(free), s, self.layout.total - s, self.L)
+        room = Room(len(free), b, s, self.layout.total - s, self.L)
         arrivals = self.join.admit(room)
         if len(arrivals) > len(free) or not all(room.fits(len(a.ids), a.max_new_tokens) for a in arrivals):
             raise GenerationError(f"rows joining at position {s} do not fit the room offered: {room}")

@@ -1,8 +1,9 @@
 """app/scheduler.py: visitors' jobs that wait together decode as one batch, and batching never changes an answer:
 each row's tokens, steps and stats are what `generate` gives for that prompt alone (the independent computation);
 each job ends at its own limit or stop token; a sampled job decodes alone; Stop ends one row and not its neighbours;
-a job that cannot decode fails in its caller's thread; an error inside a batch reaches each of its jobs and the
-scheduler goes on."""
+a job that arrives while a batch with a free row decodes joins it at a block boundary (never past a turn that is
+due first); a job that cannot decode fails in its caller's thread; an error inside a batch reaches each of its
+jobs, joined ones included, and the scheduler goes on."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import replace
 import pytest
 
 from app.registry import ModelRegistry
-from app.scheduler import DecodeScheduler, Failed, Finished, Job, Started, Steps
+from app.scheduler import DecodeScheduler, Failed, Finished, Job, Started, Steps, batching_from_env
 from sdar_core import DecodeParams, GenerationError, generate
 
 PROMPTS = [
@@ -233,3 +234,115 @@ def test_a_request_whose_model_is_still_loading_is_told_its_progress_at_once(stu
     run = studio.start(req, [{"role": "user", "content": "Hi"}], threading.Event())
     list(run.follow())
     assert run.stats is not None
+
+
+def submit_when_decoding(scheduler: DecodeScheduler, running: Job, jobs: list[Job]) -> None:
+    """Submit `jobs` once `running` has started to decode: they are queued (under the scheduler's condition) before
+    the batch's next block boundary can look at the queue."""
+    first = running.updates.get(timeout=60)
+    assert isinstance(first, Started)
+    running.updates.put(first)  # back for drain (order kept: nothing else came before it was taken)
+    submit_held(scheduler, jobs)
+
+
+def test_a_job_arriving_while_a_batch_decodes_joins_it_and_answers_as_alone(loaded):
+    scheduler = DecodeScheduler("test", lock=threading.Lock(), width=2)  # one free row beside the first job
+    running = job_for(loaded, PROMPTS[2], max_new_tokens=200)
+    scheduler.submit(running)
+    late = job_for(loaded, PROMPTS[1], max_new_tokens=12)
+    submit_when_decoding(scheduler, running, [late])
+    updates, last = drain(late)
+    assert isinstance(updates[0], Started) and updates[0].batch == 2  # it joined the running batch
+    alone = generate(loaded.model, [late.ids], replace(late.params, trace=True))
+    assert isinstance(last, Finished) and last.tokens == alone.row_tokens(0)
+    events = [e for u in updates if isinstance(u, Steps) for e in u.events]
+    assert len(events) == len(alone.trace) and all(same_step(g, w) for g, w in zip(events, alone.trace))
+    assert last.stats.steps_per_block == alone.stats.steps_per_block
+    assert not drain(running)[1].stopped
+    assert scheduler.batches == 1
+
+
+def test_without_a_free_row_or_with_joining_off_a_late_job_waits_for_the_next_batch(loaded):
+    for scheduler in (
+        DecodeScheduler("test", lock=threading.Lock()),  # width 1: the running batch has no free row
+        DecodeScheduler("test", lock=threading.Lock(), width=2, join=False),
+    ):
+        running = job_for(loaded, PROMPTS[2], max_new_tokens=60)
+        scheduler.submit(running)
+        late = job_for(loaded, PROMPTS[1], max_new_tokens=8)
+        submit_when_decoding(scheduler, running, [late])
+        assert drain(late)[0][0].batch == 1
+        assert scheduler.batches == 2
+
+
+def test_joining_never_overtakes_a_turn_that_is_due_first(loaded):
+    """A job of another setting waits first: a later job with the running batch's settings does not join (the batch
+    would run on past the waiting turn); it decodes after that turn."""
+    scheduler = DecodeScheduler("test", lock=threading.Lock(), width=4)
+    running = job_for(loaded, PROMPTS[2], max_new_tokens=60)
+    scheduler.submit(running)
+    other = job_for(loaded, PROMPTS[0], strategy="static", steps=4, max_new_tokens=8)
+    same = job_for(loaded, PROMPTS[1], max_new_tokens=8)
+    submit_when_decoding(scheduler, running, [other, same])
+    assert drain(same)[0][0].batch == 1 and drain(other)[0][0].batch == 1
+    assert scheduler.batches == 3 and scheduler.turns[-2:] == [other.visitor, same.visitor]
+
+
+def test_an_error_after_a_job_joined_reaches_it_too(loaded, monkeypatch):
+    import app.scheduler as scheduler_module
+
+    scheduler = DecodeScheduler("test", lock=threading.Lock(), width=2)
+    joined = threading.Event()
+    original = scheduler_module.BatchRows.add
+
+    def add(self, jobs, block=0):
+        original(self, jobs, block)
+        if jobs and jobs[0] is not self.starting[0]:  # a job joined
+            joined.set()
+            raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(scheduler_module.BatchRows, "add", add)
+    running = job_for(loaded, PROMPTS[2], max_new_tokens=200)
+    scheduler.submit(running)
+    late = job_for(loaded, PROMPTS[1], max_new_tokens=8)
+    submit_when_decoding(scheduler, running, [late])
+    for job in (running, late):
+        last = drain(job)[1]
+        assert isinstance(last, Failed) and "out of memory" in str(last.error)
+    assert joined.is_set() and scheduler.load == 0
+
+
+@pytest.mark.parametrize(
+    "env,want",
+    [
+        ({}, (True, 1)),
+        ({"SDAR_JOIN": "0"}, (False, 1)),
+        ({"SDAR_JOIN": "on", "SDAR_BATCH_WIDTH": " 4 "}, (True, 4)),
+        ({"SDAR_BATCH_WIDTH": "16"}, (True, 16)),
+    ],
+)
+def test_the_batching_switches_are_read_from_the_environment(env, want):
+    assert batching_from_env(env) == want
+
+
+@pytest.mark.parametrize(
+    "env,match",
+    [
+        ({"SDAR_JOIN": "maybe"}, "SDAR_JOIN='maybe': give 1"),
+        ({"SDAR_BATCH_WIDTH": "0"}, "SDAR_BATCH_WIDTH='0': give a whole number of rows from 1 to 16"),
+        ({"SDAR_BATCH_WIDTH": "17"}, "from 1 to 16"),
+        ({"SDAR_BATCH_WIDTH": "two"}, "SDAR_BATCH_WIDTH='two'"),
+    ],
+)
+def test_a_bad_batching_switch_is_refused_by_name(env, match):
+    with pytest.raises(ValueError, match=match):
+        batching_from_env(env)
+
+
+def test_the_studio_builds_its_schedulers_with_the_batching_switches(loaded, monkeypatch):
+    from app.studio import Studio
+
+    monkeypatch.setenv("SDAR_JOIN", "0")
+    monkeypatch.setenv("SDAR_BATCH_WIDTH", "4")
+    scheduler = Studio().scheduler(loaded)
+    assert (scheduler.join, scheduler.width) == (False, 4)

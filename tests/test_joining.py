@@ -129,7 +129,7 @@ def test_a_row_that_stops_frees_its_slot_for_the_next_arrival(sdar):
 
 
 def test_room_says_which_prompts_fit_and_a_misfit_arrival_is_refused(sdar):
-    room = Room(rows=1, position=8, positions=8, block=4)
+    room = Room(rows=1, index=0, position=8, positions=8, block=4)
     assert room.fits(8, 8)  # two whole blocks end at 8; answer in two blocks
     assert room.fits(11, 5)  # partial block of 3 + 5 tokens: two blocks
     assert not room.fits(12, 1)  # three whole blocks cannot end at 8
