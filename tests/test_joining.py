@@ -165,3 +165,23 @@ def test_without_arrivals_a_roomy_decode_gives_the_plain_decode(sdar):
         rows_offered
     )  # the free two, then rows as they end
     assert MASK not in sum(roomy.tokens.tolist(), [])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("strategy", ["static", "dynamic"])
+def test_cuda_rows_joining_a_graphed_decode_answer_as_on_the_cpu(strategy):
+    """In graph mode (the captured forwards read the padding and the cache in place, the joined rows' prompts are
+    prefilled on the plain path and copied in) with the fused kernels, every row, joined or not, gives the CPU's
+    brute-force tokens."""
+    cpu = random_model(tiny_config("sdar", block_size=4, layers=2))
+    model = random_model(tiny_config("sdar", block_size=4, layers=2)).cuda()
+    kw = dict(max_new_tokens=14, block_length=4, steps=2, strategy=strategy, threshold=0.5)
+    first = [prompt(9, 1), prompt(5, 2)]
+    plan = [(0, Arrival(prompt(3, 3), 10)), (8, Arrival(prompt(8, 4), 7)), (10, Arrival(prompt(6, 5), 12))]
+    joining = Scripted(width=4, plan=list(plan))
+    gen = generate(model, first, runner_mode="graph", join=joining, **kw)
+    assert not joining.plan
+    for r, (ids, limit) in enumerate(zip(first + [a.ids for _, a in joining.seated], [14, 14, 10, 7, 12])):
+        want = brute_force(cpu, ids, limit, 4, 2, strategy, threshold=0.5)
+        assert gen.row_tokens(r) == want, r
