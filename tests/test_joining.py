@@ -182,6 +182,9 @@ def test_cuda_rows_joining_a_graphed_decode_answer_as_on_the_cpu(strategy):
     joining = Scripted(width=4, plan=list(plan))
     gen = generate(model, first, runner_mode="graph", join=joining, **kw)
     assert not joining.plan
-    for r, (ids, limit) in enumerate(zip(first + [a.ids for _, a in joining.seated], [14, 14, 10, 7, 12])):
+    seated = [a for _, a in joining.seated]
+    for r, (ids, limit) in enumerate(
+        zip(first + [a.ids for a in seated], [14, 14] + [a.max_new_tokens for a in seated])
+    ):
         want = brute_force(cpu, ids, limit, 4, 2, strategy, threshold=0.5)
         assert gen.row_tokens(r) == want, r
