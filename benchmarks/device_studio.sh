@@ -7,6 +7,7 @@
 #   bash benchmarks/device_studio.sh bench-apptests   # the bench (crowds 1, 8, 16), then the studio's GPU tests
 #   bash benchmarks/device_studio.sh first      # the first request after the warm-up (before/after), then the cuda tests
 #   bash benchmarks/device_studio.sh crowd-5ms [SECONDS]   # the crowd with CPython's 5 ms switch interval
+#   bash benchmarks/device_studio.sh join       # joining a running batch against the next batch, then every GPU test
 # Gradio is not installed there: its wheels travel in .whl/ (see benchmarks/NOTES.md, "The studio on a GPU").
 # Results go to $OUT (the device tool's folder), else out/device.
 set -u
@@ -52,4 +53,12 @@ case "${1:-tests}" in
     SDAR_SWITCH_INTERVAL=0.005 timeout "${2:-290}" python3 -m benchmarks.studio --arch sdar-1.7b \
       --out "$OUT/h200-studio-crowd-switch-5ms" --crowd 1 8 16 --crowd-only --repeats 1 \
       2>&1 | tee "$OUT/studio-crowd-5ms.log" | tail -25 ;;
+  join)  # benchmarks.joining on the SDAR-1.7B shape, then the cuda tests and the studio's tests on CUDA side by side
+    timeout 240 python3 -m benchmarks.joining --arch sdar-1.7b --out "$OUT/joining" 2>&1 | tee "$OUT/joining.log" | tail -30
+    timeout $((590 - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/ > "$OUT/cuda-tests.log" 2>&1 &
+    timeout $((590 - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
+      tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_app_scheduler.py \
+      tests/test_joining.py > "$OUT/app-tests-gpu.log" 2>&1
+    wait
+    tail -8 "$OUT/cuda-tests.log" "$OUT/app-tests-gpu.log" ;;
 esac
