@@ -117,6 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     if not registry.allow_any_model:  # app/exposure.py: a proxied or remote request is public on loopback too
         log.info("public requests load only the shipped and curated models (--allow-any-model lifts this)")
+    if workers := WARMUP.precompile(registry, args.model):  # on a GPU: kernels compiled while the model loads
+        log.info(
+            "%d processes compile the GPU kernels while the model loads (SDAR_PRECOMPILE=0: off)", workers
+        )
     t0 = time.perf_counter()
     try:  # load the start model now, so that the first answer does not wait for it and its card shows
         m = registry.get(args.model)

@@ -8,7 +8,9 @@ process imports torch and sdar_core, loads the checkpoint, warms every decode sh
 (sdar_core.warmup: the default dynamic settings and the AR lane, cache buckets up to 2,048 positions) with a progress
 line per shape, and then times one request (64-token prompt, first token and 64 tokens). The first process compiles
 the Triton kernels (split-K attention, the fused norms, the expert kernels) and writes them to the cache; the
-second, a restart, reads them back and pays only graph capture. Not a test: nothing is asserted.
+second, a restart, reads them back and pays only graph capture. With --precompile N a third start, cold again (caches
+emptied), first has N worker processes compile the kernels on stand-ins while it loads the weights (as the studio
+does at start: sdar_core.warmup.precompile). Not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -25,26 +27,39 @@ from pathlib import Path
 T0 = time.perf_counter()  # the child's clock starts at its first line
 
 
-def child(checkpoint: str) -> dict:
+WARMED = 2048  # positions the warm-up covers
+
+
+def child(checkpoint: str, workers: int) -> dict:
     import torch
 
+    from sdar_core.config import ModelConfig
     from sdar_core.decode_params import DecodeParams
     from sdar_core.decoding import generate
-    from sdar_core.device import default_device, synchronize
+    from sdar_core.device import default_device, default_dtype, synchronize
     from sdar_core.loading import load_pretrained
-    from sdar_core.warmup import warm_all
+    from sdar_core.warmup import precompile, wait_for, warm_all, warm_shapes
 
     marks = dict(import_s=time.perf_counter() - T0)
     device = default_device()
+    params = [DecodeParams(), DecodeParams(strategy="ar")]
+    procs = []
+    if workers:  # as the studio does: started after the imports, before the load
+        config = ModelConfig.from_json(Path(checkpoint) / "config.json")
+        plan = [
+            (config, p, shape)
+            for p in (p.resolved(config) for p in params)
+            for shape in warm_shapes([p], WARMED, config.max_position_embeddings)
+        ]
+        procs = precompile(plan, device=str(device), dtype=default_dtype(device), fused=True, workers=workers)
     model, _ = load_pretrained(checkpoint, device=device, with_tokenizer=False)
     model.fuse_projections()
     synchronize(device)
     marks["loaded_s"] = time.perf_counter() - T0
-    params = [DecodeParams(), DecodeParams(strategy="ar")]
     shapes = warm_all(
         model,
         params,
-        2048,
+        WARMED,
         filler_id=5,
         on_shape=lambda i, n, s, sec: print(f"  warm-up {i + 1}/{n}: {s}: {sec:.2f} s", flush=True),
     )
@@ -65,6 +80,8 @@ def child(checkpoint: str) -> dict:
     synchronize(device)
     marks["request_64_tokens_s"] = time.perf_counter() - t
     marks["tokens"] = int(out.lengths[0])
+    marks["precompile_workers"] = len(procs)
+    marks["precompile_exit_codes"] = wait_for(procs)
     marks["device"] = str(device) + (
         f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     )
@@ -76,10 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="sdar-1.7b")
     p.add_argument("--workdir", default="/tmp/sdar-startup")
     p.add_argument("--out", default=None)
+    p.add_argument(
+        "--precompile",
+        type=int,
+        default=0,
+        metavar="WORKERS",
+        help="also a cold start with this many precompile workers (sdar_core.warmup.precompile), caches emptied",
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-workers", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(child(args.child)), flush=True)
+        print("RESULT " + json.dumps(child(args.child, args.child_workers)), flush=True)
         return 0
 
     # imported here, not at the top: a child process times its own imports from its first line (T0)
@@ -106,10 +131,23 @@ def main(argv: list[str] | None = None) -> int:
         PYTHONUNBUFFERED="1",
     )
     runs = []
-    for name in ("cold", "restart"):
+    starts = [("cold", 0), ("restart", 0)]
+    if args.precompile:
+        starts += [(f"cold, {args.precompile} precompile workers", args.precompile)]
+    for name, workers in starts:
+        if name.startswith("cold"):
+            shutil.rmtree(caches, ignore_errors=True)
         t = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.startup", "--child", str(checkpoint)],
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.startup",
+                "--child",
+                str(checkpoint),
+                "--child-workers",
+                str(workers),
+            ],
             env=env,
             capture_output=True,
             text=True,
