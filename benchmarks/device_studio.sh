@@ -7,7 +7,8 @@
 #   bash benchmarks/device_studio.sh bench-apptests   # the bench (crowds 1, 8, 16), then the studio's GPU tests
 #   bash benchmarks/device_studio.sh first      # the first request after the warm-up (before/after), then the cuda tests
 #   bash benchmarks/device_studio.sh crowd-5ms [SECONDS]   # the crowd with CPython's 5 ms switch interval
-#   bash benchmarks/device_studio.sh join       # joining a running batch against the next batch, then every GPU test
+#   bash benchmarks/device_studio.sh join       # joining a running batch against the next batch, a cold start with
+#                                               # precompile workers, then every GPU test
 # Gradio is not installed there: its wheels travel in .whl/ (see benchmarks/NOTES.md, "The studio on a GPU").
 # Results go to $OUT (the device tool's folder), else out/device.
 set -u
@@ -54,7 +55,9 @@ case "${1:-tests}" in
       --out "$OUT/h200-studio-crowd-switch-5ms" --crowd 1 8 16 --crowd-only --repeats 1 \
       2>&1 | tee "$OUT/studio-crowd-5ms.log" | tail -25 ;;
   join)  # benchmarks.joining on the SDAR-1.7B shape, then the cuda tests and the studio's tests on CUDA side by side
-    timeout 240 python3 -m benchmarks.joining --arch sdar-1.7b --out "$OUT/joining" 2>&1 | tee "$OUT/joining.log" | tail -30
+    timeout 200 python3 -m benchmarks.joining --arch sdar-1.7b --out "$OUT/joining" 2>&1 | tee "$OUT/joining.log" | tail -30
+    timeout 200 python3 -m benchmarks.startup --arch sdar-1.7b --precompile 4 --out "$OUT/startup" 2>&1 \
+      | tee "$OUT/startup.log" | grep -E "^(cold|restart)" ; tar czf "$OUT/logs.tgz" -C "$OUT" joining.log startup.log
     timeout $((590 - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/ > "$OUT/cuda-tests.log" 2>&1 &
     timeout $((590 - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
       tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_app_scheduler.py \
