@@ -57,11 +57,12 @@ case "${1:-tests}" in
   join)  # benchmarks.joining on the SDAR-1.7B shape, then the cuda tests and the studio's tests on CUDA side by side
     timeout 200 python3 -m benchmarks.joining --arch sdar-1.7b --out "$OUT/joining" 2>&1 | tee "$OUT/joining.log" | tail -30
     timeout 200 python3 -m benchmarks.startup --arch sdar-1.7b --precompile 4 --out "$OUT/startup" 2>&1 \
-      | tee "$OUT/startup.log" | grep -E "^(cold|restart)" ; tar czf "$OUT/logs.tgz" -C "$OUT" joining.log startup.log
+      | tee "$OUT/startup.log" | grep -E "^(cold|restart)"
     timeout $((590 - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/ > "$OUT/cuda-tests.log" 2>&1 &
     timeout $((590 - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
       tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_app_scheduler.py \
       tests/test_joining.py > "$OUT/app-tests-gpu.log" 2>&1
     wait
-    tail -8 "$OUT/cuda-tests.log" "$OUT/app-tests-gpu.log" ;;
+    tail -8 "$OUT/cuda-tests.log" "$OUT/app-tests-gpu.log"
+    tar czf /tmp/join-all.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/join-all.tgz "$OUT/" ;;
 esac
