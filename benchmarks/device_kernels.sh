@@ -7,7 +7,8 @@
 #   bash benchmarks/device_kernels.sh readme     # the README's sweep (docs/performance.md's command), compiled
 #                                                # transformers included, then the cold and warm start-up
 #   bash benchmarks/device_kernels.sh fold       # every `cuda` test, then the graphed forward by kernel class and
-#                                                # benchmarks.bench with gemm.py's folds against without (--no-fold)
+#                                                # benchmarks.bench (64-token prompt) with gemm.py's folds against
+#                                                # without (--no-fold)
 # Results go to $OUT (the device tool's folder), else out/device; folders are packed in one .tgz (the device tool
 # brings back a few files per call).
 set -u
@@ -36,10 +37,11 @@ case "${1:-gemm}" in
   fold)
     timeout 300 python3 -m pytest -q -p no:cacheprovider -m cuda tests/ > "$OUT/cuda-tests.log" 2>&1
     tail -n 5 "$OUT/cuda-tests.log"
-    timeout 120 python3 -m benchmarks.profile_forward --split-k on --gemm skinny+pdl skinny+pdl+fold \
+    timeout 100 python3 -m benchmarks.profile_forward --split-k on --contexts 64 --gemm skinny+pdl skinny+pdl+fold \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
-    timeout 90 $BENCH --no-fold --out "$OUT/e2e-no-fold" 2>&1 | tee "$OUT/e2e-no-fold.log" | tail -5
-    timeout 90 $BENCH --out "$OUT/e2e-fold" 2>&1 | tee "$OUT/e2e-fold.log" | tail -5
+    BENCH64="${BENCH/--prompt-lengths 64 8192 --new-tokens 256 512/--prompt-lengths 64 --new-tokens 256}"
+    timeout 60 $BENCH64 --no-fold --out "$OUT/e2e-no-fold" 2>&1 | tee "$OUT/e2e-no-fold.log" | tail -4
+    timeout 60 $BENCH64 --out "$OUT/e2e-fold" 2>&1 | tee "$OUT/e2e-fold.log" | tail -4
     tar czf /tmp/fold-all.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/fold-all.tgz "$OUT/" ;;
   readme)
     timeout 480 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 2048 8192 \
