@@ -270,6 +270,36 @@ def test_cuda_decoding_with_pdl_gives_the_same_tokens(strategy, monkeypatch):
     assert chained.tokens.tolist() == generate(model, prompts, **kw).tokens.tolist()
 
 
+# The folded one-row forward of a small model on CPU tensors, every Triton kernel of ours under the interpreter (the
+# CUDA check of sdar_core/fused.py and norm_rope.py lifted): the folded layers' logits against the unfolded kernels'
+# and against the eager ops (float32).
+FOLDED_MODEL = """
+import json, torch
+from sdar_core import fused, gemm, norm_rope
+from sdar_core.kernels import Kernels
+from helpers import random_model, tiny_config
+for module in (fused, gemm, norm_rope):
+    module.kernels_run = lambda x, *params: not torch.is_grad_enabled() or not x.requires_grad
+model = random_model(tiny_config("sdar", layers=2, hidden_size=64, intermediate_size=160)).fuse_projections()
+ids = torch.tensor([[5]])
+with torch.no_grad():
+    folded = model(ids, kernels=Kernels(fold=True))
+    unfolded = model(ids, kernels=Kernels(fold=False))
+    eager = model(ids, kernels=Kernels(skinny_gemm=False).with_fusions("none"))
+    layer = model.model.layers[0]
+    runs = [layer.folds(torch.zeros(1, 1, 64), Kernels(fold=f)) for f in (True, False)]
+rel = lambda a, b: float((a - b).norm() / b.norm())
+print(json.dumps({"unfolded": rel(folded, unfolded), "eager": rel(folded, eager), "runs": runs}))
+"""
+
+
+@pytest.mark.skipif(interpreter_reason() is not None, reason=str(interpreter_reason()))
+def test_a_folded_forward_under_the_interpreter_gives_the_unfolded_and_the_eager_logits():
+    out = json.loads(run_interpreted(FOLDED_MODEL))
+    assert out["runs"] == [True, False]  # the layers fold with the switch on, not with it off
+    assert out["unfolded"] < 1e-5 and out["eager"] < 1e-5, out
+
+
 @pytest.mark.cuda
 @cuda
 @pytest.mark.parametrize("n,k", [(2048, 6144), (2048, 2048), (4096, 2560)])
