@@ -147,8 +147,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig, fold: Fold =
     this); with `fold` (one row), the prologue and epilogue it names (x2 is [1, 2k] for swiglu)."""
     rows, k = x2.shape[0], weight.shape[1]
     n = weight.shape[0]
-    folded = fold is not NO_FOLD
-    if folded and rows != 1:
+    if fold is not NO_FOLD and rows != 1:
         raise ValueError(f"the folds serve one row, not {rows}")
     y = torch.empty(rows, n, dtype=x2.dtype, device=x2.device)
     count = counters(x2.device) if cfg.split_k > 1 else None
@@ -158,7 +157,12 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig, fold: Fold =
     if cfg.split_k > 1 and grid[0] * grid[2] > COUNTERS:
         raise ValueError(f"{grid[0] * grid[2]} split-K tiles, more than the {COUNTERS} counters")
     per_split = cdiv(cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
-    ws = torch.empty(cfg.split_k, rows, n, dtype=torch.float32, device=x2.device) if cfg.split_k > 1 else y
+    # Unsplit, the workspace and the counters are never touched: stand-ins of their dtypes, so that every split
+    # count shares one compiled variant (the split count is not specialised on either, see _skinny_kernel).
+    shape = (cfg.split_k, rows, n) if cfg.split_k > 1 else (1,)
+    ws = torch.empty(shape, dtype=torch.float32, device=x2.device)
+    if count is None:
+        count = torch.empty(1, dtype=torch.int32, device=x2.device)
     norm_w, eps = fold.norm if fold.norm is not None else (y, 0.0)
     chained = pdl.on(x2)
     _skinny_kernel[grid](
@@ -166,7 +170,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig, fold: Fold =
         weight,
         y,
         ws,
-        count if count is not None else y,
+        count,
         norm_w,
         fold.residual if fold.residual is not None else y,
         rows,
@@ -293,7 +297,9 @@ if triton is not None:
             x = (x.to(tl.float32) * rstd * nw.to(tl.float32)[None, :]).to(x.dtype)
         return x
 
-    @triton.jit
+    @triton.jit(
+        do_not_specialize=["split_k"]
+    )  # Triton would make split_k == 1 a constant: a variant of its own
     def _skinny_kernel(
         X,
         W,
