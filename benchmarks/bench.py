@@ -414,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="every projection through cuBLAS (default: one-row projections through sdar_core/gemm.py's kernel)",
     )
+    p.add_argument(
+        "--no-fold",
+        dest="fold",
+        action="store_false",
+        help="the one-row matmuls without gemm.py's folds (the norms, residual adds and SwiGLU as kernels of "
+        "their own)",
+    )
     p.add_argument("--transformers", default="auto", choices=["auto", "none", "eager", "compiled", "both"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
@@ -465,6 +472,7 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
         fused=args.fuse,
         fusions=kernels.fusions(),
         skinny_gemm=kernels.skinny_gemm,
+        fold=kernels.fold,
         pdl=pdl.REQUESTED and pdl.SUPPORTED,
         split_k=bool(args.split_k and split_k_available(device)),
         command="python -m benchmarks.bench " + " ".join(sys.argv[1:]),
@@ -570,7 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.fuse:
         model.fuse_projections()
     fusions = args.fusions[0] if args.fusions in (["all"], ["none"]) else set(args.fusions)
-    kernels = Kernels(split_k_attention=None if args.split_k else False, skinny_gemm=args.skinny_gemm)
+    kernels = Kernels(
+        split_k_attention=None if args.split_k else False, skinny_gemm=args.skinny_gemm, fold=args.fold
+    )
     kernels = kernels.with_fusions(fusions)
     params = DecodeParams(runner_mode=args.runner, compile=args.compile, kernels=kernels)
     info = device_info(model, device, args, kernels) | ({"load": loaded} if loaded else {})

@@ -3,9 +3,9 @@
 Every switch only selects among computations of the same value (the tests compare each pair): a fused Triton
 kernel or the eager ops (fused.py, norm_rope.py, moe.route), the split-K decode attention or SDPA over the buffer
 (decode_attention.py), the static-shape expert forms or the per-expert loop (moe.py), and the attention backend
-of attention.py, cuBLAS or the skinny GEMM for the projections (gemm.py). A switch that is on still needs its
-kernel to run where the forward runs (CUDA and Triton, no gradient wanted): elsewhere the eager path runs whatever
-the switch says.
+of attention.py, cuBLAS or the skinny GEMM for the projections (gemm.py) and its folds. A switch that is on still
+needs its kernel to run where the forward runs (CUDA and Triton, no gradient wanted): elsewhere the eager path runs
+whatever the switch says.
 
 The decoder's runner (runner.py) receives a `Kernels` from DecodeParams and passes it to every forward; its pool
 keys a captured graph by it. A plain `model(ids)` (training, the tests) uses `DEFAULT_KERNELS`. The benchmarks
@@ -37,6 +37,9 @@ class Kernels:
     # The decode forward's projections through the skinny Triton GEMM (gemm.py) where it runs (one row: batch-1
     # AR steps; CUDA; no gradient); False: F.linear (cuBLAS) for every projection.
     skinny_gemm: bool = True
+    # With skinny_gemm, a one-row dense layer of fused projections runs its residual adds, its RMSNorms and SwiGLU
+    # inside the matmuls (gemm.py's folds: three kernels fewer per layer); False: the fused kernels above.
+    fold: bool = True
     attention_backend: str = (
         "sdpa"  # attention.attention's backend for dense masks: "sdpa", "flash" or "eager"
     )

@@ -114,6 +114,59 @@ def test_the_kernel_under_the_interpreter_equals_the_math():
     assert out["same"] and out["counters"] == 0
 
 
+# The folds (one row) under the interpreter, against float64 math: the norm prologue (K that no step divides,
+# split-K 1 and 3), SwiGLU with the residual epilogue (down's form), the residual alone (o_proj's). float32: to 1e-6,
+# and the residual epilogue equal to the unfused add bit for bit. bf16: to a few roundings (the interpreter emulates
+# bf16 on the host; the CUDA test holds the folds to the unfused kernels' bits).
+FOLDS = """
+import json, torch
+from sdar_core import gemm
+g = torch.Generator().manual_seed(1)
+
+
+def rel(y, exact):
+    return float((y.double() - exact).norm() / exact.norm())
+
+
+out = {}
+for dtype in (torch.float32, torch.bfloat16):
+    for k, n, split in [(300, 48, 1), (300, 48, 3), (512, 40, 2)]:
+        cfg = gemm.GemmConfig(16, 128, split)
+        tag = f"{str(dtype)[6:]}/{k}/{split}"
+        w = (torch.randn(n, k, generator=g) * 0.1).to(dtype)
+        s = torch.randn(1, k, generator=g).to(dtype)
+        nw, eps = (1 + 0.1 * torch.randn(k, generator=g)).to(dtype), 1e-6
+        y = gemm.launch(s, w, cfg, gemm.Fold(norm=(nw, eps)))
+        sd = s.double()
+        h = sd * torch.rsqrt(sd.pow(2).mean(-1, keepdim=True) + eps) * nw.double()
+        out[f"norm {tag}"] = rel(y, h @ w.double().T)
+        gu = torch.randn(1, 2 * k, generator=g).to(dtype)
+        res = torch.randn(1, n, generator=g).to(dtype)
+        gate, up = gu.double().chunk(2, -1)
+        act = torch.nn.functional.silu(gate) * up
+        down = gemm.launch(gu, w, cfg, gemm.Fold(swiglu=True, residual=res))
+        out[f"swiglu+residual {tag}"] = rel(down, act @ w.double().T + res.double())
+        o = gemm.launch(s, w, cfg, gemm.Fold(residual=res))
+        out[f"residual {tag}"] = rel(o, sd @ w.double().T + res.double())
+        if dtype == torch.float32:
+            out[f"residual bits {tag}"] = bool(torch.equal(o, gemm.launch(s, w, cfg) + res))
+counters = gemm._counters.get(torch.device("cpu"))
+out["counters"] = int(counters.abs().sum())
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(interpreter_reason() is not None, reason=str(interpreter_reason()))
+def test_the_folds_under_the_interpreter_equal_the_math():
+    out = json.loads(run_interpreted(FOLDS))
+    assert out.pop("counters") == 0
+    for name, value in out.items():
+        if "bits" in name:
+            assert value is True, name
+        else:
+            assert value < (1e-6 if "float32" in name else 2e-2), (name, value)
+
+
 @pytest.mark.cuda
 @cuda
 @pytest.mark.parametrize("rows", [1, 4, 16, 33, 64])
@@ -215,6 +268,105 @@ def test_cuda_decoding_with_pdl_gives_the_same_tokens(strategy, monkeypatch):
     chained = generate(model, prompts, **kw)
     monkeypatch.setattr(pdl, "REQUESTED", False)
     assert chained.tokens.tolist() == generate(model, prompts, **kw).tokens.tolist()
+
+
+# The folded one-row forward of a small model on CPU tensors, every Triton kernel of ours under the interpreter (the
+# CUDA check of sdar_core/fused.py and norm_rope.py lifted): the folded layers' logits against the unfolded kernels'
+# and against the eager ops (float32).
+FOLDED_MODEL = """
+import json, torch
+from sdar_core import fused, gemm, norm_rope
+from sdar_core.kernels import Kernels
+from helpers import random_model, tiny_config
+for module in (fused, gemm, norm_rope):
+    module.kernels_run = lambda x, *params: not torch.is_grad_enabled() or not x.requires_grad
+model = random_model(tiny_config("sdar", layers=2, hidden_size=64, intermediate_size=160)).fuse_projections()
+ids = torch.tensor([[5]])
+with torch.no_grad():
+    folded = model(ids, kernels=Kernels(fold=True))
+    unfolded = model(ids, kernels=Kernels(fold=False))
+    eager = model(ids, kernels=Kernels(skinny_gemm=False).with_fusions("none"))
+    layer = model.model.layers[0]
+    runs = [layer.folds(torch.zeros(1, 1, 64), Kernels(fold=f)) for f in (True, False)]
+rel = lambda a, b: float((a - b).norm() / b.norm())
+print(json.dumps({"unfolded": rel(folded, unfolded), "eager": rel(folded, eager), "runs": runs}))
+"""
+
+
+@pytest.mark.skipif(interpreter_reason() is not None, reason=str(interpreter_reason()))
+def test_a_folded_forward_under_the_interpreter_gives_the_unfolded_and_the_eager_logits():
+    out = json.loads(run_interpreted(FOLDED_MODEL))
+    assert out["runs"] == [True, False]  # the layers fold with the switch on, not with it off
+    assert out["unfolded"] < 1e-5 and out["eager"] < 1e-5, out
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("n,k", [(2048, 6144), (2048, 2048), (4096, 2560)])
+def test_cuda_the_folds_give_the_unfused_kernels_bits_and_the_norm_within_one_ulp(n, k):
+    """SwiGLU + residual (down's form) and the residual alone (o_proj's) equal silu_mul, the skinny GEMM and the add
+    bit for bit; the norm prologue (qkv's, gate_up's) is within one bf16 ulp of add_rms_norm then the GEMM, on
+    fewer than 1% of the outputs (its sum of squares runs in another order)."""
+    from sdar_core.fused import silu_mul
+
+    torch.manual_seed(n + k)
+    dt = torch.bfloat16
+    w = torch.randn(n, k, device="cuda", dtype=dt) * 0.02
+    gu, res = torch.randn(1, 1, 2 * k, device="cuda", dtype=dt), torch.randn(1, 1, n, device="cuda", dtype=dt)
+    x = torch.randn(1, 1, k, device="cuda", dtype=dt)
+    with torch.no_grad():
+        down = gemm.folded(gu, w, swiglu=True, residual=res)
+        assert torch.equal(down, gemm.linear(silu_mul(gu), w) + res)
+        assert torch.equal(gemm.folded(x, w, residual=res), gemm.linear(x, w) + res)
+        wk = torch.randn(n, k, device="cuda", dtype=dt) * 0.02
+        norm = norm_module(k).cuda().to(dt)
+        s, delta = (
+            torch.randn(1, 1, k, device="cuda", dtype=dt),
+            torch.randn(1, 1, k, device="cuda", dtype=dt),
+        )
+        stream, h = add_rms_norm(s, delta, norm)
+        want, got = gemm.linear(h, wk), gemm.folded(stream, wk, norm=norm)
+    ulp = torch.exp2(torch.floor(torch.log2(want.float().abs().clamp_min(1e-30))) - 7)
+    gap = (got.float() - want.float()).abs()
+    assert bool((gap <= ulp).all()) and float((gap > 0).float().mean()) < 0.01
+    assert int(gemm._counters[w.device].abs().sum()) == 0
+
+
+def kernel_names(fn) -> list[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_a_folded_one_row_forward_runs_no_add_norm_or_silu_kernel_and_gives_the_same_logits():
+    model = random_model(tiny_config("sdar", block_size=4, hidden_size=256, intermediate_size=768, layers=3))
+    model = model.cuda().to(torch.bfloat16).fuse_projections()
+    ids = torch.tensor([[7]], device="cuda")
+    with torch.no_grad():
+        folded = model(ids, kernels=Kernels(fold=True))
+        unfolded = model(ids, kernels=Kernels(fold=False))
+        names = {
+            fold: kernel_names(lambda f=fold: model(ids, kernels=Kernels(fold=f))) for fold in (True, False)
+        }
+    assert rel_err(folded.float().cpu(), unfolded.float().cpu()) < 1e-2  # bf16 through 3 layers
+    assert not any("add_norm" in k or "silu_mul" in k for k in names[True])
+    assert sum("add_norm" in k for k in names[False]) == 6 and sum("silu_mul" in k for k in names[False]) == 3
+    assert sum("skinny" in k for k in names[True]) == 3 * 4 + 1  # qkv, o_proj, gate_up, down; the lm_head
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("mode", ["graph", "plain"])
+def test_cuda_ar_decoding_with_the_folds_gives_the_tokens_without(mode):
+    """An AR model's next-token decoding (one row per forward: every layer folds), float32."""
+    model = random_model(tiny_config("qwen3", layers=3)).cuda().fuse_projections()
+    kw = dict(max_new_tokens=32, strategy="ar", runner_mode=mode)
+    folded = generate(model, [[4, 5, 6, 7, 8, 9, 10]], kernels=Kernels(fold=True), **kw)
+    plain = generate(model, [[4, 5, 6, 7, 8, 9, 10]], kernels=Kernels(fold=False), **kw)
+    assert folded.tokens.tolist() == plain.tokens.tolist()
 
 
 def test_pdl_is_on_by_default_off_with_sdar_pdl_0_and_never_on_the_cpu():
