@@ -421,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the one-row matmuls without gemm.py's folds (the norms, residual adds and SwiGLU as kernels of "
         "their own)",
     )
+    p.add_argument(
+        "--no-expert-gemv",
+        dest="expert_gemv",
+        action="store_false",
+        help="an MoE's one- or two-token expert steps through the sorted Triton kernels instead of the gemv form "
+        "(sdar_core/moe.py)",
+    )
     p.add_argument("--transformers", default="auto", choices=["auto", "none", "eager", "compiled", "both"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
@@ -473,6 +480,7 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
         fusions=kernels.fusions(),
         skinny_gemm=kernels.skinny_gemm,
         fold=kernels.fold,
+        expert_gemv=kernels.expert_gemv,
         pdl=pdl.REQUESTED and pdl.SUPPORTED,
         split_k=bool(args.split_k and split_k_available(device)),
         command="python -m benchmarks.bench " + " ".join(sys.argv[1:]),
@@ -579,7 +587,10 @@ def main(argv: list[str] | None = None) -> int:
         model.fuse_projections()
     fusions = args.fusions[0] if args.fusions in (["all"], ["none"]) else set(args.fusions)
     kernels = Kernels(
-        split_k_attention=None if args.split_k else False, skinny_gemm=args.skinny_gemm, fold=args.fold
+        split_k_attention=None if args.split_k else False,
+        skinny_gemm=args.skinny_gemm,
+        fold=args.fold,
+        expert_gemv=args.expert_gemv,
     )
     kernels = kernels.with_fusions(fusions)
     params = DecodeParams(runner_mode=args.runner, compile=args.compile, kernels=kernels)

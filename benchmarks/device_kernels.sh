@@ -9,6 +9,8 @@
 #   bash benchmarks/device_kernels.sh fold       # every `cuda` test and the studio's tests on CUDA, then the graphed
 #                                                # forward by kernel class and benchmarks.bench (64-token prompt) with gemm.py's folds against
 #                                                # without (--no-fold)
+#   bash benchmarks/device_kernels.sh fold-moe   # the tests of `fold`, its profile, then the MoE's expert gemv form
+#                                                # (benchmarks.moe's layer, benchmarks.bench on 30B-A3B with and without)
 #   bash benchmarks/device_kernels.sh fold-quick # the same in about two minutes (the kernels' cuda tests only)
 # Results go to $OUT (the device tool's folder), else out/device; folders are packed in one .tgz (the device tool
 # brings back a few files per call).
@@ -49,6 +51,24 @@ case "${1:-gemm}" in
     timeout 60 $BENCH64 --no-fold --out "$OUT/e2e-no-fold" 2>&1 | tee "$OUT/e2e-no-fold.log" | tail -4
     timeout 60 $BENCH64 --out "$OUT/e2e-fold" 2>&1 | tee "$OUT/e2e-fold.log" | tail -4
     tar czf /tmp/fold-all.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/fold-all.tgz "$OUT/" ;;
+  fold-moe)  # the cuda suite and the studio's CUDA tests side by side, the fold's profile, then the MoE's gemv form:
+             # one layer (gemv against the sorted kernels) and the 30B-A3B forward with and without it
+    export GRADIO_ANALYTICS_ENABLED=False
+    timeout 260 python3 -m pytest -q -p no:cacheprovider -m cuda tests/ > "$OUT/cuda-tests.log" 2>&1 &
+    timeout 260 python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
+      tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_app_scheduler.py \
+      tests/test_joining.py > "$OUT/app-tests-gpu.log" 2>&1
+    wait
+    tail -n 4 "$OUT/cuda-tests.log" "$OUT/app-tests-gpu.log"
+    timeout 90 python3 -m benchmarks.profile_forward --split-k on --contexts 64 --gemm skinny+pdl skinny+pdl+fold \
+      --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
+    timeout 70 python3 -m benchmarks.moe --rows 1 2 4 16 --config-rows --out "$OUT/moe-layer" 2>&1 \
+      | tee "$OUT/moe-layer.log" | tail -5
+    MOE="python3 -m benchmarks.bench --arch sdar-30b-a3b --fuse --prompt-lengths 64 --new-tokens 64 --batch-sizes 1
+      --block-lengths 16 --steps 4 --no-dynamic --repeats 2 --transformers none"
+    timeout 110 $MOE --out "$OUT/moe-gemv" 2>&1 | tee "$OUT/moe-gemv.log" | tail -4
+    timeout $((595 - SECONDS)) $MOE --no-expert-gemv --out "$OUT/moe-sorted" 2>&1 | tee "$OUT/moe-sorted.log" | tail -4
+    tar czf /tmp/fold-moe.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/fold-moe.tgz "$OUT/" ;;
   fold-quick)  # the kernels' own cuda tests, then the profile and the bench of `fold`, in about two minutes
     timeout 70 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_gemm.py tests/test_fused.py \
       tests/test_decoding.py tests/test_joining.py > "$OUT/cuda-tests.log" 2>&1

@@ -216,6 +216,9 @@ def time_layer(fn, graph: bool, iters: int = 50) -> float:
     return start.elapsed_time(end) / iters
 
 
+ROTATION = 8  # routings per timed graph in `rotated`
+GEMV_ROWS = 4  # the layer sweep times the gemv form up to this many rows
+
 CONFIGS = [
     dict(block_n=n, block_k=kk, stages=st, warps=w)
     for n in (16, 32, 64)
@@ -228,7 +231,8 @@ CONFIGS = [
 def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dict, list[dict], list[dict]]:
     """One sparse layer of `arch` (random bf16 weights, independent routing): the Triton kernels and the grouped
     matmul in CUDA graphs and the looped form eagerly, per number of routed rows, against reading the distinct
-    experts once; then the Triton kernels' tile sizes at `config_rows`."""
+    experts once; up to GEMV_ROWS rows also the gemv form against the sorted kernels (with the sort as one kernel
+    and as eager ops) over rotated routings; then the Triton kernels' tile sizes at `config_rows`."""
     shape = ARCHS[arch]
     E, k, h, inter = (
         shape[f] for f in ("num_experts", "num_experts_per_tok", "hidden_size", "moe_intermediate_size")
@@ -242,8 +246,8 @@ def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dic
     per_expert = 3 * h * inter * 2
     gen = torch.Generator(device=device)
 
-    def case(n: int):
-        gen.manual_seed(n)
+    def case(n: int, seed: int = 0):
+        gen.manual_seed(n + 1000 * seed)
         x = torch.randn(n, h, device=device, dtype=torch.bfloat16, generator=gen)
         chosen = torch.stack(
             [torch.randperm(E, device=device, generator=gen)[:k] for _ in range(n)]
@@ -252,29 +256,52 @@ def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dic
         distinct = int(chosen.unique().numel())
         return x, chosen, weights, distinct, 1000 * distinct * per_expert / bw  # the floor: each read once
 
+    def rotated(n: int, form) -> tuple[float, float]:
+        """(ms per call, floor ms per call) of `form` over ROTATION routings of n rows captured in one graph: the
+        experts differ from call to call, so that no call finds the last one's weights in L2 (one token's 8
+        experts are 75 MB on the 30B-A3B shape, the L2 of an H100 50 MB)."""
+        cases = [case(n, seed) for seed in range(ROTATION)]
+        ms = time_layer(lambda: [form(x, c, w) for x, c, w, _, _ in cases], graph=True) / ROTATION
+        return ms, sum(c[4] for c in cases) / ROTATION
+
     out, configs = [], []
+    e = layer.experts
     with torch.no_grad():
         for n in rows:
             x, chosen, weights, distinct, floor = case(n)
-            triton_ms = time_layer(lambda: layer.experts.triton_forward(x, chosen, weights), graph=True)
-            grouped = time_layer(lambda: layer.experts.grouped_forward(x, chosen, weights), graph=True)
-            looped = time_layer(lambda: layer.experts.looped_forward(x, chosen, weights), graph=False)
-            out.append(
-                dict(
-                    rows=n,
-                    distinct_experts=distinct,
-                    floor_ms=floor,
-                    triton_graph_ms=triton_ms,
-                    grouped_graph_ms=grouped,
-                    looped_eager_ms=looped,
-                    triton_of_floor=floor / triton_ms,
-                    grouped_of_floor=floor / grouped,
-                )
+            triton_ms = time_layer(lambda: e.triton_forward(x, chosen, weights), graph=True)
+            grouped = time_layer(lambda: e.grouped_forward(x, chosen, weights), graph=True)
+            looped = time_layer(lambda: e.looped_forward(x, chosen, weights), graph=False)
+            row = dict(
+                rows=n,
+                distinct_experts=distinct,
+                floor_ms=floor,
+                triton_graph_ms=triton_ms,
+                grouped_graph_ms=grouped,
+                looped_eager_ms=looped,
+                triton_of_floor=floor / triton_ms,
+                grouped_of_floor=floor / grouped,
             )
+            line = ""
+            if n <= GEMV_ROWS:  # the gemv form against the sorted one, each over rotated routings
+                row["triton_rotated_ms"], row["rotated_floor_ms"] = rotated(n, e.triton_forward)
+                row["triton_sorted_eagerly_rotated_ms"], _ = rotated(
+                    n, lambda x, c, w: e.triton_forward(x, c, w, fuse_sort=False)
+                )
+                row["gemv_rotated_ms"], _ = rotated(n, e.gemv_forward)
+                row["gemv_of_floor"] = row["rotated_floor_ms"] / row["gemv_rotated_ms"]
+                row["triton_rotated_of_floor"] = row["rotated_floor_ms"] / row["triton_rotated_ms"]
+                line = (
+                    f"  | rotated: floor {row['rotated_floor_ms']:.3f} ms, gemv {row['gemv_rotated_ms']:.3f} ms "
+                    f"({row['gemv_of_floor']:.0%}), sorted {row['triton_rotated_ms']:.3f} ms "
+                    f"({row['triton_rotated_of_floor']:.0%}), sorted eagerly "
+                    f"{row['triton_sorted_eagerly_rotated_ms']:.3f} ms"
+                )
+            out.append(row)
             print(
                 f"  rows {n:4d}  distinct {distinct:3d}  floor {floor:.3f} ms  triton {triton_ms:.3f} ms "
                 f"({floor / triton_ms:.0%})  grouped {grouped:.3f} ms ({floor / grouped:.0%})  "
-                f"looped {looped:.3f} ms",
+                f"looped {looped:.3f} ms{line}",
                 flush=True,
             )
         for n in config_rows:
@@ -290,7 +317,7 @@ def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dic
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.moe", description="one MoE layer: triton vs grouped vs looped"
+        prog="python -m benchmarks.moe", description="one MoE layer: gemv vs triton vs grouped vs looped"
     )
     p.add_argument("--arch", default="sdar-30b-a3b")
     p.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128, 256])

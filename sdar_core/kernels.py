@@ -26,7 +26,9 @@ class Kernels:
     cache_write: bool = True  # the k kernel of norm_rope also writes K and V into the KV cache
     add_norm: bool = True  # residual add + RMSNorm (fused.add_rms_norm)
     silu_mul: bool = True  # SiLU(gate) * up (fused.silu_mul)
-    routing: bool = True  # an MoE router's softmax + top-k + renormalisation (moe.route)
+    routing: bool = (
+        True  # an MoE router's softmax + top-k + renormalisation (moe.route), the pairs' sort by expert
+    )
     # Static-shape forwards (runner modes "static", "graph"): None takes the split-K decode attention wherever it
     # runs (CUDA with Triton); False gives SDPA the mask over the whole buffer (the benchmarks compare the two);
     # True where it cannot run falls back to SDPA over the filled slice, whose host read cannot be graphed.
@@ -34,6 +36,9 @@ class Kernels:
     grouped_experts: bool = (
         True  # the static-shape expert forms where one runs (moe.Experts); False: the loop
     )
+    # One or two tokens' experts through the gemv form (moe.Experts.gemv_forward: no sort, the combine inside)
+    # where the static-shape forms run on CUDA; False: the sorted Triton form for them too.
+    expert_gemv: bool = True
     # The decode forward's projections through the skinny Triton GEMM (gemm.py) where it runs (one row: batch-1
     # AR steps; CUDA; no gradient); False: F.linear (cuBLAS) for every projection.
     skinny_gemm: bool = True

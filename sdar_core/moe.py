@@ -4,7 +4,15 @@ The experts' weights are two stacked tensors, the layout of transformers 5 (`mlp
 gate rows then up rows per expert; `mlp.experts.down_proj` [E, h, I]); loading.py maps the public checkpoints'
 per-expert tensors onto them and save_pretrained writes them back per expert.
 
-Three forms compute the same thing:
+Four forms compute the same thing:
+- gemv (one or two tokens on CUDA, an AR step: GEMV_MAX_TOKENS): no sort at all. Two Triton kernels read the
+  chosen experts' weights straight from the router's choice: `_expert_gemv_swiglu`, one program per (pair, tile of
+  BLOCK_N intermediate columns), streams that tile of the expert's gate and up rows against the token's row and
+  writes silu(g) * u (g and u rounded first, as F.linear then silu_mul round them); `_expert_gemv_down`, one
+  program per (token, tile of output columns), streams the tile of each of the token's k experts' down rows
+  against its activation and sums the k routed-weighted results in float32 before one rounding (the combine that
+  the other forms do with a kernel of their own). Two tokens that chose the same expert read it twice, which at
+  one or two tokens costs less than sorting them together (an expert gets at most two rows).
 - triton (decoding on CUDA, up to TRITON_MAX_PAIRS pairs): the (token, expert) pairs sorted by expert, then two
   Triton kernels (`_expert_matmul`): one program per expert segment and tile of output columns reads that expert's
   weight tile once for all its rows (16 at a time), gathers its input rows by index (gate/up) or applies SwiGLU on
@@ -18,7 +26,11 @@ Three forms compute the same thing:
 - looped (training, and where neither runs): one matmul per expert that got tokens, with the host reading which
   ones; the reference the other forms are tested against.
 
-In the triton and grouped forms every shape depends on the number of tokens only and nothing is read back to the
+The sort of the pairs by expert and each expert's segment end are one Triton kernel on CUDA (`_sort_kernel`, one
+program: each pair's place is the number of pairs before it in (expert, pair) order, a stable counting sort) where
+the eager ops take five (sort, zeros, scatter_add, cumsum and a copy).
+
+In the gemv, triton and grouped forms every shape depends on the number of tokens only and nothing is read back to the
 host, so a decode forward of an MoE model is captured in a CUDA graph like a dense one; an expert that gets no pair
 has its weights never read (a forward reads the *distinct* experts it routes to).
 """
@@ -41,6 +53,7 @@ except ImportError:
     triton = None
 
 TRITON_MAX_PAIRS = 1024  # more (token, expert) pairs (a prefill) take the grouped matmul
+GEMV_MAX_TOKENS = 2  # chunks of at most this many tokens take the gemv form (an expert gets at most 2 rows)
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,22 @@ class KernelConfig:
 
 
 KERNEL = KernelConfig()
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    """Tile sizes of the gemv form's two kernels (benchmarks/moe.py times them on the 30B-A3B layer). One token's
+    8 experts of the 30B-A3B shape give 8 x 768 / 16 = 384 programs of gate/up and 2048 / 8 = 256 of down: two or
+    three per SM of an H100, each streaming its weight rows in steps of BLOCK_K with `stages` loads in flight."""
+
+    block_n: int = 16  # gate/up: intermediate columns per program (the gate's and the up's each)
+    down_block_n: int = 8  # down: output columns per program
+    block_k: int = 256
+    stages: int = 4
+    warps: int = 4
+
+
+GEMV = GemvConfig()
 
 
 def grouped_mm_available(x: torch.Tensor) -> bool:
@@ -74,14 +103,39 @@ def triton_available(x: torch.Tensor) -> bool:
     return triton is not None and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
 
 
-def sort_pairs(chosen: torch.Tensor, num_experts: int):
+def sort_pairs(chosen: torch.Tensor, num_experts: int, fuse: bool = True):
     """The N*k (token, expert) pairs of chosen [N, k] grouped by expert, on the device with no host read:
-    (expert of each sorted pair [P], token-major pair index of each [P], where each expert's rows end [E])."""
+    (expert of each sorted pair [P], token-major pair index of each [P], where each expert's rows end [E]).
+    With `fuse`, one kernel where it runs (CUDA with Triton, at most TRITON_MAX_PAIRS pairs)."""
+    if fuse and kernels_run(chosen) and chosen.numel() <= TRITON_MAX_PAIRS:
+        return fused_sort_pairs(chosen, num_experts)
     expert = chosen.flatten()  # [P], P = N * k pairs, token-major
     sorted_expert, order = expert.sort(stable=True)
     counts = torch.zeros(num_experts, dtype=torch.int64, device=chosen.device)
     counts.scatter_add_(0, expert, torch.ones_like(expert))  # (bincount would read its maximum on the host)
     return sorted_expert, order, counts.cumsum(0)
+
+
+def fused_sort_pairs(chosen: torch.Tensor, num_experts: int):
+    """`sort_pairs` as one kernel (any device Triton runs on: its interpreter takes CPU tensors)."""
+    chosen = chosen.contiguous()
+    P = chosen.numel()
+    sorted_expert = torch.empty(P, dtype=chosen.dtype, device=chosen.device)
+    order = torch.empty(P, dtype=torch.int64, device=chosen.device)
+    ends = torch.empty(num_experts, dtype=torch.int64, device=chosen.device)
+    _sort_kernel[(1,)](
+        chosen,
+        sorted_expert,
+        order,
+        ends,
+        P,
+        num_experts,
+        P_POW2=triton.next_power_of_2(P),
+        E_POW2=triton.next_power_of_2(num_experts),
+        CHUNK=16,
+        num_warps=8,
+    )
+    return sorted_expert, order, ends
 
 
 def route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: torch.dtype, fuse: bool = True):
@@ -135,19 +189,72 @@ class Experts(nn.Module):
     ) -> torch.Tensor:
         """x [N, h], chosen / weights [N, k] -> sum over the k slots of weight * expert(x): [N, h]."""
         if kernels.grouped_experts and not torch.is_grad_enabled():
+            if triton_available(x) and kernels.expert_gemv and x.shape[0] <= GEMV_MAX_TOKENS:
+                return self.gemv_forward(x, chosen, weights)
             if triton_available(x) and (chosen.numel() <= TRITON_MAX_PAIRS or not grouped_mm_available(x)):
-                return self.triton_forward(x, chosen, weights)
+                return self.triton_forward(x, chosen, weights, fuse_sort=kernels.routing)
             if grouped_mm_available(x):
                 return self.grouped_forward(x, chosen, weights, kernels.silu_mul)
         return self.looped_forward(x, chosen, weights, kernels.silu_mul)
 
+    def gemv_forward(
+        self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, config: GemvConfig | None = None
+    ) -> torch.Tensor:
+        """The gemv form (module docstring): two kernels, no sort; any number of tokens is computed right, few
+        are fast."""
+        c = config or GEMV
+        N, k = chosen.shape
+        h, I = x.shape[1], self.intermediate
+        x, chosen, weights = x.contiguous(), chosen.contiguous(), weights.contiguous()
+        gate_up, down = self.gate_up_proj, self.down_proj
+        act = torch.empty(N * k, I, device=x.device, dtype=x.dtype)  # silu(g) * u per token-major pair
+        _expert_gemv_swiglu[(N * k, triton.cdiv(I, c.block_n))](
+            x,
+            chosen,
+            gate_up,
+            act,
+            I,
+            h,
+            x.stride(0),
+            gate_up.stride(0),
+            gate_up.stride(1),
+            TOP_K=k,
+            BLOCK_N=c.block_n,
+            BLOCK_K=c.block_k,
+            num_warps=c.warps,
+            num_stages=c.stages,
+        )
+        out = torch.empty(N, h, device=x.device, dtype=x.dtype)
+        _expert_gemv_down[(N, triton.cdiv(h, c.down_block_n))](
+            act,
+            chosen,
+            weights,
+            down,
+            out,
+            h,
+            I,
+            down.stride(0),
+            down.stride(1),
+            TOP_K=k,
+            BLOCK_N=c.down_block_n,
+            BLOCK_K=c.block_k,
+            num_warps=c.warps,
+            num_stages=c.stages,
+        )
+        return out
+
     def triton_forward(
-        self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, config: KernelConfig | None = None
+        self,
+        x: torch.Tensor,
+        chosen: torch.Tensor,
+        weights: torch.Tensor,
+        config: KernelConfig | None = None,
+        fuse_sort: bool = True,
     ) -> torch.Tensor:
         c = config or KERNEL
         N, k = chosen.shape
         P, h, I = N * k, x.shape[1], self.intermediate
-        sorted_expert, order, ends = sort_pairs(chosen, self.num_experts)
+        sorted_expert, order, ends = sort_pairs(chosen, self.num_experts, fuse_sort)
         x = x.contiguous()
         act = torch.empty(P, 2 * I, device=x.device, dtype=x.dtype)  # [g; u] per sorted pair
         out = torch.empty(P, h, device=x.device, dtype=x.dtype)  # weighted expert outputs, token-major pairs
@@ -322,3 +429,112 @@ if triton is not None:
                     acc.to(out_ptr.dtype.element_ty),
                     mask=live[:, None] & col_ok[None, :],
                 )
+
+    @triton.jit
+    def _sort_kernel(
+        CHOSEN,
+        SORTED,
+        ORDER,
+        ENDS,
+        P,
+        E,
+        P_POW2: tl.constexpr,
+        E_POW2: tl.constexpr,
+        CHUNK: tl.constexpr,
+    ):
+        """One program: pair i goes to place #{j : (e_j, j) < (e_i, i)} (a stable sort by expert); expert x's rows
+        end at #{j : e_j <= x}. The pairs are compared CHUNK at a time against all of them."""
+        i = tl.arange(0, P_POW2)
+        ei = tl.load(CHOSEN + i, mask=i < P, other=E)
+        rank = tl.zeros([P_POW2], tl.int32)
+        x = tl.arange(0, E_POW2)
+        ends = tl.zeros([E_POW2], tl.int32)
+        for j0 in range(0, P, CHUNK):
+            j = j0 + tl.arange(0, CHUNK)
+            live = j < P
+            ej = tl.load(CHOSEN + j, mask=live, other=E)
+            before = (ej[None, :] < ei[:, None]) | ((ej[None, :] == ei[:, None]) & (j[None, :] < i[:, None]))
+            rank += tl.sum((before & live[None, :]).to(tl.int32), axis=1)
+            ends += tl.sum(((ej[None, :] <= x[:, None]) & live[None, :]).to(tl.int32), axis=1)
+        tl.store(SORTED + rank, ei, mask=i < P)
+        tl.store(ORDER + rank, i.to(tl.int64), mask=i < P)
+        tl.store(ENDS + x, ends.to(tl.int64), mask=x < E)
+
+    @triton.jit
+    def _expert_gemv_swiglu(
+        X,
+        CHOSEN,
+        W,
+        ACT,
+        I,
+        K,
+        stride_x,
+        stride_we,
+        stride_wn,
+        TOP_K: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
+        """ACT[p, cols] = silu(g) * u, [g; u] = W[e_p] @ x[p // TOP_K] at the gate rows `cols` and the up rows
+        I + cols (each rounded to the dtype first, as F.linear rounds)."""
+        p = tl.program_id(0)
+        e = tl.load(CHOSEN + p).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = tl.where(cols < I, cols, 0)  # columns past I read row 0 (never stored): no mask on the loads
+        gate = W + e * stride_we + cols[:, None].to(tl.int64) * stride_wn
+        up = gate + I * stride_wn
+        row = X + (p // TOP_K).to(tl.int64) * stride_x
+        g = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        u = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            ok = ks < K
+            a = tl.load(row + ks, mask=ok, other=0.0).to(tl.float32)[None, :]
+            wg = tl.load(gate + ks[None, :], mask=ok[None, :], other=0.0)
+            wu = tl.load(up + ks[None, :], mask=ok[None, :], other=0.0)
+            g += tl.sum(wg.to(tl.float32) * a, axis=1)
+            u += tl.sum(wu.to(tl.float32) * a, axis=1)
+        dtype = ACT.dtype.element_ty
+        g = g.to(dtype).to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32) * u.to(dtype).to(tl.float32)
+        out = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        tl.store(ACT + p.to(tl.int64) * I + out, act.to(dtype), mask=out < I)
+
+    @triton.jit
+    def _expert_gemv_down(
+        ACT,
+        CHOSEN,
+        SCALE,
+        W,
+        OUT,
+        N,
+        K,
+        stride_we,
+        stride_wn,
+        TOP_K: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
+        """OUT[t, cols] = sum over the token's TOP_K slots s of SCALE[t, s] * W[e_ts][cols] @ ACT[t * TOP_K + s],
+        in float32, rounded once."""
+        t = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        safe = tl.where(cols < N, cols, 0)
+        total = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        steps = tl.cdiv(K, BLOCK_K)
+        for it in range(
+            0, TOP_K * steps
+        ):  # one flat loop over (slot, K step): the loads pipeline across slots
+            pair = t * TOP_K + it // steps
+            ks = (it % steps) * BLOCK_K + tl.arange(0, BLOCK_K)
+            ok = ks < K
+            e = tl.load(CHOSEN + pair).to(tl.int64)
+            scale = tl.load(SCALE + pair).to(tl.float32)
+            w = tl.load(
+                W + e * stride_we + safe[:, None].to(tl.int64) * stride_wn + ks[None, :],
+                mask=ok[None, :],
+                other=0.0,
+            )
+            a = tl.load(ACT + pair.to(tl.int64) * K + ks, mask=ok, other=0.0).to(tl.float32)
+            total += scale * tl.sum(w.to(tl.float32) * a[None, :], axis=1)
+        tl.store(OUT + t.to(tl.int64) * N + cols, total.to(OUT.dtype.element_ty), mask=cols < N)

@@ -18,7 +18,16 @@ from sdar_core import load_pretrained
 from sdar_core.decoding import generate
 from sdar_core.kernels import Kernels
 from sdar_core.loading import CheckpointError, save_pretrained
-from sdar_core.moe import TRITON_MAX_PAIRS, KernelConfig, SparseMoE, grouped_mm_available, route
+from sdar_core.moe import (
+    GEMV_MAX_TOKENS,
+    TRITON_MAX_PAIRS,
+    GemvConfig,
+    KernelConfig,
+    SparseMoE,
+    grouped_mm_available,
+    route,
+    sort_pairs,
+)
 
 from helpers import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
 
@@ -127,6 +136,64 @@ def test_triton_expert_kernels_under_the_interpreter_equal_the_brute_force():
     assert len(errors) == len(TRITON_CASES) and max(errors) < 1e-5, errors
 
 
+# (E, k, tokens, h, I): one token; two that share experts (E = k: every expert twice); three (the form is right for
+# any count, if slow); sizes no tile divides
+GEMV_CASES = [(8, 2, 1, 64, 48), (4, 4, 2, 64, 48), (16, 4, 3, 64, 48), (32, 8, 2, 50, 37)]
+
+GEMV_INTERPRETED = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from sdar_core.moe import GemvConfig, route
+from test_moe import GEMV_CASES, brute_force, experts_layer
+errors = []
+for E, k, n, h, I in GEMV_CASES:
+    moe = experts_layer(E, k, h=h, I=I, seed=E + n)
+    x = torch.randn(n, h, generator=torch.Generator().manual_seed(n))
+    with torch.no_grad():
+        weights, chosen = route(moe.gate(x), k, True, x.dtype)
+        out = moe.experts.gemv_forward(x, chosen, weights, GemvConfig(block_n=16, down_block_n=8, block_k=32))
+        unfused = moe.experts.looped_forward(x, chosen, weights, fuse=False)
+    ref = brute_force(moe, x)
+    errors.append([float((out.double() - ref).norm() / ref.norm()), float((out - unfused).abs().max())])
+print(json.dumps(errors))
+"""
+
+
+@pytest.mark.skipif(interpreter_reason() is not None, reason=str(interpreter_reason()))
+def test_expert_gemv_kernels_under_the_interpreter_equal_the_brute_force_and_the_loop():
+    """The gemv form's two kernels on CPU tensors (float32; tiles that leave remainders along both dimensions)
+    against the per-token float64 brute force and the looped form of eager ops."""
+    errors = json.loads(run_interpreted(GEMV_INTERPRETED, str(Path(__file__).parent)))
+    assert len(errors) == len(GEMV_CASES)
+    for to_math, to_loop in errors:
+        assert to_math < 1e-5 and to_loop < 1e-4, errors
+
+
+SORT_CASES = [(1, 1, 128), (1, 8, 128), (16, 8, 128), (5, 3, 7), (64, 2, 2), (128, 8, 128)]  # (tokens, k, E)
+
+SORT_INTERPRETED = """
+import json, torch
+from sdar_core.moe import fused_sort_pairs, sort_pairs
+from test_moe import SORT_CASES
+same = []
+for n, k, E in SORT_CASES:
+    g = torch.Generator().manual_seed(n * k + E)
+    chosen = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(n)])  # k distinct experts per token
+    ours, eager = fused_sort_pairs(chosen, E), sort_pairs(chosen, E, fuse=False)
+    pairs = list(zip(ours, eager))
+    same.append(all(torch.equal(a, b) and a.dtype == b.dtype for a, b in pairs))
+print(json.dumps(same))
+"""
+
+
+@pytest.mark.skipif(interpreter_reason() is not None, reason=str(interpreter_reason()))
+def test_the_sort_kernel_under_the_interpreter_equals_torchs_stable_sort_and_counts():
+    """The one-program counting sort against torch's stable sort, scatter_add and cumsum, exactly: one pair, one
+    token's 8 of 128 experts, a block of 16 tokens, sizes that are no power of two, every pair on two experts (many
+    ties), and the 1,024 pairs of the largest chunk it serves."""
+    assert json.loads(run_interpreted(SORT_INTERPRETED)) == [True] * len(SORT_CASES)
+
+
 ROUTE_CASES = [
     (1, 128, 8, True),
     (7, 37, 4, True),
@@ -203,6 +270,59 @@ def test_cuda_triton_experts_equal_the_brute_force(E, k, n, h, I):
         assert torch.equal(
             moe(x), moe.experts.triton_forward(x, chosen, weights)
         )  # the layer's choice on CUDA
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("E, k, n, h, I", GEMV_CASES + [(128, 8, 1, 2048, 768), (128, 8, 2, 2048, 768)])
+def test_cuda_expert_gemv_equals_the_brute_force_and_the_sorted_kernels(E, k, n, h, I):
+    """The gemv form in bf16, at the test shapes and the 30B-A3B layer's, against float64 math on the same bf16
+    values and the sorted Triton form; the layer takes it for one or two tokens and the sorted form for more."""
+    moe = experts_layer(E, k, h=h, I=I, seed=E + n).cuda().to(torch.bfloat16)
+    x = torch.randn(n, h, device="cuda", dtype=torch.bfloat16)
+    ref = brute_force(moe, x).cpu()
+    with torch.no_grad():
+        weights, chosen = route(moe.gate(x), k, True, x.dtype)
+        gemv = moe.experts.gemv_forward(x, chosen, weights)
+        for config in (GemvConfig(), GemvConfig(block_n=32, down_block_n=16, block_k=128, stages=2)):
+            out = moe.experts.gemv_forward(x, chosen, weights, config)
+            assert rel_err(out.double().cpu(), ref) < 2e-2
+        assert rel_err(gemv.float(), moe.experts.triton_forward(x, chosen, weights).float()) < 2e-2
+        layer = moe(x)
+        chosen_form = gemv if n <= GEMV_MAX_TOKENS else moe.experts.triton_forward(x, chosen, weights)
+        assert torch.equal(layer, chosen_form)
+        off = moe.experts(x, chosen, weights, Kernels(expert_gemv=False))
+        assert torch.equal(off, moe.experts.triton_forward(x, chosen, weights))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("n, k, E", SORT_CASES + [(TRITON_MAX_PAIRS // 8, 8, 128)])
+def test_cuda_the_sort_kernel_equals_the_eager_sort(n, k, E):
+    g = torch.Generator().manual_seed(n + k + E)
+    chosen = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(n)]).cuda()
+    ours, eager = sort_pairs(chosen, E), sort_pairs(chosen, E, fuse=False)
+    assert all(torch.equal(a, b) for a, b in zip(ours, eager))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_one_token_layer_in_a_graph_takes_the_gemv_and_follows_fresh_inputs():
+    """A one-token MoE layer (the AR step) captured in a CUDA graph and replayed on a new token that routes to other
+    experts: the replay gives the looped form's output for the new token."""
+    moe = experts_layer(128, 8, h=512, I=256).cuda().to(torch.bfloat16)
+    static_x = torch.randn(1, 512, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        moe(static_x)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = moe(static_x)
+        for seed in range(3):
+            static_x.copy_(torch.randn(1, 512, generator=torch.Generator().manual_seed(seed)).cuda())
+            graph.replay()
+            weights, chosen = route(moe.gate(static_x), 8, True, static_x.dtype)
+            expected = moe.experts.looped_forward(static_x, chosen, weights)
+            assert rel_err(out.float(), expected.float()) < 2e-2
 
 
 @pytest.mark.cuda
