@@ -6,6 +6,7 @@
 #   bash benchmarks/device_studio.sh all     # the tests, then the bench (crowds 1, 8, 16) in one ten-minute call
 #   bash benchmarks/device_studio.sh bench-apptests   # the bench (crowds 1, 8, 16), then the studio's GPU tests
 #   bash benchmarks/device_studio.sh first      # the first request after the warm-up (before/after), then the cuda tests
+#   bash benchmarks/device_studio.sh crowd-readme  # the crowd sweep alone, then the README's engine sweep
 #   bash benchmarks/device_studio.sh crowd-5ms [SECONDS]   # the crowd with CPython's 5 ms switch interval
 #   bash benchmarks/device_studio.sh join       # joining a running batch against the next batch, a cold start with
 #                                               # precompile workers, then every GPU test
@@ -50,6 +51,13 @@ case "${1:-tests}" in
       2>&1 | tail -24
     timeout $((580 - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/ 2>&1 | tee "$OUT/cuda-tests.log" \
       | tail -5 ;;
+  crowd-readme)  # one call: the crowd sweep alone (1, 8, 16 visitors), then the README's engine sweep in the time left
+    timeout 270 python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/studio-crowd" --crowd 1 8 16 \
+      --crowd-only 2>&1 | tee "$OUT/studio-crowd.log" | tail -30
+    timeout $((590 - SECONDS)) python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 2048 8192 \
+      --new-tokens 256 512 512 --batch-sizes 1 4 16 64 --block-lengths 4 16 --repeats 2 --transformers compiled \
+      --out "$OUT/readme" 2>&1 | tee "$OUT/readme.log" | tail -12
+    tar czf /tmp/crowd-readme.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/crowd-readme.tgz "$OUT/" ;;
   crowd-5ms)  # the crowd with CPython's own switch interval, to compare with a run of `bench` on the same machine
     SDAR_SWITCH_INTERVAL=0.005 timeout "${2:-290}" python3 -m benchmarks.studio --arch sdar-1.7b \
       --out "$OUT/h200-studio-crowd-switch-5ms" --crowd 1 8 16 --crowd-only --repeats 1 \
