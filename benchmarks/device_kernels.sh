@@ -25,6 +25,15 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 BENCH="python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 8192 --new-tokens 256 512
   --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none"
+gpu_tests() {  # every `cuda` test and the studio's tests on CUDA side by side, at most $1 seconds
+  GRADIO_ANALYTICS_ENABLED=False timeout "$1" python3 -m pytest -q -p no:cacheprovider -m cuda tests/ \
+    > "$OUT/cuda-tests.log" 2>&1 &
+  GRADIO_ANALYTICS_ENABLED=False timeout "$1" python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py \
+    tests/test_app_ui.py tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py \
+    tests/test_app_scheduler.py tests/test_joining.py > "$OUT/app-tests-gpu.log" 2>&1
+  wait
+  tail -n 4 "$OUT/cuda-tests.log" "$OUT/app-tests-gpu.log"
+}
 case "${1:-gemm}" in
   tests-e2e)
     timeout 330 python3 -m pytest -q -p no:cacheprovider -m cuda tests/ 2>&1 | tee "$OUT/cuda-tests.log" | tail -5
@@ -38,13 +47,7 @@ case "${1:-gemm}" in
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -12
     tar czf "$OUT/gemm-profile.tgz" -C "$OUT" gemm profile && rm -r "$OUT/gemm" "$OUT/profile" ;;
   fold)
-    export GRADIO_ANALYTICS_ENABLED=False
-    timeout 300 python3 -m pytest -q -p no:cacheprovider -m cuda tests/ > "$OUT/cuda-tests.log" 2>&1 &
-    timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
-      tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_app_scheduler.py \
-      tests/test_joining.py > "$OUT/app-tests-gpu.log" 2>&1
-    wait
-    tail -n 5 "$OUT/cuda-tests.log" "$OUT/app-tests-gpu.log"
+    gpu_tests 300
     timeout 100 python3 -m benchmarks.profile_forward --split-k on --contexts 64 --gemm skinny+pdl skinny+pdl+fold \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
     BENCH64="${BENCH/--prompt-lengths 64 8192 --new-tokens 256 512/--prompt-lengths 64 --new-tokens 256}"
@@ -53,13 +56,7 @@ case "${1:-gemm}" in
     tar czf /tmp/fold-all.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/fold-all.tgz "$OUT/" ;;
   fold-moe)  # the cuda suite and the studio's CUDA tests side by side, the fold's profile, then the MoE's gemv form:
              # one layer (gemv against the sorted kernels) and the 30B-A3B forward with and without it
-    export GRADIO_ANALYTICS_ENABLED=False
-    timeout 260 python3 -m pytest -q -p no:cacheprovider -m cuda tests/ > "$OUT/cuda-tests.log" 2>&1 &
-    timeout 260 python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
-      tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_app_scheduler.py \
-      tests/test_joining.py > "$OUT/app-tests-gpu.log" 2>&1
-    wait
-    tail -n 4 "$OUT/cuda-tests.log" "$OUT/app-tests-gpu.log"
+    gpu_tests 260
     timeout 90 python3 -m benchmarks.profile_forward --split-k on --contexts 64 --gemm skinny+pdl skinny+pdl+fold \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
     timeout 70 python3 -m benchmarks.moe --rows 1 2 4 16 --config-rows --out "$OUT/moe-layer" 2>&1 \
