@@ -30,6 +30,9 @@ The sort of the pairs by expert and each expert's segment end are one Triton ker
 program: each pair's place is the number of pairs before it in (expert, pair) order, a stable counting sort) where
 the eager ops take five (sort, zeros, scatter_add, cumsum and a copy).
 
+Every Triton kernel here launches with programmatic dependent launch where it runs (pdl.py), as the dense
+layer's kernels do, so that a chain of them overlaps each launch with the previous kernel's tail.
+
 In the gemv, triton and grouped forms every shape depends on the number of tokens only and nothing is read back to the
 host, so a decode forward of an MoE model is captured in a CUDA graph like a dense one; an expert that gets no pair
 has its weights never read (a forward reads the *distinct* experts it routes to).
@@ -43,7 +46,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import pdl
 from .fused import kernels_run, silu_mul
+from .gemm import project
 from .kernels import DEFAULT_KERNELS, Kernels
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs use the grouped matmul
@@ -123,6 +128,7 @@ def fused_sort_pairs(chosen: torch.Tensor, num_experts: int):
     sorted_expert = torch.empty(P, dtype=chosen.dtype, device=chosen.device)
     order = torch.empty(P, dtype=torch.int64, device=chosen.device)
     ends = torch.empty(num_experts, dtype=torch.int64, device=chosen.device)
+    chained = pdl.on(chosen)
     _sort_kernel[(1,)](
         chosen,
         sorted_expert,
@@ -133,7 +139,9 @@ def fused_sort_pairs(chosen: torch.Tensor, num_experts: int):
         P_POW2=triton.next_power_of_2(P),
         E_POW2=triton.next_power_of_2(num_experts),
         CHUNK=16,
+        PDL=chained,
         num_warps=8,
+        **pdl.options(chained),
     )
     return sorted_expert, order, ends
 
@@ -158,6 +166,7 @@ def fused_route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: t
     N, E = logits.shape
     weights = torch.empty(N, top_k, dtype=dtype, device=logits.device)
     chosen = torch.empty(N, top_k, dtype=torch.int64, device=logits.device)
+    chained = pdl.on(logits)
     _route_kernel[(N,)](
         logits,
         weights,
@@ -168,7 +177,9 @@ def fused_route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: t
         K_POW2=triton.next_power_of_2(top_k),
         NORM=norm_topk_prob,
         BLOCK_E=triton.next_power_of_2(E),
+        PDL=chained,
         num_warps=1,
+        **pdl.options(chained),
     )
     return weights, chosen
 
@@ -208,6 +219,7 @@ class Experts(nn.Module):
         x, chosen, weights = x.contiguous(), chosen.contiguous(), weights.contiguous()
         gate_up, down = self.gate_up_proj, self.down_proj
         act = torch.empty(N * k, I, device=x.device, dtype=x.dtype)  # silu(g) * u per token-major pair
+        chained = pdl.on(x)
         _expert_gemv_swiglu[(N * k, triton.cdiv(I, c.block_n))](
             x,
             chosen,
@@ -221,8 +233,10 @@ class Experts(nn.Module):
             TOP_K=k,
             BLOCK_N=c.block_n,
             BLOCK_K=c.block_k,
+            PDL=chained,
             num_warps=c.warps,
             num_stages=c.stages,
+            **pdl.options(chained),
         )
         out = torch.empty(N, h, device=x.device, dtype=x.dtype)
         _expert_gemv_down[(N, triton.cdiv(h, c.down_block_n))](
@@ -238,8 +252,10 @@ class Experts(nn.Module):
             TOP_K=k,
             BLOCK_N=c.down_block_n,
             BLOCK_K=c.block_k,
+            PDL=chained,
             num_warps=c.warps,
             num_stages=c.stages,
+            **pdl.options(chained),
         )
         return out
 
@@ -258,6 +274,7 @@ class Experts(nn.Module):
         x = x.contiguous()
         act = torch.empty(P, 2 * I, device=x.device, dtype=x.dtype)  # [g; u] per sorted pair
         out = torch.empty(P, h, device=x.device, dtype=x.dtype)  # weighted expert outputs, token-major pairs
+        chained = pdl.on(x)
         for src, w, dst, n, kk, down in (
             (x, self.gate_up_proj, act, 2 * I, h, False),
             (act, self.down_proj, out, h, I, True),
@@ -281,8 +298,10 @@ class Experts(nn.Module):
                 BLOCK_M=16,
                 BLOCK_N=c.block_n,
                 BLOCK_K=c.block_k,
+                PDL=chained,
                 num_warps=c.warps,
                 num_stages=c.stages,
+                **pdl.options(chained),
             )
         return out.view(N, k, h).sum(1)
 
@@ -323,7 +342,7 @@ class SparseMoE(nn.Module):
     def forward(self, x: torch.Tensor, kernels: Kernels = DEFAULT_KERNELS) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # [N, h]
-        logits = self.gate(x)  # [N, E]
+        logits = project(self.gate, x, kernels.skinny_gemm)  # [N, E]; one row: the skinny GEMM (gemm.py)
         weights, chosen = route(
             logits, self.top_k, self.norm_topk_prob, x.dtype, kernels.routing
         )  # [N, k] each
@@ -343,7 +362,9 @@ if triton is not None:
         K_POW2: tl.constexpr,
         NORM: tl.constexpr,
         BLOCK_E: tl.constexpr,
+        PDL: tl.constexpr,
     ):
+        pdl.wait_and_release(PDL)
         row = tl.program_id(0)
         e = tl.arange(0, BLOCK_E)
         z = tl.load(LOGITS + row * stride + e, mask=e < n_experts, other=float("-inf")).to(tl.float32)
@@ -385,11 +406,13 @@ if triton is not None:
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """out[rows, cols] = a[rows] @ w[e, cols].T for the rows of one expert segment of the sorted pairs.
         gate/up (DOWN false): a = x[order // TOP_K], out rows in sorted order.
         down (DOWN true): a = silu(g) * u of x = [g; u] (K columns each), out rows at order (token-major) scaled
         by the pair's routing weight."""
+        pdl.wait_and_release(PDL)
         p = tl.program_id(0)
         e = tl.load(expert_ptr + p)
         prev = tl.load(expert_ptr + p - 1, mask=p > 0, other=-1)
@@ -441,9 +464,11 @@ if triton is not None:
         P_POW2: tl.constexpr,
         E_POW2: tl.constexpr,
         CHUNK: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """One program: pair i goes to place #{j : (e_j, j) < (e_i, i)} (a stable sort by expert); expert x's rows
         end at #{j : e_j <= x}. The pairs are compared CHUNK at a time against all of them."""
+        pdl.wait_and_release(PDL)
         i = tl.arange(0, P_POW2)
         ei = tl.load(CHOSEN + i, mask=i < P, other=E)
         rank = tl.zeros([P_POW2], tl.int32)
@@ -474,9 +499,11 @@ if triton is not None:
         TOP_K: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """ACT[p, cols] = silu(g) * u, [g; u] = W[e_p] @ x[p // TOP_K] at the gate rows `cols` and the up rows
         I + cols (each rounded to the dtype first, as F.linear rounds)."""
+        pdl.wait_and_release(PDL)
         p = tl.program_id(0)
         e = tl.load(CHOSEN + p).to(tl.int64)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -514,9 +541,11 @@ if triton is not None:
         TOP_K: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """OUT[t, cols] = sum over the token's TOP_K slots s of SCALE[t, s] * W[e_ts][cols] @ ACT[t * TOP_K + s],
         in float32, rounded once."""
+        pdl.wait_and_release(PDL)
         t = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         safe = tl.where(cols < N, cols, 0)

@@ -327,6 +327,31 @@ def test_cuda_one_token_layer_in_a_graph_takes_the_gemv_and_follows_fresh_inputs
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("tokens", [1, 16])
+def test_cuda_moe_layers_in_a_graph_give_the_same_bits_with_and_without_pdl(tokens, monkeypatch):
+    """Two MoE layers captured in one graph, their kernels (router GEMM, routing, sort, experts) chained with
+    programmatic dependent launch where the GPU has it, against the same graph launched without: PDL changes when a
+    kernel starts, never what it computes. One token takes the gemv form, 16 the sorted kernels."""
+    from sdar_core import pdl
+
+    layers = [experts_layer(128, 8, h=512, I=256, seed=s).cuda().to(torch.bfloat16) for s in (1, 2)]
+    x = torch.randn(tokens, 512, device="cuda", dtype=torch.bfloat16)
+
+    def replayed(requested: bool) -> torch.Tensor:
+        monkeypatch.setattr(pdl, "REQUESTED", requested)
+        with torch.no_grad():
+            layers[1](layers[0](x))  # compile outside the capture
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = layers[1](layers[0](x))
+            graph.replay()
+        return out.clone()
+
+    assert torch.equal(replayed(True), replayed(False))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_large_chunks_take_the_grouped_matmul_and_agree_with_the_kernels():
     moe = experts_layer(16, 4, h=128, I=64).cuda().to(torch.bfloat16)
     if not grouped_mm_available(moe.gate.weight):
