@@ -415,11 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="every projection through cuBLAS (default: one-row projections through sdar_core/gemm.py's kernel)",
     )
     p.add_argument(
-        "--no-fold",
-        dest="fold",
-        action="store_false",
-        help="the one-row matmuls without gemm.py's folds (the norms, residual adds and SwiGLU as kernels of "
-        "their own)",
+        "--fold",
+        action="store_true",
+        help="the one-row matmuls with gemm.py's folds (the norms, residual adds and SwiGLU inside the matmuls; "
+        "off by default: slower on an H100, benchmarks/NOTES.md)",
     )
     p.add_argument(
         "--no-expert-gemv",

@@ -8,7 +8,7 @@
 #                                                # transformers included, then the cold and warm start-up
 #   bash benchmarks/device_kernels.sh fold       # every `cuda` test and the studio's tests on CUDA, then the graphed
 #                                                # forward by kernel class and benchmarks.bench (64-token prompt) with gemm.py's folds against
-#                                                # without (--no-fold)
+#                                                # without (--fold against none)
 #   bash benchmarks/device_kernels.sh fold-moe   # the tests of `fold`, its profile, then the MoE's expert gemv form
 #                                                # (benchmarks.moe's layer, benchmarks.bench on 30B-A3B with and without)
 #   bash benchmarks/device_kernels.sh fold-quick # the same in about two minutes (the kernels' cuda tests only)
@@ -51,8 +51,8 @@ case "${1:-gemm}" in
     timeout 100 python3 -m benchmarks.profile_forward --split-k on --contexts 64 --gemm skinny+pdl skinny+pdl+fold \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
     BENCH64="${BENCH/--prompt-lengths 64 8192 --new-tokens 256 512/--prompt-lengths 64 --new-tokens 256}"
-    timeout 60 $BENCH64 --no-fold --out "$OUT/e2e-no-fold" 2>&1 | tee "$OUT/e2e-no-fold.log" | tail -4
-    timeout 60 $BENCH64 --out "$OUT/e2e-fold" 2>&1 | tee "$OUT/e2e-fold.log" | tail -4
+    timeout 60 $BENCH64 --out "$OUT/e2e-no-fold" 2>&1 | tee "$OUT/e2e-no-fold.log" | tail -4
+    timeout 60 $BENCH64 --fold --out "$OUT/e2e-fold" 2>&1 | tee "$OUT/e2e-fold.log" | tail -4
     tar czf /tmp/fold-all.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/fold-all.tgz "$OUT/" ;;
   fold-moe)  # the cuda suite and the studio's CUDA tests side by side, the fold's profile, then the MoE's gemv form:
              # one layer (gemv against the sorted kernels) and the 30B-A3B forward with and without it
@@ -73,8 +73,8 @@ case "${1:-gemm}" in
     timeout 45 python3 -m benchmarks.profile_forward --split-k on --contexts 64 --gemm skinny+pdl skinny+pdl+fold \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -4
     BENCH64="${BENCH/--prompt-lengths 64 8192 --new-tokens 256 512/--prompt-lengths 64 --new-tokens 256}"
-    timeout 25 $BENCH64 --repeats 1 --no-fold --out "$OUT/e2e-no-fold" 2>&1 | tail -3
-    timeout 25 $BENCH64 --repeats 1 --out "$OUT/e2e-fold" 2>&1 | tail -3
+    timeout 25 $BENCH64 --repeats 1 --out "$OUT/e2e-no-fold" 2>&1 | tail -3
+    timeout 25 $BENCH64 --repeats 1 --fold --out "$OUT/e2e-fold" 2>&1 | tail -3
     tar czf /tmp/fold-all.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/fold-all.tgz "$OUT/" ;;
   readme)
     timeout 480 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 2048 8192 \

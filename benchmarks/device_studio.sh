@@ -7,6 +7,7 @@
 #   bash benchmarks/device_studio.sh bench-apptests   # the bench (crowds 1, 8, 16), then the studio's GPU tests
 #   bash benchmarks/device_studio.sh first      # the first request after the warm-up (before/after), then the cuda tests
 #   bash benchmarks/device_studio.sh crowd-readme  # the crowd sweep alone, then the README's engine sweep
+#   bash benchmarks/device_studio.sh crowd-http    # the crowd sweep alone, plain-HTTP visitors only
 #   bash benchmarks/device_studio.sh crowd-5ms [SECONDS]   # the crowd with CPython's 5 ms switch interval
 #   bash benchmarks/device_studio.sh join       # joining a running batch against the next batch, a cold start with
 #                                               # precompile workers, then every GPU test
@@ -58,6 +59,10 @@ case "${1:-tests}" in
       --new-tokens 256 512 512 --batch-sizes 1 4 16 64 --block-lengths 4 16 --repeats 2 --transformers compiled \
       --out "$OUT/readme" 2>&1 | tee "$OUT/readme.log" | tail -12
     tar czf /tmp/crowd-readme.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/crowd-readme.tgz "$OUT/" ;;
+  crowd-http)  # the crowd sweep alone (1, 8, 16 visitors) read over plain HTTP, the page's way: a short call
+    timeout 330 python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/studio-crowd-http" --crowd 1 8 16 \
+      --crowd-only --clients http 2>&1 | tee "$OUT/studio-crowd-http.log" | tail -40
+    pkill -f "app.py" || true ;;
   crowd-5ms)  # the crowd with CPython's own switch interval, to compare with a run of `bench` on the same machine
     SDAR_SWITCH_INTERVAL=0.005 timeout "${2:-290}" python3 -m benchmarks.studio --arch sdar-1.7b \
       --out "$OUT/h200-studio-crowd-switch-5ms" --crowd 1 8 16 --crowd-only --repeats 1 \

@@ -43,8 +43,9 @@ class Kernels:
     # AR steps; CUDA; no gradient); False: F.linear (cuBLAS) for every projection.
     skinny_gemm: bool = True
     # With skinny_gemm, a one-row dense layer of fused projections runs its residual adds, its RMSNorms and SwiGLU
-    # inside the matmuls (gemm.py's folds: three kernels fewer per layer); False: the fused kernels above.
-    fold: bool = True
+    # inside the matmuls (gemm.py's folds: three kernels fewer per layer); False: the fused kernels above. Off: on an
+    # H100 the folded forward replayed in 2.37 ms against 2.22 ms unfolded (benchmarks/NOTES.md, "Folding").
+    fold: bool = False
     attention_backend: str = (
         "sdpa"  # attention.attention's backend for dense masks: "sdpa", "flash" or "eager"
     )
