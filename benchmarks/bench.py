@@ -415,12 +415,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="every projection through cuBLAS (default: one-row projections through sdar_core/gemm.py's kernel)",
     )
     p.add_argument(
-        "--fold",
-        action="store_true",
-        help="the one-row matmuls with gemm.py's folds (the norms, residual adds and SwiGLU inside the matmuls; "
-        "off by default: slower on an H100, benchmarks/NOTES.md)",
-    )
-    p.add_argument(
         "--no-expert-gemv",
         dest="expert_gemv",
         action="store_false",
@@ -478,7 +472,6 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
         fused=args.fuse,
         fusions=kernels.fusions(),
         skinny_gemm=kernels.skinny_gemm,
-        fold=kernels.fold,
         expert_gemv=kernels.expert_gemv,
         pdl=pdl.REQUESTED and pdl.SUPPORTED,
         split_k=bool(args.split_k and split_k_available(device)),
@@ -588,7 +581,6 @@ def main(argv: list[str] | None = None) -> int:
     kernels = Kernels(
         split_k_attention=None if args.split_k else False,
         skinny_gemm=args.skinny_gemm,
-        fold=args.fold,
         expert_gemv=args.expert_gemv,
     )
     kernels = kernels.with_fusions(fusions)

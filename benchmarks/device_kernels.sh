@@ -6,12 +6,9 @@
 #                                                # without PDL), the graphed forward by kernel class with each
 #   bash benchmarks/device_kernels.sh readme     # the README's sweep (docs/performance.md's command), compiled
 #                                                # transformers included, then the cold and warm start-up
-#   bash benchmarks/device_kernels.sh fold       # every `cuda` test and the studio's tests on CUDA, then the graphed
-#                                                # forward by kernel class and benchmarks.bench (64-token prompt) with gemm.py's folds against
-#                                                # without (--fold against none)
-#   bash benchmarks/device_kernels.sh fold-moe   # the tests of `fold`, its profile, then the MoE's expert gemv form
-#                                                # (benchmarks.moe's layer, benchmarks.bench on 30B-A3B with and without)
-#   bash benchmarks/device_kernels.sh fold-quick # the same in about two minutes (the kernels' cuda tests only)
+#   bash benchmarks/device_kernels.sh moe        # every `cuda` test and the studio's tests on CUDA, the dense
+#                                                # profile, then the MoE's expert gemv form (benchmarks.moe's layer,
+#                                                # benchmarks.bench on 30B-A3B with and without it)
 # Results go to $OUT (the device tool's folder), else out/device; folders are packed in one .tgz (the device tool
 # brings back a few files per call).
 set -u
@@ -46,18 +43,10 @@ case "${1:-gemm}" in
     timeout 150 python3 -m benchmarks.profile_forward --split-k on --gemm cublas skinny cublas+pdl skinny+pdl \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -12
     tar czf "$OUT/gemm-profile.tgz" -C "$OUT" gemm profile && rm -r "$OUT/gemm" "$OUT/profile" ;;
-  fold)
-    gpu_tests 300
-    timeout 100 python3 -m benchmarks.profile_forward --split-k on --contexts 64 --gemm skinny+pdl skinny+pdl+fold \
-      --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
-    BENCH64="${BENCH/--prompt-lengths 64 8192 --new-tokens 256 512/--prompt-lengths 64 --new-tokens 256}"
-    timeout 60 $BENCH64 --out "$OUT/e2e-no-fold" 2>&1 | tee "$OUT/e2e-no-fold.log" | tail -4
-    timeout 60 $BENCH64 --fold --out "$OUT/e2e-fold" 2>&1 | tee "$OUT/e2e-fold.log" | tail -4
-    tar czf /tmp/fold-all.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/fold-all.tgz "$OUT/" ;;
-  fold-moe)  # the cuda suite and the studio's CUDA tests side by side, the fold's profile, then the MoE's gemv form:
-             # one layer (gemv against the sorted kernels) and the 30B-A3B forward with and without it
+  moe)  # the cuda suite and the studio's CUDA tests side by side, the dense forward's profile, then the MoE's gemv
+        # form: one layer (gemv against the sorted kernels) and the 30B-A3B forward with and without it
     gpu_tests 260
-    timeout 90 python3 -m benchmarks.profile_forward --split-k on --contexts 64 --gemm skinny+pdl skinny+pdl+fold \
+    timeout 90 python3 -m benchmarks.profile_forward --split-k on --contexts 64 --gemm cublas+pdl skinny+pdl \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
     timeout 70 python3 -m benchmarks.moe --rows 1 2 4 16 --config-rows --out "$OUT/moe-layer" 2>&1 \
       | tee "$OUT/moe-layer.log" | tail -5
@@ -65,17 +54,7 @@ case "${1:-gemm}" in
       --block-lengths 16 --steps 4 --no-dynamic --repeats 2 --transformers none"
     timeout 110 $MOE --out "$OUT/moe-gemv" 2>&1 | tee "$OUT/moe-gemv.log" | tail -4
     timeout $((595 - SECONDS)) $MOE --no-expert-gemv --out "$OUT/moe-sorted" 2>&1 | tee "$OUT/moe-sorted.log" | tail -4
-    tar czf /tmp/fold-moe.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/fold-moe.tgz "$OUT/" ;;
-  fold-quick)  # the kernels' own cuda tests, then the profile and the bench of `fold`, in about two minutes
-    timeout 70 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_gemm.py tests/test_fused.py \
-      tests/test_decoding.py tests/test_joining.py > "$OUT/cuda-tests.log" 2>&1
-    tail -n 3 "$OUT/cuda-tests.log"
-    timeout 45 python3 -m benchmarks.profile_forward --split-k on --contexts 64 --gemm skinny+pdl skinny+pdl+fold \
-      --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -4
-    BENCH64="${BENCH/--prompt-lengths 64 8192 --new-tokens 256 512/--prompt-lengths 64 --new-tokens 256}"
-    timeout 25 $BENCH64 --repeats 1 --out "$OUT/e2e-no-fold" 2>&1 | tail -3
-    timeout 25 $BENCH64 --repeats 1 --fold --out "$OUT/e2e-fold" 2>&1 | tail -3
-    tar czf /tmp/fold-all.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/fold-all.tgz "$OUT/" ;;
+    tar czf /tmp/moe.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/moe.tgz "$OUT/" ;;
   readme)
     timeout 480 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 2048 8192 \
       --new-tokens 256 512 512 --batch-sizes 1 4 16 32 64 --block-lengths 4 16 --repeats 2 --transformers compiled \

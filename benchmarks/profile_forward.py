@@ -48,10 +48,8 @@ def kernel_class(name: str) -> str:
     return next((c for c, keys in CLASSES if any(k in low for k in keys)), "other")
 
 
-def graphed(
-    model, Q: int, total: int, start: int, split_k: bool, skinny_gemm: bool = False, fold: bool = False
-):
-    kernels = Kernels(split_k_attention=split_k, skinny_gemm=skinny_gemm, fold=fold)
+def graphed(model, Q: int, total: int, start: int, split_k: bool, skinny_gemm: bool = False):
+    kernels = Kernels(split_k_attention=split_k, skinny_gemm=skinny_gemm)
     runner = ChunkRunner(model, 1, total, Q, "graph", kernels=kernels)
     seq = torch.randint(10, 1000, (1, total), device="cuda")
     lf = 0
@@ -145,9 +143,8 @@ def main() -> None:
         "--gemm",
         nargs="+",
         default=["cublas"],
-        choices=["cublas", "skinny", "cublas+pdl", "skinny+pdl", "skinny+pdl+fold"],
-        help="the projections' kernel; +pdl: our Triton kernels launched with PDL (sdar_core/pdl.py); +fold: the "
-        "norms, residual adds and SwiGLU inside the one-row matmuls (gemm.py's folds)",
+        choices=["cublas", "skinny", "cublas+pdl", "skinny+pdl"],
+        help="the projections' kernel; +pdl: our Triton kernels launched with PDL (sdar_core/pdl.py)",
     )
     args = p.parse_args()
     model = common.random_model(
@@ -169,9 +166,8 @@ def main() -> None:
         for mode, m, Q in (("ar", ar, 1), ("sdar16", model, 16)):
             splits = {"both": (False, True), "on": (True,), "off": (False,)}[args.split_k]
             for split_k, gemm in itertools.product(splits, args.gemm):
-                pdl.REQUESTED = "+pdl" in gemm
-                skinny, fold = gemm.startswith("skinny"), gemm.endswith("+fold")
-                graph = graphed(m, Q, total, start, split_k, skinny_gemm=skinny, fold=fold)
+                pdl.REQUESTED = gemm.endswith("+pdl")
+                graph = graphed(m, Q, total, start, split_k, skinny_gemm=gemm.startswith("skinny"))
                 row = dict(
                     context=context,
                     mode=mode,
@@ -191,14 +187,14 @@ def main() -> None:
         (Path(args.out) / "profile.json").write_text(json.dumps(result, indent=1))
     print(f"\nfloor {result['floor_ms']:.3f} ms/forward at {bw / 1e9:.0f} GB/s")
     print(
-        f"{'ctx':<4}{'mode':<8}{'split-k':<8}{'gemm':<16}{'replay ms':>10}{'kernels':>8}{'busy us':>9}"
+        f"{'ctx':<4}{'mode':<8}{'split-k':<8}{'gemm':<7}{'replay ms':>10}{'kernels':>8}{'busy us':>9}"
         f"{'span us':>9}  per class: "
         "kernels/layer, us/forward"
     )
     for r in result["rows"]:
         cls = "  ".join(f"{c} {v['per_layer']}/{v['us']:.0f}" for c, v in r["classes"].items())
         print(
-            f"{r['context']:<4}{r['mode']:<8}{str(r['split_k']):<8}{r.get('gemm', 'cublas'):<16}"
+            f"{r['context']:<4}{r['mode']:<8}{str(r['split_k']):<8}{r.get('gemm', 'cublas'):<7}"
             f"{r['replay_ms']:>10.3f}{r['kernels']:>8.0f}"
             f"{r['busy_us']:>9.0f}{r['span_us']:>9.0f}  {cls}"
         )

@@ -15,15 +15,6 @@ next call. The counters are one zero-initialised int32 buffer per device, alloca
 kernels on one device share them, which is safe because the kernels of a device run in the order of the one stream
 the decoder uses (two streams running split-K GEMMs at once would need a buffer each).
 
-Folds (one row; `fold`): the elementwise kernels around a layer's matmuls run inside them, so that a batch-1 forward
-launches three kernels fewer per layer. A *norm prologue* takes the residual stream s instead of its normalised
-form: every program reads the whole row (a few KB), sums its squares in float32 and multiplies its K slice by
-rstd and the RMSNorm weight, rounding as `fused.add_rms_norm` rounds (qkv, gate_up, lm_head). A *SwiGLU prologue*
-takes [gate; up] and forms round(round(silu(g)) * u) on load, as `fused.silu_mul` does (down). A *residual
-epilogue* writes s + y, y rounded to the dtype first and the sum rounded again, as the eager add does (o_proj,
-down). The values that enter the multiply-and-sum are those of the unfused chain, bit for bit, except the norm's:
-its sum of squares runs in another order (a last-bit difference of rstd at most).
-
 The result is the float32 sum rounded once, as cuBLAS's bf16 GEMM rounds it: within bf16 rounding of F.linear
 (tests/test_gemm.py checks both against float64 math). Inference only (no backward): with a gradient wanted, on
 the CPU, with a bias, or for more than MAX_ROWS rows (below), `linear` calls F.linear. Which tile shapes run is
@@ -129,26 +120,11 @@ def counters(device: torch.device) -> torch.Tensor | None:
     return buf
 
 
-@dataclass(frozen=True)
-class Fold:
-    """What a one-row product does around its matmul (the module docstring): `norm` (weight, eps) normalises x
-    first, `swiglu` takes x = [gate; up], `residual` is added to the result."""
-
-    norm: tuple[torch.Tensor, float] | None = None
-    swiglu: bool = False
-    residual: torch.Tensor | None = None
-
-
-NO_FOLD = Fold()
-
-
-def launch(x2: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig, fold: Fold = NO_FOLD) -> torch.Tensor:
+def launch(x2: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig) -> torch.Tensor:
     """y [rows, n] = x2 [rows, k] @ weight[n, k]^T with tile shape `cfg` (the benchmark sweeps shapes through
-    this); with `fold` (one row), the prologue and epilogue it names (x2 is [1, 2k] for swiglu)."""
-    rows, k = x2.shape[0], weight.shape[1]
+    this)."""
+    rows, k = x2.shape
     n = weight.shape[0]
-    if fold is not NO_FOLD and rows != 1:
-        raise ValueError(f"the folds serve one row, not {rows}")
     y = torch.empty(rows, n, dtype=x2.dtype, device=x2.device)
     count = counters(x2.device) if cfg.split_k > 1 else None
     if cfg.split_k > 1 and count is None:
@@ -157,37 +133,25 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig, fold: Fold =
     if cfg.split_k > 1 and grid[0] * grid[2] > COUNTERS:
         raise ValueError(f"{grid[0] * grid[2]} split-K tiles, more than the {COUNTERS} counters")
     per_split = cdiv(cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
-    # Unsplit, the workspace and the counters are never touched: stand-ins of their dtypes, so that every split
-    # count shares one compiled variant (the split count is not specialised on either, see _skinny_kernel).
-    shape = (cfg.split_k, rows, n) if cfg.split_k > 1 else (1,)
-    ws = torch.empty(shape, dtype=torch.float32, device=x2.device)
-    if count is None:
-        count = torch.empty(1, dtype=torch.int32, device=x2.device)
-    norm_w, eps = fold.norm if fold.norm is not None else (y, 0.0)
+    ws = torch.empty(cfg.split_k, rows, n, dtype=torch.float32, device=x2.device) if cfg.split_k > 1 else y
     chained = pdl.on(x2)
     _skinny_kernel[grid](
         x2,
         weight,
         y,
         ws,
-        count,
-        norm_w,
-        fold.residual if fold.residual is not None else y,
+        count if count is not None else y,
         rows,
         n,
         k,
         x2.stride(0),
         per_split,
-        cfg.split_k,
-        eps,
         BLOCK_M=block_m(rows),
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
+        SPLIT_K=cfg.split_k,
         EVEN_K=k % cfg.block_k == 0 and per_split * cfg.split_k == k,
         IEEE=x2.dtype == torch.float32,
-        NORM=fold.norm is not None,
-        SWIGLU=fold.swiglu,
-        RESIDUAL=fold.residual is not None,
         PDL=chained,
         num_warps=cfg.warps,
         num_stages=cfg.stages,
@@ -215,47 +179,6 @@ def _(x, weight):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
-def folded(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    *,
-    norm=None,
-    swiglu: bool = False,
-    residual: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The one-row product x W^T with its folds (the module docstring), where `skinny_runs(x, weight)` holds:
-    `norm`, an RMSNorm module, normalises x first; `swiglu`: x is [gate; up] (twice W's in_features);
-    `residual` (shaped as the result) is added to it."""
-    norm_w, eps = (norm.weight, float(norm.eps)) if norm is not None else (None, 0.0)
-    residual = residual.contiguous() if residual is not None else None
-    return torch.ops.sdar.skinny_fold(x, weight, norm_w, eps, residual, swiglu)
-
-
-@torch.library.custom_op("sdar::skinny_fold", mutates_args=())
-def _skinny_fold(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    norm_weight: torch.Tensor | None,
-    eps: float,
-    residual: torch.Tensor | None,
-    swiglu: bool,
-) -> torch.Tensor:
-    x2 = x.reshape(-1, x.shape[-1])
-    n, k = weight.shape
-    fold = Fold(
-        norm=(norm_weight, eps) if norm_weight is not None else None,
-        swiglu=swiglu,
-        residual=residual.reshape(-1, n) if residual is not None else None,
-    )
-    cfg = config_for(x2.shape[0], n, k, _sm_count(x.device))
-    return launch(x2, weight, cfg, fold).view(*x.shape[:-1], n)
-
-
-@_skinny_fold.register_fake
-def _(x, weight, norm_weight, eps, residual, swiglu):
-    return x.new_empty(*x.shape[:-1], weight.shape[0])
-
-
 if triton is not None:
 
     @triton.jit
@@ -270,59 +193,23 @@ if triton is not None:
         return acc
 
     @triton.jit
-    def _load_x(X, NW, row, rk, K, rstd, EVEN: tl.constexpr, NORM: tl.constexpr, SWIGLU: tl.constexpr):
-        """x's [BLOCK_M, BLOCK_K] tile at columns rk of the rows starting at `row` (pointers [BLOCK_M, 1]), in x's
-        dtype: as stored, normalised (NORM: round(x * rstd * weight)) or SwiGLU'd (x = [gate; up]: round(round(
-        silu(g)) * u))."""
-        live = rk[None, :] < K
-        if SWIGLU:
-            if EVEN:
-                g = tl.load(X + row + rk[None, :])
-                u = tl.load(X + row + K + rk[None, :])
-            else:
-                g = tl.load(X + row + rk[None, :], mask=live, other=0.0)
-                u = tl.load(X + row + K + rk[None, :], mask=live, other=0.0)
-            gf = g.to(tl.float32)
-            act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype).to(tl.float32)  # rounded as the eager SiLU rounds
-            x = (act * u.to(tl.float32)).to(g.dtype)
-        elif EVEN:
-            x = tl.load(X + row + rk[None, :])
-        else:
-            x = tl.load(X + row + rk[None, :], mask=live, other=0.0)
-        if NORM:
-            if EVEN:
-                nw = tl.load(NW + rk)
-            else:
-                nw = tl.load(NW + rk, mask=rk < K, other=0.0)
-            x = (x.to(tl.float32) * rstd * nw.to(tl.float32)[None, :]).to(x.dtype)
-        return x
-
-    @triton.jit(
-        do_not_specialize=["split_k"]
-    )  # Triton would make split_k == 1 a constant: a variant of its own
     def _skinny_kernel(
         X,
         W,
         Y,
         WS,
         COUNT,
-        NW,  # NORM: the RMSNorm weight [K]
-        RES,  # RESIDUAL: the residual stream [M, N], added to the result
         M,
         N,
         K,
         sxm,
         per_split,
-        split_k,  # programs sharing one output tile's reduction (a run-time value: one variant serves every count)
-        eps,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
+        SPLIT_K: tl.constexpr,
         EVEN_K: tl.constexpr,
         IEEE: tl.constexpr,  # float32 operands: full-precision products, as F.linear without TF32
-        NORM: tl.constexpr,
-        SWIGLU: tl.constexpr,
-        RESIDUAL: tl.constexpr,
         PDL: tl.constexpr,
     ):
         pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -330,57 +217,41 @@ if triton is not None:
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         rn_safe = tl.where(rn < N, rn, 0)  # rows past N read row 0 (never stored): the W loads need no mask
         rm_safe = tl.where(rm < M, rm, 0)
-        row = rm_safe[:, None] * sxm
         k0 = pid_k * per_split
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        # The first step apart: its weight tile is read before the PDL wait (no kernel writes W), x after.
+        # The first step apart: its weight tile is read before the PDL wait (no kernel writes W), its x after.
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
         rk = k0 + tl.arange(0, BLOCK_K)
         w = tl.load(W + rn_safe[:, None] * K + rk[None, :], mask=rk[None, :] < K, other=0.0)
         if PDL:
             tl.extra.cuda.gdc_wait()
-        rstd = 0.0
-        if NORM:  # the whole row's sum of squares (one row: every program reads it, a few KB)
-            squares = tl.zeros((BLOCK_K,), dtype=tl.float32)
-            for kk in range(0, K, BLOCK_K):
-                cols = kk + tl.arange(0, BLOCK_K)
-                v = tl.load(X + cols, mask=cols < K, other=0.0).to(tl.float32)
-                squares += v * v
-            rstd = 1.0 / tl.sqrt(tl.sum(squares, 0) / K + eps)
-        x = _load_x(X, NW, row, rk, K, rstd, False, NORM, SWIGLU)
+        x = tl.load(X + rm_safe[:, None] * sxm + rk[None, :], mask=rk[None, :] < K, other=0.0)
         acc = _step(acc, x, w, BLOCK_M, IEEE)
         for kk in range(BLOCK_K, per_split, BLOCK_K):
             rk = k0 + kk + tl.arange(0, BLOCK_K)
+            x_ptrs = X + rm_safe[:, None] * sxm + rk[None, :]
             w_ptrs = W + rn_safe[:, None] * K + rk[None, :]
             if EVEN_K:
+                x = tl.load(x_ptrs)
                 w = tl.load(w_ptrs)
             else:
+                x = tl.load(x_ptrs, mask=rk[None, :] < K, other=0.0)
                 w = tl.load(w_ptrs, mask=rk[None, :] < K, other=0.0)
-            x = _load_x(X, NW, row, rk, K, rstd, EVEN_K, NORM, SWIGLU)
             acc = _step(acc, x, w, BLOCK_M, IEEE)
         live = (rm[:, None] < M) & (rn[None, :] < N)
         out = rm[:, None] * N + rn[None, :]
-        if split_k == 1:
-            _store(Y, RES, out, live, acc, RESIDUAL)
+        if SPLIT_K == 1:
+            tl.store(Y + out, acc.to(Y.dtype.element_ty), mask=live)
         else:
             tl.store(WS + pid_k * M * N + out, acc, mask=live)
             tile = pid_m * tl.num_programs(0) + pid_n
             arrived = tl.atomic_add(
                 COUNT + tile, 1, sem="acq_rel"
             )  # releases the partial, acquires the others'
-            if arrived == split_k - 1:
+            if arrived == SPLIT_K - 1:
                 total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-                for s in range(split_k):
+                for s in range(SPLIT_K):
                     total += tl.load(WS + s * M * N + out, mask=live, other=0.0, cache_modifier=".cg")
-                _store(Y, RES, out, live, total, RESIDUAL)
+                tl.store(Y + out, total.to(Y.dtype.element_ty), mask=live)
                 tl.atomic_xchg(COUNT + tile, 0)
-
-    @triton.jit
-    def _store(Y, RES, out, live, acc, RESIDUAL: tl.constexpr):
-        """acc rounded to Y's dtype; with RESIDUAL, that plus the residual, rounded again (the eager add)."""
-        y = acc.to(Y.dtype.element_ty)
-        if RESIDUAL:
-            res = tl.load(RES + out, mask=live, other=0.0)
-            y = (y.to(tl.float32) + res.to(tl.float32)).to(Y.dtype.element_ty)
-        tl.store(Y + out, y, mask=live)

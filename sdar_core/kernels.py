@@ -3,9 +3,9 @@
 Every switch only selects among computations of the same value (the tests compare each pair): a fused Triton
 kernel or the eager ops (fused.py, norm_rope.py, moe.route), the split-K decode attention or SDPA over the buffer
 (decode_attention.py), the static-shape expert forms or the per-expert loop (moe.py), and the attention backend
-of attention.py, cuBLAS or the skinny GEMM for the projections (gemm.py) and its folds. A switch that is on still
-needs its kernel to run where the forward runs (CUDA and Triton, no gradient wanted): elsewhere the eager path runs
-whatever the switch says.
+of attention.py, cuBLAS or the skinny GEMM for the projections (gemm.py). A switch that is on still needs its
+kernel to run where the forward runs (CUDA and Triton, no gradient wanted): elsewhere the eager path runs whatever
+the switch says.
 
 The decoder's runner (runner.py) receives a `Kernels` from DecodeParams and passes it to every forward; its pool
 keys a captured graph by it. A plain `model(ids)` (training, the tests) uses `DEFAULT_KERNELS`. The benchmarks
@@ -26,9 +26,7 @@ class Kernels:
     cache_write: bool = True  # the k kernel of norm_rope also writes K and V into the KV cache
     add_norm: bool = True  # residual add + RMSNorm (fused.add_rms_norm)
     silu_mul: bool = True  # SiLU(gate) * up (fused.silu_mul)
-    routing: bool = (
-        True  # an MoE router's softmax + top-k + renormalisation (moe.route), the pairs' sort by expert
-    )
+    routing: bool = True  # an MoE router's softmax, top-k and renormalisation (moe.route); the pairs' sort
     # Static-shape forwards (runner modes "static", "graph"): None takes the split-K decode attention wherever it
     # runs (CUDA with Triton); False gives SDPA the mask over the whole buffer (the benchmarks compare the two);
     # True where it cannot run falls back to SDPA over the filled slice, whose host read cannot be graphed.
@@ -42,10 +40,6 @@ class Kernels:
     # The decode forward's projections through the skinny Triton GEMM (gemm.py) where it runs (one row: batch-1
     # AR steps; CUDA; no gradient); False: F.linear (cuBLAS) for every projection.
     skinny_gemm: bool = True
-    # With skinny_gemm, a one-row dense layer of fused projections runs its residual adds, its RMSNorms and SwiGLU
-    # inside the matmuls (gemm.py's folds: three kernels fewer per layer); False: the fused kernels above. Off: on an
-    # H100 the folded forward replayed in 2.37 ms against 2.22 ms unfolded (benchmarks/NOTES.md, "Folding").
-    fold: bool = False
     attention_backend: str = (
         "sdpa"  # attention.attention's backend for dense masks: "sdpa", "flash" or "eager"
     )

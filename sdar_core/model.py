@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .attention import AttentionInputs, attend
 from .config import ModelConfig
 from .fused import add_rms_norm, silu_mul
-from .gemm import folded, linear, project, skinny_runs
+from .gemm import linear, project
 from .kernels import DEFAULT_KERNELS, Kernels
 from .kv_cache import CacheSlot
 from .moe import SparseMoE
@@ -103,18 +103,9 @@ class Attention(nn.Module):
         k = self.norm_rope(k, self.k_norm, cos, sin, kernels.norm_rope)  # [B, H_kv, Q, D]
         return cache.write(self.layer, k, v.transpose(1, 2))
 
-    def forward(
-        self, x, cos, sin, attn: AttentionInputs, cache: CacheSlot | None, kernels: Kernels, norm=None
-    ):
-        """The attention output [B, Q, h] of the normalised stream x; with `norm` (the folded one-row path,
-        DecoderLayer.folds), x is the residual stream itself, normalised inside the qkv matmul, and the result is
-        the new stream x + o_proj(...), added inside the o_proj matmul."""
+    def forward(self, x, cos, sin, attn: AttentionInputs, cache: CacheSlot | None, kernels: Kernels):
         B, Q, _ = x.shape
-        if norm is not None:
-            q, k, v = folded(x, self.qkv_weight, norm=norm).split(
-                [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1
-            )
-        elif self.qkv_weight is not None:
+        if self.qkv_weight is not None:
             q, k, v = linear(x, self.qkv_weight, fuse=kernels.skinny_gemm).split(
                 [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1
             )
@@ -134,10 +125,7 @@ class Attention(nn.Module):
                 v.transpose(1, 2),
             )  # [B, H_kv, Q, D]
         out = attend(q, k, v, attn, kernels.attention_backend)  # [B, H, Q, D]
-        out = out.transpose(1, 2).reshape(B, Q, -1)
-        if norm is not None:
-            return folded(out, self.o_proj.weight, residual=x)
-        return project(self.o_proj, out, kernels.skinny_gemm)
+        return project(self.o_proj, out.transpose(1, 2).reshape(B, Q, -1), kernels.skinny_gemm)
 
 
 class MLP(nn.Module):
@@ -160,12 +148,7 @@ class MLP(nn.Module):
         self.up_proj.weight = nn.Parameter(fused[n:], requires_grad=False)
         self.gate_up_weight = fused
 
-    def forward(self, x, kernels: Kernels = DEFAULT_KERNELS, norm=None):
-        """down(SwiGLU) of the normalised stream x; with `norm` (the folded one-row path), x is the stream itself,
-        normalised inside the gate_up matmul, SwiGLU formed inside the down matmul, and the result is x + down(...)."""
-        if norm is not None:
-            gate_up = folded(x, self.gate_up_weight, norm=norm)
-            return folded(gate_up, self.down_proj.weight, swiglu=True, residual=x)
+    def forward(self, x, kernels: Kernels = DEFAULT_KERNELS):
         if self.gate_up_weight is not None:
             act = silu_mul(linear(x, self.gate_up_weight, fuse=kernels.skinny_gemm), kernels.silu_mul)
         else:
@@ -194,33 +177,11 @@ class DecoderLayer(nn.Module):
     def forward(self, x, delta, cos, sin, attn: AttentionInputs, cache: CacheSlot | None, kernels: Kernels):
         """x: the residual stream [B, Q, h] before the previous layer's MLP output `delta` is added (None for the
         first layer) -> (the stream before this layer's MLP output, that output). Each residual add is done where
-        its sum is normalised, so that add and norm run as one kernel on the GPU (fused.add_rms_norm). Where the
-        layer folds (`folds`), the adds and norms run inside the matmuls and the result is (the stream after this
-        layer, None)."""
-        if self.folds(x, kernels):
-            if delta is not None:  # after a layer that did not fold
-                x = x + delta
-            x = self.self_attn(x, cos, sin, attn, cache, kernels, norm=self.input_layernorm)
-            return self.mlp(x, kernels, norm=self.post_attention_layernorm), None
+        its sum is normalised, so that add and norm run as one kernel on the GPU (fused.add_rms_norm)."""
         x, h = add_rms_norm(x, delta, self.input_layernorm, kernels.add_norm)
         out = self.self_attn(h, cos, sin, attn, cache, kernels)
         x, h = add_rms_norm(x, out, self.post_attention_layernorm, kernels.add_norm)
         return x, self.mlp(h, kernels)
-
-    def folds(self, x: torch.Tensor, kernels: Kernels) -> bool:
-        """Whether this layer runs the folded one-row path (gemm.py's folds): kernels.fold with the skinny GEMM, one
-        row where that kernel runs, a dense MLP, projections fused (fuse_projections), norms beside the weights."""
-        attn, mlp = self.self_attn, self.mlp
-        return (
-            kernels.fold
-            and kernels.skinny_gemm
-            and isinstance(mlp, MLP)
-            and attn.qkv_weight is not None
-            and mlp.gate_up_weight is not None
-            and skinny_runs(x, attn.qkv_weight, None)
-            and self.input_layernorm.weight.device == x.device
-            and self.input_layernorm.weight.dtype == x.dtype
-        )
 
 
 class Backbone(nn.Module):
@@ -305,11 +266,6 @@ class SDARForCausalLM(nn.Module):
         delta = None
         for layer in self.model.layers:
             x, delta = layer(x, delta, cos, sin, attn, cache, kernels)
-        x = x[:, logits_from:logits_to]
-        if delta is None:  # the last layer folded: x is the whole stream
-            if kernels.fold and kernels.skinny_gemm and skinny_runs(x, self.lm_head.weight, None):
-                return folded(x, self.lm_head.weight, norm=self.model.norm)
-        else:
-            delta = delta[:, logits_from:logits_to]
+        x, delta = x[:, logits_from:logits_to], delta[:, logits_from:logits_to]
         _, x = add_rms_norm(x, delta, self.model.norm, kernels.add_norm)
         return project(self.lm_head, x, kernels.skinny_gemm)
