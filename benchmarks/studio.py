@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -941,7 +942,15 @@ def write_outputs(
     print("\n".join(lines))
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (a `timeout` around the bench) raises SystemExit like Ctrl-C raises KeyboardInterrupt, so that the
+    `finally` that stops the studio's process runs: killed outright, the bench would leave the studio running beside
+    whatever comes next on the GPU."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()
     p = argparse.ArgumentParser(prog="python -m benchmarks.studio", description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="sdar-1.7b", choices=sorted(ARCHS))
     p.add_argument("--workdir", default="/tmp/sdar-studio-bench")

@@ -147,3 +147,30 @@ def test_a_lone_visitors_time_is_split_by_the_served_line_logged_during_it():
     assert alone.server_s == 0.25
     assert abs(alone.before_handler_s - 3.25) < 1e-9 and abs(alone.after_answer_s - 0.5) < 1e-9
     assert crowd.server_s is None  # a crowd's answers cannot be told apart by time
+
+
+def test_a_sigterm_ends_the_bench_through_its_finally_blocks():
+    """`timeout` sends SIGTERM: the bench must leave through its `finally` (which stops the studio it started), not
+    die on the spot."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import os, signal, time\n"
+        "from benchmarks.studio import exit_on_sigterm\n"
+        "exit_on_sigterm()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+        "finally:\n"
+        "    print('studio stopped', flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 143 and "studio stopped" in done.stdout, (done.returncode, done.stderr[-2000:])
