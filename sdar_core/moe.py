@@ -220,6 +220,14 @@ class Experts(nn.Module):
         gate_up, down = self.gate_up_proj, self.down_proj
         act = torch.empty(N * k, I, device=x.device, dtype=x.dtype)  # silu(g) * u per token-major pair
         chained = pdl.on(x)
+        launch = dict(  # both kernels' tiles along K and launch options
+            TOP_K=k,
+            BLOCK_K=c.block_k,
+            PDL=chained,
+            num_warps=c.warps,
+            num_stages=c.stages,
+            **pdl.options(chained),
+        )
         _expert_gemv_swiglu[(N * k, triton.cdiv(I, c.block_n))](
             x,
             chosen,
@@ -230,13 +238,8 @@ class Experts(nn.Module):
             x.stride(0),
             gate_up.stride(0),
             gate_up.stride(1),
-            TOP_K=k,
             BLOCK_N=c.block_n,
-            BLOCK_K=c.block_k,
-            PDL=chained,
-            num_warps=c.warps,
-            num_stages=c.stages,
-            **pdl.options(chained),
+            **launch,
         )
         out = torch.empty(N, h, device=x.device, dtype=x.dtype)
         _expert_gemv_down[(N, triton.cdiv(h, c.down_block_n))](
@@ -249,13 +252,8 @@ class Experts(nn.Module):
             I,
             down.stride(0),
             down.stride(1),
-            TOP_K=k,
             BLOCK_N=c.down_block_n,
-            BLOCK_K=c.block_k,
-            PDL=chained,
-            num_warps=c.warps,
-            num_stages=c.stages,
-            **pdl.options(chained),
+            **launch,
         )
         return out
 
