@@ -61,8 +61,7 @@ case "${1:-tests}" in
     tar czf /tmp/crowd-readme.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/crowd-readme.tgz "$OUT/" ;;
   crowd-http)  # the crowd sweep alone (1, 8, 16 visitors) read over plain HTTP, the page's way: a short call
     timeout 330 python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/studio-crowd-http" --crowd 1 8 16 \
-      --crowd-only --clients http 2>&1 | tee "$OUT/studio-crowd-http.log" | tail -40
-    pkill -f "app.py" || true ;;
+      --crowd-only --clients http 2>&1 | tee "$OUT/studio-crowd-http.log" | tail -40 ;;
   crowd-5ms)  # the crowd with CPython's own switch interval, to compare with a run of `bench` on the same machine
     SDAR_SWITCH_INTERVAL=0.005 timeout "${2:-290}" python3 -m benchmarks.studio --arch sdar-1.7b \
       --out "$OUT/h200-studio-crowd-switch-5ms" --crowd 1 8 16 --crowd-only --repeats 1 \

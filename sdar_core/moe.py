@@ -200,10 +200,11 @@ class Experts(nn.Module):
     ) -> torch.Tensor:
         """x [N, h], chosen / weights [N, k] -> sum over the k slots of weight * expert(x): [N, h]."""
         if kernels.grouped_experts and not torch.is_grad_enabled():
-            if triton_available(x) and kernels.expert_gemv and x.shape[0] <= GEMV_MAX_TOKENS:
-                return self.gemv_forward(x, chosen, weights)
-            if triton_available(x) and (chosen.numel() <= TRITON_MAX_PAIRS or not grouped_mm_available(x)):
-                return self.triton_forward(x, chosen, weights, fuse_sort=kernels.routing)
+            if triton_available(x):
+                if kernels.expert_gemv and x.shape[0] <= GEMV_MAX_TOKENS:
+                    return self.gemv_forward(x, chosen, weights)
+                if chosen.numel() <= TRITON_MAX_PAIRS or not grouped_mm_available(x):
+                    return self.triton_forward(x, chosen, weights, fuse_sort=kernels.routing)
             if grouped_mm_available(x):
                 return self.grouped_forward(x, chosen, weights, kernels.silu_mul)
         return self.looped_forward(x, chosen, weights, kernels.silu_mul)
@@ -505,7 +506,7 @@ if triton is not None:
         p = tl.program_id(0)
         e = tl.load(CHOSEN + p).to(tl.int64)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        cols = tl.where(cols < I, cols, 0)  # columns past I read row 0 (never stored): no mask on the loads
+        cols = tl.where(cols < I, cols, 0)  # columns past I read row 0 (never stored): no column mask
         gate = W + e * stride_we + cols[:, None].to(tl.int64) * stride_wn
         up = gate + I * stride_wn
         row = X + (p // TOP_K).to(tl.int64) * stride_x
