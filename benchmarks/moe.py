@@ -256,13 +256,11 @@ def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dic
         distinct = int(chosen.unique().numel())
         return x, chosen, weights, distinct, 1000 * distinct * per_expert / bw  # the floor: each read once
 
-    def rotated(n: int, form) -> tuple[float, float]:
-        """(ms per call, floor ms per call) of `form` over ROTATION routings of n rows captured in one graph: the
+    def rotated(cases: list, form) -> float:
+        """ms per call of `form` over `cases` (ROTATION routings of one row count) captured in one graph: the
         experts differ from call to call, so that no call finds the last one's weights in L2 (one token's 8
         experts are 75 MB on the 30B-A3B shape, the L2 of an H100 50 MB)."""
-        cases = [case(n, seed) for seed in range(ROTATION)]
-        ms = time_layer(lambda: [form(x, c, w) for x, c, w, _, _ in cases], graph=True) / ROTATION
-        return ms, sum(c[4] for c in cases) / ROTATION
+        return time_layer(lambda: [form(x, c, w) for x, c, w, _, _ in cases], graph=True) / len(cases)
 
     out, configs = [], []
     e = layer.experts
@@ -284,11 +282,13 @@ def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dic
             )
             line = ""
             if n <= GEMV_ROWS:  # the gemv form against the sorted one, each over rotated routings
-                row["triton_rotated_ms"], row["rotated_floor_ms"] = rotated(n, e.triton_forward)
-                row["triton_sorted_eagerly_rotated_ms"], _ = rotated(
-                    n, lambda x, c, w: e.triton_forward(x, c, w, fuse_sort=False)
+                cases = [case(n, seed) for seed in range(ROTATION)]
+                row["rotated_floor_ms"] = sum(c[4] for c in cases) / len(cases)
+                row["triton_rotated_ms"] = rotated(cases, e.triton_forward)
+                row["triton_sorted_eagerly_rotated_ms"] = rotated(
+                    cases, lambda x, c, w: e.triton_forward(x, c, w, fuse_sort=False)
                 )
-                row["gemv_rotated_ms"], _ = rotated(n, e.gemv_forward)
+                row["gemv_rotated_ms"] = rotated(cases, e.gemv_forward)
                 row["gemv_of_floor"] = row["rotated_floor_ms"] / row["gemv_rotated_ms"]
                 row["triton_rotated_of_floor"] = row["rotated_floor_ms"] / row["triton_rotated_ms"]
                 line = (
