@@ -21,11 +21,12 @@ import csv
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from sdar_core import moe as experts
 from sdar_core import pdl
 from sdar_core.config import ModelConfig
 from sdar_core.decode_attention import split_k_available
@@ -421,6 +422,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="an MoE's one- or two-token expert steps through the sorted Triton kernels instead of the gemv form "
         "(sdar_core/moe.py)",
     )
+    p.add_argument(
+        "--gemv-tiles",
+        nargs=5,
+        type=int,
+        metavar=("BLOCK_N", "DOWN_BLOCK_N", "BLOCK_K", "STAGES", "WARPS"),
+        help="the gemv form's tiles (sdar_core.moe.GemvConfig; default: its defaults), e.g. the best_gemv that "
+        "python -m benchmarks.moe --gemv-tiles found",
+    )
     p.add_argument("--transformers", default="auto", choices=["auto", "none", "eager", "compiled", "both"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
@@ -473,6 +482,7 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
         fusions=kernels.fusions(),
         skinny_gemm=kernels.skinny_gemm,
         expert_gemv=kernels.expert_gemv,
+        gemv_tiles=asdict(experts.GEMV),
         pdl=pdl.REQUESTED and pdl.SUPPORTED,
         split_k=bool(args.split_k and split_k_available(device)),
         command="python -m benchmarks.bench " + " ".join(sys.argv[1:]),
@@ -577,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.fuse:
         model.fuse_projections()
+    if args.gemv_tiles:  # read at every call of the gemv form
+        experts.GEMV = experts.GemvConfig(**dict(zip(moe.GEMV_TILES, args.gemv_tiles)))
     fusions = args.fusions[0] if args.fusions in (["all"], ["none"]) else set(args.fusions)
     kernels = Kernels(
         split_k_attention=None if args.split_k else False,

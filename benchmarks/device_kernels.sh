@@ -9,6 +9,12 @@
 #   bash benchmarks/device_kernels.sh moe        # every `cuda` test and the studio's tests on CUDA, the dense
 #                                                # profile, then the MoE's expert gemv form (benchmarks.moe's layer,
 #                                                # benchmarks.bench on 30B-A3B with and without it)
+#   bash benchmarks/device_kernels.sh tiles      # every `cuda` test and the studio's tests on CUDA, the gemv form's
+#                                                # tile search (benchmarks.moe --gemv-tiles), the 30B-A3B forward with
+#                                                # the tiles it found, the dense profile
+#   bash benchmarks/device_kernels.sh goals      # the performance goals' rows at batch 1 and 4 (64 and 8k prompts,
+#                                                # compiled transformers), the 30B-A3B forward's profile, then that
+#                                                # forward with the default tiles
 # Results go to $OUT (the device tool's folder), else out/device; folders are packed in one .tgz (the device tool
 # brings back a few files per call).
 set -u
@@ -22,6 +28,8 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 BENCH="python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 8192 --new-tokens 256 512
   --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none"
+MOE="python3 -m benchmarks.bench --arch sdar-30b-a3b --fuse --prompt-lengths 64 --new-tokens 64 --batch-sizes 1
+  --block-lengths 16 --steps 4 --no-dynamic --repeats 2 --transformers none"
 gpu_tests() {  # every `cuda` test and the studio's tests on CUDA side by side, at most $1 seconds
   GRADIO_ANALYTICS_ENABLED=False timeout "$1" python3 -m pytest -q -p no:cacheprovider -m cuda tests/ \
     > "$OUT/cuda-tests.log" 2>&1 &
@@ -50,11 +58,30 @@ case "${1:-gemm}" in
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
     timeout 70 python3 -m benchmarks.moe --rows 1 2 4 16 --config-rows --out "$OUT/moe-layer" 2>&1 \
       | tee "$OUT/moe-layer.log" | tail -5
-    MOE="python3 -m benchmarks.bench --arch sdar-30b-a3b --fuse --prompt-lengths 64 --new-tokens 64 --batch-sizes 1
-      --block-lengths 16 --steps 4 --no-dynamic --repeats 2 --transformers none"
     timeout 110 $MOE --out "$OUT/moe-gemv" 2>&1 | tee "$OUT/moe-gemv.log" | tail -4
     timeout $((595 - SECONDS)) $MOE --no-expert-gemv --out "$OUT/moe-sorted" 2>&1 | tee "$OUT/moe-sorted.log" | tail -4
     tar czf /tmp/moe.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/moe.tgz "$OUT/" ;;
+  tiles)  # the cuda suite and the studio's CUDA tests, the gemv tiles searched on one layer, the 30B-A3B forward
+          # with the tiles found, the dense forward's profile
+    gpu_tests 250
+    timeout 140 python3 -m benchmarks.moe --rows 1 2 4 16 --config-rows --gemv-tiles --out "$OUT/moe-layer" 2>&1 \
+      | tee "$OUT/moe-layer.log" | grep -v "^  gemv {" | tail -8
+    TILES=$(python3 -c "import json, sys; from benchmarks.moe import GEMV_TILES
+b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES))" "$OUT/moe-layer/layer.json")
+    echo "best gemv tiles: ${TILES:-none found}"
+    timeout 120 $MOE ${TILES:+--gemv-tiles $TILES} --out "$OUT/moe-gemv-best" 2>&1 | tee "$OUT/moe-gemv-best.log" \
+      | tail -4
+    timeout $((590 - SECONDS)) python3 -m benchmarks.profile_forward --split-k on --contexts 64 --gemm skinny+pdl \
+      --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
+    tar czf /tmp/tiles.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/tiles.tgz "$OUT/" ;;
+  goals)  # the issue's performance rows on the current kernels, then the MoE forward with the default tiles
+    timeout 330 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 8192 --new-tokens 256 512 \
+      --batch-sizes 1 4 --block-lengths 16 --repeats 2 --transformers compiled --out "$OUT/goals" 2>&1 \
+      | tee "$OUT/goals.log" | tail -10
+    timeout 140 python3 -m benchmarks.profile_forward --arch sdar-30b-a3b --split-k on --contexts 64 \
+      --gemm skinny+pdl --out "$OUT/profile-moe" 2>&1 | tee "$OUT/profile-moe.log" | tail -5
+    timeout $((590 - SECONDS)) $MOE --out "$OUT/moe-gemv-default" 2>&1 | tee "$OUT/moe-gemv-default.log" | tail -4
+    tar czf /tmp/goals.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/goals.tgz "$OUT/" ;;
   readme)
     timeout 480 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 2048 8192 \
       --new-tokens 256 512 512 --batch-sizes 1 4 16 32 64 --block-lengths 4 16 --repeats 2 --transformers compiled \

@@ -13,6 +13,7 @@ import argparse
 import json
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ import torch
 from sdar_core.decoding import generate
 from sdar_core.device import synchronize
 from sdar_core.loading import load_pretrained, save_pretrained
-from sdar_core.moe import KernelConfig, SparseMoE, route
+from sdar_core.moe import GEMV, GemvConfig, KernelConfig, SparseMoE, route
 
 from .common import ARCHS, machine_info, measure_bandwidth
 
@@ -216,7 +217,16 @@ def time_layer(fn, graph: bool, iters: int = 50) -> float:
     return start.elapsed_time(end) / iters
 
 
-ROTATION = 8  # routings per timed graph in `rotated`
+ROTATION = 8  # routings per timed graph in `rotated_time`
+
+
+def rotated_time(cases: list, form) -> float:
+    """ms per call of `form` over `cases` (ROTATION routings of one row count) captured in one graph: the experts
+    differ from call to call, so that no call finds the last one's weights in L2 (one token's 8 experts are 75 MB on
+    the 30B-A3B shape, the L2 of an H100 50 MB)."""
+    return time_layer(lambda: [form(x, c, w) for x, c, w, _, _ in cases], graph=True) / len(cases)
+
+
 GEMV_ROWS = 4  # the layer sweep times the gemv form up to this many rows
 
 CONFIGS = [
@@ -227,12 +237,51 @@ CONFIGS = [
     for w in (4,)
 ] + [dict(block_n=64, block_k=128, stages=4, warps=8)]
 
+# The gemv form's tiles (GemvConfig): each field's values, searched one field at a time from the default
+# (`gemv_descent`), at one token over rotated routings. One token's 8 experts of the 30B-A3B shape give the default
+# 384 + 256 programs for an H100's 132 SMs; smaller tiles give more.
+GEMV_GRID = dict(
+    block_n=(2, 4, 8, 16, 32),
+    down_block_n=(2, 4, 8, 16),
+    block_k=(128, 256, 512, 1024),
+    stages=(1, 2, 3, 4),
+    warps=(1, 2, 4, 8),
+)
+GEMV_TILES = tuple(GEMV_GRID)  # bench --gemv-tiles takes them in this order
 
-def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dict, list[dict], list[dict]]:
+
+def gemv_descent(timed, start: dict, grid: dict = GEMV_GRID, rounds: int = 2) -> dict:
+    """Coordinate descent over the gemv tiles: from `start`, each field in turn set to the value of its grid that
+    `timed(config) -> ms` finds fastest (None: the config failed its check and is never chosen), the others kept;
+    `rounds` passes over the fields, or fewer when a pass changes nothing. Returns the best config; `timed` is
+    called once per distinct config."""
+    seen: dict[tuple, float | None] = {}
+
+    def cost(c: dict) -> float:
+        key = tuple(c[f] for f in grid)
+        if key not in seen:
+            seen[key] = timed(dict(c))
+        ms = seen[key]
+        return float("inf") if ms is None else ms
+
+    best = dict(start)
+    for _ in range(rounds):
+        before = dict(best)
+        for field, values in grid.items():
+            best = min(({**best, field: v} for v in values), key=cost)
+        if best == before:
+            break
+    return best
+
+
+def layer_sweep(
+    arch: str, rows: list[int], config_rows: list[int], gemv_tiles: bool = False
+) -> tuple[dict, list[dict], list[dict]]:
     """One sparse layer of `arch` (random bf16 weights, independent routing): the Triton kernels and the grouped
     matmul in CUDA graphs and the looped form eagerly, per number of routed rows, against reading the distinct
     experts once; up to GEMV_ROWS rows also the gemv form against the sorted kernels (with the sort as one kernel
-    and as eager ops) over rotated routings; then the Triton kernels' tile sizes at `config_rows`."""
+    and as eager ops) over rotated routings; then the Triton kernels' tile sizes at `config_rows`; with `gemv_tiles`
+    the gemv form's tiles searched at one token (`gemv_descent`), each checked against the default's output."""
     shape = ARCHS[arch]
     E, k, h, inter = (
         shape[f] for f in ("num_experts", "num_experts_per_tok", "hidden_size", "moe_intermediate_size")
@@ -256,12 +305,6 @@ def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dic
         distinct = int(chosen.unique().numel())
         return x, chosen, weights, distinct, 1000 * distinct * per_expert / bw  # the floor: each read once
 
-    def rotated(cases: list, form) -> float:
-        """ms per call of `form` over `cases` (ROTATION routings of one row count) captured in one graph: the
-        experts differ from call to call, so that no call finds the last one's weights in L2 (one token's 8
-        experts are 75 MB on the 30B-A3B shape, the L2 of an H100 50 MB)."""
-        return time_layer(lambda: [form(x, c, w) for x, c, w, _, _ in cases], graph=True) / len(cases)
-
     out, configs = [], []
     e = layer.experts
     with torch.no_grad():
@@ -284,11 +327,11 @@ def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dic
             if n <= GEMV_ROWS:  # the gemv form against the sorted one, each over rotated routings
                 cases = [case(n, seed) for seed in range(ROTATION)]
                 row["rotated_floor_ms"] = sum(c[4] for c in cases) / len(cases)
-                row["triton_rotated_ms"] = rotated(cases, e.triton_forward)
-                row["triton_sorted_eagerly_rotated_ms"] = rotated(
+                row["triton_rotated_ms"] = rotated_time(cases, e.triton_forward)
+                row["triton_sorted_eagerly_rotated_ms"] = rotated_time(
                     cases, lambda x, c, w: e.triton_forward(x, c, w, fuse_sort=False)
                 )
-                row["gemv_rotated_ms"] = rotated(cases, e.gemv_forward)
+                row["gemv_rotated_ms"] = rotated_time(cases, e.gemv_forward)
                 row["gemv_of_floor"] = row["rotated_floor_ms"] / row["gemv_rotated_ms"]
                 row["triton_rotated_of_floor"] = row["rotated_floor_ms"] / row["triton_rotated_ms"]
                 line = (
@@ -312,7 +355,53 @@ def layer_sweep(arch: str, rows: list[int], config_rows: list[int]) -> tuple[dic
                 )
                 configs.append(dict(rows=n, **c, ms=ms, of_floor=floor / ms))
                 print(f"  rows {n:4d}  {c}  {ms:.3f} ms ({floor / ms:.0%})", flush=True)
-    return dict(arch=arch, bandwidth_GBps=bw / 1e9, expert_bytes=per_expert), out, configs
+        info = dict(arch=arch, bandwidth_GBps=bw / 1e9, expert_bytes=per_expert)
+        if gemv_tiles:
+            info["gemv_configs"], info["best_gemv"] = gemv_sweep(
+                e, [case(1, seed) for seed in range(ROTATION)]
+            )
+            for n in (1, 2):  # the best against the default at one and two tokens
+                cases = [case(n, seed) for seed in range(ROTATION)]
+                floor = sum(c[4] for c in cases) / len(cases)
+                for name, tiles in (("default", asdict(GEMV)), ("best", info["best_gemv"])):
+                    ms = rotated_time(cases, lambda x, c, w: e.gemv_forward(x, c, w, GemvConfig(**tiles)))
+                    info[f"gemv_{name}_rows{n}_ms"] = ms
+                    print(
+                        f"  gemv {name} tiles at {n} rows: {ms:.3f} ms ({floor / ms:.0%}) {tiles}", flush=True
+                    )
+    return info, out, configs
+
+
+def gemv_sweep(experts, cases: list) -> tuple[list[dict], dict]:
+    """Every gemv tiling `gemv_descent` tries at one token over `cases` (rotated routings): its time, and whether
+    its output matches the default tiles' within bf16 rounding (the sums' order differs with the tiles); the best."""
+    reference = [experts.gemv_forward(x, c, w, GEMV) for x, c, w, _, _ in cases]
+    floor = sum(c[4] for c in cases) / len(cases)
+    tried: list[dict] = []
+
+    def timed(tiles: dict) -> float | None:
+        row = dict(rows=1, **tiles, ms=None, matches_default=False)
+        tried.append(row)
+        try:
+            config = GemvConfig(**tiles)
+            outs = [experts.gemv_forward(x, c, w, config) for x, c, w, _, _ in cases]
+            row["max_rel_diff"] = max(
+                float((o.float() - r.float()).norm() / r.float().norm()) for o, r in zip(outs, reference)
+            )
+            row["matches_default"] = row["max_rel_diff"] < 1e-2
+            row["ms"] = ms = rotated_time(cases, lambda x, c, w: experts.gemv_forward(x, c, w, config))
+        except Exception as err:  # a tiling the compiler or the GPU refuses (registers, shared memory)
+            row["error"] = f"{type(err).__name__}: {err}"[:300]
+            print(f"  gemv {tiles}: failed ({row['error']})", flush=True)
+            return None
+        row["of_floor"] = floor / ms
+        print(
+            f"  gemv {tiles}: {ms:.4f} ms ({floor / ms:.0%}), rel diff {row['max_rel_diff']:.1e}", flush=True
+        )
+        return ms if row["matches_default"] else None
+
+    best = gemv_descent(timed, asdict(GEMV))
+    return tried, {k: best[k] for k in GEMV_TILES}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,16 +411,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="sdar-30b-a3b")
     p.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128, 256])
     p.add_argument("--config-rows", type=int, nargs="*", default=[1, 16, 64])
+    p.add_argument(
+        "--gemv-tiles",
+        action="store_true",
+        help="also search the gemv form's tiles at one token; layer.json's best_gemv holds the fastest "
+        "(python -m benchmarks.bench --gemv-tiles takes them)",
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("the layer sweep times CUDA graphs: it needs a GPU")
-    info, rows, configs = layer_sweep(args.arch, args.rows, args.config_rows)
+    info, rows, configs = layer_sweep(args.arch, args.rows, args.config_rows, args.gemv_tiles)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
+        gemv = {k: info.pop(k) for k in ("gemv_configs", "best_gemv") if k in info}
         (Path(args.out) / "layer.json").write_text(
             json.dumps(
-                {"machine": machine_info(torch.device("cuda")) | info, "rows": rows, "configs": configs},
+                {
+                    "machine": machine_info(torch.device("cuda")) | info,
+                    "rows": rows,
+                    "configs": configs,
+                    **gemv,
+                },
                 indent=1,
             )
         )

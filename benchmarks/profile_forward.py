@@ -31,7 +31,7 @@ from .common import graph_replay_ms, machine_info
 from .moe import IndependentRouting, moe_floor_ms, moe_info
 
 CLASSES = [
-    ("experts", ("_expert_matmul", "grouped")),
+    ("experts", ("_expert_matmul", "_expert_gemv", "grouped")),
     ("routing", ("_route", "sort", "radix", "topk", "softmax", "cumsum", "scan")),
     ("fused", ("_add_norm", "_silu_mul", "_norm_rope")),
     ("attention", ("sdpa", "flash", "fmha", "attention", "_split_kernel", "_merge_kernel", "flex", "triton")),

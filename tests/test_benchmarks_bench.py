@@ -147,10 +147,16 @@ def test_new_tokens_must_match_the_prompt_lengths():
         bench.sweep(args)
 
 
-def test_moe_bench_reports_distinct_experts_the_one_token_floor_and_the_checkpoint_load(tmp_path):
+def test_moe_bench_reports_distinct_experts_the_one_token_floor_and_the_checkpoint_load(
+    tmp_path, monkeypatch
+):
     """tiny-moe (16 experts, 4 per token) end to end on the CPU: written with save_pretrained and loaded back, every
     chunk row routed independently; the distinct experts per forward against the independent-routing expectation,
-    and the ceiling from the dense weights plus k experts per layer (not the whole checkpoint)."""
+    and the ceiling from the dense weights plus k experts per layer (not the whole checkpoint); the gemv tiles it was
+    given are the ones in force and on record."""
+    from sdar_core import moe
+
+    monkeypatch.setattr(moe, "GEMV", moe.GEMV)  # bench --gemv-tiles replaces it for the process
     out = tmp_path / "moe"
     bench.main(
         [
@@ -175,12 +181,16 @@ def test_moe_bench_reports_distinct_experts_the_one_token_floor_and_the_checkpoi
             "none",
             "--save-load",
             str(tmp_path / "ckpt"),
+            "--gemv-tiles",
+            *"4 2 512 2 8".split(),
             "--out",
             str(out),
         ]
     )
     data = json.loads((out / "results.json").read_text())
     m, rows = data["machine"], {r["mode"]: r for r in data["rows"]}
+    tiles = dict(block_n=4, down_block_n=2, block_k=512, stages=2, warps=8)
+    assert m["gemv_tiles"] == tiles and moe.GEMV == moe.GemvConfig(**tiles)
     assert m["moe"] and m["routing"] == "independent" and (m["experts"], m["experts_per_token"]) == (16, 4)
     assert m["load"]["shards"] >= 1 and abs(m["load"]["checkpoint_GB"] - m["load"]["weights_GB"]) < 1e-3
     one_token = m["dense_bytes"] + 4 * m["sparse_layers"] * m["expert_bytes"]
@@ -194,6 +204,28 @@ def test_moe_bench_reports_distinct_experts_the_one_token_floor_and_the_checkpoi
     assert abs(sdar["uniform_distinct_experts"] - expected) < 1e-9
     assert 4 < sdar["distinct_experts"] <= 16 and abs(sdar["distinct_experts"] - expected) < 2
     assert sdar["moe_floor_ms"] > rows["ar"]["moe_floor_ms"]
+
+
+def test_the_gemv_tile_search_finds_the_fastest_checked_tiling_and_times_each_once():
+    """gemv_descent on a made-up cost with one best point off the default in every field, a faster tiling that
+    fails its check (never chosen), and a count of the calls."""
+    from benchmarks.moe import GEMV_GRID, gemv_descent
+
+    best = dict(block_n=4, down_block_n=16, block_k=512, stages=2, warps=8)
+    calls = []
+
+    def timed(c):
+        calls.append(tuple(c.values()))
+        if c["block_n"] == 2:  # the fastest of all, but its output did not match
+            return None
+        return 1.0 + sum(abs(GEMV_GRID[f].index(c[f]) - GEMV_GRID[f].index(best[f])) for f in GEMV_GRID)
+
+    start = dict(block_n=16, down_block_n=8, block_k=256, stages=4, warps=4)
+    assert gemv_descent(timed, start) == best
+    assert len(calls) == len(set(calls)) and len(calls) <= sum(map(len, GEMV_GRID.values())) * 2
+    assert (
+        gemv_descent(lambda c: None if c != start else 1.0, start) == start
+    )  # nothing else passes: the start
 
 
 def test_the_independent_routing_expectation_matches_a_simulation():
