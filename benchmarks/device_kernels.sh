@@ -12,9 +12,9 @@
 #   bash benchmarks/device_kernels.sh tiles      # every `cuda` test and the studio's tests on CUDA, the gemv form's
 #                                                # tile search (benchmarks.moe --gemv-tiles), the 30B-A3B forward with
 #                                                # the tiles it found, the dense profile
-#   bash benchmarks/device_kernels.sh goals      # the performance goals' rows at batch 1 and 4 (64 and 8k prompts,
-#                                                # compiled transformers), the 30B-A3B forward's profile, then that
-#                                                # forward with the default tiles
+#   bash benchmarks/device_kernels.sh goals [S]  # the performance goals' rows at batch 1 (64 and 8k prompts,
+#                                                # compiled transformers), then the 30B-A3B forward's profile, in
+#                                                # at most S seconds (default 370)
 # Results go to $OUT (the device tool's folder), else out/device; folders are packed in one .tgz (the device tool
 # brings back a few files per call).
 set -u
@@ -74,13 +74,14 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     timeout $((590 - SECONDS)) python3 -m benchmarks.profile_forward --split-k on --contexts 64 --gemm skinny+pdl \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
     tar czf /tmp/tiles.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/tiles.tgz "$OUT/" ;;
-  goals)  # the issue's performance rows on the current kernels, then the MoE forward with the default tiles
-    timeout 330 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 8192 --new-tokens 256 512 \
-      --batch-sizes 1 4 --block-lengths 16 --repeats 2 --transformers compiled --out "$OUT/goals" 2>&1 \
-      | tee "$OUT/goals.log" | tail -10
-    timeout 140 python3 -m benchmarks.profile_forward --arch sdar-30b-a3b --split-k on --contexts 64 \
-      --gemm skinny+pdl --out "$OUT/profile-moe" 2>&1 | tee "$OUT/profile-moe.log" | tail -5
-    timeout $((590 - SECONDS)) $MOE --out "$OUT/moe-gemv-default" 2>&1 | tee "$OUT/moe-gemv-default.log" | tail -4
+  goals)  # the issue's performance rows on the current kernels, then the 30B-A3B forward's profile; $2: the
+          # seconds this call may run (default 370: what a session has left after one full call)
+    LIMIT=${2:-370}
+    timeout $((LIMIT * 6 / 10)) python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 8192 \
+      --new-tokens 256 512 --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers compiled \
+      --out "$OUT/goals" 2>&1 | tee "$OUT/goals.log" | tail -10
+    timeout $((LIMIT - SECONDS)) python3 -m benchmarks.profile_forward --arch sdar-30b-a3b --split-k on \
+      --contexts 64 --gemm skinny+pdl --out "$OUT/profile-moe" 2>&1 | tee "$OUT/profile-moe.log" | tail -5
     tar czf /tmp/goals.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/goals.tgz "$OUT/" ;;
   readme)
     timeout 480 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 2048 8192 \
