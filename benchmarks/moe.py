@@ -20,9 +20,8 @@ import torch
 
 from sdar_core.decoding import generate
 from sdar_core.device import synchronize
-from sdar_core.gemm import project
 from sdar_core.loading import load_pretrained, save_pretrained
-from sdar_core.moe import GEMV, GEMV_MAX_TOKENS, GemvConfig, KernelConfig, SparseMoE, route
+from sdar_core.moe import GEMV, GemvConfig, KernelConfig, SparseMoE, route
 
 from .common import ARCHS, machine_info, measure_bandwidth
 
@@ -335,27 +334,12 @@ def layer_sweep(
                 row["gemv_rotated_ms"] = rotated_time(cases, e.gemv_forward)
                 row["gemv_of_floor"] = row["rotated_floor_ms"] / row["gemv_rotated_ms"]
                 row["triton_rotated_of_floor"] = row["rotated_floor_ms"] / row["triton_rotated_ms"]
-                if (
-                    n <= GEMV_MAX_TOKENS
-                ):  # the whole layer: routing in its own kernel, or inside the gemv kernels
-                    row["layer_route_kernel_ms"] = rotated_time(
-                        cases,
-                        lambda x, c, w: e.gemv_forward(
-                            x, *route(project(layer.gate, x, True), k, True, x.dtype)[::-1]
-                        ),
-                    )
-                    row["layer_routed_gemv_ms"] = rotated_time(cases, lambda x, c, w: layer(x))
                 line = (
                     f"  | rotated: floor {row['rotated_floor_ms']:.3f} ms, gemv {row['gemv_rotated_ms']:.3f} ms "
                     f"({row['gemv_of_floor']:.0%}), sorted {row['triton_rotated_ms']:.3f} ms "
                     f"({row['triton_rotated_of_floor']:.0%}), sorted eagerly "
                     f"{row['triton_sorted_eagerly_rotated_ms']:.3f} ms"
                 )
-                if "layer_routed_gemv_ms" in row:
-                    line += (
-                        f"; whole layer: routing kernel + gemv {row['layer_route_kernel_ms']:.3f} ms, "
-                        f"routed inside the gemv {row['layer_routed_gemv_ms']:.3f} ms"
-                    )
             out.append(row)
             print(
                 f"  rows {n:4d}  distinct {distinct:3d}  floor {floor:.3f} ms  triton {triton_ms:.3f} ms "

@@ -12,9 +12,7 @@ Four forms compute the same thing:
   program per (token, tile of output columns), streams the tile of each of the token's k experts' down rows
   against its activation and sums the k routed-weighted results in float32 before one rounding (the combine that
   the other forms do with a kernel of their own). Two tokens that chose the same expert read it twice, which at
-  one or two tokens costs less than sorting them together (an expert gets at most two rows). In a layer the two
-  kernels also route (`routed_gemv_forward`): each program takes its token's top k from the router's logits
-  itself, as `_route_kernel` would (one shared `_top_k`), so no routing kernel runs before them.
+  one or two tokens costs less than sorting them together (an expert gets at most two rows).
 - triton (decoding on CUDA, up to TRITON_MAX_PAIRS pairs): the (token, expert) pairs sorted by expert, then two
   Triton kernels (`_expert_matmul`): one program per expert segment and tile of output columns reads that expert's
   weight tile once for all its rows (16 at a time), gathers its input rows by index (gate/up) or applies SwiGLU on
@@ -80,14 +78,16 @@ KERNEL = KernelConfig()
 
 @dataclass(frozen=True)
 class GemvConfig:
-    """Tile sizes of the gemv form's two kernels (benchmarks/moe.py times them on the 30B-A3B layer). One token's
-    8 experts of the 30B-A3B shape give 8 x 768 / 16 = 384 programs of gate/up and 2048 / 8 = 256 of down: two or
-    three per SM of an H100, each streaming its weight rows in steps of BLOCK_K with `stages` loads in flight."""
+    """Tile sizes of the gemv form's two kernels. The defaults are what `python -m benchmarks.moe --gemv-tiles`
+    found fastest at one token of the 30B-A3B shape on an H200 (benchmarks/results/h200-gemv-tiles): 8 x 768 / 2 =
+    3,072 programs of gate/up and 2048 / 2 = 1,024 of down, each streaming two weight rows (of each of gate and up,
+    or of each of the token's 8 experts) in steps of 1,024 columns. Larger tiles give one token too few programs
+    for the GPU's bandwidth (16 / 8 columns: 41% of it against 64%)."""
 
-    block_n: int = 16  # gate/up: intermediate columns per program (the gate's and the up's each)
-    down_block_n: int = 8  # down: output columns per program
-    block_k: int = 256
-    stages: int = 4
+    block_n: int = 2  # gate/up: intermediate columns per program (the gate's and the up's each)
+    down_block_n: int = 2  # down: output columns per program
+    block_k: int = 1024
+    stages: int = 2
     warps: int = 4
 
 
@@ -201,81 +201,44 @@ class Experts(nn.Module):
         self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, kernels: Kernels = DEFAULT_KERNELS
     ) -> torch.Tensor:
         """x [N, h], chosen / weights [N, k] -> sum over the k slots of weight * expert(x): [N, h]."""
-        if self.takes_gemv(x, kernels):
-            return self.gemv_forward(x, chosen, weights)
         if kernels.grouped_experts and not torch.is_grad_enabled():
             if triton_available(x):
+                if kernels.expert_gemv and x.shape[0] <= GEMV_MAX_TOKENS:
+                    return self.gemv_forward(x, chosen, weights)
                 if chosen.numel() <= TRITON_MAX_PAIRS or not grouped_mm_available(x):
                     return self.triton_forward(x, chosen, weights, fuse_sort=kernels.routing)
             if grouped_mm_available(x):
                 return self.grouped_forward(x, chosen, weights, kernels.silu_mul)
         return self.looped_forward(x, chosen, weights, kernels.silu_mul)
 
-    @staticmethod
-    def takes_gemv(x: torch.Tensor, kernels: Kernels = DEFAULT_KERNELS) -> bool:
-        """Whether `forward` computes the tokens x in the gemv form."""
-        return (
-            kernels.grouped_experts
-            and kernels.expert_gemv
-            and not torch.is_grad_enabled()
-            and x.shape[0] <= GEMV_MAX_TOKENS
-            and triton_available(x)
-        )
-
     def gemv_forward(
         self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, config: GemvConfig | None = None
     ) -> torch.Tensor:
         """The gemv form (module docstring): two kernels, no sort; any number of tokens is computed right, few
         are fast."""
-        return self._gemv(x, config, chosen=chosen.contiguous(), weights=weights.contiguous())
-
-    def routed_gemv_forward(
-        self,
-        x: torch.Tensor,
-        logits: torch.Tensor,
-        top_k: int,
-        norm_topk_prob: bool,
-        config: GemvConfig | None = None,
-    ) -> torch.Tensor:
-        """The gemv form routing inside its own kernels: from the router's logits [N, E], each program takes its
-        token's top k as `route` does (same softmax, order, ties and rounding of the weights), so no routing
-        kernel runs before them. Equal, bit for bit, to gemv_forward(x, *route(...)) on the same logits."""
-        return self._gemv(x, config, logits=logits.contiguous(), top_k=top_k, norm=norm_topk_prob)
-
-    def _gemv(self, x, config, chosen=None, weights=None, logits=None, top_k=0, norm=False) -> torch.Tensor:
         c = config or GEMV
-        routed = logits is not None
-        N, k = (logits.shape[0], top_k) if routed else chosen.shape
-        E = self.num_experts
+        N, k = chosen.shape
         h, I = x.shape[1], self.intermediate
-        x = x.contiguous()
+        x, chosen, weights = x.contiguous(), chosen.contiguous(), weights.contiguous()
         gate_up, down = self.gate_up_proj, self.down_proj
         act = torch.empty(N * k, I, device=x.device, dtype=x.dtype)  # silu(g) * u per token-major pair
         chained = pdl.on(x)
-        unused = x  # the pointer a kernel is given for the inputs of the other routing source
-        launch = dict(  # both kernels' routing, tiles along K and launch options
+        launch = dict(  # both kernels' tiles along K and launch options
             TOP_K=k,
-            ROUTE=routed,
-            K_POW2=triton.next_power_of_2(k),
-            NORM=norm,
-            BLOCK_E=triton.next_power_of_2(E),
             BLOCK_K=c.block_k,
             PDL=chained,
             num_warps=c.warps,
             num_stages=c.stages,
             **pdl.options(chained),
         )
-        routing = (logits.stride(0) if routed else 0, E)
         _expert_gemv_swiglu[(N * k, triton.cdiv(I, c.block_n))](
             x,
-            unused if routed else chosen,
-            logits if routed else unused,
+            chosen,
             gate_up,
             act,
             I,
             h,
             x.stride(0),
-            *routing,
             gate_up.stride(0),
             gate_up.stride(1),
             BLOCK_N=c.block_n,
@@ -284,14 +247,12 @@ class Experts(nn.Module):
         out = torch.empty(N, h, device=x.device, dtype=x.dtype)
         _expert_gemv_down[(N, triton.cdiv(h, c.down_block_n))](
             act,
-            unused if routed else chosen,
-            unused if routed else weights,
-            logits if routed else unused,
+            chosen,
+            weights,
             down,
             out,
             h,
             I,
-            *routing,
             down.stride(0),
             down.stride(1),
             BLOCK_N=c.down_block_n,
@@ -383,8 +344,6 @@ class SparseMoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # [N, h]
         logits = project(self.gate, x, kernels.skinny_gemm)  # [N, E]; one row: the skinny GEMM (gemm.py)
-        if kernels.routing and self.experts.takes_gemv(x, kernels):  # the routing inside the gemv kernels
-            return self.experts.routed_gemv_forward(x, logits, self.top_k, self.norm_topk_prob).view(shape)
         weights, chosen = route(
             logits, self.top_k, self.norm_topk_prob, x.dtype, kernels.routing
         )  # [N, k] each
@@ -392,31 +351,6 @@ class SparseMoE(nn.Module):
 
 
 if triton is not None:
-
-    @triton.jit
-    def _top_k(
-        ROW, n_experts, TOP_K: tl.constexpr, K_POW2: tl.constexpr, NORM: tl.constexpr, BLOCK_E: tl.constexpr
-    ):
-        """One token's routing from its router logits at ROW: (weights [K_POW2] float32, chosen [K_POW2] int64),
-        slots past TOP_K zero. The softmax in float32, k rounds of "take the largest, mask it" (descending, as
-        torch.topk returns them; the lowest expert id wins a tie, as argmax does), the renormalisation."""
-        e = tl.arange(0, BLOCK_E)
-        z = tl.load(ROW + e, mask=e < n_experts, other=float("-inf")).to(tl.float32)
-        p = tl.exp(z - tl.max(z, 0))
-        p = p / tl.sum(p, 0)  # the softmax; padding lanes are 0
-        p = tl.where(e < n_experts, p, -1.0)  # never taken
-        slot = tl.arange(0, K_POW2)
-        weights = tl.zeros([K_POW2], tl.float32)
-        chosen = tl.zeros([K_POW2], tl.int64)
-        for j in tl.static_range(TOP_K):  # the largest left, in descending order as topk returns them
-            best = tl.max(p, 0)
-            pick = tl.argmax(p, 0)
-            weights = tl.where(slot == j, best, weights)
-            chosen = tl.where(slot == j, pick.to(tl.int64), chosen)
-            p = tl.where(e == pick, -1.0, p)
-        if NORM:
-            weights = weights / tl.sum(weights, 0)
-        return weights, chosen
 
     @triton.jit
     def _route_kernel(
@@ -433,8 +367,22 @@ if triton is not None:
     ):
         pdl.wait_and_release(PDL)
         row = tl.program_id(0)
-        weights, chosen = _top_k(LOGITS + row * stride, n_experts, TOP_K, K_POW2, NORM, BLOCK_E)
+        e = tl.arange(0, BLOCK_E)
+        z = tl.load(LOGITS + row * stride + e, mask=e < n_experts, other=float("-inf")).to(tl.float32)
+        p = tl.exp(z - tl.max(z, 0))
+        p = p / tl.sum(p, 0)  # the softmax; padding lanes are 0
+        p = tl.where(e < n_experts, p, -1.0)  # never taken
         slot = tl.arange(0, K_POW2)
+        weights = tl.zeros([K_POW2], tl.float32)
+        chosen = tl.zeros([K_POW2], tl.int64)
+        for j in tl.static_range(TOP_K):  # the largest left, in descending order as topk returns them
+            best = tl.max(p, 0)
+            pick = tl.argmax(p, 0)
+            weights = tl.where(slot == j, best, weights)
+            chosen = tl.where(slot == j, pick.to(tl.int64), chosen)
+            p = tl.where(e == pick, -1.0, p)
+        if NORM:
+            weights = weights / tl.sum(weights, 0)
         keep = slot < TOP_K
         tl.store(W + row * TOP_K + slot, weights.to(W.dtype.element_ty), mask=keep)
         tl.store(C + row * TOP_K + slot, chosen, mask=keep)
@@ -539,58 +487,26 @@ if triton is not None:
         tl.store(ENDS + x, ends.to(tl.int64), mask=x < E)
 
     @triton.jit
-    def _pair_expert(
-        CHOSEN,
-        LOGITS,
-        stride_l,
-        n_experts,
-        p,
-        TOP_K: tl.constexpr,
-        ROUTE: tl.constexpr,
-        K_POW2: tl.constexpr,
-        NORM: tl.constexpr,
-        BLOCK_E: tl.constexpr,
-    ):
-        """The expert of pair p (token p // TOP_K, slot p % TOP_K): read from CHOSEN, or with ROUTE routed here
-        from the token's router logits as `_route_kernel` routes it."""
-        if ROUTE:
-            _, chosen = _top_k(
-                LOGITS + (p // TOP_K).to(tl.int64) * stride_l, n_experts, TOP_K, K_POW2, NORM, BLOCK_E
-            )
-            e = tl.sum(tl.where(tl.arange(0, K_POW2) == p % TOP_K, chosen, 0))
-        else:
-            e = tl.load(CHOSEN + p).to(tl.int64)
-        return e
-
-    @triton.jit
     def _expert_gemv_swiglu(
         X,
         CHOSEN,
-        LOGITS,
         W,
         ACT,
         I,
         K,
         stride_x,
-        stride_l,
-        n_experts,
         stride_we,
         stride_wn,
         TOP_K: tl.constexpr,
-        ROUTE: tl.constexpr,
-        K_POW2: tl.constexpr,
-        NORM: tl.constexpr,
-        BLOCK_E: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
         PDL: tl.constexpr,
     ):
         """ACT[p, cols] = silu(g) * u, [g; u] = W[e_p] @ x[p // TOP_K] at the gate rows `cols` and the up rows
-        I + cols (each rounded to the dtype first, as F.linear rounds); e_p from CHOSEN or, with ROUTE, from the
-        router's LOGITS (`_pair_expert`)."""
+        I + cols (each rounded to the dtype first, as F.linear rounds)."""
         pdl.wait_and_release(PDL)
         p = tl.program_id(0)
-        e = _pair_expert(CHOSEN, LOGITS, stride_l, n_experts, p, TOP_K, ROUTE, K_POW2, NORM, BLOCK_E)
+        e = tl.load(CHOSEN + p).to(tl.int64)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         cols = tl.where(cols < I, cols, 0)  # columns past I read row 0 (never stored): no column mask
         gate = W + e * stride_we + cols[:, None].to(tl.int64) * stride_wn
@@ -617,54 +533,33 @@ if triton is not None:
         ACT,
         CHOSEN,
         SCALE,
-        LOGITS,
         W,
         OUT,
         N,
         K,
-        stride_l,
-        n_experts,
         stride_we,
         stride_wn,
         TOP_K: tl.constexpr,
-        ROUTE: tl.constexpr,
-        K_POW2: tl.constexpr,
-        NORM: tl.constexpr,
-        BLOCK_E: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
         PDL: tl.constexpr,
     ):
         """OUT[t, cols] = sum over the token's TOP_K slots s of SCALE[t, s] * W[e_ts][cols] @ ACT[t * TOP_K + s],
-        in float32, rounded once; with ROUTE the experts and their weights (rounded to OUT's dtype, as `route`
-        returns them) come from the token's router LOGITS instead of CHOSEN and SCALE."""
+        in float32, rounded once."""
         pdl.wait_and_release(PDL)
         t = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         safe = tl.where(cols < N, cols, 0)
         total = tl.zeros((BLOCK_N,), dtype=tl.float32)
         steps = tl.cdiv(K, BLOCK_K)
-        slots = tl.arange(0, K_POW2)
-        weights = tl.zeros([K_POW2], tl.float32)
-        chosen = tl.zeros([K_POW2], tl.int64)
-        if ROUTE:  # the token's k experts and weights, once for the whole loop
-            weights, chosen = _top_k(
-                LOGITS + t.to(tl.int64) * stride_l, n_experts, TOP_K, K_POW2, NORM, BLOCK_E
-            )
-            weights = weights.to(OUT.dtype.element_ty).to(tl.float32)
         for it in range(
             0, TOP_K * steps
         ):  # one flat loop over (slot, K step): the loads pipeline across slots
             pair = t * TOP_K + it // steps
             ks = (it % steps) * BLOCK_K + tl.arange(0, BLOCK_K)
             ok = ks < K
-            if ROUTE:
-                here = slots == it // steps
-                e = tl.sum(tl.where(here, chosen, 0))
-                scale = tl.sum(tl.where(here, weights, 0.0))
-            else:
-                e = tl.load(CHOSEN + pair).to(tl.int64)
-                scale = tl.load(SCALE + pair).to(tl.float32)
+            e = tl.load(CHOSEN + pair).to(tl.int64)
+            scale = tl.load(SCALE + pair).to(tl.float32)
             w = tl.load(
                 W + e * stride_we + safe[:, None].to(tl.int64) * stride_wn + ks[None, :],
                 mask=ok[None, :],
