@@ -238,12 +238,13 @@ CONFIGS = [
 ] + [dict(block_n=64, block_k=128, stages=4, warps=8)]
 
 # The gemv form's tiles (GemvConfig): each field's values, searched one field at a time from the default
-# (`gemv_descent`), at one token over rotated routings. One token's 8 experts of the 30B-A3B shape give the default
-# 384 + 256 programs for an H100's 132 SMs; smaller tiles give more.
+# (`gemv_descent`), at one token over rotated routings. The H200 search (benchmarks/results/h200-gemv-tiles) went
+# from tiles of 16 / 8 columns (384 + 256 programs for one token's 8 experts of the 30B-A3B shape) to 2 / 2 columns
+# and K steps of 1,024, the grid's largest then: 2,048 is in it since.
 GEMV_GRID = dict(
     block_n=(2, 4, 8, 16, 32),
     down_block_n=(2, 4, 8, 16),
-    block_k=(128, 256, 512, 1024),
+    block_k=(128, 256, 512, 1024, 2048),
     stages=(1, 2, 3, 4),
     warps=(1, 2, 4, 8),
 )
