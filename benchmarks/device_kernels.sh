@@ -31,8 +31,9 @@ BENCH="python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 8
 MOE="python3 -m benchmarks.bench --arch sdar-30b-a3b --fuse --prompt-lengths 64 --new-tokens 64 --batch-sizes 1
   --block-lengths 16 --steps 4 --no-dynamic --repeats 2 --transformers none"
 gpu_tests() {  # every `cuda` test and the studio's tests on CUDA side by side, at most $1 seconds
+  # (a studio module that cannot import Gradio there fails alone: the kernels' tests still run)
   GRADIO_ANALYTICS_ENABLED=False timeout "$1" python3 -m pytest -q -p no:cacheprovider -m cuda tests/ \
-    > "$OUT/cuda-tests.log" 2>&1 &
+    --continue-on-collection-errors > "$OUT/cuda-tests.log" 2>&1 &
   GRADIO_ANALYTICS_ENABLED=False timeout "$1" python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py \
     tests/test_app_ui.py tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py \
     tests/test_app_scheduler.py tests/test_joining.py > "$OUT/app-tests-gpu.log" 2>&1

@@ -11,7 +11,11 @@
 #   bash benchmarks/device_studio.sh crowd-5ms [SECONDS]   # the crowd with CPython's 5 ms switch interval
 #   bash benchmarks/device_studio.sh join       # joining a running batch against the next batch, a cold start with
 #                                               # precompile workers, then every GPU test
-# Gradio is not installed there: its wheels travel in .whl/ (see benchmarks/NOTES.md, "The studio on a GPU").
+# Gradio is not installed there: its wheels travel in .whl/ (git-ignored; the device call carries it), fetched here
+# with `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_17_x86_64 -d .whl`
+# for gradio, gradio_client, plotly and every dependency the GPU image lacks (fastapi, starlette, uvicorn,
+# pydantic(-core), python-multipart, orjson, safehttpx, groovy, hf-gradio, brotli, ..., and opentelemetry-api, which
+# fastapi 0.165 imports).
 # Results go to $OUT (the device tool's folder), else out/device.
 set -u
 OUT=${OUT:-out/device}
