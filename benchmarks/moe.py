@@ -220,6 +220,11 @@ def time_layer(fn, graph: bool, iters: int = 50) -> float:
 ROTATION = 8  # routings per timed graph in `rotated_time`
 
 
+def rotated_floor(cases: list) -> float:
+    """The mean floor ms of `cases` (each reads its distinct experts once)."""
+    return sum(c[4] for c in cases) / len(cases)
+
+
 def rotated_time(cases: list, form) -> float:
     """ms per call of `form` over `cases` (ROTATION routings of one row count) captured in one graph: the experts
     differ from call to call, so that no call finds the last one's weights in L2 (one token's 8 experts are 75 MB on
@@ -306,6 +311,10 @@ def layer_sweep(
         distinct = int(chosen.unique().numel())
         return x, chosen, weights, distinct, 1000 * distinct * per_expert / bw  # the floor: each read once
 
+    def rotation(n: int) -> list:
+        """ROTATION routings of n rows (rotated_time's cases)."""
+        return [case(n, seed) for seed in range(ROTATION)]
+
     out, configs = [], []
     e = layer.experts
     with torch.no_grad():
@@ -326,8 +335,8 @@ def layer_sweep(
             )
             line = ""
             if n <= GEMV_ROWS:  # the gemv form against the sorted one, each over rotated routings
-                cases = [case(n, seed) for seed in range(ROTATION)]
-                row["rotated_floor_ms"] = sum(c[4] for c in cases) / len(cases)
+                cases = rotation(n)
+                row["rotated_floor_ms"] = rotated_floor(cases)
                 row["triton_rotated_ms"] = rotated_time(cases, e.triton_forward)
                 row["triton_sorted_eagerly_rotated_ms"] = rotated_time(
                     cases, lambda x, c, w: e.triton_forward(x, c, w, fuse_sort=False)
@@ -358,12 +367,10 @@ def layer_sweep(
                 print(f"  rows {n:4d}  {c}  {ms:.3f} ms ({floor / ms:.0%})", flush=True)
         info = dict(arch=arch, bandwidth_GBps=bw / 1e9, expert_bytes=per_expert)
         if gemv_tiles:
-            info["gemv_configs"], info["best_gemv"] = gemv_sweep(
-                e, [case(1, seed) for seed in range(ROTATION)]
-            )
-            for n in (1, 2):  # the best against the default at one and two tokens
-                cases = [case(n, seed) for seed in range(ROTATION)]
-                floor = sum(c[4] for c in cases) / len(cases)
+            rotations = {n: rotation(n) for n in (1, 2)}
+            info["gemv_configs"], info["best_gemv"] = gemv_sweep(e, rotations[1])
+            for n, cases in rotations.items():  # the best against the default at one and two tokens
+                floor = rotated_floor(cases)
                 for name, tiles in (("default", asdict(GEMV)), ("best", info["best_gemv"])):
                     ms = rotated_time(cases, lambda x, c, w: e.gemv_forward(x, c, w, GemvConfig(**tiles)))
                     info[f"gemv_{name}_rows{n}_ms"] = ms
@@ -377,7 +384,7 @@ def gemv_sweep(experts, cases: list) -> tuple[list[dict], dict]:
     """Every gemv tiling `gemv_descent` tries at one token over `cases` (rotated routings): its time, and whether
     its output matches the default tiles' within bf16 rounding (the sums' order differs with the tiles); the best."""
     reference = [experts.gemv_forward(x, c, w, GEMV) for x, c, w, _, _ in cases]
-    floor = sum(c[4] for c in cases) / len(cases)
+    floor = rotated_floor(cases)
     tried: list[dict] = []
 
     def timed(tiles: dict) -> float | None:

@@ -286,15 +286,14 @@ def test_cuda_expert_gemv_equals_the_brute_force_and_the_sorted_kernels(E, k, n,
         logits = project(moe.gate, x, Kernels().skinny_gemm)  # the router's product as the layer computes it
         weights, chosen = route(logits, k, True, x.dtype)
         gemv = moe.experts.gemv_forward(x, chosen, weights)
-        for (
-            config
-        ) in (  # the default, the old default, the corners of the tile search's grid (benchmarks.moe)
+        configs = (  # the default, the old default, the corners of the tile search's grid (benchmarks.moe)
             GemvConfig(),
             GemvConfig(block_n=16, down_block_n=8, block_k=256, stages=4, warps=4),
             GemvConfig(block_n=32, down_block_n=16, block_k=128, stages=2),
             GemvConfig(block_n=2, down_block_n=2, block_k=1024, stages=1, warps=1),
             GemvConfig(block_n=4, down_block_n=4, block_k=512, stages=3, warps=8),
-        ):
+        )
+        for config in configs:
             out = moe.experts.gemv_forward(x, chosen, weights, config)
             assert rel_err(out.double().cpu(), ref) < 2e-2
         assert rel_err(gemv.float(), moe.experts.triton_forward(x, chosen, weights).float()) < 2e-2
