@@ -15,6 +15,7 @@
     first_request.py     a server's first request of each shape after the warm-up, against a warm one
     joining.py           visitors arriving while a batch decodes: joining it against waiting for the next
     interpreter.py       what the decode loop pays for sharing the interpreter with Gradio (CPU)
+    crowded_decode.py    a decode beside threads running Python, its step graphed and op by op (GPU; tiny on the CPU)
     soak.py              many visitors using the studio at once, through its public API
     fairness.py          the wait of a fresh visitor's chat behind maximal races
     mutation.py          mutation testing of the core invariants

@@ -50,7 +50,7 @@ def kernels_per_forward(model, q: int, compile) -> tuple[int, list]:
 
     runner = ChunkRunner(model, 1, 512, max(q, 1), "static", compile)
     seq = torch.randint(0, 1000, (1, 512), device="cuda")
-    inputs = runner.static_inputs(seq, 256, q)  # what the runner hands its graphs
+    inputs = runner.static_inputs(seq[:, 256 : 256 + q], 256)  # what the runner hands its graphs
 
     def fwd():
         return runner.static_forward(inputs)

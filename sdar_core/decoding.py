@@ -34,11 +34,12 @@ from typing import Protocol
 
 import torch
 
+from .block_step import CANDIDATES, CHOSEN, MASKED, STATE, BlockState, denoise_step
 from .decode_params import AR_BLOCK, ContextTooLong, DecodeParams, GenerationError, is_int
 from .device import synchronize
 from .runner import ChunkRunner, bucket, default_mode
 from .sampling import sample_tokens
-from .schedules import SCHEDULES, StepScores, static_count, static_steps_needed
+from .schedules import SCHEDULES, static_steps_needed
 from .trace import Generation, Stats, StepEvent
 
 __all__ = [
@@ -415,8 +416,6 @@ class BlockDecoder(Decoder):
     A row of the batch tensor is a *slot*; the rows of the Generation (and of the StepEvents) are the answers,
     the input's first (slot r holds row r at the start) and then each joined row in its turn."""
 
-    STATE, CANDIDATES, CHOSEN, MASKED = range(4)  # the step record's slots, each [B, L]
-
     def __init__(
         self,
         model,
@@ -442,7 +441,15 @@ class BlockDecoder(Decoder):
         self.answers: dict[int, list[int]] = {}  # row -> answer, once its slot was taken by another row
         self.steps_per_block: list[list[int]] = [[] for _ in rows]  # by row
         self.forwards = 0
-        self.record = self.make_record(p.steps, 4, self.L)
+        self.state = self.run_chunk.held(
+            "block", lambda: BlockState.allocate(width, self.L, self.device)
+        )  # the block in flight
+        self.state.set_steps(p.steps)
+        self.steps_run = 0  # steps the last block took (its record holds that many)
+        # the step after the forward replayed as a graph (block_step.py); sampled decoding launches it op by op
+        self.graphed = (
+            self.run_chunk.mode == "graph" and p.kernels.graphed_step and p.sampling.temperature == 0
+        )
 
     def run(self) -> Generation:
         t0 = time.perf_counter()
@@ -458,7 +465,7 @@ class BlockDecoder(Decoder):
             if all(self.finished) or s + self.L > self.layout.total:
                 break
             used = self.denoise_block(s, write_previous)
-            if self.record is not None:
+            if self.tracer is not None:
                 self.emit_block(b, s)
             write_previous = self.finalise_block(s, used)
             b += 1
@@ -537,55 +544,58 @@ class BlockDecoder(Decoder):
     def denoise_block(self, s: int, write_previous: bool) -> list[int]:
         """Denoise the block at tensor index s until nothing is masked; the steps each row used. write_previous:
         its first forward also writes the previous (final) block into the cache."""
-        L, T = self.L, self.p.steps
+        L, T, state = self.L, self.p.steps, self.state
+        masked_at = self.layout.masked_at(s)
+        active = [not f for f in self.finished]
         # The static schedules' step counts follow from the layout (prompt tails) without reading the device.
         static_used = [
-            0 if done else static_steps_needed(m, L, T)
-            for done, m in zip(self.finished, self.layout.masked_at(s))
+            0 if done else static_steps_needed(m, L, T) for done, m in zip(self.finished, masked_at)
         ]
-        active = torch.tensor([not f for f in self.finished], device=self.device)
+        state.begin(self.seq[:, s : s + L], self.layout.fixed[:, s : s + L], active)
+        rest = first = self.run_chunk.prepare(state.block, s, logits_from=0)
+        if write_previous:  # the chunk [final block b-1 ; block b], its logits those of block b
+            first = self.run_chunk.prepare(torch.cat([self.seq[:, s - L : s], state.block], 1), s - L, L)
+        left = [a and m > 0 for a, m in zip(active, masked_at)]  # rows with masked positions
         used = [0] * self.layout.batch
+        self.steps_run = 0
         for step in range(T):
-            masked = (
-                (self.seq[:, s : s + L] == self.mask_id) & ~self.layout.fixed[:, s : s + L] & active[:, None]
-            )
             if self.schedule.adaptive:
-                row_masked = masked.any(-1).tolist()  # the schedule's one host read per step
-                if not any(row_masked):
+                if not any(left):
                     break
-                used = [u + int(m) for u, m in zip(used, row_masked)]
+                used = [u + int(m) for u, m in zip(used, left)]
             elif step == max(static_used):
                 break
-            self.step(s, step, masked, write_previous and step == 0)
+            self.step(first if step == 0 else rest, write_previous and step == 0)
+            if self.schedule.adaptive:
+                left = state.left.tolist()  # the schedule's one host read per step
+        self.seq[:, s : s + L] = state.block
         return used if self.schedule.adaptive else static_used
 
-    def step(self, s: int, step: int, masked: torch.Tensor, write_previous: bool) -> None:
-        """One denoising step: run the chunk, sample, pick positions, commit."""
-        logits = self.forward_block(s, write_previous)  # [B, L, V]
-        x0, conf, ent = sample_tokens(
-            logits,
-            self.sampling,
-            forbid_token=self.mask_id,
-            generator=self.generator,
-            want_entropy=self.schedule.needs_entropy,
-        )
-        count = masked.sum(-1).clamp_max(static_count(self.L, self.p.steps, step))  # [B]
-        scores = StepScores(x0, conf, ent, masked, count)
-        chosen = self.schedule.select(scores, self.p)  # [B, L]
-        self.seq[:, s : s + self.L] = torch.where(chosen, x0, self.seq[:, s : s + self.L])
-        if self.record is not None:
-            self.record.record(conf, self.seq[:, s : s + self.L], x0, chosen, masked)
-
-    def forward_block(self, s: int, write_previous: bool) -> torch.Tensor:
-        """Logits [B, L, V] of the block at s; with write_previous the chunk is [final block at s - L ; block at s]
-        and the final block's keys and values are kept in the cache."""
-        L = self.L
+    def step(self, forward: Callable[[], torch.Tensor], write_previous: bool) -> None:
+        """One denoising step: the chunk's forward, then block_step.denoise_step (a graph replay when graphed)."""
         self.forwards += 1
-        if not write_previous:
-            return self.run_chunk(self.seq, s, L, logits_from=0)
-        logits = self.run_chunk(self.seq, s - L, 2 * L, logits_from=L)
-        self.run_chunk.cache.commit(L)
-        return logits
+        self.steps_run += 1
+        logits = forward()  # [B, L, V]
+        if write_previous:
+            self.run_chunk.cache.commit(self.L)
+        p = self.p
+
+        def work() -> None:
+            denoise_step(
+                self.state,
+                logits,
+                mask_id=self.mask_id,
+                schedule=self.schedule,
+                options=p,
+                generator=self.generator,
+                record=self.tracer is not None,
+            )
+
+        if not self.graphed:
+            work()
+            return
+        key = ("denoise", write_previous, p.strategy, p.threshold, p.entropy_bound, self.tracer is not None)
+        self.run_chunk.run_captured(key + (self.mask_id,), work)
 
     def finalise_block(self, s: int, used: list[int]) -> bool:
         """The block at s is final: record its steps, end the rows it completes, write it into the cache; whether
@@ -618,11 +628,11 @@ class BlockDecoder(Decoder):
 
     def emit_block(self, b: int, s: int) -> None:
         """The final block's StepEvents, one per step and row that was still denoising (one host read)."""
-        ids, confs = self.record.read()
-        L, stop_ids, R = self.L, self.p.stop_token_ids, BlockDecoder
+        ids, confs = self.state.read(self.steps_run)
+        L, stop_ids = self.L, self.p.stop_token_ids
         fixed = self.layout.fixed[:, s : s + L].tolist()
         for step, (step_ids, conf) in enumerate(zip(ids, confs)):
-            state, x0, chosen, masked = (step_ids[k] for k in (R.STATE, R.CANDIDATES, R.CHOSEN, R.MASKED))
+            state, x0, chosen, masked = (step_ids[k] for k in (STATE, CANDIDATES, CHOSEN, MASKED))
             for r in range(len(state)):
                 if self.finished[r] or not any(masked[r]):
                     continue

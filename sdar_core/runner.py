@@ -12,6 +12,9 @@ holds the chunk's `CacheQueries`: the split-K decode kernel (decode_attention.py
 from the slot's indices and reads only the filled part of the buffer. Elsewhere it holds the [B, 1, Q, total]
 mask for SDPA. The tensors a static forward reads are named (`StaticInputs`): a graph copies them in each replay.
 The runner's `Kernels` (kernels.py) go to every forward it runs.
+`prepare` builds a chunk's inputs once for the repeated forwards of one block's steps (a replay then copies in
+its tokens alone); `run_captured` replays the decoder's own device work after the forward (block_step.py) as a
+graph of its own, and `held` keeps the buffers such a graph reads alive with the runner.
 A prefill (a chunk longer than two blocks) takes the plain path in every mode: it runs once per request, with a
 length of its own. Static and graph runners are pooled per model (`RUNNER_POOL`) and reused across generate
 calls of one shape.
@@ -20,6 +23,7 @@ calls of one shape.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -108,6 +112,16 @@ class RunnerPool:
 RUNNER_POOL = RunnerPool()
 
 
+_STEP_POOLS: dict[torch.device, tuple] = {}
+
+
+def _step_pool(device: torch.device) -> tuple:
+    """The memory pool the run_captured graphs of `device` share."""
+    if device not in _STEP_POOLS:
+        _STEP_POOLS[device] = torch.cuda.graph_pool_handle()
+    return _STEP_POOLS[device]
+
+
 def _forward(model, *args, **kwargs) -> torch.Tensor:
     """model.forward with the model as an argument, so that a pooled runner need not keep its model alive."""
     return model.forward(*args, **kwargs)
@@ -161,6 +175,9 @@ class ChunkRunner:
         self.pad = torch.zeros(batch, dtype=torch.long, device=self.device)
         self.padded = False
         self.graphs: dict[tuple[int, int], tuple] = {}
+        self._loaded: dict[tuple[int, int], StaticInputs] = {}  # per graph: the inputs its buffers hold
+        self.captured: dict[tuple, torch.cuda.CUDAGraph] = {}  # run_captured's graphs
+        self.buffers: dict[str, object] = {}  # tensors a caller's captured work reads and writes (see held)
         self.forward_fn = _forward  # forward_fn(model, ids, positions, ...)
         self.kernels = kernels
         split_k = kernels.split_k_attention
@@ -191,15 +208,23 @@ class ChunkRunner:
             return cls(model, batch, total, block_size, mode, kernels=kernels)
         return RUNNER_POOL.get(model, batch, total, block_size, mode, compile, kernels)
 
+    def held(self, name: str, make: Callable[[], object]):
+        """The runner's `name` buffers, made on first use: a captured graph (run_captured) replays their addresses,
+        so they live as long as the runner."""
+        if name not in self.buffers:
+            self.buffers[name] = make()
+        return self.buffers[name]
+
     def set_padding(self, pad: list[int]) -> None:
         self.pad.copy_(torch.tensor(pad))
         self.padded = any(pad)
 
-    def inputs(self, seq: torch.Tensor, start: int, length: int) -> StaticInputs:
-        """ids [B, Q], RoPE positions [B, Q] (counted from each row's first real token), cache indices [Q]."""
-        idx = torch.arange(start, start + length, device=self.device)
+    def inputs(self, ids: torch.Tensor, start: int) -> StaticInputs:
+        """The chunk `ids` [B, Q] at cache positions [start, start+Q): its RoPE positions [B, Q] (counted from each
+        row's first real token) and cache indices [Q]."""
+        idx = torch.arange(start, start + ids.shape[1], device=self.device)
         positions = (idx[None] - self.pad[:, None]).clamp_min(0)
-        return StaticInputs(seq[:, start : start + length], positions, idx)
+        return StaticInputs(ids, positions, idx)
 
     def plain_attention(self, start: int, length: int) -> AttentionInputs:
         """The plain-mode chunk's attention over the cache slice [0, start+length)."""
@@ -222,12 +247,17 @@ class ChunkRunner:
     ) -> torch.Tensor:
         """Logits [B, length - logits_from, V] of chunk seq[:, start:start+length]; its K/V go to the cache.
         `prefill`: the prompt's chunk (the decoders say so), whatever its length."""
+        return self.forward(seq[:, start : start + length], start, logits_from, prefill)
+
+    def forward(self, ids: torch.Tensor, start: int, logits_from: int, prefill: bool = False) -> torch.Tensor:
+        """Logits [B, Q - logits_from, V] of the chunk `ids` [B, Q] at cache positions [start, start+Q)."""
+        length = ids.shape[1]
         if self.mode == "plain" or prefill or length > 2 * self.block_size:
             # A prefill runs once per request with a length of its own: attention over the filled slice through
             # SDPA's prebuilt kernels, neither a graph nor a kernel built for its length. A short one too: a prompt
             # of one or two whole blocks would otherwise capture a graph of its own on its first request (the
             # studio's first chat of a block size paid that capture, 0.5 of a warm request's speed on an H100).
-            inputs = self.inputs(seq, start, length)
+            inputs = self.inputs(ids, start)
             return self.model(
                 inputs.ids,
                 inputs.positions,
@@ -236,17 +266,26 @@ class ChunkRunner:
                 logits_from=logits_from,
                 kernels=self.kernels,
             )
-        inputs = self.static_inputs(seq, start, length)
+        inputs = self.static_inputs(ids, start)
         if self.mode == "static":
             return self.static_forward(inputs, logits_from, _forward)
         return self._replay(inputs, logits_from)
 
-    def static_inputs(self, seq: torch.Tensor, start: int, length: int) -> StaticInputs:
+    def prepare(self, ids: torch.Tensor, start: int, logits_from: int) -> Callable[[], torch.Tensor]:
+        """The forward of the chunk `ids` [B, Q] at cache positions [start, start+Q), as a call to repeat while `ids`
+        changes in place (the denoising steps of a block): positions, indices and mask are built once; each call
+        returns the logits of the tokens `ids` holds then (in graph mode only the tokens are copied in again)."""
+        if self.mode != "graph" or ids.shape[1] > 2 * self.block_size:
+            return lambda: self.forward(ids, start, logits_from)
+        inputs = self.static_inputs(ids, start)
+        return lambda: self._replay(inputs, logits_from)
+
+    def static_inputs(self, ids: torch.Tensor, start: int) -> StaticInputs:
         """The chunk's ids, positions and cache indices (the split-K kernel builds the mask from the indices),
         with the mask over the whole buffer when SDPA reads it instead: the tensors a graph copies in."""
-        inputs = self.inputs(seq, start, length)
+        inputs = self.inputs(ids, start)
         if not self.split_k:
-            inputs.mask = self.buffer_mask(start, length)
+            inputs.mask = self.buffer_mask(start, ids.shape[1])
         return inputs
 
     def static_forward(self, inputs: StaticInputs, logits_from: int = 0, forward_fn=None) -> torch.Tensor:
@@ -273,9 +312,31 @@ class ChunkRunner:
         if key not in self.graphs:
             self.graphs[key] = self._capture(inputs, logits_from)
         graph, bufs, out = self.graphs[key]
-        bufs.copy_(inputs)
+        if self._loaded.get(key) is inputs:  # the same chunk again (prepare): only its tokens changed
+            bufs.ids.copy_(inputs.ids, non_blocking=True)
+        else:
+            bufs.copy_(inputs)
+            self._loaded[key] = inputs
         graph.replay()
         return out
+
+    def run_captured(self, key: tuple, fn: Callable[[], None]) -> None:
+        """fn(): device work on tensors that outlive it (no host read, no result), run eagerly the first time under
+        `key` and captured then as a CUDA graph that later calls replay (graph mode; eagerly in every call
+        otherwise). The first, eager run is the work itself and the warm-up the capture needs. The graphs of every
+        runner on a device share one memory pool: they run one after another on one stream, and their
+        intermediates die with each replay."""
+        graph = self.captured.get(key)
+        if graph is not None:
+            graph.replay()
+            return
+        fn()
+        if self.mode != "graph":
+            return
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=_step_pool(self.device)):
+            fn()
+        self.captured[key] = graph
 
     def _capture(self, inputs: StaticInputs, logits_from: int):
         bufs = inputs.clone()

@@ -70,7 +70,8 @@ def warm_up(model, params: DecodeParams, shape: WarmShape, filler_id: int) -> fl
     prompt_len = max(
         1, min(shape.bucket - (WARM_BLOCKS + 1) * L, model.config.max_position_embeddings - 2 * L)
     )
-    p = replace(params, max_new_tokens=WARM_BLOCKS * L, stop_token_ids=[], trace=False, temperature=0.0)
+    # traced, as a server's decodes are (their steps go to the page): the step graphs it replays are the traced ones
+    p = replace(params, max_new_tokens=WARM_BLOCKS * L, stop_token_ids=[], trace=True, temperature=0.0)
     t0 = time.perf_counter()
     generate(model, [[filler_id] * prompt_len] * shape.batch, p)
     return time.perf_counter() - t0

@@ -173,4 +173,4 @@ def test_split_k_is_off_on_the_cpu_by_default():
     model = random_model(tiny_config("sdar", block_size=4))
     runner = ChunkRunner(model, 1, 64, 4, "static")
     assert not runner.split_k
-    assert runner.static_inputs(torch.zeros(1, 64, dtype=torch.long), 8, 4).mask is not None
+    assert runner.static_inputs(torch.zeros(1, 4, dtype=torch.long), 8).mask is not None

@@ -550,6 +550,72 @@ def test_cuda_graph_path_equals_plain_path(strategy, model_type):
     assert conf(graph) == pytest.approx(conf(ref), abs=1e-2)  # CUDA float32 kernels vs the CPU
 
 
+def test_a_prepared_chunk_gives_the_logits_of_the_tokens_it_holds_at_each_call(sdar):
+    """runner.prepare builds a chunk's inputs once for a block's steps, whose tokens change in place between them:
+    each call must equal a fresh forward of the tokens held then (static mode: the computation a graph replays)."""
+    from sdar_core.runner import ChunkRunner
+
+    prompt = torch.arange(1, 9)[None]
+    mask = sdar.config.mask_token_id
+    runners = [ChunkRunner(sdar, 1, 64, 4, mode) for mode in ("static", "static", "plain")]
+    for runner in runners:
+        runner.forward(prompt, 0, 8, prefill=True)
+        runner.cache.commit(8)
+    block = torch.full((1, 4), mask)
+    step = runners[0].prepare(block, 8, 0)
+    first = step().clone()
+    block[0, :2] = torch.tensor([11, 12])
+    second = step()
+    assert not torch.equal(first, second)
+    assert torch.equal(second, runners[1].forward(block.clone(), 8, 0))
+    torch.testing.assert_close(second, runners[2].forward(block.clone(), 8, 0), rtol=0, atol=1e-5)
+
+
+def test_captured_work_runs_eagerly_at_every_call_outside_graph_mode(sdar):
+    from sdar_core.runner import ChunkRunner
+
+    runner, calls = ChunkRunner(sdar, 1, 64, 4, "static"), []
+    for _ in range(3):
+        runner.run_captured(("work",), lambda: calls.append(1))
+    assert len(calls) == 3 and runner.captured == {}
+    assert runner.held("state", lambda: [1]) is runner.held("state", lambda: [2])  # made once, kept
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("strategy", ["static", "dynamic", "entropy"])
+def test_cuda_a_graphed_step_decodes_what_the_step_launched_op_by_op_decodes(strategy, monkeypatch):
+    """Kernels.graphed_step: the work after each forward (block_step.denoise_step) replayed as a graph gives the same
+    tokens and trace as the same ops launched one by one, and once captured no step runs it from Python."""
+    from sdar_core import decoding
+    from sdar_core.kernels import Kernels
+
+    model = random_model(tiny_config("sdar", block_size=4, layers=2)).cuda()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
+    kw = dict(
+        max_new_tokens=24, block_length=4, steps=4, strategy=strategy, threshold=0.5, runner_mode="graph"
+    )
+    kw["entropy_bound"] = 2.0
+    eager = generate(model, prompts, trace=True, kernels=Kernels(graphed_step=False), **kw)
+    calls = []
+    real = decoding.denoise_step
+    monkeypatch.setattr(decoding, "denoise_step", lambda *a, **k: (calls.append(1), real(*a, **k)))
+    graphed = generate(model, prompts, trace=True, **kw)
+    captured = len(calls)
+    again = generate(model, prompts, trace=True, **kw)
+    untraced = generate(model, prompts, **kw)
+    assert (
+        graphed.tokens.tolist() == again.tokens.tolist() == untraced.tokens.tolist() == eager.tokens.tolist()
+    )
+
+    def steps(gen):
+        return [(e.row, e.block, e.step, e.block_state, e.committed, e.masked_confidence) for e in gen.trace]
+
+    assert steps(graphed) == steps(again) == steps(eager)
+    # the first run captures each step shape (2 runs of the work per capture); the second replays every step
+    assert captured <= 4 < graphed.stats.forwards and len(calls) == captured + 4
+
+
 def test_a_block_length_outside_the_trained_block_sizes_warns_and_still_decodes():
     import warnings
 
