@@ -15,6 +15,9 @@
 #   bash benchmarks/device_kernels.sh goals [S]  # the performance goals' rows at batch 1 (64 and 8k prompts,
 #                                                # compiled transformers), then the 30B-A3B forward's profile, in
 #                                                # at most S seconds (default 370)
+#   bash benchmarks/device_kernels.sh step       # every `cuda` test and the studio's tests on CUDA, then a decode
+#                                                # beside threads running Python, its step graphed and op by op
+#                                                # (benchmarks.crowded_decode)
 # Results go to $OUT (the device tool's folder), else out/device; folders are packed in one .tgz (the device tool
 # brings back a few files per call).
 set -u
@@ -75,6 +78,11 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     timeout $((590 - SECONDS)) python3 -m benchmarks.profile_forward --split-k on --contexts 64 --gemm skinny+pdl \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
     tar czf /tmp/tiles.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/tiles.tgz "$OUT/" ;;
+  step)  # the cuda suite and the studio's CUDA tests, then the decodes beside busy threads
+    gpu_tests 250
+    timeout $((590 - SECONDS)) python3 -m benchmarks.crowded_decode --arch sdar-1.7b --out "$OUT/crowded" 2>&1 \
+      | tee "$OUT/crowded.log" | tail -11
+    tar czf /tmp/step.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/step.tgz "$OUT/" ;;
   goals)  # the issue's performance rows on the current kernels, then the 30B-A3B forward's profile; $2: the
           # seconds this call may run (default 370: what a session has left after one full call)
     LIMIT=${2:-370}
