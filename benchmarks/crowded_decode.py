@@ -4,7 +4,7 @@ loop), measured on `generate` alone.
 Each setting of the studio bench (chat: static b16/4, dynamic b4; the race's AR lanes) decodes alone, beside a
 thread that runs Python without a pause, and beside one that runs Python a fifth of the time (4 ms in every 20 ms,
 about what a page's messages cost Gradio), at the studio's switch interval (app/interpreter.py); each with the
-denoising step's work after the forward replayed as a CUDA graph (the default, block_step.py) and launched op by op
+denoising step's work after the forward replayed as a CUDA graph (the default, steps.py) and launched op by op
 (Kernels.graphed_step=False). Every Python call into torch lets go of the interpreter's lock and must win it back,
 so a step's count of calls sets what a busy neighbour costs the decode.
 

@@ -22,7 +22,7 @@ Decoding
     schedules.py       which masked positions a denoising step commits (static, dynamic, sequential, entropy)
     sampling.py        temperature / top-k / top-p sampling and confidences
     decoding.py        generate(): block diffusion and AR decoding over a batch
-    block_step.py      a denoising step's device work after the forward, on fixed buffers (a graph replay on CUDA)
+    steps.py      a denoising step's device work after the forward, on fixed buffers (a graph replay on CUDA)
     runner.py          the chunk forwards: plain, static shapes and CUDA graphs, pooled per model
     warmup.py          paying the graph captures and kernel compilations before the first request
     trace.py           StepEvent, Generation, Stats: all a reader ever gets from a generation

@@ -34,12 +34,22 @@ from typing import Protocol
 
 import torch
 
-from .block_step import CANDIDATES, CHOSEN, MASKED, STATE, BlockState, denoise_step
 from .decode_params import AR_BLOCK, ContextTooLong, DecodeParams, GenerationError, is_int
 from .device import synchronize
 from .runner import ChunkRunner, bucket, default_mode
-from .sampling import sample_tokens
 from .schedules import SCHEDULES, static_steps_needed
+from .steps import (
+    CANDIDATES,
+    CHOSEN,
+    FINISHED,
+    MASKED,
+    STATE,
+    TOKEN,
+    BlockState,
+    TokenState,
+    denoise_step,
+    next_token_step,
+)
 from .trace import Generation, Stats, StepEvent
 
 __all__ = [
@@ -247,32 +257,6 @@ class Tracer:
             self.on_step(event)
 
 
-class StepRecord:
-    """What a traced decode remembers of each step, kept on the device: per step, `slots` [B, width] tensors of
-    token ids or flags (the decoder names them) and the [B, width] confidences. The decoder reads it once per block
-    (where it already reads the block for the stop check), never per step, so tracing adds no host
-    synchronisation to the step loop (an on_step reader gets a block's steps together, when the block is final)."""
-
-    def __init__(self, steps: int, slots: int, batch: int, width: int, device) -> None:
-        self.ids = torch.zeros(
-            steps, slots, batch, width, dtype=torch.long, device=device
-        )  # [T, slots, B, L]
-        self.conf = torch.zeros(steps, batch, width, dtype=torch.float32, device=device)  # [T, B, L]
-        self.n = 0
-
-    def record(self, confidence: torch.Tensor, *slots: torch.Tensor) -> None:
-        """One step: tensors [B, width] (device copies, no host read)."""
-        for slot, t in enumerate(slots):
-            self.ids[self.n, slot].copy_(t)
-        self.conf[self.n].copy_(confidence)
-        self.n += 1
-
-    def read(self) -> tuple[list, list]:
-        """The recorded steps as host lists (ids [n][slots][B][width], conf [n][B][width]), and start over."""
-        n, self.n = self.n, 0
-        return self.ids[:n].tolist(), self.conf[:n].tolist()
-
-
 @dataclass
 class BatchLayout:
     """Where every row's tokens sit in the batch tensor (see the module docstring); built once per call, a row
@@ -375,7 +359,7 @@ def generation(answers: list[list[int]], pad_id: int, stats: Stats) -> Generatio
 
 class Decoder:
     """The set-up both decoders share: the batch's layout (blocks of `block`, generated positions holding
-    `fill_id`), its chunk runner, the sampling, and the step record when traced (`record_slots` per step).
+    `fill_id`), its chunk runner and the sampling (each decoder keeps its step's buffers in the runner: steps.py).
     `roomy`: the layout fills its runner's whole buffer (room for rows that join)."""
 
     def __init__(
@@ -390,7 +374,7 @@ class Decoder:
     ) -> None:
         self.model, self.p, self.tracer, self.device = model, p, tracer, model.device
         self.mask_id = model.config.mask_token_id
-        self.sampling, self.generator = p.sampling, _generator(p, model.device)
+        self.generator = _generator(p, model.device)
         pad_id = _pad_id(model.config)
         context = model.config.max_position_embeddings
         total = (lambda n: bucket(n, context)) if roomy else None
@@ -401,11 +385,6 @@ class Decoder:
             model, len(rows), self.seq.shape[1], block, mode, p.compile, p.kernels
         )
         self.run_chunk.set_padding(self.layout.pad)
-
-    def make_record(self, steps: int, slots: int, width: int) -> StepRecord | None:
-        if self.tracer is None:
-            return None
-        return StepRecord(steps, slots, self.layout.batch, width, self.device)
 
 
 class BlockDecoder(Decoder):
@@ -446,7 +425,7 @@ class BlockDecoder(Decoder):
         )  # the block in flight
         self.state.set_steps(p.steps)
         self.steps_run = 0  # steps the last block took (its record holds that many)
-        # the step after the forward replayed as a graph (block_step.py); sampled decoding launches it op by op
+        # the step after the forward replayed as a graph (steps.py); sampled decoding launches it op by op
         self.graphed = (
             self.run_chunk.mode == "graph" and p.kernels.graphed_step and p.sampling.temperature == 0
         )
@@ -572,7 +551,7 @@ class BlockDecoder(Decoder):
         return used if self.schedule.adaptive else static_used
 
     def step(self, forward: Callable[[], torch.Tensor], write_previous: bool) -> None:
-        """One denoising step: the chunk's forward, then block_step.denoise_step (a graph replay when graphed)."""
+        """One denoising step: the chunk's forward, then steps.denoise_step (a graph replay when graphed)."""
         self.forwards += 1
         self.steps_run += 1
         logits = forward()  # [B, L, V]
@@ -664,28 +643,33 @@ class NextTokenDecoder(Decoder):
     new token costs exactly one forward (TPF 1), the count SDAR's TPF is compared with.
     """
 
-    # the step record's slots, each [B, 1]: the token, and whether its row had stopped before it
-    TOKEN, FINISHED = range(2)
-
     def __init__(self, model, rows: list[list[int]], p: DecodeParams, tracer: Tracer | None) -> None:
         super().__init__(model, rows, p, tracer, 1, _pad_id(model.config))
-        self.finished = torch.zeros(len(rows), dtype=torch.bool, device=self.device)  # [B] stopped
-        self.stop_ids = torch.tensor(p.stop_token_ids, dtype=torch.long, device=self.device)
-        self.record = self.make_record(p.max_new_tokens, 2, 1)  # a token is one "step" of width 1
+        runner, stops = self.run_chunk, max(8, 1 << max(len(p.stop_token_ids) - 1, 0).bit_length())
+        self.state = runner.held(
+            f"token-{stops}",
+            lambda: TokenState.allocate(
+                self.layout.batch, runner.total, stops, STOP_CHECK_EVERY, self.device
+            ),
+        )
+        self.graphed = runner.mode == "graph" and p.kernels.graphed_step and p.sampling.temperature == 0
         self.emitted = 0  # tokens whose events went out
 
     def run(self) -> Generation:
-        t0, longest, layout = time.perf_counter(), self.layout.start, self.layout
+        t0, longest, layout, state = time.perf_counter(), self.layout.start, self.layout, self.state
         if longest > 1:
             self.run_chunk(self.seq, 0, longest - 1, logits_from=longest - 1, prefill=True)
+        state.begin(self.seq[:, longest - 1 : longest], self.p.stop_token_ids)
+        forward = self.run_chunk.prepare_walk(state.token, longest - 1, self.p.max_new_tokens)
         synchronize(self.device)
         prefill_seconds = time.perf_counter() - t0
         forwards = 0
         for i in range(self.p.max_new_tokens):
             forwards += 1
-            if self.step(i, longest - 1 + i):
+            if self.step(i, forward):
                 break
-        self.emit(longest - 1)
+        self.emit(longest - 1, forwards)
+        self.seq[:, longest : longest + forwards] = state.answer[:, :forwards]
         synchronize(self.device)
         stats = Stats(
             strategy="ar",
@@ -703,31 +687,41 @@ class NextTokenDecoder(Decoder):
         stats.steps_per_block = [[1] * n for n in gen.lengths]
         return gen
 
-    def step(self, i: int, pos: int) -> bool:
-        """Token i of every row from the token at pos: run, sample, commit; whether every row has stopped."""
-        logits = self.run_chunk(self.seq, pos, 1, logits_from=0)  # [B, 1, V]
-        x0, conf, _ = sample_tokens(
-            logits, self.sampling, forbid_token=self.mask_id, generator=self.generator
-        )
-        token = x0[:, 0]
-        self.seq[:, pos + 1] = torch.where(self.finished, self.layout.pad_id, token)
-        if self.record is not None:
-            self.record.record(conf[:, :1], token[:, None], self.finished[:, None])
-        if self.p.stop_token_ids:
-            self.finished |= torch.isin(token, self.stop_ids)
+    def step(self, i: int, forward: Callable[[int], torch.Tensor]) -> bool:
+        """Token i of every row: its forward, then steps.next_token_step (a graph replay when graphed); whether every
+        row has stopped (read every STOP_CHECK_EVERY tokens on a GPU, with the record's events)."""
+        logits = forward(i)  # [B, 1, V]
+        p, record = self.p, self.tracer is not None
+
+        def work() -> None:
+            next_token_step(
+                self.state,
+                logits,
+                mask_id=self.mask_id,
+                pad_id=self.layout.pad_id,
+                options=p,
+                generator=self.generator,
+                record=record,
+            )
+
+        if self.graphed:
+            key = ("next", record, self.state.stops.numel(), self.mask_id, self.layout.pad_id)
+            self.run_chunk.run_captured(key, work)
+        else:
+            work()
         if self.device.type != "cpu" and (i + 1) % STOP_CHECK_EVERY:
             return False
-        self.emit(pos - i)
-        return bool(self.p.stop_token_ids) and bool(self.finished.all())
+        self.emit(self.layout.start - 1, i + 1)
+        return bool(self.p.stop_token_ids) and bool(self.state.finished.all())
 
-    def emit(self, first_pos: int) -> None:
-        """StepEvents of the tokens recorded since the last call (one host read); first_pos: token 0's input."""
-        if self.record is None:
+    def emit(self, first_pos: int, decoded: int) -> None:
+        """StepEvents of tokens self.emitted .. decoded - 1 (one host read); first_pos: token 0's input."""
+        if self.tracer is None or decoded == self.emitted:
             return
-        ids, confs = self.record.read()
+        ids, confs = self.state.read(self.emitted, decoded - self.emitted)
         for k, (step_ids, conf) in enumerate(zip(ids, confs)):
             i = self.emitted + k
-            tokens, finished = step_ids[self.TOKEN], step_ids[self.FINISHED]
+            tokens, finished = step_ids[TOKEN], step_ids[FINISHED]
             for r in range(len(tokens)):
                 tok, c = tokens[r][0], conf[r][0]
                 if not finished[r][0]:

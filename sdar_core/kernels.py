@@ -6,7 +6,7 @@ kernel or the eager ops (fused.py, norm_rope.py, moe.route), the split-K decode 
 of attention.py, cuBLAS or the skinny GEMM for the projections (gemm.py). A switch that is on still needs its
 kernel to run where the forward runs (CUDA and Triton, no gradient wanted): elsewhere the eager path runs whatever
 the switch says. One switch is the decoder's, not the forward's: whether a denoising step's work after the forward
-is replayed as a CUDA graph (block_step.py).
+is replayed as a CUDA graph (steps.py).
 
 The decoder's runner (runner.py) receives a `Kernels` from DecodeParams and passes it to every forward; its pool
 keys a captured graph by it. A plain `model(ids)` (training, the tests) uses `DEFAULT_KERNELS`. The benchmarks
@@ -41,7 +41,7 @@ class Kernels:
     # The decode forward's projections through the skinny Triton GEMM (gemm.py) where it runs (one row: batch-1
     # AR steps; CUDA; no gradient); False: F.linear (cuBLAS) for every projection.
     skinny_gemm: bool = True
-    # The denoising step's work after the forward (sampling, the schedule, the commit, the step record: block_step.py)
+    # The denoising step's work after the forward (sampling, the schedule, the commit, the step record: steps.py)
     # captured as a CUDA graph in runner mode "graph" for greedy decoding; False: the same ops launched one by one.
     graphed_step: bool = True
     attention_backend: str = (

@@ -13,7 +13,7 @@ from the slot's indices and reads only the filled part of the buffer. Elsewhere 
 mask for SDPA. The tensors a static forward reads are named (`StaticInputs`): a graph copies them in each replay.
 The runner's `Kernels` (kernels.py) go to every forward it runs.
 `prepare` builds a chunk's inputs once for the repeated forwards of one block's steps (a replay then copies in
-its tokens alone); `run_captured` replays the decoder's own device work after the forward (block_step.py) as a
+its tokens alone); `run_captured` replays the decoder's own device work after the forward (steps.py) as a
 graph of its own, and `held` keeps the buffers such a graph reads alive with the runner.
 A prefill (a chunk longer than two blocks) takes the plain path in every mode: it runs once per request, with a
 length of its own. Static and graph runners are pooled per model (`RUNNER_POOL`) and reused across generate
@@ -279,6 +279,19 @@ class ChunkRunner:
             return lambda: self.forward(ids, start, logits_from)
         inputs = self.static_inputs(ids, start)
         return lambda: self._replay(inputs, logits_from)
+
+    def prepare_walk(self, ids: torch.Tensor, start: int, count: int) -> Callable[[int], torch.Tensor]:
+        """The forwards of a one-token chunk walking through the cache (the steps of next-token decoding): call(i)
+        returns the logits of the tokens `ids` [B, 1] holds then, at cache position start + i (i < count); in graph
+        mode with the split-K attention the positions and indices of every step are built once."""
+        if self.mode != "graph" or not self.split_k:
+            return lambda i: self.forward(ids, start + i, 0)
+        every = self.inputs(ids.new_empty(ids.shape[0], count), start)
+
+        def call(i: int) -> torch.Tensor:
+            return self._replay(StaticInputs(ids, every.positions[:, i : i + 1], every.index[i : i + 1]), 0)
+
+        return call
 
     def static_inputs(self, ids: torch.Tensor, start: int) -> StaticInputs:
         """The chunk's ids, positions and cache indices (the split-K kernel builds the mask from the indices),

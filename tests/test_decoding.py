@@ -583,37 +583,48 @@ def test_captured_work_runs_eagerly_at_every_call_outside_graph_mode(sdar):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("strategy", ["static", "dynamic", "entropy"])
-def test_cuda_a_graphed_step_decodes_what_the_step_launched_op_by_op_decodes(strategy, monkeypatch):
-    """Kernels.graphed_step: the work after each forward (block_step.denoise_step) replayed as a graph gives the same
-    tokens and trace as the same ops launched one by one, and once captured no step runs it from Python."""
+@pytest.mark.parametrize(
+    "model_type, strategy",
+    [("sdar", "static"), ("sdar", "dynamic"), ("sdar", "entropy"), ("sdar", "ar"), ("qwen3", "ar")],
+)
+def test_cuda_a_graphed_step_decodes_what_the_step_launched_op_by_op_decodes(
+    model_type, strategy, monkeypatch
+):
+    """Kernels.graphed_step: the work after each forward (steps.denoise_step, steps.next_token_step for an AR model)
+    replayed as a graph gives the same tokens and trace as the same ops launched one by one, stop tokens included,
+    and once captured no step runs it from Python."""
     from sdar_core import decoding
     from sdar_core.kernels import Kernels
 
-    model = random_model(tiny_config("sdar", block_size=4, layers=2)).cuda()
+    model = random_model(tiny_config(model_type, block_size=4, layers=2)).cuda()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
     kw = dict(
         max_new_tokens=24, block_length=4, steps=4, strategy=strategy, threshold=0.5, runner_mode="graph"
     )
     kw["entropy_bound"] = 2.0
+    kw["stop_token_ids"] = [generate(model, prompts, **kw).row_tokens(0)[9]]  # row 0 stops mid-answer
     eager = generate(model, prompts, trace=True, kernels=Kernels(graphed_step=False), **kw)
     calls = []
-    real = decoding.denoise_step
-    monkeypatch.setattr(decoding, "denoise_step", lambda *a, **k: (calls.append(1), real(*a, **k)))
+    name = "next_token_step" if model_type == "qwen3" else "denoise_step"
+    real = getattr(decoding, name)
+    monkeypatch.setattr(decoding, name, lambda *a, **k: (calls.append(1), real(*a, **k)))
     graphed = generate(model, prompts, trace=True, **kw)
     captured = len(calls)
     again = generate(model, prompts, trace=True, **kw)
+    replayed = len(calls) - captured
     untraced = generate(model, prompts, **kw)
     assert (
         graphed.tokens.tolist() == again.tokens.tolist() == untraced.tokens.tolist() == eager.tokens.tolist()
     )
+    assert min(graphed.lengths) <= 10  # a row stopped mid-answer
 
     def steps(gen):
         return [(e.row, e.block, e.step, e.block_state, e.committed, e.masked_confidence) for e in gen.trace]
 
     assert steps(graphed) == steps(again) == steps(eager)
-    # the first run captures each step shape (2 runs of the work per capture); the second replays every step
-    assert captured <= 4 < graphed.stats.forwards and len(calls) == captured + 4
+    # the first run captures each step's graph (the work runs twice per capture: once for real, once captured);
+    # the second replays every step
+    assert 0 < captured <= 4 < graphed.stats.forwards and replayed == 0
 
 
 def test_a_block_length_outside_the_trained_block_sizes_warns_and_still_decodes():

@@ -1,0 +1,185 @@
+"""A decoding step's device work after the forward, on buffers that keep their addresses, with no host read: the
+block decoder's denoising step (`denoise_step` on a `BlockState`: sample the candidates, let the schedule choose,
+commit the chosen positions, record the step, note which rows still hold masks) and the next-token decoder's step
+(`next_token_step` on a `TokenState`: sample, commit, record, note the rows that stopped).
+
+In runner mode "graph" (Kernels.graphed_step, greedy decoding) the runner captures each as a CUDA graph on its first
+run and replays it after: a step is then the forward's replay, this replay and the copies of the forward's inputs, a
+handful of calls from Python where the same work launched op by op takes thirty to forty-five. Each such call lets
+go of the interpreter's lock and must win it back; in a server, beside threads that run Python (Gradio's), each can
+wait a thread switch interval (app/interpreter.py), so the number of calls per step sets how much a busy server
+slows a decode (benchmarks/NOTES.md). Sampled decoding (temperature > 0, a seeded generator) runs the same functions
+eagerly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .sampling import sample_tokens
+from .schedules import Schedule, StepScores, static_count
+
+# the block step record's slots, each [B, L] per step
+STATE, CANDIDATES, CHOSEN, MASKED = range(4)
+# the token step record's slots, each [B, 1] per token: the token, and whether its row had stopped before it
+TOKEN, FINISHED = range(2)
+
+
+@dataclass
+class BlockState:
+    """The block in flight, on buffers that keep their addresses (a captured step replays them): its tokens, which
+    positions are prompt or padding, which rows decode it, the static counts, the index of the next step, the rows
+    still masked after the last step, and the record of its steps (read once, when the block is final)."""
+
+    block: torch.Tensor  # [B, L] long: the block's tokens, masks where still undecided
+    fixed: torch.Tensor  # [B, L] bool: prompt and padding positions, never decoded
+    active: torch.Tensor  # [B] bool: rows that decode this block
+    counts: torch.Tensor  # [L] long: the static count of each step (schedules.static_count), 0 past the last
+    step: torch.Tensor  # [1] long: the index of the next step
+    left: torch.Tensor  # [B] bool: rows that still hold a masked position after the last step
+    ids: (
+        torch.Tensor
+    )  # [L, 4, B, L] long: per step the slots STATE (after the commit), CANDIDATES, CHOSEN, MASKED
+    conf: torch.Tensor  # [L, B, L] float32: per step every position's candidate confidence
+
+    @classmethod
+    def allocate(cls, batch: int, block: int, device) -> BlockState:
+        def zeros(*shape, dtype=torch.long):
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        return cls(
+            zeros(batch, block),
+            zeros(batch, block, dtype=torch.bool),
+            zeros(batch, dtype=torch.bool),
+            zeros(block),
+            zeros(1),
+            zeros(batch, dtype=torch.bool),
+            zeros(block, 4, batch, block),
+            zeros(block, batch, block, dtype=torch.float32),
+        )
+
+    def set_steps(self, steps: int) -> None:
+        """The static counts of a block denoised in `steps` steps (at most the block's length)."""
+        L = self.block.shape[1]
+        counts = [static_count(L, steps, i) if i < steps else 0 for i in range(L)]
+        self.counts.copy_(torch.tensor(counts), non_blocking=True)
+
+    def begin(self, block: torch.Tensor, fixed: torch.Tensor, active: list[bool]) -> None:
+        """A new block: its tokens and fixed positions (device tensors [B, L]) and the rows that decode it."""
+        self.block.copy_(block)
+        self.fixed.copy_(fixed)
+        self.active.copy_(torch.tensor(active), non_blocking=True)
+        self.step.zero_()
+
+    def read(self, steps: int) -> tuple[list, list]:
+        """The first `steps` recorded steps as host lists: ids [steps][4][B][L], confidences [steps][B][L]."""
+        return self.ids[:steps].tolist(), self.conf[:steps].tolist()
+
+
+def denoise_step(
+    state: BlockState,
+    logits: torch.Tensor,
+    *,
+    mask_id: int,
+    schedule: Schedule,
+    options,
+    generator: torch.Generator | None,
+    record: bool,
+) -> None:
+    """One step on the block in `state` from its logits [B, L, V]: the candidates and confidences (sampling.py),
+    the schedule's choice among the masked positions of the active rows (never more than the step's static count
+    where the schedule says so), the chosen candidates committed, the step recorded (`record`) and `state.left`
+    set; `options` holds the sampling and the schedule's threshold and entropy bound (DecodeParams)."""
+    masked = (state.block == mask_id) & ~state.fixed & state.active[:, None]
+    x0, conf, ent = sample_tokens(
+        logits,
+        options.sampling,
+        forbid_token=mask_id,
+        generator=generator,
+        want_entropy=schedule.needs_entropy,
+    )
+    count = torch.minimum(masked.sum(-1), state.counts.index_select(0, state.step))  # [B]
+    chosen = schedule.select(StepScores(x0, conf, ent, masked, count), options)
+    state.block.copy_(torch.where(chosen, x0, state.block))
+    if record:
+        slots = torch.stack((state.block, x0, chosen.long(), masked.long()))  # [4, B, L]
+        state.ids.index_copy_(0, state.step, slots[None])
+        state.conf.index_copy_(0, state.step, conf.float()[None])
+    state.left.copy_(((state.block == mask_id) & ~state.fixed & state.active[:, None]).any(-1))
+    state.step.add_(1)
+
+
+@dataclass
+class TokenState:
+    """A next-token decode on fixed buffers: each row's last token (the next forward's input), which rows stopped,
+    the stop tokens, the answers so far, the count of tokens decoded, and the record of the last `window` tokens
+    (read every `window` tokens at least)."""
+
+    token: torch.Tensor  # [B, 1] long: each row's last token (padding once the row stopped)
+    finished: torch.Tensor  # [B] bool: rows that produced a stop token
+    stops: torch.Tensor  # [S] long: the stop tokens, -1 where there are fewer
+    answer: torch.Tensor  # [B, N] long: the tokens decoded so far, padding after a row's stop
+    count: torch.Tensor  # [1] long: tokens decoded so far
+    ids: torch.Tensor  # [window, 2, B, 1] long: per token the slots TOKEN, FINISHED, at count % window
+    conf: torch.Tensor  # [window, B, 1] float32: each token's confidence
+
+    @classmethod
+    def allocate(cls, batch: int, positions: int, stops: int, window: int, device) -> TokenState:
+        def zeros(*shape, dtype=torch.long):
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        return cls(
+            zeros(batch, 1),
+            zeros(batch, dtype=torch.bool),
+            zeros(stops),
+            zeros(batch, positions),
+            zeros(1),
+            zeros(window, 2, batch, 1),
+            zeros(window, batch, 1, dtype=torch.float32),
+        )
+
+    def begin(self, last: torch.Tensor, stop_ids: list[int]) -> None:
+        """A new decode from each row's last prompt token `last` [B, 1], ending rows at `stop_ids`."""
+        self.token.copy_(last)
+        self.finished.zero_()
+        stops = stop_ids + [-1] * (self.stops.numel() - len(stop_ids))
+        self.stops.copy_(torch.tensor(stops), non_blocking=True)
+        self.count.zero_()
+
+    @property
+    def window(self) -> int:
+        return self.ids.shape[0]
+
+    def read(self, first: int, n: int) -> tuple[list, list]:
+        """Tokens first .. first + n - 1 of the record (n <= window) as host lists: ids [n][2][B][1], conf
+        [n][B][1]."""
+        ids, conf = self.ids.tolist(), self.conf.tolist()
+        slots = [(first + k) % self.window for k in range(n)]
+        return [ids[k] for k in slots], [conf[k] for k in slots]
+
+
+def next_token_step(
+    state: TokenState,
+    logits: torch.Tensor,
+    *,
+    mask_id: int,
+    pad_id: int,
+    options,
+    generator: torch.Generator | None,
+    record: bool,
+) -> None:
+    """One token of every row from the logits [B, 1, V] of its last one: sampled (never the mask token), recorded
+    (`record`), committed (padding for a row that had stopped), and the rows that produce a stop token marked."""
+    x0, conf, _ = sample_tokens(logits, options.sampling, forbid_token=mask_id, generator=generator)
+    token = x0[:, :1]  # [B, 1]
+    if record:
+        slot = state.count.remainder(state.window)
+        state.ids.index_copy_(0, slot, torch.stack((token, state.finished[:, None].long()))[None])
+        state.conf.index_copy_(0, slot, conf[:, :1].float()[None])
+    kept = torch.where(state.finished[:, None], pad_id, token)
+    state.token.copy_(kept)
+    state.answer.index_copy_(1, state.count, kept)
+    state.finished |= torch.isin(token[:, 0], state.stops)
+    state.count.add_(1)
