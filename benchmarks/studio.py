@@ -51,6 +51,7 @@ from .common import ARCHS, arch_config, as_ar, machine_info, random_model
 REPO = Path(__file__).resolve().parent.parent
 TOKENIZER = REPO / "tests" / "fixtures" / "sdar-4b-chat"
 MESSAGE = "Explain in detail how a block-diffusion language model decodes a long answer."
+FOLLOW_UPS = ("And how long does that take?", "Say it again, shorter.")  # the 2nd and 3rd turns of a chat
 TPS = re.compile(r"\*\*([\d.]+)\*\* tokens/s")
 NFE = re.compile(r"\*\*NFE\*\* (\d+)")
 TOKENS = re.compile(r"(\d+) tokens ·")
@@ -186,10 +187,43 @@ def engine_rows(sdar: Path, twin: Path, args, device, dtype) -> dict[tuple[str, 
                 f"(traced {rows[(what, s.name)].engine_traced_tps:.1f})",
                 flush=True,
             )
+        if folder == sdar and not args.crowd_only:
+            third = Row("chat, 3rd turn", SETTINGS[0].name)
+            ids = third_turn_ids(model, tok, stop_ids, args.new_tokens)
+            speeds, gen = timed(
+                model, ids, stop_ids, args.repeats, **SETTINGS[0].generate_kwargs(args.new_tokens)
+            )
+            third.engine_tps, third.forwards, third.tokens = (
+                statistics.median(speeds),
+                gen.stats.forwards,
+                gen.stats.new_tokens,
+            )
+            rows[("chat, 3rd turn", SETTINGS[0].name)] = third
+            print(
+                f"engine chat, 3rd turn ({len(ids)} prompt tokens): {third.engine_tps:.1f} tokens/s",
+                flush=True,
+            )
         del model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return rows
+
+
+def third_turn_ids(model, tok, stop_ids: list[int], new_tokens: int) -> list[int]:
+    """The prompt of the studio's 3rd chat turn (studio_rows), replayed on the engine: the first answer with the last
+    setting (the last conversation of the chat rows), the second turn with the first, each answer kept as the chat
+    keeps it (decoded, special tokens left out). The 3rd turn's speed is then compared with the engine's on the same
+    prompt length, not with the first turn's shorter one."""
+    from app.prompting import conversation, prompt_ids
+    from sdar_core import generate
+
+    history: list[dict] = []
+    for message, s in ((MESSAGE, SETTINGS[-1]), (FOLLOW_UPS[0], SETTINGS[0])):
+        ids, _ = prompt_ids(tok, conversation("", history, message))
+        gen = generate(model, [ids], stop_token_ids=stop_ids, **s.generate_kwargs(new_tokens))
+        answer = tok.decode(gen.row_tokens(0), skip_special_tokens=True)
+        history += [{"role": "user", "content": message}, {"role": "assistant", "content": answer}]
+    return prompt_ids(tok, conversation("", history, FOLLOW_UPS[1]))[0]
 
 
 class App:
@@ -376,18 +410,14 @@ def studio_rows(rows: dict, sdar: Path, args) -> dict:
             row.first_frame_s = statistics.median(r[1] for r in later if r[1] is not None)
             row.frames_per_s = statistics.median([r[2] for r in later if r[2]] or [0.0])
             row.wall_s = statistics.median(r[3] for r in later)
-        # A follow-up question: its prompt holds the first answer, so it lands in a larger cache bucket.
-        follow = Row(
-            "chat, 3rd turn", SETTINGS[0].name, engine_tps=rows[("chat", SETTINGS[0].name)].engine_tps
-        )
+        # Follow-up questions: the prompt holds the earlier answers, so it lands in a larger cache bucket (the engine's
+        # figure for it is taken on the same conversation: third_turn_ids).
+        follow = rows[("chat, 3rd turn", SETTINGS[0].name)]
         streamed(
-            client,
-            "/chat",
-            message="And how long does that take?",
-            **SETTINGS[0].ui(str(sdar), args.new_tokens),
+            client, "/chat", message=FOLLOW_UPS[0], **SETTINGS[0].ui(str(sdar), args.new_tokens)
         )  # the 2nd turn of the last conversation
         wall, first, _, out, fps = streamed(
-            client, "/chat", message="Say it again, shorter.", **SETTINGS[0].ui(str(sdar), args.new_tokens)
+            client, "/chat", message=FOLLOW_UPS[1], **SETTINGS[0].ui(str(sdar), args.new_tokens)
         )  # the 3rd
         follow.studio_tps, follow.first_frame_s, follow.frames_per_s, follow.wall_s = (
             figure(TPS, out[3]),

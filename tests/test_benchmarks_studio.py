@@ -7,6 +7,7 @@ from __future__ import annotations
 from argparse import Namespace
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +175,20 @@ def test_a_sigterm_ends_the_bench_through_its_finally_blocks():
         timeout=60,
     )
     assert done.returncode == 143 and "studio stopped" in done.stdout, (done.returncode, done.stderr[-2000:])
+
+
+def test_the_third_turns_engine_figure_is_taken_on_the_third_turns_own_prompt(tmp_path):
+    """The studio's 3rd chat turn is compared with `generate` on the same conversation (its prompt holds the two
+    earlier answers), not with the first turn's shorter prompt."""
+    from benchmarks.studio import FOLLOW_UPS, MESSAGE, third_turn_ids, write_checkpoints
+    from sdar_core import load_pretrained
+    from sdar_core.prompting import stop_ids_for
+
+    sdar, _ = write_checkpoints("tiny", tmp_path, torch.device("cpu"), torch.float32)
+    model, tok = load_pretrained(str(sdar))
+    ids = third_turn_ids(model, tok, stop_ids_for(tok, model.config), 8)
+    text = tok.decode(ids)
+    assert text.index(MESSAGE) < text.index(FOLLOW_UPS[0]) < text.index(FOLLOW_UPS[1])
+    assert text.count("<|im_start|>assistant") == 3  # two answers kept, the third turn's opener last
+    first = tok.apply_chat_template([{"role": "user", "content": MESSAGE}], add_generation_prompt=True)
+    assert len(ids) > len(first) + 8
