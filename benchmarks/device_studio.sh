@@ -9,6 +9,8 @@
 #   bash benchmarks/device_studio.sh crowd-readme  # the crowd sweep alone, then the README's engine sweep
 #   bash benchmarks/device_studio.sh crowd-http    # the crowd sweep alone, plain-HTTP visitors only
 #   bash benchmarks/device_studio.sh crowd-5ms [SECONDS]   # the crowd with CPython's 5 ms switch interval
+#   bash benchmarks/device_studio.sh final      # the bench with plain-HTTP visitors only (crowds 1, 8, 16), then the
+#                                               # studio's GPU tests, time allowing; all packed in one .tgz
 #   bash benchmarks/device_studio.sh join       # joining a running batch against the next batch, a cold start with
 #                                               # precompile workers, then every GPU test
 # Gradio is not installed there: its wheels travel in .whl/ (git-ignored; the device call carries it), fetched here
@@ -50,6 +52,13 @@ case "${1:-tests}" in
     timeout $((590 - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
       tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_app_scheduler.py \
       2>&1 | tee "$OUT/app-tests-gpu.log" | tail -8 ;;
+  final)  # the bench as a page reads the studio (plain HTTP), then the studio's tests on CUDA with the time left
+    timeout 430 python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/studio" --crowd 1 8 16 --repeats 3 \
+      --clients http 2>&1 | tee "$OUT/studio-bench.log" | tail -45
+    timeout $((585 - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_warmup.py \
+      tests/test_grad_modes.py tests/test_app_scheduler.py tests/test_joining.py 2>&1 \
+      | tee "$OUT/app-tests-gpu.log" | tail -6
+    tar czf /tmp/final.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/final.tgz "$OUT/" ;;
   first)  # the first request of each prompt length after the warm-up (and with the old prefill path); the cuda tests
     timeout 150 python3 -m benchmarks.first_request --out "$OUT/first-request" 2>&1 | tail -24
     timeout 150 python3 -m benchmarks.first_request --static-prefill --out "$OUT/first-request-static-prefill" \
