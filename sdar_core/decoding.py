@@ -437,17 +437,32 @@ class BlockDecoder(Decoder):
         prefill_seconds = time.perf_counter() - t0
         write_previous = False  # the previous block is final but its KV is not in the cache yet (fused path)
         b = 0
+        # A block's StepEvents are built and sent once the next block's first step is on the device: the Python
+        # they take (and whatever the callback does) then runs while the device works, not between its blocks.
+        pending: list[Callable[[], None]] = []
+
+        def send() -> None:
+            while pending:
+                pending.pop()()
+
+        ended = False  # a row ended in the last block
         while True:
             s = self.layout.start + b * self.L  # tensor index of block b
             if self.join is not None and s + self.L <= self.layout.total:
+                if ended:  # whoever admits rows hears of those that ended before it is offered their slots
+                    send()
                 self.admit(b, s)
             if all(self.finished) or s + self.L > self.layout.total:
                 break
-            used = self.denoise_block(s, write_previous)
-            if self.tracer is not None:
-                self.emit_block(b, s)
-            write_previous = self.finalise_block(s, used)
+            used = self.denoise_block(s, write_previous, launched=send)
+            tokens, ids, confs = self.read_block(s)
+            if ids is not None:
+                pending.append(self.block_events(b, s, ids, confs))
+            before = sum(self.finished)
+            write_previous = self.finalise_block(s, used, tokens)
+            ended = sum(self.finished) > before
             b += 1
+        send()
         synchronize(self.device)
         p = self.p
         stats = Stats(
@@ -520,9 +535,10 @@ class BlockDecoder(Decoder):
         self.steps_per_block.append([])
         self.finished[r], self.limit[r], self.first_block[r] = False, max_new_tokens, b
 
-    def denoise_block(self, s: int, write_previous: bool) -> list[int]:
+    def denoise_block(self, s: int, write_previous: bool, launched: Callable[[], None]) -> list[int]:
         """Denoise the block at tensor index s until nothing is masked; the steps each row used. write_previous:
-        its first forward also writes the previous (final) block into the cache."""
+        its first forward also writes the previous (final) block into the cache. launched(): once the first step
+        is on the device."""
         L, T, state = self.L, self.p.steps, self.state
         masked_at = self.layout.masked_at(s)
         active = [not f for f in self.finished]
@@ -545,9 +561,12 @@ class BlockDecoder(Decoder):
             elif step == max(static_used):
                 break
             self.step(first if step == 0 else rest, write_previous and step == 0)
+            if step == 0:
+                launched()
             if self.schedule.adaptive:
                 left = state.left.tolist()  # the schedule's one host read per step
         self.seq[:, s : s + L] = state.block
+        launched()  # (a block of no step has nothing on the device: what waits goes now)
         return used if self.schedule.adaptive else static_used
 
     def step(self, forward: Callable[[], torch.Tensor], write_previous: bool) -> None:
@@ -576,12 +595,20 @@ class BlockDecoder(Decoder):
         key = ("denoise", write_previous, p.strategy, p.threshold, p.entropy_bound, self.tracer is not None)
         self.run_chunk.run_captured(key + (self.mask_id,), work)
 
-    def finalise_block(self, s: int, used: list[int]) -> bool:
-        """The block at s is final: record its steps, end the rows it completes, write it into the cache; whether
-        that write is left to the next block's first forward (fuse_cache_write)."""
+    def read_block(self, s: int) -> tuple[list | None, list | None, list | None]:
+        """The final block at s on the host, in one read: its tokens [B][L] (None when no stop token can end a row)
+        and, traced, its steps' record (ids [steps][4][B][L], confidences [steps][B][L]; else None)."""
+        if self.tracer is not None and self.steps_run:
+            ids, confs = self.state.read(self.steps_run)
+            return ids[-1][STATE], ids, confs  # the last step's state is the final block
+        return (self.seq[:, s : s + self.L].tolist() if self.p.stop_token_ids else None), None, None
+
+    def finalise_block(self, s: int, used: list[int], block_tokens: list[list[int]] | None) -> bool:
+        """The block at s is final (its tokens on the host: read_block): record its steps, end the rows it
+        completes, write it into the cache; whether that write is left to the next block's first forward
+        (fuse_cache_write)."""
         # Deferred stop check (Appendix B.2): one host read per block, none at all without stop tokens
         # (then only max_new_tokens ends a row, which the host knows).
-        block_tokens = self.seq[:, s : s + self.L].tolist() if self.p.stop_token_ids else None
         for r, done in enumerate(self.finished):
             if not done:
                 self.steps_per_block[self.row_of[r]].append(used[r])
@@ -605,35 +632,45 @@ class BlockDecoder(Decoder):
         kept, hit = _cut_at_stop(block_tokens[r][first_new - s :], self.p.stop_token_ids, limit - n_before)
         return hit or n_before + len(kept) >= limit
 
-    def emit_block(self, b: int, s: int) -> None:
-        """The final block's StepEvents, one per step and row that was still denoising (one host read)."""
-        ids, confs = self.state.read(self.steps_run)
-        L, stop_ids = self.L, self.p.stop_token_ids
-        fixed = self.layout.fixed[:, s : s + L].tolist()
-        for step, (step_ids, conf) in enumerate(zip(ids, confs)):
-            state, x0, chosen, masked = (step_ids[k] for k in (STATE, CANDIDATES, CHOSEN, MASKED))
-            for r in range(len(state)):
-                if self.finished[r] or not any(masked[r]):
-                    continue
-                committed = [i for i in range(L) if chosen[r][i]]
-                new_tokens = [state[r][i] for i in range(L) if not fixed[r][i]]
-                final = self.mask_id not in new_tokens
-                self.tracer.emit(
-                    StepEvent(
-                        row=self.row_of[r],
-                        block=b - self.first_block[r],
-                        step=step,
-                        block_start=s - self.layout.pad[r],
-                        block_state=state[r],
-                        committed=committed,
-                        committed_confidence=[conf[r][i] for i in committed],
-                        masked_confidence={i: conf[r][i] for i in range(L) if masked[r][i]},
-                        candidates={i: x0[r][i] for i in range(L) if masked[r][i]},
-                        prompt_positions=[i for i in range(L) if fixed[r][i]],
-                        final=final,
-                        stopped=final and any(t in stop_ids for t in new_tokens),
+    def block_events(self, b: int, s: int, ids: list, confs: list) -> Callable[[], None]:
+        """The sending of the final block's StepEvents (one per step and row that was still denoising) from its
+        record on the host, with each row as it is now: called later (run), when rows may have ended or joined."""
+        L, stop_ids, mask_id, layout = self.L, self.p.stop_token_ids, self.mask_id, self.layout
+        rows = [  # (slot, its row, the row's block, the block's start in the row, the row's prompt end)
+            (r, self.row_of[r], b - self.first_block[r], s - layout.pad[r], layout.prompt_end(r))
+            for r, done in enumerate(self.finished)
+            if not done
+        ]
+        emit = self.tracer.emit
+
+        def send() -> None:
+            for step, (step_ids, conf) in enumerate(zip(ids, confs)):
+                state, x0, chosen, masked = (step_ids[k] for k in (STATE, CANDIDATES, CHOSEN, MASKED))
+                for r, row, block, start, end in rows:
+                    if not any(masked[r]):
+                        continue
+                    fixed = [s + i < end for i in range(L)]  # prompt positions (a block holds no padding)
+                    committed = [i for i in range(L) if chosen[r][i]]
+                    new_tokens = [state[r][i] for i in range(L) if not fixed[i]]
+                    final = mask_id not in new_tokens
+                    emit(
+                        StepEvent(
+                            row=row,
+                            block=block,
+                            step=step,
+                            block_start=start,
+                            block_state=state[r],
+                            committed=committed,
+                            committed_confidence=[conf[r][i] for i in committed],
+                            masked_confidence={i: conf[r][i] for i in range(L) if masked[r][i]},
+                            candidates={i: x0[r][i] for i in range(L) if masked[r][i]},
+                            prompt_positions=[i for i in range(L) if fixed[i]],
+                            final=final,
+                            stopped=final and any(t in stop_ids for t in new_tokens),
+                        )
                     )
-                )
+
+        return send
 
 
 class NextTokenDecoder(Decoder):
@@ -660,7 +697,11 @@ class NextTokenDecoder(Decoder):
         if longest > 1:
             self.run_chunk(self.seq, 0, longest - 1, logits_from=longest - 1, prefill=True)
         state.begin(self.seq[:, longest - 1 : longest], self.p.stop_token_ids)
-        forward = self.run_chunk.prepare_walk(state.token, longest - 1, self.p.max_new_tokens)
+        run_chunk = self.run_chunk
+
+        def forward(i: int) -> torch.Tensor:  # token i's forward, from each row's last token
+            return run_chunk.forward(state.token, longest - 1 + i, 0)
+
         synchronize(self.device)
         prefill_seconds = time.perf_counter() - t0
         forwards = 0

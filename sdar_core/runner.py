@@ -173,6 +173,8 @@ class ChunkRunner:
         devices = [layer.self_attn.q_proj.weight.device for layer in model.model.layers]
         self.cache = KVCache.allocate(model.config, batch, total, dtype=model.dtype, devices=devices)
         self.pad = torch.zeros(batch, dtype=torch.long, device=self.device)
+        self.index = torch.arange(total, device=self.device)  # [total] every cache index
+        self.positions = self.index[None].expand(batch, -1)  # [B, total] RoPE positions (set_padding)
         self.padded = False
         self.graphs: dict[tuple[int, int], tuple] = {}
         self._loaded: dict[tuple[int, int], StaticInputs] = {}  # per graph: the inputs its buffers hold
@@ -216,15 +218,16 @@ class ChunkRunner:
         return self.buffers[name]
 
     def set_padding(self, pad: list[int]) -> None:
+        """Rows left-padded by `pad` tokens: their RoPE positions count from their first real token."""
         self.pad.copy_(torch.tensor(pad))
+        self.positions = (self.index[None] - self.pad[:, None]).clamp_min(0)
         self.padded = any(pad)
 
     def inputs(self, ids: torch.Tensor, start: int) -> StaticInputs:
         """The chunk `ids` [B, Q] at cache positions [start, start+Q): its RoPE positions [B, Q] (counted from each
         row's first real token) and cache indices [Q]."""
-        idx = torch.arange(start, start + ids.shape[1], device=self.device)
-        positions = (idx[None] - self.pad[:, None]).clamp_min(0)
-        return StaticInputs(ids, positions, idx)
+        end = start + ids.shape[1]  # slices of the tables set_padding keeps: no device work per chunk
+        return StaticInputs(ids, self.positions[:, start:end], self.index[start:end])
 
     def plain_attention(self, start: int, length: int) -> AttentionInputs:
         """The plain-mode chunk's attention over the cache slice [0, start+length)."""
@@ -279,19 +282,6 @@ class ChunkRunner:
             return lambda: self.forward(ids, start, logits_from)
         inputs = self.static_inputs(ids, start)
         return lambda: self._replay(inputs, logits_from)
-
-    def prepare_walk(self, ids: torch.Tensor, start: int, count: int) -> Callable[[int], torch.Tensor]:
-        """The forwards of a one-token chunk walking through the cache (the steps of next-token decoding): call(i)
-        returns the logits of the tokens `ids` [B, 1] holds then, at cache position start + i (i < count); in graph
-        mode with the split-K attention the positions and indices of every step are built once."""
-        if self.mode != "graph" or not self.split_k:
-            return lambda i: self.forward(ids, start + i, 0)
-        every = self.inputs(ids.new_empty(ids.shape[0], count), start)
-
-        def call(i: int) -> torch.Tensor:
-            return self._replay(StaticInputs(ids, every.positions[:, i : i + 1], every.index[i : i + 1]), 0)
-
-        return call
 
     def static_inputs(self, ids: torch.Tensor, start: int) -> StaticInputs:
         """The chunk's ids, positions and cache indices (the split-K kernel builds the mask from the indices),

@@ -571,6 +571,37 @@ def test_a_prepared_chunk_gives_the_logits_of_the_tokens_it_holds_at_each_call(s
     torch.testing.assert_close(second, runners[2].forward(block.clone(), 8, 0), rtol=0, atol=1e-5)
 
 
+def test_a_blocks_events_are_sent_once_the_next_blocks_first_step_is_launched(sdar, monkeypatch):
+    """The Python of a block's StepEvents (and the on_step callback's) runs while the device computes the next
+    block's first step, not between the two blocks; the last block's events still come before generate returns."""
+    from sdar_core import decoding
+
+    log = []
+    real = decoding.denoise_step
+
+    def step(state, *a, **k):
+        log.append(("step", int(state.step)))
+        return real(state, *a, **k)
+
+    monkeypatch.setattr(decoding, "denoise_step", step)
+    gen = generate(
+        sdar,
+        [[1, 2, 3, 4]],
+        max_new_tokens=12,
+        block_length=4,
+        steps=2,
+        strategy="static",
+        on_step=lambda e: log.append(("event", e.block)),
+    )
+    assert gen.stats.forwards == 6  # 3 blocks of 2 steps
+    blocks = [[i for i, (what, _) in enumerate(log) if what == "event" and log[i][1] == b] for b in range(3)]
+    starts = [i for i, (what, k) in enumerate(log) if what == "step" and k == 0]  # each block's first step
+    assert len(starts) == 3 and all(len(b) == 2 for b in blocks)
+    for b in range(2):  # block b's events between block b+1's first step and its second
+        assert starts[b + 1] < min(blocks[b]) and max(blocks[b]) < starts[b + 1] + len(blocks[b]) + 1
+    assert min(blocks[2]) > max(i for i, (what, _) in enumerate(log) if what == "step")
+
+
 def test_captured_work_runs_eagerly_at_every_call_outside_graph_mode(sdar):
     from sdar_core.runner import ChunkRunner
 
