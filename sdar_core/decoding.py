@@ -690,7 +690,8 @@ class NextTokenDecoder(Decoder):
             ),
         )
         self.graphed = runner.mode == "graph" and p.kernels.graphed_step and p.sampling.temperature == 0
-        self.emitted = 0  # tokens whose events went out
+        self.emitted = 0  # tokens whose events were read
+        self.pending: Callable[[], None] | None = None  # the sending of the events read last
 
     def run(self) -> Generation:
         t0, longest, layout, state = time.perf_counter(), self.layout.start, self.layout, self.state
@@ -709,7 +710,7 @@ class NextTokenDecoder(Decoder):
             forwards += 1
             if self.step(i, forward):
                 break
-        self.emit(longest - 1, forwards)
+        self.events(forwards)()
         self.seq[:, longest : longest + forwards] = state.answer[:, :forwards]
         synchronize(self.device)
         stats = Stats(
@@ -750,36 +751,59 @@ class NextTokenDecoder(Decoder):
             self.run_chunk.run_captured(key, work)
         else:
             work()
+        if self.pending is not None:  # the last tokens' events, sent while the device computes this one
+            self.pending, send = None, self.pending
+            send()
         if self.device.type != "cpu" and (i + 1) % STOP_CHECK_EVERY:
             return False
-        self.emit(self.layout.start - 1, i + 1)
+        self.pending = self.events(i + 1)
         return bool(self.p.stop_token_ids) and bool(self.state.finished.all())
 
-    def emit(self, first_pos: int, decoded: int) -> None:
-        """StepEvents of tokens self.emitted .. decoded - 1 (one host read); first_pos: token 0's input."""
+    def events(self, decoded: int) -> Callable[[], None]:
+        """The sending of the StepEvents of tokens self.emitted .. decoded - 1, read now (one host read), with what
+        was read before it that is still unsent."""
+        earlier, self.pending = self.pending, None
         if self.tracer is None or decoded == self.emitted:
-            return
+            return earlier or (lambda: None)
         ids, confs = self.state.read(self.emitted, decoded - self.emitted)
-        for k, (step_ids, conf) in enumerate(zip(ids, confs)):
-            i = self.emitted + k
-            tokens, finished = step_ids[TOKEN], step_ids[FINISHED]
-            for r in range(len(tokens)):
-                tok, c = tokens[r][0], conf[r][0]
-                if not finished[r][0]:
-                    self.tracer.emit(
-                        StepEvent(
-                            row=r,
-                            block=i,
-                            step=0,
-                            block_start=first_pos + i + 1 - self.layout.pad[r],
-                            block_state=[tok],
-                            committed=[0],
-                            committed_confidence=[c],
-                            masked_confidence={0: c},
-                            candidates={0: tok},
-                            prompt_positions=[],
-                            final=True,
-                            stopped=tok in self.p.stop_token_ids,
-                        )
+        first, self.emitted = self.emitted, decoded
+        first_pos, pad, stop_ids, emit = (
+            self.layout.start - 1,
+            self.layout.pad,
+            self.p.stop_token_ids,
+            self.tracer.emit,
+        )
+
+        def send() -> None:
+            if earlier is not None:
+                earlier()
+            for k, (step_ids, conf) in enumerate(zip(ids, confs)):
+                self.send_token(first + k, step_ids, conf, first_pos, pad, stop_ids, emit)
+
+        return send
+
+    @staticmethod
+    def send_token(
+        i: int, step_ids: list, conf: list, first_pos: int, pad: list[int], stop_ids, emit
+    ) -> None:
+        """Token i's StepEvent of every row that had not stopped before it (first_pos: token 0's input)."""
+        tokens, finished = step_ids[TOKEN], step_ids[FINISHED]
+        for r in range(len(tokens)):
+            tok, c = tokens[r][0], conf[r][0]
+            if not finished[r][0]:
+                emit(
+                    StepEvent(
+                        row=r,
+                        block=i,
+                        step=0,
+                        block_start=first_pos + i + 1 - pad[r],
+                        block_state=[tok],
+                        committed=[0],
+                        committed_confidence=[c],
+                        masked_confidence={0: c},
+                        candidates={0: tok},
+                        prompt_positions=[],
+                        final=True,
+                        stopped=tok in stop_ids,
                     )
-        self.emitted += len(ids)
+                )

@@ -602,6 +602,27 @@ def test_a_blocks_events_are_sent_once_the_next_blocks_first_step_is_launched(sd
     assert min(blocks[2]) > max(i for i, (what, _) in enumerate(log) if what == "step")
 
 
+def test_an_ar_tokens_event_is_sent_once_the_next_tokens_step_is_launched(monkeypatch):
+    from sdar_core import decoding
+
+    ar, log = random_model(tiny_config("qwen3")), []
+    real = decoding.next_token_step
+
+    def step(state, *a, **k):
+        log.append(("step", int(state.count)))
+        return real(state, *a, **k)
+
+    monkeypatch.setattr(decoding, "next_token_step", step)
+    gen = generate(
+        ar, [[1, 2, 3]], max_new_tokens=5, strategy="ar", on_step=lambda e: log.append(("event", e.block))
+    )
+    assert gen.stats.forwards == 5
+    # on the CPU every token is read at once; its event goes out after the next token's step (the last at the end)
+    assert log == [("step", 0)] + [x for i in range(1, 5) for x in (("step", i), ("event", i - 1))] + [
+        ("event", 4)
+    ]
+
+
 def test_captured_work_runs_eagerly_at_every_call_outside_graph_mode(sdar):
     from sdar_core.runner import ChunkRunner
 
