@@ -571,28 +571,29 @@ def test_a_prepared_chunk_gives_the_logits_of_the_tokens_it_holds_at_each_call(s
     torch.testing.assert_close(second, runners[2].forward(block.clone(), 8, 0), rtol=0, atol=1e-5)
 
 
+def spy_steps(monkeypatch, name: str, entry) -> list:
+    """A list that gets entry(state) at every call of sdar_core.decoding's step function `name` (denoise_step,
+    next_token_step), which still runs."""
+    from sdar_core import decoding
+
+    log, real = [], getattr(decoding, name)
+
+    def step(state, *a, **k):
+        log.append(entry(state))
+        return real(state, *a, **k)
+
+    monkeypatch.setattr(decoding, name, step)
+    return log
+
+
 def test_a_blocks_events_are_sent_once_the_next_blocks_first_step_is_launched(sdar, monkeypatch):
     """The Python of a block's StepEvents (and the on_step callback's) runs while the device computes the next
     block's first step, not between the two blocks; the last block's events still come before generate returns."""
-    from sdar_core import decoding
-
-    log = []
-    real = decoding.denoise_step
-
-    def step(state, *a, **k):
-        log.append(("step", int(state.step)))
-        return real(state, *a, **k)
-
-    monkeypatch.setattr(decoding, "denoise_step", step)
-    gen = generate(
-        sdar,
-        [[1, 2, 3, 4]],
-        max_new_tokens=12,
-        block_length=4,
-        steps=2,
-        strategy="static",
-        on_step=lambda e: log.append(("event", e.block)),
-    )
+    log = spy_steps(monkeypatch, "denoise_step", lambda state: ("step", int(state.step)))
+    three_blocks = dict(
+        max_new_tokens=12, block_length=4, steps=2, strategy="static"
+    )  # after a 4-token prompt
+    gen = generate(sdar, [[1, 2, 3, 4]], on_step=lambda e: log.append(("event", e.block)), **three_blocks)
     assert gen.stats.forwards == 6  # 3 blocks of 2 steps
     blocks = [[i for i, (what, _) in enumerate(log) if what == "event" and log[i][1] == b] for b in range(3)]
     starts = [i for i, (what, k) in enumerate(log) if what == "step" and k == 0]  # each block's first step
@@ -603,16 +604,8 @@ def test_a_blocks_events_are_sent_once_the_next_blocks_first_step_is_launched(sd
 
 
 def test_an_ar_tokens_event_is_sent_once_the_next_tokens_step_is_launched(monkeypatch):
-    from sdar_core import decoding
-
-    ar, log = random_model(tiny_config("qwen3")), []
-    real = decoding.next_token_step
-
-    def step(state, *a, **k):
-        log.append(("step", int(state.count)))
-        return real(state, *a, **k)
-
-    monkeypatch.setattr(decoding, "next_token_step", step)
+    ar = random_model(tiny_config("qwen3"))
+    log = spy_steps(monkeypatch, "next_token_step", lambda state: ("step", int(state.count)))
     gen = generate(
         ar, [[1, 2, 3]], max_new_tokens=5, strategy="ar", on_step=lambda e: log.append(("event", e.block))
     )
@@ -645,7 +638,6 @@ def test_cuda_a_graphed_step_decodes_what_the_step_launched_op_by_op_decodes(
     """Kernels.graphed_step: the work after each forward (steps.denoise_step, steps.next_token_step for an AR model)
     replayed as a graph gives the same tokens and trace as the same ops launched one by one, stop tokens included,
     and once captured no step runs it from Python."""
-    from sdar_core import decoding
     from sdar_core.kernels import Kernels
 
     model = random_model(tiny_config(model_type, block_size=4, layers=2)).cuda()
@@ -656,10 +648,9 @@ def test_cuda_a_graphed_step_decodes_what_the_step_launched_op_by_op_decodes(
     kw["entropy_bound"] = 2.0
     kw["stop_token_ids"] = [generate(model, prompts, **kw).row_tokens(0)[9]]  # row 0 stops mid-answer
     eager = generate(model, prompts, trace=True, kernels=Kernels(graphed_step=False), **kw)
-    calls = []
-    name = "next_token_step" if model_type == "qwen3" else "denoise_step"
-    real = getattr(decoding, name)
-    monkeypatch.setattr(decoding, name, lambda *a, **k: (calls.append(1), real(*a, **k)))
+    calls = spy_steps(
+        monkeypatch, "next_token_step" if model_type == "qwen3" else "denoise_step", lambda state: 1
+    )
     graphed = generate(model, prompts, trace=True, **kw)
     captured = len(calls)
     again = generate(model, prompts, trace=True, **kw)
