@@ -385,6 +385,25 @@ class Decoder:
             model, len(rows), self.seq.shape[1], block, mode, p.compile, p.kernels
         )
         self.run_chunk.set_padding(self.layout.pad)
+        # a step's work after the forward replayed as a graph (steps.py); sampled decoding launches it op by op
+        self.graphed = (
+            self.run_chunk.mode == "graph" and p.kernels.graphed_step and p.sampling.temperature == 0
+        )
+        # the sending of the StepEvents read last: done once the next step is on the device, so that their Python
+        # (and whatever on_step does) runs while the device works
+        self.pending: Callable[[], None] | None = None
+
+    def run_step(self, key: tuple, work: Callable[[], None]) -> None:
+        """A step's work after the forward (steps.py): replayed as the runner's graph `key` when graphed."""
+        if self.graphed:
+            self.run_chunk.run_captured(key, work)
+        else:
+            work()
+
+    def send_pending(self) -> None:
+        send, self.pending = self.pending, None
+        if send is not None:
+            send()
 
 
 class BlockDecoder(Decoder):
@@ -425,10 +444,6 @@ class BlockDecoder(Decoder):
         )  # the block in flight
         self.state.set_steps(p.steps)
         self.steps_run = 0  # steps the last block took (its record holds that many)
-        # the step after the forward replayed as a graph (steps.py); sampled decoding launches it op by op
-        self.graphed = (
-            self.run_chunk.mode == "graph" and p.kernels.graphed_step and p.sampling.temperature == 0
-        )
 
     def run(self) -> Generation:
         t0 = time.perf_counter()
@@ -437,32 +452,24 @@ class BlockDecoder(Decoder):
         prefill_seconds = time.perf_counter() - t0
         write_previous = False  # the previous block is final but its KV is not in the cache yet (fused path)
         b = 0
-        # A block's StepEvents are built and sent once the next block's first step is on the device: the Python
-        # they take (and whatever the callback does) then runs while the device works, not between its blocks.
-        pending: list[Callable[[], None]] = []
-
-        def send() -> None:
-            while pending:
-                pending.pop()()
-
         ended = False  # a row ended in the last block
         while True:
             s = self.layout.start + b * self.L  # tensor index of block b
             if self.join is not None and s + self.L <= self.layout.total:
                 if ended:  # whoever admits rows hears of those that ended before it is offered their slots
-                    send()
+                    self.send_pending()
                 self.admit(b, s)
             if all(self.finished) or s + self.L > self.layout.total:
                 break
-            used = self.denoise_block(s, write_previous, launched=send)
+            used = self.denoise_block(s, write_previous)
             tokens, ids, confs = self.read_block(s)
-            if ids is not None:
-                pending.append(self.block_events(b, s, ids, confs))
+            if ids is not None:  # sent once the next block's first step is on the device
+                self.pending = self.block_events(b, s, ids, confs)
             before = sum(self.finished)
             write_previous = self.finalise_block(s, used, tokens)
             ended = sum(self.finished) > before
             b += 1
-        send()
+        self.send_pending()
         synchronize(self.device)
         p = self.p
         stats = Stats(
@@ -535,10 +542,10 @@ class BlockDecoder(Decoder):
         self.steps_per_block.append([])
         self.finished[r], self.limit[r], self.first_block[r] = False, max_new_tokens, b
 
-    def denoise_block(self, s: int, write_previous: bool, launched: Callable[[], None]) -> list[int]:
+    def denoise_block(self, s: int, write_previous: bool) -> list[int]:
         """Denoise the block at tensor index s until nothing is masked; the steps each row used. write_previous:
-        its first forward also writes the previous (final) block into the cache. launched(): once the first step
-        is on the device."""
+        its first forward also writes the previous (final) block into the cache. The last block's events are sent
+        once the first step is on the device."""
         L, T, state = self.L, self.p.steps, self.state
         masked_at = self.layout.masked_at(s)
         active = [not f for f in self.finished]
@@ -562,11 +569,11 @@ class BlockDecoder(Decoder):
                 break
             self.step(first if step == 0 else rest, write_previous and step == 0)
             if step == 0:
-                launched()
+                self.send_pending()
             if self.schedule.adaptive:
                 left = state.left.tolist()  # the schedule's one host read per step
         self.seq[:, s : s + L] = state.block
-        launched()  # (a block of no step has nothing on the device: what waits goes now)
+        self.send_pending()  # (a block of no step has nothing on the device: what waits goes now)
         return used if self.schedule.adaptive else static_used
 
     def step(self, forward: Callable[[], torch.Tensor], write_previous: bool) -> None:
@@ -589,11 +596,10 @@ class BlockDecoder(Decoder):
                 record=self.tracer is not None,
             )
 
-        if not self.graphed:
-            work()
-            return
-        key = ("denoise", write_previous, p.strategy, p.threshold, p.entropy_bound, self.tracer is not None)
-        self.run_chunk.run_captured(key + (self.mask_id,), work)
+        traced = self.tracer is not None
+        self.run_step(
+            ("denoise", write_previous, p.strategy, p.threshold, p.entropy_bound, traced, self.mask_id), work
+        )
 
     def read_block(self, s: int) -> tuple[list | None, list | None, list | None]:
         """The final block at s on the host, in one read: its tokens [B][L] (None when no stop token can end a row)
@@ -689,9 +695,7 @@ class NextTokenDecoder(Decoder):
                 self.layout.batch, runner.total, stops, STOP_CHECK_EVERY, self.device
             ),
         )
-        self.graphed = runner.mode == "graph" and p.kernels.graphed_step and p.sampling.temperature == 0
         self.emitted = 0  # tokens whose events were read
-        self.pending: Callable[[], None] | None = None  # the sending of the events read last
 
     def run(self) -> Generation:
         t0, longest, layout, state = time.perf_counter(), self.layout.start, self.layout, self.state
@@ -710,6 +714,7 @@ class NextTokenDecoder(Decoder):
             forwards += 1
             if self.step(i, forward):
                 break
+        self.send_pending()
         self.events(forwards)()
         self.seq[:, longest : longest + forwards] = state.answer[:, :forwards]
         synchronize(self.device)
@@ -746,25 +751,17 @@ class NextTokenDecoder(Decoder):
                 record=record,
             )
 
-        if self.graphed:
-            key = ("next", record, self.state.stops.numel(), self.mask_id, self.layout.pad_id)
-            self.run_chunk.run_captured(key, work)
-        else:
-            work()
-        if self.pending is not None:  # the last tokens' events, sent while the device computes this one
-            self.pending, send = None, self.pending
-            send()
+        self.run_step(("next", record, self.state.stops.numel(), self.mask_id, self.layout.pad_id), work)
+        self.send_pending()  # the last tokens' events, sent while the device computes this one
         if self.device.type != "cpu" and (i + 1) % STOP_CHECK_EVERY:
             return False
         self.pending = self.events(i + 1)
         return bool(self.p.stop_token_ids) and bool(self.state.finished.all())
 
     def events(self, decoded: int) -> Callable[[], None]:
-        """The sending of the StepEvents of tokens self.emitted .. decoded - 1, read now (one host read), with what
-        was read before it that is still unsent."""
-        earlier, self.pending = self.pending, None
+        """The sending of the StepEvents of tokens self.emitted .. decoded - 1, read now (one host read)."""
         if self.tracer is None or decoded == self.emitted:
-            return earlier or (lambda: None)
+            return lambda: None
         ids, confs = self.state.read(self.emitted, decoded - self.emitted)
         first, self.emitted = self.emitted, decoded
         first_pos, pad, stop_ids, emit = (
@@ -774,36 +771,29 @@ class NextTokenDecoder(Decoder):
             self.tracer.emit,
         )
 
-        def send() -> None:
-            if earlier is not None:
-                earlier()
-            for k, (step_ids, conf) in enumerate(zip(ids, confs)):
-                self.send_token(first + k, step_ids, conf, first_pos, pad, stop_ids, emit)
+        def send() -> (
+            None
+        ):  # per token, every row that had not stopped before it (first_pos: token 0's input)
+            for i, (step_ids, conf) in enumerate(zip(ids, confs), start=first):
+                tokens, finished = step_ids[TOKEN], step_ids[FINISHED]
+                for r in range(len(tokens)):
+                    tok, c = tokens[r][0], conf[r][0]
+                    if not finished[r][0]:
+                        emit(
+                            StepEvent(
+                                row=r,
+                                block=i,
+                                step=0,
+                                block_start=first_pos + i + 1 - pad[r],
+                                block_state=[tok],
+                                committed=[0],
+                                committed_confidence=[c],
+                                masked_confidence={0: c},
+                                candidates={0: tok},
+                                prompt_positions=[],
+                                final=True,
+                                stopped=tok in stop_ids,
+                            )
+                        )
 
         return send
-
-    @staticmethod
-    def send_token(
-        i: int, step_ids: list, conf: list, first_pos: int, pad: list[int], stop_ids, emit
-    ) -> None:
-        """Token i's StepEvent of every row that had not stopped before it (first_pos: token 0's input)."""
-        tokens, finished = step_ids[TOKEN], step_ids[FINISHED]
-        for r in range(len(tokens)):
-            tok, c = tokens[r][0], conf[r][0]
-            if not finished[r][0]:
-                emit(
-                    StepEvent(
-                        row=r,
-                        block=i,
-                        step=0,
-                        block_start=first_pos + i + 1 - pad[r],
-                        block_state=[tok],
-                        committed=[0],
-                        committed_confidence=[c],
-                        masked_confidence={0: c},
-                        candidates={0: tok},
-                        prompt_positions=[],
-                        final=True,
-                        stopped=tok in stop_ids,
-                    )
-                )

@@ -39,9 +39,7 @@ class BlockState:
     counts: torch.Tensor  # [L] long: the static count of each step (schedules.static_count), 0 past the last
     step: torch.Tensor  # [1] long: the index of the next step
     left: torch.Tensor  # [B] bool: rows that still hold a masked position after the last step
-    ids: (
-        torch.Tensor
-    )  # [L, 4, B, L] long: per step the slots STATE (after the commit), CANDIDATES, CHOSEN, MASKED
+    ids: torch.Tensor  # [L, 4, B, L] long: per step STATE (after the commit), CANDIDATES, CHOSEN, MASKED
     conf: torch.Tensor  # [L, B, L] float32: per step every position's candidate confidence
 
     @classmethod
@@ -107,7 +105,7 @@ def denoise_step(
         slots = torch.stack((state.block, x0, chosen.long(), masked.long()))  # [4, B, L]
         state.ids.index_copy_(0, state.step, slots[None])
         state.conf.index_copy_(0, state.step, conf.float()[None])
-    state.left.copy_(((state.block == mask_id) & ~state.fixed & state.active[:, None]).any(-1))
+    state.left.copy_((masked & ~chosen).any(-1))  # a chosen position holds a candidate, never the mask
     state.step.add_(1)
 
 
