@@ -3,10 +3,13 @@ loop), measured on `generate` alone.
 
 Each setting of the studio bench (chat: static b16/4, dynamic b4; the race's AR lanes) decodes alone, beside a
 thread that runs Python without a pause, and beside one that runs Python a fifth of the time (4 ms in every 20 ms,
-about what a page's messages cost Gradio), at the studio's switch interval (app/interpreter.py); each with the
-denoising step's work after the forward replayed as a CUDA graph (the default, steps.py) and launched op by op
+about what a page's messages cost Gradio), at the studio's switch interval (app/interpreter.py); each in the
+decoder's variants (VARIANTS): the default (the denoising step's work after the forward replayed as a CUDA graph,
+steps.py; a static schedule's blocks read one block late, Kernels.read_ahead), every block read before the next is
+launched (read_ahead=0; the static settings only, the others never read ahead), and the step launched op by op
 (Kernels.graphed_step=False). Every Python call into torch lets go of the interpreter's lock and must win it back,
-so a step's count of calls sets what a busy neighbour costs the decode.
+so a step's count of calls, and whether the device has work queued while the host makes them, set what a busy
+neighbour costs the decode.
 
     python -m benchmarks.crowded_decode --arch sdar-1.7b --out benchmarks/results/<machine>-crowded-decode
 """
@@ -40,6 +43,12 @@ SETTINGS = (
     ("ar twin", "twin", dict(strategy="ar")),
 )
 NEIGHBOURS = ("alone", "busy", "a fifth busy")
+# (name, what it changes in the default Kernels, whether it applies to every setting or to the static ones only)
+VARIANTS = (
+    ("default", {}, True),
+    ("read each block", {"read_ahead": 0}, False),
+    ("op by op", {"graphed_step": False}, True),
+)
 DUTY = (0.004, 0.016)  # seconds running Python, seconds asleep: "a fifth busy"
 
 
@@ -70,6 +79,11 @@ class Neighbour:
             self.thread.join()
 
 
+def reads_ahead(which: str, options: dict) -> bool:
+    """Whether a setting's decode can read ahead: the block decoder (SDAR weights) with a static schedule."""
+    return which == "sdar" and options["strategy"] in ("static", "ar")
+
+
 def tokens_per_second(model, ids, options: dict, repeats: int) -> float:
     speeds = []
     for _ in range(repeats):
@@ -93,8 +107,10 @@ def measure(args) -> list[dict]:
     sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         for name, which, options in SETTINGS:
-            for graphed in (True, False):
-                kernels = dataclasses.replace(DEFAULT_KERNELS, graphed_step=graphed)
+            for variant, change, everywhere in VARIANTS:
+                if not everywhere and not reads_ahead(which, options):
+                    continue
+                kernels = dataclasses.replace(DEFAULT_KERNELS, **change)
                 opts = dict(options, max_new_tokens=args.new_tokens, trace=True, kernels=kernels)
                 generate(models[which], [ids], **opts)  # captures and compiles outside the timing
                 alone = None
@@ -105,7 +121,7 @@ def measure(args) -> list[dict]:
                     rows.append(
                         {
                             "setting": name,
-                            "step": "graphed" if graphed else "op by op",
+                            "variant": variant,
                             "neighbour": kind,
                             "tokens_per_s": tps,
                             "over_alone": tps / alone,
@@ -119,18 +135,16 @@ def measure(args) -> list[dict]:
 
 def summary(rows: list[dict]) -> str:
     lines = [
-        "| setting | step after the forward | alone (tok/s) | beside a busy thread | beside a fifth busy |",
+        "| setting | variant | alone (tok/s) | beside a busy thread | beside a fifth busy |",
         "|---|---|---|---|---|",
     ]
-    keys = sorted(
-        {(r["setting"], r["step"]) for r in rows}, key=lambda k: [r["setting"] for r in rows].index(k[0])
-    )
-    for setting, step in keys:
-        by = {r["neighbour"]: r for r in rows if r["setting"] == setting and r["step"] == step}
+    keys = list(dict.fromkeys((r["setting"], r["variant"]) for r in rows))
+    for setting, variant in keys:
+        by = {r["neighbour"]: r for r in rows if r["setting"] == setting and r["variant"] == variant}
         cells = [f"{by['alone']['tokens_per_s']:.1f}"] + [
             f"{by[k]['tokens_per_s']:.1f} ({by[k]['over_alone']:.2f})" for k in NEIGHBOURS[1:]
         ]
-        lines.append(f"| {setting} | {step} | " + " | ".join(cells) + " |")
+        lines.append(f"| {setting} | {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

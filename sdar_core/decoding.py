@@ -14,6 +14,11 @@ The cache write of a finished block is folded into the first denoising forward o
 (the "Engineering Gap" of the paper's Limitations): that forward's chunk is [final block b-1 ; block b],
 block b-1's keys and values are kept, and the block costs exactly the denoising steps it uses.
 
+Reading a block late (Kernels.read_ahead): a static schedule's steps need nothing from the host, so on a GPU block
+b+1 is launched before block b's tokens are read (for the stop check and the StepEvents), through a copy to pinned
+memory that lands when block b does (steps.Readback). The host's work between two blocks then overlaps the device's;
+a row that stops costs the blocks launched past its stop, whose tokens are never read.
+
 Joining a running decode (`join`, a `Joining`): a block boundary is the point where every row of the batch is in
 the same state (its cache holds whole blocks, its next block is all masks), so a new row can take a free row of
 the batch there (a row never used, or one whose answer has ended): its prompt's whole blocks are prefilled on
@@ -28,6 +33,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -46,6 +52,7 @@ from .steps import (
     STATE,
     TOKEN,
     BlockState,
+    Readback,
     TokenState,
     denoise_step,
     next_token_step,
@@ -357,6 +364,33 @@ def generation(answers: list[list[int]], pad_id: int, stats: Stats) -> Generatio
     return Generation(tokens=tokens, lengths=lengths, stats=stats)
 
 
+def read_ahead(p: DecodeParams, schedule, device) -> int:
+    """Blocks the block decoder launches before it reads the one before them (Kernels.read_ahead): none for a
+    schedule that reads the device at every step (adaptive) or where a read does not wait for the device (CPU)."""
+    if schedule.adaptive:
+        return 0
+    if p.kernels.read_ahead is not None:
+        if not is_int(p.kernels.read_ahead) or p.kernels.read_ahead < 0:
+            raise GenerationError(
+                f"Kernels.read_ahead must be a whole number >= 0, got {p.kernels.read_ahead!r}"
+            )
+        return p.kernels.read_ahead
+    if torch.device(device).type != "cuda":
+        return 0
+    return STOP_CHECK_EVERY if p.block_length == AR_BLOCK else 1
+
+
+@dataclass
+class Launched:
+    """A block on the device whose tokens the host has not read yet."""
+
+    b: int  # its index
+    s: int  # its tensor index
+    slots: list[tuple[int, int | None]]  # (slot, the slot's row) of the slots that decode it
+    used: list[int]  # the steps each slot used (by slot)
+    readback: Readback | None  # its tokens' copy to the host; None when nothing reads them
+
+
 class Decoder:
     """The set-up both decoders share: the batch's layout (blocks of `block`, generated positions holding
     `fill_id`), its chunk runner and the sampling (each decoder keeps its step's buffers in the runner: steps.py).
@@ -444,6 +478,11 @@ class BlockDecoder(Decoder):
         )  # the block in flight
         self.state.set_steps(p.steps)
         self.steps_run = 0  # steps the last block took (its record holds that many)
+        self.ahead = read_ahead(p, self.schedule, self.device)
+        self.readbacks = [  # a ring: a block's copy is read before the block ahead + 1 later reuses it
+            self.run_chunk.held(f"readback-{i}", lambda: Readback.allocate(width, self.L, self.device))
+            for i in range(self.ahead + 1)
+        ]
 
     def run(self) -> Generation:
         t0 = time.perf_counter()
@@ -451,24 +490,27 @@ class BlockDecoder(Decoder):
         synchronize(self.device)
         prefill_seconds = time.perf_counter() - t0
         write_previous = False  # the previous block is final but its KV is not in the cache yet (fused path)
-        b = 0
-        ended = False  # a row ended in the last block
+        b = 0  # the next block to launch
+        unread: deque[Launched] = deque()  # launched blocks whose tokens are not read yet, oldest first
+        ended = False  # a row ended in the last block read
         while True:
             s = self.layout.start + b * self.L  # tensor index of block b
-            if self.join is not None and s + self.L <= self.layout.total:
+            room = s + self.L <= self.layout.total
+            if self.join is not None and room:
                 if ended:  # whoever admits rows hears of those that ended before it is offered their slots
                     self.send_pending()
                 self.admit(b, s)
-            if all(self.finished) or s + self.L > self.layout.total:
+            going = room and any(self.decodes(r, s) for r in range(self.layout.batch))
+            if going:
+                unread.append(self.launch(b, s, write_previous))
+                write_previous = self.p.fuse_cache_write
+                b += 1
+            if not unread:
                 break
-            used = self.denoise_block(s, write_previous)
-            tokens, ids, confs = self.read_block(s)
-            if ids is not None:  # sent once the next block's first step is on the device
-                self.pending = self.block_events(b, s, ids, confs)
-            before = sum(self.finished)
-            write_previous = self.finalise_block(s, used, tokens)
-            ended = sum(self.finished) > before
-            b += 1
+            if len(unread) > self.ahead or not going:
+                ended = self.settle(unread.popleft())
+                if unread:  # the device has blocks queued: their StepEvents go now, not after the next launch
+                    self.send_pending()
         self.send_pending()
         synchronize(self.device)
         p = self.p
@@ -492,6 +534,40 @@ class BlockDecoder(Decoder):
             if row is not None:
                 self.answers[row] = self.answer(r, seq_rows[r])
         return generation([self.answers[row] for row in range(len(self.prompts))], self.layout.pad_id, stats)
+
+    def decodes(self, r: int, s: int) -> bool:
+        """Whether slot r decodes the block at tensor index s: its row has not ended (as far as the blocks read
+        tell) and does not have its max_new_tokens before s."""
+        return not self.finished[r] and s - self.layout.prompt_end(r) < self.limit[r]
+
+    def launch(self, b: int, s: int, write_previous: bool) -> Launched:
+        """Block b (tensor index s) denoised on the device, its tokens in place in the batch and, where they will be
+        read (stop tokens, a trace), their copy to the host enqueued."""
+        slots = [(r, self.row_of[r]) for r in range(self.layout.batch) if self.decodes(r, s)]
+        used = self.denoise_block(s, write_previous, [r for r, _ in slots])
+        if not self.p.fuse_cache_write:  # the paper's engine: one extra forward writes the final block's KV
+            self.run_chunk(self.seq, s, self.L, logits_from=self.L)
+            self.run_chunk.cache.commit(self.L)
+            self.forwards += 1
+        readback = None
+        if self.tracer is not None or self.p.stop_token_ids:
+            readback = self.readbacks[b % len(self.readbacks)]
+            readback.stage(self.state, self.steps_run if self.tracer is not None else 0)
+        return Launched(b, s, slots, used, readback)
+
+    def settle(self, block: Launched) -> bool:
+        """A launched block's tokens read (the deferred stop check, Appendix B.2: one host read per block, none at
+        all without stop tokens or a trace): its steps counted and its StepEvents made ready for the rows that
+        decoded it and are still running, and the rows it ends marked; whether it ended one."""
+        tokens, ids, confs = block.readback.read() if block.readback is not None else (None, [], [])
+        rows = [r for r, row in block.slots if self.row_of[r] == row and not self.finished[r]]
+        if ids:
+            self.send_pending()
+            self.pending = self.block_events(block.b, block.s, rows, ids, confs)
+        for r in rows:
+            self.steps_per_block[self.row_of[r]].append(block.used[r])
+            self.finished[r] = self.row_done(r, block.s, tokens)
+        return any(self.finished[r] for r in rows)
 
     def answer(self, r: int, row: list[int]) -> list[int]:
         """The answer of slot r's row from its tensor row."""
@@ -542,17 +618,16 @@ class BlockDecoder(Decoder):
         self.steps_per_block.append([])
         self.finished[r], self.limit[r], self.first_block[r] = False, max_new_tokens, b
 
-    def denoise_block(self, s: int, write_previous: bool) -> list[int]:
-        """Denoise the block at tensor index s until nothing is masked; the steps each row used. write_previous:
-        its first forward also writes the previous (final) block into the cache. The last block's events are sent
+    def denoise_block(self, s: int, write_previous: bool, slots: list[int]) -> list[int]:
+        """Denoise the block at tensor index s in the given slots until nothing is masked; the steps each slot used
+        (host arithmetic for the static schedules, one host read per step for the adaptive ones). write_previous:
+        its first forward also writes the previous (final) block into the cache. The StepEvents that wait are sent
         once the first step is on the device."""
         L, T, state = self.L, self.p.steps, self.state
         masked_at = self.layout.masked_at(s)
-        active = [not f for f in self.finished]
+        active = [r in slots for r in range(self.layout.batch)]
         # The static schedules' step counts follow from the layout (prompt tails) without reading the device.
-        static_used = [
-            0 if done else static_steps_needed(m, L, T) for done, m in zip(self.finished, masked_at)
-        ]
+        static_used = [static_steps_needed(m, L, T) if a else 0 for a, m in zip(active, masked_at)]
         state.begin(self.seq[:, s : s + L], self.layout.fixed[:, s : s + L], active)
         rest = first = self.run_chunk.prepare(state.block, s, logits_from=0)
         if write_previous:  # the chunk [final block b-1 ; block b], its logits those of block b
@@ -601,32 +676,6 @@ class BlockDecoder(Decoder):
             ("denoise", write_previous, p.strategy, p.threshold, p.entropy_bound, traced, self.mask_id), work
         )
 
-    def read_block(self, s: int) -> tuple[list | None, list | None, list | None]:
-        """The final block at s on the host, in one read: its tokens [B][L] (None when no stop token can end a row)
-        and, traced, its steps' record (ids [steps][4][B][L], confidences [steps][B][L]; else None)."""
-        if self.tracer is not None and self.steps_run:
-            ids, confs = self.state.read(self.steps_run)
-            return ids[-1][STATE], ids, confs  # the last step's state is the final block
-        return (self.seq[:, s : s + self.L].tolist() if self.p.stop_token_ids else None), None, None
-
-    def finalise_block(self, s: int, used: list[int], block_tokens: list[list[int]] | None) -> bool:
-        """The block at s is final (its tokens on the host: read_block): record its steps, end the rows it
-        completes, write it into the cache; whether that write is left to the next block's first forward
-        (fuse_cache_write)."""
-        # Deferred stop check (Appendix B.2): one host read per block, none at all without stop tokens
-        # (then only max_new_tokens ends a row, which the host knows).
-        for r, done in enumerate(self.finished):
-            if not done:
-                self.steps_per_block[self.row_of[r]].append(used[r])
-                self.finished[r] = self.row_done(r, s, block_tokens)
-        if self.p.fuse_cache_write:
-            return True
-        # the paper's engine: one extra forward to write the finished block into the cache
-        self.run_chunk(self.seq, s, self.L, logits_from=self.L)
-        self.run_chunk.cache.commit(self.L)
-        self.forwards += 1
-        return False
-
     def row_done(self, r: int, s: int, block_tokens: list[list[int]] | None) -> bool:
         """Whether row r stopped in the final block at s or has max_new_tokens with it."""
         end = self.layout.prompt_end(r)
@@ -638,14 +687,13 @@ class BlockDecoder(Decoder):
         kept, hit = _cut_at_stop(block_tokens[r][first_new - s :], self.p.stop_token_ids, limit - n_before)
         return hit or n_before + len(kept) >= limit
 
-    def block_events(self, b: int, s: int, ids: list, confs: list) -> Callable[[], None]:
-        """The sending of the final block's StepEvents (one per step and row that was still denoising) from its
-        record on the host, with each row as it is now: called later (run), when rows may have ended or joined."""
+    def block_events(self, b: int, s: int, slots: list[int], ids: list, confs: list) -> Callable[[], None]:
+        """The sending of the final block's StepEvents (one per step and slot that was still denoising) from its
+        record on the host, with each row as it is now: called later, when rows may have ended or joined."""
         L, stop_ids, mask_id, layout = self.L, self.p.stop_token_ids, self.mask_id, self.layout
         rows = [  # (slot, its row, the row's block, the block's start in the row, the row's prompt end)
             (r, self.row_of[r], b - self.first_block[r], s - layout.pad[r], layout.prompt_end(r))
-            for r, done in enumerate(self.finished)
-            if not done
+            for r in slots
         ]
         emit = self.tracer.emit
 

@@ -5,8 +5,8 @@ kernel or the eager ops (fused.py, norm_rope.py, moe.route), the split-K decode 
 (decode_attention.py), the static-shape expert forms or the per-expert loop (moe.py), and the attention backend
 of attention.py, cuBLAS or the skinny GEMM for the projections (gemm.py). A switch that is on still needs its
 kernel to run where the forward runs (CUDA and Triton, no gradient wanted): elsewhere the eager path runs whatever
-the switch says. One switch is the decoder's, not the forward's: whether a denoising step's work after the forward
-is replayed as a CUDA graph (steps.py).
+the switch says. Two switches are the decoder's, not the forward's: whether a denoising step's work after the forward
+is replayed as a CUDA graph (steps.py), and how many blocks it may launch before it reads the one before them.
 
 The decoder's runner (runner.py) receives a `Kernels` from DecodeParams and passes it to every forward; its pool
 keys a captured graph by it. A plain `model(ids)` (training, the tests) uses `DEFAULT_KERNELS`. The benchmarks
@@ -44,6 +44,11 @@ class Kernels:
     # The denoising step's work after the forward (sampling, the schedule, the commit, the step record: steps.py)
     # captured as a CUDA graph in runner mode "graph" for greedy decoding; False: the same ops launched one by one.
     graphed_step: bool = True
+    # Blocks the block decoder may launch before it reads the one before them (their tokens, for the stop check and
+    # the StepEvents), for schedules whose steps need no host read (static): None takes 1 on CUDA (8 for blocks of
+    # one token, strategy "ar") and 0 elsewhere, where a read does not wait for the device. A row that stops then
+    # costs up to that many spare blocks, and a free row is offered to a joining one that many blocks later.
+    read_ahead: int | None = None
     attention_backend: str = (
         "sdpa"  # attention.attention's backend for dense masks: "sdpa", "flash" or "eager"
     )

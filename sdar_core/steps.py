@@ -71,9 +71,52 @@ class BlockState:
         self.active.copy_(torch.tensor(active), non_blocking=True)
         self.step.zero_()
 
-    def read(self, steps: int) -> tuple[list, list]:
-        """The first `steps` recorded steps as host lists: ids [steps][4][B][L], confidences [steps][B][L]."""
-        return self.ids[:steps].tolist(), self.conf[:steps].tolist()
+
+@dataclass
+class Readback:
+    """A final block's tokens and, traced, its steps' record, copied to the host without waiting (into pinned
+    memory on CUDA, the copy's end marked by an event) and read later: the block decoder may launch the next blocks
+    before it reads one (Kernels.read_ahead). The decoder holds a ring of them; a copy is enqueued on the stream
+    after the block's last step and before the next block's first, so it reads the block's own buffers."""
+
+    block: torch.Tensor  # [B, L] long, on the host
+    ids: torch.Tensor  # [L, 4, B, L] long, on the host: BlockState.ids
+    conf: torch.Tensor  # [L, B, L] float32, on the host: BlockState.conf
+    done: torch.cuda.Event | None  # recorded after the copies (CUDA); elsewhere the copies wait
+    steps: int = 0  # steps recorded in the copy (0: untraced)
+
+    @classmethod
+    def allocate(cls, batch: int, block: int, device) -> Readback:
+        pinned = torch.device(device).type == "cuda"
+
+        def empty(*shape, dtype=torch.long):
+            return torch.empty(shape, dtype=dtype, pin_memory=pinned)
+
+        done = torch.cuda.Event() if pinned else None
+        return cls(
+            empty(batch, block),
+            empty(block, 4, batch, block),
+            empty(block, batch, block, dtype=torch.float32),
+            done,
+        )
+
+    def stage(self, state: BlockState, steps: int) -> None:
+        """Enqueue the copy of the block in `state` and of its first `steps` recorded steps (0: none)."""
+        wait = self.done is None
+        self.block.copy_(state.block, non_blocking=not wait)
+        if steps:
+            self.ids[:steps].copy_(state.ids[:steps], non_blocking=not wait)
+            self.conf[:steps].copy_(state.conf[:steps], non_blocking=not wait)
+        self.steps = steps
+        if self.done is not None:
+            self.done.record()
+
+    def read(self) -> tuple[list, list, list]:
+        """Once the copy has landed: the block's tokens [B][L], the record's ids [steps][4][B][L] and confidences
+        [steps][B][L] (empty when untraced)."""
+        if self.done is not None:
+            self.done.synchronize()
+        return self.block.tolist(), self.ids[: self.steps].tolist(), self.conf[: self.steps].tolist()
 
 
 def denoise_step(

@@ -1,4 +1,4 @@
-"""benchmarks/crowded_decode.py on the CPU (tiny model): every setting, step form and neighbour measured and
+"""benchmarks/crowded_decode.py on the CPU (tiny model): every setting, decoder variant and neighbour measured and
 tabled (the measurement, not its figures, is tested: tests assert no wall-clock times)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from benchmarks.crowded_decode import NEIGHBOURS, SETTINGS, Neighbour, main
+from benchmarks.crowded_decode import NEIGHBOURS, SETTINGS, VARIANTS, Neighbour, main
 
 
 def test_the_crowded_decode_benchmark_measures_every_setting_beside_every_neighbour(tmp_path):
@@ -14,14 +14,19 @@ def test_the_crowded_decode_benchmark_measures_every_setting_beside_every_neighb
     assert main(["--arch", "tiny", "--out", str(tmp_path), "--new-tokens", "8", "--repeats", "1"]) == 0
     assert sys.getswitchinterval() == switch  # the interpreter's interval is given back
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert len(rows) == len(SETTINGS) * 2 * len(NEIGHBOURS)
-    assert {(r["setting"], r["step"], r["neighbour"]) for r in rows} == {
-        (s, step, n) for s, _, _ in SETTINGS for step in ("graphed", "op by op") for n in NEIGHBOURS
+    # every variant of every setting, but reading each block only where the decode could read ahead: the static
+    # schedules ("static b16/4", "ar" on SDAR weights), not the dynamic one nor the AR twin's next-token decoder
+    pairs = {(s, v) for s, _, _ in SETTINGS for v in ("default", "op by op")}
+    pairs |= {("static b16/4", "read each block"), ("ar", "read each block")}
+    assert {v for v, _, _ in VARIANTS} == {"default", "op by op", "read each block"}
+    assert len(rows) == len(pairs) * len(NEIGHBOURS)
+    assert {(r["setting"], r["variant"], r["neighbour"]) for r in rows} == {
+        (s, v, n) for s, v in pairs for n in NEIGHBOURS
     }
     assert all(r["tokens_per_s"] > 0 for r in rows)
     assert all(r["over_alone"] == 1.0 for r in rows if r["neighbour"] == "alone")
     table = (tmp_path / "summary.md").read_text()
-    assert table.count("\n") == 2 + len(SETTINGS) * 2 and "beside a fifth busy" in table
+    assert table.count("\n") == 2 + len(pairs) and "beside a fifth busy" in table
 
 
 def test_a_neighbour_runs_python_while_it_is_entered_and_stops_after():
