@@ -208,7 +208,19 @@ def test_every_endpoint_keeps_its_parameter_names_in_order(served):
         assert [p["parameter_name"] for p in api[name]["parameters"]] == params, name
 
 
-def test_stop_ends_a_long_answer_early_and_keeps_what_was_committed(served):
+def test_stop_ends_a_long_answer_early_and_keeps_what_was_committed(served, monkeypatch):
+    """Stop, pressed while the answer decodes, ends it there. Each block's end waits 20 ms here, so that the decode
+    still runs when the Stop arrives on any device (a GPU decodes these 400 tokens before a Stop's round trip)."""
+    from app.scheduler import BatchRows
+
+    on_step = BatchRows.on_step
+
+    def slowed(self, e):
+        if e.final:
+            time.sleep(0.02)
+        on_step(self, e)
+
+    monkeypatch.setattr(BatchRows, "on_step", slowed)
     client, model = served
     client.predict(api_name="/clear")
     s = {**FAST, "max_new_tokens": 400, "pace_ms": 20}
