@@ -11,6 +11,8 @@
 #   bash benchmarks/device_studio.sh crowd-5ms [SECONDS]   # the crowd with CPython's 5 ms switch interval
 #   bash benchmarks/device_studio.sh final      # the bench with plain-HTTP visitors only (crowds 1, 8, 16), then the
 #                                               # studio's GPU tests, time allowing; all packed in one .tgz
+#   bash benchmarks/device_studio.sh pages      # the bench with plain-HTTP visitors only (crowds 1, 8, 16), then every
+#                                               # `cuda` test and the studio's tests on CUDA side by side; one .tgz
 #   bash benchmarks/device_studio.sh join       # joining a running batch against the next batch, a cold start with
 #                                               # precompile workers, then every GPU test
 # Gradio is not installed there: its wheels travel in .whl/ (git-ignored; the device call carries it), fetched here
@@ -90,4 +92,15 @@ case "${1:-tests}" in
     wait
     tail -8 "$OUT/cuda-tests.log" "$OUT/app-tests-gpu.log"
     tar czf /tmp/join-all.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/join-all.tgz "$OUT/" ;;
+  pages)  # the bench as a page reads the studio (plain HTTP), then every `cuda` test beside the studio's tests on CUDA
+    timeout 330 python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/studio" --crowd 1 8 16 --repeats 3 \
+      --clients http > "$OUT/studio-bench.log" 2>&1
+    tail -n 45 "$OUT/studio-bench.log"
+    timeout $((590 - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/ > "$OUT/cuda-tests.log" 2>&1 &
+    timeout $((590 - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
+      tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_app_scheduler.py \
+      tests/test_joining.py > "$OUT/app-tests-gpu.log" 2>&1
+    wait
+    tail -n 4 "$OUT/cuda-tests.log" "$OUT/app-tests-gpu.log"
+    tar czf /tmp/pages.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/pages.tgz "$OUT/" ;;
 esac
