@@ -11,8 +11,12 @@
 #   bash benchmarks/device_studio.sh crowd-5ms [SECONDS]   # the crowd with CPython's 5 ms switch interval
 #   bash benchmarks/device_studio.sh final      # the bench with plain-HTTP visitors only (crowds 1, 8, 16), then the
 #                                               # studio's GPU tests, time allowing; all packed in one .tgz
-#   bash benchmarks/device_studio.sh pages      # the bench with plain-HTTP visitors only (crowds 1, 8, 16), then every
-#                                               # `cuda` test and the studio's tests on CUDA side by side; one .tgz
+#   bash benchmarks/device_studio.sh pages [S]  # the bench with plain-HTTP visitors only (crowds 1, 8, 16), then every
+#                                               # `cuda` test and the studio's tests on CUDA side by side, all done
+#                                               # within S seconds (default 590); one .tgz
+#   bash benchmarks/device_studio.sh tests-pages [S]  # the studio's tests on CUDA beside the `cuda` tests of the
+#                                               # studio's modules, then the bench as in `pages` if time is left
+#                                               # (it needs about 250 s), all within S seconds (default 590); one .tgz
 #   bash benchmarks/device_studio.sh join       # joining a running batch against the next batch, a cold start with
 #                                               # precompile workers, then every GPU test
 # Gradio is not installed there: its wheels travel in .whl/ (git-ignored; the device call carries it), fetched here
@@ -85,8 +89,8 @@ case "${1:-tests}" in
     timeout 200 python3 -m benchmarks.joining --arch sdar-1.7b --out "$OUT/joining" 2>&1 | tee "$OUT/joining.log" | tail -30
     timeout 200 python3 -m benchmarks.startup --arch sdar-1.7b --precompile 4 --out "$OUT/startup" 2>&1 \
       | tee "$OUT/startup.log" | grep -E "^(cold|restart)"
-    timeout $((590 - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/ > "$OUT/cuda-tests.log" 2>&1 &
-    timeout $((590 - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
+    timeout $((${2:-590} - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/ > "$OUT/cuda-tests.log" 2>&1 &
+    timeout $((${2:-590} - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
       tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_app_scheduler.py \
       tests/test_joining.py > "$OUT/app-tests-gpu.log" 2>&1
     wait
@@ -96,11 +100,27 @@ case "${1:-tests}" in
     timeout 330 python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/studio" --crowd 1 8 16 --repeats 3 \
       --clients http > "$OUT/studio-bench.log" 2>&1
     tail -n 45 "$OUT/studio-bench.log"
-    timeout $((590 - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/ > "$OUT/cuda-tests.log" 2>&1 &
-    timeout $((590 - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
+    timeout $((${2:-590} - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/ > "$OUT/cuda-tests.log" 2>&1 &
+    timeout $((${2:-590} - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
       tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_app_scheduler.py \
       tests/test_joining.py > "$OUT/app-tests-gpu.log" 2>&1
     wait
     tail -n 4 "$OUT/cuda-tests.log" "$OUT/app-tests-gpu.log"
     tar czf /tmp/pages.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/pages.tgz "$OUT/" ;;
+  tests-pages)  # the studio's GPU coverage first (a short budget), then the bench if it fits
+    timeout $((${2:-590} - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_app*.py \
+      tests/test_warmup.py > "$OUT/cuda-tests-studio.log" 2>&1 &
+    timeout $((${2:-590} - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
+      tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_app_scheduler.py \
+      tests/test_joining.py > "$OUT/app-tests-gpu.log" 2>&1
+    wait
+    tail -n 4 "$OUT/cuda-tests-studio.log" "$OUT/app-tests-gpu.log"
+    if [ $((${2:-590} - SECONDS)) -ge 250 ]; then
+      timeout $((${2:-590} - SECONDS)) python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/studio" --crowd 1 8 16 \
+        --repeats 3 --clients http > "$OUT/studio-bench.log" 2>&1
+      tail -n 45 "$OUT/studio-bench.log"
+    else
+      echo "the bench was not run: $((${2:-590} - SECONDS)) s left"
+    fi
+    tar czf /tmp/tests-pages.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/tests-pages.tgz "$OUT/" ;;
 esac
