@@ -26,6 +26,8 @@ mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then  # gradio and plotly for the studio's cuda tests (see device_studio.sh)
   rm -rf /tmp/site && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site || exit 1
+  python3 -c "import gradio, gradio_client, plotly" 2>&1 | tail -n 1 | sed 's/^/the carried wheels do not import: /' \
+    | grep . && echo "(fetch what is missing into .whl/ as device_studio.sh says)"
 fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1

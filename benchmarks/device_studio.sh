@@ -22,8 +22,9 @@
 # Gradio is not installed there: its wheels travel in .whl/ (git-ignored; the device call carries it), fetched here
 # with `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_17_x86_64 -d .whl`
 # for gradio, gradio_client, plotly and every dependency the GPU image lacks (fastapi, starlette, uvicorn,
-# pydantic(-core), python-multipart, orjson, safehttpx, groovy, hf-gradio, brotli, ..., and opentelemetry-api, which
-# fastapi 0.165 imports).
+# pydantic(-core), python-multipart, orjson, safehttpx, groovy, hf-gradio, brotli, ..., opentelemetry-api, which
+# fastapi 0.165 imports, and pytz with tzdata, which Gradio's DateTime imports). Each call first checks that they
+# import and says what is missing.
 # Results go to $OUT (the device tool's folder), else out/device.
 set -u
 OUT=${OUT:-out/device}
@@ -31,6 +32,8 @@ mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   rm -rf /tmp/site && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site || exit 1
+  python3 -c "import gradio, gradio_client, plotly" 2>&1 | tail -n 1 | sed 's/^/the carried wheels do not import: /' \
+    | grep . && echo "(fetch what is missing into .whl/ as device_studio.sh says)"
 fi
 export PYTHONUNBUFFERED=1 GRADIO_ANALYTICS_ENABLED=False
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
