@@ -213,10 +213,11 @@ def test_stop_ends_a_long_answer_early_and_keeps_what_was_committed(served, monk
     still runs when the Stop arrives on any device (a GPU decodes these 400 tokens before a Stop's round trip)."""
     from app.scheduler import BatchRows
 
-    on_step = BatchRows.on_step
+    on_step, slowed_blocks = BatchRows.on_step, []
 
     def slowed(self, e):
         if e.final:
+            slowed_blocks.append(e.block)
             time.sleep(0.02)
         on_step(self, e)
 
@@ -234,6 +235,8 @@ def test_stop_ends_a_long_answer_early_and_keeps_what_was_committed(served, monk
     chatbot, box, live, stats, note = job.result(timeout=60)
     assert "Stopped" in stats and live["status"] == "stopped"
     assert text_of(chatbot[-1])
+    # the decode ran through the slowed path and was stopped before its 100 blocks
+    assert 0 < len(slowed_blocks) < 100
 
 
 @pytest.mark.parametrize("strategy, active", [("dynamic", True), ("static", False), ("sequential", False)])
