@@ -23,28 +23,13 @@
 set -u
 OUT=${OUT:-out/device}
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then  # gradio and plotly for the studio's cuda tests (see device_studio.sh)
-  rm -rf /tmp/site && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site || exit 1
-  python3 -c "import gradio, gradio_client, plotly" 2>&1 | tail -n 1 | sed 's/^/the carried wheels do not import: /' \
-    | grep . && echo "(fetch what is missing into .whl/ as device_studio.sh says)"
-fi
+source benchmarks/device_site.sh  # gradio and plotly for the studio's cuda tests; gpu_tests
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 BENCH="python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 8192 --new-tokens 256 512
   --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none"
 MOE="python3 -m benchmarks.bench --arch sdar-30b-a3b --fuse --prompt-lengths 64 --new-tokens 64 --batch-sizes 1
   --block-lengths 16 --steps 4 --no-dynamic --repeats 2 --transformers none"
-gpu_tests() {  # every `cuda` test and the studio's tests on CUDA side by side, at most $1 seconds
-  # (a studio module that cannot import Gradio there fails alone: the kernels' tests still run)
-  GRADIO_ANALYTICS_ENABLED=False timeout "$1" python3 -m pytest -q -p no:cacheprovider -m cuda tests/ \
-    --continue-on-collection-errors > "$OUT/cuda-tests.log" 2>&1 &
-  GRADIO_ANALYTICS_ENABLED=False timeout "$1" python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py \
-    tests/test_app_ui.py tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py \
-    tests/test_app_scheduler.py tests/test_joining.py > "$OUT/app-tests-gpu.log" 2>&1
-  wait
-  tail -n 4 "$OUT/cuda-tests.log" "$OUT/app-tests-gpu.log"
-}
 case "${1:-gemm}" in
   tests-e2e)
     timeout 330 python3 -m pytest -q -p no:cacheprovider -m cuda tests/ 2>&1 | tee "$OUT/cuda-tests.log" | tail -5

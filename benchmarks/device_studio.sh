@@ -14,9 +14,6 @@
 #   bash benchmarks/device_studio.sh pages [S]  # the bench with plain-HTTP visitors only (crowds 1, 8, 16), then every
 #                                               # `cuda` test and the studio's tests on CUDA side by side, all done
 #                                               # within S seconds (default 590); one .tgz
-#   bash benchmarks/device_studio.sh tests-pages [S]  # the studio's tests on CUDA beside the `cuda` tests of the
-#                                               # studio's modules, then the bench as in `pages` if time is left
-#                                               # (it needs about 250 s), all within S seconds (default 590); one .tgz
 #   bash benchmarks/device_studio.sh join       # joining a running batch against the next batch, a cold start with
 #                                               # precompile workers, then every GPU test
 # Gradio is not installed there: its wheels travel in .whl/ (git-ignored; the device call carries it), fetched here
@@ -29,12 +26,7 @@
 set -u
 OUT=${OUT:-out/device}
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  rm -rf /tmp/site && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site || exit 1
-  python3 -c "import gradio, gradio_client, plotly" 2>&1 | tail -n 1 | sed 's/^/the carried wheels do not import: /' \
-    | grep . && echo "(fetch what is missing into .whl/ as device_studio.sh says)"
-fi
+source benchmarks/device_site.sh  # the wheels above, installed and checked; gpu_tests
 export PYTHONUNBUFFERED=1 GRADIO_ANALYTICS_ENABLED=False
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 case "${1:-tests}" in
@@ -92,38 +84,12 @@ case "${1:-tests}" in
     timeout 200 python3 -m benchmarks.joining --arch sdar-1.7b --out "$OUT/joining" 2>&1 | tee "$OUT/joining.log" | tail -30
     timeout 200 python3 -m benchmarks.startup --arch sdar-1.7b --precompile 4 --out "$OUT/startup" 2>&1 \
       | tee "$OUT/startup.log" | grep -E "^(cold|restart)"
-    timeout $((${2:-590} - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/ > "$OUT/cuda-tests.log" 2>&1 &
-    timeout $((${2:-590} - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
-      tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_app_scheduler.py \
-      tests/test_joining.py > "$OUT/app-tests-gpu.log" 2>&1
-    wait
-    tail -8 "$OUT/cuda-tests.log" "$OUT/app-tests-gpu.log"
+    gpu_tests $((590 - SECONDS))
     tar czf /tmp/join-all.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/join-all.tgz "$OUT/" ;;
   pages)  # the bench as a page reads the studio (plain HTTP), then every `cuda` test beside the studio's tests on CUDA
     timeout 330 python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/studio" --crowd 1 8 16 --repeats 3 \
       --clients http > "$OUT/studio-bench.log" 2>&1
     tail -n 45 "$OUT/studio-bench.log"
-    timeout $((${2:-590} - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/ > "$OUT/cuda-tests.log" 2>&1 &
-    timeout $((${2:-590} - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
-      tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_app_scheduler.py \
-      tests/test_joining.py > "$OUT/app-tests-gpu.log" 2>&1
-    wait
-    tail -n 4 "$OUT/cuda-tests.log" "$OUT/app-tests-gpu.log"
+    gpu_tests $((${2:-590} - SECONDS))
     tar czf /tmp/pages.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/pages.tgz "$OUT/" ;;
-  tests-pages)  # the studio's GPU coverage first (a short budget), then the bench if it fits
-    timeout $((${2:-590} - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_app*.py \
-      tests/test_warmup.py > "$OUT/cuda-tests-studio.log" 2>&1 &
-    timeout $((${2:-590} - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_app_gpu.py tests/test_app_ui.py \
-      tests/test_app_recording.py tests/test_warmup.py tests/test_grad_modes.py tests/test_app_scheduler.py \
-      tests/test_joining.py > "$OUT/app-tests-gpu.log" 2>&1
-    wait
-    tail -n 4 "$OUT/cuda-tests-studio.log" "$OUT/app-tests-gpu.log"
-    if [ $((${2:-590} - SECONDS)) -ge 250 ]; then
-      timeout $((${2:-590} - SECONDS)) python3 -m benchmarks.studio --arch sdar-1.7b --out "$OUT/studio" --crowd 1 8 16 \
-        --repeats 3 --clients http > "$OUT/studio-bench.log" 2>&1
-      tail -n 45 "$OUT/studio-bench.log"
-    else
-      echo "the bench was not run: $((${2:-590} - SECONDS)) s left"
-    fi
-    tar czf /tmp/tests-pages.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/tests-pages.tgz "$OUT/" ;;
 esac
