@@ -294,7 +294,9 @@ def report_markdown(results_dir: Path) -> str:
     ar1 = next(r for r in first if r["mode"] == "ar" and r["batch_size"] == 1)
     lines = [
         f"Measured by `{info.get('command', 'python -m benchmarks.bench')}` on {info['gpu']} (torch {info['torch']}, "
-        f"{info['date']}): {info['arch']} shape, random bf16 weights ({info['weight_GB']:.2f} GB), "
+        f"{info['date']}): {info['arch']} shape, random bf16 weights"
+        f"{' stored as float8 (a scale per row)' if info.get('weights') == 'fp8' else ''} "
+        f"({info['weight_GB']:.2f} GB), "
         f"{sweep_[0][0]}-token prompt, {sweep_[0][1]} new tokens, CUDA graphs ({info['runner']})"
         f"{', split-K decode attention' if info.get('split_k') else ''}.",
         "",
@@ -394,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runner", default=None, choices=["plain", "static", "graph"])
     p.add_argument("--compile", action="store_true", help="torch.compile the graphed forward")
     p.add_argument(
+        "--weights",
+        choices=("dtype", "fp8"),
+        default="dtype",
+        help="fp8: the projections and the lm_head as float8 weights with a scale per row (model.quantize_fp8; "
+        "the floor counts their bytes)",
+    )
+    p.add_argument(
         "--fuse", action="store_true", help="fuse the q/k/v and gate/up matmuls (model.fuse_projections)"
     )
     p.add_argument(
@@ -478,7 +487,8 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
         sweep=sweep(args),
         runner=args.runner or default_mode(model),
         compile=args.compile,
-        fused=args.fuse,
+        fused=args.fuse or args.weights == "fp8",
+        weights=model.weights,
         fusions=kernels.fusions(),
         skinny_gemm=kernels.skinny_gemm,
         expert_gemv=kernels.expert_gemv,
@@ -587,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.fuse:
         model.fuse_projections()
+    if args.weights == "fp8":
+        model.quantize_fp8()  # fuses too
     if args.gemv_tiles:  # read at every call of the gemv form
         experts.GEMV = experts.GemvConfig(**dict(zip(moe.GEMV_TILES, args.gemv_tiles)))
     fusions = args.fusions[0] if args.fusions in (["all"], ["none"]) else set(args.fusions)

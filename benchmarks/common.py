@@ -60,8 +60,18 @@ def random_model(config: ModelConfig, device, dtype) -> SDARForCausalLM:
 
 
 def weight_bytes(model) -> int:
-    seen, total = set(), 0
-    for p in model.parameters():
+    """The bytes of the model's weights, each tensor once (a tied lm_head is its embedding). With float8
+    projections (quantize_fp8) their float8 rows and scales, and not the embedding table, which the lm_head no longer
+    reads (a forward gathers a few of its rows)."""
+    from sdar_core.gemm import Fp8Linear
+
+    fp8 = isinstance(model.lm_head, Fp8Linear)
+    skip = {id(model.model.embed_tokens.weight)} if fp8 else set()
+    tensors = list(model.parameters()) + [
+        b for m in model.modules() if isinstance(m, Fp8Linear) for b in (m.weight, m.weight_scale)
+    ]
+    seen, total = set(skip), 0
+    for p in tensors:
         if id(p) not in seen:
             seen.add(id(p))
             total += p.numel() * p.element_size()

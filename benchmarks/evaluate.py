@@ -142,6 +142,9 @@ class EvalSettings:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"  # on every device, so that CPU and GPU numbers differ by rounding only
+    # "fp8": the projections as float8 weights (load_pretrained(weights="fp8")); the run then also compares
+    # sdar-tiny's logits with the dtype's own on the held-out chunks (fp8_logits)
+    weights: str = "dtype"
     samples: bool = True
 
 
@@ -434,12 +437,27 @@ def evaluate(settings: EvalSettings, log=print) -> dict:
     data = Path(in_checkout(settings.data))
     problems = read_jsonl(data / ARITH_FILE, settings.limit)
     texts = [r["text"] for r in spread(read_jsonl(data / TEXT_FILE, None), settings.text_limit)]
+    weights = None if settings.weights == "dtype" else settings.weights
     models = {
-        name: load_pretrained(Path(in_checkout(settings.models)) / name, device=device, dtype=dtype)
+        name: load_pretrained(
+            Path(in_checkout(settings.models)) / name, device=device, dtype=dtype, weights=weights
+        )
         for name in ("sdar-tiny", "ar-tiny")
     }
     result = run_header(settings, device, data, models)
     result["heldout"] = heldout_losses(models, texts, settings, log)  # 1. held-out loss
+    if weights is not None:
+        full, _ = load_pretrained(
+            Path(in_checkout(settings.models)) / "sdar-tiny", device=device, dtype=dtype
+        )
+        result["fp8_logits"] = logits_error(
+            models["sdar-tiny"][0], full, models["sdar-tiny"][1], texts, settings
+        )
+        log(
+            "fp8 logits against {dtype}: {relative_error:.4f} relative, top-1 agreement {top1_agreement:.4f}".format(
+                **result["fp8_logits"]
+            )
+        )
     result["arith"] = [arith_row(models, problems, d, settings, log) for d in DECODERS]  # 2. arithmetic
     grid_problems = problems[: settings.grid_limit]  # 3. the block size x threshold grid
     result["grid"] = (
@@ -537,6 +555,34 @@ def heldout_losses(models: dict, texts: list[str], settings: EvalSettings, log) 
         f"tokens, {heldout['seconds']:.0f} s"
     )
     return heldout
+
+
+def logits_error(model, reference, tokenizer, texts: list[str], settings: EvalSettings) -> dict:
+    """How far `model`'s logits lie from `reference`'s (the same checkpoint in its own dtype) on the held-out
+    chunks, every position clean, block-causal attention: ||a - b|| / ||b|| over the chunks' logits, the mean
+    KL(b || a) per position and how often the two argmaxes agree."""
+    chunks = chunk_documents(
+        encode_texts(tokenizer, texts), settings.seq_len, reference.config.pad_token_id or 0
+    )
+    ids, keep = chunks.input_ids, chunks.loss_mask
+    sq_err = sq_ref = kl = agree = positions = 0.0
+    with torch.inference_mode():
+        for i in range(0, ids.shape[0], settings.loss_batch_size):
+            batch = ids[i : i + settings.loss_batch_size].to(reference.device)
+            live = keep[i : i + settings.loss_batch_size].to(reference.device)
+            a, b = model(batch).float()[live], reference(batch).float()[live]
+            sq_err += float((a - b).pow(2).sum())
+            sq_ref += float(b.pow(2).sum())
+            kl += float((b.log_softmax(-1).exp() * (b.log_softmax(-1) - a.log_softmax(-1))).sum())
+            agree += float((a.argmax(-1) == b.argmax(-1)).sum())
+            positions += a.shape[0]
+    return {
+        "dtype": settings.dtype,
+        "positions": int(positions),
+        "relative_error": (sq_err / sq_ref) ** 0.5,
+        "kl_per_position": kl / positions,
+        "top1_agreement": agree / positions,
+    }
 
 
 def markdown(result: dict) -> str:
@@ -660,6 +706,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype)
+    p.add_argument(
+        "--weights",
+        choices=("dtype", "fp8"),
+        default=d.weights,
+        help="fp8: the projections as float8 weights, and sdar-tiny's logits compared with --dtype's",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--out", default="out/eval.json", help="the report (default: %(default)s)")
     p.add_argument("--no-samples", action="store_true", help="skip the chat samples")
@@ -686,6 +738,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         device=args.device,
         dtype=args.dtype,
+        weights=args.weights,
         samples=not args.no_samples,
     )
     if args.write_expected:

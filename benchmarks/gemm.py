@@ -2,7 +2,7 @@
 for every projection shape of the 1.7B, 4B and 8B models at 1-64 rows, against the bandwidth floor.
 
     python -m benchmarks.gemm --out benchmarks/results/h200-gemm [--archs sdar-1.7b sdar-4b sdar-8b]
-        [--rows 1 4 16 32 64] [--sweep-arch sdar-1.7b --sweep-rows 1 16 64]
+        [--rows 1 4 16 32 64] [--sweep-arch sdar-1.7b --sweep-rows 1 16 64] [--fp8]
 
 Each measurement is a CUDA graph of one call per weight copy, with as many distinct copies of the weight as make
 512 MB, so that every call reads its weight from memory (not from the 50-60 MB L2, as back-to-back calls on one
@@ -10,7 +10,9 @@ weight would), launched as the graphed forward launches it; the replay is timed 
 of 10 replays) and divided by the copies. Floor: the weight's bytes at the bandwidth of a device copy
 (common.measure_bandwidth, bytes read + written). `--sweep-arch` also times a grid of tile shapes for its shapes
 (block_n, block_k, split_k): the best of them against `config_for`'s choice says what the heuristic leaves.
-Also recorded: each result's largest distance from the float64 product, in units of what one rounding of a float32
+`--fp8` adds the kernel over the same weights as float8 rows with a scale each (what `load_pretrained(...,
+weights="fp8")` runs), launched with PDL, against its own floor (the float8 bytes and the scales). Also recorded:
+each result's largest distance from the float64 product, in units of what one rounding of a float32
 sum allows (tests/test_gemm.py's bound), for cuBLAS and for ours.
 """
 
@@ -110,6 +112,25 @@ def measure(args) -> dict:
                 row["config"] = [cfg.block_n, cfg.block_k, cfg.split_k]
                 row["cublas_excess"] = excess(F.linear(xs[0], ws[0]), xs[0], ws[0])
                 row["ours_excess"] = excess(gemm.launch(xs[0], ws[0], cfg), xs[0], ws[0])
+                if (
+                    args.fp8
+                ):  # the same product over float8 weights (a scale per row), PDL as the forward runs it
+                    packed = [gemm.quantize_fp8(w) for w in ws]
+                    cfg8 = gemm.config_for(rows, n, k, sms, fp8=True)
+                    pdl.REQUESTED = pdl.SUPPORTED
+                    row["fp8_us"] = time_us(
+                        lambda x, q, c=cfg8: gemm.launch(x, q.data, c, q.scale), xs, packed
+                    )
+                    pdl.REQUESTED = False
+                    row["fp8_floor_us"] = 1e6 * (n * k + 4 * n) / bw
+                    row["fp8_config"] = [cfg8.block_n, cfg8.block_k, cfg8.split_k]
+                    row["fp8_excess"] = excess(
+                        gemm.launch(xs[0], packed[0].data, cfg8, packed[0].scale),
+                        xs[0],
+                        packed[0].dequantize(torch.float64),
+                    )
+                    row["fp8_of_bw"] = round(row["fp8_floor_us"] / row["fp8_us"], 3)
+                    del packed
                 if arch == args.sweep_arch and rows in args.sweep_rows and name != "lm_head":
                     tried = {}
                     for c in sweep_configs(rows, k):
@@ -137,7 +158,12 @@ def measure(args) -> dict:
                         if "ours_pdl_us" in row
                         else ""
                     )
-                    + (f"  best {row['best_us']:.2f} {row['best_config']}" if "best_us" in row else ""),
+                    + (f"  best {row['best_us']:.2f} {row['best_config']}" if "best_us" in row else "")
+                    + (
+                        f"  fp8 {row['fp8_us']:.2f} ({row['fp8_of_bw']:.2f} of its {row['fp8_floor_us']:.2f})"
+                        if "fp8_us" in row
+                        else ""
+                    ),
                     flush=True,
                 )
             del ws
@@ -151,16 +177,22 @@ def summary(result: dict) -> str:
         "",
         "us per call, cold L2, inside a CUDA graph; (fraction of the copy bandwidth)",
         "",
-        "| arch | projection | N x K | rows | floor | cuBLAS | ours (config) | ours with PDL | best swept |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| arch | projection | N x K | rows | floor | cuBLAS | ours (config) | ours with PDL | best swept | fp8 floor "
+        "| fp8 weights, PDL (config) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         best = f"{r['best_us']:.2f} ({r['best_of_bw']:.2f}) {r['best_config']}" if "best_us" in r else ""
         pdl_us = f"{r['ours_pdl_us']:.2f} ({r['ours_pdl_of_bw']:.2f})" if "ours_pdl_us" in r else ""
+        fp8 = (
+            f"{r['fp8_floor_us']:.2f} | {r['fp8_us']:.2f} ({r['fp8_of_bw']:.2f}) {'/'.join(map(str, r['fp8_config']))}"
+            if "fp8_us" in r
+            else " | "
+        )
         lines.append(
             f"| {r['arch']} | {r['proj']} | {r['n']}x{r['k']} | {r['rows']} | {r['floor_us']:.2f} | "
             f"{r['cublas_us']:.2f} ({r['cublas_of_bw']:.2f}) | {r['ours_us']:.2f} ({r['ours_of_bw']:.2f}) "
-            f"{'/'.join(map(str, r['config']))} | {pdl_us} | {best} |"
+            f"{'/'.join(map(str, r['config']))} | {pdl_us} | {best} | {fp8} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -174,6 +206,9 @@ def main() -> None:
     p.add_argument("--sweep-arch", default="sdar-1.7b")
     p.add_argument("--sweep-rows", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--budget-s", type=float, default=240, help="stop sweeping tile shapes after this long")
+    p.add_argument(
+        "--fp8", action="store_true", help="also time the kernel over float8 weights (gemm.quantize_fp8)"
+    )
     args = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("the skinny GEMM benchmark needs a CUDA GPU (the kernel is Triton's)")

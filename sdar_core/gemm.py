@@ -19,6 +19,14 @@ The result is the float32 sum rounded once, as cuBLAS's bf16 GEMM rounds it: wit
 (tests/test_gemm.py checks both against float64 math). Inference only (no backward): with a gradient wanted, on
 the CPU, with a bias, or for more than MAX_ROWS rows (below), `linear` calls F.linear. Which tile shapes run is
 `config_for` below: from the sweep of `python -m benchmarks.gemm` (benchmarks/NOTES.md, "Skinny matmuls").
+
+FP8 weights (`Fp8Weight`, `quantize_fp8`; a model switches with `SDARForCausalLM.quantize_fp8` or
+`load_pretrained(..., weights="fp8")`): each output row of W stored as float8 e4m3 times one float32 scale, for half
+the bytes a decode step reads. The same kernel reads them: it widens each float8 tile in registers (to float32 for
+one row, to the activations' dtype for the tensor-core form, exactly: every e4m3 value is a bf16 / fp16 value) and
+multiplies the float32 sum by the row's scale before the one rounding, so y = scale * (x q^T) with x in its own dtype.
+`linear` sends it 1-FP8_MAX_ROWS rows (no cuBLAS kernel reads float8 weights beside bf16 activations); elsewhere (the
+CPU, a prefill's many rows) the product is written with torch (`fp8_reference`).
 """
 
 from __future__ import annotations
@@ -42,6 +50,11 @@ except ImportError:
 # chain of our kernels, the batch-1 AR forward is 10% faster; from 2 rows on its tensor-core form is slower than
 # cuBLAS's (1.3-2x at 4-16 rows), so cuBLAS keeps them. `launch` itself serves 1-64 rows (the benchmark's sweep).
 MAX_ROWS = 1
+# The rows `linear` sends to the kernel for an Fp8Weight: every row count the kernel serves (the decode forward's
+# steps and blocks; a longer prefill dequantizes instead).
+FP8_MAX_ROWS = 64
+FP8 = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8).max)  # 448
 COUNTERS = 1 << 14  # split-K tiles one launch may use (output tiles x row tiles)
 _counters: dict[torch.device, torch.Tensor] = {}
 
@@ -67,15 +80,17 @@ def block_m(rows: int) -> int:
     return 1 if rows == 1 else 16 if rows <= 16 else 32 if rows <= 32 else 64
 
 
-def config_for(rows: int, n: int, k: int, sms: int) -> GemmConfig:
+def config_for(rows: int, n: int, k: int, sms: int, fp8: bool = False) -> GemmConfig:
     """The tile shape for an [rows, k] x [n, k]^T product on a chip of `sms` SMs: enough programs for about two
-    per SM (output tiles first, then splits of K no shorter than 512), 16-byte-aligned steps of 256 along K."""
+    per SM (output tiles first, then splits of K no shorter than 512 nor than one step), 16-byte-aligned steps of 256
+    along K (twice as many float8 elements: the same bytes per step)."""
     block_n = 16 if rows <= 16 else 32
+    block_k = (256 if rows <= 16 else 128) * (2 if fp8 else 1)
     tiles = cdiv(n, block_n) * cdiv(rows, block_m(rows))
     split = 1
-    while tiles * split < 2 * sms and k // (split * 2) >= 512 and tiles <= COUNTERS:
+    while tiles * split < 2 * sms and k // (split * 2) >= max(512, block_k) and tiles <= COUNTERS:
         split *= 2
-    return GemmConfig(block_n=block_n, block_k=256 if rows <= 16 else 128, split_k=split)
+    return GemmConfig(block_n=block_n, block_k=block_k, split_k=split)
 
 
 def skinny_runs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -93,18 +108,102 @@ def skinny_runs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     )
 
 
+@dataclass(frozen=True)
+class Fp8Weight:
+    """A weight [n, k] as float8 e4m3 rows times a float32 scale per row: W[i] ~ data[i] * scale[i]."""
+
+    data: torch.Tensor  # [n, k] float8_e4m3fn
+    scale: torch.Tensor  # [n] float32
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.data.shape
+
+    def rows(self, start: int, stop: int) -> Fp8Weight:
+        """Rows [start, stop) as views (a fused [q; k; v] weight's q part)."""
+        return Fp8Weight(self.data[start:stop], self.scale[start:stop])
+
+    def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
+        return (self.data.float() * self.scale[:, None]).to(dtype)
+
+
+def quantize_fp8(weight: torch.Tensor) -> Fp8Weight:
+    """Per-output-row float8 e4m3: each row scaled so that its largest |value| is e4m3's largest (448), rounded to
+    nearest. A row of zeros keeps scale 1."""
+    w = weight.detach().float()
+    amax = w.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    data = (w / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return Fp8Weight(data.contiguous(), scale.contiguous())
+
+
+class Fp8Linear(torch.nn.Module):
+    """An nn.Linear for inference over an Fp8Weight: buffers `weight` (float8) and `weight_scale` (float32), the
+    bias kept as it was."""
+
+    def __init__(self, packed: Fp8Weight, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = packed.shape
+        self.register_buffer("weight", packed.data)
+        self.register_buffer("weight_scale", packed.scale)
+        self.bias = bias
+
+    @property
+    def packed(self) -> Fp8Weight:
+        return Fp8Weight(self.weight, self.weight_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.packed, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, weights=fp8"
+
+
+def fp8_runs(x: torch.Tensor, weight: Fp8Weight) -> bool:
+    """Whether `linear` takes the kernel for an Fp8Weight: CUDA with Triton, no gradient, 1-FP8_MAX_ROWS rows of a
+    floating dtype, a contiguous weight on x's device."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    return (
+        1 <= rows <= FP8_MAX_ROWS
+        and x.dtype in (torch.bfloat16, torch.float16, torch.float32)
+        and weight.data.is_contiguous()
+        and kernels_run(x, weight.data)
+        and weight.data.device == x.device
+    )
+
+
+def fp8_reference(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x W^T for an Fp8Weight with torch: scale * (x q^T) (q widened exactly to x's dtype; float32 on the CPU,
+    whose bf16 matmul is slow), rounded to x's dtype. A CUDA prefill's many rows take this path: one transient
+    dequantized copy of q per call."""
+    if x.is_cuda:
+        y = F.linear(x, weight.data.to(x.dtype)) * weight.scale
+    else:
+        y = F.linear(x.float(), weight.data.float()) * weight.scale
+    y = y.to(x.dtype)
+    return y + bias if bias is not None else y
+
+
 def linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, fuse: bool = True
+    x: torch.Tensor, weight: torch.Tensor | Fp8Weight, bias: torch.Tensor | None = None, fuse: bool = True
 ) -> torch.Tensor:
-    """F.linear(x, weight, bias); with `fuse`, the skinny kernel where it runs (skinny_runs)."""
+    """F.linear(x, weight, bias); with `fuse`, the skinny kernel where it runs (skinny_runs, fp8_runs). An Fp8Weight
+    goes to its kernel, else to fp8_reference."""
+    if isinstance(weight, Fp8Weight):
+        if fuse and fp8_runs(x, weight):
+            y = torch.ops.sdar.fp8_linear(x, weight.data, weight.scale)
+            return y + bias if bias is not None else y
+        return fp8_reference(x, weight, bias)
     if fuse and skinny_runs(x, weight, bias):
         return torch.ops.sdar.skinny_linear(x, weight)
     return F.linear(x, weight, bias)
 
 
-def project(module: torch.nn.Linear, x: torch.Tensor, fuse: bool = True) -> torch.Tensor:
-    """module(x) for an nn.Linear; with `fuse`, the skinny kernel where it runs. Where it does not (a weight on
-    another device, as big-model dispatch leaves it), the module call, whose hooks bring the weight."""
+def project(module: torch.nn.Module, x: torch.Tensor, fuse: bool = True) -> torch.Tensor:
+    """module(x) for an nn.Linear or an Fp8Linear; with `fuse`, the skinny kernel where it runs. Where it does not
+    (a weight on another device, as big-model dispatch leaves it), the module call, whose hooks bring the weight."""
+    if isinstance(module, Fp8Linear):
+        return linear(x, module.packed, module.bias, fuse)
     if fuse and skinny_runs(x, module.weight, module.bias):
         return torch.ops.sdar.skinny_linear(x, module.weight)
     return module(x)
@@ -120,9 +219,11 @@ def counters(device: torch.device) -> torch.Tensor | None:
     return buf
 
 
-def launch(x2: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig) -> torch.Tensor:
+def launch(
+    x2: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig, scale: torch.Tensor | None = None
+) -> torch.Tensor:
     """y [rows, n] = x2 [rows, k] @ weight[n, k]^T with tile shape `cfg` (the benchmark sweeps shapes through
-    this)."""
+    this); with `scale` [n] (float32; a float8 weight's row scales), y = scale * (x2 @ weight^T)."""
     rows, k = x2.shape
     n = weight.shape[0]
     y = torch.empty(rows, n, dtype=x2.dtype, device=x2.device)
@@ -138,6 +239,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig) -> torch.Ten
     _skinny_kernel[grid](
         x2,
         weight,
+        scale if scale is not None else y,
         y,
         ws,
         count if count is not None else y,
@@ -152,6 +254,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig) -> torch.Ten
         SPLIT_K=cfg.split_k,
         EVEN_K=k % cfg.block_k == 0 and per_split * cfg.split_k == k,
         IEEE=x2.dtype == torch.float32,
+        SCALED=scale is not None,
         PDL=chained,
         num_warps=cfg.warps,
         num_stages=cfg.stages,
@@ -179,23 +282,40 @@ def _(x, weight):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
+@torch.library.custom_op("sdar::fp8_linear", mutates_args=())
+def _fp8_linear(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    cfg = config_for(x2.shape[0], data.shape[0], k, _sm_count(x.device), fp8=True)
+    return launch(x2, data, cfg, scale).view(*x.shape[:-1], data.shape[0])
+
+
+@_fp8_linear.register_fake
+def _(x, data, scale):
+    return x.new_empty(*x.shape[:-1], data.shape[0])
+
+
 if triton is not None:
 
     @triton.jit
     def _step(acc, x, w, BLOCK_M: tl.constexpr, IEEE: tl.constexpr):
-        """acc + x w^T for one K step: a multiply-and-sum for one row, tensor cores for 16 or more."""
+        """acc + x w^T for one K step: a multiply-and-sum for one row, tensor cores for 16 or more (a float8 w
+        widened to x's dtype first: exact)."""
         if BLOCK_M == 1:
             acc += tl.sum(x.to(tl.float32) * w.to(tl.float32), axis=1)[None, :]
         elif IEEE:
-            acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+            acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc, input_precision="ieee")
         else:
-            acc = tl.dot(x, tl.trans(w), acc)
+            acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
         return acc
 
     @triton.jit
     def _skinny_kernel(
         X,
         W,
+        S,  # [N] float32 row scales (SCALED)
         Y,
         WS,
         COUNT,
@@ -210,6 +330,7 @@ if triton is not None:
         SPLIT_K: tl.constexpr,
         EVEN_K: tl.constexpr,
         IEEE: tl.constexpr,  # float32 operands: full-precision products, as F.linear without TF32
+        SCALED: tl.constexpr,  # W is float8: y = S * (x W^T)
         PDL: tl.constexpr,
     ):
         pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -242,6 +363,8 @@ if triton is not None:
         live = (rm[:, None] < M) & (rn[None, :] < N)
         out = rm[:, None] * N + rn[None, :]
         if SPLIT_K == 1:
+            if SCALED:
+                acc *= tl.load(S + rn_safe)[None, :]
             tl.store(Y + out, acc.to(Y.dtype.element_ty), mask=live)
         else:
             tl.store(WS + pid_k * M * N + out, acc, mask=live)
@@ -253,5 +376,7 @@ if triton is not None:
                 total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
                 for s in range(SPLIT_K):
                     total += tl.load(WS + s * M * N + out, mask=live, other=0.0, cache_modifier=".cg")
+                if SCALED:
+                    total *= tl.load(S + rn_safe)[None, :]
                 tl.store(Y + out, total.to(Y.dtype.element_ty), mask=live)
                 tl.atomic_xchg(COUNT + tile, 0)

@@ -505,10 +505,18 @@ def load_tokenizer(folder: Path):
         hf_logging.set_verbosity(level)
 
 
-def load_pretrained(path_or_hub_id, device=None, dtype=None, *, device_map=None, with_tokenizer: bool = True):
+WEIGHT_FORMATS = (None, "fp8")  # load_pretrained's `weights`
+
+
+def load_pretrained(
+    path_or_hub_id, device=None, dtype=None, *, device_map=None, with_tokenizer: bool = True, weights=None
+):
     """Load (model, tokenizer) from a checkpoint folder or a hub id.
 
     device: default CUDA when there is one, else CPU; dtype: default bfloat16 on CUDA, float32 on CPU.
+    weights: None keeps the projections in `dtype`; "fp8" stores them (and the lm_head) as float8 e4m3 with a scale
+    per output row, for inference (SDARForCausalLM.quantize_fp8: half the bytes a decode step reads on CUDA; the
+    activations stay in `dtype`).
     device_map: "auto" (or an accelerate device map) spreads the layers over the visible GPUs with
     accelerate's big-model loading, for checkpoints that do not fit one device.
     The mask token comes from config `mask_token_id`, else from the tokenizer's mask token; it is stored
@@ -518,7 +526,7 @@ def load_pretrained(path_or_hub_id, device=None, dtype=None, *, device_map=None,
     read, e.g. a header's million tensor names), and the memory used to read it goes back to the system.
     """
     try:
-        return _load_pretrained(path_or_hub_id, device, dtype, device_map, with_tokenizer)
+        return _load_pretrained(path_or_hub_id, device, dtype, device_map, with_tokenizer, weights)
     except (CheckpointError, ConfigError) as e:
         error = e.with_traceback(None)
         error.__context__ = (
@@ -541,10 +549,16 @@ def _return_freed_memory() -> None:
         pass
 
 
-def _load_pretrained(path_or_hub_id, device, dtype, device_map, with_tokenizer: bool):
+def _load_pretrained(path_or_hub_id, device, dtype, device_map, with_tokenizer: bool, weights):
     if not isinstance(path_or_hub_id, (str, os.PathLike)):
         raise CheckpointError(
             f"a checkpoint is a folder path or a hub id (text), got {type(path_or_hub_id).__name__}"
+        )
+    if weights not in WEIGHT_FORMATS:
+        raise CheckpointError(f"weights={weights!r}: use None (the dtype's own) or 'fp8'")
+    if weights == "fp8" and device_map is not None:
+        raise CheckpointError(
+            "weights='fp8' quantizes a model on one device: drop device_map, or load in bf16"
         )
     folder = resolve_checkpoint(path_or_hub_id)
     _check_links(folder)
@@ -566,6 +580,8 @@ def _load_pretrained(path_or_hub_id, device, dtype, device_map, with_tokenizer: 
             model, _read_state_dict(files, config.num_experts, device, dtype), device=device, dtype=dtype
         )
     model.eval()
+    if weights == "fp8":
+        model.quantize_fp8()
     return model, tokenizer
 
 
