@@ -224,3 +224,28 @@ def test_finding11_device_cpu_0_runs_on_the_cpu(capsys):
     """'--device cpu:0' once ended with 'not a valid safetensors file (device cpu:0 is invalid)'."""
     assert main(["--model", SDAR, "--prompt", "hi", "--max-new-tokens", "4", "--device", "cpu:0"]) == 0
     assert "error" not in capsys.readouterr().err
+
+
+def test_fp8_weights_answer_the_same_arithmetic_and_a_bad_choice_is_one_line(capsys):
+    """The shipped model with float8 projections (--weights fp8, in-process) still answers; argparse names the
+    choices of a bad value."""
+    code = main(
+        [
+            "--prompt",
+            "What is 47 + 38?",
+            "--chat",
+            "--strategy",
+            "dynamic",
+            "--max-new-tokens",
+            "64",
+            "--weights",
+            "fp8",
+            "--device",
+            "cpu",
+        ]
+    )
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "Answer: 85" in out.out
+    err = one_line_error(capsys, "--weights", "int4")
+    assert "invalid choice: 'int4'" in err and "fp8" in err
