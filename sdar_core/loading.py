@@ -692,6 +692,11 @@ def save_pretrained(
     """
     from safetensors.torch import save_file
 
+    if getattr(model, "weights", None) == "fp8":  # float8 rows and their scales are not the public format
+        raise CheckpointError(
+            "this model holds float8 weights (quantize_fp8, an inference-only form): save the model it was "
+            "loaded from, and load that with weights='fp8'"
+        )
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = model.config

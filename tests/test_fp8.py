@@ -150,6 +150,9 @@ def test_load_pretrained_fp8_and_its_refusals(tmp_path):
             load_pretrained(folder, device="cpu", weights=bad)
     with pytest.raises(CheckpointError, match="drop device_map"):
         load_pretrained(folder, device="cpu", weights="fp8", device_map="auto")
+    with pytest.raises(CheckpointError, match="float8 weights"):  # not the public format: nothing written
+        save_pretrained(loaded, None, tmp_path / "fp8")
+    assert not (tmp_path / "fp8").exists()
 
 
 def test_fp8_tiles_read_the_same_bytes_per_step():
