@@ -13,25 +13,12 @@ from sdar_core.cli import main
 from sdar_core.paths import MODELS_DIR, REPO
 
 SDAR = str(MODELS_DIR / "sdar-tiny")
+ASK_47_PLUS_38 = ["--prompt", "What is 47 + 38?", "--chat", "--strategy", "dynamic", "--max-new-tokens", "64"]
 
 
 def test_python_m_sdar_core_answers_a_chat_prompt_and_prints_stats():
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sdar_core",
-            "--model",
-            SDAR,
-            "--prompt",
-            "What is 47 + 38?",
-            "--chat",
-            "--strategy",
-            "dynamic",
-            "--max-new-tokens",
-            "64",
-            "--json",
-        ],
+        [sys.executable, "-m", "sdar_core", "--model", SDAR, *ASK_47_PLUS_38, "--json"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -229,21 +216,7 @@ def test_finding11_device_cpu_0_runs_on_the_cpu(capsys):
 def test_fp8_weights_answer_the_same_arithmetic_and_a_bad_choice_is_one_line(capsys):
     """The shipped model with float8 projections (--weights fp8, in-process) still answers; argparse names the
     choices of a bad value."""
-    code = main(
-        [
-            "--prompt",
-            "What is 47 + 38?",
-            "--chat",
-            "--strategy",
-            "dynamic",
-            "--max-new-tokens",
-            "64",
-            "--weights",
-            "fp8",
-            "--device",
-            "cpu",
-        ]
-    )
+    code = main([*ASK_47_PLUS_38, "--weights", "fp8", "--device", "cpu"])
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "Answer: 85" in out.out
