@@ -38,6 +38,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 KERNEL_CACHE_ENV = "SDAR_KERNEL_CACHE"
+WEIGHTS_ENV = "SDAR_WEIGHTS"  # the default of --weights: dtype or fp8
 
 
 def use_kernel_cache(env=os.environ) -> str | None:
@@ -89,7 +90,16 @@ def main(argv: list[str] | None = None) -> None:
         help="let visitors load any local folder or hub id, even when the studio is reachable "
         "beyond this machine (default there: the shipped models and the curated list only)",
     )
+    parser.add_argument(
+        "--weights",
+        choices=("dtype", "fp8"),
+        default=os.environ.get(WEIGHTS_ENV, "dtype"),
+        help="fp8: load every model with float8 projections (a scale per row), half the bytes a decode step reads "
+        f"on a GPU, at a small cost in quality (docs/performance.md); default: {WEIGHTS_ENV} or %(default)s",
+    )
     args = parser.parse_args(argv)
+    if args.weights not in ("dtype", "fp8"):  # from the environment: argparse checks only the command line
+        parser.error(f"{WEIGHTS_ENV}={args.weights!r}: use dtype or fp8")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up probes
     # AutoTokenizer reads config.json and warns that `sdar` is not a transformers model type: expected here.
@@ -113,8 +123,13 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         parser.error(str(e))
     registry = ModelRegistry(
-        allow_any_model=args.allow_any_model, exposed=exposed(args.host, args.share), offered=(args.model,)
+        allow_any_model=args.allow_any_model,
+        exposed=exposed(args.host, args.share),
+        offered=(args.model,),
+        weights=None if args.weights == "dtype" else args.weights,
     )
+    if registry.weights == "fp8":
+        log.info("models load with float8 projections (--weights fp8 / %s)", WEIGHTS_ENV)
     if not registry.allow_any_model:  # app/exposure.py: a proxied or remote request is public on loopback too
         log.info("public requests load only the shipped and curated models (--allow-any-model lifts this)")
     if workers := WARMUP.precompile(registry, args.model):  # on a GPU: kernels compiled while the model loads

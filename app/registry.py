@@ -58,6 +58,7 @@ def checkpoint_summary(model) -> dict:
         "experts": c.num_experts,
         "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."),
+        "weights": model.weights,  # "fp8" under the operator's --weights fp8, else the dtype's name
     }
 
 
@@ -286,13 +287,15 @@ class ModelRegistry:
         free_memory=None,
         hub_cache: Path | None = None,
         limits: DownloadLimits | None = None,
+        weights: str | None = None,
     ) -> None:
         """allow_any_model: the operator's --allow-any-model (every request may load anything). exposed: the server
         is reachable beyond this machine (bind address, share link, Space); a request is judged by itself too.
-        limits: when a hub download is abandoned (default: DownloadLimits.from_env())."""
+        limits: when a hub download is abandoned (default: DownloadLimits.from_env()). weights: the operator's
+        --weights ("fp8": every model loads with float8 projections, load_pretrained's weights="fp8")."""
         self.models_dir = Path(models_dir)
         self.capacity = capacity
-        self.device, self.dtype = device, dtype
+        self.device, self.dtype, self.weights = device, dtype, weights
         self.allow_any_model, self.exposed = allow_any_model, exposed
         self.limits = limits or DownloadLimits.from_env()
         self._online, self._online_at = online, (None, -ONLINE_TTL)  # probe, (its last answer, when)
@@ -321,6 +324,7 @@ class ModelRegistry:
             online=self._online,
             hub_cache=self.hub_cache,
             limits=self.limits,
+            weights=self.weights,
         )
         twin.offered = self.offered
         return twin
@@ -573,7 +577,9 @@ class ModelRegistry:
 
     def _build(self, key: str, name: str, folder: str) -> LoadedModel:
         try:
-            model, tokenizer = load_pretrained(folder, device=self.device, dtype=self.dtype)
+            model, tokenizer = load_pretrained(
+                folder, device=self.device, dtype=self.dtype, weights=self.weights
+            )
             card = model_card(folder)
         except (CheckpointError, ConfigError, OSError) as e:
             raise ModelUnavailable(f"cannot load model {name!r}: {e}") from None

@@ -415,6 +415,7 @@ def model_markdown(summary: Mapping, *, name: str, context: int, stop_tokens: It
         f"{summary.get('hidden_size')}{experts}  \n"
         f"block size **{summary.get('block_size')}** · context {context}  \n"
         f"device **{summary.get('device')}** · dtype {summary.get('dtype')}"
+        + (" · float8 projections" if summary.get("weights") == "fp8" else "")
         + (f"  \nstops at {stops}" if stops else "")
         + licence_line(summary)
     )

@@ -257,7 +257,7 @@ class Warmup:
         if not plan:
             return 0
         t0 = time.perf_counter()
-        procs = precompile(plan, dtype=registry.dtype or torch.bfloat16)
+        procs = precompile(plan, dtype=registry.dtype or torch.bfloat16, weights=registry.weights)
 
         def reap() -> None:
             codes = wait_for(procs)

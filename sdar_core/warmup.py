@@ -97,9 +97,10 @@ def warm_all(
     return done
 
 
-def stand_in(config: ModelConfig, device, dtype, fused: bool = False):
+def stand_in(config: ModelConfig, device, dtype, fused: bool = False, weights: str | None = None):
     """A model of `config`'s shapes with zero weights and as few layers as show every kind of layer it has (dense,
-    MoE): what `precompile`'s workers warm. `fused`: with fuse_projections (as the server's model will be)."""
+    MoE): what `precompile`'s workers warm. `fused`: with fuse_projections (as the server's model will be);
+    weights="fp8": with float8 projections (quantize_fp8, which fuses too), whose kernels differ."""
     from .loading import empty_model
 
     kinds, layers = set(), 0
@@ -115,6 +116,8 @@ def stand_in(config: ModelConfig, device, dtype, fused: bool = False):
         model.lm_head.weight = model.model.embed_tokens.weight
     model.reset_rope(device)
     model = model.eval()
+    if weights == "fp8":
+        return model.quantize_fp8()
     return model.fuse_projections() if fused else model
 
 
@@ -125,6 +128,7 @@ def precompile(
     dtype: torch.dtype = torch.bfloat16,
     fused: bool = False,
     workers: int | None = None,
+    weights: str | None = None,
 ) -> list[subprocess.Popen]:
     """Start worker processes that warm `plan` (each a model config and a (resolved params, shape) pair, as warm_up
     takes them) on stand-ins of the configs, the shapes dealt round-robin (`workers`: default one per 4 CPUs, at
@@ -136,7 +140,7 @@ def precompile(
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     procs = []
     for w in range(workers):
-        job = pickle.dumps((str(device), dtype, fused, plan[w::workers]))
+        job = pickle.dumps((str(device), dtype, fused, weights, plan[w::workers]))
         proc = subprocess.Popen([sys.executable, "-m", "sdar_core.warmup"], stdin=subprocess.PIPE, env=env)
         proc.stdin.write(job)
         proc.stdin.close()
@@ -158,12 +162,12 @@ def wait_for(procs: list[subprocess.Popen], timeout: float = 600) -> list[int]:
 
 def _worker() -> int:
     """`python -m sdar_core.warmup`: the job `precompile` pickled to stdin, warmed on stand-ins (one per config)."""
-    device, dtype, fused, plan = pickle.loads(sys.stdin.buffer.read())
+    device, dtype, fused, weights, plan = pickle.loads(sys.stdin.buffer.read())
     t0, models = time.perf_counter(), {}
     for config, params, shape in plan:
         key = repr(config)
         if key not in models:
-            models[key] = stand_in(config, torch.device(device), dtype, fused)
+            models[key] = stand_in(config, torch.device(device), dtype, fused, weights)
         seconds = warm_up(models[key], params, shape, filler_id=min(5, config.vocab_size - 2))
         print(f"precompile: {shape}, {params.strategy}: {seconds:.2f} s", file=sys.stderr, flush=True)
     print(f"precompile: {len(plan)} shapes in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)

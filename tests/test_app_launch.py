@@ -51,3 +51,57 @@ def test_the_studio_stops_with_the_reason_on_a_bad_kernel_cache(tmp_path):
     )
     assert run.returncode == 2 and "cannot hold the kernel caches" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_fp8_weights_are_the_operators_switch_and_a_bad_value_stops_with_its_reason(
+    studio_checkpoints, monkeypatch
+):
+    """--weights fp8 (or SDAR_WEIGHTS=fp8) loads the studio's models with float8 projections, and the model card
+    says so; a bad SDAR_WEIGHTS stops the studio with a usage line, not a stack trace."""
+    from app import launch
+    from app.registry import ModelRegistry
+    from app.render import model_markdown
+
+    sdar, _ = studio_checkpoints
+    loaded = ModelRegistry(models_dir=sdar.parent, weights="fp8").get(str(sdar))
+    assert loaded.model.weights == "fp8" and "float8 projections" in model_markdown(
+        loaded.summary, name="m", context=512
+    )
+    plain = ModelRegistry(models_dir=sdar.parent).get(str(sdar))
+    assert plain.model.weights == "float32" and "float8" not in model_markdown(
+        plain.summary, name="m", context=512
+    )
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def registry(**kw):
+        seen.update(kw)
+        raise Stop  # the switch reached the registry: the rest of the start-up is not this test's
+
+    monkeypatch.setattr(launch, "ModelRegistry", registry)
+    monkeypatch.setattr(launch, "set_switch_interval", lambda: 0.005)  # this test process keeps its own
+    monkeypatch.setattr(launch, "watch_from_env", lambda: None)
+    for argv, env, want in (
+        ([], {}, None),
+        (["--weights", "fp8"], {}, "fp8"),
+        ([], {"SDAR_WEIGHTS": "fp8"}, "fp8"),
+    ):
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        with pytest.raises(Stop):
+            launch.main(["--model", str(sdar), *argv])
+        assert seen["weights"] == want
+        monkeypatch.delenv("SDAR_WEIGHTS", raising=False)
+    env = {**os.environ, "SDAR_WEIGHTS": "int4", "GRADIO_ANALYTICS_ENABLED": "False"}
+    run = subprocess.run(
+        [sys.executable, "app.py", "--port", "1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and "SDAR_WEIGHTS='int4': use dtype or fp8" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -89,7 +89,7 @@ def test_the_studio_precompiles_on_a_gpu_only_and_not_when_switched_off(studio_c
     # the shapes the warm-up takes, for the start model (sdar-tiny) and its AR twin, read from their configs
     want = studio_mod.shapes_for(loaded.config, studio_mod.DecodeSettings())
     assert [(p, s) for c, p, s in plan if c.is_sdar] == want and len(plan) == len(want) + 2
-    assert kw == {"dtype": torch.bfloat16}
+    assert kw == {"dtype": torch.bfloat16, "weights": None}
 
 
 @pytest.mark.cuda
@@ -134,3 +134,20 @@ print("ok")
         if role == "workers":
             assert len(entries()) > len(before)  # the workers compiled kernels
     assert entries() == before  # the server found every kernel it needed
+
+
+def test_an_fp8_stand_in_warms_the_float8_kernels_and_the_studio_asks_for_it(studio_checkpoints, monkeypatch):
+    from app import studio as studio_mod
+    from app.registry import ModelRegistry
+    from sdar_core.gemm import Fp8Linear
+
+    model = stand_in(tiny_config("sdar", layers=4), "cpu", torch.float32, weights="fp8")
+    assert model.weights == "fp8" and isinstance(model.model.layers[0].mlp.down_proj, Fp8Linear)
+    assert not model(torch.tensor([[1, 2, 3]])).any()  # zero rows quantize to zeros (scale 1)
+    sdar, _ = studio_checkpoints
+    registry = ModelRegistry(models_dir=sdar.parent, weights="fp8")
+    started = []
+    monkeypatch.setattr(studio_mod, "precompile", lambda plan, **kw: started.append(kw) or [])
+    monkeypatch.setattr(studio_mod.torch.cuda, "is_available", lambda: True)
+    studio_mod.Warmup().precompile(registry, str(sdar))
+    assert started and started[0]["weights"] == "fp8"
