@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     model, tokenizer = load_pretrained(
-        args.model, device=parse_device(args.device), weights=None if args.weights == "dtype" else args.weights
+        args.model,
+        device=parse_device(args.device),
+        weights=None if args.weights == "dtype" else args.weights,
     )
     ids = encode_prompt(tokenizer, args.prompt, chat=args.chat, system=args.system)
     with warnings.catch_warnings(record=True) as caught:  # the library's warnings as one plain line each

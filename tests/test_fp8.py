@@ -246,7 +246,12 @@ def test_the_benchmarks_floor_counts_the_float8_bytes_and_not_the_gathered_embed
 
     config = tiny_config("sdar", block_size=4, tie_word_embeddings=True)
     model = random_model(config)
-    h, i, v, layers = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
+    h, i, v, layers = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.vocab_size,
+        config.num_hidden_layers,
+    )
     q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
     rows = {"qkv": (q + 2 * kv, h), "o": (h, q), "gate_up": (2 * i, h), "down": (h, i)}
     norms = layers * (2 * h + 2 * config.head_dim) + h  # float32 norm weights
