@@ -18,10 +18,10 @@
 #   bash benchmarks/device_kernels.sh step       # every `cuda` test and the studio's tests on CUDA, then a decode
 #                                                # beside threads running Python, its step graphed and op by op
 #                                                # (benchmarks.crowded_decode)
-#   bash benchmarks/device_kernels.sh fp8 [S]    # float8 weights: the goals' bf16 rows against the same with
-#                                                # --weights fp8 (64 and 8k prompts), the `cuda` tests of the GEMM,
-#                                                # float8, decoding and read-ahead modules, then the 1.7B's
-#                                                # projections one by one (cuBLAS, ours in bf16 and over float8)
+#   bash benchmarks/device_kernels.sh fp8 [S]    # float8 weights, within S seconds: the `cuda` tests of the GEMM and
+#                                                # float8 modules, `ar` and SDAR b16/4 at batch 1 in bf16 against
+#                                                # --weights fp8, then the 1.7B's projections one by one (cuBLAS,
+#                                                # ours in bf16 and over float8)
 # Results go to $OUT (the device tool's folder), else out/device; folders are packed in one .tgz (the device tool
 # brings back a few files per call).
 set -u
@@ -40,12 +40,14 @@ case "${1:-gemm}" in
     SDAR_PDL=0 timeout 120 $BENCH --no-skinny-gemm --out "$OUT/e2e-cublas" 2>&1 | tee "$OUT/e2e-cublas.log" | tail -6
     timeout 120 $BENCH --out "$OUT/e2e-default" 2>&1 | tee "$OUT/e2e-default.log" | tail -6
     tar czf "$OUT/e2e.tgz" -C "$OUT" e2e-cublas e2e-default && rm -r "$OUT/e2e-cublas" "$OUT/e2e-default" ;;
-  fp8)  # $2: finish within this many seconds (default 380); the end-to-end rows first, the microbenchmark last
-    timeout 100 $BENCH --out "$OUT/bench-bf16" 2>&1 | tee "$OUT/bench-bf16.log" | tail -6
-    timeout 100 $BENCH --weights fp8 --out "$OUT/bench-fp8" 2>&1 | tee "$OUT/bench-fp8.log" | tail -6
-    timeout 120 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_fp8.py tests/test_gemm.py \
-      tests/test_decoding.py tests/test_read_ahead.py > "$OUT/cuda-tests.log" 2>&1; tail -n 3 "$OUT/cuda-tests.log"
-    timeout $((${2:-380} - SECONDS)) python3 -m benchmarks.gemm --out "$OUT/gemm-fp8" --archs sdar-1.7b --rows 1 16 \
+  fp8)  # $2: finish within this many seconds (default 300): the cuda tests, the end-to-end rows, the microbenchmark
+    timeout 100 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_fp8.py tests/test_gemm.py \
+      > "$OUT/cuda-tests.log" 2>&1; tail -n 3 "$OUT/cuda-tests.log"
+    FP8_BENCH="python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 --new-tokens 256
+      --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none"
+    timeout 70 $FP8_BENCH --out "$OUT/bench-bf16" 2>&1 | tee "$OUT/bench-bf16.log" | tail -5
+    timeout 70 $FP8_BENCH --weights fp8 --out "$OUT/bench-fp8" 2>&1 | tee "$OUT/bench-fp8.log" | tail -5
+    timeout $((${2:-300} - SECONDS)) python3 -m benchmarks.gemm --out "$OUT/gemm-fp8" --archs sdar-1.7b --rows 1 16 \
       --sweep-rows 0 --fp8 2>&1 | tee "$OUT/gemm-fp8.log" | tail -12
     tar czf /tmp/fp8.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/fp8.tgz "$OUT/" ;;
   gemm)
