@@ -41,12 +41,12 @@ case "${1:-gemm}" in
     timeout 120 $BENCH --out "$OUT/e2e-default" 2>&1 | tee "$OUT/e2e-default.log" | tail -6
     tar czf "$OUT/e2e.tgz" -C "$OUT" e2e-cublas e2e-default && rm -r "$OUT/e2e-cublas" "$OUT/e2e-default" ;;
   fp8)  # $2: finish within this many seconds (default 300): the cuda tests, the end-to-end rows, the microbenchmark
-    timeout $((${2:-300} / 3)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_fp8.py tests/test_gemm.py \
+    timeout $((${2:-300} / 4)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_fp8.py tests/test_gemm.py \
       > "$OUT/cuda-tests.log" 2>&1; tail -n 3 "$OUT/cuda-tests.log"
     FP8_BENCH="python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 --new-tokens 256
       --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none"
-    timeout $((${2:-300} / 4)) $FP8_BENCH --out "$OUT/bench-bf16" 2>&1 | tee "$OUT/bench-bf16.log" | tail -5
-    timeout $((${2:-300} / 4)) $FP8_BENCH --weights fp8 --out "$OUT/bench-fp8" 2>&1 | tee "$OUT/bench-fp8.log" | tail -5
+    timeout $((${2:-300} / 3)) $FP8_BENCH --out "$OUT/bench-bf16" 2>&1 | tee "$OUT/bench-bf16.log" | tail -5
+    timeout $((${2:-300} / 3)) $FP8_BENCH --weights fp8 --out "$OUT/bench-fp8" 2>&1 | tee "$OUT/bench-fp8.log" | tail -5
     timeout $((${2:-300} - SECONDS)) python3 -m benchmarks.gemm --out "$OUT/gemm-fp8" --archs sdar-1.7b --rows 1 16 \
       --sweep-rows 0 --fp8 2>&1 | tee "$OUT/gemm-fp8.log" | tail -12
     tar czf /tmp/fp8.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/fp8.tgz "$OUT/" ;;
