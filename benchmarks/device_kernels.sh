@@ -22,6 +22,7 @@
 #                                                # float8 modules, `ar` and SDAR b16/4 at batch 1 in bf16 against
 #                                                # --weights fp8, then the 1.7B's projections one by one (cuBLAS,
 #                                                # ours in bf16 and over float8)
+#   bash benchmarks/device_kernels.sh fp8-short [S]  # the float8 module's `cuda` tests, then the projections one by one
 # Results go to $OUT (the device tool's folder), else out/device; folders are packed in one .tgz (the device tool
 # brings back a few files per call).
 set -u
@@ -50,6 +51,11 @@ case "${1:-gemm}" in
     timeout $((${2:-300} - SECONDS)) python3 -m benchmarks.gemm --out "$OUT/gemm-fp8" --archs sdar-1.7b --rows 1 16 \
       --sweep-rows 0 --fp8 2>&1 | tee "$OUT/gemm-fp8.log" | tail -12
     tar czf /tmp/fp8.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/fp8.tgz "$OUT/" ;;
+  fp8-short)  # $2 seconds (default 130): the float8 module's `cuda` tests, then its projections one by one
+    timeout 80 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_fp8.py > "$OUT/cuda-tests.log" 2>&1
+    tail -n 3 "$OUT/cuda-tests.log"
+    timeout $((${2:-130} - SECONDS)) python3 -m benchmarks.gemm --out "$OUT/gemm-fp8" --archs sdar-1.7b --rows 1 16 \
+      --sweep-rows 0 --fp8 2>&1 | tee "$OUT/gemm-fp8.log" | tail -12 ;;
   gemm)
     timeout 200 python3 -m benchmarks.gemm --out "$OUT/gemm" --rows 1 4 16 --sweep-rows 1 --budget-s 60 2>&1 \
       | tee "$OUT/gemm.log" | tail -3
