@@ -182,6 +182,14 @@ pb = gemm.quantize_fp8(torch.randn(96, 512, generator=g))
 yb = gemm.launch(xb, pb.data, gemm.GemmConfig(16, 256, 2), pb.scale)
 from test_gemm import rounding_excess
 errors["bf16_excess"] = rounding_excess(yb, xb, pb.dequantize(torch.float64))
+# the registered op at config_for's float8 tiles (BLOCK_K 512, split-K over a 132-SM chip): 1, 16 and 64 rows
+for rows, n, k in [(1, 256, 2048), (16, 96, 1024), (64, 40, 768)]:
+    x = torch.randn(1, rows, k, generator=g)
+    packed = gemm.quantize_fp8(torch.randn(n, k, generator=g))
+    ref = x.double() @ packed.dequantize(torch.float64).T
+    y = torch.ops.sdar.fp8_linear(x, packed.data, packed.scale)
+    assert y.shape == (*x.shape[:-1], n), y.shape
+    errors[f"op {rows}x{n}x{k}"] = float((y.double() - ref).norm() / ref.norm())
 print(json.dumps({"errors": errors, "counters": int(gemm._counters[torch.device("cpu")].abs().sum())}))
 """
 
