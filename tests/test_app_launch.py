@@ -40,17 +40,21 @@ def test_a_folder_that_cannot_hold_the_caches_is_refused(tmp_path):
 def test_the_studio_stops_with_the_reason_on_a_bad_kernel_cache(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    env = {**os.environ, "SDAR_KERNEL_CACHE": str(blocker), "GRADIO_ANALYTICS_ENABLED": "False"}
+    assert "cannot hold the kernel caches" in refused_start(SDAR_KERNEL_CACHE=str(blocker))
+
+
+def refused_start(**env: str) -> str:
+    """`python app.py` with `env` added: it must stop with exit code 2 and a reason, no traceback; its stderr."""
     run = subprocess.run(
         [sys.executable, "app.py", "--port", "1"],
         cwd=REPO,
-        env=env,
+        env={**os.environ, **env, "GRADIO_ANALYTICS_ENABLED": "False"},
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert run.returncode == 2 and "cannot hold the kernel caches" in run.stderr
-    assert "Traceback" not in run.stderr
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    return run.stderr
 
 
 def test_fp8_weights_are_the_operators_switch_and_a_bad_value_stops_with_its_reason(
@@ -94,14 +98,4 @@ def test_fp8_weights_are_the_operators_switch_and_a_bad_value_stops_with_its_rea
             launch.main(["--model", str(sdar), *argv])
         assert seen["weights"] == want
         monkeypatch.delenv("SDAR_WEIGHTS", raising=False)
-    env = {**os.environ, "SDAR_WEIGHTS": "int4", "GRADIO_ANALYTICS_ENABLED": "False"}
-    run = subprocess.run(
-        [sys.executable, "app.py", "--port", "1"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 2 and "SDAR_WEIGHTS='int4': use dtype or fp8" in run.stderr
-    assert "Traceback" not in run.stderr
+    assert "SDAR_WEIGHTS='int4': use dtype or fp8" in refused_start(SDAR_WEIGHTS="int4")
