@@ -32,6 +32,7 @@ from app.registry import DEFAULT_MODEL, ModelRegistry  # noqa: E402  (after the 
 from app.scheduler import batching_from_env  # noqa: E402
 from app.studio import WARMUP  # noqa: E402
 from app.ui import build_app  # noqa: E402
+from sdar_core.loading import WEIGHT_CHOICES, weights_from_choice  # noqa: E402
 
 log = logging.getLogger("sdar.app")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -92,14 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--weights",
-        choices=("dtype", "fp8"),
+        choices=WEIGHT_CHOICES,
         default=os.environ.get(WEIGHTS_ENV, "dtype"),
         help="fp8: load every model with float8 projections (a scale per row), half the bytes a decode step reads "
         f"on a GPU, at a small cost in quality (docs/performance.md); default: {WEIGHTS_ENV} or %(default)s",
     )
     args = parser.parse_args(argv)
-    if args.weights not in ("dtype", "fp8"):  # from the environment: argparse checks only the command line
-        parser.error(f"{WEIGHTS_ENV}={args.weights!r}: use dtype or fp8")
+    if args.weights not in WEIGHT_CHOICES:  # from the environment: argparse checks only the command line
+        parser.error(f"{WEIGHTS_ENV}={args.weights!r}: use {' or '.join(WEIGHT_CHOICES)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up probes
     # AutoTokenizer reads config.json and warns that `sdar` is not a transformers model type: expected here.
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         allow_any_model=args.allow_any_model,
         exposed=exposed(args.host, args.share),
         offered=(args.model,),
-        weights=None if args.weights == "dtype" else args.weights,
+        weights=weights_from_choice(args.weights),
     )
     if registry.weights == "fp8":
         log.info("models load with float8 projections (--weights fp8 / %s)", WEIGHTS_ENV)

@@ -33,7 +33,7 @@ from sdar_core.decode_attention import split_k_available
 from sdar_core.decoding import DecodeParams, generate
 from sdar_core.device import default_device, default_dtype, synchronize
 from sdar_core.kernels import Kernels
-from sdar_core.loading import load_pretrained
+from sdar_core.loading import WEIGHT_CHOICES, load_pretrained, weights_from_choice
 from sdar_core.model import SDARForCausalLM
 from sdar_core.runner import default_mode
 
@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the graphed forward")
     p.add_argument(
         "--weights",
-        choices=("dtype", "fp8"),
+        choices=WEIGHT_CHOICES,
         default="dtype",
         help="fp8: the projections and the lm_head as float8 weights with a scale per row (model.quantize_fp8; "
         "the floor counts their bytes)",
@@ -597,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.fuse:
         model.fuse_projections()
-    if args.weights == "fp8":
+    if weights_from_choice(args.weights) == "fp8":
         model.quantize_fp8()  # fuses too
     if args.gemv_tiles:  # read at every call of the gemv form
         experts.GEMV = experts.GemvConfig(**dict(zip(moe.GEMV_TILES, args.gemv_tiles)))

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from sdar_core import DecodeParams, generate, load_pretrained
 from sdar_core.attention import AttentionInputs
 from sdar_core.kv_cache import KVCache
+from sdar_core.loading import WEIGHT_CHOICES, weights_from_choice
 from sdar_core.paths import MODELS_DIR, in_checkout
 from sdar_core.prompting import encode_prompt, stop_ids_for
 from training.corpus import sha256_file
@@ -437,7 +438,7 @@ def evaluate(settings: EvalSettings, log=print) -> dict:
     data = Path(in_checkout(settings.data))
     problems = read_jsonl(data / ARITH_FILE, settings.limit)
     texts = [r["text"] for r in spread(read_jsonl(data / TEXT_FILE, None), settings.text_limit)]
-    weights = None if settings.weights == "dtype" else settings.weights
+    weights = weights_from_choice(settings.weights)
     models = {
         name: load_pretrained(
             Path(in_checkout(settings.models)) / name, device=device, dtype=dtype, weights=weights
@@ -573,7 +574,8 @@ def logits_error(model, reference, tokenizer, texts: list[str], settings: EvalSe
             a, b = model(batch).float()[live], reference(batch).float()[live]
             sq_err += float((a - b).pow(2).sum())
             sq_ref += float(b.pow(2).sum())
-            kl += float((b.log_softmax(-1).exp() * (b.log_softmax(-1) - a.log_softmax(-1))).sum())
+            log_b = b.log_softmax(-1)
+            kl += float((log_b.exp() * (log_b - a.log_softmax(-1))).sum())
             agree += float((a.argmax(-1) == b.argmax(-1)).sum())
             positions += a.shape[0]
     return {
@@ -708,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype)
     p.add_argument(
         "--weights",
-        choices=("dtype", "fp8"),
+        choices=WEIGHT_CHOICES,
         default=d.weights,
         help="fp8: the projections as float8 weights, and sdar-tiny's logits compared with --dtype's",
     )

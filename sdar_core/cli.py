@@ -18,7 +18,7 @@ import torch
 from .config import ConfigError
 from .decode_params import OPTIONS, DecodeParams
 from .decoding import GenerationError, UntrainedBlockSizeWarning, generate
-from .loading import CheckpointError, load_pretrained
+from .loading import WEIGHT_CHOICES, CheckpointError, load_pretrained, weights_from_choice
 from .paths import DEFAULT_MODEL
 from .prompting import encode_prompt, stop_ids_for
 
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when there is one)")
     p.add_argument(
         "--weights",
-        choices=("dtype", "fp8"),
+        choices=WEIGHT_CHOICES,
         default="dtype",
         help="fp8: the projections as float8 weights with a scale per row (half the bytes a step reads on a GPU)",
     )
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
     model, tokenizer = load_pretrained(
         args.model,
         device=parse_device(args.device),
-        weights=None if args.weights == "dtype" else args.weights,
+        weights=weights_from_choice(args.weights),
     )
     ids = encode_prompt(tokenizer, args.prompt, chat=args.chat, system=args.system)
     with warnings.catch_warnings(record=True) as caught:  # the library's warnings as one plain line each

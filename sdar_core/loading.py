@@ -506,6 +506,12 @@ def load_tokenizer(folder: Path):
 
 
 WEIGHT_FORMATS = (None, "fp8")  # load_pretrained's `weights`
+WEIGHT_CHOICES = ("dtype", "fp8")  # the command lines' --weights: "dtype" is load_pretrained's weights=None
+
+
+def weights_from_choice(choice: str) -> str | None:
+    """load_pretrained's `weights` for a command line's --weights choice (WEIGHT_CHOICES)."""
+    return None if choice == "dtype" else choice
 
 
 def load_pretrained(

@@ -257,8 +257,7 @@ class SDARForCausalLM(nn.Module):
         """Inference only, in place: every dense projection and the lm_head as float8 e4m3 weights with a float32
         scale per output row (gemm.quantize_fp8), read by the skinny kernel on CUDA: half the bytes of bf16 per
         decode step. Activations, norms, the embedding (a tied one too: the lm_head gets a float8 copy) and an MoE's
-        routed experts keep the model's dtype. Fuses the projections first; the bf16 weights are freed."""
-        self.fuse_projections()
+        routed experts keep the model's dtype. Each module fuses its projections first; the bf16 weights are freed."""
         for module in list(self.modules()):
             if isinstance(module, (Attention, MLP)):
                 module.quantize_fp8()
