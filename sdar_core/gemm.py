@@ -93,19 +93,22 @@ def config_for(rows: int, n: int, k: int, sms: int, fp8: bool = False) -> GemmCo
     return GemmConfig(block_n=block_n, block_k=block_k, split_k=split)
 
 
-def skinny_runs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether `linear` takes the kernel: CUDA with Triton, no gradient, no bias, at most MAX_ROWS rows, contiguous
-    operands of one floating dtype."""
+def _kernel_takes(x: torch.Tensor, weight: torch.Tensor, max_rows: int) -> bool:
+    """CUDA with Triton, no gradient, 1-max_rows rows of a floating dtype, a contiguous weight on x's device."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     return (
-        bias is None
-        and 1 <= rows <= MAX_ROWS
-        and x.dtype == weight.dtype
+        1 <= rows <= max_rows
         and x.dtype in (torch.bfloat16, torch.float16, torch.float32)
         and weight.is_contiguous()
         and kernels_run(x, weight)
         and weight.device == x.device
     )
+
+
+def skinny_runs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether `linear` takes the kernel: CUDA with Triton, no gradient, no bias, at most MAX_ROWS rows, contiguous
+    operands of one floating dtype."""
+    return bias is None and x.dtype == weight.dtype and _kernel_takes(x, weight, MAX_ROWS)
 
 
 @dataclass(frozen=True)
@@ -162,14 +165,7 @@ class Fp8Linear(torch.nn.Module):
 def fp8_runs(x: torch.Tensor, weight: Fp8Weight) -> bool:
     """Whether `linear` takes the kernel for an Fp8Weight: CUDA with Triton, no gradient, 1-FP8_MAX_ROWS rows of a
     floating dtype, a contiguous weight on x's device."""
-    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    return (
-        1 <= rows <= FP8_MAX_ROWS
-        and x.dtype in (torch.bfloat16, torch.float16, torch.float32)
-        and weight.data.is_contiguous()
-        and kernels_run(x, weight.data)
-        and weight.data.device == x.device
-    )
+    return _kernel_takes(x, weight.data, FP8_MAX_ROWS)
 
 
 def fp8_reference(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -267,14 +263,19 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
-@torch.library.custom_op("sdar::skinny_linear", mutates_args=())
-def _skinny_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _rows_product(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """x [..., k] @ weight^T through `launch` at config_for's tile shape (float8 tiles when `scale` is given)."""
     k = x.shape[-1]
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    cfg = config_for(x2.shape[0], weight.shape[0], k, _sm_count(x.device))
-    return launch(x2, weight, cfg).view(*x.shape[:-1], weight.shape[0])
+    cfg = config_for(x2.shape[0], weight.shape[0], k, _sm_count(x.device), fp8=scale is not None)
+    return launch(x2, weight, cfg, scale).view(*x.shape[:-1], weight.shape[0])
+
+
+@torch.library.custom_op("sdar::skinny_linear", mutates_args=())
+def _skinny_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return _rows_product(x, weight, None)
 
 
 @_skinny_linear.register_fake
@@ -284,12 +285,7 @@ def _(x, weight):
 
 @torch.library.custom_op("sdar::fp8_linear", mutates_args=())
 def _fp8_linear(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    k = x.shape[-1]
-    x2 = x.reshape(-1, k)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    cfg = config_for(x2.shape[0], data.shape[0], k, _sm_count(x.device), fp8=True)
-    return launch(x2, data, cfg, scale).view(*x.shape[:-1], data.shape[0])
+    return _rows_product(x, data, scale)
 
 
 @_fp8_linear.register_fake
