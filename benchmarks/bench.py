@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
+from sdar_core import gemm, pdl
 from sdar_core import moe as experts
-from sdar_core import pdl
 from sdar_core.config import ModelConfig
 from sdar_core.decode_attention import split_k_available
 from sdar_core.decoding import DecodeParams, generate
@@ -491,6 +491,7 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
         weights=model.weights,
         fusions=kernels.fusions(),
         skinny_gemm=kernels.skinny_gemm,
+        skinny_rows=gemm.MAX_ROWS if kernels.skinny_gemm else 0,
         expert_gemv=kernels.expert_gemv,
         gemv_tiles=asdict(experts.GEMV),
         pdl=pdl.REQUESTED and pdl.SUPPORTED,

@@ -74,7 +74,7 @@ def excess(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> float:
 
 def sweep_configs(rows: int, k: int) -> list[gemm.GemmConfig]:
     out = []
-    for bn, bk, split in itertools.product((16, 32, 64), (128, 256), (1, 2, 4, 8)):
+    for bn, bk, split in itertools.product((16, 32, 64, 128), (128, 256), (1, 2, 4, 8)):
         if k % split == 0 and k // split >= bk:
             out.append(gemm.GemmConfig(bn, bk, split))
     return out

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sdar_core import gemm as skinny
 from sdar_core import pdl
 from sdar_core.kernels import Kernels
 from sdar_core.runner import ChunkRunner
@@ -173,6 +174,7 @@ def main() -> None:
                     mode=mode,
                     split_k=split_k,
                     gemm=gemm,
+                    skinny_rows=skinny.MAX_ROWS if gemm.startswith("skinny") else 0,
                     replay_ms=round(replay_ms(graph), 3),
                 )
                 row |= kernel_profile(graph, layers)

@@ -31,6 +31,7 @@ CPU, a prefill's many rows) the product is written with torch (`fp8_reference`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -45,11 +46,22 @@ try:
 except ImportError:
     triton = None
 
-# The rows `linear` sends to the kernel. Measured on an H100 (benchmarks/NOTES.md, "Skinny matmuls"): for one row
-# it is cuBLAS's equal alone (within +-10% per shape, the lm_head 7% faster) and, launched with PDL (pdl.py) in a
-# chain of our kernels, the batch-1 AR forward is 10% faster; from 2 rows on its tensor-core form is slower than
+# The rows `linear` sends to the kernel (SDAR_SKINNY_ROWS, 1-64, overrides it: the benchmarks compare the two).
+# Measured on an H100 (benchmarks/NOTES.md, "Skinny matmuls"): for one row it is cuBLAS's equal alone (within +-10%
+# per shape, the lm_head 7% faster) and, launched with PDL (pdl.py) in a chain of our kernels, the batch-1 AR
+# forward is 10% faster; from 2 rows on its first tensor-core form (x's rows as the MMA's M) was slower than
 # cuBLAS's (1.3-2x at 4-16 rows), so cuBLAS keeps them. `launch` itself serves 1-64 rows (the benchmark's sweep).
-MAX_ROWS = 1
+ENV_ROWS = "SDAR_SKINNY_ROWS"
+
+
+def _rows_from_env() -> int:
+    value = os.environ.get(ENV_ROWS, "1")
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise ValueError(f"{ENV_ROWS}={value!r}: give the most rows the skinny GEMM takes, 1-64")
+    return int(value)
+
+
+MAX_ROWS = _rows_from_env()
 # The rows `linear` sends to the kernel for an Fp8Weight: every row count the kernel serves (the decode forward's
 # steps and blocks; a longer prefill dequantizes instead).
 FP8_MAX_ROWS = 64
@@ -76,16 +88,18 @@ def cdiv(a: int, b: int) -> int:
 
 
 def block_m(rows: int) -> int:
-    """Rows of x per program: all of them up to 64 (1 below 16: the CUDA-core form; tl.dot needs 16 or more)."""
+    """Rows of x per program: all of them up to 64, padded to 16, 32 or 64 for the tensor cores (tl.dot's narrow
+    operand needs 16 or more); 1 for one row (the CUDA-core form)."""
     return 1 if rows == 1 else 16 if rows <= 16 else 32 if rows <= 32 else 64
 
 
 def config_for(rows: int, n: int, k: int, sms: int, fp8: bool = False) -> GemmConfig:
     """The tile shape for an [rows, k] x [n, k]^T product on a chip of `sms` SMs: enough programs for about two
-    per SM (output tiles first, then splits of K no shorter than 512 nor than one step), 16-byte-aligned steps of 256
-    along K (twice as many float8 elements: the same bytes per step)."""
-    block_n = 16 if rows <= 16 else 32
-    block_k = (256 if rows <= 16 else 128) * (2 if fp8 else 1)
+    per SM (output tiles first, then splits of K no shorter than 512 nor than one step), 16-byte-aligned steps along
+    K (twice as many float8 elements: the same bytes per step). One row: 16 weight rows by 256 per program; more:
+    64 weight rows by 128, the M of one warpgroup MMA (the tensor-core form puts W's rows there)."""
+    block_n = 16 if rows == 1 else 64
+    block_k = (256 if rows == 1 else 128) * (2 if fp8 else 1)
     tiles = cdiv(n, block_n) * cdiv(rows, block_m(rows))
     split = 1
     while tiles * split < 2 * sms and k // (split * 2) >= max(512, block_k) and tiles <= COUNTERS:
@@ -297,14 +311,16 @@ if triton is not None:
 
     @triton.jit
     def _step(acc, x, w, BLOCK_M: tl.constexpr, IEEE: tl.constexpr):
-        """acc + x w^T for one K step: a multiply-and-sum for one row, tensor cores for 16 or more (a float8 w
-        widened to x's dtype first: exact)."""
+        """acc + one K step. One row: acc [1, BLOCK_N] += a multiply-and-sum on the CUDA cores. More: acc
+        [BLOCK_N, BLOCK_M] += w x^T on the tensor cores, the weight tile as the wide operand (BLOCK_N >= 64 of its
+        rows: Hopper's warpgroup MMA) and the few rows of x as the narrow one (a float8 w widened to x's dtype
+        first: exact)."""
         if BLOCK_M == 1:
             acc += tl.sum(x.to(tl.float32) * w.to(tl.float32), axis=1)[None, :]
         elif IEEE:
-            acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc, input_precision="ieee")
+            acc = tl.dot(w.to(x.dtype), tl.trans(x), acc, input_precision="ieee")
         else:
-            acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
+            acc = tl.dot(w.to(x.dtype), tl.trans(x), acc)
         return acc
 
     @triton.jit
@@ -335,7 +351,10 @@ if triton is not None:
         rn_safe = tl.where(rn < N, rn, 0)  # rows past N read row 0 (never stored): the W loads need no mask
         rm_safe = tl.where(rm < M, rm, 0)
         k0 = pid_k * per_split
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if BLOCK_M == 1:
+            acc = tl.zeros((1, BLOCK_N), dtype=tl.float32)
+        else:  # y^T: W's rows along the MMA's M
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         # The first step apart: its weight tile is read before the PDL wait (no kernel writes W), its x after.
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
@@ -356,6 +375,8 @@ if triton is not None:
                 x = tl.load(x_ptrs, mask=rk[None, :] < K, other=0.0)
                 w = tl.load(w_ptrs, mask=rk[None, :] < K, other=0.0)
             acc = _step(acc, x, w, BLOCK_M, IEEE)
+        if BLOCK_M > 1:
+            acc = tl.trans(acc)  # [BLOCK_M, BLOCK_N], once per tile
         live = (rm[:, None] < M) & (rn[None, :] < N)
         out = rm[:, None] * N + rn[None, :]
         if SPLIT_K == 1:

@@ -92,6 +92,7 @@ errors = []
 for q_index, L, pad in CASES:
     (q, k, v), where = make_case(2, 4, 2, 16, 48, q_index, L, pad)
     out = _split_k(q, k, v, where, SplitConfig(block_n=16, max_splits=3))  # several splits, a partial last step
+    assert out.transpose(1, 2).is_contiguous(), out.stride()  # laid out [B, Q, H, D]: o_proj's input is a view
     errors.append(float((out.double() - loop_reference(q, k, v, q_index, L, pad)).norm() / out.norm()))
 print(json.dumps(errors))
 """
@@ -114,6 +115,10 @@ def test_triton_kernel_matches_loop_reference(q_index, L, pad, dtype):
     out = decode_attention(q, k, v, where)
     ref = loop_reference(q.cpu(), k.cpu(), v.cpu(), q_index, L, pad)
     assert rel_err(out.cpu(), ref) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
+    # o_proj's input [B, Q, H * D] is a view of the output: no copy kernel between attention and o_proj
+    B, H, Q, D = out.shape
+    assert out.transpose(1, 2).reshape(B, Q, H * D).data_ptr() == out.data_ptr()
+    assert out.transpose(1, 2).is_contiguous()
 
 
 @pytest.mark.cuda

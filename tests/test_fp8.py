@@ -170,7 +170,7 @@ import json, torch
 from sdar_core import gemm
 g = torch.Generator().manual_seed(0)
 errors, cases = {}, [(1, 40, 300, (16, 256, 1)), (1, 48, 1024, (16, 256, 2)), (5, 33, 700, (16, 128, 3)),
-                     (17, 70, 512, (32, 256, 2)), (3, 64, 1024, (16, 512, 2))]
+                     (17, 70, 512, (32, 256, 2)), (3, 64, 1024, (16, 512, 2)), (16, 130, 768, (64, 256, 2))]
 for rows, n, k, (bn, bk, split) in cases:
     x = torch.randn(rows, k, generator=g)
     packed = gemm.quantize_fp8(torch.randn(n, k, generator=g) * torch.rand(n, 1, generator=g))

@@ -71,15 +71,27 @@ def ours(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     )
 
 
+def test_the_rows_linear_sends_the_kernel_come_from_sdar_skinny_rows():
+    read = "from sdar_core import gemm; print(gemm.MAX_ROWS)"
+    env = {k: v for k, v in os.environ.items() if k != gemm.ENV_ROWS}
+    run = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True)
+    assert run.stdout.strip() == "1"  # the default
+    for value, expected in (("64", "64"), ("0", "1-64"), ("sixteen", "1-64"), ("65", "1-64")):
+        env[gemm.ENV_ROWS] = value
+        run = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True)
+        assert expected in (run.stdout if expected == "64" else run.stderr), (value, run.stdout, run.stderr)
+
+
 def test_the_kernel_is_only_taken_where_it_can_run():
     x, w = torch.randn(2, 16), torch.randn(8, 16)
     assert not gemm.skinny_runs(x, w, None)  # the CPU
     assert gemm.block_m(1) == 1 and gemm.block_m(2) == 16 and gemm.block_m(33) == 64
 
 
-# Every tile form on CPU tensors under the interpreter: rows 1 (CUDA-core form), 5 and 17 (tensor-core tiles with
-# padding rows), 64; K that no step divides; split-K 1-4 with uneven last splits; a row stride wider than K; each
-# shape twice, which must give the same bits, and the counters must be back to zero.
+# Every tile form on CPU tensors under the interpreter: rows 1 (CUDA-core form), 5, 16, 17 and 33 (tensor-core tiles
+# with padding rows, 16-128 weight rows a tile, N no tile divides), 64; K that no step divides; split-K 1-4 with
+# uneven last splits; a row stride wider than K; each shape twice, which must give the same bits, and the counters
+# must be back to zero.
 INTERPRETED = """
 import json, torch
 from sdar_core import gemm, pdl
@@ -88,6 +100,7 @@ g = torch.Generator().manual_seed(0)
 errors, same, cases = {}, True, [
     (1, 40, 300, (16, 128, 1)), (1, 40, 512, (16, 128, 2)), (5, 33, 700, (16, 128, 3)),
     (17, 70, 256, (32, 128, 2)), (40, 50, 384, (32, 64, 1)), (3, 64, 1024, (16, 256, 4)), (64, 24, 200, (16, 64, 2)),
+    (16, 150, 640, (64, 128, 2)), (33, 130, 384, (128, 128, 3)),  # config_for's tensor-core tiles: W's 64+ rows
 ]
 for rows, n, k, (bn, bk, split) in cases:
     x = torch.randn(rows, k + 8, generator=g)[:, :k]  # rows k + 8 apart
