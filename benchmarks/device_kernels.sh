@@ -26,7 +26,8 @@
 #   bash benchmarks/device_kernels.sh rows [S]   # the skinny GEMM for 1-64 rows (SDAR_SKINNY_ROWS=64) within S seconds:
 #                                                # its kernels' `cuda` tests, the 1.7B's projections one by one (bf16
 #                                                # and float8, tiles swept at 16 rows), the graphed forward's profile
-#                                                # and `bench` at batch 1 and 4 with 1 row against 64, then float8
+#                                                # and `bench` at batch 1 and 4 with 1 row against 64, without the
+#                                                # SwiGLU fold (fusion silu_down), then float8
 # Results go to $OUT (the device tool's folder), else out/device; folders are packed in one .tgz (the device tool
 # brings back a few files per call).
 set -u
@@ -62,20 +63,22 @@ case "${1:-gemm}" in
       --sweep-rows 0 --fp8 2>&1 | tee "$OUT/gemm-fp8.log" | tail -12 ;;
   rows)  # $2: finish within this many seconds (default 560)
     LIMIT=${2:-560}
-    SDAR_SKINNY_ROWS=64 timeout 110 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_gemm.py \
+    SDAR_SKINNY_ROWS=64 timeout 100 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_gemm.py \
       tests/test_fp8.py tests/test_decode_attention.py > "$OUT/cuda-tests.log" 2>&1; tail -n 3 "$OUT/cuda-tests.log"
-    timeout 110 python3 -m benchmarks.gemm --out "$OUT/gemm" --archs sdar-1.7b --rows 1 4 16 64 --sweep-rows 16 \
-      --budget-s 50 --fp8 2>&1 | tee "$OUT/gemm.log" | grep -v "^  " | tail -22
+    timeout 100 python3 -m benchmarks.gemm --out "$OUT/gemm" --archs sdar-1.7b --rows 1 4 16 64 --sweep-rows 16 \
+      --budget-s 45 --fp8 2>&1 | tee "$OUT/gemm.log" | grep -v "^  " | tail -22
     for rows in 1 64; do
-      SDAR_SKINNY_ROWS=$rows timeout 50 python3 -m benchmarks.profile_forward --split-k on --contexts 64 \
+      SDAR_SKINNY_ROWS=$rows timeout 45 python3 -m benchmarks.profile_forward --split-k on --contexts 64 \
         --gemm skinny+pdl --out "$OUT/profile-rows$rows" 2>&1 | tee "$OUT/profile-rows$rows.log" | tail -3
     done
     ROWS_BENCH="python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 --new-tokens 256
       --block-lengths 16 --no-dynamic --repeats 2 --transformers none"
     for rows in 1 64; do
-      SDAR_SKINNY_ROWS=$rows timeout 75 $ROWS_BENCH --batch-sizes 1 4 --out "$OUT/bench-rows$rows" 2>&1 \
+      SDAR_SKINNY_ROWS=$rows timeout 70 $ROWS_BENCH --batch-sizes 1 4 --out "$OUT/bench-rows$rows" 2>&1 \
         | tee "$OUT/bench-rows$rows.log" | tail -6
     done
+    SDAR_SKINNY_ROWS=64 timeout 45 $ROWS_BENCH --batch-sizes 1 --fusions norm_rope cache_write add_norm silu_mul \
+      routing --out "$OUT/bench-rows64-unfolded" 2>&1 | tee "$OUT/bench-rows64-unfolded.log" | tail -4
     SDAR_SKINNY_ROWS=64 timeout $((LIMIT - SECONDS)) $ROWS_BENCH --batch-sizes 1 --weights fp8 --out "$OUT/bench-fp8" \
       2>&1 | tee "$OUT/bench-fp8.log" | tail -4
     tar czf /tmp/rows.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/rows.tgz "$OUT/" ;;

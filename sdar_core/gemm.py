@@ -182,6 +182,27 @@ def fp8_runs(x: torch.Tensor, weight: Fp8Weight) -> bool:
     return _kernel_takes(x, weight.data, FP8_MAX_ROWS)
 
 
+def swiglu_runs(gate_up: torch.Tensor, weight: torch.Tensor | Fp8Weight) -> bool:
+    """Whether the down projection's kernel takes [gate; up] [..., 2k] and forms SiLU(gate) * up as it loads it
+    (`swiglu_linear`): the kernel takes these rows for this weight (skinny_runs, fp8_runs) and gate_up is twice the
+    weight's k wide."""
+    if isinstance(weight, Fp8Weight):
+        data, max_rows = weight.data, FP8_MAX_ROWS
+    elif gate_up.dtype == weight.dtype:
+        data, max_rows = weight, MAX_ROWS
+    else:
+        return False
+    return gate_up.shape[-1] == 2 * data.shape[1] and _kernel_takes(gate_up, data, max_rows)
+
+
+def swiglu_linear(gate_up: torch.Tensor, weight: torch.Tensor | Fp8Weight) -> torch.Tensor:
+    """(SiLU(gate) * up) W^T of gate_up = [gate; up] in one launch, where `swiglu_runs`: the activation is never
+    written, and no kernel of its own runs between gate_up's and down's."""
+    if isinstance(weight, Fp8Weight):
+        return torch.ops.sdar.swiglu_linear(gate_up, weight.data, weight.scale)
+    return torch.ops.sdar.swiglu_linear(gate_up, weight, None)
+
+
 def fp8_reference(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x W^T for an Fp8Weight with torch: scale * (x q^T) (q widened exactly to x's dtype; float32 on the CPU,
     whose bf16 matmul is slow), rounded to x's dtype. A CUDA prefill's many rows take this path: one transient
@@ -230,11 +251,17 @@ def counters(device: torch.device) -> torch.Tensor | None:
 
 
 def launch(
-    x2: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig, scale: torch.Tensor | None = None
+    x2: torch.Tensor,
+    weight: torch.Tensor,
+    cfg: GemmConfig,
+    scale: torch.Tensor | None = None,
+    swiglu: bool = False,
 ) -> torch.Tensor:
     """y [rows, n] = x2 [rows, k] @ weight[n, k]^T with tile shape `cfg` (the benchmark sweeps shapes through
-    this); with `scale` [n] (float32; a float8 weight's row scales), y = scale * (x2 @ weight^T)."""
+    this); with `scale` [n] (float32; a float8 weight's row scales), y = scale * (x2 @ weight^T); with `swiglu`,
+    x2 is [gate; up] [rows, 2k] and the product is SiLU(gate) * up (rounded as fused.silu_mul rounds it) @ W^T."""
     rows, k = x2.shape
+    k //= 2 if swiglu else 1
     n = weight.shape[0]
     y = torch.empty(rows, n, dtype=x2.dtype, device=x2.device)
     count = counters(x2.device) if cfg.split_k > 1 else None
@@ -265,6 +292,7 @@ def launch(
         EVEN_K=k % cfg.block_k == 0 and per_split * cfg.split_k == k,
         IEEE=x2.dtype == torch.float32,
         SCALED=scale is not None,
+        SWIGLU=swiglu,
         PDL=chained,
         num_warps=cfg.warps,
         num_stages=cfg.stages,
@@ -277,14 +305,18 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
-def _rows_product(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """x [..., k] @ weight^T through `launch` at config_for's tile shape (float8 tiles when `scale` is given)."""
-    k = x.shape[-1]
-    x2 = x.reshape(-1, k)
+def _rows_product(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, swiglu: bool = False
+) -> torch.Tensor:
+    """x [..., k] @ weight^T through `launch` at config_for's tile shape (float8 tiles when `scale` is given;
+    with `swiglu`, x is [gate; up] [..., 2k])."""
+    x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    cfg = config_for(x2.shape[0], weight.shape[0], k, _sm_count(x.device), fp8=scale is not None)
-    return launch(x2, weight, cfg, scale).view(*x.shape[:-1], weight.shape[0])
+    cfg = config_for(
+        x2.shape[0], weight.shape[0], weight.shape[1], _sm_count(x.device), fp8=scale is not None
+    )
+    return launch(x2, weight, cfg, scale, swiglu).view(*x.shape[:-1], weight.shape[0])
 
 
 @torch.library.custom_op("sdar::skinny_linear", mutates_args=())
@@ -307,6 +339,16 @@ def _(x, data, scale):
     return x.new_empty(*x.shape[:-1], data.shape[0])
 
 
+@torch.library.custom_op("sdar::swiglu_linear", mutates_args=())
+def _swiglu_linear(gate_up: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    return _rows_product(gate_up, weight, scale, swiglu=True)
+
+
+@_swiglu_linear.register_fake
+def _(gate_up, weight, scale):
+    return gate_up.new_empty(*gate_up.shape[:-1], weight.shape[0])
+
+
 if triton is not None:
 
     @triton.jit
@@ -322,6 +364,24 @@ if triton is not None:
         else:
             acc = tl.dot(w.to(x.dtype), tl.trans(x), acc)
         return acc
+
+    @triton.jit
+    def _x_tile(ptrs, live, K, MASKED: tl.constexpr, SWIGLU: tl.constexpr):
+        """One K step of x; with SWIGLU, SiLU(gate) * up of the [gate; up] row (up K columns on), rounded as
+        fused.silu_mul rounds it: the SiLU to x's dtype, then the product (zeros past K stay zero)."""
+        if MASKED:
+            x = tl.load(ptrs, mask=live, other=0.0)
+        else:
+            x = tl.load(ptrs)
+        if SWIGLU:
+            if MASKED:
+                up = tl.load(ptrs + K, mask=live, other=0.0).to(tl.float32)
+            else:
+                up = tl.load(ptrs + K).to(tl.float32)
+            g = x.to(tl.float32)
+            act = (g / (1.0 + tl.exp(-g))).to(x.dtype).to(tl.float32)
+            x = (act * up).to(x.dtype)
+        return x
 
     @triton.jit
     def _skinny_kernel(
@@ -343,6 +403,7 @@ if triton is not None:
         EVEN_K: tl.constexpr,
         IEEE: tl.constexpr,  # float32 operands: full-precision products, as F.linear without TF32
         SCALED: tl.constexpr,  # W is float8: y = S * (x W^T)
+        SWIGLU: tl.constexpr,  # X holds [gate; up] (up K columns after gate): x = SiLU(gate) * up
         PDL: tl.constexpr,
     ):
         pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -362,17 +423,16 @@ if triton is not None:
         w = tl.load(W + rn_safe[:, None] * K + rk[None, :], mask=rk[None, :] < K, other=0.0)
         if PDL:
             tl.extra.cuda.gdc_wait()
-        x = tl.load(X + rm_safe[:, None] * sxm + rk[None, :], mask=rk[None, :] < K, other=0.0)
+        x = _x_tile(X + rm_safe[:, None] * sxm + rk[None, :], rk[None, :] < K, K, True, SWIGLU)
         acc = _step(acc, x, w, BLOCK_M, IEEE)
         for kk in range(BLOCK_K, per_split, BLOCK_K):
             rk = k0 + kk + tl.arange(0, BLOCK_K)
             x_ptrs = X + rm_safe[:, None] * sxm + rk[None, :]
             w_ptrs = W + rn_safe[:, None] * K + rk[None, :]
+            x = _x_tile(x_ptrs, rk[None, :] < K, K, not EVEN_K, SWIGLU)
             if EVEN_K:
-                x = tl.load(x_ptrs)
                 w = tl.load(w_ptrs)
             else:
-                x = tl.load(x_ptrs, mask=rk[None, :] < K, other=0.0)
                 w = tl.load(w_ptrs, mask=rk[None, :] < K, other=0.0)
             acc = _step(acc, x, w, BLOCK_M, IEEE)
         if BLOCK_M > 1:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-FUSIONS = ("norm_rope", "cache_write", "add_norm", "silu_mul", "routing")
+FUSIONS = ("norm_rope", "cache_write", "add_norm", "silu_mul", "silu_down", "routing")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,9 @@ class Kernels:
     cache_write: bool = True  # the k kernel of norm_rope also writes K and V into the KV cache
     add_norm: bool = True  # residual add + RMSNorm (fused.add_rms_norm)
     silu_mul: bool = True  # SiLU(gate) * up (fused.silu_mul)
+    # SiLU(gate) * up formed by the down projection's skinny GEMM as it loads [gate; up] (gemm.swiglu_linear), where
+    # that kernel takes the rows: one kernel fewer a layer than silu_mul's
+    silu_down: bool = True
     routing: bool = True  # an MoE router's softmax, top-k and renormalisation (moe.route); the pairs' sort
     # Static-shape forwards (runner modes "static", "graph"): None takes the split-K decode attention wherever it
     # runs (CUDA with Triton); False gives SDPA the mask over the whole buffer (the benchmarks compare the two);

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .attention import AttentionInputs, attend
 from .config import ModelConfig
 from .fused import add_rms_norm, silu_mul
-from .gemm import Fp8Linear, Fp8Weight, linear, project, quantize_fp8
+from .gemm import Fp8Linear, Fp8Weight, linear, project, quantize_fp8, swiglu_linear, swiglu_runs
 from .kernels import DEFAULT_KERNELS, Kernels
 from .kv_cache import CacheSlot
 from .moe import SparseMoE
@@ -183,7 +183,11 @@ class MLP(nn.Module):
 
     def forward(self, x, kernels: Kernels = DEFAULT_KERNELS):
         if self.gate_up_weight is not None:
-            act = silu_mul(linear(x, self.gate_up_weight, fuse=kernels.skinny_gemm), kernels.silu_mul)
+            gate_up = linear(x, self.gate_up_weight, fuse=kernels.skinny_gemm)
+            down = self.down_proj.packed if isinstance(self.down_proj, Fp8Linear) else self.down_proj.weight
+            if kernels.silu_down and kernels.skinny_gemm and swiglu_runs(gate_up, down):
+                return swiglu_linear(gate_up, down)
+            act = silu_mul(gate_up, kernels.silu_mul)
         else:
             fuse = kernels.skinny_gemm
             act = F.silu(project(self.gate_proj, x, fuse)) * project(self.up_proj, x, fuse)

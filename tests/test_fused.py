@@ -65,6 +65,7 @@ def test_fusions_are_switched_by_name():
         "cache_write",
         "add_norm",
         "silu_mul",
+        "silu_down",
         "routing",
     ]
     assert (

@@ -17,7 +17,7 @@ from test_fused import norm_module
 
 from sdar_core import gemm, pdl
 from sdar_core.decoding import generate
-from sdar_core.fused import add_rms_norm
+from sdar_core.fused import add_rms_norm, silu_mul
 from sdar_core.kernels import Kernels
 
 from helpers import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
@@ -95,6 +95,7 @@ def test_the_kernel_is_only_taken_where_it_can_run():
 INTERPRETED = """
 import json, torch
 from sdar_core import gemm, pdl
+from test_fused import silu_mul_by_hand
 from test_gemm import rounding_excess
 g = torch.Generator().manual_seed(0)
 errors, same, cases = {}, True, [
@@ -109,6 +110,21 @@ for rows, n, k, (bn, bk, split) in cases:
     y = gemm.launch(x, w, gemm.GemmConfig(bn, bk, split))
     same &= torch.equal(y, gemm.launch(x, w, gemm.GemmConfig(bn, bk, split)))
     errors[f"{rows}x{n}x{k}/{split}"] = float((y.double() - ref).norm() / ref.norm())
+# SiLU(gate) * up formed as down loads [gate; up]: one row with split-K, tensor-core rows, K no step divides, float8
+for rows, n, k, (bn, bk, split), fp8 in [
+    (1, 40, 512, (16, 128, 2), False), (5, 70, 700, (64, 128, 3), False), (17, 33, 256, (64, 128, 1), True),
+]:
+    gu = torch.randn(rows, 2 * k, generator=g)
+    w = torch.randn(n, k, generator=g)
+    act = silu_mul_by_hand(gu)
+    if fp8:
+        packed = gemm.quantize_fp8(w)
+        y = gemm.launch(gu, packed.data, gemm.GemmConfig(bn, bk, split), packed.scale, swiglu=True)
+        ref = act @ packed.dequantize(torch.float64).T
+    else:
+        y = gemm.launch(gu, w, gemm.GemmConfig(bn, bk, split), swiglu=True)
+        ref = act @ w.double().T
+    errors[f"swiglu {rows}x{n}x{k}/{split}{' fp8' if fp8 else ''}"] = float((y.double() - ref).norm() / ref.norm())
 # bf16: one row (the interpreter's tl.dot misreads bf16 operands; the tensor-core form's bf16 runs on the GPU)
 xb, wb = torch.randn(1, 512, generator=g).bfloat16(), torch.randn(96, 512, generator=g).bfloat16()
 yb = gemm.launch(xb, wb, gemm.GemmConfig(16, 128, 2))
@@ -142,6 +158,44 @@ def test_cuda_bf16_result_is_within_bf16_rounding_of_f_linear(rows, n, k):
     assert y.shape == cublas.shape == (1, rows, n)
     assert rounding_excess(y, x, w) <= 0  # one rounding of a float32 sum
     assert rounding_excess(cublas, x, w) <= 0  # the same bound holds for cuBLAS: ours is within its rounding
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("rows", [1, 16, 64])
+@pytest.mark.parametrize("fp8", [False, True])
+def test_cuda_down_forming_swiglu_as_it_loads_equals_silu_mul_then_down(rows, fp8):
+    """The 1.7B's down (2048 x 6144): the fold gives the bits of the unfused pair (fused.silu_mul, then the same
+    kernel at the same tiles), and the pair is within one rounding of the float64 product."""
+    torch.manual_seed(rows)
+    gate_up = torch.randn(1, rows, 2 * 6144, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(2048, 6144, device="cuda", dtype=torch.bfloat16) * 0.02
+    weight = gemm.quantize_fp8(w) if fp8 else w
+    with torch.no_grad():
+        act = silu_mul(gate_up)
+        pair = (
+            torch.ops.sdar.fp8_linear(act, weight.data, weight.scale)
+            if fp8
+            else torch.ops.sdar.skinny_linear(act, w)
+        )
+        folded = gemm.swiglu_linear(gate_up, weight)
+    assert torch.equal(folded, pair)
+    assert rounding_excess(pair, act, weight.dequantize(torch.float64) if fp8 else w) <= 0
+    assert gemm.swiglu_runs(gate_up, weight) == (fp8 or rows <= gemm.MAX_ROWS)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("fp8", [False, True])
+def test_cuda_a_one_token_forward_with_the_fold_has_the_unfolded_logits(fp8):
+    model = random_model(tiny_config("sdar", block_size=4)).cuda().to(torch.bfloat16).fuse_projections()
+    if fp8:
+        model.quantize_fp8()
+    ids = torch.tensor([[7]], device="cuda")
+    with torch.no_grad():
+        folded = model(ids, kernels=Kernels(silu_down=True))
+        unfolded = model(ids, kernels=Kernels(silu_down=False))
+    assert torch.equal(folded, unfolded)
 
 
 @pytest.mark.cuda
