@@ -27,7 +27,7 @@
 #                                                # its kernels' `cuda` tests, the 1.7B's projections one by one (bf16
 #                                                # and float8, tiles swept at 16 rows), the graphed forward's profile
 #                                                # and `bench` at batch 1 and 4 with 1 row against 64, without the
-#                                                # SwiGLU fold (fusion silu_down), then float8
+#                                                # two folds (fusions silu_down, qk_rope), then float8
 # Results go to $OUT (the device tool's folder), else out/device; folders are packed in one .tgz (the device tool
 # brings back a few files per call).
 set -u

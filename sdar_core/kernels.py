@@ -18,13 +18,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-FUSIONS = ("norm_rope", "cache_write", "add_norm", "silu_mul", "silu_down", "routing")
+FUSIONS = ("norm_rope", "cache_write", "qk_rope", "add_norm", "silu_mul", "silu_down", "routing")
 
 
 @dataclass(frozen=True)
 class Kernels:
     norm_rope: bool = True  # q/k RMSNorm + RoPE in one kernel each (norm_rope.py)
     cache_write: bool = True  # the k kernel of norm_rope also writes K and V into the KV cache
+    qk_rope: bool = (
+        True  # with norm_rope and cache_write: q's kernel and k's in one launch (norm_rope_qk_to_cache)
+    )
     add_norm: bool = True  # residual add + RMSNorm (fused.add_rms_norm)
     silu_mul: bool = True  # SiLU(gate) * up (fused.silu_mul)
     # SiLU(gate) * up formed by the down projection's skinny GEMM as it loads [gate; up] (gemm.swiglu_linear), where

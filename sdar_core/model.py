@@ -18,7 +18,13 @@ from .gemm import Fp8Linear, Fp8Weight, linear, project, quantize_fp8, swiglu_li
 from .kernels import DEFAULT_KERNELS, Kernels
 from .kv_cache import CacheSlot
 from .moe import SparseMoE
-from .norm_rope import norm_rope, norm_rope_available, norm_rope_to_cache, to_cache_available
+from .norm_rope import (
+    norm_rope,
+    norm_rope_available,
+    norm_rope_qk_to_cache,
+    norm_rope_to_cache,
+    to_cache_available,
+)
 
 
 class RMSNorm(nn.Module):
@@ -122,6 +128,35 @@ class Attention(nn.Module):
         k = self.norm_rope(k, self.k_norm, cos, sin, kernels.norm_rope)  # [B, H_kv, Q, D]
         return cache.write(self.layer, k, v.transpose(1, 2))
 
+    def qk_to_cache(self, q, k, v, cos, sin, cache: CacheSlot, kernels: Kernels):
+        """On CUDA, q's norm + RoPE and k's with the cache write in one kernel (norm_rope_qk_to_cache): q [B, H, Q,
+        D] and the keys and values attention reads; None where that kernel does not run."""
+        fused = kernels.norm_rope and kernels.cache_write and kernels.qk_rope
+        if not (
+            fused
+            and norm_rope_available(q, self.q_norm.weight)
+            and norm_rope_available(k, self.k_norm.weight)
+        ):
+            return None
+        k_buf, v_buf, index = cache.buffers(self.layer)
+        if not to_cache_available(k, v, k_buf, v_buf) or q.stride(-1) != 1 or q.device != k_buf.device:
+            return None
+        q = norm_rope_qk_to_cache(
+            q,
+            k,
+            v,
+            self.q_norm.weight,
+            self.k_norm.weight,
+            self.q_norm.eps,
+            self.k_norm.eps,
+            cos,
+            sin,
+            k_buf,
+            v_buf,
+            index,
+        )
+        return (q, *cache.visible(self.layer))
+
     def forward(self, x, cos, sin, attn: AttentionInputs, cache: CacheSlot | None, kernels: Kernels):
         B, Q, _ = x.shape
         if self.qkv_weight is not None:
@@ -131,14 +166,17 @@ class Attention(nn.Module):
         else:
             q, k, v = (project(m, x, kernels.skinny_gemm) for m in (self.q_proj, self.k_proj, self.v_proj))
         q = q.view(B, Q, self.n_heads, self.head_dim)
-        q = self.norm_rope(q, self.q_norm, cos, sin, kernels.norm_rope)  # [B, H, Q, D]
         k, v = (
             k.view(B, Q, self.n_kv, self.head_dim),
             v.view(B, Q, self.n_kv, self.head_dim),
         )  # [B, Q, H_kv, D]
-        if cache is not None:
+        if cache is not None and (qkv := self.qk_to_cache(q, k, v, cos, sin, cache, kernels)):
+            q, k, v = qkv
+        elif cache is not None:
+            q = self.norm_rope(q, self.q_norm, cos, sin, kernels.norm_rope)  # [B, H, Q, D]
             k, v = self.write_cache(k, v, cos, sin, cache, kernels)  # [B, H_kv, cache.keys, D]
         else:
+            q = self.norm_rope(q, self.q_norm, cos, sin, kernels.norm_rope)
             k, v = (
                 self.norm_rope(k, self.k_norm, cos, sin, kernels.norm_rope),
                 v.transpose(1, 2),

@@ -7,7 +7,9 @@ float32, rounds it to the input dtype as the eager RMSNorm does, rotates it with
 
 `norm_rope_to_cache` is the keys' variant for a forward with a KV cache: the same program writes the rotated key,
 and copies the value, straight into the cache buffers at the chunk's cache indices, so the two cache-write copies of
-`CacheSlot.write` are not launched. Elsewhere (CPU) the eager modules run.
+`CacheSlot.write` are not launched; `norm_rope_qk_to_cache` does the queries' heads and the keys' in one launch (a
+forward with a cache then runs one kernel between the qkv projection and attention). Elsewhere (CPU) the eager
+modules run.
 """
 
 from __future__ import annotations
@@ -130,7 +132,128 @@ def _(k, v, weight, eps, cos, sin, k_cache, v_cache, index):
     return None
 
 
+@torch.library.custom_op("sdar::norm_rope_qk_to_cache", mutates_args=("k_cache", "v_cache"))
+def norm_rope_qk_to_cache(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_weight: torch.Tensor,
+    k_weight: torch.Tensor,
+    q_eps: float,
+    k_eps: float,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    index: torch.Tensor,
+) -> torch.Tensor:
+    """`norm_rope` of q and `norm_rope_to_cache` of k and v in one launch: q [B, Q, H, D] -> [B, H, Q, D]; k, v
+    [B, Q, H_kv, D] into the caches at `index`."""
+    B, Q, H, D = q.shape
+    out = torch.empty(B, H, Q, D, dtype=q.dtype, device=q.device)
+    chained = pdl.on(q)
+    _qk_kernel[(B * Q * (H + k.shape[2]),)](
+        q,
+        q_weight,
+        out,
+        k,
+        k_weight,
+        k_cache,
+        index,
+        v,
+        v_cache,
+        cos,
+        sin,
+        *q.stride()[:3],
+        *k.stride()[:3],
+        *v.stride()[:3],
+        cos.stride(0),
+        cos.stride(2),
+        sin.stride(0),
+        sin.stride(2),
+        H * Q * D,
+        Q * D,
+        D,
+        *k_cache.stride()[:3],
+        Q,
+        H,
+        k.shape[2],
+        q_eps,
+        k_eps,
+        D=D,
+        BLOCK=triton.next_power_of_2(D),
+        PDL=chained,
+        num_warps=1,
+        **pdl.options(chained),
+    )
+    return out
+
+
+@norm_rope_qk_to_cache.register_fake
+def _(q, k, v, q_weight, k_weight, q_eps, k_eps, cos, sin, k_cache, v_cache, index):
+    B, Q, H, D = q.shape
+    return q.new_empty(B, H, Q, D)
+
+
 if triton is not None:
+
+    @triton.jit
+    def _rotate(
+        X,
+        W,
+        COS,
+        SIN,
+        OUT,
+        IDX,
+        V,
+        VOUT,
+        b,
+        q,
+        h,
+        sx_b,
+        sx_q,
+        sx_h,
+        sc_b,
+        sc_q,
+        ss_b,
+        ss_q,
+        so_b,
+        so_h,
+        so_t,
+        sv_b,
+        sv_q,
+        sv_h,
+        eps,
+        D: tl.constexpr,
+        BLOCK: tl.constexpr,
+        INDEXED: tl.constexpr,
+        COPY_V: tl.constexpr,
+    ):
+        """RoPE(RMSNorm(x)) of the (b, q, h) vector of D into OUT (at cache position IDX[q] when INDEXED), and the
+        value vector copied beside it when COPY_V."""
+        d = tl.arange(0, BLOCK)
+        live = d < D
+        partner = (d + D // 2) % D  # rotate-half: out[d] = n[d] cos[d] + sign(d) n[partner] sin[d]
+        base = X + b * sx_b + q * sx_q + h * sx_h
+        x = tl.load(base + d, mask=live, other=0.0).to(tl.float32)
+        xp = tl.load(base + partner, mask=live, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, 0) / D + eps)
+        dtype = OUT.dtype.element_ty
+        n = (x * rstd * tl.load(W + d, mask=live, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
+        n_p = (xp * rstd * tl.load(W + partner, mask=live, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
+        cos = tl.load(COS + b * sc_b + q * sc_q + d, mask=live, other=0.0).to(tl.float32)
+        sin = tl.load(SIN + b * ss_b + q * ss_q + d, mask=live, other=0.0).to(tl.float32)
+        out = n * cos + tl.where(d < D // 2, -n_p, n_p) * sin
+        if INDEXED:
+            pos = tl.load(IDX + q).to(tl.int64)
+        else:
+            pos = q.to(tl.int64)
+        dst = b.to(tl.int64) * so_b + h * so_h + pos * so_t + d
+        tl.store(OUT + dst, out.to(dtype), mask=live)
+        if COPY_V:
+            tl.store(
+                VOUT + dst, tl.load(V + b * sv_b + q * sv_q + h * sv_h + d, mask=live, other=0.0), mask=live
+            )
 
     @triton.jit
     def _norm_rope_kernel(
@@ -167,26 +290,146 @@ if triton is not None:
         pdl.wait_and_release(PDL)
         row = tl.program_id(0)  # flat (b, q, h)
         h, q, b = row % n_h, (row // n_h) % n_q, row // (n_h * n_q)
-        d = tl.arange(0, BLOCK)
-        live = d < D
-        partner = (d + D // 2) % D  # rotate-half: out[d] = n[d] cos[d] + sign(d) n[partner] sin[d]
-        base = X + b * sx_b + q * sx_q + h * sx_h
-        x = tl.load(base + d, mask=live, other=0.0).to(tl.float32)
-        xp = tl.load(base + partner, mask=live, other=0.0).to(tl.float32)
-        rstd = 1.0 / tl.sqrt(tl.sum(x * x, 0) / D + eps)
-        dtype = OUT.dtype.element_ty
-        n = (x * rstd * tl.load(W + d, mask=live, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
-        n_p = (xp * rstd * tl.load(W + partner, mask=live, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
-        cos = tl.load(COS + b * sc_b + q * sc_q + d, mask=live, other=0.0).to(tl.float32)
-        sin = tl.load(SIN + b * ss_b + q * ss_q + d, mask=live, other=0.0).to(tl.float32)
-        out = n * cos + tl.where(d < D // 2, -n_p, n_p) * sin
-        if INDEXED:
-            pos = tl.load(IDX + q).to(tl.int64)
+        _rotate(
+            X,
+            W,
+            COS,
+            SIN,
+            OUT,
+            IDX,
+            V,
+            VOUT,
+            b,
+            q,
+            h,
+            sx_b,
+            sx_q,
+            sx_h,
+            sc_b,
+            sc_q,
+            ss_b,
+            ss_q,
+            so_b,
+            so_h,
+            so_t,
+            sv_b,
+            sv_q,
+            sv_h,
+            eps,
+            D,
+            BLOCK,
+            INDEXED,
+            COPY_V,
+        )
+
+    @triton.jit
+    def _qk_kernel(
+        XQ,
+        WQ,
+        OUTQ,
+        XK,
+        WK,
+        KC,
+        IDX,
+        V,
+        VC,
+        COS,
+        SIN,
+        sq_b,
+        sq_q,
+        sq_h,
+        sk_b,
+        sk_q,
+        sk_h,
+        sv_b,
+        sv_q,
+        sv_h,
+        sc_b,
+        sc_q,
+        ss_b,
+        ss_q,
+        soq_b,
+        soq_h,
+        soq_t,
+        sc_cb,
+        sc_ch,
+        sc_ct,
+        n_q,
+        n_hq,
+        n_hk,
+        eps_q,
+        eps_k,
+        D: tl.constexpr,
+        BLOCK: tl.constexpr,
+        PDL: tl.constexpr,
+    ):
+        """One program per (row, position, head) of q's heads then k's: a query head to OUTQ, a key head (and its
+        value) into the cache at IDX."""
+        pdl.wait_and_release(PDL)
+        row = tl.program_id(0)  # flat (b, q, head), head over the n_hq query heads then the n_hk key heads
+        heads = n_hq + n_hk
+        h, q, b = row % heads, (row // heads) % n_q, row // (heads * n_q)
+        if h < n_hq:
+            _rotate(
+                XQ,
+                WQ,
+                COS,
+                SIN,
+                OUTQ,
+                IDX,
+                XQ,
+                OUTQ,
+                b,
+                q,
+                h,
+                sq_b,
+                sq_q,
+                sq_h,
+                sc_b,
+                sc_q,
+                ss_b,
+                ss_q,
+                soq_b,
+                soq_h,
+                soq_t,
+                0,
+                0,
+                0,
+                eps_q,
+                D,
+                BLOCK,
+                False,
+                False,
+            )
         else:
-            pos = q.to(tl.int64)
-        dst = b.to(tl.int64) * so_b + h * so_h + pos * so_t + d
-        tl.store(OUT + dst, out.to(dtype), mask=live)
-        if COPY_V:
-            tl.store(
-                VOUT + dst, tl.load(V + b * sv_b + q * sv_q + h * sv_h + d, mask=live, other=0.0), mask=live
+            _rotate(
+                XK,
+                WK,
+                COS,
+                SIN,
+                KC,
+                IDX,
+                V,
+                VC,
+                b,
+                q,
+                h - n_hq,
+                sk_b,
+                sk_q,
+                sk_h,
+                sc_b,
+                sc_q,
+                ss_b,
+                ss_q,
+                sc_cb,
+                sc_ch,
+                sc_ct,
+                sv_b,
+                sv_q,
+                sv_h,
+                eps_k,
+                D,
+                BLOCK,
+                True,
+                True,
             )

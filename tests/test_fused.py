@@ -63,6 +63,7 @@ def test_fusions_are_switched_by_name():
     assert Kernels().with_fusions("all").fusions() == [
         "norm_rope",
         "cache_write",
+        "qk_rope",
         "add_norm",
         "silu_mul",
         "silu_down",
@@ -108,6 +109,20 @@ errors["to_cache_k"] = float((k_cache[:, :, index].double() - ref).norm() / ref.
 errors["to_cache_v"] = float((v_cache[:, :, index] - v.transpose(1, 2)).abs().max())
 others = [i for i in range(T) if i not in index.tolist()]
 errors["untouched"] = float((torch.cat([k_cache[:, :, others], v_cache[:, :, others]]) - 7.0).abs().max())
+# q's heads (twice k's: grouped-query) and k's in one launch, each with its own norm weight
+q = qkv[..., : H * D].view(B, Q, H, D)
+qnorm = norm_module(D, seed=2)
+k_cache2, v_cache2 = torch.full((B, H, T, D), 7.0), torch.full((B, H, T, D), 7.0)
+q2, k2, v2 = qkv.view(B, Q, 3 * H, D)[:, :, : 2 * H], k[:, :, :1], v[:, :, :1]  # 2H query heads, 1 key head
+k_cache2, v_cache2 = k_cache2[:, :1].contiguous(), v_cache2[:, :1].contiguous()
+out_q = norm_rope.norm_rope_qk_to_cache(
+    q2, k2, v2, qnorm.weight, knorm.weight, qnorm.eps, knorm.eps, cos, sin, k_cache2, v_cache2, index
+)
+ref_q, ref_k = rope_by_hand(q2, qnorm.weight, 1e-6, cos, sin), rope_by_hand(k2, knorm.weight, 1e-6, cos, sin)
+errors["qk_q"] = float((out_q.double() - ref_q).norm() / ref_q.norm())
+errors["qk_k"] = float((k_cache2[:, :, index].double() - ref_k).norm() / ref_k.norm())
+errors["qk_v"] = float((v_cache2[:, :, index] - v2.transpose(1, 2)).abs().max())
+errors["qk_untouched"] = float((torch.cat([k_cache2[:, :, others], v_cache2[:, :, others]]) - 7.0).abs().max())
 print(json.dumps(errors))
 """
 
@@ -116,6 +131,7 @@ print(json.dumps(errors))
 def test_the_kernels_under_the_interpreter_equal_the_math():
     errors = json.loads(run_interpreted(INTERPRETED))
     assert errors.pop("add_sum") == 0 and errors.pop("to_cache_v") == 0 and errors.pop("untouched") == 0
+    assert errors.pop("qk_v") == 0 and errors.pop("qk_untouched") == 0
     assert max(errors.values()) < 1e-6, errors
 
 
@@ -156,7 +172,7 @@ def test_cuda_norm_rope_to_cache_writes_the_rotated_keys_and_the_values(dtype):
     k_cache = torch.full((B, H, T, D), 7.0, device="cuda", dtype=dtype)
     v_cache = k_cache.clone()
     index = torch.arange(20, 20 + Q, device="cuda")
-    from sdar_core.norm_rope import norm_rope, norm_rope_to_cache
+    from sdar_core.norm_rope import norm_rope, norm_rope_qk_to_cache, norm_rope_to_cache
 
     with torch.no_grad():
         norm_rope_to_cache(k, v, norm.weight, norm.eps, cos, sin, k_cache, v_cache, index)
@@ -167,6 +183,16 @@ def test_cuda_norm_rope_to_cache_writes_the_rotated_keys_and_the_values(dtype):
     assert (k_cache[:, :, rest] == 7).all() and (v_cache[:, :, rest] == 7).all()
     ref = rope_by_hand(k.cpu(), norm.weight.cpu(), 1e-6, cos.cpu(), sin.cpu())
     assert rel_err(k_cache[:, :, index].cpu(), ref) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
+    # q's heads and k's in one launch: the bits of the two kernels it replaces
+    q = torch.randn(B, Q, 2 * H, D, device="cuda", dtype=dtype)
+    qnorm = norm_module(D, seed=3).cuda().to(dtype)
+    k_cache2, v_cache2 = torch.full_like(k_cache, 7.0), torch.full_like(v_cache, 7.0)
+    with torch.no_grad():
+        out_q = norm_rope_qk_to_cache(
+            q, k, v, qnorm.weight, norm.weight, qnorm.eps, norm.eps, cos, sin, k_cache2, v_cache2, index
+        )
+        assert torch.equal(out_q, norm_rope(q, qnorm.weight, qnorm.eps, cos, sin))
+    assert torch.equal(k_cache2, k_cache) and torch.equal(v_cache2, v_cache)
 
 
 @pytest.mark.cuda
