@@ -64,7 +64,8 @@ case "${1:-gemm}" in
   rows)  # $2: finish within this many seconds (default 560)
     LIMIT=${2:-560}
     SDAR_SKINNY_ROWS=64 timeout 100 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_gemm.py \
-      tests/test_fp8.py tests/test_decode_attention.py > "$OUT/cuda-tests.log" 2>&1; tail -n 3 "$OUT/cuda-tests.log"
+      tests/test_fp8.py tests/test_decode_attention.py tests/test_fused.py tests/test_norm_rope.py \
+      > "$OUT/cuda-tests.log" 2>&1; tail -n 3 "$OUT/cuda-tests.log"
     timeout 100 python3 -m benchmarks.gemm --out "$OUT/gemm" --archs sdar-1.7b --rows 1 4 16 64 --sweep-rows 16 \
       --budget-s 45 --fp8 2>&1 | tee "$OUT/gemm.log" | grep -v "^  " | tail -22
     for rows in 1 64; do
