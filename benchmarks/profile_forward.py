@@ -34,7 +34,7 @@ from .moe import IndependentRouting, moe_floor_ms, moe_info
 CLASSES = [
     ("experts", ("_expert_matmul", "_expert_gemv", "grouped")),
     ("routing", ("_route", "sort", "radix", "topk", "softmax", "cumsum", "scan")),
-    ("fused", ("_add_norm", "_silu_mul", "_norm_rope")),
+    ("fused", ("_add_norm", "_silu_mul", "_norm_rope", "_qk_kernel")),
     ("attention", ("sdpa", "flash", "fmha", "attention", "_split_kernel", "_merge_kernel", "flex", "triton")),
     ("matmul", ("nvjet", "gemv", "gemm", "cutlass", "xmma", "splitkreduce", "_skinny")),
     ("norm", ("layer_norm", "rms")),
