@@ -31,38 +31,50 @@ def norm_rope_available(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x.shape[-1] % 2 == 0 and kernels_run(x, weight)
 
 
-def _launch(x, weight, eps, cos, sin, out, out_strides, index=None, v=None, v_out=None) -> None:
-    """One program per (row, position, head) of x [B, Q, H, D]: the rotated vector goes to out at (b, h, pos) with
-    `out_strides` (b, h, pos), pos = index[q] when an index is given, else q; v (same layout as x) is copied to
-    v_out at the same place."""
-    B, Q, H, D = x.shape
-    copy_v = v is not None
-    chained = pdl.on(x)
-    _norm_rope_kernel[(B * Q * H,)](
+def _launch(cos, sin, queries=None, keys=None) -> None:
+    """One program per (row, position, head) over the heads of `queries` then those of `keys`:
+    queries (x [B, Q, H, D], weight, eps, out [B, H, Q, D] contiguous): RoPE(RMSNorm(x)) to out;
+    keys (k, v [B, Q, H_kv, D], weight, eps, k_cache, v_cache [B, H_kv, T, D], index [Q]): RoPE(RMSNorm(k)) to
+    k_cache and v to v_cache at cache positions `index`."""
+    x, w_q, eps_q, out = queries if queries is not None else (None,) * 4
+    k, v, w_k, eps_k, k_cache, v_cache, index = keys if keys is not None else (None,) * 7
+    first = x if x is not None else k
+    B, Q, _, D = first.shape
+    n_hq, n_hk = (x.shape[2] if x is not None else 0), (k.shape[2] if k is not None else 0)
+    if x is None:  # unused arguments of the absent part: any tensor, strides 0
+        x, w_q, eps_q, out = k, w_k, eps_k, k_cache
+    if k is None:
+        k, v, w_k, eps_k, k_cache, v_cache, index = x, x, w_q, eps_q, out, out, x
+    out_strides = (n_hq * Q * D, Q * D, D) if queries is not None else (0, 0, 0)
+    chained = pdl.on(first)
+    _norm_rope_kernel[(B * Q * (n_hq + n_hk),)](
         x,
-        weight,
+        w_q,
+        out,
+        k,
+        w_k,
+        k_cache,
+        index,
+        v,
+        v_cache,
         cos,
         sin,
-        out,
-        index if index is not None else x,
-        v if copy_v else x,
-        v_out if copy_v else out,
-        x.stride(0),
-        x.stride(1),
-        x.stride(2),
+        *x.stride()[:3],
+        *k.stride()[:3],
+        *v.stride()[:3],
         cos.stride(0),
         cos.stride(2),
         sin.stride(0),
         sin.stride(2),
         *out_strides,
-        *(v.stride()[:3] if copy_v else (0, 0, 0)),
+        *k_cache.stride()[:3],
         Q,
-        H,
-        eps,
+        n_hq,
+        n_hk,
+        eps_q,
+        eps_k,
         D=D,
         BLOCK=triton.next_power_of_2(D),
-        INDEXED=index is not None,
-        COPY_V=copy_v,
         PDL=chained,
         num_warps=1,
         **pdl.options(chained),
@@ -76,7 +88,7 @@ def norm_rope(
     """x [B, Q, H, D] (last dim contiguous), weight [D], cos/sin [B, 1, Q, D] -> [B, H, Q, D] contiguous."""
     B, Q, H, D = x.shape
     out = torch.empty(B, H, Q, D, dtype=x.dtype, device=x.device)
-    _launch(x, weight, eps, cos, sin, out, (H * Q * D, Q * D, D))
+    _launch(cos, sin, queries=(x, weight, eps, out))
     return out
 
 
@@ -113,18 +125,7 @@ def norm_rope_to_cache(
 ) -> None:
     """k_cache[:, :, index] = RoPE(RMSNorm(k)) and v_cache[:, :, index] = v, transposed to the cache's
     [B, H_kv, T, D]; k, v [B, Q, H_kv, D] (last dims contiguous), index [Q] long."""
-    _launch(
-        k,
-        weight,
-        eps,
-        cos,
-        sin,
-        k_cache,
-        (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2)),
-        index=index,
-        v=v,
-        v_out=v_cache,
-    )
+    _launch(cos, sin, keys=(k, v, weight, eps, k_cache, v_cache, index))
 
 
 @norm_rope_to_cache.register_fake
@@ -151,40 +152,8 @@ def norm_rope_qk_to_cache(
     [B, Q, H_kv, D] into the caches at `index`."""
     B, Q, H, D = q.shape
     out = torch.empty(B, H, Q, D, dtype=q.dtype, device=q.device)
-    chained = pdl.on(q)
-    _qk_kernel[(B * Q * (H + k.shape[2]),)](
-        q,
-        q_weight,
-        out,
-        k,
-        k_weight,
-        k_cache,
-        index,
-        v,
-        v_cache,
-        cos,
-        sin,
-        *q.stride()[:3],
-        *k.stride()[:3],
-        *v.stride()[:3],
-        cos.stride(0),
-        cos.stride(2),
-        sin.stride(0),
-        sin.stride(2),
-        H * Q * D,
-        Q * D,
-        D,
-        *k_cache.stride()[:3],
-        Q,
-        H,
-        k.shape[2],
-        q_eps,
-        k_eps,
-        D=D,
-        BLOCK=triton.next_power_of_2(D),
-        PDL=chained,
-        num_warps=1,
-        **pdl.options(chained),
+    _launch(
+        cos, sin, queries=(q, q_weight, q_eps, out), keys=(k, v, k_weight, k_eps, k_cache, v_cache, index)
     )
     return out
 
@@ -198,238 +167,52 @@ def _(q, k, v, q_weight, k_weight, q_eps, k_eps, cos, sin, k_cache, v_cache, ind
 if triton is not None:
 
     @triton.jit
-    def _rotate(
-        X,
-        W,
-        COS,
-        SIN,
-        OUT,
-        IDX,
-        V,
-        VOUT,
-        b,
-        q,
-        h,
-        sx_b,
-        sx_q,
-        sx_h,
-        sc_b,
-        sc_q,
-        ss_b,
-        ss_q,
-        so_b,
-        so_h,
-        so_t,
-        sv_b,
-        sv_q,
-        sv_h,
-        eps,
-        D: tl.constexpr,
-        BLOCK: tl.constexpr,
-        INDEXED: tl.constexpr,
-        COPY_V: tl.constexpr,
-    ):
+    def _rotate(X, W, COS, SIN, OUT, IDX, V, VOUT, b, q, h, sx, sc, ss, so, sv, eps, D: tl.constexpr,
+                BLOCK: tl.constexpr, INDEXED: tl.constexpr, COPY_V: tl.constexpr):  # fmt: skip
         """RoPE(RMSNorm(x)) of the (b, q, h) vector of D into OUT (at cache position IDX[q] when INDEXED), and the
-        value vector copied beside it when COPY_V."""
+        value vector copied beside it when COPY_V. sx, sv, so: (b, position, head) strides of X, V and (b, head,
+        position) of OUT; sc, ss: (b, position) strides of COS, SIN."""
         d = tl.arange(0, BLOCK)
         live = d < D
         partner = (d + D // 2) % D  # rotate-half: out[d] = n[d] cos[d] + sign(d) n[partner] sin[d]
-        base = X + b * sx_b + q * sx_q + h * sx_h
+        base = X + b * sx[0] + q * sx[1] + h * sx[2]
         x = tl.load(base + d, mask=live, other=0.0).to(tl.float32)
         xp = tl.load(base + partner, mask=live, other=0.0).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, 0) / D + eps)
         dtype = OUT.dtype.element_ty
         n = (x * rstd * tl.load(W + d, mask=live, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
         n_p = (xp * rstd * tl.load(W + partner, mask=live, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
-        cos = tl.load(COS + b * sc_b + q * sc_q + d, mask=live, other=0.0).to(tl.float32)
-        sin = tl.load(SIN + b * ss_b + q * ss_q + d, mask=live, other=0.0).to(tl.float32)
+        cos = tl.load(COS + b * sc[0] + q * sc[1] + d, mask=live, other=0.0).to(tl.float32)
+        sin = tl.load(SIN + b * ss[0] + q * ss[1] + d, mask=live, other=0.0).to(tl.float32)
         out = n * cos + tl.where(d < D // 2, -n_p, n_p) * sin
         if INDEXED:
             pos = tl.load(IDX + q).to(tl.int64)
         else:
             pos = q.to(tl.int64)
-        dst = b.to(tl.int64) * so_b + h * so_h + pos * so_t + d
+        dst = b.to(tl.int64) * so[0] + h * so[1] + pos * so[2] + d
         tl.store(OUT + dst, out.to(dtype), mask=live)
         if COPY_V:
             tl.store(
-                VOUT + dst, tl.load(V + b * sv_b + q * sv_q + h * sv_h + d, mask=live, other=0.0), mask=live
+                VOUT + dst,
+                tl.load(V + b * sv[0] + q * sv[1] + h * sv[2] + d, mask=live, other=0.0),
+                mask=live,
             )
 
     @triton.jit
-    def _norm_rope_kernel(
-        X,
-        W,
-        COS,
-        SIN,
-        OUT,
-        IDX,
-        V,
-        VOUT,
-        sx_b,
-        sx_q,
-        sx_h,
-        sc_b,
-        sc_q,
-        ss_b,
-        ss_q,
-        so_b,
-        so_h,
-        so_t,
-        sv_b,
-        sv_q,
-        sv_h,
-        n_q,
-        n_h,
-        eps,
-        D: tl.constexpr,
-        BLOCK: tl.constexpr,
-        INDEXED: tl.constexpr,
-        COPY_V: tl.constexpr,
-        PDL: tl.constexpr,
-    ):
+    def _norm_rope_kernel(XQ, WQ, OUTQ, XK, WK, KC, IDX, V, VC, COS, SIN, sq_b, sq_q, sq_h, sk_b, sk_q, sk_h,
+                          sv_b, sv_q, sv_h, sc_b, sc_q, ss_b, ss_q, soq_b, soq_h, soq_t, skc_b, skc_h, skc_t, n_q,
+                          n_hq, n_hk, eps_q, eps_k, D: tl.constexpr, BLOCK: tl.constexpr,
+                          PDL: tl.constexpr):  # fmt: skip
+        """One program per (row, position, head), the heads running over the n_hq query heads then the n_hk key
+        heads: a query head to OUTQ, a key head into the cache KC at IDX with its value copied into VC."""
         pdl.wait_and_release(PDL)
-        row = tl.program_id(0)  # flat (b, q, h)
-        h, q, b = row % n_h, (row // n_h) % n_q, row // (n_h * n_q)
-        _rotate(
-            X,
-            W,
-            COS,
-            SIN,
-            OUT,
-            IDX,
-            V,
-            VOUT,
-            b,
-            q,
-            h,
-            sx_b,
-            sx_q,
-            sx_h,
-            sc_b,
-            sc_q,
-            ss_b,
-            ss_q,
-            so_b,
-            so_h,
-            so_t,
-            sv_b,
-            sv_q,
-            sv_h,
-            eps,
-            D,
-            BLOCK,
-            INDEXED,
-            COPY_V,
-        )
-
-    @triton.jit
-    def _qk_kernel(
-        XQ,
-        WQ,
-        OUTQ,
-        XK,
-        WK,
-        KC,
-        IDX,
-        V,
-        VC,
-        COS,
-        SIN,
-        sq_b,
-        sq_q,
-        sq_h,
-        sk_b,
-        sk_q,
-        sk_h,
-        sv_b,
-        sv_q,
-        sv_h,
-        sc_b,
-        sc_q,
-        ss_b,
-        ss_q,
-        soq_b,
-        soq_h,
-        soq_t,
-        sc_cb,
-        sc_ch,
-        sc_ct,
-        n_q,
-        n_hq,
-        n_hk,
-        eps_q,
-        eps_k,
-        D: tl.constexpr,
-        BLOCK: tl.constexpr,
-        PDL: tl.constexpr,
-    ):
-        """One program per (row, position, head) of q's heads then k's: a query head to OUTQ, a key head (and its
-        value) into the cache at IDX."""
-        pdl.wait_and_release(PDL)
-        row = tl.program_id(0)  # flat (b, q, head), head over the n_hq query heads then the n_hk key heads
+        row = tl.program_id(0)
         heads = n_hq + n_hk
         h, q, b = row % heads, (row // heads) % n_q, row // (heads * n_q)
+        sc, ss = (sc_b, sc_q), (ss_b, ss_q)
         if h < n_hq:
-            _rotate(
-                XQ,
-                WQ,
-                COS,
-                SIN,
-                OUTQ,
-                IDX,
-                XQ,
-                OUTQ,
-                b,
-                q,
-                h,
-                sq_b,
-                sq_q,
-                sq_h,
-                sc_b,
-                sc_q,
-                ss_b,
-                ss_q,
-                soq_b,
-                soq_h,
-                soq_t,
-                0,
-                0,
-                0,
-                eps_q,
-                D,
-                BLOCK,
-                False,
-                False,
-            )
+            _rotate(XQ, WQ, COS, SIN, OUTQ, IDX, XQ, OUTQ, b, q, h, (sq_b, sq_q, sq_h), sc, ss,
+                    (soq_b, soq_h, soq_t), (0, 0, 0), eps_q, D, BLOCK, False, False)  # fmt: skip
         else:
-            _rotate(
-                XK,
-                WK,
-                COS,
-                SIN,
-                KC,
-                IDX,
-                V,
-                VC,
-                b,
-                q,
-                h - n_hq,
-                sk_b,
-                sk_q,
-                sk_h,
-                sc_b,
-                sc_q,
-                ss_b,
-                ss_q,
-                sc_cb,
-                sc_ch,
-                sc_ct,
-                sv_b,
-                sv_q,
-                sv_h,
-                eps_k,
-                D,
-                BLOCK,
-                True,
-                True,
-            )
+            _rotate(XK, WK, COS, SIN, KC, IDX, V, VC, b, q, h - n_hq, (sk_b, sk_q, sk_h), sc, ss,
+                    (skc_b, skc_h, skc_t), (sv_b, sv_q, sv_h), eps_k, D, BLOCK, True, True)  # fmt: skip
