@@ -69,12 +69,12 @@ case "${1:-gemm}" in
     ROWS_BENCH="python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 --new-tokens 256
       --block-lengths 16 --no-dynamic --repeats 2 --transformers none"
     for rows in 1 64; do
-      SDAR_SKINNY_ROWS=$rows timeout 60 $ROWS_BENCH --batch-sizes 1 4 --out "$OUT/bench-rows$rows" 2>&1 \
+      SDAR_SKINNY_ROWS=$rows timeout 75 $ROWS_BENCH --batch-sizes 1 4 --out "$OUT/bench-rows$rows" 2>&1 \
         | tee "$OUT/bench-rows$rows.log" | tail -6
     done
-    SDAR_SKINNY_ROWS=64 timeout 40 $ROWS_BENCH --batch-sizes 1 --fusions norm_rope cache_write add_norm silu_mul \
+    SDAR_SKINNY_ROWS=64 timeout 50 $ROWS_BENCH --batch-sizes 1 --fusions norm_rope cache_write add_norm silu_mul \
       routing --out "$OUT/bench-rows64-unfolded" 2>&1 | tee "$OUT/bench-rows64-unfolded.log" | tail -4
-    SDAR_SKINNY_ROWS=64 timeout 45 $ROWS_BENCH --batch-sizes 1 --weights fp8 --out "$OUT/bench-fp8" 2>&1 \
+    SDAR_SKINNY_ROWS=64 timeout 50 $ROWS_BENCH --batch-sizes 1 --weights fp8 --out "$OUT/bench-fp8" 2>&1 \
       | tee "$OUT/bench-fp8.log" | tail -4
     for rows in 1 64; do
       SDAR_SKINNY_ROWS=$rows timeout 40 python3 -m benchmarks.profile_forward --split-k on --contexts 64 \
