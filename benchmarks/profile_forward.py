@@ -50,7 +50,7 @@ def kernel_class(name: str) -> str:
 
 
 def graphed(model, Q: int, total: int, start: int, split_k: bool, skinny_gemm: bool = False):
-    kernels = Kernels(split_k_attention=split_k, skinny_gemm=skinny_gemm)
+    kernels = Kernels(split_k_attention=split_k, skinny_gemm=skinny_gemm).with_fusions("all")  # as bench runs
     runner = ChunkRunner(model, 1, total, Q, "graph", kernels=kernels)
     seq = torch.randint(10, 1000, (1, total), device="cuda")
     lf = 0

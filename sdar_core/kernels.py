@@ -31,8 +31,8 @@ class Kernels:
     add_norm: bool = True  # residual add + RMSNorm (fused.add_rms_norm)
     silu_mul: bool = True  # SiLU(gate) * up (fused.silu_mul)
     # SiLU(gate) * up formed by the down projection's skinny GEMM as it loads [gate; up] (gemm.swiglu_linear), where
-    # that kernel takes the rows: one kernel fewer a layer than silu_mul's
-    silu_down: bool = True
+    # that kernel takes the rows: one kernel fewer a layer than silu_mul's. Off by default as qk_rope is.
+    silu_down: bool = False
     routing: bool = True  # an MoE router's softmax, top-k and renormalisation (moe.route); the pairs' sort
     # Static-shape forwards (runner modes "static", "graph"): None takes the split-K decode attention wherever it
     # runs (CUDA with Triton); False gives SDPA the mask over the whole buffer (the benchmarks compare the two);

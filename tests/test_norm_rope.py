@@ -76,7 +76,9 @@ def test_graphed_decoding_with_the_kernel_gives_the_eager_tokens(strategy):
     model = random_model(tiny_config("sdar", block_size=4)).cuda()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
     kw = dict(max_new_tokens=24, block_length=4, steps=2, strategy=strategy, threshold=0.5)
-    fused = generate(model, prompts, runner_mode="graph", **kw)
+    fused = generate(
+        model, prompts, runner_mode="graph", kernels=Kernels().with_fusions("all"), **kw
+    )  # qk_rope too
     eager = generate(model, prompts, runner_mode="plain", kernels=Kernels(norm_rope=False), **kw)
     assert fused.tokens.tolist() == eager.tokens.tolist()
 
