@@ -61,27 +61,31 @@ case "${1:-gemm}" in
     tail -n 3 "$OUT/cuda-tests.log"
     timeout $((${2:-130} - SECONDS)) python3 -m benchmarks.gemm --out "$OUT/gemm-fp8" --archs sdar-1.7b --rows 1 16 \
       --sweep-rows 0 --fp8 2>&1 | tee "$OUT/gemm-fp8.log" | tail -12 ;;
-  rows)  # $2: finish within this many seconds (default 560); the most wanted rows first
+  rows)  # $2: finish within this many seconds (default 560); the most wanted rows first, each step cut to what is left
     LIMIT=${2:-560}
-    SDAR_SKINNY_ROWS=64 timeout 90 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_gemm.py \
+    within() {  # within SECONDS COMMAND...: the command with at most SECONDS, fewer if less is left, skipped under 15
+      local cap=$(( $1 < LIMIT - SECONDS ? $1 : LIMIT - SECONDS )); shift
+      if [ "$cap" -ge 15 ]; then timeout "$cap" "$@"; else echo "skipped (no time left): $*"; fi
+    }
+    SDAR_SKINNY_ROWS=64 within 90 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_gemm.py \
       tests/test_fp8.py tests/test_decode_attention.py tests/test_fused.py tests/test_norm_rope.py \
       > "$OUT/cuda-tests.log" 2>&1; tail -n 3 "$OUT/cuda-tests.log"
     ROWS_BENCH="python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 --new-tokens 256
       --block-lengths 16 --no-dynamic --repeats 2 --transformers none"
     for rows in 1 64; do
-      SDAR_SKINNY_ROWS=$rows timeout 75 $ROWS_BENCH --batch-sizes 1 4 --out "$OUT/bench-rows$rows" 2>&1 \
+      SDAR_SKINNY_ROWS=$rows within 75 $ROWS_BENCH --batch-sizes 1 4 --out "$OUT/bench-rows$rows" 2>&1 \
         | tee "$OUT/bench-rows$rows.log" | tail -6
     done
-    SDAR_SKINNY_ROWS=64 timeout 50 $ROWS_BENCH --batch-sizes 1 --fusions norm_rope cache_write add_norm silu_mul \
+    SDAR_SKINNY_ROWS=64 within 50 $ROWS_BENCH --batch-sizes 1 --fusions norm_rope cache_write add_norm silu_mul \
       routing --out "$OUT/bench-rows64-unfolded" 2>&1 | tee "$OUT/bench-rows64-unfolded.log" | tail -4
-    SDAR_SKINNY_ROWS=64 timeout 50 $ROWS_BENCH --batch-sizes 1 --weights fp8 --out "$OUT/bench-fp8" 2>&1 \
+    SDAR_SKINNY_ROWS=64 within 50 $ROWS_BENCH --batch-sizes 1 --weights fp8 --out "$OUT/bench-fp8" 2>&1 \
       | tee "$OUT/bench-fp8.log" | tail -4
     for rows in 1 64; do
-      SDAR_SKINNY_ROWS=$rows timeout 40 python3 -m benchmarks.profile_forward --split-k on --contexts 64 \
+      SDAR_SKINNY_ROWS=$rows within 40 python3 -m benchmarks.profile_forward --split-k on --contexts 64 \
         --gemm skinny+pdl --out "$OUT/profile-rows$rows" 2>&1 | tee "$OUT/profile-rows$rows.log" | tail -3
     done
-    timeout $((LIMIT - SECONDS)) python3 -m benchmarks.gemm --out "$OUT/gemm" --archs sdar-1.7b --rows 1 4 16 64 \
-      --sweep-rows 16 --budget-s 30 --fp8 2>&1 | tee "$OUT/gemm.log" | grep -v "^  " | tail -22
+    within 200 python3 -m benchmarks.gemm --out "$OUT/gemm" --archs sdar-1.7b --rows 1 4 16 64 --sweep-rows 16 \
+      --budget-s 30 --fp8 2>&1 | tee "$OUT/gemm.log" | grep -v "^  " | tail -22
     tar czf /tmp/rows.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/rows.tgz "$OUT/" ;;
   gemm)
     timeout 200 python3 -m benchmarks.gemm --out "$OUT/gemm" --rows 1 4 16 --sweep-rows 1 --budget-s 60 2>&1 \
