@@ -72,14 +72,18 @@ case "${1:-gemm}" in
       > "$OUT/cuda-tests.log" 2>&1; tail -n 3 "$OUT/cuda-tests.log"
     ROWS_BENCH="python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 --new-tokens 256
       --block-lengths 16 --no-dynamic --repeats 2 --transformers none"
-    for rows in 1 64; do
-      SDAR_SKINNY_ROWS=$rows within 75 $ROWS_BENCH --batch-sizes 1 4 --out "$OUT/bench-rows$rows" 2>&1 \
-        | tee "$OUT/bench-rows$rows.log" | tail -6
+    for rows in 64 1; do
+      SDAR_SKINNY_ROWS=$rows within 55 $ROWS_BENCH --batch-sizes 1 --out "$OUT/bench-rows$rows" 2>&1 \
+        | tee "$OUT/bench-rows$rows.log" | tail -4
     done
-    SDAR_SKINNY_ROWS=64 within 50 $ROWS_BENCH --batch-sizes 1 --fusions norm_rope cache_write add_norm silu_mul \
-      routing --out "$OUT/bench-rows64-unfolded" 2>&1 | tee "$OUT/bench-rows64-unfolded.log" | tail -4
     SDAR_SKINNY_ROWS=64 within 50 $ROWS_BENCH --batch-sizes 1 --weights fp8 --out "$OUT/bench-fp8" 2>&1 \
       | tee "$OUT/bench-fp8.log" | tail -4
+    SDAR_SKINNY_ROWS=64 within 50 $ROWS_BENCH --batch-sizes 1 --fusions norm_rope cache_write add_norm silu_mul \
+      routing --out "$OUT/bench-rows64-unfolded" 2>&1 | tee "$OUT/bench-rows64-unfolded.log" | tail -4
+    for rows in 64 1; do
+      SDAR_SKINNY_ROWS=$rows within 55 $ROWS_BENCH --batch-sizes 4 --out "$OUT/bench-rows$rows-batch4" 2>&1 \
+        | tee "$OUT/bench-rows$rows-batch4.log" | tail -4
+    done
     for rows in 1 64; do
       SDAR_SKINNY_ROWS=$rows within 40 python3 -m benchmarks.profile_forward --split-k on --contexts 64 \
         --gemm skinny+pdl --out "$OUT/profile-rows$rows" 2>&1 | tee "$OUT/profile-rows$rows.log" | tail -3
