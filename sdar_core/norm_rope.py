@@ -167,35 +167,35 @@ def _(q, k, v, q_weight, k_weight, q_eps, k_eps, cos, sin, k_cache, v_cache, ind
 if triton is not None:
 
     @triton.jit
-    def _rotate(X, W, COS, SIN, OUT, IDX, V, VOUT, b, q, h, sx, sc, ss, so, sv, eps, D: tl.constexpr,
-                BLOCK: tl.constexpr, INDEXED: tl.constexpr, COPY_V: tl.constexpr):  # fmt: skip
+    def _rotate(X, W, COS, SIN, OUT, IDX, V, VOUT, b, q, h, sx_b, sx_q, sx_h, sc_b, sc_q, ss_b, ss_q, so_b, so_h,
+                so_t, sv_b, sv_q, sv_h, eps, D: tl.constexpr, BLOCK: tl.constexpr, INDEXED: tl.constexpr,
+                COPY_V: tl.constexpr):  # fmt: skip
         """RoPE(RMSNorm(x)) of the (b, q, h) vector of D into OUT (at cache position IDX[q] when INDEXED), and the
-        value vector copied beside it when COPY_V. sx, sv, so: (b, position, head) strides of X, V and (b, head,
-        position) of OUT; sc, ss: (b, position) strides of COS, SIN."""
+        value vector copied beside it when COPY_V. sx_*, sv_*: (b, position, head) strides of X, V; so_*: (b, head,
+        position) of OUT; sc_*, ss_*: (b, position) of COS, SIN. (Scalars, not tuples: Triton before 3.3 passes no
+        tuples to a jit function.)"""
         d = tl.arange(0, BLOCK)
         live = d < D
         partner = (d + D // 2) % D  # rotate-half: out[d] = n[d] cos[d] + sign(d) n[partner] sin[d]
-        base = X + b * sx[0] + q * sx[1] + h * sx[2]
+        base = X + b * sx_b + q * sx_q + h * sx_h
         x = tl.load(base + d, mask=live, other=0.0).to(tl.float32)
         xp = tl.load(base + partner, mask=live, other=0.0).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, 0) / D + eps)
         dtype = OUT.dtype.element_ty
         n = (x * rstd * tl.load(W + d, mask=live, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
         n_p = (xp * rstd * tl.load(W + partner, mask=live, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
-        cos = tl.load(COS + b * sc[0] + q * sc[1] + d, mask=live, other=0.0).to(tl.float32)
-        sin = tl.load(SIN + b * ss[0] + q * ss[1] + d, mask=live, other=0.0).to(tl.float32)
+        cos = tl.load(COS + b * sc_b + q * sc_q + d, mask=live, other=0.0).to(tl.float32)
+        sin = tl.load(SIN + b * ss_b + q * ss_q + d, mask=live, other=0.0).to(tl.float32)
         out = n * cos + tl.where(d < D // 2, -n_p, n_p) * sin
         if INDEXED:
             pos = tl.load(IDX + q).to(tl.int64)
         else:
             pos = q.to(tl.int64)
-        dst = b.to(tl.int64) * so[0] + h * so[1] + pos * so[2] + d
+        dst = b.to(tl.int64) * so_b + h * so_h + pos * so_t + d
         tl.store(OUT + dst, out.to(dtype), mask=live)
         if COPY_V:
             tl.store(
-                VOUT + dst,
-                tl.load(V + b * sv[0] + q * sv[1] + h * sv[2] + d, mask=live, other=0.0),
-                mask=live,
+                VOUT + dst, tl.load(V + b * sv_b + q * sv_q + h * sv_h + d, mask=live, other=0.0), mask=live
             )
 
     @triton.jit
@@ -209,10 +209,9 @@ if triton is not None:
         row = tl.program_id(0)
         heads = n_hq + n_hk
         h, q, b = row % heads, (row // heads) % n_q, row // (heads * n_q)
-        sc, ss = (sc_b, sc_q), (ss_b, ss_q)
         if h < n_hq:
-            _rotate(XQ, WQ, COS, SIN, OUTQ, IDX, XQ, OUTQ, b, q, h, (sq_b, sq_q, sq_h), sc, ss,
-                    (soq_b, soq_h, soq_t), (0, 0, 0), eps_q, D, BLOCK, False, False)  # fmt: skip
+            _rotate(XQ, WQ, COS, SIN, OUTQ, IDX, XQ, OUTQ, b, q, h, sq_b, sq_q, sq_h, sc_b, sc_q, ss_b, ss_q, soq_b,
+                    soq_h, soq_t, 0, 0, 0, eps_q, D, BLOCK, False, False)  # fmt: skip
         else:
-            _rotate(XK, WK, COS, SIN, KC, IDX, V, VC, b, q, h - n_hq, (sk_b, sk_q, sk_h), sc, ss,
-                    (skc_b, skc_h, skc_t), (sv_b, sv_q, sv_h), eps_k, D, BLOCK, True, True)  # fmt: skip
+            _rotate(XK, WK, COS, SIN, KC, IDX, V, VC, b, q, h - n_hq, sk_b, sk_q, sk_h, sc_b, sc_q, ss_b, ss_q,
+                    skc_b, skc_h, skc_t, sv_b, sv_q, sv_h, eps_k, D, BLOCK, True, True)  # fmt: skip
