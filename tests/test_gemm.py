@@ -82,6 +82,26 @@ def test_the_rows_linear_sends_the_kernel_come_from_sdar_skinny_rows():
         assert expected in (run.stdout if expected == "64" else run.stderr), (value, run.stdout, run.stderr)
 
 
+def test_the_k_steps_in_flight_fit_the_shared_memory():
+    """The case that overflowed an H100 (float8 weights, the SwiGLU fold, 64 rows: 272 KB asked of 227 KB at 4
+    stages) is cut to what fits; the tile shapes config_for gives elsewhere keep their 4 stages."""
+    cpu = torch.device("cpu")
+    fp8_64 = gemm.config_for(64, 2048, 6144, 132, fp8=True)
+    stages = gemm.stages_that_fit(fp8_64, 64, 1, 2, True, cpu)
+    assert 1 <= stages < 4 and stages * fp8_64.block_k * (64 + 64 * 2 * 2) <= 227 << 10
+    for rows, fp8, swiglu in [
+        (1, False, False),
+        (1, True, True),
+        (16, True, True),
+        (64, False, True),
+        (64, True, False),
+    ]:
+        cfg = gemm.config_for(rows, 2048, 6144, 132, fp8=fp8)
+        assert (
+            gemm.stages_that_fit(cfg, gemm.block_m(rows), 1 if fp8 else 2, 2, swiglu, cpu) == cfg.stages == 4
+        )
+
+
 def test_the_kernel_is_only_taken_where_it_can_run():
     x, w = torch.randn(2, 16), torch.randn(8, 16)
     assert not gemm.skinny_runs(x, w, None)  # the CPU
