@@ -184,15 +184,11 @@ def fp8_runs(x: torch.Tensor, weight: Fp8Weight) -> bool:
 
 def swiglu_runs(gate_up: torch.Tensor, weight: torch.Tensor | Fp8Weight) -> bool:
     """Whether the down projection's kernel takes [gate; up] [..., 2k] and forms SiLU(gate) * up as it loads it
-    (`swiglu_linear`): the kernel takes these rows for this weight (skinny_runs, fp8_runs) and gate_up is twice the
-    weight's k wide."""
-    if isinstance(weight, Fp8Weight):
-        data, max_rows = weight.data, FP8_MAX_ROWS
-    elif gate_up.dtype == weight.dtype:
-        data, max_rows = weight, MAX_ROWS
-    else:
+    (`swiglu_linear`): `linear` would take these rows for this weight (fp8_runs, skinny_runs) and gate_up is twice
+    the weight's k wide."""
+    if gate_up.shape[-1] != 2 * weight.shape[1]:
         return False
-    return gate_up.shape[-1] == 2 * data.shape[1] and _kernel_takes(gate_up, data, max_rows)
+    return fp8_runs(gate_up, weight) if isinstance(weight, Fp8Weight) else skinny_runs(gate_up, weight, None)
 
 
 def swiglu_linear(gate_up: torch.Tensor, weight: torch.Tensor | Fp8Weight) -> torch.Tensor:

@@ -115,47 +115,28 @@ class Attention(nn.Module):
             return norm_rope(x, norm.weight, norm.eps, cos, sin)
         return apply_rope(norm(x).transpose(1, 2), cos, sin)
 
-    def write_cache(
-        self, k, v, cos, sin, cache: CacheSlot, kernels: Kernels
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the chunk's RoPE(RMSNorm(k)) and v (both [B, Q, H_kv, D]) in the cache; return the keys and
-        values attention reads. On CUDA one kernel normalises, rotates and writes both (norm_rope_to_cache)."""
+    def rope_to_cache(
+        self, q, k, v, cos, sin, cache: CacheSlot, kernels: Kernels
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RoPE(RMSNorm(q)) [B, H, Q, D], and the chunk's RoPE(RMSNorm(k)) and v (q, k, v [B, Q, heads, D]) stored
+        in the cache; returns q and the keys and values attention reads. On CUDA one kernel normalises, rotates and
+        writes the keys and values (norm_rope_to_cache), and with `qk_rope` the queries in the same launch
+        (norm_rope_qk_to_cache)."""
         if kernels.norm_rope and kernels.cache_write and norm_rope_available(k, self.k_norm.weight):
             k_buf, v_buf, index = cache.buffers(self.layer)
             if to_cache_available(k, v, k_buf, v_buf):
-                norm_rope_to_cache(k, v, self.k_norm.weight, self.k_norm.eps, cos, sin, k_buf, v_buf, index)
-                return cache.visible(self.layer)
+                qn, kn = self.q_norm, self.k_norm
+                if kernels.qk_rope and norm_rope_available(q, qn.weight):
+                    q = norm_rope_qk_to_cache(
+                        q, k, v, qn.weight, kn.weight, qn.eps, kn.eps, cos, sin, k_buf, v_buf, index
+                    )
+                else:
+                    q = self.norm_rope(q, qn, cos, sin, kernels.norm_rope)
+                    norm_rope_to_cache(k, v, kn.weight, kn.eps, cos, sin, k_buf, v_buf, index)
+                return (q, *cache.visible(self.layer))
+        q = self.norm_rope(q, self.q_norm, cos, sin, kernels.norm_rope)
         k = self.norm_rope(k, self.k_norm, cos, sin, kernels.norm_rope)  # [B, H_kv, Q, D]
-        return cache.write(self.layer, k, v.transpose(1, 2))
-
-    def qk_to_cache(self, q, k, v, cos, sin, cache: CacheSlot, kernels: Kernels):
-        """On CUDA, q's norm + RoPE and k's with the cache write in one kernel (norm_rope_qk_to_cache): q [B, H, Q,
-        D] and the keys and values attention reads; None where that kernel does not run."""
-        fused = kernels.norm_rope and kernels.cache_write and kernels.qk_rope
-        if not (
-            fused
-            and norm_rope_available(q, self.q_norm.weight)
-            and norm_rope_available(k, self.k_norm.weight)
-        ):
-            return None
-        k_buf, v_buf, index = cache.buffers(self.layer)
-        if not to_cache_available(k, v, k_buf, v_buf) or q.stride(-1) != 1 or q.device != k_buf.device:
-            return None
-        q = norm_rope_qk_to_cache(
-            q,
-            k,
-            v,
-            self.q_norm.weight,
-            self.k_norm.weight,
-            self.q_norm.eps,
-            self.k_norm.eps,
-            cos,
-            sin,
-            k_buf,
-            v_buf,
-            index,
-        )
-        return (q, *cache.visible(self.layer))
+        return (q, *cache.write(self.layer, k, v.transpose(1, 2)))
 
     def forward(self, x, cos, sin, attn: AttentionInputs, cache: CacheSlot | None, kernels: Kernels):
         B, Q, _ = x.shape
@@ -170,11 +151,8 @@ class Attention(nn.Module):
             k.view(B, Q, self.n_kv, self.head_dim),
             v.view(B, Q, self.n_kv, self.head_dim),
         )  # [B, Q, H_kv, D]
-        if cache is not None and (qkv := self.qk_to_cache(q, k, v, cos, sin, cache, kernels)):
-            q, k, v = qkv
-        elif cache is not None:
-            q = self.norm_rope(q, self.q_norm, cos, sin, kernels.norm_rope)  # [B, H, Q, D]
-            k, v = self.write_cache(k, v, cos, sin, cache, kernels)  # [B, H_kv, cache.keys, D]
+        if cache is not None:
+            q, k, v = self.rope_to_cache(q, k, v, cos, sin, cache, kernels)  # k, v: [B, H_kv, cache.keys, D]
         else:
             q = self.norm_rope(q, self.q_norm, cos, sin, kernels.norm_rope)
             k, v = (
@@ -222,9 +200,12 @@ class MLP(nn.Module):
     def forward(self, x, kernels: Kernels = DEFAULT_KERNELS):
         if self.gate_up_weight is not None:
             gate_up = linear(x, self.gate_up_weight, fuse=kernels.skinny_gemm)
-            down = self.down_proj.packed if isinstance(self.down_proj, Fp8Linear) else self.down_proj.weight
-            if kernels.silu_down and kernels.skinny_gemm and swiglu_runs(gate_up, down):
-                return swiglu_linear(gate_up, down)
+            if kernels.silu_down and kernels.skinny_gemm:
+                down = (
+                    self.down_proj.packed if isinstance(self.down_proj, Fp8Linear) else self.down_proj.weight
+                )
+                if swiglu_runs(gate_up, down):
+                    return swiglu_linear(gate_up, down)
             act = silu_mul(gate_up, kernels.silu_mul)
         else:
             fuse = kernels.skinny_gemm
