@@ -118,6 +118,13 @@ def _(gate_up):
 if triton is not None:
 
     @triton.jit
+    def silu_mul_tile(g, u, dtype: tl.constexpr):
+        """SiLU(g) * u of float32 g and u in `dtype`, rounded as the eager ops round it: the SiLU to `dtype` first
+        (F.silu's output), then the product. silu_mul's kernel and gemm's SwiGLU fold both form it here."""
+        act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
+        return (act * u).to(dtype)
+
+    @triton.jit
     def _add_norm_kernel(X, DELTA, W, SUM, OUT, sx, sd, n, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
         pdl.wait_and_release(PDL)
         row = tl.program_id(0)
@@ -143,5 +150,4 @@ if triton is not None:
         dtype = OUT.dtype.element_ty
         g = tl.load(GU + row * s_row + cols, mask=live, other=0.0).to(tl.float32)
         u = tl.load(GU + row * s_row + n + cols, mask=live, other=0.0).to(tl.float32)
-        act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)  # rounded as the eager SiLU's output is
-        tl.store(OUT + row * n + cols, (act * u).to(dtype), mask=live)
+        tl.store(OUT + row * n + cols, silu_mul_tile(g, u, dtype), mask=live)

@@ -369,6 +369,7 @@ def _(gate_up, weight, scale):
 
 
 if triton is not None:
+    from .fused import silu_mul_tile
 
     @triton.jit
     def _step(acc, x, w, BLOCK_M: tl.constexpr, IEEE: tl.constexpr):
@@ -397,9 +398,7 @@ if triton is not None:
                 up = tl.load(ptrs + K, mask=live, other=0.0).to(tl.float32)
             else:
                 up = tl.load(ptrs + K).to(tl.float32)
-            g = x.to(tl.float32)
-            act = (g / (1.0 + tl.exp(-g))).to(x.dtype).to(tl.float32)
-            x = (act * up).to(x.dtype)
+            x = silu_mul_tile(x.to(tl.float32), up, x.dtype)
         return x
 
     @triton.jit
