@@ -15,6 +15,8 @@
 #   bash benchmarks/device_kernels.sh goals [S]  # the performance goals' rows at batch 1 (64 and 8k prompts,
 #                                                # compiled transformers), then the 30B-A3B forward's profile, in
 #                                                # at most S seconds (default 370)
+#   bash benchmarks/device_kernels.sh defaults [S]  # every `cuda` test and the studio's tests on CUDA, then the goals'
+#                                                # rows, within S seconds (default 590)
 #   bash benchmarks/device_kernels.sh step       # every `cuda` test and the studio's tests on CUDA, then a decode
 #                                                # beside threads running Python, its step graphed and op by op
 #                                                # (benchmarks.crowded_decode)
@@ -40,6 +42,15 @@ BENCH="python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 8
   --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none"
 MOE="python3 -m benchmarks.bench --arch sdar-30b-a3b --fuse --prompt-lengths 64 --new-tokens 64 --batch-sizes 1
   --block-lengths 16 --steps 4 --no-dynamic --repeats 2 --transformers none"
+goals_rows() {  # goals_rows LIMIT: the goals' bench rows (compiled transformers), then the 30B-A3B profile, ending
+  # LIMIT seconds into the call
+  local LIMIT=$1
+  timeout $(((LIMIT - SECONDS) * 6 / 10)) python3 -m benchmarks.bench --arch sdar-1.7b --fuse \
+    --prompt-lengths 64 8192 --new-tokens 256 512 --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers compiled \
+    --out "$OUT/goals" 2>&1 | tee "$OUT/goals.log" | tail -10
+  timeout $((LIMIT - SECONDS)) python3 -m benchmarks.profile_forward --arch sdar-30b-a3b --split-k on \
+    --contexts 64 --gemm skinny+pdl --out "$OUT/profile-moe" 2>&1 | tee "$OUT/profile-moe.log" | tail -5
+}
 case "${1:-gemm}" in
   tests-e2e)
     timeout 330 python3 -m pytest -q -p no:cacheprovider -m cuda tests/ 2>&1 | tee "$OUT/cuda-tests.log" | tail -5
@@ -127,13 +138,13 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     tar czf /tmp/step.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/step.tgz "$OUT/" ;;
   goals)  # the issue's performance rows on the current kernels, then the 30B-A3B forward's profile; $2: the
           # seconds this call may run (default 370: what a session has left after one full call)
-    LIMIT=${2:-370}
-    timeout $((LIMIT * 6 / 10)) python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 8192 \
-      --new-tokens 256 512 --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers compiled \
-      --out "$OUT/goals" 2>&1 | tee "$OUT/goals.log" | tail -10
-    timeout $((LIMIT - SECONDS)) python3 -m benchmarks.profile_forward --arch sdar-30b-a3b --split-k on \
-      --contexts 64 --gemm skinny+pdl --out "$OUT/profile-moe" 2>&1 | tee "$OUT/profile-moe.log" | tail -5
+    goals_rows "${2:-370}"
     tar czf /tmp/goals.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/goals.tgz "$OUT/" ;;
+  defaults)  # every `cuda` test and the studio's tests on CUDA, then the goals' rows, all on the defaults as they
+             # stand (SDAR_SKINNY_ROWS in the environment overrides the rows), within $2 seconds (default 590)
+    gpu_tests $(( ${2:-590} * 4 / 10 ))
+    goals_rows "${2:-590}"
+    tar czf /tmp/defaults.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/defaults.tgz "$OUT/" ;;
   readme)
     timeout 480 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 2048 8192 \
       --new-tokens 256 512 512 --batch-sizes 1 4 16 32 64 --block-lengths 4 16 --repeats 2 --transformers compiled \
