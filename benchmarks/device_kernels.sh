@@ -46,7 +46,8 @@ goals_rows() {  # goals_rows LIMIT: the goals' bench rows (compiled transformers
   # LIMIT seconds into the call
   local LIMIT=$1
   timeout $(((LIMIT - SECONDS) * 6 / 10)) python3 -m benchmarks.bench --arch sdar-1.7b --fuse \
-    --prompt-lengths 64 8192 --new-tokens 256 512 --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers compiled \
+    --prompt-lengths 64 8192 --new-tokens 256 512 --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 \
+    --transformers compiled \
     --out "$OUT/goals" 2>&1 | tee "$OUT/goals.log" | tail -10
   timeout $((LIMIT - SECONDS)) python3 -m benchmarks.profile_forward --arch sdar-30b-a3b --split-k on \
     --contexts 64 --gemm skinny+pdl --out "$OUT/profile-moe" 2>&1 | tee "$OUT/profile-moe.log" | tail -5
