@@ -25,14 +25,14 @@ FUSIONS = ("norm_rope", "cache_write", "qk_rope", "add_norm", "silu_mul", "silu_
 class Kernels:
     norm_rope: bool = True  # q/k RMSNorm + RoPE in one kernel each (norm_rope.py)
     cache_write: bool = True  # the k kernel of norm_rope also writes K and V into the KV cache
-    # With norm_rope and cache_write: q's kernel and k's in one launch (norm_rope_qk_to_cache). Off by default until
-    # a GPU has timed it (benchmarks/NOTES.md); `bench --fusions all` takes it.
-    qk_rope: bool = False
+    # With norm_rope and cache_write: q's kernel and k's in one launch (norm_rope_qk_to_cache).
+    qk_rope: bool = True
     add_norm: bool = True  # residual add + RMSNorm (fused.add_rms_norm)
     silu_mul: bool = True  # SiLU(gate) * up (fused.silu_mul)
     # SiLU(gate) * up formed by the down projection's skinny GEMM as it loads [gate; up] (gemm.swiglu_linear), where
-    # that kernel takes the rows: one kernel fewer a layer than silu_mul's. Off by default as qk_rope is.
-    silu_down: bool = False
+    # that kernel takes the rows: one kernel fewer a layer than silu_mul's. With qk_rope, the one-token forward
+    # 3% faster on an H100 (benchmarks/NOTES.md, "The tensor-core form with the weight's rows on the MMA's M").
+    silu_down: bool = True
     routing: bool = True  # an MoE router's softmax, top-k and renormalisation (moe.route); the pairs' sort
     # Static-shape forwards (runner modes "static", "graph"): None takes the split-K decode attention wherever it
     # runs (CUDA with Triton); False gives SDPA the mask over the whole buffer (the benchmarks compare the two);
