@@ -15,8 +15,8 @@
 #   bash benchmarks/device_kernels.sh goals [S]  # the performance goals' rows at batch 1 (64 and 8k prompts,
 #                                                # compiled transformers), then the 30B-A3B forward's profile, in
 #                                                # at most S seconds (default 370)
-#   bash benchmarks/device_kernels.sh defaults [S]  # every `cuda` test and the studio's tests on CUDA, then the goals'
-#                                                # rows, within S seconds (default 590)
+#   bash benchmarks/device_kernels.sh defaults [S]  # every `cuda` test and the studio's tests on CUDA, the goals' rows,
+#                                                # the dense profile, the projections at 1 and 16 rows, within S s
 #   bash benchmarks/device_kernels.sh step       # every `cuda` test and the studio's tests on CUDA, then a decode
 #                                                # beside threads running Python, its step graphed and op by op
 #                                                # (benchmarks.crowded_decode)
@@ -141,10 +141,16 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
           # seconds this call may run (default 370: what a session has left after one full call)
     goals_rows "${2:-370}"
     tar czf /tmp/goals.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/goals.tgz "$OUT/" ;;
-  defaults)  # every `cuda` test and the studio's tests on CUDA, then the goals' rows, all on the defaults as they
+  defaults)  # every `cuda` test and the studio's tests on CUDA, the goals' rows, the dense forward's profile at 64
+             # and 8k, then the 1.7B, 4B and 8B projections one by one at 1 and 16 rows, all on the defaults as they
              # stand (SDAR_SKINNY_ROWS in the environment overrides the rows), within $2 seconds (default 590)
-    gpu_tests $(( ${2:-590} * 4 / 10 ))
-    goals_rows "${2:-590}"
+    LIMIT=${2:-590}
+    gpu_tests $((LIMIT * 4 / 10))
+    goals_rows $((LIMIT - 120))
+    timeout 50 python3 -m benchmarks.profile_forward --split-k on --contexts 64 8k --gemm skinny+pdl \
+      --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -3
+    timeout $((LIMIT - SECONDS)) python3 -m benchmarks.gemm --out "$OUT/gemm" --rows 1 16 --sweep-rows 0 --fp8 \
+      2>&1 | tee "$OUT/gemm.log" | grep -v "^  " | tail -4
     tar czf /tmp/defaults.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/defaults.tgz "$OUT/" ;;
   readme)
     timeout 480 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 2048 8192 \
