@@ -17,6 +17,7 @@
 #                                                # at most S seconds (default 370)
 #   bash benchmarks/device_kernels.sh defaults [S]  # every `cuda` test and the studio's tests on CUDA, the goals' rows,
 #                                                # the dense profile, the projections at 1 and 16 rows, within S s
+#   bash benchmarks/device_kernels.sh defaults-studio [S]  # the same without the `cuda` suite
 #   bash benchmarks/device_kernels.sh step       # every `cuda` test and the studio's tests on CUDA, then a decode
 #                                                # beside threads running Python, its step graphed and op by op
 #                                                # (benchmarks.crowded_decode)
@@ -42,14 +43,19 @@ BENCH="python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 8
   --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none"
 MOE="python3 -m benchmarks.bench --arch sdar-30b-a3b --fuse --prompt-lengths 64 --new-tokens 64 --batch-sizes 1
   --block-lengths 16 --steps 4 --no-dynamic --repeats 2 --transformers none"
+within() {  # within SECONDS COMMAND...: the command with at most SECONDS, fewer if less of LIMIT is left, skipped
+  # under 15
+  local cap=$(( $1 < LIMIT - SECONDS ? $1 : LIMIT - SECONDS )); shift
+  if [ "$cap" -ge 15 ]; then timeout "$cap" "$@"; else echo "skipped (no time left): $*"; fi
+}
 goals_rows() {  # goals_rows LIMIT: the goals' bench rows (compiled transformers), then the 30B-A3B profile, ending
   # LIMIT seconds into the call
   local LIMIT=$1
-  timeout $(((LIMIT - SECONDS) * 6 / 10)) python3 -m benchmarks.bench --arch sdar-1.7b --fuse \
+  within $(((LIMIT - SECONDS) * 6 / 10)) python3 -m benchmarks.bench --arch sdar-1.7b --fuse \
     --prompt-lengths 64 8192 --new-tokens 256 512 --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 \
     --transformers compiled \
     --out "$OUT/goals" 2>&1 | tee "$OUT/goals.log" | tail -10
-  timeout $((LIMIT - SECONDS)) python3 -m benchmarks.profile_forward --arch sdar-30b-a3b --split-k on \
+  within 600 python3 -m benchmarks.profile_forward --arch sdar-30b-a3b --split-k on \
     --contexts 64 --gemm skinny+pdl --out "$OUT/profile-moe" 2>&1 | tee "$OUT/profile-moe.log" | tail -5
 }
 case "${1:-gemm}" in
@@ -75,10 +81,6 @@ case "${1:-gemm}" in
       --sweep-rows 0 --fp8 2>&1 | tee "$OUT/gemm-fp8.log" | tail -12 ;;
   rows)  # $2: finish within this many seconds (default 560); the most wanted rows first, each step cut to what is left
     LIMIT=${2:-560}
-    within() {  # within SECONDS COMMAND...: the command with at most SECONDS, fewer if less is left, skipped under 15
-      local cap=$(( $1 < LIMIT - SECONDS ? $1 : LIMIT - SECONDS )); shift
-      if [ "$cap" -ge 15 ]; then timeout "$cap" "$@"; else echo "skipped (no time left): $*"; fi
-    }
     SDAR_SKINNY_ROWS=64 within 90 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_gemm.py \
       tests/test_fp8.py tests/test_decode_attention.py tests/test_fused.py tests/test_norm_rope.py \
       > "$OUT/cuda-tests.log" 2>&1; tail -n 3 "$OUT/cuda-tests.log"
@@ -141,15 +143,17 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
           # seconds this call may run (default 370: what a session has left after one full call)
     goals_rows "${2:-370}"
     tar czf /tmp/goals.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/goals.tgz "$OUT/" ;;
-  defaults)  # every `cuda` test and the studio's tests on CUDA, the goals' rows, the dense forward's profile at 64
-             # and 8k, then the 1.7B, 4B and 8B projections one by one at 1 and 16 rows, all on the defaults as they
-             # stand (SDAR_SKINNY_ROWS in the environment overrides the rows), within $2 seconds (default 590)
+  defaults|defaults-studio)  # every `cuda` test (defaults-studio: none, for a second GPU after the suite passed
+    # on one) and the studio's tests on CUDA, the goals' rows, the dense forward's profile at 64 and 8k, then the
+    # 1.7B, 4B and 8B projections one by one at 1 and 16 rows, all on the defaults as they stand (SDAR_SKINNY_ROWS in
+    # the environment overrides the rows), within $2 seconds (default 590)
     LIMIT=${2:-590}
-    gpu_tests $((LIMIT * 4 / 10))
-    goals_rows $((LIMIT - 120))
-    timeout 50 python3 -m benchmarks.profile_forward --split-k on --contexts 64 8k --gemm skinny+pdl \
+    if [ "${1}" = defaults ]; then gpu_tests $((LIMIT * 4 / 10 > 200 ? LIMIT * 4 / 10 : 200))
+    else studio_tests 120; tail -n 2 "$OUT/app-tests-gpu.log"; fi
+    goals_rows $((LIMIT - 120 > SECONDS + 170 ? LIMIT - 120 : SECONDS + 170))
+    within 50 python3 -m benchmarks.profile_forward --split-k on --contexts 64 8k --gemm skinny+pdl \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -3
-    timeout $((LIMIT - SECONDS)) python3 -m benchmarks.gemm --out "$OUT/gemm" --rows 1 16 --sweep-rows 0 --fp8 \
+    within 200 python3 -m benchmarks.gemm --out "$OUT/gemm" --rows 1 16 --sweep-rows 0 --fp8 \
       2>&1 | tee "$OUT/gemm.log" | grep -v "^  " | tail -4
     tar czf /tmp/defaults.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/defaults.tgz "$OUT/" ;;
   readme)
