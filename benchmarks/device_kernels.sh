@@ -51,7 +51,7 @@ within() {  # within SECONDS COMMAND...: the command with at most SECONDS, fewer
 goals_rows() {  # goals_rows LIMIT: the goals' bench rows (compiled transformers), then the 30B-A3B profile, ending
   # LIMIT seconds into the call
   local LIMIT=$1
-  within $(((LIMIT - SECONDS) * 6 / 10)) python3 -m benchmarks.bench --arch sdar-1.7b --fuse \
+  within $(((LIMIT - SECONDS) * 7 / 10)) python3 -m benchmarks.bench --arch sdar-1.7b --fuse \
     --prompt-lengths 64 8192 --new-tokens 256 512 --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 \
     --transformers compiled \
     --out "$OUT/goals" 2>&1 | tee "$OUT/goals.log" | tail -10
@@ -150,7 +150,7 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     LIMIT=${2:-590}
     if [ "${1}" = defaults ]; then gpu_tests $((LIMIT * 4 / 10 > 200 ? LIMIT * 4 / 10 : 200))
     else studio_tests 120; tail -n 2 "$OUT/app-tests-gpu.log"; fi
-    goals_rows $((LIMIT - 120 > SECONDS + 170 ? LIMIT - 120 : SECONDS + 170))
+    goals_rows $((LIMIT - 60 > SECONDS + 170 ? LIMIT - 60 : SECONDS + 170))
     within 50 python3 -m benchmarks.profile_forward --split-k on --contexts 64 8k --gemm skinny+pdl \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -3
     within 200 python3 -m benchmarks.gemm --out "$OUT/gemm" --rows 1 16 --sweep-rows 0 --fp8 \
