@@ -32,7 +32,7 @@ from sdar_core.config import ModelConfig
 from sdar_core.decode_attention import split_k_available
 from sdar_core.decoding import DecodeParams, generate
 from sdar_core.device import default_device, default_dtype, synchronize
-from sdar_core.kernels import Kernels
+from sdar_core.kernels import FUSIONS, Kernels
 from sdar_core.loading import WEIGHT_CHOICES, load_pretrained, weights_from_choice
 from sdar_core.model import SDARForCausalLM
 from sdar_core.runner import default_mode
@@ -415,8 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--fusions",
         nargs="+",
         default=["all"],
-        help="the fused decode kernels to take on CUDA (sdar_core/fused.py: all, none, or names of "
-        "norm_rope cache_write add_norm silu_mul routing); the others run as eager kernels",
+        help="the fused decode kernels to take on CUDA (sdar_core/kernels.py: all, none, or names of "
+        f"{' '.join(FUSIONS)}); the others run as eager kernels",
     )
     p.add_argument(
         "--no-skinny-gemm",
