@@ -93,16 +93,24 @@ def block_m(rows: int) -> int:
     return 1 if rows == 1 else 16 if rows <= 16 else 32 if rows <= 32 else 64
 
 
+# The shortest slice of K a split may take: one row, 512; more rows, 1,536. Each split writes rows x block_n float32
+# partials that the last arriver sums, which costs more the more rows there are: the H100's tile sweep at 16 rows
+# (benchmarks/results/h100-rows-folds/gemm/) found no split best for K = 2,048 (qkv 9.76 us against 10.85 at 4
+# splits, gate_up 20.61 against 25.07 at 2; o_proj even) and 4 splits for down's K = 6,144 (13.56 against 14.03 at 8).
+MIN_SPLIT_K = (512, 1536)
+
+
 def config_for(rows: int, n: int, k: int, sms: int, fp8: bool = False) -> GemmConfig:
     """The tile shape for an [rows, k] x [n, k]^T product on a chip of `sms` SMs: enough programs for about two
-    per SM (output tiles first, then splits of K no shorter than 512 nor than one step), 16-byte-aligned steps along
-    K (twice as many float8 elements: the same bytes per step). One row: 16 weight rows by 256 per program; more:
-    64 weight rows by 128, the M of one warpgroup MMA (the tensor-core form puts W's rows there)."""
+    per SM (output tiles first, then splits of K no shorter than MIN_SPLIT_K nor than one step), 16-byte-aligned
+    steps along K (twice as many float8 elements: the same bytes per step). One row: 16 weight rows by 256 per
+    program; more: 64 weight rows by 128, the M of one warpgroup MMA (the tensor-core form puts W's rows there)."""
     block_n = 16 if rows == 1 else 64
     block_k = (256 if rows == 1 else 128) * (2 if fp8 else 1)
     tiles = cdiv(n, block_n) * cdiv(rows, block_m(rows))
+    shortest = MIN_SPLIT_K[rows > 1]
     split = 1
-    while tiles * split < 2 * sms and k // (split * 2) >= max(512, block_k) and tiles <= COUNTERS:
+    while tiles * split < 2 * sms and k // (split * 2) >= max(shortest, block_k) and tiles <= COUNTERS:
         split *= 2
     return GemmConfig(block_n=block_n, block_k=block_k, split_k=split)
 

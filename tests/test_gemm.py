@@ -53,13 +53,21 @@ def test_the_tile_shapes_fill_the_chip_without_splitting_k_too_thin(rows):
     for n, k in [(2048, 2048), (4096, 2048), (12288, 2048), (2048, 6144), (151936, 2048), (4096, 12288)]:
         cfg = gemm.config_for(rows, n, k, sms)
         tiles = -(-n // cfg.block_n) * -(-rows // gemm.block_m(rows))
-        assert k // cfg.split_k >= 512 or cfg.split_k == 1  # each program reads at least 512 columns
+        shortest = 512 if rows == 1 else 1536  # more rows: more partials for the last arriver to sum
+        assert (
+            k // cfg.split_k >= shortest or cfg.split_k == 1
+        )  # each program reads at least that many columns
         if cfg.split_k > 1:
             assert tiles * cfg.split_k // 2 < 2 * sms  # split only while the tiles alone are too few
         else:
-            assert tiles >= 2 * sms or k // 2 < 512
+            assert tiles >= 2 * sms or k // 2 < shortest
     assert gemm.config_for(1, 151936, 2048, sms).split_k == 1  # the lm_head has tiles enough
     assert gemm.config_for(1, 2048, 2048, sms).split_k > 1  # o_proj does not
+    # the H100's tile sweep at 16 rows: qkv, o_proj and gate_up fastest unsplit, down at 4 splits
+    assert [
+        gemm.config_for(16, n, k, sms).split_k for n, k in [(4096, 2048), (2048, 2048), (12288, 2048)]
+    ] == [1] * 3
+    assert gemm.config_for(16, 2048, 6144, sms).split_k == 4
 
 
 def ours(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
