@@ -81,7 +81,7 @@ case "${1:-gemm}" in
       --sweep-rows 0 --fp8 2>&1 | tee "$OUT/gemm-fp8.log" | tail -12 ;;
   rows)  # $2: finish within this many seconds (default 560); the most wanted rows first, each step cut to what is left
     LIMIT=${2:-560}
-    SDAR_SKINNY_ROWS=64 within 90 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_gemm.py \
+    SDAR_SKINNY_ROWS=64 within 160 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_gemm.py \
       tests/test_fp8.py tests/test_decode_attention.py tests/test_fused.py tests/test_norm_rope.py \
       > "$OUT/cuda-tests.log" 2>&1; tail -n 3 "$OUT/cuda-tests.log"
     ROWS_BENCH="python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 --new-tokens 256
