@@ -213,7 +213,7 @@ def main() -> None:
         print(
             f"{r['context']:<4}{r['mode']:<8}{str(r['split_k']):<8}{r.get('gemm', 'cublas'):<7}"
             f"{r['replay_ms']:>10.3f}{r['kernels']:>8.0f}"
-            f"{r['busy_us']:>9.0f}{r['span_us']:>9.0f}{r.get('idle_us', float('nan')):>9.0f}  {cls}"
+            f"{r['busy_us']:>9.0f}{r['span_us']:>9.0f}{r['idle_us']:>9.0f}  {cls}"
         )
 
 

@@ -54,9 +54,8 @@ def test_the_tile_shapes_fill_the_chip_without_splitting_k_too_thin(rows):
         cfg = gemm.config_for(rows, n, k, sms)
         tiles = -(-n // cfg.block_n) * -(-rows // gemm.block_m(rows))
         shortest = 512 if rows == 1 else 1536  # more rows: more partials for the last arriver to sum
-        assert (
-            k // cfg.split_k >= shortest or cfg.split_k == 1
-        )  # each program reads at least that many columns
+        # each program reads at least that many columns
+        assert k // cfg.split_k >= shortest or cfg.split_k == 1
         if cfg.split_k > 1:
             assert tiles * cfg.split_k // 2 < 2 * sms  # split only while the tiles alone are too few
         else:
@@ -258,7 +257,7 @@ def test_cuda_decoding_with_the_skinny_gemm_gives_the_cublas_tokens(strategy, mo
     model = random_model(tiny_config("sdar", block_size=4)).cuda().fuse_projections()
     prompts = [[4, 5, 6, 7, 8, 9, 10], [1, 2, 3]][:batch]
     kw = dict(max_new_tokens=24, block_length=4, steps=2, strategy=strategy, threshold=0.5)
-    # every fusion on, those off by default too (the SwiGLU fold into down, q and k in one launch)
+    # every fusion on, whatever the defaults say (the SwiGLU fold into down, q and k in one launch among them)
     ours = generate(
         model, prompts, runner_mode=mode, kernels=Kernels(skinny_gemm=True).with_fusions("all"), **kw
     )
