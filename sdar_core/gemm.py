@@ -62,6 +62,11 @@ def _rows_from_env() -> int:
 
 
 MAX_ROWS = _rows_from_env()
+# Whether a program launched with PDL asks the L2 for its whole slice of W before it waits for the kernel before it
+# (SDAR_GEMM_PREFETCH=0 switches it off; the benchmarks compare the two): benchmarks/NOTES.md, "Weights in L2 before
+# the wait".
+ENV_PREFETCH = "SDAR_GEMM_PREFETCH"
+PREFETCH = os.environ.get(ENV_PREFETCH, "0") == "1"
 # The rows `linear` sends to the kernel for an Fp8Weight: every row count the kernel serves (the decode forward's
 # steps and blocks; a longer prefill dequantizes instead).
 FP8_MAX_ROWS = 64
@@ -298,6 +303,7 @@ def launch(
         SCALED=scale is not None,
         SWIGLU=swiglu,
         PDL=chained,
+        PIECES=l2_pieces(cfg, weight) if chained and PREFETCH else 0,
         num_warps=cfg.warps,
         num_stages=stages_that_fit(
             cfg, block_m(rows), weight.element_size(), x2.element_size(), swiglu, x2.device
@@ -305,6 +311,13 @@ def launch(
         **pdl.options(chained),
     )
     return y
+
+
+def l2_pieces(cfg: GemmConfig, weight: torch.Tensor) -> int:
+    """The pieces a program cuts each row of its slice of W into for the L2 prefetch: one piece a thread (a power of
+    two), 0 (no prefetch) where the rows are not 16-byte aligned, which the bulk prefetch needs."""
+    aligned = weight.shape[1] * weight.element_size() % 16 == 0 and weight.data_ptr() % 16 == 0
+    return max(1, 32 * cfg.warps // cfg.block_n) if aligned else 0
 
 
 def stages_that_fit(
@@ -410,6 +423,27 @@ if triton is not None:
         return x
 
     @triton.jit
+    def _prefetch_l2(W, rn, K, k0, per_split, ELEM: tl.constexpr, PIECES: tl.constexpr):
+        """Asks the L2 for this program's slice of W, rows rn and columns k0 up to k0 + per_split (or K), in PIECES
+        pieces a row of a multiple of 16 bytes each (Hopper's bulk prefetch; the row's last few bytes are left out),
+        loading nothing into registers. Nothing writes W, so a PDL program may do this before its wait."""
+        cols = tl.minimum(per_split, K - k0)
+        piece = (
+            cols // PIECES // 16 * 16
+        )  # elements: a multiple of 16 bytes for any ELEM (a pieceless row skips)
+        at = tl.arange(0, PIECES)[None, :] * piece
+        ptrs = W + rn[:, None] * K + k0 + at
+        size = (tl.zeros_like(at) + piece * ELEM).to(tl.int32) + tl.zeros_like(rn[:, None])
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.u32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+            "=r,l,r",
+            [ptrs, size],
+            dtype=tl.int32,
+            is_pure=False,
+            pack=1,
+        )
+
+    @triton.jit
     def _skinny_kernel(
         X,
         W,
@@ -431,6 +465,7 @@ if triton is not None:
         SCALED: tl.constexpr,  # W is float8: y = S * (x W^T)
         SWIGLU: tl.constexpr,  # X holds [gate; up] (up K columns after gate): x = SiLU(gate) * up
         PDL: tl.constexpr,
+        PIECES: tl.constexpr = 0,  # with PDL, > 0: the slice of W asked of the L2 before the wait, PIECES a row
     ):
         pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -442,9 +477,12 @@ if triton is not None:
             acc = tl.zeros((1, BLOCK_N), dtype=tl.float32)
         else:  # y^T: W's rows along the MMA's M
             acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        # The first step apart: its weight tile is read before the PDL wait (no kernel writes W), its x after.
+        # The first step apart: its weight tile is read before the PDL wait (no kernel writes W), its x after; the
+        # rest of the slice is asked of the L2 there too, so the loop after the wait reads it from the L2.
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
+            if PIECES > 0:
+                _prefetch_l2(W, rn_safe, K, k0, per_split, W.dtype.element_ty.primitive_bitwidth // 8, PIECES)
         rk = k0 + tl.arange(0, BLOCK_K)
         w = tl.load(W + rn_safe[:, None] * K + rk[None, :], mask=rk[None, :] < K, other=0.0)
         if PDL:
