@@ -303,7 +303,7 @@ def launch(
         SCALED=scale is not None,
         SWIGLU=swiglu,
         PDL=chained,
-        PIECES=l2_pieces(cfg, weight) if chained and PREFETCH else 0,
+        L2=weight.element_size() if chained and PREFETCH and l2_aligned(weight) else 0,
         num_warps=cfg.warps,
         num_stages=stages_that_fit(
             cfg, block_m(rows), weight.element_size(), x2.element_size(), swiglu, x2.device
@@ -313,11 +313,9 @@ def launch(
     return y
 
 
-def l2_pieces(cfg: GemmConfig, weight: torch.Tensor) -> int:
-    """The pieces a program cuts each row of its slice of W into for the L2 prefetch: one piece a thread (a power of
-    two), 0 (no prefetch) where the rows are not 16-byte aligned, which the bulk prefetch needs."""
-    aligned = weight.shape[1] * weight.element_size() % 16 == 0 and weight.data_ptr() % 16 == 0
-    return max(1, 32 * cfg.warps // cfg.block_n) if aligned else 0
+def l2_aligned(weight: torch.Tensor) -> bool:
+    """Whether W's rows start 16-byte aligned, as the L2 bulk prefetch needs."""
+    return weight.shape[1] * weight.element_size() % 16 == 0 and weight.data_ptr() % 16 == 0
 
 
 def stages_that_fit(
@@ -423,21 +421,20 @@ if triton is not None:
         return x
 
     @triton.jit
-    def _prefetch_l2(W, rn, K, k0, per_split, ELEM: tl.constexpr, PIECES: tl.constexpr):
-        """Asks the L2 for this program's slice of W, rows rn and columns k0 up to k0 + per_split (or K), in PIECES
-        pieces a row of a multiple of 16 bytes each (Hopper's bulk prefetch; the row's last few bytes are left out),
-        loading nothing into registers. Nothing writes W, so a PDL program may do this before its wait."""
-        cols = tl.minimum(per_split, K - k0)
-        piece = (
-            cols // PIECES // 16 * 16
-        )  # elements: a multiple of 16 bytes for any ELEM (a pieceless row skips)
-        at = tl.arange(0, PIECES)[None, :] * piece
-        ptrs = W + rn[:, None] * K + k0 + at
-        size = (tl.zeros_like(at) + piece * ELEM).to(tl.int32) + tl.zeros_like(rn[:, None])
+    def _prefetch_l2(W, row0, N, K, k0, per_split, BLOCK_N: tl.constexpr, ELEM: tl.constexpr):
+        """Asks the L2 for this program's slice of W (rows row0 on, columns k0 up to k0 + per_split or K) with
+        Hopper's bulk prefetch, loading nothing into registers: one request a row from the first threads (a multiple
+        of 16 bytes; the row's last few bytes are left out), or one for the whole tile where it is contiguous (no
+        split of K). Nothing writes W, so a PDL program may do this before its wait."""
+        rows = tl.minimum(BLOCK_N, N - row0)
+        whole = per_split >= K
+        count = tl.where(whole, 1, rows)
+        nbytes = tl.where(whole, rows * K * ELEM, tl.minimum(per_split, K - k0) * ELEM // 16 * 16)
         tl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.ne.u32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-            "=r,l,r",
-            [ptrs, size],
+            "{ .reg .pred p; .reg .u32 t; .reg .u64 a; mov.u32 t, %tid.x; setp.lt.u32 p, t, $4; "
+            "mad.wide.u32 a, t, $3, $1; @p cp.async.bulk.prefetch.L2.global [a], $2; mov.u32 $0, 0; }",
+            "=r,l,r,r,r",
+            [W + row0 * K + k0, nbytes, K * ELEM, count],
             dtype=tl.int32,
             is_pure=False,
             pack=1,
@@ -465,7 +462,7 @@ if triton is not None:
         SCALED: tl.constexpr,  # W is float8: y = S * (x W^T)
         SWIGLU: tl.constexpr,  # X holds [gate; up] (up K columns after gate): x = SiLU(gate) * up
         PDL: tl.constexpr,
-        PIECES: tl.constexpr = 0,  # with PDL, > 0: the slice of W asked of the L2 before the wait, PIECES a row
+        L2: tl.constexpr = 0,  # with PDL, > 0: W's element bytes, and its slice is asked of the L2 before the wait
     ):
         pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -481,8 +478,8 @@ if triton is not None:
         # rest of the slice is asked of the L2 there too, so the loop after the wait reads it from the L2.
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
-            if PIECES > 0:
-                _prefetch_l2(W, rn_safe, K, k0, per_split, W.dtype.element_ty.primitive_bitwidth // 8, PIECES)
+            if L2 > 0:
+                _prefetch_l2(W, pid_n * BLOCK_N, N, K, k0, per_split, BLOCK_N, L2)
         rk = k0 + tl.arange(0, BLOCK_K)
         w = tl.load(W + rn_safe[:, None] * K + rk[None, :], mask=rk[None, :] < K, other=0.0)
         if PDL:

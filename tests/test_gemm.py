@@ -115,17 +115,14 @@ def test_the_kernel_is_only_taken_where_it_can_run():
     assert gemm.block_m(1) == 1 and gemm.block_m(2) == 16 and gemm.block_m(33) == 64
 
 
-def test_the_l2_prefetch_cuts_each_row_into_one_piece_a_thread_where_the_rows_are_aligned():
-    for block_n, warps in [(16, 4), (64, 4), (16, 8)]:
-        cfg = gemm.GemmConfig(block_n, 256, 2, warps=warps)
-        assert gemm.l2_pieces(cfg, torch.zeros(64, 2048, dtype=torch.bfloat16)) == 32 * warps // block_n
-        assert gemm.l2_pieces(cfg, torch.zeros(64, 2048, dtype=torch.float8_e4m3fn)) == 32 * warps // block_n
-    cfg = gemm.GemmConfig(16, 256, 2)
-    assert gemm.l2_pieces(cfg, torch.zeros(64, 2051, dtype=torch.bfloat16)) == 0  # rows 4,102 bytes apart
+def test_the_l2_prefetch_is_asked_only_of_rows_16_byte_aligned():
+    assert gemm.l2_aligned(torch.zeros(64, 2048, dtype=torch.bfloat16))
+    assert gemm.l2_aligned(torch.zeros(64, 2048, dtype=torch.float8_e4m3fn))
+    assert not gemm.l2_aligned(torch.zeros(64, 2051, dtype=torch.bfloat16))  # rows 4,102 bytes apart
     shifted = torch.zeros(64 * 2048 + 1, dtype=torch.bfloat16)[1:].view(
         64, 2048
     )  # 2 bytes past an aligned start
-    assert gemm.l2_pieces(cfg, shifted) == 0
+    assert not gemm.l2_aligned(shifted)
 
 
 def hopper_build(kernel, signature: dict, constexprs: dict) -> tuple[str, str]:
@@ -164,20 +161,20 @@ SKINNY_SIGNATURE = {
 }
 
 
-@pytest.mark.parametrize("pieces", [0, 8])
-def test_a_pdl_program_asks_the_l2_for_its_slice_of_w_between_its_release_and_its_wait(pieces):
-    """Built for Hopper as `launch` builds it with PDL: the bulk prefetch (one per piece of a row, `pieces` > 0) comes
-    after the release of the next kernel and before the wait for the previous one, and reaches the SASS."""
+@pytest.mark.parametrize("l2", [0, 2])
+def test_a_pdl_program_asks_the_l2_for_its_slice_of_w_between_its_release_and_its_wait(l2):
+    """Built for Hopper as `launch` builds it with PDL: the bulk prefetch (`l2` > 0) comes after the release of the
+    next kernel and before the wait for the previous one, and reaches the SASS."""
     constexprs = dict(BLOCK_M=1, BLOCK_N=16, BLOCK_K=256, SPLIT_K=2, EVEN_K=True, IEEE=False, SCALED=False)
     ptx, sass = hopper_build(
-        gemm._skinny_kernel, SKINNY_SIGNATURE, constexprs | dict(SWIGLU=False, PDL=True, PIECES=pieces)
+        gemm._skinny_kernel, SKINNY_SIGNATURE, constexprs | dict(SWIGLU=False, PDL=True, L2=l2)
     )
     lines = [line.strip() for line in ptx.splitlines()]
     release = next(i for i, line in enumerate(lines) if line.startswith("griddepcontrol.launch_dependents"))
     wait = next(i for i, line in enumerate(lines) if line.startswith("griddepcontrol.wait"))
     asked = [i for i, line in enumerate(lines) if "cp.async.bulk.prefetch.L2.global" in line]
     assert release < wait
-    if pieces:
+    if l2:
         assert asked and all(release < i < wait for i in asked)
         assert "UBLKPF.L2" in sass
     else:
@@ -324,9 +321,9 @@ def test_cuda_a_one_token_forward_with_the_fold_has_the_unfolded_logits(fp8):
 @cuda
 def test_cuda_float32_and_a_graph_replay_with_split_k():
     torch.manual_seed(0)
-    x = torch.randn(3, 2048, device="cuda")
-    w = torch.randn(2048, 2048, device="cuda")
-    cfg = gemm.config_for(3, 2048, 2048, torch.cuda.get_device_properties(0).multi_processor_count)
+    x = torch.randn(3, 6144, device="cuda")  # down's K: more than one row splits K only this long
+    w = torch.randn(2048, 6144, device="cuda")
+    cfg = gemm.config_for(3, 2048, 6144, torch.cuda.get_device_properties(0).multi_processor_count)
     assert cfg.split_k > 1
     with torch.no_grad():
         eager = ours(x, w)
