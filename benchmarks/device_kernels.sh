@@ -35,6 +35,9 @@
 #                                                # (SDAR_GEMM_PREFETCH; with `early`, the kernels' early release too,
 #                                                # SDAR_PDL_EARLY), within S s: the GEMM's `cuda` tests, then `bench` at
 #                                                # batch 1 and the graphed forward's profile for each setting
+#   bash benchmarks/device_kernels.sh coldstart  # benchmarks.startup with 4 precompile workers (cold, restart,
+#                                                # cold with the workers) for SDAR_SKINNY_ROWS 1 and 16: what the
+#                                                # 2-16-row form's kernels add to a fresh server's first token
 # Results go to $OUT (the device tool's folder), else out/device; folders are packed in one .tgz (the device tool
 # brings back a few files per call).
 set -u
@@ -163,6 +166,11 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
         --contexts 64 --gemm skinny+pdl --out "$OUT/profile-$name" 2>&1 | tee "$OUT/profile-$name.log" | tail -3
     done
     tar czf /tmp/prefetch.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/prefetch.tgz "$OUT/" ;;
+  coldstart)
+    for rows in 1 16; do
+      SDAR_SKINNY_ROWS=$rows timeout 150 python3 -m benchmarks.startup --precompile 4 --out "$OUT/startup-rows$rows" \
+        2>&1 | grep -v "warm-up [0-9]" | tail -4
+    done ;;
   defaults|defaults-studio)  # every `cuda` test (defaults-studio: none, for a second GPU after the suite passed
     # on one) and the studio's tests on CUDA, the goals' rows, the dense forward's profile at 64 and 8k, then the
     # 1.7B, 4B and 8B projections one by one at 1 and 16 rows, all on the defaults as they stand (SDAR_SKINNY_ROWS in
