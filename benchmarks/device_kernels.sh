@@ -36,7 +36,7 @@
 #                                                # SDAR_PDL_EARLY), within S s: the GEMM's `cuda` tests, then `bench` at
 #                                                # batch 1 and the graphed forward's profile for each setting
 #   bash benchmarks/device_kernels.sh coldstart  # benchmarks.startup with 4 precompile workers (cold, restart,
-#                                                # cold with the workers) for SDAR_SKINNY_ROWS 1 and 16: what the
+#                                                # cold with the workers) for SDAR_SKINNY_ROWS 16 and 1: what the
 #                                                # 2-16-row form's kernels add to a fresh server's first token
 # Results go to $OUT (the device tool's folder), else out/device; folders are packed in one .tgz (the device tool
 # brings back a few files per call).
@@ -167,7 +167,7 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     done
     tar czf /tmp/prefetch.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/prefetch.tgz "$OUT/" ;;
   coldstart)
-    for rows in 1 16; do
+    for rows in 16 1; do
       SDAR_SKINNY_ROWS=$rows timeout 150 python3 -m benchmarks.startup --precompile 4 --out "$OUT/startup-rows$rows" \
         2>&1 | grep -v "warm-up [0-9]" | tail -4
     done ;;
