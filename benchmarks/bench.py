@@ -495,8 +495,6 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
         expert_gemv=kernels.expert_gemv,
         gemv_tiles=asdict(experts.GEMV),
         pdl=pdl.REQUESTED and pdl.SUPPORTED,
-        l2_prefetch=gemm.PREFETCH,
-        pdl_early=pdl.EARLY,
         split_k=bool(args.split_k and split_k_available(device)),
         command="python -m benchmarks.bench " + " ".join(sys.argv[1:]),
     )

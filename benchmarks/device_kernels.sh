@@ -31,10 +31,6 @@
 #                                                # and float8, tiles swept at 16 rows), the graphed forward's profile
 #                                                # and `bench` at batch 1 and 4 with 1 row against 64, without the
 #                                                # two folds (fusions silu_down, qk_rope), then float8
-#   bash benchmarks/device_kernels.sh prefetch [S] [early]  # the GEMM's L2 prefetch before its PDL wait
-#                                                # (SDAR_GEMM_PREFETCH; with `early`, the kernels' early release too,
-#                                                # SDAR_PDL_EARLY), within S s: the GEMM's `cuda` tests, then `bench` at
-#                                                # batch 1 and the graphed forward's profile for each setting
 #   bash benchmarks/device_kernels.sh coldstart  # benchmarks.startup with 4 precompile workers (cold, restart,
 #                                                # cold with the workers) for SDAR_SKINNY_ROWS 16 and 1: what the
 #                                                # 2-16-row form's kernels add to a fresh server's first token
@@ -150,22 +146,6 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
           # seconds this call may run (default 370: what a session has left after one full call)
     goals_rows "${2:-370}"
     tar czf /tmp/goals.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/goals.tgz "$OUT/" ;;
-  prefetch)  # $2: finish within this many seconds (default 590); $3: "early" adds SDAR_PDL_EARLY=1 to the settings
-    LIMIT=${2:-590}
-    SETTINGS="0 0|1 0"; [ "${3:-}" = early ] && SETTINGS="0 0|1 0|1 1|0 1"
-    within 150 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_gemm.py > "$OUT/cuda-tests.log" 2>&1
-    tail -n 3 "$OUT/cuda-tests.log"
-    P_BENCH="python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 --new-tokens 256
-      --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none"
-    IFS='|' read -ra SETS <<< "$SETTINGS"
-    for setting in "${SETS[@]}"; do
-      set -- $setting; name="prefetch$1-early$2"
-      SDAR_GEMM_PREFETCH=$1 SDAR_PDL_EARLY=$2 within 55 $P_BENCH --out "$OUT/bench-$name" 2>&1 \
-        | tee "$OUT/bench-$name.log" | tail -3
-      SDAR_GEMM_PREFETCH=$1 SDAR_PDL_EARLY=$2 within 40 python3 -m benchmarks.profile_forward --split-k on \
-        --contexts 64 --gemm skinny+pdl --out "$OUT/profile-$name" 2>&1 | tee "$OUT/profile-$name.log" | tail -3
-    done
-    tar czf /tmp/prefetch.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/prefetch.tgz "$OUT/" ;;
   coldstart)
     for rows in 16 1; do
       SDAR_SKINNY_ROWS=$rows timeout 150 python3 -m benchmarks.startup --precompile 4 --out "$OUT/startup-rows$rows" \

@@ -190,8 +190,6 @@ def main() -> None:
                     split_k=split_k,
                     gemm=gemm,
                     skinny_rows=skinny.MAX_ROWS if gemm.startswith("skinny") else 0,
-                    l2_prefetch=skinny.PREFETCH,
-                    pdl_early=pdl.EARLY,
                     replay_ms=round(replay_ms(graph), 3),
                 )
                 row |= kernel_profile(graph, layers)

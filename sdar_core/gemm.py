@@ -1,5 +1,5 @@
 """Skinny matmuls of the decode forward: y = x W^T for a few rows of x, one Triton kernel that streams W once at the
-memory's speed. `linear` sends it one row (a batch-1 AR step: MAX_ROWS below); `launch` takes 1-64.
+memory's speed. `linear` sends it 1-16 rows (a batch-1 AR step, an SDAR block: MAX_ROWS below); `launch` takes 1-64.
 
 At decode time a projection reads megabytes of weight for a few kilobytes of activations: the time is the weight
 read, and what loses it is too few loads in flight (a 2048 x 2048 weight is 8 MB, ~2 us at 4 TB/s, less than the
@@ -46,27 +46,23 @@ try:
 except ImportError:
     triton = None
 
-# The rows `linear` sends to the kernel (SDAR_SKINNY_ROWS, 1-64, overrides it: the benchmarks compare the two).
-# Measured on an H100 (benchmarks/NOTES.md, "Skinny matmuls"): for one row it is cuBLAS's equal alone (within +-10%
-# per shape, the lm_head 7% faster) and, launched with PDL (pdl.py) in a chain of our kernels, the batch-1 AR
-# forward is 10% faster; from 2 rows on its first tensor-core form (x's rows as the MMA's M) was slower than
-# cuBLAS's (1.3-2x at 4-16 rows), so cuBLAS keeps them. `launch` itself serves 1-64 rows (the benchmark's sweep).
+# The most rows `linear` sends to the kernel: 16 (SDAR_SKINNY_ROWS, 1-64, overrides it: the benchmarks compare).
+# Measured on an H100 (benchmarks/NOTES.md, "Skinny matmuls" and "Weights in L2 before the wait"): for one row it is
+# cuBLAS's equal alone and, launched with PDL (pdl.py) in a chain of our kernels, the batch-1 AR forward is 10%
+# faster; at 2-16 rows the tensor-core form with the split rule below joins the same PDL chain and SDAR's block-16
+# forward is 4% faster than through cuBLAS (2.280 -> 2.186 ms); at batch 4's 64 rows it was 19% slower (before that
+# rule, not re-measured), so cuBLAS keeps more than 16. `launch` itself serves 1-64 rows (the benchmark's sweep).
 ENV_ROWS = "SDAR_SKINNY_ROWS"
 
 
 def _rows_from_env() -> int:
-    value = os.environ.get(ENV_ROWS, "1")
+    value = os.environ.get(ENV_ROWS, "16")
     if not value.isdigit() or not 1 <= int(value) <= 64:
         raise ValueError(f"{ENV_ROWS}={value!r}: give the most rows the skinny GEMM takes, 1-64")
     return int(value)
 
 
 MAX_ROWS = _rows_from_env()
-# Whether a program launched with PDL asks the L2 for its whole slice of W before it waits for the kernel before it
-# (SDAR_GEMM_PREFETCH=0 switches it off; the benchmarks compare the two): benchmarks/NOTES.md, "Weights in L2 before
-# the wait".
-ENV_PREFETCH = "SDAR_GEMM_PREFETCH"
-PREFETCH = os.environ.get(ENV_PREFETCH, "0") == "1"
 # The rows `linear` sends to the kernel for an Fp8Weight: every row count the kernel serves (the decode forward's
 # steps and blocks; a longer prefill dequantizes instead).
 FP8_MAX_ROWS = 64
@@ -303,7 +299,6 @@ def launch(
         SCALED=scale is not None,
         SWIGLU=swiglu,
         PDL=chained,
-        L2=weight.element_size() if chained and PREFETCH and l2_aligned(weight) else 0,
         num_warps=cfg.warps,
         num_stages=stages_that_fit(
             cfg, block_m(rows), weight.element_size(), x2.element_size(), swiglu, x2.device
@@ -311,11 +306,6 @@ def launch(
         **pdl.options(chained),
     )
     return y
-
-
-def l2_aligned(weight: torch.Tensor) -> bool:
-    """Whether W's rows start 16-byte aligned, as the L2 bulk prefetch needs."""
-    return weight.shape[1] * weight.element_size() % 16 == 0 and weight.data_ptr() % 16 == 0
 
 
 def stages_that_fit(
@@ -421,26 +411,6 @@ if triton is not None:
         return x
 
     @triton.jit
-    def _prefetch_l2(W, row0, N, K, k0, per_split, BLOCK_N: tl.constexpr, ELEM: tl.constexpr):
-        """Asks the L2 for this program's slice of W (rows row0 on, columns k0 up to k0 + per_split or K) with
-        Hopper's bulk prefetch, loading nothing into registers: one request a row from the first threads (a multiple
-        of 16 bytes; the row's last few bytes are left out), or one for the whole tile where it is contiguous (no
-        split of K). Nothing writes W, so a PDL program may do this before its wait."""
-        rows = tl.minimum(BLOCK_N, N - row0)
-        whole = per_split >= K
-        count = tl.where(whole, 1, rows)
-        nbytes = tl.where(whole, rows * K * ELEM, tl.minimum(per_split, K - k0) * ELEM // 16 * 16)
-        tl.inline_asm_elementwise(
-            "{ .reg .pred p; .reg .u32 t; .reg .u64 a; mov.u32 t, %tid.x; setp.lt.u32 p, t, $4; "
-            "mad.wide.u32 a, t, $3, $1; @p cp.async.bulk.prefetch.L2.global [a], $2; mov.u32 $0, 0; }",
-            "=r,l,r,r,r",
-            [W + row0 * K + k0, nbytes, K * ELEM, count],
-            dtype=tl.int32,
-            is_pure=False,
-            pack=1,
-        )
-
-    @triton.jit
     def _skinny_kernel(
         X,
         W,
@@ -462,7 +432,6 @@ if triton is not None:
         SCALED: tl.constexpr,  # W is float8: y = S * (x W^T)
         SWIGLU: tl.constexpr,  # X holds [gate; up] (up K columns after gate): x = SiLU(gate) * up
         PDL: tl.constexpr,
-        L2: tl.constexpr = 0,  # with PDL, > 0: W's element bytes, and its slice is asked of the L2 before the wait
     ):
         pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -474,12 +443,9 @@ if triton is not None:
             acc = tl.zeros((1, BLOCK_N), dtype=tl.float32)
         else:  # y^T: W's rows along the MMA's M
             acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        # The first step apart: its weight tile is read before the PDL wait (no kernel writes W), its x after; the
-        # rest of the slice is asked of the L2 there too, so the loop after the wait reads it from the L2.
+        # The first step apart: its weight tile is read before the PDL wait (no kernel writes W), its x after.
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
-            if L2 > 0:
-                _prefetch_l2(W, pid_n * BLOCK_N, N, K, k0, per_split, BLOCK_N, L2)
         rk = k0 + tl.arange(0, BLOCK_K)
         w = tl.load(W + rn_safe[:, None] * K + rk[None, :], mask=rk[None, :] < K, other=0.0)
         if PDL:

@@ -36,11 +36,6 @@ except Exception:  # no Triton, no CUDA backend, or another layout of its option
 
 ENV = "SDAR_PDL"
 REQUESTED = os.environ.get(ENV, "1") != "0"  # read once: the launch path stays a dictionary lookup
-# SDAR_PDL_EARLY=1: every kernel releases the next one before its own wait, as the GEMM does, so a chain of small
-# kernels lets the GEMM after it launch (and ask the L2 for its weights) while the GEMM before them still runs
-# (benchmarks/NOTES.md, "Weights in L2 before the wait"). Safe either way: a wait is for the previous grid's completion,
-# which comes after that grid's own wait.
-EARLY = os.environ.get("SDAR_PDL_EARLY", "0") == "1"
 _capable: dict[int, bool] = {}
 
 
@@ -60,15 +55,10 @@ def options(flag: bool) -> dict:
 
 
 if triton is not None:
-    _EARLY = tl.constexpr(EARLY)
 
     @triton.jit
     def wait_and_release(PDL: tl.constexpr):
-        """A PDL kernel's first act: wait for the previous grid, then let the next one launch (EARLY: the other way
-        round)."""
+        """A PDL kernel's first act: wait for the previous grid, then let the next one launch."""
         if PDL:
-            if _EARLY:
-                tl.extra.cuda.gdc_launch_dependents()
             tl.extra.cuda.gdc_wait()
-            if not _EARLY:
-                tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_launch_dependents()
