@@ -8,7 +8,9 @@ attention and with the split-K decode kernel (Kernels.split_k_attention): the re
 CUDA graph, then the kernels of 20 replays under torch.profiler grouped into classes (kernels per layer and
 microseconds per forward), and the idle time between kernels: a replay's span minus the time in which at least one
 kernel runs. Kernels launched with PDL start while the one before drains and wait on the device, so their summed
-time ("busy", and each class's) counts that waiting and can exceed the span; the idle time is what no kernel covers.
+time ("busy", and each class's) counts that waiting and can exceed the span; the idle time is what no kernel covers,
+and what each kernel adds to the forward's end (`added_us`: its end minus the latest end before it, by its place in
+a layer: qkv, o_proj, gate_up, down for the fused matmuls) is what it costs the forward.
 A microbenchmark then times each of a layer's matmuls alone (graph of 20 calls) against reading its weight once,
 and the cost of the smallest kernels (a residual add, an RMSNorm of one token).
 """
@@ -71,6 +73,52 @@ def covered_us(intervals) -> float:
     return total
 
 
+# A fused dense layer's matmuls in the order they run (model.fuse_projections()); the forward's last is the lm_head.
+PROJECTIONS = ("qkv", "o_proj", "gate_up", "down")
+
+
+def added_us(replays: list[list[tuple[str, float, float]]], layers: int) -> dict[str, float]:
+    """The time each kernel of a forward adds to its end, by the kernel's place in a layer, averaged over replays
+    of one graph (each a list of (name, start, end) in launch order): the kernel's end minus the latest end before
+    it (0 when that came later), so a PDL kernel's early start and its wait count for nothing and the idle time
+    before a kernel counts for it; the values of one replay sum to its span. A name that runs n times a layer
+    (n x layers times a forward) is told apart as `name#i/n` by its place among them; the matmuls of a fused dense
+    layer (four a layer, the lm_head after them) are named after PROJECTIONS; kernels that do not recur per layer
+    keep their name and add up. Microseconds per occurrence: per layer for the per-layer ones."""
+    if not replays:
+        return {}
+    totals: dict[str, float] = defaultdict(float)
+    occurrences: dict[str, int] = {}
+    for replay in replays:
+        counts: dict[str, int] = defaultdict(int)
+        for name, _, _ in replay:
+            counts[name] += 1
+        seen: dict[str, int] = defaultdict(int)
+        reach = replay[0][1] if replay else 0.0
+        for name, _, end in replay:
+            k = seen[name]
+            seen[name] += 1
+            per_layer = counts[name] // layers
+            if per_layer and k < per_layer * layers:
+                if (
+                    kernel_class(name) == "matmul"
+                    and per_layer == len(PROJECTIONS)
+                    and counts[name] == per_layer * layers + 1
+                ):
+                    label = PROJECTIONS[k % per_layer]
+                else:
+                    label = name if per_layer == 1 else f"{name}#{k % per_layer + 1}/{per_layer}"
+                occurrences[label] = layers
+            else:
+                label = (
+                    "lm_head" if kernel_class(name) == "matmul" and counts[name] == 4 * layers + 1 else name
+                )
+                occurrences.setdefault(label, 1)
+            totals[label] += max(0.0, end - reach)
+            reach = max(reach, end)
+    return {label: t / len(replays) / occurrences[label] for label, t in totals.items()}
+
+
 def replay_ms(graph, iters: int = 50) -> float:
     return graph_replay_ms(graph, iters)
 
@@ -97,6 +145,16 @@ def kernel_profile(graph, layers: int, reps: int = 20) -> dict:
         else 0
     )
     covered = covered_us((e.time_range.start, e.time_range.end) for e in kernels) / reps
+    ordered = sorted(kernels, key=lambda e: e.time_range.start)
+    n = len(ordered) // reps
+    replays = (
+        [
+            [(e.name[:70], e.time_range.start, e.time_range.end) for e in ordered[r * n : (r + 1) * n]]
+            for r in range(reps)
+        ]
+        if n and len(ordered) == n * reps
+        else []
+    )
     return dict(
         kernels=len(kernels) / reps,
         busy_us=busy,
@@ -110,6 +168,9 @@ def kernel_profile(graph, layers: int, reps: int = 20) -> dict:
             (k, round(n, 1), round(t, 1))
             for k, (n, t) in sorted(names.items(), key=lambda kv: -kv[1][1])[:12]
         ],
+        added_us={
+            k: round(v, 2) for k, v in sorted(added_us(replays, layers).items(), key=lambda kv: -kv[1])
+        },
     )
 
 
@@ -215,6 +276,16 @@ def main() -> None:
             f"{r['replay_ms']:>10.3f}{r['kernels']:>8.0f}"
             f"{r['busy_us']:>9.0f}{r['span_us']:>9.0f}{r['idle_us']:>9.0f}  {cls}"
         )
+    print(
+        "\nus each kernel adds to the forward's end (per occurrence; a matmul's floor from the microbenchmark):"
+    )
+    floors = result["microbench"]
+    for r in result["rows"]:
+        added = "  ".join(
+            f"{k[:24]} {v:.1f}" + (f" (floor {floors[k]['floor_us']:.1f})" if k in floors else "")
+            for k, v in list(r["added_us"].items())[:12]
+        )
+        print(f"{r['context']:<4}{r['mode']:<8}{r.get('gemm', 'cublas'):<11}{added}")
 
 
 if __name__ == "__main__":
