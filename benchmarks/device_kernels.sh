@@ -34,6 +34,8 @@
 #   bash benchmarks/device_kernels.sh coldstart  # benchmarks.startup with 4 precompile workers (cold, restart,
 #                                                # cold with the workers) for SDAR_SKINNY_ROWS 16 and 1: what the
 #                                                # 2-16-row form's kernels add to a fresh server's first token
+#   bash benchmarks/device_kernels.sh added      # the dense forward's profile at 64 and 8k with what each kernel adds
+#                                                # to its end, then the goals' `bench` rows without transformers
 # Results go to $OUT (the device tool's folder), else out/device; folders are packed in one .tgz (the device tool
 # brings back a few files per call).
 set -u
@@ -146,6 +148,10 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
           # seconds this call may run (default 370: what a session has left after one full call)
     goals_rows "${2:-370}"
     tar czf /tmp/goals.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/goals.tgz "$OUT/" ;;
+  added)
+    timeout 75 python3 -m benchmarks.profile_forward --split-k on --contexts 64 8k --gemm skinny+pdl \
+      --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -10
+    timeout 90 $BENCH --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -6 ;;
   coldstart)
     for rows in 16 1; do
       SDAR_SKINNY_ROWS=$rows timeout 150 python3 -m benchmarks.startup --precompile 4 --out "$OUT/startup-rows$rows" \
