@@ -73,7 +73,9 @@ def test_what_each_kernel_adds_to_the_forward_is_named_by_its_place_in_the_layer
     replay[len(layer) + 4] = (name, start - 2.0, start + 0.5)
     got = added_us([replay, [(n, a + 1000, b + 1000) for n, a, b in replay]], layers=2)
     first, span = replay[0][1], max(b for _, _, b in replay) - replay[0][1]
-    assert abs(sum(got[k] * (2 if k not in ("lm_head", "_add_norm_kernel") else 1) for k in got) - span) < 1e-9
+    assert (
+        abs(sum(got[k] * (2 if k not in ("lm_head", "_add_norm_kernel") else 1) for k in got) - span) < 1e-9
+    )
     assert got["qkv"] == 9.0 and got["down"] == 12.0 and got["_split_kernel"] == 3.0
     assert got["gate_up"] == (19.0 + 22.0) / 2  # the gap counts for the kernel after it
     assert got["_merge_kernel"] == (2.0 + 0.0) / 2
