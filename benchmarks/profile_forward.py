@@ -85,8 +85,6 @@ def added_us(replays: list[list[tuple[str, float, float]]], layers: int) -> dict
     (n x layers times a forward) is told apart as `name#i/n` by its place among them; the matmuls of a fused dense
     layer (four a layer, the lm_head after them) are named after PROJECTIONS; kernels that do not recur per layer
     keep their name and add up. Microseconds per occurrence: per layer for the per-layer ones."""
-    if not replays:
-        return {}
     totals: dict[str, float] = defaultdict(float)
     occurrences: dict[str, int] = {}
     for replay in replays:
@@ -94,25 +92,21 @@ def added_us(replays: list[list[tuple[str, float, float]]], layers: int) -> dict
         for name, _, _ in replay:
             counts[name] += 1
         seen: dict[str, int] = defaultdict(int)
-        reach = replay[0][1] if replay else 0.0
+        reach = replay[0][1]
         for name, _, end in replay:
             k = seen[name]
             seen[name] += 1
-            per_layer = counts[name] // layers
+            # a fused dense layer's matmuls: PROJECTIONS in every layer, then the lm_head
+            projection = kernel_class(name) == "matmul" and counts[name] == len(PROJECTIONS) * layers + 1
+            per_layer = len(PROJECTIONS) if projection else counts[name] // layers
             if per_layer and k < per_layer * layers:
-                if (
-                    kernel_class(name) == "matmul"
-                    and per_layer == len(PROJECTIONS)
-                    and counts[name] == per_layer * layers + 1
-                ):
+                if projection:
                     label = PROJECTIONS[k % per_layer]
                 else:
                     label = name if per_layer == 1 else f"{name}#{k % per_layer + 1}/{per_layer}"
                 occurrences[label] = layers
             else:
-                label = (
-                    "lm_head" if kernel_class(name) == "matmul" and counts[name] == 4 * layers + 1 else name
-                )
+                label = "lm_head" if projection else name
                 occurrences.setdefault(label, 1)
             totals[label] += max(0.0, end - reach)
             reach = max(reach, end)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from test_fused import norm_module
 
-from sdar_core import gemm, pdl
+from sdar_core import fused, gemm, pdl
 from sdar_core.decoding import generate
 from sdar_core.fused import add_rms_norm, silu_mul
 from sdar_core.kernels import Kernels
@@ -115,17 +115,16 @@ def test_the_kernel_is_only_taken_where_it_can_run():
     assert gemm.block_m(1) == 1 and gemm.block_m(2) == 16 and gemm.block_m(33) == 64
 
 
-def hopper_build(kernel, signature: dict, constexprs: dict) -> tuple[str, str]:
-    """`kernel` compiled for sm_90 by Triton's own ptxas (no GPU needed): its PTX and its SASS."""
+def hopper_ptx(kernel, signature: dict, constexprs: dict) -> str:
+    """`kernel` built for sm_90 (Triton's own ptxas assembles it: no GPU needed): its PTX."""
     triton = pytest.importorskip("triton")
     from pathlib import Path
 
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    if not (tools / "ptxas").exists() or not (tools / "nvdisasm").exists():
-        pytest.skip("this Triton has no bundled ptxas / nvdisasm")
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("this Triton has no bundled ptxas")
     signature = {name: signature.get(name, "constexpr") for name in kernel.arg_names}
     # every pointer and integer 16-divisible, as Triton marks them at a launch on the real shapes
     aligned = {
@@ -138,15 +137,7 @@ def hopper_build(kernel, signature: dict, constexprs: dict) -> tuple[str, str]:
         target=GPUTarget("cuda", 90, 32),
         options={"num_warps": 4, "num_stages": 4},
     )
-    cubin = Path(os.environ.get("TMPDIR", "/tmp")) / f"sdar-{os.getpid()}.cubin"
-    cubin.write_bytes(built.asm["cubin"])
-    try:
-        sass = subprocess.run(
-            [str(tools / "nvdisasm"), str(cubin)], capture_output=True, text=True, check=True
-        )
-    finally:
-        cubin.unlink()
-    return built.asm["ptx"], sass.stdout
+    return built.asm["ptx"]
 
 
 SKINNY_SIGNATURE = {
@@ -177,22 +168,24 @@ def test_built_for_hopper_our_kernels_read_nothing_before_their_pdl_wait_but_the
     reads its first weight tile (the only load there: x comes after the wait) before it waits. Without PDL neither
     has the instructions."""
     constexprs = dict(BLOCK_M=1, BLOCK_N=16, BLOCK_K=256, SPLIT_K=2, EVEN_K=True, IEEE=False, SCALED=False)
-    ptx, _ = hopper_build(gemm._skinny_kernel, SKINNY_SIGNATURE, constexprs | dict(SWIGLU=False, PDL=True))
-    order = pdl_order(ptx)
+    order = pdl_order(
+        hopper_ptx(gemm._skinny_kernel, SKINNY_SIGNATURE, constexprs | dict(SWIGLU=False, PDL=True))
+    )
     assert order[0] == "release" and order.count("wait") == 1 and order.count("release") == 1
     before = order[1 : order.index("wait")]
     weight_tile_loads = 16 * 256 * 2 // (16 * 128)  # 16-byte loads a thread of 4 warps
     assert set(before) == {"load"} and len(before) == weight_tile_loads, order[:20]
-    from sdar_core import fused
-
     signature = {n: "*bf16" for n in ("X", "DELTA", "W", "SUM", "OUT")} | {
         n: "i32" for n in ("sx", "sd", "n")
     }
-    ptx, _ = hopper_build(fused._add_norm_kernel, signature | {"eps": "fp32"}, dict(BLOCK=2048, PDL=True))
-    order = pdl_order(ptx)
+    order = pdl_order(
+        hopper_ptx(fused._add_norm_kernel, signature | {"eps": "fp32"}, dict(BLOCK=2048, PDL=True))
+    )
     assert order[:2] == ["wait", "release"] and "load" in order[2:]
-    ptx, _ = hopper_build(fused._add_norm_kernel, signature | {"eps": "fp32"}, dict(BLOCK=2048, PDL=False))
-    assert "wait" not in pdl_order(ptx) and "release" not in pdl_order(ptx)
+    order = pdl_order(
+        hopper_ptx(fused._add_norm_kernel, signature | {"eps": "fp32"}, dict(BLOCK=2048, PDL=False))
+    )
+    assert "wait" not in order and "release" not in order
 
 
 # Every tile form on CPU tensors under the interpreter: rows 1 (CUDA-core form), 5, 16, 17 and 33 (tensor-core tiles
