@@ -30,6 +30,20 @@ T0 = time.perf_counter()  # the child's clock starts at its first line
 WARMED = 2048  # positions the warm-up covers
 
 
+def compiled_kernels(triton_cache: Path) -> dict[str, int]:
+    """The Triton kernels in a cache folder: each kernel's name and how many compiled variants of it (one
+    specialisation each: its constexprs, which integer arguments are 1 or divisible by 16, the target) lie there."""
+    names: dict[str, int] = {}
+    for binary in sorted(Path(triton_cache).glob("*/*.cubin")):
+        names[binary.stem] = names.get(binary.stem, 0) + 1
+    return names
+
+
+def precompile_lines(stderr: str) -> list[str]:
+    """The precompile workers' progress lines (sdar_core.warmup's `precompile: ...`) in a child's stderr."""
+    return [line for line in stderr.splitlines() if line.startswith("precompile: ")]
+
+
 def child(checkpoint: str, workers: int) -> dict:
     import torch
 
@@ -158,11 +172,21 @@ def main(argv: list[str] | None = None) -> int:
         if done.returncode:
             raise SystemExit(f"the {name} start failed (exit {done.returncode})")
         marks = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
-        runs.append(dict(run=name, process_wall_s=wall, **marks))
+        kernels = compiled_kernels(caches / "triton")
+        runs.append(
+            dict(
+                run=name,
+                process_wall_s=wall,
+                **marks,
+                precompile_log=precompile_lines(done.stderr),
+                triton_variants=sum(kernels.values()),
+                triton_kernels=kernels,
+            )
+        )
         print(
             f"{name}: first token {marks['first_token_s']:.1f} s after the process started (import "
             f"{marks['import_s']:.1f}, loaded {marks['loaded_s']:.1f}, {marks['warm_shapes']} shapes warmed by "
-            f"{marks['warmed_s']:.1f})",
+            f"{marks['warmed_s']:.1f}); {sum(kernels.values())} Triton kernel variants in the cache",
             flush=True,
         )
     result = dict(
