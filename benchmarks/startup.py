@@ -95,6 +95,11 @@ def child(checkpoint: str, workers: int) -> dict:
     marks["request_64_tokens_s"] = time.perf_counter() - t
     marks["tokens"] = int(out.lengths[0])
     marks["precompile_workers"] = len(procs)
+    claims = getattr(
+        procs, "claims", None
+    )  # the kernels this process compiled itself, and its waits for workers
+    marks["server_kernels_compiled"] = claims.compiled if claims is not None else None
+    marks["server_waited_s"] = claims.waited_s if claims is not None else None
     marks["precompile_exit_codes"] = wait_for(procs)
     marks["device"] = str(device) + (
         f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""

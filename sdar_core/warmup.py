@@ -14,14 +14,25 @@ model (its config with as few layers as show every kind of layer, zero weights, 
 specialises on one layer's shapes, the vocabulary and the dtype, never on the number of layers, so the stand-ins
 compile every kernel the model's warm-up will ask for; Triton's kernel cache on disk (TRITON_CACHE_DIR) hands them to
 the server, whose own warm-up then reads them back and captures its graphs.
+
+The workers and the server divide the compiling kernel by kernel (`KernelClaims`): most kernels lie on every shape's
+path (the GEMMs, the fused norms), so workers that each warmed their shapes whole compiled the same kernels side by
+side, and the server, arriving before them, a third time. Each process now claims a kernel in a shared folder before
+Triton compiles it (Triton's compile hooks, `triton.knobs.runtime`): a worker skips a kernel another process has
+claimed (a stand-in's numbers are never read, so the launch is left out) and goes on to the next one on its path; the
+server waits for a kernel a worker is compiling, then reads it from the cache, and compiles itself only what nobody
+has claimed. Every kernel is compiled once, by as many processes at a time as there are.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -32,6 +43,11 @@ from .config import ModelConfig
 from .decode_params import DecodeParams
 from .decoding import generate
 from .runner import BUCKET, bucket, default_mode
+
+try:  # Triton ships with CUDA builds of torch; without it there is nothing to compile
+    import triton
+except ImportError:
+    triton = None
 
 # decoded blocks: the first forward of a block (Q = L) and the fused ones (Q = 2L, cache write)
 WARM_BLOCKS = 3
@@ -121,6 +137,137 @@ def stand_in(config: ModelConfig, device, dtype, fused: bool = False, weights: s
     return model.fuse_projections() if fused else model
 
 
+class KernelClaims:
+    """The kernels the processes of one cold start compile, claimed in a shared folder so that each is compiled once.
+
+    A kernel is named by a hash of its function and its specialisation (what Triton keys a compiled variant by).
+    `claim` creates the kernel's file, atomically, and writes its process id there: True for the one process that
+    created it, which compiles the kernel and then marks it `done`. While installed (`install`), Triton asks
+    `_before_compile` before compiling a kernel it has not yet compiled in this process. A kernel claimed elsewhere:
+    a worker (`skip_claimed`) leaves it out when its outputs are only numbers (SKIPPABLE: a stand-in's numbers are
+    never read; the expert kernels' routing indices are, so those it waits for); otherwise the process waits while
+    the claimant lives and has not finished it, at most `patience` seconds, then lets Triton go on, which reads the
+    claimant's result from its disk cache."""
+
+    # the modules whose kernels write only floating-point results (skippable in a stand-in)
+    SKIPPABLE = ("sdar_core.gemm", "sdar_core.fused", "sdar_core.norm_rope", "sdar_core.decode_attention")
+
+    def __init__(self, folder: str | os.PathLike, skip_claimed: bool, patience: float = 120.0) -> None:
+        self.folder = str(folder)
+        self.skip_claimed = skip_claimed
+        self.patience = patience
+        self.compiled = 0  # kernels this process claimed
+        self.skipped = 0  # launches left out: kernels claimed by another process (workers only)
+        self.waited_s = 0.0  # seconds spent waiting for other processes' kernels
+        self._installed = False
+
+    @staticmethod
+    def kernel_name(fn: object, specialization: str) -> str:
+        """The claim's file name: a hash of the kernel function's full name and its specialisation."""
+        qualname = getattr(getattr(fn, "fn", None), "__qualname__", None) or getattr(fn, "name", repr(fn))
+        module = getattr(fn, "module", "")
+        return hashlib.sha256(f"{module}:{qualname}|{specialization}".encode()).hexdigest()[:32]
+
+    def claim(self, name: str) -> bool:
+        try:
+            fd = os.open(os.path.join(self.folder, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        self.compiled += 1
+        return True
+
+    def claimant_alive(self, name: str) -> bool:
+        """Whether the process that claimed the kernel still runs (True while its claim file is being written)."""
+        try:
+            pid = int(open(os.path.join(self.folder, name)).read() or 0)
+        except (OSError, ValueError):
+            return False
+        if not pid:
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return not _zombie(pid)
+
+    def done(self, name: str) -> None:
+        with open(os.path.join(self.folder, name + ".done"), "w"):
+            pass
+
+    def is_done(self, name: str) -> bool:
+        return os.path.exists(os.path.join(self.folder, name + ".done"))
+
+    def before_compile(self, name: str, skippable: bool = True) -> bool:
+        """Whether Triton should leave the kernel out: True for a worker's launch of a kernel claimed elsewhere whose
+        outputs are skippable; else False, after waiting for the kernel's claimant if another process has it."""
+        if self.claim(name):
+            return False
+        if self.skip_claimed and skippable:
+            self.skipped += 1
+            return True
+        t0 = time.monotonic()
+        while not self.is_done(name) and self.claimant_alive(name) and time.monotonic() - t0 < self.patience:
+            time.sleep(0.005)
+        self.waited_s += time.monotonic() - t0
+        return False
+
+    def _before_compile(self, *, fn=None, compile=None, key=None, **_) -> bool:
+        spec = (compile or {}).get("specialization_data") or repr(key)
+        return self.before_compile(
+            self.kernel_name(fn, spec), str(getattr(fn, "module", "")) in self.SKIPPABLE
+        )
+
+    def _after_compile(self, *, fn=None, compile=None, key=None, **_) -> None:
+        spec = (compile or {}).get("specialization_data") or repr(key)
+        self.done(self.kernel_name(fn, spec))
+
+    def install(self) -> bool:
+        """Become Triton's compile hooks in this process; False (nothing done) where this Triton has none, or
+        another hook holds them."""
+        runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
+        if runtime is None or not all(
+            hasattr(runtime, h) for h in ("jit_cache_hook", "jit_post_compile_hook")
+        ):
+            return False
+        if runtime.jit_cache_hook is not None or runtime.jit_post_compile_hook is not None:
+            return False
+        runtime.jit_cache_hook, runtime.jit_post_compile_hook = self._before_compile, self._after_compile
+        self._installed = True
+        return True
+
+    def uninstall(self) -> None:
+        runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
+        if self._installed and runtime is not None and runtime.jit_cache_hook == self._before_compile:
+            runtime.jit_cache_hook = runtime.jit_post_compile_hook = None
+        self._installed = False
+
+
+def _zombie(pid: int) -> bool:
+    """Whether a process has exited but not been reaped (Linux's /proc; elsewhere: no)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+class Precompiling(list):
+    """`precompile`'s worker processes (a list of subprocess.Popen), with the claims the server shares with them."""
+
+    claims: KernelClaims | None = None
+
+    def finish(self) -> None:
+        """The server stops claiming (its later kernels compile as usual) and the claims folder goes."""
+        if self.claims is not None:
+            self.claims.uninstall()
+            shutil.rmtree(self.claims.folder, ignore_errors=True)
+            self.claims = None
+
+
 def precompile(
     plan: list[tuple[ModelConfig, DecodeParams, WarmShape]],
     *,
@@ -132,15 +279,24 @@ def precompile(
 ) -> list[subprocess.Popen]:
     """Start worker processes that warm `plan` (each a model config and a (resolved params, shape) pair, as warm_up
     takes them) on stand-ins of the configs, the shapes dealt round-robin (`workers`: default one per 4 CPUs, at
-    most 4, at most one per shape). Returns the processes at once: the caller loads its model meanwhile (`wait_for`
-    collects them). Each writes a line per shape to its stderr (inherited)."""
+    most 4, at most one per shape), the kernels divided among them and this process by claims (KernelClaims: on CUDA
+    with a Triton that has compile hooks). Returns the processes at once: the caller loads its model meanwhile and
+    warms it (its kernels claimed too); `wait_for` collects the workers and ends the claiming. Each worker writes a
+    line per shape to its stderr (inherited)."""
     workers = workers or max(1, min(4, (os.cpu_count() or 1) // 4))
     workers = min(workers, len(plan))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where `sdar_core` imports from
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    procs = []
+    procs = Precompiling()
+    folder = None
+    if triton is not None and torch.device(device).type == "cuda":
+        claims = KernelClaims(tempfile.mkdtemp(prefix="sdar-kernel-claims-"), skip_claimed=False)
+        if claims.install():
+            procs.claims, folder = claims, claims.folder
+        else:
+            shutil.rmtree(claims.folder, ignore_errors=True)
     for w in range(workers):
-        job = pickle.dumps((str(device), dtype, fused, weights, plan[w::workers]))
+        job = pickle.dumps((str(device), dtype, fused, weights, folder, plan[w::workers]))
         proc = subprocess.Popen([sys.executable, "-m", "sdar_core.warmup"], stdin=subprocess.PIPE, env=env)
         proc.stdin.write(job)
         proc.stdin.close()
@@ -149,7 +305,8 @@ def precompile(
 
 
 def wait_for(procs: list[subprocess.Popen], timeout: float = 600) -> list[int]:
-    """The workers' exit codes, once they have ended (a worker still running after `timeout` s is killed: -9)."""
+    """The workers' exit codes, once they have ended (a worker still running after `timeout` s is killed: -9); then
+    the claiming ends (Precompiling.finish)."""
     codes, deadline = [], time.monotonic() + timeout
     for proc in procs:
         try:
@@ -157,12 +314,17 @@ def wait_for(procs: list[subprocess.Popen], timeout: float = 600) -> list[int]:
         except subprocess.TimeoutExpired:
             proc.kill()
             codes.append(proc.wait())
+    if isinstance(procs, Precompiling):
+        procs.finish()
     return codes
 
 
 def _worker() -> int:
     """`python -m sdar_core.warmup`: the job `precompile` pickled to stdin, warmed on stand-ins (one per config)."""
-    device, dtype, fused, weights, plan = pickle.loads(sys.stdin.buffer.read())
+    device, dtype, fused, weights, folder, plan = pickle.loads(sys.stdin.buffer.read())
+    claims = KernelClaims(folder, skip_claimed=True) if folder else None
+    if claims is not None and not claims.install():
+        claims = None
     t0, models = time.perf_counter(), {}
     for config, params, shape in plan:
         key = repr(config)
@@ -170,7 +332,14 @@ def _worker() -> int:
             models[key] = stand_in(config, torch.device(device), dtype, fused, weights)
         seconds = warm_up(models[key], params, shape, filler_id=min(5, config.vocab_size - 2))
         print(f"precompile: {shape}, {params.strategy}: {seconds:.2f} s", file=sys.stderr, flush=True)
-    print(f"precompile: {len(plan)} shapes in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    shared = (
+        f", {claims.compiled} kernels compiled, {claims.skipped} launches left to others" if claims else ""
+    )
+    print(
+        f"precompile: {len(plan)} shapes in {time.perf_counter() - t0:.1f} s{shared}",
+        file=sys.stderr,
+        flush=True,
+    )
     return 0
 
 

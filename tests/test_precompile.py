@@ -6,17 +6,22 @@ compiles no kernel the workers did not."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from benchmarks.startup import compiled_kernels
 from sdar_core import DecodeParams
-from sdar_core.warmup import precompile, stand_in, wait_for, warm_shapes
+from sdar_core.warmup import KernelClaims, precompile, stand_in, wait_for, warm_shapes
 
 from helpers import tiny_config
 
@@ -67,6 +72,65 @@ def test_the_workers_warm_every_shape_of_the_plan_once_and_exit(tmp_path):
         f"precompile: block 4, cache {b} positions, {s}" for s in ("static", "dynamic") for b in (256, 512)
     )
     assert sum("shapes in" in line for line in lines) == 2  # each worker its summary line
+
+
+def test_a_kernel_is_claimed_once_a_worker_skips_others_claims_and_a_server_waits_for_them(tmp_path):
+    worker_a = KernelClaims(tmp_path, skip_claimed=True)
+    worker_b = KernelClaims(tmp_path, skip_claimed=True, patience=0.3)
+    server = KernelClaims(tmp_path, skip_claimed=False, patience=0.3)
+    name = KernelClaims.kernel_name(SimpleNamespace(module="sdar_core.gemm", name="_skinny_kernel"), "spec 1")
+    assert not worker_a.before_compile(name)  # the first to ask compiles it
+    assert worker_a.compiled == 1 and (tmp_path / name).read_text() == str(os.getpid())
+    assert worker_b.before_compile(name) and worker_b.skipped == 1  # a stand-in leaves its launch out
+    t0 = time.monotonic()
+    assert not worker_b.before_compile(
+        name, skippable=False
+    )  # indices are read: waits, then compiles (cache hit)
+    assert not server.before_compile(name)
+    assert (
+        time.monotonic() - t0 >= 0.6 and server.waited_s >= 0.3
+    )  # each waited its patience: a live claimant
+    worker_a.done(name)
+    t0 = time.monotonic()
+    assert not server.before_compile(name) and time.monotonic() - t0 < 0.1  # done: no wait
+    assert (worker_b.compiled, server.compiled) == (0, 0)
+
+
+def test_a_server_does_not_wait_for_a_kernel_whose_claimant_has_exited(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (tmp_path / "k").write_text(str(gone.pid))  # claimed by a worker that exited without finishing it
+    server = KernelClaims(tmp_path, skip_claimed=False, patience=30)
+    t0 = time.monotonic()
+    assert not server.before_compile("k") and time.monotonic() - t0 < 1.0
+    assert not server.claimant_alive("k") and server.compiled == 0
+
+
+def test_kernel_names_tell_functions_and_specialisations_apart():
+    gemm = SimpleNamespace(module="sdar_core.gemm", name="_skinny_kernel")
+    attention = SimpleNamespace(module="sdar_core.decode_attention", name="_split_kernel")
+    names = {KernelClaims.kernel_name(f, spec) for f in (gemm, attention) for spec in ("a", "b")}
+    assert len(names) == 4
+    assert KernelClaims.kernel_name(gemm, "a") == KernelClaims.kernel_name(
+        SimpleNamespace(module="sdar_core.gemm", name="_skinny_kernel"), "a"
+    )
+
+
+def test_claims_become_tritons_compile_hooks_and_give_them_back(tmp_path):
+    triton = pytest.importorskip("triton")
+    runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
+    if runtime is None or not hasattr(runtime, "jit_post_compile_hook"):
+        pytest.skip("this Triton has no compile hooks")
+    claims = KernelClaims(tmp_path, skip_claimed=True)
+    assert claims.install() and runtime.jit_cache_hook == claims._before_compile
+    assert not KernelClaims(tmp_path, skip_claimed=False).install()  # one holder at a time
+    fn = SimpleNamespace(module="sdar_core.moe", name="_route")
+    # as Triton calls them: a claimed-elsewhere MoE kernel is waited for, not skipped (its indices are read)
+    assert runtime.jit_cache_hook(key="k", repr="r", fn=fn, compile={"specialization_data": "s"}) is False
+    runtime.jit_post_compile_hook(key="k", repr="r", fn=fn, compile={"specialization_data": "s"})
+    assert claims.is_done(KernelClaims.kernel_name(fn, "s"))
+    claims.uninstall()
+    assert runtime.jit_cache_hook is None and runtime.jit_post_compile_hook is None
 
 
 def test_the_studio_precompiles_on_a_gpu_only_and_not_when_switched_off(studio_checkpoints, monkeypatch):
@@ -134,6 +198,66 @@ print("ok")
         if role == "workers":
             assert len(entries()) > len(before)  # the workers compiled kernels
     assert entries() == before  # the server found every kernel it needed
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_workers_and_the_server_beside_them_compile_each_kernel_once(tmp_path):
+    """As the studio starts: two workers, then this process warms a 4-layer random model of the same config while they
+    run. Every kernel variant in the cache was compiled by exactly one process (the workers' and the server's
+    claimed kernels add up to the cache's variants), the workers left the others' kernels out, and the decode the
+    server warmed gives the tokens of a decode without any of it."""
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton"), PYTHONPATH=f"{REPO}:{REPO / 'tests'}")
+    script = """
+import json, torch
+from sdar_core import DecodeParams, generate
+from sdar_core.warmup import precompile, wait_for, warm_shapes, warm_up
+from helpers import random_model, tiny_config
+config = tiny_config("sdar", layers=4, hidden_size=128, intermediate_size=256)
+params = [DecodeParams(strategy=s, block_length=b, steps=2).resolved(config)
+          for s, b in (("static", 4), ("dynamic", 4), ("ar", 4))]
+plan = [(config, p, shape) for p in params for shape in warm_shapes([p], 512, 512)]
+procs = precompile(plan, dtype=torch.bfloat16, workers=2)
+model = random_model(config).to("cuda", torch.bfloat16)
+for _, p, shape in plan:
+    warm_up(model, p, shape, 5)
+claims = procs.claims
+compiled, waited = claims.compiled, claims.waited_s
+out = generate(model, [[5, 6, 7, 8, 9]], DecodeParams(block_length=4, steps=2, max_new_tokens=8, stop_token_ids=[]))
+print(json.dumps(dict(codes=wait_for(procs), compiled=compiled, waited=waited, hooks_gone=procs.claims is None,
+                      tokens=out.tokens[0].tolist())))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["codes"] == [0, 0] and result["hooks_gone"]
+    summaries = [line for line in done.stderr.splitlines() if "shapes in" in line]
+    by_worker = [int(re.search(r"(\d+) kernels compiled", line).group(1)) for line in summaries]
+    skipped = [int(re.search(r"(\d+) launches left to others", line).group(1)) for line in summaries]
+    variants = sum(compiled_kernels(tmp_path / "triton").values())
+    assert len(by_worker) == 2 and sum(by_worker) > 0 and sum(skipped) > 0
+    assert sum(by_worker) + result["compiled"] == variants  # no kernel compiled twice
+    fresh = subprocess.run(  # the same decode in a process with a warm cache and no claims: the same tokens
+        [
+            sys.executable,
+            "-c",
+            "import json, torch\nfrom sdar_core import DecodeParams, generate\n"
+            "from helpers import random_model, tiny_config\n"
+            "config = tiny_config('sdar', layers=4, hidden_size=128, intermediate_size=256)\n"
+            "model = random_model(config).to('cuda', torch.bfloat16)\n"
+            "out = generate(model, [[5, 6, 7, 8, 9]], DecodeParams(block_length=4, steps=2, max_new_tokens=8,"
+            " stop_token_ids=[]))\nprint(json.dumps(out.tokens[0].tolist()))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert json.loads(fresh.stdout.strip().splitlines()[-1]) == result["tokens"]
 
 
 def test_an_fp8_stand_in_warms_the_float8_kernels_and_the_studio_asks_for_it(studio_checkpoints, monkeypatch):
