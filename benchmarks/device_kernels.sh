@@ -5,7 +5,8 @@
 #   bash benchmarks/device_kernels.sh gemm       # the projections one by one (cuBLAS vs the skinny GEMM, with and
 #                                                # without PDL), the graphed forward by kernel class with each
 #   bash benchmarks/device_kernels.sh readme     # the README's sweep (docs/performance.md's command), compiled
-#                                                # transformers included, then the cold and warm start-up
+#                                                # transformers included, then the cold and warm start-up and the
+#                                                # cold start with 4 precompile workers
 #   bash benchmarks/device_kernels.sh moe        # every `cuda` test and the studio's tests on CUDA, the dense
 #                                                # profile, then the MoE's expert gemv form (benchmarks.moe's layer,
 #                                                # benchmarks.bench on 30B-A3B with and without it)
@@ -36,6 +37,9 @@
 #                                                # 2-16-row form's kernels add to a fresh server's first token
 #   bash benchmarks/device_kernels.sh added      # the dense forward's profile at 64 and 8k with what each kernel adds
 #                                                # to its end, then the goals' `bench` rows without transformers
+#   bash benchmarks/device_kernels.sh claims     # the precompile tests on CUDA, a cold start with 4 workers that
+#                                                # divide the kernels by claims (benchmarks.startup --precompile 4),
+#                                                # then `added`
 # Results go to $OUT (the device tool's folder), else out/device; folders are packed in one .tgz (the device tool
 # brings back a few files per call).
 set -u
@@ -148,7 +152,13 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
           # seconds this call may run (default 370: what a session has left after one full call)
     goals_rows "${2:-370}"
     tar czf /tmp/goals.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/goals.tgz "$OUT/" ;;
-  added)
+  added|claims)
+    if [ "$1" = claims ]; then
+      timeout 200 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_precompile.py 2>&1 \
+        | tee "$OUT/precompile-tests.log" | tail -3
+      timeout 150 python3 -m benchmarks.startup --precompile 4 --out "$OUT/startup" 2>&1 | grep -v "warm-up [0-9]" \
+        | tail -4
+    fi
     timeout 75 python3 -m benchmarks.profile_forward --split-k on --contexts 64 8k --gemm skinny+pdl \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -10
     timeout 90 $BENCH --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -6 ;;
@@ -174,6 +184,7 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     timeout 480 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 2048 8192 \
       --new-tokens 256 512 512 --batch-sizes 1 4 16 32 64 --block-lengths 4 16 --repeats 2 --transformers compiled \
       --out "$OUT/readme" 2>&1 | tee "$OUT/readme.log" | tail -8
-    timeout $((590 - SECONDS)) python3 -m benchmarks.startup --out "$OUT/startup" 2>&1 | tail -6
+    timeout $((590 - SECONDS)) python3 -m benchmarks.startup --precompile 4 --out "$OUT/startup" 2>&1 \
+      | grep -v "warm-up [0-9]" | tail -6
     tar czf "$OUT/readme-startup.tgz" -C "$OUT" readme startup && rm -r "$OUT/readme" "$OUT/startup" ;;
 esac
