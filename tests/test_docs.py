@@ -194,6 +194,17 @@ def test_bench_report_reads_a_committed_folder_and_writes_nothing_there(tmp_path
     assert (tmp_path / "results.json").is_file()
 
 
+def test_the_performance_page_prints_the_report_of_the_folder_it_names():
+    """docs/performance.md's summary and tables are `bench --report` of the committed folder the page names, word
+    for word after the report's first line (the page words that line for the reader)."""
+    from benchmarks.bench import report_markdown
+
+    page = (REPO / "docs" / "performance.md").read_text(encoding="utf-8")
+    (folder,) = set(re.findall(r"--report (benchmarks/results/[\w.-]+)", page))
+    report = report_markdown(REPO / folder).strip().split("\n", 1)[1].strip()
+    assert report in page
+
+
 def test_links_between_the_pages_lead_to_files():
     for page in PAGES:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
