@@ -26,12 +26,12 @@ import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from the server
 
+# Gradio's modules (app.layout, app.studio, app.ui) are imported in main, once the kernel-compiling workers have
+# started (app/warming.py): Gradio's import takes seconds they can use.
+from app import warming  # noqa: E402
 from app.interpreter import set_switch_interval, watch_from_env  # noqa: E402
-from app.layout import LAUNCH_KWARGS  # noqa: E402
 from app.registry import DEFAULT_MODEL, ModelRegistry  # noqa: E402  (after the environment is set)
 from app.scheduler import batching_from_env  # noqa: E402
-from app.studio import WARMUP  # noqa: E402
-from app.ui import build_app  # noqa: E402
 from sdar_core.loading import WEIGHT_CHOICES, weights_from_choice  # noqa: E402
 
 log = logging.getLogger("sdar.app")
@@ -133,10 +133,16 @@ def main(argv: list[str] | None = None) -> None:
         log.info("models load with float8 projections (--weights fp8 / %s)", WEIGHTS_ENV)
     if not registry.allow_any_model:  # app/exposure.py: a proxied or remote request is public on loopback too
         log.info("public requests load only the shipped and curated models (--allow-any-model lifts this)")
-    if workers := WARMUP.precompile(registry, args.model):  # on a GPU: kernels compiled while the model loads
+    if workers := warming.start_precompile(registry, args.model):  # on a GPU: compiled while the rest loads
         log.info(
-            "%d processes compile the GPU kernels while the model loads (SDAR_PRECOMPILE=0: off)", workers
+            "%d processes compile the GPU kernels while the studio and the model load (%s=0: off)",
+            workers,
+            warming.PRECOMPILE_ENV,
         )
+    from app.layout import LAUNCH_KWARGS
+    from app.studio import WARMUP
+    from app.ui import build_app
+
     t0 = time.perf_counter()
     try:  # load the start model now, so that the first answer does not wait for it and its card shows
         m = registry.get(args.model)

@@ -8,13 +8,13 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import gradio as gr
 import torch
 
 from sdar_core import DecodeParams
-from sdar_core.warmup import needs_warm_up, precompile, wait_for, warm_shapes, warm_up
+from sdar_core.warmup import needs_warm_up, warm_up
 
 from .budget import Budgets, OverBudget
 from .exposure import visitor_of
@@ -24,12 +24,10 @@ from .run import Run
 from .scheduler import MAX_BATCH, DecodeScheduler, Job, SchedulerTurn, batching_from_env
 from .settings import DecodeRequest, DecodeSettings
 from .streaming import DEVICE, Lane, StopFlag, StopFlags
+from .warming import shapes_for
 
 log = logging.getLogger(__name__)
 LOAD_GRACE = 5.0  # seconds a request waits for its model's load before it is told the load's progress instead
-WARM_POSITIONS = 2048  # prompt + answer covered by the warm-up: buckets 256, 512, 1024, 2048 per block length
-CROWD_POSITIONS = 512  # and, for the default settings, the batches a crowd's chats form (buckets 256 and 512)
-PRECOMPILE_ENV = "SDAR_PRECOMPILE"  # 0: no worker processes compile kernels while the start model loads
 
 
 class ModelLoading(ModelUnavailable):
@@ -238,68 +236,6 @@ class Warmup:
     def _shapes(m: LoadedModel, settings: DecodeSettings) -> list[tuple[DecodeParams, object]]:
         """shapes_for the model's config, when its decodes capture graphs (CUDA)."""
         return shapes_for(m.config, settings) if needs_warm_up(m.model) else []
-
-    def precompile(self, registry: ModelRegistry, name: str, settings: DecodeSettings | None = None) -> int:
-        """On a GPU, before `name` loads: worker processes compile the kernels the warm-up of `name` and its AR
-        twin will ask for, on stand-ins of their configs (sdar_core.warmup.precompile), while this process loads
-        the weights; a thread reaps them and logs when they are done. The workers started (0: off with
-        SDAR_PRECOMPILE=0, on the CPU, or for a model whose config cannot be read without loading it)."""
-        if os.environ.get(PRECOMPILE_ENV, "1").strip() == "0" or not torch.cuda.is_available():
-            return 0
-        if registry.device not in (None, "cuda", "cuda:0"):
-            return 0
-        settings = settings if settings is not None else DecodeSettings()
-        plan = [
-            (config, p, shape)
-            for config in filter(None, (registry.peek_config(n) for n in (name, ar_twin_name(name)) if n))
-            for p, shape in shapes_for(config, settings)
-        ]
-        if not plan:
-            return 0
-        t0 = time.perf_counter()
-        procs = precompile(plan, dtype=registry.dtype or torch.bfloat16, weights=registry.weights)
-
-        def reap() -> None:
-            codes = wait_for(procs)
-            log.info(
-                "kernels precompiled for %d decode shapes by %d processes in %.1f s (exit codes %s)",
-                len(plan),
-                len(procs),
-                time.perf_counter() - t0,
-                codes,
-            )
-
-        threading.Thread(target=reap, daemon=True, name="sdar-precompile").start()
-        return len(procs)
-
-
-def shapes_for(config, settings: DecodeSettings) -> list[tuple[DecodeParams, object]]:
-    """What a visitor can pick, warmed: every trained block size with the static and the dynamic schedule (steps as
-    the settings ask, at most the block), and the AR lane, up to WARM_POSITIONS positions; then, for an SDAR model,
-    the default settings at the batch sizes a crowd forms, up to CROWD_POSITIONS."""
-    context = config.max_position_embeddings
-    params = [settings.as_ar().params()]
-    if config.is_sdar:
-        params = [
-            replace(settings, strategy=s, block_length=block, steps=min(settings.steps, block)).params()
-            for block in config.trained_blocks
-            for s in ("static", "dynamic")
-        ] + params
-    shapes = [
-        (p, shape)
-        for p in (p.resolved(config) for p in params)
-        for shape in warm_shapes([p], WARM_POSITIONS, context)
-    ]
-    if not config.is_sdar:  # the AR twin races in single lanes
-        return shapes
-    # A crowd's chats at the default settings decode together: the scheduler pads a batch to a power of two.
-    chat = settings.params().resolved(config)
-    batches = [1 << k for k in range(1, MAX_BATCH.bit_length()) if 1 << k <= MAX_BATCH]
-    return shapes + [
-        (chat, replace(shape, batch=rows))
-        for rows in batches
-        for shape in warm_shapes([chat], CROWD_POSITIONS, context)
-    ]
 
 
 WARMUP = Warmup()

@@ -134,24 +134,25 @@ def test_claims_become_tritons_compile_hooks_and_give_them_back(tmp_path):
 
 
 def test_the_studio_precompiles_on_a_gpu_only_and_not_when_switched_off(studio_checkpoints, monkeypatch):
-    from app import studio as studio_mod
+    from app import warming
     from app.registry import ModelRegistry
+    from app.settings import DecodeSettings
 
     sdar, _ = studio_checkpoints
     registry = ModelRegistry(models_dir=sdar.parent)
     loaded = registry.get(str(sdar))  # on the CPU, before CUDA is pretended below
     started = []
-    monkeypatch.setattr(studio_mod, "precompile", lambda plan, **kw: started.append((plan, kw)) or [])
-    monkeypatch.setattr(studio_mod.torch.cuda, "is_available", lambda: False)
-    assert studio_mod.Warmup().precompile(registry, str(sdar)) == 0 and not started
-    monkeypatch.setattr(studio_mod.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(warming, "precompile", lambda plan, **kw: started.append((plan, kw)) or [])
+    monkeypatch.setattr(warming.torch.cuda, "is_available", lambda: False)
+    assert warming.start_precompile(registry, str(sdar)) == 0 and not started
+    monkeypatch.setattr(warming.torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("SDAR_PRECOMPILE", "0")
-    assert studio_mod.Warmup().precompile(registry, str(sdar)) == 0 and not started
+    assert warming.start_precompile(registry, str(sdar)) == 0 and not started
     monkeypatch.delenv("SDAR_PRECOMPILE")
-    studio_mod.Warmup().precompile(registry, str(sdar))
+    warming.start_precompile(registry, str(sdar))
     ((plan, kw),) = started
     # the shapes the warm-up takes, for the start model (sdar-tiny) and its AR twin, read from their configs
-    want = studio_mod.shapes_for(loaded.config, studio_mod.DecodeSettings())
+    want = warming.shapes_for(loaded.config, DecodeSettings())
     assert [(p, s) for c, p, s in plan if c.is_sdar] == want and len(plan) == len(want) + 2
     assert kw == {"dtype": torch.bfloat16, "weights": None}
 
@@ -260,8 +261,31 @@ print(json.dumps(dict(codes=wait_for(procs), compiled=compiled, waited=waited, h
     assert json.loads(fresh.stdout.strip().splitlines()[-1]) == result["tokens"]
 
 
+def test_the_studio_starts_its_workers_before_it_imports_gradio(tmp_path):
+    """python app.py: the workers start (here, pretended) before Gradio's import, which they overlap."""
+    script = """
+import sys
+from app import launch, warming
+def start(registry, name, settings=None):
+    print("gradio imported before the workers:", "gradio" in sys.modules)
+    raise SystemExit(0)
+warming.start_precompile = start
+launch.main(["--model", sys.argv[1]])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(REPO / "assets" / "models" / "sdar-tiny")],
+        env=dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "gradio imported before the workers: False"
+
+
 def test_an_fp8_stand_in_warms_the_float8_kernels_and_the_studio_asks_for_it(studio_checkpoints, monkeypatch):
-    from app import studio as studio_mod
+    from app import warming
     from app.registry import ModelRegistry
     from sdar_core.gemm import Fp8Linear
 
@@ -271,7 +295,7 @@ def test_an_fp8_stand_in_warms_the_float8_kernels_and_the_studio_asks_for_it(stu
     sdar, _ = studio_checkpoints
     registry = ModelRegistry(models_dir=sdar.parent, weights="fp8")
     started = []
-    monkeypatch.setattr(studio_mod, "precompile", lambda plan, **kw: started.append(kw) or [])
-    monkeypatch.setattr(studio_mod.torch.cuda, "is_available", lambda: True)
-    studio_mod.Warmup().precompile(registry, str(sdar))
+    monkeypatch.setattr(warming, "precompile", lambda plan, **kw: started.append(kw) or [])
+    monkeypatch.setattr(warming.torch.cuda, "is_available", lambda: True)
+    warming.start_precompile(registry, str(sdar))
     assert started and started[0]["weights"] == "fp8"
