@@ -10,6 +10,7 @@ sdar_core.generate, then renders the StepEvents it reports; no model math lives 
     streaming.py   the one way a shown decode runs: Lanes decoded in worker threads with a stop flag,
                    frames built and throttled in the handler's thread, then each lane's result
     studio.py      what the tabs share: registry, stop flags, a request -> its Lane
+    warming.py     what the warm-up covers, and the workers that compile its kernels before Gradio imports
     scheduler.py   one decode scheduler per device: visitors' requests batched on the GPU
     budget.py      what one request may cost the device, counted in forwards
     run.py         one shown decode as a handler sees it: a scheduler Job, its Feed, the answer
