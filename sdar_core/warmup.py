@@ -152,7 +152,7 @@ class KernelClaims:
     # the modules whose kernels write only floating-point results (skippable in a stand-in)
     SKIPPABLE = ("sdar_core.gemm", "sdar_core.fused", "sdar_core.norm_rope", "sdar_core.decode_attention")
 
-    def __init__(self, folder: str | os.PathLike, skip_claimed: bool, patience: float = 120.0) -> None:
+    def __init__(self, folder: str | os.PathLike, skip_claimed: bool, patience: float = 60.0) -> None:
         self.folder = str(folder)
         self.skip_claimed = skip_claimed
         self.patience = patience
