@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -129,6 +130,11 @@ def test_claims_become_tritons_compile_hooks_and_give_them_back(tmp_path):
     assert runtime.jit_cache_hook(key="k", repr="r", fn=fn, compile={"specialization_data": "s"}) is False
     runtime.jit_post_compile_hook(key="k", repr="r", fn=fn, compile={"specialization_data": "s"})
     assert claims.is_done(KernelClaims.kernel_name(fn, "s"))
+    shutil.rmtree(
+        tmp_path
+    )  # the folder gone (the claiming ended under a late compile): Triton compiles as usual
+    assert runtime.jit_cache_hook(key="k2", repr="r", fn=fn, compile={"specialization_data": "t"}) is False
+    runtime.jit_post_compile_hook(key="k2", repr="r", fn=fn, compile={"specialization_data": "t"})
     claims.uninstall()
     assert runtime.jit_cache_hook is None and runtime.jit_post_compile_hook is None
 
