@@ -163,21 +163,32 @@ def test_the_studio_precompiles_on_a_gpu_only_and_not_when_switched_off(studio_c
     assert kw == {"dtype": torch.bfloat16, "weights": None}
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_after_the_workers_a_fresh_server_compiles_no_kernel_of_its_own(tmp_path):
-    """Two precompile workers warm static and dynamic block 4 and the AR lane on one-layer stand-ins; a fresh process
-    then warms the same shapes on a 4-layer random model with the same kernel cache: the cache gains no entry."""
-    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton"), PYTHONPATH=f"{REPO}:{REPO / 'tests'}")
-    script = """
-import sys, torch
-from sdar_core import DecodeParams
+# What the CUDA tests' processes share: a 4-layer config, the plan they warm (static and dynamic block 4 and the AR
+# lane, buckets up to 512) and one decode of it (its tokens).
+CUDA_PLAN = """
+import json, sys, torch
+from sdar_core import DecodeParams, generate
 from sdar_core.warmup import precompile, wait_for, warm_shapes, warm_up
 from helpers import random_model, tiny_config
 config = tiny_config("sdar", layers=4, hidden_size=128, intermediate_size=256)
 params = [DecodeParams(strategy=s, block_length=b, steps=2).resolved(config)
           for s, b in (("static", 4), ("dynamic", 4), ("ar", 4))]
 plan = [(config, p, shape) for p in params for shape in warm_shapes([p], 512, 512)]
+def decode(model):
+    p = DecodeParams(block_length=4, steps=2, max_new_tokens=8, stop_token_ids=[])
+    return generate(model, [[5, 6, 7, 8, 9]], p).tokens[0].tolist()
+"""
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_after_the_workers_a_fresh_server_compiles_no_kernel_of_its_own(tmp_path):
+    """Two precompile workers warm static and dynamic block 4 and the AR lane on one-layer stand-ins; a fresh process
+    then warms the same shapes on a 4-layer random model with the same kernel cache: the cache gains no entry."""
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton"), PYTHONPATH=f"{REPO}:{REPO / 'tests'}")
+    script = (
+        CUDA_PLAN
+        + """
 if sys.argv[1] == "workers":
     assert wait_for(precompile(plan, dtype=torch.bfloat16, workers=2)) == [0, 0]
 else:
@@ -186,6 +197,7 @@ else:
         warm_up(model, p, shape, 5)
 print("ok")
 """
+    )
 
     def entries() -> set[str]:
         root = tmp_path / "triton"
@@ -215,25 +227,19 @@ def test_cuda_workers_and_the_server_beside_them_compile_each_kernel_once(tmp_pa
     claimed kernels add up to the cache's variants), the workers left the others' kernels out, and the decode the
     server warmed gives the tokens of a decode without any of it."""
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton"), PYTHONPATH=f"{REPO}:{REPO / 'tests'}")
-    script = """
-import json, torch
-from sdar_core import DecodeParams, generate
-from sdar_core.warmup import precompile, wait_for, warm_shapes, warm_up
-from helpers import random_model, tiny_config
-config = tiny_config("sdar", layers=4, hidden_size=128, intermediate_size=256)
-params = [DecodeParams(strategy=s, block_length=b, steps=2).resolved(config)
-          for s, b in (("static", 4), ("dynamic", 4), ("ar", 4))]
-plan = [(config, p, shape) for p in params for shape in warm_shapes([p], 512, 512)]
+    script = (
+        CUDA_PLAN
+        + """
 procs = precompile(plan, dtype=torch.bfloat16, workers=2)
 model = random_model(config).to("cuda", torch.bfloat16)
 for _, p, shape in plan:
     warm_up(model, p, shape, 5)
 claims = procs.claims
 compiled, waited = claims.compiled, claims.waited_s
-out = generate(model, [[5, 6, 7, 8, 9]], DecodeParams(block_length=4, steps=2, max_new_tokens=8, stop_token_ids=[]))
 print(json.dumps(dict(codes=wait_for(procs), compiled=compiled, waited=waited, hooks_gone=procs.claims is None,
-                      tokens=out.tokens[0].tolist())))
+                      tokens=decode(model))))
 """
+    )
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600, cwd=REPO
     )
@@ -250,12 +256,7 @@ print(json.dumps(dict(codes=wait_for(procs), compiled=compiled, waited=waited, h
         [
             sys.executable,
             "-c",
-            "import json, torch\nfrom sdar_core import DecodeParams, generate\n"
-            "from helpers import random_model, tiny_config\n"
-            "config = tiny_config('sdar', layers=4, hidden_size=128, intermediate_size=256)\n"
-            "model = random_model(config).to('cuda', torch.bfloat16)\n"
-            "out = generate(model, [[5, 6, 7, 8, 9]], DecodeParams(block_length=4, steps=2, max_new_tokens=8,"
-            " stop_token_ids=[]))\nprint(json.dumps(out.tokens[0].tolist()))",
+            CUDA_PLAN + "print(json.dumps(decode(random_model(config).to('cuda', torch.bfloat16))))",
         ],
         env=env,
         capture_output=True,
