@@ -66,6 +66,7 @@ def child(checkpoint: str, workers: int) -> dict:
             for shape in warm_shapes([p], WARMED, config.max_position_embeddings)
         ]
         procs = precompile(plan, device=str(device), dtype=default_dtype(device), fused=True, workers=workers)
+        marks["precompile_started_s"] = time.perf_counter() - T0  # the workers' lines count from here
     model, _ = load_pretrained(checkpoint, device=device, with_tokenizer=False)
     model.fuse_projections()
     synchronize(device)

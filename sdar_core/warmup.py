@@ -305,7 +305,7 @@ def precompile(
         else:
             shutil.rmtree(claims.folder, ignore_errors=True)
     for w in range(workers):
-        job = pickle.dumps((str(device), dtype, fused, weights, folder, plan[w::workers]))
+        job = pickle.dumps((str(device), dtype, fused, weights, folder, plan[w::workers], time.time()))
         proc = subprocess.Popen([sys.executable, "-m", "sdar_core.warmup"], stdin=subprocess.PIPE, env=env)
         proc.stdin.write(job)
         proc.stdin.close()
@@ -329,8 +329,15 @@ def wait_for(procs: list[subprocess.Popen], timeout: float = 600) -> list[int]:
 
 
 def _worker() -> int:
-    """`python -m sdar_core.warmup`: the job `precompile` pickled to stdin, warmed on stand-ins (one per config)."""
-    device, dtype, fused, weights, folder, plan = pickle.loads(sys.stdin.buffer.read())
+    """`python -m sdar_core.warmup`: the job `precompile` pickled to stdin, warmed on stand-ins (one per config).
+    Each stderr line says when (seconds since `precompile` spawned the worker): its imports done, each stand-in
+    built, each shape warmed."""
+    device, dtype, fused, weights, folder, plan, spawned = pickle.loads(sys.stdin.buffer.read())
+
+    def say(line: str) -> None:
+        print(f"precompile: {line} (at {time.time() - spawned:.1f} s)", file=sys.stderr, flush=True)
+
+    say("imports done")
     claims = KernelClaims(folder, skip_claimed=True) if folder else None
     if claims is not None and not claims.install():
         claims = None
@@ -339,16 +346,13 @@ def _worker() -> int:
         key = repr(config)
         if key not in models:
             models[key] = stand_in(config, torch.device(device), dtype, fused, weights)
+            say(f"stand-in of {config.model_type} ready")
         seconds = warm_up(models[key], params, shape, filler_id=min(5, config.vocab_size - 2))
-        print(f"precompile: {shape}, {params.strategy}: {seconds:.2f} s", file=sys.stderr, flush=True)
+        say(f"{shape}, {params.strategy}: {seconds:.2f} s")
     shared = (
         f", {claims.compiled} kernels compiled, {claims.skipped} launches left to others" if claims else ""
     )
-    print(
-        f"precompile: {len(plan)} shapes in {time.perf_counter() - t0:.1f} s{shared}",
-        file=sys.stderr,
-        flush=True,
-    )
+    say(f"{len(plan)} shapes in {time.perf_counter() - t0:.1f} s{shared}")
     return 0
 
 
