@@ -797,9 +797,12 @@ def crowd_round(url: str, shared, kind: str, s: Setting, n: int, rnd: int, sdar:
             t.start()
         for t in threads:
             t.join(600)
-    finally:
-        for p in people:
-            p.close()
+    finally:  # together: a gradio_client Client's close waits up to 1 s for its heartbeat thread
+        closing = [threading.Thread(target=p.close) for p in people]
+        for t in closing:
+            t.start()
+        for t in closing:
+            t.join()
     walls = [v.wall_s for v in crowd if v.wall_s is not None]
     print(
         f"crowd {n} {s.name} round {rnd} ({kind}): makespan {max(walls):.2f} s, median "
