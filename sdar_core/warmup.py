@@ -330,14 +330,16 @@ def wait_for(procs: list[subprocess.Popen], timeout: float = 600) -> list[int]:
 
 def _worker() -> int:
     """`python -m sdar_core.warmup`: the job `precompile` pickled to stdin, warmed on stand-ins (one per config).
-    Each stderr line says when (seconds since `precompile` spawned the worker): its imports done, each stand-in
-    built, each shape warmed."""
+    Each stderr line says when (seconds since `precompile` spawned the worker): its imports done, its device
+    ready (a CUDA context), each stand-in built, each shape warmed."""
     device, dtype, fused, weights, folder, plan, spawned = pickle.loads(sys.stdin.buffer.read())
 
     def say(line: str) -> None:
         print(f"precompile: {line} (at {time.time() - spawned:.1f} s)", file=sys.stderr, flush=True)
 
     say("imports done")
+    torch.empty(1, device=device)  # the device's context: timed apart from the stand-in's build
+    say(f"{device} ready")
     claims = KernelClaims(folder, skip_claimed=True) if folder else None
     if claims is not None and not claims.install():
         claims = None

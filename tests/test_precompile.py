@@ -73,7 +73,11 @@ def test_the_workers_warm_every_shape_of_the_plan_once_and_exit(tmp_path):
         f"precompile: block 4, cache {b} positions, {s}" for s in ("static", "dynamic") for b in (256, 512)
     )
     assert sum("shapes in" in line for line in lines) == 2  # each worker its summary line
-    for event in ("imports done", "stand-in of"):  # each worker's timeline, in seconds since its spawn
+    for event in (
+        "imports done",
+        "cpu ready",
+        "stand-in of",
+    ):  # each worker's timeline, in seconds since its spawn
         assert sum(line.startswith(f"precompile: {event}") for line in lines) == 2
     assert all(re.search(r" \(at \d+\.\d s\)$", line) for line in lines if line.startswith("precompile: "))
 
