@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import re
@@ -768,41 +769,47 @@ def crowd_rows(url: str, sdar: Path, args) -> list[Visitor]:
     (HttpPage) share one Client for the app's description and each hold their own session and connection."""
     from gradio_client import Client
 
-    visitors = []
+    visitors, closing = [], []
     shared = Client(url, verbose=False, analytics_enabled=False)
     try:
-        for kind in getattr(args, "clients", None) or ["gradio"]:
-            for s in SETTINGS:
-                for n in args.crowd:
-                    for rnd in (1, 2):
-                        visitors += crowd_round(url, shared, kind, s, n, rnd, sdar, args)
+        kinds = getattr(args, "clients", None) or ["gradio"]
+        for kind, s, n, rnd in itertools.product(kinds, SETTINGS, args.crowd, (1, 2)):
+            people = [GradioVisitor(url) if kind == "gradio" else HttpPage(shared) for _ in range(n)]
+            try:
+                visitors += crowd_round(people, kind, s, rnd, sdar, args)
+            finally:
+                closing += [close_without_waiting(p) for p in people]
     finally:
-        shared.close()
+        closing.append(close_without_waiting(shared))
+        for t in closing:
+            t.join()
     return visitors
 
 
-def crowd_round(url: str, shared, kind: str, s: Setting, n: int, rnd: int, sdar: Path, args) -> list[Visitor]:
-    """n visitors of `kind` with their pages open press Send at one barrier."""
-    people = [GradioVisitor(url) if kind == "gradio" else HttpPage(shared) for _ in range(n)]
-    try:
-        for p in people:
-            p.open()
-        barrier = threading.Barrier(n)
-        crowd = [Visitor(n, s.name, rnd, i + 1, client=kind) for i in range(n)]
-        threads = [
-            threading.Thread(target=visit, args=(p, v, m, s.ui(str(sdar), args.new_tokens), barrier))
-            for p, v, m in zip(people, crowd, crowd_prompts(n))
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(600)
-    finally:  # together: a gradio_client Client's close waits up to 1 s for its heartbeat thread
-        closing = [threading.Thread(target=p.close) for p in people]
-        for t in closing:
-            t.start()
-        for t in closing:
-            t.join()
+def close_without_waiting(client) -> threading.Thread:
+    """Close a visitor (or a Client) on a thread of its own. gradio_client's close sets its heartbeat thread's stop
+    flag at once, then waits up to 1 s for that thread, which leaves only at the server's next heartbeat message: the
+    next round need not wait for it."""
+    closer = threading.Thread(target=client.close)
+    closer.start()
+    return closer
+
+
+def crowd_round(people: list, kind: str, s: Setting, rnd: int, sdar: Path, args) -> list[Visitor]:
+    """The visitors of `kind` (`people`, not yet open) open their pages, then press Send at one barrier."""
+    n = len(people)
+    for p in people:
+        p.open()
+    barrier = threading.Barrier(n)
+    crowd = [Visitor(n, s.name, rnd, i + 1, client=kind) for i in range(n)]
+    threads = [
+        threading.Thread(target=visit, args=(p, v, m, s.ui(str(sdar), args.new_tokens), barrier))
+        for p, v, m in zip(people, crowd, crowd_prompts(n))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
     walls = [v.wall_s for v in crowd if v.wall_s is not None]
     print(
         f"crowd {n} {s.name} round {rnd} ({kind}): makespan {max(walls):.2f} s, median "
