@@ -417,9 +417,22 @@ def empty_model(config: ModelConfig) -> SDARForCausalLM:
     Built under `torch.device("meta")`, which holds for this thread only. accelerate's `init_empty_weights` patches
     `nn.Module.register_parameter` for the whole process instead: a model built on another thread meanwhile got meta
     parameters, and two loads on two threads (the studio loads in the background) could leave the patch installed
-    for good, after which every new module of the process was empty."""
-    with torch.device("meta"):
+    for good, after which every new module of the process was empty.
+
+    The modules' `torch.nn.init` calls are skipped (`_NoInit`, thread-local too): a meta tensor has no values, and
+    the meta form of `normal_` runs through torch._refs, whose first call imports torch._dynamo and sympy, over a
+    second of a cold start's critical path (the server's load, each precompile worker's stand-in)."""
+    with torch.device("meta"), _NoInit():
         return SDARForCausalLM(config)
+
+
+class _NoInit(torch.overrides.TorchFunctionMode):
+    """While active (on this thread), every `torch.nn.init` function returns its tensor untouched."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
 
 
 def load_state(model: SDARForCausalLM, state: dict[str, torch.Tensor], *, device, dtype) -> None:

@@ -263,10 +263,13 @@ class SDARForCausalLM(nn.Module):
         self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
 
     def _inv_freq(self, device=None) -> torch.Tensor:
+        """RoPE's inverse frequencies, computed on `device`; None: on the CPU (as transformers does), then moved to
+        the default device (a meta one while `loading.empty_model` builds: meta arithmetic runs through torch._refs,
+        whose first call imports torch._dynamo)."""
         d = self.config.head_dim
-        return 1.0 / (
-            self.config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d)
-        )
+        exponent = torch.arange(0, d, 2, dtype=torch.int64, device=device or "cpu").float() / d
+        inv_freq = 1.0 / (self.config.rope_theta**exponent)
+        return inv_freq if device is not None else inv_freq.to(torch.get_default_device())
 
     def fuse_projections(self) -> SDARForCausalLM:
         """Inference only: fuse q/k/v and gate/up matmuls (fewer, larger kernels; same numbers up to
