@@ -113,28 +113,44 @@ def warm_all(
     return done
 
 
-def stand_in(config: ModelConfig, device, dtype, fused: bool = False, weights: str | None = None):
+def stand_in(
+    config: ModelConfig,
+    device,
+    dtype,
+    fused: bool = False,
+    weights: str | None = None,
+    on_phase: Callable[[str], None] | None = None,
+):
     """A model of `config`'s shapes with zero weights and as few layers as show every kind of layer it has (dense,
     MoE): what `precompile`'s workers warm. `fused`: with fuse_projections (as the server's model will be);
-    weights="fp8": with float8 projections (quantize_fp8, which fuses too), whose kernels differ."""
+    weights="fp8": with float8 projections (quantize_fp8, which fuses too), whose kernels differ. `on_phase` is told
+    each phase's end (a worker's timeline)."""
     from .loading import empty_model
+
+    said = on_phase or (lambda phase: None)
 
     kinds, layers = set(), 0
     for i in range(config.num_hidden_layers):
         if config.layer_is_sparse(i) not in kinds:
             kinds.add(config.layer_is_sparse(i))
             layers = i + 1
-    model = empty_model(replace(config, num_hidden_layers=layers)).to(dtype).to_empty(device=device)
+    model = empty_model(replace(config, num_hidden_layers=layers)).to(dtype)
+    said("built on meta")
+    model = model.to_empty(device=device)
     with torch.no_grad():
         for t in list(model.parameters()) + list(model.buffers()):
             t.zero_()
+    said(f"zeros on {device}")
     if config.tie_word_embeddings:  # to_empty gave the two shared tensors storage of their own
         model.lm_head.weight = model.model.embed_tokens.weight
     model.reset_rope(device)
     model = model.eval()
     if weights == "fp8":
-        return model.quantize_fp8()
-    return model.fuse_projections() if fused else model
+        model = model.quantize_fp8()
+    elif fused:
+        model = model.fuse_projections()
+    said("float8 projections" if weights == "fp8" else "projections fused" if fused else "ready")
+    return model
 
 
 class KernelClaims:
@@ -347,7 +363,9 @@ def _worker() -> int:
     for config, params, shape in plan:
         key = repr(config)
         if key not in models:
-            models[key] = stand_in(config, torch.device(device), dtype, fused, weights)
+            models[key] = stand_in(
+                config, torch.device(device), dtype, fused, weights, on_phase=lambda p: say(f"stand-in: {p}")
+            )
             say(f"stand-in of {config.model_type} ready")
         seconds = warm_up(models[key], params, shape, filler_id=min(5, config.vocab_size - 2))
         say(f"{shape}, {params.strategy}: {seconds:.2f} s")
