@@ -32,9 +32,9 @@
 #                                                # and float8, tiles swept at 16 rows), the graphed forward's profile
 #                                                # and `bench` at batch 1 and 4 with 1 row against 64, without the
 #                                                # two folds (fusions silu_down, qk_rope), then float8
-#   bash benchmarks/device_kernels.sh coldstart  # benchmarks.startup with 4 precompile workers (cold, restart,
-#                                                # cold with the workers) for SDAR_SKINNY_ROWS 16 and 1: what the
-#                                                # 2-16-row form's kernels add to a fresh server's first token
+#   bash benchmarks/device_kernels.sh coldstart  # benchmarks.startup (cold, restart, cold with the workers) with 4
+#                                                # and with 8 precompile workers: the first token and each worker's
+#                                                # timeline (imports, context, the stand-in's phases, each shape)
 #   bash benchmarks/device_kernels.sh added      # the dense forward's profile at 64 and 8k with what each kernel adds
 #                                                # to its end, then the goals' `bench` rows without transformers
 #   bash benchmarks/device_kernels.sh claims     # the precompile tests on CUDA, a cold start with 4 workers that
@@ -163,10 +163,11 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -10
     timeout 90 $BENCH --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -6 ;;
   coldstart)
-    for rows in 16 1; do
-      SDAR_SKINNY_ROWS=$rows timeout 150 python3 -m benchmarks.startup --precompile 4 --out "$OUT/startup-rows$rows" \
-        2>&1 | grep -v "warm-up [0-9]" | tail -4
-    done ;;
+    for workers in 4 8; do
+      timeout 150 python3 -m benchmarks.startup --precompile $workers --out "$OUT/startup-w$workers" 2>&1 \
+        | grep -v "warm-up [0-9]" | grep -v "^RESULT" | grep . | tail -3
+    done
+    tar czf /tmp/coldstart.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/coldstart.tgz "$OUT/" ;;
   defaults|defaults-studio)  # every `cuda` test (defaults-studio: none, for a second GPU after the suite passed
     # on one) and the studio's tests on CUDA, the goals' rows, the dense forward's profile at 64 and 8k, then the
     # 1.7B, 4B and 8B projections one by one at 1 and 16 rows, all on the defaults as they stand (SDAR_SKINNY_ROWS in
