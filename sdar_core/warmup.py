@@ -364,9 +364,13 @@ def _worker() -> int:
         key = repr(config)
         if key not in models:
             models[key] = stand_in(
-                config, torch.device(device), dtype, fused, weights, on_phase=lambda p: say(f"stand-in: {p}")
+                config,
+                torch.device(device),
+                dtype,
+                fused,
+                weights,
+                on_phase=lambda phase, kind=config.model_type: say(f"stand-in of {kind}: {phase}"),
             )
-            say(f"stand-in of {config.model_type} ready")
         seconds = warm_up(models[key], params, shape, filler_id=min(5, config.vocab_size - 2))
         say(f"{shape}, {params.strategy}: {seconds:.2f} s")
     shared = (

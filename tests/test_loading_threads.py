@@ -37,9 +37,8 @@ def test_a_module_built_while_another_thread_loads_gets_real_parameters(tmp_path
         assert inside.wait(30)
         assert nn.Linear(3, 3).weight.device.type == "cpu"  # built on this thread while the load is inside
         assert torch.zeros(2).device.type == "cpu"
-        torch.manual_seed(
-            0
-        )  # and initialised: the load's skipping of torch.nn.init holds for its thread only
+        # and initialised: the load's skipping of torch.nn.init holds for its thread only
+        torch.manual_seed(0)
         built = nn.Linear(3, 3).weight.detach().clone()
         torch.manual_seed(0)
         expected = torch.empty(3, 3)

@@ -76,10 +76,9 @@ def test_the_workers_warm_every_shape_of_the_plan_once_and_exit(tmp_path):
     for event in (
         "imports done",
         "cpu ready",
-        "stand-in: built on meta",
-        "stand-in: zeros on cpu",
-        "stand-in: ready",
-        "stand-in of",
+        "stand-in of sdar: built on meta",
+        "stand-in of sdar: zeros on cpu",
+        "stand-in of sdar: ready",
     ):  # each worker's timeline, in seconds since its spawn
         assert sum(line.startswith(f"precompile: {event}") for line in lines) == 2
     assert all(re.search(r" \(at \d+\.\d s\)$", line) for line in lines if line.startswith("precompile: "))
