@@ -26,13 +26,10 @@ import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from the server
 
-# Gradio's modules (app.layout, app.studio, app.ui) are imported in main, once the kernel-compiling workers have
-# started (app/warming.py): Gradio's import takes seconds they can use.
-from app import warming  # noqa: E402
-from app.interpreter import set_switch_interval, watch_from_env  # noqa: E402
-from app.registry import DEFAULT_MODEL, ModelRegistry  # noqa: E402  (after the environment is set)
-from app.scheduler import batching_from_env  # noqa: E402
-from sdar_core.loading import WEIGHT_CHOICES, weights_from_choice  # noqa: E402
+# Only the standard library above this line's module: `main` starts the kernel-compiling workers first, so that
+# their imports (torch, sdar_core) run beside its own (sdar_core/prespawn.py), then imports the studio; Gradio's
+# modules (app.layout, app.studio, app.ui) last, once the workers have their jobs (app/warming.py).
+from sdar_core import prespawn  # noqa: E402  (the package's names import lazily: no torch here)
 
 log = logging.getLogger("sdar.app")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -74,6 +71,18 @@ def exposed(host: str | None, share: bool | None, env=os.environ) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:  # the workers compile under the kernel cache's variables: set before they start
+        cache, cache_error = use_kernel_cache(), None
+    except ValueError as e:
+        cache, cache_error = None, e
+    spawned = prespawn.spawn_workers() if cache_error is None else []
+
+    from app import warming
+    from app.interpreter import set_switch_interval, watch_from_env
+    from app.registry import DEFAULT_MODEL, ModelRegistry
+    from app.scheduler import batching_from_env
+    from sdar_core.loading import WEIGHT_CHOICES, weights_from_choice
+
     parser = argparse.ArgumentParser(description="SDAR Studio: chat with, visualise and race SDAR models")
     parser.add_argument(
         "--model",
@@ -113,7 +122,9 @@ def main(argv: list[str] | None = None) -> None:
             "the interpreter switches threads every %.2f ms (app/interpreter.py)", 1e3 * set_switch_interval()
         )
         watch_from_env()  # SDAR_STALL_REPORT: a diagnostic for the person who runs the studio, off by default
-        if (cache := use_kernel_cache()) is not None:
+        if cache_error is not None:
+            raise cache_error
+        if cache is not None:
             log.info("GPU kernels are cached in %s (%s)", cache, KERNEL_CACHE_ENV)
         join, width = batching_from_env()
         log.info(
@@ -133,11 +144,13 @@ def main(argv: list[str] | None = None) -> None:
         log.info("models load with float8 projections (--weights fp8 / %s)", WEIGHTS_ENV)
     if not registry.allow_any_model:  # app/exposure.py: a proxied or remote request is public on loopback too
         log.info("public requests load only the shipped and curated models (--allow-any-model lifts this)")
-    if workers := warming.start_precompile(registry, args.model):  # on a GPU: compiled while the rest loads
+    if workers := warming.start_precompile(
+        registry, args.model, spawned=spawned
+    ):  # compiled while the rest loads
         log.info(
             "%d processes compile the GPU kernels while the studio and the model load (%s=0: off)",
             workers,
-            warming.PRECOMPILE_ENV,
+            prespawn.PRECOMPILE_ENV,
         )
     from app.layout import LAUNCH_KWARGS
     from app.studio import WARMUP

@@ -7,7 +7,6 @@ Imports torch and sdar_core but not Gradio: app/launch.py starts the workers fro
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import replace
@@ -15,6 +14,7 @@ from dataclasses import replace
 import torch
 
 from sdar_core import DecodeParams
+from sdar_core.prespawn import release, switched_off
 from sdar_core.warmup import precompile, wait_for, warm_shapes
 
 from .registry import ModelRegistry, ar_twin_name
@@ -25,7 +25,6 @@ log = logging.getLogger("app.studio")
 
 WARM_POSITIONS = 2048  # prompt + answer covered by the warm-up: buckets 256, 512, 1024, 2048 per block length
 CROWD_POSITIONS = 512  # and, for the default settings, the batches a crowd's chats form (buckets 256 and 512)
-PRECOMPILE_ENV = "SDAR_PRECOMPILE"  # 0: no worker processes compile kernels while the start model loads
 
 
 def shapes_for(config, settings: DecodeSettings) -> list[tuple[DecodeParams, object]]:
@@ -57,14 +56,17 @@ def shapes_for(config, settings: DecodeSettings) -> list[tuple[DecodeParams, obj
     ]
 
 
-def start_precompile(registry: ModelRegistry, name: str, settings: DecodeSettings | None = None) -> int:
+def start_precompile(
+    registry: ModelRegistry, name: str, settings: DecodeSettings | None = None, spawned: list | None = None
+) -> int:
     """On a GPU, before `name` loads: worker processes compile the kernels the warm-up of `name` and its AR
     twin will ask for, on stand-ins of their configs (sdar_core.warmup.precompile), while this process loads
-    the weights; a thread reaps them and logs when they are done. The workers started (0: off with
+    the weights; a thread reaps them and logs when they are done. `spawned`: the workers app/launch.py started
+    before its imports (sdar_core.prespawn), given the jobs or released. The workers used (0: off with
     SDAR_PRECOMPILE=0, on the CPU, or for a model whose config cannot be read without loading it)."""
-    if os.environ.get(PRECOMPILE_ENV, "1").strip() == "0" or not torch.cuda.is_available():
-        return 0
-    if registry.device not in (None, "cuda", "cuda:0"):
+    spawned = spawned or []
+    if switched_off() or not torch.cuda.is_available() or registry.device not in (None, "cuda", "cuda:0"):
+        release(spawned)
         return 0
     settings = settings if settings is not None else DecodeSettings()
     plan = [
@@ -73,9 +75,12 @@ def start_precompile(registry: ModelRegistry, name: str, settings: DecodeSetting
         for p, shape in shapes_for(config, settings)
     ]
     if not plan:
+        release(spawned)
         return 0
     t0 = time.perf_counter()
-    procs = precompile(plan, dtype=registry.dtype or torch.bfloat16, weights=registry.weights)
+    procs = precompile(
+        plan, dtype=registry.dtype or torch.bfloat16, weights=registry.weights, spawned=spawned
+    )
 
     def reap() -> None:
         codes = wait_for(procs)

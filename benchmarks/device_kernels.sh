@@ -35,6 +35,8 @@
 #   bash benchmarks/device_kernels.sh coldstart  # benchmarks.startup (cold, restart, cold with the workers) with 4
 #                                                # and with 8 precompile workers: the first token and each worker's
 #                                                # timeline (imports, context, the stand-in's phases, each shape)
+#   bash benchmarks/device_kernels.sh h200       # `readme` on an H200, `coldstart` on any other card (a call that
+#                                                # asks for an H200 may get an H100)
 #   bash benchmarks/device_kernels.sh added      # the dense forward's profile at 64 and 8k with what each kernel adds
 #                                                # to its end, then the goals' `bench` rows without transformers
 #   bash benchmarks/device_kernels.sh claims     # the precompile tests on CUDA, a cold start with 4 workers that
@@ -162,6 +164,8 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     timeout 75 python3 -m benchmarks.profile_forward --split-k on --contexts 64 8k --gemm skinny+pdl \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -10
     timeout 90 $BENCH --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -6 ;;
+  h200)
+    if grep -q H200 "$OUT/gpu.txt"; then exec bash "$0" readme; else exec bash "$0" coldstart; fi ;;
   coldstart)
     for workers in 4 8; do
       timeout 150 python3 -m benchmarks.startup --precompile $workers --out "$OUT/startup-w$workers" 2>&1 \

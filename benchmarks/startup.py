@@ -9,8 +9,9 @@ process imports torch and sdar_core, loads the checkpoint, warms every decode sh
 line per shape, and then times one request (64-token prompt, first token and 64 tokens). The first process compiles
 the Triton kernels (split-K attention, the fused norms, the expert kernels) and writes them to the cache; the
 second, a restart, reads them back and pays only graph capture. With --precompile N a third start, cold again (caches
-emptied), first has N worker processes compile the kernels on stand-ins while it loads the weights (as the studio
-does at start: sdar_core.warmup.precompile). Not a test: nothing is asserted.
+emptied), first starts N worker processes, before its own imports, which compile the kernels on stand-ins while it
+loads the weights (as the studio does at start: sdar_core.prespawn, sdar_core.warmup.precompile). Not a test:
+nothing is asserted.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def precompile_lines(stderr: str) -> list[str]:
 
 
 def child(checkpoint: str, workers: int) -> dict:
+    from sdar_core import (
+        prespawn,
+    )  # the standard library only: the workers start before this process's imports
+
+    spawned = prespawn.spawn(workers) if workers else []  # as the studio does (app/launch.py)
+    spawned_s = time.perf_counter() - T0  # the workers' lines count from here
     import torch
 
     from sdar_core.config import ModelConfig
@@ -58,15 +65,23 @@ def child(checkpoint: str, workers: int) -> dict:
     device = default_device()
     params = [DecodeParams(), DecodeParams(strategy="ar")]
     procs = []
-    if workers:  # as the studio does: started after the imports, before the load
+    if workers:  # as the studio does: the jobs sent after the imports, before the load
         config = ModelConfig.from_json(Path(checkpoint) / "config.json")
         plan = [
             (config, p, shape)
             for p in (p.resolved(config) for p in params)
             for shape in warm_shapes([p], WARMED, config.max_position_embeddings)
         ]
-        procs = precompile(plan, device=str(device), dtype=default_dtype(device), fused=True, workers=workers)
-        marks["precompile_started_s"] = time.perf_counter() - T0  # the workers' lines count from here
+        procs = precompile(
+            plan,
+            device=str(device),
+            dtype=default_dtype(device),
+            fused=True,
+            workers=workers,
+            spawned=spawned,
+        )
+        marks["workers_spawned_s"] = spawned_s
+        marks["precompile_started_s"] = time.perf_counter() - T0  # the jobs sent
     model, _ = load_pretrained(checkpoint, device=device, with_tokenizer=False)
     model.fuse_projections()
     synchronize(device)

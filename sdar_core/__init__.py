@@ -25,34 +25,44 @@ Decoding
     steps.py      a denoising step's device work after the forward, on fixed buffers (a graph replay on CUDA)
     runner.py          the chunk forwards: plain, static shapes and CUDA graphs, pooled per model
     warmup.py          paying the graph captures and kernel compilations before the first request
+    prespawn.py        the kernel-compiling worker processes, started before torch is imported
     trace.py           StepEvent, Generation, Stats: all a reader ever gets from a generation
     device.py          the default device and dtype, and waiting for the device
 Command line
     cli.py, __main__.py  `python -m sdar_core --model PATH --prompt "..."`
 """
 
-from .config import ConfigError, ModelConfig
-from .decode_params import DecodeParams
-from .decoding import ContextTooLong, GenerationError, generate
-from .loading import CheckpointError, load_pretrained, save_pretrained
-from .model import SDARForCausalLM
-from .prompting import encode_prompt, stop_ids_for
-from .trace import Generation, Stats, StepEvent
+import importlib
 
-__all__ = [
-    "ModelConfig",
-    "ConfigError",
-    "CheckpointError",
-    "SDARForCausalLM",
-    "load_pretrained",
-    "save_pretrained",
-    "Generation",
-    "Stats",
-    "StepEvent",
-    "generate",
-    "DecodeParams",
-    "GenerationError",
-    "ContextTooLong",
-    "encode_prompt",
-    "stop_ids_for",
-]
+# The names below are imported on first use (PEP 562): `import sdar_core.prespawn` runs no torch import, so that a
+# server can start its kernel-compiling workers before its own imports (sdar_core/prespawn.py).
+_HOMES = {
+    "ModelConfig": "config",
+    "ConfigError": "config",
+    "CheckpointError": "loading",
+    "SDARForCausalLM": "model",
+    "load_pretrained": "loading",
+    "save_pretrained": "loading",
+    "Generation": "trace",
+    "Stats": "trace",
+    "StepEvent": "trace",
+    "generate": "decoding",
+    "DecodeParams": "decode_params",
+    "GenerationError": "decoding",
+    "ContextTooLong": "decoding",
+    "encode_prompt": "prompting",
+    "stop_ids_for": "prompting",
+}
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

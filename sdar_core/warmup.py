@@ -42,6 +42,7 @@ import torch
 from .config import ModelConfig
 from .decode_params import DecodeParams
 from .decoding import generate
+from .prespawn import default_workers, release, spawn
 from .runner import BUCKET, bucket, default_mode
 
 try:  # Triton ships with CUDA builds of torch; without it there is nothing to compile
@@ -301,18 +302,23 @@ def precompile(
     fused: bool = False,
     workers: int | None = None,
     weights: str | None = None,
+    spawned: list[subprocess.Popen] | None = None,
 ) -> list[subprocess.Popen]:
-    """Start worker processes that warm `plan` (each a model config and a (resolved params, shape) pair, as warm_up
+    """Worker processes that warm `plan` (each a model config and a (resolved params, shape) pair, as warm_up
     takes them) on stand-ins of the configs, the shapes dealt round-robin (`workers`: default one per 4 CPUs, at
     most 4, at most one per shape), the kernels divided among them and this process by claims (KernelClaims: on CUDA
-    with a Triton that has compile hooks). Returns the processes at once: the caller loads its model meanwhile and
-    warms it (its kernels claimed too); `wait_for` collects the workers and ends the claiming. Each worker writes a
-    line per shape to its stderr (inherited)."""
-    workers = workers or max(1, min(4, (os.cpu_count() or 1) // 4))
+    with a Triton that has compile hooks). `spawned`: workers started earlier (sdar_core.prespawn.spawn_workers,
+    before this process's imports), which get the jobs (those beyond `workers` or the plan are released); without
+    them the workers start now. Returns the processes at once: the caller loads its model meanwhile and warms it
+    (its kernels claimed too); `wait_for` collects the workers and ends the claiming. Each worker writes a line per
+    phase and per shape to its stderr (inherited)."""
+    workers = workers or (len(spawned) if spawned else default_workers())
     workers = min(workers, len(plan))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where `sdar_core` imports from
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    procs = Precompiling()
+    if spawned:
+        release(spawned[workers:])
+        spawned = spawned[:workers]
+    procs = Precompiling(spawned or [])
+    procs.extend(spawn(workers - len(procs)))
     folder = None
     if triton is not None and torch.device(device).type == "cuda":
         claims = KernelClaims(tempfile.mkdtemp(prefix="sdar-kernel-claims-"), skip_claimed=False)
@@ -320,12 +326,10 @@ def precompile(
             procs.claims, folder = claims, claims.folder
         else:
             shutil.rmtree(claims.folder, ignore_errors=True)
-    for w in range(workers):
-        job = pickle.dumps((str(device), dtype, fused, weights, folder, plan[w::workers], time.time()))
-        proc = subprocess.Popen([sys.executable, "-m", "sdar_core.warmup"], stdin=subprocess.PIPE, env=env)
+    for w, proc in enumerate(procs):
+        job = pickle.dumps((str(device), dtype, fused, weights, folder, plan[w::workers], proc.spawned))
         proc.stdin.write(job)
         proc.stdin.close()
-        procs.append(proc)
     return procs
 
 
@@ -346,14 +350,20 @@ def wait_for(procs: list[subprocess.Popen], timeout: float = 600) -> list[int]:
 
 def _worker() -> int:
     """`python -m sdar_core.warmup`: the job `precompile` pickled to stdin, warmed on stand-ins (one per config).
-    Each stderr line says when (seconds since `precompile` spawned the worker): its imports done, its device
-    ready (a CUDA context), each stand-in built, each shape warmed."""
-    device, dtype, fused, weights, folder, plan, spawned = pickle.loads(sys.stdin.buffer.read())
+    Each stderr line says when (seconds since the worker was spawned): its imports done, its job received (a worker
+    spawned before the server's imports waits for it), its device ready (a CUDA context), each stand-in built, each
+    shape warmed."""
+    imported = time.time()
+    job = sys.stdin.buffer.read()  # sent once the server knows its plan; nothing: released (prespawn.release)
+    if not job:
+        return 0
+    device, dtype, fused, weights, folder, plan, spawned = pickle.loads(job)
 
-    def say(line: str) -> None:
-        print(f"precompile: {line} (at {time.time() - spawned:.1f} s)", file=sys.stderr, flush=True)
+    def say(line: str, at: float | None = None) -> None:
+        print(f"precompile: {line} (at {(at or time.time()) - spawned:.1f} s)", file=sys.stderr, flush=True)
 
-    say("imports done")
+    say("imports done", at=imported)
+    say("job received")
     torch.empty(1, device=device)  # the device's context: timed apart from the stand-in's build
     say(f"{device} ready")
     claims = KernelClaims(folder, skip_claimed=True) if folder else None

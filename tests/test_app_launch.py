@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import app.interpreter
+import app.registry
 from app.launch import use_kernel_cache
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,9 +86,12 @@ def test_fp8_weights_are_the_operators_switch_and_a_bad_value_stops_with_its_rea
         seen.update(kw)
         raise Stop  # the switch reached the registry: the rest of the start-up is not this test's
 
-    monkeypatch.setattr(launch, "ModelRegistry", registry)
-    monkeypatch.setattr(launch, "set_switch_interval", lambda: 0.005)  # this test process keeps its own
-    monkeypatch.setattr(launch, "watch_from_env", lambda: None)
+    # main imports these when it runs (after the early workers' spawn): patched where they live
+    monkeypatch.setattr(app.registry, "ModelRegistry", registry)
+    monkeypatch.setattr(
+        app.interpreter, "set_switch_interval", lambda: 0.005
+    )  # this test process keeps its own
+    monkeypatch.setattr(app.interpreter, "watch_from_env", lambda: None)
     for argv, env, want in (
         ([], {}, None),
         (["--weights", "fp8"], {}, "fp8"),

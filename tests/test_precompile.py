@@ -6,6 +6,7 @@ compiles no kernel the workers did not."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 from benchmarks.startup import compiled_kernels
-from sdar_core import DecodeParams
+from sdar_core import DecodeParams, prespawn
 from sdar_core.warmup import KernelClaims, precompile, stand_in, wait_for, warm_shapes
 
 from helpers import tiny_config
@@ -62,11 +63,15 @@ def test_the_workers_warm_every_shape_of_the_plan_once_and_exit(tmp_path):
             return procs[-1]
 
         subprocess.Popen = popen
-        try:
-            started = precompile(plan, device="cpu", dtype=torch.float32, workers=2)
+        try:  # one worker spawned early (before a server's imports), waiting for its job; the other by precompile
+            early = prespawn.spawn(1)
+            started = precompile(plan, device="cpu", dtype=torch.float32, workers=2, spawned=early)
+            released = prespawn.spawn(1)  # and one that gets no job
+            prespawn.release(released)
         finally:
             subprocess.Popen = real
-        assert started == procs and wait_for(started, timeout=300) == [0, 0]
+        assert started == procs[:2] and started[0] is early[0]
+        assert wait_for(started, timeout=300) == [0, 0] and wait_for(released, timeout=300) == [0]
     lines = log.read_text().splitlines()
     warmed = sorted(line.rsplit(": ", 1)[0] for line in lines if line.startswith("precompile: block 4"))
     assert warmed == sorted(
@@ -75,11 +80,12 @@ def test_the_workers_warm_every_shape_of_the_plan_once_and_exit(tmp_path):
     assert sum("shapes in" in line for line in lines) == 2  # each worker its summary line
     for event in (
         "imports done",
+        "job received",
         "cpu ready",
         "stand-in of sdar: built on meta",
         "stand-in of sdar: zeros on cpu",
         "stand-in of sdar: ready",
-    ):  # each worker's timeline, in seconds since its spawn
+    ):  # each worker's timeline, in seconds since its spawn; the released one says nothing
         assert sum(line.startswith(f"precompile: {event}") for line in lines) == 2
     assert all(re.search(r" \(at \d+\.\d s\)$", line) for line in lines if line.startswith("precompile: "))
 
@@ -158,18 +164,24 @@ def test_the_studio_precompiles_on_a_gpu_only_and_not_when_switched_off(studio_c
     loaded = registry.get(str(sdar))  # on the CPU, before CUDA is pretended below
     started = []
     monkeypatch.setattr(warming, "precompile", lambda plan, **kw: started.append((plan, kw)) or [])
+
+    def early():  # workers spawned before the imports (sdar_core.prespawn), pretended: their stdin only
+        return [SimpleNamespace(stdin=io.BytesIO()) for _ in range(2)]
+
     monkeypatch.setattr(warming.torch.cuda, "is_available", lambda: False)
-    assert warming.start_precompile(registry, str(sdar)) == 0 and not started
+    assert warming.start_precompile(registry, str(sdar), spawned=(released := early())) == 0 and not started
+    assert all(w.stdin.closed for w in released)  # let go: they exit once imported
     monkeypatch.setattr(warming.torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("SDAR_PRECOMPILE", "0")
-    assert warming.start_precompile(registry, str(sdar)) == 0 and not started
+    assert warming.start_precompile(registry, str(sdar), spawned=(released := early())) == 0 and not started
+    assert all(w.stdin.closed for w in released)
     monkeypatch.delenv("SDAR_PRECOMPILE")
-    warming.start_precompile(registry, str(sdar))
+    warming.start_precompile(registry, str(sdar), spawned=(given := early()))
     ((plan, kw),) = started
     # the shapes the warm-up takes, for the start model (sdar-tiny) and its AR twin, read from their configs
     want = warming.shapes_for(loaded.config, DecodeSettings())
     assert [(p, s) for c, p, s in plan if c.is_sdar] == want and len(plan) == len(want) + 2
-    assert kw == {"dtype": torch.bfloat16, "weights": None}
+    assert kw == {"dtype": torch.bfloat16, "weights": None, "spawned": given}
 
 
 # What the CUDA tests' processes share: a 4-layer config, the plan they warm (static and dynamic block 4 and the AR
@@ -278,14 +290,24 @@ print(json.dumps(dict(codes=wait_for(procs), compiled=compiled, waited=waited, h
 
 
 def test_the_studio_starts_its_workers_before_it_imports_gradio(tmp_path):
-    """python app.py: the workers start (here, pretended) before Gradio's import, which they overlap."""
+    """python app.py: the workers are spawned (here, pretended) before torch's import, which they do beside the
+    server's, and get their jobs before Gradio's import, which they overlap."""
     script = """
 import sys
-from app import launch, warming
-def start(registry, name, settings=None):
+from app import launch
+from sdar_core import prespawn
+seen = {}
+def spawn_workers(workers=None, env=None):
+    seen["torch"] = "torch" in sys.modules
+    from app import warming
+    warming.start_precompile = start
+    return ["early"]
+def start(registry, name, settings=None, spawned=None):
+    print("torch imported before the spawn:", seen["torch"])
+    print("the early workers passed on:", spawned == ["early"])
     print("gradio imported before the workers:", "gradio" in sys.modules)
     raise SystemExit(0)
-warming.start_precompile = start
+prespawn.spawn_workers = spawn_workers
 launch.main(["--model", sys.argv[1]])
 """
     done = subprocess.run(
@@ -297,7 +319,11 @@ launch.main(["--model", sys.argv[1]])
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == "gradio imported before the workers: False"
+    assert done.stdout.strip().splitlines()[-3:] == [
+        "torch imported before the spawn: False",
+        "the early workers passed on: True",
+        "gradio imported before the workers: False",
+    ]
 
 
 def test_an_fp8_stand_in_warms_the_float8_kernels_and_the_studio_asks_for_it(studio_checkpoints, monkeypatch):
@@ -315,3 +341,30 @@ def test_an_fp8_stand_in_warms_the_float8_kernels_and_the_studio_asks_for_it(stu
     monkeypatch.setattr(warming.torch.cuda, "is_available", lambda: True)
     warming.start_precompile(registry, str(sdar))
     assert started and started[0]["weights"] == "fp8"
+
+
+def test_the_early_spawn_imports_no_torch_and_spawns_only_where_a_gpu_is_likely(monkeypatch):
+    """sdar_core.prespawn runs before a server's imports: importing it (and the package) leaves torch unimported, and
+    it starts workers only where the machine shows an NVIDIA device and SDAR_PRECOMPILE is not 0."""
+    code = (
+        "import sys; from sdar_core import prespawn; import sdar_core; "
+        "print('torch' in sys.modules); from sdar_core import *; print('torch' in sys.modules, "
+        "all(callable(globals()[n]) for n in sdar_core.__all__))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert done.stdout.split() == ["False", "True", "True"], done.stderr[-2000:]
+    spawned = []
+    monkeypatch.setattr(prespawn, "spawn", lambda count: spawned.append(count) or ["worker"] * count)
+    monkeypatch.setattr(prespawn, "nvidia_device_present", lambda: False)
+    assert prespawn.spawn_workers(env={}) == [] and not spawned
+    monkeypatch.setattr(prespawn, "nvidia_device_present", lambda: True)
+    assert prespawn.spawn_workers(env={"SDAR_PRECOMPILE": "0"}) == [] and not spawned
+    assert prespawn.spawn_workers(3, env={}) == ["worker"] * 3
+    monkeypatch.setattr(prespawn.os, "cpu_count", lambda: 64)
+    assert len(prespawn.spawn_workers(env={"SDAR_PRECOMPILE": "1"})) == 4 and spawned == [3, 4]
