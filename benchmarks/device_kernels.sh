@@ -32,7 +32,8 @@
 #                                                # and float8, tiles swept at 16 rows), the graphed forward's profile
 #                                                # and `bench` at batch 1 and 4 with 1 row against 64, without the
 #                                                # two folds (fusions silu_down, qk_rope), then float8
-#   bash benchmarks/device_kernels.sh coldstart  # benchmarks.startup (cold, restart, cold with the workers) with 4
+#   bash benchmarks/device_kernels.sh coldstart  # the precompile tests on CUDA, then benchmarks.startup (cold,
+#                                                # restart, cold with the workers) with 4
 #                                                # and with 8 precompile workers: the first token and each worker's
 #                                                # timeline (imports, context, the stand-in's phases, each shape)
 #   bash benchmarks/device_kernels.sh h200       # `readme` on an H200, `coldstart` on any other card (a call that
@@ -167,6 +168,8 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
   h200)
     if grep -q H200 "$OUT/gpu.txt"; then exec bash "$0" readme; else exec bash "$0" coldstart; fi ;;
   coldstart)
+    timeout 200 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_precompile.py 2>&1 \
+      | tee "$OUT/precompile-tests.log" | tail -3
     for workers in 4 8; do
       timeout 150 python3 -m benchmarks.startup --precompile $workers --out "$OUT/startup-w$workers" 2>&1 \
         | grep -v "warm-up [0-9]" | grep -v "^RESULT" | grep . | tail -3
