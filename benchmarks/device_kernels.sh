@@ -38,6 +38,8 @@
 #                                                # timeline (imports, context, the stand-in's phases, each shape)
 #   bash benchmarks/device_kernels.sh h200       # `readme` on an H200, `coldstart` on any other card (a call that
 #                                                # asks for an H200 may get an H100)
+#   bash benchmarks/device_kernels.sh rest       # what `readme` leaves of the goals: the 30B-A3B rows, then the
+#                                                # dense forward's profile at 64 and 8k and the 30B-A3B's at 64
 #   bash benchmarks/device_kernels.sh added      # the dense forward's profile at 64 and 8k with what each kernel adds
 #                                                # to its end, then the goals' `bench` rows without transformers
 #   bash benchmarks/device_kernels.sh claims     # the precompile tests on CUDA, a cold start with 4 workers that
@@ -165,6 +167,13 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     timeout 75 python3 -m benchmarks.profile_forward --split-k on --contexts 64 8k --gemm skinny+pdl \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -10
     timeout 90 $BENCH --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -6 ;;
+  rest)
+    timeout 150 $MOE --out "$OUT/moe" 2>&1 | tee "$OUT/moe.log" | tail -4
+    timeout 90 python3 -m benchmarks.profile_forward --split-k on --contexts 64 8k --gemm skinny+pdl \
+      --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -10
+    timeout $((590 - SECONDS)) python3 -m benchmarks.profile_forward --arch sdar-30b-a3b --split-k on \
+      --contexts 64 --gemm skinny+pdl --out "$OUT/profile-moe" 2>&1 | tee "$OUT/profile-moe.log" | tail -5
+    tar czf /tmp/rest.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/rest.tgz "$OUT/" ;;
   h200)
     if grep -q H200 "$OUT/gpu.txt"; then exec bash "$0" readme; else exec bash "$0" coldstart; fi ;;
   coldstart)
