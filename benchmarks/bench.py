@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -289,11 +290,12 @@ def report_markdown(results_dir: Path) -> str:
     """docs/performance.md's summary and first table, generated from a committed results.json."""
     data = json.loads((Path(results_dir) / "results.json").read_text())
     info, rows = data["machine"], data["rows"]
+    command = re.sub(r" --out \S+", "", info.get("command", "python -m benchmarks.bench"))  # the reader's own
     sweep_ = info.get("sweep") or [[info["prompt_len"], info["new_tokens"]]]
     first = [r for r in rows if r.get("prompt_len", info["prompt_len"]) == info["prompt_len"]]
     ar1 = next(r for r in first if r["mode"] == "ar" and r["batch_size"] == 1)
     lines = [
-        f"Measured by `{info.get('command', 'python -m benchmarks.bench')}` on {info['gpu']} (torch {info['torch']}, "
+        f"Measured by `{command}` on {info['gpu']} (torch {info['torch']}, "
         f"{info['date']}): {info['arch']} shape, random bf16 weights"
         f"{' stored as float8 (a scale per row)' if info.get('weights') == 'fp8' else ''} "
         f"({info['weight_GB']:.2f} GB), "
@@ -453,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="print the Markdown summary of a results folder; run nothing",
     )
+    p.add_argument(
+        "--page",
+        default=None,
+        metavar="MD",
+        help="with --report: rewrite the part of this Markdown page generated from the folder (its marks name it)",
+    )
     return p
 
 
@@ -569,6 +577,32 @@ def add_comparisons(rows: list[dict]) -> None:
         r["speedup_vs_ar"] = r["tokens_per_second"] / base["tokens_per_second"] if base else None
 
 
+PAGE_BEGIN = (
+    "<!-- written by `python -m benchmarks.bench --report {folder} --page {page}`, to the end mark -->"
+)
+PAGE_END = "<!-- the end of the part written by bench --report -->"
+
+
+def page_with_report(text: str, folder: str, page: str, root: Path = Path(".")) -> str:
+    """A Markdown page's text with its generated part (from a PAGE_BEGIN line, whichever results folder it names, to
+    PAGE_END) replaced by report_markdown of `folder` (relative to `root`) under a PAGE_BEGIN that names `folder`;
+    the rest of the page kept. ValueError when the page has no such part."""
+    any_folder = (
+        re.escape(PAGE_BEGIN).replace(re.escape("{folder}"), r"\S+").replace(re.escape("{page}"), r"\S+")
+    )
+    begin, end = re.search(any_folder, text), text.find(PAGE_END)
+    if begin is None or end < begin.end():
+        raise ValueError(
+            f"{page} has no generated part: it needs a line {PAGE_BEGIN!r} and a line {PAGE_END!r}"
+        )
+    report = report_markdown(root / folder).strip()
+    source = (
+        f"The summary and the tables are what `python -m benchmarks.bench --report {folder}` prints (it reads the "
+        f"folder and writes nothing; `--page {page}` writes them into this page, `--out DIR` redraws the chart)."
+    )
+    return f"{text[: begin.start()]}{PAGE_BEGIN.format(folder=folder, page=page)}\n{report}\n\n{source}\n{text[end:]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.report:
@@ -577,6 +611,15 @@ def main(argv: list[str] | None = None) -> int:
             data["machine"] |= moe.one_token_floor(data["machine"])
         if args.out:
             write_outputs(Path(args.out), data["machine"], data["rows"])
+        if args.page:  # the page's generated part rewritten in place, from this folder
+            page = Path(args.page)
+            try:
+                text = page_with_report(page.read_text(encoding="utf-8"), args.report, args.page)
+            except (OSError, ValueError) as e:
+                raise SystemExit(f"--page {args.page}: {e}") from None
+            page.write_text(text, encoding="utf-8")
+            print(f"{args.page}: its generated part is now the report of {args.report}")
+            return 0
         print(report_markdown(Path(args.report)))
         return 0
     device = torch.device(args.device)

@@ -133,6 +133,24 @@ def test_context_sweep_runs_batch_one_at_later_lengths_and_reports_each(tmp_path
     report = bench.report_markdown(out)
     sweep_rows = [line for line in report.splitlines() if line.startswith("| 24 | 4 |")]
     assert len(sweep_rows) == 2 and f"| {long_ar['tokens_per_second']:.0f} |" in sweep_rows[0]
+    # --page: a page's generated part, written by an older folder, becomes this folder's report; the prose stays
+    page = out.parent / "page.md"
+    old_part = bench.PAGE_BEGIN.format(folder="benchmarks/results/old", page=str(page)) + "\nold table\n"
+    page.write_text(
+        f"# Speed\n\nprose before\n\n{old_part}{bench.PAGE_END}\n\nprose after\n", encoding="utf-8"
+    )
+    assert bench.main(["--report", str(out), "--page", str(page)]) == 0
+    text = page.read_text(encoding="utf-8")
+    assert text.startswith("# Speed\n\nprose before\n\n") and text.endswith(
+        f"{bench.PAGE_END}\n\nprose after\n"
+    )
+    assert "old table" not in text and report.strip() in text
+    assert bench.PAGE_BEGIN.format(folder=str(out), page=str(page)) in text
+    assert bench.page_with_report(text, str(out), str(page)) == text  # written once, nothing changes
+    page.write_text("# Speed\n\nno generated part\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="has no generated part"):
+        bench.main(["--report", str(out), "--page", str(page)])
+    assert page.read_text(encoding="utf-8") == "# Speed\n\nno generated part\n"
 
 
 def test_forward_floor_counts_weights_and_the_filled_kv():
