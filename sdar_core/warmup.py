@@ -138,6 +138,7 @@ def stand_in(
     model = empty_model(replace(config, num_hidden_layers=layers)).to(dtype)
     said("built on meta")
     model = model.to_empty(device=device)
+    said(f"storage on {device}")
     with torch.no_grad():
         for t in list(model.parameters()) + list(model.buffers()):
             t.zero_()
@@ -364,7 +365,7 @@ def _worker() -> int:
 
     say("imports done", at=imported)
     say("job received")
-    torch.empty(1, device=device)  # the device's context: timed apart from the stand-in's build
+    torch.zeros(1, device=device)  # the device's context and its first kernel: timed apart from the stand-in
     say(f"{device} ready")
     claims = KernelClaims(folder, skip_claimed=True) if folder else None
     if claims is not None and not claims.install():

@@ -83,6 +83,7 @@ def test_the_workers_warm_every_shape_of_the_plan_once_and_exit(tmp_path):
         "job received",
         "cpu ready",
         "stand-in of sdar: built on meta",
+        "stand-in of sdar: storage on cpu",
         "stand-in of sdar: zeros on cpu",
         "stand-in of sdar: ready",
     ):  # each worker's timeline, in seconds since its spawn; the released one says nothing
