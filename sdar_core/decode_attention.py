@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from . import pdl
+from .ops import kernel_op
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run the SDPA path
     import triton
@@ -91,9 +92,7 @@ def split_k_attention(
     torch.compile(fullgraph=True) takes the kernel whole; a SplitConfig is launched directly (the benchmarks sweep
     them)."""
     if config is None:
-        return torch.ops.sdar.split_k_attention(
-            q, k_cache, v_cache, where.q_index, where.pad, where.block_size
-        )
+        return _split_k_op(q, k_cache, v_cache, where.q_index, where.pad, where.block_size)
     return _split_k(q, k_cache, v_cache, where, config)
 
 
@@ -171,7 +170,7 @@ def _split_k(q, k_cache, v_cache, where: CacheQueries, config: SplitConfig) -> t
     return out
 
 
-@torch.library.custom_op("sdar::split_k_attention", mutates_args=())
+@kernel_op("sdar::split_k_attention", mutates_args=())
 def _split_k_op(
     q: torch.Tensor,
     k_cache: torch.Tensor,

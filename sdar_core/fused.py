@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import pdl
+from .ops import kernel_op
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run the eager ops
     import triton
@@ -50,7 +51,7 @@ def add_rms_norm(
         and delta.stride(-1) == 1
         and norm.weight.device == x.device
     ):  # (else the module call, which big-model dispatch hooks)
-        return torch.ops.sdar.add_rms_norm(x, delta, norm.weight, norm.eps)
+        return _add_rms_norm(x, delta, norm.weight, norm.eps)
     x = x + delta
     return x, norm(x)
 
@@ -58,12 +59,12 @@ def add_rms_norm(
 def silu_mul(gate_up: torch.Tensor, fuse: bool = True) -> torch.Tensor:
     """SiLU(g) * u of gate_up = [g; u] on the last dim: [..., 2I] -> [..., I]; `fuse`: one kernel where it runs."""
     if fuse and kernels_run(gate_up):
-        return torch.ops.sdar.silu_mul(gate_up)
+        return _silu_mul(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
 
 
-@torch.library.custom_op("sdar::add_rms_norm", mutates_args=())
+@kernel_op("sdar::add_rms_norm", mutates_args=())
 def _add_rms_norm(
     x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +99,7 @@ def _(x, delta, weight, eps):
 SILU_COLUMNS = 1024  # output columns per program
 
 
-@torch.library.custom_op("sdar::silu_mul", mutates_args=())
+@kernel_op("sdar::silu_mul", mutates_args=())
 def _silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     n = gate_up.shape[-1] // 2
     gu = gate_up.reshape(-1, 2 * n)  # [rows, 2I]

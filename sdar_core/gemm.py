@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from . import pdl
 from .fused import kernels_run
+from .ops import kernel_op
 
 try:
     import triton
@@ -204,8 +205,8 @@ def swiglu_linear(gate_up: torch.Tensor, weight: torch.Tensor | Fp8Weight) -> to
     """(SiLU(gate) * up) W^T of gate_up = [gate; up] in one launch, where `swiglu_runs`: the activation is never
     written, and no kernel of its own runs between gate_up's and down's."""
     if isinstance(weight, Fp8Weight):
-        return torch.ops.sdar.swiglu_linear(gate_up, weight.data, weight.scale)
-    return torch.ops.sdar.swiglu_linear(gate_up, weight, None)
+        return _swiglu_linear(gate_up, weight.data, weight.scale)
+    return _swiglu_linear(gate_up, weight, None)
 
 
 def fp8_reference(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -227,11 +228,11 @@ def linear(
     goes to its kernel, else to fp8_reference."""
     if isinstance(weight, Fp8Weight):
         if fuse and fp8_runs(x, weight):
-            y = torch.ops.sdar.fp8_linear(x, weight.data, weight.scale)
+            y = _fp8_linear(x, weight.data, weight.scale)
             return y + bias if bias is not None else y
         return fp8_reference(x, weight, bias)
     if fuse and skinny_runs(x, weight, bias):
-        return torch.ops.sdar.skinny_linear(x, weight)
+        return _skinny_linear(x, weight)
     return F.linear(x, weight, bias)
 
 
@@ -241,7 +242,7 @@ def project(module: torch.nn.Module, x: torch.Tensor, fuse: bool = True) -> torc
     if isinstance(module, Fp8Linear):
         return linear(x, module.packed, module.bias, fuse)
     if fuse and skinny_runs(x, module.weight, module.bias):
-        return torch.ops.sdar.skinny_linear(x, module.weight)
+        return _skinny_linear(x, module.weight)
     return module(x)
 
 
@@ -347,7 +348,7 @@ def _rows_product(
     return launch(x2, weight, cfg, scale, swiglu).view(*x.shape[:-1], weight.shape[0])
 
 
-@torch.library.custom_op("sdar::skinny_linear", mutates_args=())
+@kernel_op("sdar::skinny_linear", mutates_args=())
 def _skinny_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _rows_product(x, weight, None)
 
@@ -357,7 +358,7 @@ def _(x, weight):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
-@torch.library.custom_op("sdar::fp8_linear", mutates_args=())
+@kernel_op("sdar::fp8_linear", mutates_args=())
 def _fp8_linear(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return _rows_product(x, data, scale)
 
@@ -367,7 +368,7 @@ def _(x, data, scale):
     return x.new_empty(*x.shape[:-1], data.shape[0])
 
 
-@torch.library.custom_op("sdar::swiglu_linear", mutates_args=())
+@kernel_op("sdar::swiglu_linear", mutates_args=())
 def _swiglu_linear(gate_up: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     return _rows_product(gate_up, weight, scale, swiglu=True)
 

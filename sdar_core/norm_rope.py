@@ -18,6 +18,7 @@ import torch
 
 from . import pdl
 from .fused import kernels_run
+from .ops import kernel_op
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run the eager path
     import triton
@@ -81,7 +82,7 @@ def _launch(cos, sin, queries=None, keys=None) -> None:
     )
 
 
-@torch.library.custom_op("sdar::norm_rope", mutates_args=())
+@kernel_op("sdar::norm_rope", mutates_args=())
 def norm_rope(
     x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor
 ) -> torch.Tensor:
@@ -111,7 +112,7 @@ def to_cache_available(
     )
 
 
-@torch.library.custom_op("sdar::norm_rope_to_cache", mutates_args=("k_cache", "v_cache"))
+@kernel_op("sdar::norm_rope_to_cache", mutates_args=("k_cache", "v_cache"))
 def norm_rope_to_cache(
     k: torch.Tensor,
     v: torch.Tensor,
@@ -133,7 +134,7 @@ def _(k, v, weight, eps, cos, sin, k_cache, v_cache, index):
     return None
 
 
-@torch.library.custom_op("sdar::norm_rope_qk_to_cache", mutates_args=("k_cache", "v_cache"))
+@kernel_op("sdar::norm_rope_qk_to_cache", mutates_args=("k_cache", "v_cache"))
 def norm_rope_qk_to_cache(
     q: torch.Tensor,
     k: torch.Tensor,
