@@ -41,6 +41,7 @@
 #   bash benchmarks/device_kernels.sh h200       # on an H200 the README's sweep, the 30B-A3B rows and the dense
 #                                                # profile in one call; `coldstart` on any other card (a call that
 #                                                # asks for an H200 may get an H100)
+#   bash benchmarks/device_kernels.sh ops        # the GEMM and float8 `cuda` tests, then the goals' bench rows
 #   bash benchmarks/device_kernels.sh rest       # what `readme` leaves of the goals: the 30B-A3B rows, then the
 #                                                # dense forward's profile at 64 and 8k and the 30B-A3B's at 64
 #   bash benchmarks/device_kernels.sh added      # the dense forward's profile at 64 and 8k with what each kernel adds
@@ -170,6 +171,11 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     timeout 75 python3 -m benchmarks.profile_forward --split-k on --contexts 64 8k --gemm skinny+pdl \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -10
     timeout 90 $BENCH --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -6 ;;
+  ops)  # the GEMM and float8 modules' `cuda` tests (their launchers called directly), then the goals' bench rows
+    timeout 220 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_gemm.py tests/test_fp8.py 2>&1 \
+      | tee "$OUT/cuda-tests.log" | tail -3
+    timeout $((380 - SECONDS)) $BENCH --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -6
+    tar czf /tmp/ops.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/ops.tgz "$OUT/" ;;
   rest)
     timeout 150 $MOE --out "$OUT/moe" 2>&1 | tee "$OUT/moe.log" | tail -4
     timeout 90 python3 -m benchmarks.profile_forward --split-k on --contexts 64 8k --gemm skinny+pdl \
