@@ -32,15 +32,11 @@
 #                                                # and float8, tiles swept at 16 rows), the graphed forward's profile
 #                                                # and `bench` at batch 1 and 4 with 1 row against 64, without the
 #                                                # two folds (fusions silu_down, qk_rope), then float8
-#   bash benchmarks/device_kernels.sh coldstart  # the precompile tests and some kernels' on CUDA, then
-#                                                # benchmarks.startup (cold,
-#                                                # restart, cold with the workers) with 4
-#                                                # and with 8 precompile workers (WORKERS="4": 4 only): the first
-#                                                # token and each worker's
-#                                                # timeline (imports, context, the stand-in's phases, each shape)
-#   bash benchmarks/device_kernels.sh h200       # on an H200 the README's sweep, the 30B-A3B rows and the dense
-#                                                # profile in one call; `coldstart` on any other card (a call that
-#                                                # asks for an H200 may get an H100)
+#   bash benchmarks/device_kernels.sh coldstart  # the precompile tests and some kernels' on CUDA (CUDA_TESTS=""
+#                                                # keeps the precompile ones only), then benchmarks.startup (cold,
+#                                                # restart, cold with N workers, N stand-ins built alone) with
+#                                                # N = 4 and 8 (WORKERS="4": 4 only): the first token and each
+#                                                # worker's timeline (imports, context, the stand-in, each shape)
 #   bash benchmarks/device_kernels.sh ops        # the GEMM and float8 `cuda` tests, then the goals' bench rows
 #   bash benchmarks/device_kernels.sh rest       # what `readme` leaves of the goals: the 30B-A3B rows, then the
 #                                                # dense forward's profile at 64 and 8k and the 30B-A3B's at 64
@@ -195,11 +191,13 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
     tar czf /tmp/h200.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/h200.tgz "$OUT/" ;;
   coldstart)
-    timeout 170 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_precompile.py tests/test_fused.py \
-      tests/test_norm_rope.py tests/test_decode_attention.py 2>&1 | tee "$OUT/cuda-tests.log" | tail -3
+    timeout 170 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_precompile.py \
+      ${CUDA_TESTS-tests/test_fused.py tests/test_norm_rope.py tests/test_decode_attention.py} 2>&1 \
+      | tee "$OUT/cuda-tests.log" | tail -3
     for workers in ${WORKERS:-4 8}; do
-      timeout 150 python3 -m benchmarks.startup --precompile $workers --out "$OUT/startup-w$workers" 2>&1 \
-        | grep -v "warm-up [0-9]" | grep -v "^RESULT" | grep . | tail -3
+      timeout 150 python3 -m benchmarks.startup --precompile $workers --stand-ins $workers \
+        --out "$OUT/startup-w$workers" 2>&1 \
+        | grep -v "warm-up [0-9]" | grep -v "^RESULT" | grep . | tail -8
     done
     tar czf /tmp/coldstart.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/coldstart.tgz "$OUT/" ;;
   defaults|defaults-studio)  # every `cuda` test (defaults-studio: none, for a second GPU after the suite passed

@@ -123,6 +123,52 @@ def child(checkpoint: str, workers: int) -> dict:
     return marks
 
 
+def stand_in_child(checkpoint: str) -> dict:
+    """A fresh process that builds the precompile workers' stand-in of the checkpoint's config and nothing else:
+    each phase's end in seconds since the process started (what a worker's storage costs with no server beside it)."""
+    import torch
+
+    from sdar_core.config import ModelConfig
+    from sdar_core.device import default_device, default_dtype
+    from sdar_core.warmup import stand_in
+
+    phases = {"imports done": time.perf_counter() - T0}
+    device = default_device()
+    torch.zeros(1, device=device)
+    phases[f"{device} ready"] = time.perf_counter() - T0
+    config = ModelConfig.from_json(Path(checkpoint) / "config.json")
+    stand_in(
+        config,
+        device,
+        default_dtype(device),
+        fused=True,
+        on_phase=lambda phase: phases.__setitem__(phase, time.perf_counter() - T0),
+    )
+    return phases
+
+
+def stand_ins_alone(checkpoint: Path, count: int, env: dict) -> list[dict]:
+    """`count` stand_in_child processes started at once; their phases."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.startup", "--stand-in-child", str(checkpoint)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        for _ in range(count)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"a stand-in process failed (exit {proc.returncode}): {err[-2000:]}")
+        results.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.startup", description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="sdar-1.7b")
@@ -135,11 +181,23 @@ def main(argv: list[str] | None = None) -> int:
         metavar="WORKERS",
         help="also a cold start with this many precompile workers (sdar_core.warmup.precompile), caches emptied",
     )
+    p.add_argument(
+        "--stand-ins",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then N fresh processes at once that only build the workers' stand-in (no server beside them): its "
+        "phases, timed alone",
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--stand-in-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-workers", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         print("RESULT " + json.dumps(child(args.child, args.child_workers)), flush=True)
+        return 0
+    if args.stand_in_child:
+        print("RESULT " + json.dumps(stand_in_child(args.stand_in_child)), flush=True)
         return 0
 
     # imported here, not at the top: a child process times its own imports from its first line (T0)
@@ -216,6 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         command="python -m benchmarks.startup " + " ".join(argv if argv is not None else sys.argv[1:]),
         runs=runs,
     )
+    if args.stand_ins:
+        result["stand_ins_alone"] = stand_ins_alone(checkpoint, args.stand_ins, env)
+        for i, phases in enumerate(result["stand_ins_alone"]):
+            print(
+                f"stand-in {i + 1} alone: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()),
+                flush=True,
+            )
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "startup.json").write_text(json.dumps(result, indent=1))

@@ -43,6 +43,19 @@ def test_a_stand_in_has_every_kind_of_layer_once_and_zero_weights():
     assert [moe.layer_is_sparse(i) for i in range(3)] == [False, False, True]
 
 
+def test_a_stand_in_is_built_without_importing_sympy():
+    """A worker's stand-in is made of zeros shaped from the meta model, not Module.to_empty, whose empty_like of a
+    meta tensor runs through torch._refs and imports sympy (2-3.6 s of each worker on a GPU machine)."""
+    code = (
+        "import sys, torch; from sdar_core.warmup import stand_in; from helpers import tiny_config; "
+        "m = stand_in(tiny_config('sdar', layers=2), torch.device('cpu'), torch.bfloat16, fused=True); "
+        "print('sympy' in sys.modules, m.lm_head.weight.dtype)"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.stdout.split() == ["False", "torch.bfloat16"], done.stderr[-2000:]
+
+
 def test_the_workers_warm_every_shape_of_the_plan_once_and_exit(tmp_path):
     config = tiny_config("sdar", layers=2)
     params = [
@@ -83,7 +96,6 @@ def test_the_workers_warm_every_shape_of_the_plan_once_and_exit(tmp_path):
         "job received",
         "cpu ready",
         "stand-in of sdar: built on meta",
-        "stand-in of sdar: storage on cpu",
         "stand-in of sdar: zeros on cpu",
         "stand-in of sdar: ready",
     ):  # each worker's timeline, in seconds since its spawn; the released one says nothing
