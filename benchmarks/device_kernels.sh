@@ -33,7 +33,8 @@
 #                                                # and `bench` at batch 1 and 4 with 1 row against 64, without the
 #                                                # two folds (fusions silu_down, qk_rope), then float8
 #   bash benchmarks/device_kernels.sh coldstart  # the precompile tests and some kernels' on CUDA (CUDA_TESTS=""
-#                                                # keeps the precompile ones only), then benchmarks.startup (cold,
+#                                                # keeps the precompile ones only, =none none), then
+#                                                # benchmarks.startup (cold,
 #                                                # restart, cold with N workers, N stand-ins built alone) with
 #                                                # N = 4 and 8 (WORKERS="4": 4 only): the first token and each
 #                                                # worker's timeline (imports, context, the stand-in, each shape)
@@ -191,9 +192,9 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
     tar czf /tmp/h200.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/h200.tgz "$OUT/" ;;
   coldstart)
-    timeout 170 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_precompile.py \
-      ${CUDA_TESTS-tests/test_fused.py tests/test_norm_rope.py tests/test_decode_attention.py} 2>&1 \
-      | tee "$OUT/cuda-tests.log" | tail -3
+    [ "${CUDA_TESTS-}" = none ] || timeout 170 python3 -m pytest -q -p no:cacheprovider -m cuda \
+      tests/test_precompile.py ${CUDA_TESTS-tests/test_fused.py tests/test_norm_rope.py tests/test_decode_attention.py} \
+      2>&1 | tee "$OUT/cuda-tests.log" | tail -3
     for workers in ${WORKERS:-4 8}; do
       timeout 150 python3 -m benchmarks.startup --precompile $workers --stand-ins $workers \
         --out "$OUT/startup-w$workers" 2>&1 \
