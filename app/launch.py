@@ -76,7 +76,13 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         cache, cache_error = None, e
     spawned = prespawn.spawn_workers() if cache_error is None else []
+    try:
+        _start(argv, cache, cache_error, spawned)
+    finally:  # workers still without a job (the start stopped before it sent them one) exit once imported
+        prespawn.release(spawned)
 
+
+def _start(argv: list[str] | None, cache: str | None, cache_error: ValueError | None, spawned: list) -> None:
     from app import warming
     from app.interpreter import set_switch_interval, watch_from_env
     from app.registry import DEFAULT_MODEL, ModelRegistry

@@ -306,22 +306,26 @@ def test_the_studio_starts_its_workers_before_it_imports_gradio(tmp_path):
     """python app.py: the workers are spawned (here, pretended) before torch's import, which they do beside the
     server's, and get their jobs before Gradio's import, which they overlap."""
     script = """
-import sys
+import io, sys, types
 from app import launch
 from sdar_core import prespawn
 seen = {}
+early = [types.SimpleNamespace(stdin=io.BytesIO())]
 def spawn_workers(workers=None, env=None):
     seen["torch"] = "torch" in sys.modules
     from app import warming
     warming.start_precompile = start
-    return ["early"]
+    return early
 def start(registry, name, settings=None, spawned=None):
     print("torch imported before the spawn:", seen["torch"])
-    print("the early workers passed on:", spawned == ["early"])
+    print("the early workers passed on:", spawned is early)
     print("gradio imported before the workers:", "gradio" in sys.modules)
     raise SystemExit(0)
 prespawn.spawn_workers = spawn_workers
-launch.main(["--model", sys.argv[1]])
+try:
+    launch.main(["--model", sys.argv[1]])
+finally:  # a start that stops before the jobs went out lets its workers go
+    print("released when the start stopped:", early[0].stdin.closed)
 """
     done = subprocess.run(
         [sys.executable, "-c", script, str(REPO / "assets" / "models" / "sdar-tiny")],
@@ -332,10 +336,11 @@ launch.main(["--model", sys.argv[1]])
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-3:] == [
+    assert done.stdout.strip().splitlines()[-4:] == [
         "torch imported before the spawn: False",
         "the early workers passed on: True",
         "gradio imported before the workers: False",
+        "released when the start stopped: True",
     ]
 
 
