@@ -140,13 +140,15 @@ def stand_in(
     said("built on meta")
     # Zeros made from each meta tensor's shape, not Module.to_empty: empty_like of a meta tensor runs through
     # torch._refs, whose first call imports sympy (0.4 s on a 2-core CPU, 2-3.6 s of a worker on a GPU machine).
+    # A parameter two modules share (tied embeddings) gets one tensor, so the tie holds.
+    zeros: dict[int, nn.Parameter] = {}
     for module in model.modules():
         for name, p in list(module.named_parameters(recurse=False)):
-            setattr(
-                module,
-                name,
-                nn.Parameter(torch.zeros(p.shape, dtype=p.dtype, device=device), p.requires_grad),
-            )
+            if id(p) not in zeros:
+                zeros[id(p)] = nn.Parameter(
+                    torch.zeros(p.shape, dtype=p.dtype, device=device), p.requires_grad
+                )
+            setattr(module, name, zeros[id(p)])
         for name, b in list(module.named_buffers(recurse=False)):
             module.register_buffer(
                 name,
@@ -154,8 +156,6 @@ def stand_in(
                 persistent=name not in module._non_persistent_buffers_set,
             )
     said(f"zeros on {device}")
-    if config.tie_word_embeddings:  # the two shared tensors got storage of their own
-        model.lm_head.weight = model.model.embed_tokens.weight
     model.reset_rope(device)
     model = model.eval()
     if weights == "fp8":

@@ -36,6 +36,9 @@ def test_a_stand_in_has_every_kind_of_layer_once_and_zero_weights():
     assert all(not t.any() for t in dense.parameters())
     logits = dense(torch.tensor([[1, 2, 3]]))
     assert logits.shape == (1, 3, 96) and not logits.any()
+    for tied in (True, False):  # tied embeddings stay one tensor, as in the model the server loads
+        m = stand_in(replace(tiny_config("sdar", layers=2), tie_word_embeddings=tied), "cpu", torch.float32)
+        assert (m.lm_head.weight is m.model.embed_tokens.weight) == tied
     moe = tiny_config("sdar_moe", layers=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
     moe = replace(moe, mlp_only_layers=[0, 1])  # dense layers 0 and 1, sparse from 2 on
     model = stand_in(moe, "cpu", torch.float32, fused=True)
