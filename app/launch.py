@@ -150,9 +150,8 @@ def _start(argv: list[str] | None, cache: str | None, cache_error: ValueError | 
         log.info("models load with float8 projections (--weights fp8 / %s)", WEIGHTS_ENV)
     if not registry.allow_any_model:  # app/exposure.py: a proxied or remote request is public on loopback too
         log.info("public requests load only the shipped and curated models (--allow-any-model lifts this)")
-    if workers := warming.start_precompile(
-        registry, args.model, spawned=spawned
-    ):  # compiled while the rest loads
+    # the kernels compiled while the rest loads, by the workers spawned at the start
+    if workers := warming.start_precompile(registry, args.model, spawned=spawned):
         log.info(
             "%d processes compile the GPU kernels while the studio and the model load (%s=0: off)",
             workers,

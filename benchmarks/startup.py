@@ -46,9 +46,8 @@ def precompile_lines(stderr: str) -> list[str]:
 
 
 def child(checkpoint: str, workers: int) -> dict:
-    from sdar_core import (
-        prespawn,
-    )  # the standard library only: the workers start before this process's imports
+    # sdar_core.prespawn imports the standard library only: the workers start before this process's imports
+    from sdar_core import prespawn
 
     spawned = prespawn.spawn(workers) if workers else []  # as the studio does (app/launch.py)
     spawned_s = time.perf_counter() - T0  # the workers' lines count from here
