@@ -39,6 +39,9 @@
 #                                                # N = 4 and 8 (WORKERS="4": 4 only): the first token and each
 #                                                # worker's timeline (imports, context, the stand-in, each shape)
 #   bash benchmarks/device_kernels.sh ops        # the GEMM and float8 `cuda` tests, then the goals' bench rows
+#   bash benchmarks/device_kernels.sh fold       # the GEMM, float8 and fused kernels' `cuda` tests, then the goals'
+#                                                # bench rows with the norm fold (the default) and without, then the
+#                                                # dense forward's profile at 64 with and without it
 #   bash benchmarks/device_kernels.sh rest       # what `readme` leaves of the goals: the 30B-A3B rows, then the
 #                                                # dense forward's profile at 64 and 8k and the 30B-A3B's at 64
 #   bash benchmarks/device_kernels.sh added      # the dense forward's profile at 64 and 8k with what each kernel adds
@@ -214,6 +217,19 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     within 200 python3 -m benchmarks.gemm --out "$OUT/gemm" --rows 1 16 --sweep-rows 0 --fp8 \
       2>&1 | tee "$OUT/gemm.log" | grep -v "^  " | tail -4
     tar czf /tmp/defaults.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/defaults.tgz "$OUT/" ;;
+  fold)  # the residual add and the norm in the GEMMs (Kernels.norm_fold): tests, bench rows and profile, each
+    # with the fold and without
+    LIMIT=590
+    within 170 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_gemm.py tests/test_fp8.py \
+      tests/test_fused.py 2>&1 | tee "$OUT/cuda-tests.log" | tail -3
+    UNFOLDED="norm_rope cache_write qk_rope add_norm silu_mul silu_down routing"
+    within 110 $BENCH --out "$OUT/bench-fold" 2>&1 | tee "$OUT/bench-fold.log" | tail -4
+    within 110 $BENCH --fusions $UNFOLDED --out "$OUT/bench-unfolded" 2>&1 | tee "$OUT/bench-unfolded.log" | tail -4
+    within 60 python3 -m benchmarks.profile_forward --split-k on --contexts 64 --gemm skinny+pdl \
+      --out "$OUT/profile-fold" 2>&1 | tee "$OUT/profile-fold.log" | tail -4
+    within 60 python3 -m benchmarks.profile_forward --split-k on --contexts 64 --gemm skinny+pdl \
+      --fusions $UNFOLDED --out "$OUT/profile-unfolded" 2>&1 | tee "$OUT/profile-unfolded.log" | tail -4
+    tar czf /tmp/fold.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/fold.tgz "$OUT/" ;;
   readme)
     timeout 480 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 2048 8192 \
       --new-tokens 256 512 512 --batch-sizes 1 4 16 32 64 --block-lengths 4 16 --repeats 2 --transformers compiled \

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from sdar_core import gemm as skinny
 from sdar_core import pdl
-from sdar_core.kernels import Kernels
+from sdar_core.kernels import FUSIONS, Kernels
 from sdar_core.runner import ChunkRunner
 
 from . import common
@@ -53,8 +53,10 @@ def kernel_class(name: str) -> str:
     return next((c for c, keys in CLASSES if any(k in low for k in keys)), "other")
 
 
-def graphed(model, Q: int, total: int, start: int, split_k: bool, skinny_gemm: bool = False):
-    kernels = Kernels(split_k_attention=split_k, skinny_gemm=skinny_gemm).with_fusions("all")  # as bench runs
+def graphed(model, Q: int, total: int, start: int, split_k: bool, skinny_gemm: bool = False, fusions="all"):
+    kernels = Kernels(split_k_attention=split_k, skinny_gemm=skinny_gemm).with_fusions(
+        fusions
+    )  # as bench runs
     runner = ChunkRunner(model, 1, total, Q, "graph", kernels=kernels)
     seq = torch.randint(10, 1000, (1, total), device="cuda")
     lf = 0
@@ -217,7 +219,15 @@ def main() -> None:
         choices=["cublas", "skinny", "cublas+pdl", "skinny+pdl"],
         help="the projections' kernel; +pdl: our Triton kernels launched with PDL (sdar_core/pdl.py)",
     )
+    p.add_argument(
+        "--fusions",
+        nargs="+",
+        default=["all"],
+        help=f"the fused kernels (sdar_core/kernels.py: all, none, or names of {' '.join(FUSIONS)}), as bench takes"
+        " them",
+    )
     args = p.parse_args()
+    fusions = args.fusions[0] if args.fusions in (["all"], ["none"]) else set(args.fusions)
     model = common.random_model(
         common.arch_config(args.arch), torch.device("cuda"), torch.bfloat16
     ).fuse_projections()
@@ -238,9 +248,12 @@ def main() -> None:
             splits = {"both": (False, True), "on": (True,), "off": (False,)}[args.split_k]
             for split_k, gemm in itertools.product(splits, args.gemm):
                 pdl.REQUESTED = gemm.endswith("+pdl")
-                graph = graphed(m, Q, total, start, split_k, skinny_gemm=gemm.startswith("skinny"))
+                graph = graphed(
+                    m, Q, total, start, split_k, skinny_gemm=gemm.startswith("skinny"), fusions=fusions
+                )
                 row = dict(
                     context=context,
+                    fusions=Kernels().with_fusions(fusions).fusions(),
                     mode=mode,
                     split_k=split_k,
                     gemm=gemm,

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from . import pdl
-from .fused import kernels_run
+from .fused import kernels_run, needs_grad
 from .ops import kernel_op
 
 try:
@@ -222,10 +222,18 @@ def fp8_reference(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None 
 
 
 def linear(
-    x: torch.Tensor, weight: torch.Tensor | Fp8Weight, bias: torch.Tensor | None = None, fuse: bool = True
+    x: torch.Tensor | Normed,
+    weight: torch.Tensor | Fp8Weight,
+    bias: torch.Tensor | None = None,
+    fuse: bool = True,
 ) -> torch.Tensor:
     """F.linear(x, weight, bias); with `fuse`, the skinny kernel where it runs (skinny_runs, fp8_runs). An Fp8Weight
-    goes to its kernel, else to fp8_reference."""
+    goes to its kernel, else to fp8_reference. A Normed x is normalised by the kernel as it loads it where
+    `normed_runs`, else first (Normed.tensor)."""
+    if isinstance(x, Normed):
+        if fuse and bias is None and normed_runs(x, weight):
+            return normed_linear(x, weight)
+        x = x.tensor()
     if isinstance(weight, Fp8Weight):
         if fuse and fp8_runs(x, weight):
             y = _fp8_linear(x, weight.data, weight.scale)
@@ -236,14 +244,89 @@ def linear(
     return F.linear(x, weight, bias)
 
 
-def project(module: torch.nn.Module, x: torch.Tensor, fuse: bool = True) -> torch.Tensor:
+def module_weight(module: torch.nn.Module) -> torch.Tensor | Fp8Weight:
+    """An nn.Linear's weight, or an Fp8Linear's packed one."""
+    return module.packed if isinstance(module, Fp8Linear) else module.weight
+
+
+def project(module: torch.nn.Module, x: torch.Tensor | Normed, fuse: bool = True) -> torch.Tensor:
     """module(x) for an nn.Linear or an Fp8Linear; with `fuse`, the skinny kernel where it runs. Where it does not
-    (a weight on another device, as big-model dispatch leaves it), the module call, whose hooks bring the weight."""
+    (a weight on another device, as big-model dispatch leaves it), the module call, whose hooks bring the weight.
+    A Normed x: see `linear`."""
+    if isinstance(x, Normed):
+        if fuse and module.bias is None and normed_runs(x, module_weight(module)):
+            return normed_linear(x, module_weight(module))
+        x = x.tensor()
     if isinstance(module, Fp8Linear):
         return linear(x, module.packed, module.bias, fuse)
     if fuse and skinny_runs(x, module.weight, module.bias):
         return _skinny_linear(x, module.weight)
     return module(x)
+
+
+# The residual stream's add and the RMSNorm after it, folded into the GEMMs on either side (kernels.Kernels'
+# norm_fold): the projection that ends a sublayer (o_proj, down) adds its product to the residual stream as it stores
+# it and writes, per output tile, each row's sum of squares of the sum; the projection that reads the normalised
+# stream next (qkv, gate_up, the lm_head) sums those few partial sums for the row's mean square and normalises each
+# tile of x as it loads it. No kernel runs between the two GEMMs, where fused.add_rms_norm ran before.
+@dataclass(frozen=True)
+class Normed:
+    """RMSNorm(x) with `norm` (an RMSNorm module: weight, eps), not formed yet: `linear` and `project` form it in
+    the GEMM where `normed_runs`; `tensor()` forms it for any other reader. `squares` [..., T]: x's rows' sums of
+    squares per output tile of the GEMM that wrote x (`add_linear`)."""
+
+    x: torch.Tensor
+    squares: torch.Tensor
+    norm: torch.nn.Module
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.x.shape
+
+    def tensor(self) -> torch.Tensor:
+        return self.norm(self.x)
+
+
+def normed_runs(x: Normed, weight: torch.Tensor | Fp8Weight) -> bool:
+    """Whether `normed_linear` takes x for this weight: `linear` would take the rows and the norm's weight is a
+    contiguous [k] of x's dtype on x's device."""
+    nw = x.norm.weight
+    if nw.shape != (weight.shape[1],) or nw.dtype != x.x.dtype or nw.device != x.x.device:
+        return False
+    if not nw.is_contiguous() or needs_grad(nw):
+        return False
+    if isinstance(weight, Fp8Weight):
+        return fp8_runs(x.x, weight)
+    return skinny_runs(x.x, weight, None)
+
+
+def normed_linear(x: Normed, weight: torch.Tensor | Fp8Weight) -> torch.Tensor:
+    """RMSNorm(x.x) W^T in one launch, where `normed_runs`: the normalised rows are never written."""
+    data, scale = (weight.data, weight.scale) if isinstance(weight, Fp8Weight) else (weight, None)
+    return _normed_linear(x.x, x.squares, x.norm.weight, float(x.norm.eps), data, scale)
+
+
+def add_runs(
+    inp: torch.Tensor, weight: torch.Tensor | Fp8Weight, residual: torch.Tensor, swiglu: bool = False
+) -> bool:
+    """Whether `add_linear` takes these: `linear` (`swiglu_runs` with `swiglu`) would take inp for this weight, and
+    the residual is a [..., n] of inp's dtype on inp's device with inp's leading shape."""
+    if residual.dtype != inp.dtype or residual.device != inp.device or needs_grad(residual):
+        return False
+    if residual.shape != (*inp.shape[:-1], weight.shape[0]):
+        return False
+    if swiglu:
+        return swiglu_runs(inp, weight)
+    return fp8_runs(inp, weight) if isinstance(weight, Fp8Weight) else skinny_runs(inp, weight, None)
+
+
+def add_linear(
+    inp: torch.Tensor, weight: torch.Tensor | Fp8Weight, residual: torch.Tensor, swiglu: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(residual + inp W^T, its squares) in one launch, where `add_runs`; with `swiglu`, inp is [gate; up] as
+    `swiglu_linear` takes it. The squares [..., T] float32 are what a Normed of the sum carries."""
+    data, scale = (weight.data, weight.scale) if isinstance(weight, Fp8Weight) else (weight, None)
+    return _add_linear(inp, data, scale, residual, swiglu)
 
 
 def counters(device: torch.device) -> torch.Tensor | None:
@@ -256,16 +339,31 @@ def counters(device: torch.device) -> torch.Tensor | None:
     return buf
 
 
+@dataclass(frozen=True)
+class Norm:
+    """RMSNorm(x) with `weight` and `eps` formed by the kernel as it loads x, each row's mean square from `squares`
+    [rows, T]: the sums of squares over the T output tiles of the kernel that wrote x (`launch`'s `residual`)."""
+
+    squares: torch.Tensor
+    weight: torch.Tensor
+    eps: float
+
+
 def launch(
     x2: torch.Tensor,
     weight: torch.Tensor,
     cfg: GemmConfig,
     scale: torch.Tensor | None = None,
     swiglu: bool = False,
-) -> torch.Tensor:
+    residual: torch.Tensor | None = None,
+    norm: Norm | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """y [rows, n] = x2 [rows, k] @ weight[n, k]^T with tile shape `cfg` (the benchmark sweeps shapes through
     this); with `scale` [n] (float32; a float8 weight's row scales), y = scale * (x2 @ weight^T); with `swiglu`,
-    x2 is [gate; up] [rows, 2k] and the product is SiLU(gate) * up (rounded as fused.silu_mul rounds it) @ W^T."""
+    x2 is [gate; up] [rows, 2k] and the product is SiLU(gate) * up (rounded as fused.silu_mul rounds it) @ W^T.
+    With `norm`, x2 is normalised as it is loaded (Norm). With `residual` [rows, n], y = residual + the product
+    (the new residual stream) and the result is (y, squares [rows, cfg.grid's output tiles] float32): each row's
+    sum of squares of y per output tile, which a later launch's Norm reads."""
     rows, k = x2.shape
     k //= 2 if swiglu else 1
     n = weight.shape[0]
@@ -278,6 +376,16 @@ def launch(
         raise ValueError(f"{grid[0] * grid[2]} split-K tiles, more than the {COUNTERS} counters")
     per_split = cdiv(cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     ws = torch.empty(cfg.split_k, rows, n, dtype=torch.float32, device=x2.device) if cfg.split_k > 1 else y
+    squares = None
+    if residual is not None:
+        if residual.shape != (rows, n) or not residual.is_contiguous():
+            raise ValueError(f"the residual must be a contiguous [{rows}, {n}], not {tuple(residual.shape)}")
+        squares = torch.empty(rows, grid[0], dtype=torch.float32, device=x2.device)
+    if norm is not None:
+        if swiglu or norm.squares.shape[0] != rows or norm.weight.shape != (k,):
+            raise ValueError("a Norm needs [rows, T] squares and a [k] weight, and no swiglu")
+        squares = norm.squares
+    tiles = squares.shape[1] if squares is not None else 1
     chained = pdl.on(x2)
     _skinny_kernel[grid](
         x2,
@@ -286,6 +394,11 @@ def launch(
         y,
         ws,
         count if count is not None else y,
+        residual if residual is not None else y,
+        squares if squares is not None else ws,
+        norm.weight if norm is not None else y,
+        norm.eps if norm is not None else 0.0,
+        tiles,
         rows,
         n,
         k,
@@ -299,6 +412,9 @@ def launch(
         IEEE=x2.dtype == torch.float32,
         SCALED=scale is not None,
         SWIGLU=swiglu,
+        ADD=residual is not None,
+        NORM=norm is not None,
+        BLOCK_T=triton.next_power_of_2(tiles) if norm is not None else 1,
         PDL=chained,
         num_warps=cfg.warps,
         num_stages=stages_that_fit(
@@ -306,7 +422,7 @@ def launch(
         ),
         **pdl.options(chained),
     )
-    return y
+    return (y, squares) if residual is not None else y
 
 
 def stages_that_fit(
@@ -335,17 +451,66 @@ def _sm_count(device: torch.device) -> int:
 
 
 def _rows_product(
-    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, swiglu: bool = False
-) -> torch.Tensor:
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor | None,
+    swiglu: bool = False,
+    residual: torch.Tensor | None = None,
+    norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+):
     """x [..., k] @ weight^T through `launch` at config_for's tile shape (float8 tiles when `scale` is given;
-    with `swiglu`, x is [gate; up] [..., 2k])."""
+    with `swiglu`, x is [gate; up] [..., 2k]); with `residual` [..., n], (residual + the product, its squares
+    [..., T]); with `norm` (squares [..., T], weight, eps), x normalised as it is loaded."""
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     cfg = config_for(
         x2.shape[0], weight.shape[0], weight.shape[1], _sm_count(x.device), fp8=scale is not None
     )
-    return launch(x2, weight, cfg, scale, swiglu).view(*x.shape[:-1], weight.shape[0])
+    lead, n = x.shape[:-1], weight.shape[0]
+    if norm is not None:
+        squares, nw, eps = norm
+        norm = Norm(squares.reshape(-1, squares.shape[-1]).contiguous(), nw, eps)
+    if residual is None:
+        return launch(x2, weight, cfg, scale, swiglu, norm=norm).view(*lead, n)
+    y, squares = launch(x2, weight, cfg, scale, swiglu, residual.reshape(-1, n).contiguous(), norm)
+    return y.view(*lead, n), squares.view(*lead, squares.shape[-1])
+
+
+def _squares_like(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """The squares `_rows_product` returns beside a sum (the fake ops' shape)."""
+    rows = x.numel() // x.shape[-1]
+    cfg = config_for(rows, weight.shape[0], weight.shape[1], _sm_count(x.device), fp8=scale is not None)
+    return x.new_empty(*x.shape[:-1], cfg.grid(rows, weight.shape[0])[0], dtype=torch.float32)
+
+
+@kernel_op("sdar::add_linear", mutates_args=())
+def _add_linear(
+    inp: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, residual: torch.Tensor, swiglu: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _rows_product(inp, weight, scale, swiglu, residual=residual)
+
+
+@_add_linear.register_fake
+def _(inp, weight, scale, residual, swiglu):
+    return torch.empty_like(residual), _squares_like(inp, weight, scale)
+
+
+@kernel_op("sdar::normed_linear", mutates_args=())
+def _normed_linear(
+    x: torch.Tensor,
+    squares: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    scale: torch.Tensor | None,
+) -> torch.Tensor:
+    return _rows_product(x, weight, scale, norm=(squares, norm_weight, eps))
+
+
+@_normed_linear.register_fake
+def _(x, squares, norm_weight, eps, weight, scale):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
 @kernel_op("sdar::skinny_linear", mutates_args=())
@@ -396,9 +561,10 @@ if triton is not None:
         return acc
 
     @triton.jit
-    def _x_tile(ptrs, live, K, MASKED: tl.constexpr, SWIGLU: tl.constexpr):
+    def _x_tile(ptrs, live, K, MASKED: tl.constexpr, SWIGLU: tl.constexpr, NORM: tl.constexpr, nw_ptrs, rstd):
         """One K step of x; with SWIGLU, SiLU(gate) * up of the [gate; up] row (up K columns on), rounded as
-        fused.silu_mul rounds it: the SiLU to x's dtype, then the product (zeros past K stay zero)."""
+        fused.silu_mul rounds it: the SiLU to x's dtype, then the product (zeros past K stay zero). With NORM, the
+        step of RMSNorm(x) rounded as fused.add_rms_norm rounds it: x * rstd * weight in float32, rounded once."""
         if MASKED:
             x = tl.load(ptrs, mask=live, other=0.0)
         else:
@@ -409,6 +575,12 @@ if triton is not None:
             else:
                 up = tl.load(ptrs + K).to(tl.float32)
             x = silu_mul_tile(x.to(tl.float32), up, x.dtype)
+        if NORM:
+            if MASKED:
+                nw = tl.load(nw_ptrs, mask=live, other=0.0)
+            else:
+                nw = tl.load(nw_ptrs)
+            x = (x.to(tl.float32) * rstd * nw.to(tl.float32)).to(x.dtype)
         return x
 
     @triton.jit
@@ -419,6 +591,11 @@ if triton is not None:
         Y,
         WS,
         COUNT,
+        R,  # [M, N] the residual stream y is added to (ADD)
+        SQ,  # [M, T] float32: per output tile, the sum of squares of y's row there (ADD: written; NORM: read)
+        NW,  # [K] the RMSNorm weight x is normalised with (NORM)
+        eps,
+        T,
         M,
         N,
         K,
@@ -432,6 +609,9 @@ if triton is not None:
         IEEE: tl.constexpr,  # float32 operands: full-precision products, as F.linear without TF32
         SCALED: tl.constexpr,  # W is float8: y = S * (x W^T)
         SWIGLU: tl.constexpr,  # X holds [gate; up] (up K columns after gate): x = SiLU(gate) * up
+        ADD: tl.constexpr,  # y = R + x W^T (each rounded as the eager add rounds), its squares' sums into SQ
+        NORM: tl.constexpr,  # x = RMSNorm(X) with NW, each row's mean square from the T sums of SQ
+        BLOCK_T: tl.constexpr,
         PDL: tl.constexpr,
     ):
         pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -451,13 +631,21 @@ if triton is not None:
         w = tl.load(W + rn_safe[:, None] * K + rk[None, :], mask=rk[None, :] < K, other=0.0)
         if PDL:
             tl.extra.cuda.gdc_wait()
-        x = _x_tile(X + rm_safe[:, None] * sxm + rk[None, :], rk[None, :] < K, K, True, SWIGLU)
+        rstd = 0.0
+        if NORM:  # the row's sum of squares from the T tile sums its producer wrote (one small load, no pass over x)
+            rt = tl.arange(0, BLOCK_T)
+            sq = tl.load(SQ + rm_safe[:, None] * T + rt[None, :], mask=rt[None, :] < T, other=0.0)
+            rstd = (1.0 / tl.sqrt(tl.sum(sq, axis=1) / K + eps))[:, None]
+        nw_ptrs = NW + rk[None, :]
+        x = _x_tile(
+            X + rm_safe[:, None] * sxm + rk[None, :], rk[None, :] < K, K, True, SWIGLU, NORM, nw_ptrs, rstd
+        )
         acc = _step(acc, x, w, BLOCK_M, IEEE)
         for kk in range(BLOCK_K, per_split, BLOCK_K):
             rk = k0 + kk + tl.arange(0, BLOCK_K)
             x_ptrs = X + rm_safe[:, None] * sxm + rk[None, :]
             w_ptrs = W + rn_safe[:, None] * K + rk[None, :]
-            x = _x_tile(x_ptrs, rk[None, :] < K, K, not EVEN_K, SWIGLU)
+            x = _x_tile(x_ptrs, rk[None, :] < K, K, not EVEN_K, SWIGLU, NORM, NW + rk[None, :], rstd)
             if EVEN_K:
                 w = tl.load(w_ptrs)
             else:
@@ -468,9 +656,7 @@ if triton is not None:
         live = (rm[:, None] < M) & (rn[None, :] < N)
         out = rm[:, None] * N + rn[None, :]
         if SPLIT_K == 1:
-            if SCALED:
-                acc *= tl.load(S + rn_safe)[None, :]
-            tl.store(Y + out, acc.to(Y.dtype.element_ty), mask=live)
+            _store(acc, Y, S, R, SQ, out, live, rm, rn_safe, pid_n, T, M, SCALED, ADD)
         else:
             tl.store(WS + pid_k * M * N + out, acc, mask=live)
             tile = pid_m * tl.num_programs(0) + pid_n
@@ -481,7 +667,23 @@ if triton is not None:
                 total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
                 for s in range(SPLIT_K):
                     total += tl.load(WS + s * M * N + out, mask=live, other=0.0, cache_modifier=".cg")
-                if SCALED:
-                    total *= tl.load(S + rn_safe)[None, :]
-                tl.store(Y + out, total.to(Y.dtype.element_ty), mask=live)
+                _store(total, Y, S, R, SQ, out, live, rm, rn_safe, pid_n, T, M, SCALED, ADD)
                 tl.atomic_xchg(COUNT + tile, 0)
+
+    @triton.jit
+    def _store(
+        acc, Y, S, R, SQ, out, live, rm, rn_safe, pid_n, T, M, SCALED: tl.constexpr, ADD: tl.constexpr
+    ):
+        """An output tile's float32 sum, scaled (SCALED), rounded once to Y's dtype and stored; with ADD, added to
+        the residual R first (the product rounded, then the sum, as `x + delta` rounds them) and the tile's sum of
+        squares of each row's result (as rounded) stored in SQ's column pid_n."""
+        if SCALED:
+            acc *= tl.load(S + rn_safe)[None, :]
+        y = acc.to(Y.dtype.element_ty)
+        if ADD:
+            y = (y.to(tl.float32) + tl.load(R + out, mask=live, other=0.0).to(tl.float32)).to(
+                Y.dtype.element_ty
+            )
+            yf = tl.where(live, y.to(tl.float32), 0.0)
+            tl.store(SQ + rm * T + pid_n, tl.sum(yf * yf, axis=1), mask=rm < M)
+        tl.store(Y + out, y, mask=live)

@@ -18,7 +18,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-FUSIONS = ("norm_rope", "cache_write", "qk_rope", "add_norm", "silu_mul", "silu_down", "routing")
+FUSIONS = (
+    "norm_rope",
+    "cache_write",
+    "qk_rope",
+    "add_norm",
+    "silu_mul",
+    "silu_down",
+    "norm_fold",
+    "routing",
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,11 @@ class Kernels:
     # that kernel takes the rows: one kernel fewer a layer than silu_mul's. With qk_rope, the one-token forward
     # 3% faster on an H100 (benchmarks/NOTES.md, "The tensor-core form with the weight's rows on the MMA's M").
     silu_down: bool = True
+    # The residual add folded into the skinny GEMM that ends a sublayer (o_proj, down: it stores the sum and each
+    # row's sums of squares per output tile) and the RMSNorm after it into the GEMM that reads the sum next (qkv,
+    # gate_up, the lm_head: it normalises x as it loads it), where the skinny kernel takes both: no add_norm kernel
+    # between them (gemm.add_linear, gemm.Normed; benchmarks/NOTES.md, "The residual add and the norm in the GEMMs").
+    norm_fold: bool = True
     routing: bool = True  # an MoE router's softmax, top-k and renormalisation (moe.route); the pairs' sort
     # Static-shape forwards (runner modes "static", "graph"): None takes the split-K decode attention wherever it
     # runs (CUDA with Triton); False gives SDPA the mask over the whole buffer (the benchmarks compare the two);

@@ -7,6 +7,8 @@ transformers' Qwen3 (RMSNorm in float32, RoPE with rotate-half, per-head q/k RMS
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -14,7 +16,19 @@ import torch.nn.functional as F
 from .attention import AttentionInputs, attend
 from .config import ModelConfig
 from .fused import add_rms_norm, silu_mul
-from .gemm import Fp8Linear, Fp8Weight, linear, project, quantize_fp8, swiglu_linear, swiglu_runs
+from .gemm import (
+    Fp8Linear,
+    Fp8Weight,
+    Normed,
+    add_linear,
+    add_runs,
+    linear,
+    module_weight,
+    project,
+    quantize_fp8,
+    swiglu_linear,
+    swiglu_runs,
+)
 from .kernels import DEFAULT_KERNELS, Kernels
 from .kv_cache import CacheSlot
 from .moe import SparseMoE
@@ -55,6 +69,47 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
+
+
+class Residual(NamedTuple):
+    """The residual stream between sublayers: x + delta, the add not made yet where delta is given (it is made where
+    the sum is normalised: fused.add_rms_norm). With `squares`, delta is None and x was formed by the GEMM that added
+    the sublayer's output (gemm.add_linear, kernels.Kernels' norm_fold), which wrote x's sums of squares beside it."""
+
+    x: torch.Tensor
+    delta: torch.Tensor | None = None
+    squares: torch.Tensor | None = None
+
+    def rows(self, start: int, stop: int | None) -> Residual:
+        """Positions [start, stop) of the chunk ([B, Q, ...] each)."""
+        return Residual(*(t[:, start:stop] if t is not None else None for t in self))
+
+
+def normalize(res: Residual, norm: RMSNorm, kernels: Kernels) -> tuple[torch.Tensor, torch.Tensor | Normed]:
+    """(the residual stream, its normalised form): a Normed for the next GEMM to form as it loads it where the
+    stream came with its squares, else add + norm (one kernel on the GPU)."""
+    if res.squares is not None:
+        return res.x, Normed(res.x, res.squares, norm)
+    return add_rms_norm(res.x, res.delta, norm, kernels.add_norm)
+
+
+def add_project(
+    module: nn.Module, inp: torch.Tensor, residual: torch.Tensor, kernels: Kernels, swiglu: bool = False
+) -> Residual:
+    """residual + module(inp) (with `swiglu`, inp is [gate; up] and module the down projection): added by the GEMM
+    as it stores the product where norm_fold is on and the kernel runs (gemm.add_runs), else left to the next norm."""
+    if kernels.norm_fold and kernels.skinny_gemm and getattr(module, "bias", None) is None:
+        weight = module_weight(module)
+        if add_runs(inp, weight, residual, swiglu):
+            return Residual(*add_linear(inp, weight, residual, swiglu))
+    if swiglu:
+        return Residual(residual, swiglu_linear(inp, module_weight(module)))
+    return Residual(residual, project(module, inp, kernels.skinny_gemm))
+
+
+def dense(x: torch.Tensor | Normed) -> torch.Tensor:
+    """x as a tensor (a Normed formed now), for a reader other than a projection."""
+    return x.tensor() if isinstance(x, Normed) else x
 
 
 class Attention(nn.Module):
@@ -138,7 +193,11 @@ class Attention(nn.Module):
         k = self.norm_rope(k, self.k_norm, cos, sin, kernels.norm_rope)  # [B, H_kv, Q, D]
         return (q, *cache.write(self.layer, k, v.transpose(1, 2)))
 
-    def forward(self, x, cos, sin, attn: AttentionInputs, cache: CacheSlot | None, kernels: Kernels):
+    def forward(
+        self, x, residual, cos, sin, attn: AttentionInputs, cache: CacheSlot | None, kernels: Kernels
+    ) -> Residual:
+        """x: the normalised stream (a Normed that the q/k/v GEMM normalises as it loads it) -> the stream
+        `residual` plus the attention's output."""
         B, Q, _ = x.shape
         if self.qkv_weight is not None:
             q, k, v = linear(x, self.qkv_weight, fuse=kernels.skinny_gemm).split(
@@ -160,7 +219,7 @@ class Attention(nn.Module):
                 v.transpose(1, 2),
             )  # [B, H_kv, Q, D]
         out = attend(q, k, v, attn, kernels.attention_backend)  # [B, H, Q, D]
-        return project(self.o_proj, out.transpose(1, 2).reshape(B, Q, -1), kernels.skinny_gemm)
+        return add_project(self.o_proj, out.transpose(1, 2).reshape(B, Q, -1), residual, kernels)
 
 
 class MLP(nn.Module):
@@ -197,20 +256,21 @@ class MLP(nn.Module):
         self.up_proj = Fp8Linear(packed.rows(n, packed.shape[0]))
         self.down_proj = Fp8Linear(quantize_fp8(self.down_proj.weight))
 
-    def forward(self, x, kernels: Kernels = DEFAULT_KERNELS):
+    def forward(self, x, residual: torch.Tensor, kernels: Kernels = DEFAULT_KERNELS) -> Residual:
+        """x: the normalised stream (tensor or Normed) -> the stream `residual` plus the MLP's output."""
         if self.gate_up_weight is not None:
             gate_up = linear(x, self.gate_up_weight, fuse=kernels.skinny_gemm)
-            if kernels.silu_down and kernels.skinny_gemm:
-                down = (
-                    self.down_proj.packed if isinstance(self.down_proj, Fp8Linear) else self.down_proj.weight
-                )
-                if swiglu_runs(gate_up, down):
-                    return swiglu_linear(gate_up, down)
+            if (
+                kernels.silu_down
+                and kernels.skinny_gemm
+                and swiglu_runs(gate_up, module_weight(self.down_proj))
+            ):
+                return add_project(self.down_proj, gate_up, residual, kernels, swiglu=True)
             act = silu_mul(gate_up, kernels.silu_mul)
         else:
             fuse = kernels.skinny_gemm
             act = F.silu(project(self.gate_proj, x, fuse)) * project(self.up_proj, x, fuse)
-        return project(self.down_proj, act, kernels.skinny_gemm)
+        return add_project(self.down_proj, act, residual, kernels)
 
 
 class DecoderLayer(nn.Module):
@@ -230,14 +290,17 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, delta, cos, sin, attn: AttentionInputs, cache: CacheSlot | None, kernels: Kernels):
-        """x: the residual stream [B, Q, h] before the previous layer's MLP output `delta` is added (None for the
-        first layer) -> (the stream before this layer's MLP output, that output). Each residual add is done where
-        its sum is normalised, so that add and norm run as one kernel on the GPU (fused.add_rms_norm)."""
-        x, h = add_rms_norm(x, delta, self.input_layernorm, kernels.add_norm)
-        out = self.self_attn(h, cos, sin, attn, cache, kernels)
-        x, h = add_rms_norm(x, out, self.post_attention_layernorm, kernels.add_norm)
-        return x, self.mlp(h, kernels)
+    def forward(
+        self, res: Residual, cos, sin, attn: AttentionInputs, cache: CacheSlot | None, kernels: Kernels
+    ):
+        """The residual stream before this layer -> after it (Residual: each add is made where its sum is
+        normalised, fused.add_rms_norm, or by the GEMM that ends the sublayer, gemm.add_linear)."""
+        x, h = normalize(res, self.input_layernorm, kernels)
+        res = self.self_attn(h, x, cos, sin, attn, cache, kernels)
+        x, h = normalize(res, self.post_attention_layernorm, kernels)
+        if isinstance(self.mlp, SparseMoE):
+            return Residual(x, self.mlp(dense(h), kernels))
+        return self.mlp(h, x, kernels)
 
 
 class Backbone(nn.Module):
@@ -339,9 +402,8 @@ class SDARForCausalLM(nn.Module):
             attn = AttentionInputs.chunk(start, Q, start + Q, block, device=input_ids.device)
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
-        delta = None
+        res = Residual(x)
         for layer in self.model.layers:
-            x, delta = layer(x, delta, cos, sin, attn, cache, kernels)
-        x, delta = x[:, logits_from:logits_to], delta[:, logits_from:logits_to]
-        _, x = add_rms_norm(x, delta, self.model.norm, kernels.add_norm)
+            res = layer(res, cos, sin, attn, cache, kernels)
+        _, x = normalize(res.rows(logits_from, logits_to), self.model.norm, kernels)
         return project(self.lm_head, x, kernels.skinny_gemm)

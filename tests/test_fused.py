@@ -67,6 +67,7 @@ def test_fusions_are_switched_by_name():
         "add_norm",
         "silu_mul",
         "silu_down",
+        "norm_fold",
         "routing",
     ]
     assert (

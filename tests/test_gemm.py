@@ -141,10 +141,11 @@ def hopper_ptx(kernel, signature: dict, constexprs: dict) -> str:
 
 
 SKINNY_SIGNATURE = {
-    **{name: "*bf16" for name in ("X", "W", "Y")},
-    **{name: "*fp32" for name in ("S", "WS")},
+    **{name: "*bf16" for name in ("X", "W", "Y", "R", "NW")},
+    **{name: "*fp32" for name in ("S", "WS", "SQ")},
     "COUNT": "*i32",
-    **{name: "i32" for name in ("M", "N", "K", "sxm", "per_split")},
+    "eps": "fp32",
+    **{name: "i32" for name in ("T", "M", "N", "K", "sxm", "per_split")},
 }
 
 
@@ -162,12 +163,15 @@ def pdl_order(ptx: str) -> list[str]:
     return order
 
 
-def test_built_for_hopper_our_kernels_read_nothing_before_their_pdl_wait_but_the_gemms_weight():
+@pytest.mark.parametrize("fold", [False, True])
+def test_built_for_hopper_our_kernels_read_nothing_before_their_pdl_wait_but_the_gemms_weight(fold):
     """pdl.py's contract, in the code the GPU runs (built for sm_90 by Triton's own ptxas, no GPU needed): the fused
     residual add + norm waits before its first load, then releases the next kernel; the GEMM releases first and
-    reads its first weight tile (the only load there: x comes after the wait) before it waits. Without PDL neither
-    has the instructions."""
+    reads its first weight tile (the only load there: x comes after the wait) before it waits, also where it adds
+    the residual and normalises x (`fold`: the squares, the norm's weight and the residual are read after the wait).
+    Without PDL neither has the instructions."""
     constexprs = dict(BLOCK_M=1, BLOCK_N=16, BLOCK_K=256, SPLIT_K=2, EVEN_K=True, IEEE=False, SCALED=False)
+    constexprs |= dict(ADD=fold, NORM=fold, BLOCK_T=128 if fold else 1)
     order = pdl_order(
         hopper_ptx(gemm._skinny_kernel, SKINNY_SIGNATURE, constexprs | dict(SWIGLU=False, PDL=True))
     )
@@ -225,6 +229,32 @@ for rows, n, k, (bn, bk, split), fp8 in [
         y = gemm.launch(gu, w, gemm.GemmConfig(bn, bk, split), swiglu=True)
         ref = act @ w.double().T
     errors[f"swiglu {rows}x{n}x{k}/{split}{' fp8' if fp8 else ''}"] = float((y.double() - ref).norm() / ref.norm())
+# The residual add and the norm folded in (norm_fold): a sublayer's last GEMM adds its product to the residual and
+# writes each row's sums of squares per output tile (N no tile divides: the padding columns count nothing); the next
+# GEMM normalises its x from them as it loads it. One row with split-K, tensor-core rows, SwiGLU, float8.
+for rows, n, k, n2, (bn, bk, split), swiglu, fp8 in [
+    (1, 40, 512, 24, (16, 128, 2), False, False), (5, 70, 300, 33, (64, 128, 3), False, False),
+    (17, 33, 256, 50, (64, 128, 1), True, False), (3, 50, 384, 20, (16, 128, 2), False, True),
+]:
+    inp = torch.randn(rows, 2 * k if swiglu else k, generator=g)
+    w, w2 = torch.randn(n, k, generator=g), torch.randn(n2, n, generator=g)
+    residual, nw = torch.randn(rows, n, generator=g), torch.rand(n, generator=g) + 0.5
+    act = silu_mul_by_hand(inp) if swiglu else inp.double()
+    packed = gemm.quantize_fp8(w) if fp8 else None
+    weight, scale = (packed.data, packed.scale) if fp8 else (w, None)
+    total, squares = gemm.launch(inp, weight, gemm.GemmConfig(bn, bk, split), scale, swiglu, residual=residual)
+    ref = residual.double() + act @ (packed.dequantize(torch.float64) if fp8 else w.double()).T
+    name = f"fold {rows}x{n}x{k}/{split}{' swiglu' if swiglu else ''}{' fp8' if fp8 else ''}"
+    errors[name + " sum"] = float((total.double() - ref).norm() / ref.norm())
+    tiles = torch.nn.functional.pad(total.double(), (0, -n % bn)).view(rows, -1, bn)
+    by_hand = (tiles * tiles).sum(-1)
+    errors[name + " squares"] = float((squares.double() - by_hand).norm() / by_hand.norm())
+    norm = gemm.Norm(squares, nw, 1e-6)
+    y2 = gemm.launch(total, w2, gemm.GemmConfig(bn, bk, split), norm=norm)
+    t = total.double()
+    normed = t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-6) * nw.double()
+    ref2 = normed @ w2.double().T
+    errors[name + " normed"] = float((y2.double() - ref2).norm() / ref2.norm())
 # bf16: one row (the interpreter's tl.dot misreads bf16 operands; the tensor-core form's bf16 runs on the GPU)
 xb, wb = torch.randn(1, 512, generator=g).bfloat16(), torch.randn(96, 512, generator=g).bfloat16()
 yb = gemm.launch(xb, wb, gemm.GemmConfig(16, 128, 2))
@@ -296,6 +326,90 @@ def test_cuda_a_one_token_forward_with_the_fold_has_the_unfolded_logits(fp8):
         folded = model(ids, kernels=Kernels(silu_down=True))
         unfolded = model(ids, kernels=Kernels(silu_down=False))
     assert torch.equal(folded, unfolded)
+
+
+def test_on_the_cpu_a_normed_input_is_normalised_before_the_product():
+    """Where the fold's kernel cannot run (here: the CPU) a Normed reaches linear / project as its norm, formed
+    first: the same product as normalising, then projecting."""
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 3, 40), torch.randn(24, 40)
+    norm = norm_module(40)
+    normed = gemm.Normed(x, torch.zeros(2, 3, 5), norm)
+    assert torch.equal(gemm.linear(normed, w), F.linear(norm(x), w))
+    layer = torch.nn.Linear(40, 24, bias=False)
+    assert torch.equal(gemm.project(layer, normed), layer(norm(x)))
+    assert not gemm.add_runs(x, w.T.contiguous(), torch.zeros(2, 3, 40))
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("rows", [1, 16])
+@pytest.mark.parametrize("fp8", [False, True])
+def test_cuda_the_residual_add_and_the_norm_folded_into_the_gemms_match_the_unfolded_kernels(rows, fp8):
+    """The 1.7B's o_proj (2048 x 2048) adding into the residual stream, then gate_up (12288 x 2048) reading the sum
+    normalised: the sum has the bits of the product then fused.add_rms_norm's add; the squares are the sum's, tile by
+    tile; and the normalised product is as close to the float64 math as the unfolded pair (add_rms_norm's rounded
+    output, then the same GEMM): the two normalise alike, up to the order of the mean square's float32 sum."""
+    torch.manual_seed(rows)
+    dev, bf = "cuda", torch.bfloat16
+    inp, residual = (
+        torch.randn(1, rows, 2048, device=dev, dtype=bf),
+        torch.randn(1, rows, 2048, device=dev, dtype=bf),
+    )
+    w_o = torch.randn(2048, 2048, device=dev, dtype=bf) * 0.02
+    w_gu = torch.randn(12288, 2048, device=dev, dtype=bf) * 0.02
+    norm = norm_module(2048).to(dev, bf)
+    if fp8:
+        w_o, w_gu = gemm.quantize_fp8(w_o), gemm.quantize_fp8(w_gu)
+    with torch.no_grad():
+        assert gemm.add_runs(inp, w_o, residual)
+        total, squares = gemm.add_linear(inp, w_o, residual)
+        s, h = add_rms_norm(residual, gemm.linear(inp, w_o), norm)
+        assert torch.equal(total, s)
+        block_n = gemm.config_for(
+            rows, 2048, 2048, torch.cuda.get_device_properties(0).multi_processor_count
+        ).block_n
+        by_hand = s.double().view(1, rows, -1, block_n).pow(2).sum(-1)
+        assert rel_err(squares.double(), by_hand) < 1e-6
+        normed = gemm.Normed(total, squares, norm)
+        assert gemm.normed_runs(normed, w_gu)
+        folded, unfolded = gemm.linear(normed, w_gu), gemm.linear(h, w_gu)
+    t = s.double()
+    x64 = t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight.double()
+    w64 = w_gu.dequantize(torch.float64) if fp8 else w_gu.double()
+    exact = x64 @ w64.T
+    assert rel_err(folded.double(), exact) <= 1.2 * rel_err(unfolded.double(), exact)
+    assert rel_err(folded.double(), unfolded.double()) < 1e-2
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("fp8", [False, True])
+def test_cuda_with_the_norm_fold_no_add_norm_kernel_runs_and_the_logits_stay_within_rounding(
+    fp8, monkeypatch
+):
+    """A bf16 forward of 1 and 4 rows: with norm_fold, fused.add_rms_norm's kernel never runs (every add and norm is
+    in a GEMM: 2 per layer without it), and the logits are as close to the float32 model's as the unfolded ones."""
+    model = random_model(tiny_config("sdar", block_size=4)).cuda()
+    reference = random_model(tiny_config("sdar", block_size=4)).cuda()
+    reference.load_state_dict(model.state_dict())
+    model = model.to(torch.bfloat16).fuse_projections()
+    if fp8:
+        model.quantize_fp8()
+    calls = []
+    kernel = fused._add_rms_norm
+    monkeypatch.setattr(fused, "_add_rms_norm", lambda *a: calls.append(1) or kernel(*a))
+    layers = model.config.num_hidden_layers
+    for rows in (1, 4):
+        ids = torch.arange(3, 3 + rows, device="cuda")[None]
+        with torch.no_grad():
+            calls.clear()
+            folded = model(ids, kernels=Kernels(norm_fold=True))
+            assert not calls
+            unfolded = model(ids, kernels=Kernels(norm_fold=False))
+            assert len(calls) == 2 * layers
+            exact = reference(ids).double()
+        assert rel_err(folded.double(), exact) <= 1.5 * rel_err(unfolded.double(), exact) + 1e-3
 
 
 @pytest.mark.cuda
