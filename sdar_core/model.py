@@ -101,7 +101,8 @@ def add_project(
     if kernels.norm_fold and kernels.skinny_gemm and getattr(module, "bias", None) is None:
         weight = module_weight(module)
         if add_runs(inp, weight, residual, swiglu):
-            return Residual(*add_linear(inp, weight, residual, swiglu))
+            total, squares = add_linear(inp, weight, residual, swiglu)
+            return Residual(total, squares=squares)
     if swiglu:
         return Residual(residual, swiglu_linear(inp, module_weight(module)))
     return Residual(residual, project(module, inp, kernels.skinny_gemm))
