@@ -213,3 +213,18 @@ def test_cached_chunk_logits_equal_full_forward_on_those_positions(dense_pair, b
     finally:
         model.config.block_size = 1
     assert cache.length == length
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_the_inference_embedding_read_is_the_embedding_modules():
+    """SDARForCausalLM.embed's indexing read (inference on CUDA) gives the rows nn.Embedding gives, for a block of
+    ids with repeats, and training (a gradient wanted) still goes through the module."""
+    from helpers import random_model, tiny_config
+
+    model = random_model(tiny_config("sdar", block_size=4)).cuda().to(torch.bfloat16)
+    ids = torch.tensor([[5, 9, 5, 0], [1, 2, 3, 4]], device="cuda")
+    with torch.no_grad():
+        assert torch.equal(model.embed(ids), model.model.embed_tokens(ids))
+    out = model.embed(ids)
+    assert out.requires_grad and out.grad_fn.name() == "EmbeddingBackward0"
