@@ -39,7 +39,8 @@
 #                                                # N = 4 and 8 (WORKERS="4": 4 only): the first token and each
 #                                                # worker's timeline (imports, context, the stand-in, each shape)
 #   bash benchmarks/device_kernels.sh ops        # the GEMM and float8 `cuda` tests, then the goals' bench rows
-#   bash benchmarks/device_kernels.sh fold       # the GEMM, float8 and fused kernels' `cuda` tests, then the goals'
+#   bash benchmarks/device_kernels.sh fold       # the GEMM, fused, model and float8 (FOLD_TESTS="": not those)
+#                                                # `cuda` tests, then the goals'
 #                                                # bench rows with the norm fold (the default) and without, then the
 #                                                # dense forward's profile at 64 with and without it
 #   bash benchmarks/device_kernels.sh rest       # what `readme` leaves of the goals: the 30B-A3B rows, then the
@@ -220,8 +221,8 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
   fold)  # the residual add and the norm in the GEMMs (Kernels.norm_fold): tests, bench rows and profile, each
     # with the fold and without
     LIMIT=590
-    within 170 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_gemm.py tests/test_fp8.py \
-      tests/test_fused.py 2>&1 | tee "$OUT/cuda-tests.log" | tail -3
+    within 170 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_gemm.py tests/test_fused.py \
+      tests/test_model_parity.py ${FOLD_TESTS-tests/test_fp8.py} 2>&1 | tee "$OUT/cuda-tests.log" | tail -3
     UNFOLDED="norm_rope cache_write qk_rope add_norm silu_mul silu_down routing"
     within 110 $BENCH --out "$OUT/bench-fold" 2>&1 | tee "$OUT/bench-fold.log" | tail -4
     within 110 $BENCH --fusions $UNFOLDED --out "$OUT/bench-unfolded" 2>&1 | tee "$OUT/bench-unfolded.log" | tail -4

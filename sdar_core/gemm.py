@@ -269,6 +269,12 @@ def project(module: torch.nn.Module, x: torch.Tensor | Normed, fuse: bool = True
 # it and writes, per output tile, each row's sum of squares of the sum; the projection that reads the normalised
 # stream next (qkv, gate_up, the lm_head) sums those few partial sums for the row's mean square and normalises each
 # tile of x as it loads it. No kernel runs between the two GEMMs, where fused.add_rms_norm ran before.
+# The rows the fold takes: one (a batch-1 AR step). Measured on an H100 (benchmarks/NOTES.md, "The residual add and
+# the norm in the GEMMs"): the one-token forward 1.762 -> 1.733 ms, 262 -> 206 kernels; SDAR's 16-row block forward
+# 1.962 -> 2.174 ms, the tensor-core form's qkv 8.8 -> 15.2 us (its x tiles pass through registers to be normalised).
+FOLD_MAX_ROWS = 1
+
+
 @dataclass(frozen=True)
 class Normed:
     """RMSNorm(x) with `norm` (an RMSNorm module: weight, eps), not formed yet: `linear` and `project` form it in
@@ -309,8 +315,10 @@ def normed_linear(x: Normed, weight: torch.Tensor | Fp8Weight) -> torch.Tensor:
 def add_runs(
     inp: torch.Tensor, weight: torch.Tensor | Fp8Weight, residual: torch.Tensor, swiglu: bool = False
 ) -> bool:
-    """Whether `add_linear` takes these: `linear` (`swiglu_runs` with `swiglu`) would take inp for this weight, and
-    the residual is a [..., n] of inp's dtype on inp's device with inp's leading shape."""
+    """Whether `add_linear` takes these: one row (FOLD_MAX_ROWS), `linear` (`swiglu_runs` with `swiglu`) would take
+    inp for this weight, and the residual is a [..., n] of inp's dtype on inp's device with inp's leading shape."""
+    if inp.numel() != inp.shape[-1] * FOLD_MAX_ROWS:
+        return False
     if residual.dtype != inp.dtype or residual.device != inp.device or needs_grad(residual):
         return False
     if residual.shape != (*inp.shape[:-1], weight.shape[0]):
@@ -631,6 +639,11 @@ if triton is not None:
         w = tl.load(W + rn_safe[:, None] * K + rk[None, :], mask=rk[None, :] < K, other=0.0)
         if PDL:
             tl.extra.cuda.gdc_wait()
+        live = (rm[:, None] < M) & (rn[None, :] < N)
+        out = rm[:, None] * N + rn[None, :]
+        res = 0.0
+        if ADD:  # the residual tile now, beside the first x tile: not a dependent load in the store's tail
+            res = tl.load(R + out, mask=live, other=0.0).to(tl.float32)
         rstd = 0.0
         if NORM:  # the row's sum of squares from the T tile sums its producer wrote (one small load, no pass over x)
             rt = tl.arange(0, BLOCK_T)
@@ -653,10 +666,8 @@ if triton is not None:
             acc = _step(acc, x, w, BLOCK_M, IEEE)
         if BLOCK_M > 1:
             acc = tl.trans(acc)  # [BLOCK_M, BLOCK_N], once per tile
-        live = (rm[:, None] < M) & (rn[None, :] < N)
-        out = rm[:, None] * N + rn[None, :]
         if SPLIT_K == 1:
-            _store(acc, Y, S, R, SQ, out, live, rm, rn_safe, pid_n, T, M, SCALED, ADD)
+            _store(acc, Y, S, res, SQ, out, live, rm, rn_safe, pid_n, T, M, SCALED, ADD)
         else:
             tl.store(WS + pid_k * M * N + out, acc, mask=live)
             tile = pid_m * tl.num_programs(0) + pid_n
@@ -667,23 +678,22 @@ if triton is not None:
                 total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
                 for s in range(SPLIT_K):
                     total += tl.load(WS + s * M * N + out, mask=live, other=0.0, cache_modifier=".cg")
-                _store(total, Y, S, R, SQ, out, live, rm, rn_safe, pid_n, T, M, SCALED, ADD)
+                _store(total, Y, S, res, SQ, out, live, rm, rn_safe, pid_n, T, M, SCALED, ADD)
                 tl.atomic_xchg(COUNT + tile, 0)
 
     @triton.jit
     def _store(
-        acc, Y, S, R, SQ, out, live, rm, rn_safe, pid_n, T, M, SCALED: tl.constexpr, ADD: tl.constexpr
+        acc, Y, S, res, SQ, out, live, rm, rn_safe, pid_n, T, M, SCALED: tl.constexpr, ADD: tl.constexpr
     ):
         """An output tile's float32 sum, scaled (SCALED), rounded once to Y's dtype and stored; with ADD, added to
-        the residual R first (the product rounded, then the sum, as `x + delta` rounds them) and the tile's sum of
-        squares of each row's result (as rounded) stored in SQ's column pid_n."""
+        the residual tile `res` (float32, loaded after the wait) first (the product rounded, then the sum, as
+        `x + delta` rounds them) and the tile's sum of squares of each row's result (as rounded) stored in SQ's
+        column pid_n."""
         if SCALED:
             acc *= tl.load(S + rn_safe)[None, :]
         y = acc.to(Y.dtype.element_ty)
         if ADD:
-            y = (y.to(tl.float32) + tl.load(R + out, mask=live, other=0.0).to(tl.float32)).to(
-                Y.dtype.element_ty
-            )
+            y = (y.to(tl.float32) + res).to(Y.dtype.element_ty)
             yf = tl.where(live, y.to(tl.float32), 0.0)
             tl.store(SQ + rm * T + pid_n, tl.sum(yf * yf, axis=1), mask=rm < M)
         tl.store(Y + out, y, mask=live)
