@@ -44,8 +44,9 @@ class Kernels:
     silu_down: bool = True
     # The residual add folded into the skinny GEMM that ends a sublayer (o_proj, down: it stores the sum and each
     # row's sums of squares per output tile) and the RMSNorm after it into the GEMM that reads the sum next (qkv,
-    # gate_up, the lm_head: it normalises x as it loads it), where the skinny kernel takes both: no add_norm kernel
-    # between them (gemm.add_linear, gemm.Normed; benchmarks/NOTES.md, "The residual add and the norm in the GEMMs").
+    # gate_up, the lm_head: it normalises x as it loads it), for one row (gemm.FOLD_MAX_ROWS: a batch-1 AR step)
+    # where the skinny kernel takes both: no add_norm kernel between them (gemm.add_linear, gemm.Normed;
+    # benchmarks/NOTES.md, "The residual add and the norm in the GEMMs").
     norm_fold: bool = True
     routing: bool = True  # an MoE router's softmax, top-k and renormalisation (moe.route); the pairs' sort
     # Static-shape forwards (runner modes "static", "graph"): None takes the split-K decode attention wherever it
