@@ -361,12 +361,18 @@ class SDARForCausalLM(nn.Module):
         return "fp8" if isinstance(self.lm_head, Fp8Linear) else str(self.dtype).removeprefix("torch.")
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The embeddings of input_ids [B, Q] -> [B, Q, h]. At inference with the table on the ids' device, an
-        indexing read (one thread per element: ~2 us for a 16-token block on an H100, where the embedding's
-        index_select kernel took 13 us, benchmarks/NOTES.md); else the module call (training; big-model dispatch,
-        whose hooks bring the table)."""
+        """The embeddings of input_ids [B, Q] -> [B, Q, h]. At inference on CUDA with the table on the ids' device
+        and more than one id, an indexing read (torch's gather kernel: 2.1 us for a 16-token block on an H100, where
+        the module's index_select took 13.3 us; for one id index_select's 2.5 us beat indexing's 5.5, so one id keeps
+        the module: benchmarks/NOTES.md); else the module call (training; big-model dispatch, whose hooks bring the
+        table)."""
         table = self.model.embed_tokens.weight
-        if torch.is_grad_enabled() or table.device != input_ids.device or not input_ids.is_cuda:
+        if (
+            torch.is_grad_enabled()
+            or not input_ids.is_cuda
+            or table.device != input_ids.device
+            or input_ids.numel() == 1
+        ):
             return self.model.embed_tokens(input_ids)
         return table[input_ids]
 
