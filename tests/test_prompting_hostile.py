@@ -36,7 +36,9 @@ USER = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def sandbox():
-    box = TemplateSandbox(deadline=2.0)
+    # 128 MB, not the default 512: the doubling template meets the cap in ~0.05 s rather than ~0.4 (which two busy
+    # test workers stretched past the 2 s deadline once), and the loops still meet the deadline.
+    box = TemplateSandbox(deadline=2.0, max_memory=128 << 20)
     yield box
     box.close()
 
