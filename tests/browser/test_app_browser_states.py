@@ -163,6 +163,8 @@ def test_clear_while_an_answer_decodes_ends_it(page):
 
 def test_switching_the_model_clears_the_previous_models_note(page):
     set_slider(page, "sdar-block-length", 3)
+    # The steps slider follows the block length (a server round trip): send once it has, as set_decoding waits.
+    page.wait_for_function("document.querySelector('#sdar-steps input[type=number]').max == '3'")
     send(page, "What is 47 + 38?")
     wait_text(page, "sdar-chat-note", "block 3 was not trained for")
     page.wait_for_function("document.querySelector('#sdar-chat-stats').innerText.includes('TPF')")
