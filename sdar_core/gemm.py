@@ -192,21 +192,27 @@ def fp8_runs(x: torch.Tensor, weight: Fp8Weight) -> bool:
     return _kernel_takes(x, weight.data, FP8_MAX_ROWS)
 
 
+def takes(x: torch.Tensor, weight: torch.Tensor | Fp8Weight) -> bool:
+    """Whether `linear` (no bias) sends x to the kernel for this weight: fp8_runs or skinny_runs."""
+    return fp8_runs(x, weight) if isinstance(weight, Fp8Weight) else skinny_runs(x, weight, None)
+
+
+def parts(weight: torch.Tensor | Fp8Weight) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The kernel's operands of a weight: (data, row scales) for an Fp8Weight, (weight, None) for bf16/fp16/fp32."""
+    return (weight.data, weight.scale) if isinstance(weight, Fp8Weight) else (weight, None)
+
+
 def swiglu_runs(gate_up: torch.Tensor, weight: torch.Tensor | Fp8Weight) -> bool:
     """Whether the down projection's kernel takes [gate; up] [..., 2k] and forms SiLU(gate) * up as it loads it
     (`swiglu_linear`): `linear` would take these rows for this weight (fp8_runs, skinny_runs) and gate_up is twice
     the weight's k wide."""
-    if gate_up.shape[-1] != 2 * weight.shape[1]:
-        return False
-    return fp8_runs(gate_up, weight) if isinstance(weight, Fp8Weight) else skinny_runs(gate_up, weight, None)
+    return gate_up.shape[-1] == 2 * weight.shape[1] and takes(gate_up, weight)
 
 
 def swiglu_linear(gate_up: torch.Tensor, weight: torch.Tensor | Fp8Weight) -> torch.Tensor:
     """(SiLU(gate) * up) W^T of gate_up = [gate; up] in one launch, where `swiglu_runs`: the activation is never
     written, and no kernel of its own runs between gate_up's and down's."""
-    if isinstance(weight, Fp8Weight):
-        return _swiglu_linear(gate_up, weight.data, weight.scale)
-    return _swiglu_linear(gate_up, weight, None)
+    return _swiglu_linear(gate_up, *parts(weight))
 
 
 def fp8_reference(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -299,17 +305,12 @@ def normed_runs(x: Normed, weight: torch.Tensor | Fp8Weight) -> bool:
     nw = x.norm.weight
     if nw.shape != (weight.shape[1],) or nw.dtype != x.x.dtype or nw.device != x.x.device:
         return False
-    if not nw.is_contiguous() or needs_grad(nw):
-        return False
-    if isinstance(weight, Fp8Weight):
-        return fp8_runs(x.x, weight)
-    return skinny_runs(x.x, weight, None)
+    return nw.is_contiguous() and not needs_grad(nw) and takes(x.x, weight)
 
 
 def normed_linear(x: Normed, weight: torch.Tensor | Fp8Weight) -> torch.Tensor:
     """RMSNorm(x.x) W^T in one launch, where `normed_runs`: the normalised rows are never written."""
-    data, scale = (weight.data, weight.scale) if isinstance(weight, Fp8Weight) else (weight, None)
-    return _normed_linear(x.x, x.squares, x.norm.weight, float(x.norm.eps), data, scale)
+    return _normed_linear(x.x, x.squares, x.norm.weight, float(x.norm.eps), *parts(weight))
 
 
 def add_runs(
@@ -323,9 +324,7 @@ def add_runs(
         return False
     if residual.shape != (*inp.shape[:-1], weight.shape[0]):
         return False
-    if swiglu:
-        return swiglu_runs(inp, weight)
-    return fp8_runs(inp, weight) if isinstance(weight, Fp8Weight) else skinny_runs(inp, weight, None)
+    return swiglu_runs(inp, weight) if swiglu else takes(inp, weight)
 
 
 def add_linear(
@@ -333,7 +332,7 @@ def add_linear(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(residual + inp W^T, its squares) in one launch, where `add_runs`; with `swiglu`, inp is [gate; up] as
     `swiglu_linear` takes it. The squares [..., T] float32 are what a Normed of the sum carries."""
-    data, scale = (weight.data, weight.scale) if isinstance(weight, Fp8Weight) else (weight, None)
+    data, scale = parts(weight)
     return _add_linear(inp, data, scale, residual, swiglu)
 
 
@@ -458,6 +457,11 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
+def _config(rows: int, weight: torch.Tensor, scale: torch.Tensor | None, device: torch.device) -> GemmConfig:
+    """config_for's tile shape for `rows` rows against this weight on this device (float8 tiles with `scale`)."""
+    return config_for(rows, weight.shape[0], weight.shape[1], _sm_count(device), fp8=scale is not None)
+
+
 def _rows_product(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -472,9 +476,7 @@ def _rows_product(
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    cfg = config_for(
-        x2.shape[0], weight.shape[0], weight.shape[1], _sm_count(x.device), fp8=scale is not None
-    )
+    cfg = _config(x2.shape[0], weight, scale, x.device)
     lead, n = x.shape[:-1], weight.shape[0]
     if norm is not None:
         squares, nw, eps = norm
@@ -488,7 +490,7 @@ def _rows_product(
 def _squares_like(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """The squares `_rows_product` returns beside a sum (the fake ops' shape)."""
     rows = x.numel() // x.shape[-1]
-    cfg = config_for(rows, weight.shape[0], weight.shape[1], _sm_count(x.device), fp8=scale is not None)
+    cfg = _config(rows, weight, scale, x.device)
     return x.new_empty(*x.shape[:-1], cfg.grid(rows, weight.shape[0])[0], dtype=torch.float32)
 
 
