@@ -88,6 +88,7 @@ def run_case(model, ar_model, case: Case, repeats: int, params: DecodeParams):
         new_tokens=s.new_tokens,
         forwards=s.forwards,
         seconds=s.seconds,
+        prefill_ms=1000 * s.prefill_seconds,
         tokens_per_second=s.tokens_per_second,
         decode_tokens_per_second=s.new_tokens / decode_seconds,
         ms_per_forward=1000 * decode_seconds / max(s.forwards, 1),

@@ -32,6 +32,9 @@
 #                                                # and float8, tiles swept at 16 rows), the graphed forward's profile
 #                                                # and `bench` at batch 1 and 4 with 1 row against 64, without the
 #                                                # two folds (fusions silu_down, qk_rope), then float8
+#   bash benchmarks/device_kernels.sh prefill [S]  # every `cuda` test, benchmarks.prefill (the prompt's prefill: wall
+#                                                # time against its kernels', the block-causal attention under the
+#                                                # mask and without it), the goals' bench rows, within S s
 #   bash benchmarks/device_kernels.sh coldstart  # the precompile tests and some kernels' on CUDA (CUDA_TESTS=""
 #                                                # keeps the precompile ones only, =none none), then
 #                                                # benchmarks.startup (cold,
@@ -185,8 +188,8 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
       --contexts 64 --gemm skinny+pdl --out "$OUT/profile-moe" 2>&1 | tee "$OUT/profile-moe.log" | tail -5
     tar czf /tmp/rest.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/rest.tgz "$OUT/" ;;
   h200)  # on an H200, within one call: the README's sweep, the 30B-A3B rows, the dense forward's profile (the cold
-    # start is measured on an H100 by `coldstart`); on any other card, `coldstart`
-    grep -q H200 "$OUT/gpu.txt" || exec bash "$0" coldstart
+    # start is measured on an H100 by `coldstart`); on any other card, `prefill`
+    grep -q H200 "$OUT/gpu.txt" || exec bash "$0" prefill
     LIMIT=590
     within 440 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 2048 8192 \
       --new-tokens 256 512 512 --batch-sizes 1 4 16 32 64 --block-lengths 4 16 --repeats 2 --transformers compiled \
@@ -195,6 +198,14 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     within 80 python3 -m benchmarks.profile_forward --split-k on --contexts 64 8k --gemm skinny+pdl \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
     tar czf /tmp/h200.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/h200.tgz "$OUT/" ;;
+  prefill)  # every `cuda` test (no studio: the device has no Gradio), benchmarks.prefill (AR, SDAR under the mask,
+    # SDAR mask-free at 64-8k), then the goals' bench rows (each with its prefill_ms), within $2 s (default 450)
+    LIMIT=${2:-450}
+    within 230 python3 -m pytest -q -p no:cacheprovider -m cuda tests/ --continue-on-collection-errors \
+      > "$OUT/cuda-tests.log" 2>&1; tail -n 4 "$OUT/cuda-tests.log"
+    within 110 python3 -m benchmarks.prefill --out "$OUT/prefill" 2>&1 | tee "$OUT/prefill.log" | tail -12
+    within 150 $BENCH --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -5
+    tar czf /tmp/prefill.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/prefill.tgz "$OUT/" ;;
   coldstart)
     [ "${CUDA_TESTS-}" = none ] || timeout 170 python3 -m pytest -q -p no:cacheprovider -m cuda \
       tests/test_precompile.py ${CUDA_TESTS-tests/test_fused.py tests/test_norm_rope.py tests/test_decode_attention.py} \

@@ -11,7 +11,16 @@ A forward builds one `AttentionInputs` (which keys each query sees, said one way
   mask is needed (all keys visible, or causal); "eager", a plain softmax(QK^T)V reference, used by the tests;
 - a flex_attention BlockMask: flex_attention (CUDA; what training uses for the [x_t ; x_0] mask);
 - the chunk's cache indices (`CacheQueries`, static-shape decode forwards): `decode_attention`, the split-K kernel
-  of decode_attention.py where it runs, SDPA over the filled slice elsewhere.
+  of decode_attention.py where it runs, SDPA over the filled slice elsewhere;
+- a block length alone (`blocks`: a CUDA prefill of whole blocks from key 0, no padding): `block_causal_attention`,
+  flash attention's causal pass and each block's later keys merged by their log-sum-exps, where no mask is built.
+
+Why the last: SDPA's flash kernel takes no mask, so a block-causal mask sent the prompt's attention to the
+memory-efficient kernel, which reads the [Q, K] mask and skips nothing above the diagonal. An SDAR prefill of an
+8k prompt took 2.3x the AR model's causal one on an H100 (167 against 71 ms; benchmarks/NOTES.md, "The prefill's
+attention"). Block-causal is causal plus, for each query, the keys after it in its own block: the flash kernel's
+causal pass returns its output and each row's log-sum-exp, the few in-block keys (block_size - 1 at most per query)
+are a batched [block, block] product, and the two softmaxes combine exactly by their log-sum-exps.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .decode_attention import CacheQueries, split_k_attention, split_k_runs
+from .fused import needs_grad
 
 try:  # optional: flash-attn only helps on CUDA and is never required
     from flash_attn import flash_attn_func as _flash_attn_func  # type: ignore
@@ -127,6 +137,67 @@ def attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
 
 
+def block_causal_runs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether `block_causal_attention` takes its causal pass from SDPA's flash kernel: CUDA, bf16/fp16, a head
+    dimension the kernel takes (a multiple of 8, at most 256), flash enabled in torch, no gradient wanted (the
+    kernel's log-sum-exp has no backward)."""
+    return (
+        q.is_cuda
+        and q.dtype in (torch.bfloat16, torch.float16)
+        and k.dtype == q.dtype == v.dtype
+        and q.shape[-1] % 8 == 0
+        and q.shape[-1] <= 256
+        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention")
+        and torch.backends.cuda.flash_sdp_enabled()
+        and torch.cuda.get_device_capability(q.device) >= (8, 0)
+        and not needs_grad(q, k, v)
+    )
+
+
+def causal_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention of q [B, H, T, D] over k, v [B, H, T, D] (as many heads) and each query's log-sum-exp of
+    its scaled scores [B, H, T] float32: SDPA's flash kernel where `block_causal_runs`, float32 math elsewhere."""
+    if block_causal_runs(q, k, v):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, True)[:2]
+        return out, lse
+    T = q.shape[-2]
+    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+    lse = scores.logsumexp(-1)
+    return ((scores - lse[..., None]).exp() @ v.float()).to(q.dtype), lse
+
+
+def block_causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int
+) -> torch.Tensor:
+    """Block-causal attention of a whole chunk from key 0 (query i sees key j iff j // block_size <=
+    i // block_size), q [B, H, T, D] over k, v [B, H_kv, T, D], without a mask: the causal pass (causal_with_lse)
+    merged with each query's later keys of its own block by their log-sum-exps. [B, H, T, D] in q's dtype."""
+    B, H, T, D = q.shape
+    groups = H // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    causal, lse = causal_with_lse(q, k, v)
+    # Each query's keys after it in its block: the chunk padded to whole blocks, one [L, L] product per block.
+    L = block_size
+    nb = -(-T // L)
+    pad = nb * L - T
+
+    def blocked(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t.float(), (0, 0, 0, pad)).view(B, H, nb, L, D)
+
+    scores = blocked(q) @ blocked(k).transpose(-1, -2) / math.sqrt(D)  # [B, H, nb, L, L]
+    i = torch.arange(L, device=q.device)
+    later = (i[None, :] > i[:, None]) & ((torch.arange(nb, device=q.device)[:, None] * L + i) < T)[:, None, :]
+    scores = scores.masked_fill(~later, float("-inf"))
+    lse_in = scores.logsumexp(-1)  # -inf where a query has no later key (its block's last)
+    p = torch.where(later, (scores - lse_in[..., None].clamp_min(-1e30)).exp(), 0.0)
+    inside = (p @ blocked(v)).view(B, H, nb * L, D)[:, :, :T]
+    lse_in = lse_in.view(B, H, nb * L)[:, :, :T]
+    total = torch.logaddexp(lse, lse_in)  # lse is finite: every query sees itself
+    out = causal.float() * (lse - total).exp()[..., None] + inside * (lse_in - total).exp()[..., None]
+    return out.to(q.dtype)
+
+
 def eager_attention(q, k, v, mask, *, is_causal: bool = False) -> torch.Tensor:
     """The textbook computation, in float32: the reference every other backend is tested against."""
     groups = q.shape[1] // k.shape[1]
@@ -161,6 +232,9 @@ class AttentionInputs:
     cache_queries: CacheQueries | None = (
         None  # static shapes: the split-K kernel builds the mask from the indices
     )
+    # A chunk of whole blocks' queries over keys [0, Q) with no padding, block-causal with blocks of this length, on
+    # CUDA: `block_causal_attention`, no mask built (0: not such a chunk).
+    blocks: int = 0
 
     @classmethod
     def chunk(
@@ -173,6 +247,9 @@ class AttentionInputs:
         device=None,
     ) -> AttentionInputs:
         """Block-causal attention of a chunk of q_len queries at key indices start.. against keys [0, k_len)."""
+        cuda = device is not None and torch.device(device).type == "cuda"
+        if cuda and k_start is None and start == 0 and k_len == q_len and 1 < block_size < q_len:
+            return cls(blocks=block_size)
         mask, is_causal = chunk_mask(start, q_len, k_len, block_size, k_start=k_start, device=device)
         return cls(mask=mask, is_causal=is_causal)
 
@@ -184,12 +261,25 @@ class AttentionInputs:
         return cls(block_mask=mask)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: AttentionInputs, backend: str = "sdpa"):
-    """q [B, H, Q, D], k, v [B, H_kv, K, D] (the whole cache buffers for cache_queries) -> [B, H, Q, D]."""
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    inputs: AttentionInputs,
+    backend: str = "sdpa",
+    mask_free: bool = True,
+):
+    """q [B, H, Q, D], k, v [B, H_kv, K, D] (the whole cache buffers for cache_queries) -> [B, H, Q, D].
+    `mask_free` (Kernels.mask_free_prefill): a chunk of `blocks` through block_causal_attention where it runs."""
     if inputs.cache_queries is not None:
         return decode_attention(q, k, v, inputs.cache_queries)
     if inputs.block_mask is not None:
         return attention(q, k, v, inputs.block_mask)
+    if inputs.blocks:
+        if mask_free and backend != "eager" and block_causal_runs(q, k, v):
+            return block_causal_attention(q, k, v, inputs.blocks)
+        mask = block_causal_mask(torch.arange(q.shape[-2], device=q.device), k.shape[-2], inputs.blocks)
+        return attention(q, k, v, mask, backend=backend)
     return attention(q, k, v, inputs.mask, is_causal=inputs.is_causal, backend=backend)
 
 

@@ -12,7 +12,17 @@ import pytest
 import torch
 
 from sdar_core import attention as attention_module
-from sdar_core.attention import attention, block_causal_mask, chunk_mask, eager_attention, flex_block_mask
+from sdar_core.attention import (
+    AttentionInputs,
+    attend,
+    attention,
+    block_causal_attention,
+    block_causal_mask,
+    block_causal_runs,
+    chunk_mask,
+    eager_attention,
+    flex_block_mask,
+)
 from sdar_core.kernels import Kernels
 
 from helpers import random_model, rel_err, tiny_config
@@ -144,6 +154,45 @@ def test_chunk_mask_with_padding_is_always_a_tensor():
     assert torch.equal(mask, hand_mask([4, 5, 6, 7], 8, 4, [0, 4]))
 
 
+# --- the prefill's block-causal attention without a mask ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("length", "block_size"), [(12, 4), (13, 4), (9, 2), (7, 16), (33, 8), (5, 1)])
+def test_block_causal_attention_is_the_textbook_under_the_loop_built_mask(length, block_size):
+    """The causal pass and each block's later keys, merged by their log-sum-exps, are softmax under the block-causal
+    mask: whole and partial last blocks, a chunk shorter than a block, blocks of one (causal alone)."""
+    q, k, v = qkv(length, length, seed=length + block_size)
+    expected = textbook(q, k, v, hand_mask(list(range(length)), length, block_size))
+    assert rel_err(block_causal_attention(q, k, v, block_size), expected) < 1e-5
+
+
+def test_a_cuda_prefill_chunk_of_whole_blocks_from_key_0_builds_no_mask():
+    """Only a chunk from key 0 that ends the keys, unpadded, longer than a block with blocks longer than one, on
+    CUDA, takes the mask-free form; the rest keep chunk_mask's (no CUDA needed: nothing is allocated for it)."""
+    assert AttentionInputs.chunk(0, 12, 12, 4, device="cuda") == AttentionInputs(blocks=4)
+    for args, kw in [
+        ((0, 12, 12, 4), dict(device="cpu")),
+        ((4, 8, 12, 4), dict(device="cpu")),
+        ((0, 4, 4, 4), dict(device="cpu")),
+        ((0, 12, 12, 1), dict(device="cpu")),
+    ]:
+        inputs = AttentionInputs.chunk(*args, **kw)
+        assert inputs.blocks == 0
+    assert (
+        AttentionInputs.chunk(0, 4, 4, 4, device="cuda") == AttentionInputs()
+    )  # one block: every key visible
+    assert AttentionInputs.chunk(0, 12, 12, 1, device="cuda") == AttentionInputs(is_causal=True)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_attend_with_a_block_length_alone_equals_the_masked_attention(backend):
+    """Where the flash kernel cannot run (here: the CPU, float32), `attend` builds the mask from the block length."""
+    q, k, v = qkv(10, 10, seed=3)
+    assert not block_causal_runs(q, k, v) or DEVICE == "cuda"
+    got = attend(q, k, v, AttentionInputs(blocks=4), backend)
+    assert rel_err(got, textbook(q, k, v, hand_mask(list(range(10)), 10, 4))) < 1e-5
+
+
 # --- the backends --------------------------------------------------------------------------------------
 
 
@@ -270,3 +319,52 @@ def test_cuda_a_prefill_of_any_length_runs_no_cudnn_kernel(q_len):
     names = [e.name.lower() for e in prof.events() if e.device_type.name == "CUDA"]
     assert names and not [n for n in names if "cudnn" in n], names
     assert rel_err(out.float().cpu(), eager_attention(q, k, v, mask).float().cpu()) < 1e-2
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(("length", "block_size"), [(1000, 16), (517, 4), (64, 16)])
+def test_cuda_block_causal_attention_takes_flash_and_matches_the_masked_attention(length, block_size):
+    """SDAR-1.7B's heads in bf16: the mask-free form runs flash's causal kernel (no memory-efficient kernel, no
+    mask) and is within bf16 rounding of float32 softmax under the mask."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(length)
+    q = torch.randn(1, 16, length, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 8, length, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    assert block_causal_runs(q, k, v)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        out = attend(q, k, v, AttentionInputs.chunk(0, length, length, block_size, device="cuda"))
+        torch.cuda.synchronize()
+    names = [e.name.lower() for e in prof.events() if e.device_type.name == "CUDA"]
+    assert [n for n in names if "flash" in n] and not [n for n in names if "fmha" in n or "efficient" in n], (
+        names
+    )
+    mask = block_causal_mask(torch.arange(length, device="cuda"), length, block_size)
+    reference = eager_attention(q.float(), k.float(), v.float(), mask)
+    assert rel_err(out.float(), reference) < 1e-2
+    masked = attention(q, k, v, mask)  # the memory-efficient kernel under the mask, as before
+    assert rel_err(out.float(), reference) <= 1.5 * rel_err(masked.float(), reference) + 1e-3
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_sdar_forward_of_several_blocks_takes_the_mask_free_form_and_equals_the_eager_backend(
+    monkeypatch,
+):
+    """A bf16 SDAR model's whole-prompt forward on CUDA: every layer takes block_causal_attention, and the logits
+    are the eager backend's (the mask built, float32 softmax) within bf16 rounding."""
+    calls = []
+    original = attention_module.block_causal_attention
+    monkeypatch.setattr(
+        attention_module, "block_causal_attention", lambda *a: calls.append(a[-1]) or original(*a)
+    )
+    config = tiny_config("sdar", block_size=4, layers=2)
+    model = random_model(config).to("cuda", torch.bfloat16)
+    ids = torch.randint(0, 95, (2, 13), generator=torch.Generator().manual_seed(0)).cuda()
+    with torch.no_grad():
+        eager = model(ids, kernels=Kernels(attention_backend="eager"))
+        assert calls == []
+        sdpa = model(ids)
+    assert calls == [4, 4]
+    assert rel_err(sdpa.float(), eager.float()) < 2e-2

@@ -1,0 +1,32 @@
+"""benchmarks/prefill.py's three prefills on the CPU: each fills its runner's cache as a prefill of that attention
+would (ar: causal; sdar and sdar-masked: block-causal in blocks of 16, the same keys and values)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import common
+from benchmarks.prefill import main, prefill_call
+
+
+def test_the_three_prefills_fill_the_cache_as_their_attention_says():
+    model = common.random_model(common.arch_config("tiny", 16), torch.device("cpu"), torch.float32)
+    caches = {}
+    with torch.no_grad():
+        for mode in ("ar", "sdar-masked", "sdar"):
+            call, runner = prefill_call(model, 40, mode)
+            assert runner.block_size == (1 if mode == "ar" else 16)
+            assert runner.kernels.mask_free_prefill == (mode != "sdar-masked")
+            assert call().shape[1] == 0  # logits of nothing: the cache is what a prefill leaves
+            caches[mode] = runner.cache.k[-1][:, :, :40].clone()
+    assert torch.equal(caches["sdar"], caches["sdar-masked"])
+    # the last layer's keys depend on the attention of the layers before: causal and block-causal differ
+    assert (caches["ar"] - caches["sdar"]).abs().max() > 1e-3
+
+
+def test_without_a_gpu_it_says_so():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        main(["--lengths", "8"])
