@@ -15,8 +15,11 @@ The runner's `Kernels` (kernels.py) go to every forward it runs.
 `prepare` builds a chunk's inputs once for the repeated forwards of one block's steps (a replay then copies in
 its tokens alone); `run_captured` replays the decoder's own device work after the forward (steps.py) as a
 graph of its own, and `held` keeps the buffers such a graph reads alive with the runner.
-A prefill (a chunk longer than two blocks) takes the plain path in every mode: it runs once per request, with a
-length of its own. Static and graph runners are pooled per model (`RUNNER_POOL`) and reused across generate
+A prefill of up to PREFILL_PADDED tokens that asks for no logits runs in a static or graph runner as a static
+forward padded to a bucket (`prefill_bucket`: 16, 32, ... 256 tokens), a graph replay in graph mode, so that a server
+captures a handful of prefill graphs rather than one per prompt length; a longer prefill, one asking for logits, and
+every chunk of a plain runner take the plain path (attention over the filled slice), as does any other chunk
+longer than two blocks. Static and graph runners are pooled per model (`RUNNER_POOL`) and reused across generate
 calls of one shape.
 """
 
@@ -27,9 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 
 from .attention import AttentionInputs, chunk_mask
-from .decode_attention import CacheQueries, split_k_available
+from .decode_attention import MAX_QUERIES, CacheQueries, split_k_available
 from .kernels import DEFAULT_KERNELS, Kernels
 from .kv_cache import KVCache
 from .moe import grouped_mm_available, triton_available
@@ -51,6 +55,21 @@ def bucket(total: int, context: int) -> int:
     while size < total:
         size *= 2
     return min(size, max(total, context))
+
+
+# A static or graph runner's prefill of up to this many tokens runs padded to a bucket, as a graph in graph mode: an
+# eager prefill is bound by the host's launches, not by the GPU (benchmarks/NOTES.md, "The prefill": 17-35 ms for 64
+# tokens on an H100, whose kernels take ~2 ms). The split-K attention takes up to MAX_QUERIES queries.
+PREFILL_PADDED = MAX_QUERIES
+
+
+def prefill_bucket(length: int, block_size: int) -> int:
+    """The tokens a padded prefill of `length` runs: 16 (or one block, if longer) doubled until they hold it, so a
+    server captures a handful of prefill graphs (16, 32, ... PREFILL_PADDED) whatever its prompts' lengths."""
+    size = max(16, block_size)
+    while size < length:
+        size *= 2
+    return size
 
 
 def default_mode(model) -> str:
@@ -255,11 +274,14 @@ class ChunkRunner:
     def forward(self, ids: torch.Tensor, start: int, logits_from: int, prefill: bool = False) -> torch.Tensor:
         """Logits [B, Q - logits_from, V] of the chunk `ids` [B, Q] at cache positions [start, start+Q)."""
         length = ids.shape[1]
+        if prefill and self.pads_prefill(length, start, logits_from):
+            return self.padded_prefill(ids, start)
         if self.mode == "plain" or prefill or length > 2 * self.block_size:
-            # A prefill runs once per request with a length of its own: attention over the filled slice through
-            # SDPA's prebuilt kernels, neither a graph nor a kernel built for its length. A short one too: a prompt
-            # of one or two whole blocks would otherwise capture a graph of its own on its first request (the
-            # studio's first chat of a block size paid that capture, 0.5 of a warm request's speed on an H100).
+            # A long prefill runs once per request with a length of its own: attention over the filled slice through
+            # SDPA's prebuilt kernels, neither a graph nor a kernel built for its length. A short one that cannot be
+            # padded too: a prompt of one or two whole blocks would otherwise capture a graph of its own on its first
+            # request (the studio's first chat of a block size paid that capture, 0.5 of a warm request's speed on an
+            # H100); padded_prefill captures one per bucket.
             inputs = self.inputs(ids, start)
             return self.model(
                 inputs.ids,
@@ -273,6 +295,33 @@ class ChunkRunner:
         if self.mode == "static":
             return self.static_forward(inputs, logits_from, _forward)
         return self._replay(inputs, logits_from)
+
+    def pads_prefill(self, length: int, start: int, logits_from: int) -> bool:
+        """Whether a prefill of `length` tokens at `start` takes the static path padded to prefill_bucket: a static
+        or graph runner (not compiled), no logits asked for, a bucket of at most PREFILL_PADDED tokens that fits the
+        buffer, the chunk ending on a block boundary (the padding's keys lie in later blocks, which its queries do
+        not see)."""
+        padded = prefill_bucket(length, self.block_size)
+        return (
+            self.mode != "plain"
+            and self.forward_fn is _forward
+            and logits_from == length
+            and padded <= PREFILL_PADDED
+            and start + padded <= self.total
+            and (start + length) % self.block_size == 0
+        )
+
+    def padded_prefill(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """The prefill chunk `ids` [B, Q] at [start, start+Q) as a static forward of prefill_bucket(Q) tokens (a
+        graph replay in graph mode: one graph per bucket, none per prompt length); logits of nothing, [B, 0, V].
+        The padding tokens write keys and values past the chunk, at positions no query sees before its own forward
+        has rewritten them (they lie in later blocks, or after the query for causal attention)."""
+        length = ids.shape[1]
+        padded = F.pad(ids, (0, prefill_bucket(length, self.block_size) - length), value=0)
+        inputs = self.static_inputs(padded, start)
+        if self.mode == "static":
+            return self.static_forward(inputs, padded.shape[1])
+        return self._replay(inputs, padded.shape[1])
 
     def prepare(self, ids: torch.Tensor, start: int, logits_from: int) -> Callable[[], torch.Tensor]:
         """The forward of the chunk `ids` [B, Q] at cache positions [start, start+Q), as a call to repeat while `ids`

@@ -487,11 +487,12 @@ def test_static_shape_runner_gives_the_plain_path_tokens(sdar, strategy):
 
 
 @pytest.mark.parametrize("strategy", ["static", "ar"])
-def test_a_short_prefill_takes_the_plain_path_and_the_decode_steps_the_static_one(
+def test_a_short_prefill_runs_static_padded_to_its_bucket_never_at_its_own_length(
     sdar, strategy, monkeypatch
 ):
     """A prompt of one or two whole blocks is no longer than a decode chunk, but it is a prefill: it must not get a
-    static forward (on a GPU, a graph captured for its length on its first request); the decode's chunks must."""
+    static forward of its own length (on a GPU, a graph captured per prompt length on its first request). It runs
+    padded to its bucket (16 tokens, one graph for every prompt up to 16), and the answer is the plain path's."""
     from sdar_core import runner
 
     static_lengths = []
@@ -502,13 +503,30 @@ def test_a_short_prefill_takes_the_plain_path_and_the_decode_steps_the_static_on
         return real(self, inputs, logits_from, forward_fn)
 
     monkeypatch.setattr(runner.ChunkRunner, "static_forward", spy)
-    # two whole blocks and one token; for AR (blocks of one token) a prefill of two tokens
-    prompt = list(range(1, 10)) if strategy != "ar" else [1, 2]
     kw = dict(max_new_tokens=8, block_length=4, steps=2, strategy=strategy)
-    static = generate(sdar, [prompt], runner_mode="static", **kw)
-    assert static.tokens.tolist() == generate(sdar, [prompt], runner_mode="plain", **kw).tokens.tolist()
-    # one static forward per decoding forward (NFE); the prefill's forward is not among them
-    assert static.stats.prefill_forwards == 1 and len(static_lengths) == static.stats.forwards
+    # two whole blocks and one token, then one whole block; for AR (blocks of one token) prefills of 2 and 6 tokens
+    for prompt in (
+        [list(range(1, 10)), list(range(1, 6))] if strategy != "ar" else [[1, 2, 3], [1, 2, 3, 4, 5, 6, 7]]
+    ):
+        static_lengths.clear()
+        static = generate(sdar, [prompt], runner_mode="static", **kw)
+        assert static.tokens.tolist() == generate(sdar, [prompt], runner_mode="plain", **kw).tokens.tolist()
+        # the prefill's static forward first, of the bucket's 16 tokens; then one per decoding forward (NFE)
+        assert static.stats.prefill_forwards == 1 and len(static_lengths) == static.stats.forwards + 1
+        assert static_lengths[0] == 16 and 16 not in static_lengths[1:], static_lengths
+
+
+@pytest.mark.parametrize("strategy", ["static", "ar"])
+def test_padded_prefills_of_every_bucket_and_a_long_one_equal_the_plain_path(strategy):
+    """Prompts whose prefills fall in the buckets 16-256 (padded, static) and past them (plain), in a batch with left
+    padding and alone: the static runner's answers are the plain runner's."""
+    model = random_model(tiny_config("sdar", block_size=4, max_position_embeddings=1024))
+    kw = dict(max_new_tokens=6, block_length=4, steps=2, strategy=strategy)
+    g = torch.Generator().manual_seed(1)
+    for lengths in ([13], [40], [100, 61], [200], [300]):
+        prompts = [torch.randint(2, 95, (n,), generator=g).tolist() for n in lengths]
+        plain = generate(model, prompts, runner_mode="plain", **kw)
+        assert generate(model, prompts, runner_mode="static", **kw).tokens.tolist() == plain.tokens.tolist()
 
 
 def test_static_shape_runner_for_an_ar_model():
@@ -548,6 +566,24 @@ def test_cuda_graph_path_equals_plain_path(strategy, model_type):
     assert shape(graph) == shape(plain) == shape(ref)
     conf = lambda gen: [c for e in gen.trace for c in e.masked_confidence.values()]  # noqa: E731
     assert conf(graph) == pytest.approx(conf(ref), abs=1e-2)  # CUDA float32 kernels vs the CPU
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_prefills_of_one_bucket_share_one_graph_and_equal_the_plain_path():
+    """Prompts of 20, 28 and 32 whole tokens (bucket 32) and 100 (bucket 128) in graph mode: one prefill graph per
+    bucket, none of a prompt's own length, and the plain path's answers."""
+    from sdar_core.runner import RUNNER_POOL
+
+    model = random_model(tiny_config("sdar", block_size=4, layers=2)).cuda()
+    kw = dict(max_new_tokens=8, block_length=4, steps=2)
+    g = torch.Generator().manual_seed(2)
+    for n in (20, 28, 32, 100):
+        prompt = [torch.randint(2, 95, (n,), generator=g).tolist()]
+        graph = generate(model, prompt, runner_mode="graph", **kw)
+        assert graph.tokens.tolist() == generate(model, prompt, runner_mode="plain", **kw).tokens.tolist()
+    keys = {key for runner in RUNNER_POOL._pools[model.model].values() for key in runner.graphs}
+    assert {(32, 32), (128, 128)} <= keys and not keys & {(20, 20), (28, 28), (100, 100)}, keys
 
 
 def test_a_prepared_chunk_gives_the_logits_of_the_tokens_it_holds_at_each_call(sdar):
