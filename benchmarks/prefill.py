@@ -1,12 +1,15 @@
 """The prompt's prefill on a GPU: its wall time against the GPU time of its kernels, AR (causal) and SDAR
-(block-causal), with the block-causal attention under a mask and without one (Kernels.mask_free_prefill).
+(block-causal), with the block-causal attention under a mask and without one (Kernels.mask_free_prefill), launched
+op by op and as a graph padded to its bucket (runner.padded_prefill).
 
     python -m benchmarks.prefill --out benchmarks/results/<gpu>-prefill
 
 For each prompt length (default 64, 512, 2048 and 8192) and each of `ar` (the same weights as an AR model, blocks of
 one: SDPA's causal flash kernel), `sdar-masked` (blocks of 16 under the dense block-causal mask: SDPA's
-memory-efficient kernel) and `sdar` (blocks of 16 through attention.block_causal_attention): the runner's prefill
-chunk (its plain path, as the decoders run it) timed wall to wall after a synchronisation, median of --repeats,
+memory-efficient kernel) and `sdar` (blocks of 16 through attention.block_causal_attention), each through a plain
+runner (launched op by op, as every prefill ran before), and `ar-graph` and `sdar-graph` through a graph runner,
+which replays a prefill of up to runner.PREFILL_PADDED tokens padded to its bucket (the decoders' default on a GPU):
+the prefill chunk timed wall to wall after a synchronisation, median of --repeats (after one warm-up call),
 then one prefill under torch.profiler: the kernels it launched, the time some kernel ran (`gpu_ms`, the union of
 their intervals) and the attention kernels' share. Wall time far above gpu_ms says the host's launches bound the
 prefill; near it, the kernels do. A bench row's `prefill_ms` is the same prefill inside generate.
@@ -23,21 +26,22 @@ from pathlib import Path
 import torch
 
 from sdar_core.kernels import Kernels
-from sdar_core.runner import ChunkRunner
+from sdar_core.runner import PREFILL_PADDED, ChunkRunner
 
 from . import common
 from .common import as_ar, machine_info
 from .profile_forward import covered_us, kernel_class
 
-MODES = ("ar", "sdar-masked", "sdar")
+MODES = ("ar", "sdar-masked", "sdar", "ar-graph", "sdar-graph")
 
 
 def prefill_call(model, length: int, mode: str):
     """(a call that runs one prefill of `length` random tokens, the fresh plain runner whose cache it fills)."""
-    block = 1 if mode == "ar" else 16
+    ar = mode.startswith("ar")
     kernels = Kernels(mask_free_prefill=mode != "sdar-masked")
-    decoder = as_ar(model) if mode == "ar" else model
-    runner = ChunkRunner(decoder, 1, length + 16, block, "plain", kernels=kernels)
+    decoder = as_ar(model) if ar else model
+    runner_mode = "graph" if mode.endswith("-graph") else "plain"
+    runner = ChunkRunner(decoder, 1, length + 16, 1 if ar else 16, runner_mode, kernels=kernels)
     generator = torch.Generator(device=model.device).manual_seed(length)
     seq = torch.randint(
         10, model.config.vocab_size - 10, (1, length), device=model.device, generator=generator
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         for length in args.lengths:
             for mode in args.modes:
+                if mode.endswith("-graph") and length > PREFILL_PADDED:
+                    continue  # the graph runner's prefill is the plain one past the buckets
                 call, _ = prefill_call(model, length, mode)
                 row = dict(length=length, mode=mode, wall_ms=wall_ms(call, args.repeats)) | kernel_times(call)
                 rows.append(row)
