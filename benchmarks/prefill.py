@@ -9,7 +9,8 @@ one: SDPA's causal flash kernel), `sdar-masked` (blocks of 16 under the dense bl
 memory-efficient kernel) and `sdar` (blocks of 16 through attention.block_causal_attention), each through a plain
 runner (launched op by op, as every prefill ran before), and `ar-graph` and `sdar-graph` through a graph runner,
 which replays a prefill of up to runner.PREFILL_PADDED tokens padded to its bucket (the decoders' default on a GPU):
-the prefill chunk timed wall to wall after a synchronisation, median of --repeats (after one warm-up call),
+the prefill chunk timed wall to wall after a synchronisation, median of --repeats after a first call (`first_ms`:
+a graph runner captures the bucket's graph there, what a server's first prefill of a bucket pays),
 then one prefill under torch.profiler: the kernels it launched, the time some kernel ran (`gpu_ms`, the union of
 their intervals) and the attention kernels' share. Wall time far above gpu_ms says the host's launches bound the
 prefill; near it, the kernels do. A bench row's `prefill_ms` is the same prefill inside generate.
@@ -53,15 +54,16 @@ def prefill_call(model, length: int, mode: str):
     return call, runner
 
 
-def wall_ms(call, repeats: int) -> float:
+def wall_ms(call, repeats: int) -> tuple[float, float]:
+    """(the first call's milliseconds: a graph runner's capture of the bucket's graph, the median of the rest)."""
     times = []
-    for _ in range(repeats + 1):  # the first: warm-up
+    for _ in range(repeats + 1):
         torch.cuda.synchronize()
         t = time.perf_counter()
         call()
         torch.cuda.synchronize()
         times.append(1000 * (time.perf_counter() - t))
-    return statistics.median(times[1:])
+    return times[0], statistics.median(times[1:])
 
 
 def kernel_times(call) -> dict:
@@ -100,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
                 if mode.endswith("-graph") and length > PREFILL_PADDED:
                     continue  # the graph runner's prefill is the plain one past the buckets
                 call, _ = prefill_call(model, length, mode)
-                row = dict(length=length, mode=mode, wall_ms=wall_ms(call, args.repeats)) | kernel_times(call)
+                first, wall = wall_ms(call, args.repeats)
+                row = dict(length=length, mode=mode, wall_ms=wall, first_ms=first) | kernel_times(call)
                 rows.append(row)
                 print(
                     f"P={length:<5} {mode:<12} wall {row['wall_ms']:8.2f} ms  gpu {row['gpu_ms']:8.2f} ms  "
-                    f"attention {row['attention_ms']:7.2f} ms  {row['kernels']} kernels",
+                    f"attention {row['attention_ms']:7.2f} ms  {row['kernels']} kernels  first {first:7.1f} ms",
                     flush=True,
                 )
                 del call

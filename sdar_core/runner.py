@@ -135,7 +135,7 @@ _STEP_POOLS: dict[torch.device, tuple] = {}
 
 
 def _step_pool(device: torch.device) -> tuple:
-    """The memory pool the run_captured graphs of `device` share."""
+    """The memory pool the run_captured graphs and the padded prefills' graphs of `device` share."""
     if device not in _STEP_POOLS:
         _STEP_POOLS[device] = torch.cuda.graph_pool_handle()
     return _STEP_POOLS[device]
@@ -321,7 +321,9 @@ class ChunkRunner:
         inputs = self.static_inputs(padded, start)
         if self.mode == "static":
             return self.static_forward(inputs, padded.shape[1])
-        return self._replay(inputs, padded.shape[1])
+        # logits of nothing: its graph's memory is shared with the other graphs whose results die with the replay (a
+        # server's prefill graphs, one per bucket and runner, would otherwise each keep their activations' memory)
+        return self._replay(inputs, padded.shape[1], shared_pool=True)
 
     def prepare(self, ids: torch.Tensor, start: int, logits_from: int) -> Callable[[], torch.Tensor]:
         """The forward of the chunk `ids` [B, Q] at cache positions [start, start+Q), as a call to repeat while `ids`
@@ -359,10 +361,12 @@ class ChunkRunner:
             kernels=self.kernels,
         )
 
-    def _replay(self, inputs: StaticInputs, logits_from: int) -> torch.Tensor:
+    def _replay(self, inputs: StaticInputs, logits_from: int, shared_pool: bool = False) -> torch.Tensor:
+        """Replay the graph of (Q, logits_from), captured on first use; `shared_pool`: captured into the device's
+        pool of graphs whose results nobody reads after the next replay (the step graphs', the padded prefills')."""
         key = (inputs.ids.shape[1], logits_from)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(inputs, logits_from)
+            self.graphs[key] = self._capture(inputs, logits_from, shared_pool)
         graph, bufs, out = self.graphs[key]
         if self._loaded.get(key) is inputs:  # the same chunk again (prepare): only its tokens changed
             bufs.ids.copy_(inputs.ids, non_blocking=True)
@@ -390,7 +394,7 @@ class ChunkRunner:
             fn()
         self.captured[key] = graph
 
-    def _capture(self, inputs: StaticInputs, logits_from: int):
+    def _capture(self, inputs: StaticInputs, logits_from: int, shared_pool: bool = False):
         bufs = inputs.clone()
 
         def run():
@@ -403,6 +407,6 @@ class ChunkRunner:
                 run()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=_step_pool(self.device) if shared_pool else None):
             out = run()
         return graph, bufs, out
