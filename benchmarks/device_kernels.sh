@@ -32,9 +32,10 @@
 #                                                # and float8, tiles swept at 16 rows), the graphed forward's profile
 #                                                # and `bench` at batch 1 and 4 with 1 row against 64, without the
 #                                                # two folds (fusions silu_down, qk_rope), then float8
-#   bash benchmarks/device_kernels.sh prefill [S]  # every `cuda` test, benchmarks.prefill (the prompt's prefill: wall
-#                                                # time against its kernels', the block-causal attention under the
-#                                                # mask and without it), the goals' bench rows, within S s
+#   bash benchmarks/device_kernels.sh prefill [S]  # the prefill's modules' `cuda` tests, benchmarks.prefill (the
+#                                                # prompt's prefill: wall time against its kernels', the block-causal
+#                                                # attention under the mask and without it, op by op and as a padded
+#                                                # graph), the goals' bench rows, benchmarks.first_request, within S s
 #   bash benchmarks/device_kernels.sh coldstart  # the precompile tests and some kernels' on CUDA (CUDA_TESTS=""
 #                                                # keeps the precompile ones only, =none none), then
 #                                                # benchmarks.startup (cold,
@@ -198,13 +199,16 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     within 80 python3 -m benchmarks.profile_forward --split-k on --contexts 64 8k --gemm skinny+pdl \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
     tar czf /tmp/h200.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/h200.tgz "$OUT/" ;;
-  prefill)  # every `cuda` test (no studio: the device has no Gradio), benchmarks.prefill (AR, SDAR under the mask,
-    # SDAR mask-free at 64-8k), then the goals' bench rows (each with its prefill_ms), within $2 s (default 450)
-    LIMIT=${2:-450}
-    within 230 python3 -m pytest -q -p no:cacheprovider -m cuda tests/ --continue-on-collection-errors \
-      > "$OUT/cuda-tests.log" 2>&1; tail -n 4 "$OUT/cuda-tests.log"
-    within 110 python3 -m benchmarks.prefill --out "$OUT/prefill" 2>&1 | tee "$OUT/prefill.log" | tail -12
-    within 150 $BENCH --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -5
+  prefill)  # the `cuda` tests of the modules a prefill runs through (no studio: the device has no Gradio),
+    # benchmarks.prefill (AR, SDAR under the mask, SDAR mask-free, op by op and padded as a graph, 64-8k), the goals'
+    # bench rows (each with its prefill_ms), then benchmarks.first_request, within $2 s (default 560)
+    LIMIT=${2:-560}
+    within 150 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_attention.py tests/test_decoding.py \
+      tests/test_model_parity.py tests/test_norm_rope.py tests/test_fused.py tests/test_read_ahead.py \
+      tests/test_benchmarks_prefill.py > "$OUT/cuda-tests.log" 2>&1; tail -n 4 "$OUT/cuda-tests.log"
+    within 100 python3 -m benchmarks.prefill --out "$OUT/prefill" 2>&1 | tee "$OUT/prefill.log" | tail -16
+    within 130 $BENCH --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -5
+    within 200 python3 -m benchmarks.first_request --out "$OUT/first-request" 2>&1 | tail -12
     tar czf /tmp/prefill.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/prefill.tgz "$OUT/" ;;
   coldstart)
     [ "${CUDA_TESTS-}" = none ] || timeout 170 python3 -m pytest -q -p no:cacheprovider -m cuda \
