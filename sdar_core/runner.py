@@ -15,12 +15,10 @@ The runner's `Kernels` (kernels.py) go to every forward it runs.
 `prepare` builds a chunk's inputs once for the repeated forwards of one block's steps (a replay then copies in
 its tokens alone); `run_captured` replays the decoder's own device work after the forward (steps.py) as a
 graph of its own, and `held` keeps the buffers such a graph reads alive with the runner.
-A prefill of up to PREFILL_PADDED tokens that asks for no logits runs in a static or graph runner as a static
-forward padded to a bucket (`prefill_bucket`: 16, 32, ... 256 tokens), a graph replay in graph mode, so that a server
-captures a handful of prefill graphs rather than one per prompt length; a longer prefill, one asking for logits, and
-every chunk of a plain runner take the plain path (attention over the filled slice), as does any other chunk
-longer than two blocks. Static and graph runners are pooled per model (`RUNNER_POOL`) and reused across generate
-calls of one shape.
+Every other chunk longer than two blocks, and every chunk of a plain runner, takes the plain path (attention over
+the filled slice); so does a prefill, which a static or graph runner of a dense model pads to PREFILL_PADDED tokens
+when it is that short (`padded_prefill`): in graph mode one graph per runner replays every short prompt. Static and
+graph runners are pooled per model (`RUNNER_POOL`) and reused across generate calls of one shape.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import AttentionInputs, chunk_mask
-from .decode_attention import MAX_QUERIES, CacheQueries, split_k_available
+from .decode_attention import CacheQueries, split_k_available
 from .kernels import DEFAULT_KERNELS, Kernels
 from .kv_cache import KVCache
 from .moe import grouped_mm_available, triton_available
@@ -57,19 +55,15 @@ def bucket(total: int, context: int) -> int:
     return min(size, max(total, context))
 
 
-# A static or graph runner's prefill of up to this many tokens runs padded to a bucket, as a graph in graph mode: an
-# eager prefill is bound by the host's launches, not by the GPU (benchmarks/NOTES.md, "The prefill": 17-35 ms for 64
-# tokens on an H100, whose kernels take ~2 ms). The split-K attention takes up to MAX_QUERIES queries.
-PREFILL_PADDED = MAX_QUERIES
-
-
-def prefill_bucket(length: int, block_size: int) -> int:
-    """The tokens a padded prefill of `length` runs: 16 (or one block, if longer) doubled until they hold it, so a
-    server captures a handful of prefill graphs (16, 32, ... PREFILL_PADDED) whatever its prompts' lengths."""
-    size = max(16, block_size)
-    while size < length:
-        size *= 2
-    return size
+# A static or graph runner's prefill of up to this many tokens (from position 0, whole blocks, a dense model) runs
+# padded to exactly this many, as one graph per runner in graph mode: an eager prefill is bound by the host's launches,
+# not by the GPU (benchmarks/NOTES.md, "The prefill": 17-35 ms for 64 tokens on an H100, where the graph of 256 takes
+# ~2.5 ms). One length, not buckets: at a few hundred rows a forward's time is still the weight read, and each
+# length would be a graph to capture per runner (~70 ms, at the warm-up or a visitor's first request).
+PREFILL_PADDED = 256
+PREFILL_ROWS = (
+    1024  # batch x PREFILL_PADDED at most: a larger batch's prefill amortises its launches over its rows
+)
 
 
 def default_mode(model) -> str:
@@ -127,6 +121,10 @@ class RunnerPool:
         runner.cache.length = 0
         return runner
 
+    def runners(self, model) -> list[ChunkRunner]:
+        """The pooled runners of this model's backbone (its AR view's too)."""
+        return list(self._pools.get(model.model, {}).values())
+
 
 RUNNER_POOL = RunnerPool()
 
@@ -135,10 +133,16 @@ _STEP_POOLS: dict[torch.device, tuple] = {}
 
 
 def _step_pool(device: torch.device) -> tuple:
-    """The memory pool the run_captured graphs and the padded prefills' graphs of `device` share."""
+    """The memory pool the run_captured graphs of `device` share. A one-op graph captured into it at its creation
+    lives with the process: torch counts a pool's graphs and refuses to capture into one whose count fell to zero
+    until it has freed it (an internal assert), which every runner's graphs dying at once (a model replaced, the
+    runners of a benchmark dropped) would otherwise leave behind."""
     if device not in _STEP_POOLS:
-        _STEP_POOLS[device] = torch.cuda.graph_pool_handle()
-    return _STEP_POOLS[device]
+        pool, keeper = torch.cuda.graph_pool_handle(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(keeper, pool=pool):
+            torch.zeros(1, device=device)
+        _STEP_POOLS[device] = (pool, keeper)
+    return _STEP_POOLS[device][0]
 
 
 def _forward(model, *args, **kwargs) -> torch.Tensor:
@@ -196,6 +200,7 @@ class ChunkRunner:
         self.positions = self.index[None].expand(batch, -1)  # [B, total] RoPE positions (set_padding)
         self.padded = False
         self.graphs: dict[tuple[int, int], tuple] = {}
+        self.prefill_graphs: dict[bool, tuple] = {}  # padded_prefill's, by whether rows are left-padded
         self._loaded: dict[tuple[int, int], StaticInputs] = {}  # per graph: the inputs its buffers hold
         self.captured: dict[tuple, torch.cuda.CUDAGraph] = {}  # run_captured's graphs
         self.buffers: dict[str, object] = {}  # tensors a caller's captured work reads and writes (see held)
@@ -275,55 +280,85 @@ class ChunkRunner:
         """Logits [B, Q - logits_from, V] of the chunk `ids` [B, Q] at cache positions [start, start+Q)."""
         length = ids.shape[1]
         if prefill and self.pads_prefill(length, start, logits_from):
-            return self.padded_prefill(ids, start)
+            return self.padded_prefill(ids)
         if self.mode == "plain" or prefill or length > 2 * self.block_size:
             # A long prefill runs once per request with a length of its own: attention over the filled slice through
             # SDPA's prebuilt kernels, neither a graph nor a kernel built for its length. A short one that cannot be
             # padded too: a prompt of one or two whole blocks would otherwise capture a graph of its own on its first
             # request (the studio's first chat of a block size paid that capture, 0.5 of a warm request's speed on an
-            # H100); padded_prefill captures one per bucket.
+            # H100); padded_prefill replays one graph per runner.
             inputs = self.inputs(ids, start)
-            return self.model(
-                inputs.ids,
-                inputs.positions,
-                attn=self.plain_attention(start, length),
-                cache=self.cache.chunk(start, length),
-                logits_from=logits_from,
-                kernels=self.kernels,
-            )
+            return self._plain(inputs.ids, inputs.positions, start, logits_from)
         inputs = self.static_inputs(ids, start)
         if self.mode == "static":
             return self.static_forward(inputs, logits_from, _forward)
         return self._replay(inputs, logits_from)
 
+    def _plain(
+        self, ids: torch.Tensor, positions: torch.Tensor, start: int, logits_from: int
+    ) -> torch.Tensor:
+        """The plain path's forward of the chunk `ids` at [start, start+Q): attention over the cache slice it ends."""
+        return self.model(
+            ids,
+            positions,
+            attn=self.plain_attention(start, ids.shape[1]),
+            cache=self.cache.chunk(start, ids.shape[1]),
+            logits_from=logits_from,
+            kernels=self.kernels,
+        )
+
     def pads_prefill(self, length: int, start: int, logits_from: int) -> bool:
-        """Whether a prefill of `length` tokens at `start` takes the static path padded to prefill_bucket: a static
-        or graph runner (not compiled), no logits asked for, a bucket of at most PREFILL_PADDED tokens that fits the
-        buffer, the chunk ending on a block boundary (the padding's keys lie in later blocks, which its queries do
-        not see)."""
-        padded = prefill_bucket(length, self.block_size)
+        """Whether a prefill of `length` tokens takes `padded_prefill`: a static or graph runner (not compiled) of a
+        dense model, with batch x PREFILL_PADDED rows at most PREFILL_ROWS; a prefill from position 0 of whole blocks
+        (its padding then lies in later blocks, which its queries do not see), at most PREFILL_PADDED tokens, no
+        logits asked for."""
         return (
             self.mode != "plain"
             and self.forward_fn is _forward
+            and not self.model.config.is_moe
+            and self.batch * PREFILL_PADDED <= PREFILL_ROWS
+            and PREFILL_PADDED <= self.total
+            and start == 0
+            and length <= PREFILL_PADDED
+            and length % self.block_size == 0
             and logits_from == length
-            and padded <= PREFILL_PADDED
-            and start + padded <= self.total
-            and (start + length) % self.block_size == 0
         )
 
-    def padded_prefill(self, ids: torch.Tensor, start: int) -> torch.Tensor:
-        """The prefill chunk `ids` [B, Q] at [start, start+Q) as a static forward of prefill_bucket(Q) tokens (a
-        graph replay in graph mode: one graph per bucket, none per prompt length); logits of nothing, [B, 0, V].
-        The padding tokens write keys and values past the chunk, at positions no query sees before its own forward
-        has rewritten them (they lie in later blocks, or after the query for causal attention)."""
-        length = ids.shape[1]
-        padded = F.pad(ids, (0, prefill_bucket(length, self.block_size) - length), value=0)
-        inputs = self.static_inputs(padded, start)
+    def padded_prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """The prefill `ids` [B, Q] at [0, Q) as the plain path's forward of PREFILL_PADDED tokens, the prompt padded:
+        in graph mode the replay of the runner's prefill graph (one per runner and padding state, captured on first
+        use or by `warm_prefill`), whatever Q; logits of nothing, [B, 0, V]. The padding writes keys and values past
+        the prompt, which no query sees before its own forward has rewritten them (they lie in later blocks)."""
+        padded = F.pad(ids, (0, PREFILL_PADDED - ids.shape[1]), value=0)
+        positions = self.positions[:, :PREFILL_PADDED]
         if self.mode == "static":
-            return self.static_forward(inputs, padded.shape[1])
-        # logits of nothing: its graph's memory is shared with the other graphs whose results die with the replay (a
-        # server's prefill graphs, one per bucket and runner, would otherwise each keep their activations' memory)
-        return self._replay(inputs, padded.shape[1], shared_pool=True)
+            return self._plain(padded, positions, 0, PREFILL_PADDED)
+        key = self.padded  # left padding builds a mask; none without it
+        if key not in self.prefill_graphs:
+            self.prefill_graphs[key] = self._capture_prefill(padded, positions)
+        graph, bufs, out = self.prefill_graphs[key]
+        bufs[0].copy_(padded, non_blocking=True)
+        bufs[1].copy_(positions, non_blocking=True)
+        graph.replay()
+        return out
+
+    def warm_prefill(self, filler_id: int) -> bool:
+        """Capture the prefill graphs a request may replay (graph mode; both padding states for a batch), so that
+        the first request pays no capture; whether there were any to capture."""
+        if self.mode != "graph" or not self.pads_prefill(self.block_size, 0, self.block_size):
+            return False
+        ids = torch.full((self.batch, self.block_size), filler_id, dtype=torch.long, device=self.device)
+        pad = self.pad.tolist()
+        for left in [0, 1] if self.batch > 1 else [0]:
+            self.set_padding([left] + [0] * (self.batch - 1))
+            self.padded_prefill(ids)
+        self.set_padding(pad)
+        return True
+
+    def _capture_prefill(self, ids: torch.Tensor, positions: torch.Tensor):
+        bufs = (ids.clone(), positions.clone())
+        graph, out = self._graph(lambda: self._plain(*bufs, 0, PREFILL_PADDED))
+        return graph, bufs, out
 
     def prepare(self, ids: torch.Tensor, start: int, logits_from: int) -> Callable[[], torch.Tensor]:
         """The forward of the chunk `ids` [B, Q] at cache positions [start, start+Q), as a call to repeat while `ids`
@@ -361,12 +396,10 @@ class ChunkRunner:
             kernels=self.kernels,
         )
 
-    def _replay(self, inputs: StaticInputs, logits_from: int, shared_pool: bool = False) -> torch.Tensor:
-        """Replay the graph of (Q, logits_from), captured on first use; `shared_pool`: captured into the device's
-        pool of graphs whose results nobody reads after the next replay (the step graphs', the padded prefills')."""
+    def _replay(self, inputs: StaticInputs, logits_from: int) -> torch.Tensor:
         key = (inputs.ids.shape[1], logits_from)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(inputs, logits_from, shared_pool)
+            self.graphs[key] = self._capture(inputs, logits_from)
         graph, bufs, out = self.graphs[key]
         if self._loaded.get(key) is inputs:  # the same chunk again (prepare): only its tokens changed
             bufs.ids.copy_(inputs.ids, non_blocking=True)
@@ -394,12 +427,14 @@ class ChunkRunner:
             fn()
         self.captured[key] = graph
 
-    def _capture(self, inputs: StaticInputs, logits_from: int, shared_pool: bool = False):
+    def _capture(self, inputs: StaticInputs, logits_from: int):
         bufs = inputs.clone()
+        graph, out = self._graph(lambda: self.static_forward(bufs, logits_from))
+        return graph, bufs, out
 
-        def run():
-            return self.static_forward(bufs, logits_from)
-
+    def _graph(self, run: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """run() captured as a CUDA graph (after two warm-up calls on a side stream: compilation, lazy
+        initialisations), with the tensor it returns."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):  # warm-up (and compilation) outside the capture
@@ -407,6 +442,6 @@ class ChunkRunner:
                 run()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=_step_pool(self.device) if shared_pool else None):
+        with torch.cuda.graph(graph):
             out = run()
-        return graph, bufs, out
+        return graph, out

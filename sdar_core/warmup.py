@@ -44,7 +44,7 @@ from .config import ModelConfig
 from .decode_params import DecodeParams
 from .decoding import generate
 from .prespawn import default_workers, release, spawn
-from .runner import BUCKET, bucket, default_mode
+from .runner import BUCKET, RUNNER_POOL, bucket, default_mode
 
 try:  # Triton ships with CUDA builds of torch; without it there is nothing to compile
     import triton
@@ -92,6 +92,10 @@ def warm_up(model, params: DecodeParams, shape: WarmShape, filler_id: int) -> fl
     p = replace(params, max_new_tokens=WARM_BLOCKS * L, stop_token_ids=[], trace=True, temperature=0.0)
     t0 = time.perf_counter()
     generate(model, [[filler_id] * prompt_len] * shape.batch, p)
+    # a prompt this long is prefilled op by op: the graph that replays short prompts' prefills is captured here
+    for runner in RUNNER_POOL.runners(model):
+        if (runner.block_size, runner.total, runner.batch) == (L, shape.bucket, shape.batch):
+            runner.warm_prefill(filler_id)
     return time.perf_counter() - t0
 
 

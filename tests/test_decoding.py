@@ -487,22 +487,26 @@ def test_static_shape_runner_gives_the_plain_path_tokens(sdar, strategy):
 
 
 @pytest.mark.parametrize("strategy", ["static", "ar"])
-def test_a_short_prefill_runs_static_padded_to_its_bucket_never_at_its_own_length(
-    sdar, strategy, monkeypatch
-):
+def test_a_short_prefill_runs_padded_to_256_never_static_at_its_own_length(sdar, strategy, monkeypatch):
     """A prompt of one or two whole blocks is no longer than a decode chunk, but it is a prefill: it must not get a
     static forward of its own length (on a GPU, a graph captured per prompt length on its first request). It runs
-    padded to its bucket (16 tokens, one graph for every prompt up to 16), and the answer is the plain path's."""
+    the plain path's forward padded to PREFILL_PADDED tokens (one graph per runner on a GPU), and the answer is the
+    plain runner's."""
     from sdar_core import runner
 
-    static_lengths = []
-    real = runner.ChunkRunner.static_forward
+    static_lengths, plain_lengths = [], []
+    real_static, real_plain = runner.ChunkRunner.static_forward, runner.ChunkRunner._plain
 
-    def spy(self, inputs, logits_from=0, forward_fn=None):
+    def spy_static(self, inputs, logits_from=0, forward_fn=None):
         static_lengths.append(inputs.ids.shape[1])
-        return real(self, inputs, logits_from, forward_fn)
+        return real_static(self, inputs, logits_from, forward_fn)
 
-    monkeypatch.setattr(runner.ChunkRunner, "static_forward", spy)
+    def spy_plain(self, ids, positions, start, logits_from):
+        plain_lengths.append(ids.shape[1])
+        return real_plain(self, ids, positions, start, logits_from)
+
+    monkeypatch.setattr(runner.ChunkRunner, "static_forward", spy_static)
+    monkeypatch.setattr(runner.ChunkRunner, "_plain", spy_plain)
     kw = dict(max_new_tokens=8, block_length=4, steps=2, strategy=strategy)
     # two whole blocks and one token, then one whole block; for AR (blocks of one token) prefills of 2 and 6 tokens
     for prompt in (
@@ -510,20 +514,22 @@ def test_a_short_prefill_runs_static_padded_to_its_bucket_never_at_its_own_lengt
     ):
         static_lengths.clear()
         static = generate(sdar, [prompt], runner_mode="static", **kw)
+        assert plain_lengths == [runner.PREFILL_PADDED]  # the prefill, padded
+        plain_lengths.clear()
         assert static.tokens.tolist() == generate(sdar, [prompt], runner_mode="plain", **kw).tokens.tolist()
-        # the prefill's static forward first, of the bucket's 16 tokens; then one per decoding forward (NFE)
-        assert static.stats.prefill_forwards == 1 and len(static_lengths) == static.stats.forwards + 1
-        assert static_lengths[0] == 16 and 16 not in static_lengths[1:], static_lengths
+        plain_lengths.clear()
+        # one static forward per decoding forward (NFE); the prefill's forward is not among them
+        assert static.stats.prefill_forwards == 1 and len(static_lengths) == static.stats.forwards
 
 
 @pytest.mark.parametrize("strategy", ["static", "ar"])
-def test_padded_prefills_of_every_bucket_and_a_long_one_equal_the_plain_path(strategy):
-    """Prompts whose prefills fall in the buckets 16-256 (padded, static) and past them (plain), in a batch with left
-    padding and alone: the static runner's answers are the plain runner's."""
+def test_padded_prefills_short_and_long_alone_and_left_padded_equal_the_plain_path(strategy):
+    """Prompts whose prefills are padded to 256 tokens (alone, and in a batch with left padding) and longer ones
+    (the plain path): the static runner's answers are the plain runner's."""
     model = random_model(tiny_config("sdar", block_size=4, max_position_embeddings=1024))
     kw = dict(max_new_tokens=6, block_length=4, steps=2, strategy=strategy)
     g = torch.Generator().manual_seed(1)
-    for lengths in ([13], [40], [100, 61], [200], [300]):
+    for lengths in ([13], [40], [100, 61], [256], [300]):
         prompts = [torch.randint(2, 95, (n,), generator=g).tolist() for n in lengths]
         plain = generate(model, prompts, runner_mode="plain", **kw)
         assert generate(model, prompts, runner_mode="static", **kw).tokens.tolist() == plain.tokens.tolist()
@@ -570,20 +576,27 @@ def test_cuda_graph_path_equals_plain_path(strategy, model_type):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_prefills_of_one_bucket_share_one_graph_and_equal_the_plain_path():
-    """Prompts of 20, 28 and 32 whole tokens (bucket 32) and 100 (bucket 128) in graph mode: one prefill graph per
-    bucket, none of a prompt's own length, and the plain path's answers."""
-    from sdar_core.runner import RUNNER_POOL
+def test_cuda_short_prefills_replay_one_graph_per_runner_and_equal_the_plain_path():
+    """Prompts of 20, 28 and 100 tokens alone, two left-padded ones, and 300 tokens (op by op), in graph mode: one
+    prefill graph per runner and padding state, no graph of a prompt's own length, and the plain path's answers. The
+    warm-up captures the graph a short prompt replays (warm_prefill)."""
+    from sdar_core.runner import PREFILL_PADDED, RUNNER_POOL
 
     model = random_model(tiny_config("sdar", block_size=4, layers=2)).cuda()
     kw = dict(max_new_tokens=8, block_length=4, steps=2)
     g = torch.Generator().manual_seed(2)
-    for n in (20, 28, 32, 100):
-        prompt = [torch.randint(2, 95, (n,), generator=g).tolist()]
-        graph = generate(model, prompt, runner_mode="graph", **kw)
-        assert graph.tokens.tolist() == generate(model, prompt, runner_mode="plain", **kw).tokens.tolist()
-    keys = {key for runner in RUNNER_POOL._pools[model.model].values() for key in runner.graphs}
-    assert {(32, 32), (128, 128)} <= keys and not keys & {(20, 20), (28, 28), (100, 100)}, keys
+    for rows in ([20], [28], [100], [300], [30, 17]):
+        prompts = [torch.randint(2, 95, (n,), generator=g).tolist() for n in rows]
+        graph = generate(model, prompts, runner_mode="graph", **kw)
+        assert graph.tokens.tolist() == generate(model, prompts, runner_mode="plain", **kw).tokens.tolist()
+    runners = RUNNER_POOL.runners(model)
+    alone = [r for r in runners if r.batch == 1 and r.total == 512]  # 300 + 8 positions
+    assert [sorted(r.prefill_graphs) for r in runners if r.batch == 1 and r.total == 256] == [[False]]
+    assert [sorted(r.prefill_graphs) for r in runners if r.batch == 2] == [[True]]
+    assert len(alone) == 1 and not alone[0].prefill_graphs  # 300 tokens: longer than a padded prefill
+    assert all(key[0] <= 2 * 4 for r in runners for key in r.graphs), [list(r.graphs) for r in runners]
+    assert alone[0].warm_prefill(filler_id=1) and sorted(alone[0].prefill_graphs) == [False]
+    assert PREFILL_PADDED == 256
 
 
 def test_a_prepared_chunk_gives_the_logits_of_the_tokens_it_holds_at_each_call(sdar):

@@ -4,6 +4,9 @@ ready and decodes exactly what a cold decode gives."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import torch
 
 from sdar_core import DecodeParams, generate
@@ -85,6 +88,23 @@ def test_warm_up_fills_the_pool_entries_that_later_requests_use_and_leaves_their
         cold = generate(model, prompt, **{**static, "strategy": strategy, "runner_mode": "plain"})
         assert torch.equal(warm.tokens, cold.tokens)
     assert set(map(id, pool.values())) == runners  # every request found its warmed runner
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_warm_up_captures_every_warmed_runners_prefill_graph():
+    """On a GPU every warmed runner holds the graph a short prompt's prefill replays (runner.padded_prefill), the
+    shapes whose warm prompt was prefilled op by op included: a visitor's first short prompt captures nothing."""
+    model = random_model(tiny_config(max_position_embeddings=4 * BUCKET)).cuda()
+    params = DecodeParams(max_new_tokens=24, block_length=4, steps=4, strategy="static")
+    warm_all(model, [params, replace(params, strategy="ar")], max_positions=4 * BUCKET, filler_id=5)
+    runners = RUNNER_POOL.runners(model)
+    assert {(r.block_size, r.total) for r in runners} == {(L, b) for L in (1, 4) for b in (256, 512, 1024)}
+    assert all(sorted(r.prefill_graphs) == [False] for r in runners)
+    captured = {id(r): dict(r.prefill_graphs) for r in runners}
+    for prompt_len in (10, 37):
+        generate(model, [list(range(3, 3 + prompt_len))], params)
+    assert {id(r): dict(r.prefill_graphs) for r in RUNNER_POOL.runners(model)} == captured
 
 
 def wait_until_warm(warm, seconds: float = 120) -> None:
