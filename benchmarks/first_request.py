@@ -11,8 +11,8 @@ One process, one random-weight model of --arch (the studio's own start, without 
    (issue 29's goal: the first at least 0.8 of the warm one).
 `--static-prefill` routes a prefill of at most two blocks through the static path at its own length, as the runner
 did before prefills said so (`ChunkRunner.__call__(prefill=...)`), to measure what that cost. By default a prefill of
-up to runner.PREFILL_PADDED tokens replays the graph of its bucket (runner.padded_prefill), captured by the first
-prefill of that bucket in that runner, and a longer one runs op by op. Writes results.json and summary.md under --out.
+up to runner.PREFILL_PADDED tokens replays its runner's prefill graph, padded (runner.padded_prefill; the warm-up
+captures it), and a longer one runs op by op. Writes results.json and summary.md under --out.
 Not a test: nothing is asserted.
 """
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps({**info, "rows": rows}, indent=1))
     lines = [
         f"First request after the warm-up ({args.arch}, {args.new_tokens} new tokens, prefill path: "
-        f"{'static at its length for <= 2 blocks (before)' if args.static_prefill else 'padded to its bucket'}; "
+        f"{'static at its length for <= 2 blocks (before)' if args.static_prefill else 'padded to 256, a graph'}; "
         f"warm-up {warm_s:.1f} s)",
         "",
         "| block | strategy | prompt tokens | first tok/s | warm tok/s | first / warm | prefill first / warm (ms) "

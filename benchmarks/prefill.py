@@ -1,6 +1,6 @@
 """The prompt's prefill on a GPU: its wall time against the GPU time of its kernels, AR (causal) and SDAR
 (block-causal), with the block-causal attention under a mask and without one (Kernels.mask_free_prefill), launched
-op by op and as a graph padded to its bucket (runner.padded_prefill).
+op by op and as the graph of the plain forward padded to 256 tokens (runner.padded_prefill).
 
     python -m benchmarks.prefill --out benchmarks/results/<gpu>-prefill
 
@@ -8,9 +8,9 @@ For each prompt length (default 64, 512, 2048 and 8192) and each of `ar` (the sa
 one: SDPA's causal flash kernel), `sdar-masked` (blocks of 16 under the dense block-causal mask: SDPA's
 memory-efficient kernel) and `sdar` (blocks of 16 through attention.block_causal_attention), each through a plain
 runner (launched op by op, as every prefill ran before), and `ar-graph` and `sdar-graph` through a graph runner,
-which replays a prefill of up to runner.PREFILL_PADDED tokens padded to its bucket (the decoders' default on a GPU):
+which replays a prefill of up to runner.PREFILL_PADDED tokens padded to that many (the decoders' default on a GPU):
 the prefill chunk timed wall to wall after a synchronisation, median of --repeats after a first call (`first_ms`:
-a graph runner captures the bucket's graph there, what a server's first prefill of a bucket pays),
+a graph runner captures its prefill graph there, what the warm-up pays for each runner),
 then one prefill under torch.profiler: the kernels it launched, the time some kernel ran (`gpu_ms`, the union of
 their intervals) and the attention kernels' share. Wall time far above gpu_ms says the host's launches bound the
 prefill; near it, the kernels do. A bench row's `prefill_ms` is the same prefill inside generate.
@@ -55,7 +55,7 @@ def prefill_call(model, length: int, mode: str):
 
 
 def wall_ms(call, repeats: int) -> tuple[float, float]:
-    """(the first call's milliseconds: a graph runner's capture of the bucket's graph, the median of the rest)."""
+    """(the first call's milliseconds: a graph runner's capture of its prefill graph, the median of the rest)."""
     times = []
     for _ in range(repeats + 1):
         torch.cuda.synchronize()
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         for length in args.lengths:
             for mode in args.modes:
                 if mode.endswith("-graph") and length > PREFILL_PADDED:
-                    continue  # the graph runner's prefill is the plain one past the buckets
+                    continue  # the graph runner's prefill is the plain one past PREFILL_PADDED
                 call, _ = prefill_call(model, length, mode)
                 first, wall = wall_ms(call, args.repeats)
                 row = dict(length=length, mode=mode, wall_ms=wall, first_ms=first) | kernel_times(call)
