@@ -70,6 +70,9 @@ class Kernels:
     # one token, strategy "ar") and 0 elsewhere, where a read does not wait for the device. A row that stops then
     # costs up to that many spare blocks, and a free row is offered to a joining one that many blocks later.
     read_ahead: int | None = None
+    # A static or graph runner's short prefill as the plain forward padded to runner.PREFILL_PADDED tokens, one graph
+    # per runner in graph mode (runner.padded_prefill); False: every prefill launched op by op.
+    graphed_prefill: bool = True
     # A CUDA prefill of whole blocks from key 0 (no padding) through flash attention's causal pass and each block's
     # later keys (attention.block_causal_attention), no mask built; False: SDPA under the block-causal mask.
     mask_free_prefill: bool = True

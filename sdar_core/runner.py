@@ -308,12 +308,13 @@ class ChunkRunner:
         )
 
     def pads_prefill(self, length: int, start: int, logits_from: int) -> bool:
-        """Whether a prefill of `length` tokens takes `padded_prefill`: a static or graph runner (not compiled) of a
-        dense model, with batch x PREFILL_PADDED rows at most PREFILL_ROWS; a prefill from position 0 of whole blocks
-        (its padding then lies in later blocks, which its queries do not see), at most PREFILL_PADDED tokens, no
-        logits asked for."""
+        """Whether a prefill of `length` tokens takes `padded_prefill`: Kernels.graphed_prefill, a static or graph
+        runner (not compiled) of a dense model, with batch x PREFILL_PADDED rows at most PREFILL_ROWS; a prefill from
+        position 0 of whole blocks (its padding then lies in later blocks, which its queries do not see), at most
+        PREFILL_PADDED tokens, no logits asked for."""
         return (
-            self.mode != "plain"
+            self.kernels.graphed_prefill
+            and self.mode != "plain"
             and self.forward_fn is _forward
             and not self.model.config.is_moe
             and self.batch * PREFILL_PADDED <= PREFILL_ROWS

@@ -522,6 +522,22 @@ def test_a_short_prefill_runs_padded_to_256_never_static_at_its_own_length(sdar,
         assert static.stats.prefill_forwards == 1 and len(static_lengths) == static.stats.forwards
 
 
+def test_without_graphed_prefill_a_short_prefill_runs_at_its_own_length(sdar, monkeypatch):
+    """Kernels(graphed_prefill=False): the prefill takes the plain path at the prompt's whole blocks (8 tokens)."""
+    from sdar_core import runner
+    from sdar_core.kernels import Kernels
+
+    lengths, real = [], runner.ChunkRunner._plain
+    monkeypatch.setattr(
+        runner.ChunkRunner,
+        "_plain",
+        lambda self, ids, *a: lengths.append(ids.shape[1]) or real(self, ids, *a),
+    )
+    kw = dict(max_new_tokens=8, block_length=4, steps=2, runner_mode="static")
+    generate(sdar, [list(range(1, 10))], kernels=Kernels(graphed_prefill=False), **kw)
+    assert lengths == [8]
+
+
 @pytest.mark.parametrize("strategy", ["static", "ar"])
 def test_padded_prefills_short_and_long_alone_and_left_padded_equal_the_plain_path(strategy):
     """Prompts whose prefills are padded to 256 tokens (alone, and in a batch with left padding) and longer ones
