@@ -36,6 +36,7 @@
 #                                                # prompt's prefill: wall time against its kernels', the block-causal
 #                                                # attention under the mask and without it, op by op and as a padded
 #                                                # graph), the goals' bench rows, benchmarks.first_request, within S s
+#   bash benchmarks/device_kernels.sh prefill-short  # the prefill's `cuda` tests, then bench's 64-token rows (~140 s)
 #   bash benchmarks/device_kernels.sh coldstart  # the precompile tests and some kernels' on CUDA (CUDA_TESTS=""
 #                                                # keeps the precompile ones only, =none none), then
 #                                                # benchmarks.startup (cold,
@@ -211,6 +212,13 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     within $((LIMIT * 3 / 10)) python3 -m benchmarks.first_request --out "$OUT/first-request" 2>&1 | tail -12
     within 200 python3 -m benchmarks.prefill --out "$OUT/prefill" 2>&1 | tee "$OUT/prefill.log" | tail -16
     tar czf /tmp/prefill.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/prefill.tgz "$OUT/" ;;
+  prefill-short)  # what a nearly spent session can afford: the prefill's `cuda` tests, then bench's 64-token rows
+    timeout 80 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_attention.py tests/test_decoding.py \
+      tests/test_warmup.py tests/test_benchmarks_prefill.py > "$OUT/cuda-tests.log" 2>&1; tail -n 4 "$OUT/cuda-tests.log"
+    timeout 55 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 --new-tokens 256 \
+      --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none --out "$OUT/bench" 2>&1 \
+      | tee "$OUT/bench.log" | tail -4
+    tar czf /tmp/prefill-short.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/prefill-short.tgz "$OUT/" ;;
   coldstart)
     [ "${CUDA_TESTS-}" = none ] || timeout 170 python3 -m pytest -q -p no:cacheprovider -m cuda \
       tests/test_precompile.py ${CUDA_TESTS-tests/test_fused.py tests/test_norm_rope.py tests/test_decode_attention.py} \
