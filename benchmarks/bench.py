@@ -428,6 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="every projection through cuBLAS (default: one-row projections through sdar_core/gemm.py's kernel)",
     )
     p.add_argument(
+        "--graphed-prefill",
+        action="store_true",
+        help="a short prompt's prefill as one graph of the forward padded to 256 tokens (Kernels.graphed_prefill)",
+    )
+    p.add_argument(
         "--no-expert-gemv",
         dest="expert_gemv",
         action="store_false",
@@ -501,6 +506,8 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
         fusions=kernels.fusions(),
         skinny_gemm=kernels.skinny_gemm,
         skinny_rows=gemm.MAX_ROWS if kernels.skinny_gemm else 0,
+        graphed_prefill=kernels.graphed_prefill,
+        mask_free_prefill=kernels.mask_free_prefill,
         expert_gemv=kernels.expert_gemv,
         gemv_tiles=asdict(experts.GEMV),
         pdl=pdl.REQUESTED and pdl.SUPPORTED,
@@ -650,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     kernels = Kernels(
         split_k_attention=None if args.split_k else False,
         skinny_gemm=args.skinny_gemm,
+        graphed_prefill=args.graphed_prefill,
         expert_gemv=args.expert_gemv,
     )
     kernels = kernels.with_fusions(fusions)

@@ -201,23 +201,27 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
     tar czf /tmp/h200.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/h200.tgz "$OUT/" ;;
   prefill)  # the `cuda` tests of the modules a prefill runs through (no studio: the device has no Gradio), the
-    # goals' bench rows (each with its prefill_ms), benchmarks.first_request, then benchmarks.prefill (AR, SDAR under
-    # the mask, SDAR mask-free, op by op and padded as a graph, 64-8k), within $2 s (default 560)
+    # goals' bench rows (each with its prefill_ms) without and with --graphed-prefill, benchmarks.first_request with
+    # it, then benchmarks.prefill (AR, SDAR under the mask, SDAR mask-free, op by op and padded as a graph, 64-8k),
+    # within $2 s (default 560)
     LIMIT=${2:-560}
     within $((LIMIT * 3 / 10)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_attention.py \
       tests/test_decoding.py tests/test_model_parity.py tests/test_norm_rope.py tests/test_fused.py \
       tests/test_read_ahead.py tests/test_benchmarks_prefill.py tests/test_warmup.py > "$OUT/cuda-tests.log" 2>&1
     tail -n 4 "$OUT/cuda-tests.log"
-    within $((LIMIT * 3 / 10)) $BENCH --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -5
-    within $((LIMIT * 3 / 10)) python3 -m benchmarks.first_request --out "$OUT/first-request" 2>&1 | tail -12
+    within $((LIMIT * 15 / 100)) $BENCH --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -5
+    within $((LIMIT * 15 / 100)) $BENCH --graphed-prefill --out "$OUT/bench-graphed-prefill" 2>&1 \
+      | tee "$OUT/bench-graphed-prefill.log" | tail -5
+    within $((LIMIT * 3 / 10)) python3 -m benchmarks.first_request --graphed-prefill \
+      --out "$OUT/first-request-graphed-prefill" 2>&1 | tail -12
     within 200 python3 -m benchmarks.prefill --out "$OUT/prefill" 2>&1 | tee "$OUT/prefill.log" | tail -16
     tar czf /tmp/prefill.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/prefill.tgz "$OUT/" ;;
   prefill-short)  # what a nearly spent session can afford: the prefill's `cuda` tests, then bench's 64-token rows
     timeout 80 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_attention.py tests/test_decoding.py \
       tests/test_warmup.py tests/test_benchmarks_prefill.py > "$OUT/cuda-tests.log" 2>&1; tail -n 4 "$OUT/cuda-tests.log"
     timeout 55 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 --new-tokens 256 \
-      --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none --out "$OUT/bench" 2>&1 \
-      | tee "$OUT/bench.log" | tail -4
+      --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none --graphed-prefill \
+      --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -4
     tar czf /tmp/prefill-short.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/prefill-short.tgz "$OUT/" ;;
   coldstart)
     [ "${CUDA_TESTS-}" = none ] || timeout 170 python3 -m pytest -q -p no:cacheprovider -m cuda \

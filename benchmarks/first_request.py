@@ -10,9 +10,10 @@ One process, one random-weight model of --arch (the studio's own start, without 
    reads it): the first decode of that prompt length, then the same again, warm; tokens/s of each and their ratio
    (issue 29's goal: the first at least 0.8 of the warm one).
 `--static-prefill` routes a prefill of at most two blocks through the static path at its own length, as the runner
-did before prefills said so (`ChunkRunner.__call__(prefill=...)`), to measure what that cost. By default a prefill of
-up to runner.PREFILL_PADDED tokens replays its runner's prefill graph, padded (runner.padded_prefill; the warm-up
-captures it), and a longer one runs op by op. Writes results.json and summary.md under --out.
+did before prefills said so (`ChunkRunner.__call__(prefill=...)`), to measure what that cost; `--graphed-prefill`
+replays a prefill of up to runner.PREFILL_PADDED tokens as its runner's prefill graph, padded
+(Kernels.graphed_prefill: the warm-up captures it). By default a prefill runs op by op. Writes results.json and
+summary.md under --out.
 Not a test: nothing is asserted.
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from sdar_core import DecodeParams, generate
 from sdar_core.device import default_device, default_dtype, synchronize
+from sdar_core.kernels import Kernels
 from sdar_core.runner import ChunkRunner
 from sdar_core.warmup import warm_all
 
@@ -78,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--static-prefill", action="store_true", help="the runner's prefill path before the fix")
+    p.add_argument(
+        "--graphed-prefill",
+        action="store_true",
+        help="short prefills as one padded graph (Kernels.graphed_prefill)",
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.static_prefill:
@@ -94,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             threshold=0.9,
             max_new_tokens=args.new_tokens,
             stop_token_ids=[],
+            kernels=Kernels(graphed_prefill=args.graphed_prefill),
         )
         for L in args.blocks
         for s in STRATEGIES
@@ -133,12 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         "arch": args.arch,
         "new_tokens": args.new_tokens,
         "static_prefill": args.static_prefill,
+        "graphed_prefill": args.graphed_prefill,
         "warm_up_s": warm_s,
     }
     (out / "results.json").write_text(json.dumps({**info, "rows": rows}, indent=1))
+    path = "padded to 256, a graph" if args.graphed_prefill else "plain"
+    if args.static_prefill:
+        path = "static at its length for <= 2 blocks (before)"
     lines = [
-        f"First request after the warm-up ({args.arch}, {args.new_tokens} new tokens, prefill path: "
-        f"{'static at its length for <= 2 blocks (before)' if args.static_prefill else 'padded to 256, a graph'}; "
+        f"First request after the warm-up ({args.arch}, {args.new_tokens} new tokens, prefill path: {path}; "
         f"warm-up {warm_s:.1f} s)",
         "",
         "| block | strategy | prompt tokens | first tok/s | warm tok/s | first / warm | prefill first / warm (ms) "

@@ -8,7 +8,7 @@ For each prompt length (default 64, 512, 2048 and 8192) and each of `ar` (the sa
 one: SDPA's causal flash kernel), `sdar-masked` (blocks of 16 under the dense block-causal mask: SDPA's
 memory-efficient kernel) and `sdar` (blocks of 16 through attention.block_causal_attention), each through a plain
 runner (launched op by op, as every prefill ran before), and `ar-graph` and `sdar-graph` through a graph runner,
-which replays a prefill of up to runner.PREFILL_PADDED tokens padded to that many (the decoders' default on a GPU):
+which with Kernels.graphed_prefill replays a prefill of up to runner.PREFILL_PADDED tokens padded to that many:
 the prefill chunk timed wall to wall after a synchronisation, median of --repeats after a first call (`first_ms`:
 a graph runner captures its prefill graph there, what the warm-up pays for each runner),
 then one prefill under torch.profiler: the kernels it launched, the time some kernel ran (`gpu_ms`, the union of
@@ -39,7 +39,7 @@ MODES = ("ar", "sdar-masked", "sdar", "ar-graph", "sdar-graph")
 def prefill_call(model, length: int, mode: str):
     """(a call that runs one prefill of `length` random tokens, the fresh plain runner whose cache it fills)."""
     ar = mode.startswith("ar")
-    kernels = Kernels(mask_free_prefill=mode != "sdar-masked")
+    kernels = Kernels(mask_free_prefill=mode != "sdar-masked", graphed_prefill=mode.endswith("-graph"))
     decoder = as_ar(model) if ar else model
     runner_mode = "graph" if mode.endswith("-graph") else "plain"
     runner = ChunkRunner(decoder, 1, length + 16, 1 if ar else 16, runner_mode, kernels=kernels)

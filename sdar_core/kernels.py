@@ -71,8 +71,10 @@ class Kernels:
     # costs up to that many spare blocks, and a free row is offered to a joining one that many blocks later.
     read_ahead: int | None = None
     # A static or graph runner's short prefill as the plain forward padded to runner.PREFILL_PADDED tokens, one graph
-    # per runner in graph mode (runner.padded_prefill); False: every prefill launched op by op.
-    graphed_prefill: bool = True
+    # per runner in graph mode (runner.padded_prefill), captured by the warm-up; False: every prefill launched op by
+    # op. Off until a GPU run passes its `cuda` tests: its first form measured 514 -> 543 tokens/s for `ar` and
+    # 1,636 -> 1,822 for SDAR b16/4 at a 64-token prompt on an H100 (benchmarks/NOTES.md, "The prefill").
+    graphed_prefill: bool = False
     # A CUDA prefill of whole blocks from key 0 (no padding) through flash attention's causal pass and each block's
     # later keys (attention.block_causal_attention), no mask built; False: SDPA under the block-causal mask.
     mask_free_prefill: bool = True

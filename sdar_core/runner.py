@@ -17,8 +17,9 @@ its tokens alone); `run_captured` replays the decoder's own device work after th
 graph of its own, and `held` keeps the buffers such a graph reads alive with the runner.
 Every other chunk longer than two blocks, and every chunk of a plain runner, takes the plain path (attention over
 the filled slice); so does a prefill, which a static or graph runner of a dense model pads to PREFILL_PADDED tokens
-when it is that short (`padded_prefill`): in graph mode one graph per runner replays every short prompt. Static and
-graph runners are pooled per model (`RUNNER_POOL`) and reused across generate calls of one shape.
+when it is that short and Kernels.graphed_prefill is on (`padded_prefill`): in graph mode one graph per runner then
+replays every short prompt. Static and graph runners are pooled per model (`RUNNER_POOL`) and reused across generate
+calls of one shape.
 """
 
 from __future__ import annotations
@@ -55,11 +56,12 @@ def bucket(total: int, context: int) -> int:
     return min(size, max(total, context))
 
 
-# A static or graph runner's prefill of up to this many tokens (from position 0, whole blocks, a dense model) runs
-# padded to exactly this many, as one graph per runner in graph mode: an eager prefill is bound by the host's launches,
-# not by the GPU (benchmarks/NOTES.md, "The prefill": 17-35 ms for 64 tokens on an H100, where the graph of 256 takes
-# ~2.5 ms). One length, not buckets: at a few hundred rows a forward's time is still the weight read, and each
-# length would be a graph to capture per runner (~70 ms, at the warm-up or a visitor's first request).
+# With Kernels.graphed_prefill (off by default until a GPU run has passed its `cuda` tests), a static or graph runner's
+# prefill of up to this many tokens (from position 0, whole blocks, a dense model) runs padded to exactly this many, as
+# one graph per runner in graph mode: an eager prefill is bound by the host's launches, not by the GPU
+# (benchmarks/NOTES.md, "The prefill": 17-35 ms for 64 tokens on an H100, ~2.4 ms as a graph). One length, not
+# buckets: at a few hundred rows a forward's time is still the weight read, and each length would be a graph to capture
+# per runner (~70 ms, at the warm-up or a visitor's first request).
 PREFILL_PADDED = 256
 PREFILL_ROWS = (
     1024  # batch x PREFILL_PADDED at most: a larger batch's prefill amortises its launches over its rows
@@ -133,16 +135,10 @@ _STEP_POOLS: dict[torch.device, tuple] = {}
 
 
 def _step_pool(device: torch.device) -> tuple:
-    """The memory pool the run_captured graphs of `device` share. A one-op graph captured into it at its creation
-    lives with the process: torch counts a pool's graphs and refuses to capture into one whose count fell to zero
-    until it has freed it (an internal assert), which every runner's graphs dying at once (a model replaced, the
-    runners of a benchmark dropped) would otherwise leave behind."""
+    """The memory pool the run_captured graphs of `device` share."""
     if device not in _STEP_POOLS:
-        pool, keeper = torch.cuda.graph_pool_handle(), torch.cuda.CUDAGraph()
-        with torch.cuda.graph(keeper, pool=pool):
-            torch.zeros(1, device=device)
-        _STEP_POOLS[device] = (pool, keeper)
-    return _STEP_POOLS[device][0]
+        _STEP_POOLS[device] = torch.cuda.graph_pool_handle()
+    return _STEP_POOLS[device]
 
 
 def _forward(model, *args, **kwargs) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 from sdar_core import GenerationError, generate
 from sdar_core.attention import AttentionInputs
 from sdar_core.decoding import DecodeParams
+from sdar_core.kernels import Kernels
 from sdar_core.runner import RUNNER_POOL
 
 from helpers import hand_block_causal, random_model, tiny_config
@@ -489,9 +490,9 @@ def test_static_shape_runner_gives_the_plain_path_tokens(sdar, strategy):
 @pytest.mark.parametrize("strategy", ["static", "ar"])
 def test_a_short_prefill_runs_padded_to_256_never_static_at_its_own_length(sdar, strategy, monkeypatch):
     """A prompt of one or two whole blocks is no longer than a decode chunk, but it is a prefill: it must not get a
-    static forward of its own length (on a GPU, a graph captured per prompt length on its first request). It runs
-    the plain path's forward padded to PREFILL_PADDED tokens (one graph per runner on a GPU), and the answer is the
-    plain runner's."""
+    static forward of its own length (on a GPU, a graph captured per prompt length on its first request). With
+    Kernels.graphed_prefill it runs the plain path's forward padded to PREFILL_PADDED tokens (one graph per runner on
+    a GPU), and the answer is the plain runner's."""
     from sdar_core import runner
 
     static_lengths, plain_lengths = [], []
@@ -513,7 +514,7 @@ def test_a_short_prefill_runs_padded_to_256_never_static_at_its_own_length(sdar,
         [list(range(1, 10)), list(range(1, 6))] if strategy != "ar" else [[1, 2, 3], [1, 2, 3, 4, 5, 6, 7]]
     ):
         static_lengths.clear()
-        static = generate(sdar, [prompt], runner_mode="static", **kw)
+        static = generate(sdar, [prompt], runner_mode="static", kernels=Kernels(graphed_prefill=True), **kw)
         assert plain_lengths == [runner.PREFILL_PADDED]  # the prefill, padded
         plain_lengths.clear()
         assert static.tokens.tolist() == generate(sdar, [prompt], runner_mode="plain", **kw).tokens.tolist()
@@ -523,9 +524,8 @@ def test_a_short_prefill_runs_padded_to_256_never_static_at_its_own_length(sdar,
 
 
 def test_without_graphed_prefill_a_short_prefill_runs_at_its_own_length(sdar, monkeypatch):
-    """Kernels(graphed_prefill=False): the prefill takes the plain path at the prompt's whole blocks (8 tokens)."""
+    """Kernels(graphed_prefill=False), the default: the prefill takes the plain path at the prompt's whole blocks."""
     from sdar_core import runner
-    from sdar_core.kernels import Kernels
 
     lengths, real = [], runner.ChunkRunner._plain
     monkeypatch.setattr(
@@ -535,20 +535,22 @@ def test_without_graphed_prefill_a_short_prefill_runs_at_its_own_length(sdar, mo
     )
     kw = dict(max_new_tokens=8, block_length=4, steps=2, runner_mode="static")
     generate(sdar, [list(range(1, 10))], kernels=Kernels(graphed_prefill=False), **kw)
-    assert lengths == [8]
+    generate(sdar, [list(range(1, 10))], **kw)
+    assert lengths == [8, 8]
 
 
 @pytest.mark.parametrize("strategy", ["static", "ar"])
 def test_padded_prefills_short_and_long_alone_and_left_padded_equal_the_plain_path(strategy):
-    """Prompts whose prefills are padded to 256 tokens (alone, and in a batch with left padding) and longer ones
-    (the plain path): the static runner's answers are the plain runner's."""
+    """With Kernels.graphed_prefill, prompts whose prefills are padded to 256 tokens (alone, and in a batch with left
+    padding) and longer ones (the plain path): the static runner's answers are the plain runner's."""
     model = random_model(tiny_config("sdar", block_size=4, max_position_embeddings=1024))
     kw = dict(max_new_tokens=6, block_length=4, steps=2, strategy=strategy)
     g = torch.Generator().manual_seed(1)
     for lengths in ([13], [40], [100, 61], [256], [300]):
         prompts = [torch.randint(2, 95, (n,), generator=g).tolist() for n in lengths]
         plain = generate(model, prompts, runner_mode="plain", **kw)
-        assert generate(model, prompts, runner_mode="static", **kw).tokens.tolist() == plain.tokens.tolist()
+        static = generate(model, prompts, runner_mode="static", kernels=Kernels(graphed_prefill=True), **kw)
+        assert static.tokens.tolist() == plain.tokens.tolist()
 
 
 def test_static_shape_runner_for_an_ar_model():
@@ -593,13 +595,13 @@ def test_cuda_graph_path_equals_plain_path(strategy, model_type):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_short_prefills_replay_one_graph_per_runner_and_equal_the_plain_path():
-    """Prompts of 20, 28 and 100 tokens alone, two left-padded ones, and 300 tokens (op by op), in graph mode: one
-    prefill graph per runner and padding state, no graph of a prompt's own length, and the plain path's answers. The
-    warm-up captures the graph a short prompt replays (warm_prefill)."""
+    """Kernels.graphed_prefill: prompts of 20, 28 and 100 tokens alone, two left-padded ones, and 300 tokens (op by
+    op), in graph mode: one prefill graph per runner and padding state, no graph of a prompt's own length, and the
+    plain path's answers. The warm-up captures the graph a short prompt replays (warm_prefill)."""
     from sdar_core.runner import PREFILL_PADDED, RUNNER_POOL
 
     model = random_model(tiny_config("sdar", block_size=4, layers=2)).cuda()
-    kw = dict(max_new_tokens=8, block_length=4, steps=2)
+    kw = dict(max_new_tokens=8, block_length=4, steps=2, kernels=Kernels(graphed_prefill=True))
     g = torch.Generator().manual_seed(2)
     for rows in ([20], [28], [100], [300], [30, 17]):
         prompts = [torch.randint(2, 95, (n,), generator=g).tolist() for n in rows]

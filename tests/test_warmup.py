@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sdar_core import DecodeParams, generate
+from sdar_core.kernels import Kernels
 from sdar_core.runner import BUCKET, RUNNER_POOL, bucket
 from sdar_core.warmup import WarmShape, needs_warm_up, warm_all, warm_shapes
 
@@ -93,10 +94,13 @@ def test_warm_up_fills_the_pool_entries_that_later_requests_use_and_leaves_their
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_warm_up_captures_every_warmed_runners_prefill_graph():
-    """On a GPU every warmed runner holds the graph a short prompt's prefill replays (runner.padded_prefill), the
-    shapes whose warm prompt was prefilled op by op included: a visitor's first short prompt captures nothing."""
+    """With Kernels.graphed_prefill, on a GPU every warmed runner holds the graph a short prompt's prefill replays
+    (runner.padded_prefill), the shapes whose warm prompt was prefilled op by op included: a visitor's first short
+    prompt captures nothing."""
     model = random_model(tiny_config(max_position_embeddings=4 * BUCKET)).cuda()
-    params = DecodeParams(max_new_tokens=24, block_length=4, steps=4, strategy="static")
+    params = DecodeParams(
+        max_new_tokens=24, block_length=4, steps=4, strategy="static", kernels=Kernels(graphed_prefill=True)
+    )
     warm_all(model, [params, replace(params, strategy="ar")], max_positions=4 * BUCKET, filler_id=5)
     runners = RUNNER_POOL.runners(model)
     assert {(r.block_size, r.total) for r in runners} == {(L, b) for L in (1, 4) for b in (256, 512, 1024)}
