@@ -17,10 +17,11 @@ A forward builds one `AttentionInputs` (which keys each query sees, said one way
 
 Why the last: SDPA's flash kernel takes no mask, so a block-causal mask sent the prompt's attention to the
 memory-efficient kernel, which reads the [Q, K] mask and skips nothing above the diagonal. An SDAR prefill of an
-8k prompt took 2.3x the AR model's causal one on an H100 (167 against 71 ms; benchmarks/NOTES.md, "The prefill's
-attention"). Block-causal is causal plus, for each query, the keys after it in its own block: the flash kernel's
-causal pass returns its output and each row's log-sum-exp, the few in-block keys (block_size - 1 at most per query)
-are a batched [block, block] product, and the two softmaxes combine exactly by their log-sum-exps.
+8k prompt took 2.3x the AR model's causal one on an H100 (167 against 71 ms; benchmarks/NOTES.md, "The prefill: one
+graph for short prompts, and the block-causal attention without a mask"). Block-causal is causal plus, for each
+query, the keys after it in its own block: the flash kernel's causal pass returns its output and each row's
+log-sum-exp, the few in-block keys (block_size - 1 at most per query) are a batched [block, block] product, and the
+two softmaxes combine exactly by their log-sum-exps.
 """
 
 from __future__ import annotations
@@ -190,7 +191,9 @@ def block_causal_attention(
     later = (i[None, :] > i[:, None]) & ((torch.arange(nb, device=q.device)[:, None] * L + i) < T)[:, None, :]
     scores = scores.masked_fill(~later, float("-inf"))
     lse_in = scores.logsumexp(-1)  # -inf where a query has no later key (its block's last)
-    p = torch.where(later, (scores - lse_in[..., None].clamp_min(-1e30)).exp(), 0.0)
+    p = (
+        scores - lse_in[..., None].clamp_min(-1e30)
+    ).exp()  # 0 at every hidden key, rows without keys included
     inside = (p @ blocked(v)).view(B, H, nb * L, D)[:, :, :T]
     lse_in = lse_in.view(B, H, nb * L)[:, :, :T]
     total = torch.logaddexp(lse, lse_in)  # lse is finite: every query sees itself

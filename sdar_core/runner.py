@@ -15,10 +15,10 @@ The runner's `Kernels` (kernels.py) go to every forward it runs.
 `prepare` builds a chunk's inputs once for the repeated forwards of one block's steps (a replay then copies in
 its tokens alone); `run_captured` replays the decoder's own device work after the forward (steps.py) as a
 graph of its own, and `held` keeps the buffers such a graph reads alive with the runner.
-Every other chunk longer than two blocks, and every chunk of a plain runner, takes the plain path (attention over
-the filled slice); so does a prefill, which a static or graph runner of a dense model pads to PREFILL_PADDED tokens
-when it is that short and Kernels.graphed_prefill is on (`padded_prefill`): in graph mode one graph per runner then
-replays every short prompt. Static and graph runners are pooled per model (`RUNNER_POOL`) and reused across generate
+A chunk longer than two blocks, and every chunk of a plain runner, takes the plain path (attention over the filled
+slice); so does a prefill, except that with Kernels.graphed_prefill a static or graph runner of a dense model pads a
+short one to PREFILL_PADDED tokens (`padded_prefill`): in graph mode one graph per runner then replays every short
+prompt. Static and graph runners are pooled per model (`RUNNER_POOL`) and reused across generate
 calls of one shape.
 """
 
@@ -63,9 +63,8 @@ def bucket(total: int, context: int) -> int:
 # buckets: at a few hundred rows a forward's time is still the weight read, and each length would be a graph to capture
 # per runner (~70 ms, at the warm-up or a visitor's first request).
 PREFILL_PADDED = 256
-PREFILL_ROWS = (
-    1024  # batch x PREFILL_PADDED at most: a larger batch's prefill amortises its launches over its rows
-)
+# batch x PREFILL_PADDED at most: a larger batch's prefill amortises its launches over its rows
+PREFILL_ROWS = 1024
 
 
 def default_mode(model) -> str:
@@ -282,7 +281,7 @@ class ChunkRunner:
             # SDPA's prebuilt kernels, neither a graph nor a kernel built for its length. A short one that cannot be
             # padded too: a prompt of one or two whole blocks would otherwise capture a graph of its own on its first
             # request (the studio's first chat of a block size paid that capture, 0.5 of a warm request's speed on an
-            # H100); padded_prefill replays one graph per runner.
+            # H100); with Kernels.graphed_prefill, padded_prefill replays one graph per runner.
             inputs = self.inputs(ids, start)
             return self._plain(inputs.ids, inputs.positions, start, logits_from)
         inputs = self.static_inputs(ids, start)
