@@ -88,13 +88,22 @@ def start_studio(port: int, log_path: Path) -> subprocess.Popen:
     raise RuntimeError("the studio did not answer within 180 s")
 
 
-def visit(url: str, model: str, index: int, deadline: float, tally: Tally) -> None:
-    """One visitor's turns until the deadline (a turn under way then is finished)."""
+def visit(
+    url: str,
+    model: str,
+    index: int,
+    deadline: float,
+    tally: Tally,
+    session_turns: int = SESSION_TURNS,
+    min_turns: int = 0,
+) -> None:
+    """One visitor's turns until the deadline (a turn under way then is finished) and at least `min_turns` of them,
+    however slow the machine: what a run exercises does not depend on how fast it goes."""
     from gradio_client import Client
 
     rng, turn, client = random.Random(index), 0, None
-    while time.monotonic() < deadline:
-        if turn % SESSION_TURNS == 0:
+    while time.monotonic() < deadline or turn < min_turns:
+        if turn % session_turns == 0:
             client = Client(url, verbose=False)
             with tally.lock:
                 tally.sessions += 1
@@ -143,8 +152,12 @@ def run(
     warmup: float | None = None,
     sample_every: float = 2.0,
     model: str = "assets/models/sdar-tiny",
+    session_turns: int = SESSION_TURNS,
+    min_turns: int = 0,
 ) -> dict:
-    """The soak (see the module docstring); its figures (also written under `out` when given)."""
+    """The soak (see the module docstring); its figures (also written under `out` when given). Each visitor comes
+    back as a new session every `session_turns` turns and takes at least `min_turns` turns, past `seconds` if the
+    machine is slow."""
     import psutil
 
     warmup = seconds / 5 if warmup is None else warmup
@@ -160,7 +173,9 @@ def run(
         t0 = time.monotonic()
         deadline = t0 + seconds
         threads = [
-            threading.Thread(target=visit, args=(url, model, i, deadline, tally), daemon=True)
+            threading.Thread(
+                target=visit, args=(url, model, i, deadline, tally, session_turns, min_turns), daemon=True
+            )
             for i in range(visitors)
         ]
         for t in threads:
