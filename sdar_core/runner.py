@@ -130,14 +130,26 @@ class RunnerPool:
 RUNNER_POOL = RunnerPool()
 
 
-_STEP_POOLS: dict[torch.device, tuple] = {}
+_STEP_POOLS: dict[torch.device, object] = {}
+# torch >= 2.7: a MemPool object counts as a user of its pool for as long as it lives
+_HELD_POOLS = hasattr(getattr(torch.cuda, "MemPool", None), "use_count")
 
 
 def _step_pool(device: torch.device) -> tuple:
-    """The memory pool the run_captured graphs of `device` share."""
-    if device not in _STEP_POOLS:
-        _STEP_POOLS[device] = torch.cuda.graph_pool_handle()
-    return _STEP_POOLS[device]
+    """The id of the memory pool the run_captured graphs of `device` share, held open for the process. torch refuses
+    to capture into a pool whose graphs have all died until its allocator frees the pool (an internal assert, and a
+    CUDA generator left in capture mode): every runner of the device dropped at once (a studio that replaced its
+    model, a benchmark's runners) and then one new step captured would meet it. A MemPool keeps the pool's use count
+    above zero; the memory of dead graphs stays in the pool, for the next captures. Older torch: a bare handle."""
+    pool = _STEP_POOLS.get(device)
+    if pool is None:
+        if _HELD_POOLS:
+            with torch.cuda.device(device):
+                pool = torch.cuda.MemPool()
+        else:
+            pool = torch.cuda.graph_pool_handle()
+        _STEP_POOLS[device] = pool
+    return pool.id if _HELD_POOLS else pool
 
 
 def _forward(model, *args, **kwargs) -> torch.Tensor:

@@ -695,6 +695,34 @@ def test_captured_work_runs_eagerly_at_every_call_outside_graph_mode(sdar):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_a_new_model_captures_its_steps_after_every_graph_of_the_step_pool_died():
+    """The graphed steps of every runner on a device share one memory pool. A studio that replaces its model drops
+    every runner and graph of the device at once; the next model's first steps must still capture into the pool
+    (torch refuses a pool whose graphs have all died until its allocator frees it) and decode what the plain path
+    decodes."""
+    from sdar_core import runner as runner_module
+
+    kw = dict(max_new_tokens=12, block_length=4, steps=2, strategy="static")
+    first = random_model(tiny_config("sdar", block_size=4, layers=2)).cuda()
+    generate(first, [[1, 2, 3]], runner_mode="graph", **kw)
+    device = first.device
+    pool = runner_module._STEP_POOLS[device]
+    if runner_module._HELD_POOLS:
+        assert pool.use_count() > 1  # the pool's own reference and the step graphs'
+    del first
+    gc.collect()
+    if runner_module._HELD_POOLS:
+        assert pool.use_count() == 1  # every step graph died: only the pool's own reference is left
+    second = random_model(tiny_config("sdar", block_size=4, layers=2), seed=5).cuda()
+    prompts = [[4, 5, 6, 7, 8], [9, 10]]
+    graph = generate(second, prompts, runner_mode="graph", **kw)
+    plain = generate(second, prompts, runner_mode="plain", **kw)
+    assert graph.tokens.tolist() == plain.tokens.tolist()
+    assert runner_module._STEP_POOLS[device] is pool
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize(
     "model_type, strategy",
     [("sdar", "static"), ("sdar", "dynamic"), ("sdar", "entropy"), ("sdar", "ar"), ("qwen3", "ar")],
