@@ -433,6 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a short prompt's prefill as one graph of the forward padded to 256 tokens (Kernels.graphed_prefill)",
     )
     p.add_argument(
+        "--in-block-kernel",
+        action="store_true",
+        help="an SDAR prefill's in-block keys and merge in one Triton kernel (Kernels.in_block_kernel)",
+    )
+    p.add_argument(
         "--no-expert-gemv",
         dest="expert_gemv",
         action="store_false",
@@ -508,6 +513,7 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
         skinny_rows=gemm.MAX_ROWS if kernels.skinny_gemm else 0,
         graphed_prefill=kernels.graphed_prefill,
         mask_free_prefill=kernels.mask_free_prefill,
+        in_block_kernel=kernels.in_block_kernel,
         expert_gemv=kernels.expert_gemv,
         gemv_tiles=asdict(experts.GEMV),
         pdl=pdl.REQUESTED and pdl.SUPPORTED,
@@ -658,6 +664,7 @@ def main(argv: list[str] | None = None) -> int:
         split_k_attention=None if args.split_k else False,
         skinny_gemm=args.skinny_gemm,
         graphed_prefill=args.graphed_prefill,
+        in_block_kernel=args.in_block_kernel,
         expert_gemv=args.expert_gemv,
     )
     kernels = kernels.with_fusions(fusions)

@@ -6,7 +6,8 @@ op by op and as the graph of the plain forward padded to 256 tokens (runner.padd
 
 For each prompt length (default 64, 512, 2048 and 8192) and each of `ar` (the same weights as an AR model, blocks of
 one: SDPA's causal flash kernel), `sdar-masked` (blocks of 16 under the dense block-causal mask: SDPA's
-memory-efficient kernel) and `sdar` (blocks of 16 through attention.block_causal_attention), each through a plain
+memory-efficient kernel), `sdar` (blocks of 16 through attention.block_causal_attention) and `sdar-kernel` (the same
+with its in-block half and merge in in_block.py's one kernel, Kernels.in_block_kernel), each through a plain
 runner (launched op by op, as every prefill ran before), and `ar-graph` and `sdar-graph` through a graph runner,
 which with Kernels.graphed_prefill replays a prefill of up to runner.PREFILL_PADDED tokens padded to that many:
 the prefill chunk timed wall to wall after a synchronisation, median of --repeats after a first call (`first_ms`:
@@ -33,13 +34,17 @@ from . import common
 from .common import as_ar, machine_info
 from .profile_forward import covered_us, kernel_class
 
-MODES = ("ar", "sdar-masked", "sdar", "ar-graph", "sdar-graph")
+MODES = ("ar", "sdar-masked", "sdar", "sdar-kernel", "ar-graph", "sdar-graph")
 
 
 def prefill_call(model, length: int, mode: str):
     """(a call that runs one prefill of `length` random tokens, the fresh plain runner whose cache it fills)."""
     ar = mode.startswith("ar")
-    kernels = Kernels(mask_free_prefill=mode != "sdar-masked", graphed_prefill=mode.endswith("-graph"))
+    kernels = Kernels(
+        mask_free_prefill=mode != "sdar-masked",
+        in_block_kernel=mode == "sdar-kernel",
+        graphed_prefill=mode.endswith("-graph"),
+    )
     decoder = as_ar(model) if ar else model
     runner_mode = "graph" if mode.endswith("-graph") else "plain"
     runner = ChunkRunner(decoder, 1, length + 16, 1 if ar else 16, runner_mode, kernels=kernels)

@@ -21,7 +21,8 @@ memory-efficient kernel, which reads the [Q, K] mask and skips nothing above the
 graph for short prompts, and the block-causal attention without a mask"). Block-causal is causal plus, for each
 query, the keys after it in its own block: the flash kernel's causal pass returns its output and each row's
 log-sum-exp, the few in-block keys (block_size - 1 at most per query) are a batched [block, block] product, and the
-two softmaxes combine exactly by their log-sum-exps.
+two softmaxes combine exactly by their log-sum-exps. With Kernels.in_block_kernel the in-block keys and the merge are
+one Triton kernel (in_block.py) instead of ~10 torch ops over float32 copies.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 
 from .decode_attention import CacheQueries, split_k_attention, split_k_runs
 from .fused import needs_grad
+from .in_block import in_block_merge, in_block_runs
 
 try:  # optional: flash-attn only helps on CUDA and is never required
     from flash_attn import flash_attn_func as _flash_attn_func  # type: ignore
@@ -169,15 +171,21 @@ def causal_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[
 
 
 def block_causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int, kernel: bool = False
 ) -> torch.Tensor:
     """Block-causal attention of a whole chunk from key 0 (query i sees key j iff j // block_size <=
     i // block_size), q [B, H, T, D] over k, v [B, H_kv, T, D], without a mask: the causal pass (causal_with_lse)
-    merged with each query's later keys of its own block by their log-sum-exps. [B, H, T, D] in q's dtype."""
+    merged with each query's later keys of its own block by their log-sum-exps. [B, H, T, D] in q's dtype.
+    `kernel` (Kernels.in_block_kernel): the later keys and the merge in one Triton kernel (in_block.py) where it
+    runs; the torch ops below elsewhere."""
     B, H, T, D = q.shape
     groups = H // k.shape[1]
-    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    causal, lse = causal_with_lse(q, k, v)
+    kernel = kernel and in_block_runs(q, k, v, block_size)
+    k_all, v_all = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    causal, lse = causal_with_lse(q, k_all, v_all)
+    if kernel:
+        return in_block_merge(q, k, v, causal, lse, block_size)
+    k, v = k_all, v_all
     # Each query's keys after it in its block: the chunk padded to whole blocks, one [L, L] product per block.
     L = block_size
     nb = -(-T // L)
@@ -271,16 +279,18 @@ def attend(
     inputs: AttentionInputs,
     backend: str = "sdpa",
     mask_free: bool = True,
+    in_block_kernel: bool = False,
 ):
     """q [B, H, Q, D], k, v [B, H_kv, K, D] (the whole cache buffers for cache_queries) -> [B, H, Q, D].
-    `mask_free` (Kernels.mask_free_prefill): a chunk of `blocks` through block_causal_attention where it runs."""
+    `mask_free` (Kernels.mask_free_prefill): a chunk of `blocks` through block_causal_attention where it runs, with
+    its in-block half in one kernel for `in_block_kernel` (Kernels.in_block_kernel)."""
     if inputs.cache_queries is not None:
         return decode_attention(q, k, v, inputs.cache_queries)
     if inputs.block_mask is not None:
         return attention(q, k, v, inputs.block_mask)
     if inputs.blocks:
         if mask_free and backend != "eager" and block_causal_runs(q, k, v):
-            return block_causal_attention(q, k, v, inputs.blocks)
+            return block_causal_attention(q, k, v, inputs.blocks, in_block_kernel)
         mask = block_causal_mask(torch.arange(q.shape[-2], device=q.device), k.shape[-2], inputs.blocks)
         return attention(q, k, v, mask, backend=backend)
     return attention(q, k, v, inputs.mask, is_causal=inputs.is_causal, backend=backend)

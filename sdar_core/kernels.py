@@ -1,9 +1,9 @@
 """Which kernels a forward takes: one frozen switchboard, given to the model by whoever runs it.
 
 Every switch only selects among computations of the same value (the tests compare each pair): a fused Triton
-kernel or the eager ops (fused.py, norm_rope.py, moe.route), the split-K decode attention or SDPA over the buffer
-(decode_attention.py), the static-shape expert forms or the per-expert loop (moe.py), and the attention backend
-of attention.py, cuBLAS or the skinny GEMM for the projections (gemm.py). A switch that is on still needs its
+kernel or the eager ops (fused.py, norm_rope.py, in_block.py, moe.route), the split-K decode attention or SDPA over
+the buffer (decode_attention.py), the static-shape expert forms or the per-expert loop (moe.py), and the attention
+backend of attention.py, cuBLAS or the skinny GEMM for the projections (gemm.py). A switch that is on still needs its
 kernel to run where the forward runs (CUDA and Triton, no gradient wanted): elsewhere the eager path runs whatever
 the switch says. Two switches are the decoder's, not the forward's: whether a denoising step's work after the forward
 is replayed as a CUDA graph (steps.py), and how many blocks it may launch before it reads the one before them.
@@ -78,6 +78,10 @@ class Kernels:
     # A CUDA prefill of whole blocks from key 0 (no padding) through flash attention's causal pass and each block's
     # later keys (attention.block_causal_attention), no mask built; False: SDPA under the block-causal mask.
     mask_free_prefill: bool = True
+    # With mask_free_prefill: each block's later keys and the merge with the causal pass in one Triton kernel
+    # (in_block.py) where it runs, instead of ~0.9 ms a layer of torch ops at an 8k prompt on an H100; False: the
+    # torch ops. Off until a GPU run passes its `cuda` tests and measures it (benchmarks/NOTES.md, "The prefill").
+    in_block_kernel: bool = False
     attention_backend: str = (
         "sdpa"  # attention.attention's backend for dense masks: "sdpa", "flash" or "eager"
     )

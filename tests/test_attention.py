@@ -6,6 +6,7 @@ runs on the device must agree with it on random inputs with grouped-query heads.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -25,7 +26,7 @@ from sdar_core.attention import (
 )
 from sdar_core.kernels import Kernels
 
-from helpers import random_model, rel_err, tiny_config
+from helpers import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # The backends that run here: flex_attention and flash-attn (when installed) on CUDA only.
@@ -164,6 +165,59 @@ def test_block_causal_attention_is_the_textbook_under_the_loop_built_mask(length
     q, k, v = qkv(length, length, seed=length + block_size)
     expected = textbook(q, k, v, hand_mask(list(range(length)), length, block_size))
     assert rel_err(block_causal_attention(q, k, v, block_size), expected) < 1e-5
+
+
+# (length, block size): several whole blocks to a tile (4, 8, 16), a tile of one block of 32, partial last blocks,
+# a block length that divides no power of two (3: one block to a tile, 13 of 16 rows idle), a chunk shorter than a
+# block, blocks of one (no later key: the causal pass alone), several tiles.
+IN_BLOCK_CASES = [(12, 4), (13, 4), (37, 8), (7, 16), (70, 32), (40, 3), (5, 1), (50, 16)]
+
+IN_BLOCK_INTERPRETED = """
+import json, torch
+from sdar_core.attention import causal_with_lse
+from sdar_core.in_block import in_block_merge
+from test_attention import IN_BLOCK_CASES, hand_mask, in_block_inputs, textbook
+errors = []
+for length, block_size in IN_BLOCK_CASES:
+    q, k, v = in_block_inputs(length, seed=length + block_size)
+    causal, lse = causal_with_lse(q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1))
+    out = in_block_merge(q, k, v, causal, lse, block_size)
+    assert out.transpose(1, 2).is_contiguous(), out.stride()  # laid out [B, T, H, D]: o_proj's input is a view
+    expected = textbook(q, k, v, hand_mask(list(range(length)), length, block_size))
+    errors.append(float((out.double() - expected).norm() / expected.norm()))
+print(json.dumps(errors))
+"""
+
+
+def in_block_inputs(length: int, seed: int, device: str = "cpu", dtype=torch.float32):
+    """q [B, H, T, D] as the model hands it over (a transposed view of [B, T, H, D]), k, v [B, H_kv, T, D]."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, length, H, D, generator=g).transpose(1, 2)
+    k, v = (torch.randn(B, H_KV, length, D, generator=g) for _ in range(2))
+    return (t.to(device, dtype) for t in (q, k, v))
+
+
+@pytest.mark.skipif(interpreter_reason() is not None, reason=str(interpreter_reason()))
+def test_the_in_block_kernel_under_the_interpreter_is_the_textbook_under_the_loop_built_mask():
+    """in_block.py's kernel on CPU tensors (Triton's interpreter), given the causal pass and its log-sum-exps: the
+    block-causal attention of every case of IN_BLOCK_CASES, grouped-query heads read without a repeat."""
+    errors = json.loads(run_interpreted(IN_BLOCK_INTERPRETED))
+    assert len(errors) == len(IN_BLOCK_CASES) and max(errors) < 1e-5, errors
+
+
+def test_the_in_block_tiles_hold_whole_blocks():
+    from sdar_core.in_block import tile_rows
+
+    assert [tile_rows(L) for L in (2, 4, 8, 16, 32, 64)] == [(16, 16)] * 4 + [(32, 32), (64, 64)]
+    assert tile_rows(3) == (3, 16) and tile_rows(24) == (24, 32)
+
+
+def test_the_in_block_kernel_switch_changes_nothing_where_the_kernel_cannot_run():
+    """On the CPU (no kernel), Kernels(in_block_kernel=True) is the torch ops' form; the switch is off by default."""
+    assert Kernels().in_block_kernel is False
+    q, k, v = in_block_inputs(13, seed=1)
+    expected = textbook(q, k, v, hand_mask(list(range(13)), 13, 4))
+    assert rel_err(block_causal_attention(q, k, v, 4, kernel=True), expected) < 1e-5
 
 
 def test_a_cuda_prefill_chunk_of_whole_blocks_from_key_0_builds_no_mask():
@@ -345,6 +399,56 @@ def test_cuda_block_causal_attention_takes_flash_and_matches_the_masked_attentio
     assert rel_err(out.float(), reference) < 1e-2
     masked = attention(q, k, v, mask)  # the memory-efficient kernel under the mask, as before
     assert rel_err(out.float(), reference) <= 1.5 * rel_err(masked.float(), reference) + 1e-3
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(("length", "block_size"), [(1000, 16), (517, 4), (300, 32), (100, 3)])
+def test_cuda_the_in_block_kernel_is_the_torch_form_within_bf16_rounding(length, block_size):
+    """SDAR-1.7B's heads in bf16: Kernels.in_block_kernel's form (flash's causal pass, then in_block.py's one kernel)
+    within bf16 rounding of float32 softmax under the mask, as close as the torch ops' form, with the in-block
+    kernel launched once and no float32 copy of q, k or v."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from sdar_core.in_block import in_block_runs
+
+    torch.manual_seed(length)
+    q = torch.randn(1, length, 16, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    k, v = (torch.randn(1, 8, length, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    assert in_block_runs(q, k, v, block_size)
+    block_causal_attention(q, k, v, block_size, kernel=True)  # compile outside the profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        out = block_causal_attention(q, k, v, block_size, kernel=True)
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if e.device_type.name == "CUDA"]
+    assert len([n for n in names if "_in_block_kernel" in n]) == 1, names
+    assert out.transpose(1, 2).is_contiguous()
+    mask = block_causal_mask(torch.arange(length, device="cuda"), length, block_size)
+    reference = eager_attention(q.float(), k.float(), v.float(), mask)
+    torch_form = block_causal_attention(q, k, v, block_size)
+    assert rel_err(out.float(), reference) < 1e-2
+    assert rel_err(out.float(), reference) <= 1.5 * rel_err(torch_form.float(), reference) + 1e-3
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_an_sdar_forward_with_the_in_block_kernel_equals_the_eager_backend():
+    """A bf16 SDAR model (heads of 16) whose every layer takes the in-block kernel: its logits are the eager
+    backend's (the mask built, float32 softmax) within bf16 rounding."""
+    calls = []
+    original = attention_module.in_block_merge
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(attention_module, "in_block_merge", lambda *a: calls.append(a[-1]) or original(*a))
+    try:
+        model = random_model(tiny_config("sdar", block_size=4, layers=2)).to("cuda", torch.bfloat16)
+        ids = torch.randint(0, 95, (2, 13), generator=torch.Generator().manual_seed(0)).cuda()
+        with torch.no_grad():
+            eager = model(ids, kernels=Kernels(attention_backend="eager"))
+            fused = model(ids, kernels=Kernels(in_block_kernel=True))
+    finally:
+        monkeypatch.undo()
+    assert calls == [4, 4]
+    assert rel_err(fused.float(), eager.float()) < 2e-2
 
 
 @pytest.mark.cuda
