@@ -143,13 +143,13 @@ def _step_pool(device: torch.device) -> tuple:
     above zero; the memory of dead graphs stays in the pool, for the next captures. Older torch: a bare handle."""
     pool = _STEP_POOLS.get(device)
     if pool is None:
-        if _HELD_POOLS:
+        try:
             with torch.cuda.device(device):
-                pool = torch.cuda.MemPool()
-        else:
-            pool = torch.cuda.graph_pool_handle()
-        _STEP_POOLS[device] = pool
-    return pool.id if _HELD_POOLS else pool
+                pool = torch.cuda.MemPool() if _HELD_POOLS else None
+        except RuntimeError:  # an allocator backend without pools of its own (cudaMallocAsync)
+            pool = None
+        _STEP_POOLS[device] = pool = pool if pool is not None else torch.cuda.graph_pool_handle()
+    return pool.id if isinstance(pool, getattr(torch.cuda, "MemPool", ())) else pool
 
 
 def _forward(model, *args, **kwargs) -> torch.Tensor:
