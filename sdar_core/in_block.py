@@ -93,7 +93,7 @@ def in_block_merge(
         R=rows,
         SIDE=side,
         D=D,
-        num_warps=4,
+        num_warps=4 if side <= 32 else 8,  # a tile of 64 or 128 rows: five [side, D] tiles live at once
     )
     return out
 

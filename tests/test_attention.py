@@ -167,10 +167,10 @@ def test_block_causal_attention_is_the_textbook_under_the_loop_built_mask(length
     assert rel_err(block_causal_attention(q, k, v, block_size), expected) < 1e-5
 
 
-# (length, block size): several whole blocks to a tile (4, 8, 16), a tile of one block of 32, partial last blocks,
+# (length, block size): several whole blocks to a tile (4, 8, 16), a tile of one block (32, 64), partial last blocks,
 # a block length that divides no power of two (3: one block to a tile, 13 of 16 rows idle), a chunk shorter than a
 # block, blocks of one (no later key: the causal pass alone), several tiles.
-IN_BLOCK_CASES = [(12, 4), (13, 4), (37, 8), (7, 16), (70, 32), (40, 3), (5, 1), (50, 16)]
+IN_BLOCK_CASES = [(12, 4), (13, 4), (37, 8), (7, 16), (70, 32), (140, 64), (40, 3), (5, 1), (50, 16)]
 
 IN_BLOCK_INTERPRETED = """
 import json, torch
@@ -403,7 +403,7 @@ def test_cuda_block_causal_attention_takes_flash_and_matches_the_masked_attentio
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize(("length", "block_size"), [(1000, 16), (517, 4), (300, 32), (100, 3)])
+@pytest.mark.parametrize(("length", "block_size"), [(1000, 16), (517, 4), (300, 32), (600, 64), (100, 3)])
 def test_cuda_the_in_block_kernel_is_the_torch_form_within_bf16_rounding(length, block_size):
     """SDAR-1.7B's heads in bf16: Kernels.in_block_kernel's form (flash's causal pass, then in_block.py's one kernel)
     within bf16 rounding of float32 softmax under the mask, as close as the torch ops' form, with the in-block
