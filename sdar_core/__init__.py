@@ -6,6 +6,7 @@ The model
     moe.py             the routed experts: routing, and the Triton / grouped-matmul / looped expert forms
     attention.py       block-causal masks, AttentionInputs (what one forward's attention sees) and its one dispatch
     decode_attention.py  the split-K decode attention kernel over the whole KV cache (Triton)
+    in_block.py        a block-causal prefill's in-block keys merged with the causal pass, in one kernel (Triton)
     fused.py           fused residual add + RMSNorm and SiLU * up kernels (Triton; eager elsewhere)
     norm_rope.py       fused q/k RMSNorm + RoPE, optionally writing the KV cache (Triton; eager elsewhere)
     gemm.py            the skinny GEMM for one-row projections, split-K in one launch (Triton; F.linear elsewhere)
