@@ -44,11 +44,13 @@ def tile_rows(block_size: int) -> tuple[int, int]:
 
 
 def in_block_runs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int) -> bool:
-    """Whether the kernel takes this chunk: CUDA and Triton, no gradient wanted, unit last strides, a head dimension
-    of a power of two from 16 to 256, blocks of at most 128 tokens."""
+    """Whether the kernel takes this chunk: CUDA and Triton, bf16 or fp16 (the flash pass's dtypes; float32 would go
+    through TF32 products), no gradient wanted, unit last strides, a head dimension of a power of two from 16 to 256,
+    blocks of at most 128 tokens."""
     D = q.shape[-1]
     return (
         kernels_run(q, k, v)
+        and q.dtype in (torch.bfloat16, torch.float16)
         and k.stride(-1) == 1
         and v.stride(-1) == 1
         and D in (16, 32, 64, 128, 256)
