@@ -34,8 +34,9 @@
 #                                                # two folds (fusions silu_down, qk_rope), then float8
 #   bash benchmarks/device_kernels.sh prefill [S]  # the prefill's modules' `cuda` tests, benchmarks.prefill (the
 #                                                # prompt's prefill: wall time against its kernels', the block-causal
-#                                                # attention under the mask and without it, op by op and as a padded
-#                                                # graph), the goals' bench rows, benchmarks.first_request, within S s
+#                                                # attention under the mask and without it (torch ops or in_block.py's
+#                                                # kernel), op by op and as a padded graph), the goals' bench
+#                                                # rows, benchmarks.first_request, within S s
 #   bash benchmarks/device_kernels.sh prefill-short  # the prefill's `cuda` tests, then bench's 64-token rows (~140 s)
 #   bash benchmarks/device_kernels.sh coldstart  # the precompile tests and some kernels' on CUDA (CUDA_TESTS=""
 #                                                # keeps the precompile ones only, =none none), then
@@ -200,21 +201,22 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     within 80 python3 -m benchmarks.profile_forward --split-k on --contexts 64 8k --gemm skinny+pdl \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
     tar czf /tmp/h200.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/h200.tgz "$OUT/" ;;
-  prefill)  # the `cuda` tests of the modules a prefill runs through (no studio: the device has no Gradio), the
-    # goals' bench rows (each with its prefill_ms) without and with --graphed-prefill, benchmarks.first_request with
-    # it, then benchmarks.prefill (AR, SDAR under the mask, SDAR mask-free, op by op and padded as a graph, 64-8k),
-    # within $2 s (default 560)
+  prefill)  # the `cuda` tests of the modules a prefill runs through (no studio: the device has no Gradio), then
+    # benchmarks.prefill (AR, SDAR under the mask, SDAR mask-free with the torch ops and with in_block.py's kernel, op
+    # by op and padded as a graph, 64-8k), the goals' bench rows (each with its prefill_ms) without and with
+    # --graphed-prefill --in-block-kernel, then benchmarks.first_request with the graphed prefill, within $2 s
+    # (default 560); the most telling first, should the time run out
     LIMIT=${2:-560}
     within $((LIMIT * 3 / 10)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_attention.py \
       tests/test_decoding.py tests/test_model_parity.py tests/test_norm_rope.py tests/test_fused.py \
       tests/test_read_ahead.py tests/test_benchmarks_prefill.py tests/test_warmup.py > "$OUT/cuda-tests.log" 2>&1
     tail -n 4 "$OUT/cuda-tests.log"
+    within 150 python3 -m benchmarks.prefill --out "$OUT/prefill" 2>&1 | tee "$OUT/prefill.log" | tail -18
     within $((LIMIT * 15 / 100)) $BENCH --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -5
-    within $((LIMIT * 15 / 100)) $BENCH --graphed-prefill --out "$OUT/bench-graphed-prefill" 2>&1 \
-      | tee "$OUT/bench-graphed-prefill.log" | tail -5
+    within $((LIMIT * 15 / 100)) $BENCH --graphed-prefill --in-block-kernel --out "$OUT/bench-prefill-switches" \
+      2>&1 | tee "$OUT/bench-prefill-switches.log" | tail -5
     within $((LIMIT * 3 / 10)) python3 -m benchmarks.first_request --graphed-prefill \
       --out "$OUT/first-request-graphed-prefill" 2>&1 | tail -12
-    within 200 python3 -m benchmarks.prefill --out "$OUT/prefill" 2>&1 | tee "$OUT/prefill.log" | tail -16
     tar czf /tmp/prefill.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/prefill.tgz "$OUT/" ;;
   prefill-short)  # what a nearly spent session can afford: the prefill's `cuda` tests, then bench's 64-token rows
     timeout 80 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_attention.py tests/test_decoding.py \
