@@ -158,11 +158,14 @@ def block_causal_runs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool
 
 
 def causal_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal attention of q [B, H, T, D] over k, v [B, H, T, D] (as many heads) and each query's log-sum-exp of
-    its scaled scores [B, H, T] float32: SDPA's flash kernel where `block_causal_runs`, float32 math elsewhere."""
+    """Causal attention of q [B, H, T, D] over k, v [B, H_kv, T, D] and each query's log-sum-exp of its scaled scores
+    [B, H, T] float32: SDPA's flash kernel where `block_causal_runs` (it reads grouped heads as they are), float32
+    math elsewhere."""
     if block_causal_runs(q, k, v):
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, True)[:2]
         return out, lse
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     T = q.shape[-2]
     scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
     scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=q.device).tril(), float("-inf"))
@@ -179,13 +182,12 @@ def block_causal_attention(
     `kernel` (Kernels.in_block_kernel): the later keys and the merge in one Triton kernel (in_block.py) where it
     runs; the torch ops below elsewhere."""
     B, H, T, D = q.shape
-    groups = H // k.shape[1]
-    kernel = kernel and in_block_runs(q, k, v, block_size)
-    k_all, v_all = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    causal, lse = causal_with_lse(q, k_all, v_all)
-    if kernel:
+    if kernel and in_block_runs(q, k, v, block_size):  # no repeat of k and v: both kernels read grouped heads
+        causal, lse = causal_with_lse(q, k, v)
         return in_block_merge(q, k, v, causal, lse, block_size)
-    k, v = k_all, v_all
+    groups = H // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    causal, lse = causal_with_lse(q, k, v)
     # Each query's keys after it in its block: the chunk padded to whole blocks, one [L, L] product per block.
     L = block_size
     nb = -(-T // L)

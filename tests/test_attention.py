@@ -180,7 +180,7 @@ from test_attention import IN_BLOCK_CASES, hand_mask, in_block_inputs, textbook
 errors = []
 for length, block_size in IN_BLOCK_CASES:
     q, k, v = in_block_inputs(length, seed=length + block_size)
-    causal, lse = causal_with_lse(q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1))
+    causal, lse = causal_with_lse(q, k, v)
     out = in_block_merge(q, k, v, causal, lse, block_size)
     assert out.transpose(1, 2).is_contiguous(), out.stride()  # laid out [B, T, H, D]: o_proj's input is a view
     expected = textbook(q, k, v, hand_mask(list(range(length)), length, block_size))
@@ -407,7 +407,7 @@ def test_cuda_block_causal_attention_takes_flash_and_matches_the_masked_attentio
 def test_cuda_the_in_block_kernel_is_the_torch_form_within_bf16_rounding(length, block_size):
     """SDAR-1.7B's heads in bf16: Kernels.in_block_kernel's form (flash's causal pass, then in_block.py's one kernel)
     within bf16 rounding of float32 softmax under the mask, as close as the torch ops' form, with the in-block
-    kernel launched once and no float32 copy of q, k or v."""
+    kernel launched once, no float32 copy of q, k or v and no repeat of k and v."""
     from torch.profiler import ProfilerActivity, profile
 
     from sdar_core.in_block import in_block_runs
@@ -422,6 +422,8 @@ def test_cuda_the_in_block_kernel_is_the_torch_form_within_bf16_rounding(length,
         torch.cuda.synchronize()
     names = [e.name for e in prof.events() if e.device_type.name == "CUDA"]
     assert len([n for n in names if "_in_block_kernel" in n]) == 1, names
+    # k and v reach flash and the kernel with their 8 heads as they are: no repeat over the 16 query heads
+    assert not [n for n in names if "index" in n.lower() or "elementwise" in n.lower()], names
     assert out.transpose(1, 2).is_contiguous()
     mask = block_causal_mask(torch.arange(length, device="cuda"), length, block_size)
     reference = eager_attention(q.float(), k.float(), v.float(), mask)
