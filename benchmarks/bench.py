@@ -438,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="an SDAR prefill's in-block keys and merge in one Triton kernel (Kernels.in_block_kernel)",
     )
     p.add_argument(
+        "--merge-fold",
+        action="store_true",
+        help="the split-K decode attention's splits merged by its last split of each tile, no merge kernel "
+        "(Kernels.merge_fold)",
+    )
+    p.add_argument(
         "--no-expert-gemv",
         dest="expert_gemv",
         action="store_false",
@@ -514,6 +520,7 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
         graphed_prefill=kernels.graphed_prefill,
         mask_free_prefill=kernels.mask_free_prefill,
         in_block_kernel=kernels.in_block_kernel,
+        merge_fold=kernels.merge_fold,
         expert_gemv=kernels.expert_gemv,
         gemv_tiles=asdict(experts.GEMV),
         pdl=pdl.REQUESTED and pdl.SUPPORTED,
@@ -665,6 +672,7 @@ def main(argv: list[str] | None = None) -> int:
         skinny_gemm=args.skinny_gemm,
         graphed_prefill=args.graphed_prefill,
         in_block_kernel=args.in_block_kernel,
+        merge_fold=args.merge_fold,
         expert_gemv=args.expert_gemv,
     )
     kernels = kernels.with_fusions(fusions)

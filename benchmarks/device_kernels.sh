@@ -37,6 +37,10 @@
 #                                                # attention under the mask and without it (torch ops or in_block.py's
 #                                                # kernel), op by op and as a padded graph), the goals' bench
 #                                                # rows, benchmarks.first_request, within S s
+#   bash benchmarks/device_kernels.sh merge [S]    # the split-K attention's merge in its split kernel
+#                                                # (Kernels.merge_fold), within S s (default 400): its `cuda` tests,
+#                                                # the dense forward's profile at 64 and 8k with and without it, then
+#                                                # the goals' bench rows with it (beside `prefill`'s without)
 #   bash benchmarks/device_kernels.sh prefill-short  # the prefill's `cuda` tests, then bench's 64-token rows (~140 s)
 #   bash benchmarks/device_kernels.sh coldstart  # the precompile tests and some kernels' on CUDA (CUDA_TESTS=""
 #                                                # keeps the precompile ones only, =none none), then
@@ -190,6 +194,15 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     timeout $((590 - SECONDS)) python3 -m benchmarks.profile_forward --arch sdar-30b-a3b --split-k on \
       --contexts 64 --gemm skinny+pdl --out "$OUT/profile-moe" 2>&1 | tee "$OUT/profile-moe.log" | tail -5
     tar czf /tmp/rest.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/rest.tgz "$OUT/" ;;
+  merge)  # $2 seconds (default 400): the merge fold's `cuda` tests, the profile with and without it, bench with it
+    LIMIT=${2:-400}
+    within 120 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_decode_attention.py \
+      > "$OUT/cuda-tests.log" 2>&1; tail -n 4 "$OUT/cuda-tests.log"
+    within 150 python3 -m benchmarks.profile_forward --split-k on --merge-fold both --contexts 64 8k \
+      --gemm skinny+pdl --out "$OUT/profile-merge" 2>&1 | tee "$OUT/profile-merge.log" | tail -12
+    within $((LIMIT - SECONDS)) $BENCH --merge-fold --out "$OUT/bench-merge-fold" 2>&1 \
+      | tee "$OUT/bench-merge-fold.log" | tail -5
+    tar czf /tmp/merge.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/merge.tgz "$OUT/" ;;
   h200)  # on an H200, within one call: the README's sweep, the 30B-A3B rows, the dense forward's profile (the cold
     # start is measured on an H100 by `coldstart`); on any other card, `prefill`
     grep -q H200 "$OUT/gpu.txt" || exec bash "$0" prefill
@@ -209,7 +222,8 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     LIMIT=${2:-560}
     within $((LIMIT * 3 / 10)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_attention.py \
       tests/test_decoding.py tests/test_model_parity.py tests/test_norm_rope.py tests/test_fused.py \
-      tests/test_read_ahead.py tests/test_benchmarks_prefill.py tests/test_warmup.py > "$OUT/cuda-tests.log" 2>&1
+      tests/test_read_ahead.py tests/test_benchmarks_prefill.py tests/test_warmup.py tests/test_decode_attention.py \
+      > "$OUT/cuda-tests.log" 2>&1
     tail -n 4 "$OUT/cuda-tests.log"
     within 150 python3 -m benchmarks.prefill --out "$OUT/prefill" 2>&1 | tee "$OUT/prefill.log" | tail -18
     within $((LIMIT * 15 / 100)) $BENCH --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -5

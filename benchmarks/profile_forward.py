@@ -66,8 +66,17 @@ def kernel_class(name: str) -> str:
     return next((c for c, keys in CLASSES if any(k in low for k in keys)), "other")
 
 
-def graphed(model, Q: int, total: int, start: int, split_k: bool, skinny_gemm: bool = False, fusions="all"):
-    kernels = Kernels(split_k_attention=split_k, skinny_gemm=skinny_gemm).with_fusions(
+def graphed(
+    model,
+    Q: int,
+    total: int,
+    start: int,
+    split_k: bool,
+    skinny_gemm: bool = False,
+    fusions="all",
+    merge_fold: bool = False,
+):
+    kernels = Kernels(split_k_attention=split_k, skinny_gemm=skinny_gemm, merge_fold=merge_fold).with_fusions(
         fusions
     )  # as bench runs
     runner = ChunkRunner(model, 1, total, Q, "graph", kernels=kernels)
@@ -239,6 +248,12 @@ def main() -> None:
         help=f"the fused kernels (sdar_core/kernels.py: all, none, or names of {' '.join(FUSIONS)}), as bench takes"
         " them",
     )
+    p.add_argument(
+        "--merge-fold",
+        default="off",
+        choices=["both", "on", "off"],
+        help="the split-K attention's splits merged in its split kernel (Kernels.merge_fold), with --split-k on",
+    )
     args = p.parse_args()
     fusions = args.fusions[0] if args.fusions in (["all"], ["none"]) else set(args.fusions)
     model = common.random_model(
@@ -259,16 +274,27 @@ def main() -> None:
     for context, total, start in contexts:
         for mode, m, Q in (("ar", ar, 1), ("sdar16", model, 16)):
             splits = {"both": (False, True), "on": (True,), "off": (False,)}[args.split_k]
-            for split_k, gemm in itertools.product(splits, args.gemm):
+            folds = {"both": (False, True), "on": (True,), "off": (False,)}[args.merge_fold]
+            for split_k, gemm, fold in itertools.product(splits, args.gemm, folds):
+                if fold and not split_k:
+                    continue  # the fold is the split-K kernel's
                 pdl.REQUESTED = gemm.endswith("+pdl")
                 graph = graphed(
-                    m, Q, total, start, split_k, skinny_gemm=gemm.startswith("skinny"), fusions=fusions
+                    m,
+                    Q,
+                    total,
+                    start,
+                    split_k,
+                    skinny_gemm=gemm.startswith("skinny"),
+                    fusions=fusions,
+                    merge_fold=fold,
                 )
                 row = dict(
                     context=context,
                     fusions=Kernels().with_fusions(fusions).fusions(),
                     mode=mode,
                     split_k=split_k,
+                    merge_fold=fold,
                     gemm=gemm,
                     skinny_rows=skinny.MAX_ROWS if gemm.startswith("skinny") else 0,
                     replay_ms=round(replay_ms(graph), 3),
@@ -285,14 +311,15 @@ def main() -> None:
         (Path(args.out) / "profile.json").write_text(json.dumps(result, indent=1))
     print(f"\nfloor {result['floor_ms']:.3f} ms/forward at {bw / 1e9:.0f} GB/s")
     print(
-        f"{'ctx':<4}{'mode':<8}{'split-k':<8}{'gemm':<7}{'replay ms':>10}{'kernels':>8}{'busy us':>9}"
+        f"{'ctx':<4}{'mode':<8}{'split-k':<11}{'gemm':<7}{'replay ms':>10}{'kernels':>8}{'busy us':>9}"
         f"{'span us':>9}{'idle us':>9}  per class: "
         "kernels/layer, us/forward"
     )
     for r in result["rows"]:
         cls = "  ".join(f"{c} {v['per_layer']}/{v['us']:.0f}" for c, v in r["classes"].items())
         print(
-            f"{r['context']:<4}{r['mode']:<8}{str(r['split_k']):<8}{r.get('gemm', 'cublas'):<7}"
+            f"{r['context']:<4}{r['mode']:<8}{str(r['split_k']) + ('+fold' if r.get('merge_fold') else ''):<11}"
+            f"{r.get('gemm', 'cublas'):<7}"
             f"{r['replay_ms']:>10.3f}{r['kernels']:>8.0f}"
             f"{r['busy_us']:>9.0f}{r['span_us']:>9.0f}{r['idle_us']:>9.0f}  {cls}"
         )
@@ -305,7 +332,8 @@ def main() -> None:
             f"{k[:24]} {v:.1f}" + (f" (floor {floors[k]['floor_us']:.1f})" if k in floors else "")
             for k, v in list(r["added_us"].items())[:12]
         )
-        print(f"{r['context']:<4}{r['mode']:<8}{r.get('gemm', 'cublas'):<11}{added}")
+        gemm = r.get("gemm", "cublas") + ("+fold" if r.get("merge_fold") else "")
+        print(f"{r['context']:<4}{r['mode']:<8}{gemm:<16}{added}")
 
 
 if __name__ == "__main__":

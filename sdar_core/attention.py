@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from .decode_attention import CacheQueries, split_k_attention, split_k_runs
 from .fused import needs_grad
 from .in_block import in_block_merge, in_block_runs
+from .kernels import DEFAULT_KERNELS, Kernels
 
 try:  # optional: flash-attn only helps on CUDA and is never required
     from flash_attn import flash_attn_func as _flash_attn_func  # type: ignore
@@ -280,33 +281,34 @@ def attend(
     k: torch.Tensor,
     v: torch.Tensor,
     inputs: AttentionInputs,
-    backend: str = "sdpa",
-    mask_free: bool = True,
-    in_block_kernel: bool = False,
+    kernels: Kernels = DEFAULT_KERNELS,
 ):
-    """q [B, H, Q, D], k, v [B, H_kv, K, D] (the whole cache buffers for cache_queries) -> [B, H, Q, D].
-    `mask_free` (Kernels.mask_free_prefill): a chunk of `blocks` through block_causal_attention where it runs, with
-    its in-block half in one kernel for `in_block_kernel` (Kernels.in_block_kernel)."""
+    """q [B, H, Q, D], k, v [B, H_kv, K, D] (the whole cache buffers for cache_queries) -> [B, H, Q, D], through
+    `kernels`' attention switches: attention_backend for a dense mask; merge_fold for the split-K decode attention;
+    mask_free_prefill (a chunk of `blocks` through block_causal_attention where it runs) and in_block_kernel (its
+    in-block half in one kernel)."""
+    backend = kernels.attention_backend
     if inputs.cache_queries is not None:
-        return decode_attention(q, k, v, inputs.cache_queries)
+        return decode_attention(q, k, v, inputs.cache_queries, kernels.merge_fold)
     if inputs.block_mask is not None:
         return attention(q, k, v, inputs.block_mask)
     if inputs.blocks:
-        if mask_free and backend != "eager" and block_causal_runs(q, k, v):
-            return block_causal_attention(q, k, v, inputs.blocks, in_block_kernel)
+        if kernels.mask_free_prefill and backend != "eager" and block_causal_runs(q, k, v):
+            return block_causal_attention(q, k, v, inputs.blocks, kernels.in_block_kernel)
         mask = block_causal_mask(torch.arange(q.shape[-2], device=q.device), k.shape[-2], inputs.blocks)
         return attention(q, k, v, mask, backend=backend)
     return attention(q, k, v, inputs.mask, is_causal=inputs.is_causal, backend=backend)
 
 
-def decode_attention(q, k_cache, v_cache, where: CacheQueries) -> torch.Tensor:
+def decode_attention(q, k_cache, v_cache, where: CacheQueries, fold: bool = False) -> torch.Tensor:
     """softmax(q k^T / sqrt(D)) v under the block-causal rule of `where` (decode_attention.py); [B, H, Q, D] in q's
-    dtype. q: [B, H, Q, D]; k_cache, v_cache: [B, H_kv, T, D] (the whole buffers; only [0, kv_end) is read)."""
+    dtype. q: [B, H, Q, D]; k_cache, v_cache: [B, H_kv, T, D] (the whole buffers; only [0, kv_end) is read).
+    `fold` (Kernels.merge_fold): the split-K kernel merges its splits itself."""
     H, H_kv = q.shape[1], k_cache.shape[1]
     if H % H_kv:
         raise ValueError(f"{H} query heads do not split into groups over {H_kv} KV heads")
     if split_k_runs(q):
-        return split_k_attention(q, k_cache, v_cache, where)
+        return split_k_attention(q, k_cache, v_cache, where, fold=fold)
     return reference_decode_attention(q, k_cache, v_cache, where)
 
 

@@ -14,8 +14,12 @@ longer chunks take several tiles), so each key and value is read once per KV hea
 (grouped-query attention). The end of the last query's block, `kv_end`, is read on the device and each of the S
 splits covers 1/S of [0, kv_end): the grid depends only on the buffer's shape (one CUDA graph serves every filled
 length) and no program reads a slot past kv_end. A second kernel merges the splits' partial softmaxes (their
-log-sum-exps). Elsewhere (CPU, or chunks longer than MAX_QUERIES, such as a prefill) `attention.decode_attention`
-runs the same math through SDPA over the filled slice.
+log-sum-exps); with `fold` (Kernels.merge_fold) the split kernel merges them itself, as the skinny GEMM sums its
+split-K partials (gemm.py): each split stores its partial and counts itself in on an atomic counter of its tile, and
+the last to arrive merges the tile's S partials in split order (the result does not depend on who arrives last) and
+resets the counter, one kernel fewer a layer (one split: its output is the answer). Elsewhere (CPU, or chunks
+longer than MAX_QUERIES, such as a prefill) `attention.decode_attention` runs the same math through SDPA over the
+filled slice.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from . import pdl
+from .gemm import COUNTERS, counters
 from .ops import kernel_op
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run the SDPA path
@@ -86,14 +91,15 @@ def split_k_attention(
     v_cache: torch.Tensor,
     where: CacheQueries,
     config: SplitConfig | None = None,
+    fold: bool = False,
 ) -> torch.Tensor:
     """The kernel (where `split_k_runs`): q [B, H, Q, D] against the whole buffers k_cache, v_cache [B, H_kv, T, D]
     -> [B, H, Q, D] (laid out as [B, Q, H, D]). config None: DEFAULT_SPLIT through the registered op, so that
     torch.compile(fullgraph=True) takes the kernel whole; a SplitConfig is launched directly (the benchmarks sweep
-    them)."""
+    them). `fold`: the splits merged by the last of each tile to finish, no merge kernel (Kernels.merge_fold)."""
     if config is None:
-        return _split_k_op(q, k_cache, v_cache, where.q_index, where.pad, where.block_size)
-    return _split_k(q, k_cache, v_cache, where, config)
+        return _split_k_op(q, k_cache, v_cache, where.q_index, where.pad, where.block_size, fold)
+    return _split_k(q, k_cache, v_cache, where, config, fold)
 
 
 def num_splits(batch: int, kv_heads: int, k_len: int, config: SplitConfig, device: torch.device) -> int:
@@ -104,7 +110,9 @@ def num_splits(batch: int, kv_heads: int, k_len: int, config: SplitConfig, devic
     return max(1, min(want, config.max_splits, -(-k_len // config.block_n)))
 
 
-def _split_k(q, k_cache, v_cache, where: CacheQueries, config: SplitConfig) -> torch.Tensor:
+def _split_k(
+    q, k_cache, v_cache, where: CacheQueries, config: SplitConfig, fold: bool = False
+) -> torch.Tensor:
     B, H, Q, D = q.shape
     H_kv, T = k_cache.shape[1], k_cache.shape[2]
     G = H // H_kv
@@ -112,13 +120,18 @@ def _split_k(q, k_cache, v_cache, where: CacheQueries, config: SplitConfig) -> t
         q = q.contiguous()
     k_cache, v_cache = _unit_last_stride(k_cache), _unit_last_stride(v_cache)
     S = num_splits(B, H_kv, T, config, q.device)
-    part_out = torch.empty(
-        B, H, Q, S, D, dtype=torch.float32, device=q.device
-    )  # each split's normalised output
-    part_lse = torch.empty(B, H, Q, S, dtype=torch.float32, device=q.device)  # and its log2-sum-exp2
     rows = max(16, min(TILE_ROWS, triton.next_power_of_2(G * Q)))  # tl.dot needs at least 16 rows
+    grid = (S, B * H_kv, triton.cdiv(G * Q, rows))
+    out = _heads_last(B, H, Q, D, q)
+    # The fold counts each tile's splits on the device's split-K counters (None while a graph is captured before
+    # they exist: then the merge kernel runs); one split needs neither partials nor counter.
+    count = counters(q.device) if fold and S > 1 and grid[1] * grid[2] <= COUNTERS else None
+    fold = fold and (S == 1 or count is not None)
+    parts = (B, H, Q, S) if not fold or S > 1 else (1, 1, 1, 1)  # one split folded writes no partial
+    part_out = torch.empty(*parts, D, dtype=torch.float32, device=q.device)  # each split's normalised output
+    part_lse = torch.empty(*parts, dtype=torch.float32, device=q.device)  # and its log2-sum-exp2
     chained = pdl.on(q)
-    _split_kernel[(S, B * H_kv, triton.cdiv(G * Q, rows))](
+    _split_kernel[grid](
         q,
         k_cache,
         v_cache,
@@ -126,6 +139,8 @@ def _split_k(q, k_cache, v_cache, where: CacheQueries, config: SplitConfig) -> t
         where.pad,
         part_out,
         part_lse,
+        out,
+        count if count is not None else part_lse,
         q.stride(0),
         q.stride(1),
         q.stride(2),
@@ -135,6 +150,9 @@ def _split_k(q, k_cache, v_cache, where: CacheQueries, config: SplitConfig) -> t
         v_cache.stride(0),
         v_cache.stride(1),
         v_cache.stride(2),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
         Q,
         H_kv,
         T,
@@ -145,12 +163,14 @@ def _split_k(q, k_cache, v_cache, where: CacheQueries, config: SplitConfig) -> t
         ROWS=rows,
         BLOCK_N=config.block_n,
         S=S,
+        FOLD=fold,
         PDL=chained,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
         **pdl.options(chained),
     )
-    out = _heads_last(B, H, Q, D, q)
+    if fold:
+        return out
     _merge_kernel[(B * H * Q,)](
         part_out,
         part_lse,
@@ -178,12 +198,13 @@ def _split_k_op(
     q_index: torch.Tensor,
     pad: torch.Tensor,
     block_size: int,
+    fold: bool,
 ) -> torch.Tensor:
-    return _split_k(q, k_cache, v_cache, CacheQueries(q_index, block_size, pad), DEFAULT_SPLIT)
+    return _split_k(q, k_cache, v_cache, CacheQueries(q_index, block_size, pad), DEFAULT_SPLIT, fold)
 
 
 @_split_k_op.register_fake
-def _(q, k_cache, v_cache, q_index, pad, block_size):
+def _(q, k_cache, v_cache, q_index, pad, block_size, fold):
     return _heads_last(*q.shape, q)
 
 
@@ -208,6 +229,8 @@ if triton is not None:
         PAD,
         PART_OUT,
         PART_LSE,
+        OUT,  # [B, H, Q, D] (FOLD: written here)
+        COUNT,  # [tiles] int32, zero between launches (FOLD with S > 1)
         sq_b,
         sq_h,
         sq_q,
@@ -217,6 +240,9 @@ if triton is not None:
         sv_b,
         sv_h,
         sv_t,
+        so_b,
+        so_h,
+        so_q,
         n_q,
         n_kv,
         T,
@@ -227,6 +253,7 @@ if triton is not None:
         ROWS: tl.constexpr,
         BLOCK_N: tl.constexpr,
         S: tl.constexpr,
+        FOLD: tl.constexpr,  # the last split of each tile to finish merges the S partials (no merge kernel)
         PDL: tl.constexpr,
     ):
         pdl.wait_and_release(PDL)
@@ -267,10 +294,49 @@ if triton is not None:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             l = l * alpha + tl.sum(p, 1)
             m = m_new
-        slot = ((b * n_kv * G + hk * G + g) * n_q + qi) * S + split  # [B, H, Q, S] flat index
-        tl.store(PART_LSE + slot, tl.where(l > 0, m + tl.log2(l), float("-inf")), mask=live)
         out = acc / tl.where(l > 0, l, 1.0)[:, None]
-        tl.store(PART_OUT + slot[:, None] * D + d[None, :], out, mask=live[:, None])
+        out_ptrs = OUT + b * so_b + (hk * G + g)[:, None] * so_h + qi[:, None] * so_q + d[None, :]
+        if FOLD and S == 1:  # the one split's softmax is the whole one
+            tl.store(out_ptrs, out.to(OUT.dtype.element_ty), mask=live[:, None])
+        else:
+            base = (b * n_kv * G + hk * G + g) * n_q + qi  # [B, H, Q] flat index of each row
+            tl.store(PART_LSE + base * S + split, tl.where(l > 0, m + tl.log2(l), float("-inf")), mask=live)
+            tl.store(PART_OUT + (base * S + split)[:, None] * D + d[None, :], out, mask=live[:, None])
+            if FOLD:
+                tile = bh * tl.num_programs(2) + tl.program_id(2)
+                arrived = tl.atomic_add(
+                    COUNT + tile, 1, sem="acq_rel"
+                )  # releases the partial, acquires the others'
+                if arrived == S - 1:
+                    merged = _merged_rows(PART_OUT, PART_LSE, base, live, d, S, ROWS, D)
+                    tl.store(out_ptrs, merged.to(OUT.dtype.element_ty), mask=live[:, None])
+                    tl.atomic_xchg(COUNT + tile, 0)
+
+    @triton.jit
+    def _merged_rows(PART_OUT, PART_LSE, base, live, d, S: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr):
+        """The tile's rows `base` [ROWS] merged over their S partial softmaxes, in split order: each partial
+        weighted by 2^(its log2-sum-exp2 - the rows' largest), their sum over the weights' (an empty split weighs
+        0). Loads bypass L1 (.cg): the other splits' partials were written by other programs."""
+        top = tl.full([ROWS], float("-inf"), tl.float32)
+        for s in range(S):
+            lse = tl.load(PART_LSE + base * S + s, mask=live, other=float("-inf"), cache_modifier=".cg")
+            top = tl.maximum(top, lse)
+        top = tl.where(top == float("-inf"), 0.0, top)  # a row past the tile's end
+        acc = tl.zeros([ROWS, D], tl.float32)
+        total = tl.zeros([ROWS], tl.float32)
+        for s in range(S):
+            w = tl.exp2(
+                tl.load(PART_LSE + base * S + s, mask=live, other=float("-inf"), cache_modifier=".cg") - top
+            )
+            part = tl.load(
+                PART_OUT + (base * S + s)[:, None] * D + d[None, :],
+                mask=live[:, None],
+                other=0.0,
+                cache_modifier=".cg",
+            )
+            acc += w[:, None] * part
+            total += w
+        return acc / tl.where(total > 0, total, 1.0)[:, None]
 
     @triton.jit
     def _merge_kernel(

@@ -53,6 +53,10 @@ class Kernels:
     # runs (CUDA with Triton); False gives SDPA the mask over the whole buffer (the benchmarks compare the two);
     # True where it cannot run falls back to SDPA over the filled slice, whose host read cannot be graphed.
     split_k_attention: bool | None = None
+    # With the split-K decode attention: each tile's partial softmaxes merged by the last of its splits to finish
+    # (decode_attention.py), not by a kernel of their own: one kernel fewer a layer. Off until a GPU run passes its
+    # `cuda` tests and measures it (benchmarks/NOTES.md, "The split-K attention's merge in its split kernel").
+    merge_fold: bool = False
     grouped_experts: bool = (
         True  # the static-shape expert forms where one runs (moe.Experts); False: the loop
     )

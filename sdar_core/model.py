@@ -219,9 +219,7 @@ class Attention(nn.Module):
                 self.norm_rope(k, self.k_norm, cos, sin, kernels.norm_rope),
                 v.transpose(1, 2),
             )  # [B, H_kv, Q, D]
-        out = attend(
-            q, k, v, attn, kernels.attention_backend, kernels.mask_free_prefill, kernels.in_block_kernel
-        )  # [B, H, Q, D]
+        out = attend(q, k, v, attn, kernels)  # [B, H, Q, D]
         return add_project(self.o_proj, out.transpose(1, 2).reshape(B, Q, -1), residual, kernels)
 
 

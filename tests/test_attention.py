@@ -243,7 +243,7 @@ def test_attend_with_a_block_length_alone_equals_the_masked_attention(backend):
     """Where the flash kernel cannot run (here: the CPU, float32), `attend` builds the mask from the block length."""
     q, k, v = qkv(10, 10, seed=3)
     assert not block_causal_runs(q, k, v) or DEVICE == "cuda"
-    got = attend(q, k, v, AttentionInputs(blocks=4), backend)
+    got = attend(q, k, v, AttentionInputs(blocks=4), Kernels(attention_backend=backend))
     assert rel_err(got, textbook(q, k, v, hand_mask(list(range(10)), 10, 4))) < 1e-5
 
 

@@ -106,6 +106,118 @@ def test_triton_kernel_under_the_interpreter_matches_loop_reference():
     assert len(errors) == len(CASES) and max(errors) < 1e-5, errors
 
 
+# The merge folded into the split kernel (Kernels.merge_fold): every case of CASES at 3 splits, twice (the first
+# call's last arrivers must leave the counters at zero for the second), at one split (no partials, no counter), and
+# a chunk of 72 queries over 2 query heads a KV head, 144 rows: two row tiles, each counted on its own.
+FOLDED = """
+import json, torch
+from sdar_core import gemm
+from sdar_core.decode_attention import SplitConfig, _split_k
+from test_decode_attention import CASES, loop_reference, make_case
+cases = [(case, 3) for case in CASES] + [(CASES[1], 1), ((list(range(8, 80)), 8, [0, 5]), 3)]
+errors, apart = [], []
+for (q_index, L, pad), splits in cases:
+    (q, k, v), where = make_case(2, 4, 2, 16, 88, q_index, L, pad)
+    config = SplitConfig(block_n=16, max_splits=splits)
+    ref = loop_reference(q, k, v, q_index, L, pad)
+    for _ in range(2):
+        out = _split_k(q, k, v, where, config, fold=True)
+        assert out.transpose(1, 2).is_contiguous(), out.stride()
+        errors.append(float((out.double() - ref).norm() / ref.norm()))
+    assert int(gemm.counters(q.device).abs().sum()) == 0  # every tile's counter reset by its last arriver
+    apart.append(float((out - _split_k(q, k, v, where, config)).abs().max()))  # the merge kernel's result
+print(json.dumps([errors, apart]))
+"""
+
+
+@pytest.mark.skipif(interpreter_reason() is not None, reason=str(interpreter_reason()))
+def test_the_merge_folded_into_the_split_kernel_under_the_interpreter_matches_loop_reference():
+    """The last split of each tile to finish merges the tile (Kernels.merge_fold): against the loop reference,
+    and within float32 rounding of the merge kernel's result (the same weights, summed in another order)."""
+    errors, apart = json.loads(run_interpreted(FOLDED))
+    assert len(errors) == 2 * (len(CASES) + 2) and max(errors) < 1e-5, errors
+    assert max(apart) < 1e-5, apart
+
+
+def test_the_merge_fold_switch_is_off_by_default_and_changes_nothing_on_the_cpu():
+    """Off until a GPU run has measured it; on the CPU (no kernel) the SDPA path runs whatever it says."""
+    assert not Kernels().merge_fold
+    (q, k, v), where = make_case(2, 4, 2, 16, 48, *CASES[2])
+    assert torch.equal(decode_attention(q, k, v, where, fold=True), decode_attention(q, k, v, where))
+    model = random_model(tiny_config("sdar", block_size=4))
+    kw = dict(max_new_tokens=8, block_length=4, steps=2, strategy="static", runner_mode="static")
+    plain = generate(model, [[1, 2, 3]], **kw)
+    assert (
+        generate(model, [[1, 2, 3]], kernels=Kernels(merge_fold=True), **kw).tokens.tolist()
+        == plain.tokens.tolist()
+    )
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("fold", [False, True])
+@pytest.mark.parametrize("q_index, L, pad", CASES)
+def test_cuda_merge_fold_matches_loop_reference(q_index, L, pad, fold):
+    """bf16 on CUDA at the default split count, with the merge kernel and folded; called twice (the counters)."""
+    (q, k, v), where = make_case(2, 4, 2, 16, 48, q_index, L, pad, dtype=torch.bfloat16, device="cuda")
+    ref = loop_reference(q.cpu(), k.cpu(), v.cpu(), q_index, L, pad)
+    for _ in range(2):
+        assert rel_err(decode_attention(q, k, v, where, fold=fold).cpu(), ref) < 1e-2
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("Q, L, context", [(1, 1, 8192), (16, 16, 600), (128, 64, 3000)])
+def test_cuda_merge_fold_at_the_models_shape_in_a_graph(Q, L, context):
+    """SDAR-1.7B's heads (16/8 of 128, bf16) over an 8k buffer: the folded kernel captured once and replayed at
+    several fills, each against the merge kernel's output (within one bf16 rounding: the same float32 merge summed
+    in another order) and the loop reference; the device's counters all zero after."""
+    from sdar_core import gemm
+
+    T = 8704
+    torch.manual_seed(0)
+    q = torch.randn(1, 16, Q, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 8, T, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    where = CacheQueries(torch.arange(Q, device="cuda"), L, torch.zeros(1, dtype=torch.long, device="cuda"))
+    decode_attention(q, k, v, where, fold=True)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = decode_attention(q, k, v, where, fold=True)
+    for start in (0, context, T - Q):
+        where.q_index.copy_(torch.arange(start, start + Q))
+        graph.replay()
+        plain = decode_attention(q, k, v, where)
+        assert (out.float() - plain.float()).abs().max() <= 2**-7 * plain.float().abs().max(), start
+        if start == context:
+            ref = loop_reference(q.cpu(), k.cpu(), v.cpu(), list(range(start, start + Q)), L, [0])
+            assert rel_err(out.cpu(), ref) < 1e-2
+    torch.cuda.synchronize()
+    assert int(gemm.counters(q.device).abs().sum()) == 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("strategy", ["static", "ar"])
+def test_cuda_graph_runner_with_the_merge_fold_equals_plain(strategy):
+    """A model decoding in graph mode with the fold: the tokens of the plain path; no merge kernel in its graph."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = random_model(tiny_config("sdar", block_size=4)).cuda()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
+    kw = dict(max_new_tokens=24, block_length=4, steps=2, strategy=strategy)
+    plain = generate(model, prompts, runner_mode="plain", **kw)
+    kernels = Kernels(merge_fold=True)
+    assert (
+        generate(model, prompts, runner_mode="graph", kernels=kernels, **kw).tokens.tolist()
+        == plain.tokens.tolist()
+    )
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        generate(model, prompts, runner_mode="graph", kernels=kernels, **kw)
+        torch.cuda.synchronize()
+    names = [e.key for e in prof.key_averages()]
+    assert any("_split_kernel" in n for n in names) and not any("_merge_kernel" in n for n in names), names
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("q_index, L, pad", CASES)
