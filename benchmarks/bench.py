@@ -500,32 +500,36 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
     kv_bytes = (
         2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * model.dtype.itemsize
     )  # per position
-    return machine_info(device) | dict(
-        arch=args.arch,
-        parameters=c.num_parameters(),
-        weight_GB=wb / 1e9,
-        bandwidth_GBps=bw / 1e9,
-        floor_ms_per_forward=1000 * wb / bw,
-        ar_ceiling_tps=bw / wb,
-        kv_bytes_per_position=kv_bytes,
-        prompt_len=args.prompt_lengths[0],
-        sweep=sweep(args),
-        runner=args.runner or default_mode(model),
-        compile=args.compile,
-        fused=args.fuse or args.weights == "fp8",
-        weights=model.weights,
-        fusions=kernels.fusions(),
-        skinny_gemm=kernels.skinny_gemm,
-        skinny_rows=gemm.MAX_ROWS if kernels.skinny_gemm else 0,
-        graphed_prefill=kernels.graphed_prefill,
-        mask_free_prefill=kernels.mask_free_prefill,
-        in_block_kernel=kernels.in_block_kernel,
-        merge_fold=kernels.merge_fold,
-        expert_gemv=kernels.expert_gemv,
-        gemv_tiles=asdict(experts.GEMV),
-        pdl=pdl.REQUESTED and pdl.SUPPORTED,
-        split_k=bool(args.split_k and split_k_available(device)),
-        command="python -m benchmarks.bench " + " ".join(sys.argv[1:]),
+    return (
+        machine_info(device)
+        | dict(
+            arch=args.arch,
+            parameters=c.num_parameters(),
+            weight_GB=wb / 1e9,
+            bandwidth_GBps=bw / 1e9,
+            floor_ms_per_forward=1000 * wb / bw,
+            ar_ceiling_tps=bw / wb,
+            kv_bytes_per_position=kv_bytes,
+            prompt_len=args.prompt_lengths[0],
+            sweep=sweep(args),
+            runner=args.runner or default_mode(model),
+            compile=args.compile,
+            fused=args.fuse or args.weights == "fp8",
+            weights=model.weights,
+            fusions=kernels.fusions(),
+            skinny_gemm=kernels.skinny_gemm,
+            skinny_rows=gemm.MAX_ROWS if kernels.skinny_gemm else 0,
+            add_splits=gemm.ADD_MAX_SPLIT,  # SDAR_ADD_SPLITS: 0, config_for's count
+            graphed_prefill=kernels.graphed_prefill,
+            mask_free_prefill=kernels.mask_free_prefill,
+            in_block_kernel=kernels.in_block_kernel,
+            merge_fold=kernels.merge_fold,
+            expert_gemv=kernels.expert_gemv,
+            gemv_tiles=asdict(experts.GEMV),
+            pdl=pdl.REQUESTED and pdl.SUPPORTED,
+            split_k=bool(args.split_k and split_k_available(device)),
+            command="python -m benchmarks.bench " + " ".join(sys.argv[1:]),
+        )
     )
 
 

@@ -39,8 +39,9 @@
 #                                                # rows, benchmarks.first_request, within S s
 #   bash benchmarks/device_kernels.sh merge [S]    # the split-K attention's merge in its split kernel
 #                                                # (Kernels.merge_fold), within S s (default 400): its `cuda` tests,
-#                                                # the dense forward's profile at 64 and 8k with and without it, then
-#                                                # the goals' bench rows with it (beside `prefill`'s without)
+#                                                # the dense forward's profile at 64 and 8k with and without it, the
+#                                                # profile at 64 with o_proj's and down's splits capped at 1 and 2
+#                                                # (SDAR_ADD_SPLITS), then the goals' bench rows with the fold
 #   bash benchmarks/device_kernels.sh prefill-short  # the prefill's `cuda` tests, then bench's 64-token rows (~140 s)
 #   bash benchmarks/device_kernels.sh coldstart  # the precompile tests and some kernels' on CUDA (CUDA_TESTS=""
 #                                                # keeps the precompile ones only, =none none), then
@@ -200,6 +201,11 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
       > "$OUT/cuda-tests.log" 2>&1; tail -n 4 "$OUT/cuda-tests.log"
     within 150 python3 -m benchmarks.profile_forward --split-k on --merge-fold both --contexts 64 8k \
       --gemm skinny+pdl --out "$OUT/profile-merge" 2>&1 | tee "$OUT/profile-merge.log" | tail -12
+    for splits in 1 2; do
+      SDAR_ADD_SPLITS=$splits within 60 python3 -m benchmarks.profile_forward --split-k on --contexts 64 \
+        --gemm skinny+pdl --out "$OUT/profile-add-splits$splits" 2>&1 | tee "$OUT/profile-add-splits$splits.log" \
+        | tail -6
+    done
     within $((LIMIT - SECONDS)) $BENCH --merge-fold --out "$OUT/bench-merge-fold" 2>&1 \
       | tee "$OUT/bench-merge-fold.log" | tail -5
     tar czf /tmp/merge.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/merge.tgz "$OUT/" ;;

@@ -64,6 +64,24 @@ def _rows_from_env() -> int:
 
 
 MAX_ROWS = _rows_from_env()
+# The most splits of K the GEMM that adds into the residual stream takes (add_linear: o_proj and down under
+# norm_fold). Its last arriver of a tile also adds the residual and sums the squares, and every program carries that
+# code: o_proj added 8.0 us a layer with the fold against 6.0 without, at 4 splits (benchmarks/NOTES.md, "The residual
+# add and the norm in the GEMMs"). 0, the default: config_for's count; SDAR_ADD_SPLITS=1, 2, ... caps it (the
+# benchmarks compare).
+ENV_ADD_SPLITS = "SDAR_ADD_SPLITS"
+
+
+def _add_splits_from_env() -> int:
+    value = os.environ.get(ENV_ADD_SPLITS, "0")
+    if not value.isdigit() or int(value) & (int(value) - 1):
+        raise ValueError(
+            f"{ENV_ADD_SPLITS}={value!r}: give the most splits of K an adding GEMM takes, 1, 2, 4, ... (0: any)"
+        )
+    return int(value)
+
+
+ADD_MAX_SPLIT = _add_splits_from_env()
 # The rows `linear` sends to the kernel for an Fp8Weight: every row count the kernel serves (the decode forward's
 # steps and blocks; a longer prefill dequantizes instead).
 FP8_MAX_ROWS = 64
@@ -457,9 +475,15 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
-def _config(rows: int, weight: torch.Tensor, scale: torch.Tensor | None, device: torch.device) -> GemmConfig:
-    """config_for's tile shape for `rows` rows against this weight on this device (float8 tiles with `scale`)."""
-    return config_for(rows, weight.shape[0], weight.shape[1], _sm_count(device), fp8=scale is not None)
+def _config(
+    rows: int, weight: torch.Tensor, scale: torch.Tensor | None, device: torch.device, add: bool = False
+) -> GemmConfig:
+    """config_for's tile shape for `rows` rows against this weight on this device (float8 tiles with `scale`); for
+    a GEMM that adds into the residual stream (`add`), at most ADD_MAX_SPLIT splits where that is set."""
+    cfg = config_for(rows, weight.shape[0], weight.shape[1], _sm_count(device), fp8=scale is not None)
+    if add and ADD_MAX_SPLIT and cfg.split_k > ADD_MAX_SPLIT:
+        cfg = GemmConfig(cfg.block_n, cfg.block_k, ADD_MAX_SPLIT, cfg.warps, cfg.stages)
+    return cfg
 
 
 def _rows_product(
@@ -476,7 +500,7 @@ def _rows_product(
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    cfg = _config(x2.shape[0], weight, scale, x.device)
+    cfg = _config(x2.shape[0], weight, scale, x.device, add=residual is not None)
     lead, n = x.shape[:-1], weight.shape[0]
     if norm is not None:
         squares, nw, eps = norm
@@ -490,7 +514,7 @@ def _rows_product(
 def _squares_like(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """The squares `_rows_product` returns beside a sum (the fake ops' shape)."""
     rows = x.numel() // x.shape[-1]
-    cfg = _config(rows, weight, scale, x.device)
+    cfg = _config(rows, weight, scale, x.device, add=True)
     return x.new_empty(*x.shape[:-1], cfg.grid(rows, weight.shape[0])[0], dtype=torch.float32)
 
 

@@ -89,6 +89,29 @@ def test_the_rows_linear_sends_the_kernel_come_from_sdar_skinny_rows():
         assert expected in (run.stdout if expected == "64" else run.stderr), (value, run.stdout, run.stderr)
 
 
+def test_the_splits_of_an_adding_gemm_are_capped_by_sdar_add_splits(monkeypatch):
+    """SDAR_ADD_SPLITS caps the splits of K of the GEMM that adds into the residual stream (o_proj, down under
+    norm_fold), and of no other; unset, config_for's count; a value that is not 0 or a power of 2 is refused."""
+    o_proj = torch.empty(2048, 2048)
+    free = gemm.config_for(1, 2048, 2048, 132)
+    assert free.split_k == 4 and gemm._config(1, o_proj, None, torch.device("cpu"), add=True) == free
+    for cap in (1, 2, 8):
+        monkeypatch.setattr(gemm, "ADD_MAX_SPLIT", cap)
+        capped = gemm._config(1, o_proj, None, torch.device("cpu"), add=True)
+        assert (capped.split_k, capped.block_n, capped.block_k) == (min(cap, 4), free.block_n, free.block_k)
+        assert gemm._config(1, o_proj, None, torch.device("cpu")) == free  # a GEMM that does not add
+    read = "from sdar_core import gemm; print(gemm.ADD_MAX_SPLIT)"
+    env = {k: v for k, v in os.environ.items() if k != gemm.ENV_ADD_SPLITS}
+    assert (
+        subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True).stdout.strip()
+        == "0"
+    )
+    for value, expected in (("2", "2"), ("3", "1, 2, 4"), ("two", "1, 2, 4")):
+        env[gemm.ENV_ADD_SPLITS] = value
+        run = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True)
+        assert expected in (run.stdout if expected == "2" else run.stderr), (value, run.stdout, run.stderr)
+
+
 def test_the_k_steps_in_flight_fit_the_shared_memory():
     """The case that overflowed an H100 (float8 weights, the SwiGLU fold, 64 rows: 272 KB asked of 227 KB at 4
     stages) is cut to what fits; the tile shapes config_for gives elsewhere keep their 4 stages."""
