@@ -42,6 +42,8 @@
 #                                                # the dense forward's profile at 64 and 8k with and without it, the
 #                                                # profile at 64 with o_proj's and down's splits capped at 1 and 2
 #                                                # (SDAR_ADD_SPLITS), then the goals' bench rows with the fold
+#   bash benchmarks/device_kernels.sh h200         # the goals' H200 run (the README's sweep, the 30B-A3B rows, the
+#                                                # dense and 30B-A3B profiles) within 590 s; elsewhere `prefill`
 #   bash benchmarks/device_kernels.sh prefill-short  # the prefill's `cuda` tests, then bench's 64-token rows (~140 s)
 #   bash benchmarks/device_kernels.sh coldstart  # the precompile tests and some kernels' on CUDA (CUDA_TESTS=""
 #                                                # keeps the precompile ones only, =none none), then
@@ -209,8 +211,8 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     within $((LIMIT - SECONDS)) $BENCH --merge-fold --out "$OUT/bench-merge-fold" 2>&1 \
       | tee "$OUT/bench-merge-fold.log" | tail -5
     tar czf /tmp/merge.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/merge.tgz "$OUT/" ;;
-  h200)  # on an H200, within one call: the README's sweep, the 30B-A3B rows, the dense forward's profile (the cold
-    # start is measured on an H100 by `coldstart`); on any other card, `prefill`
+  h200)  # on an H200, within one call: the README's sweep, the 30B-A3B rows, the dense forward's profile, the
+    # 30B-A3B's if time is left (the cold start is measured on an H100 by `coldstart`); on any other card, `prefill`
     grep -q H200 "$OUT/gpu.txt" || exec bash "$0" prefill
     LIMIT=590
     within 440 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 2048 8192 \
@@ -219,6 +221,8 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     within 100 $MOE --out "$OUT/moe" 2>&1 | tee "$OUT/moe.log" | tail -3
     within 80 python3 -m benchmarks.profile_forward --split-k on --contexts 64 8k --gemm skinny+pdl \
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
+    within 60 python3 -m benchmarks.profile_forward --arch sdar-30b-a3b --split-k on --contexts 64 \
+      --gemm skinny+pdl --out "$OUT/profile-moe" 2>&1 | tee "$OUT/profile-moe.log" | tail -5
     tar czf /tmp/h200.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/h200.tgz "$OUT/" ;;
   prefill)  # the `cuda` tests of the modules a prefill runs through (no studio: the device has no Gradio), then
     # benchmarks.prefill (AR, SDAR under the mask, SDAR mask-free with the torch ops and with in_block.py's kernel, op
