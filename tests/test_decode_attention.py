@@ -199,11 +199,13 @@ def test_cuda_merge_fold_at_the_models_shape_in_a_graph(Q, L, context):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("strategy", ["static", "ar"])
 def test_cuda_graph_runner_with_the_merge_fold_equals_plain(strategy):
-    """A model decoding in graph mode with the fold: the tokens of the plain path; no merge kernel in its graph."""
+    """A model decoding in graph mode with the fold: the tokens of the plain path; no merge kernel in its graph.
+    Prompts of 150-157 tokens: a buffer of more than 128 slots, so that the kernel splits the keys (3 splits)."""
     from torch.profiler import ProfilerActivity, profile
 
     model = random_model(tiny_config("sdar", block_size=4)).cuda()
-    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(2, 90, (n,), generator=g).tolist() for n in (150, 157)]
     kw = dict(max_new_tokens=24, block_length=4, steps=2, strategy=strategy)
     plain = generate(model, prompts, runner_mode="plain", **kw)
     kernels = Kernels(merge_fold=True)
