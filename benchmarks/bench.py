@@ -444,6 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(Kernels.merge_fold)",
     )
     p.add_argument(
+        "--expert-fold",
+        action="store_true",
+        help="an MoE layer's norm and residual add in its router GEMM and expert gemv kernels for one token "
+        "(Kernels.expert_fold)",
+    )
+    p.add_argument(
         "--no-expert-gemv",
         dest="expert_gemv",
         action="store_false",
@@ -524,6 +530,7 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
             mask_free_prefill=kernels.mask_free_prefill,
             in_block_kernel=kernels.in_block_kernel,
             merge_fold=kernels.merge_fold,
+            expert_fold=kernels.expert_fold,
             expert_gemv=kernels.expert_gemv,
             gemv_tiles=asdict(experts.GEMV),
             pdl=pdl.REQUESTED and pdl.SUPPORTED,
@@ -677,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         graphed_prefill=args.graphed_prefill,
         in_block_kernel=args.in_block_kernel,
         merge_fold=args.merge_fold,
+        expert_fold=args.expert_fold,
         expert_gemv=args.expert_gemv,
     )
     kernels = kernels.with_fusions(fusions)

@@ -75,10 +75,11 @@ def graphed(
     skinny_gemm: bool = False,
     fusions="all",
     merge_fold: bool = False,
+    expert_fold: bool = False,
 ):
-    kernels = Kernels(split_k_attention=split_k, skinny_gemm=skinny_gemm, merge_fold=merge_fold).with_fusions(
-        fusions
-    )  # as bench runs
+    kernels = Kernels(
+        split_k_attention=split_k, skinny_gemm=skinny_gemm, merge_fold=merge_fold, expert_fold=expert_fold
+    ).with_fusions(fusions)  # as bench runs
     runner = ChunkRunner(model, 1, total, Q, "graph", kernels=kernels)
     seq = torch.randint(10, 1000, (1, total), device="cuda")
     lf = 0
@@ -254,6 +255,11 @@ def main() -> None:
         choices=["both", "on", "off"],
         help="the split-K attention's splits merged in its split kernel (Kernels.merge_fold), with --split-k on",
     )
+    p.add_argument(
+        "--expert-fold",
+        action="store_true",
+        help="an MoE layer's norm and add in its router GEMM and expert gemv kernels (Kernels.expert_fold)",
+    )
     args = p.parse_args()
     fusions = args.fusions[0] if args.fusions in (["all"], ["none"]) else set(args.fusions)
     model = common.random_model(
@@ -288,6 +294,7 @@ def main() -> None:
                     skinny_gemm=gemm.startswith("skinny"),
                     fusions=fusions,
                     merge_fold=fold,
+                    expert_fold=args.expert_fold,
                 )
                 row = dict(
                     context=context,
@@ -295,6 +302,7 @@ def main() -> None:
                     mode=mode,
                     split_k=split_k,
                     merge_fold=fold,
+                    expert_fold=args.expert_fold,
                     gemm=gemm,
                     skinny_rows=skinny.MAX_ROWS if gemm.startswith("skinny") else 0,
                     add_splits=skinny.ADD_MAX_SPLIT,  # SDAR_ADD_SPLITS: 0, config_for's count

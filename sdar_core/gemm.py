@@ -614,8 +614,22 @@ if triton is not None:
                 nw = tl.load(nw_ptrs, mask=live, other=0.0)
             else:
                 nw = tl.load(nw_ptrs)
-            x = (x.to(tl.float32) * rstd * nw.to(tl.float32)).to(x.dtype)
+            x = normalise(x, rstd, nw)
         return x
+
+    @triton.jit
+    def normalise(x, rstd, nw):
+        """A tile of RMSNorm(x) rounded as fused.add_rms_norm rounds it: x * rstd * weight in float32, rounded once
+        to x's dtype."""
+        return (x.to(tl.float32) * rstd * nw.to(tl.float32)).to(x.dtype)
+
+    @triton.jit
+    def row_rstd(SQ, rows, T, K, eps, BLOCK_T: tl.constexpr):
+        """[len(rows), 1]: 1 / sqrt(mean square + eps) of each of `rows`, its sum of squares the sum of its T tile
+        sums in SQ [M, T] (what the GEMM that wrote the row stored beside it: `store_tile`), the mean over K columns."""
+        rt = tl.arange(0, BLOCK_T)
+        sq = tl.load(SQ + rows[:, None] * T + rt[None, :], mask=rt[None, :] < T, other=0.0)
+        return (1.0 / tl.sqrt(tl.sum(sq, axis=1) / K + eps))[:, None]
 
     @triton.jit
     def _skinny_kernel(
@@ -672,9 +686,7 @@ if triton is not None:
             res = tl.load(R + out, mask=live, other=0.0).to(tl.float32)
         rstd = 0.0
         if NORM:  # the row's sum of squares from the T tile sums its producer wrote (one small load, no pass over x)
-            rt = tl.arange(0, BLOCK_T)
-            sq = tl.load(SQ + rm_safe[:, None] * T + rt[None, :], mask=rt[None, :] < T, other=0.0)
-            rstd = (1.0 / tl.sqrt(tl.sum(sq, axis=1) / K + eps))[:, None]
+            rstd = row_rstd(SQ, rm_safe, T, K, eps, BLOCK_T)
         nw_ptrs = NW + rk[None, :]
         x = _x_tile(
             X + rm_safe[:, None] * sxm + rk[None, :], rk[None, :] < K, K, True, SWIGLU, NORM, nw_ptrs, rstd
@@ -693,7 +705,7 @@ if triton is not None:
         if BLOCK_M > 1:
             acc = tl.trans(acc)  # [BLOCK_M, BLOCK_N], once per tile
         if SPLIT_K == 1:
-            _store(acc, Y, S, res, SQ, out, live, rm, rn_safe, pid_n, T, M, SCALED, ADD)
+            store_tile(acc, Y, S, res, SQ, out, live, rm, rn_safe, pid_n, T, M, SCALED, ADD)
         else:
             tl.store(WS + pid_k * M * N + out, acc, mask=live)
             tile = pid_m * tl.num_programs(0) + pid_n
@@ -704,11 +716,11 @@ if triton is not None:
                 total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
                 for s in range(SPLIT_K):
                     total += tl.load(WS + s * M * N + out, mask=live, other=0.0, cache_modifier=".cg")
-                _store(total, Y, S, res, SQ, out, live, rm, rn_safe, pid_n, T, M, SCALED, ADD)
+                store_tile(total, Y, S, res, SQ, out, live, rm, rn_safe, pid_n, T, M, SCALED, ADD)
                 tl.atomic_xchg(COUNT + tile, 0)
 
     @triton.jit
-    def _store(
+    def store_tile(
         acc, Y, S, res, SQ, out, live, rm, rn_safe, pid_n, T, M, SCALED: tl.constexpr, ADD: tl.constexpr
     ):
         """An output tile's float32 sum, scaled (SCALED), rounded once to Y's dtype and stored; with ADD, added to

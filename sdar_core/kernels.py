@@ -60,6 +60,11 @@ class Kernels:
     grouped_experts: bool = (
         True  # the static-shape expert forms where one runs (moe.Experts); False: the loop
     )
+    # With norm_fold, for one token where the gemv form runs: an MoE layer's RMSNorm formed by the router's GEMM and
+    # the gate/up gemv as each loads x, and the residual add by the down gemv as it stores (moe.SparseMoE.folded):
+    # no norm kernel before the experts, no add + norm kernel after them. Off until a GPU run passes its `cuda` tests
+    # and measures it (benchmarks/NOTES.md, "The MoE layer's norm and add in its kernels").
+    expert_fold: bool = False
     # One or two tokens' experts through the gemv form (moe.Experts.gemv_forward: no sort, the combine inside)
     # where the static-shape forms run on CUDA; False: the sorted Triton form for them too.
     expert_gemv: bool = True

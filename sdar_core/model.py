@@ -300,6 +300,9 @@ class DecoderLayer(nn.Module):
         res = self.self_attn(h, x, cos, sin, attn, cache, kernels)
         x, h = normalize(res, self.post_attention_layernorm, kernels)
         if isinstance(self.mlp, SparseMoE):
+            if isinstance(h, Normed) and self.mlp.fold_runs(h, x, kernels):  # Kernels.expert_fold
+                total, squares = self.mlp.folded(h, x, kernels)
+                return Residual(total, squares=squares)
             return Residual(x, self.mlp(dense(h), kernels))
         return self.mlp(h, x, kernels)
 

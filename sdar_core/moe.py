@@ -47,8 +47,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import pdl
-from .fused import kernels_run, silu_mul
-from .gemm import project
+from .fused import kernels_run, needs_grad, silu_mul
+from .gemm import Norm, Normed, module_weight, normed_runs, project
 from .kernels import DEFAULT_KERNELS, Kernels
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs use the grouped matmul
@@ -212,10 +212,20 @@ class Experts(nn.Module):
         return self.looped_forward(x, chosen, weights, kernels.silu_mul)
 
     def gemv_forward(
-        self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, config: GemvConfig | None = None
-    ) -> torch.Tensor:
+        self,
+        x: torch.Tensor,
+        chosen: torch.Tensor,
+        weights: torch.Tensor,
+        config: GemvConfig | None = None,
+        norm: Norm | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The gemv form (module docstring): two kernels, no sort; any number of tokens is computed right, few
-        are fast."""
+        are fast. With `norm` (gemm.Norm: x's rows' tile sums of squares, the RMSNorm's weight and eps), the
+        gate/up kernel normalises x as it loads it, rounded as fused.add_rms_norm rounds. With `residual` [N, h], the
+        down kernel adds its output to it as gemm.add_linear does and the result is (the sum, its squares [N, T]:
+        each row's sum of squares over each of the T = h / down_block_n output tiles), what a gemm.Normed of the
+        sum carries to the next layer's GEMM."""
         c = config or GEMV
         N, k = chosen.shape
         h, I = x.shape[1], self.intermediate
@@ -231,34 +241,52 @@ class Experts(nn.Module):
             num_stages=c.stages,
             **pdl.options(chained),
         )
+        if norm is not None and (norm.squares.shape[0] != N or norm.weight.shape != (h,)):
+            raise ValueError(f"a Norm of the gemv form needs [{N}, T] squares and a [{h}] weight")
+        sq_in = norm.squares.contiguous() if norm is not None else x
         _expert_gemv_swiglu[(N * k, triton.cdiv(I, c.block_n))](
             x,
             chosen,
             gate_up,
             act,
+            sq_in,
+            norm.weight if norm is not None else x,
+            norm.eps if norm is not None else 0.0,
+            sq_in.shape[1] if norm is not None else 1,
             I,
             h,
             x.stride(0),
             gate_up.stride(0),
             gate_up.stride(1),
             BLOCK_N=c.block_n,
+            NORM=norm is not None,
+            BLOCK_T=triton.next_power_of_2(sq_in.shape[1]) if norm is not None else 1,
             **launch,
         )
         out = torch.empty(N, h, device=x.device, dtype=x.dtype)
-        _expert_gemv_down[(N, triton.cdiv(h, c.down_block_n))](
+        tiles = triton.cdiv(h, c.down_block_n)
+        if residual is not None and (residual.shape != (N, h) or not residual.is_contiguous()):
+            raise ValueError(f"the residual must be a contiguous [{N}, {h}], not {tuple(residual.shape)}")
+        squares = (
+            torch.empty(N, tiles, device=x.device, dtype=torch.float32) if residual is not None else None
+        )
+        _expert_gemv_down[(N, tiles)](
             act,
             chosen,
             weights,
             down,
             out,
+            residual if residual is not None else out,
+            squares if squares is not None else out,
             h,
             I,
             down.stride(0),
             down.stride(1),
             BLOCK_N=c.down_block_n,
+            ADD=residual is not None,
             **launch,
         )
-        return out
+        return (out, squares) if residual is not None else out
 
     def triton_forward(
         self,
@@ -348,6 +376,50 @@ class SparseMoE(nn.Module):
             logits, self.top_k, self.norm_topk_prob, x.dtype, kernels.routing
         )  # [N, k] each
         return self.experts(x, chosen, weights, kernels).view(shape)
+
+    def fold_runs(self, x: Normed, residual: torch.Tensor, kernels: Kernels) -> bool:
+        """Whether `folded` takes this layer's input (Kernels.expert_fold): one token (gemm.FOLD_MAX_ROWS, as the
+        dense layer's fold), the router's GEMM normalises it as it loads it (gemm.normed_runs), the gemv form runs
+        (CUDA, Triton, a 16-bit dtype, no gradient, its switches on), and the residual is a [1, 1, h] like x."""
+        from .gemm import FOLD_MAX_ROWS
+
+        h = x.x.shape[-1]
+        return (
+            kernels.expert_fold
+            and kernels.grouped_experts
+            and kernels.expert_gemv
+            and x.x.numel() == h * FOLD_MAX_ROWS
+            and self.gate.bias is None
+            and kernels.skinny_gemm
+            and normed_runs(x, module_weight(self.gate))
+            and triton_available(x.x)
+            and not torch.is_grad_enabled()
+            and not needs_grad(self.experts.gate_up_proj)
+            and residual.shape == x.x.shape
+            and residual.dtype == x.x.dtype
+            and residual.device == x.x.device
+        )
+
+    def folded(
+        self, x: Normed, residual: torch.Tensor, kernels: Kernels
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(residual + this layer's output, its squares), where `fold_runs`: the post-attention RMSNorm formed by
+        the router's GEMM and the gate/up gemv as each loads x, the add by the down gemv as it stores (no norm kernel
+        before the layer, no add + norm kernel after it: two kernels fewer a layer)."""
+        shape, h = x.x.shape, x.x.shape[-1]
+        logits = project(self.gate, x)  # the router normalises x as it loads it (gemm.normed_linear)
+        weights, chosen = route(
+            logits.reshape(-1, logits.shape[-1]), self.top_k, self.norm_topk_prob, x.x.dtype, kernels.routing
+        )
+        squares = x.squares.reshape(-1, x.squares.shape[-1])
+        total, out_squares = self.experts.gemv_forward(
+            x.x.reshape(-1, h),
+            chosen,
+            weights,
+            norm=Norm(squares, x.norm.weight, float(x.norm.eps)),
+            residual=residual.reshape(-1, h).contiguous(),
+        )
+        return total.view(shape), out_squares.view(*shape[:-1], out_squares.shape[-1])
 
 
 if triton is not None:
@@ -486,12 +558,18 @@ if triton is not None:
         tl.store(ORDER + rank, i.to(tl.int64), mask=i < P)
         tl.store(ENDS + x, ends.to(tl.int64), mask=x < E)
 
+    from .gemm import normalise, row_rstd, store_tile
+
     @triton.jit
     def _expert_gemv_swiglu(
         X,
         CHOSEN,
         W,
         ACT,
+        SQ,  # [N, T] float32: each row of X's sums of squares per tile of the GEMM that wrote it (NORM)
+        NW,  # [K] the RMSNorm weight X is normalised with (NORM)
+        eps,
+        T,
         I,
         K,
         stride_x,
@@ -500,6 +578,8 @@ if triton is not None:
         TOP_K: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
+        NORM: tl.constexpr,  # x = RMSNorm(X[t]) formed as it is loaded (gemm's normalise, row_rstd)
+        BLOCK_T: tl.constexpr,
         PDL: tl.constexpr,
     ):
         """ACT[p, cols] = silu(g) * u, [g; u] = W[e_p] @ x[p // TOP_K] at the gate rows `cols` and the up rows
@@ -512,12 +592,19 @@ if triton is not None:
         gate = W + e * stride_we + cols[:, None].to(tl.int64) * stride_wn
         up = gate + I * stride_wn
         row = X + (p // TOP_K).to(tl.int64) * stride_x
+        rstd = 0.0
+        if NORM:
+            rstd = row_rstd(SQ, tl.zeros([1], tl.int64) + p // TOP_K, T, K, eps, BLOCK_T)  # [1, 1]
         g = tl.zeros((BLOCK_N,), dtype=tl.float32)
         u = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             ok = ks < K
-            a = tl.load(row + ks, mask=ok, other=0.0).to(tl.float32)[None, :]
+            if NORM:
+                a = tl.load(row + ks, mask=ok, other=0.0)[None, :]
+                a = normalise(a, rstd, tl.load(NW + ks, mask=ok, other=0.0)[None, :]).to(tl.float32)
+            else:
+                a = tl.load(row + ks, mask=ok, other=0.0).to(tl.float32)[None, :]
             wg = tl.load(gate + ks[None, :], mask=ok[None, :], other=0.0)
             wu = tl.load(up + ks[None, :], mask=ok[None, :], other=0.0)
             g += tl.sum(wg.to(tl.float32) * a, axis=1)
@@ -535,6 +622,8 @@ if triton is not None:
         SCALE,
         W,
         OUT,
+        R,  # [tokens, N] the residual stream OUT is added to (ADD)
+        SQ,  # [tokens, T] float32: each row's sum of squares of OUT per program's columns (ADD: written)
         N,
         K,
         stride_we,
@@ -542,6 +631,7 @@ if triton is not None:
         TOP_K: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
+        ADD: tl.constexpr,  # OUT = R + the sum, each rounded as gemm.add_linear rounds (gemm's store_tile)
         PDL: tl.constexpr,
     ):
         """OUT[t, cols] = sum over the token's TOP_K slots s of SCALE[t, s] * W[e_ts][cols] @ ACT[t * TOP_K + s],
@@ -567,4 +657,27 @@ if triton is not None:
             )
             a = tl.load(ACT + pair.to(tl.int64) * K + ks, mask=ok, other=0.0).to(tl.float32)
             total += scale * tl.sum(w.to(tl.float32) * a[None, :], axis=1)
-        tl.store(OUT + t.to(tl.int64) * N + cols, total.to(OUT.dtype.element_ty), mask=cols < N)
+        if ADD:
+            out = (t.to(tl.int64) * N + cols)[None, :]
+            live = (cols < N)[None, :]
+            res = tl.load(R + out, mask=live, other=0.0).to(tl.float32)
+            rows = tl.zeros([1], tl.int64) + t
+            tiles = tl.num_programs(1)
+            store_tile(
+                total[None, :],
+                OUT,
+                SCALE,
+                res,
+                SQ,
+                out,
+                live,
+                rows,
+                safe,
+                tl.program_id(1),
+                tiles,
+                t + 1,
+                False,
+                True,
+            )
+        else:
+            tl.store(OUT + t.to(tl.int64) * N + cols, total.to(OUT.dtype.element_ty), mask=cols < N)

@@ -126,6 +126,47 @@ def hand_block_causal(length: int, block_size: int) -> torch.Tensor:
     return allowed
 
 
+class FoldMath:
+    """The norm and add folds' kernels stood in by their math, for the model's dataflow on the CPU: a GEMM that adds
+    into the residual stream returns the sum and its sums of squares per `tile` columns (float64); one that reads a
+    gemm.Normed normalises its x from those sums alone; the MoE gemv form with a Norm and a residual does both around
+    the looped experts (its sums per `expert_tile` columns). `calls` counts each."""
+
+    def __init__(self, tile: int = 16, expert_tile: int = 2) -> None:
+        self.tile, self.expert_tile = tile, expert_tile
+        self.calls = {"add": 0, "normed": 0, "experts": 0}
+
+    @staticmethod
+    def squares(total: torch.Tensor, tile: int) -> torch.Tensor:
+        t = torch.nn.functional.pad(total.double(), (0, -total.shape[-1] % tile)).unflatten(-1, (-1, tile))
+        return t.pow(2).sum(-1).float()
+
+    @staticmethod
+    def normalised(x: torch.Tensor, squares: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        mean_square = squares.double().sum(-1, keepdim=True) / x.shape[-1]
+        return (x.double() * torch.rsqrt(mean_square + eps) * weight.double()).to(x.dtype)
+
+    def add_linear(self, inp, weight, residual, swiglu=False):
+        self.calls["add"] += 1
+        total = residual + torch.nn.functional.linear(inp, weight)
+        return total, self.squares(total, self.tile)
+
+    def normed_linear(self, x, weight):
+        self.calls["normed"] += 1
+        return torch.nn.functional.linear(self.normalised(x.x, x.squares, x.norm.weight, x.norm.eps), weight)
+
+    def gemv_forward(self, experts, x, chosen, weights, config=None, norm=None, residual=None):
+        """moe.Experts.gemv_forward's math (`experts` the module)."""
+        self.calls["experts"] += 1
+        if norm is not None:
+            x = self.normalised(x, norm.squares, norm.weight, norm.eps)
+        out = experts.looped_forward(x, chosen, weights, fuse=False)
+        if residual is None:
+            return out
+        total = residual + out
+        return total, self.squares(total, self.expert_tile)
+
+
 def free_port() -> int:
     """A free local TCP port for a test server."""
     with socket.socket() as s:

@@ -20,7 +20,7 @@ from sdar_core.decoding import generate
 from sdar_core.fused import add_rms_norm, silu_mul
 from sdar_core.kernels import Kernels
 
-from helpers import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
+from helpers import FoldMath, interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -369,24 +369,12 @@ def test_with_the_folds_kernels_stood_in_by_their_math_a_forward_has_the_unfolde
     """The model's dataflow under norm_fold, on the CPU: gemm.add_linear and gemm.normed_linear replaced by their
     float64 math (the sums of squares per 16-wide tile; the mean square from them alone) give the unfolded forward's
     logits for 1 and 3 rows and a logits slice. A dense model folds every add after layer 0's norm (two a layer, the
-    lm_head normalising the last); in an MoE layer o_proj adds, but the router reads the normalised sum as a tensor and
-    the experts are no GEMM of ours (their output waits for the next norm), so no GEMM normalises."""
+    lm_head normalising the last); in an MoE layer without expert_fold (tests/test_moe.py has it on) o_proj adds, but
+    the router reads the normalised sum as a tensor and the experts' output waits for the next norm, so no GEMM
+    normalises."""
     from sdar_core import model as model_module
 
-    calls = {"add": 0, "normed": 0}
-
-    def add_linear(inp, weight, residual, swiglu=False):
-        calls["add"] += 1
-        total = residual + F.linear(inp, weight)
-        tiles = F.pad(total.double(), (0, -total.shape[-1] % 16)).unflatten(-1, (-1, 16))
-        return total, tiles.pow(2).sum(-1).float()
-
-    def normed_linear(x, weight):
-        calls["normed"] += 1
-        mean_square = x.squares.double().sum(-1, keepdim=True) / x.shape[-1]
-        h = x.x.double() * torch.rsqrt(mean_square + x.norm.eps) * x.norm.weight.double()
-        return F.linear(h.to(x.x.dtype), weight)
-
+    math = FoldMath()
     model = random_model(tiny_config(kind, block_size=4)).fuse_projections()
     layers = model.config.num_hidden_layers
     for rows, logits_from in ((1, 0), (3, 0), (3, 2)):
@@ -395,17 +383,17 @@ def test_with_the_folds_kernels_stood_in_by_their_math_a_forward_has_the_unfolde
             unfolded = model(ids, logits_from=logits_from, kernels=Kernels(norm_fold=False))
             with monkeypatch.context() as m:
                 m.setattr(model_module, "add_runs", lambda *a, **k: True)
-                m.setattr(model_module, "add_linear", add_linear)
+                m.setattr(model_module, "add_linear", math.add_linear)
                 m.setattr(gemm, "normed_runs", lambda *a: True)
-                m.setattr(gemm, "normed_linear", normed_linear)
-                calls.update(add=0, normed=0)
+                m.setattr(gemm, "normed_linear", math.normed_linear)
+                math.calls.update(add=0, normed=0)
                 folded = model(ids, logits_from=logits_from, kernels=Kernels(norm_fold=True))
         assert folded.shape == unfolded.shape == (1, rows - logits_from, model.config.vocab_size)
         assert rel_err(folded, unfolded) < 1e-5
         if kind == "sdar":
-            assert calls == {"add": 2 * layers, "normed": 2 * layers}
-        else:
-            assert calls == {"add": layers, "normed": 0}  # o_proj adds; the router reads norm(x) as a tensor
+            assert math.calls == {"add": 2 * layers, "normed": 2 * layers, "experts": 0}
+        else:  # o_proj adds; the router reads norm(x) as a tensor
+            assert math.calls == {"add": layers, "normed": 0, "experts": 0}
 
 
 @pytest.mark.cuda

@@ -30,7 +30,7 @@ from sdar_core.moe import (
     sort_pairs,
 )
 
-from helpers import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
+from helpers import FoldMath, interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
 
 
 def experts_layer(E: int, k: int, h: int, I: int, seed: int = 0) -> SparseMoE:
@@ -168,6 +168,95 @@ def test_expert_gemv_kernels_under_the_interpreter_equal_the_brute_force_and_the
     assert len(errors) == len(GEMV_CASES)
     for to_math, to_loop in errors:
         assert to_math < 1e-5 and to_loop < 1e-4, errors
+
+
+# The gemv form with the MoE layer's norm and residual add in it (Kernels.expert_fold): x given raw with its sums of
+# squares per 16-wide tile (what o_proj's kernel writes), normalised by the gate/up kernel as it loads it; the down
+# kernel adds its output to the residual and writes the sum's squares per 8-wide tile.
+FOLDED_GEMV = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from sdar_core.gemm import Norm
+from sdar_core.moe import GemvConfig, route
+from test_moe import GEMV_CASES, brute_force, experts_layer
+errors = []
+for E, k, n, h, I in GEMV_CASES:
+    moe = experts_layer(E, k, h=h, I=I, seed=E + n)
+    g = torch.Generator().manual_seed(n + 7)
+    x, residual = torch.randn(n, h, generator=g), torch.randn(n, h, generator=g)
+    nw, eps = torch.rand(h, generator=g) + 0.5, 1e-6
+    x64 = x.double()
+    squares = torch.nn.functional.pad(x64, (0, -h % 16)).view(n, -1, 16).pow(2).sum(-1).float()
+    normed = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * nw.double()
+    with torch.no_grad():
+        weights, chosen = route(moe.gate(normed.float()), k, True, x.dtype)
+        config = GemvConfig(block_n=16, down_block_n=8, block_k=32)
+        total, sq = moe.experts.gemv_forward(x, chosen, weights, config, Norm(squares, nw, eps), residual)
+    ref = residual.double() + brute_force(moe, normed)
+    by_hand = torch.nn.functional.pad(total.double(), (0, -h % 8)).view(n, -1, 8).pow(2).sum(-1)
+    assert sq.shape == (n, -(-h // 8)), sq.shape
+    errors.append([float((total.double() - ref).norm() / ref.norm()), float((sq - by_hand).norm() / by_hand.norm())])
+print(json.dumps(errors))
+"""
+
+
+@pytest.mark.skipif(interpreter_reason() is not None, reason=str(interpreter_reason()))
+def test_the_gemv_form_with_the_norm_and_the_add_folded_in_under_the_interpreter_equals_the_math():
+    """Every case of GEMV_CASES: residual + the layer's experts of RMSNorm(x) (float64 brute force), x normalised
+    from its tile sums of squares alone, and the sum's own sums of squares tile by tile."""
+    errors = json.loads(run_interpreted(FOLDED_GEMV, str(Path(__file__).parent)))
+    assert len(errors) == len(GEMV_CASES)
+    for to_math, squares in errors:
+        assert to_math < 1e-5 and squares < 1e-6, errors
+
+
+def test_with_the_expert_fold_stood_in_by_its_math_a_one_token_forward_has_the_unfolded_logits(monkeypatch):
+    """The model's dataflow under expert_fold, on the CPU: o_proj's add, the GEMMs that read a Normed and the gemv
+    form with the norm and the add (tests/helpers.FoldMath: float64 sums of squares per tile) give the unfolded
+    forward's logits for one token. Every layer's router and gate/up normalise from o_proj's squares, its down gemv
+    adds and the next layer's qkv (the lm_head after the last) normalises from the gemv's squares; with the switch off,
+    or for three tokens, the router reads the norm as a tensor and the experts' output waits for the next norm."""
+    from sdar_core import gemm
+    from sdar_core import model as model_module
+    from sdar_core import moe as moe_module
+
+    math = FoldMath()
+    model = random_model(tiny_config("sdar_moe", block_size=4)).fuse_projections()
+    layers = model.config.num_hidden_layers
+    assert all(isinstance(layer.mlp, SparseMoE) for layer in model.model.layers)
+    for rows, fold, expected in (
+        (1, True, {"add": layers, "normed": 2 * layers, "experts": layers}),
+        (1, False, {"add": layers, "normed": 0, "experts": layers}),
+        (3, True, {"add": layers, "normed": 0, "experts": 0}),
+    ):
+        ids = torch.arange(3, 3 + rows)[None]
+        with torch.no_grad():
+            unfolded = model(ids, kernels=Kernels(norm_fold=False))
+            with monkeypatch.context() as m:
+                m.setattr(model_module, "add_runs", lambda *a, **k: True)
+                m.setattr(model_module, "add_linear", math.add_linear)
+                m.setattr(gemm, "normed_runs", lambda *a: True)
+                m.setattr(gemm, "normed_linear", math.normed_linear)
+                m.setattr(moe_module, "normed_runs", lambda *a: True)
+                m.setattr(moe_module, "triton_available", lambda x: x.shape[0] <= GEMV_MAX_TOKENS)
+                m.setattr(
+                    moe_module.Experts,
+                    "gemv_forward",
+                    lambda experts, *a, **k: math.gemv_forward(experts, *a, **k),
+                )
+                math.calls.update(add=0, normed=0, experts=0)
+                folded = model(ids, kernels=Kernels(expert_fold=fold))
+        assert rel_err(folded, unfolded) < 1e-5, (rows, fold)
+        assert math.calls == expected, (rows, fold)
+
+
+def test_the_expert_fold_is_off_by_default_and_never_taken_on_the_cpu():
+    """Off until a GPU run has measured it; on the CPU (no gemv form) the switch changes nothing."""
+    assert not Kernels().expert_fold
+    model = random_model(tiny_config("sdar_moe", block_size=4)).fuse_projections()
+    ids = torch.tensor([[5]])
+    with torch.no_grad():
+        assert torch.equal(model(ids, kernels=Kernels(expert_fold=True)), model(ids))
 
 
 SORT_CASES = [(1, 1, 128), (1, 8, 128), (16, 8, 128), (5, 3, 7), (64, 2, 2), (128, 8, 128)]  # (tokens, k, E)
@@ -514,6 +603,68 @@ def test_cuda_moe_graph_decoding_equals_plain(strategy):
     plain = generate(model, prompts, runner_mode="plain", **kw)
     graph = generate(model, prompts, runner_mode="graph", **kw)
     assert graph.tokens.tolist() == plain.tokens.tolist()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("E, k, h, I", [(8, 2, 64, 48), (128, 8, 2048, 768)])
+def test_cuda_the_moe_layer_with_its_norm_and_add_folded_matches_the_unfolded_layer(E, k, h, I):
+    """One token in bf16 (the test shape and the 30B-A3B layer's): o_proj's kernel adds into the residual stream,
+    then the folded layer (router and gate/up normalising x from o_proj's squares, down adding). Against the unfolded
+    layer on the same routing: the norm as a kernel (F.rms_norm), the gemv form, the add; within bf16 rounding. The
+    sum's squares are its own, tile by tile; the routing is the unfolded router's."""
+    from sdar_core import gemm
+    from sdar_core.model import RMSNorm
+
+    torch.manual_seed(E)
+    dev, bf = "cuda", torch.bfloat16
+    moe = experts_layer(E, k, h=h, I=I, seed=E).to(dev, bf)
+    norm = RMSNorm(h, 1e-6).to(dev, bf)
+    with torch.no_grad():
+        norm.weight.uniform_(0.8, 1.2)
+        inp, residual = torch.randn(1, 1, h, device=dev, dtype=bf), torch.randn(1, 1, h, device=dev, dtype=bf)
+        w_o = torch.randn(h, h, device=dev, dtype=bf) * 0.05
+        total, squares = gemm.add_linear(inp, w_o, residual)
+        x = gemm.Normed(total, squares, norm)
+        on = Kernels(expert_fold=True)
+        assert moe.fold_runs(x, total, on) and not moe.fold_runs(x, total, Kernels())
+        folded, folded_squares = moe.folded(x, total, on)
+        normed = norm(total)  # the unfolded layer's norm kernel
+        logits = project(moe.gate, normed)
+        weights, chosen = route(logits.reshape(1, E), k, True, bf)
+        unfolded = total + moe.experts.gemv_forward(normed.reshape(1, h), chosen, weights).view(1, 1, h)
+        assert torch.equal(route(project(moe.gate, x).reshape(1, E), k, True, bf)[1], chosen)
+    assert rel_err(folded.float(), unfolded.float()) < 1e-2
+    by_hand = folded.double().view(1, 1, -1, GemvConfig().down_block_n).pow(2).sum(-1)
+    assert rel_err(folded_squares.double(), by_hand) < 1e-6
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_a_one_token_moe_forward_with_the_expert_fold_runs_two_kernels_fewer_a_layer():
+    """bf16 one-token forward of an MoE model: with expert_fold the logits stay within rounding of the unfolded
+    forward's and 2 kernels a layer are gone (the router's norm, the add + norm after the experts); a decode of one
+    row in graph mode (each step one token) gives the tokens of the same kernels launched one by one."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = moe_model().cuda().to(torch.bfloat16).fuse_projections()
+    layers = model.config.num_hidden_layers
+    ids = torch.tensor([[7]], device="cuda")
+    counts, logits = {}, {}
+    for fold in (False, True):
+        with torch.no_grad():
+            model(ids, kernels=Kernels(expert_fold=fold))  # compiled outside the profile
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                logits[fold] = model(ids, kernels=Kernels(expert_fold=fold))
+                torch.cuda.synchronize()
+        counts[fold] = sum(e.count for e in prof.key_averages() if e.device_type.name == "CUDA")
+    assert rel_err(logits[True].float(), logits[False].float()) < 2e-2
+    assert counts[False] - counts[True] == 2 * layers, counts
+    kw = dict(max_new_tokens=12, block_length=4, strategy="ar", kernels=Kernels(expert_fold=True))
+    static = generate(model, [[3, 4, 5]], runner_mode="static", **kw)
+    graph = generate(model, [[3, 4, 5]], runner_mode="graph", **kw)
+    assert graph.tokens.tolist() == static.tokens.tolist()
 
 
 def test_bfloat16_mixed_weights_follow_the_float32_layer_to_rounding():
