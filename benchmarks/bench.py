@@ -450,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(Kernels.expert_fold)",
     )
     p.add_argument(
+        "--gate-route",
+        action="store_true",
+        help="with --expert-fold: the router's GEMM and the routing in one kernel (Kernels.gate_route)",
+    )
+    p.add_argument(
         "--no-expert-gemv",
         dest="expert_gemv",
         action="store_false",
@@ -531,6 +536,7 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
             in_block_kernel=kernels.in_block_kernel,
             merge_fold=kernels.merge_fold,
             expert_fold=kernels.expert_fold,
+            gate_route=kernels.gate_route,
             expert_gemv=kernels.expert_gemv,
             gemv_tiles=asdict(experts.GEMV),
             pdl=pdl.REQUESTED and pdl.SUPPORTED,
@@ -685,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
         in_block_kernel=args.in_block_kernel,
         merge_fold=args.merge_fold,
         expert_fold=args.expert_fold,
+        gate_route=args.gate_route,
         expert_gemv=args.expert_gemv,
     )
     kernels = kernels.with_fusions(fusions)

@@ -37,14 +37,16 @@
 #                                                # attention under the mask and without it (torch ops or in_block.py's
 #                                                # kernel), op by op and as a padded graph), the goals' bench
 #                                                # rows, benchmarks.first_request, within S s
-#   bash benchmarks/device_kernels.sh folds [S]    # the folds not yet measured, within S s (default 560): the
-#                                                # `cuda` tests of decode_attention.py, moe.py and gemm.py, the dense
+#   bash benchmarks/device_kernels.sh folds [S]    # the dense folds not yet measured, within S s (default 560):
+#                                                # the `cuda` tests of decode_attention.py and gemm.py, the dense
 #                                                # forward's profile at 64 and 8k with and without the split-K merge in
-#                                                # its split kernel (Kernels.merge_fold), the 30B-A3B rows without and
-#                                                # with it and the MoE layer's norm and add in its kernels
-#                                                # (Kernels.expert_fold), the 30B-A3B profile with both, the dense
-#                                                # profile at 64 with o_proj's and down's splits capped at 1 and 2
-#                                                # (SDAR_ADD_SPLITS), then the goals' bench rows with the merge fold
+#                                                # its split kernel (Kernels.merge_fold), the profile at 64 with o_proj's
+#                                                # and down's splits capped at 1 and 2 (SDAR_ADD_SPLITS), then the
+#                                                # goals' bench rows with the merge fold
+#   bash benchmarks/device_kernels.sh moe-folds [S]  # the MoE's, within S s (default 560): moe.py's `cuda` tests, the
+#                                                # 30B-A3B rows with none, with the merge fold and the layer's norm and
+#                                                # add in its kernels (Kernels.expert_fold), and with the routing in the
+#                                                # router's GEMM too (Kernels.gate_route), then the profile with all three
 #   bash benchmarks/device_kernels.sh h200         # the goals' H200 run (the README's sweep, the 30B-A3B rows, the
 #                                                # dense and 30B-A3B profiles) within 590 s; elsewhere `prefill`
 #   bash benchmarks/device_kernels.sh prefill-short  # the prefill's `cuda` tests, then bench's 64-token rows (~140 s)
@@ -200,16 +202,12 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     timeout $((590 - SECONDS)) python3 -m benchmarks.profile_forward --arch sdar-30b-a3b --split-k on \
       --contexts 64 --gemm skinny+pdl --out "$OUT/profile-moe" 2>&1 | tee "$OUT/profile-moe.log" | tail -5
     tar czf /tmp/rest.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/rest.tgz "$OUT/" ;;
-  folds)  # $2 seconds (default 560): the folds' `cuda` tests, then their measurements, the most telling first
+  folds)  # $2 seconds (default 560): the dense folds' `cuda` tests, then their measurements, the most telling first
     LIMIT=${2:-560}
-    within 170 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_decode_attention.py tests/test_moe.py \
-      tests/test_gemm.py > "$OUT/cuda-tests.log" 2>&1; tail -n 4 "$OUT/cuda-tests.log"
+    within 170 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_decode_attention.py tests/test_gemm.py \
+      > "$OUT/cuda-tests.log" 2>&1; tail -n 4 "$OUT/cuda-tests.log"
     within 120 python3 -m benchmarks.profile_forward --split-k on --merge-fold both --contexts 64 8k \
       --gemm skinny+pdl --out "$OUT/profile-merge" 2>&1 | tee "$OUT/profile-merge.log" | tail -12
-    within 90 $MOE --out "$OUT/moe" 2>&1 | tee "$OUT/moe.log" | tail -3
-    within 90 $MOE --merge-fold --expert-fold --out "$OUT/moe-folds" 2>&1 | tee "$OUT/moe-folds.log" | tail -3
-    within 60 python3 -m benchmarks.profile_forward --arch sdar-30b-a3b --split-k on --merge-fold on --expert-fold \
-      --contexts 64 --gemm skinny+pdl --out "$OUT/profile-moe-folds" 2>&1 | tee "$OUT/profile-moe-folds.log" | tail -5
     for splits in 1 2; do
       SDAR_ADD_SPLITS=$splits within 50 python3 -m benchmarks.profile_forward --split-k on --contexts 64 \
         --gemm skinny+pdl --out "$OUT/profile-add-splits$splits" 2>&1 | tee "$OUT/profile-add-splits$splits.log" \
@@ -218,6 +216,18 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     within $((LIMIT - SECONDS)) $BENCH --merge-fold --out "$OUT/bench-merge-fold" 2>&1 \
       | tee "$OUT/bench-merge-fold.log" | tail -5
     tar czf /tmp/folds.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/folds.tgz "$OUT/" ;;
+  moe-folds)  # $2 seconds (default 560): the MoE folds' `cuda` tests, then the 30B-A3B rows with each
+    LIMIT=${2:-560}
+    within 120 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_moe.py > "$OUT/cuda-tests.log" 2>&1
+    tail -n 4 "$OUT/cuda-tests.log"
+    within 100 $MOE --out "$OUT/moe" 2>&1 | tee "$OUT/moe.log" | tail -3
+    within 100 $MOE --merge-fold --expert-fold --gate-route --out "$OUT/moe-all" 2>&1 | tee "$OUT/moe-all.log" | tail -3
+    within 100 $MOE --merge-fold --expert-fold --out "$OUT/moe-no-gate-route" 2>&1 \
+      | tee "$OUT/moe-no-gate-route.log" | tail -3
+    within $((LIMIT - SECONDS)) python3 -m benchmarks.profile_forward --arch sdar-30b-a3b --split-k on \
+      --merge-fold on --expert-fold --gate-route --contexts 64 --gemm skinny+pdl --out "$OUT/profile-moe-folds" 2>&1 \
+      | tee "$OUT/profile-moe-folds.log" | tail -5
+    tar czf /tmp/moe-folds.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/moe-folds.tgz "$OUT/" ;;
   h200)  # on an H200, within one call: the README's sweep, the 30B-A3B rows, the dense forward's profile, the
     # 30B-A3B's if time is left (the cold start is measured on an H100 by `coldstart`); on any other card, `prefill`
     grep -q H200 "$OUT/gpu.txt" || exec bash "$0" prefill

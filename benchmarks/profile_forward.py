@@ -76,9 +76,14 @@ def graphed(
     fusions="all",
     merge_fold: bool = False,
     expert_fold: bool = False,
+    gate_route: bool = False,
 ):
     kernels = Kernels(
-        split_k_attention=split_k, skinny_gemm=skinny_gemm, merge_fold=merge_fold, expert_fold=expert_fold
+        split_k_attention=split_k,
+        skinny_gemm=skinny_gemm,
+        merge_fold=merge_fold,
+        expert_fold=expert_fold,
+        gate_route=gate_route,
     ).with_fusions(fusions)  # as bench runs
     runner = ChunkRunner(model, 1, total, Q, "graph", kernels=kernels)
     seq = torch.randint(10, 1000, (1, total), device="cuda")
@@ -260,6 +265,11 @@ def main() -> None:
         action="store_true",
         help="an MoE layer's norm and add in its router GEMM and expert gemv kernels (Kernels.expert_fold)",
     )
+    p.add_argument(
+        "--gate-route",
+        action="store_true",
+        help="with --expert-fold: the router's GEMM and the routing in one kernel (Kernels.gate_route)",
+    )
     args = p.parse_args()
     fusions = args.fusions[0] if args.fusions in (["all"], ["none"]) else set(args.fusions)
     model = common.random_model(
@@ -295,6 +305,7 @@ def main() -> None:
                     fusions=fusions,
                     merge_fold=fold,
                     expert_fold=args.expert_fold,
+                    gate_route=args.gate_route,
                 )
                 row = dict(
                     context=context,
@@ -303,6 +314,7 @@ def main() -> None:
                     split_k=split_k,
                     merge_fold=fold,
                     expert_fold=args.expert_fold,
+                    gate_route=args.gate_route,
                     gemm=gemm,
                     skinny_rows=skinny.MAX_ROWS if gemm.startswith("skinny") else 0,
                     add_splits=skinny.ADD_MAX_SPLIT,  # SDAR_ADD_SPLITS: 0, config_for's count

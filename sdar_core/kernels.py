@@ -65,6 +65,10 @@ class Kernels:
     # no norm kernel before the experts, no add + norm kernel after them. Off until a GPU run passes its `cuda` tests
     # and measures it (benchmarks/NOTES.md, "The MoE layer's norm and add in its kernels").
     expert_fold: bool = False
+    # With expert_fold: the router's GEMM and the routing (softmax, top k) in one kernel, the last of its split-K
+    # programs to arrive taking the top k (moe.gate_route): no routing kernel. Off until measured (benchmarks/NOTES.md,
+    # "The MoE layer's norm and add in its kernels").
+    gate_route: bool = False
     # One or two tokens' experts through the gemv form (moe.Experts.gemv_forward: no sort, the combine inside)
     # where the static-shape forms run on CUDA; False: the sorted Triton form for them too.
     expert_gemv: bool = True

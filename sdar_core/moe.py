@@ -48,7 +48,8 @@ import torch.nn.functional as F
 
 from . import pdl
 from .fused import kernels_run, needs_grad, silu_mul
-from .gemm import Norm, Normed, module_weight, normed_runs, project
+from .gemm import Norm, Normed, module_weight, normed_linear, normed_runs, project
+from .gemm import counters as gemm_counters
 from .kernels import DEFAULT_KERNELS, Kernels
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs use the grouped matmul
@@ -163,11 +164,17 @@ def route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: torch.d
     return weights.to(dtype), chosen
 
 
+def _routing_outputs(n: int, top_k: int, dtype: torch.dtype, device: torch.device):
+    """The routing kernels' outputs for n tokens: weights [n, k] in `dtype`, chosen expert ids [n, k]."""
+    return torch.empty(n, top_k, dtype=dtype, device=device), torch.empty(
+        n, top_k, dtype=torch.int64, device=device
+    )
+
+
 def fused_route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: torch.dtype):
     """`route` as one kernel (any device Triton runs on: its interpreter takes CPU tensors)."""
     N, E = logits.shape
-    weights = torch.empty(N, top_k, dtype=dtype, device=logits.device)
-    chosen = torch.empty(N, top_k, dtype=torch.int64, device=logits.device)
+    weights, chosen = _routing_outputs(N, top_k, dtype, logits.device)
     chained = pdl.on(logits)
     _route_kernel[(N,)](
         logits,
@@ -181,6 +188,81 @@ def fused_route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool, dtype: t
         BLOCK_E=triton.next_power_of_2(E),
         PDL=chained,
         num_warps=1,
+        **pdl.options(chained),
+    )
+    return weights, chosen
+
+
+# The router's one-token GEMM and the routing in one kernel (Kernels.gate_route): the [E, h] weight split along h
+# among up to GATE_SPLITS programs, each reading its [E, h / splits] slice in steps of GATE_BLOCK_K columns (16 KB a
+# program for the 30B-A3B's 128 x 2048: as many programs, and as many bytes each, as the skinny GEMM gives it).
+GATE_SPLITS = 32
+GATE_BLOCK_K = 64
+GATE_MAX_EXPERTS = 256  # the whole [E] row of logits in one program's registers
+
+
+def gate_splits(h: int, block_k: int = GATE_BLOCK_K) -> int:
+    """The programs gate_route splits h columns among: the most, at most GATE_SPLITS, that take whole steps each."""
+    steps = h // block_k
+    return max(s for s in range(1, min(GATE_SPLITS, steps) + 1) if steps % s == 0)
+
+
+def gate_route_runs(x: Normed, gate: nn.Module) -> bool:
+    """Whether `gate_route` takes the router's product of this one-token Normed: `normed_runs` for a bias-free
+    bf16/fp16 nn.Linear of at most GATE_MAX_EXPERTS rows whose columns are whole GATE_BLOCK_K steps."""
+    weight = getattr(gate, "weight", None)
+    return (
+        isinstance(gate, nn.Linear)
+        and gate.bias is None
+        and weight.shape[0] <= GATE_MAX_EXPERTS
+        and weight.shape[1] % GATE_BLOCK_K == 0
+        and x.x.numel() == weight.shape[1]
+        and weight.dtype in (torch.bfloat16, torch.float16)
+        and normed_runs(x, weight)
+    )
+
+
+def gate_route(
+    x: Normed, weight: torch.Tensor, top_k: int, norm_topk_prob: bool, block_k: int = GATE_BLOCK_K
+):
+    """`route` of the router's product of one normalised token, in one launch where `gate_route_runs`: each
+    program normalises its slice of x as it loads it (gemm.row_rstd, gemm.normalise) and stores its float32 partial
+    logits; the last to arrive sums them in split order, rounds them to x's dtype as the GEMM's output is rounded,
+    and takes the top k as `_route_kernel` does (top_k_of). -> (weights [1, k] in x's dtype, chosen [1, k]).
+    (Triton's interpreter runs it on CPU tensors of any float dtype; `block_k` divides h.)"""
+    E, h = weight.shape
+    xs = x.x.reshape(1, h)
+    count = gemm_counters(xs.device)
+    if count is None:  # a graph captured before the counters exist: the GEMM, then the routing kernel
+        return route(normed_linear(x, weight).reshape(1, E), top_k, norm_topk_prob, xs.dtype)
+    squares = x.squares.reshape(1, -1).contiguous()
+    weights, chosen = _routing_outputs(1, top_k, xs.dtype, xs.device)
+    splits, block_e = gate_splits(h, block_k), triton.next_power_of_2(E)
+    partial = torch.empty(splits, block_e, dtype=torch.float32, device=xs.device)
+    chained = pdl.on(xs)
+    _gate_route_kernel[(splits,)](
+        xs,
+        weight,
+        squares,
+        x.norm.weight,
+        float(x.norm.eps),
+        squares.shape[1],
+        partial,
+        count,
+        weights,
+        chosen,
+        h,
+        E,
+        h // splits,
+        TOP_K=top_k,
+        K_POW2=triton.next_power_of_2(top_k),
+        NORM_TOPK=norm_topk_prob,
+        BLOCK_E=block_e,
+        BLOCK_K=block_k,
+        SPLIT_K=splits,
+        BLOCK_T=triton.next_power_of_2(squares.shape[1]),
+        PDL=chained,
+        num_warps=4,
         **pdl.options(chained),
     )
     return weights, chosen
@@ -407,10 +489,17 @@ class SparseMoE(nn.Module):
         the router's GEMM and the gate/up gemv as each loads x, the add by the down gemv as it stores (no norm kernel
         before the layer, no add + norm kernel after it: two kernels fewer a layer)."""
         shape, h = x.x.shape, x.x.shape[-1]
-        logits = project(self.gate, x)  # the router normalises x as it loads it (gemm.normed_linear)
-        weights, chosen = route(
-            logits.reshape(-1, logits.shape[-1]), self.top_k, self.norm_topk_prob, x.x.dtype, kernels.routing
-        )
+        if kernels.gate_route and kernels.routing and gate_route_runs(x, self.gate):
+            weights, chosen = gate_route(x, self.gate.weight, self.top_k, self.norm_topk_prob)
+        else:
+            logits = project(self.gate, x)  # the router normalises x as it loads it (gemm.normed_linear)
+            weights, chosen = route(
+                logits.reshape(-1, logits.shape[-1]),
+                self.top_k,
+                self.norm_topk_prob,
+                x.x.dtype,
+                kernels.routing,
+            )
         squares = x.squares.reshape(-1, x.squares.shape[-1])
         total, out_squares = self.experts.gemv_forward(
             x.x.reshape(-1, h),
@@ -441,6 +530,12 @@ if triton is not None:
         row = tl.program_id(0)
         e = tl.arange(0, BLOCK_E)
         z = tl.load(LOGITS + row * stride + e, mask=e < n_experts, other=float("-inf")).to(tl.float32)
+        top_k_of(z, e, n_experts, W, C, row, TOP_K, K_POW2, NORM)
+
+    @triton.jit
+    def top_k_of(z, e, n_experts, W, C, row, TOP_K: tl.constexpr, K_POW2: tl.constexpr, NORM: tl.constexpr):
+        """Row `row` of (W, C): the top k of softmax(z) over the experts e < n_experts (z [BLOCK_E] float32, -inf past
+        them), in descending order as torch's topk returns them, renormalised with NORM."""
         p = tl.exp(z - tl.max(z, 0))
         p = p / tl.sum(p, 0)  # the softmax; padding lanes are 0
         p = tl.where(e < n_experts, p, -1.0)  # never taken
@@ -458,6 +553,61 @@ if triton is not None:
         keep = slot < TOP_K
         tl.store(W + row * TOP_K + slot, weights.to(W.dtype.element_ty), mask=keep)
         tl.store(C + row * TOP_K + slot, chosen, mask=keep)
+
+    @triton.jit
+    def _gate_route_kernel(
+        X,  # [1, K] the residual stream's token, normalised as it is loaded
+        W,  # [E, K] the router's weight
+        SQ,  # [1, T] float32: X's sums of squares per tile of the GEMM that wrote it
+        NW,  # [K] the RMSNorm's weight
+        eps,
+        T,
+        PARTIAL,  # [SPLIT_K, BLOCK_E] float32 workspace
+        COUNT,  # [1+] int32 counters, zero between launches (gemm's)
+        WEIGHTS,  # [1, TOP_K] out
+        CHOSEN,  # [1, TOP_K] out
+        K,
+        n_experts,
+        per_split,
+        TOP_K: tl.constexpr,
+        K_POW2: tl.constexpr,
+        NORM_TOPK: tl.constexpr,
+        BLOCK_E: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        SPLIT_K: tl.constexpr,
+        BLOCK_T: tl.constexpr,
+        PDL: tl.constexpr,
+    ):
+        """One split of the router's logits for one token; the last split to arrive routes (gate_route)."""
+        pid = tl.program_id(0)
+        e = tl.arange(0, BLOCK_E)
+        rows = tl.where(e < n_experts, e, 0)[:, None]  # rows past E read row 0 (their logits are never taken)
+        k0 = pid * per_split
+        # as the skinny GEMM: release the next kernel, read the first weight tile (no kernel writes W), then wait
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+        rk = k0 + tl.arange(0, BLOCK_K)
+        w = tl.load(W + rows * K + rk[None, :])
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+        rstd = row_rstd(SQ, tl.zeros([1], tl.int64), T, K, eps, BLOCK_T)  # [1, 1]
+        acc = tl.zeros([BLOCK_E], tl.float32)
+        for kk in range(0, per_split, BLOCK_K):
+            rk = k0 + kk + tl.arange(0, BLOCK_K)
+            if kk > 0:
+                w = tl.load(W + rows * K + rk[None, :])
+            x = normalise(tl.load(X + rk)[None, :], rstd, tl.load(NW + rk)[None, :])
+            acc += tl.sum(x.to(tl.float32) * w.to(tl.float32), axis=1)
+        tl.store(PARTIAL + pid * BLOCK_E + e, acc)
+        arrived = tl.atomic_add(COUNT, 1, sem="acq_rel")  # releases the partial, acquires the others'
+        if arrived == SPLIT_K - 1:
+            total = tl.zeros([BLOCK_E], tl.float32)
+            for s in range(SPLIT_K):
+                total += tl.load(PARTIAL + s * BLOCK_E + e, cache_modifier=".cg")
+            z = total.to(X.dtype.element_ty).to(tl.float32)  # the logits as the GEMM would round them
+            z = tl.where(e < n_experts, z, float("-inf"))
+            top_k_of(z, e, n_experts, WEIGHTS, CHOSEN, 0, TOP_K, K_POW2, NORM_TOPK)
+            tl.atomic_xchg(COUNT, 0)
 
     @triton.jit
     def _expert_matmul(

@@ -130,11 +130,12 @@ class FoldMath:
     """The norm and add folds' kernels stood in by their math, for the model's dataflow on the CPU: a GEMM that adds
     into the residual stream returns the sum and its sums of squares per `tile` columns (float64); one that reads a
     gemm.Normed normalises its x from those sums alone; the MoE gemv form with a Norm and a residual does both around
-    the looped experts (its sums per `expert_tile` columns). `calls` counts each."""
+    the looped experts (its sums per `expert_tile` columns), and the router's product routed in one kernel is that
+    product routed. `calls` counts each."""
 
     def __init__(self, tile: int = 16, expert_tile: int = 2) -> None:
         self.tile, self.expert_tile = tile, expert_tile
-        self.calls = {"add": 0, "normed": 0, "experts": 0}
+        self.calls = {"add": 0, "normed": 0, "experts": 0, "route": 0}
 
     @staticmethod
     def squares(total: torch.Tensor, tile: int) -> torch.Tensor:
@@ -154,6 +155,16 @@ class FoldMath:
     def normed_linear(self, x, weight):
         self.calls["normed"] += 1
         return torch.nn.functional.linear(self.normalised(x.x, x.squares, x.norm.weight, x.norm.eps), weight)
+
+    def gate_route(self, x, weight, top_k, norm_topk_prob):
+        """moe.gate_route's math: the router's normalised product, routed by the eager ops."""
+        from sdar_core.moe import route
+
+        self.calls["route"] += 1
+        logits = torch.nn.functional.linear(
+            self.normalised(x.x, x.squares, x.norm.weight, x.norm.eps), weight
+        )
+        return route(logits.reshape(1, -1), top_k, norm_topk_prob, x.x.dtype, fuse=False)
 
     def gemv_forward(self, experts, x, chosen, weights, config=None, norm=None, residual=None):
         """moe.Experts.gemv_forward's math (`experts` the module)."""

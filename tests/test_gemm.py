@@ -386,14 +386,14 @@ def test_with_the_folds_kernels_stood_in_by_their_math_a_forward_has_the_unfolde
                 m.setattr(model_module, "add_linear", math.add_linear)
                 m.setattr(gemm, "normed_runs", lambda *a: True)
                 m.setattr(gemm, "normed_linear", math.normed_linear)
-                math.calls.update(add=0, normed=0)
+                math.calls.update(add=0, normed=0, experts=0, route=0)
                 folded = model(ids, logits_from=logits_from, kernels=Kernels(norm_fold=True))
         assert folded.shape == unfolded.shape == (1, rows - logits_from, model.config.vocab_size)
         assert rel_err(folded, unfolded) < 1e-5
         if kind == "sdar":
-            assert math.calls == {"add": 2 * layers, "normed": 2 * layers, "experts": 0}
+            assert math.calls == {"add": 2 * layers, "normed": 2 * layers, "experts": 0, "route": 0}
         else:  # o_proj adds; the router reads norm(x) as a tensor
-            assert math.calls == {"add": layers, "normed": 0, "experts": 0}
+            assert math.calls == {"add": layers, "normed": 0, "experts": 0, "route": 0}
 
 
 @pytest.mark.cuda

@@ -214,8 +214,9 @@ def test_with_the_expert_fold_stood_in_by_its_math_a_one_token_forward_has_the_u
     """The model's dataflow under expert_fold, on the CPU: o_proj's add, the GEMMs that read a Normed and the gemv
     form with the norm and the add (tests/helpers.FoldMath: float64 sums of squares per tile) give the unfolded
     forward's logits for one token. Every layer's router and gate/up normalise from o_proj's squares, its down gemv
-    adds and the next layer's qkv (the lm_head after the last) normalises from the gemv's squares; with the switch off,
-    or for three tokens, the router reads the norm as a tensor and the experts' output waits for the next norm."""
+    adds and the next layer's qkv (the lm_head after the last) normalises from the gemv's squares; with gate_route
+    the router's product and its routing are one call; with the switch off, or for three tokens, the router reads
+    the norm as a tensor and the experts' output waits for the next norm."""
     from sdar_core import gemm
     from sdar_core import model as model_module
     from sdar_core import moe as moe_module
@@ -224,10 +225,11 @@ def test_with_the_expert_fold_stood_in_by_its_math_a_one_token_forward_has_the_u
     model = random_model(tiny_config("sdar_moe", block_size=4)).fuse_projections()
     layers = model.config.num_hidden_layers
     assert all(isinstance(layer.mlp, SparseMoE) for layer in model.model.layers)
-    for rows, fold, expected in (
-        (1, True, {"add": layers, "normed": 2 * layers, "experts": layers}),
-        (1, False, {"add": layers, "normed": 0, "experts": layers}),
-        (3, True, {"add": layers, "normed": 0, "experts": 0}),
+    for rows, fold, gate_route, expected in (
+        (1, True, False, {"add": layers, "normed": 2 * layers, "experts": layers, "route": 0}),
+        (1, True, True, {"add": layers, "normed": layers, "experts": layers, "route": layers}),
+        (1, False, True, {"add": layers, "normed": 0, "experts": layers, "route": 0}),
+        (3, True, True, {"add": layers, "normed": 0, "experts": 0, "route": 0}),
     ):
         ids = torch.arange(3, 3 + rows)[None]
         with torch.no_grad():
@@ -244,10 +246,12 @@ def test_with_the_expert_fold_stood_in_by_its_math_a_one_token_forward_has_the_u
                     "gemv_forward",
                     lambda experts, *a, **k: math.gemv_forward(experts, *a, **k),
                 )
-                math.calls.update(add=0, normed=0, experts=0)
-                folded = model(ids, kernels=Kernels(expert_fold=fold))
-        assert rel_err(folded, unfolded) < 1e-5, (rows, fold)
-        assert math.calls == expected, (rows, fold)
+                m.setattr(moe_module, "gate_route_runs", lambda x, gate: True)
+                m.setattr(moe_module, "gate_route", math.gate_route)
+                math.calls.update(add=0, normed=0, experts=0, route=0)
+                folded = model(ids, kernels=Kernels(expert_fold=fold, gate_route=gate_route))
+        assert rel_err(folded, unfolded) < 1e-5, (rows, fold, gate_route)
+        assert math.calls == expected, (rows, fold, gate_route)
 
 
 def test_the_expert_fold_is_off_by_default_and_never_taken_on_the_cpu():
@@ -257,6 +261,46 @@ def test_the_expert_fold_is_off_by_default_and_never_taken_on_the_cpu():
     ids = torch.tensor([[5]])
     with torch.no_grad():
         assert torch.equal(model(ids, kernels=Kernels(expert_fold=True)), model(ids))
+
+
+# The router's product and the routing in one kernel (Kernels.gate_route): (E, k, h, renormalise, K step), the
+# splits h / step's largest divisor up to 32: 4, 16 and 6 programs; 20 experts pad the tile to 32 rows.
+GATE_ROUTE_CASES = [(8, 2, 64, True, 16), (128, 8, 256, True, 16), (20, 4, 96, False, 16)]
+
+GATE_ROUTE = """
+import json, torch
+from sdar_core import gemm
+from sdar_core.model import RMSNorm
+from sdar_core.moe import gate_route, gate_splits, route
+from test_moe import GATE_ROUTE_CASES
+out = []
+for E, k, h, renorm, block_k in GATE_ROUTE_CASES:
+    g = torch.Generator().manual_seed(E + h)
+    x, weight = torch.randn(1, 1, h, generator=g), torch.randn(E, h, generator=g) * 0.3
+    norm = RMSNorm(h, 1e-6)
+    norm.weight.data = torch.rand(h, generator=g) + 0.5
+    squares = torch.nn.functional.pad(x.double(), (0, -h % 16)).view(1, 1, -1, 16).pow(2).sum(-1).float()
+    normed = gemm.Normed(x, squares, norm)
+    x64 = x.double().view(1, h)
+    logits = (x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight.double()) @ weight.double().T
+    ref_w, ref_c = route(logits.float(), k, renorm, torch.float32, fuse=False)
+    for _ in range(2):  # the second call finds the counter its first call's last arriver reset
+        with torch.no_grad():
+            w, c = gate_route(normed, weight, k, renorm, block_k=block_k)
+        out.append([gate_splits(h, block_k), torch.equal(c, ref_c), float((w - ref_w).abs().max())])
+    assert int(gemm.counters(x.device).abs().sum()) == 0
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(interpreter_reason() is not None, reason=str(interpreter_reason()))
+def test_the_router_and_the_routing_in_one_kernel_under_the_interpreter_choose_as_the_math():
+    """x normalised from its tile sums of squares, the logits summed over 4-16 programs by the last to arrive, the
+    top k taken by the routing kernel's own code: the experts and weights of float64 logits routed eagerly."""
+    out = json.loads(run_interpreted(GATE_ROUTE, str(Path(__file__).parent)))
+    assert [splits for splits, _, _ in out] == [4, 4, 16, 16, 6, 6]
+    assert all(same for _, same, _ in out), out
+    assert max(error for _, _, error in out) < 1e-5, out
 
 
 SORT_CASES = [(1, 1, 128), (1, 8, 128), (16, 8, 128), (5, 3, 7), (64, 2, 2), (128, 8, 128)]  # (tokens, k, E)
@@ -643,28 +687,75 @@ def test_cuda_the_moe_layer_with_its_norm_and_add_folded_matches_the_unfolded_la
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_a_one_token_moe_forward_with_the_expert_fold_runs_two_kernels_fewer_a_layer():
     """bf16 one-token forward of an MoE model: with expert_fold the logits stay within rounding of the unfolded
-    forward's and 2 kernels a layer are gone (the router's norm, the add + norm after the experts); a decode of one
-    row in graph mode (each step one token) gives the tokens of the same kernels launched one by one."""
+    forward's and 2 kernels a layer are gone (the router's norm, the add + norm after the experts), 3 with gate_route
+    (the routing kernel too); a decode of one row in graph mode (each step one token) gives the tokens of the same
+    kernels launched one by one."""
     from torch.profiler import ProfilerActivity, profile
 
     model = moe_model().cuda().to(torch.bfloat16).fuse_projections()
     layers = model.config.num_hidden_layers
     ids = torch.tensor([[7]], device="cuda")
+    settings = {
+        "off": Kernels(),
+        "fold": Kernels(expert_fold=True),
+        "route": Kernels(expert_fold=True, gate_route=True),
+    }
     counts, logits = {}, {}
-    for fold in (False, True):
+    for name, kernels in settings.items():
         with torch.no_grad():
-            model(ids, kernels=Kernels(expert_fold=fold))  # compiled outside the profile
+            model(ids, kernels=kernels)  # compiled outside the profile
             torch.cuda.synchronize()
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                logits[fold] = model(ids, kernels=Kernels(expert_fold=fold))
+                logits[name] = model(ids, kernels=kernels)
                 torch.cuda.synchronize()
-        counts[fold] = sum(e.count for e in prof.key_averages() if e.device_type.name == "CUDA")
-    assert rel_err(logits[True].float(), logits[False].float()) < 2e-2
-    assert counts[False] - counts[True] == 2 * layers, counts
-    kw = dict(max_new_tokens=12, block_length=4, strategy="ar", kernels=Kernels(expert_fold=True))
-    static = generate(model, [[3, 4, 5]], runner_mode="static", **kw)
-    graph = generate(model, [[3, 4, 5]], runner_mode="graph", **kw)
-    assert graph.tokens.tolist() == static.tokens.tolist()
+        counts[name] = sum(e.count for e in prof.key_averages() if e.device_type.name == "CUDA")
+    for name in ("fold", "route"):
+        assert rel_err(logits[name].float(), logits["off"].float()) < 2e-2, name
+    assert counts["off"] - counts["fold"] == 2 * layers, counts
+    assert counts["off"] - counts["route"] == 3 * layers, counts
+    for kernels in (settings["fold"], settings["route"]):
+        kw = dict(max_new_tokens=12, block_length=4, strategy="ar", kernels=kernels)
+        static = generate(model, [[3, 4, 5]], runner_mode="static", **kw)
+        graph = generate(model, [[3, 4, 5]], runner_mode="graph", **kw)
+        assert graph.tokens.tolist() == static.tokens.tolist()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("E, k, h", [(8, 2, 64), (128, 8, 2048)])
+def test_cuda_the_router_and_the_routing_in_one_kernel_choose_as_the_two_kernels_in_a_graph(E, k, h):
+    """bf16, one token (the test shape and the 30B-A3B router's): gate_route against the router's GEMM reading the same
+    Normed then the routing kernel, each in a CUDA graph replayed for three fresh tokens: the same experts, weights
+    within one bf16 rounding (the logits' float32 sums in another order); the counters zero after."""
+    from sdar_core import gemm
+    from sdar_core.model import RMSNorm
+    from sdar_core.moe import gate_route, gate_route_runs
+
+    torch.manual_seed(h)
+    dev, bf = "cuda", torch.bfloat16
+    gate = torch.nn.Linear(h, E, bias=False).to(dev, bf)
+    norm = RMSNorm(h, 1e-6).to(dev, bf)
+    x = torch.randn(1, 1, h, device=dev, dtype=bf)
+    squares = x.float().view(1, 1, -1, 16).pow(2).sum(-1)
+    normed = gemm.Normed(x, squares, norm)
+    assert gate_route_runs(normed, gate)
+    with torch.no_grad():
+        gate_route(normed, gate.weight, k, True)  # compiled (and the counters allocated) outside the capture
+        route(project(gate, normed).reshape(1, E), k, True, bf)
+        fused_graph, two_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(fused_graph):
+            fused = gate_route(normed, gate.weight, k, True)
+        with torch.cuda.graph(two_graph):
+            two = route(project(gate, normed).reshape(1, E), k, True, bf)
+    for _ in range(3):
+        x.copy_(torch.randn(1, 1, h, device=dev, dtype=bf))
+        squares.copy_(x.float().view(1, 1, -1, 16).pow(2).sum(-1))
+        fused_graph.replay()
+        two_graph.replay()
+        assert torch.equal(fused[1], two[1])
+        assert (fused[0].float() - two[0].float()).abs().max() <= 2**-7
+    torch.cuda.synchronize()
+    assert int(gemm.counters(x.device).abs().sum()) == 0
 
 
 def test_bfloat16_mixed_weights_follow_the_float32_layer_to_rounding():
