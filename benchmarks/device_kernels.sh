@@ -32,7 +32,8 @@
 #                                                # and float8, tiles swept at 16 rows), the graphed forward's profile
 #                                                # and `bench` at batch 1 and 4 with 1 row against 64, without the
 #                                                # two folds (fusions silu_down, qk_rope), then float8
-#   bash benchmarks/device_kernels.sh prefill [S]  # the prefill's modules' `cuda` tests, benchmarks.prefill (the
+#   bash benchmarks/device_kernels.sh prefill [S]  # the prefill's modules' `cuda` tests and those of the split-K
+#                                                # attention, the GEMM and the MoE kernels, benchmarks.prefill (the
 #                                                # prompt's prefill: wall time against its kernels', the block-causal
 #                                                # attention under the mask and without it (torch ops or in_block.py's
 #                                                # kernel), op by op and as a padded graph), the goals' bench
@@ -247,10 +248,12 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     # --graphed-prefill --in-block-kernel, then benchmarks.first_request with the graphed prefill, within $2 s
     # (default 560); the most telling first, should the time run out
     LIMIT=${2:-560}
-    within $((LIMIT * 3 / 10)) python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_attention.py \
+    # (six test processes on the one GPU: the default paths the kernels' refactors touched, the split-K attention,
+    # the GEMM and the MoE kernels, are checked here too)
+    within $((LIMIT * 3 / 10)) python3 -m pytest -q -p no:cacheprovider -n 6 -m cuda tests/test_attention.py \
       tests/test_decoding.py tests/test_model_parity.py tests/test_norm_rope.py tests/test_fused.py \
       tests/test_read_ahead.py tests/test_benchmarks_prefill.py tests/test_warmup.py tests/test_decode_attention.py \
-      > "$OUT/cuda-tests.log" 2>&1
+      tests/test_gemm.py tests/test_moe.py > "$OUT/cuda-tests.log" 2>&1
     tail -n 4 "$OUT/cuda-tests.log"
     within 150 python3 -m benchmarks.prefill --out "$OUT/prefill" 2>&1 | tee "$OUT/prefill.log" | tail -18
     within $((LIMIT * 15 / 100)) $BENCH --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -5
