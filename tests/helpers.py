@@ -178,6 +178,79 @@ class FoldMath:
         return total, self.squares(total, self.expert_tile)
 
 
+HOPPER = (90, 32)  # (compute capability, warp size) the kernels are built for by `compile_for_hopper`
+POINTER_TYPES = {
+    torch.bfloat16: "*bf16",
+    torch.float16: "*fp16",
+    torch.float32: "*fp32",
+    torch.int64: "*i64",
+    torch.int32: "*i32",
+    torch.bool: "*i1",
+    torch.float8_e4m3fn: "*fp8e4nv",
+}
+
+
+def hopper_compiler_reason() -> str | None:
+    """Why Triton cannot build kernels for Hopper here (it needs Triton with its CUDA backend and ptxas, no GPU)."""
+    reason = interpreter_reason()
+    if reason is not None:
+        return reason
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
+    except Exception as e:  # a Triton without its CUDA backend
+        return f"Triton's CUDA backend does not import: {e}"
+    return None
+
+
+def compile_for_hopper(run) -> list[dict]:
+    """Call `run`, a function that launches sdar_core's Triton kernels (on CPU tensors, of the dtypes a GPU run
+    gives them), with every launch built for Hopper (sm_90, through ptxas: no GPU needed) instead of run: each
+    launch's tensors become pointers of their dtype, its numbers i32 / i64 / fp32, its constexprs and launch options
+    (warps, stages, PDL) as given. What the compiler raises, this raises. -> one {name, shared, constants} per
+    launch: the kernel's name and the shared memory its build asks (bytes)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    built = []
+
+    def build(fn, args, kwargs):
+        bound = fn.signature.bind_partial(*args, **{k: v for k, v in kwargs.items() if k in fn.arg_names})
+        bound.apply_defaults()
+        signature, constants = {}, {}
+        for param in fn.params:
+            value = bound.arguments[param.name]
+            if param.is_constexpr or value is None:
+                signature[param.name], constants[param.name] = "constexpr", value
+            elif isinstance(value, torch.Tensor):
+                signature[param.name] = POINTER_TYPES[value.dtype]
+            elif isinstance(value, bool):
+                signature[param.name] = "i1"
+            elif isinstance(value, int):
+                signature[param.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            else:
+                signature[param.name] = "fp32"
+        options = {k: v for k, v in kwargs.items() if k not in fn.arg_names}
+        kernel = triton.compile(
+            ASTSource(fn, signature, constants), target=GPUTarget("cuda", *HOPPER), options=options
+        )
+        built.append({"name": fn.__name__, "shared": kernel.metadata.shared, "constants": constants})
+
+    original = JITFunction.run
+
+    def intercept(self, *args, grid, warmup, **kwargs):
+        build(self, args, kwargs)
+
+    JITFunction.run = intercept
+    try:
+        run()
+    finally:
+        JITFunction.run = original
+    return built
+
+
 def free_port() -> int:
     """A free local TCP port for a test server."""
     with socket.socket() as s:

@@ -1,0 +1,130 @@
+"""The Triton kernels built for Hopper (sm_90) on a machine without a GPU: Triton's CUDA backend and ptxas compile
+each kernel as the decode forward launches it (bf16 tensors of the SDAR-1.7B and 30B-A3B shapes, the tile shapes and
+splits the launch code picks, PDL on), nothing runs (helpers.compile_for_hopper). What the interpreter cannot see,
+this catches before a GPU is lent: a constexpr branch that does not type-check for bf16 or float8, an operation the
+CUDA backend does not lower, PDL's instructions, shared memory past the SM's 227 KB. The numbers are the
+interpreter's tests' and the `cuda` tests' to check.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import compile_for_hopper, hopper_compiler_reason
+
+pytestmark = pytest.mark.skipif(hopper_compiler_reason() is not None, reason=str(hopper_compiler_reason()))
+
+SHARED = 227 << 10  # an H100's or H200's shared memory per block (opt-in)
+BF = torch.bfloat16
+
+
+@pytest.fixture(autouse=True)
+def _pdl_on(monkeypatch):
+    """Every kernel built as a Hopper GPU launches it: with programmatic dependent launch."""
+    from sdar_core import pdl
+
+    monkeypatch.setattr(pdl, "on", lambda x: True)
+
+
+def built(run, expected: list[str]) -> list[dict]:
+    kernels = compile_for_hopper(run)
+    assert [k["name"] for k in kernels] == expected
+    assert all(k["shared"] <= SHARED for k in kernels), kernels
+    return kernels
+
+
+@pytest.mark.parametrize("fold", [False, True])
+@pytest.mark.parametrize("Q, L, waves", [(1, 1, 2), (1, 1, 16), (16, 16, 16)])
+def test_the_split_k_attention_builds_with_and_without_its_merge_folded(Q, L, waves, fold):
+    """The 1.7B's heads (16 over 8 KV heads of 128) against a 512-slot buffer: one split (the CPU's stand-in
+    count of 4 SMs at 2 waves) and 8 (16 waves), for an `ar` step and a block of 16."""
+    from sdar_core.decode_attention import CacheQueries, SplitConfig, _split_k
+
+    q = torch.zeros(1, 16, Q, 128, dtype=BF)
+    k, v = torch.zeros(1, 8, 512, 128, dtype=BF), torch.zeros(1, 8, 512, 128, dtype=BF)
+    where = CacheQueries(torch.arange(100, 100 + Q), L, torch.zeros(1, dtype=torch.long))
+    expected = ["_split_kernel"] if fold else ["_split_kernel", "_merge_kernel"]
+    kernels = built(lambda: _split_k(q, k, v, where, SplitConfig(waves=waves), fold), expected)
+    assert kernels[0]["constants"]["FOLD"] is fold
+    assert kernels[0]["constants"]["S"] == (1 if waves == 2 else 8)
+
+
+@pytest.mark.parametrize("rows", [1, 16])
+@pytest.mark.parametrize("form", ["plain", "add", "norm", "swiglu-add", "fp8-add", "fp8-norm"])
+def test_the_skinny_gemm_builds_in_every_form_the_forward_launches(rows, form):
+    """o_proj (2048 x 2048) adding into the residual stream, gate_up (12288 x 2048) normalising its x, down
+    (2048 x 6144) forming SwiGLU and adding, in bf16 and over float8 weights, at the tile shape and splits
+    config_for picks for 132 SMs."""
+    from sdar_core import gemm
+
+    fp8 = form.startswith("fp8")
+    n, k = {"plain": (2048, 2048), "norm": (12288, 2048), "fp8-norm": (12288, 2048)}.get(form, (2048, 2048))
+    if form == "swiglu-add":
+        k = 6144
+    weight = torch.zeros(n, k, dtype=BF)
+    data, scale = (gemm.quantize_fp8(weight).data, torch.ones(n)) if fp8 else (weight, None)
+    x = torch.zeros(rows, 2 * k if form == "swiglu-add" else k, dtype=BF)
+    residual = torch.zeros(rows, n, dtype=BF)
+    squares = torch.zeros(rows, 128)  # o_proj's 128 tiles of 16 columns
+
+    def run():
+        if form.endswith("add"):
+            gemm._rows_product(x, data, scale, swiglu=form.startswith("swiglu"), residual=residual)
+        elif form.endswith("norm"):
+            gemm._rows_product(x, data, scale, norm=(squares, torch.ones(k, dtype=BF), 1e-6))
+        else:
+            gemm._rows_product(x, data, scale)
+
+    kernel = built(run, ["_skinny_kernel"])[0]
+    assert (kernel["constants"]["ADD"], kernel["constants"]["NORM"]) == (
+        form.endswith("add"),
+        form.endswith("norm"),
+    )
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_the_expert_gemv_builds_with_and_without_the_layers_norm_and_add(fold):
+    """The 30B-A3B layer's expert shapes (h 2048, intermediate 768, top 8; 8 experts stored, not 128) at the
+    default gemv tiles: gate/up normalising x, down adding into the residual stream."""
+    from sdar_core.gemm import Norm
+    from sdar_core.moe import Experts
+
+    experts = Experts(8, 2048, 768).to(BF)
+    x, residual = torch.zeros(1, 2048, dtype=BF), torch.zeros(1, 2048, dtype=BF)
+    chosen, weights = torch.arange(8)[None], torch.full((1, 8), 0.125, dtype=BF)
+    norm = Norm(torch.zeros(1, 128), torch.ones(2048, dtype=BF), 1e-6) if fold else None
+    with torch.no_grad():
+        kernels = built(
+            lambda: experts.gemv_forward(x, chosen, weights, norm=norm, residual=residual if fold else None),
+            ["_expert_gemv_swiglu", "_expert_gemv_down"],
+        )
+    assert kernels[0]["constants"]["NORM"] is fold and kernels[1]["constants"]["ADD"] is fold
+
+
+def test_the_routing_kernel_and_the_router_with_its_routing_build():
+    """The 30B-A3B router (128 experts, top 8, renormalised): the routing kernel alone, then the router's product
+    and its routing in one kernel (moe.gate_route: 32 programs)."""
+    from sdar_core import gemm
+    from sdar_core.model import RMSNorm
+    from sdar_core.moe import fused_route, gate_route
+
+    built(lambda: fused_route(torch.zeros(1, 128, dtype=BF), 8, True, BF), ["_route_kernel"])
+    normed = gemm.Normed(
+        torch.zeros(1, 1, 2048, dtype=BF), torch.zeros(1, 1, 128), RMSNorm(2048, 1e-6).to(BF)
+    )
+    kernel = built(
+        lambda: gate_route(normed, torch.zeros(128, 2048, dtype=BF), 8, True), ["_gate_route_kernel"]
+    )
+    assert kernel[0]["constants"]["SPLIT_K"] == 32
+
+
+@pytest.mark.parametrize("block_size", [4, 16, 64])
+def test_the_in_block_kernel_builds_for_every_tile_form(block_size):
+    """The 1.7B's heads over 256 tokens: blocks of 4 (four a 16-row tile), 16 (one) and 64 (one, 8 warps)."""
+    from sdar_core.in_block import in_block_merge
+
+    q, causal = torch.zeros(1, 16, 256, 128, dtype=BF), torch.zeros(1, 16, 256, 128, dtype=BF)
+    k, v = torch.zeros(1, 8, 256, 128, dtype=BF), torch.zeros(1, 8, 256, 128, dtype=BF)
+    lse = torch.zeros(1, 16, 256)
+    built(lambda: in_block_merge(q, k, v, causal, lse, block_size), ["_in_block_kernel"])
