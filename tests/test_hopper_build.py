@@ -128,3 +128,62 @@ def test_the_in_block_kernel_builds_for_every_tile_form(block_size):
     k, v = torch.zeros(1, 8, 256, 128, dtype=BF), torch.zeros(1, 8, 256, 128, dtype=BF)
     lse = torch.zeros(1, 16, 256)
     built(lambda: in_block_merge(q, k, v, causal, lse, block_size), ["_in_block_kernel"])
+
+
+def test_the_kernels_the_forward_has_long_launched_build_too():
+    """The rest of what a decode forward launches, unchanged since GPU runs passed but built here too, so that a
+    change of Triton or of their shared helpers shows: the residual add + RMSNorm and SiLU x up kernels, q's and k's
+    norm + RoPE with the K/V cache write in one launch, and the MoE's sorted form (the pairs' sort, the expert
+    matmuls) for 16 tokens."""
+    from sdar_core import fused
+    from sdar_core.moe import Experts, fused_sort_pairs
+    from sdar_core.norm_rope import norm_rope_qk_to_cache
+
+    x, w = torch.zeros(1, 2048, dtype=BF), torch.ones(2048, dtype=BF)
+    built(lambda: fused._add_rms_norm(x, x, w, 1e-6), ["_add_norm_kernel"])
+    built(lambda: fused._silu_mul(torch.zeros(1, 12288, dtype=BF)), ["_silu_mul_kernel"])
+    q, k = torch.zeros(1, 16, 16, 128, dtype=BF), torch.zeros(1, 16, 8, 128, dtype=BF)
+    cache = torch.zeros(1, 8, 512, 128, dtype=BF)
+    cos, sin = torch.zeros(1, 1, 16, 128, dtype=BF), torch.zeros(1, 1, 16, 128, dtype=BF)
+    hw = torch.ones(128, dtype=BF)
+    run = lambda: norm_rope_qk_to_cache(q, k, k, hw, hw, 1e-6, 1e-6, cos, sin, cache, cache, torch.arange(16))  # noqa: E731
+    built(run, ["_norm_rope_kernel"])
+    experts = Experts(8, 2048, 768).to(BF)
+    tokens = torch.zeros(16, 2048, dtype=BF)
+    chosen, weights = torch.arange(8).repeat(16, 1), torch.full((16, 8), 0.125, dtype=BF)
+    built(lambda: fused_sort_pairs(chosen, 8), ["_sort_kernel"])
+    with torch.no_grad():  # (the sort on the CPU is the eager one: it takes CUDA tensors only)
+        built(lambda: experts.triton_forward(tokens, chosen, weights), ["_expert_matmul", "_expert_matmul"])
+
+
+# Each kernel sdar_core launches, and the test above that builds it for Hopper.
+BUILT_BY = {
+    "_split_kernel": test_the_split_k_attention_builds_with_and_without_its_merge_folded,
+    "_merge_kernel": test_the_split_k_attention_builds_with_and_without_its_merge_folded,
+    "_skinny_kernel": test_the_skinny_gemm_builds_in_every_form_the_forward_launches,
+    "_expert_gemv_swiglu": test_the_expert_gemv_builds_with_and_without_the_layers_norm_and_add,
+    "_expert_gemv_down": test_the_expert_gemv_builds_with_and_without_the_layers_norm_and_add,
+    "_route_kernel": test_the_routing_kernel_and_the_router_with_its_routing_build,
+    "_gate_route_kernel": test_the_routing_kernel_and_the_router_with_its_routing_build,
+    "_in_block_kernel": test_the_in_block_kernel_builds_for_every_tile_form,
+    "_add_norm_kernel": test_the_kernels_the_forward_has_long_launched_build_too,
+    "_silu_mul_kernel": test_the_kernels_the_forward_has_long_launched_build_too,
+    "_norm_rope_kernel": test_the_kernels_the_forward_has_long_launched_build_too,
+    "_sort_kernel": test_the_kernels_the_forward_has_long_launched_build_too,
+    "_expert_matmul": test_the_kernels_the_forward_has_long_launched_build_too,
+}
+
+
+def test_every_kernel_sdar_core_launches_has_a_hopper_build_here():
+    """A kernel added to sdar_core without a build test here fails this (the same scan as the profile's classes)."""
+    import re
+
+    from sdar_core.paths import REPO
+
+    launched = set()
+    for path in sorted((REPO / "sdar_core").glob("*.py")):
+        source = path.read_text()
+        for name in re.findall(r"@triton\.jit\n\s*def (\w+)\(", source):
+            if re.search(rf"\b{name}\[", source):  # launched on a grid, not a helper called from a kernel
+                launched.add(name)
+    assert launched == set(BUILT_BY), sorted(launched ^ set(BUILT_BY))
