@@ -6,6 +6,7 @@
     gemm.py              each projection shape's matmul: cuBLAS against the skinny GEMM, with and without PDL
     profile_decode.py    where a decode step's time goes
     profile_forward.py   a graphed forward's GPU time by kernel class
+    goals.py             the decode forward's goals table from a run's committed folders (CPU; nothing measured)
     prefill.py           a prompt's prefill: its wall time against its kernels', the block-causal attention's forms
     evaluate.py          the embedded models' accuracy, loss and samples (the tests reproduce its committed files)
     latency.py           what the app's user waits for on a CPU
