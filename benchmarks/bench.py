@@ -444,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(Kernels.merge_fold)",
     )
     p.add_argument(
+        "--rope-in-attention",
+        action="store_true",
+        help="q/k norm + RoPE and the K/V cache write inside the split-K attention kernel (Kernels.rope_in_attention)",
+    )
+    p.add_argument(
         "--expert-fold",
         action="store_true",
         help="an MoE layer's norm and residual add in its router GEMM and expert gemv kernels for one token "
@@ -535,6 +540,7 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
             mask_free_prefill=kernels.mask_free_prefill,
             in_block_kernel=kernels.in_block_kernel,
             merge_fold=kernels.merge_fold,
+            rope_in_attention=kernels.rope_in_attention,
             expert_fold=kernels.expert_fold,
             gate_route=kernels.gate_route,
             expert_gemv=kernels.expert_gemv,
@@ -690,6 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         graphed_prefill=args.graphed_prefill,
         in_block_kernel=args.in_block_kernel,
         merge_fold=args.merge_fold,
+        rope_in_attention=args.rope_in_attention,
         expert_fold=args.expert_fold,
         gate_route=args.gate_route,
         expert_gemv=args.expert_gemv,

@@ -41,9 +41,10 @@
 #   bash benchmarks/device_kernels.sh folds [S]    # the dense folds not yet measured, within S s (default 560):
 #                                                # the `cuda` tests of decode_attention.py and gemm.py, the dense
 #                                                # forward's profile at 64 and 8k with and without the split-K merge in
-#                                                # its split kernel (Kernels.merge_fold), the profile at 64 with o_proj's
-#                                                # and down's splits capped at 1 and 2 (SDAR_ADD_SPLITS), then the
-#                                                # goals' bench rows with the merge fold
+#                                                # its split kernel (Kernels.merge_fold), then with q/k norm + RoPE
+#                                                # in it too (Kernels.rope_in_attention), the profile at 64 with
+#                                                # o_proj's and down's splits capped at 1 and 2 (SDAR_ADD_SPLITS), then
+#                                                # the goals' bench rows with both attention folds
 #   bash benchmarks/device_kernels.sh moe-folds [S]  # the MoE's, within S s (default 560): moe.py's `cuda` tests, the
 #                                                # 30B-A3B rows with none, with the merge fold and the layer's norm and
 #                                                # add in its kernels (Kernels.expert_fold), and with the routing in the
@@ -209,13 +210,15 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
       > "$OUT/cuda-tests.log" 2>&1; tail -n 4 "$OUT/cuda-tests.log"
     within 120 python3 -m benchmarks.profile_forward --split-k on --merge-fold both --contexts 64 8k \
       --gemm skinny+pdl --out "$OUT/profile-merge" 2>&1 | tee "$OUT/profile-merge.log" | tail -12
+    within 70 python3 -m benchmarks.profile_forward --split-k on --merge-fold on --rope-in-attention \
+      --contexts 64 8k --gemm skinny+pdl --out "$OUT/profile-rope" 2>&1 | tee "$OUT/profile-rope.log" | tail -8
     for splits in 1 2; do
       SDAR_ADD_SPLITS=$splits within 50 python3 -m benchmarks.profile_forward --split-k on --contexts 64 \
         --gemm skinny+pdl --out "$OUT/profile-add-splits$splits" 2>&1 | tee "$OUT/profile-add-splits$splits.log" \
         | tail -6
     done
-    within $((LIMIT - SECONDS)) $BENCH --merge-fold --out "$OUT/bench-merge-fold" 2>&1 \
-      | tee "$OUT/bench-merge-fold.log" | tail -5
+    within $((LIMIT - SECONDS)) $BENCH --merge-fold --rope-in-attention --out "$OUT/bench-attention-folds" 2>&1 \
+      | tee "$OUT/bench-attention-folds.log" | tail -5
     tar czf /tmp/folds.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/folds.tgz "$OUT/" ;;
   moe-folds)  # $2 seconds (default 560): the MoE folds' `cuda` tests, then the 30B-A3B rows with each
     LIMIT=${2:-560}

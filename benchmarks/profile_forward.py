@@ -77,11 +77,13 @@ def graphed(
     merge_fold: bool = False,
     expert_fold: bool = False,
     gate_route: bool = False,
+    rope_in_attention: bool = False,
 ):
     kernels = Kernels(
         split_k_attention=split_k,
         skinny_gemm=skinny_gemm,
         merge_fold=merge_fold,
+        rope_in_attention=rope_in_attention,
         expert_fold=expert_fold,
         gate_route=gate_route,
     ).with_fusions(fusions)  # as bench runs
@@ -261,6 +263,11 @@ def main() -> None:
         help="the split-K attention's splits merged in its split kernel (Kernels.merge_fold), with --split-k on",
     )
     p.add_argument(
+        "--rope-in-attention",
+        action="store_true",
+        help="q/k norm + RoPE and the K/V cache write inside the split-K kernel (Kernels.rope_in_attention)",
+    )
+    p.add_argument(
         "--expert-fold",
         action="store_true",
         help="an MoE layer's norm and add in its router GEMM and expert gemv kernels (Kernels.expert_fold)",
@@ -306,6 +313,7 @@ def main() -> None:
                     merge_fold=fold,
                     expert_fold=args.expert_fold,
                     gate_route=args.gate_route,
+                    rope_in_attention=args.rope_in_attention,
                 )
                 row = dict(
                     context=context,
@@ -313,6 +321,7 @@ def main() -> None:
                     mode=mode,
                     split_k=split_k,
                     merge_fold=fold,
+                    rope_in_attention=args.rope_in_attention,
                     expert_fold=args.expert_fold,
                     gate_route=args.gate_route,
                     gemm=gemm,

@@ -72,6 +72,23 @@ class SplitConfig:
 
 
 DEFAULT_SPLIT = SplitConfig()
+KEY_ROWS = 16  # the chunk's keys a split program forms at a time (Kernels.rope_in_attention)
+
+
+@dataclass
+class Rope:
+    """What the split kernel needs to form the chunk's queries and keys itself (Kernels.rope_in_attention): the
+    keys and values [B, Q, H_kv, D] as the q/k/v projection wrote them, the q and k RMSNorms' weights [D] and eps,
+    and the chunk's cos and sin [B, 1, Q, D] (model.rope_cos_sin). The queries come raw, [B, Q, H, D]."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    q_weight: torch.Tensor
+    k_weight: torch.Tensor
+    q_eps: float
+    k_eps: float
+    cos: torch.Tensor
+    sin: torch.Tensor
 
 
 def split_k_available(device: torch.device) -> bool:
@@ -111,8 +128,17 @@ def num_splits(batch: int, kv_heads: int, k_len: int, config: SplitConfig, devic
 
 
 def _split_k(
-    q, k_cache, v_cache, where: CacheQueries, config: SplitConfig, fold: bool = False
+    q,
+    k_cache,
+    v_cache,
+    where: CacheQueries,
+    config: SplitConfig,
+    fold: bool = False,
+    rope: Rope | None = None,
 ) -> torch.Tensor:
+    """The launch: q [B, H, Q, D] (any strides; with `rope`, the raw queries [B, Q, H, D] viewed so), k_cache,
+    v_cache [B, H_kv, T, D] -> [B, H, Q, D] laid out [B, Q, H, D]. With `rope` the kernel forms the queries and
+    writes the chunk's keys and values into the caches itself (Rope)."""
     B, H, Q, D = q.shape
     H_kv, T = k_cache.shape[1], k_cache.shape[2]
     G = H // H_kv
@@ -141,6 +167,13 @@ def _split_k(
         part_lse,
         out,
         count if count is not None else part_lse,
+        *(
+            (rope.k, rope.v, rope.q_weight, rope.k_weight, rope.cos, rope.sin)
+            + (rope.k.stride(0), rope.k.stride(1), rope.k.stride(2), rope.v.stride(0), rope.v.stride(1))
+            + (rope.v.stride(2), rope.cos.stride(0), rope.cos.stride(2), rope.q_eps, rope.k_eps)
+            if rope is not None
+            else (q,) * 6 + (0,) * 8 + (0.0, 0.0)
+        ),
         q.stride(0),
         q.stride(1),
         q.stride(2),
@@ -164,6 +197,8 @@ def _split_k(
         BLOCK_N=config.block_n,
         S=S,
         FOLD=fold,
+        ROPE=rope is not None,
+        KEY_ROWS=KEY_ROWS,
         PDL=chained,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
@@ -188,6 +223,84 @@ def _split_k(
         **pdl.options(chained),
     )
     return out
+
+
+def rope_runs(q: torch.Tensor, rope: Rope, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
+    """Whether `split_k_rope_attention` takes raw queries q [B, Q, H, D] with `rope`: the split kernel runs
+    (split_k_runs), the raw tensors, caches and cos / sin have unit last strides and one dtype, the norms' weights are
+    contiguous [D] of that dtype, cos and sin share their strides, and nothing wants a gradient."""
+    D = q.shape[-1]
+    tensors = (q, rope.k, rope.v, k_cache, v_cache, rope.cos, rope.sin)
+    return (
+        split_k_runs(q.transpose(1, 2))
+        and all(t.stride(-1) == 1 and t.dtype == q.dtype and t.device == q.device for t in tensors)
+        and all(
+            w.shape == (D,) and w.is_contiguous() and w.dtype == q.dtype
+            for w in (rope.q_weight, rope.k_weight)
+        )
+        and rope.cos.stride() == rope.sin.stride()
+        and not any(t.requires_grad for t in (*tensors, rope.q_weight, rope.k_weight))
+    )
+
+
+def split_k_rope_attention(
+    q: torch.Tensor,
+    rope: Rope,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    where: CacheQueries,
+    fold: bool = False,
+) -> torch.Tensor:
+    """Where `rope_runs`: the split-K attention of the raw queries q [B, Q, H, D], which the kernel normalises
+    and rotates itself, after writing the chunk's keys (normalised, rotated) and values into k_cache and v_cache at
+    where.q_index, as norm_rope_qk_to_cache does; -> [B, H, Q, D] laid out [B, Q, H, D]. No norm + RoPE kernel before
+    it (Kernels.rope_in_attention)."""
+    return _split_k_rope_op(
+        q,
+        rope.k,
+        rope.v,
+        rope.q_weight,
+        rope.k_weight,
+        float(rope.q_eps),
+        float(rope.k_eps),
+        rope.cos,
+        rope.sin,
+        k_cache,
+        v_cache,
+        where.q_index,
+        where.pad,
+        where.block_size,
+        fold,
+    )
+
+
+@kernel_op("sdar::split_k_rope_attention", mutates_args=("k_cache", "v_cache"))
+def _split_k_rope_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_weight: torch.Tensor,
+    k_weight: torch.Tensor,
+    q_eps: float,
+    k_eps: float,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    q_index: torch.Tensor,
+    pad: torch.Tensor,
+    block_size: int,
+    fold: bool,
+) -> torch.Tensor:
+    rope = Rope(k, v, q_weight, k_weight, q_eps, k_eps, cos, sin)
+    where = CacheQueries(q_index, block_size, pad)
+    return _split_k(q.transpose(1, 2), k_cache, v_cache, where, DEFAULT_SPLIT, fold, rope)
+
+
+@_split_k_rope_op.register_fake
+def _(q, k, v, q_weight, k_weight, q_eps, k_eps, cos, sin, k_cache, v_cache, q_index, pad, block_size, fold):
+    B, Q, H, D = q.shape
+    return _heads_last(B, H, Q, D, q)
 
 
 @kernel_op("sdar::split_k_attention", mutates_args=())
@@ -219,6 +332,7 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
 
 
 if triton is not None:
+    from .norm_rope import rope_rows
 
     @triton.jit
     def _split_kernel(
@@ -231,6 +345,22 @@ if triton is not None:
         PART_LSE,
         OUT,  # [B, H, Q, D] (FOLD: written here)
         COUNT,  # [tiles] int32, zero between launches (FOLD with S > 1)
+        KR,  # ROPE: the chunk's keys and values [B, Q, H_kv, D] as the q/k/v projection wrote them
+        VR,
+        WQ,  # ROPE: the q and k RMSNorms' weights [D]
+        WK,
+        COS,  # ROPE: [B, Q, D] rows of cos and sin (strides sc_b, sc_q)
+        SIN,
+        skr_b,
+        skr_q,
+        skr_h,
+        svr_b,
+        svr_q,
+        svr_h,
+        sc_b,
+        sc_q,
+        eps_q,
+        eps_k,
         sq_b,
         sq_h,
         sq_q,
@@ -254,6 +384,8 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
         S: tl.constexpr,
         FOLD: tl.constexpr,  # the last split of each tile to finish merges the S partials (no merge kernel)
+        ROPE: tl.constexpr,  # Q_ptr holds the raw queries: RMSNorm + RoPE here, and the chunk's keys into the cache
+        KEY_ROWS: tl.constexpr,
         PDL: tl.constexpr,
     ):
         pdl.wait_and_release(PDL)
@@ -263,11 +395,12 @@ if triton is not None:
         g, qi = r // n_q, r % n_q
         live = r < G * n_q
         d = tl.arange(0, D)
-        q = tl.load(
-            Q_ptr + b * sq_b + (hk * G + g)[:, None] * sq_h + qi[:, None] * sq_q + d[None, :],
-            mask=live[:, None],
-            other=0.0,
-        )  # [ROWS, D]
+        q_row = b * sq_b + (hk * G + g) * sq_h + qi * sq_q
+        if ROPE:  # as norm_rope_qk_to_cache forms them (norm_rope.rope_rows), rounded to the dtype
+            q = rope_rows(Q_ptr, WQ, COS, SIN, q_row, b * sc_b + qi * sc_q, live, eps_q, D)
+            q = q.to(Q_ptr.dtype.element_ty)
+        else:
+            q = tl.load(Q_ptr + q_row[:, None] + d[None, :], mask=live[:, None], other=0.0)  # [ROWS, D]
         i = tl.load(QIDX + qi, mask=live, other=0)  # [ROWS] each row's query index in the cache
         row_end = tl.where(live, tl.minimum((i // block_size + 1) * block_size, T), 0)  # block-causal end
         last = tl.load(QIDX + n_q - 1)  # q_index ascends: the last query's block ends last
@@ -280,6 +413,24 @@ if triton is not None:
         l = tl.zeros([ROWS], tl.float32)  # running sum of exp2
         acc = tl.zeros([ROWS, D], tl.float32)
         k_base, v_base = K_ptr + b * sk_b + hk * sk_h, V_ptr + b * sv_b + hk * sv_h
+        if ROPE:  # the chunk's keys (normalised, rotated) and values this split reads: into the cache first
+            for c0 in range(0, n_q, KEY_ROWS):
+                c = c0 + tl.arange(0, KEY_ROWS)
+                pos = tl.load(QIDX + c, mask=c < n_q, other=0)
+                mine = (c < n_q) & (pos >= lo) & (pos < hi)
+                kr = rope_rows(
+                    KR, WK, COS, SIN, b * skr_b + c * skr_q + hk * skr_h, b * sc_b + c * sc_q, mine, eps_k, D
+                )
+                tl.store(
+                    k_base + pos[:, None] * sk_t + d[None, :],
+                    kr.to(K_ptr.dtype.element_ty),
+                    mask=mine[:, None],
+                )
+                vr = tl.load(
+                    VR + (b * svr_b + c * svr_q + hk * svr_h)[:, None] + d[None, :], mask=mine[:, None]
+                )
+                tl.store(v_base + pos[:, None] * sv_t + d[None, :], vr, mask=mine[:, None])
+            tl.debug_barrier()  # the block's writes seen by all its threads' loads below
         for start in range(lo, hi, BLOCK_N):
             n = start + tl.arange(0, BLOCK_N)
             k = tl.load(k_base + n[:, None] * sk_t + d[None, :], mask=(n < hi)[:, None], other=0.0)  # [N, D]

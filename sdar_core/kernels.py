@@ -57,6 +57,11 @@ class Kernels:
     # (decode_attention.py), not by a kernel of their own: one kernel fewer a layer. Off until a GPU run passes its
     # `cuda` tests and measures it (benchmarks/NOTES.md, "The split-K attention's merge in its split kernel").
     merge_fold: bool = False
+    # With the split-K decode attention: the queries' and the chunk's keys' RMSNorm + RoPE, and the keys' and values'
+    # cache write, done by the split kernel itself (decode_attention.split_k_rope_attention), not by norm_rope's
+    # kernel before it: one kernel fewer a layer. Off until a GPU run passes its `cuda` tests and measures it
+    # (benchmarks/NOTES.md, "Norm + RoPE in the split kernel").
+    rope_in_attention: bool = False
     grouped_experts: bool = (
         True  # the static-shape expert forms where one runs (moe.Experts); False: the loop
     )

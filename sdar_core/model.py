@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .attention import AttentionInputs, attend
 from .config import ModelConfig
+from .decode_attention import Rope, rope_runs, split_k_rope_attention
 from .fused import add_rms_norm, silu_mul
 from .gemm import (
     Fp8Linear,
@@ -194,6 +195,21 @@ class Attention(nn.Module):
         k = self.norm_rope(k, self.k_norm, cos, sin, kernels.norm_rope)  # [B, H_kv, Q, D]
         return (q, *cache.write(self.layer, k, v.transpose(1, 2)))
 
+    def rope_in_attention(
+        self, q, k, v, cos, sin, attn: AttentionInputs, cache: CacheSlot, kernels: Kernels
+    ) -> torch.Tensor | None:
+        """The split-K attention [B, H, Q, D] of the raw q, k, v [B, Q, heads, D], the kernel forming q and the
+        chunk's keys (RMSNorm, RoPE) and writing them and the values into the cache itself, where Kernels'
+        rope_in_attention asks for it and the kernel takes them (decode_attention.rope_runs); else None."""
+        if not (kernels.rope_in_attention and attn.cache_queries is not None):
+            return None
+        k_buf, v_buf, _ = cache.buffers(self.layer)
+        k_buf, v_buf = k_buf[:, :, : cache.keys], v_buf[:, :, : cache.keys]
+        rope = Rope(k, v, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, self.k_norm.eps, cos, sin)
+        if not rope_runs(q, rope, k_buf, v_buf):
+            return None
+        return split_k_rope_attention(q, rope, k_buf, v_buf, attn.cache_queries, kernels.merge_fold)
+
     def forward(
         self, x, residual, cos, sin, attn: AttentionInputs, cache: CacheSlot | None, kernels: Kernels
     ) -> Residual:
@@ -212,6 +228,9 @@ class Attention(nn.Module):
             v.view(B, Q, self.n_kv, self.head_dim),
         )  # [B, Q, H_kv, D]
         if cache is not None:
+            out = self.rope_in_attention(q, k, v, cos, sin, attn, cache, kernels)
+            if out is not None:
+                return add_project(self.o_proj, out.transpose(1, 2).reshape(B, Q, -1), residual, kernels)
             q, k, v = self.rope_to_cache(q, k, v, cos, sin, cache, kernels)  # k, v: [B, H_kv, cache.keys, D]
         else:
             q = self.norm_rope(q, self.q_norm, cos, sin, kernels.norm_rope)

@@ -200,6 +200,24 @@ if triton is not None:
             )
 
     @triton.jit
+    def rope_rows(X, W, COS, SIN, x_row, c_row, live, eps, D: tl.constexpr):
+        """`_rotate`'s math for R rows at once (D a power of two): RoPE(RMSNorm(x)) of the vectors of X at offsets
+        x_row [R] (those not `live` read as zeros), each rotated by the cos / sin rows at offsets c_row [R]; the norm
+        rounded to X's dtype as `_rotate` rounds it, the rotation returned in float32 [R, D] for the caller to round.
+        (decode_attention's split kernel forms its queries and the chunk's keys with it: Kernels.rope_in_attention.)"""
+        d = tl.arange(0, D)
+        partner = (d + D // 2) % D  # rotate-half: out[d] = n[d] cos[d] + sign(d) n[partner] sin[d]
+        x = tl.load(X + x_row[:, None] + d[None, :], mask=live[:, None], other=0.0).to(tl.float32)
+        xp = tl.load(X + x_row[:, None] + partner[None, :], mask=live[:, None], other=0.0).to(tl.float32)
+        rstd = (1.0 / tl.sqrt(tl.sum(x * x, 1) / D + eps))[:, None]
+        dtype = X.dtype.element_ty
+        n = (x * rstd * tl.load(W + d).to(tl.float32)[None, :]).to(dtype).to(tl.float32)
+        n_p = (xp * rstd * tl.load(W + partner).to(tl.float32)[None, :]).to(dtype).to(tl.float32)
+        cos = tl.load(COS + c_row[:, None] + d[None, :], mask=live[:, None], other=0.0).to(tl.float32)
+        sin = tl.load(SIN + c_row[:, None] + d[None, :], mask=live[:, None], other=0.0).to(tl.float32)
+        return n * cos + tl.where((d < D // 2)[None, :], -n_p, n_p) * sin
+
+    @triton.jit
     def _norm_rope_kernel(XQ, WQ, OUTQ, XK, WK, KC, IDX, V, VC, COS, SIN, sq_b, sq_q, sq_h, sk_b, sk_q, sk_h,
                           sv_b, sv_q, sv_h, sc_b, sc_q, ss_b, ss_q, soq_b, soq_h, soq_t, skc_b, skc_h, skc_t, n_q,
                           n_hq, n_hk, eps_q, eps_k, D: tl.constexpr, BLOCK: tl.constexpr,

@@ -153,6 +153,125 @@ def test_the_merge_fold_switch_is_off_by_default_and_changes_nothing_on_the_cpu(
     )
 
 
+# Norm + RoPE in the split kernel (Kernels.rope_in_attention): an `ar` step, a block of 4, the fused chunk of two
+# blocks whose keys straddle two splits' ranges (3 splits of 16 keys), with and without the merge folded.
+ROPE_CASES = [([37], 1, [0, 5]), (list(range(32, 36)), 4, [0, 3]), (list(range(28, 36)), 4, [2, 0])]
+
+ROPED = """
+import json, torch
+from sdar_core.decode_attention import CacheQueries, Rope, SplitConfig, _split_k
+from sdar_core.model import rope_cos_sin
+from sdar_core.norm_rope import norm_rope_qk_to_cache
+from test_decode_attention import ROPE_CASES, loop_reference
+from test_fused import rope_by_hand
+out = []
+for q_index, L, pad in ROPE_CASES:
+    for fold in (False, True):
+        g = torch.Generator().manual_seed(len(q_index) + L)
+        B, H, H_kv, D, T, Q = 2, 4, 2, 16, 48, len(q_index)
+        q, k, v = (torch.randn(B, Q, n, D, generator=g) for n in (H, H_kv, H_kv))
+        k_cache, v_cache = torch.randn(B, H_kv, T, D, generator=g), torch.randn(B, H_kv, T, D, generator=g)
+        end = (q_index[-1] // L + 1) * L
+        k_cache[:, :, end:], v_cache[:, :, end:] = float("nan"), float("nan")  # never to be read
+        qw, kw = torch.rand(D, generator=g) + 0.5, torch.rand(D, generator=g) + 0.5
+        positions = torch.tensor(q_index).expand(B, Q) - torch.tensor(pad)[:, None]
+        cos, sin = rope_cos_sin(positions, 1e4 ** -torch.arange(0, 1, 2 / D), torch.float32)
+        where = CacheQueries(torch.tensor(q_index), L, torch.tensor(pad))
+        # by hand: the keys' and queries' norm + RoPE in float64, the keys and values into copies of the caches
+        keys, values = k_cache.clone().double(), v_cache.clone().double()
+        keys[:, :, q_index] = rope_by_hand(k, kw, 1e-6, cos, sin)
+        values[:, :, q_index] = v.double().transpose(1, 2)
+        ref = loop_reference(rope_by_hand(q, qw, 1e-6, cos, sin), keys, values, q_index, L, pad)
+        # the norm + RoPE kernel's caches, for their bits
+        k_norm_rope, v_norm_rope = k_cache.clone(), v_cache.clone()
+        norm_rope_qk_to_cache(q, k, v, qw, kw, 1e-6, 1e-6, cos, sin, k_norm_rope, v_norm_rope, where.q_index)
+        config, rope = SplitConfig(block_n=16, max_splits=3, waves=16), Rope(k, v, qw, kw, 1e-6, 1e-6, cos, sin)
+        got = _split_k(q.transpose(1, 2), k_cache, v_cache, where, config, fold, rope)
+        same = [torch.equal(a[:, :, :end], b[:, :, :end]) for a, b in ((k_cache, k_norm_rope), (v_cache, v_norm_rope))]
+        untouched = bool(k_cache[:, :, end:].isnan().all())
+        out.append([float((got.double() - ref).norm() / ref.norm()), all(same), untouched])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(interpreter_reason() is not None, reason=str(interpreter_reason()))
+def test_norm_and_rope_in_the_split_kernel_under_the_interpreter_match_the_math_and_the_norm_rope_kernel():
+    """The split kernel given the raw queries, keys and values: its attention against float64 norm + RoPE by hand
+    and the loop reference, with and without the merge folded; the caches it leaves have the bits
+    norm_rope_qk_to_cache writes (each split writes the chunk's keys in its own range: the fused chunk's straddle
+    two), and nothing past the last block is touched."""
+    out = json.loads(run_interpreted(ROPED))
+    assert len(out) == 2 * len(ROPE_CASES)
+    for error, same_cache, untouched in out:
+        assert error < 1e-5 and same_cache and untouched, out
+
+
+def test_the_rope_in_attention_switch_is_off_by_default_and_changes_nothing_on_the_cpu():
+    assert not Kernels().rope_in_attention
+    model = random_model(tiny_config("sdar", block_size=4))
+    kw = dict(max_new_tokens=8, block_length=4, steps=2, strategy="static", runner_mode="static")
+    plain = generate(model, [[1, 2, 3]], **kw)
+    on = generate(model, [[1, 2, 3]], kernels=Kernels(rope_in_attention=True), **kw)
+    assert on.tokens.tolist() == plain.tokens.tolist()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("fold", [False, True])
+@pytest.mark.parametrize("Q, L", [(1, 1), (16, 16), (32, 16)])
+def test_cuda_norm_and_rope_in_the_split_kernel_give_the_bits_of_the_two_kernels(Q, L, fold):
+    """The 1.7B's heads in bf16 over a 1,024-slot cache: the kernel forming q and the chunk's keys itself leaves
+    the caches norm_rope_qk_to_cache leaves and returns the split kernel's output on that kernel's queries, bit for
+    bit (the same rounding, the same attention)."""
+    from sdar_core.decode_attention import Rope, split_k_attention, split_k_rope_attention
+    from sdar_core.model import rope_cos_sin
+    from sdar_core.norm_rope import norm_rope_qk_to_cache
+
+    torch.manual_seed(Q)
+    dev, bf, T, start = "cuda", torch.bfloat16, 1024, 600
+    q = torch.randn(1, Q, 16, 128, device=dev, dtype=bf)
+    k, v = torch.randn(1, Q, 8, 128, device=dev, dtype=bf), torch.randn(1, Q, 8, 128, device=dev, dtype=bf)
+    k_cache, v_cache = (
+        torch.randn(1, 8, T, 128, device=dev, dtype=bf),
+        torch.randn(1, 8, T, 128, device=dev, dtype=bf),
+    )
+    qw, kw = torch.rand(128, device=dev, dtype=bf) + 0.5, torch.rand(128, device=dev, dtype=bf) + 0.5
+    positions = torch.arange(start, start + Q, device=dev)[None]
+    inv_freq = 1e6 ** -torch.arange(0, 1, 2 / 128, device=dev)
+    cos, sin = rope_cos_sin(positions, inv_freq, bf)
+    where = CacheQueries(positions[0], L, torch.zeros(1, dtype=torch.long, device=dev))
+    k2, v2 = k_cache.clone(), v_cache.clone()
+    roped = norm_rope_qk_to_cache(q, k, v, qw, kw, 1e-6, 1e-6, cos, sin, k2, v2, where.q_index)
+    two = split_k_attention(roped, k2, v2, where, fold=fold)
+    one = split_k_rope_attention(q, Rope(k, v, qw, kw, 1e-6, 1e-6, cos, sin), k_cache, v_cache, where, fold)
+    assert torch.equal(k_cache, k2) and torch.equal(v_cache, v2)
+    assert torch.equal(one, two)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("strategy", ["static", "ar"])
+def test_cuda_graph_decoding_with_norm_and_rope_in_the_split_kernel_gives_the_same_tokens(strategy):
+    """A bf16 model decoding in graph mode with rope_in_attention (and the merge folded): the tokens of the two
+    kernels, and no norm + RoPE kernel in its graphs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = random_model(tiny_config("sdar", block_size=4)).cuda().to(torch.bfloat16)
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(2, 90, (n,), generator=g).tolist() for n in (150, 157)]
+    kw = dict(max_new_tokens=24, block_length=4, steps=2, strategy=strategy, runner_mode="graph")
+    two = generate(model, prompts, **kw)
+    kernels = Kernels(rope_in_attention=True, merge_fold=True)
+    assert generate(model, prompts, kernels=kernels, **kw).tokens.tolist() == two.tokens.tolist()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        generate(model, prompts, kernels=kernels, **kw)
+        torch.cuda.synchronize()
+    names = [e.key for e in prof.key_averages()]
+    assert any("_split_kernel" in n for n in names) and not any("_norm_rope_kernel" in n for n in names), (
+        names
+    )
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("fold", [False, True])

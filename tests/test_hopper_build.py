@@ -50,6 +50,26 @@ def test_the_split_k_attention_builds_with_and_without_its_merge_folded(Q, L, wa
     assert kernels[0]["constants"]["S"] == (1 if waves == 2 else 8)
 
 
+@pytest.mark.parametrize("fold", [False, True])
+@pytest.mark.parametrize("Q, L", [(1, 1), (16, 16)])
+def test_the_split_k_attention_builds_with_the_norm_and_rope_in_it(Q, L, fold):
+    """The split kernel forming the queries and the chunk's keys itself (Kernels.rope_in_attention), at 8 splits."""
+    from sdar_core.decode_attention import CacheQueries, Rope, SplitConfig, _split_k
+
+    q, k, v = (
+        torch.zeros(1, Q, 16, 128, dtype=BF),
+        torch.zeros(1, Q, 8, 128, dtype=BF),
+        torch.zeros(1, Q, 8, 128, dtype=BF),
+    )
+    caches = torch.zeros(1, 8, 512, 128, dtype=BF), torch.zeros(1, 8, 512, 128, dtype=BF)
+    w, cos = torch.ones(128, dtype=BF), torch.zeros(1, 1, Q, 128, dtype=BF)
+    rope = Rope(k, v, w, w, 1e-6, 1e-6, cos, cos)
+    where = CacheQueries(torch.arange(100, 100 + Q), L, torch.zeros(1, dtype=torch.long))
+    expected = ["_split_kernel"] if fold else ["_split_kernel", "_merge_kernel"]
+    run = lambda: _split_k(q.transpose(1, 2), *caches, where, SplitConfig(waves=16), fold, rope)  # noqa: E731
+    assert built(run, expected)[0]["constants"]["ROPE"] is True
+
+
 @pytest.mark.parametrize("rows", [1, 16])
 @pytest.mark.parametrize("form", ["plain", "add", "norm", "swiglu-add", "fp8-add", "fp8-norm"])
 def test_the_skinny_gemm_builds_in_every_form_the_forward_launches(rows, form):
