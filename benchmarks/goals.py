@@ -172,12 +172,19 @@ def matched(bench: dict, baseline: dict) -> list[tuple[dict, dict]]:
     return [(r, old) for r, old in pairs if old is not None]
 
 
+def prefill_ms(r: dict) -> float:
+    """A bench row's prefill: its seconds less its forwards at its ms per forward (which counts the decode only)."""
+    return 1000 * r["seconds"] - r["forwards"] * r["ms_per_forward"]
+
+
 def slower_rows(bench: dict, baseline: dict, tolerance: float = SLOWER) -> list[str]:
-    """The rows of `bench` slower than the same row of `baseline` by more than `tolerance`, described."""
+    """The rows of `bench` slower than the same row of `baseline` by more than `tolerance`, described with where the
+    time went: the forward's ms and the prefill's, before -> now."""
     return [
         f"{r['mode']} {r['strategy']} prompt {r['prompt_len']} batch {r['batch_size']} "
         f"b{r['block_length']}/{r['steps']}: {r['tokens_per_second']:.0f} against {old['tokens_per_second']:.0f} "
-        "tokens/s"
+        f"tokens/s (forward {old['ms_per_forward']:.3f} -> {r['ms_per_forward']:.3f} ms, prefill "
+        f"{prefill_ms(old):.0f} -> {prefill_ms(r):.0f} ms)"
         for r, old in matched(bench, baseline)
         if r["tokens_per_second"] < (1 - tolerance) * old["tokens_per_second"]
     ]

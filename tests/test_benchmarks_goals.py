@@ -50,6 +50,18 @@ def test_a_row_slower_than_the_baseline_by_more_than_the_noise_is_named():
     assert goals.slower_rows(bench, goals.fastest([bench, bench])) == []
 
 
+def test_the_slower_row_of_the_h200_runs_is_named_with_its_prefill():
+    """Between the README's H200 run (2026-12-04) and the goals' (2026-12-06) only SDAR b16/4 at 8k got slower, and
+    by its prefill (the block-causal mask kept SDPA off its flash kernel), not by its forward: 0.420 s for 128
+    forwards of 2.551 ms, then 0.485 s for 128 of 2.484 ms."""
+    bench = goals.read(RESULTS / "h200-gemv-tiles" / "goals")
+    slower = goals.slower_rows(bench, goals.read(RESULTS / "h200-sdar-1.7b-fused"))
+    assert slower == [
+        "sdar static prompt 8192 batch 1 b16/4: 1055 against 1218 tokens/s "
+        "(forward 2.551 -> 2.484 ms, prefill 94 -> 167 ms)"
+    ]
+
+
 def test_a_short_rows_profile_names_kernels_idle_time_and_each_projection_against_its_floor():
     profile = json.loads(
         (RESULTS / "h100-norm-fold" / "second-form" / "profile-fold" / "profile.json").read_text()
