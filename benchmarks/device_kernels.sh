@@ -244,6 +244,10 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
       --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -6
     within 60 python3 -m benchmarks.profile_forward --arch sdar-30b-a3b --split-k on --contexts 64 \
       --gemm skinny+pdl --out "$OUT/profile-moe" 2>&1 | tee "$OUT/profile-moe.log" | tail -5
+    python3 -m benchmarks.goals --bench "$OUT/readme" --moe "$OUT/moe" --baseline benchmarks/results/h200-sdar-1.7b-fused \
+      benchmarks/results/h200-gemv-tiles/goals --startup benchmarks/results/h100-stand-ins/startup-w4/startup.json \
+      --profile "$OUT/profile/profile.json" --moe-profile "$OUT/profile-moe/profile.json" --out "$OUT/goals.md" 2>&1 \
+      | tail -20
     tar czf /tmp/h200.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/h200.tgz "$OUT/" ;;
   prefill)  # the `cuda` tests of the modules a prefill runs through (no studio: the device has no Gradio), then
     # benchmarks.prefill (AR, SDAR under the mask, SDAR mask-free with the torch ops and with in_block.py's kernel, op

@@ -282,18 +282,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--moe-profile", help="profile_forward's profile.json of the 30B-A3B")
     p.add_argument("--out", help="also write the markdown here")
     args = p.parse_args(argv)
+
+    def present(path: str | None, inside: str = "") -> bool:
+        """Whether an optional input was given and exists; one missing (a run cut short) is named and left out."""
+        if path and not (Path(path) / inside).exists():
+            print(f"(not found, left out: {Path(path) / inside})")
+            return False
+        return bool(path)
+
     bench = read(args.bench)
     goals = dense_goals(bench)
-    if args.moe:
+    if present(args.moe, "results.json"):
         goals += [g for g in [moe_goal(read(args.moe))] if g]
-    if args.startup:
+    if present(args.startup):
         goals += [g for g in [startup_goal(json.loads(Path(args.startup).read_text()))] if g]
     if args.baseline:
         goals.append(curve_goal(bench, fastest([read(folder) for folder in args.baseline])))
     profiles = {
         name: json.loads(Path(path).read_text())
         for name, path in (("dense", args.profile), ("moe", args.moe_profile))
-        if path
+        if present(path)
     }
     text = markdown(goals, profiles)
     print(text)

@@ -99,3 +99,17 @@ def test_the_command_prints_and_writes_the_table(tmp_path, capsys):
     assert "| 30B-A3B `ar` forward over its MoE floor | >= 0.5 | 0.47 | **no** |" in text
     assert "(64 ar): replay 1.523 ms against a 0.836 ms floor; 318 kernels (11.4 a layer)" in text
     assert "(8k ar): no profile given" in text  # that profile measured the 64-token forward only
+
+
+def test_a_run_cut_short_leaves_out_what_it_did_not_write(tmp_path, capsys):
+    """The h200 mode runs the command on whatever the call had time for: a missing MoE folder or profile is named
+    and left out, the rest of the table stands."""
+    folder = RESULTS / "h200-gemv-tiles"
+    missing = tmp_path / "profile-moe" / "profile.json"
+    code = goals.main(
+        ["--bench", str(folder / "goals"), "--moe", str(tmp_path / "moe"), "--moe-profile", str(missing)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and f"(not found, left out: {missing})" in out
+    assert f"(not found, left out: {tmp_path / 'moe' / 'results.json'})" in out
+    assert "| 8k prompt: `ar` forward over its floor | <= 1.4x | 1.79x |" in out and "30B-A3B" not in out
