@@ -46,9 +46,14 @@
 #                                                # o_proj's and down's splits capped at 1 and 2 (SDAR_ADD_SPLITS), then
 #                                                # the goals' bench rows with both attention folds
 #   bash benchmarks/device_kernels.sh moe-folds [S]  # the MoE's, within S s (default 560): moe.py's `cuda` tests, the
-#                                                # 30B-A3B rows with none, with the merge fold and the layer's norm and
-#                                                # add in its kernels (Kernels.expert_fold), and with the routing in the
-#                                                # router's GEMM too (Kernels.gate_route), then the profile with all three
+#                                                # 30B-A3B rows with none of the switches, with all four (merge_fold,
+#                                                # rope_in_attention, the layer's norm and add in its kernels:
+#                                                # expert_fold, the routing in the router's GEMM: gate_route), with
+#                                                # merge_fold and expert_fold only, then the profile with the MoE's three
+#   bash benchmarks/device_kernels.sh all-folds [S]  # every fold not yet measured in one call, within S s (default
+#                                                # 590): their `cuda` tests, the dense profile at 64 without and with
+#                                                # the attention folds, the 30B-A3B rows without and with all four
+#                                                # switches, the goals' bench rows with the attention folds
 #   bash benchmarks/device_kernels.sh h200         # the goals' H200 run (the README's sweep, the 30B-A3B rows, the
 #                                                # dense and 30B-A3B profiles) within 590 s; elsewhere `prefill`
 #   bash benchmarks/device_kernels.sh prefill-short  # the prefill's `cuda` tests, then bench's 64-token rows (~140 s)
@@ -225,13 +230,28 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     within 120 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_moe.py > "$OUT/cuda-tests.log" 2>&1
     tail -n 4 "$OUT/cuda-tests.log"
     within 100 $MOE --out "$OUT/moe" 2>&1 | tee "$OUT/moe.log" | tail -3
-    within 100 $MOE --merge-fold --expert-fold --gate-route --out "$OUT/moe-all" 2>&1 | tee "$OUT/moe-all.log" | tail -3
+    within 100 $MOE --merge-fold --rope-in-attention --expert-fold --gate-route --out "$OUT/moe-all" 2>&1 \
+      | tee "$OUT/moe-all.log" | tail -3
     within 100 $MOE --merge-fold --expert-fold --out "$OUT/moe-no-gate-route" 2>&1 \
       | tee "$OUT/moe-no-gate-route.log" | tail -3
     within $((LIMIT - SECONDS)) python3 -m benchmarks.profile_forward --arch sdar-30b-a3b --split-k on \
       --merge-fold on --expert-fold --gate-route --contexts 64 --gemm skinny+pdl --out "$OUT/profile-moe-folds" 2>&1 \
       | tee "$OUT/profile-moe-folds.log" | tail -5
     tar czf /tmp/moe-folds.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/moe-folds.tgz "$OUT/" ;;
+  all-folds)  # $2 seconds (default 590): `folds` and `moe-folds`, each cut to its most telling rows
+    LIMIT=${2:-590}
+    within 150 python3 -m pytest -q -p no:cacheprovider -n 6 -m cuda tests/test_decode_attention.py \
+      tests/test_gemm.py tests/test_moe.py > "$OUT/cuda-tests.log" 2>&1; tail -n 4 "$OUT/cuda-tests.log"
+    within 50 python3 -m benchmarks.profile_forward --split-k on --merge-fold both --contexts 64 --gemm skinny+pdl \
+      --out "$OUT/profile-merge" 2>&1 | tee "$OUT/profile-merge.log" | tail -8
+    within 35 python3 -m benchmarks.profile_forward --split-k on --merge-fold on --rope-in-attention --contexts 64 \
+      --gemm skinny+pdl --out "$OUT/profile-rope" 2>&1 | tee "$OUT/profile-rope.log" | tail -6
+    within 100 $MOE --out "$OUT/moe" 2>&1 | tee "$OUT/moe.log" | tail -3
+    within 100 $MOE --merge-fold --rope-in-attention --expert-fold --gate-route --out "$OUT/moe-all" 2>&1 \
+      | tee "$OUT/moe-all.log" | tail -3
+    within $((LIMIT - SECONDS)) $BENCH --merge-fold --rope-in-attention --out "$OUT/bench-attention-folds" 2>&1 \
+      | tee "$OUT/bench-attention-folds.log" | tail -5
+    tar czf /tmp/all-folds.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/all-folds.tgz "$OUT/" ;;
   h200)  # on an H200, within one call: the README's sweep, the 30B-A3B rows, the dense forward's profile, the
     # 30B-A3B's if time is left (the cold start is measured on an H100 by `coldstart`); on any other card, `prefill`
     grep -q H200 "$OUT/gpu.txt" || exec bash "$0" prefill
