@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from . import pdl
+from .fused import needs_grad
 from .gemm import COUNTERS, counters
 from .ops import kernel_op
 
@@ -228,7 +229,8 @@ def _split_k(
 def rope_runs(q: torch.Tensor, rope: Rope, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
     """Whether `split_k_rope_attention` takes raw queries q [B, Q, H, D] with `rope`: the split kernel runs
     (split_k_runs), the raw tensors, caches and cos / sin have unit last strides and one dtype, the norms' weights are
-    contiguous [D] of that dtype, cos and sin share their strides, and nothing wants a gradient."""
+    contiguous [D] of that dtype, cos and sin share their strides, and no gradient is wanted (fused.needs_grad: under
+    no_grad the weights' requires_grad does not count)."""
     D = q.shape[-1]
     tensors = (q, rope.k, rope.v, k_cache, v_cache, rope.cos, rope.sin)
     return (
@@ -239,7 +241,7 @@ def rope_runs(q: torch.Tensor, rope: Rope, k_cache: torch.Tensor, v_cache: torch
             for w in (rope.q_weight, rope.k_weight)
         )
         and rope.cos.stride() == rope.sin.stride()
-        and not any(t.requires_grad for t in (*tensors, rope.q_weight, rope.k_weight))
+        and not needs_grad(*tensors, rope.q_weight, rope.k_weight)
     )
 
 
