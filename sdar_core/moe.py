@@ -47,8 +47,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import pdl
-from .fused import kernels_run, needs_grad, silu_mul
-from .gemm import Norm, Normed, module_weight, normed_linear, normed_runs, project
+from .fused import kernels_run, silu_mul
+from .gemm import FOLD_MAX_ROWS, Norm, Normed, module_weight, normed_linear, normed_runs, project
 from .gemm import counters as gemm_counters
 from .kernels import DEFAULT_KERNELS, Kernels
 
@@ -325,16 +325,20 @@ class Experts(nn.Module):
         )
         if norm is not None and (norm.squares.shape[0] != N or norm.weight.shape != (h,)):
             raise ValueError(f"a Norm of the gemv form needs [{N}, T] squares and a [{h}] weight")
-        sq_in = norm.squares.contiguous() if norm is not None else x
+        # the norm's squares, weight, eps and tile count (unused stand-ins without one)
+        squares_in, nw, eps = (
+            (norm.squares.contiguous(), norm.weight, norm.eps) if norm is not None else (x, x, 0.0)
+        )
+        tiles_in = squares_in.shape[1] if norm is not None else 1
         _expert_gemv_swiglu[(N * k, triton.cdiv(I, c.block_n))](
             x,
             chosen,
             gate_up,
             act,
-            sq_in,
-            norm.weight if norm is not None else x,
-            norm.eps if norm is not None else 0.0,
-            sq_in.shape[1] if norm is not None else 1,
+            squares_in,
+            nw,
+            eps,
+            tiles_in,
             I,
             h,
             x.stride(0),
@@ -342,7 +346,7 @@ class Experts(nn.Module):
             gate_up.stride(1),
             BLOCK_N=c.block_n,
             NORM=norm is not None,
-            BLOCK_T=triton.next_power_of_2(sq_in.shape[1]) if norm is not None else 1,
+            BLOCK_T=triton.next_power_of_2(tiles_in),
             **launch,
         )
         out = torch.empty(N, h, device=x.device, dtype=x.dtype)
@@ -463,8 +467,6 @@ class SparseMoE(nn.Module):
         """Whether `folded` takes this layer's input (Kernels.expert_fold): one token (gemm.FOLD_MAX_ROWS, as the
         dense layer's fold), the router's GEMM normalises it as it loads it (gemm.normed_runs), the gemv form runs
         (CUDA, Triton, a 16-bit dtype, no gradient, its switches on), and the residual is a [1, 1, h] like x."""
-        from .gemm import FOLD_MAX_ROWS
-
         h = x.x.shape[-1]
         return (
             kernels.expert_fold
@@ -476,7 +478,6 @@ class SparseMoE(nn.Module):
             and normed_runs(x, module_weight(self.gate))
             and triton_available(x.x)
             and not torch.is_grad_enabled()
-            and not needs_grad(self.experts.gate_up_proj)
             and residual.shape == x.x.shape
             and residual.dtype == x.x.dtype
             and residual.device == x.x.device
@@ -750,11 +751,10 @@ if triton is not None:
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             ok = ks < K
+            a = tl.load(row + ks, mask=ok, other=0.0)[None, :]
             if NORM:
-                a = tl.load(row + ks, mask=ok, other=0.0)[None, :]
-                a = normalise(a, rstd, tl.load(NW + ks, mask=ok, other=0.0)[None, :]).to(tl.float32)
-            else:
-                a = tl.load(row + ks, mask=ok, other=0.0).to(tl.float32)[None, :]
+                a = normalise(a, rstd, tl.load(NW + ks, mask=ok, other=0.0)[None, :])
+            a = a.to(tl.float32)
             wg = tl.load(gate + ks[None, :], mask=ok[None, :], other=0.0)
             wu = tl.load(up + ks[None, :], mask=ok[None, :], other=0.0)
             g += tl.sum(wg.to(tl.float32) * a, axis=1)
