@@ -66,27 +66,11 @@ def kernel_class(name: str) -> str:
     return next((c for c, keys in CLASSES if any(k in low for k in keys)), "other")
 
 
-def graphed(
-    model,
-    Q: int,
-    total: int,
-    start: int,
-    split_k: bool,
-    skinny_gemm: bool = False,
-    fusions="all",
-    merge_fold: bool = False,
-    expert_fold: bool = False,
-    gate_route: bool = False,
-    rope_in_attention: bool = False,
-):
-    kernels = Kernels(
-        split_k_attention=split_k,
-        skinny_gemm=skinny_gemm,
-        merge_fold=merge_fold,
-        rope_in_attention=rope_in_attention,
-        expert_fold=expert_fold,
-        gate_route=gate_route,
-    ).with_fusions(fusions)  # as bench runs
+SWITCHES = ("merge_fold", "rope_in_attention", "expert_fold", "gate_route")  # recorded in each row
+
+
+def graphed(model, Q: int, total: int, start: int, kernels: Kernels):
+    """The CUDA graph of one forward of Q rows at `start` of a `total`-slot cache with these kernels (as bench runs)."""
     runner = ChunkRunner(model, 1, total, Q, "graph", kernels=kernels)
     seq = torch.randint(10, 1000, (1, total), device="cuda")
     lf = 0
@@ -302,28 +286,21 @@ def main() -> None:
                 if fold and not split_k:
                     continue  # the fold is the split-K kernel's
                 pdl.REQUESTED = gemm.endswith("+pdl")
-                graph = graphed(
-                    m,
-                    Q,
-                    total,
-                    start,
-                    split_k,
+                kernels = Kernels(
+                    split_k_attention=split_k,
                     skinny_gemm=gemm.startswith("skinny"),
-                    fusions=fusions,
                     merge_fold=fold,
+                    rope_in_attention=args.rope_in_attention,
                     expert_fold=args.expert_fold,
                     gate_route=args.gate_route,
-                    rope_in_attention=args.rope_in_attention,
-                )
+                ).with_fusions(fusions)
+                graph = graphed(m, Q, total, start, kernels)
                 row = dict(
                     context=context,
-                    fusions=Kernels().with_fusions(fusions).fusions(),
+                    fusions=kernels.fusions(),
                     mode=mode,
                     split_k=split_k,
-                    merge_fold=fold,
-                    rope_in_attention=args.rope_in_attention,
-                    expert_fold=args.expert_fold,
-                    gate_route=args.gate_route,
+                    **{name: getattr(kernels, name) for name in SWITCHES},
                     gemm=gemm,
                     skinny_rows=skinny.MAX_ROWS if gemm.startswith("skinny") else 0,
                     add_splits=skinny.ADD_MAX_SPLIT,  # SDAR_ADD_SPLITS: 0, config_for's count
