@@ -54,8 +54,9 @@
 #                                                # 590): their `cuda` tests, the dense profile at 64 without and with
 #                                                # the attention folds, the 30B-A3B rows without and with all four
 #                                                # switches, the goals' bench rows with the attention folds
-#   bash benchmarks/device_kernels.sh h200         # the goals' H200 run (the README's sweep, the 30B-A3B rows, the
-#                                                # dense and 30B-A3B profiles) within 590 s; elsewhere `prefill`
+#   bash benchmarks/device_kernels.sh h200         # the goals' H200 run (the changed default paths' `cuda` tests, the
+#                                                # README's sweep, the 30B-A3B rows, the dense and 30B-A3B
+#                                                # profiles) within 590 s; elsewhere `prefill`
 #   bash benchmarks/device_kernels.sh prefill-short  # the prefill's `cuda` tests, then bench's 64-token rows (~140 s)
 #   bash benchmarks/device_kernels.sh coldstart  # the precompile tests and some kernels' on CUDA (CUDA_TESTS=""
 #                                                # keeps the precompile ones only, =none none), then
@@ -256,7 +257,12 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     # 30B-A3B's if time is left (the cold start is measured on an H100 by `coldstart`); on any other card, `prefill`
     grep -q H200 "$OUT/gpu.txt" || exec bash "$0" prefill
     LIMIT=590
-    within 440 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 2048 8192 \
+    # first, in six processes, the `cuda` tests of the default paths changed since the last GPU run (the split-K
+    # attention, the GEMM, the MoE kernels, the step graphs' pool): a sweep of broken kernels measures nothing
+    within 110 python3 -m pytest -q -p no:cacheprovider -n 6 -m cuda tests/test_decode_attention.py tests/test_gemm.py \
+      tests/test_moe.py tests/test_decoding.py > "$OUT/cuda-tests.log" 2>&1
+    tail -n 4 "$OUT/cuda-tests.log"
+    within 400 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 2048 8192 \
       --new-tokens 256 512 512 --batch-sizes 1 4 16 32 64 --block-lengths 4 16 --repeats 2 --transformers compiled \
       --out "$OUT/readme" 2>&1 | tee "$OUT/readme.log" | tail -4
     within 100 $MOE --out "$OUT/moe" 2>&1 | tee "$OUT/moe.log" | tail -3
