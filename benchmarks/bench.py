@@ -429,12 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--graphed-prefill",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="a short prompt's prefill as one graph of the forward padded to 256 tokens (Kernels.graphed_prefill)",
     )
     p.add_argument(
         "--in-block-kernel",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="an SDAR prefill's in-block keys and merge in one Triton kernel (Kernels.in_block_kernel)",
     )
     p.add_argument(

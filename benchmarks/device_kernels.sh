@@ -54,6 +54,12 @@
 #                                                # 590): their `cuda` tests, the dense profile at 64 without and with
 #                                                # the attention folds, the 30B-A3B rows without and with all four
 #                                                # switches, the goals' bench rows with the attention folds
+#   bash benchmarks/device_kernels.sh switched [S] # within S s (default 450): the `cuda` tests of the prefill paths
+#                                                # switched on by default (graphed prefill, in-block kernel) and of
+#                                                # the tests mended after the H200 run, whether the merge kernel's
+#                                                # graph decode at 3 splits gives the plain path's tokens, the 30B-A3B
+#                                                # rows with none, expert_fold, then expert_fold + gate_route, the
+#                                                # 64-token rows with merge_fold alone
 #   bash benchmarks/device_kernels.sh h200         # the goals' H200 run (the changed default paths' `cuda` tests, the
 #                                                # README's sweep, the 30B-A3B rows, the dense and 30B-A3B
 #                                                # profiles) within 590 s; elsewhere `prefill`
@@ -253,6 +259,29 @@ b = json.load(open(sys.argv[1]))['best_gemv']; print(*(b[k] for k in GEMV_TILES)
     within $((LIMIT - SECONDS)) $BENCH --merge-fold --rope-in-attention --out "$OUT/bench-attention-folds" 2>&1 \
       | tee "$OUT/bench-attention-folds.log" | tail -5
     tar czf /tmp/all-folds.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/all-folds.tgz "$OUT/" ;;
+  switched)  # the paths switched on after the H200 run of 2026-12-07, and what that run left unmeasured
+    LIMIT=${2:-450}
+    within 130 python3 -m pytest -q -p no:cacheprovider -n 8 -m cuda -rf --tb=short tests/test_warmup.py \
+      tests/test_decoding.py tests/test_attention.py tests/test_moe.py tests/test_decode_attention.py \
+      tests/test_read_ahead.py tests/test_model_parity.py > "$OUT/cuda-tests.log" 2>&1
+    grep -E "^FAILED|^ERROR|passed|failed" "$OUT/cuda-tests.log" | tail -12
+    # the merge fold's graph test's prompts (3 splits, float32) through the merge kernel's form against the plain path
+    within 40 python3 -c "
+import torch; from sdar_core.decoding import generate; from tests.helpers import random_model, tiny_config
+model = random_model(tiny_config('sdar', block_size=4)).cuda(); g = torch.Generator().manual_seed(5)
+prompts = [torch.randint(2, 90, (n,), generator=g).tolist() for n in (150, 157)]
+kw = dict(max_new_tokens=24, block_length=4, steps=2, strategy='static')
+a, b = (generate(model, prompts, runner_mode=m, **kw).tokens.tolist() for m in ('graph', 'plain'))
+print('merge kernel graph == plain at 3 splits:', a == b, sum(x != y for r, s in zip(a, b) for x, y in zip(r, s)))
+" > "$OUT/split-tokens.txt" 2>&1; cat "$OUT/split-tokens.txt"
+    within 75 $MOE --out "$OUT/moe" 2>&1 | tee "$OUT/moe.log" | tail -3
+    within 75 $MOE --expert-fold --out "$OUT/moe-expert-fold" 2>&1 | tee "$OUT/moe-expert-fold.log" | tail -3
+    within 75 $MOE --expert-fold --gate-route --out "$OUT/moe-gate-route" 2>&1 | tee "$OUT/moe-gate-route.log" \
+      | tail -3
+    within 60 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 --new-tokens 256 \
+      --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none --merge-fold \
+      --out "$OUT/bench-merge-fold" 2>&1 | tee "$OUT/bench-merge-fold.log" | tail -4
+    tar czf /tmp/switched.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/switched.tgz "$OUT/" ;;
   h200)  # on an H200, within one call: the README's sweep, the 30B-A3B rows, the dense forward's profile, the
     # 30B-A3B's if time is left (the cold start is measured on an H100 by `coldstart`); on any other card, `prefill`
     grep -q H200 "$OUT/gpu.txt" || exec bash "$0" prefill

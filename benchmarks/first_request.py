@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--static-prefill", action="store_true", help="the runner's prefill path before the fix")
     p.add_argument(
         "--graphed-prefill",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="short prefills as one padded graph (Kernels.graphed_prefill)",
     )
     p.add_argument("--out", required=True)

@@ -90,16 +90,18 @@ class Kernels:
     read_ahead: int | None = None
     # A static or graph runner's short prefill as the plain forward padded to runner.PREFILL_PADDED tokens, one graph
     # per runner in graph mode (runner.padded_prefill), captured by the warm-up; False: every prefill launched op by
-    # op. Off until a GPU run passes its `cuda` tests: its first form measured 514 -> 543 tokens/s for `ar` and
-    # 1,636 -> 1,822 for SDAR b16/4 at a 64-token prompt on an H100 (benchmarks/NOTES.md, "The prefill").
-    graphed_prefill: bool = False
+    # op. On since its `cuda` tests passed on an H200, where with in_block_kernel it measured 612 -> 622 tokens/s for
+    # `ar` and 1,616 -> 2,062 for SDAR b16/4 at a 64-token prompt (results/h200-prefill-switches; benchmarks/NOTES.md,
+    # "The prefill"). A plain runner (the CPU's default) never pads.
+    graphed_prefill: bool = True
     # A CUDA prefill of whole blocks from key 0 (no padding) through flash attention's causal pass and each block's
     # later keys (attention.block_causal_attention), no mask built; False: SDPA under the block-causal mask.
     mask_free_prefill: bool = True
     # With mask_free_prefill: each block's later keys and the merge with the causal pass in one Triton kernel
     # (in_block.py) where it runs, instead of ~0.9 ms a layer of torch ops at an 8k prompt on an H100; False: the
-    # torch ops. Off until a GPU run passes its `cuda` tests and measures it (benchmarks/NOTES.md, "The prefill").
-    in_block_kernel: bool = False
+    # torch ops. On since its `cuda` tests passed on an H200 (with graphed_prefill, SDAR b16/4 at an 8k prompt
+    # 1,348 -> 1,438 tokens/s there; benchmarks/NOTES.md, "The prefill").
+    in_block_kernel: bool = True
     attention_backend: str = (
         "sdpa"  # attention.attention's backend for dense masks: "sdpa", "flash" or "eager"
     )

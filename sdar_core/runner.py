@@ -56,7 +56,7 @@ def bucket(total: int, context: int) -> int:
     return min(size, max(total, context))
 
 
-# With Kernels.graphed_prefill (off by default until a GPU run has passed its `cuda` tests), a static or graph runner's
+# With Kernels.graphed_prefill (the default), a static or graph runner's
 # prefill of up to this many tokens (from position 0, whole blocks, a dense model) runs padded to exactly this many, as
 # one graph per runner in graph mode: an eager prefill is bound by the host's launches, not by the GPU
 # (benchmarks/NOTES.md, "The prefill": 17-35 ms for 64 tokens on an H100, ~2.4 ms as a graph). One length, not
@@ -355,12 +355,13 @@ class ChunkRunner:
         the first request pays no capture; whether there were any to capture."""
         if self.mode != "graph" or not self.pads_prefill(self.block_size, 0, self.block_size):
             return False
-        ids = torch.full((self.batch, self.block_size), filler_id, dtype=torch.long, device=self.device)
-        pad = self.pad.tolist()
-        for left in [0, 1] if self.batch > 1 else [0]:
-            self.set_padding([left] + [0] * (self.batch - 1))
-            self.padded_prefill(ids)
-        self.set_padding(pad)
+        with torch.inference_mode():  # the mode of every decode, in which the runner's buffers were made
+            ids = torch.full((self.batch, self.block_size), filler_id, dtype=torch.long, device=self.device)
+            pad = self.pad.tolist()
+            for left in [0, 1] if self.batch > 1 else [0]:
+                self.set_padding([left] + [0] * (self.batch - 1))
+                self.padded_prefill(ids)
+            self.set_padding(pad)
         return True
 
     def _capture_prefill(self, ids: torch.Tensor, positions: torch.Tensor):

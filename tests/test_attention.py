@@ -213,8 +213,8 @@ def test_the_in_block_tiles_hold_whole_blocks():
 
 
 def test_the_in_block_kernel_switch_changes_nothing_where_the_kernel_cannot_run():
-    """On the CPU (no kernel), Kernels(in_block_kernel=True) is the torch ops' form; the switch is off by default."""
-    assert Kernels().in_block_kernel is False
+    """On the CPU (no kernel), Kernels(in_block_kernel=True), the default, is the torch ops' form."""
+    assert Kernels().in_block_kernel is True
     q, k, v = in_block_inputs(13, seed=1)
     expected = textbook(q, k, v, hand_mask(list(range(13)), 13, 4))
     assert rel_err(block_causal_attention(q, k, v, 4, kernel=True), expected) < 1e-5
@@ -463,7 +463,7 @@ def test_cuda_sdar_forward_of_several_blocks_takes_the_mask_free_form_and_equals
     calls = []
     original = attention_module.block_causal_attention
     monkeypatch.setattr(
-        attention_module, "block_causal_attention", lambda *a: calls.append(a[-1]) or original(*a)
+        attention_module, "block_causal_attention", lambda *a: calls.append(a[3]) or original(*a)
     )
     config = tiny_config("sdar", block_size=4, layers=2)
     model = random_model(config).to("cuda", torch.bfloat16)

@@ -524,7 +524,8 @@ def test_a_short_prefill_runs_padded_to_256_never_static_at_its_own_length(sdar,
 
 
 def test_without_graphed_prefill_a_short_prefill_runs_at_its_own_length(sdar, monkeypatch):
-    """Kernels(graphed_prefill=False), the default: the prefill takes the plain path at the prompt's whole blocks."""
+    """Kernels(graphed_prefill=False): the prefill takes the plain path at the prompt's whole blocks; with the
+    default (True) a static runner's is padded to PREFILL_PADDED."""
     from sdar_core import runner
 
     lengths, real = [], runner.ChunkRunner._plain
@@ -536,7 +537,7 @@ def test_without_graphed_prefill_a_short_prefill_runs_at_its_own_length(sdar, mo
     kw = dict(max_new_tokens=8, block_length=4, steps=2, runner_mode="static")
     generate(sdar, [list(range(1, 10))], kernels=Kernels(graphed_prefill=False), **kw)
     generate(sdar, [list(range(1, 10))], **kw)
-    assert lengths == [8, 8]
+    assert lengths == [8, runner.PREFILL_PADDED]
 
 
 @pytest.mark.parametrize("strategy", ["static", "ar"])

@@ -738,8 +738,8 @@ def test_cuda_the_router_and_the_routing_in_one_kernel_choose_as_the_two_kernels
     x = torch.randn(1, 1, h, device=dev, dtype=bf)
     squares = x.float().view(1, 1, -1, 16).pow(2).sum(-1)
     normed = gemm.Normed(x, squares, norm)
-    assert gate_route_runs(normed, gate)
-    with torch.no_grad():
+    with torch.no_grad():  # inference: the kernels have no backward (gate_route_runs refuses a gradient)
+        assert gate_route_runs(normed, gate)
         gate_route(normed, gate.weight, k, True)  # compiled (and the counters allocated) outside the capture
         route(project(gate, normed).reshape(1, E), k, True, bf)
         fused_graph, two_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
