@@ -60,6 +60,9 @@
 #                                                # graph decode at 3 splits gives the plain path's tokens, the 30B-A3B
 #                                                # rows with none, expert_fold, then expert_fold + gate_route, the
 #                                                # 64-token rows with merge_fold alone
+#   bash benchmarks/device_kernels.sh switched-short  # what a nearly spent session can afford of `switched`: the
+#                                                # mended `cuda` tests, the 30B-A3B rows without and with
+#                                                # expert_fold + gate_route (results flat in $OUT, no tar)
 #   bash benchmarks/device_kernels.sh h200         # the goals' H200 run (the changed default paths' `cuda` tests, the
 #                                                # README's sweep, the 30B-A3B rows, the dense and 30B-A3B
 #                                                # profiles) within 590 s; elsewhere `prefill`
@@ -282,6 +285,19 @@ print('merge kernel graph == plain at 3 splits:', a == b, sum(x != y for r, s in
       --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none --merge-fold \
       --out "$OUT/bench-merge-fold" 2>&1 | tee "$OUT/bench-merge-fold.log" | tail -4
     tar czf /tmp/switched.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/switched.tgz "$OUT/" ;;
+  switched-short)  # each result a flat file of $OUT, so that a call cut short still brings back what it finished
+    LIMIT=${2:-200}
+    within 60 python3 -m pytest -q -p no:cacheprovider -n 5 -m cuda -rf --tb=short \
+      tests/test_warmup.py::test_cuda_warm_up_captures_every_warmed_runners_prefill_graph \
+      tests/test_decoding.py::test_cuda_short_prefills_replay_one_graph_per_runner_and_equal_the_plain_path \
+      tests/test_attention.py::test_cuda_sdar_forward_of_several_blocks_takes_the_mask_free_form_and_equals_the_eager_backend \
+      tests/test_moe.py::test_cuda_the_router_and_the_routing_in_one_kernel_choose_as_the_two_kernels_in_a_graph \
+      tests/test_decode_attention.py::test_cuda_graph_runner_with_the_merge_fold_equals_plain > "$OUT/cuda-tests.log" 2>&1
+    grep -E "^FAILED|^ERROR|passed|failed" "$OUT/cuda-tests.log" | tail -8
+    for v in default expert-fold; do
+      flags=$([ $v = default ] || echo --expert-fold --gate-route)
+      within 70 $MOE $flags --out /tmp/moe-$v 2>&1 | tail -3 && cp /tmp/moe-$v/results.json "$OUT/moe-$v.json"
+    done ;;
   h200)  # on an H200, within one call: the README's sweep, the 30B-A3B rows, the dense forward's profile, the
     # 30B-A3B's if time is left (the cold start is measured on an H100 by `coldstart`); on any other card, `prefill`
     grep -q H200 "$OUT/gpu.txt" || exec bash "$0" prefill
