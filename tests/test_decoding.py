@@ -554,6 +554,25 @@ def test_padded_prefills_short_and_long_alone_and_left_padded_equal_the_plain_pa
         assert static.tokens.tolist() == plain.tokens.tolist()
 
 
+def test_warm_prefill_outside_inference_mode_updates_the_buffers_a_decode_made_inside_it(monkeypatch):
+    """The warm-up calls warm_prefill after its decode, outside inference mode, on a runner whose buffers that decode
+    made in inference mode (generate runs in it): on an H200 setting the padding there raised ("Inplace update to
+    inference tensor outside InferenceMode"). A static runner made graph-shaped here (its padded forward recorded,
+    not captured: no CUDA) takes the same steps on the CPU: both padding states, then the runner's own padding back."""
+    model = random_model(tiny_config("sdar", block_size=4, max_position_embeddings=1024))
+    prompts = [[5, 6, 7, 8, 9], [3, 4]]
+    generate(model, prompts, max_new_tokens=4, block_length=4, steps=2, runner_mode="static")
+    (runner,) = [r for r in RUNNER_POOL.runners(model) if r.batch == 2]
+    assert runner.pad.is_inference() and not torch.is_inference_mode_enabled()
+    before = runner.pad.tolist()
+    seen = []
+    monkeypatch.setattr(runner, "mode", "graph")
+    monkeypatch.setattr(runner, "padded_prefill", lambda ids: seen.append((ids.shape, runner.pad.tolist())))
+    assert runner.warm_prefill(filler_id=1)
+    assert seen == [((2, 4), [0, 0]), ((2, 4), [1, 0])]
+    assert runner.pad.tolist() == before
+
+
 def test_static_shape_runner_for_an_ar_model():
     ar = random_model(tiny_config("qwen3"))
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
