@@ -322,8 +322,9 @@ print('merge kernel graph == plain at 3 splits:', a == b, sum(x != y for r, s in
     tar czf /tmp/h200.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/h200.tgz "$OUT/" ;;
   prefill)  # the `cuda` tests of the modules a prefill runs through (no studio: the device has no Gradio), then
     # benchmarks.prefill (AR, SDAR under the mask, SDAR mask-free with the torch ops and with in_block.py's kernel, op
-    # by op and padded as a graph, 64-8k), the goals' bench rows (each with its prefill_ms) without and with
-    # --graphed-prefill --in-block-kernel, then benchmarks.first_request with the graphed prefill, within $2 s
+    # by op and padded as a graph, 64-8k), the goals' bench rows (each with its prefill_ms) without
+    # (--no-graphed-prefill --no-in-block-kernel) and with the two, then benchmarks.first_request with the graphed
+    # prefill, within $2 s
     # (default 560); the most telling first, should the time run out
     LIMIT=${2:-560}
     # (six test processes on the one GPU: the default paths the kernels' refactors touched, the split-K attention,
@@ -334,8 +335,9 @@ print('merge kernel graph == plain at 3 splits:', a == b, sum(x != y for r, s in
       tests/test_gemm.py tests/test_moe.py > "$OUT/cuda-tests.log" 2>&1
     tail -n 4 "$OUT/cuda-tests.log"
     within 150 python3 -m benchmarks.prefill --out "$OUT/prefill" 2>&1 | tee "$OUT/prefill.log" | tail -18
-    within $((LIMIT * 15 / 100)) $BENCH --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -5
-    within $((LIMIT * 15 / 100)) $BENCH --graphed-prefill --in-block-kernel --out "$OUT/bench-prefill-switches" \
+    within $((LIMIT * 15 / 100)) $BENCH --no-graphed-prefill --no-in-block-kernel --out "$OUT/bench-op-by-op" \
+      2>&1 | tee "$OUT/bench-op-by-op.log" | tail -5
+    within $((LIMIT * 15 / 100)) $BENCH --out "$OUT/bench-prefill-switches" \
       2>&1 | tee "$OUT/bench-prefill-switches.log" | tail -5
     within $((LIMIT * 3 / 10)) python3 -m benchmarks.first_request --graphed-prefill \
       --out "$OUT/first-request-graphed-prefill" 2>&1 | tail -12

@@ -12,8 +12,8 @@ One process, one random-weight model of --arch (the studio's own start, without 
 `--static-prefill` routes a prefill of at most two blocks through the static path at its own length, as the runner
 did before prefills said so (`ChunkRunner.__call__(prefill=...)`), to measure what that cost; `--graphed-prefill`
 replays a prefill of up to runner.PREFILL_PADDED tokens as its runner's prefill graph, padded
-(Kernels.graphed_prefill: the warm-up captures it). By default a prefill runs op by op. Writes results.json and
-summary.md under --out.
+(Kernels.graphed_prefill, the default: the warm-up captures it); `--no-graphed-prefill` runs it op by op. Writes
+results.json and summary.md under --out.
 Not a test: nothing is asserted.
 """
 
