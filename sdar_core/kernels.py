@@ -54,21 +54,22 @@ class Kernels:
     # True where it cannot run falls back to SDPA over the filled slice, whose host read cannot be graphed.
     split_k_attention: bool | None = None
     # With the split-K decode attention: each tile's partial softmaxes merged by the last of its splits to finish
-    # (decode_attention.py), not by a kernel of their own: one kernel fewer a layer. Off until a GPU run passes its
-    # `cuda` tests and measures it (benchmarks/NOTES.md, "The split-K attention's merge in its split kernel").
+    # (decode_attention.py), not by a kernel of their own: one kernel fewer a layer. Off: its `cuda` tests passed on
+    # an H200, but with rope_in_attention the `ar` forward measured 1.60 -> 1.83 ms at a 64-token prompt there
+    # (benchmarks/NOTES.md, "The goals' H200 run of 2026-12-07"); each alone is not yet measured.
     merge_fold: bool = False
     # With the split-K decode attention: the queries' and the chunk's keys' RMSNorm + RoPE, and the keys' and values'
     # cache write, done by the split kernel itself (decode_attention.split_k_rope_attention), not by norm_rope's
-    # kernel before it: one kernel fewer a layer. Off until a GPU run passes its `cuda` tests and measures it
-    # (benchmarks/NOTES.md, "Norm + RoPE in the split kernel").
+    # kernel before it: one kernel fewer a layer. Off: with merge_fold, slower on an H200 (merge_fold's note;
+    # benchmarks/NOTES.md, "Norm + RoPE in the split kernel").
     rope_in_attention: bool = False
     grouped_experts: bool = (
         True  # the static-shape expert forms where one runs (moe.Experts); False: the loop
     )
     # With norm_fold, for one token where the gemv form runs: an MoE layer's RMSNorm formed by the router's GEMM and
     # the gate/up gemv as each loads x, and the residual add by the down gemv as it stores (moe.SparseMoE.folded):
-    # no norm kernel before the experts, no add + norm kernel after them. Off until a GPU run passes its `cuda` tests
-    # and measures it (benchmarks/NOTES.md, "The MoE layer's norm and add in its kernels").
+    # no norm kernel before the experts, no add + norm kernel after them. Off until measured: its `cuda` tests were
+    # not among an H200 run's failures (benchmarks/NOTES.md, "The MoE layer's norm and add in its kernels").
     expert_fold: bool = False
     # With expert_fold: the router's GEMM and the routing (softmax, top k) in one kernel, the last of its split-K
     # programs to arrive taking the top k (moe.gate_route): no routing kernel. Off until measured (benchmarks/NOTES.md,
