@@ -113,3 +113,24 @@ def test_a_run_cut_short_leaves_out_what_it_did_not_write(tmp_path, capsys):
     assert code == 0 and f"(not found, left out: {missing})" in out
     assert f"(not found, left out: {tmp_path / 'moe' / 'results.json'})" in out
     assert "| 8k prompt: `ar` forward over its floor | <= 1.4x | 1.79x |" in out and "30B-A3B" not in out
+
+
+def test_the_goals_of_the_h200_run_of_2026_12_07_are_its_committed_table():
+    """The run the README's tables come from (results/h200-goals-1207): recomputed from its folders, the figures of
+    the goals.md the device wrote beside them and benchmarks/NOTES.md quotes (0.51, 7.3x, 1.21, 1.76x, 0.46), and
+    the three batched rows it names slower than the README's run of 2026-12-04."""
+    run = RESULTS / "h200-goals-1207"
+    bench = goals.read(run / "readme")
+    assert [g.value for g in goals.dense_goals(bench)] == ["0.51", "7.3x", "1.21", "1.76x"]
+    assert goals.moe_goal(goals.read(run / "moe")).value == "0.46"
+    baseline = goals.fastest(
+        [goals.read(RESULTS / "h200-sdar-1.7b-fused"), goals.read(RESULTS / "h200-gemv-tiles" / "goals")]
+    )
+    slower = goals.slower_rows(bench, baseline)
+    assert [row.split(":")[0] for row in slower] == [
+        "sdar static prompt 64 batch 16 b16/4",
+        "sdar static prompt 64 batch 32 b16/4",
+        "sdar static prompt 64 batch 64 b4/1",
+    ]
+    written = (run / "goals.md").read_text()
+    assert all(f"| {g.value} |" in written for g in goals.dense_goals(bench))
