@@ -469,15 +469,18 @@ if triton is not None:
     def _merged_rows(PART_OUT, PART_LSE, base, live, d, S: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr):
         """The tile's rows `base` [ROWS] merged over their S partial softmaxes, in split order: each partial
         weighted by 2^(its log2-sum-exp2 - the rows' largest), their sum over the weights' (an empty split weighs
-        0). Loads bypass L1 (.cg): the other splits' partials were written by other programs."""
+        0). Loads bypass L1 (.cg): the other splits' partials were written by other programs. Both loops are unrolled
+        (static_range), so that the S loads of each are independent instructions in flight together: as a loop each
+        iteration waited for its own L2 round trip, 2S of them in the last arriver's tail (benchmarks/NOTES.md,
+        "The goals' H200 run of 2026-12-07")."""
         top = tl.full([ROWS], float("-inf"), tl.float32)
-        for s in range(S):
+        for s in tl.static_range(S):
             lse = tl.load(PART_LSE + base * S + s, mask=live, other=float("-inf"), cache_modifier=".cg")
             top = tl.maximum(top, lse)
         top = tl.where(top == float("-inf"), 0.0, top)  # a row past the tile's end
         acc = tl.zeros([ROWS, D], tl.float32)
         total = tl.zeros([ROWS], tl.float32)
-        for s in range(S):
+        for s in tl.static_range(S):
             w = tl.exp2(
                 tl.load(PART_LSE + base * S + s, mask=live, other=float("-inf"), cache_modifier=".cg") - top
             )
