@@ -207,8 +207,8 @@ def compile_for_hopper(run) -> list[dict]:
     """Call `run`, a function that launches sdar_core's Triton kernels (on CPU tensors, of the dtypes a GPU run
     gives them), with every launch built for Hopper (sm_90, through ptxas: no GPU needed) instead of run: each
     launch's tensors become pointers of their dtype, its numbers i32 / i64 / fp32, its constexprs and launch options
-    (warps, stages, PDL) as given. What the compiler raises, this raises. -> one {name, shared, constants} per
-    launch: the kernel's name and the shared memory its build asks (bytes)."""
+    (warps, stages, PDL) as given. What the compiler raises, this raises. -> one {name, shared, constants, ptx} per
+    launch: the kernel's name, the shared memory its build asks (bytes), its constexprs and its PTX."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -236,7 +236,14 @@ def compile_for_hopper(run) -> list[dict]:
         kernel = triton.compile(
             ASTSource(fn, signature, constants), target=GPUTarget("cuda", *HOPPER), options=options
         )
-        built.append({"name": fn.__name__, "shared": kernel.metadata.shared, "constants": constants})
+        built.append(
+            {
+                "name": fn.__name__,
+                "shared": kernel.metadata.shared,
+                "constants": constants,
+                "ptx": kernel.asm["ptx"],
+            }
+        )
 
     original = JITFunction.run
 

@@ -50,6 +50,24 @@ def test_the_split_k_attention_builds_with_and_without_its_merge_folded(Q, L, wa
     assert kernels[0]["constants"]["S"] == (1 if waves == 2 else 8)
 
 
+def test_the_folded_merge_reads_every_split_in_its_own_instructions():
+    """The last arriver's merge (`_merged_rows`) is unrolled over the S splits: its L1-bypassing loads grow with S, at
+    least two (a log-sum-exp, a partial) for each more split, so that they can all be in flight at once. As a loop
+    the count stayed flat (21, 25, 33 at 4, 8, 16 splits) and each split waited for its own L2 round trip."""
+    from sdar_core.decode_attention import CacheQueries, SplitConfig, _split_k
+
+    q = torch.zeros(1, 16, 1, 128, dtype=BF)
+    k, v = torch.zeros(1, 8, 2048, 128, dtype=BF), torch.zeros(1, 8, 2048, 128, dtype=BF)
+    where = CacheQueries(torch.arange(100, 101), 1, torch.zeros(1, dtype=torch.long))
+    loads = {}
+    for waves in (16, 32):
+        config = SplitConfig(waves=waves)
+        (kernel,) = built(lambda: _split_k(q, k, v, where, config, True), ["_split_kernel"])  # noqa: B023
+        loads[kernel["constants"]["S"]] = kernel["ptx"].count("ld.global.cg")
+    assert sorted(loads) == [8, 16]
+    assert loads[16] - loads[8] >= 2 * 8, loads
+
+
 @pytest.mark.parametrize("fold", [False, True])
 @pytest.mark.parametrize("Q, L", [(1, 1), (16, 16)])
 def test_the_split_k_attention_builds_with_the_norm_and_rope_in_it(Q, L, fold):
