@@ -603,9 +603,7 @@ if triton is not None:
         arrived = tl.atomic_add(COUNT, 1, sem="acq_rel")  # releases the partial, acquires the others'
         if arrived == SPLIT_K - 1:
             total = tl.zeros([BLOCK_E], tl.float32)
-            for s in tl.static_range(
-                SPLIT_K
-            ):  # unrolled: the loads in flight together, summed in split order
+            for s in range(SPLIT_K):
                 total += tl.load(PARTIAL + s * BLOCK_E + e, cache_modifier=".cg")
             z = total.to(X.dtype.element_ty).to(tl.float32)  # the logits as the GEMM would round them
             z = tl.where(e < n_experts, z, float("-inf"))
