@@ -183,7 +183,13 @@ class KernelClaims:
     claimant's result from its disk cache."""
 
     # the modules whose kernels write only floating-point results (skippable in a stand-in)
-    SKIPPABLE = ("sdar_core.gemm", "sdar_core.fused", "sdar_core.norm_rope", "sdar_core.decode_attention")
+    SKIPPABLE = (
+        "sdar_core.gemm",
+        "sdar_core.fused",
+        "sdar_core.norm_rope",
+        "sdar_core.decode_attention",
+        "sdar_core.in_block",
+    )
 
     def __init__(self, folder: str | os.PathLike, skip_claimed: bool, patience: float = 60.0) -> None:
         self.folder = str(folder)

@@ -138,6 +138,20 @@ def test_a_server_does_not_wait_for_a_kernel_whose_claimant_has_exited(tmp_path)
     assert not server.claimant_alive("k") and server.compiled == 0
 
 
+def test_every_kernel_module_but_the_moes_is_skippable():
+    """A worker leaves out a kernel another process claimed when the kernel's outputs are only numbers: every module
+    of sdar_core that defines Triton kernels, except moe.py (its routing indices are read: workers wait for those)
+    and pdl.py (helpers inlined into the others, no kernel of its own). A new kernel module must be named here or
+    there: the in-block kernel, on by default since 2026-12-07, was missing."""
+    package = REPO / "sdar_core"
+    launched = {
+        f"sdar_core.{path.stem}"
+        for path in package.glob("*.py")
+        if re.search(r"^\s*def _\w+_kernel\(", path.read_text(), re.M) and "@triton.jit" in path.read_text()
+    }
+    assert set(KernelClaims.SKIPPABLE) == launched - {"sdar_core.moe"}, launched
+
+
 def test_kernel_names_tell_functions_and_specialisations_apart():
     gemm = SimpleNamespace(module="sdar_core.gemm", name="_skinny_kernel")
     attention = SimpleNamespace(module="sdar_core.decode_attention", name="_split_kernel")
