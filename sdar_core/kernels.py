@@ -91,9 +91,10 @@ class Kernels:
     read_ahead: int | None = None
     # A static or graph runner's short prefill as the plain forward padded to runner.PREFILL_PADDED tokens, one graph
     # per runner in graph mode (runner.padded_prefill), captured by the warm-up; False: every prefill launched op by
-    # op. On since its `cuda` tests passed on an H200, where with in_block_kernel it measured 612 -> 622 tokens/s for
-    # `ar` and 1,616 -> 2,062 for SDAR b16/4 at a 64-token prompt (results/h200-prefill-switches; benchmarks/NOTES.md,
-    # "The prefill"). A plain runner (the CPU's default) never pads.
+    # op. On since an H200 measured it, with in_block_kernel, at 612 -> 622 tokens/s for `ar` and 1,616 -> 2,062
+    # for SDAR b16/4 at a 64-token prompt (results/h200-prefill-switches; benchmarks/NOTES.md, "The prefill"). Its
+    # `cuda` tests passed there except warm_prefill's, whose fix (inference mode) has not yet run on a GPU. A plain
+    # runner (the CPU's default) never pads.
     graphed_prefill: bool = True
     # A CUDA prefill of whole blocks from key 0 (no padding) through flash attention's causal pass and each block's
     # later keys (attention.block_causal_attention), no mask built; False: SDPA under the block-causal mask.
