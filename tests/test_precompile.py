@@ -143,11 +143,11 @@ def test_every_kernel_module_but_the_moes_is_skippable():
     of sdar_core that defines Triton kernels, except moe.py (its routing indices are read: workers wait for those)
     and pdl.py (helpers inlined into the others, no kernel of its own). A new kernel module must be named here or
     there: the in-block kernel, on by default since 2026-12-07, was missing."""
-    package = REPO / "sdar_core"
+    sources = {f"sdar_core.{path.stem}": path.read_text() for path in (REPO / "sdar_core").glob("*.py")}
     launched = {
-        f"sdar_core.{path.stem}"
-        for path in package.glob("*.py")
-        if re.search(r"^\s*def _\w+_kernel\(", path.read_text(), re.M) and "@triton.jit" in path.read_text()
+        name
+        for name, text in sources.items()
+        if "@triton.jit" in text and re.search(r"^\s*def _\w+_kernel\(", text, re.M)
     }
     assert set(KernelClaims.SKIPPABLE) == launched - {"sdar_core.moe"}, launched
 
