@@ -452,13 +452,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--expert-fold",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="an MoE layer's norm and residual add in its router GEMM and expert gemv kernels for one token "
         "(Kernels.expert_fold)",
     )
     p.add_argument(
         "--gate-route",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="with --expert-fold: the router's GEMM and the routing in one kernel (Kernels.gate_route)",
     )
     p.add_argument(

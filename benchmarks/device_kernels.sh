@@ -60,6 +60,9 @@
 #                                                # graph decode at 3 splits gives the plain path's tokens, the 30B-A3B
 #                                                # rows with none, expert_fold, then expert_fold + gate_route, the
 #                                                # 64-token rows with merge_fold alone
+#   bash benchmarks/device_kernels.sh validate [S] # within S s (default 580): every `cuda` test on the defaults, a cold
+#                                                # start with 4 workers, the dense profile at 64 without and with
+#                                                # merge_fold, then with SDAR_ADD_SPLITS=2
 #   bash benchmarks/device_kernels.sh switched-short  # what a nearly spent session can afford of `switched`: the
 #                                                # mended `cuda` tests, the 30B-A3B rows without and with
 #                                                # expert_fold + gate_route (results flat in $OUT, no tar)
@@ -285,6 +288,20 @@ print('merge kernel graph == plain at 3 splits:', a == b, sum(x != y for r, s in
       --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none --merge-fold \
       --out "$OUT/bench-merge-fold" 2>&1 | tee "$OUT/bench-merge-fold.log" | tail -4
     tar czf /tmp/switched.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/switched.tgz "$OUT/" ;;
+  validate)  # within $2 s (default 580): every `cuda` test on the defaults as they stand (the MoE folds on), a cold start
+    # with 4 precompile workers (the warm-up now captures each runner's prefill graph), the dense forward's profile at
+    # 64 without and with merge_fold, then with o_proj's and down's splits capped at 2 (SDAR_ADD_SPLITS)
+    LIMIT=${2:-580}
+    within 250 python3 -m pytest -q -p no:cacheprovider -n 8 -m cuda -rf --tb=short tests/ \
+      --continue-on-collection-errors > "$OUT/cuda-tests.log" 2>&1
+    grep -E "^FAILED|^ERROR|passed|failed" "$OUT/cuda-tests.log" | tail -12
+    within 150 python3 -m benchmarks.startup --precompile 4 --stand-ins 4 --out "$OUT/startup-w4" 2>&1 \
+      | grep -v "warm-up [0-9]" | grep -v "^RESULT" | grep . | tail -6
+    within 70 python3 -m benchmarks.profile_forward --split-k on --merge-fold both --contexts 64 --gemm skinny+pdl \
+      --out "$OUT/profile-merge" 2>&1 | tee "$OUT/profile-merge.log" | tail -8
+    SDAR_ADD_SPLITS=2 within $((LIMIT - SECONDS)) python3 -m benchmarks.profile_forward --split-k on --contexts 64 \
+      --gemm skinny+pdl --out "$OUT/profile-add-splits2" 2>&1 | tee "$OUT/profile-add-splits2.log" | tail -6
+    tar czf /tmp/validate.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/validate.tgz "$OUT/" ;;
   switched-short)  # each result a flat file of $OUT, so that a call cut short still brings back what it finished
     LIMIT=${2:-200}
     within 60 python3 -m pytest -q -p no:cacheprovider -n 5 -m cuda -rf --tb=short \

@@ -253,12 +253,14 @@ def main() -> None:
     )
     p.add_argument(
         "--expert-fold",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="an MoE layer's norm and add in its router GEMM and expert gemv kernels (Kernels.expert_fold)",
     )
     p.add_argument(
         "--gate-route",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="with --expert-fold: the router's GEMM and the routing in one kernel (Kernels.gate_route)",
     )
     args = p.parse_args()

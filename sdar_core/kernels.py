@@ -68,13 +68,13 @@ class Kernels:
     )
     # With norm_fold, for one token where the gemv form runs: an MoE layer's RMSNorm formed by the router's GEMM and
     # the gate/up gemv as each loads x, and the residual add by the down gemv as it stores (moe.SparseMoE.folded):
-    # no norm kernel before the experts, no add + norm kernel after them. Off until measured: its `cuda` tests were
-    # not among an H200 run's failures (benchmarks/NOTES.md, "The MoE layer's norm and add in its kernels").
-    expert_fold: bool = False
+    # no norm kernel before the experts, no add + norm kernel after them. On since an H100 measured the 30B-A3B's
+    # `ar` forward at 3.587 -> 3.540 ms with it (benchmarks/NOTES.md, "The MoE folds measured").
+    expert_fold: bool = True
     # With expert_fold: the router's GEMM and the routing (softmax, top k) in one kernel, the last of its split-K
-    # programs to arrive taking the top k (moe.gate_route): no routing kernel. Off until measured (benchmarks/NOTES.md,
-    # "The MoE layer's norm and add in its kernels").
-    gate_route: bool = False
+    # programs to arrive taking the top k (moe.gate_route): no routing kernel. On since the same H100 measured
+    # 3.540 -> 3.496 ms with it (benchmarks/NOTES.md, "The MoE folds measured").
+    gate_route: bool = True
     # One or two tokens' experts through the gemv form (moe.Experts.gemv_forward: no sort, the combine inside)
     # where the static-shape forms run on CUDA; False: the sorted Triton form for them too.
     expert_gemv: bool = True

@@ -254,13 +254,14 @@ def test_with_the_expert_fold_stood_in_by_its_math_a_one_token_forward_has_the_u
         assert math.calls == expected, (rows, fold, gate_route)
 
 
-def test_the_expert_fold_is_off_by_default_and_never_taken_on_the_cpu():
-    """Off until a GPU run has measured it; on the CPU (no gemv form) the switch changes nothing."""
-    assert not Kernels().expert_fold
+def test_the_expert_fold_is_on_by_default_and_never_taken_on_the_cpu():
+    """On since an H100 measured it (with gate_route); on the CPU (no gemv form) the switch changes nothing."""
+    assert Kernels().expert_fold and Kernels().gate_route
     model = random_model(tiny_config("sdar_moe", block_size=4)).fuse_projections()
     ids = torch.tensor([[5]])
     with torch.no_grad():
-        assert torch.equal(model(ids, kernels=Kernels(expert_fold=True)), model(ids))
+        off = Kernels(expert_fold=False, gate_route=False)
+        assert torch.equal(model(ids), model(ids, kernels=off))
 
 
 # The router's product and the routing in one kernel (Kernels.gate_route): (E, k, h, renormalise, K step), the
@@ -671,7 +672,7 @@ def test_cuda_the_moe_layer_with_its_norm_and_add_folded_matches_the_unfolded_la
         total, squares = gemm.add_linear(inp, w_o, residual)
         x = gemm.Normed(total, squares, norm)
         on = Kernels(expert_fold=True)
-        assert moe.fold_runs(x, total, on) and not moe.fold_runs(x, total, Kernels())
+        assert moe.fold_runs(x, total, on) and not moe.fold_runs(x, total, Kernels(expert_fold=False))
         folded, folded_squares = moe.folded(x, total, on)
         normed = norm(total)  # the unfolded layer's norm kernel
         logits = project(moe.gate, normed)
@@ -696,8 +697,8 @@ def test_cuda_a_one_token_moe_forward_with_the_expert_fold_runs_two_kernels_fewe
     layers = model.config.num_hidden_layers
     ids = torch.tensor([[7]], device="cuda")
     settings = {
-        "off": Kernels(),
-        "fold": Kernels(expert_fold=True),
+        "off": Kernels(expert_fold=False, gate_route=False),
+        "fold": Kernels(expert_fold=True, gate_route=False),
         "route": Kernels(expert_fold=True, gate_route=True),
     }
     counts, logits = {}, {}
