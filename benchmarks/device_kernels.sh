@@ -319,11 +319,12 @@ print('merge kernel graph == plain at 3 splits:', a == b, sum(x != y for r, s in
     # 30B-A3B's if time is left (the cold start is measured on an H100 by `coldstart`); on any other card, `prefill`
     grep -q H200 "$OUT/gpu.txt" || exec bash "$0" prefill
     LIMIT=590
-    # first, in six processes, the `cuda` tests of the default paths changed since the last GPU run (the split-K
-    # attention, the GEMM, the MoE kernels, the step graphs' pool): a sweep of broken kernels measures nothing
-    within 110 python3 -m pytest -q -p no:cacheprovider -n 6 -m cuda tests/test_decode_attention.py tests/test_gemm.py \
-      tests/test_moe.py tests/test_decoding.py > "$OUT/cuda-tests.log" 2>&1
-    tail -n 4 "$OUT/cuda-tests.log"
+    # first, in eight processes, the `cuda` tests of the default paths changed since the last GPU run (the graphed
+    # prefill and its warm-up, the in-block kernel, the MoE folds): a sweep of broken kernels measures nothing
+    within 110 python3 -m pytest -q -p no:cacheprovider -n 8 -m cuda -rf --tb=short tests/test_decoding.py \
+      tests/test_warmup.py tests/test_moe.py tests/test_attention.py tests/test_decode_attention.py \
+      > "$OUT/cuda-tests.log" 2>&1
+    grep -E "^FAILED|^ERROR|passed|failed" "$OUT/cuda-tests.log" | tail -8
     within 400 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 2048 8192 \
       --new-tokens 256 512 512 --batch-sizes 1 4 16 32 64 --block-lengths 4 16 --repeats 2 --transformers compiled \
       --out "$OUT/readme" 2>&1 | tee "$OUT/readme.log" | tail -4
