@@ -464,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --expert-fold: the router's GEMM and the routing in one kernel (Kernels.gate_route)",
     )
     p.add_argument(
+        "--persistent-mlp",
+        action="store_true",
+        help="a one-token dense MLP (norm, [gate; up], SwiGLU, down, add) as one persistent launch "
+        "(Kernels.persistent_mlp)",
+    )
+    p.add_argument(
         "--no-expert-gemv",
         dest="expert_gemv",
         action="store_false",
@@ -547,6 +553,7 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
             rope_in_attention=kernels.rope_in_attention,
             expert_fold=kernels.expert_fold,
             gate_route=kernels.gate_route,
+            persistent_mlp=kernels.persistent_mlp,
             expert_gemv=kernels.expert_gemv,
             gemv_tiles=asdict(experts.GEMV),
             pdl=pdl.REQUESTED and pdl.SUPPORTED,
@@ -704,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         expert_fold=args.expert_fold,
         gate_route=args.gate_route,
         expert_gemv=args.expert_gemv,
+        persistent_mlp=args.persistent_mlp,
     )
     kernels = kernels.with_fusions(fusions)
     params = DecodeParams(runner_mode=args.runner, compile=args.compile, kernels=kernels)

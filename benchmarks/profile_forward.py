@@ -53,7 +53,7 @@ CLASSES = [
             "triton",
         ),
     ),
-    ("matmul", ("nvjet", "gemv", "gemm", "cutlass", "xmma", "splitkreduce", "_skinny")),
+    ("matmul", ("nvjet", "gemv", "gemm", "cutlass", "xmma", "splitkreduce", "_skinny", "_mlp_kernel")),
     ("norm", ("layer_norm", "rms")),
     ("copy/index", ("index", "copy", "cat", "scatter", "gather")),
     ("elementwise", ("elementwise",)),
@@ -66,7 +66,13 @@ def kernel_class(name: str) -> str:
     return next((c for c, keys in CLASSES if any(k in low for k in keys)), "other")
 
 
-SWITCHES = ("merge_fold", "rope_in_attention", "expert_fold", "gate_route")  # recorded in each row
+SWITCHES = (
+    "merge_fold",
+    "rope_in_attention",
+    "expert_fold",
+    "gate_route",
+    "persistent_mlp",
+)  # recorded in each row
 
 
 def graphed(model, Q: int, total: int, start: int, kernels: Kernels):
@@ -263,6 +269,12 @@ def main() -> None:
         default=True,
         help="with --expert-fold: the router's GEMM and the routing in one kernel (Kernels.gate_route)",
     )
+    p.add_argument(
+        "--persistent-mlp",
+        default="off",
+        choices=["both", "on", "off"],
+        help="a one-token dense MLP as one persistent launch (Kernels.persistent_mlp)",
+    )
     args = p.parse_args()
     fusions = args.fusions[0] if args.fusions in (["all"], ["none"]) else set(args.fusions)
     model = common.random_model(
@@ -284,7 +296,8 @@ def main() -> None:
         for mode, m, Q in (("ar", ar, 1), ("sdar16", model, 16)):
             splits = {"both": (False, True), "on": (True,), "off": (False,)}[args.split_k]
             folds = {"both": (False, True), "on": (True,), "off": (False,)}[args.merge_fold]
-            for split_k, gemm, fold in itertools.product(splits, args.gemm, folds):
+            persistent = {"both": (False, True), "on": (True,), "off": (False,)}[args.persistent_mlp]
+            for split_k, gemm, fold, one_mlp in itertools.product(splits, args.gemm, folds, persistent):
                 if fold and not split_k:
                     continue  # the fold is the split-K kernel's
                 pdl.REQUESTED = gemm.endswith("+pdl")
@@ -295,6 +308,7 @@ def main() -> None:
                     rope_in_attention=args.rope_in_attention,
                     expert_fold=args.expert_fold,
                     gate_route=args.gate_route,
+                    persistent_mlp=one_mlp,
                 ).with_fusions(fusions)
                 graph = graphed(m, Q, total, start, kernels)
                 row = dict(

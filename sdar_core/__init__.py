@@ -10,6 +10,7 @@ The model
     fused.py           fused residual add + RMSNorm and SiLU * up kernels (Triton; eager elsewhere)
     norm_rope.py       fused q/k RMSNorm + RoPE, optionally writing the KV cache (Triton; eager elsewhere)
     gemm.py            the skinny GEMM for one-row projections, split-K in one launch (Triton; F.linear elsewhere)
+    persistent.py      a one-token MLP (norm, [gate; up], SwiGLU, down, add) as one persistent launch (Triton)
     pdl.py             programmatic dependent launch for those Triton kernels (Hopper; SDAR_PDL=0 switches it off)
     ops.py             their launchers as custom ops for torch.compile, plain calls elsewhere
     kernels.py         Kernels: the one switchboard of which of those kernels a forward takes

@@ -1,12 +1,13 @@
 """Which kernels a forward takes: one frozen switchboard, given to the model by whoever runs it.
 
-Every switch only selects among computations of the same value (the tests compare each pair): a fused Triton
-kernel or the eager ops (fused.py, norm_rope.py, in_block.py, moe.route), the split-K decode attention or SDPA over
-the buffer (decode_attention.py), the static-shape expert forms or the per-expert loop (moe.py), and the attention
-backend of attention.py, cuBLAS or the skinny GEMM for the projections (gemm.py). A switch that is on still needs its
-kernel to run where the forward runs (CUDA and Triton, no gradient wanted): elsewhere the eager path runs whatever
-the switch says. Two switches are the decoder's, not the forward's: whether a denoising step's work after the forward
-is replayed as a CUDA graph (steps.py), and how many blocks it may launch before it reads the one before them.
+Every switch only selects among computations of the same value (the tests compare each pair): a fused Triton kernel or
+the eager ops (fused.py, norm_rope.py, in_block.py, moe.route), the split-K decode attention or SDPA over the buffer
+(decode_attention.py), one persistent MLP kernel or two GEMMs (persistent.py), the static-shape expert forms or the
+per-expert loop (moe.py), and the attention backend of attention.py, cuBLAS or the skinny GEMM for the projections
+(gemm.py). A switch that is on still needs its kernel to run where the forward runs (CUDA and Triton, no gradient
+wanted): elsewhere the eager path runs whatever the switch says. Two switches are the decoder's, not the forward's:
+whether a denoising step's work after the forward is replayed as a CUDA graph (steps.py), and how many blocks it may
+launch before it reads the one before them.
 
 The decoder's runner (runner.py) receives a `Kernels` from DecodeParams and passes it to every forward; its pool
 keys a captured graph by it. A plain `model(ids)` (training, the tests) uses `DEFAULT_KERNELS`. The benchmarks
@@ -75,6 +76,10 @@ class Kernels:
     # programs to arrive taking the top k (moe.gate_route): no routing kernel. On since the same H100 measured
     # 3.540 -> 3.496 ms with it (benchmarks/NOTES.md, "The MoE folds measured").
     gate_route: bool = True
+    # With norm_fold and silu_down, a one-token dense MLP (the RMSNorm, [gate; up], SwiGLU, down and the residual
+    # add) as one persistent launch whose down programs wait per slice of K, not for the whole [gate; up] grid
+    # (persistent.py); the result is the two GEMMs' bit for bit. Off until a GPU has measured it.
+    persistent_mlp: bool = False
     # One or two tokens' experts through the gemv form (moe.Experts.gemv_forward: no sort, the combine inside)
     # where the static-shape forms run on CUDA; False: the sorted Triton form for them too.
     expert_gemv: bool = True

@@ -40,6 +40,8 @@ from .norm_rope import (
     norm_rope_to_cache,
     to_cache_available,
 )
+from .persistent import mlp as persistent_mlp
+from .persistent import mlp_runs
 
 
 class RMSNorm(nn.Module):
@@ -279,6 +281,18 @@ class MLP(nn.Module):
     def forward(self, x, residual: torch.Tensor, kernels: Kernels = DEFAULT_KERNELS) -> Residual:
         """x: the normalised stream (tensor or Normed) -> the stream `residual` plus the MLP's output."""
         if self.gate_up_weight is not None:
+            if (
+                kernels.persistent_mlp
+                and kernels.norm_fold
+                and kernels.silu_down
+                and kernels.skinny_gemm
+                and isinstance(x, Normed)
+                and mlp_runs(x, self.gate_up_weight, module_weight(self.down_proj), residual)
+            ):
+                total, squares = persistent_mlp(
+                    x, self.gate_up_weight, module_weight(self.down_proj), residual
+                )
+                return Residual(total, squares=squares)
             gate_up = linear(x, self.gate_up_weight, fuse=kernels.skinny_gemm)
             if (
                 kernels.silu_down

@@ -189,6 +189,7 @@ class KernelClaims:
         "sdar_core.norm_rope",
         "sdar_core.decode_attention",
         "sdar_core.in_block",
+        "sdar_core.persistent",
     )
 
     def __init__(self, folder: str | os.PathLike, skip_claimed: bool, patience: float = 60.0) -> None:

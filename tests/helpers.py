@@ -219,22 +219,25 @@ def compile_for_hopper(run) -> list[dict]:
     def build(fn, args, kwargs):
         bound = fn.signature.bind_partial(*args, **{k: v for k, v in kwargs.items() if k in fn.arg_names})
         bound.apply_defaults()
-        signature, constants = {}, {}
-        for param in fn.params:
+        signature, constants, attrs = {}, {}, {}
+        for i, param in enumerate(fn.params):
             value = bound.arguments[param.name]
             if param.is_constexpr or value is None:
                 signature[param.name], constants[param.name] = "constexpr", value
             elif isinstance(value, torch.Tensor):
                 signature[param.name] = POINTER_TYPES[value.dtype]
+                attrs[(i,)] = [["tt.divisibility", 16]]  # as a launch's allocations are aligned
             elif isinstance(value, bool):
                 signature[param.name] = "i1"
             elif isinstance(value, int):
                 signature[param.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+                if value % 16 == 0 and not param.do_not_specialize:  # as a launch specialises such numbers
+                    attrs[(i,)] = [["tt.divisibility", 16]]
             else:
                 signature[param.name] = "fp32"
         options = {k: v for k, v in kwargs.items() if k not in fn.arg_names}
         kernel = triton.compile(
-            ASTSource(fn, signature, constants), target=GPUTarget("cuda", *HOPPER), options=options
+            ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", *HOPPER), options=options
         )
         built.append(
             {

@@ -194,6 +194,23 @@ def test_the_kernels_the_forward_has_long_launched_build_too():
         built(lambda: experts.triton_forward(tokens, chosen, weights), ["_expert_matmul", "_expert_matmul"])
 
 
+def test_the_persistent_mlp_builds_at_the_1_7bs_shape():
+    """The 1.7B's one-token MLP (h 2,048, intermediate 6,144; down's 4 splits at 132 SMs) as one persistent launch,
+    PDL on: it spins on its range counters with acquire loads and counts with release reductions after a barrier; two
+    programs' shared memory fit on an SM."""
+    from sdar_core import persistent
+    from sdar_core.gemm import Normed
+    from sdar_core.model import RMSNorm
+
+    x = Normed(torch.zeros(1, 1, 2048, dtype=BF), torch.zeros(1, 1, 128), RMSNorm(2048, 1e-6).to(BF))
+    w1, w2 = torch.zeros(12288, 2048, dtype=BF), torch.zeros(2048, 6144, dtype=BF)
+    kernel = built(lambda: persistent.mlp(x, w1, w2, x.x), ["_mlp_kernel"])[0]
+    assert kernel["constants"]["SPLITS"] == 4 and kernel["constants"]["PDL"] is True
+    assert kernel["shared"] * persistent.PROGRAMS_PER_SM <= 228 << 10
+    ptx = kernel["ptx"]
+    assert "ld.global.gpu.acquire" in ptx and "red.global.gpu.release" in ptx and "bar.sync" in ptx
+
+
 # Each kernel sdar_core launches, and the test above that builds it for Hopper.
 BUILT_BY = {
     "_split_kernel": test_the_split_k_attention_builds_with_and_without_its_merge_folded,
@@ -209,6 +226,7 @@ BUILT_BY = {
     "_norm_rope_kernel": test_the_kernels_the_forward_has_long_launched_build_too,
     "_sort_kernel": test_the_kernels_the_forward_has_long_launched_build_too,
     "_expert_matmul": test_the_kernels_the_forward_has_long_launched_build_too,
+    "_mlp_kernel": test_the_persistent_mlp_builds_at_the_1_7bs_shape,
 }
 
 
