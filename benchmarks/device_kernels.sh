@@ -316,6 +316,8 @@ print('merge kernel graph == plain at 3 splits:', a == b, sum(x != y for r, s in
     grep -E "^FAILED|^ERROR|passed|failed" "$OUT/cuda-tests.log" | tail -12
     within 90 python3 -m benchmarks.profile_forward --split-k on --persistent-mlp both --contexts 64 8k \
       --gemm skinny+pdl --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -10
+    SDAR_MLP_PER_SM=4 within 40 python3 -m benchmarks.profile_forward --split-k on --persistent-mlp on --contexts 64 \
+      --gemm skinny+pdl --out "$OUT/profile-4-per-sm" 2>&1 | tee "$OUT/profile-4-per-sm.log" | tail -4
     for v in default persistent; do
       within 60 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 --new-tokens 256 \
         --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none \

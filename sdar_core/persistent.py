@@ -26,6 +26,8 @@ has started, so it cannot take their places.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import pdl
@@ -49,7 +51,9 @@ try:
 except ImportError:
     triton = None
 
-PROGRAMS_PER_SM = 2  # the most programs an SM takes (fewer where the compiled kernel's resources allow fewer)
+# The most programs an SM takes, fewer where the compiled kernel's resources allow fewer: 2 (SDAR_MLP_PER_SM=1-8
+# overrides it: the benchmarks compare).
+PROGRAMS_PER_SM = int(os.environ.get("SDAR_MLP_PER_SM", "2"))
 REGISTERS_PER_SM = 65536
 MAX_WARPS_PER_SM = 64
 _fits: dict[tuple, int] = {}  # (device, compiled kernel's resources) -> programs per SM
