@@ -5,10 +5,11 @@ The dispatch of each kernel asks for CUDA; here it is told the CPU will do (the 
 decode in float16 takes every kernel a GPU decode takes: the skinny GEMM and its folds, the split-K attention, the
 fused norms, the MoE's kernels. Four decodes (SDAR dense and MoE with the static schedule, Qwen3 dense and MoE with
 one token a step), each three ways: eager ops only (the reference), the default kernels, and every switch this
-engine has off by default (the merge in the split kernel, norm + RoPE in it, the MoE layer's norm and add in its
-kernels, the router with its routing). All give the reference's tokens, and the kernels each launches show that each
-switch took its path: no merge kernel, norm + RoPE kernels for the prefills only, one router-with-routing kernel and
-one add + norm kernel fewer for each one-token MoE layer.
+engine has off by default (the merge in the split kernel, norm + RoPE in it, the persistent MLP) with the two it has
+on turned off (the MoE layer's norm and add in its kernels, the router with its routing). All give the reference's
+tokens, and the kernels each launches show that each switch took its path: no merge kernel, norm + RoPE kernels for
+the prefills only, the persistent MLP for the one-token dense layers, and by default one router-with-routing kernel
+and one add + norm kernel fewer for each one-token MoE layer.
 """
 
 from __future__ import annotations
@@ -64,7 +65,12 @@ default = decodes(Kernels(graphed_prefill=False), "static")
 default_launched = dict(launched)
 launched.clear()
 switches = Kernels(
-    graphed_prefill=False, merge_fold=True, rope_in_attention=True, expert_fold=True, gate_route=True
+    graphed_prefill=False,
+    merge_fold=True,
+    rope_in_attention=True,
+    persistent_mlp=True,
+    expert_fold=False,
+    gate_route=False,
 )
 every = decodes(switches, "static")
 print(json.dumps([reference, default, every, default_launched, dict(launched)]))
@@ -80,8 +86,11 @@ def test_a_decode_through_every_kernel_under_the_interpreter_gives_the_eager_tok
     assert (
         by_default["_norm_rope_kernel"] - with_switches["_norm_rope_kernel"] == with_switches["_split_kernel"]
     )
-    # every one-token MoE layer took the router with its routing, and its add went into the down gemv
-    folded = with_switches["_gate_route_kernel"]
-    assert folded == with_switches["_expert_gemv_down"] > 0
-    assert by_default["_add_norm_kernel"] - with_switches["_add_norm_kernel"] == folded
-    assert by_default["_route_kernel"] - with_switches["_route_kernel"] == folded
+    # by default every one-token MoE layer took the router with its routing, and its add went into the down gemv;
+    # with those two off, a routing kernel and an add + norm kernel came back for each
+    folded = by_default["_gate_route_kernel"]
+    assert folded == by_default["_expert_gemv_down"] > 0 and "_gate_route_kernel" not in with_switches
+    assert with_switches["_add_norm_kernel"] - by_default["_add_norm_kernel"] == folded
+    assert with_switches["_route_kernel"] - by_default["_route_kernel"] == folded
+    # the one-token dense MLPs took the persistent kernel, two GEMMs fewer each
+    assert "_mlp_kernel" not in by_default and with_switches["_mlp_kernel"] > 0
