@@ -63,7 +63,7 @@ _fits: dict[tuple, int] = {}  # (device, compiled kernel's resources) -> program
 def mlp_runs(x: Normed, gate_up: torch.Tensor, down: torch.Tensor, residual: torch.Tensor) -> bool:
     """Whether `mlp` takes this one-token MLP: bf16/fp16/fp32 weights (not float8) of x's dtype, the [gate; up]
     GEMM would take the Normed (gemm.normed_runs), one row, the residual a [1, h] of x's dtype, and an intermediate
-    size of whole 16-row tiles."""
+    size of whole 16-row tiles, and the device's split-K counters allocated."""
     if not (isinstance(gate_up, torch.Tensor) and isinstance(down, torch.Tensor)):
         return False
     h, inter = x.x.shape[-1], down.shape[-1]
@@ -73,7 +73,8 @@ def mlp_runs(x: Normed, gate_up: torch.Tensor, down: torch.Tensor, residual: tor
         return False
     if down.dtype != x.x.dtype or not down.is_contiguous() or inter % 16:
         return False
-    return normed_runs(x, gate_up)
+    # (the counters exist unless a graph capture would have to allocate them: the two GEMMs then run unsplit)
+    return normed_runs(x, gate_up) and counters(x.x.device) is not None
 
 
 def mlp(
