@@ -546,6 +546,7 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
             skinny_gemm=kernels.skinny_gemm,
             skinny_rows=gemm.MAX_ROWS if kernels.skinny_gemm else 0,
             add_splits=gemm.ADD_MAX_SPLIT,  # SDAR_ADD_SPLITS: 0, config_for's count
+            gemm_ahead=gemm.AHEAD,  # SDAR_GEMM_AHEAD: two weight tiles in flight a program
             graphed_prefill=kernels.graphed_prefill,
             mask_free_prefill=kernels.mask_free_prefill,
             in_block_kernel=kernels.in_block_kernel,

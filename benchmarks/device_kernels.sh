@@ -63,10 +63,12 @@
 #   bash benchmarks/device_kernels.sh validate [S] # within S s (default 580): every `cuda` test on the defaults, a cold
 #                                                # start with 4 workers, the dense profile at 64 without and with
 #                                                # merge_fold, then with SDAR_ADD_SPLITS=2
-#   bash benchmarks/device_kernels.sh persistent [S]  # within S s (default 400): the persistent MLP's and the
-#                                                # switched paths' `cuda` tests, the dense profile at 64 without and
-#                                                # with it (4, 2, 6 programs an SM), the 64-token rows without and
-#                                                # with it, the 30B-A3B rows
+#   bash benchmarks/device_kernels.sh persistent [S]  # within S s (default 580): the `cuda` tests of the persistent
+#                                                # MLP, the switched paths and the GEMM with two tiles in flight
+#                                                # (SDAR_GEMM_AHEAD=1), the dense profile at 64 without and with each
+#                                                # (the MLP at 4, 2, 6 programs an SM), the projections one by one
+#                                                # with one and two tiles in flight, the 64-token rows with each,
+#                                                # the 30B-A3B rows
 #   bash benchmarks/device_kernels.sh switched-short  # what a nearly spent session can afford of `switched`: the
 #                                                # mended `cuda` tests, the 30B-A3B rows without and with
 #                                                # expert_fold + gate_route (results flat in $OUT, no tar)
@@ -306,15 +308,20 @@ print('merge kernel graph == plain at 3 splits:', a == b, sum(x != y for r, s in
     SDAR_ADD_SPLITS=2 within $((LIMIT - SECONDS)) python3 -m benchmarks.profile_forward --split-k on --contexts 64 \
       --gemm skinny+pdl --out "$OUT/profile-add-splits2" 2>&1 | tee "$OUT/profile-add-splits2.log" | tail -6
     tar czf /tmp/validate.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/validate.tgz "$OUT/" ;;
-  persistent)  # within $2 s (default 400): the persistent MLP (Kernels.persistent_mlp) and the defaults as they stand:
-    # the `cuda` tests of the new kernel and of the paths switched on since the last GPU run, the dense profile at 64
-    # without and with it (4 programs an SM, then 2 and 6), the goals' 64-token bench rows without and with it, the
-    # 30B-A3B rows (the MoE folds on by default)
-    LIMIT=${2:-400}
+  persistent)  # within $2 s (default 580): what the eighteenth session left unmeasured, the most telling first: the
+    # `cuda` tests of the persistent MLP (Kernels.persistent_mlp), of the paths switched on since the last GPU run and
+    # of the GEMM with two weight tiles in flight (SDAR_GEMM_AHEAD=1); the dense profile at 64 without and with the
+    # persistent MLP (4 programs an SM), then with 2 and 6, then with SDAR_GEMM_AHEAD=1; the 1.7B-8B projections one
+    # by one at 1 and 16 rows with one and two tiles in flight; the goals' 64-token bench rows by default, with the
+    # persistent MLP, with SDAR_GEMM_AHEAD=1; the 30B-A3B rows (the MoE folds on by default)
+    LIMIT=${2:-580}
     within 100 python3 -m pytest -q -p no:cacheprovider -n 8 -m cuda -rf --tb=short tests/test_persistent.py \
       tests/test_decoding.py tests/test_warmup.py tests/test_moe.py tests/test_attention.py \
       > "$OUT/cuda-tests.log" 2>&1
     grep -E "^FAILED|^ERROR|passed|failed" "$OUT/cuda-tests.log" | tail -12
+    SDAR_GEMM_AHEAD=1 within 50 python3 -m pytest -q -p no:cacheprovider -n 4 -m cuda -rf --tb=short \
+      tests/test_gemm.py > "$OUT/cuda-tests-ahead.log" 2>&1
+    grep -E "^FAILED|^ERROR|passed|failed" "$OUT/cuda-tests-ahead.log" | tail -6
     within 50 python3 -m benchmarks.profile_forward --split-k on --persistent-mlp both --contexts 64 \
       --gemm skinny+pdl --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -8
     for per_sm in 2 6; do
@@ -322,10 +329,17 @@ print('merge kernel graph == plain at 3 splits:', a == b, sum(x != y for r, s in
         --contexts 64 --gemm skinny+pdl --out "$OUT/profile-$per_sm-per-sm" 2>&1 \
         | tee "$OUT/profile-$per_sm-per-sm.log" | tail -4
     done
-    for v in default persistent; do
-      within 55 python3 -m benchmarks.bench --arch sdar-1.7b --fuse --prompt-lengths 64 --new-tokens 256 \
-        --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 --transformers none \
-        $([ $v = default ] || echo --persistent-mlp) --out "$OUT/bench-$v" 2>&1 | tee "$OUT/bench-$v.log" | tail -3
+    SDAR_GEMM_AHEAD=1 within 40 python3 -m benchmarks.profile_forward --split-k on --persistent-mlp both \
+      --contexts 64 --gemm skinny+pdl --out "$OUT/profile-ahead" 2>&1 | tee "$OUT/profile-ahead.log" | tail -6
+    for ahead in 0 1; do
+      SDAR_GEMM_AHEAD=$ahead within 60 python3 -m benchmarks.gemm --out "$OUT/gemm-ahead$ahead" --rows 1 16 \
+        --sweep-rows 0 2>&1 | tee "$OUT/gemm-ahead$ahead.log" | grep -v "^  " | tail -4
+    done
+    for v in default persistent ahead; do
+      SDAR_GEMM_AHEAD=$([ $v = ahead ] && echo 1 || echo 0) within 55 python3 -m benchmarks.bench --arch sdar-1.7b \
+        --fuse --prompt-lengths 64 --new-tokens 256 --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 \
+        --transformers none $([ $v = persistent ] && echo --persistent-mlp) --out "$OUT/bench-$v" 2>&1 \
+        | tee "$OUT/bench-$v.log" | tail -3
     done
     within $((LIMIT - SECONDS)) $MOE --out "$OUT/moe" 2>&1 | tee "$OUT/moe.log" | tail -3
     tar czf /tmp/persistent.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/persistent.tgz "$OUT/" ;;

@@ -320,6 +320,7 @@ def main() -> None:
                     gemm=gemm,
                     skinny_rows=skinny.MAX_ROWS if gemm.startswith("skinny") else 0,
                     add_splits=skinny.ADD_MAX_SPLIT,  # SDAR_ADD_SPLITS: 0, config_for's count
+                    gemm_ahead=skinny.AHEAD,  # SDAR_GEMM_AHEAD
                     replay_ms=round(replay_ms(graph), 3),
                 )
                 row |= kernel_profile(graph, layers)

@@ -82,6 +82,13 @@ def _add_splits_from_env() -> int:
 
 
 ADD_MAX_SPLIT = _add_splits_from_env()
+# Weight tiles a program keeps in flight: 1, the default, loads each K step's tile where it is used; SDAR_GEMM_AHEAD=1
+# loads the next step's tile before the current step's sum (the same sums in the same order: the same bits). Each
+# program then waits on one tile while the next comes in. Off until measured: the H200's microbenchmark has down at
+# 69% and qkv at 78% of the bandwidth with ~4 programs an SM against gate_up's 92% with ~6, as if the bytes in flight
+# an SM, not the stream, set their speed (benchmarks/NOTES.md, "Two weight tiles in flight").
+ENV_AHEAD = "SDAR_GEMM_AHEAD"
+AHEAD = os.environ.get(ENV_AHEAD, "0") == "1"
 # The rows `linear` sends to the kernel for an Fp8Weight: every row count the kernel serves (the decode forward's
 # steps and blocks; a longer prefill dequantizes instead).
 FP8_MAX_ROWS = 64
@@ -441,6 +448,7 @@ def launch(
         NORM=norm is not None,
         BLOCK_T=triton.next_power_of_2(tiles) if norm is not None else 1,
         PDL=chained,
+        AHEAD=AHEAD,
         num_warps=cfg.warps,
         num_stages=stages_that_fit(
             cfg, block_m(rows), weight.element_size(), x2.element_size(), swiglu, x2.device
@@ -661,6 +669,7 @@ if triton is not None:
         NORM: tl.constexpr,  # x = RMSNorm(X) with NW, each row's mean square from the T sums of SQ
         BLOCK_T: tl.constexpr,
         PDL: tl.constexpr,
+        AHEAD: tl.constexpr = False,  # the next K step's weight tile loaded before the current step's sum
     ):
         pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -677,6 +686,8 @@ if triton is not None:
             tl.extra.cuda.gdc_launch_dependents()
         rk = k0 + tl.arange(0, BLOCK_K)
         w = tl.load(W + rn_safe[:, None] * K + rk[None, :], mask=rk[None, :] < K, other=0.0)
+        if AHEAD:  # the second step's tile too, before the wait (none past the split)
+            w_next = _weight_tile(W, rn_safe, k0, BLOCK_K, per_split, K, BLOCK_K)
         if PDL:
             tl.extra.cuda.gdc_wait()
         live = (rm[:, None] < M) & (rn[None, :] < N)
@@ -691,17 +702,29 @@ if triton is not None:
         x = _x_tile(
             X + rm_safe[:, None] * sxm + rk[None, :], rk[None, :] < K, K, True, SWIGLU, NORM, nw_ptrs, rstd
         )
+        if AHEAD:
+            for kk in range(BLOCK_K, per_split, BLOCK_K):
+                w_after = _weight_tile(
+                    W, rn_safe, k0, kk + BLOCK_K, per_split, K, BLOCK_K
+                )  # in flight meanwhile
+                acc = _step(acc, x, w, BLOCK_M, IEEE)
+                rk = k0 + kk + tl.arange(0, BLOCK_K)
+                x_ptrs = X + rm_safe[:, None] * sxm + rk[None, :]
+                x = _x_tile(x_ptrs, rk[None, :] < K, K, not EVEN_K, SWIGLU, NORM, NW + rk[None, :], rstd)
+                w = w_next
+                w_next = w_after
         acc = _step(acc, x, w, BLOCK_M, IEEE)
-        for kk in range(BLOCK_K, per_split, BLOCK_K):
-            rk = k0 + kk + tl.arange(0, BLOCK_K)
-            x_ptrs = X + rm_safe[:, None] * sxm + rk[None, :]
-            w_ptrs = W + rn_safe[:, None] * K + rk[None, :]
-            x = _x_tile(x_ptrs, rk[None, :] < K, K, not EVEN_K, SWIGLU, NORM, NW + rk[None, :], rstd)
-            if EVEN_K:
-                w = tl.load(w_ptrs)
-            else:
-                w = tl.load(w_ptrs, mask=rk[None, :] < K, other=0.0)
-            acc = _step(acc, x, w, BLOCK_M, IEEE)
+        if not AHEAD:
+            for kk in range(BLOCK_K, per_split, BLOCK_K):
+                rk = k0 + kk + tl.arange(0, BLOCK_K)
+                x_ptrs = X + rm_safe[:, None] * sxm + rk[None, :]
+                w_ptrs = W + rn_safe[:, None] * K + rk[None, :]
+                x = _x_tile(x_ptrs, rk[None, :] < K, K, not EVEN_K, SWIGLU, NORM, NW + rk[None, :], rstd)
+                if EVEN_K:
+                    w = tl.load(w_ptrs)
+                else:
+                    w = tl.load(w_ptrs, mask=rk[None, :] < K, other=0.0)
+                acc = _step(acc, x, w, BLOCK_M, IEEE)
         if BLOCK_M > 1:
             acc = tl.trans(acc)  # [BLOCK_M, BLOCK_N], once per tile
         if SPLIT_K == 1:
@@ -718,6 +741,14 @@ if triton is not None:
                     total += tl.load(WS + s * M * N + out, mask=live, other=0.0, cache_modifier=".cg")
                 store_tile(total, Y, S, res, SQ, out, live, rm, rn_safe, pid_n, T, M, SCALED, ADD)
                 tl.atomic_xchg(COUNT + tile, 0)
+
+    @triton.jit
+    def _weight_tile(W, rn_safe, k0, kk, per_split, K, BLOCK_K: tl.constexpr):
+        """The [rows, BLOCK_K] weight tile of the split from k0 at its step kk, zeros at and past the split's end
+        (per_split) and K's: a step that does not exist loads nothing."""
+        rk = k0 + kk + tl.arange(0, BLOCK_K)
+        live = (rk[None, :] < K) & (kk + 0 * rn_safe[:, None] < per_split)
+        return tl.load(W + rn_safe[:, None] * K + rk[None, :], mask=live, other=0.0)
 
     @triton.jit
     def store_tile(

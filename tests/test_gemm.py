@@ -282,8 +282,24 @@ for rows, n, k, n2, (bn, bk, split), swiglu, fp8 in [
 xb, wb = torch.randn(1, 512, generator=g).bfloat16(), torch.randn(96, 512, generator=g).bfloat16()
 yb = gemm.launch(xb, wb, gemm.GemmConfig(16, 128, 2))
 errors["bf16_excess"] = rounding_excess(yb, xb, wb)
+# Two weight tiles in flight (gemm.AHEAD): the same bits as one, for every tile form above (one and several steps a
+# split, uneven last splits) and the SwiGLU, add and norm folds
+outs = {}
+for ahead in (False, True):
+    gemm.AHEAD = ahead
+    g2, got = torch.Generator().manual_seed(1), []
+    for rows, n, k, (bn, bk, split) in cases:
+        x, w = torch.randn(rows, k, generator=g2), torch.randn(n, k, generator=g2)
+        got.append(gemm.launch(x, w, gemm.GemmConfig(bn, bk, split)))
+    inp, w, r = torch.randn(1, 1024, generator=g2), torch.randn(40, 512, generator=g2), torch.randn(1, 40, generator=g2)
+    y, sq = gemm.launch(inp, w, gemm.GemmConfig(16, 128, 3), swiglu=True, residual=r)
+    norm = gemm.Norm(sq, torch.rand(40, generator=g2) + 0.5, 1e-6)
+    w2 = torch.randn(24, 40, generator=g2)
+    outs[ahead] = got + [y, sq, gemm.launch(y, w2, gemm.GemmConfig(16, 16, 2), norm=norm)]
+gemm.AHEAD = False
+ahead_same = all(torch.equal(a, b) for a, b in zip(outs[False], outs[True]))
 counters = gemm._counters.get(torch.device("cpu"))
-print(json.dumps({"errors": errors, "same": bool(same), "counters": int(counters.abs().sum())}))
+print(json.dumps({"errors": errors, "same": bool(same), "ahead": ahead_same, "counters": int(counters.abs().sum())}))
 """
 
 
@@ -293,7 +309,7 @@ def test_the_kernel_under_the_interpreter_equals_the_math():
     errors = out["errors"]
     assert errors.pop("bf16_excess") <= 0, out  # a float32 sum rounded once, as cuBLAS rounds
     assert max(errors.values()) < 1e-6, errors
-    assert out["same"] and out["counters"] == 0
+    assert out["same"] and out["ahead"] and out["counters"] == 0
 
 
 @pytest.mark.cuda

@@ -121,6 +121,30 @@ def test_the_skinny_gemm_builds_in_every_form_the_forward_launches(rows, form):
     )
 
 
+@pytest.mark.parametrize("rows", [1, 16])
+def test_the_skinny_gemm_with_two_tiles_in_flight_loads_twice_the_weight_before_its_wait(rows, monkeypatch):
+    """gemm.AHEAD (SDAR_GEMM_AHEAD=1): down (2048 x 6144, forming SwiGLU and adding) for one row (4 splits, 6 steps
+    each) and 16 rows builds, and its weight loads before the PDL wait are twice the one-tile form's: the second
+    step's tile is asked for before the first is summed."""
+    from sdar_core import gemm
+
+    x, w, residual = (
+        torch.zeros(rows, 12288, dtype=BF),
+        torch.zeros(2048, 6144, dtype=BF),
+        torch.zeros(rows, 2048, dtype=BF),
+    )
+    before_wait = {}
+    for ahead in (False, True):
+        monkeypatch.setattr(gemm, "AHEAD", ahead)
+        kernel = built(
+            lambda: gemm._rows_product(x, w, None, swiglu=True, residual=residual), ["_skinny_kernel"]
+        )[0]
+        assert kernel["constants"]["AHEAD"] is ahead
+        head = kernel["ptx"].split("griddepcontrol.wait")[0]
+        before_wait[ahead] = head.count("ld.global.v4")
+    assert before_wait[False] > 0 and before_wait[True] == 2 * before_wait[False], before_wait
+
+
 @pytest.mark.parametrize("fold", [False, True])
 def test_the_expert_gemv_builds_with_and_without_the_layers_norm_and_add(fold):
     """The 30B-A3B layer's expert shapes (h 2048, intermediate 768, top 8; 8 experts stored, not 128) at the
