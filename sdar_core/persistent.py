@@ -57,7 +57,7 @@ except ImportError:
 PROGRAMS_PER_SM = int(os.environ.get("SDAR_MLP_PER_SM", "4"))
 REGISTERS_PER_SM = 65536
 MAX_WARPS_PER_SM = 64
-_fits: dict[tuple, int] = {}  # (device, compiled kernel's resources) -> programs per SM
+_fits: dict[tuple, int] = {}  # (device, dtype, the launch's shapes and constexprs) -> programs an SM
 
 
 def mlp_runs(x: Normed, gate_up: torch.Tensor, down: torch.Tensor, residual: torch.Tensor) -> bool:
@@ -193,19 +193,18 @@ def launch(
 
 def fitting_programs(args: tuple, meta: dict, device: torch.device) -> int:
     """The SMs times the programs of this kernel one SM holds at once (registers, shared memory, warps), at most
-    PROGRAMS_PER_SM: compiled without a launch (Triton's warmup) the first time."""
-    compiled = _mlp_kernel.warmup(*args, grid=(1,), **meta)
-    compiled._init_handles()  # loads the module: its register count is known from then on
-    warps = meta["num_warps"]
-    key = (device, compiled.n_regs, compiled.metadata.shared, warps)
+    PROGRAMS_PER_SM: compiled without a launch (Triton's warmup) the first time for these shapes, remembered after."""
+    key = (device, args[0].dtype, tuple(sorted(meta.items())))
     if key not in _fits:
+        compiled = _mlp_kernel.warmup(*args, grid=(1,), **meta)
+        compiled._init_handles()  # loads the module: its register count is known from then on
+        warps = meta["num_warps"]
         regs = -(-max(compiled.n_regs, 1) // 8) * 8 * 32 * warps  # allocated per warp in 8-register steps
         props = torch.cuda.get_device_properties(device)
         smem = getattr(props, "shared_memory_per_multiprocessor", 228 << 10)
         by_smem = smem // (compiled.metadata.shared + 1024) if compiled.metadata.shared else PROGRAMS_PER_SM
-        _fits[key] = max(
-            1, min(PROGRAMS_PER_SM, REGISTERS_PER_SM // regs, by_smem, MAX_WARPS_PER_SM // warps)
-        )
+        fit = min(PROGRAMS_PER_SM, REGISTERS_PER_SM // regs, by_smem, MAX_WARPS_PER_SM // warps)
+        _fits[key] = max(1, fit)
     return _sm_count(device) * _fits[key]
 
 

@@ -4,6 +4,7 @@ GEMMs bit for bit at the 1.7B's shape and in a graph decode, with one kernel few
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -84,6 +85,41 @@ def test_the_launcher_refuses_more_than_one_row_and_wider_tiles():
         persistent.launch(
             x[:1], torch.zeros(1, 2), torch.ones(32), 1e-6, w1, w2, x[:1], 32, gemm.GemmConfig(64, 32, 1)
         )
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="needs triton (the kernel's definition)"
+)
+@pytest.mark.parametrize(
+    "regs, shared, per_sm, expected",
+    [(72, 2048, 4, 4), (72, 2048, 8, 7), (200, 2048, 4, 2), (72, 120 << 10, 4, 1), (40, 0, 8, 8)],
+)
+def test_the_grid_is_what_fits_on_the_sms_at_once(monkeypatch, regs, shared, per_sm, expected):
+    """The programs wait on each other, so the grid is the SMs times the programs one SM holds at once: registers
+    (65,536 an SM, allocated per warp in steps of 8 a thread), shared memory, at most PROGRAMS_PER_SM; the compiled
+    kernel is asked once per shape."""
+    from types import SimpleNamespace
+
+    from sdar_core import persistent
+
+    asked = []
+
+    def warmup(*args, grid, **meta):
+        asked.append(meta)
+        return SimpleNamespace(
+            n_regs=regs, metadata=SimpleNamespace(shared=shared), _init_handles=lambda: None
+        )
+
+    props = SimpleNamespace(multi_processor_count=132, shared_memory_per_multiprocessor=228 << 10)
+    monkeypatch.setattr(persistent._mlp_kernel, "warmup", warmup)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    monkeypatch.setattr(persistent, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(persistent, "PROGRAMS_PER_SM", per_sm)
+    monkeypatch.setattr(persistent, "_fits", {})
+    meta = dict(h=2048, inter=6144, num_warps=4)
+    for _ in range(2):
+        assert persistent.fitting_programs((torch.zeros(1),), meta, torch.device("cpu")) == 132 * expected
+    assert len(asked) == 1
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
