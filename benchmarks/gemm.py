@@ -84,7 +84,9 @@ def measure(args) -> dict:
     device = torch.device("cuda")
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     bw = common.measure_bandwidth(device)
-    result = dict(machine=machine_info(device), bandwidth_GBps=bw / 1e9, sms=sms, gemm_ahead=gemm.AHEAD, rows=[])
+    result = dict(
+        machine=machine_info(device), bandwidth_GBps=bw / 1e9, sms=sms, gemm_ahead=gemm.AHEAD, rows=[]
+    )
     started = time.perf_counter()
     g = torch.Generator(device=device).manual_seed(0)
     for arch in args.archs:
