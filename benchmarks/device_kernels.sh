@@ -315,27 +315,32 @@ print('merge kernel graph == plain at 3 splits:', a == b, sum(x != y for r, s in
     # by one at 1 and 16 rows with one and two tiles in flight; the goals' 64-token bench rows by default, with the
     # persistent MLP, with SDAR_GEMM_AHEAD=1; the 30B-A3B rows (the MoE folds on by default)
     LIMIT=${2:-580}
-    within 100 python3 -m pytest -q -p no:cacheprovider -n 8 -m cuda -rf --tb=short tests/test_persistent.py \
+    # the persistent kernel's own tests first and alone: a kernel whose programs wait on each other could hang, and
+    # then none of its measurements below runs (MLP=off)
+    within 60 python3 -m pytest -q -p no:cacheprovider -m cuda -rf --tb=short tests/test_persistent.py \
+      > "$OUT/cuda-tests-persistent.log" 2>&1 && MLP=both || MLP=off
+    grep -E "^FAILED|^ERROR|passed|failed" "$OUT/cuda-tests-persistent.log" | tail -6; echo "persistent MLP: $MLP"
+    within 90 python3 -m pytest -q -p no:cacheprovider -n 8 -m cuda -rf --tb=short \
       tests/test_decoding.py tests/test_warmup.py tests/test_moe.py tests/test_attention.py \
       > "$OUT/cuda-tests.log" 2>&1
     grep -E "^FAILED|^ERROR|passed|failed" "$OUT/cuda-tests.log" | tail -12
     SDAR_GEMM_AHEAD=1 within 50 python3 -m pytest -q -p no:cacheprovider -n 4 -m cuda -rf --tb=short \
       tests/test_gemm.py > "$OUT/cuda-tests-ahead.log" 2>&1
     grep -E "^FAILED|^ERROR|passed|failed" "$OUT/cuda-tests-ahead.log" | tail -6
-    within 50 python3 -m benchmarks.profile_forward --split-k on --persistent-mlp both --contexts 64 \
+    within 50 python3 -m benchmarks.profile_forward --split-k on --persistent-mlp $MLP --contexts 64 \
       --gemm skinny+pdl --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -8
-    for per_sm in 2 6; do
+    [ $MLP = off ] || for per_sm in 2 6; do
       SDAR_MLP_PER_SM=$per_sm within 30 python3 -m benchmarks.profile_forward --split-k on --persistent-mlp on \
         --contexts 64 --gemm skinny+pdl --out "$OUT/profile-$per_sm-per-sm" 2>&1 \
         | tee "$OUT/profile-$per_sm-per-sm.log" | tail -4
     done
-    SDAR_GEMM_AHEAD=1 within 40 python3 -m benchmarks.profile_forward --split-k on --persistent-mlp both \
+    SDAR_GEMM_AHEAD=1 within 40 python3 -m benchmarks.profile_forward --split-k on --persistent-mlp $MLP \
       --contexts 64 --gemm skinny+pdl --out "$OUT/profile-ahead" 2>&1 | tee "$OUT/profile-ahead.log" | tail -6
     for ahead in 0 1; do
       SDAR_GEMM_AHEAD=$ahead within 60 python3 -m benchmarks.gemm --out "$OUT/gemm-ahead$ahead" --rows 1 16 \
         --sweep-rows 0 2>&1 | tee "$OUT/gemm-ahead$ahead.log" | grep -v "^  " | tail -4
     done
-    for v in default persistent ahead; do
+    for v in default $([ $MLP = off ] || echo persistent) ahead; do
       SDAR_GEMM_AHEAD=$([ $v = ahead ] && echo 1 || echo 0) within 55 python3 -m benchmarks.bench --arch sdar-1.7b \
         --fuse --prompt-lengths 64 --new-tokens 256 --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 \
         --transformers none $([ $v = persistent ] && echo --persistent-mlp) --out "$OUT/bench-$v" 2>&1 \
