@@ -11,13 +11,14 @@ at most PROGRAMS_PER_SM), each taking work units in turn, so the dependency is p
 - phase 1, [gate; up]: units of BLOCK_N rows of the fused weight, ordered by the slice of the intermediate that
   down's split s reads (`range` s: its gate tiles, then its up tiles); a program that finishes a unit stores its
   rows and counts it in on the range's counter (release);
-- phase 2, down: units (split s, output tile), all of split 0 first; a program loads its unit's first weight tile,
-  waits until range s is complete (acquire), then sums its slice; the last of an output tile's splits to arrive adds
+- phase 2, down: units (split s, output tile), all of split 0 first, dealt first to the programs that had one
+  [gate; up] unit fewer (free the earliest); a program loads its unit's first weight tile, waits until range s is
+  complete (acquire), then sums its slice; the last of an output tile's splits to arrive adds
   the splits in split order, adds the residual and stores the sum and its squares per tile (gemm.store_tile), as the
   two-kernel path does. Split 0's reduction starts while [gate; up] still streams the later ranges.
 The last program to finish resets the counters. Every rounding is the two kernels' (the same tile shapes, steps and
-order): the result equals theirs bit for bit (tests/test_persistent.py checks it on a GPU, and both against float64
-math under the interpreter, where one program runs every unit in order).
+order): the result equals theirs bit for bit (tests/test_persistent.py checks it on a GPU, and under the interpreter
+against float64 math and the two GEMMs, with one program doing every unit and with several at once, each in a thread).
 
 The programs wait on each other, so all must be resident: `programs` asks the compiled kernel's registers and shared
 memory how many fit on an SM. A kernel launched after this one under PDL starts only once every program of this one
@@ -326,9 +327,13 @@ if triton is not None:
                 _gate_up_unit(X, NW, W1, HID, w, row0, rstd, h, BLOCK_N, BLOCK_K1, EVEN1, IEEE)
                 tl.debug_barrier()  # every thread's stores before the count that releases them
                 tl.atomic_add(RANGE + r, 1, sem="release")
-        # phase 2: down, split by split; each unit waits for its own range only
+        # phase 2: down, split by split; each unit waits for its own range only. The programs with one [gate; up] unit
+        # fewer (units1 is not a multiple of P: the first `extra` programs take one more) are free first and take
+        # the first units, the earliest splits; the others follow them.
+        extra = units1 % P
+        rank = (pid - extra + P) % P
         rm = tl.arange(0, 1)
-        for v in range(pid, SPLITS * tiles, P):
+        for v in range(rank, SPLITS * tiles, P):
             s = v // tiles
             n = v % tiles
             rn2 = n * BLOCK_N + tl.arange(0, BLOCK_N)

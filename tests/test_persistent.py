@@ -1,6 +1,8 @@
 """The persistent MLP kernel (persistent.py): under the interpreter against float64 math and against the two GEMMs it
-replaces (gemm.launch), bit for bit; on the CPU the switch changes nothing; on a GPU the one launch equals the two
-GEMMs bit for bit at the 1.7B's shape and in a graph decode, with one kernel fewer a layer."""
+replaces (gemm.launch), bit for bit, with one program and with several at once (each in a thread, waiting on each
+other as on a GPU); the grid is what fits on the SMs at once; on the CPU the switch changes nothing; on a GPU the one
+launch equals the two GEMMs bit for bit at the 1.7B's and 4B's shapes and in a graph decode, one kernel fewer a
+layer."""
 
 from __future__ import annotations
 
@@ -14,6 +16,70 @@ from sdar_core.decoding import generate
 from sdar_core.kernels import Kernels
 
 from helpers import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
+
+# Each program of an interpreted launch in a thread of its own: the interpreter runs a grid's programs one after
+# another, where a program that waits for another would wait forever.
+HARNESS = """
+import triton.language as tl
+from triton.runtime import interpreter as I
+from sdar_core import gemm, persistent
+
+local = threading.local()
+builder = I.interpreter_builder
+serial_pid = builder.create_get_program_id
+
+
+def program_id(axis):
+    idx = getattr(local, "idx", None)
+    if idx is None:
+        return serial_pid(axis)
+    return I.TensorHandle(np.array([idx[axis]], dtype=np.int32), tl.int32)
+
+
+builder.create_get_program_id = program_id
+serial_call = I.GridExecutor.__call__
+
+
+def threaded_call(self, *args, **kwargs):
+    fn, threads, errors = self.fn, [], []
+
+    def spawn(**kw):
+        idx = builder.grid_idx
+
+        def body():
+            local.idx = idx
+            try:
+                fn(**kw)
+            except BaseException as e:
+                errors.append(e)
+
+        t = threading.Thread(target=body, daemon=True)
+        t.start()
+        threads.append(t)
+        if idx == tuple(d - 1 for d in builder.grid_dim):
+            for t in threads:
+                t.join(timeout=60)
+            if any(t.is_alive() for t in threads):
+                raise TimeoutError("the programs did not finish: a wait that never ends")
+            if errors:
+                raise errors[0]
+
+    serial_dim = builder.set_grid_dim
+
+    def set_grid_dim(*dims):  # called after the arguments are bound, before the programs run
+        self.fn = spawn
+        return serial_dim(*dims)
+
+    builder.set_grid_dim = set_grid_dim
+    try:
+        return serial_call(self, *args, **kwargs)
+    finally:
+        self.fn = fn
+        builder.set_grid_dim = serial_dim
+
+
+I.GridExecutor.__call__ = threaded_call
+"""
 
 # One program runs every unit under the interpreter (its programs run one after another): the ranges, the splits
 # and their last-arriver sum, an intermediate no step divides (the last range short), h no step divides, one split,
@@ -61,6 +127,43 @@ def test_the_persistent_mlp_under_the_interpreter_is_the_math_and_the_two_gemms_
     assert max(v for k, v in errors.items() if "float32" in k) < 1e-6, errors
     assert max(v for k, v in errors.items() if "bfloat16" in k) < 2e-2, errors
     assert all(out["equal"].values()), out["equal"]
+    assert out["counters"] == 0
+
+
+# Several programs at once under the interpreter: each program of a launch in its own thread (its program id
+# thread-local), so that phase 2's waits on the range counters meet phase 1's counts from other programs as they come.
+# With 2, 3, 5 and 8 programs the result is the one program's bit for bit and the counters are back at zero; a wait
+# that never ends (a wrong count) fails after a minute instead of hanging; without the waits the results differ.
+THREADS = (
+    """
+import json, threading
+import numpy as np
+import torch
+"""
+    + HARNESS
+    + """
+g = torch.Generator().manual_seed(0)
+out = {}
+for h, inter, bk1, (bk2, splits) in [(64, 128, 32, (32, 2)), (40, 96, 32, (32, 3)), (64, 160, 32, (16, 4))]:
+    x = torch.randn(1, h, generator=g)
+    w1 = torch.randn(2 * inter, h, generator=g) / h**0.5
+    w2 = torch.randn(h, inter, generator=g) / inter**0.5
+    r, nw = torch.randn(1, h, generator=g), torch.rand(h, generator=g) + 0.5
+    sq = torch.nn.functional.pad(x, (0, -h % 16)).view(1, -1, 16).pow(2).sum(-1)
+    cfg = gemm.GemmConfig(16, bk2, splits)
+    one = persistent.launch(x, sq, nw, 1e-6, w1, w2, r, bk1, cfg, programs=1)
+    for P in (2, 3, 5, 8):
+        many = persistent.launch(x, sq, nw, 1e-6, w1, w2, r, bk1, cfg, programs=P)
+        out[f"{h}x{inter}/{splits} P={P}"] = bool(torch.equal(one[0], many[0]) and torch.equal(one[1], many[1]))
+print(json.dumps({"equal": out, "counters": int(gemm._counters[torch.device("cpu")].abs().sum())}))
+"""
+)
+
+
+@pytest.mark.skipif(interpreter_reason() is not None, reason=str(interpreter_reason()))
+def test_the_persistent_mlp_with_its_programs_as_threads_is_the_one_programs_result():
+    out = json.loads(run_interpreted(THREADS))
+    assert all(out["equal"].values()) and len(out["equal"]) == 12, out["equal"]
     assert out["counters"] == 0
 
 
