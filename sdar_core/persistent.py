@@ -31,7 +31,7 @@ import os
 
 import torch
 
-from . import pdl
+from . import gemm, pdl
 from .gemm import (
     FOLD_MAX_ROWS,
     GemmConfig,
@@ -181,6 +181,7 @@ def launch(
         IEEE=x.dtype == torch.float32,
         BLOCK_T=triton.next_power_of_2(squares.shape[-1]),
         PDL=chained,
+        AHEAD=gemm.AHEAD,
         num_warps=cfg.warps,
         num_stages=stages_that_fit(cfg, 1, down.element_size(), x.element_size(), True, x.device),
         **pdl.options(chained),
@@ -211,7 +212,7 @@ def fitting_programs(args: tuple, meta: dict, device: torch.device) -> int:
 
 if triton is not None:
     from .fused import silu_mul_tile
-    from .gemm import _step, normalise, row_rstd, store_tile
+    from .gemm import _step, _weight_tile, normalise, row_rstd, store_tile
 
     @triton.jit
     def _unit_rows(u, G, per_split, inter, BLOCK_N: tl.constexpr):
@@ -235,25 +236,40 @@ if triton is not None:
         BLOCK_K: tl.constexpr,
         EVEN: tl.constexpr,
         IEEE: tl.constexpr,
+        AHEAD: tl.constexpr,
     ):
         """BLOCK_N rows of RMSNorm(x) [gate; up]^T from row0, its first weight tile `w` already loaded, stored in
-        HID rounded once (as gemm's one-row form: one multiply-and-sum a K step, float32 across steps)."""
+        HID rounded once (as gemm's one-row form: one multiply-and-sum a K step, float32 across steps). With AHEAD,
+        the next step's weight tile is asked for before the current step's sum (gemm.AHEAD: the same sums)."""
         rn = row0 + tl.arange(0, BLOCK_N)
         rk = tl.arange(0, BLOCK_K)
         x = tl.load(X + rk[None, :], mask=rk[None, :] < h, other=0.0)
         x = normalise(x, rstd, tl.load(NW + rk[None, :], mask=rk[None, :] < h, other=0.0))
-        acc = _step(tl.zeros((1, BLOCK_N), dtype=tl.float32), x, w, 1, IEEE)
-        for kk in range(BLOCK_K, h, BLOCK_K):
-            rk = kk + tl.arange(0, BLOCK_K)
-            if EVEN:
-                x = normalise(tl.load(X + rk[None, :]), rstd, tl.load(NW + rk[None, :]))
-                w = tl.load(W1 + rn[:, None] * h + rk[None, :])
-            else:
+        acc = tl.zeros((1, BLOCK_N), dtype=tl.float32)
+        if AHEAD:
+            w_next = _weight_tile(W1, rn, 0, BLOCK_K, h, h, BLOCK_K)
+            for kk in range(BLOCK_K, h, BLOCK_K):
+                w_after = _weight_tile(W1, rn, 0, kk + BLOCK_K, h, h, BLOCK_K)
+                acc = _step(acc, x, w, 1, IEEE)
+                rk = kk + tl.arange(0, BLOCK_K)
                 live = rk[None, :] < h
                 x = tl.load(X + rk[None, :], mask=live, other=0.0)
                 x = normalise(x, rstd, tl.load(NW + rk[None, :], mask=live, other=0.0))
-                w = tl.load(W1 + rn[:, None] * h + rk[None, :], mask=live, other=0.0)
-            acc = _step(acc, x, w, 1, IEEE)
+                w = w_next
+                w_next = w_after
+        acc = _step(acc, x, w, 1, IEEE)
+        if not AHEAD:
+            for kk in range(BLOCK_K, h, BLOCK_K):
+                rk = kk + tl.arange(0, BLOCK_K)
+                if EVEN:
+                    x = normalise(tl.load(X + rk[None, :]), rstd, tl.load(NW + rk[None, :]))
+                    w = tl.load(W1 + rn[:, None] * h + rk[None, :])
+                else:
+                    live = rk[None, :] < h
+                    x = tl.load(X + rk[None, :], mask=live, other=0.0)
+                    x = normalise(x, rstd, tl.load(NW + rk[None, :], mask=live, other=0.0))
+                    w = tl.load(W1 + rn[:, None] * h + rk[None, :], mask=live, other=0.0)
+                acc = _step(acc, x, w, 1, IEEE)
         tl.store(HID + rn[None, :], acc.to(HID.dtype.element_ty))
 
     @triton.jit
@@ -291,6 +307,7 @@ if triton is not None:
         IEEE: tl.constexpr,
         BLOCK_T: tl.constexpr,
         PDL: tl.constexpr,
+        AHEAD: tl.constexpr,  # two weight tiles in flight a program (gemm.AHEAD)
     ):
         pid = tl.program_id(0)
         P = tl.num_programs(0)
@@ -324,7 +341,7 @@ if triton is not None:
                     other=0.0,
                 )
             if col < inter:  # a range past the intermediate's end (its last) has fewer tiles
-                _gate_up_unit(X, NW, W1, HID, w, row0, rstd, h, BLOCK_N, BLOCK_K1, EVEN1, IEEE)
+                _gate_up_unit(X, NW, W1, HID, w, row0, rstd, h, BLOCK_N, BLOCK_K1, EVEN1, IEEE, AHEAD)
                 tl.debug_barrier()  # every thread's stores before the count that releases them
                 tl.atomic_add(RANGE + r, 1, sem="release")
         # phase 2: down, split by split; each unit waits for its own range only. The programs with one [gate; up] unit
@@ -341,6 +358,10 @@ if triton is not None:
             k0 = s * per_split
             rk = k0 + tl.arange(0, BLOCK_K2)
             w = tl.load(W2 + rn_safe[:, None] * inter + rk[None, :], mask=rk[None, :] < inter, other=0.0)
+            if (
+                AHEAD
+            ):  # the second step's tile too, before the wait (as in _gate_up_unit: one in flight a sum)
+                w_next = _weight_tile(W2, rn_safe, k0, BLOCK_K2, per_split, inter, BLOCK_K2)
             need = 2 * tl.cdiv(tl.minimum(per_split, inter - k0), BLOCK_N)
             seen = tl.atomic_add(RANGE + s, 0, sem="acquire")
             while seen < need:
@@ -349,18 +370,26 @@ if triton is not None:
             live = (rm[:, None] < 1) & (rn2[None, :] < h)
             out = rm[:, None] * h + rn2[None, :]
             res = tl.load(R + out, mask=live, other=0.0).to(tl.float32)
-            acc = _step(
-                tl.zeros((1, BLOCK_N), dtype=tl.float32), _swiglu_tile(HID, rk, inter, dtype), w, 1, IEEE
-            )
-            for kk in range(BLOCK_K2, per_split, BLOCK_K2):
-                rk = k0 + kk + tl.arange(0, BLOCK_K2)
-                if EVEN2:
-                    w = tl.load(W2 + rn_safe[:, None] * inter + rk[None, :])
-                else:
-                    w = tl.load(
-                        W2 + rn_safe[:, None] * inter + rk[None, :], mask=rk[None, :] < inter, other=0.0
-                    )
-                acc = _step(acc, _swiglu_tile(HID, rk, inter, dtype), w, 1, IEEE)
+            acc = tl.zeros((1, BLOCK_N), dtype=tl.float32)
+            x = _swiglu_tile(HID, rk, inter, dtype)
+            if AHEAD:
+                for kk in range(BLOCK_K2, per_split, BLOCK_K2):
+                    w_after = _weight_tile(W2, rn_safe, k0, kk + BLOCK_K2, per_split, inter, BLOCK_K2)
+                    acc = _step(acc, x, w, 1, IEEE)
+                    x = _swiglu_tile(HID, k0 + kk + tl.arange(0, BLOCK_K2), inter, dtype)
+                    w = w_next
+                    w_next = w_after
+            acc = _step(acc, x, w, 1, IEEE)
+            if not AHEAD:
+                for kk in range(BLOCK_K2, per_split, BLOCK_K2):
+                    rk = k0 + kk + tl.arange(0, BLOCK_K2)
+                    if EVEN2:
+                        w = tl.load(W2 + rn_safe[:, None] * inter + rk[None, :])
+                    else:
+                        w = tl.load(
+                            W2 + rn_safe[:, None] * inter + rk[None, :], mask=rk[None, :] < inter, other=0.0
+                        )
+                    acc = _step(acc, _swiglu_tile(HID, rk, inter, dtype), w, 1, IEEE)
             if SPLITS == 1:
                 store_tile(acc, Y, Y, res, SQO, out, live, rm, rn_safe, n, tiles, 1, False, True)
             else:

@@ -218,18 +218,21 @@ def test_the_kernels_the_forward_has_long_launched_build_too():
         built(lambda: experts.triton_forward(tokens, chosen, weights), ["_expert_matmul", "_expert_matmul"])
 
 
-def test_the_persistent_mlp_builds_at_the_1_7bs_shape():
+@pytest.mark.parametrize("ahead", [False, True])
+def test_the_persistent_mlp_builds_at_the_1_7bs_shape(ahead, monkeypatch):
     """The 1.7B's one-token MLP (h 2,048, intermediate 6,144; down's 4 splits at 132 SMs) as one persistent launch,
     PDL on: it spins on its range counters with acquire loads and counts with release reductions after a barrier; two
     programs' shared memory fit on an SM."""
-    from sdar_core import persistent
+    from sdar_core import gemm, persistent
     from sdar_core.gemm import Normed
     from sdar_core.model import RMSNorm
 
+    monkeypatch.setattr(gemm, "AHEAD", ahead)  # with two weight tiles in flight a program too
     x = Normed(torch.zeros(1, 1, 2048, dtype=BF), torch.zeros(1, 1, 128), RMSNorm(2048, 1e-6).to(BF))
     w1, w2 = torch.zeros(12288, 2048, dtype=BF), torch.zeros(2048, 6144, dtype=BF)
     kernel = built(lambda: persistent.mlp(x, w1, w2, x.x), ["_mlp_kernel"])[0]
     assert kernel["constants"]["SPLITS"] == 4 and kernel["constants"]["PDL"] is True
+    assert kernel["constants"]["AHEAD"] is ahead
     assert kernel["shared"] * persistent.PROGRAMS_PER_SM <= 228 << 10
     ptx = kernel["ptx"]
     assert "ld.global.gpu.acquire" in ptx and "red.global.gpu.release" in ptx and "bar.sync" in ptx

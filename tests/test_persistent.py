@@ -115,6 +115,11 @@ for h, inter, bk1, (bk2, splits), dtype in [
     gate_up = gemm.launch(x, w1, gemm.GemmConfig(16, bk1, 1), norm=gemm.Norm(squares, nw, 1e-6))
     y2, sq2 = gemm.launch(gate_up, w2, cfg, swiglu=True, residual=residual)
     equal[name] = bool(torch.equal(y, y2) and torch.equal(sq, sq2))
+    # two weight tiles in flight (gemm.AHEAD): the same bits
+    gemm.AHEAD = True
+    y3, sq3 = persistent.launch(x, squares, nw, 1e-6, w1, w2, residual, bk1, cfg)
+    gemm.AHEAD = False
+    equal[name + " ahead"] = bool(torch.equal(y, y3) and torch.equal(sq, sq3))
 counters = gemm._counters.get(torch.device("cpu"))
 print(json.dumps({"errors": errors, "equal": equal, "counters": int(counters.abs().sum())}))
 """
@@ -153,8 +158,10 @@ for h, inter, bk1, (bk2, splits) in [(64, 128, 32, (32, 2)), (40, 96, 32, (32, 3
     cfg = gemm.GemmConfig(16, bk2, splits)
     one = persistent.launch(x, sq, nw, 1e-6, w1, w2, r, bk1, cfg, programs=1)
     for P in (2, 3, 5, 8):
+        gemm.AHEAD = P == 5  # two weight tiles in flight: the same bits
         many = persistent.launch(x, sq, nw, 1e-6, w1, w2, r, bk1, cfg, programs=P)
         out[f"{h}x{inter}/{splits} P={P}"] = bool(torch.equal(one[0], many[0]) and torch.equal(one[1], many[1]))
+    gemm.AHEAD = False
 print(json.dumps({"equal": out, "counters": int(gemm._counters[torch.device("cpu")].abs().sum())}))
 """
 )
