@@ -331,6 +331,37 @@ def test_cuda_bf16_result_is_within_bf16_rounding_of_f_linear(rows, n, k):
 
 @pytest.mark.cuda
 @cuda
+@pytest.mark.parametrize("rows", [1, 16])
+@pytest.mark.parametrize("fp8", [False, True])
+def test_cuda_two_weight_tiles_in_flight_give_the_bits_of_one(rows, fp8, monkeypatch):
+    """gemm.AHEAD (SDAR_GEMM_AHEAD=1) on the 1.7B's projections as the forward launches them, bf16 and float8: qkv
+    and the lm_head's shape plain, o_proj adding into the residual stream, gate_up normalising from its squares, down
+    forming SwiGLU and adding: each result (and each squares) the one-tile form's exactly."""
+    torch.manual_seed(rows)
+    dev, bf = "cuda", torch.bfloat16
+
+    def weight(n, k):
+        w = torch.randn(n, k, device=dev, dtype=bf) / k**0.5
+        return gemm.quantize_fp8(w) if fp8 else w
+
+    w_qkv, w_o, w_gu, w_down = weight(4096, 2048), weight(2048, 2048), weight(12288, 2048), weight(2048, 6144)
+    x, residual = torch.randn(rows, 2048, device=dev, dtype=bf), torch.randn(rows, 2048, device=dev, dtype=bf)
+    nw = torch.rand(2048, device=dev, dtype=bf) + 0.5
+    results = {}
+    for ahead in (False, True):
+        monkeypatch.setattr(gemm, "AHEAD", ahead)
+        with torch.no_grad():
+            data, scale = gemm.parts(w_o)
+            total, squares = gemm._rows_product(x, data, scale, residual=residual)
+            gu = gemm._rows_product(total, *gemm.parts(w_gu), norm=(squares, nw, 1e-6))
+            down, down_sq = gemm._rows_product(gu, *gemm.parts(w_down), swiglu=True, residual=total)
+            results[ahead] = [gemm._rows_product(x, *gemm.parts(w_qkv)), total, squares, gu, down, down_sq]
+    for a, b in zip(results[False], results[True]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+@cuda
 @pytest.mark.parametrize("rows", [1, 16, 64])
 @pytest.mark.parametrize("fp8", [False, True])
 def test_cuda_down_forming_swiglu_as_it_loads_equals_silu_mul_then_down(rows, fp8):
