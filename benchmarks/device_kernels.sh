@@ -311,9 +311,9 @@ print('merge kernel graph == plain at 3 splits:', a == b, sum(x != y for r, s in
   persistent)  # within $2 s (default 580): what the eighteenth session left unmeasured, the most telling first: the
     # `cuda` tests of the persistent MLP (Kernels.persistent_mlp), of the paths switched on since the last GPU run and
     # of the GEMM with two weight tiles in flight (SDAR_GEMM_AHEAD=1); the dense profile at 64 without and with the
-    # persistent MLP (4 programs an SM), then with 2 and 6, then with SDAR_GEMM_AHEAD=1; the 1.7B-8B projections one
-    # by one at 1 and 16 rows with one and two tiles in flight; the goals' 64-token bench rows by default, with the
-    # persistent MLP, with SDAR_GEMM_AHEAD=1; the 30B-A3B rows (the MoE folds on by default)
+    # persistent MLP (4 programs an SM), then with SDAR_GEMM_AHEAD=1; the goals' 64-token bench rows by default, with
+    # the persistent MLP, with SDAR_GEMM_AHEAD=1; the persistent MLP's profile at 2 and 6 programs an SM; the 1.7B's
+    # projections one by one at 1 and 16 rows with one and two tiles in flight; the 30B-A3B rows (the MoE folds on)
     LIMIT=${2:-580}
     # the persistent kernel's own tests first and alone: a kernel whose programs wait on each other could hang, and
     # then none of its measurements below runs (MLP=off)
@@ -329,22 +329,22 @@ print('merge kernel graph == plain at 3 splits:', a == b, sum(x != y for r, s in
     grep -E "^FAILED|^ERROR|passed|failed" "$OUT/cuda-tests-ahead.log" | tail -6
     within 50 python3 -m benchmarks.profile_forward --split-k on --persistent-mlp $MLP --contexts 64 \
       --gemm skinny+pdl --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" | tail -8
-    [ $MLP = off ] || for per_sm in 2 6; do
-      SDAR_MLP_PER_SM=$per_sm within 30 python3 -m benchmarks.profile_forward --split-k on --persistent-mlp on \
-        --contexts 64 --gemm skinny+pdl --out "$OUT/profile-$per_sm-per-sm" 2>&1 \
-        | tee "$OUT/profile-$per_sm-per-sm.log" | tail -4
-    done
     SDAR_GEMM_AHEAD=1 within 40 python3 -m benchmarks.profile_forward --split-k on --persistent-mlp $MLP \
       --contexts 64 --gemm skinny+pdl --out "$OUT/profile-ahead" 2>&1 | tee "$OUT/profile-ahead.log" | tail -6
-    for ahead in 0 1; do
-      SDAR_GEMM_AHEAD=$ahead within 60 python3 -m benchmarks.gemm --out "$OUT/gemm-ahead$ahead" --rows 1 16 \
-        --sweep-rows 0 2>&1 | tee "$OUT/gemm-ahead$ahead.log" | grep -v "^  " | tail -4
-    done
     for v in default $([ $MLP = off ] || echo persistent) ahead; do
       SDAR_GEMM_AHEAD=$([ $v = ahead ] && echo 1 || echo 0) within 55 python3 -m benchmarks.bench --arch sdar-1.7b \
         --fuse --prompt-lengths 64 --new-tokens 256 --batch-sizes 1 --block-lengths 16 --no-dynamic --repeats 2 \
         --transformers none $([ $v = persistent ] && echo --persistent-mlp) --out "$OUT/bench-$v" 2>&1 \
         | tee "$OUT/bench-$v.log" | tail -3
+    done
+    [ $MLP = off ] || for per_sm in 2 6; do
+      SDAR_MLP_PER_SM=$per_sm within 30 python3 -m benchmarks.profile_forward --split-k on --persistent-mlp on \
+        --contexts 64 --gemm skinny+pdl --out "$OUT/profile-$per_sm-per-sm" 2>&1 \
+        | tee "$OUT/profile-$per_sm-per-sm.log" | tail -4
+    done
+    for ahead in 0 1; do
+      SDAR_GEMM_AHEAD=$ahead within 50 python3 -m benchmarks.gemm --archs sdar-1.7b --out "$OUT/gemm-ahead$ahead" \
+        --rows 1 16 --sweep-rows 0 2>&1 | tee "$OUT/gemm-ahead$ahead.log" | grep -v "^  " | tail -4
     done
     within $((LIMIT - SECONDS)) $MOE --out "$OUT/moe" 2>&1 | tee "$OUT/moe.log" | tail -3
     tar czf /tmp/persistent.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/persistent.tgz "$OUT/" ;;
