@@ -557,6 +557,7 @@ def device_info(model, device: torch.device, args, kernels: Kernels) -> dict:
             persistent_mlp=kernels.persistent_mlp,
             expert_gemv=kernels.expert_gemv,
             gemv_tiles=asdict(experts.GEMV),
+            moe_early_down=experts.EARLY_DOWN,  # SDAR_MOE_EARLY: the down gemv's slots loaded before its wait
             pdl=pdl.REQUESTED and pdl.SUPPORTED,
             split_k=bool(args.split_k and split_k_available(device)),
             command="python -m benchmarks.bench " + " ".join(sys.argv[1:]),

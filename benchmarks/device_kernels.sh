@@ -68,7 +68,7 @@
 #                                                # (SDAR_GEMM_AHEAD=1), the dense profile at 64 without and with each
 #                                                # (the MLP at 4, 2, 6 programs an SM), the projections one by one
 #                                                # with one and two tiles in flight, the 64-token rows with each,
-#                                                # the 30B-A3B rows
+#                                                # the 30B-A3B rows without and with SDAR_MOE_EARLY=4
 #   bash benchmarks/device_kernels.sh switched-short  # what a nearly spent session can afford of `switched`: the
 #                                                # mended `cuda` tests, the 30B-A3B rows without and with
 #                                                # expert_fold + gate_route (results flat in $OUT, no tar)
@@ -314,6 +314,7 @@ print('merge kernel graph == plain at 3 splits:', a == b, sum(x != y for r, s in
     # persistent MLP (4 programs an SM), then with SDAR_GEMM_AHEAD=1; the goals' 64-token bench rows by default, with
     # the persistent MLP, with SDAR_GEMM_AHEAD=1; the persistent MLP's profile at 2 and 6 programs an SM; the 1.7B's
     # projections one by one at 1 and 16 rows with one and two tiles in flight; the 30B-A3B rows (the MoE folds on)
+    # without and with the expert down gemv's first 4 slots loaded before its wait (SDAR_MOE_EARLY=4)
     LIMIT=${2:-580}
     # the persistent kernel's own tests first and alone: a kernel whose programs wait on each other could hang, and
     # then none of its measurements below runs (MLP=off)
@@ -346,7 +347,10 @@ print('merge kernel graph == plain at 3 splits:', a == b, sum(x != y for r, s in
       SDAR_GEMM_AHEAD=$ahead within 50 python3 -m benchmarks.gemm --archs sdar-1.7b --out "$OUT/gemm-ahead$ahead" \
         --rows 1 16 --sweep-rows 0 2>&1 | tee "$OUT/gemm-ahead$ahead.log" | grep -v "^  " | tail -4
     done
-    within $((LIMIT - SECONDS)) $MOE --out "$OUT/moe" 2>&1 | tee "$OUT/moe.log" | tail -3
+    for early in 0 4; do  # the down gemv's first 4 slots' tiles before its wait (SDAR_MOE_EARLY), against none
+      SDAR_MOE_EARLY=$early within $(((LIMIT - SECONDS) / 2)) $MOE --out "$OUT/moe-early$early" 2>&1 \
+        | tee "$OUT/moe-early$early.log" | tail -3
+    done
     tar czf /tmp/persistent.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/persistent.tgz "$OUT/" ;;
   switched-short)  # each result a flat file of $OUT, so that a call cut short still brings back what it finished
     LIMIT=${2:-200}

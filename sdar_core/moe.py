@@ -40,6 +40,7 @@ has its weights never read (a forward reads the *distinct* experts it routes to)
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,21 @@ class GemvConfig:
 
 
 GEMV = GemvConfig()
+# The down gemv's first weight tiles asked for before its PDL wait: SDAR_MOE_EARLY=n (1, 2, 4 or 8) slots of the
+# token's k (0, the default: none; off until measured). The expert ids were written by the routing, two kernels back,
+# which finished before the gate/up gemv's programs passed their own wait, and every one of them had passed it before
+# this kernel could launch; so each program loads the ids and its first n slots' tiles while the gate/up gemv still
+# runs (one K step: I <= block_k), and those n products are summed in one reduction (within float32 rounding of the
+# loop's sum, not its bits). The Hopper build of the 30B-A3B's down takes 32 registers a thread with 0-2 slots early,
+# 48 with 4 (10 programs an SM fit: its 1,024 programs still one wave) and 122 with all 8 (4 fit: two waves). The
+# H200's profile has the down gemv at 12.8 us a layer against a 5.2 us floor (benchmarks/NOTES.md, "The expert down
+# gemv's first tiles before its wait").
+_early = os.environ.get("SDAR_MOE_EARLY", "0")
+if _early not in ("0", "1", "2", "4", "8"):
+    raise ValueError(
+        f"SDAR_MOE_EARLY={_early!r}: give the slots of the down gemv loaded early, 0, 1, 2, 4 or 8"
+    )
+EARLY_DOWN = int(_early)
 
 
 def grouped_mm_available(x: torch.Tensor) -> bool:
@@ -370,6 +386,7 @@ class Experts(nn.Module):
             down.stride(1),
             BLOCK_N=c.down_block_n,
             ADD=residual is not None,
+            EARLY=EARLY_DOWN if I <= c.block_k and EARLY_DOWN <= k else 0,
             **launch,
         )
         return (out, squares) if residual is not None else out
@@ -783,17 +800,40 @@ if triton is not None:
         BLOCK_K: tl.constexpr,
         ADD: tl.constexpr,  # OUT = R + the sum, each rounded as gemm.add_linear rounds (gemm's store_tile)
         PDL: tl.constexpr,
+        EARLY: tl.constexpr = 0,  # the first EARLY slots' weight tiles loaded before the PDL wait (EARLY_DOWN)
     ):
         """OUT[t, cols] = sum over the token's TOP_K slots s of SCALE[t, s] * W[e_ts][cols] @ ACT[t * TOP_K + s],
         in float32, rounded once."""
-        pdl.wait_and_release(PDL)
         t = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         safe = tl.where(cols < N, cols, 0)
         total = tl.zeros((BLOCK_N,), dtype=tl.float32)
         steps = tl.cdiv(K, BLOCK_K)
+        first = 0  # the slots summed before the loop
+        if EARLY > 0:  # one K step (K <= BLOCK_K): the first EARLY slots' tiles before the wait
+            pairs0 = t * TOP_K + tl.arange(0, EARLY)
+            ks0 = tl.arange(0, BLOCK_K)
+            ok0 = ks0 < K
+            # the ids through L2 (.cg): this SM's L1 may hold the previous forward's
+            e0 = tl.load(CHOSEN + pairs0, cache_modifier=".cg").to(tl.int64)
+            w0 = tl.load(
+                W
+                + e0[:, None, None] * stride_we
+                + safe[None, :, None].to(tl.int64) * stride_wn
+                + ks0[None, None, :],
+                mask=ok0[None, None, :],
+                other=0.0,
+            )  # [EARLY, BLOCK_N, BLOCK_K]
+            pdl.wait_and_release(PDL)
+            scale0 = tl.load(SCALE + pairs0).to(tl.float32)
+            a0 = tl.load(ACT + pairs0[:, None].to(tl.int64) * K + ks0[None, :], mask=ok0[None, :], other=0.0)
+            products = tl.sum(w0.to(tl.float32) * a0.to(tl.float32)[:, None, :], axis=2)  # [EARLY, BLOCK_N]
+            total = tl.sum(products * scale0[:, None], axis=0)
+            first = EARLY
+        else:
+            pdl.wait_and_release(PDL)
         for it in range(
-            0, TOP_K * steps
+            first * steps, TOP_K * steps
         ):  # one flat loop over (slot, K step): the loads pipeline across slots
             pair = t * TOP_K + it // steps
             ks = (it % steps) * BLOCK_K + tl.arange(0, BLOCK_K)

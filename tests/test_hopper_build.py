@@ -145,13 +145,17 @@ def test_the_skinny_gemm_with_two_tiles_in_flight_loads_twice_the_weight_before_
     assert before_wait[False] > 0 and before_wait[True] == 2 * before_wait[False], before_wait
 
 
+@pytest.mark.parametrize("early", [False, True])
 @pytest.mark.parametrize("fold", [False, True])
-def test_the_expert_gemv_builds_with_and_without_the_layers_norm_and_add(fold):
+def test_the_expert_gemv_builds_with_and_without_the_layers_norm_and_add(fold, early, monkeypatch):
     """The 30B-A3B layer's expert shapes (h 2048, intermediate 768, top 8; 8 experts stored, not 128) at the
-    default gemv tiles: gate/up normalising x, down adding into the residual stream."""
+    default gemv tiles: gate/up normalising x, down adding into the residual stream; with moe.EARLY_DOWN (all 8
+    slots), down loads the expert ids (through L2) and their weight tiles before its PDL wait."""
+    from sdar_core import moe
     from sdar_core.gemm import Norm
     from sdar_core.moe import Experts
 
+    monkeypatch.setattr(moe, "EARLY_DOWN", 8 if early else 0)
     experts = Experts(8, 2048, 768).to(BF)
     x, residual = torch.zeros(1, 2048, dtype=BF), torch.zeros(1, 2048, dtype=BF)
     chosen, weights = torch.arange(8)[None], torch.full((1, 8), 0.125, dtype=BF)
@@ -162,6 +166,9 @@ def test_the_expert_gemv_builds_with_and_without_the_layers_norm_and_add(fold):
             ["_expert_gemv_swiglu", "_expert_gemv_down"],
         )
     assert kernels[0]["constants"]["NORM"] is fold and kernels[1]["constants"]["ADD"] is fold
+    assert kernels[1]["constants"]["EARLY"] == (8 if early else 0)
+    head = kernels[1]["ptx"].split("griddepcontrol.wait")[0]
+    assert ("ld.global.cg" in head and "ld.global.v4" in head) is early
 
 
 def test_the_routing_kernel_and_the_router_with_its_routing_build():

@@ -144,6 +144,7 @@ GEMV_CASES = [(8, 2, 1, 64, 48), (4, 4, 2, 64, 48), (16, 4, 3, 64, 48), (32, 8, 
 GEMV_INTERPRETED = """
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
+from sdar_core import moe as moe_module
 from sdar_core.moe import GemvConfig, route
 from test_moe import GEMV_CASES, brute_force, experts_layer
 errors = []
@@ -154,8 +155,18 @@ for E, k, n, h, I in GEMV_CASES:
         weights, chosen = route(moe.gate(x), k, True, x.dtype)
         out = moe.experts.gemv_forward(x, chosen, weights, GemvConfig(block_n=16, down_block_n=8, block_k=32))
         unfused = moe.experts.looped_forward(x, chosen, weights, fuse=False)
+        # the down gemv's weights before its wait (EARLY_DOWN: one K step, so block_k >= I), against its loop
+        one_step = GemvConfig(block_n=16, down_block_n=8, block_k=64)
+        loop = moe.experts.gemv_forward(x, chosen, weights, one_step)
+        moe_module.EARLY_DOWN = k // 2  # half the slots early, the rest in the loop after the wait
+        early = moe.experts.gemv_forward(x, chosen, weights, one_step)
+        moe_module.EARLY_DOWN = 0
     ref = brute_force(moe, x)
-    errors.append([float((out.double() - ref).norm() / ref.norm()), float((out - unfused).abs().max())])
+    errors.append([
+        float((out.double() - ref).norm() / ref.norm()),
+        float((out - unfused).abs().max()),
+        float((early.double() - loop.double()).norm() / loop.double().norm()),
+    ])
 print(json.dumps(errors))
 """
 
@@ -163,11 +174,12 @@ print(json.dumps(errors))
 @pytest.mark.skipif(interpreter_reason() is not None, reason=str(interpreter_reason()))
 def test_expert_gemv_kernels_under_the_interpreter_equal_the_brute_force_and_the_loop():
     """The gemv form's two kernels on CPU tensors (float32; tiles that leave remainders along both dimensions)
-    against the per-token float64 brute force and the looped form of eager ops."""
+    against the per-token float64 brute force and the looped form of eager ops; the down gemv with half its slots'
+    weight tiles loaded before its wait (EARLY_DOWN) within float32 rounding of its loop over the k experts."""
     errors = json.loads(run_interpreted(GEMV_INTERPRETED, str(Path(__file__).parent)))
     assert len(errors) == len(GEMV_CASES)
-    for to_math, to_loop in errors:
-        assert to_math < 1e-5 and to_loop < 1e-4, errors
+    for to_math, to_loop, early in errors:
+        assert to_math < 1e-5 and to_loop < 1e-4 and early < 1e-6, errors
 
 
 # The gemv form with the MoE layer's norm and residual add in it (Kernels.expert_fold): x given raw with its sums of
@@ -176,6 +188,7 @@ def test_expert_gemv_kernels_under_the_interpreter_equal_the_brute_force_and_the
 FOLDED_GEMV = """
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
+from sdar_core import moe as moe_module
 from sdar_core.gemm import Norm
 from sdar_core.moe import GemvConfig, route
 from test_moe import GEMV_CASES, brute_force, experts_layer
@@ -192,10 +205,19 @@ for E, k, n, h, I in GEMV_CASES:
         weights, chosen = route(moe.gate(normed.float()), k, True, x.dtype)
         config = GemvConfig(block_n=16, down_block_n=8, block_k=32)
         total, sq = moe.experts.gemv_forward(x, chosen, weights, config, Norm(squares, nw, eps), residual)
+        one_step = GemvConfig(block_n=16, down_block_n=8, block_k=64)
+        loop, _ = moe.experts.gemv_forward(x, chosen, weights, one_step, Norm(squares, nw, eps), residual)
+        moe_module.EARLY_DOWN = k  # every slot's tile before the wait, adding as it stores
+        early, _ = moe.experts.gemv_forward(x, chosen, weights, one_step, Norm(squares, nw, eps), residual)
+        moe_module.EARLY_DOWN = 0
     ref = residual.double() + brute_force(moe, normed)
     by_hand = torch.nn.functional.pad(total.double(), (0, -h % 8)).view(n, -1, 8).pow(2).sum(-1)
     assert sq.shape == (n, -(-h // 8)), sq.shape
-    errors.append([float((total.double() - ref).norm() / ref.norm()), float((sq - by_hand).norm() / by_hand.norm())])
+    errors.append([
+        float((total.double() - ref).norm() / ref.norm()),
+        float((sq - by_hand).norm() / by_hand.norm()),
+        float((early.double() - loop.double()).norm() / loop.double().norm()),
+    ])
 print(json.dumps(errors))
 """
 
@@ -206,8 +228,8 @@ def test_the_gemv_form_with_the_norm_and_the_add_folded_in_under_the_interpreter
     from its tile sums of squares alone, and the sum's own sums of squares tile by tile."""
     errors = json.loads(run_interpreted(FOLDED_GEMV, str(Path(__file__).parent)))
     assert len(errors) == len(GEMV_CASES)
-    for to_math, squares in errors:
-        assert to_math < 1e-5 and squares < 1e-6, errors
+    for to_math, squares, early in errors:
+        assert to_math < 1e-5 and squares < 1e-6 and early < 1e-6, errors
 
 
 def test_with_the_expert_fold_stood_in_by_its_math_a_one_token_forward_has_the_unfolded_logits(monkeypatch):
@@ -450,9 +472,14 @@ def test_cuda_the_sort_kernel_equals_the_eager_sort(n, k, E):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_one_token_layer_in_a_graph_takes_the_gemv_and_follows_fresh_inputs():
+@pytest.mark.parametrize("early", [0, 4, 8])
+def test_cuda_one_token_layer_in_a_graph_takes_the_gemv_and_follows_fresh_inputs(early, monkeypatch):
     """A one-token MoE layer (the AR step) captured in a CUDA graph and replayed on a new token that routes to other
-    experts: the replay gives the looped form's output for the new token."""
+    experts: the replay gives the looped form's output for the new token. With the down gemv's first `early` slots'
+    expert ids and weights read before its PDL wait (moe.EARLY_DOWN), those reads see each replay's routing."""
+    from sdar_core import moe as moe_module
+
+    monkeypatch.setattr(moe_module, "EARLY_DOWN", early)
     moe = experts_layer(128, 8, h=512, I=256).cuda().to(torch.bfloat16)
     static_x = torch.randn(1, 512, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
