@@ -271,11 +271,39 @@ def test_a_watched_answer_arrives_at_decode_speed_and_the_page_replays_it(served
     )  # the steps were sent as they came, not one message a frame
 
 
-def test_requests_that_wait_together_are_answered_in_one_batch(served):
+@pytest.fixture(scope="module")
+def served_in_float64(studio_checkpoints):
+    """The studio on the test checkpoints loaded in float64 (the registry's dtype): where a batch puts a row changes
+    which BLAS kernel sums its products (a row in a full panel or in the remainder), so float32 answers of the random,
+    flat-logit test model may flip a near-tie with the rows' order, which the scheduler sets by each visitor's recent
+    device time; float64's rounding is far below those ties."""
+    import torch
+    from gradio_client import Client
+
+    from app.layout import LAUNCH_KWARGS
+    from app.registry import ModelRegistry
+    from app.ui import build_app
+
+    from helpers import free_port
+
+    sdar, _ = studio_checkpoints
+    registry = ModelRegistry(models_dir=sdar.parent, dtype=torch.float64)
+    demo = build_app(default_model=str(sdar), registry=registry)
+    port = free_port()
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS
+    )
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False), sdar
+    finally:
+        demo.close()
+
+
+def test_requests_that_wait_together_are_answered_in_one_batch(served_in_float64):
     """Visitors who press Send while the device is busy share the next decode, and each gets its own answer."""
     from app.streaming import DEVICE
 
-    client, model = served
+    client, model = served_in_float64
     from gradio_client import Client
 
     clients = [Client(client.src, verbose=False) for _ in range(3)]
