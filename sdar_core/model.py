@@ -281,24 +281,19 @@ class MLP(nn.Module):
     def forward(self, x, residual: torch.Tensor, kernels: Kernels = DEFAULT_KERNELS) -> Residual:
         """x: the normalised stream (tensor or Normed) -> the stream `residual` plus the MLP's output."""
         if self.gate_up_weight is not None:
+            down = module_weight(self.down_proj)
             if (
                 kernels.persistent_mlp
                 and kernels.norm_fold
                 and kernels.silu_down
                 and kernels.skinny_gemm
                 and isinstance(x, Normed)
-                and mlp_runs(x, self.gate_up_weight, module_weight(self.down_proj), residual)
+                and mlp_runs(x, self.gate_up_weight, down, residual)
             ):
-                total, squares = persistent_mlp(
-                    x, self.gate_up_weight, module_weight(self.down_proj), residual
-                )
+                total, squares = persistent_mlp(x, self.gate_up_weight, down, residual)
                 return Residual(total, squares=squares)
             gate_up = linear(x, self.gate_up_weight, fuse=kernels.skinny_gemm)
-            if (
-                kernels.silu_down
-                and kernels.skinny_gemm
-                and swiglu_runs(gate_up, module_weight(self.down_proj))
-            ):
+            if kernels.silu_down and kernels.skinny_gemm and swiglu_runs(gate_up, down):
                 return add_project(self.down_proj, gate_up, residual, kernels, swiglu=True)
             act = silu_mul(gate_up, kernels.silu_mul)
         else:

@@ -6,8 +6,8 @@ second cannot start its reduction before the first has finished: under PDL its p
 then wait for the whole first grid, so the memory is idle while the last wave of [gate; up] drains and down's programs
 ramp up (benchmarks/NOTES.md: on the 1.7B, gate_up and down take 27 us a layer on an H200 against an 18.5 us floor).
 
-`mlp` runs both in one grid of programs that are all resident at once (`programs`: the SMs times what fits on one,
-at most PROGRAMS_PER_SM), each taking work units in turn, so the dependency is per slice of K, not per grid:
+`mlp` runs both in one grid of programs that are all resident at once (`fitting_programs`: the SMs times what fits
+on one, at most PROGRAMS_PER_SM), each taking work units in turn, so the dependency is per slice of K, not per grid:
 - phase 1, [gate; up]: units of BLOCK_N rows of the fused weight, ordered by the slice of the intermediate that
   down's split s reads (`range` s: its gate tiles, then its up tiles); a program that finishes a unit stores its
   rows and counts it in on the range's counter (release);
@@ -20,9 +20,9 @@ The last program to finish resets the counters. Every rounding is the two kernel
 order): the result equals theirs bit for bit (tests/test_persistent.py checks it on a GPU, and under the interpreter
 against float64 math and the two GEMMs, with one program doing every unit and with several at once, each in a thread).
 
-The programs wait on each other, so all must be resident: `programs` asks the compiled kernel's registers and shared
-memory how many fit on an SM. A kernel launched after this one under PDL starts only once every program of this one
-has started, so it cannot take their places.
+The programs wait on each other, so all must be resident: `fitting_programs` asks the compiled kernel's registers and
+shared memory how many fit on an SM. A kernel launched after this one under PDL starts only once every program of this
+one has started, so it cannot take their places.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from .gemm import (
     _config,
     _sm_count,
     cdiv,
-    config_for,
     counters,
     normed_runs,
     stages_that_fit,
@@ -53,8 +52,8 @@ except ImportError:
     triton = None
 
 # The most programs an SM takes, fewer where the compiled kernel's resources allow fewer: 4 (SDAR_MLP_PER_SM=1-8
-# overrides it: the benchmarks compare). Each program has one 16 x 256 weight tile in flight (8 KB; 72 registers a
-# thread in the Hopper build, so 7 fit), and the two GEMMs it replaces keep ~6 an SM of those in flight.
+# overrides it: the benchmarks compare). Each program has one 16 x 256 weight tile in flight (8 KB; 80 registers a
+# thread in the Hopper build, so 6 fit), and the two GEMMs it replaces keep ~6 an SM of those in flight.
 PROGRAMS_PER_SM = int(os.environ.get("SDAR_MLP_PER_SM", "4"))
 REGISTERS_PER_SM = 65536
 MAX_WARPS_PER_SM = 64
@@ -106,7 +105,7 @@ def _mlp(
         gate_up,
         down,
         residual.reshape(1, h),
-        config_for(1, gate_up.shape[0], h, _sm_count(x.device)).block_k,
+        _config(1, gate_up, None, x.device).block_k,  # [gate; up]'s K step, as gemm.normed_linear picks it
         cfg,
     )
     return y.view(x.shape), sq.view(*x.shape[:-1], sq.shape[-1])
@@ -135,8 +134,8 @@ def launch(
     """x [1, h] normalised with `norm_weight`, `eps` and its sums of squares per tile `squares` [1, T], through
     [gate; up] (`gate_up` [2I, h], 16-row units in `block_k1` steps), SiLU(gate) * up, and `down` [h, I] at tile
     shape `cfg` (16 rows: the one-row form), added to `residual` [1, h]: (the sum [1, h], its squares [1, h / 16]).
-    `programs`: the grid (None: all that fit at once on a GPU, `programs`; 1 on the CPU, where the interpreter runs
-    the programs one after another and one program must do every unit)."""
+    `programs`: the grid (None: all that fit at once on a GPU, `fitting_programs`; 1 on the CPU, where the interpreter
+    runs the programs one after another and one program must do every unit)."""
     h, inter = x.shape[-1], down.shape[-1]
     if cfg.block_n != 16 or x.shape[0] != 1:
         raise ValueError("the persistent MLP is the one-row form: 16-row tiles, one row of x")
@@ -148,9 +147,8 @@ def launch(
         raise ValueError("the persistent MLP needs the device's split-K counters, allocated before a capture")
     y = torch.empty_like(residual)
     sq = torch.empty(1, tiles, dtype=torch.float32, device=x.device)
-    hidden = torch.empty(
-        1, 2 * inter, dtype=x.dtype, device=x.device
-    )  # [gate; up], as gate_up's GEMM stores it
+    # [gate; up], as gate_up's GEMM stores it
+    hidden = torch.empty(1, 2 * inter, dtype=x.dtype, device=x.device)
     ws = torch.empty(splits, h, dtype=torch.float32, device=x.device)
     chained = pdl.on(x)
     args = (
@@ -172,7 +170,7 @@ def launch(
         h=h,
         inter=inter,
         per_split=per_split,
-        BLOCK_N=16,
+        BLOCK_N=cfg.block_n,
         BLOCK_K1=block_k1,
         BLOCK_K2=cfg.block_k,
         SPLITS=splits,
@@ -188,7 +186,7 @@ def launch(
     )
     if programs is None:
         programs = fitting_programs(args, meta, x.device) if x.is_cuda else 1
-    units = max(splits * 2 * (per_split // 16), splits * tiles)
+    units = max(splits * 2 * (per_split // cfg.block_n), splits * tiles)
     _mlp_kernel[(max(1, min(programs, units)),)](*args, **meta)
     return y, sq
 
@@ -212,15 +210,20 @@ def fitting_programs(args: tuple, meta: dict, device: torch.device) -> int:
 
 if triton is not None:
     from .fused import silu_mul_tile
-    from .gemm import _step, _weight_tile, normalise, row_rstd, store_tile
+    from .gemm import _step, _weight_tile, _x_tile, row_rstd, store_tile
 
     @triton.jit
-    def _unit_rows(u, G, per_split, inter, BLOCK_N: tl.constexpr):
-        """Phase 1's unit u: (its range, its first column of the intermediate, its first row of [gate; up])."""
+    def _unit_tile(W1, u, G, per_split, inter, h, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Phase 1's unit u: (its range, its first column of the intermediate, its first row of [gate; up], its first
+        weight tile; nothing loaded for a unit past the intermediate's end)."""
         r = u // (2 * G)
         j = u % (2 * G)
         col = r * per_split + (j % G) * BLOCK_N
-        return r, col, (j // G) * inter + col
+        row0 = (j // G) * inter + col
+        rn = row0 + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        live = (rk[None, :] < h) & (col + 0 * rn[:, None] < inter)
+        return r, col, row0, tl.load(W1 + rn[:, None] * h + rk[None, :], mask=live, other=0.0)
 
     @triton.jit
     def _gate_up_unit(
@@ -243,8 +246,7 @@ if triton is not None:
         the next step's weight tile is asked for before the current step's sum (gemm.AHEAD: the same sums)."""
         rn = row0 + tl.arange(0, BLOCK_N)
         rk = tl.arange(0, BLOCK_K)
-        x = tl.load(X + rk[None, :], mask=rk[None, :] < h, other=0.0)
-        x = normalise(x, rstd, tl.load(NW + rk[None, :], mask=rk[None, :] < h, other=0.0))
+        x = _x_tile(X + rk[None, :], rk[None, :] < h, h, True, False, True, NW + rk[None, :], rstd)
         acc = tl.zeros((1, BLOCK_N), dtype=tl.float32)
         if AHEAD:
             w_next = _weight_tile(W1, rn, 0, BLOCK_K, h, h, BLOCK_K)
@@ -252,23 +254,22 @@ if triton is not None:
                 w_after = _weight_tile(W1, rn, 0, kk + BLOCK_K, h, h, BLOCK_K)
                 acc = _step(acc, x, w, 1, IEEE)
                 rk = kk + tl.arange(0, BLOCK_K)
-                live = rk[None, :] < h
-                x = tl.load(X + rk[None, :], mask=live, other=0.0)
-                x = normalise(x, rstd, tl.load(NW + rk[None, :], mask=live, other=0.0))
+                x = _x_tile(
+                    X + rk[None, :], rk[None, :] < h, h, not EVEN, False, True, NW + rk[None, :], rstd
+                )
                 w = w_next
                 w_next = w_after
         acc = _step(acc, x, w, 1, IEEE)
         if not AHEAD:
             for kk in range(BLOCK_K, h, BLOCK_K):
                 rk = kk + tl.arange(0, BLOCK_K)
+                x = _x_tile(
+                    X + rk[None, :], rk[None, :] < h, h, not EVEN, False, True, NW + rk[None, :], rstd
+                )
                 if EVEN:
-                    x = normalise(tl.load(X + rk[None, :]), rstd, tl.load(NW + rk[None, :]))
                     w = tl.load(W1 + rn[:, None] * h + rk[None, :])
                 else:
-                    live = rk[None, :] < h
-                    x = tl.load(X + rk[None, :], mask=live, other=0.0)
-                    x = normalise(x, rstd, tl.load(NW + rk[None, :], mask=live, other=0.0))
-                    w = tl.load(W1 + rn[:, None] * h + rk[None, :], mask=live, other=0.0)
+                    w = tl.load(W1 + rn[:, None] * h + rk[None, :], mask=rk[None, :] < h, other=0.0)
                 acc = _step(acc, x, w, 1, IEEE)
         tl.store(HID + rn[None, :], acc.to(HID.dtype.element_ty))
 
@@ -320,26 +321,13 @@ if triton is not None:
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
         # phase 1: the first unit's first weight tile before the PDL wait (no kernel writes W1), the rest after it
-        rk1 = tl.arange(0, BLOCK_K1)
-        r, col, row0 = _unit_rows(pid, G, per_split, inter, BLOCK_N)
-        rn = row0 + tl.arange(0, BLOCK_N)
-        w = tl.load(
-            W1 + rn[:, None] * h + rk1[None, :],
-            mask=(rk1[None, :] < h) & (col + 0 * rn[:, None] < inter),
-            other=0.0,
-        )
+        r, col, row0, w = _unit_tile(W1, pid, G, per_split, inter, h, BLOCK_N, BLOCK_K1)
         if PDL:
             tl.extra.cuda.gdc_wait()
         rstd = row_rstd(SQ, tl.zeros((1,), dtype=tl.int32), T, h, eps, BLOCK_T)
         for u in range(pid, units1, P):
             if u != pid:
-                r, col, row0 = _unit_rows(u, G, per_split, inter, BLOCK_N)
-                rn = row0 + tl.arange(0, BLOCK_N)
-                w = tl.load(
-                    W1 + rn[:, None] * h + rk1[None, :],
-                    mask=(rk1[None, :] < h) & (col + 0 * rn[:, None] < inter),
-                    other=0.0,
-                )
+                r, col, row0, w = _unit_tile(W1, u, G, per_split, inter, h, BLOCK_N, BLOCK_K1)
             if col < inter:  # a range past the intermediate's end (its last) has fewer tiles
                 _gate_up_unit(X, NW, W1, HID, w, row0, rstd, h, BLOCK_N, BLOCK_K1, EVEN1, IEEE, AHEAD)
                 tl.debug_barrier()  # every thread's stores before the count that releases them
@@ -357,10 +345,9 @@ if triton is not None:
             rn_safe = tl.where(rn2 < h, rn2, 0)
             k0 = s * per_split
             rk = k0 + tl.arange(0, BLOCK_K2)
-            w = tl.load(W2 + rn_safe[:, None] * inter + rk[None, :], mask=rk[None, :] < inter, other=0.0)
-            if (
-                AHEAD
-            ):  # the second step's tile too, before the wait (as in _gate_up_unit: one in flight a sum)
+            w = _weight_tile(W2, rn_safe, k0, 0, per_split, inter, BLOCK_K2)
+            # with AHEAD, the second step's tile too, before the wait (as in _gate_up_unit: one in flight a sum)
+            if AHEAD:
                 w_next = _weight_tile(W2, rn_safe, k0, BLOCK_K2, per_split, inter, BLOCK_K2)
             need = 2 * tl.cdiv(tl.minimum(per_split, inter - k0), BLOCK_N)
             seen = tl.atomic_add(RANGE + s, 0, sem="acquire")
@@ -395,9 +382,8 @@ if triton is not None:
             else:
                 tl.store(WS + s * h + out, acc, mask=live)
                 tl.debug_barrier()
-                arrived = tl.atomic_add(
-                    COUNT + n, 1, sem="acq_rel"
-                )  # releases the partial, acquires the others'
+                # releases the partial, acquires the others'
+                arrived = tl.atomic_add(COUNT + n, 1, sem="acq_rel")
                 if arrived == SPLITS - 1:
                     total = tl.zeros((1, BLOCK_N), dtype=tl.float32)
                     for t in range(SPLITS):

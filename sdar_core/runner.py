@@ -56,9 +56,9 @@ def bucket(total: int, context: int) -> int:
     return min(size, max(total, context))
 
 
-# With Kernels.graphed_prefill (the default), a static or graph runner's
-# prefill of up to this many tokens (from position 0, whole blocks, a dense model) runs padded to exactly this many, as
-# one graph per runner in graph mode: an eager prefill is bound by the host's launches, not by the GPU
+# With Kernels.graphed_prefill (the default), a static or graph runner's prefill of up to this many tokens (from
+# position 0, whole blocks, a dense model) runs padded to exactly this many, as one graph per runner in graph mode: an
+# eager prefill is bound by the host's launches, not by the GPU
 # (benchmarks/NOTES.md, "The prefill": 17-35 ms for 64 tokens on an H100, ~2.4 ms as a graph). One length, not
 # buckets: at a few hundred rows a forward's time is still the weight read, and each length would be a graph to capture
 # per runner (~70 ms, at the warm-up or a visitor's first request).
