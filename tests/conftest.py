@@ -11,7 +11,7 @@ import torch
 from sdar_core.loading import load_pretrained
 from sdar_core.paths import MODELS_DIR
 
-from helpers import free_port, write_checkpoints
+from helpers import running_studio, write_checkpoints
 
 
 @pytest.fixture(scope="session")
@@ -33,17 +33,8 @@ def studio_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def launched_studio(studio_checkpoints):
     """The studio (build_app) on the test checkpoints, launched on a free loopback port: (url, sdar folder)."""
-    from app.layout import LAUNCH_KWARGS
     from app.registry import ModelRegistry
-    from app.ui import build_app
 
     sdar, _ = studio_checkpoints
-    demo = build_app(default_model=str(sdar), registry=ModelRegistry(models_dir=sdar.parent))
-    port = free_port()
-    demo.launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS
-    )
-    try:
-        yield f"http://127.0.0.1:{port}/", sdar
-    finally:
-        demo.close()
+    with running_studio(sdar, ModelRegistry(models_dir=sdar.parent)) as url:
+        yield url, sdar

@@ -5,6 +5,7 @@ independent references, the Triton interpreter, and the app tests' checkpoints a
 from __future__ import annotations
 
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -266,6 +267,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def running_studio(default_model: Path, registry):
+    """The studio (build_app) with `default_model` and `registry`, launched on a free loopback port: its URL, the
+    server closed on exit."""
+    from app.layout import LAUNCH_KWARGS
+    from app.ui import build_app
+
+    demo = build_app(default_model=str(default_model), registry=registry)
+    port = free_port()
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
 
 
 def text_of(message: dict) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from app.feed import expand
 
-from helpers import FAST, text_of
+from helpers import FAST, running_studio, text_of
 
 SYSTEM = "You are a helpful assistant."
 
@@ -281,23 +281,11 @@ def served_in_float64(studio_checkpoints):
     import torch
     from gradio_client import Client
 
-    from app.layout import LAUNCH_KWARGS
     from app.registry import ModelRegistry
-    from app.ui import build_app
-
-    from helpers import free_port
 
     sdar, _ = studio_checkpoints
-    registry = ModelRegistry(models_dir=sdar.parent, dtype=torch.float64)
-    demo = build_app(default_model=str(sdar), registry=registry)
-    port = free_port()
-    demo.launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_KWARGS
-    )
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False), sdar
-    finally:
-        demo.close()
+    with running_studio(sdar, ModelRegistry(models_dir=sdar.parent, dtype=torch.float64)) as url:
+        yield Client(url, verbose=False), sdar
 
 
 def test_requests_that_wait_together_are_answered_in_one_batch(served_in_float64):
