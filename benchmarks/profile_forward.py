@@ -75,6 +75,10 @@ SWITCHES = (
 )  # recorded in each row
 
 
+# a both/on/off option's values of its switch
+SETTINGS = {"both": (False, True), "on": (True,), "off": (False,)}
+
+
 def graphed(model, Q: int, total: int, start: int, kernels: Kernels):
     """The CUDA graph of one forward of Q rows at `start` of a `total`-slot cache with these kernels (as bench runs)."""
     runner = ChunkRunner(model, 1, total, Q, "graph", kernels=kernels)
@@ -231,7 +235,7 @@ def main() -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--arch", default="sdar-1.7b", choices=sorted(common.ARCHS))
     p.add_argument("--contexts", nargs="+", default=["64", "8k"], choices=["64", "8k"])
-    p.add_argument("--split-k", default="both", choices=["both", "on", "off"])
+    p.add_argument("--split-k", default="both", choices=list(SETTINGS))
     p.add_argument(
         "--gemm",
         nargs="+",
@@ -249,7 +253,7 @@ def main() -> None:
     p.add_argument(
         "--merge-fold",
         default="off",
-        choices=["both", "on", "off"],
+        choices=list(SETTINGS),
         help="the split-K attention's splits merged in its split kernel (Kernels.merge_fold), with --split-k on",
     )
     p.add_argument(
@@ -272,7 +276,7 @@ def main() -> None:
     p.add_argument(
         "--persistent-mlp",
         default="off",
-        choices=["both", "on", "off"],
+        choices=list(SETTINGS),
         help="a one-token dense MLP as one persistent launch (Kernels.persistent_mlp)",
     )
     args = p.parse_args()
@@ -294,9 +298,8 @@ def main() -> None:
     contexts = [c for c in (("64", 512, 64), ("8k", 8704, 8448)) if c[0] in args.contexts]
     for context, total, start in contexts:
         for mode, m, Q in (("ar", ar, 1), ("sdar16", model, 16)):
-            splits = {"both": (False, True), "on": (True,), "off": (False,)}[args.split_k]
-            folds = {"both": (False, True), "on": (True,), "off": (False,)}[args.merge_fold]
-            persistent = {"both": (False, True), "on": (True,), "off": (False,)}[args.persistent_mlp]
+            splits, folds = SETTINGS[args.split_k], SETTINGS[args.merge_fold]
+            persistent = SETTINGS[args.persistent_mlp]
             for split_k, gemm, fold, one_mlp in itertools.product(splits, args.gemm, folds, persistent):
                 if fold and not split_k:
                     continue  # the fold is the split-K kernel's
