@@ -17,6 +17,18 @@ from sdar_core.kernels import Kernels
 
 from helpers import interpreter_reason, random_model, rel_err, run_interpreted, tiny_config
 
+
+def mlp_inputs(h: int, inter: int, g: torch.Generator, dtype: torch.dtype = torch.float32):
+    """A one-token MLP's launch inputs: (x [1, h], its sums of squares per 16-wide tile, the norm's weight, [gate; up]
+    [2I, h], down [h, I], the residual [1, h])."""
+    x = torch.randn(1, h, generator=g).to(dtype)
+    w1 = (torch.randn(2 * inter, h, generator=g) / h**0.5).to(dtype)
+    w2 = (torch.randn(h, inter, generator=g) / inter**0.5).to(dtype)
+    residual, nw = torch.randn(1, h, generator=g).to(dtype), (torch.rand(h, generator=g) + 0.5).to(dtype)
+    squares = torch.nn.functional.pad(x.double(), (0, -h % 16)).view(1, -1, 16).pow(2).sum(-1).float()
+    return x, squares, nw, w1, w2, residual
+
+
 # Each program of an interpreted launch in a thread of its own: the interpreter runs a grid's programs one after
 # another, where a program that waits for another would wait forever.
 HARNESS = """
@@ -89,18 +101,14 @@ INTERPRETED = """
 import json, torch
 from sdar_core import gemm, persistent
 from test_fused import silu_mul_by_hand
+from test_persistent import mlp_inputs
 g = torch.Generator().manual_seed(0)
 errors, equal = {}, {}
 for h, inter, bk1, (bk2, splits), dtype in [
     (64, 128, 32, (32, 2), torch.float32), (40, 96, 32, (32, 3), torch.float32), (48, 80, 16, (32, 1), torch.float32),
     (64, 160, 32, (16, 4), torch.float32), (64, 128, 32, (32, 2), torch.bfloat16),
 ]:
-    x = torch.randn(1, h, generator=g).to(dtype)
-    w1 = (torch.randn(2 * inter, h, generator=g) / h**0.5).to(dtype)
-    w2 = (torch.randn(h, inter, generator=g) / inter**0.5).to(dtype)
-    residual, nw = torch.randn(1, h, generator=g).to(dtype), (torch.rand(h, generator=g) + 0.5).to(dtype)
-    tiles = torch.nn.functional.pad(x.double(), (0, -h % 16)).view(1, -1, 16)
-    squares = (tiles * tiles).sum(-1).float()
+    x, squares, nw, w1, w2, residual = mlp_inputs(h, inter, g, dtype)
     cfg = gemm.GemmConfig(16, bk2, splits)
     y, sq = persistent.launch(x, squares, nw, 1e-6, w1, w2, residual, bk1, cfg)
     # float64 math
@@ -147,14 +155,11 @@ import torch
 """
     + HARNESS
     + """
+from test_persistent import mlp_inputs
 g = torch.Generator().manual_seed(0)
 out = {}
 for h, inter, bk1, (bk2, splits) in [(64, 128, 32, (32, 2)), (40, 96, 32, (32, 3)), (64, 160, 32, (16, 4))]:
-    x = torch.randn(1, h, generator=g)
-    w1 = torch.randn(2 * inter, h, generator=g) / h**0.5
-    w2 = torch.randn(h, inter, generator=g) / inter**0.5
-    r, nw = torch.randn(1, h, generator=g), torch.rand(h, generator=g) + 0.5
-    sq = torch.nn.functional.pad(x, (0, -h % 16)).view(1, -1, 16).pow(2).sum(-1)
+    x, sq, nw, w1, w2, r = mlp_inputs(h, inter, g)
     cfg = gemm.GemmConfig(16, bk2, splits)
     one = persistent.launch(x, sq, nw, 1e-6, w1, w2, r, bk1, cfg, programs=1)
     for P in (2, 3, 5, 8):
