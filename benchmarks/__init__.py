@@ -7,6 +7,8 @@
     profile_decode.py    where a decode step's time goes
     profile_forward.py   a graphed forward's GPU time by kernel class
     goals.py             the decode forward's goals table from a run's committed folders (CPU; nothing measured)
+    registers.py         registers and programs an SM of the kernels whose switches trade them for bytes in flight
+                         (built for Hopper on the CPU, no GPU)
     prefill.py           a prompt's prefill: its wall time against its kernels', the block-causal attention's forms
     evaluate.py          the embedded models' accuracy, loss and samples (the tests reproduce its committed files)
     latency.py           what the app's user waits for on a CPU

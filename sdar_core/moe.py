@@ -100,9 +100,9 @@ GEMV = GemvConfig()
 # this kernel could launch; so each program loads the ids and its first n slots' tiles while the gate/up gemv still
 # runs (one K step: I <= block_k), and those n products are summed in one reduction (within float32 rounding of the
 # loop's sum, not its bits). The Hopper build of the 30B-A3B's down takes 32 registers a thread with 0-2 slots early,
-# 48 with 4 (10 programs an SM fit: its 1,024 programs still one wave) and 122 with all 8 (4 fit: two waves). The
-# H200's profile has the down gemv at 12.8 us a layer against a 5.2 us floor (benchmarks/NOTES.md, "The expert down
-# gemv's first tiles before its wait").
+# 48 with 4 (10 programs an SM fit: its 1,024 programs still one wave) and 122 with all 8 (4 fit: two waves;
+# python -m benchmarks.registers). The H200's profile has the down gemv at 12.8 us a layer against a 5.2 us floor
+# (benchmarks/NOTES.md, "The expert down gemv's first tiles before its wait").
 _early = os.environ.get("SDAR_MOE_EARLY", "0")
 if _early not in ("0", "1", "2", "4", "8"):
     raise ValueError(

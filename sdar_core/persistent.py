@@ -53,7 +53,8 @@ except ImportError:
 
 # The most programs an SM takes, fewer where the compiled kernel's resources allow fewer: 4 (SDAR_MLP_PER_SM=1-8
 # overrides it: the benchmarks compare). Each program has one 16 x 256 weight tile in flight (8 KB; 80 registers a
-# thread in the Hopper build, so 6 fit), and the two GEMMs it replaces keep ~6 an SM of those in flight.
+# thread in the Hopper build, so 6 fit: python -m benchmarks.registers), and the two GEMMs it replaces keep ~6 an SM of
+# those in flight.
 PROGRAMS_PER_SM = int(os.environ.get("SDAR_MLP_PER_SM", "4"))
 REGISTERS_PER_SM = 65536
 MAX_WARPS_PER_SM = 64

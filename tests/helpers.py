@@ -209,7 +209,8 @@ def compile_for_hopper(run) -> list[dict]:
     gives them), with every launch built for Hopper (sm_90, through ptxas: no GPU needed) instead of run: each
     launch's tensors become pointers of their dtype, its numbers i32 / i64 / fp32, its constexprs and launch options
     (warps, stages, PDL) as given. What the compiler raises, this raises. -> one {name, shared, constants, ptx} per
-    launch: the kernel's name, the shared memory its build asks (bytes), its constexprs and its PTX."""
+    launch: the kernel's name, the shared memory its build asks (bytes), its constexprs, its PTX, its registers a
+    thread (ptxas's count, read from the cubin: `cubin_registers`) and its warps."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -246,6 +247,8 @@ def compile_for_hopper(run) -> list[dict]:
                 "shared": kernel.metadata.shared,
                 "constants": constants,
                 "ptx": kernel.asm["ptx"],
+                "registers": cubin_registers(kernel.asm["cubin"]),
+                "warps": options.get("num_warps", 4),
             }
         )
 
@@ -260,6 +263,34 @@ def compile_for_hopper(run) -> list[dict]:
     finally:
         JITFunction.run = original
     return built
+
+
+def cubin_registers(cubin: bytes) -> int:
+    """The registers a thread of the one kernel in `cubin` (a CUDA ELF) takes: its EIATTR_REGCOUNT attribute, which
+    ptxas writes in the .nv.info section (what `ptxas -v` prints as "Used N registers")."""
+    import struct
+
+    shoff = struct.unpack_from("<Q", cubin, 0x28)[0]
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
+
+    def header(i):  # (name offset, offset, size) of section i
+        name, _, _, _, offset, size = struct.unpack_from("<IIQQQQ", cubin, shoff + i * shentsize)
+        return name, offset, size
+
+    names = header(shstrndx)[1]
+    for i in range(shnum):
+        name, offset, size = header(i)
+        if cubin[names + name : cubin.index(b"\0", names + name)] != b".nv.info":
+            continue
+        p = offset
+        while (
+            p < offset + size
+        ):  # entries: format, attribute, then a 16-bit size and that many bytes (format 4)
+            fmt, attr, length = struct.unpack_from("<BBH", cubin, p)
+            if fmt == 0x04 and attr == 0x2F:  # EIATTR_REGCOUNT: (function's symbol, registers)
+                return struct.unpack_from("<II", cubin, p + 4)[1]
+            p += 4 + (length if fmt == 0x04 else 0)
+    raise ValueError("no register count in this cubin")
 
 
 def free_port() -> int:

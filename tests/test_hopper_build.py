@@ -277,3 +277,25 @@ def test_every_kernel_sdar_core_launches_has_a_hopper_build_here():
             if re.search(rf"\b{name}\[", source):  # launched on a grid, not a helper called from a kernel
                 launched.add(name)
     assert launched == set(BUILT_BY), sorted(launched ^ set(BUILT_BY))
+
+
+def test_the_committed_register_table_is_what_benchmarks_registers_builds_and_the_persistent_grid_fits():
+    """benchmarks/results/cpu-hopper-registers/ is `python -m benchmarks.registers` (the same Triton: the same counts),
+    and the persistent MLP's default grid, PROGRAMS_PER_SM programs an SM, fits the SMs at once with one and with two
+    weight tiles in flight (its programs wait on each other: one that could not be resident would hang the rest)."""
+    import json
+    from pathlib import Path
+
+    import triton
+
+    from benchmarks.registers import measure
+    from sdar_core import persistent
+
+    rows = measure()
+    committed = json.loads(
+        (Path(__file__).parent.parent / "benchmarks/results/cpu-hopper-registers/registers.json").read_text()
+    )
+    if committed["triton"] == triton.__version__:
+        assert rows == committed["rows"]
+    mlp = [r for r in rows if r["name"] == "_mlp_kernel"]
+    assert len(mlp) == 2 and all(r["programs_an_sm"] >= persistent.PROGRAMS_PER_SM for r in mlp), mlp
